@@ -1,0 +1,106 @@
+# dhsm - automation for Azure Dedicated HSM (Thales Luna Network HSM 7).
+#
+#   make            build ./dhsm
+#   make deps       install the Debian packages the build, tests and simulator need
+#   make test       build and run every test; last line "N passed, N failed"
+#   make check      the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make demo       the main job against the simulated estate
+#   make install    PREFIX=/usr/local: the binary and its man page
+
+PREFIX  ?= /usr/local
+CC      ?= cc
+PKG     ?= pkg-config
+O       ?= build
+BIN     ?= dhsm
+LUAC    ?= luac5.4
+
+PKGS    := lua5.4 libcurl libssh2 openssl libedit
+PKG_OK  := $(shell $(PKG) --exists $(PKGS) lua5.4-cjson 2>/dev/null && echo yes)
+ifneq ($(PKG_OK),yes)
+  ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+    $(warning some libraries are missing ($(PKGS) lua5.4-cjson): run 'make deps')
+  endif
+endif
+
+OPT       ?= -O2 -g
+WARN      := -Wall -Wextra -Werror
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -Iinclude -Iruntime -I$(O) \
+             $(shell $(PKG) --cflags $(PKGS) lua5.4-cjson 2>/dev/null) $(CFLAGS)
+# cjson is linked statically so one file deploys; everything else as Debian ships it.
+LIBS       = -Wl,-Bstatic -l:liblua5.4-cjson.a -Wl,-Bdynamic \
+             $(shell $(PKG) --libs $(PKGS) 2>/dev/null) -ldl -lm
+LDFLAGS_ALL = $(SAN) $(LDFLAGS)
+
+RUNTIME_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
+MODULE_SRC  := $(wildcard modules/*/*.c)
+LIB_OBJ     := $(patsubst %.c,$(O)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(O)/embedded.o
+LUA_FILES   := $(sort $(wildcard runtime/lua/dhsm/*.lua modules/*/*.lua playbooks/*.lua))
+DATA_FILES  := $(sort $(wildcard playbooks/templates/*))
+UNIT_SRC    := $(wildcard tests/unit/*_test.c)
+UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps test check demo install clean unit lua-syntax bench
+all: $(BIN)
+
+$(BIN): $(LIB_OBJ) $(O)/runtime/main.o
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(O)/%.o: %.c $(wildcard include/dhsm/*.h runtime/*.h) | $(O)/.dirs
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(O)/embedded.o: $(O)/embedded.c
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(O)/.dirs:
+	@mkdir -p $(O)/runtime $(O)/tests $(O)/tools && touch $@
+
+# The Lua half is syntax-checked, then compiled in.
+$(O)/tools/embedlua: tools/embedlua.c | $(O)/.dirs
+	$(CC) -std=c11 -O1 $(WARN) -o $@ $<
+
+$(O)/embedded.c: $(O)/tools/embedlua $(LUA_FILES) $(DATA_FILES)
+	@for f in $(LUA_FILES); do $(LUAC) -p $$f || exit 1; done  # one by one: 5.4.4's luac -p frees twice with several
+	$(O)/tools/embedlua $@ $(LUA_FILES) $(DATA_FILES)
+
+$(O)/tests/%: tests/unit/%.c $(LIB_OBJ) | $(O)/.dirs
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+
+deps:
+	@sh tools/deps.sh
+
+unit: $(UNIT_BIN)
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@sh tests/run.sh ./$(BIN) $(UNIT_BIN)
+
+# Sanitizers in their own build folder and binary, same tests; then the
+# clang build, which must be as warning-free as gcc's.
+check: deps
+	@$(MAKE) --no-print-directory O=build-san BIN=build-san/dhsm \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  OPT="-O1 -g" build-san/dhsm unit
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  sh tests/run.sh build-san/dhsm $(patsubst $(O)/%,build-san/%,$(UNIT_BIN))
+	@if command -v clang >/dev/null; then \
+	  $(MAKE) --no-print-directory -s O=build-clang BIN=build-clang/dhsm CC=clang build-clang/dhsm \
+	    && echo "clang: build clean with -Wall -Wextra -Werror"; fi
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/demo.sh ./$(BIN)
+
+bench: all
+	@for b in bench/*.lua; do ./$(BIN) exec $$b; done
+
+$(O)/dhsm.1: $(BIN)
+	./$(BIN) help --man > $@
+
+install: $(BIN) $(O)/dhsm.1
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dhsm
+	install -m 0644 $(O)/dhsm.1 $(DESTDIR)$(PREFIX)/share/man/man1/dhsm.1
+
+clean:
+	rm -rf build build-san build-clang $(BIN)

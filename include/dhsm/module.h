@@ -1,0 +1,30 @@
+/*
+** module.h - how a native module plugs into the host.
+**
+** A module is `int luaopen_dhsm_<name>(lua_State *L)` listed in
+** runtime/modules.c; the host preloads it as "dhsm.<name>" (or under the name
+** given there).  Objects are full userdata whose metatable is registered
+** under "dhsm.<name>.<type>", with __gc == __close releasing the resource
+** once and a __tostring that never shows a secret (model: Lua's liolib.c).
+*/
+#ifndef DHSM_MODULE_H
+#define DHSM_MODULE_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+typedef struct dhsm_module {
+  const char *name;        /* as given to require() */
+  lua_CFunction open;
+} dhsm_module;
+
+/* Create (or fetch) metatable `tname` holding `methods` in its __index
+** and `metamethods` as fields.  Leaves the metatable on the stack. [-0,+1,m] */
+void dhsm_newclass(lua_State *L, const char *tname,
+                   const luaL_Reg *methods, const luaL_Reg *metamethods);
+
+/* True when the running playbook/REPL is in check mode (dhsm.check_mode):
+** mutating calls must describe what they would do and not do it. */
+int dhsm_check_mode(lua_State *L);
+
+#endif

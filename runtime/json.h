@@ -1,0 +1,41 @@
+/*
+** json.h - a small JSON writer for the audit log and journals.
+**
+** Reading JSON is cjson's job; writing goes through here because audit
+** records need what cjson cannot do: secrets written as "<secret>",
+** values under secret-looking names redacted, invalid UTF-8 escaped
+** instead of refused, and no Lua error half-way through a record.
+*/
+#ifndef DHSM_JSON_H
+#define DHSM_JSON_H
+
+#include <stddef.h>
+#include <time.h>
+#include <lua.h>
+
+typedef struct dhsm_buf {
+  char *p;
+  size_t len, cap;
+  int oom;                 /* an allocation failed: the content is incomplete */
+} dhsm_buf;
+
+void dhsm_buf_add(dhsm_buf *b, const char *s, size_t n);
+void dhsm_buf_adds(dhsm_buf *b, const char *s);
+void dhsm_buf_free(dhsm_buf *b);
+
+/* Append s as a JSON string literal (quotes included). */
+void dhsm_json_string(dhsm_buf *b, const char *s, size_t n);
+
+/* Append a number: integers exactly, floats with 15 digits, non-finite as null. */
+void dhsm_json_number(dhsm_buf *b, lua_State *L, int idx);
+
+/* Append the Lua value at idx.  Never raises. */
+void dhsm_json_value(dhsm_buf *b, lua_State *L, int idx);
+
+/* 1 when a field of this name must never show its string value. */
+int dhsm_json_sensitive_key(const char *key);
+
+/* Format t as RFC 3339 UTC with milliseconds: 2026-11-28T09:33:59.123Z */
+void dhsm_rfc3339(char out[32], const struct timespec *t);
+
+#endif

@@ -1,0 +1,453 @@
+-- dhsm.cli: the command line.  main(args) returns the exit status:
+-- 0 ok, 1 failed, 2 usage or bad input, 3 refused by a safety rule,
+-- 130 interrupted.  User mistakes get one line on stderr, never a traceback
+-- (unless --verbose); a traceback means a bug.
+local dhsm = require "dhsm"
+local sys = require "dhsm.sys"
+local paths = require "dhsm.paths"
+local util = require "dhsm.util"
+local cjson = require "cjson"
+
+local M = {}
+
+local GLOBAL_OPTIONS = {
+  { "-i", "--inventory", arg = "FILE", help = "inventory of the environment (JSON); default $DHSM_INVENTORY" },
+  { "-I", "--include", arg = "DIR", help = "look for playbooks and modules in DIR first (repeatable; also $DHSM_PATH)" },
+  { nil, "--audit", arg = "FILE", help = "audit log; default $DHSM_AUDIT or $XDG_STATE_HOME/dhsm/audit.jsonl" },
+  { "-v", "--verbose", help = "more detail, and tracebacks with errors" },
+  { "-h", "--help", help = "show help and exit" },
+}
+
+-- Each command: usage line, one-line summary, longer text, options.
+M.commands = {
+  { name = "run", usage = "run PLAYBOOK [-e KEY=VALUE|@FILE.json]... [--check] [--yes] [--resume ID] [--json]",
+    summary = "run a playbook",
+    text = [[Runs PLAYBOOK (a name from 'dhsm list' or a path to a .lua file) with the
+given parameters.  Steps marked destructive ask you to type their target's
+name unless --yes is given.  A value may contain any character (quotes,
+commas, '='); '-e @file.json' reads many parameters from a JSON object.]],
+    options = {
+      { "-e", "--extra", arg = "KEY=VALUE|@FILE", multi = true, help = "set a parameter (repeatable)" },
+      { nil, "--check", help = "plan only: read, but make no change" },
+      { "-y", "--yes", help = "do not ask before destructive steps (the audit log records it)" },
+      { nil, "--resume", arg = "ID", help = "continue run ID, skipping the steps it completed" },
+      { nil, "--json", help = "print one JSON document describing the run on stdout" },
+    } },
+  { name = "list", usage = "list", summary = "list the playbooks on the search path",
+    text = "Lists every playbook found in -I folders, $DHSM_PATH and the binary, with its description.",
+    options = {} },
+  { name = "doc", usage = "doc PLAYBOOK", summary = "describe a playbook and its parameters",
+    text = "Prints the playbook's description and a table of its parameters.", options = {} },
+  { name = "repl", usage = "repl", summary = "interactive Lua console with every module loaded",
+    text = [[Each line runs as a task, so waits and dhsm.parallel work; an expression prints
+its value.  Ctrl-C cancels the running line, Ctrl-D leaves.]], options = {} },
+  { name = "exec", usage = "exec FILE [ARG]... | exec -e CODE [ARG]...", summary = "run a Lua runbook",
+    text = [[Runs FILE (or CODE) as a task with the global 'dhsm' and every module
+available; the arguments are in ... and in the global 'arg'.]],
+    options = { { "-e", "--code", arg = "CODE", help = "run CODE instead of a file" } } },
+  { name = "test", usage = "test [-v] [PATH]...", summary = "run *_test.lua files",
+    text = [[Runs every *_test.lua file below each PATH (default tests/lua).  A test file
+uses  local t = require "dhsm.test"  and  t.test(name, fn).  Prints one line
+per failure and ends with "N passed, N failed".  Operators can test their
+own runbooks the same way.]],
+    options = { { nil, "--filter", arg = "PATTERN", help = "only tests whose name matches the Lua PATTERN" } } },
+  { name = "version", usage = "version", summary = "print the versions of dhsm and its libraries",
+    text = "Prints dhsm, Lua, libcurl, libssh2 and OpenSSL versions.", options = {} },
+  { name = "help", usage = "help [COMMAND]", summary = "show help for dhsm or a command",
+    text = "Shows the help of a command ('dhsm COMMAND --help' does the same).", options = {} },
+}
+
+local by_name = {}
+for _, c in ipairs(M.commands) do by_name[c.name] = c end
+
+local function usage_error(fmt, ...)
+  dhsm.error { kind = "usage", message = fmt:format(...) }
+end
+
+---------------------------------------------------------------------------
+-- help text (also rendered as the man page)
+
+local function option_label(o)
+  local names = o[1] and (o[1] .. ", " .. o[2]) or ("    " .. o[2])
+  return o.arg and (names .. " " .. o.arg) or names
+end
+
+local function format_options(list, out)
+  for _, o in ipairs(list) do
+    out[#out + 1] = ("  %-30s %s"):format(option_label(o), o.help)
+  end
+end
+
+function M.help_text(cmd)
+  local out = {}
+  if cmd then
+    out[#out + 1] = "usage: dhsm " .. cmd.usage
+    out[#out + 1] = ""
+    out[#out + 1] = cmd.text
+    if #cmd.options > 0 then
+      out[#out + 1] = ""
+      out[#out + 1] = "options:"
+      format_options(cmd.options, out)
+    end
+    return table.concat(out, "\n")
+  end
+  out[#out + 1] = "usage: dhsm [OPTIONS] COMMAND [ARGS]"
+  out[#out + 1] = ""
+  out[#out + 1] = "Automation for Azure Dedicated HSM (Thales Luna Network HSM 7): the Azure control"
+  out[#out + 1] = "plane, the appliances' LunaSH, PKCS#11 partitions and the network path between."
+  out[#out + 1] = ""
+  out[#out + 1] = "commands:"
+  for _, c in ipairs(M.commands) do
+    out[#out + 1] = ("  %-10s %s"):format(c.name, c.summary)
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "options:"
+  format_options(GLOBAL_OPTIONS, out)
+  out[#out + 1] = ""
+  out[#out + 1] = "exit status: 0 ok, 1 failed, 2 usage or bad input, 3 refused by a safety rule, 130 interrupted"
+  out[#out + 1] = "'dhsm COMMAND --help' describes a command."
+  return table.concat(out, "\n")
+end
+
+local function roff(s)
+  return (s:gsub("\\", "\\e"):gsub("^([.'])", "\\&%1"):gsub("\n([.'])", "\n\\&%1"):gsub("%-", "\\-"))
+end
+
+function M.man_page()
+  local out = {
+    '.TH DHSM 1 "" "dhsm ' .. dhsm.version .. '" "User Commands"',
+    ".SH NAME", "dhsm \\- automation for Azure Dedicated HSM",
+    ".SH SYNOPSIS", ".B dhsm", "[OPTIONS] COMMAND [ARGS]",
+    ".SH DESCRIPTION", roff(M.help_text():match("\n\n(.-)\n\ncommands:")),
+    ".SH OPTIONS",
+  }
+  local function opts(list)
+    for _, o in ipairs(list) do
+      out[#out + 1] = ".TP"
+      out[#out + 1] = ".B " .. roff(option_label(o))
+      out[#out + 1] = roff(o.help)
+    end
+  end
+  opts(GLOBAL_OPTIONS)
+  out[#out + 1] = ".SH COMMANDS"
+  for _, c in ipairs(M.commands) do
+    out[#out + 1] = ".SS " .. roff("dhsm " .. c.usage)
+    out[#out + 1] = roff(c.text)
+    opts(c.options)
+  end
+  out[#out + 1] = ".SH EXIT STATUS"
+  out[#out + 1] = "0 ok, 1 failed, 2 usage or bad input, 3 refused by a safety rule, 130 interrupted."
+  out[#out + 1] = ".SH ENVIRONMENT"
+  out[#out + 1] = "DHSM_PATH, DHSM_INVENTORY, DHSM_AUDIT, XDG_STATE_HOME, NO_COLOR."
+  return table.concat(out, "\n")
+end
+
+---------------------------------------------------------------------------
+-- argument parsing
+
+-- Parse args[i..] against `specs` (plus the global options).  Returns the
+-- options table and the positional arguments.  With stop_at_positional,
+-- everything from the first positional on is left unparsed (exec's script
+-- arguments).
+local function parse(args, i, specs, cmdname, stop_at_positional)
+  local all = {}
+  for _, o in ipairs(GLOBAL_OPTIONS) do all[#all + 1] = o end
+  for _, o in ipairs(specs) do all[#all + 1] = o end
+  local function find(name)
+    for _, o in ipairs(all) do
+      if o[1] == name or o[2] == name then return o end
+    end
+  end
+  local opts, pos = {}, {}
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      for j = i + 1, #args do pos[#pos + 1] = args[j] end
+      break
+    elseif a:sub(1, 1) == "-" and #a > 1 and not (stop_at_positional and #pos > 0) then
+      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      if not name:match("^%-%-") and #name > 2 then      -- -eVALUE
+        name, inline = a:sub(1, 2), a:sub(3)
+      end
+      local o = find(name)
+      if not o then
+        local names = {}
+        for _, x in ipairs(all) do names[#names + 1] = x[2] end
+        usage_error("unknown option '%s'%s%s (see 'dhsm %s--help')", name,
+          cmdname and (" for '" .. cmdname .. "'") or "", util.did_you_mean(name, names),
+          cmdname and (cmdname .. " ") or "")
+      end
+      local key = o[2]:sub(3)
+      local value = true
+      if o.arg then
+        value = inline
+        if value == nil then
+          i = i + 1
+          value = args[i]
+          if value == nil then usage_error("option '%s' needs a value (%s)", name, o.arg) end
+        end
+      elseif inline ~= nil then
+        usage_error("option '%s' takes no value", name)
+      end
+      if o.multi or key == "include" then
+        opts[key] = opts[key] or {}
+        table.insert(opts[key], value)
+      else
+        opts[key] = value
+      end
+    else
+      pos[#pos + 1] = a
+      if stop_at_positional then
+        for j = i + 1, #args do pos[#pos + 1] = args[j] end
+        break
+      end
+    end
+    i = i + 1
+  end
+  return opts, pos
+end
+
+-- "-e key=value" and "-e @file.json" into one table.
+function M.parse_params(list)
+  local params = {}
+  for _, item in ipairs(list or {}) do
+    if item:sub(1, 1) == "@" then
+      local path = item:sub(2)
+      local data, err = util.read_file(path)
+      if not data then usage_error("cannot read parameters from -e @%s: %s", path, err) end
+      local ok, obj = pcall(cjson.decode, data)
+      if not ok then
+        usage_error("-e @%s: invalid JSON (%s)", path, tostring(obj):gsub("^.-: ", ""))
+      end
+      if type(obj) ~= "table" or (#obj > 0) then
+        usage_error("-e @%s: expected a JSON object of parameters, e.g. {\"name\": \"hsm1\"}", path)
+      end
+      for k, v in pairs(obj) do
+        if v == cjson.null then v = nil end
+        params[k] = v
+      end
+    else
+      local key, value = item:match("^([^=]*)=(.*)$")
+      if not key then
+        usage_error("-e '%s': expected KEY=VALUE or @FILE.json", item)
+      end
+      if not key:match("^[%a_][%w_.-]*$") then
+        usage_error("-e '%s': '%s' is not a parameter name (letters, digits, _ . -)", item, key)
+      end
+      params[key] = value
+    end
+  end
+  return params
+end
+
+---------------------------------------------------------------------------
+-- commands
+
+local out = io.stdout
+
+local function cmd_version()
+  local v = sys.versions()
+  out:write(("dhsm %s\n%s\nlibcurl %s\nlibssh2 %s\n%s\n"):format(
+    v.dhsm, v.lua, v.curl, v.libssh2, v.openssl))
+  return 0
+end
+
+local function cmd_help(opts, pos)
+  if opts.man then
+    out:write(M.man_page(), "\n")
+    return 0
+  end
+  local name = pos[1]
+  if name == nil then
+    out:write(M.help_text(), "\n")
+    return 0
+  end
+  local cmd = by_name[name]
+  if not cmd then
+    usage_error("no command '%s'%s; see 'dhsm --help'", name,
+      util.did_you_mean(name, M.command_names()))
+  end
+  out:write(M.help_text(cmd), "\n")
+  return 0
+end
+
+function M.command_names()
+  local names = {}
+  for _, c in ipairs(M.commands) do names[#names + 1] = c.name end
+  return names
+end
+
+local function find_playbook_or_fail(name)
+  local found = paths.find_playbook(name)
+  if not found then
+    local names = {}
+    for _, p in ipairs(paths.list_playbooks()) do names[#names + 1] = p.name end
+    usage_error("no playbook '%s'%s; 'dhsm list' shows the ones on the search path", name,
+      util.did_you_mean(name, names))
+  end
+  return found
+end
+
+local function cmd_list()
+  local play = require "dhsm.play"
+  local list = paths.list_playbooks()
+  if #list == 0 then
+    out:write("no playbooks found\n")
+    return 0
+  end
+  local width = 0
+  for _, p in ipairs(list) do width = math.max(width, #p.name) end
+  for _, p in ipairs(list) do
+    local ok, pb = pcall(play.load, p)
+    local desc = ok and pb.description:match("^[^\n]*") or ("(cannot load: " .. tostring(pb) .. ")")
+    out:write(util.pad(p.name, width + 2), desc, "\n")
+  end
+  return 0
+end
+
+local function cmd_doc(_, pos)
+  if not pos[1] then usage_error("doc needs a PLAYBOOK name; 'dhsm list' shows them") end
+  local play = require "dhsm.play"
+  out:write(play.doc(play.load(find_playbook_or_fail(pos[1]))), "\n")
+  return 0
+end
+
+local function cmd_run(opts, pos)
+  if not pos[1] then usage_error("run needs a PLAYBOOK; 'dhsm list' shows them") end
+  if pos[2] then usage_error("unexpected argument '%s' (parameters are given as -e KEY=VALUE)", pos[2]) end
+  local play = require "dhsm.play"
+  local pb = play.load(find_playbook_or_fail(pos[1]))
+  return play.run(pb, M.parse_params(opts.extra), {
+    check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
+    inventory = opts.inventory,
+  })
+end
+
+local function cmd_exec(opts, pos)
+  local chunk, err, name
+  if opts.code then
+    name = "=(command line)"
+    chunk, err = load(opts.code, name, "t")
+  else
+    name = pos[1]
+    if not name then usage_error("exec needs a FILE or -e CODE") end
+    table.remove(pos, 1)
+    local src, rerr = util.read_file(name)
+    if not src then usage_error("cannot read %s", rerr) end
+    chunk, err = load(src:gsub("^#![^\n]*", ""), "@" .. name, "t")
+  end
+  if not chunk then usage_error("%s", err) end
+  local argt = { [0] = opts.code and "-e" or name }
+  for i, a in ipairs(pos) do argt[i] = a end
+  _G.arg = argt
+  chunk(table.unpack(pos))
+  return 0
+end
+
+local function cmd_test(opts, pos)
+  return require("dhsm.testrun").run(pos, { verbose = opts.verbose, filter = opts.filter })
+end
+
+local function cmd_repl(opts)
+  return require("dhsm.repl").run { inventory = opts.inventory }
+end
+
+local handlers = {
+  run = cmd_run, list = cmd_list, doc = cmd_doc, repl = cmd_repl,
+  exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help,
+}
+
+---------------------------------------------------------------------------
+-- entry point
+
+function M.exit_code(err)
+  if dhsm.error.is(err, "usage") then return 2 end
+  if dhsm.error.is(err, "safety") then return 3 end
+  if dhsm.error.is(err, "interrupted") then return 130 end
+  return 1
+end
+
+-- Print an error: its message for a dhsm error, with the traceback when
+-- verbose or when it is not a dhsm error (a bug, in dhsm or in a runbook).
+-- `traceback` is "stack traceback:\n..." or nil.
+function M.report(err, traceback)
+  local plain = { usage = true, interrupted = true, cancelled = true }
+  local line = dhsm.error.is(err) and (plain[err.kind] and err.message or tostring(err))
+    or tostring(err)
+  io.stderr:write("dhsm: ", line, "\n")
+  if traceback and (dhsm.verbose or not dhsm.error.is(err)) then
+    io.stderr:write(traceback, "\n")
+  end
+end
+
+local function dispatch(args)
+  -- global options may come before the command
+  local i = 1
+  local pre = {}
+  while args[i] and args[i]:sub(1, 1) == "-" do
+    local a = args[i]
+    if a == "--version" then return cmd_version() end
+    local o
+    for _, g in ipairs(GLOBAL_OPTIONS) do
+      if a == g[1] or a == g[2] or a:match("^" .. g[2]:gsub("%-", "%%-") .. "=") then o = g end
+    end
+    if not o then
+      local names = {}
+      for _, g in ipairs(GLOBAL_OPTIONS) do names[#names + 1] = g[2] end
+      usage_error("unknown option '%s'%s (see 'dhsm --help')", a, util.did_you_mean(a, names))
+    end
+    pre[#pre + 1] = a
+    if o.arg and not a:find("=", 1, true) then
+      i = i + 1
+      if args[i] == nil then usage_error("option '%s' needs a value (%s)", a, o.arg) end
+      pre[#pre + 1] = args[i]
+    end
+    i = i + 1
+  end
+  local name = args[i]
+  local gopts = parse(pre, 1, {}, nil)
+  if name == nil then
+    if gopts.help then return cmd_help({}, {}) end
+    usage_error("no command given; see 'dhsm --help'")
+  end
+  local cmd = by_name[name]
+  if not cmd then
+    usage_error("unknown command '%s'%s; see 'dhsm --help'", name,
+      util.did_you_mean(name, M.command_names()))
+  end
+  local specs = cmd.options
+  if name == "help" then specs = { { nil, "--man", help = "" } } end
+  local opts, pos = parse(args, i + 1, specs, name, name == "exec")
+  for k, v in pairs(gopts) do
+    if k == "include" then
+      opts.include = opts.include or {}
+      for j, d in ipairs(v) do table.insert(opts.include, j, d) end
+    elseif opts[k] == nil then
+      opts[k] = v
+    end
+  end
+  if opts.help then return cmd_help({}, { name }) end
+  dhsm.verbose = opts.verbose == true
+  local dirs = {}
+  for _, d in ipairs(opts.include or {}) do dirs[#dirs + 1] = d end
+  for _, d in ipairs(paths.split(os.getenv("DHSM_PATH"))) do dirs[#dirs + 1] = d end
+  paths.set(dirs)
+  if opts.audit then dhsm.audit.set_path(opts.audit) end
+  opts.inventory = opts.inventory or os.getenv("DHSM_INVENTORY")
+  return handlers[name](opts, pos)
+end
+
+function M.main(args)
+  local context = dhsm.context()
+  context.run = context.run or (os.date("!%Y%m%dT%H%M%S") .. "-" .. sys.random_hex(3))
+  local ok, r = xpcall(dispatch, function(e)
+    return { err = e, traceback = debug.traceback("", 2):sub(2) }
+  end, args)
+  io.stdout:flush()
+  if ok then return r end
+  M.report(r.err, r.traceback)
+  return M.exit_code(r.err)
+end
+
+return M

@@ -1,0 +1,153 @@
+-- dhsm.test: writing tests for dhsm itself and for operators' runbooks.
+--
+--   local t = require "dhsm.test"
+--   t.test("gateway must be Succeeded", function()
+--     t.eq(state(), "Succeeded")
+--   end)
+--
+-- Each test runs as a task (it may sleep, wait and use dhsm.parallel) with a
+-- deadline (60 s, or {timeout=s} as third argument).  `dhsm test` runs them.
+local pretty = require "dhsm.pretty"
+local sys = require "dhsm.sys"
+local util = require "dhsm.util"
+local errors = require "dhsm.errors"
+
+local M = { registered = {} }
+
+-- Failures are tables so the runner tells them from errors in the code.
+local Failure = {}
+Failure.__index = Failure
+Failure.__tostring = function(f) return f.message end
+
+local function where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  if info and info.currentline and info.currentline > 0 then
+    return info.short_src .. ":" .. info.currentline
+  end
+end
+
+local function fail(message, level)
+  error(setmetatable({ message = message, where = where(level + 1) }, Failure), level + 1)
+end
+
+function M.is_failure(v)
+  return getmetatable(v) == Failure
+end
+
+local function show(v)
+  return pretty.format(v, { width = 60, max_lines = 20 })
+end
+
+-- The first difference between two values, or nil when deeply equal.
+local function diff(a, b, path, seen)
+  if a == b then return nil end
+  if type(a) ~= "table" or type(b) ~= "table" then
+    if type(a) == "number" and type(b) == "number" and a == b then return nil end
+    return ("%s: expected %s, got %s"):format(path == "" and "value" or path, show(b), show(a))
+  end
+  seen[a] = seen[a] or {}
+  if seen[a][b] then return nil end
+  seen[a][b] = true
+  local keys, seen_key = {}, {}
+  for k in pairs(b) do if not seen_key[k] then seen_key[k] = true keys[#keys + 1] = k end end
+  for k in pairs(a) do if not seen_key[k] then seen_key[k] = true keys[#keys + 1] = k end end
+  table.sort(keys, function(x, y) return tostring(x) < tostring(y) end)
+  for _, k in ipairs(keys) do
+    local sub = type(k) == "string" and k:match("^[%a_][%w_]*$") and (path .. "." .. k)
+      or (path .. "[" .. show(k) .. "]")
+    local d = diff(a[k], b[k], sub, seen)
+    if d then return d end
+  end
+  return nil
+end
+M.diff = diff
+
+-- eq(actual, expected [, msg]): deep equality with a readable difference.
+function M.eq(actual, expected, msg)
+  local d = diff(actual, expected, "", {})
+  if d then fail((msg and (msg .. ": ") or "") .. d, 2) end
+end
+
+function M.ok(v, msg)
+  if not v then fail(msg or ("expected a true value, got " .. show(v)), 2) end
+  return v
+end
+
+-- raises(fn, expect [, ...args]): fn must raise; expect is a Lua pattern
+-- matched against the message, or a dhsm error kind or code.  Returns the error.
+function M.raises(fn, expect, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then fail("expected an error" .. (expect and (" matching " .. show(expect)) or "") .. ", none was raised", 2) end
+  if expect ~= nil and not M.is_failure(err) then
+    local e = errors.normalize(err)
+    local text = tostring(err)
+    if not (e.kind == expect or e.code == expect or text:find(expect)) then
+      fail(("expected an error matching %s, got: %s"):format(show(expect), text), 2)
+    end
+  elseif M.is_failure(err) then
+    error(err, 0)
+  end
+  return err
+end
+
+local Skip = {}
+function M.skip(reason)
+  error(setmetatable({ message = reason or "skipped" }, Skip), 2)
+end
+function M.is_skip(v) return getmetatable(v) == Skip end
+
+function M.test(name, fn, opts)
+  if type(name) ~= "string" then error("t.test: the name must be a string", 2) end
+  if type(fn) ~= "function" then error("t.test: expected a function", 2) end
+  M.registered[#M.registered + 1] = { name = name, fn = fn, opts = opts or {}, where = where(2) }
+end
+
+-- Helpers for tests that drive the dhsm program itself.
+
+M.dhsm = sys.executable()
+
+local cleanups = {}
+
+-- tmpdir() -> a fresh folder removed when the test ends
+function M.tmpdir()
+  local dir = assert(sys.mkdtemp("dhsm-test-"))
+  cleanups[#cleanups + 1] = function() os.execute("rm -rf " .. util.shell_quote(dir)) end
+  return dir
+end
+
+function M.run_cleanups()
+  for i = #cleanups, 1, -1 do pcall(cleanups[i]) end
+  cleanups = {}
+end
+
+function M.write(path, data, mode)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+  if mode then os.execute(("chmod %o %s"):format(mode, util.shell_quote(path))) end
+  return path
+end
+
+-- sh(cmd [, {stdin=}]) -> {status=, stdout=, stderr=}: cmd through /bin/sh.
+function M.sh(cmd, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  local q = util.shell_quote
+  local input = "/dev/null"
+  if opts.stdin then input = M.write(dir .. "/in", opts.stdin) end
+  -- the shell's own messages ("Killed") belong to the command's stderr
+  local full = ("exec >%s 2>%s <%s\n%s"):format(q(dir .. "/out"), q(dir .. "/err"), q(input), cmd)
+  local _, how, code = os.execute(full)
+  return {
+    status = how == "exit" and code or 128 + code,
+    stdout = util.read_file(dir .. "/out") or "",
+    stderr = util.read_file(dir .. "/err") or "",
+  }
+end
+
+-- dhsm_cmd("exec -e ...") -> the shell command running this very binary
+function M.cmd(args)
+  return util.shell_quote(M.dhsm) .. " " .. args
+end
+
+return M

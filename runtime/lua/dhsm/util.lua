@@ -1,0 +1,73 @@
+-- dhsm.util: small helpers shared by the Lua half of the runtime.
+local M = {}
+
+-- Edit distance between two short strings (for "did you mean").
+local function distance(a, b)
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+M.distance = distance
+
+-- The candidate closest to name, or nil when none is plausibly meant.
+function M.closest(name, candidates)
+  local best, best_d
+  for _, c in ipairs(candidates) do
+    local d = distance(name:lower(), c:lower())
+    if d < (best_d or math.huge) then best, best_d = c, d end
+  end
+  if best and best_d <= math.max(2, #name // 3) then return best end
+end
+
+-- " (did you mean 'x'?)" or ""
+function M.did_you_mean(name, candidates)
+  local c = M.closest(name, candidates)
+  return c and (" (did you mean '%s'?)"):format(c) or ""
+end
+
+function M.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    local ta, tb = type(a), type(b)
+    if ta ~= tb then return ta < tb end
+    if ta == "number" or ta == "string" then return a < b end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+function M.trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+-- Quote a word for /bin/sh.
+function M.shell_quote(s)
+  s = tostring(s)
+  if s:match("^[%w%./_=:,+-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function M.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+-- Pad s to width w (counting UTF-8 characters).
+function M.pad(s, w)
+  s = tostring(s)
+  return s .. string.rep(" ", w - utf8.len(s))
+end
+
+return M

@@ -1,0 +1,166 @@
+/*
+** state.c - building the one lua_State: libraries, scheduler, preloaded
+** modules, the embedded-file searcher, warnings, the global `dhsm`.
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "dhsm/dhsm.h"
+#include "runtime.h"
+
+extern const dhsm_module dhsm_modules[];
+
+/* ---- warnings: "dhsm: warning: ..." on stderr (as lua.c, but on) ---- */
+
+static void warn_on(void *ud, const char *msg, int tocont);
+static void warn_off(void *ud, const char *msg, int tocont);
+
+/* "@on" / "@off" switch warnings, as in lua.c */
+static int warn_control(lua_State *L, const char *msg, int tocont) {
+  if (tocont || *(msg++) != '@') return 0;
+  if (strcmp(msg, "off") == 0) lua_setwarnf(L, warn_off, L);
+  else if (strcmp(msg, "on") == 0) lua_setwarnf(L, warn_on, L);
+  return 1;
+}
+
+static void warn_off(void *ud, const char *msg, int tocont) {
+  warn_control(ud, msg, tocont);
+}
+
+static void warn_cont(void *ud, const char *msg, int tocont) {
+  lua_State *L = ud;
+  fputs(msg, stderr);
+  if (tocont) {
+    lua_setwarnf(L, warn_cont, L);
+  } else {
+    fputc('\n', stderr);
+    fflush(stderr);
+    lua_setwarnf(L, warn_on, L);
+  }
+}
+
+static void warn_on(void *ud, const char *msg, int tocont) {
+  if (warn_control(ud, msg, tocont)) return;
+  fputs("dhsm: warning: ", stderr);
+  warn_cont(ud, msg, tocont);
+}
+
+/* ---- module helpers (module.h) ---------------------------------------- */
+
+void dhsm_newclass(lua_State *L, const char *tname,
+                   const luaL_Reg *methods, const luaL_Reg *metamethods) {
+  if (luaL_newmetatable(L, tname)) {
+    if (metamethods) luaL_setfuncs(L, metamethods, 0);
+    if (methods) {
+      lua_newtable(L);
+      luaL_setfuncs(L, methods, 0);
+      lua_setfield(L, -2, "__index");
+    }
+  }
+}
+
+int dhsm_check_mode(lua_State *L) {
+  int on = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "dhsm") == LUA_TTABLE) {
+    lua_getfield(L, -1, "check_mode");
+    on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return on;
+}
+
+/* ---- embedded Lua ------------------------------------------------------ */
+
+const dhsm_embedded *dhsm_embedded_find(char kind, const char *name) {
+  for (size_t i = 0; i < dhsm_embedded_count; i++) {
+    const dhsm_embedded *e = &dhsm_embedded_files[i];
+    if (e->kind == kind && strcmp(e->name, name) == 0) return e;
+  }
+  return NULL;
+}
+
+/* package.searchers entry: modules compiled into the binary */
+static int search_embedded(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const dhsm_embedded *e = dhsm_embedded_find('m', name);
+  if (e == NULL) {
+    lua_pushfstring(L, "no module '%s' embedded in dhsm", name);
+    return 1;
+  }
+  lua_pushfstring(L, "@%s", e->path);
+  if (luaL_loadbufferx(L, (const char *)e->data, e->len, lua_tostring(L, -1), "t") != LUA_OK)
+    return luaL_error(L, "error loading embedded module '%s':\n\t%s", name, lua_tostring(L, -1));
+  lua_pushstring(L, e->path);
+  return 2;
+}
+
+/* Searchers: preload, package.path (user folders), embedded, C libraries. */
+static void install_searcher(lua_State *L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = n; i >= 3; i--) {        /* shift C searchers up */
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushcfunction(L, search_embedded);
+  lua_rawseti(L, -2, 3);
+  lua_pop(L, 1);
+  lua_pushliteral(L, "");                       /* only what the user adds */
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+}
+
+static void preload_modules(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const dhsm_module *m = dhsm_modules; m->name; m++) {
+    lua_pushcfunction(L, m->open);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pop(L, 1);
+}
+
+static int init_state(lua_State *L) {
+  const char *const *dirs = lua_touserdata(L, 1);
+  int ndirs = (int)lua_tointeger(L, 2);
+  luaL_openlibs(L);
+  preload_modules(L);
+  install_searcher(L);
+  luaL_requiref(L, "dhsm.audit", luaopen_dhsm_audit, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "dhsm.paths");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "set");
+  lua_createtable(L, ndirs, 0);
+  for (int i = 0; i < ndirs; i++) {
+    lua_pushstring(L, dirs[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_call(L, 1, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "dhsm");
+  lua_call(L, 1, 1);
+  lua_setglobal(L, "dhsm");
+  return 0;
+}
+
+lua_State *dhsm_newstate(const char *const *user_dirs, int ndirs) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) return NULL;
+  lua_setwarnf(L, warn_on, L);
+  dhsm_loop_init(L);                 /* before any thread exists */
+  lua_pushcfunction(L, init_state);
+  lua_pushlightuserdata(L, (void *)user_dirs);
+  lua_pushinteger(L, ndirs);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    fprintf(stderr, "dhsm: cannot start: %s\n", luaL_tolstring(L, -1, NULL));
+    lua_close(L);
+    return NULL;
+  }
+  return L;
+}

@@ -1,0 +1,280 @@
+/*
+** sys.c - "dhsm.sys": the few OS services the Lua half of the runtime
+** needs and Lua lacks (directories, terminals, line editing, the embedded
+** files, versions).  Internal; runbooks use the public modules.
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <editline/readline.h>
+#include <libssh2.h>
+#include <openssl/crypto.h>
+#include <lauxlib.h>
+
+#include "dhsm/dhsm.h"
+#include "json.h"
+#include "runtime.h"
+
+static int fail_errno(lua_State *L, const char *what) {
+  int e = errno;
+  luaL_pushfail(L);
+  lua_pushfstring(L, "%s: %s", what, strerror(e));
+  lua_pushinteger(L, e);
+  return 3;
+}
+
+/* isatty(fd) */
+static int sys_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* readdir(path) -> sorted array of names (without . and ..) | fail, msg */
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int sys_readdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (d == NULL) return fail_errno(L, path);
+  size_t n = 0, cap = 64;
+  char **names = malloc(cap * sizeof *names);
+  struct dirent *e;
+  while (names && (e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (n == cap) {
+      char **nn = realloc(names, (cap *= 2) * sizeof *names);
+      if (nn == NULL) break;
+      names = nn;
+    }
+    names[n++] = strdup(e->d_name);
+  }
+  closedir(d);
+  if (names == NULL) return luaL_error(L, "not enough memory");
+  qsort(names, n, sizeof *names, cmp_names);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, names[i] ? names[i] : "");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    free(names[i]);
+  }
+  free(names);
+  return 1;
+}
+
+/* stat(path) -> {type=, mode=, size=, mtime=} | fail, msg */
+static int sys_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) < 0) return fail_errno(L, path);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, S_ISDIR(st.st_mode) ? "dir" : S_ISREG(st.st_mode) ? "file" : "other");
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, st.st_mode & 07777);
+  lua_setfield(L, -2, "mode");
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9);
+  lua_setfield(L, -2, "mtime");
+  return 1;
+}
+
+/* mkdir(path [, mode]): like mkdir -p; true | fail, msg */
+static int sys_mkdir(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  mode_t mode = (mode_t)luaL_optinteger(L, 2, 0700);
+  char *p = strdup(path);
+  for (char *s = p + 1; p && *s; s++) {
+    if (*s != '/') continue;
+    *s = '\0';
+    if (mkdir(p, mode) < 0 && errno != EEXIST) { free(p); return fail_errno(L, path); }
+    *s = '/';
+  }
+  int rc = mkdir(p, mode);
+  free(p);
+  if (rc < 0 && errno != EEXIST) return fail_errno(L, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* write_file(path, data [, mode]): atomically (temp file + rename) */
+static int sys_write_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  mode_t mode = (mode_t)luaL_optinteger(L, 3, 0600);
+  const char *tmp = lua_pushfstring(L, "%s.tmp.%d", path, (int)getpid());
+  FILE *f = fopen(tmp, "wx");
+  if (f == NULL) return fail_errno(L, tmp);
+  int ok = fchmod(fileno(f), mode) == 0 && fwrite(data, 1, len, f) == len &&
+           fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) < 0) {
+    int r = fail_errno(L, path);
+    unlink(tmp);
+    return r;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* mkdtemp([prefix]) -> a new private folder under $TMPDIR (or /tmp) */
+static int sys_mkdtemp(lua_State *L) {
+  const char *tmp = getenv("TMPDIR");
+  const char *t = lua_pushfstring(L, "%s/%sXXXXXX", tmp && *tmp ? tmp : "/tmp",
+                                  luaL_optstring(L, 1, "dhsm-"));
+  char *buf = strdup(t);
+  if (buf == NULL || mkdtemp(buf) == NULL) {
+    free(buf);
+    return fail_errno(L, t);
+  }
+  lua_pushstring(L, buf);
+  free(buf);
+  return 1;
+}
+
+static int sys_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+/* executable() -> absolute path of this program */
+static int sys_executable(lua_State *L) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n < 0) return fail_errno(L, "/proc/self/exe");
+  lua_pushlstring(L, buf, (size_t)n);
+  return 1;
+}
+
+/* time() -> wall clock seconds with a fraction */
+static int sys_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* rfc3339([t]) -> "2026-11-28T09:33:59.123Z" */
+static int sys_rfc3339(lua_State *L) {
+  struct timespec ts;
+  if (lua_isnoneornil(L, 1)) {
+    clock_gettime(CLOCK_REALTIME, &ts);
+  } else {
+    lua_Number t = luaL_checknumber(L, 1);
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (lua_Number)ts.tv_sec) * 1e9);
+  }
+  char out[32];
+  dhsm_rfc3339(out, &ts);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+/* random_hex(nbytes) */
+static int sys_random_hex(lua_State *L) {
+  unsigned char raw[32];
+  lua_Integer want = luaL_optinteger(L, 1, 4);
+  size_t n = want > 0 && want <= (lua_Integer)sizeof raw ? (size_t)want : 0;
+  if (n == 0) return luaL_argerror(L, 1, "expected 1..32 bytes");
+  if (getrandom(raw, n, 0) != (ssize_t)n) return fail_errno(L, "getrandom");
+  char hex[2 * sizeof raw + 1];
+  for (size_t i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  lua_pushlstring(L, hex, 2 * n);
+  return 1;
+}
+
+/* readline(prompt) -> line | nil at end of input.  Line editing on a
+** terminal, plain reads otherwise (no prompt, no escape codes). */
+static int sys_readline(lua_State *L) {
+  const char *prompt = luaL_optstring(L, 1, "");
+  if (isatty(STDIN_FILENO)) {
+    char *line = readline(prompt);
+    if (line == NULL) return 0;
+    lua_pushstring(L, line);
+    free(line);
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  int c, any = 0;
+  while ((c = getchar()) != EOF && c != '\n') {
+    luaL_addchar(&b, (char)c);
+    any = 1;
+  }
+  if (c == EOF && !any) return 0;
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int sys_add_history(lua_State *L) {
+  add_history(luaL_checkstring(L, 1));
+  return 0;
+}
+
+/* embedded(kind) -> array of {name=, path=} for kind 'm', 'p' or 'd' */
+static int sys_embedded(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  lua_newtable(L);
+  int n = 0;
+  for (size_t i = 0; i < dhsm_embedded_count; i++) {
+    const dhsm_embedded *e = &dhsm_embedded_files[i];
+    if (e->kind != kind[0]) continue;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, e->name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, e->path);
+    lua_setfield(L, -2, "path");
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+/* embedded_read(kind, name) -> data, path | nil */
+static int sys_embedded_read(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const dhsm_embedded *e = dhsm_embedded_find(kind[0], luaL_checkstring(L, 2));
+  if (e == NULL) return 0;
+  lua_pushlstring(L, (const char *)e->data, e->len);
+  lua_pushstring(L, e->path);
+  return 2;
+}
+
+/* versions() -> {dhsm=, lua=, curl=, libssh2=, openssl=} */
+static int sys_versions(lua_State *L) {
+  lua_createtable(L, 0, 5);
+  lua_pushliteral(L, DHSM_VERSION);
+  lua_setfield(L, -2, "dhsm");
+  lua_pushliteral(L, LUA_RELEASE);
+  lua_setfield(L, -2, "lua");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl");
+  lua_pushstring(L, libssh2_version(0));
+  lua_setfield(L, -2, "libssh2");
+  lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
+  lua_setfield(L, -2, "openssl");
+  return 1;
+}
+
+int luaopen_dhsm_sys(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"isatty", sys_isatty}, {"readdir", sys_readdir}, {"stat", sys_stat},
+    {"mkdir", sys_mkdir}, {"mkdtemp", sys_mkdtemp}, {"write_file", sys_write_file}, {"getpid", sys_getpid},
+    {"executable", sys_executable}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
+    {"random_hex", sys_random_hex}, {"readline", sys_readline},
+    {"add_history", sys_add_history}, {"embedded", sys_embedded},
+    {"embedded_read", sys_embedded_read}, {"versions", sys_versions},
+    {NULL, NULL}
+  };
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,78 @@
+-- The audit log: one JSON object per line, context, modes, and whole lines
+-- even when the process is killed in the middle.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local sys = require "dhsm.sys"
+local util = require "dhsm.util"
+
+local function records(path)
+  local out = {}
+  for line in io.lines(path) do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+t.test("a record carries time, context, target, action, outcome and fields", function()
+  local dir = t.tmpdir()
+  local path = dir .. "/sub/audit.jsonl"
+  local r = t.sh(t.cmd("--audit " .. path .. " exec -e " .. util.shell_quote([[
+    local ctx = dhsm.context()
+    ctx.playbook, ctx.step = "decommission", "zeroize"
+    dhsm.audit.write{ action = "hsm.zeroize", target = "hsm1", outcome = "ok",
+                      duration_ms = 12.5, attempts_left = 0, extra = { a = 1 } }
+    dhsm.spawn(function()
+      dhsm.audit.write{ action = "child", target = "hsm2" }
+    end):join()
+  ]])))
+  t.eq(r.status, 0, r.stderr)
+  local recs = records(path)
+  t.eq(#recs, 2)
+  local a = recs[1]
+  t.ok(a.ts:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"), a.ts)
+  t.ok(a.run:match("^%d+T%d+%-%x+$"), a.run)
+  t.eq({ a.playbook, a.step, a.target, a.action, a.outcome, a.duration_ms, a.attempts_left, a.extra.a },
+       { "decommission", "zeroize", "hsm1", "hsm.zeroize", "ok", 12.5, 0, 1 })
+  t.eq({ recs[2].step, recs[2].run, recs[2].action }, { "zeroize", a.run, "child" })
+  t.eq(sys.stat(path).mode, tonumber("600", 8))
+  t.eq(sys.stat(dir .. "/sub").mode, tonumber("700", 8))
+end)
+
+t.test("the path comes from --audit, then DHSM_AUDIT, then XDG_STATE_HOME", function()
+  local dir = t.tmpdir()
+  local r = t.sh(("DHSM_AUDIT=%s/env.jsonl %s"):format(dir, t.cmd("exec -e 'print(dhsm.audit.path())'")))
+  t.eq(r.stdout, dir .. "/env.jsonl\n")
+  r = t.sh(("env -u DHSM_AUDIT XDG_STATE_HOME=%s %s"):format(dir, t.cmd("exec -e 'print(dhsm.audit.path())'")))
+  t.eq(r.stdout, dir .. "/dhsm/audit.jsonl\n")
+end)
+
+t.test("audit.write names a missing or malformed field", function()
+  t.raises(function() dhsm.audit.write {} end, "field 'action' is required")
+  t.raises(function() dhsm.audit.write { action = "x", target = {} } end, "field 'target' must be a string")
+end)
+
+t.test("an unwritable log is an error: no action without its record", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/file", "")
+  local r = t.sh(t.cmd("--audit " .. dir .. "/file/audit.jsonl exec -e 'dhsm.audit.write{action=\"x\"}'"))
+  t.eq(r.status, 1)
+  t.ok(r.stderr:find("audit: cannot open the audit log " .. dir .. "/file/audit.jsonl", 1, true), r.stderr)
+end)
+
+t.test("killing the process mid-run leaves only whole lines", function()
+  local dir = t.tmpdir()
+  local path = dir .. "/audit.jsonl"
+  local writer = ([[
+    local pad = string.rep("x", 3000)
+    for i = 1, 1e9 do dhsm.audit.write{ action = "a", target = "t" .. i, pad = pad } end
+  ]])
+  t.sh(("timeout -s KILL 0.4 %s"):format(t.cmd("--audit " .. path .. " exec -e " .. util.shell_quote(writer))))
+  local data = util.read_file(path)
+  t.ok(#data > 100000, "wrote only " .. #data .. " bytes")
+  t.eq(data:sub(-1), "\n", "the file ends in a whole line")
+  local n = 0
+  for line in data:gmatch("[^\n]+") do
+    local ok, rec = pcall(cjson.decode, line)
+    t.ok(ok and rec.action == "a", "not a whole record: " .. line:sub(1, 80))
+    n = n + 1
+  end
+  t.ok(n > 10, "only " .. n .. " records")
+end)

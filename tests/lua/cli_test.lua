@@ -1,0 +1,162 @@
+-- The command line: commands, options, exit statuses and messages.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local fixtures = here .. "/../fixtures"
+local q = util.shell_quote
+
+local function dhsm_run(args, opts)
+  return t.sh(t.cmd(args), opts)
+end
+
+-- exit status 2 and exactly one line on stderr containing `text`
+local function usage_fails(args, text)
+  local r = dhsm_run(args)
+  t.eq(r.status, 2, args .. "\n" .. r.stderr)
+  t.eq(select(2, r.stderr:gsub("\n", "")), 1, "one line expected:\n" .. r.stderr)
+  t.ok(r.stderr:find(text, 1, true), ("%q not in %q"):format(text, r.stderr))
+  t.ok(not r.stderr:find("traceback", 1, true))
+  return r
+end
+
+t.test("bad commands and options are one clear line and status 2", function()
+  usage_fails("", "no command given; see 'dhsm --help'")
+  usage_fails("frobnicate", "unknown command 'frobnicate'")
+  usage_fails("rnu", "unknown command 'rnu' (did you mean 'run'?)")
+  usage_fails("run --chek x", "unknown option '--chek' for 'run' (did you mean '--check'?)")
+  usage_fails("--nope list", "unknown option '--nope'")
+  usage_fails("run", "run needs a PLAYBOOK")
+  usage_fails("run no-such-playbook", "no playbook 'no-such-playbook'")
+  usage_fails("-I " .. fixtures .. "/playbooks run ecko", "no playbook 'ecko' (did you mean 'echo'?)")
+  usage_fails("exec", "exec needs a FILE or -e CODE")
+  usage_fails("exec /no/such/file.lua", "cannot read /no/such/file.lua")
+  usage_fails("exec -e", "option '-e' needs a value")
+  usage_fails("exec -e 'x = = 1'", "unexpected symbol")
+  usage_fails("list --yes", "unknown option '--yes' for 'list'")
+  usage_fails("help nosuch", "no command 'nosuch'")
+  usage_fails("test /no/such/dir", "no such file or folder: /no/such/dir")
+  usage_fails("-I " .. fixtures .. "/playbooks run broken", "field 'description' must be a string")
+  usage_fails("run x --check=yes", "option '--check' takes no value")
+end)
+
+t.test("-e values keep quotes, commas and '=' intact", function()
+  local value = [[a "quoted", 'b' = c,d]]
+  local r = dhsm_run("-I " .. fixtures .. "/playbooks run echo -e " .. q("name=" .. value) .. " -e count=3")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout), { name = value, count = "3" })
+end)
+
+t.test("-e @file.json loads many parameters and bad files are named", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/p.json", '{"name": "hsm1", "count": 2}')
+  t.write(dir .. "/bad.json", '{"name": ')
+  t.write(dir .. "/list.json", '["a"]')
+  local r = dhsm_run(("-I %s/playbooks run echo -e @%s/p.json -e name=override"):format(fixtures, dir))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout), { name = "override", count = 2 })
+  local base = "-I " .. fixtures .. "/playbooks run echo "
+  usage_fails(base .. "-e @" .. dir .. "/none.json", "cannot read parameters from -e @" .. dir .. "/none.json")
+  usage_fails(base .. "-e @" .. dir .. "/bad.json", "-e @" .. dir .. "/bad.json: invalid JSON")
+  usage_fails(base .. "-e @" .. dir .. "/list.json", "expected a JSON object of parameters")
+  usage_fails(base .. "-e novalue", "-e 'novalue': expected KEY=VALUE or @FILE.json")
+  usage_fails(base .. "-e 1x=2", "'1x' is not a parameter name")
+end)
+
+t.test("exit statuses: 1 failed, 3 refused by safety, 130 interrupted", function()
+  local r = dhsm_run([[exec -e 'dhsm.error{kind="azure", code="Conflict", message="busy"}']])
+  t.eq(r.status, 1)
+  t.eq(r.stderr, "dhsm: azure/Conflict: busy\n")
+  r = dhsm_run([[exec -e 'dhsm.error{kind="safety", message="HSM not zeroized"}']])
+  t.eq(r.status, 3)
+  t.eq(r.stderr, "dhsm: safety: HSM not zeroized\n")
+  r = dhsm_run([[-v exec -e 'dhsm.error{kind="azure", message="x"}']])
+  t.ok(r.stderr:find("stack traceback", 1, true), "--verbose shows the traceback")
+end)
+
+t.test("Ctrl-C cancels the run, closes what is open and exits 130", function()
+  local dir = t.tmpdir()
+  local script = t.write(dir .. "/wait.lua", ([[
+    local mark = function(name) return setmetatable({}, { __close = function()
+      local f = io.open(%q .. "/" .. name, "w") f:write("closed") f:close() end }) end
+    local a <close> = mark("root")
+    dhsm.spawn(function() local b <close> = mark("child") dhsm.sleep(30) end)
+    io.stdout:write("ready\n") io.stdout:flush()
+    dhsm.sleep(30)
+  ]]):format(dir))
+  -- start it, wait until it says "ready", then Ctrl-C
+  local r = t.sh(("%s exec %s >%s & pid=$!; for i in $(seq 50); do [ -s %s ] && break; sleep 0.1; done; "
+    .. "kill -INT $pid; wait $pid"):format(q(t.dhsm), q(script), q(dir .. "/ready"), q(dir .. "/ready")))
+  t.eq(r.status, 130, r.stderr)
+  t.eq(r.stderr, "dhsm: interrupted\n")
+  t.eq(util.read_file(dir .. "/root"), "closed")
+  t.eq(util.read_file(dir .. "/child"), "closed")
+end)
+
+t.test("exec runs as a task with its arguments", function()
+  local dir = t.tmpdir()
+  local script = t.write(dir .. "/s.lua", [[#!/usr/bin/env dhsm
+    local a, b = ...
+    local task = dhsm.spawn(function() dhsm.sleep(0.01) return a .. "+" .. b end)
+    print(task:join(), arg[0]:match("s%.lua$"), #arg)
+  ]])
+  local r = dhsm_run("exec " .. q(script) .. " one 'two words'")
+  t.eq(r.stdout, "one+two words\ts.lua\t2\n", r.stderr)
+  r = dhsm_run([[exec -e 'print(...)' x --y]])
+  t.eq(r.stdout, "x\t--y\n")
+end)
+
+t.test("leftover tasks are cancelled with a warning when exec ends", function()
+  local r = dhsm_run([[exec -e 'dhsm.spawn(dhsm.sleep, 10)']])
+  t.eq(r.status, 0)
+  t.eq(r.stderr, "dhsm: warning: 1 spawned task still running at the end was cancelled\n")
+end)
+
+t.test("Lua warnings go to stderr with the dhsm prefix", function()
+  local r = dhsm_run([[exec -e 'warn("disk ", "almost full") warn("@off") warn("hidden") warn("@on") warn("back")']])
+  t.eq(r.stderr, "dhsm: warning: disk almost full\ndhsm: warning: back\n")
+end)
+
+t.test("version names dhsm, Lua, libcurl, libssh2 and OpenSSL", function()
+  local r = dhsm_run("version")
+  t.eq(r.status, 0)
+  local lines = {}
+  for l in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l:match("^(%S+)") end
+  t.eq(lines, { "dhsm", "Lua", "libcurl", "libssh2", "OpenSSL" })
+  t.eq(dhsm_run("--version").stdout, r.stdout)
+end)
+
+t.test("every command has --help, and help --man renders the same text", function()
+  local top = dhsm_run("--help")
+  t.eq(top.status, 0)
+  for _, name in ipairs { "run", "list", "doc", "repl", "exec", "test", "version", "help" } do
+    t.ok(top.stdout:find("\n  " .. name .. " ", 1, true), name .. " missing from --help")
+    local r = dhsm_run(name .. " --help")
+    t.eq(r.status, 0, name)
+    t.ok(r.stdout:find("^usage: dhsm " .. name), r.stdout)
+    t.eq(dhsm_run("help " .. name).stdout, r.stdout)
+  end
+  local man = dhsm_run("help --man")
+  t.ok(man.stdout:find("^%.TH DHSM 1"), man.stdout:sub(1, 40))
+  t.ok(man.stdout:find("look for playbooks and modules in DIR first", 1, true))
+end)
+
+t.test("list and doc read playbooks from -I folders and DHSM_PATH", function()
+  local r = dhsm_run("-I " .. fixtures .. "/playbooks list")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("echo%s+Print the parameters it was given %(test fixture%)%.\n"), r.stdout)
+  t.ok(r.stdout:find("broken%s+%(cannot load"), r.stdout)
+  local d = t.sh("DHSM_PATH=/nonexistent:" .. q(fixtures .. "/playbooks") .. " " .. t.cmd("doc echo"))
+  t.eq(d.status, 0, d.stderr)
+  t.ok(d.stdout:find("Second line of the description.", 1, true))
+  t.ok(d.stdout:find("count%s+integer, default 1%s+how many"), d.stdout)
+  usage_fails("doc", "doc needs a PLAYBOOK")
+end)
+
+t.test("user folders come before the modules embedded in the binary", function()
+  local r = dhsm_run("-I " .. fixtures .. "/lib exec -e 'print(require(\"dhsm.pretty\").marker)'")
+  t.eq(r.stdout, "user copy\n", r.stderr)
+  r = dhsm_run("exec -e 'print(require(\"dhsm.pretty\").marker)'")
+  t.eq(r.stdout, "nil\n")
+end)

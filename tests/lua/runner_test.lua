@@ -1,0 +1,32 @@
+-- `dhsm test` itself, on fixtures with one test of each outcome.
+local t = require "dhsm.test"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local fixtures = here .. "/../fixtures/runner"
+
+t.test("each failure is one line with file:line and the reason, then the summary", function()
+  local r = t.sh(t.cmd("test " .. fixtures .. "/sample_test.lua"))
+  t.eq(r.status, 1)
+  local lines = {}
+  for l in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  t.eq(lines, {
+    "FAIL " .. fixtures .. "/sample_test.lua:4: fails an assertion: .a[2]: expected 3, got 2",
+    "FAIL " .. fixtures .. "/sample_test.lua:5: raises an error: " .. fixtures .. "/sample_test.lua:5: unexpected boom",
+    "SKIP " .. fixtures .. "/sample_test.lua: is skipped: no appliance here",
+    "FAIL " .. fixtures .. "/sample_test.lua:7: times out: did not finish within 0.1 s",
+    "2 passed, 3 failed, 1 skipped",
+  })
+end)
+
+t.test("a file that does not load counts as a failure", function()
+  local r = t.sh(t.cmd("test " .. fixtures))
+  t.eq(r.status, 1)
+  t.ok(r.stdout:find("FAIL " .. fixtures .. "/broken_test.lua: cannot load:", 1, true), r.stdout)
+  t.ok(r.stdout:find("\n2 passed, 4 failed, 1 skipped\n$"), r.stdout)
+end)
+
+t.test("--filter picks tests by name and -v lists the passes", function()
+  local r = t.sh(t.cmd("test -v --filter '^passes$' " .. fixtures .. "/sample_test.lua"))
+  t.eq(r.status, 0)
+  t.ok(r.stdout:find("^ok   " .. fixtures:gsub("%p", "%%%0") .. "/sample_test.lua: passes %(%d.%d%d s%)\n1 passed, 0 failed\n$"), r.stdout)
+end)

@@ -1,0 +1,71 @@
+#!/bin/sh
+# tests/run.sh DHSM [UNIT_TEST_BINARY...]
+#
+# Runs every suite: the C unit tests (cmocka, TAP output), the simulator's
+# self-tests, then `dhsm test` over tests/lua and tests/e2e.  Failures are
+# printed as they come; the last line sums everything up:
+#   N passed, N failed[, N skipped]
+# and the exit status is non-zero when anything failed.
+set -u
+dhsm=$1
+shift
+passed=0 failed=0 skipped=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# add "P F S" to the totals
+add() {
+  passed=$((passed + $1)); failed=$((failed + $2)); skipped=$((skipped + $3))
+}
+
+# counts from the last "N passed, N failed[, N skipped]" line of $log
+add_summary() {
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+  if [ -z "$line" ]; then
+    echo "FAIL $1: no summary line (crashed?)"
+    tail -n 20 "$log"
+    add 0 1 0
+    return
+  fi
+  p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+  f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+  s=$(echo "$line" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p')
+  add "$p" "$f" "${s:-0}"
+  if [ "$2" -ne 0 ] && [ "$f" -eq 0 ]; then    # exit status says more than the line
+    echo "FAIL $1: exited with status $2"
+    add 0 1 0
+  fi
+}
+
+for bin in "$@"; do
+  CMOCKA_MESSAGE_OUTPUT=TAP "$bin" >"$log" 2>&1
+  rc=$?
+  grep -E '^not ok|^# .*(error|Failure)' "$log" | sed "s|^|$(basename "$bin"): |"
+  p=$(grep -cE '^ok [0-9]' "$log")
+  f=$(grep -cE '^not ok [0-9]' "$log")
+  add "$p" "$f" 0
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "FAIL $bin: exited with status $rc"; cat "$log"; add 0 1 0
+  fi
+done
+
+for t in tests/sim/*_selftest.py; do
+  [ -e "$t" ] || continue
+  /usr/bin/python3 "$t" >"$log" 2>&1
+  rc=$?
+  grep -E '^(FAIL|ERROR):' "$log"
+  add_summary "$t" "$rc"
+done
+
+for dir in tests/lua tests/e2e; do
+  ls "$dir"/*_test.lua >/dev/null 2>&1 || continue
+  "$dhsm" test "$dir" >"$log" 2>&1
+  rc=$?
+  grep -vE '^[0-9]+ passed, [0-9]+ failed' "$log"
+  add_summary "$dir" "$rc"
+done
+
+line="$passed passed, $failed failed"
+[ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
+echo "$line"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,129 @@
+/* json_test - the audit log's JSON writer: escaping, numbers, tables,
+** secrets and redaction, and the timestamp format. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "dhsm/dhsm.h"
+#include "json.h"
+#include "runtime.h"
+
+static lua_State *L;
+
+static int setup(void **state) {
+  (void)state;
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_dhsm_secret);
+  lua_setfield(L, -2, "dhsm.secret");
+  lua_pop(L, 1);
+  return L == NULL;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  lua_close(L);
+  return 0;
+}
+
+/* Encode the value Lua code `expr` evaluates to. */
+static char *encode(const char *expr) {
+  static char out[4096];
+  char code[1024];
+  snprintf(code, sizeof code, "return %s", expr);
+  if (luaL_dostring(L, code) != LUA_OK) fail_msg("%s", lua_tostring(L, -1));
+  dhsm_buf b = {0};
+  dhsm_json_value(&b, L, -1);
+  lua_pop(L, 1);
+  snprintf(out, sizeof out, "%s", b.p ? b.p : "");
+  dhsm_buf_free(&b);
+  return out;
+}
+
+static void escapes_quotes_and_controls(void **state) {
+  (void)state;
+  assert_string_equal(encode("'a\"b\\\\c'"), "\"a\\\"b\\\\c\"");
+  assert_string_equal(encode("'l1\\nl2\\t\\r'"), "\"l1\\nl2\\t\\r\"");
+  assert_string_equal(encode("'\\1\\127'"), "\"\\u0001\\u007f\"");
+}
+
+static void keeps_utf8_escapes_invalid_bytes(void **state) {
+  (void)state;
+  assert_string_equal(encode("'caf\\u{E9} \\u{1F512}'"), "\"caf\xc3\xa9 \xf0\x9f\x94\x92\"");
+  assert_string_equal(encode("'bad\\xff\\xc3('"), "\"bad\\u00ff\\u00c3(\"");
+  /* an overlong encoding of '/' is not valid UTF-8 */
+  assert_string_equal(encode("'\\xc0\\xaf'"), "\"\\u00c0\\u00af\"");
+}
+
+static void writes_numbers(void **state) {
+  (void)state;
+  assert_string_equal(encode("42"), "42");
+  assert_string_equal(encode("-7"), "-7");
+  assert_string_equal(encode("0.5"), "0.5");
+  assert_string_equal(encode("1/0"), "null");
+  assert_string_equal(encode("0/0"), "null");
+  assert_string_equal(encode("math.maxinteger"), "9223372036854775807");
+}
+
+static void writes_arrays_and_objects(void **state) {
+  (void)state;
+  assert_string_equal(encode("{1, 'two', true}"), "[1,\"two\",true]");
+  assert_string_equal(encode("{}"), "{}");
+  assert_string_equal(encode("{a = {b = false}}"), "{\"a\":{\"b\":false}}");
+  assert_string_equal(encode("{[1] = 'x', [3] = 'y'}"), "{\"1\":\"x\",\"3\":\"y\"}");
+}
+
+static void writes_secrets_and_redacts_sensitive_names(void **state) {
+  (void)state;
+  assert_string_equal(encode("require('dhsm.secret').value('hunter2')"), "\"<secret>\"");
+  assert_string_equal(encode("{pin = '1234'}"), "{\"pin\":\"<redacted>\"}");
+  assert_string_equal(encode("{so_pin = '1234'}"), "{\"so_pin\":\"<redacted>\"}");
+  assert_string_equal(encode("{Client_Secret = 'x'}"), "{\"Client_Secret\":\"<redacted>\"}");
+  assert_string_equal(encode("{x = {access_token = 'x'}}"), "{\"x\":{\"access_token\":\"<redacted>\"}}");
+  /* names that merely look alike stay */
+  assert_string_equal(encode("{spinner = 'x'}"), "{\"spinner\":\"x\"}");
+  /* a non-string value under a sensitive name is harmless */
+  assert_string_equal(encode("{pin_attempts_left = 3}"), "{\"pin_attempts_left\":3}");
+  assert_true(dhsm_json_sensitive_key("password"));
+  assert_false(dhsm_json_sensitive_key("target"));
+}
+
+static void stops_at_depth_and_cycles(void **state) {
+  (void)state;
+  char *s = encode("(function() local t = {} t.self = t return t end)()");
+  assert_non_null(strstr(s, "<too deep>"));
+  assert_string_equal(encode("print"), "\"<function>\"");
+}
+
+static void formats_rfc3339_in_utc(void **state) {
+  (void)state;
+  char out[32];
+  struct timespec t = { .tv_sec = 1795858439, .tv_nsec = 123456789 };
+  dhsm_rfc3339(out, &t);
+  assert_string_equal(out, "2026-11-28T09:33:59.123Z");
+  t.tv_sec = 0;
+  t.tv_nsec = 0;
+  dhsm_rfc3339(out, &t);
+  assert_string_equal(out, "1970-01-01T00:00:00.000Z");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(escapes_quotes_and_controls),
+    cmocka_unit_test(keeps_utf8_escapes_invalid_bytes),
+    cmocka_unit_test(writes_numbers),
+    cmocka_unit_test(writes_arrays_and_objects),
+    cmocka_unit_test(writes_secrets_and_redacts_sensitive_names),
+    cmocka_unit_test(stops_at_depth_and_cycles),
+    cmocka_unit_test(formats_rfc3339_in_utc),
+  };
+  return cmocka_run_group_tests_name("json", tests, setup, teardown);
+}
