@@ -75,17 +75,17 @@ test: deps
 	@$(MAKE) --no-print-directory all unit
 	@sh tests/run.sh ./$(BIN) $(UNIT_BIN)
 
-# Sanitizers in their own build folder and binary, same tests; then the
-# clang build, which must be as warning-free as gcc's.
+# The clang build, which must be as warning-free as gcc's; then the same
+# tests under the sanitizers, in their own build folder and binary.
 check: deps
-	@$(MAKE) --no-print-directory O=build-san BIN=build-san/dhsm \
+	@if command -v clang >/dev/null; then \
+	  $(MAKE) --no-print-directory -s O=build-clang BIN=build-clang/dhsm CC=clang build-clang/dhsm \
+	    && echo "clang: build clean with -Wall -Wextra -Werror"; fi
+	@$(MAKE) --no-print-directory -s O=build-san BIN=build-san/dhsm \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  OPT="-O1 -g" build-san/dhsm unit
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  sh tests/run.sh build-san/dhsm $(patsubst $(O)/%,build-san/%,$(UNIT_BIN))
-	@if command -v clang >/dev/null; then \
-	  $(MAKE) --no-print-directory -s O=build-clang BIN=build-clang/dhsm CC=clang build-clang/dhsm \
-	    && echo "clang: build clean with -Wall -Wextra -Werror"; fi
 
 demo: deps
 	@$(MAKE) --no-print-directory all
