@@ -2,6 +2,7 @@
 ** state.c - building the one lua_State: libraries, scheduler, preloaded
 ** modules, the embedded-file searcher, warnings, the global `dhsm`.
 */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -72,6 +73,19 @@ int dhsm_check_mode(lua_State *L) {
   }
   lua_pop(L, 2);
   return on;
+}
+
+void dhsm_would(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "dhsm");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "would");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_call(L, 1, 0);
+  lua_pop(L, 1);
 }
 
 /* ---- embedded Lua ------------------------------------------------------ */

@@ -5,6 +5,7 @@
 */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +250,42 @@ static int sys_embedded_read(lua_State *L) {
   return 2;
 }
 
+/* json_encode(v) -> JSON text, with secrets as "<secret>" and values
+** under secret-looking names redacted (the audit log's writer) */
+static int sys_json_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  dhsm_buf b = {0};
+  dhsm_json_value(&b, L, 1);
+  if (b.oom) {
+    dhsm_buf_free(&b);
+    return luaL_error(L, "not enough memory");
+  }
+  lua_pushlstring(L, b.p ? b.p : "null", b.p ? b.len : 4);
+  dhsm_buf_free(&b);
+  return 1;
+}
+
+/* stdout_to_stderr() -> fd: from now on whatever writes to stdout (Lua,
+** C, child processes) writes to stderr; the returned fd is the real
+** stdout, for the one document --json promises. */
+static int sys_stdout_to_stderr(lua_State *L) {
+  fflush(stdout);
+  int saved = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (saved < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) return fail_errno(L, "stdout");
+  lua_pushinteger(L, saved);
+  return 1;
+}
+
+/* restore_stdout(fd): undo stdout_to_stderr */
+static int sys_restore_stdout(lua_State *L) {
+  int saved = (int)luaL_checkinteger(L, 1);
+  fflush(stdout);
+  if (dup2(saved, STDOUT_FILENO) < 0) return fail_errno(L, "stdout");
+  close(saved);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* versions() -> {dhsm=, lua=, curl=, libssh2=, openssl=} */
 static int sys_versions(lua_State *L) {
   lua_createtable(L, 0, 5);
@@ -273,6 +310,8 @@ int luaopen_dhsm_sys(lua_State *L) {
     {"random_hex", sys_random_hex}, {"readline", sys_readline},
     {"add_history", sys_add_history}, {"embedded", sys_embedded},
     {"embedded_read", sys_embedded_read}, {"versions", sys_versions},
+    {"json_encode", sys_json_encode}, {"stdout_to_stderr", sys_stdout_to_stderr},
+    {"restore_stdout", sys_restore_stdout},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);

@@ -27,4 +27,8 @@ void dhsm_newclass(lua_State *L, const char *tname,
 ** mutating calls must describe what they would do and not do it. */
 int dhsm_check_mode(lua_State *L);
 
+/* In check mode, record and show what a mutating call would have done
+** ("would delete resource group hsm-rg"); the runner marks the step planned. */
+void dhsm_would(lua_State *L, const char *fmt, ...);
+
 #endif

@@ -45,7 +45,7 @@ t.test("-e values keep quotes, commas and '=' intact", function()
   local value = [[a "quoted", 'b' = c,d]]
   local r = dhsm_run("-I " .. fixtures .. "/playbooks run echo -e " .. q("name=" .. value) .. " -e count=3")
   t.eq(r.status, 0, r.stderr)
-  t.eq(cjson.decode(r.stdout), { name = value, count = "3" })
+  t.eq(cjson.decode(r.stdout), { name = value, count = 3 })
 end)
 
 t.test("-e @file.json loads many parameters and bad files are named", function()
@@ -150,7 +150,7 @@ t.test("list and doc read playbooks from -I folders and DHSM_PATH", function()
   local d = t.sh("DHSM_PATH=/nonexistent:" .. q(fixtures .. "/playbooks") .. " " .. t.cmd("doc echo"))
   t.eq(d.status, 0, d.stderr)
   t.ok(d.stdout:find("Second line of the description.", 1, true))
-  t.ok(d.stdout:find("count%s+integer, default 1%s+how many"), d.stdout)
+  t.ok(d.stdout:find("count%s+integer%s+1%s+how many"), d.stdout)
   usage_fails("doc", "doc needs a PLAYBOOK")
 end)
 

@@ -33,6 +33,11 @@ commas, '='); '-e @file.json' reads many parameters from a JSON object.]],
       { nil, "--resume", arg = "ID", help = "continue run ID, skipping the steps it completed" },
       { nil, "--json", help = "print one JSON document describing the run on stdout" },
     } },
+  { name = "runs", usage = "runs [--all]", summary = "list recent runs and their state",
+    text = [[Lists the runs journaled in $XDG_STATE_HOME/dhsm/runs, newest first, with
+their state and how many steps completed; 'dhsm run PLAYBOOK --resume ID'
+continues one that failed or was interrupted.]],
+    options = { { nil, "--all", help = "every run, not only the last 20" } } },
   { name = "list", usage = "list", summary = "list the playbooks on the search path",
     text = "Lists every playbook found in -I folders, $DHSM_PATH and the binary, with its description.",
     options = {} },
@@ -324,6 +329,28 @@ local function cmd_run(opts, pos)
   })
 end
 
+local function cmd_runs(opts)
+  local runs = require("dhsm.journal").list(not opts.all and 20 or nil)
+  if #runs == 0 then
+    out:write("no runs journaled yet\n")
+    return 0
+  end
+  local rows = { { "RUN", "PLAYBOOK", "STATE", "STEPS", "UPDATED" } }
+  for _, r in ipairs(runs) do
+    rows[#rows + 1] = { r.id, r.playbook or "?", r.state or "?", ("%d/%d"):format(r.done, r.total), r.updated or "" }
+  end
+  local w = {}
+  for _, row in ipairs(rows) do
+    for i, c in ipairs(row) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, row in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(row) do cells[i] = i < #row and util.pad(c, w[i]) or c end
+    out:write(table.concat(cells, "  "), "\n")
+  end
+  return 0
+end
+
 local function cmd_exec(opts, pos)
   local chunk, err, name
   if opts.code then
@@ -354,7 +381,7 @@ local function cmd_repl(opts)
 end
 
 local handlers = {
-  run = cmd_run, list = cmd_list, doc = cmd_doc, repl = cmd_repl,
+  run = cmd_run, runs = cmd_runs, list = cmd_list, doc = cmd_doc, repl = cmd_repl,
   exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help,
 }
 

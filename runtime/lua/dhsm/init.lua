@@ -8,6 +8,7 @@
 --   dhsm.error.new{...} / dhsm.error.is(v, kind)
 --   dhsm.try(fn, ...)              true, results... | false, err (always a dhsm error)
 --   dhsm.check_mode                true under --check: mutations only say what they would do
+--   dhsm.would(what)               (modules, in check mode) report a mutation not made
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
 local core = require "dhsm.core"
 local errors = require "dhsm.errors"
@@ -61,6 +62,16 @@ function M.deadline(seconds, fn, ...)
       message = ("deadline of %g s passed"):format(seconds) }, 2)
   end
   error(err, 0)
+end
+
+-- would(what): in check mode, what a mutating call would have done.  The
+-- playbook runner shows it under the current step and marks the step
+-- planned; outside a run it is printed.  Either way it is audited.
+function M.would(what)
+  if type(what) ~= "string" then usage("dhsm.would: expected a description, got %s", type(what)) end
+  M.audit.write { action = "check.would", outcome = "planned", detail = what }
+  local show = core.context().would
+  if show then show(what) else io.stderr:write("would ", what, "\n") end
 end
 
 local function describe_item(item, i)

@@ -1,18 +1,50 @@
--- dhsm.play: loading and running playbooks.
+-- dhsm.play: loading, describing and running playbooks.
 --
 -- A playbook file returns
---   { name=, description=, params = { key = {type=, required=, default=, description=} },
+--   { name=, description=, params = { key = {type=, required=, default=, values=,
+--       pattern=, from_inventory="azure.resource_group", description=} },
 --     run = function(ctx, params) ... end }
--- and works in named steps: ctx:step("wait for gateway", fn) or
--- ctx:step(title, {destructive=true, target="hsm1"}, fn).
+-- and works in named steps:
+--   local gw = ctx:step("wait for gateway", function() ... return state end)
+--   ctx:step("zeroize", { destructive = true, target = "hsm1" }, function() ... end)
+-- ctx also has .inventory, .params, .run_id, .check, :progress(msg),
+-- :note(msg) and :would(what).
+--
+-- The runner validates every parameter before anything runs, asks before a
+-- destructive step, journals each step for --resume, shows progress, writes
+-- the audit log and, with --json, prints one JSON document at the end.
 local dhsm = require "dhsm"
+local inventory = require "dhsm.inventory"
+local journal = require "dhsm.journal"
+local progress = require "dhsm.progress"
+local schema = require "dhsm.schema"
+local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 
 local M = {}
 
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = fmt:format(...) }
+end
+
+---------------------------------------------------------------------------
+-- loading and describing
+
 local function bad(found, fmt, ...)
-  dhsm.error { kind = "usage", message = ("playbook %s (%s): "):format(found.name, found.path) .. fmt:format(...) }
+  usage("playbook %s (%s): " .. fmt, found.name, found.path, ...)
+end
+
+local function check_params_spec(found, params)
+  local problems = {}
+  for _, k in ipairs(util.sorted_keys(params)) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+      problems[#problems + 1] = ("params[%s]: parameter names are identifiers"):format(schema.show(k))
+    else
+      for _, p in ipairs(schema.spec_problems(params[k], "params." .. k)) do problems[#problems + 1] = p end
+    end
+  end
+  if #problems > 0 then bad(found, "%s", table.concat(problems, "; ")) end
 end
 
 -- load(found) where found comes from dhsm.paths.find_playbook.
@@ -34,6 +66,7 @@ function M.load(found)
   pb.name = pb.name or found.name
   pb.params = pb.params or {}
   pb.path = found.path
+  check_params_spec(found, pb.params)
   return pb
 end
 
@@ -42,75 +75,371 @@ function M.doc(pb)
   local keys = util.sorted_keys(pb.params)
   if #keys == 0 then
     lines[#lines + 1] = "no parameters"
-  else
-    lines[#lines + 1] = "parameters:"
-    local w = 4
-    for _, k in ipairs(keys) do w = math.max(w, #k) end
-    for _, k in ipairs(keys) do
-      local p = pb.params[k]
-      local attrs = { p.type or "string" }
-      if p.required then attrs[#attrs + 1] = "required" end
-      if p.default ~= nil then attrs[#attrs + 1] = "default " .. tostring(p.default) end
-      lines[#lines + 1] = ("  %s  %-28s %s"):format(util.pad(k, w), table.concat(attrs, ", "), p.description or "")
-    end
+    return table.concat(lines, "\n")
+  end
+  local rows = { { "parameter", "type", "default", "required", "description" } }
+  for _, k in ipairs(keys) do
+    local p = pb.params[k]
+    local default = p.default ~= nil and tostring(p.default)
+      or p.from_inventory and ("inventory " .. p.from_inventory) or ""
+    rows[#rows + 1] = { k, schema.expected(p), default, p.required and "yes" or "", p.description or "" }
+  end
+  local widths = {}
+  for _, row in ipairs(rows) do
+    for i, cell in ipairs(row) do widths[i] = math.max(widths[i] or 0, utf8.len(cell)) end
+  end
+  for _, row in ipairs(rows) do
+    local cells = {}
+    for i, cell in ipairs(row) do cells[i] = i < #row and util.pad(cell, widths[i]) or cell end
+    lines[#lines + 1] = "  " .. table.concat(cells, "  ")
   end
   return table.concat(lines, "\n")
 end
 
+---------------------------------------------------------------------------
+-- parameters
+
+-- validate(pb, raw, inv, tty) -> params, or a usage error listing every problem
+function M.validate(pb, raw, inv, tty)
+  local problems = {}
+  local names = util.sorted_keys(pb.params)
+  for _, k in ipairs(util.sorted_keys(raw)) do
+    if pb.params[k] == nil then
+      problems[#problems + 1] = ("%s: unknown parameter%s"):format(k, util.did_you_mean(k, names))
+    end
+  end
+  local params = {}
+  for _, name in ipairs(names) do
+    local spec = pb.params[name]
+    local v = raw[name]
+    if v == nil and spec.from_inventory and inv then v = inv:get(spec.from_inventory) end
+    if v == nil and spec.type == "secret" and spec.required and tty then v = "prompt" end
+    if v == nil and spec.required and spec.default == nil and spec.from_inventory then
+      problems[#problems + 1] = ("%s: missing, expected %s (give -e %s=... or set %s in the inventory)")
+        :format(name, schema.expected(spec), name, spec.from_inventory)
+    else
+      local spec_for_check = spec
+      if spec.type == "secret" then
+        spec_for_check = setmetatable({ prompt = spec.prompt or ("%s: "):format(spec.description or name) },
+          { __index = spec })
+      end
+      params[name] = schema.check(v, spec_for_check, name, problems, true)
+    end
+  end
+  if #problems > 0 then
+    dhsm.error { kind = "usage", code = "BadParameters",
+      message = ("invalid parameters for playbook '%s':\n  %s"):format(pb.name, table.concat(problems, "\n  ")),
+      details = { problems = problems } }
+  end
+  return params
+end
+
+-- The parameters that may be written down (secrets only by name).
+local function public_params(pb, params)
+  local out, secrets = {}, {}
+  for k, v in pairs(params) do
+    if pb.params[k].type == "secret" or secret.is(v) then secrets[#secrets + 1] = k else out[k] = v end
+  end
+  table.sort(secrets)
+  return out, secrets
+end
+
+---------------------------------------------------------------------------
+-- steps
+
 local Ctx = {}
 Ctx.__index = Ctx
 
-local function say(fmt, ...)
-  io.stderr:write(fmt:format(...), "\n")
+-- Where in a result a value JSON cannot carry (a function, a secret...).
+local function not_json(v, path, seen)
+  local t = type(v)
+  if t == "nil" or t == "boolean" or t == "string" then return nil end
+  if t == "number" then return (v ~= v or v == math.huge or v == -math.huge) and (path .. " (not a finite number)") or nil end
+  if t ~= "table" then return ("%s (%s)"):format(path, secret.is(v) and "a secret" or t) end
+  if seen[v] then return path .. " (a cycle)" end
+  seen[v] = true
+  for k, x in pairs(v) do
+    if type(k) ~= "string" and math.type(k) ~= "integer" then return path .. " (a key of type " .. type(k) .. ")" end
+    local bad_at = not_json(x, path .. "." .. tostring(k), seen)
+    if bad_at then return bad_at end
+  end
+  seen[v] = nil
+end
+
+local function error_record(err)
+  local e = dhsm.error.normalize(err)
+  return { kind = e.kind, code = e.code, message = e.message, text = tostring(e) }
+end
+
+-- Journal key: the title, and which occurrence of it this is.
+function Ctx:key_for(title)
+  local parent = dhsm.context().step_key
+  local base = parent and (parent .. " / " .. title) or title
+  self.seen[base] = (self.seen[base] or 0) + 1
+  return self.seen[base] == 1 and base or ("%s #%d"):format(base, self.seen[base])
+end
+
+-- The operator confirms a destructive step by typing its target's name.
+function Ctx:confirm(rec)
+  local audit = { action = "confirm", target = rec.target }
+  if self.opts.yes then
+    audit.outcome = "skipped (--yes)"
+    dhsm.audit.write(audit)
+    return
+  end
+  if not (sys.isatty(0) and sys.isatty(2)) then
+    audit.outcome = "refused (no terminal)"
+    dhsm.audit.write(audit)
+    dhsm.error { kind = "safety", code = "NotConfirmed",
+      message = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
+        .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target) }
+  end
+  self.reporter:clear_live()
+  io.stderr:write(("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
+    :format(rec.title, rec.target, rec.target))
+  io.stderr:flush()
+  local answer = io.stdin:read("l")
+  if answer ~= rec.target then
+    audit.outcome = "refused (typed something else)"
+    dhsm.audit.write(audit)
+    dhsm.error { kind = "safety", code = "NotConfirmed",
+      message = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
+  end
+  audit.outcome = "typed"
+  dhsm.audit.write(audit)
+end
+
+-- Run fn(ctx) as the body of step rec; returns the packed results.
+function Ctx:execute(rec, fn)
+  local context = dhsm.context()
+  local saved = context.would
+  context.would = function(what)
+    rec.plan = rec.plan or {}
+    rec.plan[#rec.plan + 1] = what
+    self.reporter:would(rec, what)
+  end
+  local r = table.pack(pcall(fn, self))
+  context.would = saved
+  return r
+end
+
+local function step_args(title, opts, fn)
+  if fn == nil then opts, fn = {}, opts end
+  if type(title) ~= "string" or title == "" then usage("ctx:step: the title must be a non-empty string") end
+  if type(opts) ~= "table" then usage("ctx:step '%s': options must be a table", title) end
+  if type(fn) ~= "function" then usage("ctx:step '%s': expected a function", title) end
+  if opts.destructive and (type(opts.target) ~= "string" or opts.target == "") then
+    usage("ctx:step '%s': a destructive step needs target= (the name the operator types to confirm)", title)
+  end
+  return opts, fn
 end
 
 -- ctx:step(title, [opts], fn) -> fn's result
 function Ctx:step(title, opts, fn)
-  if fn == nil then opts, fn = {}, opts end
-  if type(title) ~= "string" then dhsm.error { kind = "usage", message = "ctx:step: the title must be a string" } end
-  if type(fn) ~= "function" then dhsm.error { kind = "usage", message = "ctx:step: expected a function" } end
-  if opts.destructive and not self.opts.yes then
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("step '%s' is destructive (target %s): rerun with --yes to confirm"):format(title, tostring(opts.target)) }
+  opts, fn = step_args(title, opts, fn)
+  local rec = { title = title, key = self:key_for(title), target = opts.target,
+    destructive = opts.destructive or nil, depth = self.depth, started = sys.rfc3339() }
+  self.steps[#self.steps + 1] = rec
+  local done = self.replay[rec.key]
+  if done and (done.status == "ok" or done.status == "replayed") then
+    rec.status, rec.result = "replayed", done.result
+    self.reporter:step_end(rec)
+    self:save()
+    return rec.result
   end
-  local context = dhsm.context()
-  local saved = context.step
-  context.step = title
-  dhsm.audit.write { action = "step.start", target = opts.target, outcome = "started" }
-  say("- %s", title)
+  rec.status = "running"
+  self:save()
+  self.reporter:step_start(rec)
+  local context = dhsm.context()            -- audit records and child tasks see the step
+  local saved_step, saved_key = context.step, context.step_key
+  context.step, context.step_key = title, rec.key
+  dhsm.audit.write { action = "step.start", target = rec.target, outcome = "started" }
   local t0 = dhsm.now()
-  local r = table.pack(pcall(fn, self))
-  local ms = (dhsm.now() - t0) * 1000
-  if r[1] then
-    dhsm.audit.write { action = "step.end", target = opts.target, outcome = "ok", duration_ms = ms }
-    say("ok %s (%.1f s)", title, ms / 1000)
+  self.current[#self.current + 1] = rec
+  self.depth = self.depth + 1
+  local r
+  if opts.destructive and dhsm.check_mode then
+    r = table.pack(true)
+    rec.plan = { ("run destructive step '%s' on %s"):format(title, rec.target) }
+    self.reporter:would(rec, rec.plan[1])
   else
-    local err = dhsm.error.normalize(r[2])
-    dhsm.audit.write { action = "step.end", target = opts.target, outcome = "failed", duration_ms = ms, error = err.message }
-    say("FAILED %s: %s", title, tostring(err))
+    if opts.destructive then
+      r = table.pack(pcall(self.confirm, self, rec))
+    end
+    if not r or r[1] then r = self:execute(rec, fn) end
   end
-  context.step = saved
+  self.depth = self.depth - 1
+  table.remove(self.current)
+  rec.duration_s = dhsm.now() - t0
+  if r[1] then
+    local bad_at = not_json(r[2], "result", {})
+    if bad_at then
+      r = table.pack(false, dhsm.error.new { kind = "usage", message = ("step '%s' returned something JSON cannot "
+        .. "hold at %s; a step's result is journaled for --resume"):format(title, bad_at) })
+    end
+  end
+  if r[1] then
+    rec.result = r[2]
+    rec.status = (rec.plan and dhsm.check_mode) and "planned" or "ok"
+  else
+    rec.error = error_record(r[2])
+    rec.status = rec.error.kind == "safety" and "refused" or "failed"
+  end
+  self:save()
+  dhsm.audit.write { action = "step.end", target = rec.target, outcome = rec.status,
+    duration_ms = rec.duration_s * 1000, error = rec.error and rec.error.text }
+  context.step, context.step_key = saved_step, saved_key
+  self.reporter:step_end(rec)
   if not r[1] then error(r[2], 0) end
-  return table.unpack(r, 2, r.n)
+  return rec.result
 end
 
-function Ctx:progress(msg)
-  say("  %s", msg)
+function Ctx:progress(message)
+  local rec = self.current[#self.current]
+  if rec then self.reporter:progress(rec, tostring(message)) else self.reporter:note(nil, tostring(message)) end
 end
 
-function M.run(pb, params, opts)
+function Ctx:note(message)
+  self.reporter:note(self.current[#self.current], tostring(message))
+end
+
+function Ctx:would(what)
+  dhsm.would(what)
+end
+
+function Ctx:save()
+  self.journal.steps = {}
+  for i, rec in ipairs(self.steps) do
+    self.journal.steps[i] = { title = rec.title, key = rec.key, status = rec.status, target = rec.target,
+      started = rec.started, duration_s = rec.duration_s, result = rec.result, error = rec.error, plan = rec.plan }
+  end
+  if not self.check then self.journal:save() end
+end
+
+---------------------------------------------------------------------------
+-- running
+
+-- The journal to continue, checked against this invocation.
+local function resume_journal(pb, id, public)
+  local j = journal.load(id)
+  if j.playbook ~= pb.name then
+    usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
+  end
+  if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
+  if j:owner_alive() then usage("run %s is still running (pid %d)", id, j.pid) end
+  local diffs = {}
+  local keys = {}
+  for k in pairs(public) do keys[k] = true end
+  for k in pairs(j.params or {}) do keys[k] = true end
+  for _, k in ipairs(util.sorted_keys(keys)) do
+    local was, now = (j.params or {})[k], public[k]
+    if not util.same(was, now) then
+      diffs[#diffs + 1] = ("%s was %s, now %s"):format(k, schema.show(was), schema.show(now))
+    end
+  end
+  if #diffs > 0 then
+    usage("run %s used other parameters (%s); resume with the same ones or start a new run",
+      id, table.concat(diffs, "; "))
+  end
+  return j
+end
+
+local function outcome_of(err)
+  if err == nil then return dhsm.check_mode and "planned" or "ok" end
+  if dhsm.error.is(err, "safety") then return "refused" end
+  if dhsm.error.is(err, "interrupted") then return "interrupted" end
+  return "failed"
+end
+
+local function json_document(ctx, pb, params, outcome, err, t0)
+  local steps = {}
+  for i, rec in ipairs(ctx.steps) do
+    steps[i] = { title = rec.title, status = rec.status, target = rec.target, duration_s = rec.duration_s,
+      result = rec.result, plan = rec.plan,
+      error = rec.error and { kind = rec.error.kind, code = rec.error.code, message = rec.error.message } }
+  end
+  local e = err and dhsm.error.normalize(err)
+  return sys.json_encode {
+    run = ctx.run_id, playbook = pb.name, check = ctx.check, resumed = ctx.resumed,
+    params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps,
+    error = e and { kind = e.kind, code = e.code, message = e.message } or nil,
+  }
+end
+
+-- run(pb, raw_params, opts) -> exit status 0, or raises.
+-- opts: check, yes, resume (run id), json, inventory (path), tty (for tests)
+function M.run(pb, raw, opts)
+  if opts.check and opts.resume then usage("--check and --resume cannot go together") end
+  local tty = opts.tty
+  if tty == nil then tty = sys.isatty(0) end
+  local inv = opts.inventory and inventory.load(opts.inventory) or nil
+  local params = M.validate(pb, raw, inv, tty)
+  local public, secret_names = public_params(pb, params)
   local context = dhsm.context()
+  local j
+  if opts.resume then
+    j = resume_journal(pb, opts.resume, public)
+    context.run = j.id
+  else
+    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, params = public,
+      secret_params = secret_names }
+  end
+  local replay = {}
+  for _, s in ipairs(j.steps) do replay[s.key] = s end
+  j.state = "running"
   context.playbook = pb.name
   dhsm.check_mode = opts.check == true
-  local ctx = setmetatable({ playbook = pb, params = params, opts = opts, run_id = context.run }, Ctx)
-  dhsm.audit.write { action = "run.start", target = pb.name, outcome = "started",
-    check = dhsm.check_mode, pid = sys.getpid() }
+  local ctx = setmetatable({
+    run_id = context.run, playbook = pb, params = params, inventory = inv, opts = opts,
+    check = dhsm.check_mode, resumed = opts.resume ~= nil, journal = j, replay = replay,
+    steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(),
+  }, Ctx)
+
+  -- With --json, stdout carries only the final document: everything else
+  -- written there (Lua, C, child processes) goes to stderr meanwhile.
+  local real_stdout = opts.json and assert(sys.stdout_to_stderr())
   local t0 = dhsm.now()
+  local finished = false
+  local function finish(err)
+    finished = true
+    local outcome = outcome_of(err)
+    for _, rec in ipairs(ctx.current) do
+      rec.status, rec.error = "interrupted", { kind = "interrupted", message = "interrupted", text = "interrupted" }
+      ctx.reporter:step_end(rec)
+    end
+    ctx.reporter:close()
+    j.state = outcome
+    ctx:save()
+    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome,
+      duration_ms = (dhsm.now() - t0) * 1000, error = err and tostring(err) or nil }
+    if real_stdout then
+      io.stdout:flush()
+      sys.restore_stdout(real_stdout)
+      io.stdout:write(json_document(ctx, pb, params, outcome, err, t0), "\n")
+      io.stdout:flush()
+    elseif outcome == "planned" or outcome == "ok" then
+      ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
+        util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
+    else
+      io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
+        ctx.run_id, outcome, pb.name, ctx.run_id))
+    end
+  end
+  -- Ctrl-C cancels this task: the journal still says where it stopped.
+  local guard <close> = setmetatable({}, { __close = function()
+    if not finished then
+      finish(dhsm.error.new { kind = "interrupted", message = "interrupted" })
+    end
+  end })
+  dhsm.audit.write { action = "run.start", target = pb.name, outcome = "started", check = ctx.check,
+    resumed = ctx.resumed, params = public, secret_params = secret_names }
+  ctx:save()
   local ok, err = pcall(pb.run, ctx, params)
-  dhsm.audit.write { action = "run.end", target = pb.name, outcome = ok and "ok" or "failed",
-    duration_ms = (dhsm.now() - t0) * 1000 }
+  finish(not ok and err or nil)
   if not ok then error(err, 0) end
   return 0
 end
+
+M.Ctx = Ctx
 
 return M

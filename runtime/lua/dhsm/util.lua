@@ -70,4 +70,20 @@ function M.pad(s, w)
   return s .. string.rep(" ", w - utf8.len(s))
 end
 
+-- Deep equality of plain data (JSON-like values).
+function M.same(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  for k, v in pairs(a) do if not M.same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+-- "3.2 s", "4 min 12 s", "2 h 5 min"
+function M.duration(s)
+  if s < 60 then return ("%.1f s"):format(s) end
+  if s < 3600 then return ("%d min %d s"):format(s // 60, s % 60) end
+  return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
+end
+
 return M

@@ -1,0 +1,158 @@
+-- dhsm.inventory: the one loader of the environment description.
+--
+--   local inv = require("dhsm.inventory").load(path)
+--   inv.azure.resource_group, inv.hsms[1].host, inv:hsm("hsm1"), inv.client.lunacm
+--
+-- The file is JSON (DESIGN.md, "Inventory").  Every bad field is reported
+-- at once by its path (hsms[2].ssh_port: expected integer 1-65535, got
+-- "22x"; entries are counted from 1).  Secrets are references (env:NAME,
+-- file:PATH, prompt) turned into dhsm.secret values that are read only
+-- when first used, so a prompt appears only if that secret is needed.
+local cjson = require "cjson"
+local dhsm = require "dhsm"
+local schema = require "dhsm.schema"
+local secret = require "dhsm.secret"
+local util = require "dhsm.util"
+
+local M = {}
+
+local path_spec = { type = "string", pattern = "^.+$", expect = "a file path" }
+local url_spec = { type = "string", pattern = "^https?://[^%s]+$", expect = "an http(s) URL" }
+
+M.schema = {
+  type = "object",
+  fields = {
+    azure = { type = "object", fields = {
+      subscription = { type = "string", required = true, pattern = "^[%x%-]+$",
+        expect = "a subscription id (GUID)" },
+      tenant = { type = "string", required = true, pattern = "^[%w%-%.]+$",
+        expect = "a tenant id (GUID) or domain" },
+      resource_group = { type = "string", required = true, pattern = "^[%w%-%._%(%)]+$",
+        expect = "a resource group name" },
+      location = { type = "string", required = true, pattern = "^[%l%d]+$",
+        expect = "a region name such as eastus" },
+      credential = { type = "object", required = true, fields = {
+        type = { type = "enum", required = true,
+          values = { "client_secret", "managed_identity", "azure_cli", "environment" } },
+        client_id = { type = "string" },
+        secret = { type = "secret", prompt = "Azure client secret: " },
+      } },
+      endpoint = setmetatable({ default = "https://management.azure.com" }, { __index = url_spec }),
+      authority = setmetatable({ default = "https://login.microsoftonline.com" }, { __index = url_spec }),
+      imds_endpoint = url_spec,
+      ca_file = path_spec,
+    } },
+    hsms = { type = "list", default = {}, items = { type = "object", fields = {
+      name = { type = "string", required = true, pattern = "^[%w%-_%.]+$",
+        expect = "a name of letters, digits, - _ ." },
+      host = { type = "string", required = true, pattern = "^[%w%-%.:]+$",
+        expect = "a host name or IP address" },
+      ssh_port = { type = "integer", min = 1, max = 65535, default = 22 },
+      user = { type = "string", default = "tenantadmin" },
+      password = { type = "secret", default = "prompt" },
+      key = path_spec,
+      known_hosts = { type = "string", default = "~/.ssh/known_hosts" },
+      ntls_port = { type = "integer", min = 1, max = 65535, default = 1792 },
+      resource = { type = "string" },
+      serial = { type = "string" },
+    } } },
+    client = { type = "object", default = {}, fields = {
+      chrystoki_conf = path_spec,
+      lunacm = path_spec,
+      vtl = path_spec,
+      pkcs11_lib = path_spec,
+      softhsm_conf = path_spec,
+    } },
+  },
+}
+
+local Inventory = {}
+Inventory.__index = Inventory
+
+local function fail(source, problems)
+  dhsm.error { kind = "usage", code = "BadInventory",
+    message = ("inventory %s is not valid:\n  %s"):format(source, table.concat(problems, "\n  ")),
+    details = { problems = problems } }
+end
+
+local function expand_home(p)
+  if type(p) == "string" and p:sub(1, 2) == "~/" then
+    return (os.getenv("HOME") or "") .. p:sub(2)
+  end
+  return p
+end
+
+-- Rules across fields that a per-field spec cannot say.
+local function cross_checks(inv, problems)
+  if type(inv) ~= "table" then return end
+  local seen = {}
+  for i, h in ipairs(inv.hsms or {}) do
+    if type(h) == "table" and h.name then
+      if seen[h.name] then
+        problems[#problems + 1] = ("hsms[%d].name: %q is already the name of hsms[%d]"):format(i, h.name, seen[h.name])
+      end
+      seen[h.name] = i
+    end
+  end
+  local cred = inv.azure and inv.azure.credential
+  if cred and cred.type == "client_secret" then
+    if not cred.client_id then problems[#problems + 1] = "azure.credential.client_id: missing, expected string (client_secret needs it)" end
+    if not cred.secret then problems[#problems + 1] = "azure.credential.secret: missing, expected " .. schema.expected({ type = "secret" }) end
+  end
+end
+
+-- from_table(t [, source]) -> inventory (raises a usage error listing every problem)
+function M.from_table(t, source)
+  source = source or "(table)"
+  local problems = {}
+  local inv = schema.check(t, M.schema, "inventory", problems)
+  for i, p in ipairs(problems) do problems[i] = p:gsub("^inventory%.", "") end
+  cross_checks(inv, problems)
+  if #problems > 0 then fail(source, problems) end
+  for _, h in ipairs(inv.hsms) do
+    h.known_hosts = expand_home(h.known_hosts)
+    h.key = expand_home(h.key)
+    if h.password:origin() == "prompt" then      -- say whose password is asked for
+      h.password = secret.ref("prompt", ("LunaSH password for %s@%s: "):format(h.user, h.name))
+    end
+  end
+  inv.source = source
+  return setmetatable(inv, Inventory)
+end
+
+function M.load(path)
+  local data, err = util.read_file(expand_home(path))
+  if not data then
+    dhsm.error { kind = "usage", code = "BadInventory", message = ("cannot read inventory %s"):format(err) }
+  end
+  local ok, t = pcall(cjson.decode, data)
+  if not ok then
+    dhsm.error { kind = "usage", code = "BadInventory",
+      message = ("inventory %s: invalid JSON (%s)"):format(path, tostring(t):gsub("^.-: ", "")) }
+  end
+  return M.from_table(t, path)
+end
+
+-- inv:hsm(name) -> the entry, or a usage error naming the known ones
+function Inventory:hsm(name)
+  local names = {}
+  for _, h in ipairs(self.hsms) do
+    if h.name == name then return h end
+    names[#names + 1] = h.name
+  end
+  dhsm.error { kind = "usage", code = "UnknownHsm",
+    message = ("no HSM %q in the inventory%s (known: %s)"):format(tostring(name),
+      util.did_you_mean(tostring(name), names), #names > 0 and table.concat(names, ", ") or "none") }
+end
+
+-- inv:get("azure.resource_group") -> value or nil
+function Inventory:get(dotted)
+  local v = self
+  for part in dotted:gmatch("[^%.]+") do
+    if type(v) ~= "table" then return nil end
+    v = v[tonumber(part) or part]
+  end
+  return v
+end
+
+return M

@@ -1,0 +1,69 @@
+-- dhsm.inventory: the one loader of the environment description.
+local t = require "dhsm.test"
+local inventory = require "dhsm.inventory"
+local secret = require "dhsm.secret"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local fixtures = here .. "/../fixtures/inventory"
+
+t.test("a good inventory gets its defaults and lazy secrets", function()
+  local inv = inventory.load(fixtures .. "/good.json")
+  t.eq(inv.azure.endpoint, "https://management.azure.com")
+  t.eq(inv.azure.authority, "https://login.microsoftonline.com")
+  t.eq(#inv.hsms, 2)
+  local h1, h2 = inv:hsm("hsm1"), inv:hsm("hsm2")
+  t.eq({ h1.ssh_port, h1.user, h1.ntls_port }, { 22, "tenantadmin", 1792 })
+  t.eq({ h2.ssh_port, h2.user, h2.known_hosts }, { 2222, "admin", os.getenv("HOME") .. "/kh" })
+  t.ok(secret.is(h1.password))
+  t.eq(h1.password:origin(), "env:DHSM_TEST_HSM_PW")
+  t.eq(h2.password:origin(), "prompt")           -- asked only if ever used
+  t.eq(inv.azure.credential.secret:origin(), "env:DHSM_TEST_AZ_SECRET")
+  t.eq(inv:get("azure.resource_group"), "hsm-rg")
+  t.eq(inv:get("hsms.2.name"), "hsm2")
+  t.eq(inv.client.lunacm, "/usr/safenet/lunaclient/bin/lunacm")
+end)
+
+t.test("every bad field is reported by its path, all at once", function()
+  local err = t.raises(function() inventory.load(fixtures .. "/bad.json") end, "BadInventory")
+  t.eq(err.kind, "usage")
+  local got = err.details.problems
+  table.sort(got)
+  t.eq(got, {
+    'azure.credential.secret: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value (it would show in your shell history and process list)',
+    'azure.credential.type: expected one of "client_secret", "managed_identity", "azure_cli", "environment", got "password"',
+    'azure.location: expected a region name such as eastus, got "East US"',
+    'azure.tenant: missing, expected a tenant id (GUID) or domain',
+    "clinet: unknown field (did you mean 'client'?)",
+    'hsms[2].host: missing, expected a host name or IP address',
+    "hsms[2].hots: unknown field (did you mean 'host'?)",
+    'hsms[2].name: "hsm1" is already the name of hsms[1]',
+    'hsms[2].ssh_port: expected integer 1-65535, got "22x"',
+  })
+  t.ok(err.message:find("^inventory " .. fixtures:gsub("%p", "%%%0") .. "/bad.json is not valid:\n  "), err.message)
+end)
+
+t.test("unreadable or malformed files are named", function()
+  t.raises(function() inventory.load("/no/such/inventory.json") end, "cannot read inventory /no/such/inventory.json")
+  local dir = t.tmpdir()
+  t.write(dir .. "/x.json", "{ nope")
+  t.raises(function() inventory.load(dir .. "/x.json") end, "inventory " .. dir:gsub("%p", "%%%0") .. "/x.json: invalid JSON")
+  t.write(dir .. "/list.json", "[1, 2]")
+  t.raises(function() inventory.load(dir .. "/list.json") end, "inventory: expected an object, got a list")
+end)
+
+t.test("client_secret credentials need a client id and a secret", function()
+  local err = t.raises(function()
+    inventory.from_table({ azure = { subscription = "1", tenant = "t", resource_group = "g", location = "eastus",
+      credential = { type = "client_secret" } } })
+  end, "BadInventory")
+  t.eq(err.details.problems, {
+    "azure.credential.client_id: missing, expected string (client_secret needs it)",
+    "azure.credential.secret: missing, expected a secret reference (env:NAME, file:PATH or prompt)",
+  })
+end)
+
+t.test("an unknown HSM name is an error listing the known ones", function()
+  local inv = inventory.load(fixtures .. "/good.json")
+  local err = t.raises(function() inv:hsm("hsm3") end, "UnknownHsm")
+  t.eq(err.message, 'no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)')
+end)

@@ -1,0 +1,278 @@
+-- The playbook runner: parameters, steps, check mode, confirmation,
+-- journal and resume, progress and --json, with the test playbooks in
+-- tests/fixtures/playbooks.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+local sys = require "dhsm.sys"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local fixtures = here .. "/../fixtures"
+local q = util.shell_quote
+
+-- A run in a private state folder (journal) with a private audit log.
+local function env(dir)
+  return ("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl DHSM_PATH=%s"):format(q(dir), q(dir), q(fixtures .. "/playbooks"))
+end
+
+local function run(dir, args, opts)
+  return t.sh(env(dir) .. " " .. t.cmd(args), opts)
+end
+
+local function lines(s)
+  local out = {}
+  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+local function executed(dir)
+  return lines(util.read_file(dir .. "/executed.log") or "")
+end
+
+local function audit(dir)
+  local out = {}
+  for _, l in ipairs(lines(util.read_file(dir .. "/audit.jsonl") or "")) do out[#out + 1] = cjson.decode(l) end
+  return out
+end
+
+local function journal(dir, id)
+  return cjson.decode(util.read_file(dir .. "/dhsm/runs/" .. id .. ".json"))
+end
+
+local function run_id(stderr)
+  return stderr:match("run (%d+T%d+%-%x+)")
+end
+
+---------------------------------------------------------------------------
+-- parameters
+
+t.test("parameters are converted to their declared types", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "-i " .. fixtures .. "/inventory/good.json run typed -e name=hsm-1 -e count=4 -e ratio=0.5 "
+    .. "-e verbose=yes -e mode=fast -e password=env:HOME -e hosts=a,b -e 'extra={\"k\":1}'")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout), { name = "hsm-1", count = 4, ratio = 0.5, verbose = true, mode = "fast",
+    pw = "<secret>", hosts = { "a", "b" }, extra = { k = 1 }, group = "hsm-rg" })
+  r = run(dir, "run typed -e name=x -e group=g -e 'hosts=[\"p\", \"q\"]'")
+  t.eq(r.status, 0, r.stderr)
+  local got = cjson.decode(r.stdout)
+  t.eq({ got.count, got.mode, got.verbose, got.hosts }, { 2, "safe", false, { "p", "q" } })
+end)
+
+t.test("every parameter problem is reported at once, exit 2", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run typed -e nmae=x -e count=9 -e ratio=abc -e verbose=maybe -e mode=slow "
+    .. "-e password=hunter2 -e 'extra=[1'")
+  t.eq(r.status, 2)
+  t.eq(lines(r.stderr), {
+    "dhsm: invalid parameters for playbook 'typed':",
+    "  nmae: unknown parameter (did you mean 'name'?)",
+    "  count: expected integer 1-4, got \"9\"",
+    "  extra: expected table, got \"[1\"",
+    "  group: missing, expected string (give -e group=... or set azure.resource_group in the inventory)",
+    "  mode: expected one of \"fast\", \"safe\", got \"slow\"",
+    "  name: missing, expected string matching ^[%l%d%-]+$",
+    "  password: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value (it would show in your shell history and process list)",
+    "  ratio: expected number, got \"abc\"",
+    "  verbose: expected boolean, got \"maybe\"",
+  })
+  t.eq(util.read_file(dir .. "/audit.jsonl"), nil, "nothing ran, nothing was audited")
+  r = run(dir, "run typed -e name='Bad Name' -e group=g")
+  t.eq(lines(r.stderr)[2], '  name: expected string matching ^[%l%d%-]+$, got "Bad Name"')
+end)
+
+t.test("a playbook with a bad parameter spec is refused when loaded", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/odd.lua", [[return { description = "x", params = { a = { type = "strnig" },
+    b = { type = "enum" } }, run = function() end }]])
+  local r = t.sh(env(dir) .. " " .. t.cmd("run " .. dir .. "/odd.lua"))
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("params.a: unknown type \"strnig\" (did you mean 'string'?); params.b: an enum needs a non-empty 'values' list", 1, true), r.stderr)
+end)
+
+---------------------------------------------------------------------------
+-- steps, progress, audit, json
+
+t.test("steps run in order, print plain progress when piped, and are audited", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run steps -e dir=" .. q(dir))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first", "second", "third 2 y" })
+  local out = lines(r.stderr)
+  t.eq(out[1], "→ first")
+  t.ok(out[2]:match("^✓ first %(%d+%.%d s%)$"), out[2])
+  t.eq({ out[3], out[4] }, { "→ second", "  second: halfway" })
+  t.ok(out[#out]:match("^  run %d+T%d+%-%x+: ok %(%d+%.%d s%)$"), out[#out])
+  t.ok(not r.stderr:find("\27", 1, true), "no escape codes when piped")
+  local actions = {}
+  for _, rec in ipairs(audit(dir)) do actions[#actions + 1] = rec.action .. ":" .. (rec.step or "") .. ":" .. rec.outcome end
+  t.eq(actions, { "run.start::started", "step.start:first:started", "step.end:first:ok",
+    "step.start:second:started", "step.end:second:ok", "step.start:third:started", "step.end:third:ok",
+    "run.end::ok" })
+end)
+
+t.test("on a terminal a live line with a spinner, then ✓ lines; NO_COLOR drops colour", function()
+  local dir = t.tmpdir()
+  local cmd = env(dir) .. " " .. t.cmd("run steps -e dir=" .. q(dir))
+  local r = t.sh("script -qec " .. q(cmd) .. " /dev/null")
+  t.eq(r.status, 0, r.stdout)
+  t.ok(r.stdout:find("\r\27[K", 1, true), "the live line is redrawn")
+  t.ok(r.stdout:find("\27[32m✓\27[0m first (", 1, true), "green check mark")
+  t.ok(r.stdout:find("halfway", 1, true), "progress shown on the live line")
+  r = t.sh("script -qec " .. q("NO_COLOR=1 " .. cmd) .. " /dev/null")
+  t.ok(r.stdout:find("✓ first (", 1, true))
+  t.ok(not r.stdout:find("\27[32m", 1, true), "no colour with NO_COLOR")
+end)
+
+t.test("--json prints exactly one document on stdout", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run typed --json -e name=a -e group=g -e password=env:HOME")
+  t.eq(r.status, 0, r.stderr)
+  local doc = cjson.decode(r.stdout)               -- fails if anything else is on stdout
+  t.eq({ doc.playbook, doc.outcome, doc.check, doc.params.password, doc.params.name },
+       { "typed", "ok", false, "<secret>", "a" })
+  t.ok(r.stderr:find('"name":"a"', 1, true), "the playbook's own output went to stderr")
+  r = run(dir, "run steps --json -e dir=" .. q(dir) .. " -e fail_at=2")
+  t.eq(r.status, 1)
+  doc = cjson.decode(r.stdout)
+  t.eq(doc.outcome, "failed")
+  t.eq(doc.error, { kind = "azure", code = "Conflict", message = "busy" })
+  t.eq({ doc.steps[1].status, doc.steps[1].result.list, doc.steps[2].status, doc.steps[2].error.code, #doc.steps },
+       { "ok", { "x", "y" }, "failed", "Conflict", 2 })
+  t.ok(doc.run:match("^%d+T%d+%-%x+$"))
+end)
+
+t.test("a step's result must be JSON data", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run badresult")
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("step 'returns a function' returned something JSON cannot hold at result.f (function)", 1, true), r.stderr)
+end)
+
+---------------------------------------------------------------------------
+-- safety
+
+t.test("a destructive step without a terminal and without --yes refuses, exit 3", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run destroy -e dir=" .. q(dir) .. " -e hsm=hsm1")
+  t.eq(r.status, 3)
+  t.ok(r.stderr:find("step 'zeroize hsm1' is destructive (target hsm1) and there is no terminal to confirm it on; nothing was done", 1, true), r.stderr)
+  t.eq(sys.stat(dir .. "/zeroized-hsm1"), nil)
+  local last = audit(dir)
+  t.eq({ last[#last - 2].action, last[#last - 2].outcome }, { "confirm", "refused (no terminal)" })
+  t.eq(last[#last].outcome, "refused")
+end)
+
+t.test("--yes skips the question and the audit log says so", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run destroy --yes -e dir=" .. q(dir) .. " -e hsm=hsm1")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(sys.stat(dir .. "/zeroized-hsm1"))
+  local found
+  for _, rec in ipairs(audit(dir)) do
+    if rec.action == "confirm" then found = rec end
+  end
+  t.eq({ found.target, found.outcome, found.step }, { "hsm1", "skipped (--yes)", "zeroize hsm1" })
+end)
+
+t.test("on a terminal the operator types the target's name; anything else stops", function()
+  local dir = t.tmpdir()
+  local cmd = env(dir) .. " " .. t.cmd("run destroy -e dir=" .. q(dir) .. " -e hsm=hsm1")
+  local r = t.sh("(sleep 0.5; printf 'hsm2\\n') | script -qec " .. q(cmd) .. " /dev/null")
+  t.ok(r.stdout:find("Type hsm1 to go on", 1, true), r.stdout)
+  t.ok(r.stdout:find("confirmation for step 'zeroize hsm1' did not match hsm1; nothing was done", 1, true), r.stdout)
+  t.eq(sys.stat(dir .. "/zeroized-hsm1"), nil)
+  r = t.sh("(sleep 0.5; printf 'hsm1\\n') | script -qec " .. q(cmd) .. " /dev/null")
+  t.ok(sys.stat(dir .. "/zeroized-hsm1"), r.stdout)
+end)
+
+t.test("--check plans: reads run, mutations say 'would', destructive steps never run", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run destroy --check --json -e dir=" .. q(dir) .. " -e hsm=hsm1")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sys.stat(dir .. "/zeroized-hsm1"), nil)
+  local doc = cjson.decode(r.stdout)
+  t.eq(doc.outcome, "planned")
+  t.eq(doc.steps[1].status, "planned")
+  t.eq(doc.steps[1].plan, { "tag hsm1 as decommissioning" })
+  t.eq(doc.steps[2].status, "planned")
+  t.eq(doc.steps[2].plan, { "run destructive step 'zeroize hsm1' on hsm1" })
+  t.ok(r.stderr:find("  would tag hsm1 as decommissioning", 1, true), r.stderr)
+  t.eq(sys.stat(dir .. "/dhsm/runs"), nil, "a plan is not journaled")
+end)
+
+---------------------------------------------------------------------------
+-- journal and resume
+
+t.test("a failed run is journaled and --resume skips the steps it completed", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run steps -e dir=" .. q(dir) .. " -e fail_at=2")
+  t.eq(r.status, 1)
+  local id = run_id(r.stderr)
+  t.ok(r.stderr:find("'dhsm run steps --resume " .. id .. "' continues it", 1, true), r.stderr)
+  local j = journal(dir, id)
+  t.eq({ j.state, j.playbook, j.steps[1].status, j.steps[2].status, #j.steps }, { "failed", "steps", "ok", "failed", 2 })
+  t.eq(sys.stat(dir .. "/dhsm/runs/" .. id .. ".json").mode, tonumber("600", 8))
+  -- other parameters are refused
+  r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir))
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("run " .. id .. " used other parameters (fail_at was 2, now nothing)", 1, true), r.stderr)
+  -- same parameters: first is replayed with its result, second and third run
+  r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir) .. " -e fail_at=2")
+  t.eq(r.status, 1)
+  t.eq(executed(dir), { "first", "second", "second" })
+  t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
+end)
+
+t.test("resume refuses unknown runs, other playbooks and finished runs", function()
+  local dir = t.tmpdir()
+  t.eq(run(dir, "run steps --resume nope -e dir=x").status, 2)
+  t.ok(run(dir, "run steps --resume ../x -e dir=x").stderr:find("not a run id", 1, true))
+  local r = run(dir, "run steps -e dir=" .. q(dir))
+  local id = run_id(r.stderr)
+  r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir))
+  t.ok(r.stderr:find("already finished successfully", 1, true), r.stderr)
+  r = run(dir, "run typed --resume " .. id .. " -e name=a -e group=g")
+  t.ok(r.stderr:find("run " .. id .. " was playbook 'steps', not 'typed'", 1, true), r.stderr)
+  t.ok(run(dir, "run steps --check --resume " .. id .. " -e dir=x").stderr:find("cannot go together", 1, true))
+end)
+
+-- Start the slow run, wait until it is inside step two, send `signal`.
+local function stop_in_second(dir, signal)
+  local cmd = env(dir) .. " " .. t.cmd("run steps -e dir=" .. q(dir) .. " -e slow=true")
+  return t.sh(("%s & pid=$!; for i in $(seq 200); do [ -e %s ] && break; sleep 0.05; done; kill -%s $pid; wait $pid")
+    :format(cmd, q(dir .. "/in-second"), signal))
+end
+
+local function resume_to_the_end(dir, id)
+  t.write(dir .. "/release", "")                  -- step two no longer waits
+  local r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir) .. " -e slow=true")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first", "second", "second", "third 2 y" }, "first ran once, second again, then third")
+  t.eq(journal(dir, id).state, "ok")
+  return r
+end
+
+t.test("a run killed (SIGKILL) in the middle of a step resumes without repeating what was done", function()
+  local dir = t.tmpdir()
+  stop_in_second(dir, "KILL")
+  t.eq(executed(dir), { "first", "second" })
+  local runs = t.sh(env(dir) .. " " .. t.cmd("runs"))
+  local id, state, steps = runs.stdout:match("\n(%S+)%s+steps%s+(%S+)%s+(%S+)")
+  t.eq({ state, steps }, { "running", "1/2" }, runs.stdout)
+  local r = resume_to_the_end(dir, id)
+  t.ok(r.stderr:find("↷ first", 1, true), r.stderr)
+  runs = t.sh(env(dir) .. " " .. t.cmd("runs"))
+  t.ok(runs.stdout:find(id:gsub("%p", "%%%0") .. "%s+steps%s+ok%s+3/3"), runs.stdout)
+end, { timeout = 60 })
+
+t.test("Ctrl-C in a step exits 130 and leaves the run resumable", function()
+  local dir = t.tmpdir()
+  local r = stop_in_second(dir, "INT")
+  t.eq(r.status, 130, r.stderr)
+  t.ok(r.stderr:find("✗ second: interrupted", 1, true), r.stderr)
+  local id = run_id(r.stderr)
+  local j = journal(dir, id)
+  t.eq({ j.state, j.steps[1].status, j.steps[2].status }, { "interrupted", "ok", "interrupted" })
+  resume_to_the_end(dir, id)
+end, { timeout = 60 })
