@@ -273,6 +273,15 @@ static void task_done(loop *lp, task *t, int nres) {
   lua_pop(L, 1);
 }
 
+int task_unpack_results(lua_State *L) {
+  lua_getfield(L, -1, "n");
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many results");
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+  return n;
+}
+
 /* Store {err=, traceback=} as the task's outcome and retire it. */
 static void task_store_failure(lua_State *L, task *t, task_state final) {
   /* stack: ... err traceback */
@@ -635,11 +644,7 @@ int dhsm_loop_pcall(lua_State *L, int nargs, int flags) {
   lua_remove(L, -2);
   if (lua_getfield(L, -1, "failed") == LUA_TNIL) {     /* res nil */
     lua_pop(L, 1);
-    lua_getfield(L, -1, "n");
-    int n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many results");
-    for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    int n = task_unpack_results(L);
     lua_remove(L, -(n + 1));
     return LUA_OK;
   }

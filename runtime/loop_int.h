@@ -73,6 +73,8 @@ int task_finished(const task *t);
 ** the running task. */
 task *task_spawn(lua_State *L, int nargs);
 void task_push_handle(lua_State *L, task *t);
+/* Push the values of the results table {n=, ...} on top; returns n. */
+int task_unpack_results(lua_State *L);
 void task_wake(task *t, lua_Integer value);
 void task_kill(task *t, const char *kind, const char *message);
 void task_join_link(task *joiner, task *target);

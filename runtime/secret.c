@@ -216,20 +216,22 @@ const char *dhsm_secret_check(lua_State *L, int idx, size_t *len) {
 
 /* ---- Lua API ------------------------------------------------------------ */
 
-static int secret_env(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  secret *s = new_secret(L, lua_pushfstring(L, "env:%s", name));
+/* A secret read now from source `prefix`:ARG by `load`. */
+static int eager_secret(lua_State *L, const char *prefix,
+                        void (*load)(lua_State *, secret *, const char *)) {
+  const char *arg = luaL_checkstring(L, 1);
+  secret *s = new_secret(L, lua_pushfstring(L, "%s:%s", prefix, arg));
   lua_remove(L, -2);
-  load_env(L, s, name);
+  load(L, s, arg);
   return 1;
 }
 
+static int secret_env(lua_State *L) {
+  return eager_secret(L, "env", load_env);
+}
+
 static int secret_file(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  secret *s = new_secret(L, lua_pushfstring(L, "file:%s", path));
-  lua_remove(L, -2);
-  load_file(L, s, path);
-  return 1;
+  return eager_secret(L, "file", load_file);
 }
 
 static int secret_prompt(lua_State *L) {

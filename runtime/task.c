@@ -114,12 +114,7 @@ static int push_outcome(lua_State *L, task *t) {
     return lua_error(L);
   }
   lua_pop(L, 1);
-  lua_getfield(L, -1, "n");
-  int n = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  luaL_checkstack(L, n, "too many results");
-  for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-  return n;
+  return task_unpack_results(L);
 }
 
 static int join_k(lua_State *L, int status, lua_KContext ctx) {

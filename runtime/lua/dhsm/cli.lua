@@ -268,13 +268,18 @@ local function cmd_help(opts, pos)
     out:write(M.help_text(), "\n")
     return 0
   end
+  out:write(M.help_text(M.command(name)), "\n")
+  return 0
+end
+
+-- The command called name, or a usage error suggesting the closest.
+function M.command(name)
   local cmd = by_name[name]
   if not cmd then
-    usage_error("no command '%s'%s; see 'dhsm --help'", name,
+    usage_error("unknown command '%s'%s; see 'dhsm --help'", name,
       util.did_you_mean(name, M.command_names()))
   end
-  out:write(M.help_text(cmd), "\n")
-  return 0
+  return cmd
 end
 
 function M.command_names()
@@ -438,12 +443,7 @@ local function dispatch(args)
     if gopts.help then return cmd_help({}, {}) end
     usage_error("no command given; see 'dhsm --help'")
   end
-  local cmd = by_name[name]
-  if not cmd then
-    usage_error("unknown command '%s'%s; see 'dhsm --help'", name,
-      util.did_you_mean(name, M.command_names()))
-  end
-  local specs = cmd.options
+  local specs = M.command(name).options
   if name == "help" then specs = { { nil, "--man", help = "" } } end
   local opts, pos = parse(args, i + 1, specs, name, name == "exec")
   for k, v in pairs(gopts) do
