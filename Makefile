@@ -85,7 +85,7 @@ check: deps
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  OPT="-O1 -g" build-san/dhsm unit
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  sh tests/run.sh build-san/dhsm $(patsubst $(O)/%,build-san/%,$(UNIT_BIN))
+	  sh tests/run.sh --no-selftests build-san/dhsm $(patsubst $(O)/%,build-san/%,$(UNIT_BIN))
 
 demo: deps
 	@$(MAKE) --no-print-directory all

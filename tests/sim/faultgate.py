@@ -1,0 +1,62 @@
+"""Transport faults applied in front of every simulated HTTP service.
+
+`FaultGate.admit(req)` runs before the service's own logic. It sleeps for
+`delay_ms`, then consumes at most one counted fault matching the request (the
+rule format is in knobs.py). The error bodies come from the service (ARM and
+the login endpoint speak different error dialects), through `errors`, an object
+with throttled(req, retry_after), server_error(req, status, retry_after) and
+forbidden(req) methods returning a Response.
+"""
+import itertools
+import time
+
+import knobs
+
+
+class Verdict:
+    def __init__(self, response=None, reset=False):
+        self.response, self.reset = response, reset
+
+
+class FaultGate:
+    def __init__(self, world, service, errors):
+        self.world, self.service, self.errors = world, service, errors
+        self._five_hundreds = itertools.count()
+
+    def _matches(self, name, req):
+        rule = self.world.knob(name)
+        return rule["n"] > 0 and knobs.rule_matches(rule, self.service, req.line)
+
+    def _delay(self, req):
+        with self.world.lock:
+            rule = self.world.knob("delay_ms")
+            wait = rule["n"] / 1000 if knobs.rule_matches(rule, self.service, req.line) else 0
+        if wait:
+            time.sleep(wait)  # outside the lock: a slow response must not stall the others
+
+    def _consume(self, req):
+        with self.world.lock:
+            for name in knobs.COUNTED:
+                if self._matches(name, req):
+                    rule = dict(self.world.knob(name))
+                    rule["n"] -= 1
+                    self.world.set_knobs({name: rule})
+                    return name
+        return None
+
+    def admit(self, req):
+        if req.is_control:
+            return Verdict()
+        self._delay(req)
+        fault = self._consume(req)
+        retry_after = self.world.knob("retry_after")
+        if fault == "reset":
+            return Verdict(reset=True)
+        if fault == "throttle":
+            return Verdict(self.errors.throttled(req, retry_after))
+        if fault == "forbid":
+            return Verdict(self.errors.forbidden(req))
+        if fault == "fail5xx":
+            status = 500 if next(self._five_hundreds) % 2 == 0 else 503
+            return Verdict(self.errors.server_error(req, status, retry_after))
+        return Verdict()
