@@ -13,15 +13,7 @@
 #include <time.h>
 #include <lua.h>
 
-typedef struct dhsm_buf {
-  char *p;
-  size_t len, cap;
-  int oom;                 /* an allocation failed: the content is incomplete */
-} dhsm_buf;
-
-void dhsm_buf_add(dhsm_buf *b, const char *s, size_t n);
-void dhsm_buf_adds(dhsm_buf *b, const char *s);
-void dhsm_buf_free(dhsm_buf *b);
+#include "dhsm/buf.h"
 
 /* Append s as a JSON string literal (quotes included). */
 void dhsm_json_string(dhsm_buf *b, const char *s, size_t n);

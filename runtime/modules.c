@@ -7,6 +7,7 @@
 #include "runtime.h"
 
 extern int luaopen_cjson(lua_State *L);
+extern int luaopen_dhsm_azure_http(lua_State *L);
 
 const dhsm_module dhsm_modules[] = {
   {"dhsm.core", luaopen_dhsm_core},
@@ -15,5 +16,6 @@ const dhsm_module dhsm_modules[] = {
   {"dhsm.audit", luaopen_dhsm_audit},
   {"dhsm.sys", luaopen_dhsm_sys},
   {"cjson", luaopen_cjson},
+  {"dhsm.azure.http", luaopen_dhsm_azure_http},
   {NULL, NULL}
 };

@@ -13,6 +13,7 @@
 #include "dhsm/loop.h"
 #include "dhsm/secret.h"
 #include "dhsm/audit.h"
+#include "dhsm/buf.h"
 
 #define DHSM_VERSION "0.1.0"
 

@@ -211,3 +211,29 @@ t.test("the context is inherited by spawned tasks", function()
   t.eq(seen, "outer step")
   ctx.step = nil
 end)
+
+t.test("a semaphore admits n at once, in order, and survives cancellations", function()
+  local sem = dhsm.semaphore(2)
+  local running, peak, order = 0, 0, {}
+  local function work(i)
+    sem:run(function()
+      running = running + 1
+      local leave <close> = setmetatable({}, { __close = function() running = running - 1 end })
+      peak = math.max(peak, running)
+      order[#order + 1] = i
+      dhsm.sleep(0.02)
+    end)
+  end
+  local tasks = {}
+  for i = 1, 6 do tasks[i] = dhsm.spawn(work, i) end
+  dhsm.sleep(0.001)
+  tasks[4]:cancel()                       -- cancelled while waiting: gives its place back
+  tasks[1]:cancel()                       -- cancelled while holding: releases its slot
+  for i, task in ipairs(tasks) do
+    if i ~= 1 and i ~= 4 then task:join() end
+  end
+  t.eq(peak, 2)
+  t.eq(order, { 1, 2, 3, 5, 6 })
+  t.eq({ sem.used, #sem.waiters }, { 0, 0 })
+  t.raises(function() dhsm.semaphore(0) end, "expected an integer >= 1")
+end)

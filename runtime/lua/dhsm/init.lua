@@ -7,6 +7,7 @@
 --   dhsm.error{kind=, code=, message=, retryable=, details=}   raise a dhsm error
 --   dhsm.error.new{...} / dhsm.error.is(v, kind)
 --   dhsm.try(fn, ...)              true, results... | false, err (always a dhsm error)
+--   dhsm.semaphore(n)              :run(fn, ...) with at most n at once
 --   dhsm.check_mode                true under --check: mutations only say what they would do
 --   dhsm.would(what)               (modules, in check mode) report a mutation not made
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
@@ -62,6 +63,56 @@ function M.deadline(seconds, fn, ...)
       message = ("deadline of %g s passed"):format(seconds) }, 2)
   end
   error(err, 0)
+end
+
+-- semaphore(n): at most n holders at once.
+--   local sem = dhsm.semaphore(2)
+--   sem:run(fn, ...)         -- acquire, fn(...), release (also when cancelled)
+-- A waiter that is cancelled gives its place back; a slot is handed
+-- straight to the next waiter so nobody overtakes it.
+local Semaphore = {}
+Semaphore.__index = Semaphore
+
+function M.semaphore(n)
+  if math.type(n) ~= "integer" or n < 1 then usage("dhsm.semaphore: expected an integer >= 1, got %s", tostring(n)) end
+  return setmetatable({ max = n, used = 0, waiters = {} }, Semaphore)
+end
+
+function Semaphore:acquire()
+  if self.used < self.max then
+    self.used = self.used + 1
+    return
+  end
+  local entry = { task = core.current() or usage("dhsm.semaphore: acquire needs a task") }
+  self.waiters[#self.waiters + 1] = entry
+  local guard <close> = setmetatable({}, { __close = function()
+    if entry.acquired then return end
+    if entry.granted then
+      self:release()                       -- handed a slot it will never use
+    else
+      for i, e in ipairs(self.waiters) do
+        if e == entry then table.remove(self.waiters, i) break end
+      end
+    end
+  end })
+  repeat core.park() until entry.granted
+  entry.acquired = true
+end
+
+function Semaphore:release()
+  local entry = table.remove(self.waiters, 1)
+  if entry then
+    entry.granted = true
+    core.wake(entry.task)
+  else
+    self.used = self.used - 1
+  end
+end
+
+function Semaphore:run(fn, ...)
+  self:acquire()
+  local held <close> = setmetatable({}, { __close = function() self:release() end })
+  return fn(...)
 end
 
 -- would(what): in check mode, what a mutating call would have done.  The

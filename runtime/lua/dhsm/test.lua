@@ -106,19 +106,35 @@ end
 
 M.dhsm = sys.executable()
 
-local cleanups = {}
+-- Cleanups registered inside a test run when it ends; those registered
+-- while a file loads (shared set-up, such as a simulated estate) run after
+-- the file's last test.
+local cleanups = { test = {}, file = {} }
+M.in_test = false
 
--- tmpdir() -> a fresh folder removed when the test ends
+function M.cleanup(fn)
+  local list = M.in_test and cleanups.test or cleanups.file
+  list[#list + 1] = fn
+end
+
+-- tmpdir() -> a fresh folder removed at cleanup
 function M.tmpdir()
   local dir = assert(sys.mkdtemp("dhsm-test-"))
-  cleanups[#cleanups + 1] = function() os.execute("rm -rf " .. util.shell_quote(dir)) end
+  M.cleanup(function() os.execute("rm -rf " .. util.shell_quote(dir)) end)
   return dir
 end
 
-function M.run_cleanups()
-  for i = #cleanups, 1, -1 do pcall(cleanups[i]) end
-  cleanups = {}
+local function run_list(name)
+  local list = cleanups[name]
+  cleanups[name] = {}
+  for i = #list, 1, -1 do
+    local ok, err = pcall(list[i])
+    if not ok then io.stderr:write("dhsm test: a cleanup failed: ", tostring(err), "\n") end
+  end
 end
+
+function M.run_cleanups() run_list("test") end
+function M.run_file_cleanups() run_list("file") end
 
 function M.write(path, data, mode)
   local f = assert(io.open(path, "wb"))

@@ -34,9 +34,11 @@ local function run_one(test)
     if not t.is_failure(e) and not t.is_skip(e) then tb = debug.traceback("", 2):sub(2) end
     return e
   end
+  t.in_test = true
   local ok, fine, err = pcall(dhsm.deadline, test.opts.timeout or 60, function()
     return xpcall(test.fn, handler)
   end)
+  t.in_test = false
   t.run_cleanups()
   if not ok then return "fail", fine end          -- the deadline passed
   if fine then return "pass" end
@@ -93,6 +95,7 @@ function M.run(paths, opts)
         io.stdout:flush()
       end
     end
+    t.run_file_cleanups()
   end
   package.path = base_path
   local line = ("%d passed, %d failed"):format(passed, failed)

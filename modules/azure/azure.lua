@@ -1,0 +1,509 @@
+-- dhsm.azure: the Azure control plane (ARM) on the dhsm scheduler.
+--
+--   local azure = require "dhsm.azure"
+--   local c = azure.client(inventory.azure)            -- or azure.client{subscription=, ...}
+--   local r = c:get(c:group_path() .. "/providers/Microsoft.Network/virtualNetworkGateways/gw")
+--   local put = c:put(path, { body = resource })
+--   local done = c:wait(put, { timeout = 1800, on_progress = function(p) ctx:progress(p.text) end })
+--
+-- Requests go through libcurl (dhsm.azure.http): they overlap in
+-- dhsm.parallel, reuse connections and verify TLS.  Tokens come from the
+-- credential chain the Azure SDKs use (explicit config, environment,
+-- managed identity, Azure CLI), are kept as dhsm.secret values and
+-- refreshed before they expire.  429/5xx and connection failures are
+-- retried with backoff and jitter, honouring Retry-After, within a
+-- deadline; a POST is retried only when it cannot have been processed.
+-- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
+-- message, details, the HTTP status, request ids and the raw body.
+-- In check mode a mutation is not sent: it is reported (dhsm.would) and
+-- described.  Every mutation is audited.
+local cjson = require "cjson"
+local dhsm = require "dhsm"
+local http = require "dhsm.azure.http"
+local secret = require "dhsm.secret"
+local sys = require "dhsm.sys"
+
+local M = {}
+
+M.API = {
+  hsm = "2021-11-30",
+  network = "2023-09-01",
+  resources = "2021-04-01",
+  features = "2021-07-01",
+}
+
+local ARM_AUDIENCE = "https://management.azure.com"
+local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+-- Failures that mean the request never reached the server: safe to retry a POST.
+local NOT_SENT = { ConnectionRefused = true, CouldNotResolveHost = true, TlsHandshakeFailed = true }
+
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = fmt:format(...) }
+end
+
+-- JSON null becomes nil, so playbooks can test fields with `if x then`.
+local function drop_nulls(v)
+  if type(v) ~= "table" then return v end
+  for k, x in pairs(v) do
+    if x == cjson.null then v[k] = nil else drop_nulls(x) end
+  end
+  return v
+end
+
+local function decode(body)
+  if body == nil or body == "" then return nil end
+  local ok, v = pcall(cjson.decode, body)
+  if ok then return drop_nulls(v) end
+  return nil
+end
+
+function M.uuid()
+  local h = sys.random_hex(16)
+  return ("%s-%s-4%s-%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(14, 16), h:sub(17, 20), h:sub(21, 32))
+end
+
+---------------------------------------------------------------------------
+-- errors
+
+-- An ARM, AAD or IMDS error reply as a dhsm error.
+local function reply_error(method, url, r, json)
+  local e = json and json.error
+  local code, message, fields = nil, nil, {}
+  if type(e) == "table" then                    -- ARM: {"error": {code, message, ...}}
+    code, message = e.code, e.message
+    fields = { target = e.target, details = e.details, innererror = e.innererror }
+  elseif type(e) == "string" then               -- AAD / IMDS: {"error": "...", "error_description": "..."}
+    code, message = e, json.error_description
+  end
+  local raw = r.body or ""
+  code = code or ("HTTP" .. r.status)
+  message = message or (raw ~= "" and raw:sub(1, 300)) or ("HTTP status " .. r.status)
+  local err = dhsm.error.new {
+    kind = "azure", code = code, retryable = RETRY_STATUS[r.status] == true,
+    message = ("%s %s: %s"):format(method, url:gsub("^https?://[^/]+", ""):gsub("%?.*$", ""), message),
+    details = {
+      status = r.status, method = method, url = url, body = raw,
+      request_id = r.headers["x-ms-request-id"], correlation_id = r.headers["x-ms-correlation-request-id"],
+      target = fields.target, details = fields.details, innererror = fields.innererror,
+    },
+  }
+  err.status = r.status
+  return err
+end
+M.reply_error = reply_error
+
+---------------------------------------------------------------------------
+-- credentials: each returns (token secret, lifetime in seconds)
+
+local Client = {}
+Client.__index = Client
+
+local function token_reply(c, what, r)
+  if r.secret then
+    return r.secret, tonumber(r.json.expires_in) or 3599
+  end
+  local err = reply_error("POST", r.url or what, r, decode(r.body))
+  err.message = ("cannot get a token (%s): %s"):format(what, err.message)
+  error(err, 0)
+end
+
+local function client_secret_token(c, cred)
+  local url = ("%s/%s/oauth2/v2.0/token"):format(c.authority, c.tenant)
+  local r = c.session:request {
+    method = "POST", url = url, timeout = c.timeout, secret_field = "access_token",
+    form = { grant_type = "client_credentials", client_id = cred.client_id,
+      client_secret = cred.secret, scope = c.audience .. "/.default" },
+  }
+  r.url = url
+  return token_reply(c, "client secret of " .. tostring(cred.client_id), r)
+end
+
+local function managed_identity_token(c, cred)
+  local query = "api-version=2018-02-01&resource=" .. M.escape(c.audience .. "/")
+  if cred.client_id then query = query .. "&client_id=" .. M.escape(cred.client_id) end
+  local url = c.imds_endpoint .. "/metadata/identity/oauth2/token?" .. query
+  local r = c.session:request { method = "GET", url = url, headers = { Metadata = "true" },
+    timeout = math.min(c.timeout, 10), secret_field = "access_token" }
+  r.url = url
+  return token_reply(c, "managed identity", r)
+end
+
+-- `az account get-access-token`: the CLI prints the token, which is turned
+-- into a secret at once.
+local function azure_cli_token(c)
+  local cmd = ("%s account get-access-token --resource %s/ --output json 2>/dev/null"):format(
+    c.az_command, c.audience)
+  local p = io.popen(cmd, "r")
+  local out = p and p:read("a") or ""
+  if p then p:close() end
+  local ok, j = pcall(cjson.decode, out)
+  if not ok or type(j) ~= "table" or type(j.accessToken) ~= "string" then
+    dhsm.error { kind = "azure", code = "AzureCliFailed",
+      message = ("'%s account get-access-token' gave no token (is 'az login' done?)"):format(c.az_command) }
+  end
+  local tok = secret.value(j.accessToken)
+  j.accessToken = nil
+  local lifetime = (tonumber(j.expires_on) or (sys.time() + 3000)) - sys.time()
+  return tok, lifetime
+end
+
+local SOURCES = {
+  client_secret = client_secret_token,
+  environment = client_secret_token,
+  managed_identity = managed_identity_token,
+  azure_cli = azure_cli_token,
+}
+
+-- The credential to use, in the order the Azure SDKs try them.
+local function choose_credential(cfg)
+  if cfg.credential then return cfg.credential end
+  local id, tenant = os.getenv("AZURE_CLIENT_ID"), os.getenv("AZURE_TENANT_ID")
+  if id and os.getenv("AZURE_CLIENT_SECRET") then
+    return { type = "environment", client_id = id, tenant = tenant, secret = secret.env("AZURE_CLIENT_SECRET") }
+  end
+  return { type = "chain" }
+end
+
+-- Fetch a token with the configured credential, or the first that works
+-- of managed identity and Azure CLI.
+function Client:fetch_token()
+  local cred = self.credential
+  if cred.type ~= "chain" then return SOURCES[cred.type](self, cred) end
+  local ok, tok, lifetime = pcall(managed_identity_token, self, {})
+  if ok then return tok, lifetime end
+  local ok2, tok2, lifetime2 = pcall(azure_cli_token, self)
+  if ok2 then return tok2, lifetime2 end
+  dhsm.error { kind = "azure", code = "NoCredential",
+    message = "no Azure credential: set azure.credential in the inventory, or AZURE_CLIENT_ID/"
+      .. "AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or run on a managed identity, or 'az login' ("
+      .. tostring(dhsm.error.normalize(tok).message) .. "; " .. tostring(dhsm.error.normalize(tok2).message) .. ")" }
+end
+
+-- The bearer token, refreshed ahead of expiry; concurrent callers share one fetch.
+function Client:token()
+  if self.bearer and dhsm.now() < self.refresh_at then return self.bearer end
+  if not self.fetching then
+    self.fetching = dhsm.spawn(function()
+      local tok, lifetime = self:fetch_token()
+      self.bearer = tok
+      self.refresh_at = dhsm.now() + lifetime - math.min(300, lifetime * 0.2)
+    end)
+  end
+  local fetch = self.fetching
+  local ok, err = pcall(fetch.join, fetch)
+  if self.fetching == fetch then self.fetching = nil end
+  if not ok then error(err, 0) end
+  return self.bearer
+end
+
+function Client:forget_token()
+  self.bearer = nil
+end
+
+---------------------------------------------------------------------------
+-- the client
+
+function M.escape(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+local function check_config(cfg)
+  if type(cfg) ~= "table" then usage("azure.client: expected a table (the inventory's azure section)") end
+  if type(cfg.subscription) ~= "string" or cfg.subscription == "" then
+    usage("azure.client: 'subscription' must be a subscription id")
+  end
+  local cred = cfg.credential
+  if cred ~= nil then
+    if type(cred) ~= "table" or not SOURCES[cred.type] then
+      usage("azure.client: credential.type must be client_secret, managed_identity, azure_cli or environment")
+    end
+    if cred.type == "client_secret" then
+      if type(cred.client_id) ~= "string" then usage("azure.client: credential.client_id is required for client_secret") end
+      if not secret.is(cred.secret) then
+        usage("azure.client: credential.secret must be a secret (secret.env/file/ref), not a plain value")
+      end
+      if type(cfg.tenant) ~= "string" then usage("azure.client: 'tenant' is required for client_secret") end
+    end
+  end
+end
+
+-- client(cfg): cfg is the inventory's azure section, plus optional
+-- timeout (per request, s), retry_deadline (s), max_attempts, poll_interval
+-- (s, when ARM gives no Retry-After), max_connections (requests in flight
+-- at once, each on its own keep-alive connection; default 2),
+-- imds_endpoint, az_command, audience.
+function M.client(cfg)
+  check_config(cfg)
+  local c = setmetatable({
+    subscription = cfg.subscription, tenant = cfg.tenant, location = cfg.location,
+    resource_group = cfg.resource_group,
+    endpoint = (cfg.endpoint or ARM_AUDIENCE):gsub("/$", ""),
+    authority = (cfg.authority or "https://login.microsoftonline.com"):gsub("/$", ""),
+    imds_endpoint = (cfg.imds_endpoint or "http://169.254.169.254"):gsub("/$", ""),
+    audience = cfg.audience or ARM_AUDIENCE,
+    az_command = cfg.az_command or "az",
+    timeout = cfg.timeout or 60,
+    retry_deadline = cfg.retry_deadline or 120,
+    max_attempts = cfg.max_attempts or 8,
+    poll_interval = cfg.poll_interval or 10,
+    credential = choose_credential(cfg),
+    session = http.session { ca_file = cfg.ca_file, user_agent = "dhsm/" .. dhsm.version },
+    -- HTTP/1.1 carries one request per connection at a time; a few warm
+    -- connections beat a TLS handshake per parallel request.
+    slots = dhsm.semaphore(cfg.max_connections or 2),
+  }, Client)
+  if c.credential.tenant and not c.tenant then c.tenant = c.credential.tenant end
+  return c
+end
+
+function Client:stats()
+  return self.session:stats()
+end
+
+function Client:close()
+  self.session:close()
+end
+Client.__close = Client.close
+
+function Client:group_path(group)
+  group = group or self.resource_group
+  if type(group) ~= "string" then usage("azure: no resource group given and none in the configuration") end
+  return ("/subscriptions/%s/resourceGroups/%s"):format(self.subscription, group)
+end
+
+local function api_for(path)
+  if path:find("/providers/Microsoft.HardwareSecurityModules/", 1, true) then return M.API.hsm end
+  if path:find("/providers/Microsoft.Network/", 1, true) then return M.API.network end
+  if path:find("/providers/Microsoft.Features/", 1, true) then return M.API.features end
+  return M.API.resources
+end
+
+-- The full URL of path (an ARM path, or a URL ARM gave back), with its
+-- api-version and query.
+function Client:url(path, opts)
+  if type(path) ~= "string" or not (path:match("^/") or path:match("^https?://")) then
+    usage("azure: expected an ARM path starting with / (e.g. /subscriptions/...), got %s", tostring(path))
+  end
+  local url = path:match("^https?://") and path or (self.endpoint .. path)
+  local query = {}
+  if not url:find("[?&]api%-version=") then
+    query[#query + 1] = "api-version=" .. M.escape(opts.api_version or api_for(path))
+  end
+  for _, k in ipairs(require("dhsm.util").sorted_keys(opts.query or {})) do
+    query[#query + 1] = M.escape(k) .. "=" .. M.escape(opts.query[k])
+  end
+  if #query == 0 then return url end
+  return url .. (url:find("?", 1, true) and "&" or "?") .. table.concat(query, "&")
+end
+
+-- Seconds to wait before attempt n+1: Retry-After when given, else
+-- exponential backoff with full jitter.
+local function backoff(attempt, retry_after)
+  local ra = tonumber(retry_after)
+  if ra then return ra end
+  local cap = math.min(30, 0.5 * 2 ^ (attempt - 1))
+  return cap / 2 + math.random() * cap / 2
+end
+M.backoff = backoff
+
+local function is_token_problem(code)
+  return code == "ExpiredAuthenticationToken" or code == "InvalidAuthenticationToken"
+    or code == "AuthenticationFailed"
+end
+
+local function display(url)
+  return (url:gsub("^https?://[^/]+", ""):gsub("%?.*$", ""))
+end
+
+-- One attempt: the reply table, or nil and the error raised by the transport.
+function Client:attempt(method, url, body, opts)
+  local headers = {
+    Authorization = { "Bearer ", self:token() },
+    Accept = "application/json",
+    ["x-ms-correlation-request-id"] = opts.correlation_id,
+  }
+  if body then headers["Content-Type"] = "application/json" end
+  for k, v in pairs(opts.headers or {}) do headers[k] = v end
+  local ok, r = pcall(self.slots.run, self.slots, self.session.request, self.session,
+    { method = method, url = url, headers = headers, body = body, timeout = opts.timeout or self.timeout })
+  if ok then return r end
+  return nil, r
+end
+
+-- request(method, path, {body=, api_version=, query=, headers=, timeout=,
+--   retry_deadline=, idempotent=}) -> {status=, headers=, body=(decoded), raw=, path=, method=}
+function Client:request(method, path, opts)
+  opts = opts or {}
+  local url = self:url(path, opts)
+  local mutation = method ~= "GET" and method ~= "HEAD"
+  if mutation and dhsm.check_mode then
+    dhsm.would(("%s %s"):format(method, display(url)))
+    return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} }
+  end
+  local body = opts.body ~= nil and (type(opts.body) == "string" and opts.body or cjson.encode(opts.body)) or nil
+  local idempotent = opts.idempotent
+  if idempotent == nil then idempotent = method ~= "POST" end
+  opts.correlation_id = opts.correlation_id or M.uuid()
+  local deadline = dhsm.now() + (opts.retry_deadline or self.retry_deadline)
+  local t0, attempts, renewed = dhsm.now(), 0, false
+  local r, err, json
+  while true do
+    attempts = attempts + 1
+    r, err = self:attempt(method, url, body, opts)
+    json = r and decode(r.body)
+    local retry_in
+    if r and r.status == 401 and not renewed and is_token_problem(json and json.error and json.error.code) then
+      self:forget_token()                      -- expired or revoked: one fresh token, at once
+      renewed, retry_in = true, 0
+    elseif r and RETRY_STATUS[r.status] and (idempotent or r.status == 429) then
+      retry_in = backoff(attempts, r.headers["retry-after"])
+    elseif not r and dhsm.error.is(err, "net") and err.retryable and (idempotent or NOT_SENT[err.code]) then
+      retry_in = backoff(attempts)
+    end
+    if retry_in == nil or attempts >= self.max_attempts or dhsm.now() + retry_in > deadline then break end
+    dhsm.sleep(retry_in)
+  end
+  local outcome = r and tostring(r.status) or ("error " .. tostring(err.code))
+  if r and r.status >= 400 then
+    err = reply_error(method, url, r, json)
+    outcome = ("%d %s"):format(r.status, err.code)
+  end
+  if mutation then
+    dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = outcome,
+      duration_ms = (dhsm.now() - t0) * 1000, attempts = attempts,
+      request_id = r and r.headers["x-ms-request-id"], correlation_id = opts.correlation_id }
+  end
+  if err then
+    if attempts > 1 then err.attempts = attempts end
+    error(err, 0)
+  end
+  return { status = r.status, headers = r.headers, body = json, raw = r.body, method = method, path = path, url = url }
+end
+
+function Client:get(path, opts) return self:request("GET", path, opts) end
+function Client:put(path, opts) return self:request("PUT", path, opts) end
+function Client:patch(path, opts) return self:request("PATCH", path, opts) end
+function Client:post(path, opts) return self:request("POST", path, opts) end
+function Client:delete(path, opts) return self:request("DELETE", path, opts) end
+
+-- The resource at path, or nil when ARM answers 404.
+function Client:find(path, opts)
+  local ok, r = pcall(self.get, self, path, opts)
+  if ok then return r.body end
+  if dhsm.error.is(r, "azure") and r.status == 404 then return nil end
+  error(r, 0)
+end
+
+-- Every item of a list, following nextLink.
+function Client:list(path, opts)
+  local items, next_url = {}, path
+  local seen = 0
+  while next_url do
+    local r = self:get(next_url, opts)
+    for _, v in ipairs(r.body and r.body.value or {}) do items[#items + 1] = v end
+    next_url = r.body and r.body.nextLink
+    seen = seen + 1
+    if seen > 1000 then dhsm.error { kind = "azure", code = "EndlessPaging", message = "more than 1000 pages at " .. path } end
+  end
+  return items
+end
+
+---------------------------------------------------------------------------
+-- long-running operations
+
+local TERMINAL = { Succeeded = true, Failed = true, Canceled = true }
+
+-- "Resource creation failed. GatewayNotReady: ..." -> "GatewayNotReady"
+local function code_from_status_message(msg)
+  return type(msg) == "string" and msg:match("([%a]+):") or nil
+end
+
+local function progress(opts, state, t0)
+  if opts.on_progress then
+    local elapsed = dhsm.now() - t0
+    opts.on_progress { state = state, elapsed = elapsed,
+      text = ("%s, %s elapsed"):format(state, require("dhsm.util").duration(elapsed)) }
+  end
+end
+
+-- Poll fn() -> done, state, retry_after until done or the timeout.
+function Client:poll(what, opts, fn)
+  local t0 = dhsm.now()
+  local timeout = opts.timeout or 1800
+  local interval = opts.interval or self.poll_interval
+  while true do
+    local done, state, retry_after = fn()
+    if done then return state end
+    progress(opts, state or "waiting", t0)
+    local wait = tonumber(retry_after) or interval
+    if dhsm.now() - t0 + wait > timeout then
+      dhsm.error { kind = "timeout", code = "OperationTimedOut", retryable = true,
+        message = ("%s: still %s after %s"):format(what, tostring(state),
+          require("dhsm.util").duration(dhsm.now() - t0)) }
+    end
+    dhsm.sleep(wait)
+    if not tonumber(retry_after) then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
+  end
+end
+
+local function failed_operation(what, body)
+  local e = body and body.error or {}
+  dhsm.error { kind = "azure", code = e.code or "OperationFailed",
+    message = ("%s: %s"):format(what, e.message or ("operation " .. tostring(body and body.status))),
+    details = { error = e } }
+end
+
+-- wait(response | path, {timeout=, interval=, on_progress=fn{state, elapsed, text}, deleting=})
+-- Follows Azure-AsyncOperation, else Location, else the resource's
+-- provisioningState.  Returns the final resource (nil after a delete).
+function Client:wait(what, opts)
+  opts = opts or {}
+  local resp = type(what) == "table" and what or { path = what, headers = {}, method = "GET" }
+  if resp.check then return nil end                       -- check mode: nothing was sent
+  local path = resp.path
+  local deleting = opts.deleting or resp.method == "DELETE"
+  local async = resp.headers["azure-asyncoperation"]
+  local location = resp.headers["location"]
+  if async then
+    self:poll(display(path), opts, function()
+      local r = self:get(async)
+      local status = r.body and r.body.status or "InProgress"
+      if status == "Failed" or status == "Canceled" then failed_operation(display(path), r.body) end
+      return TERMINAL[status], status, r.headers["retry-after"]
+    end)
+    if deleting or resp.method == "POST" then return nil end
+    return self:get(path).body
+  elseif location and resp.status == 202 then
+    self:poll(display(path), opts, function()
+      local ok, r = pcall(self.get, self, location)
+      if not ok then
+        if dhsm.error.is(r, "azure") and r.status == 404 then return true, "gone" end
+        error(r, 0)
+      end
+      return r.status ~= 202, r.status == 202 and (deleting and "Deleting" or "Accepted") or "done",
+        r.headers["retry-after"]
+    end)
+    if deleting or resp.method == "POST" then return nil end
+    return self:get(path).body
+  end
+  local final
+  self:poll(display(path), opts, function()
+    local body = self:find(path)
+    if body == nil then
+      if deleting then return true, "gone" end
+      dhsm.error { kind = "azure", code = "ResourceNotFound", message = display(path) .. ": disappeared while waiting" }
+    end
+    final = body
+    local props = body.properties or {}
+    local state = props.provisioningState or "Succeeded"
+    if state == "Failed" or state == "Canceled" then
+      dhsm.error { kind = "azure", code = code_from_status_message(props.statusMessage) or "ProvisioningFailed",
+        message = ("%s: provisioning %s: %s"):format(display(path), state, tostring(props.statusMessage)),
+        details = { resource = body } }
+    end
+    return (not deleting) and state == "Succeeded", state
+  end)
+  return (not deleting) and final or nil
+end
+
+return M

@@ -1,0 +1,416 @@
+-- dhsm.azure against the simulated ARM: credentials, requests, retries,
+-- errors, long-running operations, the HSM/network/group/deployment
+-- helpers, check mode and audit.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local azure = require "dhsm.azure"
+local hsm = require "dhsm.azure.hsm"
+local network = require "dhsm.azure.network"
+local groups = require "dhsm.azure.groups"
+local deploy = require "dhsm.azure.deploy"
+local util = require "dhsm.util"
+
+local estate = require("support.estate").start {
+  set = { hsm_step_seconds = 0.05, delete_seconds = 0.1, network_seconds = 0.05, retry_after = 0 },
+}
+
+local SPEC = { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" }
+
+local function spec(extra)
+  local s = {}
+  for k, v in pairs(SPEC) do s[k] = v end
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
+-- Each test starts from a clean slate of faults and its own audit log.
+local function fresh()
+  estate:clear()
+  local dir = t.tmpdir()
+  dhsm.audit.set_path(dir .. "/audit.jsonl")
+  t.cleanup(function() dhsm.audit.set_path(nil) end)
+  return estate:azure(), dir .. "/audit.jsonl"
+end
+
+local function audit_records(path)
+  local out = {}
+  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+local function service_requests(service)
+  local s = estate:stats()
+  return s.by_service[service] and s.by_service[service].requests or 0
+end
+
+local function cleanup_hsm(c, name)
+  t.cleanup(function()
+    if pcall(estate.control, estate, "POST", "/hsms/" .. name .. "/zeroized", { zeroized = true }) then
+      pcall(hsm.delete, c, name, { allow_unzeroized = true })
+    end
+  end)
+end
+
+---------------------------------------------------------------------------
+-- credentials
+
+t.test("a client secret gets a bearer token, kept as a secret", function()
+  local c = fresh()
+  local tok = c:token()
+  t.eq(tostring(tok), "<secret>")
+  t.ok(dhsm.secret.is(tok))
+  local r = c:get(c:group_path())
+  t.eq({ r.status, r.body.name, r.body.location }, { 200, "hsm-rg", "eastus" })
+  t.ok(r.headers["x-ms-request-id"])
+end)
+
+t.test("a wrong client secret is an AADSTS error naming the credential", function()
+  local c = estate:azure { credential = { type = "client_secret", client_id = estate.inventory.azure.credential.client_id,
+    secret = dhsm.secret.value("not-the-secret") } }
+  local err = t.raises(function() c:get(c:group_path()) end, "azure")
+  t.eq(err.code, "invalid_client")
+  t.ok(err.message:find("cannot get a token (client secret of", 1, true), err.message)
+  t.ok(err.message:find("AADSTS7000215", 1, true), err.message)
+  t.eq(err.details.status, 401)
+end)
+
+t.test("concurrent requests share one token fetch; it is refreshed before expiry", function()
+  estate:clear()
+  estate:fault { token_lifetime = 1 }
+  t.cleanup(function() estate:fault { token_lifetime = 3599 } end)
+  local c = estate:azure()
+  local before = service_requests("aad")
+  dhsm.parallel({ 1, 2, 3, 4, 5 }, function() return c:get(c:group_path()).status end)
+  t.eq(service_requests("aad") - before, 1, "five parallel requests, one token")
+  dhsm.sleep(0.9)                                  -- past 80 % of the lifetime
+  t.eq(c:get(c:group_path()).status, 200)
+  t.eq(service_requests("aad") - before, 2, "refreshed once")
+end)
+
+t.test("an expired token is replaced once, at once", function()
+  local c = fresh()
+  c:get(c:group_path())
+  estate:fault { expire_tokens = 1 }
+  local before = service_requests("aad")
+  t.eq(c:get(c:group_path()).status, 200)
+  t.eq(service_requests("aad") - before, 1)
+end)
+
+t.test("managed identity and Azure CLI credentials", function()
+  estate:clear()
+  local mi = estate:azure { credential = { type = "managed_identity" } }
+  t.eq(mi:get(mi:group_path()).status, 200)
+  local az = ("DHSM_ESTATE_DIR=%s %s/../sim/bin/az"):format(util.shell_quote(estate.dir),
+    require("support.estate").launcher:match("^(.*)/sim/estate$") .. "/lua")
+  local cli = estate:azure { credential = { type = "azure_cli" }, az_command = az }
+  t.eq(cli:get(cli:group_path()).status, 200)
+  estate:fault { managed_identity = 0 }
+  local bad = estate:azure { credential = { type = "managed_identity" } }
+  local err = t.raises(function() bad:get(bad:group_path()) end, "azure")
+  t.ok(err.message:find("managed identity", 1, true), err.message)
+  local none = estate:azure { credential = { type = "azure_cli" }, az_command = "false" }
+  t.raises(function() none:get(none:group_path()) end, "AzureCliFailed")
+end)
+
+t.test("AZURE_CLIENT_ID/TENANT_ID/SECRET in the environment are used when no credential is configured", function()
+  local inv = estate.inventory.azure
+  local script = ([[
+    local c = require("dhsm.azure").client{ subscription = %q, endpoint = %q, authority = %q, ca_file = %q }
+    print(c.credential.type, c:get(c:group_path(%q)).status)
+  ]]):format(inv.subscription, inv.endpoint, inv.authority, inv.ca_file, inv.resource_group)
+  local secret_file = estate.dir .. "/secrets/azure_client_secret"
+  local r = t.sh(("AZURE_CLIENT_ID=%s AZURE_TENANT_ID=%s AZURE_CLIENT_SECRET=\"$(cat %s)\" %s"):format(
+    inv.credential.client_id, inv.tenant, util.shell_quote(secret_file), t.cmd("exec -e " .. util.shell_quote(script))))
+  t.eq(r.stdout, "environment\t200\n", r.stderr)
+end)
+
+---------------------------------------------------------------------------
+-- requests, retries, errors
+
+t.test("404 is an azure error with ARM's code, status, request id and body; find() gives nil", function()
+  local c = fresh()
+  local err = t.raises(function() c:get(c:group_path("no-such-rg")) end, "ResourceGroupNotFound")
+  t.eq(err.status, 404)
+  t.eq(err.kind, "azure")
+  t.eq(err.retryable, false)
+  t.ok(err.details.request_id)
+  t.ok(err.details.body:find("ResourceGroupNotFound", 1, true))
+  t.ok(err.message:find("^GET /subscriptions/.*/resourceGroups/no%-such%-rg: "), err.message)
+  t.eq(c:find(c:group_path("no-such-rg")), nil)
+end)
+
+t.test("429 and 5xx are retried, honouring Retry-After", function()
+  local c = fresh()
+  c:token()
+  estate:fault { throttle = "2:resourceGroups", retry_after = 1 }
+  local t0 = dhsm.now()
+  t.eq(c:get(c:group_path()).status, 200)
+  t.ok(dhsm.now() - t0 >= 1.9, "waited Retry-After twice: " .. (dhsm.now() - t0))
+  estate:fault { fail5xx = 3, retry_after = 0 }
+  t.eq(c:get(c:group_path()).status, 200)
+end)
+
+t.test("retries stop at the deadline and the last error is raised", function()
+  local c = estate:azure { retry_deadline = 0.5 }
+  estate:clear()
+  c:token()
+  estate:fault { fail5xx = 50, retry_after = 0 }
+  local err = t.raises(function() c:get(c:group_path()) end, "azure")
+  t.ok(err.status == 500 or err.status == 503)
+  t.eq(err.retryable, true)
+  t.ok(err.attempts > 1, "retried before giving up")
+  estate:clear()
+end)
+
+t.test("a connection reset mid-reply is retried for PUT, not for POST", function()
+  local c, audit = fresh()
+  c:token()
+  estate:fault { reset = "1:PUT" }
+  local r = c:put(c:group_path("reset-rg"), { body = { location = "eastus" } })
+  t.ok(r.status == 200 or r.status == 201)
+  local rec = audit_records(audit)[1]
+  t.eq({ rec.action, rec.attempts }, { "azure.PUT", 2 })
+  estate:fault { reset = "1:POST" }
+  local err = t.raises(function()
+    c:post(c:group_path() .. "/providers/Microsoft.Resources/deployments/none/cancel")
+  end, "net")
+  t.eq(err.code, "ReceiveFailed")
+  c:delete(c:group_path("reset-rg"))
+end)
+
+t.test("403 is not retried", function()
+  local c = fresh()
+  c:token()
+  local before = estate:stats().requests
+  estate:fault { forbid = 1 }
+  local err = t.raises(function() c:get(c:group_path()) end, "AuthorizationFailed")
+  t.eq({ err.status, err.retryable }, { 403, false })
+  t.eq(estate:stats().requests - before, 1)
+end)
+
+t.test("a slow reply times out, retried within the deadline", function()
+  local c = estate:azure { timeout = 0.2, retry_deadline = 1 }
+  estate:clear()
+  c:token()
+  estate:fault { delay_ms = "600:resourceGroups" }
+  local err = t.raises(function() c:get(c:group_path()) end, "net")
+  t.eq(err.code, "Timeout")
+  estate:clear()
+end)
+
+t.test("requests in dhsm.parallel overlap", function()
+  local c = fresh()
+  c:token()
+  estate:fault { delay_ms = "300:resourceGroups" }
+  local t0 = dhsm.now()
+  local r = dhsm.parallel({ 1, 2, 3, 4, 5, 6 }, function() return c:get(c:group_path()).status end)
+  t.eq(r, { 200, 200, 200, 200, 200, 200, n = 6 })
+  t.ok(dhsm.now() - t0 < 1.2, ("6 x 300 ms took %.2f s"):format(dhsm.now() - t0))
+  estate:clear()
+end)
+
+t.test("bad input: paths, api-versions, non-JSON replies", function()
+  local c = fresh()
+  t.raises(function() c:get("subscriptions/x") end, "expected an ARM path starting with /")
+  local err = t.raises(function() c:get(hsm.path(c, "hsm1"), { api_version = "2099-01-01" }) end, "azure")
+  t.eq(err.code, "NoRegisteredProviderFound")
+  t.raises(function() hsm.path(c, "x") end, "expected 3%-24 letters")
+  t.raises(function() azure.client { subscription = "s", credential = { type = "password" } } end,
+    "credential.type must be")
+  t.raises(function() azure.client { subscription = "s", tenant = "t", credential = { type = "client_secret",
+    client_id = "x", secret = "plain" } } end, "must be a secret")
+  local e = azure.reply_error("GET", "https://h/p?api-version=1", { status = 502, headers = {},
+    body = "<html>Bad Gateway</html>" }, nil)
+  t.eq({ e.code, e.retryable, e.details.body }, { "HTTP502", true, "<html>Bad Gateway</html>" })
+  t.eq(e.message, "GET /p: <html>Bad Gateway</html>")
+end)
+
+---------------------------------------------------------------------------
+-- dedicated HSMs
+
+t.test("create polls provisioningState to Succeeded and reports progress", function()
+  local c, audit = fresh()
+  cleanup_hsm(c, "hsm-a1")
+  local states = {}
+  local h = hsm.create(c, "hsm-a1", spec { ip = "10.2.1.11" }, { on_progress = function(p) states[#states + 1] = p.state end })
+  t.eq(h.properties.provisioningState, "Succeeded")
+  t.eq(h.properties.networkProfile.networkInterfaces[1].privateIpAddress, "10.2.1.11")
+  t.ok(#states >= 1 and states[1] == "CheckingQuota", table.concat(states, ","))
+  t.eq(hsm.get(c, "hsm-a1").name, "hsm-a1")
+  t.eq(hsm.get(c, "hsm-nope"), nil)
+  local rec = audit_records(audit)
+  t.eq({ rec[1].action, rec[1].outcome, rec[1].target }, { "azure.PUT", "200", hsm.path(c, "hsm-a1") })
+end)
+
+t.test("delete only with evidence of zeroization; then waits until it is gone", function()
+  local c, audit = fresh()
+  hsm.create(c, "hsm-d1", spec { stamp = "stamp2" })
+  local err = t.raises(function() hsm.delete(c, "hsm-d1") end, "NotZeroized")
+  t.eq(err.kind, "safety")
+  -- ARM itself refuses too, with the HSM RP's innererror shape
+  local arm = t.raises(function() c:delete(hsm.path(c, "hsm-d1")) end, "HsmNotZeroized")
+  t.eq(arm.status, 409)
+  t.ok(arm.details.innererror)
+  estate:control("POST", "/hsms/hsm-d1/zeroized", { zeroized = true })
+  hsm.delete(c, "hsm-d1", { zeroized = { zeroized = true, appliance = "test" } })
+  t.eq(hsm.get(c, "hsm-d1"), nil)
+  local overrides = 0
+  for _, r in ipairs(audit_records(audit)) do if r.action == "safety.override" then overrides = overrides + 1 end end
+  t.eq(overrides, 0)
+end)
+
+t.test("lists follow nextLink; summary and orphans", function()
+  local c = fresh()
+  cleanup_hsm(c, "hsm-l1")
+  cleanup_hsm(c, "hsm-l2")
+  hsm.create(c, "hsm-l1", spec())
+  hsm.create(c, "hsm-l2", spec { stamp = "stamp2" })
+  estate:fault { page_size = 1 }
+  local names = {}
+  for _, h in ipairs(hsm.list(c)) do names[#names + 1] = h.name end
+  table.sort(names)
+  t.eq(names, { "hsm-l1", "hsm-l2" })
+  t.eq(#hsm.list_all(c), 2)
+  local s = hsm.summary(c)
+  t.eq(s.regions.eastus.total, 2)
+  t.eq(s.regions.eastus.stamps, { stamp1 = 1, stamp2 = 1 })
+  t.eq(hsm.orphans(c), {})
+end)
+
+t.test("preflight refuses the guide's deployment failures before any PUT", function()
+  local c = fresh()
+  local err = t.raises(function() hsm.create(c, "hsm-p1", spec { subnet = "compute" }) end, "PreflightFailed")
+  t.eq(err.kind, "safety")
+  t.ok(err.message:find("subnet delegation: subnet compute is not delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs (delegations: none)", 1, true), err.message)
+  t.eq(hsm.get(c, "hsm-p1"), nil, "nothing was sent")
+  cleanup_hsm(c, "hsm-q1")
+  cleanup_hsm(c, "hsm-q2")
+  hsm.create(c, "hsm-q1", spec())
+  hsm.create(c, "hsm-q2", spec())
+  err = t.raises(function() hsm.create(c, "hsm-q3", spec()) end, "PreflightFailed")
+  t.ok(err.message:find("quota per stamp: 2 of 2 HSMs in stamp1", 1, true), err.message)
+end)
+
+t.test("ARM's own failures surface with their code: quota, gateway race, allowlisting", function()
+  local c = fresh()
+  cleanup_hsm(c, "hsm-f1")
+  cleanup_hsm(c, "hsm-f2")
+  cleanup_hsm(c, "hsm-f3")
+  estate:fault { quota_per_region = 0 }
+  local err = t.raises(function() hsm.create(c, "hsm-f1", spec(), { skip_preflight = true }) end, "QuotaExceeded")
+  t.ok(err.message:find("provisioning Failed", 1, true), err.message)
+  estate:clear()
+  estate:fault { gateway_race = 1 }
+  t.raises(function() hsm.create(c, "hsm-f2", spec { stamp = "stamp2" }, { skip_preflight = true }) end, "GatewayNotReady")
+  estate:clear()
+  estate:fault { capacity_per_stamp = 0 }
+  cleanup_hsm(c, "hsm-f4")
+  t.raises(function() hsm.create(c, "hsm-f4", spec { stamp = "stamp2" }, { skip_preflight = true }) end, "InsufficientCapacity")
+  estate:clear()
+  estate:fault { not_allowlisted = 1 }
+  err = t.raises(function() hsm.create(c, "hsm-f3", spec(), { skip_preflight = true }) end, "SubscriptionNotRegisteredForFeature")
+  t.eq(err.status, 409)
+  estate:clear()
+end)
+
+t.test("the gateway and the subnet delegation are read as the guide asks", function()
+  local c = fresh()
+  local gw = network.vnet_gateway(c, "hsm-vnet")
+  t.eq({ gw.name, gw.state, gw.type }, { "hsm-ergw", "Succeeded", "ExpressRoute" })
+  t.eq(network.wait_gateway(c, "hsm-ergw").properties.provisioningState, "Succeeded")
+  t.eq(network.check_delegation(c, "hsm-vnet", "hsm").ok, true)
+  t.eq(network.check_delegation(c, "hsm-vnet", "compute").ok, false)
+  t.eq(network.check_delegation(c, "hsm-vnet", "nope").ok, false)
+end)
+
+---------------------------------------------------------------------------
+-- resource groups and deployments
+
+t.test("a group holding an HSM is never deleted; an empty one is, with 202 polling", function()
+  local c = fresh()
+  cleanup_hsm(c, "hsm-g1")
+  hsm.create(c, "hsm-g1", spec())
+  local err = t.raises(function() groups.delete(c, "hsm-rg") end, "GroupHoldsHsm")
+  t.eq(err.kind, "safety")
+  t.ok(groups.get(c, "hsm-rg"))
+  c:put(c:group_path("empty-rg"), { body = { location = "eastus" } })
+  local r = groups.delete(c, "empty-rg")
+  t.eq(r.status, 202)
+  t.eq(groups.get(c, "empty-rg"), nil)
+end)
+
+t.test("deleting a group behind the module's back orphans its HSM, and orphans() finds it", function()
+  local c = fresh()
+  c:put(c:group_path("side-rg"), { body = { location = "eastus" } })
+  c:put(network.vnet_path(c, "v2", "side-rg"), { body = { location = "eastus", properties = {
+    addressSpace = { addressPrefixes = { "10.9.0.0/16" } },
+    subnets = { { name = "hsm", properties = { addressPrefix = "10.9.1.0/24", delegations = {
+      { name = "0", properties = { serviceName = network.DELEGATION } } } } } } } } })
+  c:wait(network.vnet_path(c, "v2", "side-rg"))
+  -- v2 has no gateway: the HSM fails, but a failed HSM is still a resource (and counts)
+  hsm.create(c, "hsm-o1", { vnet = "v2", subnet = "hsm", stamp = "stamp2" },
+    { group = "side-rg", skip_preflight = true, wait = false })
+  c:wait(c:delete(c:group_path("side-rg")))
+  local orphans = hsm.orphans(c)
+  t.eq({ #orphans, orphans[1].name, orphans[1].group }, { 1, "hsm-o1", "side-rg" })
+end)
+
+t.test("a failed deployment raises with the messages of its failed operations", function()
+  local c = fresh()
+  local template = {
+    ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+    contentVersion = "1.0.0.0",
+    parameters = { name = { type = "string" } },
+    resources = { {
+      type = "Microsoft.HardwareSecurityModules/dedicatedHSMs", apiVersion = "2021-11-30",
+      name = "[parameters('name')]", location = "[resourceGroup().location]",
+      sku = { name = hsm.SKU },
+      properties = { stampId = "stamp2", networkProfile = { subnet = {
+        id = "[resourceId('Microsoft.Network/virtualNetworks/subnets', 'hsm-vnet', 'compute')]" } } },
+    } },
+  }
+  cleanup_hsm(c, "hsm-t1")
+  local r = deploy.create(c, "dep1", template, { name = "hsm-t1" })
+  local err = t.raises(function() deploy.wait(c, r) end, "SubnetNotDelegated")
+  t.ok(err.message:find("deployment dep1 failed: hsm-t1 SubnetNotDelegated", 1, true), err.message)
+  t.eq(deploy.failed_operations(c, "dep1")[1].resource, "hsm-t1")
+end)
+
+t.test("a running deployment can be cancelled", function()
+  local c = fresh()
+  estate:fault { hsm_step_seconds = 2 }
+  t.cleanup(function() estate:fault { hsm_step_seconds = 0.05 } end)
+  cleanup_hsm(c, "hsm-t2")
+  local template = { ["$schema"] = "x", contentVersion = "1.0.0.0", resources = { {
+    type = "Microsoft.HardwareSecurityModules/dedicatedHSMs", apiVersion = "2021-11-30", name = "hsm-t2",
+    location = "eastus", sku = { name = hsm.SKU }, properties = { stampId = "stamp2", networkProfile = {
+      subnet = { id = "[resourceId('Microsoft.Network/virtualNetworks/subnets', 'hsm-vnet', 'hsm')]" } } } } } }
+  deploy.create(c, "dep2", template, {})
+  t.eq(deploy.cancel(c, "dep2").status, 204)
+  local d = c:get(deploy.path(c, "dep2")).body
+  t.eq(d.properties.provisioningState, "Canceled")
+end)
+
+---------------------------------------------------------------------------
+-- check mode
+
+t.test("check mode sends no mutation, says what it would do, and reads still happen", function()
+  local c, audit = fresh()
+  local before = estate:stats().requests
+  local plans = {}
+  dhsm.context().would = function(what) plans[#plans + 1] = what end
+  dhsm.check_mode = true
+  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  local r = c:put(hsm.path(c, "hsm-c1"), { body = hsm.body(c, spec()) })
+  t.eq({ r.check, r.status, r.method }, { true, 0, "PUT" })
+  t.eq(c:wait(r), nil)
+  t.eq(c:get(c:group_path()).status, 200)
+  dhsm.check_mode = false
+  t.eq(hsm.get(c, "hsm-c1"), nil)
+  t.eq(#plans, 1)
+  t.ok(plans[1]:find("^PUT /subscriptions/.*/dedicatedHSMs/hsm%-c1$"), plans[1])
+  local recs = audit_records(audit)
+  t.eq({ recs[1].action, recs[1].outcome }, { "check.would", "planned" })
+  t.ok(recs[1].detail:find("^PUT /subscriptions/.*/dedicatedHSMs/hsm%-c1$"), recs[1].detail)
+  t.ok(estate:stats().requests - before <= 3, "only reads (and a token) were sent")
+end)

@@ -1,0 +1,67 @@
+-- A simulated estate (tests/sim) for a test file: started when the file
+-- loads, stopped after its last test.
+--
+--   local estate = require("support.estate").start{ set = { hsm_step_seconds = 0.05 } }
+--   estate.inventory        -- dhsm.inventory, as an operator's would be
+--   estate:fault{ throttle = "2:dedicatedHSMs" }; estate:clear()
+--   estate:control("POST", "/advance", { idle = true })
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local http = require "dhsm.azure.http"
+local inventory = require "dhsm.inventory"
+local util = require "dhsm.util"
+
+local M = {}
+M.__index = M
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/support/[^/]*$")
+M.launcher = here .. "/../sim/estate"
+
+-- start{set = {knob = value}, args = "extra launcher arguments"}
+function M.start(opts)
+  opts = opts or {}
+  local dir = t.tmpdir()
+  local args = { "start", "--dir", util.shell_quote(dir) }
+  for k, v in pairs(opts.set or {}) do args[#args + 1] = ("--set %s=%s"):format(k, util.shell_quote(tostring(v))) end
+  if opts.args then args[#args + 1] = opts.args end
+  local r = t.sh(util.shell_quote(M.launcher) .. " " .. table.concat(args, " "))
+  if r.status ~= 0 then error("the simulated estate did not start:\n" .. r.stdout .. r.stderr, 2) end
+  local self = setmetatable({ dir = dir }, M)
+  t.cleanup(function() self:stop() end)
+  self.json = cjson.decode(util.read_file(dir .. "/estate.json"))
+  self.inventory = inventory.load(dir .. "/inventory.json")
+  self.session = http.session { ca_file = self.json.ca_file }
+  return self
+end
+
+function M:stop()
+  t.sh(util.shell_quote(M.launcher) .. " stop --dir " .. util.shell_quote(self.dir))
+end
+
+-- control(method, path, body) -> decoded reply
+function M:control(method, path, body)
+  local c = self.json.control
+  local r = self.session:request { method = method, url = c.url .. path,
+    headers = { [c.header] = c.token, ["Content-Type"] = "application/json" },
+    body = body and cjson.encode(body) or nil }
+  if r.status >= 300 then error(("control %s %s: %d %s"):format(method, path, r.status, r.body), 2) end
+  return r.body ~= "" and cjson.decode(r.body) or nil
+end
+
+function M:fault(faults) return self:control("POST", "/faults", faults) end
+function M:clear() return self:control("POST", "/faults/clear", {}) end
+function M:stats() return self:control("GET", "/stats") end
+function M:state() return self:control("GET", "/state") end
+
+-- An azure client on this estate, polling fast.
+function M:azure(extra)
+  local cfg = {}
+  for k, v in pairs(self.inventory.azure) do cfg[k] = v end
+  cfg.poll_interval = 0.05
+  cfg.retry_deadline = 20
+  cfg.imds_endpoint = self.json.services.imds.url
+  for k, v in pairs(extra or {}) do cfg[k] = v end
+  return require("dhsm.azure").client(cfg)
+end
+
+return M
