@@ -178,6 +178,19 @@ t.test("a connection reset mid-reply is retried for PUT, not for POST", function
   c:delete(c:group_path("reset-rg"))
 end)
 
+t.test("TLS is verified: a CA that did not sign the server is refused, not retried", function()
+  estate:clear()
+  local c = estate:azure { ca_file = "/etc/ssl/certs/ca-certificates.crt", credential = { type = "managed_identity" } }
+  local err = t.raises(function() c:get(c:group_path()) end, "net")
+  t.eq({ err.code, err.retryable }, { "TlsVerificationFailed", false })
+end)
+
+t.test("a 404 while waiting for a delete means done", function()
+  local c = fresh()
+  t.eq(c:wait(hsm.path(c, "ghost-hsm"), { deleting = true }), nil)
+  t.raises(function() c:wait(hsm.path(c, "ghost-hsm")) end, "disappeared while waiting")
+end)
+
 t.test("403 is not retried", function()
   local c = fresh()
   c:token()
