@@ -35,7 +35,9 @@ A790 = "SafeNet Luna Network HSM A790"
 # test cannot leave a slow or short-lived setting behind for the next one.
 SETTINGS = {"hsm_step_seconds": "0.05", "gateway_seconds": "0.3", "delete_seconds": "0.2",
             "network_seconds": "0.05", "token_lifetime": "3599", "retry_after": "1"}
-START_FLAGS = [arg for name, value in SETTINGS.items() for arg in ("--set", f"{name}={value}")]
+# No Luna appliances: their seeded HSM resources would count against the quotas tested here.
+START_FLAGS = ["--appliances", "0"] + [arg for name, value in SETTINGS.items()
+                                       for arg in ("--set", f"{name}={value}")]
 # Tests share one subscription: quota stays out of the way except where a test sets it.
 GENEROUS = {"quota_per_stamp": "50", "quota_per_region": "100"}
 
@@ -746,12 +748,13 @@ class RestartTest(unittest.TestCase):
             shutil.rmtree(estate_dir, ignore_errors=True)
 
 
-def main():
+def main(module=None):
+    """Run MODULE's tests (this one by default; appliance_selftest reuses it)."""
+    module = module or sys.modules[__name__]
     started = time.monotonic()
     argv = [a for a in sys.argv[1:] if a != "-v"]
     loader = unittest.TestLoader()
-    suite = loader.loadTestsFromNames(argv, sys.modules[__name__]) if argv else \
-        loader.loadTestsFromModule(sys.modules[__name__])
+    suite = loader.loadTestsFromNames(argv, module) if argv else loader.loadTestsFromModule(module)
     result = unittest.TextTestRunner(verbosity=2 if "-v" in sys.argv else 1).run(suite)
     failed = len(result.failures) + len(result.errors)
     print(f"({time.monotonic() - started:.1f} s)")

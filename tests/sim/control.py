@@ -12,6 +12,7 @@ Authenticated with the random control token of DIR/estate.json, sent as
   POST /_sim/hsms/{name}/zeroized {"zeroized": true, "resource_group"?: "..."}
   POST /_sim/advance {"seconds": N} | {"idle": true}   move the sim clock
   POST /_sim/tokens {"principal": "user"|"app"}        a bearer token (for bin/az)
+  .../_sim/appliances/...                              appliance routes (appliance/routes.py)
 """
 import hmac
 import json
@@ -51,6 +52,9 @@ class Control:
             return _bad(400, "InvalidJson", str(e))
         if path.startswith("hsms/") and path.endswith("/zeroized") and req.method == "POST":
             return self.set_zeroized(path.split("/")[1], body)
+        extension = self.world.control_routes.get(path.split("/")[0])
+        if extension:
+            return self._extension(extension, req.method, path.partition("/")[2], body)
         handler = self.routes.get((req.method, path))
         if handler is None:
             return _bad(404, "NotFound", f"No control route {req.method} /_sim/{path}.")
@@ -58,6 +62,15 @@ class Control:
             self.world.tick()
             try:
                 return handler(body)
+            finally:
+                self.world.save_if_dirty()
+
+    def _extension(self, handler, method, rest, body):
+        with self.world.lock:
+            self.world.tick()
+            try:
+                status, doc = handler(method, rest, body)
+                return Response.json(status, doc)
             finally:
                 self.world.save_if_dirty()
 
@@ -95,6 +108,8 @@ class Control:
 
     def clear_faults(self, body):
         self.world.s["knobs"] = knobs.cleared(self.world.s["knobs"])
+        for hook in self.world.clear_hooks:
+            hook()
         self.world.changed()
         return self.get_faults(body)
 

@@ -64,7 +64,9 @@ def write_descriptions(estate, services):
         "azure": {"subscription": inventory["azure"].get("subscription"), "tenant": s["tenant"],
                   "client_id": s["principal"]["client_id"], "resource_group": s.get("resource_group"),
                   "location": s["location"], "secret_file": os.path.join(estate.dir, seed.SECRET_FILE)},
-        "inventory": os.path.join(estate.dir, INVENTORY_FILE), "started_at": time.time()}
+        "inventory": os.path.join(estate.dir, INVENTORY_FILE), "started_at": estate.started_at}
+    for service in services:
+        description.update(getattr(service, "estate_entry", dict)())
     write_json(os.path.join(estate.dir, INVENTORY_FILE), inventory)
     write_json(os.path.join(estate.dir, ESTATE_FILE), description, private=True)
 
@@ -87,7 +89,10 @@ def run(estate_dir, options):
     for service in services:
         service.start(estate)
         log.info("%s listening on %s", service.name, estate.urls[service.name])
+    estate.started_at = time.time()
     write_descriptions(estate, services)
+    # Later changes (an appliance bound to a new HSM, or returned to the pool) rewrite both files.
+    estate.refresh = lambda: write_descriptions(estate, services)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -98,6 +98,8 @@ KNOBS = {k.name: k for k in [
     Knob("gateway_seconds", "setting", _parse_float, 1.0, "time a gateway create/delete stays Updating/Deleting"),
     Knob("network_seconds", "setting", _parse_float, 0.2, "time other network writes stay Updating"),
     Knob("delete_seconds", "setting", _parse_float, 0.5, "time an HSM or resource group delete takes"),
+    Knob("reboot_seconds", "setting", _parse_float, 1.0,
+         "time a rebooting appliance stays unreachable (with the KB0019789 fix; without it, it hangs)"),
     Knob("new_hsm_zeroized", "setting", _parse_bool, False,
          "whether a freshly provisioned HSM counts as zeroized (deletable)"),
 ]}

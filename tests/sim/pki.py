@@ -35,13 +35,13 @@ def _new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key):
+def key_pem(key):
     return key.private_bytes(serialization.Encoding.PEM,
                              serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _cert_pem(cert):
+def cert_pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -103,8 +103,8 @@ class Pki:
     def ensure(self):
         if not (os.path.exists(self.ca_file) and os.path.exists(self.ca_key_file)):
             key, cert = _make_ca()
-            write_private(self.ca_key_file, _key_pem(key))
-            write_public(self.ca_file, _cert_pem(cert))
+            write_private(self.ca_key_file, key_pem(key))
+            write_public(self.ca_file, cert_pem(cert))
             self._issue_server_cert(key, cert)
         elif not os.path.exists(self.server_cert_file):
             self._issue_server_cert(*self.load_ca())
@@ -119,8 +119,8 @@ class Pki:
 
     def _issue_server_cert(self, ca_key, ca_cert):
         key, cert = issue_cert(ca_key, ca_cert, "127.0.0.1", LOOPBACK_NAMES, LOOPBACK_IPS)
-        write_private(self.server_key_file, _key_pem(key))
-        write_public(self.server_cert_file, _cert_pem(cert) + _cert_pem(ca_cert))
+        write_private(self.server_key_file, key_pem(key))
+        write_public(self.server_cert_file, cert_pem(cert) + cert_pem(ca_cert))
 
     def server_context(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -4,6 +4,8 @@ Default: an allowlisted subscription, resource group hsm-rg in eastus, VNet
 hsm-vnet 10.2.0.0/16 with subnets hsm (delegated to dedicatedHSMs),
 GatewaySubnet and compute (not delegated: the delegation-failure path), a
 public IP and an ExpressRoute gateway already Succeeded, and no HSM.
+Appliances hsm1..hsmN (`appliances`, default 2; `estate start --appliances N`) each
+back a Succeeded HSM resource of the same name (see appliance/pool.py).
 A JSON seed file (`estate start --seed FILE`) overrides any of DEFAULT_SEED,
 e.g. {"allowlisted": false, "gateway": {"state": "Updating"},
       "hsms": [{"name": "hsm1", "ip": "10.2.1.4", "stamp": "stamp1", "zeroized": false}]}.
@@ -17,6 +19,7 @@ import armutil
 import hsm
 import network
 import resources
+from appliance import pool
 from fsutil import write_private
 
 SECRET_FILE = "secrets/azure_client_secret"
@@ -30,6 +33,7 @@ DEFAULT_SEED = {
              "plain_subnet": {"name": "compute", "prefix": "10.2.2.0/24"}},
     "gateway": {"name": "hsm-ergw", "public_ip": "hsm-ergw-pip", "state": "Succeeded"},
     "hsms": [],
+    "appliances": 2,
 }
 
 
@@ -98,7 +102,7 @@ def _settle(world):
             rec["state"], rec["until"] = "Succeeded", None
 
 
-def _hsms(world, seed, sub, rg):
+def _hsms(world, seed, sub, rg, estate_dir):
     v = seed["vnet"]
     subnet_id = armutil.resource_id(sub, rg, network.SUBNET, v["name"], v["hsm_subnet"]["name"])
     principal = {"oid": world.s["principal"]["object_id"], "type": "Application",
@@ -107,6 +111,9 @@ def _hsms(world, seed, sub, rg):
         hsm.seed_hsm(world, sub, rg, spec["name"], subnet_id, principal, ip=spec.get("ip"),
                      stamp=spec.get("stamp"), zeroized=bool(spec.get("zeroized", False)),
                      sku=spec.get("sku", hsm.SKUS[0]))
+    # appliances hsm1..hsmN, each backing an HSM resource of the same name (seeded above or here)
+    pool.seed_appliances(world, int(seed["appliances"]), estate_dir, lambda name: world.get(
+        armutil.resource_id(sub, rg, hsm.HSM_TYPE, name)) or hsm.seed_hsm(world, sub, rg, name, subnet_id, principal))
 
 
 def seed_world(world, overrides, estate_dir):
@@ -116,7 +123,7 @@ def seed_world(world, overrides, estate_dir):
     rg = seed["resource_group"]
     resources.create_group(world, sub, rg, seed["location"])
     _network(world, seed, sub, rg)
-    _hsms(world, seed, sub, rg)
+    _hsms(world, seed, sub, rg, estate_dir)
     if not seed["allowlisted"]:
         features = world.s["subscriptions"][sub.lower()]["features"]
         features.update({f: "NotRegistered" for f in resources.REQUIRED_FEATURES})

@@ -17,6 +17,7 @@ import identity
 import network
 import resources
 import seed
+from appliance.service import ApplianceService
 from faultgate import FaultGate
 from httpserver import SimHTTPServer
 
@@ -116,4 +117,4 @@ class ImdsService(HttpService):
         return {**super().describe(), "token_url": self.url + "/metadata/identity/oauth2/token"}
 
 
-SERVICES = [LoginService, ArmService, ImdsService]
+SERVICES = [LoginService, ArmService, ImdsService, ApplianceService]

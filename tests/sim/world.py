@@ -39,6 +39,8 @@ class World:
         self.dirty = False
         self.tickers = []       # fn(world, now), registered by the providers
         self.zeroize_probe = None  # set by the appliance part; see hsm.is_zeroized
+        self.clear_hooks = []      # fn(), run by `estate fault --clear` (appliance faults)
+        self.control_routes = {}   # first path word -> fn(method, rest, body) -> (status, doc)
 
     # persistence -----------------------------------------------------------
     @classmethod

@@ -1,0 +1,130 @@
+"""LunaSH `client ...`: NTLS client registration, partition assignment, host IP maps.
+
+`client register -client N -ip A` (or `-hostname H`) needs A.pem (or H.pem) in the
+admin's home first, uploaded with scp/sftp, exactly as on the appliance. The
+registered certificate is what the NTLS listener trusts for that client.
+"""
+import ipaddress
+import os
+import shutil
+
+from appliance import hsmops, keys, rc
+from appliance.cli import FORCE, Command, Opt
+from appliance.context import LunaError
+
+CLIENT = Opt("client", "c", required=True)
+PARTITION = Opt("partition", "par", required=True)
+
+
+def _address(ctx):
+    hostname, ip = ctx.opt("hostname"), ctx.opt("ip")
+    if bool(hostname) == bool(ip):
+        raise LunaError(rc.BAD_PARAMETER, "Specify exactly one of -hostname or -ip.")
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise LunaError(rc.BAD_PARAMETER, f"{ip} is not a valid IP address.")
+    return ("ip", ip) if ip else ("hostname", hostname)
+
+
+def _certificate(ctx, address):
+    path = ctx.device.paths.home_file(f"{address}.pem")
+    if path is None or not os.path.exists(path):
+        raise LunaError(rc.FILE_NOT_FOUND, f"Could not find {address}.pem in the admin's home directory; "
+                                           "copy the client certificate there with scp first.")
+    try:
+        with open(path, "rb") as f:
+            cert = keys.load_cert(f.read())
+    except ValueError:
+        raise LunaError(rc.BAD_PARAMETER, f"{address}.pem is not a PEM certificate.")
+    return path, cert
+
+
+def register(ctx):
+    name = ctx.opt("client")
+    kind, address = _address(ctx)
+    clients = ctx.state["clients"]
+    if name in clients:
+        raise LunaError(rc.ALREADY_EXISTS, "A client with the same name has already been registered.")
+    if kind == "ip" and any(c["kind"] == "ip" and c["address"] == address for c in clients.values()):
+        raise LunaError(rc.ALREADY_EXISTS, "A client with the same IP address has already been registered.")
+    path, cert = _certificate(ctx, address)
+    with ctx.mutate():
+        os.makedirs(ctx.device.paths.clients, mode=0o700, exist_ok=True)
+        shutil.copyfile(path, ctx.device.paths.client_cert(name))
+        clients[name] = {"kind": kind, "address": address, "ip_map": None, "fingerprint": keys.fingerprint(cert),
+                         "partitions": []}
+        ctx.device.world.changed()
+    ctx.success()
+
+
+def list_(ctx):
+    names = list(ctx.state["clients"])
+    ctx.out(*[f"registered client {i}: {n}" for i, n in enumerate(names, 1)] or ["No clients are registered."])
+
+
+def show(ctx):
+    name = ctx.opt("client")
+    rec = ctx.client(name)
+    parts = ", ".join(f'"{p}"' for p in rec["partitions"]) or "<none>"
+    ip = rec["address"] if rec["kind"] == "ip" else (rec["ip_map"] or "<none>")
+    ctx.out(f"ClientID:     {name}", f"IPAddress:    {ip}",
+            f"Hostname:     {rec['address'] if rec['kind'] == 'hostname' else '<none>'}", f"Partitions:   {parts}")
+
+
+def delete(ctx):
+    name = ctx.opt("client")
+    ctx.client(name)
+    ctx.delete_confirmed(name, f"CAUTION:  Are you sure you wish to delete client named: {name}",
+                         hsmops.unregister_client)
+
+
+def assign(ctx):
+    rec, partition = ctx.client(ctx.opt("client")), ctx.opt("partition")
+    ctx.partition(partition)
+    if partition in rec["partitions"]:
+        raise LunaError(rc.ALREADY_EXISTS, f"The client already has access to partition {partition}.")
+    with ctx.mutate():
+        rec["partitions"].append(partition)
+        ctx.device.world.changed()
+    ctx.success()
+
+
+def revoke(ctx):
+    rec, partition = ctx.client(ctx.opt("client")), ctx.opt("partition")
+    if partition not in rec["partitions"]:
+        raise LunaError(rc.OBJECT_NOT_IN_LIST, f"The client has no access to partition {partition}.")
+    with ctx.mutate():
+        rec["partitions"].remove(partition)
+        ctx.device.world.changed()
+    ctx.success()
+
+
+def _set_ip_map(ctx, value):
+    rec = ctx.client(ctx.opt("client"))
+    with ctx.mutate():
+        rec["ip_map"] = value
+        ctx.device.world.changed()
+
+
+def hostip_map(ctx):
+    _set_ip_map(ctx, ctx.opt("ip"))
+    ctx.success()
+
+
+def hostip_unmap(ctx):
+    _set_ip_map(ctx, None)
+    ctx.success()
+
+
+COMMANDS = [
+    Command("client register", register, [CLIENT, Opt("hostname", "h"), Opt("ip", "i")]),
+    Command("client list", list_),
+    Command("client show", show, [CLIENT]),
+    Command("client delete", delete, [CLIENT, FORCE]),
+    Command("client assignPartition", assign, [CLIENT, PARTITION]),
+    Command("client revokePartition", revoke, [CLIENT, PARTITION]),
+    Command("client hostip map", hostip_map, [CLIENT, Opt("ip", "i", required=True)]),
+    Command("client hostip unmap", hostip_unmap, [CLIENT]),
+]

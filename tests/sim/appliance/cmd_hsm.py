@@ -1,0 +1,139 @@
+"""LunaSH `hsm ...`: show, login/logout, init, zeroize, factoryReset, policies.
+
+`hsm show` follows the real 7.2.0-220 / fw 7.0.3 layout (luna.md section 3);
+the HSM SO threshold is the guide's: three wrong passwords zeroize the HSM, the
+last try is announced, a zeroized HSM refuses every SO login.
+"""
+from appliance import hsmops, model, policies, rc, roles
+from appliance.cli import FORCE, Command, Opt
+from appliance.context import LunaError
+
+SO_PROMPT = "Please enter the HSM Administrators' password:"
+LAST_ATTEMPT = "Caution:  This is your LAST available HSM Admin login attempt"
+
+
+def _field(label, value):
+    return f"{label + ':':<36}{value}"
+
+
+def _attempts(state):
+    if model.is_zeroized(state):
+        return "HSM IS ZEROIZED !!!!"
+    return f"{roles.so_attempts_left(state['hsm'])} before HSM zeroization!"
+
+
+def _partition_lines(state):
+    parts = state["partitions"].values()
+    lines = [f"Partition: {p['serial']}, Name: {p['name']}" for p in parts] or ["There are no partitions."]
+    return lines + ["", f"Number of partitions allowed:        {model.MAX_PARTITIONS}",
+                    f"Number of partitions created:        {len(state['partitions'])}"]
+
+
+def show(ctx):
+    state, hsm = ctx.state, ctx.state["hsm"]
+    used = len(state["partitions"]) * model.PARTITION_SIZE
+    ctx.out("Appliance Details:", "==================", _field("Software Version", model.SOFTWARE_VERSION), "",
+            "HSM Details:", "============", _field("HSM Label", hsm["label"]), _field("Serial #", state["serial"]),
+            _field("Firmware", model.FIRMWARE), _field("HSM Model", "Luna K7"),
+            _field("HSM Part Number", "808-000066-001"), _field("Authentication Method", "Password"),
+            _field("HSM Admin login status", "Logged In" if ctx.shell.logged_in["so"] else "Not Logged In"),
+            _field("HSM Admin login attempts left", _attempts(state)), _field("RPV Initialized", "No"),
+            _field("Audit Role Initialized", "Yes" if hsm["audit"]["initialized"] else "No"),
+            _field("Remote Login Initialized", "No"), _field("Manually Zeroized", "No"),
+            _field("Secure Transport Mode", "No"), _field("HSM Tamper State", "No tamper(s)"), "",
+            "Partitions created on HSM:", "=============================", *_partition_lines(state), "",
+            "FIPS 140-2 Operation:", "=====================",
+            "The HSM is NOT in FIPS 140-2 approved operation mode.", "",
+            "HSM Storage Information:", "========================",
+            _field("Maximum HSM Storage Space (Bytes)", model.HSM_STORAGE), _field("Space In Use (Bytes)", used),
+            _field("Free Space Left (Bytes)", model.HSM_STORAGE - used), "",
+            "Environmental Information on HSM:", "=================================",
+            _field("Battery Voltage", "3.115 V"), _field("Battery Warning Threshold Voltage", "2.750 V"),
+            _field("System Temp", "41 deg. C"), _field("System Temp Warning Threshold", "75 deg. C"))
+
+
+def login(ctx):
+    hsm = ctx.state["hsm"]
+    if hsm["initialized"] and roles.so_attempts_left(hsm) == 1:
+        ctx.out(LAST_ATTEMPT, "")
+    password = ctx.opt("password")
+    if password is None:
+        password = ctx.ask(SO_PROMPT, secret=True)
+    with ctx.mutate():
+        outcome = roles.so_login(hsm, password)
+        if outcome.zeroize:
+            hsmops.zeroize_hsm(ctx.device, "HSM Admin login failure threshold")
+        ctx.device.world.changed()
+    if not outcome.ok:
+        ctx.device.syslog.write("lunash", hsmops.LUNASH_PID, f"info : 0 : HSM Admin login failed ({outcome.code[1]})")
+    ctx.logged_in_as("so", outcome)
+
+
+def logout(ctx):
+    ctx.logged_out("so")
+
+
+def init(ctx):
+    if ctx.state["hsm"]["initialized"]:
+        ctx.require_so()  # re-initialising needs the current SO; a zeroized HSM does not
+    password = ctx.new_password(ctx.opt("password"), "Please enter a password for the HSM Administrator:")
+    if not ctx.opt("defaultdomain"):
+        ctx.new_secret(ctx.opt("domain"), "Please enter a cloning domain to use for initializing this HSM:",
+                       "Please re-enter cloning domain to confirm:")
+    ctx.confirm("initialize the HSM", "CAUTION:  Are you sure you wish to initialize this HSM?")
+    with ctx.mutate():
+        hsmops.init_hsm(ctx.device, ctx.opt("label"), password)
+    ctx.shell.logged_in["so"] = False
+    ctx.success()
+
+
+def zeroize(ctx):
+    ctx.confirm("zeroize the HSM", "CAUTION:  Are you sure you wish to zeroize this HSM? All partitions "
+                                   "and their contents will be lost.")
+    with ctx.mutate():
+        hsmops.zeroize_hsm(ctx.device, "hsm zeroize")
+    ctx.shell.logged_in["so"] = False
+    ctx.success()
+
+
+def factory_reset(ctx):
+    raise LunaError(rc.OPERATION_NOT_ALLOWED, "This command can only be run from the serial console.")
+
+
+def show_policies(ctx):
+    ctx.out(*policies.render(ctx.state["hsm"], ctx.state["serial"], model.FIRMWARE))
+
+
+def change_policy(ctx):
+    ctx.require_so()
+    try:
+        code, value = int(ctx.opt("policy")), int(ctx.opt("value"))
+    except ValueError:
+        raise LunaError(rc.BAD_PARAMETER, "-policy and -value take numbers.")
+    if code not in policies.POLICIES or value not in (0, 1):
+        raise LunaError(rc.BAD_PARAMETER, f"Policy {code} cannot be set to {value} on this HSM.")
+    description, _, destructive = policies.POLICIES[code]
+    if destructive:
+        ctx.confirm("change the policy", "CAUTION:  This is a destructive policy change: "
+                                         "all partitions on the HSM will be erased.")
+    with ctx.mutate():
+        if destructive and policies.value(ctx.state["hsm"], code) != value:
+            hsmops.delete_all_partitions(ctx.device)
+        ctx.state["hsm"]["policies"][str(code)] = value
+        ctx.device.world.changed()
+    ctx.out(f"Policy {description} is now set to value: {value}", "'hsm changePolicy' successful.")
+
+
+COMMANDS = [
+    Command("hsm show", show),
+    Command("hsm login", login, [Opt("password", "p")]),
+    Command("hsm logout", logout),
+    Command("hsm init", init, [Opt("label", "l", required=True), Opt("domain", "d"), Opt("password", "p"),
+                               Opt("defaultdomain", "def", flag=True), Opt("applytemplate", "at"),
+                               Opt("authtimeconfig", "auth", flag=True), FORCE]),
+    Command("hsm zeroize", zeroize, [FORCE]),
+    Command("hsm factoryReset", factory_reset, [FORCE]),
+    Command("hsm showPolicies", show_policies, [Opt("exporttemplate", "et")]),
+    Command("hsm changePolicy", change_policy, [Opt("policy", "po", required=True),
+                                                Opt("value", "v", required=True), FORCE]),
+]

@@ -1,0 +1,98 @@
+"""LunaSH `partition create/list/show/delete` (HSM SO logged in for changes).
+
+On a real 7.2 appliance `partition create` leaves the partition for the Partition
+SO to initialise from LunaCM; here it is created initialised (a SoftHSM token with
+generated PSO and CO PINs in DIR/secrets) so PKCS#11 clients can use it at once.
+"""
+import re
+
+from appliance import hsmops, model, rc, roles
+from appliance.cli import FORCE, Command, Opt
+from appliance.context import LunaError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+PARTITION = Opt("partition", "par", required=True)
+
+
+def _usage(ctx, part):
+    return ctx.device.tokens.usage(part["token_serial"]) if part["token_serial"] else (0, 0)
+
+
+def create(ctx):
+    ctx.require_so()
+    ctx.require_initialized()
+    name, label = ctx.opt("partition"), ctx.opt("label")
+    if not NAME_RE.match(name) or (label and len(label) > 32):
+        raise LunaError(rc.BAD_PARAMETER, "Partition names are 1 to 32 letters, digits, '.', '_' or '-'.")
+    if name in ctx.state["partitions"]:
+        raise LunaError(rc.ALREADY_EXISTS, f"A partition named {name} already exists.")
+    count = len(ctx.state["partitions"])
+    if count >= model.MAX_PARTITIONS:
+        raise LunaError(rc.TOO_MANY_PARTITIONS)
+    ctx.out(f"On completion, you will have this number of partitions: {count + 1}", "")
+    if not label:
+        ctx.out("-label:  Not provided; using name for label.", "")
+    ctx.confirm("create the partition")
+    with ctx.mutate():
+        hsmops.create_partition(ctx.device, name, label or name)
+    ctx.success()
+
+
+def list_(ctx):
+    parts = list(ctx.state["partitions"].values())
+    if not parts:
+        ctx.out("There are no partitions.")
+        return
+    ctx.out(f"{'':<42}Storage (bytes)", f"{'':<36}----------------------------",
+            f"{'Partition':<21}{'Name':<21}{'Objects':>9}{'Total':>10}{'Used':>10}{'Free':>10}", "=" * 81)
+    for part in parts:
+        objects, used = _usage(ctx, part)
+        ctx.out(f"{part['serial']:<21}{part['name']:<21}{objects:>9}{model.PARTITION_SIZE:>10}{used:>10}"
+                f"{model.PARTITION_SIZE - used:>10}")
+
+
+def _yes(flag):
+    return "yes" if flag else "no"
+
+
+def _show_one(ctx, part):
+    objects, used = _usage(ctx, part)
+    status = roles.role_status(part)
+    ctx.out(f"{'Partition Name:':<43}{part['name']}", f"{'Partition SN:':<43}{part['serial']}",
+            f"{'Partition Label:':<43}{part['label']}", f"{'Partition SO PIN To Be Changed:':<43}no",
+            f"{'Partition SO Zeroized:':<43}{_yes(part['zeroized'])}",
+            f"{'Partition SO Login Attempts Left:':<43}{status['so_attempts_left']}",
+            f"{'Crypto Officer PIN To Be Changed:':<43}no",
+            f"{'Crypto Officer Locked Out:':<43}{_yes(part['co_locked'])}",
+            f"{'Crypto Officer Login Attempts Left:':<43}{status['co_attempts_left']}",
+            "Crypto User is not initialized.", f"{'Legacy Domain Has Been Set:':<43}no", "Partition Storage:",
+            f"{'   Total Storage Space:':<43}{model.PARTITION_SIZE}", f"{'   Used Storage Space:':<43}{used}",
+            f"{'   Free Storage Space:':<43}{model.PARTITION_SIZE - used}", f"{'   Object Count:':<43}{objects}")
+
+
+def show(ctx):
+    name = ctx.opt("partition")
+    parts = [ctx.partition(name)] if name else list(ctx.state["partitions"].values())
+    if not parts:
+        ctx.out("There are no partitions.")
+    for number, part in enumerate(parts):
+        if number:
+            ctx.out("")
+        _show_one(ctx, part)
+
+
+def delete(ctx):
+    ctx.require_so()
+    name = ctx.opt("partition")
+    ctx.partition(name)
+    ctx.delete_confirmed(name, f"CAUTION:  Are you sure you wish to delete the partition named: {name}",
+                         hsmops.delete_partition)
+
+
+COMMANDS = [
+    Command("partition create", create, [PARTITION, Opt("label", "l"), Opt("size", "s"),
+                                         Opt("allfreestorage", "all", flag=True), FORCE]),
+    Command("partition list", list_),
+    Command("partition show", show, [Opt("partition", "par")]),
+    Command("partition delete", delete, [PARTITION, FORCE]),
+]

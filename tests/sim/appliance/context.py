@@ -1,0 +1,132 @@
+"""What a LunaSH command handler works with: options, output, prompts, failures.
+
+Handlers append output lines with out(), ask questions with ask()/confirm()
+(prompts are answered on the same channel: typed in a shell, or the next lines
+of stdin for `ssh host "cmd"`), and fail by raising LunaError, which the shell
+prints as `Error:  '<cmd>' failed. (<HEX> : <NAME>)`.
+"""
+from appliance import rc
+
+
+class LunaError(Exception):
+    def __init__(self, code, *extra):
+        super().__init__(code[1])
+        self.code, self.extra = code, extra
+
+
+class Context:
+    def __init__(self, shell, invocation):
+        self.shell, self.inv = shell, invocation
+        self.device = shell.device
+        self.lines = []
+        self.after = []  # run once the output is on its way (reboot, network cut)
+        self._begun = False
+
+    @property
+    def state(self):
+        return self.device.state
+
+    @property
+    def name(self):
+        return self.inv.command.name
+
+    def opt(self, name, default=None):
+        return self.inv.opt(name, default)
+
+    def mutate(self):
+        return self.device.mutate()
+
+    # output ---------------------------------------------------------------------
+    def out(self, *lines):
+        self.lines.extend(lines)
+
+    def begin(self):
+        """LunaSH leaves one blank line between the command and what it prints."""
+        if not self._begun:
+            self._begun = True
+            self.shell.term.write("\n")
+
+    def flush(self):
+        self.begin()
+        if self.lines:
+            self.shell.term.write("".join(line + "\n" for line in self.lines))
+            self.lines = []
+
+    def success(self):
+        self.out(f"'{self.name}' successful.")
+
+    def logged_in_as(self, role, outcome):
+        """The end of `hsm login` / `audit login`: the role is logged in for this session, or the error."""
+        if not outcome.ok:
+            raise LunaError(outcome.code)
+        self.shell.logged_in[role] = True
+        self.success()
+
+    def logged_out(self, role):
+        self.shell.logged_in[role] = False
+        self.success()
+
+    def delete_confirmed(self, name, caution, remove):
+        """The destructive `... delete` commands: proceed/quit, then REMOVE(device, NAME)."""
+        self.confirm(f"delete {name}", caution)
+        with self.mutate():
+            remove(self.device, name)
+        self.success()
+
+    # prompts ---------------------------------------------------------------------
+    def ask(self, text, secret=False):
+        self.flush()
+        self.shell.term.write(f"{text}\n> ")
+        answer = self.shell.term.read_line(mask="*" if secret else None)
+        if not self.shell.term.pty:
+            self.shell.term.write("\n")  # nothing was echoed: end the prompt line ourselves
+        if answer is None or (secret and not answer):
+            # End of input (`ssh host "hsm login" </dev/null`) or an empty password is no
+            # credential at all: nothing is tried, so no failed login is counted.
+            raise LunaError(rc.CANCELLED, "No input was given.")
+        return answer
+
+    def confirm(self, action, caution=None):
+        """The proceed/quit question of destructive commands; -force skips it."""
+        if self.opt("force"):
+            return
+        if caution:
+            self.out(caution, "")
+        if self.ask(f"Type 'proceed' to {action}, or 'quit' to quit now.").strip().lower() != "proceed":
+            raise LunaError(rc.CANCELLED, "Command aborted.")
+
+    def new_secret(self, given, first, again="Please re-enter password to confirm:"):
+        """A new password or domain: from its option, or prompted twice."""
+        if given is not None:
+            return given
+        value = self.ask(first, secret=True)
+        if self.ask(again, secret=True) != value:
+            raise LunaError(rc.BAD_PARAMETER, "The two entries do not match.")
+        return value
+
+    def new_password(self, given, first):
+        value = self.new_secret(given, first)
+        if not 7 <= len(value) <= 255:
+            raise LunaError(rc.BAD_PARAMETER, "Passwords must be 7 to 255 characters long.")
+        return value
+
+    # checks ----------------------------------------------------------------------
+    def require_so(self):
+        if not self.shell.logged_in["so"]:
+            raise LunaError(rc.NOT_LOGGED_IN, "The HSM Admin must be logged in (hsm login).")
+
+    def require_initialized(self):
+        if not self.state["hsm"]["initialized"]:
+            raise LunaError(rc.NOT_INITIALIZED, "The HSM is zeroized or not initialized (hsm init).")
+
+    def partition(self, name):
+        part = self.state["partitions"].get(name)
+        if part is None:
+            raise LunaError(rc.OBJECT_NOT_IN_LIST, f"Partition {name} does not exist.")
+        return part
+
+    def client(self, name):
+        rec = self.state["clients"].get(name)
+        if rec is None:
+            raise LunaError(rc.OBJECT_NOT_IN_LIST)
+        return rec

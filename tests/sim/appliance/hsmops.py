@@ -1,0 +1,120 @@
+"""What happens to an appliance's HSM, partitions and configuration, with side effects.
+
+These run with the world lock held (device.mutate()) and keep three things in
+step: the state document, the SoftHSM tokens and the PIN files in DIR/secrets.
+"""
+import os
+import shutil
+
+from appliance import model
+
+LUNASH_PID = 1403  # LunaSH's own syslog lines carry one pid per appliance boot
+
+
+def _forget_pins(dev, name):
+    for role in ("so", "co"):
+        dev.paths.forget_secret(f"{name}_{role}_pin")
+
+
+def _write_pins(dev, name, so_pin, co_pin):
+    dev.paths.write_secret(f"{name}_so_pin", so_pin)
+    dev.paths.write_secret(f"{name}_co_pin", co_pin)
+
+
+def create_partition(dev, name, label):
+    token_serial, so_pin, co_pin = dev.tokens.create(label)
+    part = model.new_partition(dev.state, name, label, token_serial)
+    dev.state["partitions"][name] = part
+    _write_pins(dev, name, so_pin, co_pin)
+    dev.world.changed()
+    dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) created")
+    return part
+
+
+def delete_partition(dev, name):
+    part = dev.state["partitions"].pop(name)
+    dev.tokens.delete(part["token_serial"])
+    _forget_pins(dev, name)
+    for client in dev.state["clients"].values():
+        if name in client["partitions"]:
+            client["partitions"].remove(name)
+    dev.world.changed()
+
+
+def delete_all_partitions(dev):
+    for name in list(dev.state["partitions"]):
+        delete_partition(dev, name)
+
+
+def zeroize_partition(dev, name):
+    """Partition SO threshold: contents and roles gone; the partition stays listed until re-initialised."""
+    part = dev.state["partitions"][name]
+    dev.tokens.delete(part["token_serial"])
+    part.update(zeroized=True, token_serial=None)
+    _forget_pins(dev, name)
+    dev.world.changed()
+    dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) zeroized")
+
+
+def init_partition(dev, name, label=None):
+    """LunaCM `partition init` (the client-side part drives it through the control endpoint)."""
+    part = dev.state["partitions"][name]
+    if part["token_serial"]:
+        dev.tokens.delete(part["token_serial"])
+    label = label or part["label"]
+    token_serial, so_pin, co_pin = dev.tokens.create(label)
+    part.update(label=label, token_serial=token_serial, zeroized=False, pso_failures=0, co_failures=0,
+                co_locked=False, co_permanent=False)
+    _write_pins(dev, name, so_pin, co_pin)
+    dev.world.changed()
+    return part
+
+
+def zeroize_hsm(dev, why):
+    """HSM SO threshold or `hsm zeroize`: every partition gone; policies and the Auditor kept."""
+    delete_all_partitions(dev)
+    dev.state["hsm"].update(initialized=False, label="", so=None, so_failures=0)
+    dev.paths.forget_secret("so_password")
+    dev.world.changed()
+    dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : HSM zeroized ({why})")
+
+
+def init_hsm(dev, label, password):
+    delete_all_partitions(dev)
+    dev.state["hsm"].update(initialized=True, label=label, so=model.hash_secret(password), so_failures=0)
+    dev.paths.write_secret("so_password", password)
+    dev.world.changed()
+    dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : HSM initialized with label {label}")
+
+
+def init_audit(dev, password):
+    dev.state["hsm"]["audit"] = {**model.factory_audit(), "initialized": True, "secret": model.hash_secret(password)}
+    dev.paths.write_secret("audit_password", password)
+    dev.world.changed()
+
+
+def unregister_client(dev, name):
+    dev.state["clients"].pop(name)
+    try:
+        os.unlink(dev.paths.client_cert(name))
+    except FileNotFoundError:
+        pass
+    dev.world.changed()
+
+
+def factory_reset(dev):
+    """What Microsoft's reset does (support request, or a device returned to the pool):
+    the initial state - zeroized, default policies, no Auditor, no clients, no patch, no
+    files in the home folder, a new NTLS certificate; the admin password and the host key stay."""
+    zeroize_hsm(dev, "factory reset")
+    state = dev.state
+    for name in list(state["clients"]):
+        unregister_client(dev, name)
+    state.update(hsm=model.factory_hsm(), hostname=state["name"], packages={model.REBOOT_FIX: False},
+                 network=model.default_network(state["provisioned_ip"], state["serial"]))
+    state["ntls"].update(bind="all", ipcheck=True)
+    dev.paths.forget_secret("audit_password")
+    shutil.rmtree(dev.paths.home, ignore_errors=True)
+    dev.syslog.clear()
+    dev.regen_cert()
+    dev.world.changed()

@@ -1,0 +1,94 @@
+"""SSH keys (host keys, the test client key, known_hosts) and NTLS server certificates.
+
+Host keys are ed25519 in OpenSSH format, made with python3-cryptography
+(paramiko cannot generate ed25519) and kept in DIR so a restarted estate keeps
+its identity. The NTLS certificate is self-signed like the appliance's: RSA 2048,
+CN = hostname, valid ten years from the appliance's clock (so a skewed clock
+makes a certificate that clients see as not yet valid).
+"""
+import datetime
+import ipaddress
+import os
+
+import paramiko
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from fsutil import write_private, write_public
+from pki import cert_pem, key_pem
+
+CERT_YEARS = 10
+
+
+def _new_ed25519_pem():
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public
+
+
+def ensure_key_pair(path, comment):
+    """An ed25519 key at PATH (0600) and PATH.pub; returns the paramiko key."""
+    if not os.path.exists(path):
+        make_key_pair(path, comment)
+    return paramiko.Ed25519Key(filename=path)
+
+
+def make_key_pair(path, comment):
+    private, public = _new_ed25519_pem()
+    write_private(path, private)
+    write_public(path + ".pub", public + f" {comment}\n".encode())
+
+
+def public_line(key):
+    """'ssh-ed25519 AAAA...' for known_hosts / authorized_keys."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def write_known_hosts(path, entries):
+    """entries: [(host, port, paramiko key)] -> OpenSSH known_hosts with [host]:port names."""
+    write_public(path, "".join(f"[{host}]:{port} {public_line(key)}\n" for host, port, key in entries))
+
+
+def read_authorized_keys(path):
+    """-> set of (type, base64) accepted for the admin user."""
+    try:
+        with open(path) as f:
+            return {tuple(line.split()[:2]) for line in f if line.strip() and not line.startswith("#")}
+    except FileNotFoundError:
+        return set()
+
+
+def make_server_cert(key_path, cert_path, hostname, ips, now):
+    """A new self-signed NTLS key pair, stamped with the appliance clock NOW."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CA"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gemalto Inc."),
+                      x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    start = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc)
+    sans = [x509.DNSName(hostname), x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=365 * CERT_YEARS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    write_private(key_path, key_pem(key))
+    write_public(cert_path, cert_pem(cert))
+    return cert_pem(cert)
+
+
+def load_cert(pem):
+    return x509.load_pem_x509_certificate(pem if isinstance(pem, bytes) else pem.encode())
+
+
+def fingerprint(cert):
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def valid_at(cert, ts):
+    moment = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).replace(tzinfo=None)
+    return cert.not_valid_before <= moment <= cert.not_valid_after

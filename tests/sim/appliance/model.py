@@ -1,0 +1,166 @@
+"""An appliance's state: one JSON document in world.s["appliances"][NAME].
+
+Pure data and the rules that need no I/O, so the same facts drive LunaSH, NTLS,
+the control endpoint and the ARM delete check. Layout:
+  name, serial, hostname, resource {id, name} | None, provisioned_ip (the ARM NIC address)
+  status      up | rebooting | hung | off | cut | pool   (see device.py)
+  until       sim time a reboot ends
+  network     {admin_device, interfaces {ethN: {ip, netmask, gateway, mac}}}
+  ports       {ssh, ntls} kept across restarts when free
+  admin       hashed tenantadmin password
+  hsm         {initialized, label, so (hash), so_failures, policies {code: 0|1}, audit {...}}
+  partitions  {name: {serial, label, token_serial, pso_failures, co_failures, co_locked, ...}}
+  clients     {name: {kind "ip"|"hostname", address, ip_map, fingerprint, partitions []}}
+  ntls        {bind, ipcheck, pid, running}
+  packages    {KB0019789: bool}
+  faults      see FAULTS
+Secrets are kept as salted PBKDF2 hashes; the clear text only exists in DIR/secrets.
+"""
+import hashlib
+import hmac
+import os
+import random
+
+from appliance import policies
+
+SOFTWARE_VERSION = "7.2.0-220"
+FIRMWARE = "7.0.3"
+USER = "tenantadmin"
+REBOOT_FIX = "KB0019789"
+MAX_PARTITIONS = 10
+HSM_STORAGE = 33554432
+PARTITION_SIZE = 102400
+NTLS_PORT = 1792  # what the appliance believes; the estate maps it to a free loopback port
+STATUSES = ("up", "rebooting", "hung", "off", "cut", "pool")
+NTLS_MODES = ("open", "refuse", "drop")
+
+
+def _parse_count(raw):
+    value = int(str(raw).strip())
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
+def _parse_ntls(raw):
+    mode = str(raw).strip().lower()
+    if mode not in NTLS_MODES:
+        raise ValueError(f"'{raw}' is not one of {', '.join(NTLS_MODES)}")
+    return mode
+
+
+# fault name -> (parser, default, help)
+FAULTS = {
+    "shell_delay_ms": (_parse_count, 0, "every LunaSH command answers this many ms late (slow shell)"),
+    "clock_skew": (lambda raw: int(float(raw)), 0,
+                   "seconds added to the appliance clock (syslog, status date, NTLS certificate checks)"),
+    "ntls": (_parse_ntls, "open", "NTLS port: open, refuse (connection refused) or drop (SYNs dropped: timeout)"),
+    "drop_next": (_parse_count, 0, "the next N commands are cut half-way and the SSH connection reset"),
+    "hang_next": (_parse_count, 0, "the next N commands never answer (the session stays open, silent)"),
+}
+
+
+def default_faults():
+    return {name: default for name, (_, default, _) in FAULTS.items()}
+
+
+def parse_faults(values):
+    """{name: raw} -> {name: typed}; ValueError names the bad fault."""
+    parsed = {}
+    for name, raw in values.items():
+        if name not in FAULTS:
+            raise ValueError(f"unknown appliance fault '{name}'; valid names: {', '.join(sorted(FAULTS))}")
+        try:
+            parsed[name] = FAULTS[name][0](raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: {e}")
+    return parsed
+
+
+# secrets ------------------------------------------------------------------------
+def hash_secret(text):
+    salt = os.urandom(16)
+    return {"salt": salt.hex(), "hash": _digest(text, salt).hex()}
+
+
+def check_secret(record, text):
+    if not record or text is None:
+        return False
+    return hmac.compare_digest(_digest(text, bytes.fromhex(record["salt"])).hex(), record["hash"])
+
+
+def _digest(text, salt):
+    return hashlib.pbkdf2_hmac("sha256", text.encode(), salt, 1000)
+
+
+# construction ---------------------------------------------------------------------
+def new_serial():
+    return str(random.randint(1_100_000, 1_999_999))
+
+
+def new_ntls_pid():
+    return random.randint(2000, 32000)
+
+
+def default_network(ip, serial):
+    mac = "00:15:B2:" + ":".join(f"{b:02X}" for b in int(serial).to_bytes(3, "big"))
+    gateway = ".".join(ip.split(".")[:3] + ["1"])
+    interfaces = {"eth0": {"ip": ip, "netmask": "255.255.255.0", "gateway": gateway, "mac": mac}}
+    for n in (1, 2, 3):
+        interfaces[f"eth{n}"] = {"ip": None, "netmask": None, "gateway": None, "mac": mac[:-2] + f"{n:02X}"}
+    return {"admin_device": "eth0", "interfaces": interfaces}
+
+
+def factory_audit():
+    return {"initialized": False, "secret": None, "failures": 0, "locked_until": None}
+
+
+def factory_hsm():
+    return {"initialized": False, "label": "", "so": None, "so_failures": 0,
+            "policies": policies.defaults(), "audit": factory_audit()}
+
+
+def new_appliance(name, ip):
+    serial = new_serial()
+    return {"name": name, "serial": serial, "hostname": name, "resource": None, "provisioned_ip": ip,
+            "status": "up", "until": None,
+            "network": default_network(ip, serial), "ports": {"ssh": None, "ntls": None}, "admin": None,
+            "hsm": factory_hsm(), "partitions": {}, "clients": {}, "next_partition": 1,
+            "ntls": {"bind": "all", "ipcheck": True, "pid": new_ntls_pid(), "running": True},
+            "packages": {REBOOT_FIX: False}, "faults": default_faults(), "last_login": None}
+
+
+def new_partition(state, name, label, token_serial):
+    number = state["next_partition"]
+    state["next_partition"] += 1
+    return {"serial": f"{state['serial']}{number:03d}", "name": name, "label": label,
+            "token_serial": token_serial, "zeroized": False, "pso_failures": 0, "co_failures": 0,
+            "co_locked": False, "co_permanent": False}
+
+
+# questions ------------------------------------------------------------------------
+def is_zeroized(state):
+    """What `hsm show` reports as "HSM IS ZEROIZED !!!!" (never initialised counts too)."""
+    return not state["hsm"]["initialized"]
+
+
+def admin_ip(state):
+    net = state["network"]
+    return net["interfaces"][net["admin_device"]]["ip"]
+
+
+def partition(state, name):
+    """Partition names are case-sensitive on Luna; commands are not."""
+    return state["partitions"].get(name)
+
+
+def clients_of(state, partition_name):
+    return [c for c, rec in state["clients"].items() if partition_name in rec["partitions"]]
+
+
+def ntls_listening(state):
+    """NTLS runs and is bound to an address clients can reach (all, or the admin interface)."""
+    ntls = state["ntls"]
+    bound = ntls.get("bound", ntls["bind"])
+    reachable = bound == "all" or state["network"]["interfaces"].get(bound, {}).get("ip") == admin_ip(state)
+    return ntls["running"] and reachable

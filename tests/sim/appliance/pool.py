@@ -1,0 +1,82 @@
+"""The pool of appliances and how it follows ARM's dedicatedHSMs resources.
+
+- Seeding (`estate start --appliances N`, default 2): appliances hsm1..hsmN, each
+  bound to a Succeeded dedicatedHSMs resource of the same name in the seeded
+  group (created if the seed did not list it), with an initialised HSM (label =
+  name), an initialised Auditor, no partitions, and their passwords in DIR/secrets.
+- Delete: ARM refuses to delete an HSM whose appliance is not zeroized (the probe
+  below); once the resource is gone the appliance is factory-reset and returned to
+  the pool: unreachable, and gone from inventory.json.
+- Create: an HSM that reaches Succeeded takes a free appliance from the pool, if
+  any (one freed by a delete), which comes up factory-fresh (zeroized) at the
+  HSM's private IP; with no free appliance the resource exists without a device.
+"""
+import secrets
+
+import resources
+from appliance import model
+from appliance.paths import Paths
+
+
+def new_password():
+    return "Sim-" + secrets.token_urlsafe(12)
+
+
+def _initialise(state, paths):
+    """Passwords for the admin, the HSM SO and the Auditor: hashed in the state, clear in DIR/secrets."""
+    admin, so, audit = new_password(), new_password(), new_password()
+    for what, value in (("password", admin), ("so_password", so), ("audit_password", audit)):
+        paths.write_secret(what, value)
+    state["admin"] = model.hash_secret(admin)
+    state["hsm"].update(initialized=True, label=state["name"], so=model.hash_secret(so))
+    state["hsm"]["audit"].update(initialized=True, secret=model.hash_secret(audit))
+
+
+def bind_record(state, rec):
+    state["resource"] = {"id": rec["id"], "name": rec["name"]}
+    rec["sim"]["appliance"] = state["name"]
+
+
+def seed_appliances(world, count, estate_dir, hsm_for):
+    """HSM_FOR(name) -> the ARM record to bind (existing or newly seeded)."""
+    pool = world.s.setdefault("appliances", {})
+    for number in range(1, count + 1):
+        name = f"hsm{number}"
+        rec = hsm_for(name)
+        state = model.new_appliance(name, rec["props"]["network"]["ip"])
+        _initialise(state, Paths(estate_dir, name))
+        bind_record(state, rec)
+        pool[name] = state
+    world.changed()
+
+
+def zeroize_probe(world):
+    """world.zeroize_probe: the appliance answers for HSMs it backs; others keep the old flag."""
+    def probe(rec):
+        state = world.s.get("appliances", {}).get(rec["sim"].get("appliance") or "")
+        if state is None or (state["resource"] or {}).get("id", "").lower() != rec["id"].lower():
+            return bool(rec["sim"].get("zeroized"))
+        return model.is_zeroized(state)
+    return probe
+
+
+def sync(world, devices):
+    """Release appliances whose resource is gone, bind free ones to new HSMs; True if anything moved."""
+    moved = False
+    for dev in devices:
+        resource = dev.state["resource"]
+        if resource and world.get(resource["id"]) is None:
+            dev.release_to_pool()
+            moved = True
+    waiting = world.find(resources.HSM_TYPE, where=lambda r: r["state"] == "Succeeded"
+                         and r["sim"].get("allocated") and not r["sim"].get("appliance"))
+    for rec in waiting:
+        free = next((d for d in devices if d.state["resource"] is None), None)
+        if free is None:
+            break
+        free.bind(rec["id"], rec["name"], rec["props"]["network"]["ip"])
+        rec["sim"]["appliance"] = free.name
+        world.changed()
+        moved = True
+    return moved
+

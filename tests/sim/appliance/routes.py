@@ -1,0 +1,129 @@
+"""Control endpoint routes for the appliances, under /_sim/appliances (same token as the rest).
+
+  GET  /_sim/appliances                          {name: summary}
+  GET  /_sim/appliances/NAME                     the state (password hashes left out)
+  POST /_sim/appliances/NAME/action {"action": A}
+       down | up | reboot | hard-reboot | support-reset | install-fix | uninstall-fix |
+       zeroize | new-host-key
+  POST /_sim/appliances/NAME/faults {fault: value}    (model.FAULTS); .../faults/clear
+  POST /_sim/appliances/NAME/partitions/P/login {"role": "so"|"co", "ok": bool}
+       one Partition SO / Crypto Officer login, as the client side saw it: applies the
+       guide's thresholds and answers {accepted, error (CKR name), zeroize, *_attempts_left,
+       co_locked, co_permanent, zeroized}
+  POST /_sim/appliances/NAME/partitions/P/resetpw     the PSO's `role resetpw -name co`
+  POST /_sim/appliances/NAME/partitions/P/init {"label"?}   LunaCM `partition init`: a new
+       token and new PINs (after the PSO threshold zeroized the partition)
+Handlers run with the world lock held; they return (HTTP status, JSON document).
+"""
+import copy
+
+from appliance import hsmops, model, roles
+
+
+def _set_fix(installed):
+    def act(dev):
+        dev.state["packages"][model.REBOOT_FIX] = installed
+        dev.world.changed()
+    return act
+
+
+ACTIONS = {
+    "down": lambda dev: dev.power(False),
+    "up": lambda dev: dev.power(True),
+    "reboot": lambda dev: dev.reboot(),
+    "hard-reboot": lambda dev: dev.reboot(hard=True),
+    "support-reset": lambda dev: dev.support_reset(),
+    "install-fix": _set_fix(True),
+    "uninstall-fix": _set_fix(False),
+    "zeroize": lambda dev: hsmops.zeroize_hsm(dev, "control endpoint"),
+    "new-host-key": lambda dev: dev.new_host_key(),
+}
+
+
+def _error(status, code, message):
+    return status, {"error": {"code": code, "message": message}}
+
+
+def summary(dev):
+    state = dev.state
+    return {"resource": (state["resource"] or {}).get("name"), "status": state["status"],
+            "ssh_port": state["ports"]["ssh"], "ntls_port": state["ports"]["ntls"],
+            "zeroized": model.is_zeroized(state), "partitions": sorted(state["partitions"]),
+            "reboot_fix": state["packages"][model.REBOOT_FIX], "faults": state["faults"]}
+
+
+def redacted(state):
+    doc = copy.deepcopy(state)
+    doc.pop("admin", None)
+    doc["hsm"].pop("so", None)
+    doc["hsm"]["audit"].pop("secret", None)
+    return doc
+
+
+class ApplianceRoutes:
+    def __init__(self, devices):
+        self.devices = devices  # name -> Device
+
+    def handle(self, method, path, body):
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return 200, {name: summary(dev) for name, dev in self.devices.items()}
+        dev = self.devices.get(parts[0])
+        if dev is None:
+            return _error(404, "ApplianceNotFound", f"No appliance named '{parts[0]}'.")
+        route = (method, tuple(parts[1:2]))
+        if route == ("GET", ()):
+            return 200, redacted(dev.state)
+        if method != "POST":
+            return _error(405, "MethodNotAllowed", "Use POST for appliance changes.")
+        if parts[1:] == ["action"]:
+            return self.action(dev, body.get("action"))
+        if parts[1:2] == ["faults"]:
+            return self.faults(dev, body, clear=parts[2:] == ["clear"])
+        if parts[1:2] == ["partitions"] and len(parts) == 4:
+            return self.partition(dev, parts[2], parts[3], body)
+        return _error(404, "NotFound", f"No appliance route {method} {path}.")
+
+    def action(self, dev, name):
+        if name not in ACTIONS:
+            return _error(400, "InvalidAction", f"action must be one of {', '.join(ACTIONS)}")
+        if dev.state["status"] == "pool":
+            return _error(409, "ApplianceInPool", f"{dev.name} is in the free pool (no HSM resource).")
+        ACTIONS[name](dev)
+        return 200, summary(dev)
+
+    def faults(self, dev, body, clear=False):
+        try:
+            values = model.default_faults() if clear else model.parse_faults(body)
+        except ValueError as e:
+            return _error(400, "InvalidFault", str(e))
+        dev.state["faults"].update(values)
+        dev.world.changed()
+        dev.apply()
+        return 200, dev.state["faults"]
+
+    def partition(self, dev, name, verb, body):
+        part = dev.state["partitions"].get(name)
+        if part is None:
+            return _error(404, "PartitionNotFound", f"{dev.name} has no partition '{name}'.")
+        if verb == "login":
+            return self._login(dev, name, part, body)
+        if verb == "resetpw":
+            refused = roles.reset_co(part, dev.state["hsm"])
+            dev.world.changed()
+            return _error(409, "ResetRefused", refused) if refused else (200, roles.role_status(part))
+        if verb == "init":
+            hsmops.init_partition(dev, name, body.get("label"))
+            return 200, roles.role_status(part)
+        return _error(404, "NotFound", f"No partition action '{verb}'.")
+
+    @staticmethod
+    def _login(dev, name, part, body):
+        role = body.get("role")
+        if role not in ("so", "co") or not isinstance(body.get("ok"), bool):
+            return _error(400, "InvalidLogin", 'send {"role": "so"|"co", "ok": true|false}')
+        answer = roles.partition_login(part, role, body["ok"], dev.state["hsm"])
+        if answer["zeroize"]:
+            hsmops.zeroize_partition(dev, name)
+        dev.world.changed()
+        return 200, answer

@@ -1,0 +1,114 @@
+"""A LunaSH session: banner, prompt, one command at a time, `Command Result` lines.
+
+Used for interactive logins (`ssh admin@hsm`, with or without a PTY, so commands
+may also come piped on stdin) and for exec requests (`ssh admin@hsm "hsm show"`),
+which run one command and exit 0 when it succeeded, 1 otherwise (the exit code is
+the simulator's choice; scripts parse `Command Result`). Per-session state is
+whether the HSM SO and the Auditor are logged in, as on the appliance.
+
+Shell faults (device state "faults"): shell_delay_ms before each answer;
+hang_next: the command never answers; drop_next: half the answer, then a TCP RST.
+"""
+import datetime
+import threading
+import time
+
+from appliance import cli, commands
+from appliance.context import Context, LunaError
+
+BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved."
+RESULT_OK = "Command Result : 0 (Success)"
+RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
+EXIT_WORDS = ("exit", "logout")
+
+
+class LunaShell:
+    def __init__(self, device, term, session):
+        self.device, self.term, self.session = device, term, session
+        self.logged_in = {"so": False, "audit": False}
+
+    def prompt(self):
+        return f"[{self.device.state['hostname']}] lunash:>"
+
+    def interactive(self):
+        self._banner()
+        while True:
+            self.term.write(self.prompt())
+            line = self.term.read_line()
+            if line is None or line.strip().lower() in EXIT_WORDS:
+                return 0
+            self.run(line)
+
+    def exec_command(self, line):
+        return 0 if self.run(line) == 0 else 1
+
+    def _banner(self):
+        last = self.session.previous_login
+        if self.term.pty and last:
+            when = datetime.datetime.fromtimestamp(last["time"], datetime.timezone.utc)
+            self.term.write(f"Last login: {when.strftime('%a %b %e %H:%M:%S %Y')} from {last['from']}\n")
+        self.term.write(f"\n{BANNER}\n\n")
+
+    # one command ------------------------------------------------------------------
+    def run(self, line):
+        """Run LINE; returns 0 or 65535 like `Command Result`."""
+        if not line.strip():
+            return 0
+        if self._take_fault("hang_next"):
+            self._hang()
+        drop = self._take_fault("drop_next")
+        delay = self.device.state["faults"]["shell_delay_ms"]
+        if delay:
+            time.sleep(delay / 1000)
+        ctx, code, errors = self._dispatch(line)
+        self._finish(ctx, code, errors, drop)
+        for action in ctx.after if ctx else ():
+            action()
+        return code
+
+    def _dispatch(self, line):
+        try:
+            invocation = commands.TREE.parse(line)
+        except cli.ParseError as e:
+            return None, 65535, [f"Error:  {e}"]
+        ctx = Context(self, invocation)
+        try:
+            invocation.command.fn(ctx)
+            return ctx, 0, []
+        except LunaError as e:
+            return ctx, 65535, failure_lines(ctx.name, e.code, e.extra)
+
+    def _finish(self, ctx, code, errors, drop):
+        if ctx:
+            ctx.begin()
+            lines = ctx.lines
+        else:
+            self.term.write("\n")
+            lines = []
+        text = "".join(line + "\n" for line in lines + errors) + "\n" + \
+               (RESULT_OK if code == 0 else RESULT_FAILED) + "\n"
+        if drop:
+            self.term.write(text[:len(text) // 2])
+            time.sleep(0.05)  # let the half reach the client before the RST overtakes it
+            self.session.reset()
+            raise ConnectionResetError("drop_next fault")
+        self.term.write(text)
+
+    def _take_fault(self, name):
+        with self.device.mutate() as state:
+            if state["faults"][name] > 0:
+                state["faults"][name] -= 1
+                self.device.world.changed()
+                return True
+        return False
+
+    def _hang(self):
+        """Never answer; give the thread back when the client goes away."""
+        while not self.term.channel.closed:
+            threading.Event().wait(0.2)
+        raise ConnectionAbortedError("hang_next fault")
+
+
+def failure_lines(name, code, extra):
+    return [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"] + [f"Error:  {text}" for text in extra]
+

@@ -1,0 +1,636 @@
+#!/usr/bin/python3
+"""Self-test of the simulated Luna appliances: starts an estate with three appliances
+in a temporary directory and drives them over real SSH (paramiko and OpenSSH's ssh/scp),
+NTLS (ssl) and SoftHSM2 (softhsm2-util). Last line: "N passed, N failed".
+
+    /usr/bin/python3 tests/sim/appliance_selftest.py [-v] [TestName ...]
+
+hsm1 serves the shell, partition, client and NTLS tests; hsm2 is zeroized, deleted in
+ARM and re-provisioned; hsm3 takes the reboots, the network cut and the host key change.
+"""
+import datetime
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import paramiko
+
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # resets are provoked on purpose
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
+from arm_selftest import main as run_tests  # noqa: E402
+from estate_client import EstateClient  # noqa: E402
+
+PROMPT = re.compile(r"\[[\w.-]+\] lunash:>$")
+FAST = {"hsm_step_seconds": "0.05", "delete_seconds": "0.1", "reboot_seconds": "1",
+        "quota_per_stamp": "50", "quota_per_region": "100"}
+ESTATE_DIR = CLIENT = None
+
+
+def setUpModule():
+    global ESTATE_DIR, CLIENT
+    ESTATE_DIR = tempfile.mkdtemp(prefix="dhsm-appliances-")
+    run_estate("start", "--dir", ESTATE_DIR, "--appliances", "3")
+    CLIENT = EstateClient(ESTATE_DIR)
+
+
+def tearDownModule():
+    run_estate("stop", "--dir", ESTATE_DIR, check=False)
+    shutil.rmtree(ESTATE_DIR, ignore_errors=True)
+
+
+def estate_info():
+    with open(os.path.join(ESTATE_DIR, "estate.json")) as f:
+        return json.load(f)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def softhsm_labels():
+    env = {**os.environ, "SOFTHSM2_CONF": estate_info()["appliances"]["softhsm2_conf"]}
+    out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True, env=env).stdout
+    return {line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")} - {""}
+
+
+def unreachable(port, timeout=0.25):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+        return False
+    except (socket.timeout, ConnectionRefusedError):
+        return True
+
+
+# certificates as `vtl createCert` makes them ------------------------------------------------
+def make_client_cert(folder, name, days=30):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
+    cert_file, key_file = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}Key.pem")
+    with open(cert_file, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_file, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def ntls_hello(port, cert_file, key_file, server_pem):
+    """The NTLS mini-protocol: TLS 1.2 with a client certificate, then one JSON line."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(server_pem)
+    ctx.load_cert_chain(cert_file, key_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with ctx.wrap_socket(sock) as tls:
+            return json.loads(tls.makefile().readline())
+
+
+class Shell:
+    """An interactive LunaSH session on a paramiko channel."""
+
+    def __init__(self, channel):
+        self.channel, self.buffer = channel, ""
+
+    def read_until(self, pattern, timeout=5):
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.buffer):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not seen; got {self.buffer[-400:]!r}")
+            self.channel.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                chunk = self.channel.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise EOFError(self.buffer)
+            self.buffer += chunk.decode(errors="replace")
+        text, self.buffer = self.buffer, ""
+        return text
+
+    def command(self, line, answers=(), timeout=5):
+        self.channel.send(line + "\r")
+        for answer in answers:
+            self.read_until(r"> $", timeout)
+            self.channel.send(answer + "\r")
+        return self.read_until(r"lunash:>$", timeout)
+
+
+class Box:
+    """One appliance as a test sees it: estate.json entry, SSH, SFTP, LunaSH."""
+
+    def __init__(self, name):
+        self.name = name
+        self.info = estate_info()["appliances"]["devices"][name]
+        self.port, self.ntls_port = self.info["ssh_port"], self.info["ntls_port"]
+
+    def secret(self, what):
+        return read(self.info[f"{what}_file"])
+
+    def pin(self, partition, role):
+        return read(self.info["pin_files"].format(partition=partition, role=role))
+
+    def connect(self, password=None, timeout=5):
+        client = paramiko.SSHClient()
+        client.load_host_keys(os.path.join(ESTATE_DIR, "known_hosts"))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect("127.0.0.1", self.port, "tenantadmin", password=password or self.secret("password"),
+                       look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
+                       auth_timeout=timeout)
+        return client
+
+    def run(self, command, stdin=""):
+        """One exec request -> (exit status, output)."""
+        client = self.connect()
+        try:
+            chan = client.get_transport().open_session()
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+            out = chan.makefile().read().decode()
+            return chan.recv_exit_status(), out
+        finally:
+            client.close()
+
+    def ok(self, command, stdin=""):
+        status, out = self.run(command, stdin)
+        assert status == 0 and "Command Result : 0 (Success)" in out, out
+        return out
+
+    def as_so(self, command, answers="proceed\n"):
+        """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
+        client = self.connect()
+        try:
+            chan = client.get_transport().open_session()
+            chan.invoke_shell()  # no PTY: commands and answers come as lines, like a heredoc
+            chan.sendall(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n".encode())
+            chan.shutdown_write()
+            return chan.makefile().read().decode()
+        finally:
+            client.close()
+
+    def shell(self, client):
+        chan = client.invoke_shell()
+        shell = Shell(chan)
+        shell.read_until(r"lunash:>$")
+        return shell
+
+    def sftp(self, put=None, get=None):
+        client = self.connect()
+        try:
+            sftp = client.open_sftp()
+            for local, remote in put or ():
+                sftp.put(local, remote)
+            for remote, local in get or ():
+                sftp.get(remote, local)
+        finally:
+            client.close()
+
+    def control(self, action):
+        return CLIENT.control("POST", f"appliances/{self.name}/action", {"action": action})
+
+    def faults(self, **values):
+        return CLIENT.control("POST", f"appliances/{self.name}/faults", values)
+
+    def role_login(self, partition, role, ok):
+        return CLIENT.control("POST", f"appliances/{self.name}/partitions/{partition}/login",
+                              {"role": role, "ok": ok})
+
+    def syslog(self, search, entries=50):
+        return self.ok(f"syslog tail -logname messages -entries {entries} -search {search}")
+
+
+class ApplianceCase(unittest.TestCase):
+    def setUp(self):
+        CLIENT.control("POST", "faults/clear")
+        CLIENT.control("POST", "faults", FAST)
+        self.tmp = tempfile.mkdtemp(prefix="dhsm-appliance-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+
+class ShellTest(ApplianceCase):
+    def test_banner_prompt_and_echo(self):
+        box = Box("hsm1")
+        client = box.connect()
+        self.addCleanup(client.close)
+        chan = client.invoke_shell()
+        shell = Shell(chan)
+        banner = shell.read_until(r"lunash:>$")
+        self.assertIn("Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. "
+                      "All rights reserved.", banner)
+        self.assertTrue(PROMPT.search(banner), banner)
+        out = shell.command("hsm show")
+        self.assertTrue(out.startswith("hsm show\r\n\r\nAppliance Details:"), out[:60])  # the PTY echoes
+        self.assertIn("\r\nCommand Result : 0 (Success)\r\n", out)
+        out = shell.command("hsm login", answers=["not-the-password"])
+        self.assertIn("*" * len("not-the-password") + "\r\n", out)  # passwords echo as stars
+        self.assertNotIn("not-the-password", out)
+        self.assertIn("'hsm login' successful.", shell.command("hsm login", answers=[box.secret("so_password")]))
+
+    def test_exec_abbreviations_and_errors(self):
+        box = Box("hsm1")
+        status, out = box.run("hsm show")
+        self.assertEqual(status, 0)
+        self.assertRegex(out, r"HSM Admin login attempts left: +3 before HSM zeroization!")
+        self.assertIn("Command Result : 0 (Success)", box.ok("PAR LI"))
+        for line, error in (("hsm sh", "Ambiguous hsm command: sh"), ("hsm show -bogus", "Unknown option: -bogus"),
+                            ("frobnicate", "Unknown command: frobnicate"),
+                            ("client show", "Missing required option: -client")):
+            status, out = box.run(line)
+            self.assertEqual(status, 1, out)
+            self.assertIn(f"Error:  {error}", out)
+            self.assertTrue(out.rstrip().endswith("Command Result : 65535 (Luna Shell execution)"), out)
+        status, out = box.run("hsm login")  # no stdin: nothing tried, nothing counted
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertRegex(box.ok("hsm show"), r"attempts left: +3 before")
+        status, out = box.run("client show -client nobody")
+        self.assertIn("Error:  'client show' failed. (C000040A : RC_OBJECT_NOT_IN_LIST)", out)
+        status, out = box.run("hsm factoryReset -force")
+        self.assertEqual(status, 1)
+        self.assertIn("Error:  'hsm factoryReset' failed.", out)  # serial console only
+
+    def test_many_commands_one_session_and_piped_stdin(self):
+        box = Box("hsm1")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        started = time.monotonic()
+        for _ in range(25):
+            self.assertIn("Command Result : 0 (Success)", shell.command("hsm show"))
+        self.assertLess(time.monotonic() - started, 5)
+        out = box.as_so("partition list", answers="")
+        self.assertEqual(out.count("Command Result : 0 (Success)"), 2, out)
+        self.assertNotIn("Last login", out)  # no PTY: no sshd login line, no echo
+
+    def test_every_command_family_answers(self):
+        box = Box("hsm1")
+        for line in ("hsm showPolicies", "partition list", "partition show", "client list", "ntls show",
+                     "ntls ipcheck show", "network show", "package list", "status date", "status interface",
+                     "status sensors", "service status ntls", "audit show", "syslog tail -logname messages -e 3",
+                     "help"):
+            self.assertIn("Command Result : 0 (Success)", box.run(line)[1], line)
+        self.assertIn("NTLS TCP port: 1792", box.ok("ntls show"))
+        self.assertRegex(box.ok("network show"), r"IP Address \(eth0\): +10\.2\.1\.\d+")
+
+    def test_password_and_key_authentication(self):
+        box = Box("hsm1")
+        with self.assertRaises(paramiko.AuthenticationException):
+            box.connect(password="wrong-password")
+        key = paramiko.Ed25519Key(filename=estate_info()["appliances"]["client_key"])
+        client = paramiko.SSHClient()
+        client.load_host_keys(os.path.join(ESTATE_DIR, "known_hosts"))
+        client.connect("127.0.0.1", box.port, "tenantadmin", pkey=key, look_for_keys=False, allow_agent=False)
+        client.close()
+        self.assertIn("Failed password for tenantadmin from 127.0.0.1", box.syslog("sshd"))
+
+    @unittest.skipUnless(shutil.which("ssh") and shutil.which("scp"), "needs Debian's openssh-client")
+    def test_openssh_client_exec_and_scp(self):
+        box = Box("hsm1")
+        ssh = ["-o", f"UserKnownHostsFile={ESTATE_DIR}/known_hosts", "-o", "StrictHostKeyChecking=yes", "-o",
+               "BatchMode=yes", "-i", estate_info()["appliances"]["client_key"]]
+        proc = subprocess.run(["ssh", *ssh, "-p", str(box.port), "tenantadmin@127.0.0.1", "hsm show"],
+                              capture_output=True, text=True, timeout=10)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("HSM Admin login attempts left:", proc.stdout)
+        askpass = os.path.join(self.tmp, "askpass")
+        with open(askpass, "w") as f:
+            f.write(f"#!/bin/sh\ncat {box.info['password_file']}\n")
+        os.chmod(askpass, 0o700)
+        proc = subprocess.run(["ssh", "-o", f"UserKnownHostsFile={ESTATE_DIR}/known_hosts", "-o",
+                               "PubkeyAuthentication=no", "-p", str(box.port), "tenantadmin@127.0.0.1", "client list"],
+                              capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force"})
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for legacy in ([], ["-O"]):  # SFTP (OpenSSH 9 default) and the classic SCP protocol
+            local = os.path.join(self.tmp, f"server{len(legacy)}.pem")
+            proc = subprocess.run(["scp", *legacy, *ssh, "-P", str(box.port), "tenantadmin@127.0.0.1:server.pem",
+                                   local], capture_output=True, text=True, timeout=10)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(read(local), read(box.info["server_cert"]))
+            proc = subprocess.run(["scp", *legacy, *ssh, "-P", str(box.port), local,
+                                   f"tenantadmin@127.0.0.1:up{len(legacy)}.pem"], capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertTrue(os.path.exists(os.path.join(box.info["home"], f"up{len(legacy)}.pem")))
+
+
+class LoginThresholdTest(ApplianceCase):
+    def test_so_threshold_zeroizes_then_arm_delete_and_reprovision(self):
+        box, arm = Box("hsm2"), Arm(ESTATE_DIR)
+        so_password = box.secret("so_password")
+        self.assertIn("'partition create' successful.", box.as_so("partition create -partition doomed"))
+        self.assertIn("doomed", softhsm_labels())
+        self.assertEqual(arm.call("DELETE", arm.hsm("hsm2"), HSM_API).error_code(), "HsmNotZeroized")
+        for attempt in (1, 2):
+            out = box.run("hsm login -password wrong-guess")[1]
+            self.assertIn("(A00000 : LUNA_RET_UM_PIN_INCORRECT)", out)
+        self.assertRegex(box.ok("hsm show"), r"HSM Admin login attempts left: +1 before HSM zeroization!")
+        out = box.run("hsm login", stdin="wrong-again\n")[1]
+        self.assertIn("Caution:  This is your LAST available HSM Admin login attempt", out)
+        self.assertIn("(30000F : LUNA_RET_SO_LOGIN_FAILURE_THRESHOLD)", out)
+        shown = box.ok("hsm show")
+        self.assertRegex(shown, r"HSM Admin login attempts left: +HSM IS ZEROIZED !!!!")
+        self.assertIn("There are no partitions.", shown)
+        self.assertNotIn("doomed", softhsm_labels())
+        self.assertIn("LUNA_RET_SO_LOGIN_FAILURE_THRESHOLD", box.run(f"hsm login -p {so_password}")[1])
+        reply = arm.call("DELETE", arm.hsm("hsm2"), HSM_API)
+        self.assertEqual(reply.status, 202, reply.raw)
+        wait_for(lambda: arm.call("GET", reply.headers["location"]).status == 200)
+        wait_for(lambda: unreachable(box.port))  # returned to the pool
+        names = [h["name"] for h in json.load(open(os.path.join(ESTATE_DIR, "inventory.json")))["hsms"]]
+        self.assertNotIn("hsm2", names)
+        # a new HSM takes the free appliance, factory-fresh
+        body = arm.hsm_body(arm.subnet_id(), ip="10.2.1.40")
+        self.assertEqual(arm.call("PUT", arm.hsm("hsm-new"), HSM_API, body).status, 200)
+        wait_for(lambda: arm.call("GET", arm.hsm("hsm-new"), HSM_API).json["properties"]["provisioningState"]
+                 == "Succeeded")
+        wait_for(lambda: not unreachable(box.port))
+        entry = next(h for h in json.load(open(os.path.join(ESTATE_DIR, "inventory.json")))["hsms"]
+                     if h["resource"] == "hsm-new")
+        self.assertEqual(entry["ssh_port"], box.port)
+        self.assertIn("HSM IS ZEROIZED", box.ok("hsm show"))
+        self.assertIn("10.2.1.40", box.ok("network show"))
+        self.assertIn("'hsm init' successful.", box.ok("hsm init -label fresh -password Fresh-Pass1 "
+                                                       "-defaultdomain -force"))
+        self.assertRegex(box.ok("hsm show"), r"attempts left: +3 before")
+
+    def test_auditor_locks_for_ten_minutes(self):
+        box = Box("hsm1")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        for attempt in range(1, 10):
+            self.assertIn("LUNA_RET_UM_PIN_INCORRECT", shell.command("audit login -password nope-nope"))
+        self.assertIn("LUNA_RET_AUDIT_LOGIN_FAILURE_THRESHOLD", shell.command("audit login -password nope-nope"))
+        right = box.secret("audit_password")
+        self.assertIn("LUNA_RET_AUDIT_LOGIN_FAILURE_THRESHOLD", shell.command(f"audit login -password {right}"))
+        run_estate("advance", "--dir", ESTATE_DIR, "599")
+        self.assertIn("Audit Role Locked Out:            Yes", shell.command("audit show"))
+        run_estate("advance", "--dir", ESTATE_DIR, "2")
+        self.assertIn("'audit login' successful.", shell.command("audit login", answers=[right]))
+
+    def test_partition_roles_and_policy_15(self):
+        box = Box("hsm1")
+        box.as_so("partition create -partition cop")
+        for _ in range(9):
+            self.assertEqual(box.role_login("cop", "co", False)["error"], "CKR_PIN_INCORRECT")
+        locked = box.role_login("cop", "co", False)
+        self.assertTrue(locked["co_locked"] and locked["co_permanent"], locked)  # policy 15 = 0: for good
+        self.assertFalse(box.role_login("cop", "co", True)["accepted"])
+        self.assertIn("Crypto Officer Locked Out:                 yes", box.ok("partition show -partition cop"))
+        with self.assertRaises(Exception):
+            CLIENT.control("POST", "appliances/hsm1/partitions/cop/resetpw", {})
+        out = box.as_so("hsm changePolicy -policy 15 -value 1")
+        self.assertIn("'hsm changePolicy' successful.", out)
+        self.assertNotIn("cop", softhsm_labels())  # destructive: every partition erased
+        self.assertIn("Enable SO reset of partition PIN             On", box.ok("hsm showPolicies"))
+        box.as_so("partition create -partition cop2")
+        for _ in range(10):
+            answer = box.role_login("cop2", "co", False)
+        self.assertTrue(answer["co_locked"] and not answer["co_permanent"], answer)
+        CLIENT.control("POST", "appliances/hsm1/partitions/cop2/resetpw", {})
+        self.assertTrue(box.role_login("cop2", "co", True)["accepted"])
+        for _ in range(10):
+            answer = box.role_login("cop2", "so", False)
+        self.assertTrue(answer["zeroized"])  # Partition SO threshold
+        self.assertNotIn("cop2", softhsm_labels())
+        self.assertIn("Partition SO Zeroized:                     yes", box.ok("partition show -partition cop2"))
+        box.as_so("hsm changePolicy -policy 15 -value 0")
+
+
+class PartitionTest(ApplianceCase):
+    def test_partitions_are_softhsm_tokens(self):
+        box = Box("hsm1")
+        box.as_so("partition create -partition alpha -label alpha-label")
+        box.as_so("partition create -partition beta")
+        self.assertLessEqual({"alpha-label", "beta"}, softhsm_labels())
+        listing = box.ok("partition list")
+        self.assertRegex(listing, r"\d{10} +alpha +0 +102400")
+        self.assertTrue(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
+        out = box.as_so("partition delete -partition beta")
+        self.assertIn("CAUTION:  Are you sure you wish to delete the partition named: beta", out)
+        self.assertNotIn("beta", softhsm_labels())
+        self.assertFalse(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
+        self.assertIn("RC_OPERATION_CANCELLED", box.as_so("partition delete -partition alpha", answers="quit\n"))
+        self.assertIn("alpha-label", softhsm_labels())
+
+
+class NtlsTest(ApplianceCase):
+    def register(self, box, name):
+        cert, key = make_client_cert(self.tmp, "127.0.0.1")
+        server = os.path.join(self.tmp, "server.pem")
+        box.sftp(put=[(cert, "127.0.0.1.pem")], get=[("server.pem", server)])
+        box.as_so(f"partition create -partition {name}-par")
+        self.assertIn("'client register' successful.", box.ok(f"client register -client {name} -ip 127.0.0.1"))
+        box.ok(f"client assignPartition -client {name} -partition {name}-par")
+        self.addCleanup(box.run, f"client delete -client {name} -force")
+        return cert, key, server
+
+    def assert_handshake_failure_logged(self, box, ssl_error):
+        lines = box.syslog("NTLS", entries=200).splitlines()
+        pattern = [r"NTLS\[\d+\]: info : 0 : Incoming connection request\.\.\. : 127\.0\.0\.1/(\d+)$",
+                   rf"NTLS\[\d+\]: Error message from SSLAccept is : {re.escape(ssl_error)}$",
+                   r"NTLS\[\d+\]: Error during SSL accept \( RC_SSL_ERROR \)$",
+                   r"NTLS\[\d+\]: info : 0xc0000711 : Fail to establish a secure channel with client : "
+                   r"127\.0\.0\.1/(\d+) : RC_SSL_FAILED_HANDSHAKE$",
+                   r'NTLS\[\d+\]: info : 0 : NTLS Client "Unknown host name" Connection instance removed : '
+                   r"127\.0\.0\.1/(\d+)$"]
+        for start in range(len(lines) - 4):
+            window = lines[start:start + 5]
+            if all(re.search(p, line) for p, line in zip(pattern, window)):
+                self.assertRegex(window[0], r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d hsm1 NTLS\[")
+                return
+        self.fail(f"no handshake failure with {ssl_error} in:\n" + "\n".join(lines[-12:]))
+
+    def test_registered_client_sees_its_partitions(self):
+        box = Box("hsm1")
+        cert, key, server = self.register(box, "web1")
+        hello = ntls_hello(box.ntls_port, cert, key, server)
+        self.assertEqual(hello["client"], "web1")
+        self.assertEqual([p["name"] for p in hello["partitions"]], ["web1-par"])
+        self.assertIn('Partitions:   "web1-par"', box.ok("client show -client web1"))
+        self.assertIn('NTLS Client "web1" Connection instance added', box.syslog("NTLS"))
+
+    def test_unregistered_client_fails_with_the_guides_log_lines(self):
+        box = Box("hsm1")
+        cert, key = make_client_cert(self.tmp, "stranger")
+        server = os.path.join(self.tmp, "server.pem")
+        box.sftp(get=[("server.pem", server)])
+        with self.assertRaises(ssl.SSLError):
+            ntls_hello(box.ntls_port, cert, key, server)
+        self.assert_handshake_failure_logged(
+            box, "error:14089086:SSL routines:ssl3_get_client_certificate:certificate verify failed")
+
+    def test_regen_cert_needs_restart_then_breaks_stale_clients(self):
+        box = Box("hsm1")
+        cert, key, server = self.register(box, "web2")
+        out = box.run("sysconf regenCert", stdin="proceed\n")[1]
+        self.assertIn("NTLS must be (re)started before clients can connect.", out)
+        self.assertEqual(ntls_hello(box.ntls_port, cert, key, server)["client"], "web2")  # old cert still served
+        self.assertIn("Starting ntls", box.ok("service restart ntls"))
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            ntls_hello(box.ntls_port, cert, key, server)
+        self.assert_handshake_failure_logged(box, "error:14094418:SSL routines:ssl3_read_bytes:tlsv1 alert unknown ca")
+        box.sftp(get=[("server.pem", server)])  # the re-exchange
+        self.assertEqual(ntls_hello(box.ntls_port, cert, key, server)["client"], "web2")
+
+    def test_ipcheck_hostname_clients_and_binding(self):
+        box = Box("hsm1")
+        cert, key = make_client_cert(self.tmp, "web4.example")
+        server = os.path.join(self.tmp, "server.pem")
+        box.sftp(put=[(cert, "web4.example.pem")], get=[("server.pem", server)])
+        box.as_so("partition create -partition web4-par")
+        box.ok("client register -client web4 -hostname web4.example")
+        self.addCleanup(box.run, "client delete -client web4 -force")
+        box.ok("client assignPartition -client web4 -partition web4-par")
+        self.assertEqual(len(ntls_hello(box.ntls_port, cert, key, server)["partitions"]), 1)
+        box.ok("client hostip map -client web4 -ip 10.9.9.9")  # the client is behind NAT: ipcheck hides all
+        self.assertEqual(ntls_hello(box.ntls_port, cert, key, server)["partitions"], [])
+        box.ok("ntls ipcheck disable")
+        self.addCleanup(box.run, "ntls ipcheck enable")
+        self.assertEqual(len(ntls_hello(box.ntls_port, cert, key, server)["partitions"]), 1)
+        self.assertIn("Success: NTLS binding", box.ok("ntls bind eth1 -force"))  # eth1 has no address
+        self.addCleanup(box.run, "service restart ntls")
+        self.addCleanup(box.run, "ntls bind all -force")
+        self.assertEqual(len(ntls_hello(box.ntls_port, cert, key, server)["partitions"]), 1)  # not restarted yet
+        box.ok("service restart ntls")
+        self.assertIn("NTLS bound to network device: eth1", box.ok("ntls show"))
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", box.ntls_port), timeout=1)
+
+    def test_clock_skew_and_blocked_port(self):
+        box = Box("hsm1")
+        cert, key, server = self.register(box, "web3")
+        box.faults(clock_skew=60 * 86400)  # the appliance lives two months ahead: the client cert has expired
+        self.assertIn(str((datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=60)).year),
+                      box.ok("status date"))
+        with self.assertRaises(ssl.SSLError):
+            ntls_hello(box.ntls_port, cert, key, server)
+        box.faults(clock_skew=0, ntls="refuse")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", box.ntls_port), timeout=1)
+        box.faults(ntls="drop")
+        self.assertTrue(unreachable(box.ntls_port))
+        box.faults(ntls="open")
+        self.assertEqual(ntls_hello(box.ntls_port, cert, key, server)["client"], "web3")
+
+
+class FaultTest(ApplianceCase):
+    def test_slow_shell_drop_and_hang(self):
+        box = Box("hsm1")
+        box.faults(shell_delay_ms=300)
+        started = time.monotonic()
+        box.ok("status date")
+        self.assertGreaterEqual(time.monotonic() - started, 0.3)
+        box.faults(shell_delay_ms=0, drop_next=1)
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        with self.assertRaises((EOFError, OSError)):
+            shell.command("hsm show")
+        box.faults(hang_next=1)
+        shell = box.shell(box.connect())
+        with self.assertRaises(AssertionError):
+            shell.command("hsm show", timeout=0.5)
+        shell.channel.close()
+
+    def test_reboot_hangs_without_the_fix(self):
+        box = Box("hsm3")
+        box.control("uninstall-fix")
+        self.assertNotIn("KB0019789", box.ok("package list"))
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        shell.channel.send("sysconf appliance reboot -force\r")
+        self.assertIn("going down for reboot", shell.read_until("Command Result"))
+        self.assertTrue(wait_for(lambda: unreachable(box.port)))
+        run_estate("advance", "--dir", ESTATE_DIR, "30")
+        self.assertTrue(unreachable(box.port))
+        self.assertIn("hung", run_estate("appliance", "--dir", ESTATE_DIR).stdout)
+        hard = run_estate("appliance", "--dir", ESTATE_DIR, "hsm3", "hard-reboot").stdout  # the support request
+        self.assertEqual(json.loads(hard)["status"], "rebooting")
+        run_estate("advance", "--dir", ESTATE_DIR, "2")
+        wait_for(lambda: not unreachable(box.port))
+
+    def test_reboot_with_the_fix_comes_back(self):
+        box = Box("hsm3")
+        box.control("uninstall-fix")
+        box.sftp(put=[(estate_info()["appliances"]["patch_file"], "KB0019789.spkg")])
+        self.assertIn("Update Successfully Installed.", box.ok("package update KB0019789.spkg -authcode x -f"))
+        self.assertIn("KB0019789", box.ok("package list"))
+        box.run("sysconf appliance reboot", stdin="proceed\n")
+        self.assertTrue(unreachable(box.port))
+        run_estate("advance", "--dir", ESTATE_DIR, "2")
+        wait_for(lambda: not unreachable(box.port))
+        box.ok("hsm show")
+
+    def test_network_change_cuts_the_session(self):
+        box = Box("hsm3")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        shell.channel.send("network interface static -device eth0 -ip 10.2.1.99 -netmask 255.255.255.0 -force\r")
+        with self.assertRaises(AssertionError):
+            shell.read_until("Command Result", timeout=1)  # the answer never comes
+        self.assertTrue(unreachable(box.port))
+        self.assertEqual(box.control("support-reset")["status"], "up")
+        shown = box.ok("hsm show")
+        self.assertIn("HSM IS ZEROIZED", shown)  # the reset loses everything
+        self.assertNotIn("10.2.1.99", box.ok("network show"))
+
+    def test_host_key_change_is_detected(self):
+        box = Box("hsm3")
+        known = os.path.join(self.tmp, "known_hosts")
+        shutil.copy(os.path.join(ESTATE_DIR, "known_hosts"), known)
+        self.assertRegex(read(known), rf"\[127\.0\.0\.1\]:{box.port} ssh-ed25519 AAAA")
+        box.control("new-host-key")
+        client = paramiko.SSHClient()
+        client.load_host_keys(known)
+        with self.assertRaises(paramiko.BadHostKeyException):
+            client.connect("127.0.0.1", box.port, "tenantadmin", password=box.secret("password"),
+                           look_for_keys=False, allow_agent=False)
+        box.connect().close()  # DIR/known_hosts has the new key
+
+
+class RestartTest(unittest.TestCase):
+    def test_restart_resumes_the_appliances(self):
+        estate_dir = tempfile.mkdtemp(prefix="dhsm-appliances-restart-")
+        self.addCleanup(shutil.rmtree, estate_dir, True)
+        self.addCleanup(run_estate, "stop", "--dir", estate_dir, check=False)
+        run_estate("start", "--dir", estate_dir, "--appliances", "1")
+        global ESTATE_DIR
+        saved, ESTATE_DIR = ESTATE_DIR, estate_dir
+        self.addCleanup(globals().__setitem__, "ESTATE_DIR", saved)
+        box = Box("hsm1")
+        box.as_so("partition create -partition kept")
+        known = read(os.path.join(estate_dir, "known_hosts"))
+        run_estate("stop", "--dir", estate_dir)
+        run_estate("start", "--dir", estate_dir)
+        self.assertEqual(read(os.path.join(estate_dir, "known_hosts")), known)  # same ports, same host key
+        self.assertIn("Partition: ", Box("hsm1").ok("hsm show"))
+        self.assertIn("kept", softhsm_labels())
+
+
+if __name__ == "__main__":
+    run_tests(sys.modules[__name__])
