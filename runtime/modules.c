@@ -8,6 +8,7 @@
 
 extern int luaopen_cjson(lua_State *L);
 extern int luaopen_dhsm_azure_http(lua_State *L);
+extern int luaopen_dhsm_luna_ssh(lua_State *L);
 
 const dhsm_module dhsm_modules[] = {
   {"dhsm.core", luaopen_dhsm_core},
@@ -17,5 +18,6 @@ const dhsm_module dhsm_modules[] = {
   {"dhsm.sys", luaopen_dhsm_sys},
   {"cjson", luaopen_cjson},
   {"dhsm.azure.http", luaopen_dhsm_azure_http},
+  {"dhsm.luna.ssh", luaopen_dhsm_luna_ssh},
   {NULL, NULL}
 };

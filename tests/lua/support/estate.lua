@@ -53,6 +53,23 @@ function M:clear() return self:control("POST", "/faults/clear", {}) end
 function M:stats() return self:control("GET", "/stats") end
 function M:state() return self:control("GET", "/state") end
 
+-- appliance(name, action) / appliance(name, {fault = value}): control an appliance
+function M:appliance(name, what)
+  if type(what) == "string" then
+    return self:control("POST", "/appliances/" .. name .. "/action", { action = what })
+  end
+  return self:control("POST", "/appliances/" .. name .. "/faults", what)
+end
+
+-- A secret from the estate's secrets folder: secret("hsm1_so_password")
+function M:secret(name)
+  return require("dhsm.secret").file(self.dir .. "/secrets/" .. name)
+end
+
+function M:device(name)
+  return self.json.appliances.devices[name]
+end
+
 -- An azure client on this estate, polling fast.
 function M:azure(extra)
   local cfg = {}

@@ -8,6 +8,7 @@ the classic SCP protocol (`scp -O`, libssh2's scp functions) runs as the exec
 commands `scp -t PATH` (upload) and `scp -f PATH` (download).
 """
 import os
+import shlex
 import posixpath
 
 import paramiko
@@ -109,8 +110,12 @@ def is_scp(command):
 
 
 def run_scp(device, channel, command):
-    """Serve one `scp -t|-f [-p] PATH` exec request; returns the exit status."""
-    words = command.split()[1:]
+    """Serve one `scp -t|-f [-p] PATH` exec request; returns the exit status.
+    The path may be shell-quoted (libssh2 sends `scp -f 'server.pem'`)."""
+    try:
+        words = shlex.split(command)[1:]
+    except ValueError:
+        words = command.split()[1:]
     flags = "".join(w[1:] for w in words if w.startswith("-") and w != "--")
     targets = [w for w in words if not w.startswith("-")]
     target = targets[-1] if targets else "."

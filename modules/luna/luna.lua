@@ -1,0 +1,453 @@
+-- dhsm.luna: the appliance's LunaSH over SSH, with the guide's safety rules.
+--
+--   local luna = require "dhsm.luna"
+--   local s <close> = luna.connect{ host=, port=22, user="tenantadmin", password=secret | key=path,
+--                                   known_hosts=path, host_key="strict"|"accept-new", timeout=30, name= }
+--   -- or luna.open(inventory:hsm("hsm1"))
+--   local r = s:run("partition list")      --> {ok=, code=, text=, error=, command=}
+--   s:must("client list")                   -- raises a luna error when the command failed
+--   s:hsm_show()                            -- parsed (dhsm.luna.parse)
+--   s:login_so(password, {allow_destructive_login=})   -- the failed-login guard
+--   s:get(remote, local_path); s:put(local_path, remote)
+--
+-- One SSH session and one LunaSH shell serve every command.  Prompts
+-- (`Type 'proceed'`, passwords) are answered from opts.answers, secrets
+-- allowed and never written anywhere; a password prompt nobody answers
+-- closes the session rather than submit a wrong password.  In check mode a
+-- command that changes something is not sent.  Every command is audited.
+-- Safety (DESIGN.md) is enforced here, whatever the caller: logins go
+-- through dhsm.luna.guard, a reboot needs the KB0019789 fix installed, a
+-- network change must not cut the path this session uses.
+local dhsm = require "dhsm"
+local ssh = require "dhsm.luna.ssh"
+local guard = require "dhsm.luna.guard"
+local parse = require "dhsm.luna.parse"
+local secret = require "dhsm.secret"
+local util = require "dhsm.util"
+
+local M = {}
+
+M.REBOOT_FIX = "KB0019789"
+local PROMPT = "%[([^%]\r\n]+)%] lunash:>%s*$"
+
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = fmt:format(...) }
+end
+
+---------------------------------------------------------------------------
+-- what a command does (commands and options may be abbreviated)
+
+-- verb per "family subcommand": read | write | login:<role> | reboot | network
+local VERBS = {
+  hsm = { show = "read", showpolicies = "read", login = "login:so", logout = "write", init = "write",
+    zeroize = "write", factoryreset = "write", changepolicy = "write" },
+  audit = { show = "read", login = "login:audit", logout = "write", init = "write" },
+  partition = { list = "read", show = "read", create = "write", delete = "write" },
+  client = { list = "read", show = "read", register = "write", delete = "write", assignpartition = "write",
+    revokepartition = "write", hostip = "write" },
+  ntls = { show = "read", bind = "write", ipcheck = "write" },
+  network = { show = "read", interface = "network", hostname = "network", route = "network", dns = "network" },
+  syslog = { tail = "read", show = "read" },
+  package = { list = "read", update = "write" },
+  service = { status = "read", start = "write", stop = "write", restart = "write" },
+  status = { date = "read", interface = "read", sensors = "read" },
+  sysconf = { regencert = "write", reboot = "reboot", poweroff = "reboot", appliance = "reboot" },
+}
+
+local function complete(word, choices)
+  word = word:lower()
+  if choices[word] then return word end
+  local found
+  for name in pairs(choices) do
+    if name:sub(1, #word) == word then
+      if found then return nil end           -- ambiguous
+      found = name
+    end
+  end
+  return found
+end
+
+-- classify("par cr -par p1") -> "write", "partition create"
+function M.classify(command)
+  local words = {}
+  for w in command:gmatch("%S+") do words[#words + 1] = w end
+  local family = words[1] and complete(words[1], VERBS)
+  if not family then return "write", command end       -- unknown: assume it changes things
+  local sub = words[2] and not words[2]:match("^%-") and complete(words[2], VERBS[family])
+  if not sub then return "write", family end
+  local verb = VERBS[family][sub]
+  if family == "ntls" and sub == "ipcheck" and words[3] and words[3]:lower() == "show" then verb = "read" end
+  if family == "sysconf" and sub == "appliance" and words[3] and words[3]:lower():match("^sh") then verb = "read" end
+  return verb, family .. " " .. sub
+end
+
+-- The command as it may be written down: no literal passwords.
+local function masked(command)
+  return (command:gsub("(%-[Pp][Aa]?[Ss]?[Ss]?[Ww]?[Oo]?[Rr]?[Dd]?%s+)%S+", "%1****"))
+end
+
+---------------------------------------------------------------------------
+-- sessions
+
+local Session = {}
+Session.__index = Session
+
+local function check_opts(o)
+  if type(o) ~= "table" then usage("luna.connect: expected a table of options") end
+  if type(o.host) ~= "string" or o.host == "" then usage("luna.connect: 'host' must be a host name or address") end
+  if o.port ~= nil and (math.type(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
+    usage("luna.connect: 'port' must be an integer 1-65535, got %s", tostring(o.port))
+  end
+  if o.password == nil and o.key == nil then usage("luna.connect: give password= (a secret) or key= (a private key path)") end
+  if o.password ~= nil and not secret.is(o.password) then
+    usage("luna.connect: 'password' must be a secret (secret.env/file/prompt), not a plain string")
+  end
+  if o.host_key ~= nil and o.host_key ~= "strict" and o.host_key ~= "accept-new" then
+    usage("luna.connect: host_key must be \"strict\" or \"accept-new\", got %q", tostring(o.host_key))
+  end
+end
+
+-- Verify the appliance's host key against known_hosts (OpenSSH format).
+local function verify_host_key(s, o, name)
+  local path = o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
+  local hk = s:hostkey()
+  local verdict, known = s:known_hosts(path)
+  local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
+  if verdict == "match" then return hk end
+  if verdict == "mismatch" then
+    dhsm.error { kind = "safety", code = "HostKeyMismatch",
+      message = ("the host key of %s does not match %s: known %s, offered %s. Someone may be in the path; "
+        .. "if the appliance was really re-keyed, remove its old line from %s"):format(
+        where, path, known or "?", hk.sha256, path),
+      details = { known = known, offered = hk.sha256, known_hosts = path } }
+  end
+  if (o.host_key or "strict") == "strict" then
+    dhsm.error { kind = "safety", code = "HostKeyUnknown",
+      message = ("the host key of %s (%s %s) is not in %s; check it with the appliance's console and add it, "
+        .. "or connect with host_key=\"accept-new\""):format(where, hk.type, hk.sha256, path) }
+  end
+  s:add_known_host(path)
+  dhsm.audit.write { action = "ssh.accept_new_host_key", target = name, outcome = "added", fingerprint = hk.sha256 }
+  return hk
+end
+
+-- connect(opts) -> session, with the shell open at its first prompt
+function M.connect(o)
+  check_opts(o)
+  local name = o.name or o.host
+  local t0 = dhsm.now()
+  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30 }
+  local ok, hostkey = pcall(function()
+    local hk = verify_host_key(s, o, name)
+    if o.key then s:auth_key(o.user or "tenantadmin", o.key, o.passphrase)
+    else s:auth_password(o.user or "tenantadmin", o.password) end
+    return hk
+  end)
+  if not ok then
+    s:close()
+    error(hostkey, 0)
+  end
+  local self = setmetatable({ ssh = s, name = name, host = o.host, port = o.port or 22,
+    timeout = o.timeout or 30, buf = "", turn = dhsm.semaphore(1), hostkey = hostkey }, Session)
+  self.shell = s:shell { term = "vt100" }
+  local banner = self:read_until({ PROMPT }, self.timeout)
+  self.hostname = banner:match(PROMPT)
+  self.banner = banner
+  dhsm.audit.write { action = "luna.connect", target = name, outcome = "ok", duration_ms = (dhsm.now() - t0) * 1000 }
+  return self
+end
+
+-- open(entry [, opts]): connect to an inventory entry (dhsm.inventory)
+function M.open(entry, opts)
+  local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
+    key = entry.key, known_hosts = entry.known_hosts, name = entry.name }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return M.connect(o)
+end
+
+function Session:close()
+  if self.closed then return end
+  self.closed = true
+  if self.shell then self.shell:close() end
+  self.ssh:close()
+end
+Session.__close = Session.close
+
+function Session:__tostring()
+  return ("luna session %s (%s)"):format(self.name, self.closed and "closed" or (self.broken and "broken" or "open"))
+end
+
+local function lost(self, what)
+  self.broken = true
+  dhsm.error { kind = "net", code = "ConnectionLost",
+    message = ("%s: the connection was lost %s; what the appliance did is unknown: check before repeating"):format(
+      self.name, what) }
+end
+
+-- Read until one of patterns matches the end of what came; returns the
+-- text (including the match) and which pattern matched.
+function Session:read_until(patterns, timeout)
+  local deadline = dhsm.now() + timeout
+  while true do
+    for i, p in ipairs(patterns) do
+      if self.buf:find(p) then
+        local text = self.buf
+        self.buf = ""
+        return text, i
+      end
+    end
+    local left = deadline - dhsm.now()
+    if left <= 0 then
+      self.broken = true
+      dhsm.error { kind = "net", code = "Timeout", message = ("%s: no prompt within %g s"):format(self.name, timeout) }
+    end
+    local ok, data = pcall(self.shell.read, self.shell, left)
+    if not ok then
+      if dhsm.error.is(data, "net") then lost(self, "while waiting for its answer (" .. data.message .. ")") end
+      error(data, 0)
+    end
+    if data == nil then lost(self, "while waiting for its answer") end
+    self.buf = self.buf .. data
+  end
+end
+
+-- Questions LunaSH asks, each followed by a "> " input prompt.
+local QUESTIONS = {
+  "Type 'proceed' to .-, or 'quit' to quit now%.%s*>?%s*$",
+  "[Pp]assword:%s*>?%s*$",
+  "%(y/n%)%s*>?%s*$",
+}
+
+-- The question being asked: the last line with words in it.
+local function question_of(text)
+  local q = ""
+  for l in text:gsub("\r", ""):gmatch("[^\n]+") do
+    if l:find("%w") then q = l end
+  end
+  return util.trim(q)
+end
+
+-- The answer to a question: opts.answers = { {match=pattern, answer=string|secret}, ... }
+local function answer_for(question, opts)
+  for _, a in ipairs(opts.answers or {}) do
+    if question:find(a.match) then return a.answer end
+  end
+  if question:find("Type 'proceed'", 1, true) then return opts.proceed and "proceed" or "quit" end
+end
+
+-- The command's output: without the echoed command line and the prompt.
+local function body_of(text, command)
+  text = text:gsub("\r", "")
+  text = text:gsub(PROMPT:gsub("%%s%*%$$", "") .. "%s*$", "")
+  local first, rest = text:match("^([^\n]*)\n?(.*)$")
+  if first and util.trim(first) == util.trim(command) then text = rest end
+  return text
+end
+
+function Session:exchange(command, opts)
+  self.shell:write(command .. "\n")
+  local transcript = {}
+  while true do
+    local patterns = { PROMPT }
+    for _, q in ipairs(QUESTIONS) do patterns[#patterns + 1] = q end
+    local text, which = self:read_until(patterns, opts.timeout or self.timeout)
+    transcript[#transcript + 1] = text
+    if which == 1 then break end
+    local question = question_of(text)
+    local answer = answer_for(question, opts)
+    if answer == nil then
+      self:close()                           -- never submit a guessed password
+      dhsm.error { kind = "luna", code = "UnansweredPrompt",
+        message = ("%s: '%s' asked %q and no answer was given; the session was closed so nothing was submitted")
+          :format(self.name, masked(command), question) }
+    end
+    self.shell:write(answer)
+    self.shell:write("\n")
+  end
+  return body_of(table.concat(transcript), command)
+end
+
+-- run(command, {answers=, proceed=, timeout=, allow_destructive_login=,
+--   allow_without_reboot_fix=, allow_cutting_path=}) -> result
+function Session:run(command, opts)
+  opts = opts or {}
+  if type(command) ~= "string" or command:find("[\r\n]") or util.trim(command) == "" then
+    usage("luna: a command is one line of text, got %q", tostring(command))
+  end
+  if self.closed or self.broken then
+    usage("%s: this session is %s; connect again", self.name, self.closed and "closed" or "broken (an earlier command did not finish)")
+  end
+  local verb, what = M.classify(command)
+  local role = verb:match("^login:(.+)$")
+  if role and not opts.guarded then return self:login(role, command, opts) end
+  if verb == "reboot" then self:check_reboot_fix(what, opts) end
+  if verb == "network" then self:check_network_change(command, opts) end
+  if verb ~= "read" and dhsm.check_mode then
+    dhsm.would(("run '%s' on %s"):format(masked(command), self.name))
+    return { ok = true, code = 0, text = "", check = true, command = masked(command) }
+  end
+  return self.turn:run(function()
+    local t0 = dhsm.now()
+    local done = false
+    local interrupted <close> = setmetatable({}, { __close = function()
+      if not done then self.broken = true end   -- cancelled half-way: the shell's state is unknown
+    end })
+    local text = self:exchange(command, opts)
+    done = true
+    local r = parse.result(text)
+    r.command = masked(command)
+    dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
+      command = r.command, duration_ms = (dhsm.now() - t0) * 1000,
+      error = r.error and r.error.name }
+    return r
+  end)
+end
+
+-- must(command, opts) -> result; a failed command raises a luna error
+function Session:must(command, opts)
+  local r = self:run(command, opts)
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.error and r.error.name or ("Result" .. tostring(r.code)),
+      message = ("%s: '%s' failed: %s"):format(self.name, r.command,
+        r.error and table.concat(r.error.lines, " ") or ("Command Result " .. tostring(r.code))),
+      details = { result = r } }
+  end
+  return r
+end
+
+---------------------------------------------------------------------------
+-- reads
+
+function Session:hsm_show()
+  return parse.hsm_show(self:must("hsm show").text)
+end
+
+function Session:packages()
+  return parse.package_list(self:must("package list").text)
+end
+
+function Session:network()
+  return parse.network_show(self:must("network show").text)
+end
+
+-- {zeroized=true, appliance=, serial=, checked_at=} when hsm show says so:
+-- the evidence dhsm.azure.hsm.delete asks for.
+function Session:zeroized_evidence()
+  local h = self:hsm_show()
+  if not h.zeroized then
+    dhsm.error { kind = "safety", code = "NotZeroized",
+      message = ("%s is not zeroized (%s login attempts left before zeroization)"):format(self.name, tostring(h.attempts_left)) }
+  end
+  return { zeroized = true, appliance = self.name, serial = h.serial, checked_at = require("dhsm.sys").rfc3339() }
+end
+
+---------------------------------------------------------------------------
+-- safety
+
+function Session:guard_key()
+  if not self.serial then
+    local ok, h = pcall(self.hsm_show, self)
+    self.serial = ok and h.serial or nil
+  end
+  return self.serial and (self.name .. "#" .. self.serial) or self.name
+end
+
+-- Logins through the guard: read attempts left, refuse the last one, never retry.
+function Session:login(role, command, opts)
+  local password = opts.password
+  if password == nil then
+    for _, a in ipairs(opts.answers or {}) do
+      if ("password:"):find(a.match) or a.match:lower():find("password") then password = a.answer end
+    end
+  end
+  if password == nil then usage("%s: a %s login needs password= (a secret)", self.name, guard.ROLE_NAMES[role]) end
+  if not secret.is(password) then usage("%s: the password must be a secret, not a plain string", self.name) end
+  local device_left
+  if role == "so" then
+    local h = self:hsm_show()
+    if h.zeroized then
+      dhsm.error { kind = "safety", code = "Zeroized", message = ("%s is zeroized: there is nothing to log in to"):format(self.name) }
+    end
+    device_left = h.attempts_left
+  end
+  local key = self:guard_key()
+  guard.check(key, role, device_left, opts)
+  if dhsm.check_mode then
+    dhsm.would(("log in as %s on %s"):format(guard.ROLE_NAMES[role], self.name))
+    return { ok = true, code = 0, text = "", check = true, command = command }
+  end
+  local r = self:run(command, { answers = { { match = "[Pp]assword:", answer = password } }, guarded = true,
+    timeout = opts.timeout })
+  guard.record(key, role, r.ok)
+  return r
+end
+
+function Session:login_so(password, opts)
+  opts = opts or {}
+  opts.password = password
+  local r = self:run("hsm login", opts)
+  if not r.ok and not r.check then
+    dhsm.error { kind = "luna", code = r.error and r.error.name or "LoginFailed",
+      message = ("%s: HSM SO login failed (%s); not retried"):format(self.name,
+        r.error and r.error.name or ("result " .. tostring(r.code))), details = { result = r } }
+  end
+  return r
+end
+
+function Session:check_reboot_fix(what, opts)
+  if opts.allow_without_reboot_fix then
+    dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_without_reboot_fix", command = what }
+    return
+  end
+  if not self:packages()[M.REBOOT_FIX] then
+    dhsm.error { kind = "safety", code = "RebootFixMissing",
+      message = ("refusing '%s' on %s: the reboot fix %s is not installed, and without it the appliance may hang "
+        .. "on reboot until Microsoft power-cycles it (up to 48 hours). Install it first"):format(what, self.name, M.REBOOT_FIX) }
+  end
+end
+
+-- A network change must not touch the interface carrying this session.
+function Session:check_network_change(command, opts)
+  if opts.allow_cutting_path then
+    dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_cutting_path", command = masked(command) }
+    return
+  end
+  local device = command:match("%-[Dd][Ee]?[Vv]?[Ii]?[Cc]?[Ee]?%s+(%S+)")
+  local net = self:network()
+  local ours = net.default_device              -- behind NAT the session arrives by the default route
+  for dev, i in pairs(net.interfaces) do
+    if i.ip == self.host then ours = dev end
+  end
+  if device == nil or ours == nil or device == ours then
+    dhsm.error { kind = "safety", code = "WouldCutPath",
+      message = ("refusing '%s' on %s: it could change %s, which carries this session (%s); a lost path means a "
+        .. "Microsoft support reset that wipes the appliance"):format(masked(command), self.name,
+        device or "an interface", ours and (ours .. " " .. self.host) or self.host) }
+  end
+end
+
+---------------------------------------------------------------------------
+-- files (certificates) over SCP
+
+function Session:get(remote, local_path)
+  local data = self.turn:run(self.ssh.scp_get, self.ssh, remote)
+  local f = assert(io.open(local_path, "wb"))
+  f:write(data)
+  f:close()
+  dhsm.audit.write { action = "luna.get", target = self.name, outcome = "ok", file = remote, bytes = #data }
+  return #data
+end
+
+function Session:put(local_path, remote)
+  local data, err = util.read_file(local_path)
+  if not data then usage("cannot read %s", err) end
+  if dhsm.check_mode then
+    dhsm.would(("copy %s to %s:%s"):format(local_path, self.name, remote))
+    return 0
+  end
+  self.turn:run(self.ssh.scp_put, self.ssh, remote, data, tonumber("644", 8))
+  dhsm.audit.write { action = "luna.put", target = self.name, outcome = "ok", file = remote, bytes = #data }
+  return #data
+end
+
+return M

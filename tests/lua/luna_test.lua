@@ -1,0 +1,318 @@
+-- dhsm.luna against the simulated appliances: sessions and host keys,
+-- every command family, the failed-login guard, the reboot and network
+-- rules, check mode, audit, timeouts and dropped connections.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local luna = require "dhsm.luna"
+local parse = require "dhsm.luna.parse"
+local util = require "dhsm.util"
+
+local estate = require("support.estate").start { set = { reboot_seconds = 0.3 } }
+
+local function inv_entry(name)
+  return estate.inventory:hsm(name)
+end
+
+-- A fresh audit log and guard state for each test.
+local function fresh()
+  estate:clear()
+  local dir = t.tmpdir()
+  dhsm.audit.set_path(dir .. "/audit.jsonl")
+  t.cleanup(function() dhsm.audit.set_path(nil) end)
+  return dir .. "/audit.jsonl"
+end
+
+local function open(name, opts)
+  local s = luna.open(inv_entry(name), opts)
+  t.cleanup(function() s:close() end)
+  return s
+end
+
+local function audit_records(path)
+  local out = {}
+  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- sessions
+
+t.test("a session opens the LunaSH shell; hsm show is parsed", function()
+  fresh()
+  local s = open("hsm1")
+  t.eq(s.hostname, "hsm1")
+  t.ok(s.banner:find("Luna Network HSM Command Line Shell v7.2.0-220", 1, true))
+  local h = s:hsm_show()
+  t.eq({ h.serial, h.firmware, h.software_version, h.attempts_left, h.zeroized, h.admin_logged_in },
+       { inv_entry("hsm1").serial, "7.0.3", "7.2.0-220", 3, false, false })
+  t.eq({ h.partitions_allowed, h.partitions_created, #h.partitions }, { 10, 0, 0 })
+end)
+
+t.test("host keys: strict refuses unknown, accept-new records, a changed key is refused with both fingerprints", function()
+  fresh()
+  local dir = t.tmpdir()
+  local kh = dir .. "/known_hosts"
+  t.write(kh, "")
+  local err = t.raises(function() open("hsm1", { known_hosts = kh }) end, "HostKeyUnknown")
+  t.eq(err.kind, "safety")
+  t.ok(err.message:find("ssh-ed25519 SHA256:", 1, true), err.message)
+  local s = open("hsm1", { known_hosts = kh, host_key = "accept-new" })
+  s:close()
+  t.ok(util.read_file(kh):find("[127.0.0.1]:" .. inv_entry("hsm1").ssh_port .. " ssh-ed25519 ", 1, true))
+  open("hsm1", { known_hosts = kh }):close()          -- now known
+  -- the appliance gets a new host key: refused, quoting both
+  local old = s.hostkey.sha256
+  estate:appliance("hsm1", "new-host-key")
+  err = t.raises(function() open("hsm1", { known_hosts = kh }) end, "HostKeyMismatch")
+  t.ok(err.message:find("known " .. old .. ", offered SHA256:", 1, true), err.message)
+  t.eq(err.details.known, old)
+  t.ok(err.details.offered ~= old)
+end)
+
+t.test("a wrong SSH password fails once, without retrying", function()
+  fresh()
+  local e = inv_entry("hsm2")
+  local err = t.raises(function()
+    luna.connect { host = e.host, port = e.ssh_port, password = dhsm.secret.value("nope"), known_hosts = e.known_hosts }
+  end, "AuthenticationFailed")
+  t.eq(err.kind, "luna")
+  local syslog = util.read_file(estate:device("hsm2").syslog) or ""
+  local _, failures = syslog:gsub("Failed password", "")
+  t.eq(failures, 1)
+end)
+
+t.test("key authentication", function()
+  fresh()
+  local e = inv_entry("hsm2")
+  local s = luna.connect { host = e.host, port = e.ssh_port, key = estate.json.appliances.client_key,
+    known_hosts = e.known_hosts, name = "hsm2" }
+  t.eq(s:hsm_show().serial, e.serial)
+  s:close()
+end)
+
+t.test("bad input is refused before connecting", function()
+  t.raises(function() luna.connect { host = "x", password = "plain" } end, "must be a secret")
+  t.raises(function() luna.connect { host = "x", port = 70000, password = dhsm.secret.value("p") } end, "1%-65535")
+  t.raises(function() luna.connect { host = "x" } end, "give password=")
+  t.raises(function() luna.connect { host = "x", password = dhsm.secret.value("p"), host_key = "yes" } end, "host_key must be")
+  local s = open("hsm1")
+  t.raises(function() s:run("hsm show\nhsm zeroize") end, "one line of text")
+  t.raises(function() luna.connect { host = "127.0.0.1", port = 1, password = dhsm.secret.value("p") } end, "ConnectionRefused")
+end)
+
+---------------------------------------------------------------------------
+-- command families
+
+t.test("partitions and clients: create, list, show, register, assign, delete", function()
+  local audit = fresh()
+  local s = open("hsm1")
+  s:login_so(estate:secret("hsm1_so_password"))
+  t.eq(s:hsm_show().admin_logged_in, true)
+  s:must("partition create -partition p1 -force")
+  local parts = parse.partition_list(s:must("partition list").text)
+  t.eq({ #parts, parts[1].name, parts[1].objects }, { 1, "p1", 0 })
+  local ps = parse.partition_show(s:must("partition show -partition p1").text)
+  t.eq({ ps.name, ps.so_attempts_left, ps.co_attempts_left, ps.co_locked }, { "p1", 10, 10, false })
+  t.eq(s:hsm_show().partitions[1].name, "p1")
+  -- a client certificate copied over SCP, registered, given the partition
+  local dir = t.tmpdir()
+  local server = dir .. "/server.pem"
+  t.ok(s:get("server.pem", server) > 100)
+  t.ok(util.read_file(server):find("BEGIN CERTIFICATE", 1, true))
+  t.write(dir .. "/c.pem", util.read_file(server))         -- any certificate will do here
+  s:put(dir .. "/c.pem", "10.9.9.9.pem")
+  s:must("client register -client app1 -ip 10.9.9.9")
+  s:must("client assignPartition -client app1 -partition p1")
+  t.eq(parse.client_list(s:must("client list").text), { "app1" })
+  local cs = parse.client_show(s:must("client show -client app1").text)
+  t.eq({ cs.id, cs.ip, cs.partitions }, { "app1", "10.9.9.9", { "p1" } })
+  local dup = s:run("client register -client app2 -ip 10.9.9.9")
+  t.eq(dup.ok, false)
+  -- without an answer a proceed question is answered 'quit'
+  local quit = s:run("partition delete -partition p1")
+  t.eq({ quit.ok, quit.error.name }, { false, "RC_OPERATION_CANCELLED" })
+  s:must("client delete -client app1", { proceed = true })
+  s:must("partition delete -partition p1", { proceed = true })
+  t.eq(parse.partition_list(s:must("partition list").text), {})
+  -- every command was audited, the SO password nowhere
+  local log = util.read_file(audit)
+  t.ok(log:find('"action":"luna.command"', 1, true))
+  t.ok(not log:find(util.read_file(estate.dir .. "/secrets/hsm1_so_password"):gsub("\n$", ""), 1, true))
+end)
+
+t.test("ntls, network, packages, syslog and status are parsed", function()
+  fresh()
+  local s = open("hsm2")
+  local n = parse.ntls_show(s:must("ntls show").text)
+  t.eq({ n.port, n.running }, { 1792, true })
+  local net = s:network()
+  t.eq(net.default_device, "eth0")
+  t.ok(net.interfaces.eth0.ip:match("^10%.2%.1%.%d+$"))
+  t.eq(s:packages()[luna.REBOOT_FIX], nil)
+  t.ok(s:must("status date").text:find("UTC", 1, true))
+  local log = s:must("syslog tail -logname messages -entries 20").text
+  t.ok(log:find("sshd%[%d+%]: Accepted"), log)
+end)
+
+t.test("unknown commands and bad options answer as LunaSH does", function()
+  fresh()
+  local s = open("hsm2")
+  local r = s:run("frobnicate")
+  t.eq(r.ok, false)
+  t.eq(r.code, 65535)
+  t.ok(r.error.lines[1]:find("Unknown command", 1, true), r.text)
+  r = s:run("hsm show -bogus")
+  t.ok(r.error.lines[1]:find("Unknown option", 1, true), r.text)
+  t.raises(function() s:must("client show -client nobody") end, "luna")
+end)
+
+t.test("several appliances are driven in parallel", function()
+  fresh()
+  local shows = dhsm.parallel(estate.inventory.hsms, function(e)
+    local s <close> = luna.open(e)
+    return s:hsm_show().serial
+  end)
+  t.eq(shows, { inv_entry("hsm1").serial, inv_entry("hsm2").serial, n = 2 })
+end)
+
+---------------------------------------------------------------------------
+-- safety
+
+t.test("the SO login guard stops at 2 failures; an explicit override zeroizes", function()
+  local audit = fresh()
+  local s = open("hsm2")
+  for i = 1, 2 do
+    t.raises(function() s:login_so(dhsm.secret.value("wrong" .. i)) end, "LUNA_RET_UM_PIN_INCORRECT")
+  end
+  t.eq(s:hsm_show().attempts_left, 1)
+  local err = t.raises(function() s:login_so(dhsm.secret.value("wrong3")) end, "LastLoginAttempt")
+  t.eq(err.kind, "safety")
+  t.eq(s:hsm_show().attempts_left, 1, "the refused attempt was not made")
+  t.raises(function() s:run("hsm login -password x") end, "needs password=")   -- raw runs are guarded too
+  -- the override, as the decommission playbook uses it to zeroize
+  t.raises(function() s:login_so(dhsm.secret.value("wrong3"), { allow_destructive_login = true }) end, "luna")
+  local h = s:hsm_show()
+  t.eq({ h.zeroized, h.attempts_left }, { true, 0 })
+  t.eq(s:zeroized_evidence().zeroized, true)
+  err = t.raises(function() s:login_so(dhsm.secret.value("any")) end, "Zeroized")
+  local overrides = {}
+  for _, r in ipairs(audit_records(audit)) do
+    if r.action == "safety.override" then overrides[#overrides + 1] = r.outcome end
+  end
+  t.eq(overrides, { "allow_destructive_login" })
+  -- ARM now lets the resource go
+  local c = estate:azure()
+  require("dhsm.azure.hsm").delete(c, "hsm2", { zeroized = s:zeroized_evidence() })
+  t.eq(require("dhsm.azure.hsm").get(c, "hsm2"), nil)
+end, { timeout = 90 })
+
+t.test("the failure count persists across sessions", function()
+  fresh()
+  local s = open("hsm1")
+  t.raises(function() s:login_so(dhsm.secret.value("bad")) end, "luna")
+  s:close()
+  local guard = require "dhsm.luna.guard"
+  local key = inv_entry("hsm1").name .. "#" .. inv_entry("hsm1").serial
+  t.eq(guard.failures(key, "so"), 1)
+  local s2 = open("hsm1")
+  s2:login_so(estate:secret("hsm1_so_password"))
+  t.eq(guard.failures(key, "so"), 0, "a success resets it")
+  t.eq(guard.attempts_left(key, "so", nil), 3)
+end)
+
+t.test("the Auditor is locked after 10 failures; the guard stops at 9", function()
+  fresh()
+  local s = open("hsm1")
+  for _ = 1, 9 do
+    local r = s:run("audit login", { password = dhsm.secret.value("bad") })
+    t.eq(r.ok, false)
+  end
+  -- the tenth could lock the Auditor: refused even with the right password...
+  t.raises(function() s:run("audit login", { password = estate:secret("hsm1_audit_password") }) end, "LastLoginAttempt")
+  -- ...unless the operator says so, knowing it is right
+  t.ok(s:run("audit login", { password = estate:secret("hsm1_audit_password"), allow_destructive_login = true }).ok)
+end)
+
+t.test("a reboot needs the KB0019789 fix; with it the appliance comes back", function()
+  fresh()
+  local s = open("hsm1")
+  local err = t.raises(function() s:run("sysconf appliance reboot -force") end, "RebootFixMissing")
+  t.eq(err.kind, "safety")
+  estate:appliance("hsm1", "install-fix")
+  t.eq(s:packages()[luna.REBOOT_FIX], true)
+  pcall(s.run, s, "sysconf appliance reboot -force")         -- the session goes down with it
+  dhsm.sleep(0.8)
+  open("hsm1"):hsm_show()                                   -- back
+  estate:appliance("hsm1", "uninstall-fix")
+end)
+
+t.test("a network change that would cut this session's path is refused", function()
+  fresh()
+  local s = open("hsm1")
+  local cmd = "network interface static -device eth0 -ip 10.2.1.99 -netmask 255.255.255.0 -gateway 10.2.1.1 -force"
+  local err = t.raises(function() s:run(cmd) end, "WouldCutPath")
+  t.ok(err.message:find("eth0", 1, true))
+  t.raises(function() s:run("network hostname other") end, "WouldCutPath")
+  -- another interface is fine
+  t.eq(s:run("network interface static -device eth1 -ip 10.3.0.5 -netmask 255.255.255.0 -gateway 10.3.0.1 -force").ok, true)
+end)
+
+---------------------------------------------------------------------------
+-- check mode, failures of the path
+
+t.test("check mode: reads are sent, changes are not", function()
+  local audit = fresh()
+  local s = open("hsm1")
+  local plans = {}
+  dhsm.context().would = function(w) plans[#plans + 1] = w end
+  dhsm.check_mode = true
+  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  t.eq(s:run("partition create -partition p9 -force").check, true)
+  t.eq(s:run("par li").check, nil)
+  dhsm.check_mode = false
+  for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
+    t.ok(p.name ~= "p9", "p9 was created in check mode")
+  end
+  t.eq(plans, { "run 'partition create -partition p9 -force' on hsm1" })
+  t.ok(util.read_file(audit):find('"action":"check.would"', 1, true))
+end)
+
+t.test("a command that never answers times out and leaves the session unusable", function()
+  fresh()
+  local s = open("hsm1", { timeout = 0.5 })
+  estate:appliance("hsm1", { hang_next = 1 })
+  t.raises(function() s:run("hsm show") end, "Timeout")
+  t.raises(function() s:run("hsm show") end, "connect again")
+  open("hsm1"):hsm_show()
+end)
+
+t.test("a connection dropped mid-command is an error saying the outcome is unknown", function()
+  fresh()
+  local s = open("hsm1")
+  estate:appliance("hsm1", { drop_next = 1 })
+  local err = t.raises(function() s:run("partition list") end, "ConnectionLost")
+  t.ok(err.message:find("what the appliance did is unknown", 1, true), err.message)
+end)
+
+t.test("an appliance that is down refuses connections", function()
+  fresh()
+  estate:appliance("hsm1", "down")
+  t.cleanup(function() estate:appliance("hsm1", "up") end)
+  local err = t.raises(function() open("hsm1", { timeout = 2 }) end, "net")
+  t.ok(err.code == "ConnectionRefused" or err.code == "Timeout" or err.code == "ConnectionLost", err.code)
+end)
+
+t.test("NTLS syslog lines are parsed into events", function()
+  local lines = table.concat({
+    "Nov 28 10:00:01 hsm1 NTLS[8508]: info : 0 : Incoming connection request... : 192.168.50.2/59415",
+    "Nov 28 10:00:01 hsm1 NTLS[8508]: Error message from SSLAccept is : error:14094418:SSL routines:ssl3_read_bytes:tlsv1 alert unknown ca",
+    "Nov 28 10:00:01 hsm1 NTLS[8508]: Error during SSL accept ( RC_SSL_ERROR )",
+    "Nov 28 10:00:01 hsm1 NTLS[8508]: info : 0xc0000711 : Fail to establish a secure channel with client : 192.168.50.2/59415 : RC_SSL_FAILED_HANDSHAKE",
+    'Nov 28 10:00:01 hsm1 NTLS[8508]: info : 0 : NTLS Client "Unknown host name" Connection instance removed : 192.168.50.2/59415',
+  }, "\n")
+  local ev = parse.ntls_log(lines)
+  local kinds = {}
+  for _, e in ipairs(ev) do kinds[#kinds + 1] = e.event end
+  t.eq(kinds, { "incoming", "accept_error", "ssl_error", "handshake_failed", "removed" })
+  t.eq({ ev[1].pid, ev[1].peer, ev[1].host, ev[2].alert, ev[4].code }, { 8508, "192.168.50.2/59415", "hsm1", "unknown ca", "0xc0000711" })
+end)
