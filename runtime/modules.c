@@ -9,6 +9,7 @@
 extern int luaopen_cjson(lua_State *L);
 extern int luaopen_dhsm_azure_http(lua_State *L);
 extern int luaopen_dhsm_luna_ssh(lua_State *L);
+extern int luaopen_dhsm_proc_core(lua_State *L);
 
 const dhsm_module dhsm_modules[] = {
   {"dhsm.core", luaopen_dhsm_core},
@@ -19,5 +20,6 @@ const dhsm_module dhsm_modules[] = {
   {"cjson", luaopen_cjson},
   {"dhsm.azure.http", luaopen_dhsm_azure_http},
   {"dhsm.luna.ssh", luaopen_dhsm_luna_ssh},
+  {"dhsm.proc.core", luaopen_dhsm_proc_core},
   {NULL, NULL}
 };
