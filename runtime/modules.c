@@ -10,6 +10,7 @@ extern int luaopen_cjson(lua_State *L);
 extern int luaopen_dhsm_azure_http(lua_State *L);
 extern int luaopen_dhsm_luna_ssh(lua_State *L);
 extern int luaopen_dhsm_proc_core(lua_State *L);
+extern int luaopen_dhsm_net_core(lua_State *L);
 
 const dhsm_module dhsm_modules[] = {
   {"dhsm.core", luaopen_dhsm_core},
@@ -21,5 +22,6 @@ const dhsm_module dhsm_modules[] = {
   {"dhsm.azure.http", luaopen_dhsm_azure_http},
   {"dhsm.luna.ssh", luaopen_dhsm_luna_ssh},
   {"dhsm.proc.core", luaopen_dhsm_proc_core},
+  {"dhsm.net.core", luaopen_dhsm_net_core},
   {NULL, NULL}
 };

@@ -154,29 +154,9 @@ function M.network_show(text)
   return { hostname = f["Hostname"], interfaces = ifaces, default_device = default }
 end
 
--- NTLS syslog lines -> events {time=, host=, pid=, code=, peer=, message=, event=}
--- event: "incoming" | "accept_error" | "ssl_error" | "handshake_failed" | "removed" | "other"
+-- NTLS syslog lines -> events (the one parser lives in dhsm.net)
 function M.ntls_log(text)
-  local out = {}
-  for _, l in ipairs(lines(text)) do
-    local stamp, host, pid, rest = l:match("^(%a%a%a%s+%d+ %d%d:%d%d:%d%d) (%S+) NTLS%[(%d+)%]: (.*)$")
-    if not stamp then pid, rest = l:match("NTLS%[(%d+)%]: (.*)$") end
-    if rest then
-      local e = { time = stamp, host = host, pid = tonumber(pid), line = l }
-      local code, msg = rest:match("^info : (%S+) : (.*)$")
-      e.code, e.message = code, msg or rest
-      e.peer = (msg or rest):match("(%d+%.%d+%.%d+%.%d+/%d+)")
-      if rest:find("Incoming connection request", 1, true) then e.event = "incoming"
-      elseif rest:find("Error message from SSLAccept", 1, true) then
-        e.event = "accept_error"
-        e.alert = rest:match("alert ([%w ]+)%s*$")
-      elseif rest:find("Error during SSL accept", 1, true) then e.event = "ssl_error"
-      elseif rest:find("RC_SSL_FAILED_HANDSHAKE", 1, true) then e.event = "handshake_failed"
-      elseif rest:find("Connection instance removed", 1, true) then e.event = "removed"
-      else e.event = "other" end
-      out[#out + 1] = e
-    end
-  end
-  return out
+  return require("dhsm.net").ntls_log(text).events
 end
+
 return M

@@ -1,0 +1,155 @@
+-- dhsm.net: the network path between a client and an appliance.
+--
+--   net.tcp{host=, port=1792, timeout=2}        --> {open=true, ms=} | {open=false, reason=, ms=}
+--   net.tcp_many(endpoints, {timeout=, limit=128}) --> answers in input order, probed at once
+--   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, server_name=, strict=}
+--       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=}
+--   net.certs(pem_or_path) / net.cert(pem_or_path) / net.same_cert(a, b)
+--   net.ntls_log(text) --> {events=..., attempts=...}
+--
+-- Half the guide's failures are on this path: port 1792 blocked, an
+-- appliance certificate regenerated or expired, a client certificate the
+-- appliance does not know.  Probes answer; they do not raise (a closed port
+-- is information).  Bad input raises a usage error.
+local core = require "dhsm.net.core"
+local dhsm = require "dhsm"
+local util = require "dhsm.util"
+
+local M = { tcp = core.tcp }
+
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = fmt:format(...) }
+end
+
+local function readable(path, what)
+  if path ~= nil and not io.open(path, "rb") then usage("net.tls: cannot read %s %s", what, path) end
+end
+
+function M.tls(opts)
+  if type(opts) ~= "table" then usage("net.tls: expected a table of options") end
+  readable(opts.ca_file, "ca_file")
+  readable(opts.client_cert, "client_cert")
+  readable(opts.client_key, "client_key")
+  return core.tls(opts)
+end
+
+-- tcp_many(list, {timeout=, limit=64}): list of {host=, port=[, timeout=]}
+function M.tcp_many(list, opts)
+  opts = opts or {}
+  if type(list) ~= "table" then usage("net.tcp_many: expected a list of {host=, port=}") end
+  return dhsm.parallel(list, function(e)
+    if type(e) ~= "table" then usage("net.tcp_many: each endpoint must be a table {host=, port=}") end
+    return core.tcp { host = e.host, port = e.port, timeout = e.timeout or opts.timeout }
+  end, { limit = opts.limit or 128 })
+end
+
+---------------------------------------------------------------------------
+-- certificates
+
+-- certs(pem_or_path) -> every certificate in the text or file
+function M.certs(source)
+  if type(source) ~= "string" then usage("net.certs: expected PEM text or a file path, got %s", type(source)) end
+  local pem, where = source, "the given text"
+  if not source:find("-----BEGIN", 1, true) then
+    local data, err = util.read_file(source)
+    if not data then usage("cannot read certificate file %s", err) end
+    pem, where = data, source
+  end
+  local list = core.certs(pem)
+  if #list == 0 then usage("no PEM certificate in %s", where) end
+  return list
+end
+
+function M.cert(source)
+  return M.certs(source)[1]
+end
+
+-- same_cert(a, b): a and b are PEM, paths or cert tables
+function M.same_cert(a, b)
+  local ca = type(a) == "table" and a or M.cert(a)
+  local cb = type(b) == "table" and b or M.cert(b)
+  return ca.sha256 == cb.sha256
+end
+
+---------------------------------------------------------------------------
+-- NTLS syslog lines (the troubleshooting guide's format)
+
+local function event_of(rest)
+  if rest:find("Incoming connection request", 1, true) then return "incoming" end
+  if rest:find("Error message from SSLAccept", 1, true) then return "accept_error" end
+  if rest:find("Error during SSL accept", 1, true) then return "ssl_error" end
+  if rest:find("RC_SSL_FAILED_HANDSHAKE", 1, true) then return "handshake_failed" end
+  if rest:find("Connection instance added", 1, true) then return "added" end
+  if rest:find("Connection instance removed", 1, true) then return "removed" end
+  return "other"
+end
+
+local function parse_line(l)
+  local stamp, host, pid, rest = l:match("^(%a%a%a%s+%d+ %d%d:%d%d:%d%d) (%S+) NTLS%[(%d+)%]: (.*)$")
+  if not stamp then pid, rest = l:match("NTLS%[(%d+)%]: (.*)$") end
+  if not rest then return nil end
+  local code, msg = rest:match("^info : (%S+) : (.*)$")
+  local e = { time = stamp, host = host, pid = tonumber(pid), code = code, message = msg or rest, line = l,
+    event = event_of(rest) }
+  e.peer = (msg or rest):match("(%d+%.%d+%.%d+%.%d+/%d+)") or (msg or rest):match("([%x:]+/%d+)%s*$")
+  e.client = rest:match('NTLS Client "([^"]*)"')
+  if e.event == "accept_error" then
+    e.alert = rest:match("alert ([%w ]-)%s*$")
+    e.reason = rest:match(":([%w ]+)%s*$")
+  end
+  return e
+end
+
+-- What an attempt's SSLAccept error means.  "tlsv1 alert unknown ca" is the
+-- CLIENT's alert: it did not trust the appliance's certificate (stale
+-- server.pem after sysconf regenCert: re-exchange).  "certificate verify
+-- failed" is the appliance rejecting the client's certificate (not
+-- registered: client register).
+local function outcome_of(attempt)
+  if attempt.added then return "ok" end
+  if attempt.alert == "unknown ca" or attempt.alert == "bad certificate" or attempt.alert == "certificate expired" then
+    return "server_cert_rejected"
+  end
+  if attempt.reason and attempt.reason:find("certificate verify failed", 1, true) then return "client_cert_unknown" end
+  if attempt.failed then return "handshake_failed" end
+  if attempt.removed then return "removed" end
+  return "pending"
+end
+
+-- ntls_log(text | lines) -> {events = {...}, attempts = {{peer=, outcome=, client=, alert=, lines=}}}
+function M.ntls_log(input)
+  local lines = input
+  if type(input) == "string" then
+    lines = {}
+    for l in input:gsub("\r", ""):gmatch("[^\n]+") do lines[#lines + 1] = l end
+  elseif type(input) ~= "table" then
+    usage("net.ntls_log: expected syslog text or a list of lines, got %s", type(input))
+  end
+  local events, attempts, open, last = {}, {}, {}, {}
+  for _, l in ipairs(lines) do
+    local e = parse_line(l)
+    if e then
+      events[#events + 1] = e
+      -- lines without a peer (the SSLAccept errors) belong to the last
+      -- attempt of the same NTLS process
+      local a = e.peer and open[e.peer] or (not e.peer and last[e.pid or 0]) or nil
+      if e.event == "incoming" or (a == nil and e.peer) then
+        a = { peer = e.peer, time = e.time, lines = {} }
+        attempts[#attempts + 1] = a
+        if e.peer then open[e.peer] = a end
+      end
+      if a then last[e.pid or 0] = a end
+      if a then
+        a.lines[#a.lines + 1] = l
+        if e.event == "accept_error" then a.alert, a.reason = e.alert, e.reason end
+        if e.event == "handshake_failed" or e.event == "ssl_error" then a.failed = true end
+        if e.event == "added" then a.added, a.client = true, e.client end
+        if e.event == "removed" then a.removed = true end
+      end
+    end
+  end
+  for _, a in ipairs(attempts) do a.outcome = outcome_of(a) end
+  return { events = events, attempts = attempts }
+end
+
+return M
