@@ -194,12 +194,84 @@ static int sys_random_hex(lua_State *L) {
   return 1;
 }
 
-/* readline(prompt) -> line | nil at end of input.  Line editing on a
-** terminal, plain reads otherwise (no prompt, no escape codes). */
+/* ---- line editing (libedit) --------------------------------------------- */
+
+static lua_State *completing_L;            /* the thread inside readline() */
+static int completer_ref = LUA_NOREF;
+
+/* Candidates from the Lua completer: fn(line_before_cursor, word) -> list,
+** or false when the Tab is text (inside a string).  A Tab with no word
+** before it is text too (an indented paste), not a request. */
+static char **complete(const char *text, int start, int end) {
+  rl_attempted_completion_over = 1;          /* never fall back to file names */
+  lua_State *L = completing_L;
+  if (start == end && (end == 0 || rl_line_buffer[end - 1] == ' ' || rl_line_buffer[end - 1] == '\t')) {
+    rl_insert_text("\t");
+    return NULL;
+  }
+  if (L == NULL || completer_ref == LUA_NOREF) return NULL;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, completer_ref);
+  lua_pushlstring(L, rl_line_buffer, (size_t)end);
+  lua_pushstring(L, text);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+      rl_insert_text("\t");                  /* false: the Tab is text here */
+    lua_settop(L, top);
+    return NULL;
+  }
+  size_t n = lua_rawlen(L, -1);
+  if (n == 0) {
+    lua_settop(L, top);
+    return NULL;
+  }
+  char **m = calloc(n + 2, sizeof *m);
+  /* m[0]: what replaces the word, the candidates' common prefix */
+  for (size_t i = 1; m && i <= n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    m[i] = strdup(luaL_optstring(L, -1, ""));
+    lua_pop(L, 1);
+  }
+  if (m) {
+    size_t common = strlen(m[1]);
+    for (size_t i = 2; i <= n; i++) {
+      size_t k = 0;
+      while (k < common && m[i][k] == m[1][k]) k++;
+      common = k;
+    }
+    m[0] = strndup(m[1], common);
+  }
+  lua_settop(L, top);
+  if (n == 1) rl_completion_append_character = '\0';
+  return m;
+}
+
+/* set_completer(fn): fn(line_before_cursor, word) -> candidates */
+static int sys_set_completer(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, completer_ref);
+  lua_settop(L, 1);
+  completer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  rl_attempted_completion_function = complete;
+  rl_completer_word_break_characters = (char *)" \t\n\"'`@$><=;|&{(,+-*/%^~#[]";
+  return 0;
+}
+
+/* readline(prompt) -> line | nil at end of input [, "interrupted"].
+** Line editing on a terminal, plain reads otherwise (no prompt, no escape
+** codes).  Ctrl-C at the prompt gives an empty line, not the end. */
 static int sys_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "");
   if (isatty(STDIN_FILENO)) {
+    completing_L = L;
     char *line = readline(prompt);
+    completing_L = NULL;
+    if (line == NULL && dhsm_interrupted()) {
+      dhsm_interrupt_clear();
+      lua_pushliteral(L, "");
+      lua_pushliteral(L, "interrupted");
+      return 2;
+    }
     if (line == NULL) return 0;
     lua_pushstring(L, line);
     free(line);
@@ -220,6 +292,26 @@ static int sys_readline(lua_State *L) {
 static int sys_add_history(lua_State *L) {
   add_history(luaL_checkstring(L, 1));
   return 0;
+}
+
+/* history_load(path): earlier entries, kept to the last 1000 */
+static int sys_history_load(lua_State *L) {
+  stifle_history(1000);
+  read_history(luaL_checkstring(L, 1));
+  return 0;
+}
+
+/* history_save(path): written 0600, multi-line entries kept whole */
+static int sys_history_save(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    fchmod(fd, 0600);
+    close(fd);
+  }
+  if (write_history(path) != 0) return fail_errno(L, path);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* embedded(kind) -> array of {name=, path=} for kind 'm', 'p' or 'd' */
@@ -308,7 +400,8 @@ int luaopen_dhsm_sys(lua_State *L) {
     {"mkdir", sys_mkdir}, {"mkdtemp", sys_mkdtemp}, {"write_file", sys_write_file}, {"getpid", sys_getpid},
     {"executable", sys_executable}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
     {"random_hex", sys_random_hex}, {"readline", sys_readline},
-    {"add_history", sys_add_history}, {"embedded", sys_embedded},
+    {"add_history", sys_add_history}, {"history_load", sys_history_load},
+    {"history_save", sys_history_save}, {"set_completer", sys_set_completer}, {"embedded", sys_embedded},
     {"embedded_read", sys_embedded_read}, {"versions", sys_versions},
     {"json_encode", sys_json_encode}, {"stdout_to_stderr", sys_stdout_to_stderr},
     {"restore_stdout", sys_restore_stdout},

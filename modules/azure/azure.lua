@@ -340,6 +340,9 @@ function Client:request(method, path, opts)
     dhsm.would(("%s %s"):format(method, display(url)))
     return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} }
   end
+  if method == "DELETE" then
+    dhsm.confirm { target = display(url):match("([^/]+)$"), action = "DELETE " .. display(url) }
+  end
   local body = opts.body ~= nil and (type(opts.body) == "string" and opts.body or cjson.encode(opts.body)) or nil
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end

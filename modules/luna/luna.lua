@@ -67,6 +67,10 @@ local function complete(word, choices)
   return found
 end
 
+-- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
+M.DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
+  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
+
 -- classify("par cr -par p1") -> "write", "partition create"
 function M.classify(command)
   local words = {}
@@ -286,6 +290,7 @@ function Session:run(command, opts)
     dhsm.would(("run '%s' on %s"):format(masked(command), self.name))
     return { ok = true, code = 0, text = "", check = true, command = masked(command) }
   end
+  if M.DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(command) } end
   return self.turn:run(function()
     local t0 = dhsm.now()
     local done = false

@@ -43,3 +43,41 @@ t.test("long output is capped with a note", function()
   t.ok(lines <= 205, lines .. " lines")
   t.ok(r.stdout:find("output capped at 200 lines", 1, true))
 end)
+
+t.test("with an inventory: inv, az, a reused hsm session, check mode and the audit", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local dir = t.tmpdir()
+  local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(dir, dir,
+    t.cmd("repl -i " .. estate.dir .. "/inventory.json")), { stdin = table.concat({
+    "inv.hsms[1].name",
+    "az:get(az:group_path()).status",
+    "s = hsm'hsm1'",
+    "s == hsm'hsm1'",
+    "hsm'hsm1':hsm_show().serial == inv:hsm('hsm1').serial",
+    ":check on",
+    "hsm'hsm1':run('partition create -partition zz -force').check",
+    ":check off",
+    ":audit 2",
+    ":doc nosuch",
+    ":bogus",
+  }, "\n") })
+  t.eq(r.stderr, "would run 'partition create -partition zz -force' on hsm1\n")
+  local lines = {}
+  for l in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  t.eq({ lines[1], lines[2], lines[3], lines[4] }, { '"hsm1"', "200", "true", "true" })
+  t.eq(lines[5], "check mode is on: changes are described, not made")
+  t.eq({ lines[6], lines[7] }, { "true", "check mode is off" })
+  t.ok(lines[9]:find("%sluna%.command%s+hsm1%s+0$") or lines[8]:find("luna.command", 1, true), r.stdout)
+  t.ok(lines[9]:find("check.would", 1, true), r.stdout)
+  t.eq({ lines[#lines - 1], lines[#lines] }, { "no playbook 'nosuch'", "unknown meta-command :bogus (:help lists them)" })
+end, { timeout = 60 })
+
+t.test("records print as aligned key and value lines", function()
+  local r = repl("{ serial = '1880771', firmware = '7.0.3', attempts_left = 3, label = 'a rather long label for one line' }\n")
+  t.eq(r.stdout, table.concat({
+    'attempts_left  3',
+    'firmware       "7.0.3"',
+    'label          "a rather long label for one line"',
+    'serial         "1880771"',
+  }, "\n") .. "\n")
+end)

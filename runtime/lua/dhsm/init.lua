@@ -10,6 +10,7 @@
 --   dhsm.semaphore(n)              :run(fn, ...) with at most n at once
 --   dhsm.check_mode                true under --check: mutations only say what they would do
 --   dhsm.would(what)               (modules, in check mode) report a mutation not made
+--   dhsm.confirm{target=, action=} (modules) before a destructive call outside a playbook step
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
 local core = require "dhsm.core"
 local errors = require "dhsm.errors"
@@ -123,6 +124,15 @@ function M.would(what)
   M.audit.write { action = "check.would", outcome = "planned", detail = what }
   local show = core.context().would
   if show then show(what) else io.stderr:write("would ", what, "\n") end
+end
+
+-- confirm{target=, action=}: a destructive module call made outside a
+-- playbook step (whose runner already asked) asks the operator when an
+-- interface listens (the REPL sets context.confirm); raises "safety" when
+-- the answer is not the target's name.
+function M.confirm(t)
+  local ask = core.context().confirm
+  if ask then ask(t) end
 end
 
 local function describe_item(item, i)

@@ -87,6 +87,30 @@ local function block(v, indent, out, seen, opts)
   seen[v] = nil
 end
 
+-- record(v) -> a flat record (string keys, no list part, too wide for one
+-- line) as aligned "key  value" lines, as `hsm show` results read best;
+-- nil when v is not one.
+function M.record(v, opts)
+  opts = opts or {}
+  local width = opts.width or 80
+  if type(v) ~= "table" or errors.is(v) or #v > 0 then return nil end
+  local mt = getmetatable(v)
+  if mt and mt.__tostring then return nil end
+  local keys = util.sorted_keys(v)
+  if #keys < 2 or #keys > 60 or inline(v, width, {}) then return nil end
+  local w = 0
+  for _, k in ipairs(keys) do
+    if type(k) ~= "string" then return nil end
+    w = math.max(w, #k)
+  end
+  local lines = {}
+  for _, k in ipairs(keys) do
+    local text = M.format(v[k], { width = width - w - 2, max_lines = opts.max_lines })
+    lines[#lines + 1] = util.pad(k, w) .. "  " .. text:gsub("\n", "\n" .. string.rep(" ", w + 2))
+  end
+  return table.concat(lines, "\n")
+end
+
 -- format(v [, {width=, max_lines=}]) -> text
 function M.format(v, opts)
   opts = opts or {}

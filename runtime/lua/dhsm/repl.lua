@@ -1,17 +1,49 @@
--- dhsm.repl: the interactive console (`dhsm repl`).
+-- dhsm.repl: the console (`dhsm repl [-i inventory.json]`).
 --
--- Input works like lua.c: an expression prints its value ("return" is tried
--- first), an incomplete statement continues on a second prompt, "=expr"
--- works.  Each entry runs as a task, so waits and dhsm.parallel work, and
--- Ctrl-C cancels only that entry.  Without a terminal there are no prompts
--- and the exit status is that of the last failing entry.
+-- Input works like lua.c: an expression prints its value ("return" is
+-- tried first), an incomplete statement continues on a second prompt,
+-- "=expr" works.  Each entry runs as a task, so waits and dhsm.parallel
+-- work; Ctrl-C cancels that entry (its <close> variables are closed) and
+-- comes back to the prompt; Ctrl-D leaves.  Tab completes globals, fields,
+-- methods, meta-commands and inventory names.  History is kept in
+-- $XDG_STATE_HOME/dhsm/history (0600), without entries that touch secrets.
+-- Without a terminal there are no prompts and the exit status is that of
+-- the last failing entry.
 local dhsm = require "dhsm"
 local core = require "dhsm.core"
 local sys = require "dhsm.sys"
 local pretty = require "dhsm.pretty"
 local cli = require "dhsm.cli"
+local util = require "dhsm.util"
 
 local M = {}
+
+local HELP = [[
+Lua with every dhsm module; each entry runs as a task (waits, dhsm.parallel work).
+  inv                 the inventory (dhsm repl -i FILE, or $DHSM_INVENTORY)
+  az                  an azure client for inv.azure          az:get(az:group_path())
+  hsm "name"          a LunaSH session, opened once, reused  hsm"hsm1":run"hsm show"
+  p11                 the client's PKCS#11 library, loaded on first use
+  dhsm, secret        the core (spawn, sleep, parallel, deadline, try) and secrets
+meta-commands:
+  :help               this text
+  :doc NAME           a playbook's description and parameters
+  :trace              the traceback of the last error
+  :check on|off       check mode: changes are described, not made
+  :audit [N]          the last N audit records (default 10)
+  :quit               leave (Ctrl-D too)
+Ctrl-C cancels the running entry.  Tab completes.]]
+
+local META = { ":help", ":doc", ":trace", ":check", ":audit", ":quit" }
+
+local function state_dir()
+  local state = os.getenv("XDG_STATE_HOME")
+  if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
+  return state .. "/dhsm"
+end
+
+---------------------------------------------------------------------------
+-- evaluation
 
 local function compile(src)
   local code = src:gsub("^=", "return ")
@@ -24,53 +56,260 @@ local function incomplete(err)
   return err and err:find("<eof>$") ~= nil
 end
 
-local function read_entry(tty)
-  local line = sys.readline(tty and "dhsm> " or "")
+-- An entry: one line, or several when the statement is not complete.
+local function read_entry(tty, prompt)
+  local line, interrupted = sys.readline(tty and prompt or "")
   if line == nil then return nil end
+  if interrupted then return "", nil, nil, true end
   local chunk, err = compile(line)
   while not chunk and incomplete(err) do
-    local more = sys.readline(tty and ">> " or "")
-    if more == nil then break end
+    local more, stop = sys.readline(tty and ">> " or "")
+    if more == nil or stop then return "", nil, nil, stop end
     line = line .. "\n" .. more
     chunk, err = compile(line)
   end
-  if tty and line:find("%S") then sys.add_history(line) end
   return line, chunk, err
 end
 
-local function print_results(r)
+-- Entries that name a secret source stay out of the history file.
+local function historic(line)
+  return line:find("%S") and not line:find("prompt", 1, true) and not line:find("secret.", 1, true)
+end
+
+local function show(r)
   local parts = {}
-  for i = 1, r.n do parts[#parts + 1] = pretty.format(r[i]) end
+  for i = 1, r.n do
+    local rec = r.n == 1 and pretty.record(r[i])
+    parts[#parts + 1] = rec or pretty.format(r[i])
+  end
   if #parts > 0 then io.stdout:write(table.concat(parts, "\t"), "\n") end
   io.stdout:flush()
 end
 
+---------------------------------------------------------------------------
+-- the environment: inv, az, hsm "name", p11
+
+local function install_globals(session, inventory_path)
+  _G.secret = require "dhsm.secret"
+  if not inventory_path then return end
+  local ok, inv = pcall(require("dhsm.inventory").load, inventory_path)
+  if not ok then
+    cli.report(inv)
+    return
+  end
+  session.inv = inv
+  _G.inv = inv
+  if inv.azure then _G.az = require("dhsm.azure").client(inv.azure) end
+  local sessions = {}
+  _G.hsm = function(name)
+    local s = sessions[name]
+    if not s or s.closed or s.broken then
+      s = require("dhsm.luna").open(inv:hsm(name))
+      sessions[name] = s
+    end
+    return s
+  end
+  _G.p11 = setmetatable({}, { __index = function(proxy, k)
+    local lib = rawget(proxy, "_lib")
+    if not lib then
+      local p11 = require "dhsm.pkcs11"
+      lib = p11.load(inv.client.pkcs11_lib, { env = { SOFTHSM2_CONF = inv.client.softhsm_conf } })
+      rawset(proxy, "_lib", lib)
+    end
+    local v = lib[k]
+    if type(v) == "function" then return function(_, ...) return v(lib, ...) end end
+    return v
+  end })
+end
+
+-- Destructive module calls ask, as the playbook runner does: type the target.
+local function confirm(t)
+  if not sys.isatty(0) then
+    dhsm.error { kind = "safety", code = "NotConfirmed",
+      message = ("%s is destructive (%s); there is no terminal to confirm it on"):format(t.action, t.target) }
+  end
+  io.stderr:write(("%s is destructive. Type %s to go on: "):format(t.action, t.target))
+  io.stderr:flush()
+  local answer = io.stdin:read("l")
+  dhsm.audit.write { action = "confirm", target = t.target, outcome = answer == t.target and "typed" or "refused",
+    detail = t.action }
+  if answer ~= t.target then
+    dhsm.error { kind = "safety", code = "NotConfirmed", message = ("not confirmed: %s was not done"):format(t.action) }
+  end
+end
+
+---------------------------------------------------------------------------
+-- completion
+
+local function starting(list, prefix, out)
+  out = out or {}
+  for _, name in ipairs(list) do
+    if type(name) == "string" and name:sub(1, #prefix) == prefix then out[#out + 1] = name end
+  end
+  return out
+end
+
+-- Fields of v without running any code: the table's keys, then its
+-- metatable's __index table (methods of userdata such as sessions).
+local function fields_of(v, methods_only)
+  local out, seen = {}, {}
+  local function add(t)
+    if type(t) ~= "table" then return end
+    for k, x in pairs(t) do
+      if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and not k:match("^_")
+        and (not methods_only or type(x) == "function") then
+        seen[k] = true
+        out[#out + 1] = k
+      end
+    end
+  end
+  if type(v) == "table" then add(v) end
+  local mt = getmetatable(v)
+  if type(mt) == "table" then add(rawget(mt, "__index")) end
+  table.sort(out)
+  return out
+end
+
+-- Walk a.b.c through tables only (no __index functions, no calls).
+local function resolve(path)
+  local v = _G
+  for part in path:gmatch("[^%.:]+") do
+    if type(v) == "table" then v = rawget(v, part)
+    else
+      local mt = getmetatable(v)
+      local idx = type(mt) == "table" and rawget(mt, "__index")
+      v = type(idx) == "table" and rawget(idx, part) or nil
+    end
+    if v == nil then return nil end
+  end
+  return v
+end
+
+-- Inside a string literal (an odd number of unescaped quotes before the cursor)?
+local function in_string(line)
+  local quote
+  local i = 1
+  while i <= #line do
+    local c = line:sub(i, i)
+    if quote then
+      if c == "\\" then i = i + 1 elseif c == quote then quote = nil end
+    elseif c == '"' or c == "'" then
+      quote = c
+    end
+    i = i + 1
+  end
+  return quote ~= nil
+end
+
+-- complete(line_before_cursor, word, session) -> candidates, or false
+-- when a Tab there is text (inside a string: a paste must stay intact).
+function M.complete(line, word, session)
+  if line:match("^%s*:%a*$") then return starting(META, word) end
+  local partial = line:match("hsm%s*%(?%s*[\"']([%w%-_%.]*)$")
+  if partial then
+    local names = {}
+    for _, h in ipairs(session.inv and session.inv.hsms or {}) do names[#names + 1] = h.name end
+    return starting(names, partial)
+  end
+  if in_string(line) then return false end
+  local base, sep, last = word:match("^(.*)([%.:])([%w_]*)$")
+  if not base then
+    local globals = {}
+    for k in pairs(_G) do globals[#globals + 1] = k end
+    table.sort(globals)
+    return starting(globals, word)
+  end
+  local v = resolve(base)
+  if v == nil then return {} end
+  local out = {}
+  for _, k in ipairs(starting(fields_of(v, sep == ":"), last)) do out[#out + 1] = base .. sep .. k end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- meta-commands
+
+local function last_audit(n)
+  local data = util.read_file(dhsm.audit.path()) or ""
+  local lines = {}
+  for l in data:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  local cjson = require "cjson"
+  for i = math.max(1, #lines - n + 1), #lines do
+    local ok, r = pcall(cjson.decode, lines[i])
+    if ok then
+      io.stdout:write(("%s  %-22s %-12s %s\n"):format(r.ts or "?", r.action or "?", tostring(r.target or "-"),
+        tostring(r.outcome or "")))
+    end
+  end
+end
+
+local function meta(line, session)
+  local cmd, arg = line:match("^:(%a+)%s*(.-)%s*$")
+  if cmd == "help" then
+    io.stdout:write(HELP, "\n")
+  elseif cmd == "quit" then
+    return "quit"
+  elseif cmd == "trace" then
+    io.stdout:write(session.trace or "no error yet", "\n")
+  elseif cmd == "check" then
+    if arg == "on" or arg == "off" then dhsm.check_mode = arg == "on" end
+    io.stdout:write("check mode is ", dhsm.check_mode and "on: changes are described, not made" or "off", "\n")
+  elseif cmd == "audit" then
+    last_audit(tonumber(arg) or 10)
+  elseif cmd == "doc" then
+    local play = require "dhsm.play"
+    local found = require("dhsm.paths").find_playbook(arg)
+    if not found then io.stdout:write("no playbook '", arg, "'\n")
+    else io.stdout:write(play.doc(play.load(found)), "\n") end
+  else
+    io.stdout:write("unknown meta-command ", line, " (:help lists them)\n")
+  end
+end
+
 -- Run one entry as its own task; returns nil or the error raised.
-local function eval(chunk)
+local function eval(chunk, session)
   local task = dhsm.spawn(function() return table.pack(chunk()) end)
   core.set_interrupt_target(task)
   local ok, r = pcall(task.join, task)
   core.set_interrupt_target(nil)
   if ok then
-    print_results(r)
+    show(r)
     return nil
   end
+  session.trace = tostring(r) .. "\n" .. (task:traceback() or "(cancelled: no traceback)")
+  if dhsm.error.is(r, "interrupted") and sys.isatty(1) then io.stdout:write("\n") end   -- after the ^C
   cli.report(r, dhsm.verbose and task:traceback() or nil)
   return r
 end
 
-function M.run()
+function M.run(opts)
+  opts = opts or {}
   local tty = sys.isatty(0)
-  local last_err
+  local session = {}
+  local history = state_dir() .. "/history"
+  install_globals(session, opts.inventory)
   if tty then
-    io.stdout:write(("dhsm %s  (%s)  :quit or Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
+    sys.mkdir(state_dir(), tonumber("700", 8))
+    sys.history_load(history)
+    sys.set_completer(function(line, word) return M.complete(line, word, session) end)
+    dhsm.context().confirm = confirm
+    io.stdout:write(("dhsm %s (%s)  :help for help, Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
   end
+  local last_err
   while true do
-    local line, chunk, err = read_entry(tty)
-    if line == nil or line == ":quit" then break end
-    if line:find("%S") then
+    local prompt = dhsm.check_mode and "dhsm(check)> " or "dhsm> "
+    local line, chunk, err, interrupted = read_entry(tty, prompt)
+    if line == nil then break end
+    if interrupted then io.stdout:write("\n") end
+    if tty and historic(line) then
+      sys.add_history(line)
+      sys.history_save(history)
+    end
+    if line:match("^%s*:") then
+      if meta(util.trim(line), session) == "quit" then break end
+    elseif line:find("%S") then
       if chunk then
-        last_err = eval(chunk) or last_err
+        last_err = eval(chunk, session) or last_err
       else
         io.stderr:write("dhsm: ", err, "\n")
         last_err = dhsm.error.new { kind = "usage", message = err }

@@ -1,0 +1,111 @@
+-- The REPL on a real terminal (tmux): prompt, completion, Ctrl-C, history.
+local t = require "dhsm.test"
+local util = require "dhsm.util"
+
+local q = util.shell_quote
+
+if os.execute("command -v tmux >/dev/null 2>&1") ~= true then
+  t.test("tmux is needed for the terminal tests", function() t.skip("tmux is not installed") end)
+  return
+end
+
+-- A REPL in a private tmux server; keys(...) types, screen() reads.
+local function terminal(args)
+  local dir = t.tmpdir()
+  local sock = "dhsm-test-" .. require("dhsm.sys").random_hex(4)
+  local tm = "tmux -L " .. sock
+  local cmd = ("env XDG_STATE_HOME=%s HOME=%s TERM=xterm %s"):format(q(dir), q(dir), t.cmd("repl " .. (args or "")))
+  t.sh(("%s new-session -d -s r -x 150 -y 40 %s"):format(tm, q(cmd)))
+  t.cleanup(function() t.sh(tm .. " kill-server") end)
+  local term = { dir = dir }
+  function term.keys(...)
+    local words = {}
+    for i, k in ipairs { ... } do words[i] = q(k) end
+    t.sh(("%s send-keys -t r %s"):format(tm, table.concat(words, " ")))
+  end
+  -- the screen without trailing blanks (capture-pane drops them anyway) and empty last lines
+  function term.screen()
+    local lines = {}
+    for l in (t.sh(tm .. " capture-pane -p -t r").stdout .. "\n"):gmatch("([^\n]*)\n") do
+      lines[#lines + 1] = l:gsub("%s+$", "")
+    end
+    while #lines > 0 and lines[#lines] == "" do lines[#lines] = nil end
+    return table.concat(lines, "\n")
+  end
+  -- wait until the screen shows pattern (a Lua pattern)
+  function term.wait_for(pattern, timeout)
+    local deadline = dhsm.now() + (timeout or 5)
+    repeat
+      local s = term.screen()
+      if s:find(pattern) then return s end
+      dhsm.sleep(0.05)
+    until dhsm.now() > deadline
+    error(("the screen never showed %q:\n%s"):format(pattern, term.screen()), 2)
+  end
+  term.wait_for("dhsm>$")
+  return term
+end
+
+t.test("the prompt, and Tab completing globals, fields and methods", function()
+  local term = terminal()
+  term.wait_for("^dhsm %S+ %(Lua 5%.4%)")
+  term.keys("dhsm.sle", "Tab")
+  term.wait_for("dhsm> dhsm%.sleep")
+  term.keys("C-u", "x = { alpha = 1, beta = 2 }", "Enter", "x.al", "Tab", "Enter")
+  term.wait_for("dhsm> x%.alpha\n1\n")
+  term.keys("cor", "Tab", "Tab")
+  term.wait_for("coroutine")
+  term.keys("C-u", ":he", "Tab", "Enter")
+  term.wait_for("meta%-commands:")
+end)
+
+t.test("Ctrl-C cancels a long entry and closes what it opened; the prompt comes back", function()
+  local term = terminal()
+  local mark = term.dir .. "/closed"
+  term.keys(("do local c <close> = setmetatable({}, {__close = function() io.open(%q, 'w'):close() end}) dhsm.sleep(60) end"):format(mark), "Enter")
+  dhsm.sleep(0.3)
+  term.keys("C-c")
+  term.wait_for("dhsm: interrupted\ndhsm>$")
+  t.ok(io.open(mark), "the <close> handler ran")
+  term.keys("1 + 1", "Enter")
+  term.wait_for("\n2\ndhsm>$")
+  term.keys("half typ", "C-c")                      -- at the prompt: the line goes, the REPL stays
+  term.keys("2 + 2", "Enter")
+  term.wait_for("\n4\ndhsm>$")
+end)
+
+t.test("history: 0600, multi-line entries whole, nothing that names a secret source", function()
+  local term = terminal()
+  term.keys("for i = 1, 2 do", "Enter", "io.write(i)", "Enter", " end", "Enter")  -- (a bare "end" is the End key)
+  term.wait_for("12dhsm>$")
+  term.keys("s = secret.value('x')", "Enter")
+  term.keys("p = 'prompt'", "Enter")
+  term.keys("y = 3", "Enter")
+  term.wait_for("dhsm> y = 3\ndhsm>$")
+  term.keys("C-d")
+  dhsm.sleep(0.3)
+  local path = term.dir .. "/dhsm/history"
+  t.eq(require("dhsm.sys").stat(path).mode, tonumber("600", 8))
+  local h = util.read_file(path)
+  t.ok(h:find("for\\040i\\040=\\0401,\\0402\\040do\\012io.write(i)\\012\\040end", 1, true), h)
+  t.ok(not h:find("secret", 1, true) and not h:find("prompt", 1, true), h)
+  t.ok(h:find("y\\040=\\0403", 1, true), h)
+end)
+
+t.test("a pasted tab in the middle of a line stays text", function()
+  local term = terminal()
+  term.keys("t = 'a", "Tab", "b'", "Enter", "#t", "Enter")             -- inside a string
+  term.wait_for("\n3\ndhsm>$")
+end)
+
+t.test("a destructive module call asks for the target's name", function()
+  local term = terminal()
+  term.keys("dhsm.confirm{target = 'hsm1', action = 'hsm zeroize'}", "Enter")
+  term.wait_for("hsm zeroize is destructive%. Type hsm1 to go on:$")
+  term.keys("hsm2", "Enter")
+  term.wait_for("not confirmed: hsm zeroize was not done")
+  term.keys("dhsm.confirm{target = 'hsm1', action = 'hsm zeroize'}", "Enter")
+  term.wait_for("Type hsm1 to go on:$")
+  term.keys("hsm1", "Enter")
+  term.wait_for("hsm1\ndhsm>$")
+end)
