@@ -245,7 +245,7 @@ function M.client(cfg)
     timeout = cfg.timeout or 60,
     retry_deadline = cfg.retry_deadline or 120,
     max_attempts = cfg.max_attempts or 8,
-    poll_interval = cfg.poll_interval or 10,
+    poll_interval = cfg.poll_interval or 5,       -- recorded HSM deletes were polled every ~5 s
     credential = choose_credential(cfg),
     session = http.session { ca_file = cfg.ca_file, user_agent = "dhsm/" .. dhsm.version },
     -- HTTP/1.1 carries one request per connection at a time; a few warm
