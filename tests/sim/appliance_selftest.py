@@ -55,8 +55,8 @@ def tearDownModule():
     shutil.rmtree(ESTATE_DIR, ignore_errors=True)
 
 
-def estate_info():
-    with open(os.path.join(ESTATE_DIR, "estate.json")) as f:
+def estate_info(estate_dir=None):
+    with open(os.path.join(estate_dir or ESTATE_DIR, "estate.json")) as f:
         return json.load(f)
 
 
@@ -138,12 +138,14 @@ class Shell:
 
 
 class Box:
-    """One appliance as a test sees it: estate.json entry, SSH, SFTP, LunaSH."""
+    """One appliance as a test sees it: estate.json entry, SSH, SFTP, LunaSH. ESTATE_DIR: this module's
+    estate unless given (client_selftest.py drives appliances of its own estates with it)."""
 
-    def __init__(self, name):
-        self.name = name
-        self.info = estate_info()["appliances"]["devices"][name]
+    def __init__(self, name, estate_dir=None):
+        self.name, self.dir = name, estate_dir or ESTATE_DIR
+        self.info = estate_info(self.dir)["appliances"]["devices"][name]
         self.port, self.ntls_port = self.info["ssh_port"], self.info["ntls_port"]
+        self.client = EstateClient(self.dir)
 
     def secret(self, what):
         return read(self.info[f"{what}_file"])
@@ -153,7 +155,7 @@ class Box:
 
     def connect(self, password=None, timeout=5):
         client = paramiko.SSHClient()
-        client.load_host_keys(os.path.join(ESTATE_DIR, "known_hosts"))
+        client.load_host_keys(os.path.join(self.dir, "known_hosts"))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect("127.0.0.1", self.port, "tenantadmin", password=password or self.secret("password"),
                        look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
@@ -209,14 +211,14 @@ class Box:
             client.close()
 
     def control(self, action):
-        return CLIENT.control("POST", f"appliances/{self.name}/action", {"action": action})
+        return self.client.control("POST", f"appliances/{self.name}/action", {"action": action})
 
     def faults(self, **values):
-        return CLIENT.control("POST", f"appliances/{self.name}/faults", values)
+        return self.client.control("POST", f"appliances/{self.name}/faults", values)
 
     def role_login(self, partition, role, ok):
-        return CLIENT.control("POST", f"appliances/{self.name}/partitions/{partition}/login",
-                              {"role": role, "ok": ok})
+        return self.client.control("POST", f"appliances/{self.name}/partitions/{partition}/login",
+                                   {"role": role, "ok": ok})
 
     def syslog(self, search, entries=50):
         return self.ok(f"syslog tail -logname messages -entries {entries} -search {search}")

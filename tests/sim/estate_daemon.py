@@ -2,7 +2,8 @@
 
     estate_daemon.py --dir DIR --options JSON
 
-OPTIONS: {"knobs": {name: value}, "seed": {...} or null, "log_level": "INFO"}.
+OPTIONS: {"knobs": {name: value}, "seed": {...} or null, "log_level": "INFO",
+          "client_ready": bool (a fresh client install comes provisioned, lunaclient/ready.py)}.
 Starts every service of services.SERVICES, then writes DIR/estate.json and
 DIR/inventory.json (the launcher waits for estate.json carrying this pid),
 ticks the world every 50 ms, and stops cleanly on SIGTERM/SIGINT.
@@ -84,7 +85,7 @@ def ticker(world, stop):
 def run(estate_dir, options):
     pki = Pki(estate_dir).ensure()
     world = open_world(estate_dir, options)
-    estate = Estate(estate_dir, pki, world, TokenStore(world), Stats(), secrets.token_urlsafe(24))
+    estate = Estate(estate_dir, pki, world, TokenStore(world), Stats(), secrets.token_urlsafe(24), options)
     services = [cls() for cls in SERVICES]
     for service in services:
         service.start(estate)

@@ -13,7 +13,7 @@ import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fsutil import write_private, write_public
@@ -88,6 +88,23 @@ def issue_cert(ca_key, ca_cert, common_name, dns_names=(), ip_addresses=(), clie
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def self_signed_rsa(subject, sans, now, years):
+    """A self-signed RSA 2048 certificate as Luna makes them (NTLS server.pem, `vtl createCert`):
+    SUBJECT a list of (NameOID, value), SANS x509 general names, valid YEARS from NOW - 60 s
+    (NOW is the issuer's clock, so a skewed appliance stamps certificates in its own time).
+    Returns (key, cert)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
+    start = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(start)
+               .not_valid_after(start + datetime.timedelta(days=365 * years))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return key, builder.sign(key, hashes.SHA256())
 
 
 class Pki:

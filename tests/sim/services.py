@@ -2,8 +2,8 @@
 
 A service has start(estate), stop(), describe() -> its estate.json entry
 ({url, port, probe}) and contribute(inventory). The daemon starts SERVICES in
-order; later parts (Luna appliances over SSH, NTLS listeners, client tools)
-append their own classes here and fill inventory["hsms"] / inventory["client"].
+order: ARM and identity, then the Luna appliances (inventory["hsms"]), then the
+client install the lunacm/vtl stand-ins work on (inventory["client"]).
 `probe` tells `estate start` how to check the service answers: "tls" (TCP +
 TLS handshake against DIR/ca.pem) or "tcp".
 """
@@ -20,17 +20,19 @@ import seed
 from appliance.service import ApplianceService
 from faultgate import FaultGate
 from httpserver import SimHTTPServer
+from lunaclient.service import ClientService
 
 ARM_PROVIDERS = (resources, network, hsm, deployments)
 
 
 class Estate:
-    """What services share: the directory, CA, world, tokens, stats and control secret."""
+    """What services share: the directory, CA, world, tokens, stats, control secret and start options."""
 
-    def __init__(self, estate_dir, pki, world, tokens, stats, control_secret):
+    def __init__(self, estate_dir, pki, world, tokens, stats, control_secret, options=None):
         self.dir, self.pki, self.world, self.tokens = estate_dir, pki, world, tokens
-        self.stats, self.control_secret = stats, control_secret
+        self.stats, self.control_secret, self.options = stats, control_secret, options or {}
         self.urls = {}  # service name -> base URL, filled as services start
+        self.devices = {}  # appliance name -> Device, filled by the appliance service
 
     def url(self, name):
         return lambda: self.urls[name]
@@ -117,4 +119,4 @@ class ImdsService(HttpService):
         return {**super().describe(), "token_url": self.url + "/metadata/identity/oauth2/token"}
 
 
-SERVICES = [LoginService, ArmService, ImdsService, ApplianceService]
+SERVICES = [LoginService, ArmService, ImdsService, ApplianceService, ClientService]

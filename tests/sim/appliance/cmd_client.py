@@ -6,9 +6,8 @@ registered certificate is what the NTLS listener trusts for that client.
 """
 import ipaddress
 import os
-import shutil
 
-from appliance import hsmops, keys, rc
+from appliance import hsmops, rc
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
@@ -33,12 +32,7 @@ def _certificate(ctx, address):
     if path is None or not os.path.exists(path):
         raise LunaError(rc.FILE_NOT_FOUND, f"Could not find {address}.pem in the admin's home directory; "
                                            "copy the client certificate there with scp first.")
-    try:
-        with open(path, "rb") as f:
-            cert = keys.load_cert(f.read())
-    except ValueError:
-        raise LunaError(rc.BAD_PARAMETER, f"{address}.pem is not a PEM certificate.")
-    return path, cert
+    return path
 
 
 def register(ctx):
@@ -49,13 +43,12 @@ def register(ctx):
         raise LunaError(rc.ALREADY_EXISTS, "A client with the same name has already been registered.")
     if kind == "ip" and any(c["kind"] == "ip" and c["address"] == address for c in clients.values()):
         raise LunaError(rc.ALREADY_EXISTS, "A client with the same IP address has already been registered.")
-    path, cert = _certificate(ctx, address)
+    path = _certificate(ctx, address)
     with ctx.mutate():
-        os.makedirs(ctx.device.paths.clients, mode=0o700, exist_ok=True)
-        shutil.copyfile(path, ctx.device.paths.client_cert(name))
-        clients[name] = {"kind": kind, "address": address, "ip_map": None, "fingerprint": keys.fingerprint(cert),
-                         "partitions": []}
-        ctx.device.world.changed()
+        try:
+            hsmops.register_client(ctx.device, name, kind, address, path)
+        except ValueError:
+            raise LunaError(rc.BAD_PARAMETER, f"{address}.pem is not a PEM certificate.")
     ctx.success()
 
 

@@ -6,7 +6,7 @@ step: the state document, the SoftHSM tokens and the PIN files in DIR/secrets.
 import os
 import shutil
 
-from appliance import model
+from appliance import keys, model
 
 LUNASH_PID = 1403  # LunaSH's own syslog lines carry one pid per appliance boot
 
@@ -21,8 +21,9 @@ def _write_pins(dev, name, so_pin, co_pin):
     dev.paths.write_secret(f"{name}_co_pin", co_pin)
 
 
-def create_partition(dev, name, label):
-    token_serial, so_pin, co_pin = dev.tokens.create(label)
+def create_partition(dev, name, label, so_pin=None, co_pin=None):
+    """A new initialised partition; PINs not given are generated (DIR/secrets has them either way)."""
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin)
     part = model.new_partition(dev.state, name, label, token_serial)
     dev.state["partitions"][name] = part
     _write_pins(dev, name, so_pin, co_pin)
@@ -56,15 +57,17 @@ def zeroize_partition(dev, name):
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) zeroized")
 
 
-def init_partition(dev, name, label=None):
-    """LunaCM `partition init` (the client-side part drives it through the control endpoint)."""
+def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None):
+    """LunaCM `partition init` + `role init -name co` (the client side drives it through the control
+    endpoint): a new empty token; label and cloning domain kept unless given, PINs generated unless given."""
     part = dev.state["partitions"][name]
     if part["token_serial"]:
         dev.tokens.delete(part["token_serial"])
     label = label or part["label"]
-    token_serial, so_pin, co_pin = dev.tokens.create(label)
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin)
     part.update(label=label, token_serial=token_serial, zeroized=False, pso_failures=0, co_failures=0,
-                co_locked=False, co_permanent=False)
+                co_locked=False, co_permanent=False,
+                domain=model.domain_id(domain) if domain else model.partition_domain(part))
     _write_pins(dev, name, so_pin, co_pin)
     dev.world.changed()
     return part
@@ -90,6 +93,24 @@ def init_hsm(dev, label, password):
 def init_audit(dev, password):
     dev.state["hsm"]["audit"] = {**model.factory_audit(), "initialized": True, "secret": model.hash_secret(password)}
     dev.paths.write_secret("audit_password", password)
+    dev.world.changed()
+
+
+def set_co_pin(dev, name, co_pin):
+    """The Partition SO sets a new Crypto Officer PIN (`role resetpw -name co`)."""
+    part = dev.state["partitions"][name]
+    dev.tokens.set_user_pin(part["token_serial"], dev.paths.read_secret(f"{name}_so_pin"), co_pin)
+    dev.paths.write_secret(f"{name}_co_pin", co_pin)
+
+
+def register_client(dev, name, kind, address, cert_file):
+    """`client register`: CERT_FILE becomes the certificate NTLS trusts for client NAME."""
+    with open(cert_file, "rb") as f:
+        cert = keys.load_cert(f.read())  # ValueError when it is no PEM certificate
+    os.makedirs(dev.paths.clients, mode=0o700, exist_ok=True)
+    shutil.copyfile(cert_file, dev.paths.client_cert(name))
+    dev.state["clients"][name] = {"kind": kind, "address": address, "ip_map": None,
+                                  "fingerprint": keys.fingerprint(cert), "partitions": []}
     dev.world.changed()
 
 

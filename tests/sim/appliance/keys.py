@@ -13,11 +13,11 @@ import os
 import paramiko
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from fsutil import write_private, write_public
-from pki import cert_pem, key_pem
+from pki import cert_pem, key_pem, self_signed_rsa
 
 CERT_YEARS = 10
 
@@ -64,18 +64,10 @@ def read_authorized_keys(path):
 
 def make_server_cert(key_path, cert_path, hostname, ips, now):
     """A new self-signed NTLS key pair, stamped with the appliance clock NOW."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CA"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gemalto Inc."),
-                      x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    start = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc)
+    subject = [(NameOID.COUNTRY_NAME, "CA"), (NameOID.ORGANIZATION_NAME, "Gemalto Inc."),
+               (NameOID.COMMON_NAME, hostname)]
     sans = [x509.DNSName(hostname), x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + datetime.timedelta(days=365 * CERT_YEARS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(key, hashes.SHA256()))
+    key, cert = self_signed_rsa(subject, sans, now, CERT_YEARS)
     write_private(key_path, key_pem(key))
     write_public(cert_path, cert_pem(cert))
     return cert_pem(cert)

@@ -9,7 +9,8 @@ the control endpoint and the ARM delete check. Layout:
   ports       {ssh, ntls} kept across restarts when free
   admin       hashed tenantadmin password
   hsm         {initialized, label, so (hash), so_failures, policies {code: 0|1}, audit {...}}
-  partitions  {name: {serial, label, token_serial, pso_failures, co_failures, co_locked, ...}}
+  partitions  {name: {serial, label, token_serial, domain, pso_failures, co_failures, co_locked, ...}}
+              domain: domain_id() of the cloning domain (HA members must share it)
   clients     {name: {kind "ip"|"hostname", address, ip_map, fingerprint, partitions []}}
   ntls        {bind, ipcheck, pid, running}
   packages    {KB0019789: bool}
@@ -33,6 +34,7 @@ PARTITION_SIZE = 102400
 NTLS_PORT = 1792  # what the appliance believes; the estate maps it to a free loopback port
 STATUSES = ("up", "rebooting", "hung", "off", "cut", "pool")
 NTLS_MODES = ("open", "refuse", "drop")
+DEFAULT_DOMAIN = "defaultdomain"  # what `-defaultdomain` means on Luna; every partition starts in it
 
 
 def _parse_count(raw):
@@ -130,12 +132,22 @@ def new_appliance(name, ip):
             "packages": {REBOOT_FIX: False}, "faults": default_faults(), "last_login": None}
 
 
+def domain_id(domain):
+    """What the state keeps of a cloning domain: a digest, equal for equal domains on any appliance
+    (so the client side can compare HA members) but not the domain itself, which is a secret."""
+    return hashlib.sha256(b"luna cloning domain\0" + domain.encode()).hexdigest()[:16]
+
+
+def partition_domain(part):
+    return part.get("domain") or domain_id(DEFAULT_DOMAIN)  # states saved before domains existed
+
+
 def new_partition(state, name, label, token_serial):
     number = state["next_partition"]
     state["next_partition"] += 1
     return {"serial": f"{state['serial']}{number:03d}", "name": name, "label": label,
-            "token_serial": token_serial, "zeroized": False, "pso_failures": 0, "co_failures": 0,
-            "co_locked": False, "co_permanent": False}
+            "token_serial": token_serial, "domain": domain_id(DEFAULT_DOMAIN), "zeroized": False,
+            "pso_failures": 0, "co_failures": 0, "co_locked": False, "co_permanent": False}
 
 
 # questions ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ directory at C_Initialize, so this always sees what other processes (a PKCS#11
 client, softhsm2-util --delete-token) did in between. One lock serialises it:
 SoftHSM's state is per process.
 """
+import contextlib
 import ctypes
 import os
 import threading
@@ -15,6 +16,7 @@ LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
 CKF_TOKEN_INITIALIZED = 0x400
 CKU_SO, CKU_USER = 0, 1
+CKR_PIN_INCORRECT = 0xA0
 CK_ULONG = ctypes.c_ulong
 
 
@@ -97,6 +99,20 @@ class Library:
                 return slot
         raise P11Error("C_GetSlotList (no free slot)", 0xE0)
 
+    def check_pin(self, serial, user, pin):
+        """True when PIN is USER's (CKU_SO / CKU_USER) on the token with SERIAL, False when SoftHSM
+        says CKR_PIN_INCORRECT; the login is undone at once. SoftHSM counts nothing: the caller
+        reports the outcome to the appliance, which applies Luna's thresholds."""
+        with self._session(self.slot_of(serial)) as session:
+            data = pin.encode()
+            rv = self._lib.C_Login(session, CK_ULONG(user), data, CK_ULONG(len(data)))
+            if rv == CKR_PIN_INCORRECT:
+                return False
+            if rv != 0:
+                raise P11Error("C_Login", rv)
+            self._lib.C_Logout(session)
+            return True
+
     # changes -------------------------------------------------------------------
     def init_token(self, label, so_pin, user_pin):
         """A new token; returns its serial number."""
@@ -109,13 +125,37 @@ class Library:
 
     def set_user_pin(self, slot, so_pin, user_pin):
         """C_InitPIN as the token SO (Luna: the Partition SO resetting the CO)."""
-        session = CK_ULONG(0)
-        self._call("C_OpenSession", CK_ULONG(slot), CK_ULONG(CKF_SERIAL_SESSION | CKF_RW_SESSION), None, None,
-                   ctypes.byref(session))
-        try:
+        with self._session(slot) as session:
             so, user = so_pin.encode(), user_pin.encode()
             self._call("C_Login", session, CK_ULONG(CKU_SO), so, CK_ULONG(len(so)))
             self._call("C_InitPIN", session, user, CK_ULONG(len(user)))
             self._lib.C_Logout(session)
+
+    def destroy_objects(self, serial, user_pin):
+        """Every object on the token, destroyed as its user (LunaCM's 'remove' answer); returns how many."""
+        with self._session(self.slot_of(serial)) as session:
+            pin = user_pin.encode()
+            self._call("C_Login", session, CK_ULONG(CKU_USER), pin, CK_ULONG(len(pin)))
+            handles, found, batch = [], CK_ULONG(0), (CK_ULONG * 64)()
+            self._call("C_FindObjectsInit", session, None, CK_ULONG(0))
+            while True:
+                self._call("C_FindObjects", session, batch, CK_ULONG(len(batch)), ctypes.byref(found))
+                if not found.value:
+                    break
+                handles += list(batch[:found.value])
+            self._call("C_FindObjectsFinal", session)
+            for handle in handles:
+                self._call("C_DestroyObject", session, CK_ULONG(handle))
+            self._lib.C_Logout(session)
+            return len(handles)
+
+    @contextlib.contextmanager
+    def _session(self, slot):
+        """A read-write session (an SO login needs one) on SLOT, closed on the way out."""
+        session = CK_ULONG(0)
+        self._call("C_OpenSession", CK_ULONG(slot), CK_ULONG(CKF_SERIAL_SESSION | CKF_RW_SESSION), None, None,
+                   ctypes.byref(session))
+        try:
+            yield session
         finally:
             self._lib.C_CloseSession(session)

@@ -10,9 +10,12 @@
        one Partition SO / Crypto Officer login, as the client side saw it: applies the
        guide's thresholds and answers {accepted, error (CKR name), zeroize, *_attempts_left,
        co_locked, co_permanent, zeroized}
-  POST /_sim/appliances/NAME/partitions/P/resetpw     the PSO's `role resetpw -name co`
-  POST /_sim/appliances/NAME/partitions/P/init {"label"?}   LunaCM `partition init`: a new
-       token and new PINs (after the PSO threshold zeroized the partition)
+  POST /_sim/appliances/NAME/partitions/P/resetpw {"new_pin"?}   the PSO's `role resetpw -name co`:
+       unlocks the CO (409 when policy 15 is off or the lockout is permanent) and sets NEW_PIN
+  POST /_sim/appliances/NAME/partitions/P/init {"label"?, "domain"?, "so_pin"?, "co_pin"?}
+       LunaCM `partition init` + `role init -name co`: a new empty token (after the PSO
+       threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
+       what is not given is kept (label, domain) or generated (PINs))
 Handlers run with the world lock held; they return (HTTP status, JSON document).
 """
 import copy
@@ -111,9 +114,14 @@ class ApplianceRoutes:
         if verb == "resetpw":
             refused = roles.reset_co(part, dev.state["hsm"])
             dev.world.changed()
-            return _error(409, "ResetRefused", refused) if refused else (200, roles.role_status(part))
+            if refused:
+                return _error(409, "ResetRefused", refused)
+            if body.get("new_pin"):
+                hsmops.set_co_pin(dev, name, body["new_pin"])
+            return 200, roles.role_status(part)
         if verb == "init":
-            hsmops.init_partition(dev, name, body.get("label"))
+            hsmops.init_partition(dev, name, body.get("label"), body.get("domain"), body.get("so_pin"),
+                                  body.get("co_pin"))
             return 200, roles.role_status(part)
         return _error(404, "NotFound", f"No partition action '{verb}'.")
 

@@ -37,6 +37,7 @@ class ApplianceService:
                 self.devices[name] = self._start_device(name)
             world.save_if_dirty()
         self.write_known_hosts()
+        estate.devices = self.devices
         estate.urls[self.name] = ", ".join(f"{name} ssh://127.0.0.1:{dev.state['ports']['ssh']}"
                                            for name, dev in self.devices.items()) or "(none)"
         world.zeroize_probe = pool.zeroize_probe(world)

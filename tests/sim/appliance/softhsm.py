@@ -31,9 +31,10 @@ class TokenStore:
                                     "log.level = ERROR\nslots.removable = false\n")
         return self
 
-    def create(self, label):
-        """-> (token serial, SO PIN, user PIN); the PINs go to DIR/secrets, never to a log."""
-        so_pin, user_pin = new_pin(), new_pin()
+    def create(self, label, so_pin=None, user_pin=None):
+        """-> (token serial, SO PIN, user PIN); PINs not given are generated. They go to
+        DIR/secrets, never to a log."""
+        so_pin, user_pin = so_pin or new_pin(), user_pin or new_pin()
         with self.library as lib:
             serial = lib.init_token(label, so_pin, user_pin)
         return serial, so_pin, user_pin
@@ -41,6 +42,15 @@ class TokenStore:
     def set_user_pin(self, serial, so_pin, user_pin):
         with self.library as lib:
             lib.set_user_pin(lib.slot_of(serial), so_pin, user_pin)
+
+    def check_pin(self, serial, user, pin):
+        """p11.CKU_SO / CKU_USER: is PIN right? (no counting here, see p11.check_pin)"""
+        with self.library as lib:
+            return lib.check_pin(serial, user, pin)
+
+    def destroy_objects(self, serial, user_pin):
+        with self.library as lib:
+            return lib.destroy_objects(serial, user_pin)
 
     def _folder(self, serial):
         try:

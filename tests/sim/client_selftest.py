@@ -1,0 +1,493 @@
+#!/usr/bin/python3
+"""Self-test of the simulated Luna client tools (bin/vtl, bin/lunacm) and the client install.
+Last line: "N passed, N failed".
+
+    /usr/bin/python3 tests/sim/client_selftest.py [-v] [TestName ...]
+
+Two estates of two appliances each: EMPTY starts with an empty client (the operator's
+certificate exchange, step by step over real SSH/SFTP), READY with `--client-ready`
+(HA groups, roles, restart). ExchangeTest and HaTest are stories told in name order
+(test_a_..., test_b_...); run them whole.
+"""
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from appliance_selftest import Box, read  # noqa: E402
+from arm_selftest import main as run_tests  # noqa: E402
+from arm_selftest import run_estate, wait_for  # noqa: E402
+from estate_client import EstateClient  # noqa: E402
+from lunaclient import ha  # noqa: E402
+from lunaclient.conf import ChrystokiConf, ConfError  # noqa: E402
+from lunaclient.install import Install  # noqa: E402
+
+BIN = os.path.join(HERE, "bin")
+GUIDE_WARNING = ("Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for "
+                 "private key cloning.")
+EMPTY = READY = None
+
+
+def setUpModule():
+    global EMPTY, READY
+    EMPTY, READY = tempfile.mkdtemp(prefix="dhsm-client-empty-"), tempfile.mkdtemp(prefix="dhsm-client-ready-")
+    failures = []
+
+    def start(*args):
+        try:
+            run_estate("start", *args)
+        except AssertionError as e:
+            failures.append(e)
+    starts = [threading.Thread(target=start, args=("--dir", EMPTY)),
+              threading.Thread(target=start, args=("--dir", READY, "--client-ready"))]
+    for thread in starts:  # in parallel: each start is mostly waiting
+        thread.start()
+    for thread in starts:
+        thread.join()
+    if failures:
+        tearDownModule()  # unittest does not call it when setUpModule fails
+        raise failures[0]
+
+
+def tearDownModule():
+    for estate in (EMPTY, READY):
+        run_estate("stop", "--dir", estate, check=False)
+        shutil.rmtree(estate, ignore_errors=True)
+
+
+# running the tools -----------------------------------------------------------------------
+def tool(estate, name, *args, stdin="", env=None):
+    """bin/NAME ARGS with the estate in DHSM_ESTATE_DIR -> CompletedProcess (text)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("ChrystokiConfigurationPath", "DHSM_ESTATE_DIR")}
+    environment = {**base, "DHSM_ESTATE_DIR": estate} if estate else base
+    return subprocess.run([os.path.join(BIN, name), *args], input=stdin, capture_output=True, text=True,
+                          env={**environment, **(env or {})}, timeout=30)
+
+
+def vtl(estate, *args):
+    return tool(estate, "vtl", *args)
+
+
+def lunacm(estate, *words, stdin=""):
+    """`lunacm -c WORDS` -> (exit status, output after the start-up banner)."""
+    proc = tool(estate, "lunacm", "-c", *words, stdin=stdin)
+    return proc.returncode, proc.stdout.split("Current Slot Id:", 1)[-1]
+
+
+def verified(estate):
+    """`vtl verify` rows -> [(slot, serial, label)]."""
+    out = vtl(estate, "verify").stdout
+    return [(int(m[0]), m[1], m[2]) for m in re.findall(r"^\s+(\d+)\s+(\d+)\s+(\S+)$", out, re.M)]
+
+
+def members(listing):
+    """`hagroup listGroups` member rows -> {serial: status}."""
+    return dict(re.findall(r"^\s+[\d-]+\s+(\d+)\s+\S+\s+(alive|down)$", listing, re.M))
+
+
+def conf(estate):
+    return ChrystokiConf.load(os.path.join(estate, "client", "Chrystoki.conf"))
+
+
+def control(estate, method, path, body=None):
+    return EstateClient(estate).control(method, path, body)
+
+
+def advance(estate, seconds):
+    run_estate("advance", "--dir", estate, str(seconds))
+
+
+def power(estate, appliance, on):
+    control(estate, "POST", f"appliances/{appliance}/action", {"action": "up" if on else "down"})
+
+
+def ha_status(estate, label):
+    """The daemon's member statuses of group LABEL -> {serial: status}."""
+    group = next(g for g in control(estate, "GET", "client")["groups"] if g["label"] == label)
+    return {m["serial"]: m["status"] for m in group["members"]}
+
+
+def partition_serial(estate, appliance, partition):
+    return control(estate, "GET", f"appliances/{appliance}")["partitions"][partition]["serial"]
+
+
+def secret(estate, name):
+    return read(os.path.join(estate, "secrets", name))
+
+
+# the configuration file and the HA rules, without an estate ---------------------------------
+class ConfTest(unittest.TestCase):
+    TEXT = ("# kept\nChrystoki2 = {\n   LibUNIX64 = /lib/a.so;\n}\n\n"
+            "LunaSA Client = { ReceiveTimeout = 20000; NetClient = 1; }\nMisc = {\n  ToolsDir = /x; # tools\n}\n")
+
+    def test_round_trip_and_edits_keep_everything_else(self):
+        c = ChrystokiConf(self.TEXT)
+        self.assertEqual(c.text, self.TEXT)
+        self.assertEqual(c.get("LunaSA Client", "NetClient"), "1")
+        c.set("LunaSA Client", "ServerName00", "127.0.0.1")
+        c.set("Misc", "PE1746Enabled", "0")
+        c.set("Chrystoki2", "LibUNIX64", "/lib/b.so")
+        c.set("HAConfiguration", "reconnAtt", "-1")
+        c.delete("LunaSA Client", "NetClient")
+        self.assertIn("LunaSA Client = { ReceiveTimeout = 20000; ServerName00 = 127.0.0.1; }", c.text)
+        self.assertIn("  ToolsDir = /x; # tools\n  PE1746Enabled = 0;\n}", c.text)
+        self.assertTrue(c.text.startswith("# kept\nChrystoki2 = {\n   LibUNIX64 = /lib/b.so;\n}"))
+        self.assertTrue(c.text.endswith("\nHAConfiguration = {\n   reconnAtt = -1;\n}\n"))
+        self.assertEqual(ChrystokiConf(c.text).get("HAConfiguration", "reconnAtt"), "-1")
+
+    def test_malformed_files_name_line_and_column(self):
+        for text, line, column in (("A = {\n  x = 1\n}\n", 2, 3), ("A = { x = 1;", 1, 5), ("\n\nA {\n}", 3, 1)):
+            with self.assertRaises(ConfError) as caught:
+                ChrystokiConf(text)
+            self.assertEqual((caught.exception.line, caught.exception.column), (line, column), str(caught.exception))
+
+    def test_member_rules(self):
+        def settings(retry, interval=60):
+            s = ha.Settings(ChrystokiConf())
+            s.retry, s.interval = retry, interval
+            return s
+        rec = ha.new_record(True, 0)
+        self.assertTrue(ha.step(rec, False, settings(0), 10))
+        self.assertEqual(rec["status"], ha.DOWN)
+        self.assertFalse(ha.step(rec, True, settings(0), 1000))  # retry 0: stays down
+        self.assertTrue(ha.recover(rec, True, 1000))
+        ha.step(rec, False, settings(2), 1000)
+        ha.step(rec, False, settings(2), 1060)  # attempt 1 fails
+        ha.step(rec, False, settings(2), 1120)  # attempt 2 fails: out of tries
+        self.assertFalse(ha.step(rec, True, settings(2), 1180))
+        self.assertEqual(rec["status"], ha.DOWN)
+        self.assertTrue(ha.step(rec, True, settings(-1), 1180))  # unlimited
+        self.assertEqual(rec["status"], ha.ALIVE)
+
+
+# the operator's certificate exchange, from an empty client -----------------------------------
+class ExchangeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="dhsm-client-test-")
+        cls.hsm1, cls.hsm2 = Box("hsm1", EMPTY), Box("hsm2", EMPTY)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def fetch_server_pem(self, box):
+        local = os.path.join(self.tmp, f"{box.name}.pem")
+        box.sftp(get=[("server.pem", local)])  # scp tenantadmin@hsm:server.pem hsm.pem
+        return local
+
+    def syslog(self, box):
+        return read(box.info["syslog"])
+
+    def test_a_tutorial_from_an_empty_client(self):
+        proc = vtl(EMPTY, "verify")
+        self.assertEqual((proc.returncode, proc.stdout.strip()), (1, "Error: There are no registered servers"))
+        out = vtl(EMPTY, "createCert", "-n", "web1").stdout
+        cert = os.path.join(EMPTY, "client", "cert", "client", "web1.pem")
+        self.assertIn(f"Certificate created and written to: {cert}", out)
+        self.assertIn("Private Key created and written to: ", out)
+        self.assertEqual(conf(EMPTY).get("LunaSA Client", "ClientCertFile"), cert)
+
+        server_pem = self.fetch_server_pem(self.hsm1)
+        proc = vtl(EMPTY, "addServer", "-n", "127.0.0.1", "-c", server_pem)
+        self.assertEqual(proc.stdout.strip(), "New server 127.0.0.1 successfully added to server list.")
+        self.assertEqual(conf(EMPTY).get("LunaSA Client", "ServerPort00"), str(self.hsm1.ntls_port))
+        again = vtl(EMPTY, "addServer", "-n", "127.0.0.1", "-c", server_pem)
+        self.assertEqual((again.returncode, again.stdout.strip()), (1, "This server is already registered"))
+
+        # the appliance does not know this client yet: its NTLS refuses the handshake and says so
+        proc = vtl(EMPTY, "verify")
+        self.assertEqual((proc.returncode, proc.stdout.strip()),
+                         (1, "Error: Unable to find any Luna SA slots/partitions"))
+        self.assertIn("ssl3_get_client_certificate:certificate verify failed", self.syslog(self.hsm1))
+
+        self.hsm1.sftp(put=[(cert, "127.0.0.1.pem")])
+        out = self.hsm1.as_so("client register -client web1 -ip 127.0.0.1\npartition create -partition par1 -force\n"
+                              "client assignPartition -client web1 -partition par1", answers="")
+        self.assertEqual(out.count("Command Result : 0 (Success)"), 4, out)  # with the SO login
+        proc = vtl(EMPTY, "verify")
+        self.assertEqual(proc.returncode, 0, proc.stdout)
+        self.assertIn("The following Luna SA Slots/Partitions were found:", proc.stdout)
+        self.assertEqual(verified(EMPTY), [(0, partition_serial(EMPTY, "hsm1", "par1"), "par1")])
+        self.assertIn('NTLS Client "web1" Connection instance added', self.syslog(self.hsm1))
+        status, out = lunacm(EMPTY, "slot", "list")
+        self.assertEqual(status, 0)
+        self.assertRegex(out, r"Label ->\s+par1\n\s+Serial Number ->\s+" + partition_serial(EMPTY, "hsm1", "par1"))
+
+    def test_b_regen_cert_breaks_verify_until_the_exchange_is_redone(self):
+        self.hsm1.run("sysconf regenCert", stdin="proceed\n")
+        self.assertEqual(len(verified(EMPTY)), 1, "the old certificate is served until NTLS restarts")
+        self.hsm1.ok("service restart ntls")
+        self.assertIn("Unable to find any Luna SA slots/partitions", vtl(EMPTY, "verify").stdout)
+        log = self.syslog(self.hsm1)
+        self.assertRegex(log, r"NTLS\[\d+\]: Error message from SSLAccept is : error:14094418:SSL routines:"
+                              r"ssl3_read_bytes:tlsv1 alert unknown ca\n.*NTLS\[\d+\]: Error during SSL accept "
+                              r"\( RC_SSL_ERROR \)\n.*RC_SSL_FAILED_HANDSHAKE\n.*NTLS Client \"Unknown host name\" "
+                              r"Connection instance removed")
+        self.assertEqual(vtl(EMPTY, "deleteServer", "-n", "127.0.0.1").stdout.strip(),
+                         "Server 127.0.0.1 successfully removed from server list.")
+        vtl(EMPTY, "addServer", "-n", "127.0.0.1", "-c", self.fetch_server_pem(self.hsm1))
+        self.assertEqual(len(verified(EMPTY)), 1)
+
+    def test_c_unregistered_client_fails_with_the_appliances_ntls_lines(self):
+        proc = vtl(EMPTY, "addServer", "-n", "127.0.0.1", "-c", self.fetch_server_pem(self.hsm2))
+        self.assertEqual(proc.returncode, 0, proc.stdout)
+        self.assertEqual(conf(EMPTY).get("LunaSA Client", "ServerPort01"), str(self.hsm2.ntls_port))
+        self.assertEqual([row[2] for row in verified(EMPTY)], ["par1"])  # hsm2 adds nothing
+        self.assertRegex(self.syslog(self.hsm2), r"Incoming connection request\.\.\. : 127\.0\.0\.1/(\d+)\n"
+                                                 r".*ssl3_get_client_certificate:certificate verify failed\n"
+                                                 r".*RC_SSL_ERROR.*\n.*RC_SSL_FAILED_HANDSHAKE\n"
+                                                 r".*\"Unknown host name\" Connection instance removed")
+        proc = vtl(EMPTY, "deleteServer", "-n", "127.0.0.1")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("-p", proc.stdout)  # two appliances share 127.0.0.1: say which port
+        vtl(EMPTY, "deleteServer", "-n", "127.0.0.1", "-p", str(self.hsm2.ntls_port))
+        self.assertEqual(vtl(EMPTY, "listServers").stdout.strip(),
+                         f"Server: 127.0.0.1 Port: {self.hsm1.ntls_port} HTL required: no")
+
+
+# HA groups on the ready client --------------------------------------------------------------
+class HaTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pin = secret(READY, "hsm1_par1_co_pin")
+        cls.s1, cls.s2 = partition_serial(READY, "hsm1", "par1"), partition_serial(READY, "hsm2", "par1")
+        cls.created = lunacm(READY, "hagroup", "createGroup", "-label", "myHA", "-serialNumber", cls.s1,
+                             "-password", cls.pin, stdin="copy\n")
+        cls.added = lunacm(READY, "hagroup", "addMember", "-group", "myHA", "-slot", "1", "-password", cls.pin)
+
+    def list_groups(self):
+        status, out = lunacm(READY, "hagroup", "listGroups")
+        self.assertEqual(status, 0, out)
+        return out
+
+    def test_a_create_list_and_the_ha_slot(self):
+        self.assertEqual(self.created[0], 0, self.created[1])
+        self.assertIn(f'New group with label "myHA" created with group number 1{self.s1}.', self.created[1])
+        self.assertIn(f"Member {self.s2} successfully added to group myHA.", self.added[1])
+        listing = self.list_groups()
+        self.assertRegex(listing, r"HA Group Slot ID:  2\n")
+        self.assertEqual(members(listing), {self.s1: "alive", self.s2: "alive"})
+        c = conf(READY)
+        self.assertEqual([c.get("VirtualToken", f"VirtualToken00{key}") for key in ("Label", "SN", "Members")],
+                         ["myHA", "1" + self.s1, f"{self.s1},{self.s2}"])
+        self.assertEqual(c.get("HASynchronize", "myHA"), "1")
+        status, out = lunacm(READY, "hagroup", "createGroup", "-label", "myHA", "-slot", "0", "-password", self.pin)
+        self.assertEqual(status, 1)
+        self.assertIn("for the new group has already been used", out)
+        status, out = lunacm(READY, "hagroup", "addMember", "-g", "myHA", "-se", self.s2, "-password", self.pin)
+        self.assertIn("The member you specified is already part of an", out)
+        self.assertRegex(lunacm(READY, "slot", "list")[1],
+                         r"HSM Label ->\s+myHA\n(.*\n)*.*HSM Status ->\s+N/A - HA Group")
+        lunacm(READY, "hagroup", "haOnly", "-enable")
+        _, out = lunacm(READY, "slot", "list")
+        self.assertNotIn("Net Token Slot", out)
+        self.assertIn("HA Only mode is enabled.", lunacm(READY, "hagroup", "haOnly", "-show")[1])
+        lunacm(READY, "hagroup", "haOnly", "-disable")
+        self.assertEqual(conf(READY).get("HAConfiguration", "HAOnly"), "0")
+
+    def test_b_a_member_drops_with_its_appliance_and_needs_recover(self):
+        power(READY, "hsm2", False)
+        self.addCleanup(power, READY, "hsm2", True)
+        self.assertEqual(members(self.list_groups()), {self.s1: "alive", self.s2: "down"})
+        status, out = lunacm(READY, "hagroup", "recover", "-group", "myHA")
+        self.assertEqual(status, 1)
+        self.assertIn(f"Member {self.s2} could not be recovered", out)
+        power(READY, "hsm2", True)
+        advance(READY, 300)
+        self.assertEqual(ha_status(READY, "myHA")[self.s2], "down", "no retry count: no auto-recovery")
+        status, out = lunacm(READY, "hagroup", "recover", "-group", "myHA")
+        self.assertEqual(status, 0, out)
+        self.assertIn(f"Member {self.s2} recovered.", out)
+        self.assertEqual(members(self.list_groups())[self.s2], "alive")
+
+    def test_c_auto_recovery_needs_a_retry_count(self):
+        self.addCleanup(lunacm, READY, "hagroup", "retry", "-count", "0")
+        self.assertIn("HA Auto Recovery Count has been set to 2", lunacm(READY, "hagroup", "retry", "-count", "2")[1])
+        self.assertEqual(lunacm(READY, "hagroup", "interval", "-interval", "30")[0], 1)  # 60..1200
+        lunacm(READY, "hagroup", "interval", "-interval", "60")
+        c = conf(READY)
+        self.assertEqual((c.get("HAConfiguration", "reconnAtt"), c.get("HAConfiguration", "AutoReconnectInterval")),
+                         ("2", "60"))
+        power(READY, "hsm2", False)
+        self.addCleanup(power, READY, "hsm2", True)
+        wait_for(lambda: ha_status(READY, "myHA")[self.s2] == "down")
+        power(READY, "hsm2", True)
+        self.assertEqual(ha_status(READY, "myHA")[self.s2], "down", "back only after the interval")
+        advance(READY, 61)
+        self.assertEqual(members(self.list_groups())[self.s2], "alive")
+        # two failed attempts while it is off use up the retry count: then only recover helps
+        power(READY, "hsm2", False)
+        wait_for(lambda: ha_status(READY, "myHA")[self.s2] == "down")
+        advance(READY, 61)
+        advance(READY, 61)
+        power(READY, "hsm2", True)
+        advance(READY, 61)
+        self.assertEqual(ha_status(READY, "myHA")[self.s2], "down")
+        self.assertEqual(lunacm(READY, "hagroup", "recover", "-group", "myHA")[0], 0)
+
+    def test_d_synchronize_warns_when_cloning_domains_differ(self):
+        status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
+        self.assertEqual(status, 0, out)
+        self.assertNotIn("Warning", out)
+        pins = {"so_pin": secret(READY, "hsm2_par1_so_pin"), "co_pin": secret(READY, "hsm2_par1_co_pin")}
+        control(READY, "POST", "appliances/hsm2/partitions/par1/init", {"domain": "another-domain", **pins})
+        self.addCleanup(control, READY, "POST", "appliances/hsm2/partitions/par1/init",
+                        {"domain": "defaultdomain", **pins})
+        status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
+        self.assertEqual(status, 0, out)  # nothing to clone yet
+        self.assertIn("\t" + GUIDE_WARNING + "\n", out)
+        self.import_key("hsm1-par1", self.pin)
+        status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
+        self.assertIn(GUIDE_WARNING, out)
+        self.assertIn("Command Result : 0x00000030 (CKR_DEVICE_ERROR)", out)
+
+    @staticmethod
+    def import_key(label, pin):
+        """An object in a partition, the way an application would leave one (softhsm2-util)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+            f.write(key)
+            f.flush()
+            env = {**os.environ, "SOFTHSM2_CONF": os.path.join(READY, "softhsm2.conf")}
+            subprocess.run(["softhsm2-util", "--import", f.name, "--token", label, "--label", "k1", "--id", "01",
+                            "--pin", pin], check=True, capture_output=True, env=env)
+
+    def test_z_remove_member_renames_the_group_then_delete_it(self):
+        status, out = lunacm(READY, "hagroup", "removeMember", "-group", "myHA", "-serialNumber", self.s1)
+        self.assertEqual(status, 0, out)
+        self.assertEqual(conf(READY).get("VirtualToken", "VirtualToken00SN"), "1" + self.s2)
+        self.assertEqual(lunacm(READY, "hagroup", "deleteGroup", "-label", "myHA")[0], 0)
+        self.assertIsNone(conf(READY).section("VirtualToken"))
+        self.assertIn("There are no HA groups configured.", self.list_groups())
+
+
+# a restart keeps the client, its HA state, and follows moved NTLS ports --------------------------
+class PersistenceTest(unittest.TestCase):
+    def test_restart_keeps_the_client_and_follows_new_ports(self):
+        pin = secret(READY, "hsm1_par1_co_pin")
+        lunacm(READY, "hagroup", "deleteGroup", "-label", "myHA")  # left by HaTest, when it ran
+        self.assertEqual(lunacm(READY, "hagroup", "createGroup", "-label", "keepHA", "-slot", "0", "-password", pin,
+                                stdin="copy\n")[0], 0)
+        lunacm(READY, "hagroup", "addMember", "-group", "keepHA", "-slot", "1", "-password", pin)
+        power(READY, "hsm2", False)
+        self.addCleanup(power, READY, "hsm2", True)
+        s2 = partition_serial(READY, "hsm2", "par1")
+        wait_for(lambda: ha_status(READY, "keepHA")[s2] == "down")
+        old_port = Box("hsm1", READY).ntls_port
+        run_estate("stop", "--dir", READY)
+        blocker = socket.socket()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old connections' TIME_WAIT
+        blocker.bind(("127.0.0.1", old_port))
+        blocker.listen(1)  # someone else listens there now: hsm1's NTLS must move
+        try:
+            run_estate("start", "--dir", READY)
+        finally:
+            blocker.close()
+        new_port = Box("hsm1", READY).ntls_port
+        self.assertNotEqual(new_port, old_port)
+        ports = [s.port for s in Install.servers(conf(READY))]
+        self.assertIn(new_port, ports)
+        self.assertEqual(ha_status(READY, "keepHA")[s2], "down")  # still off, still out of the group
+        self.assertEqual([row[1] for row in verified(READY)], [partition_serial(READY, "hsm1", "par1")])
+        inventory = json.load(open(os.path.join(READY, "inventory.json")))["client"]
+        self.assertEqual(sorted(inventory), ["chrystoki_conf", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
+        self.assertEqual(inventory["pkcs11_lib"], "/usr/lib/softhsm/libsofthsm2.so")
+
+
+# partition roles through lunacm: the appliance's thresholds apply -----------------------------------
+class RoleTest(unittest.TestCase):
+    def session(self, *lines):
+        """One interactive lunacm session fed LINES on stdin -> its output."""
+        proc = tool(READY, "lunacm", stdin="".join(line + "\n" for line in lines) + "exit\n")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return proc.stdout
+
+    @staticmethod
+    def new_partition(box, name):
+        """PARTITION on BOX, assigned to the ready client -> its slot number."""
+        box.as_so(f"partition create -partition {name} -force\n"
+                  f"client assignPartition -client dhsm-client -partition {name}", answers="")
+        serial = partition_serial(READY, box.name, name)
+        return next(slot for slot, s, _ in verified(READY) if s == serial)
+
+    def test_co_threshold_and_lockout_through_role_login(self):
+        box = Box("hsm1", READY)
+        slot, pin = self.new_partition(box, "par2"), secret(READY, "hsm1_par2_co_pin")
+        wrong = [f"role login -name co -slot {slot} -password Wrong{n}" for n in range(10)]
+        out = self.session(*wrong[:9], f"role show -slot {slot}", wrong[9],
+                           f"role login -name co -slot {slot} -password {pin}", f"role show -slot {slot}")
+        results = re.findall(r"Command Result : (.*)", out)
+        self.assertEqual(results[:9], ["0x000000a0 (CKR_PIN_INCORRECT)"] * 9)
+        self.assertRegex(out, r"Crypto Officer\s+Not Logged In\s+1\n")
+        self.assertEqual(results[10:12], ["0x000000a4 (CKR_PIN_LOCKED)"] * 2)  # the 10th, then the right PIN
+        self.assertRegex(out, r"Crypto Officer\s+Locked out\s+0\n")
+        self.assertNotIn(pin, out)
+        self.assertRegex(box.ok("partition show -partition par2"), r"Crypto Officer Locked Out:\s+yes")
+        out = self.session(f"role login -name so -slot {slot} -password {secret(READY, 'hsm1_par2_so_pin')}",
+                           f"role resetpw -name co -slot {slot} -password Another1")
+        self.assertIn("policy 15", out)  # off by default: the lockout is permanent
+
+    def test_co_reset_by_the_partition_so_under_policy_15(self):
+        box = Box("hsm2", READY)
+        box.as_so("hsm changePolicy -policy 15 -value 1 -force")  # destructive: hsm2's partitions are gone
+        slot = self.new_partition(box, "par3")
+        wrong = [f"role login -name co -slot {slot} -password Wrong{n}" for n in range(10)]
+        out = self.session(*wrong, f"role login -name so -slot {slot}", secret(READY, "hsm2_par3_so_pin"),
+                           f"role resetpw -name co -slot {slot} -password NewCoPin1", f"role logout -slot {slot}",
+                           f"role login -name co -slot {slot} -password NewCoPin1")
+        self.assertEqual(re.findall(r"Command Result : (.*)", out)[-4:], ["No Error"] * 4, out)
+        self.assertEqual(secret(READY, "hsm2_par3_co_pin"), "NewCoPin1")
+
+    def test_password_prompt_masks_on_a_terminal(self):
+        pin = secret(READY, "hsm1_par1_co_pin")
+        master, slave = pty.openpty()
+        env = {**os.environ, "DHSM_ESTATE_DIR": READY}
+        proc = subprocess.Popen([os.path.join(BIN, "lunacm")], stdin=slave, stdout=subprocess.PIPE, env=env)
+        os.close(slave)
+        try:
+            os.write(master, b"role login -name co -slot 0\n")
+            seen = b""
+            while b"Enter the password: " not in seen:
+                ready, _, _ = select.select([proc.stdout], [], [], 10)
+                self.assertTrue(ready, seen)
+                seen += os.read(proc.stdout.fileno(), 4096)
+            os.write(master, pin.encode() + b"\r")
+            time.sleep(0.3)
+            os.write(master, b"exit\n")
+            out = seen + proc.communicate(timeout=10)[0]
+        finally:
+            os.close(master)
+        self.assertIn(b"*" * len(pin), out)
+        self.assertNotIn(pin.encode(), out)
+        self.assertIn(b"Command Result : No Error", out)
+
+
+# finding the install ------------------------------------------------------------------------------
+class LocateTest(unittest.TestCase):
+    def test_chrystoki_configuration_path_or_estate_dir(self):
+        env = {"ChrystokiConfigurationPath": os.path.join(READY, "client")}
+        self.assertEqual(tool(None, "vtl", "listServers", env=env).returncode, 0)
+        proc = tool(None, "vtl", "listServers", env={"ChrystokiConfigurationPath": "/nonexistent"})
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("cannot find the Luna client configuration", proc.stdout)
+        self.assertIn("DHSM_ESTATE_DIR", tool(None, "lunacm", "-c", "slot", "list").stderr)
+
+
+if __name__ == "__main__":
+    run_tests(sys.modules[__name__])
