@@ -1,0 +1,90 @@
+-- The client side through dhsm: vtl and lunacm (the estate's stand-ins) run
+-- by dhsm.proc, Chrystoki.conf read by dhsm.chrystoki, certificates moved
+-- by dhsm.luna — the operator's certificate exchange and HA groups.
+local t = require "dhsm.test"
+local chrystoki = require "dhsm.chrystoki"
+local luna = require "dhsm.luna"
+local proc = require "dhsm.proc"
+local net = require "dhsm.net"
+
+-- run a client tool with the client install's configuration
+local function tool(estate, name, args, stdin)
+  local argv = { estate.inventory.client[name] }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local conf_dir = estate.inventory.client.chrystoki_conf:match("^(.*)/[^/]*$")
+  return proc.run { argv = argv, env = { ChrystokiConfigurationPath = conf_dir }, stdin = stdin, timeout = 30 }
+end
+
+t.test("the certificate exchange from an empty client, through dhsm", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local client = estate.inventory.client
+  local entry = estate.inventory:hsm("hsm1")
+  local r = tool(estate, "vtl", { "verify" })
+  t.ok(r.stdout:find("Error: There are no registered servers", 1, true), r.stdout)
+  r = tool(estate, "vtl", { "createCert", "-n", "web1" })
+  t.eq(r.status, 0, r.stdout .. r.stderr)
+  local conf = chrystoki.load(client.chrystoki_conf)
+  local cert = conf:client_cert()
+  t.ok(cert.cert:find("web1%.pem$"), cert.cert)
+  local dir = t.tmpdir()
+  local s <close> = luna.open(entry)
+  s:get("server.pem", dir .. "/hsm1.pem")
+  r = tool(estate, "vtl", { "addServer", "-n", "127.0.0.1", "-c", dir .. "/hsm1.pem" })
+  t.ok(r.stdout:find("New server 127.0.0.1 successfully added to server list.", 1, true), r.stdout)
+  t.eq(chrystoki.load(client.chrystoki_conf):servers()[1].port, entry.ntls_port)
+  s:put(cert.cert, "127.0.0.1.pem")
+  s:must("client register -client web1 -ip 127.0.0.1")
+  s:login_so(estate:secret("hsm1_so_password"))
+  s:must("partition create -partition par1 -force")
+  s:must("client assignPartition -client web1 -partition par1")
+  r = tool(estate, "vtl", { "verify" })
+  t.ok(r.stdout:find("The following Luna SA Slots/Partitions were found:", 1, true), r.stdout)
+  t.ok(r.stdout:find("par1", 1, true), r.stdout)
+  -- the same path, probed by dhsm.net with the client's own files
+  local probe = net.tls { host = "127.0.0.1", port = entry.ntls_port, ca_file = cert.ca,
+    client_cert = cert.cert, client_key = cert.key, server_name = "hsm1" }
+  t.eq({ probe.ok, probe.verify.ok }, { true, true })
+  -- the appliance certificate is regenerated: verify fails until re-exchanged
+  s:must("sysconf regenCert -force")
+  s:must("service restart ntls")
+  r = tool(estate, "vtl", { "verify" })
+  t.ok(r.stdout:find("Error: Unable to find any Luna SA slots/partitions", 1, true), r.stdout)
+  s:get("server.pem", dir .. "/hsm1-new.pem")
+  t.ok(not net.same_cert(dir .. "/hsm1.pem", dir .. "/hsm1-new.pem"))
+  tool(estate, "vtl", { "deleteServer", "-n", "127.0.0.1" })
+  tool(estate, "vtl", { "addServer", "-n", "127.0.0.1", "-c", dir .. "/hsm1-new.pem" })
+  r = tool(estate, "vtl", { "verify" })
+  t.ok(r.stdout:find("par1", 1, true), r.stdout)
+end, { timeout = 90 })
+
+t.test("an HA group made with lunacm, read through dhsm.chrystoki; a member drops and is recovered", function()
+  local estate = require("support.estate").start { args = "--appliances 2 --client-ready" }
+  local client = estate.inventory.client
+  local co = estate:secret("hsm1_par1_co_pin")
+  local serial = function(name)
+    local r = tool(estate, "lunacm", { "-c", "slot", "list" })
+    return r.stdout:match("Label %->%s+" .. name .. "%-par1%s+Serial Number %->%s+(%d+)")
+  end
+  local s1, s2 = serial("hsm1"), serial("hsm2")
+  t.ok(s1 and s2, "both partitions are slots")
+  local r = tool(estate, "lunacm", { "-c", "hagroup", "createGroup", "-label", "myHA", "-serialNumber", s1 }, { co, "\n" })
+  t.eq(r.status, 0, r.stdout)
+  r = tool(estate, "lunacm", { "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", s2 }, { co, "\n" })
+  t.eq(r.status, 0, r.stdout)
+  tool(estate, "lunacm", { "-c", "hagroup", "retry", "-count", "0" })
+  local groups = chrystoki.load(client.chrystoki_conf):ha_groups()
+  t.eq({ #groups, groups[1].label, #groups[1].members }, { 1, "myHA", 2 })
+  t.eq(chrystoki.load(client.chrystoki_conf):ha_config().reconnAtt, 0)
+  estate:appliance("hsm2", "down")
+  dhsm.sleep(0.3)
+  r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
+  t.ok(r.stdout:find("down", 1, true), r.stdout)
+  estate:appliance("hsm2", "up")
+  dhsm.sleep(0.3)
+  r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
+  t.ok(r.stdout:find("down", 1, true), "no retry count: it stays out until recovered\n" .. r.stdout)
+  r = tool(estate, "lunacm", { "-c", "hagroup", "recover", "-group", "myHA" })
+  t.eq(r.status, 0, r.stdout)
+  r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
+  t.ok(not r.stdout:find("down", 1, true), r.stdout)
+end, { timeout = 90 })
