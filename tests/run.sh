@@ -14,7 +14,11 @@ dhsm=$1
 shift
 passed=0 failed=0 skipped=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The suite keeps its journals, failed-login counts, history and audit log
+# to itself, never in the operator's ~/.local/state.
+state=$(mktemp -d)
+export XDG_STATE_HOME="$state" DHSM_AUDIT="$state/audit.jsonl"
+trap 'rm -f "$log"; rm -rf "$state"' EXIT
 
 # add "P F S" to the totals
 add() {

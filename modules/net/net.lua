@@ -125,26 +125,34 @@ function M.ntls_log(input)
   elseif type(input) ~= "table" then
     usage("net.ntls_log: expected syslog text or a list of lines, got %s", type(input))
   end
-  local events, attempts, open, last = {}, {}, {}, {}
+  local events, attempts, open, pending = {}, {}, {}, {}
+  local function note(a, e)
+    a.lines[#a.lines + 1] = e.line
+    if e.event == "accept_error" then a.alert, a.reason = e.alert, e.reason end
+    if e.event == "handshake_failed" or e.event == "ssl_error" then a.failed = true end
+    if e.event == "added" then a.added, a.client = true, e.client end
+    if e.event == "removed" then a.removed = true end
+  end
   for _, l in ipairs(lines) do
     local e = parse_line(l)
     if e then
       events[#events + 1] = e
-      -- lines without a peer (the SSLAccept errors) belong to the last
-      -- attempt of the same NTLS process
-      local a = e.peer and open[e.peer] or (not e.peer and last[e.pid or 0]) or nil
-      if e.event == "incoming" or (a == nil and e.peer) then
-        a = { peer = e.peer, time = e.time, lines = {} }
-        attempts[#attempts + 1] = a
-        if e.peer then open[e.peer] = a end
-      end
-      if a then last[e.pid or 0] = a end
-      if a then
-        a.lines[#a.lines + 1] = l
-        if e.event == "accept_error" then a.alert, a.reason = e.alert, e.reason end
-        if e.event == "handshake_failed" or e.event == "ssl_error" then a.failed = true end
-        if e.event == "added" then a.added, a.client = true, e.client end
-        if e.event == "removed" then a.removed = true end
+      local pid = e.pid or 0
+      if not e.peer then
+        -- the SSLAccept errors name no peer: they belong to the next line of
+        -- the same NTLS process that does (connections interleave)
+        pending[pid] = pending[pid] or {}
+        table.insert(pending[pid], e)
+      else
+        local a = open[e.peer]
+        if e.event == "incoming" or a == nil then
+          a = { peer = e.peer, time = e.time, lines = {} }
+          attempts[#attempts + 1] = a
+          open[e.peer] = a
+        end
+        for _, p in ipairs(e.event ~= "incoming" and pending[pid] or {}) do note(a, p) end
+        if e.event ~= "incoming" then pending[pid] = nil end
+        note(a, e)
       end
     end
   end

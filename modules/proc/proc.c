@@ -216,17 +216,28 @@ static int env_overridden(lua_State *L, int env, const char *entry) {
   return t != LUA_TNIL;
 }
 
-/* "NAME=value" for the env entry on top of the stack (key below it), or NULL */
+/* Check every env entry before anything is allocated: a usage error
+** half-way would leak what was built (secrets included). Returns the count. */
+static size_t check_env(lua_State *L, int env) {
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, env)) {
+    if (lua_type(L, -2) != LUA_TSTRING) dhsm_usage_error(L, "proc: env names must be strings");
+    int ok = !lua_toboolean(L, -1) || lua_type(L, -1) == LUA_TSTRING || dhsm_is_secret(L, -1);
+    if (!ok) dhsm_usage_error(L, "proc: env.%s must be a string, a secret or false", lua_tostring(L, -2));
+    if (dhsm_is_secret(L, -1)) dhsm_secret_check(L, -1, NULL);    /* resolve (may prompt) now */
+    lua_pop(L, 1);
+    n++;
+  }
+  return n;
+}
+
+/* "NAME=value" for the (checked) env entry on top of the stack, or NULL */
 static char *env_entry(lua_State *L) {
-  if (lua_type(L, -2) != LUA_TSTRING) dhsm_usage_error(L, "proc: env names must be strings");
   if (!lua_toboolean(L, -1)) return NULL;
   size_t len;
   const char *v = dhsm_secret_test(L, -1, &len);
-  if (v == NULL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      dhsm_usage_error(L, "proc: env.%s must be a string, a secret or false", lua_tostring(L, -2));
-    v = lua_tolstring(L, -1, &len);
-  }
+  if (v == NULL) v = lua_tolstring(L, -1, &len);
   const char *name = lua_tostring(L, -2);
   char *e = malloc(strlen(name) + len + 2);
   if (e == NULL) luaL_error(L, "not enough memory");
@@ -241,10 +252,7 @@ static void build_env(lua_State *L, int opts, envp_t *e) {
   size_t n = 0, extra = 0;
   while (environ[n]) n++;
   int env = lua_getfield(L, opts, "env") == LUA_TTABLE ? lua_gettop(L) : 0;
-  if (env) {
-    lua_pushnil(L);
-    while (lua_next(L, env)) { extra++; lua_pop(L, 1); }
-  }
+  if (env) extra = check_env(L, env);
   e->vars = calloc(n + extra + 1, sizeof *e->vars);
   e->owned = calloc(n + extra + 1, 1);
   e->n = 0;
