@@ -14,7 +14,7 @@ O       ?= build
 BIN     ?= dhsm
 LUAC    ?= luac5.4
 
-PKGS    := lua5.4 libcurl libssh2 openssl libedit
+PKGS    := lua5.4 libcurl libssh2 openssl libedit p11-kit-1
 PKG_OK  := $(shell $(PKG) --exists $(PKGS) lua5.4-cjson 2>/dev/null && echo yes)
 ifneq ($(PKG_OK),yes)
   ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
@@ -91,8 +91,13 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh ./$(BIN)
 
-bench: all
-	@for b in bench/*.lua; do ./$(BIN) exec $$b; done
+bench: all $(O)/bench/p11_sign_c
+	@for b in bench/*.lua; do P11_SIGN_C=$(O)/bench/p11_sign_c ./$(BIN) exec $$b; done
+
+# the plain C loop bench/pkcs11_bench.lua compares the binding with
+$(O)/bench/p11_sign_c: bench/p11_sign.c | $(O)/.dirs
+	@mkdir -p $(O)/bench
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 $(WARN) $(shell $(PKG) --cflags p11-kit-1) -o $@ $< -ldl
 
 $(O)/dhsm.1: $(BIN)
 	./$(BIN) help --man > $@

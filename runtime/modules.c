@@ -9,6 +9,7 @@
 extern int luaopen_cjson(lua_State *L);
 extern int luaopen_dhsm_azure_http(lua_State *L);
 extern int luaopen_dhsm_luna_ssh(lua_State *L);
+extern int luaopen_dhsm_pkcs11_core(lua_State *L);
 extern int luaopen_dhsm_proc_core(lua_State *L);
 extern int luaopen_dhsm_net_core(lua_State *L);
 
@@ -21,6 +22,7 @@ const dhsm_module dhsm_modules[] = {
   {"cjson", luaopen_cjson},
   {"dhsm.azure.http", luaopen_dhsm_azure_http},
   {"dhsm.luna.ssh", luaopen_dhsm_luna_ssh},
+  {"dhsm.pkcs11.core", luaopen_dhsm_pkcs11_core},
   {"dhsm.proc.core", luaopen_dhsm_proc_core},
   {"dhsm.net.core", luaopen_dhsm_net_core},
   {NULL, NULL}

@@ -1,0 +1,371 @@
+-- dhsm.pkcs11: PKCS#11 tokens (a Luna partition, a SoftHSM2 token) from Lua.
+--
+--   local pkcs11 = require "dhsm.pkcs11"
+--   local lib <close> = pkcs11.load([path] [, { env = { SOFTHSM2_CONF = "/x/softhsm2.conf" } }])
+--   lib:info(); lib:slots{ token_present = true }; lib:token(slot); lib:tokens(); lib:mechanisms(slot)
+--   lib:find_token{ label = "p1" }  or { serial = "1234" }   --> token info (with .slot) | nil
+--   local s <close> = lib:open{ label = "p1", rw = true }     -- or serial= / slot=; read-only by default
+--   s:login("user" | "so", pin_secret [, { allow_destructive_login = true }]); s:logout()
+--   s:find{ class = "private_key", label = "k" }  --> { handle, ... }; s:count(t); s:find_one(t)
+--   s:attributes(handle [, { "label", "modulus_bits", ... }]) --> { label = "k", modulus_bits = 2048 }
+--   s:destroy(handle)
+--   s:generate_aes{ label =, bits = 256 }   s:generate_hmac{ label =, bits = 256 }     --> handle
+--   s:generate_rsa{ label =, bits = 2048 }  s:generate_ec{ label =, curve = "P-256" }  --> private, public
+--   s:sign(key, "SHA256_RSA_PKCS", data); s:verify(key, mech, data, signature)  --> boolean
+--   s:encrypt(key, "AES_GCM", data, { aad = }) --> ciphertext, iv
+--   s:decrypt(key, "AES_GCM", ciphertext, { iv =, aad = }); s:digest("SHA256", data); s:random(n)
+--
+-- The library: the path given, else $DHSM_PKCS11_LIB, else LibUNIX64 of
+-- Chrystoki.conf's Chrystoki2 section ($ChrystokiConfigurationPath/Chrystoki.conf
+-- or /etc/Chrystoki.conf), else the Luna client's default.  `env` is set
+-- (setenv, for the whole process) before the library is loaded: SoftHSM2
+-- reads SOFTHSM2_CONF when it is initialised.  A library stays loaded while
+-- any of its sessions is open, however it was closed.
+--
+-- Objects are plain integer handles, as the token gives them.  Mechanisms
+-- are PKCS#11 names without CKM_ ("SHA256-RSA-PKCS" and "ckm_sha256_rsa_pkcs"
+-- work too).  ECDSA signs a digest the caller made; ECDSA_SHA256 (384, 512)
+-- hashes in the binding and has the token sign the digest with CKM_ECDSA,
+-- which every token has (SoftHSM2 has no CKM_ECDSA_SHA256).  RSA_PKCS_PSS
+-- takes {hash=, salt_len=} (default SHA256 and the hash length);
+-- SHA256_RSA_PKCS_PSS implies its hash.  AES_GCM and AES_CBC_PAD take iv=;
+-- encrypt makes a fresh one from the token's RNG when none is given and
+-- returns it, decrypt needs it.
+--
+-- Logins go through the failed-login guard (dhsm.luna.guard): the token's
+-- PIN flags and our persistent count say how many attempts may be left; the
+-- attempt that could be the last is refused unless allow_destructive_login
+-- (audited); a failed login is never retried.  Generation, destruction,
+-- login and logout are audited; in check mode they are not done: dhsm.would
+-- reports them and they return { check = true, would = "..." }.
+local dhsm = require "dhsm"
+local core = require "dhsm.pkcs11.core"
+local guard = require "dhsm.luna.guard"
+local secret = require "dhsm.secret"
+local sys = require "dhsm.sys"
+local util = require "dhsm.util"
+
+local M = {}
+
+M.DEFAULT_PATH = "/usr/safenet/lunaclient/lib/libCryptoki2_64.so"
+
+-- The unguarded C_Login is for this file only: taken out of the core
+-- table, so a runbook cannot log in around the guard.
+local raw_login = core.login
+core.login = nil
+
+local Library, Session = core.library, core.session
+
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = "pkcs11: " .. fmt:format(...) }
+end
+
+-- t must be nil or a table whose keys are all in `known`.
+local function check_fields(t, known, what)
+  if t == nil then return {} end
+  if type(t) ~= "table" then usage("%s: expected a table of options, got %s", what, type(t)) end
+  for k in pairs(t) do
+    if not known[k] then
+      local names = util.sorted_keys(known)
+      usage("%s: unknown field '%s'%s", what, tostring(k), util.did_you_mean(tostring(k), names))
+    end
+  end
+  return t
+end
+
+---------------------------------------------------------------------------
+-- loading
+
+-- Chrystoki.conf: $ChrystokiConfigurationPath names its folder.
+function M.chrystoki_conf()
+  local dir = os.getenv("ChrystokiConfigurationPath")
+  if dir and dir ~= "" then return dir .. "/Chrystoki.conf" end
+  return "/etc/Chrystoki.conf"
+end
+
+-- LibUNIX64 of the Chrystoki2 section, or nil.  The full parser is
+-- dhsm.chrystoki; a build without it gets by with a pattern.
+local function chrystoki_lib(path)
+  if not sys.stat(path) then return nil end
+  local ok, chrystoki = pcall(require, "dhsm.chrystoki")
+  if ok then return chrystoki.load(path):get("Chrystoki2", "LibUNIX64") end
+  local body = (util.read_file(path) or ""):match("Chrystoki2%s*=%s*(%b{})")
+  local lib = body and body:match("[{;%s]LibUNIX64%s*=%s*([^;}\n]+)")
+  return lib and util.trim(lib)
+end
+
+-- library_path([path]) -> path, where it came from
+function M.library_path(path)
+  if path ~= nil then
+    if type(path) ~= "string" or path == "" then usage("load: the library path must be a string, got %s", type(path)) end
+    return path, "argument"
+  end
+  local env = os.getenv("DHSM_PKCS11_LIB")
+  if env and env ~= "" then return env, "$DHSM_PKCS11_LIB" end
+  local conf = M.chrystoki_conf()
+  local lib = chrystoki_lib(conf)
+  if lib and lib ~= "" then return lib, conf end
+  return M.DEFAULT_PATH, "the Luna client's default"
+end
+
+-- load([path] [, {env = {NAME = value}}]) -> library
+function M.load(path, opts)
+  if type(path) == "table" and opts == nil then path, opts = nil, path end
+  opts = check_fields(opts, { env = true }, "load")
+  local where, from = M.library_path(path)
+  local ok, lib = pcall(core.load, where, opts.env)
+  if not ok then
+    if dhsm.error.is(lib, "pkcs11") and from ~= "argument" then
+      lib.message = ("%s (the path from %s)"):format(lib.message, from)
+    end
+    error(lib, 0)
+  end
+  return lib
+end
+
+---------------------------------------------------------------------------
+-- tokens
+
+-- lib:tokens() -> {token info, ...} of the initialised tokens
+function Library:tokens()
+  local out = {}
+  for _, slot in ipairs(self:slots { token_present = true }) do
+    local tok = self:token(slot.slot)
+    if tok.token_initialized then out[#out + 1] = tok end
+  end
+  return out
+end
+
+local QUERY = { label = true, serial = true }
+
+-- lib:find_token{label= | serial=} -> token info | nil.  Several tokens
+-- with one label is an error: the wrong one would get the login.
+function Library:find_token(q)
+  q = check_fields(q, QUERY, "find_token")
+  if q.label == nil and q.serial == nil then usage("find_token: give label= or serial=") end
+  local found = {}
+  for _, tok in ipairs(self:tokens()) do
+    if (q.label == nil or tok.label == q.label) and (q.serial == nil or tok.serial == tostring(q.serial)) then
+      found[#found + 1] = tok
+    end
+  end
+  if #found > 1 then
+    local serials = {}
+    for i, tok in ipairs(found) do serials[i] = tok.serial end
+    usage("find_token: %d tokens are labelled %q (serials %s): give serial=", #found, q.label, table.concat(serials, ", "))
+  end
+  return found[1]
+end
+
+-- lib:open{label= | serial= | slot=, rw=false} -> session
+function Library:open(q)
+  q = check_fields(q, { label = true, serial = true, slot = true, rw = true }, "open")
+  local slot = q.slot
+  if slot == nil then
+    local tok = self:find_token { label = q.label, serial = q.serial }
+    if not tok then
+      dhsm.error { kind = "pkcs11", code = "TokenNotFound",
+        message = ("no initialised token with %s on %s"):format(
+          q.label and ("label %q"):format(q.label) or ("serial %q"):format(tostring(q.serial)), tostring(self)) }
+    end
+    slot = tok.slot
+  elseif math.type(slot) ~= "integer" then
+    usage("open: slot must be an integer, got %s", type(slot))
+  end
+  return self:open_slot(slot, q.rw == true)
+end
+
+---------------------------------------------------------------------------
+-- logins
+
+local ROLES = {
+  user = { role = "co", flags = "user_pin_" },     -- CKU_USER: the Crypto Officer of a Luna partition
+  so = { role = "pso", flags = "so_pin_" },        -- CKU_SO: the Partition SO
+}
+
+-- What the token's flags say is left, for guard.check.  They are coarse:
+-- locked -> 0; final try -> 1; count low ("a failure since the last
+-- success") -> the threshold less one, an upper bound; no flag -> nil,
+-- unknown, and our own count decides.  Clean flags never reset our count:
+-- a token (Luna among them) need not raise count_low at all.
+function M.device_left(tok, who)
+  local r = ROLES[who]
+  if tok[r.flags .. "locked"] then return 0 end
+  if tok[r.flags .. "final_try"] then return 1 end
+  if tok[r.flags .. "count_low"] then return guard.THRESHOLDS[r.role] - 1 end
+  return nil
+end
+
+local LOCKED_HINTS = {
+  CKR_PIN_LOCKED = "the PIN is locked",
+  CKR_USER_LOCKED_OUT = "the role is locked out (HSM policy 15 decides whether the Partition SO can reset it)",
+  CKR_SO_LOGIN_FAILURE_THRESHOLD = "the SO failure threshold was reached: the partition is zeroized",
+  CKR_AUDIT_LOGIN_FAILURE_THRESHOLD = "the Auditor is locked for 10 minutes",
+}
+
+-- The guard's key for this session's token: "label#serial".
+function Session:guard_key()
+  local tok = self:token()
+  return tok.label .. "#" .. tok.serial, tok
+end
+
+-- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
+function Session:login(who, pin, opts)
+  opts = check_fields(opts, { allow_destructive_login = true }, "login")
+  local r = ROLES[who]
+  if not r then usage("login: as \"user\" or \"so\", got %s", tostring(who)) end
+  if not secret.is(pin) then
+    usage("login: the PIN must be a dhsm.secret (secret.env, secret.file or secret.prompt), got %s",
+      type(pin) == "string" and "a plain string" or type(pin))
+  end
+  local key, tok = self:guard_key()
+  guard.check(key, r.role, M.device_left(tok, who), opts)
+  if dhsm.check_mode then                    -- a login risks a failed attempt: not in a dry run
+    local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
+    dhsm.would(what)
+    return { check = true, would = what }
+  end
+  local ok, err = pcall(raw_login, self, who, pin)
+  if ok then
+    guard.record(key, r.role, true)
+    return true
+  end
+  local code = dhsm.error.is(err) and err.code
+  if code == "CKR_USER_ALREADY_LOGGED_IN" then   -- the token's login is shared by its sessions
+    dhsm.audit.write { action = "pkcs11.login", target = key, outcome = code, role = r.role }
+    return true
+  end
+  if code == "CKR_PIN_INCORRECT" then            -- only a wrong PIN counts
+    guard.record(key, r.role, false)
+    err.message = ("%s; not retried: at most %d attempts left before %s"):format(err.message,
+      guard.attempts_left(key, r.role, nil), guard.CONSEQUENCES[r.role])
+  else
+    dhsm.audit.write { action = "pkcs11.login", target = key, outcome = tostring(code or "error"), role = r.role }
+    if LOCKED_HINTS[code] then err.message = err.message .. ": " .. LOCKED_HINTS[code] end
+  end
+  error(err, 0)
+end
+
+---------------------------------------------------------------------------
+-- objects
+
+function Session:count(template)
+  return #self:find(template)
+end
+
+-- s:find_one(template) -> handle | nil; more than one is an error
+function Session:find_one(template)
+  local found = self:find(template)
+  if #found > 1 then usage("find_one: %d objects match", #found) end
+  return found[1]
+end
+
+---------------------------------------------------------------------------
+-- keys
+
+local CURVES = {                                  -- DER of the named curve's OID
+  ["P-256"] = "\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07",
+  ["P-384"] = "\x06\x05\x2b\x81\x04\x00\x22",
+}
+local CURVE_ALIASES = { prime256v1 = "P-256", secp256r1 = "P-256", secp384r1 = "P-384" }
+
+-- Fields the generators take besides attributes.
+local SPEC = { label = true, id = true, token = true, bits = true, curve = true, exponent = true,
+  public = true, private = true }
+
+-- The label, id and token fields shared by both keys of a pair (the id
+-- links them: random unless given).
+local function common(self, o, what)
+  if type(o) ~= "table" then usage("%s: expected a table, got %s", what, type(o)) end
+  if type(o.label) ~= "string" or o.label == "" then usage("%s: label= is required (a string)", what) end
+  local id = o.id or self:random(16)
+  if type(id) ~= "string" then usage("%s: id must be a string of bytes, got %s", what, type(id)) end
+  return { label = o.label, id = id, token = o.token ~= false }
+end
+
+-- defaults, then the common fields, then the caller's attributes
+local function merge(defaults, c, extra)
+  local t = {}
+  for k, v in pairs(defaults) do t[k] = v end
+  for k, v in pairs(c) do t[k] = v end
+  for k, v in pairs(extra or {}) do
+    if not SPEC[k] then t[k] = v end
+  end
+  return t
+end
+
+local function check_choice(what, field, v, choices)
+  for _, c in ipairs(choices) do
+    if v == c then return v end
+  end
+  local list = {}
+  for i, c in ipairs(choices) do list[i] = tostring(c) end
+  usage("%s: %s must be %s, got %s", what, field, table.concat(list, ", "), tostring(v))
+end
+
+-- s:generate_aes{label=, bits=256, token=true, id=, ...attributes} -> handle
+function Session:generate_aes(o)
+  local c = common(self, o, "generate_aes")
+  local bits = check_choice("generate_aes", "bits", o.bits or 256, { 128, 192, 256 })
+  local t = merge({ class = "secret_key", key_type = "aes", value_len = bits // 8, private = true,
+    sensitive = true, extractable = false, encrypt = true, decrypt = true, sign = false, verify = false,
+    wrap = false, unwrap = false, derive = false }, c, o)
+  return self:generate_key("AES_KEY_GEN", t, ("AES-%d key '%s'"):format(bits, c.label))
+end
+
+-- s:generate_hmac{label=, bits=256, ...} -> handle: a generic secret for SHA*_HMAC
+function Session:generate_hmac(o)
+  local c = common(self, o, "generate_hmac")
+  local bits = o.bits or 256
+  if math.type(bits) ~= "integer" or bits < 128 or bits % 8 ~= 0 or bits > 1024 then
+    usage("generate_hmac: bits must be a multiple of 8 from 128 to 1024, got %s", tostring(bits))
+  end
+  local t = merge({ class = "secret_key", key_type = "generic_secret", value_len = bits // 8, private = true,
+    sensitive = true, extractable = false, sign = true, verify = true, encrypt = false, decrypt = false }, c, o)
+  return self:generate_key("GENERIC_SECRET_KEY_GEN", t, ("HMAC key (%d bits) '%s'"):format(bits, c.label))
+end
+
+-- A key pair: top-level fields other than SPEC belong in public= or private=.
+local function generate_pair(self, o, mech, what, c, pub, priv)
+  for k in pairs(o) do
+    if not SPEC[k] then
+      usage("%s: unknown field '%s' (an attribute of one key goes in public={...} or private={...})", what, tostring(k))
+    end
+  end
+  local p = merge(pub, c, o.public)
+  local q = merge(priv, c, o.private)
+  p.token, q.token = c.token, c.token
+  return self:generate_key_pair(mech, p, q, what)
+end
+
+-- s:generate_rsa{label=, bits=2048, exponent=65537, public={}, private={}} -> private, public
+function Session:generate_rsa(o)
+  local c = common(self, o, "generate_rsa")
+  local bits = check_choice("generate_rsa", "bits", o.bits or 2048, { 2048, 3072, 4096 })
+  local e = o.exponent or 65537
+  if math.type(e) ~= "integer" or e < 3 or e % 2 == 0 then usage("generate_rsa: exponent must be an odd integer >= 3") end
+  local bytes = string.pack(">I8", e):gsub("^\0+", "")
+  return generate_pair(self, o, "RSA_PKCS_KEY_PAIR_GEN", ("RSA-%d key pair '%s'"):format(bits, c.label), c,
+    { class = "public_key", key_type = "rsa", private = false, modulus_bits = bits, public_exponent = bytes,
+      verify = true, encrypt = true, wrap = false },
+    { class = "private_key", key_type = "rsa", private = true, sensitive = true, extractable = false,
+      sign = true, decrypt = true, unwrap = false })
+end
+
+-- s:generate_ec{label=, curve="P-256", public={}, private={}} -> private, public
+function Session:generate_ec(o)
+  local c = common(self, o, "generate_ec")
+  local curve = o.curve or "P-256"
+  curve = CURVE_ALIASES[curve] or curve
+  if not CURVES[curve] then usage("generate_ec: curve must be P-256 or P-384, got %s", tostring(o.curve)) end
+  return generate_pair(self, o, "EC_KEY_PAIR_GEN", ("EC %s key pair '%s'"):format(curve, c.label), c,
+    { class = "public_key", key_type = "ec", private = false, ec_params = CURVES[curve], verify = true,
+      encrypt = false, wrap = false, derive = false },
+    { class = "private_key", key_type = "ec", private = true, sensitive = true, extractable = false,
+      sign = true, decrypt = false, unwrap = false, derive = false })
+end
+
+-- mechanism(name) -> its canonical name | nil; rv_name(0x80000007) -> "CKR_USER_LOCKED_OUT"
+M.mechanism, M.rv_name = core.mechanism, core.rv_name
+
+return M
