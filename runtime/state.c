@@ -88,6 +88,30 @@ void dhsm_would(lua_State *L, const char *fmt, ...) {
   lua_pop(L, 1);
 }
 
+void dhsm_check_endpoint(lua_State *L, int opts, const char *what, int default_port,
+                         double default_timeout, dhsm_endpoint *out) {
+  opts = lua_absindex(L, opts);
+  lua_getfield(L, opts, "host");
+  const char *host = lua_tostring(L, -1);
+  if (host == NULL || *host == '\0' || lua_type(L, -1) != LUA_TSTRING)
+    dhsm_usage_error(L, "%s: 'host' is required (a name or an address)", what);
+  snprintf(out->host, sizeof out->host, "%s", host);
+  lua_pop(L, 1);
+  int t = lua_getfield(L, opts, "port");
+  if (t == LUA_TNIL && default_port > 0) {
+    out->port = default_port;
+  } else if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 65535) {
+    dhsm_usage_error(L, "%s: 'port' must be an integer 1-65535, got %s", what, luaL_tolstring(L, -1, NULL));
+  } else {
+    out->port = (int)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, opts, "timeout");
+  out->timeout = luaL_optnumber(L, -1, default_timeout);
+  if (out->timeout < 0) dhsm_usage_error(L, "%s: 'timeout' must be seconds >= 0", what);
+  lua_pop(L, 1);
+}
+
 /* ---- embedded Lua ------------------------------------------------------ */
 
 const dhsm_embedded *dhsm_embedded_find(char kind, const char *name) {

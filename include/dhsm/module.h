@@ -27,6 +27,17 @@ void dhsm_newclass(lua_State *L, const char *tname,
 ** mutating calls must describe what they would do and not do it. */
 int dhsm_check_mode(lua_State *L);
 
+/* host=, port=, timeout= read from the options table at opts: a usage
+** error names the field and what was expected (`what` prefixes it, e.g.
+** "luna").  port and timeout fall back to the defaults given. */
+typedef struct dhsm_endpoint {
+  char host[256];
+  int port;
+  double timeout;
+} dhsm_endpoint;
+void dhsm_check_endpoint(lua_State *L, int opts, const char *what, int default_port,
+                         double default_timeout, dhsm_endpoint *out);
+
 /* In check mode, record and show what a mutating call would have done
 ** ("would delete resource group hsm-rg"); the runner marks the step planned. */
 void dhsm_would(lua_State *L, const char *fmt, ...);

@@ -218,32 +218,25 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
 static int ssh_connect(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_getfield(L, 1, "host");
-  const char *host = lua_tostring(L, -1);
-  if (host == NULL || !*host) return dhsm_usage_error(L, "luna: 'host' must be a host name or address");
-  lua_getfield(L, 1, "port");
-  lua_Integer port = luaL_optinteger(L, -1, 22);
-  if (port < 1 || port > 65535) return dhsm_usage_error(L, "luna: 'port' must be 1-65535");
-  lua_getfield(L, 1, "timeout");
-  double timeout = luaL_optnumber(L, -1, 30);
-  lua_settop(L, 1);
+  dhsm_endpoint ep;
+  dhsm_check_endpoint(L, 1, "luna", 22, 30, &ep);
   sess *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->fd = -1;
   luaL_setmetatable(L, SESSION_MT);
-  snprintf(s->host, sizeof s->host, "%s", host);
-  s->port = (int)port;
-  s->timeout = timeout;
+  snprintf(s->host, sizeof s->host, "%s", ep.host);
+  s->port = ep.port;
+  s->timeout = ep.timeout;
   char service[8];
-  snprintf(service, sizeof service, "%d", (int)port);
+  snprintf(service, sizeof service, "%d", ep.port);
   struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
-  int rc = getaddrinfo(host, service, &hints, &s->addrs);
+  int rc = getaddrinfo(ep.host, service, &hints, &s->addrs);
   if (rc != 0)
-    return dhsm_raise(L, "net", "CouldNotResolveHost", 1, "%s: %s", host, gai_strerror(rc));
+    return dhsm_raise(L, "net", "CouldNotResolveHost", 1, "%s: %s", ep.host, gai_strerror(rc));
   s->next_addr = s->addrs;
   s->busy = 1;
   s->stage = C_TCP;
-  s->deadline = dhsm_now() + timeout;
+  s->deadline = dhsm_now() + ep.timeout;
   return connect_k(L, LUA_OK, FIRST);
 }
 
@@ -322,14 +315,33 @@ static LIBSSH2_KNOWNHOSTS *read_known_hosts(lua_State *L, sess *s, const char *p
   return kh;
 }
 
-/* s:known_hosts(path) -> "match"|"mismatch"|"notfound" [, sha256 of the key on file] */
-static int sess_known_hosts(lua_State *L) {
-  sess *s = check_sess(L, 1);
-  const char *path = luaL_checkstring(L, 2);
+/* The session's host key and the known_hosts file at argument 2. */
+typedef struct hostkey_ctx {
+  sess *s;
+  const char *path, *key;
   size_t len;
   int type;
-  const char *key = libssh2_session_hostkey(s->ssh, &len, &type);
-  LIBSSH2_KNOWNHOSTS *kh = read_known_hosts(L, s, path, 0);
+  LIBSSH2_KNOWNHOSTS *kh;
+} hostkey_ctx;
+
+static hostkey_ctx open_known_hosts(lua_State *L) {
+  hostkey_ctx h;
+  h.s = check_sess(L, 1);
+  h.path = luaL_checkstring(L, 2);
+  h.key = libssh2_session_hostkey(h.s->ssh, &h.len, &h.type);
+  if (h.key == NULL) dhsm_raise(L, "luna", "SshError", 0, "%s: no host key", h.s->host);
+  h.kh = read_known_hosts(L, h.s, h.path, 0);
+  return h;
+}
+
+/* s:known_hosts(path) -> "match"|"mismatch"|"notfound" [, sha256 of the key on file] */
+static int sess_known_hosts(lua_State *L) {
+  hostkey_ctx h = open_known_hosts(L);
+  sess *s = h.s;
+  const char *path = h.path, *key = h.key;
+  size_t len = h.len;
+  int type = h.type;
+  LIBSSH2_KNOWNHOSTS *kh = h.kh;
   struct libssh2_knownhost *found = NULL;
   int rc = libssh2_knownhost_checkp(kh, s->host, s->port, key, len,
                                     LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
@@ -361,21 +373,16 @@ static int sess_known_hosts(lua_State *L) {
 
 /* s:add_known_host(path): append this host's key (accept-new) */
 static int sess_add_known_host(lua_State *L) {
-  sess *s = check_sess(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  size_t len;
-  int type;
-  const char *key = libssh2_session_hostkey(s->ssh, &len, &type);
+  hostkey_ctx h = open_known_hosts(L);
   char name[300];
-  if (s->port == 22) snprintf(name, sizeof name, "%s", s->host);
-  else snprintf(name, sizeof name, "[%s]:%d", s->host, s->port);
-  LIBSSH2_KNOWNHOSTS *kh = read_known_hosts(L, s, path, 0);
-  int rc = libssh2_knownhost_addc(kh, name, NULL, key, len, "added by dhsm", 13,
+  if (h.s->port == 22) snprintf(name, sizeof name, "%s", h.s->host);
+  else snprintf(name, sizeof name, "[%s]:%d", h.s->host, h.s->port);
+  int rc = libssh2_knownhost_addc(h.kh, name, NULL, h.key, h.len, "added by dhsm", 13,
                                   LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-                                  knownhost_key_type(type), NULL);
-  if (rc == 0) rc = libssh2_knownhost_writefile(kh, path, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
-  libssh2_knownhost_free(kh);
-  if (rc != 0) return dhsm_usage_error(L, "cannot write known_hosts file %s", path);
+                                  knownhost_key_type(h.type), NULL);
+  if (rc == 0) rc = libssh2_knownhost_writefile(h.kh, h.path, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+  libssh2_knownhost_free(h.kh);
+  if (rc != 0) return dhsm_usage_error(L, "cannot write known_hosts file %s", h.path);
   return 0;
 }
 

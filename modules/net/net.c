@@ -78,22 +78,15 @@ static double elapsed_ms(probe *p) {
 static probe *new_probe(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_getfield(L, 1, "host");
-  const char *host = lua_tostring(L, -1);
-  if (host == NULL || *host == '\0') dhsm_usage_error(L, "net: 'host' is required (a name or an address)");
-  lua_getfield(L, 1, "port");
-  if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 65535)
-    dhsm_usage_error(L, "net: 'port' must be an integer 1-65535, got %s", luaL_tolstring(L, -1, NULL));
-  int port = (int)lua_tointeger(L, -1);
-  lua_getfield(L, 1, "timeout");
-  double timeout = luaL_optnumber(L, -1, 5);
-  lua_settop(L, 1);
+  dhsm_endpoint ep;
+  dhsm_check_endpoint(L, 1, "net", 0, 5, &ep);
   probe *p = lua_newuserdatauv(L, sizeof *p, 0);
   memset(p, 0, sizeof *p);
   p->fd = -1;
   luaL_setmetatable(L, PROBE_MT);
-  snprintf(p->host, sizeof p->host, "%s", host);
-  p->port = port;
+  snprintf(p->host, sizeof p->host, "%s", ep.host);
+  p->port = ep.port;
+  double timeout = ep.timeout;
   p->started = dhsm_now();
   p->deadline = p->started + timeout;
   return p;

@@ -2,7 +2,6 @@
 -- errors, long-running operations, the HSM/network/group/deployment
 -- helpers, check mode and audit.
 local t = require "dhsm.test"
-local cjson = require "cjson"
 local azure = require "dhsm.azure"
 local hsm = require "dhsm.azure.hsm"
 local network = require "dhsm.azure.network"
@@ -27,17 +26,10 @@ end
 -- Each test starts from a clean slate of faults and its own audit log.
 local function fresh()
   estate:clear()
-  local dir = t.tmpdir()
-  dhsm.audit.set_path(dir .. "/audit.jsonl")
-  t.cleanup(function() dhsm.audit.set_path(nil) end)
-  return estate:azure(), dir .. "/audit.jsonl"
+  return estate:azure(), t.audit_log()
 end
 
-local function audit_records(path)
-  local out = {}
-  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
-  return out
-end
+local audit_records = t.audit_records
 
 local function service_requests(service)
   local s = estate:stats()

@@ -2,7 +2,6 @@
 -- every command family, the failed-login guard, the reboot and network
 -- rules, check mode, audit, timeouts and dropped connections.
 local t = require "dhsm.test"
-local cjson = require "cjson"
 local luna = require "dhsm.luna"
 local parse = require "dhsm.luna.parse"
 local util = require "dhsm.util"
@@ -13,13 +12,10 @@ local function inv_entry(name)
   return estate.inventory:hsm(name)
 end
 
--- A fresh audit log and guard state for each test.
+-- A clean slate of faults and an audit log of its own for each test.
 local function fresh()
   estate:clear()
-  local dir = t.tmpdir()
-  dhsm.audit.set_path(dir .. "/audit.jsonl")
-  t.cleanup(function() dhsm.audit.set_path(nil) end)
-  return dir .. "/audit.jsonl"
+  return t.audit_log()
 end
 
 local function open(name, opts)
@@ -28,11 +24,7 @@ local function open(name, opts)
   return s
 end
 
-local function audit_records(path)
-  local out = {}
-  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
-  return out
-end
+local audit_records = t.audit_records
 
 ---------------------------------------------------------------------------
 -- sessions

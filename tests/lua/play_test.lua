@@ -30,9 +30,7 @@ local function executed(dir)
 end
 
 local function audit(dir)
-  local out = {}
-  for _, l in ipairs(lines(util.read_file(dir .. "/audit.jsonl") or "")) do out[#out + 1] = cjson.decode(l) end
-  return out
+  return t.audit_records(dir .. "/audit.jsonl")
 end
 
 local function journal(dir, id)

@@ -136,6 +136,23 @@ end
 function M.run_cleanups() run_list("test") end
 function M.run_file_cleanups() run_list("file") end
 
+-- audit_log() -> path: this test's audit records go to a file of its own
+function M.audit_log()
+  local audit = require "dhsm.audit"
+  local path = M.tmpdir() .. "/audit.jsonl"
+  audit.set_path(path)
+  M.cleanup(function() audit.set_path(nil) end)
+  return path
+end
+
+-- audit_records(path) -> the records of an audit log, decoded
+function M.audit_records(path)
+  local cjson = require "cjson"
+  local out = {}
+  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
 function M.write(path, data, mode)
   local f = assert(io.open(path, "wb"))
   f:write(data)
