@@ -486,8 +486,10 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
   local records = fresh_audit()
   local s = user_session()
   local keep = s:generate_aes { label = "chk-keep", token = false }
+  local shown = {}
+  dhsm.context().would = function(what) shown[#shown + 1] = what end     -- as the runner shows them
   dhsm.check_mode = true
-  t.cleanup(function() dhsm.check_mode = false end)
+  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
   local r = s:generate_aes { label = "chk-new" }
   t.eq(r.check, true)
   t.ok(r.would:find("^generate AES%-256 key 'chk%-new' on token main#%x+$"), r.would)
@@ -509,6 +511,7 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
     t.ok(rec.action ~= "pkcs11.generate" or rec.what == "AES-256 key 'chk-keep'", "nothing else generated")
   end
   t.eq(would, { "generate AES-256", "generate RSA-2048", "destroy object", "log out", "log in" })
+  t.eq(#shown, 5)
 end)
 
 t.test("errors carry the CKR name and number; Luna's vendor codes are named", function()
