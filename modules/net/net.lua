@@ -10,12 +10,27 @@
 -- Half the guide's failures are on this path: port 1792 blocked, an
 -- appliance certificate regenerated or expired, a client certificate the
 -- appliance does not know.  Probes answer; they do not raise (a closed port
--- is information).  Bad input raises a usage error.
+-- is information).  Bad input raises a usage error.  With --verbose every
+-- probe is written to the audit log too.
 local core = require "dhsm.net.core"
 local dhsm = require "dhsm"
 local util = require "dhsm.util"
 
-local M = { tcp = core.tcp }
+local M = {}
+
+-- Probes are audited only with --verbose (dhsm.verbose): they change
+-- nothing, and a diagnose run makes hundreds.
+local function audited(kind, opts, r)
+  if dhsm.verbose then
+    dhsm.audit.write { action = "net." .. kind, target = ("%s:%s"):format(tostring(opts.host), tostring(opts.port)),
+      outcome = (r.open or r.ok) and "ok" or tostring(r.reason), duration_ms = r.ms }
+  end
+  return r
+end
+
+function M.tcp(opts)
+  return audited("tcp", opts, core.tcp(opts))
+end
 
 local function usage(fmt, ...)
   dhsm.error { kind = "usage", message = fmt:format(...) }
@@ -30,7 +45,7 @@ function M.tls(opts)
   readable(opts.ca_file, "ca_file")
   readable(opts.client_cert, "client_cert")
   readable(opts.client_key, "client_key")
-  return core.tls(opts)
+  return audited("tls", opts, core.tls(opts))
 end
 
 -- tcp_many(list, {timeout=, limit=64}): list of {host=, port=[, timeout=]}
@@ -39,7 +54,7 @@ function M.tcp_many(list, opts)
   if type(list) ~= "table" then usage("net.tcp_many: expected a list of {host=, port=}") end
   return dhsm.parallel(list, function(e)
     if type(e) ~= "table" then usage("net.tcp_many: each endpoint must be a table {host=, port=}") end
-    return core.tcp { host = e.host, port = e.port, timeout = e.timeout or opts.timeout }
+    return M.tcp { host = e.host, port = e.port, timeout = e.timeout or opts.timeout }
   end, { limit = opts.limit or 128 })
 end
 

@@ -117,6 +117,17 @@ t.test("tls: closed and silent ports", function()
   t.eq(net.tls { host = "127.0.0.1", port = hole, timeout = 0.3 }.reason, "timeout")
 end)
 
+t.test("probes are audited only when verbose", function()
+  local path = t.audit_log()
+  net.tcp { host = "127.0.0.1", port = 1 }
+  t.eq(#t.audit_records(path), 0)
+  dhsm.verbose = true
+  t.cleanup(function() dhsm.verbose = false end)
+  net.tcp { host = "127.0.0.1", port = 1 }
+  local recs = t.audit_records(path)
+  t.eq({ #recs, recs[1].action, recs[1].target, recs[1].outcome }, { 1, "net.tcp", "127.0.0.1:1", "refused" })
+end)
+
 ---------------------------------------------------------------------------
 -- certificates
 

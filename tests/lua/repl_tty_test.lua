@@ -98,6 +98,15 @@ t.test("a pasted tab in the middle of a line stays text", function()
   term.wait_for("\n3\ndhsm>$")
 end)
 
+t.test("with an inventory, HSM names complete inside hsm \"...\"", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local term = terminal("-i " .. q(estate.dir .. "/inventory.json"))
+  term.keys('s = hsm "h', "Tab")
+  term.wait_for('dhsm> s = hsm "hsm1$')
+  term.keys('"', "Enter", "s:hsm_show().zeroized", "Enter")
+  term.wait_for("\nfalse\ndhsm>$")
+end, { timeout = 60 })
+
 t.test("a destructive module call asks for the target's name", function()
   local term = terminal()
   term.keys("dhsm.confirm{target = 'hsm1', action = 'hsm zeroize'}", "Enter")
