@@ -559,9 +559,10 @@ int dhsm_wait(lua_State *L, int fd, int events, double timeout,
               lua_KContext ctx, lua_KFunction k) {
   loop *lp = loop_of(L);
   double deadline = timeout < 0 ? -1 : dhsm_now() + timeout;
-  if (fd < 0 && deadline < 0 && !(lp->running && lua_isyieldable(L)))
+  int yield = dhsm_can_yield(L);
+  if (fd < 0 && deadline < 0 && !yield)
     return dhsm_usage_error(L, "cannot wait for ever outside a task");
-  if (lp->running && lua_isyieldable(L)) {
+  if (yield) {
     lp->pending.fd = fd;
     lp->pending.events = (short)events;
     lp->pending.deadline = deadline;

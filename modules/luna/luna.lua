@@ -360,10 +360,8 @@ end
 -- Logins through the guard: read attempts left, refuse the last one, never retry.
 function Session:login(role, command, opts)
   local password = opts.password
-  if password == nil then
-    for _, a in ipairs(opts.answers or {}) do
-      if ("password:"):find(a.match) or a.match:lower():find("password") then password = a.answer end
-    end
+  for _, a in ipairs(password == nil and opts.answers or {}) do
+    if ("password:"):find(a.match) then password = a.answer end
   end
   if password == nil then usage("%s: a %s login needs password= (a secret)", self.name, guard.ROLE_NAMES[role]) end
   if not secret.is(password) then usage("%s: the password must be a secret, not a plain string", self.name) end
@@ -374,6 +372,7 @@ function Session:login(role, command, opts)
       dhsm.error { kind = "safety", code = "Zeroized", message = ("%s is zeroized: there is nothing to log in to"):format(self.name) }
     end
     device_left = h.attempts_left
+    self.serial = h.serial                -- for guard_key, without asking again
   end
   local key = self:guard_key()
   guard.check(key, role, device_left, opts)

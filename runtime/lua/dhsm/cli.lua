@@ -16,6 +16,7 @@ local GLOBAL_OPTIONS = {
   { nil, "--audit", arg = "FILE", help = "audit log; default $DHSM_AUDIT or $XDG_STATE_HOME/dhsm/audit.jsonl" },
   { "-v", "--verbose", help = "more detail, and tracebacks with errors" },
   { "-h", "--help", help = "show help and exit" },
+  { nil, "--version", help = "print the versions of dhsm and its libraries and exit" },
 }
 
 -- Each command: usage line, one-line summary, longer text, options.
@@ -414,38 +415,17 @@ function M.report(err, traceback)
 end
 
 local function dispatch(args)
-  -- global options may come before the command
-  local i = 1
-  local pre = {}
-  while args[i] and args[i]:sub(1, 1) == "-" do
-    local a = args[i]
-    if a == "--version" then return cmd_version() end
-    local o
-    for _, g in ipairs(GLOBAL_OPTIONS) do
-      if a == g[1] or a == g[2] or a:match("^" .. g[2]:gsub("%-", "%%-") .. "=") then o = g end
-    end
-    if not o then
-      local names = {}
-      for _, g in ipairs(GLOBAL_OPTIONS) do names[#names + 1] = g[2] end
-      usage_error("unknown option '%s'%s (see 'dhsm --help')", a, util.did_you_mean(a, names))
-    end
-    pre[#pre + 1] = a
-    if o.arg and not a:find("=", 1, true) then
-      i = i + 1
-      if args[i] == nil then usage_error("option '%s' needs a value (%s)", a, o.arg) end
-      pre[#pre + 1] = args[i]
-    end
-    i = i + 1
-  end
-  local name = args[i]
-  local gopts = parse(pre, 1, {}, nil)
+  -- the global options before the command, then the command and its own
+  local gopts, rest = parse(args, 1, {}, nil, true)
+  if gopts.version then return cmd_version() end
+  local name = rest[1]
   if name == nil then
     if gopts.help then return cmd_help({}, {}) end
     usage_error("no command given; see 'dhsm --help'")
   end
   local specs = M.command(name).options
   if name == "help" then specs = { { nil, "--man", help = "" } } end
-  local opts, pos = parse(args, i + 1, specs, name, name == "exec")
+  local opts, pos = parse(rest, 2, specs, name, name == "exec")
   for k, v in pairs(gopts) do
     if k == "include" then
       opts.include = opts.include or {}
@@ -455,6 +435,7 @@ local function dispatch(args)
     end
   end
   if opts.help then return cmd_help({}, { name }) end
+  if opts.version then return cmd_version() end
   dhsm.verbose = opts.verbose == true
   local dirs = {}
   for _, d in ipairs(opts.include or {}) do dirs[#dirs + 1] = d end

@@ -118,12 +118,7 @@ function M.validate(pb, raw, inv, tty)
       problems[#problems + 1] = ("%s: missing, expected %s (give -e %s=... or set %s in the inventory)")
         :format(name, schema.expected(spec), name, spec.from_inventory)
     else
-      local spec_for_check = spec
-      if spec.type == "secret" then
-        spec_for_check = setmetatable({ prompt = spec.prompt or ("%s: "):format(spec.description or name) },
-          { __index = spec })
-      end
-      params[name] = schema.check(v, spec_for_check, name, problems, true)
+      params[name] = schema.check(v, spec, name, problems, true)
     end
   end
   if #problems > 0 then

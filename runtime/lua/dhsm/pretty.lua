@@ -17,11 +17,7 @@ local function scalar(v)
   if t == "number" and math.type(v) == "float" and v == math.floor(v) and v > -1e15 and v < 1e15 then
     return ("%.1f"):format(v)
   end
-  if t == "table" and errors.is(v) then return tostring(v) end
-  if t == "table" or t == "function" or t == "thread" then
-    return tostring(v)
-  end
-  return tostring(v)      -- numbers, booleans, nil, userdata (a secret says <secret>)
+  return tostring(v)      -- a dhsm error its message, a secret <secret>, the rest as Lua says
 end
 
 local function key_text(k)

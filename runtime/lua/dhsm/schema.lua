@@ -99,10 +99,8 @@ local function check_object(value, spec, path, problems, coerce)
   local out = {}
   local names = util.sorted_keys(spec.fields or {})
   for _, k in ipairs(util.sorted_keys(value)) do
-    if not (spec.fields or {})[k] and not spec.open then
+    if not (spec.fields or {})[k] then
       problems[#problems + 1] = ("%s.%s: unknown field%s"):format(path, tostring(k), util.did_you_mean(tostring(k), names))
-    elseif not (spec.fields or {})[k] then
-      out[k] = value[k]
     end
   end
   for _, k in ipairs(names) do
@@ -114,7 +112,7 @@ end
 local function check_secret(value, spec, path, problems)
   if secret.is(value) then return value end
   if type(value) ~= "string" then return bad(problems, path, spec, value) end
-  local ok, s = pcall(secret.ref, value, spec.prompt or ("Value for %s: "):format(path))
+  local ok, s = pcall(secret.ref, value, spec.prompt or ("%s: "):format(spec.description or path))
   if ok then return s end
   problems[#problems + 1] = ("%s: expected %s, got a literal value (it would show in "
     .. "your shell history and process list)"):format(path, M.expected(spec))
