@@ -42,6 +42,7 @@ typedef struct proc {
   char *input;                /* bytes still to write to stdin (may hold a secret) */
   size_t input_len, input_off;
   int close_after_input;
+  int input_errno;            /* why stdin stopped taking input (EPIPE), 0 if it did not */
   dhsm_buf out_buf, err_buf;
 } proc;
 /* user value 1: argv[0], for messages */
@@ -125,8 +126,11 @@ static void pump_input(proc *p) {
       p->input_off += (size_t)n;
     } else if (errno == EAGAIN || errno == EINTR) {
       return;
-    } else {
-      break;                                /* EPIPE: the child does not read */
+    } else {                                /* EPIPE: the child does not read */
+      p->input_errno = errno;
+      wipe_input(p);
+      fd_close(p, &p->in);
+      return;
     }
   }
   if (p->input_off >= p->input_len) {
@@ -472,8 +476,9 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   proc *p = check_proc(L);
   if (ctx == WAITED) dhsm_wait_result(L);
   drive(p);
+  if (p->input_errno)
+    return dhsm_raise(L, "net", "BrokenPipe", 0, "%s closed its input: %s", name_of(L, 1), strerror(p->input_errno));
   if (p->input == NULL) return 0;
-  if (p->in < 0) return dhsm_raise(L, "net", "BrokenPipe", 0, "%s closed its input", name_of(L, 1));
   if (timed_out(p)) return dhsm_raise(L, "timeout", "ProcessTimeout", 1, "%s did not take its input in time", name_of(L, 1));
   return wait_proc(L, p, write_k);
 }

@@ -4,7 +4,7 @@ local t = require "dhsm.test"
 local chrystoki = require "dhsm.chrystoki"
 local util = require "dhsm.util"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local FIXTURE = here .. "/../fixtures/chrystoki/Chrystoki.conf"
 
 t.test("unchanged, it is written back byte for byte", function()

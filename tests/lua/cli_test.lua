@@ -3,7 +3,7 @@ local t = require "dhsm.test"
 local cjson = require "cjson"
 local util = require "dhsm.util"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local fixtures = here .. "/../fixtures"
 local q = util.shell_quote
 
@@ -92,6 +92,16 @@ t.test("Ctrl-C cancels the run, closes what is open and exits 130", function()
   t.eq(r.stderr, "dhsm: interrupted\n")
   t.eq(util.read_file(dir .. "/root"), "closed")
   t.eq(util.read_file(dir .. "/child"), "closed")
+end)
+
+t.test("Ctrl-C stops code that never waits, even inside pcall", function()
+  local dir = t.tmpdir()
+  for _, code in ipairs { "while true do end", "while true do pcall(function() while true do end end) end" } do
+    local r = t.sh(("%s exec -e %s >%s & pid=$!; sleep 0.3; kill -INT $pid; wait $pid")
+      :format(q(t.dhsm), q("print('go') io.stdout:flush() " .. code), q(dir .. "/out")))
+    t.eq(r.status, 130, code .. ": " .. r.stderr)
+    t.eq(r.stderr, "dhsm: interrupted\n")
+  end
 end)
 
 t.test("exec runs as a task with its arguments", function()

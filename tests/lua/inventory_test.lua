@@ -3,7 +3,7 @@ local t = require "dhsm.test"
 local inventory = require "dhsm.inventory"
 local secret = require "dhsm.secret"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local fixtures = here .. "/../fixtures/inventory"
 
 t.test("a good inventory gets its defaults and lazy secrets", function()

@@ -6,7 +6,7 @@ local net = require "dhsm.net"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local certs = t.tmpdir()
 proc.run { argv = { "/usr/bin/python3", here .. "/support/mkcerts.py", certs } }
 local function pem(name) return certs .. "/" .. name end
@@ -22,11 +22,7 @@ local function s_server(args)
 end
 
 -- A port whose SYNs are dropped (a full backlog): connects time out.
-local function blackhole()
-  local p = proc.spawn { argv = { "/usr/bin/python3", here .. "/support/blackhole.py" } }
-  t.cleanup(function() p:close_stdin() p:wait(5) p:close() end)
-  return tonumber(p:read_until("\n", 10))
-end
+local blackhole = require "support.blackhole"
 
 ---------------------------------------------------------------------------
 -- TCP

@@ -6,7 +6,7 @@ local cjson = require "cjson"
 local util = require "dhsm.util"
 local sys = require "dhsm.sys"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local fixtures = here .. "/../fixtures"
 local q = util.shell_quote
 
@@ -273,4 +273,14 @@ t.test("Ctrl-C in a step exits 130 and leaves the run resumable", function()
   local j = journal(dir, id)
   t.eq({ j.state, j.steps[1].status, j.steps[2].status }, { "interrupted", "ok", "interrupted" })
   resume_to_the_end(dir, id)
+end, { timeout = 60 })
+
+t.test("--json still prints its document when the run is interrupted", function()
+  local dir = t.tmpdir()
+  local cmd = env(dir) .. " " .. t.cmd("run steps --json -e dir=" .. q(dir) .. " -e slow=true")
+  local r = t.sh(("%s >%s & pid=$!; for i in $(seq 200); do [ -e %s ] && break; sleep 0.05; done; kill -INT $pid; wait $pid")
+    :format(cmd, q(dir .. "/doc.json"), q(dir .. "/in-second")))
+  t.eq(r.status, 130, r.stderr)
+  local doc = cjson.decode(util.read_file(dir .. "/doc.json"))
+  t.eq({ doc.outcome, doc.steps[1].status, doc.steps[2].status }, { "interrupted", "ok", "interrupted" })
 end, { timeout = 60 })

@@ -81,6 +81,14 @@ t.test("spawn: an interactive tool driven expect-style", function()
   t.eq(q:wait(5).signal, 15)
 end)
 
+t.test("writing to a tool that stopped reading is an error, not a hang", function()
+  local p <close> = proc.spawn { argv = { "sh", "-c", "exec 0<&-; sleep 5" } }
+  dhsm.sleep(0.1)
+  t.raises(function() p:write(("x"):rep(1 << 20)) end, "BrokenPipe")
+  p:kill()
+  t.raises(function() p:close_stdin() p:write("more") end, "its input is closed")
+end)
+
 t.test("every run is audited with its argv", function()
   local dir = t.tmpdir()
   dhsm.audit.set_path(dir .. "/a.jsonl")

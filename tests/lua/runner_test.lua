@@ -1,7 +1,7 @@
 -- `dhsm test` itself, on fixtures with one test of each outcome.
 local t = require "dhsm.test"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local here = t.here()
 local fixtures = here .. "/../fixtures/runner"
 
 t.test("each failure is one line with file:line and the reason, then the summary", function()

@@ -136,6 +136,12 @@ end
 function M.run_cleanups() run_list("test") end
 function M.run_file_cleanups() run_list("file") end
 
+-- here() -> the folder of the file that calls it (fixtures sit beside tests)
+function M.here()
+  local src = debug.getinfo(2, "S").source
+  return src:match("^@(.*)/[^/]*$") or "."
+end
+
 -- audit_log() -> path: this test's audit records go to a file of its own
 function M.audit_log()
   local audit = require "dhsm.audit"
