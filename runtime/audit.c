@@ -47,21 +47,14 @@ static char *default_path(void) {
   return strdup(buf);
 }
 
-/* mkdir -p the folder holding `path`, new folders 0700. */
+/* The folder holding `path`, made with mode 0700 where missing. */
 static int make_parents(const char *path) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
   if (slash == NULL || slash == dir) return 0;
   *slash = '\0';
-  for (char *p = dir + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  if (mkdir(dir, 0700) < 0 && errno != EEXIST) return -1;
-  return 0;
+  return dhsm_mkdir_p(dir, 0700);
 }
 
 void dhsm_audit_set_path(lua_State *L, const char *path) {

@@ -60,6 +60,9 @@ int luaopen_dhsm_audit(lua_State *L);
 int luaopen_dhsm_sys(lua_State *L);
 int luaopen_dhsm_errors(lua_State *L);
 
+/* mkdir -p: dir and the folders above it, new ones with mode; 0 or -1 (errno). */
+int dhsm_mkdir_p(const char *dir, int mode);
+
 /* Set the audit log path (from --audit); NULL: DHSM_AUDIT or the default. */
 void dhsm_audit_set_path(lua_State *L, const char *path);
 

@@ -88,21 +88,26 @@ static int sys_stat(lua_State *L) {
   return 1;
 }
 
-/* mkdir(path [, mode]): like mkdir -p; true | fail, msg */
-static int sys_mkdir(lua_State *L) {
-  size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
-  mode_t mode = (mode_t)luaL_optinteger(L, 2, 0700);
-  char *p = strdup(path);
-  for (char *s = p + 1; p && *s; s++) {
+int dhsm_mkdir_p(const char *dir, int mode) {
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  for (char *s = path + 1; *s; s++) {
     if (*s != '/') continue;
     *s = '\0';
-    if (mkdir(p, mode) < 0 && errno != EEXIST) { free(p); return fail_errno(L, path); }
+    if (mkdir(path, (mode_t)mode) < 0 && errno != EEXIST) return -1;
     *s = '/';
   }
-  int rc = mkdir(p, mode);
-  free(p);
-  if (rc < 0 && errno != EEXIST) return fail_errno(L, path);
+  if (mkdir(path, (mode_t)mode) < 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+/* mkdir(path [, mode]): like mkdir -p; true | fail, msg */
+static int sys_mkdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (dhsm_mkdir_p(path, (int)luaL_optinteger(L, 2, 0700)) < 0) return fail_errno(L, path);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -22,6 +22,7 @@ local dhsm = require "dhsm"
 local http = require "dhsm.azure.http"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
+local util = require "dhsm.util"
 
 local M = {}
 
@@ -289,7 +290,7 @@ function Client:url(path, opts)
   if not url:find("[?&]api%-version=") then
     query[#query + 1] = "api-version=" .. M.escape(opts.api_version or api_for(path))
   end
-  for _, k in ipairs(require("dhsm.util").sorted_keys(opts.query or {})) do
+  for _, k in ipairs(util.sorted_keys(opts.query or {})) do
     query[#query + 1] = M.escape(k) .. "=" .. M.escape(opts.query[k])
   end
   if #query == 0 then return url end
@@ -425,7 +426,7 @@ local function progress(opts, state, t0)
   if opts.on_progress then
     local elapsed = dhsm.now() - t0
     opts.on_progress { state = state, elapsed = elapsed,
-      text = ("%s, %s elapsed"):format(state, require("dhsm.util").duration(elapsed)) }
+      text = ("%s, %s elapsed"):format(state, util.duration(elapsed)) }
   end
 end
 
@@ -442,7 +443,7 @@ function Client:poll(what, opts, fn)
     if dhsm.now() - t0 + wait > timeout then
       dhsm.error { kind = "timeout", code = "OperationTimedOut", retryable = true,
         message = ("%s: still %s after %s"):format(what, tostring(state),
-          require("dhsm.util").duration(dhsm.now() - t0)) }
+          util.duration(dhsm.now() - t0)) }
     end
     dhsm.sleep(wait)
     if not tonumber(retry_after) then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
