@@ -60,6 +60,9 @@ int luaopen_dhsm_audit(lua_State *L);
 int luaopen_dhsm_sys(lua_State *L);
 int luaopen_dhsm_errors(lua_State *L);
 
+/* Add sys.lock (lock.c) to the dhsm.sys table on top of the stack. */
+void dhsm_sys_open_lock(lua_State *L);
+
 /* mkdir -p: dir and the folders above it, new ones with mode; 0 or -1 (errno). */
 int dhsm_mkdir_p(const char *dir, int mode);
 

@@ -413,5 +413,6 @@ int luaopen_dhsm_sys(lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
+  dhsm_sys_open_lock(L);
   return 1;
 }
