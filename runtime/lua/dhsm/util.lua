@@ -18,7 +18,11 @@ end
 M.distance = distance
 
 -- The candidate closest to name, or nil when none is plausibly meant.
+-- Names longer than any plausible identifier are not compared: the edit
+-- distance is quadratic and a 32 KB typo suggests nothing.
+M.MAX_NAME = 256
 function M.closest(name, candidates)
+  if #name > M.MAX_NAME then return nil end
   local best, best_d
   for _, c in ipairs(candidates) do
     local d = distance(name:lower(), c:lower())
@@ -45,8 +49,48 @@ function M.sorted_keys(t)
   return keys
 end
 
+-- Linear in #s: an unanchored "%s+$" retries from every blank of a long
+-- run, which made a 32 KB line of spaces take seconds.
 function M.trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+  if not s:find("%S") then return "" end
+  return s:match("^%s*(.*%S)")     -- greedy .* then one step back per trailing blank
+end
+
+-- The longest suffix of s made of characters of class (a pattern item such
+-- as "[%w ]"), found from the end so it is linear however long s is.
+function M.suffix(s, class)
+  return s:reverse():match("^" .. class .. "*"):reverse()
+end
+
+-- Caps for text read from devices, logs and files: far above anything real,
+-- low enough that a runaway input fails at once with a clear error.
+M.MAX_LINE = 4096
+M.MAX_TEXT = 16 * 1024 * 1024
+
+-- The lines of text (LF or CRLF; no trailing empty line), in linear time.
+-- A line longer than MAX_LINE, or a text longer than MAX_TEXT, raises a
+-- dhsm error of kind `kind` (default "usage") naming `what` and the line.
+function M.lines(text, what, kind)
+  local function too_long(msg, details)
+    require("dhsm").error { kind = kind or "usage", code = "InputTooLong",
+      message = ("%s: %s"):format(what or "input", msg), details = details }
+  end
+  if #text > M.MAX_TEXT then
+    too_long(("%d bytes, more than the %d accepted"):format(#text, M.MAX_TEXT), { bytes = #text })
+  end
+  local out, pos, n = {}, 1, #text
+  while pos <= n do
+    local nl = text:find("\n", pos, true) or n + 1
+    local stop = nl - 1
+    if stop >= pos and text:byte(stop) == 13 then stop = stop - 1 end
+    if stop - pos + 1 > M.MAX_LINE then
+      too_long(("line %d is %d bytes long, more than the %d accepted"):format(#out + 1, stop - pos + 1, M.MAX_LINE),
+        { line = #out + 1, bytes = stop - pos + 1 })
+    end
+    out[#out + 1] = text:sub(pos, stop)
+    pos = nl + 1
+  end
+  return out
 end
 
 -- Quote a word for /bin/sh.
