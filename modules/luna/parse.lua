@@ -48,10 +48,28 @@ local function int(v)
   return v and tonumber(v:match("%-?%d+"))
 end
 
+-- The "Command Result : N (what)" lines: the last one's code and text, and
+-- where it starts.  Scanned with plain finds and one cached ')' position:
+-- a gmatch with "%(([^)]*)%)" rescans to the end from every occurrence.
+local function last_result(text)
+  local code, what, last, close
+  local pos = 1
+  while true do
+    local s, e = text:find("Command Result : ", pos, true)
+    if not s then break end
+    local c, open = text:match("^(%d+) %(()", e + 1)
+    if c then
+      if close ~= false and (close == nil or close < open) then close = text:find(")", open, true) or false end
+      if close then code, what, last = tonumber(c), text:sub(open, close - 1), s end
+    end
+    pos = e + 1
+  end
+  return code, what, last
+end
+
 -- "Command Result : 0 (Success)" and "Error:  'cmd' failed. (HEX : RC_NAME)"
 function M.result(text)
-  local code, what
-  for c, w in text:gmatch("Command Result : (%d+) %(([^)]*)%)") do code, what = tonumber(c), w end
+  local code, what, last = last_result(text)
   local r = { code = code, ok = code == 0, result = what }
   local errs = {}
   for _, l in ipairs(lines(text)) do
@@ -62,7 +80,10 @@ function M.result(text)
     local hex, name = text:match("failed%. %((%x+) : ([%w_]+)%)")
     r.error = { hex = hex, name = name, lines = errs }
   end
-  r.text = text:gsub("\n?Command Result : %d+ %([^)\n]*%)%s*$", "")
+  r.text = text
+  if last and text:find("^Command Result : %d+ %([^)\n]*%)%s*$", last) then
+    r.text = text:sub(1, last - (text:sub(last - 1, last - 1) == "\n" and 2 or 1))
+  end
   return r
 end
 
