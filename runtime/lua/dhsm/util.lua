@@ -100,11 +100,14 @@ function M.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- The contents of a file, or nil and "PATH: reason" (a directory opens
+-- but does not read: it says so instead of giving nil and no reason).
 function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local data = f:read("a")
+  local data, rerr = f:read("a")
   f:close()
+  if not data then return nil, ("%s: %s"):format(path, rerr or "cannot be read") end
   return data
 end
 
