@@ -167,12 +167,17 @@ function M.load(path)
   if not data then
     dhsm.error { kind = "usage", code = "BadInventory", message = ("cannot read inventory %s"):format(err) }
   end
+  return M.decode(data, path)
+end
+
+-- decode(json_text, source) -> inventory: what load does once the file is read.
+function M.decode(data, source)
   local ok, t = pcall(cjson.decode, data)
   if not ok then
     dhsm.error { kind = "usage", code = "BadInventory",
-      message = ("inventory %s: invalid JSON (%s)"):format(path, tostring(t):gsub("^.-: ", "")) }
+      message = ("inventory %s: invalid JSON (%s)"):format(source, tostring(t):gsub("^.-: ", "")) }
   end
-  return M.from_table(t, path)
+  return M.from_table(t, source)
 end
 
 -- inv:hsm(name) -> the entry, or a usage error naming the known ones

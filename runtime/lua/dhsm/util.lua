@@ -111,10 +111,10 @@ function M.read_file(path)
   return data
 end
 
--- Pad s to width w (counting UTF-8 characters).
+-- Pad s to width w (counting UTF-8 characters; bytes when s is not UTF-8).
 function M.pad(s, w)
   s = tostring(s)
-  return s .. string.rep(" ", w - utf8.len(s))
+  return s .. string.rep(" ", w - (utf8.len(s) or #s))
 end
 
 -- Deep equality of plain data (JSON-like values).
@@ -128,7 +128,9 @@ end
 
 -- "3.2 s", "4 min 12 s", "2 h 5 min"
 function M.duration(s)
+  if s ~= s or s == math.huge or s == -math.huge then return tostring(s) .. " s" end
   if s < 60 then return ("%.1f s"):format(s) end
+  s = math.floor(s)
   if s < 3600 then return ("%d min %d s"):format(s // 60, s % 60) end
   return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
 end
