@@ -499,12 +499,18 @@ function Client:patch(path, opts) return self:request("PATCH", path, opts) end
 function Client:post(path, opts) return self:request("POST", path, opts) end
 function Client:delete(path, opts) return self:request("DELETE", path, opts) end
 
--- The resource at path (and the reply), or nil when ARM answers 404.
-function Client:find(path, opts)
+-- The reply for path, or nil when ARM answers 404.
+local function find_reply(self, path, opts)
   local ok, r = pcall(self.get, self, path, opts)
-  if ok then return r.body, r end
+  if ok then return r end
   if dhsm.error.is(r, "azure") and r.status == 404 then return nil end
   error(r, 0)
+end
+
+-- The resource at path, or nil when ARM answers 404.
+function Client:find(path, opts)
+  local r = find_reply(self, path, opts)
+  return r and r.body
 end
 
 local function malformed(r, what)
@@ -660,7 +666,8 @@ function Client:wait(what, opts)
   end
   local final
   self:poll(display(path), opts, function()
-    local body, r = self:find(path)
+    local r = find_reply(self, path)
+    local body = r and r.body
     if body == nil then
       if deleting then return true, "gone" end
       dhsm.error { kind = "azure", code = "ResourceNotFound", message = display(path) .. ": disappeared while waiting" }
