@@ -24,11 +24,9 @@ local Conf = {}
 Conf.__index = Conf
 
 local function position(text, at)
-  local line, col = 1, 1
-  for i = 1, at - 1 do
-    if text:byte(i) == 10 then line, col = line + 1, 1 else col = col + 1 end
-  end
-  return line, col
+  local before = text:sub(1, at - 1)
+  local _, newlines = before:gsub("\n", "")
+  return newlines + 1, at - (before:match(".*\n()") or 1) + 1
 end
 
 local function fail(name, text, at, what)
