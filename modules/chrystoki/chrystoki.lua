@@ -49,7 +49,7 @@ end
 
 -- Parse text into sections: {name=, first=, close=, entries={{key=, vstart=, vend=, value=}}}
 local function parse(text, name)
-  util.lines(text, name)                      -- no line over util.MAX_LINE
+  util.check_lines(text, name)                -- no line over util.MAX_LINE
   local sections, i = {}, 1
   while true do
     i = skip(text, i)

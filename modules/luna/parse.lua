@@ -194,9 +194,7 @@ end
 -- Every parser takes a string (nil reads as ""), checked for length once.
 for name, parser in pairs(M) do
   M[name] = function(text)
-    text = text_of(text)
-    lines(text)
-    return parser(text)
+    return parser(util.check_lines(text_of(text), "LunaSH output", "luna"))
   end
 end
 

@@ -153,7 +153,7 @@ function M.ntls_log(input)
   elseif type(input) == "table" then
     for i, l in ipairs(input) do
       if type(l) ~= "string" then usage("net.ntls_log: line %d is a %s, expected a string", i, type(l)) end
-      util.lines(l, "NTLS log line " .. i, "net")
+      util.check_lines(l, "NTLS log line " .. i, "net")
     end
   else
     usage("net.ntls_log: expected syslog text or a list of lines, got %s", type(input))

@@ -67,10 +67,11 @@ end
 M.MAX_LINE = 4096
 M.MAX_TEXT = 16 * 1024 * 1024
 
--- The lines of text (LF or CRLF; no trailing empty line), in linear time.
--- A line longer than MAX_LINE, or a text longer than MAX_TEXT, raises a
--- dhsm error of kind `kind` (default "usage") naming `what` and the line.
-function M.lines(text, what, kind)
+-- Walk the lines of text (LF or CRLF; no trailing empty line) in linear
+-- time, appending them to out when given.  A line longer than MAX_LINE, or
+-- a text longer than MAX_TEXT, raises a dhsm error of kind `kind` (default
+-- "usage") naming `what` and the line.
+local function scan(text, what, kind, out)
   local function too_long(msg, details)
     require("dhsm").error { kind = kind or "usage", code = "InputTooLong",
       message = ("%s: %s"):format(what or "input", msg), details = details }
@@ -78,19 +79,32 @@ function M.lines(text, what, kind)
   if #text > M.MAX_TEXT then
     too_long(("%d bytes, more than the %d accepted"):format(#text, M.MAX_TEXT), { bytes = #text })
   end
-  local out, pos, n = {}, 1, #text
+  local pos, n, line = 1, #text, 0
   while pos <= n do
     local nl = text:find("\n", pos, true) or n + 1
     local stop = nl - 1
     if stop >= pos and text:byte(stop) == 13 then stop = stop - 1 end
+    line = line + 1
     if stop - pos + 1 > M.MAX_LINE then
-      too_long(("line %d is %d bytes long, more than the %d accepted"):format(#out + 1, stop - pos + 1, M.MAX_LINE),
-        { line = #out + 1, bytes = stop - pos + 1 })
+      too_long(("line %d is %d bytes long, more than the %d accepted"):format(line, stop - pos + 1, M.MAX_LINE),
+        { line = line, bytes = stop - pos + 1 })
     end
-    out[#out + 1] = text:sub(pos, stop)
+    if out then out[line] = text:sub(pos, stop) end
     pos = nl + 1
   end
+end
+
+-- lines(text [, what [, kind]]) -> the lines, checked as above.
+function M.lines(text, what, kind)
+  local out = {}
+  scan(text, what, kind, out)
   return out
+end
+
+-- check_lines(text [, what [, kind]]) -> text: the same checks, no copies.
+function M.check_lines(text, what, kind)
+  scan(text, what, kind)
+  return text
 end
 
 -- Quote a word for /bin/sh.
