@@ -209,7 +209,8 @@ class EstateCase(unittest.TestCase):
         if not gateway:
             return None
         reply = self.arm.call("PUT", self.arm.net("publicIPAddresses", "gw-pip", rg), NET_API,
-                              {"location": location, "properties": {"publicIPAllocationMethod": "Dynamic"}})
+                              {"location": location, "sku": {"name": "Standard"},
+                               "properties": {"publicIPAllocationMethod": "Static"}})
         self.wait_async(reply)
         gw = {"location": location, "properties": {
             "gatewayType": "ExpressRoute", "vpnType": "RouteBased", "sku": {"name": "Standard", "tier": "Standard"},
@@ -632,7 +633,8 @@ def _template(hsm_depends_on_gateway=True):
                                         {"name": "GatewaySubnet", "properties": {
                                             "addressPrefix": "[concat(parameters('prefix'), '.255.0/26')]"}}]}},
             {"type": "Microsoft.Network/publicIPAddresses", "apiVersion": NET_API, "name": "gw-pip",
-             "location": "[resourceGroup().location]", "properties": {"publicIPAllocationMethod": "Dynamic"}},
+             "location": "[resourceGroup().location]", "sku": {"name": "Standard"},
+             "properties": {"publicIPAllocationMethod": "Static"}},
             {"type": "Microsoft.Network/virtualNetworkGateways", "apiVersion": NET_API, "name": "[variables('gwName')]",
              "location": "[resourceGroup().location]",
              "dependsOn": ["[resourceId('Microsoft.Network/virtualNetworks', parameters('vnetName'))]", "gw-pip"],
