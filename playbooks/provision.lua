@@ -62,11 +62,22 @@ local function through_transients(ctx, p, what, fn)
   end
 end
 
-local function put_and_wait(ctx, p, c, what, path, body)
+-- PUT, then follow the operation; a Network operation that ends Failed (its
+-- status says InternalServerError) is a transient: PUT again.
+local function put_and_wait(ctx, p, c, what, path, body, wait)
+  wait = wait or {}
   return through_transients(ctx, p, what, function()
     local r = c:put(path, { body = body })
-    return c:wait(r, { timeout = p.network_timeout, on_progress = function(pr) ctx:progress(what .. ": " .. pr.text) end })
+    return c:wait(r, { timeout = wait.timeout or p.network_timeout,
+      on_progress = function(pr) ctx:progress(wait.say and wait.say(pr) or (what .. ": " .. pr.text)) end })
   end)
+end
+
+local function gateway_wait_text(p, name)
+  return function(pr)
+    return ("waiting for ExpressRoute gateway %s to be Succeeded: %s (Azure takes 20-45 min, timeout %s)"):format(
+      name, pr.text, util.duration(p.gateway_timeout))
+  end
 end
 
 ---------------------------------------------------------------------------
@@ -170,6 +181,21 @@ local function check_leftovers(c, p, all, f)
   return leftovers, failed_deps
 end
 
+-- The gateway this run creates: its name free, its public IP Standard.
+local function check_new_gateway(c, p, f, owned)
+  if network.gateway(c, p.gateway, p.group) then
+    f:add("gateway", "stop", ("gateway name %s is taken by a gateway of another virtual network"):format(p.gateway),
+      "give another -e gateway=NAME (one gateway per virtual network)")
+  end
+  local pip = c:find(network.public_ip_path(c, p.gateway_pip, p.group))
+  if pip and (pip.sku and pip.sku.name or "Basic") ~= "Standard" then
+    f:add("gateway public IP", "stop", ("public IP %s is %s SKU"):format(p.gateway_pip, pip.sku and pip.sku.name or "Basic"),
+      "an ExpressRoute gateway needs a Standard SKU public IP: give another gateway_pip name")
+  end
+  f:add("gateway", "fix", ("no gateway in %s: ExpressRoute gateway %s is created"):format(p.vnet, p.gateway))
+  return { owned = owned }
+end
+
 -- Guide, "HSM Subnet Delegation" (the number one cause) and "Provisioning
 -- ExpressRoute" (one gateway per VNet); a gateway's public IP must be Standard.
 local function check_network(c, p, f)
@@ -178,7 +204,8 @@ local function check_network(c, p, f)
   if vnet == nil then
     f:add("network", "fix", ("virtual network %s does not exist: %s"):format(p.vnet,
       p.mode == "template" and "the template creates it" or "created, with a delegated HSM subnet and GatewaySubnet"))
-    return { owned = true }
+    if p.mode == "template" then return { owned = true } end
+    return check_new_gateway(c, p, f, true)
   end
   local subnet = c:find(network.subnet_path(c, p.vnet, p.hsm_subnet, p.group))
   local fix = network.delegation_fix(c, p.vnet, p.hsm_subnet, p.group)
@@ -222,13 +249,7 @@ local function check_network(c, p, f)
     f:add("gateway", "stop", ("virtual network %s has no gateway and no GatewaySubnet"):format(p.vnet),
       "add a GatewaySubnet (e.g. /26) to the VNet, or let this playbook create the network in a new VNet")
   end
-  local pip = c:find(network.public_ip_path(c, p.gateway_pip, p.group))
-  if pip and (pip.sku and pip.sku.name or "Basic") ~= "Standard" then
-    f:add("gateway public IP", "stop", ("public IP %s is %s SKU"):format(p.gateway_pip, pip.sku and pip.sku.name or "Basic"),
-      "an ExpressRoute gateway needs a Standard SKU public IP: give another gateway_pip name")
-  end
-  f:add("gateway", "fix", ("no gateway in %s: ExpressRoute gateway %s is created"):format(p.vnet, p.gateway))
-  return { owned = owned }
+  return check_new_gateway(c, p, f, owned)
 end
 
 -- Existing HSMs of the requested names: ARM refuses to change them.
@@ -258,12 +279,16 @@ end
 local function preflight(ctx, p, c, requested)
   local f = findings()
   -- credentials: nothing else can be read without them
-  local ok, err = dhsm.try(function() return c:get("/subscriptions/" .. c.subscription) end)
+  local ok, err = dhsm.try(function() return c:get("/subscriptions/" .. c.subscription, { api_version = "2022-12-01" }) end)
   if not ok then
     dhsm.error { kind = "safety", code = "PreflightFailed",
       message = "credentials: cannot read subscription " .. c.subscription .. ": " .. err.message }
   end
   f:add("credentials", "ok", "subscription " .. c.subscription .. " readable")
+  if c:find(c:group_path(p.group)) == nil then
+    f:add("resource group", "stop", ("resource group %s does not exist in %s"):format(p.group, c.subscription),
+      ("create it first: az group create --name %s --location %s"):format(p.group, p.location))
+  end
   check_allowlisting(c, f)
   local all = hsm.list_all(c)
   local leftovers, failed_deps = check_leftovers(c, p, all, f)
@@ -323,11 +348,11 @@ local function ensure_gateway(ctx, p, c, name)
   if c:find(pip_path) == nil then
     put_and_wait(ctx, p, c, "public IP " .. p.gateway_pip, pip_path, network.public_ip_body { location = p.location })
   end
-  through_transients(ctx, p, "gateway " .. name, function()
-    return c:put(network.gateway_path(c, name, p.group), { body = network.gateway_body { location = p.location,
-      subnet_id = network.subnet_path(c, p.vnet, "GatewaySubnet", p.group), pip_id = pip_path, sku = p.gateway_sku } })
-  end)
-  return { gateway = name, created = true, state = "Updating" }
+  local gw = put_and_wait(ctx, p, c, "gateway " .. name, network.gateway_path(c, name, p.group),
+    network.gateway_body { location = p.location, subnet_id = network.subnet_path(c, p.vnet, "GatewaySubnet", p.group),
+      pip_id = pip_path, sku = p.gateway_sku },
+    { timeout = p.gateway_timeout, say = gateway_wait_text(p, name) })
+  return { gateway = name, created = true, state = gw and gw.properties.provisioningState or "planned" }
 end
 
 -- Guide, "HSM Deployment Using Terraform": the gateway fully deployed
@@ -342,8 +367,7 @@ local function wait_gateway(ctx, p, c, name)
     return network.wait_gateway(c, name, { group = p.group, timeout = p.gateway_timeout,
       on_progress = function(pr)
         saw_updating = true
-        ctx:progress(("waiting for ExpressRoute gateway %s to be Succeeded: %s (Azure takes 20-45 min, "
-          .. "timeout %s)"):format(name, pr.text, util.duration(p.gateway_timeout)))
+        ctx:progress(gateway_wait_text(p, name)(pr))
       end })
   end)
   return { gateway = name, state = gw.properties.provisioningState, ready_at = sys.time(), was_updating = saw_updating }
@@ -584,7 +608,7 @@ return {
 
     -- Guide, "HSM Provisioning" to "Networking Resources": every known cause, read-only, reported together.
     local pre = ctx:step("preflight (read-only): credentials, allowlisting, quota, capacity, leftovers, network",
-      function() return preflight(ctx, p, c, requested) end)
+      function() return through_transients(ctx, p, "preflight", function() return preflight(ctx, p, c, requested) end) end)
 
     -- Guide, "Deployment failure based on quota": earlier failures are deleted first, each confirmed.
     if p.leftovers == "delete" then

@@ -101,7 +101,7 @@ function M.features(c)
   for _, f in ipairs(M.FEATURES) do
     local ns, name = f:match("^([^/]+)/(.+)$")
     local r = c:find(("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
-      c.subscription, ns, name))
+      c.subscription, ns, name), { api_version = require("dhsm.azure").API.features })
     out[#out + 1] = { feature = f, state = r and r.properties and r.properties.state or "NotRegistered" }
   end
   return out
