@@ -155,7 +155,7 @@ t.test("stops: allowlisting and delegation reported together, nothing created", 
   t.ok(r.stderr:find("Microsoft.HardwareSecurityModules/AzureDedicatedHSM is NotRegistered", 1, true), r.stderr)
   t.ok(r.stderr:find("Microsoft Account Manager", 1, true))
   t.ok(r.stderr:find("subnet compute is not delegated", 1, true), r.stderr)
-  t.ok(r.stderr:find("az network vnet subnet update --subscription %S+ %-%-resource%-group hsm%-rg %-%-vnet%-name hsm%-vnet "
+  t.ok(r.stderr:find("az network vnet subnet update %-%-subscription %S+ %-%-resource%-group hsm%-rg %-%-vnet%-name hsm%-vnet "
     .. "%-%-name compute %-%-delegations Microsoft.HardwareSecurityModules/dedicatedHSMs"), r.stderr)
   t.eq(world(e), before)
 end)
