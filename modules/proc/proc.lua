@@ -9,8 +9,9 @@
 --
 -- Runs happen on the scheduler: many tools can run at once in dhsm.parallel.
 -- Secrets go to stdin or env, never argv.  Every run is audited (argv only).
-local core = require "dhsm.proc.core"
 local dhsm = require "dhsm"
+local util = require "dhsm.util"
+local core = util.native(select(3, ...), "dhsm.proc.core")
 
 local M = { spawn = core.spawn }
 

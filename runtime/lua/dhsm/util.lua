@@ -56,6 +56,18 @@ function M.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- native(natives, name): a private native module (runtime/modules.c), as
+-- the host hands it to the chunk of the embedded module that owns it.  A
+-- copy of that module loaded from DHSM_PATH gets none: it cannot get
+-- around a safety rule by going under it.
+function M.native(natives, name)
+  local m = type(natives) == "table" and natives[name]
+  if not m then
+    error(("%s is private to dhsm's built-in module; a copy loaded from elsewhere cannot use it"):format(name), 2)
+  end
+  return m
+end
+
 function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
