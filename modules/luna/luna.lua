@@ -390,7 +390,7 @@ local function command(self, line, verb, opts, pass)
       if not done then self.broken = true end   -- cancelled half-way: the shell's state is unknown
     end })
     local ok, text = pcall(exchange, self, line, opts, pass)
-    done = true
+    done = ok                                   -- an error half-way leaves the shell's state unknown
     if not ok then
       if verb ~= "read" then
         dhsm.audit.write { action = "luna.command", target = self.name, command = shown,
