@@ -33,6 +33,7 @@
 -- only it holds.  (Lua's debug, io.popen and os.execute stay what they are:
 -- this closes dhsm's API, it is not a sandbox.)
 local dhsm = require "dhsm"
+local cli = require "dhsm.luna.cli"
 local guard = require "dhsm.luna.guard"
 local parse = require "dhsm.luna.parse"
 local secret = require "dhsm.secret"
@@ -72,47 +73,6 @@ local VERBS = {
   sysconf = { regencert = "write", reboot = "reboot", poweroff = "reboot", appliance = "reboot" },
 }
 
--- The names `word` may stand for: itself when exact, else every name it
--- abbreviates (several when LunaSH would call it ambiguous).
-local function meanings(word, choices)
-  word = word:lower()
-  if choices[word] then return { word } end
-  local found = {}
-  for name in pairs(choices) do
-    if name:sub(1, #word) == word then found[#found + 1] = name end
-  end
-  table.sort(found)
-  return found
-end
-
--- LunaSH splits a line into words, quotes grouping and backslashes
--- escaping (as the simulator's shlex).  Dropping quotes and backslashes
--- gives the same words, or splits a quoted one: never hides a word.
-local function words_of(command)
-  local words = {}
-  for w in command:gsub("[\"'\\]", ""):gmatch("%S+") do words[#words + 1] = w end
-  return words
-end
-
-local function is_option(word)
-  return word:sub(1, 1) == "-"
-end
-
--- The positions of the words LunaSH could read as the next command word,
--- from `from` on.  A word right after an option may be that option's value
--- or the command word: both are kept, up to the first that can only be
--- the command word.
-local function next_words(words, from)
-  local out = {}
-  for i = from, #words do
-    if not is_option(words[i]) then
-      out[#out + 1] = i
-      if i == from or not is_option(words[i - 1]) then break end
-    end
-  end
-  return out
-end
-
 local RANK = { read = 1, write = 2, network = 3, reboot = 4, login = 5 }
 
 local function rank(verb)
@@ -132,10 +92,11 @@ M.DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryrese
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
 
 -- classify("par cr -par p1") -> "write", "partition create"
--- Of every way LunaSH could read the line, the most dangerous: a line that
--- could be a login is a login.  Unknown commands are writes.
+-- Of every way LunaSH could read the line (dhsm.luna.cli), the most
+-- dangerous: a line that could be a login is a login.  Unknown commands
+-- are writes.
 function M.classify(command)
-  local words = words_of(command)
+  local words = cli.words(command)
   local verb, what
   local function consider(v, w)
     if verb == nil or rank(v) > rank(verb)
@@ -143,17 +104,11 @@ function M.classify(command)
       verb, what = v, w
     end
   end
-  for _, f in ipairs(next_words(words, 1)) do
-    local families = meanings(words[f], VERBS)
-    if #families == 0 then consider("write", command) end
-    for _, family in ipairs(families) do
-      local subs = next_words(words, f + 1)
-      if #subs == 0 then consider("write", family) end
-      for _, s in ipairs(subs) do
-        local names = meanings(words[s], VERBS[family])
-        if #names == 0 then consider("write", family) end
-        for _, sub in ipairs(names) do consider(verb_of(family, sub, words[s + 1]), family .. " " .. sub) end
-      end
+  for _, r in ipairs(cli.readings(words, VERBS)) do
+    if r.sub then
+      consider(verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub)
+    else
+      consider("write", r.family or command)
     end
   end
   if verb == nil then return "write", command end
