@@ -3,6 +3,8 @@
 --
 --   cli.words("hsm 'login' -p x")            --> { "hsm", "login", "-p", "x" }
 --   cli.readings(words, tree)                --> { {family=, sub=, at=}, ... }
+--   cli.most(readings, verb_of, rank)        --> the most dangerous verb, its name
+--   cli.option(words, from, "slot", "sl")    --> the value of -slot (or -sl, -slo)
 --
 -- Both shells split a line into words (quotes group, backslashes escape),
 -- take command words and options case-insensitively and abbreviated to any
@@ -72,6 +74,21 @@ function M.readings(words, tree)
     end
   end
   return out
+end
+
+-- most(readings, verb_of, rank [, prefer]) -> the verb and name of the most
+-- dangerous reading: verb_of(reading) -> verb, name; rank(verb) -> number;
+-- prefer(name) breaks a tie.  nil when there is no reading.
+function M.most(readings, verb_of, rank, prefer)
+  local verb, what
+  for _, r in ipairs(readings) do
+    local v, w = verb_of(r)
+    if verb == nil or rank(v) > rank(verb)
+      or (rank(v) == rank(verb) and prefer and prefer(w) and not prefer(what)) then
+      verb, what = v, w
+    end
+  end
+  return verb, what
 end
 
 -- option(words, name) -> the value of option -name (abbreviated or not,

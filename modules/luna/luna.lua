@@ -97,20 +97,10 @@ M.DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryrese
 -- are writes.
 function M.classify(command)
   local words = cli.words(command)
-  local verb, what
-  local function consider(v, w)
-    if verb == nil or rank(v) > rank(verb)
-      or (rank(v) == rank(verb) and M.DESTRUCTIVE[w] and not M.DESTRUCTIVE[what]) then
-      verb, what = v, w
-    end
-  end
-  for _, r in ipairs(cli.readings(words, VERBS)) do
-    if r.sub then
-      consider(verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub)
-    else
-      consider("write", r.family or command)
-    end
-  end
+  local verb, what = cli.most(cli.readings(words, VERBS), function(r)
+    if r.sub then return verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
+    return "write", r.family or command
+  end, rank, function(w) return M.DESTRUCTIVE[w] end)
   if verb == nil then return "write", command end
   return verb, what
 end
