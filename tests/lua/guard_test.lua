@@ -10,7 +10,7 @@ local guard = require "dhsm.luna.guard"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
 
-local estate = require("support.estate").start { args = "--appliances 4" }
+local estate = require("support.estate").start { args = "--appliances 4 --client-ready" }
 
 local function entry(name)
   return estate.inventory:hsm(name)
@@ -131,6 +131,108 @@ t.test("after a failure the device is read again: attempts lost elsewhere are co
   t.eq(guard.failures(key, "so"), 2, "ours plus the one the device says it lost")
   t.raises(function() s:login_so(wrong()) end, "LastLoginAttempt")
   reset_so("hsm3")
+end, { timeout = 120 })
+
+t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the token, the rest are refused", function()
+  local p11 = require "support.p11"
+  if not p11.available() then t.skip("SoftHSM2 is not installed") end
+  local hsm = p11.softhsm { "race" }
+  local state, dir = t.tmpdir(), t.tmpdir()
+  local code = ([[
+    local lib = require("dhsm.pkcs11").load(%q, { env = { SOFTHSM2_CONF = %q } })
+    local s = lib:open { label = "race", rw = true }
+    io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
+    while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
+    local out = {}
+    for _ = 1, 6 do
+      local ok, err = pcall(s.login, s, "user", dhsm.secret.value("bad-pin"))
+      out[#out + 1] = ok and "ok" or dhsm.error.normalize(err).code
+    end
+    print(table.concat(out, " "))
+  ]]):format(p11.LIB, hsm.conf, dir, dir)
+  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
+    if which ~= "go" then return proc.run(child(code, state)).stdout end
+    local deadline = dhsm.now() + 60
+    repeat
+      dhsm.sleep(0.02)
+      local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
+    until tonumber(ready) == 2 or dhsm.now() > deadline
+    t.write(dir .. "/go", "")
+    return ""
+  end)
+  local tally = {}
+  for w in (outputs[1] .. " " .. outputs[2]):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
+  t.eq(tally, { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 3 }, outputs[1] .. outputs[2])
+  local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
+  local n = 0
+  for _, c in pairs(counts) do n = n + c.failures end
+  t.eq(n, 9, "every failure of both processes is in the shared count")
+end, { timeout = 120 })
+
+-- lunacm on the estate's client install: argv and env for a command
+local function lunacm(args)
+  local argv = { estate.inventory.client.lunacm }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return { argv = argv, env = { ChrystokiConfigurationPath = estate.inventory.client.chrystoki_conf:match("^(.*)/[^/]*$") },
+    timeout = 60 }
+end
+
+-- The appliance's own view of a partition's roles.
+local function partition_state(name)
+  local p = estate:state().appliances[name].partitions.par1
+  return { co_failures = p.co_failures, pso_failures = p.pso_failures, co_locked = p.co_locked }
+end
+
+-- The slot id of a partition, by label (a Lua pattern)
+local function slot_of(label)
+  return proc.run(lunacm { "-c", "slot", "list" }).stdout:match("Slot Id %->%s+(%d+)%s+Label %->%s+" .. label .. "%s")
+end
+
+t.test("ten wrong lunacm CO logins at once: nine reach the partition, the tenth is refused", function()
+  local slot = slot_of("hsm2%-par1")
+  t.ok(slot, "the partition is a slot")
+  local results = dhsm.parallel({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, function()
+    local run = lunacm { "-c", "role", "login", "-name", "co", "-slot", slot }
+    run.password = wrong()
+    local ok, r = pcall(proc.lunacm_login, run)
+    if not ok then return { ok = false, code = dhsm.error.normalize(r).code } end
+    return { ok = r.ok, code = r.code }
+  end)
+  t.eq(partition_state("hsm2"), { co_failures = 9, pso_failures = 0, co_locked = false })
+  t.eq(codes(results), { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 1 })
+  local run = lunacm { "-c", "role", "login", "-name", "co", "-slot", slot }
+  run.password, run.allow_destructive_login = estate:secret("hsm2_par1_co_pin"), true
+  t.eq(proc.lunacm_login(run).ok, true)
+  t.eq(partition_state("hsm2").co_failures, 0)
+end, { timeout = 180 })
+
+t.test("lunacm logins go nowhere but through the guard, however spelled", function()
+  local before = partition_state("hsm1")
+  local function refused(args, stdin, code)
+    local o = lunacm(args)
+    o.stdin = stdin
+    t.raises(function() proc.run(o) end, code or "UnguardedLogin")
+  end
+  local pin = { wrong(), "\n" }
+  local slot = slot_of("hsm1%-par1")
+  refused({ "-c", "role", "login", "-name", "co", "-slot", slot }, pin)
+  refused({ "-c", "ROLE", "LOGI", "-n", "co", "-s", "0" }, pin)
+  refused({ "-c", "ro lo -n so" }, pin)
+  refused({ "-c", "role", "-name", "co", "login" }, pin)
+  refused({ "-c", "role", "changepw", "-name", "co" }, pin)
+  refused({ "-c", "ha", "cr", "-l", "g", "-slot", "0" }, pin)
+  refused({ "-c", "hagroup", "addMember", "-group", "g", "-slot", "0" }, pin)
+  refused({ "-c", "hagroup", "synchronize", "-group", "g" }, pin)
+  refused({ "-c", "hagroup", "listGroups" }, pin)                -- a secret where a login could take it
+  refused({}, "role login -name co -slot 0\nwrong\n")            -- commands on stdin
+  t.raises(function() proc.spawn(lunacm {}) end, "UnguardedLogin")
+  local sync = lunacm { "-c", "hagroup", "synchronize", "-group", "g" }
+  sync.password = wrong()
+  t.raises(function() proc.lunacm_login(sync) end, "UnsupportedLogin")
+  t.eq(pcall(require, "dhsm.proc.core"), false)
+  t.eq(partition_state("hsm1"), before, "nothing reached the partition")
+  -- what is not a login still runs
+  t.eq(proc.run(lunacm { "-c", "role", "show", "-slot", slot }).status, 0)
 end, { timeout = 120 })
 
 ---------------------------------------------------------------------------
