@@ -546,6 +546,7 @@ function Session:put(local_path, remote)
     dhsm.would(("copy %s to %s:%s"):format(local_path, self.name, remote))
     return 0
   end
+  dhsm.audit.write { action = "luna.put", target = self.name, outcome = "sending", file = remote, bytes = #data }
   local s = raw[self].ssh
   self.turn:run(s.scp_put, s, remote, data, tonumber("644", 8))
   dhsm.audit.write { action = "luna.put", target = self.name, outcome = "ok", file = remote, bytes = #data }

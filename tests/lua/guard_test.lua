@@ -364,3 +364,16 @@ t.test("a process killed while hsm zeroize runs leaves the intent in the audit l
   while not so_state("hsm3").zeroized and dhsm.now() < deadline do dhsm.sleep(0.05) end
   t.eq(so_state("hsm3").zeroized, true)
 end, { timeout = 120 })
+
+t.test("every command that changes something is audited twice: its intent, then its result", function()
+  local audit = t.audit_log()
+  local s = open("hsm1")
+  s:run("client delete -client nobody -force")
+  s:run("client list")
+  local seen = {}
+  for _, r in ipairs(t.audit_records(audit)) do
+    if r.action == "luna.command" then seen[#seen + 1] = r.command .. " " .. r.outcome end
+  end
+  t.eq(seen, { "client delete -client nobody -force sending", "client delete -client nobody -force 65535",
+    "client list 0" })
+end)
