@@ -204,10 +204,16 @@ local LOCKED_HINTS = {
   CKR_AUDIT_LOGIN_FAILURE_THRESHOLD = "the Auditor is locked for 10 minutes",
 }
 
--- The guard's key for this session's token: "label#serial".
+-- The guard's key for this session's token: "label#serial", read once: a
+-- login then touches the token only inside the guard's lock (SoftHSM2, for
+-- one, may fail a read that meets another process's write).
+local keys = setmetatable({}, { __mode = "k" })
 function Session:guard_key()
-  local tok = self:token()
-  return tok.label .. "#" .. tok.serial, tok
+  if not keys[self] then
+    local tok = self:token()
+    keys[self] = tok.label .. "#" .. tok.serial
+  end
+  return keys[self]
 end
 
 -- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true

@@ -48,6 +48,30 @@ local function child(code, state, extra_env)
   return { argv = { t.dhsm, "exec", "-e", code }, env = env, timeout = 120 }
 end
 
+-- Two child processes sharing the state folder `state`: each runs `setup`,
+-- waits until both have, then runs `go` (Lua that prints words).
+-- -> how often each word was printed
+local function two_at_once(setup, go, state)
+  local dir = t.tmpdir()
+  local code = ([[%s
+    io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
+    while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
+    %s]]):format(setup, dir, dir, go)
+  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
+    if which ~= "go" then return proc.run(child(code, state)).stdout end
+    local deadline = dhsm.now() + 60
+    repeat
+      dhsm.sleep(0.02)
+      local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
+    until tonumber(ready) == 2 or dhsm.now() > deadline
+    t.write(dir .. "/go", "")
+    return ""
+  end)
+  local tally = {}
+  for w in (outputs[1] .. " " .. outputs[2]):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
+  return tally
+end
+
 -- Bring the appliance's SO counter to `failures` through the guard itself.
 local function fail_so(name, failures)
   local s = open(name)
@@ -78,34 +102,20 @@ t.test("five tasks, five sessions, five wrong SO logins at once: the appliance k
 end, { timeout = 120 })
 
 t.test("two dhsm processes, three wrong SO logins each, at once: the appliance keeps one attempt", function()
-  local state, dir = t.tmpdir(), t.tmpdir()
-  -- each child: three sessions ready, then all three log in once the test says go
-  local code = ([[
+  local state = t.tmpdir()
+  -- each child: three sessions ready, then all three log in once both are
+  local tally = two_at_once([[
     local luna = require "dhsm.luna"
     local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
     local sessions = {}
     for i = 1, 3 do sessions[i] = luna.open(inv:hsm("hsm2")) end
-    io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
-    while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
+  ]], [[
     local out = dhsm.parallel(sessions, function(s)
       local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
       return ok and "ok" or dhsm.error.normalize(err).code
     end)
     print(table.concat(out, " "))
-  ]]):format(dir, dir)
-  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
-    if which ~= "go" then return proc.run(child(code, state)).stdout end
-    local deadline = dhsm.now() + 60
-    repeat
-      dhsm.sleep(0.02)
-      local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
-    until tonumber(ready) == 2 or dhsm.now() > deadline
-    t.write(dir .. "/go", "")
-    return ""
-  end)
-  local words = (outputs[1] .. " " .. outputs[2]):gsub("%s+", " ")
-  local tally = {}
-  for w in words:gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
+  ]], state)
   t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
   t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = 4 })
   local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
@@ -137,32 +147,20 @@ t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the toke
   local p11 = require "support.p11"
   if not p11.available() then t.skip("SoftHSM2 is not installed") end
   local hsm = p11.softhsm { "race" }
-  local state, dir = t.tmpdir(), t.tmpdir()
-  local code = ([[
+  local state = t.tmpdir()
+  local tally = two_at_once(([[
     local lib = require("dhsm.pkcs11").load(%q, { env = { SOFTHSM2_CONF = %q } })
     local s = lib:open { label = "race", rw = true }
-    io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
-    while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
+    s:guard_key()     -- read the token now: SoftHSM2 may fail a read that meets the other's write
+  ]]):format(p11.LIB, hsm.conf), [[
     local out = {}
     for _ = 1, 6 do
       local ok, err = pcall(s.login, s, "user", dhsm.secret.value("bad-pin"))
       out[#out + 1] = ok and "ok" or dhsm.error.normalize(err).code
     end
     print(table.concat(out, " "))
-  ]]):format(p11.LIB, hsm.conf, dir, dir)
-  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
-    if which ~= "go" then return proc.run(child(code, state)).stdout end
-    local deadline = dhsm.now() + 60
-    repeat
-      dhsm.sleep(0.02)
-      local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
-    until tonumber(ready) == 2 or dhsm.now() > deadline
-    t.write(dir .. "/go", "")
-    return ""
-  end)
-  local tally = {}
-  for w in (outputs[1] .. " " .. outputs[2]):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
-  t.eq(tally, { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 3 }, outputs[1] .. outputs[2])
+  ]], state)
+  t.eq(tally, { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 3 })
   local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
   local n = 0
   for _, c in pairs(counts) do n = n + c.failures end
