@@ -159,8 +159,12 @@ function M.record(key, role, ok, device_left)
     failures = failures, device_left = device_left }
 end
 
+-- forget(key, role): the count starts again (audited: it lifts what the
+-- count alone protects, the Auditor's and the partition roles')
 function M.forget(key, role)
+  check_role(role)
   update(function(t) t[entry(key, role)] = nil end)
+  dhsm.audit.write { action = "login." .. role, target = key, outcome = "count forgotten" }
 end
 
 -- The lock file of one key and role: a name safe for any label.

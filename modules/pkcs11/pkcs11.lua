@@ -35,7 +35,9 @@
 -- Logins go through the failed-login guard (dhsm.luna.guard): the token's
 -- PIN flags and our persistent count say how many attempts may be left; the
 -- attempt that could be the last is refused unless allow_destructive_login
--- (audited); a failed login is never retried.  Generation, destruction,
+-- (audited); a failed login is never retried.  Reading the flags, C_Login
+-- and recording the outcome are one critical section per token and role,
+-- across tasks and processes; C_Login itself is reachable from here only.  Generation, destruction,
 -- login and logout are audited; in check mode they are not done: dhsm.would
 -- reports them and they return { check = true, would = "..." }.
 local dhsm = require "dhsm"

@@ -167,6 +167,19 @@ t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the toke
   t.eq(n, 9, "every failure of both processes is in the shared count")
 end, { timeout = 120 })
 
+t.test("a failed-login count that cannot be read refuses every login rather than assume none", function()
+  local state, before = t.tmpdir(), so_state("hsm1")
+  require("dhsm.sys").mkdir(state .. "/dhsm", tonumber("700", 8))
+  t.write(state .. "/dhsm/logins.json", '{"hsm1#1/so": {"failures": 2')     -- cut short
+  local r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
+    local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+    print(ok, err.code)
+  ]], state))
+  t.eq(r.stdout, "false\tLoginCountUnreadable\n", r.stderr)
+  t.eq(so_state("hsm1"), before, "nothing reached the appliance")
+end)
+
 -- lunacm on the estate's client install: argv and env for a command
 local function lunacm(args)
   local argv = { estate.inventory.client.lunacm }
