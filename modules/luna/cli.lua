@@ -100,4 +100,4 @@ function M.option(words, from, name, short)
   end
 end
 
-return M
+return require("dhsm.util").sealed(M)

@@ -194,4 +194,4 @@ function M.attempt(key, role, opts, steps)
   return result
 end
 
-return M
+return util.sealed(M)

@@ -88,22 +88,26 @@ local function verb_of(family, sub, after)
 end
 
 -- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
-M.DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
+local DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
+M.DESTRUCTIVE = util.sealed(DESTRUCTIVE)
 
 -- classify("par cr -par p1") -> "write", "partition create"
 -- Of every way LunaSH could read the line (dhsm.luna.cli), the most
 -- dangerous: a line that could be a login is a login.  Unknown commands
 -- are writes.
-function M.classify(command)
+-- (A local function, which is what the write path calls: assigning to
+-- luna.classify changes nothing there.)
+local function classify(command)
   local words = cli.words(command)
   local verb, what = cli.most(cli.readings(words, VERBS), function(r)
     if r.sub then return verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
     return "write", r.family or command
-  end, rank, function(w) return M.DESTRUCTIVE[w] end)
+  end, rank, function(w) return DESTRUCTIVE[w] end)
   if verb == nil then return "write", command end
   return verb, what
 end
+M.classify = classify
 
 -- The command as it may be written down: no literal passwords.
 local function masked(command)
@@ -284,11 +288,11 @@ end
 -- The one place a line reaches the shell.  A line that LunaSH could read
 -- as a login is written only with LOGIN_PASS; an answer in plain text is
 -- held to the same rule (it would be read as a command if the question was
--- misread), a secret answer cannot be read here and goes as one line.
+-- misread).  Anything else must be a secret (write_line takes a string or
+-- a secret, nothing else): a password, sent as one line, unread here.
 local function send_line(self, line, pass)
-  if not secret.is(line) then
-    if type(line) ~= "string" then usage("%s: an answer must be a string or a secret, got %s", self.name, type(line)) end
-    local verb = M.classify(line)
+  if type(line) == "string" then
+    local verb = classify(line)
     if verb:match("^login") and pass ~= LOGIN_PASS then
       dhsm.error { kind = "safety", code = "UnguardedLogin",
         message = ("%s: refusing to send '%s': LunaSH could read it as a login, and logins go only through "
@@ -368,7 +372,7 @@ function Session:run(line, opts)
     usage("luna: a command is one line of text, got %q", tostring(line))
   end
   check_open(self)
-  local verb, what = M.classify(line)
+  local verb, what = classify(line)
   local role = verb:match("^login:(.+)$")
   if role then return login(self, role, line, opts) end
   if verb == "reboot" then self:check_reboot_fix(what, opts) end
@@ -377,7 +381,7 @@ function Session:run(line, opts)
     dhsm.would(("run '%s' on %s"):format(masked(line), self.name))
     return { ok = true, code = 0, text = "", check = true, command = masked(line) }
   end
-  if M.DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(line) } end
+  if DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(line) } end
   return command(self, line, verb, opts)
 end
 

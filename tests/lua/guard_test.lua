@@ -316,6 +316,16 @@ t.test("no raw object, method or module writes to the shell around the guard", f
     t.eq(pcall(require, m), false, m .. " is private")
     t.eq(package.preload[m], nil)
   end
+  -- the rules cannot be patched from outside: the guard and the grammar are
+  -- read-only, and the write path does not look luna.classify up
+  t.raises(function() guard.attempt = function() end end, "read%-only")
+  t.raises(function() guard.THRESHOLDS.so = 100 end, "read%-only")
+  t.raises(function() require("dhsm.luna.cli").readings = function() return {} end end, "read%-only")
+  t.raises(function() luna.DESTRUCTIVE["hsm zeroize"] = nil end, "read%-only")
+  local classify = luna.classify
+  luna.classify = function() return "read", "hsm show" end
+  t.cleanup(function() luna.classify = classify end)
+  t.raises(function() s:run("hsm login -password x") end, "needs password=")
   -- a copy of dhsm.luna loaded from its embedded source gets no SSH module
   local src = require("dhsm.sys").embedded_read("m", "dhsm.luna")
   t.ok(src, "the embedded source")

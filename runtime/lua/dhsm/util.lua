@@ -68,6 +68,23 @@ function M.native(natives, name)
   return m
 end
 
+-- sealed(t) -> a read-only view of t and of the tables in it, for the
+-- modules a safety rule consults (dhsm.luna.guard, dhsm.luna.cli): a
+-- runbook that assigns to them gets an error, not a weaker rule.  (rawset
+-- and the debug library still reach anything: this is not a sandbox.)
+function M.sealed(t)
+  for k, v in pairs(t) do
+    if type(v) == "table" and getmetatable(v) == nil then t[k] = M.sealed(v) end
+  end
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k) error(("'%s' is read-only: the safety rules depend on it"):format(tostring(k)), 2) end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = "sealed",
+  })
+end
+
 function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
