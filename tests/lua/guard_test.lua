@@ -1,8 +1,9 @@
 -- The failed-login guard under concurrency, misuse and crashes: parallel
--- wrong logins from tasks and from processes never take a device below one
--- attempt left; no spelling, option or object gets a login past the guard;
--- a destructive command leaves its intent in the audit log before it is
--- sent.  What reached the appliance is read from the estate's own state.
+-- wrong logins - LunaSH, PKCS#11 and lunacm, from tasks and from processes -
+-- never take a role below one attempt left; no spelling, option, raw
+-- object or patched table gets a login past the guard; a command that
+-- changes something leaves its intent in the audit log before it is sent.
+-- What reached the appliance is read from the estate's own state.
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local luna = require "dhsm.luna"
