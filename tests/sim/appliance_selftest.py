@@ -545,7 +545,12 @@ class FaultTest(ApplianceCase):
         started = time.monotonic()
         box.ok("status date")
         self.assertGreaterEqual(time.monotonic() - started, 0.3)
-        box.faults(shell_delay_ms=0, drop_next=1)
+        box.faults(shell_delay_ms=0, slow_command="300:status date")
+        started = time.monotonic()
+        box.ok("stat da")                      # abbreviated: still that command
+        self.assertGreaterEqual(time.monotonic() - started, 0.3)
+        box.faults(slow_command="")
+        box.faults(drop_next=1)
         client = box.connect()
         self.addCleanup(client.close)
         shell = box.shell(client)

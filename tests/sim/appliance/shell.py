@@ -7,6 +7,8 @@ the simulator's choice; scripts parse `Command Result`). Per-session state is
 whether the HSM SO and the Auditor are logged in, as on the appliance.
 
 Shell faults (device state "faults"): shell_delay_ms before each answer;
+slow_command "MS:NAME": that command waits MS more before it acts (it still acts
+when the client has gone: what a killed client leaves behind);
 hang_next: the command never answers; drop_next: half the answer, then a TCP RST.
 """
 import datetime
@@ -57,7 +59,7 @@ class LunaShell:
         if self._take_fault("hang_next"):
             self._hang()
         drop = self._take_fault("drop_next")
-        delay = self.device.state["faults"]["shell_delay_ms"]
+        delay = self._delay_ms(line)
         if delay:
             time.sleep(delay / 1000)
         ctx, code, errors = self._dispatch(line)
@@ -93,6 +95,18 @@ class LunaShell:
             self.session.reset()
             raise ConnectionResetError("drop_next fault")
         self.term.write(text)
+
+    def _delay_ms(self, line):
+        faults = self.device.state["faults"]
+        delay = faults["shell_delay_ms"]
+        if faults.get("slow_command"):  # .get: a world saved before the knob existed
+            ms, name = faults["slow_command"].split(":", 1)
+            try:
+                if commands.TREE.parse(line).command.name.lower() == name:
+                    delay += int(ms)
+            except cli.ParseError:
+                pass
+        return delay
 
     def _take_fault(self, name):
         with self.device.mutate() as state:
