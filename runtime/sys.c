@@ -112,7 +112,21 @@ static int sys_mkdir(lua_State *L) {
   return 1;
 }
 
-/* write_file(path, data [, mode]): atomically (temp file + rename) */
+/* The rename of a file into `path` made durable: its folder's entry is
+** fsync'd too (a run journal says "begun" before a destructive act). */
+static void sync_parent(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char dir[4096];
+  if (slash == NULL) snprintf(dir, sizeof dir, ".");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path) + (slash == path), path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;                     /* the data itself is synced already */
+  fsync(fd);
+  close(fd);
+}
+
+/* write_file(path, data [, mode]): atomically and durably (temp file,
+** fsync, rename, fsync of the folder) */
 static int sys_write_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   size_t len;
@@ -129,6 +143,7 @@ static int sys_write_file(lua_State *L) {
     unlink(tmp);
     return r;
   }
+  sync_parent(path);
   lua_pushboolean(L, 1);
   return 1;
 }
