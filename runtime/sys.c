@@ -362,12 +362,23 @@ static int sys_embedded_read(lua_State *L) {
   return 2;
 }
 
-/* json_encode(v) -> JSON text, with secrets as "<secret>" and values
-** under secret-looking names redacted (the audit log's writer) */
+/* json_encode(v [, {redact = false}]) -> JSON text, with secrets as
+** "<secret>" and, unless redact is false, strings and numbers under
+** secret-looking names as "<redacted>" (the audit log's writer).  The run
+** journal passes redact = false: it must give back what it was given. */
 static int sys_json_encode(lua_State *L) {
   luaL_checkany(L, 1);
+  int redact = 1;
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_getfield(L, 2, "redact");
+    redact = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  } else if (!lua_isnoneornil(L, 2)) {
+    return luaL_typeerror(L, 2, "table of options");
+  }
+  lua_settop(L, 1);
   dhsm_buf b = {0};
-  dhsm_json_value(&b, L, 1);
+  (redact ? dhsm_json_value : dhsm_json_faithful)(&b, L, 1);
   if (b.oom) {
     dhsm_buf_free(&b);
     return luaL_error(L, "not enough memory");

@@ -388,3 +388,40 @@ t.test("one run, one runner: a resume while the run is going is refused with the
   t.ok(r.stderr:find("is being run right now by another dhsm (pid " .. pid .. ")", 1, true), r.stderr)
   t.eq(sent(dir), 1)
 end, { timeout = 60 })
+
+---------------------------------------------------------------------------
+-- what is written down: secrets by type, plain values faithfully
+
+t.test("the journal keeps plain values as given (token_name resumes); the audit log still hides pins and passwords", function()
+  local dir = t.tmpdir()
+  local args = "run names -e token_name=tok1 -e co_pin=246810 -e so_password=env:HOME -e fail="
+  local r = run(dir, args .. "true")
+  t.eq(r.status, 1, r.stderr)
+  local id = run_id(r.stderr)
+  local j = journal(dir, id)
+  t.eq({ j.params.token_name, j.params.co_pin, j.params.so_password, j.secret_params },
+       { "tok1", 246810, nil, { "so_password" } })
+  t.eq(j.steps[1].result, { token_name = "tok1", co_pin = 246810 })
+  r = run(dir, args .. "true --resume " .. id)
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("↷ use the token", 1, true), "resumed with the same parameters: " .. r.stderr)
+  local text = util.read_file(dir .. "/audit.jsonl")
+  t.ok(not text:find("246810", 1, true), "a numeric co_pin is not in the audit log")
+  t.ok(not text:find("hunter2", 1, true), "a long key does not escape redaction")
+  t.ok(not text:find("97531", 1, true), "nor a numeric pin in a free-form field")
+  local start = audit(dir)[1]
+  -- the audit log errs on the side of hiding: a secret-looking name hides a plain value too
+  t.eq({ start.action, start.params.token_name, start.params.co_pin }, { "run.start", "<redacted>", "<redacted>" })
+end)
+
+t.test("a secret parameter given as a number or a literal string is refused", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/p.json", '{"token_name": "t", "so_password": 246810}')
+  local r = run(dir, "run names -e @" .. q(dir .. "/p.json"))
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("so_password: expected a secret reference (env:NAME, file:PATH or prompt), got 246810", 1, true), r.stderr)
+  r = run(dir, "run names -e token_name=t -e so_password=246810")
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("so_password: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value", 1, true), r.stderr)
+  t.ok(not r.stderr:find("246810", 1, true))
+end)

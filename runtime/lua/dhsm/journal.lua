@@ -1,7 +1,10 @@
 -- dhsm.journal: what a run did, step by step, so `--resume ID` can skip
 -- what is done.  One JSON file per run in $XDG_STATE_HOME/dhsm/runs/ID.json
 -- (0600), rewritten atomically (temp file + rename) after every step.
--- Secret parameters are never written; only their names are.
+-- Secret parameters are never written; only their names are.  Plain
+-- values are written as they are (no redaction by name: a parameter called
+-- token_name comes back as given), since secrets are dhsm.secret values,
+-- never plain ones (schema type "secret" refuses literals).
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
@@ -34,7 +37,7 @@ end
 function Journal:save()
   self.updated = sys.rfc3339()
   local ok, err = sys.mkdir(M.dir(), tonumber("700", 8))
-  if ok then ok, err = sys.write_file(path_of(self.id), sys.json_encode(self), tonumber("600", 8)) end
+  if ok then ok, err = sys.write_file(path_of(self.id), sys.json_encode(self, { redact = false }), tonumber("600", 8)) end
   if not ok then
     dhsm.error { kind = "audit", message = "cannot write the run journal: " .. tostring(err) }
   end
