@@ -446,14 +446,15 @@ function Client:poll(what, opts, fn)
     local done, state, retry_after = fn()
     if done then return state end
     progress(opts, state or "waiting", t0)
-    local wait = tonumber(retry_after) or interval
+    local ra = tonumber(retry_after)
+    local wait = (ra and ra > 0) and ra or interval     -- "Retry-After: 0" is no reason to spin
     if dhsm.now() - t0 + wait > timeout then
       dhsm.error { kind = "timeout", code = "OperationTimedOut", retryable = true,
         message = ("%s: still %s after %s"):format(what, tostring(state),
           util.duration(dhsm.now() - t0)) }
     end
     dhsm.sleep(wait)
-    if not tonumber(retry_after) then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
+    if not (ra and ra > 0) then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
   end
 end
 

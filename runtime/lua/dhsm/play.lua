@@ -461,7 +461,7 @@ function M.run(pb, raw, opts)
     elseif outcome == "planned" or outcome == "ok" then
       ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
-    else
+    elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
         ctx.run_id, outcome, pb.name, ctx.run_id))
     end
