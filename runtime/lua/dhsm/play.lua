@@ -6,13 +6,29 @@
 --     run = function(ctx, params) ... end }
 -- and works in named steps:
 --   local gw = ctx:step("wait for gateway", function() ... return state end)
---   ctx:step("zeroize", { destructive = true, target = "hsm1" }, function() ... end)
+--   ctx:step("zeroize", { destructive = true, target = "hsm1",
+--     done = function(ctx) return s:hsm_show().zeroized, { zeroized = true } end,
+--   }, function() ... end)
 -- ctx also has .inventory, .params, .run_id, .check, :progress(msg),
 -- :note(msg) and :would(what).
 --
+-- Step options: destructive (the operator types `target` to confirm; never
+-- run in --check), target, and done = function(ctx) -> done?, result: how
+-- to tell from the real state that the step's work is done.  It is asked
+-- first, on every run: when it says done, the step is skipped and `result`
+-- is its result.  It may wait for work an earlier attempt left going (a
+-- DELETE ARM accepted) and then say done, so nothing is sent twice.  A
+-- destructive step is journaled as begun ("started", fsync'd) after the
+-- confirmation and before it acts; resumed after a crash in the middle, a
+-- destructive step without done= is refused (CannotResume), never re-run
+-- blindly.
+--
 -- The runner validates every parameter before anything runs, asks before a
 -- destructive step, journals each step for --resume, shows progress, writes
--- the audit log and, with --json, prints one JSON document at the end.
+-- the audit log and, with --json, prints one JSON document at the end.  A
+-- run is held by one process: runs/ID.lock (sys.lock) for its whole life,
+-- so a second `--resume ID` while it goes is refused with the holder's pid.
+-- Any value a step raises fails it, error(nil) included.
 local dhsm = require "dhsm"
 local inventory = require "dhsm.inventory"
 local journal = require "dhsm.journal"
