@@ -3,7 +3,7 @@
 --   local hsm = require "dhsm.azure.hsm"
 --   hsm.preflight(c, spec)          -- quota, capacity, subnet delegation, gateway (the guide's causes)
 --   hsm.create(c, "hsm3", spec, {on_progress=})   -- refuses what preflight would fail
---   hsm.delete(c, "hsm1", {zeroized = evidence})   -- only after the appliance reports zeroized
+--   hsm.delete(c, "hsm1", {zeroized = evidence})   -- only with fresh evidence that hsm1's appliance is zeroized
 --   hsm.list(c [, group]); hsm.list_all(c); hsm.get(c, name); hsm.summary(c); hsm.orphans(c)
 --   hsm.start(c, "hsm3", spec)      -- the PUT alone (its response carries the request ids)
 --   hsm.wait(c, "hsm3", {on_progress=})            -- to Succeeded through the real states
@@ -11,6 +11,7 @@
 --   hsm.features(c); hsm.leftovers(c, location); hsm.spec_conflicts(resource, spec)
 --   hsm.delete_failed(c, "hsm3")    -- a Failed resource: never handed over, holds no key
 local dhsm = require "dhsm"
+local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
 
 local M = {}
@@ -243,10 +244,20 @@ function M.create(c, name, spec, opts)
   return c:wait(r, opts)
 end
 
+-- The DELETE itself, once a caller has decided it is safe; waits unless
+-- wait=false.
+local function send_delete(c, name, opts)
+  local r = c:delete(M.path(c, name, opts.group))
+  if opts.wait == false or r.status == 200 or r.status == 204 then return r end
+  c:wait(r, opts)
+  return r
+end
+
 -- delete_failed(c, name, {group=, ...}): delete an HSM resource that ended
 -- Failed.  Its device was never handed over (no SO, no key material), so the
--- zeroization evidence is the resource's own state, read here; anything
--- else is refused - such an HSM goes through M.delete with real evidence.
+-- evidence is the resource's own state, read here just before the DELETE;
+-- anything else is refused - such an HSM goes through M.delete with an
+-- appliance's zeroization evidence.
 function M.delete_failed(c, name, opts)
   opts = opts or {}
   local h = M.get(c, name, opts.group)
@@ -257,29 +268,33 @@ function M.delete_failed(c, name, opts)
       message = ("not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed"):format(name,
         tostring(state)) }
   end
-  local o = setmetatable({ zeroized = { zeroized = true, source = "arm",
-    reason = "provisioningState Failed: the device was never handed over" } }, { __index = opts })
-  return M.delete(c, name, o)
+  dhsm.audit.write { action = "safety.evidence", target = name, outcome = "never handed over",
+    source = "arm", state = state }
+  return send_delete(c, name, opts)
 end
 
--- delete(c, name, {zeroized = evidence | allow_unzeroized = true, group=, wait=true, ...})
+-- delete(c, name, {zeroized = evidence | allow_unzeroized = true, group=,
+--   evidence_max_age=900, wait=true, ...})
 -- The guide: an HSM resource is deleted only once its appliance is
--- zeroized.  `evidence` comes from the luna module ({zeroized=true, ...});
--- allow_unzeroized lifts the rule explicitly and is audited.
+-- zeroized.  `evidence` is what dhsm.luna's session:zeroized_evidence()
+-- returns (dhsm.evidence): genuine, of the appliance standing for this
+-- resource, and read at most evidence_max_age seconds ago; anything else
+-- is refused.  allow_unzeroized lifts the rule explicitly and is audited.
 function M.delete(c, name, opts)
   opts = opts or {}
-  local evidence = opts.zeroized
+  M.check_name(name)
   if opts.allow_unzeroized then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
-  elseif type(evidence) ~= "table" or evidence.zeroized ~= true then
+  elseif opts.zeroized == nil then
     dhsm.error { kind = "safety", code = "NotZeroized",
       message = ("not deleting HSM %s: its appliance has not been shown to be zeroized "
         .. "(zeroize it first; the resource cannot be deleted before)"):format(name) }
+  else
+    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age })
+    dhsm.audit.write { action = "safety.evidence", target = name, outcome = "zeroized",
+      appliance = ev.appliance, serial = ev.serial, checked_at = ev.checked_at }
   end
-  local r = c:delete(M.path(c, name, opts.group))
-  if opts.wait == false or r.status == 200 or r.status == 204 then return r end
-  c:wait(r, opts)
-  return r
+  return send_delete(c, name, opts)
 end
 
 return M

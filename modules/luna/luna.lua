@@ -412,15 +412,18 @@ function Session:network()
   return parse.network_show(self:must("network show").text)
 end
 
--- {zeroized=true, appliance=, serial=, checked_at=} when hsm show says so:
--- the evidence dhsm.azure.hsm.delete asks for.
-function Session:zeroized_evidence()
-  local h = self:hsm_show()
-  if not h.zeroized then
-    dhsm.error { kind = "safety", code = "NotZeroized",
-      message = ("%s is not zeroized (%s login attempts left before zeroization)"):format(self.name, tostring(h.attempts_left)) }
+-- zeroized_evidence([entry]) -> the evidence dhsm.azure.hsm.delete asks
+-- for (dhsm.evidence), when hsm show says zeroized: this appliance's name
+-- and serial, the Azure resource it stands for (entry.resource of its
+-- inventory entry; without an entry, the session's name, as the inventory
+-- defaults it) and when.  entry.serial, when known, must match the device.
+function Session:zeroized_evidence(entry)
+  if entry ~= nil and (type(entry) ~= "table" or entry.name ~= self.name) then
+    usage("%s: zeroized_evidence(entry) takes this appliance's inventory entry, got %s", self.name,
+      type(entry) == "table" and ("the entry of " .. tostring(entry.name)) or type(entry))
   end
-  return { zeroized = true, appliance = self.name, serial = h.serial, checked_at = require("dhsm.sys").rfc3339() }
+  return require("dhsm.evidence").zeroized(self:hsm_show(), { appliance = self.name,
+    resource = entry and entry.resource or self.name, serial = entry and entry.serial })
 end
 
 ---------------------------------------------------------------------------

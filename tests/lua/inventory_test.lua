@@ -67,3 +67,16 @@ t.test("an unknown HSM name is an error listing the known ones", function()
   local err = t.raises(function() inv:hsm("hsm3") end, "UnknownHsm")
   t.eq(err.message, 'no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)')
 end)
+
+t.test("an HSM entry names the Azure resource it stands for: by default its own name", function()
+  local function inv(h)
+    return inventory.from_table { hsms = { h } }
+  end
+  t.eq(inv({ name = "hsm1", host = "h", password = "env:X" }).hsms[1].resource, "hsm1")
+  t.eq(inv({ name = "lab-a", host = "h", password = "env:X", resource = "hsm7", serial = "1534201" }):hsm("lab-a").resource, "hsm7")
+  local err = t.raises(function() inv { name = "hsm1", host = "h", password = "env:X", resource = "hsm 7", serial = "x1" } end, "BadInventory")
+  t.eq(err.details.problems, {
+    'hsms[1].resource: expected the Azure dedicated HSM resource name (letters, digits, -; default: the entry\'s name), got "hsm 7"',
+    "hsms[1].serial: expected the appliance's serial number (digits), got \"x1\"",
+  })
+end)

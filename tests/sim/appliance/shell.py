@@ -12,6 +12,7 @@ when the client has gone: what a killed client leaves behind);
 hang_next: the command never answers; drop_next: half the answer, then a TCP RST.
 """
 import datetime
+import logging
 import threading
 import time
 
@@ -22,6 +23,9 @@ BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 Saf
 RESULT_OK = "Command Result : 0 (Success)"
 RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
 EXIT_WORDS = ("exit", "logout")
+SECRET_OPTION_WORDS = ("password", "pin", "secret")
+
+log = logging.getLogger("estate.appliance")
 
 
 class LunaShell:
@@ -63,6 +67,7 @@ class LunaShell:
         if delay:
             time.sleep(delay / 1000)
         ctx, code, errors = self._dispatch(line)
+        log.info("%s lunash: %s -> %d", self.device.name, logged_command(ctx, line), code)  # never a password
         self._finish(ctx, code, errors, drop)
         for action in ctx.after if ctx else ():
             action()
@@ -126,3 +131,21 @@ class LunaShell:
 def failure_lines(name, code, extra):
     return [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"] + [f"Error:  {text}" for text in extra]
 
+
+
+def logged_command(ctx, line):
+    """The command as estate.log shows it: its full name, options and arguments, the
+    value of any password-like option masked.  A line that does not parse is not shown
+    (it could be a password typed at the wrong prompt)."""
+    if ctx is None:
+        return f"(a line that is not a command, {len(line)} characters)"
+    words = [ctx.inv.command.name]
+    for name, value in sorted(ctx.inv.opts.items()):
+        if value is True:
+            words.append(f"-{name}")
+        elif any(w in name.lower() for w in SECRET_OPTION_WORDS):
+            words.append(f"-{name} ****")
+        else:
+            words.append(f"-{name} {value}")
+    words.extend(str(a) for a in ctx.inv.args)
+    return " ".join(words)
