@@ -117,7 +117,7 @@ static void add_extra(lua_State *L, dhsm_buf *b, int fields) {
       dhsm_buf_add(b, ",", 1);
       dhsm_json_string(b, k, strlen(k));
       dhsm_buf_add(b, ":", 1);
-      if (lua_type(L, -1) == LUA_TSTRING && dhsm_json_sensitive_key(k))
+      if (dhsm_json_hides(L, k, -1))
         dhsm_buf_adds(b, "\"<redacted>\"");
       else
         dhsm_json_value(b, L, -1);

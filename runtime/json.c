@@ -1,7 +1,6 @@
 /*
 ** json.c - JSON writing for audit records (see json.h).
 */
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -83,14 +82,15 @@ int dhsm_json_sensitive_key(const char *key) {
     "password", "passwd", "passphrase", "secret", "token", "credential",
     "private_key", "privatekey", "authorization", NULL
   };
-  char low[64];
-  size_t n = strlen(key);
-  if (n >= sizeof low) n = sizeof low - 1;
-  for (size_t i = 0; i < n; i++) low[i] = (char)tolower((unsigned char)key[i]);
-  low[n] = '\0';
+  size_t n = strlen(key);                 /* the whole key, however long */
   for (int i = 0; words[i]; i++)
-    if (strstr(low, words[i])) return 1;
-  return n >= 3 && strcmp(low + n - 3, "pin") == 0;   /* pin, so_pin, user_pin */
+    if (strcasestr(key, words[i])) return 1;
+  return n >= 3 && strcasecmp(key + n - 3, "pin") == 0;   /* pin, so_pin, user_pin */
+}
+
+int dhsm_json_hides(lua_State *L, const char *key, int idx) {
+  int t = lua_type(L, idx);
+  return (t == LUA_TSTRING || t == LUA_TNUMBER) && dhsm_json_sensitive_key(key);
 }
 
 /* A table is written as an array when its keys are exactly 1..n, n > 0. */
@@ -109,9 +109,9 @@ static int array_length(lua_State *L, int idx) {
   return count == n ? (int)n : 0;
 }
 
-static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth);
+static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth, int redact);
 
-static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth) {
+static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth, int redact) {
   if (depth >= MAX_DEPTH || !lua_checkstack(L, 4)) {
     dhsm_buf_adds(b, "\"<too deep>\"");
     return;
@@ -122,7 +122,7 @@ static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth) {
     for (int i = 1; i <= n; i++) {
       if (i > 1) dhsm_buf_add(b, ",", 1);
       lua_rawgeti(L, idx, i);
-      json_value(b, L, lua_gettop(L), depth + 1);
+      json_value(b, L, lua_gettop(L), depth + 1, redact);
       lua_pop(L, 1);
     }
     dhsm_buf_add(b, "]", 1);
@@ -141,10 +141,10 @@ static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth) {
       first = 0;
       dhsm_json_string(b, k, kl);
       dhsm_buf_add(b, ":", 1);
-      if (lua_type(L, -2) == LUA_TSTRING && dhsm_json_sensitive_key(k))
+      if (redact && lua_type(L, -3) == LUA_TSTRING && dhsm_json_hides(L, k, -2))  /* key, value, key copy */
         dhsm_buf_adds(b, "\"<redacted>\"");
       else
-        json_value(b, L, lua_gettop(L) - 1, depth + 1);
+        json_value(b, L, lua_gettop(L) - 1, depth + 1, redact);
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -152,7 +152,7 @@ static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth) {
   dhsm_buf_add(b, "}", 1);
 }
 
-static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth) {
+static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth, int redact) {
   size_t len;
   const char *s;
   switch (lua_type(L, idx)) {
@@ -163,7 +163,7 @@ static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth) {
       s = lua_tolstring(L, idx, &len);
       dhsm_json_string(b, s, len);
       break;
-    case LUA_TTABLE: json_table(b, L, idx, depth); break;
+    case LUA_TTABLE: json_table(b, L, idx, depth, redact); break;
     case LUA_TUSERDATA:
       if (dhsm_is_secret(L, idx)) {
         dhsm_buf_adds(b, "\"<secret>\"");
@@ -179,7 +179,11 @@ static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth) {
 }
 
 void dhsm_json_value(dhsm_buf *b, lua_State *L, int idx) {
-  json_value(b, L, lua_absindex(L, idx), 0);
+  json_value(b, L, lua_absindex(L, idx), 0, 1);
+}
+
+void dhsm_json_faithful(dhsm_buf *b, lua_State *L, int idx) {
+  json_value(b, L, lua_absindex(L, idx), 0, 0);
 }
 
 void dhsm_rfc3339(char out[32], const struct timespec *t) {

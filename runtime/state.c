@@ -122,6 +122,53 @@ const dhsm_embedded *dhsm_embedded_find(char kind, const char *name) {
   return NULL;
 }
 
+/* ---- private native modules --------------------------------------------- */
+
+static const char NATIVES_KEY = 'n';        /* registry: name -> opened private module */
+
+/* The private native module m, opened once per state. */
+static void push_native(lua_State *L, const dhsm_module *m) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &NATIVES_KEY);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &NATIVES_KEY);
+  }
+  if (lua_getfield(L, -1, m->name) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, m->open);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, m->name);
+  }
+  lua_remove(L, -2);
+}
+
+/* {name = module} of the private modules `owner` gets, or nothing (0). */
+static int push_natives_of(lua_State *L, const char *owner) {
+  int n = 0;
+  for (const dhsm_module *m = dhsm_modules; m->name; m++) {
+    if (m->owner == NULL || strcmp(m->owner, owner) != 0) continue;
+    if (n++ == 0) lua_newtable(L);
+    push_native(L, m);
+    lua_setfield(L, -2, m->name);
+  }
+  return n > 0;
+}
+
+/* The loader of an embedded module that owns private modules: its chunk
+** runs with (name, path, natives).  Upvalues: chunk, natives. */
+static int run_with_natives(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_call(L, 3, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 /* package.searchers entry: modules compiled into the binary */
 static int search_embedded(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
@@ -133,6 +180,7 @@ static int search_embedded(lua_State *L) {
   lua_pushfstring(L, "@%s", e->path);
   if (luaL_loadbufferx(L, (const char *)e->data, e->len, lua_tostring(L, -1), "t") != LUA_OK)
     return luaL_error(L, "error loading embedded module '%s':\n\t%s", name, lua_tostring(L, -1));
+  if (push_natives_of(L, name)) lua_pushcclosure(L, run_with_natives, 2);
   lua_pushstring(L, e->path);
   return 2;
 }
@@ -157,6 +205,7 @@ static void install_searcher(lua_State *L) {
 static void preload_modules(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const dhsm_module *m = dhsm_modules; m->name; m++) {
+    if (m->owner) continue;                     /* private: see push_natives_of */
     lua_pushcfunction(L, m->open);
     lua_setfield(L, -2, m->name);
   }

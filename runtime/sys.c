@@ -112,7 +112,21 @@ static int sys_mkdir(lua_State *L) {
   return 1;
 }
 
-/* write_file(path, data [, mode]): atomically (temp file + rename) */
+/* The rename of a file into `path` made durable: its folder's entry is
+** fsync'd too (a run journal says "begun" before a destructive act). */
+static void sync_parent(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char dir[4096];
+  if (slash == NULL) snprintf(dir, sizeof dir, ".");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path) + (slash == path), path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;                     /* the data itself is synced already */
+  fsync(fd);
+  close(fd);
+}
+
+/* write_file(path, data [, mode]): atomically and durably (temp file,
+** fsync, rename, fsync of the folder) */
 static int sys_write_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   size_t len;
@@ -129,6 +143,7 @@ static int sys_write_file(lua_State *L) {
     unlink(tmp);
     return r;
   }
+  sync_parent(path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -347,12 +362,23 @@ static int sys_embedded_read(lua_State *L) {
   return 2;
 }
 
-/* json_encode(v) -> JSON text, with secrets as "<secret>" and values
-** under secret-looking names redacted (the audit log's writer) */
+/* json_encode(v [, {redact = false}]) -> JSON text, with secrets as
+** "<secret>" and, unless redact is false, strings and numbers under
+** secret-looking names as "<redacted>" (the audit log's writer).  The run
+** journal passes redact = false: it must give back what it was given. */
 static int sys_json_encode(lua_State *L) {
   luaL_checkany(L, 1);
+  int redact = 1;
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_getfield(L, 2, "redact");
+    redact = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  } else if (!lua_isnoneornil(L, 2)) {
+    return luaL_typeerror(L, 2, "table of options");
+  }
+  lua_settop(L, 1);
   dhsm_buf b = {0};
-  dhsm_json_value(&b, L, 1);
+  (redact ? dhsm_json_value : dhsm_json_faithful)(&b, L, 1);
   if (b.oom) {
     dhsm_buf_free(&b);
     return luaL_error(L, "not enough memory");

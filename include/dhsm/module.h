@@ -3,7 +3,9 @@
 **
 ** A module is `int luaopen_dhsm_<name>(lua_State *L)` listed in
 ** runtime/modules.c; the host preloads it as "dhsm.<name>" (or under the name
-** given there).  Objects are full userdata whose metatable is registered
+** given there).  A module with an owner is private: require() cannot find
+** it, and only the owner's embedded Lua gets it (the raw layer under a
+** safety rule, e.g. the SSH channel under dhsm.luna's login guard).  Objects are full userdata whose metatable is registered
 ** under "dhsm.<name>.<type>", with __gc == __close releasing the resource
 ** once and a __tostring that never shows a secret (model: Lua's liolib.c).
 */
@@ -16,6 +18,8 @@
 typedef struct dhsm_module {
   const char *name;        /* as given to require() */
   lua_CFunction open;
+  const char *owner;       /* NULL: public.  Else private to the embedded Lua
+                              module of that name (see runtime/state.c) */
 } dhsm_module;
 
 /* Create (or fetch) metatable `tname` holding `methods` in its __index

@@ -16,7 +16,8 @@
 -- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
 -- message, details, the HTTP status, request ids and the raw body.
 -- In check mode a mutation is not sent: it is reported (dhsm.would) and
--- described.  Every mutation is audited.
+-- described.  Every mutation is audited twice: "sending" before the
+-- request leaves, then its outcome.
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local http = require "dhsm.azure.http"
@@ -462,6 +463,12 @@ function Client:request(method, path, opts)
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
   local correlation_id = opts.correlation_id or M.uuid()
+  if mutation then
+    -- The intent first: if dhsm dies while the request is out, the log
+    -- still says it may have reached ARM (the correlation id finds it).
+    dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = "sending",
+      correlation_id = correlation_id }
+  end
   local t0, renewed = dhsm.now(), false
   local r, err, attempts = self:retrying(opts.retry_deadline or self.retry_deadline, function(n)
     local headers = {
@@ -585,14 +592,15 @@ function Client:poll(what, opts, fn)
     local done, state, wait_s = fn()
     if done then return state end
     progress(opts, state or "waiting", t0)
-    local wait = wait_s or interval
+    local ra = wait_s and wait_s > 0 and wait_s or nil   -- "Retry-After: 0" is no reason to spin
+    local wait = ra or interval
     if dhsm.now() - t0 + wait > timeout then
       dhsm.error { kind = "timeout", code = "OperationTimedOut", retryable = true,
         message = ("%s: still %s after %s"):format(what, tostring(state),
           util.duration(dhsm.now() - t0)) }
     end
     dhsm.sleep(wait)
-    if not wait_s then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
+    if not ra then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
   end
 end
 

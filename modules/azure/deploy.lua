@@ -1,5 +1,12 @@
 -- dhsm.azure.deploy: template deployments, and what to read when one fails.
+--
+--   local tmpl, params = deploy.read_files("hsm.json", "hsm.parameters.json")  -- the operator's files
+--   local r = deploy.create(c, "dhsm-provision", tmpl, params)
+--   deploy.wait(c, r, {on_progress=})        -- raises with the failed operations' messages
+--   deploy.support_facts(c, name)            -- what a support request needs
+local cjson = require "cjson"
 local dhsm = require "dhsm"
+local util = require "dhsm.util"
 
 local M = {}
 
@@ -16,20 +23,90 @@ function M.create(c, name, template, parameters, opts)
     mode = opts.mode or "Incremental", template = template, parameters = p } } })
 end
 
--- The failed operations of a deployment: {resource=, type=, code=, message=}.
-function M.failed_operations(c, name, group)
+local function read_json(path, what)
+  local text, err = util.read_file(path)
+  if not text then dhsm.error { kind = "usage", message = ("%s %s: cannot read it: %s"):format(what, path, err) } end
+  local ok, doc = pcall(cjson.decode, text)
+  if not ok or type(doc) ~= "table" then
+    dhsm.error { kind = "usage", message = ("%s %s: not a JSON object (%s)"):format(what, path, tostring(doc)) }
+  end
+  return doc
+end
+
+-- read_files(template_path [, parameters_path]) -> template, {name = value}
+-- The parameters file is ARM's ({"parameters": {"p": {"value": v}}}); a
+-- Key Vault reference cannot be resolved here and is refused by name.
+function M.read_files(template_path, parameters_path)
+  local tmpl = read_json(template_path, "ARM template")
+  if type(tmpl.resources) ~= "table" then
+    dhsm.error { kind = "usage", message = ("ARM template %s: no 'resources' list"):format(template_path) }
+  end
+  local values = {}
+  if parameters_path then
+    local doc = read_json(parameters_path, "parameters file")
+    for k, v in pairs(doc.parameters or {}) do
+      if type(v) ~= "table" or v.value == nil then
+        dhsm.error { kind = "usage", message = ("parameters file %s: parameter %s has no 'value' (Key Vault "
+          .. "references are not supported: give the value)"):format(parameters_path, k) }
+      end
+      values[k] = v.value
+    end
+  end
+  return tmpl, values
+end
+
+-- Every operation of a deployment, newest first as ARM lists them:
+-- {id=, tracking_id=, resource=, type=, state=, status_code=, code=, message=, time=}
+function M.operations(c, name, group)
   local out = {}
   for _, op in ipairs(c:list(M.path(c, name, group) .. "/operations")) do
     local p = op.properties or {}
+    local e = p.statusMessage and p.statusMessage.error or {}
+    local inner = e.details and e.details[1] or {}
+    out[#out + 1] = { id = op.operationId, tracking_id = p.trackingId, state = p.provisioningState,
+      resource = p.targetResource and p.targetResource.resourceName,
+      type = p.targetResource and p.targetResource.resourceType, status_code = p.statusCode,
+      code = inner.code or e.code, message = inner.message or e.message, time = p.timestamp }
+  end
+  return out
+end
+
+-- The failed operations of a deployment: {resource=, type=, code=, message=, ...}.
+function M.failed_operations(c, name, group)
+  local out = {}
+  for _, op in ipairs(M.operations(c, name, group)) do
+    if op.state == "Failed" then out[#out + 1] = op end
+  end
+  return out
+end
+
+-- What a support request about a failed deployment needs (the guide: the
+-- detail the portal hides): correlation id, times, every failed operation.
+function M.support_facts(c, name, group)
+  local d = c:find(M.path(c, name, group))
+  if not d then return nil end
+  local p = d.properties or {}
+  return { deployment = d.id, correlation_id = p.correlationId, state = p.provisioningState,
+    timestamp = p.timestamp, duration = p.duration, error = p.error,
+    failed_operations = M.failed_operations(c, name, group) }
+end
+
+-- Failed deployments of a group: {name=, id=, correlation_id=, timestamp=}.
+function M.failed(c, group)
+  local out = {}
+  for _, d in ipairs(c:list(c:group_path(group) .. "/providers/Microsoft.Resources/deployments")) do
+    local p = d.properties or {}
     if p.provisioningState == "Failed" then
-      local e = p.statusMessage and p.statusMessage.error or {}
-      local inner = e.details and e.details[1] or {}
-      out[#out + 1] = { resource = p.targetResource and p.targetResource.resourceName,
-        type = p.targetResource and p.targetResource.resourceType,
-        code = inner.code or e.code, message = inner.message or e.message }
+      out[#out + 1] = { name = d.name, id = d.id, correlation_id = p.correlationId, timestamp = p.timestamp }
     end
   end
   return out
+end
+
+function M.delete(c, name, group)
+  local r = c:delete(M.path(c, name, group))
+  if r.status == 202 then c:wait(r) end
+  return r
 end
 
 -- wait(c, response, {group=, timeout=, on_progress=}): a failed deployment

@@ -3,9 +3,15 @@
 --   local hsm = require "dhsm.azure.hsm"
 --   hsm.preflight(c, spec)          -- quota, capacity, subnet delegation, gateway (the guide's causes)
 --   hsm.create(c, "hsm3", spec, {on_progress=})   -- refuses what preflight would fail
---   hsm.delete(c, "hsm1", {zeroized = evidence})   -- only after the appliance reports zeroized
+--   hsm.delete(c, "hsm1", {zeroized = evidence})   -- only with fresh evidence that hsm1's appliance is zeroized
 --   hsm.list(c [, group]); hsm.list_all(c); hsm.get(c, name); hsm.summary(c); hsm.orphans(c)
+--   hsm.start(c, "hsm3", spec)      -- the PUT alone (its response carries the request ids)
+--   hsm.wait(c, "hsm3", {on_progress=})            -- to Succeeded through the real states
+--   hsm.private_ip(c, resource)     -- from the NIC, as the guide says to find it
+--   hsm.features(c); hsm.leftovers(c, location); hsm.spec_conflicts(resource, spec)
+--   hsm.delete_failed(c, "hsm3")    -- a Failed resource: never handed over, holds no key
 local dhsm = require "dhsm"
+local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
 
 local M = {}
@@ -64,21 +70,90 @@ end
 ---------------------------------------------------------------------------
 -- quota, capacity, orphans
 
--- Counts per region and stamp at subscription scope.  Failed HSMs count
--- against the quota (the guide: delete failed deployments first).
-function M.summary(c)
+-- Counts per region and stamp at subscription scope, with the names behind
+-- them.  Failed HSMs count against the quota (the guide: delete failed
+-- deployments first).  opts.except: a name not to count (the HSM being re-run).
+function M.summary(c, opts)
+  opts = opts or {}
   local regions = {}
-  for _, h in ipairs(M.list_all(c)) do
-    local region = h.location or "?"
-    local stamp = h.properties and h.properties.stampId or "unassigned"
-    local r = regions[region] or { total = 0, failed = 0, stamps = {} }
-    regions[region] = r
-    r.total = r.total + 1
-    if h.properties and h.properties.provisioningState == "Failed" then r.failed = r.failed + 1 end
-    r.stamps[stamp] = (r.stamps[stamp] or 0) + 1
+  for _, h in ipairs(opts.hsms or M.list_all(c)) do
+    if h.name ~= opts.except then
+      local region = h.location or "?"
+      local stamp = h.properties and h.properties.stampId or "unassigned"
+      local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }
+      regions[region] = r
+      r.total = r.total + 1
+      r.names[#r.names + 1] = h.name
+      if h.properties and h.properties.provisioningState == "Failed" then r.failed = r.failed + 1 end
+      r.stamps[stamp] = (r.stamps[stamp] or 0) + 1
+      r.stamp_names[stamp] = r.stamp_names[stamp] or {}
+      table.insert(r.stamp_names[stamp], h.name)
+    end
   end
   return { regions = regions, limits = { per_stamp = M.QUOTA_PER_STAMP, per_region = M.QUOTA_PER_REGION,
     capacity_per_stamp = M.CAPACITY_PER_STAMP } }
+end
+
+-- The allowlisting the guide's HSM Registration is about: each feature and its state.
+M.FEATURES = { "Microsoft.HardwareSecurityModules/AzureDedicatedHSM", "Microsoft.Network/AllowBaremetalServers" }
+
+function M.features(c)
+  local out = {}
+  for _, f in ipairs(M.FEATURES) do
+    local ns, name = f:match("^([^/]+)/(.+)$")
+    local r = c:find(("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
+      c.subscription, ns, name), { api_version = require("dhsm.azure").API.features })
+    out[#out + 1] = { feature = f, state = r and r.properties and r.properties.state or "NotRegistered" }
+  end
+  return out
+end
+
+-- Failed HSM resources in location (every group of the subscription): the
+-- leftovers of earlier failed deployments, which count against the quota.
+function M.leftovers(c, location, hsms)
+  local out = {}
+  for _, h in ipairs(hsms or M.list_all(c)) do
+    local p = h.properties or {}
+    if p.provisioningState == "Failed" and (location == nil or h.location == location) then
+      out[#out + 1] = { name = h.name, group = M.group_of(h), id = h.id, stamp = p.stampId,
+        message = p.statusMessage, location = h.location }
+    end
+  end
+  return out
+end
+
+-- What of spec an existing resource does not match (ARM refuses to change
+-- anything but tags): list of "field: has X, asked Y".
+function M.spec_conflicts(c, resource, spec, group)
+  local p = resource.properties or {}
+  local np = p.networkProfile or {}
+  local have = {
+    stamp = p.stampId,
+    subnet = np.subnet and (np.subnet.id or np.subnet.resourceId),
+    ip = np.networkInterfaces and np.networkInterfaces[1] and np.networkInterfaces[1].privateIpAddress,
+    sku = resource.sku and resource.sku.name,
+  }
+  local want = { stamp = spec.stamp, ip = spec.ip, sku = spec.sku or M.SKU,
+    subnet = spec.subnet_id or (spec.vnet and network.subnet_path(c, spec.vnet, spec.subnet, group)) }
+  local out = {}
+  for _, k in ipairs { "sku", "stamp", "subnet", "ip" } do
+    if want[k] and have[k] and tostring(want[k]):lower() ~= tostring(have[k]):lower() then
+      out[#out + 1] = ("%s: has %s, asked %s"):format(k, have[k], want[k])
+    end
+  end
+  return out
+end
+
+-- The private IP of an HSM, read from its NIC (the guide: "the NIC resource
+-- always follows the HSM"); nil while no NIC exists yet.
+function M.private_ip(c, resource)
+  local nics = resource.properties and resource.properties.networkProfile
+    and resource.properties.networkProfile.networkInterfaces or {}
+  local id = nics[1] and (nics[1].id or nics[1].resourceId)
+  if not id then return nil end
+  local nic = c:find(id)
+  local cfg = nic and nic.properties and nic.properties.ipConfigurations and nic.properties.ipConfigurations[1]
+  return cfg and cfg.properties and cfg.properties.privateIPAddress, id
 end
 
 -- HSMs listed at subscription scope whose resource group is gone: still billed.
@@ -87,7 +162,12 @@ function M.orphans(c)
   for _, h in ipairs(M.list_all(c)) do
     local g = M.group_of(h)
     if groups[g] == nil then groups[g] = c:find(c:group_path(g)) ~= nil end
-    if not groups[g] then out[#out + 1] = { name = h.name, group = g, id = h.id, location = h.location } end
+    if not groups[g] then
+      local p, sd = h.properties or {}, h.systemData or {}
+      out[#out + 1] = { name = h.name, group = g, id = h.id, location = h.location, stamp = p.stampId,
+        sku = h.sku and h.sku.name, state = p.provisioningState, created_at = sd.createdAt,
+        created_by = sd.createdBy, last_modified_at = sd.lastModifiedAt }
+    end
   end
   return out
 end
@@ -99,11 +179,12 @@ local function check(results, rule, ok, message)
   results[#results + 1] = { rule = rule, ok = ok, message = message }
 end
 
--- preflight(c, spec) -> list of {rule=, ok=, message=}
+-- preflight(c, spec) -> list of {rule=, ok=, message=}; spec.name is not
+-- counted against the quota (re-running a failed HSM takes no new place).
 function M.preflight(c, spec, group)
   local results = {}
   local location = spec.location or c.location
-  local counts = M.summary(c).regions[location] or { total = 0, stamps = {} }
+  local counts = M.summary(c, { except = spec.name }).regions[location] or { total = 0, stamps = {} }
   check(results, "quota per region", counts.total < M.QUOTA_PER_REGION,
     ("%d of %d HSMs in %s (failed ones count: delete them first)"):format(counts.total, M.QUOTA_PER_REGION, location))
   if spec.stamp then
@@ -130,42 +211,90 @@ end
 ---------------------------------------------------------------------------
 -- create and delete
 
--- create(c, name, spec, {group=, wait=true, timeout=, on_progress=, skip_preflight=})
-function M.create(c, name, spec, opts)
+-- start(c, name, spec, {group=, skip_preflight=}) -> the PUT response
+-- (headers carry x-ms-request-id and the correlation id a support request needs)
+function M.start(c, name, spec, opts)
   opts = opts or {}
   local path = M.path(c, name, opts.group)
   if opts.skip_preflight then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "skip_preflight" }
   else
-    local bad = failed_checks(M.preflight(c, spec, opts.group))
+    local with_name = setmetatable({ name = name }, { __index = spec })
+    local bad = failed_checks(M.preflight(c, with_name, opts.group))
     if #bad > 0 then
       dhsm.error { kind = "safety", code = "PreflightFailed",
         message = ("not creating %s: %s"):format(name, table.concat(bad, "; ")), details = { failed = bad } }
     end
   end
-  local r = c:put(path, { body = M.body(c, spec, opts.group) })
+  return c:put(path, { body = M.body(c, spec, opts.group) })
+end
+
+-- wait(c, name, {group=, timeout=, on_progress=}) -> the Succeeded resource;
+-- a Failed one raises (code from its statusMessage when it has one).
+function M.wait(c, name, opts)
+  opts = opts or {}
+  return c:wait(M.path(c, name, opts.group), opts)
+end
+
+-- create(c, name, spec, {group=, wait=true, timeout=, on_progress=, skip_preflight=})
+function M.create(c, name, spec, opts)
+  opts = opts or {}
+  local r = M.start(c, name, spec, opts)
   if opts.wait == false then return r end
   return c:wait(r, opts)
 end
 
--- delete(c, name, {zeroized = evidence | allow_unzeroized = true, group=, wait=true, ...})
--- The guide: an HSM resource is deleted only once its appliance is
--- zeroized.  `evidence` comes from the luna module ({zeroized=true, ...});
--- allow_unzeroized lifts the rule explicitly and is audited.
-function M.delete(c, name, opts)
-  opts = opts or {}
-  local evidence = opts.zeroized
-  if opts.allow_unzeroized then
-    dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
-  elseif type(evidence) ~= "table" or evidence.zeroized ~= true then
-    dhsm.error { kind = "safety", code = "NotZeroized",
-      message = ("not deleting HSM %s: its appliance has not been shown to be zeroized "
-        .. "(zeroize it first; the resource cannot be deleted before)"):format(name) }
-  end
+-- The DELETE itself, once a caller has decided it is safe; waits unless
+-- wait=false.
+local function send_delete(c, name, opts)
   local r = c:delete(M.path(c, name, opts.group))
   if opts.wait == false or r.status == 200 or r.status == 204 then return r end
   c:wait(r, opts)
   return r
+end
+
+-- delete_failed(c, name, {group=, ...}): delete an HSM resource that ended
+-- Failed.  Its device was never handed over (no SO, no key material), so the
+-- evidence is the resource's own state, read here just before the DELETE;
+-- anything else is refused - such an HSM goes through M.delete with an
+-- appliance's zeroization evidence.
+function M.delete_failed(c, name, opts)
+  opts = opts or {}
+  local h = M.get(c, name, opts.group)
+  if h == nil then return nil end
+  local state = h.properties and h.properties.provisioningState
+  if state ~= "Failed" then
+    dhsm.error { kind = "safety", code = "NotFailed",
+      message = ("not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed"):format(name,
+        tostring(state)) }
+  end
+  dhsm.audit.write { action = "safety.evidence", target = name, outcome = "never handed over",
+    source = "arm", state = state }
+  return send_delete(c, name, opts)
+end
+
+-- delete(c, name, {zeroized = evidence | allow_unzeroized = true, group=,
+--   evidence_max_age=900, wait=true, ...})
+-- The guide: an HSM resource is deleted only once its appliance is
+-- zeroized.  `evidence` is what dhsm.luna's session:zeroized_evidence()
+-- returns (dhsm.evidence): genuine, of the appliance standing for this
+-- resource, and read at most evidence_max_age seconds ago; anything else
+-- is refused.  allow_unzeroized lifts the rule explicitly and is audited.
+function M.delete(c, name, opts)
+  opts = opts or {}
+  M.check_name(name)
+  if opts.allow_unzeroized then
+    dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
+  elseif opts.zeroized == nil then
+    dhsm.error { kind = "safety", code = "NotZeroized",
+      message = ("not deleting HSM %s: its appliance has not been shown to be zeroized "
+        .. "(zeroize it first; the resource cannot be deleted before)"):format(name) }
+  else
+    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age })
+    dhsm.audit.write { action = "safety.evidence", target = name, outcome = "zeroized",
+      appliance = ev.appliance, serial = ev.serial, checked_at = ev.checked_at }
+  end
+  return send_delete(c, name, opts)
 end
 
 return M

@@ -454,13 +454,17 @@ static int session_stats(lua_State *L) {
   return 1;
 }
 
+/* close and __gc.  curl refuses to free a share that an easy handle still
+** uses (CURLSHE_IN_USE): a finished transfer keeps its handle until it is
+** collected, so an explicit close may come first.  The share is then kept
+** and freed by __gc, which runs after the transfers' (they are newer, and
+** Lua finalizes in reverse order); dropping it would leak its connections
+** and TLS sessions. */
 static int session_close(lua_State *L) {
   session *s = lua_touserdata(L, 1);
-  if (s && !s->closed) {
-    s->closed = 1;
-    if (s->share) curl_share_cleanup(s->share);
-    s->share = NULL;
-  }
+  if (s == NULL) return 0;
+  s->closed = 1;
+  if (s->share && curl_share_cleanup(s->share) == CURLSHE_OK) s->share = NULL;
   return 0;
 }
 

@@ -1,5 +1,11 @@
 -- dhsm.azure.network: what dedicated HSMs depend on in the virtual network:
 -- the subnet's delegation and the ExpressRoute gateway.
+--
+--   network.vnet_body{location=, prefix=, subnets={{name=, prefix=, delegate=true}}, tags=}
+--   network.gateway_body{location=, subnet_id=, pip_id=, sku=}; network.public_ip_body{location=}
+--   network.vnet_gateways(c, vnet) -> every gateway whose ipConfigurations point into vnet
+--   network.public_ip_sku(c, gateway_resource) -> "Standard" | "Basic" | nil
+--   network.delegation_fix(c, vnet, subnet) -> the exact az command that delegates the subnet
 local dhsm = require "dhsm"
 
 local M = {}
@@ -24,6 +30,51 @@ function M.gateway_path(c, name, group)
   return base(c, group) .. "/virtualNetworkGateways/" .. name
 end
 
+function M.public_ip_path(c, name, group)
+  return base(c, group) .. "/publicIPAddresses/" .. name
+end
+
+---------------------------------------------------------------------------
+-- request bodies (as the recordings in reference/arm-recorded.md send them)
+
+local function delegation()
+  return { { name = "0", properties = { serviceName = M.DELEGATION } } }
+end
+
+-- subnet_body{prefix=, delegate=}
+function M.subnet_body(s)
+  return { name = s.name, properties = { addressPrefix = s.prefix, delegations = s.delegate and delegation() or nil } }
+end
+
+-- vnet_body{location=, prefix=, subnets={{name=, prefix=, delegate=}}, tags=}
+function M.vnet_body(v)
+  local subnets = {}
+  for i, s in ipairs(v.subnets or {}) do subnets[i] = M.subnet_body(s) end
+  return { location = v.location, tags = v.tags,
+    properties = { addressSpace = { addressPrefixes = { v.prefix } }, subnets = subnets } }
+end
+
+-- An ExpressRoute gateway needs a Standard SKU, static public IP.
+function M.public_ip_body(p)
+  return { location = p.location, sku = { name = "Standard", tier = "Regional" }, tags = p.tags,
+    properties = { publicIPAllocationMethod = "Static", publicIPAddressVersion = "IPv4" } }
+end
+
+-- gateway_body{location=, subnet_id= (the GatewaySubnet), pip_id=, sku="Standard"}
+function M.gateway_body(g)
+  return { location = g.location, tags = g.tags, properties = {
+    gatewayType = "ExpressRoute", vpnType = "RouteBased", activeActive = false,
+    sku = { name = g.sku or "Standard", tier = g.sku or "Standard" },
+    ipConfigurations = { { name = "vnetGatewayConfig0", properties = { privateIPAllocationMethod = "Dynamic",
+      subnet = { id = g.subnet_id }, publicIPAddress = { id = g.pip_id } } } } } }
+end
+
+-- The az command that sets the delegation the guide's first cause is about.
+function M.delegation_fix(c, vnet, subnet, group)
+  return ("az network vnet subnet update --subscription %s --resource-group %s --vnet-name %s --name %s "
+    .. "--delegations %s"):format(c.subscription, group or c.resource_group, vnet, subnet, M.DELEGATION)
+end
+
 function M.gateway(c, name, group)
   return c:find(M.gateway_path(c, name, group))
 end
@@ -32,18 +83,37 @@ function M.gateways(c, group)
   return c:list(base(c, group) .. "/virtualNetworkGateways")
 end
 
--- The gateway serving vnet (its ipConfigurations point into the VNet's
--- GatewaySubnet): {name=, state=, type=, resource=} or nil.
-function M.vnet_gateway(c, vnet, group, subnet_id)
+-- Every gateway serving vnet (its ipConfigurations point into the VNet's
+-- GatewaySubnet), as {name=, state=, type=, resource=}.  The guide: one per VNet.
+function M.vnet_gateways(c, vnet, group, subnet_id)
   local vnet_id = subnet_id and subnet_id:match("^(.-/virtualNetworks/[^/]+)") or M.vnet_path(c, vnet, group)
   vnet_id = vnet_id:lower()
+  local out = {}
   for _, gw in ipairs(M.gateways(c, group)) do
     for _, ip in ipairs(gw.properties and gw.properties.ipConfigurations or {}) do
       local sid = ip.properties and ip.properties.subnet and ip.properties.subnet.id
       if sid and sid:lower():sub(1, #vnet_id + 1) == vnet_id .. "/" then
-        return { name = gw.name, state = gw.properties.provisioningState,
+        out[#out + 1] = { name = gw.name, state = gw.properties.provisioningState,
           type = gw.properties.gatewayType, resource = gw }
+        break
       end
+    end
+  end
+  return out
+end
+
+-- The gateway serving vnet: {name=, state=, type=, resource=} or nil.
+function M.vnet_gateway(c, vnet, group, subnet_id)
+  return M.vnet_gateways(c, vnet, group, subnet_id)[1]
+end
+
+-- The SKU of a gateway's public IP ("Standard", "Basic"), nil when it has none.
+function M.public_ip_sku(c, gateway)
+  for _, ip in ipairs(gateway.properties and gateway.properties.ipConfigurations or {}) do
+    local pip = ip.properties and ip.properties.publicIPAddress and ip.properties.publicIPAddress.id
+    if pip then
+      local r = c:find(pip)
+      return r and r.sku and r.sku.name or "Basic", pip   -- ARM's default SKU is Basic
     end
   end
 end

@@ -4,12 +4,25 @@
 --   Auditor 10 -> locked 10 minutes; Crypto Officer 10 -> locked out
 --   (for good when HSM policy 15 is 0).
 --
--- Before a login: read what the device says is left, take the smaller of
--- that and what our own persistent count allows, and refuse the attempt
--- that could be the last one unless the caller passes
--- allow_destructive_login (audited).  After it: record the outcome.  A
--- failed login is never retried by dhsm.  The counts live in
--- $XDG_STATE_HOME/dhsm/logins.json, per appliance and role.
+--   guard.attempt(key, role, opts, { device_left = fn, try = fn }) -> what try returned
+--   guard.check(key, role, device_left, opts); guard.record(key, role, ok [, device_left])
+--   guard.failures(key, role); guard.attempts_left(key, role, device_left); guard.forget(key, role)
+--
+-- A login is one critical section per appliance (or token) and role,
+-- among the tasks of this process and among dhsm processes (sys.lock):
+-- read what the device says is left, take the smaller of that and what our
+-- own persistent count allows, refuse the attempt that could be the last
+-- one unless the caller passes allow_destructive_login (audited), make the
+-- attempt, read the device again and record the outcome.  Two logins that
+-- both read "2 left" and both fail are therefore impossible.  A failed
+-- login is never retried by dhsm.  The counts live in
+-- $XDG_STATE_HOME/dhsm/logins.json, per key and role.
+--
+-- Locks: one per key and role (logins.locks/KEY.ROLE.lock) held for the
+-- whole attempt, so logins to different appliances do not wait on each
+-- other's SSH round trips; and one for logins.json itself, held only for a
+-- read-modify-write, so records for different keys are never lost.  The
+-- order is always key lock, then file lock: no deadlock.
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
@@ -25,24 +38,17 @@ M.CONSEQUENCES = {
   audit = "the Auditor role is locked for 10 minutes",
   co = "the Crypto Officer is locked out (for good, with the partition's keys, when HSM policy 15 is 0)",
 }
+-- How long a login waits for another one to the same key and role.
+M.LOCK_TIMEOUT = 120
 
-local function path()
+local function dir()
   local state = os.getenv("XDG_STATE_HOME")
   if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
-  return state .. "/dhsm/logins.json"
+  return state .. "/dhsm"
 end
 
-local function load()
-  local data = util.read_file(path())
-  local ok, t = pcall(cjson.decode, data or "{}")
-  return ok and type(t) == "table" and t or {}
-end
-
-local function save(t)
-  local dir = path():match("^(.*)/[^/]*$")
-  sys.mkdir(dir, tonumber("700", 8))
-  local ok, err = sys.write_file(path(), cjson.encode(t), tonumber("600", 8))
-  if not ok then dhsm.error { kind = "audit", message = "cannot keep the failed-login count: " .. tostring(err) } end
+local function path()
+  return dir() .. "/logins.json"
 end
 
 local function check_role(role)
@@ -51,8 +57,51 @@ local function check_role(role)
   end
 end
 
+-- A count we cannot read is not "no failures": refuse rather than guess.
+local function load()
+  local data = util.read_file(path())
+  if data == nil then return {} end
+  local ok, t = pcall(cjson.decode, data)
+  if not ok or type(t) ~= "table" then
+    dhsm.error { kind = "safety", code = "LoginCountUnreadable",
+      message = ("the failed-login counts in %s cannot be read; no login is attempted until it is repaired "
+        .. "or removed (removing it forgets every count: check each device's attempts left first)"):format(path()) }
+  end
+  return t
+end
+
+local function save(t)
+  local ok, err = sys.write_file(path(), cjson.encode(t), tonumber("600", 8))
+  if not ok then dhsm.error { kind = "audit", message = "cannot keep the failed-login count: " .. tostring(err) } end
+end
+
+-- lock(file, what) -> a held lock, or a safety error naming the holder
+local function lock(file, what)
+  sys.mkdir(file:match("^(.*)/[^/]*$"), tonumber("700", 8))
+  local lk, holder = sys.lock(file, M.LOCK_TIMEOUT)
+  if not lk then
+    dhsm.error { kind = "safety", code = "LoginBusy", retryable = true,
+      message = ("%s: another login holds %s (pid %s) after %d s; not attempting"):format(
+        what, file, tostring(holder), M.LOCK_TIMEOUT) }
+  end
+  return lk
+end
+
+-- update(fn): fn(counts) changes the table; load and save under the file lock
+local function update(fn)
+  local lk <close> = lock(path() .. ".lock", "the failed-login counts")
+  local t = load()
+  local r = fn(t)
+  save(t)
+  return r
+end
+
+local function entry(key, role)
+  return key .. "/" .. role
+end
+
 function M.failures(key, role)
-  return (load()[key .. "/" .. role] or {}).failures or 0
+  return (load()[entry(key, role)] or {}).failures or 0
 end
 
 -- attempts_left(key, role, device_left) -> what may safely be assumed left
@@ -70,6 +119,8 @@ end
 
 -- check(key, role, device_left, opts) -> attempts left; raises "safety"
 -- when this attempt could be the last before the role's consequence.
+-- Alone it decides nothing for a login that is not made at once: logins
+-- go through attempt(), which holds the key's lock from check to record.
 function M.check(key, role, device_left, opts)
   opts = opts or {}
   local left = M.attempts_left(key, role, device_left)
@@ -89,25 +140,58 @@ function M.check(key, role, device_left, opts)
   return left
 end
 
--- record(key, role, ok): after the attempt
-function M.record(key, role, ok)
+-- record(key, role, ok [, device_left]): after the attempt.  A failure
+-- counts one more than we knew, or what the device says, whichever is more.
+function M.record(key, role, ok, device_left)
   check_role(role)
-  local t = load()
-  local k = key .. "/" .. role
-  if ok then
-    t[k] = nil
-  else
-    t[k] = { failures = ((t[k] or {}).failures or 0) + 1, updated = sys.rfc3339() }
-  end
-  save(t)
+  local failures = update(function(t)
+    local k = entry(key, role)
+    if ok then
+      t[k] = nil
+      return 0
+    end
+    local n = ((t[k] or {}).failures or 0) + 1
+    if device_left then n = math.max(n, M.THRESHOLDS[role] - device_left) end
+    t[k] = { failures = n, device_left = device_left, updated = sys.rfc3339() }
+    return n
+  end)
   dhsm.audit.write { action = "login." .. role, target = key, outcome = ok and "ok" or "failed",
-    failures = ok and 0 or t[k].failures }
+    failures = failures, device_left = device_left }
 end
 
+-- forget(key, role): the count starts again (audited: it lifts what the
+-- count alone protects, the Auditor's and the partition roles')
 function M.forget(key, role)
-  local t = load()
-  t[key .. "/" .. role] = nil
-  save(t)
+  check_role(role)
+  update(function(t) t[entry(key, role)] = nil end)
+  dhsm.audit.write { action = "login." .. role, target = key, outcome = "count forgotten" }
 end
 
-return M
+-- The lock file of one key and role: a name safe for any label.
+local function key_lock(key, role)
+  return ("%s/logins.locks/%s.%s.lock"):format(dir(), key:gsub("[^%w%-_.#]", "_"), role)
+end
+
+-- attempt(key, role, opts, steps) -> what steps.try returned
+--   steps.device_left() -> attempts the device says are left, or nil
+--   steps.try() -> outcome, result: outcome true (logged in), false (wrong
+--   credentials: counted) or nil (no attempt was made, as in check mode)
+-- An error out of try leaves the attempt's outcome unknown: counted as a
+-- failure, which errs on the side of refusing sooner.
+function M.attempt(key, role, opts, steps)
+  check_role(role)
+  local lk <close> = lock(key_lock(key, role), ("the %s login on %s"):format(M.ROLE_NAMES[role], key))
+  M.check(key, role, steps.device_left(), opts)
+  local ran, outcome, result = pcall(steps.try)
+  if ran and outcome == nil then return result end
+  if ran and outcome then
+    M.record(key, role, true)
+    return result
+  end
+  local read, left = pcall(steps.device_left)     -- what the failure cost, from the device
+  M.record(key, role, false, read and left or nil)
+  if not ran then error(outcome, 0) end
+  return result
+end
+
+return util.sealed(M)

@@ -8,22 +8,37 @@
 --   s:must("client list")                   -- raises a luna error when the command failed
 --   s:hsm_show()                            -- parsed (dhsm.luna.parse)
 --   s:login_so(password, {allow_destructive_login=})   -- the failed-login guard
+--   s:run("audit login", {password=secret})             -- logins in run() take the same path
 --   s:get(remote, local_path); s:put(local_path, remote)
+--   luna.classify("par cr -par p1")         --> "write", "partition create"
 --
 -- One SSH session and one LunaSH shell serve every command.  Prompts
 -- (`Type 'proceed'`, passwords) are answered from opts.answers, secrets
 -- allowed and never written anywhere; a password prompt nobody answers
 -- closes the session rather than submit a wrong password.  In check mode a
--- command that changes something is not sent.  Every command is audited.
+-- command that changes something is not sent.  Every command is audited,
+-- and one that changes something twice: "sending" before it is written
+-- (so a process killed while `hsm zeroize` runs still leaves a record),
+-- then its result.
 -- Safety (DESIGN.md) is enforced here, whatever the caller: logins go
 -- through dhsm.luna.guard, a reboot needs the KB0019789 fix installed, a
 -- network change must not cut the path this session uses.
+--
+-- Logins cannot go around the guard: the SSH session and shell channel are
+-- kept in a table private to this file (not in the session's fields), the
+-- SSH module itself is private to it (runtime/modules.c), and the one
+-- function that writes a line to the shell classifies it and refuses a
+-- login - however spelled: abbreviated, any case, quoted, options before
+-- the verb, ambiguous - unless the guarded login path passes a capability
+-- only it holds.  (Lua's debug, io.popen and os.execute stay what they are:
+-- this closes dhsm's API, it is not a sandbox.)
 local dhsm = require "dhsm"
-local ssh = require "dhsm.luna.ssh"
+local cli = require "dhsm.luna.cli"
 local guard = require "dhsm.luna.guard"
 local parse = require "dhsm.luna.parse"
 local secret = require "dhsm.secret"
 local util = require "dhsm.util"
+local ssh = util.native(select(3, ...), "dhsm.luna.ssh")
 
 local M = {}
 
@@ -37,12 +52,16 @@ end
 ---------------------------------------------------------------------------
 -- what a command does (commands and options may be abbreviated)
 
--- verb per "family subcommand": read | write | login:<role> | reboot | network
+-- verb per "family subcommand": read | write | login:<role> | reboot | network.
+-- login:unsupported: a command that submits a role's password which the
+-- guard cannot count over LunaSH (partition roles go through dhsm.pkcs11).
 local VERBS = {
   hsm = { show = "read", showpolicies = "read", login = "login:so", logout = "write", init = "write",
-    zeroize = "write", factoryreset = "write", changepolicy = "write" },
-  audit = { show = "read", login = "login:audit", logout = "write", init = "write" },
-  partition = { list = "read", show = "read", create = "write", delete = "write" },
+    zeroize = "write", factoryreset = "write", changepolicy = "write", changepw = "login:unsupported" },
+  audit = { show = "read", login = "login:audit", logout = "write", init = "write", changepw = "login:unsupported" },
+  partition = { list = "read", show = "read", create = "write", delete = "write",
+    showcontents = "login:unsupported", changepw = "login:unsupported" },
+  role = { login = "login:unsupported", show = "read", logout = "write" },
   client = { list = "read", show = "read", register = "write", delete = "write", assignpartition = "write",
     revokepartition = "write", hostip = "write" },
   ntls = { show = "read", bind = "write", ipcheck = "write" },
@@ -54,36 +73,41 @@ local VERBS = {
   sysconf = { regencert = "write", reboot = "reboot", poweroff = "reboot", appliance = "reboot" },
 }
 
-local function complete(word, choices)
-  word = word:lower()
-  if choices[word] then return word end
-  local found
-  for name in pairs(choices) do
-    if name:sub(1, #word) == word then
-      if found then return nil end           -- ambiguous
-      found = name
-    end
-  end
-  return found
+local RANK = { read = 1, write = 2, network = 3, reboot = 4, login = 5 }
+
+local function rank(verb)
+  return RANK[verb:match("^[^:]+")]
+end
+
+-- verb of one reading: family and subcommand as LunaSH would resolve them
+local function verb_of(family, sub, after)
+  local verb = VERBS[family][sub]
+  if family == "ntls" and sub == "ipcheck" and after and after:lower() == "show" then verb = "read" end
+  if family == "sysconf" and sub == "appliance" and after and after:lower():match("^sh") then verb = "read" end
+  return verb
 end
 
 -- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
-M.DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
+local DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
+M.DESTRUCTIVE = util.sealed(DESTRUCTIVE)
 
 -- classify("par cr -par p1") -> "write", "partition create"
-function M.classify(command)
-  local words = {}
-  for w in command:gmatch("%S+") do words[#words + 1] = w end
-  local family = words[1] and complete(words[1], VERBS)
-  if not family then return "write", command end       -- unknown: assume it changes things
-  local sub = words[2] and not words[2]:match("^%-") and complete(words[2], VERBS[family])
-  if not sub then return "write", family end
-  local verb = VERBS[family][sub]
-  if family == "ntls" and sub == "ipcheck" and words[3] and words[3]:lower() == "show" then verb = "read" end
-  if family == "sysconf" and sub == "appliance" and words[3] and words[3]:lower():match("^sh") then verb = "read" end
-  return verb, family .. " " .. sub
+-- Of every way LunaSH could read the line (dhsm.luna.cli), the most
+-- dangerous: a line that could be a login is a login.  Unknown commands
+-- are writes.
+-- (A local function, which is what the write path calls: assigning to
+-- luna.classify changes nothing there.)
+local function classify(command)
+  local words = cli.words(command)
+  local verb, what = cli.most(cli.readings(words, VERBS), function(r)
+    if r.sub then return verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
+    return "write", r.family or command
+  end, rank, function(w) return DESTRUCTIVE[w] end)
+  if verb == nil then return "write", command end
+  return verb, what
 end
+M.classify = classify
 
 -- The command as it may be written down: no literal passwords.
 local function masked(command)
@@ -135,6 +159,16 @@ local function verify_host_key(s, o, name)
   return hk
 end
 
+-- The raw SSH objects of each session: { ssh=, shell=, buf= }.  Here and
+-- not in the session's fields, so no caller can write to the shell
+-- around send_line.
+local raw = setmetatable({}, { __mode = "k" })
+
+-- The capability to write a login: held by the guarded login path only.
+local LOGIN_PASS = setmetatable({}, { __tostring = function() return "luna login pass" end })
+
+local read_until
+
 -- connect(opts) -> session, with the shell open at its first prompt
 function M.connect(o)
   check_opts(o)
@@ -151,10 +185,11 @@ function M.connect(o)
     s:close()
     error(hostkey, 0)
   end
-  local self = setmetatable({ ssh = s, name = name, host = o.host, port = o.port or 22,
-    timeout = o.timeout or 30, buf = "", turn = dhsm.semaphore(1), hostkey = hostkey }, Session)
-  self.shell = s:shell { term = "vt100" }
-  local banner = self:read_until({ PROMPT }, self.timeout)
+  local self = setmetatable({ name = name, host = o.host, port = o.port or 22,
+    timeout = o.timeout or 30, turn = dhsm.semaphore(1), hostkey = hostkey }, Session)
+  raw[self] = { ssh = s, buf = "" }
+  raw[self].shell = s:shell { term = "vt100" }
+  local banner = read_until(self, { PROMPT }, self.timeout)
   self.hostname = banner:match(PROMPT)
   self.banner = banner
   dhsm.audit.write { action = "luna.connect", target = name, outcome = "ok", duration_ms = (dhsm.now() - t0) * 1000 }
@@ -172,8 +207,9 @@ end
 function Session:close()
   if self.closed then return end
   self.closed = true
-  if self.shell then self.shell:close() end
-  self.ssh:close()
+  local r = raw[self]
+  if r.shell then r.shell:close() end
+  r.ssh:close()
 end
 Session.__close = Session.close
 
@@ -190,13 +226,14 @@ end
 
 -- Read until one of patterns matches the end of what came; returns the
 -- text (including the match) and which pattern matched.
-function Session:read_until(patterns, timeout)
+function read_until(self, patterns, timeout)
+  local r = raw[self]
   local deadline = dhsm.now() + timeout
   while true do
     for i, p in ipairs(patterns) do
-      if self.buf:find(p) then
-        local text = self.buf
-        self.buf = ""
+      if r.buf:find(p) then
+        local text = r.buf
+        r.buf = ""
         return text, i
       end
     end
@@ -205,13 +242,13 @@ function Session:read_until(patterns, timeout)
       self.broken = true
       dhsm.error { kind = "net", code = "Timeout", message = ("%s: no prompt within %g s"):format(self.name, timeout) }
     end
-    local ok, data = pcall(self.shell.read, self.shell, left)
+    local ok, data = pcall(r.shell.read, r.shell, left)
     if not ok then
       if dhsm.error.is(data, "net") then lost(self, "while waiting for its answer (" .. data.message .. ")") end
       error(data, 0)
     end
     if data == nil then lost(self, "while waiting for its answer") end
-    self.buf = self.buf .. data
+    r.buf = r.buf .. data
   end
 end
 
@@ -248,13 +285,30 @@ local function body_of(text, command)
   return text
 end
 
-function Session:exchange(command, opts)
-  self.shell:write(command .. "\n")
+-- The one place a line reaches the shell.  A line that LunaSH could read
+-- as a login is written only with LOGIN_PASS; an answer in plain text is
+-- held to the same rule (it would be read as a command if the question was
+-- misread).  Anything else must be a secret (write_line takes a string or
+-- a secret, nothing else): a password, sent as one line, unread here.
+local function send_line(self, line, pass)
+  if type(line) == "string" then
+    local verb = classify(line)
+    if verb:match("^login") and pass ~= LOGIN_PASS then
+      dhsm.error { kind = "safety", code = "UnguardedLogin",
+        message = ("%s: refusing to send '%s': LunaSH could read it as a login, and logins go only through "
+          .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }
+    end
+  end
+  raw[self].shell:write_line(line)
+end
+
+local function exchange(self, command, opts, pass)
+  send_line(self, command, pass)
   local transcript = {}
   while true do
     local patterns = { PROMPT }
     for _, q in ipairs(QUESTIONS) do patterns[#patterns + 1] = q end
-    local text, which = self:read_until(patterns, opts.timeout or self.timeout)
+    local text, which = read_until(self, patterns, opts.timeout or self.timeout)
     transcript[#transcript + 1] = text
     if which == 1 then break end
     local question = question_of(text)
@@ -265,42 +319,36 @@ function Session:exchange(command, opts)
         message = ("%s: '%s' asked %q and no answer was given; the session was closed so nothing was submitted")
           :format(self.name, masked(command), question) }
     end
-    self.shell:write(answer)
-    self.shell:write("\n")
+    send_line(self, answer)
   end
   return body_of(table.concat(transcript), command)
 end
 
--- run(command, {answers=, proceed=, timeout=, allow_destructive_login=,
---   allow_without_reboot_fix=, allow_cutting_path=}) -> result
-function Session:run(command, opts)
-  opts = opts or {}
-  if type(command) ~= "string" or command:find("[\r\n]") or util.trim(command) == "" then
-    usage("luna: a command is one line of text, got %q", tostring(command))
-  end
-  if self.closed or self.broken then
-    usage("%s: this session is %s; connect again", self.name, self.closed and "closed" or "broken (an earlier command did not finish)")
-  end
-  local verb, what = M.classify(command)
-  local role = verb:match("^login:(.+)$")
-  if role and not opts.guarded then return self:login(role, command, opts) end
-  if verb == "reboot" then self:check_reboot_fix(what, opts) end
-  if verb == "network" then self:check_network_change(command, opts) end
-  if verb ~= "read" and dhsm.check_mode then
-    dhsm.would(("run '%s' on %s"):format(masked(command), self.name))
-    return { ok = true, code = 0, text = "", check = true, command = masked(command) }
-  end
-  if M.DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(command) } end
+-- Send one command and read its result, audited: a command that may
+-- change something gets a "sending" record before it is written, so a
+-- process killed while the appliance works still leaves its intent.
+local function command(self, line, verb, opts, pass)
   return self.turn:run(function()
     local t0 = dhsm.now()
+    local shown = masked(line)
+    if verb ~= "read" then
+      dhsm.audit.write { action = "luna.command", target = self.name, outcome = "sending", command = shown }
+    end
     local done = false
     local interrupted <close> = setmetatable({}, { __close = function()
       if not done then self.broken = true end   -- cancelled half-way: the shell's state is unknown
     end })
-    local text = self:exchange(command, opts)
-    done = true
+    local ok, text = pcall(exchange, self, line, opts, pass)
+    done = ok                                   -- an error half-way leaves the shell's state unknown
+    if not ok then
+      if verb ~= "read" then
+        dhsm.audit.write { action = "luna.command", target = self.name, command = shown,
+          outcome = "error " .. tostring(dhsm.error.normalize(text).code), duration_ms = (dhsm.now() - t0) * 1000 }
+      end
+      error(text, 0)
+    end
     local r = parse.result(text)
-    r.command = masked(command)
+    r.command = shown
     dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
       command = r.command, duration_ms = (dhsm.now() - t0) * 1000,
       error = r.error and r.error.name }
@@ -308,9 +356,38 @@ function Session:run(command, opts)
   end)
 end
 
+local function check_open(self)
+  if self.closed or self.broken then
+    usage("%s: this session is %s; connect again", self.name, self.closed and "closed" or "broken (an earlier command did not finish)")
+  end
+end
+
+local login
+
+-- run(command, {answers=, proceed=, timeout=, password=, allow_destructive_login=,
+--   allow_without_reboot_fix=, allow_cutting_path=}) -> result
+function Session:run(line, opts)
+  opts = opts or {}
+  if type(line) ~= "string" or line:find("[\r\n]") or util.trim(line) == "" then
+    usage("luna: a command is one line of text, got %q", tostring(line))
+  end
+  check_open(self)
+  local verb, what = classify(line)
+  local role = verb:match("^login:(.+)$")
+  if role then return login(self, role, line, opts) end
+  if verb == "reboot" then self:check_reboot_fix(what, opts) end
+  if verb == "network" then self:check_network_change(line, opts) end
+  if verb ~= "read" and dhsm.check_mode then
+    dhsm.would(("run '%s' on %s"):format(masked(line), self.name))
+    return { ok = true, code = 0, text = "", check = true, command = masked(line) }
+  end
+  if DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(line) } end
+  return command(self, line, verb, opts)
+end
+
 -- must(command, opts) -> result; a failed command raises a luna error
-function Session:must(command, opts)
-  local r = self:run(command, opts)
+function Session:must(line, opts)
+  local r = self:run(line, opts)
   if not r.ok then
     dhsm.error { kind = "luna", code = r.error and r.error.name or ("Result" .. tostring(r.code)),
       message = ("%s: '%s' failed: %s"):format(self.name, r.command,
@@ -335,15 +412,18 @@ function Session:network()
   return parse.network_show(self:must("network show").text)
 end
 
--- {zeroized=true, appliance=, serial=, checked_at=} when hsm show says so:
--- the evidence dhsm.azure.hsm.delete asks for.
-function Session:zeroized_evidence()
-  local h = self:hsm_show()
-  if not h.zeroized then
-    dhsm.error { kind = "safety", code = "NotZeroized",
-      message = ("%s is not zeroized (%s login attempts left before zeroization)"):format(self.name, tostring(h.attempts_left)) }
+-- zeroized_evidence([entry]) -> the evidence dhsm.azure.hsm.delete asks
+-- for (dhsm.evidence), when hsm show says zeroized: this appliance's name
+-- and serial, the Azure resource it stands for (entry.resource of its
+-- inventory entry; without an entry, the session's name, as the inventory
+-- defaults it) and when.  entry.serial, when known, must match the device.
+function Session:zeroized_evidence(entry)
+  if entry ~= nil and (type(entry) ~= "table" or entry.name ~= self.name) then
+    usage("%s: zeroized_evidence(entry) takes this appliance's inventory entry, got %s", self.name,
+      type(entry) == "table" and ("the entry of " .. tostring(entry.name)) or type(entry))
   end
-  return { zeroized = true, appliance = self.name, serial = h.serial, checked_at = require("dhsm.sys").rfc3339() }
+  return require("dhsm.evidence").zeroized(self:hsm_show(), { appliance = self.name,
+    resource = entry and entry.resource or self.name, serial = entry and entry.serial })
 end
 
 ---------------------------------------------------------------------------
@@ -357,33 +437,56 @@ function Session:guard_key()
   return self.serial and (self.name .. "#" .. self.serial) or self.name
 end
 
--- Logins through the guard: read attempts left, refuse the last one, never retry.
-function Session:login(role, command, opts)
+-- What the device says is left for role, read now; nil when it cannot say
+-- (LunaSH shows it for the HSM SO; for the Auditor, when `audit show` does).
+local function device_left(self, role, after_failure)
+  if role == "so" then
+    local h = self:hsm_show()
+    self.serial = h.serial                -- for guard_key, without asking again
+    if h.zeroized and not after_failure then
+      dhsm.error { kind = "safety", code = "Zeroized", message = ("%s is zeroized: there is nothing to log in to"):format(self.name) }
+    end
+    return h.zeroized and 0 or h.attempts_left
+  end
+  local r = self:run("audit show")
+  local n = r.ok and r.text:match("[Aa]ttempts [Ll]eft:%s*(%d+)")
+  return n and tonumber(n)
+end
+
+-- Logins through the guard: one critical section per appliance and role
+-- (dhsm.luna.guard) that reads what is left, refuses the last attempt,
+-- sends the login with LOGIN_PASS, reads the device again and records.
+-- Never retried.
+function login(self, role, line, opts)
+  if not guard.THRESHOLDS[role] then
+    dhsm.error { kind = "safety", code = "UnsupportedLogin",
+      message = ("%s: refusing '%s': it submits a role's password, which dhsm sends over LunaSH only for the HSM SO "
+        .. "(hsm login) and the Auditor (audit login), where the failed-login guard counts it; partition roles log in "
+        .. "through dhsm.pkcs11"):format(self.name, masked(line)) }
+  end
   local password = opts.password
   for _, a in ipairs(password == nil and opts.answers or {}) do
     if ("password:"):find(a.match) then password = a.answer end
   end
   if password == nil then usage("%s: a %s login needs password= (a secret)", self.name, guard.ROLE_NAMES[role]) end
   if not secret.is(password) then usage("%s: the password must be a secret, not a plain string", self.name) end
-  local device_left
-  if role == "so" then
-    local h = self:hsm_show()
-    if h.zeroized then
-      dhsm.error { kind = "safety", code = "Zeroized", message = ("%s is zeroized: there is nothing to log in to"):format(self.name) }
-    end
-    device_left = h.attempts_left
-    self.serial = h.serial                -- for guard_key, without asking again
-  end
-  local key = self:guard_key()
-  guard.check(key, role, device_left, opts)
-  if dhsm.check_mode then
-    dhsm.would(("log in as %s on %s"):format(guard.ROLE_NAMES[role], self.name))
-    return { ok = true, code = 0, text = "", check = true, command = command }
-  end
-  local r = self:run(command, { answers = { { match = "[Pp]assword:", answer = password } }, guarded = true,
-    timeout = opts.timeout })
-  guard.record(key, role, r.ok)
-  return r
+  local first = true
+  return guard.attempt(self:guard_key(), role, opts, {
+    device_left = function()
+      local left = device_left(self, role, not first)
+      first = false
+      return left
+    end,
+    try = function()
+      if dhsm.check_mode then
+        dhsm.would(("log in as %s on %s"):format(guard.ROLE_NAMES[role], self.name))
+        return nil, { ok = true, code = 0, text = "", check = true, command = masked(line) }
+      end
+      local r = command(self, line, "login", { answers = { { match = "[Pp]assword:", answer = password } },
+        proceed = opts.allow_destructive_login == true, timeout = opts.timeout }, LOGIN_PASS)
+      return r.ok, r
+    end,
+  })
 end
 
 function Session:login_so(password, opts)
@@ -434,7 +537,8 @@ end
 -- files (certificates) over SCP
 
 function Session:get(remote, local_path)
-  local data = self.turn:run(self.ssh.scp_get, self.ssh, remote)
+  local s = raw[self].ssh
+  local data = self.turn:run(s.scp_get, s, remote)
   local f = assert(io.open(local_path, "wb"))
   f:write(data)
   f:close()
@@ -449,7 +553,9 @@ function Session:put(local_path, remote)
     dhsm.would(("copy %s to %s:%s"):format(local_path, self.name, remote))
     return 0
   end
-  self.turn:run(self.ssh.scp_put, self.ssh, remote, data, tonumber("644", 8))
+  dhsm.audit.write { action = "luna.put", target = self.name, outcome = "sending", file = remote, bytes = #data }
+  local s = raw[self].ssh
+  self.turn:run(s.scp_put, s, remote, data, tonumber("644", 8))
   dhsm.audit.write { action = "luna.put", target = self.name, outcome = "ok", file = remote, bytes = #data }
   return #data
 end

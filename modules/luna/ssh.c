@@ -1,14 +1,17 @@
 /*
 ** ssh.c - "dhsm.luna.ssh": SSH sessions with libssh2 on the dhsm scheduler.
+** Private to dhsm.luna (runtime/modules.c): a runbook never holds a raw
+** channel, so every line reaches LunaSH through dhsm.luna's login guard.
 **
 **   local s <close> = ssh.connect{ host = "10.0.2.4", port = 22, timeout = 30 }
 **   s:hostkey()                      --> {type=, key= (base64), sha256= "SHA256:..."}
 **   s:known_hosts(path)              --> "match" | "mismatch" | "notfound", known sha256
 **   s:add_known_host(path)
 **   s:auth_password(user, secret) / s:auth_key(user, key_path [, passphrase])
-**   local ch <close> = s:shell{ term = "vt100" }   or   s:exec(command)
-**   ch:write(string | secret); ch:read([timeout]) --> data | "" (nothing yet) | nil (EOF)
-**   ch:read_stderr([timeout]); ch:send_eof(); ch:exit_status(); ch:close()
+**   local ch <close> = s:shell{ term = "vt100" }
+**   ch:write_line(string | secret)  -- one line: control characters refused
+**   ch:read([timeout]) --> data | "" (nothing yet) | nil (EOF)
+**   ch:close()
 **   s:scp_get(remote) --> data;  s:scp_put(remote, data [, mode])
 **
 ** The session's socket is non-blocking.  Every libssh2 call is tried
@@ -454,13 +457,14 @@ static chan *begin_chan_op(lua_State *L, sess **sp) {
 
 enum { O_OPEN, O_PTY, O_START };
 
-/* Stack: 1 session, 2 command or nil (shell), 3 term, 4 channel */
+/* Stack: 1 session, 2 nil, 3 term, 4 channel.  Only a shell: an exec
+** channel would be a second way to send a command, around dhsm.luna's
+** write path. */
 static int open_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   sess *s = luaL_checkudata(L, 1, SESSION_MT);
   chan *c = luaL_checkudata(L, 4, CHANNEL_MT);
   if (timed_out(L, ctx)) return op_timeout(L, s, "opening a channel");
-  int shell = lua_isnil(L, 2);
   for (;;) {
     int rc = 0;
     if (c->stage == O_OPEN) {
@@ -470,21 +474,17 @@ static int open_k(lua_State *L, int status, lua_KContext ctx) {
         if (rc == LIBSSH2_ERROR_EAGAIN) return wait_ssh(L, s, open_k);
         return raise_rc(L, s, rc, "opening a channel");
       }
-      c->stage = shell ? O_PTY : O_START;
+      c->stage = O_PTY;
       continue;
     }
     if (c->stage == O_PTY) {
       const char *term = luaL_optstring(L, 3, "vt100");
       rc = libssh2_channel_request_pty_ex(c->ch, term, (unsigned)strlen(term), NULL, 0, 200, 50, 0, 0);
-    } else if (shell) {
-      rc = libssh2_channel_process_startup(c->ch, "shell", 5, NULL, 0);
     } else {
-      size_t n;
-      const char *cmd = lua_tolstring(L, 2, &n);
-      rc = libssh2_channel_process_startup(c->ch, "exec", 4, cmd, (unsigned)n);
+      rc = libssh2_channel_process_startup(c->ch, "shell", 5, NULL, 0);
     }
     if (rc == LIBSSH2_ERROR_EAGAIN) return wait_ssh(L, s, open_k);
-    if (rc != 0) return raise_rc(L, s, rc, c->stage == O_PTY ? "requesting a terminal" : "starting the command");
+    if (rc != 0) return raise_rc(L, s, rc, c->stage == O_PTY ? "requesting a terminal" : "starting the shell");
     if (c->stage == O_PTY) {
       c->stage = O_START;
       continue;
@@ -518,15 +518,8 @@ static int sess_shell(lua_State *L) {
   return open_channel(L);
 }
 
-/* s:exec(command) -> channel running command */
-static int sess_exec(lua_State *L) {
-  luaL_checkstring(L, 2);
-  lua_settop(L, 2);
-  lua_pushnil(L);
-  return open_channel(L);
-}
-
-/* Stack: 1 channel, 2 data (string or secret), 3 offset written so far */
+/* Stack: 1 channel, 2 data (string or secret), 3 offset written so far.
+** The line's end follows the data: offset len+1 is the whole line. */
 static int write_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   sess *s;
@@ -536,8 +529,9 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   const char *p = dhsm_secret_test(L, 2, &len);
   if (p == NULL) p = lua_tolstring(L, 2, &len);
   size_t off = (size_t)lua_tointeger(L, 3);
-  while (off < len) {
-    ssize_t n = libssh2_channel_write(c->ch, p + off, len - off);
+  while (off <= len) {
+    ssize_t n = off < len ? libssh2_channel_write(c->ch, p + off, len - off)
+                          : libssh2_channel_write(c->ch, "\n", 1);
     if (n == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, (lua_Integer)off);
       lua_replace(L, 3);
@@ -549,10 +543,25 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   return end_op(s, 0);
 }
 
-/* ch:write(string | secret) */
-static int chan_write(lua_State *L) {
+/* A line is printable text: no line end of its own, and none of the
+** characters a terminal acts on (^C, ^U kill, ^W, DEL/^H erase, ^V ...),
+** which could make the shell read another command than the one written. */
+static int is_one_line(const char *p, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)p[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return 0;
+  }
+  return 1;
+}
+
+/* ch:write_line(string | secret): the text and "\n", nothing else */
+static int chan_write_line(lua_State *L) {
   sess *s;
-  if (!dhsm_is_secret(L, 2)) luaL_checkstring(L, 2);
+  size_t len;
+  const char *p = dhsm_is_secret(L, 2) ? dhsm_secret_check(L, 2, &len) : luaL_checklstring(L, 2, &len);
+  if (!is_one_line(p, len))
+    return dhsm_usage_error(L, "a line written to the shell holds no line end or control character%s",
+                            dhsm_is_secret(L, 2) ? " (this secret does)" : "");
   begin_chan_op(L, &s);
   lua_settop(L, 2);
   lua_pushinteger(L, 0);
@@ -580,49 +589,16 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   return end_op(s, 1);
 }
 
-static int read_stream(lua_State *L, int stream) {
+/* ch:read([timeout]) -> data | "" when nothing came in time | nil at the end */
+static int chan_read(lua_State *L) {
   sess *s;
   double timeout = luaL_optnumber(L, 2, -1);
   begin_chan_op(L, &s);
   if (timeout >= 0) s->deadline = dhsm_now() + timeout;
   lua_settop(L, 1);
   lua_pushnumber(L, timeout);
-  lua_pushinteger(L, stream);
+  lua_pushinteger(L, 0);                    /* stdout: a terminal has one stream */
   return read_k(L, LUA_OK, FIRST);
-}
-
-/* ch:read([timeout]) -> data | "" when nothing came in time | nil at the end */
-static int chan_read(lua_State *L) {
-  return read_stream(L, 0);
-}
-
-static int chan_read_stderr(lua_State *L) {
-  return read_stream(L, SSH_EXTENDED_DATA_STDERR);
-}
-
-static int eof_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  sess *s;
-  chan *c = check_chan(L, 1, &s);
-  if (timed_out(L, ctx)) return op_timeout(L, s, "sending EOF");
-  int rc = libssh2_channel_send_eof(c->ch);
-  if (rc == LIBSSH2_ERROR_EAGAIN) return wait_ssh(L, s, eof_k);
-  if (rc != 0) return raise_rc(L, s, rc, "sending EOF");
-  return end_op(s, 0);
-}
-
-static int chan_send_eof(lua_State *L) {
-  sess *s;
-  begin_chan_op(L, &s);
-  lua_settop(L, 1);
-  return eof_k(L, LUA_OK, FIRST);
-}
-
-static int chan_exit_status(lua_State *L) {
-  sess *s;
-  chan *c = check_chan(L, 1, &s);
-  lua_pushinteger(L, libssh2_channel_get_exit_status(c->ch));
-  return 1;
 }
 
 /* Free without waiting: a channel going away in __gc cannot yield. */
@@ -801,7 +777,7 @@ int luaopen_dhsm_luna_ssh(lua_State *L) {
   static const luaL_Reg sess_methods[] = {
     {"hostkey", sess_hostkey}, {"known_hosts", sess_known_hosts},
     {"add_known_host", sess_add_known_host}, {"auth_password", sess_auth_password},
-    {"auth_key", sess_auth_key}, {"shell", sess_shell}, {"exec", sess_exec},
+    {"auth_key", sess_auth_key}, {"shell", sess_shell},
     {"scp_get", sess_scp_get}, {"scp_put", sess_scp_put},
     {"set_timeout", sess_set_timeout}, {"close", sess_close}, {NULL, NULL}
   };
@@ -809,8 +785,7 @@ int luaopen_dhsm_luna_ssh(lua_State *L) {
     {"__gc", sess_close}, {"__close", sess_close}, {"__tostring", sess_tostring}, {NULL, NULL}
   };
   static const luaL_Reg chan_methods[] = {
-    {"write", chan_write}, {"read", chan_read}, {"read_stderr", chan_read_stderr},
-    {"send_eof", chan_send_eof}, {"exit_status", chan_exit_status}, {"close", chan_gc},
+    {"write_line", chan_write_line}, {"read", chan_read}, {"close", chan_gc},
     {NULL, NULL}
   };
   static const luaL_Reg chan_meta[] = {

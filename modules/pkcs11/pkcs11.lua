@@ -35,22 +35,25 @@
 -- Logins go through the failed-login guard (dhsm.luna.guard): the token's
 -- PIN flags and our persistent count say how many attempts may be left; the
 -- attempt that could be the last is refused unless allow_destructive_login
--- (audited); a failed login is never retried.  Generation, destruction,
+-- (audited); a failed login is never retried.  Reading the flags, C_Login
+-- and recording the outcome are one critical section per token and role,
+-- across tasks and processes; C_Login itself is reachable from here only.  Generation, destruction,
 -- login and logout are audited; in check mode they are not done: dhsm.would
 -- reports them and they return { check = true, would = "..." }.
 local dhsm = require "dhsm"
-local core = require "dhsm.pkcs11.core"
 local guard = require "dhsm.luna.guard"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
+local core = util.native(select(3, ...), "dhsm.pkcs11.core")
 
 local M = {}
 
 M.DEFAULT_PATH = "/usr/safenet/lunaclient/lib/libCryptoki2_64.so"
 
--- The unguarded C_Login is for this file only: taken out of the core
--- table, so a runbook cannot log in around the guard.
+-- The unguarded C_Login is for this file only: the core module is
+-- private to dhsm.pkcs11 (runtime/modules.c), and its login is taken out
+-- of the table besides, so no other path reaches it.
 local raw_login = core.login
 core.login = nil
 
@@ -203,10 +206,16 @@ local LOCKED_HINTS = {
   CKR_AUDIT_LOGIN_FAILURE_THRESHOLD = "the Auditor is locked for 10 minutes",
 }
 
--- The guard's key for this session's token: "label#serial".
+-- The guard's key for this session's token: "label#serial", read once: a
+-- login then touches the token only inside the guard's lock (SoftHSM2, for
+-- one, may fail a read that meets another process's write).
+local keys = setmetatable({}, { __mode = "k" })
 function Session:guard_key()
-  local tok = self:token()
-  return tok.label .. "#" .. tok.serial, tok
+  if not keys[self] then
+    local tok = self:token()
+    keys[self] = tok.label .. "#" .. tok.serial
+  end
+  return keys[self]
 end
 
 -- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
@@ -218,32 +227,35 @@ function Session:login(who, pin, opts)
     usage("login: the PIN must be a dhsm.secret (secret.env, secret.file or secret.prompt), got %s",
       type(pin) == "string" and "a plain string" or type(pin))
   end
-  local key, tok = self:guard_key()
-  guard.check(key, r.role, M.device_left(tok, who), opts)
-  if dhsm.check_mode then                    -- a login risks a failed attempt: not in a dry run
-    local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
-    dhsm.would(what)
-    return { check = true, would = what }
-  end
-  local ok, err = pcall(raw_login, self, who, pin)
-  if ok then
-    guard.record(key, r.role, true)
-    return true
-  end
-  local code = dhsm.error.is(err) and err.code
-  if code == "CKR_USER_ALREADY_LOGGED_IN" then   -- the token's login is shared by its sessions
-    dhsm.audit.write { action = "pkcs11.login", target = key, outcome = code, role = r.role }
-    return true
-  end
-  if code == "CKR_PIN_INCORRECT" then            -- only a wrong PIN counts
-    guard.record(key, r.role, false)
-    err.message = ("%s; not retried: at most %d attempts left before %s"):format(err.message,
-      guard.attempts_left(key, r.role, nil), guard.CONSEQUENCES[r.role])
-  else
-    dhsm.audit.write { action = "pkcs11.login", target = key, outcome = tostring(code or "error"), role = r.role }
-    if LOCKED_HINTS[code] then err.message = err.message .. ": " .. LOCKED_HINTS[code] end
-  end
-  error(err, 0)
+  local key = self:guard_key()
+  -- check, C_Login and record are one critical section per token and role
+  local result = guard.attempt(key, r.role, opts, {
+    device_left = function() return M.device_left(self:token(), who) end,
+    try = function()
+      if dhsm.check_mode then                -- a login risks a failed attempt: not in a dry run
+        local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
+        dhsm.would(what)
+        return nil, { check = true, would = what }
+      end
+      local ok, err = pcall(raw_login, self, who, pin)
+      if ok then return true, true end
+      local code = dhsm.error.is(err) and err.code
+      if code == "CKR_USER_ALREADY_LOGGED_IN" then   -- the token's login is shared by its sessions
+        dhsm.audit.write { action = "pkcs11.login", target = key, outcome = code, role = r.role }
+        return nil, true
+      end
+      if code == "CKR_PIN_INCORRECT" then            -- only a wrong PIN counts
+        err.message = ("%s; not retried: at most %d attempts left before %s"):format(err.message,
+          guard.attempts_left(key, r.role, nil) - 1, guard.CONSEQUENCES[r.role])
+        return false, err
+      end
+      dhsm.audit.write { action = "pkcs11.login", target = key, outcome = tostring(code or "error"), role = r.role }
+      if LOCKED_HINTS[code] then err.message = err.message .. ": " .. LOCKED_HINTS[code] end
+      return nil, err                                -- the token refused it: not an attempt
+    end,
+  })
+  if dhsm.error.is(result) then error(result, 0) end
+  return result
 end
 
 ---------------------------------------------------------------------------

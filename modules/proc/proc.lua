@@ -4,15 +4,37 @@
 --                       stdin = secret_or_text, cwd = dir, timeout = 30 }
 --   --> {status=, signal=, stdout=, stderr=, duration=}; a timeout kills the
 --   --  process group and raises a "timeout" error carrying what was captured.
---   local p <close> = proc.spawn{ argv = { "lunacm" } }
---   p:read_until("lunacm:>", 10); p:write("slot list\n"); p:wait(5)
+--   local p <close> = proc.spawn{ argv = { "openssl", "s_client", ... } }
+--   p:read_until("CONNECTED", 10); p:write("Q\n"); p:wait(5)
+--   proc.lunacm_login{ argv = { lunacm, "-c", "hagroup", "addMember", "-group", "g", "-serialNumber", sn },
+--                      password = co_pin, env =, timeout =, allow_destructive_login = }
+--   --> the run, with ok= (Command Result : No Error) and code= (the CKR name)
 --
 -- Runs happen on the scheduler: many tools can run at once in dhsm.parallel.
 -- Secrets go to stdin or env, never argv.  Every run is audited (argv only).
-local core = require "dhsm.proc.core"
+--
+-- lunacm's partition logins (role login, role changepw, hagroup createGroup
+-- and addMember) count towards the Partition SO's and Crypto Officer's
+-- thresholds, so they go through the failed-login guard: lunacm_login
+-- finds the partition (`slot list`), reads its attempts left (`role show`)
+-- and makes the attempt inside the guard's lock for that partition and
+-- role.  run() refuses them, however abbreviated; spawn() refuses lunacm
+-- (an interactive lunacm could be sent any login), and so does run()
+-- without -c (the commands would come on stdin), or with a secret on stdin
+-- for a command that does not set a new password.  What this cannot see: a
+-- lunacm started under another name or through another program.
 local dhsm = require "dhsm"
+local cli = require "dhsm.luna.cli"
+local guard = require "dhsm.luna.guard"
+local secret = require "dhsm.secret"
+local util = require "dhsm.util"
+local core = util.native(select(3, ...), "dhsm.proc.core")
 
-local M = { spawn = core.spawn }
+local M = {}
+
+local function usage(fmt, ...)
+  dhsm.error { kind = "usage", message = "proc: " .. fmt:format(...) }
+end
 
 local function command_line(argv)
   local parts = {}
@@ -20,10 +42,8 @@ local function command_line(argv)
   return table.concat(parts, " ")
 end
 
-function M.run(opts)
-  if type(opts) ~= "table" then
-    dhsm.error { kind = "usage", message = "proc.run: expected {argv = {...}, stdin=, env=, cwd=, timeout=}" }
-  end
+local function run(opts)
+  if type(opts) ~= "table" then usage("run: expected {argv = {...}, stdin=, env=, cwd=, timeout=}") end
   local t0 = dhsm.now()
   local ok, r = pcall(core.run, opts)
   local argv = type(opts.argv) == "table" and opts.argv or {}
@@ -32,6 +52,176 @@ function M.run(opts)
     duration_ms = (dhsm.now() - t0) * 1000 }
   if not ok then error(r, 0) end
   return r
+end
+
+---------------------------------------------------------------------------
+-- lunacm and the failed-login guard
+
+-- verb per "family subcommand": read | write | login:name (the role of
+-- -name) | login:co | login:unsupported (several partitions at once)
+local LUNACM = {
+  role = { login = "login:name", changepw = "login:name", logout = "write", show = "read", resetpw = "write",
+    init = "write" },
+  hagroup = { creategroup = "login:co", addmember = "login:co", synchronize = "login:unsupported",
+    listgroups = "read", removemember = "write", deletegroup = "write", recover = "write", retry = "write",
+    interval = "write", haonly = "write", addstandby = "write", recoverymode = "write" },
+  slot = { list = "read", set = "write" },
+  partition = { init = "write", changepolicy = "write", show = "read", showpolicies = "read" },
+}
+local ROLES = { so = "pso", po = "pso", co = "co", cu = "co" }
+-- Commands whose secret on stdin is a new password, not a login.
+local NEW_PASSWORD = { ["role resetpw"] = true, ["role init"] = true, ["partition init"] = true }
+-- lunacm answers that mean no attempt was made.
+local NOT_ATTEMPTED = { CKR_CANCEL = true, CKR_ARGUMENTS_BAD = true, CKR_SLOT_ID_INVALID = true,
+  CKR_USER_ALREADY_LOGGED_IN = true, CKR_TOKEN_NOT_PRESENT = true, CKR_PIN_LOCKED = true,
+  CKR_FUNCTION_NOT_SUPPORTED = true, CKR_DEVICE_ERROR = true, CKR_USER_TYPE_INVALID = true }
+
+local RANK = { read = 1, write = 2, login = 3 }
+
+local function is_lunacm(argv)
+  return type(argv) == "table" and type(argv[1]) == "string" and argv[1]:match("[^/]*$"):lower():find("^lunacm") ~= nil
+end
+
+-- The words after -c, or nil when lunacm would read commands on stdin.
+local function lunacm_words(argv)
+  for i = 2, #argv do
+    if tostring(argv[i]):lower() == "-c" then
+      local words = {}
+      for j = i + 1, #argv do
+        for _, w in ipairs(cli.words(tostring(argv[j]))) do words[#words + 1] = w end
+      end
+      return words
+    end
+  end
+end
+
+-- classify(words) -> verb, "family sub", role (pso | co) for a login
+local function classify(words)
+  local verb, what = cli.most(cli.readings(words, LUNACM), function(r)
+    if not r.sub then return "write", r.family or table.concat(words, " ") end
+    local v = LUNACM[r.family][r.sub]
+    if v == "login:name" then
+      local name = cli.option(words, r.at + 1, "name", "n")
+      v = "login:" .. (name and ROLES[name:lower()] or "unsupported")
+    end
+    return v, r.family .. " " .. r.sub
+  end, function(v) return RANK[v:match("^[^:]+")] end)
+  verb = verb or "write"
+  return verb, what or table.concat(words, " "), verb:match("^login:(.+)$")
+end
+
+local function carries_secret(stdin)
+  if secret.is(stdin) then return true end
+  for _, v in ipairs(type(stdin) == "table" and stdin or {}) do
+    if secret.is(v) then return true end
+  end
+  return false
+end
+
+local function refuse(code, fmt, ...)
+  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
+end
+
+-- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
+local function check_lunacm(opts)
+  if not is_lunacm(opts.argv) then return end
+  local words = lunacm_words(opts.argv)
+  if not words then
+    refuse("UnguardedLogin", "refusing lunacm without -c: it would read its commands from stdin, where a login "
+      .. "could not be told apart; give one command after -c")
+  end
+  local verb, what, role = classify(words)
+  if not role and carries_secret(opts.stdin) and not NEW_PASSWORD[what] then
+    refuse("UnguardedLogin", "refusing a secret on lunacm's stdin for '%s': it could be taken as a login; "
+      .. "logins go through proc.lunacm_login", what)
+  end
+  return verb, what, role, words
+end
+
+-- run{argv=, stdin=, env=, cwd=, timeout=} -> {status=, signal=, stdout=, stderr=, duration=}
+function M.run(opts)
+  local verb = type(opts) == "table" and check_lunacm(opts)
+  if verb and verb:match("^login") then
+    refuse("UnguardedLogin", "refusing '%s': a partition login that only proc.lunacm_login sends, through the "
+      .. "failed-login guard", command_line(opts.argv))
+  end
+  return run(opts)
+end
+
+-- spawn{argv=, env=, cwd=} -> process; never lunacm (see above)
+function M.spawn(opts)
+  if type(opts) == "table" and is_lunacm(opts.argv) then
+    refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
+      .. "use proc.run with -c, and proc.lunacm_login for logins")
+  end
+  return core.spawn(opts)
+end
+
+-- The partition a lunacm command names with -serialNumber or -slot:
+-- {id=, label=, serial=} from `slot list`.
+local function target_slot(opts, words)
+  local serial = cli.option(words, 1, "serialnumber", "se")
+  local slot = cli.option(words, 1, "slot", "sl")
+  for i = 1, #words - 1 do
+    if words[i]:lower() == "-s" then slot = words[i + 1] end
+  end
+  if not serial and not slot then
+    usage("lunacm_login: name the partition with -slot or -serialNumber, so its attempts can be counted")
+  end
+  local r = run { argv = { opts.argv[1], "-c", "slot", "list" }, env = opts.env, cwd = opts.cwd, timeout = opts.timeout }
+  for block in (r.stdout .. "\n\n"):gmatch("(Slot Id %->.-)\n%s*\n") do
+    local s = { id = block:match("Slot Id %->%s*(%d+)"), label = util.trim(block:match("Label %->([^\n]*)") or ""),
+      serial = block:match("Serial Number %->%s*(%S+)") }
+    if (serial and s.serial == serial) or (slot and s.id == slot) then return s end
+  end
+  usage("lunacm_login: no slot %s in `lunacm -c slot list`", serial and ("with serial number " .. serial) or slot)
+end
+
+-- What `role show` says is left for role on the slot; nil when it cannot say.
+local function role_left(opts, slot, role)
+  local ok, r = pcall(run, { argv = { opts.argv[1], "-c", "role", "show", "-slot", slot.id }, env = opts.env,
+    cwd = opts.cwd, timeout = opts.timeout })
+  if not ok then return nil end
+  local row = role == "pso" and "Partition SO" or "Crypto Officer"
+  for line in r.stdout:gmatch("[^\n]+") do
+    if util.trim(line):find(row, 1, true) == 1 then
+      if line:find("Zeroized", 1, true) or line:find("Locked out", 1, true) then return 0 end
+      return tonumber(line:match("(%d+)%s*$"))
+    end
+  end
+end
+
+-- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
+function M.lunacm_login(opts)
+  if type(opts) ~= "table" then usage("lunacm_login: expected {argv =, password =, ...}") end
+  if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
+  local verb, what, role, words = check_lunacm(opts)
+  if not verb then usage("lunacm_login: argv must run lunacm, got %s", tostring(type(opts.argv) == "table" and opts.argv[1])) end
+  if verb == "login:unsupported" then
+    refuse("UnsupportedLogin", "refusing '%s': it logs in to several partitions or an unknown role, which the "
+      .. "failed-login guard cannot count one by one", what)
+  end
+  if not role then usage("lunacm_login: '%s' is not a login; use proc.run", what) end
+  if not secret.is(opts.password) then usage("lunacm_login: password must be a secret (secret.env/file/prompt)") end
+  local slot = target_slot(opts, words)
+  local key = slot.label .. "#" .. slot.serial
+  return guard.attempt(key, role, opts, {
+    device_left = function() return role_left(opts, slot, role) end,
+    try = function()
+      if dhsm.check_mode then
+        local would = ("log in as %s on partition %s (lunacm %s)"):format(guard.ROLE_NAMES[role], key, what)
+        dhsm.would(would)
+        return nil, { check = true, would = would }
+      end
+      local r = run { argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
+        stdin = { opts.password, "\n" } }
+      r.ok = r.stdout:find("Command Result : No Error", 1, true) ~= nil
+      r.code = r.stdout:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)")
+      if r.ok then return true, r end
+      if NOT_ATTEMPTED[r.code] then return nil, r end
+      return false, r                           -- a wrong PIN, or an answer we cannot read: counted
+    end,
+  })
 end
 
 -- What read_until read past its match, per process (a userdata has no fields).

@@ -105,3 +105,16 @@ t.test("a directory where a file is expected says so: the inventory itself, and 
     ("hsms[1].known_hosts: %s is a directory, expected a file"):format(dir),
   })
 end)
+
+t.test("an HSM entry names the Azure resource it stands for: by default its own name", function()
+  local function inv(h)
+    return inventory.from_table { hsms = { h } }
+  end
+  t.eq(inv({ name = "hsm1", host = "h", password = "env:X" }).hsms[1].resource, "hsm1")
+  t.eq(inv({ name = "lab-a", host = "h", password = "env:X", resource = "hsm7", serial = "1534201" }):hsm("lab-a").resource, "hsm7")
+  local err = t.raises(function() inv { name = "hsm1", host = "h", password = "env:X", resource = "hsm 7", serial = "x1" } end, "BadInventory")
+  t.eq(err.details.problems, {
+    'hsms[1].resource: expected the Azure dedicated HSM resource name (letters, digits, -; default: the entry\'s name), got "hsm 7"',
+    "hsms[1].serial: expected the appliance's serial number (digits), got \"x1\"",
+  })
+end)

@@ -296,23 +296,6 @@ t.test("a silent SSH port times out", function()
   t.ok(dhsm.now() - t0 < 2, "gave up at its timeout")
 end)
 
-t.test("the raw SSH layer: an exec channel's output, end and exit status", function()
-  fresh()
-  local e = inv_entry("hsm1")                     -- (hsm2 was given back earlier in this file)
-  local s <close> = require("dhsm.luna.ssh").connect { host = e.host, port = e.ssh_port, timeout = 10 }
-  s:auth_password(e.user, e.password)
-  local ch <close> = s:exec("hsm show")
-  local out = {}
-  for data in function() return ch:read(5) end do out[#out + 1] = data end
-  local text = table.concat(out)
-  t.ok(text:find("HSM Admin login attempts left", 1, true), text)
-  t.eq(ch:exit_status(), 0)
-  local bad <close> = s:exec("no such command")
-  while bad:read(5) do end
-  t.eq(bad:exit_status(), 1)
-  t.raises(function() s:exec({}) end, "string expected")
-end)
-
 t.test("an appliance that is down refuses connections", function()
   fresh()
   estate:appliance("hsm1", "down")

@@ -284,3 +284,144 @@ t.test("--json still prints its document when the run is interrupted", function(
   local doc = cjson.decode(util.read_file(dir .. "/doc.json"))
   t.eq({ doc.outcome, doc.steps[1].status, doc.steps[2].status }, { "interrupted", "ok", "interrupted" })
 end, { timeout = 60 })
+
+---------------------------------------------------------------------------
+-- any raised value fails
+
+t.test("error(nil), error(false) and error({}) fail the step: journal, audit and exit agree", function()
+  for _, what in ipairs { "nil", "false", "table" } do
+    local dir = t.tmpdir()
+    local r = run(dir, "run steps -e dir=" .. q(dir) .. " -e raise=" .. what)
+    t.eq(r.status, 1, what .. ": " .. r.stderr)
+    local j = journal(dir, run_id(r.stderr))
+    t.eq({ j.state, j.steps[2].status, j.steps[2].error.code, #j.steps }, { "failed", "failed", "BadError", 2 }, what)
+    local outcomes = {}
+    for _, rec in ipairs(audit(dir)) do
+      if rec.action == "step.end" or rec.action == "run.end" then outcomes[#outcomes + 1] = rec.outcome end
+    end
+    t.eq(outcomes, { "ok", "failed", "failed" }, what)
+  end
+end)
+
+---------------------------------------------------------------------------
+-- destructive steps killed half-way
+
+-- Start the device playbook, wait until its destructive step has begun, SIGKILL it.
+local function kill_in_step(dir, extra)
+  local cmd = env(dir) .. " " .. t.cmd("run device --yes -e dir=" .. q(dir) .. " " .. extra)
+  local r = t.sh(("%s & pid=$!; for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; kill -KILL $pid; wait $pid")
+    :format(cmd, q(dir .. "/in-step")))
+  t.eq(r.status, 137, r.stderr)
+  local id = sys.readdir(dir .. "/dhsm/runs")[1]:match("^(.*)%.json$")
+  local j = journal(dir, id)
+  t.eq({ j.state, j.steps[2].status }, { "running", "started" }, "journaled as begun before it acted")
+  t.ok(j.steps[2].began)
+  return id
+end
+
+local function sent(dir)
+  return #lines(util.read_file(dir .. "/sent.log") or "")
+end
+
+t.test("killed after it sent: resume asks the step's done= check and does not send again", function()
+  local dir = t.tmpdir()
+  local id = kill_in_step(dir, "-e gate=after")
+  t.eq(sent(dir), 1)
+  t.write(dir .. "/device", "done")                -- the device finished on its own meanwhile
+  local r = run(dir, "run device --yes --resume " .. id .. " -e dir=" .. q(dir) .. " -e gate=after")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(dir), 1, "the order was not sent twice")
+  t.ok(r.stderr:find("finished by an earlier attempt of this run", 1, true), r.stderr)
+  t.eq(util.read_file(dir .. "/after.log"), "after\n")
+  local j = journal(dir, id)
+  t.eq({ j.state, j.steps[2].status, j.steps[2].checked, j.steps[2].result }, { "ok", "ok", true, { state = "done" } })
+end, { timeout = 60 })
+
+t.test("killed after it sent, still working: resume waits for it instead of sending again", function()
+  local dir = t.tmpdir()
+  local id = kill_in_step(dir, "-e gate=after")
+  t.eq(util.read_file(dir .. "/device"), "working")
+  local cmd = env(dir) .. " " .. t.cmd("run device --yes --resume " .. id .. " -e dir=" .. q(dir) .. " -e gate=after")
+  -- the resumed run is inside its done= check (audit: step.start of the second step) before the device finishes
+  local r = t.sh(("%s & pid=$!; for i in $(seq 400); do [ \"$(grep -c '\"step\":\"order the device\".*\"step.start\"' %s)\" = 2 ] "
+    .. "&& break; sleep 0.05; done; printf done > %s; wait $pid"):format(cmd, q(dir .. "/audit.jsonl"), q(dir .. "/device")))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(dir), 1)
+end, { timeout = 60 })
+
+t.test("killed before it sent: resume finds it not done and runs it once", function()
+  local dir = t.tmpdir()
+  local id = kill_in_step(dir, "-e gate=before")
+  t.eq(sent(dir), 0)
+  t.write(dir .. "/release", "")
+  local r = run(dir, "run device --yes --resume " .. id .. " -e dir=" .. q(dir) .. " -e gate=before")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(dir), 1)
+  local checks = {}
+  for _, rec in ipairs(audit(dir)) do if rec.action == "step.check" then checks[#checks + 1] = rec.outcome end end
+  t.eq(checks, { "not done", "not done" }, "checked on the first run and on resume")
+end, { timeout = 60 })
+
+t.test("a destructive step without done= that began is not resumed blindly (exit 3)", function()
+  local dir = t.tmpdir()
+  local id = kill_in_step(dir, "-e gate=after -e check=false")
+  t.write(dir .. "/release", "")
+  local r = run(dir, "run device --yes --resume " .. id .. " -e dir=" .. q(dir) .. " -e gate=after -e check=false")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("step 'order the device' began acting on dev in an earlier attempt of this run", 1, true), r.stderr)
+  t.ok(r.stderr:find("declares no done= check", 1, true), r.stderr)
+  t.eq(sent(dir), 1, "not sent again")
+  -- and it stays refused on the next attempt too
+  r = run(dir, "run device --yes --resume " .. id .. " -e dir=" .. q(dir) .. " -e gate=after -e check=false")
+  t.eq({ r.status, sent(dir) }, { 3, 1 })
+end, { timeout = 60 })
+
+t.test("one run, one runner: a resume while the run is going is refused with the holder's pid", function()
+  local dir = t.tmpdir()
+  local cmd = env(dir) .. " " .. t.cmd("run device --yes -e dir=" .. q(dir) .. " -e gate=after")
+  local resume = env(dir) .. " " .. t.cmd("run device --yes --resume $id -e dir=" .. q(dir) .. " -e gate=after")
+  local r = t.sh(("%s 2>%s & pid=$!; for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; "
+    .. "id=$(ls %s | sed -n 's/\\.json$//p'); echo \"pid=$pid\"; %s; echo \"status=$?\"; kill -KILL $pid; wait $pid")
+    :format(cmd, q(dir .. "/first.err"), q(dir .. "/in-step"), q(dir .. "/dhsm/runs"), resume))
+  local pid = r.stdout:match("pid=(%d+)")
+  t.eq(r.stdout:match("status=(%d+)"), "3", r.stdout .. r.stderr)
+  t.ok(r.stderr:find("is being run right now by another dhsm (pid " .. pid .. ")", 1, true), r.stderr)
+  t.eq(sent(dir), 1)
+end, { timeout = 60 })
+
+---------------------------------------------------------------------------
+-- what is written down: secrets by type, plain values faithfully
+
+t.test("the journal keeps plain values as given (token_name resumes); the audit log still hides pins and passwords", function()
+  local dir = t.tmpdir()
+  local args = "run names -e token_name=tok1 -e co_pin=246810 -e so_password=env:HOME -e fail="
+  local r = run(dir, args .. "true")
+  t.eq(r.status, 1, r.stderr)
+  local id = run_id(r.stderr)
+  local j = journal(dir, id)
+  t.eq({ j.params.token_name, j.params.co_pin, j.params.so_password, j.secret_params },
+       { "tok1", 246810, nil, { "so_password" } })
+  t.eq(j.steps[1].result, { token_name = "tok1", co_pin = 246810 })
+  r = run(dir, args .. "true --resume " .. id)
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("↷ use the token", 1, true), "resumed with the same parameters: " .. r.stderr)
+  local text = util.read_file(dir .. "/audit.jsonl")
+  t.ok(not text:find("246810", 1, true), "a numeric co_pin is not in the audit log")
+  t.ok(not text:find("hunter2", 1, true), "a long key does not escape redaction")
+  t.ok(not text:find("97531", 1, true), "nor a numeric pin in a free-form field")
+  local start = audit(dir)[1]
+  -- the audit log errs on the side of hiding: a secret-looking name hides a plain value too
+  t.eq({ start.action, start.params.token_name, start.params.co_pin }, { "run.start", "<redacted>", "<redacted>" })
+end)
+
+t.test("a secret parameter given as a number or a literal string is refused", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/p.json", '{"token_name": "t", "so_password": 246810}')
+  local r = run(dir, "run names -e @" .. q(dir .. "/p.json"))
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("so_password: expected a secret reference (env:NAME, file:PATH or prompt), got 246810", 1, true), r.stderr)
+  r = run(dir, "run names -e token_name=t -e so_password=246810")
+  t.eq(r.status, 2)
+  t.ok(r.stderr:find("so_password: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value", 1, true), r.stderr)
+  t.ok(not r.stderr:find("246810", 1, true))
+end)

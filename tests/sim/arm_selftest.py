@@ -209,7 +209,8 @@ class EstateCase(unittest.TestCase):
         if not gateway:
             return None
         reply = self.arm.call("PUT", self.arm.net("publicIPAddresses", "gw-pip", rg), NET_API,
-                              {"location": location, "properties": {"publicIPAllocationMethod": "Dynamic"}})
+                              {"location": location, "sku": {"name": "Standard"},
+                               "properties": {"publicIPAllocationMethod": "Static"}})
         self.wait_async(reply)
         gw = {"location": location, "properties": {
             "gatewayType": "ExpressRoute", "vpnType": "RouteBased", "sku": {"name": "Standard", "tier": "Standard"},
@@ -553,6 +554,29 @@ class GuideFailureTest(EstateCase):
         self.create_hsm("hsm-race")
         self.assert_failed("hsm-race", "GatewayNotReady")
 
+    def test_field_shaped_race_while_the_gateway_reads_succeeded(self):
+        self.faults(gateway_race_next=1, field_errors=1)
+        self.create_hsm("hsm-fr")
+        props = self.wait_terminal("hsm-fr")
+        gw = self.arm.call("GET", self.arm.net("virtualNetworkGateways", "hsm-ergw"), NET_API).json
+        self.assertEqual((props["provisioningState"], gw["properties"]["provisioningState"]), ("Failed", "Succeeded"))
+        self.assertNotIn("GatewayNotReady", props["statusMessage"])
+        self.assertIn("dependent network resource was not ready", props["statusMessage"])
+        self.create_hsm("hsm-fr")  # the rerun: the fault was counted once
+        self.assertEqual(self.wait_terminal("hsm-fr")["provisioningState"], "Succeeded")
+
+    def test_nic_while_connecting_and_no_spec_change(self):
+        self.faults(hsm_step_seconds=3600)
+        self.create_hsm("hsm-nic", stamp="stamp1")
+        self.arm.control("POST", "advance", {"seconds": 7201})
+        props = self.hsm_state("hsm-nic")
+        self.assertEqual(props["provisioningState"], "Connecting")
+        self.assertTrue(props["networkProfile"]["networkInterfaces"][0]["id"].endswith("/hsm-nic_HSMnic"))
+        changed = self.arm.call("PUT", self.arm.hsm("hsm-nic"), HSM_API,
+                                self.arm.hsm_body(self.arm.subnet_id("hsm"), stamp="stamp2"))
+        self.assertEqual((changed.status, changed.json["error"]["innererror"]["code"]), (400, "PropertyChangeNotAllowed"))
+        self.faults(hsm_step_seconds=0.3)
+
     def test_gateway_still_updating(self):
         self.make_network("rg-updating", prefix="10.30")
         reply = self.arm.call("PUT", self.arm.hsm("hsm-early", "rg-updating"), HSM_API,
@@ -632,7 +656,8 @@ def _template(hsm_depends_on_gateway=True):
                                         {"name": "GatewaySubnet", "properties": {
                                             "addressPrefix": "[concat(parameters('prefix'), '.255.0/26')]"}}]}},
             {"type": "Microsoft.Network/publicIPAddresses", "apiVersion": NET_API, "name": "gw-pip",
-             "location": "[resourceGroup().location]", "properties": {"publicIPAllocationMethod": "Dynamic"}},
+             "location": "[resourceGroup().location]", "sku": {"name": "Standard"},
+             "properties": {"publicIPAllocationMethod": "Static"}},
             {"type": "Microsoft.Network/virtualNetworkGateways", "apiVersion": NET_API, "name": "[variables('gwName')]",
              "location": "[resourceGroup().location]",
              "dependsOn": ["[resourceId('Microsoft.Network/virtualNetworks', parameters('vnetName'))]", "gw-pip"],

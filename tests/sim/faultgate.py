@@ -23,10 +23,6 @@ class FaultGate:
         self.world, self.service, self.errors = world, service, errors
         self._five_hundreds = itertools.count()
 
-    def _matches(self, name, req):
-        rule = self.world.knob(name)
-        return rule["n"] > 0 and knobs.rule_matches(rule, self.service, req.line)
-
     def _delay(self, req):
         with self.world.lock:
             rule = self.world.knob("delay_ms")
@@ -35,13 +31,9 @@ class FaultGate:
             time.sleep(wait)  # outside the lock: a slow response must not stall the others
 
     def _consume(self, req):
-        with self.world.lock:
-            for name in knobs.COUNTED:
-                if self._matches(name, req):
-                    rule = dict(self.world.knob(name))
-                    rule["n"] -= 1
-                    self.world.set_knobs({name: rule})
-                    return name
+        for name in knobs.COUNTED:
+            if knobs.take(self.world, name, req.line, self.service):
+                return name
         return None
 
     def admit(self, req):

@@ -8,6 +8,8 @@ happen:
   Allocating    -> capacity (capacity_per_stamp, others_per_stamp)
   Connecting    -> subnet delegation, ExpressRoute gateway not Succeeded (race)
   Provisioning  -> Succeeded; the NIC {name}_HSMnic exists from Connecting on.
+With the field_errors knob a failure carries the generic code ProvisioningFailed
+and the cause only in its message text, as real failures do.
 Validation errors (name, body, sku, subnet reference, allowlisting) are
 synchronous. DELETE answers 202 + Location to .../operationResults/{token},
 polls 202 until done, then 200 with an empty body (204 for 2018-10-31-preview);
@@ -17,6 +19,7 @@ import ipaddress
 import re
 
 import armutil
+import knobs
 import network
 import resources
 from arm import HSM, LOCATIONS
@@ -165,10 +168,31 @@ def _enter(world, rec, state, now):
     world.changed()
 
 
-def _fail(world, rec, code, message):
+# The field's wording of each failure: a generic code, the cause in prose only
+# (assumed: no real failure was recorded; modelled on other RPs' messages).
+FIELD_TEXT = {
+    "QuotaExceeded": "Operation could not be completed as it results in exceeding approved Dedicated HSM quota "
+                     "({scope}). Delete devices left by failed deployments, or request a quota increase.",
+    "InsufficientCapacity": "Allocation failed. There is not sufficient capacity for the requested Dedicated HSM "
+                            "({scope}). Please try again later or contact support.",
+    "SubnetNotDelegated": "The device could not be attached: subnet '{subnet}' does not carry the delegation "
+                          "the service requires.",
+    "GatewayNotReady": "Failed to connect the device to the virtual network '{vnet}': a dependent network "
+                       "resource was not ready. Retry the operation.",
+    "GatewayNotFound": "Failed to connect the device to the virtual network '{vnet}': no route to the device "
+                       "could be set up.",
+}
+GENERIC_CODE = "ProvisioningFailed"
+
+
+def _fail(world, rec, code, message, **where):
     rec["state"], rec["until"] = "Failed", None
+    if world.knob("field_errors"):
+        code, message = GENERIC_CODE, FIELD_TEXT.get(code, message).format(**where)
+        rec["sim"]["message"] = f"Provisioning of the Dedicated HSM failed. {message}"
+    else:
+        rec["sim"]["message"] = f"Resource creation failed. {code}: {message}"
     rec["sim"]["error"] = {"code": code, "message": message}
-    rec["sim"]["message"] = f"Resource creation failed. {code}: {message}"
     world.changed()
 
 
@@ -178,12 +202,15 @@ def _check_quota(world, rec):
     if len(earlier) >= region_limit:
         return ("QuotaExceeded", f"Subscription '{rec['sub']}' has reached its quota of {region_limit} Dedicated "
                                  f"HSMs in region '{rec['location']}'. Delete HSMs left by failed deployments or "
-                                 "request a quota increase through a support ticket.")
+                                 "request a quota increase through a support ticket.",
+                {"scope": f"region '{rec['location']}', usage {len(earlier)}, limit {region_limit}"})
     in_stamp = [r for r in earlier if r["props"]["stamp"] == rec["props"]["stamp"]]
     if len(in_stamp) >= stamp_limit:
         return ("QuotaExceeded", f"Subscription '{rec['sub']}' has reached its quota of {stamp_limit} Dedicated "
                                  f"HSMs in stamp '{rec['props']['stamp']}' of region '{rec['location']}'. Delete "
-                                 "HSMs left by failed deployments or request a quota increase.")
+                                 "HSMs left by failed deployments or request a quota increase.",
+                {"scope": f"stamp '{rec['props']['stamp']}' in region '{rec['location']}', usage {len(in_stamp)}, "
+                          f"limit {stamp_limit}"})
     return None
 
 
@@ -195,7 +222,8 @@ def _check_capacity(world, rec):
     if taken >= capacity:
         return ("InsufficientCapacity", f"Stamp '{rec['props']['stamp']}' in region '{rec['location']}' has no free "
                                         f"Dedicated HSM device ({taken} of {capacity} in use). Retry later, choose "
-                                        "another stamp, or contact support about capacity.")
+                                        "another stamp, or contact support about capacity.",
+                {"scope": f"stamp '{rec['props']['stamp']}' in region '{rec['location']}'"})
     rec["sim"]["allocated"] = True
     return None
 
@@ -206,19 +234,24 @@ def _check_network(world, rec):
         return ("SubnetNotFound", f"The subnet '{rec['props']['network']['subnet_id']}' no longer exists.")
     if world.knob("subnet_undelegated") or not network.is_delegated_to_hsm(subnet):
         return ("SubnetNotDelegated", f"The subnet '{subnet['id']}' is not delegated to '{network.HSM_SERVICE}'. "
-                                      "Add the delegation to the subnet, then delete this HSM and redeploy.")
+                                      "Add the delegation to the subnet, then delete this HSM and redeploy.",
+                {"subnet": subnet["id"]})
     vnet_id = subnet["id"].rsplit("/subnets/", 1)[0]
+    where = {"vnet": vnet_id.rsplit("/", 1)[1]}
     gateway = network.gateway_for_vnet(world, vnet_id)
     if gateway is None:
         return ("GatewayNotFound", f"The virtual network '{vnet_id}' has no ExpressRoute gateway; Dedicated HSM "
-                                   "connects through one.")
+                                   "connects through one.", where)
     state = "Updating" if world.knob("gateway_race") else gateway["state"]
     if not rec["sim"].get("gateway_ready_at_put", True):
         state = rec["sim"]["gateway_state_at_put"]
     if state != "Succeeded":
         return ("GatewayNotReady", f"The ExpressRoute gateway '{gateway['id']}' was in provisioning state "
                                    f"'{state}', not 'Succeeded', when the device was connected. Wait until the "
-                                   "gateway is Succeeded, then rerun the deployment.")
+                                   "gateway is Succeeded, then rerun the deployment.", where)
+    if rec["sim"].get("hidden_race"):
+        return ("GatewayNotReady", f"The ExpressRoute gateway '{gateway['id']}' read Succeeded but its connection "
+                                   "was not ready when the device was connected. Rerun the deployment.", where)
     _create_nics(world, rec)
     return None
 
@@ -252,11 +285,13 @@ def tick_hsms(world, now):
         while rec["state"] in STAGES and now >= rec["until"]:
             failure = EXIT_CHECKS[rec["state"]](world, rec)
             if failure:
-                _fail(world, rec, *failure)
+                _fail(world, rec, failure[0], failure[1], **(failure[2] if len(failure) > 2 else {}))
                 break
             following = STAGES.index(rec["state"]) + 1
             boundary = rec["until"]
             _enter(world, rec, STAGES[following] if following < len(STAGES) else "Succeeded", boundary)
+            if rec["state"] == "Connecting":
+                _create_nics(world, rec)  # the NIC id shows while Connecting, before the HSM is usable
             if rec["state"] == "Succeeded":
                 rec["sim"]["ever_succeeded"] = True
                 rec["sim"].setdefault("zeroized", world.knob("new_hsm_zeroized"))
@@ -274,6 +309,9 @@ def _gateway_snapshot(world, rec):
         state = "Updating"
     rec["sim"]["gateway_ready_at_put"] = state == "Succeeded" or gateway is None
     rec["sim"]["gateway_state_at_put"] = state
+    # The field's race: the gateway reads Succeeded, the device still cannot connect.
+    if gateway is not None and state == "Succeeded" and knobs.take_count(world, "gateway_race_next"):
+        rec["sim"]["hidden_race"] = True
 
 
 def write_hsm(world, sub, rg, name, body, api_version, principal):
@@ -283,6 +321,7 @@ def write_hsm(world, sub, rg, name, body, api_version, principal):
     if existing and existing["state"] == "Deleting":
         raise hsm_error(409, "Conflict", f"The Dedicated HSM '{name}' is being deleted.")
     if existing and existing["state"] != "Failed":
+        _refuse_changed_spec(world, existing, body, api_version)
         existing["tags"] = body.get("tags") or existing["tags"]
         _touch(world, existing, principal)
         return False, existing
@@ -294,6 +333,27 @@ def write_hsm(world, sub, rg, name, body, api_version, principal):
     _gateway_snapshot(world, rec)
     _enter(world, rec, "CheckingQuota", world.now())
     return existing is None, rec
+
+
+def _refuse_changed_spec(world, rec, body, api_version):
+    """A re-PUT may change tags only: every other property is fixed once the device exists
+    (assumed; Terraform marks them all ForceNew). Fields left out are not compared."""
+    props = body.get("properties") or {}
+    profile = props.get("networkProfile") or {}
+    nic = (profile.get("networkInterfaces") or [{}])[0]
+    wanted = {"sku.name": ((body.get("sku") or {}).get("name"), rec["props"]["sku"]),
+              "location": (str(body.get("location") or "").replace(" ", "").lower() or None, rec["location"]),
+              "properties.stampId": (props.get("stampId"), rec["props"]["stamp"]),
+              "properties.networkProfile.subnet": ((profile.get("subnet") or {}).get(id_field(api_version)),
+                                                   rec["props"]["network"]["subnet_id"]),
+              "properties.networkProfile.networkInterfaces[0].privateIpAddress":
+                  (nic.get("privateIpAddress"), rec["props"]["network"]["ip"])}
+    for field, (asked, actual) in wanted.items():
+        if asked is not None and str(asked).lower() != str(actual).lower():
+            raise hsm_error(400, "BadRequest",
+                            f"The Dedicated HSM '{rec['name']}' already exists with {field} '{actual}'; it cannot "
+                            f"be changed to '{asked}'. Only tags can be updated: delete the HSM and create it "
+                            "again to change anything else.", "PropertyChangeNotAllowed")
 
 
 def _touch(world, rec, principal):
@@ -378,7 +438,9 @@ def delete(ctx, sub, rg, name):
     if rec is None:
         return Response.empty(204)
     if rec["state"] != "Deleting":
-        if rec["sim"].get("allocated") and not is_zeroized(ctx.world, rec):
+        # A device that never reached Succeeded was never handed over: nothing to zeroize
+        # (assumed; the guide tells to delete failed deployments' resources before redeploying).
+        if rec["sim"].get("ever_succeeded") and not is_zeroized(ctx.world, rec):
             raise hsm_error(409, "HsmNotZeroized",
                             f"The Dedicated HSM '{name}' cannot be deleted because the device is not zeroized. "
                             "Zeroize the HSM (all key material removed) and retry the delete.",

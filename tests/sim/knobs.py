@@ -77,6 +77,14 @@ KNOBS = {k.name: k for k in [
     # Dedicated HSM failure modes from the troubleshooting guide
     Knob("gateway_race", "fault", _parse_bool, False,
          "HSM creations see their VNet's ExpressRoute gateway as not Succeeded"),
+    Knob("gateway_race_next", "fault", _parse_int, 0,
+         "the next N HSM creations hit the gateway race although the gateway reads Succeeded"),
+    Knob("field_errors", "fault", _parse_bool, False,
+         "failures as the field shows them: generic code (ProvisioningFailed), the cause only in message text"),
+    Knob("network_fail", "fault", _parse_targeted, _OFF,
+         "next N matching Network PUTs are accepted, then their long-running operation ends Failed"),
+    Knob("network_busy", "fault", _parse_targeted, _OFF,
+         "next N matching Network PUTs get 409 AnotherOperationInProgress"),
     Knob("subnet_undelegated", "fault", _parse_bool, False,
          "HSM creations see their subnet as missing the dedicatedHSMs delegation"),
     Knob("not_allowlisted", "fault", _parse_bool, False,
@@ -146,6 +154,26 @@ def rule_matches(rule, service, request_line):
     if rule["match"] is None:
         return service == "arm"
     return rule["match"].lower() in request_line.lower()
+
+
+def take(world, name, request_line, service="arm"):
+    """Consume one count of targeted fault `name` if it matches; True when it did."""
+    with world.lock:
+        rule = world.knob(name)
+        if rule["n"] <= 0 or not rule_matches(rule, service, request_line):
+            return False
+        world.set_knobs({name: {**rule, "n": rule["n"] - 1}})
+        return True
+
+
+def take_count(world, name):
+    """Consume one count of a plain counted knob (an integer); True when it did."""
+    with world.lock:
+        left = world.knob(name)
+        if left <= 0:
+            return False
+        world.set_knobs({name: left - 1})
+        return True
 
 
 def describe(values):

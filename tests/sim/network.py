@@ -11,6 +11,7 @@ import ipaddress
 import random
 
 import armutil
+import knobs
 from arm import NETWORK
 from armerrors import resource_not_found, rp_error
 from httpserver import Response
@@ -21,6 +22,9 @@ PIP = "Microsoft.Network/publicIPAddresses"
 GATEWAY = "Microsoft.Network/virtualNetworkGateways"
 NIC = "Microsoft.Network/networkInterfaces"
 HSM_SERVICE = "Microsoft.HardwareSecurityModules/dedicatedHSMs"
+# A Network long-running operation that ends Failed: what the status URL says (assumed
+# wording; the Network RP's internal errors carry no more than this).
+FAILED_WRITE = {"code": "InternalServerError", "message": "An error occurred.", "details": []}
 HSM_ACTIONS = ["Microsoft.Network/networkinterfaces/*", "Microsoft.Network/virtualNetworks/subnets/join/action"]
 
 
@@ -235,24 +239,41 @@ def validate_gateway(world, sub, rg, names, body):
     if gateway_type not in ("Vpn", "ExpressRoute", "LocalGateway"):
         raise rp_error(400, "InvalidRequestFormat", f"Invalid gatewayType '{gateway_type}'.")
     configs = []
+    gw_id = armutil.resource_id(sub, rg, GATEWAY, *names)
     for i, cfg in enumerate(props.get("ipConfigurations") or []):
         cprops = cfg.get("properties") or {}
         subnet_id = _ref_id(cprops.get("subnet"))
-        _referenced(world, subnet_id, armutil.resource_id(sub, rg, GATEWAY, *names))
+        _referenced(world, subnet_id, gw_id)
         pip_id = _ref_id(cprops.get("publicIPAddress"))
         if pip_id:
-            _referenced(world, pip_id, armutil.resource_id(sub, rg, GATEWAY, *names))
+            pip = _referenced(world, pip_id, gw_id)
+            if gateway_type == "ExpressRoute" and pip["props"]["sku"]["name"] != "Standard":
+                raise rp_error(400, "ExpressRouteGatewayRequiresStandardSkuPublicIp",
+                               f"Public IP address {pip['id']} has SKU '{pip['props']['sku']['name']}'. An "
+                               f"ExpressRoute gateway ({gw_id}) requires a public IP address of SKU 'Standard' "
+                               "with Static allocation; Basic SKU public IP addresses are not supported.")
         configs.append({"name": cfg.get("name") or f"vnetGatewayConfig{i}", "subnet_id": subnet_id,
                         "pip_id": pip_id, "method": cprops.get("privateIPAllocationMethod", "Dynamic")})
     if not configs:
         raise rp_error(400, "VirtualNetworkGatewayMustHaveAtLeastOneIpConfiguration",
                        "Virtual network gateway must have at least one IP configuration.")
+    _refuse_second_gateway(world, gw_id, configs[0]["subnet_id"])
     sku = props.get("sku") or {"name": "Standard", "tier": "Standard"}
     return {"gatewayType": gateway_type, "vpnType": props.get("vpnType", "RouteBased"),
             "activeActive": bool(props.get("activeActive", False)),
             "sku": {"name": sku.get("name", "Standard"), "tier": sku.get("tier", sku.get("name", "Standard")),
                     "capacity": 2},
             "ip_configurations": configs}
+
+
+def _refuse_second_gateway(world, gw_id, subnet_id):
+    """One gateway per virtual network (the troubleshooting guide, Provisioning ExpressRoute)."""
+    vnet_id = subnet_id.rsplit("/subnets/", 1)[0]
+    other = gateway_for_vnet(world, vnet_id)
+    if other is not None and armutil.key(other["id"]) != armutil.key(gw_id):
+        raise rp_error(400, "VirtualNetworkAlreadyHasGateway",
+                       f"Virtual network {vnet_id} already has gateway {other['id']}. A virtual network can have "
+                       "only one gateway: use another virtual network for a second connection.")
 
 
 def render_gateway(world, rec):
@@ -308,15 +329,19 @@ TYPES = {t.rtype: t for t in [
 ]}
 
 
+def _another_operation(rid):
+    return rp_error(409, "AnotherOperationInProgress",
+                    f"Another operation on this or dependent resource is in progress. To retrieve status of "
+                    f"the operation use uri: {rid}.")
+
+
 def write(world, rtype, sub, rg, names, body):
     """Create or update; returns (created, record). Shared by PUT and deployments."""
     kind = TYPES[rtype]
     rid = armutil.resource_id(sub, rg, rtype, *names)
     existing = world.get(rid)
     if existing and existing["state"] == "Deleting":
-        raise rp_error(409, "AnotherOperationInProgress",
-                       f"Another operation on this or dependent resource is in progress. To retrieve status of "
-                       f"the operation use uri: {rid}.")
+        raise _another_operation(rid)
     location = body.get("location")
     if kind.top_level and not location:
         raise rp_error(400, "LocationRequired", "The location property is required for this definition.")
@@ -384,7 +409,11 @@ def _handlers(rtype):
 
     def put(ctx, sub, rg, **params):
         body = ctx.body()
+        rid = armutil.resource_id(sub, rg, rtype, *names_of(params))
+        if knobs.take(ctx.world, "network_busy", ctx.req.line):
+            raise _another_operation(rid)
         created, rec = write(ctx.world, rtype, sub, rg, names_of(params), body)
+        rec["sim"]["fail_write"] = knobs.take(ctx.world, "network_fail", ctx.req.line)
         op_id = _new_op(ctx.world, rec, "write")
         return Response.json(201 if created else 200, _render(ctx.world, rec),
                              _async_headers(ctx, rec, op_id, deleting=False))
@@ -423,6 +452,9 @@ def async_status(ctx, sub, loc, op_id):
         raise rp_error(404, "OperationNotFound", f"Operation {op_id} was not found.")
     if ctx.world.now() < op["done_at"]:
         return Response.json(200, {"status": "InProgress"}, [("Retry-After", str(ctx.world.knob("retry_after")))])
+    rec = ctx.world.get(op["rid"])
+    if op.get("action") == "write" and rec is not None and rec["state"] == "Failed":
+        return Response.json(200, {"status": "Failed", "error": FAILED_WRITE})
     return Response.json(200, {"status": "Succeeded"})
 
 
@@ -462,7 +494,8 @@ def tick_network(world, now):
                 world.remove(child["id"])
             world.remove(rec["id"])
         else:
-            rec["state"], rec["until"] = "Succeeded", None
+            rec["state"] = "Failed" if rec["sim"].pop("fail_write", False) else "Succeeded"
+            rec["until"] = None
             world.changed()
 
 

@@ -83,7 +83,8 @@ def _network(world, seed, sub, rg):
     if not gw:
         return
     network.write(world, network.PIP, sub, rg, [gw["public_ip"]],
-                  {"location": loc, "properties": {"publicIPAllocationMethod": "Dynamic"}})
+                  {"location": loc, "sku": {"name": "Standard", "tier": "Regional"},
+                   "properties": {"publicIPAllocationMethod": "Static"}})
     gateway_subnet = armutil.resource_id(sub, rg, network.SUBNET, v["name"], v["gateway_subnet"]["name"])
     _settle(world)  # references must exist before the gateway points at them
     network.write(world, network.GATEWAY, sub, rg, [gw["name"]], {"location": loc, "properties": {

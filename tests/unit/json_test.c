@@ -90,10 +90,30 @@ static void writes_secrets_and_redacts_sensitive_names(void **state) {
   assert_string_equal(encode("{x = {access_token = 'x'}}"), "{\"x\":{\"access_token\":\"<redacted>\"}}");
   /* names that merely look alike stay */
   assert_string_equal(encode("{spinner = 'x'}"), "{\"spinner\":\"x\"}");
-  /* a non-string value under a sensitive name is harmless */
   assert_string_equal(encode("{pin_attempts_left = 3}"), "{\"pin_attempts_left\":3}");
+  /* a number is redacted as a string is: co_pin = 246810 */
+  assert_string_equal(encode("{co_pin = 246810}"), "{\"co_pin\":\"<redacted>\"}");
+  assert_string_equal(encode("{ok_password = true}"), "{\"ok_password\":true}");
   assert_true(dhsm_json_sensitive_key("password"));
   assert_false(dhsm_json_sensitive_key("target"));
+  /* the whole name is searched, however long */
+  assert_true(dhsm_json_sensitive_key("a_very_long_field_name_that_goes_on_and_on_past_sixty_four_chars_password"));
+  assert_true(dhsm_json_sensitive_key("a_very_long_field_name_that_goes_on_and_on_past_sixty_four_chars_so_PIN"));
+}
+
+static void faithful_mode_keeps_plain_values_and_hides_secrets(void **state) {
+  (void)state;
+  dhsm_buf b = {0};
+  if (luaL_dostring(L, "return {token_name = 'tok1', co_pin = 246810, "
+                       "s = require('dhsm.secret').value('hunter2')}") != LUA_OK)
+    fail_msg("%s", lua_tostring(L, -1));
+  dhsm_json_faithful(&b, L, -1);
+  lua_pop(L, 1);
+  assert_non_null(strstr(b.p, "\"token_name\":\"tok1\""));
+  assert_non_null(strstr(b.p, "\"co_pin\":246810"));
+  assert_non_null(strstr(b.p, "\"s\":\"<secret>\""));
+  assert_null(strstr(b.p, "hunter2"));
+  dhsm_buf_free(&b);
 }
 
 static void stops_at_depth_and_cycles(void **state) {
@@ -122,6 +142,7 @@ int main(void) {
     cmocka_unit_test(writes_numbers),
     cmocka_unit_test(writes_arrays_and_objects),
     cmocka_unit_test(writes_secrets_and_redacts_sensitive_names),
+    cmocka_unit_test(faithful_mode_keeps_plain_values_and_hides_secrets),
     cmocka_unit_test(stops_at_depth_and_cycles),
     cmocka_unit_test(formats_rfc3339_in_utc),
   };

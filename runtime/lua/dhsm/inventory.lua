@@ -54,8 +54,9 @@ M.schema = {
       key = path_spec,
       known_hosts = { type = "string", default = "~/.ssh/known_hosts" },
       ntls_port = { type = "integer", min = 1, max = 65535, default = 1792 },
-      resource = { type = "string" },
-      serial = { type = "string" },
+      resource = { type = "string", pattern = "^[%w%-]+$",
+        expect = "the Azure dedicated HSM resource name (letters, digits, -; default: the entry's name)" },
+      serial = { type = "string", pattern = "^%d+$", expect = "the appliance's serial number (digits)" },
     } } },
     client = { type = "object", default = {}, fields = {
       chrystoki_conf = path_spec,
@@ -147,6 +148,7 @@ function M.from_table(t, source)
   for _, h in ipairs(inv.hsms) do
     h.known_hosts = expand_home(h.known_hosts)
     h.key = expand_home(h.key)
+    h.resource = h.resource or h.name         -- the Azure resource this appliance stands for
   end
   check_files(inv, problems)
   if #problems > 0 then fail(source, problems) end

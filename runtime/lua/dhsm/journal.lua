@@ -1,7 +1,10 @@
 -- dhsm.journal: what a run did, step by step, so `--resume ID` can skip
 -- what is done.  One JSON file per run in $XDG_STATE_HOME/dhsm/runs/ID.json
 -- (0600), rewritten atomically (temp file + rename) after every step.
--- Secret parameters are never written; only their names are.
+-- Secret parameters are never written; only their names are.  Plain
+-- values are written as they are (no redaction by name: a parameter called
+-- token_name comes back as given), since secrets are dhsm.secret values,
+-- never plain ones (schema type "secret" refuses literals).
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
@@ -34,7 +37,7 @@ end
 function Journal:save()
   self.updated = sys.rfc3339()
   local ok, err = sys.mkdir(M.dir(), tonumber("700", 8))
-  if ok then ok, err = sys.write_file(path_of(self.id), sys.json_encode(self), tonumber("600", 8)) end
+  if ok then ok, err = sys.write_file(path_of(self.id), sys.json_encode(self, { redact = false }), tonumber("600", 8)) end
   if not ok then
     dhsm.error { kind = "audit", message = "cannot write the run journal: " .. tostring(err) }
   end
@@ -52,10 +55,14 @@ local function restore(v)
   return v
 end
 
-function M.load(id)
+local function check_id(id)
   if type(id) ~= "string" or not id:match("^[%w%-_]+$") then
     dhsm.error { kind = "usage", message = ("--resume %s: not a run id (see 'dhsm runs')"):format(tostring(id)) }
   end
+end
+
+function M.load(id)
+  check_id(id)
   local data = util.read_file(path_of(id))
   if not data then
     dhsm.error { kind = "usage", message = ("no run %s in %s (see 'dhsm runs')"):format(id, M.dir()) }
@@ -89,14 +96,23 @@ function M.list(limit)
   return out
 end
 
--- Is the process that wrote this journal still running it?
-function Journal:owner_alive()
-  if self.state ~= "running" or not self.pid or self.pid == sys.getpid() then return false end
-  local f = io.open("/proc/" .. math.tointeger(self.pid) .. "/cmdline", "rb")
-  if not f then return false end
-  local cmd = f:read("a") or ""
-  f:close()
-  return cmd:find("dhsm", 1, true) ~= nil
+-- lock(id) -> the run's lock, held until closed.  One run has one runner:
+-- runs/ID.lock is taken for the whole run, the first attempt included, so
+-- a second `--resume ID` (or a resume while the first attempt still runs)
+-- is refused.  flock dies with its holder, SIGKILL included.
+function M.lock(id)
+  check_id(id)
+  local ok, err = sys.mkdir(M.dir(), tonumber("700", 8))
+  if not ok then dhsm.error { kind = "audit", message = "cannot make the run journal folder: " .. tostring(err) } end
+  local lk, holder = sys.lock(M.dir() .. "/" .. id .. ".lock", 0)
+  if lk then return lk end
+  if math.type(holder) ~= "integer" and holder ~= "unknown" then
+    dhsm.error { kind = "audit", message = "cannot lock the run: " .. tostring(holder) }
+  end
+  dhsm.error { kind = "safety", code = "RunInProgress",
+    message = ("run %s is being run right now by another dhsm (pid %s); one run has one runner: "
+      .. "wait for it to end (or stop it), then resume"):format(id, tostring(holder)),
+    details = { pid = holder } }
 end
 
 return M

@@ -6,13 +6,29 @@
 --     run = function(ctx, params) ... end }
 -- and works in named steps:
 --   local gw = ctx:step("wait for gateway", function() ... return state end)
---   ctx:step("zeroize", { destructive = true, target = "hsm1" }, function() ... end)
+--   ctx:step("zeroize", { destructive = true, target = "hsm1",
+--     done = function(ctx) return s:hsm_show().zeroized, { zeroized = true } end,
+--   }, function() ... end)
 -- ctx also has .inventory, .params, .run_id, .check, :progress(msg),
 -- :note(msg) and :would(what).
 --
+-- Step options: destructive (the operator types `target` to confirm; never
+-- run in --check), target, and done = function(ctx) -> done?, result: how
+-- to tell from the real state that the step's work is done.  It is asked
+-- first, on every run: when it says done, the step is skipped and `result`
+-- is its result.  It may wait for work an earlier attempt left going (a
+-- DELETE ARM accepted) and then say done, so nothing is sent twice.  A
+-- destructive step is journaled as begun ("started", fsync'd) after the
+-- confirmation and before it acts; resumed after a crash in the middle, a
+-- destructive step without done= is refused (CannotResume), never re-run
+-- blindly.
+--
 -- The runner validates every parameter before anything runs, asks before a
 -- destructive step, journals each step for --resume, shows progress, writes
--- the audit log and, with --json, prints one JSON document at the end.
+-- the audit log and, with --json, prints one JSON document at the end.  A
+-- run is held by one process: runs/ID.lock (sys.lock) for its whole life,
+-- so a second `--resume ID` while it goes is refused with the holder's pid.
+-- Any value a step raises fails it, error(nil) included.
 local dhsm = require "dhsm"
 local inventory = require "dhsm.inventory"
 local journal = require "dhsm.journal"
@@ -161,6 +177,17 @@ local function not_json(v, path, seen)
   seen[v] = nil
 end
 
+-- Whatever a step or playbook raised, as a dhsm error: error(nil),
+-- error(false) and error({}) are failures too, not a quiet "ok".
+function M.raised(v)
+  if dhsm.error.is(v) then return v end
+  if v == nil or v == false or (type(v) == "table" and getmetatable(v) == nil) then
+    local shown = v == nil and "nil" or (v == false and "false" or "a table with no message")
+    return dhsm.error.new { kind = "lua", code = "BadError", message = ("raised %s instead of an error"):format(shown) }
+  end
+  return dhsm.error.normalize(v)
+end
+
 local function error_record(err)
   local e = dhsm.error.normalize(err)
   return { kind = e.kind, code = e.code, message = e.message, text = tostring(e) }
@@ -215,6 +242,7 @@ function Ctx:execute(rec, fn)
   end
   local r = table.pack(pcall(fn, self))
   context.would = saved
+  if not r[1] then r[2] = M.raised(r[2]) end
   return r
 end
 
@@ -226,7 +254,47 @@ local function step_args(title, opts, fn)
   if opts.destructive and (type(opts.target) ~= "string" or opts.target == "") then
     usage("ctx:step '%s': a destructive step needs target= (the name the operator types to confirm)", title)
   end
+  if opts.done ~= nil and type(opts.done) ~= "function" then
+    usage("ctx:step '%s': done= must be a function(ctx) -> done?, result", title)
+  end
   return opts, fn
+end
+
+-- The step's work, as packed pcall results.  A done= check comes first:
+-- when it says the work is done (an earlier attempt finished it, or it
+-- waited for what that attempt left going), fn does not run.  A
+-- destructive step is journaled as begun (on disk, fsync'd) after the
+-- operator confirmed it and before it acts, so a run killed half-way
+-- knows on resume that the step may have acted; without a done= check it
+-- then cannot know what was done and refuses rather than act twice.
+function Ctx:body(rec, opts, fn)
+  if opts.done then
+    local r = self:execute(rec, opts.done)
+    if not r[1] then return r end
+    dhsm.audit.write { action = "step.check", target = rec.target, outcome = r[2] and "done" or "not done" }
+    if r[2] then
+      rec.checked = true
+      self.reporter:note(rec, rec.began and "finished by an earlier attempt of this run" or "already done: nothing to do")
+      return table.pack(true, r[3])
+    end
+  elseif rec.began then
+    return table.pack(false, dhsm.error.new { kind = "safety", code = "CannotResume",
+      message = ("step '%s' began acting on %s in an earlier attempt of this run (%s) and did not finish; it "
+        .. "declares no done= check, so what it did is unknown and it is not run again. Check %s by hand, "
+        .. "then start a new run"):format(rec.title, rec.target, rec.began, rec.target) })
+  end
+  if opts.destructive and dhsm.check_mode then
+    rec.plan = { ("run destructive step '%s' on %s"):format(rec.title, rec.target) }
+    self.reporter:would(rec, rec.plan[1])
+    return table.pack(true)
+  end
+  if opts.destructive then
+    local ok, err = pcall(self.confirm, self, rec)
+    if not ok then return table.pack(false, err) end
+    rec.began, rec.status = sys.rfc3339(), "started"
+    self:save()
+  end
+  return self:execute(rec, fn)
 end
 
 -- ctx:step(title, [opts], fn) -> fn's result
@@ -235,13 +303,14 @@ function Ctx:step(title, opts, fn)
   local rec = { title = title, key = self:key_for(title), target = opts.target,
     destructive = opts.destructive or nil, depth = self.depth, started = sys.rfc3339() }
   self.steps[#self.steps + 1] = rec
-  local done = self.replay[rec.key]
-  if done and (done.status == "ok" or done.status == "replayed") then
-    rec.status, rec.result = "replayed", done.result
+  local prev = self.replay[rec.key]
+  if prev and (prev.status == "ok" or prev.status == "replayed") then
+    rec.status, rec.result = "replayed", prev.result
     self.reporter:step_end(rec)
     self:save()
     return rec.result
   end
+  rec.began = opts.destructive and prev and prev.began or nil   -- known until the step finishes
   rec.status = "running"
   self:save()
   self.reporter:step_start(rec)
@@ -252,17 +321,7 @@ function Ctx:step(title, opts, fn)
   local t0 = dhsm.now()
   self.current[#self.current + 1] = rec
   self.depth = self.depth + 1
-  local r
-  if opts.destructive and dhsm.check_mode then
-    r = table.pack(true)
-    rec.plan = { ("run destructive step '%s' on %s"):format(title, rec.target) }
-    self.reporter:would(rec, rec.plan[1])
-  else
-    if opts.destructive then
-      r = table.pack(pcall(self.confirm, self, rec))
-    end
-    if not r or r[1] then r = self:execute(rec, fn) end
-  end
+  local r = self:body(rec, opts, fn)
   self.depth = self.depth - 1
   table.remove(self.current)
   rec.duration_s = dhsm.now() - t0
@@ -306,7 +365,8 @@ function Ctx:save()
   self.journal.steps = {}
   for i, rec in ipairs(self.steps) do
     self.journal.steps[i] = { title = rec.title, key = rec.key, status = rec.status, target = rec.target,
-      started = rec.started, duration_s = rec.duration_s, result = rec.result, error = rec.error, plan = rec.plan }
+      started = rec.started, began = rec.began, checked = rec.checked, duration_s = rec.duration_s,
+      result = rec.result, error = rec.error, plan = rec.plan }
   end
   if not self.check then self.journal:save() end
 end
@@ -321,7 +381,6 @@ local function resume_journal(pb, id, public)
     usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
   end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
-  if j:owner_alive() then usage("run %s is still running (pid %d)", id, j.pid) end
   local diffs = {}
   local keys = {}
   for k in pairs(public) do keys[k] = true end
@@ -371,14 +430,17 @@ function M.run(pb, raw, opts)
   local params = M.validate(pb, raw, inv, tty)
   local public, secret_names = public_params(pb, params)
   local context = dhsm.context()
-  local j
+  local j, run_lock
   if opts.resume then
+    run_lock = journal.lock(opts.resume)        -- first: the journal is read by its one runner
     j = resume_journal(pb, opts.resume, public)
     context.run = j.id
   else
     j = journal.new { id = context.run, playbook = pb.name, path = pb.path, params = public,
       secret_params = secret_names }
+    if not opts.check then run_lock = journal.lock(j.id) end
   end
+  local held <close> = run_lock
   local replay = {}
   for _, s in ipairs(j.steps) do replay[s.key] = s end
   j.state = "running"
@@ -415,7 +477,7 @@ function M.run(pb, raw, opts)
     elseif outcome == "planned" or outcome == "ok" then
       ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
-    else
+    elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
         ctx.run_id, outcome, pb.name, ctx.run_id))
     end
@@ -430,6 +492,7 @@ function M.run(pb, raw, opts)
     resumed = ctx.resumed, params = public, secret_params = secret_names }
   ctx:save()
   local ok, err = pcall(pb.run, ctx, params)
+  if not ok then err = M.raised(err) end
   finish(not ok and err or nil)
   if not ok then error(err, 0) end
   return 0

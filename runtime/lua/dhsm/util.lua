@@ -114,6 +114,35 @@ function M.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- native(natives, name): a private native module (runtime/modules.c), as
+-- the host hands it to the chunk of the embedded module that owns it.  A
+-- copy of that module loaded from DHSM_PATH gets none: it cannot get
+-- around a safety rule by going under it.
+function M.native(natives, name)
+  local m = type(natives) == "table" and natives[name]
+  if not m then
+    error(("%s is private to dhsm's built-in module; a copy loaded from elsewhere cannot use it"):format(name), 2)
+  end
+  return m
+end
+
+-- sealed(t) -> a read-only view of t and of the tables in it, for the
+-- modules a safety rule consults (dhsm.luna.guard, dhsm.luna.cli): a
+-- runbook that assigns to them gets an error, not a weaker rule.  (rawset
+-- and the debug library still reach anything: this is not a sandbox.)
+function M.sealed(t)
+  for k, v in pairs(t) do
+    if type(v) == "table" and getmetatable(v) == nil then t[k] = M.sealed(v) end
+  end
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k) error(("'%s' is read-only: the safety rules depend on it"):format(tostring(k)), 2) end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = "sealed",
+  })
+end
+
 -- The contents of a file, or nil and "PATH: reason" (a directory opens
 -- but does not read: it says so instead of giving nil and no reason).
 function M.read_file(path)

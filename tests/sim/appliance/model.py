@@ -51,9 +51,22 @@ def _parse_ntls(raw):
     return mode
 
 
+def _parse_slow_command(raw):
+    """"MS:command words" (e.g. "3000:hsm zeroize") -> that, normalised; "" or "0" -> "" (off)."""
+    text = str(raw).strip()
+    if text in ("", "0"):
+        return ""
+    ms, sep, words = text.partition(":")
+    if not sep or not words.split():
+        raise ValueError(f"'{raw}' is not MS:COMMAND (e.g. 3000:hsm zeroize)")
+    return f"{_parse_count(ms)}:{' '.join(words.lower().split())}"
+
+
 # fault name -> (parser, default, help)
 FAULTS = {
     "shell_delay_ms": (_parse_count, 0, "every LunaSH command answers this many ms late (slow shell)"),
+    "slow_command": (_parse_slow_command, "",
+                     "MS:COMMAND: that command (its full name, however abbreviated) runs MS ms late, then acts"),
     "clock_skew": (lambda raw: int(float(raw)), 0,
                    "seconds added to the appliance clock (syslog, status date, NTLS certificate checks)"),
     "ntls": (_parse_ntls, "open", "NTLS port: open, refuse (connection refused) or drop (SYNs dropped: timeout)"),

@@ -7,9 +7,12 @@ the simulator's choice; scripts parse `Command Result`). Per-session state is
 whether the HSM SO and the Auditor are logged in, as on the appliance.
 
 Shell faults (device state "faults"): shell_delay_ms before each answer;
+slow_command "MS:NAME": that command waits MS more before it acts (it still acts
+when the client has gone: what a killed client leaves behind);
 hang_next: the command never answers; drop_next: half the answer, then a TCP RST.
 """
 import datetime
+import logging
 import threading
 import time
 
@@ -20,6 +23,9 @@ BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 Saf
 RESULT_OK = "Command Result : 0 (Success)"
 RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
 EXIT_WORDS = ("exit", "logout")
+SECRET_OPTION_WORDS = ("password", "pin", "secret")
+
+log = logging.getLogger("estate.appliance")
 
 
 class LunaShell:
@@ -57,10 +63,11 @@ class LunaShell:
         if self._take_fault("hang_next"):
             self._hang()
         drop = self._take_fault("drop_next")
-        delay = self.device.state["faults"]["shell_delay_ms"]
+        delay = self._delay_ms(line)
         if delay:
             time.sleep(delay / 1000)
         ctx, code, errors = self._dispatch(line)
+        log.info("%s lunash: %s -> %d", self.device.name, logged_command(ctx, line), code)  # never a password
         self._finish(ctx, code, errors, drop)
         for action in ctx.after if ctx else ():
             action()
@@ -94,6 +101,18 @@ class LunaShell:
             raise ConnectionResetError("drop_next fault")
         self.term.write(text)
 
+    def _delay_ms(self, line):
+        faults = self.device.state["faults"]
+        delay = faults["shell_delay_ms"]
+        if faults.get("slow_command"):  # .get: a world saved before the knob existed
+            ms, name = faults["slow_command"].split(":", 1)
+            try:
+                if commands.TREE.parse(line).command.name.lower() == name:
+                    delay += int(ms)
+            except cli.ParseError:
+                pass
+        return delay
+
     def _take_fault(self, name):
         with self.device.mutate() as state:
             if state["faults"][name] > 0:
@@ -112,3 +131,21 @@ class LunaShell:
 def failure_lines(name, code, extra):
     return [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"] + [f"Error:  {text}" for text in extra]
 
+
+
+def logged_command(ctx, line):
+    """The command as estate.log shows it: its full name, options and arguments, the
+    value of any password-like option masked.  A line that does not parse is not shown
+    (it could be a password typed at the wrong prompt)."""
+    if ctx is None:
+        return f"(a line that is not a command, {len(line)} characters)"
+    words = [ctx.inv.command.name]
+    for name, value in sorted(ctx.inv.opts.items()):
+        if value is True:
+            words.append(f"-{name}")
+        elif any(w in name.lower() for w in SECRET_OPTION_WORDS):
+            words.append(f"-{name} ****")
+        else:
+            words.append(f"-{name} {value}")
+    words.extend(str(a) for a in ctx.inv.args)
+    return " ".join(words)

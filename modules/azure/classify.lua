@@ -1,0 +1,164 @@
+-- dhsm.azure.classify: why a Dedicated HSM deployment failed, from what the
+-- field actually gives.
+--
+--   local classify = require "dhsm.azure.classify"
+--   local v = classify.failure {
+--     error = err,                         -- a dhsm error (HTTP status, code, details), or nil
+--     messages = { "...", ... },           -- deployment operations' and the HSM's status messages
+--     states = { ["hsm-a"] = "Failed" },   -- resource provisioning states
+--     gateway = { state = "Succeeded", was_ready_at_deploy = true, ready_for = 40 },  -- its history
+--   }
+--   v.class   -- "race" | "transient" | "quota" | "capacity" | "delegation" | "allowlisting" | "unknown"
+--   v.retry   -- true for race and transient; v.retry_after (s) when ARM said so
+--   v.reason, v.remedy  -- one sentence each, the remedy in the guide's words
+--
+-- A real failure rarely carries a tidy code: the HSM or the deployment ends
+-- Failed with ProvisioningFailed, ResourceDeploymentFailure or Conflict and
+-- the cause is only in the message text; the ExpressRoute gateway may already
+-- read Succeeded when the race hits.  So the verdict comes from the text of
+-- every message first, then from the transport (status, code), then from
+-- the gateway's history; a code alone decides nothing.
+local M = {}
+
+M.GUIDE = "troubleshooting guide (seeds/000_e0e260a0ba6df972.txt)"
+-- A gateway that turned Succeeded less than this long ago may not carry
+-- traffic yet: a generic failure then is most likely the race.
+M.SETTLE_SECONDS = 1800
+
+M.REMEDY = {
+  allowlisting = "the subscription is not allowlisted for Dedicated HSM: contact your Microsoft Account Manager "
+    .. "(features Microsoft.HardwareSecurityModules/AzureDedicatedHSM and Microsoft.Network/AllowBaremetalServers "
+    .. "must read Registered) (guide: HSM Registration)",
+  quota = "Dedicated HSM has an initial quota of 2 HSMs per stamp and 4 per region: delete the resources of "
+    .. "earlier failed deployments, or submit a support ticket to raise the quota (guide: Deployment failure "
+    .. "based on quota)",
+  capacity = "the stamp or region is near capacity (12 HSMs per stamp, 24 per region): submit a support ticket "
+    .. "asking about capacity in the region or the fill level of the stamps (guide: Deployment failure based "
+    .. "on capacity)",
+  delegation = "the HSM subnet must be delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs; set the "
+    .. "delegation, delete the failed HSM and redeploy (guide: HSM Subnet Delegation, the number one cause)",
+  race = "the HSM was deployed before the ExpressRoute gateway could carry it: rerun the deployment; if that "
+    .. "fails, delete the resources and redeploy; then raise a support request, problem type \"Issues "
+    .. "configuring the Azure setup\" (guide: HSM Deployment Race Condition)",
+  transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
+    .. "the time ARM asked for",
+  unknown = "not one of the guide's known causes: raise a support request with the ids and messages below "
+    .. "(guide: HSM Deployment Failure Information)",
+}
+
+-- What the text says, most specific first: {class, lowercase plain substrings}.
+local TEXT_RULES = {
+  { "allowlisting", { "notregisteredforfeature", "not registered for feature", "allowlist", "azurededicatedhsm",
+    "allowbaremetalservers", "featurenotregistered" } },
+  { "quota", { "quota" } },
+  { "capacity", { "capacity", "allocation failed", "allocationfailed" } },
+  { "delegation", { "delegat" } },
+  { "race", { "gatewaynotready", "gateway", "dependent network resource", "network dependency",
+    "dependency issue", "not ready" } },
+  { "transient", { "anotheroperationinprogress", "another operation", "retryableerror", "too many requests",
+    "throttl", "temporarily unavailable", "internal server error", "internalservererror",
+    "serviceunavailable", "an error occurred" } },
+}
+
+local TRANSIENT_CODES = {
+  AnotherOperationInProgress = true, RetryableErrorDueToAnotherOperation = true, InternalServerError = true,
+  ServiceUnavailable = true, SubscriptionRequestsThrottled = true, TooManyRequests = true,
+  OperationTimedOut = true, GatewayTimeout = true, ReceiveFailed = true, ConnectionRefused = true,
+}
+
+local function lower_texts(f)
+  local out = {}
+  for _, m in ipairs(f.messages or {}) do
+    if type(m) == "string" and m ~= "" then out[#out + 1] = m:lower() end
+  end
+  local e = f.error
+  if type(e) == "table" then
+    if type(e.message) == "string" then out[#out + 1] = e.message:lower() end
+    if type(e.code) == "string" then out[#out + 1] = e.code:lower() end
+  end
+  return out
+end
+
+local function from_text(texts)
+  for _, rule in ipairs(TEXT_RULES) do
+    for _, text in ipairs(texts) do
+      for _, needle in ipairs(rule[2]) do
+        if text:find(needle, 1, true) then return rule[1], needle end
+      end
+    end
+  end
+end
+
+local function status_of(e)
+  if type(e) ~= "table" then return nil end
+  return e.status or (type(e.details) == "table" and e.details.status) or nil
+end
+
+local function retry_after_of(e)
+  local d = type(e) == "table" and type(e.details) == "table" and e.details or {}
+  return tonumber(d.retry_after) or tonumber(d.headers and d.headers["retry-after"])
+end
+
+-- Transport-level: throttling, 5xx, a busy resource, a dropped connection.
+local function transient_transport(e)
+  if type(e) ~= "table" then return false end
+  local status = status_of(e)
+  if status == 429 or (status and status >= 500) then return true end
+  if TRANSIENT_CODES[e.code] then return true end
+  return e.kind == "net" and e.retryable == true
+end
+
+-- A failure with no cause in its text: the gateway's history decides.
+local function race_by_history(gw)
+  if type(gw) ~= "table" then return false end
+  if gw.was_ready_at_deploy == false then return true end
+  if gw.state and gw.state ~= "Succeeded" then return true end
+  return tonumber(gw.ready_for) ~= nil and gw.ready_for < M.SETTLE_SECONDS
+end
+
+local function any_failed(states)
+  for _, s in pairs(states or {}) do
+    if s == "Failed" then return true end
+  end
+  return false
+end
+
+local function verdict(class, reason, f)
+  return { class = class, reason = reason, remedy = M.REMEDY[class],
+    retry = class == "race" or class == "transient",
+    retry_after = class == "transient" and retry_after_of(f.error) or nil }
+end
+
+-- failure(facts) -> verdict (see the top of the file)
+function M.failure(f)
+  f = f or {}
+  local class, needle = from_text(lower_texts(f))
+  -- a refusal with a stop class in its text is final whatever the status
+  if class and class ~= "transient" and class ~= "race" then
+    return verdict(class, ("the messages say so (%q)"):format(needle), f)
+  end
+  if transient_transport(f.error) and not any_failed(f.states) then
+    return verdict("transient", ("%s %s"):format(tostring(status_of(f.error) or f.error.kind),
+      tostring(f.error.code)), f)
+  end
+  if class then return verdict(class, ("the messages say so (%q)"):format(needle), f) end
+  if race_by_history(f.gateway) then
+    return verdict("race", "a generic failure while the ExpressRoute gateway was new or not yet Succeeded", f)
+  end
+  return verdict("unknown", "no known cause in the messages, and the gateway had long been Succeeded", f)
+end
+
+-- stops(verdict) -> true for the classes the guide says retrying cannot fix
+function M.stops(v)
+  return v.class == "quota" or v.class == "capacity" or v.class == "delegation" or v.class == "allowlisting"
+end
+
+-- backoff(attempt, retry_after): seconds before attempt n+1 of a redeploy,
+-- growing and jittered (base * 2^(n-1), +-25 %), or ARM's Retry-After.
+function M.backoff(attempt, retry_after, base)
+  if tonumber(retry_after) then return tonumber(retry_after) end
+  local b = (base or 30) * 2 ^ (attempt - 1)
+  return b * (0.75 + math.random() * 0.5)
+end
+
+return M

@@ -1,0 +1,262 @@
+-- The provision playbook end to end against the simulated estate, faults
+-- included.  Every assertion that matters reads the estate: its state and
+-- its own request log (estate.log), not dhsm's output alone.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+package.path = t.here() .. "/../lua/?.lua;" .. package.path
+local support = require "support.estate"
+
+local q = util.shell_quote
+-- Estate delays at zero: nothing waits on a clock; back-off tiny.
+local FAST = { hsm_step_seconds = 0, gateway_seconds = 0, network_seconds = 0, delete_seconds = 0, retry_after = 0 }
+local PAIR = "hsm-a:stamp1,hsm-b:stamp2"
+
+local function estate(extra_args, set)
+  local knobs = {}
+  for k, v in pairs(FAST) do knobs[k] = v end
+  for k, v in pairs(set or {}) do knobs[k] = v end
+  return support.start { set = knobs, args = extra_args or "--appliances 0" }
+end
+
+-- run(e, args) -> {status, stdout, stderr}: dhsm run provision with the estate's inventory
+local function run(e, args, playbook)
+  local dir = t.tmpdir()
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+    t.cmd(("-i %s run %s -e poll_interval=0.02 -e backoff=0.01 %s"):format(q(e.dir .. "/inventory.json"),
+      playbook or "provision", args))))
+end
+
+-- Mutations that reached ARM, from the estate's own request log: {"PUT /path", ...}
+local function mutations(e, filter)
+  local out = {}
+  for line in (util.read_file(e.dir .. "/estate.log") or ""):gmatch("[^\n]+") do
+    local m, path = line:match(" arm (%u+) (%S+) %-> ")
+    if (m == "PUT" or m == "DELETE" or m == "PATCH" or m == "POST") and (not filter or path:find(filter, 1, true)) then
+      out[#out + 1] = m .. " " .. path
+    end
+  end
+  return out
+end
+
+local function count(list, pattern)
+  local n = 0
+  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
+  return n
+end
+
+local function hsms(e)
+  local out = {}
+  for _, r in pairs(e:state().resources) do
+    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
+  end
+  return out
+end
+
+-- the world without what moves by itself (clock, counters, tokens)
+local function world(e)
+  local s = e:state()
+  return { resources = s.resources, groups = s.groups, deployments = s.deployments or {}, knobs = s.knobs }
+end
+
+---------------------------------------------------------------------------
+
+t.test("happy path: an HA pair in parallel, each Succeeded, reported with stamp and the NIC's IP", function()
+  local e = estate()
+  local r = run(e, "-e hsms=" .. PAIR .. " --yes --json")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
+  local doc = cjson.decode(r.stdout)
+  local rep = doc.steps[#doc.steps].result
+  t.eq({ rep.hsms[1].name, rep.hsms[1].stamp, rep.hsms[2].stamp }, { "hsm-a", "stamp1", "stamp2" })
+  local nic = e:state().resources[(rep.hsms[1].id:match("^(.-/resourceGroups/[^/]+)") ..
+    "/providers/Microsoft.Network/networkInterfaces/hsm-a_HSMnic"):lower()]
+  t.eq(rep.hsms[1].private_ip, nic.props.address)
+  t.ok(r.stderr:find("ssh tenantadmin@" .. nic.props.address, 1, true), r.stderr)
+  t.ok(r.stderr:find("KB0019789", 1, true))
+  t.eq(count(mutations(e), "dedicatedHSMs/hsm%-"), 2, "one PUT per HSM")
+end)
+
+t.test("a fresh network is created: VNet with delegated subnet, Standard public IP, ExpressRoute gateway", function()
+  local e = estate()
+  local r = run(e, "-e hsms=hsm-n:stamp1 -e vnet=new-vnet -e address_space=10.7.0.0/16 -e hsm_subnet_prefix=10.7.1.0/24 "
+    .. "-e gateway_subnet_prefix=10.7.255.0/26 -e gateway=new-gw -e gateway_pip=new-gw-pip --yes")
+  t.eq(r.status, 0, r.stderr)
+  local res = e:state().resources
+  local function find(suffix)
+    for id, x in pairs(res) do if id:sub(-#suffix) == suffix:lower() then return x end end
+  end
+  t.eq(find("/subnets/hsm").props.delegations[1].serviceName, "Microsoft.HardwareSecurityModules/dedicatedHSMs")
+  t.eq(find("/publicipaddresses/new-gw-pip").props.sku.name, "Standard")
+  t.eq({ find("/virtualnetworkgateways/new-gw").state, find("/virtualnetworkgateways/new-gw").props.gatewayType },
+    { "Succeeded", "ExpressRoute" })
+  t.eq(hsms(e)["hsm-n"], "Succeeded")
+  t.ok(r.stderr:find("wait for ExpressRoute gateway new-gw", 1, true), r.stderr)
+end)
+
+t.test("idempotent: a second run sends no PUT or DELETE and says nothing changed", function()
+  local e = estate()
+  t.eq(run(e, "-e hsms=" .. PAIR .. " --yes").status, 0)
+  local before = #mutations(e)
+  local r = run(e, "-e hsms=" .. PAIR .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(#mutations(e), before, "no mutation reached ARM")
+  t.ok(r.stderr:find("nothing was changed", 1, true), r.stderr)
+end)
+
+t.test("--check plans everything and the estate is identical afterwards", function()
+  local e = estate()
+  local before = world(e)
+  local r = run(e, "-e hsms=" .. PAIR .. " -e vnet=plan-vnet -e gateway=plan-gw -e gateway_pip=plan-pip --check")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(world(e), before)
+  t.eq(mutations(e), {})
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/virtualNetworks/plan%-vnet"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+end)
+
+t.test("the gateway race, field-shaped (generic code, gateway reads Succeeded), is recovered by a redeploy", function()
+  local e = estate(nil, { gateway_race_next = 1, field_errors = 1 })
+  local r = run(e, "-e hsms=hsm-r:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-r"], "Succeeded")
+  t.eq(count(mutations(e), "dedicatedHSMs/hsm%-r$"), 2, "the PUT and one rerun")
+  t.ok(r.stderr:find("hsm-r: race", 1, true), r.stderr)
+end)
+
+t.test("the race persisting: retries, then the failed HSM is deleted and redeployed once, then a support stop", function()
+  local e = estate(nil, { gateway_race = 1 })
+  local r = run(e, "-e hsms=hsm-p:stamp1 -e retries=2 --yes")
+  t.eq(r.status, 1, r.stderr)
+  local m = mutations(e, "dedicatedHSMs/hsm-p")
+  t.eq(count(m, "^PUT"), 4, "first PUT, 2 reruns, 1 redeploy after the delete")
+  t.eq(count(m, "^DELETE"), 1)
+  t.eq(hsms(e)["hsm-p"], "Failed")
+  t.ok(r.stderr:find("Issues configuring the Azure setup", 1, true), r.stderr)
+  t.ok(r.stderr:find("correlation id %x+%-"), r.stderr)
+end)
+
+t.test("stops at once with the guide's remedy, nothing created: quota (naming the HSMs using it)", function()
+  local e = estate("--appliances 4")
+  local before = world(e)
+  local r = run(e, "-e hsms=hsm-q:stamp1 --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("quota per region: eastus would hold 5 HSMs, the quota is 4 (in use: hsm1, hsm2, hsm3, hsm4)",
+    1, true), r.stderr)
+  t.ok(r.stderr:find("quota per stamp: stamp1 would hold 3 HSMs", 1, true), r.stderr)
+  t.eq(world(e), before)
+end)
+
+t.test("stops: allowlisting and delegation reported together, nothing created", function()
+  local e = estate(nil, { not_allowlisted = 1 })
+  local before = world(e)
+  local r = run(e, "-e hsms=hsm-x:stamp1 -e hsm_subnet=compute --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("Microsoft.HardwareSecurityModules/AzureDedicatedHSM is NotRegistered", 1, true), r.stderr)
+  t.ok(r.stderr:find("Microsoft Account Manager", 1, true))
+  t.ok(r.stderr:find("subnet compute is not delegated", 1, true), r.stderr)
+  t.ok(r.stderr:find("az network vnet subnet update %-%-subscription %S+ %-%-resource%-group hsm%-rg %-%-vnet%-name hsm%-vnet "
+    .. "%-%-name compute %-%-delegations Microsoft.HardwareSecurityModules/dedicatedHSMs"), r.stderr)
+  t.eq(world(e), before)
+end)
+
+t.test("stops: capacity (found at deployment, both error shapes), the failed HSM cleaned up", function()
+  for _, shape in ipairs { 0, 1 } do
+    local e = estate(nil, { capacity_per_stamp = 0, field_errors = shape })
+    local r = run(e, "-e hsms=hsm-c:stamp2 --yes")
+    t.eq(r.status, 1, r.stderr)
+    t.ok(r.stderr:find("stopped, capacity", 1, true), r.stderr)
+    t.ok(r.stderr:find("support ticket asking about capacity", 1, true), r.stderr)
+    t.eq(count(mutations(e, "dedicatedHSMs/hsm-c"), "^PUT"), 1, "no retry of a capacity failure")
+  end
+end)
+
+t.test("stops: a Basic public IP on the gateway, and a second gateway in the VNet", function()
+  local e = estate()
+  local c = e:azure()
+  local net = require "dhsm.azure.network"
+  c:wait(c:put(net.public_ip_path(c, "basic-pip"), { body = { location = "eastus",
+    properties = { publicIPAllocationMethod = "Dynamic" } } }))
+  local err = t.raises(function()
+    c:put(net.gateway_path(c, "gw2"), { body = net.gateway_body { location = "eastus",
+      subnet_id = net.subnet_path(c, "hsm-vnet", "GatewaySubnet"), pip_id = net.public_ip_path(c, "hsm-ergw-pip") } })
+  end, "VirtualNetworkAlreadyHasGateway")
+  t.eq(err.status, 400)
+  err = t.raises(function()
+    c:put(net.gateway_path(c, "hsm-ergw"), { body = net.gateway_body { location = "eastus",
+      subnet_id = net.subnet_path(c, "hsm-vnet", "GatewaySubnet"), pip_id = net.public_ip_path(c, "basic-pip") } })
+  end, "ExpressRouteGatewayRequiresStandardSkuPublicIp")
+  local r = run(e, "-e hsms=hsm-g:stamp1 -e vnet=v3 -e gateway_pip=basic-pip --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("public IP basic-pip is Basic SKU", 1, true), r.stderr)
+end)
+
+t.test("429/503 storms and AnotherOperationInProgress are ridden out", function()
+  local e = estate(nil, { throttle = "12:dedicatedHSMs", fail5xx = "4:virtualNetworks", network_busy = "1:subnets" })
+  local r = run(e, "-e hsms=hsm-s:stamp1 -e vnet=storm-vnet -e address_space=10.8.0.0/16 "
+    .. "-e hsm_subnet_prefix=10.8.1.0/24 -e gateway_subnet_prefix=10.8.255.0/26 -e gateway=storm-gw "
+    .. "-e gateway_pip=storm-pip --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-s"], "Succeeded")
+  local k = e:state().knobs
+  t.eq({ k.throttle.n, k.fail5xx.n }, { 0, 0 }, "every fault was met")
+end)
+
+t.test("a Network operation that ends Failed is retried", function()
+  local e = estate(nil, { network_fail = "1:virtualNetworkGateways" })
+  local r = run(e, "-e hsms=hsm-f:stamp1 -e vnet=f-vnet -e address_space=10.9.0.0/16 -e hsm_subnet_prefix=10.9.1.0/24 "
+    .. "-e gateway_subnet_prefix=10.9.255.0/26 -e gateway=f-gw -e gateway_pip=f-pip --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(count(mutations(e), "virtualNetworkGateways/f%-gw$"), 2)
+end)
+
+t.test("leftovers of a failed deployment are offered for deletion, and refused without confirmation", function()
+  local e = estate(nil, { quota_per_region = 0 })
+  local c = e:azure()
+  local hsm = require "dhsm.azure.hsm"
+  hsm.create(c, "hsm-old", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" }, { wait = false })
+  e:clear()
+  t.eq(hsms(e)["hsm-old"], "Failed")
+  local r = run(e, "-e hsms=hsm-new:stamp1")          -- no --yes, no terminal: refused
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("HSM hsm-old (group hsm-rg, stamp1) is Failed and counts against the quota", 1, true), r.stderr)
+  t.eq(hsms(e), { ["hsm-old"] = "Failed" }, "nothing deleted silently")
+  r = run(e, "-e hsms=hsm-new:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-new"] = "Succeeded" })
+end)
+
+t.test("a re-PUT of an existing HSM with another spec is refused by ARM and caught by preflight", function()
+  local e = estate()
+  t.eq(run(e, "-e hsms=hsm-d:stamp1 --yes").status, 0)
+  local c = e:azure()
+  local hsm = require "dhsm.azure.hsm"
+  t.raises(function() c:put(hsm.path(c, "hsm-d"), { body = hsm.body(c, { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp2" }) }) end,
+    "it cannot be changed to 'stamp2'")
+  local r = run(e, "-e hsms=hsm-d:stamp2 --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("hsm-d exists with another spec (stamp: has stamp1, asked stamp2)", 1, true), r.stderr)
+end)
+
+t.test("template mode: the operator's template and parameters file; the race recovered", function()
+  local e = estate(nil, { gateway_race_next = 1 })
+  local dir = t.tmpdir()
+  local template = {
+    ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+    contentVersion = "1.0.0.0",
+    parameters = { hsmName = { type = "string" }, stamp = { type = "string" } },
+    resources = { {
+      type = "Microsoft.HardwareSecurityModules/dedicatedHSMs", apiVersion = "2021-11-30",
+      name = "[parameters('hsmName')]", location = "[resourceGroup().location]",
+      sku = { name = "SafeNet Luna Network HSM A790" },
+      properties = { stampId = "[parameters('stamp')]", networkProfile = { subnet = {
+        id = "[resourceId('Microsoft.Network/virtualNetworks/subnets', 'hsm-vnet', 'hsm')]" } } } } },
+  }
+  t.write(dir .. "/t.json", cjson.encode(template))
+  t.write(dir .. "/p.json", cjson.encode { parameters = { hsmName = { value = "hsm-t" }, stamp = { value = "stamp1" } } })
+  local r = run(e, ("-e hsms=hsm-t:stamp1 -e mode=template -e template=%s -e template_parameters=%s --yes"):format(
+    q(dir .. "/t.json"), q(dir .. "/p.json")))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-t"], "Succeeded")
+  t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 2, "deployed, raced, redeployed")
+end)

@@ -1,0 +1,401 @@
+-- The failed-login guard under concurrency, misuse and crashes: parallel
+-- wrong logins - LunaSH, PKCS#11 and lunacm, from tasks and from processes -
+-- never take a role below one attempt left; no spelling, option, raw
+-- object or patched table gets a login past the guard; a command that
+-- changes something leaves its intent in the audit log before it is sent.
+-- What reached the appliance is read from the estate's own state.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local luna = require "dhsm.luna"
+local guard = require "dhsm.luna.guard"
+local proc = require "dhsm.proc"
+local util = require "dhsm.util"
+
+local estate = require("support.estate").start { args = "--appliances 4 --client-ready" }
+
+local function entry(name)
+  return estate.inventory:hsm(name)
+end
+
+local function open(name)
+  local s = luna.open(entry(name))
+  t.cleanup(function() s:close() end)
+  return s
+end
+
+-- The appliance's own view of its HSM SO: failures so far, zeroized or not.
+local function so_state(name)
+  local hsm = estate:state().appliances[name].hsm
+  return { failures = hsm.so_failures, zeroized = not hsm.initialized }
+end
+
+local function wrong()
+  return dhsm.secret.value("not-the-password")
+end
+
+-- Every error of a list of pcall results, by code.
+local function codes(results)
+  local out = {}
+  for _, r in ipairs(results) do
+    if not r.ok then out[r.code] = (out[r.code] or 0) + 1 end
+  end
+  return out
+end
+
+-- A child `dhsm exec` running code (a Lua string) with its own state folder.
+local function child(code, state, extra_env)
+  local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_INVENTORY = estate.dir .. "/inventory.json" }
+  for k, v in pairs(extra_env or {}) do env[k] = v end
+  return { argv = { t.dhsm, "exec", "-e", code }, env = env, timeout = 120 }
+end
+
+-- Two child processes sharing the state folder `state`: each runs `setup`,
+-- waits until both have, then runs `go` (Lua that prints words).
+-- -> how often each word was printed
+local function two_at_once(setup, go, state)
+  local dir = t.tmpdir()
+  local code = ([[%s
+    io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
+    while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
+    %s]]):format(setup, dir, dir, go)
+  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
+    if which ~= "go" then return proc.run(child(code, state)).stdout end
+    local deadline = dhsm.now() + 60
+    repeat
+      dhsm.sleep(0.02)
+      local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
+    until tonumber(ready) == 2 or dhsm.now() > deadline
+    t.write(dir .. "/go", "")
+    return ""
+  end)
+  local tally = {}
+  for w in (outputs[1] .. " " .. outputs[2]):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
+  return tally
+end
+
+-- Bring the appliance's SO counter to `failures` through the guard itself.
+local function fail_so(name, failures)
+  local s = open(name)
+  for _ = 1, failures do t.raises(function() s:login_so(wrong()) end, "LUNA_RET_UM_PIN_INCORRECT") end
+  return s
+end
+
+-- The guard's count and the appliance back to a clean slate.
+local function reset_so(name)
+  local s = open(name)
+  s:login_so(estate:secret(name .. "_so_password"), { allow_destructive_login = true })
+  t.eq(so_state(name).failures, 0)
+end
+
+---------------------------------------------------------------------------
+-- 1. the race
+
+t.test("five tasks, five sessions, five wrong SO logins at once: the appliance keeps one attempt", function()
+  local results = dhsm.parallel({ 1, 2, 3, 4, 5 }, function()
+    local s = open("hsm1")
+    local ok, err = pcall(s.login_so, s, wrong())
+    return { ok = ok, code = not ok and dhsm.error.normalize(err).code or nil }
+  end)
+  local state = so_state("hsm1")
+  t.eq(state, { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
+  t.eq(codes(results), { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = 3 })
+  reset_so("hsm1")
+end, { timeout = 120 })
+
+t.test("two dhsm processes, three wrong SO logins each, at once: the appliance keeps one attempt", function()
+  local state = t.tmpdir()
+  -- each child: three sessions ready, then all three log in once both are
+  local tally = two_at_once([[
+    local luna = require "dhsm.luna"
+    local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
+    local sessions = {}
+    for i = 1, 3 do sessions[i] = luna.open(inv:hsm("hsm2")) end
+  ]], [[
+    local out = dhsm.parallel(sessions, function(s)
+      local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+      return ok and "ok" or dhsm.error.normalize(err).code
+    end)
+    print(table.concat(out, " "))
+  ]], state)
+  t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
+  t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = 4 })
+  local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
+  local key = ("hsm2#%s/so"):format(entry("hsm2").serial)
+  t.eq(counts[key].failures, 2, "both processes' failures are in the shared count")
+  reset_so("hsm2")
+end, { timeout = 120 })
+
+t.test("after a failure the device is read again: attempts lost elsewhere are counted", function()
+  -- another dhsm, with a count of its own, makes one wrong attempt we know nothing of
+  local other = t.tmpdir()
+  local r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm3"))
+    print(pcall(s.login_so, s, dhsm.secret.value("not-the-password")))
+  ]], other))
+  t.ok(r.stdout:find("false", 1, true), r.stdout .. r.stderr)
+  t.eq(so_state("hsm3").failures, 1)
+  local s = open("hsm3")
+  local key = s:guard_key()
+  t.eq(guard.failures(key, "so"), 0)
+  t.raises(function() s:login_so(wrong()) end, "LUNA_RET_UM_PIN_INCORRECT")
+  t.eq(so_state("hsm3").failures, 2)
+  t.eq(guard.failures(key, "so"), 2, "ours plus the one the device says it lost")
+  t.raises(function() s:login_so(wrong()) end, "LastLoginAttempt")
+  reset_so("hsm3")
+end, { timeout = 120 })
+
+t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the token, the rest are refused", function()
+  local p11 = require "support.p11"
+  if not p11.available() then t.skip("SoftHSM2 is not installed") end
+  local hsm = p11.softhsm { "race" }
+  local state = t.tmpdir()
+  local tally = two_at_once(([[
+    local lib = require("dhsm.pkcs11").load(%q, { env = { SOFTHSM2_CONF = %q } })
+    local s = lib:open { label = "race", rw = true }
+    s:guard_key()     -- read the token now: SoftHSM2 may fail a read that meets the other's write
+  ]]):format(p11.LIB, hsm.conf), [[
+    local out = {}
+    for _ = 1, 6 do
+      local ok, err = pcall(s.login, s, "user", dhsm.secret.value("bad-pin"))
+      out[#out + 1] = ok and "ok" or dhsm.error.normalize(err).code
+    end
+    print(table.concat(out, " "))
+  ]], state)
+  t.eq(tally, { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 3 })
+  local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
+  local n = 0
+  for _, c in pairs(counts) do n = n + c.failures end
+  t.eq(n, 9, "every failure of both processes is in the shared count")
+end, { timeout = 120 })
+
+t.test("a failed-login count that cannot be read refuses every login rather than assume none", function()
+  local state, before = t.tmpdir(), so_state("hsm1")
+  require("dhsm.sys").mkdir(state .. "/dhsm", tonumber("700", 8))
+  t.write(state .. "/dhsm/logins.json", '{"hsm1#1/so": {"failures": 2')     -- cut short
+  local r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
+    local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+    print(ok, err.code)
+  ]], state))
+  t.eq(r.stdout, "false\tLoginCountUnreadable\n", r.stderr)
+  t.eq(so_state("hsm1"), before, "nothing reached the appliance")
+end)
+
+-- lunacm on the estate's client install: argv and env for a command
+local function lunacm(args)
+  local argv = { estate.inventory.client.lunacm }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return { argv = argv, env = { ChrystokiConfigurationPath = estate.inventory.client.chrystoki_conf:match("^(.*)/[^/]*$") },
+    timeout = 60 }
+end
+
+-- The appliance's own view of a partition's roles.
+local function partition_state(name)
+  local p = estate:state().appliances[name].partitions.par1
+  return { co_failures = p.co_failures, pso_failures = p.pso_failures, co_locked = p.co_locked }
+end
+
+-- The slot id of a partition, by label (a Lua pattern)
+local function slot_of(label)
+  return proc.run(lunacm { "-c", "slot", "list" }).stdout:match("Slot Id %->%s+(%d+)%s+Label %->%s+" .. label .. "%s")
+end
+
+t.test("ten wrong lunacm CO logins at once: nine reach the partition, the tenth is refused", function()
+  local slot = slot_of("hsm2%-par1")
+  t.ok(slot, "the partition is a slot")
+  local results = dhsm.parallel({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, function()
+    local run = lunacm { "-c", "role", "login", "-name", "co", "-slot", slot }
+    run.password = wrong()
+    local ok, r = pcall(proc.lunacm_login, run)
+    if not ok then return { ok = false, code = dhsm.error.normalize(r).code } end
+    return { ok = r.ok, code = r.code }
+  end)
+  t.eq(partition_state("hsm2"), { co_failures = 9, pso_failures = 0, co_locked = false })
+  t.eq(codes(results), { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 1 })
+  local run = lunacm { "-c", "role", "login", "-name", "co", "-slot", slot }
+  run.password, run.allow_destructive_login = estate:secret("hsm2_par1_co_pin"), true
+  t.eq(proc.lunacm_login(run).ok, true)
+  t.eq(partition_state("hsm2").co_failures, 0)
+end, { timeout = 180 })
+
+t.test("lunacm logins go nowhere but through the guard, however spelled", function()
+  local before = partition_state("hsm1")
+  local function refused(args, stdin, code)
+    local o = lunacm(args)
+    o.stdin = stdin
+    t.raises(function() proc.run(o) end, code or "UnguardedLogin")
+  end
+  local pin = { wrong(), "\n" }
+  local slot = slot_of("hsm1%-par1")
+  refused({ "-c", "role", "login", "-name", "co", "-slot", slot }, pin)
+  refused({ "-c", "ROLE", "LOGI", "-n", "co", "-s", "0" }, pin)
+  refused({ "-c", "ro lo -n so" }, pin)
+  refused({ "-c", "role", "-name", "co", "login" }, pin)
+  refused({ "-c", "role", "changepw", "-name", "co" }, pin)
+  refused({ "-c", "ha", "cr", "-l", "g", "-slot", "0" }, pin)
+  refused({ "-c", "hagroup", "addMember", "-group", "g", "-slot", "0" }, pin)
+  refused({ "-c", "hagroup", "synchronize", "-group", "g" }, pin)
+  refused({ "-c", "hagroup", "listGroups" }, pin)                -- a secret where a login could take it
+  refused({}, "role login -name co -slot 0\nwrong\n")            -- commands on stdin
+  t.raises(function() proc.spawn(lunacm {}) end, "UnguardedLogin")
+  local sync = lunacm { "-c", "hagroup", "synchronize", "-group", "g" }
+  sync.password = wrong()
+  t.raises(function() proc.lunacm_login(sync) end, "UnsupportedLogin")
+  t.eq(pcall(require, "dhsm.proc.core"), false)
+  t.eq(partition_state("hsm1"), before, "nothing reached the partition")
+  -- what is not a login still runs
+  t.eq(proc.run(lunacm { "-c", "role", "show", "-slot", slot }).status, 0)
+end, { timeout = 120 })
+
+---------------------------------------------------------------------------
+-- 2. no way around the guard
+
+-- Spellings LunaSH reads as `hsm login` (the simulator's parser: words and
+-- options abbreviated, any case, quotes, extra blanks), plus the ones it
+-- would refuse as ambiguous or misplaced, which the guard treats as logins
+-- all the same.
+local SO_SPELLINGS = {
+  "hsm login", "HSM LOGIN", "Hsm LoGiN", "hsm logi", "hsm log", "hs login", "h login",
+  "  hsm \t login  ", "hsm login -password not-the-password", "hsm login -p not-the-password",
+  "hsm -password not-the-password login", "HS LOGI -PASS not-the-password", [["hsm" login]], "hsm 'login'",
+  [[hsm lo"g"in]], [[hsm log\in]], "hsm lo", "hsm l",
+}
+local AUDIT_SPELLINGS = { "audit login", "AUDIT LOGI", "a login", "au lo -p x", "audit -serial 1 login" }
+local OTHER_LOGINS = { "role login -name co", "partition showContents -partition p1", "hsm changePw", "par showc -par p" }
+
+t.test("every spelling of a login classifies as one", function()
+  for _, c in ipairs(SO_SPELLINGS) do t.eq(luna.classify(c), "login:so", c) end
+  for _, c in ipairs(AUDIT_SPELLINGS) do t.eq(luna.classify(c), "login:audit", c) end
+  for _, c in ipairs(OTHER_LOGINS) do t.eq(luna.classify(c), "login:unsupported", c) end
+  -- and what is not a login stays what it was
+  t.eq({ luna.classify("hsm logout") }, { "write", "hsm logout" })
+  t.eq({ luna.classify("hsm init -label lo") }, { "write", "hsm init" })
+  t.eq({ luna.classify("par li") }, { "read", "partition list" })
+  t.eq({ luna.classify("ntls ipcheck show") }, { "read", "ntls ipcheck" })
+  t.eq({ luna.classify("hsm ze -f") }, { "write", "hsm zeroize" })
+end)
+
+t.test("at one attempt left, no spelling and no option gets an SO login out", function()
+  local audit = t.audit_log()
+  local s = fail_so("hsm4", 2)
+  t.eq(so_state("hsm4").failures, 2)
+  for _, c in ipairs(SO_SPELLINGS) do
+    t.raises(function() s:run(c, { password = wrong() }) end, "LastLoginAttempt")
+    t.raises(function() s:run(c, { guarded = true, answers = { { match = "[Pp]assword", answer = wrong() } } }) end,
+      "LastLoginAttempt")
+    t.raises(function() s:must(c, { password = wrong() }) end, "LastLoginAttempt")
+  end
+  t.raises(function() s:login_so(wrong()) end, "LastLoginAttempt")
+  for _, c in ipairs(OTHER_LOGINS) do t.raises(function() s:run(c, { password = wrong() }) end, "UnsupportedLogin") end
+  t.eq(so_state("hsm4"), { failures = 2, zeroized = false }, "nothing reached the appliance")
+  for _, r in ipairs(t.audit_records(audit)) do
+    t.ok(not (r.command or ""):find("not-the-password", 1, true), "no literal password in the audit log")
+  end
+  reset_so("hsm4")
+end, { timeout = 120 })
+
+t.test("no raw object, method or module writes to the shell around the guard", function()
+  local s = open("hsm1")
+  for _, name in ipairs { "exchange", "login", "read_until", "ssh", "shell", "buf" } do
+    t.eq(s[name], nil, "session field " .. name)
+  end
+  -- nothing the session holds or inherits is an SSH object
+  local seen = {}
+  local function walk(v, path)
+    if seen[v] then return end
+    seen[v] = true
+    t.ok(not tostring(v):find("^ssh "), path .. " is " .. tostring(v))
+    if type(v) == "table" then
+      for k, x in pairs(v) do walk(x, path .. "." .. tostring(k)) end
+      local mt = getmetatable(v)
+      if mt then walk(mt, path .. "<mt>") end
+    end
+  end
+  walk(s, "session")
+  walk(luna, "luna")
+  for _, m in ipairs { "dhsm.luna.ssh", "dhsm.pkcs11.core", "dhsm.proc.core" } do
+    t.eq(pcall(require, m), false, m .. " is private")
+    t.eq(package.preload[m], nil)
+  end
+  -- the rules cannot be patched from outside: the guard and the grammar are
+  -- read-only, and the write path does not look luna.classify up
+  t.raises(function() guard.attempt = function() end end, "read%-only")
+  t.raises(function() guard.THRESHOLDS.so = 100 end, "read%-only")
+  t.raises(function() require("dhsm.luna.cli").readings = function() return {} end end, "read%-only")
+  t.raises(function() luna.DESTRUCTIVE["hsm zeroize"] = nil end, "read%-only")
+  local classify = luna.classify
+  luna.classify = function() return "read", "hsm show" end
+  t.cleanup(function() luna.classify = classify end)
+  t.raises(function() s:run("hsm login -password x") end, "needs password=")
+  -- a copy of dhsm.luna loaded from its embedded source gets no SSH module
+  local src = require("dhsm.sys").embedded_read("m", "dhsm.luna")
+  t.ok(src, "the embedded source")
+  t.raises(function() load(src, "=copy")("dhsm.luna", "x") end, "private")
+end)
+
+t.test("an answer cannot carry a second command: a login after a line end is never sent", function()
+  local s = open("hsm1")
+  local before = so_state("hsm1").failures
+  local injection = "quit\nhsm login -password not-the-password"
+  t.raises(function() s:run("sysconf regenCert", { answers = { { match = "proceed", answer = injection } } }) end,
+    "no line end or control character")
+  local s2 = open("hsm1")
+  t.raises(function()
+    s2:run("sysconf regenCert", { answers = { { match = "proceed", answer = dhsm.secret.value(injection) } } })
+  end, "this secret does")
+  local s3 = open("hsm1")
+  t.raises(function() s3:run("sysconf regenCert", { answers = { { match = "proceed", answer = "hsm login" } } }) end,
+    "UnguardedLogin")
+  for _, c in ipairs { "hsm lo\127\127login", "hsm login\21hsm login", "hsm log\bin" } do
+    t.raises(function() open("hsm1"):run(c, { password = wrong() }) end, "control character")
+  end
+  t.eq(so_state("hsm1").failures, before, "nothing reached the appliance")
+end)
+
+---------------------------------------------------------------------------
+-- 3. intent before a destructive command
+
+t.test("a process killed while hsm zeroize runs leaves the intent in the audit log", function()
+  local state = t.tmpdir()
+  estate:appliance("hsm3", { slow_command = "5000:hsm zeroize" })
+  t.cleanup(function() estate:appliance("hsm3", { slow_command = "" }) end)
+  local code = [[
+    local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
+    local s = require("dhsm.luna").open(inv:hsm("hsm3"))
+    s:run("hsm zeroize -force")
+    print("answered")
+  ]]
+  local audit = state .. "/audit.jsonl"
+  local run = child(code, state)
+  run.timeout = nil
+  local p <close> = proc.spawn(run)
+  local deadline, intent = dhsm.now() + 60, nil
+  while not intent and dhsm.now() < deadline do
+    for _, r in ipairs(t.audit_records(audit)) do
+      if r.action == "luna.command" and r.outcome == "sending" then intent = r end
+    end
+    if not intent then dhsm.sleep(0.01) end
+  end
+  p:kill(9)
+  local status = p:wait(30)
+  t.eq(status.signal, 9, "killed, not finished")
+  t.ok(intent, "the intent record was written before the command")
+  t.eq({ intent.target, intent.command }, { "hsm3", "hsm zeroize -force" })
+  -- the appliance acts all the same: the record is the only trace dhsm leaves
+  deadline = dhsm.now() + 60
+  while not so_state("hsm3").zeroized and dhsm.now() < deadline do dhsm.sleep(0.05) end
+  t.eq(so_state("hsm3").zeroized, true)
+end, { timeout = 120 })
+
+t.test("every command that changes something is audited twice: its intent, then its result", function()
+  local audit = t.audit_log()
+  local s = open("hsm1")
+  s:run("client delete -client nobody -force")
+  s:run("client list")
+  local seen = {}
+  for _, r in ipairs(t.audit_records(audit)) do
+    if r.action == "luna.command" then seen[#seen + 1] = r.command .. " " .. r.outcome end
+  end
+  t.eq(seen, { "client delete -client nobody -force sending", "client delete -client nobody -force 65535",
+    "client list 0" })
+end)
