@@ -5,6 +5,7 @@
 #   make test       build and run every test; last line "N passed, N failed"
 #   make check      the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo       the main job against the simulated estate
+#   make fuzz       every parser fuzzed, FUZZ_SECONDS=60 per driver (tests/fuzz)
 #   make install    PREFIX=/usr/local: the binary and its man page
 
 PREFIX  ?= /usr/local
@@ -39,7 +40,7 @@ DATA_FILES  := $(sort $(wildcard playbooks/templates/*))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps test check demo install clean unit lua-syntax bench
+.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz
 all: $(BIN)
 
 $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
@@ -90,6 +91,16 @@ check: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh ./$(BIN)
+
+# Each driver in turn (one line each: runs, runs/s, failures); failing
+# inputs are kept in $(O)/fuzz-findings/DRIVER/.  FUZZ_SEED=N replays a run.
+FUZZ_SECONDS ?= 60
+fuzz: all
+	@state=$$(mktemp -d); status=0; \
+	for d in tests/fuzz/*_fuzz.lua; do \
+	  XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	    FUZZ_FINDINGS=$(O)/fuzz-findings ./$(BIN) exec $$d || status=1; \
+	done; rm -rf $$state; exit $$status
 
 bench: all $(O)/bench/p11_sign_c
 	@for b in bench/*.lua; do P11_SIGN_C=$(O)/bench/p11_sign_c ./$(BIN) exec $$b; done

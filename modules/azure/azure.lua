@@ -52,22 +52,57 @@ local function drop_nulls(v)
   return v
 end
 
-local function decode(body)
-  if body == nil or body == "" then return nil end
-  local ok, v = pcall(cjson.decode, body)
-  if ok then return drop_nulls(v) end
-  return nil
-end
-
 function M.uuid()
   local h = sys.random_hex(16)
   return ("%s-%s-4%s-%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(14, 16), h:sub(17, 20), h:sub(21, 32))
 end
 
 ---------------------------------------------------------------------------
--- errors
+-- replies: what the transport gave, read defensively.  Everything from the
+-- wire may be malformed; what this client cannot understand becomes an
+-- azure error BadResponse, never a Lua error in the middle of a playbook.
 
--- An ARM, AAD or IMDS error reply as a dhsm error.
+local function display(url)
+  return (tostring(url):gsub("^https?://[^/]+", ""):gsub("%?.*$", ""))
+end
+
+local function header(r, name)
+  local v = type(r.headers) == "table" and r.headers[name]
+  return type(v) == "string" and v or nil
+end
+
+local function text(v)
+  return type(v) == "string" and v or nil
+end
+
+-- Retry-After in seconds (delta-seconds only; a date, a negative or a
+-- malformed value is ignored and our own backoff applies).
+local function retry_after(r)
+  local v = header(r, "retry-after")
+  local n = v and v:match("^%s*(%d+)%s*$")
+  return n and tonumber(n) or nil
+end
+
+local BODY_KEPT = 4096       -- bytes of a reply body kept in an error's details
+
+-- A reply this client cannot understand.
+local function bad_response(method, url, r, what)
+  local raw = text(r.raw) or text(r.body) or ""
+  local rid = header(r, "x-ms-request-id")
+  local err = dhsm.error.new {
+    kind = "azure", code = "BadResponse", retryable = RETRY_STATUS[r.status] == true,
+    message = ("%s %s: unexpected reply (HTTP %s, request id %s): %s"):format(method, display(url),
+      tostring(r.status), rid or "none", what),
+    details = { status = r.status, method = method, url = url, body = raw:sub(1, BODY_KEPT),
+      request_id = rid, correlation_id = header(r, "x-ms-correlation-request-id") },
+  }
+  err.status = r.status
+  return err
+end
+M.bad_response = bad_response
+
+-- An ARM, AAD or IMDS error reply as a dhsm error (json: the decoded body,
+-- an object or nil); a body that is JSON of another shape is BadResponse.
 local function reply_error(method, url, r, json)
   local e = json and json.error
   local code, message, fields = nil, nil, {}
@@ -77,15 +112,19 @@ local function reply_error(method, url, r, json)
   elseif type(e) == "string" then               -- AAD / IMDS: {"error": "...", "error_description": "..."}
     code, message = e, json.error_description
   end
-  local raw = r.body or ""
+  if json and (type(e) ~= "table" and type(e) ~= "string" and e ~= nil
+      or code ~= nil and type(code) ~= "string" or message ~= nil and type(message) ~= "string") then
+    return bad_response(method, url, r, "the error is not {code, message} strings")
+  end
+  local raw = text(r.body) or ""
   code = code or ("HTTP" .. r.status)
   message = message or (raw ~= "" and raw:sub(1, 300)) or ("HTTP status " .. r.status)
   local err = dhsm.error.new {
     kind = "azure", code = code, retryable = RETRY_STATUS[r.status] == true,
-    message = ("%s %s: %s"):format(method, url:gsub("^https?://[^/]+", ""):gsub("%?.*$", ""), message),
+    message = ("%s %s: %s"):format(method, display(url), message),
     details = {
-      status = r.status, method = method, url = url, body = raw,
-      request_id = r.headers["x-ms-request-id"], correlation_id = r.headers["x-ms-correlation-request-id"],
+      status = r.status, method = method, url = url, body = raw:sub(1, BODY_KEPT),
+      request_id = header(r, "x-ms-request-id"), correlation_id = header(r, "x-ms-correlation-request-id"),
       target = fields.target, details = fields.details, innererror = fields.innererror,
     },
   }
@@ -94,40 +133,93 @@ local function reply_error(method, url, r, json)
 end
 M.reply_error = reply_error
 
+-- interpret(method, url, r): r is what the transport gave ({status=,
+-- headers=, body=} and, for a token, secret= and json=).  Returns
+-- {status=, headers=, body=(decoded object or nil), raw=, secret=,
+--  retry_after=, error=(a dhsm error when the reply is a failure)}.
+-- Pure: no I/O, so it can be driven directly (tests/fuzz/arm_reply.lua).
+function M.interpret(method, url, r)
+  if type(r) ~= "table" then r = {} end
+  local status = math.type(r.status) == "integer" and r.status or nil
+  local raw = text(r.body) or ""
+  local reply = { status = status, headers = type(r.headers) == "table" and r.headers or {}, raw = raw,
+    secret = r.secret, retry_after = retry_after(r) }
+  local json, decoded = nil, false
+  if r.secret then
+    json, decoded = type(r.json) == "table" and drop_nulls(r.json) or {}, true
+  elseif raw:find("%S") then
+    local ok, v = pcall(cjson.decode, raw)
+    if ok then
+      decoded = true
+      if type(v) == "table" and v[1] == nil then json = drop_nulls(v) end
+    end
+  end
+  if not status or status < 200 or status > 599 or (status >= 300 and status < 400) then
+    reply.error = bad_response(method, url, r, "HTTP status " .. tostring(r.status))
+  elseif status >= 400 then
+    if decoded and not json then
+      reply.error = bad_response(method, url, r, "an error body that is not a JSON object")
+    else
+      reply.error = reply_error(method, url, r, json)
+    end
+  elseif raw:find("%S") and not json then
+    reply.error = bad_response(method, url, r, decoded and "a JSON body that is not an object" or "a body that is not JSON")
+  end
+  reply.body = json
+  reply.code = reply.error and reply.error.code
+  return reply
+end
+
 ---------------------------------------------------------------------------
 -- credentials: each returns (token secret, lifetime in seconds)
 
 local Client = {}
 Client.__index = Client
 
-local function token_reply(c, what, r)
-  if r.secret then
-    return r.secret, tonumber(r.json.expires_in) or 3599
+-- A token's lifetime in seconds: expires_in as AAD (a number) or IMDS (a
+-- string) send it, within sane bounds.
+local function lifetime_of(expires_in)
+  local n = tonumber(expires_in)
+  if not n or n ~= n then n = 3599 end
+  return math.max(1, math.min(n, 86400))
+end
+
+-- A token request, retried like an ARM call (429, 5xx and transport
+-- failures; Retry-After honoured) within retry_deadline (default the
+-- client's): asking for a token changes nothing, so every failure that may
+-- pass is worth another attempt.
+local function token_request(c, what, req, retry_deadline)
+  req.timeout = req.timeout or c.timeout
+  req.secret_field = "access_token"
+  local reply, err, attempts = c:retrying(retry_deadline or c.retry_deadline, function(n)
+    return c:exchange(req, true, n)
+  end)
+  if reply and not err then
+    if reply.secret then return reply.secret, lifetime_of(reply.body.expires_in) end
+    err = bad_response(req.method, req.url, reply, "no access_token in the token reply")
   end
-  local err = reply_error("POST", r.url or what, r, decode(r.body))
   err.message = ("cannot get a token (%s): %s"):format(what, err.message)
+  if attempts > 1 then err.attempts = attempts end
   error(err, 0)
 end
 
 local function client_secret_token(c, cred)
   local url = ("%s/%s/oauth2/v2.0/token"):format(c.authority, c.tenant)
-  local r = c.session:request {
-    method = "POST", url = url, timeout = c.timeout, secret_field = "access_token",
+  return token_request(c, "client secret of " .. tostring(cred.client_id), {
+    method = "POST", url = url,
     form = { grant_type = "client_credentials", client_id = cred.client_id,
       client_secret = cred.secret, scope = c.audience .. "/.default" },
-  }
-  r.url = url
-  return token_reply(c, "client secret of " .. tostring(cred.client_id), r)
+  })
 end
 
-local function managed_identity_token(c, cred)
+-- retry_deadline: 0 when probing for a managed identity in the chain (one
+-- attempt; off Azure there is nothing at the IMDS address).
+local function managed_identity_token(c, cred, retry_deadline)
   local query = "api-version=2018-02-01&resource=" .. M.escape(c.audience .. "/")
   if cred.client_id then query = query .. "&client_id=" .. M.escape(cred.client_id) end
-  local url = c.imds_endpoint .. "/metadata/identity/oauth2/token?" .. query
-  local r = c.session:request { method = "GET", url = url, headers = { Metadata = "true" },
-    timeout = math.min(c.timeout, 10), secret_field = "access_token" }
-  r.url = url
-  return token_reply(c, "managed identity", r)
+  return token_request(c, "managed identity", { method = "GET", headers = { Metadata = "true" },
+    url = c.imds_endpoint .. "/metadata/identity/oauth2/token?" .. query, timeout = math.min(c.timeout, 10) },
+    retry_deadline)
 end
 
 -- `az account get-access-token`: the CLI prints the token, which is turned
@@ -171,7 +263,7 @@ end
 function Client:fetch_token()
   local cred = self.credential
   if cred.type ~= "chain" then return SOURCES[cred.type](self, cred) end
-  local ok, tok, lifetime = pcall(managed_identity_token, self, {})
+  local ok, tok, lifetime = pcall(managed_identity_token, self, {}, 0)
   if ok then return tok, lifetime end
   local ok2, tok2, lifetime2 = pcall(azure_cli_token, self)
   if ok2 then return tok2, lifetime2 end
@@ -313,23 +405,45 @@ local function is_token_problem(code)
     or code == "AuthenticationFailed"
 end
 
-local function display(url)
-  return (url:gsub("^https?://[^/]+", ""):gsub("%?.*$", ""))
+-- Seconds to wait before retrying, or nil: 429 and 5xx (a POST only on
+-- 429, refused before processing), transport failures (a POST only when
+-- it cannot have been sent).
+local function retry_delay(reply, err, idempotent, attempts)
+  if reply then
+    if RETRY_STATUS[reply.status] and (idempotent or reply.status == 429) then
+      return backoff(attempts, reply.retry_after)
+    end
+    return nil
+  end
+  if dhsm.error.is(err, "net") and err.retryable and (idempotent or NOT_SENT[err.code]) then
+    return backoff(attempts)
+  end
 end
 
--- One attempt: the reply table, or nil and the error raised by the transport.
-function Client:attempt(method, url, body, opts)
-  local headers = {
-    Authorization = { "Bearer ", self:token() },
-    Accept = "application/json",
-    ["x-ms-correlation-request-id"] = opts.correlation_id,
-  }
-  if body then headers["Content-Type"] = "application/json" end
-  for k, v in pairs(opts.headers or {}) do headers[k] = v end
-  local ok, r = pcall(self.slots.run, self.slots, self.session.request, self.session,
-    { method = method, url = url, headers = headers, body = body, timeout = opts.timeout or self.timeout })
-  if ok then return r end
-  return nil, r
+-- One request through the connection slots, interpreted: the reply (nil
+-- when the transport failed), its error or the transport's, and the
+-- seconds to wait before a retry (nil: no retry).
+function Client:exchange(req, idempotent, attempts)
+  local ok, r = pcall(self.slots.run, self.slots, self.session.request, self.session, req)
+  if not ok then return nil, r, retry_delay(nil, r, idempotent, attempts) end
+  local reply = M.interpret(req.method, req.url, r)
+  return reply, reply.error, retry_delay(reply, reply.error, idempotent, attempts)
+end
+
+-- Repeat attempt(n) -> reply, err, retry_in while it asks for a retry, at
+-- most max_attempts times and not past retry_deadline seconds from now.
+-- Returns the last reply, err and the number of attempts.
+function Client:retrying(retry_deadline, attempt)
+  local deadline = dhsm.now() + retry_deadline
+  local attempts = 0
+  while true do
+    attempts = attempts + 1
+    local reply, err, retry_in = attempt(attempts)
+    if retry_in == nil or attempts >= self.max_attempts or dhsm.now() + retry_in > deadline then
+      return reply, err, attempts
+    end
+    dhsm.sleep(retry_in)
+  end
 end
 
 -- request(method, path, {body=, api_version=, query=, headers=, timeout=,
@@ -348,47 +462,42 @@ function Client:request(method, path, opts)
   local body = opts.body ~= nil and (type(opts.body) == "string" and opts.body or cjson.encode(opts.body)) or nil
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
-  opts.correlation_id = opts.correlation_id or M.uuid()
+  local correlation_id = opts.correlation_id or M.uuid()
   if mutation then
     -- The intent first: if dhsm dies while the request is out, the log
     -- still says it may have reached ARM (the correlation id finds it).
     dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = "sending",
-      correlation_id = opts.correlation_id }
+      correlation_id = correlation_id }
   end
-  local deadline = dhsm.now() + (opts.retry_deadline or self.retry_deadline)
-  local t0, attempts, renewed = dhsm.now(), 0, false
-  local r, err, json
-  while true do
-    attempts = attempts + 1
-    r, err = self:attempt(method, url, body, opts)
-    json = r and decode(r.body)
-    local retry_in
-    if r and r.status == 401 and not renewed and is_token_problem(json and json.error and json.error.code) then
+  local t0, renewed = dhsm.now(), false
+  local r, err, attempts = self:retrying(opts.retry_deadline or self.retry_deadline, function(n)
+    local headers = {
+      Authorization = { "Bearer ", self:token() },
+      Accept = "application/json",
+      ["x-ms-correlation-request-id"] = correlation_id,
+      ["Content-Type"] = body and "application/json" or nil,
+    }
+    for k, v in pairs(opts.headers or {}) do headers[k] = v end
+    local reply, e, retry_in = self:exchange({ method = method, url = url, headers = headers, body = body,
+      timeout = opts.timeout or self.timeout }, idempotent, n)
+    if reply and reply.status == 401 and not renewed and is_token_problem(reply.code) then
       self:forget_token()                      -- expired or revoked: one fresh token, at once
       renewed, retry_in = true, 0
-    elseif r and RETRY_STATUS[r.status] and (idempotent or r.status == 429) then
-      retry_in = backoff(attempts, r.headers["retry-after"])
-    elseif not r and dhsm.error.is(err, "net") and err.retryable and (idempotent or NOT_SENT[err.code]) then
-      retry_in = backoff(attempts)
     end
-    if retry_in == nil or attempts >= self.max_attempts or dhsm.now() + retry_in > deadline then break end
-    dhsm.sleep(retry_in)
-  end
+    return reply, e, retry_in
+  end)
   local outcome = r and tostring(r.status) or ("error " .. tostring(err.code))
-  if r and r.status >= 400 then
-    err = reply_error(method, url, r, json)
-    outcome = ("%d %s"):format(r.status, err.code)
-  end
+  if r and err then outcome = ("%d %s"):format(r.status or 0, err.code) end
   if mutation then
     dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = outcome,
       duration_ms = (dhsm.now() - t0) * 1000, attempts = attempts,
-      request_id = r and r.headers["x-ms-request-id"], correlation_id = opts.correlation_id }
+      request_id = r and header(r, "x-ms-request-id"), correlation_id = correlation_id }
   end
   if err then
     if attempts > 1 then err.attempts = attempts end
     error(err, 0)
   end
-  return { status = r.status, headers = r.headers, body = json, raw = r.body, method = method, path = path, url = url }
+  return { status = r.status, headers = r.headers, body = r.body, raw = r.raw, method = method, path = path, url = url }
 end
 
 function Client:get(path, opts) return self:request("GET", path, opts) end
@@ -397,12 +506,45 @@ function Client:patch(path, opts) return self:request("PATCH", path, opts) end
 function Client:post(path, opts) return self:request("POST", path, opts) end
 function Client:delete(path, opts) return self:request("DELETE", path, opts) end
 
--- The resource at path, or nil when ARM answers 404.
-function Client:find(path, opts)
+-- The reply for path, or nil when ARM answers 404.
+local function find_reply(self, path, opts)
   local ok, r = pcall(self.get, self, path, opts)
-  if ok then return r.body end
+  if ok then return r end
   if dhsm.error.is(r, "azure") and r.status == 404 then return nil end
   error(r, 0)
+end
+
+-- The resource at path, or nil when ARM answers 404.
+function Client:find(path, opts)
+  local r = find_reply(self, path, opts)
+  return r and r.body
+end
+
+local function malformed(r, what)
+  error(bad_response(r.method or "GET", r.url or r.path or "?", r, what), 0)
+end
+
+-- A URL ARM gave back to poll or to page through (nil stays nil).  The
+-- bearer token goes with it, so it must be a path or a URL on the ARM
+-- endpoint itself; anything else is a BadResponse of reply r.
+function Client:own_url(u, r, what)
+  if u == nil then return nil end
+  if type(u) == "string" and #u <= 8192 and not u:find("[%c%s]") then
+    if u:match("^/[^/]") then return u end
+    if u:sub(1, #self.endpoint + 1) == self.endpoint .. "/" then return u end
+  end
+  malformed(r, ("%s %s is not a URL on %s"):format(what, type(u) == "string" and ("%q"):format(u:sub(1, 200)) or type(u), self.endpoint))
+end
+
+-- One page of a list reply: its items (each an object) and its nextLink.
+function M.list_page(r)
+  local body = r.body or {}
+  local value = body.value
+  if value ~= nil and type(value) ~= "table" then malformed(r, "'value' is not a list") end
+  for i, v in ipairs(value or {}) do
+    if type(v) ~= "table" then malformed(r, ("item %d of 'value' is not an object"):format(i)) end
+  end
+  return value or {}, body.nextLink
 end
 
 -- Every item of a list, following nextLink.
@@ -411,8 +553,9 @@ function Client:list(path, opts)
   local seen = 0
   while next_url do
     local r = self:get(next_url, opts)
-    for _, v in ipairs(r.body and r.body.value or {}) do items[#items + 1] = v end
-    next_url = r.body and r.body.nextLink
+    local page, link = M.list_page(r)
+    table.move(page, 1, #page, #items + 1, items)
+    next_url = self:own_url(link, r, "nextLink")
     seen = seen + 1
     if seen > 1000 then dhsm.error { kind = "azure", code = "EndlessPaging", message = "more than 1000 pages at " .. path } end
   end
@@ -425,8 +568,11 @@ end
 local TERMINAL = { Succeeded = true, Failed = true, Canceled = true }
 
 -- "Resource creation failed. GatewayNotReady: ..." -> "GatewayNotReady"
+-- (the letters before the first ':', found without a backtracking pattern)
 local function code_from_status_message(msg)
-  return type(msg) == "string" and msg:match("([%a]+):") or nil
+  local colon = type(msg) == "string" and msg:find(":", 1, true)
+  local code = colon and util.suffix(msg:sub(1, colon - 1), "%a")
+  return code ~= "" and code or nil
 end
 
 local function progress(opts, state, t0)
@@ -443,26 +589,52 @@ function Client:poll(what, opts, fn)
   local timeout = opts.timeout or 1800
   local interval = opts.interval or self.poll_interval
   while true do
-    local done, state, retry_after = fn()
+    local done, state, wait_s = fn()
     if done then return state end
     progress(opts, state or "waiting", t0)
-    local ra = tonumber(retry_after)
-    local wait = (ra and ra > 0) and ra or interval     -- "Retry-After: 0" is no reason to spin
+    local ra = wait_s and wait_s > 0 and wait_s or nil   -- "Retry-After: 0" is no reason to spin
+    local wait = ra or interval
     if dhsm.now() - t0 + wait > timeout then
       dhsm.error { kind = "timeout", code = "OperationTimedOut", retryable = true,
         message = ("%s: still %s after %s"):format(what, tostring(state),
           util.duration(dhsm.now() - t0)) }
     end
     dhsm.sleep(wait)
-    if not (ra and ra > 0) then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
+    if not ra then interval = math.min(interval * 1.5, math.max(opts.interval or self.poll_interval, 60)) end
   end
 end
 
 local function failed_operation(what, body)
-  local e = body and body.error or {}
-  dhsm.error { kind = "azure", code = e.code or "OperationFailed",
-    message = ("%s: %s"):format(what, e.message or ("operation " .. tostring(body and body.status))),
+  local e = type(body.error) == "table" and body.error or {}
+  dhsm.error { kind = "azure", code = text(e.code) or "OperationFailed",
+    message = ("%s: %s"):format(what, text(e.message) or ("operation " .. tostring(body.status))),
     details = { error = e } }
+end
+
+-- An Azure-AsyncOperation poll reply: done, status (raises when the
+-- operation failed, or when the reply says nothing readable).
+function M.operation_state(r, what)
+  local body = r.body or {}
+  local status = body.status
+  if status == nil then status = "InProgress" end
+  if type(status) ~= "string" or #status > 100 then malformed(r, "the operation's 'status' is not a short string") end
+  if status == "Failed" or status == "Canceled" then failed_operation(what, body) end
+  return TERMINAL[status] == true, status
+end
+
+-- A resource being waited for: done, provisioningState (raises when
+-- provisioning failed, or when the state is unreadable).
+function M.resource_state(r, what, deleting)
+  local props = (r.body or {}).properties
+  if props ~= nil and type(props) ~= "table" then malformed(r, "'properties' is not an object") end
+  local state = (props or {}).provisioningState or "Succeeded"
+  if type(state) ~= "string" or #state > 100 then malformed(r, "'provisioningState' is not a short string") end
+  if state == "Failed" or state == "Canceled" then
+    dhsm.error { kind = "azure", code = code_from_status_message(props.statusMessage) or "ProvisioningFailed",
+      message = ("%s: provisioning %s: %s"):format(what, state, tostring(props.statusMessage)),
+      details = { resource = r.body } }
+  end
+  return (not deleting) and state == "Succeeded", state
 end
 
 -- wait(response | path, {timeout=, interval=, on_progress=fn{state, elapsed, text}, deleting=})
@@ -474,14 +646,16 @@ function Client:wait(what, opts)
   if resp.check then return nil end                       -- check mode: nothing was sent
   local path = resp.path
   local deleting = opts.deleting or resp.method == "DELETE"
-  local async = resp.headers["azure-asyncoperation"]
-  local location = resp.headers["location"]
+  local async = self:own_url(header(resp, "azure-asyncoperation"), resp, "Azure-AsyncOperation")
+  local location = self:own_url(header(resp, "location"), resp, "Location")
+  if resp.status == 202 and not async and not location then
+    malformed(resp, "202 Accepted without Azure-AsyncOperation or Location to follow")
+  end
   if async then
     self:poll(display(path), opts, function()
       local r = self:get(async)
-      local status = r.body and r.body.status or "InProgress"
-      if status == "Failed" or status == "Canceled" then failed_operation(display(path), r.body) end
-      return TERMINAL[status], status, r.headers["retry-after"]
+      local done, status = M.operation_state(r, display(path))
+      return done, status, retry_after(r)
     end)
     if deleting or resp.method == "POST" then return nil end
     return self:get(path).body
@@ -493,27 +667,21 @@ function Client:wait(what, opts)
         error(r, 0)
       end
       return r.status ~= 202, r.status == 202 and (deleting and "Deleting" or "Accepted") or "done",
-        r.headers["retry-after"]
+        retry_after(r)
     end)
     if deleting or resp.method == "POST" then return nil end
     return self:get(path).body
   end
   local final
   self:poll(display(path), opts, function()
-    local body = self:find(path)
+    local r = find_reply(self, path)
+    local body = r and r.body
     if body == nil then
       if deleting then return true, "gone" end
       dhsm.error { kind = "azure", code = "ResourceNotFound", message = display(path) .. ": disappeared while waiting" }
     end
     final = body
-    local props = body.properties or {}
-    local state = props.provisioningState or "Succeeded"
-    if state == "Failed" or state == "Canceled" then
-      dhsm.error { kind = "azure", code = code_from_status_message(props.statusMessage) or "ProvisioningFailed",
-        message = ("%s: provisioning %s: %s"):format(display(path), state, tostring(props.statusMessage)),
-        details = { resource = body } }
-    end
-    return (not deleting) and state == "Succeeded", state
+    return M.resource_state(r, display(path), deleting)
   end)
   return (not deleting) and final or nil
 end

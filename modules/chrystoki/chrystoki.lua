@@ -24,11 +24,9 @@ local Conf = {}
 Conf.__index = Conf
 
 local function position(text, at)
-  local line, col = 1, 1
-  for i = 1, at - 1 do
-    if text:byte(i) == 10 then line, col = line + 1, 1 else col = col + 1 end
-  end
-  return line, col
+  local before = text:sub(1, at - 1)
+  local _, newlines = before:gsub("\n", "")
+  return newlines + 1, at - (before:match(".*\n()") or 1) + 1
 end
 
 local function fail(name, text, at, what)
@@ -51,6 +49,7 @@ end
 
 -- Parse text into sections: {name=, first=, close=, entries={{key=, vstart=, vend=, value=}}}
 local function parse(text, name)
+  util.check_lines(text, name)                -- no line over util.MAX_LINE
   local sections, i = {}, 1
   while true do
     i = skip(text, i)
@@ -80,7 +79,7 @@ local function parse(text, name)
         fail(name, text, keq, ("the value of '%s' must end with ';' on its line"):format(key))
       end
       local raw = text:sub(keq + 1, semi - 1)
-      local lead, trail = #raw:match("^%s*"), #raw:match("%s*$")
+      local lead, trail = #raw:match("^%s*"), #util.suffix(raw, "%s")
       local vstart, vend = keq + 1 + lead, semi - 1 - (lead == #raw and 0 or trail)
       sec.entries[#sec.entries + 1] = { key = key, vstart = vstart, vend = vend, value = util.trim(raw), line_start = i }
       i = semi + 1
@@ -92,6 +91,9 @@ end
 
 function M.parse(text, name)
   name = name or "Chrystoki.conf"
+  if type(text) ~= "string" then
+    dhsm.error { kind = "usage", message = ("chrystoki.parse: expected the text of %s, got %s"):format(name, type(text)) }
+  end
   local self = setmetatable({ name = name, original = text, edits = {}, added = {}, new_sections = {} }, Conf)
   self.parsed = parse(text, name)
   return self
@@ -145,15 +147,38 @@ function Conf:sections()
   return out
 end
 
-local function check_value(key, value)
-  value = tostring(value)
-  if value:find("[;{}\n]") then
-    dhsm.error { kind = "usage", message = ("Chrystoki.conf value of %s cannot contain ; { } or a line break"):format(key) }
+-- What set() accepts, so that what it writes parses back as that one
+-- entry: a name is letters, digits, '_', '.', '-' and inner spaces (real
+-- ones: "LunaSA Client", "ServerName00", an HA group label); a value is one
+-- line without ';', '{', '}' or control characters.
+local NAME = "^[%w_%.%-][%w_%.%- ]*$"
+
+local function bad(field, shown, expected)
+  dhsm.error { kind = "usage", code = "BadChrystokiEntry",
+    message = ("chrystoki.set: %s %s: expected %s"):format(field, shown, expected), details = { field = field } }
+end
+
+local function check_name(field, name)
+  if type(name) ~= "string" then bad(field, "is a " .. type(name), "a string") end
+  if #name > 256 or not name:match(NAME) or name:sub(-1) == " " then
+    bad(field, ("%q"):format(name:sub(1, 80)), "letters, digits, '_', '.', '-' and inner spaces (no '=', ';', '{', '}', '#' or line breaks)")
   end
-  return value
+end
+
+local function check_value(key, value)
+  if type(value) ~= "string" and type(value) ~= "number" and type(value) ~= "boolean" then
+    bad("value of " .. key, "is a " .. type(value), "a string or a number")
+  end
+  value = tostring(value)
+  if #value > util.MAX_LINE or value:find("[;{}%c]") then
+    bad("value of " .. key, ("%q"):format(value:sub(1, 80)), ("one line of at most %d bytes without ';', '{', '}' or control characters"):format(util.MAX_LINE))
+  end
+  return util.trim(value)
 end
 
 function Conf:set(section, key, value)
+  check_name("section", section)
+  check_name("key", key)
   value = check_value(key, value)
   local sec = self:section(section)
   if not sec then

@@ -1,24 +1,39 @@
 -- dhsm.luna.parse: LunaSH output as tables (formats: reference/luna.md,
 -- real 7.2 transcripts).  Each parser takes the text of one command and
 -- keeps every "Key: value" line it does not understand in .fields.
+--
+-- Every parser is linear in its input (no pattern that backtracks over a
+-- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
+-- error InputTooLong: LunaSH never prints one, and a runaway device must
+-- not stall the scheduler.
+local util = require "dhsm.util"
+
 local M = {}
 
+local trim = util.trim
+
+local function text_of(text)
+  if text == nil then return "" end
+  if type(text) ~= "string" then
+    require("dhsm").error { kind = "usage", message = ("luna.parse: expected the text of a command, got %s"):format(type(text)) }
+  end
+  return text
+end
+
 local function lines(text)
-  local out = {}
-  for l in (text or ""):gsub("\r", ""):gmatch("[^\n]*") do out[#out + 1] = l end
-  return out
+  return util.lines(text_of(text), "LunaSH output", "luna")
 end
 
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
--- "Key:   value" lines (first occurrence of a key wins)
+-- "Key:   value" lines (first occurrence of a key wins); a key has no
+-- run of two blanks inside (that is a table row) and does not start with '='.
 function M.fields(text)
   local out = {}
   for _, l in ipairs(lines(text)) do
-    local k, v = l:match("^%s*([^:=][^:]-):%s*(.-)%s*$")
-    if k and out[trim(k)] == nil and not k:find("  %S") then out[trim(k)] = v end
+    local colon = l:find(":", 1, true)
+    local k = colon and trim(l:sub(1, colon - 1))
+    if k and k ~= "" and k:sub(1, 1) ~= "=" and out[k] == nil and not k:find("  %S") then
+      out[k] = trim(l:sub(colon + 1))
+    end
   end
   return out
 end
@@ -33,10 +48,28 @@ local function int(v)
   return v and tonumber(v:match("%-?%d+"))
 end
 
+-- The "Command Result : N (what)" lines: the last one's code and text, and
+-- where it starts.  Scanned with plain finds and one cached ')' position:
+-- a gmatch with "%(([^)]*)%)" rescans to the end from every occurrence.
+local function last_result(text)
+  local code, what, last, close
+  local pos = 1
+  while true do
+    local s, e = text:find("Command Result : ", pos, true)
+    if not s then break end
+    local c, open = text:match("^(%d+) %(()", e + 1)
+    if c then
+      if close ~= false and (close == nil or close < open) then close = text:find(")", open, true) or false end
+      if close then code, what, last = tonumber(c), text:sub(open, close - 1), s end
+    end
+    pos = e + 1
+  end
+  return code, what, last
+end
+
 -- "Command Result : 0 (Success)" and "Error:  'cmd' failed. (HEX : RC_NAME)"
 function M.result(text)
-  local code, what
-  for c, w in text:gmatch("Command Result : (%d+) %(([^)]*)%)") do code, what = tonumber(c), w end
+  local code, what, last = last_result(text)
   local r = { code = code, ok = code == 0, result = what }
   local errs = {}
   for _, l in ipairs(lines(text)) do
@@ -47,7 +80,10 @@ function M.result(text)
     local hex, name = text:match("failed%. %((%x+) : ([%w_]+)%)")
     r.error = { hex = hex, name = name, lines = errs }
   end
-  r.text = text:gsub("\n?Command Result : %d+ %([^)]*%)%s*$", "")
+  r.text = text
+  if last and text:find("^Command Result : %d+ %([^)\n]*%)%s*$", last) then
+    r.text = text:sub(1, last - (text:sub(last - 1, last - 1) == "\n" and 2 or 1))
+  end
   return r
 end
 
@@ -142,16 +178,24 @@ function M.network_show(text)
   local f = M.fields(text)
   local ifaces = {}
   for _, l in ipairs(lines(text)) do
-    local key, dev, value = l:match("^(%a[%a ]-) %((%w+)%):%s*(.-)%s*$")
+    local key, dev, value = l:match("^(%a[%a ]-) %((%w+)%):(.*)$")
     if key then
       local i = ifaces[dev] or {}
       ifaces[dev] = i
       local map = { ["IP Address"] = "ip", ["HW Address"] = "mac", ["Mask"] = "mask", ["Gateway"] = "gateway" }
+      value = trim(value)
       if map[key] and value ~= "" and not value:find("^<") then i[map[key]] = value end
     end
   end
   local default = text:match("\n0%.0%.0%.0%s+%S+%s+0%.0%.0%.0%s+%S+%s+(%S+)")
   return { hostname = f["Hostname"], interfaces = ifaces, default_device = default }
+end
+
+-- Every parser takes a string (nil reads as ""), checked for length once.
+for name, parser in pairs(M) do
+  M[name] = function(text)
+    return parser(util.check_lines(text_of(text), "LunaSH output", "luna"))
+  end
 end
 
 -- NTLS syslog lines -> events (the one parser lives in dhsm.net)

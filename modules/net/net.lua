@@ -99,6 +99,23 @@ local function event_of(rest)
   return "other"
 end
 
+-- The peer ("10.0.0.1/1000", "fe80::1/1000") a line ends with, if any.
+-- Found from the end: an unanchored "([%x:]+/%d+)%s*$" rescans the whole
+-- hex run from every start and took seconds on a 32 KB line.
+local function trailing_peer(text)
+  local last = util.suffix(util.trim(text), "%S")
+  return last:match("^[%x:]+/%d+$") and last or nil
+end
+
+-- "... tlsv1 alert unknown ca" -> "unknown ca"; "...:certificate verify
+-- failed" -> "certificate verify failed": the words ending the line.
+local function trailing_words(text)
+  local words = util.suffix(text, "[%w%s]")
+  local alert = words:match("alert (.*)$")
+  local reason = text:sub(-#words - 1, -#words - 1) == ":" and words:find("%w") and util.trim(words) or nil
+  return alert and util.trim(alert), reason
+end
+
 local function parse_line(l)
   local stamp, host, pid, rest = l:match("^(%a%a%a%s+%d+ %d%d:%d%d:%d%d) (%S+) NTLS%[(%d+)%]: (.*)$")
   if not stamp then pid, rest = l:match("NTLS%[(%d+)%]: (.*)$") end
@@ -106,12 +123,9 @@ local function parse_line(l)
   local code, msg = rest:match("^info : (%S+) : (.*)$")
   local e = { time = stamp, host = host, pid = tonumber(pid), code = code, message = msg or rest, line = l,
     event = event_of(rest) }
-  e.peer = (msg or rest):match("(%d+%.%d+%.%d+%.%d+/%d+)") or (msg or rest):match("([%x:]+/%d+)%s*$")
+  e.peer = (msg or rest):match("%f[%d](%d+%.%d+%.%d+%.%d+/%d+)") or trailing_peer(msg or rest)
   e.client = rest:match('NTLS Client "([^"]*)"')
-  if e.event == "accept_error" then
-    e.alert = rest:match("alert ([%w ]-)%s*$")
-    e.reason = rest:match(":([%w ]+)%s*$")
-  end
+  if e.event == "accept_error" then e.alert, e.reason = trailing_words(rest) end
   return e
 end
 
@@ -135,9 +149,13 @@ end
 function M.ntls_log(input)
   local lines = input
   if type(input) == "string" then
-    lines = {}
-    for l in input:gsub("\r", ""):gmatch("[^\n]+") do lines[#lines + 1] = l end
-  elseif type(input) ~= "table" then
+    lines = util.lines(input, "NTLS log", "net")
+  elseif type(input) == "table" then
+    for i, l in ipairs(input) do
+      if type(l) ~= "string" then usage("net.ntls_log: line %d is a %s, expected a string", i, type(l)) end
+      util.check_lines(l, "NTLS log line " .. i, "net")
+    end
+  else
     usage("net.ntls_log: expected syslog text or a list of lines, got %s", type(input))
   end
   local events, attempts, open, pending = {}, {}, {}, {}

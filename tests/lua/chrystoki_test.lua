@@ -86,5 +86,41 @@ t.test("a malformed file is refused with the line and column", function()
     t.eq(err.message, case[2])
   end
   t.raises(function() chrystoki.load("/no/such/Chrystoki.conf") end, "cannot read")
-  t.raises(function() chrystoki.parse("A = { B = 1; }"):set("A", "B", "x;y") end, "cannot contain")
+  t.raises(function() chrystoki.parse("A = { B = 1; }"):set("A", "B", "x;y") end, "value of B")
+end)
+
+t.test("set refuses section names, keys and values that would inject entries, naming the field", function()
+  local base = "Chrystoki2 = {\n   LibUNIX64 = /usr/lib/libCryptoki2_64.so;\n}\n"
+  local cases = {
+    { "section", "Chrystoki2 = { LibUNIX64 = /tmp/evil.so; } X", "K", "v" },
+    { "section", "A\nB", "K", "v" },
+    { "section", "{", "K", "v" },
+    { "section", "", "K", "v" },
+    { "section", "# comment", "K", "v" },
+    { "section", "Misc ", "K", "v" },
+    { "key", "Chrystoki2", "A = 1; LibUNIX64", "/tmp/evil.so" },
+    { "key", "Chrystoki2", "K\nLibUNIX64", "v" },
+    { "key", "Chrystoki2", "}", "v" },
+    { "key", "Chrystoki2", "=", "v" },
+    { "key", "Chrystoki2", "K\0", "v" },
+    { "key", "Chrystoki2", 42, "v" },
+    { "value of K", "Chrystoki2", "K", "1; LibUNIX64 = /tmp/evil.so" },
+    { "value of K", "Chrystoki2", "K", "1\nLibUNIX64 = /tmp/evil.so;" },
+    { "value of K", "Chrystoki2", "K", "1 } Evil = { A = 1" },
+    { "value of K", "Chrystoki2", "K", "a\rb" },
+    { "value of K", "Chrystoki2", "K", {} },
+  }
+  for _, case in ipairs(cases) do
+    local conf = chrystoki.parse(base, "x")
+    local err = t.raises(function() conf:set(case[2], case[3], case[4]) end, "usage")
+    t.ok(err.message:find("chrystoki.set: " .. case[1], 1, true), err.message)
+    t.eq(conf:text(), base, "nothing was changed by a refused set")
+  end
+  -- what is accepted parses back as exactly that entry
+  local conf = chrystoki.parse(base, "x")
+  conf:set("LunaSA Client", "ServerName00", "10.0.0.4"):set("HASynchronize", "my-group.1", 1)
+  local again = chrystoki.parse(conf:text(), "x")
+  t.eq({ again:get("LunaSA Client", "ServerName00"), again:get("HASynchronize", "my-group.1"),
+    again:get("Chrystoki2", "LibUNIX64") }, { "10.0.0.4", "1", "/usr/lib/libCryptoki2_64.so" })
+  t.eq(again:keys("Chrystoki2"), { "LibUNIX64" })
 end)

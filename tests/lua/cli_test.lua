@@ -97,8 +97,10 @@ end)
 t.test("Ctrl-C stops code that never waits, even inside pcall", function()
   local dir = t.tmpdir()
   for _, code in ipairs { "while true do end", "while true do pcall(function() while true do end end) end" } do
-    local r = t.sh(("%s exec -e %s >%s & pid=$!; sleep 0.3; kill -INT $pid; wait $pid")
-      :format(q(t.dhsm), q("print('go') io.stdout:flush() " .. code), q(dir .. "/out")))
+    -- Ctrl-C once the loop runs (it printed 'go'), however long the start took
+    local out = q(dir .. "/out")
+    local r = t.sh(("rm -f %s; %s exec -e %s >%s & pid=$!; while ! [ -s %s ]; do sleep 0.05; done; kill -INT $pid; wait $pid")
+      :format(out, q(t.dhsm), q("print('go') io.stdout:flush() " .. code), out, out))
     t.eq(r.status, 130, code .. ": " .. r.stderr)
     t.eq(r.stderr, "dhsm: interrupted\n")
   end
@@ -169,4 +171,28 @@ t.test("user folders come before the modules embedded in the binary", function()
   t.eq(r.stdout, "user copy\n", r.stderr)
   r = dhsm_run("exec -e 'print(require(\"dhsm.pretty\").marker)'")
   t.eq(r.stdout, "nil\n")
+end)
+
+t.test("a runbook's own Lua error is 'file:line: message', its traceback only with -v", function()
+  local dir = t.tmpdir()
+  local cases = {
+    { "boom.lua", 'local x = 1\nerror("boom")\n', "boom.lua:2: boom" },
+    { "nil.lua", "local t\nlocal function f() return t.field + 1 end\nf()\n", "nil.lua:2: attempt to index a nil value" },
+    { "table.lua", "error({ code = 1 })\n", "table.lua:1: error object is a table value" },
+  }
+  for _, c in ipairs(cases) do
+    local script = t.write(dir .. "/" .. c[1], c[2])
+    local r = dhsm_run("exec " .. q(script))
+    t.eq(r.status, 1, r.stderr)
+    t.eq(select(2, r.stderr:gsub("\n", "")), 1, "one line expected:\n" .. r.stderr)
+    t.ok(r.stderr:find("^dhsm: " .. q(dir):gsub("%p", "%%%0") .. "/" .. c[3]:gsub("%p", "%%%0")), r.stderr)
+    r = dhsm_run("-v exec " .. q(script))
+    t.eq(r.status, 1, r.stderr)
+    t.ok(r.stderr:find("stack traceback:", 1, true), "-v keeps the traceback:\n" .. r.stderr)
+  end
+  local r = dhsm_run([[exec -e 'local t; print(t.x)']])
+  t.eq(r.stderr, "dhsm: (command line):1: attempt to index a nil value (local 't')\n")
+  -- an error inside dhsm itself is a bug: its traceback stays
+  r = dhsm_run([[exec -e 'require("dhsm.util").trim(nil)']])
+  t.ok(r.stderr:find("stack traceback:", 1, true), r.stderr)
 end)

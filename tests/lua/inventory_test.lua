@@ -68,6 +68,44 @@ t.test("an unknown HSM name is an error listing the known ones", function()
   t.eq(err.message, 'no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)')
 end)
 
+t.test("a file holding null, a number or a string says what it holds, without a traceback", function()
+  local dir = t.tmpdir()
+  for text, what in pairs { ["null"] = "null", ["42"] = "number", ['"x"'] = "string", ["true"] = "boolean" } do
+    t.write(dir .. "/x.json", text)
+    local err = t.raises(function() inventory.load(dir .. "/x.json") end, "BadInventory")
+    t.ok(err.message:find("expected a JSON object at the top, got " .. what, 1, true), err.message)
+  end
+  local r = t.sh(t.cmd("-i " .. dir .. "/x.json run " .. here .. "/../fixtures/playbooks/echo.lua"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(not r.stderr:find("traceback", 1, true), r.stderr)
+end)
+
+t.test("200,000 problems: the first 20 are shown and the rest counted", function()
+  local hsms = {}
+  for i = 1, 100000 do hsms[i] = { name = "h" .. i, host = "bad host", ssh_port = "x" } end
+  local err = t.raises(function() inventory.from_table({ hsms = hsms }, "big.json") end, "BadInventory")
+  local _, lines = err.message:gsub("\n", "")
+  t.eq(lines, inventory.MAX_PROBLEMS + 1)
+  t.ok(err.message:find("... and 199980 more problems", 1, true), err.message:sub(-200))
+  t.eq({ #err.details.problems, err.details.count }, { 20, 200000 })
+end)
+
+t.test("a directory where a file is expected says so: the inventory itself, and its file fields", function()
+  local dir = t.tmpdir()
+  t.raises(function() inventory.load(dir) end, "cannot read inventory " .. dir:gsub("%p", "%%%0") .. ": Is a directory")
+  local r = t.sh(t.cmd("-i " .. dir .. " run " .. here .. "/../fixtures/playbooks/echo.lua"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find(dir .. ": Is a directory", 1, true), r.stderr)
+  local err = t.raises(function()
+    inventory.from_table({ client = { chrystoki_conf = dir, lunacm = dir .. "/missing-is-fine" },
+      hsms = { { name = "h", host = "h", password = "prompt", known_hosts = dir } } })
+  end, "BadInventory")
+  t.eq(err.details.problems, {
+    ("client.chrystoki_conf: %s is a directory, expected a file"):format(dir),
+    ("hsms[1].known_hosts: %s is a directory, expected a file"):format(dir),
+  })
+end)
+
 t.test("an HSM entry names the Azure resource it stands for: by default its own name", function()
   local function inv(h)
     return inventory.from_table { hsms = { h } }

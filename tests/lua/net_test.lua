@@ -167,12 +167,18 @@ t.test("NTLS on a simulated appliance: unregistered, registered, regenerated", f
   s:must("service restart ntls")
   r = net.tls(setmetatable({ strict = true }, { __index = probe }))
   t.eq(r.ok, false)
-  local log = net.ntls_log(s:must("syslog tail -logname messages -entries 200").text)
-  local outcomes = {}
-  for _, a in ipairs(log.attempts) do outcomes[#outcomes + 1] = a.outcome end
-  -- the bare TCP probe may show up first (to NTLS a handshake that never
-  -- came), or not, when the listener saw the connection already closed
-  if outcomes[1] == "handshake_failed" then table.remove(outcomes, 1) table.remove(log.attempts, 1) end
+  -- the appliance logs an attempt's end when its side is done, which may be
+  -- after our probe returned: wait until the three attempts have settled
+  local log, outcomes
+  t.eventually(function()
+    log = net.ntls_log(s:must("syslog tail -logname messages -entries 200").text)
+    outcomes = {}
+    for _, a in ipairs(log.attempts) do outcomes[#outcomes + 1] = a.outcome end
+    -- the bare TCP probe may show up first (to NTLS a handshake that never
+    -- came), or not, when the listener saw the connection already closed
+    if outcomes[1] == "handshake_failed" then table.remove(outcomes, 1) table.remove(log.attempts, 1) end
+    return #outcomes >= 3 and outcomes[#outcomes] ~= "pending"
+  end, "three settled NTLS attempts in the log")
   t.eq(outcomes, { "client_cert_unknown", "ok", "server_cert_rejected" })
   t.eq(log.attempts[2].client, "app1")
 end, { timeout = 60 })

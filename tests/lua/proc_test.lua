@@ -45,10 +45,11 @@ t.test("a timeout kills the whole process group and keeps what was captured", fu
   end, "ProcessTimeout")
   t.eq(err.kind, "timeout")
   t.eq(err.stdout, "started\n")
-  dhsm.sleep(0.1)
   local pid = util.read_file(pidfile):match("%d+")
-  local stat = util.read_file("/proc/" .. pid .. "/stat")      -- gone, or a zombie nobody reaped yet
-  t.ok(stat == nil or stat:match("^%d+ %b() Z"), "the grandchild was killed too: " .. tostring(stat))
+  t.eventually(function()                 -- gone, or a zombie nobody reaped yet
+    local stat = util.read_file("/proc/" .. pid .. "/stat")
+    return stat == nil or stat:match("^%d+ %b() Z")
+  end, "the grandchild killed too")
 end)
 
 t.test("a signal is reported as such", function()

@@ -62,8 +62,8 @@ end)
 t.test("Ctrl-C cancels a long entry and closes what it opened; the prompt comes back", function()
   local term = terminal()
   local mark = term.dir .. "/closed"
-  term.keys(("do local c <close> = setmetatable({}, {__close = function() io.open(%q, 'w'):close() end}) dhsm.sleep(60) end"):format(mark), "Enter")
-  dhsm.sleep(0.3)
+  term.keys(("do local c <close> = setmetatable({}, {__close = function() io.open(%q, 'w'):close() end}) print('run' .. 'ning') dhsm.sleep(60) end"):format(mark), "Enter")
+  term.wait_for("\nrunning$")                        -- Ctrl-C once the entry runs
   term.keys("C-c")
   term.wait_for("dhsm: interrupted\ndhsm>$")
   t.ok(io.open(mark), "the <close> handler ran")
@@ -83,8 +83,8 @@ t.test("history: 0600, multi-line entries whole, nothing that names a secret sou
   term.keys("y = 3", "Enter")
   term.wait_for("dhsm> y = 3\ndhsm>$")
   term.keys("C-d")
-  dhsm.sleep(0.3)
   local path = term.dir .. "/dhsm/history"
+  t.eventually(function() return (util.read_file(path) or ""):find("y\\040=\\0403", 1, true) end, "the history written")
   t.eq(require("dhsm.sys").stat(path).mode, tonumber("600", 8))
   local h = util.read_file(path)
   t.ok(h:find("for\\040i\\040=\\0401,\\0402\\040do\\012io.write(i)\\012\\040end", 1, true), h)

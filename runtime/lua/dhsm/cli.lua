@@ -374,7 +374,8 @@ local function cmd_exec(opts, pos)
   local argt = { [0] = opts.code and "-e" or name }
   for i, a in ipairs(pos) do argt[i] = a end
   _G.arg = argt
-  chunk(table.unpack(pos))
+  local ok, failure = xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos))
+  if not ok then error(failure, 0) end
   return 0
 end
 
@@ -394,6 +395,36 @@ local handlers = {
 ---------------------------------------------------------------------------
 -- entry point
 
+-- A message handler for xpcall that turns an error into a failure on its
+-- way to main: the error, the traceback where it was raised, and whether
+-- it is the runbook's own (raised by the code of chunk `chunkname` itself:
+-- error("boom"), indexing nil), which the operator reads as "file:line:
+-- message" (the traceback only with -v), not as a bug of dhsm.
+local Failure = {}
+
+function M.catcher(chunkname)
+  return function(e)
+    if getmetatable(e) == Failure then return e end
+    local f = setmetatable({ err = e, traceback = debug.traceback("", 2):sub(2) }, Failure)
+    if dhsm.error.is(e) or not chunkname then return f end
+    for level = 2, 50 do                     -- the innermost Lua frame: whose code failed
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.what ~= "C" then
+        if info.source == chunkname then
+          f.own = true
+          local mt = getmetatable(e)
+          if type(e) ~= "string" and not (mt and mt.__tostring) then
+            f.err = ("%s:%d: error object is a %s value"):format(info.short_src, info.currentline, type(e))
+          end
+        end
+        break
+      end
+    end
+    return f
+  end
+end
+
 function M.exit_code(err)
   if dhsm.error.is(err, "usage") then return 2 end
   if dhsm.error.is(err, "safety") then return 3 end
@@ -403,13 +434,14 @@ end
 
 -- Print an error: its message for a dhsm error, with the traceback when
 -- verbose or when it is not a dhsm error (a bug, in dhsm or in a runbook).
--- `traceback` is "stack traceback:\n..." or nil.
-function M.report(err, traceback)
+-- `traceback` is "stack traceback:\n..." or nil; `own`: a runbook's own
+-- error, shown as its "file:line: message" (the traceback with -v).
+function M.report(err, traceback, own)
   local plain = { usage = true, interrupted = true, cancelled = true }
   local line = dhsm.error.is(err) and (plain[err.kind] and err.message or tostring(err))
     or tostring(err)
   io.stderr:write("dhsm: ", line, "\n")
-  if traceback and (dhsm.verbose or not dhsm.error.is(err)) then
+  if traceback and (dhsm.verbose or not (dhsm.error.is(err) or own)) then
     io.stderr:write(traceback, "\n")
   end
 end
@@ -449,12 +481,10 @@ end
 function M.main(args)
   local context = dhsm.context()
   context.run = context.run or (os.date("!%Y%m%dT%H%M%S") .. "-" .. sys.random_hex(3))
-  local ok, r = xpcall(dispatch, function(e)
-    return { err = e, traceback = debug.traceback("", 2):sub(2) }
-  end, args)
+  local ok, r = xpcall(dispatch, M.catcher(), args)
   io.stdout:flush()
   if ok then return r end
-  M.report(r.err, r.traceback)
+  M.report(r.err, r.traceback, r.own)
   return M.exit_code(r.err)
 end
 

@@ -12,6 +12,7 @@ local cjson = require "cjson"
 local dhsm = require "dhsm"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
+local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 
 local M = {}
@@ -70,10 +71,18 @@ M.schema = {
 local Inventory = {}
 Inventory.__index = Inventory
 
+-- Problems shown of an inventory; the rest are counted (a generated file
+-- can hold 200,000 of them).
+M.MAX_PROBLEMS = 20
+
 local function fail(source, problems)
+  local shown = table.move(problems, 1, math.min(#problems, M.MAX_PROBLEMS), 1, {})
+  if #problems > #shown then
+    shown[#shown + 1] = ("... and %d more problems"):format(#problems - M.MAX_PROBLEMS)
+  end
   dhsm.error { kind = "usage", code = "BadInventory",
-    message = ("inventory %s is not valid:\n  %s"):format(source, table.concat(problems, "\n  ")),
-    details = { problems = problems } }
+    message = ("inventory %s is not valid:\n  %s"):format(source, table.concat(shown, "\n  ")),
+    details = { problems = table.move(problems, 1, math.min(#problems, M.MAX_PROBLEMS), 1, {}), count = #problems } }
 end
 
 local function expand_home(p)
@@ -102,9 +111,35 @@ local function cross_checks(inv, problems)
   end
 end
 
+-- Fields naming a file: a directory there is a mistake worth saying now.
+local FILE_FIELDS = {
+  { "azure", "ca_file" }, { "client", "chrystoki_conf" }, { "client", "lunacm" }, { "client", "vtl" },
+  { "client", "pkcs11_lib" }, { "client", "softhsm_conf" },
+}
+
+local function not_a_directory(where, p, problems)
+  local st = type(p) == "string" and sys.stat(p)
+  if st and st.type == "dir" then
+    problems[#problems + 1] = ("%s: %s is a directory, expected a file"):format(where, p)
+  end
+end
+
+local function check_files(inv, problems)
+  for _, f in ipairs(FILE_FIELDS) do
+    not_a_directory(f[1] .. "." .. f[2], (inv[f[1]] or {})[f[2]], problems)
+  end
+  for i, h in ipairs(inv.hsms) do
+    not_a_directory(("hsms[%d].key"):format(i), h.key, problems)
+    not_a_directory(("hsms[%d].known_hosts"):format(i), h.known_hosts, problems)
+  end
+end
+
 -- from_table(t [, source]) -> inventory (raises a usage error listing every problem)
 function M.from_table(t, source)
   source = source or "(table)"
+  if type(t) ~= "table" then
+    fail(source, { ("expected a JSON object at the top, got %s"):format(t == cjson.null and "null" or type(t)) })
+  end
   local problems = {}
   local inv = schema.check(t, M.schema, "inventory", problems)
   for i, p in ipairs(problems) do problems[i] = p:gsub("^inventory%.", "") end
@@ -114,6 +149,10 @@ function M.from_table(t, source)
     h.known_hosts = expand_home(h.known_hosts)
     h.key = expand_home(h.key)
     h.resource = h.resource or h.name         -- the Azure resource this appliance stands for
+  end
+  check_files(inv, problems)
+  if #problems > 0 then fail(source, problems) end
+  for _, h in ipairs(inv.hsms) do
     if h.password:origin() == "prompt" then      -- say whose password is asked for
       h.password = secret.ref("prompt", ("LunaSH password for %s@%s: "):format(h.user, h.name))
     end
@@ -123,16 +162,24 @@ function M.from_table(t, source)
 end
 
 function M.load(path)
+  if type(path) ~= "string" then
+    dhsm.error { kind = "usage", code = "BadInventory", message = ("inventory: expected a file path, got %s"):format(type(path)) }
+  end
   local data, err = util.read_file(expand_home(path))
   if not data then
     dhsm.error { kind = "usage", code = "BadInventory", message = ("cannot read inventory %s"):format(err) }
   end
+  return M.decode(data, path)
+end
+
+-- decode(json_text, source) -> inventory: what load does once the file is read.
+function M.decode(data, source)
   local ok, t = pcall(cjson.decode, data)
   if not ok then
     dhsm.error { kind = "usage", code = "BadInventory",
-      message = ("inventory %s: invalid JSON (%s)"):format(path, tostring(t):gsub("^.-: ", "")) }
+      message = ("inventory %s: invalid JSON (%s)"):format(source, tostring(t):gsub("^.-: ", "")) }
   end
-  return M.from_table(t, path)
+  return M.from_table(t, source)
 end
 
 -- inv:hsm(name) -> the entry, or a usage error naming the known ones

@@ -90,6 +90,23 @@ function M.raises(fn, expect, ...)
   return err
 end
 
+-- eventually(fn [, what [, timeout]]): wait until fn() gives a true value
+-- (returned), checking every 50 ms.  For a condition another process
+-- brings about: waiting for it, not for a fixed time, keeps a test right
+-- however slow the machine (sanitizers).  The timeout (default 30 s) is
+-- a bound on a hang, not a measurement.
+function M.eventually(fn, what, timeout)
+  local deadline = require("dhsm").now() + (timeout or 30)
+  while true do
+    local v = fn()
+    if v then return v end
+    if require("dhsm").now() > deadline then
+      fail(("still not %s after %g s"):format(what or "true", timeout or 30), 2)
+    end
+    require("dhsm").sleep(0.05)
+  end
+end
+
 local Skip = {}
 function M.skip(reason)
   error(setmetatable({ message = reason or "skipped" }, Skip), 2)

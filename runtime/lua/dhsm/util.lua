@@ -18,7 +18,11 @@ end
 M.distance = distance
 
 -- The candidate closest to name, or nil when none is plausibly meant.
+-- Names longer than any plausible identifier are not compared: the edit
+-- distance is quadratic and a 32 KB typo suggests nothing.
+M.MAX_NAME = 256
 function M.closest(name, candidates)
+  if #name > M.MAX_NAME then return nil end
   local best, best_d
   for _, c in ipairs(candidates) do
     local d = distance(name:lower(), c:lower())
@@ -45,8 +49,62 @@ function M.sorted_keys(t)
   return keys
 end
 
+-- Linear in #s: an unanchored "%s+$" retries from every blank of a long
+-- run, which made a 32 KB line of spaces take seconds.
 function M.trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+  if not s:find("%S") then return "" end
+  return s:match("^%s*(.*%S)")     -- greedy .* then one step back per trailing blank
+end
+
+-- The longest suffix of s made of characters of class (a pattern item such
+-- as "[%w ]"), found from the end so it is linear however long s is.
+function M.suffix(s, class)
+  return s:reverse():match("^" .. class .. "*"):reverse()
+end
+
+-- Caps for text read from devices, logs and files: far above anything real,
+-- low enough that a runaway input fails at once with a clear error.
+M.MAX_LINE = 4096
+M.MAX_TEXT = 16 * 1024 * 1024
+
+-- Walk the lines of text (LF or CRLF; no trailing empty line) in linear
+-- time, appending them to out when given.  A line longer than MAX_LINE, or
+-- a text longer than MAX_TEXT, raises a dhsm error of kind `kind` (default
+-- "usage") naming `what` and the line.
+local function scan(text, what, kind, out)
+  local function too_long(msg, details)
+    require("dhsm").error { kind = kind or "usage", code = "InputTooLong",
+      message = ("%s: %s"):format(what or "input", msg), details = details }
+  end
+  if #text > M.MAX_TEXT then
+    too_long(("%d bytes, more than the %d accepted"):format(#text, M.MAX_TEXT), { bytes = #text })
+  end
+  local pos, n, line = 1, #text, 0
+  while pos <= n do
+    local nl = text:find("\n", pos, true) or n + 1
+    local stop = nl - 1
+    if stop >= pos and text:byte(stop) == 13 then stop = stop - 1 end
+    line = line + 1
+    if stop - pos + 1 > M.MAX_LINE then
+      too_long(("line %d is %d bytes long, more than the %d accepted"):format(line, stop - pos + 1, M.MAX_LINE),
+        { line = line, bytes = stop - pos + 1 })
+    end
+    if out then out[line] = text:sub(pos, stop) end
+    pos = nl + 1
+  end
+end
+
+-- lines(text [, what [, kind]]) -> the lines, checked as above.
+function M.lines(text, what, kind)
+  local out = {}
+  scan(text, what, kind, out)
+  return out
+end
+
+-- check_lines(text [, what [, kind]]) -> text: the same checks, no copies.
+function M.check_lines(text, what, kind)
+  scan(text, what, kind)
+  return text
 end
 
 -- Quote a word for /bin/sh.
@@ -85,18 +143,21 @@ function M.sealed(t)
   })
 end
 
+-- The contents of a file, or nil and "PATH: reason" (a directory opens
+-- but does not read: it says so instead of giving nil and no reason).
 function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local data = f:read("a")
+  local data, rerr = f:read("a")
   f:close()
+  if not data then return nil, ("%s: %s"):format(path, rerr or "cannot be read") end
   return data
 end
 
--- Pad s to width w (counting UTF-8 characters).
+-- Pad s to width w (counting UTF-8 characters; bytes when s is not UTF-8).
 function M.pad(s, w)
   s = tostring(s)
-  return s .. string.rep(" ", w - utf8.len(s))
+  return s .. string.rep(" ", w - (utf8.len(s) or #s))
 end
 
 -- Deep equality of plain data (JSON-like values).
@@ -110,7 +171,9 @@ end
 
 -- "3.2 s", "4 min 12 s", "2 h 5 min"
 function M.duration(s)
+  if s ~= s or s == math.huge or s == -math.huge then return tostring(s) .. " s" end
   if s < 60 then return ("%.1f s"):format(s) end
+  s = math.floor(s)
   if s < 3600 then return ("%d min %d s"):format(s // 60, s % 60) end
   return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
 end

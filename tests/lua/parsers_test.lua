@@ -1,0 +1,66 @@
+-- The text parsers on hostile input: a line longer than util.MAX_LINE is a
+-- structured error naming the line; below the cap every parser is linear
+-- (lines of blanks, hex digits or colons used to take seconds each).
+local t = require "dhsm.test"
+local util = require "dhsm.util"
+local parse = require "dhsm.luna.parse"
+local net = require "dhsm.net"
+local chrystoki = require "dhsm.chrystoki"
+
+local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
+  "client_show", "ntls_show", "package_list", "network_show" }
+
+-- name -> {kind, fn(text)}
+local PARSERS = {}
+for _, name in ipairs(LUNA) do PARSERS["luna.parse." .. name] = { "luna", parse[name] } end
+PARSERS["net.ntls_log"] = { "net", function(s) return net.ntls_log("Nov 28 10:00:01 hsm1 NTLS[1]: " .. s) end }
+PARSERS["net.ntls_log (lines)"] = { "net", function(s) return net.ntls_log { "NTLS[1]: " .. s } end }
+PARSERS["chrystoki.parse (key)"] = { "usage", function(s) return chrystoki.parse("S = {\n" .. s .. "\n}") end }
+PARSERS["chrystoki.parse (value)"] = { "usage", function(s) return chrystoki.parse("S = { K = " .. s .. ";\n}") end }
+
+-- Lines that made a backtracking pattern rescan a run from every position.
+local function hostile(n)
+  local blanks = (" "):rep(n)
+  return {
+    blanks, "k" .. blanks .. "k:", "x:" .. blanks .. "y", ("a"):rep(n), (":"):rep(n), ("1 "):rep(n // 2),
+    ("a:"):rep(n // 2) .. " x", "alert " .. blanks .. "x", ("1."):rep(n // 2), "IP Address (eth0):" .. blanks .. "x",
+    ("Command Result : 1 ("):rep(n // 20),
+  }
+end
+
+t.test("a 32 KB line is refused by every parser with a structured error naming the line", function()
+  local line = ("x: "):rep(11000)
+  for name, p in pairs(PARSERS) do
+    local ok, err = pcall(p[2], "first line\n" .. line .. "\n")
+    t.eq(ok, false, name .. " accepted a 32 KB line")
+    t.ok(dhsm.error.is(err, p[1]), name .. ": " .. tostring(err))
+    t.eq(err.code, "InputTooLong", name)
+    t.ok(tostring(err.message):find("line %d+ is") or name:find("lines"), name .. ": " .. tostring(err.message))
+  end
+end)
+
+t.test("below the cap, every parser is linear: 256 KB hostile lines in well under a second each", function()
+  local cap = util.MAX_LINE
+  util.MAX_LINE = 1 << 20
+  t.cleanup(function() util.MAX_LINE = cap end)
+  local worst, worst_name = 0, nil
+  for name, p in pairs(PARSERS) do
+    for i, line in ipairs(hostile(256 * 1024)) do
+      local c0 = os.clock()
+      local ok, err = pcall(p[2], line)
+      t.ok(ok or dhsm.error.is(err), name .. ": a plain Lua error: " .. tostring(err))
+      local spent = os.clock() - c0
+      if spent > worst then worst, worst_name = spent, ("%s, input %d"):format(name, i) end
+    end
+  end
+  -- quadratic code takes hours here; linear code milliseconds (even under ASan)
+  t.ok(worst < 5, ("%s took %.1f s"):format(worst_name, worst))
+end)
+
+t.test("util.trim and util.lines on edge cases", function()
+  t.eq({ util.trim(""), util.trim("   "), util.trim(" a b "), util.trim("\t\na\r\n") }, { "", "", "a b", "a" })
+  t.eq(util.lines("a\r\nb\n\nc"), { "a", "b", "", "c" })
+  t.eq(util.lines(""), {})
+  t.eq(util.suffix("abc  12", "%d"), "12")
+  t.eq(util.closest(("x"):rep(100000), { "xx" }), nil)
+end)
