@@ -97,7 +97,7 @@ def zeroize(ctx):
 
 
 def factory_reset(ctx):
-    raise LunaError(rc.OPERATION_NOT_ALLOWED, "This command can only be run from the serial console.")
+    raise LunaError(rc.SHELL_NOT_ALLOWED, "This command can only be run from the serial console.")
 
 
 def show_policies(ctx):
