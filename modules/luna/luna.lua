@@ -135,9 +135,44 @@ local function check_opts(o)
   end
 end
 
+local function known_hosts_path(o)
+  return o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
+end
+
+-- The host key algorithms to ask for, those of the keys known_hosts holds
+-- for this host first (OpenSSH's rule): a Luna 7 appliance offers RSA and
+-- ed25519, and the key on file is the one to check.  Plain host names only
+-- (a hashed line cannot be matched here: libssh2's default order then).
+local ALGORITHMS = { ["ssh-rsa"] = "rsa-sha2-512,rsa-sha2-256,ssh-rsa", ["ssh-ed25519"] = "ssh-ed25519",
+  ["ecdsa-sha2-nistp256"] = "ecdsa-sha2-nistp256", ["ecdsa-sha2-nistp384"] = "ecdsa-sha2-nistp384",
+  ["ecdsa-sha2-nistp521"] = "ecdsa-sha2-nistp521" }
+local DEFAULT_ORDER = { "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-ed25519", "ssh-rsa" }
+
+local function host_key_algorithms(path, host, port)
+  local f = io.open((path:gsub("^~", os.getenv("HOME") or "~")), "r")
+  if not f then return nil end
+  local me = port == 22 and host or ("[%s]:%d"):format(host, port)
+  local known, seen = {}, {}
+  for line in f:lines() do
+    local names, kind = line:match("^%s*([^%s#@|][^%s]*)%s+([%w%-@.]+)%s")
+    for name in (names or ""):gmatch("[^,]+") do
+      if name == me and ALGORITHMS[kind] and not seen[kind] then
+        seen[kind] = true
+        known[#known + 1] = ALGORITHMS[kind]
+      end
+    end
+  end
+  f:close()
+  if #known == 0 then return nil end
+  for _, kind in ipairs(DEFAULT_ORDER) do
+    if not seen[kind] then known[#known + 1] = ALGORITHMS[kind] end
+  end
+  return table.concat(known, ",")
+end
+
 -- Verify the appliance's host key against known_hosts (OpenSSH format).
 local function verify_host_key(s, o, name)
-  local path = o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
+  local path = known_hosts_path(o)
   local hk = s:hostkey()
   local verdict, known = s:known_hosts(path)
   local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
@@ -174,7 +209,8 @@ function M.connect(o)
   check_opts(o)
   local name = o.name or o.host
   local t0 = dhsm.now()
-  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30 }
+  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30,
+    host_key_algorithms = host_key_algorithms(known_hosts_path(o), o.host, o.port or 22) }
   local ok, hostkey = pcall(function()
     local hk = verify_host_key(s, o, name)
     if o.key then s:auth_key(o.user or "tenantadmin", o.key, o.passphrase)
@@ -348,10 +384,10 @@ local function command(self, line, verb, opts, pass)
       error(text, 0)
     end
     local r = parse.result(text)
-    r.command = shown
+    r.canonical, r.command = r.command, shown     -- LunaSH's own name for it, and what was sent
     dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
       command = r.command, duration_ms = (dhsm.now() - t0) * 1000,
-      error = r.error and r.error.name }
+      error = r.error and r.error.code }
     return r
   end)
 end
@@ -389,10 +425,10 @@ end
 function Session:must(line, opts)
   local r = self:run(line, opts)
   if not r.ok then
-    dhsm.error { kind = "luna", code = r.error and r.error.name or ("Result" .. tostring(r.code)),
+    dhsm.error { kind = "luna", code = r.error and r.error.code or ("Result" .. tostring(r.code)),
       message = ("%s: '%s' failed: %s"):format(self.name, r.command,
         r.error and table.concat(r.error.lines, " ") or ("Command Result " .. tostring(r.code))),
-      details = { result = r } }
+      details = { result = r, hex = r.error and r.error.hex } }
   end
   return r
 end
@@ -494,9 +530,10 @@ function Session:login_so(password, opts)
   opts.password = password
   local r = self:run("hsm login", opts)
   if not r.ok and not r.check then
-    dhsm.error { kind = "luna", code = r.error and r.error.name or "LoginFailed",
+    dhsm.error { kind = "luna", code = r.error and r.error.code or "LoginFailed",
       message = ("%s: HSM SO login failed (%s); not retried"):format(self.name,
-        r.error and r.error.name or ("result " .. tostring(r.code))), details = { result = r } }
+        r.error and r.error.code or ("result " .. tostring(r.code))),
+      details = { result = r, hex = r.error and r.error.hex } }
   end
   return r
 end

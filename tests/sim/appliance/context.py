@@ -5,7 +5,7 @@ Handlers append output lines with out(), ask questions with ask()/confirm()
 of stdin for `ssh host "cmd"`), and fail by raising LunaError, which the shell
 prints as `Error:  '<cmd>' failed. (<HEX> : <NAME>)`.
 """
-from appliance import rc
+from appliance import layouts, rc
 
 
 class LunaError(Exception):
@@ -40,11 +40,15 @@ class Context:
     def out(self, *lines):
         self.lines.extend(lines)
 
+    @property
+    def layout(self):
+        return self.shell.layout
+
     def begin(self):
-        """LunaSH leaves one blank line between the command and what it prints."""
+        """LunaSH leaves 0-3 blank lines between the command and what it prints (layouts.SPACING)."""
         if not self._begun:
             self._begun = True
-            self.shell.term.write("\n")
+            self.shell.term.write("\n" * layouts.spacing(self.layout, self.name.lower(), self.lines)[0])
 
     def flush(self):
         self.begin()

@@ -16,10 +16,9 @@ import logging
 import threading
 import time
 
-from appliance import cli, commands
+from appliance import cli, commands, layouts
 from appliance.context import Context, LunaError
 
-BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved."
 RESULT_OK = "Command Result : 0 (Success)"
 RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
 EXIT_WORDS = ("exit", "logout")
@@ -32,6 +31,10 @@ class LunaShell:
     def __init__(self, device, term, session):
         self.device, self.term, self.session = device, term, session
         self.logged_in = {"so": False, "audit": False}
+
+    @property
+    def layout(self):
+        return self.device.state["faults"].get("lunash_layout", layouts.DEFAULT)  # a world saved before the knob
 
     def prompt(self):
         return f"[{self.device.state['hostname']}] lunash:>"
@@ -53,7 +56,7 @@ class LunaShell:
         if self.term.pty and last:
             when = datetime.datetime.fromtimestamp(last["time"], datetime.timezone.utc)
             self.term.write(f"Last login: {when.strftime('%a %b %e %H:%M:%S %Y')} from {last['from']}\n")
-        self.term.write(f"\n{BANNER}\n\n")
+        self.term.write(f"\n{layouts.BANNERS[self.layout]}\n\n")
 
     # one command ------------------------------------------------------------------
     def run(self, line):
@@ -89,10 +92,11 @@ class LunaShell:
         if ctx:
             ctx.begin()
             lines = ctx.lines
+            after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
         else:
             self.term.write("\n")
-            lines = []
-        text = "".join(line + "\n" for line in lines + errors) + "\n" + \
+            lines, after = [], 1
+        text = "".join(line + "\n" for line in lines + errors) + "\n" * after + \
                (RESULT_OK if code == 0 else RESULT_FAILED) + "\n"
         if drop:
             self.term.write(text[:len(text) // 2])
