@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from appliance import cli, commands, layouts
+from appliance import cli, commands, firstlogin, layouts
 from appliance.context import Context, LunaError
 
 RESULT_OK = "Command Result : 0 (Success)"
@@ -41,6 +41,10 @@ class LunaShell:
 
     def interactive(self):
         self._banner()
+        if firstlogin.required(self.device):
+            self.term.write("\n")  # 1.1: two blank lines between the banner and the box
+            if not firstlogin.run(self):
+                return 1
         while True:
             self.term.write(self.prompt())
             line = self.term.read_line()
@@ -49,6 +53,9 @@ class LunaShell:
             self.run(line)
 
     def exec_command(self, line):
+        if firstlogin.required(self.device):
+            self.term.write(firstlogin.NO_TTY + "\n")
+            return 1
         return 0 if self.run(line) == 0 else 1
 
     def _banner(self):
