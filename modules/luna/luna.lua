@@ -4,7 +4,9 @@
 --   local s <close> = luna.connect{ host=, port=22, user="tenantadmin", password=secret | key=path,
 --                                   known_hosts=path, host_key="strict"|"accept-new", timeout=30, name= }
 --   -- or luna.open(inventory:hsm("hsm1"))
---   local r = s:run("partition list")      --> {ok=, code=, text=, error=, command=}
+--   -- an appliance fresh from Microsoft: the first login must change the password
+--   local s = luna.first_login(inventory:hsm("hsm1"), { new_password = secret.prompt("new password") })
+--   local r = s:run("partition list")      --> {ok=, code=, text=, error={code=, hex=, lines=}, command=, canonical=}
 --   s:must("client list")                   -- raises a luna error when the command failed
 --   s:hsm_show()                            -- parsed (dhsm.luna.parse)
 --   s:login_so(password, {allow_destructive_login=})   -- the failed-login guard

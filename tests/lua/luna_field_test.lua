@@ -15,12 +15,9 @@ local function entry(name, extra)
   return e
 end
 
-local function open(name, opts)
-  local s = luna.open(entry(name), opts)
-  t.cleanup(function() s:close() end)
-  return s
-end
+local function open(name, opts) return estate:luna_session(name, opts) end
 
+-- A clean slate of faults and an audit log of its own for each test.
 local function fresh()
   estate:clear()
   return t.audit_log()
