@@ -80,7 +80,8 @@ class Context:
     # prompts ---------------------------------------------------------------------
     def ask(self, text, secret=False):
         self.flush()
-        self.shell.term.write(f"{text}\n> ")
+        indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
+        self.shell.term.write(f"{indent}{text}\n{indent}> ")
         answer = self.shell.term.read_line(mask="*" if secret else None)
         if not self.shell.term.pty:
             self.shell.term.write("\n")  # nothing was echoed: end the prompt line ourselves
