@@ -250,12 +250,13 @@ end
 -- blanks or TABs, until a sentence or the trailer.
 function M.table(text)
   local ls = lines(text)
-  local rule
-  for _, ch in ipairs { "=", "-" } do       -- a rule of '=' (5.x 'user list': of '-')
-    for i, l in ipairs(ls) do
-      if not rule and is_rule(l, ch) then rule = i end
-    end
+  local rule, dashes
+  for i, l in ipairs(ls) do                  -- a rule of '=' (5.x 'user list': of '-')
+    local first = l:match("^[ \t]*([=-])")
+    if first == "=" and is_rule(l) then rule = i; break end
+    if first == "-" and not dashes and is_rule(l, "-") then dashes = i end
   end
+  rule = rule or dashes
   local out = { header = {}, rows = {} }
   if not rule then return out end
   local h = rule - 1
@@ -403,7 +404,7 @@ function M.network_show(text)
       ifaces[dev] = i
       if NET_KEYS[key] and value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
     end
-    local c = columns(l)
+    local c = l:find("^%s*0%.0%.0%.0") and columns(l) or {}     -- the default route's row only
     if #c >= 5 and c[1].text == "0.0.0.0" and c[3].text == "0.0.0.0" then
       for word in c[#c].text:gmatch("[^ ]+") do default = word end    -- the Iface, last word of the row
     end
