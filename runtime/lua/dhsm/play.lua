@@ -12,8 +12,9 @@
 -- ctx also has .inventory, .params, .run_id, .check, :progress(msg),
 -- :note(msg) and :would(what).
 --
--- Step options: destructive (the operator types `target` to confirm; never
--- run in --check), target, and done = function(ctx) -> done?, result: how
+-- Step options: destructive (the operator types `target` to confirm; in
+-- --check its body runs unconfirmed with check mode on, so it must act
+-- only through the modules or test dhsm.check_mode), target, and done = function(ctx) -> done?, result: how
 -- to tell from the real state that the step's work is done.  It is asked
 -- first, on every run: when it says done, the step is skipped and `result`
 -- is its result.  It may wait for work an earlier attempt left going (a
@@ -284,9 +285,13 @@ function Ctx:body(rec, opts, fn)
         .. "then start a new run"):format(rec.title, rec.target, rec.began, rec.target) })
   end
   if opts.destructive and dhsm.check_mode then
+    -- The body runs: its reads and safety rules meet the real state, its
+    -- mutations (through the modules) only describe themselves.  So the
+    -- plan shows the refusal the real run would meet, not a hopeful
+    -- "would delete".  No confirmation is asked and nothing is journaled.
     rec.plan = { ("run destructive step '%s' on %s"):format(rec.title, rec.target) }
     self.reporter:would(rec, rec.plan[1])
-    return table.pack(true)
+    return self:execute(rec, fn)
   end
   if opts.destructive then
     local ok, err = pcall(self.confirm, self, rec)
