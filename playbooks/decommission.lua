@@ -30,16 +30,6 @@ local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
 local luna = require "dhsm.luna"
 
--- Gone, or accepted for deletion by an earlier attempt (then waited for).
-local function deleted(c, wait, find, path)
-  local r = find()
-  if r and (r.properties or {}).provisioningState == "Deleting" then
-    c:wait(path, wait)
-    r = nil
-  end
-  return r == nil, { deleted = path:match("([^/]+)$") }
-end
-
 -- Step (1) for one HSM: its resource, its appliance, its partitions.
 local function survey(ctx, p, c, appliance, name)
   local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
@@ -179,8 +169,7 @@ return {
       ctx:step("verify " .. h.name .. " says zeroized", function() return evidence.describe(proof(h)) end)
 
       ctx:step("delete the HSM resource " .. h.resource, { destructive = true, target = h.resource,
-        done = function() return deleted(c, wait, function() return hsm.get(c, h.resource, p.group) end,
-          hsm.path(c, h.resource, p.group)) end,
+        done = function() return c:gone(hsm.path(c, h.resource, p.group), wait) end,
       }, function()
         -- fresh evidence, read now: the reading above may be old on a resumed run
         hsm.delete(c, h.resource, { zeroized = proof(h), group = p.group, timeout = p.timeout,
@@ -200,7 +189,7 @@ return {
     end)
 
     ctx:step("delete resource group " .. p.group, { destructive = true, target = p.group,
-      done = function() return deleted(c, wait, function() return groups.get(c, p.group) end, c:group_path(p.group)) end,
+      done = function() return c:gone(c:group_path(p.group), wait) end,
     }, function()
       groups.delete(c, p.group, { going = going, timeout = p.timeout, on_progress = wait.on_progress })
       return { deleted = p.group }

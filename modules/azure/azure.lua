@@ -651,6 +651,18 @@ function M.resource_state(r, what, deleting)
   return (not deleting) and state == "Succeeded", state
 end
 
+-- gone(path, wait_opts) -> true when the resource at path no longer
+-- exists.  One that ARM is Deleting (a DELETE an earlier attempt sent) is
+-- waited for, not deleted again: the done= check of a deleting step.
+function Client:gone(path, opts)
+  local r = self:find(path)
+  if r and (r.properties or {}).provisioningState == "Deleting" then
+    self:wait(path, setmetatable({ deleting = true }, { __index = opts }))
+    r = nil
+  end
+  return r == nil, { deleted = path:match("([^/]+)$") }
+end
+
 -- wait(response | path, {timeout=, interval=, on_progress=fn{state, elapsed, text}, deleting=})
 -- Follows Azure-AsyncOperation, else Location, else the resource's
 -- provisioningState.  Returns the final resource (nil after a delete).

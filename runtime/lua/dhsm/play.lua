@@ -83,6 +83,7 @@ function M.load(found)
   pb.name = pb.name or found.name
   pb.params = pb.params or {}
   pb.path = found.path
+  pb.by_path = found.by_path
   check_params_spec(found, pb.params)
   return pb
 end
@@ -385,6 +386,10 @@ local function resume_journal(pb, id, public)
   if j.playbook ~= pb.name then
     usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
   end
+  if j.by_path and j.path ~= pb.path then
+    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s'", id, tostring(j.path),
+      tostring(j.path), id)
+  end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
   local diffs = {}
   local keys = {}
@@ -441,7 +446,7 @@ function M.run(pb, raw, opts)
     j = resume_journal(pb, opts.resume, public)
     context.run = j.id
   else
-    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, params = public,
+    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, by_path = pb.by_path, params = public,
       secret_params = secret_names }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
@@ -484,7 +489,7 @@ function M.run(pb, raw, opts)
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
     elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
-        ctx.run_id, outcome, pb.name, ctx.run_id))
+        ctx.run_id, outcome, pb.by_path and util.shell_quote(pb.path) or pb.name, ctx.run_id))
     end
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.
