@@ -324,13 +324,13 @@ function Ctx:step(title, opts, fn)
   local saved_step, saved_key = context.step, context.step_key
   context.step, context.step_key = title, rec.key
   dhsm.audit.write { action = "step.start", target = rec.target, outcome = "started" }
-  local t0 = dhsm.now()
+  local t0, cpu0 = dhsm.now(), os.clock()     -- os.clock: this process's CPU time
   self.current[#self.current + 1] = rec
   self.depth = self.depth + 1
   local r = self:body(rec, opts, fn)
   self.depth = self.depth - 1
   table.remove(self.current)
-  rec.duration_s = dhsm.now() - t0
+  rec.duration_s, rec.cpu_s = dhsm.now() - t0, os.clock() - cpu0
   if r[1] then
     local bad_at = not_json(r[2], "result", {})
     if bad_at then
@@ -419,6 +419,7 @@ local function json_document(ctx, pb, params, outcome, err, t0)
   local steps = {}
   for i, rec in ipairs(ctx.steps) do
     steps[i] = { title = rec.title, status = rec.status, target = rec.target, duration_s = rec.duration_s,
+      cpu_s = rec.cpu_s,
       result = rec.result, plan = rec.plan,
       error = rec.error and { kind = rec.error.kind, code = rec.error.code, message = rec.error.message } }
   end
