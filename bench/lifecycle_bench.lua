@@ -50,11 +50,12 @@ slow.gateway_seconds = WAIT
 local e2 = require("support.estate").start { set = slow, args = "--appliances 0" }
 doc, m = timed(e2, "provision -e hsms=hsm-w:stamp1 -e vnet=w-vnet -e address_space=10.6.0.0/16 "
   .. "-e hsm_subnet_prefix=10.6.1.0/24 -e gateway_subnet_prefix=10.6.255.0/26 -e gateway=w-gw -e gateway_pip=w-pip")
+local waited = doc.steps[1]                -- the step that waited for the gateway (it creates, then waits)
 for _, s in ipairs(doc.steps) do
-  if s.title:find("^wait for ExpressRoute gateway") then
-    print(("waiting %.1f s on a long-running operation (gateway, default poll interval): dhsm CPU %.3f s (%.2f ms per s)")
-      :format(s.duration_s, s.cpu_s, 1000 * s.cpu_s / s.duration_s))
-  end
+  if s.duration_s > waited.duration_s then waited = s end
 end
+print(("step '%s' waited %.1f s on a long-running operation (default poll interval): dhsm CPU %.3f s "
+  .. "(%.2f ms of CPU per s of waiting)"):format(waited.title, waited.duration_s, waited.cpu_s,
+  1000 * waited.cpu_s / waited.duration_s))
 report("provision with a " .. WAIT .. " s gateway", doc, m)
 t.run_file_cleanups()

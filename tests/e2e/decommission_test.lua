@@ -30,14 +30,8 @@ local function so(e, name)
   return "-e so_password=file:" .. q(e.dir .. "/secrets/" .. name .. "_so_password")
 end
 
--- {hsm1 = "Succeeded", ...}: the dedicated HSM resources the estate holds
-local function hsms(e)
-  local out = {}
-  for _, r in pairs(e:state().resources) do
-    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
-  end
-  return out
-end
+local count = support.count
+local function hsms(e) return e:hsms() end
 
 local function group_exists(e)
   for _, g in pairs(e:state().groups) do
@@ -50,11 +44,6 @@ local function zeroized(e, name)
   return e:control("GET", "/appliances")[name].zeroized
 end
 
-local function count(list, pattern)
-  local n = 0
-  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
-  return n
-end
 
 ---------------------------------------------------------------------------
 

@@ -30,19 +30,8 @@ end
 -- Mutations that reached the estate, from its own request log (support.estate)
 local function mutations(e, filter) return e:mutations(filter) end
 
-local function count(list, pattern)
-  local n = 0
-  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
-  return n
-end
-
-local function hsms(e)
-  local out = {}
-  for _, r in pairs(e:state().resources) do
-    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
-  end
-  return out
-end
+local count = support.count
+local function hsms(e) return e:hsms() end
 
 local function world(e) return e:world() end
 

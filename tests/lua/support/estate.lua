@@ -78,6 +78,22 @@ function M:mutations(filter)
   return out
 end
 
+-- {name = provisioningState}: the dedicated HSM resources the estate holds
+function M:hsms()
+  local out = {}
+  for _, r in pairs(self:state().resources) do
+    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
+  end
+  return out
+end
+
+-- count(list, pattern) -> how many entries match (a Lua pattern)
+function M.count(list, pattern)
+  local n = 0
+  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
+  return n
+end
+
 -- The estate's world without what moves by itself (clock, counters, tokens,
 -- the appliances' last SSH login).
 function M:world()
