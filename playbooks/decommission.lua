@@ -1,6 +1,6 @@
 -- decommission: the guide's only safe way to give dedicated HSMs back.
 --
---   dhsm run decommission -e hsm=hsm1[,hsm2] -e so_password=prompt -e backups_confirmed=true
+--   dhsm run decommission -e hsm=hsm1[,hsm2] [-e so_password=prompt] -e backups_confirmed=true
 --        [-e method=command|failed-logins] [-e delete_group=true]
 --
 -- The guide's order ("How to delete an HSM resource"), which no parameter
@@ -84,7 +84,8 @@ return {
       description = "the inventory's names of the HSMs to give back (hsm1 or hsm1,hsm2: one by one)" },
     method = { type = "enum", values = { "command", "failed-logins" }, default = "command",
       description = "command: SO login and `hsm zeroize`; failed-logins: wrong SO logins until it zeroizes" },
-    so_password = { type = "secret", description = "the HSM SO password (env:, file: or prompt); method=command" },
+    so_password = { type = "secret",
+      description = "the HSM SO password (env:, file: or prompt) for method=command; default: each inventory entry's so_password" },
     backups_confirmed = { type = "boolean", default = false,
       description = "true once every key on the HSMs is backed up: zeroizing destroys them" },
     delete_group = { type = "boolean", default = false,
@@ -94,9 +95,22 @@ return {
     poll_interval = { type = "number", default = 5, min = 0.01, description = "seconds between ARM polls while waiting" },
   },
   run = function(ctx, p)
-    if p.method == "command" and p.so_password == nil then
-      dhsm.error { kind = "usage", code = "BadParameters",
-        message = "method=command needs -e so_password=env:NAME|file:PATH|prompt (or use -e method=failed-logins)" }
+    -- method=command: -e so_password for every HSM, else each inventory entry's so_password
+    local function so_password(name)
+      local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
+      return p.so_password or (known and e.so_password), known
+    end
+    if p.method == "command" then
+      local missing = {}
+      for _, name in ipairs(p.hsm) do
+        local pw, known = so_password(name)
+        if known and not pw then missing[#missing + 1] = name end
+      end
+      if #missing > 0 then
+        dhsm.error { kind = "usage", code = "BadParameters",
+          message = ("method=command needs the HSM SO password of %s: -e so_password=env:NAME|file:PATH|prompt, "
+            .. "or so_password in each inventory entry (or use -e method=failed-logins)"):format(table.concat(missing, ", ")) }
+      end
     end
     local cfg = setmetatable({ poll_interval = p.poll_interval }, { __index = ctx.inventory.azure })
     local c <close> = azure.client(cfg)
@@ -162,7 +176,7 @@ return {
         if p.method == "failed-logins" then
           return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
         end
-        s:login_so(p.so_password)
+        s:login_so((so_password(h.name)))
         s:must("hsm zeroize -force")
       end)
 

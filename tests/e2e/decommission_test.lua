@@ -47,6 +47,33 @@ end
 
 ---------------------------------------------------------------------------
 
+t.test("two HSMs by command, one by one, each zeroized before its DELETE, the group last", function()
+  local e = estate()
+  -- the operator's inventory: each HSM's SO password by reference (and it keeps the HSMs when they go)
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  for _, h in ipairs(inv.hsms) do h.so_password = "file:" .. e.dir .. "/secrets/" .. h.name .. "_so_password" end
+  local own = t.tmpdir() .. "/inventory.json"
+  t.write(own, cjson.encode(inv))
+  local args = "-i " .. q(own) .. " -e hsm=hsm1,hsm2 -e backups_confirmed=true -e delete_group=true --yes"
+  local r = run(e, args)
+  t.eq(r.status, 0, r.stderr)
+  local order = {}
+  for _, x in ipairs(e:mutations()) do
+    local zeroize, deleted = x:match("^(hsm%d) lunash: hsm zeroize"), x:match("^DELETE .*/dedicatedHSMs/(hsm%d)$")
+    local what = zeroize and ("zeroize " .. zeroize) or deleted and ("DELETE " .. deleted)
+      or (x:match("^DELETE .*/resourceGroups/hsm%-rg$") and "DELETE group")
+    if what then order[#order + 1] = what end
+  end
+  t.eq(order, { "zeroize hsm1", "DELETE hsm1", "zeroize hsm2", "DELETE hsm2", "DELETE group" })
+  t.eq({ hsms(e), group_exists(e) }, { {}, false })
+  -- the same inventory again: everything is gone, nothing is sent
+  local before = e:mutations()
+  r = run(e, args)
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("everything is already gone: nothing was changed", 1, true), r.stderr)
+  t.eq(e:mutations(), before)
+end)
+
 t.test("method=failed-logins: wrong SO logins through the guard's override until zeroized, then the delete", function()
   local e = estate()
   local r = run(e, "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --yes")
