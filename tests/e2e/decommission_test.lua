@@ -5,13 +5,13 @@
 -- and --resume of a playbook run by path.  What reached the estate is read
 -- from its own state and request log (estate.log), not from dhsm's output.
 local t = require "dhsm.test"
-local cjson = require "cjson"
-local util = require "dhsm.util"
 package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
+local cjson = require "cjson"
+local util = require "dhsm.util"
 
-local q = util.shell_quote
 local GROUP = "hsm-rg"
+local q = util.shell_quote
 
 local function estate(set)
   local knobs = { delete_seconds = 0, retry_after = 0, hsm_step_seconds = 0, gateway_seconds = 0, network_seconds = 0 }
