@@ -36,7 +36,7 @@ RUNTIME_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 MODULE_SRC  := $(wildcard modules/*/*.c)
 LIB_OBJ     := $(patsubst %.c,$(O)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(O)/embedded.o
 LUA_FILES   := $(sort $(wildcard runtime/lua/dhsm/*.lua modules/*/*.lua playbooks/*.lua))
-DATA_FILES  := $(sort $(wildcard playbooks/templates/*))
+DATA_FILES  := $(sort $(wildcard playbooks/templates/* modules/*/*.tsv))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 

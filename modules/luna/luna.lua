@@ -4,7 +4,9 @@
 --   local s <close> = luna.connect{ host=, port=22, user="tenantadmin", password=secret | key=path,
 --                                   known_hosts=path, host_key="strict"|"accept-new", timeout=30, name= }
 --   -- or luna.open(inventory:hsm("hsm1"))
---   local r = s:run("partition list")      --> {ok=, code=, text=, error=, command=}
+--   -- an appliance fresh from Microsoft: the first login must change the password
+--   local s = luna.first_login(inventory:hsm("hsm1"), { new_password = secret.prompt("new password") })
+--   local r = s:run("partition list")      --> {ok=, code=, text=, error={code=, hex=, lines=}, command=, canonical=}
 --   s:must("client list")                   -- raises a luna error when the command failed
 --   s:hsm_show(); s:partitions()            -- parsed (dhsm.luna.parse)
 --   s:zeroize_by_failed_logins(serial, {zeroize=true})  -- the guide's quickest zeroization, guarded
@@ -43,6 +45,9 @@ local ssh = util.native(select(3, ...), "dhsm.luna.ssh")
 
 local M = {}
 
+-- The reboot fix as the guide and Microsoft call it; what `package list`
+-- really calls it is unconfirmed, so an inventory entry may name it
+-- (reboot_fix_package), matched as a substring in any case.
 M.REBOOT_FIX = "KB0019789"
 local PROMPT = "%[([^%]\r\n]+)%] lunash:>%s*$"
 
@@ -136,9 +141,44 @@ local function check_opts(o)
   end
 end
 
+local function known_hosts_path(o)
+  return o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
+end
+
+-- The host key algorithms to ask for, those of the keys known_hosts holds
+-- for this host first (OpenSSH's rule): a Luna 7 appliance offers RSA and
+-- ed25519, and the key on file is the one to check.  Plain host names only
+-- (a hashed line cannot be matched here: libssh2's default order then).
+local ALGORITHMS = { ["ssh-rsa"] = "rsa-sha2-512,rsa-sha2-256,ssh-rsa", ["ssh-ed25519"] = "ssh-ed25519",
+  ["ecdsa-sha2-nistp256"] = "ecdsa-sha2-nistp256", ["ecdsa-sha2-nistp384"] = "ecdsa-sha2-nistp384",
+  ["ecdsa-sha2-nistp521"] = "ecdsa-sha2-nistp521" }
+local DEFAULT_ORDER = { "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-ed25519", "ssh-rsa" }
+
+local function host_key_algorithms(path, host, port)
+  local f = io.open((path:gsub("^~", os.getenv("HOME") or "~")), "r")
+  if not f then return nil end
+  local me = port == 22 and host or ("[%s]:%d"):format(host, port)
+  local known, seen = {}, {}
+  for line in f:lines() do
+    local names, kind = line:match("^%s*([^%s#@|][^%s]*)%s+([%w%-@.]+)%s")
+    for name in (names or ""):gmatch("[^,]+") do
+      if name == me and ALGORITHMS[kind] and not seen[kind] then
+        seen[kind] = true
+        known[#known + 1] = ALGORITHMS[kind]
+      end
+    end
+  end
+  f:close()
+  if #known == 0 then return nil end
+  for _, kind in ipairs(DEFAULT_ORDER) do
+    if not seen[kind] then known[#known + 1] = ALGORITHMS[kind] end
+  end
+  return table.concat(known, ",")
+end
+
 -- Verify the appliance's host key against known_hosts (OpenSSH format).
 local function verify_host_key(s, o, name)
-  local path = o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
+  local path = known_hosts_path(o)
   local hk = s:hostkey()
   local verdict, known = s:known_hosts(path)
   local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
@@ -168,14 +208,22 @@ local raw = setmetatable({}, { __mode = "k" })
 -- The capability to write a login: held by the guarded login path only.
 local LOGIN_PASS = setmetatable({}, { __tostring = function() return "luna login pass" end })
 
-local read_until
+local read_until, send_line
 
--- connect(opts) -> session, with the shell open at its first prompt
-function M.connect(o)
+-- What may come before the first prompt: an appliance fresh from Microsoft
+-- makes the first interactive login change the password (luna-field.md
+-- 1.1: a starred box, then Linux passwd's "New password:" - no current
+-- password asked - and "Retype new password:").
+local NEW_PASSWORD = "New password:%s*$"
+local RETYPE = "Retype new password:%s*$"
+
+-- SSH session, host key, authentication, shell: -> session, what came
+-- before the first prompt or question, which (1 prompt, 2 new password).
+local function open_shell(o)
   check_opts(o)
   local name = o.name or o.host
-  local t0 = dhsm.now()
-  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30 }
+  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30,
+    host_key_algorithms = host_key_algorithms(known_hosts_path(o), o.host, o.port or 22) }
   local ok, hostkey = pcall(function()
     local hk = verify_host_key(s, o, name)
     if o.key then s:auth_key(o.user or "tenantadmin", o.key, o.passphrase)
@@ -186,15 +234,106 @@ function M.connect(o)
     s:close()
     error(hostkey, 0)
   end
-  local self = setmetatable({ name = name, host = o.host, port = o.port or 22,
+  local self = setmetatable({ name = name, host = o.host, port = o.port or 22, user = o.user or "tenantadmin",
     timeout = o.timeout or 30, turn = dhsm.semaphore(1), hostkey = hostkey }, Session)
   raw[self] = { ssh = s, buf = "" }
-  raw[self].shell = s:shell { term = "vt100" }
-  local banner = read_until(self, { PROMPT }, self.timeout)
-  self.hostname = banner:match(PROMPT)
-  self.banner = banner
-  dhsm.audit.write { action = "luna.connect", target = name, outcome = "ok", duration_ms = (dhsm.now() - t0) * 1000 }
+  local text, which
+  ok, text = pcall(function()
+    raw[self].shell = s:shell { term = "vt100" }
+    local t, w = read_until(self, { PROMPT, NEW_PASSWORD }, self.timeout)
+    which = w
+    return t
+  end)
+  if not ok then
+    self:close()
+    error(text, 0)
+  end
+  return self, text, which
+end
+
+local function at_prompt(self, text, t0, outcome)
+  self.hostname = text:match(PROMPT)
+  self.banner = text
+  dhsm.audit.write { action = "luna.connect", target = self.name, outcome = outcome or "ok",
+    duration_ms = (dhsm.now() - t0) * 1000 }
   return self
+end
+
+-- connect(opts) -> session, with the shell open at its first prompt.  An
+-- appliance that demands a password change first is not answered: the
+-- session is closed with a PasswordChangeRequired error (luna.first_login
+-- is the way through).
+function M.connect(o)
+  local t0 = dhsm.now()
+  local self, text, which = open_shell(o)
+  if which == 2 then
+    self:close()
+    dhsm.audit.write { action = "luna.connect", target = self.name, outcome = "PasswordChangeRequired" }
+    dhsm.error { kind = "luna", code = "PasswordChangeRequired",
+      message = ("%s demands that the %s password be changed before its first prompt (an appliance fresh from "
+        .. "Microsoft); nothing was answered and the session was closed. Change it once with "
+        .. "luna.first_login(entry, {new_password = secret}), then keep the new password where the inventory's "
+        .. "'password' points"):format(self.name, self.user) }
+  end
+  return at_prompt(self, text, t0)
+end
+
+-- The lines passwd and LunaSH printed about the change (never a password:
+-- none is echoed).
+local function passwd_lines(text)
+  local out = {}
+  for l in text:gsub("\r", ""):gmatch("[^\n]+") do
+    if l:find("^passwd:") or l:find("^BAD PASSWORD") or l:find("^Sorry") or l:find("^Password change") then
+      out[#out + 1] = util.trim(l)
+    end
+  end
+  return out
+end
+
+-- first_login(entry, {new_password = secret [, timeout=]}) -> session at its
+-- first prompt, with .password_changed.  Answers the forced change of an
+-- appliance's first login (new password, typed twice); when the appliance
+-- does not ask, nothing is sent and .password_changed is false.  The new
+-- password must satisfy the appliance (at least 8 characters of 3 of the 4
+-- classes, luna-field.md 1.1): a refusal is a PasswordChangeRejected error
+-- quoting passwd's words.  The old password stays valid until then.
+function M.first_login(entry, opts)
+  if type(entry) ~= "table" then usage("luna.first_login: expected an inventory entry, got %s", type(entry)) end
+  if type(opts) ~= "table" or not secret.is(opts.new_password) then
+    usage("luna.first_login: give {new_password = secret} (secret.env/file/prompt), not a plain string")
+  end
+  local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
+    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, timeout = opts.timeout, host_key = opts.host_key }
+  if dhsm.check_mode then
+    dhsm.would(("change the %s password of %s at its first login"):format(o.user or "tenantadmin", o.name or o.host))
+    return nil
+  end
+  local t0 = dhsm.now()
+  local self, text, which = open_shell(o)
+  if which == 1 then
+    self.password_changed = false
+    return at_prompt(self, text, t0, "ok (no password change asked)")
+  end
+  dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "sending", user = self.user }
+  local ok, answer = pcall(function()
+    send_line(self, opts.new_password)
+    local seen = read_until(self, { RETYPE }, self.timeout)
+    send_line(self, opts.new_password)
+    return seen .. read_until(self, { PROMPT }, self.timeout)
+  end)
+  if not ok then
+    local said = passwd_lines(raw[self].buf)
+    self:close()
+    dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "rejected", said = table.concat(said, " ") }
+    if #said == 0 then error(answer, 0) end
+    dhsm.error { kind = "luna", code = "PasswordChangeRejected",
+      message = ("%s refused the new %s password: %s; the old one still applies"):format(self.name, self.user,
+        table.concat(said, " ")), details = { said = said } }
+  end
+  self.password_changed = true
+  dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "changed", user = self.user,
+    said = table.concat(passwd_lines(answer), " ") }
+  return at_prompt(self, answer, t0)
 end
 
 -- open(entry [, opts]): connect to an inventory entry (dhsm.inventory)
@@ -202,7 +341,9 @@ function M.open(entry, opts)
   local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
     key = entry.key, known_hosts = entry.known_hosts, name = entry.name }
   for k, v in pairs(opts or {}) do o[k] = v end
-  return M.connect(o)
+  local s = M.connect(o)
+  s.reboot_fix_package = entry.reboot_fix_package
+  return s
 end
 
 function Session:close()
@@ -291,7 +432,7 @@ end
 -- held to the same rule (it would be read as a command if the question was
 -- misread).  Anything else must be a secret (write_line takes a string or
 -- a secret, nothing else): a password, sent as one line, unread here.
-local function send_line(self, line, pass)
+function send_line(self, line, pass)
   if type(line) == "string" then
     local verb = classify(line)
     if verb:match("^login") and pass ~= LOGIN_PASS then
@@ -349,10 +490,10 @@ local function command(self, line, verb, opts, pass)
       error(text, 0)
     end
     local r = parse.result(text)
-    r.command = shown
+    r.canonical, r.command = r.command, shown     -- LunaSH's own name for it, and what was sent
     dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
       command = r.command, duration_ms = (dhsm.now() - t0) * 1000,
-      error = r.error and r.error.name }
+      error = r.error and r.error.code }
     return r
   end)
 end
@@ -390,10 +531,10 @@ end
 function Session:must(line, opts)
   local r = self:run(line, opts)
   if not r.ok then
-    dhsm.error { kind = "luna", code = r.error and r.error.name or ("Result" .. tostring(r.code)),
+    dhsm.error { kind = "luna", code = r.error and r.error.code or ("Result" .. tostring(r.code)),
       message = ("%s: '%s' failed: %s"):format(self.name, r.command,
         r.error and table.concat(r.error.lines, " ") or ("Command Result " .. tostring(r.code))),
-      details = { result = r } }
+      details = { result = r, hex = r.error and r.error.hex } }
   end
   return r
 end
@@ -500,9 +641,10 @@ function Session:login_so(password, opts)
   opts.password = password
   local r = self:run("hsm login", opts)
   if not r.ok and not r.check then
-    dhsm.error { kind = "luna", code = r.error and r.error.name or "LoginFailed",
+    dhsm.error { kind = "luna", code = r.error and r.error.code or "LoginFailed",
       message = ("%s: HSM SO login failed (%s); not retried"):format(self.name,
-        r.error and r.error.name or ("result " .. tostring(r.code))), details = { result = r } }
+        r.error and r.error.code or ("result " .. tostring(r.code))),
+      details = { result = r, hex = r.error and r.error.hex } }
   end
   return r
 end
@@ -535,11 +677,16 @@ function Session:check_reboot_fix(what, opts)
     dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_without_reboot_fix", command = what }
     return
   end
-  if not self:packages()[M.REBOOT_FIX] then
+  local want = self.reboot_fix_package or M.REBOOT_FIX
+  local found = parse.has_package(self:packages(), want)
+  if not found then
     dhsm.error { kind = "safety", code = "RebootFixMissing",
-      message = ("refusing '%s' on %s: the reboot fix %s is not installed, and without it the appliance may hang "
-        .. "on reboot until Microsoft power-cycles it (up to 48 hours). Install it first"):format(what, self.name, M.REBOOT_FIX) }
+      message = ("refusing '%s' on %s: no installed package is named like the reboot fix '%s' (package list), and "
+        .. "without the fix the appliance may hang on reboot until Microsoft power-cycles it (up to 48 hours). "
+        .. "Install it first; if it is installed under another name, set reboot_fix_package in the inventory"):format(
+        what, self.name, want), details = { reboot_fix_package = want } }
   end
+  dhsm.audit.write { action = "safety.reboot_fix", target = self.name, outcome = "installed", package = found }
 end
 
 -- A network change must not touch the interface carrying this session.

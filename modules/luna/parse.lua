@@ -1,12 +1,29 @@
--- dhsm.luna.parse: LunaSH output as tables (formats: reference/luna.md,
--- real 7.2 transcripts).  Each parser takes the text of one command and
--- keeps every "Key: value" line it does not understand in .fields.
+-- dhsm.luna.parse: LunaSH, lunacm and vtl output as tables.
+--
+-- Written to the layout rules of shared/reference/luna-field.md section 11,
+-- which real appliances of Luna 5, 6 and 7 printed (tests/fixtures/luna
+-- holds those blocks, one file per section):
+--   * a "Key: value" line is split on its first ':' (lunacm: '->') and
+--     stripped - never cut at a column: 5.x, 6.x and 7.x align values at
+--     different columns, 7.8.5 right-aligns some, lunacm indents 2 to 8;
+--   * blank lines after the echo and before the trailer vary (0-3);
+--   * the trailer is `Command Result : N (text)` (lunacm: `No Error`);
+--   * `'<canonical command>' successful.` names the command as LunaSH
+--     knows it, whatever abbreviation was typed;
+--   * errors are `Error:  '<cmd>' failed. (<HEX> : <NAME>)` with free-text
+--     `Error:` lines before or after and 8-space continuation lines;
+--   * empty results are sentences (`There are no partitions.`);
+--   * tables are columns separated by 2+ spaces or TABs, headers may span
+--     two lines, rows may be separated from the rule by blank lines.
+-- Every parser keeps what it does not know (fields = every key/value) and
+-- never fails on an unknown layout: it returns what it could read.
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
 -- error InputTooLong: LunaSH never prints one, and a runaway device must
 -- not stall the scheduler.
 local util = require "dhsm.util"
+local rc = require "dhsm.luna.rc"
 
 local M = {}
 
@@ -24,33 +41,80 @@ local function lines(text)
   return util.lines(text_of(text), "LunaSH output", "luna")
 end
 
--- "Key:   value" lines (first occurrence of a key wins); a key has no
--- run of two blanks inside (that is a table row) and does not start with '='.
+-- "Key:   value" or "Key ->   value" -> key, value (both stripped); nil for
+-- a line without either, or whose key looks like a table row (a run of two
+-- blanks inside it) or a rule.
+local function key_value(l)
+  local colon = l:find(":", 1, true)
+  local arrow = l:find("->", 1, true)
+  local at, width = colon, 1
+  if arrow and (not colon or arrow < colon) then at, width = arrow, 2 end
+  if not at then return nil end
+  local k = trim(l:sub(1, at - 1))
+  if k == "" or k:find("^[=%-]") or k:find("  %S") or k:find("\t", 1, true) then return nil end
+  return k, trim(l:sub(at + width))
+end
+M.key_value = key_value
+
+-- Every key/value line (first occurrence of a key wins).
 function M.fields(text)
   local out = {}
   for _, l in ipairs(lines(text)) do
-    local colon = l:find(":", 1, true)
-    local k = colon and trim(l:sub(1, colon - 1))
-    if k and k ~= "" and k:sub(1, 1) ~= "=" and out[k] == nil and not k:find("  %S") then
-      out[k] = trim(l:sub(colon + 1))
-    end
+    local k, v = key_value(l)
+    if k and out[k] == nil then out[k] = v end
   end
   return out
+end
+
+-- The columns of a table row: runs separated by 2+ blanks or a TAB ->
+-- { {text=, first=, last=}, ... }.  Linear: one pass over the words.
+local function columns(l)
+  local cols, prev_last = {}, nil
+  for first, after in l:gmatch("()[^ \t]+()") do
+    local c = cols[#cols]
+    if c and first == prev_last + 2 and l:byte(prev_last + 1) == 32 then
+      c.last = after - 1                            -- one blank: the same column ("Serial #")
+    else
+      cols[#cols + 1] = { first = first, last = after - 1 }
+    end
+    prev_last = after - 1
+  end
+  for _, c in ipairs(cols) do c.text = l:sub(c.first, c.last) end
+  return cols
+end
+
+local function texts(cols)
+  local out = {}
+  for i, c in ipairs(cols) do out[i] = c.text end
+  return out
+end
+M.columns = function(l) return texts(columns(l)) end
+
+-- A rule line: only '=' (or '-') and blanks, at least three of them.
+local function is_rule(l, ch)
+  ch = ch or "="
+  local t = trim(l)
+  return #t >= 3 and t:find("^[" .. ch .. " \t]+$") ~= nil and t:sub(1, 1) == ch
 end
 
 local function yes(v)
   if v == nil then return nil end
   v = v:lower()
-  return v == "yes" or v == "logged in" or v == "true" or v == "on" or v == "1"
+  return v == "yes" or v == "logged in" or v == "true" or v == "on" or v == "1" or v == "enabled"
 end
 
 local function int(v)
   return v and tonumber(v:match("%-?%d+"))
 end
 
--- The "Command Result : N (what)" lines: the last one's code and text, and
--- where it starts.  Scanned with plain finds and one cached ')' position:
--- a gmatch with "%(([^)]*)%)" rescans to the end from every occurrence.
+local function num(v)
+  return v and v:find("^%d+$") and tonumber(v) or nil
+end
+
+-- The "Command Result : N (what)" / "Command Result : No Error" lines: the
+-- last one's code and text, and where it starts.  Scanned with plain finds
+-- and one cached ')' position: a gmatch with "%(([^)]*)%)" rescans to the
+-- end from every occurrence.
 local function last_result(text)
   local code, what, last, close
   local pos = 1
@@ -61,46 +125,111 @@ local function last_result(text)
     if c then
       if close ~= false and (close == nil or close < open) then close = text:find(")", open, true) or false end
       if close then code, what, last = tonumber(c), text:sub(open, close - 1), s end
+    elseif text:find("^No Error", e + 1) then
+      code, what, last = 0, "No Error", s            -- lunacm's trailer
     end
     pos = e + 1
   end
   return code, what, last
 end
 
--- "Command Result : 0 (Success)" and "Error:  'cmd' failed. (HEX : RC_NAME)"
+-- `Error:  '<cmd>' failed. (<HEX> : <NAME>)` -> cmd, hex, name (name may be
+-- missing: "(<HEX>)").  Plain finds: linear on any line.
+local function failed_line(msg)
+  local q1 = msg:find("'", 1, true)
+  local f = msg:find("' failed.", (q1 or 0) + 1, true)
+  if not q1 or not f then return nil end
+  local inside = msg:match("^%s*%(([^)]*)%)", f + 9)
+  if not inside then return msg:sub(q1 + 1, f - 1) end
+  local hex, name = inside:match("^%s*(%x+)%s*:?%s*([%w_]*)%s*$")
+  return msg:sub(q1 + 1, f - 1), hex, name ~= "" and name or nil
+end
+
+-- result(text) -> {ok=, code=, result=, command= (canonical, from the
+-- "'x' successful." or "'x' failed." line), successful={...}, text=, error=
+-- {hex=, name=, code=, known=, lines={...}, command=}}.
+-- ok: the trailer says 0 (or there is none, as in single-command SSH, and a
+-- success line) and no line says "failed.": a 7.x failed `hsm login` has
+-- been published ending "Command Result : 0 (Success)".
+-- error.code is the name LunaSH printed, else the table's name for the hex
+-- (dhsm.luna.rc), else "LUNA_RC_<HEX>": the hex is always carried.
 function M.result(text)
   local code, what, last = last_result(text)
-  local r = { code = code, ok = code == 0, result = what }
-  local errs = {}
+  local r = { code = code, result = what, successful = {} }
+  local errs, failed = {}, nil
   for _, l in ipairs(lines(text)) do
-    local msg = l:match("^Error:%s+(.*)$")
-    if msg then errs[#errs + 1] = msg end
+    local msg = l:match("^%s*Error:(.*)$")
+    if msg then
+      msg = trim(msg)
+      errs[#errs + 1] = msg
+      local cmd, hex, name = failed_line(msg)
+      if cmd and not failed then failed = { command = cmd, hex = hex and rc.normalize(hex), name = name } end
+    elseif #errs > 0 and l:find("^        %S") then
+      errs[#errs] = errs[#errs] .. " " .. trim(l)    -- an 8-space continuation of the Error: line above
+    else
+      local q, rest = l:match("^%s*'([^']+)' successful%.(.*)$")
+      if q then r.successful[#r.successful + 1] = q; r.command = q; r.note = trim(rest) ~= "" and trim(rest) or r.note end
+    end
   end
-  if #errs > 0 or (code and code ~= 0) then
-    local hex, name = text:match("failed%. %((%x+) : ([%w_]+)%)")
-    r.error = { hex = hex, name = name, lines = errs }
+  r.ok = not failed and (code == 0 or (code == nil and #r.successful > 0))
+  if failed or #errs > 0 or (code and code ~= 0) then
+    local e = failed or {}
+    e.lines = errs
+    e.known = e.hex ~= nil and rc.name(e.hex) ~= nil
+    e.code = e.name or (e.hex and (rc.name(e.hex) or ("LUNA_RC_" .. e.hex))) or nil
+    r.error = e
+    if failed then r.command = failed.command end
   end
   r.text = text
-  if last and text:find("^Command Result : %d+ %([^)\n]*%)%s*$", last) then
+  local nl = last and (text:find("\n", last, true) or #text + 1)
+  if last and not text:find("%S", nl) then            -- nothing but blanks after the trailer
     r.text = text:sub(1, last - (text:sub(last - 1, last - 1) == "\n" and 2 or 1))
   end
   return r
 end
 
--- hsm show -> {serial=, label=, firmware=, software_version=, model=, admin_logged_in=,
---   attempts_left=, zeroized=, manually_zeroized=, partitions={{serial=, name=}},
---   partitions_allowed=, partitions_created=, fips=, fields=}
+-- Key/value lines grouped by the section they are under (a title line
+-- ending in ':' followed by a rule of '='): {["HSM Details"] = {fields}}.
+local function sections(ls)
+  local out, current = {}, nil
+  for i, l in ipairs(ls) do
+    local nxt = ls[i + 1]
+    local title = trim(l):match("^(.-):$")
+    if title and nxt and is_rule(nxt) then
+      current = {}
+      out[title] = current
+    elseif current then
+      local k, v = key_value(l)
+      if k and current[k] == nil then current[k] = v end
+    end
+  end
+  return out
+end
+
+-- hsm show -> {serial=, label=, firmware=, software_version=, model=, part_number=,
+--   admin_logged_in=, attempts_left=, zeroized=, manually_zeroized=, partitions={{serial=, name=}},
+--   partitions_allowed=, partitions_created=, fips=, fields=, sections=}
+-- 5.x says "Hardware Model:", 6.x/7.x "HSM Model:"; an unlabelled HSM shows
+-- "no label" (5.x) or nothing (7.2): label "" for both.
 function M.hsm_show(text)
+  local ls = lines(text)
   local f = M.fields(text)
   local attempts = f["HSM Admin login attempts left"] or ""
   local zeroized = attempts:find("ZEROIZED", 1, true) ~= nil or text:find("HSM IS ZEROIZED", 1, true) ~= nil
   local parts = {}
-  for sn, name in text:gmatch("Partition:%s*(%d+),%s*Name:%s*([^\r\n]+)") do
-    parts[#parts + 1] = { serial = sn, name = trim(name) }
+  for _, l in ipairs(ls) do
+    local k, v = key_value(l)
+    if k == "Partition" then
+      local sn, name = v:match("^(%d+),%s*Name:(.*)$")
+      if sn then parts[#parts + 1] = { serial = sn, name = trim(name) } end
+    end
   end
+  local label = f["HSM Label"]
+  if label == "no label" then label = "" end
   return {
-    serial = f["Serial #"], label = f["HSM Label"], firmware = f["Firmware"],
-    software_version = f["Software Version"], model = f["HSM Model"],
+    serial = f["Serial #"], label = label, firmware = f["Firmware"],
+    software_version = f["Software Version"], model = f["HSM Model"] or f["Hardware Model"],
+    part_number = f["HSM Part Number"],
     admin_logged_in = yes(f["HSM Admin login status"]),
     attempts_left = zeroized and 0 or int(attempts),
     zeroized = zeroized,
@@ -108,93 +237,225 @@ function M.hsm_show(text)
     partitions = parts,
     partitions_allowed = int(f["Number of partitions allowed"]),
     partitions_created = int(f["Number of partitions created"]),
-    fips = not text:find("NOT in FIPS", 1, true),
+    fips = text:find("is in FIPS", 1, true) ~= nil or (text:find("FIPS 140", 1, true) ~= nil and not text:find("NOT in FIPS", 1, true)),
     fields = f,
+    sections = sections(ls),
   }
 end
 
--- partition list -> {{serial=, name=, objects=, total=, used=, free=}}
+-- A table of rows under a rule of '=' (or '-'): {header={names}, rows={{cells}}}.
+-- The header is the last non-blank line above the rule (a line above it
+-- that sits over a column joins that column's name: 7.8.5 "Partition" over
+-- "Version"); rows are the non-blank lines after the rule, split on 2+
+-- blanks or TABs, until a sentence or the trailer.
+function M.table(text)
+  local ls = lines(text)
+  local rule, dashes
+  for i, l in ipairs(ls) do                  -- a rule of '=' (5.x 'user list': of '-')
+    local first = l:match("^[ \t]*([=-])")
+    if first == "=" and is_rule(l) then rule = i; break end
+    if first == "-" and not dashes and is_rule(l, "-") then dashes = i end
+  end
+  rule = rule or dashes
+  local out = { header = {}, rows = {} }
+  if not rule then return out end
+  local h = rule - 1
+  while h > 0 and trim(ls[h]) == "" do h = h - 1 end
+  local head = h > 0 and columns(ls[h]) or {}
+  local above = h > 1 and columns(ls[h - 1]) or {}
+  for _, c in ipairs(head) do
+    for _, a in ipairs(above) do       -- a word standing over this column, not over a run of columns
+      if a.first >= c.first - 2 and a.last <= c.last + 2 and not a.text:find("^[-=]+$") then
+        c.text = a.text .. " " .. c.text
+      end
+    end
+  end
+  out.header = texts(head)
+  for i = rule + 1, #ls do
+    local l = ls[i]
+    if l:find("^Command Result") then break end
+    if trim(l) ~= "" and not is_rule(l) then out.rows[#out.rows + 1] = texts(columns(l)) end
+  end
+  return out
+end
+
+-- partition list -> {{serial=, name=, version=, objects=, total=, used=, free=, columns={...}}}
+-- 5.x/6.x: Partition Name Objects Total Used Free; 7.8.5 adds "Partition
+-- Version" after Name.  A row copied with the next one appended (seen in a
+-- published 6.2.2 copy) gives both rows.
+local PART_COLS = { partition = "serial", name = "name", ["partition version"] = "version", version = "version",
+  objects = "objects", total = "total", used = "used", free = "free" }
+local PART_NUMERIC = { objects = true, total = true, used = true, free = true }
+
 function M.partition_list(text)
+  local t = M.table(text)
+  local names = {}
+  for i, h in ipairs(t.header) do names[i] = PART_COLS[h:lower()] or h end
+  if #names < 6 then
+    names = { "serial", "name", "objects", "total", "used", "free" }
+  end
+  local width = #names
   local out = {}
-  for _, l in ipairs(lines(text)) do
-    local sn, name, objects, total, used, free = l:match("^(%d+)%s+(%S+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s*$")
-    if sn then
-      out[#out + 1] = { serial = sn, name = name, objects = tonumber(objects), total = tonumber(total),
-        used = tonumber(used), free = tonumber(free) }
+  for _, row in ipairs(t.rows) do
+    if #row >= width and row[1]:find("^%d+$") then
+      for first = 1, #row - width + 1, width do
+        local p = { columns = {} }
+        for i = 1, width do
+          local v = row[first + i - 1]
+          p.columns[names[i]] = v
+          if PART_NUMERIC[names[i]] then p[names[i]] = num(v) elseif names[i] == "serial" or names[i] == "name"
+            or names[i] == "version" then p[names[i]] = v end
+        end
+        if p.serial and p.serial:find("^%d+$") then out[#out + 1] = p end
+      end
     end
   end
   return out
 end
 
 -- partition show -> {name=, serial=, label=, so_zeroized=, so_attempts_left=, co_locked=,
---   co_attempts_left=, objects=, fields=}
+--   co_attempts_left=, objects=, version=, fields=}
+-- 6.2.2 calls the CO "Partition Owner"; 7.8.5 showContents says "Number objects".
 function M.partition_show(text)
   local f = M.fields(text)
+  local co_locked = f["Crypto Officer Locked Out"] or f["Partition Owner Locked Out"]
+  local co_left = f["Crypto Officer Login Attempts Left"] or f["Partition Owner Login Attempts Left"]
   return {
-    name = f["Partition Name"], serial = f["Partition SN"], label = f["Partition Label"],
+    name = f["Partition Name"], serial = f["Partition SN"], label = f["Partition Label"], version = f["Partition Version"],
     so_zeroized = yes(f["Partition SO Zeroized"]), so_attempts_left = int(f["Partition SO Login Attempts Left"]),
-    co_locked = yes(f["Crypto Officer Locked Out"]), co_attempts_left = int(f["Crypto Officer Login Attempts Left"]),
-    objects = int(f["Object Count"]), fields = f,
+    co_locked = yes(co_locked), co_attempts_left = int(co_left),
+    objects = int(f["Object Count"] or f["Partition Object Count"] or f["Number objects"]), fields = f,
   }
 end
 
--- client list -> {"name", ...}
+-- client list -> {"name", ...}  ("No clients are registered." -> {})
 function M.client_list(text)
   local out = {}
-  for name in text:gmatch("registered client %d+: ([^\r\n]+)") do out[#out + 1] = trim(name) end
+  for _, l in ipairs(lines(text)) do
+    local name = l:match("^%s*registered client %d+:(.*)$")
+    if name then out[#out + 1] = trim(name) end
+  end
   return out
 end
 
--- client show -> {id=, ip=, hostname=, partitions={...}}
+-- client show -> {id=, ip=, hostname=, partitions={...}, htl_required=, ott_expiry=, fields=}
+-- Partitions: "a", "b" or <none>.
 function M.client_show(text)
   local f = M.fields(text)
   local parts = {}
   for p in (f["Partitions"] or ""):gmatch('"([^"]+)"') do parts[#parts + 1] = p end
-  local host = f["Hostname"]
-  return { id = f["ClientID"], ip = f["IPAddress"], hostname = host ~= "<none>" and host or nil, partitions = parts }
+  local function given(v) return v ~= nil and v ~= "<none>" and v ~= "" and v or nil end
+  return { id = f["ClientID"], ip = given(f["IPAddress"]), hostname = given(f["Hostname"]), partitions = parts,
+    htl_required = yes(f["HTL Required"]), ott_expiry = f["OTT Expiry"], fields = f }
 end
 
 -- ntls show -> {device=, ip=, port=, running=, ipcheck=, fields=}
+-- (no real `ntls show` was published: the simulator's layout, read by key)
 function M.ntls_show(text)
   local f = M.fields(text)
-  local device, ip = text:match('NTLS bound to network device:%s*(%S+)%s+IP Address:%s*"([^"]*)"')
+  local device, ip
+  for _, l in ipairs(lines(text)) do
+    local d = l:match("NTLS bound to network device:%s*([^%s]+)")
+    if d then
+      device = d
+      ip = l:match('IP Address:%s*"([^"]*)"')
+    end
+  end
+  local check = (f["NTLS IP check"] or f["NTLS client source IP validation"] or ""):lower()
   return { device = device, ip = ip, port = int(f["NTLS TCP port"]), running = (f["NTLS status"] or ""):lower() == "running",
-    ipcheck = (f["NTLS IP check"] or ""):lower() == "enabled", fields = f }
+    ipcheck = check == "enabled" or check == "enable", fields = f }
 end
 
--- package list -> set of installed packages and fixes: {["KB0019789"]=true, ["lunash-..."]=true}
+-- package list -> set of installed packages, each entry as printed
+-- ("lunacm-5.1.0-25" = true), plus every KBnnnnnnn named in one.
+-- Published layout (5.1): "RPM LIST (SYSTEM)" and "RPM LIST (SOFTWARE)"
+-- titles over a dash rule, one package per line; other layouts are read
+-- the same way: any line that is one word, titles and rules skipped.
 function M.package_list(text)
   local out = {}
   for _, l in ipairs(lines(text)) do
-    local name = l:match("^%s+(%S+)%s*$")
-    if name then out[name] = true end
-    for kb in l:gmatch("(KB%d+)") do out[kb] = true end
+    local t = trim(l)
+    if t ~= "" and not t:find("[%s:]") and not is_rule(t, "-") and not is_rule(t, "=") then out[t] = true end
+    for kb in t:gmatch("KB%d+") do out[kb] = true end
   end
   return out
 end
 
+-- has_package(set, name) -> the first entry containing name (any case), or nil
+function M.has_package(set, name)
+  local want = name:lower()
+  local found
+  for entry in pairs(set) do
+    if entry:lower():find(want, 1, true) and (found == nil or entry < found) then found = entry end
+  end
+  return found
+end
+
 -- network show -> {hostname=, interfaces={eth0={ip=, mask=, gateway=, mac=}}, default_device=}
+local NET_KEYS = { ["IP Address"] = "ip", ["HW Address"] = "mac", ["Mask"] = "mask", ["Gateway"] = "gateway" }
 function M.network_show(text)
   local f = M.fields(text)
-  local ifaces = {}
+  local ifaces, default = {}, nil
   for _, l in ipairs(lines(text)) do
-    local key, dev, value = l:match("^(%a[%a ]-) %((%w+)%):(.*)$")
+    local k, value = key_value(l)
+    local key, dev = (k or ""):match("^(%a[%a ]*) %((%w+)%)$")
     if key then
       local i = ifaces[dev] or {}
       ifaces[dev] = i
-      local map = { ["IP Address"] = "ip", ["HW Address"] = "mac", ["Mask"] = "mask", ["Gateway"] = "gateway" }
-      value = trim(value)
-      if map[key] and value ~= "" and not value:find("^<") then i[map[key]] = value end
+      if NET_KEYS[key] and value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
+    end
+    local c = l:find("^%s*0%.0%.0%.0") and columns(l) or {}     -- the default route's row only
+    if #c >= 5 and c[1].text == "0.0.0.0" and c[3].text == "0.0.0.0" then
+      for word in c[#c].text:gmatch("[^ ]+") do default = word end    -- the Iface, last word of the row
     end
   end
-  local default = text:match("\n0%.0%.0%.0%s+%S+%s+0%.0%.0%.0%s+%S+%s+(%S+)")
   return { hostname = f["Hostname"], interfaces = ifaces, default_device = default }
+end
+
+-- lunacm's slot listing (start-up, `slot list`) -> {{slot=, label=, serial=, model=, firmware=,
+--   configuration=, description=, fields={...}}, current=}
+-- "Field -> value" at any indent; a "Slot Id ->" line starts a slot.
+function M.lunacm_slots(text)
+  local out, slot = {}, nil
+  for _, l in ipairs(lines(text)) do
+    local k, v = key_value(l)
+    if k == "Slot Id" then
+      slot = { slot = num(v), fields = {} }
+      out[#out + 1] = slot
+    elseif k == "Current Slot Id" then
+      out.current = num(v)
+      slot = nil
+    end
+    if slot and k then
+      slot.fields[k] = v
+    end
+  end
+  for _, s in ipairs(out) do
+    local f = s.fields
+    s.label, s.serial, s.model, s.firmware = f["Label"], f["Serial Number"], f["Model"], f["Firmware Version"]
+    s.configuration, s.description = f["Configuration"], f["Slot Description"]
+  end
+  return out
+end
+
+-- vtl verify -> {{slot=, serial=, label=}}; "Error: Unable to find any Luna SA
+-- slots/partitions" (or nothing found) -> {}.  TABs or spaces between columns.
+function M.vtl_verify(text)
+  local out = {}
+  for _, row in ipairs(M.table(text).rows) do
+    if #row >= 3 and row[1]:find("^%d+$") then
+      out[#out + 1] = { slot = tonumber(row[1]), serial = row[2], label = table.concat(row, " ", 3) }
+    end
+  end
+  return out
 end
 
 -- Every parser takes a string (nil reads as ""), checked for length once.
 for name, parser in pairs(M) do
-  M[name] = function(text)
-    return parser(util.check_lines(text_of(text), "LunaSH output", "luna"))
+  if name ~= "key_value" and name ~= "columns" and name ~= "has_package" then
+    M[name] = function(text)
+      return parser(util.check_lines(text_of(text), "LunaSH output", "luna"))
+    end
   end
 end
 

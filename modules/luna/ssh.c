@@ -53,6 +53,7 @@ typedef struct sess {
   struct addrinfo *addrs, *next_addr;
   char host[256];
   int port;
+  char hostkey_pref[256];     /* host key algorithms to offer first ("" = libssh2's order) */
 } sess;
 
 typedef struct chan {
@@ -161,6 +162,31 @@ static int tcp_failed(lua_State *L, sess *s, int err) {
   return dhsm_raise(L, "net", code, 1, "%s:%d: cannot connect: %s", s->host, s->port, strerror(err));
 }
 
+/* Offer the host key algorithms of s->hostkey_pref that this libssh2 has,
+** in that order.  Filtered here: libssh2 1.10's method_pref strips an
+** unknown name with an overlapping memcpy. */
+static void set_hostkey_pref(sess *s) {
+  const char **algs = NULL;
+  int n = libssh2_session_supported_algs(s->ssh, LIBSSH2_METHOD_HOSTKEY, &algs);
+  if (n <= 0) return;
+  char out[sizeof s->hostkey_pref];
+  size_t used = 0;
+  for (const char *p = s->hostkey_pref; *p; p += *p == ',') {
+    size_t len = strcspn(p, ",");
+    for (int i = 0; i < n; i++) {
+      if (strlen(algs[i]) != len || strncmp(algs[i], p, len) != 0) continue;
+      if (used) out[used++] = ',';
+      memcpy(out + used, p, len);      /* fits: out is as large as the list it filters */
+      used += len;
+      break;
+    }
+    p += len;
+  }
+  out[used] = '\0';
+  libssh2_free(s->ssh, (void *)algs);
+  if (used) (void)libssh2_session_method_pref(s->ssh, LIBSSH2_METHOD_HOSTKEY, out);
+}
+
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   sess *s = luaL_checkudata(L, 2, SESSION_MT);
@@ -204,6 +230,10 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
         s->ssh = libssh2_session_init();
         if (s->ssh == NULL) return luaL_error(L, "libssh2_session_init failed");
         libssh2_session_set_blocking(s->ssh, 0);
+        /* Ask for the key type known_hosts holds, as OpenSSH does: an appliance
+        ** offering RSA and ed25519 is then checked against the key on file.
+        ** A list libssh2 cannot use leaves its default order. */
+        if (s->hostkey_pref[0]) set_hostkey_pref(s);
       }
       int rc = libssh2_session_handshake(s->ssh, s->fd);
       if (rc == LIBSSH2_ERROR_EAGAIN) return wait_ssh(L, s, connect_k);
@@ -217,7 +247,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   }
 }
 
-/* connect{host=, port=22, timeout=30} -> session */
+/* connect{host=, port=22, timeout=30, host_key_algorithms="a,b"} -> session */
 static int ssh_connect(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -230,6 +260,14 @@ static int ssh_connect(lua_State *L) {
   snprintf(s->host, sizeof s->host, "%s", ep.host);
   s->port = ep.port;
   s->timeout = ep.timeout;
+  lua_getfield(L, 1, "host_key_algorithms");
+  if (!lua_isnil(L, -1)) {
+    size_t n;
+    const char *pref = luaL_checklstring(L, -1, &n);
+    if (n >= sizeof s->hostkey_pref) return dhsm_usage_error(L, "host_key_algorithms: too long (%d bytes)", (int)n);
+    memcpy(s->hostkey_pref, pref, n + 1);
+  }
+  lua_pop(L, 1);
   char service[8];
   snprintf(service, sizeof service, "%d", ep.port);
   struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };

@@ -29,13 +29,16 @@ local function env_number(name, default)
   return v and v ~= "" and tonumber(v) or default
 end
 
--- Every file of tests/fuzz/corpus/<folder>, as strings.
-function M.corpus(folder)
-  local dir = M.here .. "corpus/" .. folder
+-- Every file of tests/fuzz/corpus/<folder> (and of each further folder,
+-- relative to corpus/), as strings.
+function M.corpus(...)
   local out = {}
-  local p = io.popen("ls " .. util.shell_quote(dir) .. " 2>/dev/null")
-  for name in p:lines() do out[#out + 1] = assert(util.read_file(dir .. "/" .. name)) end
-  p:close()
+  for _, folder in ipairs { ... } do
+    local dir = M.here .. "corpus/" .. folder
+    local p = io.popen("ls " .. util.shell_quote(dir) .. " 2>/dev/null")
+    for name in p:lines() do out[#out + 1] = assert(util.read_file(dir .. "/" .. name)) end
+    p:close()
+  end
   return out
 end
 

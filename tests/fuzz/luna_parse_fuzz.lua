@@ -1,20 +1,22 @@
 -- Fuzz every LunaSH output parser (dhsm.luna.parse) with mutated field
--- output (corpus/luna: the blocks of reference/luna-field.md and luna.md).
+-- output (corpus/luna: the blocks of reference/luna-field.md and luna.md;
+-- and tests/fixtures/luna, the field blocks the parsers are tested on).
 local fuzz = dofile(arg[0]:match("^(.-)[^/]*$") .. "harness.lua")
 local parse = require "dhsm.luna.parse"
 
 local PARSERS = {}
 for _, name in ipairs { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show", "ntls_log" } do
+  "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "vtl_verify", "table" } do
   PARSERS[#PARSERS + 1] = { "luna.parse." .. name, parse[name] }
 end
 
 fuzz.main {
   name = "luna_parse",
-  seeds = fuzz.corpus("luna"),
+  seeds = fuzz.corpus("luna", "../../fixtures/luna"),
   dictionary = { "Command Result : 0 (Success)", "Command Result : 65535 (", "Error: ", "failed. (300000 : RC_X)",
     "HSM Admin login attempts left : ", "ZEROIZED", "Partition: 1234, Name: p", "registered client 1: ",
     "Partitions: ", '"par1"', "NTLS bound to network device: eth0   IP Address: \"", "IP Address (eth0): ",
-    "\n0.0.0.0  10.0.0.1  0.0.0.0  UG  eth0", "KB0019789", ": ", "  ", "Serial #", "Hostname" },
+    "\n0.0.0.0  10.0.0.1  0.0.0.0  UG  eth0", "KB0019789", ": ", "  ", "Serial #", "Hostname", " -> ", "Command Result : No Error", "' successful.",
+    "\t", "=======  =======", "RPM LIST (SYSTEM)", "Slot Id ->", "        ", "Error:  'x' failed. (C0000401)" },
   target = function(input) fuzz.each(PARSERS, input) end,
 }

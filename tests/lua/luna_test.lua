@@ -18,11 +18,7 @@ local function fresh()
   return t.audit_log()
 end
 
-local function open(name, opts)
-  local s = luna.open(inv_entry(name), opts)
-  t.cleanup(function() s:close() end)
-  return s
-end
+local function open(name, opts) return estate:luna_session(name, opts) end
 
 local audit_records = t.audit_records
 

@@ -8,7 +8,7 @@ local net = require "dhsm.net"
 local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show" }
+  "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "vtl_verify", "table" }
 
 -- name -> {kind, fn(text)}
 local PARSERS = {}

@@ -244,7 +244,9 @@ class ShellTest(ApplianceCase):
                       "All rights reserved.", banner)
         self.assertTrue(PROMPT.search(banner), banner)
         out = shell.command("hsm show")
-        self.assertTrue(out.startswith("hsm show\r\n\r\nAppliance Details:"), out[:60])  # the PTY echoes
+        # the PTY echoes; then 7.2's two blank lines, the 3-space indent, three blank lines before the trailer
+        self.assertTrue(out.startswith("hsm show\r\n\r\n\r\n   Appliance Details:\r\n"), out[:60])
+        self.assertIn("deg. C\r\n\r\n\r\n\r\nCommand Result : 0 (Success)\r\n", out)
         self.assertIn("\r\nCommand Result : 0 (Success)\r\n", out)
         out = shell.command("hsm login", answers=["not-the-password"])
         self.assertIn("*" * len("not-the-password") + "\r\n", out)  # passwords echo as stars
@@ -351,6 +353,38 @@ class ShellTest(ApplianceCase):
             self.assertTrue(os.path.exists(os.path.join(box.info["home"], f"up{len(legacy)}.pem")))
 
 
+    @unittest.skipUnless(shutil.which("ssh"), "needs Debian's openssh-client")
+    def test_openssh_picks_the_rsa_host_key_and_meets_the_first_login_change(self):
+        """OpenSSH asks for the key type known_hosts holds (RSA, as the real 7.2 offered), and an
+        appliance fresh from Microsoft makes the first interactive login change the password."""
+        box = Box("hsm1")
+        ssh = ["ssh", "-v", "-tt", "-o", f"UserKnownHostsFile={ESTATE_DIR}/known_hosts", "-o",
+               "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-i", estate_info()["appliances"]["client_key"],
+               "-p", str(box.port), "tenantadmin@127.0.0.1"]
+        old = box.secret("password")
+        box.faults(force_password_change="1")
+        self.addCleanup(box.faults, force_password_change="0")
+        status, out = box.run("hsm show")  # no TTY: the change cannot happen, the command does not run
+        self.assertEqual((status, out), (1, "Password change required but no TTY available.\n"))
+        proc = subprocess.run([*ssh], input="Sh0rt\nSh0rt\n", capture_output=True, text=True, timeout=10)
+        self.assertIn("BAD PASSWORD", proc.stdout)
+        self.assertEqual(box.secret("password"), old)
+        proc = subprocess.run([*ssh], input="N3w-Passw0rd!\nN3w-Passw0rd!\nexit\n", capture_output=True, text=True,
+                              timeout=10)
+        self.assertIn("Server host key: ssh-rsa SHA256:", proc.stderr)
+        out = proc.stdout.replace("\r\n", "\n")
+        published = read(os.path.join(HERE, "..", "fixtures", "luna", "1.1-login-first-7.2.txt"))
+        box_and_dialogue = published[published.index("*****"):published.index("[local_host]")]
+        self.assertIn(box_and_dialogue, out)  # byte for byte (1.1), the typed passwords echoing nothing
+        self.assertIn("Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. "
+                      "All rights reserved.\n\n\n*****", out)
+        self.assertNotIn("N3w-Passw0rd!", out)  # passwd echoes nothing
+        self.assertEqual(box.secret("password"), "N3w-Passw0rd!")
+        self.assertEqual(box.run("hsm show")[0], 0)  # changed once: no longer demanded
+        with self.assertRaises(paramiko.AuthenticationException):
+            box.connect(password=old)
+
+
 class LoginThresholdTest(ApplianceCase):
     def test_so_threshold_zeroizes_then_arm_delete_and_reprovision(self):
         box, arm = Box("hsm2"), Arm(ESTATE_DIR)
@@ -442,7 +476,7 @@ class PartitionTest(ApplianceCase):
         box.as_so("partition create -partition beta")
         self.assertLessEqual({"alpha-label", "beta"}, softhsm_labels())
         listing = box.ok("partition list")
-        self.assertRegex(listing, r"\d{10} +alpha +0 +102400")
+        self.assertRegex(listing, r"\d{10} +alpha +0 +0 +102400")
         self.assertTrue(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
         out = box.as_so("partition delete -partition beta")
         self.assertIn("CAUTION:  Are you sure you wish to delete the partition named: beta", out)
@@ -624,7 +658,7 @@ class FaultTest(ApplianceCase):
         box = Box("hsm3")
         known = os.path.join(self.tmp, "known_hosts")
         shutil.copy(os.path.join(ESTATE_DIR, "known_hosts"), known)
-        self.assertRegex(read(known), rf"\[127\.0\.0\.1\]:{box.port} ssh-ed25519 AAAA")
+        self.assertRegex(read(known), rf"\[127\.0\.0\.1\]:{box.port} ssh-rsa AAAA")
         box.control("new-host-key")
         client = paramiko.SSHClient()
         client.load_host_keys(known)

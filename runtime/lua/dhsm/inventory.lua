@@ -58,6 +58,11 @@ M.schema = {
       resource = { type = "string", pattern = "^[%w%-]+$",
         expect = "the Azure dedicated HSM resource name (letters, digits, -; default: the entry's name)" },
       serial = { type = "string", pattern = "^%d+$", expect = "the appliance's serial number (digits)" },
+      -- The reboot fix as `package list` names it, matched as a substring in any case.  The
+      -- default is what the guide and Microsoft call it; the real package name was never
+      -- published (an assumption: set the name your appliance lists).
+      reboot_fix_package = { type = "string", default = "KB0019789", pattern = "^[%w%-_%.+]+$",
+        expect = "a package name or part of one (letters, digits, - _ . +)" },
     } } },
     client = { type = "object", default = {}, fields = {
       chrystoki_conf = path_spec,

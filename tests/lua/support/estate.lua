@@ -110,6 +110,14 @@ function M:secret(name)
   return require("dhsm.secret").file(self.dir .. "/secrets/" .. name)
 end
 
+-- A LunaSH session to appliance name, closed when the test ends.
+function M:luna_session(name, opts)
+  local t = require "dhsm.test"
+  local s = require("dhsm.luna").open(self.inventory:hsm(name), opts)
+  t.cleanup(function() s:close() end)
+  return s
+end
+
 function M:device(name)
   return self.json.appliances.devices[name]
 end

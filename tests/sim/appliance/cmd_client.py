@@ -7,7 +7,7 @@ registered certificate is what the NTLS listener trusts for that client.
 import ipaddress
 import os
 
-from appliance import hsmops, rc
+from appliance import hsmops, layouts, rc
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
@@ -60,10 +60,9 @@ def list_(ctx):
 def show(ctx):
     name = ctx.opt("client")
     rec = ctx.client(name)
-    parts = ", ".join(f'"{p}"' for p in rec["partitions"]) or "<none>"
-    ip = rec["address"] if rec["kind"] == "ip" else (rec["ip_map"] or "<none>")
-    ctx.out(f"ClientID:     {name}", f"IPAddress:    {ip}",
-            f"Hostname:     {rec['address'] if rec['kind'] == 'hostname' else '<none>'}", f"Partitions:   {parts}")
+    ip = rec["address"] if rec["kind"] == "ip" else rec["ip_map"]
+    hostname = rec["address"] if rec["kind"] == "hostname" else None
+    ctx.out(*layouts.client_show(ctx.layout, name, ip, hostname, rec["partitions"]))
 
 
 def delete(ctx):

@@ -1,19 +1,15 @@
 """LunaSH `hsm ...`: show, login/logout, init, zeroize, factoryReset, policies.
 
-`hsm show` follows the real 7.2.0-220 / fw 7.0.3 layout (luna.md section 3);
+`hsm show` follows the real 7.2.0-220 / fw 7.0.3 layout (luna-field.md 2.1; 5.x/6.x: layouts.py);
 the HSM SO threshold is the guide's: three wrong passwords zeroize the HSM, the
 last try is announced, a zeroized HSM refuses every SO login.
 """
-from appliance import hsmops, model, policies, rc, roles
+from appliance import hsmops, layouts, model, policies, rc, roles
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
 SO_PROMPT = "Please enter the HSM Administrators' password:"
 LAST_ATTEMPT = "Caution:  This is your LAST available HSM Admin login attempt"
-
-
-def _field(label, value):
-    return f"{label + ':':<36}{value}"
 
 
 def _attempts(state):
@@ -22,34 +18,15 @@ def _attempts(state):
     return f"{roles.so_attempts_left(state['hsm'])} before HSM zeroization!"
 
 
-def _partition_lines(state):
-    parts = state["partitions"].values()
-    lines = [f"Partition: {p['serial']}, Name: {p['name']}" for p in parts] or ["There are no partitions."]
-    return lines + ["", f"Number of partitions allowed:        {model.MAX_PARTITIONS}",
-                    f"Number of partitions created:        {len(state['partitions'])}"]
-
-
 def show(ctx):
+    """The layout of the appliance's generation (layouts.hsm_show; 7.x as the real 7.2.0-220)."""
     state, hsm = ctx.state, ctx.state["hsm"]
     used = len(state["partitions"]) * model.PARTITION_SIZE
-    ctx.out("Appliance Details:", "==================", _field("Software Version", model.SOFTWARE_VERSION), "",
-            "HSM Details:", "============", _field("HSM Label", hsm["label"]), _field("Serial #", state["serial"]),
-            _field("Firmware", model.FIRMWARE), _field("HSM Model", "Luna K7"),
-            _field("HSM Part Number", "808-000066-001"), _field("Authentication Method", "Password"),
-            _field("HSM Admin login status", "Logged In" if ctx.shell.logged_in["so"] else "Not Logged In"),
-            _field("HSM Admin login attempts left", _attempts(state)), _field("RPV Initialized", "No"),
-            _field("Audit Role Initialized", "Yes" if hsm["audit"]["initialized"] else "No"),
-            _field("Remote Login Initialized", "No"), _field("Manually Zeroized", "No"),
-            _field("Secure Transport Mode", "No"), _field("HSM Tamper State", "No tamper(s)"), "",
-            "Partitions created on HSM:", "=============================", *_partition_lines(state), "",
-            "FIPS 140-2 Operation:", "=====================",
-            "The HSM is NOT in FIPS 140-2 approved operation mode.", "",
-            "HSM Storage Information:", "========================",
-            _field("Maximum HSM Storage Space (Bytes)", model.HSM_STORAGE), _field("Space In Use (Bytes)", used),
-            _field("Free Space Left (Bytes)", model.HSM_STORAGE - used), "",
-            "Environmental Information on HSM:", "=================================",
-            _field("Battery Voltage", "3.115 V"), _field("Battery Warning Threshold Voltage", "2.750 V"),
-            _field("System Temp", "41 deg. C"), _field("System Temp Warning Threshold", "75 deg. C"))
+    ctx.out(*layouts.hsm_show(ctx.layout, {
+        "serial": state["serial"], "label": hsm["label"], "logged_in": ctx.shell.logged_in["so"],
+        "attempts": _attempts(state), "audit_initialized": hsm["audit"]["initialized"],
+        "partitions": [(p["serial"], p["name"]) for p in state["partitions"].values()],
+        "max_partitions": model.MAX_PARTITIONS, "storage": model.HSM_STORAGE, "used": used, "fips": False}))
 
 
 def login(ctx):
@@ -97,7 +74,7 @@ def zeroize(ctx):
 
 
 def factory_reset(ctx):
-    raise LunaError(rc.OPERATION_NOT_ALLOWED, "This command can only be run from the serial console.")
+    raise LunaError(rc.SHELL_NOT_ALLOWED, "This command can only be run from the serial console.")
 
 
 def show_policies(ctx):

@@ -6,7 +6,7 @@ generated PSO and CO PINs in DIR/secrets) so PKCS#11 clients can use it at once.
 """
 import re
 
-from appliance import hsmops, model, rc, roles
+from appliance import hsmops, layouts, model, rc, roles
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
@@ -39,16 +39,11 @@ def create(ctx):
 
 
 def list_(ctx):
-    parts = list(ctx.state["partitions"].values())
-    if not parts:
-        ctx.out("There are no partitions.")
-        return
-    ctx.out(f"{'':<42}Storage (bytes)", f"{'':<36}----------------------------",
-            f"{'Partition':<21}{'Name':<21}{'Objects':>9}{'Total':>10}{'Used':>10}{'Free':>10}", "=" * 81)
-    for part in parts:
+    rows = []
+    for part in ctx.state["partitions"].values():
         objects, used = _usage(ctx, part)
-        ctx.out(f"{part['serial']:<21}{part['name']:<21}{objects:>9}{model.PARTITION_SIZE:>10}{used:>10}"
-                f"{model.PARTITION_SIZE - used:>10}")
+        rows.append((part["serial"], part["name"], objects, model.PARTITION_SIZE, used))
+    ctx.out(*layouts.partition_list(ctx.layout, rows))
 
 
 def _yes(flag):

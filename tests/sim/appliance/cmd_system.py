@@ -10,15 +10,19 @@ install-fix. `sysconf reboot` is accepted as the older spelling.
 import datetime
 import os
 
-from appliance import model, rc
+from appliance import layouts, model, rc
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
 LOGNAMES = ("messages", "lunalogs")
 DEFAULT_ENTRIES = 20
-BASE_PACKAGES = ("lunash-7.2.0-220.x86_64", "lunasa-ntls-7.2.0-220.x86_64", "lunasa-sysconf-7.2.0-220.x86_64",
-                 "lunasa-hsm-7.2.0-220.x86_64", "openssh-server-7.4p1-21.el7.x86_64")
-FIX_PACKAGE = "KB0019789-reboot-fix-7.2.0-1.x86_64"
+# The 5.1 layout (luna-field.md 6.5) is the only one published; names in the style of its entries.
+SYSTEM_PACKAGES = ("configurator-7.2.0-220", "lunacm-7.2.0-220", "lush-utils-7.2.0-220", "salogin-7.2.0-220",
+                   "sysstatd-7.2.0-220", "sa_cmd_processor-7.2.0-220", "openssh-server-7.4p1-21.el7",
+                   "glibc-2.17-260.el7")
+# The real name of the fix's package is unconfirmed (dhsm matches the inventory's reboot_fix_package,
+# default "KB0019789", as a substring); this one is the simulator's.
+FIX_PACKAGE = "lunasa-reboot-fix-KB0019789-7.2.0-1"
 
 
 def syslog_tail(ctx):
@@ -32,10 +36,8 @@ def syslog_tail(ctx):
 
 
 def package_list(ctx):
-    installed = list(BASE_PACKAGES)
-    if ctx.state["packages"][model.REBOOT_FIX]:
-        installed.append(FIX_PACKAGE)
-    ctx.out("Installed packages:", *[f"  {p}" for p in installed])
+    software = [FIX_PACKAGE] if ctx.state["packages"][model.REBOOT_FIX] else []
+    ctx.out(*layouts.package_list(SYSTEM_PACKAGES, software))
 
 
 def package_update(ctx):

@@ -5,7 +5,7 @@ Handlers append output lines with out(), ask questions with ask()/confirm()
 of stdin for `ssh host "cmd"`), and fail by raising LunaError, which the shell
 prints as `Error:  '<cmd>' failed. (<HEX> : <NAME>)`.
 """
-from appliance import rc
+from appliance import layouts, rc
 
 
 class LunaError(Exception):
@@ -40,11 +40,15 @@ class Context:
     def out(self, *lines):
         self.lines.extend(lines)
 
+    @property
+    def layout(self):
+        return self.shell.layout
+
     def begin(self):
-        """LunaSH leaves one blank line between the command and what it prints."""
+        """LunaSH leaves 0-3 blank lines between the command and what it prints (layouts.SPACING)."""
         if not self._begun:
             self._begun = True
-            self.shell.term.write("\n")
+            self.shell.term.write("\n" * layouts.spacing(self.layout, self.name.lower(), self.lines)[0])
 
     def flush(self):
         self.begin()
@@ -76,7 +80,8 @@ class Context:
     # prompts ---------------------------------------------------------------------
     def ask(self, text, secret=False):
         self.flush()
-        self.shell.term.write(f"{text}\n> ")
+        indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
+        self.shell.term.write(f"{indent}{text}\n{indent}> ")
         answer = self.shell.term.read_line(mask="*" if secret else None)
         if not self.shell.term.pty:
             self.shell.term.write("\n")  # nothing was echoed: end the prompt line ourselves

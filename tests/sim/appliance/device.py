@@ -33,6 +33,7 @@ class Device:
         self.syslog = Syslog(self.paths.syslog, self.now, lambda: self.state["hostname"])
         self.ntls = ntls.NtlsServer(self)
         self.host_key = self.ssh_listener = self.ntls_listener = None
+        self.host_keys = []
         self._sessions, self._sessions_lock = set(), threading.Lock()
         self.on_identity_change = lambda: None  # the service rewrites known_hosts and estate.json
 
@@ -55,7 +56,7 @@ class Device:
     # lifecycle ----------------------------------------------------------------------
     def start(self):
         os.makedirs(self.paths.home, mode=0o700, exist_ok=True)
-        self.host_key = keys.ensure_key_pair(self.paths.host_key, f"root@{self.name}")
+        self._load_host_keys()
         if not os.path.exists(self.paths.ntls_cert):
             self.regen_cert()
         self._publish_server_cert()
@@ -176,7 +177,13 @@ class Device:
         os.makedirs(self.paths.home, mode=0o700, exist_ok=True)
         shutil.copyfile(self.paths.ntls_cert, self.paths.home_file("server.pem"))
 
+    def _load_host_keys(self):
+        """RSA first: the key the real appliance offered (and known_hosts lists); ed25519 too."""
+        self.host_key = keys.ensure_key_pair(self.paths.host_key_rsa, f"root@{self.name}", "rsa")
+        self.host_keys = [self.host_key, keys.ensure_key_pair(self.paths.host_key, f"root@{self.name}")]
+
     def new_host_key(self):
+        keys.make_key_pair(self.paths.host_key_rsa, f"root@{self.name}", "rsa")
         keys.make_key_pair(self.paths.host_key, f"root@{self.name}")
-        self.host_key = keys.ensure_key_pair(self.paths.host_key, f"root@{self.name}")
+        self._load_host_keys()
         self.on_identity_change()

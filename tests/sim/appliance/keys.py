@@ -1,8 +1,9 @@
 """SSH keys (host keys, the test client key, known_hosts) and NTLS server certificates.
 
-Host keys are ed25519 in OpenSSH format, made with python3-cryptography
-(paramiko cannot generate ed25519) and kept in DIR so a restarted estate keeps
-its identity. The NTLS certificate is self-signed like the appliance's: RSA 2048,
+Host keys: RSA 2048 (what the real 7.2 appliance was seen offering, luna-field.md
+1.1, and the key the estate's known_hosts lists) and ed25519, in OpenSSH format,
+made with python3-cryptography (paramiko cannot generate ed25519) and kept in DIR
+so a restarted estate keeps its identity. The NTLS certificate is self-signed like the appliance's: RSA 2048,
 CN = hostname, valid ten years from the appliance's clock (so a skewed clock
 makes a certificate that clients see as not yet valid).
 """
@@ -13,7 +14,7 @@ import os
 import paramiko
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from fsutil import write_private, write_public
@@ -30,15 +31,26 @@ def _new_ed25519_pem():
     return private, public
 
 
-def ensure_key_pair(path, comment):
-    """An ed25519 key at PATH (0600) and PATH.pub; returns the paramiko key."""
+def _new_rsa_pem():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public
+
+
+KINDS = {"ed25519": (_new_ed25519_pem, paramiko.Ed25519Key), "rsa": (_new_rsa_pem, paramiko.RSAKey)}
+
+
+def ensure_key_pair(path, comment, kind="ed25519"):
+    """A KIND key at PATH (0600) and PATH.pub; returns the paramiko key."""
     if not os.path.exists(path):
-        make_key_pair(path, comment)
-    return paramiko.Ed25519Key(filename=path)
+        make_key_pair(path, comment, kind)
+    return KINDS[kind][1](filename=path)
 
 
-def make_key_pair(path, comment):
-    private, public = _new_ed25519_pem()
+def make_key_pair(path, comment, kind="ed25519"):
+    private, public = KINDS[kind][0]()
     write_private(path, private)
     write_public(path + ".pub", public + f" {comment}\n".encode())
 

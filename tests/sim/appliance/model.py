@@ -62,6 +62,20 @@ def _parse_slow_command(raw):
     return f"{_parse_count(ms)}:{' '.join(words.lower().split())}"
 
 
+def _parse_layout(raw):
+    value = int(str(raw).strip())
+    if value not in (5, 6, 7):
+        raise ValueError(f"'{raw}' is not a LunaSH layout (5, 6 or 7)")
+    return value
+
+
+def _parse_flag(raw):
+    text = str(raw).strip().lower()
+    if text not in ("0", "1", "true", "false", "yes", "no", "on", "off", ""):
+        raise ValueError(f"'{raw}' is not a boolean (use 1 or 0)")
+    return text in ("1", "true", "yes", "on")
+
+
 # fault name -> (parser, default, help)
 FAULTS = {
     "shell_delay_ms": (_parse_count, 0, "every LunaSH command answers this many ms late (slow shell)"),
@@ -72,6 +86,10 @@ FAULTS = {
     "ntls": (_parse_ntls, "open", "NTLS port: open, refuse (connection refused) or drop (SYNs dropped: timeout)"),
     "drop_next": (_parse_count, 0, "the next N commands are cut half-way and the SSH connection reset"),
     "hang_next": (_parse_count, 0, "the next N commands never answer (the session stays open, silent)"),
+    "lunash_layout": (_parse_layout, 7, "LunaSH output layout: 7 (7.x, the default, as Azure's 7.2), 6 or 5"),
+    "force_password_change": (_parse_flag, False,
+                              "1 = fresh from Microsoft: the next interactive login must change the tenantadmin "
+                              "password first (starred box, then a passwd dialogue); cleared by the change"),
 }
 
 

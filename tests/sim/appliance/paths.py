@@ -1,6 +1,7 @@
 """Where an appliance keeps its files inside the estate directory.
 
     DIR/appliances/NAME/host_key          SSH host key (OpenSSH ed25519, 0600)
+    DIR/appliances/NAME/host_key_rsa      SSH host key (RSA 2048, 0600): the one known_hosts lists
     DIR/appliances/NAME/authorized_keys   public keys accepted for tenantadmin
     DIR/appliances/NAME/home/             the admin's home (scp/sftp): server.pem, uploads
     DIR/appliances/NAME/ntls/server.{key,pem}   the newest NTLS key pair (regenCert)
@@ -28,6 +29,7 @@ class Paths:
         self.estate_dir, self.name = estate_dir, name
         self.root = os.path.join(estate_dir, "appliances", name)
         self.host_key = os.path.join(self.root, "host_key")
+        self.host_key_rsa = os.path.join(self.root, "host_key_rsa")
         self.authorized_keys = os.path.join(self.root, "authorized_keys")
         self.home = os.path.join(self.root, "home")
         self.ntls_key = os.path.join(self.root, "ntls", "server.key")

@@ -17,10 +17,9 @@ import threading
 import time
 import types
 
-from appliance import cli, commands, rc
+from appliance import cli, commands, firstlogin, layouts, rc
 from appliance.context import Context, LunaError
 
-BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved."
 RESULT_OK = "Command Result : 0 (Success)"
 RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
 EXIT_WORDS = ("exit", "logout")
@@ -34,11 +33,19 @@ class LunaShell:
         self.device, self.term, self.session = device, term, session
         self.logged_in = {"so": False, "audit": False}
 
+    @property
+    def layout(self):
+        return self.device.state["faults"].get("lunash_layout", layouts.DEFAULT)  # a world saved before the knob
+
     def prompt(self):
         return f"[{self.device.state['hostname']}] lunash:>"
 
     def interactive(self):
         self._banner()
+        if firstlogin.required(self.device):
+            self.term.write("\n")  # 1.1: two blank lines between the banner and the box
+            if not firstlogin.run(self):
+                return 1
         while True:
             self.term.write(self.prompt())
             line = self.term.read_line()
@@ -47,6 +54,9 @@ class LunaShell:
             self.run(line)
 
     def exec_command(self, line):
+        if firstlogin.required(self.device):
+            self.term.write(firstlogin.NO_TTY + "\n")
+            return 1
         return 0 if self.run(line) == 0 else 1
 
     def _banner(self):
@@ -54,7 +64,7 @@ class LunaShell:
         if self.term.pty and last:
             when = datetime.datetime.fromtimestamp(last["time"], datetime.timezone.utc)
             self.term.write(f"Last login: {when.strftime('%a %b %e %H:%M:%S %Y')} from {last['from']}\n")
-        self.term.write(f"\n{BANNER}\n\n")
+        self.term.write(f"\n{layouts.BANNERS[self.layout]}\n\n")
 
     # one command ------------------------------------------------------------------
     def run(self, line):
@@ -100,10 +110,11 @@ class LunaShell:
         if ctx:
             ctx.begin()
             lines = ctx.lines
+            after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
         else:
             self.term.write("\n")
-            lines = []
-        text = "".join(line + "\n" for line in lines + errors) + "\n" + \
+            lines, after = [], 1
+        text = "".join(line + "\n" for line in lines + errors) + "\n" * after + \
                (RESULT_OK if code == 0 else RESULT_FAILED) + "\n"
         if drop:
             self.term.write(text[:len(text) // 2])

@@ -154,7 +154,8 @@ def serve(device, sock, addr):
     transport = ApplianceTransport(session.gate)
     transport.local_version = SERVER_VERSION
     transport.auth_timeout = LOGIN_GRACE_SECONDS
-    transport.add_server_key(device.host_key)
+    for key in device.host_keys:  # RSA and ed25519; the client picks (by its known_hosts, as OpenSSH does)
+        transport.add_server_key(key)
     transport.set_subsystem_handler("sftp", filexfer.HomeSftpServer, filexfer.HomeSftp, device)
     session.transport = transport
     device.add_session(session)

@@ -28,7 +28,8 @@ class Terminal:
         return byte
 
     def read_line(self, mask=None):
-        """One line without its end, or None at end of input. MASK: echo this instead of the text."""
+        """One line without its end, or None at end of input. MASK: echo this instead of each
+        character ("" for nothing)."""
         return self._read_edited(mask) if self.pty else self._read_plain()
 
     def _read_plain(self):
@@ -73,7 +74,10 @@ class Terminal:
             return line
         if byte < b" ":
             return line  # other control characters do nothing
-        self.channel.sendall(mask.encode() if mask else byte)
+        if mask is None:
+            self.channel.sendall(byte)
+        elif mask:
+            self.channel.sendall(mask.encode())  # mask "" echoes nothing (Linux passwd)
         return line + byte
 
     def _skip_escape_sequence(self):
