@@ -94,7 +94,7 @@ t.test("an HA group made with lunacm, read through dhsm.chrystoki; a member drop
   r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
   t.ok(r.stdout:find("down", 1, true), "no retry count: it stays out until recovered\n" .. r.stdout)
   r = tool(estate, "lunacm", { "-c", "hagroup", "recover", "-group", "myHA" })
-  t.eq(r.status, 0, r.stdout)
+  t.eq({ r.ok, r.status }, { true, 0 }, r.stdout)
   r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
   t.ok(not r.stdout:find("down", 1, true), r.stdout)
 end, { timeout = 90 })

@@ -81,9 +81,12 @@ def vtl(estate, *args):
 
 
 def lunacm(estate, *words, stdin=""):
-    """`lunacm -c WORDS` -> (exit status, output after the start-up banner)."""
+    """`lunacm -c WORDS` -> (0 when the Command Result is No Error else 1, output after the start-up
+    banner). The exit status itself is always 0, failures included, as LunaCM's is no interface."""
     proc = tool(estate, "lunacm", "-c", *words, stdin=stdin)
-    return proc.returncode, proc.stdout.split("Current Slot Id:", 1)[-1]
+    assert proc.returncode == 0, f"lunacm exited {proc.returncode}: {proc.stdout}{proc.stderr}"
+    out = proc.stdout.split("Current Slot Id:", 1)[-1]
+    return (0 if "Command Result : No Error" in out else 1), out
 
 
 def verified(estate):
