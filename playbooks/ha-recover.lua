@@ -169,8 +169,12 @@ return {
       return out
     end
 
+    -- Cloning domains first: a conflict stops the group before any login.
     local function compare(members, with_objects)
       dhsm.parallel(members, function(m) m.domain = ha.cloning_domain(m.entry, m.serial) end)
+      for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
+      local domains = ha.compare(members)
+      if domains.conflict then return domains end
       for _, m in ipairs(members) do
         m.objects = with_objects and c:objects(m.token, p.co_password) or { keys = {}, count = 0 }
       end
