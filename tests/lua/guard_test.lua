@@ -399,14 +399,18 @@ t.test("a process killed while hsm zeroize runs leaves the intent in the audit l
   local run = child(code, state)
   run.timeout = nil
   local p <close> = proc.spawn(run)
-  local deadline, intent = dhsm.now() + 60, nil
-  while not intent and dhsm.now() < deadline do
-    for _, r in ipairs(t.audit_records(audit)) do
-      if r.action == "luna.command" and r.outcome == "sending" then intent = r end
-    end
-    if not intent then dhsm.sleep(0.01) end
+  -- Kill once the appliance has the command (its own log says so) and
+  -- before it answers: the intent record must already be there.
+  local function received()
+    return (util.read_file(estate.dir .. "/estate.log") or ""):find("hsm3 lunash received: hsm zeroize", 1, true)
   end
+  local deadline = dhsm.now() + 60
+  while not received() and dhsm.now() < deadline do dhsm.sleep(0.01) end
   p:kill(9)
+  local intent
+  for _, r in ipairs(t.audit_records(audit)) do
+    if r.action == "luna.command" and r.outcome == "sending" then intent = r end
+  end
   local status = p:wait(30)
   t.eq(status.signal, 9, "killed, not finished")
   t.ok(intent, "the intent record was written before the command")

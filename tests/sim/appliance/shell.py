@@ -15,6 +15,7 @@ import datetime
 import logging
 import threading
 import time
+import types
 
 from appliance import cli, commands
 from appliance.context import Context, LunaError
@@ -64,7 +65,8 @@ class LunaShell:
             self._hang()
         drop = self._take_fault("drop_next")
         delay = self._delay_ms(line)
-        if delay:
+        if delay:  # a slow command is logged when it arrives too: tests kill clients mid-command
+            log.info("%s lunash received: %s", self.device.name, logged_command(self._parse_only(line), line))
             time.sleep(delay / 1000)
         ctx, code, errors = self._dispatch(line)
         log.info("%s lunash: %s -> %d", self.device.name, logged_command(ctx, line), code)  # never a password
@@ -72,6 +74,14 @@ class LunaShell:
         for action in ctx.after if ctx else ():
             action()
         return code
+
+    @staticmethod
+    def _parse_only(line):
+        """What logged_command needs of a line not run yet (None: it does not parse)."""
+        try:
+            return types.SimpleNamespace(inv=commands.TREE.parse(line))
+        except cli.ParseError:
+            return None
 
     def _dispatch(self, line):
         try:
