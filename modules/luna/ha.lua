@@ -42,15 +42,9 @@ Client.__index = Client
 
 -- client(inventory) -> the client install the inventory describes
 function M.client(inv)
-  local c = inv.client or {}
-  for _, field in ipairs { "lunacm", "chrystoki_conf" } do
-    if type(c[field]) ~= "string" then
-      dhsm.error { kind = "usage", message = ("ha: the inventory's client.%s is needed (the Luna client install)"):format(field) }
-    end
-  end
-  return setmetatable({ inventory = inv, lunacm = c.lunacm, conf_path = c.chrystoki_conf, pkcs11_lib = c.pkcs11_lib,
-    softhsm_conf = c.softhsm_conf, env = { ChrystokiConfigurationPath = c.chrystoki_conf:match("^(.*)/[^/]*$") or "." } },
-    Client)
+  local c = chrystoki.install(inv, { "lunacm" })
+  c.inventory = inv
+  return setmetatable(c, Client)
 end
 
 function Client:argv(...)
@@ -114,7 +108,7 @@ function Client:probe(entry)
   end
   local cert = self:conf():client_cert()
   local tls = net.tls { host = entry.host, port = port, timeout = 5, ca_file = cert.ca, client_cert = cert.cert,
-    client_key = cert.key, server_name = entry.name }
+    client_key = cert.key, client_key_passphrase = self.key_passphrase, server_name = entry.name }
   if not (tls.ok and tls.verify and tls.verify.ok) then
     return { ok = false, tcp = tcp, tls = tls, reason = ("TLS on %d: %s"):format(port,
       tostring(tls.reason or tls.alert or (tls.verify and tls.verify.error) or "handshake failed")) }

@@ -28,16 +28,9 @@ local M = {}
 -- Days before a client certificate's end that are worth a warning.
 M.EXPIRY_WARN_DAYS = 30
 
--- client(inventory) -> {vtl=, conf_path=, env=}
+-- client(inventory) -> the client install (dhsm.chrystoki.install) with its vtl
 function M.client(inv)
-  local c = inv.client or {}
-  for _, field in ipairs { "vtl", "chrystoki_conf" } do
-    if type(c[field]) ~= "string" then
-      dhsm.error { kind = "usage", message = ("ntls: the inventory's client.%s is needed (the Luna client install)"):format(field) }
-    end
-  end
-  return { vtl = c.vtl, conf_path = c.chrystoki_conf,
-    env = { ChrystokiConfigurationPath = c.chrystoki_conf:match("^(.*)/[^/]*$") or "." } }
+  return chrystoki.install(inv, { "vtl" })
 end
 
 local function files(client)
@@ -74,13 +67,14 @@ local function syslog(session, entries)
 end
 M.syslog = syslog
 
--- The handshake dhsm makes as the client: the client's certificate and key,
+-- The handshake dhsm makes as the client: the client's certificate and key
+-- (encrypted: its passphrase is the inventory's client.key_passphrase),
 -- trusting only what the client trusts, and giving up as the client would
 -- (strict) on a server certificate it does not trust, so the appliance logs
 -- what the client's own failure looks like.
-local function handshake(entry, cert)
+local function handshake(entry, client, cert)
   return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
-    client_cert = cert.cert, client_key = cert.key, strict = true }
+    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
 end
 
 local function finding(d, code, text)
@@ -128,7 +122,7 @@ function M.diagnose(entry, client, session, opts)
       .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
   end
   local before = #syslog(session, 200)
-  d.tls = handshake(entry, cert)
+  d.tls = handshake(entry, client, cert)
   local presented = d.tls.chain and d.tls.chain[1]
   d.ntls_stale = presented ~= nil and not net.same_cert(presented, server)
   if d.ntls_stale then

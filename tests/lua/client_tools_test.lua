@@ -51,7 +51,8 @@ t.test("the certificate exchange from an empty client, through dhsm", function()
   t.ok(r.stdout:find("par1", 1, true), r.stdout)
   -- the same path, probed by dhsm.net with the client's own files
   local probe = net.tls { host = "127.0.0.1", port = entry.ntls_port, ca_file = cert.ca,
-    client_cert = cert.cert, client_key = cert.key, server_name = "hsm1" }
+    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, server_name = "hsm1" }
+  t.ok(require("dhsm.util").read_file(cert.key):find("BEGIN ENCRYPTED PRIVATE KEY", 1, true), "vtl wrote an encrypted key")
   t.eq({ probe.ok, probe.verify.ok }, { true, true })
   -- the appliance certificate is regenerated: verify fails until re-exchanged
   s:must("sysconf regenCert -force")

@@ -409,7 +409,7 @@ class PersistenceTest(unittest.TestCase):
         self.assertEqual(ha_status(READY, "keepHA")[s2], "down")  # still off, still out of the group
         self.assertEqual([row[1] for row in verified(READY)], [partition_serial(READY, "hsm1", "par1")])
         inventory = json.load(open(os.path.join(READY, "inventory.json")))["client"]
-        self.assertEqual(sorted(inventory), ["chrystoki_conf", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
+        self.assertEqual(sorted(inventory), ["chrystoki_conf", "key_passphrase", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
         self.assertEqual(inventory["pkcs11_lib"], "/usr/lib/softhsm/libsofthsm2.so")
 
 
