@@ -367,12 +367,24 @@ static void push_chain(lua_State *L, probe *p) {
 }
 
 /* The answer table; the connection is then shut (best effort, no waiting). */
+/* Our end's port: the peer the server's log names this connection by. */
+static void push_local_port(lua_State *L, probe *p) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (p->fd < 0 || getsockname(p->fd, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET) lua_pushinteger(L, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  else if (ss.ss_family == AF_INET6) lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  else return;
+  lua_setfield(L, -2, "local_port");
+}
+
 static void push_tls_answer(lua_State *L, probe *p, int ok, const char *reason) {
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 11);
   lua_pushboolean(L, ok);
   lua_setfield(L, -2, "ok");
   lua_pushnumber(L, elapsed_ms(p));
   lua_setfield(L, -2, "ms");
+  push_local_port(L, p);
   if (reason) {
     lua_pushstring(L, reason);
     lua_setfield(L, -2, "reason");

@@ -5,7 +5,8 @@
 --   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, client_key_passphrase=, server_name=, strict=}
 --       (client_key may be PKCS#8 encrypted, as `vtl createCert` writes it: its
 --       passphrase is a dhsm.secret, read in C, never a Lua string)
---       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=}
+--       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=,
+--            local_port= (the port the server's log names this connection by)}
 --   net.certs(pem_or_path) / net.cert(pem_or_path) / net.same_cert(a, b)
 --   net.ntls_log(text) --> {events=..., attempts=...}
 --

@@ -27,6 +27,8 @@ local M = {}
 
 -- Days before a client certificate's end that are worth a warning.
 M.EXPIRY_WARN_DAYS = 30
+-- Seconds to wait for the NTLS log lines of our own handshake.
+M.LOG_WAIT = 5
 
 -- client(inventory) -> the client install (dhsm.chrystoki.install) with its vtl
 function M.client(inv)
@@ -58,7 +60,7 @@ end
 
 -- The NTLS lines of the appliance's log (`syslog tail`), newest last.
 local function syslog(session, entries)
-  local text = session:must(("syslog tail -logname messages -entries %d"):format(entries or 40)).text
+  local text = session:must(("syslog tail -logname messages -entries %d -search NTLS"):format(entries or 40)).text
   local lines = {}
   for l in text:gmatch("[^\r\n]+") do
     if l:find("NTLS[", 1, true) then lines[#lines + 1] = l end
@@ -66,6 +68,16 @@ local function syslog(session, entries)
   return lines
 end
 M.syslog = syslog
+
+-- The lines of after that came since before's last line (both windows of
+-- the same log: the window moves, so counting lines would not do).
+local function since(before, after)
+  local last = before[#before]
+  for i = #after, 1, -1 do
+    if after[i] == last then return { table.unpack(after, i + 1) } end
+  end
+  return after
+end
 
 -- The handshake dhsm makes as the client: the client's certificate and key
 -- (encrypted: its passphrase is the inventory's client.key_passphrase),
@@ -75,6 +87,23 @@ M.syslog = syslog
 local function handshake(entry, client, cert)
   return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
     client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
+end
+
+-- The NTLS lines since before, and our handshake's attempt among them
+-- (the log names it by our port): the appliance writes them as its side of
+-- the connection ends, so wait (a few seconds at most) for the attempt's
+-- closing "Connection instance removed" line.
+local function handshake_lines(session, before, tls)
+  local peer = tls.local_port and ("/" .. tls.local_port)
+  local deadline = dhsm.now() + M.LOG_WAIT
+  while true do
+    local lines = since(before, syslog(session, 50))
+    for _, a in ipairs(net.ntls_log(lines).attempts) do
+      if peer and a.peer:sub(-#peer) == peer and a.removed then return lines, a end
+    end
+    if dhsm.now() >= deadline then return lines, nil end
+    dhsm.sleep(0.1)
+  end
 end
 
 local function finding(d, code, text)
@@ -121,7 +150,7 @@ function M.diagnose(entry, client, session, opts)
     finding(d, "server_changed", ("%s's server.pem (sha256 %s) is not among the certificates the client trusts "
       .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
   end
-  local before = #syslog(session, 200)
+  local before = syslog(session, 50)
   d.tls = handshake(entry, client, cert)
   local presented = d.tls.chain and d.tls.chain[1]
   d.ntls_stale = presented ~= nil and not net.same_cert(presented, server)
@@ -129,12 +158,9 @@ function M.diagnose(entry, client, session, opts)
     finding(d, "ntls_restart", ("NTLS on %s still presents its old certificate: server.pem was regenerated and "
       .. "NTLS not restarted since"):format(entry.name))
   end
-  local after = syslog(session, 200)
-  d.syslog = {}
-  for i = math.min(before, #after) + 1, #after do d.syslog[#d.syslog + 1] = after[i] end
-  local attempts = net.ntls_log(d.syslog).attempts
-  local last = attempts[#attempts]
-  d.client_rejected = last ~= nil and last.outcome == "client_cert_unknown"
+  local ours
+  d.syslog, ours = handshake_lines(session, before, d.tls)
+  d.client_rejected = ours ~= nil and ours.outcome == "client_cert_unknown"
   local names = parse.client_list(session:must("client list").text)
   for _, n in ipairs(names) do
     if n == d.client_name then d.registered = true end

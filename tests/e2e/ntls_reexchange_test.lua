@@ -99,6 +99,32 @@ t.test("client unknown to the appliance: uploaded, registered, its partition ass
   t.ok(vtl_verify())
 end, { timeout = 120 })
 
+t.test("a stale registration (another certificate under the client's name): replaced as a confirmed step", function()
+  local dir = t.tmpdir()
+  local r = proc.run { argv = { "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
+    "/CN=dhsm-client", "-keyout", dir .. "/other.key", "-out", dir .. "/other.pem" } }
+  t.eq(r.status, 0, r.stderr)
+  shell("client delete -client dhsm-client -force")
+  do
+    local s <close> = luna.open(e.inventory:hsm("hsm1"))
+    s:put(dir .. "/other.pem", "127.0.0.1.pem")
+    s:must("client register -client dhsm-client -ip 127.0.0.1")
+    s:must("client assignPartition -client dhsm-client -partition par1")
+  end
+  local stale = appliance().clients["dhsm-client"].fingerprint
+  t.ok(not vtl_verify(), "the appliance rejects the client's real certificate")
+  r = run("")
+  t.eq(r.status, 3, "replacing a registration is confirmed\n" .. r.stderr)
+  t.ok(r.stderr:find("client_stale", 1, true), r.stderr)
+  t.ok(r.stderr:find("certificate verify failed", 1, true), "the guide's syslog line\n" .. r.stderr)
+  t.eq(appliance().clients["dhsm-client"].fingerprint, stale, "refused: nothing changed")
+  r = run("--yes")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(appliance().clients["dhsm-client"].fingerprint ~= stale, "the client's own certificate registered")
+  t.eq(appliance().clients["dhsm-client"].partitions, { "par1" }, "its partition assigned again")
+  t.ok(vtl_verify())
+end, { timeout = 120 })
+
 t.test("NTLS port blocked: said, and nothing changed", function()
   e:appliance("hsm1", { ntls = "drop" })
   t.cleanup(function() e:appliance("hsm1", { ntls = "open" }) end)
