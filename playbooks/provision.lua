@@ -486,9 +486,20 @@ local function create_one(ctx, p, c, h, gw)
   end, function() wait_gateway(ctx, p, c, gw.gateway) end)
 end
 
+-- done= of a delete-and-redeploy step: the redeploy an earlier attempt
+-- sent is waited for; a Failed or missing HSM means the step must (re)act
+-- (deleting a Failed HSM, or a missing one, twice is harmless).
+local function redeployed(ctx, p, c, name)
+  local state = hsm_state(hsm.get(c, name, p.group))
+  if state == "Deleting" then c:gone(hsm.path(c, name, p.group), { timeout = p.hsm_timeout }) end
+  if state == nil or state == "Failed" or state == "Deleting" then return false end
+  return hsm_state(wait_hsm(ctx, p, c, name)) == "Succeeded", { name = name, redeployed = true }
+end
+
 -- Guide: "If not, deleting resources and then redeploying is often successful."
 local function delete_and_redeploy(ctx, p, c, h, gw, outcome)
-  return ctx:step(("delete failed HSM %s and redeploy it once"):format(h.name), { destructive = true, target = h.name },
+  return ctx:step(("delete failed HSM %s and redeploy it once"):format(h.name), { destructive = true, target = h.name,
+    done = function() return redeployed(ctx, p, c, h.name) end },
     function()
       hsm.delete_failed(c, h.name, { group = p.group, timeout = p.hsm_timeout,
         on_progress = function(pr) ctx:progress(h.name .. ": deleting, " .. pr.text) end })
@@ -613,14 +624,18 @@ return {
     -- Guide, "Deployment failure based on quota": earlier failures are deleted first, each confirmed.
     if p.leftovers == "delete" then
       for _, l in ipairs(pre.leftovers) do
-        ctx:step(("delete leftover failed HSM %s"):format(l.name), { destructive = true, target = l.name }, function()
+        ctx:step(("delete leftover failed HSM %s"):format(l.name), { destructive = true, target = l.name,
+          done = function() return c:gone(hsm.path(c, l.name, l.group), { timeout = p.hsm_timeout }) end,
+        }, function()
           hsm.delete_failed(c, l.name, { group = l.group, timeout = p.hsm_timeout,
             on_progress = function(pr) ctx:progress(l.name .. ": " .. pr.text) end })
           return { deleted = l.id }
         end)
       end
       for _, d in ipairs(pre.failed_deployments) do
-        ctx:step(("delete failed deployment %s"):format(d.name), { destructive = true, target = d.name }, function()
+        ctx:step(("delete failed deployment %s"):format(d.name), { destructive = true, target = d.name,
+          done = function() return c:gone(deploy.path(c, d.name, p.group), { timeout = p.network_timeout }) end,
+        }, function()
           deploy.delete(c, d.name, p.group)
           return { deleted = d.id }
         end)
@@ -665,7 +680,12 @@ return {
       changed = true
       if not o.ok and o.exhausted then
         ctx:step(("delete the failed HSMs of %s and redeploy once"):format(p.deployment),
-          { destructive = true, target = p.deployment }, function()
+          { destructive = true, target = p.deployment, done = function()
+            for _, h in ipairs(requested) do
+              if not redeployed(ctx, p, c, h.name) then return false end
+            end
+            return true, { redeployed = true }
+          end }, function()
             for _, h in ipairs(requested) do
               if hsm_state(hsm.get(c, h.name, p.group)) == "Failed" then hsm.delete_failed(c, h.name, { group = p.group }) end
             end

@@ -168,6 +168,20 @@ static int sys_getpid(lua_State *L) {
   return 1;
 }
 
+/* realpath(path) -> the absolute path with no symlink, "." or "..", or
+** nil, error (a playbook run by path is journaled under this name) */
+static int sys_realpath(lua_State *L) {
+  char *abs = realpath(luaL_checkstring(L, 1), NULL);
+  if (!abs) {
+    luaL_pushfail(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushstring(L, abs);
+  free(abs);
+  return 1;
+}
+
 /* executable() -> absolute path of this program */
 static int sys_executable(lua_State *L) {
   char buf[4096];
@@ -429,7 +443,7 @@ int luaopen_dhsm_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"isatty", sys_isatty}, {"readdir", sys_readdir}, {"stat", sys_stat},
     {"mkdir", sys_mkdir}, {"mkdtemp", sys_mkdtemp}, {"write_file", sys_write_file}, {"getpid", sys_getpid},
-    {"executable", sys_executable}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
+    {"executable", sys_executable}, {"realpath", sys_realpath}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
     {"random_hex", sys_random_hex}, {"readline", sys_readline},
     {"add_history", sys_add_history}, {"history_load", sys_history_load},
     {"history_save", sys_history_save}, {"set_completer", sys_set_completer}, {"embedded", sys_embedded},

@@ -15,8 +15,8 @@
 -- deadline; a POST is retried only when it cannot have been processed.
 -- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
 -- message, details, the HTTP status, request ids and the raw body.
--- In check mode a mutation is not sent: it is reported (dhsm.would) and
--- described.  Every mutation is audited twice: "sending" before the
+-- In check mode a mutation is not sent: it is reported (dhsm.would: method,
+-- path and JSON body, secrets as <secret>) and described.  Every mutation is audited twice: "sending" before the
 -- request leaves, then its outcome.
 local cjson = require "cjson"
 local dhsm = require "dhsm"
@@ -446,6 +446,20 @@ function Client:retrying(retry_deadline, attempt)
   end
 end
 
+-- What a mutation would send, for the plan: method, path and body, with
+-- secrets as <secret> (and values under secret-looking names redacted,
+-- as in the audit log).
+local function planned(method, url, body)
+  local what = ("%s %s"):format(method, display(url))
+  if body == nil then return what end
+  if type(body) == "string" then           -- shown only as JSON, so it passes the redaction
+    local ok, decoded = pcall(cjson.decode, body)
+    if not ok then return ("%s (a body of %d bytes, not JSON)"):format(what, #body) end
+    body = decoded
+  end
+  return what .. " " .. sys.json_encode(body)
+end
+
 -- request(method, path, {body=, api_version=, query=, headers=, timeout=,
 --   retry_deadline=, idempotent=}) -> {status=, headers=, body=(decoded), raw=, path=, method=}
 function Client:request(method, path, opts)
@@ -453,7 +467,7 @@ function Client:request(method, path, opts)
   local url = self:url(path, opts)
   local mutation = method ~= "GET" and method ~= "HEAD"
   if mutation and dhsm.check_mode then
-    dhsm.would(("%s %s"):format(method, display(url)))
+    dhsm.would(planned(method, url, opts.body))
     return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} }
   end
   if method == "DELETE" then
@@ -635,6 +649,18 @@ function M.resource_state(r, what, deleting)
       details = { resource = r.body } }
   end
   return (not deleting) and state == "Succeeded", state
+end
+
+-- gone(path, wait_opts) -> true when the resource at path no longer
+-- exists.  One that ARM is Deleting (a DELETE an earlier attempt sent) is
+-- waited for, not deleted again: the done= check of a deleting step.
+function Client:gone(path, opts)
+  local r = self:find(path)
+  if r and (r.properties or {}).provisioningState == "Deleting" then
+    self:wait(path, setmetatable({ deleting = true }, { __index = opts }))
+    r = nil
+  end
+  return r == nil, { deleted = path:match("([^/]+)$") }
 end
 
 -- wait(response | path, {timeout=, interval=, on_progress=fn{state, elapsed, text}, deleting=})

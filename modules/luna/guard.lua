@@ -7,6 +7,7 @@
 --   guard.attempt(key, role, opts, { device_left = fn, try = fn }) -> what try returned
 --   guard.check(key, role, device_left, opts); guard.record(key, role, ok [, device_left])
 --   guard.failures(key, role); guard.attempts_left(key, role, device_left); guard.forget(key, role)
+--   guard.zeroize_by_failures(key, "so", {zeroize=true, serial=}, {read=, fail=})  -- deliberate, audited
 --
 -- A login is one critical section per appliance (or token) and role,
 -- among the tasks of this process and among dhsm processes (sys.lock):
@@ -192,6 +193,66 @@ function M.attempt(key, role, opts, steps)
   M.record(key, role, false, read and left or nil)
   if not ran then error(outcome, 0) end
   return result
+end
+
+-- zeroize_by_failures(key, role, opts, steps) -> {attempts=, zeroized=}
+-- The guide's quickest way to zeroize an HSM being given back: wrong HSM
+-- SO logins until the device zeroizes itself.  It is the one deliberate
+-- spending of the attempts everything above protects, so it is a path of
+-- its own, not attempt() in a loop:
+--   opts.zeroize = true    the caller means it (audited as an override first)
+--   opts.serial            the appliance meant, as the operator was shown it;
+--                          any other device behind the session is refused
+--   steps.read() -> {serial=, zeroized=, attempts_left=}   the device, now
+--   steps.fail() -> true when the device rejected the login (a wrong password)
+-- One critical section (the key's lock) holds the whole sequence.  Each
+-- attempt is recorded and followed by a fresh reading; the sequence stops
+-- when the device says zeroized, and with an error when an attempt did
+-- not lower the device's count or more attempts than the threshold would
+-- be needed (whatever answers is not counting as an HSM does).  In check
+-- mode the readings and refusals happen and no login is sent.
+function M.zeroize_by_failures(key, role, opts, steps)
+  if role ~= "so" then
+    dhsm.error { kind = "usage", message = ("zeroize_by_failures: only the HSM SO's failures zeroize the HSM, not %s's")
+      :format(tostring(role)) }
+  end
+  if not (opts and opts.zeroize == true) then
+    dhsm.error { kind = "safety", code = "ZeroizeNotAsked",
+      message = ("refusing wrong logins on %s: they zeroize the HSM; pass zeroize=true to mean it"):format(key) }
+  end
+  if type(opts.serial) ~= "string" or opts.serial == "" then
+    dhsm.error { kind = "usage", message = "zeroize_by_failures: serial= (the appliance meant) is required" }
+  end
+  local lk <close> = lock(key_lock(key, role), ("zeroizing %s by failed logins"):format(key))
+  local h = steps.read()
+  if h.serial ~= opts.serial then
+    dhsm.error { kind = "safety", code = "SerialMismatch",
+      message = ("refusing wrong logins on %s: it reports serial %s, not %s, the appliance named for zeroization")
+        :format(key, tostring(h.serial), opts.serial) }
+  end
+  if h.zeroized then return { attempts = 0, zeroized = true } end
+  local left = tonumber(h.attempts_left) or M.THRESHOLDS[role]
+  if dhsm.check_mode then
+    dhsm.would(("send %d wrong HSM SO login(s) to %s (serial %s) until it zeroizes"):format(left, key, h.serial))
+    return { attempts = 0, zeroized = false, planned = left }
+  end
+  dhsm.audit.write { action = "safety.override", target = key, outcome = "zeroize_by_failed_logins", role = role,
+    serial = h.serial, device_left = left }
+  for n = 1, M.THRESHOLDS[role] do
+    local rejected = steps.fail()
+    local after = steps.read()
+    M.record(key, role, false, after.zeroized and 0 or after.attempts_left)
+    if after.zeroized then return { attempts = n, zeroized = true } end
+    if not rejected or after.serial ~= opts.serial or not (after.attempts_left < left) then
+      dhsm.error { kind = "luna", code = "NotCounting",
+        message = ("stopped zeroizing %s by failed logins after %d attempt(s): the device %s; zeroize it with "
+          .. "`hsm zeroize` instead"):format(key, n, not rejected and "accepted a login" or
+            after.serial ~= opts.serial and "now reports another serial" or "did not count the failure") }
+    end
+    left = after.attempts_left
+  end
+  dhsm.error { kind = "luna", code = "NotZeroized",
+    message = ("%s is not zeroized after %d failed HSM SO logins"):format(key, M.THRESHOLDS[role]) }
 end
 
 return util.sealed(M)

@@ -6,7 +6,8 @@
 --   -- or luna.open(inventory:hsm("hsm1"))
 --   local r = s:run("partition list")      --> {ok=, code=, text=, error=, command=}
 --   s:must("client list")                   -- raises a luna error when the command failed
---   s:hsm_show()                            -- parsed (dhsm.luna.parse)
+--   s:hsm_show(); s:partitions()            -- parsed (dhsm.luna.parse)
+--   s:zeroize_by_failed_logins(serial, {zeroize=true})  -- the guide's quickest zeroization, guarded
 --   s:login_so(password, {allow_destructive_login=})   -- the failed-login guard
 --   s:run("audit login", {password=secret})             -- logins in run() take the same path
 --   s:get(remote, local_path); s:put(local_path, remote)
@@ -408,6 +409,11 @@ function Session:packages()
   return parse.package_list(self:must("package list").text)
 end
 
+-- partition list: {{serial=, name=, objects=, ...}} (no partition login needed)
+function Session:partitions()
+  return parse.partition_list(self:must("partition list").text)
+end
+
 function Session:network()
   return parse.network_show(self:must("network show").text)
 end
@@ -499,6 +505,29 @@ function Session:login_so(password, opts)
         r.error and r.error.name or ("result " .. tostring(r.code))), details = { result = r } }
   end
   return r
+end
+
+-- zeroize_by_failed_logins(serial, {zeroize=true}) -> {attempts=, zeroized=}
+-- The guide's quickest zeroization: wrong HSM SO logins (a random password
+-- no one knows) until the HSM zeroizes, through the guard's own audited
+-- path (dhsm.luna.guard.zeroize_by_failures), on the appliance with this
+-- serial only.
+function Session:zeroize_by_failed_logins(serial, opts)
+  check_open(self)
+  local wrong = secret.value(require("dhsm.sys").random_hex(32))
+  return guard.zeroize_by_failures(self:guard_key(), "so", { zeroize = (opts or {}).zeroize, serial = serial }, {
+    read = function()
+      local h = self:hsm_show()
+      self.serial = h.serial
+      return h
+    end,
+    fail = function()
+      local r = command(self, "hsm login", "login", { answers = { { match = "[Pp]assword:", answer = wrong } },
+        proceed = true }, LOGIN_PASS)
+      if r.ok then self:run("hsm logout") end
+      return not r.ok
+    end,
+  })
 end
 
 function Session:check_reboot_fix(what, opts)

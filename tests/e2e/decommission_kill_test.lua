@@ -206,3 +206,19 @@ t.test("two concurrent --resume of one run: exactly one runs, the other is refus
   t.eq(sent(estate), { zeroize = 1, delete_hsm = 1, delete_group = 0 })
   t.eq(remains(estate), { hsm = false, group = true, billed = 0 }, "without delete_group the group stays")
 end, { timeout = 60 })
+
+t.test("method=failed-logins killed after a wrong login: resumed, the HSM SO threshold is reached, never passed", function()
+  local estate = start_estate()
+  local extra = { "-e", "method=failed-logins" }
+  local p <close> = decommission(estate, extra)
+  kill_at(estate, p, 0, on("after the first wrong HSM SO login", ZEROIZE, "login.so", "failed"))
+  local statuses = resume_to_the_end(estate, extra)
+  t.eq(statuses[#statuses], 0, "the last resume finished: " .. table.concat(statuses, ","))
+  local logins = 0
+  for line in (util.read_file(estate.dir .. "/estate.log") or ""):gmatch("[^\n]+") do
+    if line:find("hsm1 lunash: hsm login", 1, true) then logins = logins + 1 end
+  end
+  t.eq(logins, 3, "three wrong logins in all: the kill lost none and the resume added none")
+  t.eq(sent(estate), { zeroize = 0, delete_hsm = 1, delete_group = 0 })
+  t.eq(remains(estate), { hsm = false, group = true, billed = 0 })
+end, { timeout = 60 })

@@ -27,37 +27,13 @@ local function run(e, args, playbook)
       playbook or "provision", args))))
 end
 
--- Mutations that reached ARM, from the estate's own request log: {"PUT /path", ...}
-local function mutations(e, filter)
-  local out = {}
-  for line in (util.read_file(e.dir .. "/estate.log") or ""):gmatch("[^\n]+") do
-    local m, path = line:match(" arm (%u+) (%S+) %-> ")
-    if (m == "PUT" or m == "DELETE" or m == "PATCH" or m == "POST") and (not filter or path:find(filter, 1, true)) then
-      out[#out + 1] = m .. " " .. path
-    end
-  end
-  return out
-end
+-- Mutations that reached the estate, from its own request log (support.estate)
+local function mutations(e, filter) return e:mutations(filter) end
 
-local function count(list, pattern)
-  local n = 0
-  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
-  return n
-end
+local count = support.count
+local function hsms(e) return e:hsms() end
 
-local function hsms(e)
-  local out = {}
-  for _, r in pairs(e:state().resources) do
-    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
-  end
-  return out
-end
-
--- the world without what moves by itself (clock, counters, tokens)
-local function world(e)
-  local s = e:state()
-  return { resources = s.resources, groups = s.groups, deployments = s.deployments or {}, knobs = s.knobs }
-end
+local function world(e) return e:world() end
 
 ---------------------------------------------------------------------------
 
@@ -260,3 +236,43 @@ t.test("template mode: the operator's template and parameters file; the race rec
   t.eq(hsms(e)["hsm-t"], "Succeeded")
   t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 2, "deployed, raced, redeployed")
 end)
+
+t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE is waited for, not sent again", function()
+  local proc = require "dhsm.proc"
+  local e = estate(nil, { quota_per_region = 0, delete_seconds = 3600 })
+  local c = e:azure()
+  require("dhsm.azure.hsm").create(c, "hsm-old", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" }, { wait = false })
+  e:clear()
+  local dir = t.tmpdir()
+  local function provision(extra)
+    local argv = { t.dhsm, "-i", e.dir .. "/inventory.json", "run", "provision", "--yes", "-e", "hsms=hsm-new:stamp1",
+      "-e", "poll_interval=0.02", "-e", "backoff=0.01" }
+    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+    return proc.spawn { argv = argv, env = { XDG_STATE_HOME = dir, DHSM_AUDIT = dir .. "/audit.jsonl" } }
+  end
+  local p <close> = provision()
+  local step = "delete leftover failed HSM hsm-old"
+  while true do                         -- the audit log says the DELETE was accepted (202): kill
+    local hit
+    for _, r in ipairs(t.audit_records(dir .. "/audit.jsonl")) do
+      hit = hit or (r.step == step and r.action == "azure.DELETE" and r.outcome == "202")
+    end
+    if hit then break end
+    local ok, exited = pcall(p.wait, p, 0.01)
+    if ok then error("provision ended first: " .. tostring(exited.status) .. "\n" .. p:stderr(), 0) end
+  end
+  p:kill(9)
+  t.eq(p:wait(30).signal, 9)
+  t.eq(hsms(e)["hsm-old"], "Deleting")
+  local id = require("dhsm.sys").readdir(dir .. "/dhsm/runs")[1]:match("^(.-)%.")
+  local ticker = dhsm.spawn(function()   -- the estate's clock jumps over the hour-long delete
+    while true do pcall(e.control, e, "POST", "/advance", { idle = true }) dhsm.sleep(0.05) end
+  end)
+  local q2 <close> = provision { "--resume", id }
+  local status = q2:wait(45).status
+  ticker:cancel()
+  t.eq(status, 0, q2:stderr())
+  t.ok(q2:stderr():find("finished by an earlier attempt of this run", 1, true), q2:stderr())
+  t.eq(count(mutations(e, "dedicatedHSMs/hsm-old"), "^DELETE"), 1, "one DELETE in all")
+  t.eq(hsms(e), { ["hsm-new"] = "Succeeded" })
+end, { timeout = 60 })

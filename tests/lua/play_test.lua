@@ -184,7 +184,7 @@ t.test("on a terminal the operator types the target's name; anything else stops"
   t.ok(sys.stat(dir .. "/zeroized-hsm1"), r.stdout)
 end)
 
-t.test("--check plans: reads run, mutations say 'would', destructive steps never run", function()
+t.test("--check plans: reads run, mutations say 'would', destructive bodies run only as descriptions", function()
   local dir = t.tmpdir()
   local r = run(dir, "run destroy --check --json -e dir=" .. q(dir) .. " -e hsm=hsm1")
   t.eq(r.status, 0, r.stderr)
@@ -194,9 +194,18 @@ t.test("--check plans: reads run, mutations say 'would', destructive steps never
   t.eq(doc.steps[1].status, "planned")
   t.eq(doc.steps[1].plan, { "tag hsm1 as decommissioning" })
   t.eq(doc.steps[2].status, "planned")
-  t.eq(doc.steps[2].plan, { "run destructive step 'zeroize hsm1' on hsm1" })
+  t.eq(doc.steps[2].plan, { "run destructive step 'zeroize hsm1' on hsm1", "write zeroized-hsm1" })
   t.ok(r.stderr:find("  would tag hsm1 as decommissioning", 1, true), r.stderr)
   t.eq(sys.stat(dir .. "/dhsm/runs"), nil, "a plan is not journaled")
+end)
+
+t.test("--check shows the refusal a destructive step would meet, instead of a plan to act", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run destroy --check --json -e dir=" .. q(dir) .. " -e hsm=hsm1 -e refuse=true")
+  t.eq(r.status, 3, r.stderr)
+  local doc = cjson.decode(r.stdout)
+  t.eq({ doc.outcome, doc.steps[2].status, doc.steps[2].error.code }, { "refused", "refused", "Refused" })
+  t.eq(sys.stat(dir .. "/zeroized-hsm1"), nil)
 end)
 
 ---------------------------------------------------------------------------

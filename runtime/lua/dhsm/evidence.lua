@@ -63,6 +63,17 @@ function M.zeroized(show, o)
   return ev
 end
 
+-- planned(appliance, resource) -> evidence that stands for a zeroization
+-- a --check run only planned (nothing was sent, so nothing is there to
+-- read).  It lets the plan go on to the delete and show that request;
+-- check() refuses it outside check mode, so it can never delete anything.
+function M.planned(appliance, resource)
+  local ev = setmetatable({}, Evidence)
+  genuine[ev] = { planned = true, appliance = appliance, resource = resource, at = sys.time(),
+    checked_at = "planned (check mode)" }
+  return ev
+end
+
 function M.is(v)
   return genuine[v] ~= nil
 end
@@ -83,6 +94,10 @@ function M.check(ev, resource, opts)
     refuse("EvidenceNotGenuine", "not deleting HSM %s: the zeroization evidence given is %s, not a reading "
       .. "dhsm.luna made (session:zeroized_evidence()); a hand-built or replayed table proves nothing",
       resource, type(ev) == "table" and "a plain table" or type(ev))
+  end
+  if f.planned and not dhsm.check_mode then
+    refuse("EvidencePlanned", "not deleting HSM %s: the zeroization of appliance %s was only planned (check mode)",
+      resource, f.appliance)
   end
   if f.resource ~= resource then
     refuse("EvidenceForOtherHsm", "not deleting HSM %s: the zeroization evidence is of appliance %s (serial %s), "

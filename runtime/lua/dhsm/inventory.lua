@@ -51,6 +51,7 @@ M.schema = {
       ssh_port = { type = "integer", min = 1, max = 65535, default = 22 },
       user = { type = "string", default = "tenantadmin" },
       password = { type = "secret", default = "prompt" },
+      so_password = { type = "secret" },      -- the HSM SO's (decommission's zeroize by command)
       key = path_spec,
       known_hosts = { type = "string", default = "~/.ssh/known_hosts" },
       ntls_port = { type = "integer", min = 1, max = 65535, default = 1792 },
@@ -156,6 +157,9 @@ function M.from_table(t, source)
   for _, h in ipairs(inv.hsms) do
     if h.password:origin() == "prompt" then      -- say whose password is asked for
       h.password = secret.ref("prompt", ("LunaSH password for %s@%s: "):format(h.user, h.name))
+    end
+    if h.so_password and h.so_password:origin() == "prompt" then
+      h.so_password = secret.ref("prompt", ("HSM SO password of %s: "):format(h.name))
     end
   end
   inv.source = source

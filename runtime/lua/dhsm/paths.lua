@@ -33,8 +33,8 @@ end
 -- folder, or the embedded set.  Returns {name=, path=, source=|nil, embedded=}.
 function M.find_playbook(name)
   if name:find("/", 1, true) or name:match("%.lua$") then
-    if is_file(name) then
-      return { name = name:match("([^/]+)%.lua$") or name, path = name }
+    if is_file(name) then           -- by_path: a run is resumed by this absolute path
+      return { name = name:match("([^/]+)%.lua$") or name, path = sys.realpath(name) or name, by_path = true }
     end
     return nil
   end

@@ -12,8 +12,9 @@
 -- ctx also has .inventory, .params, .run_id, .check, :progress(msg),
 -- :note(msg) and :would(what).
 --
--- Step options: destructive (the operator types `target` to confirm; never
--- run in --check), target, and done = function(ctx) -> done?, result: how
+-- Step options: destructive (the operator types `target` to confirm; in
+-- --check its body runs unconfirmed with check mode on, so it must act
+-- only through the modules or test dhsm.check_mode), target, and done = function(ctx) -> done?, result: how
 -- to tell from the real state that the step's work is done.  It is asked
 -- first, on every run: when it says done, the step is skipped and `result`
 -- is its result.  It may wait for work an earlier attempt left going (a
@@ -82,6 +83,7 @@ function M.load(found)
   pb.name = pb.name or found.name
   pb.params = pb.params or {}
   pb.path = found.path
+  pb.by_path = found.by_path
   check_params_spec(found, pb.params)
   return pb
 end
@@ -284,9 +286,13 @@ function Ctx:body(rec, opts, fn)
         .. "then start a new run"):format(rec.title, rec.target, rec.began, rec.target) })
   end
   if opts.destructive and dhsm.check_mode then
+    -- The body runs: its reads and safety rules meet the real state, its
+    -- mutations (through the modules) only describe themselves.  So the
+    -- plan shows the refusal the real run would meet, not a hopeful
+    -- "would delete".  No confirmation is asked and nothing is journaled.
     rec.plan = { ("run destructive step '%s' on %s"):format(rec.title, rec.target) }
     self.reporter:would(rec, rec.plan[1])
-    return table.pack(true)
+    return self:execute(rec, fn)
   end
   if opts.destructive then
     local ok, err = pcall(self.confirm, self, rec)
@@ -318,13 +324,13 @@ function Ctx:step(title, opts, fn)
   local saved_step, saved_key = context.step, context.step_key
   context.step, context.step_key = title, rec.key
   dhsm.audit.write { action = "step.start", target = rec.target, outcome = "started" }
-  local t0 = dhsm.now()
+  local t0, cpu0 = dhsm.now(), os.clock()     -- os.clock: this process's CPU time
   self.current[#self.current + 1] = rec
   self.depth = self.depth + 1
   local r = self:body(rec, opts, fn)
   self.depth = self.depth - 1
   table.remove(self.current)
-  rec.duration_s = dhsm.now() - t0
+  rec.duration_s, rec.cpu_s = dhsm.now() - t0, os.clock() - cpu0
   if r[1] then
     local bad_at = not_json(r[2], "result", {})
     if bad_at then
@@ -380,6 +386,10 @@ local function resume_journal(pb, id, public)
   if j.playbook ~= pb.name then
     usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
   end
+  if j.by_path and j.path ~= pb.path then
+    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s'", id, tostring(j.path),
+      tostring(j.path), id)
+  end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
   local diffs = {}
   local keys = {}
@@ -409,6 +419,7 @@ local function json_document(ctx, pb, params, outcome, err, t0)
   local steps = {}
   for i, rec in ipairs(ctx.steps) do
     steps[i] = { title = rec.title, status = rec.status, target = rec.target, duration_s = rec.duration_s,
+      cpu_s = rec.cpu_s,
       result = rec.result, plan = rec.plan,
       error = rec.error and { kind = rec.error.kind, code = rec.error.code, message = rec.error.message } }
   end
@@ -436,7 +447,7 @@ function M.run(pb, raw, opts)
     j = resume_journal(pb, opts.resume, public)
     context.run = j.id
   else
-    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, params = public,
+    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, by_path = pb.by_path, params = public,
       secret_params = secret_names }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
@@ -479,7 +490,7 @@ function M.run(pb, raw, opts)
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
     elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
-        ctx.run_id, outcome, pb.name, ctx.run_id))
+        ctx.run_id, outcome, pb.by_path and util.shell_quote(pb.path) or pb.name, ctx.run_id))
     end
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.

@@ -61,6 +61,50 @@ function M:appliance(name, what)
   return self:control("POST", "/appliances/" .. name .. "/faults", what)
 end
 
+-- What reached the estate and may change it, from its own request log
+-- (DIR/estate.log): {"PUT /subscriptions/...", "hsm1 lunash: hsm zeroize -force", ...};
+-- ARM requests other than GET/HEAD and LunaSH commands other than reads.
+-- filter: a plain substring the entry must contain.
+function M:mutations(filter)
+  local classify = require("dhsm.luna").classify
+  local out = {}
+  for line in (util.read_file(self.dir .. "/estate.log") or ""):gmatch("[^\n]+") do
+    local m, path = line:match(" arm (%u+) (%S+) %-> ")
+    local entry = m and m ~= "GET" and m ~= "HEAD" and (m .. " " .. path)
+    local name, command = line:match(" (%S+) lunash: (.-) %-> %S+$")
+    if command and classify(command) ~= "read" then entry = name .. " lunash: " .. command end
+    if entry and (not filter or entry:find(filter, 1, true)) then out[#out + 1] = entry end
+  end
+  return out
+end
+
+-- {name = provisioningState}: the dedicated HSM resources the estate holds
+function M:hsms()
+  local out = {}
+  for _, r in pairs(self:state().resources) do
+    if r.type == "Microsoft.HardwareSecurityModules/dedicatedHSMs" then out[r.name] = r.state end
+  end
+  return out
+end
+
+-- count(list, pattern) -> how many entries match (a Lua pattern)
+function M.count(list, pattern)
+  local n = 0
+  for _, x in ipairs(list) do if x:find(pattern) then n = n + 1 end end
+  return n
+end
+
+-- The estate's world without what moves by itself (clock, counters, tokens,
+-- the appliances' last SSH login).
+function M:world()
+  local s = self:state()
+  for _, a in pairs(s.appliances or {}) do
+    if type(a) == "table" then a.last_login = nil end     -- the SSH session's, not a change of state
+  end
+  return { resources = s.resources, groups = s.groups, deployments = s.deployments or {}, knobs = s.knobs,
+    appliances = s.appliances }
+end
+
 -- A secret from the estate's secrets folder: secret("hsm1_so_password")
 function M:secret(name)
   return require("dhsm.secret").file(self.dir .. "/secrets/" .. name)

@@ -1,0 +1,184 @@
+-- The decommission playbook end to end against the simulated estate: the
+-- guide's order for several HSMs, method=failed-logins through the login
+-- guard's override, the refusals (not zeroized, group still holding an
+-- HSM, another appliance), idempotent re-runs, --check telling the truth
+-- and --resume of a playbook run by path.  What reached the estate is read
+-- from its own state and request log (estate.log), not from dhsm's output.
+local t = require "dhsm.test"
+package.path = t.here() .. "/../lua/?.lua;" .. package.path
+local support = require "support.estate"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+
+local GROUP = "hsm-rg"
+local q = util.shell_quote
+
+local function estate(set)
+  local knobs = { delete_seconds = 0, retry_after = 0, hsm_step_seconds = 0, gateway_seconds = 0, network_seconds = 0 }
+  for k, v in pairs(set or {}) do knobs[k] = v end
+  return support.start { set = knobs, args = "--appliances 2" }
+end
+
+-- run(e, args [, playbook]) -> {status, stdout, stderr}; one state folder per estate
+local function run(e, args, playbook)
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s DHSM_INVENTORY=%s %s"):format(q(e.dir .. "/state"),
+    q(e.dir .. "/audit.jsonl"), q(e.dir .. "/inventory.json"),
+    t.cmd(("run %s -e poll_interval=0.02 %s"):format(playbook or "decommission", args))))
+end
+
+local function so(e, name)
+  return "-e so_password=file:" .. q(e.dir .. "/secrets/" .. name .. "_so_password")
+end
+
+local count = support.count
+local function hsms(e) return e:hsms() end
+
+local function group_exists(e)
+  for _, g in pairs(e:state().groups) do
+    if type(g) == "table" and g.name == GROUP then return true end
+  end
+  return false
+end
+
+local function zeroized(e, name)
+  return e:control("GET", "/appliances")[name].zeroized
+end
+
+
+---------------------------------------------------------------------------
+
+t.test("two HSMs by command, one by one, each zeroized before its DELETE, the group last", function()
+  local e = estate()
+  -- the operator's inventory: each HSM's SO password by reference (and it keeps the HSMs when they go)
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  for _, h in ipairs(inv.hsms) do h.so_password = "file:" .. e.dir .. "/secrets/" .. h.name .. "_so_password" end
+  local own = t.tmpdir() .. "/inventory.json"
+  t.write(own, cjson.encode(inv))
+  local args = "-i " .. q(own) .. " -e hsm=hsm1,hsm2 -e backups_confirmed=true -e delete_group=true --yes"
+  local r = run(e, args)
+  t.eq(r.status, 0, r.stderr)
+  local order = {}
+  for _, x in ipairs(e:mutations()) do
+    local zeroize, deleted = x:match("^(hsm%d) lunash: hsm zeroize"), x:match("^DELETE .*/dedicatedHSMs/(hsm%d)$")
+    local what = zeroize and ("zeroize " .. zeroize) or deleted and ("DELETE " .. deleted)
+      or (x:match("^DELETE .*/resourceGroups/hsm%-rg$") and "DELETE group")
+    if what then order[#order + 1] = what end
+  end
+  t.eq(order, { "zeroize hsm1", "DELETE hsm1", "zeroize hsm2", "DELETE hsm2", "DELETE group" })
+  t.eq({ hsms(e), group_exists(e) }, { {}, false })
+  -- the same inventory again: everything is gone, nothing is sent
+  local before = e:mutations()
+  r = run(e, args)
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("everything is already gone: nothing was changed", 1, true), r.stderr)
+  t.eq(e:mutations(), before)
+end)
+
+t.test("method=failed-logins: wrong SO logins through the guard's override until zeroized, then the delete", function()
+  local e = estate()
+  local r = run(e, "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --yes")
+  t.eq(r.status, 0, r.stderr)
+  local m = e:mutations()
+  t.eq({ count(m, "^hsm1 lunash: hsm login"), count(m, "^hsm2 lunash: hsm login") }, { 3, 3 }, "the SO threshold, no more")
+  t.eq(count(m, "hsm zeroize"), 0, "no zeroize command: the failures did it")
+  local order = {}                     -- one HSM at a time, each zeroized before its DELETE, the group last
+  for _, x in ipairs(m) do
+    local login, deleted = x:match("^(hsm%d) lunash: hsm login"), x:match("^DELETE .*/dedicatedHSMs/(hsm%d)$")
+    local what = login and ("logins " .. login) or deleted and ("DELETE " .. deleted)
+      or (x:match("^DELETE .*/resourceGroups/hsm%-rg$") and "DELETE group")
+    if what and order[#order] ~= what then order[#order + 1] = what end
+  end
+  t.eq(order, { "logins hsm1", "DELETE hsm1", "logins hsm2", "DELETE hsm2", "DELETE group" })
+  t.eq({ hsms(e), group_exists(e) }, { {}, false })
+  local overrides = 0
+  for _, rec in ipairs(t.audit_records(e.dir .. "/audit.jsonl")) do
+    if rec.action == "safety.override" and rec.outcome == "zeroize_by_failed_logins" then overrides = overrides + 1 end
+  end
+  t.eq(overrides, 2, "one audited override per HSM")
+end)
+
+t.test("the guard's zeroization refuses an appliance that is not the one named, and one not asked for", function()
+  local e = estate()
+  local luna = require "dhsm.luna"
+  local s <close> = luna.open(e.inventory:hsm("hsm1"))
+  local serial = s:hsm_show().serial
+  local err = t.raises(function() s:zeroize_by_failed_logins(serial .. "0", { zeroize = true }) end, "SerialMismatch")
+  t.ok(err.message:find("not " .. serial .. "0", 1, true), err.message)
+  t.raises(function() s:zeroize_by_failed_logins(serial, {}) end, "ZeroizeNotAsked")
+  t.eq(e:mutations(), {}, "no login reached the appliance")
+  t.eq(zeroized(e, "hsm1"), false)
+end)
+
+t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the HSM stays; resumed, still refused", function()
+  local e = estate()
+  local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
+  local id = r.stderr:match("%-%-resume (%S+)'")
+  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes --resume " .. id)
+  t.ok(r.status ~= 0, r.stderr)
+  t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
+  t.eq(count(e:mutations(), "hsm zeroize"), 0)
+  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1"), group_exists(e) }, { "Succeeded", false, true })
+end)
+
+t.test("group deletion refused while another HSM remains: for real and in --check", function()
+  local e = estate()
+  local before = e:world()
+  local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true -e delete_group=true --check")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("not deleting resource group hsm-rg: it still holds dedicated HSM hsm2", 1, true), r.stderr)
+  t.ok(not r.stderr:find("would DELETE /subscriptions/[^ ]+/resourceGroups/hsm%-rg\n"), "no plan to delete the group")
+  t.eq(e:world(), before, "the plan changed nothing")
+  t.eq(e:mutations(), {})
+  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true -e delete_group=true --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("it still holds dedicated HSM hsm2", 1, true), r.stderr)
+  t.eq({ hsms(e), group_exists(e) }, { { hsm2 = "Succeeded" }, true })
+  t.eq(count(e:mutations(), "^DELETE"), 1, "the HSM's DELETE only")
+end)
+
+t.test("--check of a whole decommission: every mutation described, the estate and its log unchanged", function()
+  local e = estate()
+  local before, log_before = e:world(), e:mutations()
+  local r = run(e, "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --check --json")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(e:world(), before)
+  t.eq(e:mutations(), log_before)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm2"), r.stderr)
+  t.ok(r.stderr:find("would send 3 wrong HSM SO login(s) to hsm1", 1, true), r.stderr)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/resourceGroups/hsm%-rg"), r.stderr)
+  t.eq(cjson.decode(r.stdout).outcome, "planned")
+end)
+
+t.test("idempotent: a re-run when everything is gone says so and sends nothing", function()
+  local e = estate()
+  local args = "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --yes"
+  t.eq(run(e, args).status, 0)
+  local before = e:mutations()
+  local r = run(e, args)
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("everything is already gone: nothing was changed", 1, true), r.stderr)
+  t.eq(e:mutations(), before, "no zeroize, no login, no DELETE")
+end)
+
+t.test("a playbook run by path is journaled with its path: the resume hint and --resume work", function()
+  local e = estate()
+  local dir = t.tmpdir()
+  t.sh(("cp %s %s/decommission.lua"):format(q(t.here() .. "/../../playbooks/decommission.lua"), q(dir)))
+  local path = dir .. "/decommission.lua"
+  local args = "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true"
+  local r = run(e, args .. " --yes", q(path))             -- the wrong password: fails at the zeroize
+  t.eq(r.status, 1, r.stderr)
+  local hint = r.stderr:match("'(dhsm run .- %-%-resume %S+)'")
+  t.ok(hint and hint:find(path, 1, true), r.stderr)
+  local id = hint:match("%-%-resume (%S+)$")
+  t.eq(cjson.decode(util.read_file(e.dir .. "/state/dhsm/runs/" .. id .. ".json")).path, path)
+  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, "decommission")
+  t.eq(r.status, 2, "the built-in playbook is not the file the run used")
+  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. "'", 1, true), r.stderr)
+  -- the same file, the right password (secrets are given again, never journaled)
+  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, q(path))
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ hsms(e).hsm1, count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") }, { nil, 1, 1 })
+end)
