@@ -91,7 +91,7 @@ return {
     if d.ntls_stale then
       ctx:step("restart NTLS on " .. p.hsm .. " (it drops every client's NTLS sessions)",
         { destructive = true, target = p.hsm, done = function() return now_ok("ntls_restart") end }, function()
-        ctx:note("restarting NTLS: every client connected to " .. p.hsm .. " loses its sessions and reconnects")
+        ctx:note("restarting NTLS drops the sessions of every client connected to " .. p.hsm .. "; they reconnect")
         appliance():must("service restart ntls")
       end)
     end
