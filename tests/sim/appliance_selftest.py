@@ -282,7 +282,7 @@ class ShellTest(ApplianceCase):
             lines = [line for line in f if " hsm3 lunash: " in line]
         text = "".join(lines)
         self.assertIn("hsm3 lunash: hsm show -> 0\n", text)
-        self.assertIn("hsm3 lunash: hsm init -label x -password **** -> 65535\n", text)
+        self.assertIn("hsm3 lunash: hsm init -label x -password **** -> 65535 (cancelled: no input)\n", text)
         self.assertIn("hsm3 lunash: (a line that is not a command, 20 characters) -> 65535\n", text)
         self.assertNotIn("not-logged-anywhere", text)
         self.assertNotIn("not-a-command-either", text)

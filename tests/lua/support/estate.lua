@@ -71,7 +71,7 @@ function M:mutations(filter)
   for line in (util.read_file(self.dir .. "/estate.log") or ""):gmatch("[^\n]+") do
     local m, path = line:match(" arm (%u+) (%S+) %-> ")
     local entry = m and m ~= "GET" and m ~= "HEAD" and (m .. " " .. path)
-    local name, command = line:match(" (%S+) lunash: (.-) %-> %S+$")
+    local name, command = line:match(" (%S+) lunash: (.-) %-> ")
     if command and classify(command) ~= "read" then entry = name .. " lunash: " .. command end
     if entry and (not filter or entry:find(filter, 1, true)) then out[#out + 1] = entry end
   end

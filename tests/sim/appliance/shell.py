@@ -17,7 +17,7 @@ import threading
 import time
 import types
 
-from appliance import cli, commands
+from appliance import cli, commands, rc
 from appliance.context import Context, LunaError
 
 BANNER = "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved."
@@ -69,7 +69,8 @@ class LunaShell:
             log.info("%s lunash received: %s", self.device.name, logged_command(self._parse_only(line), line))
             time.sleep(delay / 1000)
         ctx, code, errors = self._dispatch(line)
-        log.info("%s lunash: %s -> %d", self.device.name, logged_command(ctx, line), code)  # never a password
+        note = " (cancelled: no input)" if errors and rc.CANCELLED[0] in errors[0] else ""  # no attempt was made
+        log.info("%s lunash: %s -> %d%s", self.device.name, logged_command(ctx, line), code, note)  # never a password
         self._finish(ctx, code, errors, drop)
         for action in ctx.after if ctx else ():
             action()
