@@ -7,6 +7,9 @@
 --   conf:ha_groups()     --> {{index=0, label=, serial=, members={...}, synchronize=}}
 --   conf:ha_config()     --> {reconnAtt=, AutoReconnectInterval=, HAOnly=, ...}
 --   conf:text(); conf:save([path])
+--   chrystoki.install(inventory, {"lunacm", ...}) --> the inventory's client install:
+--     {conf_path=, env = {ChrystokiConfigurationPath=}, lunacm=, vtl=, pkcs11_lib=, softhsm_conf=,
+--      key_passphrase= (a secret: the client key's, when it is encrypted)}
 --
 -- The format is `Section = { Key = value; Key2 = value; }`, sections and
 -- keys possibly on one line, `#` comments.  The text is kept as it was:
@@ -105,6 +108,23 @@ function M.load(path)
   local c = M.parse(text, path)
   c.path = path
   return c
+end
+
+-- install(inventory, needed) -> the client install the inventory's client
+-- section describes, with the environment its tools run in (the folder of
+-- Chrystoki.conf, as for a client whose configuration is not in /etc);
+-- every field named in needed must be there.
+function M.install(inv, needed)
+  local c = type(inv) == "table" and inv.client or {}
+  local fields = { "chrystoki_conf" }
+  for _, f in ipairs(needed or {}) do fields[#fields + 1] = f end
+  for _, field in ipairs(fields) do
+    if type(c[field]) ~= "string" then
+      dhsm.error { kind = "usage", message = ("the inventory's client.%s is needed (the Luna client install)"):format(field) }
+    end
+  end
+  return { conf_path = c.chrystoki_conf, lunacm = c.lunacm, vtl = c.vtl, pkcs11_lib = c.pkcs11_lib,
+    softhsm_conf = c.softhsm_conf, key_passphrase = c.key_passphrase, env = { ChrystokiConfigurationPath = c.chrystoki_conf:match("^(.*)/[^/]*$") or "." } }
 end
 
 ---------------------------------------------------------------------------

@@ -292,6 +292,47 @@ static void on_info(const SSL *ssl, int where, int ret) {
   }
 }
 
+/* The passphrase of an encrypted client key, handed to OpenSSL straight
+** from the secret's own bytes: never a Lua string, never copied. */
+typedef struct passphrase {
+  const char *bytes;  /* NULL: none given, so an encrypted key fails rather than prompt */
+  size_t len;
+} passphrase;
+
+static int give_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)rwflag;
+  const passphrase *pw = u;
+  if (pw == NULL || pw->bytes == NULL || pw->len > (size_t)size) return 0;
+  memcpy(buf, pw->bytes, pw->len);
+  return (int)pw->len;
+}
+
+/* client_cert and client_key (PEM; the key PKCS#8 encrypted or not) into
+** the context; client_key_passphrase, when given, must be a dhsm.secret. */
+static void use_client_identity(lua_State *L, probe *p) {
+  lua_getfield(L, 1, "client_cert");
+  lua_getfield(L, 1, "client_key");
+  lua_getfield(L, 1, "client_key_passphrase");
+  const char *cert = lua_tostring(L, -3), *key = lua_tostring(L, -2);
+  passphrase pw = { NULL, 0 };
+  if (!lua_isnil(L, -1)) {
+    if (!dhsm_is_secret(L, -1))
+      dhsm_usage_error(L, "net.tls: client_key_passphrase must be a dhsm.secret (secret.env/file/prompt), got %s",
+                       luaL_typename(L, -1));
+    pw.bytes = dhsm_secret_check(L, -1, &pw.len);
+  }
+  if (cert && SSL_CTX_use_certificate_chain_file(p->ctx, cert) != 1)
+    dhsm_usage_error(L, "net.tls: cannot read client_cert %s (a PEM certificate)", cert);
+  SSL_CTX_set_default_passwd_cb(p->ctx, give_passphrase);
+  SSL_CTX_set_default_passwd_cb_userdata(p->ctx, &pw);
+  int ok = cert == NULL || SSL_CTX_use_PrivateKey_file(p->ctx, key ? key : cert, SSL_FILETYPE_PEM) == 1;
+  SSL_CTX_set_default_passwd_cb_userdata(p->ctx, NULL);   /* pw lives on this stack frame only */
+  if (!ok)
+    dhsm_usage_error(L, "net.tls: cannot use client_key %s with client_cert %s%s", key ? key : cert, cert,
+                     pw.bytes ? " (wrong passphrase, or not its key)" : " (encrypted? give client_key_passphrase)");
+  lua_pop(L, 3);
+}
+
 static void setup_tls(lua_State *L, probe *p) {
   p->ctx = SSL_CTX_new(TLS_client_method());
   if (p->ctx == NULL) luaL_error(L, "SSL_CTX_new failed");
@@ -304,13 +345,7 @@ static void setup_tls(lua_State *L, probe *p) {
   const char *ca = lua_tostring(L, -1);
   if (ca ? SSL_CTX_load_verify_locations(p->ctx, ca, NULL) != 1 : SSL_CTX_set_default_verify_paths(p->ctx) != 1)
     dhsm_usage_error(L, "net.tls: cannot read ca_file %s", ca ? ca : "(system default)");
-  lua_getfield(L, 1, "client_cert");
-  lua_getfield(L, 1, "client_key");
-  const char *cert = lua_tostring(L, -2), *key = lua_tostring(L, -1);
-  if (cert && SSL_CTX_use_certificate_chain_file(p->ctx, cert) != 1)
-    dhsm_usage_error(L, "net.tls: cannot read client_cert %s (a PEM certificate)", cert);
-  if (cert && SSL_CTX_use_PrivateKey_file(p->ctx, key ? key : cert, SSL_FILETYPE_PEM) != 1)
-    dhsm_usage_error(L, "net.tls: cannot use client_key %s with client_cert %s", key ? key : cert, cert);
+  use_client_identity(L, p);
   lua_getfield(L, 1, "server_name");
   const char *sni = luaL_optstring(L, -1, p->host);
   p->ssl = SSL_new(p->ctx);
@@ -332,12 +367,24 @@ static void push_chain(lua_State *L, probe *p) {
 }
 
 /* The answer table; the connection is then shut (best effort, no waiting). */
+/* Our end's port: the peer the server's log names this connection by. */
+static void push_local_port(lua_State *L, probe *p) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (p->fd < 0 || getsockname(p->fd, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET) lua_pushinteger(L, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  else if (ss.ss_family == AF_INET6) lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  else return;
+  lua_setfield(L, -2, "local_port");
+}
+
 static void push_tls_answer(lua_State *L, probe *p, int ok, const char *reason) {
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 11);
   lua_pushboolean(L, ok);
   lua_setfield(L, -2, "ok");
   lua_pushnumber(L, elapsed_ms(p));
   lua_setfield(L, -2, "ms");
+  push_local_port(L, p);
   if (reason) {
     lua_pushstring(L, reason);
     lua_setfield(L, -2, "reason");

@@ -2,8 +2,11 @@
 --
 --   net.tcp{host=, port=1792, timeout=2}        --> {open=true, ms=} | {open=false, reason=, ms=}
 --   net.tcp_many(endpoints, {timeout=, limit=128}) --> answers in input order, probed at once
---   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, server_name=, strict=}
---       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=}
+--   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, client_key_passphrase=, server_name=, strict=}
+--       (client_key may be PKCS#8 encrypted, as `vtl createCert` writes it: its
+--       passphrase is a dhsm.secret, read in C, never a Lua string)
+--       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=,
+--            local_port= (the port the server's log names this connection by)}
 --   net.certs(pem_or_path) / net.cert(pem_or_path) / net.same_cert(a, b)
 --   net.ntls_log(text) --> {events=..., attempts=...}
 --

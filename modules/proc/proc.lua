@@ -9,6 +9,13 @@
 --   proc.lunacm_login{ argv = { lunacm, "-c", "hagroup", "addMember", "-group", "g", "-serialNumber", sn },
 --                      password = co_pin, env =, timeout =, allow_destructive_login = }
 --   --> the run, with ok= (Command Result : No Error) and code= (the CKR name)
+--   proc.lunacm_slots(opts) --> {{id=, label=, serial=}} (`slot list`)
+--   proc.lunacm_groups(opts) --> {{label=, serial=, members={{serial=, status=}}}, retry=, interval=}
+--
+-- lunacm's exit status is not an interface (Thales documents its return
+-- codes as unsupported): every lunacm run, login or not, gets ok= and code=
+-- from the `Command Result` line it prints, and nothing here reads .status
+-- to decide whether lunacm succeeded.
 --
 -- Runs happen on the scheduler: many tools can run at once in dhsm.parallel.
 -- Secrets go to stdin or env, never argv.  Every run is audited (argv only).
@@ -18,7 +25,12 @@
 -- thresholds, so they go through the failed-login guard: lunacm_login
 -- finds the partition (`slot list`), reads its attempts left (`role show`)
 -- and makes the attempt inside the guard's lock for that partition and
--- role.  run() refuses them, however abbreviated; spawn() refuses lunacm
+-- role.  `hagroup synchronize` logs in as Crypto Officer on every member it
+-- reaches: lunacm_login finds the group's members (`hagroup listGroups`)
+-- and their slots, and takes the guard's attempt for each one's Crypto
+-- Officer, nested in one order (serial numbers sorted, so two runs never
+-- wait on each other's locks); it runs only when no member's attempt could
+-- be its last, and its outcome is recorded for each of them.  run() refuses them, however abbreviated; spawn() refuses lunacm
 -- (an interactive lunacm could be sent any login), and so does run()
 -- without -c (the commands would come on stdin), or with a secret on stdin
 -- for a command that does not set a new password.  What this cannot see: a
@@ -42,14 +54,29 @@ local function command_line(argv)
   return table.concat(parts, " ")
 end
 
+local function is_lunacm(argv)
+  return type(argv) == "table" and type(argv[1]) == "string" and argv[1]:match("[^/]*$"):lower():find("^lunacm") ~= nil
+end
+
+-- What lunacm said of its command: ok= (`Command Result : No Error`) and
+-- code= (the CKR name of a failure), read from its output, never from its
+-- exit status.
+local function lunacm_result(r)
+  r.ok = r.stdout:find("Command Result : No Error", 1, true) ~= nil
+  r.code = r.stdout:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)")
+  return r
+end
+
 local function run(opts)
   if type(opts) ~= "table" then usage("run: expected {argv = {...}, stdin=, env=, cwd=, timeout=}") end
   local t0 = dhsm.now()
   local ok, r = pcall(core.run, opts)
   local argv = type(opts.argv) == "table" and opts.argv or {}
+  if ok and is_lunacm(argv) then lunacm_result(r) end
+  local outcome = ok and ("exit " .. tostring(r.status)) or ("error " .. tostring(dhsm.error.normalize(r).code))
+  if ok and r.ok ~= nil then outcome = r.ok and "No Error" or tostring(r.code or "no Command Result") end
   dhsm.audit.write { action = "proc.run", target = tostring(argv[1]), command = command_line(argv),
-    outcome = ok and ("exit " .. tostring(r.status)) or ("error " .. tostring(dhsm.error.normalize(r).code)),
-    duration_ms = (dhsm.now() - t0) * 1000 }
+    outcome = outcome, duration_ms = (dhsm.now() - t0) * 1000 }
   if not ok then error(r, 0) end
   return r
 end
@@ -58,11 +85,12 @@ end
 -- lunacm and the failed-login guard
 
 -- verb per "family subcommand": read | write | login:name (the role of
--- -name) | login:co | login:unsupported (several partitions at once)
+-- -name) | login:co | login:members (the CO of every member of -group) |
+-- login:unsupported
 local LUNACM = {
   role = { login = "login:name", changepw = "login:name", logout = "write", show = "read", resetpw = "write",
     init = "write" },
-  hagroup = { creategroup = "login:co", addmember = "login:co", synchronize = "login:unsupported",
+  hagroup = { creategroup = "login:co", addmember = "login:co", synchronize = "login:members",
     listgroups = "read", removemember = "write", deletegroup = "write", recover = "write", retry = "write",
     interval = "write", haonly = "write", addstandby = "write", recoverymode = "write" },
   slot = { list = "read", set = "write" },
@@ -77,10 +105,6 @@ local NOT_ATTEMPTED = { CKR_CANCEL = true, CKR_ARGUMENTS_BAD = true, CKR_SLOT_ID
   CKR_FUNCTION_NOT_SUPPORTED = true, CKR_DEVICE_ERROR = true, CKR_USER_TYPE_INVALID = true }
 
 local RANK = { read = 1, write = 2, login = 3 }
-
-local function is_lunacm(argv)
-  return type(argv) == "table" and type(argv[1]) == "string" and argv[1]:match("[^/]*$"):lower():find("^lunacm") ~= nil
-end
 
 -- The words after -c, or nil when lunacm would read commands on stdin.
 local function lunacm_words(argv)
@@ -139,6 +163,7 @@ local function check_lunacm(opts)
 end
 
 -- run{argv=, stdin=, env=, cwd=, timeout=} -> {status=, signal=, stdout=, stderr=, duration=}
+-- (and ok=, code= for lunacm)
 function M.run(opts)
   local verb = type(opts) == "table" and check_lunacm(opts)
   if verb and verb:match("^login") then
@@ -157,9 +182,76 @@ function M.spawn(opts)
   return core.spawn(opts)
 end
 
--- The partition a lunacm command names with -serialNumber or -slot:
--- {id=, label=, serial=} from `slot list`.
-local function target_slot(opts, words)
+-- A read-only lunacm command with lunacm_login's env, cwd and timeout.
+local function lunacm_read(opts, words, stdin)
+  local argv = { opts.argv[1], "-c" }
+  for _, w in ipairs(words) do argv[#argv + 1] = w end
+  local r = run { argv = argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout, stdin = stdin }
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm %s failed: %s"):format(table.concat(words, " "), r.code or "no Command Result line") }
+  end
+  return r
+end
+
+-- slots(opts) -> {{id=, label=, serial=}} from `lunacm -c slot list`
+function M.lunacm_slots(opts)
+  local r = lunacm_read(opts, { "slot", "list" })
+  local found = {}
+  -- the command's own output, after the banner's list of the same slots
+  local listing = r.stdout:match("Current Slot Id:[^\n]*\n(.*)$") or r.stdout
+  for block in (listing .. "\n\n"):gmatch("(Slot Id %->.-)\n%s*\n") do
+    found[#found + 1] = { id = block:match("Slot Id %->%s*(%d+)"), label = util.trim(block:match("Label %->([^\n]*)") or ""),
+      serial = block:match("Serial Number %->%s*(%S+)") }
+  end
+  return found
+end
+
+-- lunacm_groups(opts) -> {groups = {{label=, serial=, slot=, members = {{serial=, status=, slot=}}}},
+--   retry=, interval=, auto_recovery=} from `hagroup listGroups` (its password
+-- prompt answered with an empty line: the sync data is not needed)
+function M.lunacm_groups(opts)
+  local r = lunacm_read(opts, { "hagroup", "listGroups" }, "\n")
+  local out = { groups = {}, retry = tonumber(r.stdout:match("Maximum auto recovery retry:%s*(%-?%d+)")),
+    interval = tonumber(r.stdout:match("Auto recovery poll interval:%s*(%d+)")),
+    auto_recovery = r.stdout:match("HA auto recovery:%s*(%a+)") == "enabled" }
+  local group
+  for line in r.stdout:gmatch("[^\n]+") do
+    local label = line:match("HA Group Label:%s*(%S+)")
+    if label then
+      group = { label = label, members = {} }
+      out.groups[#out.groups + 1] = group
+    elseif group then
+      group.serial = group.serial or line:match("HA Group Number:%s*(%d+)")
+      group.slot = group.slot or line:match("HA Group Slot ID:%s*(%d+)")
+      local slot, serial, status = line:match("^%s*([%d%-]+)%s+(%d+)%s+%S+%s+(%a+)%s*$")
+      if serial then group.members[#group.members + 1] = { serial = serial, status = status, slot = tonumber(slot) } end
+    end
+  end
+  return out
+end
+
+-- The partitions a lunacm login command logs in to: the one it names with
+-- -serialNumber or -slot, or for synchronize every member of -group that
+-- has a slot (lunacm logs in to those it reaches), in serial order.
+local function target_slots(opts, words, role)
+  if role == "members" then
+    local label = cli.option(words, 1, "group", "g")
+    if not label then usage("lunacm_login: hagroup synchronize needs -group, so its members' attempts can be counted") end
+    local group
+    for _, g in ipairs(M.lunacm_groups(opts).groups) do
+      if g.label == label then group = g end
+    end
+    if not group then usage("lunacm_login: no HA group %s in `lunacm -c hagroup listGroups`", label) end
+    local wanted = {}
+    for _, m in ipairs(group.members) do wanted[m.serial] = true end
+    local found = {}
+    for _, s in ipairs(M.lunacm_slots(opts)) do
+      if wanted[s.serial] then found[#found + 1] = s end
+    end
+    table.sort(found, function(a, b) return a.serial < b.serial end)
+    return found
+  end
   local serial = cli.option(words, 1, "serialnumber", "se")
   local slot = cli.option(words, 1, "slot", "sl")
   for i = 1, #words - 1 do
@@ -168,11 +260,8 @@ local function target_slot(opts, words)
   if not serial and not slot then
     usage("lunacm_login: name the partition with -slot or -serialNumber, so its attempts can be counted")
   end
-  local r = run { argv = { opts.argv[1], "-c", "slot", "list" }, env = opts.env, cwd = opts.cwd, timeout = opts.timeout }
-  for block in (r.stdout .. "\n\n"):gmatch("(Slot Id %->.-)\n%s*\n") do
-    local s = { id = block:match("Slot Id %->%s*(%d+)"), label = util.trim(block:match("Label %->([^\n]*)") or ""),
-      serial = block:match("Serial Number %->%s*(%S+)") }
-    if (serial and s.serial == serial) or (slot and s.id == slot) then return s end
+  for _, s in ipairs(M.lunacm_slots(opts)) do
+    if (serial and s.serial == serial) or (slot and s.id == slot) then return { s } end
   end
   usage("lunacm_login: no slot %s in `lunacm -c slot list`", serial and ("with serial number " .. serial) or slot)
 end
@@ -191,6 +280,37 @@ local function role_left(opts, slot, role)
   end
 end
 
+-- The guard's attempt on slots[i], ..., slots[#slots] for role, nested, with
+-- try() made once inside all of them: -> outcome, result (as try's).  A
+-- refusal by an inner member's guard (its last attempt, a busy lock) comes
+-- before lunacm ran: the outer members record no attempt, then it is raised.
+local function attempt_all(opts, slots, role, try)
+  local ran = false
+  local function nest(i)
+    if i > #slots then
+      ran = true
+      return try()
+    end
+    local slot, outcome, refused = slots[i], nil, nil
+    local result = guard.attempt(slot.label .. "#" .. slot.serial, role, opts, {
+      device_left = function() return role_left(opts, slot, role) end,
+      try = function()
+        local ok, o, r = pcall(nest, i + 1)
+        if not ok and not ran then
+          refused = o
+          return nil
+        end
+        if not ok then error(o, 0) end
+        outcome = o
+        return o, r
+      end,
+    })
+    if refused ~= nil then error(refused, 0) end
+    return outcome, result
+  end
+  return nest(1)
+end
+
 -- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
 function M.lunacm_login(opts)
   if type(opts) ~= "table" then usage("lunacm_login: expected {argv =, password =, ...}") end
@@ -198,30 +318,32 @@ function M.lunacm_login(opts)
   local verb, what, role, words = check_lunacm(opts)
   if not verb then usage("lunacm_login: argv must run lunacm, got %s", tostring(type(opts.argv) == "table" and opts.argv[1])) end
   if verb == "login:unsupported" then
-    refuse("UnsupportedLogin", "refusing '%s': it logs in to several partitions or an unknown role, which the "
-      .. "failed-login guard cannot count one by one", what)
+    refuse("UnsupportedLogin", "refusing '%s': it logs in to an unknown role, which the failed-login guard "
+      .. "cannot count", what)
   end
   if not role then usage("lunacm_login: '%s' is not a login; use proc.run", what) end
   if not secret.is(opts.password) then usage("lunacm_login: password must be a secret (secret.env/file/prompt)") end
-  local slot = target_slot(opts, words)
-  local key = slot.label .. "#" .. slot.serial
-  return guard.attempt(key, role, opts, {
-    device_left = function() return role_left(opts, slot, role) end,
-    try = function()
-      if dhsm.check_mode then
-        local would = ("log in as %s on partition %s (lunacm %s)"):format(guard.ROLE_NAMES[role], key, what)
-        dhsm.would(would)
-        return nil, { check = true, would = would }
-      end
-      local r = run { argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
-        stdin = { opts.password, "\n" } }
-      r.ok = r.stdout:find("Command Result : No Error", 1, true) ~= nil
-      r.code = r.stdout:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)")
-      if r.ok then return true, r end
-      if NOT_ATTEMPTED[r.code] then return nil, r end
-      return false, r                           -- a wrong PIN, or an answer we cannot read: counted
-    end,
-  })
+  local slots = target_slots(opts, words, role)
+  if #slots == 0 then
+    dhsm.error { kind = "luna", code = "NoMemberReached",
+      message = ("lunacm %s: no member of the group has a slot (none reachable)"):format(what) }
+  end
+  local names = {}
+  for i, s in ipairs(slots) do names[i] = s.label .. "#" .. s.serial end
+  local _, result = attempt_all(opts, slots, role == "members" and "co" or role, function()
+    if dhsm.check_mode then
+      local would = ("log in as %s on partition%s %s (lunacm %s)"):format(
+        guard.ROLE_NAMES[role == "members" and "co" or role], #names > 1 and "s" or "", table.concat(names, ", "), what)
+      dhsm.would(would)
+      return nil, { check = true, would = would }
+    end
+    local r = run { argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
+      stdin = { opts.password, "\n" } }
+    if r.ok then return true, r end
+    if NOT_ATTEMPTED[r.code] then return nil, r end
+    return false, r                           -- a wrong PIN, or an answer we cannot read: counted
+  end)
+  return result
 end
 
 -- What read_until read past its match, per process (a userdata has no fields).

@@ -124,3 +124,12 @@ t.test("set refuses section names, keys and values that would inject entries, na
     again:get("Chrystoki2", "LibUNIX64") }, { "10.0.0.4", "1", "/usr/lib/libCryptoki2_64.so" })
   t.eq(again:keys("Chrystoki2"), { "LibUNIX64" })
 end)
+
+t.test("install: the inventory's client install, the env its tools run in, the field that is missing", function()
+  local c = chrystoki.install({ client = { chrystoki_conf = "/opt/client/Chrystoki.conf", vtl = "/opt/bin/vtl" } }, { "vtl" })
+  t.eq({ c.conf_path, c.vtl, c.env.ChrystokiConfigurationPath }, { "/opt/client/Chrystoki.conf", "/opt/bin/vtl", "/opt/client" })
+  local err = t.raises(function() chrystoki.install({ client = { chrystoki_conf = "/x/Chrystoki.conf" } }, { "lunacm" }) end, "usage")
+  t.ok(err.message:find("client.lunacm", 1, true), err.message)
+  err = t.raises(function() chrystoki.install({}) end, "usage")
+  t.ok(err.message:find("client.chrystoki_conf", 1, true), err.message)
+end)

@@ -51,7 +51,8 @@ t.test("the certificate exchange from an empty client, through dhsm", function()
   t.ok(r.stdout:find("par1", 1, true), r.stdout)
   -- the same path, probed by dhsm.net with the client's own files
   local probe = net.tls { host = "127.0.0.1", port = entry.ntls_port, ca_file = cert.ca,
-    client_cert = cert.cert, client_key = cert.key, server_name = "hsm1" }
+    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, server_name = "hsm1" }
+  t.ok(require("dhsm.util").read_file(cert.key):find("BEGIN ENCRYPTED PRIVATE KEY", 1, true), "vtl wrote an encrypted key")
   t.eq({ probe.ok, probe.verify.ok }, { true, true })
   -- the appliance certificate is regenerated: verify fails until re-exchanged
   s:must("sysconf regenCert -force")
@@ -94,7 +95,7 @@ t.test("an HA group made with lunacm, read through dhsm.chrystoki; a member drop
   r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
   t.ok(r.stdout:find("down", 1, true), "no retry count: it stays out until recovered\n" .. r.stdout)
   r = tool(estate, "lunacm", { "-c", "hagroup", "recover", "-group", "myHA" })
-  t.eq(r.status, 0, r.stdout)
+  t.eq({ r.ok, r.status }, { true, 0 }, r.stdout)
   r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
   t.ok(not r.stdout:find("down", 1, true), r.stdout)
 end, { timeout = 90 })

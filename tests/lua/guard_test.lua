@@ -240,12 +240,42 @@ t.test("lunacm logins go nowhere but through the guard, however spelled", functi
   t.raises(function() proc.spawn(lunacm {}) end, "UnguardedLogin")
   local sync = lunacm { "-c", "hagroup", "synchronize", "-group", "g" }
   sync.password = wrong()
-  t.raises(function() proc.lunacm_login(sync) end, "UnsupportedLogin")
+  t.raises(function() proc.lunacm_login(sync) end, "no HA group g")   -- its members are not known
   t.eq(pcall(require, "dhsm.proc.core"), false)
   t.eq(partition_state("hsm1"), before, "nothing reached the partition")
   -- what is not a login still runs
   t.eq(proc.run(lunacm { "-c", "role", "show", "-slot", slot }).status, 0)
 end, { timeout = 120 })
+
+t.test("hagroup synchronize: the guard's attempt for every member's Crypto Officer, refused at one left", function()
+  local co = estate:secret("hsm1_par1_co_pin")
+  local function serial(name)
+    for _, s in ipairs(proc.lunacm_slots(lunacm {})) do
+      if s.label == name .. "-par1" then return s.serial end
+    end
+  end
+  local function login(args, password, opts)
+    local run = lunacm(args)
+    run.password = password
+    for k, v in pairs(opts or {}) do run[k] = v end
+    return proc.lunacm_login(run)
+  end
+  t.ok(login({ "-c", "hagroup", "createGroup", "-label", "syncg", "-serialNumber", serial("hsm3") }, co).ok)
+  t.ok(login({ "-c", "hagroup", "addMember", "-group", "syncg", "-serialNumber", serial("hsm1") }, co).ok)
+  local sync = { "-c", "hagroup", "synchronize", "-group", "syncg" }
+  local r = login(sync, wrong())
+  t.eq({ r.ok, r.code, r.status }, { false, "CKR_PIN_INCORRECT", 0 }, "lunacm exits 0 on failures: read from its output")
+  t.eq(partition_state("hsm3").co_failures, 1, "the first member refused the PIN")
+  for _ = 1, 8 do login({ "-c", "role", "login", "-name", "co", "-slot", slot_of("hsm3%-par1") }, wrong()) end
+  t.eq(partition_state("hsm3").co_failures, 9)
+  local before = { partition_state("hsm1"), partition_state("hsm3") }
+  t.raises(function() login(sync, co) end, "LastLoginAttempt")
+  t.eq({ partition_state("hsm1"), partition_state("hsm3") }, before, "one member at its last attempt: no member reached")
+  r = login(sync, co, { allow_destructive_login = true })
+  t.eq(r.ok, true, r.stdout)
+  t.eq({ partition_state("hsm1").co_failures, partition_state("hsm3").co_failures }, { 0, 0 })
+  proc.run(lunacm { "-c", "hagroup", "deleteGroup", "-label", "syncg" })
+end, { timeout = 180 })
 
 ---------------------------------------------------------------------------
 -- 2. no way around the guard

@@ -107,6 +107,29 @@ t.test("tls: a client certificate the server does not know brings its alert", fu
   t.ok(none.alert, "a missing client certificate is refused by an alert too")
 end)
 
+t.test("tls: an encrypted client key (PKCS#8, AES-256) is read with its passphrase, given as a secret", function()
+  local port = s_server { "-cert", pem("server.pem"), "-key", pem("server.key"), "-Verify", "1",
+    "-CAfile", pem("ca.pem"), "-verify_return_error" }
+  local pass = t.write(t.tmpdir() .. "/pass", "correct horse battery staple", tonumber("600", 8))
+  local key = certs .. "/client-enc.key"
+  local r = proc.run { argv = { "openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", pem("client.key"),
+    "-out", key, "-passout", "file:" .. pass } }
+  t.eq(r.status, 0, r.stderr)
+  t.ok(util.read_file(key):find("BEGIN ENCRYPTED PRIVATE KEY", 1, true), "the key is encrypted")
+  local function probe(passphrase)
+    return net.tls { host = "127.0.0.1", port = port, ca_file = pem("ca.pem"), client_cert = pem("client.pem"),
+      client_key = key, client_key_passphrase = passphrase }
+  end
+  local ok = probe(dhsm.secret.file(pass))
+  t.eq({ ok.ok, ok.verify.ok }, { true, true }, ok.reason)
+  local err = t.raises(function() probe(nil) end, "usage")
+  t.ok(tostring(err):find("give client_key_passphrase", 1, true), tostring(err))
+  err = t.raises(function() probe(dhsm.secret.value("not it")) end, "usage")
+  t.ok(tostring(err):find("wrong passphrase", 1, true), tostring(err))
+  err = t.raises(function() probe("correct horse battery staple") end, "must be a dhsm.secret")
+  t.ok(not tostring(err):find("correct horse", 1, true), "the passphrase is not in the message")
+end)
+
 t.test("tls: closed and silent ports", function()
   t.eq(net.tls { host = "127.0.0.1", port = 1 }.reason, "refused")
   local hole = blackhole()

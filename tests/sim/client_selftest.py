@@ -81,9 +81,12 @@ def vtl(estate, *args):
 
 
 def lunacm(estate, *words, stdin=""):
-    """`lunacm -c WORDS` -> (exit status, output after the start-up banner)."""
+    """`lunacm -c WORDS` -> (0 when the Command Result is No Error else 1, output after the start-up
+    banner). The exit status itself is always 0, failures included, as LunaCM's is no interface."""
     proc = tool(estate, "lunacm", "-c", *words, stdin=stdin)
-    return proc.returncode, proc.stdout.split("Current Slot Id:", 1)[-1]
+    assert proc.returncode == 0, f"lunacm exited {proc.returncode}: {proc.stdout}{proc.stderr}"
+    out = proc.stdout.split("Current Slot Id:", 1)[-1]
+    return (0 if "Command Result : No Error" in out else 1), out
 
 
 def verified(estate):
@@ -406,7 +409,7 @@ class PersistenceTest(unittest.TestCase):
         self.assertEqual(ha_status(READY, "keepHA")[s2], "down")  # still off, still out of the group
         self.assertEqual([row[1] for row in verified(READY)], [partition_serial(READY, "hsm1", "par1")])
         inventory = json.load(open(os.path.join(READY, "inventory.json")))["client"]
-        self.assertEqual(sorted(inventory), ["chrystoki_conf", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
+        self.assertEqual(sorted(inventory), ["chrystoki_conf", "key_passphrase", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
         self.assertEqual(inventory["pkcs11_lib"], "/usr/lib/softhsm/libsofthsm2.so")
 
 

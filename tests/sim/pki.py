@@ -35,10 +35,12 @@ def _new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key):
+def key_pem(key, passphrase=None):
+    """PKCS#8 PEM; with PASSPHRASE (bytes) encrypted, AES-256-CBC (PBES2), as recent Luna clients write it."""
     return key.private_bytes(serialization.Encoding.PEM,
                              serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+                             serialization.BestAvailableEncryption(passphrase) if passphrase
+                             else serialization.NoEncryption())
 
 
 def cert_pem(cert):

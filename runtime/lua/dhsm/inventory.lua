@@ -70,6 +70,7 @@ M.schema = {
       vtl = path_spec,
       pkcs11_lib = path_spec,
       softhsm_conf = path_spec,
+      key_passphrase = { type = "secret", prompt = "Passphrase of the client's private key: " },
     } },
   },
 }

@@ -62,7 +62,8 @@ def _show_one(ctx, part):
             f"{'Crypto Officer Login Attempts Left:':<43}{status['co_attempts_left']}",
             "Crypto User is not initialized.", f"{'Legacy Domain Has Been Set:':<43}no", "Partition Storage:",
             f"{'   Total Storage Space:':<43}{model.PARTITION_SIZE}", f"{'   Used Storage Space:':<43}{used}",
-            f"{'   Free Storage Space:':<43}{model.PARTITION_SIZE - used}", f"{'   Object Count:':<43}{objects}")
+            f"{'   Free Storage Space:':<43}{model.PARTITION_SIZE - used}", f"{'   Object Count:':<43}{objects}",
+            f"{'Cloning Domain (digest):':<43}{model.partition_domain(part)}")
 
 
 def show(ctx):

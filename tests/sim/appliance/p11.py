@@ -159,3 +159,100 @@ class Library:
             yield session
         finally:
             self._lib.C_CloseSession(session)
+
+
+# HA synchronize ------------------------------------------------------------------
+class CkAttribute(ctypes.Structure):
+    _fields_ = [("type", CK_ULONG), ("pValue", ctypes.c_void_p), ("ulValueLen", CK_ULONG)]
+
+
+CKA_CLASS, CKA_LABEL, CKA_VALUE = 0x0, 0x3, 0x11
+# What a clone carries: the attributes an application sets (never those the token derives, such
+# as CKA_LOCAL or CKA_VALUE_LEN, which C_CreateObject refuses).
+CLONED = [0x0, 0x1, 0x2, 0x3, 0x10, 0x11, 0x100, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108, 0x10A, 0x10C,
+          0x120, 0x122, 0x162, 0x180, 0x181]
+UNAVAILABLE = CK_ULONG(-1).value
+CKO_NAMES = {0: "data", 1: "certificate", 2: "public key", 3: "private key", 4: "secret key"}
+
+
+class NotClonable(Exception):
+    pass
+
+
+def _check(rv, name):
+    if rv != 0:
+        raise P11Error(name, rv)
+
+
+def _attribute(lib, session, handle, kind):
+    """The raw bytes of one attribute, or None when the token does not give it (sensitive, absent)."""
+    probe = CkAttribute(kind, None, 0)
+    rv = lib.C_GetAttributeValue(session, CK_ULONG(handle), ctypes.byref(probe), CK_ULONG(1))
+    if rv != 0 or probe.ulValueLen == UNAVAILABLE:
+        return None
+    buf = ctypes.create_string_buffer(probe.ulValueLen)
+    probe.pValue = ctypes.cast(buf, ctypes.c_void_p)
+    if lib.C_GetAttributeValue(session, CK_ULONG(handle), ctypes.byref(probe), CK_ULONG(1)) != 0:
+        return None
+    return buf.raw[:probe.ulValueLen]
+
+
+def _objects(lib, session):
+    """{(class bytes, label bytes): {attribute: bytes}} of every object the session sees."""
+    handles, found, batch = [], CK_ULONG(0), (CK_ULONG * 64)()
+    _check(lib.C_FindObjectsInit(session, None, CK_ULONG(0)), "C_FindObjectsInit")
+    while True:
+        _check(lib.C_FindObjects(session, batch, CK_ULONG(len(batch)), ctypes.byref(found)), "C_FindObjects")
+        if not found.value:
+            break
+        handles += list(batch[:found.value])
+    lib.C_FindObjectsFinal(session)
+    objects = {}
+    for handle in handles:
+        attrs = {kind: value for kind in CLONED if (value := _attribute(lib, session, handle, kind)) is not None}
+        objects[(attrs.get(CKA_CLASS), attrs.get(CKA_LABEL, b""))] = attrs
+    return objects
+
+
+def _create(lib, session, attrs):
+    template = (CkAttribute * len(attrs))()
+    keep = []
+    for slot, (kind, value) in zip(template, attrs.items()):
+        buf = ctypes.create_string_buffer(value, len(value))
+        keep.append(buf)
+        slot.type, slot.pValue, slot.ulValueLen = kind, ctypes.cast(buf, ctypes.c_void_p), len(value)
+    handle = CK_ULONG(0)
+    _check(lib.C_CreateObject(session, template, CK_ULONG(len(attrs)), ctypes.byref(handle)), "C_CreateObject")
+
+
+def _describe(key):
+    kind = int.from_bytes(key[0] or b"\0", "little")
+    return f"{CKO_NAMES.get(kind, kind)} '{key[1].decode(errors='replace')}'"
+
+
+def synchronize(library, serials, user_pin):
+    """Every object of every token (by class and label) copied to the tokens missing it, as the
+    HA group's synchronize clones them; returns how many copies were made. Objects whose value
+    the token keeps secret (sensitive keys) cannot be read through PKCS#11: NotClonable."""
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(library._session(library.slot_of(serial))) for serial in serials]
+        pin = user_pin.encode()
+        for session in sessions:
+            library._call("C_Login", session, CK_ULONG(CKU_USER), pin, CK_ULONG(len(pin)))
+            stack.callback(library._lib.C_Logout, session)
+        held = [_objects(library._lib, session) for session in sessions]
+        union = {}
+        for objects in held:
+            for key, attrs in objects.items():
+                union.setdefault(key, attrs)
+        unreadable = [_describe(key) for key, attrs in union.items()
+                      if CKA_VALUE not in attrs and int.from_bytes(key[0] or b"\0", "little") in (0, 3, 4)]
+        missing = [(session, attrs) for session, objects in zip(sessions, held)
+                   for key, attrs in union.items() if key not in objects]
+        if missing and unreadable:
+            raise NotClonable("cannot clone " + ", ".join(sorted(unreadable)) + " (sensitive: the simulator copies "
+                              "only objects whose value PKCS#11 can read)")
+        for session, attrs in missing:
+            _create(library._lib, session, attrs)
+        return len(missing)
+

@@ -52,6 +52,11 @@ class TokenStore:
         with self.library as lib:
             return lib.destroy_objects(serial, user_pin)
 
+    def synchronize(self, serials, user_pin):
+        """An HA group's synchronize: every object copied to the members missing it (p11.synchronize)."""
+        with self.library as lib:
+            return p11.synchronize(lib, serials, user_pin)
+
     def _folder(self, serial):
         try:
             names = os.listdir(self.tokens)

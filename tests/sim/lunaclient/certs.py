@@ -1,5 +1,13 @@
 """`vtl createCert`: the client's self-signed NTLS certificate, kept apart from install.py so
-that tools which only read the install (lunacm) do not load the X.509 machinery."""
+that tools which only read the install (lunacm) do not load the X.509 machinery.
+
+The private key is written as real `vtl createCert` writes it: PKCS#8, encrypted with a
+passphrase (AES-256 here; older clients used 3DES). The passphrase is the estate's secret
+DIR/secrets/client_key_passphrase (made on first use), which the simulated client library
+(ntls_link) reads as the real one is configured with it."""
+import os
+import secrets
+
 from cryptography.x509.oid import NameOID
 
 from fsutil import write_private, write_public
@@ -16,7 +24,17 @@ def create_client_cert(install, name, now):
                (NameOID.COMMON_NAME, name)]
     key, cert = self_signed_rsa(subject, [], now, CERT_YEARS)
     key_file, cert_file = install.client_cert_files(name)
-    write_private(key_file, key_pem(key))
+    write_private(key_file, key_pem(key, key_passphrase(install)))
     write_public(cert_file, cert_pem(cert))
     install.use_client_cert(key_file, cert_file)
     return key_file, cert_file
+
+
+def key_passphrase(install):
+    """The passphrase of the client's private key (bytes), made on first use."""
+    path = install.key_passphrase_path
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(18))
+    with open(path, "rb") as f:
+        return f.read().strip()

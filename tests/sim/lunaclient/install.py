@@ -130,6 +130,19 @@ class Install:
             if conf.text != before:
                 conf.save(self.conf_path)
 
+    @property
+    def key_passphrase_path(self):
+        """The estate's secret holding the client key's passphrase (certs.key_passphrase)."""
+        return os.path.join(os.path.dirname(self.root), "secrets", "client_key_passphrase")
+
+    def key_passphrase(self):
+        """The passphrase (bytes), or None when no key was made with one."""
+        try:
+            with open(self.key_passphrase_path, "rb") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+
     @staticmethod
     def client_files(conf):
         """(certificate, private key) the client presents on NTLS."""

@@ -44,7 +44,8 @@ def context(install, conf):
         ctx.load_verify_locations(install.ca_file(conf))
     cert, key = install.client_files(conf)
     if _nonempty(cert) and _nonempty(key):
-        ctx.load_cert_chain(cert, key)  # without one the appliance logs "peer did not return a certificate"
+        # without one the appliance logs "peer did not return a certificate"; the key is encrypted
+        ctx.load_cert_chain(cert, key, password=install.key_passphrase())
     return ctx
 
 

@@ -131,7 +131,8 @@ class ClientService:
     def _paths(self):
         return {"chrystoki_conf": self.install.conf_path, "lunacm": os.path.join(TOOLS_DIR, "lunacm"),
                 "vtl": os.path.join(TOOLS_DIR, "vtl"), "pkcs11_lib": LIBRARY,
-                "softhsm_conf": estate_file(self.estate.dir, SOFTHSM_CONF)}
+                "softhsm_conf": estate_file(self.estate.dir, SOFTHSM_CONF),
+                "key_passphrase": "file:" + self.install.key_passphrase_path}
 
     def contribute(self, inventory):
         inventory["client"] = self._paths()

@@ -10,7 +10,7 @@ Texts: [V] the openstack role's `already been used` / `already part of an` and t
 `HA Group Slot ID` line; the synchronize warning is the troubleshooting guide's, word
 for word; `HA Auto Recovery Count has been set to N` is Luna 6's. The rest is ours.
 """
-from appliance import model
+from appliance import model, p11
 from appliance.cli import Command, Opt
 from lunaclient import ha
 from lunaclient.lunacm import auth
@@ -210,7 +210,8 @@ def ha_only(ctx):
 
 def synchronize(ctx):
     """Logs in to every member it reaches; members in different cloning domains get the guide's
-    warning, and cannot clone private keys: with objects to copy, the synchronization fails."""
+    warning, and cannot clone private keys: with objects to copy, the synchronization fails.
+    Otherwise every object is cloned to the members missing it (by class and label)."""
     session, group = ctx.session, _group(ctx.session, ctx.opt("group"))
     reached = [slot for slot in map(session.by_serial, group.members) if slot is not None]
     if not reached:
@@ -225,7 +226,12 @@ def synchronize(ctx):
         if any(session.tokens.usage(slot.token_serial)[0] for slot in reached):
             raise LunaCmError("CKR_DEVICE_ERROR", "Private keys cannot be cloned between the members' cloning "
                                                   "domains.")
-    ctx.out(f"Synchronization of group {group.label} completed.")
+    try:
+        copied = session.tokens.synchronize([slot.token_serial for slot in reached], pin)
+    except p11.NotClonable as e:
+        raise LunaCmError("CKR_DEVICE_ERROR", str(e))
+    ctx.out(f"{copied} object(s) cloned to the members missing them.",
+            f"Synchronization of group {group.label} completed.")
 
 
 COMMANDS = [

@@ -3,8 +3,9 @@
 At start-up LunaCM connects to every registered server over NTLS (as the library does)
 and prints the `Available HSMs:` blocks; the slots found then are the session's slots.
 Between commands the session keeps the current slot and who is logged in on which slot.
-`lunacm -c <command>` prints the banner, runs the command and exits 0 when its result
-was `No Error`, 1 otherwise (our choice: Thales documents return codes as unsupported).
+`lunacm -c <command>` prints the banner, runs the command and exits 0 whatever its result:
+Thales documents LunaCM's return codes as unsupported, so a caller must read the `Command
+Result` line, and exiting 0 on failures too keeps anything from leaning on the status.
 """
 import shlex
 import sys
@@ -118,7 +119,8 @@ def main(argv):
         return 1
     session.banner()
     if argv[:1] == ["-c"]:
-        return 0 if session.run(shlex.join(argv[1:])) else 1
+        session.run(shlex.join(argv[1:]))
+        return 0
     if argv:
         print("usage: lunacm [-c <command>]", file=sys.stderr)
         return 1

@@ -1,0 +1,212 @@
+-- dhsm.luna.ha: a Luna client's HA groups, as the troubleshooting guide's
+-- "HA group" section checks and repairs them.
+--
+--   local ha = require "dhsm.luna.ha"
+--   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
+--   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings
+--   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (with the client certificate), ok=, reason=}
+--   c:recover(label); c:set_retry(count, interval); c:settings()
+--   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
+--   ha.cloning_domain(entry, member_serial) --> digest of the member partition's cloning domain (LunaSH)
+--   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
+--   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
+--
+-- lunacm's success is what it prints (proc adds ok= and code= from the
+-- `Command Result` line), never its exit status.  Member state is the
+-- client's (listGroups); whether an appliance answers is our own probe
+-- (TCP 1792, then TLS with the client's certificate), so "down, and its
+-- appliance still does not answer: here is why" can be said.
+local chrystoki = require "dhsm.chrystoki"
+local dhsm = require "dhsm"
+local luna = require "dhsm.luna"
+local net = require "dhsm.net"
+local parse = require "dhsm.luna.parse"
+local pkcs11 = require "dhsm.pkcs11"
+local proc = require "dhsm.proc"
+
+local M = {}
+
+-- The lines lunacm printed for its command (after the banner), joined.
+local function said(out)
+  local body = out:match("Current Slot Id:[^\n]*\n(.*)Command Result") or ""
+  local lines = {}
+  for l in body:gmatch("[^\n]+") do
+    l = l:match("^%s*(.-)%s*$")
+    if l ~= "" then lines[#lines + 1] = l end
+  end
+  return #lines > 0 and table.concat(lines, " ") or nil
+end
+
+local Client = {}
+Client.__index = Client
+
+-- client(inventory) -> the client install the inventory describes
+function M.client(inv)
+  local c = chrystoki.install(inv, { "lunacm" })
+  c.inventory = inv
+  return setmetatable(c, Client)
+end
+
+function Client:argv(...)
+  local argv = { self.lunacm, "-c" }
+  for _, w in ipairs { ... } do argv[#argv + 1] = w end
+  return { argv = argv, env = self.env, timeout = 60 }
+end
+
+-- A lunacm command that logs in to nothing; raises when lunacm says it failed.
+function Client:must(...)
+  local r = proc.run(self:argv(...))
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm %s: %s"):format(table.concat({ ... }, " "),
+        said(r.stdout) or "no Command Result line") }
+  end
+  return r
+end
+
+function Client:conf()
+  return chrystoki.load(self.conf_path)
+end
+
+-- settings() -> {retry=, interval=} as Chrystoki.conf holds them (0 and 60 when unset)
+function Client:settings()
+  local cfg = self:conf():ha_config()
+  return { retry = tonumber(cfg.reconnAtt) or 0, interval = tonumber(cfg.AutoReconnectInterval) or 60 }
+end
+
+-- The inventory's HSM a member partition lives on (its serial starts with the HSM's).
+function Client:hsm_of(member_serial)
+  for _, h in ipairs(self.inventory.hsms or {}) do
+    if h.serial and member_serial:sub(1, #h.serial) == h.serial and #member_serial == #h.serial + 3 then return h end
+  end
+end
+
+-- groups() -> groups of Chrystoki.conf with each member's state from lunacm
+function Client:groups()
+  local listed = {}
+  for _, g in ipairs(proc.lunacm_groups(self:argv()).groups) do listed[g.label] = g end
+  local out = {}
+  for _, g in ipairs(self:conf():ha_groups()) do
+    local state = {}
+    for _, m in ipairs((listed[g.label] or { members = {} }).members) do state[m.serial] = m end
+    local members = {}
+    for i, serial in ipairs(g.members) do
+      members[i] = { serial = serial, status = (state[serial] or {}).status or "unknown", hsm = self:hsm_of(serial) }
+    end
+    out[#out + 1] = { label = g.label, serial = g.serial, members = members }
+  end
+  return out
+end
+
+-- probe(entry) -> {ok=, reason=, tcp=, tls=}: TCP to NTLS, then the TLS
+-- handshake with this client's certificate (what the HA library needs).
+function Client:probe(entry)
+  local port = entry.ntls_port or 1792
+  local tcp = net.tcp { host = entry.host, port = port, timeout = 2 }
+  if not tcp.open then
+    return { ok = false, reason = ("TCP %d %s"):format(port, tostring(tcp.reason)), tcp = tcp }
+  end
+  local cert = self:conf():client_cert()
+  local tls = net.tls { host = entry.host, port = port, timeout = 5, ca_file = cert.ca, client_cert = cert.cert,
+    client_key = cert.key, client_key_passphrase = self.key_passphrase, server_name = entry.name }
+  if not (tls.ok and tls.verify and tls.verify.ok) then
+    return { ok = false, tcp = tcp, tls = tls, reason = ("TLS on %d: %s"):format(port,
+      tostring(tls.reason or tls.alert or (tls.verify and tls.verify.error) or "handshake failed")) }
+  end
+  return { ok = true, tcp = tcp, tls = tls }
+end
+
+-- In check mode a change is described, not made: -> true when it was.
+local function planned(what)
+  if not dhsm.check_mode then return false end
+  dhsm.would(what)
+  return true
+end
+
+-- recover(label) -> lunacm's run.  lunacm reports a failure when any member
+-- stays out (its appliance still down): the caller reads the members again
+-- to see which came back.
+function Client:recover(label)
+  if planned("lunacm hagroup recover -group " .. label) then return { check = true } end
+  return proc.run(self:argv("hagroup", "recover", "-group", label))
+end
+
+-- set_retry(count, interval): HA auto-recovery, as Chrystoki.conf keeps it
+function Client:set_retry(count, interval)
+  if planned(("lunacm hagroup retry -count %d; hagroup interval -interval %d"):format(count, interval)) then return end
+  self:must("hagroup", "retry", "-count", tostring(count))
+  self:must("hagroup", "interval", "-interval", tostring(interval))
+end
+
+-- The PKCS#11 library of the client install.
+function Client:library()
+  local env = self.softhsm_conf and { SOFTHSM2_CONF = self.softhsm_conf } or nil
+  return pkcs11.load(self.pkcs11_lib, env and { env = env } or nil)
+end
+
+-- objects(label, co_pin) -> {count=, keys = {"class:label", ...} sorted}: what
+-- the member partition holds, read as its Crypto Officer (through the guard)
+function Client:objects(token_label, co_pin)
+  local lib <close> = self:library()
+  local s <close> = lib:open { label = token_label }
+  s:login("user", co_pin)
+  local keys = {}
+  for i, h in ipairs(s:find {}) do
+    local a = s:attributes(h, { "class", "label" })
+    keys[i] = ("%s:%s"):format(tostring(a.class), tostring(a.label))
+  end
+  s:logout()
+  table.sort(keys)
+  return { count = #keys, keys = keys }
+end
+
+-- cloning_domain(entry, member_serial) -> the digest LunaSH's `partition
+-- show` gives for the member's partition, or nil when it shows none
+function M.cloning_domain(entry, member_serial)
+  local s <close> = luna.open(entry)
+  for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
+    if p.serial == member_serial then
+      local show = parse.partition_show(s:must("partition show -partition " .. p.name).text)
+      return show.fields["Cloning Domain (digest)"], p.name
+    end
+  end
+  dhsm.error { kind = "luna", code = "NoSuchPartition",
+    message = ("%s has no partition with serial %s"):format(entry.name, member_serial) }
+end
+
+-- compare(members) with each member {serial=, domain=, objects={keys=}} ->
+-- {conflict = {serials in another domain than the first} | nil,
+--  drift = {serial = {keys missing there}} | nil}
+function M.compare(members)
+  local conflict, union, drift = {}, {}, {}
+  for _, m in ipairs(members) do
+    if m.domain ~= members[1].domain then conflict[#conflict + 1] = m.serial end
+    for _, k in ipairs(m.objects.keys) do union[k] = true end
+  end
+  for _, m in ipairs(members) do
+    local has, missing = {}, {}
+    for _, k in ipairs(m.objects.keys) do has[k] = true end
+    for k in pairs(union) do
+      if not has[k] then missing[#missing + 1] = k end
+    end
+    table.sort(missing)
+    if #missing > 0 then drift[m.serial] = missing end
+  end
+  return { conflict = #conflict > 0 and conflict or nil, drift = next(drift) and drift or nil }
+end
+
+-- synchronize(label, co_pin) -> lunacm's run (raises when it failed): a CO
+-- login on every member, through the guard
+function Client:synchronize(label, co_pin)
+  local o = self:argv("hagroup", "synchronize", "-group", label)
+  o.password = co_pin
+  local r = proc.lunacm_login(o)
+  if r.check then return r end
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm hagroup synchronize -group %s: %s"):format(label, said(r.stdout) or "failed") }
+  end
+  return r
+end
+
+return M

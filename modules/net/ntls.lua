@@ -1,0 +1,212 @@
+-- dhsm.net.ntls: the certificate exchange between a Luna client and one
+-- appliance (the guide's "NTLS" section), diagnosed and repaired.
+--
+--   local ntls = require "dhsm.net.ntls"
+--   local d = ntls.diagnose(entry, client, session)   -- client: ntls.client(inventory)
+--   --> {tcp=, tls=, server_changed=, ntls_stale=, client_name=, registered=, client_rejected=,
+--   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
+--   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, partitions)
+--   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
+--
+-- What is compared, and why: the appliance's server.pem (fetched over SCP)
+-- against the certificates the client trusts (its ServerCAFile) says
+-- whether `sysconf regenCert` happened since the exchange; the certificate
+-- NTLS presents against server.pem says whether NTLS was restarted since;
+-- the NTLS syslog lines of our own handshake say whether the appliance
+-- knows the client's certificate ("certificate verify failed").  A probe
+-- without the client's certificate would only add failures to that log.
+local chrystoki = require "dhsm.chrystoki"
+local dhsm = require "dhsm"
+local net = require "dhsm.net"
+local parse = require "dhsm.luna.parse"
+local proc = require "dhsm.proc"
+local sys = require "dhsm.sys"
+local util = require "dhsm.util"
+
+local M = {}
+
+-- Days before a client certificate's end that are worth a warning.
+M.EXPIRY_WARN_DAYS = 30
+-- Seconds to wait for the NTLS log lines of our own handshake.
+M.LOG_WAIT = 5
+
+-- client(inventory) -> the client install (dhsm.chrystoki.install) with its vtl
+function M.client(inv)
+  return chrystoki.install(inv, { "vtl" })
+end
+
+local function files(client)
+  return chrystoki.load(client.conf_path):client_cert()
+end
+
+-- vtl(client, ...) -> the run; vtl's own words decide, as for lunacm
+local function vtl(client, ...)
+  local argv = { client.vtl }
+  for _, a in ipairs { ... } do argv[#argv + 1] = a end
+  local r = proc.run { argv = argv, env = client.env, timeout = 60 }
+  r.failed = r.stdout:match("Error: ([^\n]*)")
+  return r
+end
+
+-- vtl_verify(client) -> {ok=, partitions = {{slot=, serial=, label=}}, text=}
+function M.vtl_verify(client)
+  local r = vtl(client, "verify")
+  local parts = {}
+  for slot, serial, label in r.stdout:gmatch("\n%s*(%d+)%s+(%d+)%s+(%S+)") do
+    parts[#parts + 1] = { slot = tonumber(slot), serial = serial, label = label }
+  end
+  return { ok = not r.failed and #parts > 0, partitions = parts, text = r.stdout, error = r.failed }
+end
+
+-- The NTLS lines of the appliance's log (`syslog tail`), newest last.
+local function syslog(session, entries)
+  local text = session:must(("syslog tail -logname messages -entries %d -search NTLS"):format(entries or 40)).text
+  local lines = {}
+  for l in text:gmatch("[^\r\n]+") do
+    if l:find("NTLS[", 1, true) then lines[#lines + 1] = l end
+  end
+  return lines
+end
+M.syslog = syslog
+
+-- The lines of after that came since before's last line (both windows of
+-- the same log: the window moves, so counting lines would not do).
+local function since(before, after)
+  local last = before[#before]
+  for i = #after, 1, -1 do
+    if after[i] == last then return { table.unpack(after, i + 1) } end
+  end
+  return after
+end
+
+-- The handshake dhsm makes as the client: the client's certificate and key
+-- (encrypted: its passphrase is the inventory's client.key_passphrase),
+-- trusting only what the client trusts, and giving up as the client would
+-- (strict) on a server certificate it does not trust, so the appliance logs
+-- what the client's own failure looks like.
+local function handshake(entry, client, cert)
+  return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
+    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
+end
+
+-- The NTLS lines since before, and our handshake's attempt among them
+-- (the log names it by our port): the appliance writes them as its side of
+-- the connection ends, so wait (a few seconds at most) for the attempt's
+-- closing "Connection instance removed" line.
+local function handshake_lines(session, before, tls)
+  local peer = tls.local_port and ("/" .. tls.local_port)
+  local deadline = dhsm.now() + M.LOG_WAIT
+  while true do
+    local lines = since(before, syslog(session, 50))
+    for _, a in ipairs(net.ntls_log(lines).attempts) do
+      if peer and a.peer:sub(-#peer) == peer and a.removed then return lines, a end
+    end
+    if dhsm.now() >= deadline then return lines, nil end
+    dhsm.sleep(0.1)
+  end
+end
+
+local function finding(d, code, text)
+  d.findings[#d.findings + 1] = { code = code, text = text }
+end
+
+-- Is the certificate in pem one of those in the file at path?
+local function trusted(path, pem)
+  local ok, list = pcall(net.certs, path)
+  if not ok then return false end
+  for _, c in ipairs(list) do
+    if net.same_cert(c, pem) then return true end
+  end
+  return false
+end
+
+-- diagnose(entry, client, session [, {workdir=}]) -> the diagnosis (see top)
+function M.diagnose(entry, client, session, opts)
+  opts = opts or {}
+  local port = entry.ntls_port or 1792
+  local d = { hsm = entry.name, findings = {} }
+  local cert = files(client)
+  d.tcp = net.tcp { host = entry.host, port = port, timeout = 2 }
+  if not d.tcp.open then
+    finding(d, "port_closed", ("TCP %d on %s: %s; NTLS needs it open (guide: check 1792 before certificates)")
+      :format(port, entry.name, tostring(d.tcp.reason)))
+    return d
+  end
+  local mine = net.cert(cert.cert)
+  d.client_name = mine.subject:match("CN=([^,/]+)")
+  d.client_days_left = mine.days_left
+  if mine.days_left < 0 then
+    finding(d, "client_expired", ("the client certificate %s expired on %s"):format(cert.cert, mine.not_after))
+  elseif mine.days_left < M.EXPIRY_WARN_DAYS then
+    finding(d, "client_expiring", ("the client certificate %s expires in %d days (%s)"):format(cert.cert,
+      mine.days_left, mine.not_after))
+  end
+  local dir = opts.workdir or assert(sys.mkdtemp("dhsm-ntls-"))
+  d.server_pem = dir .. "/" .. entry.name .. "-server.pem"
+  session:get("server.pem", d.server_pem)
+  local server = net.cert(d.server_pem)
+  d.server_changed = not trusted(cert.ca, server)
+  if d.server_changed then
+    finding(d, "server_changed", ("%s's server.pem (sha256 %s) is not among the certificates the client trusts "
+      .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
+  end
+  local before = syslog(session, 50)
+  d.tls = handshake(entry, client, cert)
+  local presented = d.tls.chain and d.tls.chain[1]
+  d.ntls_stale = presented ~= nil and not net.same_cert(presented, server)
+  if d.ntls_stale then
+    finding(d, "ntls_restart", ("NTLS on %s still presents its old certificate: server.pem was regenerated and "
+      .. "NTLS not restarted since"):format(entry.name))
+  end
+  local ours
+  d.syslog, ours = handshake_lines(session, before, d.tls)
+  d.client_rejected = ours ~= nil and ours.outcome == "client_cert_unknown"
+  local names = parse.client_list(session:must("client list").text)
+  for _, n in ipairs(names) do
+    if n == d.client_name then d.registered = true end
+  end
+  if d.registered then
+    d.partitions = parse.client_show(session:must("client show -client " .. d.client_name).text).partitions
+  end
+  if not d.registered then
+    finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
+  elseif d.client_rejected then
+    finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): "
+      .. "the registration holds another certificate"):format(entry.name, d.client_name))
+  end
+  d.ok = #d.findings == 0 or (#d.findings == 1 and d.findings[1].code == "client_expiring")
+  return d
+end
+
+-- readd_server(client, entry, pem): vtl deleteServer, then addServer with pem
+function M.readd_server(client, entry, pem)
+  if dhsm.check_mode then
+    dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, entry.ntls_port,
+      entry.host, pem, entry.ntls_port))
+    return
+  end
+  local port = tostring(entry.ntls_port or 1792)
+  local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
+  if r.failed and not r.failed:find("not registered", 1, true) then
+    dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl deleteServer: " .. r.failed }
+  end
+  r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
+  if r.failed or not r.stdout:find("successfully added", 1, true) then
+    dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl addServer: " .. tostring(r.failed or util.trim(r.stdout)) }
+  end
+end
+
+-- register_client(client, entry, session, name, partitions, replace): upload
+-- the client's certificate as <ip>.pem, (re-)register it, assign partitions
+function M.register_client(client, entry, session, name, partitions, replace)
+  local cert = files(client)
+  local ip = entry.client_ip or "127.0.0.1"
+  session:put(cert.cert, ip .. ".pem")
+  if replace then session:must("client delete -client " .. name .. " -force") end
+  session:must(("client register -client %s -ip %s"):format(name, ip))
+  for _, p in ipairs(partitions) do
+    session:must(("client assignPartition -client %s -partition %s"):format(name, p))
+  end
+end
+
+return M

@@ -1,0 +1,234 @@
+-- ha-recover: bring a Luna client's HA groups back to health, the
+-- troubleshooting guide's "HA group" way.
+--
+--   dhsm run ha-recover -e co_password=file:/path [-e group=myHA] [-e retry_count=-1] [-e retry_interval=60]
+--
+-- Reads the groups (Chrystoki.conf and `lunacm hagroup listGroups`), probes
+-- every member's appliance (TCP to NTLS, then TLS with the client's
+-- certificate) and shows one table.  A member that is down while its
+-- appliance answers again is recovered (`hagroup recover`) and checked to
+-- have rejoined; one whose appliance does not answer is left, with the
+-- probe's reason.  A retry count of 0 (the default: no auto-recovery, as the
+-- guide warns) is set, with the interval, and read back from Chrystoki.conf.
+-- Before synchronizing, the members' objects (class and label, over PKCS#11
+-- as the Crypto Officer) and cloning domains (LunaSH `partition show`) are
+-- compared: members in different cloning domains stop the run with the
+-- guide's remedy as a plan; otherwise a group whose members differ is
+-- synchronized and the objects are compared again.  Every step looks at the
+-- real state first, so a second run (or --resume) does only what is left.
+local ha = require "dhsm.luna.ha"
+local proc = require "dhsm.proc"
+
+local REMEDY = "the guide's remedy for a cloning conflict (HA group: conflicting settings for private key cloning): "
+  .. "members of one group must share a cloning domain, which cannot be changed on an initialized partition"
+
+-- One line per member: group, serial, appliance, the client's view, the probe.
+local function table_lines(groups)
+  local lines = { ("%-12s %-14s %-8s %-8s %s"):format("group", "member", "hsm", "client", "appliance") }
+  for _, g in ipairs(groups) do
+    for _, m in ipairs(g.members) do
+      lines[#lines + 1] = ("%-12s %-14s %-8s %-8s %s"):format(g.label, m.serial, m.hsm or "?", m.status,
+        m.probe_ok and "answers" or ("does not answer: " .. tostring(m.reason)))
+    end
+  end
+  return lines
+end
+
+local function member_names(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = ("%s (%s)"):format(m.serial, m.hsm or "?") end
+  return table.concat(out, ", ")
+end
+
+return {
+  description = "Recover failed HA group members, turn on auto-recovery, and synchronize members after checking "
+    .. "their objects and cloning domains",
+  params = {
+    co_password = { type = "secret", required = true,
+      description = "the members' Crypto Officer password (env:, file: or prompt): objects are read and synchronized as the CO" },
+    group = { type = "string", pattern = "^[%w%-_%.]+$", description = "only this HA group (default: every group)" },
+    retry_count = { type = "integer", default = -1, min = -1, max = 500,
+      description = "HA auto-recovery retry count to set when it is 0 (-1 unlimited, 1-500)" },
+    retry_interval = { type = "integer", default = 60, min = 60, max = 1200, description = "seconds between auto-recovery attempts" },
+    synchronize = { type = "boolean", default = true, description = "synchronize a group whose members' objects differ" },
+  },
+  run = function(ctx, p)
+    if not ctx.inventory then
+      dhsm.error { kind = "usage", message = "ha-recover needs an inventory (-i FILE or $DHSM_INVENTORY) naming the client install" }
+    end
+    local c = ha.client(ctx.inventory)
+
+    -- The groups with each member's state and its appliance's probe.
+    local function survey()
+      local groups = {}
+      for _, g in ipairs(c:groups()) do
+        if not p.group or g.label == p.group then groups[#groups + 1] = g end
+      end
+      local members = {}
+      for _, g in ipairs(groups) do
+        for _, m in ipairs(g.members) do members[#members + 1] = m end
+      end
+      dhsm.parallel(members, function(m)
+        local entry = m.hsm
+        m.hsm = entry and entry.name or nil
+        if not entry then
+          m.reason = "no HSM of the inventory holds this partition (serial " .. m.serial .. ")"
+          return
+        end
+        local probe = c:probe(entry)
+        m.probe_ok, m.reason = probe.ok, probe.reason
+      end)
+      return groups
+    end
+
+    local groups = ctx:step("read the HA groups and probe their members", function()
+      local groups = survey()
+      if p.group and #groups == 0 then
+        dhsm.error { kind = "usage", code = "NoSuchGroup", message = ("no HA group %s in %s"):format(p.group, c.conf_path) }
+      end
+      if #groups == 0 then ctx:note("no HA group is configured in " .. c.conf_path) end
+      for _, line in ipairs(#groups > 0 and table_lines(groups) or {}) do ctx:note(line) end
+      return groups
+    end)
+
+    for _, g in ipairs(groups) do
+      local down, dead = {}, {}
+      for _, m in ipairs(g.members) do
+        if m.status ~= "alive" then
+          if m.probe_ok then down[#down + 1] = m else dead[#dead + 1] = m end
+        end
+      end
+      for _, m in ipairs(dead) do
+        ctx:note(("group %s: member %s on %s is %s and its appliance does not answer (%s): left as it is")
+          :format(g.label, m.serial, tostring(m.hsm), m.status, tostring(m.reason)))
+      end
+      if #down > 0 then
+        local function rejoined()
+          local state = {}
+          for _, now in ipairs(c:groups()) do
+            for _, m in ipairs(now.label == g.label and now.members or {}) do state[m.serial] = m.status end
+          end
+          for _, m in ipairs(down) do
+            if state[m.serial] ~= "alive" then return false end
+          end
+          return true, { recovered = member_names(down) }
+        end
+        ctx:step(("recover %s in group %s"):format(member_names(down), g.label), { done = rejoined }, function()
+          c:recover(g.label)
+          return { recovered = member_names(down) }
+        end)
+        ctx:step(("verify %s rejoined group %s"):format(member_names(down), g.label), function()
+          if dhsm.check_mode then
+            ctx:would("find " .. member_names(down) .. " alive")
+            return { planned = true }
+          end
+          local ok = rejoined()
+          if not ok then
+            dhsm.error { kind = "luna", code = "NotRejoined",
+              message = ("group %s: %s did not rejoin after hagroup recover"):format(g.label, member_names(down)) }
+          end
+          return { rejoined = member_names(down) }
+        end)
+      end
+    end
+
+    local function retry_set()
+      local s = c:settings()
+      return s.retry ~= 0 and s.interval == p.retry_interval, s
+    end
+    if #groups > 0 then
+      ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
+        { done = retry_set }, function()
+        ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
+          .. "out until recovered by hand"):format(c:settings().retry))
+        c:set_retry(p.retry_count, p.retry_interval)
+      end)
+      ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
+        if dhsm.check_mode then
+          ctx:would(("find reconnAtt = %d, AutoReconnectInterval = %d in %s"):format(p.retry_count, p.retry_interval, c.conf_path))
+          return { planned = true }
+        end
+        local ok, s = retry_set()
+        if not ok then
+          dhsm.error { kind = "luna", code = "RetryNotSet", message = ("%s holds retry count %d, interval %d"):format(
+            c.conf_path, s.retry, s.interval) }
+        end
+        return s
+      end)
+    end
+
+    -- The members of a group that can be compared: alive, with a slot.
+    local function comparable(g)
+      local slots = {}
+      for _, s in ipairs(proc.lunacm_slots(c:argv())) do slots[s.serial] = s end
+      local out = {}
+      for _, m in ipairs(g.members) do
+        local entry = c:hsm_of(m.serial)
+        if slots[m.serial] and entry then out[#out + 1] = { serial = m.serial, entry = entry, token = slots[m.serial].label } end
+      end
+      return out
+    end
+
+    -- Cloning domains first: a conflict stops the group before any login.
+    local function compare(members, with_objects)
+      dhsm.parallel(members, function(m) m.domain = ha.cloning_domain(m.entry, m.serial) end)
+      for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
+      local domains = ha.compare(members)
+      if domains.conflict then return domains end
+      for _, m in ipairs(members) do
+        m.objects = with_objects and c:objects(m.token, p.co_password) or { keys = {}, count = 0 }
+      end
+      return ha.compare(members)
+    end
+
+    for _, g in ipairs(groups) do
+      local members = comparable(g)
+      if #members >= 2 then
+        local found = ctx:step(("compare the members of %s: objects and cloning domains"):format(g.label), function()
+          local found = compare(members, not dhsm.check_mode)
+          if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
+          if found.conflict then
+            ctx:note(REMEDY .. ". Plan:")
+            for i, serial in ipairs(found.conflict) do
+              local m
+              for _, x in ipairs(members) do if x.serial == serial then m = x end end
+              ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
+                3 * i - 2, m.entry.name, members[1].serial, members[1].entry.name))
+              ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
+              ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
+            end
+            dhsm.error { kind = "safety", code = "CloningConflict",
+              message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
+                .. "private keys between them: not synchronizing (see the plan above)"):format(g.label,
+                #found.conflict > 1 and "s" or "", table.concat(found.conflict, ", "), #found.conflict > 1 and "are" or "is",
+                members[1].serial) }
+          end
+          for serial, missing in pairs(found.drift or {}) do
+            ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
+          end
+          if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
+          return { drift = found.drift ~= nil or dhsm.check_mode }
+        end)
+        if found.drift and p.synchronize then
+          ctx:step("synchronize group " .. g.label, {
+            done = function() return not dhsm.check_mode and not compare(comparable(g), true).drift end,
+          }, function()
+            c:synchronize(g.label, p.co_password)
+          end)
+          ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
+            if dhsm.check_mode then
+              ctx:would("compare the members' objects again")
+              return { planned = true }
+            end
+            local again = compare(comparable(g), true)
+            if again.drift then
+              dhsm.error { kind = "luna", code = "StillDrifting",
+                message = ("group %s: the members still differ after synchronize"):format(g.label) }
+            end
+            return { objects = members[1].objects.count }
+          end)
+        end
+      end
+    end
+  end,
+}

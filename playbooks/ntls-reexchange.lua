@@ -1,0 +1,146 @@
+-- ntls-reexchange: repair the certificate exchange between this Luna client
+-- and one appliance, the guide's NTLS way: diagnose first, fix only what
+-- was found, verify.
+--
+--   dhsm run ntls-reexchange -e hsm=hsm1 [-e partitions=par1,par2]
+--
+-- Diagnosis (dhsm.net.ntls): TCP to NTLS; the TLS handshake with the
+-- client's certificate; the appliance's server.pem (SCP) against what the
+-- client trusts; the certificate NTLS presents against server.pem; the NTLS
+-- syslog lines our handshake left (`syslog tail`); the client's
+-- registration; the client certificate's expiry.  Fixes, each only when
+-- its finding is there: restart NTLS (a confirmed step: it drops every
+-- client's sessions), re-add the server certificate (`vtl deleteServer` /
+-- `addServer`), upload the client certificate and `client register` (a
+-- stale registration is replaced: a confirmed step) and `client
+-- assignPartition`.  Then `vtl verify` must list the partitions and a fresh
+-- handshake succeed; the syslog lines before and after are shown.  A closed
+-- port or an expired client certificate stops the run: no certificate
+-- exchange fixes those.
+local luna = require "dhsm.luna"
+local ntls = require "dhsm.net.ntls"
+local parse = require "dhsm.luna.parse"
+local sys = require "dhsm.sys"
+
+-- The diagnosis as a step result (JSON, journaled): no certificates.
+local function summary(d)
+  return { findings = d.findings, server_changed = d.server_changed, ntls_stale = d.ntls_stale,
+    registered = d.registered, client_rejected = d.client_rejected, client_name = d.client_name,
+    client_days_left = d.client_days_left, partitions = d.partitions, syslog = d.syslog, ok = d.ok,
+    tls_ok = d.tls and d.tls.ok or false }
+end
+
+local function has(d, code)
+  for _, f in ipairs(d.findings) do
+    if f.code == code then return true end
+  end
+  return false
+end
+
+local function split(list)
+  local out = {}
+  for p in (list or ""):gmatch("[^,%s]+") do out[#out + 1] = p end
+  return out
+end
+
+return {
+  description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
+  params = {
+    hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", description = "the inventory's name of the appliance" },
+    partitions = { type = "string", pattern = "^[%w%-_%.,]+$",
+      description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
+  },
+  run = function(ctx, p)
+    if not ctx.inventory then
+      dhsm.error { kind = "usage", message = "ntls-reexchange needs an inventory (-i FILE or $DHSM_INVENTORY)" }
+    end
+    local entry = ctx.inventory:hsm(p.hsm)
+    local client = ntls.client(ctx.inventory)
+    local session
+    local function appliance()
+      session = session or luna.open(entry)
+      return session
+    end
+    local closer <close> = setmetatable({}, { __close = function() if session then session:close() end end })
+    local workdir = assert(sys.mkdtemp("dhsm-ntls-"))
+    local cleanup <close> = setmetatable({}, { __close = function() os.execute("rm -rf '" .. workdir .. "'") end })
+    local function diagnose() return ntls.diagnose(entry, client, appliance(), { workdir = workdir }) end
+
+    local d = ctx:step("diagnose NTLS between this client and " .. p.hsm, function()
+      local d = diagnose()
+      for _, f in ipairs(d.findings) do ctx:note(f.code .. ": " .. f.text) end
+      if #d.findings == 0 then ctx:note("TCP, TLS with the client certificate, server.pem and the registration are all right") end
+      for _, l in ipairs(d.syslog or {}) do ctx:note("syslog before: " .. l) end
+      if has(d, "port_closed") then
+        dhsm.error { kind = "net", code = "NtlsPortClosed", message = d.findings[1].text
+          .. "; open it (NSG, firewall, `ntls bind`) before touching certificates: nothing was changed" }
+      end
+      if has(d, "client_expired") then
+        dhsm.error { kind = "safety", code = "ClientCertExpired", message = "the client certificate has expired: make "
+          .. "a new one (vtl createCert) and run again; re-registering the expired one would not help" }
+      end
+      return summary(d)
+    end)
+
+    -- A fresh look, for the done= checks and the verification.
+    local function now_ok(code)
+      if dhsm.check_mode then return false end
+      return not has(diagnose(), code)
+    end
+
+    if d.ntls_stale then
+      ctx:step("restart NTLS on " .. p.hsm .. " (it drops every client's NTLS sessions)",
+        { destructive = true, target = p.hsm, done = function() return now_ok("ntls_restart") end }, function()
+        ctx:note("restarting NTLS drops the sessions of every client connected to " .. p.hsm .. "; they reconnect")
+        appliance():must("service restart ntls")
+      end)
+    end
+
+    if d.server_changed then
+      ctx:step("re-exchange " .. p.hsm .. "'s server certificate", { done = function() return now_ok("server_changed") end },
+        function()
+        local pem = workdir .. "/" .. p.hsm .. "-server-now.pem"
+        appliance():get("server.pem", pem)
+        ntls.readd_server(client, entry, pem)
+      end)
+    end
+
+    if not d.registered or d.client_rejected then
+      local replace = d.registered and d.client_rejected
+      local parts = split(p.partitions)
+      if #parts == 0 then parts = d.partitions or {} end
+      if #parts == 0 then
+        for _, part in ipairs(parse.partition_list(appliance():must("partition list").text)) do
+          parts[#parts + 1] = part.name
+        end
+      end
+      local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
+        :format(d.client_name, p.hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
+      ctx:step(title, { destructive = replace or nil, target = replace and p.hsm or nil,
+        done = function() return now_ok(replace and "client_stale" or "client_unknown") end }, function()
+        ntls.register_client(client, entry, appliance(), d.client_name, parts, replace)
+      end)
+    end
+
+    ctx:step("verify: vtl verify lists the partitions, a fresh handshake succeeds", function()
+      if dhsm.check_mode then
+        ctx:would("run vtl verify and a fresh handshake with the client certificate")
+        return { planned = true }
+      end
+      local again = diagnose()
+      for _, l in ipairs(again.syslog or {}) do ctx:note("syslog after: " .. l) end
+      local v = ntls.vtl_verify(client)
+      if not again.ok or not again.tls.ok or not v.ok then
+        local left = {}
+        for _, f in ipairs(again.findings) do left[#left + 1] = f.text end
+        dhsm.error { kind = "net", code = "NtlsStillFailing", message = ("NTLS to %s still fails: %s"):format(p.hsm,
+          #left > 0 and table.concat(left, "; ") or tostring(v.error or again.tls.reason or "vtl verify lists nothing")) }
+      end
+      for _, part in ipairs(v.partitions) do
+        ctx:note(("vtl verify: slot %d  %s  %s"):format(part.slot, part.serial, part.label))
+      end
+      if has(again, "client_expiring") then ctx:note(again.findings[1].text) end
+      return { partitions = #v.partitions, handshake = again.tls.protocol }
+    end)
+  end,
+}

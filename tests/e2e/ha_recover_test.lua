@@ -1,0 +1,156 @@
+-- The ha-recover playbook against the simulated estate: an HA group of three
+-- members whose appliance drops and comes back, a retry count of 0, objects
+-- on one member only, a dead appliance, members in different cloning
+-- domains.  What happened is read from the estate: the client daemon's
+-- member state (/_sim/client), Chrystoki.conf, the tokens over PKCS#11.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local chrystoki = require "dhsm.chrystoki"
+local pkcs11 = require "dhsm.pkcs11"
+local proc = require "dhsm.proc"
+local util = require "dhsm.util"
+package.path = t.here() .. "/../lua/?.lua;" .. package.path
+local support = require "support.estate"
+
+local q = util.shell_quote
+local e = support.start { args = "--appliances 3 --client-ready" }
+local client = e.inventory.client
+local co_file = e.dir .. "/secrets/hsm1_par1_co_pin"
+local co = e:secret("hsm1_par1_co_pin")
+
+local function lunacm(args)
+  local argv = { client.lunacm }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return { argv = argv, env = { ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/[^/]*$") }, timeout = 60 }
+end
+
+local serials = {}
+for _, s in ipairs(proc.lunacm_slots(lunacm {})) do serials[s.label:match("^(hsm%d)%-par1$") or s.label] = s.serial end
+
+local function login(args)
+  local o = lunacm(args)
+  o.password = co
+  local r = proc.lunacm_login(o)
+  t.ok(r.ok, r.stdout)
+end
+login { "-c", "hagroup", "createGroup", "-label", "myHA", "-serialNumber", serials.hsm1 }
+login { "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", serials.hsm2 }
+login { "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", serials.hsm3 }
+
+local function run(args)
+  local dir = t.tmpdir()
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+    t.cmd(("-i %s run ha-recover -e co_password=file:%s %s"):format(q(e.dir .. "/inventory.json"), q(co_file), args))))
+end
+
+-- the client daemon's view: {serial = "alive" | "down"}
+local function members()
+  local out = {}
+  for _, g in ipairs(e:control("GET", "/client").groups) do
+    for _, m in ipairs(g.members) do out[m.serial] = m.status end
+  end
+  return out
+end
+
+-- every member token's objects, as "class:label", read over PKCS#11
+local function objects()
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local out = {}
+  for _, name in ipairs { "hsm1", "hsm2", "hsm3" } do
+    local s <close> = lib:open { label = name .. "-par1" }
+    s:login("user", e:secret(name .. "_par1_co_pin"))
+    local keys = {}
+    for i, h in ipairs(s:find {}) do
+      local a = s:attributes(h, { "class", "label" })
+      keys[i] = a.class .. ":" .. a.label
+    end
+    table.sort(keys)
+    out[name] = table.concat(keys, " ")
+    s:logout()
+  end
+  return out
+end
+
+local function put_key(name, label)
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local s <close> = lib:open { label = name .. "-par1", rw = true }
+  s:login("user", e:secret(name .. "_par1_co_pin"))
+  s:generate_aes { label = label, sensitive = false, extractable = true }
+  s:logout()
+end
+
+local function drop(name)
+  e:appliance(name, "down")
+  t.eventually(function() return members()[serials[name]] == "down" end, name .. "'s member down")
+end
+
+local function conf_text()
+  return util.read_file(client.chrystoki_conf)
+end
+
+t.test("--check: plans the recovery, the retry count and the synchronize; changes nothing", function()
+  drop("hsm2")
+  e:appliance("hsm2", "up")
+  put_key("hsm1", "k1")
+  local before = { members(), conf_text(), objects() }
+  local r = run("--check")
+  t.eq(r.status, 0, r.stdout .. r.stderr)
+  t.ok(r.stderr:find("would lunacm hagroup recover -group myHA", 1, true), r.stderr)
+  t.ok(r.stderr:find("would lunacm hagroup retry -count -1", 1, true), r.stderr)
+  t.ok(r.stderr:find("would log in as Crypto Officer on partitions", 1, true), r.stderr)
+  t.eq({ members(), conf_text(), objects() }, before, "nothing changed")
+end, { timeout = 180 })
+
+t.test("happy path: the member rejoins, auto-recovery is set, the objects are cloned; a second run does nothing", function()
+  t.eq(members()[serials.hsm2], "down", "left down by the --check test")
+  local r = run("--json")
+  t.eq(r.status, 0, r.stdout .. r.stderr)
+  local doc = cjson.decode(r.stdout)
+  t.eq(doc.outcome, "ok")
+  t.eq(members(), { [serials.hsm1] = "alive", [serials.hsm2] = "alive", [serials.hsm3] = "alive" })
+  local cfg = chrystoki.load(client.chrystoki_conf):ha_config()
+  t.eq({ cfg.reconnAtt, cfg.AutoReconnectInterval }, { -1, 60 })
+  local o = objects()
+  t.eq({ o.hsm1, o.hsm2, o.hsm3 }, { "secret_key:k1", "secret_key:k1", "secret_key:k1" }, "cloned to every member")
+  local conf_before = conf_text()
+  r = run("")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("every member holds the same objects", 1, true), r.stderr)
+  t.ok(not r.stderr:find("recover ", 1, true), "nothing to recover\n" .. r.stderr)
+  t.ok(r.stderr:find("already done", 1, true), r.stderr)
+  t.eq(conf_text(), conf_before)
+  t.eq(objects().hsm2, "secret_key:k1")
+end, { timeout = 180 })
+
+t.test("a member whose appliance does not answer is left, with the probe's reason; the rest goes on", function()
+  drop("hsm3")
+  put_key("hsm2", "k2")
+  local r = run("")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find(serials.hsm3 .. " on hsm3 is down and its appliance does not answer %(TCP %d+ timeout"), r.stderr)
+  t.eq(members()[serials.hsm3], "down", "left as it is")
+  e:appliance("hsm3", "up")
+  local got = objects()
+  t.eq({ got.hsm1, got.hsm2 }, { "secret_key:k1 secret_key:k2", "secret_key:k1 secret_key:k2" }, "the answering members synchronized")
+  t.eq(got.hsm3, "secret_key:k1", "the dead one untouched")
+  r = run("")                                  -- back: recovered and synchronized
+  t.eq(r.status, 0, r.stderr)
+  t.eq(members()[serials.hsm3], "alive")
+  t.eq(objects().hsm3, "secret_key:k1 secret_key:k2")
+end, { timeout = 180 })
+
+t.test("members in different cloning domains: stops before synchronize with the guide's remedy as a plan", function()
+  local function pin(name) return (util.read_file(e.dir .. "/secrets/" .. name):gsub("%s+$", "")) end
+  local pins = { so_pin = pin("hsm3_par1_so_pin"), co_pin = pin("hsm1_par1_co_pin") }
+  e:control("POST", "/appliances/hsm3/partitions/par1/init", { domain = "another-domain", so_pin = pins.so_pin,
+    co_pin = pins.co_pin })
+  put_key("hsm1", "k3")
+  local before = objects()
+  local r = run("")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("CloningConflict", 1, true) or r.stderr:find("another cloning domain", 1, true), r.stderr)
+  t.ok(r.stderr:find("hagroup removeMember -group myHA -serialNumber " .. serials.hsm3, 1, true), r.stderr)
+  t.eq(objects(), before, "nothing synchronized")
+  r = run("--check")
+  t.eq(r.status, 3, "--check evaluates the same rule\n" .. r.stderr)
+end, { timeout = 180 })
