@@ -564,11 +564,13 @@ local function report(ctx, p, c, requested)
       local ip = hsm.private_ip(c, r)
       out[#out + 1] = { name = h.name, id = r.id, stamp = r.properties.stampId, state = hsm_state(r), private_ip = ip }
       ctx:note(("%s: %s, stamp %s, private IP %s"):format(h.name, r.id, tostring(r.properties.stampId), tostring(ip)))
-      ctx:note(("  next: ssh tenantadmin@%s; change the password at first login; install the reboot fix KB0019789 "
-        .. "before any reboot"):format(tostring(ip)))
+      ctx:note(("  next: add it to the inventory (host %s, user tenantadmin); change the password the appliance "
+        .. "demands at first login with dhsm: luna.first_login(inv:hsm(%q), {new_password = secret.prompt(\"new "
+        .. "password\")}); install the reboot fix KB0019789 before any reboot"):format(tostring(ip), h.name))
     end
   end
-  return { hsms = out, next_steps = { "SSH to the private IP as tenantadmin", "change the password at first login",
+  return { hsms = out, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin",
+    "change the password at first login: luna.first_login(entry, {new_password = secret}) (dhsm repl or exec)",
     "install the reboot fix (Thales KB0019789) before any reboot or power cycle" } }
 end
 

@@ -48,7 +48,8 @@ t.test("happy path: an HA pair in parallel, each Succeeded, reported with stamp 
   local nic = e:state().resources[(rep.hsms[1].id:match("^(.-/resourceGroups/[^/]+)") ..
     "/providers/Microsoft.Network/networkInterfaces/hsm-a_HSMnic"):lower()]
   t.eq(rep.hsms[1].private_ip, nic.props.address)
-  t.ok(r.stderr:find("ssh tenantadmin@" .. nic.props.address, 1, true), r.stderr)
+  t.ok(r.stderr:find("(host " .. nic.props.address .. ", user tenantadmin)", 1, true), r.stderr)
+  t.ok(r.stderr:find('luna.first_login(inv:hsm("hsm-a")', 1, true), "the first login's password change, with dhsm")
   t.ok(r.stderr:find("KB0019789", 1, true))
   t.eq(count(mutations(e), "dedicatedHSMs/hsm%-"), 2, "one PUT per HSM")
 end)
