@@ -315,11 +315,12 @@ end)
 ---------------------------------------------------------------------------
 -- destructive steps killed half-way
 
--- Start the device playbook, wait until its destructive step has begun, SIGKILL it.
+-- Start the device playbook, wait until its destructive step waits at its gate
+-- (what it does before the gate is then on disk), SIGKILL it.
 local function kill_in_step(dir, extra)
   local cmd = env(dir) .. " " .. t.cmd("run device --yes -e dir=" .. q(dir) .. " " .. extra)
   local r = t.sh(("%s & pid=$!; for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; kill -KILL $pid; wait $pid")
-    :format(cmd, q(dir .. "/in-step")))
+    :format(cmd, q(dir .. "/at-gate")))
   t.eq(r.status, 137, r.stderr)
   local id = sys.readdir(dir .. "/dhsm/runs")[1]:match("^(.*)%.json$")
   local j = journal(dir, id)
@@ -391,7 +392,7 @@ t.test("one run, one runner: a resume while the run is going is refused with the
   local resume = env(dir) .. " " .. t.cmd("run device --yes --resume $id -e dir=" .. q(dir) .. " -e gate=after")
   local r = t.sh(("%s 2>%s & pid=$!; for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; "
     .. "id=$(ls %s | sed -n 's/\\.json$//p'); echo \"pid=$pid\"; %s; echo \"status=$?\"; kill -KILL $pid; wait $pid")
-    :format(cmd, q(dir .. "/first.err"), q(dir .. "/in-step"), q(dir .. "/dhsm/runs"), resume))
+    :format(cmd, q(dir .. "/first.err"), q(dir .. "/at-gate"), q(dir .. "/dhsm/runs"), resume))
   local pid = r.stdout:match("pid=(%d+)")
   t.eq(r.stdout:match("status=(%d+)"), "3", r.stdout .. r.stderr)
   t.ok(r.stderr:find("is being run right now by another dhsm (pid " .. pid .. ")", 1, true), r.stderr)
