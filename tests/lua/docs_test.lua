@@ -172,3 +172,53 @@ t.test("every public function and method is in docs/modules.md, and nothing more
   t.ok(#problems == 0, #problems .. " difference(s) between the code and " .. DOC .. ":\n" .. table.concat(problems, "\n"))
 end, { timeout = 120 })
 
+
+-- The fenced blocks of a document marked with `lang` (```lang), in order.
+local function fenced(path, lang)
+  local text = assert(util.read_file(ROOT .. "/" .. path), path .. " is missing")
+  local blocks = {}
+  for body in text:gmatch("\n```" .. lang .. "\n(.-)\n```") do blocks[#blocks + 1] = body end
+  return blocks, text
+end
+
+-- Every field path of a schema: "azure.credential.type", "hsms[].name".
+local function schema_paths(spec, prefix, out)
+  out = out or {}
+  if spec.type == "list" and spec.items then return schema_paths(spec.items, prefix .. "[]", out) end
+  for name, field in pairs(spec.fields or {}) do
+    local path = prefix == "" and name or (prefix .. "." .. name)
+    out[path] = true
+    schema_paths(field, path, out)
+  end
+  return out
+end
+
+t.test("docs/inventory.md: its example loads through the real loader", function()
+  local blocks = fenced("docs/inventory.md", "json")
+  t.ok(#blocks >= 1, "docs/inventory.md has no ```json example")
+  local inv = inventory.decode(blocks[1], "docs/inventory.md")
+  t.eq(inv:hsm("hsm1").ssh_port, 22)
+  t.eq(inv:hsm("hsm2").resource, "contoso-hsm-2")
+  t.ok(require("dhsm.secret").is(inv.azure.credential.secret), "the client secret is a dhsm.secret")
+end)
+
+t.test("docs/inventory.md: one row per field of the schema, and none more", function()
+  local _, text = fenced("docs/inventory.md", "json")
+  local rows = {}
+  for path in text:gmatch("\n| `([%w_%.%[%]]+)` |") do rows[path] = true end
+  local fields = schema_paths(inventory.schema, "")
+  local problems = {}
+  for _, path in ipairs(util.sorted_keys(fields)) do
+    if not rows[path] then
+      problems[#problems + 1] = ("docs/inventory.md: field `%s` has no row in the Fields table: add "
+        .. "| `%s` | type | default | meaning |"):format(path, path)
+    end
+  end
+  for _, path in ipairs(util.sorted_keys(rows)) do
+    if not fields[path] then
+      problems[#problems + 1] = ("docs/inventory.md: the row `%s` is not a field of the inventory schema "
+        .. "(runtime/lua/dhsm/inventory.lua): remove or rename it"):format(path)
+    end
+  end
+  t.ok(#problems == 0, table.concat(problems, "\n"))
+end)
