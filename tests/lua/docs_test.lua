@@ -222,3 +222,24 @@ t.test("docs/inventory.md: one row per field of the schema, and none more", func
   end
   t.ok(#problems == 0, table.concat(problems, "\n"))
 end)
+
+t.test("docs/safety.md: every test it cites exists, by file and name", function()
+  local text = assert(util.read_file(ROOT .. "/docs/safety.md"))
+  local cited, problems = 0, {}
+  for line in text:gmatch("[^\n]+") do
+    local file, name = line:match("^%- test: (tests/[%w_/]+%.lua): \"(.*)\"$")
+    if file then
+      cited = cited + 1
+      local src = util.read_file(ROOT .. "/" .. file)
+      if not src then
+        problems[#problems + 1] = ("docs/safety.md cites %s, which does not exist"):format(file)
+      elseif not src:find(("t.test(%q"):format(name), 1, true) then
+        problems[#problems + 1] = ("docs/safety.md cites %s: %q, which is not a test of that file"):format(file, name)
+      end
+    end
+  end
+  local lines = select(2, text:gsub("\n%- test:", ""))
+  t.eq(cited, lines, "every '- test:' line of docs/safety.md reads FILE: \"NAME\"")
+  t.ok(cited >= 10, "docs/safety.md cites " .. cited .. " tests")
+  t.ok(#problems == 0, table.concat(problems, "\n"))
+end)
