@@ -243,3 +243,40 @@ t.test("docs/safety.md: every test it cites exists, by file and name", function(
   t.ok(cited >= 10, "docs/safety.md cites " .. cited .. " tests")
   t.ok(#problems == 0, table.concat(problems, "\n"))
 end)
+
+t.test("docs/playbooks.md: its example runs, for real and with --check; it covers every shipped playbook", function()
+  local blocks, text = fenced("docs/playbooks.md", "lua")
+  t.ok(#blocks >= 1, "docs/playbooks.md has no ```lua example")
+  local dir = t.tmpdir()
+  local pb = dir .. "/rotate.lua"
+  t.write(pb, blocks[1])
+  local q = util.shell_quote
+  local function run(extra)
+    return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+      t.cmd(("run %s -e dir=%s -e name=hsm1 --json %s"):format(q(pb), q(dir), extra))))
+  end
+  t.write(dir .. "/hsm1.marker", "a")
+  local plan = run("--check")
+  t.eq(plan.status, 0, plan.stderr)
+  t.eq(require("cjson").decode(plan.stdout).outcome, "planned")
+  t.eq(util.read_file(dir .. "/hsm1.marker"), "a", "--check changed nothing")
+  local r = run("--yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(require("cjson").decode(r.stdout).outcome, "ok")
+  t.eq(util.read_file(dir .. "/hsm1.marker"), "ax")
+
+  local problems = {}
+  for _, f in ipairs(require("dhsm.sys").readdir(ROOT .. "/playbooks")) do
+    local name = f:match("^(.+)%.lua$")
+    if name and not text:find("\n### " .. name .. "\n", 1, true) then
+      problems[#problems + 1] = ("docs/playbooks.md: the shipped playbook %s has no section: add '### %s' "
+        .. "under 'The shipped playbooks'"):format(name, name)
+    end
+  end
+  for name in text:gmatch("\n### ([%w%-_]+)\n") do
+    if not util.read_file(ROOT .. "/playbooks/" .. name .. ".lua") then
+      problems[#problems + 1] = ("docs/playbooks.md: '### %s' is not a shipped playbook"):format(name)
+    end
+  end
+  t.ok(#problems == 0, table.concat(problems, "\n"))
+end)
