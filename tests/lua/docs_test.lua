@@ -280,3 +280,79 @@ t.test("docs/playbooks.md: its example runs, for real and with --check; it cover
   end
   t.ok(#problems == 0, table.concat(problems, "\n"))
 end)
+
+t.test("docs/cli.md names every command and option of the CLI, and no other", function()
+  local cli = require "dhsm.cli"
+  local text = assert(util.read_file(ROOT .. "/docs/cli.md"))
+  local sections, order, current = {}, {}, nil
+  for line in text:gmatch("[^\n]*") do
+    local usage = line:match("^### dhsm (.+)$")
+    if usage then
+      current = { usage = usage, body = "" }
+      sections[usage:match("^(%S+)")] = current
+      order[#order + 1] = usage:match("^(%S+)")
+    elseif line:match("^##") then
+      current = nil
+    elseif current then
+      current.body = current.body .. line .. "\n"
+    end
+  end
+  local problems = {}
+  for _, c in ipairs(cli.commands) do
+    local s = sections[c.name]
+    if not s then
+      problems[#problems + 1] = ("docs/cli.md: command '%s' is missing: add a section '### dhsm %s' under "
+        .. "'## COMMANDS'"):format(c.name, c.usage)
+    else
+      if s.usage ~= c.usage then
+        problems[#problems + 1] = ("docs/cli.md: the heading '### dhsm %s' should read '### dhsm %s' "
+          .. "(the CLI's usage line)"):format(s.usage, c.usage)
+      end
+      for _, o in ipairs(c.options) do
+        if not s.body:find("`" .. o[2] .. "`", 1, true) then
+          problems[#problems + 1] = ("docs/cli.md: option %s of '%s' is not described: add a line "
+            .. "'- `%s` — ...' to its section"):format(o[2], c.name, o[2])
+        end
+      end
+    end
+  end
+  for _, name in ipairs(order) do
+    if not pcall(cli.command, name) then
+      problems[#problems + 1] = ("docs/cli.md: '### dhsm %s' is not a command of the CLI"):format(name)
+    end
+  end
+  local options = text:match("\n## OPTIONS\n(.-)\n## ") or ""
+  for _, long in ipairs({ "--inventory", "--include", "--audit", "--verbose", "--help", "--version" }) do
+    if not options:find("`" .. long .. "`", 1, true) then
+      problems[#problems + 1] = ("docs/cli.md: global option %s is not under '## OPTIONS'"):format(long)
+    end
+  end
+  t.ok(#problems == 0, table.concat(problems, "\n"))
+end)
+
+-- "line N: kept ... / now ..." for two texts
+local function first_difference(a, b)
+  local la, lb = {}, {}
+  for l in (a .. "\n"):gmatch("([^\n]*)\n") do la[#la + 1] = l end
+  for l in (b .. "\n"):gmatch("([^\n]*)\n") do lb[#lb + 1] = l end
+  for i = 1, math.max(#la, #lb) do
+    if la[i] ~= lb[i] then
+      return ("line %d is\n  %s\nand should be\n  %s"):format(i, tostring(la[i]), tostring(lb[i]))
+    end
+  end
+  return "they are the same"
+end
+
+t.test("docs/dhsm.1 is what tools/man.lua makes of docs/cli.md now, and man renders it without warnings", function()
+  local man = dofile(ROOT .. "/tools/man.lua")
+  local fresh = man.render(assert(util.read_file(ROOT .. "/docs/cli.md")), man.version(ROOT))
+  local kept = util.read_file(ROOT .. "/docs/dhsm.1")
+  if not kept then t.ok(false, "docs/dhsm.1 is missing: run 'make man'") end
+  t.ok(fresh == kept, "docs/dhsm.1 is stale: run 'make man' and commit docs/dhsm.1; " .. first_difference(kept, fresh))
+  t.ok(fresh:find("\n.SS dhsm run ", 1, true), "the man page has the run command")
+  if t.sh("command -v man").status ~= 0 then t.skip("man is not installed: the rendering is not checked") end
+  local r = t.sh("MANWIDTH=80 man --warnings -l " .. util.shell_quote(ROOT .. "/docs/dhsm.1"))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(r.stderr, "", "man -l warns")
+  t.ok(r.stdout:find("EXIT STATUS", 1, true), "man rendered the page")
+end)
