@@ -356,3 +356,11 @@ t.test("docs/dhsm.1 is what tools/man.lua makes of docs/cli.md now, and man rend
   t.eq(r.stderr, "", "man -l warns")
   t.ok(r.stdout:find("EXIT STATUS", 1, true), "man rendered the page")
 end)
+
+t.test("nothing in the repository points at a DESIGN.md: the design is docs/design.md", function()
+  local dirs = { "README.md", "Makefile", "include", "runtime", "modules", "playbooks", "tools", "tests", "bench", "docs" }
+  local args = {}
+  for _, d in ipairs(dirs) do args[#args + 1] = util.shell_quote(ROOT .. "/" .. d) end
+  local r = t.sh("grep -rIl --exclude=docs_test.lua 'DESIGN\\.md' " .. table.concat(args, " "))
+  t.eq(r.status, 1, "files naming DESIGN.md:\n" .. r.stdout .. r.stderr)
+end)
