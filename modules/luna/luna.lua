@@ -23,7 +23,7 @@
 -- and one that changes something twice: "sending" before it is written
 -- (so a process killed while `hsm zeroize` runs still leaves a record),
 -- then its result.
--- Safety (DESIGN.md) is enforced here, whatever the caller: logins go
+-- Safety (docs/safety.md) is enforced here, whatever the caller: logins go
 -- through dhsm.luna.guard, a reboot needs the KB0019789 fix installed, a
 -- network change must not cut the path this session uses.
 --

@@ -3,7 +3,7 @@
 --   local inv = require("dhsm.inventory").load(path)
 --   inv.azure.resource_group, inv.hsms[1].host, inv:hsm("hsm1"), inv.client.lunacm
 --
--- The file is JSON (DESIGN.md, "Inventory").  Every bad field is reported
+-- The file is JSON (docs/inventory.md).  Every bad field is reported
 -- at once by its path (hsms[2].ssh_port: expected integer 1-65535, got
 -- "22x"; entries are counted from 1).  Secrets are references (env:NAME,
 -- file:PATH, prompt) turned into dhsm.secret values that are read only
