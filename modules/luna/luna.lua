@@ -94,8 +94,11 @@ local function verb_of(family, sub, after)
 end
 
 -- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
+-- `sysconf regenCert` replaces the NTLS certificate every client trusts:
+-- each client must then re-exchange certificates (guide, NTLS).
 local DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
-  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
+  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
+  ["sysconf regencert"] = true }
 M.DESTRUCTIVE = util.sealed(DESTRUCTIVE)
 
 -- classify("par cr -par p1") -> "write", "partition create"

@@ -49,8 +49,17 @@ continues one that failed or was interrupted.]],
 its value.  Ctrl-C cancels the running line, Ctrl-D leaves.]], options = {} },
   { name = "exec", usage = "exec FILE [ARG]... | exec -e CODE [ARG]...", summary = "run a Lua runbook",
     text = [[Runs FILE (or CODE) as a task with the global 'dhsm' and every module
-available; the arguments are in ... and in the global 'arg'.]],
-    options = { { "-e", "--code", arg = "CODE", help = "run CODE instead of a file" } } },
+available; the arguments are in ... and in the global 'arg'.  With -i (or
+$DHSM_INVENTORY) the inventory is loaded and checked first, and the runbook
+finds what the REPL has: inv, az, hsm "name", p11 (and dhsm.inventory()).
+A destructive module call asks you to type its target's name, as in the
+REPL, unless --yes is given; without a terminal and without --yes it is
+refused.]],
+    options = {
+      { "-e", "--code", arg = "CODE", help = "run CODE instead of a file" },
+      { "-y", "--yes", help = "do not ask before destructive calls (the audit log records it)" },
+      { nil, "--json", help = "print what the runbook returns as JSON on stdout (nothing else goes there)" },
+    } },
   { name = "test", usage = "test [-v] [PATH]...", summary = "run *_test.lua files",
     text = [[Runs every *_test.lua file below each PATH (default tests/lua).  A test file
 uses  local t = require "dhsm.test"  and  t.test(name, fn).  Prints one line
@@ -374,8 +383,17 @@ local function cmd_exec(opts, pos)
   local argt = { [0] = opts.code and "-e" or name }
   for i, a in ipairs(pos) do argt[i] = a end
   _G.arg = argt
-  local ok, failure = xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos))
-  if not ok then error(failure, 0) end
+  require("dhsm.globals").install(opts.inventory)
+  dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
+  -- With --json, stdout carries only the document: the runbook's prints go to stderr.
+  local real_stdout = opts.json and assert(sys.stdout_to_stderr())
+  local r = table.pack(xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos)))
+  if real_stdout then
+    io.stdout:flush()
+    sys.restore_stdout(real_stdout)
+  end
+  if not r[1] then error(r[2], 0) end
+  if real_stdout then out:write(sys.json_encode(r[2], { redact = false }), "\n") end
   return 0
 end
 

@@ -316,32 +316,13 @@ end
 
 -- The operator confirms a destructive step by typing its target's name.
 function Ctx:confirm(rec)
-  local audit = { action = "confirm", target = rec.target }
-  if self.opts.yes then
-    audit.outcome = "skipped (--yes)"
-    dhsm.audit.write(audit)
-    return
-  end
-  if not (sys.isatty(0) and sys.isatty(2)) then
-    audit.outcome = "refused (no terminal)"
-    dhsm.audit.write(audit)
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
-        .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target) }
-  end
-  self.reporter:clear_live()
-  io.stderr:write(("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
-    :format(rec.title, rec.target, rec.target))
-  io.stderr:flush()
-  local answer = io.stdin:read("l")
-  if answer ~= rec.target then
-    audit.outcome = "refused (typed something else)"
-    dhsm.audit.write(audit)
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
-  end
-  audit.outcome = "typed"
-  dhsm.audit.write(audit)
+  require("dhsm.ask").confirm { target = rec.target, yes = self.opts.yes,
+    before_prompt = function() self.reporter:clear_live() end,
+    question = ("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
+      :format(rec.title, rec.target, rec.target),
+    no_terminal = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
+      .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target),
+    mismatch = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
 end
 
 -- Run fn(ctx) as the body of step rec; returns the packed results.
