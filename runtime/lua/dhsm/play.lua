@@ -87,6 +87,7 @@ function M.load(found)
   pb.params = pb.params or {}
   pb.path = found.path
   pb.by_path = found.by_path
+  pb.embedded = found.embedded
   check_params_spec(found, pb.params)
   return pb
 end
@@ -523,6 +524,15 @@ local function json_document(ctx, pb, params, outcome, err, t0)
   }
 end
 
+-- How the --resume hint names the playbook: so that it resolves as typed,
+-- from any folder and without the -I that found it.  A playbook built
+-- into dhsm by its name; any other by its absolute path (the journal
+-- records it too).
+function M.resume_name(pb)
+  if pb.embedded then return pb.name end
+  return util.shell_quote(sys.realpath(pb.path) or pb.path)
+end
+
 -- run(pb, raw_params, opts) -> exit status 0, or raises.
 -- opts: check, yes, resume (run id), json, inventory (path), tty (for tests)
 function M.run(pb, raw, opts)
@@ -539,7 +549,7 @@ function M.run(pb, raw, opts)
     j = resume_journal(pb, opts.resume, public)
     context.run = j.id
   else
-    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, by_path = pb.by_path, params = public,
+    j = journal.new { id = context.run, playbook = pb.name, path = sys.realpath(pb.path) or pb.path, by_path = pb.by_path, params = public,
       secret_params = secret_names }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
@@ -582,7 +592,7 @@ function M.run(pb, raw, opts)
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
     elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
-        ctx.run_id, outcome, pb.by_path and util.shell_quote(pb.path) or pb.name, ctx.run_id))
+        ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
     end
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.
