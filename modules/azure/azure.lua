@@ -21,6 +21,7 @@
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local http = require "dhsm.azure.http"
+local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
@@ -301,11 +302,18 @@ function M.escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
 end
 
+-- azure.client's options: the inventory's azure fields (dhsm.inventory,
+-- where they are documented, sovereign clouds included), none required
+-- but the subscription, checked by the one option reader.
+local CLIENT_OPTIONS = { subscription = { type = "string", pattern = "^.+$", required = true,
+  expect = "a subscription id" }, credential = { type = "table" } }
+for k, spec in pairs(require("dhsm.inventory").schema.fields.azure.fields) do
+  if not CLIENT_OPTIONS[k] then CLIENT_OPTIONS[k] = setmetatable({ required = false }, { __index = spec }) end
+end
+
 local function check_config(cfg)
   if type(cfg) ~= "table" then usage("azure.client: expected a table (the inventory's azure section)") end
-  if type(cfg.subscription) ~= "string" or cfg.subscription == "" then
-    usage("azure.client: 'subscription' must be a subscription id")
-  end
+  schema.options("azure.client", cfg, CLIENT_OPTIONS)
   local cred = cfg.credential
   if cred ~= nil then
     if type(cred) ~= "table" or not SOURCES[cred.type] then
