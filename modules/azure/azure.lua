@@ -223,23 +223,27 @@ local function managed_identity_token(c, cred, retry_deadline)
     retry_deadline)
 end
 
--- `az account get-access-token`: the CLI prints the token, which is turned
--- into a secret at once.
+-- `az account get-access-token`, run through dhsm.proc (no shell: the
+-- command is an argv), its JSON output's accessToken taken out in C as a
+-- secret: the token is never a Lua string, so no error, log or tostring
+-- can show it.
 local function azure_cli_token(c)
-  local cmd = ("%s account get-access-token --resource %s/ --output json 2>/dev/null"):format(
-    c.az_command, c.audience)
-  local p = io.popen(cmd, "r")
-  local out = p and p:read("a") or ""
-  if p then p:close() end
-  local ok, j = pcall(cjson.decode, out)
-  if not ok or type(j) ~= "table" or type(j.accessToken) ~= "string" then
+  local argv = { c.az_command, "account", "get-access-token", "--resource", c.audience .. "/", "--output", "json" }
+  local function failed(why)
     dhsm.error { kind = "azure", code = "AzureCliFailed",
-      message = ("'%s account get-access-token' gave no token (is 'az login' done?)"):format(c.az_command) }
+      message = ("'%s account get-access-token' gave no token (is 'az login' done?): %s"):format(c.az_command, why) }
   end
-  local tok = secret.value(j.accessToken)
-  j.accessToken = nil
-  local lifetime = (tonumber(j.expires_on) or (sys.time() + 3000)) - sys.time()
-  return tok, lifetime
+  local ok, r = pcall(require("dhsm.proc").run, { argv = argv, secret_json_field = "accessToken",
+    timeout = math.max(c.timeout, 30) })
+  if not ok then failed(tostring(dhsm.error.normalize(r).message)) end
+  if r.status ~= 0 or not r.secret then
+    local said = util.trim((r.stderr or ""):match("[^\n]*%S[^\n]*") or "")
+    failed(r.status ~= 0 and ("exit status %d%s"):format(r.status, said ~= "" and (", " .. said) or "")
+      or "its output has no accessToken")
+  end
+  local rest_ok, j = pcall(cjson.decode, r.stdout)
+  local expires_on = rest_ok and type(j) == "table" and tonumber(j.expires_on)
+  return r.secret, lifetime_of((expires_on or (sys.time() + 3000)) - sys.time())
 end
 
 local SOURCES = {

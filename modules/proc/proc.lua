@@ -4,6 +4,10 @@
 --                       stdin = secret_or_text, cwd = dir, timeout = 30 }
 --   --> {status=, signal=, stdout=, stderr=, duration=}; a timeout kills the
 --   --  process group and raises a "timeout" error carrying what was captured.
+--   proc.run{ argv = { "az", "account", "get-access-token" }, secret_json_field = "accessToken" }
+--   --> stdout is a JSON object: its field accessToken is taken out in C as
+--   --  .secret (never a Lua string) and .stdout is the rest of it; output
+--   --  that is not such an object is withheld (.secret_missing = true).
 --   local p <close> = proc.spawn{ argv = { "openssl", "s_client", ... } }
 --   p:read_until("CONNECTED", 10); p:write("Q\n"); p:wait(5)
 --   proc.lunacm_login{ argv = { lunacm, "-c", "hagroup", "addMember", "-group", "g", "-serialNumber", sn },
