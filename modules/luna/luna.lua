@@ -183,8 +183,14 @@ end
 local function verify_host_key(s, o, name)
   local path = known_hosts_path(o)
   local hk = s:hostkey()
-  local verdict, known = s:known_hosts(path)
+  local verdict, known, markers = s:known_hosts(path)
   local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
+  if verdict == "revoked" then        -- OpenSSH refuses it whatever else the file says; so do we
+    dhsm.error { kind = "safety", code = "HostKeyRevoked",
+      message = ("REVOKED HOST KEY DETECTED: the host key of %s (%s %s) is marked @revoked in %s line %d; "
+        .. "not connecting"):format(where, hk.type, hk.sha256, path, known),
+      details = { offered = hk.sha256, known_hosts = path, line = known } }
+  end
   if verdict == "match" then return hk end
   if verdict == "mismatch" then
     dhsm.error { kind = "safety", code = "HostKeyMismatch",
@@ -196,7 +202,9 @@ local function verify_host_key(s, o, name)
   if (o.host_key or "strict") == "strict" then
     dhsm.error { kind = "safety", code = "HostKeyUnknown",
       message = ("the host key of %s (%s %s) is not in %s; check it with the appliance's console and add it, "
-        .. "or connect with host_key=\"accept-new\""):format(where, hk.type, hk.sha256, path) }
+        .. "or connect with host_key=\"accept-new\"%s"):format(where, hk.type, hk.sha256, path,
+        markers and markers.cert_authority and (" (%s has @cert-authority lines for it: dhsm does not check host "
+          .. "certificates, so only plain key lines count)"):format(path) or "") }
   end
   s:add_known_host(path)
   dhsm.audit.write { action = "ssh.accept_new_host_key", target = name, outcome = "added", fingerprint = hk.sha256 }
