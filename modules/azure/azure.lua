@@ -474,8 +474,15 @@ end
 
 -- request(method, path, {body=, api_version=, query=, headers=, timeout=,
 --   retry_deadline=, idempotent=}) -> {status=, headers=, body=(decoded), raw=, path=, method=}
+local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
+local REQUEST_OPTIONS = { body = { type = { "table", "string" } }, api_version = { type = "string" },
+  query = { type = "table" }, headers = { type = "table" }, timeout = SECONDS, retry_deadline = SECONDS,
+  idempotent = { type = "boolean" }, correlation_id = { type = "string" } }
+local WAIT_OPTIONS = { timeout = SECONDS, interval = SECONDS, on_progress = { type = "function" },
+  deleting = { type = "boolean" } }
+
 function Client:request(method, path, opts)
-  opts = opts or {}
+  opts = schema.options("azure " .. tostring(method), opts, REQUEST_OPTIONS) or {}
   local url = self:url(path, opts)
   local mutation = method ~= "GET" and method ~= "HEAD"
   if mutation and dhsm.check_mode then
@@ -611,6 +618,7 @@ end
 
 -- Poll fn() -> done, state, retry_after until done or the timeout.
 function Client:poll(what, opts, fn)
+  schema.options("azure poll", opts, WAIT_OPTIONS)
   local t0 = dhsm.now()
   local timeout = opts.timeout or 1800
   local interval = opts.interval or self.poll_interval
@@ -679,7 +687,7 @@ end
 -- Follows Azure-AsyncOperation, else Location, else the resource's
 -- provisioningState.  Returns the final resource (nil after a delete).
 function Client:wait(what, opts)
-  opts = opts or {}
+  opts = schema.options("azure wait", opts, WAIT_OPTIONS) or {}
   local resp = type(what) == "table" and what or { path = what, headers = {}, method = "GET" }
   if resp.check then return nil end                       -- check mode: nothing was sent
   local path = resp.path

@@ -195,6 +195,9 @@ local function option_words(spec)
   if t == "secret" then return "a secret (dhsm.secret)" end
   if t == "text" then return "a string or a secret" end
   if t == "function" then return "a function" end
+  local article = { string = "a string", table = "a table", boolean = "a boolean", number = "a number",
+    integer = "an integer" }
+  if article[t] and not (spec.pattern or spec.min or spec.max) then return article[t] end
   return M.expected(spec)
 end
 
@@ -212,6 +215,17 @@ local function option_ok(value, spec, path)
   return #problems == 0
 end
 
+-- A wrong value is shown in the message unless it could be a secret put
+-- where a dhsm.secret belongs (a password typed as a plain string).
+local function shown(k, v, spec)
+  local t = type(spec.type) == "table" and table.concat(spec.type, ",") or tostring(spec.type)
+  if type(v) == "string" and (t:find("secret") or t:find("text") or tostring(k):lower():find("pass")
+      or tostring(k):lower():find("secret") or tostring(k):lower():find("pin")) then
+    return "a string (not shown)"
+  end
+  return show(v)
+end
+
 function M.options(where, opts, fields, opts_required)
   local usage = function(msg)
     error(require("dhsm").error.new { kind = "usage", code = "BadOption", message = where .. ": " .. msg }, 3)
@@ -223,7 +237,7 @@ function M.options(where, opts, fields, opts_required)
     if v == nil then
       if spec.required then usage(("%s: missing, expected %s"):format(k, option_words(spec))) end
     elseif not option_ok(v, spec, k) then
-      usage(("%s: expected %s, got %s"):format(k, option_words(spec), show(v)))
+      usage(("%s: expected %s, got %s"):format(k, option_words(spec), shown(k, v, spec)))
     end
   end
   return opts
