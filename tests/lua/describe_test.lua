@@ -20,7 +20,8 @@ local azure = require "dhsm.azure"
 local f = io.open(%q, "a") f:write("io.open ran\n") f:close()
 os.execute("echo os.execute ran >> " .. %q)
 if os.getenv("DHSM_FIXTURE_DELETE") then   -- unset: a real load skips it; in the sandbox it is a stand-in, truthy
-  azure.client { subscription = "00000000-0000-0000-0000-000000000000" }:delete("/subscriptions/x")
+  local c <close> = azure.client { subscription = "00000000-0000-0000-0000-000000000000" }
+  c:delete("/subscriptions/x")
 end
 dhsm.spawn(function() end)
 return {
@@ -86,4 +87,11 @@ t.test("run still loads the playbook for real", function()
   local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " run writer -e target=x"))
   t.ok(r.stdout:find("ran with x", 1, true), r.stdout .. r.stderr)
   t.ok((util.read_file(marker) or ""):find("io.open ran", 1, true), "run executes the top level")
+end)
+
+t.test("describing checks the shape the runner needs: description and run", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/norun.lua", 'return { description = "no run function" }')
+  local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " list"))
+  t.ok(r.stdout:find("norun%s+%(cannot describe: .*field 'run' must be a function"), r.stdout)
 end)

@@ -122,7 +122,7 @@ inert = setmetatable({}, {
   __index = function() return inert end, __call = function() return inert end,
   __newindex = function() end, __concat = function() return inert end,
   __tostring = function() return "(not run: described only)" end,
-  __len = function() return 0 end, __metatable = Inert,
+  __len = function() return 0 end, __close = function() end, __metatable = Inert,
 })
 
 local function is_inert(v) return getmetatable(v) == Inert end
@@ -193,6 +193,7 @@ function M.describe(found)
   end
   local d = plain(pb, {})
   if type(d.description) ~= "string" then bad(found, "field 'description' must be a string") end
+  if type(rawget(pb, "run")) ~= "function" then bad(found, "field 'run' must be a function(ctx, params)") end
   if d.params ~= nil and type(d.params) ~= "table" then bad(found, "field 'params' must be a table") end
   local described = { name = type(d.name) == "string" and d.name or found.name, description = d.description,
     params = d.params or {}, path = found.path, by_path = found.by_path }
