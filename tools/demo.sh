@@ -94,10 +94,18 @@ chapter "6. hsm2 loses power and comes back: the client dropped it from demoHA, 
 "$estate" appliance --dir "$dir" hsm2 down >/dev/null
 member_is "$p2" down
 say "hsm2 is down; the client marks member $p2 down"
+say "meanwhile an application creates key app-key-1 through the group: only hsm1, the member alive, holds it"
+DEMO_CO_PIN="file:$dir/secrets/hsm1_par1_co_pin" "$bin" exec -e '
+  local client = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")).client
+  local lib <close> = require("dhsm.pkcs11").load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local s <close> = lib:open { label = "hsm1-par1", rw = true }
+  s:login("user", require("dhsm.secret").ref(os.getenv("DEMO_CO_PIN")))
+  s:generate_aes { label = "app-key-1", sensitive = false, extractable = true }
+  s:logout()'
 "$estate" appliance --dir "$dir" hsm2 up >/dev/null
 say "hsm2 is back, but with no auto-recovery the member stays out of the group until someone acts"
 
-chapter "7. ha-recover: recover the member, turn auto-recovery on, compare the members"
+chapter "7. ha-recover: recover the member, turn auto-recovery on, compare the members, synchronize"
 dhsm run ha-recover -e co_password="file:$dir/secrets/hsm1_par1_co_pin"
 
 chapter "8. Decommission all three, the guide's way: zeroize, check, delete each HSM, then the group"

@@ -79,13 +79,14 @@ t.test("the whole story: every chapter reached the estate, which ends empty and 
   one("^vtl: deleteServer %-name 127%.0%.0%.1 %-port %d+ %-> 0$", "after deleting the stale one")
   local recover = one("^lunacm: hagroup recover %-group demoHA %-> No Error$", "ha-recover recovers hsm2")
   one("^lunacm: hagroup retry %-count %-1 %-> No Error$", "and sets the retry count")
+  local sync = one("^lunacm: hagroup synchronize %-group demoHA.* %-> No Error$", "and clones the key hsm2 missed")
   local deletes = {}
   for _, name in ipairs { "hsm1", "hsm2", "hsm3" } do
     deletes[#deletes + 1] = one("^arm DELETE /subscriptions/%S+" .. HSM_PATH .. name .. " %-> 202", "delete " .. name)
   end
   for _, name in ipairs { "hsm1", "hsm2" } do one("^" .. name .. " lunash: hsm zeroize %-force %-> 0$", "zeroize " .. name) end
   local group = one("^arm DELETE /subscriptions/[^/]+/resource[Gg]roups/hsm%-rg %-> 202", "delete the group")
-  t.ok(regen < add and add < recover and recover < deletes[1] and deletes[3] < group, "the chapters in the story's order")
+  t.ok(regen < add and add < recover and recover < sync and sync < deletes[1] and deletes[3] < group, "the chapters in the story's order")
 
   local cfg = chrystoki.load(dir .. "/client/Chrystoki.conf"):ha_config()
   t.eq(cfg.reconnAtt, -1, "Chrystoki.conf keeps the auto-recovery ha-recover set")
