@@ -133,15 +133,16 @@ return {
     end
 
     local function retry_set()
-      local s = c:settings()
-      return s.retry ~= 0 and s.interval == p.retry_interval, s
+      local s = c:settings()        -- written in Chrystoki.conf, not a default
+      return s.retry ~= 0 and s.held.interval == p.retry_interval, s
     end
     if #groups > 0 then
       ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
         { done = retry_set }, function()
         ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
           .. "out until recovered by hand"):format(c:settings().retry))
-        c:set_retry(p.retry_count, p.retry_interval)
+        local now = c:settings()     -- a count set already (not 0) is the operator's: kept
+        c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
       end)
       ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
         if dhsm.check_mode then
@@ -220,12 +221,12 @@ return {
               ctx:would("compare the members' objects again")
               return { planned = true }
             end
-            local again = compare(comparable(g), true)
-            if again.drift then
+            local now = comparable(g)    -- read afresh: on a resumed run the comparison above was journaled
+            if compare(now, true).drift then
               dhsm.error { kind = "luna", code = "StillDrifting",
                 message = ("group %s: the members still differ after synchronize"):format(g.label) }
             end
-            return { objects = members[1].objects.count }
+            return { objects = now[1].objects.count }
           end)
         end
       end

@@ -116,9 +116,20 @@ return {
       end
       local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
         :format(d.client_name, p.hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
+      -- done: registered with this client's certificate and every partition assigned
+      local function registered(now)
+        if has(now, "client_unknown") or has(now, "client_stale") then return false end
+        local assigned = {}
+        for _, part in ipairs(now.partitions or {}) do assigned[part] = true end
+        for _, part in ipairs(parts) do
+          if not assigned[part] then return false end
+        end
+        return true
+      end
       ctx:step(title, { destructive = replace or nil, target = replace and p.hsm or nil,
-        done = function() return now_ok(replace and "client_stale" or "client_unknown") end }, function()
-        ntls.register_client(client, entry, appliance(), d.client_name, parts, replace)
+        done = function() return not dhsm.check_mode and registered(diagnose()) end }, function()
+        -- the state as it is now: a resumed run may find the delete or the registration done
+        ntls.register_client(client, entry, appliance(), dhsm.check_mode and d or diagnose(), parts)
       end)
     end
 

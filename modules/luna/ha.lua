@@ -68,10 +68,12 @@ function Client:conf()
   return chrystoki.load(self.conf_path)
 end
 
--- settings() -> {retry=, interval=} as Chrystoki.conf holds them (0 and 60 when unset)
+-- settings() -> {retry=, interval=} in effect (0 and 60 when unset), and
+-- held = {retry=, interval=}: what Chrystoki.conf itself holds (nil: unset)
 function Client:settings()
   local cfg = self:conf():ha_config()
-  return { retry = tonumber(cfg.reconnAtt) or 0, interval = tonumber(cfg.AutoReconnectInterval) or 60 }
+  local held = { retry = tonumber(cfg.reconnAtt), interval = tonumber(cfg.AutoReconnectInterval) }
+  return { retry = held.retry or 0, interval = held.interval or 60, held = held }
 end
 
 -- The inventory's HSM a member partition lives on (its serial starts with the HSM's).
@@ -131,11 +133,16 @@ function Client:recover(label)
   return proc.run(self:argv("hagroup", "recover", "-group", label))
 end
 
--- set_retry(count, interval): HA auto-recovery, as Chrystoki.conf keeps it
+-- set_retry(count, interval): HA auto-recovery, as Chrystoki.conf keeps it;
+-- only what the file does not hold yet is sent (a resumed run finds half of it done)
 function Client:set_retry(count, interval)
-  if planned(("lunacm hagroup retry -count %d; hagroup interval -interval %d"):format(count, interval)) then return end
-  self:must("hagroup", "retry", "-count", tostring(count))
-  self:must("hagroup", "interval", "-interval", tostring(interval))
+  local held = self:settings().held
+  local send = {}
+  if held.retry ~= count then send[#send + 1] = { "retry", "-count", tostring(count) } end
+  if held.interval ~= interval then send[#send + 1] = { "interval", "-interval", tostring(interval) } end
+  for _, words in ipairs(send) do
+    if not planned("lunacm hagroup " .. table.concat(words, " ")) then self:must("hagroup", table.unpack(words)) end
+  end
 end
 
 -- The PKCS#11 library of the client install.

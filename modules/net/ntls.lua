@@ -5,7 +5,7 @@
 --   local d = ntls.diagnose(entry, client, session)   -- client: ntls.client(inventory)
 --   --> {tcp=, tls=, server_changed=, ntls_stale=, client_name=, registered=, client_rejected=,
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
---   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, partitions)
+--   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
@@ -178,7 +178,15 @@ function M.diagnose(entry, client, session, opts)
   return d
 end
 
--- readd_server(client, entry, pem): vtl deleteServer, then addServer with pem
+-- Is entry's appliance (host and NTLS port) in the client's server list?
+local function registered_server(client, entry)
+  for _, srv in ipairs(chrystoki.load(client.conf_path):servers()) do
+    if srv.name == entry.host and srv.port == (entry.ntls_port or 1792) then return true end
+  end
+  return false
+end
+
+-- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem
 function M.readd_server(client, entry, pem)
   if dhsm.check_mode then
     dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, entry.ntls_port,
@@ -186,26 +194,39 @@ function M.readd_server(client, entry, pem)
     return
   end
   local port = tostring(entry.ntls_port or 1792)
-  local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
-  if r.failed and not r.failed:find("not registered", 1, true) then
-    dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl deleteServer: " .. r.failed }
+  if registered_server(client, entry) then        -- gone already when a killed run is resumed
+    local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
+    if r.failed and not r.failed:find("not registered", 1, true) then
+      dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl deleteServer: " .. r.failed }
+    end
   end
-  r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
+  local r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
   if r.failed or not r.stdout:find("successfully added", 1, true) then
     dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl addServer: " .. tostring(r.failed or util.trim(r.stdout)) }
   end
 end
 
--- register_client(client, entry, session, name, partitions, replace): upload
--- the client's certificate as <ip>.pem, (re-)register it, assign partitions
-function M.register_client(client, entry, session, name, partitions, replace)
-  local cert = files(client)
+-- register_client(client, entry, session, d, partitions): bring the
+-- appliance's registration of this client to what d, a fresh diagnosis,
+-- says is missing: a registration holding another certificate is deleted
+-- (the caller confirmed it), the client's certificate uploaded as <ip>.pem
+-- and registered, and the partitions not yet assigned assigned.  Working
+-- from the state as it is, a resumed run sends nothing twice.
+function M.register_client(client, entry, session, d, partitions)
+  local name = d.client_name
   local ip = entry.client_ip or "127.0.0.1"
-  session:put(cert.cert, ip .. ".pem")
-  if replace then session:must("client delete -client " .. name .. " -force") end
-  session:must(("client register -client %s -ip %s"):format(name, ip))
+  local assigned = {}
+  if d.registered and d.client_rejected then
+    session:must("client delete -client " .. name .. " -force")
+  elseif d.registered then
+    for _, p in ipairs(d.partitions or {}) do assigned[p] = true end
+  end
+  if not d.registered or d.client_rejected then
+    session:put(files(client).cert, ip .. ".pem")
+    session:must(("client register -client %s -ip %s"):format(name, ip))
+  end
   for _, p in ipairs(partitions) do
-    session:must(("client assignPartition -client %s -partition %s"):format(name, p))
+    if not assigned[p] then session:must(("client assignPartition -client %s -partition %s"):format(name, p)) end
   end
 end
 

@@ -9,6 +9,8 @@ local cjson = require "cjson"
 local chrystoki = require "dhsm.chrystoki"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
+package.path = t.here() .. "/../lua/?.lua;" .. package.path
+local log_entries = require("support.estate").log_of
 
 local DEMO = t.here() .. "/../../tools/demo.sh"
 
@@ -26,16 +28,6 @@ local function finish(p, timeout)
     out[#out + 1] = chunk
   end
   return p:wait(30), table.concat(out) .. p:stderr()
-end
-
--- estate.log as a list of "what" parts: "arm DELETE /subscriptions/... -> 202",
--- "hsm1 lunash: sysconf regenCert -force -> 0", "vtl: addServer ... -> 0", ...
-local function log_entries(dir)
-  local out = {}
-  for line in (util.read_file(dir .. "/estate.log") or ""):gmatch("[^\n]+") do
-    out[#out + 1] = line:match("^%S+ %S+ %S+ %u+ (.*)$") or line
-  end
-  return out
 end
 
 -- positions of the entries matching a Lua pattern

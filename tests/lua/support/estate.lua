@@ -78,6 +78,19 @@ function M:mutations(filter)
   return out
 end
 
+-- DIR/estate.log as a list of its messages, without time, logger and level:
+-- "arm DELETE /subscriptions/... -> 202 (3 ms)", "hsm1 lunash: service restart ntls -> 0",
+-- "vtl: addServer -cert ... -> 0", "lunacm: hagroup recover -group myHA -> No Error", "stopped"
+function M.log_of(dir)
+  local out = {}
+  for line in (util.read_file(dir .. "/estate.log") or ""):gmatch("[^\n]+") do
+    out[#out + 1] = line:match("^%S+ %S+ %S+ %u+ (.*)$") or line
+  end
+  return out
+end
+
+function M:log() return M.log_of(self.dir) end
+
 -- {name = provisioningState}: the dedicated HSM resources the estate holds
 function M:hsms()
   local out = {}
