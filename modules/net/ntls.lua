@@ -79,12 +79,21 @@ local function since(before, after)
   return after
 end
 
+-- The certificates the file at path holds ({} when it is missing or empty).
+local function trust_list(path)
+  local ok, list = pcall(net.certs, path)
+  return ok and list or {}
+end
+
 -- The handshake dhsm makes as the client: the client's certificate and key
 -- (encrypted: its passphrase is the inventory's client.key_passphrase),
 -- trusting only what the client trusts, and giving up as the client would
 -- (strict) on a server certificate it does not trust, so the appliance logs
 -- what the client's own failure looks like.
 local function handshake(entry, client, cert)
+  if #trust_list(cert.ca) == 0 then   -- vtl deleteServer of the last server empties it
+    return { ok = false, reason = ("the client trusts no server certificate (%s holds none)"):format(cert.ca) }
+  end
   return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
     client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
 end
@@ -95,6 +104,7 @@ end
 -- closing "Connection instance removed" line.
 local function handshake_lines(session, before, tls)
   local peer = tls.local_port and ("/" .. tls.local_port)
+  if not peer then return since(before, syslog(session, 50)), nil end   -- no connection was made
   local deadline = dhsm.now() + M.LOG_WAIT
   while true do
     local lines = since(before, syslog(session, 50))
@@ -112,9 +122,7 @@ end
 
 -- Is the certificate in pem one of those in the file at path?
 local function trusted(path, pem)
-  local ok, list = pcall(net.certs, path)
-  if not ok then return false end
-  for _, c in ipairs(list) do
+  for _, c in ipairs(trust_list(path)) do
     if net.same_cert(c, pem) then return true end
   end
   return false
@@ -201,7 +209,11 @@ function M.readd_server(client, entry, pem)
     end
   end
   local r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
-  if r.failed or not r.stdout:find("successfully added", 1, true) then
+  -- already there with this very certificate: the addServer of a run killed
+  -- before it heard the answer (the tool outlives it) got there first
+  local added = r.stdout:find("successfully added", 1, true) or (r.stdout:find("already registered", 1, true)
+    and trusted(chrystoki.load(client.conf_path):client_cert().ca, net.cert(pem)))
+  if not added then
     dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl addServer: " .. tostring(r.failed or util.trim(r.stdout)) }
   end
 end

@@ -9,6 +9,7 @@
 local t = require "dhsm.test"
 local proc = require "dhsm.proc"
 local sys = require "dhsm.sys"
+local util = require "dhsm.util"
 
 local M = {}
 
@@ -44,13 +45,33 @@ function M.after_command(cmd, sending)
     end }
 end
 
--- SIGKILL p at the first audit record the point matches.
+-- The processes pid started that still run (its tools: vtl, lunacm).
+local function children(pid)
+  local out = {}
+  for child in (util.read_file(("/proc/%d/task/%d/children"):format(pid, pid)) or ""):gmatch("%d+") do
+    out[#out + 1] = child
+  end
+  return out
+end
+
+local function running(pid)
+  local stat = util.read_file("/proc/" .. pid .. "/stat")
+  return stat ~= nil and stat:match("%) (%u)") ~= "Z"
+end
+
+-- SIGKILL p at the first audit record the point matches.  A tool it had
+-- started runs on (it leads its own process group) and finishes what it
+-- was asked: the resume starts once it has, as an operator's would.
 function M.kill_at(estate, p, point)
   while true do
     for _, r in ipairs(M.audit(estate)) do
       if point.match(r) then
+        local tools = children(p:pid())
         p:kill(9)
         t.eq(p:wait(30).signal, 9, "killed " .. point.where)
+        for _, pid in ipairs(tools) do
+          t.eventually(function() return not running(pid) end, "the killed run's tool " .. pid .. " finished", 120)
+        end
         return
       end
     end
@@ -86,7 +107,6 @@ end
 
 -- The run's final state as its record says ("ok", "failed", ...).
 function M.run_state(estate)
-  local util = require "dhsm.util"
   return require("cjson").decode(util.read_file(estate.dir .. "/state/dhsm/runs/" .. M.run_id(estate) .. ".json")).state
 end
 

@@ -10,6 +10,7 @@ Never a secret: password-like options show as `****` (appliance/shell.py's rule)
 that does not parse only by its length (appliance/cli.py's logged_words).
 """
 import os
+import sys
 import time
 
 LOG_FILE = "estate.log"
@@ -27,3 +28,34 @@ def record(estate_dir, tool, command, result):
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+class _Unbreakable:
+    """stdout that keeps working when its reader has gone: the tool carries on and logs
+    its line, as a real tool does what it was asked before it notices (a killed dhsm
+    leaves the vtl or lunacm it started running)."""
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text):
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):
+                self._gone = True
+        return len(text)
+
+    def flush(self):
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._gone = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def keep_going_without_reader():
+    """Call first in a tool's main: stdout and stderr survive a reader that has gone."""
+    sys.stdout, sys.stderr = _Unbreakable(sys.stdout), _Unbreakable(sys.stderr)

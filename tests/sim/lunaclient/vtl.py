@@ -173,6 +173,7 @@ COMMANDS = {"createcert": (create_cert, {"name"}), "addserver": (add_server, {"n
 
 
 def main(argv):
+    toollog.keep_going_without_reader()
     if not argv or argv[0].lower() not in COMMANDS:
         print(USAGE)
         return 0 if argv and argv[0].lower() in ("-h", "help", "--help") else 1

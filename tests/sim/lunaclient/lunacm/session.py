@@ -104,6 +104,7 @@ class Session:
 
 
 def main(argv):
+    toollog.keep_going_without_reader()
     try:
         install, estate_dir = locate()
     except NotFound as e:
