@@ -7,6 +7,7 @@
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
 --   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
+--   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
 -- against the certificates the client trusts (its ServerCAFile) says
@@ -179,11 +180,36 @@ function M.diagnose(entry, client, session, opts)
   if not d.registered then
     finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
   elseif d.client_rejected then
-    finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): "
-      .. "the registration holds another certificate"):format(entry.name, d.client_name))
+    finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): %s")
+      :format(entry.name, d.client_name, mine.days_left < 0 and "it has expired"
+        or "the registration holds another certificate"))
   end
   d.ok = #d.findings == 0 or (#d.findings == 1 and d.findings[1].code == "client_expiring")
   return d
+end
+
+-- client_cert(client) -> the certificate the client presents (net.cert: days_left=, not_after=, ...)
+function M.client_cert(client)
+  return net.cert(files(client).cert)
+end
+
+-- renew_client_cert(client, name) -> the new certificate: `vtl createCert -n
+-- NAME` writes a new key pair (the key encrypted with the client's
+-- passphrase) and certificate, and points Chrystoki.conf at them.  Success
+-- is a new certificate in place, not what vtl printed.
+function M.renew_client_cert(client, name)
+  if dhsm.check_mode then
+    dhsm.would("vtl createCert -n " .. name .. " (a new key and certificate for this client)")
+    return nil
+  end
+  local before = M.client_cert(client)
+  local r = vtl(client, "createCert", "-n", name)
+  local ok, now = pcall(M.client_cert, client)
+  if r.failed or not ok or net.same_cert(now, before) then
+    dhsm.error { kind = "luna", code = "VtlFailed", message = ("vtl createCert -n %s made no new certificate: %s")
+      :format(name, tostring(r.failed or util.trim(r.stdout))) }
+  end
+  return now
 end
 
 -- Is entry's appliance (host and NTLS port) in the client's server list?

@@ -114,6 +114,20 @@ def register_client(dev, name, kind, address, cert_file):
     dev.world.changed()
 
 
+def reissue_client_cert(dev, old_fingerprint, cert_file):
+    """Every registration holding the certificate OLD_FINGERPRINT now holds CERT_FILE's (the
+    same certificate, re-issued: see lunaclient/certs.age_client_cert); -> the client names."""
+    with open(cert_file, "rb") as f:
+        fingerprint = keys.fingerprint(keys.load_cert(f.read()))
+    names = [name for name, c in dev.state["clients"].items() if c["fingerprint"] == old_fingerprint]
+    for name in names:
+        shutil.copyfile(cert_file, dev.paths.client_cert(name))
+        dev.state["clients"][name]["fingerprint"] = fingerprint
+    if names:
+        dev.world.changed()
+    return names
+
+
 def unregister_client(dev, name):
     dev.state["clients"].pop(name)
     try:
