@@ -30,7 +30,7 @@ class Command:
 FORCE = Opt("force", "f", flag=True)
 
 
-SECRET_OPTION_WORDS = ("password", "pin", "secret")
+SECRET_OPTION_WORDS = ("password", "pin", "secret", "domain")  # a cloning domain is a secret too
 
 
 def logged_words(command, opts, args=()):
