@@ -63,13 +63,11 @@ end
 
 -- how often each change reached the estate, from the log lines after `from`
 local function sent(e, from)
-  local n = { recover = 0, retry = 0, interval = 0, synchronize = 0 }
-  local log = e:log()
-  for i = from + 1, #log do
-    local what = log[i]:match("^lunacm: hagroup (%a+) .*%-> No Error$")
-    if what and n[what] then n[what] = n[what] + 1 end
+  local patterns = {}
+  for _, what in ipairs { "recover", "retry", "interval", "synchronize" } do
+    patterns[what] = "^lunacm: hagroup " .. what .. " .*%-> No Error$"
   end
-  return n
+  return e:count_since(from, patterns)
 end
 
 -- Each point where a resume could send a change twice or skip one: a

@@ -43,16 +43,7 @@ local CHANGES = {
   register = "^hsm1 lunash: client register %-client dhsm%-client %-ip 127%.0%.0%.1 %-> 0$",
   assign = "^hsm1 lunash: client assignPartition %-client dhsm%-client %-partition par1 %-> 0$",
 }
-local function sent(e, from)
-  local n, log = {}, e:log()
-  for name, pattern in pairs(CHANGES) do
-    n[name] = 0
-    for i = from + 1, #log do
-      if log[i]:find(pattern) then n[name] = n[name] + 1 end
-    end
-  end
-  return n
-end
+local function sent(e, from) return e:count_since(from, CHANGES) end
 
 local function vtl_verify(e)
   local client = e.inventory.client

@@ -142,16 +142,9 @@ local function age_client_cert(days_left)
 end
 
 local function client_changes(from)
-  local n, log = {}, e:log()
-  for what, pattern in pairs { create = "^vtl: createCert %-name dhsm%-client %-> 0$",
+  return e:count_since(from, { create = "^vtl: createCert %-name dhsm%-client %-> 0$",
     delete = "^hsm1 lunash: client delete %-client dhsm%-client %-force %-> 0$",
-    register = "^hsm1 lunash: client register %-client dhsm%-client ", assign = "^hsm1 lunash: client assignPartition " } do
-    n[what] = 0
-    for i = from + 1, #log do
-      if log[i]:find(pattern) then n[what] = n[what] + 1 end
-    end
-  end
-  return n
+    register = "^hsm1 lunash: client register %-client dhsm%-client ", assign = "^hsm1 lunash: client assignPartition " })
 end
 
 local function client_cert() return net.cert(e.dir .. "/client/cert/client/dhsm-client.pem") end

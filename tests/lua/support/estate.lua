@@ -91,6 +91,19 @@ end
 
 function M:log() return M.log_of(self.dir) end
 
+-- count_since(from, {name = Lua pattern}) -> {name = how many log messages
+-- after the first `from` match it}: what reached the estate since then
+function M:count_since(from, patterns)
+  local n, log = {}, self:log()
+  for name, pattern in pairs(patterns) do
+    n[name] = 0
+    for i = from + 1, #log do
+      if log[i]:find(pattern) then n[name] = n[name] + 1 end
+    end
+  end
+  return n
+end
+
 -- {name = provisioningState}: the dedicated HSM resources the estate holds
 function M:hsms()
   local out = {}
