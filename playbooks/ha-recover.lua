@@ -2,6 +2,7 @@
 -- troubleshooting guide's "HA group" way.
 --
 --   dhsm run ha-recover -e co_password=file:/path [-e group=myHA] [-e retry_count=-1] [-e retry_interval=60]
+--        [-e fix_cloning=true -e cloning_domain=prompt -e pso_password=prompt [-e so_password=...] [-e new_partition=par2]]
 --
 -- Reads the groups (Chrystoki.conf and `lunacm hagroup listGroups`), probes
 -- every member's appliance (TCP to NTLS, then TLS with the client's
@@ -13,8 +14,13 @@
 -- Before synchronizing, the members' objects (class and label, over PKCS#11
 -- as the Crypto Officer) and cloning domains (LunaSH `partition show`) are
 -- compared: members in different cloning domains stop the run with the
--- guide's remedy as a plan; otherwise a group whose members differ is
--- synchronized and the objects are compared again.  Every step looks at the
+-- guide's remedy as a plan, which -e fix_cloning=true carries out as
+-- confirmed steps (a new partition on the bad member's appliance: LunaSH
+-- `partition create` + `client assignPartition`, lunacm `partition init` in
+-- the group's cloning domain, the Crypto Officer's password set as the
+-- Partition SO; `hagroup addMember`; `hagroup removeMember` of the bad one);
+-- otherwise a group whose members differ is synchronized and the objects
+-- are compared again.  Every step looks at the
 -- real state first, so a second run (or --resume) does only what is left.
 local ha = require "dhsm.luna.ha"
 local proc = require "dhsm.proc"
@@ -34,6 +40,17 @@ local function table_lines(groups)
   return lines
 end
 
+-- The first partition name parN that entry's appliance does not have.
+local function free_partition(entry)
+  local luna = require "dhsm.luna"
+  local s <close> = luna.open(entry)
+  local taken = {}
+  for _, part in ipairs(s:partitions()) do taken[part.name] = true end
+  local n = 1
+  while taken["par" .. n] do n = n + 1 end
+  return "par" .. n
+end
+
 local function member_names(list)
   local out = {}
   for i, m in ipairs(list) do out[i] = ("%s (%s)"):format(m.serial, m.hsm or "?") end
@@ -51,12 +68,29 @@ return {
       description = "HA auto-recovery retry count to set when it is 0 (-1 unlimited, 1-500)" },
     retry_interval = { type = "integer", default = 60, min = 60, max = 1200, description = "seconds between auto-recovery attempts" },
     synchronize = { type = "boolean", default = true, description = "synchronize a group whose members' objects differ" },
+    fix_cloning = { type = "boolean", default = false, description = "on a cloning-domain conflict, carry out the "
+      .. "guide's remedy (confirmed steps): a new partition in the group's domain, added, the bad member removed" },
+    cloning_domain = { type = "secret", description = "fix_cloning: the group's cloning domain (env:, file: or prompt)" },
+    pso_password = { type = "secret", description = "fix_cloning: the new partition's Partition SO password" },
+    so_password = { type = "secret",
+      description = "fix_cloning: the HSM SO password of the bad member's appliance (default: its inventory entry's)" },
+    new_partition = { type = "string", pattern = "^[%w%-_]+$",
+      description = "fix_cloning: the new partition's name (default: the first free parN)" },
   },
   run = function(ctx, p)
     if not ctx.inventory then
       dhsm.error { kind = "usage", message = "ha-recover needs an inventory (-i FILE or $DHSM_INVENTORY) naming the client install" }
     end
     local c = ha.client(ctx.inventory)
+    if p.fix_cloning and not (p.cloning_domain and p.pso_password) then
+      dhsm.error { kind = "usage", code = "BadParameters", message = "fix_cloning=true needs -e cloning_domain=... "
+        .. "(the group's) and -e pso_password=... (for the new partition's Partition SO)" }
+    end
+    -- the name this client is registered under on the appliances (its certificate's CN)
+    local function ntls_client_name()
+      local cert = require("dhsm.net").cert(c:conf():client_cert().cert)
+      return cert.subject:match("CN=([^,/]+)")
+    end
 
     -- The groups with each member's state and its appliance's probe.
     local function survey()
@@ -133,15 +167,16 @@ return {
     end
 
     local function retry_set()
-      local s = c:settings()
-      return s.retry ~= 0 and s.interval == p.retry_interval, s
+      local s = c:settings()        -- written in Chrystoki.conf, not a default
+      return s.retry ~= 0 and s.held.interval == p.retry_interval, s
     end
     if #groups > 0 then
       ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
         { done = retry_set }, function()
         ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
           .. "out until recovered by hand"):format(c:settings().retry))
-        c:set_retry(p.retry_count, p.retry_interval)
+        local now = c:settings()     -- a count set already (not 0) is the operator's: kept
+        c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
       end)
       ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
         if dhsm.check_mode then
@@ -181,34 +216,115 @@ return {
       return ha.compare(members)
     end
 
+    -- The members' comparison as a step: a cloning conflict stops the run
+    -- with the guide's remedy as a plan, unless fix_cloning carries it out.
+    local function compare_step(g, members, title)
+      return ctx:step(title, function()
+        local found = compare(members, not dhsm.check_mode)
+        if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
+        if found.conflict then
+          ctx:note(REMEDY .. ". Plan:")
+          for i, serial in ipairs(found.conflict) do
+            local m
+            for _, x in ipairs(members) do if x.serial == serial then m = x end end
+            ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
+              3 * i - 2, m.entry.name, members[1].serial, members[1].entry.name))
+            ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
+            ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
+          end
+          if not p.fix_cloning then
+            dhsm.error { kind = "safety", code = "CloningConflict",
+              message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
+                .. "private keys between them: not synchronizing (see the plan above; -e fix_cloning=true carries "
+                .. "it out)"):format(g.label, #found.conflict > 1 and "s" or "", table.concat(found.conflict, ", "),
+                #found.conflict > 1 and "are" or "is", members[1].serial) }
+          end
+          local bad = {}
+          for i, serial in ipairs(found.conflict) do bad[i] = { serial = serial, hsm = c:hsm_of(serial).name } end
+          return { conflict = bad, domain = members[1].domain, good = members[1].serial }
+        end
+        for serial, missing in pairs(found.drift or {}) do
+          ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
+        end
+        if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
+        return { drift = found.drift ~= nil or dhsm.check_mode }
+      end)
+    end
+
+    -- The guide's remedy for one member in another cloning domain, as
+    -- confirmed steps, each looking first at what is done.
+    local function fix_member(g, found, bad)
+      local entry = ctx.inventory:hsm(bad.hsm)
+      local name = p.new_partition or free_partition(entry)
+      local label = bad.hsm .. "-" .. name
+      local function new() return ha.partition_on(entry, name) end
+      ctx:step(("create partition %s on %s for group %s"):format(name, bad.hsm, g.label),
+        { destructive = true, target = bad.hsm, done = function() return not dhsm.check_mode and new() ~= nil
+          and c:slot_of(new().serial) ~= nil end }, function()
+        local so = p.so_password or entry.so_password
+        if not so then
+          dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
+            .. "password: -e so_password=..., or so_password in its inventory entry"):format(bad.hsm) }
+        end
+        ha.create_partition(entry, so, name, ntls_client_name())
+      end)
+      ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(name, bad.hsm, found.good),
+        { destructive = true, target = bad.hsm .. "/" .. name, done = function()
+          if dhsm.check_mode then return false end
+          local tok = c:token(label)
+          return tok ~= nil and tok.user_pin_initialized and new().domain == found.domain
+        end }, function()
+        if dhsm.check_mode then
+          ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(label))
+          return
+        end
+        -- initialised by us: our label and the group's domain (a resumed run finds it so)
+        if not c:token(label) or new().domain ~= found.domain then
+          c:init_partition(new().serial, label, p.pso_password, p.cloning_domain)
+        end
+        if new().domain ~= found.domain then
+          dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
+            .. "than %s after partition init: is cloning_domain the group's?"):format(name, bad.hsm, found.good) }
+        end
+        if not c:token(label).user_pin_initialized then c:init_co(label, p.pso_password, p.co_password) end
+      end)
+      local function in_group(serial)
+        for _, x in ipairs(c:conf():ha_groups()) do
+          if x.label == g.label then
+            for _, m in ipairs(x.members) do if m == serial then return true end end
+          end
+        end
+        return false
+      end
+      ctx:step(("add %s (%s) to group %s"):format(name, bad.hsm, g.label), { destructive = true, target = g.label,
+        done = function() return not dhsm.check_mode and in_group(new().serial) end }, function()
+        if dhsm.check_mode then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(g.label, name, bad.hsm)) end
+        c:add_member(g.label, new().serial, p.co_password)
+      end)
+      ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(bad.serial, bad.hsm, g.label),
+        { destructive = true, target = g.label, done = function() return not dhsm.check_mode and not in_group(bad.serial) end },
+        function() c:remove_member(g.label, bad.serial) end)
+    end
+
+    local function group_now(label)
+      for _, x in ipairs(c:groups()) do if x.label == label then return x end end
+    end
+
     for _, g in ipairs(groups) do
       local members = comparable(g)
       if #members >= 2 then
-        local found = ctx:step(("compare the members of %s: objects and cloning domains"):format(g.label), function()
-          local found = compare(members, not dhsm.check_mode)
-          if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
-          if found.conflict then
-            ctx:note(REMEDY .. ". Plan:")
-            for i, serial in ipairs(found.conflict) do
-              local m
-              for _, x in ipairs(members) do if x.serial == serial then m = x end end
-              ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
-                3 * i - 2, m.entry.name, members[1].serial, members[1].entry.name))
-              ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
-              ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
-            end
-            dhsm.error { kind = "safety", code = "CloningConflict",
-              message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
-                .. "private keys between them: not synchronizing (see the plan above)"):format(g.label,
-                #found.conflict > 1 and "s" or "", table.concat(found.conflict, ", "), #found.conflict > 1 and "are" or "is",
-                members[1].serial) }
+        local title = ("compare the members of %s: objects and cloning domains"):format(g.label)
+        local found = compare_step(g, members, title)
+        if found.conflict then
+          for _, bad in ipairs(found.conflict) do fix_member(g, found, bad) end
+          if dhsm.check_mode then
+            found = { drift = true }
+          else
+            g = group_now(g.label)
+            members = comparable(g)
+            found = compare_step(g, members, title .. ", again")
           end
-          for serial, missing in pairs(found.drift or {}) do
-            ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
-          end
-          if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
-          return { drift = found.drift ~= nil or dhsm.check_mode }
-        end)
+        end
         if found.drift and p.synchronize then
           ctx:step("synchronize group " .. g.label, {
             done = function() return not dhsm.check_mode and not compare(comparable(g), true).drift end,
@@ -220,12 +336,12 @@ return {
               ctx:would("compare the members' objects again")
               return { planned = true }
             end
-            local again = compare(comparable(g), true)
-            if again.drift then
+            local now = comparable(g)    -- read afresh: on a resumed run the comparison above was journaled
+            if compare(now, true).drift then
               dhsm.error { kind = "luna", code = "StillDrifting",
                 message = ("group %s: the members still differ after synchronize"):format(g.label) }
             end
-            return { objects = members[1].objects.count }
+            return { objects = now[1].objects.count }
           end)
         end
       end

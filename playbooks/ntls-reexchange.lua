@@ -13,10 +13,13 @@
 -- client's sessions), re-add the server certificate (`vtl deleteServer` /
 -- `addServer`), upload the client certificate and `client register` (a
 -- stale registration is replaced: a confirmed step) and `client
--- assignPartition`.  Then `vtl verify` must list the partitions and a fresh
--- handshake succeed; the syslog lines before and after are shown.  A closed
--- port or an expired client certificate stops the run: no certificate
--- exchange fixes those.
+-- assignPartition`.  An expired client certificate (or, with
+-- renew_expiring=true, one about to expire) is renewed first, as a
+-- confirmed step: `vtl createCert` makes a new key (encrypted) and
+-- certificate, which is then registered in place of the old one.  Then `vtl
+-- verify` must list the partitions and a fresh handshake succeed; the
+-- syslog lines before and after are shown.  A closed port stops the run: no
+-- certificate exchange fixes that.
 local luna = require "dhsm.luna"
 local ntls = require "dhsm.net.ntls"
 local parse = require "dhsm.luna.parse"
@@ -47,6 +50,8 @@ return {
   description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
   params = {
     hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", description = "the inventory's name of the appliance" },
+    renew_expiring = { type = "boolean", default = false,
+      description = "also renew a client certificate that expires within 30 days (an expired one is always renewed)" },
     partitions = { type = "string", pattern = "^[%w%-_%.,]+$",
       description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
   },
@@ -75,11 +80,9 @@ return {
         dhsm.error { kind = "net", code = "NtlsPortClosed", message = d.findings[1].text
           .. "; open it (NSG, firewall, `ntls bind`) before touching certificates: nothing was changed" }
       end
-      if has(d, "client_expired") then
-        dhsm.error { kind = "safety", code = "ClientCertExpired", message = "the client certificate has expired: make "
-          .. "a new one (vtl createCert) and run again; re-registering the expired one would not help" }
-      end
-      return summary(d)
+      local out = summary(d)
+      out.renew = has(d, "client_expired") or (p.renew_expiring and has(d, "client_expiring")) or false
+      return out
     end)
 
     -- A fresh look, for the done= checks and the verification.
@@ -105,8 +108,26 @@ return {
       end)
     end
 
-    if not d.registered or d.client_rejected then
-      local replace = d.registered and d.client_rejected
+    if d.renew then
+      ctx:step(("renew client certificate %s (vtl createCert: a new key pair, which every appliance must register)")
+        :format(d.client_name), { destructive = true, target = d.client_name,
+        done = function() return ntls.client_cert(client).days_left >= ntls.EXPIRY_WARN_DAYS end }, function()
+        ctx:note(("the certificate %s %s: a new one replaces it for every appliance this client uses"):format(
+          d.client_name, d.client_days_left < 0 and "has expired" or ("expires in " .. d.client_days_left .. " days")))
+        local new = ntls.renew_client_cert(client, d.client_name)
+        local others = {}
+        for _, h in ipairs(ctx.inventory.hsms or {}) do
+          if h.name ~= p.hsm then others[#others + 1] = h.name end
+        end
+        if #others > 0 then
+          ctx:note("then run ntls-reexchange for " .. table.concat(others, ", ") .. ": they still hold the old certificate")
+        end
+        return new and { not_after = new.not_after, sha256 = new.sha256 } or { planned = true }
+      end)
+    end
+
+    if not d.registered or d.client_rejected or d.renew then
+      local replace = d.registered
       local parts = split(p.partitions)
       if #parts == 0 then parts = d.partitions or {} end
       if #parts == 0 then
@@ -116,9 +137,20 @@ return {
       end
       local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
         :format(d.client_name, p.hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
+      -- done: registered with this client's certificate and every partition assigned
+      local function registered(now)
+        if has(now, "client_unknown") or has(now, "client_stale") then return false end
+        local assigned = {}
+        for _, part in ipairs(now.partitions or {}) do assigned[part] = true end
+        for _, part in ipairs(parts) do
+          if not assigned[part] then return false end
+        end
+        return true
+      end
       ctx:step(title, { destructive = replace or nil, target = replace and p.hsm or nil,
-        done = function() return now_ok(replace and "client_stale" or "client_unknown") end }, function()
-        ntls.register_client(client, entry, appliance(), d.client_name, parts, replace)
+        done = function() return not dhsm.check_mode and registered(diagnose()) end }, function()
+        -- the state as it is now: a resumed run may find the delete or the registration done
+        ntls.register_client(client, entry, appliance(), dhsm.check_mode and d or diagnose(), parts)
       end)
     end
 

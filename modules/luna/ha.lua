@@ -10,6 +10,9 @@
 --   ha.cloning_domain(entry, member_serial) --> digest of the member partition's cloning domain (LunaSH)
 --   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
 --   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
+--   the guide's remedy for a cloning conflict: ha.partition_on(entry, name), ha.create_partition(entry,
+--   so_pw, name, client), c:init_partition(serial, label, pso_pw, domain), c:token(label),
+--   c:init_co(label, pso_pw, co_pw), c:add_member(group, serial, co_pw), c:remove_member(group, serial)
 --
 -- lunacm's success is what it prints (proc adds ok= and code= from the
 -- `Command Result` line), never its exit status.  Member state is the
@@ -68,10 +71,12 @@ function Client:conf()
   return chrystoki.load(self.conf_path)
 end
 
--- settings() -> {retry=, interval=} as Chrystoki.conf holds them (0 and 60 when unset)
+-- settings() -> {retry=, interval=} in effect (0 and 60 when unset), and
+-- held = {retry=, interval=}: what Chrystoki.conf itself holds (nil: unset)
 function Client:settings()
   local cfg = self:conf():ha_config()
-  return { retry = tonumber(cfg.reconnAtt) or 0, interval = tonumber(cfg.AutoReconnectInterval) or 60 }
+  local held = { retry = tonumber(cfg.reconnAtt), interval = tonumber(cfg.AutoReconnectInterval) }
+  return { retry = held.retry or 0, interval = held.interval or 60, held = held }
 end
 
 -- The inventory's HSM a member partition lives on (its serial starts with the HSM's).
@@ -131,11 +136,16 @@ function Client:recover(label)
   return proc.run(self:argv("hagroup", "recover", "-group", label))
 end
 
--- set_retry(count, interval): HA auto-recovery, as Chrystoki.conf keeps it
+-- set_retry(count, interval): HA auto-recovery, as Chrystoki.conf keeps it;
+-- only what the file does not hold yet is sent (a resumed run finds half of it done)
 function Client:set_retry(count, interval)
-  if planned(("lunacm hagroup retry -count %d; hagroup interval -interval %d"):format(count, interval)) then return end
-  self:must("hagroup", "retry", "-count", tostring(count))
-  self:must("hagroup", "interval", "-interval", tostring(interval))
+  local held = self:settings().held
+  local send = {}
+  if held.retry ~= count then send[#send + 1] = { "retry", "-count", tostring(count) } end
+  if held.interval ~= interval then send[#send + 1] = { "interval", "-interval", tostring(interval) } end
+  for _, words in ipairs(send) do
+    if not planned("lunacm hagroup " .. table.concat(words, " ")) then self:must("hagroup", table.unpack(words)) end
+  end
 end
 
 -- The PKCS#11 library of the client install.
@@ -193,6 +203,92 @@ function M.compare(members)
     if #missing > 0 then drift[m.serial] = missing end
   end
   return { conflict = #conflict > 0 and conflict or nil, drift = next(drift) and drift or nil }
+end
+
+-- The guide's remedy for a member in another cloning domain, in its parts
+-- (each looks at nothing: the playbook's done= checks look first).
+
+-- partition_on(entry, name) -> {name=, serial=, domain=} of partition name
+-- on entry's appliance (LunaSH), or nil when there is none
+function M.partition_on(entry, name)
+  local s <close> = luna.open(entry)
+  for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
+    if p.name == name then
+      local show = parse.partition_show(s:must("partition show -partition " .. name).text)
+      return { name = name, serial = p.serial, domain = show.fields["Cloning Domain (digest)"] }
+    end
+  end
+end
+
+-- create_partition(entry, so_password, name, client_name): LunaSH as the
+-- HSM SO: `partition create`, then `client assignPartition` so this client
+-- sees it as a slot
+function M.create_partition(entry, so_password, name, client_name)
+  local s <close> = luna.open(entry)
+  s:login_so(so_password)
+  if not M.partition_on(entry, name) then s:must(("partition create -partition %s -force"):format(name)) end
+  s:must(("client assignPartition -client %s -partition %s"):format(client_name, name))
+end
+
+-- The slot id lunacm gives the partition with this serial (slots move).
+function Client:slot_of(serial)
+  for _, slot in ipairs(proc.lunacm_slots(self:argv())) do
+    if slot.serial == serial then return slot end
+  end
+  dhsm.error { kind = "luna", code = "NoSlot", message = ("lunacm shows no slot for partition %s: is it assigned to "
+    .. "this client (client assignPartition) and its appliance reachable?"):format(serial) }
+end
+
+-- init_partition(serial, label, pso_password, domain): lunacm `partition
+-- init` (the new Partition SO password and the cloning domain on its
+-- stdin, never in argv; contents destroyed)
+function Client:init_partition(serial, label, pso_password, domain)
+  local slot = self:slot_of(serial)
+  local o = self:argv("partition", "init", "-label", label, "-slot", slot.id)
+  o.stdin = { pso_password, "\n", pso_password, "\n", domain, "\n", domain, "\n", "proceed\n" }
+  if planned("lunacm partition init -label " .. label .. " -slot " .. slot.id) then return end
+  local r = proc.run(o)
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm partition init -slot %s: %s"):format(slot.id, said(r.stdout) or "failed") }
+  end
+end
+
+-- token(label) -> the partition token's PKCS#11 info (flags: user_pin_initialized = the
+-- Crypto Officer has a password), or nil: no initialised partition with that label
+function Client:token(token_label)
+  local lib <close> = self:library()
+  return lib:find_token { label = token_label }
+end
+
+-- init_co(label, pso_password, co_password): the Crypto Officer's first
+-- password, what `role init -name co` does: C_InitPIN as the Partition SO
+-- (that login goes through the failed-login guard)
+function Client:init_co(token_label, pso_password, co_password)
+  local lib <close> = self:library()
+  local s <close> = lib:open { label = token_label, rw = true }
+  s:login("so", pso_password)
+  s:init_pin(co_password)
+  if not dhsm.check_mode then s:logout() end
+end
+
+-- add_member(label, serial, co_pin): `hagroup addMember`, a CO login on the
+-- new member through the guard
+function Client:add_member(label, serial, co_pin)
+  local o = self:argv("hagroup", "addMember", "-group", label, "-serialNumber", serial)
+  o.password = co_pin
+  local r = proc.lunacm_login(o)
+  if not r.check and not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm hagroup addMember -group %s -serialNumber %s: %s"):format(label, serial,
+        said(r.stdout) or "failed") }
+  end
+end
+
+-- remove_member(label, serial): `hagroup removeMember`
+function Client:remove_member(label, serial)
+  if planned(("lunacm hagroup removeMember -group %s -serialNumber %s"):format(label, serial)) then return end
+  self:must("hagroup", "removeMember", "-group", label, "-serialNumber", serial)
 end
 
 -- synchronize(label, co_pin) -> lunacm's run (raises when it failed): a CO

@@ -5,8 +5,9 @@
 --   local d = ntls.diagnose(entry, client, session)   -- client: ntls.client(inventory)
 --   --> {tcp=, tls=, server_changed=, ntls_stale=, client_name=, registered=, client_rejected=,
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
---   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, partitions)
+--   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
+--   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
 -- against the certificates the client trusts (its ServerCAFile) says
@@ -79,12 +80,21 @@ local function since(before, after)
   return after
 end
 
+-- The certificates the file at path holds ({} when it is missing or empty).
+local function trust_list(path)
+  local ok, list = pcall(net.certs, path)
+  return ok and list or {}
+end
+
 -- The handshake dhsm makes as the client: the client's certificate and key
 -- (encrypted: its passphrase is the inventory's client.key_passphrase),
 -- trusting only what the client trusts, and giving up as the client would
 -- (strict) on a server certificate it does not trust, so the appliance logs
 -- what the client's own failure looks like.
 local function handshake(entry, client, cert)
+  if #trust_list(cert.ca) == 0 then   -- vtl deleteServer of the last server empties it
+    return { ok = false, reason = ("the client trusts no server certificate (%s holds none)"):format(cert.ca) }
+  end
   return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
     client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
 end
@@ -95,6 +105,7 @@ end
 -- closing "Connection instance removed" line.
 local function handshake_lines(session, before, tls)
   local peer = tls.local_port and ("/" .. tls.local_port)
+  if not peer then return since(before, syslog(session, 50)), nil end   -- no connection was made
   local deadline = dhsm.now() + M.LOG_WAIT
   while true do
     local lines = since(before, syslog(session, 50))
@@ -112,9 +123,7 @@ end
 
 -- Is the certificate in pem one of those in the file at path?
 local function trusted(path, pem)
-  local ok, list = pcall(net.certs, path)
-  if not ok then return false end
-  for _, c in ipairs(list) do
+  for _, c in ipairs(trust_list(path)) do
     if net.same_cert(c, pem) then return true end
   end
   return false
@@ -171,14 +180,47 @@ function M.diagnose(entry, client, session, opts)
   if not d.registered then
     finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
   elseif d.client_rejected then
-    finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): "
-      .. "the registration holds another certificate"):format(entry.name, d.client_name))
+    finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): %s")
+      :format(entry.name, d.client_name, mine.days_left < 0 and "it has expired"
+        or "the registration holds another certificate"))
   end
   d.ok = #d.findings == 0 or (#d.findings == 1 and d.findings[1].code == "client_expiring")
   return d
 end
 
--- readd_server(client, entry, pem): vtl deleteServer, then addServer with pem
+-- client_cert(client) -> the certificate the client presents (net.cert: days_left=, not_after=, ...)
+function M.client_cert(client)
+  return net.cert(files(client).cert)
+end
+
+-- renew_client_cert(client, name) -> the new certificate: `vtl createCert -n
+-- NAME` writes a new key pair (the key encrypted with the client's
+-- passphrase) and certificate, and points Chrystoki.conf at them.  Success
+-- is a new certificate in place, not what vtl printed.
+function M.renew_client_cert(client, name)
+  if dhsm.check_mode then
+    dhsm.would("vtl createCert -n " .. name .. " (a new key and certificate for this client)")
+    return nil
+  end
+  local before = M.client_cert(client)
+  local r = vtl(client, "createCert", "-n", name)
+  local ok, now = pcall(M.client_cert, client)
+  if r.failed or not ok or net.same_cert(now, before) then
+    dhsm.error { kind = "luna", code = "VtlFailed", message = ("vtl createCert -n %s made no new certificate: %s")
+      :format(name, tostring(r.failed or util.trim(r.stdout))) }
+  end
+  return now
+end
+
+-- Is entry's appliance (host and NTLS port) in the client's server list?
+local function registered_server(client, entry)
+  for _, srv in ipairs(chrystoki.load(client.conf_path):servers()) do
+    if srv.name == entry.host and srv.port == (entry.ntls_port or 1792) then return true end
+  end
+  return false
+end
+
+-- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem
 function M.readd_server(client, entry, pem)
   if dhsm.check_mode then
     dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, entry.ntls_port,
@@ -186,26 +228,43 @@ function M.readd_server(client, entry, pem)
     return
   end
   local port = tostring(entry.ntls_port or 1792)
-  local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
-  if r.failed and not r.failed:find("not registered", 1, true) then
-    dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl deleteServer: " .. r.failed }
+  if registered_server(client, entry) then        -- gone already when a killed run is resumed
+    local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
+    if r.failed and not r.failed:find("not registered", 1, true) then
+      dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl deleteServer: " .. r.failed }
+    end
   end
-  r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
-  if r.failed or not r.stdout:find("successfully added", 1, true) then
+  local r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
+  -- already there with this very certificate: the addServer of a run killed
+  -- before it heard the answer (the tool outlives it) got there first
+  local added = r.stdout:find("successfully added", 1, true) or (r.stdout:find("already registered", 1, true)
+    and trusted(chrystoki.load(client.conf_path):client_cert().ca, net.cert(pem)))
+  if not added then
     dhsm.error { kind = "luna", code = "VtlFailed", message = "vtl addServer: " .. tostring(r.failed or util.trim(r.stdout)) }
   end
 end
 
--- register_client(client, entry, session, name, partitions, replace): upload
--- the client's certificate as <ip>.pem, (re-)register it, assign partitions
-function M.register_client(client, entry, session, name, partitions, replace)
-  local cert = files(client)
+-- register_client(client, entry, session, d, partitions): bring the
+-- appliance's registration of this client to what d, a fresh diagnosis,
+-- says is missing: a registration holding another certificate is deleted
+-- (the caller confirmed it), the client's certificate uploaded as <ip>.pem
+-- and registered, and the partitions not yet assigned assigned.  Working
+-- from the state as it is, a resumed run sends nothing twice.
+function M.register_client(client, entry, session, d, partitions)
+  local name = d.client_name
   local ip = entry.client_ip or "127.0.0.1"
-  session:put(cert.cert, ip .. ".pem")
-  if replace then session:must("client delete -client " .. name .. " -force") end
-  session:must(("client register -client %s -ip %s"):format(name, ip))
+  local assigned = {}
+  if d.registered and d.client_rejected then
+    session:must("client delete -client " .. name .. " -force")
+  elseif d.registered then
+    for _, p in ipairs(d.partitions or {}) do assigned[p] = true end
+  end
+  if not d.registered or d.client_rejected then
+    session:put(files(client).cert, ip .. ".pem")
+    session:must(("client register -client %s -ip %s"):format(name, ip))
+  end
   for _, p in ipairs(partitions) do
-    session:must(("client assignPartition -client %s -partition %s"):format(name, p))
+    if not assigned[p] then session:must(("client assignPartition -client %s -partition %s"):format(name, p)) end
   end
 end
 

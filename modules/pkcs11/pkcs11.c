@@ -4,7 +4,7 @@
 **   local lib <close> = core.load(path [, env])  -- setenv(env), dlopen, C_Initialize(CKF_OS_LOCKING_OK)
 **   lib:info(); lib:slots([{token_present=true}]); lib:slot(id); lib:token(id); lib:mechanisms(id)
 **   local s <close> = lib:open_slot(id, rw)       -- C_OpenSession; the session keeps lib alive
-**   s:token(); s:info(); s:logout()
+**   s:token(); s:info(); s:logout(); s:init_pin(pin)   -- C_InitPIN as the SO (role init -name co)
 **   s:find(template) --> {handle, ...};  s:attributes(handle [, names]) --> {name = value}
 **   s:generate_key(mech, template, what) --> handle
 **   s:generate_key_pair(mech, public, private, what) --> private, public;  s:destroy(handle)
@@ -936,6 +936,21 @@ static int sess_logout(lua_State *L) {
   return 0;
 }
 
+/* s:init_pin(pin): C_InitPIN, logged in as the SO - the user's (Luna: the
+** Crypto Officer's) first PIN, what LunaCM's `role init -name co` does.
+** A new PIN, not a login: no attempt is counted. */
+static int sess_init_pin(lua_State *L) {
+  session *s = check_session(L, 1);
+  size_t len;
+  const char *pin = dhsm_secret_check(L, 2, &len);
+  if (dhsm_check_mode(L)) return would(L, s, "set the user's (Crypto Officer's) PIN");
+  double t0 = dhsm_now();
+  CK_RV rv = fl_of(s)->C_InitPIN(s->h, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)len);
+  audit(L, s, "pkcs11.init_pin", rv, t0, 0);
+  check_rv(L, s, rv, "C_InitPIN");
+  return 0;
+}
+
 /* ---- objects -------------------------------------------------------------- */
 
 static CK_OBJECT_HANDLE check_handle(lua_State *L, int idx) {
@@ -1400,7 +1415,7 @@ int luaopen_dhsm_pkcs11_core(lua_State *L) {
     {"__gc", lib_close}, {"__close", lib_close}, {"__tostring", lib_tostring}, {NULL, NULL}
   };
   static const luaL_Reg sess_methods[] = {
-    {"token", sess_token}, {"info", sess_info}, {"logout", sess_logout}, {"find", sess_find},
+    {"token", sess_token}, {"info", sess_info}, {"logout", sess_logout}, {"init_pin", sess_init_pin}, {"find", sess_find},
     {"attributes", sess_attributes}, {"destroy", sess_destroy},
     {"generate_key", sess_generate_key}, {"generate_key_pair", sess_generate_key_pair},
     {"sign", sess_sign}, {"verify", sess_verify}, {"encrypt", sess_encrypt},

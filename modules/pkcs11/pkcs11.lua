@@ -5,7 +5,7 @@
 --   lib:info(); lib:slots{ token_present = true }; lib:token(slot); lib:tokens(); lib:mechanisms(slot)
 --   lib:find_token{ label = "p1" }  or { serial = "1234" }   --> token info (with .slot) | nil
 --   local s <close> = lib:open{ label = "p1", rw = true }     -- or serial= / slot=; read-only by default
---   s:login("user" | "so", pin_secret [, { allow_destructive_login = true }]); s:logout()
+--   s:login("user" | "so", pin_secret [, { allow_destructive_login = true }]); s:logout(); s:init_pin(new_pin_secret) (as the SO)
 --   s:find{ class = "private_key", label = "k" }  --> { handle, ... }; s:count(t); s:find_one(t)
 --   s:attributes(handle [, { "label", "modulus_bits", ... }]) --> { label = "k", modulus_bits = 2048 }
 --   s:destroy(handle)

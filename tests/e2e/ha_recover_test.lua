@@ -154,3 +154,50 @@ t.test("members in different cloning domains: stops before synchronize with the 
   r = run("--check")
   t.eq(r.status, 3, "--check evaluates the same rule\n" .. r.stderr)
 end, { timeout = 180 })
+
+t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfirmed it is refused; with --yes a new "
+  .. "partition in the group's domain joins, the bad member leaves, the objects are cloned to it", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/domain", "defaultdomain", tonumber("600", 8))  -- the group's: --client-ready partitions are in Luna's default
+  t.write(dir .. "/pso", "Pso-Pass-2026", tonumber("600", 8))
+  local fix = ("-e fix_cloning=true -e cloning_domain=file:%s/domain -e pso_password=file:%s/pso -e so_password=file:%s")
+    :format(dir, dir, e.dir .. "/secrets/hsm3_so_password")
+  local function changes(from)
+    local out, log = {}, e:log()
+    for i = from + 1, #log do
+      local what = log[i]:match("^hsm3 lunash: (partition create.-) %->") or log[i]:match("^hsm3 lunash: (client assign.-) %->")
+        or log[i]:match("^lunacm: (partition init.-) %-> No Error$") or log[i]:match("^lunacm: (hagroup %a+Member.-) %-> No Error$")
+        or log[i]:match("^lunacm: (hagroup synchronize.-) %-> No Error$")
+      if what then out[#out + 1] = what end
+    end
+    return out
+  end
+  local before, from = { members(), conf_text(), objects() }, #e:log()
+  local r = run("--check " .. fix)
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would lunacm partition init -label hsm3-par2", 1, true), r.stderr)
+  t.eq({ members(), conf_text(), objects(), changes(from) }, { before[1], before[2], before[3], {} }, "--check changed nothing")
+  r = run(fix)
+  t.eq(r.status, 3, "the remedy's steps are confirmed\n" .. r.stderr)
+  t.eq(changes(from), {}, "refused: nothing sent")
+  r = run("--yes " .. fix)
+  t.eq(r.status, 0, r.stdout .. r.stderr)
+  local part = e:state().appliances.hsm3.partitions.par2
+  t.eq(part.domain, e:state().appliances.hsm1.partitions.par1.domain, "par2 is in the group's cloning domain")
+  t.eq(changes(from), { "partition create -force -partition par2", "client assignPartition -client dhsm-client -partition par2",
+    "partition init -label hsm3-par2 -slot 3", "hagroup addMember -group myHA -serialNumber " .. part.serial,
+    "hagroup removeMember -group myHA -serialNumber " .. serials.hsm3, "hagroup synchronize -group myHA" })
+  t.eq(chrystoki.load(client.chrystoki_conf):ha_groups()[1].members, { serials.hsm1, serials.hsm2, part.serial })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local s <close> = lib:open { label = "hsm3-par2" }
+  s:login("user", e:secret("hsm1_par1_co_pin"))             -- the group's Crypto Officer password
+  local keys = {}
+  for i, h in ipairs(s:find {}) do keys[i] = s:attributes(h, { "label" }).label end
+  table.sort(keys)
+  s:logout()
+  t.eq(table.concat(keys, " "), "k1 k2 k3", "the group's objects cloned to the new member")
+  from = #e:log()
+  r = run("--yes " .. fix)
+  t.eq(r.status, 0, r.stderr)
+  t.eq(changes(from), {}, "a second run finds it done")
+end, { timeout = 240 })

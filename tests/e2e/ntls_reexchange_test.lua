@@ -134,3 +134,55 @@ t.test("NTLS port blocked: said, and nothing changed", function()
   t.ok(r.stderr:find("NtlsPortClosed", 1, true) or r.stderr:find("TCP %d+ on hsm1: timeout"), r.stderr)
   t.eq({ util.read_file(ca), cjson.encode(appliance().clients) }, before)
 end, { timeout = 120 })
+
+-- The client certificate aged by the estate (same key, re-issued to end
+-- days_left days from now; the appliance's registration follows).
+local function age_client_cert(days_left)
+  return e:control("POST", "/client/cert/age", { days_left = days_left })
+end
+
+local function client_changes(from)
+  return e:count_since(from, { create = "^vtl: createCert %-name dhsm%-client %-> 0$",
+    delete = "^hsm1 lunash: client delete %-client dhsm%-client %-force %-> 0$",
+    register = "^hsm1 lunash: client register %-client dhsm%-client ", assign = "^hsm1 lunash: client assignPartition " })
+end
+
+local function client_cert() return net.cert(e.dir .. "/client/cert/client/dhsm-client.pem") end
+
+t.test("expired client certificate: --check plans the renewal; refused unconfirmed; renewed, re-registered with --yes", function()
+  age_client_cert(-3)
+  t.ok(client_cert().days_left < 0 and not vtl_verify(), "expired: NTLS refuses it")
+  local before = { util.read_file(ca), cjson.encode(appliance().clients), client_cert().sha256 }
+  local from = #e:log()
+  local r = run("--check")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("client_expired", 1, true) and r.stderr:find("would vtl createCert -n dhsm-client", 1, true), r.stderr)
+  r = run("")
+  t.eq(r.status, 3, "renewing replaces the client's key: confirmed\n" .. r.stderr)
+  t.eq({ util.read_file(ca), cjson.encode(appliance().clients), client_cert().sha256 }, before, "nothing changed")
+  r = run("--yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(client_changes(from), { create = 1, delete = 1, register = 1, assign = 1 })
+  local now = client_cert()
+  t.ok(now.days_left > 365, "a new certificate: " .. now.not_after)
+  t.ok(util.read_file(e.dir .. "/client/cert/client/dhsm-clientKey.pem"):find("BEGIN ENCRYPTED PRIVATE KEY", 1, true),
+    "its key written encrypted")
+  t.eq({ appliance().clients["dhsm-client"].fingerprint, appliance().clients["dhsm-client"].partitions },
+    { (now.sha256:gsub(":", ""):lower()), { "par1" } }, "the new certificate registered, its partition assigned")
+  t.ok(vtl_verify())
+end, { timeout = 120 })
+
+t.test("a client certificate about to expire: a warning, kept; renewed with renew_expiring=true", function()
+  age_client_cert(10)
+  local sha = client_cert().sha256
+  local r = run("")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("client_expiring: the client certificate .* expires in %d+ days"), r.stderr)
+  t.eq(client_cert().sha256, sha, "kept without renew_expiring")
+  local from = #e:log()
+  r = run("-e renew_expiring=true --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(client_cert().sha256 ~= sha and client_cert().days_left > 365, "renewed")
+  t.eq(client_changes(from), { create = 1, delete = 1, register = 1, assign = 1 })
+  t.ok(vtl_verify())
+end, { timeout = 120 })

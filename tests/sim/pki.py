@@ -92,12 +92,12 @@ def issue_cert(ca_key, ca_cert, common_name, dns_names=(), ip_addresses=(), clie
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def self_signed_rsa(subject, sans, now, years):
+def self_signed_rsa(subject, sans, now, years, key=None):
     """A self-signed RSA 2048 certificate as Luna makes them (NTLS server.pem, `vtl createCert`):
     SUBJECT a list of (NameOID, value), SANS x509 general names, valid YEARS from NOW - 60 s
     (NOW is the issuer's clock, so a skewed appliance stamps certificates in its own time).
-    Returns (key, cert)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    KEY: an existing private key (default: a new one).  Returns (key, cert)."""
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
     start = datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())

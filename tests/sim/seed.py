@@ -5,7 +5,8 @@ hsm-vnet 10.2.0.0/16 with subnets hsm (delegated to dedicatedHSMs),
 GatewaySubnet and compute (not delegated: the delegation-failure path), a
 public IP and an ExpressRoute gateway already Succeeded, and no HSM.
 Appliances hsm1..hsmN (`appliances`, default 2; `estate start --appliances N`) each
-back a Succeeded HSM resource of the same name (see appliance/pool.py).
+back a Succeeded HSM resource of the same name; `spare_appliances` (`--spare N`, default
+0) more wait in the pool for the HSMs the operator provisions (see appliance/pool.py).
 A JSON seed file (`estate start --seed FILE`) overrides any of DEFAULT_SEED,
 e.g. {"allowlisted": false, "gateway": {"state": "Updating"},
       "hsms": [{"name": "hsm1", "ip": "10.2.1.4", "stamp": "stamp1", "zeroized": false}]}.
@@ -34,6 +35,7 @@ DEFAULT_SEED = {
     "gateway": {"name": "hsm-ergw", "public_ip": "hsm-ergw-pip", "state": "Succeeded"},
     "hsms": [],
     "appliances": 2,
+    "spare_appliances": 0,
 }
 
 
@@ -115,6 +117,8 @@ def _hsms(world, seed, sub, rg, estate_dir):
     # appliances hsm1..hsmN, each backing an HSM resource of the same name (seeded above or here)
     pool.seed_appliances(world, int(seed["appliances"]), estate_dir, lambda name: world.get(
         armutil.resource_id(sub, rg, hsm.HSM_TYPE, name)) or hsm.seed_hsm(world, sub, rg, name, subnet_id, principal))
+    # spares hsm(N+1).., in the pool: the HSMs the operator provisions take them
+    pool.seed_spares(world, int(seed["appliances"]) + 1, int(seed["spare_appliances"]), estate_dir)
 
 
 def seed_world(world, overrides, estate_dir):

@@ -78,6 +78,32 @@ function M:mutations(filter)
   return out
 end
 
+-- DIR/estate.log as a list of its messages, without time, logger and level:
+-- "arm DELETE /subscriptions/... -> 202 (3 ms)", "hsm1 lunash: service restart ntls -> 0",
+-- "vtl: addServer -cert ... -> 0", "lunacm: hagroup recover -group myHA -> No Error", "stopped"
+function M.log_of(dir)
+  local out = {}
+  for line in (util.read_file(dir .. "/estate.log") or ""):gmatch("[^\n]+") do
+    out[#out + 1] = line:match("^%S+ %S+ %S+ %u+ (.*)$") or line
+  end
+  return out
+end
+
+function M:log() return M.log_of(self.dir) end
+
+-- count_since(from, {name = Lua pattern}) -> {name = how many log messages
+-- after the first `from` match it}: what reached the estate since then
+function M:count_since(from, patterns)
+  local n, log = {}, self:log()
+  for name, pattern in pairs(patterns) do
+    n[name] = 0
+    for i = from + 1, #log do
+      if log[i]:find(pattern) then n[name] = n[name] + 1 end
+    end
+  end
+  return n
+end
+
 -- {name = provisioningState}: the dedicated HSM resources the estate holds
 function M:hsms()
   local out = {}

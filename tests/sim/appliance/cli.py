@@ -30,12 +30,33 @@ class Command:
 FORCE = Opt("force", "f", flag=True)
 
 
+SECRET_OPTION_WORDS = ("password", "pin", "secret", "domain")  # a cloning domain is a secret too
+
+
+def logged_words(command, opts, args=()):
+    """COMMAND -opt value ... args as estate.log shows them: options sorted, the value of
+    any password-like option masked (LunaSH here, the client tools in lunaclient/toollog.py)."""
+    out = [command]
+    for name, value in sorted(opts.items()):
+        if value is True:
+            out.append(f"-{name}")
+        elif any(w in name.lower() for w in SECRET_OPTION_WORDS):
+            out.append(f"-{name} ****")
+        else:
+            out.append(f"-{name} {value}")
+    out.extend(str(a) for a in args)
+    return " ".join(out)
+
+
 class Invocation:
     def __init__(self, command, opts, args):
         self.command, self.opts, self.args = command, opts, args
 
     def opt(self, name, default=None):
         return self.opts.get(name, default)
+
+    def logged(self):
+        return logged_words(self.command.name, self.opts, self.args)
 
 
 def _pick(candidates, word, kind, prefix=""):

@@ -18,7 +18,10 @@ def _forget_pins(dev, name):
 
 def _write_pins(dev, name, so_pin, co_pin):
     dev.paths.write_secret(f"{name}_so_pin", so_pin)
-    dev.paths.write_secret(f"{name}_co_pin", co_pin)
+    if co_pin is None:
+        dev.paths.forget_secret(f"{name}_co_pin")
+    else:
+        dev.paths.write_secret(f"{name}_co_pin", co_pin)
 
 
 def create_partition(dev, name, label, so_pin=None, co_pin=None):
@@ -57,14 +60,15 @@ def zeroize_partition(dev, name):
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) zeroized")
 
 
-def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None):
+def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None, with_co=True):
     """LunaCM `partition init` + `role init -name co` (the client side drives it through the control
-    endpoint): a new empty token; label and cloning domain kept unless given, PINs generated unless given."""
+    endpoint): a new empty token; label and cloning domain kept unless given, PINs generated unless given.
+    WITH_CO false: `partition init` alone, the Crypto Officer not initialised (no user PIN)."""
     part = dev.state["partitions"][name]
     if part["token_serial"]:
         dev.tokens.delete(part["token_serial"])
     label = label or part["label"]
-    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin)
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, with_user=with_co)
     part.update(label=label, token_serial=token_serial, zeroized=False, pso_failures=0, co_failures=0,
                 co_locked=False, co_permanent=False,
                 domain=model.domain_id(domain) if domain else model.partition_domain(part))
@@ -112,6 +116,20 @@ def register_client(dev, name, kind, address, cert_file):
     dev.state["clients"][name] = {"kind": kind, "address": address, "ip_map": None,
                                   "fingerprint": keys.fingerprint(cert), "partitions": []}
     dev.world.changed()
+
+
+def reissue_client_cert(dev, old_fingerprint, cert_file):
+    """Every registration holding the certificate OLD_FINGERPRINT now holds CERT_FILE's (the
+    same certificate, re-issued: see lunaclient/certs.age_client_cert); -> the client names."""
+    with open(cert_file, "rb") as f:
+        fingerprint = keys.fingerprint(keys.load_cert(f.read()))
+    names = [name for name, c in dev.state["clients"].items() if c["fingerprint"] == old_fingerprint]
+    for name in names:
+        shutil.copyfile(cert_file, dev.paths.client_cert(name))
+        dev.state["clients"][name]["fingerprint"] = fingerprint
+    if names:
+        dev.world.changed()
+    return names
 
 
 def unregister_client(dev, name):

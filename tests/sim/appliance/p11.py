@@ -115,12 +115,14 @@ class Library:
 
     # changes -------------------------------------------------------------------
     def init_token(self, label, so_pin, user_pin):
-        """A new token; returns its serial number."""
+        """A new token; returns its serial number.  USER_PIN None: the user PIN is left
+        uninitialised (Luna: the Crypto Officer awaits `role init -name co`)."""
         slot = self.free_slot()
         so = so_pin.encode()
         self._call("C_InitToken", CK_ULONG(slot), so, CK_ULONG(len(so)), label.encode()[:32].ljust(32))
         serial = self.token_info(slot).serialNumber.decode().strip()
-        self.set_user_pin(slot, so_pin, user_pin)
+        if user_pin is not None:
+            self.set_user_pin(slot, so_pin, user_pin)
         return serial
 
     def set_user_pin(self, slot, so_pin, user_pin):

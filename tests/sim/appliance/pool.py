@@ -7,8 +7,11 @@
 - Delete: ARM refuses to delete an HSM whose appliance is not zeroized (the probe
   below); once the resource is gone the appliance is factory-reset and returned to
   the pool: unreachable, and gone from inventory.json.
+- Spares (seed "spare_appliances": N, `estate start --spare N`): appliances
+  hsm(N+1).. in the pool from the start, bound to nothing, their admin password in
+  DIR/secrets; the HSMs the operator provisions take them.
 - Create: an HSM that reaches Succeeded takes a free appliance from the pool, if
-  any (one freed by a delete), which comes up factory-fresh (zeroized) at the
+  any (a spare, or one freed by a delete), which comes up factory-fresh (zeroized) at the
   HSM's private IP; with no free appliance the resource exists without a device.
 """
 import secrets
@@ -16,6 +19,9 @@ import secrets
 import resources
 from appliance import model
 from appliance.paths import Paths
+
+
+SPARE_IP = "0.0.0.0"  # a spare has no address until an HSM takes it (Device.bind)
 
 
 def new_password():
@@ -46,6 +52,19 @@ def seed_appliances(world, count, estate_dir, hsm_for):
         state = model.new_appliance(name, rec["props"]["network"]["ip"])
         _initialise(state, Paths(estate_dir, name))
         bind_record(state, rec)
+        pool[name] = state
+    world.changed()
+
+
+def seed_spares(world, first, count, estate_dir):
+    """Appliances hsmFIRST.. in the pool, factory-fresh (zeroized, no Auditor), waiting for a new HSM."""
+    pool = world.s.setdefault("appliances", {})
+    for number in range(first, first + count):
+        name = f"hsm{number}"
+        state = model.new_appliance(name, SPARE_IP)
+        admin = new_password()
+        Paths(estate_dir, name).write_secret("password", admin)
+        state.update(admin=model.hash_secret(admin), status="pool")
         pool[name] = state
     world.changed()
 

@@ -12,10 +12,11 @@
        co_locked, co_permanent, zeroized}
   POST /_sim/appliances/NAME/partitions/P/resetpw {"new_pin"?}   the PSO's `role resetpw -name co`:
        unlocks the CO (409 when policy 15 is off or the lockout is permanent) and sets NEW_PIN
-  POST /_sim/appliances/NAME/partitions/P/init {"label"?, "domain"?, "so_pin"?, "co_pin"?}
+  POST /_sim/appliances/NAME/partitions/P/init {"label"?, "domain"?, "so_pin"?, "co_pin"?, "co"?}
        LunaCM `partition init` + `role init -name co`: a new empty token (after the PSO
        threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
-       what is not given is kept (label, domain) or generated (PINs))
+       what is not given is kept (label, domain) or generated (PINs)); "co": false is
+       `partition init` alone (lunacm's): the Crypto Officer left uninitialised
 Handlers run with the world lock held; they return (HTTP status, JSON document).
 """
 import copy
@@ -121,7 +122,7 @@ class ApplianceRoutes:
             return 200, roles.role_status(part)
         if verb == "init":
             hsmops.init_partition(dev, name, body.get("label"), body.get("domain"), body.get("so_pin"),
-                                  body.get("co_pin"))
+                                  body.get("co_pin"), with_co=body.get("co", True) is not False)
             return 200, roles.role_status(part)
         return _error(404, "NotFound", f"No partition action '{verb}'.")
 

@@ -23,7 +23,6 @@ from appliance.context import Context, LunaError
 RESULT_OK = "Command Result : 0 (Success)"
 RESULT_FAILED = "Command Result : 65535 (Luna Shell execution)"
 EXIT_WORDS = ("exit", "logout")
-SECRET_OPTION_WORDS = ("password", "pin", "secret")
 
 log = logging.getLogger("estate.appliance")
 
@@ -161,13 +160,4 @@ def logged_command(ctx, line):
     (it could be a password typed at the wrong prompt)."""
     if ctx is None:
         return f"(a line that is not a command, {len(line)} characters)"
-    words = [ctx.inv.command.name]
-    for name, value in sorted(ctx.inv.opts.items()):
-        if value is True:
-            words.append(f"-{name}")
-        elif any(w in name.lower() for w in SECRET_OPTION_WORDS):
-            words.append(f"-{name} ****")
-        else:
-            words.append(f"-{name} {value}")
-    words.extend(str(a) for a in ctx.inv.args)
-    return " ".join(words)
+    return ctx.inv.logged()

@@ -31,10 +31,10 @@ class TokenStore:
                                     "log.level = ERROR\nslots.removable = false\n")
         return self
 
-    def create(self, label, so_pin=None, user_pin=None):
+    def create(self, label, so_pin=None, user_pin=None, with_user=True):
         """-> (token serial, SO PIN, user PIN); PINs not given are generated. They go to
-        DIR/secrets, never to a log."""
-        so_pin, user_pin = so_pin or new_pin(), user_pin or new_pin()
+        DIR/secrets, never to a log.  WITH_USER false: no user PIN (None) at all."""
+        so_pin, user_pin = so_pin or new_pin(), (user_pin or new_pin()) if with_user else None
         with self.library as lib:
             serial = lib.init_token(label, so_pin, user_pin)
         return serial, so_pin, user_pin

@@ -8,6 +8,8 @@ DIR/secrets/client_key_passphrase (made on first use), which the simulated clien
 import os
 import secrets
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from fsutil import write_private, write_public
@@ -28,6 +30,22 @@ def create_client_cert(install, name, now):
     write_public(cert_file, cert_pem(cert))
     install.use_client_cert(key_file, cert_file)
     return key_file, cert_file
+
+
+def age_client_cert(install, now, days_left):
+    """The certificate Chrystoki.conf names, re-issued with its key and subject as if `vtl
+    createCert` had made it long ago: it ends DAYS_LEFT days after NOW (negative: expired
+    that many days ago).  Time passing, for the expiry paths. Returns (old PEM, new PEM)."""
+    cert_file, key_file = install.client_files(install.load())
+    with open(cert_file, "rb") as f:
+        old = f.read()
+    with open(key_file, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), key_passphrase(install))
+    subject = [(a.oid, a.value) for a in x509.load_pem_x509_certificate(old).subject]
+    issued = now + days_left * 86400 - 365 * CERT_YEARS * 86400 + 60
+    _, cert = self_signed_rsa(subject, [], issued, CERT_YEARS, key=key)
+    write_public(cert_file, cert_pem(cert))
+    return old, cert_pem(cert)
 
 
 def key_passphrase(install):

@@ -11,13 +11,18 @@ Control routes (same token as the rest of /_sim):
   GET  /_sim/client                   {chrystoki_conf, settings, groups: [{label, serial, slot?,
                                        members: [{serial, status, attempts, appliance, partition, label}]}]}
   POST /_sim/client/ha/recover {"group": L}   `hagroup recover`: {group, members: [...]}, 404 unknown group
+  POST /_sim/client/cert/age {"days_left": N}  the client certificate re-issued (same key) to end N days
+                                       from now (negative: expired); the appliances' registrations follow
 """
+import datetime
 import logging
 import os
+import time
 
+from appliance import hsmops, keys
 from appliance.paths import SOFTHSM_CONF, estate_file
 from appliance.softhsm import LIBRARY
-from lunaclient import ha, ready
+from lunaclient import certs, ha, ready
 from lunaclient.conf import ConfError
 from lunaclient.install import Install
 
@@ -110,7 +115,26 @@ class ClientService:
                 ha.recover(record, ha.alive(index, serial), now)
             world.changed()
             return 200, self._describe(world, group)
+        if (method, rest) == ("POST", "cert/age"):
+            return self._age_cert(body.get("days_left"))
         return 404, {"error": {"code": "NotFound", "message": f"No client route {method} /{rest}."}}
+
+    def _age_cert(self, days_left):
+        """The client certificate as it will be when DAYS_LEFT days are left of it (negative:
+        expired): re-issued with its key, and so on every appliance that registered it."""
+        if not isinstance(days_left, (int, float)) or isinstance(days_left, bool):
+            return 400, {"error": {"code": "BadRequest", "message": "days_left: expected a number of days"}}
+        try:
+            old, new = certs.age_client_cert(self.install, time.time(), days_left)
+        except (OSError, TypeError, ValueError) as e:
+            return 409, {"error": {"code": "NoClientCertificate", "message": f"No client certificate to age: {e}"}}
+        cert_file, _ = self.install.client_files(self.install.load())
+        old_fp = keys.fingerprint(keys.load_cert(old))
+        registered = {name: hsmops.reissue_client_cert(dev, old_fp, cert_file)
+                      for name, dev in self.estate.devices.items()}
+        not_after = keys.load_cert(new).not_valid_after.replace(tzinfo=datetime.timezone.utc).isoformat()
+        return 200, {"cert": cert_file, "not_after": not_after,
+                     "appliances": {name: names for name, names in registered.items() if names}}
 
     @staticmethod
     def _describe(world, group):

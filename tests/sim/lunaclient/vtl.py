@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from appliance import model
+from appliance.cli import logged_words
 from appliance.paths import Paths
 from fsutil import read_json
-from lunaclient import slots
+from lunaclient import slots, toollog
 from lunaclient.certs import create_client_cert
 from lunaclient.conf import ConfError
 from lunaclient.estate_view import EstateView
@@ -172,19 +173,25 @@ COMMANDS = {"createcert": (create_cert, {"name"}), "addserver": (add_server, {"n
 
 
 def main(argv):
+    toollog.keep_going_without_reader()
     if not argv or argv[0].lower() not in COMMANDS:
         print(USAGE)
         return 0 if argv and argv[0].lower() in ("-h", "help", "--help") else 1
     handler, allowed = COMMANDS[argv[0].lower()]
+    estate_dir, command = None, argv[0]
     try:
         install, estate_dir = locate()
-        return handler(install, estate_dir and EstateView(estate_dir), _options(argv[1:], allowed)) or 0
+        opts = _options(argv[1:], allowed)
+        command = logged_words(argv[0], opts)
+        status = handler(install, estate_dir and EstateView(estate_dir), opts) or 0
     except (VtlError, NotFound) as e:
         print(f"Error: {e}")
-        return 1
+        status = 1
     except ConfError as e:
         print(f"Error: {install.conf_path}: {e}")
-        return 1
+        status = 1
+    toollog.record(estate_dir, "vtl", command, status)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The LunaCM command tree (appliance/cli.py: case-insensitive, unambiguous prefixes, shortcuts)."""
 from appliance.cli import Command, CommandTree
-from lunaclient.lunacm import cmd_hagroup, cmd_role, cmd_slot
+from lunaclient.lunacm import cmd_hagroup, cmd_partition, cmd_role, cmd_slot
 
-FAMILIES = (cmd_slot, cmd_role, cmd_hagroup)
+FAMILIES = (cmd_slot, cmd_role, cmd_partition, cmd_hagroup)
 
 
 def _help(ctx):

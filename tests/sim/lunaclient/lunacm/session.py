@@ -13,7 +13,7 @@ import sys
 from appliance.cli import ParseError
 from appliance.softhsm import TokenStore
 from estate_client import EstateError
-from lunaclient import ha, slots
+from lunaclient import ha, slots, toollog
 from lunaclient.conf import ConfError
 from lunaclient.estate_view import EstateView
 from lunaclient.install import NotFound, locate
@@ -89,6 +89,7 @@ class Session:
         lines = (ctx.lines if ctx else []) + extra
         body = "".join(text + "\n" for text in lines) + ("\n" if lines else "")
         self.console.write(f"{body}Command Result : {result}\n")
+        toollog.record(self.view.dir, "lunacm", ctx.inv.logged() if ctx else f"(a line that is not a command, {len(line)} characters)", result)
         return result == NO_ERROR
 
     def interactive(self):
@@ -103,6 +104,7 @@ class Session:
 
 
 def main(argv):
+    toollog.keep_going_without_reader()
     try:
         install, estate_dir = locate()
     except NotFound as e:
