@@ -74,6 +74,8 @@ local REMEDY = {
     .. "Configuration); a reboot that hung needs a hard-reboot support request (guide: HSM Device Reboot)",
   tcp1792 = "NTLS needs TCP 1792 from the client: open it (NSG, firewall, `ntls bind`) before looking at "
     .. "certificates (guide: Failed TCP Communication)",
+  session = "the appliance stopped answering on SSH: check its state and the path to it (guide: HSM Networking "
+    .. "Configuration, HSM Device Reboot)",
   ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
   password_change = "the appliance demands its first-login password change: do it once with luna.first_login and "
     .. "keep the new password where the inventory points (guide: HSM Initialization)",
@@ -140,7 +142,7 @@ function Run:guarded(check, target, fn, ...)
   if r[1] then return table.unpack(r, 2, r.n) end
   local e = dhsm.error.normalize(r[2])
   if e.kind == "interrupted" or e.kind == "cancelled" then error(r[2], 0) end
-  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and REMEDY.arm_read or nil)
+  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and REMEDY.arm_read or REMEDY.session)
   return nil
 end
 
@@ -625,6 +627,7 @@ end
 local function ha_groups(run)
   local ok, c = pcall(ha.client, run.inv)
   if not ok then return { error = message_of(c) } end
+  c.timeout = run.timeout             -- lunacm probes the appliances too: the same bound
   local groups = run:guarded("ha groups", "client", run.wait, run, "client", "lunacm hagroup listGroups", c.groups, c)
   if not groups then return { failed = true } end
   return { client = c, groups = groups, settings = c:settings() }

@@ -3,6 +3,7 @@
 --
 --   local ha = require "dhsm.luna.ha"
 --   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
+--   c.timeout = 10                                 -- seconds a lunacm run may take (default 60)
 --   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (with the client certificate), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
@@ -50,7 +51,7 @@ end
 function Client:argv(...)
   local argv = { self.lunacm, "-c" }
   for _, w in ipairs { ... } do argv[#argv + 1] = w end
-  return { argv = argv, env = self.env, timeout = 60 }
+  return { argv = argv, env = self.env, timeout = self.timeout or 60 }
 end
 
 -- A lunacm command that logs in to nothing; raises when lunacm says it failed.
