@@ -757,7 +757,8 @@ return {
     prometheus = { type = "string", pattern = "^[^%z\n]+$",
       description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
     co_password = { type = "secret",
-      description = "the HA members' Crypto Officer password (env:, file:, prompt): compare the members' objects" },
+      description = "the HA members' Crypto Officer password (env:, file:, prompt): compare the members' objects "
+        .. "(logins go through the failed-login guard: a wrong one costs an attempt per member and run)" },
   },
   run = function(ctx, p)
     if not ctx.inventory then

@@ -63,11 +63,17 @@ assert(lunacm { "-c", "hagroup", "retry", "-count", "-1" }.ok)
 ---------------------------------------------------------------------------
 -- running diagnose and reading its rows
 
--- diagnose(args) -> the run {status, stdout, stderr}, the --json document (or nil)
-local function diagnose(args)
-  local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE),
-    t.cmd(("-i %s run diagnose --json -e timeout=%g -e co_password=file:%s %s"):format(q(e.dir .. "/inventory.json"),
-      TIMEOUT, q(CO_FILE), args or ""))))
+-- dhsm(args) -> {status, stdout, stderr}: this dhsm, its state (failed-login
+-- counts, journal, audit log) in STATE
+local function dhsm_sh(args)
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE), t.cmd(args)))
+end
+
+-- diagnose(args [, estate]) -> the run {status, stdout, stderr}, the --json document (or nil)
+local function diagnose(args, estate)
+  local extra = estate and "" or ("-e co_password=file:" .. q(CO_FILE))
+  local r = dhsm_sh(("-i %s run diagnose --json -e timeout=%g %s %s"):format(q((estate or e).dir .. "/inventory.json"),
+    TIMEOUT, extra, args or ""))
   local ok, doc = pcall(cjson.decode, r.stdout)
   return r, ok and type(doc) == "table" and doc or nil
 end
@@ -335,8 +341,7 @@ local STATE_ONLY = {
     end,
     also_row = { check = "ntls handshakes", target = "hsm2", status = "FAIL" },
     clear = function()
-      local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE),
-        t.cmd(("-i %s run ntls-reexchange -e hsm=hsm2 --yes"):format(q(e.dir .. "/inventory.json")))))
+      local r = dhsm_sh(("-i %s run ntls-reexchange -e hsm=hsm2 --yes"):format(q(e.dir .. "/inventory.json")))
       t.eq(r.status, 0, r.stderr)
       vtl_verify()
       recover_ha()
@@ -356,15 +361,13 @@ local STATE_ONLY = {
     clear = function() e:control("POST", "/appliances/hsm2/partitions/par1/login", { role = "co", ok = true }) end },
   ["dhsm's own count of a failed login"] = { check = "failed logins", target = "hsm1", status = "WARN", says = "dhsm counted",
     inject = function()
-      local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE), t.cmd(
-        ("exec -e %s"):format(q(('require("dhsm.luna.guard").record("hsm1#%s", "audit", false)'):format(
-          e.inventory:hsm("hsm1").serial))))))
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").record("hsm1#%s", "audit", false)'):format(
+        e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end,
     clear = function()
-      local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE), t.cmd(
-        ("exec -e %s"):format(q(('require("dhsm.luna.guard").forget("hsm1#%s", "audit")'):format(
-          e.inventory:hsm("hsm1").serial))))))
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").forget("hsm1#%s", "audit")'):format(
+        e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end },
   ["HA retry count 0"] = { check = "ha retry", target = "client", status = "WARN",
@@ -395,8 +398,7 @@ local STATE_ONLY = {
 -- the tests
 
 t.test("a healthy estate: every check OK, exit 0; the table on stdout, the same rows with --json", function()
-  local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE),
-    t.cmd(("-i %s run diagnose -e co_password=file:%s"):format(q(e.dir .. "/inventory.json"), q(CO_FILE)))))
+  local r = dhsm_sh(("-i %s run diagnose -e co_password=file:%s"):format(q(e.dir .. "/inventory.json"), q(CO_FILE)))
   t.eq(r.status, 0, r.stdout .. r.stderr)
   t.ok(r.stdout:find("\n[^\n]*0 WARN, 0 FAIL\n$"), r.stdout)
   local doc
@@ -602,20 +604,14 @@ end, { timeout = 120 })
 -- client is empty, so only the HSM's own rows are asserted.
 local wiped = support.start { set = FAST, args = "--appliances 1" }
 
-local function diagnose_on(estate)
-  local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE),
-    t.cmd(("-i %s run diagnose --json -e timeout=%g"):format(q(estate.dir .. "/inventory.json"), TIMEOUT))))
-  local ok, doc = pcall(cjson.decode, r.stdout)
-  return r, ok and doc or nil
-end
 
 for _, action in ipairs { "zeroize", "support-reset" } do
   t.test(("action %s: hsm state FAIL (zeroized) on hsm1; OK once re-initialized"):format(action), function()
-    local r, doc = diagnose_on(wiped)
+    local r, doc = diagnose(nil, wiped)
     t.eq((find(doc, "hsm state", "hsm1") or {}).status, "OK", r.stdout .. r.stderr)
     local so = util.trim(util.read_file(wiped.dir .. "/secrets/hsm1_so_password"))   -- before the wipe
     wiped:appliance("hsm1", action)
-    r, doc = diagnose_on(wiped)
+    r, doc = diagnose(nil, wiped)
     local row = find(doc, "hsm state", "hsm1")
     t.eq(row.status, "FAIL", row.finding)
     t.ok(row.finding:find("ZEROIZED", 1, true), row.finding)
@@ -623,7 +619,7 @@ for _, action in ipairs { "zeroize", "support-reset" } do
     local s <close> = require("dhsm.luna").open(wiped.inventory:hsm("hsm1"))
     local init = s:run("hsm init -label hsm1 -password " .. so .. " -defaultdomain -force")
     t.ok(init.ok, init.text)
-    r, doc = diagnose_on(wiped)
+    r, doc = diagnose(nil, wiped)
     t.eq(find(doc, "hsm state", "hsm1").status, "OK", find(doc, "hsm state", "hsm1").finding)
   end, { timeout = 120 })
 end
