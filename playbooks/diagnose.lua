@@ -62,6 +62,8 @@ local REMEDY = {
     .. "SKU (guide: Provisioning ExpressRoute)",
   one_gateway = "a virtual network can have one gateway: keep the HSMs' ExpressRoute gateway and connect on-premises "
     .. "networks through another VNet (guide: Provisioning ExpressRoute)",
+  missing = "check the inventory against Azure: dedicated HSMs are hidden types ('Show hidden types') (guide: How do "
+    .. "I see HSMs when provisioned?)",
   provisioning = "wait for the deployment to finish (guide: HSM Deployment Failure Information)",
   nic = "the NIC follows the HSM and holds its private IP: find it with 'Show hidden types' (guide: How do I see "
     .. "HSMs when provisioned?, HSM Private IP Address)",
@@ -374,6 +376,13 @@ local function check_azure(run)
         subnets[sid] = true
         vnets[sid:match("^(.-/virtualNetworks/[^/]+)")] = true
       end
+    end
+  end
+  for _, entry in ipairs(run.inv.hsms or {}) do
+    local resource = entry.resource or entry.name
+    if not by_name[resource] then
+      run:add("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, which group %s "
+        .. "does not hold"):format(entry.name, resource, c.resource_group), REMEDY.missing)
     end
   end
   local states = {}                   -- vnet id (lower case) -> its gateway's state

@@ -599,6 +599,26 @@ t.test("prometheus=FILE: one gauge per check and target, HELP/TYPE, labels escap
   t.eq(util.read_file(file), nil, "check mode: no file written\n" .. r.stderr)
 end, { timeout = 120 })
 
+t.test("an inventory HSM that Azure does not hold and whose appliance refuses: both said, the rest OK", function()
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  local extra = {}
+  for k, v in pairs(inv.hsms[1]) do extra[k] = v end
+  extra.name, extra.resource, extra.serial, extra.ssh_port, extra.ntls_port = "hsm9", "hsm9", "9999999", 1, 1
+  inv.hsms[#inv.hsms + 1] = extra
+  local dir = t.tmpdir()
+  t.write(dir .. "/inventory.json", cjson.encode(inv))
+  local r, doc = diagnose(nil, { dir = dir })
+  t.ok(doc, r.stderr)
+  local row = find(doc, "hsm provisioning", "hsm9")
+  t.eq(row and row.status, "FAIL", table.concat(not_ok(doc), "\n"))
+  t.ok(row.finding:find("which group hsm%-rg does not hold"), row.finding)
+  t.eq(find(doc, "tcp 22", "hsm9").status, "FAIL")
+  t.ok(find(doc, "tcp 22", "hsm9").finding:find("refused", 1, true), find(doc, "tcp 22", "hsm9").finding)
+  t.eq(find(doc, "hsm state", "hsm9").finding, "not checked: SSH (TCP 22) does not answer")
+  for _, x in ipairs(not_ok(doc)) do t.ok(x:find("hsm9", 1, true), "only hsm9 is wrong: " .. x) end
+  t.eq(r.status, 1)
+end, { timeout = 120 })
+
 -- Faults that wipe an appliance (zeroize, support-reset): an estate of
 -- their own, so the shared one keeps its partitions and HA group.  Its
 -- client is empty, so only the HSM's own rows are asserted.
