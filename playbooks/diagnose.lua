@@ -138,7 +138,8 @@ function Run:add(check, target, status, finding, remedy)
 end
 
 -- guarded(check, target, fn, ...): fn's results; an error becomes a FAIL
--- row of check on target, and nil is returned.
+-- row of check on target, and nil is returned.  Around a whole part of the
+-- run it keeps a bug in one check from ending the diagnosis.
 function Run:guarded(check, target, fn, ...)
   local r = table.pack(pcall(fn, ...))
   if r[1] then return table.unpack(r, 2, r.n) end
@@ -167,16 +168,6 @@ function Run:watch()
       end
     end
   end
-end
-
--- safely(check, target, fn, ...): fn's result; a failure (a bug: checks
--- report their own) is a FAIL row rather than the end of the diagnosis.
-function Run:safely(check, target, fn, ...)
-  local ok, r = pcall(fn, ...)
-  if ok then return r end
-  local e = dhsm.error.normalize(r)
-  if e.kind == "interrupted" or e.kind == "cancelled" then error(r, 0) end
-  self:add(check, target, "FAIL", "check failed: " .. message_of(e))
 end
 
 -- parallel(jobs): run every function at once; each reports its own failures.
@@ -441,7 +432,7 @@ local function partitions(s)
   for _, p in ipairs(s:partitions()) do
     local show = parse.partition_show(s:must("partition show -partition " .. p.name).text)
     show.name, show.serial = p.name, p.serial
-    show.domain = show.fields["Cloning Domain (digest)"]
+    show.domain = ha.domain_of(show)
     out[#out + 1] = show
   end
   return out
@@ -787,17 +778,17 @@ return {
         if okc then run.client = client else run.client_error = message_of(client) end
         local watcher <close> = dhsm.spawn(function() run:watch() end)
         local azure_task <close> = dhsm.spawn(function()
-          return run:safely("allowlisting", "azure", check_azure, run) or { nics = {} }
+          return run:guarded("allowlisting", "azure", check_azure, run) or { nics = {} }
         end)
         local ha_task <close> = dhsm.spawn(function()
-          return run:safely("ha groups", "client", ha_groups, run) or { failed = true }
+          return run:guarded("ha groups", "client", ha_groups, run) or { failed = true }
         end)
         local appliances = dhsm.parallel(entries, function(entry)
-          return run:safely("ssh login", entry.name, check_appliance, run, entry)
+          return run:guarded("ssh login", entry.name, check_appliance, run, entry)
             or { name = entry.name, resource = entry.resource or entry.name }
         end)
-        run:safely("ha groups", "client", ha_checks, run, ha_task:join(), appliances)
-        run:safely("nic private ip", "azure", nic_rows, run, azure_task:join().nics, appliances)
+        run:guarded("ha groups", "client", ha_checks, run, ha_task:join(), appliances)
+        run:guarded("nic private ip", "azure", nic_rows, run, azure_task:join().nics, appliances)
         watcher:cancel()
         return run.F:rows()
       end)
