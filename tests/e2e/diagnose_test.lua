@@ -14,6 +14,7 @@ local t = require "dhsm.test"
 local cjson = require "cjson"
 local deploy = require "dhsm.azure.deploy"
 local hsm = require "dhsm.azure.hsm"
+local net = require "dhsm.net"
 local network = require "dhsm.azure.network"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
@@ -164,9 +165,21 @@ local function luna_session(name)
   return s
 end
 
--- A successful NTLS connection of the client (what its applications make).
-local function vtl_verify()
-  return lunacm { "-c", "slot", "list" }
+-- The outcome of the last client connection in appliance name's NTLS log.
+local function last_ntls(name)
+  local last
+  for _, a in ipairs(net.ntls_log(util.read_file(e.dir .. "/appliances/" .. name .. "/messages")).attempts) do
+    if a.outcome ~= "pending" and a.outcome ~= "removed" and a.outcome ~= "probe" then last = a.outcome end
+  end
+  return last
+end
+
+-- The client connects to every appliance (as its applications do), and
+-- hsm2 has logged it as `outcome` (it logs a connection once its side of
+-- it ended, which may be after lunacm exited).
+local function client_connects(outcome)
+  lunacm { "-c", "slot", "list" }
+  t.eventually(function() return last_ntls("hsm2") == outcome end, "hsm2 logging the client's connection " .. outcome)
 end
 
 local function pin(name) return util.trim(util.read_file(e.dir .. "/secrets/" .. name)) end
@@ -239,7 +252,7 @@ local APPLIANCE = {
   hang_next = { set = 1, check = "hsm state", status = "FAIL", says = "within" },
   drop_next = { set = 1, check = "hsm state", status = "FAIL" },
   clock_skew = { set = -7200, check = "appliance clock", status = "WARN", says = "7200 s behind",
-    clear = function() e:clear() vtl_verify() end },
+    clear = function() e:clear() client_connects("ok") end },
   ntls = { set = "refuse", check = "tcp 1792", status = "FAIL", says = "refused",
     clear = function() e:clear() recover_ha() end,
     also = { set = "drop", says = "timeout" } },
@@ -313,8 +326,10 @@ local STATE_ONLY = {
   ["a reboot without the fix (hangs)"] = { check = "tcp 22", target = "hsm2", status = "FAIL",
     inject = function() e:appliance("hsm2", "uninstall-fix") e:appliance("hsm2", "reboot") end,
     clear = function()
+      e:fault { reboot_seconds = 0 }              -- the support request's power cycle, done at once
       e:appliance("hsm2", "hard-reboot")
-      e:control("POST", "/advance", { idle = true })
+      t.eventually(function() return e:control("GET", "/appliances").hsm2.status == "up" end, "hsm2 up again")
+      e:fault { reboot_seconds = FAST.reboot_seconds }
       e:appliance("hsm2", "install-fix")
       recover_ha()
     end },
@@ -337,13 +352,13 @@ local STATE_ONLY = {
       s:login_so(e:secret("hsm2_so_password"))
       s:must("sysconf regenCert -force")
       s:must("service restart ntls")
-      vtl_verify()                    -- the client tries, and fails
+      client_connects("server_cert_rejected")     -- the client tries, and fails
     end,
     also_row = { check = "ntls handshakes", target = "hsm2", status = "FAIL" },
     clear = function()
       local r = dhsm_sh(("-i %s run ntls-reexchange -e hsm=hsm2 --yes"):format(q(e.dir .. "/inventory.json")))
       t.eq(r.status, 0, r.stderr)
-      vtl_verify()
+      client_connects("ok")
       recover_ha()
     end },
   ["a wrong HSM SO login"] = { check = "hsm state", target = "hsm2", status = "WARN", says = "2 of 3",
@@ -475,9 +490,9 @@ local function fault_tests(kind, names, table_of)
     elseif spec.separate then
       -- tested on an estate of its own below (it wipes the appliance)
     else
-      local values = { spec.set }
-      if spec.also then values[2] = spec.also.set end
-      for i, value in ipairs(values) do
+      local values = { n = spec.also and 2 or 1, spec.set, spec.also and spec.also.set }   -- set may be nil
+      for i = 1, values.n do
+        local value = values[i]
         local s = spec
         if i > 1 then s = setmetatable(spec.also, { __index = spec }) end
         local what = s.invisible and ("invisible: " .. s.invisible)
