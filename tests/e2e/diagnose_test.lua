@@ -156,6 +156,15 @@ local function reput_gateway(wait)
   if wait then pcall(c.wait, c, r, { timeout = 30 }) end
 end
 
+-- The support request's power cycle of hsm2 (hard-reboot), done at once
+-- (`advance` does not end a reboot).
+local function power_cycle()
+  e:fault { reboot_seconds = 0 }
+  e:appliance("hsm2", "hard-reboot")
+  t.eventually(function() return e:control("GET", "/appliances").hsm2.status == "up" end, "hsm2 up again")
+  e:fault { reboot_seconds = FAST.reboot_seconds }
+end
+
 local function recover_ha()
   e:control("POST", "/client/ha/recover", { group = "myHA" })
 end
@@ -202,7 +211,9 @@ end
 -- provoke() = what an operator does that meets the fault; clear() = what
 -- brings the estate back (default: the estate's faults cleared).  Or
 -- invisible = why diagnose cannot see it (then diagnose must still report
--- no failure with it switched on).
+-- no failure with it switched on).  Or remedy_of = the entry whose clear()
+-- uses this action to repair what that fault broke (an action that is a
+-- repair, not a fault: its use is tested there).
 
 local ARM = {
   throttle = { set = "3", invisible = "transient: the Azure client retries a 429 after its Retry-After" },
@@ -267,12 +278,12 @@ local ACTIONS = {
   down = { check = "tcp 22", status = "FAIL", says = "timeout",
     shows = "waiting on hsm2: TCP %d+ and %d+ %(gives up after 5 s%)",
     clear = function() e:appliance("hsm2", "up") recover_ha() end },
-  up = { invisible = "powers an appliance on: the remedy of down (used by its test)" },
+  up = { remedy_of = "down" },
   reboot = { check = "tcp 22", status = "FAIL", says = "timeout",
-    clear = function() e:control("POST", "/advance", { idle = true }) recover_ha() end },
-  ["hard-reboot"] = { invisible = "the support request's power cycle of a hung appliance: a remedy (used by the hung-reboot test)" },
+    clear = function() power_cycle() recover_ha() end },
+  ["hard-reboot"] = { remedy_of = "reboot" },
   ["support-reset"] = { check = "hsm state", status = "FAIL", says = "ZEROIZED", separate = true },
-  ["install-fix"] = { invisible = "installs the reboot fix: the remedy of uninstall-fix (used by its test)" },
+  ["install-fix"] = { remedy_of = "uninstall-fix" },
   ["uninstall-fix"] = { check = "reboot fix", status = "WARN", says = "KB0019789",
     clear = function() e:appliance("hsm2", "install-fix") end },
   zeroize = { check = "hsm state", status = "FAIL", says = "ZEROIZED", separate = true },
@@ -326,10 +337,7 @@ local STATE_ONLY = {
   ["a reboot without the fix (hangs)"] = { check = "tcp 22", target = "hsm2", status = "FAIL",
     inject = function() e:appliance("hsm2", "uninstall-fix") e:appliance("hsm2", "reboot") end,
     clear = function()
-      e:fault { reboot_seconds = 0 }              -- the support request's power cycle, done at once
-      e:appliance("hsm2", "hard-reboot")
-      t.eventually(function() return e:control("GET", "/appliances").hsm2.status == "up" end, "hsm2 up again")
-      e:fault { reboot_seconds = FAST.reboot_seconds }
+      power_cycle()
       e:appliance("hsm2", "install-fix")
       recover_ha()
     end },
@@ -487,6 +495,11 @@ local function fault_tests(kind, names, table_of)
         t.ok(false, ("the estate injects %s fault '%s' and diagnose_test.lua does not map it to a check (or say why "
           .. "diagnose cannot see it): add it"):format(kind, name))
       end)
+    elseif spec.remedy_of then
+      t.test(("%s %s: a repair, used by the test of %s"):format(kind, name, spec.remedy_of), function()
+        local of = table_of[spec.remedy_of] or STATE_ONLY[spec.remedy_of]
+        t.ok(of and of.check and of.clear, "the entry it repairs exists and has a clear()")
+      end)
     elseif spec.separate then
       -- tested on an estate of its own below (it wipes the appliance)
     else
@@ -527,7 +540,8 @@ t.test("every fault and action the estate can inject is in diagnose's tables, an
     for _, n in ipairs(names) do
       known[n] = true
       t.ok(map[n], ("%s '%s' has no entry"):format(kind, n))
-      t.ok(map[n].invisible or (map[n].check and map[n].status), ("%s '%s': a row or a reason"):format(kind, n))
+      t.ok(map[n].invisible or map[n].remedy_of or (map[n].check and map[n].status),
+        ("%s '%s': a row, a reason or what it repairs"):format(kind, n))
     end
     for n in pairs(map) do t.ok(known[n], ("%s '%s' is not injected by the estate any more"):format(kind, n)) end
   end
