@@ -298,7 +298,8 @@ local function quota(run, all)
     local stamps = {}
     for stamp, n in pairs(r.stamps) do stamps[#stamps + 1] = ("%s %d/%d"):format(stamp, n, s.limits.per_stamp) end
     table.sort(stamps)
-    local text = ("%d of %d HSMs in %s (%s)"):format(r.total, s.limits.per_region, region, table.concat(stamps, ", "))
+    local text = ("%d of %d HSMs in %s (%s; a stamp's capacity is not published: a full one fails deployments with "
+      .. "InsufficientCapacity)"):format(r.total, s.limits.per_region, region, table.concat(stamps, ", "))
     if r.failed > 0 then
       run:add("quota", region, "WARN", text .. ("; %d failed HSM(s) hold places: delete them"):format(r.failed),
         classify.REMEDY.quota)
@@ -750,11 +751,11 @@ end
 return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
     .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
-    .. "prometheus=FILE writes the findings for node_exporter's textfile collector",
+    .. "-e prometheus=FILE also writes the findings for node_exporter's textfile collector (for cron and alerts)",
   params = {
     timeout = { type = "number", default = 10, min = 0.1, max = 600,
       description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
-    prometheus = { type = "string", pattern = "^[^%z\n]+$",
+    prometheus = { type = "string",
       description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
     co_password = { type = "secret",
       description = "the HA members' Crypto Officer password (env:, file:, prompt): compare the members' objects "
