@@ -215,6 +215,13 @@ end
 -- uses this action to repair what that fault broke (an action that is a
 -- repair, not a fault: its use is tested there).
 
+-- An entry for a fault that an HSM creation meets: the new HSM ends Failed,
+-- and diagnose says why (class: its classification, in the finding).
+local function creation_fails(name, class, set, says)
+  return { set = set, provoke = function() create_hsm(name) end, check = "hsm provisioning", target = name,
+    status = "FAIL", says = says or ("%(" .. class .. "%)"), clear = function() e:clear() delete_failed_hsm(name) end }
+end
+
 local ARM = {
   throttle = { set = "3", invisible = "transient: the Azure client retries a 429 after its Retry-After" },
   fail5xx = { set = "3", invisible = "transient: the Azure client retries a 500/503" },
@@ -225,33 +232,20 @@ local ARM = {
   gateway_race = { set = "1", provoke = function() deploy_hsm("diag-race", "diag-race") end,
     check = "failed deployments", target = "diag-race", status = "FAIL", says = "GatewayNotReady",
     clear = function() e:clear() delete_deployment("diag-race", "diag-race") end },
-  gateway_race_next = { set = "1", provoke = function() create_hsm("diag-next") end,
-    check = "hsm provisioning", target = "diag-next", status = "FAIL", says = "%(race%)",
-    clear = function() e:clear() delete_failed_hsm("diag-next") end },
-  field_errors = { set = { field_errors = "1", quota_per_stamp = "0" }, provoke = function() create_hsm("diag-field") end,
-    check = "hsm provisioning", target = "diag-field", status = "FAIL", says = "%(quota%).*Provisioning of the Dedicated HSM failed",
-    clear = function() e:clear() delete_failed_hsm("diag-field") end },
+  gateway_race_next = creation_fails("diag-next", "race", "1"),
+  field_errors = creation_fails("diag-field", "quota", { field_errors = "1", quota_per_stamp = "0" },
+    "%(quota%): Provisioning of the Dedicated HSM failed"),     -- the cause only in the prose
   network_fail = { set = "1:virtualNetworkGateways", provoke = function() reput_gateway(true) end,
     check = "gateway", target = "hsm-vnet", status = "FAIL", says = "Failed",
     clear = function() e:clear() reput_gateway(true) end },
   network_busy = { set = "5", invisible = "it refuses Network writes, which diagnose never sends (the test checks the "
     .. "fault's count is untouched), and leaves no state" },
-  subnet_undelegated = { set = "1", provoke = function() create_hsm("diag-deleg") end,
-    check = "hsm provisioning", target = "diag-deleg", status = "FAIL", says = "%(delegation%)",
-    clear = function() e:clear() delete_failed_hsm("diag-deleg") end },
+  subnet_undelegated = creation_fails("diag-deleg", "delegation", "1"),
   not_allowlisted = { set = "1", check = "allowlisting", target = SUB, status = "FAIL", says = "NotRegistered" },
-  quota_per_stamp = { set = "0", provoke = function() create_hsm("diag-stamp") end,
-    check = "hsm provisioning", target = "diag-stamp", status = "FAIL", says = "%(quota%)",
-    clear = function() e:clear() delete_failed_hsm("diag-stamp") end },
-  quota_per_region = { set = "0", provoke = function() create_hsm("diag-region") end,
-    check = "hsm provisioning", target = "diag-region", status = "FAIL", says = "%(quota%)",
-    clear = function() e:clear() delete_failed_hsm("diag-region") end },
-  capacity_per_stamp = { set = "0", provoke = function() create_hsm("diag-cap") end,
-    check = "hsm provisioning", target = "diag-cap", status = "FAIL", says = "%(capacity%)",
-    clear = function() e:clear() delete_failed_hsm("diag-cap") end },
-  others_per_stamp = { set = "12", provoke = function() create_hsm("diag-others") end,
-    check = "hsm provisioning", target = "diag-others", status = "FAIL", says = "%(capacity%)",
-    clear = function() e:clear() delete_failed_hsm("diag-others") end },
+  quota_per_stamp = creation_fails("diag-stamp", "quota", "0"),
+  quota_per_region = creation_fails("diag-region", "quota", "0"),
+  capacity_per_stamp = creation_fails("diag-cap", "capacity", "0"),
+  others_per_stamp = creation_fails("diag-others", "capacity", "12"),
   managed_identity = { set = "0", invisible = "the managed-identity endpoint: the inventory's credential is a client secret" },
   page_size = { set = "1", invisible = "paging: diagnose follows nextLink (one item a page here)" },
 }
