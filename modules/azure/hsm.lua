@@ -156,10 +156,11 @@ function M.private_ip(c, resource)
   return cfg and cfg.properties and cfg.properties.privateIPAddress, id
 end
 
--- HSMs listed at subscription scope whose resource group is gone: still billed.
-function M.orphans(c)
+-- HSMs listed at subscription scope whose resource group is gone: still
+-- billed.  hsms: the subscription's list when the caller has it already.
+function M.orphans(c, hsms)
   local out, groups = {}, {}
-  for _, h in ipairs(M.list_all(c)) do
+  for _, h in ipairs(hsms or M.list_all(c)) do
     local g = M.group_of(h)
     if groups[g] == nil then groups[g] = c:find(c:group_path(g)) ~= nil end
     if not groups[g] then

@@ -85,11 +85,12 @@ end
 
 -- Every gateway serving vnet (its ipConfigurations point into the VNet's
 -- GatewaySubnet), as {name=, state=, type=, resource=}.  The guide: one per VNet.
-function M.vnet_gateways(c, vnet, group, subnet_id)
+-- gateways: the group's list (M.gateways) when the caller has it already.
+function M.vnet_gateways(c, vnet, group, subnet_id, gateways)
   local vnet_id = subnet_id and subnet_id:match("^(.-/virtualNetworks/[^/]+)") or M.vnet_path(c, vnet, group)
   vnet_id = vnet_id:lower()
   local out = {}
-  for _, gw in ipairs(M.gateways(c, group)) do
+  for _, gw in ipairs(gateways or M.gateways(c, group)) do
     for _, ip in ipairs(gw.properties and gw.properties.ipConfigurations or {}) do
       local sid = ip.properties and ip.properties.subnet and ip.properties.subnet.id
       if sid and sid:lower():sub(1, #vnet_id + 1) == vnet_id .. "/" then

@@ -6,7 +6,7 @@
 --
 --   guard.attempt(key, role, opts, { device_left = fn, try = fn }) -> what try returned
 --   guard.check(key, role, device_left, opts); guard.record(key, role, ok [, device_left])
---   guard.failures(key, role); guard.attempts_left(key, role, device_left); guard.forget(key, role)
+--   guard.failures(key, role); guard.counts(); guard.attempts_left(key, role, device_left); guard.forget(key, role)
 --   guard.zeroize_by_failures(key, "so", {zeroize=true, serial=}, {read=, fail=})  -- deliberate, audited
 --
 -- A login is one critical section per appliance (or token) and role,
@@ -103,6 +103,21 @@ end
 
 function M.failures(key, role)
   return (load()[entry(key, role)] or {}).failures or 0
+end
+
+-- counts() -> {{key=, role=, failures=, device_left=, updated=}, ...}: every
+-- failed-login count kept, sorted (what a health check reports)
+function M.counts()
+  local out = {}
+  for k, v in pairs(load()) do
+    local key, role = k:match("^(.*)/(%w+)$")
+    if key and type(v) == "table" then
+      out[#out + 1] = { key = key, role = role, failures = v.failures or 0, device_left = v.device_left,
+        updated = v.updated }
+    end
+  end
+  table.sort(out, function(a, b) return a.key .. "/" .. a.role < b.key .. "/" .. b.role end)
+  return out
 end
 
 -- attempts_left(key, role, device_left) -> what may safely be assumed left

@@ -3,11 +3,13 @@
 --
 --   local ha = require "dhsm.luna.ha"
 --   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
+--   c.timeout = 10                                 -- seconds a lunacm run may take (default 60)
 --   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (with the client certificate), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
 --   ha.cloning_domain(entry, member_serial) --> digest of the member partition's cloning domain (LunaSH)
+--   ha.domain_of(parse.partition_show(text)) --> the same from a `partition show` already read
 --   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
 --   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
 --   the guide's remedy for a cloning conflict: ha.partition_on(entry, name), ha.create_partition(entry,
@@ -53,7 +55,7 @@ end
 function Client:argv(...)
   local argv = { self.lunacm, "-c" }
   for _, w in ipairs { ... } do argv[#argv + 1] = w end
-  return { argv = argv, env = self.env, timeout = 60 }
+  return { argv = argv, env = self.env, timeout = self.timeout or 60 }
 end
 
 -- A lunacm command that logs in to nothing; raises when lunacm says it failed.
@@ -170,14 +172,19 @@ function Client:objects(token_label, co_pin)
   return { count = #keys, keys = keys }
 end
 
+-- domain_of(partition_show) -> the digest of a partition's cloning domain,
+-- from dhsm.luna.parse.partition_show (nil when `partition show` gives none)
+function M.domain_of(show)
+  return show.fields["Cloning Domain (digest)"]
+end
+
 -- cloning_domain(entry, member_serial) -> the digest LunaSH's `partition
 -- show` gives for the member's partition, or nil when it shows none
 function M.cloning_domain(entry, member_serial)
   local s <close> = luna.open(entry)
   for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
     if p.serial == member_serial then
-      local show = parse.partition_show(s:must("partition show -partition " .. p.name).text)
-      return show.fields["Cloning Domain (digest)"], p.name
+      return M.domain_of(parse.partition_show(s:must("partition show -partition " .. p.name).text)), p.name
     end
   end
   dhsm.error { kind = "luna", code = "NoSuchPartition",

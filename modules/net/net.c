@@ -151,9 +151,23 @@ static int connect_step(probe *p) {
   }
 }
 
+/* Our end's port: the peer the server's log names this connection by. */
+static void push_local_port(lua_State *L, probe *p) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (p->fd < 0 || getsockname(p->fd, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET) lua_pushinteger(L, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  else if (ss.ss_family == AF_INET6) lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  else return;
+  lua_setfield(L, -2, "local_port");
+}
+
+/* The answer; an open port's answer names our end (local_port), so a
+** caller can tell its own probe in the server's log. */
 static void push_tcp_answer(lua_State *L, probe *p, int open, const char *reason) {
+  lua_createtable(L, 0, 5);
+  if (open) push_local_port(L, p);
   probe_close_socket(p);             /* a probe leaves no connection behind */
-  lua_createtable(L, 0, 4);
   lua_pushboolean(L, open);
   lua_setfield(L, -2, "open");
   if (!open) {
@@ -367,17 +381,6 @@ static void push_chain(lua_State *L, probe *p) {
 }
 
 /* The answer table; the connection is then shut (best effort, no waiting). */
-/* Our end's port: the peer the server's log names this connection by. */
-static void push_local_port(lua_State *L, probe *p) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (p->fd < 0 || getsockname(p->fd, (struct sockaddr *)&ss, &len) != 0) return;
-  if (ss.ss_family == AF_INET) lua_pushinteger(L, ntohs(((struct sockaddr_in *)&ss)->sin_port));
-  else if (ss.ss_family == AF_INET6) lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
-  else return;
-  lua_setfield(L, -2, "local_port");
-}
-
 static void push_tls_answer(lua_State *L, probe *p, int ok, const char *reason) {
   lua_createtable(L, 0, 11);
   lua_pushboolean(L, ok);

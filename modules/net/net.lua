@@ -1,6 +1,6 @@
 -- dhsm.net: the network path between a client and an appliance.
 --
---   net.tcp{host=, port=1792, timeout=2}        --> {open=true, ms=} | {open=false, reason=, ms=}
+--   net.tcp{host=, port=1792, timeout=2}        --> {open=true, ms=, local_port=} | {open=false, reason=, ms=}
 --   net.tcp_many(endpoints, {timeout=, limit=128}) --> answers in input order, probed at once
 --   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, client_key_passphrase=, server_name=, strict=}
 --       (client_key may be PKCS#8 encrypted, as `vtl createCert` writes it: its
@@ -148,9 +148,13 @@ end
 -- CLIENT's alert: it did not trust the appliance's certificate (stale
 -- server.pem after sysconf regenCert: re-exchange).  "certificate verify
 -- failed" is the appliance rejecting the client's certificate (not
--- registered: client register).
+-- registered: client register).  "probe": the connection closed before a
+-- TLS hello (a TCP port check), which is no client's failure.
 local function outcome_of(attempt)
   if attempt.added then return "ok" end
+  -- closed before any TLS hello: a port probe (ours, a load balancer's), not a client
+  local said = attempt.reason or attempt.alert or ""
+  if attempt.failed and (said == "ssl handshake failure" or said:find("unexpected eof", 1, true)) then return "probe" end
   if attempt.alert == "unknown ca" or attempt.alert == "bad certificate" or attempt.alert == "certificate expired" then
     return "server_cert_rejected"
   end

@@ -8,6 +8,7 @@
 --   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
 --   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
+--   ntls.inspect(entry, client, session)  -- the same without a handshake: for a read-only health check
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
 -- against the certificates the client trusts (its ServerCAFile) says
@@ -129,6 +130,78 @@ local function trusted(path, pem)
   return false
 end
 
+-- The client certificate's name and expiry, into d (findings client_expired,
+-- client_expiring).
+local function client_expiry(d, cert)
+  local mine = net.cert(cert.cert)
+  d.client_name = mine.subject:match("CN=([^,/]+)")
+  d.client_days_left = mine.days_left
+  if mine.days_left < 0 then
+    finding(d, "client_expired", ("the client certificate %s expired on %s"):format(cert.cert, mine.not_after))
+  elseif mine.days_left < M.EXPIRY_WARN_DAYS then
+    finding(d, "client_expiring", ("the client certificate %s expires in %d days (%s)"):format(cert.cert,
+      mine.days_left, mine.not_after))
+  end
+end
+
+-- The appliance's server.pem (SCP) against what the client trusts, into d
+-- (finding server_changed); -> the server certificate.
+local function server_state(d, entry, cert, session, workdir)
+  local dir = workdir or assert(sys.mkdtemp("dhsm-ntls-"))
+  d.server_pem = dir .. "/" .. entry.name .. "-server.pem"
+  session:get("server.pem", d.server_pem)
+  local server = net.cert(d.server_pem)
+  d.server_days_left = server.days_left
+  d.server_changed = not trusted(cert.ca, server)
+  if d.server_changed then
+    finding(d, "server_changed", ("%s's server.pem (sha256 %s) is not among the certificates the client trusts "
+      .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
+  end
+  return server
+end
+
+-- Whether the appliance knows the client by its certificate's name, and
+-- the partitions assigned to it, into d.
+local function registration(d, session)
+  for _, n in ipairs(parse.client_list(session:must("client list").text)) do
+    if n == d.client_name then d.registered = true end
+  end
+  if d.registered then
+    d.partitions = parse.client_show(session:must("client show -client " .. d.client_name).text).partitions
+  end
+end
+
+-- inspect(entry, client, session [, {workdir=}]) -> what diagnose() finds
+-- without connecting to NTLS at all: the client certificate's expiry, the
+-- appliance's server.pem against the client's trusted copy, the
+-- registration, and the outcome of the latest NTLS connection of each
+-- peer in the appliance's log (d.last_attempts: {peer IP = attempt}).
+-- For a read-only health check: no handshake, so no log line of ours but
+-- those of a TCP probe, whose local ports opts.own_ports lists (ignored).
+function M.inspect(entry, client, session, opts)
+  opts = opts or {}
+  local d = { hsm = entry.name, findings = {} }
+  local cert = files(client)
+  client_expiry(d, cert)
+  server_state(d, entry, cert, session, opts.workdir)
+  registration(d, session)
+  if not d.registered then
+    finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
+  end
+  d.syslog = syslog(session, opts.entries or 60)
+  d.last_attempts = {}
+  local own = {}
+  for _, port in ipairs(opts.own_ports or {}) do own[tostring(port)] = true end
+  for _, a in ipairs(net.ntls_log(d.syslog).attempts) do
+    local ip, port = a.peer:match("^(.*)/(%d+)$")
+    ip = ip or a.peer
+    if not own[port] and a.outcome ~= "pending" and a.outcome ~= "removed" and a.outcome ~= "probe" then
+      d.last_attempts[ip] = a                  -- a connection that tried TLS: a client's
+    end
+  end
+  return d
+end
+
 -- diagnose(entry, client, session [, {workdir=}]) -> the diagnosis (see top)
 function M.diagnose(entry, client, session, opts)
   opts = opts or {}
@@ -141,24 +214,8 @@ function M.diagnose(entry, client, session, opts)
       :format(port, entry.name, tostring(d.tcp.reason)))
     return d
   end
-  local mine = net.cert(cert.cert)
-  d.client_name = mine.subject:match("CN=([^,/]+)")
-  d.client_days_left = mine.days_left
-  if mine.days_left < 0 then
-    finding(d, "client_expired", ("the client certificate %s expired on %s"):format(cert.cert, mine.not_after))
-  elseif mine.days_left < M.EXPIRY_WARN_DAYS then
-    finding(d, "client_expiring", ("the client certificate %s expires in %d days (%s)"):format(cert.cert,
-      mine.days_left, mine.not_after))
-  end
-  local dir = opts.workdir or assert(sys.mkdtemp("dhsm-ntls-"))
-  d.server_pem = dir .. "/" .. entry.name .. "-server.pem"
-  session:get("server.pem", d.server_pem)
-  local server = net.cert(d.server_pem)
-  d.server_changed = not trusted(cert.ca, server)
-  if d.server_changed then
-    finding(d, "server_changed", ("%s's server.pem (sha256 %s) is not among the certificates the client trusts "
-      .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
-  end
+  client_expiry(d, cert)
+  local server = server_state(d, entry, cert, session, opts.workdir)
   local before = syslog(session, 50)
   d.tls = handshake(entry, client, cert)
   local presented = d.tls.chain and d.tls.chain[1]
@@ -170,13 +227,7 @@ function M.diagnose(entry, client, session, opts)
   local ours
   d.syslog, ours = handshake_lines(session, before, d.tls)
   d.client_rejected = ours ~= nil and ours.outcome == "client_cert_unknown"
-  local names = parse.client_list(session:must("client list").text)
-  for _, n in ipairs(names) do
-    if n == d.client_name then d.registered = true end
-  end
-  if d.registered then
-    d.partitions = parse.client_show(session:must("client show -client " .. d.client_name).text).partitions
-  end
+  registration(d, session)
   if not d.registered then
     finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
   elseif d.client_rejected then

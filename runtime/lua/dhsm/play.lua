@@ -509,7 +509,7 @@ local function outcome_of(err)
   return "failed"
 end
 
-local function json_document(ctx, pb, params, outcome, err, t0)
+local function json_document(ctx, pb, params, outcome, err, t0, result)
   local steps = {}
   for i, rec in ipairs(ctx.steps) do
     steps[i] = { title = rec.title, status = rec.status, target = rec.target, duration_s = rec.duration_s,
@@ -520,7 +520,7 @@ local function json_document(ctx, pb, params, outcome, err, t0)
   local e = err and dhsm.error.normalize(err)
   return sys.json_encode {
     run = ctx.run_id, playbook = pb.name, check = ctx.check, resumed = ctx.resumed,
-    params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps,
+    params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps, result = result,
     error = e and { kind = e.kind, code = e.code, message = e.message } or nil,
   }
 end
@@ -534,7 +534,21 @@ function M.resume_name(pb)
   return util.shell_quote(sys.realpath(pb.path) or pb.path)
 end
 
--- run(pb, raw_params, opts) -> exit status 0, or raises.
+-- The exit status a playbook's result asks for: a diagnosis that ran to
+-- the end and found failures is not a failed run (nothing to resume), yet
+-- its caller (cron, CI) must see them.  Only 0 and 1 may be asked for.
+local function exit_status_of(result)
+  local s = type(result) == "table" and result.exit_status or nil
+  if s == nil then return 0 end
+  if s ~= 0 and s ~= 1 then
+    usage("playbook result: exit_status must be 0 or 1, got %s", tostring(s))
+  end
+  return s
+end
+
+-- run(pb, raw_params, opts) -> exit status (0, or what the playbook's
+-- result asks for: its exit_status field), or raises.  The result (a
+-- table) is the --json document's "result".
 -- opts: check, yes, resume (run id), json, inventory (path), tty (for tests)
 function M.run(pb, raw, opts)
   if opts.check and opts.resume then usage("--check and --resume cannot go together") end
@@ -571,6 +585,7 @@ function M.run(pb, raw, opts)
   local real_stdout = opts.json and assert(sys.stdout_to_stderr())
   local t0 = dhsm.now()
   local finished = false
+  local result
   local function finish(err)
     finished = true
     local outcome = outcome_of(err)
@@ -586,7 +601,7 @@ function M.run(pb, raw, opts)
     if real_stdout then
       io.stdout:flush()
       sys.restore_stdout(real_stdout)
-      io.stdout:write(json_document(ctx, pb, params, outcome, err, t0), "\n")
+      io.stdout:write(json_document(ctx, pb, params, outcome, err, t0, result), "\n")
       io.stdout:flush()
     elseif outcome == "planned" or outcome == "ok" then
       ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
@@ -606,10 +621,15 @@ function M.run(pb, raw, opts)
     resumed = ctx.resumed, params = public, secret_params = secret_names }
   ctx:save()
   local ok, err = pcall(pb.run, ctx, params)
+  if ok then
+    -- a result JSON cannot hold is left out of the document, not a failure
+    result = type(err) == "table" and not not_json(err, "result", {}) and err or nil
+    ok, err = pcall(exit_status_of, result)
+  end
   if not ok then err = M.raised(err) end
   finish(not ok and err or nil)
   if not ok then error(err, 0) end
-  return 0
+  return err
 end
 
 M.Ctx = Ctx

@@ -1,0 +1,808 @@
+-- diagnose: every check of the troubleshooting guide, read-only, on the
+-- whole inventory at once.
+--
+--   dhsm run diagnose [-e timeout=10] [-e prometheus=/var/lib/node_exporter/textfile/dhsm.prom]
+--                     [-e co_password=file:/path] [--json]
+--
+-- Azure (one client, reads only): allowlisting (the subscription's
+-- features); the HSM resources of the inventory's group with their
+-- provisioning state and, for a failed one, the cause classified from its
+-- messages (dhsm.azure.classify); failed deployments with their operations'
+-- messages; the delegation of every subnet an HSM sits on; the ExpressRoute
+-- gateway of each such VNet (state, type, SKU, its public IP's SKU) and
+-- that there is one per VNet; quota use per region; each HSM's NIC and
+-- private IP; orphaned HSMs.
+-- Each appliance (all at once): TCP 22 and NTLS (1792); then over one SSH
+-- session: `hsm show` (zeroized; HSM SO attempts left, WARN below 3); the
+-- failed-login counts (dhsm's own, dhsm.luna.guard, and the partitions'
+-- attempts left); the KB0019789 reboot fix; the NTLS certificates (the
+-- appliance's server.pem fetched over SCP against the client's trusted copy,
+-- the client certificate's expiry and registration - no TLS handshake, which
+-- would only add lines to the appliance's log) and the latest NTLS
+-- connection of every client in its syslog; the appliance clock.
+-- The client (lunacm): HA groups - members down, retry count 0, members in
+-- different cloning domains, and (with co_password) objects missing on a
+-- member.
+--
+-- Output: one table row per check and target (OK, WARN or FAIL, what was
+-- found, the remedy naming the guide's section) and the counts; exit status
+-- 0 when nothing FAILs, 1 otherwise.  --json: the same rows as data (the
+-- document's result.findings and result.counts).  prometheus=FILE: the rows
+-- as Prometheus gauges (dhsm_check_status{check=,target=} 0 OK, 1 WARN,
+-- 2 FAIL), written atomically for node_exporter's textfile collector, so the
+-- run can go in cron and alert; the folder is checked before anything runs.
+-- Time: everything runs at once, so a run takes about one probe timeout
+-- (timeout=, for TCP, the SSH login and each command) plus the slowest Azure
+-- read, however many HSMs; a dead appliance costs one timeout, and what the
+-- run waits on is shown once it waits longer than a second.
+local azure = require "dhsm.azure"
+local classify = require "dhsm.azure.classify"
+local deploy = require "dhsm.azure.deploy"
+local findings = require "dhsm.findings"
+local guard = require "dhsm.luna.guard"
+local ha = require "dhsm.luna.ha"
+local hsm = require "dhsm.azure.hsm"
+local luna = require "dhsm.luna"
+local net = require "dhsm.net"
+local network = require "dhsm.azure.network"
+local ntls = require "dhsm.net.ntls"
+local parse = require "dhsm.luna.parse"
+local sys = require "dhsm.sys"
+
+local SO_MAX = guard.THRESHOLDS.so
+local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
+
+local REMEDY = {
+  arm_read = "Azure refused or did not answer this read; check the credential's access (Reader on the subscription "
+    .. "and the group) and run again",
+  gateway = "HSMs need the ExpressRoute gateway Succeeded before they are deployed (az resource show ... "
+    .. "provisioningState); a Failed gateway must be redeployed (guide: HSM Deployment Using Terraform, Provisioning "
+    .. "ExpressRoute)",
+  gateway_sku = "Dedicated HSM needs an ExpressRoute gateway (gatewayType ExpressRoute) whose public IP is Standard "
+    .. "SKU (guide: Provisioning ExpressRoute)",
+  one_gateway = "a virtual network can have one gateway: keep the HSMs' ExpressRoute gateway and connect on-premises "
+    .. "networks through another VNet (guide: Provisioning ExpressRoute)",
+  missing = "check the inventory against Azure: dedicated HSMs are hidden types ('Show hidden types') (guide: How do "
+    .. "I see HSMs when provisioned?)",
+  provisioning = "wait for the deployment to finish (guide: HSM Deployment Failure Information)",
+  nic = "the NIC follows the HSM and holds its private IP: find it with 'Show hidden types' (guide: How do I see "
+    .. "HSMs when provisioned?, HSM Private IP Address)",
+  orphan = "an orphaned HSM is billed until Microsoft removes it: open a support request ('dhsm run orphans' prints "
+    .. "what it needs) (guide: How to delete an HSM resource)",
+  deployment_old = "an earlier failure whose resources have since succeeded: delete the deployment record to "
+    .. "silence it (guide: HSM Deployment Failure Information)",
+  tcp22 = "the appliance does not answer SSH: check the NSG and routes through the ExpressRoute gateway; an "
+    .. "appliance network change that cut the path needs a Microsoft support reset (guide: HSM Networking "
+    .. "Configuration); a reboot that hung needs a hard-reboot support request (guide: HSM Device Reboot)",
+  tcp1792 = "NTLS needs TCP 1792 from the client: open it (NSG, firewall, `ntls bind`) before looking at "
+    .. "certificates (guide: Failed TCP Communication)",
+  session = "the appliance stopped answering on SSH: check its state and the path to it (guide: HSM Networking "
+    .. "Configuration, HSM Device Reboot)",
+  ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
+  password_change = "the appliance demands its first-login password change: do it once with luna.first_login and "
+    .. "keep the new password where the inventory points (guide: HSM Initialization)",
+  zeroized = "the HSM is zeroized: reinitialize it (hsm init) and restore from backup; if it is being given back, "
+    .. "delete the resource now (guide: Failed Logins, How to delete an HSM resource)",
+  so_attempts = "log in once with the right HSM SO password to reset the count; never guess: at 0 the HSM zeroizes "
+    .. "(guide: Failed Logins)",
+  logins = "find who is failing to log in and stop them; a success resets the count, a Crypto Officer lockout "
+    .. "needs the Partition SO's role resetpw -name co (guide: Failed Logins)",
+  reboot_fix = "install KB0019789 from Thales (package update) before any reboot or power cycle (guide: HSM Device "
+    .. "Reboot)",
+  ntls = "re-exchange the certificates: dhsm run ntls-reexchange -e hsm=%s (guide: NTLS Certificates out of sync)",
+  client_expired = "make a new client certificate (vtl createCert), then dhsm run ntls-reexchange -e hsm=%s (guide: "
+    .. "NTLS Certificates out of sync)",
+  clock = "set the appliance's clock (NTP): NTLS checks certificates at its time (guide: NTLS Certificates out of "
+    .. "sync)",
+  ha_members = "dhsm run ha-recover: hagroup recover once the appliance answers again (guide: Failed HA Group "
+    .. "Member Doesn't Recover)",
+  ha_retry = "set an auto-recovery retry count (hagroup retry; dhsm run ha-recover does it) so members rejoin by "
+    .. "themselves (guide: Failed HA Group Member Doesn't Recover)",
+  ha_cloning = "add a new partition in the right cloning domain to the group, then remove the misconfigured member "
+    .. "(guide: HA Group Doesn't Sync)",
+  ha_objects = "synchronize the group (dhsm run ha-recover -e co_password=...) (guide: HA Group Doesn't Sync)",
+}
+
+-- The checks an SSH session answers, reported "not checked" without one.
+-- Every check, in the order the table lists them.
+local ORDER = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+  "one gateway per vnet", "quota", "nic private ip", "orphaned hsms", "tcp 22", "tcp 1792", "ssh login", "hsm state",
+  "failed logins", "reboot fix", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
+  "ha members", "ha cloning", "ha objects" }
+
+local SESSION_CHECKS = { "hsm state", "failed logins", "reboot fix", "ntls certificate", "ntls handshakes",
+  "appliance clock" }
+local ARM_CHECKS = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+  "one gateway per vnet", "quota", "nic private ip", "orphaned hsms" }
+
+local function message_of(err)
+  local e = dhsm.error.normalize(err)
+  local text = tostring(e.message or e):gsub("%s+", " ")
+  if #text > 240 then text = text:sub(1, 237) .. "..." end
+  return (e.code and not text:find(e.code, 1, true)) and (e.code .. ": " .. text) or text
+end
+
+---------------------------------------------------------------------------
+-- the run: its findings and what it waits on
+
+local Run = {}
+Run.__index = Run
+
+local function new_run(ctx, p)
+  return setmetatable({ ctx = ctx, p = p, inv = ctx.inventory, timeout = p.timeout, F = findings.new { order = ORDER },
+    waits = {}, own_ports = {} }, Run)
+end
+
+function Run:add(check, target, status, finding, remedy)
+  return self.F:add(check, target, status, finding, remedy)
+end
+
+-- guarded(check, target, fn, ...): fn's results; an error becomes a FAIL
+-- row of check on target, and nil is returned.  Around a whole part of the
+-- run it keeps a bug in one check from ending the diagnosis.
+function Run:guarded(check, target, fn, ...)
+  local r = table.pack(pcall(fn, ...))
+  if r[1] then return table.unpack(r, 2, r.n) end
+  local e = dhsm.error.normalize(r[2])
+  if e.kind == "interrupted" or e.kind == "cancelled" then error(r[2], 0) end
+  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and REMEDY.arm_read or REMEDY.session)
+  return nil
+end
+
+-- wait(target, what, fn, ...): fn(...), known to the watcher meanwhile, so
+-- a wait of more than a second is shown with what it waits for.
+function Run:wait(target, what, fn, ...)
+  local w = { target = target, what = what, t0 = dhsm.now() }
+  self.waits[w] = true
+  local done <close> = setmetatable({}, { __close = function() self.waits[w] = nil end })
+  return fn(...)
+end
+
+function Run:watch()
+  while true do
+    dhsm.sleep(0.25)
+    for w in pairs(self.waits) do
+      if not w.shown and dhsm.now() - w.t0 >= 1 then
+        w.shown = true
+        self.ctx:progress(("waiting on %s: %s (gives up after %g s)"):format(w.target, w.what, self.timeout))
+      end
+    end
+  end
+end
+
+-- parallel(jobs): run every function at once; each reports its own failures.
+local function parallel(jobs)
+  dhsm.parallel(jobs, function(job) job() end)
+end
+
+---------------------------------------------------------------------------
+-- Azure
+
+local function lower(s) return s and s:lower() or "" end
+
+local function allowlisting(run, c)
+  local features = run:guarded("allowlisting", c.subscription, hsm.features, c)
+  if not features then return end
+  local bad, pending = {}, {}
+  for _, f in ipairs(features) do
+    if f.state == "Pending" or f.state == "Registering" then pending[#pending + 1] = f.feature .. " " .. f.state
+    elseif f.state ~= "Registered" then bad[#bad + 1] = f.feature .. " " .. tostring(f.state) end
+  end
+  if #bad > 0 then
+    run:add("allowlisting", c.subscription, "FAIL", "not allowlisted: " .. table.concat(bad, ", "), classify.REMEDY.allowlisting)
+  elseif #pending > 0 then
+    run:add("allowlisting", c.subscription, "WARN", "registration pending: " .. table.concat(pending, ", "),
+      classify.REMEDY.allowlisting)
+  else
+    run:add("allowlisting", c.subscription, "OK", "features registered: " .. table.concat(hsm.FEATURES, ", "))
+  end
+end
+
+-- A failed HSM or deployment: its messages classified, the guide's remedy.
+local function verdict(messages, code, gateway_state)
+  return classify.failure { messages = messages, error = code and { code = code } or nil,
+    states = { x = "Failed" }, gateway = gateway_state and { state = gateway_state } or nil }
+end
+
+local function provisioning(run, resources, gateway_of)
+  for _, h in ipairs(resources) do
+    local p = h.properties or {}
+    local state = p.provisioningState or "?"
+    if state == "Succeeded" then
+      run:add("hsm provisioning", h.name, "OK", ("Succeeded (stamp %s, %s)"):format(tostring(p.stampId), h.location))
+    elseif state == "Failed" then
+      local v = verdict({ p.statusMessage }, nil, gateway_of(h))
+      run:add("hsm provisioning", h.name, "FAIL", ("Failed (%s): %s"):format(v.class, tostring(p.statusMessage)), v.remedy)
+    else
+      run:add("hsm provisioning", h.name, "WARN", ("%s: not Succeeded yet"):format(state), REMEDY.provisioning)
+    end
+  end
+  if #resources == 0 then run:add("hsm provisioning", run.group, "OK", "no dedicated HSM in group " .. run.group) end
+end
+
+local function failed_deployments(run, c, by_name)
+  local failed = run:guarded("failed deployments", run.group, deploy.failed, c, run.group)
+  if not failed then return end
+  if #failed == 0 then
+    run:add("failed deployments", run.group, "OK", "no failed deployment in group " .. run.group)
+    return
+  end
+  parallel((function()
+    local jobs = {}
+    for _, d in ipairs(failed) do
+      jobs[#jobs + 1] = function()
+        local ops = run:guarded("failed deployments", d.name, deploy.failed_operations, c, d.name, run.group)
+        if not ops then return end
+        local parts, messages, still_failed = {}, {}, #ops == 0
+        for _, op in ipairs(ops) do
+          parts[#parts + 1] = ("%s %s: %s"):format(op.resource or "?", op.code or "?", op.message or "")
+          messages[#messages + 1] = op.message
+          local now = op.resource and by_name[op.resource]
+          if not (now and (now.properties or {}).provisioningState == "Succeeded") then still_failed = true end
+        end
+        local v = verdict(messages, ops[1] and ops[1].code)
+        local text = ("failed %s (correlation %s): %s"):format(tostring(d.timestamp), tostring(d.correlation_id),
+          #parts > 0 and table.concat(parts, "; ") or "no failed operation recorded")
+        run:add("failed deployments", d.name, still_failed and "FAIL" or "WARN", text,
+          still_failed and v.remedy or REMEDY.deployment_old)
+      end
+    end
+    return jobs
+  end)())
+end
+
+local function delegation(run, c, subnet_id)
+  local target = subnet_id:match("virtualNetworks/([^/]+/subnets/[^/]+)$") or subnet_id
+  local d = run:guarded("subnet delegation", target, network.check_delegation, c, nil, nil, nil, subnet_id)
+  if d then run:add("subnet delegation", target, d.ok and "OK" or "FAIL", d.message, not d.ok and classify.REMEDY.delegation or nil) end
+end
+
+-- The gateways of one VNet: state, type, SKU, public IP SKU; one per VNet.
+local function gateways(run, c, vnet_id, states)
+  local vnet = vnet_id:match("virtualNetworks/([^/]+)$")
+  local group = vnet_id:match("/resource[Gg]roups/([^/]+)/")
+  local list = run:guarded("gateway", vnet, network.gateways, c, group)
+  if not list then return end
+  local gws = network.vnet_gateways(c, vnet, group, vnet_id .. "/subnets/x", list)
+  if #gws == 0 then
+    run:add("gateway", vnet, "FAIL", "no gateway in virtual network " .. vnet, REMEDY.gateway)
+  end
+  if #gws > 1 then
+    local names = {}
+    for i, g in ipairs(gws) do names[i] = g.name end
+    run:add("one gateway per vnet", vnet, "FAIL", ("%d gateways: %s"):format(#gws, table.concat(names, ", ")), REMEDY.one_gateway)
+  else
+    run:add("one gateway per vnet", vnet, "OK", #gws == 1 and ("one gateway: " .. gws[1].name) or "no gateway")
+  end
+  for _, g in ipairs(gws) do
+    states[lower(vnet_id)] = g.state
+    local p = g.resource.properties or {}
+    local sku = p.sku and p.sku.name or "?"
+    local pip = run:guarded("gateway", vnet, network.public_ip_sku, c, g.resource)
+    local text = ("%s %s, type %s, SKU %s, public IP %s"):format(g.name, tostring(g.state), tostring(g.type), sku,
+      tostring(pip or "none"))
+    if g.state == "Failed" then run:add("gateway", vnet, "FAIL", text, REMEDY.gateway)
+    elseif g.state ~= "Succeeded" then run:add("gateway", vnet, "WARN", text .. ": HSMs deployed now hit the race", REMEDY.gateway)
+    elseif g.type ~= "ExpressRoute" or pip == "Basic" then run:add("gateway", vnet, "FAIL", text, REMEDY.gateway_sku)
+    else run:add("gateway", vnet, "OK", text) end
+  end
+end
+
+local function quota(run, all)
+  local s = hsm.summary(nil, { hsms = all })
+  local regions = {}
+  for region in pairs(s.regions) do regions[#regions + 1] = region end
+  table.sort(regions)
+  for _, region in ipairs(regions) do
+    local r = s.regions[region]
+    local stamps = {}
+    for stamp, n in pairs(r.stamps) do stamps[#stamps + 1] = ("%s %d/%d"):format(stamp, n, s.limits.per_stamp) end
+    table.sort(stamps)
+    local text = ("%d of %d HSMs in %s (%s; a stamp's capacity is not published: a full one fails deployments with "
+      .. "InsufficientCapacity)"):format(r.total, s.limits.per_region, region, table.concat(stamps, ", "))
+    if r.failed > 0 then
+      run:add("quota", region, "WARN", text .. ("; %d failed HSM(s) hold places: delete them"):format(r.failed),
+        classify.REMEDY.quota)
+    elseif r.total >= s.limits.per_region then
+      run:add("quota", region, "WARN", text .. "; at the initial quota: a new HSM fails unless it was raised",
+        classify.REMEDY.quota)
+    else
+      run:add("quota", region, "OK", text)
+    end
+  end
+  if #regions == 0 then run:add("quota", "subscription", "OK", "no dedicated HSM in the subscription") end
+end
+
+local function nic(run, c, h, found)
+  local ok, ip, id = pcall(hsm.private_ip, c, h)
+  if not ok then
+    run:add("nic private ip", h.name, "FAIL", message_of(ip), REMEDY.arm_read)
+  elseif ip then
+    found[h.name] = { ip = ip, nic = id and id:match("[^/]+$") }
+  elseif id then
+    run:add("nic private ip", h.name, "FAIL", "NIC " .. id:match("[^/]+$") .. " has no private IP", REMEDY.nic)
+  else
+    run:add("nic private ip", h.name, "FAIL", "no NIC: the HSM reads Succeeded without a network interface", REMEDY.nic)
+  end
+end
+
+local function orphans(run, c, all)
+  local list = run:guarded("orphaned hsms", c.subscription, hsm.orphans, c, all)
+  if not list then return end
+  for _, o in ipairs(list) do
+    run:add("orphaned hsms", o.name, "FAIL", ("resource group %s is gone; the HSM (%s, %s) is still billed"):format(
+      tostring(o.group), tostring(o.location), tostring(o.state)), REMEDY.orphan)
+  end
+  if #list == 0 then run:add("orphaned hsms", c.subscription, "OK", "no HSM whose resource group is gone") end
+end
+
+-- Every Azure check; -> {nics = {hsm name = {ip=, nic=}}} for the NIC cross-check
+local function check_azure(run)
+  local out = { nics = {} }
+  if not (run.inv and run.inv.azure) then
+    for _, check in ipairs(ARM_CHECKS) do run:add(check, "azure", "OK", "not checked: the inventory has no azure section") end
+    return out
+  end
+  local c = run:guarded("allowlisting", "azure", azure.client, run.inv.azure)
+  if not c then return out end
+  run.group = c.resource_group
+  local all
+  parallel {
+    function() allowlisting(run, c) end,
+    function() all = run:guarded("hsm provisioning", c.subscription, hsm.list_all, c) end,
+  }
+  if not all then
+    for _, check in ipairs { "subnet delegation", "gateway", "quota", "nic private ip", "orphaned hsms", "failed deployments" } do
+      run:add(check, c.subscription, "FAIL", "not checked: the dedicated HSMs could not be listed", REMEDY.arm_read)
+    end
+    return out
+  end
+  local mine, by_name, subnets, vnets = {}, {}, {}, {}
+  for _, h in ipairs(all) do
+    if lower(hsm.group_of(h)) == lower(c.resource_group) then
+      mine[#mine + 1] = h
+      by_name[h.name] = h
+      local np = (h.properties or {}).networkProfile or {}
+      local sid = np.subnet and (np.subnet.id or np.subnet.resourceId)
+      if sid then
+        subnets[sid] = true
+        vnets[sid:match("^(.-/virtualNetworks/[^/]+)")] = true
+      end
+    end
+  end
+  for _, entry in ipairs(run.inv.hsms or {}) do
+    local resource = entry.resource or entry.name
+    if not by_name[resource] then
+      run:add("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, which group %s "
+        .. "does not hold"):format(entry.name, resource, c.resource_group), REMEDY.missing)
+    end
+  end
+  local states = {}                   -- vnet id (lower case) -> its gateway's state
+  local jobs = {
+    function() failed_deployments(run, c, by_name) end,
+    function() orphans(run, c, all) end,
+    function() quota(run, all) end,
+  }
+  for sid in pairs(subnets) do jobs[#jobs + 1] = function() delegation(run, c, sid) end end
+  for vid in pairs(vnets) do jobs[#jobs + 1] = function() gateways(run, c, vid, states) end end
+  for _, h in ipairs(mine) do
+    if (h.properties or {}).provisioningState == "Succeeded" then
+      jobs[#jobs + 1] = function() nic(run, c, h, out.nics) end
+    end
+  end
+  parallel(jobs)
+  provisioning(run, mine, function(h)
+    local sid = ((h.properties or {}).networkProfile or {}).subnet
+    sid = sid and (sid.id or sid.resourceId)
+    return sid and states[lower(sid:match("^(.-/virtualNetworks/[^/]+)"))]
+  end)
+  return out
+end
+
+---------------------------------------------------------------------------
+-- an appliance
+
+local function tcp_rows(run, entry, answers)
+  local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", entry.ntls_port or 1792, REMEDY.tcp1792 } }
+  for i, p in ipairs(ports) do
+    local a = answers[i]
+    if a.open then
+      run:add(p[1], entry.name, "OK", ("port %d open (%d ms)"):format(p[2], math.floor(a.ms or 0)))
+    else
+      run:add(p[1], entry.name, "FAIL", ("port %d: %s"):format(p[2], tostring(a.reason)), p[3])
+    end
+  end
+end
+
+local function hsm_state(run, name, h)
+  if h.zeroized then
+    run:add("hsm state", name, "FAIL", ("HSM %s (serial %s) IS ZEROIZED"):format(tostring(h.label), tostring(h.serial)),
+      REMEDY.zeroized)
+  elseif (h.attempts_left or SO_MAX) < SO_MAX then
+    run:add("hsm state", name, "WARN", ("%d of %d HSM SO login attempts left before zeroization"):format(
+      h.attempts_left, SO_MAX), REMEDY.so_attempts)
+  else
+    run:add("hsm state", name, "OK", ("label %s, serial %s, firmware %s, %d of %d HSM SO attempts left"):format(
+      tostring(h.label), tostring(h.serial), tostring(h.firmware), h.attempts_left or SO_MAX, SO_MAX))
+  end
+end
+
+-- Partitions with their `partition show` (attempts left, cloning domain, label).
+local function partitions(s)
+  local out = {}
+  for _, p in ipairs(s:partitions()) do
+    local show = parse.partition_show(s:must("partition show -partition " .. p.name).text)
+    show.name, show.serial = p.name, p.serial
+    show.domain = ha.domain_of(show)
+    out[#out + 1] = show
+  end
+  return out
+end
+
+-- dhsm's own failed-login counts for this appliance (its key is
+-- "name#serial") and its partitions' tokens ("label#token serial"), and
+-- the partitions' own attempts left.
+local function failed_logins(run, name, serial, parts)
+  local mine, bad, warn = {}, {}, {}
+  local prefixes = { name .. "#" }
+  for _, p in ipairs(parts) do prefixes[#prefixes + 1] = (p.label or p.name) .. "#" end
+  for _, c in ipairs(guard.counts()) do
+    for _, prefix in ipairs(prefixes) do
+      if (c.key == name or c.key:sub(1, #prefix) == prefix) and c.failures > 0 then
+        mine[#mine + 1] = ("%s %s: %d"):format(c.key, guard.ROLE_NAMES[c.role] or c.role, c.failures)
+        break
+      end
+    end
+  end
+  for _, p in ipairs(parts) do
+    if p.so_zeroized then bad[#bad + 1] = p.name .. ": Partition SO zeroized" end
+    if p.co_locked then bad[#bad + 1] = p.name .. ": Crypto Officer locked out" end
+    if (p.so_attempts_left or 10) < guard.THRESHOLDS.pso then
+      warn[#warn + 1] = ("%s: %d Partition SO attempts left"):format(p.name, p.so_attempts_left)
+    end
+    if not p.co_locked and (p.co_attempts_left or 10) < guard.THRESHOLDS.co then
+      warn[#warn + 1] = ("%s: %d Crypto Officer attempts left"):format(p.name, p.co_attempts_left)
+    end
+  end
+  if #mine > 0 then warn[#warn + 1] = "dhsm counted failed logins (" .. table.concat(mine, "; ") .. ")" end
+  if #bad > 0 then
+    run:add("failed logins", name, "FAIL", table.concat(bad, "; ") .. (#warn > 0 and ("; " .. table.concat(warn, "; ")) or ""),
+      REMEDY.logins)
+  elseif #warn > 0 then
+    run:add("failed logins", name, "WARN", table.concat(warn, "; "), REMEDY.logins)
+  else
+    run:add("failed logins", name, "OK", ("no failed login counted (serial %s, %d partition(s))"):format(
+      tostring(serial), #parts))
+  end
+end
+
+local function reboot_fix(run, entry, s)
+  local want = entry.reboot_fix_package or luna.REBOOT_FIX
+  local found = parse.has_package(s:packages(), want)
+  if found then
+    run:add("reboot fix", entry.name, "OK", "installed: " .. found)
+  else
+    run:add("reboot fix", entry.name, "WARN", ("no package named like %s: a reboot may hang for up to 48 h"):format(want),
+      REMEDY.reboot_fix)
+  end
+end
+
+local OUTCOME = {
+  server_cert_rejected = "the client rejected the appliance's certificate (%s): it trusts a stale server.pem",
+  client_cert_unknown = "the appliance rejected the client's certificate (certificate verify failed): unregistered, "
+    .. "replaced, or not valid at the appliance's clock",
+  handshake_failed = "the TLS handshake failed (%s)",
+}
+
+local function ntls_rows(run, entry, client, s, workdir)
+  local name = entry.name
+  local d = ntls.inspect(entry, client, s, { workdir = workdir, own_ports = run.own_ports[name] })
+  local fail, warn = {}, {}
+  for _, f in ipairs(d.findings) do
+    if f.code == "client_expiring" then warn[#warn + 1] = f.text else fail[#fail + 1] = f.text end
+  end
+  if (d.server_days_left or 365) < ntls.EXPIRY_WARN_DAYS then
+    warn[#warn + 1] = ("%s's server certificate expires in %d days"):format(name, d.server_days_left)
+  end
+  local remedy = (d.client_days_left or 1) < 0 and REMEDY.client_expired or REMEDY.ntls
+  if #fail > 0 then
+    run:add("ntls certificate", name, "FAIL", table.concat(fail, "; "), remedy:format(name))
+  elseif #warn > 0 then
+    run:add("ntls certificate", name, "WARN", table.concat(warn, "; "), remedy:format(name))
+  else
+    run:add("ntls certificate", name, "OK", ("server.pem trusted by the client; client %s registered (partitions %s), "
+      .. "its certificate valid %d more days"):format(tostring(d.client_name), table.concat(d.partitions or {}, ", "),
+      d.client_days_left or 0))
+  end
+  local failed, seen = {}, 0
+  for ip, a in pairs(d.last_attempts) do
+    seen = seen + 1
+    if a.outcome ~= "ok" then
+      failed[#failed + 1] = ("last connection from %s at %s: %s"):format(ip, tostring(a.time),
+        (OUTCOME[a.outcome] or a.outcome):format(tostring(a.alert or a.reason)))
+    end
+  end
+  table.sort(failed)
+  if #failed > 0 then
+    run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), REMEDY.ntls:format(name))
+  else
+    run:add("ntls handshakes", name, "OK", seen > 0 and ("the last connection of each of %d client address(es) "
+      .. "succeeded"):format(seen) or "no NTLS connection in the recent log")
+  end
+end
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+-- "Mon Nov 30 22:23:24 UTC 2026" -> Unix time (the appliance speaks UTC)
+local function appliance_time(text)
+  local mon, day, h, m, sec, year = text:match("%a%a%a%s+(%a%a%a)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+%a*%s*(%d%d%d%d)")
+  if not (mon and MONTHS[mon]) then return nil end
+  local t = { year = tonumber(year), month = MONTHS[mon], day = tonumber(day), hour = tonumber(h), min = tonumber(m),
+    sec = tonumber(sec), isdst = false }
+  local now = os.time()
+  local utc_offset = os.time(os.date("*t", now)) - os.time(os.date("!*t", now))
+  return os.time(t) + utc_offset
+end
+
+local function clock(run, name, s)
+  local t0 = os.time()
+  local at = appliance_time(s:must("status date").text)
+  if not at then
+    run:add("appliance clock", name, "WARN", "status date: no date in its output", REMEDY.clock)
+    return
+  end
+  local skew = at - t0
+  if math.abs(skew) > CLOCK_SKEW_WARN then
+    run:add("appliance clock", name, "WARN", ("the appliance clock is %d s %s of this host's"):format(math.abs(skew),
+      skew > 0 and "ahead" or "behind"), REMEDY.clock)
+  else
+    run:add("appliance clock", name, "OK", ("within %d s of this host's clock"):format(math.abs(skew)))
+  end
+end
+
+-- The readings of one SSH session, each on its own: a failed one is its
+-- check's FAIL, and the others still run (a lost session fails them fast).
+local function session_checks(run, entry, s, a)
+  local name = entry.name
+  local function timed(what, fn, ...) return run:wait(name, what, fn, ...) end
+  local h = run:guarded("hsm state", name, timed, "hsm show", s.hsm_show, s)
+  if h then
+    hsm_state(run, name, h)
+    a.serial = h.serial
+  end
+  local parts = run:guarded("failed logins", name, timed, "partition list/show", partitions, s)
+  if parts then
+    a.partitions = parts
+    run:guarded("failed logins", name, failed_logins, run, name, a.serial or entry.serial, parts)
+  end
+  run:guarded("reboot fix", name, timed, "package list", reboot_fix, run, entry, s)
+  if run.client then
+    run:guarded("ntls certificate", name, timed, "server.pem, client list, syslog", ntls_rows, run, entry, run.client,
+      s, run.workdir)
+  else
+    for _, check in ipairs { "ntls certificate", "ntls handshakes" } do
+      run:add(check, name, "FAIL", "not checked: " .. tostring(run.client_error), REMEDY.ntls:format(name))
+    end
+  end
+  run:guarded("appliance clock", name, timed, "status date", clock, run, name, s)
+  local netw = pcall(function() a.network = timed("network show", s.network, s) end)
+  if not netw then a.network = nil end
+end
+
+-- Every check of one appliance; -> {name=, serial=, partitions=, network=}
+local function check_appliance(run, entry)
+  local name, T = entry.name, run.timeout
+  local a = { name = name, resource = entry.resource or name }
+  local answers = run:wait(name, ("TCP %d and %d"):format(entry.ssh_port or 22, entry.ntls_port or 1792), net.tcp_many, {
+    { host = entry.host, port = entry.ssh_port or 22, timeout = T },
+    { host = entry.host, port = entry.ntls_port or 1792, timeout = T } })
+  tcp_rows(run, entry, answers)
+  run.own_ports[name] = { answers[2].local_port }      -- our probe's lines in the NTLS log are not a client's
+  local why
+  if not answers[1].open then
+    why = "SSH (TCP 22) does not answer"
+  else
+    local ok, s = pcall(run.wait, run, name, "SSH login", luna.open, entry, { timeout = T })
+    if ok then
+      run:add("ssh login", name, "OK", ("logged in as %s"):format(tostring(entry.user or "tenantadmin")))
+      local session <close> = s
+      session_checks(run, entry, s, a)
+      return a
+    end
+    local e = dhsm.error.normalize(s)
+    if e.kind == "interrupted" or e.kind == "cancelled" then error(s, 0) end
+    run:add("ssh login", name, "FAIL", message_of(e), e.code == "PasswordChangeRequired" and REMEDY.password_change or REMEDY.ssh)
+    why = "no SSH session"
+  end
+  if not answers[1].open then run:add("ssh login", name, "FAIL", "not checked: " .. why, REMEDY.tcp22) end
+  for _, check in ipairs(SESSION_CHECKS) do
+    run:add(check, name, "FAIL", "not checked: " .. why, ("see tcp 22 and ssh login on %s"):format(name))
+  end
+  return a
+end
+
+---------------------------------------------------------------------------
+-- HA groups (the client)
+
+-- Phase one, at the same time as the appliances: the groups and settings.
+local function ha_groups(run)
+  local ok, c = pcall(ha.client, run.inv)
+  if not ok then return { error = message_of(c) } end
+  c.timeout = run.timeout             -- lunacm probes the appliances too: the same bound
+  local groups = run:guarded("ha groups", "client", run.wait, run, "client", "lunacm hagroup listGroups", c.groups, c)
+  if not groups then return { failed = true } end
+  return { client = c, groups = groups, settings = c:settings() }
+end
+
+local function member_names(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = ("%s (%s)"):format(m.serial, m.hsm and m.hsm.name or "?") end
+  return table.concat(out, ", ")
+end
+
+local function ha_objects(run, c, g, members)
+  if not run.p.co_password then
+    run:add("ha objects", g.label, "OK", "not compared: give co_password to compare the members' objects")
+    return
+  end
+  if dhsm.check_mode then
+    run:add("ha objects", g.label, "OK", "not compared in check mode (it logs in as the Crypto Officer)")
+    return
+  end
+  local alive = {}
+  for _, m in ipairs(members) do
+    if m.alive and m.label then alive[#alive + 1] = m end
+  end
+  for _, m in ipairs(alive) do
+    m.objects = run:guarded("ha objects", g.label, c.objects, c, m.label, run.p.co_password)
+    if not m.objects then return end
+  end
+  local drift = ha.compare(alive).drift
+  if drift then
+    local parts = {}
+    for serial, missing in pairs(drift) do
+      parts[#parts + 1] = ("%s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", "))
+    end
+    table.sort(parts)
+    run:add("ha objects", g.label, "WARN", table.concat(parts, "; "), REMEDY.ha_objects)
+  else
+    run:add("ha objects", g.label, "OK", ("%d alive member(s) hold the same %d object(s)"):format(#alive,
+      alive[1] and #alive[1].objects.keys or 0))
+  end
+end
+
+-- Phase two, with the appliances' partitions: cloning domains, objects.
+local function ha_checks(run, state, appliances)
+  if state.error then
+    run:add("ha groups", "client", "OK", "not checked: no Luna client install (" .. state.error .. ")")
+    return
+  end
+  if state.failed then return end
+  local groups, c = state.groups, state.client
+  if #groups == 0 then
+    run:add("ha groups", "client", "OK", "no HA group configured in " .. c.conf_path)
+    return
+  end
+  run:add("ha groups", "client", "OK", ("%d HA group(s) in %s"):format(#groups, c.conf_path))
+  if state.settings.retry == 0 then
+    run:add("ha retry", "client", "WARN", "HA auto-recovery retry count is 0 (the default): a member that drops stays "
+      .. "out until recovered by hand", REMEDY.ha_retry)
+  else
+    run:add("ha retry", "client", "OK", ("retry count %d, interval %d s"):format(state.settings.retry, state.settings.interval))
+  end
+  local by_serial = {}
+  for _, a in ipairs(appliances) do
+    for _, p in ipairs(a.partitions or {}) do by_serial[p.serial] = p end
+  end
+  for _, g in ipairs(groups) do
+    local down, comparable = {}, {}
+    for _, m in ipairs(g.members) do
+      if m.status ~= "alive" then down[#down + 1] = m end
+      local p = by_serial[m.serial]
+      if p and p.domain then
+        comparable[#comparable + 1] = { serial = m.serial, domain = p.domain, label = p.label, alive = m.status == "alive",
+          objects = { keys = {} } }
+      end
+    end
+    if #down > 0 then
+      run:add("ha members", g.label, "FAIL", ("%d of %d member(s) down: %s"):format(#down, #g.members, member_names(down)),
+        REMEDY.ha_members)
+    else
+      run:add("ha members", g.label, "OK", ("%d member(s) alive"):format(#g.members))
+    end
+    local domains = ha.compare(comparable)
+    if domains.conflict then
+      run:add("ha cloning", g.label, "FAIL", ("member(s) %s in another cloning domain than %s: synchronize cannot "
+        .. "clone private keys"):format(table.concat(domains.conflict, ", "), comparable[1].serial), REMEDY.ha_cloning)
+    else
+      run:add("ha cloning", g.label, "OK", ("%d member(s) compared: one cloning domain"):format(#comparable))
+    end
+    ha_objects(run, c, g, comparable)
+  end
+end
+
+---------------------------------------------------------------------------
+-- what Azure and the appliance say of the same address
+
+local function nic_rows(run, nics, appliances)
+  local by_resource = {}
+  for _, a in ipairs(appliances) do by_resource[a.resource] = a end
+  for name, n in pairs(nics) do
+    local a = by_resource[name]
+    local own = {}
+    for dev, i in pairs(a and a.network and a.network.interfaces or {}) do
+      if i.ip then own[#own + 1] = dev .. " " .. i.ip end
+    end
+    table.sort(own)
+    local has = false
+    for _, o in ipairs(own) do has = has or o:match("%S+$") == n.ip end
+    if #own > 0 and not has then
+      run:add("nic private ip", name, "WARN", ("NIC %s says %s, the appliance has %s"):format(tostring(n.nic), n.ip,
+        table.concat(own, ", ")), REMEDY.nic)
+    else
+      run:add("nic private ip", name, "OK", ("NIC %s: %s%s"):format(tostring(n.nic), n.ip,
+        has and " (the appliance's own address)" or ""))
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+
+return {
+  description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
+    .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
+    .. "-e prometheus=FILE also writes the findings for node_exporter's textfile collector (for cron and alerts)",
+  params = {
+    timeout = { type = "number", default = 10, min = 0.1, max = 600,
+      description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
+    prometheus = { type = "string",
+      description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
+    co_password = { type = "secret",
+      description = "the HA members' Crypto Officer password (env:, file:, prompt): compare the members' objects "
+        .. "(logins go through the failed-login guard: a wrong one costs an attempt per member and run)" },
+  },
+  run = function(ctx, p)
+    if not ctx.inventory then
+      dhsm.error { kind = "usage", message = "diagnose needs an inventory (-i FILE or $DHSM_INVENTORY)" }
+    end
+    if p.prometheus then findings.check_output_dir(p.prometheus) end
+    local run = new_run(ctx, p)
+    run.group = ctx.inventory.azure and ctx.inventory.azure.resource_group or "?"
+    local workdir = assert(sys.mkdtemp("dhsm-diagnose-"))
+    local cleanup <close> = setmetatable({}, { __close = function() os.execute("rm -rf '" .. workdir .. "'") end })
+    run.workdir = workdir
+    local entries = ctx.inventory.hsms or {}
+    local t0 = dhsm.now()
+    local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),
+      function()
+        local okc, client = pcall(ntls.client, ctx.inventory)
+        if okc then run.client = client else run.client_error = message_of(client) end
+        local watcher <close> = dhsm.spawn(function() run:watch() end)
+        local azure_task <close> = dhsm.spawn(function()
+          return run:guarded("allowlisting", "azure", check_azure, run) or { nics = {} }
+        end)
+        local ha_task <close> = dhsm.spawn(function()
+          return run:guarded("ha groups", "client", ha_groups, run) or { failed = true }
+        end)
+        local appliances = dhsm.parallel(entries, function(entry)
+          return run:guarded("ssh login", entry.name, check_appliance, run, entry)
+            or { name = entry.name, resource = entry.resource or entry.name }
+        end)
+        run:guarded("ha groups", "client", ha_checks, run, ha_task:join(), appliances)
+        run:guarded("nic private ip", "azure", nic_rows, run, azure_task:join().nics, appliances)
+        watcher:cancel()
+        return run.F:rows()
+      end)
+    for _, line in ipairs(findings.lines(rows)) do io.stdout:write(line, "\n") end
+    io.stdout:flush()
+    local counts = findings.counts(rows)
+    if p.prometheus then
+      if dhsm.check_mode then
+        ctx:would("write the findings to " .. p.prometheus)
+      else
+        findings.write_prometheus(p.prometheus, rows, { duration_s = dhsm.now() - t0 })
+      end
+    end
+    return { findings = rows, counts = counts, exit_status = counts.FAIL > 0 and 1 or 0 }
+  end,
+}

@@ -1,0 +1,668 @@
+-- The diagnose playbook against the simulated estate.  A healthy estate is
+-- all OK (exit 0).  Then, for every fault the estate can inject - its ARM
+-- faults (GET /_sim/faults, category "fault"), its appliance faults and
+-- actions (estate.json) and the failures the sim README lists as needing
+-- only state - one test injects it, finds the FAIL/WARN row (check and
+-- target) and clears it to find OK again.  The tests are generated from the
+-- estate's own lists, so a new fault without an entry in the tables below
+-- fails a test.  A fault diagnose cannot see by design says why in its
+-- entry, and its test checks that diagnose still reports no failure with it
+-- switched on.  Also: --json, prometheus=FILE (parsed; a bad folder),
+-- --check, and that diagnose sends nothing that changes the estate
+-- (counted in the estate's own log).
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local deploy = require "dhsm.azure.deploy"
+local hsm = require "dhsm.azure.hsm"
+local net = require "dhsm.net"
+local network = require "dhsm.azure.network"
+local pkcs11 = require "dhsm.pkcs11"
+local proc = require "dhsm.proc"
+local util = require "dhsm.util"
+package.path = t.here() .. "/../lua/?.lua;" .. package.path
+local support = require "support.estate"
+
+local q = util.shell_quote
+-- reboot_seconds long: a rebooting appliance stays away until `advance`
+local FAST = { hsm_step_seconds = 0.02, gateway_seconds = 0.05, network_seconds = 0.02, delete_seconds = 0.02,
+  retry_after = 0, reboot_seconds = 3600 }
+local e = support.start { set = FAST, args = "--appliances 2 --client-ready" }
+local client = e.inventory.client
+local STATE = t.tmpdir()            -- every run's XDG_STATE_HOME: dhsm's failed-login counts live there
+local CO_FILE = e.dir .. "/secrets/hsm1_par1_co_pin"
+local TIMEOUT = 5                   -- the probe timeout of every run: what a dead appliance costs
+local SUB = e.inventory.azure.subscription
+local c = e:azure()
+
+---------------------------------------------------------------------------
+-- the estate as an operator keeps it: the reboot fix installed, one HA group
+-- of both appliances with auto-recovery on
+
+local function lunacm_opts(args)
+  local argv = { client.lunacm }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return { argv = argv, env = { ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/[^/]*$") }, timeout = 60 }
+end
+
+-- lunacm(args [, password]) -> the run (with a password: through the failed-login guard)
+local function lunacm(args, password)
+  local o = lunacm_opts(args)
+  if password then
+    o.password = password
+    return proc.lunacm_login(o)
+  end
+  return proc.run(o)
+end
+
+local serials = {}
+for _, s in ipairs(proc.lunacm_slots(lunacm_opts {})) do serials[s.label:match("^(hsm%d)%-par1$") or s.label] = s.serial end
+for _, name in ipairs { "hsm1", "hsm2" } do e:appliance(name, "install-fix") end
+assert(lunacm({ "-c", "hagroup", "createGroup", "-label", "myHA", "-serialNumber", serials.hsm1 }, e:secret("hsm1_par1_co_pin")).ok)
+assert(lunacm({ "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", serials.hsm2 }, e:secret("hsm1_par1_co_pin")).ok)
+assert(lunacm { "-c", "hagroup", "retry", "-count", "-1" }.ok)
+
+---------------------------------------------------------------------------
+-- running diagnose and reading its rows
+
+-- dhsm(args) -> {status, stdout, stderr}: this dhsm, its state (failed-login
+-- counts, journal, audit log) in STATE
+local function dhsm_sh(args)
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE), t.cmd(args)))
+end
+
+-- diagnose(args [, estate]) -> the run {status, stdout, stderr}, the --json document (or nil)
+local function diagnose(args, estate)
+  local extra = estate and "" or ("-e co_password=file:" .. q(CO_FILE))
+  local r = dhsm_sh(("-i %s run diagnose --json -e timeout=%g %s %s"):format(q((estate or e).dir .. "/inventory.json"),
+    TIMEOUT, extra, args or ""))
+  local ok, doc = pcall(cjson.decode, r.stdout)
+  return r, ok and type(doc) == "table" and doc or nil
+end
+
+local function find(doc, check, target)
+  for _, row in ipairs(doc and doc.result and doc.result.findings or {}) do
+    if row.check == check and row.target == target then return row end
+  end
+end
+
+local function not_ok(doc)
+  local out = {}
+  for _, row in ipairs(doc and doc.result and doc.result.findings or {}) do
+    if row.status ~= "OK" then out[#out + 1] = ("%s %s %s: %s"):format(row.status, row.check, row.target, row.finding) end
+  end
+  return out
+end
+
+-- Every row OK and exit 0.
+local function healthy(r, doc, when)
+  t.ok(doc, "a JSON document\n" .. r.stdout .. r.stderr)
+  t.eq(not_ok(doc), {}, when)
+  t.eq(r.status, 0, when .. "\n" .. r.stderr)
+end
+
+---------------------------------------------------------------------------
+-- acting on the estate
+
+local HSM_SPEC = { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp2" }
+
+-- An HSM created straight on ARM (what a provision would do); -> its final state
+local function create_hsm(name, spec, group)
+  local ok = pcall(function()
+    local r = hsm.start(c, name, spec or HSM_SPEC, { skip_preflight = true, group = group })
+    c:wait(r, { timeout = 30 })
+  end)
+  local h = hsm.get(c, name, group)
+  return ok, h and h.properties.provisioningState
+end
+
+local function gone(name, group)
+  t.eventually(function() return hsm.get(c, name, group) == nil end, name .. " deleted")
+end
+
+local function delete_failed_hsm(name)
+  hsm.delete_failed(c, name, { poll_interval = 0.05 })
+  gone(name)
+end
+
+-- A device-less HSM is deletable once the estate's flag says zeroized.
+local function delete_hsm(name, group)
+  e:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = group or "hsm-rg" })
+  local r = c:delete(hsm.path(c, name, group))
+  if r.status == 202 then c:wait(r, { timeout = 30 }) end
+  gone(name, group)
+end
+
+-- The same deployment an operator's template makes: one dedicated HSM.
+local function deploy_hsm(deployment, name)
+  local template = { ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+    contentVersion = "1.0.0.0", resources = { {
+      type = "Microsoft.HardwareSecurityModules/dedicatedHSMs", apiVersion = "2021-11-30", name = name,
+      location = "eastus", sku = { name = hsm.SKU },
+      properties = { stampId = "stamp2", networkProfile = { subnet = { id = network.subnet_path(c, "hsm-vnet", "hsm") } } } } } }
+  pcall(function() deploy.wait(c, deploy.create(c, deployment, template, {}), { timeout = 30 }) end)
+end
+
+local function delete_deployment(deployment, name)
+  deploy.delete(c, deployment)
+  delete_failed_hsm(name)
+end
+
+-- PUT the gateway again as it is (a network change an operator makes).
+local function reput_gateway(wait)
+  local gw = network.gateway(c, "hsm-ergw")
+  local ip = gw.properties.ipConfigurations[1].properties
+  local r = c:put(network.gateway_path(c, "hsm-ergw"), { body = network.gateway_body { location = gw.location,
+    subnet_id = ip.subnet.id, pip_id = ip.publicIPAddress.id, sku = gw.properties.sku.name } })
+  if wait then pcall(c.wait, c, r, { timeout = 30 }) end
+end
+
+-- The support request's power cycle of hsm2 (hard-reboot), done at once
+-- (`advance` does not end a reboot).
+local function power_cycle()
+  e:fault { reboot_seconds = 0 }
+  e:appliance("hsm2", "hard-reboot")
+  t.eventually(function() return e:control("GET", "/appliances").hsm2.status == "up" end, "hsm2 up again")
+  e:fault { reboot_seconds = FAST.reboot_seconds }
+end
+
+local function recover_ha()
+  e:control("POST", "/client/ha/recover", { group = "myHA" })
+end
+
+local function luna_session(name)
+  local s = require("dhsm.luna").open(e.inventory:hsm(name))
+  return s
+end
+
+-- The outcome of the last client connection in appliance name's NTLS log.
+local function last_ntls(name)
+  local last
+  for _, a in ipairs(net.ntls_log(util.read_file(e.dir .. "/appliances/" .. name .. "/messages")).attempts) do
+    if a.outcome ~= "pending" and a.outcome ~= "removed" and a.outcome ~= "probe" then last = a.outcome end
+  end
+  return last
+end
+
+-- The client connects to every appliance (as its applications do), and
+-- hsm2 has logged it as `outcome` (it logs a connection once its side of
+-- it ended, which may be after lunacm exited).
+local function client_connects(outcome)
+  lunacm { "-c", "slot", "list" }
+  t.eventually(function() return last_ntls("hsm2") == outcome end, "hsm2 logging the client's connection " .. outcome)
+end
+
+local function pin(name) return util.trim(util.read_file(e.dir .. "/secrets/" .. name)) end
+
+-- fn(session) on a member token, logged in as its Crypto Officer
+local function on_token(label, fn)
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local s <close> = lib:open { label = label, rw = true }
+  s:login("user", e:secret(label:gsub("%-", "_") .. "_co_pin"))
+  fn(s)
+  s:logout()
+end
+
+---------------------------------------------------------------------------
+-- what each fault looks like to diagnose
+--
+-- An entry: set = the value injected (or a table of assignments); check,
+-- target, status = the row expected; says = a pattern its finding matches;
+-- shows = a pattern the progress output (stderr) matches;
+-- provoke() = what an operator does that meets the fault; clear() = what
+-- brings the estate back (default: the estate's faults cleared).  Or
+-- invisible = why diagnose cannot see it (then diagnose must still report
+-- no failure with it switched on).  Or remedy_of = the entry whose clear()
+-- uses this action to repair what that fault broke (an action that is a
+-- repair, not a fault: its use is tested there).
+
+-- An entry for a fault that an HSM creation meets: the new HSM ends Failed,
+-- and diagnose says why (class: its classification, in the finding).
+local function creation_fails(name, class, set, says)
+  return { set = set, provoke = function() create_hsm(name) end, check = "hsm provisioning", target = name,
+    status = "FAIL", says = says or ("%(" .. class .. "%)"), clear = function() e:clear() delete_failed_hsm(name) end }
+end
+
+local ARM = {
+  throttle = { set = "3", invisible = "transient: the Azure client retries a 429 after its Retry-After" },
+  fail5xx = { set = "3", invisible = "transient: the Azure client retries a 500/503" },
+  reset = { set = "2", invisible = "transient: a read cut mid-response is retried" },
+  forbid = { set = "1000", check = "allowlisting", target = SUB, status = "FAIL", says = "AuthorizationFailed" },
+  delay_ms = { set = "200", invisible = "latency, not a failure: the run takes that much longer" },
+  expire_tokens = { set = "1", invisible = "the Azure client fetches a new token on ExpiredAuthenticationToken" },
+  gateway_race = { set = "1", provoke = function() deploy_hsm("diag-race", "diag-race") end,
+    check = "failed deployments", target = "diag-race", status = "FAIL", says = "GatewayNotReady",
+    clear = function() e:clear() delete_deployment("diag-race", "diag-race") end },
+  gateway_race_next = creation_fails("diag-next", "race", "1"),
+  field_errors = creation_fails("diag-field", "quota", { field_errors = "1", quota_per_stamp = "0" },
+    "%(quota%): Provisioning of the Dedicated HSM failed"),     -- the cause only in the prose
+  network_fail = { set = "1:virtualNetworkGateways", provoke = function() reput_gateway(true) end,
+    check = "gateway", target = "hsm-vnet", status = "FAIL", says = "Failed",
+    clear = function() e:clear() reput_gateway(true) end },
+  network_busy = { set = "5", invisible = "it refuses Network writes, which diagnose never sends (the test checks the "
+    .. "fault's count is untouched), and leaves no state" },
+  subnet_undelegated = creation_fails("diag-deleg", "delegation", "1"),
+  not_allowlisted = { set = "1", check = "allowlisting", target = SUB, status = "FAIL", says = "NotRegistered" },
+  quota_per_stamp = creation_fails("diag-stamp", "quota", "0"),
+  quota_per_region = creation_fails("diag-region", "quota", "0"),
+  capacity_per_stamp = creation_fails("diag-cap", "capacity", "0"),
+  others_per_stamp = creation_fails("diag-others", "capacity", "12"),
+  managed_identity = { set = "0", invisible = "the managed-identity endpoint: the inventory's credential is a client secret" },
+  page_size = { set = "1", invisible = "paging: diagnose follows nextLink (one item a page here)" },
+}
+
+-- Appliance faults, on hsm2 unless said.
+local APPLIANCE = {
+  shell_delay_ms = { set = 100, invisible = "a slow shell is no failure (one slower than the timeout is hang_next's case)" },
+  slow_command = { set = "300:hsm show", invisible = "one slow command is no failure (slower than the timeout: hang_next)" },
+  hang_next = { set = 1, check = "hsm state", status = "FAIL", says = "within" },
+  drop_next = { set = 1, check = "hsm state", status = "FAIL" },
+  clock_skew = { set = -7200, check = "appliance clock", status = "WARN", says = "7200 s behind",
+    clear = function() e:clear() client_connects("ok") end },
+  ntls = { set = "refuse", check = "tcp 1792", status = "FAIL", says = "refused",
+    clear = function() e:clear() recover_ha() end,
+    also = { set = "drop", says = "timeout" } },
+  lunash_layout = { set = 6, invisible = "dhsm reads the 7.x, 6.x and 5.x layouts alike", also = { set = 5 } },
+  force_password_change = { set = 1, check = "ssh login", status = "FAIL", says = "PasswordChangeRequired" },
+}
+
+local function known_hosts() return util.read_file(e.dir .. "/known_hosts") end
+
+-- Appliance actions (estate appliance NAME ACTION), on hsm2.
+local ACTIONS = {
+  down = { check = "tcp 22", status = "FAIL", says = "timeout",
+    shows = "waiting on hsm2: TCP %d+ and %d+ %(gives up after 5 s%)",
+    clear = function() e:appliance("hsm2", "up") recover_ha() end },
+  up = { remedy_of = "down" },
+  reboot = { check = "tcp 22", status = "FAIL", says = "timeout",
+    clear = function() power_cycle() recover_ha() end },
+  ["hard-reboot"] = { remedy_of = "reboot" },
+  ["support-reset"] = { check = "hsm state", status = "FAIL", says = "ZEROIZED", separate = true },
+  ["install-fix"] = { remedy_of = "uninstall-fix" },
+  ["uninstall-fix"] = { check = "reboot fix", status = "WARN", says = "KB0019789",
+    clear = function() e:appliance("hsm2", "install-fix") end },
+  zeroize = { check = "hsm state", status = "FAIL", says = "ZEROIZED", separate = true },
+  ["new-host-key"] = { check = "ssh login", status = "FAIL",
+    inject = function(self) self.old = known_hosts() e:appliance("hsm2", "new-host-key") self.new = known_hosts()
+      t.write(e.dir .. "/known_hosts", self.old) end,
+    clear = function(self) t.write(e.dir .. "/known_hosts", self.new) end },
+}
+
+-- Failures that need no switch, only state (tests/sim/README.md), and the
+-- HA and login states the guide names.
+local STATE_ONLY = {
+  ["an HSM on the compute subnet"] = { check = "subnet delegation", target = "hsm-vnet/subnets/compute", status = "FAIL",
+    inject = function() create_hsm("diag-compute", { vnet = "hsm-vnet", subnet = "compute", stamp = "stamp2" }) end,
+    clear = function() delete_failed_hsm("diag-compute") end },
+  ["an HSM created while the gateway is Updating"] = { check = "hsm provisioning", target = "diag-updating",
+    status = "FAIL", says = "%(race%)",
+    inject = function()
+      e:fault { gateway_seconds = 3600 }
+      reput_gateway(false)
+      create_hsm("diag-updating")
+    end,
+    also_row = { check = "gateway", target = "hsm-vnet", status = "WARN" },
+    clear = function()
+      e:control("POST", "/advance", { idle = true })
+      e:fault { gateway_seconds = FAST.gateway_seconds }
+      delete_failed_hsm("diag-updating")
+    end },
+  ["a third HSM in one stamp"] = { check = "hsm provisioning", target = "diag-third", status = "FAIL", says = "%(quota%)",
+    inject = function()
+      create_hsm("diag-second", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })
+      create_hsm("diag-third", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })
+    end,
+    also_row = { check = "quota", target = "eastus", status = "WARN" },
+    clear = function() delete_failed_hsm("diag-third") delete_hsm("diag-second") end },
+  ["the group holding an HSM deleted"] = { check = "orphaned hsms", target = "diag-orphan", status = "FAIL",
+    inject = function()
+      c:put(c:group_path("orphan-rg"), { body = { location = "eastus" } })
+      create_hsm("diag-orphan", { subnet_id = network.subnet_path(c, "hsm-vnet", "hsm"), stamp = "stamp2" }, "orphan-rg")
+      local r = c:delete(c:group_path("orphan-rg"))
+      if r.status == 202 then c:wait(r, { timeout = 30 }) end
+    end,
+    clear = function()
+      c:put(c:group_path("orphan-rg"), { body = { location = "eastus" } })
+      delete_hsm("diag-orphan", "orphan-rg")
+      local r = c:delete(c:group_path("orphan-rg"))
+      if r.status == 202 then c:wait(r, { timeout = 30 }) end
+    end },
+  ["deleting an HSM that is not zeroized"] = { invisible = "ARM refuses it (409 HsmNotZeroized): no state changes",
+    inject = function() pcall(c.delete, c, hsm.path(c, "hsm2")) end },
+  ["a reboot without the fix (hangs)"] = { check = "tcp 22", target = "hsm2", status = "FAIL",
+    inject = function() e:appliance("hsm2", "uninstall-fix") e:appliance("hsm2", "reboot") end,
+    clear = function()
+      power_cycle()
+      e:appliance("hsm2", "install-fix")
+      recover_ha()
+    end },
+  ["ntls bound to an interface without the admin address, restarted"] = { check = "tcp 1792", target = "hsm2", status = "FAIL",
+    inject = function()
+      local s <close> = luna_session("hsm2")
+      s:must("ntls bind eth1 -force")
+      s:must("service restart ntls")
+    end,
+    clear = function()
+      local s <close> = luna_session("hsm2")
+      s:must("ntls bind eth0 -force")
+      s:must("service restart ntls")
+      recover_ha()
+    end },
+  ["sysconf regenCert and an NTLS restart"] = { check = "ntls certificate", target = "hsm2", status = "FAIL",
+    says = "not among the certificates the client trusts",
+    inject = function()
+      local s <close> = luna_session("hsm2")
+      s:login_so(e:secret("hsm2_so_password"))
+      s:must("sysconf regenCert -force")
+      s:must("service restart ntls")
+      client_connects("server_cert_rejected")     -- the client tries, and fails
+    end,
+    also_row = { check = "ntls handshakes", target = "hsm2", status = "FAIL" },
+    clear = function()
+      local r = dhsm_sh(("-i %s run ntls-reexchange -e hsm=hsm2 --yes"):format(q(e.dir .. "/inventory.json")))
+      t.eq(r.status, 0, r.stderr)
+      client_connects("ok")
+      recover_ha()
+    end },
+  ["a wrong HSM SO login"] = { check = "hsm state", target = "hsm2", status = "WARN", says = "2 of 3",
+    inject = function()
+      local s <close> = luna_session("hsm2")
+      pcall(s.login_so, s, require("dhsm.secret").value("wrong-password"))
+    end,
+    clear = function()
+      local s <close> = luna_session("hsm2")
+      s:login_so(e:secret("hsm2_so_password"))
+    end },
+  ["a failed Crypto Officer login on a partition"] = { check = "failed logins", target = "hsm2", status = "WARN",
+    says = "9 Crypto Officer attempts left",
+    inject = function() e:control("POST", "/appliances/hsm2/partitions/par1/login", { role = "co", ok = false }) end,
+    clear = function() e:control("POST", "/appliances/hsm2/partitions/par1/login", { role = "co", ok = true }) end },
+  ["dhsm's own count of a failed login"] = { check = "failed logins", target = "hsm1", status = "WARN", says = "dhsm counted",
+    inject = function()
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").record("hsm1#%s", "audit", false)'):format(
+        e.inventory:hsm("hsm1").serial))))
+      t.eq(r.status, 0, r.stderr)
+    end,
+    clear = function()
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").forget("hsm1#%s", "audit")'):format(
+        e.inventory:hsm("hsm1").serial))))
+      t.eq(r.status, 0, r.stderr)
+    end },
+  ["HA retry count 0"] = { check = "ha retry", target = "client", status = "WARN",
+    inject = function() assert(lunacm { "-c", "hagroup", "retry", "-count", "0" }.ok) end,
+    clear = function() assert(lunacm { "-c", "hagroup", "retry", "-count", "-1" }.ok) end },
+  ["HA members in different cloning domains"] = { check = "ha cloning", target = "myHA", status = "FAIL",
+    inject = function()
+      e:control("POST", "/appliances/hsm2/partitions/par1/init", { domain = "another-domain",
+        so_pin = pin("hsm2_par1_so_pin"), co_pin = pin("hsm2_par1_co_pin") })
+    end,
+    clear = function()
+      e:control("POST", "/appliances/hsm2/partitions/par1/init", { domain = "defaultdomain",
+        so_pin = pin("hsm2_par1_so_pin"), co_pin = pin("hsm2_par1_co_pin") })
+      recover_ha()
+    end },
+  ["an object on one HA member only"] = { check = "ha objects", target = "myHA", status = "WARN", says = "lacks 1 object",
+    inject = function()
+      on_token("hsm1-par1", function(s) s:generate_aes { label = "drift-key", sensitive = false, extractable = true } end)
+    end,
+    clear = function()
+      on_token("hsm1-par1", function(s)
+        for _, h in ipairs(s:find { label = "drift-key" }) do s:destroy(h) end
+      end)
+    end },
+}
+
+---------------------------------------------------------------------------
+-- the tests
+
+t.test("a healthy estate: every check OK, exit 0; the table on stdout, the same rows with --json", function()
+  local r = dhsm_sh(("-i %s run diagnose -e co_password=file:%s"):format(q(e.dir .. "/inventory.json"), q(CO_FILE)))
+  t.eq(r.status, 0, r.stdout .. r.stderr)
+  t.ok(r.stdout:find("\n[^\n]*0 WARN, 0 FAIL\n$"), r.stdout)
+  local doc
+  r, doc = diagnose()
+  healthy(r, doc, "healthy estate")
+  local seen = {}
+  for _, row in ipairs(doc.result.findings) do
+    seen[row.check] = true
+    t.ok(r.stderr:find(row.check .. "%s+" .. row.target:gsub("%p", "%%%0") .. "%s+OK"), "the table shows " .. row.check)
+  end
+  for _, check in ipairs { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+    "one gateway per vnet", "quota", "nic private ip", "orphaned hsms", "tcp 22", "tcp 1792", "ssh login", "hsm state",
+    "failed logins", "reboot fix", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
+    "ha members", "ha cloning", "ha objects" } do
+    t.ok(seen[check], "check " .. check .. " reported")
+  end
+  t.eq(doc.result.counts, { OK = #doc.result.findings, WARN = 0, FAIL = 0 })
+  t.eq(find(doc, "ha objects", "myHA").finding:match("^%d+ alive member"), "2 alive member")
+end, { timeout = 120 })
+
+-- Inject, find the row, clear, find every row OK.  kind: arm | appliance | action | state
+local function fault_test(kind, name, spec, value)
+  local target = spec.target or (kind == "arm" and SUB or "hsm2")
+  local function inject()
+    if spec.inject then spec.inject(spec)
+    elseif kind == "arm" then
+      e:fault(type(value) == "table" and value or { [name] = value })
+    elseif kind == "appliance" then e:appliance("hsm2", { [name] = value })
+    elseif kind == "action" then e:appliance("hsm2", name) end
+    if spec.provoke then spec.provoke() end
+  end
+  local cleared = false
+  local function clear()
+    if cleared then return end
+    cleared = true
+    if spec.clear then spec.clear(spec) else e:clear() end
+  end
+  t.cleanup(clear)                  -- a failing test leaves the estate healthy for the next
+  inject()
+  local r, doc = diagnose()
+  t.ok(doc, "a JSON document\n" .. r.stdout .. r.stderr)
+  if spec.invisible then
+    t.eq(#not_ok(doc) > 0 and not_ok(doc) or {}, {}, name .. " is invisible to diagnose (" .. spec.invisible .. ")")
+    t.eq(r.status, 0, r.stderr)
+    if name == "network_busy" then
+      t.eq(e:control("GET", "/faults").network_busy.value.n, 5, "diagnose sent no Network write")
+    end
+  else
+    local row = find(doc, spec.check, target)
+    t.ok(row, ("a row %s / %s; rows not OK: %s"):format(spec.check, target, table.concat(not_ok(doc), "\n")))
+    t.eq(row.status, spec.status, row.finding)
+    if spec.says then t.ok(row.finding:find(spec.says), row.finding) end
+    if spec.shows then t.ok(r.stderr:find(spec.shows), "shown while it waits\n" .. r.stderr) end
+    if row.status ~= "OK" then t.ok(row.remedy and row.remedy ~= "", "a remedy for " .. spec.check) end
+    if spec.also_row then
+      local also = find(doc, spec.also_row.check, spec.also_row.target)
+      t.eq(also and also.status, spec.also_row.status, also and also.finding or table.concat(not_ok(doc), "\n"))
+    end
+    t.eq(r.status, doc.result.counts.FAIL > 0 and 1 or 0, "exit 1 exactly when a row FAILs")
+  end
+  clear()
+  r, doc = diagnose()
+  healthy(r, doc, name .. " cleared")
+end
+
+local function fault_tests(kind, names, table_of)
+  for _, name in ipairs(names) do
+    local spec = table_of[name]
+    if spec == nil then
+      t.test(("%s fault %s: diagnose has an entry for it"):format(kind, name), function()
+        t.ok(false, ("the estate injects %s fault '%s' and diagnose_test.lua does not map it to a check (or say why "
+          .. "diagnose cannot see it): add it"):format(kind, name))
+      end)
+    elseif spec.remedy_of then
+      t.test(("%s %s: a repair, used by the test of %s"):format(kind, name, spec.remedy_of), function()
+        local of = table_of[spec.remedy_of] or STATE_ONLY[spec.remedy_of]
+        t.ok(of and of.check and of.clear, "the entry it repairs exists and has a clear()")
+      end)
+    elseif spec.separate then
+      -- tested on an estate of its own below (it wipes the appliance)
+    else
+      local values = { n = spec.also and 2 or 1, spec.set, spec.also and spec.also.set }   -- set may be nil
+      for i = 1, values.n do
+        local value = values[i]
+        local s = spec
+        if i > 1 then s = setmetatable(spec.also, { __index = spec }) end
+        local what = s.invisible and ("invisible: " .. s.invisible)
+          or ("%s %s on %s"):format(s.check, s.status, s.target or (kind == "arm" and "the subscription" or "hsm2"))
+        t.test(("%s %s%s: %s; OK when cleared"):format(kind, name, value ~= nil and ("=" .. cjson.encode(value)) or "", what),
+          function() fault_test(kind, name, s, value) end, { timeout = 180 })
+      end
+    end
+  end
+end
+
+local function sorted_names(map)
+  local out = {}
+  for k in pairs(map) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+local arm_faults = {}
+for name, k in pairs(e:control("GET", "/faults")) do
+  if k.category == "fault" then arm_faults[#arm_faults + 1] = name end
+end
+table.sort(arm_faults)
+local appliance_faults = sorted_names(e.json.appliances.faults)
+local actions = {}
+for _, a in ipairs(e.json.appliances.actions) do actions[#actions + 1] = a end
+table.sort(actions)
+
+t.test("every fault and action the estate can inject is in diagnose's tables, and every entry is one it injects", function()
+  local function covered(kind, names, map)
+    local known = {}
+    for _, n in ipairs(names) do
+      known[n] = true
+      t.ok(map[n], ("%s '%s' has no entry"):format(kind, n))
+      t.ok(map[n].invisible or map[n].remedy_of or (map[n].check and map[n].status),
+        ("%s '%s': a row, a reason or what it repairs"):format(kind, n))
+    end
+    for n in pairs(map) do t.ok(known[n], ("%s '%s' is not injected by the estate any more"):format(kind, n)) end
+  end
+  covered("ARM fault", arm_faults, ARM)
+  covered("appliance fault", appliance_faults, APPLIANCE)
+  covered("appliance action", actions, ACTIONS)
+  t.ok(#arm_faults >= 19 and #appliance_faults >= 8 and #actions >= 9, "the estate's lists were read")
+end)
+
+fault_tests("arm", arm_faults, ARM)
+fault_tests("appliance", appliance_faults, APPLIANCE)
+fault_tests("action", actions, ACTIONS)
+fault_tests("state", sorted_names(STATE_ONLY), STATE_ONLY)
+
+t.test("diagnose sends nothing that changes the estate (its own log); --check changes nothing either", function()
+  local before = e:mutations()
+  local world = e:world()
+  local lines = #util.lines(util.read_file(e.dir .. "/estate.log"), "log")
+  local r, doc = diagnose()
+  healthy(r, doc, "healthy")
+  r, doc = diagnose("--check")
+  healthy(r, doc, "check mode")
+  t.ok(#util.lines(util.read_file(e.dir .. "/estate.log"), "log") > lines + 20, "the runs' reads are in the log")
+  t.eq(e:mutations(), before, "no ARM write, no LunaSH command that changes anything")
+  t.eq(e:world(), world)
+end, { timeout = 120 })
+
+t.test("prometheus=FILE: one gauge per check and target, HELP/TYPE, labels escaped, written whole; a bad folder is a clear error", function()
+  local dir = t.tmpdir()
+  local file = dir .. "/dhsm.prom"
+  e:appliance("hsm2", { ntls = "refuse" })
+  t.cleanup(function() e:clear() recover_ha() end)
+  local r, doc = diagnose("-e prometheus=" .. q(file))
+  t.eq(r.status, 1, r.stderr)
+  local text = util.read_file(file)
+  t.ok(text, "the file was written")
+  local series, help, typ = {}, {}, {}
+  for line in text:gmatch("[^\n]+") do
+    local name = line:match("^# HELP (%S+) .+$")
+    if name then help[name] = true
+    else
+      name = line:match("^# TYPE (%S+) gauge$")
+      if name then typ[name] = true
+      else
+        local metric, labels, value = line:match('^([%a_:][%w_:]*)(%b{}) (%-?[%d.e+]+)$')
+        if not metric then metric, value = line:match("^([%a_:][%w_:]*) (%-?[%d.e+]+)$") end
+        t.ok(metric, "a sample line: " .. line)
+        t.ok(help[metric] and typ[metric], "HELP and TYPE before " .. metric)
+        if metric == "dhsm_check_status" then
+          local check, target = labels:match('^{check="(.-)",target="(.-)"}$')
+          t.ok(check, labels)
+          t.eq(series[check .. "|" .. target], nil, "one series per check and target")
+          series[check .. "|" .. target] = tonumber(value)
+        end
+      end
+    end
+  end
+  local rows = 0
+  for _, row in ipairs(doc.result.findings) do
+    rows = rows + 1
+    t.ok(series[row.check .. "|" .. row.target] ~= nil, "a gauge for " .. row.check .. " " .. row.target)
+  end
+  t.eq(series["tcp 1792|hsm2"], 2, "FAIL is 2")
+  t.eq(series["tcp 1792|hsm1"], 0, "OK is 0")
+  t.ok(text:find(('dhsm_diagnose_checks{status="FAIL"} %d\n'):format(doc.result.counts.FAIL), 1, true), text)
+  local leftovers = {}
+  for _, f in ipairs(require("dhsm.sys").readdir(dir)) do if f ~= "dhsm.prom" then leftovers[#leftovers + 1] = f end end
+  t.eq(leftovers, {}, "no temporary file left beside it")
+  -- label values are escaped
+  local findings = require "dhsm.findings"
+  t.eq(findings.label_value('a"b\\c\nd'), 'a\\"b\\\\c\\nd')
+  t.ok(findings.prometheus({ { check = 'x"y', target = "a\\b", status = "WARN", finding = "f" } })
+    :find('dhsm_check_status{check="x\\"y",target="a\\\\b"} 1', 1, true))
+  -- a folder that does not exist: refused before anything runs, exit 2
+  local before = #e:mutations()
+  r = diagnose("-e prometheus=" .. q(dir .. "/missing/dhsm.prom"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("prometheus: cannot write " .. (dir .. "/missing/dhsm.prom"):gsub("%p", "%%%0"), 1), r.stderr)
+  t.ok(not r.stderr:find("check Azure", 1, true), "nothing ran\n" .. r.stderr)
+  t.eq(#e:mutations(), before)
+  -- --check writes no file
+  os.remove(file)
+  r = diagnose("--check -e prometheus=" .. q(file))
+  t.eq(util.read_file(file), nil, "check mode: no file written\n" .. r.stderr)
+end, { timeout = 120 })
+
+t.test("an inventory HSM that Azure does not hold and whose appliance refuses: both said, the rest OK", function()
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  local extra = {}
+  for k, v in pairs(inv.hsms[1]) do extra[k] = v end
+  extra.name, extra.resource, extra.serial, extra.ssh_port, extra.ntls_port = "hsm9", "hsm9", "9999999", 1, 1
+  inv.hsms[#inv.hsms + 1] = extra
+  local dir = t.tmpdir()
+  t.write(dir .. "/inventory.json", cjson.encode(inv))
+  local r, doc = diagnose(nil, { dir = dir })
+  t.ok(doc, r.stderr)
+  local row = find(doc, "hsm provisioning", "hsm9")
+  t.eq(row and row.status, "FAIL", table.concat(not_ok(doc), "\n"))
+  t.ok(row.finding:find("which group hsm%-rg does not hold"), row.finding)
+  t.eq(find(doc, "tcp 22", "hsm9").status, "FAIL")
+  t.ok(find(doc, "tcp 22", "hsm9").finding:find("refused", 1, true), find(doc, "tcp 22", "hsm9").finding)
+  t.eq(find(doc, "hsm state", "hsm9").finding, "not checked: SSH (TCP 22) does not answer")
+  for _, x in ipairs(not_ok(doc)) do t.ok(x:find("hsm9", 1, true), "only hsm9 is wrong: " .. x) end
+  t.eq(r.status, 1)
+end, { timeout = 120 })
+
+-- Faults that wipe an appliance (zeroize, support-reset): an estate of
+-- their own, so the shared one keeps its partitions and HA group.  Its
+-- client is empty, so only the HSM's own rows are asserted.
+local wiped = support.start { set = FAST, args = "--appliances 1" }
+
+
+for _, action in ipairs { "zeroize", "support-reset" } do
+  t.test(("action %s: hsm state FAIL (zeroized) on hsm1; OK once re-initialized"):format(action), function()
+    local r, doc = diagnose(nil, wiped)
+    t.eq((find(doc, "hsm state", "hsm1") or {}).status, "OK", r.stdout .. r.stderr)
+    local so = util.trim(util.read_file(wiped.dir .. "/secrets/hsm1_so_password"))   -- before the wipe
+    wiped:appliance("hsm1", action)
+    r, doc = diagnose(nil, wiped)
+    local row = find(doc, "hsm state", "hsm1")
+    t.eq(row.status, "FAIL", row.finding)
+    t.ok(row.finding:find("ZEROIZED", 1, true), row.finding)
+    t.eq(r.status, 1)
+    local s <close> = require("dhsm.luna").open(wiped.inventory:hsm("hsm1"))
+    local init = s:run("hsm init -label hsm1 -password " .. so .. " -defaultdomain -force")
+    t.ok(init.ok, init.text)
+    r, doc = diagnose(nil, wiped)
+    t.eq(find(doc, "hsm state", "hsm1").status, "OK", find(doc, "hsm state", "hsm1").finding)
+  end, { timeout = 120 })
+end
