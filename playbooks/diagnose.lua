@@ -748,6 +748,23 @@ end
 
 ---------------------------------------------------------------------------
 
+
+-- The inventory entries to probe: all of them, or those named by -e hsm=,
+-- each of which must be in the inventory.
+local function chosen_entries(all, names)
+  if not names then return all end
+  local by_name, chosen = {}, {}
+  for _, entry in ipairs(all) do by_name[entry.name] = entry end
+  for _, name in ipairs(names) do
+    local entry = by_name[name]
+    if not entry then
+      dhsm.error { kind = "usage", code = "BadParameter",
+        message = ("hsm: '%s' is not an HSM of the inventory"):format(name) }
+    end
+    chosen[#chosen + 1] = entry
+  end
+  return chosen
+end
 return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
     .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
@@ -757,6 +774,9 @@ return {
       description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
     prometheus = { type = "string",
       description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
+    hsm = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$" },
+      description = "only these appliances of the inventory (comma-separated names; default every one); "
+        .. "the Azure checks still cover the whole resource group" },
     co_password = { type = "secret",
       description = "the HA members' Crypto Officer password (env:, file:, prompt): compare the members' objects "
         .. "(logins go through the failed-login guard: a wrong one costs an attempt per member and run)" },
@@ -771,7 +791,7 @@ return {
     local workdir = assert(sys.mkdtemp("dhsm-diagnose-"))
     local cleanup <close> = setmetatable({}, { __close = function() os.execute("rm -rf '" .. workdir .. "'") end })
     run.workdir = workdir
-    local entries = ctx.inventory.hsms or {}
+    local entries = chosen_entries(ctx.inventory.hsms or {}, p.hsm)
     local t0 = dhsm.now()
     local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),
       function()

@@ -436,6 +436,17 @@ t.test("a healthy estate: every check OK, exit 0; the table on stdout, the same 
   t.eq(find(doc, "ha objects", "myHA").finding:match("^%d+ alive member"), "2 alive member")
 end, { timeout = 120 })
 
+t.test("-e hsm= probes only the named appliances; a name not in the inventory is refused (exit 2)", function()
+  local r, doc = diagnose("-e hsm=hsm2")
+  healthy(r, doc, "hsm2 alone")
+  t.ok(find(doc, "tcp 22", "hsm2"), "hsm2 is probed")
+  t.eq(find(doc, "tcp 22", "hsm1"), nil, "hsm1 is not")
+  t.ok(find(doc, "hsm provisioning", "hsm1"), "the Azure checks still cover the whole group")
+  r = diagnose("-e hsm=hsm2,nosuch")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("hsm: 'nosuch' is not an HSM of the inventory", 1, true), r.stderr)
+end, { timeout = 120 })
+
 -- Inject, find the row, clear, find every row OK.  kind: arm | appliance | action | state
 local function fault_test(kind, name, spec, value)
   local target = spec.target or (kind == "arm" and SUB or "hsm2")
