@@ -232,7 +232,7 @@ function M.diagnose(entry, client, session, opts)
     finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
   elseif d.client_rejected then
     finding(d, "client_stale", ("%s rejects client %s's certificate (\"certificate verify failed\" in its log): %s")
-      :format(entry.name, d.client_name, mine.days_left < 0 and "it has expired"
+      :format(entry.name, d.client_name, d.client_days_left < 0 and "it has expired"
         or "the registration holds another certificate"))
   end
   d.ok = #d.findings == 0 or (#d.findings == 1 and d.findings[1].code == "client_expiring")
