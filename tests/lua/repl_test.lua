@@ -44,6 +44,13 @@ t.test("long output is capped with a note", function()
   t.ok(r.stdout:find("output capped at 200 lines", 1, true))
 end)
 
+-- The REPL on the estate's inventory, fed these lines.
+local function repl_with(estate, lines)
+  local dir = t.tmpdir()
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(dir, dir,
+    t.cmd("repl -i " .. estate.dir .. "/inventory.json")), { stdin = table.concat(lines, "\n") .. "\n" })
+end
+
 t.test("with an inventory: inv, az, a reused hsm session, check mode and the audit", function()
   local estate = require("support.estate").start { args = "--appliances 1" }
   local dir = t.tmpdir()
@@ -81,3 +88,15 @@ t.test("records print as aligned key and value lines", function()
     'serial         "1880771"',
   }, "\n") .. "\n")
 end)
+
+t.test("LunaSH output prints as lines; hsm_show prints the parsed record, raw fields summarised", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local r = repl_with(estate, { "hsm'hsm1':run('hsm show').text", "hsm'hsm1':hsm_show()", "hsm'hsm1':hsm_show().fields['Battery Voltage']" })
+  t.ok(r.stdout:find("\n   Appliance Details:\n   ==================\n", 1, true), r.stdout)
+  t.ok(not r.stdout:find("\\n", 1, true), "no escaped newlines: " .. r.stdout)
+  t.ok(r.stdout:find("\nfields%s+<%d+ raw fields>\n"), r.stdout)
+  t.ok(r.stdout:find('\nserial%s+"%d+"\n'), r.stdout)
+  local record = r.stdout:match("\nattempts_left.*$")
+  t.ok(record and not record:find("Battery Voltage", 1, true), "the raw fields are not printed: " .. r.stdout)
+  t.ok(r.stdout:find('\n"%d%.%d+ V"\n$'), "asked for, a raw field prints: " .. r.stdout)
+end, { timeout = 60 })

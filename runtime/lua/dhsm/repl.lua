@@ -76,11 +76,13 @@ local function historic(line)
   return line:find("%S") and not line:find("prompt", 1, true) and not line:find("secret.", 1, true)
 end
 
+-- One value: command text as its lines, a record as aligned lines;
+-- several: each formatted, TAB-separated as lua.c does.
 local function show(r)
   local parts = {}
   for i = 1, r.n do
-    local rec = r.n == 1 and pretty.record(r[i])
-    parts[#parts + 1] = rec or pretty.format(r[i])
+    local one = r.n == 1 and (pretty.text(r[i]) or pretty.record(r[i]))
+    parts[#parts + 1] = one or pretty.format(r[i])
   end
   if #parts > 0 then io.stdout:write(table.concat(parts, "\t"), "\n") end
   io.stdout:flush()
