@@ -175,6 +175,9 @@ end
 
 local Client = {}
 Client.__index = Client
+-- What the REPL completes (and the docs list); tokens, retries and polling are internal.
+Client.__public = { "get", "put", "patch", "post", "delete", "request", "find", "list", "wait", "gone",
+  "group_path", "stats", "close" }
 
 -- A token's lifetime in seconds: expires_in as AAD (a number) or IMDS (a
 -- string) send it, within sane bounds.

@@ -128,6 +128,9 @@ end
 
 local Session = {}
 Session.__index = Session
+-- What the REPL completes (and the docs list); the rest is this module's own.
+Session.__public = { "run", "must", "hsm_show", "partitions", "packages", "network", "login_so",
+  "zeroize_by_failed_logins", "zeroized_evidence", "check_reboot_fix", "check_network_change", "get", "put", "close" }
 
 local function check_opts(o)
   if type(o) ~= "table" then usage("luna.connect: expected a table of options") end

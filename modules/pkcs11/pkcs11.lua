@@ -62,6 +62,13 @@ local raw_login = core.login
 core.login = nil
 
 local Library, Session = core.library, core.session
+-- What the REPL completes (and the docs list); open_slot and generate_key(_pair) are the
+-- core's, under open and generate_*.
+Library.__public = { "info", "slots", "slot", "token", "tokens", "find_token", "mechanisms", "open", "close" }
+Session.__public = { "login", "logout", "token", "info", "find", "find_one", "count", "attributes", "destroy",
+  "generate_aes", "generate_hmac", "generate_rsa", "generate_ec", "sign", "verify", "encrypt", "decrypt",
+  "digest", "random", "close" }
+M.Library, M.Session = Library, Session      -- the classes, for completion and docs
 
 local function usage(fmt, ...)
   dhsm.error { kind = "usage", message = "pkcs11: " .. fmt:format(...) }

@@ -105,6 +105,13 @@ t.test("with an inventory, HSM names complete inside hsm \"...\"", function()
   term.wait_for('dhsm> s = hsm "hsm1$')
   term.keys('"', "Enter", "s:hsm_show().zeroized", "Enter")
   term.wait_for("\nfalse\ndhsm>$")
+  term.keys("p11:find_t", "Tab")                    -- the PKCS#11 proxy completes as the library it loads
+  term.wait_for("dhsm> p11:find_token$")
+  term.keys("C-u", "s:hsm_s", "Tab")
+  term.wait_for("dhsm> s:hsm_show$")
+  term.keys("C-u", "s:exch", "Tab")                 -- internals are not offered
+  dhsm.sleep(0.3)
+  t.ok(term.screen():find("dhsm> s:exch$"), term.screen())
 end, { timeout = 60 })
 
 t.test("a destructive module call asks for the target's name", function()

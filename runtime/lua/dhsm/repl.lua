@@ -111,7 +111,8 @@ local function install_globals(session, inventory_path)
     end
     return s
   end
-  _G.p11 = setmetatable({}, { __index = function(proxy, k)
+  -- A proxy, so the library is loaded on first use; it completes as one.
+  _G.p11 = setmetatable({}, { __public = require("dhsm.pkcs11").Library.__public, __index = function(proxy, k)
     local lib = rawget(proxy, "_lib")
     if not lib then
       local p11 = require "dhsm.pkcs11"
@@ -151,23 +152,38 @@ local function starting(list, prefix, out)
   return out
 end
 
--- Fields of v without running any code: the table's keys, then its
--- metatable's __index table (methods of userdata such as sessions).
+-- What v's class offers: its declared public methods (a class's
+-- __public list; a proxy's metatable may carry one for what it forwards),
+-- else every function of its __index table.  Never runs any code.
+local function class_names(v)
+  local mt = getmetatable(v)
+  if type(mt) ~= "table" then return {} end
+  local idx = rawget(mt, "__index")
+  local pub = rawget(mt, "__public")
+  if pub == nil and type(idx) == "table" then pub = rawget(idx, "__public") end
+  if type(pub) == "table" then return pub end
+  local out = {}
+  if type(idx) == "table" then
+    for k, x in pairs(idx) do if type(x) == "function" then out[#out + 1] = k end end
+  end
+  return out
+end
+
+-- Names to complete after "v." (its fields and methods) or "v:" (methods).
 local function fields_of(v, methods_only)
   local out, seen = {}, {}
-  local function add(t)
-    if type(t) ~= "table" then return end
-    for k, x in pairs(t) do
-      if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and not k:match("^_")
-        and (not methods_only or type(x) == "function") then
-        seen[k] = true
-        out[#out + 1] = k
-      end
+  local function add(k)
+    if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and not k:match("^_") then
+      seen[k] = true
+      out[#out + 1] = k
     end
   end
-  if type(v) == "table" then add(v) end
-  local mt = getmetatable(v)
-  if type(mt) == "table" then add(rawget(mt, "__index")) end
+  if type(v) == "table" then
+    for k, x in pairs(v) do
+      if not methods_only or type(x) == "function" then add(k) end
+    end
+  end
+  for _, k in ipairs(class_names(v)) do add(k) end
   table.sort(out)
   return out
 end
