@@ -125,3 +125,27 @@ t.test("a destructive module call asks for the target's name", function()
   term.keys("hsm1", "Enter")
   term.wait_for("hsm1\ndhsm>$")
 end)
+
+t.test("background tasks run while the prompt waits", function()
+  local term = terminal()
+  local tick = term.dir .. "/tick"
+  term.keys(("w = dhsm.spawn(function() while true do io.open(%q, 'a'):write('x'):close() dhsm.sleep(0.1) end end)")
+    :format(tick), "Enter")
+  term.wait_for("\ndhsm>$")                          -- back at the prompt, nothing typed
+  local function size() return #(util.read_file(tick) or "") end
+  local before = size()
+  t.eventually(function() return size() >= before + 5 end, "the watcher writing while the prompt waits", 30)
+  term.keys("w:cancel()", "Enter")
+  term.wait_for("w:cancel%(%)\ndhsm>$")
+end, { timeout = 60 })
+
+t.test("Ctrl-R does not search (and run) another line: it says it is off", function()
+  local term = terminal()
+  term.keys("print('from ' .. 'history')", "Enter")
+  term.wait_for("\nfrom history\ndhsm>$")
+  term.keys("C-r")
+  term.wait_for("history search with Ctrl%-R/Ctrl%-S is off")
+  term.keys("print('typed')", "Enter")
+  local screen = term.wait_for("\ntyped\ndhsm>$")
+  t.eq(select(2, screen:gsub("\nfrom history\n", "")), 1, "the history line ran once, when it was typed")
+end)

@@ -56,14 +56,29 @@ local function incomplete(err)
   return err and err:find("<eof>$") ~= nil
 end
 
+-- One line.  On a terminal a task of its own reads it, so the scheduler
+-- runs the other tasks (a dhsm.spawn'ed watcher) while the prompt waits;
+-- Ctrl-C gives the line up: "", "interrupted".
+local function read_line(tty, prompt)
+  if not tty then return sys.readline("") end
+  local reader = dhsm.spawn(function() return sys.readline(prompt) end)
+  core.set_interrupt_target(reader)
+  local ok, line, interrupted = pcall(reader.join, reader)
+  core.set_interrupt_target(nil)
+  if ok then return line, interrupted end
+  sys.readline_cancel()
+  if dhsm.error.is(line, "interrupted") then return "", "interrupted" end
+  error(line, 0)
+end
+
 -- An entry: one line, or several when the statement is not complete.
 local function read_entry(tty, prompt)
-  local line, interrupted = sys.readline(tty and prompt or "")
+  local line, interrupted = read_line(tty, prompt)
   if line == nil then return nil end
   if interrupted then return "", nil, nil, true end
   local chunk, err = compile(line)
   while not chunk and incomplete(err) do
-    local more, stop = sys.readline(tty and ">> " or "")
+    local more, stop = read_line(tty, ">> ")
     if more == nil or stop then return "", nil, nil, stop end
     line = line .. "\n" .. more
     chunk, err = compile(line)
