@@ -149,3 +149,15 @@ t.test("Ctrl-R does not search (and run) another line: it says it is off", funct
   local screen = term.wait_for("\ntyped\ndhsm>$")
   t.eq(select(2, screen:gsub("\nfrom history\n", "")), 1, "the history line ran once, when it was typed")
 end)
+
+t.test("connecting to an appliance that does not answer says so, and the timeout names its option", function()
+  local port = require("support.blackhole")()
+  local inv = t.tmpdir() .. "/inventory.json"
+  t.write(inv, ('{"hsms": [{"name": "dark", "host": "127.0.0.1", "ssh_port": %d, "password": "env:DHSM_NO_PASSWORD",'
+    .. ' "connect_timeout": 0.5}]}'):format(port))
+  local term = terminal("-i " .. q(inv))
+  term.keys('hsm "dark"', "Enter")
+  term.wait_for("connecting to dark %(127%.0%.0%.1:" .. port .. "%)…")
+  term.wait_for("no answer to the SSH connect within 0%.5 s.*connect_timeout")
+  term.wait_for("\ndhsm>$")
+end, { timeout = 60 })

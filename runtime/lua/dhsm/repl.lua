@@ -5,7 +5,11 @@
 -- "=expr" works.  Each entry runs as a task, so waits and dhsm.parallel
 -- work; Ctrl-C cancels that entry (its <close> variables are closed) and
 -- comes back to the prompt; Ctrl-D leaves.  Tab completes globals, fields,
--- methods, meta-commands and inventory names.  History is kept in
+-- the public methods of objects (a class's __public list), meta-commands
+-- and inventory names.  On a terminal the line is read by a task through
+-- the scheduler, so dhsm.spawn'ed tasks keep running at the prompt.
+-- Command output (multi-line strings) prints as lines, records (hsm_show)
+-- as aligned fields with their raw `fields` summarised.  History is kept in
 -- $XDG_STATE_HOME/dhsm/history (0600), without entries that touch secrets.
 -- Without a terminal there are no prompts and the exit status is that of
 -- the last failing entry.
@@ -32,7 +36,8 @@ meta-commands:
   :check on|off       check mode: changes are described, not made
   :audit [N]          the last N audit records (default 10)
   :quit               leave (Ctrl-D too)
-Ctrl-C cancels the running entry.  Tab completes.]]
+Ctrl-C cancels the running entry.  Tab completes.  Spawned tasks run while the prompt waits.
+Ctrl-R/Ctrl-S history search is off (it could run another line than the one shown): Up/Down.]]
 
 local META = { ":help", ":doc", ":trace", ":check", ":audit", ":quit" }
 
@@ -121,7 +126,12 @@ local function install_globals(session, inventory_path)
   _G.hsm = function(name)
     local s = sessions[name]
     if not s or s.closed or s.broken then
-      s = require("dhsm.luna").open(inv:hsm(name))
+      local entry = inv:hsm(name)
+      if sys.isatty(0) then                 -- an appliance that is off would look like a hung console
+        io.stderr:write(("connecting to %s (%s:%d)…\n"):format(entry.name, entry.host, entry.ssh_port or 22))
+        io.stderr:flush()
+      end
+      s = require("dhsm.luna").open(entry)
       sessions[name] = s
     end
     return s
