@@ -310,8 +310,8 @@ local function cmd_list()
   local width = 0
   for _, p in ipairs(list) do width = math.max(width, #p.name) end
   for _, p in ipairs(list) do
-    local ok, pb = pcall(play.describe, p)
-    local desc = ok and pb.description:match("^[^\n]*") or ("(cannot describe: " .. tostring(pb) .. ")")
+    local ok, pb = pcall(play.load, p)
+    local desc = ok and pb.description:match("^[^\n]*") or ("(cannot load: " .. tostring(pb) .. ")")
     out:write(util.pad(p.name, width + 2), desc, "\n")
   end
   return 0
@@ -320,7 +320,7 @@ end
 local function cmd_doc(_, pos)
   if not pos[1] then usage_error("doc needs a PLAYBOOK name; 'dhsm list' shows them") end
   local play = require "dhsm.play"
-  out:write(play.doc(play.describe(find_playbook_or_fail(pos[1]))), "\n")
+  out:write(play.doc(play.load(find_playbook_or_fail(pos[1]))), "\n")
   return 0
 end
 

@@ -64,18 +64,15 @@ local function check_params_spec(found, params)
   if #problems > 0 then bad(found, "%s", table.concat(problems, "; ")) end
 end
 
-local function source_of(found)
-  if found.source then return found.source end
-  local src, err = util.read_file(found.path)
-  if not src then bad(found, "cannot read: %s", err) end
-  return src
-end
-
--- load(found) where found comes from dhsm.paths.find_playbook: runs the
--- file's top level (its requires, its helpers) to get the playbook table.
--- Only the runner does this; list and doc use describe().
+-- load(found) where found comes from dhsm.paths.find_playbook.
 function M.load(found)
-  local chunk, err = load(source_of(found), "@" .. found.path, "t")
+  local src = found.source
+  if not src then
+    local err
+    src, err = util.read_file(found.path)
+    if not src then bad(found, "cannot read: %s", err) end
+  end
+  local chunk, err = load(src, "@" .. found.path, "t")
   if not chunk then bad(found, "%s", err) end
   local ok, pb = pcall(chunk)
   if not ok then bad(found, "error while loading: %s", tostring(pb)) end
@@ -89,114 +86,6 @@ function M.load(found)
   pb.by_path = found.by_path
   check_params_spec(found, pb.params)
   return pb
-end
-
----------------------------------------------------------------------------
--- describing without running: `dhsm list`, `dhsm doc`, the REPL's :doc
---
--- Listing the playbooks on a search path must never run one (a folder of
--- runbooks is full of files whose top level acts).  describe() runs the
--- file's top level in a sandbox so it can return its table, and keeps only
--- the data: name, description, params.  In the sandbox
---   * the pure libraries are copies (string, table, math, utf8) and the
---     pure base functions are there (pairs, type, tostring, error, ...);
---   * every other name -- require, io, os, dhsm, load, debug, pcall,
---     coroutine, collectgarbage, whatever the file invents -- is an inert
---     stand-in: indexing or calling it gives another stand-in, so
---     `local azure = require "dhsm.azure"` and even
---     `os.execute("rm -rf /")` or `require("dhsm.azure").client{}:delete(x)`
---     do nothing at all;
---   * setmetatable refuses __gc (a finaliser would run outside the budget);
---   * the top level gets DESCRIBE_BUDGET VM instructions (a debug.sethook
---     count hook on its own coroutine); past it, describing fails with
---     "takes too long" and every further instruction fails, so a pcall
---     loop cannot outlast it.
--- A description or parameter computed from a module (values = hsm.SKUS)
--- comes back as a stand-in and is dropped: describe() keeps plain data only.
-M.DESCRIBE_BUDGET = 1000000
-
-local Inert = {}
-local inert
-inert = setmetatable({}, {
-  __index = function() return inert end, __call = function() return inert end,
-  __newindex = function() end, __concat = function() return inert end,
-  __tostring = function() return "(not run: described only)" end,
-  __len = function() return 0 end, __metatable = Inert,
-})
-
-local function is_inert(v) return getmetatable(v) == Inert end
-
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do out[k] = v end
-  return out
-end
-
-local function sandbox_env()
-  local env = {
-    string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
-    pairs = pairs, ipairs = ipairs, next = next, select = select, type = type,
-    tostring = tostring, tonumber = tonumber, error = error, assert = assert,
-    rawequal = rawequal, rawlen = rawlen, rawget = rawget, getmetatable = getmetatable,
-    setmetatable = function(t, mt)
-      if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error("__gc is not allowed while describing", 2) end
-      return setmetatable(t, mt)
-    end,
-  }
-  env._G = env
-  return setmetatable(env, { __index = function() return inert end })
-end
-
--- Plain data only (strings, numbers, booleans, tables of them): stand-ins
--- and functions are left out.
-local function plain(v, seen)
-  if type(v) == "table" and not is_inert(v) then
-    if seen[v] then return nil end
-    seen[v] = true
-    local out = {}
-    for k, x in pairs(v) do
-      if type(k) == "string" or type(k) == "number" then out[k] = plain(x, seen) end
-    end
-    seen[v] = nil
-    return out
-  end
-  local t = type(v)
-  if t == "string" or t == "number" or t == "boolean" then return v end
-end
-
--- Run chunk's top level in its own coroutine under the instruction budget.
-local function run_bounded(chunk)
-  local co = coroutine.create(chunk)
-  local spent = false
-  debug.sethook(co, function()
-    if not spent then
-      spent = true
-      debug.sethook(co, debug.gethook(co), "", 1)   -- from now on, every instruction fails
-    end
-    error("its top level takes too long to run (more than " .. M.DESCRIBE_BUDGET .. " instructions)", 0)
-  end, "", M.DESCRIBE_BUDGET)
-  local ok, r = coroutine.resume(co)
-  if ok and coroutine.status(co) ~= "dead" then ok, r = false, "its top level yields" end
-  return ok, r
-end
-
--- describe(found) -> {name=, description=, params=, path=, by_path=}, the
--- playbook's data, without running any of its code outside the sandbox.
-function M.describe(found)
-  local chunk, err = load(source_of(found), "@" .. found.path, "t", sandbox_env())
-  if not chunk then bad(found, "%s", err) end
-  local ok, pb = run_bounded(chunk)
-  if not ok then bad(found, "cannot be described: %s", tostring(pb)) end
-  if type(pb) ~= "table" or is_inert(pb) then
-    bad(found, "must return a table {name=, description=, params=, run=}, got %s", is_inert(pb) and "a computed value" or type(pb))
-  end
-  local d = plain(pb, {})
-  if type(d.description) ~= "string" then bad(found, "field 'description' must be a string") end
-  if d.params ~= nil and type(d.params) ~= "table" then bad(found, "field 'params' must be a table") end
-  local described = { name = type(d.name) == "string" and d.name or found.name, description = d.description,
-    params = d.params or {}, path = found.path, by_path = found.by_path }
-  check_params_spec(found, described.params)
-  return described
 end
 
 function M.doc(pb)

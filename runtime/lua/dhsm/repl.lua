@@ -303,7 +303,7 @@ local function meta(line, session)
     local play = require "dhsm.play"
     local found = require("dhsm.paths").find_playbook(arg)
     if not found then io.stdout:write("no playbook '", arg, "'\n")
-    else io.stdout:write(play.doc(play.describe(found)), "\n") end
+    else io.stdout:write(play.doc(play.load(found)), "\n") end
   else
     io.stdout:write("unknown meta-command ", line, " (:help lists them)\n")
   end
