@@ -1267,7 +1267,8 @@ static void finish(lua_State *L, session *s, luaL_Buffer *b, size_t cap, single_
   luaL_pushresultsize(b, n);
 }
 
-/* s:sign(key, mech, data [, opts]) -> signature */
+/* s:sign(key, mech, data [, opts]) -> signature, as the token gives it: for
+** ECDSA that is raw r||s (PKCS#11 section 2.3.1), not DER; ecdsa_der converts. */
 static int sess_sign(lua_State *L) {
   session *s = check_session(L, 1);
   CK_OBJECT_HANDLE key = check_handle(L, 2);
