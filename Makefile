@@ -6,6 +6,7 @@
 #   make check      the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo       the main job against the simulated estate
 #   make fuzz       every parser fuzzed, FUZZ_SECONDS=60 per driver (tests/fuzz)
+#   make man        docs/dhsm.1 from docs/cli.md (tools/man.lua)
 #   make install    PREFIX=/usr/local: the binary and its man page
 
 PREFIX  ?= /usr/local
@@ -14,6 +15,7 @@ PKG     ?= pkg-config
 O       ?= build
 BIN     ?= dhsm
 LUAC    ?= luac5.4
+LUA     ?= lua5.4
 
 PKGS    := lua5.4 libcurl libssh2 openssl libedit p11-kit-1
 PKG_OK  := $(shell $(PKG) --exists $(PKGS) lua5.4-cjson 2>/dev/null && echo yes)
@@ -40,7 +42,7 @@ DATA_FILES  := $(sort $(wildcard playbooks/templates/* modules/*/*.tsv))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz
+.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man
 all: $(BIN)
 
 $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
@@ -110,13 +112,17 @@ $(O)/bench/p11_sign_c: bench/p11_sign.c | $(O)/.dirs
 	@mkdir -p $(O)/bench
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 $(WARN) $(shell $(PKG) --cflags p11-kit-1) -o $@ $< -ldl
 
-$(O)/dhsm.1: $(BIN)
-	./$(BIN) help --man > $@
+# The man page is made from docs/cli.md, with plain Lua (no pandoc), and
+# kept in the repository: tests/lua/docs_test.lua fails when it is stale.
+man: docs/dhsm.1
 
-install: $(BIN) $(O)/dhsm.1
+docs/dhsm.1: docs/cli.md tools/man.lua include/dhsm/dhsm.h
+	$(LUA) tools/man.lua docs/cli.md > $@.tmp && mv $@.tmp $@
+
+install: $(BIN) docs/dhsm.1
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dhsm
-	install -m 0644 $(O)/dhsm.1 $(DESTDIR)$(PREFIX)/share/man/man1/dhsm.1
+	install -m 0644 docs/dhsm.1 $(DESTDIR)$(PREFIX)/share/man/man1/dhsm.1
 
 clean:
 	rm -rf build build-san build-clang $(BIN)

@@ -662,7 +662,7 @@ return {
             already = o.already }
         end)
         local out = {}
-        for i = 1, all.n do out[i] = all[i] end
+        for i = 1, #requested do out[i] = all[i] end
         return out
       end)
       for i, o in ipairs(results) do

@@ -192,3 +192,148 @@ void dhsm_rfc3339(char out[32], const struct timespec *t) {
   size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
   snprintf(out + n, 32 - n, ".%03ldZ", t->tv_nsec / 1000000L);
 }
+
+/* ---- reading one string field of a JSON object, in C ------------------------
+** So that a token in a tool's JSON output (az account get-access-token,
+** an AAD reply) becomes a dhsm.secret without ever being a Lua string. */
+
+typedef struct {
+  const char *p, *end;
+} cursor;
+
+static void skip_ws(cursor *c) {
+  while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+}
+
+static int hex4(cursor *c, unsigned *out) {
+  if (c->end - c->p < 4) return 0;
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    char h = *c->p++;
+    v <<= 4;
+    if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
+    else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
+    else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
+    else return 0;
+  }
+  *out = v;
+  return 1;
+}
+
+static void add_utf8(dhsm_buf *b, unsigned cp) {
+  char u[4];
+  size_t n;
+  if (cp < 0x80) { u[0] = (char)cp; n = 1; }
+  else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
+  else if (cp < 0x10000) {
+    u[0] = (char)(0xE0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); n = 3;
+  } else {
+    u[0] = (char)(0xF0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4;
+  }
+  dhsm_buf_add(b, u, n);
+}
+
+/* A \uXXXX escape (the backslash and 'u' read), a surrogate pair joined. */
+static int read_unicode(cursor *c, dhsm_buf *out) {
+  unsigned cp, lo;
+  if (!hex4(c, &cp)) return 0;
+  if (cp >= 0xD800 && cp <= 0xDBFF) {
+    if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u') return 0;
+    c->p += 2;
+    if (!hex4(c, &lo) || lo < 0xDC00 || lo > 0xDFFF) return 0;
+    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+  } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+    return 0;
+  }
+  if (out) add_utf8(out, cp);
+  return 1;
+}
+
+/* The string at c->p (its opening quote), decoded into out (or skipped
+** when out is NULL).  0 when malformed. */
+static int read_string(cursor *c, dhsm_buf *out) {
+  static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+  c->p++;
+  while (c->p < c->end) {
+    char ch = *c->p++;
+    if (ch == '"') return 1;
+    if ((unsigned char)ch < 0x20) return 0;
+    if (ch != '\\') {
+      if (out) dhsm_buf_add(out, &ch, 1);
+      continue;
+    }
+    if (c->p >= c->end) return 0;
+    char e = *c->p++;
+    const char *simple = e ? strchr(from, e) : NULL;
+    if (simple) {
+      if (out) dhsm_buf_add(out, &to[simple - from], 1);
+    } else if (e != 'u' || !read_unicode(c, out)) {
+      return 0;
+    }
+  }
+  return 0;
+}
+
+/* Skip any value at c->p.  0 when malformed. */
+static int skip_value(cursor *c, int depth) {
+  if (c->p >= c->end || depth > MAX_DEPTH) return 0;
+  if (*c->p == '"') return read_string(c, NULL);
+  if (*c->p == '{' || *c->p == '[') {
+    char close = *c->p == '{' ? '}' : ']';
+    c->p++;
+    for (;;) {
+      skip_ws(c);
+      if (c->p < c->end && *c->p == close) { c->p++; return 1; }
+      if (close == '}') {
+        if (c->p >= c->end || *c->p != '"' || !read_string(c, NULL)) return 0;
+        skip_ws(c);
+        if (c->p >= c->end || *c->p++ != ':') return 0;
+        skip_ws(c);
+      }
+      if (!skip_value(c, depth + 1)) return 0;
+      skip_ws(c);
+      if (c->p < c->end && *c->p == ',') c->p++;
+      else if (!(c->p < c->end && *c->p == close)) return 0;
+    }
+  }
+  const char *start = c->p;
+  while (c->p < c->end && !strchr(" \t\r\n,}]", *c->p)) c->p++;
+  return c->p > start;
+}
+
+int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest) {
+  cursor c = { json, json + len };
+  dhsm_buf key = {0};
+  int found = 0;
+  skip_ws(&c);
+  if (c.p >= c.end || *c.p++ != '{') return 0;
+  for (;;) {
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '"') break;
+    key.len = 0;
+    if (!read_string(&c, &key)) break;
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p++ != ':') break;
+    skip_ws(&c);
+    const char *at = c.p;
+    int wanted = key.p && strlen(field) == key.len && memcmp(key.p, field, key.len) == 0;
+    if (wanted && c.p < c.end && *c.p == '"') {
+      if (!read_string(&c, value)) break;
+      dhsm_buf_add(rest, json, (size_t)(at - json));
+      dhsm_buf_adds(rest, "null");
+      dhsm_buf_add(rest, c.p, (size_t)(c.end - c.p));
+      found = !value->oom && !rest->oom;
+      break;
+    }
+    if (!skip_value(&c, 1)) break;
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p++ != ',') break;
+  }
+  dhsm_buf_free(&key);
+  if (!found) {
+    dhsm_buf_free(value);
+    dhsm_buf_free(rest);
+  }
+  return found;
+}

@@ -39,6 +39,15 @@ int dhsm_json_sensitive_key(const char *key);
 ** a string or a number under a sensitive name. */
 int dhsm_json_hides(lua_State *L, const char *key, int idx);
 
+/* Take the string field `field` of the JSON object json[0..len) out:
+** its decoded value into `value`, and the document with that value
+** replaced by null into `rest` (both wiped by dhsm_buf_free).  Returns 1
+** when the field is there and a string; 0 otherwise (malformed JSON
+** included), with both buffers left empty.  The value never becomes a
+** Lua string: push it with dhsm_secret_push.  Reading JSON is otherwise
+** cjson's job; this exists only for secrets. */
+int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest);
+
 /* Format t as RFC 3339 UTC with milliseconds: 2026-11-28T09:33:59.123Z */
 void dhsm_rfc3339(char out[32], const struct timespec *t);
 

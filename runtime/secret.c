@@ -23,6 +23,7 @@
 #include <lauxlib.h>
 
 #include "dhsm/dhsm.h"
+#include "json.h"
 #include "runtime.h"
 
 #define SECRET_MAX (64 * 1024)
@@ -75,6 +76,17 @@ void dhsm_secret_push(lua_State *L, const char *bytes, size_t len,
                       const char *origin) {
   secret *s = new_secret(L, origin);
   secret_adopt(s, copy_bytes(L, bytes, len), len);
+}
+
+int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
+                                const char *field, const char *origin) {
+  dhsm_buf value = {0}, rest = {0};
+  if (!dhsm_json_take_string(json ? json : "", json ? len : 0, field, &value, &rest)) return 0;
+  dhsm_secret_push(L, value.p ? value.p : "", value.len, origin);
+  dhsm_buf_free(&value);
+  lua_pushlstring(L, rest.p, rest.len);
+  dhsm_buf_free(&rest);
+  return 1;
 }
 
 /* ---- sources ---------------------------------------------------------- */

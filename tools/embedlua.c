@@ -4,7 +4,7 @@
 **
 **   embedlua OUT.c FILE...
 **
-** Names follow the layout of DESIGN.md:
+** Names follow the layout of the tree (docs/design.md):
 **   runtime/lua/dhsm/x.lua      module  "dhsm.x"     (init.lua: the folder)
 **   modules/<m>/<m>.lua         module  "dhsm.<m>"
 **   modules/<m>/<f>.lua         module  "dhsm.<m>.<f>"

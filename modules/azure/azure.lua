@@ -21,6 +21,7 @@
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local http = require "dhsm.azure.http"
+local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
@@ -225,23 +226,27 @@ local function managed_identity_token(c, cred, retry_deadline)
     retry_deadline)
 end
 
--- `az account get-access-token`: the CLI prints the token, which is turned
--- into a secret at once.
+-- `az account get-access-token`, run through dhsm.proc (no shell: the
+-- command is an argv), its JSON output's accessToken taken out in C as a
+-- secret: the token is never a Lua string, so no error, log or tostring
+-- can show it.
 local function azure_cli_token(c)
-  local cmd = ("%s account get-access-token --resource %s/ --output json 2>/dev/null"):format(
-    c.az_command, c.audience)
-  local p = io.popen(cmd, "r")
-  local out = p and p:read("a") or ""
-  if p then p:close() end
-  local ok, j = pcall(cjson.decode, out)
-  if not ok or type(j) ~= "table" or type(j.accessToken) ~= "string" then
+  local argv = { c.az_command, "account", "get-access-token", "--resource", c.audience .. "/", "--output", "json" }
+  local function failed(why)
     dhsm.error { kind = "azure", code = "AzureCliFailed",
-      message = ("'%s account get-access-token' gave no token (is 'az login' done?)"):format(c.az_command) }
+      message = ("'%s account get-access-token' gave no token (is 'az login' done?): %s"):format(c.az_command, why) }
   end
-  local tok = secret.value(j.accessToken)
-  j.accessToken = nil
-  local lifetime = (tonumber(j.expires_on) or (sys.time() + 3000)) - sys.time()
-  return tok, lifetime
+  local ok, r = pcall(require("dhsm.proc").run, { argv = argv, secret_json_field = "accessToken",
+    timeout = math.max(c.timeout, 30) })
+  if not ok then failed(tostring(dhsm.error.normalize(r).message)) end
+  if r.status ~= 0 or not r.secret then
+    local said = util.trim((r.stderr or ""):match("[^\n]*%S[^\n]*") or "")
+    failed(r.status ~= 0 and ("exit status %d%s"):format(r.status, said ~= "" and (", " .. said) or "")
+      or "its output has no accessToken")
+  end
+  local rest_ok, j = pcall(cjson.decode, r.stdout)
+  local expires_on = rest_ok and type(j) == "table" and tonumber(j.expires_on)
+  return r.secret, lifetime_of((expires_on or (sys.time() + 3000)) - sys.time())
 end
 
 local SOURCES = {
@@ -304,11 +309,18 @@ function M.escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
 end
 
+-- azure.client's options: the inventory's azure fields (dhsm.inventory,
+-- where they are documented, sovereign clouds included), none required
+-- but the subscription, checked by the one option reader.
+local CLIENT_OPTIONS = { subscription = { type = "string", pattern = "^.+$", required = true,
+  expect = "a subscription id" }, credential = { type = "table" } }
+for k, spec in pairs(require("dhsm.inventory").schema.fields.azure.fields) do
+  if not CLIENT_OPTIONS[k] then CLIENT_OPTIONS[k] = setmetatable({ required = false }, { __index = spec }) end
+end
+
 local function check_config(cfg)
   if type(cfg) ~= "table" then usage("azure.client: expected a table (the inventory's azure section)") end
-  if type(cfg.subscription) ~= "string" or cfg.subscription == "" then
-    usage("azure.client: 'subscription' must be a subscription id")
-  end
+  schema.options("azure.client", cfg, CLIENT_OPTIONS)
   local cred = cfg.credential
   if cred ~= nil then
     if type(cred) ~= "table" or not SOURCES[cred.type] then
@@ -465,8 +477,15 @@ end
 
 -- request(method, path, {body=, api_version=, query=, headers=, timeout=,
 --   retry_deadline=, idempotent=}) -> {status=, headers=, body=(decoded), raw=, path=, method=}
+local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
+local REQUEST_OPTIONS = { body = { type = { "table", "string" } }, api_version = { type = "string" },
+  query = { type = "table" }, headers = { type = "table" }, timeout = SECONDS, retry_deadline = SECONDS,
+  idempotent = { type = "boolean" }, correlation_id = { type = "string" } }
+local WAIT_OPTIONS = { timeout = SECONDS, interval = SECONDS, on_progress = { type = "function" },
+  deleting = { type = "boolean" } }
+
 function Client:request(method, path, opts)
-  opts = opts or {}
+  opts = schema.options("azure " .. tostring(method), opts, REQUEST_OPTIONS) or {}
   local url = self:url(path, opts)
   local mutation = method ~= "GET" and method ~= "HEAD"
   if mutation and dhsm.check_mode then
@@ -605,6 +624,7 @@ end
 -- waited before the first poll as the Azure SDKs do (ARM asks for it; an
 -- early poll only costs a request against the throttling budget).
 function Client:poll(what, opts, fn, first_wait)
+  schema.options("azure poll", opts, WAIT_OPTIONS)
   local t0 = dhsm.now()
   local timeout = opts.timeout or 1800
   local interval = opts.interval or self.poll_interval
@@ -674,7 +694,7 @@ end
 -- Follows Azure-AsyncOperation, else Location, else the resource's
 -- provisioningState.  Returns the final resource (nil after a delete).
 function Client:wait(what, opts)
-  opts = opts or {}
+  opts = schema.options("azure wait", opts, WAIT_OPTIONS) or {}
   local resp = type(what) == "table" and what or { path = what, headers = {}, method = "GET" }
   if resp.check then return nil end                       -- check mode: nothing was sent
   local path = resp.path

@@ -281,29 +281,24 @@ static void push_headers(lua_State *L, transfer *t) {
 }
 
 /* With secret_field: take that field of the JSON reply out as a secret
-** (result.secret) and give the rest as result.json; 0 when there is no
-** such field (an error reply), and the body is returned as usual. */
+** (result.secret; decoded in C, never a Lua string) and give the rest as
+** result.json; 0 when there is no such field (an error reply), and the
+** body is returned as usual. */
 static int extract_secret(lua_State *L, transfer *t, const char *field, int result) {
   int top = lua_gettop(L);
-  lua_getglobal(L, "require");
+  if (!dhsm_secret_push_json_field(L, t->reply.p, t->reply.len, field, "http reply")) return 0;
+  lua_getglobal(L, "require");                        /* secret rest require */
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "decode");
-  lua_pushlstring(L, t->reply.p ? t->reply.p : "", t->reply.len);
-  int ok = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1);
-  int json = lua_gettop(L);
-  if (!ok || lua_getfield(L, json, field) != LUA_TSTRING) {
+  lua_pushvalue(L, top + 2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
     lua_settop(L, top);
     return 0;
   }
-  size_t len;
-  const char *v = lua_tolstring(L, -1, &len);
-  dhsm_secret_push(L, v, len, "http reply");
-  lua_setfield(L, result, "secret");
-  lua_pushnil(L);
-  lua_setfield(L, json, field);
-  lua_pushvalue(L, json);
   lua_setfield(L, result, "json");
+  lua_pushvalue(L, top + 1);
+  lua_setfield(L, result, "secret");
   lua_settop(L, top);
   return 1;
 }

@@ -26,7 +26,7 @@
 -- and one that changes something twice: "sending" before it is written
 -- (so a process killed while `hsm zeroize` runs still leaves a record),
 -- then its result.
--- Safety (DESIGN.md) is enforced here, whatever the caller: logins go
+-- Safety (docs/safety.md) is enforced here, whatever the caller: logins go
 -- through dhsm.luna.guard, a reboot needs the KB0019789 fix installed, a
 -- network change must not cut the path this session uses.
 --
@@ -42,6 +42,7 @@ local dhsm = require "dhsm"
 local cli = require "dhsm.luna.cli"
 local guard = require "dhsm.luna.guard"
 local parse = require "dhsm.luna.parse"
+local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local util = require "dhsm.util"
 local ssh = util.native(select(3, ...), "dhsm.luna.ssh")
@@ -97,8 +98,11 @@ local function verb_of(family, sub, after)
 end
 
 -- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
+-- `sysconf regenCert` replaces the NTLS certificate every client trusts:
+-- each client must then re-exchange certificates (guide, NTLS).
 local DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
-  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true }
+  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
+  ["sysconf regencert"] = true }
 M.DESTRUCTIVE = util.sealed(DESTRUCTIVE)
 
 -- classify("par cr -par p1") -> "write", "partition create"
@@ -132,24 +136,28 @@ Session.__index = Session
 Session.__public = { "run", "must", "hsm_show", "partitions", "packages", "network", "login_so",
   "zeroize_by_failed_logins", "zeroized_evidence", "check_reboot_fix", "check_network_change", "get", "put", "close" }
 
+-- The options of luna.connect (luna.open's merge those of the inventory
+-- entry), first_login and a session's run/must, for the one option reader.
+local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
+local PATH = { type = "string", pattern = "^.+$", expect = "a file path" }
+local SESSION_OPTIONS = { port = { type = "integer", min = 1, max = 65535 }, user = { type = "string" },
+  password = { type = "secret", expect = "a secret (secret.env/file/prompt), not a plain string" },
+  key = PATH, passphrase = { type = "secret" }, known_hosts = PATH,
+  host_key = { type = "enum", values = { "strict", "accept-new" } }, timeout = SECONDS, name = { type = "string" },
+  connect_timeout = { type = "number", min = 0.001, expect = "seconds for the TCP connect and SSH handshake (> 0)" } }
+local CONNECT_OPTIONS = util.merged(SESSION_OPTIONS, {
+  host = { type = "string", required = true, pattern = "^.+$", expect = "a host name or address" } })
+local FIRST_LOGIN_OPTIONS = { new_password = { type = "secret", required = true,
+  expect = "a secret (secret.env/file/prompt), not a plain string" }, timeout = SECONDS,
+  host_key = SESSION_OPTIONS.host_key }
+local RUN_OPTIONS = { timeout = SECONDS, answers = { type = "table" }, proceed = { type = "boolean" },
+  password = SESSION_OPTIONS.password, allow_destructive_login = { type = "boolean" },
+  allow_without_reboot_fix = { type = "boolean" }, allow_cutting_path = { type = "boolean" },
+  zeroize = { type = "boolean" } }
+
 local function check_opts(o)
-  if type(o) ~= "table" then usage("luna.connect: expected a table of options") end
-  if type(o.host) ~= "string" or o.host == "" then usage("luna.connect: 'host' must be a host name or address") end
-  if o.port ~= nil and (math.type(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
-    usage("luna.connect: 'port' must be an integer 1-65535, got %s", tostring(o.port))
-  end
+  schema.options("luna.connect", o, CONNECT_OPTIONS, true)
   if o.password == nil and o.key == nil then usage("luna.connect: give password= (a secret) or key= (a private key path)") end
-  if o.password ~= nil and not secret.is(o.password) then
-    usage("luna.connect: 'password' must be a secret (secret.env/file/prompt), not a plain string")
-  end
-  for _, k in ipairs { "timeout", "connect_timeout" } do
-    if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] <= 0) then
-      usage("luna.connect: '%s' must be a number of seconds > 0, got %s", k, tostring(o[k]))
-    end
-  end
-  if o.host_key ~= nil and o.host_key ~= "strict" and o.host_key ~= "accept-new" then
-    usage("luna.connect: host_key must be \"strict\" or \"accept-new\", got %q", tostring(o.host_key))
-  end
 end
 
 local function known_hosts_path(o)
@@ -191,8 +199,14 @@ end
 local function verify_host_key(s, o, name)
   local path = known_hosts_path(o)
   local hk = s:hostkey()
-  local verdict, known = s:known_hosts(path)
+  local verdict, known, markers = s:known_hosts(path)
   local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
+  if verdict == "revoked" then        -- OpenSSH refuses it whatever else the file says; so do we
+    dhsm.error { kind = "safety", code = "HostKeyRevoked",
+      message = ("REVOKED HOST KEY DETECTED: the host key of %s (%s %s) is marked @revoked in %s line %d; "
+        .. "not connecting"):format(where, hk.type, hk.sha256, path, known),
+      details = { offered = hk.sha256, known_hosts = path, line = known } }
+  end
   if verdict == "match" then return hk end
   if verdict == "mismatch" then
     dhsm.error { kind = "safety", code = "HostKeyMismatch",
@@ -204,7 +218,9 @@ local function verify_host_key(s, o, name)
   if (o.host_key or "strict") == "strict" then
     dhsm.error { kind = "safety", code = "HostKeyUnknown",
       message = ("the host key of %s (%s %s) is not in %s; check it with the appliance's console and add it, "
-        .. "or connect with host_key=\"accept-new\""):format(where, hk.type, hk.sha256, path) }
+        .. "or connect with host_key=\"accept-new\"%s"):format(where, hk.type, hk.sha256, path,
+        markers and markers.cert_authority and (" (%s has @cert-authority lines for it: dhsm does not check host "
+          .. "certificates, so only plain key lines count)"):format(path) or "") }
   end
   s:add_known_host(path)
   dhsm.audit.write { action = "ssh.accept_new_host_key", target = name, outcome = "added", fingerprint = hk.sha256 }
@@ -380,9 +396,7 @@ end
 -- quoting passwd's words.  The old password stays valid until then.
 function M.first_login(entry, opts)
   if type(entry) ~= "table" then usage("luna.first_login: expected an inventory entry, got %s", type(entry)) end
-  if type(opts) ~= "table" or not secret.is(opts.new_password) then
-    usage("luna.first_login: give {new_password = secret} (secret.env/file/prompt), not a plain string")
-  end
+  schema.options("luna.first_login", opts, FIRST_LOGIN_OPTIONS, true)
   local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
     key = entry.key, known_hosts = entry.known_hosts, name = entry.name, timeout = opts.timeout, host_key = opts.host_key,
     connect_timeout = entry.connect_timeout }
@@ -420,6 +434,8 @@ end
 
 -- open(entry [, opts]): connect to an inventory entry (dhsm.inventory)
 function M.open(entry, opts)
+  if type(entry) ~= "table" then usage("luna.open: expected an inventory entry (inv:hsm(name)), got %s", type(entry)) end
+  schema.options("luna.open", opts, SESSION_OPTIONS)
   local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
     key = entry.key, known_hosts = entry.known_hosts, name = entry.name, connect_timeout = entry.connect_timeout }
   for k, v in pairs(opts or {}) do o[k] = v end
@@ -602,7 +618,7 @@ local login
 -- run(command, {answers=, proceed=, timeout=, password=, allow_destructive_login=,
 --   allow_without_reboot_fix=, allow_cutting_path=}) -> result
 function Session:run(line, opts)
-  opts = opts or {}
+  opts = schema.options("luna run", opts, RUN_OPTIONS) or {}
   if type(line) ~= "string" or line:find("[\r\n]") or util.trim(line) == "" then
     usage("luna: a command is one line of text, got %q", tostring(line))
   end
@@ -730,7 +746,7 @@ function login(self, role, line, opts)
 end
 
 function Session:login_so(password, opts)
-  opts = opts or {}
+  opts = schema.options("luna login_so", opts, RUN_OPTIONS) or {}
   opts.password = password
   local r = self:run("hsm login", opts)
   if not r.ok and not r.check then
@@ -748,6 +764,7 @@ end
 -- path (dhsm.luna.guard.zeroize_by_failures), on the appliance with this
 -- serial only.
 function Session:zeroize_by_failed_logins(serial, opts)
+  schema.options("luna zeroize_by_failed_logins", opts, RUN_OPTIONS)
   check_open(self)
   local wrong = secret.value(require("dhsm.sys").random_hex(32))
   return guard.zeroize_by_failures(self:guard_key(), "so", { zeroize = (opts or {}).zeroize, serial = serial }, {

@@ -6,6 +6,7 @@
 **   local s <close> = ssh.connect{ host = "10.0.2.4", port = 22, timeout = 30 }
 **   s:hostkey()                      --> {type=, key= (base64), sha256= "SHA256:..."}
 **   s:known_hosts(path)              --> "match" | "mismatch" | "notfound", known sha256
+**                                        | "revoked", line (known_hosts.c reads the markers)
 **   s:add_known_host(path)
 **   s:auth_password(user, secret) / s:auth_key(user, key_path [, passphrase])
 **   local ch <close> = s:shell{ term = "vt100" }
@@ -37,6 +38,7 @@
 #include <openssl/evp.h>
 
 #include "dhsm/dhsm.h"
+#include "known_hosts.h"
 
 #define SESSION_MT "dhsm.luna.session"
 #define CHANNEL_MT "dhsm.luna.channel"
@@ -344,25 +346,15 @@ static int sess_hostkey(lua_State *L) {
   return 1;
 }
 
-static LIBSSH2_KNOWNHOSTS *read_known_hosts(lua_State *L, sess *s, const char *path, int must_exist) {
-  LIBSSH2_KNOWNHOSTS *kh = libssh2_knownhost_init(s->ssh);
-  if (kh == NULL) luaL_error(L, "libssh2_knownhost_init failed");
-  if (access(path, F_OK) == 0 || must_exist) {
-    if (libssh2_knownhost_readfile(kh, path, LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0) {
-      libssh2_knownhost_free(kh);
-      dhsm_usage_error(L, "cannot read known_hosts file %s: %s", path, last_error(s));
-    }
-  }
-  return kh;
-}
-
-/* The session's host key and the known_hosts file at argument 2. */
+/* The session's host key and the known_hosts file at argument 2: its
+** plain entries in kh, its markers for this host (known_hosts.c). */
 typedef struct hostkey_ctx {
   sess *s;
   const char *path, *key;
   size_t len;
   int type;
   LIBSSH2_KNOWNHOSTS *kh;
+  kh_markers markers;
 } hostkey_ctx;
 
 static hostkey_ctx open_known_hosts(lua_State *L) {
@@ -371,13 +363,41 @@ static hostkey_ctx open_known_hosts(lua_State *L) {
   h.path = luaL_checkstring(L, 2);
   h.key = libssh2_session_hostkey(h.s->ssh, &h.len, &h.type);
   if (h.key == NULL) dhsm_raise(L, "luna", "SshError", 0, "%s: no host key", h.s->host);
-  h.kh = read_known_hosts(L, h.s, h.path, 0);
+  h.kh = libssh2_knownhost_init(h.s->ssh);
+  if (h.kh == NULL) luaL_error(L, "libssh2_knownhost_init failed");
+  memset(&h.markers, 0, sizeof h.markers);
+  if (access(h.path, F_OK) == 0 &&
+      kh_load(h.kh, h.path, h.s->host, h.s->port, (const unsigned char *)h.key, h.len, &h.markers) < 0) {
+    int e = errno;
+    libssh2_knownhost_free(h.kh);
+    dhsm_usage_error(L, "cannot read known_hosts file %s: %s", h.path, strerror(e));
+  }
   return h;
 }
 
-/* s:known_hosts(path) -> "match"|"mismatch"|"notfound" [, sha256 of the key on file] */
+/* s:known_hosts(path) -> "match"|"mismatch"|"notfound" [, sha256 of the key on file]
+**                    |  "revoked", line of its @revoked entry
+** and, last, {cert_authority = n} when @cert-authority lines name this host. */
+static int push_markers(lua_State *L, const hostkey_ctx *h, int nret) {
+  if (h->markers.ca_lines == 0) return nret;
+  if (nret == 1) {
+    lua_pushnil(L);
+    nret = 2;
+  }
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, h->markers.ca_lines);
+  lua_setfield(L, -2, "cert_authority");
+  return nret + 1;
+}
+
 static int sess_known_hosts(lua_State *L) {
   hostkey_ctx h = open_known_hosts(L);
+  if (h.markers.revoked_line) {               /* OpenSSH's order: revoked first, whatever else matches */
+    libssh2_knownhost_free(h.kh);
+    lua_pushliteral(L, "revoked");
+    lua_pushinteger(L, h.markers.revoked_line);
+    return 2;
+  }
   sess *s = h.s;
   const char *path = h.path, *key = h.key;
   size_t len = h.len;
@@ -409,7 +429,19 @@ static int sess_known_hosts(lua_State *L) {
     return dhsm_raise(L, "luna", "KnownHostsFailure", 0, "cannot check %s against %s", s->host, path);
   }
   libssh2_knownhost_free(kh);
-  return nret;
+  return push_markers(L, &h, nret);
+}
+
+/* Append line (ending in a newline) to path, after a newline when the
+** file does not end with one.  0 or -1. */
+static int append_line(const char *path, const char *line, size_t n) {
+  FILE *f = fopen(path, "a+");
+  if (f == NULL) return -1;
+  int ok = 1;
+  if (fseek(f, -1, SEEK_END) == 0 && fgetc(f) != '\n') ok = fputc('\n', f) != EOF;
+  fseek(f, 0, SEEK_END);
+  ok = ok && fwrite(line, 1, n, f) == n;
+  return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
 /* s:add_known_host(path): append this host's key (accept-new) */
@@ -418,11 +450,17 @@ static int sess_add_known_host(lua_State *L) {
   char name[300];
   if (h.s->port == 22) snprintf(name, sizeof name, "%s", h.s->host);
   else snprintf(name, sizeof name, "[%s]:%d", h.s->host, h.s->port);
+  struct libssh2_knownhost *entry = NULL;
   int rc = libssh2_knownhost_addc(h.kh, name, NULL, h.key, h.len, "added by dhsm", 13,
                                   LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-                                  knownhost_key_type(h.type), NULL);
-  if (rc == 0) rc = libssh2_knownhost_writefile(h.kh, h.path, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+                                  knownhost_key_type(h.type), &entry);
+  /* Appended, not rewritten: libssh2 would write back only the lines it
+  ** understands, dropping @revoked and @cert-authority lines and comments. */
+  char line[8192];
+  size_t n = 0;
+  if (rc == 0) rc = libssh2_knownhost_writeline(h.kh, entry, line, sizeof line, &n, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
   libssh2_knownhost_free(h.kh);
+  if (rc == 0) rc = append_line(h.path, line, n);
   if (rc != 0) return dhsm_usage_error(L, "cannot write known_hosts file %s", h.path);
   return 0;
 }

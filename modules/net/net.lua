@@ -19,6 +19,7 @@
 -- probe is written to the audit log too.
 local core = require "dhsm.net.core"
 local dhsm = require "dhsm"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
@@ -33,7 +34,18 @@ local function audited(kind, opts, r)
   return r
 end
 
+local HOST = { type = "string", required = true, pattern = "^.+$", expect = "a host name or address" }
+local PORT = { type = "integer", min = 1, max = 65535 }
+local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
+local PATH = { type = "string", pattern = "^.+$", expect = "a file path" }
+local TCP_OPTIONS = { host = HOST, port = PORT, timeout = SECONDS }
+local TLS_OPTIONS = { host = HOST, port = PORT, timeout = SECONDS, ca_file = PATH, client_cert = PATH,
+  client_key = PATH, client_key_passphrase = { type = "secret" }, server_name = { type = "string" },
+  strict = { type = "boolean" } }
+local MANY_OPTIONS = { timeout = SECONDS, limit = { type = "integer", min = 1 } }
+
 function M.tcp(opts)
+  schema.options("net.tcp", opts, TCP_OPTIONS, true)
   return audited("tcp", opts, core.tcp(opts))
 end
 
@@ -46,7 +58,7 @@ local function readable(path, what)
 end
 
 function M.tls(opts)
-  if type(opts) ~= "table" then usage("net.tls: expected a table of options") end
+  schema.options("net.tls", opts, TLS_OPTIONS, true)
   readable(opts.ca_file, "ca_file")
   readable(opts.client_cert, "client_cert")
   readable(opts.client_key, "client_key")
@@ -55,7 +67,7 @@ end
 
 -- tcp_many(list, {timeout=, limit=64}): list of {host=, port=[, timeout=]}
 function M.tcp_many(list, opts)
-  opts = opts or {}
+  opts = schema.options("net.tcp_many", opts, MANY_OPTIONS) or {}
   if type(list) ~= "table" then usage("net.tcp_many: expected a list of {host=, port=}") end
   return dhsm.parallel(list, function(e)
     if type(e) ~= "table" then usage("net.tcp_many: each endpoint must be a table {host=, port=}") end

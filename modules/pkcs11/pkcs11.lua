@@ -48,6 +48,7 @@ local dhsm = require "dhsm"
 local guard = require "dhsm.luna.guard"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 local core = util.native(select(3, ...), "dhsm.pkcs11.core")
 
@@ -68,13 +69,16 @@ Library.__public = { "info", "slots", "slot", "token", "tokens", "find_token", "
 Session.__public = { "login", "logout", "token", "info", "find", "find_one", "count", "attributes", "destroy",
   "generate_aes", "generate_hmac", "generate_rsa", "generate_ec", "sign", "verify", "encrypt", "decrypt",
   "digest", "random", "close" }
-M.Library, M.Session = Library, Session      -- the classes, for completion and docs
+-- The method names a library or session offers, for a proxy that stands
+-- for one (the REPL's p11) to complete as one.
+M.METHODS = { library = Library.__public, session = Session.__public }
 
 local function usage(fmt, ...)
   dhsm.error { kind = "usage", message = "pkcs11: " .. fmt:format(...) }
 end
 
--- t must be nil or a table whose keys are all in `known`.
+-- t must be nil or a table whose keys are all in `known` (name -> spec of
+-- the one option reader, dhsm.schema.options), each of its type.
 local function check_fields(t, known, what)
   if t == nil then return {} end
   if type(t) ~= "table" then usage("%s: expected a table of options, got %s", what, type(t)) end
@@ -84,8 +88,11 @@ local function check_fields(t, known, what)
       usage("%s: unknown field '%s'%s", what, tostring(k), util.did_you_mean(tostring(k), names))
     end
   end
-  return t
+  return schema.options("pkcs11: " .. what, t, known)
 end
+
+local LABEL = { type = "string" }
+local SERIAL = { type = { "string", "integer" } }
 
 ---------------------------------------------------------------------------
 -- loading
@@ -125,7 +132,7 @@ end
 -- load([path] [, {env = {NAME = value}}]) -> library
 function M.load(path, opts)
   if type(path) == "table" and opts == nil then path, opts = nil, path end
-  opts = check_fields(opts, { env = true }, "load")
+  opts = check_fields(opts, { env = { type = "table" } }, "load")
   local where, from = M.library_path(path)
   local ok, lib = pcall(core.load, where, opts.env)
   if not ok then
@@ -153,7 +160,7 @@ end
 
 -- lib:slots([{token_present=true}]) -> {slot info, ...}, broken
 function Library:slots(opts)
-  opts = check_fields(opts, { token_present = true }, "slots")
+  opts = check_fields(opts, { token_present = { type = "boolean" } }, "slots") or {}
   local out, broken = {}, {}
   for _, id in ipairs(core.slot_ids(self, opts.token_present)) do
     out[#out + 1] = read_or_report(self.slot, self, id, broken)
@@ -172,7 +179,7 @@ function Library:tokens()
   return out, broken
 end
 
-local QUERY = { label = true, serial = true }
+local QUERY = { label = LABEL, serial = SERIAL }
 
 -- "slot 3 (CKR_GENERAL_ERROR), slot 7 (...)"
 local function describe_broken(broken)
@@ -205,7 +212,8 @@ end
 
 -- lib:open{label= | serial= | slot=, rw=false} -> session
 function Library:open(q)
-  q = check_fields(q, { label = true, serial = true, slot = true, rw = true }, "open")
+  q = check_fields(q, { label = LABEL, serial = SERIAL, slot = { type = "integer", min = 0, expect = "a slot number (an integer >= 0)" }, rw = { type = "boolean" } },
+    "open")
   local slot = q.slot
   if slot == nil then
     local tok, broken = self:find_token { label = q.label, serial = q.serial }
@@ -267,7 +275,7 @@ end
 
 -- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
 function Session:login(who, pin, opts)
-  opts = check_fields(opts, { allow_destructive_login = true }, "login")
+  opts = check_fields(opts, { allow_destructive_login = { type = "boolean" } }, "login")
   local r = ROLES[who]
   if not r then usage("login: as \"user\" or \"so\", got %s", tostring(who)) end
   if not secret.is(pin) then
@@ -329,14 +337,14 @@ local CURVES = {                                  -- DER of the named curve's OI
 local CURVE_ALIASES = { prime256v1 = "P-256", secp256r1 = "P-256", secp384r1 = "P-384" }
 
 -- Fields the generators take besides attributes.
-local SPEC = { label = true, id = true, token = true, bits = true, curve = true, exponent = true,
-  public = true, private = true }
+local SPEC = { label = { type = "string", pattern = "^.+$", required = true, expect = "a non-empty string" },
+  id = { type = "string", expect = "a string of bytes" }, token = { type = "boolean" }, bits = { type = "integer" },
+  curve = { type = "string" }, exponent = { type = "integer" }, public = { type = "table" }, private = { type = "table" } }
 
 -- The label, id and token fields shared by both keys of a pair (the id
 -- links them: random unless given).
 local function common(self, o, what)
-  if type(o) ~= "table" then usage("%s: expected a table, got %s", what, type(o)) end
-  if type(o.label) ~= "string" or o.label == "" then usage("%s: label= is required (a string)", what) end
+  schema.options("pkcs11: " .. what, o, SPEC, true)
   local id = o.id or self:random(16)
   if type(id) ~= "string" then usage("%s: id must be a string of bytes, got %s", what, type(id)) end
   return { label = o.label, id = id, token = o.token ~= false }

@@ -413,6 +413,32 @@ static void queue_input(lua_State *L, proc *p, int idx, int close_after) {
 
 /* ---- proc.run ------------------------------------------------------------------ */
 
+/* opts.secret_json_field of proc.run (options at index 1), or NULL. */
+static const char *secret_field(lua_State *L) {
+  const char *field = lua_getfield(L, 1, "secret_json_field") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  lua_pop(L, 1);                  /* the string stays alive in the options table */
+  return field;
+}
+
+/* result.stdout; with secret_json_field, the named field of the JSON
+** output becomes result.secret (in C: never a Lua string) and stdout is
+** the rest of the document.  Output that is not such a document is not
+** given at all (it might hold the secret in another form): stdout is
+** nil and secret_missing is true. */
+static void push_stdout(lua_State *L, proc *p) {
+  const char *field = secret_field(L);
+  if (field == NULL) {
+    push_bytes(L, &p->out_buf);
+    lua_setfield(L, -2, "stdout");
+  } else if (dhsm_secret_push_json_field(L, p->out_buf.p, p->out_buf.len, field, "process output")) {
+    lua_setfield(L, -3, "stdout");
+    lua_setfield(L, -2, "secret");
+  } else {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "secret_missing");
+  }
+}
+
 /* Stack while running: 1 options, 2 process */
 static int run_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -420,9 +446,8 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx == WAITED) dhsm_wait_result(L);
   drive(p);
   if (p->exited && p->out < 0 && p->err < 0) {
-    lua_createtable(L, 0, 5);
-    push_bytes(L, &p->out_buf);
-    lua_setfield(L, -2, "stdout");
+    lua_createtable(L, 0, 6);
+    push_stdout(L, p);
     push_bytes(L, &p->err_buf);
     lua_setfield(L, -2, "stderr");
     push_exit(L, p);
@@ -434,8 +459,10 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
     drive(p);
     dhsm_error_new(L, "timeout", "ProcessTimeout", 1, "%s did not finish within its timeout; "
                    "its process group was killed", name_of(L, 2));
-    push_bytes(L, &p->out_buf);
-    lua_setfield(L, -2, "stdout");
+    if (secret_field(L) == NULL) {      /* a partial document could hold the secret */
+      push_bytes(L, &p->out_buf);
+      lua_setfield(L, -2, "stdout");
+    }
     push_bytes(L, &p->err_buf);
     lua_setfield(L, -2, "stderr");
     return lua_error(L);

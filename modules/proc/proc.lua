@@ -4,6 +4,10 @@
 --                       stdin = secret_or_text, cwd = dir, timeout = 30 }
 --   --> {status=, signal=, stdout=, stderr=, duration=}; a timeout kills the
 --   --  process group and raises a "timeout" error carrying what was captured.
+--   proc.run{ argv = { "az", "account", "get-access-token" }, secret_json_field = "accessToken" }
+--   --> stdout is a JSON object: its field accessToken is taken out in C as
+--   --  .secret (never a Lua string) and .stdout is the rest of it; output
+--   --  that is not such an object is withheld (.secret_missing = true).
 --   local p <close> = proc.spawn{ argv = { "openssl", "s_client", ... } }
 --   p:read_until("CONNECTED", 10); p:write("Q\n"); p:wait(5)
 --   proc.lunacm_login{ argv = { lunacm, "-c", "hagroup", "addMember", "-group", "g", "-serialNumber", sn },
@@ -38,6 +42,7 @@
 local dhsm = require "dhsm"
 local cli = require "dhsm.luna.cli"
 local guard = require "dhsm.luna.guard"
+local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local util = require "dhsm.util"
 local core = util.native(select(3, ...), "dhsm.proc.core")
@@ -67,8 +72,16 @@ local function lunacm_result(r)
   return r
 end
 
+local ARGV = { type = "table", required = true, expect = "a list of strings, the program first" }
+local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
+local SPAWN_OPTIONS = { argv = ARGV, env = { type = "table" }, cwd = { type = "string" } }
+local RUN_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS,
+  stdin = { type = { "string", "secret", "table" } }, secret_json_field = { type = "string" } })
+local LUNACM_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS, password = { type = "secret" },
+  allow_destructive_login = { type = "boolean" } })
+
 local function run(opts)
-  if type(opts) ~= "table" then usage("run: expected {argv = {...}, stdin=, env=, cwd=, timeout=}") end
+  schema.options("proc.run", opts, RUN_OPTIONS, true)
   local t0 = dhsm.now()
   local ok, r = pcall(core.run, opts)
   local argv = type(opts.argv) == "table" and opts.argv or {}
@@ -165,6 +178,7 @@ end
 -- run{argv=, stdin=, env=, cwd=, timeout=} -> {status=, signal=, stdout=, stderr=, duration=}
 -- (and ok=, code= for lunacm)
 function M.run(opts)
+  schema.options("proc.run", opts, RUN_OPTIONS, true)
   local verb = type(opts) == "table" and check_lunacm(opts)
   if verb and verb:match("^login") then
     refuse("UnguardedLogin", "refusing '%s': a partition login that only proc.lunacm_login sends, through the "
@@ -175,6 +189,7 @@ end
 
 -- spawn{argv=, env=, cwd=} -> process; never lunacm (see above)
 function M.spawn(opts)
+  schema.options("proc.spawn", opts, SPAWN_OPTIONS, true)
   if type(opts) == "table" and is_lunacm(opts.argv) then
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
@@ -196,6 +211,7 @@ end
 
 -- slots(opts) -> {{id=, label=, serial=}} from `lunacm -c slot list`
 function M.lunacm_slots(opts)
+  schema.options("proc.lunacm_slots", opts, LUNACM_OPTIONS, true)
   local r = lunacm_read(opts, { "slot", "list" })
   local found = {}
   -- the command's own output, after the banner's list of the same slots
@@ -211,6 +227,7 @@ end
 --   retry=, interval=, auto_recovery=} from `hagroup listGroups` (its password
 -- prompt answered with an empty line: the sync data is not needed)
 function M.lunacm_groups(opts)
+  schema.options("proc.lunacm_groups", opts, LUNACM_OPTIONS, true)
   local r = lunacm_read(opts, { "hagroup", "listGroups" }, "\n")
   local out = { groups = {}, retry = tonumber(r.stdout:match("Maximum auto recovery retry:%s*(%-?%d+)")),
     interval = tonumber(r.stdout:match("Auto recovery poll interval:%s*(%d+)")),
@@ -313,6 +330,7 @@ end
 
 -- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
 function M.lunacm_login(opts)
+  schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)
   if type(opts) ~= "table" then usage("lunacm_login: expected {argv =, password =, ...}") end
   if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
   local verb, what, role, words = check_lunacm(opts)

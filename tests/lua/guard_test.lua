@@ -46,7 +46,8 @@ end
 local function child(code, state, extra_env)
   local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_INVENTORY = estate.dir .. "/inventory.json" }
   for k, v in pairs(extra_env or {}) do env[k] = v end
-  return { argv = { t.dhsm, "exec", "-e", code }, env = env, timeout = 120 }
+  -- --yes: automation, so destructive calls (hsm zeroize) are confirmed in advance
+  return { argv = { t.dhsm, "exec", "--yes", "-e", code }, env = env, timeout = 120 }
 end
 
 -- Two child processes sharing the state folder `state`: each runs `setup`,

@@ -114,7 +114,7 @@ t.test("first_login over SSH: a weak password is refused with passwd's words, a 
   estate:appliance("hsm2", { force_password_change = "1" })
   local function password() return util.trim(util.read_file(estate.dir .. "/secrets/hsm2_password")) end
   local old = password()
-  t.raises(function() luna.first_login(entry("hsm2"), { new_password = "N3w-Passw0rd!" }) end, "new_password = secret")
+  t.raises(function() luna.first_login(entry("hsm2"), { new_password = "N3w-Passw0rd!" }) end, "luna.first_login: new_password: expected a secret")
   local err = t.raises(function()
     luna.first_login(entry("hsm2"), { new_password = dhsm.secret.value("short") })
   end, "PasswordChangeRejected")

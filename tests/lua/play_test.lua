@@ -216,7 +216,8 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   local r = run(dir, "run steps -e dir=" .. q(dir) .. " -e fail_at=2")
   t.eq(r.status, 1)
   local id = run_id(r.stderr)
-  t.ok(r.stderr:find("'dhsm run steps --resume " .. id .. "' continues it", 1, true), r.stderr)
+  t.ok(r.stderr:find("'dhsm run " .. sys.realpath(fixtures .. "/playbooks/steps.lua") .. " --resume " .. id
+    .. "' continues it", 1, true), r.stderr)
   local j = journal(dir, id)
   t.eq({ j.state, j.playbook, j.steps[1].status, j.steps[2].status, #j.steps }, { "failed", "steps", "ok", "failed", 2 })
   t.eq(sys.stat(dir .. "/dhsm/runs/" .. id .. ".json").mode, tonumber("600", 8))
@@ -229,6 +230,27 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.eq(r.status, 1)
   t.eq(executed(dir), { "first", "second", "second" })
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
+end)
+
+t.test("the --resume hint resolves as printed: from another folder, without the -I that found the playbook", function()
+  local dir = t.tmpdir()
+  local books = t.tmpdir()
+  t.write(books .. "/mine.lua", util.read_file(fixtures .. "/playbooks/steps.lua"))
+  local state = ("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl"):format(q(dir), q(dir))
+  -- by -I with a relative folder, and by a relative path
+  for _, how in ipairs { "-I . run mine", "run ./mine.lua" } do
+    os.remove(dir .. "/executed.log")
+    local r = t.sh(("cd %s && %s %s %s -e dir=%s -e fail_at=2"):format(q(books), state, t.cmd(""), how, q(dir)))
+    t.eq(r.status, 1, r.stderr)
+    local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+)' continues it")
+    t.ok(hint, r.stderr)
+    t.ok(hint:find(sys.realpath(books .. "/mine.lua"), 1, true), hint)
+    r = t.sh(("cd / && %s %s %s -e dir=%s -e fail_at=3"):format(state, t.cmd(""), hint, q(dir)))
+    t.ok(r.stderr:find("used other parameters", 1, true), "the hint found the run and its playbook: " .. r.stderr)
+    r = t.sh(("cd / && %s %s %s -e dir=%s -e fail_at=2"):format(state, t.cmd(""), hint, q(dir)))
+    t.eq(r.status, 1, r.stderr)
+    t.eq(executed(dir), { "first", "second", "second" }, how)
+  end
 end)
 
 t.test("resume refuses unknown runs, other playbooks and finished runs", function()

@@ -21,7 +21,7 @@ end)
 
 t.test("each entry is a task: waits and parallel work", function()
   local r = repl("dhsm.sleep(0.01)\ndhsm.parallel({1, 2, 3}, function(x) dhsm.sleep(0.01) return x * x end)\n")
-  t.eq(r.stdout, "{ 1, 4, 9, n = 3 }\n", r.stderr)
+  t.eq(r.stdout, "{ 1, 4, 9 }\n", r.stderr)
 end)
 
 t.test("errors are printed as their message and the status is the last error's", function()

@@ -43,7 +43,7 @@ GENEROUS = {"quota_per_stamp": "50", "quota_per_region": "100"}
 
 
 def run_estate(*args, check=True):
-    proc = subprocess.run([ESTATE, *args], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([ESTATE, *args], capture_output=True, text=True, timeout=90)
     if check and proc.returncode != 0:
         raise AssertionError(f"estate {' '.join(args)} failed: {proc.stderr}")
     return proc

@@ -1,6 +1,7 @@
 /* json_test - the audit log's JSON writer: escaping, numbers, tables,
 ** secrets and redaction, and the timestamp format. */
 #include <math.h>
+#include <stdio.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -135,6 +136,40 @@ static void formats_rfc3339_in_utc(void **state) {
   assert_string_equal(out, "1970-01-01T00:00:00.000Z");
 }
 
+/* take(json, field) -> "value|rest" or "-" when not found */
+static const char *take(const char *json, const char *field) {
+  static char out[512];
+  dhsm_buf v = {0}, rest = {0};
+  if (!dhsm_json_take_string(json, strlen(json), field, &v, &rest)) {
+    assert_null(v.p);
+    assert_null(rest.p);
+    return "-";
+  }
+  snprintf(out, sizeof out, "%.*s|%.*s", (int)v.len, v.p ? v.p : "", (int)rest.len, rest.p);
+  dhsm_buf_free(&v);
+  dhsm_buf_free(&rest);
+  return out;
+}
+
+static void takes_one_string_field_out(void **state) {
+  (void)state;
+  assert_string_equal(take("{\"accessToken\": \"abc\", \"n\": 1}", "accessToken"), "abc|{\"accessToken\": null, \"n\": 1}");
+  /* a nested field of the same name is not the top-level one */
+  assert_string_equal(take("{\"a\": {\"accessToken\": \"x\"}, \"accessToken\": \"y\"}", "accessToken"),
+                      "y|{\"a\": {\"accessToken\": \"x\"}, \"accessToken\": null}");
+  /* escapes decoded: \/ \" \\ \n \u00e9 and a surrogate pair */
+  assert_string_equal(take("{\"t\":\"a\\/b\\\"c\\\\d\\ne\\u00e9\\ud83d\\ude00\"}", "t"),
+                      "a/b\"c\\d\ne\xc3\xa9\xf0\x9f\x98\x80|{\"t\":null}");
+  assert_string_equal(take("{\"t\": 5}", "t"), "-");                       /* not a string */
+  assert_string_equal(take("{\"u\": \"x\"}", "t"), "-");                   /* absent */
+  assert_string_equal(take("[\"t\", \"x\"]", "t"), "-");                   /* not an object */
+  assert_string_equal(take("{\"t\": \"unterminated", "t"), "-");
+  assert_string_equal(take("{\"t\": \"bad \\x escape\"}", "t"), "-");
+  assert_string_equal(take("{\"t\": \"\\ud800 lone\"}", "t"), "-");
+  assert_string_equal(take("{\"a\": [1, {\"b\": [}], \"t\": \"x\"}", "t"), "-"); /* malformed before it */
+  assert_string_equal(take("", "t"), "-");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_quotes_and_controls),
@@ -145,6 +180,7 @@ int main(void) {
     cmocka_unit_test(faithful_mode_keeps_plain_values_and_hides_secrets),
     cmocka_unit_test(stops_at_depth_and_cycles),
     cmocka_unit_test(formats_rfc3339_in_utc),
+    cmocka_unit_test(takes_one_string_field_out),
   };
   return cmocka_run_group_tests_name("json", tests, setup, teardown);
 }

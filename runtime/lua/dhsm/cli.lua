@@ -49,8 +49,17 @@ continues one that failed or was interrupted.]],
 its value.  Ctrl-C cancels the running line, Ctrl-D leaves.]], options = {} },
   { name = "exec", usage = "exec FILE [ARG]... | exec -e CODE [ARG]...", summary = "run a Lua runbook",
     text = [[Runs FILE (or CODE) as a task with the global 'dhsm' and every module
-available; the arguments are in ... and in the global 'arg'.]],
-    options = { { "-e", "--code", arg = "CODE", help = "run CODE instead of a file" } } },
+available; the arguments are in ... and in the global 'arg'.  With -i (or
+$DHSM_INVENTORY) the inventory is loaded and checked first, and the runbook
+finds what the REPL has: inv, az, hsm "name", p11 (and dhsm.inventory()).
+A destructive module call asks you to type its target's name, as in the
+REPL, unless --yes is given; without a terminal and without --yes it is
+refused.]],
+    options = {
+      { "-e", "--code", arg = "CODE", help = "run CODE instead of a file" },
+      { "-y", "--yes", help = "do not ask before destructive calls (the audit log records it)" },
+      { nil, "--json", help = "print what the runbook returns as JSON on stdout (nothing else goes there)" },
+    } },
   { name = "test", usage = "test [-v] [PATH]...", summary = "run *_test.lua files",
     text = [[Runs every *_test.lua file below each PATH (default tests/lua).  A test file
 uses  local t = require "dhsm.test"  and  t.test(name, fn).  Prints one line
@@ -310,8 +319,8 @@ local function cmd_list()
   local width = 0
   for _, p in ipairs(list) do width = math.max(width, #p.name) end
   for _, p in ipairs(list) do
-    local ok, pb = pcall(play.load, p)
-    local desc = ok and pb.description:match("^[^\n]*") or ("(cannot load: " .. tostring(pb) .. ")")
+    local ok, pb = pcall(play.describe, p)
+    local desc = ok and pb.description:match("^[^\n]*") or ("(cannot describe: " .. tostring(pb) .. ")")
     out:write(util.pad(p.name, width + 2), desc, "\n")
   end
   return 0
@@ -320,7 +329,7 @@ end
 local function cmd_doc(_, pos)
   if not pos[1] then usage_error("doc needs a PLAYBOOK name; 'dhsm list' shows them") end
   local play = require "dhsm.play"
-  out:write(play.doc(play.load(find_playbook_or_fail(pos[1]))), "\n")
+  out:write(play.doc(play.describe(find_playbook_or_fail(pos[1]))), "\n")
   return 0
 end
 
@@ -374,8 +383,17 @@ local function cmd_exec(opts, pos)
   local argt = { [0] = opts.code and "-e" or name }
   for i, a in ipairs(pos) do argt[i] = a end
   _G.arg = argt
-  local ok, failure = xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos))
-  if not ok then error(failure, 0) end
+  require("dhsm.globals").install(opts.inventory)
+  dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
+  -- With --json, stdout carries only the document: the runbook's prints go to stderr.
+  local real_stdout = opts.json and assert(sys.stdout_to_stderr())
+  local r = table.pack(xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos)))
+  if real_stdout then
+    io.stdout:flush()
+    sys.restore_stdout(real_stdout)
+  end
+  if not r[1] then error(r[2], 0) end
+  if real_stdout then out:write(sys.json_encode(r[2], { redact = false }), "\n") end
   return 0
 end
 

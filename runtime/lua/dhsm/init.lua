@@ -11,6 +11,7 @@
 --   dhsm.check_mode                true under --check: mutations only say what they would do
 --   dhsm.would(what)               (modules, in check mode) report a mutation not made
 --   dhsm.confirm{target=, action=} (modules) before a destructive call outside a playbook step
+--   dhsm.inventory()               the inventory of `dhsm exec -i`/the REPL (dhsm.globals), or nil
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
 local core = require "dhsm.core"
 local errors = require "dhsm.errors"
@@ -25,6 +26,7 @@ local M = {
   verbose = false,
   secret = require "dhsm.secret",
   audit = require "dhsm.audit",
+  inventory = function() return nil end,   -- dhsm.globals sets it for exec and the REPL
 }
 
 M.version = require("dhsm.sys").versions().dhsm
@@ -160,7 +162,9 @@ local function item_error(failure, item)
 end
 
 -- parallel(items, fn, {limit=n}): fn(item, i) for every item, at most n at
--- once (default: all).  Returns the results in input order (with .n).  The
+-- once (default: all).  Returns the results in input order, a plain
+-- sequence (JSON encodes it as an array; a nil result leaves a hole, so
+-- count by #items, not by # of the results).  The
 -- first failure cancels the others, closing their <close> variables, and is
 -- raised here naming its item.
 function M.parallel(items, fn, opts)
@@ -173,7 +177,7 @@ function M.parallel(items, fn, opts)
     usage("dhsm.parallel: limit must be an integer >= 1, got %s", tostring(limit))
   end
   limit = limit or n
-  local results = { n = n }
+  local results = {}
   if n == 0 then return results end
   local me = core.current() or usage("dhsm.parallel needs a task (run it from a playbook, exec or the REPL)")
   local next_index, live, failure = 1, 0, nil

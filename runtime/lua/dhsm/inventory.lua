@@ -3,7 +3,7 @@
 --   local inv = require("dhsm.inventory").load(path)
 --   inv.azure.resource_group, inv.hsms[1].host, inv:hsm("hsm1"), inv.client.lunacm
 --
--- The file is JSON (DESIGN.md, "Inventory").  Every bad field is reported
+-- The file is JSON (docs/inventory.md).  Every bad field is reported
 -- at once by its path (hsms[2].ssh_port: expected integer 1-65535, got
 -- "22x"; entries are counted from 1).  Secrets are references (env:NAME,
 -- file:PATH, prompt) turned into dhsm.secret values that are read only
@@ -42,6 +42,23 @@ M.schema = {
       authority = setmetatable({ default = "https://login.microsoftonline.com" }, { __index = url_spec }),
       imds_endpoint = url_spec,
       ca_file = path_spec,
+      -- Sovereign clouds: set endpoint, authority and audience (the token's
+      -- scope, ".default" appended) together.
+      --   Azure Government: endpoint/audience https://management.usgovcloudapi.net,
+      --                     authority https://login.microsoftonline.us
+      --   Azure China:      endpoint/audience https://management.chinacloudapi.cn,
+      --                     authority https://login.chinacloudapi.cn
+      audience = setmetatable({ expect = "the token audience, an http(s) URL such as "
+        .. "https://management.usgovcloudapi.net" }, { __index = url_spec }),
+      -- Tuning (dhsm.azure.client): per-request timeout, how long 429/5xx are
+      -- retried, attempts, the poll interval when ARM gives no Retry-After,
+      -- requests in flight at once, and the Azure CLI to ask for a token.
+      timeout = { type = "number", min = 0.01, max = 3600, expect = "seconds, a number from 0.01 to 3600" },
+      retry_deadline = { type = "number", min = 0, max = 86400, expect = "seconds, a number from 0 to 86400" },
+      max_attempts = { type = "integer", min = 1, max = 100 },
+      poll_interval = { type = "number", min = 0.01, max = 600, expect = "seconds, a number from 0.01 to 600" },
+      max_connections = { type = "integer", min = 1, max = 64 },
+      az_command = path_spec,
     } },
     hsms = { type = "list", default = {}, items = { type = "object", fields = {
       name = { type = "string", required = true, pattern = "^[%w%-_%.]+$",

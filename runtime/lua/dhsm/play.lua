@@ -64,15 +64,18 @@ local function check_params_spec(found, params)
   if #problems > 0 then bad(found, "%s", table.concat(problems, "; ")) end
 end
 
--- load(found) where found comes from dhsm.paths.find_playbook.
+local function source_of(found)
+  if found.source then return found.source end
+  local src, err = util.read_file(found.path)
+  if not src then bad(found, "cannot read: %s", err) end
+  return src
+end
+
+-- load(found) where found comes from dhsm.paths.find_playbook: runs the
+-- file's top level (its requires, its helpers) to get the playbook table.
+-- Only the runner does this; list and doc use describe().
 function M.load(found)
-  local src = found.source
-  if not src then
-    local err
-    src, err = util.read_file(found.path)
-    if not src then bad(found, "cannot read: %s", err) end
-  end
-  local chunk, err = load(src, "@" .. found.path, "t")
+  local chunk, err = load(source_of(found), "@" .. found.path, "t")
   if not chunk then bad(found, "%s", err) end
   local ok, pb = pcall(chunk)
   if not ok then bad(found, "error while loading: %s", tostring(pb)) end
@@ -84,8 +87,118 @@ function M.load(found)
   pb.params = pb.params or {}
   pb.path = found.path
   pb.by_path = found.by_path
+  pb.embedded = found.embedded
   check_params_spec(found, pb.params)
   return pb
+end
+
+---------------------------------------------------------------------------
+-- describing without running: `dhsm list`, `dhsm doc`, the REPL's :doc
+--
+-- Listing the playbooks on a search path must never run one (a folder of
+-- runbooks is full of files whose top level acts).  describe() runs the
+-- file's top level in a sandbox so it can return its table, and keeps only
+-- the data: name, description, params.  In the sandbox
+--   * the pure libraries are copies (string, table, math, utf8) and the
+--     pure base functions are there (pairs, type, tostring, error, ...);
+--   * every other name -- require, io, os, dhsm, load, debug, pcall,
+--     coroutine, collectgarbage, whatever the file invents -- is an inert
+--     stand-in: indexing or calling it gives another stand-in, so
+--     `local azure = require "dhsm.azure"` and even
+--     `os.execute("rm -rf /")` or `require("dhsm.azure").client{}:delete(x)`
+--     do nothing at all;
+--   * setmetatable refuses __gc (a finaliser would run outside the budget);
+--   * the top level gets DESCRIBE_BUDGET VM instructions (a debug.sethook
+--     count hook on its own coroutine); past it, describing fails with
+--     "takes too long" and every further instruction fails, so a pcall
+--     loop cannot outlast it.
+-- A description or parameter computed from a module (values = hsm.SKUS)
+-- comes back as a stand-in and is dropped: describe() keeps plain data only.
+M.DESCRIBE_BUDGET = 1000000
+
+local Inert = {}
+local inert
+inert = setmetatable({}, {
+  __index = function() return inert end, __call = function() return inert end,
+  __newindex = function() end, __concat = function() return inert end,
+  __tostring = function() return "(not run: described only)" end,
+  __len = function() return 0 end, __close = function() end, __metatable = Inert,
+})
+
+local function is_inert(v) return getmetatable(v) == Inert end
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+local function sandbox_env()
+  local env = {
+    string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
+    pairs = pairs, ipairs = ipairs, next = next, select = select, type = type,
+    tostring = tostring, tonumber = tonumber, error = error, assert = assert,
+    rawequal = rawequal, rawlen = rawlen, rawget = rawget, getmetatable = getmetatable,
+    setmetatable = function(t, mt)
+      if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error("__gc is not allowed while describing", 2) end
+      return setmetatable(t, mt)
+    end,
+  }
+  env._G = env
+  return setmetatable(env, { __index = function() return inert end })
+end
+
+-- Plain data only (strings, numbers, booleans, tables of them): stand-ins
+-- and functions are left out.
+local function plain(v, seen)
+  if type(v) == "table" and not is_inert(v) then
+    if seen[v] then return nil end
+    seen[v] = true
+    local out = {}
+    for k, x in pairs(v) do
+      if type(k) == "string" or type(k) == "number" then out[k] = plain(x, seen) end
+    end
+    seen[v] = nil
+    return out
+  end
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then return v end
+end
+
+-- Run chunk's top level in its own coroutine under the instruction budget.
+local function run_bounded(chunk)
+  local co = coroutine.create(chunk)
+  local spent = false
+  debug.sethook(co, function()
+    if not spent then
+      spent = true
+      debug.sethook(co, debug.gethook(co), "", 1)   -- from now on, every instruction fails
+    end
+    error("its top level takes too long to run (more than " .. M.DESCRIBE_BUDGET .. " instructions)", 0)
+  end, "", M.DESCRIBE_BUDGET)
+  local ok, r = coroutine.resume(co)
+  if ok and coroutine.status(co) ~= "dead" then ok, r = false, "its top level yields" end
+  return ok, r
+end
+
+-- describe(found) -> {name=, description=, params=, path=, by_path=}, the
+-- playbook's data, without running any of its code outside the sandbox.
+function M.describe(found)
+  local chunk, err = load(source_of(found), "@" .. found.path, "t", sandbox_env())
+  if not chunk then bad(found, "%s", err) end
+  local ok, pb = run_bounded(chunk)
+  if not ok then bad(found, "cannot be described: %s", tostring(pb)) end
+  if type(pb) ~= "table" or is_inert(pb) then
+    bad(found, "must return a table {name=, description=, params=, run=}, got %s", is_inert(pb) and "a computed value" or type(pb))
+  end
+  local d = plain(pb, {})
+  if type(d.description) ~= "string" then bad(found, "field 'description' must be a string") end
+  if type(rawget(pb, "run")) ~= "function" then bad(found, "field 'run' must be a function(ctx, params)") end
+  if d.params ~= nil and type(d.params) ~= "table" then bad(found, "field 'params' must be a table") end
+  local described = { name = type(d.name) == "string" and d.name or found.name, description = d.description,
+    params = d.params or {}, path = found.path, by_path = found.by_path }
+  check_params_spec(found, described.params)
+  return described
 end
 
 function M.doc(pb)
@@ -205,32 +318,13 @@ end
 
 -- The operator confirms a destructive step by typing its target's name.
 function Ctx:confirm(rec)
-  local audit = { action = "confirm", target = rec.target }
-  if self.opts.yes then
-    audit.outcome = "skipped (--yes)"
-    dhsm.audit.write(audit)
-    return
-  end
-  if not (sys.isatty(0) and sys.isatty(2)) then
-    audit.outcome = "refused (no terminal)"
-    dhsm.audit.write(audit)
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
-        .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target) }
-  end
-  self.reporter:clear_live()
-  io.stderr:write(("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
-    :format(rec.title, rec.target, rec.target))
-  io.stderr:flush()
-  local answer = io.stdin:read("l")
-  if answer ~= rec.target then
-    audit.outcome = "refused (typed something else)"
-    dhsm.audit.write(audit)
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
-  end
-  audit.outcome = "typed"
-  dhsm.audit.write(audit)
+  require("dhsm.ask").confirm { target = rec.target, yes = self.opts.yes,
+    before_prompt = function() self.reporter:clear_live() end,
+    question = ("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
+      :format(rec.title, rec.target, rec.target),
+    no_terminal = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
+      .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target),
+    mismatch = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
 end
 
 -- Run fn(ctx) as the body of step rec; returns the packed results.
@@ -431,6 +525,15 @@ local function json_document(ctx, pb, params, outcome, err, t0)
   }
 end
 
+-- How the --resume hint names the playbook: so that it resolves as typed,
+-- from any folder and without the -I that found it.  A playbook built
+-- into dhsm by its name; any other by its absolute path (the journal
+-- records it too).
+function M.resume_name(pb)
+  if pb.embedded then return pb.name end
+  return util.shell_quote(sys.realpath(pb.path) or pb.path)
+end
+
 -- run(pb, raw_params, opts) -> exit status 0, or raises.
 -- opts: check, yes, resume (run id), json, inventory (path), tty (for tests)
 function M.run(pb, raw, opts)
@@ -447,7 +550,7 @@ function M.run(pb, raw, opts)
     j = resume_journal(pb, opts.resume, public)
     context.run = j.id
   else
-    j = journal.new { id = context.run, playbook = pb.name, path = pb.path, by_path = pb.by_path, params = public,
+    j = journal.new { id = context.run, playbook = pb.name, path = sys.realpath(pb.path) or pb.path, by_path = pb.by_path, params = public,
       secret_params = secret_names }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
@@ -490,7 +593,7 @@ function M.run(pb, raw, opts)
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
     elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
-        ctx.run_id, outcome, pb.by_path and util.shell_quote(pb.path) or pb.name, ctx.run_id))
+        ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
     end
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.

@@ -112,58 +112,9 @@ end
 -- the environment: inv, az, hsm "name", p11
 
 local function install_globals(session, inventory_path)
-  _G.secret = require "dhsm.secret"
-  if not inventory_path then return end
-  local ok, inv = pcall(require("dhsm.inventory").load, inventory_path)
-  if not ok then
-    cli.report(inv)
-    return
-  end
+  local ok, inv = pcall(require("dhsm.globals").install, inventory_path)
+  if not ok then cli.report(inv) return end
   session.inv = inv
-  _G.inv = inv
-  if inv.azure then _G.az = require("dhsm.azure").client(inv.azure) end
-  local sessions = {}
-  _G.hsm = function(name)
-    local s = sessions[name]
-    if not s or s.closed or s.broken then
-      local entry = inv:hsm(name)
-      if sys.isatty(0) then                 -- an appliance that is off would look like a hung console
-        io.stderr:write(("connecting to %s (%s:%d)…\n"):format(entry.name, entry.host, entry.ssh_port or 22))
-        io.stderr:flush()
-      end
-      s = require("dhsm.luna").open(entry)
-      sessions[name] = s
-    end
-    return s
-  end
-  -- A proxy, so the library is loaded on first use; it completes as one.
-  _G.p11 = setmetatable({}, { __public = require("dhsm.pkcs11").Library.__public, __index = function(proxy, k)
-    local lib = rawget(proxy, "_lib")
-    if not lib then
-      local p11 = require "dhsm.pkcs11"
-      lib = p11.load(inv.client.pkcs11_lib, { env = { SOFTHSM2_CONF = inv.client.softhsm_conf } })
-      rawset(proxy, "_lib", lib)
-    end
-    local v = lib[k]
-    if type(v) == "function" then return function(_, ...) return v(lib, ...) end end
-    return v
-  end })
-end
-
--- Destructive module calls ask, as the playbook runner does: type the target.
-local function confirm(t)
-  if not sys.isatty(0) then
-    dhsm.error { kind = "safety", code = "NotConfirmed",
-      message = ("%s is destructive (%s); there is no terminal to confirm it on"):format(t.action, t.target) }
-  end
-  io.stderr:write(("%s is destructive. Type %s to go on: "):format(t.action, t.target))
-  io.stderr:flush()
-  local answer = io.stdin:read("l")
-  dhsm.audit.write { action = "confirm", target = t.target, outcome = answer == t.target and "typed" or "refused",
-    detail = t.action }
-  if answer ~= t.target then
-    dhsm.error { kind = "safety", code = "NotConfirmed", message = ("not confirmed: %s was not done"):format(t.action) }
-  end
 end
 
 ---------------------------------------------------------------------------
@@ -303,7 +254,7 @@ local function meta(line, session)
     local play = require "dhsm.play"
     local found = require("dhsm.paths").find_playbook(arg)
     if not found then io.stdout:write("no playbook '", arg, "'\n")
-    else io.stdout:write(play.doc(play.load(found)), "\n") end
+    else io.stdout:write(play.doc(play.describe(found)), "\n") end
   else
     io.stdout:write("unknown meta-command ", line, " (:help lists them)\n")
   end
@@ -335,7 +286,7 @@ function M.run(opts)
     sys.mkdir(state_dir(), tonumber("700", 8))
     sys.history_load(history)
     sys.set_completer(function(line, word) return M.complete(line, word, session) end)
-    dhsm.context().confirm = confirm
+    dhsm.context().confirm = require("dhsm.ask").for_calls(false)
     io.stdout:write(("dhsm %s (%s)  :help for help, Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
   end
   local last_err

@@ -163,6 +163,86 @@ function check(value, spec, path, problems, coerce)
 end
 M.check = check
 
+---------------------------------------------------------------------------
+-- options(where, opts, fields [, opts_required]) -> opts
+--
+-- The one checked reader of the option tables modules take
+-- (net.tls{ca_file=}, azure.client{timeout=}, proc.run{argv=} ...): a
+-- value of the wrong type is a usage error naming the function, the field
+-- and what was expected ("net.tls: ca_file: expected a file path, got
+-- false"), never a raw Lua error from deeper down.  fields maps a name to
+-- a spec as above; three more types exist for options:
+--   "function", "secret" (a dhsm.secret, never a plain string) and
+--   "text" (a string or a secret).
+-- `type` may also be a list of types, any of which is accepted.  Fields
+-- not named are left alone (an inventory entry carries more than a
+-- function reads).  opts may be nil unless opts_required; opts itself is
+-- returned, unchanged.
+local OPTION_TYPES = {
+  ["function"] = function(v) return type(v) == "function" end,
+  secret = function(v) return secret.is(v) end,
+  text = function(v) return type(v) == "string" or secret.is(v) end,
+}
+
+local function option_words(spec)
+  if spec.expect then return spec.expect end
+  local t = spec.type
+  if type(t) == "table" then
+    local words = {}
+    for i, x in ipairs(t) do words[i] = option_words { type = x } end
+    return table.concat(words, " or ")
+  end
+  if t == "secret" then return "a secret (dhsm.secret)" end
+  if t == "text" then return "a string or a secret" end
+  if t == "function" then return "a function" end
+  local article = { string = "a string", table = "a table", boolean = "a boolean", number = "a number",
+    integer = "an integer" }
+  if article[t] and not (spec.pattern or spec.min or spec.max) then return article[t] end
+  return M.expected(spec)
+end
+
+local function option_ok(value, spec, path)
+  local t = spec.type or "string"
+  if type(t) == "table" then
+    for _, x in ipairs(t) do
+      if option_ok(value, setmetatable({ type = x }, { __index = spec }), path) then return true end
+    end
+    return false
+  end
+  if OPTION_TYPES[t] then return OPTION_TYPES[t](value) end
+  local problems = {}
+  check(value, spec, path, problems)
+  return #problems == 0
+end
+
+-- A wrong value is shown in the message unless it could be a secret put
+-- where a dhsm.secret belongs (a password typed as a plain string).
+local function shown(k, v, spec)
+  local t = type(spec.type) == "table" and table.concat(spec.type, ",") or tostring(spec.type)
+  if type(v) == "string" and (t:find("secret") or t:find("text") or tostring(k):lower():find("pass")
+      or tostring(k):lower():find("secret") or tostring(k):lower():find("pin")) then
+    return "a string (not shown)"
+  end
+  return show(v)
+end
+
+function M.options(where, opts, fields, opts_required)
+  local usage = function(msg)
+    error(require("dhsm").error.new { kind = "usage", code = "BadOption", message = where .. ": " .. msg }, 3)
+  end
+  if opts == nil and not opts_required then return nil end
+  if type(opts) ~= "table" then usage(("expected a table of options, got %s"):format(show(opts))) end
+  for _, k in ipairs(util.sorted_keys(fields)) do
+    local v, spec = opts[k], fields[k]
+    if v == nil then
+      if spec.required then usage(("%s: missing, expected %s"):format(k, option_words(spec))) end
+    elseif not option_ok(v, spec, k) then
+      usage(("%s: expected %s, got %s"):format(k, option_words(spec), shown(k, v, spec)))
+    end
+  end
+  return opts
+end
+
 -- Problems in a spec itself (a playbook author's mistake), as strings.
 function M.spec_problems(spec, path)
   local out = {}

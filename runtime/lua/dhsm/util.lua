@@ -160,6 +160,15 @@ function M.pad(s, w)
   return s .. string.rep(" ", w - (utf8.len(s) or #s))
 end
 
+-- merged(a, b, ...) -> a new table with the fields of a, then b, ... (later win)
+function M.merged(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    for k, v in pairs((select(i, ...))) do out[k] = v end
+  end
+  return out
+end
+
 -- Deep equality of plain data (JSON-like values).
 function M.same(a, b)
   if a == b then return true end

@@ -1,0 +1,24 @@
+/*
+** known_hosts.h - reading an OpenSSH known_hosts file for dhsm.luna.ssh,
+** markers included (libssh2's knownhost API ignores them).
+*/
+#ifndef DHSM_LUNA_KNOWN_HOSTS_H
+#define DHSM_LUNA_KNOWN_HOSTS_H
+
+#include <stddef.h>
+#include <libssh2.h>
+
+typedef struct kh_markers {
+  int revoked_line;        /* line of a @revoked entry for this host and key, or 0 */
+  int ca_lines;            /* @cert-authority entries for this host (not used: no host certificates) */
+} kh_markers;
+
+/* Read the file at path: its plain entries into kh (marker lines are left
+** out, so libssh2 never takes a @revoked or @cert-authority key for a
+** plain one; a malformed line is skipped, as OpenSSH does), and the
+** markers that concern host:port and the key blob into m.  Returns 0, or
+** -1 with errno when the file cannot be read. */
+int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port,
+            const unsigned char *key, size_t keylen, kh_markers *m);
+
+#endif

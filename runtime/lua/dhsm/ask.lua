@@ -1,0 +1,51 @@
+-- dhsm.ask: the one confirmation of a destructive action, wherever it is
+-- asked (a playbook's destructive step, a destructive module call in the
+-- REPL or in `dhsm exec`): the operator types the target's name.  Every
+-- answer is audited ("typed", "refused (...)", "skipped (--yes)").  With
+-- no terminal to ask on it refuses: a runbook piped into cron without
+-- --yes must not delete an HSM because nobody could be asked.
+local dhsm = require "dhsm"
+local sys = require "dhsm.sys"
+
+local M = {}
+
+local function refuse(audit, outcome, message)
+  audit.outcome = outcome
+  dhsm.audit.write(audit)
+  dhsm.error { kind = "safety", code = "NotConfirmed", message = message }
+end
+
+-- confirm{target=, detail=, yes=, question=, no_terminal=, mismatch=, before_prompt=}
+-- returns when confirmed; raises a "safety" NotConfirmed error otherwise.
+-- question/no_terminal/mismatch are the texts shown; before_prompt() runs
+-- just before the question (a live progress line clears itself).
+function M.confirm(t)
+  local audit = { action = "confirm", target = t.target, detail = t.detail }
+  if t.yes then
+    audit.outcome = "skipped (--yes)"
+    dhsm.audit.write(audit)
+    return
+  end
+  if not (sys.isatty(0) and sys.isatty(2)) then refuse(audit, "refused (no terminal)", t.no_terminal) end
+  if t.before_prompt then t.before_prompt() end
+  io.stderr:write(t.question)
+  io.stderr:flush()
+  if io.stdin:read("l") ~= t.target then refuse(audit, "refused (typed something else)", t.mismatch) end
+  audit.outcome = "typed"
+  dhsm.audit.write(audit)
+end
+
+-- for_calls(yes) -> the function an interface sets as dhsm.context().confirm,
+-- which dhsm.confirm{target=, action=} calls before a destructive module
+-- call made outside a playbook step.
+function M.for_calls(yes)
+  return function(t)
+    M.confirm { target = t.target, detail = t.action, yes = yes,
+      question = ("%s is destructive. Type %s to go on: "):format(t.action, t.target),
+      no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
+        .. "(pass --yes to confirm in advance)"):format(t.action, t.target),
+      mismatch = ("not confirmed: %s was not done"):format(t.action) }
+  end
+end
+
+return M

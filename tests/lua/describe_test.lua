@@ -1,0 +1,97 @@
+-- `dhsm list` and `dhsm doc` describe playbooks without running them: a
+-- playbook whose top level would act (write a file, run a command, call
+-- Azure, loop forever) is listed and documented and nothing happens.
+-- `dhsm run` still loads it for real.
+local t = require "dhsm.test"
+local util = require "dhsm.util"
+
+local q = util.shell_quote
+
+-- The old code ran these top levels, loops included: a generous cap turns
+-- that hang into a failure (describing takes well under a second).
+local function dhsm_cmd(args) return "timeout 300 " .. t.cmd(args) end
+
+-- A folder of playbooks whose top levels act; `marker` is where they write.
+local function hostile_folder()
+  local dir = t.tmpdir()
+  local marker = dir .. "/acted"
+  t.write(dir .. "/writer.lua", ([[
+local azure = require "dhsm.azure"
+local f = io.open(%q, "a") f:write("io.open ran\n") f:close()
+os.execute("echo os.execute ran >> " .. %q)
+if os.getenv("DHSM_FIXTURE_DELETE") then   -- unset: a real load skips it; in the sandbox it is a stand-in, truthy
+  local c <close> = azure.client { subscription = "00000000-0000-0000-0000-000000000000" }
+  c:delete("/subscriptions/x")
+end
+dhsm.spawn(function() end)
+return {
+  description = "Writes when loaded (test fixture)",
+  params = { target = { type = "string", required = true, description = "the victim" } },
+  run = function(ctx, p) io.stdout:write("ran with ", p.target, "\n") end,
+}
+]]):format(marker, marker))
+  t.write(dir .. "/spinner.lua", [[
+while true do end
+return { description = "never returns", run = function() end }
+]])
+  t.write(dir .. "/catcher.lua", [[
+for _ = 1, 1e9 do pcall(function() while true do end end) end
+return { description = "pcall cannot outlast the budget", run = function() end }
+]])
+  t.write(dir .. "/finaliser.lua", [[
+setmetatable({}, { __gc = function() while true do end end })
+return { description = "a finaliser", run = function() end }
+]])
+  return dir, marker
+end
+
+t.test("list describes playbooks whose top level acts, without acting", function()
+  local dir, marker = hostile_folder()
+  local audit = dir .. "/audit.jsonl"
+  local r = t.sh(dhsm_cmd("--audit " .. q(audit) .. " -I " .. q(dir) .. " list"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("writer%s+Writes when loaded %(test fixture%)"), r.stdout)
+  t.ok(r.stdout:find("spinner%s+%(cannot describe: .*takes too long"), r.stdout)
+  t.ok(r.stdout:find("catcher%s+%(cannot describe: .*takes too long"), r.stdout)
+  t.ok(r.stdout:find("finaliser%s+%(cannot describe: .*__gc is not allowed"), r.stdout)
+  t.ok(r.stdout:find("provision%s+Create Dedicated HSMs"), r.stdout)   -- the shipped ones still describe
+  t.eq(util.read_file(marker), nil, "nothing was written")
+  t.eq(util.read_file(audit), nil, "nothing was audited: no module was called")
+end)
+
+t.test("doc documents a playbook whose top level acts, without acting", function()
+  local dir, marker = hostile_folder()
+  local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " doc writer"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("target%s+string%s+yes%s+the victim"), r.stdout)
+  t.eq(util.read_file(marker), nil, "nothing was written")
+  r = t.sh(dhsm_cmd("-I " .. q(dir) .. " doc spinner"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("takes too long", 1, true), r.stderr)
+end)
+
+t.test("the shipped playbooks describe exactly as they load", function()
+  local play = require "dhsm.play"
+  local paths = require "dhsm.paths"
+  for _, found in ipairs(paths.list_playbooks()) do
+    if found.embedded then
+      found = paths.find_playbook(found.name)
+      local d, l = play.describe(found), play.load(found)
+      t.eq(play.doc(d), play.doc(l), found.name)
+    end
+  end
+end)
+
+t.test("run still loads the playbook for real", function()
+  local dir, marker = hostile_folder()
+  local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " run writer -e target=x"))
+  t.ok(r.stdout:find("ran with x", 1, true), r.stdout .. r.stderr)
+  t.ok((util.read_file(marker) or ""):find("io.open ran", 1, true), "run executes the top level")
+end)
+
+t.test("describing checks the shape the runner needs: description and run", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/norun.lua", 'return { description = "no run function" }')
+  local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " list"))
+  t.ok(r.stdout:find("norun%s+%(cannot describe: .*field 'run' must be a function"), r.stdout)
+end)

@@ -1,0 +1,114 @@
+-- `dhsm exec`: the inventory (-i), --json, and the confirmation of
+-- destructive module calls (the REPL's, with --yes for automation).
+-- What reached the appliance is read from the estate's own log.
+local t = require "dhsm.test"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+
+local q = util.shell_quote
+local estate = require("support.estate").start { args = "--appliances 1" }
+local inventory = estate.dir .. "/inventory.json"
+
+local function exec(args, opts)
+  return t.sh(t.cmd(args), opts)
+end
+
+t.test("exec -i loads the inventory and gives the runbook what the REPL has", function()
+  local code = [[return { hsm = inv.hsms[1].name, same = dhsm.inventory() == inv, az = az ~= nil,
+    zeroized = hsm("hsm1"):hsm_show().zeroized, secret = secret ~= nil }]]
+  local r = exec("-i " .. q(inventory) .. " exec --json -e " .. q(code))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout), { hsm = "hsm1", same = true, az = true, zeroized = false, secret = true })
+  r = t.sh("DHSM_INVENTORY=" .. q(inventory) .. " " .. t.cmd("exec -e 'print(inv.hsms[1].name)'"))
+  t.eq(r.stdout, "hsm1\n", r.stderr)
+end, { timeout = 60 })
+
+t.test("exec refuses a missing or bad inventory with status 2, naming the problem", function()
+  local r = exec("-i /no/such/inventory.json exec -e 'print(1)'")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("cannot read inventory /no/such/inventory.json", 1, true), r.stderr)
+  t.eq(r.stdout, "", "the runbook did not run")
+  local dir = t.tmpdir()
+  t.write(dir .. "/bad.json", '{"hsms": [{"name": "a", "ssh_port": "22x"}]}')
+  r = exec("-i " .. q(dir .. "/bad.json") .. " exec -e 'print(1)'")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("hsms[1].ssh_port", 1, true), r.stderr)
+  t.ok(r.stderr:find("hsms[1].host: missing", 1, true), r.stderr)
+  t.eq(r.stdout, "")
+end)
+
+t.test("exec --json prints what the runbook returns, and only that, on stdout", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/book.lua", [[
+print("chatter goes to stderr")
+local squares = dhsm.parallel({ 1, 2, 3 }, function(x) return x * x end)
+return { squares = squares, name = ..., nested = { ok = true } }
+]])
+  local r = exec("exec --json " .. q(dir .. "/book.lua") .. " hsm7")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout), { squares = { 1, 4, 9 }, name = "hsm7", nested = { ok = true } })
+  t.ok(r.stderr:find("chatter goes to stderr", 1, true), r.stderr)
+  t.ok(r.stdout:find('"squares":[1,4,9]', 1, true), "parallel's results are a JSON array: " .. r.stdout)
+end)
+
+local REGEN = [[hsm("hsm1"):run("sysconf regenCert -force")]]
+
+t.test("a destructive call from exec without a terminal and without --yes is refused and audited", function()
+  local audit = t.tmpdir() .. "/audit.jsonl"
+  local before = #estate:mutations("regenCert")
+  local r = exec(("--audit %s -i %s exec -e %s"):format(q(audit), q(inventory), q(REGEN)), { stdin = "hsm1\n" })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("sysconf regenCert -force is destructive (hsm1) and there is no terminal to confirm it on; "
+    .. "nothing was done (pass --yes to confirm in advance)", 1, true), r.stderr)
+  t.eq(#estate:mutations("regenCert"), before, "nothing reached the appliance")
+  local confirms = {}
+  for _, rec in ipairs(t.audit_records(audit)) do
+    if rec.action == "confirm" then confirms[#confirms + 1] = { rec.target, rec.outcome } end
+  end
+  t.eq(confirms, { { "hsm1", "refused (no terminal)" } })
+end, { timeout = 60 })
+
+t.test("exec --yes confirms in advance: the call is made and the audit log says so", function()
+  local audit = t.tmpdir() .. "/audit.jsonl"
+  local before = #estate:mutations("regenCert")
+  local r = exec(("--audit %s -i %s exec --yes -e %s"):format(q(audit), q(inventory), q(REGEN)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(#estate:mutations("regenCert"), before + 1, "the appliance got the command once")
+  local confirm
+  for _, rec in ipairs(t.audit_records(audit)) do
+    if rec.action == "confirm" then confirm = rec end
+  end
+  t.eq({ confirm.target, confirm.outcome }, { "hsm1", "skipped (--yes)" })
+end, { timeout = 60 })
+
+if os.execute("command -v tmux >/dev/null 2>&1") ~= true then
+  t.test("tmux is needed for the terminal test", function() t.skip("tmux is not installed") end)
+  return
+end
+
+t.test("on a terminal, exec asks for the target's name: a wrong answer stops, the right one acts", function()
+  local dir = t.tmpdir()
+  local sock = "dhsm-exec-" .. require("dhsm.sys").random_hex(4)
+  local tm = "tmux -L " .. sock
+  t.cleanup(function() t.sh(tm .. " kill-server") end)
+  local function screen() return t.sh(tm .. " capture-pane -p -t r").stdout end
+  local function wait_for(text)
+    t.eventually(function() return screen():find(text, 1, true) end, ("the screen to show %q"):format(text), 30)
+  end
+  local before = #estate:mutations("regenCert")
+  local cmd = ("env XDG_STATE_HOME=%s TERM=xterm sh -c %s"):format(q(dir), q(t.cmd(("-i %s exec -e %s"):format(
+    q(inventory), q(REGEN .. " print('regen done')"))) .. "; echo exit=$?; sleep 600"))
+  t.sh(("%s new-session -d -s r -x 200 -y 40 %s"):format(tm, q(cmd)))
+  wait_for("is destructive. Type hsm1 to go on:")
+  t.sh(tm .. " send-keys -t r hsm2 Enter")
+  wait_for("exit=3")
+  t.ok(screen():find("not confirmed: sysconf regenCert -force was not done", 1, true), screen())
+  t.eq(#estate:mutations("regenCert"), before, "a wrong name sends nothing")
+  t.sh(tm .. " kill-server")
+  t.sh(("%s new-session -d -s r -x 200 -y 40 %s"):format(tm, q(cmd)))
+  wait_for("is destructive. Type hsm1 to go on:")
+  t.sh(tm .. " send-keys -t r hsm1 Enter")
+  wait_for("exit=0")
+  t.ok(screen():find("regen done", 1, true), screen())
+  t.eq(#estate:mutations("regenCert"), before + 1)
+end, { timeout = 120 })

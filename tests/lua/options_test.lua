@@ -1,0 +1,126 @@
+-- Every option of every public function that takes an option table, fed a
+-- value of the wrong type: the answer is a usage error naming the
+-- function, the field and what was expected (one checked reader,
+-- dhsm.schema.options), never a raw Lua error from deeper down.
+local t = require "dhsm.test"
+local dhsm = require "dhsm"
+local azure = require "dhsm.azure"
+local luna = require "dhsm.luna"
+local net = require "dhsm.net"
+local pkcs11 = require "dhsm.pkcs11"
+local proc = require "dhsm.proc"
+local secret = require "dhsm.secret"
+local p11 = require "support.p11"
+
+local pw = secret.value("not-used")
+
+-- A value each field's type refuses: false, or a string where false is fine.
+local function wrong(field, booleans)
+  return booleans[field] and "yes" or false
+end
+
+local function with(base, k, v)
+  local t2 = {}
+  for kk, vv in pairs(base) do t2[kk] = vv end
+  t2[k] = v
+  return t2
+end
+
+local AZURE_CLIENT = { "subscription", "tenant", "resource_group", "location", "credential", "endpoint",
+  "authority", "imds_endpoint", "ca_file", "audience", "timeout", "retry_deadline", "max_attempts", "poll_interval",
+  "max_connections", "az_command" }
+local AZURE_REQUEST = { "body", "api_version", "query", "headers", "timeout", "retry_deadline", "idempotent",
+  "correlation_id" }
+local AZURE_WAIT = { "timeout", "interval", "on_progress", "deleting" }
+local PROC_RUN = { "argv", "env", "cwd", "timeout", "stdin", "secret_json_field" }
+local PROC_LUNACM = { "argv", "env", "cwd", "timeout", "password", "allow_destructive_login" }
+local LUNA_SESSION = { "port", "user", "password", "key", "passphrase", "known_hosts", "host_key", "timeout", "name" }
+local LUNA_RUN = { "timeout", "answers", "proceed", "password", "allow_destructive_login", "allow_without_reboot_fix",
+  "allow_cutting_path", "zeroize" }
+local P11_GENERATE = { "label", "id", "token", "bits", "curve", "exponent", "public", "private" }
+local BOOLEANS = { idempotent = true, deleting = true, strict = true, allow_destructive_login = true, proceed = true,
+  allow_without_reboot_fix = true, allow_cutting_path = true, zeroize = true, rw = true, token = true }
+
+local client = azure.client { subscription = "00000000-0000-0000-0000-000000000000" }
+local entry = { name = "x", host = "127.0.0.1", ssh_port = 1, password = pw }
+
+-- { where the message says it, the fields, call(opts) with everything else valid }
+local CASES = {
+  { "azure.client", AZURE_CLIENT, function(o)
+    azure.client(with(o, "subscription", o.subscription == nil and "00000000-0000-0000-0000-000000000000" or o.subscription))
+  end },
+  { "azure GET", AZURE_REQUEST, function(o) client:get("/subscriptions", o) end },
+  { "azure PUT", AZURE_REQUEST, function(o) client:put("/subscriptions/x", o) end },
+  { "azure wait", AZURE_WAIT, function(o) client:wait({ status = 200, method = "GET", path = "/x", headers = {} }, o) end },
+  { "azure poll", AZURE_WAIT, function(o) client:poll("x", o, function() return true end) end },
+  { "net.tcp", { "host", "port", "timeout" }, function(o) net.tcp(with(o, "host", o.host == nil and "127.0.0.1" or o.host)) end },
+  { "net.tls", { "host", "port", "timeout", "ca_file", "client_cert", "client_key", "client_key_passphrase",
+    "server_name", "strict" }, function(o) net.tls(with(o, "host", o.host == nil and "127.0.0.1" or o.host)) end },
+  { "net.tcp_many", { "timeout", "limit" }, function(o) net.tcp_many({}, o) end },
+  { "proc.run", PROC_RUN, function(o) proc.run(with(o, "argv", o.argv == nil and { "true" } or o.argv)) end },
+  { "proc.spawn", { "argv", "env", "cwd" }, function(o) proc.spawn(with(o, "argv", o.argv == nil and { "true" } or o.argv)) end },
+  { "proc.lunacm_login", PROC_LUNACM, function(o) proc.lunacm_login(with(o, "argv", o.argv == nil and { "lunacm" } or o.argv)) end },
+  { "proc.lunacm_slots", PROC_LUNACM, function(o) proc.lunacm_slots(with(o, "argv", o.argv == nil and { "lunacm" } or o.argv)) end },
+  { "proc.lunacm_groups", PROC_LUNACM, function(o) proc.lunacm_groups(with(o, "argv", o.argv == nil and { "lunacm" } or o.argv)) end },
+  { "luna.connect", { "host", table.unpack(LUNA_SESSION) }, function(o)
+    local base = { host = "127.0.0.1", port = 1, password = pw }
+    for k, v in pairs(o) do base[k] = v end
+    luna.connect(base)
+  end },
+  { "luna.open", LUNA_SESSION, function(o) luna.open(entry, o) end },
+  { "luna.first_login", { "new_password", "timeout", "host_key" }, function(o)
+    luna.first_login(entry, with(o, "new_password", o.new_password == nil and pw or o.new_password))
+  end },
+  { "pkcs11: load", { "env" }, function(o) pkcs11.load("/nonexistent/lib.so", o) end },
+}
+
+local function check_case(where, fields, call, booleans)
+  for _, field in ipairs(fields) do
+    local bad = wrong(field, booleans)
+    local ok, err = pcall(call, { [field] = bad })
+    t.ok(not ok, ("%s{%s = %s} was accepted"):format(where, field, tostring(bad)))
+    t.ok(dhsm.error.is(err, "usage"), ("%s{%s}: a usage error expected, got %s"):format(where, field, tostring(err)))
+    local msg = dhsm.error.is(err) and err.message or tostring(err)
+    t.ok(msg:find(where .. ": " .. field .. ": expected ", 1, true),
+      ("%s{%s = %s}: the message must name the field and what was expected: %s"):format(where, field, tostring(bad), msg))
+  end
+  return #fields
+end
+
+t.test("every option of the functions that need no live peer", function()
+  local n = 0
+  for _, c in ipairs(CASES) do n = n + check_case(c[1], c[2], c[3], BOOLEANS) end
+  t.ok(n >= 100, ("%d options checked"):format(n))
+end)
+
+t.test("net.tls{ca_file=false}, the case that was a raw Lua error", function()
+  local err = t.raises(function() net.tls { host = "127.0.0.1", port = 1, ca_file = false } end, "usage")
+  t.eq(err.message, "net.tls: ca_file: expected a file path, got false")
+end)
+
+t.test("the options of a LunaSH session's calls", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local s = estate:luna_session("hsm1")
+  check_case("luna run", LUNA_RUN, function(o) s:run("hsm show", o) end, BOOLEANS)
+  check_case("luna login_so", LUNA_RUN, function(o) s:login_so(pw, o) end, BOOLEANS)
+  check_case("luna zeroize_by_failed_logins", LUNA_RUN, function(o) s:zeroize_by_failed_logins("1", o) end, BOOLEANS)
+  t.eq(#estate:mutations(), 0, "nothing reached the appliance")
+end, { timeout = 60 })
+
+t.test("the options of PKCS#11 libraries and sessions", function()
+  if not p11.available() then t.skip("SoftHSM2 is not installed") end
+  local hsm = p11.softhsm { "opts" }
+  local lib = hsm:load()
+  check_case("pkcs11: find_token", { "label", "serial" }, function(o) lib:find_token(o) end, BOOLEANS)
+  check_case("pkcs11: open", { "label", "serial", "slot", "rw" }, function(o) lib:open(o) end, BOOLEANS)
+  local s <close> = lib:open { label = "opts", rw = true }
+  check_case("pkcs11: login", { "allow_destructive_login" }, function(o) s:login("user", hsm:pin("opts"), o) end,
+    BOOLEANS)
+  s:login("user", hsm:pin("opts"))
+  for _, what in ipairs { "generate_aes", "generate_hmac", "generate_rsa", "generate_ec" } do
+    check_case("pkcs11: " .. what, P11_GENERATE, function(o)
+      s[what](s, with(o, "label", o.label == nil and "k" or o.label))
+    end, BOOLEANS)
+  end
+  t.eq(s:count {}, 0, "no key was made")
+end)
