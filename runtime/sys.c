@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -291,12 +292,95 @@ static int sys_set_completer(lua_State *L) {
   return 0;
 }
 
+/* ---- reading a line between other tasks --------------------------------- */
+
+/* Inside a task the terminal is read through the scheduler: libedit's
+** callback interface is fed one keystroke at a time when poll() says stdin
+** is readable, so dhsm.spawn'ed tasks (a watcher, a progress bar) run
+** between keystrokes instead of stopping while the prompt waits. */
+enum { FIRST, WAITED };
+
+static struct {
+  int installed;    /* the handler is installed: libedit owns the terminal */
+  int done;         /* the handler ran */
+  char *line;       /* what it got (NULL: end of input) */
+} typed;
+
+static void on_line(char *line) {
+  typed.done = 1;
+  typed.line = line;
+  rl_callback_handler_remove();            /* the terminal back to normal before the line runs */
+  typed.installed = 0;
+}
+
+static int read_typed_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  if (ctx == WAITED && dhsm_wait_result(L) != 0) {
+    completing_L = L;
+    rl_callback_read_char();
+    completing_L = NULL;
+  }
+  if (!typed.done) return dhsm_wait(L, STDIN_FILENO, POLLIN, -1, WAITED, read_typed_k);
+  char *line = typed.line;
+  typed.done = 0;
+  typed.line = NULL;
+  if (line == NULL) return 0;
+  lua_pushstring(L, line);
+  free(line);
+  return 1;
+}
+
+/* readline_cancel(): a read given up (the reading task was cancelled by
+** Ctrl-C): the half-typed line goes, the terminal is given back. */
+static int sys_readline_cancel(lua_State *L) {
+  (void)L;
+  if (typed.installed) {
+    rl_replace_line("", 0);
+    rl_callback_handler_remove();
+    typed.installed = 0;
+  }
+  free(typed.line);
+  typed.line = NULL;
+  typed.done = 0;
+  return 0;
+}
+
+/* Reverse and forward incremental search (^R, ^S) are off: libedit's
+** "bck:" search matched another line than the one shown and ran it on
+** Enter, which an HSM console must not do.  The key says so instead. */
+static int search_is_off(int count, int key) {
+  (void)count; (void)key;
+  fputs("\n(history search with Ctrl-R/Ctrl-S is off in dhsm: it could run another line than the one "
+        "shown; Up/Down walk the history, each line is shown before Enter runs it)\n", stdout);
+  fflush(stdout);
+  rl_forced_update_display();
+  return 0;
+}
+
+static void line_editing_setup(void) {
+  static int done;
+  if (done) return;
+  done = 1;
+  rl_initialize();
+  rl_add_defun("dhsm-search-off", search_is_off, 'R' & 0x1f);
+  rl_add_defun("dhsm-search-off", search_is_off, 'S' & 0x1f);
+}
+
 /* readline(prompt) -> line | nil at end of input [, "interrupted"].
 ** Line editing on a terminal, plain reads otherwise (no prompt, no escape
-** codes).  Ctrl-C at the prompt gives an empty line, not the end. */
+** codes).  In a task the terminal is read through the scheduler (above);
+** outside one, libedit blocks, and Ctrl-C at the prompt gives an empty
+** line, not the end. */
 static int sys_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "");
   if (isatty(STDIN_FILENO)) {
+    line_editing_setup();
+    if (dhsm_can_yield(L)) {
+      sys_readline_cancel(L);              /* nothing left over from an interrupted read */
+      rl_callback_handler_install(prompt, on_line);
+      typed.installed = 1;
+      return read_typed_k(L, LUA_OK, FIRST);
+    }
     completing_L = L;
     char *line = readline(prompt);
     completing_L = NULL;
@@ -446,6 +530,7 @@ int luaopen_dhsm_sys(lua_State *L) {
     {"executable", sys_executable}, {"realpath", sys_realpath}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
     {"random_hex", sys_random_hex}, {"readline", sys_readline},
     {"add_history", sys_add_history}, {"history_load", sys_history_load},
+    {"readline_cancel", sys_readline_cancel},
     {"history_save", sys_history_save}, {"set_completer", sys_set_completer}, {"embedded", sys_embedded},
     {"embedded_read", sys_embedded_read}, {"versions", sys_versions},
     {"json_encode", sys_json_encode}, {"stdout_to_stderr", sys_stdout_to_stderr},

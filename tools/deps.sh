@@ -8,7 +8,7 @@ liblua5.4-dev lua5.4 lua-cjson-dev
 libcurl4-openssl-dev libssh2-1-dev libssl-dev openssl libedit-dev
 libp11-kit-dev libcmocka-dev softhsm2
 python3 python3-paramiko python3-cryptography
-tmux procps openssh-client time jq"
+tmux procps openssh-client openssh-server time jq"
 
 missing=""
 for p in $PKGS; do

@@ -176,6 +176,9 @@ end
 
 local Client = {}
 Client.__index = Client
+-- What the REPL completes (and the docs list); tokens, retries and polling are internal.
+Client.__public = { "get", "put", "patch", "post", "delete", "request", "find", "list", "wait", "gone",
+  "group_path", "stats", "close" }
 
 -- A token's lifetime in seconds: expires_in as AAD (a number) or IMDS (a
 -- string) send it, within sane bounds.
@@ -617,11 +620,15 @@ local function progress(opts, state, t0)
 end
 
 -- Poll fn() -> done, state, retry_after until done or the timeout.
-function Client:poll(what, opts, fn)
+-- first_wait: the Retry-After of the 201/202 that started the operation,
+-- waited before the first poll as the Azure SDKs do (ARM asks for it; an
+-- early poll only costs a request against the throttling budget).
+function Client:poll(what, opts, fn, first_wait)
   schema.options("azure poll", opts, WAIT_OPTIONS)
   local t0 = dhsm.now()
   local timeout = opts.timeout or 1800
   local interval = opts.interval or self.poll_interval
+  if first_wait and first_wait > 0 then dhsm.sleep(math.min(first_wait, timeout)) end
   while true do
     local done, state, wait_s = fn()
     if done then return state end
@@ -697,12 +704,13 @@ function Client:wait(what, opts)
   if resp.status == 202 and not async and not location then
     malformed(resp, "202 Accepted without Azure-AsyncOperation or Location to follow")
   end
+  local first_wait = retry_after(resp)
   if async then
     self:poll(display(path), opts, function()
       local r = self:get(async)
       local done, status = M.operation_state(r, display(path))
       return done, status, retry_after(r)
-    end)
+    end, first_wait)
     if deleting or resp.method == "POST" then return nil end
     return self:get(path).body
   elseif location and resp.status == 202 then
@@ -714,7 +722,7 @@ function Client:wait(what, opts)
       end
       return r.status ~= 202, r.status == 202 and (deleting and "Deleting" or "Accepted") or "done",
         retry_after(r)
-    end)
+    end, first_wait)
     if deleting or resp.method == "POST" then return nil end
     return self:get(path).body
   end
@@ -728,7 +736,7 @@ function Client:wait(what, opts)
     end
     final = body
     return M.resource_state(r, display(path), deleting)
-  end)
+  end, first_wait)
   return (not deleting) and final or nil
 end
 

@@ -2,7 +2,10 @@
 --
 --   local luna = require "dhsm.luna"
 --   local s <close> = luna.connect{ host=, port=22, user="tenantadmin", password=secret | key=path,
---                                   known_hosts=path, host_key="strict"|"accept-new", timeout=30, name= }
+--                                   known_hosts=path, host_key="strict"|"accept-new", timeout=30,
+--                                   connect_timeout=10, name= }
+--     (timeout: per command; connect_timeout: the TCP connect and SSH handshake.  An RSA key=
+--     fails against OpenSSH >= 8.8: libssh2 1.10 signs RSA only with SHA-1; use Ed25519 or ECDSA)
 --   -- or luna.open(inventory:hsm("hsm1"))
 --   -- an appliance fresh from Microsoft: the first login must change the password
 --   local s = luna.first_login(inventory:hsm("hsm1"), { new_password = secret.prompt("new password") })
@@ -129,6 +132,9 @@ end
 
 local Session = {}
 Session.__index = Session
+-- What the REPL completes (and the docs list); the rest is this module's own.
+Session.__public = { "run", "must", "hsm_show", "partitions", "packages", "network", "login_so",
+  "zeroize_by_failed_logins", "zeroized_evidence", "check_reboot_fix", "check_network_change", "get", "put", "close" }
 
 -- The options of luna.connect (luna.open's merge those of the inventory
 -- entry), first_login and a session's run/must, for the one option reader.
@@ -137,7 +143,8 @@ local PATH = { type = "string", pattern = "^.+$", expect = "a file path" }
 local SESSION_OPTIONS = { port = { type = "integer", min = 1, max = 65535 }, user = { type = "string" },
   password = { type = "secret", expect = "a secret (secret.env/file/prompt), not a plain string" },
   key = PATH, passphrase = { type = "secret" }, known_hosts = PATH,
-  host_key = { type = "enum", values = { "strict", "accept-new" } }, timeout = SECONDS, name = { type = "string" } }
+  host_key = { type = "enum", values = { "strict", "accept-new" } }, timeout = SECONDS, name = { type = "string" },
+  connect_timeout = { type = "number", min = 0.001, expect = "seconds for the TCP connect and SSH handshake (> 0)" } }
 local CONNECT_OPTIONS = util.merged(SESSION_OPTIONS, {
   host = { type = "string", required = true, pattern = "^.+$", expect = "a host name or address" } })
 local FIRST_LOGIN_OPTIONS = { new_password = { type = "secret", required = true,
@@ -237,17 +244,87 @@ local read_until, send_line
 local NEW_PASSWORD = "New password:%s*$"
 local RETYPE = "Retype new password:%s*$"
 
+-- A powered-off appliance drops SYNs: the connect waits this long, not the
+-- command timeout, so the console is back soon with a message that says
+-- which option sets it.
+M.CONNECT_TIMEOUT = 10
+
+local function peer(o)
+  return ("%s (%s:%d)"):format(o.name or o.host, o.host, o.port or 22)
+end
+
+local function connect_ssh(o)
+  local connect_timeout = o.connect_timeout or math.min(M.CONNECT_TIMEOUT, o.timeout or M.CONNECT_TIMEOUT)
+  local ok, s = pcall(ssh.connect, { host = o.host, port = o.port or 22, timeout = connect_timeout,
+    host_key_algorithms = host_key_algorithms(known_hosts_path(o), o.host, o.port or 22) })
+  if ok then
+    s:set_timeout(o.timeout or 30)
+    return s
+  end
+  if dhsm.error.is(s, "net") and s.code == "Timeout" then
+    dhsm.error { kind = "net", code = "Timeout", retryable = true,
+      message = ("%s: no answer to the SSH connect within %g s (powered off, or a firewall dropping the "
+        .. "packets?); connect_timeout= (luna.connect, or the inventory entry's 'connect_timeout') sets "
+        .. "the wait"):format(peer(o), connect_timeout),
+      details = { connect_timeout = connect_timeout, cause = s.message } }
+  end
+  error(s, 0)
+end
+
+-- "-----BEGIN RSA PRIVATE KEY-----" (PEM), or an OpenSSH key whose public
+-- half (stored in clear, even when the key is encrypted) is ssh-rsa.
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function base64_decode(text)
+  local bits, n, out = 0, 0, {}
+  for c in text:gmatch("[%w+/]") do
+    bits, n = (bits << 6) | (B64:find(c, 1, true) - 1), n + 6
+    if n >= 8 then
+      n = n - 8
+      out[#out + 1] = string.char((bits >> n) & 0xff)
+    end
+  end
+  return table.concat(out)
+end
+
+local function is_rsa_key(path)
+  local text = util.read_file(path) or ""
+  if text:find("BEGIN RSA PRIVATE KEY", 1, true) then return true end
+  local body = text:match("BEGIN OPENSSH PRIVATE KEY%-+%s+([%w+/=%s]+)")
+  return body ~= nil and base64_decode(body:sub(1, 200)):find("\0\0\0\7ssh-rsa", 1, true) ~= nil
+end
+
+-- libssh2 before 1.11 signs with an RSA key only as ssh-rsa (SHA-1), which
+-- OpenSSH 8.8 and later refuse by default: the server's answer is then a
+-- bare "Username/PublicKey combination invalid" for a key it does hold.
+local function rsa_sha1_only()
+  local major, minor = (require("dhsm.sys").versions().libssh2 or ""):match("^(%d+)%.(%d+)")
+  return major ~= nil and (tonumber(major) < 1 or (tonumber(major) == 1 and tonumber(minor) < 11))
+end
+
+local function authenticate(s, o)
+  if not o.key then return s:auth_password(o.user or "tenantadmin", o.password) end
+  local ok, err = pcall(s.auth_key, s, o.user or "tenantadmin", o.key, o.passphrase)
+  if ok then return end
+  if dhsm.error.is(err, "luna") and err.code == "AuthenticationFailed" and is_rsa_key(o.key) and rsa_sha1_only() then
+    dhsm.error { kind = "luna", code = "AuthenticationFailed",
+      message = ("%s refused the RSA key %s. If the key is authorised there, the cause is the signature: "
+        .. "libssh2 %s (Debian 12) signs with RSA keys only as ssh-rsa (SHA-1), which OpenSSH 8.8 and later "
+        .. "refuse. Use an Ed25519 or ECDSA key, or the password"):format(peer(o), o.key,
+        require("dhsm.sys").versions().libssh2),
+      details = { libssh2 = err.message } }
+  end
+  error(err, 0)
+end
+
 -- SSH session, host key, authentication, shell: -> session, what came
 -- before the first prompt or question, which (1 prompt, 2 new password).
 local function open_shell(o)
   check_opts(o)
   local name = o.name or o.host
-  local s = ssh.connect { host = o.host, port = o.port or 22, timeout = o.timeout or 30,
-    host_key_algorithms = host_key_algorithms(known_hosts_path(o), o.host, o.port or 22) }
+  local s = connect_ssh(o)
   local ok, hostkey = pcall(function()
     local hk = verify_host_key(s, o, name)
-    if o.key then s:auth_key(o.user or "tenantadmin", o.key, o.passphrase)
-    else s:auth_password(o.user or "tenantadmin", o.password) end
+    authenticate(s, o)
     return hk
   end)
   if not ok then
@@ -321,7 +398,8 @@ function M.first_login(entry, opts)
   if type(entry) ~= "table" then usage("luna.first_login: expected an inventory entry, got %s", type(entry)) end
   schema.options("luna.first_login", opts, FIRST_LOGIN_OPTIONS, true)
   local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
-    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, timeout = opts.timeout, host_key = opts.host_key }
+    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, timeout = opts.timeout, host_key = opts.host_key,
+    connect_timeout = entry.connect_timeout }
   if dhsm.check_mode then
     dhsm.would(("change the %s password of %s at its first login"):format(o.user or "tenantadmin", o.name or o.host))
     return nil
@@ -359,7 +437,7 @@ function M.open(entry, opts)
   if type(entry) ~= "table" then usage("luna.open: expected an inventory entry (inv:hsm(name)), got %s", type(entry)) end
   schema.options("luna.open", opts, SESSION_OPTIONS)
   local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
-    key = entry.key, known_hosts = entry.known_hosts, name = entry.name }
+    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, connect_timeout = entry.connect_timeout }
   for k, v in pairs(opts or {}) do o[k] = v end
   local s = M.connect(o)
   s.reboot_fix_package = entry.reboot_fix_package
@@ -379,11 +457,15 @@ function Session:__tostring()
   return ("luna session %s (%s)"):format(self.name, self.closed and "closed" or (self.broken and "broken" or "open"))
 end
 
-local function lost(self, what)
+-- The connection went (the appliance rebooted, powered off, or a network
+-- device dropped an idle session): said in our words, with the peer;
+-- libssh2's own ("Failure while draining incoming flow") goes to details.
+local function lost(self, what, cause)
   self.broken = true
+  self.lost = true
   dhsm.error { kind = "net", code = "ConnectionLost",
-    message = ("%s: the connection was lost %s; what the appliance did is unknown: check before repeating"):format(
-      self.name, what) }
+    message = ("%s (%s:%d): connection lost %s"):format(self.name, self.host, self.port, what),
+    details = { cause = cause and cause.message, peer = ("%s:%d"):format(self.host, self.port) } }
 end
 
 -- Read until one of patterns matches the end of what came; returns the
@@ -406,10 +488,12 @@ function read_until(self, patterns, timeout)
     end
     local ok, data = pcall(r.shell.read, r.shell, left)
     if not ok then
-      if dhsm.error.is(data, "net") then lost(self, "while waiting for its answer (" .. data.message .. ")") end
+      if dhsm.error.is(data, "net") then
+        lost(self, "while waiting for its answer; what the appliance did is unknown: check before repeating", data)
+      end
       error(data, 0)
     end
-    if data == nil then lost(self, "while waiting for its answer") end
+    if data == nil then lost(self, "while waiting for its answer; what the appliance did is unknown: check before repeating") end
     r.buf = r.buf .. data
   end
 end
@@ -461,7 +545,11 @@ function send_line(self, line, pass)
           .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }
     end
   end
-  raw[self].shell:write_line(line)
+  local ok, err = pcall(raw[self].shell.write_line, raw[self].shell, line)
+  if not ok and dhsm.error.is(err, "net") then
+    lost(self, "(found when sending the next command, which was not sent): connect again", err)
+  end
+  if not ok then error(err, 0) end
 end
 
 local function exchange(self, command, opts, pass)
@@ -520,7 +608,8 @@ end
 
 local function check_open(self)
   if self.closed or self.broken then
-    usage("%s: this session is %s; connect again", self.name, self.closed and "closed" or "broken (an earlier command did not finish)")
+    usage("%s: this session is %s; connect again", self.name, self.closed and "closed"
+      or self.lost and "gone (the connection was lost)" or "broken (an earlier command did not finish)")
   end
 end
 

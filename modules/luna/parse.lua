@@ -206,6 +206,15 @@ local function sections(ls)
   return out
 end
 
+-- The FIPS sentence: "The HSM is in FIPS 140-2 approved operation mode." or
+-- "... is NOT in ...".  An output without it (cut off, or a layout that
+-- omits it) says nothing about FIPS: nil, never a guess.
+local function fips_mode(text)
+  if text:find("is NOT in FIPS", 1, true) then return false end
+  if text:find("is in FIPS", 1, true) then return true end
+  return nil
+end
+
 -- hsm show -> {serial=, label=, firmware=, software_version=, model=, part_number=,
 --   admin_logged_in=, attempts_left=, zeroized=, manually_zeroized=, partitions={{serial=, name=}},
 --   partitions_allowed=, partitions_created=, fips=, fields=, sections=}
@@ -237,7 +246,7 @@ function M.hsm_show(text)
     partitions = parts,
     partitions_allowed = int(f["Number of partitions allowed"]),
     partitions_created = int(f["Number of partitions created"]),
-    fips = text:find("is in FIPS", 1, true) ~= nil or (text:find("FIPS 140", 1, true) ~= nil and not text:find("NOT in FIPS", 1, true)),
+    fips = fips_mode(text),
     fields = f,
     sections = sections(ls),
   }

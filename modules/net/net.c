@@ -3,7 +3,8 @@
 **
 **   core.tcp{host=, port=, timeout=}  --> {open=true, ms=} | {open=false, reason=, ms=}
 **   core.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, server_name=}
-**       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain={...}, alert=, reason=, banner=, ms=}
+**       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain={...}, alert=, alert_code=, reason=, banner=, ms=}
+**       alert: the peer's fatal alert by its RFC 8446 name, '_' as a space ("certificate required")
 **   core.certs(pem_text) --> {{subject=, issuer=, serial=, not_before=, not_after=,
 **                              days_left=, sha256=, sha1=, pem=}, ...}
 **
@@ -41,7 +42,8 @@ typedef struct probe {
   int last_errno;
   SSL_CTX *ctx;
   SSL *ssl;
-  char alert[96];             /* the peer's fatal alert, if any */
+  char alert[96];             /* the peer's fatal alert, if any, by name */
+  int alert_code;             /* ... and its number */
   char host[256];
   int port;
 } probe;
@@ -297,12 +299,43 @@ static int keep_going(int ok, X509_STORE_CTX *ctx) {
   return 1;
 }
 
+/* An alert's name from its number: RFC 8446 section 6 (and the TLS 1.2
+** numbers it reserves), '_' read as a space, the way OpenSSL's error
+** strings and the appliance's NTLS log spell them ("unknown ca").  Our own
+** table because OpenSSL 3.0's SSL_alert_desc_string_long() predates the
+** TLS 1.3 alerts and says "unknown" for certificate_required (116). */
+static const char *alert_name(int code) {
+  static const struct { int code; const char *name; } alerts[] = {
+    {0, "close notify"}, {10, "unexpected message"}, {20, "bad record mac"},
+    {21, "decryption failed"}, {22, "record overflow"}, {30, "decompression failure"},
+    {40, "handshake failure"}, {41, "no certificate"}, {42, "bad certificate"},
+    {43, "unsupported certificate"}, {44, "certificate revoked"}, {45, "certificate expired"},
+    {46, "certificate unknown"}, {47, "illegal parameter"}, {48, "unknown ca"},
+    {49, "access denied"}, {50, "decode error"}, {51, "decrypt error"},
+    {60, "export restriction"}, {70, "protocol version"}, {71, "insufficient security"},
+    {80, "internal error"}, {86, "inappropriate fallback"}, {90, "user canceled"},
+    {100, "no renegotiation"}, {109, "missing extension"}, {110, "unsupported extension"},
+    {111, "certificate unobtainable"}, {112, "unrecognized name"},
+    {113, "bad certificate status response"}, {114, "bad certificate hash value"},
+    {115, "unknown psk identity"}, {116, "certificate required"},
+    {120, "no application protocol"},
+  };
+  for (size_t i = 0; i < sizeof alerts / sizeof alerts[0]; i++)
+    if (alerts[i].code == code) return alerts[i].name;
+  return NULL;
+}
+
 /* The peer's fatal alert: what it objected to.  (SSL_CB_READ_ALERT and
 ** SSL_CB_WRITE_ALERT share the alert bit: compare the whole mask.) */
 static void on_info(const SSL *ssl, int where, int ret) {
   if ((where & SSL_CB_READ_ALERT) == SSL_CB_READ_ALERT && (ret >> 8) == SSL3_AL_FATAL) {
     probe *p = SSL_get_app_data(ssl);
-    if (p) snprintf(p->alert, sizeof p->alert, "%s", SSL_alert_desc_string_long(ret));
+    if (!p) return;
+    int code = ret & 0xff;
+    const char *name = alert_name(code);
+    p->alert_code = code;
+    if (name) snprintf(p->alert, sizeof p->alert, "%s", name);
+    else snprintf(p->alert, sizeof p->alert, "unregistered alert %d", code);
   }
 }
 
@@ -395,6 +428,8 @@ static void push_tls_answer(lua_State *L, probe *p, int ok, const char *reason) 
   if (p->alert[0]) {
     lua_pushstring(L, p->alert);
     lua_setfield(L, -2, "alert");
+    lua_pushinteger(L, p->alert_code);
+    lua_setfield(L, -2, "alert_code");
   }
   if (p->ssl == NULL) return;
   unsigned long e = ERR_peek_last_error();

@@ -5,8 +5,10 @@
 --   net.tls{host=, port=, timeout=, ca_file=, client_cert=, client_key=, client_key_passphrase=, server_name=, strict=}
 --       (client_key may be PKCS#8 encrypted, as `vtl createCert` writes it: its
 --       passphrase is a dhsm.secret, read in C, never a Lua string)
---       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, reason=, banner=,
+--       --> {ok=, protocol=, cipher=, verify={ok=, error=}, chain=, alert=, alert_code=, reason=, banner=,
 --            local_port= (the port the server's log names this connection by)}
+--       alert is the peer's fatal alert by its RFC 8446 name with '_' as a space
+--       ("unknown ca", "certificate required"), as the NTLS log spells it; alert_code its number
 --   net.certs(pem_or_path) / net.cert(pem_or_path) / net.same_cert(a, b)
 --   net.ntls_log(text) --> {events=..., attempts=...}
 --

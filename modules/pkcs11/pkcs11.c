@@ -2,7 +2,7 @@
 ** pkcs11.c - "dhsm.pkcs11.core": a PKCS#11 v2.40 library, dlopen()ed, for Lua.
 **
 **   local lib <close> = core.load(path [, env])  -- setenv(env), dlopen, C_Initialize(CKF_OS_LOCKING_OK)
-**   lib:info(); lib:slots([{token_present=true}]); lib:slot(id); lib:token(id); lib:mechanisms(id)
+**   lib:info(); lib:slot(id); lib:token(id); lib:mechanisms(id); core.slot_ids(lib [, present])
 **   local s <close> = lib:open_slot(id, rw)       -- C_OpenSession; the session keeps lib alive
 **   s:token(); s:info(); s:logout(); s:init_pin(pin)   -- C_InitPIN as the SO (role init -name co)
 **   s:find(template) --> {handle, ...};  s:attributes(handle [, names]) --> {name = value}
@@ -13,6 +13,7 @@
 **   s:digest(mech, data);  s:random(n)
 **   core.login(s, "user"|"so", pin)   -- unguarded C_Login: dhsm.pkcs11 takes it for its guard
 **   core.mechanism(name) --> canonical name | nil;  core.rv_name(n) --> "CKR_..."
+**   core.ecdsa_der(raw r||s) --> DER;  core.ecdsa_raw(der, size) --> r||s
 **
 ** The Lua half (pkcs11.lua) resolves the library path, finds tokens by
 ** label or serial, guards logins and builds key templates; it adds its
@@ -31,6 +32,8 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <openssl/bn.h>
+#include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <p11-kit/pkcs11.h>
 
@@ -721,16 +724,13 @@ static int lib_slot(lua_State *L) {
   return 1;
 }
 
-/* lib:slots([{token_present=true}]) -> {slot info, ...} */
-static int lib_slots(lua_State *L) {
+/* core.slot_ids(lib [, token_present]) -> {id, ...}: C_GetSlotList alone.
+** The Lua half reads each slot's information one by one, so that a slot
+** that does not answer (an HA member gone, a token removed) is reported
+** apart instead of failing the whole listing. */
+static int p11_slot_ids(lua_State *L) {
   library *lb = check_lib(L, 1);
-  CK_BBOOL present = CK_FALSE;
-  if (lua_istable(L, 2)) {
-    lua_getfield(L, 2, "token_present");
-    present = lua_toboolean(L, -1) ? CK_TRUE : CK_FALSE;
-  } else if (!lua_isnoneornil(L, 2)) {
-    dhsm_usage_error(L, "pkcs11: slots: expected {token_present=true} or nothing");
-  }
+  CK_BBOOL present = lua_toboolean(L, 2) ? CK_TRUE : CK_FALSE;
   CK_ULONG n = 0;
   CK_RV rv;
   CK_SLOT_ID *ids;
@@ -742,7 +742,7 @@ static int lib_slots(lua_State *L) {
   check_lib_rv(L, rv, "C_GetSlotList");
   lua_createtable(L, (int)n, 0);
   for (CK_ULONG i = 0; i < n; i++) {
-    push_slot_info(L, lb, ids[i]);
+    lua_pushinteger(L, (lua_Integer)ids[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
@@ -1282,7 +1282,8 @@ static void finish(lua_State *L, session *s, luaL_Buffer *b, size_t cap, single_
   luaL_pushresultsize(b, n);
 }
 
-/* s:sign(key, mech, data [, opts]) -> signature */
+/* s:sign(key, mech, data [, opts]) -> signature, as the token gives it: for
+** ECDSA that is raw r||s (PKCS#11 section 2.3.1), not DER; ecdsa_der converts. */
 static int sess_sign(lua_State *L) {
   session *s = check_session(L, 1);
   CK_OBJECT_HANDLE key = check_handle(L, 2);
@@ -1396,6 +1397,81 @@ static int p11_mechanism(lua_State *L) {
   return 1;
 }
 
+/* ---- ECDSA signature formats -------------------------------------------- */
+
+/* PKCS#11 (CKM_ECDSA) gives r||s, each half the curve's size, big-endian;
+** X.509, CMS, TLS and `openssl dgst -verify` want the DER of
+** SEQUENCE { INTEGER r, INTEGER s } (RFC 3279 section 2.2.3). */
+
+static int bad_signature(lua_State *L, const char *fn, const char *why) {
+  return dhsm_raise(L, "usage", "BadSignature", 0, "pkcs11.%s: %s", fn, why);
+}
+
+/* core.ecdsa_der(raw) -> DER */
+static int p11_ecdsa_der(lua_State *L) {
+  size_t len;
+  const unsigned char *raw = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  if (len == 0 || len % 2 != 0 || len > 2 * 66)
+    return bad_signature(L, "ecdsa_der", lua_pushfstring(L,
+      "expected a raw r||s signature of an even length up to 132 bytes, got %d bytes", (int)len));
+  BIGNUM *r = BN_bin2bn(raw, (int)(len / 2), NULL), *s = BN_bin2bn(raw + len / 2, (int)(len / 2), NULL);
+  ECDSA_SIG *sig = ECDSA_SIG_new();
+  int zero = r && s && (BN_is_zero(r) || BN_is_zero(s));
+  if (!r || !s || !sig || zero || !ECDSA_SIG_set0(sig, r, s)) {
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(sig);
+    if (zero) return bad_signature(L, "ecdsa_der", "r or s is zero: not a signature");
+    return luaL_error(L, "pkcs11.ecdsa_der: out of memory");
+  }
+  unsigned char *der = NULL;                 /* sig owns r and s now */
+  int n = i2d_ECDSA_SIG(sig, &der);
+  ECDSA_SIG_free(sig);
+  if (n <= 0) return luaL_error(L, "pkcs11.ecdsa_der: out of memory");
+  lua_pushlstring(L, (const char *)der, (size_t)n);
+  OPENSSL_free(der);
+  return 1;
+}
+
+/* A big-endian integer, left-padded with zeros to n bytes; 0 when it is longer. */
+static int put_padded(const BIGNUM *v, unsigned char *out, int n) {
+  return BN_num_bytes(v) <= n && BN_bn2binpad(v, out, n) == n;
+}
+
+/* core.ecdsa_raw(der, size) -> r||s, each half `size` bytes (32 for P-256,
+** 48 for P-384, 66 for P-521).  Strict DER only: what does not re-encode
+** to the same bytes (trailing data, BER lengths, padding) is refused. */
+static int p11_ecdsa_raw(lua_State *L) {
+  size_t len;
+  const unsigned char *der = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  lua_Integer size = luaL_checkinteger(L, 2);
+  if (size < 1 || size > 66)
+    return dhsm_usage_error(L, "pkcs11.ecdsa_raw: size is the curve's size in bytes (32, 48, 66), got %I", size);
+  const unsigned char *p = der;
+  ECDSA_SIG *sig = len <= 512 ? d2i_ECDSA_SIG(NULL, &p, (long)len) : NULL;
+  unsigned char *again = NULL;
+  int n = sig ? i2d_ECDSA_SIG(sig, &again) : -1;
+  int strict = sig && p == der + len && n == (int)len && memcmp(again, der, len) == 0;
+  OPENSSL_free(again);
+  if (!strict) {
+    ECDSA_SIG_free(sig);
+    return bad_signature(L, "ecdsa_raw", "not a DER ECDSA signature (SEQUENCE of two INTEGERs, nothing after)");
+  }
+  const BIGNUM *r, *s;
+  ECDSA_SIG_get0(sig, &r, &s);
+  unsigned char out[2 * 66];
+  int fits = !BN_is_negative(r) && !BN_is_negative(s) && !BN_is_zero(r) && !BN_is_zero(s)
+             && put_padded(r, out, (int)size) && put_padded(s, out + size, (int)size);
+  ECDSA_SIG_free(sig);
+  if (!fits)
+    return bad_signature(L, "ecdsa_raw", lua_pushfstring(L,
+      "r and s must be positive and fit in %I bytes each", size));
+  lua_pushlstring(L, (const char *)out, (size_t)(2 * size));
+  return 1;
+}
+
+/* ---- classes --------------------------------------------------------------- */
+
 /* Leave the __index table of class tname in field `field` of the table below. */
 static void export_class(lua_State *L, const char *tname, const luaL_Reg *methods,
                          const luaL_Reg *meta, const char *field) {
@@ -1407,7 +1483,7 @@ static void export_class(lua_State *L, const char *tname, const luaL_Reg *method
 
 int luaopen_dhsm_pkcs11_core(lua_State *L) {
   static const luaL_Reg lib_methods[] = {
-    {"info", lib_info}, {"slots", lib_slots}, {"slot", lib_slot}, {"token", lib_token},
+    {"info", lib_info}, {"slot", lib_slot}, {"token", lib_token},
     {"mechanisms", lib_mechanisms}, {"open_slot", lib_open_slot}, {"close", lib_close},
     {NULL, NULL}
   };
@@ -1427,6 +1503,7 @@ int luaopen_dhsm_pkcs11_core(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"load", p11_load}, {"login", p11_login}, {"mechanism", p11_mechanism}, {"rv_name", p11_rv_name},
+    {"slot_ids", p11_slot_ids}, {"ecdsa_der", p11_ecdsa_der}, {"ecdsa_raw", p11_ecdsa_raw},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);

@@ -3,7 +3,9 @@
 --   local pkcs11 = require "dhsm.pkcs11"
 --   local lib <close> = pkcs11.load([path] [, { env = { SOFTHSM2_CONF = "/x/softhsm2.conf" } }])
 --   lib:info(); lib:slots{ token_present = true }; lib:token(slot); lib:tokens(); lib:mechanisms(slot)
---   lib:find_token{ label = "p1" }  or { serial = "1234" }   --> token info (with .slot) | nil
+--     (slots, tokens and find_token also return `broken`: {{slot=, code=, message=}} of the
+--     slots that did not answer, left out of the listing instead of failing it)
+--   lib:find_token{ label = "p1" }  or { serial = "1234" }   --> token info (with .slot) | nil, broken
 --   local s <close> = lib:open{ label = "p1", rw = true }     -- or serial= / slot=; read-only by default
 --   s:login("user" | "so", pin_secret [, { allow_destructive_login = true }]); s:logout(); s:init_pin(new_pin_secret) (as the SO)
 --   s:find{ class = "private_key", label = "k" }  --> { handle, ... }; s:count(t); s:find_one(t)
@@ -12,6 +14,8 @@
 --   s:generate_aes{ label =, bits = 256 }   s:generate_hmac{ label =, bits = 256 }     --> handle
 --   s:generate_rsa{ label =, bits = 2048 }  s:generate_ec{ label =, curve = "P-256" }  --> private, public
 --   s:sign(key, "SHA256_RSA_PKCS", data); s:verify(key, mech, data, signature)  --> boolean
+--     ECDSA signatures are PKCS#11's raw r||s (64 bytes for P-256), in and out;
+--   pkcs11.ecdsa_der(raw) --> DER (X.509, CMS, `openssl dgst -verify`);  pkcs11.ecdsa_raw(der, 32|48|66) --> r||s
 --   s:encrypt(key, "AES_GCM", data, { aad = }) --> ciphertext, iv
 --   s:decrypt(key, "AES_GCM", ciphertext, { iv =, aad = }); s:digest("SHA256", data); s:random(n)
 --
@@ -59,6 +63,15 @@ local raw_login = core.login
 core.login = nil
 
 local Library, Session = core.library, core.session
+-- What the REPL completes (and the docs list); open_slot and generate_key(_pair) are the
+-- core's, under open and generate_*.
+Library.__public = { "info", "slots", "slot", "token", "tokens", "find_token", "mechanisms", "open", "close" }
+Session.__public = { "login", "logout", "token", "info", "find", "find_one", "count", "attributes", "destroy",
+  "generate_aes", "generate_hmac", "generate_rsa", "generate_ec", "sign", "verify", "encrypt", "decrypt",
+  "digest", "random", "close" }
+-- The method names a library or session offers, for a proxy that stands
+-- for one (the REPL's p11) to complete as one.
+M.METHODS = { library = Library.__public, session = Session.__public }
 
 local function usage(fmt, ...)
   dhsm.error { kind = "usage", message = "pkcs11: " .. fmt:format(...) }
@@ -134,25 +147,57 @@ end
 ---------------------------------------------------------------------------
 -- tokens
 
--- lib:tokens() -> {token info, ...} of the initialised tokens
+-- A slot that does not answer (C_GetSlotInfo or C_GetTokenInfo fails: an HA
+-- member gone, a token pulled) must not hide the others: it is left out of
+-- the listing and reported in `broken` as {slot=, code=, message=}.
+local function read_or_report(read, lib, id, broken)
+  local ok, r = pcall(read, lib, id)
+  if ok then return r end
+  if not dhsm.error.is(r, "pkcs11") then error(r, 0) end
+  broken[#broken + 1] = { slot = id, code = r.code, message = r.message }
+  return nil
+end
+
+-- lib:slots([{token_present=true}]) -> {slot info, ...}, broken
+function Library:slots(opts)
+  opts = check_fields(opts, { token_present = { type = "boolean" } }, "slots") or {}
+  local out, broken = {}, {}
+  for _, id in ipairs(core.slot_ids(self, opts.token_present)) do
+    out[#out + 1] = read_or_report(self.slot, self, id, broken)
+  end
+  return out, broken
+end
+
+-- lib:tokens() -> {token info, ...} of the initialised tokens, broken
 function Library:tokens()
   local out = {}
-  for _, slot in ipairs(self:slots { token_present = true }) do
-    local tok = self:token(slot.slot)
-    if tok.token_initialized then out[#out + 1] = tok end
+  local slots, broken = self:slots { token_present = true }
+  for _, slot in ipairs(slots) do
+    local tok = read_or_report(self.token, self, slot.slot, broken)
+    if tok and tok.token_initialized then out[#out + 1] = tok end
   end
-  return out
+  return out, broken
 end
 
 local QUERY = { label = LABEL, serial = SERIAL }
 
--- lib:find_token{label= | serial=} -> token info | nil.  Several tokens
--- with one label is an error: the wrong one would get the login.
+-- "slot 3 (CKR_GENERAL_ERROR), slot 7 (...)"
+local function describe_broken(broken)
+  local parts = {}
+  for i, b in ipairs(broken) do parts[i] = ("slot %d (%s)"):format(b.slot, tostring(b.code)) end
+  return table.concat(parts, ", ")
+end
+
+-- lib:find_token{label= | serial=} -> token info | nil, broken.  Several
+-- tokens with one label is an error: the wrong one would get the login.
+-- Slots that did not answer are skipped (and returned): the token looked
+-- for may be behind one of them, the others are still found.
 function Library:find_token(q)
   q = check_fields(q, QUERY, "find_token")
   if q.label == nil and q.serial == nil then usage("find_token: give label= or serial=") end
   local found = {}
-  for _, tok in ipairs(self:tokens()) do
+  local tokens, broken = self:tokens()
+  for _, tok in ipairs(tokens) do
     if (q.label == nil or tok.label == q.label) and (q.serial == nil or tok.serial == tostring(q.serial)) then
       found[#found + 1] = tok
     end
@@ -162,7 +207,7 @@ function Library:find_token(q)
     for i, tok in ipairs(found) do serials[i] = tok.serial end
     usage("find_token: %d tokens are labelled %q (serials %s): give serial=", #found, q.label, table.concat(serials, ", "))
   end
-  return found[1]
+  return found[1], broken
 end
 
 -- lib:open{label= | serial= | slot=, rw=false} -> session
@@ -171,11 +216,15 @@ function Library:open(q)
     "open")
   local slot = q.slot
   if slot == nil then
-    local tok = self:find_token { label = q.label, serial = q.serial }
+    local tok, broken = self:find_token { label = q.label, serial = q.serial }
     if not tok then
+      local unanswered = #broken > 0
+        and ("; %d slot(s) did not answer and may hold it: %s"):format(#broken, describe_broken(broken)) or ""
       dhsm.error { kind = "pkcs11", code = "TokenNotFound",
-        message = ("no initialised token with %s on %s"):format(
-          q.label and ("label %q"):format(q.label) or ("serial %q"):format(tostring(q.serial)), tostring(self)) }
+        message = ("no initialised token with %s on %s%s"):format(
+          q.label and ("label %q"):format(q.label) or ("serial %q"):format(tostring(q.serial)), tostring(self),
+          unanswered),
+        details = { broken = broken } }
     end
     slot = tok.slot
   elseif math.type(slot) ~= "integer" then
@@ -385,5 +434,6 @@ end
 
 -- mechanism(name) -> its canonical name | nil; rv_name(0x80000007) -> "CKR_USER_LOCKED_OUT"
 M.mechanism, M.rv_name = core.mechanism, core.rv_name
+M.ecdsa_der, M.ecdsa_raw = core.ecdsa_der, core.ecdsa_raw
 
 return M

@@ -378,6 +378,31 @@ t.test("a group holding an HSM is never deleted; an empty one is, with 202 polli
   t.eq(groups.get(c, "empty-rg"), nil)
 end)
 
+-- "2026-11-30 22:40:01,123 ..." -> seconds since midnight (the estate's log clock)
+local function log_seconds(line)
+  local h, m, sec, ms = line:match("^%d+%-%d+%-%d+ (%d+):(%d+):(%d+),(%d+)")
+  return h and (h * 3600 + m * 60 + sec + ms / 1000)
+end
+
+t.test("the first poll of a long-running operation waits the Retry-After of the 202 that started it", function()
+  local c = fresh()
+  estate:fault { retry_after = 1 }
+  c:put(c:group_path("ra-rg"), { body = { location = "eastus" } })
+  groups.delete(c, "ra-rg")
+  -- from the estate's own request log: when the DELETE was answered, when the first poll came
+  -- (the estate logs a request once it has answered it: the last poll's line may come just after)
+  local deleted, polled
+  t.eventually(function()
+    deleted, polled = nil, nil
+    for line in util.read_file(estate.dir .. "/estate.log"):gmatch("[^\n]+") do
+      if not deleted and line:find(" arm DELETE [^ ]*/resourceGroups/ra%-rg %-> 202") then deleted = log_seconds(line)
+      elseif deleted and not polled and line:find(" arm GET [^ ]*/operationresults/") then polled = log_seconds(line) end
+    end
+    return deleted and polled
+  end, "the DELETE and its first poll in the estate's log")
+  t.ok(polled - deleted >= 0.999, ("the first poll came %.3f s after the 202 (Retry-After: 1)"):format(polled - deleted))
+end)
+
 t.test("deleting a group behind the module's back orphans its HSM, and orphans() finds it", function()
   local c = fresh()
   c:put(c:group_path("side-rg"), { body = { location = "eastus" } })

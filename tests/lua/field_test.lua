@@ -47,6 +47,7 @@ t.test("2.2 hsm show 6.2.2 (no indent, 'HSM Model', partition line, FIPS on/off)
   t.eq(parse.result(body("2.2-hsm-show-6.2.2-b")).ok, true)  -- no blank line before the trailer
   local c = parse.hsm_show(body("2.2-hsm-show-6.2.2-c"))
   t.eq({ c.admin_logged_in, c.serial }, { true, "534071" })
+  t.eq(c.fips, nil, "this copy has no FIPS line: unknown, not false")
   t.eq(parse.result(body("2.2-hsm-show-6.2.2-c")).code, nil)  -- cut off by the publisher: no trailer
 end)
 
@@ -58,6 +59,10 @@ t.test("2.3/2.4 hsm show 5.x ('Hardware Model', 'no label', titles with a traili
   t.eq({ u.label, u.attempts_left, u.zeroized, u.firmware }, { "patchLuna", 3, false, "6.10.1" })
   t.eq(u.partitions, { { serial = "157541008", name = "patchPart" } })
   t.eq(parse.result(body("2.4-hsm-show-5.3")).ok, true)
+  -- without its FIPS section the record says nothing about FIPS
+  local cut = body("2.4-hsm-show-5.3"):gsub("[^\n]*FIPS[^\n]*\n", "")
+  t.eq(parse.hsm_show(cut).fips, nil)
+  t.eq(parse.hsm_show(body("2.4-hsm-show-5.3")).fips, false)
 end)
 
 ---------------------------------------------------------------------------

@@ -292,6 +292,34 @@ t.test("a silent SSH port times out", function()
   t.ok(dhsm.now() - t0 < 2, "gave up at its timeout")
 end)
 
+t.test("a silent SSH port: the connect waits connect_timeout (default 10 s, not the command timeout) and names it", function()
+  local port = require("support.blackhole")()
+  local err = t.raises(function()
+    luna.connect { host = "127.0.0.1", port = port, password = dhsm.secret.value("x"), timeout = 60, name = "hsm9" }
+  end, "Timeout")
+  t.ok(err.message:find("hsm9 (127.0.0.1:" .. port .. "): no answer to the SSH connect within 10 s", 1, true), err.message)
+  t.ok(err.message:find("connect_timeout=", 1, true), err.message)
+  err = t.raises(function()
+    luna.connect { host = "127.0.0.1", port = port, password = dhsm.secret.value("x"), connect_timeout = 0.2 }
+  end, "within 0%.2 s")
+  t.eq(err.details.connect_timeout, 0.2)
+  t.raises(function() luna.connect { host = "x", password = dhsm.secret.value("p"), connect_timeout = "10" } end,
+    "connect_timeout: expected seconds")
+end, { timeout = 60 })
+
+t.test("an idle session whose appliance went away: 'connection lost' with the peer, not libssh2's words", function()
+  fresh()
+  local s = open("hsm1")
+  s:hsm_show()
+  estate:appliance("hsm1", "down")                 -- the session freezes...
+  estate:appliance("hsm1", "up")                   -- ...and gets a RST when the appliance is back
+  local e = inv_entry("hsm1")
+  local err = t.raises(function() s:run("hsm show") end, "ConnectionLost")
+  t.ok(err.message:find(("hsm1 (%s:%d): connection lost"):format(e.host, e.ssh_port), 1, true), err.message)
+  t.ok(not err.message:find("draining", 1, true), err.message)
+  t.raises(function() s:run("hsm show") end, "the connection was lost%); connect again")
+end, { timeout = 60 })
+
 t.test("an appliance that is down refuses connections", function()
   fresh()
   estate:appliance("hsm1", "down")

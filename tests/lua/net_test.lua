@@ -101,10 +101,17 @@ t.test("tls: a client certificate the server does not know brings its alert", fu
   t.eq(known.ok, true, known.error)
   local stranger = net.tls { host = "127.0.0.1", port = port, ca_file = pem("ca.pem"),
     client_cert = pem("stranger.pem"), client_key = pem("stranger.key") }
-  t.eq({ stranger.ok, stranger.alert }, { false, "unknown CA" })
+  t.eq({ stranger.ok, stranger.alert, stranger.alert_code }, { false, "unknown ca", 48 })
   local none = net.tls { host = "127.0.0.1", port = port, ca_file = pem("ca.pem") }
   t.eq(none.ok, false)
   t.ok(none.alert, "a missing client certificate is refused by an alert too")
+end)
+
+t.test("tls 1.3: no client certificate brings alert 116 by its name, not 'unknown'", function()
+  local port = s_server { "-cert", pem("server.pem"), "-key", pem("server.key"), "-Verify", "1",
+    "-CAfile", pem("ca.pem"), "-tls1_3" }
+  local r = net.tls { host = "127.0.0.1", port = port, ca_file = pem("ca.pem") }
+  t.eq({ r.ok, r.protocol, r.alert, r.alert_code }, { false, "TLSv1.3", "certificate required", 116 })
 end)
 
 t.test("tls: an encrypted client key (PKCS#8, AES-256) is read with its passphrase, given as a secret", function()

@@ -161,6 +161,46 @@ t.test("tokens are found by label or serial, never by a fixed slot number", func
   s:close()
 end)
 
+-- SoftHSM2 behind tests/lua/support/p11shim.c, built here: the slot of the
+-- token labelled `broken` fails C_GetSlotInfo and C_GetTokenInfo with
+-- CKR_GENERAL_ERROR, as an HA member that went away does.
+local function broken_library(broken)
+  local so = t.tmpdir() .. "/p11shim.so"
+  local q = util.shell_quote
+  local r = t.sh(("cc -std=c11 -shared -fPIC -Wall -Werror $(pkg-config --cflags p11-kit-1) -o %s %s -ldl")
+    :format(q(so), q(t.here() .. "/support/p11shim.c")))
+  t.eq(r.status, 0, r.stderr)
+  hsm:load()                                     -- SoftHSM2 stays initialised by the plain library
+  local lib = pkcs11.load(so, { env = { P11SHIM_LIB = p11.LIB, P11SHIM_BROKEN = broken } })
+  t.cleanup(function() lib:close() end)
+  return lib
+end
+
+t.test("a slot that does not answer is skipped and reported; the healthy tokens are still found", function()
+  local lib = broken_library("guard")
+  local healthy = hsm:load():find_token { label = "main" }
+  local tok, broken = lib:find_token { label = "main" }
+  t.eq(tok and tok.serial, healthy.serial)
+  t.eq(#broken, 1)
+  t.eq({ broken[1].code, math.type(broken[1].slot) }, { "CKR_GENERAL_ERROR", "integer" })
+  t.ok(broken[1].message:find("C_GetSlotInfo", 1, true), broken[1].message)
+  -- every listing: the broken slot is left out and reported, the rest is there
+  local slots, bslots = lib:slots { token_present = true }
+  t.eq({ #slots, #bslots }, { 6, 1 })
+  local tokens, btokens = lib:tokens()
+  t.eq({ #tokens, #btokens, btokens[1].slot }, { 5, 1, broken[1].slot })
+  for _, x in ipairs(tokens) do t.ok(x.label ~= "guard", "the broken token is not listed") end
+  -- a session on a healthy token opens through the same library
+  local s <close> = lib:open { label = "main" }
+  t.eq(s:token().label, "main")
+  -- looking for the token behind the broken slot says where it may be
+  local err = t.raises(function() lib:open { label = "guard" } end, "TokenNotFound")
+  t.ok(err.message:find("1 slot%(s%) did not answer and may hold it: slot %d+ %(CKR_GENERAL_ERROR%)"), err.message)
+  t.eq(err.details.broken[1].slot, broken[1].slot)
+  -- asked for by number, the broken slot still raises
+  t.raises(function() lib:token(broken[1].slot) end, "CKR_GENERAL_ERROR")
+end, { timeout = 60 })
+
 ---------------------------------------------------------------------------
 -- sessions and lifetime
 
@@ -428,6 +468,69 @@ t.test("sign and verify: RSA-PKCS, SHA256-RSA-PKCS, RSA-PSS, ECDSA, HMAC-SHA256;
   t.eq(s:sign(mac, "SHA256_HMAC", data), s:sign(mac, "SHA256_HMAC", data))
   t.eq(s:verify(rsa_pub, "SHA256_RSA_PKCS", data, "short"), false)
 end, { timeout = 90 })
+
+-- DER helpers for the test: a SubjectPublicKeyInfo from the token's EC attributes.
+local function der(tag, body)
+  local n = #body
+  local len = n < 128 and string.char(n) or n < 256 and string.char(0x81, n) or string.char(0x82, n >> 8, n & 0xff)
+  return string.char(tag) .. len .. body
+end
+
+local function ec_spki(s, pub)
+  local a = s:attributes(pub, { "ec_params", "ec_point" })
+  local point = a.ec_point:sub(3)                      -- the OCTET STRING's content (P-256: 65 bytes)
+  local ec_public_key = "\x06\x07\x2a\x86\x48\xce\x3d\x02\x01"   -- 1.2.840.10045.2.1
+  return der(0x30, der(0x30, ec_public_key .. a.ec_params) .. der(0x03, "\0" .. point))
+end
+
+t.test("ECDSA: sign returns raw r||s; ecdsa_der makes the DER that openssl verifies; ecdsa_raw inverts it", function()
+  local s = user_session()
+  local ec, ec_pub = s:generate_ec { label = "der-ec", token = false }
+  local dir = t.tmpdir()
+  t.write(dir .. "/pub.der", ec_spki(s, ec_pub))
+  local data = "the quick brown fox"
+  t.write(dir .. "/data", data)
+  local q = util.shell_quote
+  for i = 1, 8 do                                      -- r or s with a high bit, or short, now and then
+    local raw = s:sign(ec, "ECDSA_SHA256", data)
+    t.eq(#raw, 64, "raw r||s")
+    local sig = pkcs11.ecdsa_der(raw)
+    t.eq(sig:byte(1), 0x30, "a DER SEQUENCE")
+    t.eq(pkcs11.ecdsa_raw(sig, 32), raw, "round trip")
+    t.write(dir .. "/sig", sig)
+    local r = t.sh(("openssl dgst -sha256 -verify %s -keyform DER -signature %s %s"):format(
+      q(dir .. "/pub.der"), q(dir .. "/sig"), q(dir .. "/data")))
+    t.eq({ r.status, r.stdout }, { 0, "Verified OK\n" }, r.stderr)
+    if i == 1 then                                     -- the raw signature is not DER: openssl refuses it
+      t.write(dir .. "/sig", raw)
+      t.ok(t.sh(("openssl dgst -sha256 -verify %s -keyform DER -signature %s %s"):format(
+        q(dir .. "/pub.der"), q(dir .. "/sig"), q(dir .. "/data"))).status ~= 0)
+    end
+  end
+  -- an OpenSSL signature (DER) converts for the token's C_Verify
+  local r = t.sh(("openssl ecparam -name prime256v1 -genkey -noout -out %s && openssl ec -in %s -pubout -outform DER -out %s 2>/dev/null"
+    .. " && openssl dgst -sha256 -sign %s -out %s %s"):format(q(dir .. "/k.pem"), q(dir .. "/k.pem"),
+    q(dir .. "/kpub.der"), q(dir .. "/k.pem"), q(dir .. "/osig"), q(dir .. "/data")))
+  t.eq(r.status, 0, r.stderr)
+  local raw = pkcs11.ecdsa_raw(util.read_file(dir .. "/osig"), 32)
+  t.eq(#raw, 64)
+  t.eq(pkcs11.ecdsa_der(raw), util.read_file(dir .. "/osig"))
+end, { timeout = 60 })
+
+t.test("ECDSA conversions refuse what is not a signature, clearly", function()
+  local good = pkcs11.ecdsa_der(string.rep("\1", 32) .. string.rep("\2", 32))
+  t.raises(function() pkcs11.ecdsa_raw("not der at all", 32) end, "not a DER ECDSA signature")
+  t.raises(function() pkcs11.ecdsa_raw(good .. "\0", 32) end, "nothing after")      -- trailing data
+  t.raises(function() pkcs11.ecdsa_raw(good:sub(1, -2), 32) end, "not a DER ECDSA signature")
+  t.raises(function() pkcs11.ecdsa_raw(good, 16) end, "fit in 16 bytes")
+  t.raises(function() pkcs11.ecdsa_raw(good, 0) end, "size is the curve's size")
+  t.raises(function() pkcs11.ecdsa_der("odd") end, "even length")
+  t.raises(function() pkcs11.ecdsa_der("") end, "got 0 bytes")
+  t.raises(function() pkcs11.ecdsa_der(string.rep("\0", 64)) end, "r or s is zero")
+  local err = t.raises(function() pkcs11.ecdsa_raw("x", 32) end)
+  t.eq({ err.kind, err.code }, { "usage", "BadSignature" })
+  t.eq(#pkcs11.ecdsa_raw(pkcs11.ecdsa_der(string.rep("\0", 31) .. "\1" .. string.rep("\0", 31) .. "\2"), 32), 64)
+end)
 
 t.test("encrypt and decrypt: AES-GCM with AAD, AES-CBC-PAD; IVs given or made", function()
   local s = user_session()

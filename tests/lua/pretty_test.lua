@@ -28,3 +28,21 @@ t.test("tables are sorted, indented when long, and cycles are marked", function(
   c.me = c
   t.eq(pretty.format(c), '{\n  me = <cycle>,\n  name = "self",\n}')
 end)
+
+t.test("command text prints as lines; a record summarises its raw fields unless asked", function()
+  t.eq(pretty.text("Appliance Details:\r\n   Serial #:  1\r\n\r\n"), "Appliance Details:\n   Serial #:  1")
+  t.eq(pretty.text("one line"), nil)
+  local rec = { serial = "572413", model = "Luna K7", label = ("l"):rep(50),
+    fields = { ["Serial #"] = "572413", Firmware = "7.0.3" }, sections = { ["HSM Details"] = {} },
+    text = "a\nb" }
+  t.eq(pretty.record(rec), table.concat({
+    "fields    <2 raw fields>",
+    'label     "' .. ("l"):rep(50) .. '"',
+    'model     "Luna K7"',
+    "sections  <1 sections>",
+    'serial    "572413"',
+    "text      a",
+    "          b",
+  }, "\n"))
+  t.ok(pretty.record(rec, { raw = true }):find('Firmware = "7.0.3"', 1, true))
+end)

@@ -44,6 +44,13 @@ t.test("long output is capped with a note", function()
   t.ok(r.stdout:find("output capped at 200 lines", 1, true))
 end)
 
+-- The REPL on the estate's inventory, fed these lines.
+local function repl_with(estate, lines)
+  local dir = t.tmpdir()
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(dir, dir,
+    t.cmd("repl -i " .. estate.dir .. "/inventory.json")), { stdin = table.concat(lines, "\n") .. "\n" })
+end
+
 t.test("with an inventory: inv, az, a reused hsm session, check mode and the audit", function()
   local estate = require("support.estate").start { args = "--appliances 1" }
   local dir = t.tmpdir()
@@ -81,3 +88,58 @@ t.test("records print as aligned key and value lines", function()
     'serial         "1880771"',
   }, "\n") .. "\n")
 end)
+
+t.test("LunaSH output prints as lines; hsm_show prints the parsed record, raw fields summarised", function()
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local r = repl_with(estate, { "hsm'hsm1':run('hsm show').text", "hsm'hsm1':hsm_show()", "hsm'hsm1':hsm_show().fields['Battery Voltage']" })
+  t.ok(r.stdout:find("\n   Appliance Details:\n   ==================\n", 1, true), r.stdout)
+  t.ok(not r.stdout:find("\\n", 1, true), "no escaped newlines: " .. r.stdout)
+  t.ok(r.stdout:find("\nfields%s+<%d+ raw fields>\n"), r.stdout)
+  t.ok(r.stdout:find('\nserial%s+"%d+"\n'), r.stdout)
+  local record = r.stdout:match("\nattempts_left.*$")
+  t.ok(record and not record:find("Battery Voltage", 1, true), "the raw fields are not printed: " .. r.stdout)
+  t.ok(r.stdout:find('\n"%d%.%d+ V"\n$'), "asked for, a raw field prints: " .. r.stdout)
+end, { timeout = 60 })
+
+t.test("completion offers public methods only, on every object type", function()
+  local repl = require "dhsm.repl"
+  local estate = require("support.estate").start { args = "--appliances 1" }
+  local p11 = require "support.p11"
+  local objects = { s = estate:luna_session("hsm1"), c = estate:azure(), n = require("dhsm.net") }
+  if p11.available() then
+    local hsm = p11.softhsm { "main" }
+    objects.lib = hsm:load()
+    objects.ps = objects.lib:open { label = "main" }
+    t.cleanup(function() objects.ps:close() end)
+  end
+  for name, v in pairs(objects) do _G[name] = v end
+  t.cleanup(function() for name in pairs(objects) do _G[name] = nil end end)
+  local function names(word)
+    local out = {}
+    for _, c in ipairs(repl.complete(word, word, {})) do out[c:match("[%.:]([%w_]*)$")] = true end
+    return out
+  end
+  local expect = {
+    ["s:"] = { has = { "run", "must", "hsm_show", "login_so", "get", "put", "close" },
+               hidden = { "exchange", "read_until", "send_line", "guard_key", "__close", "__tostring" } },
+    ["c:"] = { has = { "get", "put", "delete", "wait", "list", "group_path" },
+               hidden = { "fetch_token", "exchange", "retrying", "own_url", "poll", "forget_token", "url" } },
+    ["n."] = { has = { "tcp", "tls", "certs", "ntls_log" }, hidden = {} },
+    ["lib:"] = { has = { "find_token", "tokens", "slots", "open", "info" }, hidden = { "open_slot" } },
+    ["ps:"] = { has = { "login", "sign", "generate_ec", "find" }, hidden = { "generate_key", "generate_key_pair", "guard_key" } },
+  }
+  for word, e in pairs(expect) do
+    if objects[word:match("^(%w+)")] then
+      local got = names(word)
+      for _, m in ipairs(e.has) do t.ok(got[m], word .. m .. " is completed") end
+      for _, m in ipairs(e.hidden) do t.ok(not got[m], word .. m .. " is internal, not completed") end
+    end
+  end
+  -- every name a class declares public is a method it has
+  for _, v in pairs(objects) do
+    local idx = getmetatable(v) and getmetatable(v).__index
+    for _, m in ipairs(type(idx) == "table" and idx.__public or {}) do
+      t.eq(type(v[m]), "function", tostring(v) .. ":" .. m)
+    end
+  end
+end, { timeout = 60 })

@@ -105,6 +105,13 @@ t.test("with an inventory, HSM names complete inside hsm \"...\"", function()
   term.wait_for('dhsm> s = hsm "hsm1$')
   term.keys('"', "Enter", "s:hsm_show().zeroized", "Enter")
   term.wait_for("\nfalse\ndhsm>$")
+  term.keys("p11:find_t", "Tab")                    -- the PKCS#11 proxy completes as the library it loads
+  term.wait_for("dhsm> p11:find_token$")
+  term.keys("C-u", "s:hsm_s", "Tab")
+  term.wait_for("dhsm> s:hsm_show$")
+  term.keys("C-u", "s:exch", "Tab")                 -- internals are not offered
+  dhsm.sleep(0.3)
+  t.ok(term.screen():find("dhsm> s:exch$"), term.screen())
 end, { timeout = 60 })
 
 t.test("a destructive module call asks for the target's name", function()
@@ -118,3 +125,39 @@ t.test("a destructive module call asks for the target's name", function()
   term.keys("hsm1", "Enter")
   term.wait_for("hsm1\ndhsm>$")
 end)
+
+t.test("background tasks run while the prompt waits", function()
+  local term = terminal()
+  local tick = term.dir .. "/tick"
+  term.keys(("w = dhsm.spawn(function() while true do io.open(%q, 'a'):write('x'):close() dhsm.sleep(0.1) end end)")
+    :format(tick), "Enter")
+  term.wait_for("\ndhsm>$")                          -- back at the prompt, nothing typed
+  local function size() return #(util.read_file(tick) or "") end
+  local before = size()
+  t.eventually(function() return size() >= before + 5 end, "the watcher writing while the prompt waits", 30)
+  term.keys("w:cancel()", "Enter")
+  term.wait_for("w:cancel%(%)\ndhsm>$")
+end, { timeout = 60 })
+
+t.test("Ctrl-R does not search (and run) another line: it says it is off", function()
+  local term = terminal()
+  term.keys("print('from ' .. 'history')", "Enter")
+  term.wait_for("\nfrom history\ndhsm>$")
+  term.keys("C-r")
+  term.wait_for("history search with Ctrl%-R/Ctrl%-S is off")
+  term.keys("print('typed')", "Enter")
+  local screen = term.wait_for("\ntyped\ndhsm>$")
+  t.eq(select(2, screen:gsub("\nfrom history\n", "")), 1, "the history line ran once, when it was typed")
+end)
+
+t.test("connecting to an appliance that does not answer says so, and the timeout names its option", function()
+  local port = require("support.blackhole")()
+  local inv = t.tmpdir() .. "/inventory.json"
+  t.write(inv, ('{"hsms": [{"name": "dark", "host": "127.0.0.1", "ssh_port": %d, "password": "env:DHSM_NO_PASSWORD",'
+    .. ' "connect_timeout": 0.5}]}'):format(port))
+  local term = terminal("-i " .. q(inv))
+  term.keys('hsm "dark"', "Enter")
+  term.wait_for("connecting to dark %(127%.0%.0%.1:" .. port .. "%)…")
+  term.wait_for("no answer to the SSH connect within 0%.5 s.*connect_timeout")
+  term.wait_for("\ndhsm>$")
+end, { timeout = 60 })

@@ -15,15 +15,22 @@ local function hsm_opener(inv)
   return function(name)
     local s = sessions[name]
     if not s or s.closed or s.broken then
-      s = require("dhsm.luna").open(inv:hsm(name))
+      local entry = inv:hsm(name)
+      if require("dhsm.sys").isatty(2) then   -- an appliance that is off would look like a hung console
+        io.stderr:write(("connecting to %s (%s:%d)…\n"):format(entry.name, entry.host, entry.ssh_port or 22))
+        io.stderr:flush()
+      end
+      s = require("dhsm.luna").open(entry)
       sessions[name] = s
     end
     return s
   end
 end
 
+-- A proxy, so the library is loaded on first use; it completes as one
+-- (__public: the REPL's completer reads it without loading anything).
 local function lazy_pkcs11(inv)
-  return setmetatable({}, { __index = function(proxy, k)
+  return setmetatable({}, { __public = require("dhsm.pkcs11").METHODS.library, __index = function(proxy, k)
     local lib = rawget(proxy, "_lib")
     if not lib then
       local p11 = require "dhsm.pkcs11"

@@ -71,6 +71,8 @@ M.schema = {
       so_password = { type = "secret" },      -- the HSM SO's (decommission's zeroize by command)
       key = path_spec,
       known_hosts = { type = "string", default = "~/.ssh/known_hosts" },
+      -- seconds for the TCP connect and SSH handshake (dhsm.luna's default: 10)
+      connect_timeout = { type = "number", min = 0.001, max = 3600 },
       ntls_port = { type = "integer", min = 1, max = 65535, default = 1792 },
       resource = { type = "string", pattern = "^[%w%-]+$",
         expect = "the Azure dedicated HSM resource name (letters, digits, -; default: the entry's name)" },

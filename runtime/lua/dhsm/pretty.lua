@@ -83,9 +83,30 @@ local function block(v, indent, out, seen, opts)
   seen[v] = nil
 end
 
--- record(v) -> a flat record (string keys, no list part, too wide for one
--- line) as aligned "key  value" lines, as `hsm show` results read best;
--- nil when v is not one.
+-- text(s) -> a multi-line string (command output: LunaSH, lunacm) as its
+-- lines, CRs and trailing blank lines dropped; nil for a one-line string,
+-- which prints quoted as Lua would.
+function M.text(s)
+  if type(s) ~= "string" or not s:find("\n") then return nil end
+  return (s:gsub("\r\n", "\n"):gsub("\r", ""):gsub("%s+$", ""))
+end
+
+-- The parsers' raw material (dhsm.luna.parse: `fields`, every key/value the
+-- output had; `sections`, the same by section title) would bury the parsed
+-- record: a record shows how many there are; v.fields prints them.
+local RAW = { fields = "raw fields", sections = "sections" }
+
+local function raw_summary(k, x)
+  if not RAW[k] or type(x) ~= "table" or getmetatable(x) then return nil end
+  local n = 0
+  for _ in pairs(x) do n = n + 1 end
+  return ("<%d %s>"):format(n, RAW[k])
+end
+
+-- record(v [, {width=, max_lines=, raw=}]) -> a flat record (string keys,
+-- no list part, too wide for one line) as aligned "key  value" lines, as
+-- `hsm show` results read best; multi-line strings as their lines, raw
+-- fields summarised unless raw=true; nil when v is not one.
 function M.record(v, opts)
   opts = opts or {}
   local width = opts.width or 80
@@ -101,7 +122,8 @@ function M.record(v, opts)
   end
   local lines = {}
   for _, k in ipairs(keys) do
-    local text = M.format(v[k], { width = width - w - 2, max_lines = opts.max_lines })
+    local text = M.text(v[k]) or (not opts.raw and raw_summary(k, v[k]))
+      or M.format(v[k], { width = width - w - 2, max_lines = opts.max_lines })
     lines[#lines + 1] = util.pad(k, w) .. "  " .. text:gsub("\n", "\n" .. string.rep(" ", w + 2))
   end
   return table.concat(lines, "\n")

@@ -5,7 +5,11 @@
 -- "=expr" works.  Each entry runs as a task, so waits and dhsm.parallel
 -- work; Ctrl-C cancels that entry (its <close> variables are closed) and
 -- comes back to the prompt; Ctrl-D leaves.  Tab completes globals, fields,
--- methods, meta-commands and inventory names.  History is kept in
+-- the public methods of objects (a class's __public list), meta-commands
+-- and inventory names.  On a terminal the line is read by a task through
+-- the scheduler, so dhsm.spawn'ed tasks keep running at the prompt.
+-- Command output (multi-line strings) prints as lines, records (hsm_show)
+-- as aligned fields with their raw `fields` summarised.  History is kept in
 -- $XDG_STATE_HOME/dhsm/history (0600), without entries that touch secrets.
 -- Without a terminal there are no prompts and the exit status is that of
 -- the last failing entry.
@@ -32,7 +36,8 @@ meta-commands:
   :check on|off       check mode: changes are described, not made
   :audit [N]          the last N audit records (default 10)
   :quit               leave (Ctrl-D too)
-Ctrl-C cancels the running entry.  Tab completes.]]
+Ctrl-C cancels the running entry.  Tab completes.  Spawned tasks run while the prompt waits.
+Ctrl-R/Ctrl-S history search is off (it could run another line than the one shown): Up/Down.]]
 
 local META = { ":help", ":doc", ":trace", ":check", ":audit", ":quit" }
 
@@ -56,14 +61,29 @@ local function incomplete(err)
   return err and err:find("<eof>$") ~= nil
 end
 
+-- One line.  On a terminal a task of its own reads it, so the scheduler
+-- runs the other tasks (a dhsm.spawn'ed watcher) while the prompt waits;
+-- Ctrl-C gives the line up: "", "interrupted".
+local function read_line(tty, prompt)
+  if not tty then return sys.readline("") end
+  local reader = dhsm.spawn(function() return sys.readline(prompt) end)
+  core.set_interrupt_target(reader)
+  local ok, line, interrupted = pcall(reader.join, reader)
+  core.set_interrupt_target(nil)
+  if ok then return line, interrupted end
+  sys.readline_cancel()
+  if dhsm.error.is(line, "interrupted") then return "", "interrupted" end
+  error(line, 0)
+end
+
 -- An entry: one line, or several when the statement is not complete.
 local function read_entry(tty, prompt)
-  local line, interrupted = sys.readline(tty and prompt or "")
+  local line, interrupted = read_line(tty, prompt)
   if line == nil then return nil end
   if interrupted then return "", nil, nil, true end
   local chunk, err = compile(line)
   while not chunk and incomplete(err) do
-    local more, stop = sys.readline(tty and ">> " or "")
+    local more, stop = read_line(tty, ">> ")
     if more == nil or stop then return "", nil, nil, stop end
     line = line .. "\n" .. more
     chunk, err = compile(line)
@@ -76,11 +96,13 @@ local function historic(line)
   return line:find("%S") and not line:find("prompt", 1, true) and not line:find("secret.", 1, true)
 end
 
+-- One value: command text as its lines, a record as aligned lines;
+-- several: each formatted, TAB-separated as lua.c does.
 local function show(r)
   local parts = {}
   for i = 1, r.n do
-    local rec = r.n == 1 and pretty.record(r[i])
-    parts[#parts + 1] = rec or pretty.format(r[i])
+    local one = r.n == 1 and (pretty.text(r[i]) or pretty.record(r[i]))
+    parts[#parts + 1] = one or pretty.format(r[i])
   end
   if #parts > 0 then io.stdout:write(table.concat(parts, "\t"), "\n") end
   io.stdout:flush()
@@ -106,23 +128,38 @@ local function starting(list, prefix, out)
   return out
 end
 
--- Fields of v without running any code: the table's keys, then its
--- metatable's __index table (methods of userdata such as sessions).
+-- What v's class offers: its declared public methods (a class's
+-- __public list; a proxy's metatable may carry one for what it forwards),
+-- else every function of its __index table.  Never runs any code.
+local function class_names(v)
+  local mt = getmetatable(v)
+  if type(mt) ~= "table" then return {} end
+  local idx = rawget(mt, "__index")
+  local pub = rawget(mt, "__public")
+  if pub == nil and type(idx) == "table" then pub = rawget(idx, "__public") end
+  if type(pub) == "table" then return pub end
+  local out = {}
+  if type(idx) == "table" then
+    for k, x in pairs(idx) do if type(x) == "function" then out[#out + 1] = k end end
+  end
+  return out
+end
+
+-- Names to complete after "v." (its fields and methods) or "v:" (methods).
 local function fields_of(v, methods_only)
   local out, seen = {}, {}
-  local function add(t)
-    if type(t) ~= "table" then return end
-    for k, x in pairs(t) do
-      if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and not k:match("^_")
-        and (not methods_only or type(x) == "function") then
-        seen[k] = true
-        out[#out + 1] = k
-      end
+  local function add(k)
+    if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and not k:match("^_") then
+      seen[k] = true
+      out[#out + 1] = k
     end
   end
-  if type(v) == "table" then add(v) end
-  local mt = getmetatable(v)
-  if type(mt) == "table" then add(rawget(mt, "__index")) end
+  if type(v) == "table" then
+    for k, x in pairs(v) do
+      if not methods_only or type(x) == "function" then add(k) end
+    end
+  end
+  for _, k in ipairs(class_names(v)) do add(k) end
   table.sort(out)
   return out
 end
