@@ -3,8 +3,8 @@
 #
 # Runs every suite: the C unit tests (cmocka, TAP output), the simulator's
 # self-tests (Python; not under the sanitizers: --no-selftests), then
-# `dhsm test` over tests/lua and tests/e2e.  Failures are
-# printed as they come; the last line sums everything up:
+# `dhsm test` over each file of tests/lua and tests/e2e, several at once.
+# Failures are printed; the last line sums everything up:
 #   N passed, N failed[, N skipped]
 # and the exit status is non-zero when anything failed.
 set -u
@@ -75,12 +75,26 @@ if [ "$selftests" = yes ]; then
   done
 fi
 
-for dir in tests/lua tests/e2e; do
-  ls "$dir"/*_test.lua >/dev/null 2>&1 || continue
-  "$dhsm" test "$dir" >"$log" 2>&1
-  rc=$?
+# The Lua suites: each file in its own dhsm process with its own state
+# folder, $DHSM_TEST_JOBS at a time (default: one more than the cores; the
+# end-to-end files spend most of their time waiting on their estates).
+# The end-to-end files, the longest, start first.  Reported in that order.
+files=$(ls tests/e2e/*_test.lua tests/lua/*_test.lua 2>/dev/null)
+jobs=${DHSM_TEST_JOBS:-$(($(nproc 2>/dev/null || echo 1) + 1))}
+results=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$state" "$results"' EXIT
+export DHSM_BIN="$dhsm" RESULTS="$results"
+printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c '
+  f=$1; key=$(echo "$f" | tr / _)
+  mkdir -p "$XDG_STATE_HOME/$key"
+  XDG_STATE_HOME="$XDG_STATE_HOME/$key" DHSM_AUDIT="$XDG_STATE_HOME/$key/audit.jsonl" \
+    "$DHSM_BIN" test "$f" >"$RESULTS/$key.log" 2>&1
+  echo $? >"$RESULTS/$key.rc"' sh {}
+for f in $files; do
+  key=$(echo "$f" | tr / _)
+  mv "$results/$key.log" "$log" 2>/dev/null || : >"$log"
   grep -vE '^[0-9]+ passed, [0-9]+ failed' "$log"
-  add_summary "$dir" "$rc"
+  add_summary "$f" "$(cat "$results/$key.rc" 2>/dev/null || echo 1)"
 done
 
 line="$passed passed, $failed failed"

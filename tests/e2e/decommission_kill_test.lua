@@ -196,7 +196,7 @@ t.test("two concurrent --resume of one run: exactly one runs, the other is refus
     dhsm.sleep(0.01)
   end
   local b <close> = decommission(estate, { "--resume", id })
-  t.eq(b:wait(30).status, 3)
+  t.eq(b:wait(30).status, 3, b:stderr())
   t.ok(b:stderr():find(("run %s is being run right now by another dhsm (pid %d)"):format(id, a:pid()), 1, true),
     b:stderr())
   t.eq(advancing(estate, function() return a:wait(45).status end), 0, a:stderr())
