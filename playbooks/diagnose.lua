@@ -769,6 +769,7 @@ return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
     .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
     .. "-e prometheus=FILE also writes the findings for node_exporter's textfile collector (for cron and alerts)",
+  inventory = "the HSMs, Azure and the client install to check",
   params = {
     timeout = { type = "number", default = 10, min = 0.1, max = 600,
       description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
@@ -782,9 +783,6 @@ return {
         .. "(logins go through the failed-login guard: a wrong one costs an attempt per member and run)" },
   },
   run = function(ctx, p)
-    if not ctx.inventory then
-      dhsm.error { kind = "usage", message = "diagnose needs an inventory (-i FILE or $DHSM_INVENTORY)" }
-    end
     if p.prometheus then findings.check_output_dir(p.prometheus) end
     local run = new_run(ctx, p)
     run.group = ctx.inventory.azure and ctx.inventory.azure.resource_group or "?"

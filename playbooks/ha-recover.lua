@@ -60,6 +60,7 @@ end
 return {
   description = "Recover failed HA group members, turn on auto-recovery, and synchronize members after checking "
     .. "their objects and cloning domains",
+  inventory = "the client install and the appliances",
   params = {
     co_password = { type = "secret", required = true,
       description = "the members' Crypto Officer password (env:, file: or prompt): objects are read and synchronized as the CO" },
@@ -78,9 +79,6 @@ return {
       description = "fix_cloning: the new partition's name (default: the first free parN)" },
   },
   run = function(ctx, p)
-    if not ctx.inventory then
-      dhsm.error { kind = "usage", message = "ha-recover needs an inventory (-i FILE or $DHSM_INVENTORY) naming the client install" }
-    end
     local c = ha.client(ctx.inventory)
     if p.fix_cloning and not (p.cloning_domain and p.pso_password) then
       dhsm.error { kind = "usage", code = "BadParameters", message = "fix_cloning=true needs -e cloning_domain=... "

@@ -48,6 +48,7 @@ end
 
 return {
   description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
+  inventory = "the appliance and the client install",
   params = {
     hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", description = "the inventory's name of the appliance" },
     renew_expiring = { type = "boolean", default = false,
@@ -56,9 +57,6 @@ return {
       description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
   },
   run = function(ctx, p)
-    if not ctx.inventory then
-      dhsm.error { kind = "usage", message = "ntls-reexchange needs an inventory (-i FILE or $DHSM_INVENTORY)" }
-    end
     local entry = ctx.inventory:hsm(p.hsm)
     local client = ntls.client(ctx.inventory)
     local session

@@ -17,11 +17,9 @@ local ADVICE = "an orphaned HSM cannot be deleted by you (its resource group is 
 return {
   description = "Find dedicated HSMs whose resource group was deleted (orphaned, still billed) and print what "
     .. "the support request to remove them needs; read-only",
+  inventory = "Azure",
   params = {},
   run = function(ctx)
-    if not ctx.inventory then
-      dhsm.error { kind = "usage", message = "orphans needs an inventory (-i FILE or $DHSM_INVENTORY) for Azure" }
-    end
     local c <close> = azure.client(ctx.inventory.azure)
     return ctx:step("find HSMs whose resource group is gone (subscription " .. c.subscription .. ")", function()
       local found = hsm.orphans(c)

@@ -579,6 +579,7 @@ end
 return {
   description = "Create Dedicated HSMs and their network (VNet, delegated subnet, ExpressRoute gateway), "
     .. "checking everything the troubleshooting guide names first and riding out the gateway race",
+  inventory = "Azure",
   params = {
     hsms = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-]+:?[%w]*:?[%d%.]*$" },
       description = "HSMs as name[:stamp[:ip]], e.g. hsm-a:stamp1,hsm-b:stamp2 (the guide's HA pair)" },
@@ -608,9 +609,6 @@ return {
     network_timeout = { type = "integer", default = 900, min = 1, description = "seconds for other network writes" },
   },
   run = function(ctx, p)
-    if not ctx.inventory then
-      dhsm.error { kind = "usage", message = "provision needs an inventory (-i FILE or $DHSM_INVENTORY) for Azure" }
-    end
     if p.mode == "template" and not p.template then
       dhsm.error { kind = "usage", message = "mode=template needs -e template=FILE (and template_parameters=FILE)" }
     end

@@ -88,6 +88,22 @@ t.test("a playbook with a bad parameter spec is refused when loaded", function()
   t.ok(r.stderr:find("params.a: unknown type \"strnig\" (did you mean 'string'?); params.b: an enum needs a non-empty 'values' list", 1, true), r.stderr)
 end)
 
+t.test("a playbook that declares inventory= is refused without one, before anything is journaled (exit 2)", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/needy.lua", [[return { description = "x", inventory = "the appliances to look at",
+    run = function(ctx) ctx:step("touch", function() io.open("]] .. dir .. [[/touched", "w"):close() end) end }]])
+  local r = t.sh("env -u DHSM_INVENTORY " .. env(dir) .. " " .. t.cmd("run " .. dir .. "/needy.lua"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("needy needs an inventory (-i FILE or $DHSM_INVENTORY) for the appliances to look at", 1, true),
+    r.stderr)
+  t.eq(sys.readdir(dir .. "/dhsm/runs") or {}, {}, "no run journaled")
+  t.eq(io.open(dir .. "/touched"), nil, "no step ran")
+  t.write(dir .. "/odd.lua", [[return { description = "x", inventory = true, run = function() end }]])
+  r = t.sh(env(dir) .. " " .. t.cmd("run " .. dir .. "/odd.lua"))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("field 'inventory' must be a string", 1, true), r.stderr)
+end)
+
 ---------------------------------------------------------------------------
 -- steps, progress, audit, json
 

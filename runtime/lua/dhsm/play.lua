@@ -83,6 +83,9 @@ function M.load(found)
   if type(pb.description) ~= "string" then bad(found, "field 'description' must be a string") end
   if type(pb.run) ~= "function" then bad(found, "field 'run' must be a function(ctx, params)") end
   if pb.params ~= nil and type(pb.params) ~= "table" then bad(found, "field 'params' must be a table") end
+  if pb.inventory ~= nil and type(pb.inventory) ~= "string" then
+    bad(found, "field 'inventory' must be a string: what the playbook needs the inventory for")
+  end
   pb.name = pb.name or found.name
   pb.params = pb.params or {}
   pb.path = found.path
@@ -555,6 +558,9 @@ function M.run(pb, raw, opts)
   local tty = opts.tty
   if tty == nil then tty = sys.isatty(0) end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
+  if pb.inventory and not inv then        -- refused before anything is journaled
+    usage("%s needs an inventory (-i FILE or $DHSM_INVENTORY) for %s", pb.name, pb.inventory)
+  end
   local params = M.validate(pb, raw, inv, tty)
   local public, secret_names = public_params(pb, params)
   local context = dhsm.context()
