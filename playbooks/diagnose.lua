@@ -47,7 +47,7 @@ local net = require "dhsm.net"
 local network = require "dhsm.azure.network"
 local ntls = require "dhsm.net.ntls"
 local parse = require "dhsm.luna.parse"
-local sys = require "dhsm.sys"
+local util = require "dhsm.util"
 
 local SO_MAX = guard.THRESHOLDS.so
 local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
@@ -786,8 +786,7 @@ return {
     if p.prometheus then findings.check_output_dir(p.prometheus) end
     local run = new_run(ctx, p)
     run.group = ctx.inventory.azure and ctx.inventory.azure.resource_group or "?"
-    local workdir = assert(sys.mkdtemp("dhsm-diagnose-"))
-    local cleanup <close> = setmetatable({}, { __close = function() os.execute("rm -rf '" .. workdir .. "'") end })
+    local workdir, workdir_gone <close> = util.scratch_dir("dhsm-diagnose-")
     run.workdir = workdir
     local entries = chosen_entries(ctx.inventory.hsms or {}, p.hsm)
     local t0 = dhsm.now()

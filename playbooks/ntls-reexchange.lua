@@ -23,7 +23,7 @@
 local luna = require "dhsm.luna"
 local ntls = require "dhsm.net.ntls"
 local parse = require "dhsm.luna.parse"
-local sys = require "dhsm.sys"
+local util = require "dhsm.util"
 
 -- The diagnosis as a step result (JSON, journaled): no certificates.
 local function summary(d)
@@ -65,8 +65,7 @@ return {
       return session
     end
     local closer <close> = setmetatable({}, { __close = function() if session then session:close() end end })
-    local workdir = assert(sys.mkdtemp("dhsm-ntls-"))
-    local cleanup <close> = setmetatable({}, { __close = function() os.execute("rm -rf '" .. workdir .. "'") end })
+    local workdir, workdir_gone <close> = util.scratch_dir("dhsm-ntls-")
     local function diagnose() return ntls.diagnose(entry, client, appliance(), { workdir = workdir }) end
 
     local d = ctx:step("diagnose NTLS between this client and " .. p.hsm, function()

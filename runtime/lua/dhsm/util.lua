@@ -143,6 +143,21 @@ function M.sealed(t)
   })
 end
 
+-- scratch_dir(prefix) -> path, closer: a new private folder (0700, under
+-- $TMPDIR or /tmp) for a run's own files, removed with them when closer is
+-- closed (`local dir, gone <close> = util.scratch_dir("dhsm-x-")`).  It
+-- holds files: each entry is unlinked (a link, never what it points to);
+-- a subfolder someone left in it stays, and so does the folder then.
+-- No shell is involved.
+function M.scratch_dir(prefix)
+  local sys = require "dhsm.sys"
+  local dir = assert(sys.mkdtemp(prefix))
+  return dir, setmetatable({}, { __close = function()
+    for _, name in ipairs(sys.readdir(dir) or {}) do os.remove(dir .. "/" .. name) end
+    os.remove(dir)
+  end })
+end
+
 -- The contents of a file, or nil and "PATH: reason" (a directory opens
 -- but does not read: it says so instead of giving nil and no reason).
 function M.read_file(path)
