@@ -253,12 +253,18 @@ return {
     -- confirmed steps, each looking first at what is done.
     local function fix_member(g, found, bad)
       local entry = ctx.inventory:hsm(bad.hsm)
-      local name = p.new_partition or free_partition(entry)
+      -- chosen once and journaled: a resumed run must look for the partition
+      -- it may have created, not pick the next free name
+      local name = p.new_partition or ctx:step(("choose the new partition's name on %s"):format(bad.hsm),
+        function() return free_partition(entry) end)
       local label = bad.hsm .. "-" .. name
       local function new() return ha.partition_on(entry, name) end
       ctx:step(("create partition %s on %s for group %s"):format(name, bad.hsm, g.label),
-        { destructive = true, target = bad.hsm, done = function() return not dhsm.check_mode and new() ~= nil
-          and c:slot_of(new().serial) ~= nil end }, function()
+        { destructive = true, target = bad.hsm, done = function()
+          if dhsm.check_mode then return false end
+          local part = new()                  -- created and assigned to this client: lunacm shows its slot
+          return part ~= nil and c:find_slot(part.serial) ~= nil
+        end }, function()
         local so = p.so_password or entry.so_password
         if not so then
           dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
@@ -277,10 +283,12 @@ return {
           return
         end
         -- initialised by us: our label and the group's domain (a resumed run finds it so)
-        if not c:token(label) or new().domain ~= found.domain then
-          c:init_partition(new().serial, label, p.pso_password, p.cloning_domain)
+        local part = new()
+        if not c:token(label) or part.domain ~= found.domain then
+          c:init_partition(part.serial, label, p.pso_password, p.cloning_domain)
+          part = new()
         end
-        if new().domain ~= found.domain then
+        if part.domain ~= found.domain then
           dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
             .. "than %s after partition init: is cloning_domain the group's?"):format(name, bad.hsm, found.good) }
         end

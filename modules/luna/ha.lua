@@ -237,11 +237,18 @@ function M.create_partition(entry, so_password, name, client_name)
   s:must(("client assignPartition -client %s -partition %s"):format(client_name, name))
 end
 
--- The slot id lunacm gives the partition with this serial (slots move).
-function Client:slot_of(serial)
+-- The slot lunacm gives the partition with this serial (slots move), or
+-- nil when lunacm shows none (not assigned to this client, or unreachable).
+function Client:find_slot(serial)
   for _, slot in ipairs(proc.lunacm_slots(self:argv())) do
     if slot.serial == serial then return slot end
   end
+end
+
+-- The same, raising NoSlot when there is none.
+function Client:slot_of(serial)
+  local slot = self:find_slot(serial)
+  if slot then return slot end
   dhsm.error { kind = "luna", code = "NoSlot", message = ("lunacm shows no slot for partition %s: is it assigned to "
     .. "this client (client assignPartition) and its appliance reachable?"):format(serial) }
 end
