@@ -302,6 +302,17 @@ static int skip_value(cursor *c, int depth) {
   return c->p > start;
 }
 
+int dhsm_json_names_key(const char *json, size_t len, const char *field) {
+  size_t flen = strlen(field);
+  for (const char *p = json, *end = json + len; p + flen + 2 <= end; p++) {
+    if (*p != '"' || memcmp(p + 1, field, flen) != 0 || p[flen + 1] != '"') continue;
+    const char *q = p + flen + 2;
+    while (q < end && strchr(" \t\r\n", *q)) q++;
+    if (q < end && *q == ':') return 1;
+  }
+  return 0;
+}
+
 int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest) {
   cursor c = { json, json + len };
   dhsm_buf key = {0};
@@ -311,6 +322,7 @@ int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_
   for (;;) {
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '"') break;
+    const char *key_at = c.p;
     key.len = 0;
     if (!read_string(&c, &key)) break;
     skip_ws(&c);
@@ -323,7 +335,8 @@ int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_
       dhsm_buf_add(rest, json, (size_t)(at - json));
       dhsm_buf_adds(rest, "null");
       dhsm_buf_add(rest, c.p, (size_t)(c.end - c.p));
-      found = !value->oom && !rest->oom;
+      found = !value->oom && !rest->oom && !dhsm_json_names_key(json, (size_t)(key_at - json), field)
+              && !dhsm_json_names_key(c.p, (size_t)(c.end - c.p), field);   /* the key once only */
       break;
     }
     if (!skip_value(&c, 1)) break;

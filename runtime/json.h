@@ -42,11 +42,17 @@ int dhsm_json_hides(lua_State *L, const char *key, int idx);
 /* Take the string field `field` of the JSON object json[0..len) out:
 ** its decoded value into `value`, and the document with that value
 ** replaced by null into `rest` (both wiped by dhsm_buf_free).  Returns 1
-** when the field is there and a string; 0 otherwise (malformed JSON
-** included), with both buffers left empty.  The value never becomes a
+** when the field is there, once, and a string; 0 otherwise (malformed
+** JSON, or the key again elsewhere, nested or repeated: the rest would
+** hold a secret), with both buffers left empty.  The value never becomes a
 ** Lua string: push it with dhsm_secret_push.  Reading JSON is otherwise
 ** cjson's job; this exists only for secrets. */
 int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest);
+
+/* Whether json[0..len) names `field` as a key ("field" followed by a
+** colon) anywhere, nested or not.  A document whose secret field could
+** not be taken out must then be withheld whole: it may hold the secret. */
+int dhsm_json_names_key(const char *json, size_t len, const char *field);
 
 /* Format t as RFC 3339 UTC with milliseconds: 2026-11-28T09:33:59.123Z */
 void dhsm_rfc3339(char out[32], const struct timespec *t);

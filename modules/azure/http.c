@@ -28,6 +28,7 @@
 #include <lauxlib.h>
 
 #include "dhsm/dhsm.h"
+#include "json.h"
 
 #define SESSION_MT "dhsm.azure.session"
 #define TRANSFER_MT "dhsm.azure.transfer"
@@ -283,7 +284,8 @@ static void push_headers(lua_State *L, transfer *t) {
 /* With secret_field: take that field of the JSON reply out as a secret
 ** (result.secret; decoded in C, never a Lua string) and give the rest as
 ** result.json; 0 when there is no such field (an error reply), and the
-** body is returned as usual. */
+** body is returned as usual - unless it names the field: then it is
+** withheld (push_result). */
 static int extract_secret(lua_State *L, transfer *t, const char *field, int result) {
   int top = lua_gettop(L);
   if (!dhsm_secret_push_json_field(L, t->reply.p, t->reply.len, field, "http reply")) return 0;
@@ -318,10 +320,13 @@ static int push_result(lua_State *L, session *s, transfer *t, const char *secret
   lua_setfield(L, -2, "seconds");
   push_headers(L, t);
   lua_setfield(L, -2, "headers");
-  if (!(secret_field && extract_secret(L, t, secret_field, lua_gettop(L)))) {
+  if (secret_field && extract_secret(L, t, secret_field, lua_gettop(L))) return 1;
+  if (secret_field && t->reply.p && dhsm_json_names_key(t->reply.p, t->reply.len, secret_field)) {
+    lua_pushfstring(L, "(reply withheld: it holds %s but could not be read as one JSON string field)", secret_field);
+  } else {
     lua_pushlstring(L, t->reply.p ? t->reply.p : "", t->reply.len);
-    lua_setfield(L, -2, "body");
   }
+  lua_setfield(L, -2, "body");
   return 1;
 }
 

@@ -22,13 +22,17 @@
 
 #define MAX_LINE 16384
 
-/* Decode base64 text[0..n) into out; returns the byte count or -1. */
-static int unbase64(const char *text, size_t n, unsigned char *out, size_t cap) {
+int kh_unbase64(const char *text, size_t n, unsigned char *out, size_t cap) {
   if (n == 0 || n % 4 != 0 || n / 4 * 3 > cap) return -1;
   int len = EVP_DecodeBlock(out, (const unsigned char *)text, (int)n);
   if (len < 0) return -1;
   for (size_t i = n; i > 0 && text[i - 1] == '='; i--) len--;
   return len;
+}
+
+void kh_host_name(char *out, size_t cap, const char *host, int port) {
+  if (port == 22) snprintf(out, cap, "%s", host);
+  else snprintf(out, cap, "[%s]:%d", host, port);
 }
 
 /* Glob match of OpenSSH host patterns: * and ?, case-insensitive. */
@@ -50,8 +54,8 @@ static int hashed_match(const char *entry, size_t n, const char *name) {
   const char *salt = entry + 3, *bar = memchr(salt, '|', n - 3);
   if (bar == NULL) return 0;
   unsigned char key[64], want[64], got[EVP_MAX_MD_SIZE];
-  int klen = unbase64(salt, (size_t)(bar - salt), key, sizeof key);
-  int wlen = unbase64(bar + 1, (size_t)(entry + n - bar - 1), want, sizeof want);
+  int klen = kh_unbase64(salt, (size_t)(bar - salt), key, sizeof key);
+  int wlen = kh_unbase64(bar + 1, (size_t)(entry + n - bar - 1), want, sizeof want);
   unsigned int glen = 0;
   if (klen <= 0 || wlen <= 0) return 0;
   if (!HMAC(EVP_sha1(), key, klen, (const unsigned char *)name, strlen(name), got, &glen)) return 0;
@@ -94,7 +98,7 @@ static void marker_line(const char *line, int lineno, const char *name, const un
   if (hl == 0 || bl == 0 || !hosts_match(hosts, hl, name)) return;
   if (ml == 8 && strncasecmp(marker, "@revoked", 8) == 0) {
     unsigned char blob[8192];
-    int n = unbase64(b64, bl, blob, sizeof blob);
+    int n = kh_unbase64(b64, bl, blob, sizeof blob);
     if (n > 0 && (size_t)n == keylen && memcmp(blob, key, keylen) == 0 && !m->revoked_line) m->revoked_line = lineno;
   } else if (ml == 15 && strncasecmp(marker, "@cert-authority", 15) == 0) {
     m->ca_lines++;
@@ -104,8 +108,7 @@ static void marker_line(const char *line, int lineno, const char *name, const un
 int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port,
             const unsigned char *key, size_t keylen, kh_markers *m) {
   char name[300], line[MAX_LINE];
-  if (port == 22) snprintf(name, sizeof name, "%s", host);
-  else snprintf(name, sizeof name, "[%s]:%d", host, port);
+  kh_host_name(name, sizeof name, host, port);
   memset(m, 0, sizeof *m);
   FILE *f = fopen(path, "r");
   if (f == NULL) return -1;

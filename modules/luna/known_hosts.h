@@ -21,4 +21,11 @@ typedef struct kh_markers {
 int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port,
             const unsigned char *key, size_t keylen, kh_markers *m);
 
+/* Decode base64 text[0..n) into out (at most cap bytes); the byte count,
+** or -1 when it is not base64 or does not fit. */
+int kh_unbase64(const char *text, size_t n, unsigned char *out, size_t cap);
+
+/* The name known_hosts gives host:port: "host" on port 22, else "[host]:port". */
+void kh_host_name(char *out, size_t cap, const char *host, int port);
+
 #endif

@@ -413,10 +413,8 @@ static int sess_known_hosts(lua_State *L) {
   } else if (rc == LIBSSH2_KNOWNHOST_CHECK_MISMATCH) {
     lua_pushliteral(L, "mismatch");
     if (found && found->key) {                        /* base64 as read from the file */
-      unsigned char raw[8192];
-      int n = EVP_DecodeBlock(raw, (const unsigned char *)found->key, (int)strlen(found->key));
-      size_t klen = strlen(found->key);
-      while (n > 0 && klen > 0 && found->key[klen - 1] == '=') { n--; klen--; }
+      unsigned char raw[8192];                       /* bounded: kh_load passes lines of up to 16 KiB */
+      int n = kh_unbase64(found->key, strlen(found->key), raw, sizeof raw);
       if (n > 0) {
         push_fingerprint(L, raw, (size_t)n);
         nret = 2;
@@ -438,8 +436,9 @@ static int append_line(const char *path, const char *line, size_t n) {
   FILE *f = fopen(path, "a+");
   if (f == NULL) return -1;
   int ok = 1;
-  if (fseek(f, -1, SEEK_END) == 0 && fgetc(f) != '\n') ok = fputc('\n', f) != EOF;
-  fseek(f, 0, SEEK_END);
+  int last = fseek(f, -1, SEEK_END) == 0 ? fgetc(f) : '\n';
+  fseek(f, 0, SEEK_END);                 /* C11 7.21.5.3: a read and a write need a seek between them */
+  if (last != '\n') ok = fputc('\n', f) != EOF;
   ok = ok && fwrite(line, 1, n, f) == n;
   return (fclose(f) == 0 && ok) ? 0 : -1;
 }
@@ -448,8 +447,7 @@ static int append_line(const char *path, const char *line, size_t n) {
 static int sess_add_known_host(lua_State *L) {
   hostkey_ctx h = open_known_hosts(L);
   char name[300];
-  if (h.s->port == 22) snprintf(name, sizeof name, "%s", h.s->host);
-  else snprintf(name, sizeof name, "[%s]:%d", h.s->host, h.s->port);
+  kh_host_name(name, sizeof name, h.s->host, h.s->port);
   struct libssh2_knownhost *entry = NULL;
   int rc = libssh2_knownhost_addc(h.kh, name, NULL, h.key, h.len, "added by dhsm", 13,
                                   LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |

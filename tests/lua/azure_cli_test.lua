@@ -87,12 +87,17 @@ end, { timeout = 60 })
 
 t.test("proc.run's secret_json_field: the field is a secret, the rest is the document, escapes decoded", function()
   local proc = require "dhsm.proc"
-  local r = proc.run { argv = { "printf", "%s", [[{"a": [1, {"accessToken": "x"}], "accessToken": "p\u00e9\/q\"", "b": 2}]] },
+  local r = proc.run { argv = { "printf", "%s", [[{"a": [1, {"c": "x"}], "accessToken": "p\u00e9\/q\"", "b": 2}]] },
     secret_json_field = "accessToken" }
   t.ok(require("dhsm.secret").is(r.secret), "a secret")
-  t.eq(cjson.decode(r.stdout), { a = { 1, { accessToken = "x" } }, accessToken = cjson.null, b = 2 })
+  t.eq(cjson.decode(r.stdout), { a = { 1, { c = "x" } }, accessToken = cjson.null, b = 2 })
   local echo = proc.run { argv = { "cat" }, stdin = r.secret }
   t.eq(echo.stdout, 'p\u{e9}/q"')
   r = proc.run { argv = { "printf", "%s", "not json" }, secret_json_field = "accessToken" }
   t.eq({ r.stdout, r.secret, r.secret_missing }, { nil, nil, true })
+  -- the key again, nested or repeated: the rest would hold a token, so all is withheld
+  for _, doc in ipairs { [[{"a": {"accessToken": "x"}, "accessToken": "y"}]], [[{"accessToken": "x", "accessToken": "y"}]] } do
+    r = proc.run { argv = { "printf", "%s", doc }, secret_json_field = "accessToken" }
+    t.eq({ r.stdout, r.secret, r.secret_missing }, { nil, nil, true }, doc)
+  end
 end)

@@ -80,3 +80,11 @@ t.test("accept-new appends the key and keeps markers and comments", function()
   t.ok(text:find("\n" .. name:gsub("%p", "%%%0") .. " ssh%-[%w%-]+ [%w+/=]+ added by dhsm\n$"), text)
   open(kh):close()                                          -- now known
 end, { timeout = 60 })
+
+t.test("a known key too long to decode (12 KiB of base64) is a plain mismatch, never a buffer overrun", function()
+  local _, hk = host_key()
+  local huge = ("QUFB"):rep(3072)                      -- 12 KiB of base64: 9 KiB once decoded
+  local kh = file_with { name .. " " .. hk.type .. " " .. huge }
+  local err = t.raises(function() open(kh) end, "HostKeyMismatch")
+  t.eq(err.kind, "safety")
+end, { timeout = 60 })

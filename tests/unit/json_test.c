@@ -154,9 +154,12 @@ static const char *take(const char *json, const char *field) {
 static void takes_one_string_field_out(void **state) {
   (void)state;
   assert_string_equal(take("{\"accessToken\": \"abc\", \"n\": 1}", "accessToken"), "abc|{\"accessToken\": null, \"n\": 1}");
-  /* a nested field of the same name is not the top-level one */
-  assert_string_equal(take("{\"a\": {\"accessToken\": \"x\"}, \"accessToken\": \"y\"}", "accessToken"),
-                      "y|{\"a\": {\"accessToken\": \"x\"}, \"accessToken\": null}");
+  /* the key a second time, nested or repeated: the rest would hold a
+  ** secret, so nothing is taken (the caller withholds the document) */
+  assert_string_equal(take("{\"a\": {\"accessToken\": \"x\"}, \"accessToken\": \"y\"}", "accessToken"), "-");
+  assert_string_equal(take("{\"accessToken\": \"a\", \"accessToken\" : \"b\"}", "accessToken"), "-");
+  /* the name as a value is not the key */
+  assert_string_equal(take("{\"t\": \"x\", \"note\": \"t\"}", "t"), "x|{\"t\": null, \"note\": \"t\"}");
   /* escapes decoded: \/ \" \\ \n \u00e9 and a surrogate pair */
   assert_string_equal(take("{\"t\":\"a\\/b\\\"c\\\\d\\ne\\u00e9\\ud83d\\ude00\"}", "t"),
                       "a/b\"c\\d\ne\xc3\xa9\xf0\x9f\x98\x80|{\"t\":null}");
@@ -170,6 +173,15 @@ static void takes_one_string_field_out(void **state) {
   assert_string_equal(take("", "t"), "-");
 }
 
+static void names_a_key_anywhere(void **state) {
+  (void)state;
+  const char *doc = "{\"a\": {\"access_token\" :\"x\"}, \"n\": \"access_token\"}";
+  assert_true(dhsm_json_names_key(doc, strlen(doc), "access_token"));
+  const char *value_only = "{\"n\": \"access_token\", \"m\": [\"access_token\"]}";
+  assert_false(dhsm_json_names_key(value_only, strlen(value_only), "access_token"));
+  assert_false(dhsm_json_names_key("\"access_token\"", 14, "access_token"));     /* no colon */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_quotes_and_controls),
@@ -181,6 +193,7 @@ int main(void) {
     cmocka_unit_test(stops_at_depth_and_cycles),
     cmocka_unit_test(formats_rfc3339_in_utc),
     cmocka_unit_test(takes_one_string_field_out),
+    cmocka_unit_test(names_a_key_anywhere),
   };
   return cmocka_run_group_tests_name("json", tests, setup, teardown);
 }
