@@ -28,6 +28,20 @@ t.test("rows: by the given order of checks (others after), then target; counts a
   t.ok(text:find("tcp 1792%s+hsm2%s+FAIL%s+port 1792: refused\n%s+%-> open TCP 1792"), text)
 end)
 
+t.test("rows of one check and target: the worst first, then by finding, whatever order they were added in", function()
+  local rows = { { "FAIL", "b" }, { "OK", "a" }, { "FAIL", "a" }, { "WARN", "c" }, { "OK", "b" } }
+  for round = 1, 20 do
+    local f = findings.new { order = { "gateway" } }
+    for i = 1, #rows do                          -- a different order each round
+      local r = rows[(i + round) % #rows + 1]
+      f:add("gateway", "vnet", r[1], r[2])
+    end
+    local got = {}
+    for i, r in ipairs(f:rows()) do got[i] = r.status .. " " .. r.finding end
+    t.eq(got, { "FAIL a", "FAIL b", "WARN c", "OK a", "OK b" }, "round " .. round)
+  end
+end)
+
 t.test("a bad row is refused naming the field", function()
   local f = findings.new()
   t.raises(function() f:add("c", "t", "BAD", "x") end, "status must be OK, WARN or FAIL, got BAD")

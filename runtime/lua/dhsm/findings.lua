@@ -63,7 +63,8 @@ function Set:rows()
     local ra, rb = self.check_rank[a.check], self.check_rank[b.check]
     if ra ~= rb then return ra < rb end
     if a.target ~= b.target then return a.target < b.target end
-    return M.STATUS[a.status] > M.STATUS[b.status]
+    if a.status ~= b.status then return M.STATUS[a.status] > M.STATUS[b.status] end
+    return a.finding < b.finding      -- table.sort is not stable: the same order whatever finished first
   end)
   return out
 end
