@@ -137,15 +137,22 @@ function Run:add(check, target, status, finding, remedy)
   return self.F:add(check, target, status, finding, remedy)
 end
 
+-- attempt(fn, ...) -> true, results | false, err (a dhsm.error): pcall
+-- for a check that may fail, except that Ctrl-C and a cancelled task go
+-- on up - a diagnosis being stopped must stop, not note a failure.
+local function attempt(fn, ...)
+  local r = table.pack(dhsm.try(fn, ...))
+  if not r[1] and (r[2].kind == "interrupted" or r[2].kind == "cancelled") then error(r[2], 0) end
+  return table.unpack(r, 1, r.n)
+end
+
 -- guarded(check, target, fn, ...): fn's results; an error becomes a FAIL
 -- row of check on target, and nil is returned.  Around a whole part of the
 -- run it keeps a bug in one check from ending the diagnosis.
 function Run:guarded(check, target, fn, ...)
-  local r = table.pack(pcall(fn, ...))
+  local r = table.pack(attempt(fn, ...))
   if r[1] then return table.unpack(r, 2, r.n) end
-  local e = dhsm.error.normalize(r[2])
-  if e.kind == "interrupted" or e.kind == "cancelled" then error(r[2], 0) end
-  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and REMEDY.arm_read or REMEDY.session)
+  self:add(check, target, "FAIL", message_of(r[2]), r[2].kind == "azure" and REMEDY.arm_read or REMEDY.session)
   return nil
 end
 
@@ -314,7 +321,7 @@ local function quota(run, all)
 end
 
 local function nic(run, c, h, found)
-  local ok, ip, id = pcall(hsm.private_ip, c, h)
+  local ok, ip, id = attempt(hsm.private_ip, c, h)
   if not ok then
     run:add("nic private ip", h.name, "FAIL", message_of(ip), REMEDY.arm_read)
   elseif ip then
@@ -585,8 +592,8 @@ local function session_checks(run, entry, s, a)
     end
   end
   run:guarded("appliance clock", name, timed, "status date", clock, run, name, s)
-  local netw = pcall(function() a.network = timed("network show", s.network, s) end)
-  if not netw then a.network = nil end
+  local ok, netw = attempt(timed, "network show", s.network, s)
+  a.network = ok and netw or nil
 end
 
 -- Every check of one appliance; -> {name=, serial=, partitions=, network=}
@@ -602,7 +609,7 @@ local function check_appliance(run, entry)
   if not answers[1].open then
     why = "SSH (TCP 22) does not answer"
   else
-    local ok, s = pcall(run.wait, run, name, "SSH login", luna.open, entry, { timeout = T })
+    local ok, s = attempt(run.wait, run, name, "SSH login", luna.open, entry, { timeout = T })
     if ok then
       run:add("ssh login", name, "OK", ("logged in as %s"):format(tostring(entry.user or "tenantadmin")))
       local session <close> = s
@@ -626,7 +633,7 @@ end
 
 -- Phase one, at the same time as the appliances: the groups and settings.
 local function ha_groups(run)
-  local ok, c = pcall(ha.client, run.inv)
+  local ok, c = attempt(ha.client, run.inv)
   if not ok then return { error = message_of(c) } end
   c.timeout = run.timeout             -- lunacm probes the appliances too: the same bound
   local groups = run:guarded("ha groups", "client", run.wait, run, "client", "lunacm hagroup listGroups", c.groups, c)
@@ -792,7 +799,7 @@ return {
     local t0 = dhsm.now()
     local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),
       function()
-        local okc, client = pcall(ntls.client, ctx.inventory)
+        local okc, client = attempt(ntls.client, ctx.inventory)
         if okc then run.client = client else run.client_error = message_of(client) end
         local watcher <close> = dhsm.spawn(function() run:watch() end)
         local azure_task <close> = dhsm.spawn(function()
