@@ -144,10 +144,15 @@ return {
         end
         return true
       end
+      local now                       -- what done= found: the body acts on it (one handshake, not two)
       ctx:step(title, { destructive = replace or nil, target = replace and p.hsm or nil,
-        done = function() return not dhsm.check_mode and registered(diagnose()) end }, function()
+        done = function()
+          if dhsm.check_mode then return false end
+          now = diagnose()
+          return registered(now)
+        end }, function()
         -- the state as it is now: a resumed run may find the delete or the registration done
-        ntls.register_client(client, entry, appliance(), dhsm.check_mode and d or diagnose(), parts)
+        ntls.register_client(client, entry, appliance(), dhsm.check_mode and d or now or diagnose(), parts)
       end)
     end
 
