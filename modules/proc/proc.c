@@ -437,6 +437,7 @@ static void push_stdout(lua_State *L, proc *p) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "secret_missing");
   }
+  if (field) dhsm_buf_free(&p->out_buf);      /* wiped now: it held the secret */
 }
 
 /* Stack while running: 1 options, 2 process */
@@ -462,6 +463,8 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
     if (secret_field(L) == NULL) {      /* a partial document could hold the secret */
       push_bytes(L, &p->out_buf);
       lua_setfield(L, -2, "stdout");
+    } else {
+      dhsm_buf_free(&p->out_buf);
     }
     push_bytes(L, &p->err_buf);
     lua_setfield(L, -2, "stderr");
