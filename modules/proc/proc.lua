@@ -179,7 +179,7 @@ end
 -- (and ok=, code= for lunacm)
 function M.run(opts)
   schema.options("proc.run", opts, RUN_OPTIONS, true)
-  local verb = type(opts) == "table" and check_lunacm(opts)
+  local verb = check_lunacm(opts)
   if verb and verb:match("^login") then
     refuse("UnguardedLogin", "refusing '%s': a partition login that only proc.lunacm_login sends, through the "
       .. "failed-login guard", command_line(opts.argv))
@@ -330,8 +330,7 @@ end
 
 -- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
 function M.lunacm_login(opts)
-  schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)
-  if type(opts) ~= "table" then usage("lunacm_login: expected {argv =, password =, ...}") end
+  schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)      -- a table from here on
   if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
   local verb, what, role, words = check_lunacm(opts)
   if not verb then usage("lunacm_login: argv must run lunacm, got %s", tostring(type(opts.argv) == "table" and opts.argv[1])) end
