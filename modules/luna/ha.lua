@@ -178,15 +178,20 @@ function M.domain_of(show)
   return show.fields["Cloning Domain (digest)"]
 end
 
+-- The partition of session s's appliance that match(p) picks ({name=,
+-- serial=} from `partition list`), with its parsed `partition show`.
+local function find_partition(s, match)
+  for _, p in ipairs(s:partitions()) do
+    if match(p) then return p, parse.partition_show(s:must("partition show -partition " .. p.name).text) end
+  end
+end
+
 -- cloning_domain(entry, member_serial) -> the digest LunaSH's `partition
 -- show` gives for the member's partition, or nil when it shows none
 function M.cloning_domain(entry, member_serial)
   local s <close> = luna.open(entry)
-  for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
-    if p.serial == member_serial then
-      return M.domain_of(parse.partition_show(s:must("partition show -partition " .. p.name).text)), p.name
-    end
-  end
+  local p, show = find_partition(s, function(x) return x.serial == member_serial end)
+  if p then return M.domain_of(show) end
   dhsm.error { kind = "luna", code = "NoSuchPartition",
     message = ("%s has no partition with serial %s"):format(entry.name, member_serial) }
 end
@@ -215,25 +220,22 @@ end
 -- The guide's remedy for a member in another cloning domain, in its parts
 -- (each looks at nothing: the playbook's done= checks look first).
 
--- partition_on(entry, name) -> {name=, serial=, domain=} of partition name
--- on entry's appliance (LunaSH), or nil when there is none
-function M.partition_on(entry, name)
-  local s <close> = luna.open(entry)
-  for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
-    if p.name == name then
-      local show = parse.partition_show(s:must("partition show -partition " .. name).text)
-      return { name = name, serial = p.serial, domain = show.fields["Cloning Domain (digest)"] }
-    end
-  end
+-- partition_on(entry, name [, session]) -> {name=, serial=, domain=} of
+-- partition name on entry's appliance (LunaSH; over session when given),
+-- or nil when there is none
+function M.partition_on(entry, name, session)
+  local own <close> = not session and luna.open(entry) or nil
+  local p, show = find_partition(session or own, function(x) return x.name == name end)
+  if p then return { name = name, serial = p.serial, domain = M.domain_of(show) } end
 end
 
 -- create_partition(entry, so_password, name, client_name): LunaSH as the
--- HSM SO: `partition create`, then `client assignPartition` so this client
--- sees it as a slot
+-- HSM SO: `partition create` (unless there already), then `client
+-- assignPartition` so this client sees it as a slot
 function M.create_partition(entry, so_password, name, client_name)
   local s <close> = luna.open(entry)
   s:login_so(so_password)
-  if not M.partition_on(entry, name) then s:must(("partition create -partition %s -force"):format(name)) end
+  if not M.partition_on(entry, name, s) then s:must(("partition create -partition %s -force"):format(name)) end
   s:must(("client assignPartition -client %s -partition %s"):format(client_name, name))
 end
 
