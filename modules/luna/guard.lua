@@ -256,15 +256,16 @@ function M.zeroize_by_failures(key, role, opts, steps)
   for n = 1, M.THRESHOLDS[role] do
     local rejected = steps.fail()
     local after = steps.read()
-    M.record(key, role, false, after.zeroized and 0 or after.attempts_left)
+    local now_left = tonumber(after.attempts_left)      -- nil when the device no longer says
+    M.record(key, role, false, after.zeroized and 0 or now_left)
     if after.zeroized then return { attempts = n, zeroized = true } end
-    if not rejected or after.serial ~= opts.serial or not (after.attempts_left < left) then
+    if not rejected or after.serial ~= opts.serial or not (now_left and now_left < left) then
       dhsm.error { kind = "luna", code = "NotCounting",
         message = ("stopped zeroizing %s by failed logins after %d attempt(s): the device %s; zeroize it with "
           .. "`hsm zeroize` instead"):format(key, n, not rejected and "accepted a login" or
             after.serial ~= opts.serial and "now reports another serial" or "did not count the failure") }
     end
-    left = after.attempts_left
+    left = now_left
   end
   dhsm.error { kind = "luna", code = "NotZeroized",
     message = ("%s is not zeroized after %d failed HSM SO logins"):format(key, M.THRESHOLDS[role]) }

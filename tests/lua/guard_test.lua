@@ -434,3 +434,34 @@ t.test("every command that changes something is audited twice: its intent, then 
   t.eq(seen, { "client delete -client nobody -force sending", "client delete -client nobody -force 65535",
     "client list 0" })
 end)
+
+-- zeroize_by_failures against a pretend device: its readings in turn
+local function pretend(readings, rejects)
+  local i, sent = 0, 0
+  return {
+    read = function() i = math.min(i + 1, #readings); return readings[i] end,
+    fail = function() sent = sent + 1; return rejects ~= false end,
+  }, function() return sent end
+end
+
+t.test("zeroize by failed logins stops when the device does not count, stops saying, or accepts a login", function()
+  local cases = {
+    { "did not count the failure", { { serial = "S1", attempts_left = 3 }, { serial = "S1", attempts_left = 3 } } },
+    { "did not count the failure", { { serial = "S1", attempts_left = 3 }, { serial = "S1" } } },   -- no figure any more
+    { "now reports another serial", { { serial = "S1", attempts_left = 3 }, { serial = "S2", attempts_left = 2 } } },
+    { "accepted a login", { { serial = "S1", attempts_left = 3 }, { serial = "S1", attempts_left = 2 } }, false },
+  }
+  for i, c in ipairs(cases) do
+    local steps, sent = pretend(c[2], c[3])
+    local err = t.raises(function()
+      guard.zeroize_by_failures("pretend-" .. i .. "#S1", "so", { zeroize = true, serial = "S1" }, steps)
+    end, "NotCounting")
+    t.ok(err.message:find(c[1], 1, true), err.message)
+    t.eq(sent(), 1, "stopped after the first attempt: " .. c[1])
+  end
+  local steps, sent = pretend { { serial = "S1", attempts_left = 2 }, { serial = "S1", attempts_left = 1 },
+    { serial = "S1", zeroized = true } }
+  t.eq(guard.zeroize_by_failures("pretend-ok#S1", "so", { zeroize = true, serial = "S1" }, steps),
+    { attempts = 2, zeroized = true })
+  t.eq(sent(), 2)
+end)
