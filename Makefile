@@ -37,11 +37,12 @@ LDFLAGS_ALL = $(SAN) $(LDFLAGS)
 RUNTIME_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 MODULE_SRC  := $(wildcard modules/*/*.c)
 LIB_OBJ     := $(patsubst %.c,$(O)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(O)/embedded.o
-LUA_FILES   := $(sort $(wildcard runtime/lua/dhsm/*.lua modules/*/*.lua playbooks/*.lua))
+LUA_FILES   := $(sort $(wildcard runtime/lua/dhsm/*.lua runtime/lua/dhsm/*/*.lua modules/*/*.lua playbooks/*.lua))
 DATA_FILES  := $(sort $(wildcard playbooks/templates/* modules/*/*.tsv))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 
+.DELETE_ON_ERROR:
 .PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man
 all: $(BIN)
 
@@ -105,7 +106,7 @@ fuzz: all
 	done; rm -rf $$state; exit $$status
 
 bench: all $(O)/bench/p11_sign_c
-	@for b in bench/*.lua; do P11_SIGN_C=$(O)/bench/p11_sign_c ./$(BIN) exec $$b; done
+	@for b in bench/*.lua; do P11_SIGN_C=$(O)/bench/p11_sign_c ./$(BIN) -I tests exec $$b; done
 
 # the plain C loop bench/pkcs11_bench.lua compares the binding with
 $(O)/bench/p11_sign_c: bench/p11_sign.c | $(O)/.dirs

@@ -1,8 +1,7 @@
 -- bench/azure_bench.lua: ARM requests through dhsm.azure against the
 -- simulated estate: N GETs in parallel vs in sequence, and how many TCP
 -- connections each opened (client and server counts).  Not a test.
---   ./dhsm exec bench/azure_bench.lua [N]
-package.path = "tests/lua/?.lua;" .. package.path
+--   ./dhsm -I tests exec bench/azure_bench.lua [N]
 local t = require "dhsm.test"
 local N = tonumber((...)) or 50
 

@@ -1,14 +1,13 @@
 -- bench/diagnose_bench.lua: the diagnose playbook on an estate of 8
 -- appliances, as an operator (or cron) runs it (`dhsm run diagnose`, a
 -- child process).  Not a test: it prints figures.
---   ./dhsm exec bench/diagnose_bench.lua [TIMEOUT_SECONDS]     (default 5)
+--   ./dhsm -I tests exec bench/diagnose_bench.lua [TIMEOUT_SECONDS]     (default 5)
 -- 1. all 8 alive: wall time, CPU time (user + sys) and peak RSS of the dhsm
 --    process (GNU time: the kernel's rusage), and the run's step time.
 -- 2. the same estate with 2 appliances powered off (their ports drop SYNs,
 --    so every probe to them waits the whole timeout): the goal is a wall
 --    time of about one probe timeout plus the slowest Azure read, however
 --    many HSMs, and a line saying what the run waits on.
-package.path = "tests/lua/?.lua;" .. package.path
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local util = require "dhsm.util"

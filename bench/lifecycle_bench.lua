@@ -1,7 +1,7 @@
 -- bench/lifecycle_bench.lua: the shipped lifecycle playbooks against the
 -- simulated estate, as an operator runs them (`dhsm run ...`, a child
 -- process).  Not a test: it prints figures.
---   ./dhsm exec bench/lifecycle_bench.lua [WAIT_SECONDS]     (default 60)
+--   ./dhsm -I tests exec bench/lifecycle_bench.lua [WAIT_SECONDS]     (default 60)
 -- 1. provision of 2 HSMs, then decommission of the 2 (method=failed-logins,
 --    group kept), the estate's own delays at zero: per step, dhsm's wall
 --    and CPU time (the --json document's duration_s and cpu_s, os.clock in
@@ -11,7 +11,6 @@
 --    a provision whose new ExpressRoute gateway stays Updating that long
 --    (estate knob gateway_seconds), polled at the playbook's default
 --    interval.  Goal: near zero (no busy polling).
-package.path = "tests/lua/?.lua;" .. package.path
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local util = require "dhsm.util"

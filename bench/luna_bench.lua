@@ -1,8 +1,7 @@
 -- bench/luna_bench.lua: LunaSH commands through dhsm.luna (one SSH session,
 -- one shell) against the same commands run by OpenSSH's client, one `ssh`
 -- process each (key authentication, the estate's known_hosts).  Not a test.
---   ./dhsm exec bench/luna_bench.lua [N]
-package.path = "tests/lua/?.lua;" .. package.path
+--   ./dhsm -I tests exec bench/luna_bench.lua [N]
 local t = require "dhsm.test"
 local luna = require "dhsm.luna"
 local util = require "dhsm.util"

@@ -6,8 +6,7 @@
 -- quiet machine that is per second; on a shared one it is what the other
 -- work does not disturb).  Each side runs 25 short times, interleaved; the
 -- best run counts.  Not a test.
---   ./dhsm exec bench/pkcs11_bench.lua [N]      (N = 1000 ECDSA signatures a run, N/4 RSA)
-package.path = "tests/lua/?.lua;" .. package.path
+--   ./dhsm -I tests exec bench/pkcs11_bench.lua [N]      (N = 1000 ECDSA signatures a run, N/4 RSA)
 local t = require "dhsm.test"
 local p11 = require "support.p11"
 local util = require "dhsm.util"

@@ -14,7 +14,7 @@
 -- private IP; orphaned HSMs.
 -- Each appliance (all at once): TCP 22 and NTLS (1792); then over one SSH
 -- session: `hsm show` (zeroized; HSM SO attempts left, WARN below 3); the
--- failed-login counts (dhsm's own, dhsm.luna.guard, and the partitions'
+-- failed-login counts (dhsm's own, dhsm.guard, and the partitions'
 -- attempts left); the KB0019789 reboot fix; the NTLS certificates (the
 -- appliance's server.pem fetched over SCP against the client's trusted copy,
 -- the client certificate's expiry and registration - no TLS handshake, which
@@ -39,13 +39,13 @@ local azure = require "dhsm.azure"
 local classify = require "dhsm.azure.classify"
 local deploy = require "dhsm.azure.deploy"
 local findings = require "dhsm.findings"
-local guard = require "dhsm.luna.guard"
-local ha = require "dhsm.luna.ha"
+local guard = require "dhsm.guard"
+local ha = require "dhsm.client.ha"
 local hsm = require "dhsm.azure.hsm"
 local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local network = require "dhsm.azure.network"
-local ntls = require "dhsm.net.ntls"
+local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local util = require "dhsm.util"
 

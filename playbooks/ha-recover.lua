@@ -22,7 +22,7 @@
 -- otherwise a group whose members differ is synchronized and the objects
 -- are compared again.  Every step looks at the
 -- real state first, so a second run (or --resume) does only what is left.
-local ha = require "dhsm.luna.ha"
+local ha = require "dhsm.client.ha"
 local proc = require "dhsm.proc"
 
 local REMEDY = "the guide's remedy for a cloning conflict (HA group: conflicting settings for private key cloning): "

@@ -4,7 +4,7 @@
 --
 --   dhsm run ntls-reexchange -e hsm=hsm1 [-e partitions=par1,par2]
 --
--- Diagnosis (dhsm.net.ntls): TCP to NTLS; the TLS handshake with the
+-- Diagnosis (dhsm.client.ntls): TCP to NTLS; the TLS handshake with the
 -- client's certificate; the appliance's server.pem (SCP) against what the
 -- client trusts; the certificate NTLS presents against server.pem; the NTLS
 -- syslog lines our handshake left (`syslog tail`); the client's
@@ -21,7 +21,7 @@
 -- syslog lines before and after are shown.  A closed port stops the run: no
 -- certificate exchange fixes that.
 local luna = require "dhsm.luna"
-local ntls = require "dhsm.net.ntls"
+local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local util = require "dhsm.util"
 

@@ -56,7 +56,7 @@ local function through_transients(ctx, p, what, fn)
     if ok then return r end
     local v = classify.failure { error = r }
     if v.class ~= "transient" or attempt > p.retries then error(r, 0) end
-    local wait = classify.backoff(attempt, v.retry_after, p.backoff)
+    local wait = util.backoff(attempt, { base = p.backoff, retry_after = v.retry_after })
     ctx:progress(("%s: %s, Azure busy (%s); again in %s"):format(what, tostring(r.code), v.reason, util.duration(wait)))
     dhsm.sleep(wait)
   end
@@ -435,7 +435,7 @@ local function race_aware(ctx, p, label, attempt, before_retry)
     end
     if not v.retry then return { ok = false, verdict = v, history = history } end
     if n > p.retries then return { ok = false, exhausted = true, verdict = v, history = history } end
-    local wait = classify.backoff(n, v.retry_after, p.backoff)
+    local wait = util.backoff(n, { base = p.backoff, retry_after = v.retry_after })
     ctx:progress(("%s: %s (%s); redeploying in %s (retry %d of %d)"):format(label, v.class, v.reason,
       util.duration(wait), n, p.retries))
     if v.class == "race" and before_retry then before_retry() end

@@ -1,6 +1,6 @@
 /*
 ** main.c - the dhsm program: build the state, run the CLI (Lua,
-** runtime/lua/dhsm/cli.lua) as the root task, turn the outcome into an
+** runtime/lua/dhsm/cli/cli.lua) as the root task, turn the outcome into an
 ** exit status: 0 ok, 1 failed, 2 usage or bad input, 3 refused by a
 ** safety rule, 130 interrupted.
 */

@@ -169,11 +169,38 @@ static int run_with_natives(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* Names of dhsm's own modules that moved (docs/design.md), said when a
+** runbook asks for the old one. */
+static const char *const moved[][2] = {
+  {"dhsm.luna.guard", "dhsm.guard"},
+  {"dhsm.luna.cli", "dhsm.guard.commands"},
+  {"dhsm.luna.ha", "dhsm.client.ha"},
+  {"dhsm.net.ntls", "dhsm.client.ntls"},
+  {"dhsm.globals", "dhsm.cli.globals"},
+  {"dhsm.repl", "dhsm.cli.repl"},
+};
+
+static int is_own_name(const char *name) {
+  return strcmp(name, "dhsm") == 0 || strncmp(name, "dhsm.", 5) == 0;
+}
+
+/* Why a dhsm.* name that is not embedded is not found. */
+static int not_embedded(lua_State *L, const char *name) {
+  for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++) {
+    if (strcmp(name, moved[i][0]) == 0)
+      return lua_pushfstring(L, "no module '%s' in dhsm: it is now '%s'", name, moved[i][1]), 1;
+  }
+  lua_pushfstring(L, "no module '%s' embedded in dhsm (dhsm.* names are dhsm's own: "
+                  "-I and $DHSM_PATH folders are not searched for them)", name);
+  return 1;
+}
+
 /* package.searchers entry: modules compiled into the binary */
 static int search_embedded(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const dhsm_embedded *e = dhsm_embedded_find('m', name);
   if (e == NULL) {
+    if (is_own_name(name)) return not_embedded(L, name);
     lua_pushfstring(L, "no module '%s' embedded in dhsm", name);
     return 1;
   }
@@ -185,17 +212,30 @@ static int search_embedded(lua_State *L) {
   return 2;
 }
 
-/* Searchers: preload, package.path (user folders), embedded, C libraries. */
+/* A file searcher (package.path, package.cpath) that never answers for a
+** dhsm.* name: a file in a -I folder cannot stand in for dhsm's own
+** module, least of all one a safety rule lives in.  Upvalue: the searcher. */
+static int search_files(lua_State *L) {
+  if (is_own_name(luaL_checkstring(L, 1))) return 0;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 2);
+  return 2;
+}
+
+/* Searchers: preload, the embedded modules, then - for other names only -
+** package.path (the user's folders) and the C libraries. */
 static void install_searcher(lua_State *L) {
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "searchers");
   lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = n; i >= 3; i--) {        /* shift C searchers up */
+  for (lua_Integer i = n; i >= 2; i--) {        /* file searchers: guarded, one up */
     lua_rawgeti(L, -1, i);
+    lua_pushcclosure(L, search_files, 1);
     lua_rawseti(L, -2, i + 1);
   }
   lua_pushcfunction(L, search_embedded);
-  lua_rawseti(L, -2, 3);
+  lua_rawseti(L, -2, 2);
   lua_pop(L, 1);
   lua_pushliteral(L, "");                       /* only what the user adds */
   lua_setfield(L, -2, "path");

@@ -4,12 +4,18 @@
 **
 **   embedlua OUT.c FILE...
 **
-** Names follow the layout of the tree (docs/design.md):
-**   runtime/lua/dhsm/x.lua      module  "dhsm.x"     (init.lua: the folder)
-**   modules/<m>/<m>.lua         module  "dhsm.<m>"
-**   modules/<m>/<f>.lua         module  "dhsm.<m>.<f>"
-**   playbooks/<p>.lua           playbook "<p>"
-**   anything else               data file named by its path
+** The one rule from a require name to its file (docs/design.md, checked by
+** tests/lua/layout_test.lua): `dhsm.a.b` is the file a/b.lua below
+** modules/ or runtime/lua/dhsm/ - one of them, never both - and a folder's
+** own module is the file named after the folder:
+**   modules/azure/hsm.lua         module  "dhsm.azure.hsm"
+**   modules/azure/azure.lua       module  "dhsm.azure"
+**   runtime/lua/dhsm/util.lua     module  "dhsm.util"
+**   runtime/lua/dhsm/cli/cli.lua  module  "dhsm.cli"
+**   runtime/lua/dhsm/dhsm.lua     module  "dhsm"
+**   playbooks/<p>.lua             playbook "<p>"
+**   anything else                 data file named by its path
+** Two files that the rule gives one name are refused.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,33 +31,44 @@ static int ends_with(const char *s, const char *suffix) {
   return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+static int starts_with(const char *s, const char *prefix) {
+  return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* "dhsm/a/b/b" -> "dhsm/a/b": a folder's own module is named after it. */
+static void drop_own_file(char *name) {
+  char *last = strrchr(name, '/');
+  if (last == NULL) return;
+  *last = '\0';
+  char *folder = strrchr(name, '/');
+  folder = folder ? folder + 1 : name;
+  if (strcmp(folder, last + 1) != 0) *last = '/';
+}
+
 /* Work out kind and name of path into name (size 512). */
 static char classify(const char *path, char *name) {
   char buf[512];
   snprintf(buf, sizeof buf, "%s", path);
+  const char *rest;
   if (!ends_with(buf, ".lua")) {
     snprintf(name, 512, "%s", path);
     return 'd';
   }
   buf[strlen(buf) - 4] = '\0';
-  if (strncmp(buf, "runtime/lua/", 12) == 0) {
-    snprintf(name, 512, "%s", buf + 12);
-  } else if (strncmp(buf, "modules/", 8) == 0) {
-    char *mod = buf + 8, *file = strchr(mod, '/');
-    if (file == NULL) die("module file outside a module folder:", path);
-    *file++ = '\0';
-    if (strcmp(mod, file) == 0 || strcmp(file, "init") == 0)
-      snprintf(name, 512, "dhsm/%s", mod);
-    else
-      snprintf(name, 512, "dhsm/%s/%s", mod, file);
-  } else if (strncmp(buf, "playbooks/", 10) == 0 && strchr(buf + 10, '/') == NULL) {
+  if (starts_with(buf, "runtime/lua/dhsm/")) {
+    rest = buf + strlen("runtime/lua/dhsm/");
+  } else if (starts_with(buf, "modules/")) {
+    rest = buf + strlen("modules/");
+    if (strchr(rest, '/') == NULL) die("module file outside a module folder:", path);
+  } else if (starts_with(buf, "playbooks/") && strchr(buf + 10, '/') == NULL) {
     snprintf(name, 512, "%s", buf + 10);
     return 'p';
   } else {
     snprintf(name, 512, "%s", path);
     return 'd';
   }
-  if (ends_with(name, "/init")) name[strlen(name) - 5] = '\0';
+  snprintf(name, 512, "dhsm/%s", rest);
+  drop_own_file(name);
   for (char *p = name; *p; p++)
     if (*p == '/') *p = '.';
   return 'm';
@@ -82,8 +99,11 @@ int main(int argc, char **argv) {
   }
   fputs("\nconst dhsm_embedded dhsm_embedded_files[] = {\n", out);
   for (int i = 2; i < argc; i++) {
-    char name[512];
+    char name[512], other[512];
     char kind = classify(argv[i], name);
+    for (int j = 2; j < i; j++)
+      if (classify(argv[j], other) == kind && strcmp(name, other) == 0)
+        die("two files for one name:", name);
     fprintf(out, "  {'%c', \"%s\", \"%s\", f%d, sizeof f%d - 1},\n",
             kind, name, argv[i], i, i);
   }

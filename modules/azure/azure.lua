@@ -40,9 +40,7 @@ local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [
 -- Failures that mean the request never reached the server: safe to retry a POST.
 local NOT_SENT = { ConnectionRefused = true, CouldNotResolveHost = true, TlsHandshakeFailed = true }
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 -- JSON null becomes nil, so playbooks can test fields with `if x then`.
 local function drop_nulls(v)
@@ -405,15 +403,12 @@ function Client:url(path, opts)
   return url .. (url:find("?", 1, true) and "&" or "?") .. table.concat(query, "&")
 end
 
--- Seconds to wait before attempt n+1: Retry-After when given, else
--- exponential backoff with full jitter.
+-- Seconds to wait before attempt n+1 (util.backoff): Retry-After when
+-- given, else exponential from 0.5 s up to 30 s, jittered.
+local ARM_BACKOFF = { base = 0.5, cap = 30 }
 local function backoff(attempt, retry_after)
-  local ra = tonumber(retry_after)
-  if ra then return ra end
-  local cap = math.min(30, 0.5 * 2 ^ (attempt - 1))
-  return cap / 2 + math.random() * cap / 2
+  return util.backoff(attempt, setmetatable({ retry_after = retry_after }, { __index = ARM_BACKOFF }))
 end
-M.backoff = backoff
 
 local function is_token_problem(code)
   return code == "ExpiredAuthenticationToken" or code == "InvalidAuthenticationToken"

@@ -153,12 +153,4 @@ function M.stops(v)
   return v.class == "quota" or v.class == "capacity" or v.class == "delegation" or v.class == "allowlisting"
 end
 
--- backoff(attempt, retry_after): seconds before attempt n+1 of a redeploy,
--- growing and jittered (base * 2^(n-1), +-25 %), or ARM's Retry-After.
-function M.backoff(attempt, retry_after, base)
-  if tonumber(retry_after) then return tonumber(retry_after) end
-  local b = (base or 30) * 2 ^ (attempt - 1)
-  return b * (0.75 + math.random() * 0.5)
-end
-
 return M

@@ -20,9 +20,7 @@ M.PROVIDER = "/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs"
 M.SKU = "SafeNet Luna Network HSM A790"
 M.QUOTA_PER_STAMP, M.QUOTA_PER_REGION, M.CAPACITY_PER_STAMP = 2, 4, 12
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 function M.check_name(name)
   if type(name) ~= "string" or not name:match("^[%w%-]+$") or #name < 3 or #name > 24 then

@@ -27,7 +27,7 @@
 -- (so a process killed while `hsm zeroize` runs still leaves a record),
 -- then its result.
 -- Safety (docs/safety.md) is enforced here, whatever the caller: logins go
--- through dhsm.luna.guard, a reboot needs the KB0019789 fix installed, a
+-- through dhsm.guard, a reboot needs the KB0019789 fix installed, a
 -- network change must not cut the path this session uses.
 --
 -- Logins cannot go around the guard: the SSH session and shell channel are
@@ -39,8 +39,8 @@
 -- only it holds.  (Lua's debug, io.popen and os.execute stay what they are:
 -- this closes dhsm's API, it is not a sandbox.)
 local dhsm = require "dhsm"
-local cli = require "dhsm.luna.cli"
-local guard = require "dhsm.luna.guard"
+local commands = require "dhsm.guard.commands"
+local guard = require "dhsm.guard"
 local parse = require "dhsm.luna.parse"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
@@ -55,72 +55,18 @@ local M = {}
 M.REBOOT_FIX = "KB0019789"
 local PROMPT = "%[([^%]\r\n]+)%] lunash:>%s*$"
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 ---------------------------------------------------------------------------
 -- what a command does (commands and options may be abbreviated)
 
--- verb per "family subcommand": read | write | login:<role> | reboot | network.
--- login:unsupported: a command that submits a role's password which the
--- guard cannot count over LunaSH (partition roles go through dhsm.pkcs11).
-local VERBS = {
-  hsm = { show = "read", showpolicies = "read", login = "login:so", logout = "write", init = "write",
-    zeroize = "write", factoryreset = "write", changepolicy = "write", changepw = "login:unsupported" },
-  audit = { show = "read", login = "login:audit", logout = "write", init = "write", changepw = "login:unsupported" },
-  partition = { list = "read", show = "read", create = "write", delete = "write",
-    showcontents = "login:unsupported", changepw = "login:unsupported" },
-  role = { login = "login:unsupported", show = "read", logout = "write" },
-  client = { list = "read", show = "read", register = "write", delete = "write", assignpartition = "write",
-    revokepartition = "write", hostip = "write" },
-  ntls = { show = "read", bind = "write", ipcheck = "write" },
-  network = { show = "read", interface = "network", hostname = "network", route = "network", dns = "network" },
-  syslog = { tail = "read", show = "read" },
-  package = { list = "read", update = "write" },
-  service = { status = "read", start = "write", stop = "write", restart = "write" },
-  status = { date = "read", interface = "read", sensors = "read" },
-  sysconf = { regencert = "write", reboot = "reboot", poweroff = "reboot", appliance = "reboot" },
-}
-
-local RANK = { read = 1, write = 2, network = 3, reboot = 4, login = 5 }
-
-local function rank(verb)
-  return RANK[verb:match("^[^:]+")]
-end
-
--- verb of one reading: family and subcommand as LunaSH would resolve them
-local function verb_of(family, sub, after)
-  local verb = VERBS[family][sub]
-  if family == "ntls" and sub == "ipcheck" and after and after:lower() == "show" then verb = "read" end
-  if family == "sysconf" and sub == "appliance" and after and after:lower():match("^sh") then verb = "read" end
-  return verb
-end
-
--- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
--- `sysconf regenCert` replaces the NTLS certificate every client trusts:
--- each client must then re-exchange certificates (guide, NTLS).
-local DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
-  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
-  ["sysconf regencert"] = true }
-M.DESTRUCTIVE = util.sealed(DESTRUCTIVE)
-
--- classify("par cr -par p1") -> "write", "partition create"
--- Of every way LunaSH could read the line (dhsm.luna.cli), the most
--- dangerous: a line that could be a login is a login.  Unknown commands
--- are writes.
--- (A local function, which is what the write path calls: assigning to
--- luna.classify changes nothing there.)
-local function classify(command)
-  local words = cli.words(command)
-  local verb, what = cli.most(cli.readings(words, VERBS), function(r)
-    if r.sub then return verb_of(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
-    return "write", r.family or command
-  end, rank, function(w) return DESTRUCTIVE[w] end)
-  if verb == nil then return "write", command end
-  return verb, what
-end
+-- What LunaSH would do with a line (dhsm.guard.commands), and what cannot
+-- be undone, asked for outside playbook steps.  (Locals, which is what the
+-- write path calls: assigning to luna.classify changes nothing there.)
+local classify = commands.lunash
+local DESTRUCTIVE = commands.LUNASH_DESTRUCTIVE
 M.classify = classify
+M.DESTRUCTIVE = DESTRUCTIVE
 
 -- The command as it may be written down: no literal passwords.
 local function masked(command)
@@ -375,6 +321,16 @@ function M.connect(o)
   return at_prompt(self, text, t0)
 end
 
+-- connect_options(entry, opts) -> luna.connect's options for an inventory
+-- entry (dhsm.inventory), those in opts winning: a key, when the entry
+-- has one, is used instead of the password.
+local function connect_options(entry, opts)
+  local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
+    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, connect_timeout = entry.connect_timeout }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
+end
+
 -- The lines passwd and LunaSH printed about the change (never a password:
 -- none is echoed).
 local function passwd_lines(text)
@@ -397,9 +353,7 @@ end
 function M.first_login(entry, opts)
   if type(entry) ~= "table" then usage("luna.first_login: expected an inventory entry, got %s", type(entry)) end
   schema.options("luna.first_login", opts, FIRST_LOGIN_OPTIONS, true)
-  local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
-    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, timeout = opts.timeout, host_key = opts.host_key,
-    connect_timeout = entry.connect_timeout }
+  local o = connect_options(entry, { timeout = opts.timeout, host_key = opts.host_key })
   if dhsm.check_mode then
     dhsm.would(("change the %s password of %s at its first login"):format(o.user or "tenantadmin", o.name or o.host))
     return nil
@@ -436,10 +390,7 @@ end
 function M.open(entry, opts)
   if type(entry) ~= "table" then usage("luna.open: expected an inventory entry (inv:hsm(name)), got %s", type(entry)) end
   schema.options("luna.open", opts, SESSION_OPTIONS)
-  local o = { host = entry.host, port = entry.ssh_port, user = entry.user, password = entry.key and nil or entry.password,
-    key = entry.key, known_hosts = entry.known_hosts, name = entry.name, connect_timeout = entry.connect_timeout }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  local s = M.connect(o)
+  local s = M.connect(connect_options(entry, opts))
   s.reboot_fix_package = entry.reboot_fix_package
   return s
 end
@@ -710,7 +661,7 @@ local function device_left(self, role, after_failure)
 end
 
 -- Logins through the guard: one critical section per appliance and role
--- (dhsm.luna.guard) that reads what is left, refuses the last attempt,
+-- (dhsm.guard) that reads what is left, refuses the last attempt,
 -- sends the login with LOGIN_PASS, reads the device again and records.
 -- Never retried.
 function login(self, role, line, opts)
@@ -761,7 +712,7 @@ end
 -- zeroize_by_failed_logins(serial, {zeroize=true}) -> {attempts=, zeroized=}
 -- The guide's quickest zeroization: wrong HSM SO logins (a random password
 -- no one knows) until the HSM zeroizes, through the guard's own audited
--- path (dhsm.luna.guard.zeroize_by_failures), on the appliance with this
+-- path (dhsm.guard.zeroize_by_failures), on the appliance with this
 -- serial only.
 function Session:zeroize_by_failed_logins(serial, opts)
   schema.options("luna zeroize_by_failed_logins", opts, RUN_OPTIONS)

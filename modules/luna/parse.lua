@@ -22,17 +22,19 @@
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
 -- error InputTooLong: LunaSH never prints one, and a runaway device must
 -- not stall the scheduler.
-local util = require "dhsm.util"
+local dhsm = require "dhsm"
 local rc = require "dhsm.luna.rc"
+local util = require "dhsm.util"
 
 local M = {}
 
 local trim = util.trim
+local usage = dhsm.usage
 
 local function text_of(text)
   if text == nil then return "" end
   if type(text) ~= "string" then
-    require("dhsm").error { kind = "usage", message = ("luna.parse: expected the text of a command, got %s"):format(type(text)) }
+    usage("luna.parse: expected the text of a command, got %s", type(text))
   end
   return text
 end
@@ -422,18 +424,23 @@ function M.network_show(text)
 end
 
 -- lunacm's slot listing (start-up, `slot list`) -> {{slot=, label=, serial=, model=, firmware=,
---   configuration=, description=, fields={...}}, current=}
--- "Field -> value" at any indent; a "Slot Id ->" line starts a slot.
+--   configuration=, description=, virtual=, fields={...}}, current=}
+-- "Field -> value" at any indent; a "Slot Id ->" line starts a slot.  The
+-- output of `lunacm -c slot list` holds the start-up banner's listing,
+-- "Current Slot Id:", then the command's own listing of the same slots:
+-- slots after that line start the list again.  An HA group's virtual slot
+-- names its fields "HSM Label ->", "HSM Serial Number ->".
 function M.lunacm_slots(text)
-  local out, slot = {}, nil
+  local out, slot, again = {}, nil, false
   for _, l in ipairs(lines(text)) do
     local k, v = key_value(l)
     if k == "Slot Id" then
+      if again then out, again = { current = out.current }, false end
       slot = { slot = num(v), fields = {} }
       out[#out + 1] = slot
     elseif k == "Current Slot Id" then
       out.current = num(v)
-      slot = nil
+      slot, again = nil, true
     end
     if slot and k then
       slot.fields[k] = v
@@ -441,8 +448,57 @@ function M.lunacm_slots(text)
   end
   for _, s in ipairs(out) do
     local f = s.fields
-    s.label, s.serial, s.model, s.firmware = f["Label"], f["Serial Number"], f["Model"], f["Firmware Version"]
-    s.configuration, s.description = f["Configuration"], f["Slot Description"]
+    s.virtual = f["HSM Label"] ~= nil and f["Label"] == nil
+    s.label, s.serial = f["Label"] or f["HSM Label"], f["Serial Number"] or f["HSM Serial Number"]
+    s.model, s.firmware = f["Model"] or f["HSM Model"], f["Firmware Version"] or f["HSM Firmware Version"]
+    s.configuration, s.description = f["Configuration"] or f["HSM Configuration"], f["Slot Description"]
+  end
+  return out
+end
+
+-- lunacm's verdict on its command -> {ok=, code=}: ok for `Command Result :
+-- No Error`, code the CKR name of a failure.  Never its exit status: Thales
+-- documents lunacm's return codes as unsupported.
+function M.lunacm_result(text)
+  return { ok = text:find("Command Result : No Error", 1, true) ~= nil,
+    code = text:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)") }
+end
+
+-- lunacm `hagroup listGroups` -> {groups = {{label=, serial=, slot=, members =
+--   {{serial=, status=, slot=}}}}, retry=, interval=, auto_recovery=}
+function M.lunacm_groups(text)
+  local out = { groups = {}, retry = tonumber(text:match("Maximum auto recovery retry:%s*(%-?%d+)")),
+    interval = tonumber(text:match("Auto recovery poll interval:%s*(%d+)")),
+    auto_recovery = text:match("HA auto recovery:%s*(%a+)") == "enabled" }
+  local group
+  for _, line in ipairs(lines(text)) do
+    local label = line:match("HA Group Label:%s*(%S+)")
+    if label then
+      group = { label = label, members = {} }
+      out.groups[#out.groups + 1] = group
+    elseif group then
+      group.serial = group.serial or line:match("HA Group Number:%s*(%d+)")
+      group.slot = group.slot or line:match("HA Group Slot ID:%s*(%d+)")
+      local slot, serial, status = line:match("^%s*([%d%-]+)%s+(%d+)%s+%S+%s+(%a+)%s*$")
+      if serial then group.members[#group.members + 1] = { serial = serial, status = status, slot = tonumber(slot) } end
+    end
+  end
+  return out
+end
+
+-- lunacm `role show` -> {pso = n, co = n}: the login attempts left of the
+-- Partition SO and the Crypto Officer (0 when zeroized or locked out; nil
+-- when the table does not say).
+function M.lunacm_role_show(text)
+  local out = {}
+  for _, line in ipairs(lines(text)) do
+    local l = trim(line)
+    for role, row in pairs { pso = "Partition SO", co = "Crypto Officer" } do
+      if l:find(row, 1, true) == 1 then
+        local gone = l:find("Zeroized", 1, true) or l:find("Locked out", 1, true)
+        out[role] = gone and 0 or tonumber(l:match("(%d+)$"))
+      end
+    end
   end
   return out
 end
@@ -468,9 +524,117 @@ for name, parser in pairs(M) do
   end
 end
 
--- NTLS syslog lines -> events (the one parser lives in dhsm.net)
-function M.ntls_log(text)
-  return require("dhsm.net").ntls_log(text).events
+---------------------------------------------------------------------------
+-- NTLS syslog lines (the troubleshooting guide's format)
+
+local function event_of(rest)
+  if rest:find("Incoming connection request", 1, true) then return "incoming" end
+  if rest:find("Error message from SSLAccept", 1, true) then return "accept_error" end
+  if rest:find("Error during SSL accept", 1, true) then return "ssl_error" end
+  if rest:find("RC_SSL_FAILED_HANDSHAKE", 1, true) then return "handshake_failed" end
+  if rest:find("Connection instance added", 1, true) then return "added" end
+  if rest:find("Connection instance removed", 1, true) then return "removed" end
+  return "other"
+end
+
+-- The peer ("10.0.0.1/1000", "fe80::1/1000") a line ends with, if any.
+-- Found from the end: an unanchored "([%x:]+/%d+)%s*$" rescans the whole
+-- hex run from every start and took seconds on a 32 KB line.
+local function trailing_peer(text)
+  local last = util.suffix(util.trim(text), "%S")
+  return last:match("^[%x:]+/%d+$") and last or nil
+end
+
+-- "... tlsv1 alert unknown ca" -> "unknown ca"; "...:certificate verify
+-- failed" -> "certificate verify failed": the words ending the line.
+local function trailing_words(text)
+  local words = util.suffix(text, "[%w%s]")
+  local alert = words:match("alert (.*)$")
+  local reason = text:sub(-#words - 1, -#words - 1) == ":" and words:find("%w") and util.trim(words) or nil
+  return alert and util.trim(alert), reason
+end
+
+local function parse_line(l)
+  local stamp, host, pid, rest = l:match("^(%a%a%a%s+%d+ %d%d:%d%d:%d%d) (%S+) NTLS%[(%d+)%]: (.*)$")
+  if not stamp then pid, rest = l:match("NTLS%[(%d+)%]: (.*)$") end
+  if not rest then return nil end
+  local code, msg = rest:match("^info : (%S+) : (.*)$")
+  local e = { time = stamp, host = host, pid = tonumber(pid), code = code, message = msg or rest, line = l,
+    event = event_of(rest) }
+  e.peer = (msg or rest):match("%f[%d](%d+%.%d+%.%d+%.%d+/%d+)") or trailing_peer(msg or rest)
+  e.client = rest:match('NTLS Client "([^"]*)"')
+  if e.event == "accept_error" then e.alert, e.reason = trailing_words(rest) end
+  return e
+end
+
+-- What an attempt's SSLAccept error means.  "tlsv1 alert unknown ca" is the
+-- CLIENT's alert: it did not trust the appliance's certificate (stale
+-- server.pem after sysconf regenCert: re-exchange).  "certificate verify
+-- failed" is the appliance rejecting the client's certificate (not
+-- registered: client register).  "probe": the connection closed before a
+-- TLS hello (a TCP port check), which is no client's failure.
+local function outcome_of(attempt)
+  if attempt.added then return "ok" end
+  -- closed before any TLS hello: a port probe (ours, a load balancer's), not a client
+  local said = attempt.reason or attempt.alert or ""
+  if attempt.failed and (said == "ssl handshake failure" or said:find("unexpected eof", 1, true)) then return "probe" end
+  if attempt.alert == "unknown ca" or attempt.alert == "bad certificate" or attempt.alert == "certificate expired" then
+    return "server_cert_rejected"
+  end
+  if attempt.reason and attempt.reason:find("certificate verify failed", 1, true) then return "client_cert_unknown" end
+  if attempt.failed then return "handshake_failed" end
+  if attempt.removed then return "removed" end
+  return "pending"
+end
+
+-- ntls_log(text | lines) -> {events = {...}, attempts = {{peer=, outcome=, client=, alert=, lines=}}}
+-- (text or lines: diagnose passes the lines `syslog tail` gave; it is not
+-- wrapped with the parsers above, which take text only)
+function M.ntls_log(input)
+  local lines = input
+  if type(input) == "string" then
+    lines = util.lines(input, "NTLS log", "luna")
+  elseif type(input) == "table" then
+    for i, l in ipairs(input) do
+      if type(l) ~= "string" then usage("luna.parse.ntls_log: line %d is a %s, expected a string", i, type(l)) end
+      util.check_lines(l, "NTLS log line " .. i, "luna")
+    end
+  else
+    usage("luna.parse.ntls_log: expected syslog text or a list of lines, got %s", type(input))
+  end
+  local events, attempts, open, pending = {}, {}, {}, {}
+  local function note(a, e)
+    a.lines[#a.lines + 1] = e.line
+    if e.event == "accept_error" then a.alert, a.reason = e.alert, e.reason end
+    if e.event == "handshake_failed" or e.event == "ssl_error" then a.failed = true end
+    if e.event == "added" then a.added, a.client = true, e.client end
+    if e.event == "removed" then a.removed = true end
+  end
+  for _, l in ipairs(lines) do
+    local e = parse_line(l)
+    if e then
+      events[#events + 1] = e
+      local pid = e.pid or 0
+      if not e.peer then
+        -- the SSLAccept errors name no peer: they belong to the next line of
+        -- the same NTLS process that does (connections interleave)
+        pending[pid] = pending[pid] or {}
+        table.insert(pending[pid], e)
+      else
+        local a = open[e.peer]
+        if e.event == "incoming" or a == nil then
+          a = { peer = e.peer, time = e.time, lines = {} }
+          attempts[#attempts + 1] = a
+          open[e.peer] = a
+        end
+        for _, p in ipairs(e.event ~= "incoming" and pending[pid] or {}) do note(a, p) end
+        if e.event ~= "incoming" then pending[pid] = nil end
+        note(a, e)
+      end
+    end
+  end
+  for _, a in ipairs(attempts) do a.outcome = outcome_of(a) end
+  return { events = events, attempts = attempts }
 end
 
 return M

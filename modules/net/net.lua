@@ -10,7 +10,6 @@
 --       alert is the peer's fatal alert by its RFC 8446 name with '_' as a space
 --       ("unknown ca", "certificate required"), as the NTLS log spells it; alert_code its number
 --   net.certs(pem_or_path) / net.cert(pem_or_path) / net.same_cert(a, b)
---   net.ntls_log(text) --> {events=..., attempts=...}
 --
 -- Half the guide's failures are on this path: port 1792 blocked, an
 -- appliance certificate regenerated or expired, a client certificate the
@@ -49,9 +48,7 @@ function M.tcp(opts)
   return audited("tcp", opts, core.tcp(opts))
 end
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 local function readable(path, what)
   if path ~= nil and not io.open(path, "rb") then usage("net.tls: cannot read %s %s", what, path) end
@@ -101,117 +98,6 @@ function M.same_cert(a, b)
   local ca = type(a) == "table" and a or M.cert(a)
   local cb = type(b) == "table" and b or M.cert(b)
   return ca.sha256 == cb.sha256
-end
-
----------------------------------------------------------------------------
--- NTLS syslog lines (the troubleshooting guide's format)
-
-local function event_of(rest)
-  if rest:find("Incoming connection request", 1, true) then return "incoming" end
-  if rest:find("Error message from SSLAccept", 1, true) then return "accept_error" end
-  if rest:find("Error during SSL accept", 1, true) then return "ssl_error" end
-  if rest:find("RC_SSL_FAILED_HANDSHAKE", 1, true) then return "handshake_failed" end
-  if rest:find("Connection instance added", 1, true) then return "added" end
-  if rest:find("Connection instance removed", 1, true) then return "removed" end
-  return "other"
-end
-
--- The peer ("10.0.0.1/1000", "fe80::1/1000") a line ends with, if any.
--- Found from the end: an unanchored "([%x:]+/%d+)%s*$" rescans the whole
--- hex run from every start and took seconds on a 32 KB line.
-local function trailing_peer(text)
-  local last = util.suffix(util.trim(text), "%S")
-  return last:match("^[%x:]+/%d+$") and last or nil
-end
-
--- "... tlsv1 alert unknown ca" -> "unknown ca"; "...:certificate verify
--- failed" -> "certificate verify failed": the words ending the line.
-local function trailing_words(text)
-  local words = util.suffix(text, "[%w%s]")
-  local alert = words:match("alert (.*)$")
-  local reason = text:sub(-#words - 1, -#words - 1) == ":" and words:find("%w") and util.trim(words) or nil
-  return alert and util.trim(alert), reason
-end
-
-local function parse_line(l)
-  local stamp, host, pid, rest = l:match("^(%a%a%a%s+%d+ %d%d:%d%d:%d%d) (%S+) NTLS%[(%d+)%]: (.*)$")
-  if not stamp then pid, rest = l:match("NTLS%[(%d+)%]: (.*)$") end
-  if not rest then return nil end
-  local code, msg = rest:match("^info : (%S+) : (.*)$")
-  local e = { time = stamp, host = host, pid = tonumber(pid), code = code, message = msg or rest, line = l,
-    event = event_of(rest) }
-  e.peer = (msg or rest):match("%f[%d](%d+%.%d+%.%d+%.%d+/%d+)") or trailing_peer(msg or rest)
-  e.client = rest:match('NTLS Client "([^"]*)"')
-  if e.event == "accept_error" then e.alert, e.reason = trailing_words(rest) end
-  return e
-end
-
--- What an attempt's SSLAccept error means.  "tlsv1 alert unknown ca" is the
--- CLIENT's alert: it did not trust the appliance's certificate (stale
--- server.pem after sysconf regenCert: re-exchange).  "certificate verify
--- failed" is the appliance rejecting the client's certificate (not
--- registered: client register).  "probe": the connection closed before a
--- TLS hello (a TCP port check), which is no client's failure.
-local function outcome_of(attempt)
-  if attempt.added then return "ok" end
-  -- closed before any TLS hello: a port probe (ours, a load balancer's), not a client
-  local said = attempt.reason or attempt.alert or ""
-  if attempt.failed and (said == "ssl handshake failure" or said:find("unexpected eof", 1, true)) then return "probe" end
-  if attempt.alert == "unknown ca" or attempt.alert == "bad certificate" or attempt.alert == "certificate expired" then
-    return "server_cert_rejected"
-  end
-  if attempt.reason and attempt.reason:find("certificate verify failed", 1, true) then return "client_cert_unknown" end
-  if attempt.failed then return "handshake_failed" end
-  if attempt.removed then return "removed" end
-  return "pending"
-end
-
--- ntls_log(text | lines) -> {events = {...}, attempts = {{peer=, outcome=, client=, alert=, lines=}}}
-function M.ntls_log(input)
-  local lines = input
-  if type(input) == "string" then
-    lines = util.lines(input, "NTLS log", "net")
-  elseif type(input) == "table" then
-    for i, l in ipairs(input) do
-      if type(l) ~= "string" then usage("net.ntls_log: line %d is a %s, expected a string", i, type(l)) end
-      util.check_lines(l, "NTLS log line " .. i, "net")
-    end
-  else
-    usage("net.ntls_log: expected syslog text or a list of lines, got %s", type(input))
-  end
-  local events, attempts, open, pending = {}, {}, {}, {}
-  local function note(a, e)
-    a.lines[#a.lines + 1] = e.line
-    if e.event == "accept_error" then a.alert, a.reason = e.alert, e.reason end
-    if e.event == "handshake_failed" or e.event == "ssl_error" then a.failed = true end
-    if e.event == "added" then a.added, a.client = true, e.client end
-    if e.event == "removed" then a.removed = true end
-  end
-  for _, l in ipairs(lines) do
-    local e = parse_line(l)
-    if e then
-      events[#events + 1] = e
-      local pid = e.pid or 0
-      if not e.peer then
-        -- the SSLAccept errors name no peer: they belong to the next line of
-        -- the same NTLS process that does (connections interleave)
-        pending[pid] = pending[pid] or {}
-        table.insert(pending[pid], e)
-      else
-        local a = open[e.peer]
-        if e.event == "incoming" or a == nil then
-          a = { peer = e.peer, time = e.time, lines = {} }
-          attempts[#attempts + 1] = a
-          open[e.peer] = a
-        end
-        for _, p in ipairs(e.event ~= "incoming" and pending[pid] or {}) do note(a, p) end
-        if e.event ~= "incoming" then pending[pid] = nil end
-        note(a, e)
-      end
-    end
-  end
-  for _, a in ipairs(attempts) do a.outcome = outcome_of(a) end
-  return { events = events, attempts = attempts }
 end
 
 return M

@@ -36,7 +36,7 @@
 -- encrypt makes a fresh one from the token's RNG when none is given and
 -- returns it, decrypt needs it.
 --
--- Logins go through the failed-login guard (dhsm.luna.guard): the token's
+-- Logins go through the failed-login guard (dhsm.guard): the token's
 -- PIN flags and our persistent count say how many attempts may be left; the
 -- attempt that could be the last is refused unless allow_destructive_login
 -- (audited); a failed login is never retried.  Reading the flags, C_Login
@@ -45,7 +45,7 @@
 -- login and logout are audited; in check mode they are not done: dhsm.would
 -- reports them and they return { check = true, would = "..." }.
 local dhsm = require "dhsm"
-local guard = require "dhsm.luna.guard"
+local guard = require "dhsm.guard"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local schema = require "dhsm.schema"
@@ -73,9 +73,7 @@ Session.__public = { "login", "logout", "token", "info", "find", "find_one", "co
 -- for one (the REPL's p11) to complete as one.
 M.METHODS = { library = Library.__public, session = Session.__public }
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = "pkcs11: " .. fmt:format(...) }
-end
+local usage = dhsm.usage_in("pkcs11")
 
 -- t must be nil or a table whose keys are all in `known` (name -> spec of
 -- the one option reader, dhsm.schema.options), each of its type.

@@ -40,8 +40,9 @@
 -- for a command that does not set a new password.  What this cannot see: a
 -- lunacm started under another name or through another program.
 local dhsm = require "dhsm"
-local cli = require "dhsm.luna.cli"
-local guard = require "dhsm.luna.guard"
+local commands = require "dhsm.guard.commands"
+local guard = require "dhsm.guard"
+local parse = require "dhsm.luna.parse"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local util = require "dhsm.util"
@@ -49,9 +50,7 @@ local core = util.native(select(3, ...), "dhsm.proc.core")
 
 local M = {}
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = "proc: " .. fmt:format(...) }
-end
+local usage = dhsm.usage_in("proc")
 
 local function command_line(argv)
   local parts = {}
@@ -59,16 +58,13 @@ local function command_line(argv)
   return table.concat(parts, " ")
 end
 
-local function is_lunacm(argv)
-  return type(argv) == "table" and type(argv[1]) == "string" and argv[1]:match("[^/]*$"):lower():find("^lunacm") ~= nil
-end
+local is_lunacm = commands.is_lunacm
 
--- What lunacm said of its command: ok= (`Command Result : No Error`) and
--- code= (the CKR name of a failure), read from its output, never from its
--- exit status.
+-- What lunacm said of its command (ok=, code=), read from its output,
+-- never from its exit status.
 local function lunacm_result(r)
-  r.ok = r.stdout:find("Command Result : No Error", 1, true) ~= nil
-  r.code = r.stdout:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)")
+  local said = parse.lunacm_result(r.stdout)
+  r.ok, r.code = said.ok, said.code
   return r
 end
 
@@ -97,55 +93,10 @@ end
 ---------------------------------------------------------------------------
 -- lunacm and the failed-login guard
 
--- verb per "family subcommand": read | write | login:name (the role of
--- -name) | login:co | login:members (the CO of every member of -group) |
--- login:unsupported
-local LUNACM = {
-  role = { login = "login:name", changepw = "login:name", logout = "write", show = "read", resetpw = "write",
-    init = "write" },
-  hagroup = { creategroup = "login:co", addmember = "login:co", synchronize = "login:members",
-    listgroups = "read", removemember = "write", deletegroup = "write", recover = "write", retry = "write",
-    interval = "write", haonly = "write", addstandby = "write", recoverymode = "write" },
-  slot = { list = "read", set = "write" },
-  partition = { init = "write", changepolicy = "write", show = "read", showpolicies = "read" },
-}
-local ROLES = { so = "pso", po = "pso", co = "co", cu = "co" }
--- Commands whose secret on stdin is a new password, not a login.
-local NEW_PASSWORD = { ["role resetpw"] = true, ["role init"] = true, ["partition init"] = true }
 -- lunacm answers that mean no attempt was made.
 local NOT_ATTEMPTED = { CKR_CANCEL = true, CKR_ARGUMENTS_BAD = true, CKR_SLOT_ID_INVALID = true,
   CKR_USER_ALREADY_LOGGED_IN = true, CKR_TOKEN_NOT_PRESENT = true, CKR_PIN_LOCKED = true,
   CKR_FUNCTION_NOT_SUPPORTED = true, CKR_DEVICE_ERROR = true, CKR_USER_TYPE_INVALID = true }
-
-local RANK = { read = 1, write = 2, login = 3 }
-
--- The words after -c, or nil when lunacm would read commands on stdin.
-local function lunacm_words(argv)
-  for i = 2, #argv do
-    if tostring(argv[i]):lower() == "-c" then
-      local words = {}
-      for j = i + 1, #argv do
-        for _, w in ipairs(cli.words(tostring(argv[j]))) do words[#words + 1] = w end
-      end
-      return words
-    end
-  end
-end
-
--- classify(words) -> verb, "family sub", role (pso | co) for a login
-local function classify(words)
-  local verb, what = cli.most(cli.readings(words, LUNACM), function(r)
-    if not r.sub then return "write", r.family or table.concat(words, " ") end
-    local v = LUNACM[r.family][r.sub]
-    if v == "login:name" then
-      local name = cli.option(words, r.at + 1, "name", "n")
-      v = "login:" .. (name and ROLES[name:lower()] or "unsupported")
-    end
-    return v, r.family .. " " .. r.sub
-  end, function(v) return RANK[v:match("^[^:]+")] end)
-  verb = verb or "write"
-  return verb, what or table.concat(words, " "), verb:match("^login:(.+)$")
-end
 
 local function carries_secret(stdin)
   if secret.is(stdin) then return true end
@@ -162,13 +113,13 @@ end
 -- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
 local function check_lunacm(opts)
   if not is_lunacm(opts.argv) then return end
-  local words = lunacm_words(opts.argv)
+  local words = commands.lunacm_words(opts.argv)
   if not words then
     refuse("UnguardedLogin", "refusing lunacm without -c: it would read its commands from stdin, where a login "
       .. "could not be told apart; give one command after -c")
   end
-  local verb, what, role = classify(words)
-  if not role and carries_secret(opts.stdin) and not NEW_PASSWORD[what] then
+  local verb, what, role = commands.lunacm(words)
+  if not role and carries_secret(opts.stdin) and not commands.LUNACM_NEW_PASSWORD[what] then
     refuse("UnguardedLogin", "refusing a secret on lunacm's stdin for '%s': it could be taken as a login; "
       .. "logins go through proc.lunacm_login", what)
   end
@@ -209,18 +160,13 @@ local function lunacm_read(opts, words, stdin)
   return r
 end
 
--- slots(opts) -> {{id=, label=, serial=}} from `lunacm -c slot list`
+-- slots(opts) -> {{id=, slot=, label=, serial=, ...}} from `lunacm -c slot
+-- list` (dhsm.luna.parse.lunacm_slots; id: the slot number as -slot takes it)
 function M.lunacm_slots(opts)
   schema.options("proc.lunacm_slots", opts, LUNACM_OPTIONS, true)
-  local r = lunacm_read(opts, { "slot", "list" })
-  local found = {}
-  -- the command's own output, after the banner's list of the same slots
-  local listing = r.stdout:match("Current Slot Id:[^\n]*\n(.*)$") or r.stdout
-  for block in (listing .. "\n\n"):gmatch("(Slot Id %->.-)\n%s*\n") do
-    found[#found + 1] = { id = block:match("Slot Id %->%s*(%d+)"), label = util.trim(block:match("Label %->([^\n]*)") or ""),
-      serial = block:match("Serial Number %->%s*(%S+)") }
-  end
-  return found
+  local slots = parse.lunacm_slots(lunacm_read(opts, { "slot", "list" }).stdout)
+  for _, s in ipairs(slots) do s.id = tostring(s.slot) end
+  return slots
 end
 
 -- lunacm_groups(opts) -> {groups = {{label=, serial=, slot=, members = {{serial=, status=, slot=}}}},
@@ -228,24 +174,7 @@ end
 -- prompt answered with an empty line: the sync data is not needed)
 function M.lunacm_groups(opts)
   schema.options("proc.lunacm_groups", opts, LUNACM_OPTIONS, true)
-  local r = lunacm_read(opts, { "hagroup", "listGroups" }, "\n")
-  local out = { groups = {}, retry = tonumber(r.stdout:match("Maximum auto recovery retry:%s*(%-?%d+)")),
-    interval = tonumber(r.stdout:match("Auto recovery poll interval:%s*(%d+)")),
-    auto_recovery = r.stdout:match("HA auto recovery:%s*(%a+)") == "enabled" }
-  local group
-  for line in r.stdout:gmatch("[^\n]+") do
-    local label = line:match("HA Group Label:%s*(%S+)")
-    if label then
-      group = { label = label, members = {} }
-      out.groups[#out.groups + 1] = group
-    elseif group then
-      group.serial = group.serial or line:match("HA Group Number:%s*(%d+)")
-      group.slot = group.slot or line:match("HA Group Slot ID:%s*(%d+)")
-      local slot, serial, status = line:match("^%s*([%d%-]+)%s+(%d+)%s+%S+%s+(%a+)%s*$")
-      if serial then group.members[#group.members + 1] = { serial = serial, status = status, slot = tonumber(slot) } end
-    end
-  end
-  return out
+  return parse.lunacm_groups(lunacm_read(opts, { "hagroup", "listGroups" }, "\n").stdout)
 end
 
 -- The partitions a lunacm login command logs in to: the one it names with
@@ -253,7 +182,7 @@ end
 -- has a slot (lunacm logs in to those it reaches), in serial order.
 local function target_slots(opts, words, role)
   if role == "members" then
-    local label = cli.option(words, 1, "group", "g")
+    local label = commands.option(words, 1, "group", "g")
     if not label then usage("lunacm_login: hagroup synchronize needs -group, so its members' attempts can be counted") end
     local group
     for _, g in ipairs(M.lunacm_groups(opts).groups) do
@@ -269,8 +198,8 @@ local function target_slots(opts, words, role)
     table.sort(found, function(a, b) return a.serial < b.serial end)
     return found
   end
-  local serial = cli.option(words, 1, "serialnumber", "se")
-  local slot = cli.option(words, 1, "slot", "sl")
+  local serial = commands.option(words, 1, "serialnumber", "se")
+  local slot = commands.option(words, 1, "slot", "sl")
   for i = 1, #words - 1 do
     if words[i]:lower() == "-s" then slot = words[i + 1] end
   end
@@ -288,13 +217,7 @@ local function role_left(opts, slot, role)
   local ok, r = pcall(run, { argv = { opts.argv[1], "-c", "role", "show", "-slot", slot.id }, env = opts.env,
     cwd = opts.cwd, timeout = opts.timeout })
   if not ok then return nil end
-  local row = role == "pso" and "Partition SO" or "Crypto Officer"
-  for line in r.stdout:gmatch("[^\n]+") do
-    if util.trim(line):find(row, 1, true) == 1 then
-      if line:find("Zeroized", 1, true) or line:find("Locked out", 1, true) then return 0 end
-      return tonumber(line:match("(%d+)%s*$"))
-    end
-  end
+  return parse.lunacm_role_show(r.stdout)[role]
 end
 
 -- The guard's attempt on slots[i], ..., slots[#slots] for role, nested, with

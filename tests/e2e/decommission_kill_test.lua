@@ -12,7 +12,6 @@ local cjson = require "cjson"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
 
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local Estate = require "support.estate"
 
 local GROUP = "hsm-rg"

@@ -5,7 +5,6 @@
 -- and --resume of a playbook run by path.  What reached the estate is read
 -- from its own state and request log (estate.log), not from dhsm's output.
 local t = require "dhsm.test"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
 local cjson = require "cjson"
 local util = require "dhsm.util"

@@ -9,7 +9,6 @@ local cjson = require "cjson"
 local chrystoki = require "dhsm.chrystoki"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local log_entries = require("support.estate").log_of
 
 local DEMO = t.here() .. "/../../tools/demo.sh"

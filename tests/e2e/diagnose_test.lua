@@ -15,11 +15,11 @@ local cjson = require "cjson"
 local deploy = require "dhsm.azure.deploy"
 local hsm = require "dhsm.azure.hsm"
 local net = require "dhsm.net"
+local parse = require "dhsm.luna.parse"
 local network = require "dhsm.azure.network"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
 
 local q = util.shell_quote
@@ -177,7 +177,7 @@ end
 -- The outcome of the last client connection in appliance name's NTLS log.
 local function last_ntls(name)
   local last
-  for _, a in ipairs(net.ntls_log(util.read_file(e.dir .. "/appliances/" .. name .. "/messages")).attempts) do
+  for _, a in ipairs(parse.ntls_log(util.read_file(e.dir .. "/appliances/" .. name .. "/messages")).attempts) do
     if a.outcome ~= "pending" and a.outcome ~= "removed" and a.outcome ~= "probe" then last = a.outcome end
   end
   return last
@@ -378,12 +378,12 @@ local STATE_ONLY = {
     clear = function() e:control("POST", "/appliances/hsm2/partitions/par1/login", { role = "co", ok = true }) end },
   ["dhsm's own count of a failed login"] = { check = "failed logins", target = "hsm1", status = "WARN", says = "dhsm counted",
     inject = function()
-      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").record("hsm1#%s", "audit", false)'):format(
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.guard").record("hsm1#%s", "audit", false)'):format(
         e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end,
     clear = function()
-      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.luna.guard").forget("hsm1#%s", "audit")'):format(
+      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.guard").forget("hsm1#%s", "audit")'):format(
         e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end },

@@ -10,7 +10,6 @@ local t = require "dhsm.test"
 local chrystoki = require "dhsm.chrystoki"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local Estate = require "support.estate"
 local killrun = require "support.killrun"
 

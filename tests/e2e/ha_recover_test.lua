@@ -9,7 +9,6 @@ local chrystoki = require "dhsm.chrystoki"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
 
 local q = util.shell_quote

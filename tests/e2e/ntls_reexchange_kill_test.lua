@@ -10,7 +10,6 @@ local t = require "dhsm.test"
 local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local Estate = require "support.estate"
 local killrun = require "support.killrun"
 

@@ -9,7 +9,6 @@ local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
 
 local q = util.shell_quote

@@ -4,7 +4,6 @@
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local util = require "dhsm.util"
-package.path = t.here() .. "/../lua/?.lua;" .. package.path
 local support = require "support.estate"
 
 local q = util.shell_quote

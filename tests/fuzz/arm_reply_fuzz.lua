@@ -7,6 +7,7 @@
 local fuzz = dofile(arg[0]:match("^(.-)[^/]*$") .. "harness.lua")
 local azure = require "dhsm.azure"
 local cjson = require "cjson"
+local util = require "dhsm.util"
 
 local client = azure.client { subscription = "s", endpoint = "https://management.azure.com" }
 local URL = "https://management.azure.com/subscriptions/s/resourceGroups/g?api-version=2021-04-01"
@@ -57,7 +58,7 @@ local function reads(reply, r)
     { "own_url location", function() client:own_url(reply.headers.location, resp, "Location") end },
     { "own_url async", function() client:own_url(reply.headers["azure-asyncoperation"], resp, "Azure-AsyncOperation") end },
   })
-  local delay = azure.backoff(1, reply.retry_after)
+  local delay = util.backoff(1, { base = 0.5, cap = 30, retry_after = reply.retry_after })
   fuzz.property(type(delay) == "number" and delay >= 0, "backoff %s for Retry-After %q", tostring(delay),
     tostring(r.headers["retry-after"]))
 end

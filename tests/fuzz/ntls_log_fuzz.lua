@@ -1,7 +1,7 @@
--- Fuzz the NTLS syslog classifier (dhsm.net.ntls_log), as text and as a
+-- Fuzz the NTLS syslog classifier (dhsm.luna.parse.ntls_log), as text and as a
 -- list of lines: the guide's lines, the simulator's, interleaved.
 local fuzz = dofile(arg[0]:match("^(.-)[^/]*$") .. "harness.lua")
-local net = require "dhsm.net"
+local parse = require "dhsm.luna.parse"
 
 local seeds = fuzz.corpus("ntls")
 seeds[#seeds + 1] = table.concat({
@@ -31,8 +31,8 @@ fuzz.main {
     "alert unknown ca", ":certificate verify failed", "RC_SSL_FAILED_HANDSHAKE", "Connection instance added",
     "Connection instance removed", 'NTLS Client "', "10.0.0.1/1000", "fe80::1/1", "Nov 28 10:00:01 hsm1 " },
   target = function(input)
-    local log = net.ntls_log(input)
+    local log = parse.ntls_log(input)
     for _, a in ipairs(log.attempts) do fuzz.property(OUTCOMES[a.outcome], "unknown outcome %s", tostring(a.outcome)) end
-    net.ntls_log(as_lines(input))
+    parse.ntls_log(as_lines(input))
   end,
 }

@@ -63,10 +63,3 @@ t.test("a generic failure with no cause in its text: the gateway's history decid
   t.eq(classify.failure(generic).class, "unknown")
 end)
 
-t.test("back-off grows, is jittered, and honours Retry-After", function()
-  t.eq(classify.backoff(3, 7), 7)
-  for n = 1, 4 do
-    local b = classify.backoff(n, nil, 10)
-    t.ok(b >= 10 * 2 ^ (n - 1) * 0.75 and b <= 10 * 2 ^ (n - 1) * 1.25, tostring(b))
-  end
-end)

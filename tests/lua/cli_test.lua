@@ -139,7 +139,7 @@ t.test("version names dhsm, Lua, libcurl, libssh2 and OpenSSL", function()
   t.eq(dhsm_run("--version").stdout, r.stdout)
 end)
 
-t.test("every command has --help, and help --man renders the same text", function()
+t.test("every command has --help, and help COMMAND says the same", function()
   local top = dhsm_run("--help")
   t.eq(top.status, 0)
   for _, name in ipairs { "run", "list", "doc", "repl", "exec", "test", "version", "help" } do
@@ -149,9 +149,7 @@ t.test("every command has --help, and help --man renders the same text", functio
     t.ok(r.stdout:find("^usage: dhsm " .. name), r.stdout)
     t.eq(dhsm_run("help " .. name).stdout, r.stdout)
   end
-  local man = dhsm_run("help --man")
-  t.ok(man.stdout:find("^%.TH DHSM 1"), man.stdout:sub(1, 40))
-  t.ok(man.stdout:find("look for playbooks and modules in DIR first", 1, true))
+  t.eq(dhsm_run("help --man").status, 2, "the man page is docs/dhsm.1 (tools/man.lua), not a second source")
 end)
 
 t.test("list and doc read playbooks from -I folders and DHSM_PATH", function()
@@ -166,11 +164,28 @@ t.test("list and doc read playbooks from -I folders and DHSM_PATH", function()
   usage_fails("doc", "doc needs a PLAYBOOK")
 end)
 
-t.test("user folders come before the modules embedded in the binary", function()
-  local r = dhsm_run("-I " .. fixtures .. "/lib exec -e 'print(require(\"dhsm.pretty\").marker)'")
-  t.eq(r.stdout, "user copy\n", r.stderr)
-  r = dhsm_run("exec -e 'print(require(\"dhsm.pretty\").marker)'")
-  t.eq(r.stdout, "nil\n")
+t.test("-I and $DHSM_PATH add modules under other names and never shadow dhsm's own", function()
+  local r = dhsm_run("-I " .. fixtures .. "/lib exec -e 'print(require(\"site.hello\").marker)'")
+  t.eq(r.stdout, "site hello\n", r.stderr)
+  r = dhsm_run("-I " .. fixtures .. "/lib exec -e 'print(require(\"dhsm.pretty\").marker)'")
+  t.eq(r.stdout, "nil\n", "the embedded dhsm.pretty, not the user folder's copy: " .. r.stderr)
+  r = t.sh("DHSM_PATH=" .. q(fixtures .. "/lib") .. " " .. t.cmd("exec -e 'print(require(\"dhsm.pretty\").marker)'"))
+  t.eq(r.stdout, "nil\n", r.stderr)
+  r = dhsm_run(("-I %s exec -e 'require(%q)'"):format(fixtures .. "/lib", "dhsm" .. ".extra"))  -- no such module
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("dhsm.* names are dhsm's own", 1, true), r.stderr)
+  t.ok(not r.stdout:find("user extra", 1, true), r.stdout)
+end)
+
+t.test("a module that moved is named where it went", function()
+  for old, new in pairs { ["dhsm.luna.guard"] = "dhsm.guard", ["dhsm.luna.ha"] = "dhsm.client.ha",
+      ["dhsm.net.ntls"] = "dhsm.client.ntls", ["dhsm.luna.cli"] = "dhsm.guard.commands" } do
+    local r = dhsm_run(("exec -e 'require(%q)'"):format(old))
+    t.eq(r.status, 1, r.stderr)
+    t.ok(r.stderr:find(("it is now '%s'"):format(new), 1, true), r.stderr)
+    r = dhsm_run(("exec -e 'require(%q)'"):format(new))
+    t.eq(r.status, 0, r.stderr)
+  end
 end)
 
 t.test("a runbook's own Lua error is 'file:line: message', its traceback only with -v", function()

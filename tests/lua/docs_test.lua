@@ -27,8 +27,8 @@ local DOC = "docs/modules.md"
 local MODULES = {
   "dhsm", "dhsm.secret", "dhsm.audit", "dhsm.inventory", "dhsm.evidence", "dhsm.test",
   "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.deploy",
-  "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.rc", "dhsm.luna.guard", "dhsm.luna.cli", "dhsm.luna.ha",
-  "dhsm.pkcs11", "dhsm.net", "dhsm.net.ntls", "dhsm.proc", "dhsm.chrystoki",
+  "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.rc", "dhsm.pkcs11", "dhsm.net", "dhsm.proc", "dhsm.chrystoki",
+  "dhsm.guard", "dhsm.guard.commands", "dhsm.client.ha", "dhsm.client.ntls",
 }
 
 local estate = support.start { args = "--appliances 1" }

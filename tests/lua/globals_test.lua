@@ -18,8 +18,8 @@ end
 
 -- The globals a file sets or reads on purpose, and why.
 local DECLARED = {
-  -- the REPL's and exec's conveniences (one code path: dhsm.globals)
-  ["runtime/lua/dhsm/globals.lua"] = { inv = true, az = true, hsm = true, p11 = true, secret = true },
+  -- the REPL's and exec's conveniences (one code path: dhsm.cli.globals)
+  ["runtime/lua/dhsm/cli/globals.lua"] = { inv = true, az = true, hsm = true, p11 = true, secret = true },
 }
 
 local function lua_files()

@@ -7,7 +7,7 @@
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local luna = require "dhsm.luna"
-local guard = require "dhsm.luna.guard"
+local guard = require "dhsm.guard"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
 
@@ -352,7 +352,7 @@ t.test("no raw object, method or module writes to the shell around the guard", f
   -- read-only, and the write path does not look luna.classify up
   t.raises(function() guard.attempt = function() end end, "read%-only")
   t.raises(function() guard.THRESHOLDS.so = 100 end, "read%-only")
-  t.raises(function() require("dhsm.luna.cli").readings = function() return {} end end, "read%-only")
+  t.raises(function() require("dhsm.guard.commands").readings = function() return {} end end, "read%-only")
   t.raises(function() luna.DESTRUCTIVE["hsm zeroize"] = nil end, "read%-only")
   local classify = luna.classify
   luna.classify = function() return "read", "hsm show" end

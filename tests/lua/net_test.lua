@@ -3,12 +3,13 @@
 -- simulated appliances' NTLS listeners.
 local t = require "dhsm.test"
 local net = require "dhsm.net"
+local parse = require "dhsm.luna.parse"
 local proc = require "dhsm.proc"
 local util = require "dhsm.util"
 
 local here = t.here()
 local certs = t.tmpdir()
-proc.run { argv = { "/usr/bin/python3", here .. "/support/mkcerts.py", certs } }
+proc.run { argv = { "/usr/bin/python3", here .. "/../support/mkcerts.py", certs } }
 local function pem(name) return certs .. "/" .. name end
 
 -- An `openssl s_server` on a free loopback port; returns the port.
@@ -201,7 +202,7 @@ t.test("NTLS on a simulated appliance: unregistered, registered, regenerated", f
   -- after our probe returned: wait until the three attempts have settled
   local log, outcomes
   t.eventually(function()
-    log = net.ntls_log(s:must("syslog tail -logname messages -entries 200").text)
+    log = parse.ntls_log(s:must("syslog tail -logname messages -entries 200").text)
     outcomes = {}
     for _, a in ipairs(log.attempts) do outcomes[#outcomes + 1] = a.outcome end
     -- the bare TCP probe may show up first (to NTLS a handshake that never
@@ -214,7 +215,7 @@ t.test("NTLS on a simulated appliance: unregistered, registered, regenerated", f
 end, { timeout = 60 })
 
 t.test("interleaved connections: the SSLAccept lines go with the next line naming a peer; a hello never sent is a probe", function()
-  local log = net.ntls_log(table.concat({
+  local log = parse.ntls_log(table.concat({
     "NTLS[7]: info : 0 : Incoming connection request... : 10.0.0.1/1000",
     "NTLS[7]: info : 0 : Incoming connection request... : 10.0.0.2/2000",
     "NTLS[7]: Error message from SSLAccept is : error:140940E5:SSL routines:ssl3_read_bytes:ssl handshake failure",
@@ -235,10 +236,10 @@ t.test("NTLS log lines in the guide's format are classified", function()
     'Nov 28 10:00:01 hsm1 NTLS[8508]: info : 0 : NTLS Client "Unknown host name" Connection instance removed : 192.168.50.2/59415',
     "Nov 28 10:00:02 hsm1 sshd[1]: not NTLS",
   }, "\n")
-  local log = net.ntls_log(text)
+  local log = parse.ntls_log(text)
   t.eq(#log.events, 5)
   t.eq({ #log.attempts, log.attempts[1].peer, log.attempts[1].outcome, log.attempts[1].alert },
        { 1, "192.168.50.2/59415", "server_cert_rejected", "unknown ca" })
   t.eq({ log.events[4].code, log.events[1].pid, log.events[1].host }, { "0xc0000711", 8508, "hsm1" })
-  t.raises(function() net.ntls_log(42) end, "expected syslog text")
+  t.raises(function() parse.ntls_log(42) end, "expected syslog text")
 end)

@@ -4,17 +4,17 @@
 local t = require "dhsm.test"
 local util = require "dhsm.util"
 local parse = require "dhsm.luna.parse"
-local net = require "dhsm.net"
 local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "vtl_verify", "table" }
+  "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_result", "lunacm_groups",
+  "lunacm_role_show", "vtl_verify", "table" }
 
 -- name -> {kind, fn(text)}
 local PARSERS = {}
 for _, name in ipairs(LUNA) do PARSERS["luna.parse." .. name] = { "luna", parse[name] } end
-PARSERS["net.ntls_log"] = { "net", function(s) return net.ntls_log("Nov 28 10:00:01 hsm1 NTLS[1]: " .. s) end }
-PARSERS["net.ntls_log (lines)"] = { "net", function(s) return net.ntls_log { "NTLS[1]: " .. s } end }
+PARSERS["luna.parse.ntls_log"] = { "luna", function(s) return parse.ntls_log("Nov 28 10:00:01 hsm1 NTLS[1]: " .. s) end }
+PARSERS["luna.parse.ntls_log (lines)"] = { "luna", function(s) return parse.ntls_log { "NTLS[1]: " .. s } end }
 PARSERS["chrystoki.parse (key)"] = { "usage", function(s) return chrystoki.parse("S = {\n" .. s .. "\n}") end }
 PARSERS["chrystoki.parse (value)"] = { "usage", function(s) return chrystoki.parse("S = { K = " .. s .. ";\n}") end }
 

@@ -4,7 +4,7 @@
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local pkcs11 = require "dhsm.pkcs11"
-local guard = require "dhsm.luna.guard"
+local guard = require "dhsm.guard"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 local p11 = require "support.p11"
@@ -161,14 +161,14 @@ t.test("tokens are found by label or serial, never by a fixed slot number", func
   s:close()
 end)
 
--- SoftHSM2 behind tests/lua/support/p11shim.c, built here: the slot of the
+-- SoftHSM2 behind tests/support/p11shim.c, built here: the slot of the
 -- token labelled `broken` fails C_GetSlotInfo and C_GetTokenInfo with
 -- CKR_GENERAL_ERROR, as an HA member that went away does.
 local function broken_library(broken)
   local so = t.tmpdir() .. "/p11shim.so"
   local q = util.shell_quote
   local r = t.sh(("cc -std=c11 -shared -fPIC -Wall -Werror $(pkg-config --cflags p11-kit-1) -o %s %s -ldl")
-    :format(q(so), q(t.here() .. "/support/p11shim.c")))
+    :format(q(so), q(t.here() .. "/../support/p11shim.c")))
   t.eq(r.status, 0, r.stderr)
   hsm:load()                                     -- SoftHSM2 stays initialised by the plain library
   local lib = pkcs11.load(so, { env = { P11SHIM_LIB = p11.LIB, P11SHIM_BROKEN = broken } })

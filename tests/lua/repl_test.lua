@@ -102,7 +102,7 @@ t.test("LunaSH output prints as lines; hsm_show prints the parsed record, raw fi
 end, { timeout = 60 })
 
 t.test("completion offers public methods only, on every object type", function()
-  local repl = require "dhsm.repl"
+  local repl = require "dhsm.cli.repl"
   local estate = require("support.estate").start { args = "--appliances 1" }
   local p11 = require "support.p11"
   local objects = { s = estate:luna_session("hsm1"), c = estate:azure(), n = require("dhsm.net") }
@@ -124,7 +124,7 @@ t.test("completion offers public methods only, on every object type", function()
                hidden = { "exchange", "read_until", "send_line", "guard_key", "__close", "__tostring" } },
     ["c:"] = { has = { "get", "put", "delete", "wait", "list", "group_path" },
                hidden = { "fetch_token", "exchange", "retrying", "own_url", "poll", "forget_token", "url" } },
-    ["n."] = { has = { "tcp", "tls", "certs", "ntls_log" }, hidden = {} },
+    ["n."] = { has = { "tcp", "tls", "certs", "same_cert" }, hidden = {} },
     ["lib:"] = { has = { "find_token", "tokens", "slots", "open", "info" }, hidden = { "open_slot" } },
     ["ps:"] = { has = { "login", "sign", "generate_ec", "find" }, hidden = { "generate_key", "generate_key_pair", "guard_key" } },
   }

@@ -32,3 +32,16 @@ t.test("scratch_dir: a subfolder left inside stays, and so does the folder (noth
   t.eq(util.read_file(path .. "/sub/f"), "x", "the subfolder stays")
   os.execute("rm -rf " .. util.shell_quote(path))
 end)
+
+t.test("backoff: Retry-After when given, else exponential up to the cap, jittered within [half, all]", function()
+  t.eq(util.backoff(3, { base = 10, retry_after = 7 }), 7)
+  t.eq(util.backoff(3, { base = 10, retry_after = "7" }), 7)
+  for n = 1, 6 do
+    local step = math.min(30, 0.5 * 2 ^ (n - 1))
+    for _ = 1, 20 do
+      local b = util.backoff(n, { base = 0.5, cap = 30 })
+      t.ok(b >= step / 2 and b <= step, ("attempt %d: %g not in [%g, %g]"):format(n, b, step / 2, step))
+    end
+  end
+  t.eq(util.backoff(4, { base = 0 }), 0)
+end)

@@ -23,9 +23,7 @@ local M = {}
 M.STATUS = { OK = 0, WARN = 1, FAIL = 2 }
 M.ORDER = { "FAIL", "WARN", "OK" }
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 local Set = {}
 Set.__index = Set

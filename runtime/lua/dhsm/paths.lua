@@ -1,8 +1,10 @@
 -- dhsm.paths: where modules and playbooks are looked up.
 --
--- User folders (-I DIR, then $DHSM_PATH) come first, then what is embedded
--- in the binary.  In a user folder, module a.b is a/b.lua (or a/b/init.lua)
--- and playbook P is P.lua or playbooks/P.lua.
+-- User folders (-I DIR, then $DHSM_PATH) come first for playbooks, then
+-- what is embedded in the binary.  In a user folder, module a.b is a/b.lua
+-- (or a/b/init.lua) and playbook P is P.lua or playbooks/P.lua; a module
+-- named dhsm or dhsm.* is never looked for there (runtime/state.c: dhsm's
+-- own modules cannot be shadowed).
 local sys = require "dhsm.sys"
 
 local M = { dirs = {} }

@@ -41,9 +41,7 @@ local util = require "dhsm.util"
 
 local M = {}
 
-local function usage(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage = dhsm.usage
 
 ---------------------------------------------------------------------------
 -- loading and describing

@@ -1,4 +1,6 @@
--- dhsm.testrun: what `dhsm test [PATHS]` does.
+-- dhsm.testrun: what `dhsm test [PATHS]` does.  Each file runs with its
+-- own folder and the nearest folder above holding a support/ folder on
+-- package.path (M.search_path).
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
 local t = require "dhsm.test"
@@ -59,6 +61,30 @@ local function report_failure(file, test, err, tb, verbose)
     verbose and short_traceback(tb) or ""))
 end
 
+local function is_dir(path)
+  local st = sys.stat(path)
+  return st ~= nil and st.type == "dir"
+end
+
+-- search_path(file, base) -> package.path for a test file: its own folder,
+-- and the nearest folder at or above it that holds a support/ folder, so
+-- `require "support.estate"` finds the shared helpers from any test
+-- folder without a preamble of its own.
+function M.search_path(file, base)
+  local dir = file:match("^(.*)/[^/]*$") or "."
+  local parts = { dir .. "/?.lua" }
+  local up = dir
+  while up do
+    if is_dir(up .. "/support") then
+      if up ~= dir then parts[#parts + 1] = up .. "/?.lua" end
+      break
+    end
+    up = up:match("^(.+)/[^/]+$")          -- the folder above, while the path names one
+  end
+  parts[#parts + 1] = base
+  return table.concat(parts, ";")
+end
+
 function M.run(paths, opts)
   opts = opts or {}
   if #paths == 0 then paths = { "tests/lua" } end
@@ -67,8 +93,7 @@ function M.run(paths, opts)
   local base_path = package.path
   local passed, failed, skipped = 0, 0, 0
   for _, file in ipairs(files) do
-    local dir = file:match("^(.*)/[^/]*$") or "."
-    package.path = dir .. "/?.lua;" .. base_path
+    package.path = M.search_path(file, base_path)
     t.registered = {}
     local chunk, err = loadfile(file, "t")
     local ok = chunk ~= nil

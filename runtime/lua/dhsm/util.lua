@@ -127,7 +127,7 @@ function M.native(natives, name)
 end
 
 -- sealed(t) -> a read-only view of t and of the tables in it, for the
--- modules a safety rule consults (dhsm.luna.guard, dhsm.luna.cli): a
+-- modules a safety rule consults (dhsm.guard, dhsm.guard.commands): a
 -- runbook that assigns to them gets an error, not a weaker rule.  (rawset
 -- and the debug library still reach anything: this is not a sandbox.)
 function M.sealed(t)
@@ -191,6 +191,19 @@ function M.same(a, b)
   for k, v in pairs(a) do if not M.same(v, b[k]) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
+end
+
+-- backoff(attempt, {base=, cap=, retry_after=}) -> seconds to wait before
+-- attempt+1: the server's Retry-After when it gave one (a number of
+-- seconds), else base * 2^(attempt-1), at most cap, with equal jitter -
+-- between half and all of it - so that clients turned away together do
+-- not all come back together.  The one back-off of dhsm: ARM requests
+-- (base 0.5 s, cap 30 s) and provision's redeploys (base from -e backoff).
+function M.backoff(attempt, o)
+  local ra = tonumber(o.retry_after)
+  if ra then return ra end
+  local step = math.min(o.cap or math.huge, (o.base or 1) * 2 ^ (attempt - 1))
+  return step / 2 + math.random() * step / 2
 end
 
 -- "3.2 s", "4 min 12 s", "2 h 5 min"

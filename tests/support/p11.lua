@@ -16,7 +16,7 @@
 local t = require "dhsm.test"
 local dhsm = require "dhsm"
 local pkcs11 = require "dhsm.pkcs11"
-local guard = require "dhsm.luna.guard"
+local guard = require "dhsm.guard"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 

@@ -7,11 +7,12 @@
 --   dhsm.error{kind=, code=, message=, retryable=, details=}   raise a dhsm error
 --   dhsm.error.new{...} / dhsm.error.is(v, kind)
 --   dhsm.try(fn, ...)              true, results... | false, err (always a dhsm error)
+--   dhsm.usage(fmt, ...)           raise bad input (kind "usage", exit 2); dhsm.usage_in(where) prefixes it
 --   dhsm.semaphore(n)              :run(fn, ...) with at most n at once
 --   dhsm.check_mode                true under --check: mutations only say what they would do
 --   dhsm.would(what)               (modules, in check mode) report a mutation not made
 --   dhsm.confirm{target=, action=} (modules) before a destructive call outside a playbook step
---   dhsm.inventory()               the inventory of `dhsm exec -i`/the REPL (dhsm.globals), or nil
+--   dhsm.inventory()               the inventory of `dhsm exec -i`/the REPL (dhsm.cli.globals), or nil
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
 local core = require "dhsm.core"
 local errors = require "dhsm.errors"
@@ -26,7 +27,7 @@ local M = {
   verbose = false,
   secret = require "dhsm.secret",
   audit = require "dhsm.audit",
-  inventory = function() return nil end,   -- dhsm.globals sets it for exec and the REPL
+  inventory = function() return nil end,   -- dhsm.cli.globals sets it for exec and the REPL
 }
 
 M.version = require("dhsm.sys").versions().dhsm
@@ -39,8 +40,16 @@ M.error = setmetatable({
   __call = function(_, t) error(errors.new(t), 2) end,
 })
 
+-- usage(fmt, ...): raise bad input ("usage", exit status 2), the message
+-- formatted - the one way every module says "you gave me the wrong thing".
+-- usage_in(where) -> such a function whose messages start "where: ".
 local function usage(fmt, ...)
-  error(errors.new { kind = "usage", message = fmt:format(...) }, 3)
+  error(errors.new { kind = "usage", message = fmt:format(...) }, 2)
+end
+M.usage = usage
+
+function M.usage_in(where)
+  return function(fmt, ...) usage("%s: %s", where, fmt:format(...)) end
 end
 
 function M.try(fn, ...)

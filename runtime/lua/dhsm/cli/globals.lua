@@ -1,4 +1,4 @@
--- dhsm.globals: what a runbook (`dhsm exec`) and the REPL find ready, one
+-- dhsm.cli.globals: what a runbook (`dhsm exec`) and the REPL find ready, one
 -- code path for both:
 --   secret              dhsm.secret
 --   inv                 the inventory (-i FILE or $DHSM_INVENTORY), validated

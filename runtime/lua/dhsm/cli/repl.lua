@@ -1,4 +1,4 @@
--- dhsm.repl: the console (`dhsm repl [-i inventory.json]`).
+-- dhsm.cli.repl: the console (`dhsm repl [-i inventory.json]`).
 --
 -- Input works like lua.c: an expression prints its value ("return" is
 -- tried first), an incomplete statement continues on a second prompt,
@@ -112,7 +112,7 @@ end
 -- the environment: inv, az, hsm "name", p11
 
 local function install_globals(session, inventory_path)
-  local ok, inv = pcall(require("dhsm.globals").install, inventory_path)
+  local ok, inv = pcall(require("dhsm.cli.globals").install, inventory_path)
   if not ok then cli.report(inv) return end
   session.inv = inv
 end

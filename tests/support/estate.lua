@@ -15,7 +15,7 @@ local M = {}
 M.__index = M
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/support/[^/]*$")
-M.launcher = here .. "/../sim/estate"
+M.launcher = here .. "/sim/estate"
 
 -- start{set = {knob = value}, args = "extra launcher arguments"}
 function M.start(opts)

@@ -1,7 +1,7 @@
--- dhsm.net.ntls: the certificate exchange between a Luna client and one
+-- dhsm.client.ntls: the certificate exchange between a Luna client and one
 -- appliance (the guide's "NTLS" section), diagnosed and repaired.
 --
---   local ntls = require "dhsm.net.ntls"
+--   local ntls = require "dhsm.client.ntls"
 --   local d = ntls.diagnose(entry, client, session)   -- client: ntls.client(inventory)
 --   --> {tcp=, tls=, server_changed=, ntls_stale=, client_name=, registered=, client_rejected=,
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
@@ -53,10 +53,7 @@ end
 -- vtl_verify(client) -> {ok=, partitions = {{slot=, serial=, label=}}, text=}
 function M.vtl_verify(client)
   local r = vtl(client, "verify")
-  local parts = {}
-  for slot, serial, label in r.stdout:gmatch("\n%s*(%d+)%s+(%d+)%s+(%S+)") do
-    parts[#parts + 1] = { slot = tonumber(slot), serial = serial, label = label }
-  end
+  local parts = parse.vtl_verify(r.stdout)
   return { ok = not r.failed and #parts > 0, partitions = parts, text = r.stdout, error = r.failed }
 end
 
@@ -110,7 +107,7 @@ local function handshake_lines(session, before, tls)
   local deadline = dhsm.now() + M.LOG_WAIT
   while true do
     local lines = since(before, syslog(session, 50))
-    for _, a in ipairs(net.ntls_log(lines).attempts) do
+    for _, a in ipairs(parse.ntls_log(lines).attempts) do
       if peer and a.peer:sub(-#peer) == peer and a.removed then return lines, a end
     end
     if dhsm.now() >= deadline then return lines, nil end
@@ -192,7 +189,7 @@ function M.inspect(entry, client, session, opts)
   d.last_attempts = {}
   local own = {}
   for _, port in ipairs(opts.own_ports or {}) do own[tostring(port)] = true end
-  for _, a in ipairs(net.ntls_log(d.syslog).attempts) do
+  for _, a in ipairs(parse.ntls_log(d.syslog).attempts) do
     local ip, port = a.peer:match("^(.*)/(%d+)$")
     ip = ip or a.peer
     if not own[port] and a.outcome ~= "pending" and a.outcome ~= "removed" and a.outcome ~= "probe" then

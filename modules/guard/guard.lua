@@ -1,4 +1,4 @@
--- dhsm.luna.guard: the failed-login rule (troubleshooting guide, "Failed Logins").
+-- dhsm.guard: the failed-login rule (troubleshooting guide, "Failed Logins").
 --
 --   HSM SO 3 -> HSM zeroized; Partition SO 10 -> partition zeroized;
 --   Auditor 10 -> locked 10 minutes; Crypto Officer 10 -> locked out

@@ -12,7 +12,7 @@ local M = {}
 
 local GLOBAL_OPTIONS = {
   { "-i", "--inventory", arg = "FILE", help = "inventory of the environment (JSON); default $DHSM_INVENTORY" },
-  { "-I", "--include", arg = "DIR", help = "look for playbooks and modules in DIR first (repeatable; also $DHSM_PATH)" },
+  { "-I", "--include", arg = "DIR", help = "look for playbooks in DIR first, and your own modules (not dhsm.*) (repeatable; also $DHSM_PATH)" },
   { nil, "--audit", arg = "FILE", help = "audit log; default $DHSM_AUDIT or $XDG_STATE_HOME/dhsm/audit.jsonl" },
   { "-v", "--verbose", help = "more detail, and tracebacks with errors" },
   { "-h", "--help", help = "show help and exit" },
@@ -75,12 +75,10 @@ own runbooks the same way.]],
 local by_name = {}
 for _, c in ipairs(M.commands) do by_name[c.name] = c end
 
-local function usage_error(fmt, ...)
-  dhsm.error { kind = "usage", message = fmt:format(...) }
-end
+local usage_error = dhsm.usage
 
 ---------------------------------------------------------------------------
--- help text (also rendered as the man page)
+-- help text (the man page is docs/cli.md, made into docs/dhsm.1 by tools/man.lua)
 
 local function option_label(o)
   local names = o[1] and (o[1] .. ", " .. o[2]) or ("    " .. o[2])
@@ -121,39 +119,6 @@ function M.help_text(cmd)
   out[#out + 1] = ""
   out[#out + 1] = "exit status: 0 ok, 1 failed, 2 usage or bad input, 3 refused by a safety rule, 130 interrupted"
   out[#out + 1] = "'dhsm COMMAND --help' describes a command."
-  return table.concat(out, "\n")
-end
-
-local function roff(s)
-  return (s:gsub("\\", "\\e"):gsub("^([.'])", "\\&%1"):gsub("\n([.'])", "\n\\&%1"):gsub("%-", "\\-"))
-end
-
-function M.man_page()
-  local out = {
-    '.TH DHSM 1 "" "dhsm ' .. dhsm.version .. '" "User Commands"',
-    ".SH NAME", "dhsm \\- automation for Azure Dedicated HSM",
-    ".SH SYNOPSIS", ".B dhsm", "[OPTIONS] COMMAND [ARGS]",
-    ".SH DESCRIPTION", roff(M.help_text():match("\n\n(.-)\n\ncommands:")),
-    ".SH OPTIONS",
-  }
-  local function opts(list)
-    for _, o in ipairs(list) do
-      out[#out + 1] = ".TP"
-      out[#out + 1] = ".B " .. roff(option_label(o))
-      out[#out + 1] = roff(o.help)
-    end
-  end
-  opts(GLOBAL_OPTIONS)
-  out[#out + 1] = ".SH COMMANDS"
-  for _, c in ipairs(M.commands) do
-    out[#out + 1] = ".SS " .. roff("dhsm " .. c.usage)
-    out[#out + 1] = roff(c.text)
-    opts(c.options)
-  end
-  out[#out + 1] = ".SH EXIT STATUS"
-  out[#out + 1] = "0 ok, 1 failed, 2 usage or bad input, 3 refused by a safety rule, 130 interrupted."
-  out[#out + 1] = ".SH ENVIRONMENT"
-  out[#out + 1] = "DHSM_PATH, DHSM_INVENTORY, DHSM_AUDIT, XDG_STATE_HOME, NO_COLOR."
   return table.concat(out, "\n")
 end
 
@@ -269,10 +234,6 @@ local function cmd_version()
 end
 
 local function cmd_help(opts, pos)
-  if opts.man then
-    out:write(M.man_page(), "\n")
-    return 0
-  end
   local name = pos[1]
   if name == nil then
     out:write(M.help_text(), "\n")
@@ -383,7 +344,7 @@ local function cmd_exec(opts, pos)
   local argt = { [0] = opts.code and "-e" or name }
   for i, a in ipairs(pos) do argt[i] = a end
   _G.arg = argt
-  require("dhsm.globals").install(opts.inventory)
+  require("dhsm.cli.globals").install(opts.inventory)
   dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
   -- With --json, stdout carries only the document: the runbook's prints go to stderr.
   local real_stdout = opts.json and assert(sys.stdout_to_stderr())
@@ -402,7 +363,7 @@ local function cmd_test(opts, pos)
 end
 
 local function cmd_repl(opts)
-  return require("dhsm.repl").run { inventory = opts.inventory }
+  return require("dhsm.cli.repl").run { inventory = opts.inventory }
 end
 
 local handlers = {
@@ -474,7 +435,6 @@ local function dispatch(args)
     usage_error("no command given; see 'dhsm --help'")
   end
   local specs = M.command(name).options
-  if name == "help" then specs = { { nil, "--man", help = "" } } end
   local opts, pos = parse(rest, 2, specs, name, name == "exec")
   for k, v in pairs(gopts) do
     if k == "include" then

@@ -1,7 +1,7 @@
--- dhsm.luna.ha: a Luna client's HA groups, as the troubleshooting guide's
+-- dhsm.client.ha: a Luna client's HA groups, as the troubleshooting guide's
 -- "HA group" section checks and repairs them.
 --
---   local ha = require "dhsm.luna.ha"
+--   local ha = require "dhsm.client.ha"
 --   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
 --   c.timeout = 10                                 -- seconds a lunacm run may take (default 60)
 --   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings

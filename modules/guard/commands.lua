@@ -1,0 +1,221 @@
+-- dhsm.guard.commands: command lines as LunaSH and lunacm read them, for the
+-- safety rules that must recognise a command however it is spelled.  The
+-- appliance's shell (dhsm.luna) and the client's lunacm (dhsm.proc) both
+-- ask here what a line does before they send it.
+--
+--   commands.lunash("par cr -par p1")        --> "write", "partition create"
+--   commands.LUNASH_DESTRUCTIVE["hsm zeroize"] --> true (confirmed outside playbook steps)
+--   commands.lunacm({"role", "login", "-n", "co"})  --> "login:co", "role login", "co"
+--   commands.lunacm_words(argv)              --> the words after -c, or nil (commands on stdin)
+--   commands.is_lunacm(argv)                 --> whether argv runs lunacm
+--   commands.words("hsm 'login' -p x")       --> { "hsm", "login", "-p", "x" }
+--   commands.readings(words, tree)           --> { {family=, sub=, at=}, ... }
+--   commands.most(readings, verb_of, rank)   --> the most dangerous verb, its name
+--   commands.option(words, from, "slot", "sl") --> the value of -slot (or -sl, -slo)
+--
+-- Both shells split a line into words (quotes group, backslashes escape),
+-- take command words and options case-insensitively and abbreviated to any
+-- unambiguous prefix (an exact name wins), and take options after the
+-- command words.  For a guard, a line means every command it could mean:
+-- readings() lists them all - each abbreviation's every completion, and,
+-- when an option comes first, both its value and the word after it as the
+-- command word - so the caller can act on the most dangerous one.
+local M = {}
+
+-- Quotes and backslashes dropped: the same words, or a quoted one split
+-- in two; never a word hidden.
+function M.words(line)
+  local out = {}
+  for w in line:gsub("[\"'\\]", ""):gmatch("%S+") do out[#out + 1] = w end
+  return out
+end
+
+function M.is_option(word)
+  return word:sub(1, 1) == "-"
+end
+
+-- The names `word` may stand for in `choices` (a table keyed by lower-case
+-- name): itself when exact, else every name it abbreviates.
+function M.meanings(word, choices)
+  word = word:lower()
+  if choices[word] then return { word } end
+  local found = {}
+  for name in pairs(choices) do
+    if name:sub(1, #word) == word then found[#found + 1] = name end
+  end
+  table.sort(found)
+  return found
+end
+
+-- The positions of the words the shell could read as the next command
+-- word, from `from` on: a word right after an option may be its value or
+-- the command word, so both are kept, up to the first that can only be the
+-- command word.
+local function next_words(words, from)
+  local out = {}
+  for i = from, #words do
+    if not M.is_option(words[i]) then
+      out[#out + 1] = i
+      if i == from or not M.is_option(words[i - 1]) then break end
+    end
+  end
+  return out
+end
+
+-- readings(words, tree) -> every {family=, sub=, at=} the words could mean;
+-- tree = { family = { sub = verb, ... }, ... }.  family is nil for an
+-- unknown command, sub nil when none is known; at is the sub's position.
+function M.readings(words, tree)
+  local out = {}
+  for _, f in ipairs(next_words(words, 1)) do
+    local families = M.meanings(words[f], tree)
+    if #families == 0 then out[#out + 1] = {} end
+    for _, family in ipairs(families) do
+      local subs = next_words(words, f + 1)
+      if #subs == 0 then out[#out + 1] = { family = family } end
+      for _, s in ipairs(subs) do
+        local names = M.meanings(words[s], tree[family])
+        if #names == 0 then out[#out + 1] = { family = family } end
+        for _, sub in ipairs(names) do out[#out + 1] = { family = family, sub = sub, at = s } end
+      end
+    end
+  end
+  return out
+end
+
+-- most(readings, verb_of, rank [, prefer]) -> the verb and name of the most
+-- dangerous reading: verb_of(reading) -> verb, name; rank(verb) -> number;
+-- prefer(name) breaks a tie.  nil when there is no reading.
+function M.most(readings, verb_of, rank, prefer)
+  local verb, what
+  for _, r in ipairs(readings) do
+    local v, w = verb_of(r)
+    if verb == nil or rank(v) > rank(verb)
+      or (rank(v) == rank(verb) and prefer and prefer(w) and not prefer(what)) then
+      verb, what = v, w
+    end
+  end
+  return verb, what
+end
+
+-- option(words, name) -> the value of option -name (abbreviated or not,
+-- from `short` on) after position `from`, or nil
+function M.option(words, from, name, short)
+  for i = from, #words - 1 do
+    local w = words[i]:lower():match("^%-(.+)$")
+    if w and #w >= #short and name:sub(1, #w) == w then return words[i + 1] end
+  end
+end
+
+---------------------------------------------------------------------------
+-- LunaSH, the appliance's shell
+
+-- verb per "family subcommand": read | write | login:<role> | reboot | network.
+-- login:unsupported: a command that submits a role's password which the
+-- guard cannot count over LunaSH (partition roles go through dhsm.pkcs11).
+local LUNASH = {
+  hsm = { show = "read", showpolicies = "read", login = "login:so", logout = "write", init = "write",
+    zeroize = "write", factoryreset = "write", changepolicy = "write", changepw = "login:unsupported" },
+  audit = { show = "read", login = "login:audit", logout = "write", init = "write", changepw = "login:unsupported" },
+  partition = { list = "read", show = "read", create = "write", delete = "write",
+    showcontents = "login:unsupported", changepw = "login:unsupported" },
+  role = { login = "login:unsupported", show = "read", logout = "write" },
+  client = { list = "read", show = "read", register = "write", delete = "write", assignpartition = "write",
+    revokepartition = "write", hostip = "write" },
+  ntls = { show = "read", bind = "write", ipcheck = "write" },
+  network = { show = "read", interface = "network", hostname = "network", route = "network", dns = "network" },
+  syslog = { tail = "read", show = "read" },
+  package = { list = "read", update = "write" },
+  service = { status = "read", start = "write", stop = "write", restart = "write" },
+  status = { date = "read", interface = "read", sensors = "read" },
+  sysconf = { regencert = "write", reboot = "reboot", poweroff = "reboot", appliance = "reboot" },
+}
+
+local LUNASH_RANK = { read = 1, write = 2, network = 3, reboot = 4, login = 5 }
+
+local function lunash_rank(verb)
+  return LUNASH_RANK[verb:match("^[^:]+")]
+end
+
+-- verb of one reading: family and subcommand as LunaSH would resolve them
+local function lunash_verb(family, sub, after)
+  local verb = LUNASH[family][sub]
+  if family == "ntls" and sub == "ipcheck" and after and after:lower() == "show" then verb = "read" end
+  if family == "sysconf" and sub == "appliance" and after and after:lower():match("^sh") then verb = "read" end
+  return verb
+end
+
+-- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
+-- `sysconf regenCert` replaces the NTLS certificate every client trusts:
+-- each client must then re-exchange certificates (guide, NTLS).
+M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
+  ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
+  ["sysconf regencert"] = true }
+
+-- lunash(line) -> verb, "family sub": of every way LunaSH could read the
+-- line, the most dangerous: a line that could be a login is a login.
+-- Unknown commands are writes.
+function M.lunash(line)
+  local words = M.words(line)
+  local verb, what = M.most(M.readings(words, LUNASH), function(r)
+    if r.sub then return lunash_verb(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
+    return "write", r.family or line
+  end, lunash_rank, function(w) return M.LUNASH_DESTRUCTIVE[w] end)
+  if verb == nil then return "write", line end
+  return verb, what
+end
+
+---------------------------------------------------------------------------
+-- lunacm, the client's tool
+
+-- verb per "family subcommand": read | write | login:name (the role of
+-- -name) | login:co | login:members (the CO of every member of -group) |
+-- login:unsupported
+local LUNACM = {
+  role = { login = "login:name", changepw = "login:name", logout = "write", show = "read", resetpw = "write",
+    init = "write" },
+  hagroup = { creategroup = "login:co", addmember = "login:co", synchronize = "login:members",
+    listgroups = "read", removemember = "write", deletegroup = "write", recover = "write", retry = "write",
+    interval = "write", haonly = "write", addstandby = "write", recoverymode = "write" },
+  slot = { list = "read", set = "write" },
+  partition = { init = "write", changepolicy = "write", show = "read", showpolicies = "read" },
+}
+local LUNACM_ROLES = { so = "pso", po = "pso", co = "co", cu = "co" }
+local LUNACM_RANK = { read = 1, write = 2, login = 3 }
+
+-- Commands whose secret on stdin is a new password, not a login.
+M.LUNACM_NEW_PASSWORD = { ["role resetpw"] = true, ["role init"] = true, ["partition init"] = true }
+
+function M.is_lunacm(argv)
+  return type(argv) == "table" and type(argv[1]) == "string" and argv[1]:match("[^/]*$"):lower():find("^lunacm") ~= nil
+end
+
+-- The words after -c, or nil when lunacm would read commands on stdin.
+function M.lunacm_words(argv)
+  for i = 2, #argv do
+    if tostring(argv[i]):lower() == "-c" then
+      local words = {}
+      for j = i + 1, #argv do
+        for _, w in ipairs(M.words(tostring(argv[j]))) do words[#words + 1] = w end
+      end
+      return words
+    end
+  end
+end
+
+-- lunacm(words) -> verb, "family sub", role (pso | co | members) for a login
+function M.lunacm(words)
+  local verb, what = M.most(M.readings(words, LUNACM), function(r)
+    if not r.sub then return "write", r.family or table.concat(words, " ") end
+    local v = LUNACM[r.family][r.sub]
+    if v == "login:name" then
+      local name = M.option(words, r.at + 1, "name", "n")
+      v = "login:" .. (name and LUNACM_ROLES[name:lower()] or "unsupported")
+    end
+    return v, r.family .. " " .. r.sub
+  end, function(v) return LUNACM_RANK[v:match("^[^:]+")] end)
+  verb = verb or "write"
+  return verb, what or table.concat(words, " "), verb:match("^login:(.+)$")
+end
+
+return require("dhsm.util").sealed(M)
