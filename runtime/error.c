@@ -1,6 +1,7 @@
 /*
-** error.c - dhsm error objects (see include/dhsm/error.h) and the Lua
-** functions behind dhsm.error.
+** error.c - dhsm error objects (see include/dhsm/error.h), the Lua
+** functions behind dhsm.error, and the exit status each kind of error
+** ends the program with (dhsm_exit_status: main.c and the CLI alike).
 */
 #include <stdarg.h>
 #include <string.h>
@@ -77,6 +78,15 @@ int dhsm_error_is(lua_State *L, int idx, const char *kind) {
   return match;
 }
 
+int dhsm_exit_status(lua_State *L, int idx) {
+  static const struct { const char *kind; int status; } by_kind[] = {
+    {"usage", DHSM_EXIT_USAGE}, {"safety", DHSM_EXIT_SAFETY}, {"interrupted", DHSM_EXIT_INTERRUPTED},
+  };
+  for (size_t i = 0; i < sizeof by_kind / sizeof by_kind[0]; i++)
+    if (dhsm_error_is(L, idx, by_kind[i].kind)) return by_kind[i].status;
+  return DHSM_EXIT_FAILED;
+}
+
 /* error.new{kind=, message=, code=, retryable=, details=, ...} */
 static int errors_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -129,10 +139,17 @@ static int errors_normalize(lua_State *L) {
   return 1;
 }
 
+/* error.exit_status(v) -> the status dhsm exits with when v ends it
+** (the CLI and the REPL ask here, so the map is main.c's too) */
+static int errors_exit_status(lua_State *L) {
+  lua_pushinteger(L, dhsm_exit_status(L, 1));
+  return 1;
+}
+
 int luaopen_dhsm_errors(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"new", errors_new}, {"is", errors_is}, {"normalize", errors_normalize},
-    {NULL, NULL}
+    {"exit_status", errors_exit_status}, {NULL, NULL}
   };
   luaL_newlib(L, funcs);
   push_error_mt(L);

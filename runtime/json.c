@@ -1,5 +1,13 @@
 /*
-** json.c - JSON writing for audit records (see json.h).
+** json.c - JSON writing for audit records (see json.h), and a secret
+** taken out of a JSON document (include/dhsm/json.h).
+**
+** JSON knows secrets, secrets know nothing of JSON: this file calls
+** secret.c (dhsm_is_secret to write "<secret>", dhsm_secret_push to make
+** the field it took out a secret) and secret.c calls nothing here.  That
+** way round because a secret is the lower thing, a value type any module
+** uses; a format that must handle secrets belongs above it, as the audit
+** log and the HTTP and process readers do.
 */
 #include <math.h>
 #include <stdio.h>
@@ -349,4 +357,15 @@ int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_
     dhsm_buf_free(rest);
   }
   return found;
+}
+
+int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
+                                const char *field, const char *origin) {
+  dhsm_buf value = {0}, rest = {0};
+  if (!dhsm_json_take_string(json ? json : "", json ? len : 0, field, &value, &rest)) return 0;
+  dhsm_secret_push(L, value.p ? value.p : "", value.len, origin);
+  dhsm_buf_free(&value);
+  lua_pushlstring(L, rest.p, rest.len);
+  dhsm_buf_free(&rest);
+  return 1;
 }

@@ -1,19 +1,22 @@
 /*
-** json.h - a small JSON writer for the audit log and journals.
+** json.h - a small JSON writer for the audit log and journals, and the
+** one JSON reader in C: taking a secret field out of a document (its
+** module-facing half is include/dhsm/json.h).
 **
 ** Reading JSON is cjson's job; writing goes through here because audit
 ** records need what cjson cannot do: secrets written as "<secret>",
 ** values under secret-looking names redacted (audit log only), invalid UTF-8 escaped
 ** instead of refused, and no Lua error half-way through a record.
 */
-#ifndef DHSM_JSON_H
-#define DHSM_JSON_H
+#ifndef DHSM_RUNTIME_JSON_H
+#define DHSM_RUNTIME_JSON_H
 
 #include <stddef.h>
 #include <time.h>
 #include <lua.h>
 
 #include "dhsm/buf.h"
+#include "dhsm/json.h"    /* what modules may use: a secret field, a key named */
 
 /* Append s as a JSON string literal (quotes included). */
 void dhsm_json_string(dhsm_buf *b, const char *s, size_t n);
@@ -48,11 +51,6 @@ int dhsm_json_hides(lua_State *L, const char *key, int idx);
 ** Lua string: push it with dhsm_secret_push.  Reading JSON is otherwise
 ** cjson's job; this exists only for secrets. */
 int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest);
-
-/* Whether json[0..len) names `field` as a key ("field" followed by a
-** colon) anywhere, nested or not.  A document whose secret field could
-** not be taken out must then be withheld whole: it may hold the secret. */
-int dhsm_json_names_key(const char *json, size_t len, const char *field);
 
 /* Format t as RFC 3339 UTC with milliseconds: 2026-11-28T09:33:59.123Z */
 void dhsm_rfc3339(char out[32], const struct timespec *t);

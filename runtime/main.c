@@ -16,16 +16,16 @@ static const char boot[] = "return require('dhsm.cli').main(...)";
 
 /* Only a real bug gets here: cli.main reports what it expects itself. */
 static int report_failure(lua_State *L) {
-  if (dhsm_error_is(L, -1, "interrupted")) {
+  int status = dhsm_exit_status(L, -1);
+  if (status == DHSM_EXIT_INTERRUPTED) {
     fputs("dhsm: interrupted\n", stderr);
-    return 130;
+    return status;
   }
-  int code = dhsm_error_is(L, -1, "usage") ? 2 : dhsm_error_is(L, -1, "safety") ? 3 : 1;
   fprintf(stderr, "dhsm: %s\n", luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
-  if (code == 1 && lua_getfield(L, LUA_REGISTRYINDEX, "dhsm.last_traceback") == LUA_TSTRING)
+  if (status == DHSM_EXIT_FAILED && lua_getfield(L, LUA_REGISTRYINDEX, "dhsm.last_traceback") == LUA_TSTRING)
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
-  return code;
+  return status;
 }
 
 int main(int argc, char **argv) {

@@ -53,6 +53,19 @@ extern const size_t dhsm_embedded_count;
 
 const dhsm_embedded *dhsm_embedded_find(char kind, const char *name);
 
+/* ---- errors (error.c) ---- */
+
+/* The exit statuses of the program (docs/cli.md): a failure, bad input,
+** a refusal by a safety rule, Ctrl-C. */
+enum {
+  DHSM_EXIT_FAILED = 1, DHSM_EXIT_USAGE = 2, DHSM_EXIT_SAFETY = 3, DHSM_EXIT_INTERRUPTED = 130
+};
+
+/* The exit status for the error at idx, by its kind: the one map from
+** kinds to statuses, for main.c and (errors.exit_status) the CLI.  Any
+** value that is not a usage, safety or interrupted error is a failure. */
+int dhsm_exit_status(lua_State *L, int idx);
+
 /* ---- module openers of the runtime ---- */
 
 int luaopen_dhsm_secret(lua_State *L);

@@ -9,6 +9,10 @@
 **
 ** tostring() is "<secret>", concatenation is refused, the bytes are wiped
 ** on close/gc.  Only native modules read them (dhsm_secret_check).
+**
+** This file knows nothing of JSON: json.c is the one that knows both (it
+** writes secrets as "<secret>" and makes a JSON field a secret with
+** dhsm_secret_push), so the dependency goes json.c -> secret.c only.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +27,6 @@
 #include <lauxlib.h>
 
 #include "dhsm/dhsm.h"
-#include "json.h"
 #include "runtime.h"
 
 #define SECRET_MAX (64 * 1024)
@@ -76,17 +79,6 @@ void dhsm_secret_push(lua_State *L, const char *bytes, size_t len,
                       const char *origin) {
   secret *s = new_secret(L, origin);
   secret_adopt(s, copy_bytes(L, bytes, len), len);
-}
-
-int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
-                                const char *field, const char *origin) {
-  dhsm_buf value = {0}, rest = {0};
-  if (!dhsm_json_take_string(json ? json : "", json ? len : 0, field, &value, &rest)) return 0;
-  dhsm_secret_push(L, value.p ? value.p : "", value.len, origin);
-  dhsm_buf_free(&value);
-  lua_pushlstring(L, rest.p, rest.len);
-  dhsm_buf_free(&rest);
-  return 1;
 }
 
 /* ---- sources ---------------------------------------------------------- */

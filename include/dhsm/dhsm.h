@@ -12,6 +12,7 @@
 #include "dhsm/error.h"
 #include "dhsm/loop.h"
 #include "dhsm/secret.h"
+#include "dhsm/json.h"
 #include "dhsm/audit.h"
 #include "dhsm/buf.h"
 

@@ -32,13 +32,6 @@ int dhsm_is_secret(lua_State *L, int idx);
 void dhsm_secret_push(lua_State *L, const char *bytes, size_t len,
                       const char *origin);
 
-/* Push the string field `field` of the JSON object json[0..len) as a new
-** secret, and push the document with that value replaced by null (a Lua
-** string, safe to decode and show).  The value is decoded in C and never
-** exists as a Lua string.  Returns 1 with both pushed; 0 with nothing
-** pushed when the text is not a JSON object with that field as a string.
-** [-0,+2|0,m] */
-int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
-                                const char *field, const char *origin);
+/* A secret inside a JSON document: see dhsm/json.h. */
 
 #endif

@@ -28,7 +28,6 @@
 #include <lauxlib.h>
 
 #include "dhsm/dhsm.h"
-#include "json.h"
 
 #define SESSION_MT "dhsm.azure.session"
 #define TRANSFER_MT "dhsm.azure.transfer"

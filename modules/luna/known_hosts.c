@@ -1,5 +1,7 @@
 /*
-** known_hosts.c - OpenSSH known_hosts markers for dhsm.luna.ssh.
+** known_hosts.c - the OpenSSH files dhsm.luna.ssh reads itself: known_hosts
+** (markers, and the host key algorithms to ask for) and, with the same
+** bounded base64 decoder, the type of a private key file.
 **
 ** libssh2 (1.10) reads "@revoked" and "@cert-authority" lines as if the
 ** marker were a host name, or stops reading at them; either way a key
@@ -11,6 +13,7 @@
 */
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -62,18 +65,26 @@ static int hashed_match(const char *entry, size_t n, const char *name) {
   return (int)glen == wlen && memcmp(got, want, glen) == 0;
 }
 
-/* Does the host field (comma-separated patterns) name `name`? A matching
-** negated pattern (!pat) excludes it whatever else matches. */
-static int hosts_match(const char *field, size_t n, const char *name) {
+enum { EXACT_NAMES, PATTERNS };
+
+/* Does the host field (comma-separated names) name `name`?  A hashed
+** field is matched either way.  PATTERNS, as OpenSSH reads a marker line:
+** * and ?, and a matching negated pattern (!pat) excludes the name
+** whatever else matches.  EXACT_NAMES, as libssh2 reads a plain line when
+** it checks the key: no patterns, no negation. */
+static int hosts_match(const char *field, size_t n, const char *name, int how) {
   if (n > 3 && memcmp(field, "|1|", 3) == 0) return hashed_match(field, n, name);
   int matched = 0;
   const char *p = field, *end = field + n;
   while (p < end) {
     const char *comma = memchr(p, ',', (size_t)(end - p));
     const char *stop = comma ? comma : end;
-    int negated = *p == '!';
+    int negated = how == PATTERNS && *p == '!';
     const char *pat = p + negated;
-    if (pat < stop && glob(pat, (size_t)(stop - pat), name)) {
+    size_t plen = (size_t)(stop - pat);
+    int hit = how == PATTERNS ? pat < stop && glob(pat, plen, name)
+                              : plen == strlen(name) && memcmp(pat, name, plen) == 0;
+    if (hit) {
       if (negated) return 0;
       matched = 1;
     }
@@ -90,26 +101,11 @@ static size_t field(const char **p, const char **start) {
   return (size_t)(*p - *start);
 }
 
-static void marker_line(const char *line, int lineno, const char *name, const unsigned char *key,
-                        size_t keylen, kh_markers *m) {
-  const char *p = line, *marker, *hosts, *type, *b64;
-  size_t ml = field(&p, &marker), hl = field(&p, &hosts), tl = field(&p, &type), bl = field(&p, &b64);
-  (void)tl;
-  if (hl == 0 || bl == 0 || !hosts_match(hosts, hl, name)) return;
-  if (ml == 8 && strncasecmp(marker, "@revoked", 8) == 0) {
-    unsigned char blob[8192];
-    int n = kh_unbase64(b64, bl, blob, sizeof blob);
-    if (n > 0 && (size_t)n == keylen && memcmp(blob, key, keylen) == 0 && !m->revoked_line) m->revoked_line = lineno;
-  } else if (ml == 15 && strncasecmp(marker, "@cert-authority", 15) == 0) {
-    m->ca_lines++;
-  }
-}
-
-int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port,
-            const unsigned char *key, size_t keylen, kh_markers *m) {
-  char name[300], line[MAX_LINE];
-  kh_host_name(name, sizeof name, host, port);
-  memset(m, 0, sizeof *m);
+/* Call each(entry, lineno, ctx) for every entry of the known_hosts file at
+** path: leading blanks and the line end taken off; blank lines, comments
+** and lines longer than any real entry skipped.  0, or -1 with errno. */
+static int each_entry(const char *path, void (*each)(const char *, int, void *), void *ctx) {
+  char line[MAX_LINE];
   FILE *f = fopen(path, "r");
   if (f == NULL) return -1;
   int lineno = 0;
@@ -124,9 +120,7 @@ int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
     const char *p = line;
     while (*p == ' ' || *p == '\t') p++;
-    if (*p == '\0' || *p == '#') continue;
-    if (*p == '@') marker_line(p, lineno, name, key, keylen, m);
-    else libssh2_knownhost_readline(kh, p, strlen(p), LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+    if (*p != '\0' && *p != '#') each(p, lineno, ctx);
   }
   int failed = ferror(f);
   fclose(f);
@@ -135,4 +129,163 @@ int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port
     return -1;
   }
   return 0;
+}
+
+/* What kh_load looks for, and where it puts what it finds. */
+typedef struct load_ctx {
+  LIBSSH2_KNOWNHOSTS *kh;
+  char name[300];              /* host:port as known_hosts names it */
+  const unsigned char *key;
+  size_t keylen;
+  kh_markers *m;
+} load_ctx;
+
+static void marker_line(const char *line, int lineno, load_ctx *c) {
+  const char *p = line, *marker, *hosts, *type, *b64;
+  size_t ml = field(&p, &marker), hl = field(&p, &hosts), tl = field(&p, &type), bl = field(&p, &b64);
+  (void)tl;
+  if (hl == 0 || bl == 0 || !hosts_match(hosts, hl, c->name, PATTERNS)) return;
+  if (ml == 8 && strncasecmp(marker, "@revoked", 8) == 0) {
+    unsigned char blob[8192];
+    int n = kh_unbase64(b64, bl, blob, sizeof blob);
+    if (n > 0 && (size_t)n == c->keylen && memcmp(blob, c->key, c->keylen) == 0 && !c->m->revoked_line)
+      c->m->revoked_line = lineno;
+  } else if (ml == 15 && strncasecmp(marker, "@cert-authority", 15) == 0) {
+    c->m->ca_lines++;
+  }
+}
+
+static void load_entry(const char *entry, int lineno, void *ctx) {
+  load_ctx *c = ctx;
+  if (*entry == '@') marker_line(entry, lineno, c);
+  else libssh2_knownhost_readline(c->kh, entry, strlen(entry), LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+}
+
+int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port,
+            const unsigned char *key, size_t keylen, kh_markers *m) {
+  load_ctx c = { .kh = kh, .key = key, .keylen = keylen, .m = m };
+  kh_host_name(c.name, sizeof c.name, host, port);
+  memset(m, 0, sizeof *m);
+  return each_entry(path, load_entry, &c);
+}
+
+/* ---- the host key algorithms to ask for ------------------------------------
+** OpenSSH asks first for the types of the keys known_hosts holds for the
+** host: a Luna 7 appliance offers RSA and ed25519, and the key on file is
+** the one to check.  Only the lines libssh2 then checks the key against
+** count: plain lines (markers are not keys), exact or hashed names. */
+
+/* The types a known key may have, in libssh2's default order (the order
+** of those the file holds none of), and the algorithms that ask for each:
+** an RSA key is checked with any of three signature algorithms. */
+static const struct { const char *type, *algorithms; } KEY_TYPES[] = {
+  {"ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"}, {"ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"},
+  {"ecdsa-sha2-nistp521", "ecdsa-sha2-nistp521"}, {"ssh-ed25519", "ssh-ed25519"},
+  {"ssh-rsa", "rsa-sha2-512,rsa-sha2-256,ssh-rsa"},
+};
+enum { N_KEY_TYPES = sizeof KEY_TYPES / sizeof KEY_TYPES[0] };
+
+typedef struct order_ctx {
+  char name[300];              /* host:port as known_hosts names it */
+  int order[N_KEY_TYPES];      /* indices into KEY_TYPES, first known first */
+  int known, seen[N_KEY_TYPES];
+} order_ctx;
+
+static void order_entry(const char *entry, int lineno, void *ctx) {
+  order_ctx *c = ctx;
+  const char *p = entry, *hosts, *type, *b64;
+  size_t hl = field(&p, &hosts), tl = field(&p, &type), bl = field(&p, &b64);
+  (void)lineno;
+  if (*entry == '@' || bl == 0 || !hosts_match(hosts, hl, c->name, EXACT_NAMES)) return;
+  for (int i = 0; i < N_KEY_TYPES; i++) {
+    if (strlen(KEY_TYPES[i].type) != tl || memcmp(KEY_TYPES[i].type, type, tl) != 0) continue;
+    if (!c->seen[i]) c->order[c->known++] = i;
+    c->seen[i] = 1;
+    return;
+  }
+}
+
+void kh_host_key_algorithms(const char *path, const char *host, int port, char *out, size_t cap) {
+  order_ctx c = { .known = 0 };
+  kh_host_name(c.name, sizeof c.name, host, port);
+  out[0] = '\0';
+  if (each_entry(path, order_entry, &c) < 0 || c.known == 0) return;
+  for (int i = 0; i < N_KEY_TYPES; i++)
+    if (!c.seen[i]) c.order[c.known++] = i;
+  size_t used = 0;
+  for (int i = 0; i < c.known; i++) {
+    const char *algs = KEY_TYPES[c.order[i]].algorithms;
+    int n = snprintf(out + used, cap - used, "%s%s", used ? "," : "", algs);
+    if (n < 0 || (size_t)n >= cap - used) {      /* cannot happen with cap >= 128: then no preference */
+      out[0] = '\0';
+      return;
+    }
+    used += (size_t)n;
+  }
+}
+
+/* ---- is a private key file RSA? ---------------------------------------------
+** For the message when a server refuses a key: libssh2 1.10 signs with an
+** RSA key only as ssh-rsa (SHA-1), which OpenSSH 8.8 and later refuse. */
+
+/* The SSH wire format (RFC 4251 section 5), read within bounds. */
+typedef struct wire {
+  const unsigned char *p, *end;
+} wire;
+
+static int wire_u32(wire *w, uint32_t *v) {
+  if (w->end - w->p < 4) return 0;
+  *v = (uint32_t)w->p[0] << 24 | (uint32_t)w->p[1] << 16 | (uint32_t)w->p[2] << 8 | w->p[3];
+  w->p += 4;
+  return 1;
+}
+
+static int wire_string(wire *w, wire *s) {
+  uint32_t n;
+  if (!wire_u32(w, &n) || n > (size_t)(w->end - w->p)) return 0;
+  s->p = w->p;
+  s->end = w->p + n;
+  w->p += n;
+  return 1;
+}
+
+/* The key type of the head of an "openssh-key-v1" blob (PROTOCOL.key in
+** OpenSSH): magic, cipher, kdf, kdf options, number of keys, then the
+** first public key, stored in clear even when the key is encrypted, its
+** type first.  The public key itself may run past the head. */
+static int openssh_key_type_is(const unsigned char *head, size_t n, const char *type) {
+  static const char magic[] = "openssh-key-v1";          /* with its NUL */
+  wire w = { head, head + n }, skipped, name;
+  uint32_t keys, public_key_len;
+  if (n < sizeof magic || memcmp(head, magic, sizeof magic) != 0) return 0;
+  w.p += sizeof magic;
+  for (int i = 0; i < 3; i++)
+    if (!wire_string(&w, &skipped)) return 0;
+  if (!wire_u32(&w, &keys) || keys < 1 || !wire_u32(&w, &public_key_len) || !wire_string(&w, &name)) return 0;
+  return (size_t)(name.end - name.p) == strlen(type) && public_key_len >= 4 + strlen(type)
+         && memcmp(name.p, type, strlen(type)) == 0;
+}
+
+/* Base64 of an OpenSSH key's head: enough for its public key's type
+** whatever the cipher and kdf (bcrypt's options are 24 bytes). */
+#define KEY_HEAD_B64 512
+
+int kh_private_key_is_rsa(const char *text, size_t n) {
+  static const char pem_rsa[] = "BEGIN RSA PRIVATE KEY", openssh[] = "BEGIN OPENSSH PRIVATE KEY";
+  if (memmem(text, n, pem_rsa, sizeof pem_rsa - 1)) return 1;
+  const char *p = memmem(text, n, openssh, sizeof openssh - 1), *end = text + n;
+  if (p == NULL) return 0;
+  for (p += sizeof openssh - 1; p < end && *p == '-'; p++) {}
+  char b64[KEY_HEAD_B64];
+  size_t len = 0;
+  for (; p < end && len < sizeof b64; p++) {          /* the body, its line ends left out */
+    if (isalnum((unsigned char)*p) || *p == '+' || *p == '/' || *p == '=') b64[len++] = *p;
+    else if (!isspace((unsigned char)*p)) break;
+  }
+  unsigned char head[KEY_HEAD_B64 / 4 * 3];
+  int hlen = kh_unbase64(b64, len - len % 4, head, sizeof head);
+  int rsa = hlen > 0 && openssh_key_type_is(head, (size_t)hlen, "ssh-rsa");
+  explicit_bzero(head, sizeof head);                 /* the head of a key: wiped all the same */
+  explicit_bzero(b64, sizeof b64);
+  return rsa;
 }

@@ -1,6 +1,7 @@
 /*
 ** known_hosts.h - reading an OpenSSH known_hosts file for dhsm.luna.ssh,
-** markers included (libssh2's knownhost API ignores them).
+** markers included (libssh2's knownhost API ignores them), and the type
+** of a private key file.
 */
 #ifndef DHSM_LUNA_KNOWN_HOSTS_H
 #define DHSM_LUNA_KNOWN_HOSTS_H
@@ -27,5 +28,18 @@ int kh_unbase64(const char *text, size_t n, unsigned char *out, size_t cap);
 
 /* The name known_hosts gives host:port: "host" on port 22, else "[host]:port". */
 void kh_host_name(char *out, size_t cap, const char *host, int port);
+
+/* The host key algorithms to ask host:port for (for libssh2_session_method_pref),
+** as OpenSSH orders them: those of the key types the file at path holds for
+** it first, in file order, then the other types in libssh2's default order.
+** Plain lines only, with the host named exactly or hashed: the lines libssh2
+** checks the key against.  "" when there are none or the file cannot be
+** read (libssh2's own order then).  cap >= 128 holds any answer. */
+void kh_host_key_algorithms(const char *path, const char *host, int port, char *out, size_t cap);
+
+/* Whether text[0..n) is an RSA private key: PEM "BEGIN RSA PRIVATE KEY",
+** or an OpenSSH key whose public half (in clear, even when the key is
+** encrypted) is ssh-rsa.  Only a bounded head is decoded, whatever n. */
+int kh_private_key_is_rsa(const char *text, size_t n);
 
 #endif

@@ -110,37 +110,6 @@ local function known_hosts_path(o)
   return o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
 end
 
--- The host key algorithms to ask for, those of the keys known_hosts holds
--- for this host first (OpenSSH's rule): a Luna 7 appliance offers RSA and
--- ed25519, and the key on file is the one to check.  Plain host names only
--- (a hashed line cannot be matched here: libssh2's default order then).
-local ALGORITHMS = { ["ssh-rsa"] = "rsa-sha2-512,rsa-sha2-256,ssh-rsa", ["ssh-ed25519"] = "ssh-ed25519",
-  ["ecdsa-sha2-nistp256"] = "ecdsa-sha2-nistp256", ["ecdsa-sha2-nistp384"] = "ecdsa-sha2-nistp384",
-  ["ecdsa-sha2-nistp521"] = "ecdsa-sha2-nistp521" }
-local DEFAULT_ORDER = { "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-ed25519", "ssh-rsa" }
-
-local function host_key_algorithms(path, host, port)
-  local f = io.open((path:gsub("^~", os.getenv("HOME") or "~")), "r")
-  if not f then return nil end
-  local me = port == 22 and host or ("[%s]:%d"):format(host, port)
-  local known, seen = {}, {}
-  for line in f:lines() do
-    local names, kind = line:match("^%s*([^%s#@|][^%s]*)%s+([%w%-@.]+)%s")
-    for name in (names or ""):gmatch("[^,]+") do
-      if name == me and ALGORITHMS[kind] and not seen[kind] then
-        seen[kind] = true
-        known[#known + 1] = ALGORITHMS[kind]
-      end
-    end
-  end
-  f:close()
-  if #known == 0 then return nil end
-  for _, kind in ipairs(DEFAULT_ORDER) do
-    if not seen[kind] then known[#known + 1] = ALGORITHMS[kind] end
-  end
-  return table.concat(known, ",")
-end
-
 -- Verify the appliance's host key against known_hosts (OpenSSH format).
 local function verify_host_key(s, o, name)
   local path = known_hosts_path(o)
@@ -202,7 +171,7 @@ end
 local function connect_ssh(o)
   local connect_timeout = o.connect_timeout or math.min(M.CONNECT_TIMEOUT, o.timeout or M.CONNECT_TIMEOUT)
   local ok, s = pcall(ssh.connect, { host = o.host, port = o.port or 22, timeout = connect_timeout,
-    host_key_algorithms = host_key_algorithms(known_hosts_path(o), o.host, o.port or 22) })
+    known_hosts = known_hosts_path(o) })        -- ssh asks for the host key types it holds first
   if ok then
     s:set_timeout(o.timeout or 30)
     return s
@@ -217,28 +186,6 @@ local function connect_ssh(o)
   error(s, 0)
 end
 
--- "-----BEGIN RSA PRIVATE KEY-----" (PEM), or an OpenSSH key whose public
--- half (stored in clear, even when the key is encrypted) is ssh-rsa.
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function base64_decode(text)
-  local bits, n, out = 0, 0, {}
-  for c in text:gmatch("[%w+/]") do
-    bits, n = (bits << 6) | (B64:find(c, 1, true) - 1), n + 6
-    if n >= 8 then
-      n = n - 8
-      out[#out + 1] = string.char((bits >> n) & 0xff)
-    end
-  end
-  return table.concat(out)
-end
-
-local function is_rsa_key(path)
-  local text = util.read_file(path) or ""
-  if text:find("BEGIN RSA PRIVATE KEY", 1, true) then return true end
-  local body = text:match("BEGIN OPENSSH PRIVATE KEY%-+%s+([%w+/=%s]+)")
-  return body ~= nil and base64_decode(body:sub(1, 200)):find("\0\0\0\7ssh-rsa", 1, true) ~= nil
-end
-
 -- libssh2 before 1.11 signs with an RSA key only as ssh-rsa (SHA-1), which
 -- OpenSSH 8.8 and later refuse by default: the server's answer is then a
 -- bare "Username/PublicKey combination invalid" for a key it does hold.
@@ -251,7 +198,7 @@ local function authenticate(s, o)
   if not o.key then return s:auth_password(o.user or "tenantadmin", o.password) end
   local ok, err = pcall(s.auth_key, s, o.user or "tenantadmin", o.key, o.passphrase)
   if ok then return end
-  if dhsm.error.is(err, "luna") and err.code == "AuthenticationFailed" and is_rsa_key(o.key) and rsa_sha1_only() then
+  if dhsm.error.is(err, "luna") and err.code == "AuthenticationFailed" and ssh.is_rsa_key(o.key) and rsa_sha1_only() then
     dhsm.error { kind = "luna", code = "AuthenticationFailed",
       message = ("%s refused the RSA key %s. If the key is authorised there, the cause is the signature: "
         .. "libssh2 %s (Debian 12) signs with RSA keys only as ssh-rsa (SHA-1), which OpenSSH 8.8 and later "

@@ -3,7 +3,9 @@
 ** Private to dhsm.luna (runtime/modules.c): a runbook never holds a raw
 ** channel, so every line reaches LunaSH through dhsm.luna's login guard.
 **
-**   local s <close> = ssh.connect{ host = "10.0.2.4", port = 22, timeout = 30 }
+**   local s <close> = ssh.connect{ host = "10.0.2.4", port = 22, timeout = 30, known_hosts = path }
+**                                    (the host key types known_hosts holds for it are asked for first)
+**   ssh.is_rsa_key(path)             --> whether that private key file is RSA
 **   s:hostkey()                      --> {type=, key= (base64), sha256= "SHA256:..."}
 **   s:known_hosts(path)              --> "match" | "mismatch" | "notfound", known sha256
 **                                        | "revoked", line (known_hosts.c reads the markers)
@@ -249,7 +251,17 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   }
 }
 
-/* connect{host=, port=22, timeout=30, host_key_algorithms="a,b"} -> session */
+/* The host key algorithms to ask for, from the known_hosts= option (a path). */
+static void read_hostkey_pref(lua_State *L, sess *s) {
+  int t = lua_getfield(L, 1, "known_hosts");
+  if (t != LUA_TNIL && t != LUA_TSTRING)
+    dhsm_usage_error(L, "luna: known_hosts must be a file path, got %s", luaL_typename(L, -1));
+  if (t == LUA_TSTRING)
+    kh_host_key_algorithms(lua_tostring(L, -1), s->host, s->port, s->hostkey_pref, sizeof s->hostkey_pref);
+  lua_pop(L, 1);
+}
+
+/* connect{host=, port=22, timeout=30, known_hosts=path} -> session */
 static int ssh_connect(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -262,14 +274,7 @@ static int ssh_connect(lua_State *L) {
   snprintf(s->host, sizeof s->host, "%s", ep.host);
   s->port = ep.port;
   s->timeout = ep.timeout;
-  lua_getfield(L, 1, "host_key_algorithms");
-  if (!lua_isnil(L, -1)) {
-    size_t n;
-    const char *pref = luaL_checklstring(L, -1, &n);
-    if (n >= sizeof s->hostkey_pref) return dhsm_usage_error(L, "host_key_algorithms: too long (%d bytes)", (int)n);
-    memcpy(s->hostkey_pref, pref, n + 1);
-  }
-  lua_pop(L, 1);
+  read_hostkey_pref(L, s);
   char service[8];
   snprintf(service, sizeof service, "%d", ep.port);
   struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
@@ -806,6 +811,28 @@ static int sess_scp_put(lua_State *L) {
   return scp_start(L);
 }
 
+/* ---- private key files ------------------------------------------------------ */
+
+/* Enough of a key file for its type: the PEM header, or an OpenSSH key's
+** head (the public half comes first). */
+#define KEY_FILE_HEAD 8192
+
+/* ssh.is_rsa_key(path) -> whether the private key file is RSA (false when
+** it cannot be read): for the message when a server refuses it. */
+static int ssh_is_rsa_key(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char head[KEY_FILE_HEAD];
+  size_t n = 0;
+  FILE *f = fopen(path, "re");
+  if (f) {
+    n = fread(head, 1, sizeof head, f);
+    fclose(f);
+  }
+  lua_pushboolean(L, kh_private_key_is_rsa(head, n));
+  explicit_bzero(head, n);                  /* private key bytes: wiped before the frame goes */
+  return 1;
+}
+
 /* ---- session lifetime ------------------------------------------------------ */
 
 static int sess_close(lua_State *L) {
@@ -865,7 +892,7 @@ int luaopen_dhsm_luna_ssh(lua_State *L) {
   static const luaL_Reg chan_meta[] = {
     {"__gc", chan_gc}, {"__close", chan_gc}, {"__tostring", chan_tostring}, {NULL, NULL}
   };
-  static const luaL_Reg funcs[] = { {"connect", ssh_connect}, {NULL, NULL} };
+  static const luaL_Reg funcs[] = { {"connect", ssh_connect}, {"is_rsa_key", ssh_is_rsa_key}, {NULL, NULL} };
   if (libssh2_init(0) != 0) return luaL_error(L, "libssh2_init failed");
   dhsm_newclass(L, SESSION_MT, sess_methods, sess_meta);
   dhsm_newclass(L, CHANNEL_MT, chan_methods, chan_meta);

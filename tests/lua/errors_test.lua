@@ -65,3 +65,13 @@ t.test("eq reports the first difference with its path", function()
   t.eq(t.diff(1, 1.0, "", {}), nil)
   t.eq(t.diff({}, { k = true }, "", {}), ".k: expected true, got nil")
 end)
+
+t.test("exit statuses come from one map: usage 2, safety 3, interrupted 130, anything else 1", function()
+  local errors, cli = require "dhsm.errors", require "dhsm.cli"
+  local function status(kind) return errors.exit_status(errors.new { kind = kind, message = "m" }) end
+  t.eq({ status("usage"), status("safety"), status("interrupted"), status("azure"), status("timeout") },
+       { 2, 3, 130, 1, 1 })
+  t.eq({ errors.exit_status("plain string"), errors.exit_status(nil), errors.exit_status({ kind = "usage" }) },
+       { 1, 1, 1 })                                   -- a table without the metatable is no dhsm error
+  t.eq(cli.exit_code(errors.new { kind = "safety", message = "m" }), 3)
+end)

@@ -405,10 +405,7 @@ function M.catcher(chunkname)
 end
 
 function M.exit_code(err)
-  if dhsm.error.is(err, "usage") then return 2 end
-  if dhsm.error.is(err, "safety") then return 3 end
-  if dhsm.error.is(err, "interrupted") then return 130 end
-  return 1
+  return require("dhsm.errors").exit_status(err)     -- the one map, shared with main.c
 end
 
 -- Print an error: its message for a dhsm error, with the traceback when
