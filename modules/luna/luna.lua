@@ -342,6 +342,37 @@ function M.open(entry, opts)
   return s
 end
 
+-- sessions(inventory [, {connecting = fn(entry)}]) -> a pool of sessions
+-- to the inventory's HSMs: pool:get(name) opens one on first use, hands
+-- the same back after and opens it again when it was lost or closed
+-- (connecting(entry) is called first, to say so); pool:close() closes
+-- them all.  What a playbook run (ctx:appliance) and the REPL's hsm "name"
+-- share.
+local Pool = {}
+Pool.__index = Pool
+
+function M.sessions(inv, opts)
+  if type(inv) ~= "table" or type(inv.hsm) ~= "function" then
+    usage("luna.sessions: expected an inventory (dhsm.inventory), got %s", type(inv))
+  end
+  return setmetatable({ inventory = inv, open = {}, connecting = opts and opts.connecting }, Pool)
+end
+
+function Pool:get(name)
+  local s = self.open[name]
+  if s and not s.closed and not s.broken then return s end
+  local entry = self.inventory:hsm(name)
+  if self.connecting then self.connecting(entry) end
+  s = M.open(entry)
+  self.open[name] = s
+  return s
+end
+
+function Pool:close()
+  for _, s in pairs(self.open) do s:close() end
+end
+Pool.__close = Pool.close
+
 function Session:close()
   if self.closed then return end
   self.closed = true

@@ -41,8 +41,10 @@ t.test("release closes every session, the client and the folder; asked again, th
   local c = ctx:azure()
   local dir = ctx:scratch_dir()
   t.eq(sys.stat(dir).type, "dir")
+  c:get(c:group_path())
   ctx:release()
   t.ok(s.closed, "the session is closed")
+  t.raises(function() c:get(c:group_path()) end, "this session is closed")
   t.eq(sys.stat(dir), nil)
   local again = ctx:appliance("hsm1")
   t.ok(not rawequal(again, s) and not again.closed, "a closed session is opened anew")
@@ -54,9 +56,11 @@ end)
 t.test("asked with other options, the run's client says so; without an azure section, what is missing", function()
   local ctx = context.new { inventory = estate.inventory, playbook = { name = "t" } }
   ctx:azure { poll_interval = 1 }
-  t.raises(function() ctx:azure { poll_interval = 2 } end, "usage", "made with other options")
+  t.eq(t.raises(function() ctx:azure { poll_interval = 2 } end, "usage").message:match("made with other options"),
+    "made with other options")
   ctx:release()
   local bare = context.new { inventory = require("dhsm.inventory").from_table({ hsms = {} }, "bare"),
     playbook = { name = "needs-azure" } }
-  t.raises(function() bare:azure() end, "usage", "needs%-azure needs the inventory's azure section")
+  t.ok(t.raises(function() bare:azure() end, "usage").message:find("needs-azure needs the inventory's azure section",
+    1, true))
 end)

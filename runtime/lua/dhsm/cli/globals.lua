@@ -10,21 +10,17 @@ local dhsm = require "dhsm"
 
 local M = {}
 
+-- hsm "name": the inventory's sessions, opened once and reused
+-- (dhsm.luna.sessions); on a terminal it says where it connects first: an
+-- appliance that is off would look like a hung console.
 local function hsm_opener(inv)
-  local sessions = {}
-  return function(name)
-    local s = sessions[name]
-    if not s or s.closed or s.broken then
-      local entry = inv:hsm(name)
-      if require("dhsm.sys").isatty(2) then   -- an appliance that is off would look like a hung console
-        io.stderr:write(("connecting to %s (%s:%d)…\n"):format(entry.name, entry.host, entry.ssh_port or 22))
-        io.stderr:flush()
-      end
-      s = require("dhsm.luna").open(entry)
-      sessions[name] = s
+  local pool = require("dhsm.luna").sessions(inv, { connecting = function(entry)
+    if require("dhsm.sys").isatty(2) then
+      io.stderr:write(("connecting to %s (%s:%d)…\n"):format(entry.name, entry.host, entry.ssh_port or 22))
+      io.stderr:flush()
     end
-    return s
-  end
+  end })
+  return function(name) return pool:get(name) end
 end
 
 -- A proxy, so the library is loaded on first use; it completes as one

@@ -251,27 +251,22 @@ function Ctx:azure(options)
       self.playbook.name)
   end
   self.arm_options = options or {}
-  self.arm = azure.client(setmetatable(util.merged(self.arm_options), { __index = section }))
-  keep(self, function() self.arm:close() end)
-  return self.arm
+  local client = azure.client(setmetatable(util.merged(self.arm_options), { __index = section }))
+  self.arm = client
+  keep(self, function() client:close() end)
+  return client
 end
 
 -- appliance(name) -> the run's LunaSH session to the inventory's HSM name,
 -- opened on first use (and again when the one it had was lost or closed).
 function Ctx:appliance(name)
-  self.sessions = self.sessions or {}
-  local s = self.sessions[name]
-  if s and not s.closed and not s.broken then return s end
   if not self.inventory then usage("%s: no inventory to find HSM %s in", self.playbook.name, tostring(name)) end
-  s = luna.open(self.inventory:hsm(name))
-  if not self.sessions_kept then
-    self.sessions_kept = true
-    keep(self, function()
-      for _, open in pairs(self.sessions) do open:close() end
-    end)
+  if not self.pool then
+    local pool = luna.sessions(self.inventory)
+    self.pool = pool
+    keep(self, function() pool:close() end)
   end
-  self.sessions[name] = s
-  return s
+  return self.pool:get(name)
 end
 
 -- scratch_dir() -> a private folder (0700) for the run's own files,
@@ -289,7 +284,7 @@ end
 -- one does not keep the others open.
 function Ctx:release()
   local list = self.resources or {}
-  self.resources, self.arm, self.arm_options, self.sessions_kept, self.scratch = nil, nil, nil, nil, nil
+  self.resources, self.arm, self.arm_options, self.pool, self.scratch = nil, nil, nil, nil, nil
   for i = #list, 1, -1 do pcall(list[i]) end
 end
 
