@@ -24,14 +24,28 @@
 -- for, not sent again.  A re-run when everything is gone says so and sends
 -- nothing.  --check runs every read and safety rule and describes each
 -- mutation.
-local azure = require "dhsm.azure"
 local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
-local luna = require "dhsm.luna"
 
--- Step (1) for one HSM: its resource, its appliance, its partitions.
-local function survey(ctx, p, c, appliance, name)
+-- The run's ARM client, polling at the pace asked for.
+local function arm(ctx)
+  return ctx:azure { poll_interval = ctx.params.poll_interval }
+end
+
+-- How the deletions are waited for: the done= checks wait for a DELETE an
+-- earlier attempt left going, and the deletes show their progress.
+local function waiting(ctx)
+  return { group = ctx.params.group, timeout = ctx.params.timeout, deleting = true,
+    on_progress = function(pr) ctx:progress(pr.text) end }
+end
+
+---------------------------------------------------------------------------
+-- (1) show what will be destroyed
+
+-- For one HSM: its resource, its appliance, its partitions.
+local function survey(ctx, name)
+  local p, c = ctx.params, arm(ctx)
   local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
   if not known then             -- an inventory kept up to date drops what was given back
     if hsm.get(c, name, p.group) ~= nil then error(e, 0) end
@@ -42,7 +56,9 @@ local function survey(ctx, p, c, appliance, name)
     ctx:note(("%s: no HSM resource %s in %s: already deleted"):format(name, e.resource, p.group))
     return { name = name, resource = e.resource, gone = true }
   end
-  local s = appliance(name)
+  -- the appliance's shell, opened only now: a resumed run past a zeroize
+  -- may find that appliance already gone with its resource
+  local s = ctx:appliance(name)
   local show = s:hsm_show()
   if e.serial and show.serial ~= e.serial then
     dhsm.error { kind = "safety", code = "SerialMismatch",
@@ -63,8 +79,9 @@ local function survey(ctx, p, c, appliance, name)
   return { name = name, resource = e.resource, serial = show.serial, zeroized = show.zeroized, partitions = listed }
 end
 
--- Step (1) for the group: every resource in it, HSMs or not.
-local function survey_group(ctx, p, c)
+-- For the group: every resource in it, HSMs or not.
+local function survey_group(ctx)
+  local p, c = ctx.params, arm(ctx)
   if not groups.get(c, p.group) then
     ctx:note(("resource group %s: already deleted"):format(p.group))
     return { gone = true }
@@ -75,6 +92,104 @@ local function survey_group(ctx, p, c)
     ctx:note(("resource group %s holds %s %s: deleted with it"):format(p.group, tostring(r.type), tostring(r.name)))
   end
   return { resources = out }
+end
+
+-- -> {hsms = {survey...}, group = survey_group | nil}
+local function show_what_goes(ctx)
+  return ctx:step("show what will be destroyed", function()
+    local out = { hsms = {} }
+    for i, name in ipairs(ctx.params.hsm) do out.hsms[i] = survey(ctx, name) end
+    if ctx.params.delete_group then out.group = survey_group(ctx) end
+    return out
+  end)
+end
+
+---------------------------------------------------------------------------
+-- (2) the operator confirms the keys are backed up
+
+-- left: the HSMs still there, whose partitions zeroizing destroys.
+local function require_backups(ctx, left)
+  ctx:step("require confirmed backups", function()
+    if #left > 0 and not ctx.params.backups_confirmed then
+      local n = 0
+      for _, h in ipairs(left) do n = n + #(h.partitions or {}) end
+      dhsm.error { kind = "safety", code = "BackupsNotConfirmed",
+        message = ("zeroizing %d HSM(s) destroys every key in their %d partition(s); back them up, then run again "
+          .. "with -e backups_confirmed=true"):format(#left, n) }
+    end
+    dhsm.audit.write { action = "decommission.backups_confirmed", target = table.concat(ctx.params.hsm, ","),
+      outcome = "confirmed" }
+  end)
+end
+
+---------------------------------------------------------------------------
+-- (3)-(5) per HSM h (from the survey): zeroize, verify, delete the resource
+
+-- (3) method=command: the HSM SO's password, -e so_password else the
+-- inventory entry's (h is in the inventory: the survey refused an HSM it
+-- does not know whose resource is still there).
+local function zeroize(ctx, h)
+  ctx:step("zeroize " .. h.name, { destructive = true, target = h.name,
+    done = function() return ctx:appliance(h.name):hsm_show().zeroized end,
+  }, function()
+    local s = ctx:appliance(h.name)
+    if ctx.params.method == "failed-logins" then
+      return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
+    end
+    s:login_so(ctx.params.so_password or ctx.inventory:hsm(h.name).so_password)
+    s:must("hsm zeroize -force")
+  end)
+end
+
+-- Proof that h's appliance is zeroized, read now.  In check mode a
+-- zeroization that was only planned stands in (dhsm.evidence.planned),
+-- so the plan goes on to show the delete; it deletes nothing for real.
+local function proof(ctx, h)
+  local s = ctx:appliance(h.name)
+  if dhsm.check_mode and not s:hsm_show().zeroized then
+    ctx:would(("find %s zeroized (its zeroization above is only planned)"):format(h.name))
+    return evidence.planned(h.name, h.resource)
+  end
+  return s:zeroized_evidence(ctx.inventory:hsm(h.name))
+end
+
+-- (5) the resource, deleted on the appliance's own word, and waited for.
+local function delete_resource(ctx, h)
+  local c, p = arm(ctx), ctx.params
+  ctx:step("delete the HSM resource " .. h.resource, { destructive = true, target = h.resource,
+    done = function() return c:gone(hsm.path(c, h.resource, p.group), waiting(ctx)) end,
+  }, function()
+    -- fresh evidence, read now: the reading above may be old on a resumed run
+    hsm.delete(c, h.resource, { zeroized = proof(ctx, h), group = p.group, timeout = p.timeout,
+      on_progress = waiting(ctx).on_progress })
+    return { deleted = h.resource }
+  end)
+end
+
+local function give_back(ctx, h)
+  zeroize(ctx, h)
+  -- (4) the appliance's own word, before anything is deleted
+  ctx:step("verify " .. h.name .. " says zeroized", function() return evidence.describe(proof(ctx, h)) end)
+  delete_resource(ctx, h)
+end
+
+---------------------------------------------------------------------------
+-- (6) the group, once it holds no dedicated HSM
+
+-- going: the resources of the HSMs given back (the group may still list
+-- one whose deletion ARM is finishing).
+local function delete_group(ctx, going)
+  local c, p = arm(ctx), ctx.params
+  ctx:step("check that " .. p.group .. " holds no dedicated HSM", function()
+    groups.check_empty(c, p.group, { going = going })
+    return { hsms = 0 }
+  end)
+  ctx:step("delete resource group " .. p.group, { destructive = true, target = p.group,
+    done = function() return c:gone(c:group_path(p.group), waiting(ctx)) end,
+  }, function()
+    groups.delete(c, p.group, { going = going, timeout = p.timeout, on_progress = waiting(ctx).on_progress })
+    return { deleted = p.group }
+  end)
 end
 
 return {
@@ -112,29 +227,8 @@ return {
             .. "or so_password in each inventory entry (or use -e method=failed-logins)"):format(table.concat(missing, ", ")) }
       end
     end
-    local cfg = setmetatable({ poll_interval = p.poll_interval }, { __index = ctx.inventory.azure })
-    local c <close> = azure.client(cfg)
-    local wait = { group = p.group, timeout = p.timeout, deleting = true,
-      on_progress = function(pr) ctx:progress(pr.text) end }
-
-    -- Each appliance's shell, opened when first needed: a resumed run past
-    -- a zeroize may find that appliance already gone with its resource.
-    local sessions = {}
-    local function appliance(name)
-      sessions[name] = sessions[name] or luna.open(ctx.inventory:hsm(name))
-      return sessions[name]
-    end
-    local closer <close> = setmetatable({}, { __close = function()
-      for _, s in pairs(sessions) do s:close() end
-    end })
-
-    local before = ctx:step("show what will be destroyed", function()
-      local out = { hsms = {} }
-      for i, name in ipairs(p.hsm) do out.hsms[i] = survey(ctx, p, c, appliance, name) end
-      if p.delete_group then out.group = survey_group(ctx, p, c) end
-      return out
-    end)
-
+    arm(ctx)                     -- a bad azure section stops the run here, before any step
+    local before = show_what_goes(ctx)
     local left, going = {}, {}
     for _, h in ipairs(before.hsms) do
       if not h.gone then left[#left + 1] = h end
@@ -144,70 +238,13 @@ return {
       ctx:note("everything is already gone: nothing was changed")
       return { changed = false }
     end
-
-    ctx:step("require confirmed backups", function()
-      if #left > 0 and not p.backups_confirmed then
-        local n = 0
-        for _, h in ipairs(left) do n = n + #(h.partitions or {}) end
-        dhsm.error { kind = "safety", code = "BackupsNotConfirmed",
-          message = ("zeroizing %d HSM(s) destroys every key in their %d partition(s); back them up, then run again "
-            .. "with -e backups_confirmed=true"):format(#left, n) }
-      end
-      dhsm.audit.write { action = "decommission.backups_confirmed", target = table.concat(p.hsm, ","), outcome = "confirmed" }
-    end)
-
-    -- Proof that h's appliance is zeroized, read now.  In check mode a
-    -- zeroization that was only planned stands in (dhsm.evidence.planned),
-    -- so the plan goes on to show the delete; it deletes nothing for real.
-    local function proof(h)
-      local s = appliance(h.name)
-      if dhsm.check_mode and not s:hsm_show().zeroized then
-        ctx:would(("find %s zeroized (its zeroization above is only planned)"):format(h.name))
-        return evidence.planned(h.name, h.resource)
-      end
-      return s:zeroized_evidence(ctx.inventory:hsm(h.name))
-    end
-
-    for _, h in ipairs(left) do
-      ctx:step("zeroize " .. h.name, { destructive = true, target = h.name,
-        done = function() return appliance(h.name):hsm_show().zeroized end,
-      }, function()
-        local s = appliance(h.name)
-        if p.method == "failed-logins" then
-          return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
-        end
-        s:login_so((so_password(h.name)))
-        s:must("hsm zeroize -force")
-      end)
-
-      ctx:step("verify " .. h.name .. " says zeroized", function() return evidence.describe(proof(h)) end)
-
-      ctx:step("delete the HSM resource " .. h.resource, { destructive = true, target = h.resource,
-        done = function() return c:gone(hsm.path(c, h.resource, p.group), wait) end,
-      }, function()
-        -- fresh evidence, read now: the reading above may be old on a resumed run
-        hsm.delete(c, h.resource, { zeroized = proof(h), group = p.group, timeout = p.timeout,
-          on_progress = wait.on_progress })
-        return { deleted = h.resource }
-      end)
-    end
-
+    require_backups(ctx, left)
+    for _, h in ipairs(left) do give_back(ctx, h) end
     if not p.delete_group then
       ctx:note(("resource group %s kept (-e delete_group=true deletes it once it holds no HSM)"):format(p.group))
       return { changed = true }
     end
-
-    ctx:step("check that " .. p.group .. " holds no dedicated HSM", function()
-      groups.check_empty(c, p.group, { going = going })
-      return { hsms = 0 }
-    end)
-
-    ctx:step("delete resource group " .. p.group, { destructive = true, target = p.group,
-      done = function() return c:gone(c:group_path(p.group), wait) end,
-    }, function()
-      groups.delete(c, p.group, { going = going, timeout = p.timeout, on_progress = wait.on_progress })
-      return { deleted = p.group }
-    end)
+    delete_group(ctx, going)
     return { changed = true }
   end,
 }

@@ -23,10 +23,26 @@
 -- are compared again.  Every step looks at the
 -- real state first, so a second run (or --resume) does only what is left.
 local ha = require "dhsm.client.ha"
+local luna = require "dhsm.luna"
+local net = require "dhsm.net"
 local proc = require "dhsm.proc"
 
 local REMEDY = "the guide's remedy for a cloning conflict (HA group: conflicting settings for private key cloning): "
   .. "members of one group must share a cloning domain, which cannot be changed on an initialized partition"
+
+-- The run's client install (lunacm, Chrystoki.conf, PKCS#11), made once per
+-- run.  Kept here, keyed by the run's context, rather than on the context:
+-- it holds nothing to close, and no other playbook needs it.
+local installs = setmetatable({}, { __mode = "k" })
+local function client(ctx)
+  installs[ctx] = installs[ctx] or ha.client(ctx.inventory)
+  return installs[ctx]
+end
+
+-- The name this client is registered under on the appliances (its certificate's CN).
+local function ntls_client_name(ctx)
+  return net.cert(client(ctx):conf():client_cert().cert).subject:match("CN=([^,/]+)")
+end
 
 -- One line per member: group, serial, appliance, the client's view, the probe.
 local function table_lines(groups)
@@ -42,7 +58,6 @@ end
 
 -- The first partition name parN that entry's appliance does not have.
 local function free_partition(entry)
-  local luna = require "dhsm.luna"
   local s <close> = luna.open(entry)
   local taken = {}
   for _, part in ipairs(s:partitions()) do taken[part.name] = true end
@@ -55,6 +70,341 @@ local function member_names(list)
   local out = {}
   for i, m in ipairs(list) do out[i] = ("%s (%s)"):format(m.serial, m.hsm or "?") end
   return table.concat(out, ", ")
+end
+
+---------------------------------------------------------------------------
+-- survey
+
+-- The groups asked for (-e group, else all), each member with its state
+-- and its appliance's probe.  m.hsm becomes the entry's name: the groups
+-- are the step's result, journaled.
+local function survey(ctx)
+  local c, only = client(ctx), ctx.params.group
+  local groups, members = {}, {}
+  for _, g in ipairs(c:groups()) do
+    if not only or g.label == only then
+      groups[#groups + 1] = g
+      for _, m in ipairs(g.members) do members[#members + 1] = m end
+    end
+  end
+  dhsm.parallel(members, function(m)
+    local entry = m.hsm
+    m.hsm = entry and entry.name or nil
+    if not entry then
+      m.reason = "no HSM of the inventory holds this partition (serial " .. m.serial .. ")"
+      return
+    end
+    local probe = c:probe(entry)
+    m.probe_ok, m.reason = probe.ok, probe.reason
+  end)
+  return groups
+end
+
+local function read_groups(ctx)
+  return ctx:step("read the HA groups and probe their members", function()
+    local groups, conf_path = survey(ctx), client(ctx).conf_path
+    if ctx.params.group and #groups == 0 then
+      dhsm.error { kind = "usage", code = "NoSuchGroup", message = ("no HA group %s in %s"):format(ctx.params.group, conf_path) }
+    end
+    if #groups == 0 then ctx:note("no HA group is configured in " .. conf_path) end
+    for _, line in ipairs(#groups > 0 and table_lines(groups) or {}) do ctx:note(line) end
+    return groups
+  end)
+end
+
+---------------------------------------------------------------------------
+-- recover the down members
+
+-- Whether every member of down is alive again in group label, as the client sees it.
+local function rejoined(ctx, label, down)
+  local state = {}
+  for _, now in ipairs(client(ctx):groups()) do
+    for _, m in ipairs(now.label == label and now.members or {}) do state[m.serial] = m.status end
+  end
+  for _, m in ipairs(down) do
+    if state[m.serial] ~= "alive" then return false end
+  end
+  return true, { recovered = member_names(down) }
+end
+
+-- A member down while its appliance answers again is recovered, then
+-- checked to have rejoined; one whose appliance does not answer is left,
+-- with the probe's reason: `hagroup recover` cannot bring it back.
+local function recover_members(ctx, g)
+  local down = {}
+  for _, m in ipairs(g.members) do
+    if m.status ~= "alive" and m.probe_ok then down[#down + 1] = m end
+  end
+  for _, m in ipairs(g.members) do
+    if m.status ~= "alive" and not m.probe_ok then
+      ctx:note(("group %s: member %s on %s is %s and its appliance does not answer (%s): left as it is")
+        :format(g.label, m.serial, tostring(m.hsm), m.status, tostring(m.reason)))
+    end
+  end
+  if #down == 0 then return end
+  local names = member_names(down)
+  ctx:step(("recover %s in group %s"):format(names, g.label), {
+    done = function() return rejoined(ctx, g.label, down) end,
+  }, function()
+    client(ctx):recover(g.label)
+    return { recovered = names }
+  end)
+  ctx:step(("verify %s rejoined group %s"):format(names, g.label), function()
+    if dhsm.check_mode then
+      ctx:would("find " .. names .. " alive")
+      return { planned = true }
+    end
+    if not rejoined(ctx, g.label, down) then
+      dhsm.error { kind = "luna", code = "NotRejoined",
+        message = ("group %s: %s did not rejoin after hagroup recover"):format(g.label, names) }
+    end
+    return { rejoined = names }
+  end)
+end
+
+---------------------------------------------------------------------------
+-- auto-recovery settings
+
+-- Done when Chrystoki.conf itself (not a default) holds a retry count
+-- other than 0 and the interval asked for; -> done, the settings.
+local function retry_set(ctx)
+  local s = client(ctx):settings()
+  return s.retry ~= 0 and s.held.interval == ctx.params.retry_interval, s
+end
+
+local function auto_recovery(ctx)
+  local p, c = ctx.params, client(ctx)
+  ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
+    { done = retry_set }, function()
+    ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
+      .. "out until recovered by hand"):format(c:settings().retry))
+    local now = c:settings()     -- a count set already (not 0) is the operator's: kept
+    c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
+  end)
+  ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
+    if dhsm.check_mode then
+      ctx:would(("find reconnAtt = %d, AutoReconnectInterval = %d in %s"):format(p.retry_count, p.retry_interval, c.conf_path))
+      return { planned = true }
+    end
+    local ok, s = retry_set(ctx)
+    if not ok then
+      dhsm.error { kind = "luna", code = "RetryNotSet", message = ("%s holds retry count %d, interval %d"):format(
+        c.conf_path, s.retry, s.interval) }
+    end
+    return s
+  end)
+end
+
+---------------------------------------------------------------------------
+-- compare
+
+-- The members of a group that can be compared: alive, with a slot.
+local function comparable(ctx, g)
+  local c = client(ctx)
+  local slots = {}
+  for _, s in ipairs(proc.lunacm_slots(c:argv())) do slots[s.serial] = s end
+  local out = {}
+  for _, m in ipairs(g.members) do
+    local entry = c:hsm_of(m.serial)
+    if slots[m.serial] and entry then out[#out + 1] = { serial = m.serial, entry = entry, token = slots[m.serial].label } end
+  end
+  return out
+end
+
+-- Cloning domains first: a conflict stops the group before any login.
+local function compare(ctx, members, with_objects)
+  dhsm.parallel(members, function(m) m.domain = ha.cloning_domain(m.entry, m.serial) end)
+  for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
+  local domains = ha.compare(members)
+  if domains.conflict then return domains end
+  for _, m in ipairs(members) do
+    m.objects = with_objects and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
+  end
+  return ha.compare(members)
+end
+
+-- The guide's remedy for the members in another cloning domain than the
+-- first, as notes: the plan fix_cloning carries out.
+local function note_remedy(ctx, g, members, conflict)
+  local first = members[1]
+  ctx:note(REMEDY .. ". Plan:")
+  for i, serial in ipairs(conflict) do
+    local m
+    for _, x in ipairs(members) do if x.serial == serial then m = x end end
+    ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
+      3 * i - 2, m.entry.name, first.serial, first.entry.name))
+    ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
+    ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
+  end
+end
+
+-- A cloning conflict without fix_cloning: synchronizing cannot clone
+-- private keys across domains, so the run stops here.
+local function refuse_conflict(g, members, conflict)
+  dhsm.error { kind = "safety", code = "CloningConflict",
+    message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
+      .. "private keys between them: not synchronizing (see the plan above; -e fix_cloning=true carries "
+      .. "it out)"):format(g.label, #conflict > 1 and "s" or "", table.concat(conflict, ", "),
+      #conflict > 1 and "are" or "is", members[1].serial) }
+end
+
+-- The members' comparison as a step -> {conflict = {{serial=, hsm=}...},
+-- domain=, good=} or {drift = bool}.  A cloning conflict stops the run with
+-- the guide's remedy as a plan, unless fix_cloning carries it out.
+local function compare_step(ctx, g, members, title)
+  return ctx:step(title, function()
+    local found = compare(ctx, members, not dhsm.check_mode)
+    if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
+    if found.conflict then
+      note_remedy(ctx, g, members, found.conflict)
+      if not ctx.params.fix_cloning then refuse_conflict(g, members, found.conflict) end
+      local bad = {}
+      for i, serial in ipairs(found.conflict) do bad[i] = { serial = serial, hsm = client(ctx):hsm_of(serial).name } end
+      return { conflict = bad, domain = members[1].domain, good = members[1].serial }
+    end
+    for serial, missing in pairs(found.drift or {}) do
+      ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
+    end
+    if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
+    return { drift = found.drift ~= nil or dhsm.check_mode }
+  end)
+end
+
+---------------------------------------------------------------------------
+-- fix cloning: the guide's remedy for one member in another cloning
+-- domain, as confirmed steps, each looking first at what is done.  A
+-- replacement is {group=, bad = {serial=, hsm=}, entry=, name=, label=,
+-- domain=, good=}: the new partition `name` on the bad member's appliance,
+-- its token `label`, and the group's domain (that of member `good`).
+
+-- The new partition as LunaSH shows it ({name=, serial=, domain=}), or nil.
+local function new_partition(r)
+  return ha.partition_on(r.entry, r.name)
+end
+
+-- Whether serial is a member of group label in Chrystoki.conf.
+local function in_group(ctx, label, serial)
+  for _, x in ipairs(client(ctx):conf():ha_groups()) do
+    if x.label == label then
+      for _, m in ipairs(x.members) do if m == serial then return true end end
+    end
+  end
+  return false
+end
+
+local function create_partition(ctx, r)
+  ctx:step(("create partition %s on %s for group %s"):format(r.name, r.bad.hsm, r.group),
+    { destructive = true, target = r.bad.hsm, done = function()
+      if dhsm.check_mode then return false end
+      local part = new_partition(r)       -- created and assigned to this client: lunacm shows its slot
+      return part ~= nil and client(ctx):find_slot(part.serial) ~= nil
+    end }, function()
+    local so = ctx.params.so_password or r.entry.so_password
+    if not so then
+      dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
+        .. "password: -e so_password=..., or so_password in its inventory entry"):format(r.bad.hsm) }
+    end
+    ha.create_partition(r.entry, so, r.name, ntls_client_name(ctx))
+  end)
+end
+
+local function init_partition(ctx, r)
+  local c, p = client(ctx), ctx.params
+  ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(r.name, r.bad.hsm, r.good),
+    { destructive = true, target = r.bad.hsm .. "/" .. r.name, done = function()
+      if dhsm.check_mode then return false end
+      local tok = c:token(r.label)
+      return tok ~= nil and tok.user_pin_initialized and new_partition(r).domain == r.domain
+    end }, function()
+    if dhsm.check_mode then
+      ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(r.label))
+      return
+    end
+    -- initialised by us: our label and the group's domain (a resumed run finds it so)
+    local part = new_partition(r)
+    if not c:token(r.label) or part.domain ~= r.domain then
+      c:init_partition(part.serial, r.label, p.pso_password, p.cloning_domain)
+      part = new_partition(r)
+    end
+    if part.domain ~= r.domain then
+      dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
+        .. "than %s after partition init: is cloning_domain the group's?"):format(r.name, r.bad.hsm, r.good) }
+    end
+    if not c:token(r.label).user_pin_initialized then c:init_co(r.label, p.pso_password, p.co_password) end
+  end)
+end
+
+-- The new partition joins the group, then the bad member leaves it.
+local function swap_members(ctx, r)
+  local c = client(ctx)
+  ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
+    done = function() return not dhsm.check_mode and in_group(ctx, r.group, new_partition(r).serial) end }, function()
+    if dhsm.check_mode then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(r.group, r.name, r.bad.hsm)) end
+    c:add_member(r.group, new_partition(r).serial, ctx.params.co_password)
+  end)
+  ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),
+    { destructive = true, target = r.group, done = function() return not dhsm.check_mode and not in_group(ctx, r.group, r.bad.serial) end },
+    function() c:remove_member(r.group, r.bad.serial) end)
+end
+
+local function replace_member(ctx, g, found, bad)
+  local entry = ctx.inventory:hsm(bad.hsm)
+  -- chosen once and journaled: a resumed run must look for the partition
+  -- it may have created, not pick the next free name
+  local name = ctx.params.new_partition or ctx:step(("choose the new partition's name on %s"):format(bad.hsm),
+    function() return free_partition(entry) end)
+  local r = { group = g.label, bad = bad, entry = entry, name = name, label = bad.hsm .. "-" .. name,
+    domain = found.domain, good = found.good }
+  create_partition(ctx, r)
+  init_partition(ctx, r)
+  swap_members(ctx, r)
+end
+
+local function group_now(ctx, label)
+  for _, x in ipairs(client(ctx):groups()) do if x.label == label then return x end end
+end
+
+-- Every bad member replaced -> the group as it is now, and its members
+-- compared again (in check mode nothing changed: a synchronize is planned).
+local function fix_cloning(ctx, g, found, title)
+  for _, bad in ipairs(found.conflict) do replace_member(ctx, g, found, bad) end
+  if dhsm.check_mode then return g, { drift = true } end
+  g = group_now(ctx, g.label)
+  return g, compare_step(ctx, g, comparable(ctx, g), title .. ", again")
+end
+
+---------------------------------------------------------------------------
+-- synchronize
+
+local function synchronize(ctx, g)
+  ctx:step("synchronize group " .. g.label, {
+    done = function() return not dhsm.check_mode and not compare(ctx, comparable(ctx, g), true).drift end,
+  }, function()
+    client(ctx):synchronize(g.label, ctx.params.co_password)
+  end)
+  ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
+    if dhsm.check_mode then
+      ctx:would("compare the members' objects again")
+      return { planned = true }
+    end
+    local now = comparable(ctx, g)    -- read afresh: on a resumed run the comparison above was journaled
+    if compare(ctx, now, true).drift then
+      dhsm.error { kind = "luna", code = "StillDrifting",
+        message = ("group %s: the members still differ after synchronize"):format(g.label) }
+    end
+    return { objects = now[1].objects.count }
+  end)
+end
+
+-- One group with two comparable members or more: compared; a cloning
+-- conflict fixed (fix_cloning), then objects that differ synchronized.
+local function heal_group(ctx, g)
+  local members = comparable(ctx, g)
+  if #members < 2 then return end
+  local title = ("compare the members of %s: objects and cloning domains"):format(g.label)
+  local found = compare_step(ctx, g, members, title)
+  if found.conflict then g, found = fix_cloning(ctx, g, found, title) end
+  if found.drift and ctx.params.synchronize then synchronize(ctx, g) end
 end
 
 return {
@@ -79,278 +429,14 @@ return {
       description = "fix_cloning: the new partition's name (default: the first free parN)" },
   },
   run = function(ctx, p)
-    local c = ha.client(ctx.inventory)
     if p.fix_cloning and not (p.cloning_domain and p.pso_password) then
       dhsm.error { kind = "usage", code = "BadParameters", message = "fix_cloning=true needs -e cloning_domain=... "
         .. "(the group's) and -e pso_password=... (for the new partition's Partition SO)" }
     end
-    -- the name this client is registered under on the appliances (its certificate's CN)
-    local function ntls_client_name()
-      local cert = require("dhsm.net").cert(c:conf():client_cert().cert)
-      return cert.subject:match("CN=([^,/]+)")
-    end
-
-    -- The groups with each member's state and its appliance's probe.
-    local function survey()
-      local groups = {}
-      for _, g in ipairs(c:groups()) do
-        if not p.group or g.label == p.group then groups[#groups + 1] = g end
-      end
-      local members = {}
-      for _, g in ipairs(groups) do
-        for _, m in ipairs(g.members) do members[#members + 1] = m end
-      end
-      dhsm.parallel(members, function(m)
-        local entry = m.hsm
-        m.hsm = entry and entry.name or nil
-        if not entry then
-          m.reason = "no HSM of the inventory holds this partition (serial " .. m.serial .. ")"
-          return
-        end
-        local probe = c:probe(entry)
-        m.probe_ok, m.reason = probe.ok, probe.reason
-      end)
-      return groups
-    end
-
-    local groups = ctx:step("read the HA groups and probe their members", function()
-      local groups = survey()
-      if p.group and #groups == 0 then
-        dhsm.error { kind = "usage", code = "NoSuchGroup", message = ("no HA group %s in %s"):format(p.group, c.conf_path) }
-      end
-      if #groups == 0 then ctx:note("no HA group is configured in " .. c.conf_path) end
-      for _, line in ipairs(#groups > 0 and table_lines(groups) or {}) do ctx:note(line) end
-      return groups
-    end)
-
-    for _, g in ipairs(groups) do
-      local down, dead = {}, {}
-      for _, m in ipairs(g.members) do
-        if m.status ~= "alive" then
-          if m.probe_ok then down[#down + 1] = m else dead[#dead + 1] = m end
-        end
-      end
-      for _, m in ipairs(dead) do
-        ctx:note(("group %s: member %s on %s is %s and its appliance does not answer (%s): left as it is")
-          :format(g.label, m.serial, tostring(m.hsm), m.status, tostring(m.reason)))
-      end
-      if #down > 0 then
-        local function rejoined()
-          local state = {}
-          for _, now in ipairs(c:groups()) do
-            for _, m in ipairs(now.label == g.label and now.members or {}) do state[m.serial] = m.status end
-          end
-          for _, m in ipairs(down) do
-            if state[m.serial] ~= "alive" then return false end
-          end
-          return true, { recovered = member_names(down) }
-        end
-        ctx:step(("recover %s in group %s"):format(member_names(down), g.label), { done = rejoined }, function()
-          c:recover(g.label)
-          return { recovered = member_names(down) }
-        end)
-        ctx:step(("verify %s rejoined group %s"):format(member_names(down), g.label), function()
-          if dhsm.check_mode then
-            ctx:would("find " .. member_names(down) .. " alive")
-            return { planned = true }
-          end
-          local ok = rejoined()
-          if not ok then
-            dhsm.error { kind = "luna", code = "NotRejoined",
-              message = ("group %s: %s did not rejoin after hagroup recover"):format(g.label, member_names(down)) }
-          end
-          return { rejoined = member_names(down) }
-        end)
-      end
-    end
-
-    local function retry_set()
-      local s = c:settings()        -- written in Chrystoki.conf, not a default
-      return s.retry ~= 0 and s.held.interval == p.retry_interval, s
-    end
-    if #groups > 0 then
-      ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
-        { done = retry_set }, function()
-        ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
-          .. "out until recovered by hand"):format(c:settings().retry))
-        local now = c:settings()     -- a count set already (not 0) is the operator's: kept
-        c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
-      end)
-      ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
-        if dhsm.check_mode then
-          ctx:would(("find reconnAtt = %d, AutoReconnectInterval = %d in %s"):format(p.retry_count, p.retry_interval, c.conf_path))
-          return { planned = true }
-        end
-        local ok, s = retry_set()
-        if not ok then
-          dhsm.error { kind = "luna", code = "RetryNotSet", message = ("%s holds retry count %d, interval %d"):format(
-            c.conf_path, s.retry, s.interval) }
-        end
-        return s
-      end)
-    end
-
-    -- The members of a group that can be compared: alive, with a slot.
-    local function comparable(g)
-      local slots = {}
-      for _, s in ipairs(proc.lunacm_slots(c:argv())) do slots[s.serial] = s end
-      local out = {}
-      for _, m in ipairs(g.members) do
-        local entry = c:hsm_of(m.serial)
-        if slots[m.serial] and entry then out[#out + 1] = { serial = m.serial, entry = entry, token = slots[m.serial].label } end
-      end
-      return out
-    end
-
-    -- Cloning domains first: a conflict stops the group before any login.
-    local function compare(members, with_objects)
-      dhsm.parallel(members, function(m) m.domain = ha.cloning_domain(m.entry, m.serial) end)
-      for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
-      local domains = ha.compare(members)
-      if domains.conflict then return domains end
-      for _, m in ipairs(members) do
-        m.objects = with_objects and c:objects(m.token, p.co_password) or { keys = {}, count = 0 }
-      end
-      return ha.compare(members)
-    end
-
-    -- The members' comparison as a step: a cloning conflict stops the run
-    -- with the guide's remedy as a plan, unless fix_cloning carries it out.
-    local function compare_step(g, members, title)
-      return ctx:step(title, function()
-        local found = compare(members, not dhsm.check_mode)
-        if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
-        if found.conflict then
-          ctx:note(REMEDY .. ". Plan:")
-          for i, serial in ipairs(found.conflict) do
-            local m
-            for _, x in ipairs(members) do if x.serial == serial then m = x end end
-            ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
-              3 * i - 2, m.entry.name, members[1].serial, members[1].entry.name))
-            ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
-            ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
-          end
-          if not p.fix_cloning then
-            dhsm.error { kind = "safety", code = "CloningConflict",
-              message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
-                .. "private keys between them: not synchronizing (see the plan above; -e fix_cloning=true carries "
-                .. "it out)"):format(g.label, #found.conflict > 1 and "s" or "", table.concat(found.conflict, ", "),
-                #found.conflict > 1 and "are" or "is", members[1].serial) }
-          end
-          local bad = {}
-          for i, serial in ipairs(found.conflict) do bad[i] = { serial = serial, hsm = c:hsm_of(serial).name } end
-          return { conflict = bad, domain = members[1].domain, good = members[1].serial }
-        end
-        for serial, missing in pairs(found.drift or {}) do
-          ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
-        end
-        if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
-        return { drift = found.drift ~= nil or dhsm.check_mode }
-      end)
-    end
-
-    -- The guide's remedy for one member in another cloning domain, as
-    -- confirmed steps, each looking first at what is done.
-    local function fix_member(g, found, bad)
-      local entry = ctx.inventory:hsm(bad.hsm)
-      -- chosen once and journaled: a resumed run must look for the partition
-      -- it may have created, not pick the next free name
-      local name = p.new_partition or ctx:step(("choose the new partition's name on %s"):format(bad.hsm),
-        function() return free_partition(entry) end)
-      local label = bad.hsm .. "-" .. name
-      local function new() return ha.partition_on(entry, name) end
-      ctx:step(("create partition %s on %s for group %s"):format(name, bad.hsm, g.label),
-        { destructive = true, target = bad.hsm, done = function()
-          if dhsm.check_mode then return false end
-          local part = new()                  -- created and assigned to this client: lunacm shows its slot
-          return part ~= nil and c:find_slot(part.serial) ~= nil
-        end }, function()
-        local so = p.so_password or entry.so_password
-        if not so then
-          dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
-            .. "password: -e so_password=..., or so_password in its inventory entry"):format(bad.hsm) }
-        end
-        ha.create_partition(entry, so, name, ntls_client_name())
-      end)
-      ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(name, bad.hsm, found.good),
-        { destructive = true, target = bad.hsm .. "/" .. name, done = function()
-          if dhsm.check_mode then return false end
-          local tok = c:token(label)
-          return tok ~= nil and tok.user_pin_initialized and new().domain == found.domain
-        end }, function()
-        if dhsm.check_mode then
-          ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(label))
-          return
-        end
-        -- initialised by us: our label and the group's domain (a resumed run finds it so)
-        local part = new()
-        if not c:token(label) or part.domain ~= found.domain then
-          c:init_partition(part.serial, label, p.pso_password, p.cloning_domain)
-          part = new()
-        end
-        if part.domain ~= found.domain then
-          dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
-            .. "than %s after partition init: is cloning_domain the group's?"):format(name, bad.hsm, found.good) }
-        end
-        if not c:token(label).user_pin_initialized then c:init_co(label, p.pso_password, p.co_password) end
-      end)
-      local function in_group(serial)
-        for _, x in ipairs(c:conf():ha_groups()) do
-          if x.label == g.label then
-            for _, m in ipairs(x.members) do if m == serial then return true end end
-          end
-        end
-        return false
-      end
-      ctx:step(("add %s (%s) to group %s"):format(name, bad.hsm, g.label), { destructive = true, target = g.label,
-        done = function() return not dhsm.check_mode and in_group(new().serial) end }, function()
-        if dhsm.check_mode then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(g.label, name, bad.hsm)) end
-        c:add_member(g.label, new().serial, p.co_password)
-      end)
-      ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(bad.serial, bad.hsm, g.label),
-        { destructive = true, target = g.label, done = function() return not dhsm.check_mode and not in_group(bad.serial) end },
-        function() c:remove_member(g.label, bad.serial) end)
-    end
-
-    local function group_now(label)
-      for _, x in ipairs(c:groups()) do if x.label == label then return x end end
-    end
-
-    for _, g in ipairs(groups) do
-      local members = comparable(g)
-      if #members >= 2 then
-        local title = ("compare the members of %s: objects and cloning domains"):format(g.label)
-        local found = compare_step(g, members, title)
-        if found.conflict then
-          for _, bad in ipairs(found.conflict) do fix_member(g, found, bad) end
-          if dhsm.check_mode then
-            found = { drift = true }
-          else
-            g = group_now(g.label)
-            members = comparable(g)
-            found = compare_step(g, members, title .. ", again")
-          end
-        end
-        if found.drift and p.synchronize then
-          ctx:step("synchronize group " .. g.label, {
-            done = function() return not dhsm.check_mode and not compare(comparable(g), true).drift end,
-          }, function()
-            c:synchronize(g.label, p.co_password)
-          end)
-          ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
-            if dhsm.check_mode then
-              ctx:would("compare the members' objects again")
-              return { planned = true }
-            end
-            local now = comparable(g)    -- read afresh: on a resumed run the comparison above was journaled
-            if compare(now, true).drift then
-              dhsm.error { kind = "luna", code = "StillDrifting",
-                message = ("group %s: the members still differ after synchronize"):format(g.label) }
-            end
-            return { objects = now[1].objects.count }
-          end)
-        end
-      end
-    end
+    client(ctx)            -- an inventory without the client install stops here, before any step
+    local groups = read_groups(ctx)
+    for _, g in ipairs(groups) do recover_members(ctx, g) end
+    if #groups > 0 then auto_recovery(ctx) end
+    for _, g in ipairs(groups) do heal_group(ctx, g) end
   end,
 }

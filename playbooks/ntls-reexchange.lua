@@ -20,10 +20,8 @@
 -- verify` must list the partitions and a fresh handshake succeed; the
 -- syslog lines before and after are shown.  A closed port stops the run: no
 -- certificate exchange fixes that.
-local luna = require "dhsm.luna"
 local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
-local util = require "dhsm.util"
 
 -- The diagnosis as a step result (JSON, journaled): no certificates.
 local function summary(d)
@@ -46,6 +44,163 @@ local function split(list)
   return out
 end
 
+-- The client install (Chrystoki.conf, its certificates, vtl): what the
+-- inventory says of it, read from there when needed (nothing is opened).
+local function client(ctx)
+  return ntls.client(ctx.inventory)
+end
+
+-- The appliance's inventory entry.
+local function appliance_entry(ctx)
+  return ctx.inventory:hsm(ctx.params.hsm)
+end
+
+-- A fresh diagnosis (dhsm.client.ntls), over the run's session to the
+-- appliance, its files in the run's scratch folder.
+local function diagnose(ctx)
+  return ntls.diagnose(appliance_entry(ctx), client(ctx), ctx:appliance(ctx.params.hsm), { workdir = ctx:scratch_dir() })
+end
+
+-- A fresh look, for the done= checks: is the finding code gone?
+local function now_ok(ctx, code)
+  if dhsm.check_mode then return false end
+  return not has(diagnose(ctx), code)
+end
+
+---------------------------------------------------------------------------
+-- diagnose first
+
+-- -> the diagnosis' summary, and renew: whether the client certificate is
+-- to be renewed.  A closed port stops the run: no certificate exchange
+-- fixes that.
+local function diagnosis(ctx)
+  local p = ctx.params
+  return ctx:step("diagnose NTLS between this client and " .. p.hsm, function()
+    local d = diagnose(ctx)
+    for _, f in ipairs(d.findings) do ctx:note(f.code .. ": " .. f.text) end
+    if #d.findings == 0 then ctx:note("TCP, TLS with the client certificate, server.pem and the registration are all right") end
+    for _, l in ipairs(d.syslog or {}) do ctx:note("syslog before: " .. l) end
+    if has(d, "port_closed") then
+      dhsm.error { kind = "net", code = "NtlsPortClosed", message = d.findings[1].text
+        .. "; open it (NSG, firewall, `ntls bind`) before touching certificates: nothing was changed" }
+    end
+    local out = summary(d)
+    out.renew = has(d, "client_expired") or (p.renew_expiring and has(d, "client_expiring")) or false
+    return out
+  end)
+end
+
+---------------------------------------------------------------------------
+-- fix only what was found
+
+local function restart_ntls(ctx)
+  local hsm = ctx.params.hsm
+  ctx:step("restart NTLS on " .. hsm .. " (it drops every client's NTLS sessions)",
+    { destructive = true, target = hsm, done = function() return now_ok(ctx, "ntls_restart") end }, function()
+    ctx:note("restarting NTLS drops the sessions of every client connected to " .. hsm .. "; they reconnect")
+    ctx:appliance(hsm):must("service restart ntls")
+  end)
+end
+
+local function reexchange_server_cert(ctx)
+  local hsm = ctx.params.hsm
+  ctx:step("re-exchange " .. hsm .. "'s server certificate", { done = function() return now_ok(ctx, "server_changed") end },
+    function()
+    local pem = ctx:scratch_dir() .. "/" .. hsm .. "-server-now.pem"
+    ctx:appliance(hsm):get("server.pem", pem)
+    ntls.readd_server(client(ctx), appliance_entry(ctx), pem)
+  end)
+end
+
+-- A new key pair and certificate for the client: every appliance it uses
+-- must register it, so the others are named.
+local function renew_client_cert(ctx, d)
+  ctx:step(("renew client certificate %s (vtl createCert: a new key pair, which every appliance must register)")
+    :format(d.client_name), { destructive = true, target = d.client_name,
+    done = function() return ntls.client_cert(client(ctx)).days_left >= ntls.EXPIRY_WARN_DAYS end }, function()
+    ctx:note(("the certificate %s %s: a new one replaces it for every appliance this client uses"):format(
+      d.client_name, d.client_days_left < 0 and "has expired" or ("expires in " .. d.client_days_left .. " days")))
+    local new = ntls.renew_client_cert(client(ctx), d.client_name)
+    local others = {}
+    for _, h in ipairs(ctx.inventory.hsms or {}) do
+      if h.name ~= ctx.params.hsm then others[#others + 1] = h.name end
+    end
+    if #others > 0 then
+      ctx:note("then run ntls-reexchange for " .. table.concat(others, ", ") .. ": they still hold the old certificate")
+    end
+    return new and { not_after = new.not_after, sha256 = new.sha256 } or { planned = true }
+  end)
+end
+
+-- The partitions to assign: -e partitions, else those the client had,
+-- else every partition of the appliance.
+local function partitions_to_assign(ctx, d)
+  local parts = split(ctx.params.partitions)
+  if #parts == 0 then parts = d.partitions or {} end
+  if #parts == 0 then
+    for _, part in ipairs(parse.partition_list(ctx:appliance(ctx.params.hsm):must("partition list").text)) do
+      parts[#parts + 1] = part.name
+    end
+  end
+  return parts
+end
+
+-- done: registered with this client's certificate and every partition assigned
+local function registered(now, parts)
+  if has(now, "client_unknown") or has(now, "client_stale") then return false end
+  local assigned = {}
+  for _, part in ipairs(now.partitions or {}) do assigned[part] = true end
+  for _, part in ipairs(parts) do
+    if not assigned[part] then return false end
+  end
+  return true
+end
+
+-- The client registered anew, or its registration replaced (a confirmed
+-- step: it holds another certificate), with its partitions.
+local function register_client(ctx, d)
+  local hsm, replace = ctx.params.hsm, d.registered
+  local parts = partitions_to_assign(ctx, d)
+  local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
+    :format(d.client_name, hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
+  local now                       -- what done= found: the body acts on it (one handshake, not two)
+  ctx:step(title, { destructive = replace or nil, target = replace and hsm or nil,
+    done = function()
+      if dhsm.check_mode then return false end
+      now = diagnose(ctx)
+      return registered(now, parts)
+    end }, function()
+    -- the state as it is now: a resumed run may find the delete or the registration done
+    ntls.register_client(client(ctx), appliance_entry(ctx), ctx:appliance(hsm), dhsm.check_mode and d or now or diagnose(ctx), parts)
+  end)
+end
+
+---------------------------------------------------------------------------
+-- verify
+
+local function verify(ctx)
+  ctx:step("verify: vtl verify lists the partitions, a fresh handshake succeeds", function()
+    if dhsm.check_mode then
+      ctx:would("run vtl verify and a fresh handshake with the client certificate")
+      return { planned = true }
+    end
+    local again = diagnose(ctx)
+    for _, l in ipairs(again.syslog or {}) do ctx:note("syslog after: " .. l) end
+    local v = ntls.vtl_verify(client(ctx))
+    if not again.ok or not again.tls.ok or not v.ok then
+      local left = {}
+      for _, f in ipairs(again.findings) do left[#left + 1] = f.text end
+      dhsm.error { kind = "net", code = "NtlsStillFailing", message = ("NTLS to %s still fails: %s"):format(ctx.params.hsm,
+        #left > 0 and table.concat(left, "; ") or tostring(v.error or again.tls.reason or "vtl verify lists nothing")) }
+    end
+    for _, part in ipairs(v.partitions) do
+      ctx:note(("vtl verify: slot %d  %s  %s"):format(part.slot, part.serial, part.label))
+    end
+    if has(again, "client_expiring") then ctx:note(again.findings[1].text) end
+    return { partitions = #v.partitions, handshake = again.tls.protocol }
+  end)
+end
+
 return {
   description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
   inventory = "the appliance and the client install",
@@ -57,124 +212,14 @@ return {
       description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
   },
   run = function(ctx, p)
+    -- an HSM, or a client install, the inventory lacks stops the run here, before any step
     local entry = ctx.inventory:hsm(p.hsm)
-    local client = ntls.client(ctx.inventory)
-    local session
-    local function appliance()
-      session = session or luna.open(entry)
-      return session
-    end
-    local closer <close> = setmetatable({}, { __close = function() if session then session:close() end end })
-    local workdir, workdir_gone <close> = util.scratch_dir("dhsm-ntls-")
-    local function diagnose() return ntls.diagnose(entry, client, appliance(), { workdir = workdir }) end
-
-    local d = ctx:step("diagnose NTLS between this client and " .. p.hsm, function()
-      local d = diagnose()
-      for _, f in ipairs(d.findings) do ctx:note(f.code .. ": " .. f.text) end
-      if #d.findings == 0 then ctx:note("TCP, TLS with the client certificate, server.pem and the registration are all right") end
-      for _, l in ipairs(d.syslog or {}) do ctx:note("syslog before: " .. l) end
-      if has(d, "port_closed") then
-        dhsm.error { kind = "net", code = "NtlsPortClosed", message = d.findings[1].text
-          .. "; open it (NSG, firewall, `ntls bind`) before touching certificates: nothing was changed" }
-      end
-      local out = summary(d)
-      out.renew = has(d, "client_expired") or (p.renew_expiring and has(d, "client_expiring")) or false
-      return out
-    end)
-
-    -- A fresh look, for the done= checks and the verification.
-    local function now_ok(code)
-      if dhsm.check_mode then return false end
-      return not has(diagnose(), code)
-    end
-
-    if d.ntls_stale then
-      ctx:step("restart NTLS on " .. p.hsm .. " (it drops every client's NTLS sessions)",
-        { destructive = true, target = p.hsm, done = function() return now_ok("ntls_restart") end }, function()
-        ctx:note("restarting NTLS drops the sessions of every client connected to " .. p.hsm .. "; they reconnect")
-        appliance():must("service restart ntls")
-      end)
-    end
-
-    if d.server_changed then
-      ctx:step("re-exchange " .. p.hsm .. "'s server certificate", { done = function() return now_ok("server_changed") end },
-        function()
-        local pem = workdir .. "/" .. p.hsm .. "-server-now.pem"
-        appliance():get("server.pem", pem)
-        ntls.readd_server(client, entry, pem)
-      end)
-    end
-
-    if d.renew then
-      ctx:step(("renew client certificate %s (vtl createCert: a new key pair, which every appliance must register)")
-        :format(d.client_name), { destructive = true, target = d.client_name,
-        done = function() return ntls.client_cert(client).days_left >= ntls.EXPIRY_WARN_DAYS end }, function()
-        ctx:note(("the certificate %s %s: a new one replaces it for every appliance this client uses"):format(
-          d.client_name, d.client_days_left < 0 and "has expired" or ("expires in " .. d.client_days_left .. " days")))
-        local new = ntls.renew_client_cert(client, d.client_name)
-        local others = {}
-        for _, h in ipairs(ctx.inventory.hsms or {}) do
-          if h.name ~= p.hsm then others[#others + 1] = h.name end
-        end
-        if #others > 0 then
-          ctx:note("then run ntls-reexchange for " .. table.concat(others, ", ") .. ": they still hold the old certificate")
-        end
-        return new and { not_after = new.not_after, sha256 = new.sha256 } or { planned = true }
-      end)
-    end
-
-    if not d.registered or d.client_rejected or d.renew then
-      local replace = d.registered
-      local parts = split(p.partitions)
-      if #parts == 0 then parts = d.partitions or {} end
-      if #parts == 0 then
-        for _, part in ipairs(parse.partition_list(appliance():must("partition list").text)) do
-          parts[#parts + 1] = part.name
-        end
-      end
-      local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
-        :format(d.client_name, p.hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
-      -- done: registered with this client's certificate and every partition assigned
-      local function registered(now)
-        if has(now, "client_unknown") or has(now, "client_stale") then return false end
-        local assigned = {}
-        for _, part in ipairs(now.partitions or {}) do assigned[part] = true end
-        for _, part in ipairs(parts) do
-          if not assigned[part] then return false end
-        end
-        return true
-      end
-      local now                       -- what done= found: the body acts on it (one handshake, not two)
-      ctx:step(title, { destructive = replace or nil, target = replace and p.hsm or nil,
-        done = function()
-          if dhsm.check_mode then return false end
-          now = diagnose()
-          return registered(now)
-        end }, function()
-        -- the state as it is now: a resumed run may find the delete or the registration done
-        ntls.register_client(client, entry, appliance(), dhsm.check_mode and d or now or diagnose(), parts)
-      end)
-    end
-
-    ctx:step("verify: vtl verify lists the partitions, a fresh handshake succeeds", function()
-      if dhsm.check_mode then
-        ctx:would("run vtl verify and a fresh handshake with the client certificate")
-        return { planned = true }
-      end
-      local again = diagnose()
-      for _, l in ipairs(again.syslog or {}) do ctx:note("syslog after: " .. l) end
-      local v = ntls.vtl_verify(client)
-      if not again.ok or not again.tls.ok or not v.ok then
-        local left = {}
-        for _, f in ipairs(again.findings) do left[#left + 1] = f.text end
-        dhsm.error { kind = "net", code = "NtlsStillFailing", message = ("NTLS to %s still fails: %s"):format(p.hsm,
-          #left > 0 and table.concat(left, "; ") or tostring(v.error or again.tls.reason or "vtl verify lists nothing")) }
-      end
-      for _, part in ipairs(v.partitions) do
-        ctx:note(("vtl verify: slot %d  %s  %s"):format(part.slot, part.serial, part.label))
-      end
-      if has(again, "client_expiring") then ctx:note(again.findings[1].text) end
-      return { partitions = #v.partitions, handshake = again.tls.protocol }
-    end)
+    client(ctx)
+    local d = diagnosis(ctx)
+    if d.ntls_stale then restart_ntls(ctx) end
+    if d.server_changed then reexchange_server_cert(ctx) end
+    if d.renew then renew_client_cert(ctx, d) end
+    if not d.registered or d.client_rejected or d.renew then register_client(ctx, d) end
+    verify(ctx)
   end,
 }

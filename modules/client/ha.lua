@@ -5,7 +5,7 @@
 --   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
 --   c.timeout = 10                                 -- seconds a lunacm run may take (default 60)
 --   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings
---   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (with the client certificate), ok=, reason=}
+--   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (dhsm.client.ntls's handshake), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
 --   ha.cloning_domain(entry, member_serial) --> digest of the member partition's cloning domain (LunaSH)
@@ -24,7 +24,7 @@
 local chrystoki = require "dhsm.chrystoki"
 local dhsm = require "dhsm"
 local luna = require "dhsm.luna"
-local net = require "dhsm.net"
+local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
@@ -108,14 +108,14 @@ end
 -- probe(entry) -> {ok=, reason=, tcp=, tls=}: TCP to NTLS, then the TLS
 -- handshake with this client's certificate (what the HA library needs).
 function Client:probe(entry)
-  local port = entry.ntls_port or 1792
-  local tcp = net.tcp { host = entry.host, port = port, timeout = 2 }
+  local port = ntls.port(entry)
+  local tcp = ntls.tcp(entry)
   if not tcp.open then
     return { ok = false, reason = ("TCP %d %s"):format(port, tostring(tcp.reason)), tcp = tcp }
   end
-  local cert = self:conf():client_cert()
-  local tls = net.tls { host = entry.host, port = port, timeout = 5, ca_file = cert.ca, client_cert = cert.cert,
-    client_key = cert.key, client_key_passphrase = self.key_passphrase, server_name = entry.name }
+  -- not strict: a server certificate the client does not trust is a reason
+  -- (tls.verify.error) to show, the handshake carried to its end
+  local tls = ntls.handshake(self, entry, { server_name = entry.name })
   if not (tls.ok and tls.verify and tls.verify.ok) then
     return { ok = false, tcp = tcp, tls = tls, reason = ("TLS on %d: %s"):format(port,
       tostring(tls.reason or tls.alert or (tls.verify and tls.verify.error) or "handshake failed")) }

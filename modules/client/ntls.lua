@@ -9,6 +9,7 @@
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
 --   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --   ntls.inspect(entry, client, session)  -- the same without a handshake: for a read-only health check
+--   ntls.tcp(entry); ntls.handshake(client, entry, {strict=, server_name=}) --> net.tcp's, net.tls's answer
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
 -- against the certificates the client trusts (its ServerCAFile) says
@@ -84,17 +85,32 @@ local function trust_list(path)
   return ok and list or {}
 end
 
--- The handshake dhsm makes as the client: the client's certificate and key
--- (encrypted: its passphrase is the inventory's client.key_passphrase),
--- trusting only what the client trusts, and giving up as the client would
--- (strict) on a server certificate it does not trust, so the appliance logs
--- what the client's own failure looks like.
-local function handshake(entry, client, cert)
+-- port(entry) -> the appliance's NTLS port
+function M.port(entry)
+  return entry.ntls_port or 1792
+end
+
+-- tcp(entry) -> net.tcp's answer from the appliance's NTLS port
+function M.tcp(entry)
+  return net.tcp { host = entry.host, port = M.port(entry), timeout = 2 }
+end
+
+-- handshake(client, entry [, {strict=, server_name=}]) -> net.tls's answer:
+-- the handshake dhsm makes as the client (diagnose's, and dhsm.client.ha's
+-- probe), with the client's certificate and key (encrypted: its passphrase
+-- is the inventory's client.key_passphrase), trusting only what the client
+-- trusts.  strict: give up as the client would on a server certificate it
+-- does not trust, so the appliance logs what the client's own failure looks
+-- like; else the handshake goes on and tls.verify says what was wrong.
+function M.handshake(client, entry, opts)
+  opts = opts or {}
+  local cert = files(client)
   if #trust_list(cert.ca) == 0 then   -- vtl deleteServer of the last server empties it
     return { ok = false, reason = ("the client trusts no server certificate (%s holds none)"):format(cert.ca) }
   end
-  return net.tls { host = entry.host, port = entry.ntls_port or 1792, timeout = 5, ca_file = cert.ca,
-    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase, strict = true }
+  return net.tls { host = entry.host, port = M.port(entry), timeout = 5, ca_file = cert.ca,
+    client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase,
+    strict = opts.strict, server_name = opts.server_name }
 end
 
 -- The NTLS lines since before, and our handshake's attempt among them
@@ -202,19 +218,18 @@ end
 -- diagnose(entry, client, session [, {workdir=}]) -> the diagnosis (see top)
 function M.diagnose(entry, client, session, opts)
   opts = opts or {}
-  local port = entry.ntls_port or 1792
   local d = { hsm = entry.name, findings = {} }
   local cert = files(client)
-  d.tcp = net.tcp { host = entry.host, port = port, timeout = 2 }
+  d.tcp = M.tcp(entry)
   if not d.tcp.open then
     finding(d, "port_closed", ("TCP %d on %s: %s; NTLS needs it open (guide: check 1792 before certificates)")
-      :format(port, entry.name, tostring(d.tcp.reason)))
+      :format(M.port(entry), entry.name, tostring(d.tcp.reason)))
     return d
   end
   client_expiry(d, cert)
   local server = server_state(d, entry, cert, session, opts.workdir)
   local before = syslog(session, 50)
-  d.tls = handshake(entry, client, cert)
+  d.tls = M.handshake(client, entry, { strict = true })
   local presented = d.tls.chain and d.tls.chain[1]
   d.ntls_stale = presented ~= nil and not net.same_cert(presented, server)
   if d.ntls_stale then
@@ -263,7 +278,7 @@ end
 -- Is entry's appliance (host and NTLS port) in the client's server list?
 local function registered_server(client, entry)
   for _, srv in ipairs(chrystoki.load(client.conf_path):servers()) do
-    if srv.name == entry.host and srv.port == (entry.ntls_port or 1792) then return true end
+    if srv.name == entry.host and srv.port == M.port(entry) then return true end
   end
   return false
 end
@@ -271,11 +286,11 @@ end
 -- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem
 function M.readd_server(client, entry, pem)
   if dhsm.check_mode then
-    dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, entry.ntls_port,
-      entry.host, pem, entry.ntls_port))
+    dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, M.port(entry),
+      entry.host, pem, M.port(entry)))
     return
   end
-  local port = tostring(entry.ntls_port or 1792)
+  local port = tostring(M.port(entry))
   if registered_server(client, entry) then        -- gone already when a killed run is resumed
     local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
     if r.failed and not r.failed:find("not registered", 1, true) then
