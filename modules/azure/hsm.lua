@@ -13,6 +13,7 @@
 local dhsm = require "dhsm"
 local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
+local schema = require "dhsm.schema"
 
 local M = {}
 
@@ -24,10 +25,15 @@ local function usage(fmt, ...)
   dhsm.error { kind = "usage", message = fmt:format(...) }
 end
 
+-- What Azure accepts as a dedicated HSM's name: the one rule, a schema spec
+-- (dhsm.schema), for playbook parameters (provision's hsms) and check_name.
+M.NAME = { type = "string", required = true, pattern = "^[%w%-]+$", min_length = 3, max_length = 24,
+  expect = "3-24 letters, digits or '-'" }
+
 function M.check_name(name)
-  if type(name) ~= "string" or not name:match("^[%w%-]+$") or #name < 3 or #name > 24 then
-    usage("dedicated HSM name %q: expected 3-24 letters, digits or '-'", tostring(name))
-  end
+  local problems = {}
+  schema.check(name, M.NAME, "dedicated HSM name", problems)
+  if #problems > 0 then usage("%s", problems[1]) end
   return name
 end
 

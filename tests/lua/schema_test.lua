@@ -4,6 +4,7 @@
 -- meets them.
 local t = require "dhsm.test"
 local schema = require "dhsm.schema"
+local hsm = require "dhsm.azure.hsm"
 local inventory = require "dhsm.inventory"
 
 -- check(value, spec) -> checked value, problems
@@ -49,7 +50,7 @@ t.test("a record may be given as an object of its fields (JSON), each checked by
 end)
 
 ---------------------------------------------------------------------------
--- string lengths
+-- string lengths and the dedicated HSM name
 
 t.test("min_length and max_length bound a string, in characters", function()
   local spec = { type = "string", min_length = 3, max_length = 5 }
@@ -59,6 +60,18 @@ t.test("min_length and max_length bound a string, in characters", function()
   t.eq(select(2, check("ab", spec)), { 'x: expected string of 3-5 characters, got "ab"' })
   t.eq(select(2, check("abcdef", spec)), { 'x: expected string of 3-5 characters, got "abcdef"' })
   t.eq(schema.expected { pattern = "^%w+$", min_length = 2 }, "string matching ^%w+$, at least 2 characters")
+end)
+
+t.test("hsm.NAME is the one dedicated HSM name rule; check_name checks through it", function()
+  t.eq(schema.spec_problems(hsm.NAME, "hsm.NAME"), {})
+  t.eq(hsm.check_name("hsm-a1"), "hsm-a1")
+  t.eq(select(2, check(("a"):rep(24), hsm.NAME)), {})
+  for _, bad in ipairs { "ab", ("a"):rep(25), "hsm_a", "hsm a" } do
+    t.eq(t.raises(function() hsm.check_name(bad) end, "usage").message,
+      ("dedicated HSM name: expected 3-24 letters, digits or '-', got %q"):format(bad))
+  end
+  t.eq(t.raises(function() hsm.check_name(nil) end, "usage").message,
+    "dedicated HSM name: missing, expected 3-24 letters, digits or '-'")
 end)
 
 ---------------------------------------------------------------------------
