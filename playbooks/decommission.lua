@@ -30,6 +30,31 @@ local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
 local luna = require "dhsm.luna"
 
+-- method=command's HSM SO password for name: -e so_password for every HSM,
+-- else its inventory entry's; and whether the inventory knows name (one
+-- it no longer lists is tolerated: an inventory kept up to date drops what
+-- was given back).
+local function so_password(p, inv, name)
+  local known, e = false, nil
+  if inv then known, e = pcall(inv.hsm, inv, name) end
+  return p.so_password or (known and e.so_password), known
+end
+
+-- The rule the parameter specs cannot say, as it depends on the inventory's
+-- entries (play.run asks it with the other parameter checks, before
+-- anything is journaled).
+local function check(p, inv)
+  if p.method ~= "command" then return {} end
+  local missing = {}
+  for _, name in ipairs(p.hsm) do
+    local pw, known = so_password(p, inv, name)
+    if known and not pw then missing[#missing + 1] = name end
+  end
+  if #missing == 0 then return {} end
+  return { ("method: command needs the HSM SO password of %s (give -e so_password=env:NAME|file:PATH|prompt, "
+    .. "or so_password in each inventory entry; or -e method=failed-logins)"):format(table.concat(missing, ", ")) }
+end
+
 -- Step (1) for one HSM: its resource, its appliance, its partitions.
 local function survey(ctx, p, c, appliance, name)
   local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
@@ -94,24 +119,8 @@ return {
     timeout = { type = "integer", default = 1800, min = 1, description = "seconds to wait for each deletion" },
     poll_interval = { type = "number", default = 5, min = 0.01, description = "seconds between ARM polls while waiting" },
   },
+  check = check,
   run = function(ctx, p)
-    -- method=command: -e so_password for every HSM, else each inventory entry's so_password
-    local function so_password(name)
-      local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
-      return p.so_password or (known and e.so_password), known
-    end
-    if p.method == "command" then
-      local missing = {}
-      for _, name in ipairs(p.hsm) do
-        local pw, known = so_password(name)
-        if known and not pw then missing[#missing + 1] = name end
-      end
-      if #missing > 0 then
-        dhsm.error { kind = "usage", code = "BadParameters",
-          message = ("method=command needs the HSM SO password of %s: -e so_password=env:NAME|file:PATH|prompt, "
-            .. "or so_password in each inventory entry (or use -e method=failed-logins)"):format(table.concat(missing, ", ")) }
-      end
-    end
     local cfg = setmetatable({ poll_interval = p.poll_interval }, { __index = ctx.inventory.azure })
     local c <close> = azure.client(cfg)
     local wait = { group = p.group, timeout = p.timeout, deleting = true,
@@ -176,7 +185,7 @@ return {
         if p.method == "failed-logins" then
           return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
         end
-        s:login_so((so_password(h.name)))
+        s:login_so((so_password(p, ctx.inventory, h.name)))
         s:must("hsm zeroize -force")
       end)
 

@@ -286,6 +286,43 @@ t.test("mistakes in a parameter spec are refused when the playbook loads or is d
   end
 end)
 
+t.test("the shipped playbooks' rules: refused before anything is journaled", function()
+  local dir = t.tmpdir()
+  local function refused(args, want)
+    local got = refused_before_anything(dir, GOOD_INV .. "run " .. args)
+    table.remove(got, 1)
+    t.eq(got, want, args)
+  end
+  refused("provision -e hsms=ab,hsm-a:stamp1:10.2.1.5:x,hsm-b::10.2,hsm_c -e mode=template", {
+    "  hsms[1].name: expected 3-24 letters, digits or '-', got \"ab\"",
+    '  hsms[2]: expected name[:stamp[:ip]], got "hsm-a:stamp1:10.2.1.5:x"',
+    '  hsms[3].ip: expected an IPv4 address, got "10.2"',
+    "  hsms[4].name: expected 3-24 letters, digits or '-', got \"hsm_c\"",
+    "  mode: template needs template (give -e template=...)",
+  })
+  refused("ha-recover -e co_password=env:HOME -e fix_cloning=true", {
+    "  fix_cloning: true needs cloning_domain and pso_password (give -e cloning_domain=... -e pso_password=...)" })
+  refused("diagnose -e hsm=hsm2,hsm3", {
+    '  hsm[2]: no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
+  refused("ntls-reexchange -e hsm=hsm", {
+    '  hsm: no HSM "hsm" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
+  -- an HSM the inventory no longer lists is tolerated (given back already); one it lists needs its password
+  refused("decommission -e hsm=hsm1,given-back", {
+    "  method: command needs the HSM SO password of hsm1 (give -e so_password=env:NAME|file:PATH|prompt, or "
+      .. "so_password in each inventory entry; or -e method=failed-logins)" })
+end)
+
+t.test("dhsm doc describes records and the rules between parameters readably", function()
+  local r = t.sh(t.cmd("doc provision"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("\n  hsms +list of name%[:stamp%[:ip%]%] +yes +HSMs as"), r.stdout)
+  t.ok(r.stdout:find("\n  template +string +if mode=template +template mode"), r.stdout)
+  r = t.sh(t.cmd("doc ha-recover"))
+  t.ok(r.stdout:find("\n  pso_password +a secret reference %(env:NAME, file:PATH or prompt%) +if fix_cloning "), r.stdout)
+  r = t.sh(t.cmd("doc diagnose"))
+  t.ok(r.stdout:find("\n  hsm +list of inventory HSM name +only these", 1), r.stdout)
+end)
+
 ---------------------------------------------------------------------------
 -- steps, progress, audit, json
 
