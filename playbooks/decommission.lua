@@ -28,6 +28,31 @@ local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
 
+-- method=command's HSM SO password for name: -e so_password for every HSM,
+-- else its inventory entry's; and whether the inventory knows name (one
+-- it no longer lists is tolerated: an inventory kept up to date drops what
+-- was given back).
+local function so_password(p, inv, name)
+  local known, e = false, nil
+  if inv then known, e = pcall(inv.hsm, inv, name) end
+  return p.so_password or (known and e.so_password), known
+end
+
+-- The rule the parameter specs cannot say, as it depends on the inventory's
+-- entries (play.run asks it with the other parameter checks, before
+-- anything is journaled).
+local function check(p, inv)
+  if p.method ~= "command" then return {} end
+  local missing = {}
+  for _, name in ipairs(p.hsm) do
+    local pw, known = so_password(p, inv, name)
+    if known and not pw then missing[#missing + 1] = name end
+  end
+  if #missing == 0 then return {} end
+  return { ("method: command needs the HSM SO password of %s (give -e so_password=env:NAME|file:PATH|prompt, "
+    .. "or so_password in each inventory entry; or -e method=failed-logins)"):format(table.concat(missing, ", ")) }
+end
+
 -- The run's ARM client, polling at the pace asked for.
 local function arm(ctx)
   return ctx:azure { poll_interval = ctx.params.poll_interval }
@@ -136,7 +161,7 @@ local function zeroize(ctx, h)
     if ctx.params.method == "failed-logins" then
       return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
     end
-    s:login_so(ctx.params.so_password or ctx.inventory:hsm(h.name).so_password)
+    s:login_so((so_password(ctx.params, ctx.inventory, h.name)))
     s:must("hsm zeroize -force")
   end)
 end
@@ -209,24 +234,8 @@ return {
     timeout = { type = "integer", default = 1800, min = 1, description = "seconds to wait for each deletion" },
     poll_interval = { type = "number", default = 5, min = 0.01, description = "seconds between ARM polls while waiting" },
   },
+  check = check,
   run = function(ctx, p)
-    -- method=command: -e so_password for every HSM, else each inventory entry's so_password
-    local function so_password(name)
-      local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
-      return p.so_password or (known and e.so_password), known
-    end
-    if p.method == "command" then
-      local missing = {}
-      for _, name in ipairs(p.hsm) do
-        local pw, known = so_password(name)
-        if known and not pw then missing[#missing + 1] = name end
-      end
-      if #missing > 0 then
-        dhsm.error { kind = "usage", code = "BadParameters",
-          message = ("method=command needs the HSM SO password of %s: -e so_password=env:NAME|file:PATH|prompt, "
-            .. "or so_password in each inventory entry (or use -e method=failed-logins)"):format(table.concat(missing, ", ")) }
-      end
-    end
     arm(ctx)                     -- a bad azure section stops the run here, before any step
     local before = show_what_goes(ctx)
     local left, going = {}, {}

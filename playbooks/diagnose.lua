@@ -756,20 +756,12 @@ end
 ---------------------------------------------------------------------------
 
 
--- The inventory entries to probe: all of them, or those named by -e hsm=,
--- each of which must be in the inventory.
-local function chosen_entries(all, names)
-  if not names then return all end
-  local by_name, chosen = {}, {}
-  for _, entry in ipairs(all) do by_name[entry.name] = entry end
-  for _, name in ipairs(names) do
-    local entry = by_name[name]
-    if not entry then
-      dhsm.error { kind = "usage", code = "BadParameter",
-        message = ("hsm: '%s' is not an HSM of the inventory"):format(name) }
-    end
-    chosen[#chosen + 1] = entry
-  end
+-- The inventory entries to probe: all of them, or those named by -e hsm=
+-- (the runner made sure each is one: inventory = "hsm").
+local function chosen_entries(inv, names)
+  if not names then return inv.hsms or {} end
+  local chosen = {}
+  for i, name in ipairs(names) do chosen[i] = inv:hsm(name) end
   return chosen
 end
 return {
@@ -782,7 +774,7 @@ return {
       description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
     prometheus = { type = "string",
       description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
-    hsm = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$" },
+    hsm = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm" },
       description = "only these appliances of the inventory (comma-separated names; default every one); "
         .. "the Azure checks still cover the whole resource group" },
     co_password = { type = "secret",
@@ -795,7 +787,7 @@ return {
     run.group = ctx.inventory.azure and ctx.inventory.azure.resource_group or "?"
     local workdir, workdir_gone <close> = util.scratch_dir("dhsm-diagnose-")
     run.workdir = workdir
-    local entries = chosen_entries(ctx.inventory.hsms or {}, p.hsm)
+    local entries = chosen_entries(ctx.inventory, p.hsm)
     local t0 = dhsm.now()
     local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),
       function()

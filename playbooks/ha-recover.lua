@@ -419,8 +419,9 @@ return {
       description = "HA auto-recovery retry count to set when it is 0 (-1 unlimited, 1-500)" },
     retry_interval = { type = "integer", default = 60, min = 60, max = 1200, description = "seconds between auto-recovery attempts" },
     synchronize = { type = "boolean", default = true, description = "synchronize a group whose members' objects differ" },
-    fix_cloning = { type = "boolean", default = false, description = "on a cloning-domain conflict, carry out the "
-      .. "guide's remedy (confirmed steps): a new partition in the group's domain, added, the bad member removed" },
+    fix_cloning = { type = "boolean", default = false, requires = { "cloning_domain", "pso_password" },
+      description = "on a cloning-domain conflict, carry out the guide's remedy (confirmed steps): a new partition "
+        .. "in the group's domain, added, the bad member removed" },
     cloning_domain = { type = "secret", description = "fix_cloning: the group's cloning domain (env:, file: or prompt)" },
     pso_password = { type = "secret", description = "fix_cloning: the new partition's Partition SO password" },
     so_password = { type = "secret",
@@ -429,10 +430,6 @@ return {
       description = "fix_cloning: the new partition's name (default: the first free parN)" },
   },
   run = function(ctx, p)
-    if p.fix_cloning and not (p.cloning_domain and p.pso_password) then
-      dhsm.error { kind = "usage", code = "BadParameters", message = "fix_cloning=true needs -e cloning_domain=... "
-        .. "(the group's) and -e pso_password=... (for the new partition's Partition SO)" }
-    end
     client(ctx)            -- an inventory without the client install stops here, before any step
     local groups = read_groups(ctx)
     for _, g in ipairs(groups) do recover_members(ctx, g) end

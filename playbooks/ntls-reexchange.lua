@@ -205,16 +205,15 @@ return {
   description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
   inventory = "the appliance and the client install",
   params = {
-    hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", description = "the inventory's name of the appliance" },
+    hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", inventory = "hsm",
+      description = "the inventory's name of the appliance" },
     renew_expiring = { type = "boolean", default = false,
       description = "also renew a client certificate that expires within 30 days (an expired one is always renewed)" },
     partitions = { type = "string", pattern = "^[%w%-_%.,]+$",
       description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
   },
   run = function(ctx, p)
-    -- an HSM, or a client install, the inventory lacks stops the run here, before any step
-    local entry = ctx.inventory:hsm(p.hsm)
-    client(ctx)
+    client(ctx)            -- an inventory without the client install stops here, before any step
     local d = diagnosis(ctx)
     if d.ntls_stale then restart_ntls(ctx) end
     if d.server_changed then reexchange_server_cert(ctx) end

@@ -21,17 +21,15 @@ local OWNER_TAG = "dhsm-provision"   -- a VNet carrying it was created by this p
 ---------------------------------------------------------------------------
 -- parameters and small helpers
 
--- "name[:stamp[:ip]]" -> {name=, stamp=, ip=}
-local function parse_hsms(list)
-  local out = {}
-  for i, item in ipairs(list) do
-    local name, stamp, ip = item:match("^([^:]+):?([^:]*):?([^:]*)$")
-    if not name then dhsm.error { kind = "usage", message = ("hsms[%d]: expected name[:stamp[:ip]], got %q"):format(i, item) } end
-    hsm.check_name(name)
-    out[i] = { name = name, stamp = stamp ~= "" and stamp or nil, ip = ip ~= "" and ip or nil }
-  end
-  return out
-end
+-- One HSM to create: "name[:stamp[:ip]]" (or {"name":, "stamp":, "ip":}
+-- in -e @file.json), arriving as {name=, stamp=, ip=}.  The name is Azure's
+-- rule (hsm.NAME); `required` is said here too because `dhsm doc`
+-- describes this table without loading the module.
+local HSM_ITEM = { type = "record", separator = ":", fields = {
+  { "name", setmetatable({ required = true }, { __index = hsm.NAME }) },
+  { "stamp", { pattern = "^%w+$", expect = "a stamp name such as stamp1" } },
+  { "ip", { pattern = "^%d+%.%d+%.%d+%.%d+$", expect = "an IPv4 address" } },
+} }
 
 local function names_of(list)
   local out = {}
@@ -581,11 +579,11 @@ return {
     .. "checking everything the troubleshooting guide names first and riding out the gateway race",
   inventory = "Azure",
   params = {
-    hsms = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-]+:?[%w]*:?[%d%.]*$" },
+    hsms = { type = "list", required = true, items = HSM_ITEM,
       description = "HSMs as name[:stamp[:ip]], e.g. hsm-a:stamp1,hsm-b:stamp2 (the guide's HA pair)" },
     group = { type = "string", required = true, from_inventory = "azure.resource_group", description = "resource group" },
     location = { type = "string", required = true, from_inventory = "azure.location", description = "region" },
-    mode = { type = "enum", values = { "staged", "template" }, default = "staged",
+    mode = { type = "enum", values = { "staged", "template" }, default = "staged", requires = { template = { "template" } },
       description = "staged: network, then each HSM by a direct PUT; template: the operator's ARM template" },
     template = { type = "string", description = "template mode: the ARM template file" },
     template_parameters = { type = "string", description = "template mode: its parameters file" },
@@ -609,10 +607,7 @@ return {
     network_timeout = { type = "integer", default = 900, min = 1, description = "seconds for other network writes" },
   },
   run = function(ctx, p)
-    if p.mode == "template" and not p.template then
-      dhsm.error { kind = "usage", message = "mode=template needs -e template=FILE (and template_parameters=FILE)" }
-    end
-    local requested = parse_hsms(p.hsms)
+    local requested = p.hsms
     local cfg = setmetatable({ poll_interval = p.poll_interval, resource_group = p.group, location = p.location },
       { __index = ctx.inventory.azure })
     local c <close> = azure.client(cfg)

@@ -5,6 +5,7 @@
 **   secret.file(PATH)     from a file only its owner can read, now
 **   secret.prompt(TEXT)   typed on the terminal without echo, now
 **   secret.ref(REF[, T])  "env:NAME" | "file:PATH" | "prompt": read on first use
+**   s:check()             the error its first use would raise, without reading
 **   secret.value(STR)     for tests
 **
 ** tostring() is "<secret>", concatenation is refused, the bytes are wiped
@@ -83,11 +84,22 @@ void dhsm_secret_push(lua_State *L, const char *bytes, size_t len,
 
 /* ---- sources ---------------------------------------------------------- */
 
-static void load_env(lua_State *L, secret *s, const char *name) {
+/* The variable's value, or the usage error reading it would raise: the
+** one rule for env:NAME, shared by load_env and check_env. */
+static const char *env_value(lua_State *L, const char *name) {
   const char *v = getenv(name);
   if (v == NULL || *v == '\0')
     dhsm_usage_error(L, "environment variable %s is not set (expected a secret in it)", name);
+  return v;
+}
+
+static void load_env(lua_State *L, secret *s, const char *name) {
+  const char *v = env_value(L, name);
   secret_adopt(s, copy_bytes(L, v, strlen(v)), strlen(v));
+}
+
+static void check_env(lua_State *L, const char *name) {
+  env_value(L, name);
 }
 
 static void strip_newline(char *buf, size_t *len) {
@@ -95,26 +107,43 @@ static void strip_newline(char *buf, size_t *len) {
   if (*len > 0 && buf[*len - 1] == '\r') (*len)--;
 }
 
-static void load_file(lua_State *L, secret *s, const char *path) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+/* The file opened for reading, or the usage error reading it would raise:
+** the one rule for file:PATH (a regular file, readable, mode 0600 or
+** stricter, not too large), shared by load_file and check_file.  *st is
+** filled in. */
+static int open_secret_file(lua_State *L, const char *path, struct stat *st) {
+  /* O_NONBLOCK: a FIFO put there is refused below instead of waiting for a
+  ** writer; it changes nothing for a regular file. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0)
     dhsm_usage_error(L, "cannot read secret file %s: %s", path, strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
     close(fd);
     dhsm_usage_error(L, "secret file %s is not a regular file", path);
   }
-  if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+  if (st->st_mode & (S_IRWXG | S_IRWXO)) {
     char mode[8];
-    snprintf(mode, sizeof mode, "%04o", (unsigned)(st.st_mode & 0777));
+    snprintf(mode, sizeof mode, "%04o", (unsigned)(st->st_mode & 0777));
     close(fd);
     dhsm_usage_error(L, "secret file %s is open to group/others (mode %s); "
                      "run: chmod 600 %s", path, mode, path);
   }
-  if (st.st_size > SECRET_MAX) {
+  if (st->st_size > SECRET_MAX) {
     close(fd);
     dhsm_usage_error(L, "secret file %s is larger than %d bytes", path, SECRET_MAX);
   }
+  return fd;
+}
+
+/* Opened and closed, never read: what check() needs to know. */
+static void check_file(lua_State *L, const char *path) {
+  struct stat st;
+  close(open_secret_file(L, path, &st));
+}
+
+static void load_file(lua_State *L, secret *s, const char *path) {
+  struct stat st;
+  int fd = open_secret_file(L, path, &st);
   char *buf = malloc((size_t)st.st_size + 1);
   if (buf == NULL) {
     close(fd);
@@ -288,6 +317,29 @@ static int secret_equal(lua_State *L) {
   return 1;
 }
 
+/* s:check() -> s: raises the usage error its first use would raise
+** (env:NAME unset or empty; file:PATH missing, unreadable, not a regular
+** file, open to group/others, too large) without reading its bytes, so
+** bad input is refused before anything acts.  A prompt is not asked (it
+** stays lazy), a secret already read passes; a closed one is refused. */
+static int secret_check(lua_State *L) {
+  secret *s = luaL_checkudata(L, 1, DHSM_SECRET_MT);
+  lua_settop(L, 1);
+  if (s->closed)
+    return dhsm_usage_error(L, "this secret was closed (its bytes are wiped)");
+  if (!s->resolved) {
+    lua_getiuservalue(L, 1, 1);
+    const char *arg, *ref = lua_tostring(L, -1);
+    switch (ref ? parse_ref(ref, &arg) : 0) {
+      case 'e': check_env(L, arg); break;
+      case 'f': check_file(L, arg); break;
+      default: break;         /* a prompt, or made from bytes already */
+    }
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
 static int secret_origin(lua_State *L) {
   luaL_checkudata(L, 1, DHSM_SECRET_MT);
   lua_getiuservalue(L, 1, 1);
@@ -312,7 +364,8 @@ static int secret_concat(lua_State *L) {
 
 int luaopen_dhsm_secret(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"origin", secret_origin}, {"close", secret_close}, {NULL, NULL}
+    {"origin", secret_origin}, {"check", secret_check}, {"close", secret_close},
+    {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
     {"__tostring", secret_tostring}, {"__concat", secret_concat},

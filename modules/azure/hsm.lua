@@ -13,6 +13,7 @@
 local dhsm = require "dhsm"
 local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
+local schema = require "dhsm.schema"
 
 local M = {}
 
@@ -22,10 +23,15 @@ M.QUOTA_PER_STAMP, M.QUOTA_PER_REGION, M.CAPACITY_PER_STAMP = 2, 4, 12
 
 local usage = dhsm.usage
 
+-- What Azure accepts as a dedicated HSM's name: the one rule, a schema spec
+-- (dhsm.schema), for playbook parameters (provision's hsms) and check_name.
+M.NAME = { type = "string", required = true, pattern = "^[%w%-]+$", min_length = 3, max_length = 24,
+  expect = "3-24 letters, digits or '-'" }
+
 function M.check_name(name)
-  if type(name) ~= "string" or not name:match("^[%w%-]+$") or #name < 3 or #name > 24 then
-    usage("dedicated HSM name %q: expected 3-24 letters, digits or '-'", tostring(name))
-  end
+  local problems = {}
+  schema.check(name, M.NAME, "dedicated HSM name", problems)
+  if #problems > 0 then usage("%s", problems[1]) end
   return name
 end
 

@@ -444,7 +444,8 @@ t.test("-e hsm= probes only the named appliances; a name not in the inventory is
   t.ok(find(doc, "hsm provisioning", "hsm1"), "the Azure checks still cover the whole group")
   r = diagnose("-e hsm=hsm2,nosuch")
   t.eq(r.status, 2, r.stderr)
-  t.ok(r.stderr:find("hsm: 'nosuch' is not an HSM of the inventory", 1, true), r.stderr)
+  t.ok(r.stderr:find('hsm[2]: no HSM "nosuch" in the inventory', 1, true), r.stderr)
+  t.ok(r.stderr:find("(known: hsm1, hsm2", 1, true), "the known names are listed\n" .. r.stderr)
 end, { timeout = 120 })
 
 -- Inject, find the row, clear, find every row OK.  kind: arm | appliance | action | state

@@ -98,6 +98,17 @@ t.test("net.tls{ca_file=false}, the case that was a raw Lua error", function()
   t.eq(err.message, "net.tls: ca_file: expected a file path, got false")
 end)
 
+t.test("a mistake in an option spec is the module's, refused at its first use, naming it", function()
+  local schema = require "dhsm.schema"
+  local ok, err = pcall(schema.options, "thing.do", { a = 1 }, { a = { type = "integr" }, b = { type = "string", pattern = "[x" } })
+  t.ok(not ok)
+  t.ok(not dhsm.error.is(err, "usage"), "not the caller's mistake: " .. tostring(err))
+  t.ok(tostring(err):find([[thing.do: its option spec is wrong: a: unknown type "integr" (did you mean 'integer'?); ]]
+    .. [[b: pattern "[x": malformed pattern (missing ']')]], 1, true), tostring(err))
+  local fields = { a = { type = { "string", "function" } }, s = { type = "text" } }
+  t.eq(schema.options("thing.do", { a = print }, fields).a, print, "the option types and lists of types are sound")
+end)
+
 t.test("the options of a LunaSH session's calls", function()
   local estate = require("support.estate").start { args = "--appliances 1" }
   local s = estate:luna_session("hsm1")

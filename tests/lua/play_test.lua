@@ -104,6 +104,225 @@ t.test("a playbook that declares inventory= is refused without one, before anyth
   t.ok(r.stderr:find("field 'inventory' must be a string", 1, true), r.stderr)
 end)
 
+local function runs_started(dir)
+  local n = 0
+  for _, rec in ipairs(audit(dir)) do
+    if rec.action == "run.start" then n = n + 1 end
+  end
+  return #(sys.readdir(dir .. "/dhsm/runs") or {}), n
+end
+
+-- `dhsm args` (a shell command line) refused for its parameters: exit 2,
+-- and nothing journaled, locked or audited (no run.start): the run never
+-- began.  vars: environment assignments to put first.  -> the lines of stderr
+local function refused_before_anything(dir, args, vars)
+  local journals, starts = runs_started(dir)
+  local r = t.sh((vars or "") .. " " .. env(dir) .. " " .. t.cmd(args))
+  t.eq(r.status, 2, r.stderr)
+  t.eq({ runs_started(dir) }, { journals, starts }, "no run journaled, no run.start audited\n" .. r.stderr)
+  return lines(r.stderr)
+end
+
+local GOOD_INV = "-i " .. fixtures .. "/inventory/good.json "
+
+t.test("requires= and exclusive= are reported with every other problem, in the operator's words", function()
+  local dir = t.tmpdir()
+  t.eq(refused_before_anything(dir, GOOD_INV .. "run rules -e fix=yes -e mode=template -e every=true -e hsm=hsm1,hsm9 "
+    .. "-e hosts=x"), {
+    "dhsm: invalid parameters for playbook 'rules':",
+    '  hosts[1].name: expected string matching ^[%l%d%-]+$, at least 2 characters, got "x"',
+    "  every: cannot go with hsm (give only one of them)",
+    "  fix: true needs domain and pin (give -e domain=... -e pin=...)",
+    "  mode: template needs template (give -e template=...)",
+    '  hsm[2]: no HSM "hsm9" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)',
+  })
+  -- what is given counts, not defaults: every=true is the default, hsm= alone is fine;
+  -- what is set counts, defaults applied: fix=false needs nothing
+  local r = run(dir, GOOD_INV .. "run rules -e hsm=hsm2 -e fix=false -e mode=template -e template=t.json")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout).hsm, { "hsm2" })
+  -- one given with a problem of its own is not also said to be missing
+  t.eq(refused_before_anything(dir, "run rules -e fix=yes -e domain=hunter2 -e pin=env:HOME"), {
+    "dhsm: invalid parameters for playbook 'rules':",
+    "  domain: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value (it would show in "
+      .. "your shell history and process list)",
+  })
+end)
+
+t.test("a secret reference is checked before anything is journaled, never showing its value", function()
+  local dir = t.tmpdir()
+  local open_file, folder = dir .. "/open.pw", dir .. "/folder"
+  t.write(open_file, "TopSecret42\n", tonumber("644", 8))
+  sys.mkdir(folder)
+  local args = "run rules -e fix=true -e domain=file:" .. q(open_file) .. " -e pin=env:DHSM_UNSET_PW"
+  local got = refused_before_anything(dir, args)
+  t.eq(got, {
+    "dhsm: invalid parameters for playbook 'rules':",
+    ("  domain: secret file %s is open to group/others (mode 0644); run: chmod 600 %s"):format(open_file, open_file),
+    "  pin: environment variable DHSM_UNSET_PW is not set (expected a secret in it)",
+  })
+  t.ok(not table.concat(got, "\n"):find("TopSecret42", 1, true), "the secret's value is never shown")
+  for ref, words in pairs { ["file:" .. dir .. "/none"] = "cannot read secret file " .. dir .. "/none: No such file",
+      ["file:" .. folder] = "secret file " .. folder .. " is not a regular file",
+      ["env:DHSM_EMPTY_PW"] = "environment variable DHSM_EMPTY_PW is not set" } do
+    got = refused_before_anything(dir, "run rules -e pin=" .. q(ref), "DHSM_EMPTY_PW=")
+    t.ok(got[2] and got[2]:find("  pin: " .. words, 1, true), ref .. ": " .. table.concat(got, "\n"))
+  end
+  -- readable now: the run goes on, and the secrets are still only references
+  local good = dir .. "/good.pw"
+  t.write(good, "TopSecret42\n", tonumber("600", 8))
+  local r = run(dir, "run rules -e fix=true -e domain=file:" .. q(good) .. " -e pin=env:HOME")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout).domain, "file:" .. good)
+end)
+
+t.test("a resumed run does not refuse a secret reference its remaining steps may not need", function()
+  local dir = t.tmpdir()
+  local pw = dir .. "/so.pw"
+  t.write(pw, "x", tonumber("600", 8))
+  local args = "run names -e token_name=t -e so_password=file:" .. q(pw) .. " -e fail=true"
+  local r = run(dir, args)
+  t.eq(r.status, 1, r.stderr)
+  local id = run_id(r.stderr)
+  os.remove(pw)                   -- e.g. an SO password gone with its zeroized appliance
+  t.eq(refused_before_anything(dir, args)[2], ("  so_password: cannot read secret file %s: No such file or directory")
+    :format(pw), "a new run is refused")
+  r = run(dir, args .. " --resume " .. id)
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("↷ use the token", 1, true), "resumed: " .. r.stderr)
+  t.ok(r.stderr:find("failed on purpose", 1, true), r.stderr)
+end)
+
+t.test("a prompt secret is asked when first used, not when the parameters are checked", function()
+  local dir = t.tmpdir()
+  -- no terminal: a prompt asked while checking would refuse the run before its first step
+  local r = run(dir, "run lazy -e pw=prompt -e dir=" .. q(dir))
+  t.ok(sys.stat(dir .. "/before"), "the step before the secret's first use ran\n" .. r.stderr)
+  t.ok(r.stderr:find('✓ before the secret is used', 1, true), r.stderr)
+  t.ok(r.stderr:find('cannot ask for "the late password: "', 1, true), "asked at its first use\n" .. r.stderr)
+  -- on a terminal, the question comes after the first step
+  os.remove(dir .. "/before")
+  local cmd = env(dir) .. " " .. t.cmd("run lazy --json -e dir=" .. q(dir))
+  r = t.sh(("(for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; sleep 0.5; printf 'open sesame\\n') | script -qec %s /dev/null")
+    :format(q(dir .. "/before"), q(cmd)))
+  local asked = r.stdout:find("the late password: ", 1, true)
+  t.ok(asked and asked > r.stdout:find("before the secret is used", 1, true), r.stdout)
+end, { timeout = 60 })
+
+t.test("records: name[:zone[:port]] split from -e, objects from -e @file.json, each field by its own spec", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run rules -e hosts=ab:z1:8080,cd,ef::22")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout).hosts, { { name = "ab", zone = "z1", port = 8080 }, { name = "cd" }, { name = "ef", port = 22 } })
+  t.write(dir .. "/p.json", '{"hosts": [{"name": "ab", "zone": "z1", "port": 8080}, "cd:z2"]}')
+  r = run(dir, "run rules -e @" .. q(dir .. "/p.json"))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout).hosts, { { name = "ab", zone = "z1", port = 8080 }, { name = "cd", zone = "z2" } })
+  t.write(dir .. "/bad.json", '{"hosts": [{"name": "ab", "zoen": "z1"}, {"zone": "z"}, ["ab"]]}')
+  t.eq(refused_before_anything(dir, "run rules -e @" .. q(dir .. "/bad.json")), {
+    "dhsm: invalid parameters for playbook 'rules':",
+    "  hosts[1].zoen: unknown field (did you mean 'zone'?)",
+    "  hosts[2].name: missing, expected string matching ^[%l%d%-]+$, at least 2 characters",
+    '  hosts[3]: expected name[:zone[:port]], got a list',
+  })
+  t.eq(refused_before_anything(dir, "run rules -e hosts=ab:z1:80:x,cd:z:0,:z"), {
+    "dhsm: invalid parameters for playbook 'rules':",
+    '  hosts[1]: expected name[:zone[:port]], got "ab:z1:80:x"',
+    '  hosts[2].port: expected integer 1-65535, got "0"',
+    "  hosts[3].name: missing, expected string matching ^[%l%d%-]+$, at least 2 characters",
+  })
+end)
+
+t.test("a playbook's check(params, inventory) runs with the parameter checks, before anything is journaled", function()
+  local dir = t.tmpdir()
+  t.eq(refused_before_anything(dir, GOOD_INV .. "run checked -e n=7 -e dir=" .. q(dir)), {
+    "dhsm: invalid parameters for playbook 'checked':",
+    "  n: 7 is not allowed with an inventory" })
+  t.eq(sys.stat(dir .. "/ran"), nil)
+  -- asked only once every parameter passed its spec: it may rely on them
+  os.remove(dir .. "/asked")
+  t.eq(refused_before_anything(dir, "run checked -e n=70 -e dir=" .. q(dir))[2], "  n: expected integer 1-9, got \"70\"")
+  t.eq(sys.stat(dir .. "/asked"), nil, "check() was not asked")
+  local r = run(dir, "run checked -e n=3 -e dir=" .. q(dir))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(sys.stat(dir .. "/ran"))
+  t.write(dir .. "/odd.lua", [[return { description = "x", check = true, run = function() end }]])
+  for _, how in ipairs { "run ", "doc " } do
+    r = t.sh(env(dir) .. " " .. t.cmd(how .. dir .. "/odd.lua"))
+    t.eq(r.status, 2, r.stderr)
+    t.ok(r.stderr:find("field 'check' must be a function(params, inventory) -> a list of problems", 1, true), r.stderr)
+  end
+end)
+
+t.test("mistakes in a parameter spec are refused when the playbook loads or is described, naming each", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/odd.lua", [[return { description = "x", params = {
+    a = { type = "string", pattern = "[a-" },
+    b = { type = "string", pattern = "%" },
+    c = { type = "integer", min = 1, max = 4, default = 9 },
+    d = { type = "string", requried = true },
+    e = { type = "boolean", requires = { "clonig_domain" } },
+    cloning_domain = { type = "secret", exclusive = { "nothere" } },
+    f = { type = "enum", values = { "x", "y" }, requires = { z = { "a" } } },
+    g = { type = "list", items = { type = "record", fields = { { "n", {} }, { "m", { required = true } } } } },
+  }, run = function() end }]])
+  local expected = {
+    [[params.a: pattern "[a-": malformed pattern (missing ']')]],
+    [[params.b: pattern "%": malformed pattern (ends with '%')]],
+    [[params.c.default: expected integer 1-4, got 9]],
+    [[params.cloning_domain.exclusive: "nothere" is not another parameter]],
+    [[params.d: unknown key "requried" (did you mean 'required'?)]],
+    [[params.e.requires: "clonig_domain" is not another parameter (did you mean 'cloning_domain'?)]],
+    [[params.f.requires: "z" is not one of its values]],
+    [[params.g.items.fields[2]: required m after optional n]],
+  }
+  for _, how in ipairs { "run " .. q(dir .. "/odd.lua"), "doc " .. q(dir .. "/odd.lua") } do
+    local r = t.sh(env(dir) .. " " .. t.cmd(how))
+    t.eq(r.status, 2, how .. ": " .. r.stderr)
+    t.eq(select(2, r.stderr:gsub("\n", "")), 1, "one line: " .. r.stderr)
+    t.ok(r.stderr:find("playbook odd (" .. dir .. "/odd.lua): ", 1, true), r.stderr)
+    for _, words in ipairs(expected) do t.ok(r.stderr:find(words, 1, true), how .. ": " .. words .. "\n" .. r.stderr) end
+    t.ok(not r.stderr:find("traceback", 1, true), r.stderr)
+  end
+end)
+
+t.test("the shipped playbooks' rules: refused before anything is journaled", function()
+  local dir = t.tmpdir()
+  local function refused(args, want)
+    local got = refused_before_anything(dir, GOOD_INV .. "run " .. args)
+    table.remove(got, 1)
+    t.eq(got, want, args)
+  end
+  refused("provision -e hsms=ab,hsm-a:stamp1:10.2.1.5:x,hsm-b::10.2,hsm_c -e mode=template", {
+    "  hsms[1].name: expected 3-24 letters, digits or '-', got \"ab\"",
+    '  hsms[2]: expected name[:stamp[:ip]], got "hsm-a:stamp1:10.2.1.5:x"',
+    '  hsms[3].ip: expected an IPv4 address, got "10.2"',
+    "  hsms[4].name: expected 3-24 letters, digits or '-', got \"hsm_c\"",
+    "  mode: template needs template (give -e template=...)",
+  })
+  refused("ha-recover -e co_password=env:HOME -e fix_cloning=true", {
+    "  fix_cloning: true needs cloning_domain and pso_password (give -e cloning_domain=... -e pso_password=...)" })
+  refused("diagnose -e hsm=hsm2,hsm3", {
+    '  hsm[2]: no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
+  refused("ntls-reexchange -e hsm=hsm", {
+    '  hsm: no HSM "hsm" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
+  -- an HSM the inventory no longer lists is tolerated (given back already); one it lists needs its password
+  refused("decommission -e hsm=hsm1,given-back", {
+    "  method: command needs the HSM SO password of hsm1 (give -e so_password=env:NAME|file:PATH|prompt, or "
+      .. "so_password in each inventory entry; or -e method=failed-logins)" })
+end)
+
+t.test("dhsm doc describes records and the rules between parameters readably", function()
+  local r = t.sh(t.cmd("doc provision"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("\n  hsms +list of name%[:stamp%[:ip%]%] +yes +HSMs as"), r.stdout)
+  t.ok(r.stdout:find("\n  template +string +if mode=template +template mode"), r.stdout)
+  r = t.sh(t.cmd("doc ha-recover"))
+  t.ok(r.stdout:find("\n  pso_password +a secret reference %(env:NAME, file:PATH or prompt%) +if fix_cloning "), r.stdout)
+  r = t.sh(t.cmd("doc diagnose"))
+  t.ok(r.stdout:find("\n  hsm +list of inventory HSM name +only these", 1), r.stdout)
+end)
+
 ---------------------------------------------------------------------------
 -- steps, progress, audit, json
 

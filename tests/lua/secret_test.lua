@@ -42,6 +42,33 @@ t.test("secret.ref is resolved on first use only", function()
   t.raises(function() secret.ref("plain-password") end, "expected env:NAME, file:PATH or prompt")
 end)
 
+t.test("s:check() raises what the first use would, without reading the bytes; a prompt is not asked", function()
+  local dir = t.tmpdir()
+  local path = dir .. "/pw"
+  local s = secret.ref("file:" .. path)
+  t.eq(t.raises(function() s:check() end, "usage").message,
+    ("cannot read secret file %s: No such file or directory"):format(path))
+  t.write(path, SECRET, tonumber("644", 8))
+  t.eq(t.raises(function() s:check() end, "usage").message,
+    ("secret file %s is open to group/others (mode 0644); run: chmod 600 %s"):format(path, path))
+  t.raises(function() secret.ref("file:" .. dir):check() end, "not a regular file")
+  t.raises(function() secret.ref("file:/dev/null"):check() end, "not a regular file")
+  os.execute("mkfifo " .. dir .. "/fifo")
+  t.raises(function() secret.ref("file:" .. dir .. "/fifo"):check() end, "not a regular file")   -- not a hang
+  os.execute("chmod 600 " .. path)
+  t.eq(s:check(), s)
+  t.write(path, "changed", tonumber("600", 8))
+  t.ok(secret.equal(s, secret.value("changed")), "check() read nothing: the first use reads the file as it is then")
+  t.raises(function() secret.ref("env:DHSM_SURELY_UNSET_PW"):check() end,
+    "environment variable DHSM_SURELY_UNSET_PW is not set")
+  t.eq(secret.ref("env:HOME"):check():origin(), "env:HOME")
+  local p = secret.ref("prompt", "never asked: ")
+  t.eq(p:check(), p, "a prompt stays lazy (no terminal here, yet no refusal)")
+  local closed = secret.value("x")
+  closed:close()
+  t.raises(function() closed:check() end, "closed")
+end)
+
 t.test("secret.prompt refuses without a terminal", function()
   -- the test runner's stdin is not a terminal under make test
   if require("dhsm.sys").isatty(0) then t.skip("stdin is a terminal") end

@@ -2,7 +2,9 @@
 --
 -- A playbook file returns
 --   { name=, description=, params = { key = {type=, required=, default=, values=,
---       pattern=, from_inventory="azure.resource_group", description=} },
+--       pattern=, from_inventory="azure.resource_group", requires=, exclusive=,
+--       inventory="hsm", description=} (dhsm.schema's specs) },
+--     check = function(params, inventory) -> problems (optional),
 --     run = function(ctx, params) ... end }
 -- and works in named steps:
 --   local gw = ctx:step("wait for gateway", function() ... return state end)
@@ -25,12 +27,15 @@
 -- destructive step without done= is refused (CannotResume), never re-run
 -- blindly.
 --
--- The runner validates every parameter before anything runs, asks before a
--- destructive step, journals each step for --resume, shows progress, writes
--- the audit log and, with --json, prints one JSON document at the end.  A
+-- The runner validates every parameter before anything runs (its spec, the
+-- rules between parameters, secret references readable, inventory names
+-- known, the playbook's check), asks before a destructive step, journals
+-- each step for --resume, shows progress, writes the audit log and, with
+-- --json, prints one JSON document at the end.  A
 -- run is held by one process: runs/ID.lock (sys.lock) for its whole life,
 -- so a second `--resume ID` while it goes is refused with the holder's pid.
 -- Any value a step raises fails it, error(nil) included.
+local cjson = require "cjson"
 local dhsm = require "dhsm"
 local run_context = require "dhsm.play.context"
 local inventory = require "dhsm.inventory"
@@ -58,10 +63,17 @@ local function check_params_spec(found, params)
     if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
       problems[#problems + 1] = ("params[%s]: parameter names are identifiers"):format(schema.show(k))
     else
-      for _, p in ipairs(schema.spec_problems(params[k], "params." .. k)) do problems[#problems + 1] = p end
+      local where = { siblings = params, name = k, kind = "parameter" }
+      for _, p in ipairs(schema.spec_problems(params[k], "params." .. k, where)) do problems[#problems + 1] = p end
     end
   end
   if #problems > 0 then bad(found, "%s", table.concat(problems, "; ")) end
+end
+
+local function check_hook(found, check)
+  if check ~= nil and type(check) ~= "function" then
+    bad(found, "field 'check' must be a function(params, inventory) -> a list of problems")
+  end
 end
 
 local function source_of(found)
@@ -86,6 +98,7 @@ function M.load(found)
   if pb.inventory ~= nil and type(pb.inventory) ~= "string" then
     bad(found, "field 'inventory' must be a string: what the playbook needs the inventory for")
   end
+  check_hook(found, pb.check)
   pb.name = pb.name or found.name
   pb.params = pb.params or {}
   pb.path = found.path
@@ -197,6 +210,7 @@ function M.describe(found)
   local d = plain(pb, {})
   if type(d.description) ~= "string" then bad(found, "field 'description' must be a string") end
   if type(rawget(pb, "run")) ~= "function" then bad(found, "field 'run' must be a function(ctx, params)") end
+  check_hook(found, rawget(pb, "check"))
   if d.params ~= nil and type(d.params) ~= "table" then bad(found, "field 'params' must be a table") end
   local described = { name = type(d.name) == "string" and d.name or found.name, description = d.description,
     params = d.params or {}, path = found.path, by_path = found.by_path }
@@ -204,8 +218,24 @@ function M.describe(found)
   return described
 end
 
+-- name -> "if fix_cloning", "if mode=template": when another parameter's
+-- requires= makes it needed.
+local function needed_when(params)
+  local out = {}
+  for _, k in ipairs(util.sorted_keys(params)) do
+    for _, case in ipairs(schema.requires_cases(params[k])) do
+      for _, name in ipairs(case.names) do
+        local cond = case.when == nil and k or (k .. "=" .. tostring(case.when))
+        out[name] = out[name] and (out[name] .. " or " .. cond) or ("if " .. cond)
+      end
+    end
+  end
+  return out
+end
+
 function M.doc(pb)
   local lines = { pb.name, "", pb.description, "" }
+  local when = needed_when(pb.params)
   local keys = util.sorted_keys(pb.params)
   if #keys == 0 then
     lines[#lines + 1] = "no parameters"
@@ -216,7 +246,7 @@ function M.doc(pb)
     local p = pb.params[k]
     local default = p.default ~= nil and tostring(p.default)
       or p.from_inventory and ("inventory " .. p.from_inventory) or ""
-    rows[#rows + 1] = { k, schema.expected(p), default, p.required and "yes" or "", p.description or "" }
+    rows[#rows + 1] = { k, schema.expected(p), default, p.required and "yes" or when[k] or "", p.description or "" }
   end
   local widths = {}
   for _, row in ipairs(rows) do
@@ -233,8 +263,64 @@ end
 ---------------------------------------------------------------------------
 -- parameters
 
--- validate(pb, raw, inv, tty) -> params, or a usage error listing every problem
-function M.validate(pb, raw, inv, tty)
+-- "(give -e a=... -e b=...)": how the operator gives what a rule needs.
+local function how_to_give(names)
+  local out = {}
+  for i, name in ipairs(names) do out[i] = ("-e %s=..."):format(name) end
+  return "(give " .. table.concat(out, " ") .. ")"
+end
+
+-- The problem of a secret reference that cannot be read now (its first
+-- use would fail), or nil: checked without reading it, so a prompt is
+-- still asked only when first used and no value is ever shown.
+local function unreadable(s, path)
+  local ok, err = pcall(s.check, s)
+  if not ok then return ("%s: %s"):format(path, dhsm.error.normalize(err).message) end
+end
+
+-- The problem of a name that is no HSM of the inventory (in the
+-- inventory's words: the closest name, the known ones), or nil.
+local function unknown_hsm(inv, name, path)
+  if not inv then
+    return ("%s: names an HSM of the inventory, and none is loaded (-i FILE or $DHSM_INVENTORY)"):format(path)
+  end
+  local ok, err = pcall(inv.hsm, inv, name)
+  if not ok then return ("%s: %s"):format(path, dhsm.error.normalize(err).message) end
+end
+
+-- The rules a value cannot be judged by alone, for every value and item
+-- in params: secret references, names of inventory HSMs (inventory = "hsm").
+-- A resumed run does not check its secret references: it may be past
+-- every use of one (decommission's SO password is gone with the zeroized
+-- appliance), and one still needed fails its step when used, before it
+-- acts, leaving the run resumable.
+local function outside_problems(pb, params, inv, problems, resuming)
+  for _, name in ipairs(util.sorted_keys(params)) do
+    schema.walk(params[name], pb.params[name], name, function(v, spec, path)
+      if secret.is(v) and not resuming then problems[#problems + 1] = unreadable(v, path) end
+      if spec.inventory == "hsm" and type(v) == "string" then problems[#problems + 1] = unknown_hsm(inv, v, path) end
+    end)
+  end
+end
+
+-- The playbook's own check(params, inventory) -> problems, for rules the
+-- specs cannot say (they depend on the inventory's entries).  Asked only
+-- when everything else is sound: it may rely on every parameter.
+local function playbook_problems(pb, params, inv, problems)
+  if not pb.check or #problems > 0 then return end
+  local found = pb.check(params, inv)
+  if found ~= nil and type(found) ~= "table" then
+    usage("playbook %s: check() must return a list of problems (strings), got %s", pb.name, type(found))
+  end
+  for _, p in ipairs(found or {}) do problems[#problems + 1] = tostring(p) end
+end
+
+-- validate(pb, raw, inv, tty [, resuming]) -> params, or a usage error
+-- listing every problem: unknown, missing and malformed parameters, the
+-- rules between them (requires=, exclusive=), secret references that
+-- cannot be read (not when resuming), names the inventory does not know,
+-- and the playbook's own check().
+function M.validate(pb, raw, inv, tty, resuming)
   local problems = {}
   local names = util.sorted_keys(pb.params)
   for _, k in ipairs(util.sorted_keys(raw)) do
@@ -242,11 +328,12 @@ function M.validate(pb, raw, inv, tty)
       problems[#problems + 1] = ("%s: unknown parameter%s"):format(k, util.did_you_mean(k, names))
     end
   end
-  local params = {}
+  local params, given = {}, {}
   for _, name in ipairs(names) do
     local spec = pb.params[name]
     local v = raw[name]
     if v == nil and spec.from_inventory and inv then v = inv:get(spec.from_inventory) end
+    given[name] = v ~= nil and v ~= cjson.null     -- by -e, @FILE.json or from_inventory: a default is not given
     if v == nil and spec.type == "secret" and spec.required and tty then v = "prompt" end
     if v == nil and spec.required and spec.default == nil and spec.from_inventory then
       problems[#problems + 1] = ("%s: missing, expected %s (give -e %s=... or set %s in the inventory)")
@@ -255,6 +342,9 @@ function M.validate(pb, raw, inv, tty)
       params[name] = schema.check(v, spec, name, problems, true)
     end
   end
+  schema.relations(pb.params, params, given, problems, { how = how_to_give })
+  outside_problems(pb, params, inv, problems, resuming)
+  playbook_problems(pb, params, inv, problems)
   if #problems > 0 then
     dhsm.error { kind = "usage", code = "BadParameters",
       message = ("invalid parameters for playbook '%s':\n  %s"):format(pb.name, table.concat(problems, "\n  ")),
@@ -360,7 +450,7 @@ function M.run(pb, raw, opts)
   if pb.inventory and not inv then        -- refused before anything is journaled
     usage("%s needs an inventory (-i FILE or $DHSM_INVENTORY) for %s", pb.name, pb.inventory)
   end
-  local params = M.validate(pb, raw, inv, tty)
+  local params = M.validate(pb, raw, inv, tty, opts.resume ~= nil)
   local public, secret_names = public_params(pb, params)
   local context = dhsm.context()
   local j, run_lock
