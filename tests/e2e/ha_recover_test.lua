@@ -37,9 +37,7 @@ login { "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", serials
 login { "-c", "hagroup", "addMember", "-group", "myHA", "-serialNumber", serials.hsm3 }
 
 local function run(args)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-    t.cmd(("-i %s run ha-recover -e co_password=file:%s %s"):format(q(e.dir .. "/inventory.json"), q(co_file), args))))
+  return e:run(("run ha-recover -e co_password=file:%s %s"):format(q(co_file), args))
 end
 
 -- the client daemon's view: {serial = "alive" | "down"}

@@ -17,9 +17,7 @@ local client = e.inventory.client
 local ca = client.chrystoki_conf:match("^(.*)/[^/]*$") .. "/cert/server/CAFile.pem"
 
 local function run(args, extra)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-    t.cmd(("-i %s run ntls-reexchange -e hsm=hsm1 %s"):format(q(e.dir .. "/inventory.json"), args))), extra)
+  return e:run("run ntls-reexchange -e hsm=hsm1 " .. args, extra)
 end
 
 local function shell(line)

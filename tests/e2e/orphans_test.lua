@@ -8,14 +8,11 @@ local support = require "support.estate"
 local hsm = require "dhsm.azure.hsm"
 local network = require "dhsm.azure.network"
 
-local q = util.shell_quote
 local e = support.start { set = { hsm_step_seconds = 0, delete_seconds = 0, network_seconds = 0, retry_after = 0 },
   args = "--appliances 0" }
 
 local function run(args)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-    t.cmd(("-i %s run orphans %s"):format(q(e.dir .. "/inventory.json"), args))))
+  return e:run("run orphans " .. args)
 end
 
 local function mutations()

@@ -11,9 +11,7 @@ local q = util.shell_quote
 local estate = require("support.estate").start { args = "--appliances 1" }
 
 local function run(args)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl DHSM_PATH=%s %s"):format(q(dir), q(dir),
-    q(fixtures .. "/playbooks"), t.cmd("-i " .. q(estate.dir .. "/inventory.json") .. " " .. args)))
+  return estate:run(args, { env = "DHSM_PATH=" .. q(fixtures .. "/playbooks") })
 end
 
 t.test("a run's client, sessions and folder are made once and are gone when it ends", function()

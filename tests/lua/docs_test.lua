@@ -254,8 +254,7 @@ t.test("docs/playbooks.md: its example runs, for real and with --check; it cover
   t.write(pb, blocks[1])
   local q = util.shell_quote
   local function run(extra)
-    return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-      t.cmd(("run %s -e dir=%s -e name=hsm1 --json %s"):format(q(pb), q(dir), extra))))
+    return t.run(("run %s -e dir=%s -e name=hsm1 --json %s"):format(q(pb), q(dir), extra), { state = dir })
   end
   t.write(dir .. "/hsm1.marker", "a")
   local plan = run("--check")

@@ -46,16 +46,12 @@ end)
 
 -- The REPL on the estate's inventory, fed these lines.
 local function repl_with(estate, lines)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(dir, dir,
-    t.cmd("repl -i " .. estate.dir .. "/inventory.json")), { stdin = table.concat(lines, "\n") .. "\n" })
+  return estate:run("repl", { stdin = table.concat(lines, "\n") .. "\n" })
 end
 
 t.test("with an inventory: inv, az, a reused hsm session, check mode and the audit", function()
   local estate = require("support.estate").start { args = "--appliances 1" }
-  local dir = t.tmpdir()
-  local r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(dir, dir,
-    t.cmd("repl -i " .. estate.dir .. "/inventory.json")), { stdin = table.concat({
+  local r = estate:run("repl", { stdin = table.concat({
     "inv.hsms[1].name",
     "az:get(az:group_path()).status",
     "s = hsm'hsm1'",

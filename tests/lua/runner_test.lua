@@ -30,3 +30,18 @@ t.test("--filter picks tests by name and -v lists the passes", function()
   t.eq(r.status, 0)
   t.ok(r.stdout:find("^ok   " .. fixtures:gsub("%p", "%%%0") .. "/sample_test.lua: passes %(%d.%d%d s%)\n1 passed, 0 failed\n$"), r.stdout)
 end)
+
+t.test("a test file finds the helpers of the nearest support/ folder above it, and its own folder's", function()
+  local root = t.tmpdir()
+  os.execute(("mkdir -p %s/support %s/suite/deep"):format(root, root))
+  t.write(root .. "/support/helper.lua", 'return { name = "shared helper" }\n')
+  t.write(root .. "/suite/deep/local_mod.lua", 'return { name = "beside the test" }\n')
+  t.write(root .. "/suite/deep/x_test.lua", table.concat({
+    'local t = require "dhsm.test"',
+    't.test("finds both", function()',
+    '  t.eq(require("support.helper").name, "shared helper")',
+    '  t.eq(require("local_mod").name, "beside the test")',
+    'end)', "" }, "\n"))
+  local r = t.sh(t.cmd("test " .. root .. "/suite/deep/x_test.lua"))
+  t.eq({ r.status, r.stdout }, { 0, "1 passed, 0 failed\n" }, r.stderr)
+end)

@@ -34,6 +34,12 @@ function M.start(opts)
   return self
 end
 
+-- run(args [, opts]) -> dhsm ARGS against this estate's inventory, in a
+-- state folder of its own (dhsm.test.run: opts.state, opts.env, opts.stdin)
+function M:run(args, opts)
+  return t.run("-i " .. util.shell_quote(self.dir .. "/inventory.json") .. " " .. args, opts)
+end
+
 function M:stop()
   t.sh(util.shell_quote(M.launcher) .. " stop --dir " .. util.shell_quote(self.dir))
 end

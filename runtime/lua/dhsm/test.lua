@@ -206,4 +206,17 @@ function M.cmd(args)
   return util.shell_quote(M.dhsm) .. " " .. args
 end
 
+-- run(args [, {state=, env=, stdin=}]) -> {status=, stdout=, stderr=}: this
+-- very dhsm with args, its journals, failed-login counts and audit log in
+-- a folder of the test's own, never the operator's ~/.local/state (state:
+-- that folder, a new one by default; the audit log is STATE/audit.jsonl);
+-- env: more "NAME=value" words before the command.
+function M.run(args, opts)
+  opts = opts or {}
+  local q = util.shell_quote
+  local state = opts.state or M.tmpdir()
+  return M.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s %s%s"):format(q(state), q(state .. "/audit.jsonl"),
+    opts.env and (opts.env .. " ") or "", M.cmd(args)), opts)
+end
+
 return M

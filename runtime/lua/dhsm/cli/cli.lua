@@ -64,7 +64,8 @@ refused.]],
     text = [[Runs every *_test.lua file below each PATH (default tests/lua).  A test file
 uses  local t = require "dhsm.test"  and  t.test(name, fn).  Prints one line
 per failure and ends with "N passed, N failed".  Operators can test their
-own runbooks the same way.]],
+own runbooks the same way; require "support.NAME" finds helpers in the
+nearest support/ folder above a test file.]],
     options = { { nil, "--filter", arg = "PATTERN", help = "only tests whose name matches the Lua PATTERN" } } },
   { name = "version", usage = "version", summary = "print the versions of dhsm and its libraries",
     text = "Prints dhsm, Lua, libcurl, libssh2 and OpenSSL versions.", options = {} },
