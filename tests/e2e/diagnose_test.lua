@@ -148,13 +148,7 @@ local function delete_deployment(deployment, name)
 end
 
 -- PUT the gateway again as it is (a network change an operator makes).
-local function reput_gateway(wait)
-  local gw = network.gateway(c, "hsm-ergw")
-  local ip = gw.properties.ipConfigurations[1].properties
-  local r = c:put(network.gateway_path(c, "hsm-ergw"), { body = network.gateway_body { location = gw.location,
-    subnet_id = ip.subnet.id, pip_id = ip.publicIPAddress.id, sku = gw.properties.sku.name } })
-  if wait then pcall(c.wait, c, r, { timeout = 30 }) end
-end
+local function reput_gateway(wait) e:reput_gateway(c, wait) end
 
 -- The support request's power cycle of hsm2 (hard-reboot), done at once
 -- (`advance` does not end a reboot).
