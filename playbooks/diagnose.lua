@@ -551,7 +551,7 @@ local function chosen_entries(all, names)
 end
 return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
-    .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
+    .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL/SKIP with remedies; exit 1 on any FAIL; "
     .. "-e prometheus=FILE also writes the findings for node_exporter's textfile collector (for cron and alerts)",
   inventory = "the HSMs, Azure and the client install to check",
   params = {

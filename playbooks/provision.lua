@@ -142,7 +142,8 @@ local function preflight(ctx, requested)
 end
 
 -- Guide, "Deployment failure based on quota": earlier failures are deleted
--- first, each a confirmed step.  -> whether anything was deleted
+-- first, each a confirmed step.  -> {deleted=, planned=} (planned: the
+-- deletions were only described, check mode: the places count as freed)
 local function delete_leftovers(ctx, pre)
   local p, c = ctx.params, ctx:azure()
   for _, l in ipairs(pre.leftovers) do
@@ -162,7 +163,8 @@ local function delete_leftovers(ctx, pre)
       return { deleted = d.id }
     end)
   end
-  return #pre.leftovers + #pre.failed_deployments > 0
+  local deleted = #pre.leftovers + #pre.failed_deployments > 0
+  return { deleted = deleted, planned = deleted and described() or nil }
 end
 
 ---------------------------------------------------------------------------
@@ -387,9 +389,9 @@ end
 
 -- Guide, "HSM Deployment Race Condition": every HSM at once, each retried
 -- when the race hits, then deleted and redeployed once, then a support
--- stop.  -> whether an HSM was created
-local function create_hsms(ctx, requested, net, gw)
-  local planned = { vnet = net.planned, gateway = gw.planned }
+-- stop; `planned`: what the earlier steps only described (hsm.start's
+-- checks are told).  -> whether an HSM was created
+local function create_hsms(ctx, requested, gw, planned)
   local results = ctx:step(("create HSMs %s (in parallel)"):format(names_of(requested)), function()
     local all = dhsm.parallel(requested, function(h)
       local o = create_one(ctx, h, gw, { retries = ctx.params.retries, planned = planned })
@@ -561,7 +563,8 @@ return {
     local pre = ctx:step("preflight (read-only): credentials, allowlisting, quota, capacity, leftovers, network",
       function() return preflight(ctx, requested) end)
     -- Guide, "Deployment failure based on quota": earlier failures are deleted first, each confirmed.
-    local changed = delete_leftovers(ctx, pre)
+    local gone = delete_leftovers(ctx, pre)
+    local changed = gone.deleted
     if p.mode == "template" then
       -- Guide, "HSM Provisioning": the operator's template, the race rerun.
       template_steps(ctx, requested)
@@ -572,7 +575,8 @@ return {
         function() return ensure_vnet(ctx, pre.owned) end)
       local gw = gateway_steps(ctx, pre.gateway)
       -- Guide, "HSM Deployment Race Condition": each HSM by its own PUT, in parallel, retried when the race hits.
-      local created = create_hsms(ctx, requested, net, gw)
+      local created = create_hsms(ctx, requested, gw, { vnet = net.planned, gateway = gw.planned,
+        leftovers = gone.planned })
       changed = changed or net.created or #(net.changed or {}) > 0 or gw.created or created
     end
 

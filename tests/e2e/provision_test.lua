@@ -98,6 +98,21 @@ t.test("--check plans everything and the estate is identical afterwards", functi
     .. "created by this run, delegated"), r.stderr)
 end)
 
+t.test("--check with a leftover to delete first: hsm.start is told its quota place is freed, as in the real run", function()
+  local e = estate("--appliances 3", { quota_per_region = 0 })
+  require("dhsm.azure.hsm").create(e:azure(), "hsm-old", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp2" },
+    { wait = false })
+  e:clear()
+  t.eq(hsms(e)["hsm-old"], "Failed")
+  local before, sent = world(e), #mutations(e)
+  local r = run(e, "-e hsms=hsm-new:stamp2 --check")        -- 3 HSMs and the leftover: the region's 4
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm%-old"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-new"), r.stderr)
+  t.eq(#mutations(e), sent, "nothing reached the estate")
+  t.eq(world(e), before)
+end)
+
 t.test("the gateway race, field-shaped (generic code, gateway reads Succeeded), is recovered by a redeploy", function()
   local e = estate(nil, { gateway_race_next = 1, field_errors = 1 })
   local r = run(e, "-e hsms=hsm-r:stamp1 --yes")
