@@ -4,14 +4,15 @@
 --   dhsm run diagnose [-e timeout=10] [-e prometheus=/var/lib/node_exporter/textfile/dhsm.prom]
 --                     [-e co_password=file:/path] [--json]
 --
--- Azure (one client, reads only): allowlisting (the subscription's
--- features); the HSM resources of the inventory's group with their
--- provisioning state and, for a failed one, the cause classified from its
--- messages (dhsm.azure.classify); failed deployments with their operations'
--- messages; the delegation of every subnet an HSM sits on; the ExpressRoute
--- gateway of each such VNet (state, type, SKU, its public IP's SKU) and
--- that there is one per VNet; quota use per region; each HSM's NIC and
--- private IP; orphaned HSMs.
+-- Azure (the run's client, reads only; dhsm.azure.checks over the
+-- inventory's group): allowlisting (the subscription's features); the HSM
+-- resources of the group with their provisioning state and, for a failed
+-- one, the cause classified from its messages; failed deployments with
+-- their operations' messages; the delegation of every subnet an HSM sits
+-- on; the ExpressRoute gateway of each such VNet (state, type, SKU, its
+-- public IP's SKU) and that there is one per VNet; quota use per region;
+-- orphaned HSMs; and, once the appliances answered, each HSM's NIC and
+-- private IP against the appliance's own addresses.
 -- Each appliance (all at once): TCP 22 and NTLS (1792); then over one SSH
 -- session: `hsm show` (zeroized; HSM SO attempts left, WARN below 3); the
 -- failed-login counts (dhsm's own, dhsm.guard, and the partitions'
@@ -24,27 +25,25 @@
 -- different cloning domains, and (with co_password) objects missing on a
 -- member.
 --
--- Output: one table row per check and target (OK, WARN or FAIL, what was
--- found, the remedy naming the guide's section) and the counts; exit status
--- 0 when nothing FAILs, 1 otherwise.  --json: the same rows as data (the
+-- Output: one table row per check and target (OK, WARN, FAIL, or SKIP
+-- for a check another one's failure kept from running; what was found; the
+-- remedy and the guide's section) and the counts; exit status 0 when
+-- nothing FAILs, 1 otherwise.  --json: the same rows as data (the
 -- document's result.findings and result.counts).  prometheus=FILE: the rows
 -- as Prometheus gauges (dhsm_check_status{check=,target=} 0 OK, 1 WARN,
--- 2 FAIL), written atomically for node_exporter's textfile collector, so the
--- run can go in cron and alert; the folder is checked before anything runs.
+-- 2 FAIL, -1 SKIP), written atomically for node_exporter's textfile
+-- collector, so the run can go in cron and alert; the folder is checked
+-- before anything runs.
 -- Time: everything runs at once, so a run takes about one probe timeout
 -- (timeout=, for TCP, the SSH login and each command) plus the slowest Azure
 -- read, however many HSMs; a dead appliance costs one timeout, and what the
 -- run waits on is shown once it waits longer than a second.
-local azure = require "dhsm.azure"
-local classify = require "dhsm.azure.classify"
-local deploy = require "dhsm.azure.deploy"
+local checks = require "dhsm.azure.checks"
 local findings = require "dhsm.findings"
 local guard = require "dhsm.guard"
 local ha = require "dhsm.client.ha"
-local hsm = require "dhsm.azure.hsm"
 local luna = require "dhsm.luna"
 local net = require "dhsm.net"
-local network = require "dhsm.azure.network"
 local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local util = require "dhsm.util"
@@ -52,75 +51,75 @@ local util = require "dhsm.util"
 local SO_MAX = guard.THRESHOLDS.so
 local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
 
-local REMEDY = {
-  arm_read = "Azure refused or did not answer this read; check the credential's access (Reader on the subscription "
-    .. "and the group) and run again",
-  gateway = "HSMs need the ExpressRoute gateway Succeeded before they are deployed (az resource show ... "
-    .. "provisioningState); a Failed gateway must be redeployed (guide: HSM Deployment Using Terraform, Provisioning "
-    .. "ExpressRoute)",
-  gateway_sku = "Dedicated HSM needs an ExpressRoute gateway (gatewayType ExpressRoute) whose public IP is Standard "
-    .. "SKU (guide: Provisioning ExpressRoute)",
-  one_gateway = "a virtual network can have one gateway: keep the HSMs' ExpressRoute gateway and connect on-premises "
-    .. "networks through another VNet (guide: Provisioning ExpressRoute)",
-  missing = "check the inventory against Azure: dedicated HSMs are hidden types ('Show hidden types') (guide: How do "
-    .. "I see HSMs when provisioned?)",
-  provisioning = "wait for the deployment to finish (guide: HSM Deployment Failure Information)",
-  nic = "the NIC follows the HSM and holds its private IP: find it with 'Show hidden types' (guide: How do I see "
-    .. "HSMs when provisioned?, HSM Private IP Address)",
-  orphan = "an orphaned HSM is billed until Microsoft removes it: open a support request ('dhsm run orphans' prints "
-    .. "what it needs) (guide: How to delete an HSM resource)",
-  deployment_old = "an earlier failure whose resources have since succeeded: delete the deployment record to "
-    .. "silence it (guide: HSM Deployment Failure Information)",
-  tcp22 = "the appliance does not answer SSH: check the NSG and routes through the ExpressRoute gateway; an "
-    .. "appliance network change that cut the path needs a Microsoft support reset (guide: HSM Networking "
-    .. "Configuration); a reboot that hung needs a hard-reboot support request (guide: HSM Device Reboot)",
-  tcp1792 = "NTLS needs TCP 1792 from the client: open it (NSG, firewall, `ntls bind`) before looking at "
-    .. "certificates (guide: Failed TCP Communication)",
-  session = "the appliance stopped answering on SSH: check its state and the path to it (guide: HSM Networking "
-    .. "Configuration, HSM Device Reboot)",
-  ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
-  password_change = "the appliance demands its first-login password change: do it once with luna.first_login and "
-    .. "keep the new password where the inventory points (guide: HSM Initialization)",
-  zeroized = "the HSM is zeroized: reinitialize it (hsm init) and restore from backup; if it is being given back, "
-    .. "delete the resource now (guide: Failed Logins, How to delete an HSM resource)",
-  so_attempts = "log in once with the right HSM SO password to reset the count; never guess: at 0 the HSM zeroizes "
-    .. "(guide: Failed Logins)",
-  logins = "find who is failing to log in and stop them; a success resets the count, a Crypto Officer lockout "
-    .. "needs the Partition SO's role resetpw -name co (guide: Failed Logins)",
-  reboot_fix = "install KB0019789 from Thales (package update) before any reboot or power cycle (guide: HSM Device "
-    .. "Reboot)",
-  ntls = "re-exchange the certificates: dhsm run ntls-reexchange -e hsm=%s (guide: NTLS Certificates out of sync)",
-  client_expired = "make a new client certificate (vtl createCert), then dhsm run ntls-reexchange -e hsm=%s (guide: "
-    .. "NTLS Certificates out of sync)",
-  clock = "set the appliance's clock (NTP): NTLS checks certificates at its time (guide: NTLS Certificates out of "
-    .. "sync)",
-  ha_members = "dhsm run ha-recover: hagroup recover once the appliance answers again (guide: Failed HA Group "
-    .. "Member Doesn't Recover)",
-  ha_retry = "set an auto-recovery retry count (hagroup retry; dhsm run ha-recover does it) so members rejoin by "
-    .. "themselves (guide: Failed HA Group Member Doesn't Recover)",
-  ha_cloning = "add a new partition in the right cloning domain to the group, then remove the misconfigured member "
-    .. "(guide: HA Group Doesn't Sync)",
-  ha_objects = "synchronize the group (dhsm run ha-recover -e co_password=...) (guide: HA Group Doesn't Sync)",
+-- What to do about what the appliances and the client show, under the
+-- guide's section it comes from (Azure's are dhsm.azure.checks').
+local REMEDY = findings.by_guide {
+  ["HSM Networking Configuration, HSM Device Reboot"] = {
+    tcp22 = "the appliance does not answer SSH: check the NSG and routes through the ExpressRoute gateway; an "
+      .. "appliance network change that cut the path needs a Microsoft support reset; a reboot that hung needs a "
+      .. "hard-reboot support request",
+    session = "the appliance stopped answering on SSH: check its state and the path to it",
+  },
+  ["Failed TCP Communication"] = {
+    tcp1792 = "NTLS needs TCP 1792 from the client: open it (NSG, firewall, `ntls bind`) before looking at "
+      .. "certificates",
+  },
+  ["HSM Initialization"] = {
+    password_change = "the appliance demands its first-login password change: do it once with luna.first_login "
+      .. "and keep the new password where the inventory points",
+  },
+  ["Failed Logins, How to delete an HSM resource"] = {
+    zeroized = "the HSM is zeroized: reinitialize it (hsm init) and restore from backup; if it is being given back, "
+      .. "delete the resource now",
+  },
+  ["Failed Logins"] = {
+    so_attempts = "log in once with the right HSM SO password to reset the count; never guess: at 0 the HSM zeroizes",
+    logins = "find who is failing to log in and stop them; a success resets the count, a Crypto Officer lockout needs "
+      .. "the Partition SO's role resetpw -name co",
+  },
+  ["HSM Device Reboot"] = {
+    reboot_fix = "install KB0019789 from Thales (package update) before any reboot or power cycle",
+  },
+  ["NTLS Certificates out of sync"] = {
+    ntls = "re-exchange the certificates: dhsm run ntls-reexchange -e hsm=%s",
+    client_expired = "make a new client certificate (vtl createCert), then dhsm run ntls-reexchange -e hsm=%s",
+    clock = "set the appliance's clock (NTP): NTLS checks certificates at its time",
+  },
+  ["Failed HA Group Member Doesn't Recover"] = {
+    ha_members = "dhsm run ha-recover: hagroup recover once the appliance answers again",
+    ha_retry = "set an auto-recovery retry count (hagroup retry; dhsm run ha-recover does it) so members rejoin by "
+      .. "themselves",
+  },
+  ["HA Group Doesn't Sync"] = {
+    ha_cloning = "add a new partition in the right cloning domain to the group, then remove the misconfigured member",
+    ha_objects = "synchronize the group (dhsm run ha-recover -e co_password=...)",
+  },
+  [""] = {
+    ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
+  },
 }
 
--- The checks an SSH session answers, reported "not checked" without one.
+-- A remedy naming the appliance (REMEDY.ntls: "... -e hsm=%s").
+local function for_hsm(advice, name)
+  return { remedy = advice.remedy:format(name), guide = advice.guide }
+end
+
 -- Every check, in the order the table lists them.
 local ORDER = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms", "tcp 22", "tcp 1792", "ssh login", "hsm state",
   "failed logins", "reboot fix", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
   "ha members", "ha cloning", "ha objects" }
 
+-- The checks an SSH session answers, reported "not checked" without one.
 local SESSION_CHECKS = { "hsm state", "failed logins", "reboot fix", "ntls certificate", "ntls handshakes",
   "appliance clock" }
 local ARM_CHECKS = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms" }
+-- The same, by the names dhsm.azure.checks knows them (the NIC's once the appliances answered).
+local AZURE_CHECKS = { "allowlisting", "hsms", "deployments", "delegation", "gateway", "quota", "orphans" }
 
-local function message_of(err)
-  local e = dhsm.error.normalize(err)
-  local text = tostring(e.message or e):gsub("%s+", " ")
-  if #text > 240 then text = text:sub(1, 237) .. "..." end
-  return (e.code and not text:find(e.code, 1, true)) and (e.code .. ": " .. text) or text
-end
+local message_of = findings.error_text
+local attempt = findings.attempt
 
 ---------------------------------------------------------------------------
 -- the run: its findings and what it waits on
@@ -133,17 +132,10 @@ local function new_run(ctx, p)
     waits = {}, own_ports = {} }, Run)
 end
 
-function Run:add(check, target, status, finding, remedy)
-  return self.F:add(check, target, status, finding, remedy)
-end
-
--- attempt(fn, ...) -> true, results | false, err (a dhsm.error): pcall
--- for a check that may fail, except that Ctrl-C and a cancelled task go
--- on up - a diagnosis being stopped must stop, not note a failure.
-local function attempt(fn, ...)
-  local r = table.pack(dhsm.try(fn, ...))
-  if not r[1] and (r[2].kind == "interrupted" or r[2].kind == "cancelled") then error(r[2], 0) end
-  return table.unpack(r, 1, r.n)
+-- add(check, target, status, finding [, advice]): advice = {remedy=, guide=}
+function Run:add(check, target, status, finding, advice)
+  advice = advice or {}
+  return self.F:add(check, target, status, finding, advice.remedy, advice.guide)
 end
 
 -- guarded(check, target, fn, ...): fn's results; an error becomes a FAIL
@@ -152,7 +144,7 @@ end
 function Run:guarded(check, target, fn, ...)
   local r = table.pack(attempt(fn, ...))
   if r[1] then return table.unpack(r, 2, r.n) end
-  self:add(check, target, "FAIL", message_of(r[2]), r[2].kind == "azure" and REMEDY.arm_read or REMEDY.session)
+  self:add(check, target, "FAIL", message_of(r[2]), r[2].kind == "azure" and checks.ADVICE.arm_read or REMEDY.session)
   return nil
 end
 
@@ -177,240 +169,32 @@ function Run:watch()
   end
 end
 
--- parallel(jobs): run every function at once; each reports its own failures.
-local function parallel(jobs)
-  dhsm.parallel(jobs, function(job) job() end)
-end
-
 ---------------------------------------------------------------------------
 -- Azure
 
-local function lower(s) return s and s:lower() or "" end
-
-local function allowlisting(run, c)
-  local features = run:guarded("allowlisting", c.subscription, hsm.features, c)
-  if not features then return end
-  local bad, pending = {}, {}
-  for _, f in ipairs(features) do
-    if f.state == "Pending" or f.state == "Registering" then pending[#pending + 1] = f.feature .. " " .. f.state
-    elseif f.state ~= "Registered" then bad[#bad + 1] = f.feature .. " " .. tostring(f.state) end
-  end
-  if #bad > 0 then
-    run:add("allowlisting", c.subscription, "FAIL", "not allowlisted: " .. table.concat(bad, ", "), classify.REMEDY.allowlisting)
-  elseif #pending > 0 then
-    run:add("allowlisting", c.subscription, "WARN", "registration pending: " .. table.concat(pending, ", "),
-      classify.REMEDY.allowlisting)
-  else
-    run:add("allowlisting", c.subscription, "OK", "features registered: " .. table.concat(hsm.FEATURES, ", "))
-  end
-end
-
--- A failed HSM or deployment: its messages classified, the guide's remedy.
-local function verdict(messages, code, gateway_state)
-  return classify.failure { messages = messages, error = code and { code = code } or nil,
-    states = { x = "Failed" }, gateway = gateway_state and { state = gateway_state } or nil }
-end
-
-local function provisioning(run, resources, gateway_of)
-  for _, h in ipairs(resources) do
-    local p = h.properties or {}
-    local state = p.provisioningState or "?"
-    if state == "Succeeded" then
-      run:add("hsm provisioning", h.name, "OK", ("Succeeded (stamp %s, %s)"):format(tostring(p.stampId), h.location))
-    elseif state == "Failed" then
-      local v = verdict({ p.statusMessage }, nil, gateway_of(h))
-      run:add("hsm provisioning", h.name, "FAIL", ("Failed (%s): %s"):format(v.class, tostring(p.statusMessage)), v.remedy)
-    else
-      run:add("hsm provisioning", h.name, "WARN", ("%s: not Succeeded yet"):format(state), REMEDY.provisioning)
-    end
-  end
-  if #resources == 0 then run:add("hsm provisioning", run.group, "OK", "no dedicated HSM in group " .. run.group) end
-end
-
-local function failed_deployments(run, c, by_name)
-  local failed = run:guarded("failed deployments", run.group, deploy.failed, c, run.group)
-  if not failed then return end
-  if #failed == 0 then
-    run:add("failed deployments", run.group, "OK", "no failed deployment in group " .. run.group)
-    return
-  end
-  parallel((function()
-    local jobs = {}
-    for _, d in ipairs(failed) do
-      jobs[#jobs + 1] = function()
-        local ops = run:guarded("failed deployments", d.name, deploy.failed_operations, c, d.name, run.group)
-        if not ops then return end
-        local parts, messages, still_failed = {}, {}, #ops == 0
-        for _, op in ipairs(ops) do
-          parts[#parts + 1] = ("%s %s: %s"):format(op.resource or "?", op.code or "?", op.message or "")
-          messages[#messages + 1] = op.message
-          local now = op.resource and by_name[op.resource]
-          if not (now and (now.properties or {}).provisioningState == "Succeeded") then still_failed = true end
-        end
-        local v = verdict(messages, ops[1] and ops[1].code)
-        local text = ("failed %s (correlation %s): %s"):format(tostring(d.timestamp), tostring(d.correlation_id),
-          #parts > 0 and table.concat(parts, "; ") or "no failed operation recorded")
-        run:add("failed deployments", d.name, still_failed and "FAIL" or "WARN", text,
-          still_failed and v.remedy or REMEDY.deployment_old)
-      end
-    end
-    return jobs
-  end)())
-end
-
-local function delegation(run, c, subnet_id)
-  local target = subnet_id:match("virtualNetworks/([^/]+/subnets/[^/]+)$") or subnet_id
-  local d = run:guarded("subnet delegation", target, network.check_delegation, c, nil, nil, nil, subnet_id)
-  if d then run:add("subnet delegation", target, d.ok and "OK" or "FAIL", d.message, not d.ok and classify.REMEDY.delegation or nil) end
-end
-
--- The gateways of one VNet: state, type, SKU, public IP SKU; one per VNet.
-local function gateways(run, c, vnet_id, states)
-  local vnet = vnet_id:match("virtualNetworks/([^/]+)$")
-  local group = vnet_id:match("/resource[Gg]roups/([^/]+)/")
-  local list = run:guarded("gateway", vnet, network.gateways, c, group)
-  if not list then return end
-  local gws = network.vnet_gateways(c, vnet, group, vnet_id .. "/subnets/x", list)
-  if #gws == 0 then
-    run:add("gateway", vnet, "FAIL", "no gateway in virtual network " .. vnet, REMEDY.gateway)
-  end
-  if #gws > 1 then
-    local names = {}
-    for i, g in ipairs(gws) do names[i] = g.name end
-    run:add("one gateway per vnet", vnet, "FAIL", ("%d gateways: %s"):format(#gws, table.concat(names, ", ")), REMEDY.one_gateway)
-  else
-    run:add("one gateway per vnet", vnet, "OK", #gws == 1 and ("one gateway: " .. gws[1].name) or "no gateway")
-  end
-  for _, g in ipairs(gws) do
-    states[lower(vnet_id)] = g.state
-    local p = g.resource.properties or {}
-    local sku = p.sku and p.sku.name or "?"
-    local pip = run:guarded("gateway", vnet, network.public_ip_sku, c, g.resource)
-    local text = ("%s %s, type %s, SKU %s, public IP %s"):format(g.name, tostring(g.state), tostring(g.type), sku,
-      tostring(pip or "none"))
-    if g.state == "Failed" then run:add("gateway", vnet, "FAIL", text, REMEDY.gateway)
-    elseif g.state ~= "Succeeded" then run:add("gateway", vnet, "WARN", text .. ": HSMs deployed now hit the race", REMEDY.gateway)
-    elseif g.type ~= "ExpressRoute" or pip == "Basic" then run:add("gateway", vnet, "FAIL", text, REMEDY.gateway_sku)
-    else run:add("gateway", vnet, "OK", text) end
-  end
-end
-
-local function quota(run, all)
-  local s = hsm.summary(nil, { hsms = all })
-  local regions = {}
-  for region in pairs(s.regions) do regions[#regions + 1] = region end
-  table.sort(regions)
-  for _, region in ipairs(regions) do
-    local r = s.regions[region]
-    local stamps = {}
-    for stamp, n in pairs(r.stamps) do stamps[#stamps + 1] = ("%s %d/%d"):format(stamp, n, s.limits.per_stamp) end
-    table.sort(stamps)
-    local text = ("%d of %d HSMs in %s (%s; a stamp's capacity is not published: a full one fails deployments with "
-      .. "InsufficientCapacity)"):format(r.total, s.limits.per_region, region, table.concat(stamps, ", "))
-    if r.failed > 0 then
-      run:add("quota", region, "WARN", text .. ("; %d failed HSM(s) hold places: delete them"):format(r.failed),
-        classify.REMEDY.quota)
-    elseif r.total >= s.limits.per_region then
-      run:add("quota", region, "WARN", text .. "; at the initial quota: a new HSM fails unless it was raised",
-        classify.REMEDY.quota)
-    else
-      run:add("quota", region, "OK", text)
-    end
-  end
-  if #regions == 0 then run:add("quota", "subscription", "OK", "no dedicated HSM in the subscription") end
-end
-
-local function nic(run, c, h, found)
-  local ok, ip, id = attempt(hsm.private_ip, c, h)
-  if not ok then
-    run:add("nic private ip", h.name, "FAIL", message_of(ip), REMEDY.arm_read)
-  elseif ip then
-    found[h.name] = { ip = ip, nic = id and id:match("[^/]+$") }
-  elseif id then
-    run:add("nic private ip", h.name, "FAIL", "NIC " .. id:match("[^/]+$") .. " has no private IP", REMEDY.nic)
-  else
-    run:add("nic private ip", h.name, "FAIL", "no NIC: the HSM reads Succeeded without a network interface", REMEDY.nic)
-  end
-end
-
-local function orphans(run, c, all)
-  local list = run:guarded("orphaned hsms", c.subscription, hsm.orphans, c, all)
-  if not list then return end
-  for _, o in ipairs(list) do
-    run:add("orphaned hsms", o.name, "FAIL", ("resource group %s is gone; the HSM (%s, %s) is still billed"):format(
-      tostring(o.group), tostring(o.location), tostring(o.state)), REMEDY.orphan)
-  end
-  if #list == 0 then run:add("orphaned hsms", c.subscription, "OK", "no HSM whose resource group is gone") end
-end
-
--- Every Azure check; -> {nics = {hsm name = {ip=, nic=}}} for the NIC cross-check
+-- Every Azure check but the NIC's, group-wide and at once
+-- (dhsm.azure.checks); -> the scope, for the NIC rows once the appliances
+-- have said which addresses they have.
 local function check_azure(run)
-  local out = { nics = {} }
   if not (run.inv and run.inv.azure) then
-    for _, check in ipairs(ARM_CHECKS) do run:add(check, "azure", "OK", "not checked: the inventory has no azure section") end
-    return out
+    for _, check in ipairs(ARM_CHECKS) do run:add(check, "azure", "SKIP", "not checked: the inventory has no azure section") end
+    return nil
   end
-  local c = run:guarded("allowlisting", "azure", azure.client, run.inv.azure)
-  if not c then return out end
-  run.group = c.resource_group
-  local all
-  parallel {
-    function() allowlisting(run, c) end,
-    function() all = run:guarded("hsm provisioning", c.subscription, hsm.list_all, c) end,
-  }
-  if not all then
-    for _, check in ipairs { "subnet delegation", "gateway", "quota", "nic private ip", "orphaned hsms", "failed deployments" } do
-      run:add(check, c.subscription, "FAIL", "not checked: the dedicated HSMs could not be listed", REMEDY.arm_read)
-    end
-    return out
-  end
-  local mine, by_name, subnets, vnets = {}, {}, {}, {}
-  for _, h in ipairs(all) do
-    if lower(hsm.group_of(h)) == lower(c.resource_group) then
-      mine[#mine + 1] = h
-      by_name[h.name] = h
-      local np = (h.properties or {}).networkProfile or {}
-      local sid = np.subnet and (np.subnet.id or np.subnet.resourceId)
-      if sid then
-        subnets[sid] = true
-        vnets[sid:match("^(.-/virtualNetworks/[^/]+)")] = true
-      end
-    end
-  end
-  for _, entry in ipairs(run.inv.hsms or {}) do
-    local resource = entry.resource or entry.name
-    if not by_name[resource] then
-      run:add("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, which group %s "
-        .. "does not hold"):format(entry.name, resource, c.resource_group), REMEDY.missing)
-    end
-  end
-  local states = {}                   -- vnet id (lower case) -> its gateway's state
-  local jobs = {
-    function() failed_deployments(run, c, by_name) end,
-    function() orphans(run, c, all) end,
-    function() quota(run, all) end,
-  }
-  for sid in pairs(subnets) do jobs[#jobs + 1] = function() delegation(run, c, sid) end end
-  for vid in pairs(vnets) do jobs[#jobs + 1] = function() gateways(run, c, vid, states) end end
-  for _, h in ipairs(mine) do
-    if (h.properties or {}).provisioningState == "Succeeded" then
-      jobs[#jobs + 1] = function() nic(run, c, h, out.nics) end
-    end
-  end
-  parallel(jobs)
-  provisioning(run, mine, function(h)
-    local sid = ((h.properties or {}).networkProfile or {}).subnet
-    sid = sid and (sid.id or sid.resourceId)
-    return sid and states[lower(sid:match("^(.-/virtualNetworks/[^/]+)"))]
-  end)
-  return out
+  local c = run:guarded("allowlisting", "azure", run.ctx.azure, run.ctx)
+  if not c then return nil end
+  local expected = {}
+  for i, entry in ipairs(run.inv.hsms or {}) do expected[i] = { name = entry.name, resource = entry.resource } end
+  local s = checks.scope(c, { expected = expected })
+  run.F:extend(checks.run(s, AZURE_CHECKS))
+  return s
 end
 
 ---------------------------------------------------------------------------
 -- an appliance
 
 local function tcp_rows(run, entry, answers)
-  local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", entry.ntls_port or 1792, REMEDY.tcp1792 } }
+  local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", entry.ntls_port or 1792,
+    REMEDY.tcp1792 } }
   for i, p in ipairs(ports) do
     local a = answers[i]
     if a.open then
@@ -511,11 +295,11 @@ local function ntls_rows(run, entry, client, s, workdir)
   if (d.server_days_left or 365) < ntls.EXPIRY_WARN_DAYS then
     warn[#warn + 1] = ("%s's server certificate expires in %d days"):format(name, d.server_days_left)
   end
-  local remedy = (d.client_days_left or 1) < 0 and REMEDY.client_expired or REMEDY.ntls
+  local remedy = for_hsm((d.client_days_left or 1) < 0 and REMEDY.client_expired or REMEDY.ntls, name)
   if #fail > 0 then
-    run:add("ntls certificate", name, "FAIL", table.concat(fail, "; "), remedy:format(name))
+    run:add("ntls certificate", name, "FAIL", table.concat(fail, "; "), remedy)
   elseif #warn > 0 then
-    run:add("ntls certificate", name, "WARN", table.concat(warn, "; "), remedy:format(name))
+    run:add("ntls certificate", name, "WARN", table.concat(warn, "; "), remedy)
   else
     run:add("ntls certificate", name, "OK", ("server.pem trusted by the client; client %s registered (partitions %s), "
       .. "its certificate valid %d more days"):format(tostring(d.client_name), table.concat(d.partitions or {}, ", "),
@@ -531,7 +315,7 @@ local function ntls_rows(run, entry, client, s, workdir)
   end
   table.sort(failed)
   if #failed > 0 then
-    run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), REMEDY.ntls:format(name))
+    run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), for_hsm(REMEDY.ntls, name))
   else
     run:add("ntls handshakes", name, "OK", seen > 0 and ("the last connection of each of %d client address(es) "
       .. "succeeded"):format(seen) or "no NTLS connection in the recent log")
@@ -588,7 +372,7 @@ local function session_checks(run, entry, s, a)
       s, run.workdir)
   else
     for _, check in ipairs { "ntls certificate", "ntls handshakes" } do
-      run:add(check, name, "FAIL", "not checked: " .. tostring(run.client_error), REMEDY.ntls:format(name))
+      run:add(check, name, "FAIL", "not checked: " .. tostring(run.client_error), for_hsm(REMEDY.ntls, name))
     end
   end
   run:guarded("appliance clock", name, timed, "status date", clock, run, name, s)
@@ -621,10 +405,9 @@ local function check_appliance(run, entry)
     run:add("ssh login", name, "FAIL", message_of(e), e.code == "PasswordChangeRequired" and REMEDY.password_change or REMEDY.ssh)
     why = "no SSH session"
   end
-  if not answers[1].open then run:add("ssh login", name, "FAIL", "not checked: " .. why, REMEDY.tcp22) end
-  for _, check in ipairs(SESSION_CHECKS) do
-    run:add(check, name, "FAIL", "not checked: " .. why, ("see tcp 22 and ssh login on %s"):format(name))
-  end
+  -- what the session would have answered: SKIP, the FAIL is tcp 22's or ssh login's
+  if not answers[1].open then run:add("ssh login", name, "SKIP", "not checked: " .. why) end
+  for _, check in ipairs(SESSION_CHECKS) do run:add(check, name, "SKIP", "not checked: " .. why) end
   return a
 end
 
@@ -731,26 +514,20 @@ end
 ---------------------------------------------------------------------------
 -- what Azure and the appliance say of the same address
 
-local function nic_rows(run, nics, appliances)
-  local by_resource = {}
-  for _, a in ipairs(appliances) do by_resource[a.resource] = a end
-  for name, n in pairs(nics) do
-    local a = by_resource[name]
+-- The NIC of each HSM against its appliance's own addresses ("eth0 10.2.1.4").
+local function nic_rows(run, scope, appliances)
+  if not scope then return end
+  local addresses = {}
+  for _, a in ipairs(appliances) do
     local own = {}
-    for dev, i in pairs(a and a.network and a.network.interfaces or {}) do
+    for dev, i in pairs(a.network and a.network.interfaces or {}) do
       if i.ip then own[#own + 1] = dev .. " " .. i.ip end
     end
     table.sort(own)
-    local has = false
-    for _, o in ipairs(own) do has = has or o:match("%S+$") == n.ip end
-    if #own > 0 and not has then
-      run:add("nic private ip", name, "WARN", ("NIC %s says %s, the appliance has %s"):format(tostring(n.nic), n.ip,
-        table.concat(own, ", ")), REMEDY.nic)
-    else
-      run:add("nic private ip", name, "OK", ("NIC %s: %s%s"):format(tostring(n.nic), n.ip,
-        has and " (the appliance's own address)" or ""))
-    end
+    addresses[a.resource] = own
   end
+  scope.addresses = addresses
+  run.F:extend(checks.run(scope, { "nic" }))
 end
 
 ---------------------------------------------------------------------------
@@ -766,7 +543,7 @@ local function chosen_entries(inv, names)
 end
 return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
-    .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL with remedies; exit 1 on any FAIL; "
+    .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL/SKIP with remedies; exit 1 on any FAIL; "
     .. "-e prometheus=FILE also writes the findings for node_exporter's textfile collector (for cron and alerts)",
   inventory = "the HSMs, Azure and the client install to check",
   params = {
@@ -784,7 +561,6 @@ return {
   run = function(ctx, p)
     if p.prometheus then findings.check_output_dir(p.prometheus) end
     local run = new_run(ctx, p)
-    run.group = ctx.inventory.azure and ctx.inventory.azure.resource_group or "?"
     local workdir, workdir_gone <close> = util.scratch_dir("dhsm-diagnose-")
     run.workdir = workdir
     local entries = chosen_entries(ctx.inventory, p.hsm)
@@ -795,7 +571,7 @@ return {
         if okc then run.client = client else run.client_error = message_of(client) end
         local watcher <close> = dhsm.spawn(function() run:watch() end)
         local azure_task <close> = dhsm.spawn(function()
-          return run:guarded("allowlisting", "azure", check_azure, run) or { nics = {} }
+          return run:guarded("allowlisting", "azure", check_azure, run)
         end)
         local ha_task <close> = dhsm.spawn(function()
           return run:guarded("ha groups", "client", ha_groups, run) or { failed = true }
@@ -805,7 +581,7 @@ return {
             or { name = entry.name, resource = entry.resource or entry.name }
         end)
         run:guarded("ha groups", "client", ha_checks, run, ha_task:join(), appliances)
-        run:guarded("nic private ip", "azure", nic_rows, run, azure_task:join().nics, appliances)
+        run:guarded("nic private ip", "azure", nic_rows, run, azure_task:join(), appliances)
         watcher:cancel()
         return run.F:rows()
       end)

@@ -11,6 +11,7 @@
 --   v.class   -- "race" | "transient" | "quota" | "capacity" | "delegation" | "allowlisting" | "unknown"
 --   v.retry   -- true for race and transient; v.retry_after (s) when ARM said so
 --   v.reason, v.remedy  -- one sentence each, the remedy in the guide's words
+--   v.guide             -- the guide's section the remedy comes from (nil for transient)
 --
 -- A real failure rarely carries a tidy code: the HSM or the deployment ends
 -- Failed with ProvisioningFailed, ResourceDeploymentFailure or Conflict and
@@ -18,32 +19,46 @@
 -- read Succeeded when the race hits.  So the verdict comes from the text of
 -- every message first, then from the transport (status, code), then from
 -- the gateway's history; a code alone decides nothing.
+local findings = require "dhsm.findings"
+
 local M = {}
 
-M.GUIDE = "troubleshooting guide (seeds/000_e0e260a0ba6df972.txt)"
 -- A gateway that turned Succeeded less than this long ago may not carry
 -- traffic yet: a generic failure then is most likely the race.
 M.SETTLE_SECONDS = 1800
 
-M.REMEDY = {
-  allowlisting = "the subscription is not allowlisted for Dedicated HSM: contact your Microsoft Account Manager "
-    .. "(features Microsoft.HardwareSecurityModules/AzureDedicatedHSM and Microsoft.Network/AllowBaremetalServers "
-    .. "must read Registered) (guide: HSM Registration)",
-  quota = "Dedicated HSM has an initial quota of 2 HSMs per stamp and 4 per region: delete the resources of "
-    .. "earlier failed deployments, or submit a support ticket to raise the quota (guide: Deployment failure "
-    .. "based on quota)",
-  capacity = "the stamp or region is near capacity (12 HSMs per stamp, 24 per region): submit a support ticket "
-    .. "asking about capacity in the region or the fill level of the stamps (guide: Deployment failure based "
-    .. "on capacity)",
-  delegation = "the HSM subnet must be delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs; set the "
-    .. "delegation, delete the failed HSM and redeploy (guide: HSM Subnet Delegation, the number one cause)",
-  race = "the HSM was deployed before the ExpressRoute gateway could carry it: rerun the deployment; if that "
-    .. "fails, delete the resources and redeploy; then raise a support request, problem type \"Issues "
-    .. "configuring the Azure setup\" (guide: HSM Deployment Race Condition)",
-  transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
-    .. "the time ARM asked for",
-  unknown = "not one of the guide's known causes: raise a support request with the ids and messages below "
-    .. "(guide: HSM Deployment Failure Information)",
+-- What to do about each class, {remedy=, guide=}: under the guide's
+-- section it comes from (findings rows carry that apart, as `guide`).
+M.ADVICE = findings.by_guide {
+  ["HSM Registration"] = {
+    allowlisting = "the subscription is not allowlisted for Dedicated HSM: contact your Microsoft Account Manager "
+      .. "(features Microsoft.HardwareSecurityModules/AzureDedicatedHSM and Microsoft.Network/AllowBaremetalServers "
+      .. "must read Registered)",
+  },
+  ["Deployment failure based on quota"] = {
+    quota = "Dedicated HSM has an initial quota of 2 HSMs per stamp and 4 per region: delete the resources of "
+      .. "earlier failed deployments, or submit a support ticket to raise the quota",
+  },
+  ["Deployment failure based on capacity"] = {
+    capacity = "the stamp or region is near capacity (12 HSMs per stamp, 24 per region): submit a support ticket "
+      .. "asking about capacity in the region or the fill level of the stamps",
+  },
+  ["HSM Subnet Delegation, the number one cause"] = {
+    delegation = "the HSM subnet must be delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs; set the "
+      .. "delegation, delete the failed HSM and redeploy",
+  },
+  ["HSM Deployment Race Condition"] = {
+    race = "the HSM was deployed before the ExpressRoute gateway could carry it: rerun the deployment; if that "
+      .. "fails, delete the resources and redeploy; then raise a support request, problem type \"Issues "
+      .. "configuring the Azure setup\"",
+  },
+  ["HSM Deployment Failure Information"] = {
+    unknown = "not one of the guide's known causes: raise a support request with the ids and messages below",
+  },
+  [""] = {
+    transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
+      .. "the time ARM asked for",
+  },
 }
 
 -- What the text says, most specific first: {class, lowercase plain substrings}.
@@ -124,7 +139,7 @@ local function any_failed(states)
 end
 
 local function verdict(class, reason, f)
-  return { class = class, reason = reason, remedy = M.REMEDY[class],
+  return { class = class, reason = reason, remedy = M.ADVICE[class].remedy, guide = M.ADVICE[class].guide,
     retry = class == "race" or class == "transient",
     retry_after = class == "transient" and retry_after_of(f.error) or nil }
 end

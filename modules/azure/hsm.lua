@@ -1,11 +1,10 @@
 -- dhsm.azure.hsm: dedicated HSM resources (Microsoft.HardwareSecurityModules/dedicatedHSMs).
 --
 --   local hsm = require "dhsm.azure.hsm"
---   hsm.preflight(c, spec)          -- quota, capacity, subnet delegation, gateway (the guide's causes)
---   hsm.create(c, "hsm3", spec, {on_progress=})   -- refuses what preflight would fail
+--   hsm.create(c, "hsm3", spec, {on_progress=})   -- refuses what dhsm.azure.checks fails for it
 --   hsm.delete(c, "hsm1", {zeroized = evidence})   -- only with fresh evidence that hsm1's appliance is zeroized
 --   hsm.list(c [, group]); hsm.list_all(c); hsm.get(c, name); hsm.summary(c); hsm.orphans(c)
---   hsm.start(c, "hsm3", spec)      -- the PUT alone (its response carries the request ids)
+--   hsm.start(c, "hsm3", spec)      -- the checks and the PUT (its response carries the request ids)
 --   hsm.wait(c, "hsm3", {on_progress=})            -- to Succeeded through the real states
 --   hsm.private_ip(c, resource)     -- from the NIC, as the guide says to find it
 --   hsm.features(c); hsm.leftovers(c, location); hsm.spec_conflicts(resource, spec)
@@ -178,70 +177,43 @@ function M.orphans(c, hsms)
 end
 
 ---------------------------------------------------------------------------
--- preflight: the guide's deployment failures, checked before a PUT
-
-local function check(results, rule, ok, message)
-  results[#results + 1] = { rule = rule, ok = ok, message = message }
-end
-
--- preflight(c, spec) -> list of {rule=, ok=, message=}; spec.name is not
--- counted against the quota (re-running a failed HSM takes no new place).
-function M.preflight(c, spec, group)
-  local results = {}
-  local location = spec.location or c.location
-  local counts = M.summary(c, { except = spec.name }).regions[location] or { total = 0, stamps = {} }
-  check(results, "quota per region", counts.total < M.QUOTA_PER_REGION,
-    ("%d of %d HSMs in %s (failed ones count: delete them first)"):format(counts.total, M.QUOTA_PER_REGION, location))
-  if spec.stamp then
-    local n = counts.stamps[spec.stamp] or 0
-    check(results, "quota per stamp", n < M.QUOTA_PER_STAMP,
-      ("%d of %d HSMs in %s"):format(n, M.QUOTA_PER_STAMP, spec.stamp))
-  end
-  local d = network.check_delegation(c, spec.vnet, spec.subnet, group, spec.subnet_id)
-  check(results, "subnet delegation", d.ok, d.message)
-  local gw = network.vnet_gateway(c, spec.vnet, group, spec.subnet_id)
-  check(results, "ExpressRoute gateway", gw ~= nil and gw.state == "Succeeded",
-    gw and ("gateway %s is %s"):format(gw.name, gw.state) or "no gateway in the HSM's virtual network")
-  return results
-end
-
-local function failed_checks(results)
-  local bad = {}
-  for _, r in ipairs(results) do
-    if not r.ok then bad[#bad + 1] = r.rule .. ": " .. r.message end
-  end
-  return bad
-end
-
----------------------------------------------------------------------------
 -- create and delete
 
--- start(c, name, spec, {group=, skip_preflight=}) -> the PUT response
--- (headers carry x-ms-request-id and the correlation id a support request needs)
+-- start(c, name, spec, {group=, planned=, retry=, skip_preflight=}) -> the PUT response
+-- (headers carry x-ms-request-id and the correlation id a support request
+-- needs).  First the guide's checks for this one HSM (dhsm.azure.checks:
+-- the quota with its own name not counted, the subnet delegation, the
+-- gateway Succeeded); a FAIL refuses the PUT.  planned = {vnet=, gateway=}:
+-- what the caller's run creates before (in check mode, only described): a
+-- SKIP "created by this run", not a FAIL.  In check mode the checks read
+-- the real state and the PUT describes itself.
 function M.start(c, name, spec, opts)
   opts = opts or {}
   local path = M.path(c, name, opts.group)
   if opts.skip_preflight then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "skip_preflight" }
   else
-    local with_name = setmetatable({ name = name }, { __index = spec })
-    local bad = failed_checks(M.preflight(c, with_name, opts.group))
-    if #bad > 0 then
-      dhsm.error { kind = "safety", code = "PreflightFailed",
-        message = ("not creating %s: %s"):format(name, table.concat(bad, "; ")), details = { failed = bad } }
-    end
+    local checks = require "dhsm.azure.checks"    -- it reads through this module: loaded once both exist
+    local s = checks.scope(c, { group = opts.group, location = spec.location, vnet = spec.vnet, subnet = spec.subnet,
+      subnet_id = spec.subnet_id, hsms = { { name = name, stamp = spec.stamp, ip = spec.ip } },
+      planned = opts.planned, retry = opts.retry })
+    checks.refuse(checks.run(s, checks.BEFORE_PUT), "not creating " .. name)
   end
   return c:put(path, { body = M.body(c, spec, opts.group) })
 end
 
 -- wait(c, name, {group=, timeout=, on_progress=}) -> the Succeeded resource;
--- a Failed one raises (code from its statusMessage when it has one).
+-- a Failed one raises (code from its statusMessage when it has one).  In
+-- check mode an HSM that does not exist was only described: nil, nothing
+-- to wait for.
 function M.wait(c, name, opts)
   opts = opts or {}
-  return c:wait(M.path(c, name, opts.group), opts)
+  local path = M.path(c, name, opts.group)
+  if dhsm.check_mode and c:find(path) == nil then return nil end
+  return c:wait(path, opts)
 end
 
--- create(c, name, spec, {group=, wait=true, timeout=, on_progress=, skip_preflight=})
+-- create(c, name, spec, {group=, wait=true, timeout=, on_progress=, planned=, retry=, skip_preflight=})
 function M.create(c, name, spec, opts)
   opts = opts or {}
   local r = M.start(c, name, spec, opts)

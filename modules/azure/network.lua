@@ -119,18 +119,25 @@ function M.public_ip_sku(c, gateway)
   end
 end
 
--- wait_gateway(c, name, {group=, timeout=, interval=, on_progress=}): until Succeeded.
+-- wait_gateway(c, name, {group=, timeout=, interval=, on_progress=}) -> the
+-- Succeeded gateway.  In check mode a gateway that does not exist was only
+-- described: nil, nothing to wait for.
 function M.wait_gateway(c, name, opts)
   opts = opts or {}
-  return c:wait(M.gateway_path(c, name, opts.group), opts)
+  local path = M.gateway_path(c, name, opts.group)
+  if dhsm.check_mode and c:find(path) == nil then return nil end
+  return c:wait(path, opts)
 end
 
--- check_delegation(c, vnet, subnet [, group, subnet_id]) -> {ok=, message=, services=}
+-- check_delegation(c, vnet, subnet [, group, subnet_id]) -> {ok=, message=, services=, missing=}
+-- (missing: the subnet does not exist)
 -- The guide's number one deployment failure: the HSM subnet is not delegated.
 function M.check_delegation(c, vnet, subnet, group, subnet_id)
   local path = subnet_id and subnet_id:gsub("^https?://[^/]+", "") or M.subnet_path(c, vnet, subnet, group)
   local s = c:find(path)
-  if not s then return { ok = false, services = {}, message = "subnet " .. path:match("[^/]+/[^/]+/[^/]+$") .. " not found" } end
+  if not s then
+    return { ok = false, missing = true, services = {}, message = "subnet " .. path:match("[^/]+/[^/]+/[^/]+$") .. " not found" }
+  end
   local services = {}
   for _, d in ipairs(s.properties and s.properties.delegations or {}) do
     services[#services + 1] = d.properties and d.properties.serviceName

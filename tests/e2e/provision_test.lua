@@ -89,6 +89,28 @@ t.test("--check plans everything and the estate is identical afterwards", functi
   t.eq(mutations(e), {})
   t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/virtualNetworks/plan%-vnet"), r.stderr)
   t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-b"), r.stderr)
+  -- through hsm.start like the real run, told the VNet and gateway are only planned: its checks read
+  -- the subscription's HSMs again for each HSM (the estate's own log), and pass
+  t.eq(count(e:log(), "^arm GET /subscriptions/[^/]+/providers/Microsoft%.HardwareSecurityModules/dedicatedHSMs %->"), 3,
+    "the preflight's read, then one by each HSM's checks")
+  t.ok(r.stderr:find("subnet delegation plan%-vnet/subnets/hsm: virtual network plan%-vnet does not exist yet %-> "
+    .. "created by this run, delegated"), r.stderr)
+end)
+
+t.test("--check with a leftover to delete first: hsm.start is told its quota place is freed, as in the real run", function()
+  local e = estate("--appliances 3", { quota_per_region = 0 })
+  require("dhsm.azure.hsm").create(e:azure(), "hsm-old", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp2" },
+    { wait = false })
+  e:clear()
+  t.eq(hsms(e)["hsm-old"], "Failed")
+  local before, sent = world(e), #mutations(e)
+  local r = run(e, "-e hsms=hsm-new:stamp2 --check")        -- 3 HSMs and the leftover: the region's 4
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm%-old"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-new"), r.stderr)
+  t.eq(#mutations(e), sent, "nothing reached the estate")
+  t.eq(world(e), before)
 end)
 
 t.test("the gateway race, field-shaped (generic code, gateway reads Succeeded), is recovered by a redeploy", function()
@@ -117,9 +139,9 @@ t.test("stops at once with the guide's remedy, nothing created: quota (naming th
   local before = world(e)
   local r = run(e, "-e hsms=hsm-q:stamp1 --yes")
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("quota per region: eastus would hold 5 HSMs, the quota is 4 (in use: hsm1, hsm2, hsm3, hsm4)",
+  t.ok(r.stderr:find("quota eastus: would hold 5 HSMs, the quota is 4 per region (in use: hsm1, hsm2, hsm3, hsm4)",
     1, true), r.stderr)
-  t.ok(r.stderr:find("quota per stamp: stamp1 would hold 3 HSMs", 1, true), r.stderr)
+  t.ok(r.stderr:find("quota stamp1: would hold 3 HSMs, the quota is 2 per stamp", 1, true), r.stderr)
   t.eq(world(e), before)
 end)
 
@@ -195,7 +217,8 @@ t.test("leftovers of a failed deployment are offered for deletion, and refused w
   t.eq(hsms(e)["hsm-old"], "Failed")
   local r = run(e, "-e hsms=hsm-new:stamp1")          -- no --yes, no terminal: refused
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("HSM hsm-old (group hsm-rg, stamp1) is Failed and counts against the quota", 1, true), r.stderr)
+  t.ok(r.stderr:find("hsm provisioning hsm%-old: Failed %(quota%): .*; in group hsm%-rg, stamp stamp1, it counts against "
+    .. "the quota %-> deleted by this run first"), r.stderr)
   t.eq(hsms(e), { ["hsm-old"] = "Failed" }, "nothing deleted silently")
   r = run(e, "-e hsms=hsm-new:stamp1 --yes")
   t.eq(r.status, 0, r.stderr)
@@ -211,7 +234,7 @@ t.test("a re-PUT of an existing HSM with another spec is refused by ARM and caug
     "it cannot be changed to 'stamp2'")
   local r = run(e, "-e hsms=hsm-d:stamp2 --yes")
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("hsm-d exists with another spec (stamp: has stamp1, asked stamp2)", 1, true), r.stderr)
+  t.ok(r.stderr:find("existing hsm hsm-d: exists with another spec (stamp: has stamp1, asked stamp2)", 1, true), r.stderr)
 end)
 
 t.test("template mode: the operator's template and parameters file; the race recovered", function()

@@ -316,18 +316,20 @@ t.test("lists follow nextLink; summary and orphans", function()
   t.eq(hsm.orphans(c), {})
 end)
 
-t.test("preflight refuses the guide's deployment failures before any PUT", function()
+t.test("hsm.create's checks refuse the guide's deployment failures before any PUT", function()
   local c = fresh()
   local err = t.raises(function() hsm.create(c, "hsm-p1", spec { subnet = "compute" }) end, "PreflightFailed")
   t.eq(err.kind, "safety")
-  t.ok(err.message:find("subnet delegation: subnet compute is not delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs (delegations: none)", 1, true), err.message)
+  t.ok(err.message:find("subnet delegation hsm-vnet/subnets/compute: subnet compute is not delegated to "
+    .. "Microsoft.HardwareSecurityModules/dedicatedHSMs (delegations: none)", 1, true), err.message)
   t.eq(hsm.get(c, "hsm-p1"), nil, "nothing was sent")
   cleanup_hsm(c, "hsm-q1")
   cleanup_hsm(c, "hsm-q2")
   hsm.create(c, "hsm-q1", spec())
   hsm.create(c, "hsm-q2", spec())
   err = t.raises(function() hsm.create(c, "hsm-q3", spec()) end, "PreflightFailed")
-  t.ok(err.message:find("quota per stamp: 2 of 2 HSMs in stamp1", 1, true), err.message)
+  t.ok(err.message:find("quota stamp1: would hold 3 HSMs, the quota is 2 per stamp (in use: hsm-q1, hsm-q2)", 1, true),
+    err.message)
 end)
 
 t.test("ARM's own failures surface with their code: quota, gateway race, allowlisting", function()

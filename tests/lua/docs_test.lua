@@ -26,7 +26,7 @@ local DOC = "docs/modules.md"
 -- layers) are not for runbooks and are not listed.
 local MODULES = {
   "dhsm", "dhsm.secret", "dhsm.audit", "dhsm.inventory", "dhsm.evidence", "dhsm.test",
-  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.deploy",
+  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.checks", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.deploy",
   "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.rc", "dhsm.pkcs11", "dhsm.net", "dhsm.proc", "dhsm.chrystoki",
   "dhsm.guard", "dhsm.guard.commands", "dhsm.client.ha", "dhsm.client.ntls",
 }
@@ -47,6 +47,7 @@ local function object_types()
   add("dhsm.Secret", "dhsm.secret", estate:secret("hsm1_so_password"))
   add("inventory.Inventory", "dhsm.inventory", estate.inventory)
   add("azure.Client", "dhsm.azure", estate:azure())
+  add("checks.Scope", "dhsm.azure.checks", require("dhsm.azure.checks").scope(estate:azure()))
   add("luna.Session", "dhsm.luna", estate:luna_session("hsm1"))
   if p11.available() then
     local lib = p11.softhsm({ "docs" }):load()

@@ -154,6 +154,18 @@ function M:device(name)
   return self.json.appliances.devices[name]
 end
 
+-- PUT the seeded gateway hsm-ergw again as it is (a network change an
+-- operator makes): it goes Updating for gateway_seconds; waited for when
+-- wait (a failure, the network_fail fault's, is left for the test to read).
+function M:reput_gateway(c, wait)
+  local network = require "dhsm.azure.network"
+  local gw = network.gateway(c, "hsm-ergw")
+  local ip = gw.properties.ipConfigurations[1].properties
+  local r = c:put(network.gateway_path(c, "hsm-ergw"), { body = network.gateway_body { location = gw.location,
+    subnet_id = ip.subnet.id, pip_id = ip.publicIPAddress.id, sku = gw.properties.sku.name } })
+  if wait then pcall(c.wait, c, r, { timeout = 30 }) end
+end
+
 -- An azure client on this estate, polling fast.
 function M:azure(extra)
   local cfg = {}
