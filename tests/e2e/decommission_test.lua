@@ -20,9 +20,7 @@ end
 
 -- run(e, args [, playbook]) -> {status, stdout, stderr}; one state folder per estate
 local function run(e, args, playbook)
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s DHSM_INVENTORY=%s %s"):format(q(e.dir .. "/state"),
-    q(e.dir .. "/audit.jsonl"), q(e.dir .. "/inventory.json"),
-    t.cmd(("run %s -e poll_interval=0.02 %s"):format(playbook or "decommission", args))))
+  return e:run(("run %s -e poll_interval=0.02 %s"):format(playbook or "decommission", args), { state = e.dir .. "/state" })
 end
 
 local function so(e, name)
@@ -90,7 +88,7 @@ t.test("method=failed-logins: wrong SO logins through the guard's override until
   t.eq(order, { "logins hsm1", "DELETE hsm1", "logins hsm2", "DELETE hsm2", "DELETE group" })
   t.eq({ hsms(e), group_exists(e) }, { {}, false })
   local overrides = 0
-  for _, rec in ipairs(t.audit_records(e.dir .. "/audit.jsonl")) do
+  for _, rec in ipairs(t.audit_records(e.dir .. "/state/audit.jsonl")) do
     if rec.action == "safety.override" and rec.outcome == "zeroize_by_failed_logins" then overrides = overrides + 1 end
   end
   t.eq(overrides, 2, "one audited override per HSM")

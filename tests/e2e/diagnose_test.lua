@@ -67,7 +67,7 @@ assert(lunacm { "-c", "hagroup", "retry", "-count", "-1" }.ok)
 -- dhsm(args) -> {status, stdout, stderr}: this dhsm, its state (failed-login
 -- counts, journal, audit log) in STATE
 local function dhsm_sh(args)
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(STATE), q(STATE), t.cmd(args)))
+  return t.run(args, { state = STATE })
 end
 
 -- diagnose(args [, estate]) -> the run {status, stdout, stderr}, the --json document (or nil)

@@ -20,10 +20,7 @@ end
 
 -- run(e, args) -> {status, stdout, stderr}: dhsm run provision with the estate's inventory
 local function run(e, args, playbook)
-  local dir = t.tmpdir()
-  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-    t.cmd(("-i %s run %s -e poll_interval=0.02 -e backoff=0.01 %s"):format(q(e.dir .. "/inventory.json"),
-      playbook or "provision", args))))
+  return e:run(("run %s -e poll_interval=0.02 -e backoff=0.01 %s"):format(playbook or "provision", args))
 end
 
 -- Mutations that reached the estate, from its own request log (support.estate)
