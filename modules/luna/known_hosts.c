@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -103,26 +104,27 @@ static size_t field(const char **p, const char **start) {
 
 /* Call each(entry, lineno, ctx) for every entry of the known_hosts file at
 ** path: leading blanks and the line end taken off; blank lines, comments
-** and lines longer than any real entry skipped.  0, or -1 with errno. */
+** and lines longer than any real entry skipped.  Lines are read by their
+** real length (getline), so a NUL byte cuts short only its own line, never
+** hides the next one.  0, or -1 with errno. */
 static int each_entry(const char *path, void (*each)(const char *, int, void *), void *ctx) {
-  char line[MAX_LINE];
   FILE *f = fopen(path, "r");
   if (f == NULL) return -1;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t got;
   int lineno = 0;
-  while (fgets(line, sizeof line, f)) {
+  while ((got = getline(&line, &cap, f)) != -1) {
     lineno++;
-    size_t n = strlen(line);
-    if (n > 0 && line[n - 1] != '\n' && !feof(f)) {       /* longer than any real entry: skip it */
-      int c;
-      while ((c = fgetc(f)) != EOF && c != '\n') {}
-      continue;
-    }
+    if ((size_t)got >= MAX_LINE) continue;           /* longer than any real entry: skip it */
+    size_t n = strlen(line);                        /* up to a NUL inside, if any */
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
     const char *p = line;
     while (*p == ' ' || *p == '\t') p++;
     if (*p != '\0' && *p != '#') each(p, lineno, ctx);
   }
   int failed = ferror(f);
+  free(line);
   fclose(f);
   if (failed) {
     errno = EIO;

@@ -409,9 +409,15 @@ static int sess_known_hosts(lua_State *L) {
   int type = h.type;
   LIBSSH2_KNOWNHOSTS *kh = h.kh;
   struct libssh2_knownhost *found = NULL;
-  int rc = libssh2_knownhost_checkp(kh, s->host, s->port, key, len,
-                                    LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-                                    knownhost_key_type(type), &found);
+  /* The one name OpenSSH looks up: "host" on port 22, "[host]:port" on any
+  ** other.  (libssh2_knownhost_checkp falls back to the bare host for
+  ** another port, where OpenSSH would not - and where kh_load, which reads
+  ** the markers, does not look, so a @revoked key could pass there.) */
+  char name[300];
+  kh_host_name(name, sizeof name, s->host, s->port);
+  int rc = libssh2_knownhost_check(kh, name, key, len,
+                                   LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+                                   knownhost_key_type(type), &found);
   int nret = 1;
   if (rc == LIBSSH2_KNOWNHOST_CHECK_MATCH) {
     lua_pushliteral(L, "match");
