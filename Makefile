@@ -27,8 +27,11 @@ endif
 
 OPT       ?= -O2 -g
 WARN      := -Wall -Wextra -Werror
-CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -Iinclude -Iruntime -I$(O) \
+# A native module sees include/ (the whole contract) and its own folder,
+# never runtime/: its objects are built without -Iruntime.
+CFLAGS_MOD = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -Iinclude \
              $(shell $(PKG) --cflags $(PKGS) lua5.4-cjson 2>/dev/null) $(CFLAGS)
+CFLAGS_ALL = $(CFLAGS_MOD) -Iruntime -I$(O)
 # cjson is linked statically so one file deploys; everything else as Debian ships it.
 LIBS       = -Wl,-Bstatic -l:liblua5.4-cjson.a -Wl,-Bdynamic \
              $(shell $(PKG) --libs $(PKGS) 2>/dev/null) -ldl -lm
@@ -52,6 +55,10 @@ $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
 $(O)/%.o: %.c $(wildcard include/dhsm/*.h runtime/*.h) | $(O)/.dirs
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(O)/modules/%.o: modules/%.c $(wildcard include/dhsm/*.h modules/*/*.h) | $(O)/.dirs
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_MOD) -c -o $@ $<
 
 $(O)/embedded.o: $(O)/embedded.c
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<

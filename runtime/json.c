@@ -310,7 +310,8 @@ static int skip_value(cursor *c, int depth) {
   return c->p > start;
 }
 
-int dhsm_json_names_key(const char *json, size_t len, const char *field) {
+/* The old test, on the raw bytes: "field" then a colon. */
+static int names_key_raw(const char *json, size_t len, const char *field) {
   size_t flen = strlen(field);
   for (const char *p = json, *end = json + len; p + flen + 2 <= end; p++) {
     if (*p != '"' || memcmp(p + 1, field, flen) != 0 || p[flen + 1] != '"') continue;
@@ -319,6 +320,34 @@ int dhsm_json_names_key(const char *json, size_t len, const char *field) {
     if (q < end && *q == ':') return 1;
   }
   return 0;
+}
+
+/* Every string followed by a colon is a key: decoded, so that an escaped
+** spelling ("\u0061ccess_token") is the key it stands for.  Text that is
+** not well-formed JSON cannot be read so: it counts when it holds the raw
+** name or any \u escape.  (The strings decoded on the way may be the
+** secret itself: the buffer is wiped when freed.) */
+int dhsm_json_names_key(const char *json, size_t len, const char *field) {
+  size_t flen = strlen(field);
+  cursor c = { json, json + len };
+  dhsm_buf s = {0};
+  int named = 0;
+  while (!named && c.p < c.end) {
+    if (*c.p != '"') {
+      c.p++;
+      continue;
+    }
+    s.len = 0;
+    if (!read_string(&c, &s)) {
+      named = names_key_raw(json, len, field) || memmem(json, len, "\\u", 2) != NULL;
+      break;
+    }
+    skip_ws(&c);
+    named = c.p < c.end && *c.p == ':' && s.len == flen && (flen == 0 || memcmp(s.p, field, flen) == 0);
+  }
+  if (s.oom) named = 1;
+  dhsm_buf_free(&s);
+  return named;
 }
 
 int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_buf *value, dhsm_buf *rest) {

@@ -195,9 +195,19 @@ static int not_embedded(lua_State *L, const char *name) {
   return 1;
 }
 
-/* package.searchers entry: modules compiled into the binary */
+static const char OWN_NATIVES_KEY = 'o';    /* registry: name -> opener of a public native */
+
+/* package.searchers entry: dhsm's own modules, the only place a dhsm.*
+** name is looked up - its public natives (kept apart from package.preload,
+** which a runbook can write to), then the Lua compiled into the binary. */
 static int search_embedded(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &OWN_NATIVES_KEY);
+  if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+    lua_pushstring(L, ":native:");
+    return 2;
+  }
+  lua_pop(L, 2);
   const dhsm_embedded *e = dhsm_embedded_find('m', name);
   if (e == NULL) {
     if (is_own_name(name)) return not_embedded(L, name);
@@ -212,8 +222,9 @@ static int search_embedded(lua_State *L) {
   return 2;
 }
 
-/* A file searcher (package.path, package.cpath) that never answers for a
-** dhsm.* name: a file in a -I folder cannot stand in for dhsm's own
+/* A searcher of Lua's own (package.preload, package.path, package.cpath)
+** that never answers for a dhsm.* name: neither a file in a -I folder nor
+** a function a runbook put in package.preload can stand in for dhsm's own
 ** module, least of all one a safety rule lives in.  Upvalue: the searcher. */
 static int search_files(lua_State *L) {
   if (is_own_name(luaL_checkstring(L, 1))) return 0;
@@ -223,33 +234,55 @@ static int search_files(lua_State *L) {
   return 2;
 }
 
-/* Searchers: preload, the embedded modules, then - for other names only -
-** package.path (the user's folders) and the C libraries. */
+/* Searchers: dhsm's own modules first, then - for other names only -
+** package.preload, package.path (the user's folders) and the C libraries. */
 static void install_searcher(lua_State *L) {
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "searchers");
   lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = n; i >= 2; i--) {        /* file searchers: guarded, one up */
+  for (lua_Integer i = n; i >= 1; i--) {        /* Lua's searchers: guarded, one up */
     lua_rawgeti(L, -1, i);
     lua_pushcclosure(L, search_files, 1);
     lua_rawseti(L, -2, i + 1);
   }
   lua_pushcfunction(L, search_embedded);
-  lua_rawseti(L, -2, 2);
+  lua_rawseti(L, -2, 1);
   lua_pop(L, 1);
   lua_pushliteral(L, "");                       /* only what the user adds */
   lua_setfield(L, -2, "path");
   lua_pop(L, 1);
 }
 
+/* The public natives: cjson in package.preload, dhsm.* ones in a table of
+** their own (search_embedded). */
 static void preload_modules(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_newtable(L);
   for (const dhsm_module *m = dhsm_modules; m->name; m++) {
     if (m->owner) continue;                     /* private: see push_natives_of */
     lua_pushcfunction(L, m->open);
-    lua_setfield(L, -2, m->name);
+    lua_setfield(L, is_own_name(m->name) ? -2 : -3, m->name);
   }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &OWN_NATIVES_KEY);
   lua_pop(L, 1);
+}
+
+/* The modules a safety rule lives in, loaded before any runbook runs: each
+** holds what it requires (the guard, the evidence check) as its own, so a
+** runbook that later puts something else in package.loaded does not reach
+** them.  (A runbook can still use the debug library: dhsm closes its API,
+** it is not a sandbox.) */
+static const char *const safety_modules[] = {
+  "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
+  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups", NULL
+};
+
+static void load_safety_modules(lua_State *L) {
+  for (const char *const *m = safety_modules; *m; m++) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, *m);
+    lua_call(L, 1, 0);
+  }
 }
 
 static int init_state(lua_State *L) {
@@ -273,6 +306,7 @@ static int init_state(lua_State *L) {
   lua_pushliteral(L, "dhsm");
   lua_call(L, 1, 1);
   lua_setglobal(L, "dhsm");
+  load_safety_modules(L);
   return 0;
 }
 

@@ -177,6 +177,22 @@ t.test("-I and $DHSM_PATH add modules under other names and never shadow dhsm's 
   t.ok(not r.stdout:find("user extra", 1, true), r.stdout)
 end)
 
+t.test("package.preload and package.loaded do not reach the modules a safety rule lives in", function()
+  -- a runbook's own stand-in for how lunacm lines are read: every line a read
+  local code = table.concat({
+    'local fake = { lunacm = function() return "read", "role show" end, is_lunacm = function() return true end,',
+    '  lunacm_words = function() return {} end, LUNACM_NEW_PASSWORD = {} }',
+    'package.preload["dhsm.guard.commands"] = function() return fake end',
+    'package.loaded["dhsm.guard.commands"] = fake',
+    'local ok, err = pcall(require("dhsm.proc").run, { argv = { "lunacm", "-c", "role", "login", "-name", "co" } })',
+    'print(ok, err.code)',
+    'package.loaded["dhsm.guard.commands"] = nil',
+    'print(require("dhsm.guard.commands") == fake)',
+  }, "\n")
+  local r = dhsm_run("exec -e " .. q(code))
+  t.eq(r.stdout, "false\tUnguardedLogin\nfalse\n", r.stderr)
+end)
+
 t.test("a module that moved is named where it went", function()
   for old, new in pairs { ["dhsm.luna.guard"] = "dhsm.guard", ["dhsm.luna.ha"] = "dhsm.client.ha",
       ["dhsm.net.ntls"] = "dhsm.client.ntls", ["dhsm.luna.cli"] = "dhsm.guard.commands" } do

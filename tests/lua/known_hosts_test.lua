@@ -96,3 +96,23 @@ t.test("a hashed line makes dhsm ask for its key type first, as a plain line doe
   t.eq(s.hostkey.sha256, hk.sha256)
   s:close()
 end, { timeout = 60 })
+
+t.test("off port 22 only [host]:port lines count, as in OpenSSH: a bare host line neither vouches nor hides", function()
+  local key = host_key()
+  t.ok(entry.ssh_port ~= 22, "the estate's appliance listens on another port")
+  -- the key listed for the bare host is not this port's key (libssh2 alone would take it)
+  local err = t.raises(function() open(file_with { entry.host .. " " .. key }) end, "HostKeyUnknown")
+  t.eq(err.kind, "safety")
+  -- ... so a @revoked line for the bare host cannot be got round through it either
+  t.raises(function() open(file_with { entry.host .. " " .. key, "@revoked " .. entry.host .. " " .. key }) end,
+    "HostKeyUnknown")
+  local s = open(file_with { entry.host .. " ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrJz5j6Tk8xq4mA1k4zS0Cqj0YbD8h4bJm2t1FZ0Vn9",
+    name .. " " .. key })
+  s:close()
+end, { timeout = 60 })
+
+t.test("a NUL byte in a line cuts that line short and hides nothing after it", function()
+  local key = host_key()
+  local kh = file_with { "# a note\0 with a NUL", "@revoked " .. name .. " " .. key, name .. " " .. key }
+  t.raises(function() open(kh) end, "HostKeyRevoked")
+end, { timeout = 60 })

@@ -45,3 +45,15 @@ t.test("a test file finds the helpers of the nearest support/ folder above it, a
   local r = t.sh(t.cmd("test " .. root .. "/suite/deep/x_test.lua"))
   t.eq({ r.status, r.stdout }, { 0, "1 passed, 0 failed\n" }, r.stderr)
 end)
+
+t.test("the support/ folder is found from the real path, whatever folder the runner was started in", function()
+  local root = t.tmpdir()
+  os.execute(("mkdir -p %s/support %s/suite"):format(root, root))
+  t.write(root .. "/support/helper.lua", 'return { name = "shared helper" }\n')
+  t.write(root .. "/suite/y_test.lua", 'local t = require "dhsm.test"\n'
+    .. 't.test("finds it", function() t.eq(require("support.helper").name, "shared helper") end)\n')
+  for _, at in ipairs { { root, "suite/y_test.lua" }, { root .. "/suite", "y_test.lua" } } do
+    local r = t.sh(("cd %s && %s"):format(at[1], t.cmd("test " .. at[2])))
+    t.eq({ r.status, r.stdout }, { 0, "1 passed, 0 failed\n" }, at[2] .. " from " .. at[1] .. ": " .. r.stderr)
+  end
+end)

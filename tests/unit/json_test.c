@@ -182,6 +182,21 @@ static void names_a_key_anywhere(void **state) {
   assert_false(dhsm_json_names_key("\"access_token\"", 14, "access_token"));     /* no colon */
 }
 
+/* A key spelled with escapes is the key it decodes to: the document holding
+** it is withheld, and a second copy of the field stops the take. */
+static void names_an_escaped_key(void **state) {
+  (void)state;
+  const char *escaped = "{\"\\u0061ccess_token\": [\"S\"]}";
+  assert_true(dhsm_json_names_key(escaped, strlen(escaped), "access_token"));
+  assert_string_equal(take("{\"access_token\":\"A\",\"\\u0061ccess_token\":\"S\"}", "access_token"), "-");
+  const char *value = "{\"n\": \"\\u0061ccess_token\"}";                    /* a value, not a key */
+  assert_false(dhsm_json_names_key(value, strlen(value), "access_token"));
+  const char *broken = "<html>\"\\u0061ccess_token: \n</html>";             /* not JSON, an escape: withheld */
+  assert_true(dhsm_json_names_key(broken, strlen(broken), "access_token"));
+  const char *page = "<html><a href=\"x\">no token\n</html>";                /* not JSON, nothing of it */
+  assert_false(dhsm_json_names_key(page, strlen(page), "access_token"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_quotes_and_controls),
@@ -194,6 +209,7 @@ int main(void) {
     cmocka_unit_test(formats_rfc3339_in_utc),
     cmocka_unit_test(takes_one_string_field_out),
     cmocka_unit_test(names_a_key_anywhere),
+    cmocka_unit_test(names_an_escaped_key),
   };
   return cmocka_run_group_tests_name("json", tests, setup, teardown);
 }

@@ -73,13 +73,13 @@ end
 function M.search_path(file, base)
   local dir = file:match("^(.*)/[^/]*$") or "."
   local parts = { dir .. "/?.lua" }
-  local up = dir
+  local up = sys.realpath(dir)              -- walked for real: "lua/x_test.lua" run from tests/ finds tests/support
   while up do
     if is_dir(up .. "/support") then
-      if up ~= dir then parts[#parts + 1] = up .. "/?.lua" end
+      parts[#parts + 1] = up .. "/?.lua"
       break
     end
-    up = up:match("^(.+)/[^/]+$")          -- the folder above, while the path names one
+    up = up ~= "/" and (up:match("^(.+)/[^/]+$") or "/") or nil
   end
   parts[#parts + 1] = base
   return table.concat(parts, ";")
