@@ -114,8 +114,10 @@ function Client:probe(entry)
     return { ok = false, reason = ("TCP %d %s"):format(port, tostring(tcp.reason)), tcp = tcp }
   end
   -- not strict: a server certificate the client does not trust is a reason
-  -- (tls.verify.error) to show, the handshake carried to its end
-  local tls = ntls.handshake(self, entry, { server_name = entry.name })
+  -- (tls.verify.error) to show, the handshake carried to its end; a client
+  -- install without its trusted certificates file is broken, not a reason
+  -- the member is down (ha-recover stops before changing anything)
+  local tls = ntls.handshake(self, entry, { server_name = entry.name, need_trust = true })
   if not (tls.ok and tls.verify and tls.verify.ok) then
     return { ok = false, tcp = tcp, tls = tls, reason = ("TLS on %d: %s"):format(port,
       tostring(tls.reason or tls.alert or (tls.verify and tls.verify.error) or "handshake failed")) }

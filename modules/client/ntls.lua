@@ -9,7 +9,7 @@
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
 --   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --   ntls.inspect(entry, client, session)  -- the same without a handshake: for a read-only health check
---   ntls.tcp(entry); ntls.handshake(client, entry, {strict=, server_name=}) --> net.tcp's, net.tls's answer
+--   ntls.tcp(entry); ntls.handshake(client, entry, {strict=, server_name=, need_trust=}) --> net.tcp's, net.tls's answer
 --
 -- What is compared, and why: the appliance's server.pem (fetched over SCP)
 -- against the certificates the client trusts (its ServerCAFile) says
@@ -80,8 +80,14 @@ local function since(before, after)
 end
 
 -- The certificates the file at path holds ({} when it is missing or empty).
+-- The certificates the client trusts (its ServerCAFile): a list, empty
+-- when the file holds none (vtl deleteServer of the last server empties
+-- it); nil and why when there is no such file to read.
 local function trust_list(path)
-  local ok, list = pcall(net.certs, path)
+  local data, err = util.read_file(path)
+  if not data then return nil, err end
+  if not data:find("-----BEGIN", 1, true) then return {} end
+  local ok, list = pcall(net.certs, data)
   return ok and list or {}
 end
 
@@ -95,18 +101,26 @@ function M.tcp(entry)
   return net.tcp { host = entry.host, port = M.port(entry), timeout = 2 }
 end
 
--- handshake(client, entry [, {strict=, server_name=}]) -> net.tls's answer:
+-- handshake(client, entry [, {strict=, server_name=, need_trust=}]) -> net.tls's answer:
 -- the handshake dhsm makes as the client (diagnose's, and dhsm.client.ha's
 -- probe), with the client's certificate and key (encrypted: its passphrase
 -- is the inventory's client.key_passphrase), trusting only what the client
 -- trusts.  strict: give up as the client would on a server certificate it
 -- does not trust, so the appliance logs what the client's own failure looks
 -- like; else the handshake goes on and tls.verify says what was wrong.
+-- need_trust: a ServerCAFile that cannot be read is a usage error (the
+-- install is broken), not an answer.
 function M.handshake(client, entry, opts)
   opts = opts or {}
   local cert = files(client)
-  if #trust_list(cert.ca) == 0 then   -- vtl deleteServer of the last server empties it
-    return { ok = false, reason = ("the client trusts no server certificate (%s holds none)"):format(cert.ca) }
+  local trusted, unreadable = trust_list(cert.ca)
+  if not trusted and opts.need_trust then
+    dhsm.usage("the client's trusted server certificates cannot be read (ServerCAFile %s): %s", cert.ca,
+      tostring(unreadable))
+  end
+  if not trusted or #trusted == 0 then
+    return { ok = false, reason = ("the client trusts no server certificate (%s %s)"):format(cert.ca,
+      trusted and "holds none" or "cannot be read") }
   end
   return net.tls { host = entry.host, port = M.port(entry), timeout = 5, ca_file = cert.ca,
     client_cert = cert.cert, client_key = cert.key, client_key_passphrase = client.key_passphrase,
@@ -137,7 +151,7 @@ end
 
 -- Is the certificate in pem one of those in the file at path?
 local function trusted(path, pem)
-  for _, c in ipairs(trust_list(path)) do
+  for _, c in ipairs(trust_list(path) or {}) do
     if net.same_cert(c, pem) then return true end
   end
   return false

@@ -516,8 +516,13 @@ function M.vtl_verify(text)
 end
 
 -- Every parser takes a string (nil reads as ""), checked for length once.
+-- Not lunacm_result: it reads lunacm's verdict on a command that has run
+-- already, and a long line elsewhere in the output must not turn that
+-- into an error (dhsm.proc audits the run with it); it looks for a fixed
+-- string and a code after it, linear however long the text.
+local UNWRAPPED = { key_value = true, columns = true, has_package = true, lunacm_result = true }
 for name, parser in pairs(M) do
-  if name ~= "key_value" and name ~= "columns" and name ~= "has_package" then
+  if not UNWRAPPED[name] then
     M[name] = function(text)
       return parser(util.check_lines(text_of(text), "LunaSH output", "luna"))
     end

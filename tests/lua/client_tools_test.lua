@@ -99,3 +99,19 @@ t.test("an HA group made with lunacm, read through dhsm.chrystoki; a member drop
   r = tool(estate, "lunacm", { "-c", "hagroup", "listGroups" }, "\n")
   t.ok(not r.stdout:find("down", 1, true), r.stdout)
 end, { timeout = 90 })
+
+t.test("the HA probe refuses a client install whose trusted certificates cannot be read; diagnose reports it", function()
+  local estate = require("support.estate").start { args = "--appliances 1 --client-ready" }
+  local client = estate.inventory.client
+  local conf = chrystoki.load(client.chrystoki_conf)
+  local missing = t.tmpdir() .. "/missing-CAFile.pem"
+  conf:set("LunaSA Client", "ServerCAFile", missing)
+  conf:save()
+  local entry = estate.inventory:hsm("hsm1")
+  local c = require("dhsm.client.ha").client(estate.inventory)
+  local err = t.raises(function() c:probe(entry) end, "usage")
+  t.ok(err.message:find("cannot be read (ServerCAFile " .. missing, 1, true), err.message)
+  local ntls = require "dhsm.client.ntls"
+  local tls = ntls.handshake(ntls.client(estate.inventory), entry, { strict = true })
+  t.eq({ tls.ok, tls.reason }, { false, "the client trusts no server certificate (" .. missing .. " cannot be read)" })
+end, { timeout = 90 })

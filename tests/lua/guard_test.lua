@@ -465,3 +465,20 @@ t.test("zeroize by failed logins stops when the device does not count, stops say
     { attempts = 2, zeroized = true })
   t.eq(sent(), 2)
 end)
+
+t.test("the sealed rule tables hand out no writable table, not even through pairs", function()
+  local luna = require "dhsm.luna"
+  for name, sealed in pairs { guard = require "dhsm.guard", commands = require "dhsm.guard.commands",
+      destructive = luna.DESTRUCTIVE } do
+    local iter, state, first = pairs(sealed)
+    t.eq({ state, first }, { nil, nil }, name .. ": pairs gives neither the table nor a key to start from")
+    local n = 0
+    for k, v in iter do
+      n = n + 1
+      if type(v) == "table" then t.raises(function() v.x = 1 end, "read%-only") end
+      t.ok(k ~= nil)
+    end
+    t.ok(n > 0, name .. " lists its fields")
+    t.raises(function() sealed.lunacm = function() return "read" end end, "read%-only")
+  end
+end)

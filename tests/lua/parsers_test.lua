@@ -7,7 +7,7 @@ local parse = require "dhsm.luna.parse"
 local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_result", "lunacm_groups",
+  "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_groups",
   "lunacm_role_show", "vtl_verify", "table" }
 
 -- name -> {kind, fn(text)}
@@ -63,4 +63,11 @@ t.test("util.trim and util.lines on edge cases", function()
   t.eq(util.lines(""), {})
   t.eq(util.suffix("abc  12", "%d"), "12")
   t.eq(util.closest(("x"):rep(100000), { "xx" }), nil)
+end)
+
+t.test("lunacm's verdict is read however long a line before it: the command has run already", function()
+  local long = ("x"):rep(util.MAX_LINE * 2)
+  t.eq(parse.lunacm_result(long .. "\nCommand Result : No Error\n"), { ok = true })
+  t.eq(parse.lunacm_result(long .. "\nCommand Result : 0x000000a0 (CKR_PIN_INCORRECT)\n"),
+    { ok = false, code = "CKR_PIN_INCORRECT" })
 end)

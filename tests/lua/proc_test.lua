@@ -98,3 +98,17 @@ t.test("every run is audited with its argv", function()
   local line = util.read_file(dir .. "/a.jsonl")
   t.ok(line:find('"action":"proc.run"', 1, true) and line:find('"command":"true x"', 1, true), line)
 end)
+
+t.test("a lunacm that has acted is read and audited whatever else it printed (a 5000-byte line)", function()
+  local dir = t.tmpdir()
+  local fake = t.write(dir .. "/lunacm", "#!/bin/sh\nprintf '%05000d\\n' 0\necho 'Command Result : No Error'\n",
+    tonumber("755", 8))
+  local audit = t.audit_log()
+  local r = proc.run { argv = { fake, "-c", "hagroup", "recover", "-group", "g" } }
+  t.eq({ r.ok, r.code }, { true, nil })
+  local runs = {}
+  for _, rec in ipairs(t.audit_records(audit)) do
+    if rec.action == "proc.run" then runs[#runs + 1] = rec.outcome end
+  end
+  t.eq(runs, { "No Error" })
+end)

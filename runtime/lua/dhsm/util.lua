@@ -137,7 +137,16 @@ function M.sealed(t)
   return setmetatable({}, {
     __index = t,
     __newindex = function(_, k) error(("'%s' is read-only: the safety rules depend on it"):format(tostring(k)), 2) end,
-    __pairs = function() return next, t, nil end,
+    -- an iterator closing over t: pairs() must not hand out the table
+    -- behind the view (`local _, inner = pairs(view)` would write to it)
+    __pairs = function()
+      local k
+      return function()
+        local v
+        k, v = next(t, k)
+        return k, v
+      end
+    end,
     __len = function() return #t end,
     __metatable = "sealed",
   })
