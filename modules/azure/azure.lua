@@ -307,6 +307,20 @@ function M.escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
 end
 
+-- id_part(id, key) -> the name after `key` in an ARM id, and the id up to
+-- and with that name; nil when the id has no such part.  ARM compares ids
+-- case-insensitively ("/virtualnetworks/" is "/virtualNetworks/"), so the
+-- part is found in the lower-cased id and sliced from the original: the
+-- names keep the case they were given in.
+--   id_part("/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V/subnets/s",
+--     "virtualNetworks") -> "V", "/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V"
+function M.id_part(id, key)
+  if type(id) ~= "string" then return nil end
+  local i, j = id:lower():find("/" .. key:lower():gsub("%p", "%%%0") .. "/[^/]+")
+  if not i then return nil end
+  return id:sub(i + #key + 2, j), id:sub(1, j)
+end
+
 -- azure.client's options: the inventory's azure fields (dhsm.inventory,
 -- where they are documented, sovereign clouds included), none required
 -- but the subscription, checked by the one option reader.

@@ -27,6 +27,7 @@
 -- are read once per scope whichever checks ask (s:read).  Azure gives no
 -- count of a stamp's free devices: the only capacity evidence is an
 -- earlier failure for capacity.
+local azure = require "dhsm.azure"
 local classify = require "dhsm.azure.classify"
 local deploy = require "dhsm.azure.deploy"
 local dhsm = require "dhsm"
@@ -82,6 +83,7 @@ local ADVICE = findings.by_guide {
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
     existing = "only tags can change: choose another name, or decommission it first",
+    subnet_id = "name the HSM subnet by its full ARM id, or by its virtual network and subnet names",
   },
 }
 M.ADVICE = ADVICE
@@ -100,12 +102,31 @@ end
 
 local function lower(s) return s and s:lower() or "" end
 
-local function group_of_id(id) return id:match("/resource[Gg]roups/([^/]+)/") end
-local function vnet_of_id(id) return id:match("^(.-/virtualNetworks/[^/]+)") end
-local function name_of_id(id) return id:match("[^/]+$") end
+-- The parts of ARM ids, however they are cased (ARM compares them
+-- case-insensitively; dhsm.azure.id_part), in the case they were given.
+local function group_of_id(id) return (azure.id_part(id, "resourceGroups")) end
+local function name_of_id(id) return id and id:match("[^/]+$") end
 
--- "…/virtualNetworks/v/subnets/s" -> "v/subnets/s", as the rows name a subnet
-local function subnet_label(id) return id:match("virtualNetworks/([^/]+/subnets/[^/]+)$") or id end
+-- A subnet id's VNet (its id) and subnet name; nil unless the id names a
+-- group, a VNet and a subnet of it (nothing to look up otherwise).
+local function subnet_parts(id)
+  local _, vnet_id = azure.id_part(id, "virtualNetworks")
+  local subnet = vnet_id and group_of_id(vnet_id) and azure.id_part(id:sub(#vnet_id + 1), "subnets")
+  if subnet then return vnet_id, subnet end
+end
+
+local function vnet_of_subnet(id) return (subnet_parts(id)) end
+
+-- "…/virtualNetworks/v/subnets/s" -> "v/subnets/s", as the rows name a
+-- subnet; an id that names none, as it is.
+local function subnet_label(id)
+  local vnet_id, subnet = subnet_parts(id)
+  return vnet_id and ("%s/subnets/%s"):format(name_of_id(vnet_id), subnet) or id
+end
+
+-- The name of a subnet's VNet, as the gateway rows name their target; an
+-- id that names none, as it is.
+local function vnet_label(id) return name_of_id(vnet_of_subnet(id)) or id end
 
 local function hsm_state(h) return (h.properties or {}).provisioningState end
 
@@ -218,9 +239,24 @@ function Scope:subnet_ids()
   return distinct(self:group_hsms(), subnet_of)
 end
 
--- Their virtual networks.
+-- Their virtual networks (of the subnet ids that name one).
 function Scope:vnet_ids()
-  return distinct(self:subnet_ids(), vnet_of_id)
+  return distinct(self:subnet_ids(), vnet_of_subnet)
+end
+
+-- A FAIL for each subnet id the checks cannot read a VNet from (a caller's
+-- subnet_id, an HSM's networkProfile): the check could not look, and says
+-- so - no row at all would let a run deploy past it.
+local function unreadable_subnets(s, check)
+  local out = {}
+  for _, id in ipairs(s:subnet_ids()) do
+    if not vnet_of_subnet(id) then
+      out[#out + 1] = row(check, id, "FAIL", ("subnet id %s names no virtual network: expected /subscriptions/SUB/"
+        .. "resourceGroups/GROUP/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET"):format(id),
+        ADVICE.subnet_id)
+    end
+  end
+  return out
 end
 
 -- The row of a check that could not run: SKIP naming the cause when
@@ -295,7 +331,7 @@ end
 -- (a failure while it was not Succeeded is the race); nil when unknown.
 local function gateway_state_of(s, h)
   local id = subnet_of(h)
-  local ok, gws = findings.attempt(function() return id and s:vnet_gateways(vnet_of_id(id)) end)
+  local ok, gws = findings.attempt(function() return id and s:vnet_gateways(vnet_of_subnet(id)) end)
   return ok and gws and gws[1] and gws[1].state or nil
 end
 
@@ -470,7 +506,7 @@ end
 -- The subnet is missing: because its VNet is (a planned one is created by
 -- this run), or on its own.
 local function missing_subnet_row(s, id)
-  local target, vnet_id = subnet_label(id), vnet_of_id(id)
+  local target, vnet_id = subnet_label(id), vnet_of_subnet(id)
   local vnet_exists = s:find(vnet_id) ~= nil
   local what = vnet_exists and ("subnet %s does not exist"):format(target)
     or ("virtual network %s does not exist"):format(name_of_id(vnet_id))
@@ -488,15 +524,15 @@ local function delegation_row(s, id)
   if d.ok then return row("subnet delegation", target, "OK", d.message) end
   if d.missing then return missing_subnet_row(s, id) end
   if s.planned.vnet then return row("subnet delegation", target, "WARN", d.message, nil, "delegated by this run") end
-  local fix = network.delegation_fix(s.c, name_of_id(vnet_of_id(id)), name_of_id(id), group_of_id(id))
+  local fix = network.delegation_fix(s.c, name_of_id(vnet_of_subnet(id)), name_of_id(id), group_of_id(id))
   return row("subnet delegation", target, "FAIL", d.message, { remedy = "delegate it (" .. fix .. "), then delete "
     .. "any HSM that failed on it and redeploy", guide = CLASS.delegation.guide })
 end
 
 function M.delegation(s)
-  local out = {}
+  local out = unreadable_subnets(s, "subnet delegation")
   for _, id in ipairs(s:subnet_ids()) do
-    local r = guarded(s, out, "subnet delegation", subnet_label(id), delegation_row, s, id)
+    local r = vnet_of_subnet(id) and guarded(s, out, "subnet delegation", subnet_label(id), delegation_row, s, id)
     if r then out[#out + 1] = r end
   end
   return out
@@ -586,7 +622,7 @@ local function vnet_gateway_rows(s, vnet_id)
 end
 
 function M.gateway(s)
-  local out = {}
+  local out = unreadable_subnets(s, "gateway")
   for _, vnet_id in ipairs(s:vnet_ids()) do
     for _, r in ipairs(guarded(s, out, "gateway", name_of_id(vnet_id), vnet_gateway_rows, s, vnet_id) or {}) do
       out[#out + 1] = r
@@ -682,7 +718,7 @@ local CHECKS = {
   delegation = { rows = { "subnet delegation" }, in_group = true, target = function(s) return s.subnet_id
     and subnet_label(s.subnet_id) end },
   gateway = { rows = { "gateway", "one gateway per vnet" }, in_group = true, target = function(s) return s.subnet_id
-    and name_of_id(vnet_of_id(s.subnet_id)) end },
+    and vnet_label(s.subnet_id) end },
   existing = { rows = { "existing hsm" }, lists = true, in_group = true },
   nic = { rows = { "nic private ip" }, lists = true },
   orphans = { rows = { "orphaned hsms" }, lists = true },

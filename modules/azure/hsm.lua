@@ -9,6 +9,7 @@
 --   hsm.private_ip(c, resource)     -- from the NIC, as the guide says to find it
 --   hsm.features(c); hsm.leftovers(c, location); hsm.spec_conflicts(resource, spec)
 --   hsm.delete_failed(c, "hsm3")    -- a Failed resource: never handed over, holds no key
+local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
@@ -50,9 +51,9 @@ function M.list_all(c)
   return c:list(("/subscriptions/%s%s"):format(c.subscription, M.PROVIDER))
 end
 
--- "/subscriptions/s/resourceGroups/G/providers/..." -> "G"
+-- "/subscriptions/s/resourceGroups/G/providers/..." -> "G" (however ARM spells "resourceGroups")
 function M.group_of(resource)
-  return resource.id and resource.id:match("/resource[Gg]roups/([^/]+)/")
+  return (azure.id_part(resource.id, "resourceGroups"))
 end
 
 -- The PUT body for spec {location=, subnet_id= | vnet=, subnet=, ip=, stamp=, sku=, tags=}.
@@ -105,7 +106,7 @@ function M.features(c)
   for _, f in ipairs(M.FEATURES) do
     local ns, name = f:match("^([^/]+)/(.+)$")
     local r = c:find(("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
-      c.subscription, ns, name), { api_version = require("dhsm.azure").API.features })
+      c.subscription, ns, name), { api_version = azure.API.features })
     out[#out + 1] = { feature = f, state = r and r.properties and r.properties.state or "NotRegistered" }
   end
   return out

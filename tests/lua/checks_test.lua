@@ -76,6 +76,16 @@ end
 
 local function reput_gateway(wait) estate:reput_gateway(c, wait) end
 
+-- The gateway hsm-ergw Updating until the test ends (the race's window).
+local function gateway_updating()
+  estate:fault { gateway_seconds = 3600 }
+  reput_gateway(false)
+  t.cleanup(function()
+    estate:control("POST", "/advance", { idle = true })
+    estate:fault { gateway_seconds = 0.05 }
+  end)
+end
+
 local function fresh()
   estate:clear()
   t.cleanup(function() estate:clear() end)
@@ -196,12 +206,7 @@ end)
 
 t.test("the gateway Updating: WARN, FAIL for an HSM deployed now, a fix when the run waits for it; Failed: FAIL", function()
   fresh()
-  estate:fault { gateway_seconds = 3600 }
-  reput_gateway(false)
-  t.cleanup(function()
-    estate:control("POST", "/advance", { idle = true })
-    estate:fault { gateway_seconds = 0.05 }
-  end)
+  gateway_updating()
   local r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "WARN")
   t.ok(r.finding:find("^hsm%-ergw Updating, type ExpressRoute, .*: HSMs deployed now hit the race$"), r.finding)
   t.eq(r.guide, "HSM Deployment Using Terraform, Provisioning ExpressRoute")
@@ -216,6 +221,35 @@ t.test("the gateway Updating: WARN, FAIL for an HSM deployed now, a fix when the
   r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "FAIL")
   t.ok(r.finding:find("^hsm%-ergw Failed"), r.finding)
   t.ok(r.remedy:find("a Failed gateway must be redeployed", 1, true), r.remedy)
+end)
+
+t.test("a subnet id cased otherwise is the same subnet (the gateway Updating refuses the PUT); one naming no VNet is "
+  .. "a FAIL of each check, never no row", function()
+  fresh()
+  gateway_updating()
+  t.cleanup(function() remove_hsm("hsm-i1") end)    -- what a PUT that got through would leave
+  local id = network.subnet_path(c, "hsm-vnet", "hsm"):gsub("/resourceGroups/", "/resourcegroups/")
+    :gsub("/virtualNetworks/", "/virtualnetworks/"):gsub("/subnets/", "/Subnets/")
+  local err = t.raises(function() hsm.start(c, "hsm-i1", { subnet_id = id, stamp = "stamp1" }) end, "PreflightFailed")
+  t.ok(err.message:find("\n  gateway hsm-vnet: hsm-ergw Updating, type ExpressRoute, ", 1, true), err.message)
+  t.eq(estate:mutations("hsm-i1"), {}, "no PUT reached ARM (its request log)")
+  local rows = checks.run(scope { vnet = false, subnet_id = id }, { "delegation", "gateway" })
+  expect(rows, "subnet delegation", "hsm-vnet/subnets/hsm", "OK")
+  expect(rows, "one gateway per vnet", "hsm-vnet", "OK")
+  -- an id naming no VNet: each check says it could not look
+  local bad = ("/subscriptions/%s/resourceGroups/hsm-rg/providers/Microsoft.Network/subnets/hsm"):format(SUB)
+  rows = checks.run(scope { vnet = false, subnet_id = bad }, { "delegation", "gateway" })
+  t.eq(#rows, 2, not_ok(rows))
+  for _, check in ipairs { "subnet delegation", "gateway" } do
+    t.eq(expect(rows, check, bad, "FAIL").finding, ("subnet id %s names no virtual network: expected /subscriptions/SUB/"
+      .. "resourceGroups/GROUP/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET"):format(bad))
+  end
+  err = t.raises(function() hsm.start(c, "hsm-i1", { subnet_id = bad, stamp = "stamp1" }) end, "PreflightFailed")
+  t.eq(estate:mutations("hsm-i1"), {}, "refused too")
+  -- the checks that cannot run (no group) still name a target
+  rows = checks.run(scope { vnet = false, group = "nope-rg", subnet_id = bad }, { "resource_group", "gateway" })
+  expect(rows, "gateway", bad, "SKIP")
+  expect(rows, "one gateway per vnet", bad, "SKIP")
 end)
 
 t.test("a Basic public IP on the gateway, the name or IP of a gateway to create, and two gateways in one VNet", function()
