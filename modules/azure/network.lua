@@ -144,7 +144,7 @@ function M.check_delegation(c, vnet, subnet, group, subnet_id)
     services[#services + 1] = d.properties and d.properties.serviceName
   end
   for _, name in ipairs(services) do
-    if name == M.DELEGATION then
+    if tostring(name):lower() == M.DELEGATION:lower() then   -- ARM compares service names case-insensitively
       return { ok = true, services = services, message = ("subnet %s is delegated to %s"):format(s.name, M.DELEGATION) }
     end
   end

@@ -204,6 +204,21 @@ t.test("subnet delegation missing: FAIL with the az command; the run's own VNet:
   t.eq(expect(rows, "gateway", "new-vnet", "SKIP").fix, "created by this run: its ExpressRoute gateway")
 end)
 
+t.test("a delegation whose service name is cased otherwise is the delegation ARM accepts: OK, and the HSM is created",
+  function()
+  fresh()
+  local path = network.subnet_path(c, "hsm-vnet", "lc")
+  c:wait(c:put(path, { body = { properties = { addressPrefix = "10.2.3.0/24", delegations = { { name = "0",
+    properties = { serviceName = network.DELEGATION:lower() } } } } } }))
+  t.cleanup(function() c:wait(c:delete(path)) end)
+  t.cleanup(function() remove_hsm("hsm-d1") end)
+  t.eq(expect(checks.delegation(scope { subnet = "lc" }), "subnet delegation", "hsm-vnet/subnets/lc", "OK").finding,
+    "subnet lc is delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs")
+  local done = c:wait(hsm.start(c, "hsm-d1", { vnet = "hsm-vnet", subnet = "lc", stamp = "stamp1" }), { timeout = 30 })
+  t.eq(done.properties.provisioningState, "Succeeded")
+  t.eq(estate.count(estate:mutations("dedicatedHSMs/hsm-d1"), "^PUT "), 1, "the PUT reached ARM (its request log)")
+end)
+
 t.test("the gateway Updating: WARN, FAIL for an HSM deployed now, a fix when the run waits for it; Failed: FAIL", function()
   fresh()
   gateway_updating()
