@@ -321,6 +321,13 @@ function M.id_part(id, key)
   return id:sub(i + #key + 2, j), id:sub(1, j)
 end
 
+-- "East US" -> "eastus": ARM takes a region by its display name or its
+-- name and compares them lower-cased without blanks; so do the checks.
+function M.location(name)
+  if type(name) ~= "string" then return name end
+  return (name:gsub("%s", ""):lower())
+end
+
 -- azure.client's options: the inventory's azure fields (dhsm.inventory,
 -- where they are documented, sovereign clouds included), none required
 -- but the subscription, checked by the one option reader.

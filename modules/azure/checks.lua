@@ -158,7 +158,8 @@ function M.scope(c, opts)
     if type(h.name) ~= "string" then dhsm.usage("azure checks: hsms[%d].name: expected an HSM name", i) end
     hsm.check_name(h.name)
   end
-  local s = setmetatable({ c = c, group = opts.group or c.resource_group, location = opts.location or c.location,
+  local s = setmetatable({ c = c, group = opts.group or c.resource_group,
+    location = azure.location(opts.location or c.location),     -- "East US" is eastus, in every comparison
     hsms = opts.hsms or {}, planned = opts.planned or {}, new_gateway = opts.new_gateway,
     expected = opts.expected or {}, addresses = opts.addresses, retry = opts.retry or direct, memo = {},
     foundation_errors = {} }, Scope)
@@ -367,7 +368,8 @@ function M.hsms(s)
   end
   if s.deploying then          -- leftovers in other groups hold places in the region's quota too
     for _, h in ipairs(s:all_hsms()) do
-      if lower(hsm.group_of(h)) ~= lower(s.group) and h.location == s.location and hsm_state(h) == "Failed" then
+      local here = azure.location(h.location) == s.location
+      if lower(hsm.group_of(h)) ~= lower(s.group) and here and hsm_state(h) == "Failed" then
         out[#out + 1] = failed_hsm_row(s, h)
       end
     end

@@ -76,13 +76,14 @@ end
 
 -- Counts per region and stamp at subscription scope, with the names behind
 -- them.  Failed HSMs count against the quota (the guide: delete failed
--- deployments first).  opts.except: a name not to count (the HSM being re-run).
+-- deployments first).  opts.except: a name not to count (the HSM being
+-- re-run).  Regions as azure.location spells them ("eastus").
 function M.summary(c, opts)
   opts = opts or {}
   local regions = {}
   for _, h in ipairs(opts.hsms or M.list_all(c)) do
     if h.name ~= opts.except then
-      local region = h.location or "?"
+      local region = azure.location(h.location) or "?"
       local stamp = h.properties and h.properties.stampId or "unassigned"
       local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }
       regions[region] = r
@@ -114,11 +115,13 @@ end
 
 -- Failed HSM resources in location (every group of the subscription): the
 -- leftovers of earlier failed deployments, which count against the quota.
+-- "East US" is eastus (azure.location).
 function M.leftovers(c, location, hsms)
   local out = {}
+  location = azure.location(location)
   for _, h in ipairs(hsms or M.list_all(c)) do
     local p = h.properties or {}
-    if p.provisioningState == "Failed" and (location == nil or h.location == location) then
+    if p.provisioningState == "Failed" and (location == nil or azure.location(h.location) == location) then
       out[#out + 1] = { name = h.name, group = M.group_of(h), id = h.id, stamp = p.stampId,
         message = p.statusMessage, location = h.location }
     end

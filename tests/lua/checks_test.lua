@@ -170,6 +170,27 @@ t.test("quota: per region and per stamp, its own name not counted, failed HSMs c
   t.eq(expect(checks.hsms(scope { hsms = two }), "hsm provisioning", "hsm-qf", "WARN").fix, nil)
 end)
 
+t.test("a location by its display name is the region: \"East US\" counts eastus's HSMs and leftovers, and the PUT "
+  .. "is refused", function()
+  fresh()
+  t.cleanup(function() remove_hsm("hsm-e3") end)    -- what a PUT that got through would leave
+  make_hsm("hsm-e1", { stamp = "stamp1" })
+  make_hsm("hsm-e2", { stamp = "stamp1" })
+  local err = t.raises(function()
+    hsm.start(c, "hsm-e3", { location = "East US", vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })
+  end, "PreflightFailed")
+  t.ok(err.message:find("\n  quota stamp1: would hold 3 HSMs, the quota is 2 per stamp (in use: hsm-e1, hsm-e2)", 1,
+    true), err.message)
+  t.eq(estate:mutations("hsm-e3"), {}, "no PUT reached ARM (its request log)")
+  estate:fault { quota_per_region = 0 }
+  t.eq(make_hsm("hsm-ef", { stamp = "stamp2" }), "Failed")
+  estate:clear()
+  t.eq(#hsm.leftovers(c, "East US"), 1)
+  local two = { { name = "hsm-e3", stamp = "stamp2" }, { name = "hsm-e4", stamp = "stamp3" } }
+  t.eq(expect(checks.quota(scope { location = "East US", hsms = two }), "quota", "eastus", "FAIL").finding,
+    "would hold 5 HSMs, the quota is 4 per region (in use: hsm-e1, hsm-e2, hsm-ef)")
+end)
+
 t.test("capacity: an earlier failure for capacity in the stamp is the only evidence there is", function()
   fresh()
   estate:fault { capacity_per_stamp = 0 }
