@@ -128,6 +128,13 @@ end
 -- id that names none, as it is.
 local function vnet_label(id) return name_of_id(vnet_of_subnet(id)) or id end
 
+-- HSMs by name, lower-cased: ARM's names are case-insensitive (HSM-A is hsm-a).
+local function by_name(list)
+  local out = {}
+  for _, h in ipairs(list) do out[lower(h.name)] = h end
+  return out
+end
+
 local function hsm_state(h) return (h.properties or {}).provisioningState end
 
 local function subnet_of(h)
@@ -154,9 +161,17 @@ local function direct(_, fn) return fn() end
 function M.scope(c, opts)
   opts = schema.options("azure checks", opts, SCOPE_OPTIONS) or {}
   if opts.vnet and not opts.subnet then dhsm.usage("azure checks: subnet: missing, expected the HSM subnet of vnet") end
+  local seen = {}
   for i, h in ipairs(opts.hsms or {}) do
     if type(h.name) ~= "string" then dhsm.usage("azure checks: hsms[%d].name: expected an HSM name", i) end
     hsm.check_name(h.name)
+    -- one resource asked for twice would be counted twice against the quota
+    local first = seen[h.name:lower()]
+    if first then
+      dhsm.usage("azure checks: hsms[%d].name: %s is hsms[%d] again (ARM's names are case-insensitive), expected "
+        .. "each HSM once", i, h.name, first)
+    end
+    seen[h.name:lower()] = i
   end
   local s = setmetatable({ c = c, group = opts.group or c.resource_group,
     location = azure.location(opts.location or c.location),     -- "East US" is eastus, in every comparison
@@ -361,11 +376,8 @@ local function hsm_row(s, h)
 end
 
 function M.hsms(s)
-  local out, by_name = {}, {}
-  for _, h in ipairs(s:group_hsms()) do
-    by_name[h.name] = true
-    out[#out + 1] = hsm_row(s, h)
-  end
+  local out, have = {}, by_name(s:group_hsms())
+  for _, h in ipairs(s:group_hsms()) do out[#out + 1] = hsm_row(s, h) end
   if s.deploying then          -- leftovers in other groups hold places in the region's quota too
     for _, h in ipairs(s:all_hsms()) do
       local here = azure.location(h.location) == s.location
@@ -377,7 +389,7 @@ function M.hsms(s)
   if #out == 0 then out[1] = row("hsm provisioning", s.group, "OK", "no dedicated HSM in group " .. s.group) end
   for _, e in ipairs(s.expected) do
     local resource = e.resource or e.name
-    if not by_name[resource] then
+    if not have[lower(resource)] then
       out[#out + 1] = row("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, "
         .. "which group %s does not hold"):format(e.name, resource, s.group), ADVICE.missing)
     end
@@ -387,7 +399,7 @@ end
 
 -- A failed deployment, with its failed operations' messages; one whose
 -- resources have all since succeeded is only a record to clean up.
-local function deployment_row(s, d, by_name)
+local function deployment_row(s, d, have)
   local out = {}
   local ops = guarded(s, out, "failed deployments", d.name, deploy.failed_operations, s.c, d.name, s.group)
   if not ops then return out[1] end
@@ -395,7 +407,7 @@ local function deployment_row(s, d, by_name)
   for _, op in ipairs(ops) do
     parts[#parts + 1] = ("%s %s: %s"):format(op.resource or "?", op.code or "?", op.message or "")
     messages[#messages + 1] = op.message
-    local now = op.resource and by_name[op.resource]
+    local now = op.resource and have[lower(op.resource)]
     if not (now and hsm_state(now) == "Succeeded") then still_failed = true end
   end
   local v = classify.failure { messages = messages, error = ops[1] and ops[1].code and { code = ops[1].code } or nil,
@@ -410,11 +422,10 @@ local function deployment_row(s, d, by_name)
 end
 
 function M.deployments(s)
-  local by_name = {}
-  for _, h in ipairs(s:group_hsms()) do by_name[h.name] = h end
+  local have = by_name(s:group_hsms())
   local failed = s:failed_deployments()
   if #failed == 0 then return { row("failed deployments", s.group, "OK", "no failed deployment in group " .. s.group) } end
-  return dhsm.parallel(failed, function(d) return deployment_row(s, d, by_name) end)
+  return dhsm.parallel(failed, function(d) return deployment_row(s, d, have) end)
 end
 
 ---------------------------------------------------------------------------
@@ -426,13 +437,12 @@ end
 -- to be (re)created under the same name in the group, and the leftovers
 -- the run deletes first.
 local function place_holders(s)
-  local mine, freed, out = {}, {}, {}
-  for _, h in ipairs(s.hsms) do mine[h.name] = true end
+  local mine, freed, out = by_name(s.hsms), {}, {}
   if s.planned.leftovers then
     for _, l in ipairs(s:leftovers()) do freed[lower(l.id)] = true end
   end
   for _, h in ipairs(s:all_hsms()) do
-    local rerun = mine[h.name] and lower(hsm.group_of(h)) == lower(s.group)
+    local rerun = mine[lower(h.name)] and lower(hsm.group_of(h)) == lower(s.group)
     if not rerun and not freed[lower(h.id)] then out[#out + 1] = h end
   end
   return out
@@ -638,18 +648,18 @@ end
 -- same resource, and ARM changes nothing of it but its tags.
 
 function M.existing(s)
-  local have = {}
-  for _, h in ipairs(s:group_hsms()) do have[h.name] = h end
+  local have = by_name(s:group_hsms())
   local out = {}
   for _, want in ipairs(s.hsms) do
-    local h = have[want.name]
+    local h = have[lower(want.name)]
     if h then
       local diff = hsm.spec_conflicts(s.c, h, want, s.group)
+      local as = h.name ~= want.name and (" as " .. h.name) or ""     -- asked in another case: the resource's own
       if #diff > 0 then
-        out[#out + 1] = row("existing hsm", want.name, "FAIL", ("exists with another spec (%s)"):format(
+        out[#out + 1] = row("existing hsm", want.name, "FAIL", ("exists%s with another spec (%s)"):format(as,
           table.concat(diff, "; ")), ADVICE.existing)
       else
-        out[#out + 1] = row("existing hsm", want.name, "OK", "exists, " .. tostring(hsm_state(h)))
+        out[#out + 1] = row("existing hsm", want.name, "OK", ("exists%s, %s"):format(as, tostring(hsm_state(h))))
       end
     end
   end

@@ -77,12 +77,14 @@ end
 -- Counts per region and stamp at subscription scope, with the names behind
 -- them.  Failed HSMs count against the quota (the guide: delete failed
 -- deployments first).  opts.except: a name not to count (the HSM being
--- re-run).  Regions as azure.location spells them ("eastus").
+-- re-run; ARM's names are case-insensitive).  Regions as azure.location
+-- spells them ("eastus").
 function M.summary(c, opts)
   opts = opts or {}
+  local except = opts.except and opts.except:lower()
   local regions = {}
   for _, h in ipairs(opts.hsms or M.list_all(c)) do
-    if h.name ~= opts.except then
+    if h.name:lower() ~= except then
       local region = azure.location(h.location) or "?"
       local stamp = h.properties and h.properties.stampId or "unassigned"
       local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }

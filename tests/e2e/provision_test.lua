@@ -234,6 +234,22 @@ t.test("a re-PUT of an existing HSM with another spec is refused by ARM and caug
   t.ok(r.stderr:find("existing hsm hsm-d: exists with another spec (stamp: has stamp1, asked stamp2)", 1, true), r.stderr)
 end)
 
+t.test("an HSM named in another case is the same HSM: HSM-A after hsm-a is idempotent, HSM-A in another stamp refused",
+  function()
+  local e = estate()
+  t.eq(run(e, "-e hsms=hsm-a:stamp1,hsm-b:stamp1 --yes").status, 0)     -- stamp1 full
+  local sent = #mutations(e)
+  local r = run(e, "-e hsms=HSM-A:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("nothing was changed", 1, true), r.stderr)
+  r = run(e, "-e hsms=HSM-A:stamp2 --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("existing hsm HSM-A: exists as hsm-a with another spec (stamp: has stamp1, asked stamp2)", 1, true),
+    r.stderr)
+  t.eq(#mutations(e), sent, "nothing reached the estate after the first run (its request log)")
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
+end)
+
 t.test("template mode: the operator's template and parameters file; the race recovered", function()
   local e = estate(nil, { gateway_race_next = 1 })
   local dir = t.tmpdir()

@@ -413,6 +413,8 @@ t.test("a check that is not known, or a scope option of the wrong type, is one l
   t.raises(function() checks.scope(c, { planned = true }) end, "azure checks: planned: expected a table, got true")
   t.raises(function() checks.scope(c, { vnet = "v" }) end, "azure checks: subnet: missing")
   t.raises(function() checks.scope(c, { hsms = { { stamp = "stamp1" } } }) end, "azure checks: hsms%[1%]%.name: expected")
+  t.raises(function() checks.scope(c, { hsms = { { name = "hsm-a" }, { name = "HSM-A" } } }) end,
+    "azure checks: hsms%[2%]%.name: HSM%-A is hsms%[1%] again %(ARM's names are case%-insensitive%), expected each HSM once")
 end)
 
 ---------------------------------------------------------------------------
