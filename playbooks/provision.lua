@@ -351,6 +351,9 @@ local function create_one(ctx, h, gw, opts)
     local started, put = sys.rfc3339(), nil
     local ok, res = dhsm.try(function()
       if not (resume_wait and n == 1) then put = hsm.start(c, h.name, spec_of(ctx, h), start) end
+      -- check mode: the PUT was only described, the HSM is planned; what
+      -- exists under its name (a Failed leftover) is not what it would be
+      if put and put.check then return nil end
       return wait_hsm(ctx, h.name)
     end)
     if ok then return true end
@@ -499,7 +502,8 @@ local function report(ctx, requested, changed)
   local out = {}
   for _, h in ipairs(requested) do
     local r = hsm.get(c, h.name, p.group)
-    if r == nil then
+    -- in check mode an HSM not Succeeded was only planned (a leftover under its name is deleted first)
+    if r == nil or (dhsm.check_mode and hsm_state(r) ~= "Succeeded") then
       out[#out + 1] = { name = h.name, planned = true }
     else
       local ip = hsm.private_ip(c, r)

@@ -110,6 +110,29 @@ t.test("--check with a leftover to delete first: hsm.start is told its quota pla
   t.eq(world(e), before)
 end)
 
+t.test("--check with a requested HSM left Failed: its DELETE and PUT planned, not waited for; 0 as the real run",
+  function()
+  local e = estate(nil, { quota_per_region = 0 })
+  require("dhsm.azure.hsm").create(e:azure(), "hsm-a", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" },
+    { wait = false })
+  e:clear()
+  t.eq(hsms(e), { ["hsm-a"] = "Failed" })           -- its statusMessage says QuotaExceeded
+  local before, sent = world(e), #mutations(e)
+  local r = run(e, "-e hsms=hsm-a:stamp1 --check --json")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+  local doc = cjson.decode(r.stdout)
+  t.eq(doc.steps[#doc.steps].result.hsms, { { name = "hsm-a", planned = true } })
+  t.eq(#mutations(e), sent, "nothing reached the estate (its request log)")
+  t.eq(world(e), before)
+  r = run(e, "-e hsms=hsm-a:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded" })
+  t.eq({ count(mutations(e), "^DELETE .*dedicatedHSMs/hsm%-a$"), count(mutations(e), "^PUT .*dedicatedHSMs/hsm%-a$") },
+    { 1, 2 }, "the leftover's PUT, its DELETE, the new PUT")
+end)
+
 t.test("the gateway race, field-shaped (generic code, gateway reads Succeeded), is recovered by a redeploy", function()
   local e = estate(nil, { gateway_race_next = 1, field_errors = 1 })
   local r = run(e, "-e hsms=hsm-r:stamp1 --yes")
