@@ -273,8 +273,8 @@ t.test("an HSM named in another case is the same HSM: HSM-A after hsm-a is idemp
   t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
 end)
 
-t.test("template mode: the operator's template and parameters file; the race recovered", function()
-  local e = estate(nil, { gateway_race_next = 1 })
+-- "-e mode=template ..." with an operator's template of one HSM, hsm-t in stamp1, and its parameters file.
+local function template_args()
   local dir = t.tmpdir()
   local template = {
     ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
@@ -289,11 +289,30 @@ t.test("template mode: the operator's template and parameters file; the race rec
   }
   t.write(dir .. "/t.json", cjson.encode(template))
   t.write(dir .. "/p.json", cjson.encode { parameters = { hsmName = { value = "hsm-t" }, stamp = { value = "stamp1" } } })
-  local r = run(e, ("-e hsms=hsm-t:stamp1 -e mode=template -e template=%s -e template_parameters=%s --yes"):format(
-    q(dir .. "/t.json"), q(dir .. "/p.json")))
+  return ("-e hsms=hsm-t:stamp1 -e mode=template -e template=%s -e template_parameters=%s"):format(q(dir .. "/t.json"),
+    q(dir .. "/p.json"))
+end
+
+t.test("template mode: the operator's template and parameters file; the race recovered", function()
+  local e = estate(nil, { gateway_race_next = 1 })
+  local r = run(e, template_args() .. " --yes")
   t.eq(r.status, 0, r.stderr)
   t.eq(hsms(e)["hsm-t"], "Succeeded")
   t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 2, "deployed, raced, redeployed")
+end)
+
+t.test("template mode with the gateway Updating: waited for until Succeeded, as its row says, then deployed once",
+  function()
+  local e = estate(nil, { gateway_seconds = 4 })
+  e:reput_gateway(e:azure(), false)
+  local r = run(e, template_args() .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-t"], "Succeeded")
+  local row = r.stderr:find("gateway hsm%-vnet: hsm%-ergw Updating, .* %-> waited for by this run until Succeeded")
+  local wait = r.stderr:find("✓ wait for ExpressRoute gateway hsm-ergw to be Succeeded", 1, true)
+  local deployed = r.stderr:find("→ deploy ARM template", 1, true)
+  t.ok(row and wait and deployed and row < wait and wait < deployed, r.stderr)
+  t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 1, "deployed once: no race (the estate's request log)")
 end)
 
 t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE is waited for, not sent again", function()
