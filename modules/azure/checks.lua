@@ -572,6 +572,12 @@ local function gateway_row(s, vnet, g)
     return row("gateway", vnet, s.deploying and "FAIL" or "WARN", text .. ": HSMs deployed now hit the race",
       ADVICE.gateway)
   end
+  if pip == nil then
+    -- ARM accepted it and it is Succeeded: nothing shows it fails an HSM,
+    -- but it is not the gateway the guide's setup (and ours) builds
+    return row("gateway", vnet, "WARN", text .. ": an ExpressRoute gateway for Dedicated HSM is expected to have a "
+      .. "Standard public IP", ADVICE.gateway_sku)
+  end
   local ng = s.new_gateway
   local used = ng and ng.name ~= g.name and (" (used instead of %s: one gateway per virtual network)"):format(ng.name)
   return row("gateway", vnet, "OK", text .. (used or ""))

@@ -324,6 +324,21 @@ t.test("a Basic public IP on the gateway, the name or IP of a gateway to create,
   t.ok(r.remedy:find("a virtual network can have one gateway", 1, true), r.remedy)
 end)
 
+t.test("a Succeeded ExpressRoute gateway without a public IP: WARN (not the guide's gateway), not OK", function()
+  fresh()
+  local gw = network.gateway(c, "hsm-ergw")
+  local function put_gateway(pip_id)
+    c:wait(c:put(network.gateway_path(c, "hsm-ergw"), { body = network.gateway_body { location = gw.location,
+      subnet_id = network.subnet_path(c, "hsm-vnet", "GatewaySubnet"), pip_id = pip_id } }), { timeout = 30 })
+  end
+  put_gateway(nil)
+  t.cleanup(function() put_gateway(network.public_ip_path(c, "hsm-ergw-pip")) end)
+  local r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "WARN")
+  t.eq(r.finding, "hsm-ergw Succeeded, type ExpressRoute, SKU Standard, public IP none: an ExpressRoute gateway for "
+    .. "Dedicated HSM is expected to have a Standard public IP")
+  t.eq(r.guide, "Provisioning ExpressRoute")
+end)
+
 t.test("leftovers: a failed deployment and its failed HSM are FAILs; a run about to deploy deletes them first", function()
   fresh()
   local template = { ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
