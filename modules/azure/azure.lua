@@ -399,10 +399,13 @@ function Client:group_path(group)
   return ("/subscriptions/%s/resourceGroups/%s"):format(self.subscription, group)
 end
 
+-- The api-version of the provider a path is under (ARM ids are
+-- case-insensitive: "/providers/microsoft.network/" is the Network one).
 local function api_for(path)
-  if path:find("/providers/Microsoft.HardwareSecurityModules/", 1, true) then return M.API.hsm end
-  if path:find("/providers/Microsoft.Network/", 1, true) then return M.API.network end
-  if path:find("/providers/Microsoft.Features/", 1, true) then return M.API.features end
+  path = path:lower()
+  if path:find("/providers/microsoft.hardwaresecuritymodules/", 1, true) then return M.API.hsm end
+  if path:find("/providers/microsoft.network/", 1, true) then return M.API.network end
+  if path:find("/providers/microsoft.features/", 1, true) then return M.API.features end
   return M.API.resources
 end
 

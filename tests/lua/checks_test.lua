@@ -272,6 +272,9 @@ t.test("a subnet id cased otherwise is the same subnet (the gateway Updating ref
   local rows = checks.run(scope { vnet = false, subnet_id = id }, { "delegation", "gateway" })
   expect(rows, "subnet delegation", "hsm-vnet/subnets/hsm", "OK")
   expect(rows, "one gateway per vnet", "hsm-vnet", "OK")
+  -- all of it lower-cased, the provider too: read with the Network api-version still
+  rows = checks.run(scope { vnet = false, subnet_id = id:lower() }, { "delegation" })
+  expect(rows, "subnet delegation", "hsm-vnet/subnets/hsm", "OK")
   -- an id naming no VNet: each check says it could not look
   local bad = ("/subscriptions/%s/resourceGroups/hsm-rg/providers/Microsoft.Network/subnets/hsm"):format(SUB)
   rows = checks.run(scope { vnet = false, subnet_id = bad }, { "delegation", "gateway" })
