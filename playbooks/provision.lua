@@ -125,6 +125,8 @@ local function preflight(ctx, requested)
   local p, c = ctx.params, ctx:azure()
   local specs = {}
   for i, h in ipairs(requested) do specs[i] = p.mode == "staged" and spec_of(ctx, h) or h end
+  -- the gateway: both modes wait for the VNet's own until Succeeded before any HSM (gateway_steps,
+  -- template_gateway); a VNet without one gets staged mode's, or the template's
   local s = checks.scope(c, { group = p.group, location = p.location, vnet = p.vnet, subnet = p.hsm_subnet,
     hsms = specs, planned = { gateway = true, leftovers = p.leftovers == "delete" }, retry = patiently(ctx),
     new_gateway = p.mode == "staged" and { name = p.gateway, public_ip = p.gateway_pip } or nil })
@@ -228,11 +230,15 @@ local function wait_gateway(ctx, name)
   return { gateway = name, state = gw.properties.provisioningState, ready_at = sys.time(), was_updating = saw_updating }
 end
 
+local function wait_gateway_step(ctx, name)
+  return ctx:step("wait for ExpressRoute gateway " .. name .. " to be Succeeded",
+    function() return wait_gateway(ctx, name) end)
+end
+
 -- The gateway made (or found) and waited for: two steps.
 local function gateway_steps(ctx, name)
   local made = ctx:step("ExpressRoute gateway " .. name, function() return ensure_gateway(ctx, name) end)
-  local gw = ctx:step("wait for ExpressRoute gateway " .. name .. " to be Succeeded",
-    function() return wait_gateway(ctx, name) end)
+  local gw = wait_gateway_step(ctx, name)
   gw.created = made.created
   return gw
 end
@@ -351,6 +357,9 @@ local function create_one(ctx, h, gw, opts)
     local started, put = sys.rfc3339(), nil
     local ok, res = dhsm.try(function()
       if not (resume_wait and n == 1) then put = hsm.start(c, h.name, spec_of(ctx, h), start) end
+      -- check mode: the PUT was only described, the HSM is planned; what
+      -- exists under its name (a Failed leftover) is not what it would be
+      if put and put.check then return nil end
       return wait_hsm(ctx, h.name)
     end)
     if ok then return true end
@@ -431,11 +440,11 @@ local function deployment_facts(ctx, n, started, err, put, gw_name, gw_hist, req
       operations = failed_ops }) }
 end
 
--- Guide, "HSM Provisioning": the ARM template Microsoft hands out, deployed as is.
-local function deploy_template(ctx, requested, gateway_state, retries)
+-- Guide, "HSM Provisioning": the ARM template Microsoft hands out, deployed
+-- as is.  gw_hist: the VNet's gateway before it (template_gateway).
+local function deploy_template(ctx, requested, gw_hist, retries)
   local p, c = ctx.params, ctx:azure()
   local tmpl, values = deploy.read_files(p.template, p.template_parameters)
-  local gw_hist = { created = gateway_state == nil, was_updating = gateway_state ~= "Succeeded" }
   return race_aware(ctx, "deployment " .. p.deployment, retries, function(n)
     local started, put = sys.rfc3339(), nil
     local ok, res = dhsm.try(function()
@@ -467,20 +476,33 @@ local function redeploy_template(ctx, requested)
       for _, h in ipairs(requested) do
         if hsm_state(hsm.get(c, h.name, p.group)) == "Failed" then hsm.delete_failed(c, h.name, { group = p.group }) end
       end
-      local again = deploy_template(ctx, requested, "Succeeded", 0)
+      local again = deploy_template(ctx, requested, {}, 0)      -- the gateway Succeeded since the first
       if again.ok then return { redeployed = true } end
       support_error("deployment " .. p.deployment .. " still fails after " .. p.retries
         .. " reruns and one delete and redeploy", again, deploy.support_facts(c, p.deployment, p.group))
     end)
 end
 
+-- Guide, "HSM Deployment Using Terraform": the VNet's gateway Succeeded
+-- before the template's HSMs are deployed - waited for as in staged mode,
+-- which is what the preflight's gateway row says this run does.  A VNet
+-- without one: the template brings it (the race ridden out after).
+-- -> the gateway's history for the classifier
+local function template_gateway(ctx)
+  local p, c = ctx.params, ctx:azure()
+  local gw = network.vnet_gateway(c, p.vnet, p.group)
+  if gw == nil then return { created = true } end
+  local waited = wait_gateway_step(ctx, gw.name)
+  return { was_updating = waited.was_updating, ready_at = waited.ready_at }
+end
+
 -- Guide, "HSM Deployment Race Condition" for the template: rerun, then
 -- delete and redeploy once, then a support stop.
 local function template_steps(ctx, requested)
   local p, c = ctx.params, ctx:azure()
-  local gw_now = network.vnet_gateway(c, p.vnet, p.group)
+  local gw_hist = template_gateway(ctx)
   local o = ctx:step(("deploy ARM template %s as %s"):format(p.template, p.deployment), function()
-    local r = deploy_template(ctx, requested, gw_now and gw_now.state, p.retries)
+    local r = deploy_template(ctx, requested, gw_hist, p.retries)
     return { ok = r.ok, exhausted = r.exhausted, history = r.history, verdict = r.verdict }
   end)
   if not o.ok and o.exhausted then
@@ -499,7 +521,8 @@ local function report(ctx, requested, changed)
   local out = {}
   for _, h in ipairs(requested) do
     local r = hsm.get(c, h.name, p.group)
-    if r == nil then
+    -- in check mode an HSM not Succeeded was only planned (a leftover under its name is deleted first)
+    if r == nil or (dhsm.check_mode and hsm_state(r) ~= "Succeeded") then
       out[#out + 1] = { name = h.name, planned = true }
     else
       local ip = hsm.private_ip(c, r)

@@ -307,6 +307,27 @@ function M.escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
 end
 
+-- id_part(id, key) -> the name after `key` in an ARM id, and the id up to
+-- and with that name; nil when the id has no such part.  ARM compares ids
+-- case-insensitively ("/virtualnetworks/" is "/virtualNetworks/"), so the
+-- part is found in the lower-cased id and sliced from the original: the
+-- names keep the case they were given in.
+--   id_part("/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V/subnets/s",
+--     "virtualNetworks") -> "V", "/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V"
+function M.id_part(id, key)
+  if type(id) ~= "string" then return nil end
+  local i, j = id:lower():find("/" .. key:lower():gsub("%p", "%%%0") .. "/[^/]+")
+  if not i then return nil end
+  return id:sub(i + #key + 2, j), id:sub(1, j)
+end
+
+-- "East US" -> "eastus": ARM takes a region by its display name or its
+-- name and compares them lower-cased without blanks; so do the checks.
+function M.location(name)
+  if type(name) ~= "string" then return name end
+  return (name:gsub("%s", ""):lower())
+end
+
 -- azure.client's options: the inventory's azure fields (dhsm.inventory,
 -- where they are documented, sovereign clouds included), none required
 -- but the subscription, checked by the one option reader.
@@ -378,10 +399,13 @@ function Client:group_path(group)
   return ("/subscriptions/%s/resourceGroups/%s"):format(self.subscription, group)
 end
 
+-- The api-version of the provider a path is under (ARM ids are
+-- case-insensitive: "/providers/microsoft.network/" is the Network one).
 local function api_for(path)
-  if path:find("/providers/Microsoft.HardwareSecurityModules/", 1, true) then return M.API.hsm end
-  if path:find("/providers/Microsoft.Network/", 1, true) then return M.API.network end
-  if path:find("/providers/Microsoft.Features/", 1, true) then return M.API.features end
+  path = path:lower()
+  if path:find("/providers/microsoft.hardwaresecuritymodules/", 1, true) then return M.API.hsm end
+  if path:find("/providers/microsoft.network/", 1, true) then return M.API.network end
+  if path:find("/providers/microsoft.features/", 1, true) then return M.API.features end
   return M.API.resources
 end
 

@@ -27,6 +27,7 @@
 -- are read once per scope whichever checks ask (s:read).  Azure gives no
 -- count of a stamp's free devices: the only capacity evidence is an
 -- earlier failure for capacity.
+local azure = require "dhsm.azure"
 local classify = require "dhsm.azure.classify"
 local deploy = require "dhsm.azure.deploy"
 local dhsm = require "dhsm"
@@ -82,6 +83,7 @@ local ADVICE = findings.by_guide {
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
     existing = "only tags can change: choose another name, or decommission it first",
+    subnet_id = "name the HSM subnet by its full ARM id, or by its virtual network and subnet names",
   },
 }
 M.ADVICE = ADVICE
@@ -100,12 +102,38 @@ end
 
 local function lower(s) return s and s:lower() or "" end
 
-local function group_of_id(id) return id:match("/resource[Gg]roups/([^/]+)/") end
-local function vnet_of_id(id) return id:match("^(.-/virtualNetworks/[^/]+)") end
-local function name_of_id(id) return id:match("[^/]+$") end
+-- The parts of ARM ids, however they are cased (ARM compares them
+-- case-insensitively; dhsm.azure.id_part), in the case they were given.
+local function group_of_id(id) return (azure.id_part(id, "resourceGroups")) end
+local function name_of_id(id) return id and id:match("[^/]+$") end
 
--- "…/virtualNetworks/v/subnets/s" -> "v/subnets/s", as the rows name a subnet
-local function subnet_label(id) return id:match("virtualNetworks/([^/]+/subnets/[^/]+)$") or id end
+-- A subnet id's VNet (its id) and subnet name; nil unless the id names a
+-- group, a VNet and a subnet of it (nothing to look up otherwise).
+local function subnet_parts(id)
+  local _, vnet_id = azure.id_part(id, "virtualNetworks")
+  local subnet = vnet_id and group_of_id(vnet_id) and azure.id_part(id:sub(#vnet_id + 1), "subnets")
+  if subnet then return vnet_id, subnet end
+end
+
+local function vnet_of_subnet(id) return (subnet_parts(id)) end
+
+-- "…/virtualNetworks/v/subnets/s" -> "v/subnets/s", as the rows name a
+-- subnet; an id that names none, as it is.
+local function subnet_label(id)
+  local vnet_id, subnet = subnet_parts(id)
+  return vnet_id and ("%s/subnets/%s"):format(name_of_id(vnet_id), subnet) or id
+end
+
+-- The name of a subnet's VNet, as the gateway rows name their target; an
+-- id that names none, as it is.
+local function vnet_label(id) return name_of_id(vnet_of_subnet(id)) or id end
+
+-- HSMs by name, lower-cased: ARM's names are case-insensitive (HSM-A is hsm-a).
+local function by_name(list)
+  local out = {}
+  for _, h in ipairs(list) do out[lower(h.name)] = h end
+  return out
+end
 
 local function hsm_state(h) return (h.properties or {}).provisioningState end
 
@@ -133,11 +161,20 @@ local function direct(_, fn) return fn() end
 function M.scope(c, opts)
   opts = schema.options("azure checks", opts, SCOPE_OPTIONS) or {}
   if opts.vnet and not opts.subnet then dhsm.usage("azure checks: subnet: missing, expected the HSM subnet of vnet") end
+  local seen = {}
   for i, h in ipairs(opts.hsms or {}) do
     if type(h.name) ~= "string" then dhsm.usage("azure checks: hsms[%d].name: expected an HSM name", i) end
     hsm.check_name(h.name)
+    -- one resource asked for twice would be counted twice against the quota
+    local first = seen[h.name:lower()]
+    if first then
+      dhsm.usage("azure checks: hsms[%d].name: %s is hsms[%d] again (ARM's names are case-insensitive), expected "
+        .. "each HSM once", i, h.name, first)
+    end
+    seen[h.name:lower()] = i
   end
-  local s = setmetatable({ c = c, group = opts.group or c.resource_group, location = opts.location or c.location,
+  local s = setmetatable({ c = c, group = opts.group or c.resource_group,
+    location = azure.location(opts.location or c.location),     -- "East US" is eastus, in every comparison
     hsms = opts.hsms or {}, planned = opts.planned or {}, new_gateway = opts.new_gateway,
     expected = opts.expected or {}, addresses = opts.addresses, retry = opts.retry or direct, memo = {},
     foundation_errors = {} }, Scope)
@@ -218,9 +255,24 @@ function Scope:subnet_ids()
   return distinct(self:group_hsms(), subnet_of)
 end
 
--- Their virtual networks.
+-- Their virtual networks (of the subnet ids that name one).
 function Scope:vnet_ids()
-  return distinct(self:subnet_ids(), vnet_of_id)
+  return distinct(self:subnet_ids(), vnet_of_subnet)
+end
+
+-- A FAIL for each subnet id the checks cannot read a VNet from (a caller's
+-- subnet_id, an HSM's networkProfile): the check could not look, and says
+-- so - no row at all would let a run deploy past it.
+local function unreadable_subnets(s, check)
+  local out = {}
+  for _, id in ipairs(s:subnet_ids()) do
+    if not vnet_of_subnet(id) then
+      out[#out + 1] = row(check, id, "FAIL", ("subnet id %s names no virtual network: expected /subscriptions/SUB/"
+        .. "resourceGroups/GROUP/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET"):format(id),
+        ADVICE.subnet_id)
+    end
+  end
+  return out
 end
 
 -- The row of a check that could not run: SKIP naming the cause when
@@ -295,7 +347,7 @@ end
 -- (a failure while it was not Succeeded is the race); nil when unknown.
 local function gateway_state_of(s, h)
   local id = subnet_of(h)
-  local ok, gws = findings.attempt(function() return id and s:vnet_gateways(vnet_of_id(id)) end)
+  local ok, gws = findings.attempt(function() return id and s:vnet_gateways(vnet_of_subnet(id)) end)
   return ok and gws and gws[1] and gws[1].state or nil
 end
 
@@ -324,14 +376,12 @@ local function hsm_row(s, h)
 end
 
 function M.hsms(s)
-  local out, by_name = {}, {}
-  for _, h in ipairs(s:group_hsms()) do
-    by_name[h.name] = true
-    out[#out + 1] = hsm_row(s, h)
-  end
+  local out, have = {}, by_name(s:group_hsms())
+  for _, h in ipairs(s:group_hsms()) do out[#out + 1] = hsm_row(s, h) end
   if s.deploying then          -- leftovers in other groups hold places in the region's quota too
     for _, h in ipairs(s:all_hsms()) do
-      if lower(hsm.group_of(h)) ~= lower(s.group) and h.location == s.location and hsm_state(h) == "Failed" then
+      local here = azure.location(h.location) == s.location
+      if lower(hsm.group_of(h)) ~= lower(s.group) and here and hsm_state(h) == "Failed" then
         out[#out + 1] = failed_hsm_row(s, h)
       end
     end
@@ -339,7 +389,7 @@ function M.hsms(s)
   if #out == 0 then out[1] = row("hsm provisioning", s.group, "OK", "no dedicated HSM in group " .. s.group) end
   for _, e in ipairs(s.expected) do
     local resource = e.resource or e.name
-    if not by_name[resource] then
+    if not have[lower(resource)] then
       out[#out + 1] = row("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, "
         .. "which group %s does not hold"):format(e.name, resource, s.group), ADVICE.missing)
     end
@@ -349,7 +399,7 @@ end
 
 -- A failed deployment, with its failed operations' messages; one whose
 -- resources have all since succeeded is only a record to clean up.
-local function deployment_row(s, d, by_name)
+local function deployment_row(s, d, have)
   local out = {}
   local ops = guarded(s, out, "failed deployments", d.name, deploy.failed_operations, s.c, d.name, s.group)
   if not ops then return out[1] end
@@ -357,7 +407,7 @@ local function deployment_row(s, d, by_name)
   for _, op in ipairs(ops) do
     parts[#parts + 1] = ("%s %s: %s"):format(op.resource or "?", op.code or "?", op.message or "")
     messages[#messages + 1] = op.message
-    local now = op.resource and by_name[op.resource]
+    local now = op.resource and have[lower(op.resource)]
     if not (now and hsm_state(now) == "Succeeded") then still_failed = true end
   end
   local v = classify.failure { messages = messages, error = ops[1] and ops[1].code and { code = ops[1].code } or nil,
@@ -372,11 +422,10 @@ local function deployment_row(s, d, by_name)
 end
 
 function M.deployments(s)
-  local by_name = {}
-  for _, h in ipairs(s:group_hsms()) do by_name[h.name] = h end
+  local have = by_name(s:group_hsms())
   local failed = s:failed_deployments()
   if #failed == 0 then return { row("failed deployments", s.group, "OK", "no failed deployment in group " .. s.group) } end
-  return dhsm.parallel(failed, function(d) return deployment_row(s, d, by_name) end)
+  return dhsm.parallel(failed, function(d) return deployment_row(s, d, have) end)
 end
 
 ---------------------------------------------------------------------------
@@ -388,13 +437,12 @@ end
 -- to be (re)created under the same name in the group, and the leftovers
 -- the run deletes first.
 local function place_holders(s)
-  local mine, freed, out = {}, {}, {}
-  for _, h in ipairs(s.hsms) do mine[h.name] = true end
+  local mine, freed, out = by_name(s.hsms), {}, {}
   if s.planned.leftovers then
     for _, l in ipairs(s:leftovers()) do freed[lower(l.id)] = true end
   end
   for _, h in ipairs(s:all_hsms()) do
-    local rerun = mine[h.name] and lower(hsm.group_of(h)) == lower(s.group)
+    local rerun = mine[lower(h.name)] and lower(hsm.group_of(h)) == lower(s.group)
     if not rerun and not freed[lower(h.id)] then out[#out + 1] = h end
   end
   return out
@@ -470,7 +518,7 @@ end
 -- The subnet is missing: because its VNet is (a planned one is created by
 -- this run), or on its own.
 local function missing_subnet_row(s, id)
-  local target, vnet_id = subnet_label(id), vnet_of_id(id)
+  local target, vnet_id = subnet_label(id), vnet_of_subnet(id)
   local vnet_exists = s:find(vnet_id) ~= nil
   local what = vnet_exists and ("subnet %s does not exist"):format(target)
     or ("virtual network %s does not exist"):format(name_of_id(vnet_id))
@@ -488,15 +536,15 @@ local function delegation_row(s, id)
   if d.ok then return row("subnet delegation", target, "OK", d.message) end
   if d.missing then return missing_subnet_row(s, id) end
   if s.planned.vnet then return row("subnet delegation", target, "WARN", d.message, nil, "delegated by this run") end
-  local fix = network.delegation_fix(s.c, name_of_id(vnet_of_id(id)), name_of_id(id), group_of_id(id))
+  local fix = network.delegation_fix(s.c, name_of_id(vnet_of_subnet(id)), name_of_id(id), group_of_id(id))
   return row("subnet delegation", target, "FAIL", d.message, { remedy = "delegate it (" .. fix .. "), then delete "
     .. "any HSM that failed on it and redeploy", guide = CLASS.delegation.guide })
 end
 
 function M.delegation(s)
-  local out = {}
+  local out = unreadable_subnets(s, "subnet delegation")
   for _, id in ipairs(s:subnet_ids()) do
-    local r = guarded(s, out, "subnet delegation", subnet_label(id), delegation_row, s, id)
+    local r = vnet_of_subnet(id) and guarded(s, out, "subnet delegation", subnet_label(id), delegation_row, s, id)
     if r then out[#out + 1] = r end
   end
   return out
@@ -523,6 +571,12 @@ local function gateway_row(s, vnet, g)
     end
     return row("gateway", vnet, s.deploying and "FAIL" or "WARN", text .. ": HSMs deployed now hit the race",
       ADVICE.gateway)
+  end
+  if pip == nil then
+    -- ARM accepted it and it is Succeeded: nothing shows it fails an HSM,
+    -- but it is not the gateway the guide's setup (and ours) builds
+    return row("gateway", vnet, "WARN", text .. ": an ExpressRoute gateway for Dedicated HSM is expected to have a "
+      .. "Standard public IP", ADVICE.gateway_sku)
   end
   local ng = s.new_gateway
   local used = ng and ng.name ~= g.name and (" (used instead of %s: one gateway per virtual network)"):format(ng.name)
@@ -586,7 +640,7 @@ local function vnet_gateway_rows(s, vnet_id)
 end
 
 function M.gateway(s)
-  local out = {}
+  local out = unreadable_subnets(s, "gateway")
   for _, vnet_id in ipairs(s:vnet_ids()) do
     for _, r in ipairs(guarded(s, out, "gateway", name_of_id(vnet_id), vnet_gateway_rows, s, vnet_id) or {}) do
       out[#out + 1] = r
@@ -600,18 +654,18 @@ end
 -- same resource, and ARM changes nothing of it but its tags.
 
 function M.existing(s)
-  local have = {}
-  for _, h in ipairs(s:group_hsms()) do have[h.name] = h end
+  local have = by_name(s:group_hsms())
   local out = {}
   for _, want in ipairs(s.hsms) do
-    local h = have[want.name]
+    local h = have[lower(want.name)]
     if h then
       local diff = hsm.spec_conflicts(s.c, h, want, s.group)
+      local as = h.name ~= want.name and (" as " .. h.name) or ""     -- asked in another case: the resource's own
       if #diff > 0 then
-        out[#out + 1] = row("existing hsm", want.name, "FAIL", ("exists with another spec (%s)"):format(
+        out[#out + 1] = row("existing hsm", want.name, "FAIL", ("exists%s with another spec (%s)"):format(as,
           table.concat(diff, "; ")), ADVICE.existing)
       else
-        out[#out + 1] = row("existing hsm", want.name, "OK", "exists, " .. tostring(hsm_state(h)))
+        out[#out + 1] = row("existing hsm", want.name, "OK", ("exists%s, %s"):format(as, tostring(hsm_state(h))))
       end
     end
   end
@@ -682,7 +736,7 @@ local CHECKS = {
   delegation = { rows = { "subnet delegation" }, in_group = true, target = function(s) return s.subnet_id
     and subnet_label(s.subnet_id) end },
   gateway = { rows = { "gateway", "one gateway per vnet" }, in_group = true, target = function(s) return s.subnet_id
-    and name_of_id(vnet_of_id(s.subnet_id)) end },
+    and vnet_label(s.subnet_id) end },
   existing = { rows = { "existing hsm" }, lists = true, in_group = true },
   nic = { rows = { "nic private ip" }, lists = true },
   orphans = { rows = { "orphaned hsms" }, lists = true },

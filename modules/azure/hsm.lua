@@ -9,6 +9,7 @@
 --   hsm.private_ip(c, resource)     -- from the NIC, as the guide says to find it
 --   hsm.features(c); hsm.leftovers(c, location); hsm.spec_conflicts(resource, spec)
 --   hsm.delete_failed(c, "hsm3")    -- a Failed resource: never handed over, holds no key
+local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
@@ -50,9 +51,9 @@ function M.list_all(c)
   return c:list(("/subscriptions/%s%s"):format(c.subscription, M.PROVIDER))
 end
 
--- "/subscriptions/s/resourceGroups/G/providers/..." -> "G"
+-- "/subscriptions/s/resourceGroups/G/providers/..." -> "G" (however ARM spells "resourceGroups")
 function M.group_of(resource)
-  return resource.id and resource.id:match("/resource[Gg]roups/([^/]+)/")
+  return (azure.id_part(resource.id, "resourceGroups"))
 end
 
 -- The PUT body for spec {location=, subnet_id= | vnet=, subnet=, ip=, stamp=, sku=, tags=}.
@@ -75,13 +76,16 @@ end
 
 -- Counts per region and stamp at subscription scope, with the names behind
 -- them.  Failed HSMs count against the quota (the guide: delete failed
--- deployments first).  opts.except: a name not to count (the HSM being re-run).
+-- deployments first).  opts.except: a name not to count (the HSM being
+-- re-run; ARM's names are case-insensitive).  Regions as azure.location
+-- spells them ("eastus").
 function M.summary(c, opts)
   opts = opts or {}
+  local except = opts.except and opts.except:lower()
   local regions = {}
   for _, h in ipairs(opts.hsms or M.list_all(c)) do
-    if h.name ~= opts.except then
-      local region = h.location or "?"
+    if h.name:lower() ~= except then
+      local region = azure.location(h.location) or "?"
       local stamp = h.properties and h.properties.stampId or "unassigned"
       local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }
       regions[region] = r
@@ -105,7 +109,7 @@ function M.features(c)
   for _, f in ipairs(M.FEATURES) do
     local ns, name = f:match("^([^/]+)/(.+)$")
     local r = c:find(("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
-      c.subscription, ns, name), { api_version = require("dhsm.azure").API.features })
+      c.subscription, ns, name), { api_version = azure.API.features })
     out[#out + 1] = { feature = f, state = r and r.properties and r.properties.state or "NotRegistered" }
   end
   return out
@@ -113,11 +117,13 @@ end
 
 -- Failed HSM resources in location (every group of the subscription): the
 -- leftovers of earlier failed deployments, which count against the quota.
+-- "East US" is eastus (azure.location).
 function M.leftovers(c, location, hsms)
   local out = {}
+  location = azure.location(location)
   for _, h in ipairs(hsms or M.list_all(c)) do
     local p = h.properties or {}
-    if p.provisioningState == "Failed" and (location == nil or h.location == location) then
+    if p.provisioningState == "Failed" and (location == nil or azure.location(h.location) == location) then
       out[#out + 1] = { name = h.name, group = M.group_of(h), id = h.id, stamp = p.stampId,
         message = p.statusMessage, location = h.location }
     end

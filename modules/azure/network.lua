@@ -6,6 +6,7 @@
 --   network.vnet_gateways(c, vnet) -> every gateway whose ipConfigurations point into vnet
 --   network.public_ip_sku(c, gateway_resource) -> "Standard" | "Basic" | nil
 --   network.delegation_fix(c, vnet, subnet) -> the exact az command that delegates the subnet
+local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 
 local M = {}
@@ -87,7 +88,7 @@ end
 -- GatewaySubnet), as {name=, state=, type=, resource=}.  The guide: one per VNet.
 -- gateways: the group's list (M.gateways) when the caller has it already.
 function M.vnet_gateways(c, vnet, group, subnet_id, gateways)
-  local vnet_id = subnet_id and subnet_id:match("^(.-/virtualNetworks/[^/]+)") or M.vnet_path(c, vnet, group)
+  local vnet_id = select(2, azure.id_part(subnet_id, "virtualNetworks")) or M.vnet_path(c, vnet, group)
   vnet_id = vnet_id:lower()
   local out = {}
   for _, gw in ipairs(gateways or M.gateways(c, group)) do
@@ -143,7 +144,7 @@ function M.check_delegation(c, vnet, subnet, group, subnet_id)
     services[#services + 1] = d.properties and d.properties.serviceName
   end
   for _, name in ipairs(services) do
-    if name == M.DELEGATION then
+    if tostring(name):lower() == M.DELEGATION:lower() then   -- ARM compares service names case-insensitively
       return { ok = true, services = services, message = ("subnet %s is delegated to %s"):format(s.name, M.DELEGATION) }
     end
   end

@@ -110,6 +110,29 @@ t.test("--check with a leftover to delete first: hsm.start is told its quota pla
   t.eq(world(e), before)
 end)
 
+t.test("--check with a requested HSM left Failed: its DELETE and PUT planned, not waited for; 0 as the real run",
+  function()
+  local e = estate(nil, { quota_per_region = 0 })
+  require("dhsm.azure.hsm").create(e:azure(), "hsm-a", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" },
+    { wait = false })
+  e:clear()
+  t.eq(hsms(e), { ["hsm-a"] = "Failed" })           -- its statusMessage says QuotaExceeded
+  local before, sent = world(e), #mutations(e)
+  local r = run(e, "-e hsms=hsm-a:stamp1 --check --json")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+  t.ok(r.stderr:find("would PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-a"), r.stderr)
+  local doc = cjson.decode(r.stdout)
+  t.eq(doc.steps[#doc.steps].result.hsms, { { name = "hsm-a", planned = true } })
+  t.eq(#mutations(e), sent, "nothing reached the estate (its request log)")
+  t.eq(world(e), before)
+  r = run(e, "-e hsms=hsm-a:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded" })
+  t.eq({ count(mutations(e), "^DELETE .*dedicatedHSMs/hsm%-a$"), count(mutations(e), "^PUT .*dedicatedHSMs/hsm%-a$") },
+    { 1, 2 }, "the leftover's PUT, its DELETE, the new PUT")
+end)
+
 t.test("the gateway race, field-shaped (generic code, gateway reads Succeeded), is recovered by a redeploy", function()
   local e = estate(nil, { gateway_race_next = 1, field_errors = 1 })
   local r = run(e, "-e hsms=hsm-r:stamp1 --yes")
@@ -234,8 +257,24 @@ t.test("a re-PUT of an existing HSM with another spec is refused by ARM and caug
   t.ok(r.stderr:find("existing hsm hsm-d: exists with another spec (stamp: has stamp1, asked stamp2)", 1, true), r.stderr)
 end)
 
-t.test("template mode: the operator's template and parameters file; the race recovered", function()
-  local e = estate(nil, { gateway_race_next = 1 })
+t.test("an HSM named in another case is the same HSM: HSM-A after hsm-a is idempotent, HSM-A in another stamp refused",
+  function()
+  local e = estate()
+  t.eq(run(e, "-e hsms=hsm-a:stamp1,hsm-b:stamp1 --yes").status, 0)     -- stamp1 full
+  local sent = #mutations(e)
+  local r = run(e, "-e hsms=HSM-A:stamp1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("nothing was changed", 1, true), r.stderr)
+  r = run(e, "-e hsms=HSM-A:stamp2 --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("existing hsm HSM-A: exists as hsm-a with another spec (stamp: has stamp1, asked stamp2)", 1, true),
+    r.stderr)
+  t.eq(#mutations(e), sent, "nothing reached the estate after the first run (its request log)")
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
+end)
+
+-- "-e mode=template ..." with an operator's template of one HSM, hsm-t in stamp1, and its parameters file.
+local function template_args()
   local dir = t.tmpdir()
   local template = {
     ["$schema"] = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
@@ -250,11 +289,30 @@ t.test("template mode: the operator's template and parameters file; the race rec
   }
   t.write(dir .. "/t.json", cjson.encode(template))
   t.write(dir .. "/p.json", cjson.encode { parameters = { hsmName = { value = "hsm-t" }, stamp = { value = "stamp1" } } })
-  local r = run(e, ("-e hsms=hsm-t:stamp1 -e mode=template -e template=%s -e template_parameters=%s --yes"):format(
-    q(dir .. "/t.json"), q(dir .. "/p.json")))
+  return ("-e hsms=hsm-t:stamp1 -e mode=template -e template=%s -e template_parameters=%s"):format(q(dir .. "/t.json"),
+    q(dir .. "/p.json"))
+end
+
+t.test("template mode: the operator's template and parameters file; the race recovered", function()
+  local e = estate(nil, { gateway_race_next = 1 })
+  local r = run(e, template_args() .. " --yes")
   t.eq(r.status, 0, r.stderr)
   t.eq(hsms(e)["hsm-t"], "Succeeded")
   t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 2, "deployed, raced, redeployed")
+end)
+
+t.test("template mode with the gateway Updating: waited for until Succeeded, as its row says, then deployed once",
+  function()
+  local e = estate(nil, { gateway_seconds = 4 })
+  e:reput_gateway(e:azure(), false)
+  local r = run(e, template_args() .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-t"], "Succeeded")
+  local row = r.stderr:find("gateway hsm%-vnet: hsm%-ergw Updating, .* %-> waited for by this run until Succeeded")
+  local wait = r.stderr:find("✓ wait for ExpressRoute gateway hsm-ergw to be Succeeded", 1, true)
+  local deployed = r.stderr:find("→ deploy ARM template", 1, true)
+  t.ok(row and wait and deployed and row < wait and wait < deployed, r.stderr)
+  t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 1, "deployed once: no race (the estate's request log)")
 end)
 
 t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE is waited for, not sent again", function()

@@ -76,6 +76,16 @@ end
 
 local function reput_gateway(wait) estate:reput_gateway(c, wait) end
 
+-- The gateway hsm-ergw Updating until the test ends (the race's window).
+local function gateway_updating()
+  estate:fault { gateway_seconds = 3600 }
+  reput_gateway(false)
+  t.cleanup(function()
+    estate:control("POST", "/advance", { idle = true })
+    estate:fault { gateway_seconds = 0.05 }
+  end)
+end
+
 local function fresh()
   estate:clear()
   t.cleanup(function() estate:clear() end)
@@ -160,6 +170,27 @@ t.test("quota: per region and per stamp, its own name not counted, failed HSMs c
   t.eq(expect(checks.hsms(scope { hsms = two }), "hsm provisioning", "hsm-qf", "WARN").fix, nil)
 end)
 
+t.test("a location by its display name is the region: \"East US\" counts eastus's HSMs and leftovers, and the PUT "
+  .. "is refused", function()
+  fresh()
+  t.cleanup(function() remove_hsm("hsm-e3") end)    -- what a PUT that got through would leave
+  make_hsm("hsm-e1", { stamp = "stamp1" })
+  make_hsm("hsm-e2", { stamp = "stamp1" })
+  local err = t.raises(function()
+    hsm.start(c, "hsm-e3", { location = "East US", vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })
+  end, "PreflightFailed")
+  t.ok(err.message:find("\n  quota stamp1: would hold 3 HSMs, the quota is 2 per stamp (in use: hsm-e1, hsm-e2)", 1,
+    true), err.message)
+  t.eq(estate:mutations("hsm-e3"), {}, "no PUT reached ARM (its request log)")
+  estate:fault { quota_per_region = 0 }
+  t.eq(make_hsm("hsm-ef", { stamp = "stamp2" }), "Failed")
+  estate:clear()
+  t.eq(#hsm.leftovers(c, "East US"), 1)
+  local two = { { name = "hsm-e3", stamp = "stamp2" }, { name = "hsm-e4", stamp = "stamp3" } }
+  t.eq(expect(checks.quota(scope { location = "East US", hsms = two }), "quota", "eastus", "FAIL").finding,
+    "would hold 5 HSMs, the quota is 4 per region (in use: hsm-e1, hsm-e2, hsm-ef)")
+end)
+
 t.test("capacity: an earlier failure for capacity in the stamp is the only evidence there is", function()
   fresh()
   estate:fault { capacity_per_stamp = 0 }
@@ -194,14 +225,24 @@ t.test("subnet delegation missing: FAIL with the az command; the run's own VNet:
   t.eq(expect(rows, "gateway", "new-vnet", "SKIP").fix, "created by this run: its ExpressRoute gateway")
 end)
 
+t.test("a delegation whose service name is cased otherwise is the delegation ARM accepts: OK, and the HSM is created",
+  function()
+  fresh()
+  local path = network.subnet_path(c, "hsm-vnet", "lc")
+  c:wait(c:put(path, { body = { properties = { addressPrefix = "10.2.3.0/24", delegations = { { name = "0",
+    properties = { serviceName = network.DELEGATION:lower() } } } } } }))
+  t.cleanup(function() c:wait(c:delete(path)) end)
+  t.cleanup(function() remove_hsm("hsm-d1") end)
+  t.eq(expect(checks.delegation(scope { subnet = "lc" }), "subnet delegation", "hsm-vnet/subnets/lc", "OK").finding,
+    "subnet lc is delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs")
+  local done = c:wait(hsm.start(c, "hsm-d1", { vnet = "hsm-vnet", subnet = "lc", stamp = "stamp1" }), { timeout = 30 })
+  t.eq(done.properties.provisioningState, "Succeeded")
+  t.eq(estate.count(estate:mutations("dedicatedHSMs/hsm-d1"), "^PUT "), 1, "the PUT reached ARM (its request log)")
+end)
+
 t.test("the gateway Updating: WARN, FAIL for an HSM deployed now, a fix when the run waits for it; Failed: FAIL", function()
   fresh()
-  estate:fault { gateway_seconds = 3600 }
-  reput_gateway(false)
-  t.cleanup(function()
-    estate:control("POST", "/advance", { idle = true })
-    estate:fault { gateway_seconds = 0.05 }
-  end)
+  gateway_updating()
   local r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "WARN")
   t.ok(r.finding:find("^hsm%-ergw Updating, type ExpressRoute, .*: HSMs deployed now hit the race$"), r.finding)
   t.eq(r.guide, "HSM Deployment Using Terraform, Provisioning ExpressRoute")
@@ -216,6 +257,38 @@ t.test("the gateway Updating: WARN, FAIL for an HSM deployed now, a fix when the
   r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "FAIL")
   t.ok(r.finding:find("^hsm%-ergw Failed"), r.finding)
   t.ok(r.remedy:find("a Failed gateway must be redeployed", 1, true), r.remedy)
+end)
+
+t.test("a subnet id cased otherwise is the same subnet (the gateway Updating refuses the PUT); one naming no VNet is "
+  .. "a FAIL of each check, never no row", function()
+  fresh()
+  gateway_updating()
+  t.cleanup(function() remove_hsm("hsm-i1") end)    -- what a PUT that got through would leave
+  local id = network.subnet_path(c, "hsm-vnet", "hsm"):gsub("/resourceGroups/", "/resourcegroups/")
+    :gsub("/virtualNetworks/", "/virtualnetworks/"):gsub("/subnets/", "/Subnets/")
+  local err = t.raises(function() hsm.start(c, "hsm-i1", { subnet_id = id, stamp = "stamp1" }) end, "PreflightFailed")
+  t.ok(err.message:find("\n  gateway hsm-vnet: hsm-ergw Updating, type ExpressRoute, ", 1, true), err.message)
+  t.eq(estate:mutations("hsm-i1"), {}, "no PUT reached ARM (its request log)")
+  local rows = checks.run(scope { vnet = false, subnet_id = id }, { "delegation", "gateway" })
+  expect(rows, "subnet delegation", "hsm-vnet/subnets/hsm", "OK")
+  expect(rows, "one gateway per vnet", "hsm-vnet", "OK")
+  -- all of it lower-cased, the provider too: read with the Network api-version still
+  rows = checks.run(scope { vnet = false, subnet_id = id:lower() }, { "delegation" })
+  expect(rows, "subnet delegation", "hsm-vnet/subnets/hsm", "OK")
+  -- an id naming no VNet: each check says it could not look
+  local bad = ("/subscriptions/%s/resourceGroups/hsm-rg/providers/Microsoft.Network/subnets/hsm"):format(SUB)
+  rows = checks.run(scope { vnet = false, subnet_id = bad }, { "delegation", "gateway" })
+  t.eq(#rows, 2, not_ok(rows))
+  for _, check in ipairs { "subnet delegation", "gateway" } do
+    t.eq(expect(rows, check, bad, "FAIL").finding, ("subnet id %s names no virtual network: expected /subscriptions/SUB/"
+      .. "resourceGroups/GROUP/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET"):format(bad))
+  end
+  err = t.raises(function() hsm.start(c, "hsm-i1", { subnet_id = bad, stamp = "stamp1" }) end, "PreflightFailed")
+  t.eq(estate:mutations("hsm-i1"), {}, "refused too")
+  -- the checks that cannot run (no group) still name a target
+  rows = checks.run(scope { vnet = false, group = "nope-rg", subnet_id = bad }, { "resource_group", "gateway" })
+  expect(rows, "gateway", bad, "SKIP")
+  expect(rows, "one gateway per vnet", bad, "SKIP")
 end)
 
 t.test("a Basic public IP on the gateway, the name or IP of a gateway to create, and two gateways in one VNet", function()
@@ -252,6 +325,21 @@ t.test("a Basic public IP on the gateway, the name or IP of a gateway to create,
   r = expect(checks.gateway(scope()), "one gateway per vnet", "hsm-vnet", "FAIL")
   t.eq(r.finding, "2 gateways: gw2, hsm-ergw")
   t.ok(r.remedy:find("a virtual network can have one gateway", 1, true), r.remedy)
+end)
+
+t.test("a Succeeded ExpressRoute gateway without a public IP: WARN (not the guide's gateway), not OK", function()
+  fresh()
+  local gw = network.gateway(c, "hsm-ergw")
+  local function put_gateway(pip_id)
+    c:wait(c:put(network.gateway_path(c, "hsm-ergw"), { body = network.gateway_body { location = gw.location,
+      subnet_id = network.subnet_path(c, "hsm-vnet", "GatewaySubnet"), pip_id = pip_id } }), { timeout = 30 })
+  end
+  put_gateway(nil)
+  t.cleanup(function() put_gateway(network.public_ip_path(c, "hsm-ergw-pip")) end)
+  local r = expect(checks.gateway(scope()), "gateway", "hsm-vnet", "WARN")
+  t.eq(r.finding, "hsm-ergw Succeeded, type ExpressRoute, SKU Standard, public IP none: an ExpressRoute gateway for "
+    .. "Dedicated HSM is expected to have a Standard public IP")
+  t.eq(r.guide, "Provisioning ExpressRoute")
 end)
 
 t.test("leftovers: a failed deployment and its failed HSM are FAILs; a run about to deploy deletes them first", function()
@@ -343,6 +431,8 @@ t.test("a check that is not known, or a scope option of the wrong type, is one l
   t.raises(function() checks.scope(c, { planned = true }) end, "azure checks: planned: expected a table, got true")
   t.raises(function() checks.scope(c, { vnet = "v" }) end, "azure checks: subnet: missing")
   t.raises(function() checks.scope(c, { hsms = { { stamp = "stamp1" } } }) end, "azure checks: hsms%[1%]%.name: expected")
+  t.raises(function() checks.scope(c, { hsms = { { name = "hsm-a" }, { name = "HSM-A" } } }) end,
+    "azure checks: hsms%[2%]%.name: HSM%-A is hsms%[1%] again %(ARM's names are case%-insensitive%), expected each HSM once")
 end)
 
 ---------------------------------------------------------------------------
