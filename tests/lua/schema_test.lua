@@ -50,6 +50,24 @@ t.test("a record may be given as an object of its fields (JSON), each checked by
 end)
 
 ---------------------------------------------------------------------------
+-- secrets
+
+t.test("a value given for a secret is never shown, whatever its type, alone or inside a list or record", function()
+  local SECRET = { type = "secret" }
+  local words = "a secret reference (env:NAME, file:PATH or prompt)"
+  t.eq(select(2, check(84713265, SECRET)), { "x: expected " .. words .. ", got a number (not shown)" })
+  t.eq(select(2, check(true, SECRET)), { "x: expected " .. words .. ", got a boolean (not shown)" })
+  t.eq(select(2, check({ 84713265 }, { type = "list", items = SECRET })),
+    { "x[1]: expected " .. words .. ", got a number (not shown)" })
+  local login = { type = "record", fields = { { "user", { required = true } }, { "pw", SECRET } } }
+  t.eq(select(2, check("so:hunter2:x", login)), { "x: expected user[:pw], got a string (not shown)" })
+  t.eq(select(2, check(7, { type = "list", items = login })), { "x: expected list of user[:pw], got a number (not shown)" })
+  t.eq(select(2, check(7, { type = "integer", min = 8 })), { "x: expected integer 8-, got 7" }, "other values are shown")
+  local err = t.raises(function() schema.options("thing.login", { pin = 1234 }, { pin = { type = "text" } }) end, "usage")
+  t.eq(err.message, "thing.login: pin: expected a string or a secret, got a number (not shown)")
+end)
+
+---------------------------------------------------------------------------
 -- string lengths and the dedicated HSM name
 
 t.test("min_length and max_length bound a string, in characters", function()

@@ -38,6 +38,14 @@ local function show(v)
 end
 M.show = show
 
+-- What a value given where a secret belongs is, never what it holds: a
+-- password typed as a number or a plain string must not reach a message.
+local function unshown(v)
+  if type(v) == "table" or v == nil or secret.is(v) then return show(v) end
+  return ("a %s (not shown)"):format(type(v))
+end
+M.unshown = unshown
+
 -- The fields of an object or record spec: their names in the order they
 -- are checked (an object's sorted, a record's as declared), and name -> spec.
 local function fields_of(spec)
@@ -50,6 +58,20 @@ local function fields_of(spec)
     names[i], by_name[f[1]] = f[1], f[2] or {}
   end
   return names, by_name
+end
+
+-- Whether a value checked by spec may carry a secret: a secret, or a list,
+-- object or record with one inside (the whole of "web:hunter2", given for
+-- a record with a secret field, is not shown either).
+local function holds_secret(spec)
+  if spec.type == "secret" then return true end
+  if spec.type == "list" then return holds_secret(spec.items or {}) end
+  if spec.type ~= "object" and spec.type ~= "record" then return false end
+  local names, by_name = fields_of(spec)
+  for _, k in ipairs(names) do
+    if holds_secret(by_name[k]) then return true end
+  end
+  return false
 end
 
 -- "name[:stamp[:ip]]": the required fields, then each optional one nested.
@@ -102,7 +124,8 @@ function M.expected(spec)
 end
 
 local function bad(problems, path, spec, value)
-  problems[#problems + 1] = ("%s: expected %s, got %s"):format(path, M.expected(spec), show(value))
+  local got = holds_secret(spec) and unshown(value) or show(value)
+  problems[#problems + 1] = ("%s: expected %s, got %s"):format(path, M.expected(spec), got)
 end
 
 local BOOLEANS = { ["true"] = true, yes = true, on = true, ["1"] = true,
@@ -430,9 +453,9 @@ end
 -- where a dhsm.secret belongs (a password typed as a plain string).
 local function shown(k, v, spec)
   local t = type(spec.type) == "table" and table.concat(spec.type, ",") or tostring(spec.type)
-  if type(v) == "string" and (t:find("secret") or t:find("text") or tostring(k):lower():find("pass")
-      or tostring(k):lower():find("secret") or tostring(k):lower():find("pin")) then
-    return "a string (not shown)"
+  if t:find("secret") or t:find("text") or tostring(k):lower():find("pass")
+      or tostring(k):lower():find("secret") or tostring(k):lower():find("pin") then
+    return unshown(v)
   end
   return show(v)
 end
