@@ -220,7 +220,7 @@ end
 return {
   description = "Zeroize HSMs, delete their Azure resources one by one, then (optionally) their resource group, in the guide's order",
   params = {
-    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$" },
+    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$" }, unique = true,
       description = "the inventory's names of the HSMs to give back (hsm1 or hsm1,hsm2: one by one)" },
     method = { type = "enum", values = { "command", "failed-logins" }, default = "command",
       description = "command: SO login and `hsm zeroize`; failed-logins: wrong SO logins until it zeroizes" },

@@ -546,7 +546,7 @@ return {
     .. "checking everything the troubleshooting guide names first and riding out the gateway race",
   inventory = "Azure",
   params = {
-    hsms = { type = "list", required = true, items = HSM_ITEM,
+    hsms = { type = "list", required = true, items = HSM_ITEM, unique = "name",
       description = "HSMs as name[:stamp[:ip]], e.g. hsm-a:stamp1,hsm-b:stamp2 (the guide's HA pair)" },
     group = { type = "string", required = true, from_inventory = "azure.resource_group", description = "resource group" },
     location = { type = "string", required = true, from_inventory = "azure.location", description = "region" },

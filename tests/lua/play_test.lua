@@ -149,6 +149,34 @@ t.test("requires= and exclusive= are reported with every other problem, in the o
   })
 end)
 
+t.test("the shipped playbooks refuse an empty list of HSMs, an empty item and an HSM named twice", function()
+  local dir = t.tmpdir()
+  local decommission = GOOD_INV .. "run decommission -e method=failed-logins -e hsm="
+  for _, given in ipairs { "''", "' '", "'[]'" } do
+    t.eq(refused_before_anything(dir, decommission .. given)[2],
+      "  hsm: expected list of string matching ^[%w%-_%.]+$, got an empty list", given)
+  end
+  for _, given in ipairs { ",", "' , '" } do
+    t.eq(refused_before_anything(dir, decommission .. given), { "dhsm: invalid parameters for playbook 'decommission':",
+      '  hsm[1]: expected string matching ^[%w%-_%.]+$, got ""', '  hsm[2]: expected string matching ^[%w%-_%.]+$, got ""' },
+      given)
+  end
+  t.eq(refused_before_anything(dir, decommission .. "hsm1,hsm2,hsm1")[2],
+    '  hsm: "hsm1" given more than once (each may be given once)')
+  t.eq(refused_before_anything(dir, GOOD_INV .. "run diagnose -e hsm=hsm2,hsm2")[2],
+    '  hsm: "hsm2" given more than once (each may be given once)')
+  t.eq(refused_before_anything(dir, GOOD_INV .. "run provision -e hsms=hsm-a:stamp1,hsm-b:stamp2,hsm-a:stamp2")[2],
+    '  hsms: name "hsm-a" given more than once (each may be given once)')
+end)
+
+t.test("a number must be finite: 1e999 and NaN are refused, not journaled as null", function()
+  local dir = t.tmpdir()
+  t.eq(refused_before_anything(dir, "run typed -e name=x -e group=g -e ratio=1e999")[2],
+    '  ratio: expected number, got "1e999"')
+  t.write(dir .. "/p.json", '{"name": "x", "group": "g", "ratio": NaN}')
+  t.ok(refused_before_anything(dir, "run typed -e @" .. q(dir .. "/p.json"))[2]:find("^  ratio: expected number, got "))
+end)
+
 t.test("a secret reference is checked before anything is journaled, never showing its value", function()
   local dir = t.tmpdir()
   local open_file, folder = dir .. "/open.pw", dir .. "/folder"

@@ -68,6 +68,48 @@ t.test("a value given for a secret is never shown, whatever its type, alone or i
 end)
 
 ---------------------------------------------------------------------------
+-- lists and numbers
+
+t.test("a required list must hold an item, and no item may be empty", function()
+  local HSMS = { type = "list", required = true, items = { type = "string" } }
+  for _, given in ipairs { "", " ", "[]" } do
+    t.eq({ check(given, HSMS, true) }, { nil, { "x: expected list of string, got an empty list" } }, given)
+  end
+  t.eq(select(2, check({}, HSMS)), { "x: expected list of string, got an empty list" }, "from -e @file.json")
+  t.eq(select(2, check(",", HSMS, true)), { 'x[1]: expected string, got ""', 'x[2]: expected string, got ""' })
+  t.eq(select(2, check(" , ", HSMS, true)), { 'x[1]: expected string, got ""', 'x[2]: expected string, got ""' })
+  t.eq(select(2, check("a,,b", HSMS, true)), { 'x[2]: expected string, got ""' }, "not quietly dropped")
+  t.eq(select(2, check('["a", ""]', HSMS, true)), { 'x[2]: expected string, got ""' })
+  t.eq({ check(" a , b ", HSMS, true) }, { { "a", "b" }, {} })
+  t.eq({ check("", { type = "list" }, true) }, { {}, {} }, "an optional list may be empty")
+  t.eq(select(2, check("web:,", { type = "list", items = HOST }, true)), { 'x[2]: expected name[:zone[:port]], got ""' })
+end)
+
+t.test("unique=: an item, or a record's field, given twice is refused, naming each one given twice", function()
+  local NAMES = { type = "list", unique = true }
+  t.eq(select(2, check("hsm1,hsm1", NAMES, true)), { 'x: "hsm1" given more than once (each may be given once)' })
+  t.eq(select(2, check("a,b,a,b,a,c", NAMES, true)), { 'x: "a" and "b" given more than once (each may be given once)' })
+  t.eq({ check("a,b", NAMES, true) }, { { "a", "b" }, {} })
+  local HOSTS = { type = "list", items = HOST, unique = "name" }
+  t.eq(select(2, check("web:z1,web:z2,db", HOSTS, true)), { 'x: name "web" given more than once (each may be given once)' })
+  t.eq(select(2, check({ { name = "web" }, "web" }, HOSTS)), { 'x: name "web" given more than once (each may be given once)' })
+  t.eq(select(2, check("web,Web,web", HOSTS, true)), { 'x[2].name: expected string matching ^%l+$, got "Web"',
+    'x: name "web" given more than once (each may be given once)' }, "an item with a problem of its own is left out")
+  t.eq(select(2, check({ 1, 1 }, { type = "list", items = { type = "integer" }, unique = true })),
+    { "x: 1 given more than once (each may be given once)" })
+end)
+
+t.test("a number must be finite: 1e999 and NaN are refused, from the command line or JSON", function()
+  for _, spec in ipairs { { type = "number" }, { type = "number", min = 0 }, { type = "integer" } } do
+    t.eq(select(2, check("1e999", spec, true)), { ("x: expected %s, got \"1e999\""):format(schema.expected(spec)) })
+    t.eq(#select(2, check("-1e999", spec, true)), 1)
+    t.eq(#select(2, check(0 / 0, spec)), 1, "NaN")
+    t.eq(#select(2, check(math.huge, spec)), 1, "inf from JSON")
+  end
+  t.eq({ check("1e300", { type = "number" }, true) }, { 1e300, {} })
+end)
+
+---------------------------------------------------------------------------
 -- string lengths and the dedicated HSM name
 
 t.test("min_length and max_length bound a string, in characters", function()
@@ -209,4 +251,15 @@ t.test("the specs in use are sound: the inventory's and every item and field of 
   t.eq(schema.spec_problems(inventory.schema, "inventory"), {})
   t.eq(schema.spec_problems({ type = "object", fields = { a = { type = "list", items = { type = "strin" } } } }, "o"),
     { [[o.a.items: unknown type "strin" (did you mean 'string'?)]] })
+end)
+
+t.test("unique= is for a list, true for plain items, else a field of its record or object items", function()
+  t.eq(problems_of { type = "list", items = HOST, unique = "name" }, {})
+  t.eq(problems_of { type = "list", unique = true }, {})
+  t.eq(problems_of { type = "string", unique = true }, { [[params.p: "unique" applies to list, not string]] })
+  t.eq(problems_of { type = "list", items = HOST, unique = true },
+    { "params.p.unique: true compares plain items; for record items name the field to compare" })
+  t.eq(problems_of { type = "list", items = HOST, unique = "nmae" }, { [[params.p.unique: "nmae" is not a field of its items]] })
+  t.eq(problems_of { type = "list", unique = "name" }, { [[params.p.unique: "name" is not a field of its items]] })
+  t.eq(problems_of { type = "list", unique = 1 }, { "params.p.unique: expected true or the name of a field of its items, got 1" })
 end)

@@ -5,7 +5,8 @@
 -- A spec: { type = "string"|"number"|"integer"|"boolean"|"enum"|"secret"|
 --           "list"|"table"|"object"|"record", required=, default=,
 --           values= (enum), pattern=, min_length=, max_length= (string),
---           min=, max= (numbers), items= (list), fields= (object: name ->
+--           min=, max= (numbers, finite), items=, unique= (list: true, or
+--           the field of its record items that may not repeat), fields= (object: name ->
 --           spec; record: an ordered list of {name, spec}), separator=
 --           (record, default ":"), expect= (the words for what is expected,
 --           instead of e.g. the pattern), description=, prompt= (secret),
@@ -17,7 +18,8 @@
 -- its separator into its fields in order (empty parts are nil), or given
 -- as an object of those fields (JSON); it comes out as a table of fields.
 -- With `coerce`, strings from the command line are converted ("3" for an
--- integer, "yes" for a boolean, "a,b" or a JSON array for a list).
+-- integer, "yes" for a boolean, "a,b" or a JSON array for a list).  A
+-- required list must hold an item, and no list an empty one ("a,,b").
 -- A spec with a mistake in it is found by spec_problems, when a playbook
 -- loads, not when a value meets it.
 local cjson = require "cjson"
@@ -38,6 +40,12 @@ local function show(v)
 end
 M.show = show
 
+-- "a", "a and b", "a, b and c"
+local function and_list(names)
+  if #names == 1 then return names[1] end
+  return table.concat(names, ", ", 1, #names - 1) .. " and " .. names[#names]
+end
+
 -- What a value given where a secret belongs is, never what it holds: a
 -- password typed as a number or a plain string must not reach a message.
 local function unshown(v)
@@ -48,14 +56,16 @@ M.unshown = unshown
 
 -- The fields of an object or record spec: their names in the order they
 -- are checked (an object's sorted, a record's as declared), and name -> spec.
+-- A malformed field (spec_problems' to report) is passed over, not a
+-- traceback: `dhsm doc` shows what it can of a spec it could not check.
 local function fields_of(spec)
-  if spec.type ~= "record" then
-    local by_name = spec.fields or {}
-    return util.sorted_keys(by_name), by_name
-  end
+  local fields = type(spec.fields) == "table" and spec.fields or {}
+  if spec.type ~= "record" then return util.sorted_keys(fields), fields end
   local names, by_name = {}, {}
-  for i, f in ipairs(spec.fields or {}) do
-    names[i], by_name[f[1]] = f[1], f[2] or {}
+  for _, f in ipairs(fields) do
+    if type(f) == "table" and f[1] ~= nil then
+      names[#names + 1], by_name[f[1]] = f[1], f[2] or {}
+    end
   end
   return names, by_name
 end
@@ -162,7 +172,11 @@ end
 local function check_number(value, spec, path, problems, coerce)
   local n = value
   if coerce and type(value) == "string" then n = tonumber(value) end
-  if type(n) ~= "number" then return bad(problems, path, spec, value) end
+  -- 1e999 and NaN (JSON) are numbers no bound refuses, and JSON (journal,
+  -- audit log) cannot hold them: written as null, they would come back as nothing
+  if type(n) ~= "number" or n ~= n or n == math.huge or n == -math.huge then
+    return bad(problems, path, spec, value)
+  end
   if spec.type == "integer" then
     n = math.tointeger(n)
     if n == nil then return bad(problems, path, spec, value) end
@@ -173,23 +187,72 @@ local function check_number(value, spec, path, problems, coerce)
   return n
 end
 
-local function check_list(value, spec, path, problems, coerce)
-  local list = value
-  if coerce and type(value) == "string" then
-    if value:match("^%s*%[") then
-      list = decode_json(value)
-    else
-      list = {}
-      for item in value:gmatch("[^,]+") do list[#list + 1] = util.trim(item) end
+-- Split s on the plain (not pattern) separator sep.
+local function split(s, sep)
+  local parts, from = {}, 1
+  while true do
+    local i, j = s:find(sep, from, true)
+    if not i then
+      parts[#parts + 1] = s:sub(from)
+      return parts
+    end
+    parts[#parts + 1] = s:sub(from, i - 1)
+    from = j + 1
+  end
+end
+
+-- A list from the command line: a JSON array, or "a,b" split on its
+-- commas, each item trimmed.  An empty item (" , ", "a,,b") is kept, to be
+-- refused rather than quietly dropped; "" alone is the empty list.
+local function split_list(value)
+  if value:match("^%s*%[") then return decode_json(value) end
+  if util.trim(value) == "" then return {} end
+  local items = split(value, ",")
+  for i, item in ipairs(items) do items[i] = util.trim(item) end
+  return items
+end
+
+-- The problem of the items given more than once, or nil.  spec.unique:
+-- true compares the items themselves, a field's name that field of each
+-- (a record's name: two items for one HSM with other stamps are one HSM).
+-- Items with problems of their own (nil in checked) are left out.
+local function duplicates(checked, n, spec, path)
+  local seen, twice = {}, {}
+  for i = 1, n do
+    local item = checked[i]
+    local key = spec.unique == true and item or (type(item) == "table" and item[spec.unique] or nil)
+    if key ~= nil then
+      if seen[key] == 1 then twice[#twice + 1] = show(key) end
+      seen[key] = (seen[key] or 0) + 1
     end
   end
+  if #twice == 0 then return nil end
+  local what = spec.unique == true and "" or (spec.unique .. " ")
+  return ("%s: %s%s given more than once (each may be given once)"):format(path, what, and_list(twice))
+end
+
+-- A list: a required one must hold an item (-e hsm= is a mistake, not
+-- "nothing to do"), no item may be empty, and with unique= none twice.
+local function check_list(value, spec, path, problems, coerce)
+  local list = value
+  if coerce and type(value) == "string" then list = split_list(value) end
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
     return bad(problems, path, spec, value)
   end
-  local out = {}
-  for i, item in ipairs(list) do
-    out[i] = check(item, spec.items or { type = "string" }, ("%s[%d]"):format(path, i), problems, coerce)
+  if spec.required and #list == 0 then
+    problems[#problems + 1] = ("%s: expected %s, got an empty list"):format(path, M.expected(spec))
+    return nil
   end
+  local out, items = {}, spec.items or { type = "string" }
+  for i, item in ipairs(list) do
+    local where = ("%s[%d]"):format(path, i)
+    if item == "" then
+      bad(problems, where, items, item)
+    else
+      out[i] = check(item, items, where, problems, coerce)
+    end
+  end
+  problems[#problems + 1] = spec.unique and duplicates(out, #list, spec, path) or nil
   return out
 end
 
@@ -216,20 +279,6 @@ end
 local function check_object(value, spec, path, problems, coerce)
   if type(value) ~= "table" or (#value > 0) then return bad(problems, path, spec, value) end
   return check_fields(value, spec, path, problems, coerce)
-end
-
--- Split s on the plain (not pattern) separator sep.
-local function split(s, sep)
-  local parts, from = {}, 1
-  while true do
-    local i, j = s:find(sep, from, true)
-    if not i then
-      parts[#parts + 1] = s:sub(from)
-      return parts
-    end
-    parts[#parts + 1] = s:sub(from, i - 1)
-    from = j + 1
-  end
 end
 
 -- A record: "a:b:c" in field order (too many parts is a problem, an empty
@@ -349,12 +398,6 @@ local function required_by(spec, v)
     if case.when == nil or case.when == v then return case.names end
   end
   return {}
-end
-
--- "a", "a and b", "a, b and c"
-local function and_list(names)
-  if #names == 1 then return names[1] end
-  return table.concat(names, ", ", 1, #names - 1) .. " and " .. names[#names]
 end
 
 -- How the value that needs the others is named: "true", "template"
@@ -516,7 +559,8 @@ local KEYS = {
   pattern = { string = true }, min_length = { string = true }, max_length = { string = true },
   inventory = { string = true },
   min = { number = true, integer = true }, max = { number = true, integer = true },
-  values = { enum = true }, items = { list = true }, fields = { object = true, record = true },
+  values = { enum = true }, items = { list = true }, unique = { list = true },
+  fields = { object = true, record = true },
   separator = { record = true }, prompt = { secret = true },
 }
 
@@ -624,6 +668,25 @@ local function value_problems(spec, path, out)
   end
 end
 
+-- unique= compares plain items (true), or one field of each record or
+-- object item (its name): a table compared whole would never be equal.
+local function unique_problems(spec, path, out)
+  local u = spec.unique
+  if u == nil then return end
+  local items = type(spec.items) == "table" and spec.items or {}
+  local it = items.type or "string"
+  local composite = it == "list" or it == "table" or it == "object" or it == "record"
+  if u == true then
+    if composite then
+      out[#out + 1] = ("%s.unique: true compares plain items; for %s items name the field to compare"):format(path, it)
+    end
+  elseif type(u) ~= "string" or u == "" then
+    out[#out + 1] = ("%s.unique: expected true or the name of a field of its items, got %s"):format(path, show(u))
+  elseif not ((it == "object" or it == "record") and select(2, fields_of(items))[u]) then
+    out[#out + 1] = ("%s.unique: %s is not a field of its items"):format(path, show(u))
+  end
+end
+
 -- A record's fields: {name, spec} pairs, distinct identifiers, the
 -- required ones first (an optional field before a required one could not
 -- be told apart when a part is left out).
@@ -665,6 +728,7 @@ function M.spec_problems(spec, path, opts)
   key_problems(spec, path, t, out)
   value_problems(spec, path, out)
   relation_problems(spec, path, opts, out)
+  unique_problems(spec, path, out)
   if t == "enum" and (type(spec.values) ~= "table" or #spec.values == 0) then
     out[#out + 1] = path .. ": an enum needs a non-empty 'values' list"
   end
