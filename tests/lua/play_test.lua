@@ -177,6 +177,20 @@ t.test("a number must be finite: 1e999 and NaN are refused, not journaled as nul
   t.ok(refused_before_anything(dir, "run typed -e @" .. q(dir .. "/p.json"))[2]:find("^  ratio: expected number, got "))
 end)
 
+t.test("exclusive= counts what is given explicitly and set: not false, not a value from the inventory", function()
+  local dir = t.tmpdir()
+  local r = run(dir, GOOD_INV .. "run rules -e every=false -e hsm=hsm1")
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ cjson.decode(r.stdout).every, cjson.decode(r.stdout).hsm }, { false, { "hsm1" } })
+  t.write(dir .. "/scoped.lua", [[return { description = "x", params = {
+    group = { type = "string", required = true, from_inventory = "azure.resource_group", exclusive = { "scope" } },
+    scope = { type = "string" } }, run = function(ctx, p) io.stdout:write(p.group, " ", p.scope, "\n") end }]])
+  r = run(dir, GOOD_INV .. "run " .. q(dir .. "/scoped.lua") .. " -e scope=s")
+  t.eq({ r.status, r.stdout }, { 0, "hsm-rg s\n" }, r.stderr)
+  t.eq(refused_before_anything(dir, GOOD_INV .. "run " .. q(dir .. "/scoped.lua") .. " -e scope=s -e group=g")[2],
+    "  group: cannot go with scope (give only one of them)")
+end)
+
 t.test("a secret reference is checked before anything is journaled, never showing its value", function()
   local dir = t.tmpdir()
   local open_file, folder = dir .. "/open.pw", dir .. "/folder"

@@ -175,6 +175,14 @@ t.test("exclusive=: both given is a problem, said once; a default does not count
   t.eq(relations({ every = true, only = { "a" } }, { only = true }), {})
 end)
 
+t.test("exclusive=: only a value given and set counts: an explicit false or nil goes with the other", function()
+  t.eq(relations({ every = false, only = { "a" } }, { every = true, only = true }), {}, "every=false says 'not every'")
+  t.eq(relations({ only = { "a" } }, { every = true, only = true }), {}, "given with a problem of its own: nil")
+  local spec = { type = "object", fields = { a = { type = "boolean", exclusive = { "b" } }, b = { type = "string" } } }
+  t.eq(select(2, check({ a = false, b = "x" }, spec)), {})
+  t.eq(select(2, check({ a = true, b = "x" }, spec)), { "x.a: cannot go with b (give only one of them)" })
+end)
+
 t.test("the rules hold between an object's fields too, by their paths", function()
   local spec = { type = "object", fields = { a = { type = "boolean", requires = { "b" } }, b = { type = "string" },
     c = { type = "string", exclusive = { "b" } } } }

@@ -376,7 +376,10 @@ end
 --                                  false), a and b must be set too
 --   requires = { v = {"a"} }       an enum's: only when its value is v
 --   exclusive = {"a"}              this one and a cannot both be given
---                                  (given explicitly; defaults do not count)
+--                                  (given explicitly and set: a default,
+--                                  a value from the inventory, nil and
+--                                  false do not count: every=false says
+--                                  "not every", which goes with hsm=)
 
 local function set(v) return v ~= nil and v ~= false end
 
@@ -409,7 +412,8 @@ end
 
 -- relations(fields, values, given, problems [, opts]): the requires= and
 -- exclusive= rules of the specs in fields (name -> spec), against the
--- checked values and the names given explicitly.  opts.prefix comes before
+-- checked values and the names given explicitly (given[name] true: by the
+-- caller, not by a default or the inventory).  opts.prefix comes before
 -- each name; opts.how(names) says how to give the names missing
 -- ("(give -e a=...)").  A name that has a problem of its own is not
 -- reported missing again.
@@ -430,7 +434,7 @@ function M.relations(fields, values, given, problems, opts)
     end
     for _, other in ipairs(type(spec.exclusive) == "table" and spec.exclusive or {}) do
       local pair = k < other and (k .. " " .. other) or (other .. " " .. k)
-      if given[k] and given[other] and not seen[pair] then
+      if given[k] and given[other] and set(values[k]) and set(values[other]) and not seen[pair] then
         seen[pair] = true
         problems[#problems + 1] = ("%s%s: cannot go with %s (give only one of them)"):format(prefix, k, other)
       end

@@ -332,8 +332,8 @@ function M.validate(pb, raw, inv, tty, resuming)
   for _, name in ipairs(names) do
     local spec = pb.params[name]
     local v = raw[name]
+    given[name] = v ~= nil and v ~= cjson.null     -- by -e or @FILE.json: a default or the inventory's is not given
     if v == nil and spec.from_inventory and inv then v = inv:get(spec.from_inventory) end
-    given[name] = v ~= nil and v ~= cjson.null     -- by -e, @FILE.json or from_inventory: a default is not given
     if v == nil and spec.type == "secret" and spec.required and tty then v = "prompt" end
     if v == nil and spec.required and spec.default == nil and spec.from_inventory then
       problems[#problems + 1] = ("%s: missing, expected %s (give -e %s=... or set %s in the inventory)")
