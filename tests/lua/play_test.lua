@@ -523,6 +523,29 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
 end)
 
+t.test("--resume reads the journaled parameters through their specs: a list journaled before it held records resumes", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run rules -e hosts=ab:z1,cd")
+  t.eq(r.status, 0, r.stderr)
+  local id = run_id(r.stderr)
+  -- as an older dhsm journaled it: the items as typed, and the run stopped
+  local path = dir .. "/dhsm/runs/" .. id .. ".json"
+  local j = journal(dir, id)
+  t.eq(j.params.hosts, { { name = "ab", zone = "z1" }, { name = "cd" } })
+  j.state, j.params.hosts = "failed", { "ab:z1", "cd" }
+  t.write(path, cjson.encode(j), tonumber("600", 8))
+  -- a real difference is shown as JSON, not "a list, now a list"
+  r = run(dir, "run rules --resume " .. id .. " -e hosts=ab:z1,ef")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find('hosts was [{"name":"ab","zone":"z1"},{"name":"cd"}], now [{"name":"ab","zone":"z1"},'
+    .. '{"name":"ef"}]', 1, true) or r.stderr:find('hosts was [{"zone":"z1","name":"ab"},{"name":"cd"}], now '
+    .. '[{"zone":"z1","name":"ab"},{"name":"ef"}]', 1, true), r.stderr)
+  r = run(dir, "run rules --resume " .. id .. " -e hosts=ab:z1,cd")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("↷ act", 1, true), r.stderr)
+  t.eq(cjson.decode(r.stdout).hosts, { { name = "ab", zone = "z1" }, { name = "cd" } })
+end)
+
 t.test("the --resume hint resolves as printed: from another folder, without the -I that found the playbook", function()
   local dir = t.tmpdir()
   local books = t.tmpdir()

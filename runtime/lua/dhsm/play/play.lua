@@ -366,6 +366,24 @@ end
 ---------------------------------------------------------------------------
 -- running
 
+-- A journaled parameter as this run reads it: run back through its spec
+-- (coerced, as from the command line), so that a value journaled before
+-- the spec changed shape ("hsm-a:stamp1", before hsms were records) is
+-- compared by what it means now.  One the spec now refuses stays as it was.
+local function as_now(spec, was, name)
+  if spec == nil or spec.type == "secret" then return was end
+  local problems = {}
+  local v = schema.check(was, spec, name, problems, true)
+  return #problems == 0 and v or was
+end
+
+-- A parameter's value in a resume's refusal: as JSON, so the difference
+-- shows ("a list, now a list" says nothing).
+local function json_of(v)
+  if v == nil then return "nothing" end
+  return sys.json_encode(v)
+end
+
 -- The journal to continue, checked against this invocation.
 local function resume_journal(pb, id, public)
   local j = journal.load(id)
@@ -382,9 +400,9 @@ local function resume_journal(pb, id, public)
   for k in pairs(public) do keys[k] = true end
   for k in pairs(j.params or {}) do keys[k] = true end
   for _, k in ipairs(util.sorted_keys(keys)) do
-    local was, now = (j.params or {})[k], public[k]
+    local was, now = as_now(pb.params[k], (j.params or {})[k], k), public[k]
     if not util.same(was, now) then
-      diffs[#diffs + 1] = ("%s was %s, now %s"):format(k, schema.show(was), schema.show(now))
+      diffs[#diffs + 1] = ("%s was %s, now %s"):format(k, json_of(was), json_of(now))
     end
   end
   if #diffs > 0 then
