@@ -95,3 +95,22 @@ t.test("describing checks the shape the runner needs: description and run", func
   local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " list"))
   t.ok(r.stdout:find("norun%s+%(cannot describe: .*field 'run' must be a function"), r.stdout)
 end)
+
+t.test("describing walks the returned table raw: a __pairs or __tostring that never returns does not hang list", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/pairs.lua", [[
+local forever = { __pairs = function() while true do end end }
+return setmetatable({ description = "loops in __pairs", run = function() end,
+  params = setmetatable({ a = setmetatable({ type = "string" }, forever) }, forever) }, forever)
+]])
+  t.write(dir .. "/tostring.lua", [[
+error(setmetatable({}, { __tostring = function() while true do end end }))
+]])
+  local r = t.sh("timeout 30 " .. t.cmd("-I " .. q(dir) .. " list"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("pairs%s+loops in __pairs"), r.stdout)
+  t.ok(r.stdout:find("tostring%s+%(cannot describe: .*it raised a table, not a message"), r.stdout)
+  r = t.sh("timeout 30 " .. t.cmd("-I " .. q(dir) .. " doc pairs"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("\n  a +string"), r.stdout)
+end)

@@ -130,6 +130,8 @@ end
 --     loop cannot outlast it.
 -- A description or parameter computed from a module (values = hsm.SKUS)
 -- comes back as a stand-in and is dropped: describe() keeps plain data only.
+-- The returned table is walked raw (next, never __pairs, __index or
+-- __tostring): the file's code runs only under the budget.
 M.DESCRIBE_BUDGET = 1000000
 
 local Inert = {}
@@ -171,7 +173,7 @@ local function plain(v, seen)
     if seen[v] then return nil end
     seen[v] = true
     local out = {}
-    for k, x in pairs(v) do
+    for k, x in next, v do
       if type(k) == "string" or type(k) == "number" then out[k] = plain(x, seen) end
     end
     seen[v] = nil
@@ -179,6 +181,13 @@ local function plain(v, seen)
   end
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" then return v end
+end
+
+-- What the top level raised, in words, without calling into it (an error
+-- value's __tostring would run outside the budget).
+local function raised_words(err)
+  if type(err) == "string" then return err end
+  return ("it raised a %s, not a message"):format(type(err))
 end
 
 -- Run chunk's top level in its own coroutine under the instruction budget.
@@ -203,7 +212,7 @@ function M.describe(found)
   local chunk, err = load(source_of(found), "@" .. found.path, "t", sandbox_env())
   if not chunk then bad(found, "%s", err) end
   local ok, pb = run_bounded(chunk)
-  if not ok then bad(found, "cannot be described: %s", tostring(pb)) end
+  if not ok then bad(found, "cannot be described: %s", raised_words(pb)) end
   if type(pb) ~= "table" or is_inert(pb) then
     bad(found, "must return a table {name=, description=, params=, run=}, got %s", is_inert(pb) and "a computed value" or type(pb))
   end
