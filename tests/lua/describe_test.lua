@@ -96,6 +96,50 @@ t.test("describing checks the shape the runner needs: description and run", func
   t.ok(r.stdout:find("norun%s+%(cannot describe: .*field 'run' must be a function"), r.stdout)
 end)
 
+t.test("a spec that takes values from a module is described in part, not refused; run loads it whole", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/modular.lua", [[
+local hsm = require "dhsm.azure.hsm"
+return {
+  description = "Specs with module values (test fixture)",
+  params = {
+    hsms = { type = "list", required = true, unique = "name",
+      items = { type = "record", fields = { { "name", hsm.NAME }, { "stamp", { pattern = "^%w+$" } } } },
+      description = "name[:stamp]" },
+    sku = { type = "enum", values = { hsm.SKU }, default = hsm.SKU, description = "the SKU" },
+    name = hsm.NAME,
+    rename = { type = "boolean", requires = { "name" }, description = "rename" },
+  },
+  run = function(ctx, p) io.stdout:write(p.hsms[1].name, " ", p.sku, " ", tostring(p.name), "\n") end,
+}
+]])
+  local r = t.sh(dhsm_cmd("-I " .. q(dir) .. " list"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("modular%s+Specs with module values"), r.stdout)
+  r = t.sh(dhsm_cmd("-I " .. q(dir) .. " doc modular"))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stdout:find("hsms%s+list of %S+%s+yes%s+name%[:stamp%]"), r.stdout)   -- what the sandbox could see of it
+  t.ok(r.stdout:find("rename%s+boolean"), r.stdout)
+  r = t.sh(dhsm_cmd("-I " .. q(dir) .. " run modular -e hsms=hsm-a:s1 -e name=hsm-b"))
+  t.eq({ r.status, r.stdout }, { 0, "hsm-a SafeNet Luna Network HSM A790 hsm-b\n" }, r.stderr)
+  r = t.sh(dhsm_cmd("-I " .. q(dir) .. " run modular -e hsms=hsm-a:s1,hsm-a -e name=x"))
+  t.eq(r.status, 2, "run checks the whole spec: " .. r.stderr)
+  t.ok(r.stderr:find('hsms: name "hsm-a" given more than once', 1, true), r.stderr)
+  t.ok(r.stderr:find("name: expected 3-24 letters, digits or '-', got \"x\"", 1, true), r.stderr)
+  -- a real mistake beside them is still refused, by both
+  t.write(dir .. "/mistaken.lua", [[
+local hsm = require "dhsm.azure.hsm"
+return { description = "x", run = function() end, params = {
+  sku = { type = "enum", values = { hsm.SKU } }, count = { type = "integr" } } }
+]])
+  for _, how in ipairs { "doc mistaken", "run mistaken" } do
+    r = t.sh(dhsm_cmd("-I " .. q(dir) .. " " .. how))
+    t.eq(r.status, 2, how .. ": " .. r.stderr)
+    t.ok(r.stderr:find([[params.count: unknown type "integr"]], 1, true), r.stderr)
+    t.ok(not r.stderr:find("params.sku", 1, true), r.stderr)
+  end
+end)
+
 t.test("describing walks the returned table raw: a __pairs or __tostring that never returns does not hang list", function()
   local dir = t.tmpdir()
   t.write(dir .. "/pairs.lua", [[

@@ -57,13 +57,19 @@ local function bad(found, fmt, ...)
   usage("playbook %s (%s): " .. fmt, found.name, found.path, ...)
 end
 
-local function check_params_spec(found, params)
+-- check_params_spec(found, params [, partial]): the mistakes in the specs,
+-- refused.  partial names the parameters describe() has only in part (a
+-- value the sandbox dropped is no mistake of the author's): their specs
+-- are not checked, and the others' requires= and exclusive= may name them.
+local function check_params_spec(found, params, partial)
+  partial = partial or {}
+  local siblings = util.merged(partial, params)
   local problems = {}
   for _, k in ipairs(util.sorted_keys(params)) do
     if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
       problems[#problems + 1] = ("params[%s]: parameter names are identifiers"):format(schema.show(k))
-    else
-      local where = { siblings = params, name = k, kind = "parameter" }
+    elseif not partial[k] then
+      local where = { siblings = siblings, name = k, kind = "parameter" }
       for _, p in ipairs(schema.spec_problems(params[k], "params." .. k, where)) do problems[#problems + 1] = p end
     end
   end
@@ -130,7 +136,9 @@ end
 --     loop cannot outlast it.
 -- A description or parameter computed from a module (values = hsm.SKUS)
 -- comes back as a stand-in and is dropped: describe() keeps plain data only.
--- The returned table is walked raw (next, never __pairs, __index or
+-- A parameter that lost such a value is described in part and its spec is
+-- not checked (`dhsm run` loads it for real and checks it whole).  The
+-- returned table is walked raw (next, never __pairs, __index or
 -- __tostring): the file's code runs only under the budget.
 M.DESCRIBE_BUDGET = 1000000
 
@@ -167,20 +175,35 @@ local function sandbox_env()
 end
 
 -- Plain data only (strings, numbers, booleans, tables of them): stand-ins
--- and functions are left out.
-local function plain(v, seen)
+-- and functions are left out.  A copy that lacks what the original had (a
+-- stand-in dropped, as key or value; what a metatable's __index gave it)
+-- is marked in lossy, and so is every copy holding one.
+local function plain(v, seen, lossy)
   if type(v) == "table" and not is_inert(v) then
     if seen[v] then return nil end
     seen[v] = true
-    local out = {}
+    local out, lost = {}, debug.getmetatable(v) ~= nil
     for k, x in next, v do
-      if type(k) == "string" or type(k) == "number" then out[k] = plain(x, seen) end
+      if type(k) == "string" or type(k) == "number" then out[k] = plain(x, seen, lossy) end
+      lost = lost or is_inert(k) or is_inert(x) or lossy[out[k]] == true   -- (lossy[nil] is nil)
     end
     seen[v] = nil
+    lossy[out] = lost or nil
     return out
   end
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" then return v end
+end
+
+-- The parameters described in part (name -> true): a spec that is a
+-- stand-in (kept out of params) or lost one inside it.
+local function partial_params(raw, params, lossy)
+  local partial = {}
+  if type(raw) ~= "table" or is_inert(raw) then return partial end
+  for k, spec in next, raw do
+    if type(k) == "string" and (is_inert(spec) or lossy[params[k]]) then partial[k] = true end
+  end
+  return partial
 end
 
 -- What the top level raised, in words, without calling into it (an error
@@ -216,14 +239,15 @@ function M.describe(found)
   if type(pb) ~= "table" or is_inert(pb) then
     bad(found, "must return a table {name=, description=, params=, run=}, got %s", is_inert(pb) and "a computed value" or type(pb))
   end
-  local d = plain(pb, {})
+  local lossy = {}
+  local d = plain(pb, {}, lossy)
   if type(d.description) ~= "string" then bad(found, "field 'description' must be a string") end
   if type(rawget(pb, "run")) ~= "function" then bad(found, "field 'run' must be a function(ctx, params)") end
   check_hook(found, rawget(pb, "check"))
   if d.params ~= nil and type(d.params) ~= "table" then bad(found, "field 'params' must be a table") end
   local described = { name = type(d.name) == "string" and d.name or found.name, description = d.description,
     params = d.params or {}, path = found.path, by_path = found.by_path }
-  check_params_spec(found, described.params)
+  check_params_spec(found, described.params, partial_params(rawget(pb, "params"), described.params, lossy))
   return described
 end
 
