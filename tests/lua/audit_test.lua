@@ -36,6 +36,21 @@ t.test("a record carries time, context, target, action, outcome and fields", fun
   t.eq(sys.stat(dir .. "/sub").mode, tonumber("700", 8))
 end)
 
+t.test("a record's own run, playbook and step (strings) stand instead of the context's", function()
+  local dir = t.tmpdir()
+  local path = dir .. "/audit.jsonl"
+  local r = t.sh(t.cmd("--audit " .. path .. " exec -e " .. util.shell_quote([[
+    dhsm.context().playbook = "from-context"
+    dhsm.audit.write{ action = "a", run = "20260101T000000-abc", playbook = "given", step = "s" }
+    dhsm.audit.write{ action = "b", run = 7 }
+  ]])))
+  t.eq(r.status, 0, r.stderr)
+  local recs = records(path)
+  t.eq({ recs[1].run, recs[1].playbook, recs[1].step }, { "20260101T000000-abc", "given", "s" })
+  t.eq({ recs[2].playbook, recs[2].step }, { "from-context", nil })
+  t.ok(recs[2].run:match("^%d+T%d+%-%x+$"), "a field that is not a string leaves the context's: " .. recs[2].run)
+end)
+
 t.test("the path comes from --audit, then DHSM_AUDIT, then XDG_STATE_HOME", function()
   local dir = t.tmpdir()
   local r = t.sh(("DHSM_AUDIT=%s/env.jsonl %s"):format(dir, t.cmd("exec -e 'print(dhsm.audit.path())'")))

@@ -617,6 +617,9 @@ t.test("Ctrl-C in a step exits 130 and leaves the run resumable", function()
   local id = run_id(r.stderr)
   local j = journal(dir, id)
   t.eq({ j.state, j.steps[1].status, j.steps[2].status }, { "interrupted", "ok", "interrupted" })
+  local last = audit(dir)[#audit(dir)]
+  t.eq({ last.action, last.outcome, last.run, last.playbook }, { "run.end", "interrupted", id, "steps" },
+    "the record written while the task is cancelled names its run and playbook")
   resume_to_the_end(dir, id)
 end, { timeout = 60 })
 
