@@ -162,11 +162,18 @@ static void load_file(lua_State *L, secret *s, const char *path) {
   secret_adopt(s, buf, len);
 }
 
-/* Read a line from the terminal on stdin with echo off. */
-static void load_prompt(lua_State *L, secret *s, const char *text) {
+/* The usage error asking for `text` would raise now (no terminal on
+** stdin), without asking: the one rule for a prompt, shared by load_prompt
+** and s:check(). */
+static void check_prompt(lua_State *L, const char *text) {
   if (!isatty(STDIN_FILENO))
     dhsm_usage_error(L, "cannot ask for \"%s\": standard input is not a terminal "
                      "(give the secret as env:NAME or file:PATH instead)", text);
+}
+
+/* Read a line from the terminal on stdin with echo off. */
+static void load_prompt(lua_State *L, secret *s, const char *text) {
+  check_prompt(L, text);
   struct termios old, quiet;
   tcgetattr(STDIN_FILENO, &old);
   quiet = old;
@@ -206,6 +213,13 @@ static int parse_ref(const char *ref, const char **arg) {
   return 0;
 }
 
+/* The question of the lazy "prompt" secret at idx (user value 2), pushed
+** with it: pop it after use. */
+static const char *prompt_text(lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, 2);
+  return luaL_optstring(L, -1, "Secret: ");
+}
+
 static void resolve(lua_State *L, secret *s, int idx) {
   lua_getiuservalue(L, idx, 1);
   const char *arg, *ref = lua_tostring(L, -1);
@@ -213,8 +227,7 @@ static void resolve(lua_State *L, secret *s, int idx) {
     case 'e': load_env(L, s, arg); break;
     case 'f': load_file(L, s, arg); break;
     case 'p':
-      lua_getiuservalue(L, idx, 2);
-      load_prompt(L, s, luaL_optstring(L, -1, "Secret: "));
+      load_prompt(L, s, prompt_text(L, idx));
       lua_pop(L, 1);
       break;
     default: luaL_error(L, "secret with an unknown source");
@@ -319,9 +332,10 @@ static int secret_equal(lua_State *L) {
 
 /* s:check() -> s: raises the usage error its first use would raise
 ** (env:NAME unset or empty; file:PATH missing, unreadable, not a regular
-** file, open to group/others, too large) without reading its bytes, so
-** bad input is refused before anything acts.  A prompt is not asked (it
-** stays lazy), a secret already read passes; a closed one is refused. */
+** file, open to group/others, too large; prompt with no terminal on
+** standard input) without reading its bytes, so bad input is refused
+** before anything acts.  A prompt is not asked (it stays lazy), a secret
+** already read passes; a closed one is refused. */
 static int secret_check(lua_State *L) {
   secret *s = luaL_checkudata(L, 1, DHSM_SECRET_MT);
   lua_settop(L, 1);
@@ -333,7 +347,11 @@ static int secret_check(lua_State *L) {
     switch (ref ? parse_ref(ref, &arg) : 0) {
       case 'e': check_env(L, arg); break;
       case 'f': check_file(L, arg); break;
-      default: break;         /* a prompt, or made from bytes already */
+      case 'p':
+        check_prompt(L, prompt_text(L, 1));
+        lua_pop(L, 1);
+        break;
+      default: break;         /* made from bytes already */
     }
     lua_pop(L, 1);
   }

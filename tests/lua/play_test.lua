@@ -237,15 +237,18 @@ end)
 
 t.test("a prompt secret is asked when first used, not when the parameters are checked", function()
   local dir = t.tmpdir()
-  -- no terminal: a prompt asked while checking would refuse the run before its first step
-  local r = run(dir, "run lazy -e pw=prompt -e dir=" .. q(dir))
-  t.ok(sys.stat(dir .. "/before"), "the step before the secret's first use ran\n" .. r.stderr)
-  t.ok(r.stderr:find('✓ before the secret is used', 1, true), r.stderr)
-  t.ok(r.stderr:find('cannot ask for "the late password: "', 1, true), "asked at its first use\n" .. r.stderr)
-  -- on a terminal, the question comes after the first step
-  os.remove(dir .. "/before")
-  local cmd = env(dir) .. " " .. t.cmd("run lazy --json -e dir=" .. q(dir))
-  r = t.sh(("(for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; sleep 0.5; printf 'open sesame\\n') | script -qec %s /dev/null")
+  -- no terminal: it could never be asked, so it is refused with the other problems, before anything is journaled
+  t.eq(refused_before_anything(dir, "run lazy -e pw=prompt"), {
+    "dhsm: invalid parameters for playbook 'lazy':",
+    "  dir: missing, expected string",
+    '  pw: cannot ask for "the late password: ": standard input is not a terminal (give the secret as env:NAME or '
+      .. "file:PATH instead)" })
+  t.eq(refused_before_anything(dir, "run lazy -e pw=prompt -e dir=" .. q(dir))[2]:match("^  pw: cannot ask"),
+    "  pw: cannot ask")
+  t.eq(sys.stat(dir .. "/before"), nil, "no step ran")
+  -- on a terminal the check passes without asking: the question comes after the first step
+  local cmd = env(dir) .. " " .. t.cmd("run lazy --json -e pw=prompt -e dir=" .. q(dir))
+  local r = t.sh(("(for i in $(seq 400); do [ -e %s ] && break; sleep 0.05; done; sleep 0.5; printf 'open sesame\\n') | script -qec %s /dev/null")
     :format(q(dir .. "/before"), q(cmd)))
   local asked = r.stdout:find("the late password: ", 1, true)
   t.ok(asked and asked > r.stdout:find("before the secret is used", 1, true), r.stdout)

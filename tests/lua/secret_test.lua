@@ -2,6 +2,8 @@
 local t = require "dhsm.test"
 local secret = require "dhsm.secret"
 
+local q = require("dhsm.util").shell_quote
+
 local SECRET = "S3cr3t-Bytes-7f1e"
 
 t.test("a secret prints as <secret> and cannot be concatenated", function()
@@ -42,7 +44,7 @@ t.test("secret.ref is resolved on first use only", function()
   t.raises(function() secret.ref("plain-password") end, "expected env:NAME, file:PATH or prompt")
 end)
 
-t.test("s:check() raises what the first use would, without reading the bytes; a prompt is not asked", function()
+t.test("s:check() raises what the first use would, without reading the bytes", function()
   local dir = t.tmpdir()
   local path = dir .. "/pw"
   local s = secret.ref("file:" .. path)
@@ -62,11 +64,22 @@ t.test("s:check() raises what the first use would, without reading the bytes; a 
   t.raises(function() secret.ref("env:DHSM_SURELY_UNSET_PW"):check() end,
     "environment variable DHSM_SURELY_UNSET_PW is not set")
   t.eq(secret.ref("env:HOME"):check():origin(), "env:HOME")
-  local p = secret.ref("prompt", "never asked: ")
-  t.eq(p:check(), p, "a prompt stays lazy (no terminal here, yet no refusal)")
   local closed = secret.value("x")
   closed:close()
   t.raises(function() closed:check() end, "closed")
+end)
+
+t.test("s:check() of a prompt: refused without a terminal, as asking would be; on one it passes, asking nothing", function()
+  -- the test runner's stdin is not a terminal under make test
+  if require("dhsm.sys").isatty(0) then t.skip("stdin is a terminal") end
+  local p = secret.ref("prompt", "never asked: ")
+  t.eq(t.raises(function() p:check() end, "usage").message, 'cannot ask for "never asked: ": standard input is not '
+    .. "a terminal (give the secret as env:NAME or file:PATH instead)")
+  -- on a terminal (script gives one): it passes, and nothing is asked or read
+  local code = [[local p = dhsm.secret.ref("prompt", "never asked: ")
+    io.stdout:write(tostring(rawequal(p:check(), p)), " ", p:origin(), "\n")]]
+  local r = t.sh("script -qec " .. q(t.cmd("exec -e " .. q(code))) .. " /dev/null </dev/null")
+  t.eq(r.stdout, "true prompt\r\n", r.stderr)
 end)
 
 t.test("secret.prompt refuses without a terminal", function()
