@@ -347,7 +347,8 @@ end
 -- the same back after and opens it again when it was lost or closed
 -- (connecting(entry) is called first, to say so); pool:close() closes
 -- them all.  What a playbook run (ctx:appliance) and the REPL's hsm "name"
--- share.
+-- share.  Tasks asking for one name at once (dhsm.parallel) share one
+-- connect: a session each would leave all but one open, never closed.
 local Pool = {}
 Pool.__index = Pool
 
@@ -355,17 +356,35 @@ function M.sessions(inv, opts)
   if type(inv) ~= "table" or type(inv.hsm) ~= "function" then
     usage("luna.sessions: expected an inventory (dhsm.inventory), got %s", type(inv))
   end
-  return setmetatable({ inventory = inv, open = {}, connecting = opts and opts.connecting }, Pool)
+  return setmetatable({ inventory = inv, open = {}, turns = {}, connecting = opts and opts.connecting }, Pool)
+end
+
+local function usable(s)
+  return s ~= nil and not s.closed and not s.broken
+end
+
+-- The pool's session to name, opened anew unless one is usable.  A
+-- broken one is closed first: its connection may still be up, logged in
+-- (as the HSM SO), and nothing else holds it to close it.
+local function reopen(pool, name)
+  local old = pool.open[name]
+  if usable(old) then return old end          -- another task opened it while this one waited
+  if old then
+    pool.open[name] = nil
+    pcall(old.close, old)
+  end
+  local entry = pool.inventory:hsm(name)
+  if pool.connecting then pool.connecting(entry) end
+  local s = M.open(entry)
+  pool.open[name] = s
+  return s
 end
 
 function Pool:get(name)
   local s = self.open[name]
-  if s and not s.closed and not s.broken then return s end
-  local entry = self.inventory:hsm(name)
-  if self.connecting then self.connecting(entry) end
-  s = M.open(entry)
-  self.open[name] = s
-  return s
+  if usable(s) then return s end
+  self.turns[name] = self.turns[name] or dhsm.semaphore(1)    -- one connect to a name at a time
+  return self.turns[name]:run(reopen, self, name)
 end
 
 function Pool:close()

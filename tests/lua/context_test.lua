@@ -51,6 +51,43 @@ t.test("release closes every session, the client and the folder; asked again, th
   t.ok(again.closed, "the session opened after a release is closed by the next")
 end)
 
+-- luna.sessions with a stand-in for luna.open that takes a while to
+-- connect, counting what it opened; fn(pool, opened) runs with it.
+local function with_slow_open(fn)
+  local luna = require "dhsm.luna"
+  local real_open, opened = luna.open, {}
+  local restore <close> = setmetatable({}, { __close = function() luna.open = real_open end })
+  luna.open = function(entry)
+    dhsm.sleep(0.05)                          -- the other tasks ask meanwhile
+    local s = { name = entry.name, close = function(self) self.closed = true end }
+    opened[#opened + 1] = s
+    return s
+  end
+  fn(luna.sessions { hsm = function(_, name) return { name = name } end }, opened)
+end
+
+t.test("the sessions pool: tasks asking for one name at once share one connect", function()
+  with_slow_open(function(pool, opened)
+    local got = dhsm.parallel({ "hsm1", "hsm1", "hsm2", "hsm1" }, function(name) return pool:get(name) end)
+    t.eq(#opened, 2, "one session per name")
+    t.ok(rawequal(got[1], got[2]) and rawequal(got[1], got[4]) and not rawequal(got[1], got[3]))
+    pool:close()
+    t.ok(got[1].closed and got[3].closed)
+  end)
+end)
+
+t.test("the sessions pool: a broken session is closed before it is replaced", function()
+  with_slow_open(function(pool, opened)
+    local first = pool:get("hsm1")
+    first.broken = true                       -- e.g. a command timed out, still logged in as the SO
+    local again = pool:get("hsm1")
+    t.ok(first.closed, "the broken session is closed")
+    t.ok(not rawequal(again, first) and not again.closed and #opened == 2)
+    again:close()
+    t.ok(not rawequal(pool:get("hsm1"), again), "a closed one is opened anew")
+  end)
+end)
+
 t.test("asked with other options, the run's client says so; without an azure section, what is missing", function()
   local ctx = context.new { inventory = estate.inventory, playbook = { name = "t" } }
   ctx:azure { poll_interval = 1 }
