@@ -86,29 +86,38 @@ if os.execute("command -v tmux >/dev/null 2>&1") ~= true then
   return
 end
 
+-- cmd on a terminal of its own: a tmux server on a socket of its own, so
+-- no session meets a server another one is still shutting down (killing a
+-- server and starting the next on the same socket raced under load).
+local function terminal(cmd)
+  local tm = "tmux -L dhsm-exec-" .. require("dhsm.sys").random_hex(6)
+  t.cleanup(function() t.sh(tm .. " kill-server") end)
+  t.sh(("%s new-session -d -s r -x 200 -y 40 %s"):format(tm, q(cmd)))
+  local term = {}
+  function term.screen() return t.sh(tm .. " capture-pane -p -t r").stdout end
+  function term.keys(...) t.sh(tm .. " send-keys -t r " .. table.concat({ ... }, " ")) end
+  function term.wait_for(text)
+    local ok = pcall(t.eventually, function() return term.screen():find(text, 1, true) end, text, 30)
+    t.ok(ok, ("after 30 s the screen does not show %q; it shows:\n%s"):format(text, term.screen()))
+  end
+  return term
+end
+
 t.test("on a terminal, exec asks for the target's name: a wrong answer stops, the right one acts", function()
   local dir = t.tmpdir()
-  local sock = "dhsm-exec-" .. require("dhsm.sys").random_hex(4)
-  local tm = "tmux -L " .. sock
-  t.cleanup(function() t.sh(tm .. " kill-server") end)
-  local function screen() return t.sh(tm .. " capture-pane -p -t r").stdout end
-  local function wait_for(text)
-    t.eventually(function() return screen():find(text, 1, true) end, ("the screen to show %q"):format(text), 30)
-  end
   local before = #estate:mutations("regenCert")
   local cmd = ("env XDG_STATE_HOME=%s TERM=xterm sh -c %s"):format(q(dir), q(t.cmd(("-i %s exec -e %s"):format(
     q(inventory), q(REGEN .. " print('regen done')"))) .. "; echo exit=$?; sleep 600"))
-  t.sh(("%s new-session -d -s r -x 200 -y 40 %s"):format(tm, q(cmd)))
-  wait_for("is destructive. Type hsm1 to go on:")
-  t.sh(tm .. " send-keys -t r hsm2 Enter")
-  wait_for("exit=3")
-  t.ok(screen():find("not confirmed: sysconf regenCert -force was not done", 1, true), screen())
+  local wrong = terminal(cmd)
+  wrong.wait_for("is destructive. Type hsm1 to go on:")
+  wrong.keys("hsm2", "Enter")
+  wrong.wait_for("exit=3")
+  t.ok(wrong.screen():find("not confirmed: sysconf regenCert -force was not done", 1, true), wrong.screen())
   t.eq(#estate:mutations("regenCert"), before, "a wrong name sends nothing")
-  t.sh(tm .. " kill-server")
-  t.sh(("%s new-session -d -s r -x 200 -y 40 %s"):format(tm, q(cmd)))
-  wait_for("is destructive. Type hsm1 to go on:")
-  t.sh(tm .. " send-keys -t r hsm1 Enter")
-  wait_for("exit=0")
-  t.ok(screen():find("regen done", 1, true), screen())
+  local right = terminal(cmd)
+  right.wait_for("is destructive. Type hsm1 to go on:")
+  right.keys("hsm1", "Enter")
+  right.wait_for("exit=0")
+  t.ok(right.screen():find("regen done", 1, true), right.screen())
   t.eq(#estate:mutations("regenCert"), before + 1)
 end, { timeout = 120 })
