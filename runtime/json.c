@@ -310,7 +310,7 @@ static int skip_value(cursor *c, int depth) {
   return c->p > start;
 }
 
-/* The old test, on the raw bytes: "field" then a colon. */
+/* On the raw bytes: "field" then a colon (for text that is not JSON). */
 static int names_key_raw(const char *json, size_t len, const char *field) {
   size_t flen = strlen(field);
   for (const char *p = json, *end = json + len; p + flen + 2 <= end; p++) {

@@ -220,14 +220,17 @@ static const char *prompt_text(lua_State *L, int idx) {
   return luaL_optstring(L, -1, "Secret: ");
 }
 
+/* The lazy secret at idx from its source: read into s, or - s NULL - only
+** checked, raising what reading would raise (s:check()).  One dispatch for
+** both, so a check can never pass a reference the read would refuse. */
 static void resolve(lua_State *L, secret *s, int idx) {
   lua_getiuservalue(L, idx, 1);
   const char *arg, *ref = lua_tostring(L, -1);
-  switch (parse_ref(ref, &arg)) {
-    case 'e': load_env(L, s, arg); break;
-    case 'f': load_file(L, s, arg); break;
+  switch (ref ? parse_ref(ref, &arg) : 0) {
+    case 'e': if (s) load_env(L, s, arg); else check_env(L, arg); break;
+    case 'f': if (s) load_file(L, s, arg); else check_file(L, arg); break;
     case 'p':
-      load_prompt(L, s, prompt_text(L, idx));
+      if (s) load_prompt(L, s, prompt_text(L, idx)); else check_prompt(L, prompt_text(L, idx));
       lua_pop(L, 1);
       break;
     default: luaL_error(L, "secret with an unknown source");
@@ -341,20 +344,7 @@ static int secret_check(lua_State *L) {
   lua_settop(L, 1);
   if (s->closed)
     return dhsm_usage_error(L, "this secret was closed (its bytes are wiped)");
-  if (!s->resolved) {
-    lua_getiuservalue(L, 1, 1);
-    const char *arg, *ref = lua_tostring(L, -1);
-    switch (ref ? parse_ref(ref, &arg) : 0) {
-      case 'e': check_env(L, arg); break;
-      case 'f': check_file(L, arg); break;
-      case 'p':
-        check_prompt(L, prompt_text(L, 1));
-        lua_pop(L, 1);
-        break;
-      default: break;         /* made from bytes already */
-    }
-    lua_pop(L, 1);
-  }
+  if (!s->resolved) resolve(L, NULL, 1);
   return 1;
 }
 

@@ -21,8 +21,10 @@
 int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
                                 const char *field, const char *origin);
 
-/* Whether json[0..len) names `field` as a key ("field" followed by a
-** colon) anywhere, nested or not.  A document whose secret field could
+/* Whether json[0..len) names `field` as a key anywhere, nested or not: a
+** string followed by a colon, compared decoded ("\u0061ccess_token" is
+** access_token); text that is not well-formed JSON counts when it holds
+** the raw name or any \u escape.  A document whose secret field could
 ** not be taken out must then be withheld whole: it may hold the secret. */
 int dhsm_json_names_key(const char *json, size_t len, const char *field);
 

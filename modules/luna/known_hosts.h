@@ -29,9 +29,10 @@ int kh_unbase64(const char *text, size_t n, unsigned char *out, size_t cap);
 /* The name known_hosts gives host:port: "host" on port 22, else "[host]:port". */
 void kh_host_name(char *out, size_t cap, const char *host, int port);
 
-/* The host key algorithms to ask host:port for (for libssh2_session_method_pref),
-** as OpenSSH orders them: those of the key types the file at path holds for
-** it first, in file order, then the other types in libssh2's default order.
+/* The host key algorithms to ask host:port for (for libssh2_session_method_pref):
+** those of the key types the file at path holds for it first (OpenSSH's
+** rule; here in the order the file lists them), then the other types in
+** libssh2's default order.
 ** Plain lines only, with the host named exactly or hashed: the lines libssh2
 ** checks the key against.  "" when there are none or the file cannot be
 ** read (libssh2's own order then).  cap >= 128 holds any answer. */

@@ -97,18 +97,24 @@ t.test("a hashed line makes dhsm ask for its key type first, as a plain line doe
   s:close()
 end, { timeout = 60 })
 
+-- The key the appliance shows when nothing in known_hosts steers the
+-- choice of type (libssh2's default order), as "TYPE BASE64".
+local function default_key()
+  local kh = t.tmpdir() .. "/known_hosts"
+  open(kh, { host_key = "accept-new" }):close()
+  return util.read_file(kh):match("^%S+ (%S+ %S+)")
+end
+
 t.test("off port 22 only [host]:port lines count, as in OpenSSH: a bare host line neither vouches nor hides", function()
-  local key = host_key()
   t.ok(entry.ssh_port ~= 22, "the estate's appliance listens on another port")
-  -- the key listed for the bare host is not this port's key (libssh2 alone would take it)
+  -- the very key offered, listed for the bare host only: libssh2's own
+  -- lookup falls back to the bare name and would take it
+  local key = default_key()
   local err = t.raises(function() open(file_with { entry.host .. " " .. key }) end, "HostKeyUnknown")
   t.eq(err.kind, "safety")
-  -- ... so a @revoked line for the bare host cannot be got round through it either
-  t.raises(function() open(file_with { entry.host .. " " .. key, "@revoked " .. entry.host .. " " .. key }) end,
-    "HostKeyUnknown")
-  local s = open(file_with { entry.host .. " ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrJz5j6Tk8xq4mA1k4zS0Cqj0YbD8h4bJm2t1FZ0Vn9",
-    name .. " " .. key })
-  s:close()
+  -- ... and the [host]:port line still vouches for it
+  open(file_with { entry.host .. " ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrJz5j6Tk8xq4mA1k4zS0Cqj0YbD8h4bJm2t1FZ0Vn9",
+    name .. " " .. host_key() }):close()
 end, { timeout = 60 })
 
 t.test("a NUL byte in a line cuts that line short and hides nothing after it", function()
