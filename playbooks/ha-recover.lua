@@ -23,7 +23,6 @@
 -- are compared again.  Every step looks at the
 -- real state first, so a second run (or --resume) does only what is left.
 local ha = require "dhsm.client.ha"
-local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
 
@@ -56,11 +55,10 @@ local function table_lines(groups)
   return lines
 end
 
--- The first partition name parN that entry's appliance does not have.
-local function free_partition(entry)
-  local s <close> = luna.open(entry)
+-- The first partition name parN that appliance `name` does not have.
+local function free_partition(ctx, name)
   local taken = {}
-  for _, part in ipairs(s:partitions()) do taken[part.name] = true end
+  for _, part in ipairs(ctx:appliance(name):partitions()) do taken[part.name] = true end
   local n = 1
   while taken["par" .. n] do n = n + 1 end
   return "par" .. n
@@ -213,7 +211,9 @@ end
 
 -- Cloning domains first: a conflict stops the group before any login.
 local function compare(ctx, members, with_objects)
-  dhsm.parallel(members, function(m) m.domain = ha.cloning_domain(m.entry, m.serial) end)
+  dhsm.parallel(members, function(m)
+    m.domain = ha.cloning_domain(m.entry, m.serial, ctx:appliance(m.entry.name))
+  end)
   for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
   local domains = ha.compare(members)
   if domains.conflict then return domains end
@@ -278,8 +278,8 @@ end
 -- its token `label`, and the group's domain (that of member `good`).
 
 -- The new partition as LunaSH shows it ({name=, serial=, domain=}), or nil.
-local function new_partition(r)
-  return ha.partition_on(r.entry, r.name)
+local function new_partition(ctx, r)
+  return ha.partition_on(r.entry, r.name, ctx:appliance(r.entry.name))
 end
 
 -- Whether serial is a member of group label in Chrystoki.conf.
@@ -296,7 +296,7 @@ local function create_partition(ctx, r)
   ctx:step(("create partition %s on %s for group %s"):format(r.name, r.bad.hsm, r.group),
     { destructive = true, target = r.bad.hsm, done = function()
       if dhsm.check_mode then return false end
-      local part = new_partition(r)       -- created and assigned to this client: lunacm shows its slot
+      local part = new_partition(ctx, r)       -- created and assigned to this client: lunacm shows its slot
       return part ~= nil and client(ctx):find_slot(part.serial) ~= nil
     end }, function()
     local so = ctx.params.so_password or r.entry.so_password
@@ -314,17 +314,17 @@ local function init_partition(ctx, r)
     { destructive = true, target = r.bad.hsm .. "/" .. r.name, done = function()
       if dhsm.check_mode then return false end
       local tok = c:token(r.label)
-      return tok ~= nil and tok.user_pin_initialized and new_partition(r).domain == r.domain
+      return tok ~= nil and tok.user_pin_initialized and new_partition(ctx, r).domain == r.domain
     end }, function()
     if dhsm.check_mode then
       ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(r.label))
       return
     end
     -- initialised by us: our label and the group's domain (a resumed run finds it so)
-    local part = new_partition(r)
+    local part = new_partition(ctx, r)
     if not c:token(r.label) or part.domain ~= r.domain then
       c:init_partition(part.serial, r.label, p.pso_password, p.cloning_domain)
-      part = new_partition(r)
+      part = new_partition(ctx, r)
     end
     if part.domain ~= r.domain then
       dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
@@ -338,9 +338,9 @@ end
 local function swap_members(ctx, r)
   local c = client(ctx)
   ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
-    done = function() return not dhsm.check_mode and in_group(ctx, r.group, new_partition(r).serial) end }, function()
+    done = function() return not dhsm.check_mode and in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
     if dhsm.check_mode then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(r.group, r.name, r.bad.hsm)) end
-    c:add_member(r.group, new_partition(r).serial, ctx.params.co_password)
+    c:add_member(r.group, new_partition(ctx, r).serial, ctx.params.co_password)
   end)
   ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),
     { destructive = true, target = r.group, done = function() return not dhsm.check_mode and not in_group(ctx, r.group, r.bad.serial) end },
@@ -352,7 +352,7 @@ local function replace_member(ctx, g, found, bad)
   -- chosen once and journaled: a resumed run must look for the partition
   -- it may have created, not pick the next free name
   local name = ctx.params.new_partition or ctx:step(("choose the new partition's name on %s"):format(bad.hsm),
-    function() return free_partition(entry) end)
+    function() return free_partition(ctx, bad.hsm) end)
   local r = { group = g.label, bad = bad, entry = entry, name = name, label = bad.hsm .. "-" .. name,
     domain = found.domain, good = found.good }
   create_partition(ctx, r)

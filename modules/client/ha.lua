@@ -8,11 +8,11 @@
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (dhsm.client.ntls's handshake), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
---   ha.cloning_domain(entry, member_serial) --> digest of the member partition's cloning domain (LunaSH)
+--   ha.cloning_domain(entry, member_serial [, session]) --> digest of the member partition's cloning domain (LunaSH)
 --   ha.domain_of(parse.partition_show(text)) --> the same from a `partition show` already read
 --   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
 --   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
---   the guide's remedy for a cloning conflict: ha.partition_on(entry, name), ha.create_partition(entry,
+--   the guide's remedy for a cloning conflict: ha.partition_on(entry, name [, session]), ha.create_partition(entry,
 --   so_pw, name, client), c:init_partition(serial, label, pso_pw, domain), c:token(label),
 --   c:init_co(label, pso_pw, co_pw), c:add_member(group, serial, co_pw), c:remove_member(group, serial)
 --
@@ -188,11 +188,12 @@ local function find_partition(s, match)
   end
 end
 
--- cloning_domain(entry, member_serial) -> the digest LunaSH's `partition
--- show` gives for the member's partition, or nil when it shows none
-function M.cloning_domain(entry, member_serial)
-  local s <close> = luna.open(entry)
-  local p, show = find_partition(s, function(x) return x.serial == member_serial end)
+-- cloning_domain(entry, member_serial [, session]) -> the digest LunaSH's
+-- `partition show` gives for the member's partition (over session when
+-- given), or nil when it shows none
+function M.cloning_domain(entry, member_serial, session)
+  local own <close> = not session and luna.open(entry) or nil
+  local p, show = find_partition(session or own, function(x) return x.serial == member_serial end)
   if p then return M.domain_of(show) end
   dhsm.error { kind = "luna", code = "NoSuchPartition",
     message = ("%s has no partition with serial %s"):format(entry.name, member_serial) }

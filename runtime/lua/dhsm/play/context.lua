@@ -275,7 +275,7 @@ function Ctx:scratch_dir()
   if not self.scratch then
     local dir, gone = util.scratch_dir("dhsm-" .. self.playbook.name:gsub("[^%w%-]", "") .. "-")
     self.scratch = dir
-    keep(self, function() getmetatable(gone).__close(gone) end)
+    keep(self, function() local _ <close> = gone end)
   end
   return self.scratch
 end
