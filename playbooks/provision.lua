@@ -400,14 +400,11 @@ end
 -- checks are told).  -> whether an HSM was created
 local function create_hsms(ctx, requested, gw, planned)
   local results = ctx:step(("create HSMs %s (in parallel)"):format(names_of(requested)), function()
-    local all = dhsm.parallel(requested, function(h)
+    return dhsm.parallel(requested, function(h)
       local o = create_one(ctx, h, gw, { retries = ctx.params.retries, planned = planned })
       return { name = h.name, ok = o.ok, exhausted = o.exhausted, history = o.history, verdict = o.verdict,
         already = o.already }
     end)
-    local out = {}
-    for i = 1, #requested do out[i] = all[i] end
-    return out
   end)
   local changed = false
   for i, o in ipairs(results) do

@@ -193,6 +193,19 @@ t.test("package.preload and package.loaded do not reach the modules a safety rul
   t.eq(r.stdout, "false\tUnguardedLogin\nfalse\n", r.stderr)
 end)
 
+t.test("every entry point's rules are loaded before a runbook's first line", function()
+  -- every entry point's rules are in place before the first line of a runbook: the
+  -- LunaSH shell's, PKCS#11's and lunacm's logins, ARM's deletes and their evidence
+  local names = { "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
+    "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups" }
+  local r = dhsm_run("exec -e " .. q(("for _, n in ipairs { %q%s } do io.write(package.loaded[n] and '' or n .. ' ') end")
+    :format(names[1], (", %q"):rep(#names - 1):format(table.unpack(names, 2)))))
+  t.eq({ r.status, r.stdout }, { 0, "" }, "not loaded before the runbook: " .. r.stdout .. r.stderr)
+  r = dhsm_run("exec -e " .. q('package.loaded["dhsm.guard.commands"] = { lunash = function() return "read" end }; '
+    .. 'print((require("dhsm.luna").classify("hsm login")))'))
+  t.eq(r.stdout, "login:so\n", r.stderr)
+end)
+
 t.test("a module that moved is named where it went", function()
   for old, new in pairs { ["dhsm.luna.guard"] = "dhsm.guard", ["dhsm.luna.ha"] = "dhsm.client.ha",
       ["dhsm.net.ntls"] = "dhsm.client.ntls", ["dhsm.luna.cli"] = "dhsm.guard.commands" } do
