@@ -322,23 +322,11 @@ local function ntls_rows(run, entry, client, s, workdir)
   end
 end
 
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
-
--- "Mon Nov 30 22:23:24 UTC 2026" -> Unix time (the appliance speaks UTC)
-local function appliance_time(text)
-  local mon, day, h, m, sec, year = text:match("%a%a%a%s+(%a%a%a)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+%a*%s*(%d%d%d%d)")
-  if not (mon and MONTHS[mon]) then return nil end
-  local t = { year = tonumber(year), month = MONTHS[mon], day = tonumber(day), hour = tonumber(h), min = tonumber(m),
-    sec = tonumber(sec), isdst = false }
-  local now = os.time()
-  local utc_offset = os.time(os.date("*t", now)) - os.time(os.date("!*t", now))
-  return os.time(t) + utc_offset
-end
-
 local function clock(run, name, s)
   local t0 = os.time()
-  local at = appliance_time(s:must("status date").text)
-  if not at then
+  local text = s:must("status date").text
+  local read, at = attempt(parse.status_date, text)
+  if not read then
     run:add("appliance clock", name, "WARN", "status date: no date in its output", REMEDY.clock)
     return
   end

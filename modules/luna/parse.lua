@@ -456,6 +456,27 @@ function M.lunacm_slots(text)
   return out
 end
 
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11,
+  Dec = 12 }
+
+-- status date -> the appliance's clock as Unix time, from date(1)'s
+-- default layout "Mon Nov 30 22:23:24 UTC 2026" (the appliance speaks
+-- UTC).  The layout was never published (luna-field.md section 16): text
+-- without such a date is a luna error (NoDate) naming what came, never a
+-- time guessed from it.
+function M.status_date(text)
+  local mon, day, h, m, sec, year = text:match("%a%a%a%s+(%a%a%a)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+%a*%s*(%d%d%d%d)")
+  if not (mon and MONTHS[mon]) then
+    dhsm.error { kind = "luna", code = "NoDate", message = ("status date: no date in its output %q"):format(
+      util.trim(text):sub(1, 80)), details = { text = text } }
+  end
+  local t = { year = tonumber(year), month = MONTHS[mon], day = tonumber(day), hour = tonumber(h), min = tonumber(m),
+    sec = tonumber(sec), isdst = false }
+  local now = os.time()
+  local utc_offset = os.time(os.date("*t", now)) - os.time(os.date("!*t", now))
+  return os.time(t) + utc_offset
+end
+
 -- lunacm's verdict on its command -> {ok=, code=}: ok for `Command Result :
 -- No Error`, code the CKR name of a failure.  Never its exit status: Thales
 -- documents lunacm's return codes as unsupported.

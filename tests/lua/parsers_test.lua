@@ -8,7 +8,7 @@ local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
   "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_groups",
-  "lunacm_role_show", "vtl_verify", "table" }
+  "lunacm_role_show", "vtl_verify", "status_date", "table" }
 
 -- name -> {kind, fn(text)}
 local PARSERS = {}
@@ -70,4 +70,12 @@ t.test("lunacm's verdict is read however long a line before it: the command has 
   t.eq(parse.lunacm_result(long .. "\nCommand Result : No Error\n"), { ok = true })
   t.eq(parse.lunacm_result(long .. "\nCommand Result : 0x000000a0 (CKR_PIN_INCORRECT)\n"),
     { ok = false, code = "CKR_PIN_INCORRECT" })
+end)
+
+t.test("status date: the appliance's UTC clock, or NoDate naming what came - never a guess", function()
+  t.eq(os.date("!%Y-%m-%d %H:%M:%S", parse.status_date("Mon Nov 30 22:23:24 UTC 2026\n")), "2026-11-30 22:23:24")
+  local err = t.raises(function() parse.status_date("Error: 'status date' failed. (10A0B : LUNA_RET_ERROR)\n") end,
+    "NoDate")
+  t.eq(err.kind, "luna")
+  t.raises(function() parse.status_date("Mon Foo 30 22:23:24 UTC 2026") end, "NoDate")
 end)

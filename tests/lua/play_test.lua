@@ -141,6 +141,10 @@ t.test("requires= and exclusive= are reported with every other problem, in the o
   local r = run(dir, GOOD_INV .. "run rules -e hsm=hsm2 -e fix=false -e mode=template -e template=t.json")
   t.eq(r.status, 0, r.stderr)
   t.eq(cjson.decode(r.stdout).hsm, { "hsm2" })
+  -- the hints typed back as they read: fix=yes with the -e domain=... -e pin=... it asked for
+  r = run(dir, GOOD_INV .. "run rules -e fix=yes -e domain=env:HOME -e pin=env:HOME -e every=true")
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ cjson.decode(r.stdout).fix, cjson.decode(r.stdout).domain }, { true, "env:HOME" })
   -- one given with a problem of its own is not also said to be missing
   t.eq(refused_before_anything(dir, "run rules -e fix=yes -e domain=hunter2 -e pin=env:HOME"), {
     "dhsm: invalid parameters for playbook 'rules':",
