@@ -38,12 +38,6 @@ local function has(d, code)
   return false
 end
 
-local function split(list)
-  local out = {}
-  for p in (list or ""):gmatch("[^,%s]+") do out[#out + 1] = p end
-  return out
-end
-
 -- The client install (Chrystoki.conf, its certificates, vtl): what the
 -- inventory says of it, read from there when needed (nothing is opened).
 local function client(ctx)
@@ -135,12 +129,12 @@ end
 -- The partitions to assign: -e partitions, else those the client had,
 -- else every partition of the appliance.
 local function partitions_to_assign(ctx, d)
-  local parts = split(ctx.params.partitions)
-  if #parts == 0 then parts = d.partitions or {} end
-  if #parts == 0 then
-    for _, part in ipairs(parse.partition_list(ctx:appliance(ctx.params.hsm):must("partition list").text)) do
-      parts[#parts + 1] = part.name
-    end
+  for _, given in ipairs { ctx.params.partitions or {}, d.partitions or {} } do
+    if #given > 0 then return given end
+  end
+  local parts = {}
+  for _, part in ipairs(parse.partition_list(ctx:appliance(ctx.params.hsm):must("partition list").text)) do
+    parts[#parts + 1] = part.name
   end
   return parts
 end
@@ -209,7 +203,8 @@ return {
       description = "the inventory's name of the appliance" },
     renew_expiring = { type = "boolean", default = false,
       description = "also renew a client certificate that expires within 30 days (an expired one is always renewed)" },
-    partitions = { type = "string", pattern = "^[%w%-_%.,]+$",
+    partitions = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$", expect = "a partition name" },
+      unique = true,
       description = "partitions to assign when the client is registered anew (default: those it had, else every partition)" },
   },
   run = function(ctx, p)

@@ -94,6 +94,13 @@ t.test("client unknown to the appliance: uploaded, registered, its partition ass
   t.ok(r.stderr:find("client_unknown", 1, true), r.stderr)
   t.eq(appliance().clients["dhsm-client"].partitions, { "par1" })
   t.ok(vtl_verify())
+  -- the partitions named with -e partitions= (a list, each name checked before the run)
+  shell("client delete -client dhsm-client -force")
+  t.eq(run("-e partitions=par1,par1").status, 2, "a partition named twice is refused before anything")
+  r = run("-e partitions=par1")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("register client dhsm-client on hsm1 with partition(s) par1", 1, true), r.stderr)
+  t.eq(appliance().clients["dhsm-client"].partitions, { "par1" })
 end, { timeout = 120 })
 
 t.test("a stale registration (another certificate under the client's name): replaced as a confirmed step", function()
