@@ -217,3 +217,33 @@ t.test("a native module includes from include/ and its own folder only", functio
   end
   t.eq(bad, {})
 end)
+
+-- tools/embedlua, next to the binary under test (build/ or build-san/).
+local function embedlua()
+  local dir = t.dhsm:match("^(.*)/[^/]*$") or "."
+  for _, p in ipairs { dir .. "/tools/embedlua", dir .. "/build/tools/embedlua" } do
+    local st = sys.stat(p)
+    if st and st.type == "file" then return p end
+  end
+end
+
+t.test("embedlua names files by the rule and refuses two files for one name", function()
+  local tool = embedlua() or t.skip("tools/embedlua is not built next to " .. t.dhsm)
+  local dir = t.tmpdir()
+  local q = util.shell_quote
+  for _, f in ipairs { "runtime/lua/dhsm/x.lua", "runtime/lua/dhsm/x/x.lua", "modules/y/y.lua", "modules/y/z.lua" } do
+    os.execute("mkdir -p " .. q(dir .. "/" .. f:match("^(.*)/")))
+    t.write(dir .. "/" .. f, "return {}\n")
+  end
+  local function run(...)
+    return t.sh(("cd %s && %s out.c %s"):format(q(dir), q(sys.realpath(tool)), table.concat({ ... }, " ")))
+  end
+  local r = run("runtime/lua/dhsm/x.lua", "modules/y/y.lua", "modules/y/z.lua")
+  t.eq(r.status, 0, r.stderr)
+  local out = util.read_file(dir .. "/out.c")
+  for _, name in ipairs { '"dhsm.x", "runtime/lua/dhsm/x.lua"', '"dhsm.y", "modules/y/y.lua"', '"dhsm.y.z", "modules/y/z.lua"' } do
+    t.ok(out:find(name, 1, true), name)
+  end
+  r = run("runtime/lua/dhsm/x.lua", "runtime/lua/dhsm/x/x.lua")
+  t.eq({ r.status, r.stderr }, { 1, "embedlua: two files for one name: dhsm.x\n" })
+end)
