@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -102,29 +101,43 @@ static size_t field(const char **p, const char **start) {
   return (size_t)(*p - *start);
 }
 
+/* The next line of f in line[MAX_LINE], its end left out: its length, or
+** -1 at the end of the file.  A line longer than any real entry is read
+** to its end and marked too long, never kept: memory stays bounded
+** whatever the file holds, and no allocation can fail half-way through it
+** (a reader that stopped there would miss the @revoked lines after it). */
+static long next_line(FILE *f, char line[MAX_LINE], int *too_long) {
+  size_t n = 0;
+  int c;
+  *too_long = 0;
+  while ((c = getc(f)) != EOF && c != '\n') {
+    if (n < MAX_LINE - 1) line[n++] = (char)c;
+    else *too_long = 1;
+  }
+  if (c == EOF && n == 0 && !*too_long) return -1;
+  line[n] = '\0';
+  return (long)n;
+}
+
 /* Call each(entry, lineno, ctx) for every entry of the known_hosts file at
 ** path: leading blanks and the line end taken off; blank lines, comments
-** and lines longer than any real entry skipped.  Lines are read by their
-** real length (getline), so a NUL byte cuts short only its own line, never
-** hides the next one.  0, or -1 with errno. */
+** and lines longer than any real entry skipped.  A NUL byte cuts short
+** only its own line, never hides the next one.  0, or -1 with errno. */
 static int each_entry(const char *path, void (*each)(const char *, int, void *), void *ctx) {
   FILE *f = fopen(path, "r");
   if (f == NULL) return -1;
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t got;
-  int lineno = 0;
-  while ((got = getline(&line, &cap, f)) != -1) {
+  char line[MAX_LINE];
+  int too_long, lineno = 0;
+  while (next_line(f, line, &too_long) >= 0) {
     lineno++;
-    if ((size_t)got >= MAX_LINE) continue;           /* longer than any real entry: skip it */
+    if (too_long) continue;
     size_t n = strlen(line);                        /* up to a NUL inside, if any */
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    while (n > 0 && line[n - 1] == '\r') line[--n] = '\0';
     const char *p = line;
     while (*p == ' ' || *p == '\t') p++;
     if (*p != '\0' && *p != '#') each(p, lineno, ctx);
   }
   int failed = ferror(f);
-  free(line);
   fclose(f);
   if (failed) {
     errno = EIO;
