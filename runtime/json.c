@@ -388,13 +388,32 @@ int dhsm_json_take_string(const char *json, size_t len, const char *field, dhsm_
   return found;
 }
 
+/* What dhsm_secret_push_json_field took out, pushed by push_taken. */
+typedef struct taken {
+  dhsm_buf value, rest;
+  const char *origin;
+} taken;
+
+static int push_taken(lua_State *L) {
+  taken *t = lua_touserdata(L, 1);
+  dhsm_secret_push(L, t->value.p ? t->value.p : "", t->value.len, t->origin);
+  lua_pushlstring(L, t->rest.p, t->rest.len);
+  return 2;
+}
+
+/* The pushes run protected: a memory error half-way (the secret's
+** userdata, its copy, the rest's string) must not skip the wipe of the
+** decoded value.  The buffers are wiped and freed either way, then an
+** error goes on up. */
 int dhsm_secret_push_json_field(lua_State *L, const char *json, size_t len,
                                 const char *field, const char *origin) {
-  dhsm_buf value = {0}, rest = {0};
-  if (!dhsm_json_take_string(json ? json : "", json ? len : 0, field, &value, &rest)) return 0;
-  dhsm_secret_push(L, value.p ? value.p : "", value.len, origin);
-  dhsm_buf_free(&value);
-  lua_pushlstring(L, rest.p, rest.len);
-  dhsm_buf_free(&rest);
+  taken t = { .origin = origin };
+  if (!dhsm_json_take_string(json ? json : "", json ? len : 0, field, &t.value, &t.rest)) return 0;
+  lua_pushcfunction(L, push_taken);
+  lua_pushlightuserdata(L, &t);
+  int status = lua_pcall(L, 1, 2, 0);
+  dhsm_buf_free(&t.value);
+  dhsm_buf_free(&t.rest);
+  if (status != LUA_OK) lua_error(L);
   return 1;
 }

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -197,6 +198,41 @@ static void names_an_escaped_key(void **state) {
   assert_false(dhsm_json_names_key(page, strlen(page), "access_token"));
 }
 
+/* An allocator that refuses to grow anything once told to. */
+static int refuse_growth;
+
+static void *stingy_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (refuse_growth && (ptr == NULL || nsize > osize)) return NULL;
+  return realloc(ptr, nsize);
+}
+
+static int push_field(lua_State *S) {
+  const char *doc = "{\"access_token\": \"S3CRET\", \"n\": 1}";
+  refuse_growth = 1;
+  int pushed = dhsm_secret_push_json_field(S, doc, strlen(doc), "access_token", "test");
+  refuse_growth = 0;
+  return pushed ? 2 : 0;
+}
+
+/* Out of memory half-way through pushing the secret: a memory error, and
+** the decoded value wiped and freed (make check's LeakSanitizer would
+** report the buffers otherwise). */
+static void a_memory_error_leaves_no_copy_of_the_secret(void **state) {
+  (void)state;
+  lua_State *S = lua_newstate(stingy_alloc, NULL);
+  assert_non_null(S);
+  luaL_requiref(S, "dhsm.secret", luaopen_dhsm_secret, 0);
+  lua_pop(S, 1);
+  lua_pushcfunction(S, push_field);
+  assert_int_equal(lua_pcall(S, 0, 2, 0), LUA_ERRMEM);
+  lua_close(S);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_quotes_and_controls),
@@ -210,6 +246,7 @@ int main(void) {
     cmocka_unit_test(takes_one_string_field_out),
     cmocka_unit_test(names_a_key_anywhere),
     cmocka_unit_test(names_an_escaped_key),
+    cmocka_unit_test(a_memory_error_leaves_no_copy_of_the_secret),
   };
   return cmocka_run_group_tests_name("json", tests, setup, teardown);
 }
