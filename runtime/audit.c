@@ -88,25 +88,12 @@ static void add_field(dhsm_buf *b, const char *name, const char *value) {
   dhsm_json_string(b, value, strlen(value));
 }
 
-/* Push key's value: the record's own when it gives a string, else the
-** context's. */
-static void push_named(lua_State *L, int fields, int context, const char *key) {
-  if (fields && lua_getfield(L, fields, key) == LUA_TSTRING) return;
-  if (fields) lua_pop(L, 1);
-  lua_getfield(L, context, key);
-}
-
-/* run, playbook and step: as the record's fields give them (a string),
-** else from the current task's context.  The record written while a run's
-** task is cancelled (Ctrl-C) is written where that context is gone: it
-** names its run and playbook itself. */
-static void add_context(lua_State *L, dhsm_buf *b, int fields) {
+/* run, playbook and step come from the current task's context */
+static void add_context(lua_State *L, dhsm_buf *b) {
   static const char *const keys[] = { "run", "playbook", "step", NULL };
   dhsm_push_context(L);
-  int context = lua_gettop(L);
   for (int i = 0; keys[i]; i++) {
-    push_named(L, fields, context, keys[i]);
-    if (lua_type(L, -1) == LUA_TSTRING)
+    if (lua_getfield(L, -1, keys[i]) == LUA_TSTRING)
       add_field(b, keys[i], lua_tostring(L, -1));
     lua_pop(L, 1);
   }
@@ -163,7 +150,7 @@ void dhsm_audit(lua_State *L, const char *action, const char *target,
   dhsm_buf_adds(&b, "{\"ts\":\"");
   dhsm_buf_adds(&b, ts);
   dhsm_buf_adds(&b, "\"");
-  add_context(L, &b, fields);
+  add_context(L, &b);
   add_field(&b, "target", target);
   add_field(&b, "action", action);
   add_field(&b, "outcome", outcome);

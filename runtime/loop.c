@@ -191,8 +191,9 @@ static void all_unlink(loop *lp, task *t) {
 
 void dhsm_push_context(lua_State *L) {
   loop *lp = loop_of(L);
-  if (lp->running) {
-    task_push_handle(L, lp->running);
+  task *t = lp->running ? lp->running : lp->closing;
+  if (t) {
+    task_push_handle(L, t);
     lua_getiuservalue(L, -1, 3);
     lua_remove(L, -2);
   } else {
@@ -300,15 +301,19 @@ static void task_store_failure(lua_State *L, task *t, task_state final) {
 
 /* Close the pending <close> variables of a dead or suspended thread.
 ** Nothing may yield meanwhile: the handlers run with no task "running",
-** so dhsm_wait blocks instead.  For a thread that died of an error, 5.4.4
-** reports that error again: only a cancelled thread's status is news. */
+** so dhsm_wait blocks instead.  They still see their own task's context
+** (lp->closing): a run's last audit record, written by a handler of its
+** cancelled task, names that run.  For a thread that died of an error,
+** 5.4.4 reports that error again: only a cancelled thread's status is news. */
 static void close_thread(loop *lp, task *t, int report) {
-  task *saved = lp->running;
+  task *saved = lp->running, *saved_closing = lp->closing;
   lua_State *saved_thread = lp->running_thread;
   lp->running = NULL;
+  lp->closing = t;
   lp->running_thread = t->co;
   int st = lua_resetthread(t->co);
   lp->running = saved;
+  lp->closing = saved_closing;
   lp->running_thread = saved_thread;
   if (st != LUA_OK && report) {
     const char *msg = luaL_tolstring(t->co, -1, NULL);

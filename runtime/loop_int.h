@@ -52,6 +52,7 @@ struct loop {
   task **fdw; int fdw_n, fdw_cap;     /* tasks waiting on an fd */
   struct pollfd *pfd; task **pfd_task; int pfd_cap;
   task *running;                      /* task the loop is resuming */
+  task *closing;                      /* task whose <close> handlers run (close_thread) */
   lua_State *running_thread;          /* innermost thread executing Lua */
   task *root;                         /* task given to dhsm_loop_pcall */
   task *interrupt_target;             /* cancelled on Ctrl-C (NULL: all) */

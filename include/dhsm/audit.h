@@ -1,9 +1,8 @@
 /*
 ** audit.h - the audit log: one JSON object per line for every remote action.
 **
-** A record carries ts (RFC 3339 UTC), run, playbook and step (the extra
-** fields' own when they give them as strings, else the current task's
-** context, see dhsm.context()), then target, action,
+** A record carries ts (RFC 3339 UTC), run, playbook and step (from the
+** current task's context, see dhsm.context()), then target, action,
 ** outcome, duration_ms and any extra fields.  It is written with a single
 ** write() on an O_APPEND file before the call returns, so a crash leaves
 ** only whole lines.  Secrets are written as "<secret>", and string values

@@ -36,19 +36,25 @@ t.test("a record carries time, context, target, action, outcome and fields", fun
   t.eq(sys.stat(dir .. "/sub").mode, tonumber("700", 8))
 end)
 
-t.test("a record's own run, playbook and step (strings) stand instead of the context's", function()
+t.test("a record written as a cancelled task closes carries that task's context", function()
+  -- Ctrl-C cancels a run's task: its <close> handlers write its last records
   local dir = t.tmpdir()
   local path = dir .. "/audit.jsonl"
   local r = t.sh(t.cmd("--audit " .. path .. " exec -e " .. util.shell_quote([[
-    dhsm.context().playbook = "from-context"
-    dhsm.audit.write{ action = "a", run = "20260101T000000-abc", playbook = "given", step = "s" }
-    dhsm.audit.write{ action = "b", run = 7 }
+    local task = dhsm.spawn(function()
+      dhsm.context().playbook, dhsm.context().step = "closing-play", "closing-step"
+      local last <close> = setmetatable({}, { __close = function() dhsm.audit.write{ action = "closed" } end })
+      dhsm.sleep(30)
+    end)
+    dhsm.sleep(0.05)
+    task:cancel()
+    dhsm.audit.write{ action = "after" }
   ]])))
   t.eq(r.status, 0, r.stderr)
   local recs = records(path)
-  t.eq({ recs[1].run, recs[1].playbook, recs[1].step }, { "20260101T000000-abc", "given", "s" })
-  t.eq({ recs[2].playbook, recs[2].step }, { "from-context", nil })
-  t.ok(recs[2].run:match("^%d+T%d+%-%x+$"), "a field that is not a string leaves the context's: " .. recs[2].run)
+  t.eq({ recs[1].action, recs[1].playbook, recs[1].step }, { "closed", "closing-play", "closing-step" })
+  t.eq({ recs[2].action, recs[2].playbook, recs[2].step }, { "after", nil, nil }, "the spawner's own context")
+  t.eq(recs[1].run, recs[2].run)
 end)
 
 t.test("the path comes from --audit, then DHSM_AUDIT, then XDG_STATE_HOME", function()

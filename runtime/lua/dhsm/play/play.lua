@@ -543,8 +543,7 @@ function M.run(pb, raw, opts)
     ctx.reporter:close()
     j.state = outcome
     ctx:save()
-    -- named explicitly: on Ctrl-C this runs while the task is cancelled, its context gone
-    dhsm.audit.write { action = "run.end", run = ctx.run_id, playbook = pb.name, target = pb.name, outcome = outcome,
+    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome,
       duration_ms = (dhsm.now() - t0) * 1000, error = err and tostring(err) or nil }
     if real_stdout then
       io.stdout:flush()
