@@ -267,24 +267,6 @@ static void preload_modules(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* The modules a safety rule lives in, loaded before any runbook runs: each
-** holds what it requires (the guard, the evidence check) as its own, so a
-** runbook that later puts something else in package.loaded does not reach
-** them.  (A runbook can still use the debug library: dhsm closes its API,
-** it is not a sandbox.) */
-static const char *const safety_modules[] = {
-  "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
-  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups", NULL
-};
-
-static void load_safety_modules(lua_State *L) {
-  for (const char *const *m = safety_modules; *m; m++) {
-    lua_getglobal(L, "require");
-    lua_pushstring(L, *m);
-    lua_call(L, 1, 0);
-  }
-}
-
 static int init_state(lua_State *L) {
   const char *const *dirs = lua_touserdata(L, 1);
   int ndirs = (int)lua_tointeger(L, 2);
@@ -306,7 +288,6 @@ static int init_state(lua_State *L) {
   lua_pushliteral(L, "dhsm");
   lua_call(L, 1, 1);
   lua_setglobal(L, "dhsm");
-  load_safety_modules(L);
   return 0;
 }
 

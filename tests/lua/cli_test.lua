@@ -194,14 +194,25 @@ t.test("package.preload and package.loaded do not reach the modules a safety rul
 end)
 
 t.test("every entry point's rules are loaded before a runbook's first line", function()
-  -- every entry point's rules are in place before the first line of a runbook: the
-  -- LunaSH shell's, PKCS#11's and lunacm's logins, ARM's deletes and their evidence
+  -- every entry point's rules are in place before the first line of the
+  -- user's code: the LunaSH shell's, PKCS#11's and lunacm's logins, ARM's
+  -- deletes and their evidence; through exec, a playbook, a test file and the REPL
   local names = { "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
     "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups" }
-  local r = dhsm_run("exec -e " .. q(("for _, n in ipairs { %q%s } do io.write(package.loaded[n] and '' or n .. ' ') end")
-    :format(names[1], (", %q"):rep(#names - 1):format(table.unpack(names, 2)))))
-  t.eq({ r.status, r.stdout }, { 0, "" }, "not loaded before the runbook: " .. r.stdout .. r.stderr)
-  r = dhsm_run("exec -e " .. q('package.loaded["dhsm.guard.commands"] = { lunash = function() return "read" end }; '
+  local dir = t.tmpdir()
+  local out = dir .. "/missing"
+  local probe = ("do local f = io.open(%q, 'w'); for _, n in ipairs { %q%s } do f:write(package.loaded[n] and '' "
+    .. "or n .. ' ') end; f:write('probed'); f:close() end"):format(out, names[1],
+    (", %q"):rep(#names - 1):format(table.unpack(names, 2)))
+  t.write(dir .. "/probe.lua", "return { description = 'p', run = function() " .. probe .. " end }\n")
+  t.write(dir .. "/probe_test.lua", probe .. "\n")
+  for how, args in pairs { exec = "exec -e " .. q(probe), run = "-I " .. q(dir) .. " run probe",
+      test = "test " .. q(dir .. "/probe_test.lua"), repl = "repl" } do
+    os.remove(out)
+    local r = t.run(args, { stdin = how == "repl" and (probe .. "\n") or nil })
+    t.eq({ how, util.read_file(out) }, { how, "probed" }, "not loaded before the user's code: " .. r.stderr)
+  end
+  local r = dhsm_run("exec -e " .. q('package.loaded["dhsm.guard.commands"] = { lunash = function() return "read" end }; '
     .. 'print((require("dhsm.luna").classify("hsm login")))'))
   t.eq(r.stdout, "login:so\n", r.stderr)
 end)

@@ -372,6 +372,17 @@ local handlers = {
   exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help,
 }
 
+-- The modules a safety rule lives in, loaded before a command runs code of
+-- the user's (a runbook, a playbook, a test file, the REPL's lines): each
+-- holds what it requires (the guard, the evidence check) as its own, so
+-- code that later puts something else in package.loaded does not reach
+-- them.  (The debug library still does: dhsm closes its API, it is not a
+-- sandbox.)  The commands that run none (help, version, doc, list, runs)
+-- start without them, in half the time.
+local SAFETY_MODULES = { "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
+  "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups" }
+local RUNS_USER_CODE = { run = true, repl = true, exec = true, test = true }
+
 ---------------------------------------------------------------------------
 -- entry point
 
@@ -451,6 +462,9 @@ local function dispatch(args)
   paths.set(dirs)
   if opts.audit then dhsm.audit.set_path(opts.audit) end
   opts.inventory = opts.inventory or os.getenv("DHSM_INVENTORY")
+  if RUNS_USER_CODE[name] then
+    for _, m in ipairs(SAFETY_MODULES) do require(m) end
+  end
   return handlers[name](opts, pos)
 end
 
