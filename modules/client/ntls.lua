@@ -79,16 +79,17 @@ local function since(before, after)
   return after
 end
 
--- The certificates the file at path holds ({} when it is missing or empty).
 -- The certificates the client trusts (its ServerCAFile): a list, empty
 -- when the file holds none (vtl deleteServer of the last server empties
--- it); nil and why when there is no such file to read.
+-- it); nil and why when there is no such file to read, or what it holds
+-- is not certificates (a corrupt file is broken, not "trusts nothing").
 local function trust_list(path)
   local data, err = util.read_file(path)
   if not data then return nil, err end
   if not data:find("-----BEGIN", 1, true) then return {} end
   local ok, list = pcall(net.certs, data)
-  return ok and list or {}
+  if not ok then return nil, dhsm.error.normalize(list).message end
+  return list
 end
 
 -- port(entry) -> the appliance's NTLS port

@@ -460,29 +460,44 @@ local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, 
   Dec = 12 }
 
 -- status date -> the appliance's clock as Unix time, from date(1)'s
--- default layout "Mon Nov 30 22:23:24 UTC 2026" (the appliance speaks
--- UTC).  The layout was never published (luna-field.md section 16): text
--- without such a date is a luna error (NoDate) naming what came, never a
--- time guessed from it.
+-- default layout "Mon Nov 30 22:23:24 UTC 2026" on a line of its own (the
+-- appliance speaks UTC).  The layout was never published (luna-field.md
+-- section 16): output without such a line, or with a field out of range
+-- (day 1-31, 23:59:60 at most), is a luna error (NoDate) naming what
+-- came, never a time guessed from it.
+local function date_line(l)
+  local mon, day, h, m, sec, year = trim(l):match("^%a%a%a%s+(%a%a%a)%s+(%d%d?)%s+(%d%d):(%d%d):(%d%d)%s+%a*%s*(%d%d%d%d)$")
+  local t = mon and { year = tonumber(year), month = MONTHS[mon], day = tonumber(day), hour = tonumber(h),
+    min = tonumber(m), sec = tonumber(sec), isdst = false }
+  if t and t.month and t.day >= 1 and t.day <= 31 and t.hour <= 23 and t.min <= 59 and t.sec <= 60 then return t end
+end
+
 function M.status_date(text)
-  local mon, day, h, m, sec, year = text:match("%a%a%a%s+(%a%a%a)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+%a*%s*(%d%d%d%d)")
-  if not (mon and MONTHS[mon]) then
+  local t
+  for _, l in ipairs(lines(text)) do t = t or date_line(l) end
+  if not t then
     dhsm.error { kind = "luna", code = "NoDate", message = ("status date: no date in its output %q"):format(
       util.trim(text):sub(1, 80)), details = { text = text } }
   end
-  local t = { year = tonumber(year), month = MONTHS[mon], day = tonumber(day), hour = tonumber(h), min = tonumber(m),
-    sec = tonumber(sec), isdst = false }
   local now = os.time()
   local utc_offset = os.time(os.date("*t", now)) - os.time(os.date("!*t", now))
   return os.time(t) + utc_offset
 end
 
--- lunacm's verdict on its command -> {ok=, code=}: ok for `Command Result :
--- No Error`, code the CKR name of a failure.  Never its exit status: Thales
--- documents lunacm's return codes as unsupported.
+-- lunacm's verdict on its command -> {ok=, code=}, from its last "Command
+-- Result :" line alone (an earlier "No Error" says nothing of the command
+-- that came after it): ok for "No Error", code the CKR name of a failure;
+-- no verdict at all is not ok.  Never its exit status: Thales documents
+-- lunacm's return codes as unsupported.  Plain finds: linear however long.
 function M.lunacm_result(text)
-  return { ok = text:find("Command Result : No Error", 1, true) ~= nil,
-    code = text:match("Command Result : 0x%x+ %((CKR_[%w_]+)%)") }
+  local last, pos = nil, 1
+  while true do
+    local _, e = text:find("Command Result : ", pos, true)
+    if not e then break end
+    last, pos = e + 1, e + 1
+  end
+  if last and text:find("^No Error", last) then return { ok = true } end
+  return { ok = false, code = last and text:match("^0x%x+ %((CKR_[%w_]+)%)", last) }
 end
 
 -- lunacm `hagroup listGroups` -> {groups = {{label=, serial=, slot=, members =

@@ -100,18 +100,23 @@ t.test("an HA group made with lunacm, read through dhsm.chrystoki; a member drop
   t.ok(not r.stdout:find("down", 1, true), r.stdout)
 end, { timeout = 90 })
 
-t.test("the HA probe refuses a client install whose trusted certificates cannot be read; diagnose reports it", function()
+t.test("the HA probe refuses a client install whose trusted certificates cannot be read; ntls.diagnose's handshake "
+  .. "says so", function()
   local estate = require("support.estate").start { args = "--appliances 1 --client-ready" }
   local client = estate.inventory.client
   local conf = chrystoki.load(client.chrystoki_conf)
-  local missing = t.tmpdir() .. "/missing-CAFile.pem"
-  conf:set("LunaSA Client", "ServerCAFile", missing)
-  conf:save()
-  local entry = estate.inventory:hsm("hsm1")
-  local c = require("dhsm.client.ha").client(estate.inventory)
-  local err = t.raises(function() c:probe(entry) end, "usage")
-  t.ok(err.message:find("cannot be read (ServerCAFile " .. missing, 1, true), err.message)
-  local ntls = require "dhsm.client.ntls"
-  local tls = ntls.handshake(ntls.client(estate.inventory), entry, { strict = true })
-  t.eq({ tls.ok, tls.reason }, { false, "the client trusts no server certificate (" .. missing .. " cannot be read)" })
+  local dir = t.tmpdir()
+  local corrupt = dir .. "/corrupt-CAFile.pem"       -- a certificate's armour around what is none
+  t.write(corrupt, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+  for _, path in ipairs { dir .. "/missing-CAFile.pem", corrupt } do
+    conf:set("LunaSA Client", "ServerCAFile", path)
+    conf:save()
+    local entry = estate.inventory:hsm("hsm1")
+    local c = require("dhsm.client.ha").client(estate.inventory)
+    local err = t.raises(function() c:probe(entry) end, "usage")
+    t.ok(err.message:find("cannot be read (ServerCAFile " .. path, 1, true), err.message)
+    local ntls = require "dhsm.client.ntls"
+    local tls = ntls.handshake(ntls.client(estate.inventory), entry, { strict = true })
+    t.eq({ tls.ok, tls.reason }, { false, "the client trusts no server certificate (" .. path .. " cannot be read)" })
+  end
 end, { timeout = 90 })

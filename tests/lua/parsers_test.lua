@@ -72,10 +72,24 @@ t.test("lunacm's verdict is read however long a line before it: the command has 
     { ok = false, code = "CKR_PIN_INCORRECT" })
 end)
 
+t.test("lunacm's verdict is its last one: an earlier No Error does not make a failed login a success", function()
+  t.eq(parse.lunacm_result("Command Result : No Error\nrole login\nCommand Result : 0x000000a0 (CKR_PIN_INCORRECT)\n"),
+    { ok = false, code = "CKR_PIN_INCORRECT" })
+  t.eq(parse.lunacm_result("Command Result : 0x000000a0 (CKR_PIN_INCORRECT)\nCommand Result : No Error\n"), { ok = true })
+  t.eq(parse.lunacm_result("Command Result : something new\n"), { ok = false })
+  t.eq(parse.lunacm_result("no verdict at all\n"), { ok = false })
+end)
+
 t.test("status date: the appliance's UTC clock, or NoDate naming what came - never a guess", function()
   t.eq(os.date("!%Y-%m-%d %H:%M:%S", parse.status_date("Mon Nov 30 22:23:24 UTC 2026\n")), "2026-11-30 22:23:24")
   local err = t.raises(function() parse.status_date("Error: 'status date' failed. (10A0B : LUNA_RET_ERROR)\n") end,
     "NoDate")
   t.eq(err.kind, "luna")
   t.raises(function() parse.status_date("Mon Foo 30 22:23:24 UTC 2026") end, "NoDate")
+  t.eq(os.date("!%d %H", parse.status_date("[hsm1] lunash:>status date\r\n\r\nTue Nov  3 09:05:00 UTC 2026\r\n\r\n"
+    .. "Command Result : 0 (Success)\r\n")), "03 09", "a day padded as date(1) pads it, among the shell's lines")
+  for _, wrong in ipairs { "Mon Nov 99 22:23:24 UTC 2026", "Mon Nov 30 24:00:00 UTC 2026", "Mon Nov 30 22:61:00 UTC 2026",
+      "Mon Nov 0 22:23:24 UTC 2026", "the date is Mon Nov 30 22:23:24 UTC 2026 or so" } do
+    t.raises(function() parse.status_date(wrong) end, "NoDate")
+  end
 end)
