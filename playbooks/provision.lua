@@ -134,7 +134,7 @@ local function preflight(ctx, requested)
   s.planned.vnet = read and owned
   local rows = checks.run(s, PREFLIGHT)
   show(ctx, rows)
-  checks.refuse(rows, "preflight")
+  checks.refuse(rows, "preflight", "nothing was changed")
   local gw = s:vnet_gateways(network.vnet_path(c, p.vnet, p.group))[1]
   return { findings = rows, owned = s.planned.vnet, gateway = gw and gw.name or p.gateway,
     leftovers = p.leftovers == "delete" and s:leftovers() or {},

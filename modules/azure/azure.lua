@@ -308,17 +308,27 @@ function M.escape(s)
 end
 
 -- id_part(id, key) -> the name after `key` in an ARM id, and the id up to
--- and with that name; nil when the id has no such part.  ARM compares ids
--- case-insensitively ("/virtualnetworks/" is "/virtualNetworks/"), so the
--- part is found in the lower-cased id and sliced from the original: the
--- names keep the case they were given in.
+-- and with that name; nil when the id has no such part.  An id is pairs of
+-- /key/name ("/providers/Microsoft.Network" is one too), so only a key is
+-- matched, never a name that spells one (a group called virtualNetworks).
+-- ARM compares keys case-insensitively ("/virtualnetworks/" is
+-- "/virtualNetworks/"); the names keep the case they were given in.  An
+-- id may come as a URL (https://management.azure.com/subscriptions/...).
 --   id_part("/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V/subnets/s",
 --     "virtualNetworks") -> "V", "/subscriptions/S/resourcegroups/G/providers/Microsoft.Network/virtualnetworks/V"
 function M.id_part(id, key)
   if type(id) ~= "string" then return nil end
-  local i, j = id:lower():find("/" .. key:lower():gsub("%p", "%%%0") .. "/[^/]+")
-  if not i then return nil end
-  return id:sub(i + #key + 2, j), id:sub(1, j)
+  local want, pos, is_key, last_key = key:lower(), (id:match("^https?://[^/]+()") or 1), true, nil
+  while true do
+    local _, e, segment = id:find("^/([^/]*)", pos)
+    if not e then return nil end
+    if is_key then
+      last_key = segment:lower()
+    elseif last_key == want then
+      return segment, id:sub(1, e)
+    end
+    is_key, pos = not is_key, e + 1
+  end
 end
 
 -- "East US" -> "eastus": ARM takes a region by its display name or its
@@ -429,9 +439,8 @@ end
 
 -- Seconds to wait before attempt n+1 (util.backoff): Retry-After when
 -- given, else exponential from 0.5 s up to 30 s, jittered.
-local ARM_BACKOFF = { base = 0.5, cap = 30 }
 local function backoff(attempt, retry_after)
-  return util.backoff(attempt, setmetatable({ retry_after = retry_after }, { __index = ARM_BACKOFF }))
+  return util.backoff(attempt, { base = 0.5, cap = 30, retry_after = retry_after })
 end
 
 local function is_token_problem(code)
@@ -712,6 +721,8 @@ end
 -- wait(response | path, {timeout=, interval=, on_progress=fn{state, elapsed, text}, deleting=})
 -- Follows Azure-AsyncOperation, else Location, else the resource's
 -- provisioningState.  Returns the final resource (nil after a delete).
+-- In check mode a resource that does not exist was only described by an
+-- earlier call (a PUT not sent): nil, nothing to wait for.
 function Client:wait(what, opts)
   opts = schema.options("azure wait", opts, WAIT_OPTIONS) or {}
   local resp = type(what) == "table" and what or { path = what, headers = {}, method = "GET" }
@@ -750,7 +761,7 @@ function Client:wait(what, opts)
     local r = find_reply(self, path)
     local body = r and r.body
     if body == nil then
-      if deleting then return true, "gone" end
+      if deleting or dhsm.check_mode then return true, "gone" end
       dhsm.error { kind = "azure", code = "ResourceNotFound", message = display(path) .. ": disappeared while waiting" }
     end
     final = body

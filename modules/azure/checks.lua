@@ -11,7 +11,7 @@
 --     expected = {{name=, resource=}}, addresses = {hsm = {"eth0 10.2.1.4"}},  -- an inventory's view
 --     retry = function(what, fn) ... end})        -- how a read rides out a busy Azure
 --   local rows = checks.run(s, {"credentials", "allowlisting", "quota", ...})   -- every check at once
---   checks.refuse(rows, "preflight")   -- a FAIL row: safety PreflightFailed listing each
+--   checks.refuse(rows, "preflight", "nothing was changed")   -- a FAIL row: safety PreflightFailed listing each
 --   checks.quota(s) -> rows            -- one check alone (it raises what it cannot read)
 --
 -- What a status means here: FAIL is what fails a deployment or is broken
@@ -233,7 +233,7 @@ end
 function Scope:vnet_gateways(vnet_id)
   local group = group_of_id(vnet_id)
   local list = self:read("gateways of " .. lower(group), network.gateways, self.c, group)
-  return network.vnet_gateways(self.c, name_of_id(vnet_id), group, vnet_id .. "/subnets/x", list)
+  return network.vnet_gateways(self.c, name_of_id(vnet_id), group, vnet_id, list)
 end
 
 -- The distinct values of f(x) for the items of list (case aside), in order.
@@ -346,9 +346,10 @@ end
 -- The state of the gateway serving an HSM's VNet, for the classifier
 -- (a failure while it was not Succeeded is the race); nil when unknown.
 local function gateway_state_of(s, h)
-  local id = subnet_of(h)
-  local ok, gws = findings.attempt(function() return id and s:vnet_gateways(vnet_of_subnet(id)) end)
-  return ok and gws and gws[1] and gws[1].state or nil
+  local vnet_id = vnet_of_subnet(subnet_of(h))
+  if not vnet_id then return nil end
+  local ok, gws = findings.attempt(s.vnet_gateways, s, vnet_id)
+  return ok and gws[1] and gws[1].state or nil
 end
 
 local function failed_hsm_row(s, h)
@@ -524,8 +525,7 @@ local function missing_subnet_row(s, id)
     or ("virtual network %s does not exist"):format(name_of_id(vnet_id))
   if s.planned.vnet then return row("subnet delegation", target, "SKIP", what .. " yet", nil, CREATED .. ", delegated") end
   if not vnet_exists then return row("subnet delegation", target, "FAIL", what, ADVICE.vnet) end
-  local create = network.delegation_fix(s.c, name_of_id(vnet_id), name_of_id(id), group_of_id(id))
-    :gsub(" update ", " create ", 1) .. " --address-prefixes PREFIX"
+  local create = network.delegation_fix(s.c, name_of_id(vnet_id), name_of_id(id), group_of_id(id), "create")
   return row("subnet delegation", target, "FAIL", what, { remedy = "create it, delegated: " .. create,
     guide = CLASS.delegation.guide })
 end
@@ -837,16 +837,19 @@ function M.line(r)
   return ("%s %s: %s%s"):format(r.check, r.target, r.finding, advice and (" -> " .. advice) or "")
 end
 
--- refuse(rows, what) -> rows, or raises safety PreflightFailed listing
--- every FAIL row: "what: N problem(s); nothing was changed: ...".
-function M.refuse(rows, what)
+-- refuse(rows, what, held) -> rows, or raises safety PreflightFailed
+-- listing every FAIL row: "what: N problem(s); held: ...".  held says
+-- what the refusal kept from happening, no more: a caller that may come
+-- after other changes (hsm.start, in a run that built the network) must
+-- not claim that nothing was changed.
+function M.refuse(rows, what, held)
   local bad = {}
   for _, r in ipairs(rows) do
     if r.status == "FAIL" then bad[#bad + 1] = M.line(r) end
   end
   if #bad == 0 then return rows end
   dhsm.error { kind = "safety", code = "PreflightFailed",
-    message = ("%s: %d problem%s; nothing was changed:\n  %s"):format(what, #bad, #bad > 1 and "s" or "",
+    message = ("%s: %d problem%s; %s:\n  %s"):format(what, #bad, #bad > 1 and "s" or "", held,
       table.concat(bad, "\n  ")), details = { findings = rows } }
 end
 

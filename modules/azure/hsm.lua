@@ -76,26 +76,23 @@ end
 
 -- Counts per region and stamp at subscription scope, with the names behind
 -- them.  Failed HSMs count against the quota (the guide: delete failed
--- deployments first).  opts.except: a name not to count (the HSM being
--- re-run; ARM's names are case-insensitive).  Regions as azure.location
--- spells them ("eastus").
+-- deployments first).  opts.hsms: the list to count, when the caller has
+-- it (dhsm.azure.checks leaves out what a run re-creates or deletes).
+-- Regions as azure.location spells them ("eastus").
 function M.summary(c, opts)
   opts = opts or {}
-  local except = opts.except and opts.except:lower()
   local regions = {}
   for _, h in ipairs(opts.hsms or M.list_all(c)) do
-    if h.name:lower() ~= except then
-      local region = azure.location(h.location) or "?"
-      local stamp = h.properties and h.properties.stampId or "unassigned"
-      local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }
-      regions[region] = r
-      r.total = r.total + 1
-      r.names[#r.names + 1] = h.name
-      if h.properties and h.properties.provisioningState == "Failed" then r.failed = r.failed + 1 end
-      r.stamps[stamp] = (r.stamps[stamp] or 0) + 1
-      r.stamp_names[stamp] = r.stamp_names[stamp] or {}
-      table.insert(r.stamp_names[stamp], h.name)
-    end
+    local region = azure.location(h.location) or "?"
+    local stamp = h.properties and h.properties.stampId or "unassigned"
+    local r = regions[region] or { total = 0, failed = 0, stamps = {}, names = {}, stamp_names = {} }
+    regions[region] = r
+    r.total = r.total + 1
+    r.names[#r.names + 1] = h.name
+    if h.properties and h.properties.provisioningState == "Failed" then r.failed = r.failed + 1 end
+    r.stamps[stamp] = (r.stamps[stamp] or 0) + 1
+    r.stamp_names[stamp] = r.stamp_names[stamp] or {}
+    table.insert(r.stamp_names[stamp], h.name)
   end
   return { regions = regions, limits = { per_stamp = M.QUOTA_PER_STAMP, per_region = M.QUOTA_PER_REGION,
     capacity_per_stamp = M.CAPACITY_PER_STAMP } }
@@ -203,20 +200,17 @@ function M.start(c, name, spec, opts)
     local s = checks.scope(c, { group = opts.group, location = spec.location, vnet = spec.vnet, subnet = spec.subnet,
       subnet_id = spec.subnet_id, hsms = { { name = name, stamp = spec.stamp, ip = spec.ip } },
       planned = opts.planned, retry = opts.retry })
-    checks.refuse(checks.run(s, checks.BEFORE_PUT), "not creating " .. name)
+    checks.refuse(checks.run(s, checks.BEFORE_PUT), "not creating " .. name, "its PUT was not sent")
   end
   return c:put(path, { body = M.body(c, spec, opts.group) })
 end
 
 -- wait(c, name, {group=, timeout=, on_progress=}) -> the Succeeded resource;
 -- a Failed one raises (code from its statusMessage when it has one).  In
--- check mode an HSM that does not exist was only described: nil, nothing
--- to wait for.
+-- check mode an HSM that does not exist was only described: nil (c:wait).
 function M.wait(c, name, opts)
   opts = opts or {}
-  local path = M.path(c, name, opts.group)
-  if dhsm.check_mode and c:find(path) == nil then return nil end
-  return c:wait(path, opts)
+  return c:wait(M.path(c, name, opts.group), opts)
 end
 
 -- create(c, name, spec, {group=, wait=true, timeout=, on_progress=, planned=, retry=, skip_preflight=})

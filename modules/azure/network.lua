@@ -5,7 +5,8 @@
 --   network.gateway_body{location=, subnet_id=, pip_id=, sku=}; network.public_ip_body{location=}
 --   network.vnet_gateways(c, vnet) -> every gateway whose ipConfigurations point into vnet
 --   network.public_ip_sku(c, gateway_resource) -> "Standard" | "Basic" | nil
---   network.delegation_fix(c, vnet, subnet) -> the exact az command that delegates the subnet
+--   network.delegation_fix(c, vnet, subnet [, group, "create"]) -> the exact az command that delegates
+--     the subnet (update), or creates it delegated
 local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 
@@ -70,10 +71,14 @@ function M.gateway_body(g)
       subnet = { id = g.subnet_id }, publicIPAddress = { id = g.pip_id } } } } } }
 end
 
--- The az command that sets the delegation the guide's first cause is about.
-function M.delegation_fix(c, vnet, subnet, group)
-  return ("az network vnet subnet update --subscription %s --resource-group %s --vnet-name %s --name %s "
-    .. "--delegations %s"):format(c.subscription, group or c.resource_group, vnet, subnet, M.DELEGATION)
+-- The az command that sets the delegation the guide's first cause is
+-- about: on the subnet (verb "update", the default), or creating it
+-- delegated ("create", with the prefix for the operator to fill in).
+function M.delegation_fix(c, vnet, subnet, group, verb)
+  verb = verb or "update"
+  return ("az network vnet subnet %s --subscription %s --resource-group %s --vnet-name %s --name %s "
+    .. "--delegations %s%s"):format(verb, c.subscription, group or c.resource_group, vnet, subnet, M.DELEGATION,
+    verb == "create" and " --address-prefixes PREFIX" or "")
 end
 
 function M.gateway(c, name, group)
@@ -86,7 +91,8 @@ end
 
 -- Every gateway serving vnet (its ipConfigurations point into the VNet's
 -- GatewaySubnet), as {name=, state=, type=, resource=}.  The guide: one per VNet.
--- gateways: the group's list (M.gateways) when the caller has it already.
+-- subnet_id: the id of a subnet of it, or of the VNet itself (else vnet in
+-- group); gateways: the group's list (M.gateways) when the caller has it already.
 function M.vnet_gateways(c, vnet, group, subnet_id, gateways)
   local vnet_id = select(2, azure.id_part(subnet_id, "virtualNetworks")) or M.vnet_path(c, vnet, group)
   vnet_id = vnet_id:lower()
@@ -122,12 +128,10 @@ end
 
 -- wait_gateway(c, name, {group=, timeout=, interval=, on_progress=}) -> the
 -- Succeeded gateway.  In check mode a gateway that does not exist was only
--- described: nil, nothing to wait for.
+-- described: nil (c:wait).
 function M.wait_gateway(c, name, opts)
   opts = opts or {}
-  local path = M.gateway_path(c, name, opts.group)
-  if dhsm.check_mode and c:find(path) == nil then return nil end
-  return c:wait(path, opts)
+  return c:wait(M.gateway_path(c, name, opts.group), opts)
 end
 
 -- check_delegation(c, vnet, subnet [, group, subnet_id]) -> {ok=, message=, services=, missing=}

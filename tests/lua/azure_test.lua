@@ -237,6 +237,21 @@ end)
 ---------------------------------------------------------------------------
 -- dedicated HSMs
 
+t.test("ARM ids are read by their /key/name pairs, keys in any case, names as given", function()
+  local subnet = "/subscriptions/S/resourcegroups/My-RG/providers/Microsoft.Network/virtualnetworks/V1/subnets/hsm"
+  t.eq({ azure.id_part(subnet, "virtualNetworks") },
+    { "V1", "/subscriptions/S/resourcegroups/My-RG/providers/Microsoft.Network/virtualnetworks/V1" })
+  t.eq({ azure.id_part(subnet, "resourceGroups") }, { "My-RG", "/subscriptions/S/resourcegroups/My-RG" })
+  t.eq(azure.id_part(subnet, "subnets"), "hsm")
+  -- a name that spells a key is a name: a group called virtualNetworks names no VNet
+  local odd = "/subscriptions/S/resourceGroups/virtualNetworks/providers/Microsoft.Network/publicIPAddresses/p"
+  t.eq(azure.id_part(odd, "virtualNetworks"), nil)
+  t.eq(azure.id_part(odd, "resourceGroups"), "virtualNetworks")
+  t.eq({ azure.id_part("https://management.azure.com" .. subnet, "virtualNetworks") },
+    { "V1", "https://management.azure.com/subscriptions/S/resourcegroups/My-RG/providers/Microsoft.Network/virtualnetworks/V1" })
+  t.eq({ azure.id_part(nil, "x"), azure.id_part("no id", "resourceGroups"), azure.id_part("/a/b/c", "c") }, {})
+end)
+
 t.test("create polls provisioningState to Succeeded and reports progress", function()
   local c, audit = fresh()
   cleanup_hsm(c, "hsm-a1")

@@ -443,7 +443,7 @@ t.test("hsm.start refuses a FAIL (safety PreflightFailed, listing it) and nothin
   local err = t.raises(function() hsm.start(c, "hsm-s1", { vnet = "hsm-vnet", subnet = "compute", stamp = "stamp1" }) end,
     "PreflightFailed")
   t.eq(err.kind, "safety")
-  t.ok(err.message:find("^not creating hsm%-s1: 1 problem; nothing was changed:\n  subnet delegation "
+  t.ok(err.message:find("^not creating hsm%-s1: 1 problem; its PUT was not sent:\n  subnet delegation "
     .. "hsm%-vnet/subnets/compute: subnet compute is not delegated"), err.message)
   t.ok(err.message:find("(guide: HSM Subnet Delegation, the number one cause)", 1, true), err.message)
   t.eq(#err.details.findings, 5, "the rows: quota (region, stamp), delegation, gateway and one per VNet")
