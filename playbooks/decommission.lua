@@ -219,6 +219,7 @@ end
 
 return {
   description = "Zeroize HSMs, delete their Azure resources one by one, then (optionally) their resource group, in the guide's order",
+  inventory = "the appliances to zeroize and the Azure resources to delete",
   params = {
     hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$" }, unique = true,
       description = "the inventory's names of the HSMs to give back (hsm1 or hsm1,hsm2: one by one)" },

@@ -71,6 +71,41 @@ t.test("two HSMs by command, one by one, each zeroized before its DELETE, the gr
   t.eq(e:mutations(), before)
 end)
 
+t.test("without an inventory it is refused before anything is journaled", function()
+  local state = t.tmpdir()
+  local r = t.run("run decommission -e hsm=hsm1 -e backups_confirmed=true --yes", { state = state, env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("decommission needs an inventory (-i FILE or $DHSM_INVENTORY) for the appliances to zeroize",
+    1, true), r.stderr)
+  t.eq(require("dhsm.sys").readdir(state .. "/dhsm/runs") or {}, {}, "no journal")
+end)
+
+t.test("refused without confirmed backups before anything is destroyed; each hint typed back in as it reads",
+  function()
+  local e = estate()
+  local r = run(e, so(e, "hsm1") .. " -e hsm=hsm1 --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("BackupsNotConfirmed", 1, true) or r.stderr:find("back them up", 1, true), r.stderr)
+  t.eq({ count(e:mutations(), "zeroize"), zeroized(e, "hsm1") }, { 0, false }, "nothing destroyed")
+  -- the runner's hint, as it reads: given the same parameters again, the same refusal
+  local resume = r.stderr:match("'dhsm (run .- %-%-resume %S+) %-e %.%.%.' continues it, given the same parameters again")
+  t.ok(resume, r.stderr)
+  t.eq(run(e, so(e, "hsm1") .. " -e hsm=hsm1 --yes", (resume:gsub("^run ", ""))).status, 3)
+  -- the refusal's own: "run again with -e backups_confirmed=true" (a new run); the group kept, as it says
+  local again = r.stderr:match("run again with (%-e backups_confirmed=true)")
+  t.ok(again, r.stderr)
+  r = run(e, so(e, "hsm1") .. " -e hsm=hsm1 --yes " .. again)
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ zeroized(e, "hsm1"), hsms(e).hsm1 }, { true, nil })
+  local keep = r.stderr:match("resource group hsm%-rg kept %((%-e delete_group=true) deletes it once it holds no HSM%)")
+  t.ok(keep, r.stderr)
+  t.eq(group_exists(e), true)
+  -- that one too: hsm2 still in the group, so it is refused; given back with it, the group goes
+  r = run(e, so(e, "hsm2") .. " -e hsm=hsm1,hsm2 --yes " .. again .. " " .. keep)
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ hsms(e), group_exists(e) }, { {}, false })
+end)
+
 t.test("method=failed-logins: wrong SO logins through the guard's override until zeroized, then the delete", function()
   local e = estate()
   local r = run(e, "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --yes")
@@ -111,7 +146,7 @@ t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the H
   local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
   t.eq(r.status, 1, r.stderr)
   t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
-  local id = r.stderr:match("%-%-resume (%S+)'")
+  local id = r.stderr:match("%-%-resume (%S+) %-e %.%.%.'")
   r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes --resume " .. id)
   t.ok(r.status ~= 0, r.stderr)
   t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
@@ -167,13 +202,13 @@ t.test("a playbook run by path is journaled with its path: the resume hint and -
   local args = "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true"
   local r = run(e, args .. " --yes", q(path))             -- the wrong password: fails at the zeroize
   t.eq(r.status, 1, r.stderr)
-  local hint = r.stderr:match("'(dhsm run .- %-%-resume %S+)'")
+  local hint = r.stderr:match("'(dhsm run .- %-%-resume %S+) %-e %.%.%.'")
   t.ok(hint and hint:find(path, 1, true), r.stderr)
   local id = hint:match("%-%-resume (%S+)$")
   t.eq(cjson.decode(util.read_file(e.dir .. "/state/dhsm/runs/" .. id .. ".json")).path, path)
   r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, "decommission")
   t.eq(r.status, 2, "the built-in playbook is not the file the run used")
-  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. "'", 1, true), r.stderr)
+  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. " -e ...'", 1, true), r.stderr)
   -- the same file, the right password (secrets are given again, never journaled)
   r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, q(path))
   t.eq(r.status, 0, r.stderr)

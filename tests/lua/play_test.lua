@@ -515,7 +515,7 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.eq(r.status, 1)
   local id = run_id(r.stderr)
   t.ok(r.stderr:find("'dhsm run " .. sys.realpath(fixtures .. "/playbooks/steps.lua") .. " --resume " .. id
-    .. "' continues it", 1, true), r.stderr)
+    .. " -e ...' continues it, given the same parameters again", 1, true), r.stderr)
   local j = journal(dir, id)
   t.eq({ j.state, j.playbook, j.steps[1].status, j.steps[2].status, #j.steps }, { "failed", "steps", "ok", "failed", 2 })
   t.eq(sys.stat(dir .. "/dhsm/runs/" .. id .. ".json").mode, tonumber("600", 8))
@@ -563,7 +563,7 @@ t.test("the --resume hint resolves as printed: from another folder, without the 
     os.remove(dir .. "/executed.log")
     local r = t.sh(("cd %s && %s %s %s -e dir=%s -e fail_at=2"):format(q(books), state, t.cmd(""), how, q(dir)))
     t.eq(r.status, 1, r.stderr)
-    local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+)' continues it")
+    local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+) %-e %.%.%.' continues it")
     t.ok(hint, r.stderr)
     t.ok(hint:find(sys.realpath(books .. "/mine.lua"), 1, true), hint)
     r = t.sh(("cd / && %s %s %s -e dir=%s -e fail_at=3"):format(state, t.cmd(""), hint, q(dir)))

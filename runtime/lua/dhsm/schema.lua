@@ -52,7 +52,6 @@ local function unshown(v)
   if type(v) == "table" or v == nil or secret.is(v) then return show(v) end
   return ("a %s (not shown)"):format(type(v))
 end
-M.unshown = unshown
 
 -- The fields of an object or record spec: their names in the order they
 -- are checked (an object's sorted, a record's as declared), and name -> spec.

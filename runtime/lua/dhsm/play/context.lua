@@ -28,7 +28,6 @@ local usage = dhsm.usage
 
 local Ctx = {}
 Ctx.__index = Ctx
-M.Ctx = Ctx
 
 -- Where in a result a value JSON cannot carry (a function, a secret...).
 function M.not_json(v, path, seen)

@@ -424,8 +424,8 @@ local function resume_journal(pb, id, public)
     usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
   end
   if j.by_path and j.path ~= pb.path then
-    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s'", id, tostring(j.path),
-      tostring(j.path), id)
+    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s -e ...' (its parameters again)",
+      id, tostring(j.path), tostring(j.path), id)
   end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
   local diffs = {}
@@ -554,8 +554,10 @@ function M.run(pb, raw, opts)
       ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
         util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
     elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
-      io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s' continues it\n"):format(
-        ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
+      -- a resume is given its parameters again, the same ones; a refusal that
+      -- only other parameters get past (-e backups_confirmed=true) takes a new run
+      io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s -e ...' continues it, given the same "
+        .. "parameters again (other ones: a new run)\n"):format(ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
     end
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.
