@@ -72,11 +72,11 @@ end
 local function survey(ctx, name)
   local p, c = ctx.params, arm(ctx)
   local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
+  local res = hsm.get(c, known and e.resource or name, p.group)
   if not known then             -- an inventory kept up to date drops what was given back
-    if hsm.get(c, name, p.group) ~= nil then error(e, 0) end
+    if res ~= nil then error(e, 0) end
     e = { resource = name }
   end
-  local res = hsm.get(c, e.resource, p.group)
   if not res then
     ctx:note(("%s: no HSM resource %s in %s: already deleted"):format(name, e.resource, p.group))
     return { name = name, resource = e.resource, gone = true }

@@ -46,7 +46,6 @@ local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
-local util = require "dhsm.util"
 
 local SO_MAX = guard.THRESHOLDS.so
 local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
@@ -193,8 +192,7 @@ end
 -- an appliance
 
 local function tcp_rows(run, entry, answers)
-  local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", entry.ntls_port or 1792,
-    REMEDY.tcp1792 } }
+  local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", ntls.port(entry), REMEDY.tcp1792 } }
   for i, p in ipairs(ports) do
     local a = answers[i]
     if a.open then
@@ -372,9 +370,9 @@ end
 local function check_appliance(run, entry)
   local name, T = entry.name, run.timeout
   local a = { name = name, resource = entry.resource or name }
-  local answers = run:wait(name, ("TCP %d and %d"):format(entry.ssh_port or 22, entry.ntls_port or 1792), net.tcp_many, {
+  local answers = run:wait(name, ("TCP %d and %d"):format(entry.ssh_port or 22, ntls.port(entry)), net.tcp_many, {
     { host = entry.host, port = entry.ssh_port or 22, timeout = T },
-    { host = entry.host, port = entry.ntls_port or 1792, timeout = T } })
+    { host = entry.host, port = ntls.port(entry), timeout = T } })
   tcp_rows(run, entry, answers)
   run.own_ports[name] = { answers[2].local_port }      -- our probe's lines in the NTLS log are not a client's
   local why
@@ -520,7 +518,6 @@ end
 
 ---------------------------------------------------------------------------
 
-
 -- The inventory entries to probe: all of them, or those named by -e hsm=
 -- (the runner made sure each is one: inventory = "hsm").
 local function chosen_entries(inv, names)
@@ -529,6 +526,7 @@ local function chosen_entries(inv, names)
   for i, name in ipairs(names) do chosen[i] = inv:hsm(name) end
   return chosen
 end
+
 return {
   description = "Run every check of the troubleshooting guide, read-only, on Azure, every HSM of the inventory (in "
     .. "parallel) and the client's HA groups: a table of OK/WARN/FAIL/SKIP with remedies; exit 1 on any FAIL; "
@@ -549,8 +547,7 @@ return {
   run = function(ctx, p)
     if p.prometheus then findings.check_output_dir(p.prometheus) end
     local run = new_run(ctx, p)
-    local workdir, workdir_gone <close> = util.scratch_dir("dhsm-diagnose-")
-    run.workdir = workdir
+    run.workdir = ctx:scratch_dir()
     local entries = chosen_entries(ctx.inventory, p.hsm)
     local t0 = dhsm.now()
     local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),

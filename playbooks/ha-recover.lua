@@ -174,9 +174,9 @@ local function auto_recovery(ctx)
   local p, c = ctx.params, client(ctx)
   ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
     { done = retry_set }, function()
-    ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
-      .. "out until recovered by hand"):format(c:settings().retry))
     local now = c:settings()     -- a count set already (not 0) is the operator's: kept
+    ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
+      .. "out until recovered by hand"):format(now.retry))
     c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
   end)
   ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
@@ -292,6 +292,17 @@ local function in_group(ctx, label, serial)
   return false
 end
 
+-- The HSM SO password a new partition on entry's appliance is created
+-- with, or bad input naming where it may come from.
+local function so_password(ctx, entry)
+  local so = ctx.params.so_password or entry.so_password
+  if not so then
+    dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
+      .. "password: -e so_password=..., or so_password in its inventory entry"):format(entry.name) }
+  end
+  return so
+end
+
 local function create_partition(ctx, r)
   ctx:step(("create partition %s on %s for group %s"):format(r.name, r.bad.hsm, r.group),
     { destructive = true, target = r.bad.hsm, done = function()
@@ -299,12 +310,7 @@ local function create_partition(ctx, r)
       local part = new_partition(ctx, r)       -- created and assigned to this client: lunacm shows its slot
       return part ~= nil and client(ctx):find_slot(part.serial) ~= nil
     end }, function()
-    local so = ctx.params.so_password or r.entry.so_password
-    if not so then
-      dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
-        .. "password: -e so_password=..., or so_password in its inventory entry"):format(r.bad.hsm) }
-    end
-    ha.create_partition(r.entry, so, r.name, ntls_client_name(ctx))
+    ha.create_partition(r.entry, so_password(ctx, r.entry), r.name, ntls_client_name(ctx))
   end)
 end
 
@@ -367,6 +373,8 @@ end
 -- Every bad member replaced -> the group as it is now, and its members
 -- compared again (in check mode nothing changed: a synchronize is planned).
 local function fix_cloning(ctx, g, found, title)
+  -- the rule of every step to come, before the first asks for confirmation
+  for _, bad in ipairs(found.conflict) do so_password(ctx, ctx.inventory:hsm(bad.hsm)) end
   for _, bad in ipairs(found.conflict) do replace_member(ctx, g, found, bad) end
   if dhsm.check_mode then return g, { drift = true } end
   g = group_now(ctx, g.label)

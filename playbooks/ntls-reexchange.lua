@@ -21,7 +21,6 @@
 -- syslog lines before and after are shown.  A closed port stops the run: no
 -- certificate exchange fixes that.
 local ntls = require "dhsm.client.ntls"
-local parse = require "dhsm.luna.parse"
 
 -- The diagnosis as a step result (JSON, journaled): no certificates.
 local function summary(d)
@@ -31,11 +30,15 @@ local function summary(d)
     tls_ok = d.tls and d.tls.ok or false }
 end
 
-local function has(d, code)
+-- The diagnosis' finding of that code, or nil.
+local function finding_of(d, code)
   for _, f in ipairs(d.findings) do
-    if f.code == code then return true end
+    if f.code == code then return f end
   end
-  return false
+end
+
+local function has(d, code)
+  return finding_of(d, code) ~= nil
 end
 
 -- The client install (Chrystoki.conf, its certificates, vtl): what the
@@ -75,7 +78,7 @@ local function diagnosis(ctx)
     if #d.findings == 0 then ctx:note("TCP, TLS with the client certificate, server.pem and the registration are all right") end
     for _, l in ipairs(d.syslog or {}) do ctx:note("syslog before: " .. l) end
     if has(d, "port_closed") then
-      dhsm.error { kind = "net", code = "NtlsPortClosed", message = d.findings[1].text
+      dhsm.error { kind = "net", code = "NtlsPortClosed", message = finding_of(d, "port_closed").text
         .. "; open it (NSG, firewall, `ntls bind`) before touching certificates: nothing was changed" }
     end
     local out = summary(d)
@@ -133,9 +136,7 @@ local function partitions_to_assign(ctx, d)
     if #given > 0 then return given end
   end
   local parts = {}
-  for _, part in ipairs(parse.partition_list(ctx:appliance(ctx.params.hsm):must("partition list").text)) do
-    parts[#parts + 1] = part.name
-  end
+  for _, part in ipairs(ctx:appliance(ctx.params.hsm):partitions()) do parts[#parts + 1] = part.name end
   return parts
 end
 
@@ -190,7 +191,8 @@ local function verify(ctx)
     for _, part in ipairs(v.partitions) do
       ctx:note(("vtl verify: slot %d  %s  %s"):format(part.slot, part.serial, part.label))
     end
-    if has(again, "client_expiring") then ctx:note(again.findings[1].text) end
+    local expiring = finding_of(again, "client_expiring")
+    if expiring then ctx:note(expiring.text) end
     return { partitions = #v.partitions, handshake = again.tls.protocol }
   end)
 end

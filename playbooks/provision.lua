@@ -91,6 +91,13 @@ local function put_and_wait(ctx, what, path, body, wait)
   end)
 end
 
+-- A Failed HSM deleted and waited for, its progress shown.
+local function delete_failed(ctx, name, group)
+  local p = ctx.params
+  hsm.delete_failed(ctx:azure(), name, { group = group or p.group, timeout = p.hsm_timeout,
+    on_progress = function(pr) ctx:progress(name .. ": deleting, " .. pr.text) end })
+end
+
 local function gateway_wait_text(ctx, name)
   return function(pr)
     return ("waiting for ExpressRoute gateway %s to be Succeeded: %s (Azure takes 20-45 min, timeout %s)"):format(
@@ -150,8 +157,7 @@ local function delete_leftovers(ctx, pre)
     ctx:step(("delete leftover failed HSM %s"):format(l.name), { destructive = true, target = l.name,
       done = function() return c:gone(hsm.path(c, l.name, l.group), { timeout = p.hsm_timeout }) end,
     }, function()
-      hsm.delete_failed(c, l.name, { group = l.group, timeout = p.hsm_timeout,
-        on_progress = function(pr) ctx:progress(l.name .. ": " .. pr.text) end })
+      delete_failed(ctx, l.name, l.group)
       return { deleted = l.id }
     end)
   end
@@ -246,12 +252,12 @@ end
 ---------------------------------------------------------------------------
 -- race-aware deployment
 
--- What the gateway's history says, for the classifier.
-local function gateway_history(ctx, name, hist)
-  local gw = name and network.gateway(ctx:azure(), name, ctx.params.group)
+-- What the gateway's history says, for the classifier: its state now
+-- (nil: there is none) and what the run saw of it before (hist).
+local function gateway_history(state, hist)
   hist = hist or {}
   local recent = hist.created or hist.was_updating
-  return { state = gw and gw.properties.provisioningState or "Missing",
+  return { state = state or "Missing",
     was_ready_at_deploy = hist.ready_at ~= nil or not recent,
     ready_for = recent and hist.ready_at and (sys.time() - hist.ready_at) or nil }
 end
@@ -327,7 +333,8 @@ local function hsm_failure(ctx, name, n, started, err, put, gw)
   local resource = err.details and err.details.resource or hsm.get(ctx:azure(), name, ctx.params.group)
   local request_id, correlation_id = ids_of(put)
   return { error = err, messages = { resource and resource.properties and resource.properties.statusMessage },
-    states = { [name] = hsm_state(resource) }, gateway = gateway_history(ctx, gw.gateway, gw),
+    states = { [name] = hsm_state(resource) },
+    gateway = gateway_history(hsm_state(network.gateway(ctx:azure(), gw.gateway, ctx.params.group)), gw),
     record = failure_record(n, started, err, resource, { request_id = request_id, correlation_id = correlation_id }) }
 end
 
@@ -385,8 +392,7 @@ local function delete_and_redeploy(ctx, h, gw, outcome, planned)
   return ctx:step(("delete failed HSM %s and redeploy it once"):format(h.name), { destructive = true, target = h.name,
     done = function() return redeployed(ctx, h.name) end },
     function()
-      hsm.delete_failed(ctx:azure(), h.name, { group = p.group, timeout = p.hsm_timeout,
-        on_progress = function(pr) ctx:progress(h.name .. ": deleting, " .. pr.text) end })
+      delete_failed(ctx, h.name)
       local again = create_one(ctx, h, gw, { retries = 0, planned = planned })
       if again.ok then return { name = h.name, redeployed = true } end
       for _, r in ipairs(again.history) do outcome.history[#outcome.history + 1] = r end
@@ -402,8 +408,8 @@ local function create_hsms(ctx, requested, gw, planned)
   local results = ctx:step(("create HSMs %s (in parallel)"):format(names_of(requested)), function()
     return dhsm.parallel(requested, function(h)
       local o = create_one(ctx, h, gw, { retries = ctx.params.retries, planned = planned })
-      return { name = h.name, ok = o.ok, exhausted = o.exhausted, history = o.history, verdict = o.verdict,
-        already = o.already }
+      o.name = h.name
+      return o
     end)
   end)
   local changed = false
@@ -421,7 +427,8 @@ end
 ---------------------------------------------------------------------------
 -- template mode
 
-local function deployment_facts(ctx, n, started, err, put, gw_name, gw_hist, requested)
+-- gw: the VNet's gateway as the failed attempt left it (network.vnet_gateway), or nil
+local function deployment_facts(ctx, n, started, err, put, gw, gw_hist, requested)
   local p, c = ctx.params, ctx:azure()
   local messages, states = {}, {}
   local failed_ops = deploy.failed_operations(c, p.deployment, p.group)
@@ -432,7 +439,7 @@ local function deployment_facts(ctx, n, started, err, put, gw_name, gw_hist, req
     if r and r.properties then messages[#messages + 1] = r.properties.statusMessage end
   end
   local request_id, correlation_id = ids_of(put)
-  return { error = err, messages = messages, states = states, gateway = gateway_history(ctx, gw_name, gw_hist),
+  return { error = err, messages = messages, states = states, gateway = gateway_history(gw and gw.state, gw_hist),
     record = failure_record(n, started, err, nil, { request_id = request_id, correlation_id = correlation_id,
       operations = failed_ops }) }
 end
@@ -451,12 +458,12 @@ local function deploy_template(ctx, requested, gw_hist, retries)
     end)
     if ok then return true, { deployment = p.deployment } end
     if res.kind ~= "azure" and res.kind ~= "net" and res.kind ~= "timeout" then error(res, 0) end
-    local gw = network.vnet_gateway(c, p.vnet, p.group)
+    local gw = network.vnet_gateway(c, p.vnet, p.group)      -- read once: the facts and the retry's wait
+    gw_hist.name = gw and gw.name
     if gw and gw.state == "Succeeded" and not gw_hist.ready_at then gw_hist.ready_at = sys.time() end
-    return false, nil, deployment_facts(ctx, n, started, res, put, gw and gw.name, gw_hist, requested)
+    return false, nil, deployment_facts(ctx, n, started, res, put, gw, gw_hist, requested)
   end, function()
-    local gw = network.vnet_gateway(c, p.vnet, p.group)
-    if gw then gw_hist.ready_at = wait_gateway(ctx, gw.name).ready_at end
+    if gw_hist.name then gw_hist.ready_at = wait_gateway(ctx, gw_hist.name).ready_at end
   end)
 end
 
@@ -471,7 +478,7 @@ local function redeploy_template(ctx, requested)
       return true, { redeployed = true }
     end }, function()
       for _, h in ipairs(requested) do
-        if hsm_state(hsm.get(c, h.name, p.group)) == "Failed" then hsm.delete_failed(c, h.name, { group = p.group }) end
+        if hsm_state(hsm.get(c, h.name, p.group)) == "Failed" then delete_failed(ctx, h.name) end
       end
       local again = deploy_template(ctx, requested, {}, 0)      -- the gateway Succeeded since the first
       if again.ok then return { redeployed = true } end
@@ -499,8 +506,7 @@ local function template_steps(ctx, requested)
   local p, c = ctx.params, ctx:azure()
   local gw_hist = template_gateway(ctx)
   local o = ctx:step(("deploy ARM template %s as %s"):format(p.template, p.deployment), function()
-    local r = deploy_template(ctx, requested, gw_hist, p.retries)
-    return { ok = r.ok, exhausted = r.exhausted, history = r.history, verdict = r.verdict }
+    return deploy_template(ctx, requested, gw_hist, p.retries)
   end)
   if not o.ok and o.exhausted then
     redeploy_template(ctx, requested)
@@ -511,6 +517,16 @@ end
 
 ---------------------------------------------------------------------------
 -- report
+
+-- The command that changes the password an appliance fresh from Microsoft
+-- demands at its first login (luna.first_login), as the operator types it:
+-- the run's inventory, once the HSM is added to it.
+local function first_login_command(ctx, name)
+  local code = ('require("dhsm.luna").first_login(inv:hsm(%q), {new_password = secret.prompt("new password: ")})')
+    :format(name)
+  local inv = ctx.opts.inventory
+  return ("dhsm -i %s exec -e %s"):format(util.shell_quote(sys.realpath(inv) or inv), util.shell_quote(code))
+end
 
 -- Guide, "How do I see HSMs when provisioned": the NIC gives the IP to SSH to.
 local function report(ctx, requested, changed)
@@ -526,13 +542,14 @@ local function report(ctx, requested, changed)
       out[#out + 1] = { name = h.name, id = r.id, stamp = r.properties.stampId, state = hsm_state(r), private_ip = ip }
       ctx:note(("%s: %s, stamp %s, private IP %s"):format(h.name, r.id, tostring(r.properties.stampId), tostring(ip)))
       ctx:note(("  next: add it to the inventory (host %s, user tenantadmin); change the password the appliance "
-        .. "demands at first login with dhsm: luna.first_login(inv:hsm(%q), {new_password = secret.prompt(\"new "
-        .. "password\")}); install the reboot fix KB0019789 before any reboot"):format(tostring(ip), h.name))
+        .. "demands at first login: %s; install the reboot fix KB0019789 before any reboot"):format(tostring(ip),
+        first_login_command(ctx, h.name)))
     end
   end
   if not changed then ctx:note("everything was already in place: nothing was changed") end
   return { hsms = out, changed = changed, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin",
-    "change the password at first login: luna.first_login(entry, {new_password = secret}) (dhsm repl or exec)",
+    "change the password at first login: require(\"dhsm.luna\").first_login(inv:hsm(NAME), {new_password = secret}) "
+      .. "(dhsm repl, or dhsm -i INVENTORY exec -e)",
     "install the reboot fix (Thales KB0019789) before any reboot or power cycle" } }
 end
 

@@ -177,6 +177,12 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   r = run(fix)
   t.eq(r.status, 3, "the remedy's steps are confirmed\n" .. r.stderr)
   t.eq(changes(from), {}, "refused: nothing sent")
+  -- without the HSM SO password the partition is created with: refused before any step is confirmed
+  r = run("--yes " .. fix:gsub(" %-e so_password=%S+", ""))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("creating a partition on hsm3 needs its HSM SO password: -e so_password=...", 1, true), r.stderr)
+  t.ok(not r.stderr:find("create partition", 1, true), "no step of the remedy began\n" .. r.stderr)
+  t.eq(changes(from), {}, "nothing sent")
   -- as a run killed between partition create and client assignPartition
   -- leaves it: par2 exists, unassigned, so lunacm shows no slot for it
   local so = e:luna_session("hsm3")

@@ -45,10 +45,29 @@ t.test("happy path: an HA pair in parallel, each Succeeded, reported with stamp 
     "/providers/Microsoft.Network/networkInterfaces/hsm-a_HSMnic"):lower()]
   t.eq(rep.hsms[1].private_ip, nic.props.address)
   t.ok(r.stderr:find("(host " .. nic.props.address .. ", user tenantadmin)", 1, true), r.stderr)
-  t.ok(r.stderr:find('luna.first_login(inv:hsm("hsm-a")', 1, true), "the first login's password change, with dhsm")
+  t.ok(r.stderr:find('require("dhsm.luna").first_login(inv:hsm("hsm-a")', 1, true), "the first login's password change")
   t.ok(r.stderr:find("KB0019789", 1, true))
   t.eq(count(mutations(e), "dedicatedHSMs/hsm%-"), 2, "one PUT per HSM")
 end)
+
+t.test("the first-login command the report prints changes the password the appliance demands, typed in as it reads",
+  function()
+  local e = estate("--appliances 1")
+  e:appliance("hsm1", { force_password_change = "1" })
+  local r = run(e, "-e hsms=hsm1 --yes")
+  t.eq(r.status, 0, r.stderr)
+  local command = r.stderr:match("change the password the appliance demands at first login: dhsm (.-); install")
+  t.ok(command, r.stderr)
+  -- on a terminal of its own; the new password typed once the question is on the screen
+  local dir = t.tmpdir()
+  local screen = dir .. "/screen"
+  local typed = t.sh(("(for i in $(seq 400); do grep -q 'new password: ' %s 2>/dev/null && break; sleep 0.05; done; "
+    .. "printf 'N3w-Passw0rd!\\n') | script -qefc %s %s"):format(q(screen),
+    q(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir), t.cmd(command))), q(screen)))
+  t.eq(typed.status, 0, typed.stdout)
+  t.eq(util.trim(util.read_file(e.dir .. "/secrets/hsm1_password")), "N3w-Passw0rd!", "the appliance's own record")
+  t.eq(e:state().appliances.hsm1.faults.force_password_change, false)
+end, { timeout = 90 })
 
 t.test("a fresh network is created: VNet with delegated subnet, Standard public IP, ExpressRoute gateway", function()
   local e = estate()
