@@ -209,19 +209,37 @@ local function comparable(ctx, g)
   return out
 end
 
+-- Each member's objects, read as the Crypto Officer (not in check mode:
+-- that is a login).
+local function read_objects(ctx, members)
+  for _, m in ipairs(members) do
+    m.objects = not dhsm.check_mode and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
+  end
+end
+
 -- Cloning domains first: a conflict stops the group before any login.
-local function compare(ctx, members, with_objects)
+local function compare(ctx, members)
   dhsm.parallel(members, function(m)
     m.domain = ha.cloning_domain(m.entry, m.serial, ctx:appliance(m.entry.name))
   end)
   for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
   local domains = ha.compare(members)
   if domains.conflict then return domains end
-  for _, m in ipairs(members) do
-    m.objects = with_objects and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
-  end
+  read_objects(ctx, members)
   return ha.compare(members)
 end
+
+-- Whether the members' objects differ, their domains settled already
+-- (compare_step): synchronize's checks.
+local function drifting(ctx, members)
+  read_objects(ctx, members)
+  return ha.compare(members).drift ~= nil
+end
+
+-- The groups this run compared itself (not replayed from a journal), by
+-- label: their synchronize follows at once, so its done= need not log in
+-- to every member again to learn what the comparison just said.
+local compared_now = setmetatable({}, { __mode = "k" })
 
 -- The guide's remedy for the members in another cloning domain than the
 -- first, as notes: the plan fix_cloning carries out.
@@ -253,7 +271,9 @@ end
 -- the guide's remedy as a plan, unless fix_cloning carries it out.
 local function compare_step(ctx, g, members, title)
   return ctx:step(title, function()
-    local found = compare(ctx, members, not dhsm.check_mode)
+    local found = compare(ctx, members)
+    compared_now[ctx] = compared_now[ctx] or {}
+    compared_now[ctx][g.label] = true
     if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
     if found.conflict then
       note_remedy(ctx, g, members, found.conflict)
@@ -386,7 +406,10 @@ end
 
 local function synchronize(ctx, g)
   ctx:step("synchronize group " .. g.label, {
-    done = function() return not dhsm.check_mode and not compare(ctx, comparable(ctx, g), true).drift end,
+    done = function()
+      if dhsm.check_mode or (compared_now[ctx] or {})[g.label] then return false end   -- just found to differ
+      return not drifting(ctx, comparable(ctx, g))
+    end,
   }, function()
     client(ctx):synchronize(g.label, ctx.params.co_password)
   end)
@@ -396,7 +419,7 @@ local function synchronize(ctx, g)
       return { planned = true }
     end
     local now = comparable(ctx, g)    -- read afresh: on a resumed run the comparison above was journaled
-    if compare(ctx, now, true).drift then
+    if drifting(ctx, now) then
       dhsm.error { kind = "luna", code = "StillDrifting",
         message = ("group %s: the members still differ after synchronize"):format(g.label) }
     end

@@ -52,16 +52,34 @@ local function appliance_entry(ctx)
   return ctx.inventory:hsm(ctx.params.hsm)
 end
 
+-- The run's latest diagnosis while no step has acted since it was made:
+-- a done= check reads it rather than diagnose again (each diagnosis is a
+-- handshake that adds lines to the appliance's log, an SCP and two syslog
+-- tails).  A step that acts forgets it (acted); a resumed run starts
+-- without one.
+local latest = setmetatable({}, { __mode = "k" })
+
 -- A fresh diagnosis (dhsm.client.ntls), over the run's session to the
 -- appliance, its files in the run's scratch folder.
 local function diagnose(ctx)
-  return ntls.diagnose(appliance_entry(ctx), client(ctx), ctx:appliance(ctx.params.hsm), { workdir = ctx:scratch_dir() })
+  local d = ntls.diagnose(appliance_entry(ctx), client(ctx), ctx:appliance(ctx.params.hsm), { workdir = ctx:scratch_dir() })
+  latest[ctx] = d
+  return d
 end
 
--- A fresh look, for the done= checks: is the finding code gone?
+local function acted(ctx)
+  latest[ctx] = nil
+end
+
+-- For the done= checks: the state as it is now.
+local function current(ctx)
+  return latest[ctx] or diagnose(ctx)
+end
+
+-- Is the finding code gone?
 local function now_ok(ctx, code)
   if dhsm.check_mode then return false end
-  return not has(diagnose(ctx), code)
+  return not has(current(ctx), code)
 end
 
 ---------------------------------------------------------------------------
@@ -95,6 +113,7 @@ local function restart_ntls(ctx)
   ctx:step("restart NTLS on " .. hsm .. " (it drops every client's NTLS sessions)",
     { destructive = true, target = hsm, done = function() return now_ok(ctx, "ntls_restart") end }, function()
     ctx:note("restarting NTLS drops the sessions of every client connected to " .. hsm .. "; they reconnect")
+    acted(ctx)
     ctx:appliance(hsm):must("service restart ntls")
   end)
 end
@@ -104,6 +123,7 @@ local function reexchange_server_cert(ctx)
   ctx:step("re-exchange " .. hsm .. "'s server certificate", { done = function() return now_ok(ctx, "server_changed") end },
     function()
     local pem = ctx:scratch_dir() .. "/" .. hsm .. "-server-now.pem"
+    acted(ctx)
     ctx:appliance(hsm):get("server.pem", pem)
     ntls.readd_server(client(ctx), appliance_entry(ctx), pem)
   end)
@@ -117,6 +137,7 @@ local function renew_client_cert(ctx, d)
     done = function() return ntls.client_cert(client(ctx)).days_left >= ntls.EXPIRY_WARN_DAYS end }, function()
     ctx:note(("the certificate %s %s: a new one replaces it for every appliance this client uses"):format(
       d.client_name, d.client_days_left < 0 and "has expired" or ("expires in " .. d.client_days_left .. " days")))
+    acted(ctx)
     local new = ntls.renew_client_cert(client(ctx), d.client_name)
     local others = {}
     for _, h in ipairs(ctx.inventory.hsms or {}) do
@@ -158,15 +179,14 @@ local function register_client(ctx, d)
   local parts = partitions_to_assign(ctx, d)
   local title = (replace and "replace client %s's registration on %s" or "register client %s on %s")
     :format(d.client_name, hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
-  local now                       -- what done= found: the body acts on it (one handshake, not two)
   ctx:step(title, { destructive = replace or nil, target = replace and hsm or nil,
     done = function()
-      if dhsm.check_mode then return false end
-      now = diagnose(ctx)
-      return registered(now, parts)
+      return not dhsm.check_mode and registered(current(ctx), parts)
     end }, function()
-    -- the state as it is now: a resumed run may find the delete or the registration done
-    ntls.register_client(client(ctx), appliance_entry(ctx), ctx:appliance(hsm), dhsm.check_mode and d or now or diagnose(ctx), parts)
+    -- the state as it is now (what done= read): a resumed run may find the delete or the registration done
+    local now = dhsm.check_mode and d or current(ctx)
+    acted(ctx)
+    ntls.register_client(client(ctx), appliance_entry(ctx), ctx:appliance(hsm), now, parts)
   end)
 end
 

@@ -102,7 +102,7 @@ function M.tcp(entry)
   return net.tcp { host = entry.host, port = M.port(entry), timeout = 2 }
 end
 
--- handshake(client, entry [, {strict=, server_name=, need_trust=}]) -> net.tls's answer:
+-- handshake(client, entry [, {strict=, server_name=, need_trust=, files=}]) -> net.tls's answer:
 -- the handshake dhsm makes as the client (diagnose's, and dhsm.client.ha's
 -- probe), with the client's certificate and key (encrypted: its passphrase
 -- is the inventory's client.key_passphrase), trusting only what the client
@@ -110,10 +110,11 @@ end
 -- does not trust, so the appliance logs what the client's own failure looks
 -- like; else the handshake goes on and tls.verify says what was wrong.
 -- need_trust: a ServerCAFile that cannot be read is a usage error (the
--- install is broken), not an answer.
+-- install is broken), not an answer.  files: the client's certificate
+-- files, when the caller read Chrystoki.conf for them already.
 function M.handshake(client, entry, opts)
   opts = opts or {}
-  local cert = files(client)
+  local cert = opts.files or files(client)
   local trusted, unreadable = trust_list(cert.ca)
   if not trusted and opts.need_trust then
     dhsm.usage("the client's trusted server certificates cannot be read (ServerCAFile %s): %s", cert.ca,
@@ -244,7 +245,7 @@ function M.diagnose(entry, client, session, opts)
   client_expiry(d, cert)
   local server = server_state(d, entry, cert, session, opts.workdir)
   local before = syslog(session, 50)
-  d.tls = M.handshake(client, entry, { strict = true })
+  d.tls = M.handshake(client, entry, { strict = true, files = cert })
   local presented = d.tls.chain and d.tls.chain[1]
   d.ntls_stale = presented ~= nil and not net.same_cert(presented, server)
   if d.ntls_stale then
