@@ -102,15 +102,11 @@ function M.chrystoki_conf()
   return "/etc/Chrystoki.conf"
 end
 
--- LibUNIX64 of the Chrystoki2 section, or nil.  The full parser is
--- dhsm.chrystoki; a build without it gets by with a pattern.
+-- LibUNIX64 of the Chrystoki2 section, or nil (dhsm.chrystoki reads the
+-- file, loaded when a configuration is there to read).
 local function chrystoki_lib(path)
   if not sys.stat(path) then return nil end
-  local ok, chrystoki = pcall(require, "dhsm.chrystoki")
-  if ok then return chrystoki.load(path):get("Chrystoki2", "LibUNIX64") end
-  local body = (util.read_file(path) or ""):match("Chrystoki2%s*=%s*(%b{})")
-  local lib = body and body:match("[{;%s]LibUNIX64%s*=%s*([^;}\n]+)")
-  return lib and util.trim(lib)
+  return require("dhsm.chrystoki").load(path):get("Chrystoki2", "LibUNIX64")
 end
 
 -- library_path([path]) -> path, where it came from
@@ -127,10 +123,16 @@ function M.library_path(path)
   return M.DEFAULT_PATH, "the Luna client's default"
 end
 
+-- The options of load, slots, open and login: specs made once (the option
+-- reader checks a spec table the first time it meets it).
+local LOAD_OPTIONS = { env = { type = "table" } }
+local SLOTS_OPTIONS = { token_present = { type = "boolean" } }
+local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" } }
+
 -- load([path] [, {env = {NAME = value}}]) -> library
 function M.load(path, opts)
   if type(path) == "table" and opts == nil then path, opts = nil, path end
-  opts = check_fields(opts, { env = { type = "table" } }, "load")
+  opts = check_fields(opts, LOAD_OPTIONS, "load")
   local where, from = M.library_path(path)
   local ok, lib = pcall(core.load, where, opts.env)
   if not ok then
@@ -158,7 +160,7 @@ end
 
 -- lib:slots([{token_present=true}]) -> {slot info, ...}, broken
 function Library:slots(opts)
-  opts = check_fields(opts, { token_present = { type = "boolean" } }, "slots") or {}
+  opts = check_fields(opts, SLOTS_OPTIONS, "slots") or {}
   local out, broken = {}, {}
   for _, id in ipairs(core.slot_ids(self, opts.token_present)) do
     out[#out + 1] = read_or_report(self.slot, self, id, broken)
@@ -208,10 +210,12 @@ function Library:find_token(q)
   return found[1], broken
 end
 
+local OPEN_OPTIONS = { label = LABEL, serial = SERIAL, rw = { type = "boolean" },
+  slot = { type = "integer", min = 0, expect = "a slot number (an integer >= 0)" } }
+
 -- lib:open{label= | serial= | slot=, rw=false} -> session
 function Library:open(q)
-  q = check_fields(q, { label = LABEL, serial = SERIAL, slot = { type = "integer", min = 0, expect = "a slot number (an integer >= 0)" }, rw = { type = "boolean" } },
-    "open")
+  q = check_fields(q, OPEN_OPTIONS, "open")
   local slot = q.slot
   if slot == nil then
     local tok, broken = self:find_token { label = q.label, serial = q.serial }
@@ -273,7 +277,7 @@ end
 
 -- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
 function Session:login(who, pin, opts)
-  opts = check_fields(opts, { allow_destructive_login = { type = "boolean" } }, "login")
+  opts = check_fields(opts, LOGIN_OPTIONS, "login")
   local r = ROLES[who]
   if not r then usage("login: as \"user\" or \"so\", got %s", tostring(who)) end
   if not secret.is(pin) then

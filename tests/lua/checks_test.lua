@@ -408,6 +408,7 @@ t.test("SKIP: credentials that fail make every other check a SKIP; a missing gro
     secret = dhsm.secret.value("not-the-secret") } }
   local rows = checks.run(checks.scope(bad, HSM_SUBNET), { "credentials", "resource_group", "allowlisting", "quota" })
   t.ok(expect(rows, "credentials", SUB, "FAIL").finding:find("cannot read subscription " .. SUB .. ": ", 1, true))
+  t.eq(findings.counts(rows), { OK = 0, WARN = 0, FAIL = 1, SKIP = 3 }, "one row per check, the others skipped")
   for _, r in ipairs(rows) do
     if r.check ~= "credentials" then
       t.eq(r.status, "SKIP", checks.line(r))

@@ -73,13 +73,17 @@ end)
 t.test("the shipped playbooks describe exactly as they load", function()
   local play = require "dhsm.play"
   local paths = require "dhsm.paths"
+  local compared = {}
   for _, found in ipairs(paths.list_playbooks()) do
     if found.embedded then
       found = paths.find_playbook(found.name)
       local d, l = play.describe(found), play.load(found)
       t.eq(play.doc(d), play.doc(l), found.name)
+      compared[#compared + 1] = found.name
     end
   end
+  table.sort(compared)
+  t.eq(compared, { "decommission", "diagnose", "ha-recover", "ntls-reexchange", "orphans", "provision" })
 end)
 
 t.test("run still loads the playbook for real", function()

@@ -6,7 +6,9 @@
 -- entry must still exist.  The other checks: the inventory example of
 -- docs/inventory.md loads through the real loader, every test that
 -- docs/safety.md cites exists, docs/cli.md covers the CLI's own command
--- table, and docs/dhsm.1 is what tools/man.lua makes of docs/cli.md now.
+-- table, docs/dhsm.1 is what tools/man.lua makes of docs/cli.md now, the
+-- README's module table names modules that exist (those of modules.md
+-- among them), and every source path the docs name is there.
 --
 -- DOCS_DRAFT=1 dhsm test tests/lua/docs_test.lua prints a draft entry
 -- (signature and the comment above the definition) for every undocumented
@@ -365,4 +367,47 @@ t.test("nothing in the repository points at a DESIGN.md: the design is docs/desi
   for _, d in ipairs(dirs) do args[#args + 1] = util.shell_quote(ROOT .. "/" .. d) end
   local r = t.sh("grep -rIl --exclude=docs_test.lua 'DESIGN\\.md' " .. table.concat(args, " "))
   t.eq(r.status, 1, "files naming DESIGN.md:\n" .. r.stdout .. r.stderr)
+end)
+
+t.test("README's module table: each module it names exists, and it names every one docs/modules.md covers", function()
+  local readme = util.read_file(ROOT .. "/README.md")
+  local table_text = readme:match("\n## Modules\n(.-)\n## ")
+  t.ok(table_text, "README.md has a Modules section")
+  local named = {}
+  for cell in table_text:gmatch("\n| ([^|]+) |") do
+    for module, more in cell:gmatch("`(dhsm[%w%.]*)`%s*(%b())") do
+      named[module] = true
+      for suffix in more:gmatch("`(%.[%w%.]+)`") do named[module .. suffix] = true end
+    end
+    for module in cell:gmatch("`(dhsm[%w%.]*)`") do named[module] = true end
+  end
+  local missing, unknown = {}, {}
+  for _, m in ipairs(MODULES) do
+    if not named[m] then missing[#missing + 1] = m end
+  end
+  for _, m in ipairs(util.sorted_keys(named)) do
+    if not pcall(require, m) then unknown[#unknown + 1] = m end
+  end
+  t.eq({ missing, unknown }, { {}, {} }, "modules.md's modules absent from README; README's that do not load")
+end)
+
+t.test("every source path the docs name exists", function()
+  local gone, checked = {}, 0
+  for _, doc in ipairs { "README.md", "docs/design.md", "docs/modules.md", "docs/playbooks.md", "docs/safety.md",
+      "docs/cli.md", "docs/inventory.md" } do
+    local text = util.read_file(ROOT .. "/" .. doc) or ""
+    for path in text:gmatch("[%w_%-%./]+%.[lch]u?a?") do
+      local clean = path:gsub("^%./", "")
+      local top = clean:match("^([%w_]+)/")
+      local tree = { runtime = true, modules = true, tests = true, tools = true, playbooks = true, bench = true,
+        include = true }
+      local placeholder = clean:find("%u%u%u") ~= nil            -- playbooks/NAME.lua: a form, not a file
+      if tree[top] and not placeholder and (clean:match("%.lua$") or clean:match("%.[ch]$")) then
+        checked = checked + 1
+        if not require("dhsm.sys").stat(ROOT .. "/" .. clean) then gone[#gone + 1] = doc .. ": " .. clean end
+      end
+    end
+  end
+  t.ok(checked >= 20, ("found %d source paths in the docs"):format(checked))
+  t.eq(gone, {})
 end)

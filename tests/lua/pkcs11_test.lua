@@ -95,9 +95,6 @@ t.test("the path: argument, then DHSM_PKCS11_LIB, then Chrystoki.conf's LibUNIX6
     t.eq(path_in("", show), pkcs11.DEFAULT_PATH .. "\tthe Luna client's default")
   end
   t.eq(path_in("ChrystokiConfigurationPath=" .. q(dir), show), p11.LIB .. "\t" .. dir .. "/Chrystoki.conf")
-  -- without dhsm.chrystoki, a pattern reads the same line
-  local bare = "package.loaded['dhsm.chrystoki'] = nil; package.preload['dhsm.chrystoki'] = function() error('absent') end; "
-  t.eq(path_in("ChrystokiConfigurationPath=" .. q(dir), bare .. show), p11.LIB .. "\t" .. dir .. "/Chrystoki.conf")
   t.eq(path_in("DHSM_PKCS11_LIB=/opt/x.so ChrystokiConfigurationPath=" .. q(dir), show), "/opt/x.so\t$DHSM_PKCS11_LIB")
   t.eq(pkcs11.library_path("/a/b.so"), "/a/b.so")
   -- loaded from the configuration, and an error says where a bad path came from
