@@ -105,31 +105,13 @@ end
 
 local HSM_SPEC = { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp2" }
 
--- An HSM created straight on ARM (what a provision would do); -> its final state
+-- An HSM created straight on ARM (what a provision would do); -> ok, its final state
 local function create_hsm(name, spec, group)
-  local ok = pcall(function()
-    local r = hsm.start(c, name, spec or HSM_SPEC, { skip_preflight = true, group = group })
-    c:wait(r, { timeout = 30 })
-  end)
-  local h = hsm.get(c, name, group)
-  return ok, h and h.properties.provisioningState
+  return e:put_hsm(c, name, spec or HSM_SPEC, group)
 end
 
-local function gone(name, group)
-  t.eventually(function() return hsm.get(c, name, group) == nil end, name .. " deleted")
-end
-
-local function delete_failed_hsm(name)
-  hsm.delete_failed(c, name, { poll_interval = 0.05 })
-  gone(name)
-end
-
--- A device-less HSM is deletable once the estate's flag says zeroized.
-local function delete_hsm(name, group)
-  e:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = group or "hsm-rg" })
-  local r = c:delete(hsm.path(c, name, group))
-  if r.status == 202 then c:wait(r, { timeout = 30 }) end
-  gone(name, group)
+local function remove_hsm(name, group)
+  e:remove_hsm(c, name, group)
 end
 
 -- The same deployment an operator's template makes: one dedicated HSM.
@@ -144,7 +126,7 @@ end
 
 local function delete_deployment(deployment, name)
   deploy.delete(c, deployment)
-  delete_failed_hsm(name)
+  remove_hsm(name)
 end
 
 -- PUT the gateway again as it is (a network change an operator makes).
@@ -213,7 +195,7 @@ end
 -- and diagnose says why (class: its classification, in the finding).
 local function creation_fails(name, class, set, says)
   return { set = set, provoke = function() create_hsm(name) end, check = "hsm provisioning", target = name,
-    status = "FAIL", says = says or ("%(" .. class .. "%)"), clear = function() e:clear() delete_failed_hsm(name) end }
+    status = "FAIL", says = says or ("%(" .. class .. "%)"), clear = function() e:clear() remove_hsm(name) end }
 end
 
 local ARM = {
@@ -286,7 +268,7 @@ local ACTIONS = {
 local STATE_ONLY = {
   ["an HSM on the compute subnet"] = { check = "subnet delegation", target = "hsm-vnet/subnets/compute", status = "FAIL",
     inject = function() create_hsm("diag-compute", { vnet = "hsm-vnet", subnet = "compute", stamp = "stamp2" }) end,
-    clear = function() delete_failed_hsm("diag-compute") end },
+    clear = function() remove_hsm("diag-compute") end },
   ["an HSM created while the gateway is Updating"] = { check = "hsm provisioning", target = "diag-updating",
     status = "FAIL", says = "%(race%)",
     inject = function()
@@ -298,7 +280,7 @@ local STATE_ONLY = {
     clear = function()
       e:control("POST", "/advance", { idle = true })
       e:fault { gateway_seconds = FAST.gateway_seconds }
-      delete_failed_hsm("diag-updating")
+      remove_hsm("diag-updating")
     end },
   ["a third HSM in one stamp"] = { check = "hsm provisioning", target = "diag-third", status = "FAIL", says = "%(quota%)",
     inject = function()
@@ -306,7 +288,7 @@ local STATE_ONLY = {
       create_hsm("diag-third", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })
     end,
     also_row = { check = "quota", target = "eastus", status = "WARN" },
-    clear = function() delete_failed_hsm("diag-third") delete_hsm("diag-second") end },
+    clear = function() remove_hsm("diag-third") remove_hsm("diag-second") end },
   ["the group holding an HSM deleted"] = { check = "orphaned hsms", target = "diag-orphan", status = "FAIL",
     inject = function()
       c:put(c:group_path("orphan-rg"), { body = { location = "eastus" } })
@@ -316,7 +298,7 @@ local STATE_ONLY = {
     end,
     clear = function()
       c:put(c:group_path("orphan-rg"), { body = { location = "eastus" } })
-      delete_hsm("diag-orphan", "orphan-rg")
+      remove_hsm("diag-orphan", "orphan-rg")
       local r = c:delete(c:group_path("orphan-rg"))
       if r.status == 202 then c:wait(r, { timeout = 30 }) end
     end },

@@ -54,24 +54,13 @@ local function scope(opts)
   return checks.scope(c, o)
 end
 
--- Remove an HSM an earlier step left: a Failed one as a leftover, any
--- other once the estate's flag says its (device-less) appliance is zeroized.
-local function remove_hsm(name, group)
-  local h = hsm.get(c, name, group)
-  if not h then return end
-  if h.properties.provisioningState == "Failed" then return hsm.delete_failed(c, name, { group = group }) end
-  estate:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = group })
-  hsm.delete(c, name, { group = group, allow_unzeroized = true })
-end
-
 -- An HSM created straight on ARM, past the checks (what an earlier run left);
 -- removed when the test ends.  -> its final state
 local function make_hsm(name, spec, group)
-  t.cleanup(function() remove_hsm(name, group) end)
+  t.cleanup(function() estate:remove_hsm(c, name, group) end)
   local s = { vnet = "hsm-vnet", subnet = "hsm" }
   for k, v in pairs(spec or {}) do s[k] = v end
-  pcall(function() c:wait(hsm.start(c, name, s, { skip_preflight = true, group = group }), { timeout = 30 }) end)
-  return hsm.get(c, name, group).properties.provisioningState
+  return select(2, estate:put_hsm(c, name, s, group))
 end
 
 local function reput_gateway(wait) estate:reput_gateway(c, wait) end
@@ -173,7 +162,7 @@ end)
 t.test("a location by its display name is the region: \"East US\" counts eastus's HSMs and leftovers, and the PUT "
   .. "is refused", function()
   fresh()
-  t.cleanup(function() remove_hsm("hsm-e3") end)    -- what a PUT that got through would leave
+  t.cleanup(function() estate:remove_hsm(c, "hsm-e3") end)    -- what a PUT that got through would leave
   make_hsm("hsm-e1", { stamp = "stamp1" })
   make_hsm("hsm-e2", { stamp = "stamp1" })
   local err = t.raises(function()
@@ -232,7 +221,7 @@ t.test("a delegation whose service name is cased otherwise is the delegation ARM
   c:wait(c:put(path, { body = { properties = { addressPrefix = "10.2.3.0/24", delegations = { { name = "0",
     properties = { serviceName = network.DELEGATION:lower() } } } } } }))
   t.cleanup(function() c:wait(c:delete(path)) end)
-  t.cleanup(function() remove_hsm("hsm-d1") end)
+  t.cleanup(function() estate:remove_hsm(c, "hsm-d1") end)
   t.eq(expect(checks.delegation(scope { subnet = "lc" }), "subnet delegation", "hsm-vnet/subnets/lc", "OK").finding,
     "subnet lc is delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs")
   local done = c:wait(hsm.start(c, "hsm-d1", { vnet = "hsm-vnet", subnet = "lc", stamp = "stamp1" }), { timeout = 30 })
@@ -263,7 +252,7 @@ t.test("a subnet id cased otherwise is the same subnet (the gateway Updating ref
   .. "a FAIL of each check, never no row", function()
   fresh()
   gateway_updating()
-  t.cleanup(function() remove_hsm("hsm-i1") end)    -- what a PUT that got through would leave
+  t.cleanup(function() estate:remove_hsm(c, "hsm-i1") end)    -- what a PUT that got through would leave
   local id = network.subnet_path(c, "hsm-vnet", "hsm"):gsub("/resourceGroups/", "/resourcegroups/")
     :gsub("/virtualNetworks/", "/virtualnetworks/"):gsub("/subnets/", "/Subnets/")
   local err = t.raises(function() hsm.start(c, "hsm-i1", { subnet_id = id, stamp = "stamp1" }) end, "PreflightFailed")
@@ -349,7 +338,7 @@ t.test("leftovers: a failed deployment and its failed HSM are FAILs; a run about
       type = "Microsoft.HardwareSecurityModules/dedicatedHSMs", apiVersion = "2021-11-30", name = "hsm-l1",
       location = "eastus", sku = { name = hsm.SKU }, properties = { stampId = "stamp1",
         networkProfile = { subnet = { id = network.subnet_path(c, "hsm-vnet", "compute") } } } } } }
-  t.cleanup(function() deploy.delete(c, "dep-l1") remove_hsm("hsm-l1") end)
+  t.cleanup(function() deploy.delete(c, "dep-l1") estate:remove_hsm(c, "hsm-l1") end)
   pcall(deploy.wait, c, deploy.create(c, "dep-l1", template, {}), { timeout = 30 })
   local rows = checks.run(scope { vnet = false }, { "hsms", "deployments" })
   local d = expect(rows, "failed deployments", "dep-l1", "FAIL")
@@ -367,7 +356,7 @@ t.test("orphans: an HSM whose resource group was deleted is a FAIL naming it", f
   c:put(c:group_path("side-rg"), { body = { location = "eastus" } })
   t.cleanup(function()
     c:put(c:group_path("side-rg"), { body = { location = "eastus" } })
-    remove_hsm("hsm-o1", "side-rg")
+    estate:remove_hsm(c, "hsm-o1", "side-rg")
     c:wait(c:delete(c:group_path("side-rg")))
   end)
   make_hsm("hsm-o1", { vnet = false, subnet = false, subnet_id = network.subnet_path(c, "hsm-vnet", "hsm"),

@@ -166,6 +166,35 @@ function M:reput_gateway(c, wait)
   if wait then pcall(c.wait, c, r, { timeout = 30 }) end
 end
 
+-- put_hsm(c, name, spec [, group]) -> whether it ended Succeeded, its
+-- state: a dedicated HSM PUT straight on ARM past dhsm's checks (what an
+-- earlier run or another tool left), waited for.
+function M:put_hsm(c, name, spec, group)
+  local hsm = require "dhsm.azure.hsm"
+  local ok = pcall(function()
+    c:wait(hsm.start(c, name, spec, { skip_preflight = true, group = group }), { timeout = 30 })
+  end)
+  local h = hsm.get(c, name, group)
+  return ok, h and h.properties.provisioningState
+end
+
+-- remove_hsm(c, name [, group]): the HSM gone, however it was left - a
+-- Failed one deleted as a leftover, any other once the estate's flag says
+-- its (device-less) appliance is zeroized - and waited for.
+function M:remove_hsm(c, name, group)
+  local hsm = require "dhsm.azure.hsm"
+  local h = hsm.get(c, name, group)
+  if not h then return end
+  if h.properties.provisioningState == "Failed" then
+    hsm.delete_failed(c, name, { group = group })
+  else
+    self:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = group or c.resource_group })
+    local r = c:delete(hsm.path(c, name, group))
+    if r.status == 202 then c:wait(r, { timeout = 30 }) end
+  end
+  t.eventually(function() return hsm.get(c, name, group) == nil end, name .. " deleted")
+end
+
 -- An azure client on this estate, polling fast.
 function M:azure(extra)
   local cfg = {}
