@@ -85,13 +85,14 @@ local REMEDY = findings.by_guide {
     clock = "set the appliance's clock (NTP): NTLS checks certificates at its time",
   },
   ["Failed HA Group Member Doesn't Recover"] = {
-    ha_members = "dhsm run ha-recover: hagroup recover once the appliance answers again",
-    ha_retry = "set an auto-recovery retry count (hagroup retry; dhsm run ha-recover does it) so members rejoin by "
-      .. "themselves",
+    ha_members = "once the appliance answers again, recover the member (hagroup recover): dhsm run ha-recover "
+      .. "-e co_password=...",
+    ha_retry = "set an auto-recovery retry count so members rejoin by themselves (hagroup retry): dhsm run ha-recover "
+      .. "-e co_password=...",
   },
   ["HA Group Doesn't Sync"] = {
     ha_cloning = "add a new partition in the right cloning domain to the group, then remove the misconfigured member",
-    ha_objects = "synchronize the group (dhsm run ha-recover -e co_password=...)",
+    ha_objects = "synchronize the group: dhsm run ha-recover -e co_password=...",
   },
   [""] = {
     ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",

@@ -169,6 +169,17 @@ end
 
 local function pin(name) return util.trim(util.read_file(e.dir .. "/secrets/" .. name)) end
 
+-- The remedy of the row diagnose gave (spec.row, set by fault_test) typed
+-- back in as it reads: its `dhsm run ha-recover -e co_password=...`, the
+-- Crypto Officer password given where it says "...".
+local function run_remedy(spec)
+  local remedy = spec.row and spec.row.remedy or ""
+  local cmd = remedy:match("dhsm (run ha%-recover %-e co_password=)%.%.%.")
+  t.ok(cmd, "the remedy names the command to run: " .. remedy)
+  local r = dhsm_sh(("-i %s %sfile:%s"):format(q(e.dir .. "/inventory.json"), cmd, q(CO_FILE)))
+  t.eq(r.status, 0, r.stderr)
+end
+
 -- fn(session) on a member token, logged in as its Crypto Officer
 local function on_token(label, fn)
   local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
@@ -365,7 +376,7 @@ local STATE_ONLY = {
     end },
   ["HA retry count 0"] = { check = "ha retry", target = "client", status = "WARN",
     inject = function() assert(lunacm { "-c", "hagroup", "retry", "-count", "0" }.ok) end,
-    clear = function() assert(lunacm { "-c", "hagroup", "retry", "-count", "-1" }.ok) end },
+    clear = run_remedy },
   ["HA members in different cloning domains"] = { check = "ha cloning", target = "myHA", status = "FAIL",
     inject = function()
       e:control("POST", "/appliances/hsm2/partitions/par1/init", { domain = "another-domain",
@@ -380,11 +391,7 @@ local STATE_ONLY = {
     inject = function()
       on_token("hsm1-par1", function(s) s:generate_aes { label = "drift-key", sensitive = false, extractable = true } end)
     end,
-    clear = function()
-      on_token("hsm1-par1", function(s)
-        for _, h in ipairs(s:find { label = "drift-key" }) do s:destroy(h) end
-      end)
-    end },
+    clear = run_remedy },                           -- synchronized: the key on every member
 }
 
 ---------------------------------------------------------------------------
@@ -453,6 +460,7 @@ local function fault_test(kind, name, spec, value)
     end
   else
     local row = find(doc, spec.check, target)
+    spec.row = row                  -- for a clear() that types its remedy back in
     t.ok(row, ("a row %s / %s; rows not OK: %s"):format(spec.check, target, table.concat(not_ok(doc), "\n")))
     t.eq(row.status, spec.status, row.finding)
     if spec.says then t.ok(row.finding:find(spec.says), row.finding) end
