@@ -43,9 +43,9 @@ M.ADVICE = findings.by_guide {
     capacity = "the stamp or region is near capacity (12 HSMs per stamp, 24 per region): submit a support ticket "
       .. "asking about capacity in the region or the fill level of the stamps",
   },
-  ["HSM Subnet Delegation, the number one cause"] = {
-    delegation = "the HSM subnet must be delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs; set the "
-      .. "delegation, delete the failed HSM and redeploy",
+  ["HSM Subnet Delegation"] = {
+    delegation = "the HSM subnet must be delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs (the guide's "
+      .. "number one cause of failed deployments); set the delegation, delete the failed HSM and redeploy",
   },
   ["HSM Deployment Race Condition"] = {
     race = "the HSM was deployed before the ExpressRoute gateway could carry it: rerun the deployment; if that "

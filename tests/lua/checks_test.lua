@@ -200,7 +200,7 @@ t.test("subnet delegation missing: FAIL with the az command; the run's own VNet:
   t.eq(r.finding, "subnet compute is not delegated to Microsoft.HardwareSecurityModules/dedicatedHSMs (delegations: none)")
   t.ok(r.remedy:find(("az network vnet subnet update --subscription %s --resource-group hsm-rg --vnet-name hsm-vnet "
     .. "--name compute --delegations Microsoft.HardwareSecurityModules/dedicatedHSMs"):format(SUB), 1, true), r.remedy)
-  t.eq(r.guide, "HSM Subnet Delegation, the number one cause")
+  t.eq(r.guide, "HSM Subnet Delegation")
   r = checks.delegation(scope { subnet = "compute", planned = { vnet = true } })[1]
   t.eq({ r.status, r.fix }, { "WARN", "delegated by this run" })
   r = checks.delegation(scope { subnet = "nope" })[1]
@@ -343,7 +343,7 @@ t.test("leftovers: a failed deployment and its failed HSM are FAILs; a run about
   local rows = checks.run(scope { vnet = false }, { "hsms", "deployments" })
   local d = expect(rows, "failed deployments", "dep-l1", "FAIL")
   t.ok(d.finding:find("hsm-l1 SubnetNotDelegated", 1, true), d.finding)
-  t.eq(d.guide, "HSM Subnet Delegation, the number one cause")
+  t.eq(d.guide, "HSM Subnet Delegation")
   t.ok(expect(rows, "hsm provisioning", "hsm-l1", "FAIL").finding:find("^Failed %(delegation%)"))
   rows = checks.run(scope { hsms = { { name = "hsm-l2", stamp = "stamp1" } }, planned = { leftovers = true } },
     { "hsms", "deployments" })
@@ -435,7 +435,7 @@ t.test("hsm.start refuses a FAIL (safety PreflightFailed, listing it) and nothin
   t.eq(err.kind, "safety")
   t.ok(err.message:find("^not creating hsm%-s1: 1 problem; its PUT was not sent:\n  subnet delegation "
     .. "hsm%-vnet/subnets/compute: subnet compute is not delegated"), err.message)
-  t.ok(err.message:find("(guide: HSM Subnet Delegation, the number one cause)", 1, true), err.message)
+  t.ok(err.message:find("(guide: HSM Subnet Delegation)", 1, true), err.message)
   t.eq(#err.details.findings, 5, "the rows: quota (region, stamp), delegation, gateway and one per VNet")
   t.eq(estate:mutations("hsm-s1"), {}, "no PUT reached ARM (its request log)")
   t.eq(hsm.get(c, "hsm-s1"), nil)

@@ -141,3 +141,25 @@ t.test("by_guide: remedies written under their section, each key once", function
     co = { remedy = "reset it", guide = "Failed Logins" }, ssh = { remedy = "fix it" } })
   t.raises(function() findings.by_guide { A = { x = "1" }, B = { x = "2" } } end, "findings.by_guide: x is under two sections")
 end)
+
+t.test("every guide section a remedy names is a section of the troubleshooting guide, spelt as it is", function()
+  local root = t.here() .. "/../.."
+  local sections = {}
+  for line in util.read_file(root .. "/tests/fixtures/guide_sections.txt"):gmatch("[^\n]+") do
+    if not line:match("^#") then sections[line] = true end
+  end
+  local wrong, named = {}, 0
+  for _, file in ipairs { "modules/azure/checks.lua", "modules/azure/classify.lua", "playbooks/diagnose.lua" } do
+    local text = util.read_file(root .. "/" .. file)
+    for block in text:gmatch("findings%.by_guide (%b{})") do
+      for guide in block:gmatch('\n  %["([^"]*)"%] = {') do
+        for section in (guide .. ", "):gmatch("(.-), ") do
+          named = named + 1
+          if section ~= "" and not sections[section] then wrong[#wrong + 1] = file .. ": " .. section end
+        end
+      end
+    end
+  end
+  t.ok(named >= 20, ("read %d section names"):format(named))
+  t.eq(wrong, {})
+end)
