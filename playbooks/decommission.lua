@@ -171,7 +171,7 @@ end
 -- so the plan goes on to show the delete; it deletes nothing for real.
 local function proof(ctx, h)
   local s = ctx:appliance(h.name)
-  if dhsm.check_mode and not s:hsm_show().zeroized then
+  if ctx.check and not s:hsm_show().zeroized then
     ctx:would(("find %s zeroized (its zeroization above is only planned)"):format(h.name))
     return evidence.planned(h.name, h.resource)
   end
@@ -201,18 +201,18 @@ end
 ---------------------------------------------------------------------------
 -- (6) the group, once it holds no dedicated HSM
 
--- going: the resources of the HSMs given back (the group may still list
--- one whose deletion ARM is finishing).
-local function delete_group(ctx, going)
+-- (in check mode the rule does not count the HSMs whose DELETE the plan
+-- describes before: dhsm.azure.rules)
+local function delete_group(ctx)
   local c, p = arm(ctx), ctx.params
   ctx:step("check that " .. p.group .. " holds no dedicated HSM", function()
-    groups.check_empty(c, p.group, { going = going })
+    groups.check_empty(c, p.group)
     return { hsms = 0 }
   end)
   ctx:step("delete resource group " .. p.group, { destructive = true, target = p.group,
     done = function() return c:gone(c:group_path(p.group), waiting(ctx)) end,
   }, function()
-    groups.delete(c, p.group, { going = going, timeout = p.timeout, on_progress = waiting(ctx).on_progress })
+    groups.delete(c, p.group, { timeout = p.timeout, on_progress = waiting(ctx).on_progress })
     return { deleted = p.group }
   end)
 end
@@ -239,10 +239,9 @@ return {
   run = function(ctx, p)
     arm(ctx)                     -- a bad azure section stops the run here, before any step
     local before = show_what_goes(ctx)
-    local left, going = {}, {}
+    local left = {}
     for _, h in ipairs(before.hsms) do
       if not h.gone then left[#left + 1] = h end
-      going[#going + 1] = h.resource
     end
     if #left == 0 and not (p.delete_group and not before.group.gone) then
       ctx:note("everything is already gone: nothing was changed")
@@ -254,7 +253,7 @@ return {
       ctx:note(("resource group %s kept (-e delete_group=true deletes it once it holds no HSM)"):format(p.group))
       return { changed = true }
     end
-    delete_group(ctx, going)
+    delete_group(ctx)
     return { changed = true }
   end,
 }

@@ -148,7 +148,7 @@ local function recover_members(ctx, g)
     return { recovered = names }
   end)
   ctx:step(("verify %s rejoined group %s"):format(names, g.label), function()
-    if dhsm.check_mode then
+    if ctx.check then
       ctx:would("find " .. names .. " alive")
       return { planned = true }
     end
@@ -180,7 +180,7 @@ local function auto_recovery(ctx)
     c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
   end)
   ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
-    if dhsm.check_mode then
+    if ctx.check then
       ctx:would(("find reconnAtt = %d, AutoReconnectInterval = %d in %s"):format(p.retry_count, p.retry_interval, c.conf_path))
       return { planned = true }
     end
@@ -213,7 +213,7 @@ end
 -- that is a login).
 local function read_objects(ctx, members)
   for _, m in ipairs(members) do
-    m.objects = not dhsm.check_mode and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
+    m.objects = not ctx.check and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
   end
 end
 
@@ -274,7 +274,7 @@ local function compare_step(ctx, g, members, title)
     local found = compare(ctx, members)
     compared_now[ctx] = compared_now[ctx] or {}
     compared_now[ctx][g.label] = true
-    if dhsm.check_mode then ctx:would("read every member's objects as the Crypto Officer and compare them") end
+    if ctx.check then ctx:would("read every member's objects as the Crypto Officer and compare them") end
     if found.conflict then
       note_remedy(ctx, g, members, found.conflict)
       if not ctx.params.fix_cloning then refuse_conflict(g, members, found.conflict) end
@@ -285,8 +285,8 @@ local function compare_step(ctx, g, members, title)
     for serial, missing in pairs(found.drift or {}) do
       ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
     end
-    if not found.drift and not dhsm.check_mode then ctx:note("every member holds the same objects") end
-    return { drift = found.drift ~= nil or dhsm.check_mode }
+    if not found.drift and not ctx.check then ctx:note("every member holds the same objects") end
+    return { drift = found.drift ~= nil or ctx.check }
   end)
 end
 
@@ -326,7 +326,7 @@ end
 local function create_partition(ctx, r)
   ctx:step(("create partition %s on %s for group %s"):format(r.name, r.bad.hsm, r.group),
     { destructive = true, target = r.bad.hsm, done = function()
-      if dhsm.check_mode then return false end
+      if ctx.check then return false end
       local part = new_partition(ctx, r)       -- created and assigned to this client: lunacm shows its slot
       return part ~= nil and client(ctx):find_slot(part.serial) ~= nil
     end }, function()
@@ -337,12 +337,14 @@ end
 local function init_partition(ctx, r)
   local c, p = client(ctx), ctx.params
   ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(r.name, r.bad.hsm, r.good),
-    { destructive = true, target = r.bad.hsm .. "/" .. r.name, done = function()
-      if dhsm.check_mode then return false end
+    -- target: the token label lunacm's `partition init -label` names, so the
+    -- operator's word covers that command (dhsm.act) and nothing else
+    { destructive = true, target = r.label, done = function()
+      if ctx.check then return false end
       local tok = c:token(r.label)
       return tok ~= nil and tok.user_pin_initialized and new_partition(ctx, r).domain == r.domain
     end }, function()
-    if dhsm.check_mode then
+    if ctx.check then
       ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(r.label))
       return
     end
@@ -364,12 +366,12 @@ end
 local function swap_members(ctx, r)
   local c = client(ctx)
   ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
-    done = function() return not dhsm.check_mode and in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
-    if dhsm.check_mode then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(r.group, r.name, r.bad.hsm)) end
+    done = function() return not ctx.check and in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
+    if ctx.check then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(r.group, r.name, r.bad.hsm)) end
     c:add_member(r.group, new_partition(ctx, r).serial, ctx.params.co_password)
   end)
   ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),
-    { destructive = true, target = r.group, done = function() return not dhsm.check_mode and not in_group(ctx, r.group, r.bad.serial) end },
+    { destructive = true, target = r.group, done = function() return not ctx.check and not in_group(ctx, r.group, r.bad.serial) end },
     function() c:remove_member(r.group, r.bad.serial) end)
 end
 
@@ -396,7 +398,7 @@ local function fix_cloning(ctx, g, found, title)
   -- the rule of every step to come, before the first asks for confirmation
   for _, bad in ipairs(found.conflict) do so_password(ctx, ctx.inventory:hsm(bad.hsm)) end
   for _, bad in ipairs(found.conflict) do replace_member(ctx, g, found, bad) end
-  if dhsm.check_mode then return g, { drift = true } end
+  if ctx.check then return g, { drift = true } end
   g = group_now(ctx, g.label)
   return g, compare_step(ctx, g, comparable(ctx, g), title .. ", again")
 end
@@ -407,14 +409,14 @@ end
 local function synchronize(ctx, g)
   ctx:step("synchronize group " .. g.label, {
     done = function()
-      if dhsm.check_mode or (compared_now[ctx] or {})[g.label] then return false end   -- just found to differ
+      if ctx.check or (compared_now[ctx] or {})[g.label] then return false end   -- just found to differ
       return not drifting(ctx, comparable(ctx, g))
     end,
   }, function()
     client(ctx):synchronize(g.label, ctx.params.co_password)
   end)
   ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
-    if dhsm.check_mode then
+    if ctx.check then
       ctx:would("compare the members' objects again")
       return { planned = true }
     end

@@ -78,7 +78,7 @@ end
 
 -- Is the finding code gone?
 local function now_ok(ctx, code)
-  if dhsm.check_mode then return false end
+  if ctx.check then return false end
   return not has(current(ctx), code)
 end
 
@@ -181,10 +181,10 @@ local function register_client(ctx, d)
     :format(d.client_name, hsm) .. (#parts > 0 and (" with partition(s) " .. table.concat(parts, ", ")) or "")
   ctx:step(title, { destructive = replace or nil, target = replace and hsm or nil,
     done = function()
-      return not dhsm.check_mode and registered(current(ctx), parts)
+      return not ctx.check and registered(current(ctx), parts)
     end }, function()
     -- the state as it is now (what done= read): a resumed run may find the delete or the registration done
-    local now = dhsm.check_mode and d or current(ctx)
+    local now = ctx.check and d or current(ctx)
     acted(ctx)
     ntls.register_client(client(ctx), appliance_entry(ctx), ctx:appliance(hsm), now, parts)
   end)
@@ -195,7 +195,7 @@ end
 
 local function verify(ctx)
   ctx:step("verify: vtl verify lists the partitions, a fresh handshake succeeds", function()
-    if dhsm.check_mode then
+    if ctx.check then
       ctx:would("run vtl verify and a fresh handshake with the client certificate")
       return { planned = true }
     end

@@ -54,8 +54,8 @@ end
 
 -- Set when a step only described its mutations (check mode): what the
 -- later checks are told is planned rather than there.
-local function described()
-  return dhsm.check_mode or nil
+local function described(ctx)
+  return ctx.check or nil
 end
 
 -- fn() again while Azure is only busy (429, 5xx, AnotherOperationInProgress,
@@ -170,7 +170,7 @@ local function delete_leftovers(ctx, pre)
     end)
   end
   local deleted = #pre.leftovers + #pre.failed_deployments > 0
-  return { deleted = deleted, planned = deleted and described() or nil }
+  return { deleted = deleted, planned = deleted and described(ctx) or nil }
 end
 
 ---------------------------------------------------------------------------
@@ -185,7 +185,7 @@ local function ensure_vnet(ctx, owned)
   if c:find(vpath) == nil then
     put_and_wait(ctx, "virtual network " .. p.vnet, vpath, network.vnet_body { location = p.location,
       prefix = p.address_space, subnets = subnets, tags = { [OWNER_TAG] = ctx.run_id } })
-    return { vnet = p.vnet, created = true, planned = described() }
+    return { vnet = p.vnet, created = true, planned = described(ctx) }
   end
   local changed = {}
   for _, sn in ipairs(subnets) do
@@ -198,7 +198,7 @@ local function ensure_vnet(ctx, owned)
     end
   end
   if #changed == 0 then ctx:note("virtual network " .. p.vnet .. " is as required: nothing to change") end
-  return { vnet = p.vnet, created = false, changed = changed, planned = #changed > 0 and described() or nil }
+  return { vnet = p.vnet, created = false, changed = changed, planned = #changed > 0 and described(ctx) or nil }
 end
 
 -- Guide, "Provisioning ExpressRoute": one gateway per VNet, created or verified.
@@ -535,7 +535,7 @@ local function report(ctx, requested, changed)
   for _, h in ipairs(requested) do
     local r = hsm.get(c, h.name, p.group)
     -- in check mode an HSM not Succeeded was only planned (a leftover under its name is deleted first)
-    if r == nil or (dhsm.check_mode and hsm_state(r) ~= "Succeeded") then
+    if r == nil or (ctx.check and hsm_state(r) ~= "Succeeded") then
       out[#out + 1] = { name = h.name, planned = true }
     else
       local ip = hsm.private_ip(c, r)

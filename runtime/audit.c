@@ -194,6 +194,15 @@ static int audit_write(lua_State *L) {
   return 0;
 }
 
+/* audit.sync(): the records written so far are on disk (fdatasync), not
+** only in the kernel: the gate's intent record before an act. */
+static int audit_sync(lua_State *L) {
+  audit_log *a = get_log(L);
+  if (a->fd >= 0 && fdatasync(a->fd) < 0 && errno != EINVAL)
+    dhsm_raise(L, "audit", NULL, 0, "cannot sync the audit log %s: %s", log_path(a), strerror(errno));
+  return 0;
+}
+
 static int audit_path(lua_State *L) {
   lua_pushstring(L, log_path(get_log(L)));
   return 1;
@@ -215,7 +224,7 @@ static int audit_gc(lua_State *L) {
 
 int luaopen_dhsm_audit(lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"write", audit_write}, {"path", audit_path}, {"set_path", audit_set_path},
+    {"write", audit_write}, {"sync", audit_sync}, {"path", audit_path}, {"set_path", audit_set_path},
     {NULL, NULL}
   };
   if (lua_getfield(L, LUA_REGISTRYINDEX, AUDIT_KEY) == LUA_TNIL) {

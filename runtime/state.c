@@ -63,31 +63,6 @@ void dhsm_newclass(lua_State *L, const char *tname,
   }
 }
 
-int dhsm_check_mode(lua_State *L) {
-  int on = 0;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "dhsm") == LUA_TTABLE) {
-    lua_getfield(L, -1, "check_mode");
-    on = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 2);
-  return on;
-}
-
-void dhsm_would(lua_State *L, const char *fmt, ...) {
-  va_list ap;
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "dhsm");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "would");
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_call(L, 1, 0);
-  lua_pop(L, 1);
-}
-
 void dhsm_check_endpoint(lua_State *L, int opts, const char *what, int default_port,
                          double default_timeout, dhsm_endpoint *out) {
   opts = lua_absindex(L, opts);

@@ -88,7 +88,7 @@ printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c '
   f=$1; key=$(echo "$f" | tr / _)
   mkdir -p "$XDG_STATE_HOME/$key"
   XDG_STATE_HOME="$XDG_STATE_HOME/$key" DHSM_AUDIT="$XDG_STATE_HOME/$key/audit.jsonl" \
-    "$DHSM_BIN" test "$f" >"$RESULTS/$key.log" 2>&1
+    "$DHSM_BIN" test --yes "$f" >"$RESULTS/$key.log" 2>&1
   echo $? >"$RESULTS/$key.rc"' sh {}
 for f in $files; do
   key=$(echo "$f" | tr / _)

@@ -27,10 +27,6 @@ typedef struct dhsm_module {
 void dhsm_newclass(lua_State *L, const char *tname,
                    const luaL_Reg *methods, const luaL_Reg *metamethods);
 
-/* True when the running playbook/REPL is in check mode (dhsm.check_mode):
-** mutating calls must describe what they would do and not do it. */
-int dhsm_check_mode(lua_State *L);
-
 /* host=, port=, timeout= read from the options table at opts: a usage
 ** error names the field and what was expected (`what` prefixes it, e.g.
 ** "luna").  port and timeout fall back to the defaults given. */
@@ -42,8 +38,9 @@ typedef struct dhsm_endpoint {
 void dhsm_check_endpoint(lua_State *L, int opts, const char *what, int default_port,
                          double default_timeout, dhsm_endpoint *out);
 
-/* In check mode, record and show what a mutating call would have done
-** ("would delete resource group hsm-rg"); the runner marks the step planned. */
-void dhsm_would(lua_State *L, const char *fmt, ...);
+/* A native module changes nothing outside the process by itself: its
+** mutating functions are raw, and the module's Lua half sends each call
+** through dhsm.act's gate (check mode, rules, confirmation, intent and
+** outcome records).  See modules/pkcs11/pkcs11.lua. */
 
 #endif

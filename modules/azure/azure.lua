@@ -15,12 +15,16 @@
 -- deadline; a POST is retried only when it cannot have been processed.
 -- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
 -- message, details, the HTTP status, request ids and the raw body.
--- In check mode a mutation is not sent: it is reported (dhsm.would: method,
--- path and JSON body, secrets as <secret>) and described.  Every mutation is audited twice: "sending" before the
--- request leaves, then its outcome.
+-- Every mutation passes dhsm.act's gate: the rules for what it changes
+-- (dhsm.azure.rules: a group holding an HSM, an HSM without its evidence),
+-- check mode (described: method, path and JSON body, secrets as
+-- <secret>), the confirmation of a DELETE, the intent record ("sending",
+-- on disk before the request leaves), then its outcome.
+local act = require "dhsm.act"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local http = require "dhsm.azure.http"
+local rules = require "dhsm.azure.rules"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
@@ -508,32 +512,21 @@ end
 local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
 local REQUEST_OPTIONS = { body = { type = { "table", "string" } }, api_version = { type = "string" },
   query = { type = "table" }, headers = { type = "table" }, timeout = SECONDS, retry_deadline = SECONDS,
-  idempotent = { type = "boolean" }, correlation_id = { type = "string" } }
+  idempotent = { type = "boolean" }, correlation_id = { type = "string" },
+  -- what the rules read (dhsm.azure.rules): an HSM's DELETE needs one of them
+  zeroized = { type = "table" }, allow_unzeroized = { type = "boolean" }, delete_failed = { type = "boolean" },
+  evidence_max_age = { type = "number" } }
 local WAIT_OPTIONS = { timeout = SECONDS, interval = SECONDS, on_progress = { type = "function" },
   deleting = { type = "boolean" } }
 
-function Client:request(method, path, opts)
-  opts = schema.options("azure " .. tostring(method), opts, REQUEST_OPTIONS) or {}
-  local url = self:url(path, opts)
-  local mutation = method ~= "GET" and method ~= "HEAD"
-  if mutation and dhsm.check_mode then
-    dhsm.would(planned(method, url, opts.body))
-    return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} }
-  end
-  if method == "DELETE" then
-    dhsm.confirm { target = display(url):match("([^/]+)$"), action = "DELETE " .. display(url) }
-  end
+local METHODS = { GET = true, HEAD = true, PUT = true, PATCH = true, POST = true, DELETE = true }
+
+-- One request as sent and interpreted, retried as the client's policy says.
+local function send(self, method, url, opts, correlation_id)
   local body = opts.body ~= nil and (type(opts.body) == "string" and opts.body or cjson.encode(opts.body)) or nil
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
-  local correlation_id = opts.correlation_id or M.uuid()
-  if mutation then
-    -- The intent first: if dhsm dies while the request is out, the log
-    -- still says it may have reached ARM (the correlation id finds it).
-    dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = "sending",
-      correlation_id = correlation_id }
-  end
-  local t0, renewed = dhsm.now(), false
+  local renewed = false
   local r, err, attempts = self:retrying(opts.retry_deadline or self.retry_deadline, function(n)
     local headers = {
       Authorization = { "Bearer ", self:token() },
@@ -550,18 +543,39 @@ function Client:request(method, path, opts)
     end
     return reply, e, retry_in
   end)
-  local outcome = r and tostring(r.status) or ("error " .. tostring(err.code))
-  if r and err then outcome = ("%d %s"):format(r.status or 0, err.code) end
-  if mutation then
-    dhsm.audit.write { action = "azure." .. method, target = display(url), outcome = outcome,
-      duration_ms = (dhsm.now() - t0) * 1000, attempts = attempts,
-      request_id = r and header(r, "x-ms-request-id"), correlation_id = correlation_id }
-  end
   if err then
     if attempts > 1 then err.attempts = attempts end
     error(err, 0)
   end
-  return { status = r.status, headers = r.headers, body = r.body, raw = r.raw, method = method, path = path, url = url }
+  return { status = r.status, headers = r.headers, body = r.body, raw = r.raw, attempts = attempts,
+    request_id = header(r, "x-ms-request-id") }
+end
+
+-- request(method, path, opts): a read is sent; a mutation passes the gate
+-- (dhsm.act): the rules for what it changes (dhsm.azure.rules), check mode
+-- (described: method, path and JSON body, secrets as <secret>), the
+-- confirmation of a DELETE, the intent record, the request, its outcome.
+function Client:request(method, path, opts)
+  if type(method) ~= "string" or not METHODS[method:upper()] then
+    usage("azure request: method must be GET, HEAD, PUT, PATCH, POST or DELETE, got %s", tostring(method))
+  end
+  method = method:upper()
+  opts = schema.options("azure " .. method, opts, REQUEST_OPTIONS) or {}
+  local url = self:url(path, opts)
+  local function reply(r)
+    r.method, r.path, r.url = method, path, url
+    return r
+  end
+  if method == "GET" or method == "HEAD" then return reply(send(self, method, url, opts, opts.correlation_id or M.uuid())) end
+  local where = display(url)
+  local correlation_id = opts.correlation_id or M.uuid()
+  return act.change({ kind = "azure", action = method, target = where:match("([^/]+)$") or where, where = where,
+    what = planned(method, url, opts.body), destructive = method == "DELETE",
+    fields = { correlation_id = correlation_id },
+    rule = function() rules.check(self, method, where, opts) end,
+    planned = function() return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} } end,
+    outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id } end,
+  }, function() return reply(send(self, method, url, opts, correlation_id)) end)
 end
 
 function Client:get(path, opts) return self:request("GET", path, opts) end
@@ -761,7 +775,7 @@ function Client:wait(what, opts)
     local r = find_reply(self, path)
     local body = r and r.body
     if body == nil then
-      if deleting or dhsm.check_mode then return true, "gone" end
+      if deleting or act.checking() then return true, "gone" end
       dhsm.error { kind = "azure", code = "ResourceNotFound", message = display(path) .. ": disappeared while waiting" }
     end
     final = body

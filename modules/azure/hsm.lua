@@ -11,7 +11,6 @@
 --   hsm.delete_failed(c, "hsm3")    -- a Failed resource: never handed over, holds no key
 local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
-local evidence = require "dhsm.evidence"
 local network = require "dhsm.azure.network"
 local schema = require "dhsm.schema"
 
@@ -221,10 +220,11 @@ function M.create(c, name, spec, opts)
   return c:wait(r, opts)
 end
 
--- The DELETE itself, once a caller has decided it is safe; waits unless
--- wait=false.
-local function send_delete(c, name, opts)
-  local r = c:delete(M.path(c, name, opts.group))
+-- The DELETE, whose rule (dhsm.azure.rules) reads opts' evidence or
+-- override; waits unless wait=false.
+local function send_delete(c, name, opts, rule)
+  rule.evidence_max_age = opts.evidence_max_age
+  local r = c:delete(M.path(c, name, opts.group), rule)
   if opts.wait == false or r.status == 200 or r.status == 204 then return r end
   c:wait(r, opts)
   return r
@@ -232,22 +232,13 @@ end
 
 -- delete_failed(c, name, {group=, ...}): delete an HSM resource that ended
 -- Failed.  Its device was never handed over (no SO, no key material), so the
--- evidence is the resource's own state, read here just before the DELETE;
--- anything else is refused - such an HSM goes through M.delete with an
--- appliance's zeroization evidence.
+-- evidence is the resource's own state, read by the rule just before the
+-- DELETE; anything else is refused - such an HSM goes through M.delete
+-- with an appliance's zeroization evidence.  nil when it is already gone.
 function M.delete_failed(c, name, opts)
   opts = opts or {}
-  local h = M.get(c, name, opts.group)
-  if h == nil then return nil end
-  local state = h.properties and h.properties.provisioningState
-  if state ~= "Failed" then
-    dhsm.error { kind = "safety", code = "NotFailed",
-      message = ("not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed"):format(name,
-        tostring(state)) }
-  end
-  dhsm.audit.write { action = "safety.evidence", target = name, outcome = "never handed over",
-    source = "arm", state = state }
-  return send_delete(c, name, opts)
+  if M.get(c, name, opts.group) == nil then return nil end
+  return send_delete(c, name, opts, { delete_failed = true })
 end
 
 -- delete(c, name, {zeroized = evidence | allow_unzeroized = true, group=,
@@ -256,22 +247,12 @@ end
 -- zeroized.  `evidence` is what dhsm.luna's session:zeroized_evidence()
 -- returns (dhsm.evidence): genuine, of the appliance standing for this
 -- resource, and read at most evidence_max_age seconds ago; anything else
--- is refused.  allow_unzeroized lifts the rule explicitly and is audited.
+-- is refused (by dhsm.azure.rules, which c:delete of the same path meets
+-- too).  allow_unzeroized lifts the rule explicitly and is audited.
 function M.delete(c, name, opts)
   opts = opts or {}
   M.check_name(name)
-  if opts.allow_unzeroized then
-    dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
-  elseif opts.zeroized == nil then
-    dhsm.error { kind = "safety", code = "NotZeroized",
-      message = ("not deleting HSM %s: its appliance has not been shown to be zeroized "
-        .. "(zeroize it first; the resource cannot be deleted before)"):format(name) }
-  else
-    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age })
-    dhsm.audit.write { action = "safety.evidence", target = name, outcome = "zeroized",
-      appliance = ev.appliance, serial = ev.serial, checked_at = ev.checked_at }
-  end
-  return send_delete(c, name, opts)
+  return send_delete(c, name, opts, { zeroized = opts.zeroized, allow_unzeroized = opts.allow_unzeroized })
 end
 
 return M

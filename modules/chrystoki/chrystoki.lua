@@ -283,12 +283,12 @@ function Conf:text()
   return text
 end
 
--- save([path]): atomically, keeping the file's mode when it exists
+-- save([path]): atomically, keeping the file's mode when it exists; a
+-- change to the client's configuration, so through the gate (dhsm.act)
 function Conf:save(path)
   path = path or self.path
   local st = sys.stat(path)
-  local ok, err = sys.write_file(path, self:text(), st and st.mode or tonumber("644", 8))
-  if not ok then dhsm.error { kind = "usage", message = "cannot write " .. tostring(err) } end
+  return require("dhsm.act").write_file(path, self:text(), { mode = st and st.mode or tonumber("644", 8) })
 end
 
 ---------------------------------------------------------------------------

@@ -125,18 +125,10 @@ function Client:probe(entry)
   return { ok = true, tcp = tcp, tls = tls }
 end
 
--- In check mode a change is described, not made: -> true when it was.
-local function planned(what)
-  if not dhsm.check_mode then return false end
-  dhsm.would(what)
-  return true
-end
-
 -- recover(label) -> lunacm's run.  lunacm reports a failure when any member
 -- stays out (its appliance still down): the caller reads the members again
 -- to see which came back.
 function Client:recover(label)
-  if planned("lunacm hagroup recover -group " .. label) then return { check = true } end
   return proc.run(self:argv("hagroup", "recover", "-group", label))
 end
 
@@ -147,9 +139,7 @@ function Client:set_retry(count, interval)
   local send = {}
   if held.retry ~= count then send[#send + 1] = { "retry", "-count", tostring(count) } end
   if held.interval ~= interval then send[#send + 1] = { "interval", "-interval", tostring(interval) } end
-  for _, words in ipairs(send) do
-    if not planned("lunacm hagroup " .. table.concat(words, " ")) then self:must("hagroup", table.unpack(words)) end
-  end
+  for _, words in ipairs(send) do self:must("hagroup", table.unpack(words)) end
 end
 
 -- The PKCS#11 library of the client install.
@@ -265,7 +255,6 @@ function Client:init_partition(serial, label, pso_password, domain)
   local slot = self:slot_of(serial)
   local o = self:argv("partition", "init", "-label", label, "-slot", slot.id)
   o.stdin = { pso_password, "\n", pso_password, "\n", domain, "\n", domain, "\n", "proceed\n" }
-  if planned("lunacm partition init -label " .. label .. " -slot " .. slot.id) then return end
   local r = proc.run(o)
   if not r.ok then
     dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
@@ -288,7 +277,7 @@ function Client:init_co(token_label, pso_password, co_password)
   local s <close> = lib:open { label = token_label, rw = true }
   s:login("so", pso_password)
   s:init_pin(co_password)
-  if not dhsm.check_mode then s:logout() end
+  s:logout()
 end
 
 -- add_member(label, serial, co_pin): `hagroup addMember`, a CO login on the
@@ -306,7 +295,6 @@ end
 
 -- remove_member(label, serial): `hagroup removeMember`
 function Client:remove_member(label, serial)
-  if planned(("lunacm hagroup removeMember -group %s -serialNumber %s"):format(label, serial)) then return end
   self:must("hagroup", "removeMember", "-group", label, "-serialNumber", serial)
 end
 

@@ -277,12 +277,9 @@ end
 -- passphrase) and certificate, and points Chrystoki.conf at them.  Success
 -- is a new certificate in place, not what vtl printed.
 function M.renew_client_cert(client, name)
-  if dhsm.check_mode then
-    dhsm.would("vtl createCert -n " .. name .. " (a new key and certificate for this client)")
-    return nil
-  end
   local before = M.client_cert(client)
   local r = vtl(client, "createCert", "-n", name)
+  if r.check then return nil end                  -- check mode: described (dhsm.proc's gate)
   local ok, now = pcall(M.client_cert, client)
   if r.failed or not ok or net.same_cert(now, before) then
     dhsm.error { kind = "luna", code = "VtlFailed", message = ("vtl createCert -n %s made no new certificate: %s")
@@ -301,11 +298,6 @@ end
 
 -- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem
 function M.readd_server(client, entry, pem)
-  if dhsm.check_mode then
-    dhsm.would(("vtl deleteServer -n %s -p %d; vtl addServer -n %s -c %s -p %d"):format(entry.host, M.port(entry),
-      entry.host, pem, M.port(entry)))
-    return
-  end
   local port = tostring(M.port(entry))
   if registered_server(client, entry) then        -- gone already when a killed run is resumed
     local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
@@ -314,6 +306,7 @@ function M.readd_server(client, entry, pem)
     end
   end
   local r = vtl(client, "addServer", "-n", entry.host, "-c", pem, "-p", port)
+  if r.check then return end                      -- check mode: described (dhsm.proc's gate)
   -- already there with this very certificate: the addServer of a run killed
   -- before it heard the answer (the tool outlives it) got there first
   local added = r.stdout:find("successfully added", 1, true) or (r.stdout:find("already registered", 1, true)

@@ -145,7 +145,8 @@ local function lunash_verb(family, sub, after)
   return verb
 end
 
--- What cannot be undone: asked for outside playbook steps (dhsm.confirm).
+-- What cannot be undone: the gate asks for it (dhsm.act), unless a
+-- confirmed playbook step on the same appliance covers it.
 -- `sysconf regenCert` replaces the NTLS certificate every client trusts:
 -- each client must then re-exchange certificates (guide, NTLS).
 M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
@@ -182,6 +183,20 @@ local LUNACM = {
 }
 local LUNACM_ROLES = { so = "pso", po = "pso", co = "co", cu = "co" }
 local LUNACM_RANK = { read = 1, write = 2, login = 3 }
+
+-- What cannot be undone, confirmed like LunaSH's list (dhsm.act): a
+-- partition's contents, a role's password, a group or a member gone.  The
+-- other writes (hagroup recover, retry, addMember ...) pass the gate too,
+-- described in check mode and recorded, without a question.
+M.LUNACM_DESTRUCTIVE = { ["partition init"] = true, ["partition changepolicy"] = true, ["role init"] = true,
+  ["role resetpw"] = true, ["hagroup deletegroup"] = true, ["hagroup removemember"] = true }
+
+-- What a lunacm command changes, for the operator to name: its -group,
+-- else its -label, else its partition (-serialNumber, -slot), else "lunacm".
+function M.lunacm_target(words)
+  return M.option(words, 1, "group", "g") or M.option(words, 1, "label", "l")
+    or M.option(words, 1, "serialnumber", "se") or M.option(words, 1, "slot", "sl") or "lunacm"
+end
 
 -- Commands whose secret on stdin is a new password, not a login.
 M.LUNACM_NEW_PASSWORD = { ["role resetpw"] = true, ["role init"] = true, ["partition init"] = true }

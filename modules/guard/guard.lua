@@ -24,6 +24,7 @@
 -- other's SSH round trips; and one for logins.json itself, held only for a
 -- read-modify-write, so records for different keys are never lost.  The
 -- order is always key lock, then file lock: no deadlock.
+local act = require "dhsm.act"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
@@ -210,6 +211,8 @@ function M.attempt(key, role, opts, steps)
   return result
 end
 
+local failed_logins
+
 -- zeroize_by_failures(key, role, opts, steps) -> {attempts=, zeroized=}
 -- The guide's quickest way to zeroize an HSM being given back: wrong HSM
 -- SO logins until the device zeroizes itself.  It is the one deliberate
@@ -218,14 +221,17 @@ end
 --   opts.zeroize = true    the caller means it (audited as an override first)
 --   opts.serial            the appliance meant, as the operator was shown it;
 --                          any other device behind the session is refused
+--   opts.target            the name the operator confirms (the appliance's)
 --   steps.read() -> {serial=, zeroized=, attempts_left=}   the device, now
 --   steps.fail() -> true when the device rejected the login (a wrong password)
 -- One critical section (the key's lock) holds the whole sequence.  Each
 -- attempt is recorded and followed by a fresh reading; the sequence stops
 -- when the device says zeroized, and with an error when an attempt did
 -- not lower the device's count or more attempts than the threshold would
--- be needed (whatever answers is not counting as an HSM does).  In check
--- mode the readings and refusals happen and no login is sent.
+-- be needed (whatever answers is not counting as an HSM does).  The wrong
+-- logins are one change through the gate (dhsm.act): confirmed as `hsm
+-- zeroize` is; in check mode the readings and refusals happen and no login
+-- is sent.
 function M.zeroize_by_failures(key, role, opts, steps)
   if role ~= "so" then
     dhsm.error { kind = "usage", message = ("zeroize_by_failures: only the HSM SO's failures zeroize the HSM, not %s's")
@@ -247,12 +253,20 @@ function M.zeroize_by_failures(key, role, opts, steps)
   end
   if h.zeroized then return { attempts = 0, zeroized = true } end
   local left = tonumber(h.attempts_left) or M.THRESHOLDS[role]
-  if dhsm.check_mode then
-    dhsm.would(("send %d wrong HSM SO login(s) to %s (serial %s) until it zeroizes"):format(left, key, h.serial))
-    return { attempts = 0, zeroized = false, planned = left }
-  end
+  -- the gate (dhsm.act) inside the key's lock: no other login to this HSM
+  -- while the operator confirms, and check mode describes it here
+  return act.change({ kind = "luna", action = "zeroize_by_failed_logins", target = opts.target or key,
+    destructive = true, where = key, fields = { serial = h.serial, device_left = left, role = role },
+    what = ("send %d wrong HSM SO login(s) to %s (serial %s) until it zeroizes"):format(left, key, h.serial),
+    planned = { attempts = 0, zeroized = false, planned = left },
+    outcome = function(r) return r.zeroized and "zeroized" or "not zeroized", { attempts = r.attempts } end,
+  }, function() return failed_logins(key, role, opts, steps, left) end)
+end
+
+-- The zeroization's wrong logins, each recorded and followed by a reading.
+function failed_logins(key, role, opts, steps, left)
   dhsm.audit.write { action = "safety.override", target = key, outcome = "zeroize_by_failed_logins", role = role,
-    serial = h.serial, device_left = left }
+    serial = opts.serial, device_left = left }
   for n = 1, M.THRESHOLDS[role] do
     local rejected = steps.fail()
     local after = steps.read()

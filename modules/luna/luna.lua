@@ -21,14 +21,17 @@
 -- One SSH session and one LunaSH shell serve every command.  Prompts
 -- (`Type 'proceed'`, passwords) are answered from opts.answers, secrets
 -- allowed and never written anywhere; a password prompt nobody answers
--- closes the session rather than submit a wrong password.  In check mode a
--- command that changes something is not sent.  Every command is audited,
--- and one that changes something twice: "sending" before it is written
--- (so a process killed while `hsm zeroize` runs still leaves a record),
--- then its result.
--- Safety (docs/safety.md) is enforced here, whatever the caller: logins go
--- through dhsm.guard, a reboot needs the KB0019789 fix installed, a
--- network change must not cut the path this session uses.
+-- closes the session rather than submit a wrong password.  A read is
+-- audited once; a command that may change something, a login, a file copy
+-- and a first-login password change pass the gate (dhsm.act): its rule,
+-- check mode (described, not sent), the confirmation of what cannot be
+-- undone (LUNASH_DESTRUCTIVE, a zeroization by failed logins), "sending"
+-- before it is written (so a process killed while `hsm zeroize` runs still
+-- leaves a record), then its result.
+-- Safety (docs/safety.md), whatever the caller: logins go through
+-- dhsm.guard, and the gate's rule for a LunaSH command refuses a reboot
+-- without the KB0019789 fix installed and a network change that would cut
+-- the path this session uses.
 --
 -- Logins cannot go around the guard: the SSH session and shell channel are
 -- kept in a table private to this file (not in the session's fields), the
@@ -38,6 +41,7 @@
 -- the verb, ambiguous - unless the guarded login path passes a capability
 -- only it holds.  (Lua's debug, io.popen and os.execute stay what they are:
 -- this closes dhsm's API, it is not a sandbox.)
+local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
 local guard = require "dhsm.guard"
@@ -301,36 +305,36 @@ function M.first_login(entry, opts)
   if type(entry) ~= "table" then usage("luna.first_login: expected an inventory entry, got %s", type(entry)) end
   schema.options("luna.first_login", opts, FIRST_LOGIN_OPTIONS, true)
   local o = connect_options(entry, { timeout = opts.timeout, host_key = opts.host_key })
-  if dhsm.check_mode then
-    dhsm.would(("change the %s password of %s at its first login"):format(o.user or "tenantadmin", o.name or o.host))
-    return nil
-  end
   local t0 = dhsm.now()
   local self, text, which = open_shell(o)
   if which == 1 then
     self.password_changed = false
     return at_prompt(self, text, t0, "ok (no password change asked)")
   end
-  dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "sending", user = self.user }
-  local ok, answer = pcall(function()
-    send_line(self, opts.new_password)
-    local seen = read_until(self, { RETYPE }, self.timeout)
-    send_line(self, opts.new_password)
-    return seen .. read_until(self, { PROMPT }, self.timeout)
+  -- asked: the change passes the gate (in check mode the session closes, unchanged)
+  return act.change({ kind = "luna", action = "first_login", target = self.name, fields = { user = self.user },
+    what = ("change the %s password of %s at its first login"):format(self.user, self.name),
+    planned = function() self:close() end,
+    outcome = function(s) return "changed", { said = s.said } end,
+  }, function()
+    local ok, answer = pcall(function()
+      send_line(self, opts.new_password)
+      local seen = read_until(self, { RETYPE }, self.timeout)
+      send_line(self, opts.new_password)
+      return seen .. read_until(self, { PROMPT }, self.timeout)
+    end)
+    if not ok then
+      local said = passwd_lines(raw[self].buf)
+      self:close()
+      if #said == 0 then error(answer, 0) end
+      dhsm.error { kind = "luna", code = "PasswordChangeRejected",
+        message = ("%s refused the new %s password: %s; the old one still applies"):format(self.name, self.user,
+          table.concat(said, " ")), details = { said = said } }
+    end
+    self.password_changed = true
+    self.said = table.concat(passwd_lines(answer), " ")
+    return at_prompt(self, answer, t0)
   end)
-  if not ok then
-    local said = passwd_lines(raw[self].buf)
-    self:close()
-    dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "rejected", said = table.concat(said, " ") }
-    if #said == 0 then error(answer, 0) end
-    dhsm.error { kind = "luna", code = "PasswordChangeRejected",
-      message = ("%s refused the new %s password: %s; the old one still applies"):format(self.name, self.user,
-        table.concat(said, " ")), details = { said = said } }
-  end
-  self.password_changed = true
-  dhsm.audit.write { action = "luna.first_login", target = self.name, outcome = "changed", user = self.user,
-    said = table.concat(passwd_lines(answer), " ") }
-  return at_prompt(self, answer, t0)
 end
 
 -- open(entry [, opts]): connect to an inventory entry (dhsm.inventory)
@@ -522,34 +526,26 @@ local function exchange(self, command, opts, pass)
   return body_of(table.concat(transcript), command)
 end
 
--- Send one command and read its result, audited: a command that may
--- change something gets a "sending" record before it is written, so a
--- process killed while the appliance works still leaves its intent.
+-- Send one command and read its result.  A read is audited here; a
+-- command that may change something is sent from inside the gate
+-- (dhsm.act), which records its intent before and its outcome after.
 local function command(self, line, verb, opts, pass)
   return self.turn:run(function()
     local t0 = dhsm.now()
     local shown = masked(line)
-    if verb ~= "read" then
-      dhsm.audit.write { action = "luna.command", target = self.name, outcome = "sending", command = shown }
-    end
     local done = false
     local interrupted <close> = setmetatable({}, { __close = function()
       if not done then self.broken = true end   -- cancelled half-way: the shell's state is unknown
     end })
     local ok, text = pcall(exchange, self, line, opts, pass)
     done = ok                                   -- an error half-way leaves the shell's state unknown
-    if not ok then
-      if verb ~= "read" then
-        dhsm.audit.write { action = "luna.command", target = self.name, command = shown,
-          outcome = "error " .. tostring(dhsm.error.normalize(text).code), duration_ms = (dhsm.now() - t0) * 1000 }
-      end
-      error(text, 0)
-    end
+    if not ok then error(text, 0) end
     local r = parse.result(text)
     r.canonical, r.command = r.command, shown     -- LunaSH's own name for it, and what was sent
-    dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
-      command = r.command, duration_ms = (dhsm.now() - t0) * 1000,
-      error = r.error and r.error.code }
+    if verb == "read" then
+      dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
+        command = r.command, duration_ms = (dhsm.now() - t0) * 1000, error = r.error and r.error.code }
+    end
     return r
   end)
 end
@@ -563,6 +559,20 @@ end
 
 local login
 
+-- The gate's description of a LunaSH command on this appliance (dhsm.act).
+local function change_of(self, line, what, extra)
+  local shown = masked(line)
+  local change = { kind = "luna", action = what, target = self.name, audit = "luna.command",
+    what = ("run '%s' on %s"):format(shown, self.name), fields = { command = shown },
+    planned = function() return { ok = true, code = 0, text = "", check = true, command = shown } end,
+    outcome = function(r, r2)
+      if type(r) ~= "table" then r = r2 end              -- a login's try gives (ok, result)
+      return tostring(r.code), { error = r.error and r.error.code }
+    end }
+  for k, v in pairs(extra or {}) do change[k] = v end
+  return change
+end
+
 -- run(command, {answers=, proceed=, timeout=, password=, allow_destructive_login=,
 --   allow_without_reboot_fix=, allow_cutting_path=}) -> result
 function Session:run(line, opts)
@@ -574,15 +584,16 @@ function Session:run(line, opts)
   local verb, what = classify(line)
   local role = verb:match("^login:(.+)$")
   if role then return login(self, role, line, opts) end
-  if verb == "reboot" then self:check_reboot_fix(what, opts) end
-  if verb == "network" then self:check_network_change(line, opts) end
-  if verb ~= "read" and dhsm.check_mode then
-    dhsm.would(("run '%s' on %s"):format(masked(line), self.name))
-    return { ok = true, code = 0, text = "", check = true, command = masked(line) }
-  end
-  if DESTRUCTIVE[what] then dhsm.confirm { target = self.name, action = masked(line) } end
-  return command(self, line, verb, opts)
+  if verb == "read" then return command(self, line, verb, opts) end
+  return act.change(change_of(self, line, what, {
+    destructive = DESTRUCTIVE[what] or nil,
+    rule = function()
+      if verb == "reboot" then self:check_reboot_fix(what, opts) end
+      if verb == "network" then self:check_network_change(line, opts) end
+    end,
+  }), function() return command(self, line, verb, opts) end)
 end
+
 
 -- must(command, opts) -> result; a failed command raises a luna error
 function Session:must(line, opts)
@@ -682,13 +693,14 @@ function login(self, role, line, opts)
       return left
     end,
     try = function()
-      if dhsm.check_mode then
-        dhsm.would(("log in as %s on %s"):format(guard.ROLE_NAMES[role], self.name))
-        return nil, { ok = true, code = 0, text = "", check = true, command = masked(line) }
-      end
-      local r = command(self, line, "login", { answers = { { match = "[Pp]assword:", answer = password } },
-        proceed = opts.allow_destructive_login == true, timeout = opts.timeout }, LOGIN_PASS)
-      return r.ok, r
+      local change = change_of(self, line, "login", { kind = "login",
+        what = ("log in as %s on %s"):format(guard.ROLE_NAMES[role], self.name) })
+      change.planned = function() return nil, { ok = true, code = 0, text = "", check = true, command = masked(line) } end
+      return act.change(change, function()
+        local r = command(self, line, "login", { answers = { { match = "[Pp]assword:", answer = password } },
+          proceed = opts.allow_destructive_login == true, timeout = opts.timeout }, LOGIN_PASS)
+        return r.ok, r
+      end)
     end,
   })
 end
@@ -715,7 +727,8 @@ function Session:zeroize_by_failed_logins(serial, opts)
   schema.options("luna zeroize_by_failed_logins", opts, RUN_OPTIONS)
   check_open(self)
   local wrong = secret.value(require("dhsm.sys").random_hex(32))
-  return guard.zeroize_by_failures(self:guard_key(), "so", { zeroize = (opts or {}).zeroize, serial = serial }, {
+  return guard.zeroize_by_failures(self:guard_key(), "so", { zeroize = (opts or {}).zeroize, serial = serial,
+    target = self.name }, {
     read = function()
       local h = self:hsm_show()
       self.serial = h.serial
@@ -783,15 +796,13 @@ end
 function Session:put(local_path, remote)
   local data, err = util.read_file(local_path)
   if not data then usage("cannot read %s", err) end
-  if dhsm.check_mode then
-    dhsm.would(("copy %s to %s:%s"):format(local_path, self.name, remote))
-    return 0
-  end
-  dhsm.audit.write { action = "luna.put", target = self.name, outcome = "sending", file = remote, bytes = #data }
-  local s = raw[self].ssh
-  self.turn:run(s.scp_put, s, remote, data, tonumber("644", 8))
-  dhsm.audit.write { action = "luna.put", target = self.name, outcome = "ok", file = remote, bytes = #data }
-  return #data
+  return act.change({ kind = "luna", action = "put", target = self.name, fields = { file = remote, bytes = #data },
+    what = ("copy %s to %s:%s"):format(local_path, self.name, remote), planned = 0,
+  }, function()
+    local s = raw[self].ssh
+    self.turn:run(s.scp_put, s, remote, data, tonumber("644", 8))
+    return #data
+  end)
 end
 
 return M

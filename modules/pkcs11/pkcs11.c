@@ -22,9 +22,11 @@
 ** Object handles are plain integers (CK_OBJECT_HANDLE), as the token gives
 ** them: valid while the object exists (a session object dies with its
 ** session).  PKCS#11 calls block; for a local token they are quick and a
-** Luna's network wait is the library's own.  Mutations (generate,
-** destroy, logout) consult check mode and are audited here, where they
-** happen.  Types come from p11-kit's <p11-kit/pkcs11.h>, nothing else.
+** Luna's network wait is the library's own.  The mutations here (generate,
+** destroy, init_pin, logout) are raw: dhsm.pkcs11 takes them out of the
+** class and sends each through dhsm.act's gate (check mode, confirmation,
+** intent and outcome records).  Types come from p11-kit's
+** <p11-kit/pkcs11.h>, nothing else.
 */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -889,26 +891,6 @@ static int sess_info(lua_State *L) {
   return 1;
 }
 
-/* ---- audit and check mode ------------------------------------------------- */
-
-/* In check mode: say what would be done, and return {check=true, would=...}. */
-static int would(lua_State *L, session *s, const char *what) {
-  const char *desc = lua_pushfstring(L, "%s on token %s", what, s->token);
-  dhsm_would(L, "%s", desc);
-  lua_createtable(L, 0, 2);
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "check");
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "would");
-  return 1;
-}
-
-/* One audit record for a mutation; `fields` is the stack index of a table or 0. */
-static void audit(lua_State *L, session *s, const char *action, CK_RV rv, double t0, int fields) {
-  char buf[24];
-  dhsm_audit(L, action, s->token, rv == CKR_OK ? "ok" : rv_name(rv, buf), (dhsm_now() - t0) * 1000, fields);
-}
-
 /* ---- login ---------------------------------------------------------------- */
 
 /* core.login(s, "user"|"so", pin): one C_Login, nothing else.  The PIN
@@ -928,11 +910,7 @@ static int p11_login(lua_State *L) {
 /* s:logout() */
 static int sess_logout(lua_State *L) {
   session *s = check_session(L, 1);
-  if (dhsm_check_mode(L)) return would(L, s, "log out");
-  double t0 = dhsm_now();
-  CK_RV rv = fl_of(s)->C_Logout(s->h);
-  audit(L, s, "pkcs11.logout", rv, t0, 0);
-  check_rv(L, s, rv, "C_Logout");
+  check_rv(L, s, fl_of(s)->C_Logout(s->h), "C_Logout");
   return 0;
 }
 
@@ -943,11 +921,7 @@ static int sess_init_pin(lua_State *L) {
   session *s = check_session(L, 1);
   size_t len;
   const char *pin = dhsm_secret_check(L, 2, &len);
-  if (dhsm_check_mode(L)) return would(L, s, "set the user's (Crypto Officer's) PIN");
-  double t0 = dhsm_now();
-  CK_RV rv = fl_of(s)->C_InitPIN(s->h, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)len);
-  audit(L, s, "pkcs11.init_pin", rv, t0, 0);
-  check_rv(L, s, rv, "C_InitPIN");
+  check_rv(L, s, fl_of(s)->C_InitPIN(s->h, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)len), "C_InitPIN");
   return 0;
 }
 
@@ -1043,48 +1017,13 @@ static int sess_attributes(lua_State *L) {
   return 1;
 }
 
-/* The label of an object for messages; "" when it has none to show. */
-static void push_label(lua_State *L, session *s, CK_OBJECT_HANDLE h) {
-  char label[256];
-  CK_ATTRIBUTE a = {CKA_LABEL, label, sizeof label};
-  if (fl_of(s)->C_GetAttributeValue(s->h, h, &a, 1) == CKR_OK) lua_pushlstring(L, label, a.ulValueLen);
-  else lua_pushliteral(L, "");
-}
-
 /* s:destroy(handle) -> true */
 static int sess_destroy(lua_State *L) {
   session *s = check_session(L, 1);
   CK_OBJECT_HANDLE h = check_handle(L, 2);
-  lua_settop(L, 2);
-  push_label(L, s, h);
-  if (dhsm_check_mode(L))
-    return would(L, s, lua_pushfstring(L, "destroy object %I '%s'", (lua_Integer)h, lua_tostring(L, 3)));
-  lua_createtable(L, 0, 2);
-  lua_pushvalue(L, 2);
-  lua_setfield(L, -2, "handle");
-  lua_pushvalue(L, 3);
-  lua_setfield(L, -2, "label");
-  double t0 = dhsm_now();
-  CK_RV rv = fl_of(s)->C_DestroyObject(s->h, h);
-  audit(L, s, "pkcs11.destroy", rv, t0, 4);
-  check_rv(L, s, rv, "C_DestroyObject");
+  check_rv(L, s, fl_of(s)->C_DestroyObject(s->h, h), "C_DestroyObject");
   lua_pushboolean(L, 1);
   return 1;
-}
-
-/* Audit fields of a generation: {mechanism=, what=} (+ handles, added by the caller). */
-static int generation_fields(lua_State *L, const mech_def *m, const char *what) {
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, m->name);
-  lua_setfield(L, -2, "mechanism");
-  lua_pushstring(L, what);
-  lua_setfield(L, -2, "what");
-  return lua_gettop(L);
-}
-
-static void set_handle(lua_State *L, int t, const char *field, CK_OBJECT_HANDLE h) {
-  lua_pushinteger(L, (lua_Integer)h);
-  lua_setfield(L, t, field);
 }
 
 /* s:generate_key(mech, template, what) -> handle */
@@ -1094,15 +1033,9 @@ static int sess_generate_key(lua_State *L) {
   const char *what = luaL_checkstring(L, 4);
   template t;
   check_template(L, 3, &t, what);
-  if (dhsm_check_mode(L)) return would(L, s, lua_pushfstring(L, "generate %s", what));
-  int fields = generation_fields(L, m, what);
   CK_MECHANISM mech = {m->type, NULL, 0};
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  double t0 = dhsm_now();
-  CK_RV rv = fl_of(s)->C_GenerateKey(s->h, &mech, t.a, t.n, &h);
-  set_handle(L, fields, "handle", h);
-  audit(L, s, "pkcs11.generate", rv, t0, fields);
-  check_rv(L, s, rv, "C_GenerateKey");
+  check_rv(L, s, fl_of(s)->C_GenerateKey(s->h, &mech, t.a, t.n, &h), "C_GenerateKey");
   lua_pushinteger(L, (lua_Integer)h);
   return 1;
 }
@@ -1115,16 +1048,10 @@ static int sess_generate_key_pair(lua_State *L) {
   template pub, priv;
   check_template(L, 3, &pub, lua_pushfstring(L, "%s (public key)", what));
   check_template(L, 4, &priv, lua_pushfstring(L, "%s (private key)", what));
-  if (dhsm_check_mode(L)) return would(L, s, lua_pushfstring(L, "generate %s", what));
-  int fields = generation_fields(L, m, what);
   CK_MECHANISM mech = {m->type, NULL, 0};
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-  double t0 = dhsm_now();
-  CK_RV rv = fl_of(s)->C_GenerateKeyPair(s->h, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv);
-  set_handle(L, fields, "public", hpub);
-  set_handle(L, fields, "private", hpriv);
-  audit(L, s, "pkcs11.generate", rv, t0, fields);
-  check_rv(L, s, rv, "C_GenerateKeyPair");
+  check_rv(L, s, fl_of(s)->C_GenerateKeyPair(s->h, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv),
+           "C_GenerateKeyPair");
   lua_pushinteger(L, (lua_Integer)hpriv);
   lua_pushinteger(L, (lua_Integer)hpub);
   return 2;

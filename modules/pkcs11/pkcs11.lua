@@ -41,9 +41,12 @@
 -- attempt that could be the last is refused unless allow_destructive_login
 -- (audited); a failed login is never retried.  Reading the flags, C_Login
 -- and recording the outcome are one critical section per token and role,
--- across tasks and processes; C_Login itself is reachable from here only.  Generation, destruction,
--- login and logout are audited; in check mode they are not done: dhsm.would
--- reports them and they return { check = true, would = "..." }.
+-- across tasks and processes; C_Login itself is reachable from here only.
+-- Generation, destruction, init_pin, login and logout pass dhsm.act's gate:
+-- recorded before (intent) and after; a destruction is confirmed (the
+-- token's label typed); in check mode none is done and each returns
+-- { check = true, would = "..." }.
+local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local guard = require "dhsm.guard"
 local secret = require "dhsm.secret"
@@ -63,6 +66,13 @@ local raw_login = core.login
 core.login = nil
 
 local Library, Session = core.library, core.session
+
+-- The core's mutations are raw: taken out of the class, each reachable only
+-- through the gate below (dhsm.act).
+local raw = {}
+for _, name in ipairs { "logout", "init_pin", "destroy", "generate_key", "generate_key_pair" } do
+  raw[name], Session[name] = Session[name], nil
+end
 -- What the REPL completes (and the docs list); open_slot and generate_key(_pair) are the
 -- core's, under open and generate_*.
 Library.__public = { "info", "slots", "slot", "token", "tokens", "find_token", "mechanisms", "open", "close" }
@@ -263,6 +273,64 @@ local LOCKED_HINTS = {
   CKR_AUDIT_LOGIN_FAILURE_THRESHOLD = "the Auditor is locked for 10 minutes",
 }
 
+---------------------------------------------------------------------------
+-- changes, through the gate
+
+-- The token's label, which an operator types to confirm a destruction.
+local function token_label(self)
+  local key = self:guard_key()
+  return key:match("^(.*)#[^#]*$") or key
+end
+
+-- change(self, action, what, fn, extra) -> fn's results, or in check mode
+-- {check = true, would = ...}
+local function change(self, action, what, fn, extra)
+  local c = { kind = "pkcs11", action = action, target = token_label(self), where = self:guard_key(),
+    audit = "pkcs11." .. action, what = ("%s on token %s"):format(what, self:guard_key()) }
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return act.change(c, fn)
+end
+
+-- s:logout()
+function Session:logout()
+  return change(self, "logout", "log out", function() return raw.logout(self) end)
+end
+
+-- s:init_pin(pin): C_InitPIN as the SO - the user's (Crypto Officer's)
+-- first PIN, what LunaCM's `role init -name co` does.  A new PIN, not a
+-- login: no attempt is counted.
+function Session:init_pin(pin)
+  if not secret.is(pin) then usage("init_pin: the PIN must be a dhsm.secret, got %s", type(pin)) end
+  return change(self, "init_pin", "set the user's (Crypto Officer's) PIN", function() return raw.init_pin(self, pin) end)
+end
+
+-- s:destroy(handle) -> true: cannot be undone, so confirmed (the token's label)
+function Session:destroy(handle)
+  if math.type(handle) ~= "integer" or handle <= 0 then
+    usage("destroy: expected an object handle (a positive integer), got %s", tostring(handle))
+  end
+  local ok, a = pcall(self.attributes, self, handle, { "label", "class" })
+  local label = ok and a.label or "?"
+  return change(self, "destroy", ("destroy object %d '%s'"):format(handle, tostring(label)),
+    function() return raw.destroy(self, handle) end,
+    { destructive = true, fields = { handle = handle, label = label, class = ok and a.class or nil } })
+end
+
+-- s:generate_key(mech, template, what) -> handle
+function Session:generate_key(mech, template, what)
+  return change(self, "generate", "generate " .. tostring(what), function()
+    return raw.generate_key(self, mech, template, what)
+  end, { fields = { mechanism = tostring(mech) }, outcome = function(h) return "ok", { handle = h } end })
+end
+
+-- s:generate_key_pair(mech, public, private, what) -> private, public
+function Session:generate_key_pair(mech, public, private, what)
+  return change(self, "generate", "generate " .. tostring(what), function()
+    return raw.generate_key_pair(self, mech, public, private, what)
+  end, { fields = { mechanism = tostring(mech) },
+    outcome = function(priv, pub) return "ok", { private = priv, public = pub } end })
+end
+
 -- The guard's key for this session's token: "label#serial", read once: a
 -- login then touches the token only inside the guard's lock (SoftHSM2, for
 -- one, may fail a read that meets another process's write).
@@ -289,16 +357,17 @@ function Session:login(who, pin, opts)
   local result = guard.attempt(key, r.role, opts, {
     device_left = function() return M.device_left(self:token(), who) end,
     try = function()
-      if dhsm.check_mode then                -- a login risks a failed attempt: not in a dry run
-        local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
-        dhsm.would(what)
-        return nil, { check = true, would = what }
-      end
-      local ok, err = pcall(raw_login, self, who, pin)
+      -- a login risks a failed attempt: through the gate, not in a dry run
+      local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
+      local sent, ok, err = act.change({ kind = "login", action = "login", target = token_label(self), where = key,
+        audit = "pkcs11.login", what = what, fields = { role = r.role },
+        planned = function() return false, { check = true, would = what } end,
+        outcome = function(_, fine, e) return fine and "ok" or tostring(dhsm.error.normalize(e).code) end,
+      }, function() return true, pcall(raw_login, self, who, pin) end)
+      if not sent then return nil, ok end
       if ok then return true, true end
       local code = dhsm.error.is(err) and err.code
       if code == "CKR_USER_ALREADY_LOGGED_IN" then   -- the token's login is shared by its sessions
-        dhsm.audit.write { action = "pkcs11.login", target = key, outcome = code, role = r.role }
         return nil, true
       end
       if code == "CKR_PIN_INCORRECT" then            -- only a wrong PIN counts
@@ -306,7 +375,6 @@ function Session:login(who, pin, opts)
           guard.attempts_left(key, r.role, nil) - 1, guard.CONSEQUENCES[r.role])
         return false, err
       end
-      dhsm.audit.write { action = "pkcs11.login", target = key, outcome = tostring(code or "error"), role = r.role }
       if LOCKED_HINTS[code] then err.message = err.message .. ": " .. LOCKED_HINTS[code] end
       return nil, err                                -- the token refused it: not an attempt
     end,

@@ -39,6 +39,7 @@
 -- without -c (the commands would come on stdin), or with a secret on stdin
 -- for a command that does not set a new password.  What this cannot see: a
 -- lunacm started under another name or through another program.
+local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
 local guard = require "dhsm.guard"
@@ -76,14 +77,80 @@ local RUN_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS,
 local LUNACM_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS, password = { type = "secret" },
   allow_destructive_login = { type = "boolean" } })
 
-local function run(opts)
+---------------------------------------------------------------------------
+-- what a command changes: dhsm's own table of commands that change nothing
+
+local function program(argv)
+  return tostring(argv[1] or ""):match("[^/]*$"):lower()
+end
+
+local function word(argv, i)
+  return tostring(argv[i] or ""):lower()
+end
+
+-- Programs whose read-only commands dhsm knows, each with the test of one
+-- argv.  Anything else is a change: the gate describes it in check mode,
+-- records its intent before it runs.  A caller cannot add to this table.
+local READ_ONLY = {
+  lunacm = function(argv)
+    local words = commands.lunacm_words(argv)
+    return words ~= nil and (commands.lunacm(words)) == "read"
+  end,
+  vtl = function(argv)
+    local sub = word(argv, 2)
+    return sub == "verify" or sub == "listservers" or sub == "listslots" or sub == "show"
+  end,
+  az = function(argv)
+    return word(argv, 2) == "version" or word(argv, 2) == "account"
+      and (word(argv, 3) == "get-access-token" or word(argv, 3) == "show")
+  end,
+}
+local VTL_DESTRUCTIVE = { createcert = true }     -- a new key pair every appliance must register again
+
+function M.read_only(argv)
+  local test = READ_ONLY[is_lunacm(argv) and "lunacm" or program(argv)]
+  return test ~= nil and test(argv) == true
+end
+
+-- The gate's description of a command that may change something (dhsm.act).
+local function change_of(argv, what)
+  local target, destructive, name = program(argv), nil, program(argv)
+  if is_lunacm(argv) then
+    local words = commands.lunacm_words(argv) or {}
+    local _, cmd = commands.lunacm(words)
+    target, destructive, name = commands.lunacm_target(words), commands.LUNACM_DESTRUCTIVE[cmd], "lunacm " .. cmd
+  elseif target == "vtl" then
+    destructive = VTL_DESTRUCTIVE[word(argv, 2)]
+    target, name = commands.option(argv, 2, "n", "n") or "vtl", "vtl " .. word(argv, 2)
+  end
+  local line = command_line(argv)
+  return { kind = "proc", action = name, target = target, destructive = destructive, audit = "proc.run",
+    what = what or ("run %s"):format(line), fields = { command = line },
+    planned = function() return { check = true, would = what or ("run " .. line), ok = true, status = 0,
+      stdout = "", stderr = "" } end,
+    outcome = function(r)
+      if r.ok ~= nil then return r.ok and "No Error" or tostring(r.code or "no Command Result") end
+      return "exit " .. tostring(r.status)
+    end }
+end
+
+-- The run itself, lunacm's word read from its output.
+local function execute(opts)
+  local r = core.run(opts)
+  if is_lunacm(opts.argv) then lunacm_result(r) end
+  return r
+end
+
+-- run(opts [, what]): a read-only command is run and audited once; any
+-- other passes the gate (`what`: its description, when the caller's says more).
+local function run(opts, what)
   schema.options("proc.run", opts, RUN_OPTIONS, true)
+  local argv = opts.argv
+  if type(argv[1]) ~= "string" or argv[1] == "" then usage("'argv' is empty: give the program, then its arguments") end
+  if not M.read_only(argv) then return act.change(change_of(argv, what), function() return execute(opts) end) end
   local t0 = dhsm.now()
-  local ok, r = pcall(core.run, opts)
-  local argv = type(opts.argv) == "table" and opts.argv or {}
-  if ok and is_lunacm(argv) then lunacm_result(r) end
-  local outcome = ok and ("exit " .. tostring(r.status)) or ("error " .. tostring(dhsm.error.normalize(r).code))
-  if ok and r.ok ~= nil then outcome = r.ok and "No Error" or tostring(r.code or "no Command Result") end
+  local ok, r = pcall(execute, opts)
+  local outcome = ok and change_of(argv).outcome(r) or ("error " .. tostring(dhsm.error.normalize(r).code))
   dhsm.audit.write { action = "proc.run", target = tostring(argv[1]), command = command_line(argv),
     outcome = outcome, duration_ms = (dhsm.now() - t0) * 1000 }
   if not ok then error(r, 0) end
@@ -138,14 +205,19 @@ function M.run(opts)
   return run(opts)
 end
 
--- spawn{argv=, env=, cwd=} -> process; never lunacm (see above)
+-- spawn{argv=, env=, cwd=} -> process; never lunacm (see above).  What an
+-- interactive process will do cannot be described in advance: in check
+-- mode a spawn is refused (dhsm.act).
 function M.spawn(opts)
   schema.options("proc.spawn", opts, SPAWN_OPTIONS, true)
   if type(opts) == "table" and is_lunacm(opts.argv) then
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
   end
-  return core.spawn(opts)
+  if act.checking() then act.refuse("proc.spawn", command_line(opts.argv)) end
+  local change = change_of(opts.argv)
+  change.outcome = function() return "started" end
+  return act.change(change, function() return core.spawn(opts) end)
 end
 
 -- A read-only lunacm command with lunacm_login's env, cwd and timeout.
@@ -271,14 +343,10 @@ function M.lunacm_login(opts)
   local names = {}
   for i, s in ipairs(slots) do names[i] = s.label .. "#" .. s.serial end
   local _, result = attempt_all(opts, slots, role == "members" and "co" or role, function()
-    if dhsm.check_mode then
-      local would = ("log in as %s on partition%s %s (lunacm %s)"):format(
-        guard.ROLE_NAMES[role == "members" and "co" or role], #names > 1 and "s" or "", table.concat(names, ", "), what)
-      dhsm.would(would)
-      return nil, { check = true, would = would }
-    end
-    local r = run { argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
-      stdin = { opts.password, "\n" } }
+    local r = run({ argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
+      stdin = { opts.password, "\n" } }, ("log in as %s on partition%s %s (lunacm %s)"):format(
+        guard.ROLE_NAMES[role == "members" and "co" or role], #names > 1 and "s" or "", table.concat(names, ", "), what))
+    if r.check then return nil, r end
     if r.ok then return true, r end
     if NOT_ATTEMPTED[r.code] then return nil, r end
     return false, r                           -- a wrong PIN, or an answer we cannot read: counted

@@ -297,8 +297,14 @@ t.test("delete only with evidence of zeroization; then waits until it is gone", 
   hsm.create(c, "hsm-d1", spec { stamp = "stamp2" })
   local err = t.raises(function() hsm.delete(c, "hsm-d1") end, "NotZeroized")
   t.eq(err.kind, "safety")
-  -- ARM itself refuses too, with the HSM RP's innererror shape
-  local arm = t.raises(function() c:delete(hsm.path(c, "hsm-d1")) end, "HsmNotZeroized")
+  -- the rule is the DELETE's, not hsm.delete's: the generic client meets it, however spelled
+  local deletes = #estate:mutations("DELETE")
+  t.raises(function() c:delete(hsm.path(c, "hsm-d1")) end, "NotZeroized")
+  t.raises(function() c:request("delete", (hsm.path(c, "hsm-d1"):gsub("dedicatedHSMs", "dedicatedhsms"))) end,
+    "NotZeroized")
+  t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+  -- ARM itself refuses too, with the HSM RP's innererror shape (dhsm's rule lifted, audited)
+  local arm = t.raises(function() c:delete(hsm.path(c, "hsm-d1"), { allow_unzeroized = true }) end, "HsmNotZeroized")
   t.eq(arm.status, 409)
   t.ok(arm.details.innererror)
   estate:control("POST", "/hsms/hsm-d1/zeroized", { zeroized = true })
@@ -310,7 +316,7 @@ t.test("delete only with evidence of zeroization; then waits until it is gone", 
   t.eq(hsm.get(c, "hsm-d1"), nil)
   local overrides = 0
   for _, r in ipairs(audit_records(audit)) do if r.action == "safety.override" then overrides = overrides + 1 end end
-  t.eq(overrides, 1)
+  t.eq(overrides, 2)
 end)
 
 t.test("lists follow nextLink; summary and orphans", function()
@@ -431,7 +437,14 @@ t.test("deleting a group behind the module's back orphans its HSM, and orphans()
   -- v2 has no gateway: the HSM fails, but a failed HSM is still a resource (and counts)
   hsm.create(c, "hsm-o1", { vnet = "v2", subnet = "hsm", stamp = "stamp2" },
     { group = "side-rg", skip_preflight = true, wait = false })
-  c:wait(c:delete(c:group_path("side-rg")))
+  -- dhsm refuses, by whatever route; nothing reaches ARM
+  local deletes = #estate:mutations("DELETE")
+  local err = t.raises(function() c:delete(c:group_path("side-rg")) end, "GroupHoldsHsm")
+  t.ok(err.message:find("hsm-o1", 1, true), "the refusal names the HSM it holds: " .. err.message)
+  t.raises(function() c:request("DELETE", (c:group_path("side-rg"):gsub("resourceGroups", "resourcegroups"))) end,
+    "GroupHoldsHsm")
+  t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+  estate:delete_group_around_dhsm(c, "side-rg")
   local orphans = hsm.orphans(c)
   t.eq({ #orphans, orphans[1].name, orphans[1].group }, { 1, "hsm-o1", "side-rg" })
 end)
@@ -480,15 +493,15 @@ t.test("check mode sends no mutation, says what it would do, and reads still hap
   local before = estate:stats().requests
   local plans = {}
   dhsm.context().would = function(what) plans[#plans + 1] = what end
-  dhsm.check_mode = true
-  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() dhsm.context().would = nil end)
   local r = c:put(hsm.path(c, "hsm-c1"), { body = hsm.body(c, spec()) })
   t.eq({ r.check, r.status, r.method }, { true, 0, "PUT" })
   t.eq(c:wait(r), nil)
   t.eq(c:get(c:group_path()).status, 200)
   c:patch(hsm.path(c, "hsm-c1"), { body = { tags = { owner = "ops" },
     properties = { adminKey = require("dhsm.secret").value("s3cret-value") } } })
-  dhsm.check_mode = false
+  checking:close()
   t.eq(hsm.get(c, "hsm-c1"), nil)
   t.eq(#plans, 2)
   t.ok(plans[1]:find("^PUT /subscriptions/.*/dedicatedHSMs/hsm%-c1 {"), plans[1])
@@ -497,7 +510,8 @@ t.test("check mode sends no mutation, says what it would do, and reads still hap
   t.ok(not plans[2]:find("s3cret", 1, true), plans[2])
   local recs = audit_records(audit)
   t.eq({ recs[1].action, recs[1].outcome }, { "check.would", "planned" })
-  t.ok(recs[1].detail:find("^PUT /subscriptions/.*/dedicatedHSMs/hsm%-c1 {"), recs[1].detail)
+  t.ok(recs[1].what:find("^PUT /subscriptions/.*/dedicatedHSMs/hsm%-c1 {"), recs[1].what)
+  t.eq({ recs[1].kind, recs[1].change }, { "azure", "azure.PUT" })
   t.ok(not util.read_file(audit):find("s3cret", 1, true), "the secret never reaches the audit log")
   t.ok(estate:stats().requests - before <= 3, "only reads (and a token) were sent")
 end)

@@ -361,7 +361,7 @@ t.test("orphans: an HSM whose resource group was deleted is a FAIL naming it", f
   end)
   make_hsm("hsm-o1", { vnet = false, subnet = false, subnet_id = network.subnet_path(c, "hsm-vnet", "hsm"),
     stamp = "stamp2" }, "side-rg")
-  c:wait(c:delete(c:group_path("side-rg")))
+  estate:delete_group_around_dhsm(c, "side-rg")
   local r = expect(checks.orphans(scope()), "orphaned hsms", "hsm-o1", "FAIL")
   t.eq(r.finding, "resource group side-rg is gone; the HSM (eastus, Succeeded) is still billed")
   t.eq(r.guide, "How to delete an HSM resource")
@@ -446,8 +446,8 @@ t.test("hsm.start in check mode: the checks read the real state; a planned VNet 
   fresh()
   local plans = {}
   dhsm.context().would = function(what) plans[#plans + 1] = what end
-  dhsm.check_mode = true
-  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() checking:close() dhsm.context().would = nil end)
   local spec = { vnet = "plan-vnet", subnet = "hsm", stamp = "stamp1" }
   local err = t.raises(function() hsm.start(c, "hsm-p1", spec) end, "PreflightFailed")
   t.ok(err.message:find("subnet delegation plan-vnet/subnets/hsm: virtual network plan-vnet does not exist", 1, true),
@@ -458,6 +458,6 @@ t.test("hsm.start in check mode: the checks read the real state; a planned VNet 
   t.eq(#plans, 1)
   t.ok(plans[1]:find("^PUT /subscriptions/[^ ]+/dedicatedHSMs/hsm%-p1 {"), plans[1])
   t.eq(hsm.wait(c, "hsm-p1"), nil, "nothing to wait for")
-  dhsm.check_mode = false
+  checking:close()
   t.eq({ estate:mutations("hsm-p1"), estate:mutations("plan-vnet") }, { {}, {} }, "nothing reached the estate")
 end)

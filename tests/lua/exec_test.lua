@@ -58,7 +58,7 @@ t.test("a destructive call from exec without a terminal and without --yes is ref
   local before = #estate:mutations("regenCert")
   local r = exec(("--audit %s -i %s exec -e %s"):format(q(audit), q(inventory), q(REGEN)), { stdin = "hsm1\n" })
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("sysconf regenCert -force is destructive (hsm1) and there is no terminal to confirm it on; "
+  t.ok(r.stderr:find("run 'sysconf regenCert -force' on hsm1 is destructive (hsm1) and there is no terminal to confirm it on; "
     .. "nothing was done (pass --yes to confirm in advance)", 1, true), r.stderr)
   t.eq(#estate:mutations("regenCert"), before, "nothing reached the appliance")
   local confirms = {}
@@ -112,7 +112,7 @@ t.test("on a terminal, exec asks for the target's name: a wrong answer stops, th
   wrong.wait_for("is destructive. Type hsm1 to go on:")
   wrong.keys("hsm2", "Enter")
   wrong.wait_for("exit=3")
-  t.ok(wrong.screen():find("not confirmed: sysconf regenCert -force was not done", 1, true), wrong.screen())
+  t.ok(wrong.screen():find("not confirmed: run 'sysconf regenCert -force' on hsm1 was not done", 1, true), wrong.screen())
   t.eq(#estate:mutations("regenCert"), before, "a wrong name sends nothing")
   local right = terminal(cmd)
   right.wait_for("is destructive. Type hsm1 to go on:")
@@ -121,3 +121,26 @@ t.test("on a terminal, exec asks for the target's name: a wrong answer stops, th
   t.ok(right.screen():find("regen done", 1, true), right.screen())
   t.eq(#estate:mutations("regenCert"), before + 1)
 end, { timeout = 120 })
+
+-- The routes that used to act unconfirmed from exec: each is refused without
+-- a terminal and without --yes, and nothing reaches the estate (its own log).
+t.test("exec asks before zeroize by failed logins and lunacm's deleteGroup, as before hsm zeroize", function()
+  local function count(pattern)
+    local n = 0
+    for _, m in ipairs(estate:log()) do if m:find(pattern) then n = n + 1 end end
+    return n
+  end
+  local logins, deletes = count("lunash: hsm login"), count("deleteGroup")
+  local zeroize = "return hsm('hsm1'):zeroize_by_failed_logins(inv:hsm('hsm1').serial, { zeroize = true })"
+  local r = exec(("-i %s exec -e %s"):format(q(inventory), q(zeroize)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("send 3 wrong HSM SO login(s) to hsm1#", 1, true) and r.stderr:find("is destructive (hsm1) and "
+    .. "there is no terminal to confirm it on", 1, true), r.stderr)
+  local group = "require('dhsm.client.ha').client(inv):must('hagroup', 'deleteGroup', '-label', 'myHA')"
+  r = exec(("-i %s exec -e %s"):format(q(inventory), q(group)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("deleteGroup -label myHA is destructive (myHA) and there is no terminal", 1, true), r.stderr)
+  t.eq({ count("lunash: hsm login"), count("deleteGroup") }, { logins, deletes }, "nothing reached the estate")
+  local s = estate:luna_session("hsm1")
+  t.eq(s:hsm_show().attempts_left, 3, "hsm1's HSM SO still has every attempt")
+end, { timeout = 60 })

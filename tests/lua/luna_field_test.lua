@@ -137,7 +137,7 @@ t.test("first_login over SSH: a weak password is refused with passwd's words, a 
   for _, r in ipairs(t.audit_records(log)) do
     if r.action == "luna.first_login" then outcomes[#outcomes + 1] = r.outcome end
   end
-  t.eq(outcomes, { "sending", "rejected", "sending", "changed" })
+  t.eq(outcomes, { "sending", "error PasswordChangeRejected", "sending", "changed" })
   t.eq(util.read_file(log):find("N3w-Passw0rd!", 1, true), nil)   -- never in the audit log
 end)
 

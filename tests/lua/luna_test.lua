@@ -253,11 +253,11 @@ t.test("check mode: reads are sent, changes are not", function()
   local s = open("hsm1")
   local plans = {}
   dhsm.context().would = function(w) plans[#plans + 1] = w end
-  dhsm.check_mode = true
-  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() checking:close() dhsm.context().would = nil end)
   t.eq(s:run("partition create -partition p9 -force").check, true)
   t.eq(s:run("par li").check, nil)
-  dhsm.check_mode = false
+  checking:close()
   for _, p in ipairs(parse.partition_list(s:must("partition list").text)) do
     t.ok(p.name ~= "p9", "p9 was created in check mode")
   end

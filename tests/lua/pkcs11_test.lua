@@ -260,8 +260,14 @@ t.test("login as user and as SO, logout; audited without the PIN", function()
   t.eq(so:info().state, "rw_so")
   so:logout()
   local recs, text = records()
-  t.eq(actions(recs), { "login.co", "pkcs11.login", "pkcs11.logout", "login.pso", "pkcs11.logout" })
-  t.eq({ recs[1].outcome, recs[2].outcome, recs[4].outcome }, { "ok", "CKR_USER_ALREADY_LOGGED_IN", "ok" })
+  -- each C_Login and C_Logout passes the gate: its intent, then its outcome; the guard records each login
+  local seen = {}
+  for i, r in ipairs(recs) do seen[i] = r.action .. " " .. r.outcome end
+  t.eq(seen, { "pkcs11.login sending", "pkcs11.login ok", "login.co ok",
+    "pkcs11.login sending", "pkcs11.login CKR_USER_ALREADY_LOGGED_IN",
+    "pkcs11.logout sending", "pkcs11.logout ok",
+    "pkcs11.login sending", "pkcs11.login ok", "login.pso ok",
+    "pkcs11.logout sending", "pkcs11.logout ok" })
   t.ok(recs[1].target:find("^main#%x+$"), recs[1].target)
   t.ok(not text:find(hsm.pins.main.user, 1, true) and not text:find(hsm.pins.so.so, 1, true), "no PIN in the log")
 end)
@@ -277,7 +283,8 @@ t.test("a wrong PIN raises CKR_PIN_INCORRECT, is counted, and is not retried", f
   t.eq(s:token().user_pin_count_low, true, "SoftHSM2 flags the failure")
   t.eq(pkcs11.device_left(s:token(), "user"), 9)
   local recs = records()
-  t.eq({ #recs, recs[1].action, recs[1].outcome, recs[1].failures }, { 1, "login.co", "failed", 1 })
+  t.eq({ #recs, recs[3].action, recs[3].outcome, recs[3].failures }, { 3, "login.co", "failed", 1 })
+  t.eq({ recs[1].outcome, recs[2].outcome }, { "sending", "CKR_PIN_INCORRECT" }, "the intent came first")
   s:login("user", hsm:pin("guard"))
   t.eq(guard.failures(key, "co"), 0, "a success resets the count")
   t.eq(s:token().user_pin_count_low, false)
@@ -371,10 +378,14 @@ t.test("objects: find, count, attributes with their Lua types, destroy", functio
     if r.action == "pkcs11.generate" then gen[#gen + 1] = r end
     if r.action == "pkcs11.destroy" then des[#des + 1] = r end
   end
-  t.eq({ gen[1].mechanism, gen[1].handle, gen[1].outcome, gen[1].what }, { "AES_KEY_GEN", aes, "ok", "AES-256 key 'obj-aes'" })
-  t.eq({ gen[2].mechanism, gen[2].private, gen[2].public }, { "EC_KEY_PAIR_GEN", priv, pub })
-  t.eq({ #des, des[1].label, des[1].outcome, des[2].outcome }, { 2, "obj-aes", "ok", "CKR_OBJECT_HANDLE_INVALID" })
-  t.ok(des[1].target:find("^main#"))
+  -- intent, then outcome (dhsm.act)
+  t.eq({ gen[1].outcome, gen[1].mechanism, gen[2].mechanism, gen[2].handle, gen[2].outcome },
+    { "sending", "AES_KEY_GEN", "AES_KEY_GEN", aes, "ok" })
+  t.ok(gen[2].what:find("^generate AES%-256 key 'obj%-aes' on token main#"), gen[2].what)
+  t.eq({ gen[4].mechanism, gen[4].private, gen[4].public }, { "EC_KEY_PAIR_GEN", priv, pub })
+  t.eq({ #des, des[1].outcome, des[2].label, des[2].outcome, des[4].outcome },
+    { 4, "sending", "obj-aes", "ok", "error CKR_OBJECT_HANDLE_INVALID" })
+  t.ok(des[2].target:find("^main#"))
 end)
 
 t.test("every key type: AES 128/192/256, HMAC, RSA 2048/3072/4096, EC P-256/P-384", function()
@@ -588,8 +599,8 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
   local keep = s:generate_aes { label = "chk-keep", token = false }
   local shown = {}
   dhsm.context().would = function(what) shown[#shown + 1] = what end     -- as the runner shows them
-  dhsm.check_mode = true
-  t.cleanup(function() dhsm.check_mode = false dhsm.context().would = nil end)
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() checking:close() dhsm.context().would = nil end)
   local r = s:generate_aes { label = "chk-new" }
   t.eq(r.check, true)
   t.ok(r.would:find("^generate AES%-256 key 'chk%-new' on token main#%x+$"), r.would)
@@ -607,11 +618,36 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
   t.eq(#s:digest("SHA256", "reads still happen"), 32)
   local would = {}
   for _, rec in ipairs(records()) do
-    if rec.action == "check.would" then would[#would + 1] = rec.detail:match("^%S+ %S+") end
-    t.ok(rec.action ~= "pkcs11.generate" or rec.what == "AES-256 key 'chk-keep'", "nothing else generated")
+    if rec.action == "check.would" then would[#would + 1] = rec.what:match("^%S+ %S+") end
+    t.ok(rec.action ~= "pkcs11.generate" or rec.what:find("'chk-keep'", 1, true), "nothing else generated")
   end
   t.eq(would, { "generate AES-256", "generate RSA-2048", "destroy object", "log out", "log in" })
   t.eq(#shown, 5)
+end)
+
+t.test("a destruction from a runbook is confirmed: refused without a terminal (the object stays), made with --yes",
+  function()
+  local s = user_session()
+  s:generate_aes { label = "victim" }
+  local code = ([[local lib = require('dhsm.pkcs11').load(%q, { env = { SOFTHSM2_CONF = %q } })
+local s <close> = lib:open { label = 'main', rw = true }
+s:login('user', secret.env('MAIN_PIN'))
+return s:destroy(s:find_one { label = 'victim' })]]):format(p11.LIB, hsm.conf)
+  local state = t.tmpdir()
+  local env = "MAIN_PIN=" .. util.shell_quote(hsm.pins.main.user)
+  local r = t.run("exec -e " .. util.shell_quote(code), { state = state, env = env })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("destroy object %d+ 'victim' on token main#%x+ is destructive %(main%) and there is no terminal"),
+    r.stderr)
+  t.eq(s:count { label = "victim" }, 1, "the object stays")
+  r = t.run("exec --yes -e " .. util.shell_quote(code), { state = state, env = env })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(s:count { label = "victim" }, 0, "confirmed in advance, it is destroyed")
+  local seen = {}
+  for _, rec in ipairs(t.audit_records(state .. "/audit.jsonl")) do
+    if rec.action == "confirm" or rec.action == "pkcs11.destroy" then seen[#seen + 1] = rec.action .. " " .. rec.outcome end
+  end
+  t.eq(seen, { "confirm refused (no terminal)", "confirm skipped (--yes)", "pkcs11.destroy sending", "pkcs11.destroy ok" })
 end)
 
 t.test("errors carry the CKR name and number; Luna's vendor codes are named", function()

@@ -492,7 +492,9 @@ t.test("--check plans: reads run, mutations say 'would', destructive bodies run 
   t.eq(doc.steps[1].status, "planned")
   t.eq(doc.steps[1].plan, { "tag hsm1 as decommissioning" })
   t.eq(doc.steps[2].status, "planned")
-  t.eq(doc.steps[2].plan, { "run destructive step 'zeroize hsm1' on hsm1", "write zeroized-hsm1" })
+  t.eq(doc.steps[2].plan, { "run destructive step 'zeroize hsm1' on hsm1",
+    ("write %s/zeroized-hsm1 (0 bytes)"):format(dir) })
+  t.eq({ doc.described, doc.refused }, { 1, 0 })
   t.ok(r.stderr:find("  would tag hsm1 as decommissioning", 1, true), r.stderr)
   t.eq(sys.stat(dir .. "/dhsm/runs"), nil, "a plan is not journaled")
 end)

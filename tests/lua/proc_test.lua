@@ -110,5 +110,5 @@ t.test("a lunacm that has acted is read and audited whatever else it printed (a 
   for _, rec in ipairs(t.audit_records(audit)) do
     if rec.action == "proc.run" then runs[#runs + 1] = rec.outcome end
   end
-  t.eq(runs, { "No Error" })
+  t.eq(runs, { "sending", "No Error" }, "a change: its intent (dhsm.act), then lunacm's word")
 end)

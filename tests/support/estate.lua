@@ -189,10 +189,21 @@ function M:remove_hsm(c, name, group)
     hsm.delete_failed(c, name, { group = group })
   else
     self:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = group or c.resource_group })
-    local r = c:delete(hsm.path(c, name, group))
+    -- a device-less appliance has no `hsm show` to read: the rule is lifted, audited
+    local r = c:delete(hsm.path(c, name, group), { allow_unzeroized = true })
     if r.status == 202 then c:wait(r, { timeout = 30 }) end
   end
   t.eventually(function() return hsm.get(c, name, group) == nil end, name .. " deleted")
+end
+
+-- delete_group_around_dhsm(c, group): the group deleted as the portal or
+-- `az group delete` would, around dhsm's rules (ARM's own API through the
+-- raw transport), and waited for: how an HSM gets orphaned.
+function M:delete_group_around_dhsm(c, group)
+  local r = c.session:request { method = "DELETE", url = c:url(c:group_path(group), {}),
+    headers = { Authorization = { "Bearer ", c:token() } } }
+  if r.status ~= 202 and r.status ~= 200 then error(("DELETE of group %s: HTTP %d"):format(group, r.status), 2) end
+  c:wait(c:group_path(group), { deleting = true })
 end
 
 -- An azure client on this estate, polling fast.

@@ -9,9 +9,8 @@
 --   dhsm.try(fn, ...)              true, results... | false, err (always a dhsm error)
 --   dhsm.usage(fmt, ...)           raise bad input (kind "usage", exit 2); dhsm.usage_in(where) prefixes it
 --   dhsm.semaphore(n)              :run(fn, ...) with at most n at once
---   dhsm.check_mode                true under --check: mutations only say what they would do
---   dhsm.would(what)               (modules, in check mode) report a mutation not made
---   dhsm.confirm{target=, action=} (modules) before a destructive call outside a playbook step
+--   dhsm.check_mode                (read-only) true under --check: changes are only described
+--                                  (dhsm.act.checking(); every change passes dhsm.act's gate)
 --   dhsm.inventory()               the inventory of `dhsm exec -i`/the REPL (dhsm.cli.globals), or nil
 --   dhsm.context()                 the current task's context (run, playbook, step, ...)
 local core = require "dhsm.core"
@@ -23,7 +22,6 @@ local M = {
   current = core.current,
   context = core.context,
   now = core.now,
-  check_mode = false,
   verbose = false,
   secret = require "dhsm.secret",
   audit = require "dhsm.audit",
@@ -127,25 +125,6 @@ function Semaphore:run(fn, ...)
   return fn(...)
 end
 
--- would(what): in check mode, what a mutating call would have done.  The
--- playbook runner shows it under the current step and marks the step
--- planned; outside a run it is printed.  Either way it is audited.
-function M.would(what)
-  if type(what) ~= "string" then usage("dhsm.would: expected a description, got %s", type(what)) end
-  M.audit.write { action = "check.would", outcome = "planned", detail = what }
-  local show = core.context().would
-  if show then show(what) else io.stderr:write("would ", what, "\n") end
-end
-
--- confirm{target=, action=}: a destructive module call made outside a
--- playbook step (whose runner already asked) asks the operator when an
--- interface listens (the REPL sets context.confirm); raises "safety" when
--- the answer is not the target's name.
-function M.confirm(t)
-  local ask = core.context().confirm
-  if ask then ask(t) end
-end
-
 local function describe_item(item, i)
   if type(item) == "table" then
     local label = rawget(item, "name") or rawget(item, "host") or rawget(item, "id")
@@ -222,4 +201,17 @@ function M.parallel(items, fn, opts)
   return results
 end
 
-return M
+-- check_mode is the running task's (dhsm.act), read here for runbooks;
+-- it is not a field anyone can set.
+return setmetatable(M, {
+  __index = function(_, k)
+    if k == "check_mode" then return require("dhsm.act").checking() end
+  end,
+  __newindex = function(t, k, v)
+    if k == "check_mode" then
+      error(errors.new { kind = "safety", code = "CheckModeLocked", message = "dhsm.check_mode cannot be set: "
+        .. "check mode belongs to the run (dhsm run --check, the REPL's :check)" }, 2)
+    end
+    rawset(t, k, v)
+  end,
+})

@@ -95,7 +95,7 @@ function M.check(ev, resource, opts)
       .. "dhsm.luna made (session:zeroized_evidence()); a hand-built or replayed table proves nothing",
       resource, type(ev) == "table" and "a plain table" or type(ev))
   end
-  if f.planned and not dhsm.check_mode then
+  if f.planned and not require("dhsm.act").checking() then
     refuse("EvidencePlanned", "not deleting HSM %s: the zeroization of appliance %s was only planned (check mode)",
       resource, f.appliance)
   end

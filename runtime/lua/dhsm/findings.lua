@@ -247,10 +247,10 @@ end
 
 -- write_prometheus(path, rows, opts): the whole file at once (a temp file in
 -- the same folder, renamed over path), so the collector never reads half.
+-- A file written for others to read: through the gate (dhsm.act).
 function M.write_prometheus(path, rows, opts)
   M.check_output_dir(path)
-  local ok, err = sys.write_file(path, M.prometheus(rows, opts), tonumber("644", 8))
-  if not ok then usage("prometheus: cannot write %s: %s", path, tostring(err)) end
+  return require("dhsm.act").write_file(path, M.prometheus(rows, opts), { what = "the findings, Prometheus text format" })
 end
 
 return M

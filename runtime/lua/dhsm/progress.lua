@@ -109,6 +109,10 @@ function Reporter:would(rec, what)
   self:line(("%s  would %s"):format(indent(rec or {}), what))
 end
 
+function Reporter:refused(rec, what)
+  self:line(("%s  refused %s (check mode)"):format(indent(rec or {}), what))
+end
+
 function Reporter:note(rec, message)
   self:line(indent(rec or {}) .. "  " .. message)
 end

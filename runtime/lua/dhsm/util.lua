@@ -158,12 +158,15 @@ end
 -- holds files: each entry is unlinked (a link, never what it points to);
 -- a subfolder someone left in it stays, and so does the folder then.
 -- No shell is involved.
+-- It is dhsm's own (dhsm.act.private): written to in check mode too.
 function M.scratch_dir(prefix)
-  local sys = require "dhsm.sys"
+  local sys, act = require "dhsm.sys", require "dhsm.act"
   local dir = assert(sys.mkdtemp(prefix))
+  act.private(dir)
   return dir, setmetatable({}, { __close = function()
     for _, name in ipairs(sys.readdir(dir) or {}) do os.remove(dir .. "/" .. name) end
     os.remove(dir)
+    act.private(dir, false)
   end })
 end
 

@@ -65,8 +65,11 @@ refused.]],
 uses  local t = require "dhsm.test"  and  t.test(name, fn).  Prints one line
 per failure and ends with "N passed, N failed".  Operators can test their
 own runbooks the same way; require "support.NAME" finds helpers in the
-nearest support/ folder above a test file.]],
-    options = { { nil, "--filter", arg = "PATTERN", help = "only tests whose name matches the Lua PATTERN" } } },
+nearest support/ folder above a test file.  A destructive call asks for its
+target's name as in exec; --yes answers for the whole suite (tests of the
+question set their own).]],
+    options = { { nil, "--filter", arg = "PATTERN", help = "only tests whose name matches the Lua PATTERN" },
+      { "-y", "--yes", help = "do not ask before destructive calls (the audit log records it)" } } },
   { name = "version", usage = "version", summary = "print the versions of dhsm and its libraries",
     text = "Prints dhsm, Lua, libcurl, libssh2 and OpenSSL versions.", options = {} },
   { name = "help", usage = "help [COMMAND]", summary = "show help for dhsm or a command",
@@ -360,6 +363,7 @@ local function cmd_exec(opts, pos)
 end
 
 local function cmd_test(opts, pos)
+  dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
   return require("dhsm.testrun").run(pos, { verbose = opts.verbose, filter = opts.filter })
 end
 
@@ -379,7 +383,7 @@ local handlers = {
 -- them.  (The debug library still does: dhsm closes its API, it is not a
 -- sandbox.)  The commands that run none (help, version, doc, list, runs)
 -- start without them, in half the time.
-local SAFETY_MODULES = { "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
+local SAFETY_MODULES = { "dhsm.act", "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
   "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups" }
 local RUNS_USER_CODE = { run = true, repl = true, exec = true, test = true }
 

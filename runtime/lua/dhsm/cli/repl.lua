@@ -246,8 +246,9 @@ local function meta(line, session)
   elseif cmd == "trace" then
     io.stdout:write(session.trace or "no error yet", "\n")
   elseif cmd == "check" then
-    if arg == "on" or arg == "off" then dhsm.check_mode = arg == "on" end
-    io.stdout:write("check mode is ", dhsm.check_mode and "on: changes are described, not made" or "off", "\n")
+    local act = require "dhsm.act"
+    if arg == "on" or arg == "off" then act.set_check(arg == "on") end
+    io.stdout:write("check mode is ", act.checking() and "on: changes are described, not made" or "off", "\n")
   elseif cmd == "audit" then
     last_audit(tonumber(arg) or 10)
   elseif cmd == "doc" then
@@ -291,7 +292,7 @@ function M.run(opts)
   end
   local last_err
   while true do
-    local prompt = dhsm.check_mode and "dhsm(check)> " or "dhsm> "
+    local prompt = require("dhsm.act").checking() and "dhsm(check)> " or "dhsm> "
     local line, chunk, err, interrupted = read_entry(tty, prompt)
     if line == nil then break end
     if interrupted then io.stdout:write("\n") end

@@ -83,14 +83,19 @@ end
 -- Run fn(ctx) as the body of step rec; returns the packed results.
 function Ctx:execute(rec, fn)
   local context = dhsm.context()
-  local saved = context.would
+  local saved, saved_refused = context.would, context.refused
   context.would = function(what)
     rec.plan = rec.plan or {}
     rec.plan[#rec.plan + 1] = what
     self.reporter:would(rec, what)
   end
+  context.refused = function(what)                 -- a plain effect check mode refused (dhsm.act)
+    rec.plan = rec.plan or {}
+    rec.plan[#rec.plan + 1] = "refused " .. what
+    self.reporter:refused(rec, what)
+  end
   local r = table.pack(pcall(fn, self))
-  context.would = saved
+  context.would, context.refused = saved, saved_refused
   if not r[1] then r[2] = M.raised(r[2]) end
   return r
 end
@@ -132,7 +137,7 @@ function Ctx:body(rec, opts, fn)
         .. "declares no done= check, so what it did is unknown and it is not run again. Check %s by hand, "
         .. "then start a new run"):format(rec.title, rec.target, rec.began, rec.target) })
   end
-  if opts.destructive and dhsm.check_mode then
+  if opts.destructive and self.check then
     -- The body runs: its reads and safety rules meet the real state, its
     -- mutations (through the modules) only describe themselves.  So the
     -- plan shows the refusal the real run would meet, not a hopeful
@@ -141,13 +146,19 @@ function Ctx:body(rec, opts, fn)
     self.reporter:would(rec, rec.plan[1])
     return self:execute(rec, fn)
   end
-  if opts.destructive then
-    local ok, err = pcall(self.confirm, self, rec)
-    if not ok then return table.pack(false, err) end
-    rec.began, rec.status = sys.rfc3339(), "started"
-    self:save()
-  end
-  return self:execute(rec, fn)
+  if not opts.destructive then return self:execute(rec, fn) end
+  local ok, err = pcall(self.confirm, self, rec)
+  if not ok then return table.pack(false, err) end
+  rec.began, rec.status = sys.rfc3339(), "started"
+  self:save()
+  -- the operator's word covers the gate's questions for this target, in
+  -- this step only (dhsm.act): a change to anything else is asked for
+  local context = dhsm.context()
+  local saved = context.confirmed_target
+  context.confirmed_target = rec.target
+  local r = self:execute(rec, fn)
+  context.confirmed_target = saved
+  return r
 end
 
 -- ctx:step(title, [opts], fn) -> fn's result
@@ -187,7 +198,7 @@ function Ctx:step(title, opts, fn)
   end
   if r[1] then
     rec.result = r[2]
-    rec.status = (rec.plan and dhsm.check_mode) and "planned" or "ok"
+    rec.status = (rec.plan and self.check) and "planned" or "ok"
   else
     rec.error = error_record(r[2])
     rec.status = rec.error.kind == "safety" and "refused" or "failed"
@@ -210,8 +221,14 @@ function Ctx:note(message)
   self.reporter:note(self.current[#self.current], tostring(message))
 end
 
+-- would(what): in check mode, a line of the plan for what the real run
+-- would find or do that a plan cannot (a member alive after a recovery
+-- only described).  Changes describe themselves (dhsm.act); this is a note.
 function Ctx:would(what)
-  dhsm.would(what)
+  if type(what) ~= "string" then usage("ctx:would: expected a description, got %s", type(what)) end
+  dhsm.audit.write { action = "check.would", outcome = "planned", detail = what }
+  local show = dhsm.context().would
+  if show then show(what) else self.reporter:note(nil, "would " .. what) end
 end
 
 function Ctx:save()

@@ -17,7 +17,7 @@
 --
 -- Step options: destructive (the operator types `target` to confirm; in
 -- --check its body runs unconfirmed with check mode on, so it must act
--- only through the modules or test dhsm.check_mode), target, and done = function(ctx) -> done?, result: how
+-- only through the modules or dhsm.act: its own plain effects are refused), target, and done = function(ctx) -> done?, result: how
 -- to tell from the real state that the step's work is done.  It is asked
 -- first, on every run: when it says done, the step is skipped and `result`
 -- is its result.  It may wait for work an earlier attempt left going (a
@@ -35,6 +35,8 @@
 -- run is held by one process: runs/ID.lock (sys.lock) for its whole life,
 -- so a second `--resume ID` while it goes is refused with the holder's pid.
 -- Any value a step raises fails it, error(nil) included.
+local act = require "dhsm.act"
+local ask = require "dhsm.ask"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local run_context = require "dhsm.play.context"
@@ -445,14 +447,23 @@ local function resume_journal(pb, id, public)
   return j
 end
 
-local function outcome_of(err)
-  if err == nil then return dhsm.check_mode and "planned" or "ok" end
+local function outcome_of(err, check)
+  if err == nil then return check and "planned" or "ok" end
   if dhsm.error.is(err, "safety") then return "refused" end
   if dhsm.error.is(err, "interrupted") then return "interrupted" end
   return "failed"
 end
 
-local function json_document(ctx, pb, params, outcome, err, t0, result)
+-- A check run's closing words: "nothing was changed" only when it planned
+-- to the end with nothing refused.
+local function check_summary(outcome, tally)
+  local described, refused = tally and tally.described or 0, tally and tally.refused or 0
+  local changes = ("%d change%s described"):format(described, described == 1 and "" or "s")
+  if outcome == "planned" and refused == 0 then return "nothing was changed; " .. changes end
+  return ("%s, %d refused"):format(changes, refused)
+end
+
+local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
   local steps = {}
   for i, rec in ipairs(ctx.steps) do
     steps[i] = { title = rec.title, status = rec.status, target = rec.target, duration_s = rec.duration_s,
@@ -464,6 +475,7 @@ local function json_document(ctx, pb, params, outcome, err, t0, result)
   return sys.json_encode {
     run = ctx.run_id, playbook = pb.name, check = ctx.check, resumed = ctx.resumed,
     params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps, result = result,
+    described = tally and tally.described or nil, refused = tally and tally.refused or nil,
     error = e and { kind = e.kind, code = e.code, message = e.message } or nil,
   }
 end
@@ -519,12 +531,16 @@ function M.run(pb, raw, opts)
   for _, s in ipairs(j.steps) do replay[s.key] = s end
   j.state = "running"
   context.playbook = pb.name
-  dhsm.check_mode = opts.check == true
+  -- check mode is this task's and its children's until the run ends
+  -- (dhsm.act): a step cannot switch it off
+  local check_scope <close> = act.check_scope(opts.check == true)
   local ctx = run_context.new {
     run_id = context.run, playbook = pb, params = params, inventory = inv, opts = opts,
-    check = dhsm.check_mode, resumed = opts.resume ~= nil, journal = j, replay = replay,
+    check = opts.check == true, resumed = opts.resume ~= nil, journal = j, replay = replay,
     steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(),
   }
+  -- a destructive change no confirmed step covers is asked for (dhsm.act)
+  context.confirm = ask.for_calls(opts.yes == true, function() ctx.reporter:clear_live() end)
 
   -- With --json, stdout carries only the final document: everything else
   -- written there (Lua, C, child processes) goes to stderr meanwhile.
@@ -535,7 +551,12 @@ function M.run(pb, raw, opts)
   local function finish(err)
     finished = true
     ctx:release()
-    local outcome = outcome_of(err)
+    local tally = check_scope.tally
+    if err == nil and tally and tally.refused > 0 then     -- refused calls a body caught are still refusals
+      err = dhsm.error.new { kind = "safety", code = "CheckModeRefused",
+        message = ("check mode refused %d call(s) that would have changed something"):format(tally.refused) }
+    end
+    local outcome = outcome_of(err, ctx.check)
     for _, rec in ipairs(ctx.current) do
       rec.status, rec.error = "interrupted", { kind = "interrupted", message = "interrupted", text = "interrupted" }
       ctx.reporter:step_end(rec)
@@ -548,17 +569,20 @@ function M.run(pb, raw, opts)
     if real_stdout then
       io.stdout:flush()
       sys.restore_stdout(real_stdout)
-      io.stdout:write(json_document(ctx, pb, params, outcome, err, t0, result), "\n")
+      io.stdout:write(json_document(ctx, pb, params, outcome, err, t0, result, tally), "\n")
       io.stdout:flush()
-    elseif outcome == "planned" or outcome == "ok" then
-      ctx.reporter:note(nil, ("run %s: %s (%s)%s"):format(ctx.run_id, outcome,
-        util.duration(dhsm.now() - t0), ctx.check and "; check mode: nothing was changed" or ""))
-    elseif not ctx.check then                   -- a plan is not journaled: nothing to resume
+    elseif ctx.check then                        -- a plan is not journaled: nothing to resume
+      ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id, outcome,
+        util.duration(dhsm.now() - t0), check_summary(outcome, tally)))
+    elseif outcome == "ok" then
+      ctx.reporter:note(nil, ("run %s: ok (%s)"):format(ctx.run_id, util.duration(dhsm.now() - t0)))
+    else
       -- a resume is given its parameters again, the same ones; a refusal that
       -- only other parameters get past (-e backups_confirmed=true) takes a new run
       io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s -e ...' continues it, given the same "
         .. "parameters again (other ones: a new run)\n"):format(ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
     end
+    return err
   end
   -- Ctrl-C cancels this task: the journal still says where it stopped.
   local guard <close> = setmetatable({}, { __close = function()
@@ -576,8 +600,8 @@ function M.run(pb, raw, opts)
     ok, err = pcall(exit_status_of, result)
   end
   if not ok then err = run_context.raised(err) end
-  finish(not ok and err or nil)
-  if not ok then error(err, 0) end
+  local failure = finish(not ok and err or nil)
+  if failure then error(failure, 0) end
   return err
 end
 

@@ -1,0 +1,130 @@
+-- dhsm.azure.rules: what ARM must not be asked to do, judged by what a
+-- request changes - never by which function sent it.  Client:request hands
+-- every mutation to the gate (dhsm.act) with rules.check as its rule, so
+-- groups.delete, hsm.delete, c:delete, c:request("delete", ...), a REPL
+-- line and a runbook meet the same refusal.
+--
+--   DELETE of a resource group   refused while the group holds a dedicated
+--                                HSM (GroupHoldsHsm, naming them): the guide's
+--                                "DO NOT DELETE the Resource Group"
+--   DELETE of a dedicated HSM    only with its appliance's zeroization evidence
+--                                (zeroized=), or as a Failed deployment's
+--                                leftover (delete_failed=true, read here), or
+--                                allow_unzeroized=true (audited)
+--   PUT of a template deployment in Complete mode: refused while the group
+--                                holds a dedicated HSM (Complete mode deletes
+--                                what the template does not name)
+-- In check mode a rule reads the real state; an HSM whose DELETE this plan
+-- already described counts as gone for its group's rules.
+local act = require "dhsm.act"
+local dhsm = require "dhsm"
+local evidence = require "dhsm.evidence"
+
+local M = {}
+
+local function refuse(code, fmt, ...)
+  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
+end
+
+-- The path's /key/name pairs, keys lower-cased: {{key=, name=}, ...}.
+local function pairs_of(path)
+  local out, key = {}, nil
+  for segment in path:gsub("^https?://[^/]+", ""):gsub("[?#].*$", ""):gmatch("[^/]+") do
+    if key == nil then key = segment:lower()
+    else out[#out + 1] = { key = key, name = segment }; key = nil end
+  end
+  return out, key ~= nil
+end
+
+-- What a path names: "group", G | "hsm", G, NAME | "deployment", G, NAME | nil
+function M.resource_of(path)
+  local p, odd = pairs_of(path)
+  if odd or #p < 2 or p[1].key ~= "subscriptions" or p[2].key ~= "resourcegroups" then return nil end
+  local group = p[2].name
+  if #p == 2 then return "group", group end
+  if #p == 4 and p[3].key == "providers" and p[4].key == "dedicatedhsms"
+      and p[3].name:lower() == "microsoft.hardwaresecuritymodules" then
+    return "hsm", group, p[4].name
+  end
+  if #p == 4 and p[3].key == "providers" and p[4].key == "deployments" and p[3].name:lower() == "microsoft.resources" then
+    return "deployment", group, p[4].name
+  end
+  return nil
+end
+
+-- The dedicated HSMs group G holds, less those this plan deletes first.
+local function hsms_held(c, group)
+  local names = {}
+  local ok, list = pcall(require("dhsm.azure.hsm").list, c, group)
+  if not ok then
+    if dhsm.error.is(list, "azure") and list.status == 404 then return names end   -- no such group: holds nothing
+    error(list, 0)
+  end
+  for _, h in ipairs(list) do
+    local going = act.planned(function(ch)
+      if ch.kind ~= "azure" or ch.action ~= "DELETE" then return false end
+      local what, g, name = M.resource_of(ch.where or "")
+      return what == "hsm" and g:lower() == group:lower() and name:lower() == tostring(h.name):lower()
+    end)
+    if not going then names[#names + 1] = h.name end
+  end
+  return names
+end
+
+-- group_empty(c, group): raises GroupHoldsHsm while the group holds one.
+function M.group_empty(c, group, doing)
+  local names = hsms_held(c, group)
+  if #names > 0 then
+    dhsm.error { kind = "safety", code = "GroupHoldsHsm",
+      message = ("not %s resource group %s: it still holds dedicated HSM %s; %s would orphan them and billing "
+        .. "would go on (zeroize, delete the HSMs, then the group)"):format(doing or "deleting", group,
+        table.concat(names, ", "), doing and "that" or "deleting it"), details = { hsms = names } }
+  end
+end
+
+-- An HSM resource's DELETE: on its appliance's word, or as a Failed leftover.
+local function hsm_deletable(c, group, name, opts)
+  if opts.allow_unzeroized then
+    dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
+  elseif opts.delete_failed then
+    local h = c:find(c:group_path(group) .. "/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/" .. name)
+    local state = h and h.properties and h.properties.provisioningState
+    if h and state ~= "Failed" then
+      refuse("NotFailed", "not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed", name,
+        tostring(state))
+    end
+    dhsm.audit.write { action = "safety.evidence", target = name, outcome = "never handed over", source = "arm",
+      state = state or "gone" }
+  elseif opts.zeroized == nil then
+    refuse("NotZeroized", "not deleting HSM %s: its appliance has not been shown to be zeroized (zeroize it "
+      .. "first and pass its evidence, zeroized = session:zeroized_evidence(entry); the resource cannot be "
+      .. "deleted before)", name)
+  else
+    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age })
+    dhsm.audit.write { action = "safety.evidence", target = name, outcome = "zeroized",
+      appliance = ev.appliance, serial = ev.serial, checked_at = ev.checked_at }
+  end
+end
+
+-- check(c, method, path, opts): the rule for one ARM mutation.
+function M.check(c, method, path, opts)
+  local what, group, name = M.resource_of(path)
+  if method == "DELETE" and what == "group" then
+    M.group_empty(c, group)
+  elseif method == "DELETE" and what == "hsm" then
+    hsm_deletable(c, group, name, opts)
+  elseif method == "PUT" and what == "deployment" then
+    local body = opts.body
+    if type(body) == "string" then
+      local ok, decoded = pcall(require("cjson").decode, body)
+      body = ok and decoded or nil
+    end
+    local props = type(body) == "table" and body.properties
+    local mode = type(props) == "table" and props.mode
+    if type(mode) == "string" and mode:lower() == "complete" then
+      M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
+    end
+  end
+end
+
+return M

@@ -1,0 +1,345 @@
+-- dhsm.act: the one gate every change to the outside world passes.
+--
+--   local act = require "dhsm.act"
+--   local r = act.change({
+--     kind = "azure",                       -- azure | luna | proc | pkcs11 | file | login
+--     action = "DELETE",                    -- the method, command or operation
+--     target = "hsm1",                      -- what it changes: the name an operator types to confirm
+--     where = "/subscriptions/.../hsm1",    -- (optional) the full address, for the records
+--     what = "DELETE /subscriptions/...",   -- one line: the plan's, the question's
+--     destructive = true,                   -- cannot be undone: confirmed first
+--     rule = function(change) end,          -- the safety rule for this target: raises "safety"
+--     fields = { correlation_id = id },     -- more of the structured record (never a secret's value)
+--     audit = "azure.DELETE",               -- the records' action (default kind.action)
+--     planned = function(change) return ... end,   -- what a check-mode call returns
+--     outcome = function(...) return "202" end,    -- the outcome record's word for act's results
+--   }, function(change) return ... end)     -- the act itself
+--
+-- The gate, in this order - whichever module, function or spelling the
+-- caller used:
+--   1. the rule for the target (so a plan shows the refusal the real run
+--      would meet);
+--   2. check mode: the change is described (the plan, the audit log) and
+--      `planned` returned; nothing is sent;
+--   3. confirmation of a destructive change: the operator types the
+--      target's name (dhsm.ask; --yes; refused without a terminal).  A
+--      confirmed destructive playbook step covers the changes to its own
+--      target, and only those;
+--   4. the intent record, on disk (fsync'd) before anything leaves;
+--   5. the act;
+--   6. the outcome record (also when the act raised).
+--
+-- Check mode belongs to a task and the tasks it starts (the task context),
+-- never to a global: act.checking() reads it; a run or the REPL opens it
+-- with act.check_scope(true).  Inside a check-mode scope it cannot be
+-- switched off - a step body cannot make its own effects real.  Plain Lua's
+-- own effects (os.execute, io.popen, io.open for writing, io.output,
+-- os.remove, os.rename, os.tmpname, os.exit, and dhsm.sys's write_file and
+-- mkdir) are refused in check mode with an error naming the call, except
+-- in dhsm's private folders (a run's scratch folder, dhsm's state folder).
+--
+-- What this does not stop: the debug library, and code that means to go
+-- around it (rawset on what it was handed, a C module of its own).  Outside
+-- check mode, os.execute and dhsm.proc can still reach an appliance or
+-- Azure by other tools (ssh, az); docs/safety.md lists them.
+local dhsm = require "dhsm"
+local core = require "dhsm.core"
+local sys = require "dhsm.sys"
+
+local M = {}
+
+local usage = dhsm.usage_in("act")
+
+---------------------------------------------------------------------------
+-- check mode: a scope per task context, read through to the parents
+
+-- context table -> {on=, locked=, tally=} of the scope opened there.  Only
+-- this file holds it: a context's own fields are anyone's to write.
+local scopes = setmetatable({}, { __mode = "k" })
+
+local function scope_of(context)
+  while context do
+    local s = scopes[context]
+    if s then return s end
+    local mt = getmetatable(context)
+    context = mt and mt.__index
+    if type(context) ~= "table" then return nil end
+  end
+end
+
+-- The scope in force for the running task, or nil.
+local function current_scope()
+  return scope_of(core.context())
+end
+
+-- checking() -> true when changes are only described
+function M.checking()
+  local s = current_scope()
+  return s ~= nil and s.on
+end
+
+local function new_tally()
+  return { described = 0, refused = 0, changes = {} }
+end
+
+-- check_scope(on) -> a value to close (<close>, or :close()): check mode
+-- `on` for this task (and the tasks it starts) until closed, then as it was.  Inside a check-mode
+-- scope, switching off is refused.
+function M.check_scope(on)
+  if type(on) ~= "boolean" then usage("check_scope: expected true or false, got %s", type(on)) end
+  local context = core.context()
+  local outer = current_scope()
+  if not on and outer and outer.on and outer.locked then
+    dhsm.error { kind = "safety", code = "CheckModeLocked",
+      message = "check mode cannot be switched off inside a check-mode run" }
+  end
+  local saved = rawget(scopes, context)
+  local s = { on = on, locked = on, tally = on and new_tally() or nil }
+  scopes[context] = s
+  local function close() scopes[context] = saved end
+  return setmetatable({ tally = s.tally, close = close }, { __close = close })
+end
+
+-- set_check(on): the REPL's `:check on|off` for its own task; refused
+-- inside a check-mode run.
+function M.set_check(on)
+  if type(on) ~= "boolean" then usage("set_check: expected true or false, got %s", type(on)) end
+  local s = current_scope()
+  if s and s.locked and not on then
+    dhsm.error { kind = "safety", code = "CheckModeLocked",
+      message = "check mode cannot be switched off inside a check-mode run" }
+  end
+  local context = core.context()
+  scopes[context] = { on = on, tally = on and new_tally() or nil }
+end
+
+-- tally() -> {described=, refused=, changes={...}} of the check-mode scope
+-- in force, or nil outside check mode.
+function M.tally()
+  local s = current_scope()
+  return s and s.on and s.tally or nil
+end
+
+---------------------------------------------------------------------------
+-- dhsm's own folders: plain writes there are not changes to the world
+
+local private = {}
+
+local function clean(path)
+  if type(path) ~= "string" or path == "" then return nil end
+  if path:find("/%.%./") or path:find("/%.%.$") or path:find("^%.%./") then return nil end
+  if path:sub(1, 1) ~= "/" then
+    local cwd = sys.realpath(".")
+    if not cwd then return nil end
+    path = cwd .. "/" .. path
+  end
+  return (path:gsub("/+", "/"):gsub("/%./", "/"))
+end
+
+-- private(dir): dir (a scratch folder dhsm made, its state folder) is
+-- dhsm's own; private(dir, false) forgets it.
+function M.private(dir, on)
+  local d = clean(dir)
+  if not d then usage("private: expected a folder, got %s", tostring(dir)) end
+  private[d:gsub("/$", "")] = on ~= false or nil
+end
+
+function M.is_private(path)
+  local p = clean(path)
+  if not p then return false end
+  for dir in pairs(private) do
+    if p == dir or p:sub(1, #dir + 1) == dir .. "/" then return true end
+  end
+  return false
+end
+
+---------------------------------------------------------------------------
+-- refusals and descriptions
+
+local function count(field)
+  local t = M.tally()
+  if t then t[field] = t[field] + 1 end
+end
+
+-- refuse(call, detail): an effect named `call` that check mode cannot
+-- describe (plain Lua's, an interactive process): refused, and counted.
+function M.refuse(call, detail)
+  count("refused")
+  dhsm.audit.write { action = "check.refused", outcome = "refused", detail = call }
+  -- shown where it happened, in the plan too: a body that catches the error still had it refused
+  local shown = ("%s%s"):format(call, detail and (" (" .. detail .. ")") or "")
+  local show = core.context().refused
+  if show then show(shown) else io.stderr:write("refused ", shown, "\n") end
+  dhsm.error { kind = "safety", code = "CheckModeRefused",
+    message = ("check mode: refusing %s%s: it could change something outside dhsm, and a plan changes nothing"):format(
+      call, detail and (" (" .. detail .. ")") or "") }
+end
+
+-- The change's records: its kind, action, target and fields, never a secret.
+local function record(change, outcome, extra)
+  local r = { action = change.audit or (change.kind .. "." .. tostring(change.action)),
+    target = change.where or change.target, outcome = outcome, kind = change.kind, what = change.what }
+  for k, v in pairs(change.fields or {}) do r[k] = v end
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
+-- describe(change): in check mode, the change as the plan shows it.
+local function describe(change)
+  local t = M.tally()
+  if t then
+    t.described = t.described + 1
+    t.changes[#t.changes + 1] = { kind = change.kind, action = change.action, target = change.target,
+      where = change.where, what = change.what }
+  end
+  dhsm.audit.write(record(change, "planned", { action = "check.would", change = change.audit
+    or (change.kind .. "." .. tostring(change.action)) }))
+  local show = core.context().would
+  if show then show(change.what) else io.stderr:write("would ", change.what, "\n") end
+end
+
+-- planned(fn) -> true when this check-mode scope already described a
+-- change for which fn(change) is true (a rule reads it: a group whose HSMs
+-- the plan deletes first is empty by the time its own DELETE would go).
+function M.planned(fn)
+  local t = M.tally()
+  for _, c in ipairs(t and t.changes or {}) do
+    if fn(c) then return true end
+  end
+  return false
+end
+
+-- The operator's word for a destructive change.
+local function confirm(change)
+  local context = dhsm.context()
+  if context.confirmed_target ~= nil and context.confirmed_target == change.target then
+    dhsm.audit.write(record(change, "covered by the confirmed step", { action = "confirm" }))
+    return
+  end
+  local ask = context.confirm or require("dhsm.ask").for_calls(false)
+  ask { target = change.target, action = change.what }
+end
+
+---------------------------------------------------------------------------
+-- the gate
+
+local KINDS = { azure = true, luna = true, proc = true, pkcs11 = true, file = true, login = true }
+
+local function check_change(change)
+  if type(change) ~= "table" then usage("change: expected a description table, got %s", type(change)) end
+  if not KINDS[change.kind] then usage("change: kind must be azure, luna, proc, pkcs11, file or login, got %s",
+    tostring(change.kind)) end
+  if type(change.target) ~= "string" or change.target == "" then
+    usage("change: target must be the name of what is changed, got %s", tostring(change.target))
+  end
+  if type(change.what) ~= "string" or change.what == "" then usage("change: what must describe the change") end
+  if change.action == nil then usage("change: action is required (method, command or operation)") end
+end
+
+-- The outcome record's word (and fields) for what the act gave.
+local function outcome_of(change, ok, ...)
+  if not ok then
+    local e = dhsm.error.normalize((...))
+    local word = e.status and ("%s %s"):format(tostring(e.status), tostring(e.code)) or ("error " .. tostring(e.code or e.kind))
+    return word, { request_id = e.request_id or (type(e.details) == "table" and e.details.request_id or nil),
+      attempts = e.attempts }
+  end
+  if change.outcome then
+    local word, extra = change.outcome(...)
+    return tostring(word), extra
+  end
+  return "ok"
+end
+
+-- change(change, fn) -> fn(change)'s results, or in check mode `planned`'s
+function M.change(change, fn)
+  check_change(change)
+  if type(fn) ~= "function" then usage("change: expected the act as a function") end
+  if change.rule then
+    local ok, err = pcall(change.rule, change)
+    if not ok then
+      if M.checking() and dhsm.error.is(err, "safety") then count("refused") end
+      error(err, 0)
+    end
+  end
+  if M.checking() then
+    describe(change)
+    if type(change.planned) == "function" then return change.planned(change) end
+    if change.planned ~= nil then return change.planned end
+    return { check = true, would = change.what }
+  end
+  if change.destructive then confirm(change) end
+  dhsm.audit.write(record(change, "sending"))
+  dhsm.audit.sync()
+  local t0 = dhsm.now()
+  local r = table.pack(pcall(fn, change))
+  local word, extra = outcome_of(change, table.unpack(r, 1, r.n))
+  extra = extra or {}
+  extra.duration_ms = (dhsm.now() - t0) * 1000
+  dhsm.audit.write(record(change, word, extra))
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+-- plain Lua's and dhsm.sys's own effects, as they were before the gate
+local raw = { execute = os.execute, popen = io.popen, open = io.open, output = io.output, remove = os.remove,
+  rename = os.rename, tmpname = os.tmpname, exit = os.exit, write_file = sys.write_file, mkdir = sys.mkdir }
+
+-- write_file(path, text [, {mode=, what=}]): a file written for someone
+-- else to read (Chrystoki.conf, a Prometheus textfile, a playbook's
+-- output), atomically (temp file + rename), through the gate.
+function M.write_file(path, text, opts)
+  opts = opts or {}
+  if type(path) ~= "string" or path == "" then usage("write_file: expected a path, got %s", tostring(path)) end
+  if type(text) ~= "string" then usage("write_file: expected the text to write, got %s", type(text)) end
+  return M.change({ kind = "file", action = "write", target = path, fields = { bytes = #text },
+    what = ("write %s (%d bytes%s)"):format(path, #text, opts.what and (", " .. opts.what) or "") }, function()
+    local ok, err = raw.write_file(path, text, opts.mode or tonumber("644", 8))
+    if not ok then dhsm.error { kind = "usage", message = ("cannot write %s"):format(tostring(err)) } end
+  end)
+end
+
+---------------------------------------------------------------------------
+-- plain Lua's effects, refused in check mode
+
+-- A write mode of io.open ("w", "a", "r+", "wb"...).
+local function writes(mode)
+  return type(mode) == "string" and mode:find("[wa+]") ~= nil
+end
+
+local function guarded(call, fn, when)
+  return function(...)
+    if M.checking() and when(...) then M.refuse(call, (...) ~= nil and tostring((...)):sub(1, 120) or nil) end
+    return fn(...)
+  end
+end
+
+local function always() return true end
+local function outside_private(path) return not M.is_private(path) end
+
+
+os.execute = guarded("os.execute", raw.execute, always)
+io.popen = guarded("io.popen", raw.popen, always)
+io.open = guarded("io.open for writing", raw.open, function(path, mode)
+  return writes(mode) and not M.is_private(path)
+end)
+io.output = guarded("io.output to a file", raw.output, function(f)
+  return type(f) == "string" and not M.is_private(f)
+end)
+os.remove = guarded("os.remove", raw.remove, outside_private)
+os.rename = guarded("os.rename", raw.rename, function(from, to)
+  return not (M.is_private(from) and M.is_private(to))
+end)
+os.tmpname = guarded("os.tmpname", raw.tmpname, always)
+os.exit = guarded("os.exit", raw.exit, always)
+sys.write_file = guarded("dhsm.sys.write_file", raw.write_file, outside_private)
+sys.mkdir = guarded("dhsm.sys.mkdir", raw.mkdir, outside_private)
+
+-- dhsm's own state folder (failed-login counts, known hosts, runs) is its own.
+do
+  local state = os.getenv("XDG_STATE_HOME")
+  if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
+  if clean(state) then M.private(state .. "/dhsm") end
+end
+
+return M

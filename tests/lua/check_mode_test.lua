@@ -1,0 +1,94 @@
+-- Check mode cannot lie (dhsm.act): under --check a step body's plain
+-- effects are refused, naming the call, and its changes through dhsm are
+-- described; the closing line says "nothing was changed" only when nothing
+-- was refused.  Each effect is made for real without --check (the fixture
+-- is not vacuous), and never with it.
+local t = require "dhsm.test"
+local util = require "dhsm.util"
+local sys = require "dhsm.sys"
+
+local fixtures = t.here() .. "/../fixtures"
+local q = util.shell_quote
+
+local function run(dir, args)
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl DHSM_PATH=%s %s"):format(q(dir), q(dir),
+    q(fixtures .. "/playbooks"), t.cmd(args)))
+end
+
+-- A folder holding `keep` (what os.remove and os.rename would take away).
+local function folder()
+  local dir = t.tmpdir()
+  t.write(dir .. "/keep", "kept")
+  return dir
+end
+
+local function effects(dir, call, flags)
+  return run(dir, ("run effects %s -e dir=%s -e call=%s"):format(flags, q(dir), q(call)))
+end
+
+local function untouched(dir, call)
+  t.eq(sys.stat(dir .. "/made"), nil, call .. " made nothing")
+  t.eq(util.read_file(dir .. "/keep"), "kept", call .. " took nothing away")
+end
+
+local REFUSED = { "os.execute", "io.popen", "io.open", "io.output", "os.remove", "os.rename", "os.tmpname",
+  "os.exit", "dhsm.sys.write_file", "dhsm.sys.mkdir", "proc.spawn", "pcall(os.execute)", "child task" }
+local NAMED = { ["pcall(os.execute)"] = "os.execute", ["child task"] = "os.execute", ["io.open"] = "io.open for writing",
+  ["io.output"] = "io.output to a file" }
+
+t.test("each plain effect acts in a real run (the fixture is not vacuous)", function()
+  for _, call in ipairs(REFUSED) do
+    local dir = folder()
+    local r = effects(dir, call, "--yes")
+    local acted = sys.stat(dir .. "/made") ~= nil or util.read_file(dir .. "/keep") ~= "kept"
+      or (call == "os.exit" and r.status == 7)
+    t.ok(acted, ("%s acted for real (exit %d): %s"):format(call, r.status, r.stderr))
+  end
+end, { timeout = 120 })
+
+t.test("under --check each plain effect is refused naming the call, and the closing line says so", function()
+  for _, call in ipairs(REFUSED) do
+    local dir = folder()
+    local r = effects(dir, call, "--check")
+    t.eq(r.status, 3, call .. ": " .. r.stderr)
+    local named = NAMED[call] or call
+    t.ok(r.stderr:find("  refused " .. named, 1, true), call .. ": the step shows the refusal: " .. r.stderr)
+    t.ok(r.stderr:find("check mode: 0 changes described, 1 refused", 1, true), call .. ": " .. r.stderr)
+    t.ok(not r.stderr:find("nothing was changed", 1, true), call .. " must not claim nothing was changed: " .. r.stderr)
+    untouched(dir, call)
+  end
+end, { timeout = 120 })
+
+t.test("under --check a dhsm.proc command is described, not run; the closing line counts it", function()
+  local dir = folder()
+  local r = effects(dir, "proc.run", "--check")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would run touch " .. dir .. "/made", 1, true), r.stderr)
+  t.ok(r.stderr:find("check mode: nothing was changed; 1 change described", 1, true), r.stderr)
+  untouched(dir, "proc.run")
+  local audit = t.audit_records(dir .. "/audit.jsonl")
+  local described
+  for _, rec in ipairs(audit) do
+    if rec.action == "check.would" then described = rec end
+  end
+  t.eq({ described.kind, described.change, described.target }, { "proc", "proc.run", "touch" })
+end)
+
+t.test("check mode cannot be switched off from inside a check-mode run", function()
+  for _, call in ipairs { "dhsm.check_mode = false", "check_scope(false)" } do
+    local dir = folder()
+    local r = effects(dir, call, "--check")
+    t.eq(r.status, 3, call .. ": " .. r.stderr)
+    t.ok(r.stderr:find("CheckModeLocked", 1, true), call .. ": " .. r.stderr)
+    t.ok(not r.stderr:find("nothing was changed", 1, true), r.stderr)
+    untouched(dir, call)
+  end
+end)
+
+t.test("the run's own scratch folder is dhsm's: written and cleared in check mode, nothing refused", function()
+  local dir = folder()
+  local r = effects(dir, "scratch", "--check")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("check mode: nothing was changed; 0 changes described", 1, true), r.stderr)
+  untouched(dir, "scratch")
+end)

@@ -1,0 +1,86 @@
+-- The gate (dhsm.act): every safety rule holds through every public entry
+-- point - the module function, the generic client, a REPL line, a runbook
+-- with --yes and a runbook without a terminal - and what reached the
+-- estate is counted from its own request log, not from dhsm's output.
+local t = require "dhsm.test"
+local dhsm = require "dhsm"
+local util = require "dhsm.util"
+
+local q = util.shell_quote
+local estate = require("support.estate").start { args = "--appliances 2" }
+local c = estate:azure()
+
+-- What a runbook, the REPL and the tests below have: inv, az, hsm "name", secret.
+local function env()
+  local luna = require "dhsm.luna"
+  local sessions = {}
+  return setmetatable({ inv = estate.inventory, az = c, secret = dhsm.secret, hsm = function(name)
+    sessions[name] = sessions[name] or luna.open(estate.inventory:hsm(name))
+    return sessions[name]
+  end }, { __index = _G }), sessions
+end
+
+local function in_process(code)
+  local e, sessions = env()
+  local ok, err = pcall(assert(load(code, "=rule", "t", e)))
+  for _, s in pairs(sessions) do s:close() end
+  return ok, dhsm.error.normalize(err)
+end
+
+-- The entry points a rule is tried through, each -> (held?, what it said).
+local ENTRIES = {
+  { "module function", function(rule) local ok, e = in_process(rule.module) return not ok and e.code == rule.code, tostring(e) end },
+  { "generic client", function(rule) local ok, e = in_process(rule.generic) return not ok and e.code == rule.code, tostring(e) end },
+  { "REPL line", function(rule)
+    local r = estate:run("repl", { stdin = rule.generic .. "\n" })
+    return r.stderr:find(rule.code, 1, true) ~= nil, r.stderr
+  end },
+  { "runbook with --yes", function(rule)
+    local r = estate:run("exec --yes -e " .. q(rule.generic))
+    return r.status == 3 and r.stderr:find(rule.code, 1, true) ~= nil, r.stderr
+  end },
+  { "runbook without a terminal", function(rule)
+    local r = estate:run("exec -e " .. q(rule.generic))
+    return r.status == 3 and r.stderr:find(rule.code, 1, true) ~= nil, r.stderr
+  end },
+}
+
+local HSM_PATH = "require('dhsm.azure.hsm').path(az, inv:hsm('hsm1').resource)"
+
+local RULES = {
+  { name = "a group holding an HSM is not deleted", code = "GroupHoldsHsm",
+    module = "require('dhsm.azure.groups').delete(az)",
+    generic = "az:request('delete', (az:group_path():gsub('resourceGroups', 'resourcegroups')))" },
+  { name = "an HSM resource is deleted only on its appliance's evidence", code = "NotZeroized",
+    module = "require('dhsm.azure.hsm').delete(az, inv:hsm('hsm1').resource)",
+    generic = "az:delete(" .. HSM_PATH .. ")" },
+  { name = "the login guard refuses the last HSM SO attempt", code = "LastLoginAttempt",
+    module = "hsm('hsm2'):login_so(secret.value('not-the-password'))",
+    generic = "hsm('hsm2'):run('HSM LOGI', { password = secret.value('not-the-password') })" },
+  { name = "no reboot without the reboot fix", code = "RebootFixMissing",
+    module = "hsm('hsm1'):must('sysconf reboot')",
+    generic = "hsm('hsm1'):run('sys reb')" },
+  { name = "no network change on the session's own path", code = "WouldCutPath",
+    module = "hsm('hsm1'):must('network interface -device eth0 -ip 10.9.9.9 -netmask 255.255.255.0')",
+    generic = "hsm('hsm1'):run('net int -dev eth0 -ip 10.9.9.9 -netmask 255.255.255.0')" },
+}
+
+t.test("every rule holds through every entry point, and nothing reaches the estate", function()
+  estate:appliance("hsm1", "uninstall-fix")
+  -- hsm2's HSM SO has one attempt left on the device: the next is refused
+  local s = estate:luna_session("hsm2")
+  for _ = 1, 2 do
+    t.raises(function() s:login_so(dhsm.secret.value("wrong")) end, "PIN_INCORRECT")
+  end
+  local before = estate:mutations()
+  local held, failures = 0, {}
+  for _, rule in ipairs(RULES) do
+    for _, entry in ipairs(ENTRIES) do
+      local ok, said = entry[2](rule)
+      if ok then held = held + 1 else failures[#failures + 1] = ("%s, by %s: %s"):format(rule.name, entry[1], said) end
+    end
+  end
+  t.eq(failures, {})
+  t.eq(held, #RULES * #ENTRIES)
+  t.eq(estate:mutations(), before, "nothing reached ARM or an appliance (the estate's own log)")
+end, { timeout = 300 })
