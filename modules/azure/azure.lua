@@ -521,9 +521,14 @@ local WAIT_OPTIONS = { timeout = SECONDS, interval = SECONDS, on_progress = { ty
 
 local METHODS = { GET = true, HEAD = true, PUT = true, PATCH = true, POST = true, DELETE = true }
 
+-- The body as sent: JSON text, or nil.
+local function encoded(body)
+  if body == nil then return nil end
+  return type(body) == "string" and body or cjson.encode(body)
+end
+
 -- One request as sent and interpreted, retried as the client's policy says.
-local function send(self, method, url, opts, correlation_id)
-  local body = opts.body ~= nil and (type(opts.body) == "string" and opts.body or cjson.encode(opts.body)) or nil
+local function send(self, method, url, opts, correlation_id, body)
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
   local renewed = false
@@ -566,16 +571,23 @@ function Client:request(method, path, opts)
     r.method, r.path, r.url = method, path, url
     return r
   end
-  if method == "GET" or method == "HEAD" then return reply(send(self, method, url, opts, opts.correlation_id or M.uuid())) end
+  if method == "GET" or method == "HEAD" then
+    return reply(send(self, method, url, opts, opts.correlation_id or M.uuid(), encoded(opts.body)))
+  end
+  -- a body JSON cannot carry (a secret in it) is still described in check mode; sent, it fails
+  local fits, body = pcall(encoded, opts.body)
+  if not fits and not act.checking() then
+    usage("azure %s %s: the body cannot be sent as JSON: %s", method, display(url), tostring(body))
+  end
   local where = display(url)
   local correlation_id = opts.correlation_id or M.uuid()
   return act.change({ kind = "azure", action = method, target = where:match("([^/]+)$") or where, where = where,
     what = planned(method, url, opts.body), destructive = method == "DELETE",
-    fields = { correlation_id = correlation_id },
+    fields = { correlation_id = correlation_id, body_sha256 = fits and body and sys.sha256(body) or nil },
     rule = function() rules.check(self, method, where, opts) end,
     planned = function() return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} } end,
     outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id } end,
-  }, function() return reply(send(self, method, url, opts, correlation_id)) end)
+  }, function() return reply(send(self, method, url, opts, correlation_id, body)) end)
 end
 
 function Client:get(path, opts) return self:request("GET", path, opts) end

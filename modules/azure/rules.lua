@@ -53,6 +53,8 @@ function M.resource_of(path)
 end
 
 -- The dedicated HSMs group G holds, less those this plan deletes first.
+-- (dhsm.azure.hsm reads through dhsm.azure, whose requests these rules
+-- judge: required when a rule first runs, once both exist.)
 local function hsms_held(c, group)
   local names = {}
   local ok, list = pcall(require("dhsm.azure.hsm").list, c, group)
@@ -87,7 +89,7 @@ local function hsm_deletable(c, group, name, opts)
   if opts.allow_unzeroized then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
   elseif opts.delete_failed then
-    local h = c:find(c:group_path(group) .. "/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/" .. name)
+    local h = c:find(require("dhsm.azure.hsm").path(c, name, group))
     local state = h and h.properties and h.properties.provisioningState
     if h and state ~= "Failed" then
       refuse("NotFailed", "not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed", name,

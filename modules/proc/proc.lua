@@ -112,6 +112,37 @@ function M.read_only(argv)
   return test ~= nil and test(argv) == true
 end
 
+local function refuse(code, fmt, ...)
+  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
+end
+
+-- Remote shells and copies: an inventory appliance is reached through
+-- dhsm.luna only, where its rules (the login guard, the reboot fix, the
+-- network path) hold - never by ssh, scp, sftp or sshpass started here.
+local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true }
+
+-- The inventory appliance a remote shell's argv names, or nil: a word that
+-- is its host, user@host, host:path or -o HostName=host.
+local function appliance_named(argv)
+  local inventory = require "dhsm.inventory"
+  for i = 2, #argv do
+    local w = tostring(argv[i])
+    local host = w:match("^[Hh]ost[Nn]ame=(.+)$") or w:match("^[^@]*@(.+)$") or w
+    host = host:match("^%[(.-)%]") or host:match("^([^:]+):") or host
+    local name = inventory.appliance_at(host)
+    if name then return name, host end
+  end
+end
+
+local function refuse_remote(argv)
+  if not REMOTE[program(argv)] then return end
+  local name, host = appliance_named(argv)
+  if name then
+    refuse("AroundTheRules", "refusing '%s': %s (%s) is an inventory appliance, reached only through dhsm.luna, where "
+      .. "the login guard, the reboot fix and the network-path rules hold", command_line(argv), host, name)
+  end
+end
+
 -- The gate's description of a command that may change something (dhsm.act).
 local function change_of(argv, what)
   local target, destructive, name = program(argv), nil, program(argv)
@@ -147,6 +178,7 @@ local function run(opts, what)
   schema.options("proc.run", opts, RUN_OPTIONS, true)
   local argv = opts.argv
   if type(argv[1]) ~= "string" or argv[1] == "" then usage("'argv' is empty: give the program, then its arguments") end
+  refuse_remote(argv)
   if not M.read_only(argv) then return act.change(change_of(argv, what), function() return execute(opts) end) end
   local t0 = dhsm.now()
   local ok, r = pcall(execute, opts)
@@ -173,9 +205,6 @@ local function carries_secret(stdin)
   return false
 end
 
-local function refuse(code, fmt, ...)
-  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
-end
 
 -- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
 local function check_lunacm(opts)
@@ -214,6 +243,7 @@ function M.spawn(opts)
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
   end
+  refuse_remote(opts.argv)
   if act.checking() then act.refuse("proc.spawn", command_line(opts.argv)) end
   local change = change_of(opts.argv)
   change.outcome = function() return "started" end

@@ -180,7 +180,22 @@ t.test("--check of a whole decommission: every mutation described, the estate an
   t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/dedicatedHSMs/hsm2"), r.stderr)
   t.ok(r.stderr:find("would send 3 wrong HSM SO login(s) to hsm1", 1, true), r.stderr)
   t.ok(r.stderr:find("would DELETE /subscriptions/[^ ]+/resourceGroups/hsm%-rg"), r.stderr)
-  t.eq(cjson.decode(r.stdout).outcome, "planned")
+  local doc = cjson.decode(r.stdout)
+  t.eq(doc.outcome, "planned")
+  -- the plan lists each described change once, in the guide's order; the count agrees with the gate's
+  local changes, seen = {}, {}
+  for _, step in ipairs(doc.steps) do
+    for _, line in ipairs(step.plan or {}) do
+      if line:match("^DELETE ") or line:match("^send %d") then
+        t.eq(seen[line], nil, "described once: " .. line)
+        seen[line] = true
+        changes[#changes + 1] = line:match("^(%S+ %S+)")
+      end
+    end
+  end
+  t.eq(#changes, 5, table.concat(changes, "; "))
+  t.ok(changes[1]:find("^send") and changes[2]:find("^DELETE") and changes[5]:find("^DELETE"), table.concat(changes, "; "))
+  t.eq({ doc.described, doc.refused }, { 5, 0 })
 end)
 
 t.test("idempotent: a re-run when everything is gone says so and sends nothing", function()

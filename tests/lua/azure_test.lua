@@ -285,6 +285,12 @@ t.test("every mutation is audited as 'sending' before it leaves, then with its o
   groups.delete(c, "intent-rg")
   t.eq(mutations(audit), { "azure.PUT sending", "azure.PUT 200", "azure.DELETE sending", "azure.DELETE 202",
     "azure.PUT sending", "azure.PUT 201", "azure.DELETE sending", "azure.DELETE 202" })
+  -- a structured record: the body by its digest (the same in intent and outcome), the path, the kind
+  local puts = {}
+  for _, r in ipairs(audit_records(audit)) do if r.action == "azure.PUT" then puts[#puts + 1] = r end end
+  t.eq(puts[3].body_sha256, require("dhsm.sys").sha256(require("cjson").encode { location = "eastus" }))
+  t.eq({ puts[4].body_sha256, puts[4].kind, puts[4].target }, { puts[3].body_sha256, "azure", puts[3].target })
+  t.ok(puts[3].target:find("/resourceGroups/intent%-rg$"), puts[3].target)
   -- a refused request: the intent, then the refusal
   audit = t.audit_log()
   estate:fault { forbid = "1:DELETE" }

@@ -92,3 +92,28 @@ t.test("the run's own scratch folder is dhsm's: written and cleared in check mod
   t.ok(r.stderr:find("check mode: nothing was changed; 0 changes described", 1, true), r.stderr)
   untouched(dir, "scratch")
 end)
+
+t.test("check mode is a task's: its children are in it, a task beside it is not, and it ends with its scope", function()
+  local act = require "dhsm.act"
+  local dir = t.tmpdir()
+  local inside_child, beside
+  local planning = dhsm.spawn(function()
+    local scope <close> = act.check_scope(true)
+    inside_child = dhsm.spawn(function() return act.checking(), pcall(io.open, dir .. "/child", "w") end)
+    dhsm.sleep(0.2)                                  -- the task beside runs meanwhile
+    return act.checking()
+  end)
+  beside = dhsm.spawn(function()
+    dhsm.sleep(0.05)
+    local f = assert(io.open(dir .. "/beside", "w"))
+    f:close()
+    return act.checking()
+  end)
+  t.eq(planning:join(), true)
+  t.eq(beside:join(), false, "a task beside the check-mode one is not in check mode")
+  local checking, opened = inside_child:join()
+  t.eq({ checking, opened }, { true, false }, "the child is in check mode: its write was refused")
+  t.ok(sys.stat(dir .. "/beside"), "the task beside wrote")
+  t.eq(sys.stat(dir .. "/child"), nil)
+  t.eq(act.checking(), false, "closed with its scope")
+end)

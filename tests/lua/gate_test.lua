@@ -84,3 +84,27 @@ t.test("every rule holds through every entry point, and nothing reaches the esta
   t.eq(held, #RULES * #ENTRIES)
   t.eq(estate:mutations(), before, "nothing reached ARM or an appliance (the estate's own log)")
 end, { timeout = 300 })
+
+t.test("ssh, scp, sftp and sshpass to an inventory appliance are refused from dhsm.proc, however its host is written",
+  function()
+  local entry = estate.inventory:hsm("hsm1")
+  local before = estate:mutations()
+  local routes = {
+    { "ssh", "-p", tostring(entry.ssh_port), "tenantadmin@" .. entry.host, "hsm zeroize -force" },
+    { "scp", "-P", tostring(entry.ssh_port), "/etc/hostname", entry.host .. ":x.pem" },
+    { "sftp", "-o", "HostName=" .. entry.host, "hsm1" },
+    { "sshpass", "-e", "ssh", entry.host, "hsm zeroize -force" },
+  }
+  local proc = require "dhsm.proc"
+  for _, argv in ipairs(routes) do
+    local err = t.raises(function() proc.run { argv = argv } end, "AroundTheRules")
+    t.ok(err.message:find("is an inventory appliance", 1, true), err.message)
+    t.raises(function() proc.spawn { argv = argv } end, "AroundTheRules")
+  end
+  -- through a runbook, with --yes too
+  local r = estate:run("exec --yes -e " .. q(("require('dhsm.proc').run { argv = { 'ssh', '-p', '%d', %q, 'hsm show' } }")
+    :format(entry.ssh_port, "tenantadmin@" .. entry.host)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("AroundTheRules", 1, true), r.stderr)
+  t.eq(estate:mutations(), before, "nothing reached an appliance")
+end)

@@ -83,8 +83,8 @@ local function new_tally()
 end
 
 -- check_scope(on) -> a value to close (<close>, or :close()): check mode
--- `on` for this task (and the tasks it starts) until closed, then as it was.  Inside a check-mode
--- scope, switching off is refused.
+-- `on` for this task (and the tasks it starts) until closed, then as it
+-- was.  Inside a check-mode scope, switching off is refused.
 function M.check_scope(on)
   if type(on) ~= "boolean" then usage("check_scope: expected true or false, got %s", type(on)) end
   local context = core.context()
@@ -175,10 +175,15 @@ function M.refuse(call, detail)
       call, detail and (" (" .. detail .. ")") or "") }
 end
 
+-- What an intent or outcome record keeps of the description: its start
+-- (a PUT's body may be kilobytes; fields such as body_sha256 tell it apart).
+local WHAT_KEPT = 400
+
 -- The change's records: its kind, action, target and fields, never a secret.
 local function record(change, outcome, extra)
+  local what = #change.what > WHAT_KEPT and (change.what:sub(1, WHAT_KEPT) .. "...") or change.what
   local r = { action = change.audit or (change.kind .. "." .. tostring(change.action)),
-    target = change.where or change.target, outcome = outcome, kind = change.kind, what = change.what }
+    target = change.where or change.target, outcome = outcome, kind = change.kind, what = what }
   for k, v in pairs(change.fields or {}) do r[k] = v end
   for k, v in pairs(extra or {}) do r[k] = v end
   return r
@@ -192,8 +197,10 @@ local function describe(change)
     t.changes[#t.changes + 1] = { kind = change.kind, action = change.action, target = change.target,
       where = change.where, what = change.what }
   end
-  dhsm.audit.write(record(change, "planned", { action = "check.would", change = change.audit
-    or (change.kind .. "." .. tostring(change.action)) }))
+  local r = record(change, "planned", { action = "check.would", change = change.audit
+    or (change.kind .. "." .. tostring(change.action)) })
+  r.what = change.what                             -- the plan's line, whole
+  dhsm.audit.write(r)
   local show = core.context().would
   if show then show(change.what) else io.stderr:write("would ", change.what, "\n") end
 end

@@ -160,6 +160,15 @@ local function check_files(inv, problems)
   end
 end
 
+-- host -> name of every appliance an inventory loaded in this process
+-- names: what dhsm.proc refuses to reach by ssh, scp or sshpass.
+local appliances = {}
+
+-- appliance_at(host) -> the inventory name of the appliance at host, or nil
+function M.appliance_at(host)
+  return appliances[host]
+end
+
 -- from_table(t [, source]) -> inventory (raises a usage error listing every problem)
 function M.from_table(t, source)
   source = source or "(table)"
@@ -175,6 +184,7 @@ function M.from_table(t, source)
     h.known_hosts = expand_home(h.known_hosts)
     h.key = expand_home(h.key)
     h.resource = h.resource or h.name         -- the Azure resource this appliance stands for
+    appliances[h.host] = h.name
   end
   check_files(inv, problems)
   if #problems > 0 then fail(source, problems) end
