@@ -117,3 +117,30 @@ t.test("check mode is a task's: its children are in it, a task beside it is not,
   t.eq(sys.stat(dir .. "/child"), nil)
   t.eq(act.checking(), false, "closed with its scope")
 end)
+
+-- The confirmation of a destructive step covers its own target's changes only.
+t.test("a confirmed step covers the gate's question for its own target, not another's", function()
+  local function on_terminal(dir, call, answers)
+    local cmd = ("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl DHSM_PATH=%s %s"):format(q(dir), q(dir),
+      q(fixtures .. "/playbooks"), t.cmd(("run effects -e dir=%s -e call=%s"):format(q(dir), q(call))))
+    local feed = {}
+    for i, a in ipairs(answers) do feed[i] = ("sleep 0.7; printf '%s\\n'"):format(a) end
+    return t.sh(("(%s) | script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
+  end
+  local dir = folder()
+  local r = on_terminal(dir, "destroy own", { "fixture" })
+  t.eq(util.read_file(dir .. "/keep"), nil, "one answer, for the step: the change to its own target went ahead\n" .. r.stdout)
+  local covered
+  for _, rec in ipairs(t.audit_records(dir .. "/audit.jsonl")) do
+    if rec.action == "confirm" and rec.outcome == "covered by the confirmed step" then covered = rec end
+  end
+  t.ok(covered and covered.target, "the audit log says the step's confirmation covered it")
+  dir = folder()
+  r = on_terminal(dir, "destroy other", { "fixture", "nope" })
+  t.ok(r.stdout:find("remove " .. dir .. "/keep is destructive. Type other to go on:", 1, true), r.stdout)
+  t.ok(r.stdout:find("not confirmed: remove " .. dir .. "/keep was not done", 1, true), r.stdout)
+  t.eq(util.read_file(dir .. "/keep"), "kept", "another target's change is asked for: a wrong answer stops it")
+  dir = folder()
+  r = on_terminal(dir, "destroy other", { "fixture", "other" })
+  t.eq(util.read_file(dir .. "/keep"), nil, "confirmed in its turn, it went ahead\n" .. r.stdout)
+end, { timeout = 60 })
