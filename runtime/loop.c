@@ -219,11 +219,15 @@ task *task_spawn(lua_State *L, int nargs) {
   luaL_setmetatable(L, TASK_MT);
   lua_rotate(L, -2, 1);                              /* h co */
   lua_setiuservalue(L, -2, 1);                       /* h */
-  /* context: a fresh table that reads through to the parent's */
+  /* context: a fresh table that reads through to the parent's; the link
+  ** is protected (__metatable), so no task can cut itself off from what
+  ** its parent set (dhsm.act's check mode is found along it) */
   lua_newtable(L);
-  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 2);
   dhsm_push_context(L);
   lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "dhsm.context");
+  lua_setfield(L, -2, "__metatable");
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, 3);
   anchors_push(L);

@@ -32,6 +32,36 @@ local util = require "dhsm.util"
 
 local M = {}
 
+-- Each client's transport (an HTTP session of dhsm.azure.http), kept here
+-- and not in its fields: requests reach it only through Client:request,
+-- whose mutations pass the gate (dhsm.act).
+local transports = setmetatable({}, { __mode = "k" })
+local exchange, retrying
+
+-- Sessions others open on dhsm.azure.http itself are raw: in check mode a
+-- request that is not a read is refused there (it cannot describe itself);
+-- outside check mode it meets no ARM rule (docs/safety.md says so).  The
+-- clients here use the session as it is.
+local raw_session = http.session
+local READS = { GET = true, HEAD = true }
+http.session = function(...)
+  local s = raw_session(...)
+  return setmetatable({}, { __index = function(_, k)
+    if k == "request" then
+      return function(_, req)
+        local method = type(req) == "table" and tostring(req.method or "GET"):upper() or "GET"
+        if act.checking() and not READS[method] then
+          act.refuse("dhsm.azure.http " .. method, type(req) == "table" and tostring(req.url) or nil)
+        end
+        return s:request(req)
+      end
+    end
+    local v = s[k]
+    if type(v) == "function" then return function(_, ...) return v(s, ...) end end
+    return v
+  end, __close = function() s:close() end, __gc = function() s:close() end })
+end
+
 M.API = {
   hsm = "2021-11-30",
   network = "2023-09-01",
@@ -197,8 +227,8 @@ end
 local function token_request(c, what, req, retry_deadline)
   req.timeout = req.timeout or c.timeout
   req.secret_field = "access_token"
-  local reply, err, attempts = c:retrying(retry_deadline or c.retry_deadline, function(n)
-    return c:exchange(req, true, n)
+  local reply, err, attempts = retrying(c, retry_deadline or c.retry_deadline, function(n)
+    return exchange(c, req, true, n)
   end)
   if reply and not err then
     if reply.secret then return reply.secret, lifetime_of(reply.body.expires_in) end
@@ -346,7 +376,10 @@ end
 -- where they are documented, sovereign clouds included), none required
 -- but the subscription, checked by the one option reader.
 local CLIENT_OPTIONS = { subscription = { type = "string", pattern = "^.+$", required = true,
-  expect = "a subscription id" }, credential = { type = "table" } }
+  expect = "a subscription id" }, credential = { type = "table" },
+  -- a stand-in for the HTTP transport (tests: {request = function(self, req) ... end}); it sits
+  -- under the gate, which every mutation still passes
+  transport = { type = "table" } }
 for k, spec in pairs(require("dhsm.inventory").schema.fields.azure.fields) do
   if not CLIENT_OPTIONS[k] then CLIENT_OPTIONS[k] = setmetatable({ required = false }, { __index = spec }) end
 end
@@ -389,21 +422,23 @@ function M.client(cfg)
     max_attempts = cfg.max_attempts or 8,
     poll_interval = cfg.poll_interval or 5,       -- recorded HSM deletes were polled every ~5 s
     credential = choose_credential(cfg),
-    session = http.session { ca_file = cfg.ca_file, user_agent = "dhsm/" .. dhsm.version },
     -- HTTP/1.1 carries one request per connection at a time; a few warm
     -- connections beat a TLS handshake per parallel request.
     slots = dhsm.semaphore(cfg.max_connections or 2),
   }, Client)
   if c.credential.tenant and not c.tenant then c.tenant = c.credential.tenant end
+  transports[c] = cfg.transport or raw_session { ca_file = cfg.ca_file, user_agent = "dhsm/" .. dhsm.version }
   return c
 end
 
 function Client:stats()
-  return self.session:stats()
+  local t = transports[self]
+  return t.stats and t:stats() or {}
 end
 
 function Client:close()
-  self.session:close()
+  local t = transports[self]
+  if t.close then t:close() end
 end
 Client.__close = Client.close
 
@@ -428,6 +463,9 @@ end
 function Client:url(path, opts)
   if type(path) ~= "string" or not (path:match("^/") or path:match("^https?://")) then
     usage("azure: expected an ARM path starting with / (e.g. /subscriptions/...), got %s", tostring(path))
+  end
+  if path:match("^https?://") and path:sub(1, #self.endpoint + 1) ~= self.endpoint .. "/" then
+    usage("azure: %s is not on %s: requests (and the bearer token) go to ARM only", path:gsub("[?#].*$", ""), self.endpoint)
   end
   local url = path:match("^https?://") and path or (self.endpoint .. path)
   local query = {}
@@ -469,9 +507,11 @@ end
 
 -- One request through the connection slots, interpreted: the reply (nil
 -- when the transport failed), its error or the transport's, and the
--- seconds to wait before a retry (nil: no retry).
-function Client:exchange(req, idempotent, attempts)
-  local ok, r = pcall(self.slots.run, self.slots, self.session.request, self.session, req)
+-- seconds to wait before a retry (nil: no retry).  (A local, not a
+-- method: no caller sends through the transport around the gate.)
+function exchange(self, req, idempotent, attempts)
+  local t = transports[self]
+  local ok, r = pcall(self.slots.run, self.slots, t.request, t, req)
   if not ok then return nil, r, retry_delay(nil, r, idempotent, attempts) end
   local reply = M.interpret(req.method, req.url, r)
   return reply, reply.error, retry_delay(reply, reply.error, idempotent, attempts)
@@ -480,7 +520,7 @@ end
 -- Repeat attempt(n) -> reply, err, retry_in while it asks for a retry, at
 -- most max_attempts times and not past retry_deadline seconds from now.
 -- Returns the last reply, err and the number of attempts.
-function Client:retrying(retry_deadline, attempt)
+function retrying(self, retry_deadline, attempt)
   local deadline = dhsm.now() + retry_deadline
   local attempts = 0
   while true do
@@ -521,6 +561,20 @@ local WAIT_OPTIONS = { timeout = SECONDS, interval = SECONDS, on_progress = { ty
 
 local METHODS = { GET = true, HEAD = true, PUT = true, PATCH = true, POST = true, DELETE = true }
 
+-- A mutation's path must be the path ARM acts on, the one the rules judge:
+-- a '.' or '..' segment (curl resolves it) or a %-escape (ARM decodes it)
+-- would make another resource of it, so neither is sent.
+local function check_plain(method, where)
+  local bad = where:find("%", 1, true) and "a %-escape"
+  for segment in where:gmatch("[^/]+") do
+    if segment == "." or segment == ".." then bad = ("a '%s' segment"):format(segment) end
+  end
+  if bad then
+    usage("azure %s %s: the path holds %s, which ARM would read as another path than the one the rules judge; "
+      .. "give the resource's plain path", method, where, bad)
+  end
+end
+
 -- The body as sent: JSON text, or nil.
 local function encoded(body)
   if body == nil then return nil end
@@ -532,7 +586,7 @@ local function send(self, method, url, opts, correlation_id, body)
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
   local renewed = false
-  local r, err, attempts = self:retrying(opts.retry_deadline or self.retry_deadline, function(n)
+  local r, err, attempts = retrying(self, opts.retry_deadline or self.retry_deadline, function(n)
     local headers = {
       Authorization = { "Bearer ", self:token() },
       Accept = "application/json",
@@ -540,7 +594,7 @@ local function send(self, method, url, opts, correlation_id, body)
       ["Content-Type"] = body and "application/json" or nil,
     }
     for k, v in pairs(opts.headers or {}) do headers[k] = v end
-    local reply, e, retry_in = self:exchange({ method = method, url = url, headers = headers, body = body,
+    local reply, e, retry_in = exchange(self, { method = method, url = url, headers = headers, body = body,
       timeout = opts.timeout or self.timeout }, idempotent, n)
     if reply and reply.status == 401 and not renewed and is_token_problem(reply.code) then
       self:forget_token()                      -- expired or revoked: one fresh token, at once
@@ -580,6 +634,7 @@ function Client:request(method, path, opts)
     usage("azure %s %s: the body cannot be sent as JSON: %s", method, display(url), tostring(body))
   end
   local where = display(url)
+  check_plain(method, where)
   local correlation_id = opts.correlation_id or M.uuid()
   return act.change({ kind = "azure", action = method, target = where:match("([^/]+)$") or where, where = where,
     what = planned(method, url, opts.body), destructive = method == "DELETE",

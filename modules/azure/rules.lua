@@ -36,6 +36,14 @@ local function pairs_of(path)
   return out, key ~= nil
 end
 
+-- A property as ARM reads it: its name in any case.
+local function field(t, name)
+  if type(t) ~= "table" then return nil end
+  for k, v in pairs(t) do
+    if type(k) == "string" and k:lower() == name then return v end
+  end
+end
+
 -- What a path names: "group", G | "hsm", G, NAME | "deployment", G, NAME | nil
 function M.resource_of(path)
   local p, odd = pairs_of(path)
@@ -121,8 +129,7 @@ function M.check(c, method, path, opts)
       local ok, decoded = pcall(require("cjson").decode, body)
       body = ok and decoded or nil
     end
-    local props = type(body) == "table" and body.properties
-    local mode = type(props) == "table" and props.mode
+    local mode = field(field(body, "properties"), "mode")
     if type(mode) == "string" and mode:lower() == "complete" then
       M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
     end

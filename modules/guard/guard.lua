@@ -127,7 +127,8 @@ function M.attempts_left(key, role, device_left)
   local threshold = M.THRESHOLDS[role]
   local by_count = threshold - M.failures(key, role)
   if device_left == threshold and by_count < threshold then
-    M.forget(key, role)                        -- the device shows a clean slate (re-initialised)
+    -- the device shows a clean slate (re-initialised); a plan only reads it so
+    if not act.checking() then M.forget(key, role) end
     by_count = threshold
   end
   if device_left then return math.min(device_left, by_count) end

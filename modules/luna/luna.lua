@@ -141,8 +141,12 @@ local function verify_host_key(s, o, name)
         markers and markers.cert_authority and (" (%s has @cert-authority lines for it: dhsm does not check host "
           .. "certificates, so only plain key lines count)"):format(path) or "") }
   end
-  s:add_known_host(path)
-  dhsm.audit.write { action = "ssh.accept_new_host_key", target = name, outcome = "added", fingerprint = hk.sha256 }
+  -- a change to a file of the operator's, through the gate: in check mode
+  -- described, not written (the key is taken for this session only)
+  act.change({ kind = "file", action = "known_hosts", target = path, audit = "ssh.accept_new_host_key",
+    what = ("record the host key of %s (%s %s) in %s"):format(where, hk.type, hk.sha256, path),
+    fields = { appliance = name, fingerprint = hk.sha256 }, planned = false,
+    outcome = function() return "added" end }, function() s:add_known_host(path) end)
   return hk
 end
 
@@ -474,6 +478,25 @@ local function answer_for(question, opts)
   if question:find("Type 'proceed'", 1, true) then return opts.proceed and "proceed" or "quit" end
 end
 
+-- An answer is one word (proceed, quit, y, a name), or a secret for a
+-- password question: a line of words could be read as a command of its
+-- own if the "question" was misread (an echo that ends like one), and it
+-- would then reach the appliance outside the gate.
+local function check_answer(self, question, answer)
+  local function refuse(code, fmt, ...)
+    dhsm.error { kind = "safety", code = code, message = ("%s: %s"):format(self.name, fmt:format(...)) }
+  end
+  if secret.is(answer) then
+    if not question:find("[Pp]assword") then
+      refuse("SecretNotForThisQuestion", "refusing to answer %q with a secret: a secret is sent only to a password "
+        .. "question", question)
+    end
+  elseif not classify(answer):match("^login") and not answer:match("^[%w%-_%.]+$") then   -- a login: send_line refuses it
+    refuse("AnswerNotAWord", "refusing to answer %q with %q: an answer is one word (proceed, quit, y, n ...), "
+      .. "never words LunaSH could run as a command", question, masked(answer))
+  end
+end
+
 -- The command's output: without the echoed command line and the prompt.
 local function body_of(text, command)
   text = text:gsub("\r", "")
@@ -515,6 +538,13 @@ local function exchange(self, command, opts, pass)
     if which == 1 then break end
     local question = question_of(text)
     local answer = answer_for(question, opts)
+    if answer ~= nil then
+      local fine, why = pcall(check_answer, self, question, answer)
+      if not fine then
+        self:close()                           -- the question stays unanswered: the shell's state is unknown
+        error(why, 0)
+      end
+    end
     if answer == nil then
       self:close()                           -- never submit a guessed password
       dhsm.error { kind = "luna", code = "UnansweredPrompt",
@@ -766,13 +796,23 @@ function Session:check_network_change(command, opts)
     dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_cutting_path", command = masked(command) }
     return
   end
-  local device = command:match("%-[Dd][Ee]?[Vv]?[Ii]?[Cc]?[Ee]?%s+(%S+)")
+  -- the words as LunaSH reads them (quotes gone), every -device given,
+  -- compared as the appliance compares interface names (any case)
+  local words, devices = commands.words(command), {}
+  for i = 1, #words - 1 do
+    local opt = words[i]:lower():match("^%-(.+)$")
+    if opt and ("device"):sub(1, #opt) == opt then devices[#devices + 1] = words[i + 1]:lower() end
+  end
   local net = self:network()
   local ours = net.default_device              -- behind NAT the session arrives by the default route
   for dev, i in pairs(net.interfaces) do
     if i.ip == self.host then ours = dev end
   end
-  if device == nil or ours == nil or device == ours then
+  local device, cuts = devices[1], #devices ~= 1
+  for _, d in ipairs(devices) do
+    if ours == nil or d == ours:lower() then device, cuts = d, true end
+  end
+  if cuts then
     dhsm.error { kind = "safety", code = "WouldCutPath",
       message = ("refusing '%s' on %s: it could change %s, which carries this session (%s); a lost path means a "
         .. "Microsoft support reset that wipes the appliance"):format(masked(command), self.name,

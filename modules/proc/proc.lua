@@ -46,6 +46,7 @@ local guard = require "dhsm.guard"
 local parse = require "dhsm.luna.parse"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
+local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 local core = util.native(select(3, ...), "dhsm.proc.core")
 
@@ -107,40 +108,51 @@ local READ_ONLY = {
 }
 local VTL_DESTRUCTIVE = { createcert = true }     -- a new key pair every appliance must register again
 
+-- The real file a program name runs: a path as given, a bare name through $PATH.
+local function resolve(name)
+  if type(name) ~= "string" or name == "" then return nil end
+  if name:find("/", 1, true) then return sys.realpath(name) end
+  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+    local st = sys.stat(dir .. "/" .. name)
+    if st and st.type == "file" then return sys.realpath(dir .. "/" .. name) end
+  end
+end
+
+-- Whether argv[1] is the tool `name` itself: what $PATH gives for it, or a
+-- path a loaded inventory's client section names - not any file called so.
+local function genuine(argv, name)
+  local real = resolve(argv[1])
+  if not real then return false end
+  local known = require("dhsm.inventory").client_tools(name)
+  known[#known + 1] = name
+  for _, k in ipairs(known) do
+    if resolve(k) == real then return true end
+  end
+  return false
+end
+
 function M.read_only(argv)
-  local test = READ_ONLY[is_lunacm(argv) and "lunacm" or program(argv)]
-  return test ~= nil and test(argv) == true
+  local name = is_lunacm(argv) and "lunacm" or program(argv)
+  local test = READ_ONLY[name]
+  return test ~= nil and test(argv) == true and genuine(argv, name)
 end
 
 local function refuse(code, fmt, ...)
   dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
 end
 
--- Remote shells and copies: an inventory appliance is reached through
--- dhsm.luna only, where its rules (the login guard, the reboot fix, the
--- network path) hold - never by ssh, scp, sftp or sshpass started here.
-local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true }
-
--- The inventory appliance a remote shell's argv names, or nil: a word that
--- is its host, user@host, host:path or -o HostName=host.
-local function appliance_named(argv)
-  local inventory = require "dhsm.inventory"
-  for i = 2, #argv do
-    local w = tostring(argv[i])
-    local host = w:match("^[Hh]ost[Nn]ame=(.+)$") or w:match("^[^@]*@(.+)$") or w
-    host = host:match("^%[(.-)%]") or host:match("^([^:]+):") or host
-    local name = inventory.appliance_at(host)
-    if name then return name, host end
-  end
-end
+-- Remote shells and copies are not run here at all: an appliance is
+-- reached through dhsm.luna only, where its rules (the login guard, the
+-- reboot fix, the network path) hold, and which host an ssh command line
+-- reaches cannot be told from its words (aliases in ~/.ssh/config,
+-- localhost, ssh:// URLs, -oHostName=).
+local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true, ["ssh-copy-id"] = true, rsync = true }
 
 local function refuse_remote(argv)
   if not REMOTE[program(argv)] then return end
-  local name, host = appliance_named(argv)
-  if name then
-    refuse("AroundTheRules", "refusing '%s': %s (%s) is an inventory appliance, reached only through dhsm.luna, where "
-      .. "the login guard, the reboot fix and the network-path rules hold", command_line(argv), host, name)
-  end
+  error(act.counted(dhsm.error.new { kind = "safety", code = "AroundTheRules",
+    message = ("refusing '%s': dhsm.proc runs no remote shell or copy - an appliance is reached through dhsm.luna, "
+      .. "where the login guard, the reboot fix and the network-path rules hold"):format(command_line(argv)) }), 0)
 end
 
 -- The gate's description of a command that may change something (dhsm.act).

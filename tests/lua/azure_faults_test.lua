@@ -69,8 +69,6 @@ end)
 -- A client whose transport answers with replies, in order (the last one
 -- again when they run out); .sent counts the requests.
 local function stubbed(replies, extra)
-  local c = estate:azure(extra or { max_attempts = 1 })
-  c.bearer, c.refresh_at = secret.value("stub-token"), math.huge
   local stub = { sent = 0 }
   function stub.request()
     stub.sent = stub.sent + 1
@@ -80,7 +78,10 @@ local function stubbed(replies, extra)
     copy.headers = copy.headers or { ["x-ms-request-id"] = "req-" .. stub.sent }
     return copy
   end
-  c.session = stub
+  extra = extra or { max_attempts = 1 }
+  extra.transport = stub
+  local c = estate:azure(extra)
+  c.bearer, c.refresh_at = secret.value("stub-token"), math.huge
   return c, stub
 end
 
@@ -189,8 +190,9 @@ t.test("a list whose value or nextLink are of the wrong type, or whose nextLink 
 end)
 
 t.test("a token reply without access_token is a BadResponse", function()
-  local c = estate:azure()
-  c.session = { request = function() return { status = 200, headers = {}, body = '{"token_type": "Bearer"}' } end }
+  local c = estate:azure { transport = { request = function()
+    return { status = 200, headers = {}, body = '{"token_type": "Bearer"}' }
+  end } }
   local err = bad_response(function() c:token() end)
   t.ok(err.message:find("^cannot get a token"), err.message)
 end)

@@ -309,6 +309,16 @@ t.test("delete only with evidence of zeroization; then waits until it is gone", 
   t.raises(function() c:request("delete", (hsm.path(c, "hsm-d1"):gsub("dedicatedHSMs", "dedicatedhsms"))) end,
     "NotZeroized")
   t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+  -- a path ARM would read as another one is not sent at all: dot segments, %-escapes, another host
+  local path = hsm.path(c, "hsm-d1")
+  for _, odd in ipairs { path .. "/x/..", path:gsub("/providers/", "/./providers/", 1), (path:gsub("dedicatedHSMs",
+      "dedicated%%48SMs")), (c:group_path():gsub("resourceGroups", "resource%%47roups")) } do
+    t.raises(function() c:delete(odd) end, "ARM would read as another path")
+  end
+  t.raises(function() c:delete("https://elsewhere.example" .. path) end, "go to ARM only")
+  t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+  -- the client's transport is its own: no method sends around the gate
+  t.eq({ c.exchange, c.retrying, c.session }, {}, "no exchange, retrying or session on the client")
   -- ARM itself refuses too, with the HSM RP's innererror shape (dhsm's rule lifted, audited)
   local arm = t.raises(function() c:delete(hsm.path(c, "hsm-d1"), { allow_unzeroized = true }) end, "HsmNotZeroized")
   t.eq(arm.status, 409)
@@ -450,6 +460,11 @@ t.test("deleting a group behind the module's back orphans its HSM, and orphans()
   t.raises(function() c:request("DELETE", (c:group_path("side-rg"):gsub("resourceGroups", "resourcegroups"))) end,
     "GroupHoldsHsm")
   t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+  -- a Complete-mode deployment would delete it too, however its property is spelled
+  local dep = ("/subscriptions/%s/resourceGroups/side-rg/providers/Microsoft.Resources/deployments/wipe"):format(c.subscription)
+  for _, key in ipairs { "mode", "Mode", "MODE" } do
+    t.raises(function() c:put(dep, { body = { properties = { [key] = "Complete", template = {} } } }) end, "GroupHoldsHsm")
+  end
   estate:delete_group_around_dhsm(c, "side-rg")
   local orphans = hsm.orphans(c)
   t.eq({ #orphans, orphans[1].name, orphans[1].group }, { 1, "hsm-o1", "side-rg" })

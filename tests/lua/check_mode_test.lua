@@ -26,28 +26,42 @@ local function effects(dir, call, flags)
   return run(dir, ("run effects %s -e dir=%s -e call=%s"):format(flags, q(dir), q(call)))
 end
 
+-- Whether the folder holds something the fixture made (dir/made, dir/made-XXXXXX).
+local function made(dir)
+  for _, name in ipairs(sys.readdir(dir) or {}) do
+    if name:match("^made") then return name end
+  end
+end
+
 local function untouched(dir, call)
-  t.eq(sys.stat(dir .. "/made"), nil, call .. " made nothing")
+  t.eq(made(dir), nil, call .. " made nothing")
   t.eq(util.read_file(dir .. "/keep"), "kept", call .. " took nothing away")
 end
 
+-- Effects a real run makes and a check-mode run refuses.
 local REFUSED = { "os.execute", "io.popen", "io.open", "io.output", "os.remove", "os.rename", "os.tmpname",
-  "os.exit", "dhsm.sys.write_file", "dhsm.sys.mkdir", "proc.spawn", "pcall(os.execute)", "child task" }
+  "os.exit", "dhsm.sys.write_file", "dhsm.sys.mkdir", "dhsm.sys.mkdtemp", "dhsm.sys.lock", "dhsm.sys.history_save",
+  "dhsm.audit.set_path", "proc.spawn", "pcall(os.execute)", "child task", "reset the tally" }
+-- Refused in check mode, with no real-run counterpart to show (a write to
+-- nowhere, a scope that itself turns check mode on).
+local REFUSED_ONLY = { "raw http", "nested scope" }
 local NAMED = { ["pcall(os.execute)"] = "os.execute", ["child task"] = "os.execute", ["io.open"] = "io.open for writing",
-  ["io.output"] = "io.output to a file" }
+  ["io.output"] = "io.output to a file", ["reset the tally"] = "os.execute", ["nested scope"] = "os.execute",
+  ["raw http"] = "dhsm.azure.http PUT" }
 
 t.test("each plain effect acts in a real run (the fixture is not vacuous)", function()
   for _, call in ipairs(REFUSED) do
     local dir = folder()
     local r = effects(dir, call, "--yes")
-    local acted = sys.stat(dir .. "/made") ~= nil or util.read_file(dir .. "/keep") ~= "kept"
+    local acted = made(dir) ~= nil or util.read_file(dir .. "/keep") ~= "kept"
       or (call == "os.exit" and r.status == 7)
     t.ok(acted, ("%s acted for real (exit %d): %s"):format(call, r.status, r.stderr))
   end
 end, { timeout = 120 })
 
 t.test("under --check each plain effect is refused naming the call, and the closing line says so", function()
-  for _, call in ipairs(REFUSED) do
+  local calls = table.move(REFUSED_ONLY, 1, #REFUSED_ONLY, #REFUSED + 1, table.move(REFUSED, 1, #REFUSED, 1, {}))
+  for _, call in ipairs(calls) do
     local dir = folder()
     local r = effects(dir, call, "--check")
     t.eq(r.status, 3, call .. ": " .. r.stderr)
@@ -144,3 +158,36 @@ t.test("a confirmed step covers the gate's question for its own target, not anot
   r = on_terminal(dir, "destroy other", { "fixture", "other" })
   t.eq(util.read_file(dir .. "/keep"), nil, "confirmed in its turn, it went ahead\n" .. r.stdout)
 end, { timeout = 60 })
+
+t.test("nor can a run escape it: a task cut from its parent's context, ctx.check set to false", function()
+  for call, expect in pairs { ["cut the context"] = "protected metatable", ["ctx.check = false"] = "ctx.check is read-only" } do
+    local dir = folder()
+    local r = effects(dir, call, "--check")
+    t.ok(r.status ~= 0, call .. ": " .. r.stderr)
+    t.ok(r.stderr:find(expect, 1, true), call .. ": " .. r.stderr)
+    t.ok(not r.stderr:find("nothing was changed", 1, true), r.stderr)
+    untouched(dir, call)
+    t.eq(sys.stat(dir .. "/dhsm/runs"), nil, call .. ": a plan is not journaled")
+  end
+end)
+
+t.test("a program only named like a read-only tool is described in check mode, not run", function()
+  local dir = folder()
+  sys.mkdir(dir .. "/bin")
+  t.write(dir .. "/bin/vtl", ("#!/bin/sh\ntouch %s/made\n"):format(q(dir)), tonumber("755", 8))
+  local r = effects(dir, "fake vtl", "--check")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl show", 1, true), r.stderr)
+  untouched(dir, "fake vtl")
+  r = effects(dir, "fake vtl", "--yes")
+  t.eq({ r.status, made(dir) }, { 0, "made" }, "run for real, it acts (and passed the gate): " .. r.stderr)
+end)
+
+t.test("a finaliser at the exit of a check-mode process is in check mode too", function()
+  local dir = folder()
+  local r = effects(dir, "finaliser", "--check")
+  t.eq(r.status, 0, r.stderr)
+  untouched(dir, "a finaliser")
+  r = effects(dir, "finaliser", "--yes")
+  t.eq(made(dir), "made", "the same finaliser acts in a real run: " .. r.stderr)
+end)

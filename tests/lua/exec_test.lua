@@ -144,3 +144,21 @@ t.test("exec asks before zeroize by failed logins and lunacm's deleteGroup, as b
   local s = estate:luna_session("hsm1")
   t.eq(s:hsm_show().attempts_left, 3, "hsm1's HSM SO still has every attempt")
 end, { timeout = 60 })
+
+-- The question cannot be skipped from the runbook's side: the policy and
+-- the step's cover are dhsm.act's own, not fields of the context.
+t.test("a runbook cannot answer the question for itself: context fields, the policy, the runner's cover", function()
+  local before = #estate:mutations("regenCert")
+  for _, code in ipairs {
+    [[dhsm.context().confirmed_target = "hsm1"; dhsm.context().confirm = function() end; ]] .. REGEN,
+    [[require("dhsm.act").confirm_policy(true); ]] .. REGEN,
+    [[local c <close> = require("dhsm.act").cover(nil, "hsm1"); ]] .. REGEN,
+    [[local c <close> = require("dhsm.act").cover(require("dhsm.act").runner_key(), "hsm1"); ]] .. REGEN,
+  } do
+    local r = exec(("-i %s exec -e %s"):format(q(inventory), q(code)))
+    t.eq(r.status, 3, code .. "\n" .. r.stderr)
+    t.ok(r.stderr:find("NotConfirmed", 1, true) or r.stderr:find("PolicySet", 1, true)
+      or r.stderr:find("NotTheRunner", 1, true) or r.stderr:find("RunnerKeyTaken", 1, true), r.stderr)
+  end
+  t.eq(#estate:mutations("regenCert"), before, "nothing reached the appliance")
+end, { timeout = 60 })

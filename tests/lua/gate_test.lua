@@ -85,20 +85,23 @@ t.test("every rule holds through every entry point, and nothing reaches the esta
   t.eq(estate:mutations(), before, "nothing reached ARM or an appliance (the estate's own log)")
 end, { timeout = 300 })
 
-t.test("ssh, scp, sftp and sshpass to an inventory appliance are refused from dhsm.proc, however its host is written",
-  function()
+t.test("dhsm.proc runs no remote shell or copy, however the appliance's host is written", function()
   local entry = estate.inventory:hsm("hsm1")
   local before = estate:mutations()
+  local port = tostring(entry.ssh_port)
   local routes = {
-    { "ssh", "-p", tostring(entry.ssh_port), "tenantadmin@" .. entry.host, "hsm zeroize -force" },
-    { "scp", "-P", tostring(entry.ssh_port), "/etc/hostname", entry.host .. ":x.pem" },
+    { "ssh", "-p", port, "tenantadmin@" .. entry.host, "hsm zeroize -force" },
+    { "ssh", "-p", port, "tenantadmin@localhost", "hsm zeroize -force" },
+    { "ssh", "-l", "tenantadmin", "ssh://" .. entry.host .. ":" .. port, "hsm show" },
+    { "ssh", "-oHostName=" .. entry.host, "-p", port, "anything", "hsm show" },
+    { "/usr/bin/scp", "-P", port, "/etc/hostname", entry.host .. ":x.pem" },
     { "sftp", "-o", "HostName=" .. entry.host, "hsm1" },
     { "sshpass", "-e", "ssh", entry.host, "hsm zeroize -force" },
   }
   local proc = require "dhsm.proc"
   for _, argv in ipairs(routes) do
     local err = t.raises(function() proc.run { argv = argv } end, "AroundTheRules")
-    t.ok(err.message:find("is an inventory appliance", 1, true), err.message)
+    t.ok(err.message:find("runs no remote shell or copy", 1, true), err.message)
     t.raises(function() proc.spawn { argv = argv } end, "AroundTheRules")
   end
   -- through a runbook, with --yes too

@@ -365,18 +365,28 @@ t.test("no raw object, method or module writes to the shell around the guard", f
 end)
 
 t.test("an answer cannot carry a second command: a login after a line end is never sent", function()
+  -- (an answer is one word, or a secret for a password question: dhsm.luna)
   local s = open("hsm1")
   local before = so_state("hsm1").failures
   local injection = "quit\nhsm login -password not-the-password"
   t.raises(function() s:run("sysconf regenCert", { answers = { { match = "proceed", answer = injection } } }) end,
-    "no line end or control character")
+    "an answer is one word")
   local s2 = open("hsm1")
   t.raises(function()
     s2:run("sysconf regenCert", { answers = { { match = "proceed", answer = dhsm.secret.value(injection) } } })
-  end, "this secret does")
+  end, "a secret is sent only to a password question")
   local s3 = open("hsm1")
   t.raises(function() s3:run("sysconf regenCert", { answers = { { match = "proceed", answer = "hsm login" } } }) end,
     "UnguardedLogin")
+  -- an answer of several words could be read as a command of its own: never sent
+  local zeroizes = #estate:mutations("hsm zeroize")
+  t.raises(function()
+    open("hsm1"):run("sysconf regenCert", { answers = { { match = "proceed", answer = "hsm zeroize -force" } } })
+  end, "AnswerNotAWord")
+  t.raises(function()
+    open("hsm1"):run("sysconf regenCert", { answers = { { match = "proceed", answer = dhsm.secret.value("proceed") } } })
+  end, "SecretNotForThisQuestion")
+  t.eq(#estate:mutations("hsm zeroize"), zeroizes, "no zeroize reached the appliance")
   for _, c in ipairs { "hsm lo\127\127login", "hsm login\21hsm login", "hsm log\bin" } do
     t.raises(function() open("hsm1"):run(c, { password = wrong() }) end, "control character")
   end

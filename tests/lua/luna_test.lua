@@ -44,6 +44,11 @@ t.test("host keys: strict refuses unknown, accept-new records, a changed key is 
   local err = t.raises(function() open("hsm1", { known_hosts = kh }) end, "HostKeyUnknown")
   t.eq(err.kind, "safety")
   t.ok(err.message:find("ssh-ed25519 SHA256:", 1, true), err.message)
+  -- in check mode the key is taken for the session only: recording it is described, not done
+  local checking = require("dhsm.act").check_scope(true)
+  open("hsm1", { known_hosts = kh, host_key = "accept-new" }):close()
+  checking:close()
+  t.eq(util.read_file(kh), "", "a plan writes no known_hosts line")
   local s = open("hsm1", { known_hosts = kh, host_key = "accept-new" })
   s:close()
   t.ok(util.read_file(kh):find("[127.0.0.1]:" .. inv_entry("hsm1").ssh_port .. " ssh-ed25519 ", 1, true))
@@ -241,6 +246,11 @@ t.test("a network change that would cut this session's path is refused", functio
   local err = t.raises(function() s:run(cmd) end, "WouldCutPath")
   t.ok(err.message:find("eth0", 1, true))
   t.raises(function() s:run("network hostname other") end, "WouldCutPath")
+  -- the device as LunaSH reads it: quotes gone, any case, abbreviated
+  for _, spelled in ipairs { [[network interface static -device "eth0" -ip 10.9.9.9 -netmask 255.255.255.0]],
+      "network interface dhcp -dev ETH0", "net int dhcp -d Eth0" } do
+    t.raises(function() s:run(spelled, { proceed = true }) end, "WouldCutPath")
+  end
   -- another interface is fine
   t.eq(s:run("network interface static -device eth1 -ip 10.3.0.5 -netmask 255.255.255.0 -gateway 10.3.0.1 -force").ok, true)
 end)

@@ -200,7 +200,7 @@ end
 -- `az group delete` would, around dhsm's rules (ARM's own API through the
 -- raw transport), and waited for: how an HSM gets orphaned.
 function M:delete_group_around_dhsm(c, group)
-  local r = c.session:request { method = "DELETE", url = c:url(c:group_path(group), {}),
+  local r = self.session:request { method = "DELETE", url = c:url(c:group_path(group), {}),
     headers = { Authorization = { "Bearer ", c:token() } } }
   if r.status ~= 202 and r.status ~= 200 then error(("DELETE of group %s: HTTP %d"):format(group, r.status), 2) end
   c:wait(c:group_path(group), { deleting = true })

@@ -30,25 +30,36 @@
 --   6. the outcome record (also when the act raised).
 --
 -- Check mode belongs to a task and the tasks it starts (the task context),
--- never to a global: act.checking() reads it; a run or the REPL opens it
--- with act.check_scope(true).  Inside a check-mode scope it cannot be
--- switched off - a step body cannot make its own effects real.  Plain Lua's
--- own effects (os.execute, io.popen, io.open for writing, io.output,
--- os.remove, os.rename, os.tmpname, os.exit, and dhsm.sys's write_file and
--- mkdir) are refused in check mode with an error naming the call, except
--- in dhsm's private folders (a run's scratch folder, dhsm's state folder).
+-- never to a global: act.checking() reads it; the REPL opens it per line
+-- with act.check_scope(true), and `dhsm run --check` for the whole process
+-- (act.check_process(), before the playbook is even loaded: its top-level
+-- code, its check hook and a finaliser at exit are in check mode too).
+-- Inside a check-mode scope it cannot be switched off - a step body cannot
+-- make its own effects real.  Plain Lua's own effects (os.execute,
+-- io.popen, io.open for writing, io.output, os.remove, os.rename,
+-- os.tmpname, os.exit, and dhsm.sys's write_file, mkdir, mkdtemp, lock and
+-- history_save, dhsm.audit.set_path) are refused in check mode with an
+-- error naming the call, except in dhsm's own folders: the scratch folders
+-- it made (act.scratch_dir) and the failed-login guard's lock folder.
 --
 -- What this does not stop: the debug library, and code that means to go
 -- around it (rawset on what it was handed, a C module of its own).  Outside
 -- check mode, os.execute and dhsm.proc can still reach an appliance or
 -- Azure by other tools (ssh, az); docs/safety.md lists them.
 local dhsm = require "dhsm"
+local audit = require "dhsm.audit"
 local core = require "dhsm.core"
 local sys = require "dhsm.sys"
 
 local M = {}
 
 local usage = dhsm.usage_in("act")
+
+-- plain Lua's, dhsm.sys's and dhsm.audit's own effects, as they were
+-- before the gate (its own folders and files are made with these)
+local raw = { execute = os.execute, popen = io.popen, open = io.open, output = io.output, remove = os.remove,
+  rename = os.rename, tmpname = os.tmpname, exit = os.exit, write_file = sys.write_file, mkdir = sys.mkdir,
+  mkdtemp = sys.mkdtemp, lock = sys.lock, history_save = sys.history_save, set_path = audit.set_path }
 
 ---------------------------------------------------------------------------
 -- check mode: a scope per task context, read through to the parents
@@ -57,19 +68,34 @@ local usage = dhsm.usage_in("act")
 -- this file holds it: a context's own fields are anyone's to write.
 local scopes = setmetatable({}, { __mode = "k" })
 
+-- The whole process is planning (dhsm run --check): nothing can end it.
+local process_tally
+
+local function new_tally()
+  return { described = 0, refused = 0, changes = {} }
+end
+
+-- A context's parent: its metatable's __index, read past the protection
+-- the scheduler puts on it (runtime/loop.c: no task can cut the chain).
+local function parent_of(context)
+  local mt = debug.getmetatable(context)
+  local up = mt and rawget(mt, "__index")
+  return type(up) == "table" and up or nil
+end
+
 local function scope_of(context)
   while context do
     local s = scopes[context]
     if s then return s end
-    local mt = getmetatable(context)
-    context = mt and mt.__index
-    if type(context) ~= "table" then return nil end
+    context = parent_of(context)
   end
 end
 
 -- The scope in force for the running task, or nil.
 local function current_scope()
-  return scope_of(core.context())
+  local s = scope_of(core.context())
+  if s then return s end
+  if process_tally then return { on = true, locked = true, tally = process_tally } end
 end
 
 -- checking() -> true when changes are only described
@@ -78,44 +104,43 @@ function M.checking()
   return s ~= nil and s.on
 end
 
-local function new_tally()
-  return { described = 0, refused = 0, changes = {} }
+local function locked()
+  dhsm.error(M.counted(dhsm.error.new { kind = "safety", code = "CheckModeLocked",
+    message = "check mode cannot be switched off inside a check-mode run" }))
 end
 
 -- check_scope(on) -> a value to close (<close>, or :close()): check mode
 -- `on` for this task (and the tasks it starts) until closed, then as it
--- was.  Inside a check-mode scope, switching off is refused.
+-- was.  Inside a check-mode scope, switching off is refused; a scope
+-- opened inside another counts into the outer one's tally.
 function M.check_scope(on)
   if type(on) ~= "boolean" then usage("check_scope: expected true or false, got %s", type(on)) end
   local context = core.context()
   local outer = current_scope()
-  if not on and outer and outer.on and outer.locked then
-    dhsm.error { kind = "safety", code = "CheckModeLocked",
-      message = "check mode cannot be switched off inside a check-mode run" }
-  end
+  if not on and outer and outer.on and outer.locked then locked() end
   local saved = rawget(scopes, context)
-  local s = { on = on, locked = on, tally = on and new_tally() or nil }
-  scopes[context] = s
+  local tally = on and (outer and outer.on and outer.tally or new_tally()) or nil
+  scopes[context] = { on = on, locked = on, tally = tally }
   local function close() scopes[context] = saved end
-  return setmetatable({ tally = s.tally, close = close }, { __close = close })
+  return setmetatable({ tally = tally, close = close }, { __close = close })
 end
 
--- set_check(on): the REPL's `:check on|off` for its own task; refused
--- inside a check-mode run.
-function M.set_check(on)
-  if type(on) ~= "boolean" then usage("set_check: expected true or false, got %s", type(on)) end
-  local s = current_scope()
-  if s and s.locked and not on then
-    dhsm.error { kind = "safety", code = "CheckModeLocked",
-      message = "check mode cannot be switched off inside a check-mode run" }
-  end
-  local context = core.context()
-  scopes[context] = { on = on, tally = on and new_tally() or nil }
+-- check_process(): the rest of this process plans (dhsm run --check) ->
+-- its tally.  Called before the playbook is loaded; never undone.
+function M.check_process()
+  process_tally = process_tally or new_tally()
+  return process_tally
 end
 
--- tally() -> {described=, refused=, changes={...}} of the check-mode scope
--- in force, or nil outside check mode.
+-- tally() -> a copy of {described=, refused=} of the check-mode scope in
+-- force, or nil outside check mode.
 function M.tally()
+  local s = current_scope()
+  if not (s and s.on and s.tally) then return nil end
+  return { described = s.tally.described, refused = s.tally.refused }
+end
+
+local function live_tally()
   local s = current_scope()
   return s and s.on and s.tally or nil
 end
@@ -123,56 +148,65 @@ end
 ---------------------------------------------------------------------------
 -- dhsm's own folders: plain writes there are not changes to the world
 
-local private = {}
+local own = {}            -- real path of a folder -> true
 
-local function clean(path)
-  if type(path) ~= "string" or path == "" then return nil end
-  if path:find("/%.%./") or path:find("/%.%.$") or path:find("^%.%./") then return nil end
-  if path:sub(1, 1) ~= "/" then
-    local cwd = sys.realpath(".")
-    if not cwd then return nil end
-    path = cwd .. "/" .. path
-  end
-  return (path:gsub("/+", "/"):gsub("/%./", "/"))
-end
-
--- private(dir): dir (a scratch folder dhsm made, its state folder) is
--- dhsm's own; private(dir, false) forgets it.
-function M.private(dir, on)
-  local d = clean(dir)
-  if not d then usage("private: expected a folder, got %s", tostring(dir)) end
-  private[d:gsub("/$", "")] = on ~= false or nil
+-- The real path a write to `path` lands on (links followed), or nil.
+local function landing(path)
+  if type(path) ~= "string" or path == "" or path:find("%z") then return nil end
+  local real = sys.realpath(path)
+  if real then return real end
+  local dir, name = path:match("^(.*)/([^/]+)$")
+  if not dir then dir, name = ".", path end
+  local parent = sys.realpath(dir == "" and "/" or dir)
+  if not parent or name == ".." or name == "." then return nil end
+  return parent .. "/" .. name
 end
 
 function M.is_private(path)
-  local p = clean(path)
+  local p = landing(path)
   if not p then return false end
-  for dir in pairs(private) do
+  for dir in pairs(own) do
     if p == dir or p:sub(1, #dir + 1) == dir .. "/" then return true end
   end
   return false
 end
 
+-- scratch_dir(prefix) -> path, closer: a new folder (0700, under $TMPDIR
+-- or /tmp) that is dhsm's own - written to in check mode too - removed
+-- with its files when closer is closed (dhsm.util.scratch_dir).
+function M.scratch_dir(prefix)
+  local dir = assert(raw.mkdtemp(prefix))
+  local real = sys.realpath(dir) or dir
+  own[real] = true
+  return dir, setmetatable({}, { __close = function()
+    for _, name in ipairs(sys.readdir(dir) or {}) do raw.remove(dir .. "/" .. name) end
+    raw.remove(dir)
+    own[real] = nil
+  end })
+end
+
 ---------------------------------------------------------------------------
 -- refusals and descriptions
 
-local function count(field)
-  local t = M.tally()
-  if t then t[field] = t[field] + 1 end
+-- counted(err) -> err: a safety refusal met in check mode is a refusal of
+-- the plan's too, even when a body catches it (the closing line counts it).
+function M.counted(err)
+  local t = live_tally()
+  if t and dhsm.error.is(err, "safety") then t.refused = t.refused + 1 end
+  return err
 end
 
 -- refuse(call, detail): an effect named `call` that check mode cannot
 -- describe (plain Lua's, an interactive process): refused, and counted.
 function M.refuse(call, detail)
-  count("refused")
-  dhsm.audit.write { action = "check.refused", outcome = "refused", detail = call }
-  -- shown where it happened, in the plan too: a body that catches the error still had it refused
   local shown = ("%s%s"):format(call, detail and (" (" .. detail .. ")") or "")
+  audit.write { action = "check.refused", outcome = "refused", detail = call }
+  -- shown where it happened, in the plan too: a body that catches the error still had it refused
   local show = core.context().refused
   if show then show(shown) else io.stderr:write("refused ", shown, "\n") end
-  dhsm.error { kind = "safety", code = "CheckModeRefused",
-    message = ("check mode: refusing %s%s: it could change something outside dhsm, and a plan changes nothing"):format(
-      call, detail and (" (" .. detail .. ")") or "") }
+  error(M.counted(dhsm.error.new { kind = "safety", code = "CheckModeRefused",
+    message = ("check mode: refusing %s: it could change something outside dhsm, and a plan changes nothing")
+      :format(shown) }), 2)
 end
 
 -- What an intent or outcome record keeps of the description: its start
@@ -191,7 +225,7 @@ end
 
 -- describe(change): in check mode, the change as the plan shows it.
 local function describe(change)
-  local t = M.tally()
+  local t = live_tally()
   if t then
     t.described = t.described + 1
     t.changes[#t.changes + 1] = { kind = change.kind, action = change.action, target = change.target,
@@ -200,7 +234,7 @@ local function describe(change)
   local r = record(change, "planned", { action = "check.would", change = change.audit
     or (change.kind .. "." .. tostring(change.action)) })
   r.what = change.what                             -- the plan's line, whole
-  dhsm.audit.write(r)
+  audit.write(r)
   local show = core.context().would
   if show then show(change.what) else io.stderr:write("would ", change.what, "\n") end
 end
@@ -209,22 +243,76 @@ end
 -- change for which fn(change) is true (a rule reads it: a group whose HSMs
 -- the plan deletes first is empty by the time its own DELETE would go).
 function M.planned(fn)
-  local t = M.tally()
+  local t = live_tally()
   for _, c in ipairs(t and t.changes or {}) do
-    if fn(c) then return true end
+    if fn({ kind = c.kind, action = c.action, target = c.target, where = c.where, what = c.what }) then return true end
+  end
+  return false
+end
+
+---------------------------------------------------------------------------
+-- confirmation: the process's policy, and what a confirmed step covers
+
+-- The front end says once, before any code of the user's runs, whether
+-- --yes was given; nothing a runbook sets in its context changes it.
+local policy
+
+function M.confirm_policy(yes)
+  if policy ~= nil then
+    dhsm.error { kind = "safety", code = "PolicySet", message = "the confirmation policy is set once, by dhsm's front end" }
+  end
+  policy = yes == true
+end
+
+-- What a confirmed destructive step covers: context -> its target.  Only
+-- the playbook runner, which claims the key when it is loaded (before any
+-- user code runs: dhsm.cli loads it with the safety modules), may set it.
+local covers = setmetatable({}, { __mode = "k" })
+local runner_key
+
+function M.runner_key()
+  if runner_key ~= nil then
+    dhsm.error { kind = "safety", code = "RunnerKeyTaken", message = "the playbook runner's key is already taken" }
+  end
+  runner_key = {}
+  return runner_key
+end
+
+-- cover(key, target) -> closer: the changes to `target` made by this task
+-- (and its children) until closed are covered by the step's confirmation.
+function M.cover(key, target)
+  if key == nil or key ~= runner_key then
+    dhsm.error { kind = "safety", code = "NotTheRunner", message = "only the playbook runner covers a confirmed step's target" }
+  end
+  local context = core.context()
+  local saved = rawget(covers, context)
+  covers[context] = target
+  return setmetatable({}, { __close = function() covers[context] = saved end })
+end
+
+local function covered(target)
+  local context = core.context()
+  while context do
+    local t = covers[context]
+    if t ~= nil then return t == target end
+    context = parent_of(context)
   end
   return false
 end
 
 -- The operator's word for a destructive change.
 local function confirm(change)
-  local context = dhsm.context()
-  if context.confirmed_target ~= nil and context.confirmed_target == change.target then
-    dhsm.audit.write(record(change, "covered by the confirmed step", { action = "confirm" }))
+  if covered(change.target) then
+    audit.write(record(change, "covered by the confirmed step", { action = "confirm" }))
     return
   end
-  local ask = context.confirm or require("dhsm.ask").for_calls(false)
-  ask { target = change.target, action = change.what }
+  local hook = dhsm.context().before_prompt        -- a live progress line clears itself
+  require("dhsm.ask").confirm { target = change.target, detail = change.what, yes = policy == true,
+    before_prompt = hook,
+    question = ("%s is destructive. Type %s to go on: "):format(change.what, change.target),
+    no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
+      .. "(pass --yes to confirm in advance)"):format(change.what, change.target),
+    mismatch = ("not confirmed: %s was not done"):format(change.what) }
 end
 
 ---------------------------------------------------------------------------
@@ -264,10 +352,7 @@ function M.change(change, fn)
   if type(fn) ~= "function" then usage("change: expected the act as a function") end
   if change.rule then
     local ok, err = pcall(change.rule, change)
-    if not ok then
-      if M.checking() and dhsm.error.is(err, "safety") then count("refused") end
-      error(err, 0)
-    end
+    if not ok then error(M.counted(err), 0) end
   end
   if M.checking() then
     describe(change)
@@ -276,21 +361,17 @@ function M.change(change, fn)
     return { check = true, would = change.what }
   end
   if change.destructive then confirm(change) end
-  dhsm.audit.write(record(change, "sending"))
-  dhsm.audit.sync()
+  audit.write(record(change, "sending"))
+  audit.sync()
   local t0 = dhsm.now()
   local r = table.pack(pcall(fn, change))
   local word, extra = outcome_of(change, table.unpack(r, 1, r.n))
   extra = extra or {}
   extra.duration_ms = (dhsm.now() - t0) * 1000
-  dhsm.audit.write(record(change, word, extra))
+  audit.write(record(change, word, extra))
   if not r[1] then error(r[2], 0) end
   return table.unpack(r, 2, r.n)
 end
-
--- plain Lua's and dhsm.sys's own effects, as they were before the gate
-local raw = { execute = os.execute, popen = io.popen, open = io.open, output = io.output, remove = os.remove,
-  rename = os.rename, tmpname = os.tmpname, exit = os.exit, write_file = sys.write_file, mkdir = sys.mkdir }
 
 -- write_file(path, text [, {mode=, what=}]): a file written for someone
 -- else to read (Chrystoki.conf, a Prometheus textfile, a playbook's
@@ -307,7 +388,7 @@ function M.write_file(path, text, opts)
 end
 
 ---------------------------------------------------------------------------
--- plain Lua's effects, refused in check mode
+-- plain effects, refused in check mode
 
 -- A write mode of io.open ("w", "a", "r+", "wb"...).
 local function writes(mode)
@@ -322,8 +403,7 @@ local function guarded(call, fn, when)
 end
 
 local function always() return true end
-local function outside_private(path) return not M.is_private(path) end
-
+local function outside_own(path) return not M.is_private(path) end
 
 os.execute = guarded("os.execute", raw.execute, always)
 io.popen = guarded("io.popen", raw.popen, always)
@@ -333,20 +413,28 @@ end)
 io.output = guarded("io.output to a file", raw.output, function(f)
   return type(f) == "string" and not M.is_private(f)
 end)
-os.remove = guarded("os.remove", raw.remove, outside_private)
+os.remove = guarded("os.remove", raw.remove, outside_own)
 os.rename = guarded("os.rename", raw.rename, function(from, to)
   return not (M.is_private(from) and M.is_private(to))
 end)
 os.tmpname = guarded("os.tmpname", raw.tmpname, always)
 os.exit = guarded("os.exit", raw.exit, always)
-sys.write_file = guarded("dhsm.sys.write_file", raw.write_file, outside_private)
-sys.mkdir = guarded("dhsm.sys.mkdir", raw.mkdir, outside_private)
+sys.write_file = guarded("dhsm.sys.write_file", raw.write_file, outside_own)
+sys.mkdir = guarded("dhsm.sys.mkdir", raw.mkdir, outside_own)
+sys.mkdtemp = guarded("dhsm.sys.mkdtemp", raw.mkdtemp, always)
+sys.lock = guarded("dhsm.sys.lock", raw.lock, outside_own)
+sys.history_save = guarded("dhsm.sys.history_save", raw.history_save, always)
+audit.set_path = guarded("dhsm.audit.set_path", raw.set_path, always)
 
--- dhsm's own state folder (failed-login counts, known hosts, runs) is its own.
+-- The failed-login guard's lock files are dhsm's own (logins.json is not:
+-- clearing a count is a change, refused in check mode like any other write).
 do
   local state = os.getenv("XDG_STATE_HOME")
   if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
-  if clean(state) then M.private(state .. "/dhsm") end
+  local locks = state .. "/dhsm/logins.locks"
+  raw.mkdir(locks, tonumber("700", 8))
+  local real = sys.realpath(locks)
+  if real then own[real] = true end
 end
 
 return M

@@ -35,17 +35,7 @@ function M.confirm(t)
   dhsm.audit.write(audit)
 end
 
--- for_calls(yes [, before_prompt]) -> the function an interface sets as
--- dhsm.context().confirm, which the gate (dhsm.act) calls before a
--- destructive change that no confirmed playbook step covers.
-function M.for_calls(yes, before_prompt)
-  return function(t)
-    M.confirm { target = t.target, detail = t.action, yes = yes, before_prompt = before_prompt,
-      question = ("%s is destructive. Type %s to go on: "):format(t.action, t.target),
-      no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
-        .. "(pass --yes to confirm in advance)"):format(t.action, t.target),
-      mismatch = ("not confirmed: %s was not done"):format(t.action) }
-  end
-end
+-- (The gate, dhsm.act, asks its own question with confirm(): the policy,
+-- --yes or not, is the front end's, set once per process.)
 
 return M

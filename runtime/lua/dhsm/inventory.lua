@@ -160,13 +160,16 @@ local function check_files(inv, problems)
   end
 end
 
--- host -> name of every appliance an inventory loaded in this process
--- names: what dhsm.proc refuses to reach by ssh, scp or sshpass.
-local appliances = {}
+-- The client tools (lunacm, vtl) the inventories loaded in this process
+-- name: what dhsm.proc counts as those tools.
+local tools = { lunacm = {}, vtl = {} }
 
--- appliance_at(host) -> the inventory name of the appliance at host, or nil
-function M.appliance_at(host)
-  return appliances[host]
+-- client_tools(name) -> the paths a loaded inventory gives for client
+-- tool `name` ("lunacm", "vtl"), as a list
+function M.client_tools(name)
+  local out = {}
+  for path in pairs(tools[name] or {}) do out[#out + 1] = path end
+  return out
 end
 
 -- from_table(t [, source]) -> inventory (raises a usage error listing every problem)
@@ -184,7 +187,6 @@ function M.from_table(t, source)
     h.known_hosts = expand_home(h.known_hosts)
     h.key = expand_home(h.key)
     h.resource = h.resource or h.name         -- the Azure resource this appliance stands for
-    appliances[h.host] = h.name
   end
   check_files(inv, problems)
   if #problems > 0 then fail(source, problems) end
@@ -195,6 +197,9 @@ function M.from_table(t, source)
     if h.so_password and h.so_password:origin() == "prompt" then
       h.so_password = secret.ref("prompt", ("HSM SO password of %s: "):format(h.name))
     end
+  end
+  for name, paths in pairs(tools) do         -- a valid inventory's tools only
+    if type(inv.client[name]) == "string" then paths[inv.client[name]] = true end
   end
   inv.source = source
   return setmetatable(inv, Inventory)

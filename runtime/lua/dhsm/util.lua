@@ -158,16 +158,9 @@ end
 -- holds files: each entry is unlinked (a link, never what it points to);
 -- a subfolder someone left in it stays, and so does the folder then.
 -- No shell is involved.
--- It is dhsm's own (dhsm.act.private): written to in check mode too.
+-- It is dhsm's own (made by dhsm.act): written to in check mode too.
 function M.scratch_dir(prefix)
-  local sys, act = require "dhsm.sys", require "dhsm.act"
-  local dir = assert(sys.mkdtemp(prefix))
-  act.private(dir)
-  return dir, setmetatable({}, { __close = function()
-    for _, name in ipairs(sys.readdir(dir) or {}) do os.remove(dir .. "/" .. name) end
-    os.remove(dir)
-    act.private(dir, false)
-  end })
+  return require("dhsm.act").scratch_dir(prefix)
 end
 
 -- The contents of a file, or nil and "PATH: reason" (a directory opens

@@ -302,6 +302,10 @@ local function cmd_run(opts, pos)
   if not pos[1] then usage_error("run needs a PLAYBOOK; 'dhsm list' shows them") end
   if pos[2] then usage_error("unexpected argument '%s' (parameters are given as -e KEY=VALUE)", pos[2]) end
   local play = require "dhsm.play"
+  -- a plan's whole process plans: the playbook's own top-level code, its
+  -- check hook and any finaliser at exit included (dhsm.act)
+  if opts.check then require("dhsm.act").check_process() end
+  require("dhsm.act").confirm_policy(opts.yes == true)
   local pb = play.load(find_playbook_or_fail(pos[1]))
   return play.run(pb, M.parse_params(opts.extra), {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
@@ -349,7 +353,7 @@ local function cmd_exec(opts, pos)
   for i, a in ipairs(pos) do argt[i] = a end
   _G.arg = argt
   require("dhsm.cli.globals").install(opts.inventory)
-  dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
+  require("dhsm.act").confirm_policy(opts.yes == true)
   -- With --json, stdout carries only the document: the runbook's prints go to stderr.
   local real_stdout = opts.json and assert(sys.stdout_to_stderr())
   local r = table.pack(xpcall(chunk, M.catcher(opts.code and name or "@" .. name), table.unpack(pos)))
@@ -363,7 +367,7 @@ local function cmd_exec(opts, pos)
 end
 
 local function cmd_test(opts, pos)
-  dhsm.context().confirm = require("dhsm.ask").for_calls(opts.yes == true)
+  require("dhsm.act").confirm_policy(opts.yes == true)
   return require("dhsm.testrun").run(pos, { verbose = opts.verbose, filter = opts.filter })
 end
 
@@ -383,7 +387,7 @@ local handlers = {
 -- them.  (The debug library still does: dhsm closes its API, it is not a
 -- sandbox.)  The commands that run none (help, version, doc, list, runs)
 -- start without them, in half the time.
-local SAFETY_MODULES = { "dhsm.act", "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
+local SAFETY_MODULES = { "dhsm.act", "dhsm.play", "dhsm.guard", "dhsm.guard.commands", "dhsm.evidence", "dhsm.luna", "dhsm.pkcs11", "dhsm.proc",
   "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.groups" }
 local RUNS_USER_CODE = { run = true, repl = true, exec = true, test = true }
 

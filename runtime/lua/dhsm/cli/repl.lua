@@ -246,9 +246,8 @@ local function meta(line, session)
   elseif cmd == "trace" then
     io.stdout:write(session.trace or "no error yet", "\n")
   elseif cmd == "check" then
-    local act = require "dhsm.act"
-    if arg == "on" or arg == "off" then act.set_check(arg == "on") end
-    io.stdout:write("check mode is ", act.checking() and "on: changes are described, not made" or "off", "\n")
+    if arg == "on" or arg == "off" then session.check = arg == "on" end
+    io.stdout:write("check mode is ", session.check and "on: changes are described, not made" or "off", "\n")
   elseif cmd == "audit" then
     last_audit(tonumber(arg) or 10)
   elseif cmd == "doc" then
@@ -261,9 +260,16 @@ local function meta(line, session)
   end
 end
 
--- Run one entry as its own task; returns nil or the error raised.
+-- Run one entry as its own task; returns nil or the error raised.  With
+-- :check on, the task and those it starts are in check mode (dhsm.act),
+-- which the line cannot switch off; the prompt itself stays outside it.
 local function eval(chunk, session)
-  local task = dhsm.spawn(function() return table.pack(chunk()) end)
+  local check = session.check == true
+  local task = dhsm.spawn(function()
+    -- not closed: the tasks this line leaves running stay in check mode after it
+    require("dhsm.act").check_scope(check)
+    return table.pack(chunk())
+  end)
   core.set_interrupt_target(task)
   local ok, r = pcall(task.join, task)
   core.set_interrupt_target(nil)
@@ -287,12 +293,12 @@ function M.run(opts)
     sys.mkdir(state_dir(), tonumber("700", 8))
     sys.history_load(history)
     sys.set_completer(function(line, word) return M.complete(line, word, session) end)
-    dhsm.context().confirm = require("dhsm.ask").for_calls(false)
+    require("dhsm.act").confirm_policy(false)
     io.stdout:write(("dhsm %s (%s)  :help for help, Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
   end
   local last_err
   while true do
-    local prompt = require("dhsm.act").checking() and "dhsm(check)> " or "dhsm> "
+    local prompt = session.check and "dhsm(check)> " or "dhsm> "
     local line, chunk, err, interrupted = read_entry(tty, prompt)
     if line == nil then break end
     if interrupted then io.stdout:write("\n") end

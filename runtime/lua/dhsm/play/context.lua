@@ -12,6 +12,7 @@
 -- to step: the run's client, its sessions and its folder are made when
 -- first asked for and closed when the run ends (ctx:release, called by
 -- dhsm.play however the run ends: done, failed, refused or interrupted).
+local act = require "dhsm.act"
 local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 local luna = require "dhsm.luna"
@@ -23,11 +24,29 @@ local M = {}
 
 local usage = dhsm.usage
 
+-- The key that lets this runner, and nothing else, say a confirmed step
+-- covers its target (dhsm.act): taken when this module is loaded, which
+-- dhsm.cli does before any code of the user's runs.
+local RUNNER_KEY = act.runner_key()
+
 ---------------------------------------------------------------------------
 -- steps
 
 local Ctx = {}
-Ctx.__index = Ctx
+
+-- ctx.check is read-only: whether this run plans decides what it journals
+-- and prints, so a playbook cannot turn a plan into a "real" run.
+local checks = setmetatable({}, { __mode = "k" })
+local CtxMeta = {
+  __index = function(self, k)
+    if k == "check" then return checks[self] end
+    return Ctx[k]
+  end,
+  __newindex = function(self, k, v)
+    if k == "check" then usage("ctx.check is read-only: check mode is the run's (dhsm run --check)") end
+    rawset(self, k, v)
+  end,
+}
 
 -- Where in a result a value JSON cannot carry (a function, a secret...).
 function M.not_json(v, path, seen)
@@ -153,12 +172,8 @@ function Ctx:body(rec, opts, fn)
   self:save()
   -- the operator's word covers the gate's questions for this target, in
   -- this step only (dhsm.act): a change to anything else is asked for
-  local context = dhsm.context()
-  local saved = context.confirmed_target
-  context.confirmed_target = rec.target
-  local r = self:execute(rec, fn)
-  context.confirmed_target = saved
-  return r
+  local covered <close> = act.cover(RUNNER_KEY, rec.target)
+  return self:execute(rec, fn)
 end
 
 -- ctx:step(title, [opts], fn) -> fn's result
@@ -306,7 +321,11 @@ end
 
 -- new(fields) -> a context (dhsm.play makes it for each run)
 function M.new(fields)
-  return setmetatable(fields, Ctx)
+  local check = fields.check == true
+  fields.check = nil
+  local ctx = setmetatable(fields, CtxMeta)
+  checks[ctx] = check
+  return ctx
 end
 
 return M

@@ -36,7 +36,6 @@
 -- so a second `--resume ID` while it goes is refused with the holder's pid.
 -- Any value a step raises fails it, error(nil) included.
 local act = require "dhsm.act"
-local ask = require "dhsm.ask"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local run_context = require "dhsm.play.context"
@@ -455,12 +454,18 @@ local function outcome_of(err, check)
 end
 
 -- A check run's closing words: "nothing was changed" only when it planned
--- to the end with nothing refused.
-local function check_summary(outcome, tally)
+-- to the end with nothing refused and no step failed (even one whose
+-- failure the playbook caught).
+local function check_summary(outcome, tally, steps)
   local described, refused = tally and tally.described or 0, tally and tally.refused or 0
+  local failed = 0
+  for _, rec in ipairs(steps) do
+    if rec.status == "failed" or rec.status == "refused" then failed = failed + 1 end
+  end
   local changes = ("%d change%s described"):format(described, described == 1 and "" or "s")
-  if outcome == "planned" and refused == 0 then return "nothing was changed; " .. changes end
-  return ("%s, %d refused"):format(changes, refused)
+  if outcome == "planned" and refused == 0 and failed == 0 then return "nothing was changed; " .. changes end
+  return ("%s, %d refused%s"):format(changes, refused,
+    failed > 0 and (", %d step%s failed"):format(failed, failed == 1 and "" or "s") or "")
 end
 
 local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
@@ -539,8 +544,9 @@ function M.run(pb, raw, opts)
     check = opts.check == true, resumed = opts.resume ~= nil, journal = j, replay = replay,
     steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(),
   }
-  -- a destructive change no confirmed step covers is asked for (dhsm.act)
-  context.confirm = ask.for_calls(opts.yes == true, function() ctx.reporter:clear_live() end)
+  -- a destructive change no confirmed step covers is asked for (dhsm.act,
+  -- with the front end's policy); the live progress line clears itself first
+  context.before_prompt = function() ctx.reporter:clear_live() end
 
   -- With --json, stdout carries only the final document: everything else
   -- written there (Lua, C, child processes) goes to stderr meanwhile.
@@ -573,7 +579,7 @@ function M.run(pb, raw, opts)
       io.stdout:flush()
     elseif ctx.check then                        -- a plan is not journaled: nothing to resume
       ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id, outcome,
-        util.duration(dhsm.now() - t0), check_summary(outcome, tally)))
+        util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
     elseif outcome == "ok" then
       ctx.reporter:note(nil, ("run %s: ok (%s)"):format(ctx.run_id, util.duration(dhsm.now() - t0)))
     else
