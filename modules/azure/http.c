@@ -145,9 +145,20 @@ static void set_headers(lua_State *L, transfer *t, int opts) {
       dhsm_buf line = {0};
       if (lua_type(L, -2) != LUA_TSTRING)
         dhsm_usage_error(L, "http: header names must be strings");
-      dhsm_buf_adds(&line, lua_tostring(L, -2));
+      const char *name = lua_tostring(L, -2);
+      if (*name == '\0' || strpbrk(name, ": \t\r\n") != NULL)
+        dhsm_usage_error(L, "http: header name %s is not a token (no blank, colon or line end)", name);
+      dhsm_buf_adds(&line, name);
       dhsm_buf_add(&line, ": ", 2);
       add_value(L, &line, -1, "a header value");
+      /* a line end (or NUL) in a value would start another header - or
+      ** another request - on the wire: refused, the value wiped first */
+      if (!line.oom && (memchr(line.p, '\r', line.len) || memchr(line.p, '\n', line.len)
+                        || memchr(line.p, '\0', line.len))) {
+        explicit_bzero(line.p, line.len);
+        dhsm_buf_free(&line);
+        dhsm_usage_error(L, "http: the value of header %s holds a line end or NUL", name);
+      }
       if (!line.oom) t->headers = curl_slist_append(t->headers, line.p);
       dhsm_buf_free(&line);
       lua_pop(L, 1);
@@ -218,8 +229,19 @@ static void configure(lua_State *L, transfer *t, session *s, int opts) {
   const char *method = opt_string(L, opts, "method", "GET");
   lua_getfield(L, opts, "url");
   if (lua_type(L, -1) != LUA_TSTRING) dhsm_usage_error(L, "http: 'url' must be a string");
-  curl_easy_setopt(t->easy, CURLOPT_URL, lua_tostring(L, -1));
+  size_t ulen;
+  const char *url = lua_tolstring(L, -1, &ulen);
+  for (size_t i = 0; i < ulen; i++)
+    if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f)
+      dhsm_usage_error(L, "http: the url holds a blank or control character (byte %d)", (int)(unsigned char)url[i]);
+  curl_easy_setopt(t->easy, CURLOPT_URL, url);
   lua_pop(L, 1);
+  /* a body turns curl's GET into a POST: a read carries none */
+  int has_body = lua_getfield(L, opts, "body") != LUA_TNIL;
+  has_body = (lua_getfield(L, opts, "form") != LUA_TNIL) || has_body;
+  lua_pop(L, 2);
+  if (has_body && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
+    dhsm_usage_error(L, "http: a %s carries no body (curl would send it as a POST)", method);
   if (strcmp(method, "HEAD") == 0) curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
   else if (strcmp(method, "GET") != 0) curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
   lua_getiuservalue(L, 1, 1);

@@ -36,12 +36,29 @@ local function pairs_of(path)
   return out, key ~= nil
 end
 
--- A property as ARM reads it: its name in any case.
-local function field(t, name)
-  if type(t) ~= "table" then return nil end
-  for k, v in pairs(t) do
-    if type(k) == "string" and k:lower() == name then return v end
+-- Whether a deployment's body may be in Complete mode, read fail-closed:
+-- a body that does not decode, a "mode" spelled twice in any case, or a
+-- string body naming Complete anywhere as a mode counts as Complete.
+local function complete_mode(body)
+  if type(body) == "string" then
+    if body:lower():find('"mode"%s*:%s*"complete"') then return true end
+    local ok, decoded = pcall(require("cjson").decode, body)
+    if not ok or type(decoded) ~= "table" then return true end
+    body = decoded
   end
+  if type(body) ~= "table" then return false end
+  local modes = 0
+  for k, props in pairs(body) do
+    if type(k) == "string" and k:lower() == "properties" and type(props) == "table" then
+      for pk, v in pairs(props) do
+        if type(pk) == "string" and pk:lower() == "mode" then
+          modes = modes + 1
+          if type(v) ~= "string" or v:lower() ~= "incremental" then return true end
+        end
+      end
+    end
+  end
+  return modes > 1
 end
 
 -- What a path names: "group", G | "hsm", G, NAME | "deployment", G, NAME | nil
@@ -123,16 +140,8 @@ function M.check(c, method, path, opts)
     M.group_empty(c, group)
   elseif method == "DELETE" and what == "hsm" then
     hsm_deletable(c, group, name, opts)
-  elseif method == "PUT" and what == "deployment" then
-    local body = opts.body
-    if type(body) == "string" then
-      local ok, decoded = pcall(require("cjson").decode, body)
-      body = ok and decoded or nil
-    end
-    local mode = field(field(body, "properties"), "mode")
-    if type(mode) == "string" and mode:lower() == "complete" then
-      M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
-    end
+  elseif method == "PUT" and what == "deployment" and complete_mode(opts.body) then
+    M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
   end
 end
 

@@ -73,8 +73,17 @@ M.classify = classify
 M.DESTRUCTIVE = DESTRUCTIVE
 
 -- The command as it may be written down: no literal passwords.
+-- The value after an option that can only be -password (-pas ... -password,
+-- any case) is masked, and in a login after -p or -pa too; elsewhere -p and
+-- -pa abbreviate -partition as often, and the operator must see which
+-- partition a command names.
 local function masked(command)
-  return (command:gsub("(%-[Pp][Aa]?[Ss]?[Ss]?[Ww]?[Oo]?[Rr]?[Dd]?%s+)%S+", "%1****"))
+  local login = commands.lunash(command):match("^login") ~= nil
+  return (command:gsub("(%-(%a+)(%s+))(%S+)", function(whole, opt)
+    opt = opt:lower()
+    local password = ("password"):sub(1, #opt) == opt and (#opt >= 3 or login)
+    return password and (whole .. "****") or nil
+  end))
 end
 
 ---------------------------------------------------------------------------
@@ -592,8 +601,11 @@ local login
 -- The gate's description of a LunaSH command on this appliance (dhsm.act).
 local function change_of(self, line, what, extra)
   local shown = masked(line)
+  -- an abbreviated command is shown with the name LunaSH gives it ("par del" is partition delete)
+  local typed = table.concat(commands.words(line), " ", 1, math.min(2, #commands.words(line))):lower()
+  local canonical = what ~= "login" and typed ~= what and (" (%s)"):format(what) or ""
   local change = { kind = "luna", action = what, target = self.name, audit = "luna.command",
-    what = ("run '%s' on %s"):format(shown, self.name), fields = { command = shown },
+    what = ("run '%s'%s on %s"):format(shown, canonical, self.name), fields = { command = shown },
     planned = function() return { ok = true, code = 0, text = "", check = true, command = shown } end,
     outcome = function(r, r2)
       if type(r) ~= "table" then r = r2 end              -- a login's try gives (ok, result)
@@ -609,6 +621,10 @@ function Session:run(line, opts)
   opts = schema.options("luna run", opts, RUN_OPTIONS) or {}
   if type(line) ~= "string" or line:find("[\r\n]") or util.trim(line) == "" then
     usage("luna: a command is one line of text, got %q", tostring(line))
+  end
+  if line:find("[\128-\255]") then        -- LunaSH folds some to ASCII letters (a Kelvin sign is a k)
+    dhsm.error { kind = "safety", code = "NotAscii", message = ("%s: refusing %q: LunaSH may read a letter "
+      .. "beyond ASCII as another one, so dhsm could not tell what the command does"):format(self.name, masked(line)) }
   end
   check_open(self)
   local verb, what = classify(line)

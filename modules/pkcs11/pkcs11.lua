@@ -140,9 +140,23 @@ local SLOTS_OPTIONS = { token_present = { type = "boolean" } }
 local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" } }
 
 -- load([path] [, {env = {NAME = value}}]) -> library
+-- What env= may not set: it is set for the whole process, and these change
+-- which programs run and where files go for everything after (dhsm.act).
+local PROCESS_ENV = { PATH = true, TMPDIR = true, HOME = true, SHELL = true, IFS = true }
+local function check_env(env)
+  for k in pairs(env or {}) do
+    local name = tostring(k)
+    if PROCESS_ENV[name] or name:match("^LD_") or name:match("^XDG_") or name:match("^DHSM_") then
+      usage("load: env may not set %s: it would change what the whole process runs or where it writes "
+        .. "(a library needs its own configuration, e.g. SOFTHSM2_CONF or ChrystokiConfigurationPath)", name)
+    end
+  end
+end
+
 function M.load(path, opts)
   if type(path) == "table" and opts == nil then path, opts = nil, path end
   opts = check_fields(opts, LOAD_OPTIONS, "load")
+  check_env(opts.env)
   local where, from = M.library_path(path)
   local ok, lib = pcall(core.load, where, opts.env)
   if not ok then

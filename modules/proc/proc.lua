@@ -108,22 +108,38 @@ local READ_ONLY = {
 }
 local VTL_DESTRUCTIVE = { createcert = true }     -- a new key pair every appliance must register again
 
--- The real file a program name runs: a path as given, a bare name through $PATH.
-local function resolve(name)
+-- $PATH as it was when dhsm started, before any code of the user's ran:
+-- what a bare tool name means is judged by it, not by a $PATH changed since.
+local START_PATH = os.getenv("PATH") or ""
+
+-- The real file a program name runs: a path as given (relative to cwd when
+-- the child starts there), a bare name through $PATH.
+local function resolve(name, cwd)
   if type(name) ~= "string" or name == "" then return nil end
-  if name:find("/", 1, true) then return sys.realpath(name) end
-  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+  if name:find("/", 1, true) then
+    if name:sub(1, 1) ~= "/" and cwd then name = cwd .. "/" .. name end
+    return sys.realpath(name)
+  end
+  for dir in START_PATH:gmatch("[^:]+") do
     local st = sys.stat(dir .. "/" .. name)
     if st and st.type == "file" then return sys.realpath(dir .. "/" .. name) end
   end
 end
 
--- Whether argv[1] is the tool `name` itself: what $PATH gives for it, or a
--- path a loaded inventory's client section names - not any file called so.
-local function genuine(argv, name)
-  local real = resolve(argv[1])
+-- Environment a read-only tool may be given: its client install's, nothing
+-- that changes which program or code runs (PATH, LD_PRELOAD ...).
+local TOOL_ENV = { ChrystokiConfigurationPath = true, SOFTHSM2_CONF = true }
+
+-- Whether the run is the tool `name` itself: argv[1] is what $PATH gave
+-- for it at start, or the path the front end's inventory names - not any
+-- file called so - run with no environment that could change what runs.
+local function genuine(opts, name)
+  for k in pairs(type(opts.env) == "table" and opts.env or {}) do
+    if not TOOL_ENV[k] then return false end
+  end
+  local real = resolve(opts.argv[1], opts.cwd)
   if not real then return false end
-  local known = require("dhsm.inventory").client_tools(name)
+  local known = require("dhsm.inventory").trusted_tools(name)
   known[#known + 1] = name
   for _, k in ipairs(known) do
     if resolve(k) == real then return true end
@@ -131,10 +147,13 @@ local function genuine(argv, name)
   return false
 end
 
-function M.read_only(argv)
+-- read_only(argv [, {env=, cwd=}]) -> true when dhsm knows the command to
+-- change nothing (its own table, and the tool itself)
+function M.read_only(argv, opts)
   local name = is_lunacm(argv) and "lunacm" or program(argv)
   local test = READ_ONLY[name]
-  return test ~= nil and test(argv) == true and genuine(argv, name)
+  return test ~= nil and test(argv) == true
+    and genuine({ argv = argv, env = opts and opts.env, cwd = opts and opts.cwd }, name)
 end
 
 local function refuse(code, fmt, ...)
@@ -146,10 +165,12 @@ end
 -- reboot fix, the network path) hold, and which host an ssh command line
 -- reaches cannot be told from its words (aliases in ~/.ssh/config,
 -- localhost, ssh:// URLs, -oHostName=).
-local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true, ["ssh-copy-id"] = true, rsync = true }
+local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true, ["ssh-copy-id"] = true, rsync = true,
+  slogin = true, ["ssh-argv0"] = true, autossh = true, dbclient = true, mosh = true }
 
-local function refuse_remote(argv)
-  if not REMOTE[program(argv)] then return end
+local function refuse_remote(argv, cwd)
+  local real = resolve(argv[1], cwd)              -- slogin is a link to ssh: what runs counts
+  if not REMOTE[program(argv)] and not (real and REMOTE[real:match("[^/]*$"):lower()]) then return end
   error(act.counted(dhsm.error.new { kind = "safety", code = "AroundTheRules",
     message = ("refusing '%s': dhsm.proc runs no remote shell or copy - an appliance is reached through dhsm.luna, "
       .. "where the login guard, the reboot fix and the network-path rules hold"):format(command_line(argv)) }), 0)
@@ -190,8 +211,8 @@ local function run(opts, what)
   schema.options("proc.run", opts, RUN_OPTIONS, true)
   local argv = opts.argv
   if type(argv[1]) ~= "string" or argv[1] == "" then usage("'argv' is empty: give the program, then its arguments") end
-  refuse_remote(argv)
-  if not M.read_only(argv) then return act.change(change_of(argv, what), function() return execute(opts) end) end
+  refuse_remote(argv, opts.cwd)
+  if not M.read_only(argv, opts) then return act.change(change_of(argv, what), function() return execute(opts) end) end
   local t0 = dhsm.now()
   local ok, r = pcall(execute, opts)
   local outcome = ok and change_of(argv).outcome(r) or ("error " .. tostring(dhsm.error.normalize(r).code))
@@ -255,7 +276,7 @@ function M.spawn(opts)
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
   end
-  refuse_remote(opts.argv)
+  refuse_remote(opts.argv, opts.cwd)
   if act.checking() then act.refuse("proc.spawn", command_line(opts.argv)) end
   local change = change_of(opts.argv)
   change.outcome = function() return "started" end

@@ -316,6 +316,11 @@ t.test("delete only with evidence of zeroization; then waits until it is gone", 
     t.raises(function() c:delete(odd) end, "ARM would read as another path")
   end
   t.raises(function() c:delete("https://elsewhere.example" .. path) end, "go to ARM only")
+  -- a read cannot carry a second request: no line end in a header, no body on a GET (curl would POST it)
+  local smuggled = "a\r\n\r\nDELETE " .. c:group_path() .. "?api-version=2021-04-01 HTTP/1.1\r\nHost: x\r\nX-Pad: "
+  t.raises(function() c:get(c:group_path(), { headers = { ["X-A"] = smuggled } }) end, "holds a line end")
+  t.raises(function() c:get(c:group_path(), { correlation_id = "x\r\nX-B: y" }) end, "holds a line end")
+  t.raises(function() c:get(c:group_path(), { body = {} }) end, "carries no body")
   t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
   -- the client's transport is its own: no method sends around the gate
   t.eq({ c.exchange, c.retrying, c.session }, {}, "no exchange, retrying or session on the client")
@@ -465,6 +470,11 @@ t.test("deleting a group behind the module's back orphans its HSM, and orphans()
   for _, key in ipairs { "mode", "Mode", "MODE" } do
     t.raises(function() c:put(dep, { body = { properties = { [key] = "Complete", template = {} } } }) end, "GroupHoldsHsm")
   end
+  -- read fail-closed: twice spelled, or a body the rule cannot decode
+  t.raises(function() c:put(dep, { body = { properties = { Mode = "Incremental", mode = "Incremental", MODE = "x" } } }) end,
+    "GroupHoldsHsm")
+  t.raises(function() c:put(dep, { body = '{"x":"\\ud800","properties":{"mode":"Complete"}}' }) end, "GroupHoldsHsm")
+  t.raises(function() c:put(dep, { body = '{"properties":{"mode":"Incremental"},' }) end, "GroupHoldsHsm")
   estate:delete_group_around_dhsm(c, "side-rg")
   local orphans = hsm.orphans(c)
   t.eq({ #orphans, orphans[1].name, orphans[1].group }, { 1, "hsm-o1", "side-rg" })

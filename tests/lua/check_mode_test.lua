@@ -44,10 +44,10 @@ local REFUSED = { "os.execute", "io.popen", "io.open", "io.output", "os.remove",
   "dhsm.audit.set_path", "proc.spawn", "pcall(os.execute)", "child task", "reset the tally" }
 -- Refused in check mode, with no real-run counterpart to show (a write to
 -- nowhere, a scope that itself turns check mode on).
-local REFUSED_ONLY = { "raw http", "nested scope" }
+local REFUSED_ONLY = { "raw http", "nested scope", "package.loadlib", "binary chunk" }
 local NAMED = { ["pcall(os.execute)"] = "os.execute", ["child task"] = "os.execute", ["io.open"] = "io.open for writing",
   ["io.output"] = "io.output to a file", ["reset the tally"] = "os.execute", ["nested scope"] = "os.execute",
-  ["raw http"] = "dhsm.azure.http PUT" }
+  ["raw http"] = "dhsm.azure.http PUT", ["binary chunk"] = "load of a binary chunk" }
 
 t.test("each plain effect acts in a real run (the fixture is not vacuous)", function()
   for _, call in ipairs(REFUSED) do
@@ -190,4 +190,57 @@ t.test("a finaliser at the exit of a check-mode process is in check mode too", f
   untouched(dir, "a finaliser")
   r = effects(dir, "finaliser", "--yes")
   t.eq(made(dir), "made", "the same finaliser acts in a real run: " .. r.stderr)
+end)
+
+t.test("a refusal caught and then a failure: the run still exits 3 and says refused", function()
+  local dir = folder()
+  local r = effects(dir, "refused then failed", "--check")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("check mode: 0 changes described, 1 refused, 1 step failed", 1, true), r.stderr)
+  t.ok(r.stderr:find("and then: lua", 1, true), "the failure is named too: " .. r.stderr)
+  untouched(dir, "refused then failed")
+end)
+
+t.test("an inventory a run builds does not make a program the real client tool", function()
+  local dir = folder()
+  sys.mkdir(dir .. "/bin")
+  t.write(dir .. "/bin/vtl", ("#!/bin/sh\ntouch %s/made\n"):format(q(dir)), tonumber("755", 8))
+  local r = effects(dir, "tool of a made inventory", "--check")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl verify", 1, true), r.stderr)
+  untouched(dir, "tool of a made inventory")
+end)
+
+t.test("a handle opened before check mode, or the default output set then, writes nothing in it", function()
+  local act = require "dhsm.act"
+  local dir = t.tmpdir()
+  local f = assert(io.open(dir .. "/handle", "w"))
+  local before_output = io.output()
+  io.output(dir .. "/default")
+  local checking = act.check_scope(true)
+  local wrote = pcall(f.write, f, "x")
+  local wrote_default = pcall(io.write, "x")
+  checking:close()
+  io.output(before_output)
+  f:close()
+  t.eq({ wrote, wrote_default }, { false, false })
+  t.eq({ util.read_file(dir .. "/handle"), util.read_file(dir .. "/default") }, { "", "" })
+end)
+
+t.test("a playbook cannot say --yes for itself", function()
+  local dir = folder()
+  local r = run(dir, ("run effects -e dir=%s -e call=%s -e yes_hack=true"):format(q(dir), q("destroy own")))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("no terminal to confirm it on", 1, true), r.stderr)
+  t.eq(util.read_file(dir .. "/keep"), "kept")
+end)
+
+t.test("a scratch folder is made where dhsm makes them: its prefix is a name, not a path", function()
+  for _, prefix in ipairs { "../x-", "a/b-", "/tmp/x-", "..", "" } do
+    t.raises(function() require("dhsm.act").scratch_dir(prefix) end, "the prefix is a name")
+  end
+  do
+    local dir, gone <close> = require("dhsm.act").scratch_dir("dhsm-ok-")
+    t.ok(require("dhsm.act").is_private(dir .. "/f"), dir)
+  end
 end)

@@ -160,5 +160,29 @@ t.test("a runbook cannot answer the question for itself: context fields, the pol
     t.ok(r.stderr:find("NotConfirmed", 1, true) or r.stderr:find("PolicySet", 1, true)
       or r.stderr:find("NotTheRunner", 1, true) or r.stderr:find("RunnerKeyTaken", 1, true), r.stderr)
   end
+  -- nor through the REPL without a terminal, nor by running a playbook with yes=true itself
+  local r = estate:run("repl", { stdin = [[require("dhsm.act").confirm_policy(true)]] .. "\n" .. REGEN .. "\n" })
+  t.ok(r.stderr:find("PolicySet", 1, true) and r.stderr:find("NotConfirmed", 1, true), r.stderr)
+  local fixture = t.here() .. "/../fixtures/playbooks/destroy.lua"
+  local dir = t.tmpdir()
+  r = exec(("-i %s exec -e %s"):format(q(inventory), q(([[local play = require("dhsm.play")
+local pb = play.load(require("dhsm.paths").find_playbook(%q))
+return play.run(pb, { dir = %q, hsm = "hsm1" }, { yes = true })]]):format(fixture, dir))))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("no terminal to confirm it on", 1, true), r.stderr)
+  t.eq(require("dhsm.sys").stat(dir .. "/zeroized-hsm1"), nil, "the destructive step did not run")
   t.eq(#estate:mutations("regenCert"), before, "nothing reached the appliance")
+end, { timeout = 60 })
+
+t.test("the question names the command as LunaSH reads it, a password masked and nothing else", function()
+  local r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("par del -par keepme -f")]])))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("run 'par del -par keepme -f' (partition delete) on hsm1 is destructive (hsm1)", 1, true), r.stderr)
+  r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("hsm init -label x -pass Sup3rSecret -f")]])))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("run 'hsm init -label x -pass **** -f' on hsm1 is destructive", 1, true), r.stderr)
+  t.ok(not r.stderr:find("Sup3rSecret", 1, true), "the password is never shown")
+  -- -p abbreviates -partition as often as -password: outside a login the partition is shown
+  r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("partition delete -p prodkeys -f")]])))
+  t.ok(r.stderr:find("run 'partition delete -p prodkeys -f' on hsm1 is destructive", 1, true), r.stderr)
 end, { timeout = 60 })

@@ -650,6 +650,13 @@ return s:destroy(s:find_one { label = 'victim' })]]):format(p11.LIB, hsm.conf)
   t.eq(seen, { "confirm refused (no terminal)", "confirm skipped (--yes)", "pkcs11.destroy sending", "pkcs11.destroy ok" })
 end)
 
+t.test("load's env cannot change what the whole process runs or where it writes", function()
+  for _, name in ipairs { "PATH", "LD_PRELOAD", "TMPDIR", "HOME", "XDG_STATE_HOME", "DHSM_AUDIT" } do
+    t.raises(function() pkcs11.load(p11.LIB, { env = { [name] = "/tmp/x" } }) end, "env may not set " .. name)
+  end
+  t.eq(os.getenv("LD_PRELOAD"), nil)
+end)
+
 t.test("errors carry the CKR name and number; Luna's vendor codes are named", function()
   local s = user_session()
   local aes = s:generate_aes { label = "err-aes", token = false }

@@ -66,6 +66,15 @@ t.test("bad input names what was wrong", function()
   t.raises(function() proc.run("ls") end, "proc.run: expected a table of options")
 end)
 
+t.test("read-only is the tool itself, run as itself: not a file named so, not with an environment that changes it", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/vtl", "#!/bin/sh\nexit 0\n", tonumber("755", 8))
+  t.eq(proc.read_only { dir .. "/vtl", "verify" }, false, "a file called vtl")
+  t.eq(proc.read_only({ "./vtl", "verify" }, { cwd = dir }), false, "relative to the child's cwd")
+  t.eq(proc.read_only({ "az", "account", "show" }, { env = { LD_PRELOAD = "/x.so" } }), false, "with LD_PRELOAD")
+  t.eq(proc.read_only { "az", "group", "delete" }, false, "a write")
+end)
+
 t.test("spawn: an interactive tool driven expect-style", function()
   local p <close> = proc.spawn { argv = { "sh", "-c",
     'printf "name? "; read n; printf "hello %s\\nbye> " "$n"; read x; echo "got $x"' } }

@@ -175,6 +175,9 @@ end
 -- or /tmp) that is dhsm's own - written to in check mode too - removed
 -- with its files when closer is closed (dhsm.util.scratch_dir).
 function M.scratch_dir(prefix)
+  if prefix ~= nil and (type(prefix) ~= "string" or not prefix:match("^[%w%-_%.]+$") or prefix:find("..", 1, true)) then
+    usage("scratch_dir: the prefix is a name (letters, digits, '-', '_', '.'), got %s", tostring(prefix))
+  end
   local dir = assert(raw.mkdtemp(prefix))
   local real = sys.realpath(dir) or dir
   own[real] = true
@@ -264,6 +267,11 @@ function M.confirm_policy(yes)
   policy = yes == true
 end
 
+-- policy() -> true when --yes answers the questions in advance
+function M.policy()
+  return policy == true
+end
+
 -- What a confirmed destructive step covers: context -> its target.  Only
 -- the playbook runner, which claims the key when it is loaded (before any
 -- user code runs: dhsm.cli loads it with the safety modules), may set it.
@@ -307,7 +315,7 @@ local function confirm(change)
     return
   end
   local hook = dhsm.context().before_prompt        -- a live progress line clears itself
-  require("dhsm.ask").confirm { target = change.target, detail = change.what, yes = policy == true,
+  require("dhsm.ask").confirm { target = change.target, detail = change.what, yes = M.policy(),
     before_prompt = hook,
     question = ("%s is destructive. Type %s to go on: "):format(change.what, change.target),
     no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
@@ -423,18 +431,77 @@ sys.write_file = guarded("dhsm.sys.write_file", raw.write_file, outside_own)
 sys.mkdir = guarded("dhsm.sys.mkdir", raw.mkdir, outside_own)
 sys.mkdtemp = guarded("dhsm.sys.mkdtemp", raw.mkdtemp, always)
 sys.lock = guarded("dhsm.sys.lock", raw.lock, outside_own)
-sys.history_save = guarded("dhsm.sys.history_save", raw.history_save, always)
+sys.history_save = guarded("dhsm.sys.history_save", raw.history_save, outside_own)
 audit.set_path = guarded("dhsm.audit.set_path", raw.set_path, always)
 
--- The failed-login guard's lock files are dhsm's own (logins.json is not:
--- clearing a count is a change, refused in check mode like any other write).
+-- The failed-login guard's lock files and the REPL's history are dhsm's
+-- own (logins.json is not: clearing a count is a change, refused in check
+-- mode like any other write).
 do
   local state = os.getenv("XDG_STATE_HOME")
   if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
   local locks = state .. "/dhsm/logins.locks"
   raw.mkdir(locks, tonumber("700", 8))
-  local real = sys.realpath(locks)
-  if real then own[real] = true end
+  for _, path in ipairs { locks, state .. "/dhsm/history" } do
+    local real = landing(path)
+    if real then own[real] = true end
+  end
+end
+
+-- Native code and precompiled chunks are not loaded in check mode: what
+-- they would do cannot be described, and a binary chunk is not checked.
+package.loadlib = guarded("package.loadlib", package.loadlib, always)
+for i = 3, 4 do                                   -- the C searchers of require
+  local search = package.searchers[i]
+  if search then
+    package.searchers[i] = function(name)
+      if M.checking() then return "\n\tno C module in check mode (dhsm.act)" end
+      return search(name)
+    end
+  end
+end
+raw.load = load
+load = function(...)         -- its arguments passed as given: an absent env is not a nil one
+  if not M.checking() then return raw.load(...) end
+  local args, n = { ... }, select("#", ...)
+  local chunk, name, mode = args[1], args[2], args[3]
+  if (type(chunk) == "string" and chunk:sub(1, 1) == "\27") or (type(mode) == "string" and mode:find("b")) then
+    M.refuse("load of a binary chunk", type(name) == "string" and name or nil)
+  end
+  args[3] = "t"                                     -- a reader function's pieces: text only
+  return raw.load(table.unpack(args, 1, math.max(n, 3)))
+end
+
+-- Writes on a file handle opened before check mode began (or on the
+-- default output set then) land outside: refused like the open would be.
+do
+  local methods = getmetatable(io.stdout).__index
+  local raw_write, raw_io_write, raw_io_output = methods.write, io.write, io.output
+  local destination = setmetatable({}, { __mode = "k" })      -- handle -> the path it writes to
+  local open = io.open
+  io.open = function(path, mode, ...)
+    local f, err, code = open(path, mode, ...)
+    if f and writes(mode) then destination[f] = path end
+    return f, err, code
+  end
+  local output = io.output
+  io.output = function(f)
+    local r = output(f)
+    if type(f) == "string" then destination[r] = f end
+    return r
+  end
+  local function refuse_write(f)
+    local path = destination[f]
+    if M.checking() and path and not M.is_private(path) then M.refuse("writing to " .. path) end
+  end
+  methods.write = function(f, ...)
+    refuse_write(f)
+    return raw_write(f, ...)
+  end
+  io.write = function(...)
+    refuse_write(raw_io_output())
+    return raw_io_write(...)
+  end
 end
 
 return M

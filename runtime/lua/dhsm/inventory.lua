@@ -160,13 +160,26 @@ local function check_files(inv, problems)
   end
 end
 
--- The client tools (lunacm, vtl) the inventories loaded in this process
--- name: what dhsm.proc counts as those tools.
-local tools = { lunacm = {}, vtl = {} }
+-- The client tools (lunacm, vtl) of the inventory the front end loaded
+-- (-i, $DHSM_INVENTORY): what dhsm.proc counts as those tools.  Said once,
+-- before any code of the user's runs; an inventory a runbook builds is not
+-- trusted to name them.
+local tools, trusted = { lunacm = {}, vtl = {} }, false
 
--- client_tools(name) -> the paths a loaded inventory gives for client
--- tool `name` ("lunacm", "vtl"), as a list
-function M.client_tools(name)
+-- trust_tools(inv | nil): (the front end) the tools of this inventory, or none
+function M.trust_tools(inv)
+  if trusted then
+    dhsm.error { kind = "safety", code = "ToolsTrusted", message = "the client tools are named once, by dhsm's front end" }
+  end
+  trusted = true
+  for name, paths in pairs(tools) do
+    if inv and type(inv.client[name]) == "string" then paths[inv.client[name]] = true end
+  end
+end
+
+-- trusted_tools(name) -> the paths the front end's inventory gives for
+-- client tool `name` ("lunacm", "vtl"), as a list
+function M.trusted_tools(name)
   local out = {}
   for path in pairs(tools[name] or {}) do out[#out + 1] = path end
   return out
@@ -197,9 +210,6 @@ function M.from_table(t, source)
     if h.so_password and h.so_password:origin() == "prompt" then
       h.so_password = secret.ref("prompt", ("HSM SO password of %s: "):format(h.name))
     end
-  end
-  for name, paths in pairs(tools) do         -- a valid inventory's tools only
-    if type(inv.client[name]) == "string" then paths[inv.client[name]] = true end
   end
   inv.source = source
   return setmetatable(inv, Inventory)

@@ -168,11 +168,14 @@ function M.audit_log()
   return path
 end
 
--- audit_records(path) -> the records of an audit log, decoded
+-- audit_records(path) -> the records of an audit log, decoded: whole lines
+-- only (a log read while dhsm writes it may end in one half written)
 function M.audit_records(path)
   local cjson = require "cjson"
   local out = {}
-  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  for line in (util.read_file(path) or ""):gmatch("([^\n]*)\n") do
+    if line ~= "" then out[#out + 1] = cjson.decode(line) end
+  end
   return out
 end
 

@@ -306,6 +306,8 @@ local function cmd_run(opts, pos)
   -- check hook and any finaliser at exit included (dhsm.act)
   if opts.check then require("dhsm.act").check_process() end
   require("dhsm.act").confirm_policy(opts.yes == true)
+  local inventory = require "dhsm.inventory"        -- its client tools are the real ones (dhsm.proc)
+  inventory.trust_tools(opts.inventory and inventory.load(opts.inventory) or nil)
   local pb = play.load(find_playbook_or_fail(pos[1]))
   return play.run(pb, M.parse_params(opts.extra), {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
@@ -368,6 +370,7 @@ end
 
 local function cmd_test(opts, pos)
   require("dhsm.act").confirm_policy(opts.yes == true)
+  require("dhsm.inventory").trust_tools(nil)
   return require("dhsm.testrun").run(pos, { verbose = opts.verbose, filter = opts.filter })
 end
 

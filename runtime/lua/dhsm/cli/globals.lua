@@ -45,6 +45,7 @@ end
 function M.install(inventory_path)
   _G.secret = require "dhsm.secret"
   local inv = inventory_path and require("dhsm.inventory").load(inventory_path) or nil
+  require("dhsm.inventory").trust_tools(inv)       -- its client tools are the real ones (dhsm.proc)
   dhsm.inventory = function() return inv end
   if not inv then return nil end
   _G.inv = inv

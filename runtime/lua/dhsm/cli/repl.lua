@@ -246,7 +246,14 @@ local function meta(line, session)
   elseif cmd == "trace" then
     io.stdout:write(session.trace or "no error yet", "\n")
   elseif cmd == "check" then
-    if arg == "on" or arg == "off" then session.check = arg == "on" end
+    -- on for the rest of the session: what its lines started, the finalisers
+    -- at exit and the values it prints are in check mode too (dhsm.act)
+    if arg == "on" then
+      require("dhsm.act").check_process()
+      session.check = true
+    elseif arg == "off" and session.check then
+      io.stdout:write("check mode stays on until this REPL ends: leave it (Ctrl-D) and start a new one to make changes\n")
+    end
     io.stdout:write("check mode is ", session.check and "on: changes are described, not made" or "off", "\n")
   elseif cmd == "audit" then
     last_audit(tonumber(arg) or 10)
@@ -260,16 +267,9 @@ local function meta(line, session)
   end
 end
 
--- Run one entry as its own task; returns nil or the error raised.  With
--- :check on, the task and those it starts are in check mode (dhsm.act),
--- which the line cannot switch off; the prompt itself stays outside it.
+-- Run one entry as its own task; returns nil or the error raised.
 local function eval(chunk, session)
-  local check = session.check == true
-  local task = dhsm.spawn(function()
-    -- not closed: the tasks this line leaves running stay in check mode after it
-    require("dhsm.act").check_scope(check)
-    return table.pack(chunk())
-  end)
+  local task = dhsm.spawn(function() return table.pack(chunk()) end)
   core.set_interrupt_target(task)
   local ok, r = pcall(task.join, task)
   core.set_interrupt_target(nil)
@@ -288,12 +288,12 @@ function M.run(opts)
   local tty = sys.isatty(0)
   local session = {}
   local history = state_dir() .. "/history"
+  require("dhsm.act").confirm_policy(false)        -- asked on a terminal; refused without one
   install_globals(session, opts.inventory)
   if tty then
     sys.mkdir(state_dir(), tonumber("700", 8))
     sys.history_load(history)
     sys.set_completer(function(line, word) return M.complete(line, word, session) end)
-    require("dhsm.act").confirm_policy(false)
     io.stdout:write(("dhsm %s (%s)  :help for help, Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
   end
   local last_err

@@ -90,7 +90,8 @@ end
 
 -- The operator confirms a destructive step by typing its target's name.
 function Ctx:confirm(rec)
-  require("dhsm.ask").confirm { target = rec.target, yes = self.opts.yes,
+  -- --yes is the front end's word (dhsm.act's policy), not a field a playbook can set
+  require("dhsm.ask").confirm { target = rec.target, yes = act.policy(),
     before_prompt = function() self.reporter:clear_live() end,
     question = ("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
       :format(rec.title, rec.target, rec.target),

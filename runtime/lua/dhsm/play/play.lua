@@ -558,9 +558,11 @@ function M.run(pb, raw, opts)
     finished = true
     ctx:release()
     local tally = check_scope.tally
-    if err == nil and tally and tally.refused > 0 then     -- refused calls a body caught are still refusals
+    -- refused calls a body caught are still refusals: the run says so (exit 3)
+    if tally and tally.refused > 0 and not dhsm.error.is(err, "safety") and not dhsm.error.is(err, "interrupted") then
       err = dhsm.error.new { kind = "safety", code = "CheckModeRefused",
-        message = ("check mode refused %d call(s) that would have changed something"):format(tally.refused) }
+        message = ("check mode refused %d call(s) that would have changed something%s"):format(tally.refused,
+          err and ("; and then: " .. tostring(dhsm.error.normalize(err))) or "") }
     end
     local outcome = outcome_of(err, ctx.check)
     for _, rec in ipairs(ctx.current) do
