@@ -171,14 +171,52 @@ static int not_embedded(lua_State *L, const char *name) {
 }
 
 static const char OWN_NATIVES_KEY = 'o';    /* registry: name -> opener of a public native */
+static const char ONCE_KEY = 'l';           /* registry: name -> what a dhsm module's loader gave */
+
+/* A dhsm module is loaded once per process: a runbook that clears
+** package.loaded and requires it again gets the same module back, not a
+** fresh one with fresh state (a gate with check mode off, a confirmation
+** policy not yet set, an HTTP session not wrapped).  Upvalue: the value. */
+static int loaded_before(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* The loader of a dhsm module, remembering what it gave.  Upvalues: the
+** real loader, the name. */
+static int load_once(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, 1);
+  if (lua_isnil(L, -1)) {                     /* as require does: nil is true */
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ONCE_KEY);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
 
 /* package.searchers entry: dhsm's own modules, the only place a dhsm.*
 ** name is looked up - its public natives (kept apart from package.preload,
 ** which a runbook can write to), then the Lua compiled into the binary. */
 static int search_embedded(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ONCE_KEY);
+  if (lua_getfield(L, -1, name) != LUA_TNIL) {   /* loaded before: the same module */
+    lua_pushcclosure(L, loaded_before, 1);
+    lua_pushstring(L, ":loaded:");
+    return 2;
+  }
+  lua_pop(L, 2);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &OWN_NATIVES_KEY);
   if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, load_once, 2);
     lua_pushstring(L, ":native:");
     return 2;
   }
@@ -193,6 +231,8 @@ static int search_embedded(lua_State *L) {
   if (luaL_loadbufferx(L, (const char *)e->data, e->len, lua_tostring(L, -1), "t") != LUA_OK)
     return luaL_error(L, "error loading embedded module '%s':\n\t%s", name, lua_tostring(L, -1));
   if (push_natives_of(L, name)) lua_pushcclosure(L, run_with_natives, 2);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, load_once, 2);
   lua_pushstring(L, e->path);
   return 2;
 }
@@ -222,6 +262,8 @@ static void install_searcher(lua_State *L) {
   }
   lua_pushcfunction(L, search_embedded);
   lua_rawseti(L, -2, 1);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ONCE_KEY);
   lua_pop(L, 1);
   lua_pushliteral(L, "");                       /* only what the user adds */
   lua_setfield(L, -2, "path");

@@ -49,11 +49,14 @@ http.session = function(...)
   return setmetatable({}, { __index = function(_, k)
     if k == "request" then
       return function(_, req)
-        local method = type(req) == "table" and tostring(req.method or "GET"):upper() or "GET"
+        if type(req) ~= "table" then return s:request(req) end
+        local sent = {}                    -- read once, raw: what is judged is what is sent
+        for key, v in next, req do sent[key] = v end
+        local method = tostring(sent.method or "GET"):upper()
         if act.checking() and not READS[method] then
-          act.refuse("dhsm.azure.http " .. method, type(req) == "table" and tostring(req.url) or nil)
+          act.refuse("dhsm.azure.http " .. method, tostring(sent.url))
         end
-        return s:request(req)
+        return s:request(sent)
       end
     end
     local v = s[k]
@@ -639,7 +642,7 @@ function Client:request(method, path, opts)
   return act.change({ kind = "azure", action = method, target = where:match("([^/]+)$") or where, where = where,
     what = planned(method, url, opts.body), destructive = method == "DELETE",
     fields = { correlation_id = correlation_id, body_sha256 = fits and body and sys.sha256(body) or nil },
-    rule = function() rules.check(self, method, where, opts) end,
+    rule = function() rules.check(self, method, where, opts, fits and body or nil) end,
     planned = function() return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} } end,
     outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id } end,
   }, function() return reply(send(self, method, url, opts, correlation_id, body)) end)

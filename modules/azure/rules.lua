@@ -133,14 +133,16 @@ local function hsm_deletable(c, group, name, opts)
   end
 end
 
--- check(c, method, path, opts): the rule for one ARM mutation.
-function M.check(c, method, path, opts)
+-- check(c, method, path, opts [, sent]): the rule for one ARM mutation;
+-- sent: the body's JSON as it goes on the wire (judged, not the table,
+-- whose pairs a metatable could make say something else).
+function M.check(c, method, path, opts, sent)
   local what, group, name = M.resource_of(path)
   if method == "DELETE" and what == "group" then
     M.group_empty(c, group)
   elseif method == "DELETE" and what == "hsm" then
     hsm_deletable(c, group, name, opts)
-  elseif method == "PUT" and what == "deployment" and complete_mode(opts.body) then
+  elseif method == "PUT" and what == "deployment" and complete_mode(sent or opts.body) then
     M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
   end
 end

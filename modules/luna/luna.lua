@@ -622,6 +622,13 @@ function Session:run(line, opts)
   if type(line) ~= "string" or line:find("[\r\n]") or util.trim(line) == "" then
     usage("luna: a command is one line of text, got %q", tostring(line))
   end
+  -- a line that ends like one of LunaSH's questions would be taken, echoed back, for that question
+  -- (and a password's secret sent as a line of its own): no command holds one
+  if line:lower():find("password:", 1, true) or line:lower():find("(y/n)", 1, true)
+      or line:lower():find("type 'proceed'", 1, true) then
+    dhsm.error { kind = "safety", code = "LooksLikeQuestion", message = ("%s: refusing %q: it holds the words of "
+      .. "one of LunaSH's questions, and its echo would be read as that question"):format(self.name, masked(line)) }
+  end
   if line:find("[\128-\255]") then        -- LunaSH folds some to ASCII letters (a Kelvin sign is a k)
     dhsm.error { kind = "safety", code = "NotAscii", message = ("%s: refusing %q: LunaSH may read a letter "
       .. "beyond ASCII as another one, so dhsm could not tell what the command does"):format(self.name, masked(line)) }

@@ -153,11 +153,26 @@ local function check_env(env)
   end
 end
 
+-- In check mode only the configured library is loaded (the one library_path
+-- finds, or the -i inventory's client.pkcs11_lib): a library's own code
+-- runs when it is loaded, and a plan runs nobody's code but dhsm's.
+local function check_configured(where)
+  if not act.checking() then return end
+  local real = sys.realpath(where)
+  local known = require("dhsm.inventory").trusted_tools("pkcs11_lib")
+  known[#known + 1] = (M.library_path(nil))
+  for _, k in ipairs(known) do
+    if real and sys.realpath(k) == real then return end
+  end
+  act.refuse("pkcs11.load", where .. ": not the configured PKCS#11 library")
+end
+
 function M.load(path, opts)
   if type(path) == "table" and opts == nil then path, opts = nil, path end
   opts = check_fields(opts, LOAD_OPTIONS, "load")
   check_env(opts.env)
   local where, from = M.library_path(path)
+  check_configured(where)
   local ok, lib = pcall(core.load, where, opts.env)
   if not ok then
     if dhsm.error.is(lib, "pkcs11") and from ~= "argument" then

@@ -475,6 +475,10 @@ t.test("deleting a group behind the module's back orphans its HSM, and orphans()
     "GroupHoldsHsm")
   t.raises(function() c:put(dep, { body = '{"x":"\\ud800","properties":{"mode":"Complete"}}' }) end, "GroupHoldsHsm")
   t.raises(function() c:put(dep, { body = '{"properties":{"mode":"Incremental"},' }) end, "GroupHoldsHsm")
+  -- the bytes sent are judged, not what a table's __pairs says it holds
+  local hidden = setmetatable({ properties = { mode = "Complete", template = {} } },
+    { __pairs = function() return next, {}, nil end })
+  t.raises(function() c:put(dep, { body = hidden }) end, "GroupHoldsHsm")
   estate:delete_group_around_dhsm(c, "side-rg")
   local orphans = hsm.orphans(c)
   t.eq({ #orphans, orphans[1].name, orphans[1].group }, { 1, "hsm-o1", "side-rg" })

@@ -253,6 +253,8 @@ t.test("a network change that would cut this session's path is refused", functio
   end
   -- a letter beyond ASCII LunaSH may fold into another (a Kelvin sign is a k): dhsm cannot tell, so it refuses
   t.raises(function() s:run("networ\u{212A} interface dhcp -device eth0 -f") end, "NotAscii")
+  -- a line holding a question's words: its echo would be read as that question
+  t.raises(function() s:run("partition show -par x\\ Password:") end, "LooksLikeQuestion")
   -- another interface is fine
   t.eq(s:run("network interface static -device eth1 -ip 10.3.0.5 -netmask 255.255.255.0 -gateway 10.3.0.1 -force").ok, true)
 end)

@@ -597,6 +597,7 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
   local records = fresh_audit()
   local s = user_session()
   local keep = s:generate_aes { label = "chk-keep", token = false }
+  local lib = hsm:load()               -- before check mode: a plan loads only the configured library
   local shown = {}
   dhsm.context().would = function(what) shown[#shown + 1] = what end     -- as the runner shows them
   local checking = require("dhsm.act").check_scope(true)
@@ -611,7 +612,6 @@ t.test("check mode: generate, destroy, login and logout are described, not done"
   t.eq(s:count { label = "chk-keep" }, 1, "still there")
   t.ok(s:logout().would:find("^log out on token main#"))
   t.eq(s:info().state, "rw_user")
-  local lib = hsm:load()
   local so = open(lib, "so")
   t.ok(so:login("so", hsm:so_pin("so")).would:find("log in as Partition SO on token so#", 1, true))
   t.eq(so:info().state, "rw_public")
@@ -648,6 +648,13 @@ return s:destroy(s:find_one { label = 'victim' })]]):format(p11.LIB, hsm.conf)
     if rec.action == "confirm" or rec.action == "pkcs11.destroy" then seen[#seen + 1] = rec.action .. " " .. rec.outcome end
   end
   t.eq(seen, { "confirm refused (no terminal)", "confirm skipped (--yes)", "pkcs11.destroy sending", "pkcs11.destroy ok" })
+end)
+
+t.test("in check mode only the configured library is loaded: its code runs when loaded", function()
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() checking:close() end)
+  local err = t.raises(function() pkcs11.load(p11.LIB) end, "not the configured PKCS#11 library")
+  t.eq(err.code, "CheckModeRefused")
 end)
 
 t.test("load's env cannot change what the whole process runs or where it writes", function()

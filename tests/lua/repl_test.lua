@@ -1,6 +1,7 @@
 -- The REPL with piped input (no terminal): evaluation, multi-line input,
 -- errors, tasks, and the exit status of the last error.
 local t = require "dhsm.test"
+local q = require("dhsm.util").shell_quote
 
 local function repl(input)
   return t.sh(t.cmd("repl"), { stdin = input })
@@ -141,3 +142,26 @@ t.test("completion offers public methods only, on every object type", function()
     end
   end
 end, { timeout = 60 })
+
+t.test(":check on holds for what was set up before it: a task that opened its own scope, a pipe, a :doc", function()
+  local dir = t.tmpdir()
+  local books = dir .. "/books"
+  require("dhsm.sys").mkdir(books)
+  -- a playbook whose description reaches for dhsm's string library (the strings' metatable)
+  t.write(books .. "/evil.lua", [[local mt = getmetatable("")
+if mt then mt.__index.lower = function() return "read" end end
+return { description = "evil", params = {}, run = function() end }]])
+  local r = t.sh(("DHSM_PATH=%s %s"):format(q(books), t.cmd("repl")), { stdin = table.concat({
+    ("w = dhsm.spawn(function() local s <close> = require('dhsm.act').check_scope(false) dhsm.sleep(0.5) "
+      .. "os.execute('touch %s/task') end)"):format(dir),
+    ("p = io.popen('cat > %s/pipe', 'w')"):format(dir),
+    ":check on",
+    "dhsm.sleep(1)",
+    "p:write('written')",
+    ":doc evil",
+    "('ABC'):lower()",
+  }, "\n") .. "\n" })
+  t.eq(require("dhsm.sys").stat(dir .. "/task"), nil, "the task started before :check on is in it now: " .. r.stderr)
+  t.ok(r.stderr:find("refused writing to the input of 'cat > ", 1, true), r.stderr)
+  t.ok(r.stdout:find('\n"abc"\n', 1, true), "dhsm's string library is its own: " .. r.stdout)
+end)

@@ -120,6 +120,8 @@ t.test("a destructive module call asks for the target's name", function()
   local lunacm, mark = term.dir .. "/lunacm", term.dir .. "/deleted"
   t.write(lunacm, ("#!/bin/sh\ntouch %s\necho 'Command Result : No Error'\n"):format(q(mark)), tonumber("755", 8))
   local call = ("require('dhsm.proc').run{argv = {%q, '-c', 'hagroup', 'deleteGroup', '-group', 'g1'}}.ok"):format(lunacm)
+  -- a line that stands in for the terminal answers nothing: the question reads the real one
+  term.keys("io.stdin = { read = function() return 'g1' end }", "Enter")
   term.keys(call, "Enter")
   term.wait_for("deleteGroup %-group g1 is destructive%. Type g1 to go on:$")
   term.keys("g2", "Enter")

@@ -47,6 +47,7 @@
 -- check mode, os.execute and dhsm.proc can still reach an appliance or
 -- Azure by other tools (ssh, az); docs/safety.md lists them.
 local dhsm = require "dhsm"
+local ask = require "dhsm.ask"       -- now, at start: it keeps the terminal's streams as they are
 local audit = require "dhsm.audit"
 local core = require "dhsm.core"
 local sys = require "dhsm.sys"
@@ -91,11 +92,11 @@ local function scope_of(context)
   end
 end
 
--- The scope in force for the running task, or nil.
+-- The scope in force for the running task, or nil.  A planning process
+-- (check_process) plans in every task, whatever scope a task opened before.
 local function current_scope()
-  local s = scope_of(core.context())
-  if s then return s end
   if process_tally then return { on = true, locked = true, tally = process_tally } end
+  return scope_of(core.context())
 end
 
 -- checking() -> true when changes are only described
@@ -315,7 +316,7 @@ local function confirm(change)
     return
   end
   local hook = dhsm.context().before_prompt        -- a live progress line clears itself
-  require("dhsm.ask").confirm { target = change.target, detail = change.what, yes = M.policy(),
+  ask.confirm { target = change.target, detail = change.what, yes = M.policy(),
     before_prompt = hook,
     question = ("%s is destructive. Type %s to go on: "):format(change.what, change.target),
     no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
@@ -451,7 +452,7 @@ end
 -- Native code and precompiled chunks are not loaded in check mode: what
 -- they would do cannot be described, and a binary chunk is not checked.
 package.loadlib = guarded("package.loadlib", package.loadlib, always)
-for i = 3, 4 do                                   -- the C searchers of require
+for i = 4, 5 do        -- the C searchers of require (runtime/state.c: dhsm's own, preload, Lua, C, C root)
   local search = package.searchers[i]
   if search then
     package.searchers[i] = function(name)
@@ -472,6 +473,25 @@ load = function(...)         -- its arguments passed as given: an absent env is 
   return raw.load(table.unpack(args, 1, math.max(n, 3)))
 end
 
+-- loadfile and dofile: text only in check mode, as load
+raw.loadfile, raw.dofile = loadfile, dofile
+loadfile = function(...)
+  if not M.checking() then return raw.loadfile(...) end
+  local args, n = { ... }, select("#", ...)
+  local f = type(args[1]) == "string" and raw.open(args[1], "rb")
+  local first = f and f:read(1)
+  if f then f:close() end
+  if first == "\27" or (type(args[2]) == "string" and args[2]:find("b")) then
+    M.refuse("loadfile of a binary chunk", tostring(args[1]))
+  end
+  args[2] = "t"
+  return raw.loadfile(table.unpack(args, 1, math.max(n, 2)))
+end
+dofile = function(name)
+  if not M.checking() then return raw.dofile(name) end
+  return assert(loadfile(name, "t"))()
+end
+
 -- Writes on a file handle opened before check mode began (or on the
 -- default output set then) land outside: refused like the open would be.
 do
@@ -482,6 +502,12 @@ do
   io.open = function(path, mode, ...)
     local f, err, code = open(path, mode, ...)
     if f and writes(mode) then destination[f] = path end
+    return f, err, code
+  end
+  local popen = io.popen
+  io.popen = function(cmd, mode, ...)
+    local f, err, code = popen(cmd, mode, ...)
+    if f and mode == "w" then destination[f] = "the input of '" .. tostring(cmd):sub(1, 80) .. "'" end
     return f, err, code
   end
   local output = io.output

@@ -9,6 +9,11 @@ local sys = require "dhsm.sys"
 
 local M = {}
 
+-- The terminal's streams as they were when dhsm started (this module is
+-- loaded before any code of the user's runs): a runbook that replaces
+-- io.stdin cannot type the answer for the operator.
+local stdin, stderr = io.stdin, io.stderr
+
 local function refuse(audit, outcome, message)
   audit.outcome = outcome
   dhsm.audit.write(audit)
@@ -28,9 +33,9 @@ function M.confirm(t)
   end
   if not (sys.isatty(0) and sys.isatty(2)) then refuse(audit, "refused (no terminal)", t.no_terminal) end
   if t.before_prompt then t.before_prompt() end
-  io.stderr:write(t.question)
-  io.stderr:flush()
-  if io.stdin:read("l") ~= t.target then refuse(audit, "refused (typed something else)", t.mismatch) end
+  stderr:write(t.question)
+  stderr:flush()
+  if stdin:read("l") ~= t.target then refuse(audit, "refused (typed something else)", t.mismatch) end
   audit.outcome = "typed"
   dhsm.audit.write(audit)
 end

@@ -164,7 +164,7 @@ end
 -- (-i, $DHSM_INVENTORY): what dhsm.proc counts as those tools.  Said once,
 -- before any code of the user's runs; an inventory a runbook builds is not
 -- trusted to name them.
-local tools, trusted = { lunacm = {}, vtl = {} }, false
+local tools, trusted = { lunacm = {}, vtl = {}, pkcs11_lib = {} }, false
 
 -- trust_tools(inv | nil): (the front end) the tools of this inventory, or none
 function M.trust_tools(inv)
@@ -178,7 +178,7 @@ function M.trust_tools(inv)
 end
 
 -- trusted_tools(name) -> the paths the front end's inventory gives for
--- client tool `name` ("lunacm", "vtl"), as a list
+-- client tool `name` ("lunacm", "vtl", "pkcs11_lib"), as a list
 function M.trusted_tools(name)
   local out = {}
   for path in pairs(tools[name] or {}) do out[#out + 1] = path end

@@ -165,7 +165,9 @@ local function sandbox_env()
     string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
     pairs = pairs, ipairs = ipairs, next = next, select = select, type = type,
     tostring = tostring, tonumber = tonumber, error = error, assert = assert,
-    rawequal = rawequal, rawlen = rawlen, rawget = rawget, getmetatable = getmetatable,
+    rawequal = rawequal, rawlen = rawlen, rawget = rawget,
+    -- not the strings' metatable: its __index is dhsm's own string library
+    getmetatable = function(v) if type(v) ~= "string" then return getmetatable(v) end end,
     setmetatable = function(t, mt)
       if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error("__gc is not allowed while describing", 2) end
       return setmetatable(t, mt)
