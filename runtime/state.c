@@ -290,7 +290,9 @@ static int init_state(lua_State *L) {
   luaL_openlibs(L);
   preload_modules(L);
   install_searcher(L);
-  luaL_requiref(L, "dhsm.audit", luaopen_dhsm_audit, 0);
+  lua_getglobal(L, "require");                  /* through the searcher: loaded once, as every dhsm module */
+  lua_pushliteral(L, "dhsm.audit");
+  lua_call(L, 1, 0);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "dhsm.paths");
   lua_call(L, 1, 1);

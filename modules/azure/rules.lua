@@ -61,28 +61,30 @@ local function complete_mode(body)
   return modes > 1
 end
 
--- What a path names: "group", G | "hsm", G, NAME | "deployment", G, NAME | nil
+-- What a path names: "group", G | "hsm", G, NAME | "deployment", G, NAME |
+-- nil; and, last, the subscription the path is in (which the rules read:
+-- the client's own may be another).
 function M.resource_of(path)
   local p, odd = pairs_of(path)
   if odd or #p < 2 or p[1].key ~= "subscriptions" or p[2].key ~= "resourcegroups" then return nil end
-  local group = p[2].name
-  if #p == 2 then return "group", group end
+  local sub, group = p[1].name, p[2].name
+  if #p == 2 then return "group", group, nil, sub end
   if #p == 4 and p[3].key == "providers" and p[4].key == "dedicatedhsms"
       and p[3].name:lower() == "microsoft.hardwaresecuritymodules" then
-    return "hsm", group, p[4].name
+    return "hsm", group, p[4].name, sub
   end
   if #p == 4 and p[3].key == "providers" and p[4].key == "deployments" and p[3].name:lower() == "microsoft.resources" then
-    return "deployment", group, p[4].name
+    return "deployment", group, p[4].name, sub
   end
   return nil
 end
 
--- The dedicated HSMs group G holds, less those this plan deletes first.
--- (dhsm.azure.hsm reads through dhsm.azure, whose requests these rules
--- judge: required when a rule first runs, once both exist.)
-local function hsms_held(c, group)
+-- The dedicated HSMs group G of subscription S holds, less those this plan
+-- deletes first.
+local function hsms_held(c, sub, group)
   local names = {}
-  local ok, list = pcall(require("dhsm.azure.hsm").list, c, group)
+  local ok, list = pcall(c.list, c, ("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs")
+    :format(sub, group))
   if not ok then
     if dhsm.error.is(list, "azure") and list.status == 404 then return names end   -- no such group: holds nothing
     error(list, 0)
@@ -98,9 +100,10 @@ local function hsms_held(c, group)
   return names
 end
 
--- group_empty(c, group): raises GroupHoldsHsm while the group holds one.
-function M.group_empty(c, group, doing)
-  local names = hsms_held(c, group)
+-- group_empty(c, group [, doing [, subscription]]): raises GroupHoldsHsm
+-- while the group (of the client's subscription unless one is named) holds one.
+function M.group_empty(c, group, doing, sub)
+  local names = hsms_held(c, sub or c.subscription, group)
   if #names > 0 then
     dhsm.error { kind = "safety", code = "GroupHoldsHsm",
       message = ("not %s resource group %s: it still holds dedicated HSM %s; %s would orphan them and billing "
@@ -109,12 +112,13 @@ function M.group_empty(c, group, doing)
   end
 end
 
--- An HSM resource's DELETE: on its appliance's word, or as a Failed leftover.
-local function hsm_deletable(c, group, name, opts)
+-- An HSM resource's DELETE (of the resource at path): on its appliance's
+-- word, or as a Failed leftover.
+local function hsm_deletable(c, path, name, opts)
   if opts.allow_unzeroized then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
   elseif opts.delete_failed then
-    local h = c:find(require("dhsm.azure.hsm").path(c, name, group))
+    local h = c:find(path)
     local state = h and h.properties and h.properties.provisioningState
     if h and state ~= "Failed" then
       refuse("NotFailed", "not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed", name,
@@ -137,13 +141,13 @@ end
 -- sent: the body's JSON as it goes on the wire (judged, not the table,
 -- whose pairs a metatable could make say something else).
 function M.check(c, method, path, opts, sent)
-  local what, group, name = M.resource_of(path)
+  local what, group, name, sub = M.resource_of(path)
   if method == "DELETE" and what == "group" then
-    M.group_empty(c, group)
+    M.group_empty(c, group, nil, sub)
   elseif method == "DELETE" and what == "hsm" then
-    hsm_deletable(c, group, name, opts)
+    hsm_deletable(c, path, name, opts)
   elseif method == "PUT" and what == "deployment" and complete_mode(sent or opts.body) then
-    M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name))
+    M.group_empty(c, group, ("deploying %s in Complete mode to"):format(name), sub)
   end
 end
 

@@ -149,9 +149,10 @@ end
 -- confirmed playbook step on the same appliance covers it.
 -- `sysconf regenCert` replaces the NTLS certificate every client trusts:
 -- each client must then re-exchange certificates (guide, NTLS).
+-- A power-off too: only Microsoft can power the appliance on again.
 M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
-  ["sysconf regencert"] = true }
+  ["sysconf regencert"] = true, ["sysconf poweroff"] = true, ["sysconf appliance"] = true }
 
 -- lunash(line) -> verb, "family sub": of every way LunaSH could read the
 -- line, the most dangerous: a line that could be a login is a login.

@@ -243,7 +243,8 @@ local function open_shell(o)
   end
   local self = setmetatable({ name = name, host = o.host, port = o.port or 22, user = o.user or "tenantadmin",
     timeout = o.timeout or 30, turn = dhsm.semaphore(1), hostkey = hostkey }, Session)
-  raw[self] = { ssh = s, buf = "" }
+  -- what the rules read is kept here, not in fields a caller can write
+  raw[self] = { ssh = s, buf = "", host = o.host, reboot_fix = M.REBOOT_FIX }
   local text, which
   ok, text = pcall(function()
     raw[self].shell = s:shell { term = "vt100" }
@@ -355,7 +356,8 @@ function M.open(entry, opts)
   if type(entry) ~= "table" then usage("luna.open: expected an inventory entry (inv:hsm(name)), got %s", type(entry)) end
   schema.options("luna.open", opts, SESSION_OPTIONS)
   local s = M.connect(connect_options(entry, opts))
-  s.reboot_fix_package = entry.reboot_fix_package
+  s.reboot_fix_package = entry.reboot_fix_package          -- shown; the rule reads its own copy
+  raw[s].reboot_fix = entry.reboot_fix_package or M.REBOOT_FIX
   return s
 end
 
@@ -524,9 +526,9 @@ function send_line(self, line, pass)
   if type(line) == "string" then
     local verb = classify(line)
     if verb:match("^login") and pass ~= LOGIN_PASS then
-      dhsm.error { kind = "safety", code = "UnguardedLogin",
+      error(act.counted(dhsm.error.new { kind = "safety", code = "UnguardedLogin",
         message = ("%s: refusing to send '%s': LunaSH could read it as a login, and logins go only through "
-          .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }
+          .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }), 0)
     end
   end
   local ok, err = pcall(raw[self].shell.write_line, raw[self].shell, line)
@@ -727,10 +729,10 @@ end
 -- Never retried.
 function login(self, role, line, opts)
   if not guard.THRESHOLDS[role] then
-    dhsm.error { kind = "safety", code = "UnsupportedLogin",
+    error(act.counted(dhsm.error.new { kind = "safety", code = "UnsupportedLogin",
       message = ("%s: refusing '%s': it submits a role's password, which dhsm sends over LunaSH only for the HSM SO "
         .. "(hsm login) and the Auditor (audit login), where the failed-login guard counts it; partition roles log in "
-        .. "through dhsm.pkcs11"):format(self.name, masked(line)) }
+        .. "through dhsm.pkcs11"):format(self.name, masked(line)) }), 0)
   end
   local password = opts.password
   for _, a in ipairs(password == nil and opts.answers or {}) do
@@ -801,7 +803,7 @@ function Session:check_reboot_fix(what, opts)
     dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_without_reboot_fix", command = what }
     return
   end
-  local want = self.reboot_fix_package or M.REBOOT_FIX
+  local want = raw[self].reboot_fix
   local found = parse.has_package(self:packages(), want)
   if not found then
     dhsm.error { kind = "safety", code = "RebootFixMissing",
@@ -829,7 +831,7 @@ function Session:check_network_change(command, opts)
   local net = self:network()
   local ours = net.default_device              -- behind NAT the session arrives by the default route
   for dev, i in pairs(net.interfaces) do
-    if i.ip == self.host then ours = dev end
+    if i.ip == raw[self].host then ours = dev end
   end
   local device, cuts = devices[1], #devices ~= 1
   for _, d in ipairs(devices) do
@@ -839,20 +841,28 @@ function Session:check_network_change(command, opts)
     dhsm.error { kind = "safety", code = "WouldCutPath",
       message = ("refusing '%s' on %s: it could change %s, which carries this session (%s); a lost path means a "
         .. "Microsoft support reset that wipes the appliance"):format(masked(command), self.name,
-        device or "an interface", ours and (ours .. " " .. self.host) or self.host) }
+        device or "an interface", ours and (ours .. " " .. raw[self].host) or raw[self].host) }
   end
 end
 
 ---------------------------------------------------------------------------
 -- files (certificates) over SCP
 
+-- get(remote, local_path) -> bytes: a read of the appliance; the local
+-- file is dhsm's own when it lies in a scratch folder, else a file written
+-- for someone else, through the gate (described in check mode).
 function Session:get(remote, local_path)
+  if type(local_path) ~= "string" or local_path == "" then usage("%s: get needs a local path", self.name) end
   local s = raw[self].ssh
   local data = self.turn:run(s.scp_get, s, remote)
-  local f = assert(io.open(local_path, "wb"))
-  f:write(data)
-  f:close()
   dhsm.audit.write { action = "luna.get", target = self.name, outcome = "ok", file = remote, bytes = #data }
+  if act.is_private(local_path) then
+    local f = assert(io.open(local_path, "wb"))
+    f:write(data)
+    f:close()
+  else
+    act.write_file(local_path, data, { what = ("%s:%s"):format(self.name, remote) })
+  end
   return #data
 end
 

@@ -140,27 +140,31 @@ local SLOTS_OPTIONS = { token_present = { type = "boolean" } }
 local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" } }
 
 -- load([path] [, {env = {NAME = value}}]) -> library
--- What env= may not set: it is set for the whole process, and these change
--- which programs run and where files go for everything after (dhsm.act).
-local PROCESS_ENV = { PATH = true, TMPDIR = true, HOME = true, SHELL = true, IFS = true }
+-- What env= may set: it is set for the whole process, so only a PKCS#11
+-- library's own configuration - anything else could change which programs
+-- run or what they load for everything after (PATH, LD_*, PYTHONPATH, BASH_ENV ...).
+local LIBRARY_ENV = { SOFTHSM2_CONF = true, ChrystokiConfigurationPath = true }
 local function check_env(env)
   for k in pairs(env or {}) do
     local name = tostring(k)
-    if PROCESS_ENV[name] or name:match("^LD_") or name:match("^XDG_") or name:match("^DHSM_") then
-      usage("load: env may not set %s: it would change what the whole process runs or where it writes "
-        .. "(a library needs its own configuration, e.g. SOFTHSM2_CONF or ChrystokiConfigurationPath)", name)
+    if not (LIBRARY_ENV[name] or name:match("^%u[%u%d_]*$") and (name:find("P11", 1, true) or name:find("PKCS11", 1, true))) then
+      usage("load: env may set a PKCS#11 library's own configuration only (SOFTHSM2_CONF, ChrystokiConfigurationPath, "
+        .. "names with P11 or PKCS11): it is set for the whole process; got %s", name)
     end
   end
 end
 
+-- The library configured when dhsm started (its environment as it was then).
+local START_LIBRARY = M.library_path(nil)
+
 -- In check mode only the configured library is loaded (the one library_path
--- finds, or the -i inventory's client.pkcs11_lib): a library's own code
--- runs when it is loaded, and a plan runs nobody's code but dhsm's.
+-- found at start, or the -i inventory's client.pkcs11_lib): a library's own
+-- code runs when it is loaded, and a plan runs nobody's code but dhsm's.
 local function check_configured(where)
   if not act.checking() then return end
   local real = sys.realpath(where)
   local known = require("dhsm.inventory").trusted_tools("pkcs11_lib")
-  known[#known + 1] = (M.library_path(nil))
+  known[#known + 1] = START_LIBRARY
   for _, k in ipairs(known) do
     if real and sys.realpath(k) == real then return end
   end

@@ -156,8 +156,9 @@ function M.read_only(argv, opts)
     and genuine({ argv = argv, env = opts and opts.env, cwd = opts and opts.cwd }, name)
 end
 
+-- A refused command is a refused change: a plan counts it even when a body catches it (dhsm.act).
 local function refuse(code, fmt, ...)
-  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
+  error(act.counted(dhsm.error.new { kind = "safety", code = code, message = fmt:format(...) }), 0)
 end
 
 -- Remote shells and copies are not run here at all: an appliance is

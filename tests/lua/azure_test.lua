@@ -464,6 +464,9 @@ t.test("deleting a group behind the module's back orphans its HSM, and orphans()
   t.ok(err.message:find("hsm-o1", 1, true), "the refusal names the HSM it holds: " .. err.message)
   t.raises(function() c:request("DELETE", (c:group_path("side-rg"):gsub("resourceGroups", "resourcegroups"))) end,
     "GroupHoldsHsm")
+  -- a client of another subscription judges the group of the path's
+  local other = estate:azure { subscription = "11111111-2222-3333-4444-555555555555" }
+  t.raises(function() other:delete(c:group_path("side-rg")) end, "GroupHoldsHsm")
   t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
   -- a Complete-mode deployment would delete it too, however its property is spelled
   local dep = ("/subscriptions/%s/resourceGroups/side-rg/providers/Microsoft.Resources/deployments/wipe"):format(c.subscription)

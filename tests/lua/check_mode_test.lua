@@ -41,14 +41,16 @@ end
 -- Effects a real run makes and a check-mode run refuses.
 local REFUSED = { "os.execute", "io.popen", "io.open", "io.output", "os.remove", "os.rename", "os.tmpname",
   "os.exit", "dhsm.sys.write_file", "dhsm.sys.mkdir", "dhsm.sys.mkdtemp", "dhsm.sys.lock", "dhsm.sys.history_save",
-  "dhsm.audit.set_path", "proc.spawn", "pcall(os.execute)", "child task", "reset the tally", "reload the gate" }
+  "dhsm.audit.set_path", "proc.spawn", "pcall(os.execute)", "child task", "reset the tally", "reload the gate",
+  "reload the audit log" }
 -- Refused in check mode, with no real-run counterpart to show (a write to
 -- nowhere, a scope that itself turns check mode on).
 local REFUSED_ONLY = { "raw http", "nested scope", "package.loadlib", "binary chunk", "binary loadfile" }
 local NAMED = { ["pcall(os.execute)"] = "os.execute", ["child task"] = "os.execute", ["io.open"] = "io.open for writing",
   ["io.output"] = "io.output to a file", ["reset the tally"] = "os.execute", ["nested scope"] = "os.execute",
   ["raw http"] = "dhsm.azure.http PUT", ["binary chunk"] = "load of a binary chunk",
-  ["binary loadfile"] = "loadfile of a binary chunk", ["reload the gate"] = "os.execute" }
+  ["binary loadfile"] = "loadfile of a binary chunk", ["reload the gate"] = "os.execute",
+  ["reload the audit log"] = "dhsm.audit.set_path" }
 
 t.test("each plain effect acts in a real run (the fixture is not vacuous)", function()
   for _, call in ipairs(REFUSED) do

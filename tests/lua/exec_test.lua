@@ -186,3 +186,11 @@ t.test("the question names the command as LunaSH reads it, a password masked and
   r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("partition delete -p prodkeys -f")]])))
   t.ok(r.stderr:find("run 'partition delete -p prodkeys -f' on hsm1 is destructive", 1, true), r.stderr)
 end, { timeout = 60 })
+
+t.test("a power-off is asked for: only Microsoft powers the appliance on again", function()
+  local r = exec(("-i %s exec -e %s"):format(q(inventory),
+    q([[hsm("hsm1"):run("sysconf appliance poweroff", { allow_without_reboot_fix = true })]])))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("is destructive (hsm1) and there is no terminal", 1, true), r.stderr)
+  t.eq(#estate:mutations("poweroff"), 0)
+end, { timeout = 60 })

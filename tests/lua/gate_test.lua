@@ -116,3 +116,19 @@ t.test("dhsm.proc runs no remote shell or copy, however the appliance's host is 
   t.ok(r.stderr:find("AroundTheRules", 1, true), r.stderr)
   t.eq(estate:mutations(), before, "nothing reached an appliance")
 end)
+
+t.test("what a session shows is not what its rules read; a refused login is counted in a plan", function()
+  -- hsm1 has no reboot fix (the first test took it away); its fields are for show
+  local s = estate:luna_session("hsm1")
+  s.reboot_fix_package, s.host = "", nil
+  t.raises(function() s:run("sysconf reboot") end, "RebootFixMissing")
+  t.raises(function() s:run("network interface dhcp -device eth0 -f") end, "WouldCutPath")
+  -- hsm2's HSM SO is at its last attempt (the first test): a login refused inside a plan counts, caught or not
+  local act = require "dhsm.act"
+  local checking = act.check_scope(true)
+  local s2 = estate:luna_session("hsm2")
+  local ok, err = pcall(s2.login_so, s2, dhsm.secret.value("wrong"))
+  local refused = act.tally().refused
+  checking:close()
+  t.eq({ ok, err.code, refused }, { false, "LastLoginAttempt", 1 })
+end)

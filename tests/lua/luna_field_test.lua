@@ -146,11 +146,15 @@ t.test("the reboot fix is found by the inventory's reboot_fix_package, any case,
   estate:appliance("hsm1", "install-fix")
   local s = open("hsm1")
   t.ok(parse.has_package(s:packages(), "kb0019789"))
-  s.reboot_fix_package = "no-such-fix"
-  local err = t.raises(function() s:check_reboot_fix("sysconf appliance reboot", {}) end, "RebootFixMissing")
+  -- the name comes from the inventory entry the session was opened with (a field set later is for show)
+  local luna = require "dhsm.luna"
+  local other = luna.open(entry("hsm1", { reboot_fix_package = "no-such-fix" }))
+  t.cleanup(function() other:close() end)
+  local err = t.raises(function() other:check_reboot_fix("sysconf appliance reboot", {}) end, "RebootFixMissing")
   t.ok(err.message:find("reboot_fix_package", 1, true), err.message)
-  s.reboot_fix_package = "LUNASA-REBOOT-FIX"
-  s:check_reboot_fix("sysconf appliance reboot", {})
+  local named = luna.open(entry("hsm1", { reboot_fix_package = "LUNASA-REBOOT-FIX" }))
+  t.cleanup(function() named:close() end)
+  named:check_reboot_fix("sysconf appliance reboot", {})
   local inv = require("dhsm.inventory")
   t.raises(function()
     inv.from_table { hsms = { { name = "x", host = "10.0.0.1", reboot_fix_package = "a b" } } }

@@ -279,6 +279,28 @@ t.test("check mode: reads are sent, changes are not", function()
   t.ok(util.read_file(audit):find('"action":"check.would"', 1, true))
 end)
 
+t.test("get: into a scratch folder a read; anywhere else a file written through the gate", function()
+  local audit = fresh()
+  local s = open("hsm1")
+  local dir = t.tmpdir()
+  local checking = require("dhsm.act").check_scope(true)
+  t.ok(s:get("server.pem", dir .. "/planned.pem") > 0)
+  do
+    local scratch, gone <close> = require("dhsm.act").scratch_dir("dhsm-get-")
+    s:get("server.pem", scratch .. "/own.pem")
+    t.ok(util.read_file(scratch .. "/own.pem"):find("BEGIN CERTIFICATE", 1, true), "a plan reads into its own folder")
+  end
+  checking:close()
+  t.eq(util.read_file(dir .. "/planned.pem"), nil, "a plan writes no file of anyone else's")
+  s:get("server.pem", dir .. "/real.pem")
+  t.ok(util.read_file(dir .. "/real.pem"):find("BEGIN CERTIFICATE", 1, true))
+  local writes = {}
+  for _, r in ipairs(t.audit_records(audit)) do
+    if r.action == "file.write" or (r.action == "check.would" and r.kind == "file") then writes[#writes + 1] = r.outcome end
+  end
+  t.eq(writes, { "planned", "sending", "ok" })
+end)
+
 t.test("a command that never answers times out and leaves the session unusable", function()
   fresh()
   local s = open("hsm1", { timeout = 0.5 })

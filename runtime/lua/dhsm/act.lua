@@ -193,10 +193,15 @@ end
 -- refusals and descriptions
 
 -- counted(err) -> err: a safety refusal met in check mode is a refusal of
--- the plan's too, even when a body catches it (the closing line counts it).
+-- the plan's too, even when a body catches it (the closing line counts it);
+-- each error once.
+local seen = setmetatable({}, { __mode = "k" })
 function M.counted(err)
   local t = live_tally()
-  if t and dhsm.error.is(err, "safety") then t.refused = t.refused + 1 end
+  if t and dhsm.error.is(err, "safety") and not seen[err] then
+    seen[err] = true
+    t.refused = t.refused + 1
+  end
   return err
 end
 
