@@ -176,7 +176,7 @@ end
 -- The appliance's server.pem (SCP) against what the client trusts, into d
 -- (finding server_changed); -> the server certificate.
 local function server_state(d, entry, cert, session, workdir)
-  local dir = workdir or assert(sys.mkdtemp("dhsm-ntls-"))
+  local dir = workdir or (require("dhsm.act").scratch_dir("dhsm-ntls-"))   -- dhsm's own: a plan reads into it too
   d.server_pem = dir .. "/" .. entry.name .. "-server.pem"
   session:get("server.pem", d.server_pem)
   local server = net.cert(d.server_pem)

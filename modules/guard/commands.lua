@@ -152,11 +152,13 @@ end
 -- A power-off too: only Microsoft can power the appliance on again.
 M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
-  ["sysconf regencert"] = true, ["sysconf poweroff"] = true, ["sysconf appliance"] = true }
+  ["sysconf regencert"] = true, ["sysconf poweroff"] = true, ["sysconf appliance"] = true,
+  ["audit init"] = true }
 
 -- lunash(line) -> verb, "family sub": of every way LunaSH could read the
 -- line, the most dangerous: a line that could be a login is a login.
--- Unknown commands are writes.
+-- Unknown commands are writes, and so is a read with an -export... option
+-- (`hsm showPolicies -exportTemplate FILE` writes a file on the appliance).
 function M.lunash(line)
   local words = M.words(line)
   local verb, what = M.most(M.readings(words, LUNASH), function(r)
@@ -164,6 +166,11 @@ function M.lunash(line)
     return "write", r.family or line
   end, lunash_rank, function(w) return M.LUNASH_DESTRUCTIVE[w] end)
   if verb == nil then return "write", line end
+  if verb == "read" then
+    for _, w in ipairs(words) do
+      if w:lower():match("^%-exp") then return "write", what end
+    end
+  end
   return verb, what
 end
 

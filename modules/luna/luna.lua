@@ -74,15 +74,17 @@ M.DESTRUCTIVE = DESTRUCTIVE
 
 -- The command as it may be written down: no literal passwords.
 -- The value after an option that can only be -password (-pas ... -password,
--- any case) is masked, and in a login after -p or -pa too; elsewhere -p and
--- -pa abbreviate -partition as often, and the operator must see which
+-- any case) or -domain (-dom ..., a cloning domain is a secret too) is
+-- masked, and in a login after -p or -pa too; elsewhere -p and -pa
+-- abbreviate -partition as often, and the operator must see which
 -- partition a command names.
 local function masked(command)
   local login = commands.lunash(command):match("^login") ~= nil
   return (command:gsub("(%-(%a+)(%s+))(%S+)", function(whole, opt)
     opt = opt:lower()
-    local password = ("password"):sub(1, #opt) == opt and (#opt >= 3 or login)
-    return password and (whole .. "****") or nil
+    local secret_opt = ("password"):sub(1, #opt) == opt and (#opt >= 3 or login)
+      or #opt >= 3 and ("domain"):sub(1, #opt) == opt
+    return secret_opt and (whole .. "****") or nil
   end))
 end
 

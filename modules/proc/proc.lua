@@ -231,10 +231,13 @@ local NOT_ATTEMPTED = { CKR_CANCEL = true, CKR_ARGUMENTS_BAD = true, CKR_SLOT_ID
   CKR_USER_ALREADY_LOGGED_IN = true, CKR_TOKEN_NOT_PRESENT = true, CKR_PIN_LOCKED = true,
   CKR_FUNCTION_NOT_SUPPORTED = true, CKR_DEVICE_ERROR = true, CKR_USER_TYPE_INVALID = true }
 
-local function carries_secret(stdin)
-  if secret.is(stdin) then return true end
-  for _, v in ipairs(type(stdin) == "table" and stdin or {}) do
-    if secret.is(v) then return true end
+-- Whether lunacm's stdin holds anything it could read as a password: a
+-- secret, or text other than blanks and line ends (an empty answer is how
+-- a read skips a password prompt).
+local function carries_answer(stdin)
+  local parts = type(stdin) == "table" and stdin or { stdin }
+  for _, v in ipairs(parts) do
+    if secret.is(v) or (type(v) == "string" and v:find("%S")) then return true end
   end
   return false
 end
@@ -249,9 +252,9 @@ local function check_lunacm(opts)
       .. "could not be told apart; give one command after -c")
   end
   local verb, what, role = commands.lunacm(words)
-  if not role and carries_secret(opts.stdin) and not commands.LUNACM_NEW_PASSWORD[what] then
-    refuse("UnguardedLogin", "refusing a secret on lunacm's stdin for '%s': it could be taken as a login; "
-      .. "logins go through proc.lunacm_login", what)
+  if not role and carries_answer(opts.stdin) and not commands.LUNACM_NEW_PASSWORD[what] then
+    refuse("UnguardedLogin", "refusing an answer on lunacm's stdin for '%s': lunacm could take it as a password "
+      .. "(hagroup listGroups logs in to every member with one); logins go through proc.lunacm_login", what)
   end
   return verb, what, role, words
 end

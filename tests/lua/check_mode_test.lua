@@ -247,3 +247,15 @@ t.test("a scratch folder is made where dhsm makes them: its prefix is a name, no
     t.ok(require("dhsm.act").is_private(dir .. "/f"), dir)
   end
 end)
+
+t.test("a dangling link in dhsm's own folder does not make a write through it dhsm's own", function()
+  local act = require "dhsm.act"
+  local outside = t.tmpdir() .. "/escaped"
+  local dir, gone <close> = act.scratch_dir("dhsm-link-")
+  t.sh(("ln -s %s %s/planted"):format(q(outside), q(dir)))
+  local checking = act.check_scope(true)
+  local ok = pcall(io.open, dir .. "/planted", "w")
+  checking:close()
+  t.eq(ok, false)
+  t.eq(sys.stat(outside), nil, "nothing was created through the link")
+end)

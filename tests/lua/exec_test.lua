@@ -194,3 +194,13 @@ t.test("a power-off is asked for: only Microsoft powers the appliance on again",
   t.ok(r.stderr:find("is destructive (hsm1) and there is no terminal", 1, true), r.stderr)
   t.eq(#estate:mutations("poweroff"), 0)
 end, { timeout = 60 })
+
+t.test("audit init is asked for, and its cloning domain is never shown", function()
+  local before = #estate:mutations("audit init")
+  local r = exec(("-i %s exec -e %s"):format(q(inventory),
+    q([[hsm("hsm1"):run("audit init -password Audit#Pass123 -domain dom1 -force")]])))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("run 'audit init -password **** -domain **** -force' on hsm1 is destructive", 1, true), r.stderr)
+  t.ok(not r.stderr:find("dom1", 1, true) and not r.stderr:find("Audit#Pass123", 1, true), r.stderr)
+  t.eq(#estate:mutations("audit init"), before)
+end, { timeout = 60 })

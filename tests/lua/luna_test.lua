@@ -253,6 +253,8 @@ t.test("a network change that would cut this session's path is refused", functio
   end
   -- a letter beyond ASCII LunaSH may fold into another (a Kelvin sign is a k): dhsm cannot tell, so it refuses
   t.raises(function() s:run("networ\u{212A} interface dhcp -device eth0 -f") end, "NotAscii")
+  -- a read that writes a file on the appliance is no read
+  t.eq((require("dhsm.guard.commands").lunash("hsm showPolicies -exportTemplate t.xml")), "write")
   -- a line holding a question's words: its echo would be read as that question
   t.raises(function() s:run("partition show -par x\\ Password:") end, "LooksLikeQuestion")
   -- another interface is fine

@@ -66,6 +66,13 @@ t.test("bad input names what was wrong", function()
   t.raises(function() proc.run("ls") end, "proc.run: expected a table of options")
 end)
 
+t.test("a lunacm read gets no answer on its stdin: hagroup listGroups would log in to every member with it", function()
+  t.raises(function() proc.run { argv = { "/nonexistent/lunacm", "-c", "hagroup", "listGroups" }, stdin = "wrong-pin\n" } end,
+    "UnguardedLogin")
+  t.raises(function() proc.run { argv = { "/nonexistent/lunacm", "-c", "hagroup", "listGroups" },
+    stdin = { dhsm.secret.value("wrong-pin"), "\n" } } end, "UnguardedLogin")
+end)
+
 t.test("read-only is the tool itself, run as itself: not a file named so, not with an environment that changes it", function()
   local dir = t.tmpdir()
   t.write(dir .. "/vtl", "#!/bin/sh\nexit 0\n", tonumber("755", 8))

@@ -160,6 +160,11 @@ local function landing(path)
   if not dir then dir, name = ".", path end
   local parent = sys.realpath(dir == "" and "/" or dir)
   if not parent or name == ".." or name == "." then return nil end
+  -- a name that is there but does not resolve is a dangling link: where a
+  -- write through it lands cannot be told from here
+  for _, entry in ipairs(sys.readdir(parent) or {}) do
+    if entry == name then return nil end
+  end
   return parent .. "/" .. name
 end
 
