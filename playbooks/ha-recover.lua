@@ -22,6 +22,7 @@
 -- otherwise a group whose members differ is synchronized and the objects
 -- are compared again.  Every step looks at the
 -- real state first, so a second run (or --resume) does only what is left.
+local act = require "dhsm.act"
 local ha = require "dhsm.client.ha"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
@@ -334,6 +335,14 @@ local function create_partition(ctx, r)
   end)
 end
 
+-- In a plan, a change on a partition that does not exist yet (its creation
+-- only described) cannot be sent to the gate with its real arguments: it is
+-- described there as it will be made, and counted with the others.
+local function planned(action, target, what, destructive)
+  return act.change({ kind = "proc", action = action, target = target, what = what, destructive = destructive },
+    function() error("only planned", 0) end)
+end
+
 local function init_partition(ctx, r)
   local c, p = client(ctx), ctx.params
   ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(r.name, r.bad.hsm, r.good),
@@ -345,7 +354,10 @@ local function init_partition(ctx, r)
       return tok ~= nil and tok.user_pin_initialized and new_partition(ctx, r).domain == r.domain
     end }, function()
     if ctx.check then
-      ctx:would(("lunacm partition init -label %s (the group's cloning domain); role init -name co"):format(r.label))
+      planned("lunacm partition init", r.label, ("lunacm partition init -label %s on the new partition %s of %s (the "
+        .. "group's cloning domain)"):format(r.label, r.name, r.bad.hsm), true)
+      planned("pkcs11 init_pin", r.label, ("log in as Partition SO on %s and set the Crypto Officer's first PIN "
+        .. "(role init -name co)"):format(r.label))
       return
     end
     -- initialised by us: our label and the group's domain (a resumed run finds it so)
@@ -367,7 +379,10 @@ local function swap_members(ctx, r)
   local c = client(ctx)
   ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
     done = function() return not ctx.check and in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
-    if ctx.check then return ctx:would(("lunacm hagroup addMember -group %s (%s on %s)"):format(r.group, r.name, r.bad.hsm)) end
+    if ctx.check then
+      return planned("lunacm hagroup addmember", r.group, ("lunacm hagroup addMember -group %s (%s on %s), a "
+        .. "Crypto Officer login on it"):format(r.group, r.name, r.bad.hsm))
+    end
     c:add_member(r.group, new_partition(ctx, r).serial, ctx.params.co_password)
   end)
   ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),

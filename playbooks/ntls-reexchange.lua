@@ -172,6 +172,17 @@ local function registered(now, parts)
   return true
 end
 
+-- What a plan registers from: the diagnosis, and after a renewal it only
+-- described, the appliance still holding the old certificate - a
+-- registration the new one will be rejected by, to be replaced.
+local function planned_state(d)
+  if not (d.renew and d.registered) then return d end
+  local after = {}
+  for k, v in pairs(d) do after[k] = v end
+  after.client_rejected = true
+  return after
+end
+
 -- The client registered anew, or its registration replaced (a confirmed
 -- step: it holds another certificate), with its partitions.
 local function register_client(ctx, d)
@@ -184,7 +195,7 @@ local function register_client(ctx, d)
       return not ctx.check and registered(current(ctx), parts)
     end }, function()
     -- the state as it is now (what done= read): a resumed run may find the delete or the registration done
-    local now = ctx.check and d or current(ctx)
+    local now = ctx.check and planned_state(d) or current(ctx)
     acted(ctx)
     ntls.register_client(client(ctx), appliance_entry(ctx), ctx:appliance(hsm), now, parts)
   end)

@@ -104,11 +104,11 @@ end
 -- while the group (of the client's subscription unless one is named) holds one.
 function M.group_empty(c, group, doing, sub)
   local names = hsms_held(c, sub or c.subscription, group)
-  if #names > 0 then
-    dhsm.error { kind = "safety", code = "GroupHoldsHsm",
+  if #names > 0 then                     -- a refused change: a plan counts it (dhsm.act)
+    error(act.counted(dhsm.error.new { kind = "safety", code = "GroupHoldsHsm",
       message = ("not %s resource group %s: it still holds dedicated HSM %s; %s would orphan them and billing "
         .. "would go on (zeroize, delete the HSMs, then the group)"):format(doing or "deleting", group,
-        table.concat(names, ", "), doing and "that" or "deleting it"), details = { hsms = names } }
+        table.concat(names, ", "), doing and "that" or "deleting it"), details = { hsms = names } }), 0)
   end
 end
 

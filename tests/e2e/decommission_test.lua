@@ -161,6 +161,7 @@ t.test("group deletion refused while another HSM remains: for real and in --chec
   t.eq(r.status, 3, r.stderr)
   t.ok(r.stderr:find("not deleting resource group hsm-rg: it still holds dedicated HSM hsm2", 1, true), r.stderr)
   t.ok(not r.stderr:find("would DELETE /subscriptions/[^ ]+/resourceGroups/hsm%-rg\n"), "no plan to delete the group")
+  t.ok(r.stderr:find("check mode: %d+ changes described, 1 refused, 1 step refused"), "the closing line says so: " .. r.stderr)
   t.eq(e:world(), before, "the plan changed nothing")
   t.eq(e:mutations(), {})
   r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true -e delete_group=true --yes")

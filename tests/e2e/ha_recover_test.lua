@@ -173,6 +173,9 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   local r = run("--check " .. fix)
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("would lunacm partition init -label hsm3-par2", 1, true), r.stderr)
+  -- changes on a partition only planned are described by the gate and counted like the rest
+  t.ok(r.stderr:find("would log in as Partition SO on hsm3-par2", 1, true), r.stderr)
+  t.ok(r.stderr:find("would lunacm hagroup addMember -group myHA", 1, true), r.stderr)
   t.eq({ members(), conf_text(), objects(), changes(from) }, { before[1], before[2], before[3], {} }, "--check changed nothing")
   r = run(fix)
   t.eq(r.status, 3, "the remedy's steps are confirmed\n" .. r.stderr)

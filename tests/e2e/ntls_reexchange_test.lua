@@ -161,6 +161,11 @@ t.test("expired client certificate: --check plans the renewal; refused unconfirm
   local r = run("--check")
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("client_expired", 1, true) and r.stderr:find("would run %S+/vtl createCert %-n dhsm%-client"), r.stderr)
+  -- the renewal only described, the appliance still holds the old certificate: the plan replaces the registration
+  for _, change in ipairs { "would run 'client delete -client dhsm-client -force' on hsm1", "would copy ",
+      "would run 'client register -client dhsm-client", "would run 'client assignPartition -client dhsm-client" } do
+    t.ok(r.stderr:find(change, 1, true), change .. " planned: " .. r.stderr)
+  end
   r = run("")
   t.eq(r.status, 3, "renewing replaces the client's key: confirmed\n" .. r.stderr)
   t.eq({ util.read_file(ca), cjson.encode(appliance().clients), client_cert().sha256 }, before, "nothing changed")

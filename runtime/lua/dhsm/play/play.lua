@@ -460,14 +460,20 @@ end
 -- failure the playbook caught).
 local function check_summary(outcome, tally, steps)
   local described, refused = tally and tally.described or 0, tally and tally.refused or 0
-  local failed = 0
+  local ended = { failed = 0, refused = 0 }
   for _, rec in ipairs(steps) do
-    if rec.status == "failed" or rec.status == "refused" then failed = failed + 1 end
+    if ended[rec.status] then ended[rec.status] = ended[rec.status] + 1 end
   end
   local changes = ("%d change%s described"):format(described, described == 1 and "" or "s")
-  if outcome == "planned" and refused == 0 and failed == 0 then return "nothing was changed; " .. changes end
-  return ("%s, %d refused%s"):format(changes, refused,
-    failed > 0 and (", %d step%s failed"):format(failed, failed == 1 and "" or "s") or "")
+  if outcome == "planned" and refused == 0 and ended.failed + ended.refused == 0 then
+    return "nothing was changed; " .. changes
+  end
+  local out = ("%s, %d refused"):format(changes, refused)
+  for _, status in ipairs { "refused", "failed" } do
+    local n = ended[status]
+    if n > 0 then out = out .. (", %d step%s %s"):format(n, n == 1 and "" or "s", status) end
+  end
+  return out
 end
 
 local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
