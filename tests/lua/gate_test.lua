@@ -132,3 +132,36 @@ t.test("what a session shows is not what its rules read; a refused login is coun
   checking:close()
   t.eq({ ok, err.code, refused }, { false, "LastLoginAttempt", 1 })
 end)
+
+t.test("under concurrency: parallel tasks each asked, two processes each refused; the estate's log agrees", function()
+  local before = #estate:mutations("partition delete")
+  local deletes = #estate:mutations("DELETE")
+  local code = [[
+    local s = hsm("hsm1")
+    local r = dhsm.parallel({ 1, 2, 3, 4, 5 }, function(i)
+      local ok, err = pcall(s.run, s, ("partition delete -partition gone%d -f"):format(i))
+      return ok and "sent" or dhsm.error.normalize(err).code
+    end)
+    print(table.concat(r, ","))]]
+  -- five tasks at once, no terminal, no --yes: each destruction refused on its own
+  local r = estate:run("exec -e " .. q(code))
+  t.eq(r.stdout, "NotConfirmed,NotConfirmed,NotConfirmed,NotConfirmed,NotConfirmed\n", r.stderr)
+  t.eq(#estate:mutations("partition delete"), before, "none reached the appliance")
+  -- with --yes each is confirmed in advance and recorded before it is sent
+  local state = t.tmpdir()
+  r = estate:run("exec --yes -e " .. q(code), { state = state })
+  t.eq(r.stdout, "sent,sent,sent,sent,sent\n", r.stderr)
+  t.eq(#estate:mutations("partition delete"), before + 5)
+  local confirmed, intents = 0, 0
+  for _, rec in ipairs(t.audit_records(state .. "/audit.jsonl")) do
+    if rec.action == "confirm" and rec.outcome == "skipped (--yes)" then confirmed = confirmed + 1 end
+    if rec.action == "luna.command" and rec.outcome == "sending" then intents = intents + 1 end
+  end
+  t.eq({ confirmed, intents }, { 5, 5 })
+  -- two processes at once deleting the group that holds the HSMs: both refused, nothing sent
+  local group = "az:delete(az:group_path())"
+  local a = estate:run("exec --yes -e " .. q(group) .. " & " .. t.cmd("-i " .. q(estate.dir .. "/inventory.json")
+    .. " exec --yes -e " .. q(group)) .. "; wait")
+  t.eq(select(2, a.stderr:gsub("GroupHoldsHsm", "")), 2, a.stderr)
+  t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
+end, { timeout = 120 })
