@@ -83,8 +83,8 @@ end
 -- deletes first.
 local function hsms_held(c, sub, group)
   local names = {}
-  local ok, list = pcall(c.list, c, ("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs")
-    :format(sub, group))
+  local provider = require("dhsm.azure.hsm").PROVIDER   -- loaded once both exist: it reads through dhsm.azure
+  local ok, list = pcall(c.list, c, ("/subscriptions/%s/resourceGroups/%s%s"):format(sub, group, provider))
   if not ok then
     if dhsm.error.is(list, "azure") and list.status == 404 then return names end   -- no such group: holds nothing
     error(list, 0)
@@ -105,10 +105,10 @@ end
 function M.group_empty(c, group, doing, sub)
   local names = hsms_held(c, sub or c.subscription, group)
   if #names > 0 then                     -- a refused change: a plan counts it (dhsm.act)
-    error(act.counted(dhsm.error.new { kind = "safety", code = "GroupHoldsHsm",
+    act.refusal { code = "GroupHoldsHsm",
       message = ("not %s resource group %s: it still holds dedicated HSM %s; %s would orphan them and billing "
         .. "would go on (zeroize, delete the HSMs, then the group)"):format(doing or "deleting", group,
-        table.concat(names, ", "), doing and "that" or "deleting it"), details = { hsms = names } }), 0)
+        table.concat(names, ", "), doing and "that" or "deleting it"), details = { hsms = names } }
   end
 end
 

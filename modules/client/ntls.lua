@@ -23,7 +23,6 @@ local dhsm = require "dhsm"
 local net = require "dhsm.net"
 local parse = require "dhsm.luna.parse"
 local proc = require "dhsm.proc"
-local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 
 local M = {}

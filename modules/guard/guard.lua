@@ -145,14 +145,14 @@ function M.check(key, role, device_left, opts)
   local what = ("%s login on %s"):format(M.ROLE_NAMES[role], key)
   -- a refused login is a refused change: a plan counts it even when a body catches it (dhsm.act)
   if left <= 0 then
-    error(act.counted(dhsm.error.new { kind = "safety", code = "NoLoginAttemptsLeft",
-      message = ("refusing the %s: no attempt is left (%s)"):format(what, M.CONSEQUENCES[role]) }), 0)
+    act.refusal { code = "NoLoginAttemptsLeft",
+      message = ("refusing the %s: no attempt is left (%s)"):format(what, M.CONSEQUENCES[role]) }
   end
   if left == 1 then
     if not opts.allow_destructive_login then
-      error(act.counted(dhsm.error.new { kind = "safety", code = "LastLoginAttempt",
+      act.refusal { code = "LastLoginAttempt",
         message = ("refusing the %s: it would be the last attempt; one more failure and %s. "
-          .. "Make sure of the password, then pass allow_destructive_login=true"):format(what, M.CONSEQUENCES[role]) }), 0)
+          .. "Make sure of the password, then pass allow_destructive_login=true"):format(what, M.CONSEQUENCES[role]) }
     end
     dhsm.audit.write { action = "safety.override", target = key, outcome = "allow_destructive_login", role = role }
   end

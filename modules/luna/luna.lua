@@ -528,9 +528,9 @@ function send_line(self, line, pass)
   if type(line) == "string" then
     local verb = classify(line)
     if verb:match("^login") and pass ~= LOGIN_PASS then
-      error(act.counted(dhsm.error.new { kind = "safety", code = "UnguardedLogin",
+      act.refusal { code = "UnguardedLogin",
         message = ("%s: refusing to send '%s': LunaSH could read it as a login, and logins go only through "
-          .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }), 0)
+          .. "the failed-login guard (s:login_so, or s:run with password=)"):format(self.name, masked(line)) }
     end
   end
   local ok, err = pcall(raw[self].shell.write_line, raw[self].shell, line)
@@ -731,10 +731,10 @@ end
 -- Never retried.
 function login(self, role, line, opts)
   if not guard.THRESHOLDS[role] then
-    error(act.counted(dhsm.error.new { kind = "safety", code = "UnsupportedLogin",
+    act.refusal { code = "UnsupportedLogin",
       message = ("%s: refusing '%s': it submits a role's password, which dhsm sends over LunaSH only for the HSM SO "
         .. "(hsm login) and the Auditor (audit login), where the failed-login guard counts it; partition roles log in "
-        .. "through dhsm.pkcs11"):format(self.name, masked(line)) }), 0)
+        .. "through dhsm.pkcs11"):format(self.name, masked(line)) }
   end
   local password = opts.password
   for _, a in ipairs(password == nil and opts.answers or {}) do

@@ -158,7 +158,7 @@ end
 
 -- A refused command is a refused change: a plan counts it even when a body catches it (dhsm.act).
 local function refuse(code, fmt, ...)
-  error(act.counted(dhsm.error.new { kind = "safety", code = code, message = fmt:format(...) }), 0)
+  act.refusal { code = code, message = fmt:format(...) }
 end
 
 -- Remote shells and copies are not run here at all: an appliance is
@@ -172,9 +172,9 @@ local REMOTE = { ssh = true, scp = true, sftp = true, sshpass = true, ["ssh-copy
 local function refuse_remote(argv, cwd)
   local real = resolve(argv[1], cwd)              -- slogin is a link to ssh: what runs counts
   if not REMOTE[program(argv)] and not (real and REMOTE[real:match("[^/]*$"):lower()]) then return end
-  error(act.counted(dhsm.error.new { kind = "safety", code = "AroundTheRules",
+  act.refusal { code = "AroundTheRules",
     message = ("refusing '%s': dhsm.proc runs no remote shell or copy - an appliance is reached through dhsm.luna, "
-      .. "where the login guard, the reboot fix and the network-path rules hold"):format(command_line(argv)) }), 0)
+      .. "where the login guard, the reboot fix and the network-path rules hold"):format(command_line(argv)) }
 end
 
 -- The gate's description of a command that may change something (dhsm.act).

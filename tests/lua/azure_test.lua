@@ -321,6 +321,8 @@ t.test("delete only with evidence of zeroization; then waits until it is gone", 
   t.raises(function() c:get(c:group_path(), { headers = { ["X-A"] = smuggled } }) end, "holds a line end")
   t.raises(function() c:get(c:group_path(), { correlation_id = "x\r\nX-B: y" }) end, "holds a line end")
   t.raises(function() c:get(c:group_path(), { body = {} }) end, "carries no body")
+  t.raises(function() c:get(c:group_path(), { headers = { ["X-A: b\r\nX"] = "y" } }) end, "is not a token")
+  t.raises(function() c:get(c:group_path() .. " HTTP/1.1") end, "blank or control character")
   t.eq(#estate:mutations("DELETE"), deletes, "no DELETE reached ARM")
   -- the client's transport is its own: no method sends around the gate
   t.eq({ c.exchange, c.retrying, c.session }, {}, "no exchange, retrying or session on the client")

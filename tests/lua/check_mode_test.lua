@@ -174,10 +174,15 @@ t.test("nor can a run escape it: a task cut from its parent's context, ctx.check
   end
 end)
 
-t.test("a program only named like a read-only tool is described in check mode, not run", function()
-  local dir = folder()
+-- dir/bin/vtl: a program named like the client's tool that makes dir/made.
+local function fake_vtl(dir)
   sys.mkdir(dir .. "/bin")
   t.write(dir .. "/bin/vtl", ("#!/bin/sh\ntouch %s/made\n"):format(q(dir)), tonumber("755", 8))
+end
+
+t.test("a program only named like a read-only tool is described in check mode, not run", function()
+  local dir = folder()
+  fake_vtl(dir)
   local r = effects(dir, "fake vtl", "--check")
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl show", 1, true), r.stderr)
@@ -206,8 +211,7 @@ end)
 
 t.test("an inventory a run builds does not make a program the real client tool", function()
   local dir = folder()
-  sys.mkdir(dir .. "/bin")
-  t.write(dir .. "/bin/vtl", ("#!/bin/sh\ntouch %s/made\n"):format(q(dir)), tonumber("755", 8))
+  fake_vtl(dir)
   local r = effects(dir, "tool of a made inventory", "--check")
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl verify", 1, true), r.stderr)

@@ -70,7 +70,8 @@ local raw = { execute = os.execute, popen = io.popen, open = io.open, output = i
 local scopes = setmetatable({}, { __mode = "k" })
 
 -- The whole process is planning (dhsm run --check): nothing can end it.
-local process_tally
+-- Its scope, made once (checking() is asked on every write of a file).
+local process_scope
 
 local function new_tally()
   return { described = 0, refused = 0, changes = {} }
@@ -95,8 +96,7 @@ end
 -- The scope in force for the running task, or nil.  A planning process
 -- (check_process) plans in every task, whatever scope a task opened before.
 local function current_scope()
-  if process_tally then return { on = true, locked = true, tally = process_tally } end
-  return scope_of(core.context())
+  return process_scope or scope_of(core.context())
 end
 
 -- checking() -> true when changes are only described
@@ -106,8 +106,7 @@ function M.checking()
 end
 
 local function locked()
-  dhsm.error(M.counted(dhsm.error.new { kind = "safety", code = "CheckModeLocked",
-    message = "check mode cannot be switched off inside a check-mode run" }))
+  M.refusal { code = "CheckModeLocked", message = "check mode cannot be switched off inside a check-mode run" }
 end
 
 -- check_scope(on) -> a value to close (<close>, or :close()): check mode
@@ -129,8 +128,8 @@ end
 -- check_process(): the rest of this process plans (dhsm run --check) ->
 -- its tally.  Called before the playbook is loaded; never undone.
 function M.check_process()
-  process_tally = process_tally or new_tally()
-  return process_tally
+  process_scope = process_scope or { on = true, locked = true, tally = new_tally() }
+  return process_scope.tally
 end
 
 -- tally() -> a copy of {described=, refused=} of the check-mode scope in
@@ -210,6 +209,14 @@ function M.counted(err)
   return err
 end
 
+-- refusal{code=, message=, details=}: raise a safety refusal of a change,
+-- counted as refused in a plan even when a body catches it - the one way
+-- a rule says no (the gate's rules, the login guard, commands dhsm will not send).
+function M.refusal(t)
+  t.kind = "safety"
+  error(M.counted(dhsm.error.new(t)), 0)
+end
+
 -- refuse(call, detail): an effect named `call` that check mode cannot
 -- describe (plain Lua's, an interactive process): refused, and counted.
 function M.refuse(call, detail)
@@ -218,9 +225,9 @@ function M.refuse(call, detail)
   -- shown where it happened, in the plan too: a body that catches the error still had it refused
   local show = core.context().refused
   if show then show(shown) else io.stderr:write("refused ", shown, "\n") end
-  error(M.counted(dhsm.error.new { kind = "safety", code = "CheckModeRefused",
+  M.refusal { code = "CheckModeRefused",
     message = ("check mode: refusing %s: it could change something outside dhsm, and a plan changes nothing")
-      :format(shown) }), 2)
+      :format(shown) }
 end
 
 -- What an intent or outcome record keeps of the description: its start
@@ -527,8 +534,8 @@ do
     return r
   end
   local function refuse_write(f)
-    local path = destination[f]
-    if M.checking() and path and not M.is_private(path) then M.refuse("writing to " .. path) end
+    local path = destination[f]             -- most writes are to handles not recorded: asked first
+    if path and M.checking() and not M.is_private(path) then M.refuse("writing to " .. path) end
   end
   methods.write = function(f, ...)
     refuse_write(f)

@@ -307,11 +307,12 @@ local function cmd_run(opts, pos)
   if opts.check then require("dhsm.act").check_process() end
   require("dhsm.act").confirm_policy(opts.yes == true)
   local inventory = require "dhsm.inventory"        -- its client tools are the real ones (dhsm.proc)
-  inventory.trust_tools(opts.inventory and inventory.load(opts.inventory) or nil)
+  local inv = opts.inventory and inventory.load(opts.inventory) or nil
+  inventory.trust_tools(inv)
   local pb = play.load(find_playbook_or_fail(pos[1]))
   return play.run(pb, M.parse_params(opts.extra), {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
-    inventory = opts.inventory,
+    inventory = inv,                                -- loaded once, here
   })
 end
 
