@@ -105,9 +105,10 @@ local SERIAL = { type = { "string", "integer" } }
 ---------------------------------------------------------------------------
 -- loading
 
--- Chrystoki.conf: $ChrystokiConfigurationPath names its folder.
-function M.chrystoki_conf()
-  local dir = os.getenv("ChrystokiConfigurationPath")
+-- Chrystoki.conf: $ChrystokiConfigurationPath names its folder (getenv:
+-- os.getenv, or the environment as it was when dhsm started).
+function M.chrystoki_conf(getenv)
+  local dir = (getenv or os.getenv)("ChrystokiConfigurationPath")
   if dir and dir ~= "" then return dir .. "/Chrystoki.conf" end
   return "/etc/Chrystoki.conf"
 end
@@ -119,15 +120,16 @@ local function chrystoki_lib(path)
   return require("dhsm.chrystoki").load(path):get("Chrystoki2", "LibUNIX64")
 end
 
--- library_path([path]) -> path, where it came from
-function M.library_path(path)
+-- library_path([path] [, getenv]) -> path, where it came from
+function M.library_path(path, getenv)
   if path ~= nil then
     if type(path) ~= "string" or path == "" then usage("load: the library path must be a string, got %s", type(path)) end
     return path, "argument"
   end
-  local env = os.getenv("DHSM_PKCS11_LIB")
+  getenv = getenv or os.getenv
+  local env = getenv("DHSM_PKCS11_LIB")
   if env and env ~= "" then return env, "$DHSM_PKCS11_LIB" end
-  local conf = M.chrystoki_conf()
+  local conf = M.chrystoki_conf(getenv)
   local lib = chrystoki_lib(conf)
   if lib and lib ~= "" then return lib, conf end
   return M.DEFAULT_PATH, "the Luna client's default"
@@ -154,8 +156,11 @@ local function check_env(env)
   end
 end
 
--- The library configured when dhsm started (its environment as it was then).
-local START_LIBRARY = M.library_path(nil)
+-- The environment that names the library, as it was when dhsm started
+-- (an env= given to load since changes the process's): what check mode
+-- calls the configured library, found when first asked for.
+local START_ENV = { DHSM_PKCS11_LIB = os.getenv("DHSM_PKCS11_LIB"),
+  ChrystokiConfigurationPath = os.getenv("ChrystokiConfigurationPath") }
 
 -- In check mode only the configured library is loaded (the one library_path
 -- found at start, or the -i inventory's client.pkcs11_lib): a library's own
@@ -164,7 +169,7 @@ local function check_configured(where)
   if not act.checking() then return end
   local real = sys.realpath(where)
   local known = require("dhsm.inventory").trusted_tools("pkcs11_lib")
-  known[#known + 1] = START_LIBRARY
+  known[#known + 1] = (M.library_path(nil, function(name) return START_ENV[name] end))
   for _, k in ipairs(known) do
     if real and sys.realpath(k) == real then return end
   end

@@ -655,6 +655,12 @@ t.test("in check mode only the configured library is loaded: its code runs when 
   t.cleanup(function() checking:close() end)
   local err = t.raises(function() pkcs11.load(p11.LIB) end, "not the configured PKCS#11 library")
   t.eq(err.code, "CheckModeRefused")
+  checking:close()
+  -- the library the environment named when dhsm started is the configured one: a plan loads it
+  local q = util.shell_quote
+  local r = t.run("repl", { env = ("DHSM_PKCS11_LIB=%s SOFTHSM2_CONF=%s"):format(q(p11.LIB), q(hsm.conf)),
+    stdin = ":check on\nrequire('dhsm.pkcs11').load():info().manufacturer\n" })
+  t.ok(r.stdout:find('"SoftHSM"', 1, true), r.stdout .. r.stderr)
 end)
 
 t.test("load's env cannot change what the whole process runs or where it writes", function()

@@ -312,7 +312,7 @@ local function cmd_run(opts, pos)
   local pb = play.load(find_playbook_or_fail(pos[1]))
   return play.run(pb, M.parse_params(opts.extra), {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
-    inventory = inv,                                -- loaded once, here
+    inventory = opts.inventory, inventory_loaded = inv,   -- read once, here
   })
 end
 

@@ -517,14 +517,13 @@ end
 -- run(pb, raw_params, opts) -> exit status (0, or what the playbook's
 -- result asks for: its exit_status field), or raises.  The result (a
 -- table) is the --json document's "result".
--- opts: check, yes, resume (run id), json, inventory (a path, or the
--- inventory the front end already loaded), tty (for tests)
+-- opts: check, yes, resume (run id), json, inventory (path), inventory_loaded
+-- (that file as the front end already loaded it), tty (for tests)
 function M.run(pb, raw, opts)
   if opts.check and opts.resume then usage("--check and --resume cannot go together") end
   local tty = opts.tty
   if tty == nil then tty = sys.isatty(0) end
-  local inv = opts.inventory
-  if type(inv) == "string" then inv = inventory.load(inv) end
+  local inv = opts.inventory_loaded or opts.inventory and inventory.load(opts.inventory) or nil
   if pb.inventory and not inv then        -- refused before anything is journaled
     usage("%s needs an inventory (-i FILE or $DHSM_INVENTORY) for %s", pb.name, pb.inventory)
   end
