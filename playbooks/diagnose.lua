@@ -229,19 +229,19 @@ local function partitions(s)
   return out
 end
 
--- dhsm's own failed-login counts for this appliance (its key is
--- "name#serial") and its partitions' tokens ("label#token serial"), and
--- the partitions' own attempts left.
+-- dhsm's own failed-login counts for this appliance and its partitions
+-- (dhsm.guard keeps them by the serials the devices report), and the
+-- partitions' own attempts left.
 local function failed_logins(run, name, serial, parts)
   local mine, bad, warn = {}, {}, {}
-  local prefixes = { name .. "#" }
-  for _, p in ipairs(parts) do prefixes[#prefixes + 1] = (p.label or p.name) .. "#" end
+  local ours = {}
+  if serial then ours[guard.device("hsm", serial).key] = true end
+  for _, p in ipairs(parts) do
+    if p.serial then ours[guard.device("partition", p.serial).key] = true end
+  end
   for _, c in ipairs(guard.counts()) do
-    for _, prefix in ipairs(prefixes) do
-      if (c.key == name or c.key:sub(1, #prefix) == prefix) and c.failures > 0 then
-        mine[#mine + 1] = ("%s %s: %d"):format(c.key, guard.ROLE_NAMES[c.role] or c.role, c.failures)
-        break
-      end
+    if ours[c.key] and c.failures > 0 then
+      mine[#mine + 1] = ("%s %s: %d"):format(c.label, guard.ROLE_NAMES[c.role] or c.role, c.failures)
     end
   end
   for _, p in ipairs(parts) do

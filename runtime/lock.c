@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -90,16 +91,22 @@ static int lock_k(lua_State *L, int status, lua_KContext ctx) {
   return dhsm_wait(L, -1, 0, left < RETRY_SECONDS ? left : RETRY_SECONDS, WAITED, lock_k);
 }
 
-/* lock(path [, timeout]) -> lock | fail, holder pid (or "unknown") | fail, message */
+/* lock(path [, timeout [, mode]]) -> lock | fail, holder pid (or "unknown") | fail, message
+** A lock file made here gets exactly mode (default 0600, whatever the
+** umask): 0660 lets every member of a shared folder's group take it. */
 static int sys_lock(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   double timeout = luaL_optnumber(L, 2, 0);
   luaL_argcheck(L, timeout >= 0, 2, "expected seconds >= 0");
+  mode_t mode = (mode_t)luaL_optinteger(L, 3, 0600);
+  luaL_argcheck(L, (mode & ~(mode_t)0777) == 0, 3, "expected permission bits (0 to 0777)");
   lua_settop(L, 2);
   file_lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
   lk->fd = -1;
   luaL_setmetatable(L, LOCK_MT);
-  lk->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  lk->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (lk->fd >= 0) fchmod(lk->fd, mode);
+  else if (errno == EEXIST) lk->fd = open(path, O_RDWR | O_CLOEXEC);
   if (lk->fd < 0) {
     int e = errno;
     luaL_pushfail(L);

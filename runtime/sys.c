@@ -103,11 +103,13 @@ int dhsm_mkdir_p(const char *dir, int mode) {
     if (mkdir(path, (mode_t)mode) < 0 && errno != EEXIST) return -1;
     *s = '/';
   }
-  if (mkdir(path, (mode_t)mode) < 0 && errno != EEXIST) return -1;
-  return 0;
+  if (mkdir(path, (mode_t)mode) == 0) return chmod(path, (mode_t)mode);  /* the mode asked, not the umask's */
+  return errno == EEXIST ? 0 : -1;
 }
 
-/* mkdir(path [, mode]): like mkdir -p; true | fail, msg */
+/* mkdir(path [, mode]): like mkdir -p; true | fail, msg.  The last folder,
+** when made here, gets exactly mode (setgid included): a folder shared by a
+** group must not lose its group bits to the caller's umask. */
 static int sys_mkdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   if (dhsm_mkdir_p(path, (int)luaL_optinteger(L, 2, 0700)) < 0) return fail_errno(L, path);

@@ -15,9 +15,10 @@ shift
 passed=0 failed=0 skipped=0
 log=$(mktemp)
 # The suite keeps its journals, failed-login counts, history and audit log
-# to itself, never in the operator's ~/.local/state.
+# to itself, never in the operator's ~/.local/state nor in the host's guard
+# folder (/var/lib/dhsm).
 state=$(mktemp -d)
-export XDG_STATE_HOME="$state" DHSM_AUDIT="$state/audit.jsonl"
+export XDG_STATE_HOME="$state" DHSM_AUDIT="$state/audit.jsonl" DHSM_GUARD_DIR="$state/guard"
 trap 'rm -f "$log"; rm -rf "$state"' EXIT
 
 # add "P F S" to the totals
@@ -88,7 +89,7 @@ printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c '
   f=$1; key=$(echo "$f" | tr / _)
   mkdir -p "$XDG_STATE_HOME/$key"
   XDG_STATE_HOME="$XDG_STATE_HOME/$key" DHSM_AUDIT="$XDG_STATE_HOME/$key/audit.jsonl" \
-    "$DHSM_BIN" test --yes "$f" >"$RESULTS/$key.log" 2>&1
+    DHSM_GUARD_DIR="$XDG_STATE_HOME/$key/guard" "$DHSM_BIN" test --yes "$f" >"$RESULTS/$key.log" 2>&1
   echo $? >"$RESULTS/$key.rc"' sh {}
 for f in $files; do
   key=$(echo "$f" | tr / _)

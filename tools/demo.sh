@@ -52,7 +52,9 @@ member_is() {
 
 chapter "0. The estate: two Luna appliances in an HA pair, one spare appliance at Microsoft"
 "$estate" start --dir "$dir" --appliances 2 --spare 1 --client-ready
+# a rehearsal keeps its failed-login counts apart from the host's guard (/var/lib/dhsm)
 export DHSM_INVENTORY="$dir/inventory.json" DHSM_AUDIT="$dir/audit.jsonl" XDG_STATE_HOME="$dir/state" \
+  DHSM_GUARD_DIR="$dir/guard" \
   ChrystokiConfigurationPath="$dir/client"
 for h in hsm1 hsm2; do "$estate" appliance --dir "$dir" "$h" install-fix >/dev/null; done
 p1=$(state .appliances.hsm1.partitions.par1.serial)

@@ -8,7 +8,8 @@
 --                                HSM (GroupHoldsHsm, naming them): the guide's
 --                                "DO NOT DELETE the Resource Group"
 --   DELETE of a dedicated HSM    only with its appliance's zeroization evidence
---                                (zeroized=), or as a Failed deployment's
+--                                (zeroized=) that reports the resource's NIC
+--                                private IP as its own address, or as a Failed deployment's
 --                                leftover (delete_failed=true, read here), or
 --                                allow_unzeroized=true (audited)
 --   PUT of a template deployment in Complete mode: refused while the group
@@ -112,8 +113,17 @@ function M.group_empty(c, group, doing, sub)
   end
 end
 
+-- The private IP of the HSM resource at path, from its NIC (Azure's own
+-- view of which appliance it is); nil when Azure does not say.
+local function nic_ip(c, path)
+  local ok, h = pcall(c.find, c, path)
+  if not ok or not h then return nil end
+  local ip = require("dhsm.azure.hsm").private_ip(c, h)     -- loaded once both exist: it reads through dhsm.azure
+  return ip
+end
+
 -- An HSM resource's DELETE (of the resource at path): on its appliance's
--- word, or as a Failed leftover.
+-- word (bound to it through the NIC), or as a Failed leftover.
 local function hsm_deletable(c, path, name, opts)
   if opts.allow_unzeroized then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
@@ -131,9 +141,9 @@ local function hsm_deletable(c, path, name, opts)
       .. "first and pass its evidence, zeroized = session:zeroized_evidence(entry); the resource cannot be "
       .. "deleted before)", name)
   else
-    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age })
+    local ev = evidence.check(opts.zeroized, name, { max_age = opts.evidence_max_age, nic_ip = nic_ip(c, path) })
     dhsm.audit.write { action = "safety.evidence", target = name, outcome = "zeroized",
-      appliance = ev.appliance, serial = ev.serial, checked_at = ev.checked_at }
+      appliance = ev.appliance, serial = ev.serial, addresses = ev.addresses, checked_at = ev.checked_at }
   end
 end
 

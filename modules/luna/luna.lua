@@ -685,36 +685,50 @@ function Session:network()
 end
 
 -- zeroized_evidence([entry]) -> the evidence dhsm.azure.hsm.delete asks
--- for (dhsm.evidence), when hsm show says zeroized: this appliance's name
--- and serial, the Azure resource it stands for (entry.resource of its
--- inventory entry; without an entry, the session's name, as the inventory
--- defaults it) and when.  entry.serial, when known, must match the device.
+-- for (dhsm.evidence), when hsm show says zeroized: the serial and the
+-- addresses (network show) this session reads from the device now, the
+-- session's name and address, the Azure resource its inventory entry
+-- says it stands for (without an entry, the session's name, as the
+-- inventory defaults it) and when.  entry.serial, when known, must match
+-- the device; the delete then checks the resource's NIC against the
+-- addresses, so a name proves nothing by itself.
+local mint_evidence = require("dhsm.evidence").issuer()
+
 function Session:zeroized_evidence(entry)
   if entry ~= nil and (type(entry) ~= "table" or entry.name ~= self.name) then
     usage("%s: zeroized_evidence(entry) takes this appliance's inventory entry, got %s", self.name,
       type(entry) == "table" and ("the entry of " .. tostring(entry.name)) or type(entry))
   end
-  return require("dhsm.evidence").zeroized(self:hsm_show(), { appliance = self.name,
+  local show = self:hsm_show()
+  return mint_evidence(show, self:network(), { appliance = self.name, host = raw[self].host,
     resource = entry and entry.resource or self.name, serial = entry and entry.serial })
 end
 
 ---------------------------------------------------------------------------
 -- safety
 
-function Session:guard_key()
-  if not self.serial then
-    local ok, h = pcall(self.hsm_show, self)
-    self.serial = ok and h.serial or nil
-  end
-  return self.serial and (self.name .. "#" .. self.serial) or self.name
+-- The guard's identity of this appliance (dhsm.guard.device): the HSM
+-- serial the device reported, read once per session (kept where callers
+-- cannot set it) and checked again at each login's reading; never the
+-- session's name, which is the caller's to choose.
+function Session:guard_device()
+  local r = raw[self]
+  if not r.serial then r.serial = self:hsm_show().serial end
+  return guard.device("hsm", r.serial, self.name)
 end
 
 -- What the device says is left for role, read now; nil when it cannot say
 -- (LunaSH shows it for the HSM SO; for the Auditor, when `audit show` does).
-local function device_left(self, role, after_failure)
+-- The reading is refused when the appliance is not the one the login is
+-- counted for (another device behind the same address since).
+local function device_left(self, role, dev, after_failure)
   if role == "so" then
     local h = self:hsm_show()
-    self.serial = h.serial                -- for guard_key, without asking again
+    if h.serial ~= dev.serial then
+      dhsm.error { kind = "safety", code = "SerialMismatch",
+        message = ("%s now reports HSM serial %s, not %s, the appliance this login is counted for; not attempting")
+          :format(self.name, tostring(h.serial), dev.serial) }
+    end
     if h.zeroized and not after_failure then
       dhsm.error { kind = "safety", code = "Zeroized", message = ("%s is zeroized: there is nothing to log in to"):format(self.name) }
     end
@@ -743,9 +757,9 @@ function login(self, role, line, opts)
   if password == nil then usage("%s: a %s login needs password= (a secret)", self.name, guard.ROLE_NAMES[role]) end
   if not secret.is(password) then usage("%s: the password must be a secret, not a plain string", self.name) end
   local first = true
-  return guard.attempt(self:guard_key(), role, opts, {
-    device_left = function()
-      local left = device_left(self, role, not first)
+  return guard.attempt(self:guard_device(), role, opts, {
+    device_left = function(dev)
+      local left = device_left(self, role, dev, not first)
       first = false
       return left
     end,
@@ -784,13 +798,9 @@ function Session:zeroize_by_failed_logins(serial, opts)
   schema.options("luna zeroize_by_failed_logins", opts, RUN_OPTIONS)
   check_open(self)
   local wrong = secret.value(require("dhsm.sys").random_hex(32))
-  return guard.zeroize_by_failures(self:guard_key(), "so", { zeroize = (opts or {}).zeroize, serial = serial,
+  return guard.zeroize_by_failures(self:guard_device(), "so", { zeroize = (opts or {}).zeroize, serial = serial,
     target = self.name }, {
-    read = function()
-      local h = self:hsm_show()
-      self.serial = h.serial
-      return h
-    end,
+    read = function() return self:hsm_show() end,
     fail = function()
       local r = command(self, "hsm login", "login", { answers = { { match = "[Pp]assword:", answer = wrong } },
         proceed = true }, LOGIN_PASS)

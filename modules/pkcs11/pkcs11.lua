@@ -316,15 +316,15 @@ local LOCKED_HINTS = {
 
 -- The token's label, which an operator types to confirm a destruction.
 local function token_label(self)
-  local key = self:guard_key()
-  return key:match("^(.*)#[^#]*$") or key
+  return self:guard_devices().token.label
 end
 
 -- change(self, action, what, fn, extra) -> fn's results, or in check mode
 -- {check = true, would = ...}
 local function change(self, action, what, fn, extra)
-  local c = { kind = "pkcs11", action = action, target = token_label(self), where = self:guard_key(),
-    audit = "pkcs11." .. action, what = ("%s on token %s"):format(what, self:guard_key()) }
+  local where = self:guard_devices().where
+  local c = { kind = "pkcs11", action = action, target = token_label(self), where = where,
+    audit = "pkcs11." .. action, what = ("%s on token %s"):format(what, where) }
   for k, v in pairs(extra or {}) do c[k] = v end
   return act.change(c, fn)
 end
@@ -369,16 +369,45 @@ function Session:generate_key_pair(mech, public, private, what)
     outcome = function(priv, pub) return "ok", { private = priv, public = pub } end })
 end
 
--- The guard's key for this session's token: "label#serial", read once: a
--- login then touches the token only inside the guard's lock (SoftHSM2, for
--- one, may fail a read that meets another process's write).
-local keys = setmetatable({}, { __mode = "k" })
-function Session:guard_key()
-  if not keys[self] then
-    local tok = self:token()
-    keys[self] = tok.label .. "#" .. tok.serial
+-- The guard's identity of this session's token (dhsm.guard.device), read
+-- once: a login then touches the token only inside the guard's lock
+-- (SoftHSM2, for one, may fail a read that meets another process's write).
+-- A partition is its serial, as the Luna library reports it - the key
+-- LunaCM's and LunaSH's logins are counted under too.  An HA group's
+-- virtual slot (model LunaVirtual, or a serial the client's Chrystoki.conf
+-- lists as a VirtualToken) is each of its member partitions: a login there
+-- is a login on every member.  A virtual slot whose members cannot be told
+-- is refused, not counted under the group's serial.
+-- -> {token = token info, devices = {device, ...}, where = "label#serial"}
+local VIRTUAL_MODEL = "LunaVirtual"
+local identities = setmetatable({}, { __mode = "k" })
+
+local function ha_group_of(tok)
+  local path = M.chrystoki_conf()
+  local readable, conf = false, nil
+  if sys.stat(path) then readable, conf = pcall(require("dhsm.chrystoki").load, path) end
+  for _, g in ipairs(readable and conf:ha_groups() or {}) do
+    if g.serial == tok.serial then return g end
   end
-  return keys[self]
+  if tok.model == VIRTUAL_MODEL then
+    act.refusal { code = "DeviceUnknown",
+      message = ("token %s (serial %s) is an HA group's virtual slot, but %s %s; a login there is a login on every "
+        .. "member, whose attempts cannot be counted without knowing them"):format(tok.label, tok.serial, path,
+        readable and "lists no VirtualToken with that serial" or "cannot be read") }
+  end
+end
+
+function Session:guard_devices()
+  if not identities[self] then
+    local tok = self:token()
+    local group, devices = ha_group_of(tok), {}
+    for i, member in ipairs(group and group.members or {}) do
+      devices[i] = guard.device("partition", member, ("%s member %s"):format(tok.label, member))
+    end
+    if #devices == 0 then devices[1] = guard.device("partition", tok.serial, tok.label) end
+    identities[self] = { token = tok, devices = devices, where = tok.label .. "#" .. tok.serial, group = group }
+  end
+  return identities[self]
 end
 
 -- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
@@ -390,13 +419,17 @@ function Session:login(who, pin, opts)
     usage("login: the PIN must be a dhsm.secret (secret.env, secret.file or secret.prompt), got %s",
       type(pin) == "string" and "a plain string" or type(pin))
   end
-  local key = self:guard_key()
-  -- check, C_Login and record are one critical section per token and role
-  local result = guard.attempt(key, r.role, opts, {
+  local id = self:guard_devices()
+  local key = id.where
+  -- check, C_Login and record are one critical section per partition and
+  -- role (every member's, through an HA slot)
+  local result = guard.attempt(id.devices, r.role, opts, {
+    -- an HA slot's flags stand for every member: an upper bound for each
     device_left = function() return M.device_left(self:token(), who) end,
     try = function()
       -- a login risks a failed attempt: through the gate, not in a dry run
-      local what = ("log in as %s on token %s"):format(guard.ROLE_NAMES[r.role], key)
+      local what = ("log in as %s on token %s%s"):format(guard.ROLE_NAMES[r.role], key,
+        id.group and (" (HA group: every member, %d)"):format(#id.devices) or "")
       local sent, ok, err = act.change({ kind = "login", action = "login", target = token_label(self), where = key,
         audit = "pkcs11.login", what = what, fields = { role = r.role },
         planned = function() return false, { check = true, would = what } end,
@@ -409,8 +442,10 @@ function Session:login(who, pin, opts)
         return nil, true
       end
       if code == "CKR_PIN_INCORRECT" then            -- only a wrong PIN counts
+        local least = math.huge
+        for _, dev in ipairs(id.devices) do least = math.min(least, guard.attempts_left(dev, r.role, nil) - 1) end
         err.message = ("%s; not retried: at most %d attempts left before %s"):format(err.message,
-          guard.attempts_left(key, r.role, nil) - 1, guard.CONSEQUENCES[r.role])
+          least, guard.CONSEQUENCES[r.role])
         return false, err
       end
       if LOCKED_HINTS[code] then err.message = err.message .. ": " .. LOCKED_HINTS[code] end

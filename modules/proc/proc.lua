@@ -316,26 +316,34 @@ function M.lunacm_groups(opts)
   return parse.lunacm_groups(lunacm_read(opts, { "hagroup", "listGroups" }, "\n").stdout)
 end
 
+-- An HA group's members that lunacm reaches (has a slot for): those its
+-- login logs in to.
+local function members_of(opts, group)
+  local by_serial = {}
+  for _, s in ipairs(M.lunacm_slots(opts)) do
+    if not s.virtual then by_serial[s.serial] = s end
+  end
+  local out = {}
+  for _, m in ipairs(group.members) do out[#out + 1] = by_serial[m.serial] end
+  return out
+end
+
+local function group_where(opts, field, value)
+  for _, g in ipairs(M.lunacm_groups(opts).groups) do
+    if g[field] == value then return g end
+  end
+end
+
 -- The partitions a lunacm login command logs in to: the one it names with
--- -serialNumber or -slot, or for synchronize every member of -group that
--- has a slot (lunacm logs in to those it reaches), in serial order.
+-- -serialNumber or -slot - every member when that is an HA group's virtual
+-- slot - or for synchronize every member of -group.
 local function target_slots(opts, words, role)
   if role == "members" then
     local label = commands.option(words, 1, "group", "g")
     if not label then usage("lunacm_login: hagroup synchronize needs -group, so its members' attempts can be counted") end
-    local group
-    for _, g in ipairs(M.lunacm_groups(opts).groups) do
-      if g.label == label then group = g end
-    end
+    local group = group_where(opts, "label", label)
     if not group then usage("lunacm_login: no HA group %s in `lunacm -c hagroup listGroups`", label) end
-    local wanted = {}
-    for _, m in ipairs(group.members) do wanted[m.serial] = true end
-    local found = {}
-    for _, s in ipairs(M.lunacm_slots(opts)) do
-      if wanted[s.serial] then found[#found + 1] = s end
-    end
-    table.sort(found, function(a, b) return a.serial < b.serial end)
-    return found
+    return members_of(opts, group)
   end
   local serial = commands.option(words, 1, "serialnumber", "se")
   local slot = commands.option(words, 1, "slot", "sl")
@@ -346,7 +354,17 @@ local function target_slots(opts, words, role)
     usage("lunacm_login: name the partition with -slot or -serialNumber, so its attempts can be counted")
   end
   for _, s in ipairs(M.lunacm_slots(opts)) do
-    if (serial and s.serial == serial) or (slot and s.id == slot) then return { s } end
+    if (serial and s.serial == serial) or (slot and s.id == slot) then
+      if not s.virtual then return { s } end
+      local group = group_where(opts, "serial", s.serial)
+      if not group then
+        act.refusal { code = "DeviceUnknown",
+          message = ("lunacm_login: slot %s is HA group %s's virtual slot, but `hagroup listGroups` shows no group "
+            .. "with serial %s: its members, each of which the login reaches, cannot be counted"):format(
+            s.id, tostring(s.label), tostring(s.serial)) }
+      end
+      return members_of(opts, group)
+    end
   end
   usage("lunacm_login: no slot %s in `lunacm -c slot list`", serial and ("with serial number " .. serial) or slot)
 end
@@ -357,37 +375,6 @@ local function role_left(opts, slot, role)
     cwd = opts.cwd, timeout = opts.timeout })
   if not ok then return nil end
   return parse.lunacm_role_show(r.stdout)[role]
-end
-
--- The guard's attempt on slots[i], ..., slots[#slots] for role, nested, with
--- try() made once inside all of them: -> outcome, result (as try's).  A
--- refusal by an inner member's guard (its last attempt, a busy lock) comes
--- before lunacm ran: the outer members record no attempt, then it is raised.
-local function attempt_all(opts, slots, role, try)
-  local ran = false
-  local function nest(i)
-    if i > #slots then
-      ran = true
-      return try()
-    end
-    local slot, outcome, refused = slots[i], nil, nil
-    local result = guard.attempt(slot.label .. "#" .. slot.serial, role, opts, {
-      device_left = function() return role_left(opts, slot, role) end,
-      try = function()
-        local ok, o, r = pcall(nest, i + 1)
-        if not ok and not ran then
-          refused = o
-          return nil
-        end
-        if not ok then error(o, 0) end
-        outcome = o
-        return o, r
-      end,
-    })
-    if refused ~= nil then error(refused, 0) end
-    return outcome, result
-  end
-  return nest(1)
 end
 
 -- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
@@ -407,18 +394,24 @@ function M.lunacm_login(opts)
     dhsm.error { kind = "luna", code = "NoMemberReached",
       message = ("lunacm %s: no member of the group has a slot (none reachable)"):format(what) }
   end
-  local names = {}
-  for i, s in ipairs(slots) do names[i] = s.label .. "#" .. s.serial end
-  local _, result = attempt_all(opts, slots, role == "members" and "co" or role, function()
-    local r = run({ argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
-      stdin = { opts.password, "\n" } }, ("log in as %s on partition%s %s (lunacm %s)"):format(
-        guard.ROLE_NAMES[role == "members" and "co" or role], #names > 1 and "s" or "", table.concat(names, ", "), what))
-    if r.check then return nil, r end
-    if r.ok then return true, r end
-    if NOT_ATTEMPTED[r.code] then return nil, r end
-    return false, r                           -- a wrong PIN, or an answer we cannot read: counted
-  end)
-  return result
+  local devices, slot_of, names = {}, {}, {}
+  for i, s in ipairs(slots) do
+    devices[i] = guard.device("partition", s.serial, s.label)
+    slot_of[devices[i].key], names[i] = s, devices[i].label
+  end
+  local guarded = role == "members" and "co" or role
+  return guard.attempt(devices, guarded, opts, {
+    device_left = function(dev) return role_left(opts, slot_of[dev.key], guarded) end,
+    try = function()
+      local r = run({ argv = opts.argv, env = opts.env, cwd = opts.cwd, timeout = opts.timeout,
+        stdin = { opts.password, "\n" } }, ("log in as %s on partition%s %s (lunacm %s)"):format(
+          guard.ROLE_NAMES[guarded], #names > 1 and "s" or "", table.concat(names, ", "), what))
+      if r.check then return nil, r end
+      if r.ok then return true, r end
+      if NOT_ATTEMPTED[r.code] then return nil, r end
+      return false, r                         -- a wrong PIN, or an answer we cannot read: counted
+    end,
+  })
 end
 
 -- What read_until read past its match, per process (a userdata has no fields).

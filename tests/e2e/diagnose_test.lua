@@ -364,12 +364,12 @@ local STATE_ONLY = {
     clear = function() e:control("POST", "/appliances/hsm2/partitions/par1/login", { role = "co", ok = true }) end },
   ["dhsm's own count of a failed login"] = { check = "failed logins", target = "hsm1", status = "WARN", says = "dhsm counted",
     inject = function()
-      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.guard").record("hsm1#%s", "audit", false)'):format(
+      local r = dhsm_sh(("exec -e %s"):format(q(('local g = require("dhsm.guard"); g.record(g.device("hsm", "%s", "hsm1"), "audit", false)'):format(
         e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end,
     clear = function()
-      local r = dhsm_sh(("exec -e %s"):format(q(('require("dhsm.guard").forget("hsm1#%s", "audit")'):format(
+      local r = dhsm_sh(("exec -e %s"):format(q(('local g = require("dhsm.guard"); g.forget(g.device("hsm", "%s"), "audit")'):format(
         e.inventory:hsm("hsm1").serial))))
       t.eq(r.status, 0, r.stderr)
     end },

@@ -1,6 +1,8 @@
 -- Zeroization evidence (dhsm.evidence): made only by dhsm.luna from what the
--- appliance says, tied to the resource its appliance stands for and to a
--- time; dhsm.azure.hsm.delete refuses anything else.
+-- appliance says, tied through Azure's own view (the resource's NIC private
+-- IP among the addresses the appliance reports) to the resource it stands
+-- for, and to a time; dhsm.azure.hsm.delete refuses anything else - before
+-- any DELETE is sent, counted from the estate's own request log.
 local t = require "dhsm.test"
 local luna = require "dhsm.luna"
 local hsm = require "dhsm.azure.hsm"
@@ -21,9 +23,17 @@ local c = estate:azure()
 local s1 = open("hsm1")
 local ev1 = s1:zeroized_evidence(estate.inventory:hsm("hsm1"))
 
-t.test("evidence names the appliance, its serial, the resource it stands for and when", function()
+-- The DELETEs of HSM resources that reached ARM, from the estate's log.
+local function deletes()
+  return #estate:mutations("DELETE /subscriptions/")
+end
+
+t.test("evidence names the appliance, its serial and addresses, the resource it stands for and when", function()
   local entry = estate.inventory:hsm("hsm1")
   t.eq({ ev1.zeroized, ev1.appliance, ev1.serial, ev1.resource }, { true, "hsm1", entry.serial, "hsm1" })
+  local nic = hsm.private_ip(c, hsm.get(c, "hsm1"))
+  t.ok(nic and nic:match("^10%."), tostring(nic))
+  t.eq(ev1.addresses, { nic }, "network show reports the Azure NIC's address")
   t.ok(ev1.checked_at:match("^%d%d%d%d%-%d%d%-%d%dT"), ev1.checked_at)
   t.ok(evidence.is(ev1))
   t.raises(function() ev1.resource = "hsm2" end, "EvidenceReadOnly")
@@ -55,12 +65,59 @@ t.test("a hand-built, decoded or replayed table is not evidence", function()
   t.ok(hsm.get(c, "hsm1"), "hsm1 is still there")
 end)
 
-t.test("old evidence is stale: read it again", function()
-  local err = t.raises(function() evidence.check(ev1, "hsm1", { now = ev1.at + evidence.MAX_AGE + 1 }) end, "EvidenceStale")
+t.test("a name, an edited entry or a made-up reading gives no evidence for another resource", function()
+  local before = deletes()
+  local function refused(ev, code)
+    local err = t.raises(function() hsm.delete(c, "hsm2", { zeroized = ev }) end, code or "EvidenceForOtherHsm")
+    t.eq(err.kind, "safety")
+    return err
+  end
+  -- 1. an entry naming hsm1 whose resource says hsm2
+  local err = refused(s1:zeroized_evidence({ name = "hsm1", resource = "hsm2" }))
+  t.ok(err.message:find("NIC's private IP is 10%.") and err.message:find("zeroized appliance hsm1", 1, true), err.message)
+  -- 2. a session to hsm1 named hsm2
+  local alias = luna.open(estate.inventory:hsm("hsm1"), { name = "hsm2" })
+  t.cleanup(function() alias:close() end)
+  refused(alias:zeroized_evidence())
+  -- 3. the inventory entry edited before the reading
+  local edited = {}
+  for k, v in pairs(estate.inventory:hsm("hsm1")) do edited[k] = v end
+  edited.resource = "hsm2"
+  refused(s1:zeroized_evidence(edited))
+  -- 4. a reading made by hand: the maker is dhsm.luna's alone
+  t.eq(evidence.zeroized, nil, "no public maker")
+  t.raises(function() evidence.issuer() end, "EvidenceIssuer")
+  refused({ zeroized = true, appliance = "hsm2", resource = "hsm2", addresses = { "10.2.1.5" } }, "EvidenceNotGenuine")
+  t.eq(deletes(), before, "no DELETE reached ARM")
+  t.ok(hsm.get(c, "hsm2"), "hsm2 is still there")
+end)
+
+t.test("old evidence is stale: read it again; the age allowed is bounded, and audited", function()
+  local audit = t.audit_log()
+  local nic = hsm.private_ip(c, hsm.get(c, "hsm1"))
+  local err = t.raises(function()
+    evidence.check(ev1, "hsm1", { nic_ip = nic, now = ev1.at + evidence.MAX_AGE + 1 })
+  end, "EvidenceStale")
   t.ok(err.message:find("more than the 900 s allowed", 1, true), err.message)
-  err = t.raises(function() hsm.delete(c, "hsm1", { zeroized = ev1, evidence_max_age = -1 }) end, "EvidenceStale")
-  t.eq(err.kind, "safety")
+  local before = deletes()
+  for _, age in ipairs { -1, 0, math.huge, 0 / 0, evidence.MAX_AGE_LIMIT + 1, "900" } do
+    err = t.raises(function() hsm.delete(c, "hsm1", { zeroized = ev1, evidence_max_age = age }) end,
+      "max_age")
+    t.eq(err.kind, "usage", tostring(age) .. ": " .. err.message)
+  end
+  t.eq(deletes(), before, "no DELETE reached ARM")
   t.ok(hsm.get(c, "hsm1"), "hsm1 is still there")
+  t.eq(evidence.check(ev1, "hsm1", { nic_ip = nic, max_age = 1800 }).serial, ev1.serial)
+  local overrides = {}
+  for _, r in ipairs(t.audit_records(audit)) do
+    if r.action == "safety.override" then overrides[#overrides + 1] = r.outcome .. " " .. math.floor(r.max_age) end
+  end
+  t.eq(overrides, { "evidence_max_age 1800" })
+end)
+
+t.test("evidence without Azure's view of the resource is refused", function()
+  t.raises(function() evidence.check(ev1, "hsm1", {}) end, "EvidenceUnbound")
+  t.raises(function() evidence.check(ev1, "hsm1", { nic_ip = "10.9.9.9" }) end, "EvidenceForOtherHsm")
 end)
 
 t.test("fresh evidence of the right appliance deletes its resource, and says so in the audit log", function()

@@ -134,7 +134,7 @@ t.test("exec asks before zeroize by failed logins and lunacm's deleteGroup, as b
   local zeroize = "return hsm('hsm1'):zeroize_by_failed_logins(inv:hsm('hsm1').serial, { zeroize = true })"
   local r = exec(("-i %s exec -e %s"):format(q(inventory), q(zeroize)))
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("send 3 wrong HSM SO login(s) to hsm1#", 1, true) and r.stderr:find("is destructive (hsm1) and "
+  t.ok(r.stderr:find("send 3 wrong HSM SO login(s) to hsm1 (serial ", 1, true) and r.stderr:find("is destructive (hsm1) and "
     .. "there is no terminal to confirm it on", 1, true), r.stderr)
   local group = "require('dhsm.client.ha').client(inv):must('hagroup', 'deleteGroup', '-label', 'myHA')"
   r = exec(("-i %s exec -e %s"):format(q(inventory), q(group)))

@@ -42,36 +42,46 @@ local function codes(results)
   return out
 end
 
--- A child `dhsm exec` running code (a Lua string) with its own state folder.
-local function child(code, state, extra_env)
-  local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_INVENTORY = estate.dir .. "/inventory.json" }
-  for k, v in pairs(extra_env or {}) do env[k] = v end
+-- A child `dhsm exec` running code (a Lua string) with its own state
+-- folder and the guard folder `guard` (by default one of its own: another
+-- jump host, as far as the guard can tell).
+local function child(code, state, guard)
+  local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_GUARD_DIR = guard or state .. "/guard",
+    DHSM_INVENTORY = estate.dir .. "/inventory.json" }
   -- --yes: automation, so destructive calls (hsm zeroize) are confirmed in advance
   return { argv = { t.dhsm, "exec", "--yes", "-e", code }, env = env, timeout = 120 }
 end
 
--- Two child processes sharing the state folder `state`: each runs `setup`,
--- waits until both have, then runs `go` (Lua that prints words).
--- -> how often each word was printed
-local function two_at_once(setup, go, state)
+-- n child processes, each with a state folder of its own (XDG_STATE_HOME:
+-- two operators on one jump host) and the one guard folder `guard`: each
+-- runs `setup`, waits until all have, then runs `go` (Lua that prints
+-- words).  -> how often each word was printed
+local function at_once(n, setup, go, guard)
   local dir = t.tmpdir()
   local code = ([[%s
     io.open(%q .. "/ready." .. require("dhsm.sys").getpid(), "w"):close()
     while not io.open(%q .. "/go") do dhsm.sleep(0.01) end
     %s]]):format(setup, dir, dir, go)
-  local outputs = dhsm.parallel({ "a", "b", "go" }, function(which)
-    if which ~= "go" then return proc.run(child(code, state)).stdout end
+  local jobs = { "go" }
+  for i = 1, n do jobs[#jobs + 1] = i end
+  local outputs = dhsm.parallel(jobs, function(which)
+    if which ~= "go" then return proc.run(child(code, t.tmpdir(), guard)).stdout end
     local deadline = dhsm.now() + 60
     repeat
       dhsm.sleep(0.02)
       local ready = t.sh("ls " .. util.shell_quote(dir) .. " | grep -c '^ready'").stdout
-    until tonumber(ready) == 2 or dhsm.now() > deadline
+    until tonumber(ready) == n or dhsm.now() > deadline
     t.write(dir .. "/go", "")
     return ""
   end)
   local tally = {}
-  for w in (outputs[1] .. " " .. outputs[2]):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
+  for w in table.concat(outputs, " "):gmatch("%S+") do tally[w] = (tally[w] or 0) + 1 end
   return tally
+end
+
+-- The guard's counts in a guard folder, by key and role.
+local function counts_in(guard)
+  return cjson.decode(util.read_file(guard .. "/logins.json"))
 end
 
 -- Bring the appliance's SO counter to `failures` through the guard itself.
@@ -91,40 +101,50 @@ end
 ---------------------------------------------------------------------------
 -- 1. the race
 
-t.test("five tasks, five sessions, five wrong SO logins at once: the appliance keeps one attempt", function()
-  local results = dhsm.parallel({ 1, 2, 3, 4, 5 }, function()
-    local s = open("hsm1")
-    local ok, err = pcall(s.login_so, s, wrong())
-    return { ok = ok, code = not ok and dhsm.error.normalize(err).code or nil }
-  end)
-  local state = so_state("hsm1")
-  t.eq(state, { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
-  t.eq(codes(results), { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = 3 })
-  reset_so("hsm1")
-end, { timeout = 120 })
+-- The race matrix: n wrong HSM SO logins at once, from n tasks whose
+-- sessions have n different names, and from n processes with n different
+-- state folders.  make test runs n = 3; `make races` runs 3, 5 and 10
+-- (DHSM_RACES=full).
+local RACES = os.getenv("DHSM_RACES") == "full" and { 3, 5, 10 } or { 3 }
 
-t.test("two dhsm processes, three wrong SO logins each, at once: the appliance keeps one attempt", function()
-  local state = t.tmpdir()
-  -- each child: three sessions ready, then all three log in once both are
-  local tally = two_at_once([[
-    local luna = require "dhsm.luna"
-    local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
-    local sessions = {}
-    for i = 1, 3 do sessions[i] = luna.open(inv:hsm("hsm2")) end
-  ]], [[
-    local out = dhsm.parallel(sessions, function(s)
-      local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
-      return ok and "ok" or dhsm.error.normalize(err).code
-    end)
-    print(table.concat(out, " "))
-  ]], state)
-  t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
-  t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = 4 })
-  local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
-  local key = ("hsm2#%s/so"):format(entry("hsm2").serial)
-  t.eq(counts[key].failures, 2, "both processes' failures are in the shared count")
-  reset_so("hsm2")
-end, { timeout = 120 })
+local function range(n)
+  local out = {}
+  for i = 1, n do out[i] = i end
+  return out
+end
+
+for _, n in ipairs(RACES) do
+  t.test(("%d tasks, %d session names, %d wrong SO logins at once: the appliance keeps one attempt"):format(n, n, n),
+    function()
+      local results = dhsm.parallel(range(n), function(i)
+        local s = luna.open(entry("hsm1"), { name = "alias" .. i })      -- a name is a label, not an identity
+        t.cleanup(function() s:close() end)
+        local ok, err = pcall(s.login_so, s, wrong())
+        return { ok = ok, code = not ok and dhsm.error.normalize(err).code or nil }
+      end)
+      t.eq(so_state("hsm1"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
+      t.eq(codes(results), { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 })
+      reset_so("hsm1")
+    end, { timeout = 120 + 20 * n })
+
+  t.test(("%d processes, %d state folders, one guard: %d wrong SO logins at once leave one attempt"):format(n, n, n),
+    function()
+      local guard_dir = t.tmpdir()
+      local tally = at_once(n, [[
+        local luna = require "dhsm.luna"
+        local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
+        local s = luna.open(inv:hsm("hsm2"), { name = "operator-" .. require("dhsm.sys").getpid() })
+      ]], [[
+        local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+        print(ok and "ok" or dhsm.error.normalize(err).code)
+      ]], guard_dir)
+      t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
+      t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 })
+      local key = ("hsm:%s/so"):format(estate:state().appliances.hsm2.serial)
+      t.eq(counts_in(guard_dir)[key].failures, 2, "every process's failures are in the one count, under the serial")
+      reset_so("hsm2")
+    end, { timeout = 120 + 20 * n })
+end
 
 t.test("after a failure the device is read again: attempts lost elsewhere are counted", function()
   -- another dhsm, with a count of its own, makes one wrong attempt we know nothing of
@@ -136,7 +156,8 @@ t.test("after a failure the device is read again: attempts lost elsewhere are co
   t.ok(r.stdout:find("false", 1, true), r.stdout .. r.stderr)
   t.eq(so_state("hsm3").failures, 1)
   local s = open("hsm3")
-  local key = s:guard_key()
+  local key = s:guard_device()
+  t.eq(key.key, "hsm:" .. estate:state().appliances.hsm3.serial, "the HSM's own serial, not the session's name")
   t.eq(guard.failures(key, "so"), 0)
   t.raises(function() s:login_so(wrong()) end, "LUNA_RET_UM_PIN_INCORRECT")
   t.eq(so_state("hsm3").failures, 2)
@@ -149,11 +170,11 @@ t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the toke
   local p11 = require "support.p11"
   if not p11.available() then t.skip("SoftHSM2 is not installed") end
   local hsm = p11.softhsm { "race" }
-  local state = t.tmpdir()
-  local tally = two_at_once(([[
+  local guard_dir = t.tmpdir()
+  local tally = at_once(2, ([[
     local lib = require("dhsm.pkcs11").load(%q, { env = { SOFTHSM2_CONF = %q } })
     local s = lib:open { label = "race", rw = true }
-    s:guard_key()     -- read the token now: SoftHSM2 may fail a read that meets the other's write
+    s:guard_devices()     -- read the token now: SoftHSM2 may fail a read that meets the other's write
   ]]):format(p11.LIB, hsm.conf), [[
     local out = {}
     for _ = 1, 6 do
@@ -161,18 +182,17 @@ t.test("two processes, six wrong PKCS#11 PINs each, at once: nine reach the toke
       out[#out + 1] = ok and "ok" or dhsm.error.normalize(err).code
     end
     print(table.concat(out, " "))
-  ]], state)
+  ]], guard_dir)
   t.eq(tally, { CKR_PIN_INCORRECT = 9, LastLoginAttempt = 3 })
-  local counts = cjson.decode(util.read_file(state .. "/dhsm/logins.json"))
   local n = 0
-  for _, c in pairs(counts) do n = n + c.failures end
+  for _, c in pairs(counts_in(guard_dir)) do n = n + c.failures end
   t.eq(n, 9, "every failure of both processes is in the shared count")
 end, { timeout = 120 })
 
 t.test("a failed-login count that cannot be read refuses every login rather than assume none", function()
   local state, before = t.tmpdir(), so_state("hsm1")
-  require("dhsm.sys").mkdir(state .. "/dhsm", tonumber("700", 8))
-  t.write(state .. "/dhsm/logins.json", '{"hsm1#1/so": {"failures": 2')     -- cut short
+  require("dhsm.sys").mkdir(state .. "/guard", tonumber("700", 8))
+  t.write(state .. "/guard/logins.json", '{"hsm:1/so": {"failures": 2')     -- cut short
   local r = proc.run(child([[
     local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
     local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
@@ -464,14 +484,14 @@ t.test("zeroize by failed logins stops when the device does not count, stops say
   for i, c in ipairs(cases) do
     local steps, sent = pretend(c[2], c[3])
     local err = t.raises(function()
-      guard.zeroize_by_failures("pretend-" .. i .. "#S1", "so", { zeroize = true, serial = "S1" }, steps)
+      guard.zeroize_by_failures(guard.device("hsm", "P" .. i), "so", { zeroize = true, serial = "S1" }, steps)
     end, "NotCounting")
     t.ok(err.message:find(c[1], 1, true), err.message)
     t.eq(sent(), 1, "stopped after the first attempt: " .. c[1])
   end
   local steps, sent = pretend { { serial = "S1", attempts_left = 2 }, { serial = "S1", attempts_left = 1 },
     { serial = "S1", zeroized = true } }
-  t.eq(guard.zeroize_by_failures("pretend-ok#S1", "so", { zeroize = true, serial = "S1" }, steps),
+  t.eq(guard.zeroize_by_failures(guard.device("hsm", "P0"), "so", { zeroize = true, serial = "S1" }, steps),
     { attempts = 2, zeroized = true })
   t.eq(sent(), 2)
 end)

@@ -205,7 +205,7 @@ t.test("the failure count persists across sessions", function()
   t.raises(function() s:login_so(dhsm.secret.value("bad")) end, "luna")
   s:close()
   local guard = require "dhsm.guard"
-  local key = inv_entry("hsm1").name .. "#" .. inv_entry("hsm1").serial
+  local key = guard.device("hsm", inv_entry("hsm1").serial)
   t.eq(guard.failures(key, "so"), 1)
   local s2 = open("hsm1")
   s2:login_so(estate:secret("hsm1_so_password"))

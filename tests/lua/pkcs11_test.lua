@@ -42,10 +42,12 @@ local function open(lib, label, opts)
   return s
 end
 
--- A read-write session on token `label` and the guard's key for it.
+-- A read-write session on token `label` and the guard's device for it.
 local function guarded(label)
   local s = open(hsm:load(), label)
-  return s, s:guard_key()
+  local id = s:guard_devices()
+  t.eq(#id.devices, 1, "one partition")
+  return s, id.devices[1]
 end
 
 -- A logged-in read-write session on "main".
@@ -319,7 +321,7 @@ t.test("the token's PIN flags map to attempts left; a locked token is not tried"
   t.eq(pkcs11.device_left({ user_pin_count_low = false }, "user"), nil)
   t.eq(pkcs11.device_left({ so_pin_final_try = true, user_pin_locked = true }, "so"), 1)
   t.eq(pkcs11.device_left({ so_pin_count_low = true }, "so"), 9)
-  local key = "flags-test#0"
+  local key = guard.device("partition", "0000000")
   t.cleanup(function() guard.forget(key, "co") end)
   t.raises(function() guard.check(key, "co", pkcs11.device_left({ user_pin_locked = true }, "user"), {}) end,
     "NoLoginAttemptsLeft")

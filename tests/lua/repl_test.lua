@@ -120,12 +120,12 @@ t.test("completion offers public methods only, on every object type", function()
   end
   local expect = {
     ["s:"] = { has = { "run", "must", "hsm_show", "login_so", "get", "put", "close" },
-               hidden = { "exchange", "read_until", "send_line", "guard_key", "__close", "__tostring" } },
+               hidden = { "exchange", "read_until", "send_line", "guard_device", "__close", "__tostring" } },
     ["c:"] = { has = { "get", "put", "delete", "wait", "list", "group_path" },
                hidden = { "fetch_token", "exchange", "retrying", "own_url", "poll", "forget_token", "url" } },
     ["n."] = { has = { "tcp", "tls", "certs", "same_cert" }, hidden = {} },
     ["lib:"] = { has = { "find_token", "tokens", "slots", "open", "info" }, hidden = { "open_slot" } },
-    ["ps:"] = { has = { "login", "sign", "generate_ec", "find" }, hidden = { "generate_key", "generate_key_pair", "guard_key" } },
+    ["ps:"] = { has = { "login", "sign", "generate_ec", "find" }, hidden = { "generate_key", "generate_key_pair", "guard_devices" } },
   }
   for word, e in pairs(expect) do
     if objects[word:match("^(%w+)")] then

@@ -74,13 +74,13 @@ function SoftHSM:so_pin(label)
   return dhsm.secret.file(("%s/%s.so.pin"):format(self.dir, label))
 end
 
--- The guard's counts for these tokens are kept in the user's state
--- folder: drop them when done.
+-- The guard's counts for these tokens are kept in the guard's folder
+-- (a test's own, $DHSM_GUARD_DIR): drop them when done.
 function SoftHSM:forget_logins()
   local lib = pkcs11.load(M.LIB, { env = self:env() })
   for _, tok in ipairs(lib:tokens()) do
-    guard.forget(tok.label .. "#" .. tok.serial, "co")
-    guard.forget(tok.label .. "#" .. tok.serial, "pso")
+    guard.forget(guard.device("partition", tok.serial), "co")
+    guard.forget(guard.device("partition", tok.serial), "pso")
   end
   lib:close()
 end

@@ -454,12 +454,14 @@ audit.set_path = guarded("dhsm.audit.set_path", raw.set_path, always)
 
 -- The failed-login guard's lock files and the REPL's history are dhsm's
 -- own (logins.json is not: clearing a count is a change, refused in check
--- mode like any other write).
+-- mode like any other write).  The system guard folder is an
+-- administrator's to make (dhsm.guard says how); a test's is made here.
 do
   local state = os.getenv("XDG_STATE_HOME")
   if not state or state == "" then state = (os.getenv("HOME") or ".") .. "/.local/state" end
-  local locks = state .. "/dhsm/logins.locks"
-  raw.mkdir(locks, tonumber("700", 8))
+  local guard = require("dhsm.paths").guard_dir()
+  local locks = guard .. "/locks"
+  if guard ~= require("dhsm.paths").SYSTEM_GUARD_DIR or sys.stat(guard) then raw.mkdir(locks, tonumber("2770", 8)) end
   for _, path in ipairs { locks, state .. "/dhsm/history" } do
     local real = landing(path)
     if real then own[real] = true end

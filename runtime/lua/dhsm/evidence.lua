@@ -2,29 +2,41 @@
 -- dhsm.azure.hsm.delete asks for before it deletes the HSM resource.
 --
 --   local ev = session:zeroized_evidence(inventory:hsm("hsm1"))   -- dhsm.luna makes it
---   ev.appliance, ev.serial, ev.resource, ev.checked_at, ev.at     -- read-only
---   evidence.check(ev, "hsm1", { max_age = 900 })                  -- hsm.delete does this
+--   ev.appliance, ev.serial, ev.addresses, ev.host, ev.resource, ev.checked_at, ev.at   -- read-only
+--   evidence.check(ev, "hsm1", { nic_ip = "10.2.1.4", max_age = 900 })   -- the HSM delete's rule does this
 --
--- An evidence object names the appliance (inventory name and serial), the
--- Azure resource it stands for (the inventory entry's `resource`) and when
--- `hsm show` said zeroized.  It is a read-only object registered here when
--- made; only registered objects count.
+-- An evidence object holds what one LunaSH session read from the device
+-- itself: `hsm show` said zeroized, with this HSM serial, and `network show`
+-- gave these addresses.  It also holds the session's label (appliance),
+-- the address it reached (host) and the resource the operator's inventory
+-- says it stands for.  A delete accepts it only through Azure's own view:
+-- the HSM resource's NIC private IP must be one of the addresses the
+-- appliance reported (and so must the session's address, when that is an
+-- IP literal other than loopback: a tunnel's 127.0.0.1 says nothing), and
+-- the inventory's resource must be the one deleted.  A name the caller gives
+-- a session, an inventory entry edited before the reading or a made-up
+-- reading therefore cannot stand for another resource.  Evidence is made
+-- by one function, handed once to dhsm.luna when it loads (which dhsm does
+-- before any runbook runs); only objects it made count.
 --
--- What this protects against: mistakes.  A hand-built table
--- ({zeroized = true}), evidence decoded from JSON or replayed from a run
--- journal (plain tables), hsm1's evidence passed to delete hsm2, evidence
--- older than max_age (the appliance may have been re-initialised since),
--- fields edited after the reading.
--- What it does not protect against: code that means to forge (it can call
--- M.zeroized with a made-up reading, or use the debug library), an
--- appliance that lies, an inventory that maps an appliance to the wrong
--- resource.  It is a guard rail, not an authentication.
+-- What this protects against: mistakes and misuse through dhsm's API - a
+-- hand-built table ({zeroized = true}), evidence decoded from JSON or
+-- replayed from a run journal (plain tables), hsm1's evidence passed to
+-- delete hsm2, a session named after another appliance, evidence older
+-- than max_age (the appliance may have been re-initialised since), fields
+-- edited after the reading.
+-- What it does not protect against: code that means to forge (the debug
+-- library reaches any upvalue), an appliance that lies about its state or
+-- its addresses, two Azure HSMs whose NICs have the same private IP in
+-- different virtual networks while the operator's path reaches the wrong
+-- one.  It is a guard rail, not an authentication.
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
 
 local M = {}
 
-M.MAX_AGE = 15 * 60          -- seconds a reading stays good for a delete
+M.MAX_AGE = 15 * 60          -- seconds a reading stays good for a delete, by default
+M.MAX_AGE_LIMIT = 60 * 60    -- the most a caller may allow (max_age=): an hour
 
 local genuine = setmetatable({}, { __mode = "k" })   -- evidence object -> its fields
 
@@ -39,28 +51,60 @@ local Evidence = {
   __pairs = function(self) return next, genuine[self], nil end,
   __tostring = function(self)
     local f = genuine[self]
-    return ("zeroization evidence: appliance %s (serial %s) for resource %s, read %s"):format(
-      f.appliance, tostring(f.serial), f.resource, f.checked_at)
+    return ("zeroization evidence: appliance %s (serial %s, %s) for resource %s, read %s"):format(
+      f.appliance, tostring(f.serial), table.concat(f.addresses or {}, " "), f.resource, f.checked_at)
   end,
 }
 
--- zeroized(show, {appliance=, resource=, serial=}) -> evidence.  show is
--- the parsed `hsm show` (dhsm.luna.parse); serial, when the inventory
--- knows it, must be the one the appliance reports.  For dhsm.luna.
-function M.zeroized(show, o)
+-- The addresses of a parsed `network show` (dhsm.luna.parse), sorted.
+local function addresses_of(net)
+  local out = {}
+  for _, i in pairs(net and net.interfaces or {}) do
+    if i.ip then out[#out + 1] = i.ip end
+  end
+  table.sort(out)
+  return out
+end
+
+-- zeroized(show, net, {appliance=, host=, resource=, serial=}) -> evidence.
+-- show and net: the parsed `hsm show` and `network show` of one session;
+-- serial, when the inventory knows it, must be the one the appliance
+-- reports.  Handed to dhsm.luna only (issuer below).
+local function zeroized(show, net, o)
   if not show.zeroized then
     refuse("NotZeroized", "%s is not zeroized (%s login attempts left before zeroization)",
       o.appliance, tostring(show.attempts_left))
+  end
+  if type(show.serial) ~= "string" or show.serial == "" then
+    refuse("DeviceUnknown", "%s reports no HSM serial: its zeroized state cannot be tied to a device", o.appliance)
   end
   if o.serial and show.serial ~= o.serial then
     refuse("SerialMismatch", "%s reports serial %s, the inventory says %s: this is not the appliance the "
       .. "inventory describes, so its state proves nothing about resource %s", o.appliance, tostring(show.serial),
       o.serial, o.resource)
   end
+  local addresses = addresses_of(net)
+  if #addresses == 0 then
+    refuse("DeviceUnknown", "%s reports no interface address (network show): its zeroized state cannot be tied "
+      .. "to an Azure resource", o.appliance)
+  end
   local ev = setmetatable({}, Evidence)
-  genuine[ev] = { zeroized = true, appliance = o.appliance, serial = show.serial, resource = o.resource,
-    at = sys.time(), checked_at = sys.rfc3339() }
+  genuine[ev] = { zeroized = true, appliance = o.appliance, serial = show.serial, addresses = addresses,
+    host = o.host, resource = o.resource, at = sys.time(), checked_at = sys.rfc3339() }
   return ev
+end
+
+local issued = false
+
+-- issuer() -> zeroized: the function that makes evidence, once per
+-- process.  dhsm.luna takes it when it loads; any later caller is refused.
+function M.issuer()
+  if issued then
+    refuse("EvidenceIssuer", "zeroization evidence is made by dhsm.luna from the device's own readings "
+      .. "(session:zeroized_evidence()), not by hand")
+  end
+  issued = true
+  return zeroized
 end
 
 -- planned(appliance, resource) -> evidence that stands for a zeroization
@@ -85,10 +129,42 @@ function M.describe(ev)
   return out
 end
 
--- check(ev, resource, {max_age=, now=}): raises a safety error unless ev
--- is genuine evidence, of the appliance standing for `resource`, recent.
+local function is_ip_literal(host)
+  return type(host) == "string" and (host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil)
+end
+
+local function is_loopback(host)
+  return host:match("^127%.") ~= nil or host:lower():match("^::ffff:127%.") ~= nil or host == "::1"
+end
+
+local function listed(list, value)
+  for _, v in ipairs(list or {}) do
+    if v == value then return true end
+  end
+  return false
+end
+
+-- The age a caller allows: finite, positive, at most MAX_AGE_LIMIT;
+-- anything but the default is audited.
+local function allowed_age(max_age, resource)
+  if max_age == nil then return M.MAX_AGE end
+  if math.type(max_age) == nil or max_age ~= max_age or max_age <= 0 or max_age > M.MAX_AGE_LIMIT then
+    dhsm.error { kind = "usage", message = ("evidence max_age: expected seconds, more than 0 and at most %d, got %s")
+      :format(M.MAX_AGE_LIMIT, tostring(max_age)) }
+  end
+  if max_age ~= M.MAX_AGE then
+    dhsm.audit.write { action = "safety.override", target = resource, outcome = "evidence_max_age", max_age = max_age }
+  end
+  return max_age
+end
+
+-- check(ev, resource, {nic_ip=, max_age=, now=}): raises a safety error
+-- unless ev is genuine evidence of the appliance standing for `resource`
+-- - whose NIC private IP (nic_ip, read from Azure) the appliance reported
+-- - and recent.
 function M.check(ev, resource, opts)
   opts = opts or {}
+  local max_age = allowed_age(opts.max_age, resource)
   local f = genuine[ev]
   if not f then
     refuse("EvidenceNotGenuine", "not deleting HSM %s: the zeroization evidence given is %s, not a reading "
@@ -103,7 +179,20 @@ function M.check(ev, resource, opts)
     refuse("EvidenceForOtherHsm", "not deleting HSM %s: the zeroization evidence is of appliance %s (serial %s), "
       .. "which stands for resource %s", resource, f.appliance, tostring(f.serial), tostring(f.resource))
   end
-  local max_age = opts.max_age or M.MAX_AGE
+  if f.planned then return f end          -- a plan's stand-in: nothing was read to compare with Azure
+  if type(opts.nic_ip) ~= "string" or opts.nic_ip == "" then
+    refuse("EvidenceUnbound", "not deleting HSM %s: its NIC's private IP cannot be read from Azure, so nothing ties "
+      .. "appliance %s's zeroized state to this resource", resource, f.appliance)
+  end
+  if not listed(f.addresses, opts.nic_ip) then
+    refuse("EvidenceForOtherHsm", "not deleting HSM %s: its NIC's private IP is %s, but the zeroized appliance %s "
+      .. "(serial %s) reports %s: it is another appliance's state", resource, opts.nic_ip, f.appliance,
+      tostring(f.serial), table.concat(f.addresses, ", "))
+  end
+  if is_ip_literal(f.host) and not is_loopback(f.host) and not listed(f.addresses, f.host) then
+    refuse("EvidenceForOtherHsm", "not deleting HSM %s: the session reached %s, which is not one of the zeroized "
+      .. "appliance's addresses (%s)", resource, f.host, table.concat(f.addresses, ", "))
+  end
   local age = (opts.now or sys.time()) - f.at
   if age > max_age then
     refuse("EvidenceStale", "not deleting HSM %s: appliance %s was seen zeroized at %s, %d s ago, more than "

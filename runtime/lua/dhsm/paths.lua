@@ -1,4 +1,5 @@
--- dhsm.paths: where modules and playbooks are looked up.
+-- dhsm.paths: where modules and playbooks are looked up, and where the
+-- failed-login guard keeps its counts (guard_dir: dhsm.guard, dhsm.act).
 --
 -- User folders (-I DIR, then $DHSM_PATH) come first for playbooks, then
 -- what is embedded in the binary.  In a user folder, module a.b is a/b.lua
@@ -8,6 +9,15 @@
 local sys = require "dhsm.sys"
 
 local M = { dirs = {} }
+
+-- The failed-login guard's folder: one per host, whatever the user's state
+-- folder; $DHSM_GUARD_DIR moves it (for tests: it splits the guard).
+M.SYSTEM_GUARD_DIR = "/var/lib/dhsm"
+
+function M.guard_dir()
+  local chosen = os.getenv("DHSM_GUARD_DIR")
+  return (chosen and chosen ~= "") and chosen or M.SYSTEM_GUARD_DIR
+end
 
 function M.set(dirs)
   M.dirs = dirs
