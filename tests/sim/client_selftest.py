@@ -26,7 +26,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from appliance_selftest import Box, read  # noqa: E402
+from appliance_selftest import Box, opensc_tokens, p11_tokens, read  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
 from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
@@ -259,6 +259,27 @@ class ExchangeTest(unittest.TestCase):
         vtl(EMPTY, "deleteServer", "-n", "127.0.0.1", "-p", str(self.hsm2.ntls_port))
         self.assertEqual(vtl(EMPTY, "listServers").stdout.strip(),
                          f"Server: 127.0.0.1 Port: {self.hsm1.ntls_port} HTL required: no")
+
+
+# serials: LunaCM, the appliance and PKCS#11 agree ------------------------------------------------
+class SerialTest(unittest.TestCase):
+    def test_slot_list_serial_is_the_pkcs11_token_serial(self):
+        """What a real client shows: LunaCM's `Serial Number`, the appliance's `partition list` and the
+        token serial its PKCS#11 library reports are one number, the Luna partition serial."""
+        _, out = lunacm(READY, "slot", "list")
+        slots = re.findall(r"Label ->\s+(\S+)\n\s+Serial Number ->\s+(\d+)\n", out)
+        self.assertGreaterEqual(len(slots), 2, out)  # par1 of each appliance, and what other tests added
+        conf_file = os.path.join(READY, "softhsm2.conf")
+        tokens = p11_tokens(conf_file)
+        listed = {}
+        for name in ("hsm1", "hsm2"):
+            listed.update(re.findall(r"^(\d{10,})\s+(\S+)\s+\d", Box(name, READY).ok("partition list"), re.M))
+        for label, serial in slots:
+            self.assertEqual(tokens.get(serial), label)
+            self.assertIn(serial, listed)
+        if shutil.which("pkcs11-tool"):
+            seen = opensc_tokens("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})
+            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, seen)
 
 
 # HA groups on the ready client --------------------------------------------------------------

@@ -5,7 +5,8 @@ initialisation and PIN resets go through the library instead. Every operation
 initialises the library, works, and finalises it again: SoftHSM reads its token
 directory at C_Initialize, so this always sees what other processes (a PKCS#11
 client, softhsm2-util --delete-token) did in between. One lock serialises it:
-SoftHSM's state is per process.
+SoftHSM's state is per process. It is reentrant, so a caller can hold it across
+an operation and what must follow the library's C_Finalize (softhsm.TokenStore.create).
 """
 import contextlib
 import ctypes
@@ -44,7 +45,7 @@ class P11Error(Exception):
 class Library:
     """One SoftHSM2 library bound to one configuration file."""
 
-    _lock = threading.Lock()
+    lock = threading.RLock()
 
     def __init__(self, conf_path, path=LIBRARY):
         self.conf_path, self.path = conf_path, path
@@ -56,7 +57,7 @@ class Library:
             raise P11Error(name, rv)
 
     def __enter__(self):
-        self._lock.acquire()
+        self.lock.acquire()
         try:
             # SoftHSM reads SOFTHSM2_CONF at C_Initialize; the daemon serves one estate, so
             # setting it for the process is harmless and keeps the environment of children right.
@@ -64,7 +65,7 @@ class Library:
             self._lib = self._lib or ctypes.CDLL(self.path)
             self._call("C_Initialize", None)
         except BaseException:
-            self._lock.release()
+            self.lock.release()
             raise
         return self
 
@@ -72,7 +73,7 @@ class Library:
         try:
             self._lib.C_Finalize(None)
         finally:
-            self._lock.release()
+            self.lock.release()
 
     # queries -------------------------------------------------------------------
     def slots(self):
