@@ -1,6 +1,6 @@
 # dhsm - automation for Azure Dedicated HSM (Thales Luna Network HSM 7).
 #
-#   make            build ./dhsm
+#   make            build ./dhsm (and the simulated client's PKCS#11 library, build/sim/)
 #   make deps       install the Debian packages the build, tests and simulator need
 #   make test       build and run every test; last line "N passed, N failed"
 #   make check      the same under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -44,10 +44,13 @@ LUA_FILES   := $(sort $(wildcard runtime/lua/dhsm/*.lua runtime/lua/dhsm/*/*.lua
 DATA_FILES  := $(sort $(wildcard playbooks/templates/* modules/*/*.tsv))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
+# The simulated estate's Luna client library (tests/sim/lunaclient/cryptoki): SoftHSM2 plus
+# the HA groups' virtual slots. The estate looks for it in build/sim/ (or $DHSM_SIM_CRYPTOKI).
+SIM_CRYPTOKI := $(O)/sim/libcryptoki-sim.so
 
 .DELETE_ON_ERROR:
 .PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man
-all: $(BIN)
+all: $(BIN) $(SIM_CRYPTOKI)
 
 $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
@@ -74,6 +77,12 @@ $(O)/embedded.c: $(O)/tools/embedlua $(LUA_FILES) $(DATA_FILES)
 	@for f in $(LUA_FILES); do $(LUAC) -p $$f || exit 1; done  # one by one: 5.4.4's luac -p frees twice with several
 	$(O)/tools/embedlua $@ $(LUA_FILES) $(DATA_FILES)
 
+# Not sanitized (a preloaded runtime would be needed by every program loading it): no $(SAN).
+$(SIM_CRYPTOKI): tests/sim/lunaclient/cryptoki/cryptoki.c | $(O)/.dirs
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPT) $(WARN) -fPIC -shared -fvisibility=hidden $(shell $(PKG) --cflags p11-kit-1) \
+	  -o $@ $< -ldl -lpthread
+
 $(O)/tests/%: tests/unit/%.c $(LIB_OBJ) | $(O)/.dirs
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
 
@@ -91,7 +100,8 @@ test: deps
 check: deps
 	@if command -v clang >/dev/null; then \
 	  $(MAKE) --no-print-directory -s O=build-clang BIN=build-clang/dhsm CC=clang build-clang/dhsm \
-	    && echo "clang: build clean with -Wall -Wextra -Werror"; fi
+	    build-clang/sim/libcryptoki-sim.so && echo "clang: build clean with -Wall -Wextra -Werror"; fi
+	@$(MAKE) --no-print-directory -s $(SIM_CRYPTOKI)
 	@$(MAKE) --no-print-directory -s O=build-san BIN=build-san/dhsm \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  OPT="-O1 -g" build-san/dhsm unit

@@ -6,7 +6,7 @@ set -eu
 PKGS="gcc make pkg-config
 liblua5.4-dev lua5.4 lua-cjson-dev
 libcurl4-openssl-dev libssh2-1-dev libssl-dev openssl libedit-dev
-libp11-kit-dev libcmocka-dev softhsm2
+libp11-kit-dev libcmocka-dev softhsm2 opensc
 python3 python3-paramiko python3-cryptography
 tmux procps openssh-client openssh-server time jq"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Self-test of the simulated Luna appliances: starts an estate with three appliances
 in a temporary directory and drives them over real SSH (paramiko and OpenSSH's ssh/scp),
-NTLS (ssl) and SoftHSM2 (softhsm2-util). Last line: "N passed, N failed".
+NTLS (ssl) and SoftHSM2 (softhsm2-util, the ctypes view of appliance/p11.py and OpenSC's
+pkcs11-tool). Last line: "N passed, N failed".
 
     /usr/bin/python3 tests/sim/appliance_selftest.py [-v] [TestName ...]
 
@@ -35,6 +36,8 @@ sys.path.insert(0, HERE)
 
 from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
+from appliance import p11  # noqa: E402
+from appliance.softhsm import TokenFile, TokenStore  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
 
 PROMPT = re.compile(r"\[[\w.-]+\] lunash:>$")
@@ -69,6 +72,35 @@ def softhsm_labels():
     env = {**os.environ, "SOFTHSM2_CONF": estate_info()["appliances"]["softhsm2_conf"]}
     out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True, env=env).stdout
     return {line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")} - {""}
+
+
+def p11_tokens(conf):
+    """{token serial: label} of every initialised token, through appliance/p11.py (SoftHSM by ctypes)."""
+    saved = os.environ.get("SOFTHSM2_CONF")
+    try:
+        with p11.Library(conf) as lib:
+            infos = [lib.token_info(slot) for slot in lib.slots()]
+    finally:  # p11.Library sets it for the process: leave the tests' environment as it was
+        os.environ.pop("SOFTHSM2_CONF", None) if saved is None else os.environ.__setitem__("SOFTHSM2_CONF", saved)
+    return {i.serialNumber.decode().strip(): i.label.decode().strip() for i in infos
+            if i.flags & p11.CKF_TOKEN_INITIALIZED}
+
+
+def opensc_tokens(module, env):
+    """{token serial: label} as OpenSC's `pkcs11-tool --module MODULE -L` lists them (ENV: SOFTHSM2_CONF...)."""
+    out = subprocess.run(["pkcs11-tool", "--module", module, "-L"], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=30, check=True).stdout
+    found = {}
+    for block in re.split(r"^Slot \d+ ", out, flags=re.M)[1:]:
+        fields = dict(re.findall(r"^\s+(token label|serial num)\s*:\s*(.*?)\s*$", block, re.M))
+        if "serial num" in fields:
+            found[fields["serial num"]] = fields.get("token label", "")
+    return found
+
+
+def listed_partitions(out):
+    """`partition list` rows -> {name: Luna serial}."""
+    return {m[1]: m[0] for m in re.findall(r"^(\d{10,})\s+(\S+)\s+\d", out, re.M)}
 
 
 def unreachable(port, timeout=0.25):
@@ -484,6 +516,93 @@ class PartitionTest(ApplianceCase):
         self.assertFalse(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
         self.assertIn("RC_OPERATION_CANCELLED", box.as_so("partition delete -partition alpha", answers="quit\n"))
         self.assertIn("alpha-label", softhsm_labels())
+
+
+    def test_token_serial_is_the_luna_serial_through_pkcs11(self):
+        """A real Luna client's PKCS#11 library reports a partition's Luna serial as the token serial:
+        so does the estate's SoftHSM store, to the ctypes view and to a third-party tool alike."""
+        box, conf = Box("hsm1"), estate_info()["appliances"]["softhsm2_conf"]
+        for name in ("sn-a", "sn-b"):
+            box.as_so(f"partition create -partition {name}")
+        listed = listed_partitions(box.ok("partition list"))
+        state = CLIENT.control("GET", "appliances/hsm1")["partitions"]
+        for name in ("sn-a", "sn-b"):
+            serial = listed[name]
+            self.assertEqual(serial, state[name]["serial"])
+            self.assertEqual(state[name]["token_serial"], serial)  # the state's field follows
+            self.assertEqual(p11_tokens(conf).get(serial), name)
+        if shutil.which("pkcs11-tool"):
+            seen = opensc_tokens(estate_info()["appliances"]["pkcs11_lib"], {"SOFTHSM2_CONF": conf})
+            self.assertEqual({listed[n]: seen.get(listed[n]) for n in ("sn-a", "sn-b")},
+                             {listed["sn-a"]: "sn-a", listed["sn-b"]: "sn-b"}, seen)
+        # a PIN check and a PIN reset find the token by that serial
+        self.assertTrue(box.role_login("sn-a", "co", True)["accepted"])
+        # zeroized (Partition SO threshold): exactly that token goes; re-initialised: a new token, same serial
+        before = p11_tokens(conf)
+        for _ in range(10):
+            answer = box.role_login("sn-a", "so", False)
+        self.assertTrue(answer["zeroized"], answer)
+        after = p11_tokens(conf)
+        self.assertEqual(set(before) - set(after), {listed["sn-a"]})
+        self.assertEqual(set(after), set(before) - {listed["sn-a"]})
+        CLIENT.control("POST", "appliances/hsm1/partitions/sn-a/init", {})
+        self.assertEqual(set(p11_tokens(conf)), set(before))
+        self.assertEqual(p11_tokens(conf)[listed["sn-a"]], "sn-a")
+        # deleted: exactly that token goes
+        before = p11_tokens(conf)
+        self.assertIn("successful", box.as_so("partition delete -partition sn-b -force", answers=""))
+        self.assertEqual(set(p11_tokens(conf)), set(before) - {listed["sn-b"]})
+        box.as_so("partition delete -partition sn-a -force", answers="")
+        self.assertNotIn(listed["sn-a"], p11_tokens(conf))
+
+
+class TokenStoreTest(unittest.TestCase):
+    """softhsm.TokenStore on a store of its own: the token.object rewrite, and tokens made the old way."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="dhsm-tokens-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.store = TokenStore(self.dir).ensure()
+        saved = os.environ.get("SOFTHSM2_CONF")
+        self.addCleanup(lambda: os.environ.pop("SOFTHSM2_CONF", None) if saved is None
+                        else os.environ.__setitem__("SOFTHSM2_CONF", saved))
+
+    def test_serial_rewritten_in_token_object(self):
+        serial, so_pin, co_pin = self.store.create("rewritten", serial="1234567001")
+        self.assertEqual(serial, "1234567001")
+        folder = self.store._folder(serial)
+        generation, records = TokenFile.parse(open(os.path.join(folder, "token.object"), "rb").read())
+        self.assertGreater(generation, 1)
+        self.assertIn((TokenFile.SERIAL, TokenFile.BYTES, b"1234567001"), records)
+        self.assertIn((TokenFile.LABEL, TokenFile.BYTES, b"rewritten".ljust(32)), records)
+        self.assertFalse(os.path.basename(folder).replace("-", "").endswith(serial))  # SoftHSM's UUID stays
+        self.assertEqual(p11_tokens(self.store.conf), {"1234567001": "rewritten"})
+        self.assertTrue(self.store.check_pin(serial, p11.CKU_USER, co_pin))
+        self.assertFalse(self.store.check_pin(serial, p11.CKU_SO, co_pin))
+        self.store.set_user_pin(serial, so_pin, "Another-1")
+        self.assertTrue(self.store.check_pin(serial, p11.CKU_USER, "Another-1"))
+        self.assertEqual(self.store.usage(serial), (0, 0))
+        # a leftover token with the serial (a delete that failed) is replaced, never doubled
+        self.store.create("again", serial="1234567001")
+        self.assertEqual(p11_tokens(self.store.conf), {"1234567001": "again"})
+        self.store.delete(serial)
+        self.assertFalse(self.store.exists(serial))
+        self.assertEqual(p11_tokens(self.store.conf), {})
+
+    def test_tokens_made_before_are_found_by_their_folder(self):
+        own, _, co_pin = self.store.create("old-style")  # no serial given: SoftHSM's own, as states made before
+        self.assertRegex(own, r"^[0-9a-f]{16}$")
+        self.assertTrue(self.store.exists(own))
+        self.assertTrue(self.store.check_pin(own, p11.CKU_USER, co_pin))
+        luna, _, _ = self.store.create("new-style", serial="7654321002")
+        self.assertEqual(p11_tokens(self.store.conf), {own: "old-style", luna: "new-style"})
+        self.store.delete(own)
+        self.assertEqual(p11_tokens(self.store.conf), {luna: "new-style"})
+
+    def test_malformed_token_object_is_refused(self):
+        for data in (b"", b"\0" * 7, b"\0" * 8 + b"\0" * 15, (1).to_bytes(8, "big") + (5).to_bytes(8, "big") * 2):
+            with self.assertRaises(ValueError):
+                TokenFile.parse(data)
 
 
 class NtlsTest(ApplianceCase):

@@ -9,6 +9,7 @@ certificate exchange, step by step over real SSH/SFTP), READY with `--client-rea
 (HA groups, roles, restart). ExchangeTest and HaTest are stories told in name order
 (test_a_..., test_b_...); run them whole.
 """
+import ctypes
 import json
 import os
 import pty
@@ -26,15 +27,18 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from appliance_selftest import Box, read  # noqa: E402
+from appliance_selftest import Box, opensc_tokens, p11_tokens, read  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
 from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
 from lunaclient import ha  # noqa: E402
 from lunaclient.conf import ChrystokiConf, ConfError  # noqa: E402
-from lunaclient.install import Install  # noqa: E402
+from appliance import p11  # noqa: E402
+from appliance.softhsm import TokenStore  # noqa: E402
+from lunaclient.install import Install, pkcs11_library  # noqa: E402
 
 BIN = os.path.join(HERE, "bin")
+CRYPTOKI = pkcs11_library()[0] if pkcs11_library()[1] is None else None  # the simulated libCryptoki2, when built
 GUIDE_WARNING = ("Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for "
                  "private key cloning.")
 EMPTY = READY = None
@@ -261,6 +265,164 @@ class ExchangeTest(unittest.TestCase):
                          f"Server: 127.0.0.1 Port: {self.hsm1.ntls_port} HTL required: no")
 
 
+# serials: LunaCM, the appliance and PKCS#11 agree ------------------------------------------------
+class SerialTest(unittest.TestCase):
+    def test_slot_list_serial_is_the_pkcs11_token_serial(self):
+        """What a real client shows: LunaCM's `Serial Number`, the appliance's `partition list` and the
+        token serial its PKCS#11 library reports are one number, the Luna partition serial."""
+        _, out = lunacm(READY, "slot", "list")
+        slots = re.findall(r"Label ->\s+(\S+)\n\s+Serial Number ->\s+(\d+)\n", out)
+        self.assertGreaterEqual(len(slots), 2, out)  # par1 of each appliance, and what other tests added
+        conf_file = os.path.join(READY, "softhsm2.conf")
+        tokens = p11_tokens(conf_file)
+        listed = {}
+        for name in ("hsm1", "hsm2"):
+            listed.update(re.findall(r"^(\d{10,})\s+(\S+)\s+\d", Box(name, READY).ok("partition list"), re.M))
+        for label, serial in slots:
+            self.assertEqual(tokens.get(serial), label)
+            self.assertIn(serial, listed)
+        if shutil.which("pkcs11-tool"):
+            seen = opensc_tokens("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})
+            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, seen)
+
+
+# the client's PKCS#11 library: SoftHSM2's slots and the HA groups' virtual slots ----------------------
+CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS = 2, 3
+VIRTUAL_BASE = 0x80000000
+
+
+class CkSessionInfo(ctypes.Structure):
+    _fields_ = [("slotID", ctypes.c_ulong), ("state", ctypes.c_ulong), ("flags", ctypes.c_ulong),
+                ("ulDeviceError", ctypes.c_ulong)]
+
+
+@unittest.skipUnless(CRYPTOKI, "the simulated libCryptoki2 is not built (make)")
+class CryptokiTest(unittest.TestCase):
+    """build/sim/libcryptoki-sim.so, called through its function list (appliance/p11.py) as the
+    client's applications load it, and by OpenSC's pkcs11-tool. Runs before HaTest (name order):
+    its group is gone again when it ends."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pin = secret(READY, "hsm1_par1_co_pin")
+        cls.s1, cls.s2 = partition_serial(READY, "hsm1", "par1"), partition_serial(READY, "hsm2", "par1")
+        cls.env = {"ChrystokiConfigurationPath": os.path.join(READY, "client"),
+                   "SOFTHSM2_CONF": os.path.join(READY, "softhsm2.conf")}
+        cls.saved = {name: os.environ.get(name) for name in cls.env}
+        os.environ.update(cls.env)  # the library reads them at C_Initialize, in this process
+        created = lunacm(READY, "hagroup", "createGroup", "-label", "p11HA", "-serialNumber", cls.s1,
+                         "-password", cls.pin, stdin="copy\n")
+        added = lunacm(READY, "hagroup", "addMember", "-group", "p11HA", "-serialNumber", cls.s2,
+                       "-password", cls.pin)
+        assert created[0] == 0 and added[0] == 0, created[1] + added[1]
+        cls.library = p11.Library(cls.env["SOFTHSM2_CONF"], CRYPTOKI, function_list=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        lunacm(READY, "hagroup", "deleteGroup", "-label", "p11HA")
+        for name, value in cls.saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+    def state(self, lib, session):
+        info = CkSessionInfo()
+        lib._call("C_GetSessionInfo", session, ctypes.byref(info))
+        return info
+
+    def member_states(self, lib):
+        """{member serial: session state} of a fresh session on each member's own slot."""
+        states = {}
+        for serial in (self.s1, self.s2):
+            with lib._session(lib.slot_of(serial)) as session:
+                states[serial] = self.state(lib, session).state
+        return states
+
+    def virtual_slot(self, lib):
+        slot = next(s for s in lib.slots() if lib.token_info(s).label.decode().strip() == "p11HA")
+        self.assertGreaterEqual(slot, VIRTUAL_BASE)
+        return slot
+
+    def test_virtual_slot_lists_the_group(self):
+        with self.library as lib:
+            infos = {slot: lib.token_info(slot) for slot in lib.slots()}
+        virtual = [i for slot, i in infos.items() if slot >= VIRTUAL_BASE]
+        self.assertEqual([(i.label.decode().strip(), i.serialNumber.decode().strip(), i.model.decode().strip())
+                          for i in virtual], [("p11HA", "1" + self.s1, "LunaVirtual")])
+        self.assertEqual(virtual[0].flags, next(i.flags for i in infos.values()
+                                                if i.serialNumber.decode().strip() == self.s1))
+        physical = {i.serialNumber.decode().strip() for slot, i in infos.items() if slot < VIRTUAL_BASE}
+        self.assertLessEqual({self.s1, self.s2}, physical)  # the partitions' own slots, unchanged
+        if shutil.which("pkcs11-tool"):
+            seen = opensc_tokens(CRYPTOKI, self.env)
+            self.assertEqual(seen.get("1" + self.s1), "p11HA", seen)
+            self.assertEqual((seen.get(self.s1), seen.get(self.s2)), ("hsm1-par1", "hsm2-par1"), seen)
+            out = subprocess.run(["pkcs11-tool", "--module", CRYPTOKI, "-L"], capture_output=True, text=True,
+                                 env={**os.environ, **self.env}, timeout=30).stdout
+            self.assertRegex(out, r"HA Virtual Card Slot\n\s+token label\s+: p11HA\n.*\n\s+token model\s+: "
+                                  r"LunaVirtual\n")
+        # HA-only: the partitions' slots are hidden
+        lunacm(READY, "hagroup", "haOnly", "-enable")
+        try:
+            with self.library as lib:
+                self.assertEqual([s >= VIRTUAL_BASE for s in lib.slots()], [True])
+        finally:
+            lunacm(READY, "hagroup", "haOnly", "-disable")
+
+    def test_login_reaches_every_member_and_objects_land_on_the_first(self):
+        with self.library as lib, lib._session(self.virtual_slot(lib)) as session:
+            self.assertEqual(self.state(lib, session).slotID, self.virtual_slot(lib))
+            self.assertEqual(set(self.member_states(lib).values()), {CKS_RW_PUBLIC_SESSION})
+            pin = self.pin.encode()
+            lib._call("C_Login", session, ctypes.c_ulong(p11.CKU_USER), pin, ctypes.c_ulong(len(pin)))
+            self.assertEqual(self.member_states(lib), {self.s1: CKS_RW_USER_FUNCTIONS, self.s2: CKS_RW_USER_FUNCTIONS})
+            rv = lib._lib.C_Login(session, ctypes.c_ulong(p11.CKU_USER), pin, ctypes.c_ulong(len(pin)))
+            self.assertEqual(rv, 0x100)  # CKR_USER_ALREADY_LOGGED_IN: the group is logged in
+            # an object made through the virtual slot lands on the first member only
+            p11._create(lib._lib, session, {p11.CKA_CLASS: (0).to_bytes(8, "little"), 0x1: b"\1", 0x2: b"\1",
+                                            p11.CKA_LABEL: b"through-ha", p11.CKA_VALUE: b"x"})
+            lib._call("C_Logout", session)
+            self.assertEqual(set(self.member_states(lib).values()), {CKS_RW_PUBLIC_SESSION})
+        store = TokenStore(READY)
+        try:
+            self.assertEqual(store.usage(self.s1)[0], 1)
+            self.assertEqual(store.usage(self.s2)[0], 0)
+        finally:
+            store.destroy_objects(self.s1, self.pin)  # HaTest expects empty members
+
+    def test_wrong_pin_fails_and_a_refusing_member_undoes_the_others(self):
+        with self.library as lib, lib._session(self.virtual_slot(lib)) as session:
+            wrong = b"Wrong-PIN-1"
+            rv = lib._lib.C_Login(session, ctypes.c_ulong(p11.CKU_USER), wrong, ctypes.c_ulong(len(wrong)))
+            self.assertEqual(rv, p11.CKR_PIN_INCORRECT)
+            self.assertEqual(set(self.member_states(lib).values()), {CKS_RW_PUBLIC_SESSION})
+        # the second member with another CO PIN: the first accepts, the second refuses, the first is undone
+        store, so_pin = TokenStore(READY), secret(READY, "hsm2_par1_so_pin")
+        store.set_user_pin(self.s2, so_pin, "Other-CO-PIN-2")
+        try:
+            with self.library as lib, lib._session(self.virtual_slot(lib)) as session:
+                pin = self.pin.encode()
+                rv = lib._lib.C_Login(session, ctypes.c_ulong(p11.CKU_USER), pin, ctypes.c_ulong(len(pin)))
+                self.assertEqual(rv, p11.CKR_PIN_INCORRECT)
+                self.assertEqual(self.state(lib, session).state, CKS_RW_PUBLIC_SESSION)
+                self.assertEqual(set(self.member_states(lib).values()), {CKS_RW_PUBLIC_SESSION})
+        finally:
+            store.set_user_pin(self.s2, so_pin, secret(READY, "hsm2_par1_co_pin"))
+
+    def test_unreadable_configuration_fails_initialize(self):
+        folder = tempfile.mkdtemp(prefix="dhsm-chrystoki-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(os.path.join(folder, "Chrystoki.conf"), "w") as f:
+            f.write("VirtualToken = {\n   VirtualToken00Label = broken\n}\n")  # no ';'
+        for where in (folder, os.path.join(folder, "missing")):
+            os.environ["ChrystokiConfigurationPath"] = where
+            try:
+                with self.assertRaises(p11.P11Error) as caught:
+                    with p11.Library(self.env["SOFTHSM2_CONF"], CRYPTOKI, function_list=True):
+                        pass
+                self.assertEqual((caught.exception.function, caught.exception.rv), ("C_Initialize", 0x5))
+            finally:
+                os.environ["ChrystokiConfigurationPath"] = self.env["ChrystokiConfigurationPath"]
+
+
 # HA groups on the ready client --------------------------------------------------------------
 class HaTest(unittest.TestCase):
     @classmethod
@@ -410,7 +572,8 @@ class PersistenceTest(unittest.TestCase):
         self.assertEqual([row[1] for row in verified(READY)], [partition_serial(READY, "hsm1", "par1")])
         inventory = json.load(open(os.path.join(READY, "inventory.json")))["client"]
         self.assertEqual(sorted(inventory), ["chrystoki_conf", "key_passphrase", "lunacm", "pkcs11_lib", "softhsm_conf", "vtl"])
-        self.assertEqual(inventory["pkcs11_lib"], "/usr/lib/softhsm/libsofthsm2.so")
+        self.assertEqual(inventory["pkcs11_lib"], pkcs11_library()[0])  # the simulated libCryptoki2 once built
+        self.assertEqual(conf(READY).get("Chrystoki2", "LibUNIX64"), inventory["pkcs11_lib"])
 
 
 # partition roles through lunacm: the appliance's thresholds apply -----------------------------------

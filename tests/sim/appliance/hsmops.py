@@ -25,8 +25,10 @@ def _write_pins(dev, name, so_pin, co_pin):
 
 
 def create_partition(dev, name, label, so_pin=None, co_pin=None):
-    """A new initialised partition; PINs not given are generated (DIR/secrets has them either way)."""
-    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin)
+    """A new initialised partition; PINs not given are generated (DIR/secrets has them either way).
+    Its token is made with the partition's Luna serial, as PKCS#11 clients of a real Luna see it."""
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin,
+                                                     serial=model.next_partition_serial(dev.state))
     part = model.new_partition(dev.state, name, label, token_serial)
     dev.state["partitions"][name] = part
     _write_pins(dev, name, so_pin, co_pin)
@@ -68,7 +70,7 @@ def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None,
     if part["token_serial"]:
         dev.tokens.delete(part["token_serial"])
     label = label or part["label"]
-    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, with_user=with_co)
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, with_user=with_co, serial=part["serial"])
     part.update(label=label, token_serial=token_serial, zeroized=False, pso_failures=0, co_failures=0,
                 co_locked=False, co_permanent=False,
                 domain=model.domain_id(domain) if domain else model.partition_domain(part))

@@ -10,6 +10,8 @@ the control endpoint and the ARM delete check. Layout:
   admin       hashed tenantadmin password
   hsm         {initialized, label, so (hash), so_failures, policies {code: 0|1}, audit {...}}
   partitions  {name: {serial, label, token_serial, domain, pso_failures, co_failures, co_locked, ...}}
+              token_serial: the SoftHSM token's serial, = serial (states made before: SoftHSM's own);
+              None while zeroized
               domain: domain_id() of the cloning domain (HA members must share it)
   clients     {name: {kind "ip"|"hostname", address, ip_map, fingerprint, partitions []}}
   ntls        {bind, ipcheck, pid, running}
@@ -127,8 +129,16 @@ def _digest(text, salt):
 
 
 # construction ---------------------------------------------------------------------
-def new_serial():
-    return str(random.randint(1_100_000, 1_999_999))
+def new_serial(taken=()):
+    """A 7-digit HSM serial. Partition serials are <HSM serial><3 digits> and are the partitions'
+    SoftHSM token serials, whose last 8 characters SoftHSM reads as hex to number its slots
+    (two tokens on one number abort it; its free slot takes a small number): so the last 5
+    digits differ from those of every serial in TAKEN, and do not start with 0."""
+    used = {str(serial)[-5:] for serial in taken}
+    while True:
+        serial = str(random.randint(1_100_000, 1_999_999))
+        if serial[-5] != "0" and serial[-5:] not in used:
+            return serial
 
 
 def new_ntls_pid():
@@ -153,8 +163,9 @@ def factory_hsm():
             "policies": policies.defaults(), "audit": factory_audit()}
 
 
-def new_appliance(name, ip):
-    serial = new_serial()
+def new_appliance(name, ip, taken=()):
+    """TAKEN: the serials of the estate's other appliances (see new_serial)."""
+    serial = new_serial(taken)
     return {"name": name, "serial": serial, "hostname": name, "resource": None, "provisioned_ip": ip,
             "status": "up", "until": None,
             "network": default_network(ip, serial), "ports": {"ssh": None, "ntls": None}, "admin": None,
@@ -173,10 +184,17 @@ def partition_domain(part):
     return part.get("domain") or domain_id(DEFAULT_DOMAIN)  # states saved before domains existed
 
 
+def next_partition_serial(state):
+    """The Luna serial the next partition created will have (its token is made with it first)."""
+    return f"{state['serial']}{state['next_partition']:03d}"
+
+
 def new_partition(state, name, label, token_serial):
-    number = state["next_partition"]
+    """TOKEN_SERIAL: the serial its SoftHSM token reports, the Luna serial (next_partition_serial)
+    unless the token predates that."""
+    serial = next_partition_serial(state)
     state["next_partition"] += 1
-    return {"serial": f"{state['serial']}{number:03d}", "name": name, "label": label,
+    return {"serial": serial, "name": name, "label": label,
             "token_serial": token_serial, "domain": domain_id(DEFAULT_DOMAIN), "zeroized": False,
             "pso_failures": 0, "co_failures": 0, "co_locked": False, "co_permanent": False}
 

@@ -5,7 +5,8 @@ initialisation and PIN resets go through the library instead. Every operation
 initialises the library, works, and finalises it again: SoftHSM reads its token
 directory at C_Initialize, so this always sees what other processes (a PKCS#11
 client, softhsm2-util --delete-token) did in between. One lock serialises it:
-SoftHSM's state is per process.
+SoftHSM's state is per process. It is reentrant, so a caller can hold it across
+an operation and what must follow the library's C_Finalize (softhsm.TokenStore.create).
 """
 import contextlib
 import ctypes
@@ -41,13 +42,43 @@ class P11Error(Exception):
         self.function, self.rv = function, rv
 
 
+# CK_FUNCTION_LIST (PKCS#11 2.40) as far as this file calls it: the version, then the
+# functions in the standard's order.
+FUNCTIONS = ("C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList", "C_GetSlotInfo",
+             "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken", "C_InitPIN", "C_SetPIN",
+             "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState",
+             "C_SetOperationState", "C_Login", "C_Logout", "C_CreateObject", "C_CopyObject", "C_DestroyObject",
+             "C_GetObjectSize", "C_GetAttributeValue", "C_SetAttributeValue", "C_FindObjectsInit", "C_FindObjects",
+             "C_FindObjectsFinal")
+
+
+class _FunctionList(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)] + [(name, ctypes.c_void_p) for name in FUNCTIONS]
+
+
+class FunctionTable:
+    """A PKCS#11 library called through its C_GetFunctionList, as applications do, for libraries
+    that export nothing else (the simulated libCryptoki2): an attribute per function, each called
+    with ctypes-typed arguments as Library does, answering the CK_RV."""
+
+    def __init__(self, path):
+        self._dll = ctypes.CDLL(path)
+        table = ctypes.POINTER(_FunctionList)()
+        rv = self._dll.C_GetFunctionList(ctypes.byref(table))
+        if rv != 0 or not table:
+            raise P11Error("C_GetFunctionList", rv or 0x5)
+        for name in FUNCTIONS:
+            setattr(self, name, ctypes.CFUNCTYPE(CK_ULONG)(getattr(table.contents, name)))
+
+
 class Library:
-    """One SoftHSM2 library bound to one configuration file."""
+    """One SoftHSM2 library bound to one configuration file (or, with FUNCTION_LIST, any PKCS#11
+    library reached through its function list: FunctionTable)."""
 
-    _lock = threading.Lock()
+    lock = threading.RLock()
 
-    def __init__(self, conf_path, path=LIBRARY):
-        self.conf_path, self.path = conf_path, path
+    def __init__(self, conf_path, path=LIBRARY, function_list=False):
+        self.conf_path, self.path, self.function_list = conf_path, path, function_list
         self._lib = None
 
     def _call(self, name, *args):
@@ -56,15 +87,15 @@ class Library:
             raise P11Error(name, rv)
 
     def __enter__(self):
-        self._lock.acquire()
+        self.lock.acquire()
         try:
             # SoftHSM reads SOFTHSM2_CONF at C_Initialize; the daemon serves one estate, so
             # setting it for the process is harmless and keeps the environment of children right.
             os.environ["SOFTHSM2_CONF"] = self.conf_path
-            self._lib = self._lib or ctypes.CDLL(self.path)
+            self._lib = self._lib or (FunctionTable(self.path) if self.function_list else ctypes.CDLL(self.path))
             self._call("C_Initialize", None)
         except BaseException:
-            self._lock.release()
+            self.lock.release()
             raise
         return self
 
@@ -72,7 +103,7 @@ class Library:
         try:
             self._lib.C_Finalize(None)
         finally:
-            self._lock.release()
+            self.lock.release()
 
     # queries -------------------------------------------------------------------
     def slots(self):

@@ -49,7 +49,7 @@ def seed_appliances(world, count, estate_dir, hsm_for):
     for number in range(1, count + 1):
         name = f"hsm{number}"
         rec = hsm_for(name)
-        state = model.new_appliance(name, rec["props"]["network"]["ip"])
+        state = model.new_appliance(name, rec["props"]["network"]["ip"], [a["serial"] for a in pool.values()])
         _initialise(state, Paths(estate_dir, name))
         bind_record(state, rec)
         pool[name] = state
@@ -61,7 +61,7 @@ def seed_spares(world, first, count, estate_dir):
     pool = world.s.setdefault("appliances", {})
     for number in range(first, first + count):
         name = f"hsm{number}"
-        state = model.new_appliance(name, SPARE_IP)
+        state = model.new_appliance(name, SPARE_IP, [a["serial"] for a in pool.values()])
         admin = new_password()
         Paths(estate_dir, name).write_secret("password", admin)
         state.update(admin=model.hash_secret(admin), status="pool")

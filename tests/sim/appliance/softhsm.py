@@ -2,18 +2,32 @@
 
 DIR/softhsm2.conf points SoftHSM at DIR/softhsm/tokens, so any PKCS#11 client
 started with SOFTHSM2_CONF=DIR/softhsm2.conf and /usr/lib/softhsm/libsofthsm2.so
-sees every appliance's partitions (label = partition name; the Luna serial and
-the token serial are both recorded, SoftHSM cannot be told which serial to use).
-SoftHSM names a token's folder after a UUID whose last 16 hex digits are the
-token serial, which is how a token is found on disk to count or delete it.
+sees every appliance's partitions: label = partition label, token serial = the
+Luna partition serial (<HSM serial><3 digits>), as a real Luna client's library
+reports them.
+
+SoftHSM cannot be told the serial at C_InitToken: it picks 16 hex digits of its
+own. Its file backend keeps a token's own attributes in the token folder's
+token.object (TokenFile below), so once the token is made and its PINs set, and
+SoftHSM finalised (it would write its copy back otherwise), the serial record is
+rewritten there and the file's generation counter bumped, which makes any other
+process using the token read it again. A token is found on disk by the serial in
+its token.object; tokens of states made before keep their SoftHSM serial, which
+is also the tail of their folder's UUID name, the way they used to be found.
+
+SoftHSM numbers a slot after the last 8 characters of the token serial read as
+hex, and aborts when two tokens get one number: model.new_serial keeps the HSM
+serials of one estate apart in their last 5 digits, so partition serials never
+meet there.
 """
+import fcntl
 import os
 import secrets
 import shutil
 
 from appliance import p11
 from appliance.paths import SOFTHSM_CONF, SOFTHSM_TOKENS, estate_file
-from fsutil import write_public
+from fsutil import write_private, write_public
 
 LIBRARY = p11.LIBRARY
 
@@ -31,13 +45,25 @@ class TokenStore:
                                     "log.level = ERROR\nslots.removable = false\n")
         return self
 
-    def create(self, label, so_pin=None, user_pin=None, with_user=True):
+    def create(self, label, so_pin=None, user_pin=None, with_user=True, serial=None):
         """-> (token serial, SO PIN, user PIN); PINs not given are generated. They go to
-        DIR/secrets, never to a log.  WITH_USER false: no user PIN (None) at all."""
+        DIR/secrets, never to a log.  WITH_USER false: no user PIN (None) at all.
+        SERIAL (the Luna partition serial): the token's serial from then on; without it
+        SoftHSM's own. A leftover token holding SERIAL (a delete that failed half-way)
+        goes first: two tokens with one serial would share a SoftHSM slot number."""
         so_pin, user_pin = so_pin or new_pin(), (user_pin or new_pin()) if with_user else None
-        with self.library as lib:
-            serial = lib.init_token(label, so_pin, user_pin)
-        return serial, so_pin, user_pin
+        with p11.Library.lock:  # held across the rewrite: no other thread's SoftHSM is up meanwhile
+            if serial:
+                for stale in self._folders(serial):
+                    shutil.rmtree(stale, ignore_errors=True)
+            with self.library as lib:
+                own = lib.init_token(label, so_pin, user_pin)
+            if serial:  # SoftHSM is finalised now: it will not write its copy back over this
+                folder = self._folder_named(own)
+                if folder is None:
+                    raise p11.P11Error(f"C_InitToken (no token folder for SoftHSM serial {own})", 0x5)
+                TokenFile(folder).set_serial(serial)
+        return serial or own, so_pin, user_pin
 
     def set_user_pin(self, serial, so_pin, user_pin):
         with self.library as lib:
@@ -57,15 +83,26 @@ class TokenStore:
         with self.library as lib:
             return p11.synchronize(lib, serials, user_pin)
 
-    def _folder(self, serial):
+    def _token_folders(self):
         try:
-            names = os.listdir(self.tokens)
+            names = sorted(os.listdir(self.tokens))
         except FileNotFoundError:
-            return None
-        for name in names:
-            if serial and name.replace("-", "").endswith(serial):
-                return os.path.join(self.tokens, name)
-        return None
+            return []
+        return [os.path.join(self.tokens, name) for name in names if os.path.isdir(os.path.join(self.tokens, name))]
+
+    def _folders(self, serial):
+        """Every token folder whose token.object holds SERIAL."""
+        return [folder for folder in self._token_folders() if serial and TokenFile(folder).serial() == serial]
+
+    def _folder_named(self, softhsm_serial):
+        """The folder SoftHSM named after SOFTHSM_SERIAL (the tail of its UUID name)."""
+        return next((folder for folder in self._token_folders()
+                     if softhsm_serial and os.path.basename(folder).replace("-", "").endswith(softhsm_serial)), None)
+
+    def _folder(self, serial):
+        """The token folder of SERIAL: by its token.object, else (states made before) by its name."""
+        found = self._folders(serial)
+        return found[0] if found else self._folder_named(serial)
 
     def exists(self, serial):
         return self._folder(serial) is not None
@@ -86,3 +123,77 @@ class TokenStore:
 
 def new_pin():
     return secrets.token_urlsafe(9)
+
+
+class TokenFile:
+    """A token's own attributes in SoftHSM2's file backend, DIR/softhsm/tokens/<uuid>/token.object:
+    an 8-byte big-endian generation counter, then one record per attribute: 8-byte type,
+    8-byte kind (1 bool: 1 byte; 2 unsigned long: 8 bytes; 3 byte string: 8-byte length, then
+    the bytes), the value; every number big-endian. SoftHSM re-reads the file when the counter
+    differs from the one it read last."""
+
+    NAME = "token.object"
+    LABEL, SERIAL = 0x80005349, 0x8000534A  # SoftHSM's CKA_OS_TOKENLABEL, CKA_OS_TOKENSERIAL
+    BOOL, ULONG, BYTES = 1, 2, 3
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, self.NAME)
+
+    @classmethod
+    def parse(cls, data):
+        """-> (generation, [(type, kind, value bytes)]); ValueError when DATA is not that layout."""
+        if len(data) < 8:
+            raise ValueError("shorter than its generation counter")
+        generation, pos, records = int.from_bytes(data[:8], "big"), 8, []
+        while pos < len(data):
+            if pos + 16 > len(data):
+                raise ValueError(f"record at {pos} cut short")
+            kind_type, kind = int.from_bytes(data[pos:pos + 8], "big"), int.from_bytes(data[pos + 8:pos + 16], "big")
+            pos += 16
+            if kind == cls.BYTES:
+                if pos + 8 > len(data):
+                    raise ValueError(f"byte string length at {pos} cut short")
+                size = int.from_bytes(data[pos:pos + 8], "big")
+                pos += 8
+            elif kind in (cls.BOOL, cls.ULONG):
+                size = 1 if kind == cls.BOOL else 8
+            else:
+                raise ValueError(f"attribute kind {kind} at {pos - 8} is not one a token.object holds")
+            if pos + size > len(data):
+                raise ValueError(f"value at {pos} cut short")
+            records.append((kind_type, kind, data[pos:pos + size]))
+            pos += size
+        return generation, records
+
+    @classmethod
+    def build(cls, generation, records):
+        out = [generation.to_bytes(8, "big")]
+        for kind_type, kind, value in records:
+            out += [kind_type.to_bytes(8, "big"), kind.to_bytes(8, "big")]
+            if kind == cls.BYTES:
+                out.append(len(value).to_bytes(8, "big"))
+            out.append(value)
+        return b"".join(out)
+
+    def serial(self):
+        """The token's serial, or None (no such file, not that layout)."""
+        try:
+            with open(self.path, "rb") as f:
+                _, records = self.parse(f.read())
+        except (OSError, ValueError):
+            return None
+        value = next((v for t, k, v in records if t == self.SERIAL and k == self.BYTES), None)
+        return value.decode(errors="replace") if value is not None else None
+
+    def set_serial(self, serial):
+        """The serial record becomes SERIAL (at most 16 characters, as CK_TOKEN_INFO has room for),
+        the generation counter moves on; the file is replaced whole, under SoftHSM's own lock on it."""
+        value = serial.encode()
+        if not 0 < len(value) <= 16:
+            raise ValueError(f"a token serial has 1 to 16 characters: {serial!r}")
+        with open(self.path, "rb") as f:
+            fcntl.lockf(f, fcntl.LOCK_SH)  # SoftHSM locks the file (fcntl) while it reads or writes it
+            generation, records = self.parse(f.read())
+            records = [r for r in records if r[0] != self.SERIAL] + [(self.SERIAL, self.BYTES, value)]
+            records.sort(key=lambda r: r[0])  # SoftHSM writes them in type order
+            write_private(self.path, self.build((generation + 1) % (1 << 64) or 1, records))

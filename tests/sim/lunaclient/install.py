@@ -14,19 +14,27 @@ $DHSM_ESTATE_DIR/client/Chrystoki.conf, else /etc/Chrystoki.conf. The estate is
 $DHSM_ESTATE_DIR, else the folder above DIR/client. vtl, lunacm and the estate daemon
 may all rewrite the configuration, so every read-modify-write holds an flock on
 DIR/client/.Chrystoki.lock.
+
+The client's PKCS#11 library (Chrystoki2's LibUNIX64, inventory.json's client.pkcs11_lib) is
+the simulated libCryptoki2 (cryptoki/cryptoki.c: SoftHSM2 plus the HA groups' virtual slots)
+when it is built - $DHSM_SIM_CRYPTOKI, else <repo>/build/sim/libcryptoki-sim.so - else
+SoftHSM2 itself (pkcs11_library).
 """
 import contextlib
 import fcntl
 import os
 import re
 
+from appliance.softhsm import LIBRARY as SOFTHSM_LIBRARY
 from fsutil import write_public
-from lunaclient.conf import ChrystokiConf
+from lunaclient.conf import ChrystokiConf, ConfError
 
 CLIENT_DIR = "client"
 CONF_NAME = "Chrystoki.conf"
 LUNASA = "LunaSA Client"
 LOOPBACK = ("127.0.0.1", "localhost")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SIM_CRYPTOKI = os.path.join(REPO, "build", "sim", "libcryptoki-sim.so")
 SERVER_KEY = re.compile(r"Server(Name|Port|Htl)\d+")
 TEMPLATE = """Chrystoki2 = {{
    LibUNIX64 = {library};
@@ -105,8 +113,15 @@ class Install:
         return os.path.exists(self.conf_path)
 
     def create(self, library, tools_dir):
-        """An empty client (no certificate, no server); False when one is already there."""
+        """An empty client (no certificate, no server); False when one is already there (its
+        LibUNIX64 then follows LIBRARY if the estate wrote the one it has: managed_library)."""
         if self.exists():
+            try:
+                with self.editing() as conf:
+                    if managed_library(conf.get("Chrystoki2", "LibUNIX64")):
+                        conf.set("Chrystoki2", "LibUNIX64", library)
+            except (OSError, ConfError):
+                pass  # a hand-edited file that does not parse: left alone (the tools say what is wrong)
             return False
         for folder in (self.client_certs, self.server_certs):
             os.makedirs(folder, mode=0o755, exist_ok=True)
@@ -237,6 +252,22 @@ class Install:
                     if old != new and os.path.exists(self._server_cert_file(old)):
                         os.replace(self._server_cert_file(old), self._server_cert_file(new))
                 self._write_servers(conf, moved)
+
+
+def pkcs11_library(environ=None):
+    """-> (library path, None), or (SoftHSM2's path, why the simulated libCryptoki2 is not used)."""
+    environ = os.environ if environ is None else environ
+    wanted = environ.get("DHSM_SIM_CRYPTOKI") or SIM_CRYPTOKI
+    if os.path.isfile(wanted):
+        return os.path.abspath(wanted), None
+    origin = "$DHSM_SIM_CRYPTOKI" if environ.get("DHSM_SIM_CRYPTOKI") else "run 'make' to build it"
+    return SOFTHSM_LIBRARY, f"{wanted} is not there ({origin})"
+
+
+def managed_library(value):
+    """Is VALUE a LibUNIX64 the estate itself wrote (SoftHSM2, or a simulated libCryptoki2)?
+    Those follow pkcs11_library at every start; anything else is an operator's choice, kept."""
+    return value == SOFTHSM_LIBRARY or os.path.basename(value or "") == os.path.basename(SIM_CRYPTOKI)
 
 
 def locate(environ=None):

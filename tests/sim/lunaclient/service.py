@@ -2,7 +2,9 @@
 
 At start it creates the client install in DIR/client if there is none (empty, or
 provisioned by `estate start --client-ready`, see ready.py) and points Chrystoki.conf at
-the appliances' new NTLS ports if a restart moved them. On every tick it plays the
+the appliances' new NTLS ports if a restart moved them, and its LibUNIX64 (and
+inventory.json's client.pkcs11_lib) at the simulated libCryptoki2 when it is built, else
+at SoftHSM2 with one line in estate.log saying so (install.pkcs11_library). On every tick it plays the
 client library's HA logic (ha.py): members drop out when their appliance stops serving
 and come back by `hagroup recover` or auto-recovery; the configuration is re-read from
 Chrystoki.conf whenever the file changes (lunacm, or an operator's editor).
@@ -21,10 +23,9 @@ import time
 
 from appliance import hsmops, keys
 from appliance.paths import SOFTHSM_CONF, estate_file
-from appliance.softhsm import LIBRARY
 from lunaclient import certs, ha, ready
 from lunaclient.conf import ConfError
-from lunaclient.install import Install
+from lunaclient.install import Install, pkcs11_library
 
 log = logging.getLogger("estate.client")
 TOOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin")
@@ -34,13 +35,17 @@ class ClientService:
     name = "client"
 
     def __init__(self):
-        self.estate = self.install = None
+        self.estate = self.install = self.library = None
         self._seen, self._groups, self._settings = None, [], None
 
     def start(self, estate):
         self.estate, world = estate, estate.world
         self.install = Install.in_estate(estate.dir)
-        created = self.install.create(LIBRARY, TOOLS_DIR)
+        self.library, why = pkcs11_library()
+        if why:
+            log.warning("client library: %s; the client's PKCS#11 library is SoftHSM2 (%s): no HA virtual slots",
+                        why, self.library)
+        created = self.install.create(self.library, TOOLS_DIR)
         with world.lock:
             mine = world.s.setdefault("lunaclient", {"ha": {}, "ntls_ports": {}})
             if created and estate.options.get("client_ready"):
@@ -154,7 +159,7 @@ class ClientService:
 
     def _paths(self):
         return {"chrystoki_conf": self.install.conf_path, "lunacm": os.path.join(TOOLS_DIR, "lunacm"),
-                "vtl": os.path.join(TOOLS_DIR, "vtl"), "pkcs11_lib": LIBRARY,
+                "vtl": os.path.join(TOOLS_DIR, "vtl"), "pkcs11_lib": self.library,
                 "softhsm_conf": estate_file(self.estate.dir, SOFTHSM_CONF),
                 "key_passphrase": "file:" + self.install.key_passphrase_path}
 
