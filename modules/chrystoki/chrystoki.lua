@@ -123,8 +123,11 @@ function M.install(inv, needed)
       dhsm.error { kind = "usage", message = ("the inventory's client.%s is needed (the Luna client install)"):format(field) }
     end
   end
+  local conf_dir = c.chrystoki_conf:match("^(.*)/[^/]*$") or "."
   return { conf_path = c.chrystoki_conf, lunacm = c.lunacm, vtl = c.vtl, pkcs11_lib = c.pkcs11_lib,
-    softhsm_conf = c.softhsm_conf, key_passphrase = c.key_passphrase, env = { ChrystokiConfigurationPath = c.chrystoki_conf:match("^(.*)/[^/]*$") or "." } }
+    softhsm_conf = c.softhsm_conf, key_passphrase = c.key_passphrase, env = { ChrystokiConfigurationPath = conf_dir },
+    -- what the client's PKCS#11 library reads: its Chrystoki.conf (HA groups), and a SoftHSM2 store's
+    library_env = { ChrystokiConfigurationPath = conf_dir, SOFTHSM2_CONF = c.softhsm_conf } }
 end
 
 ---------------------------------------------------------------------------

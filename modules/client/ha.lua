@@ -144,8 +144,7 @@ end
 
 -- The PKCS#11 library of the client install.
 function Client:library()
-  local env = self.softhsm_conf and { SOFTHSM2_CONF = self.softhsm_conf } or nil
-  return pkcs11.load(self.pkcs11_lib, env and { env = env } or nil)
+  return pkcs11.load(self.pkcs11_lib, { env = self.library_env })
 end
 
 -- objects(label, co_pin) -> {count=, keys = {"class:label", ...} sorted}: what

@@ -29,16 +29,24 @@
 -- thresholds, so they go through the failed-login guard: lunacm_login
 -- finds the partition (`slot list`), reads its attempts left (`role show`)
 -- and makes the attempt inside the guard's lock for that partition and
--- role.  `hagroup synchronize` logs in as Crypto Officer on every member it
--- reaches: lunacm_login finds the group's members (`hagroup listGroups`)
--- and their slots, and takes the guard's attempt for each one's Crypto
--- Officer, nested in one order (serial numbers sorted, so two runs never
--- wait on each other's locks); it runs only when no member's attempt could
--- be its last, and its outcome is recorded for each of them.  run() refuses them, however abbreviated; spawn() refuses lunacm
+-- role, counted under the partition's serial (dhsm.guard.device) - the key
+-- PKCS#11 logins to it are counted under too.  A login on an HA group's
+-- virtual slot, and `hagroup synchronize`, log in on every member lunacm
+-- reaches: lunacm_login finds the members (`hagroup listGroups`) and their
+-- slots and makes one guard attempt for all of them (every member's lock,
+-- refused when any member is at its last attempt, recorded on each).
+-- run() refuses these logins, however abbreviated; spawn() refuses lunacm
 -- (an interactive lunacm could be sent any login), and so does run()
 -- without -c (the commands would come on stdin), or with a secret on stdin
--- for a command that does not set a new password.  What this cannot see: a
--- lunacm started under another name or through another program.
+-- for a command that does not set a new password.
+--
+-- lunacm and vtl are recognised by what runs, not by argv[1]'s name alone:
+-- a name starting lunacm (vtl), the tool's own file through any link, or a
+-- copy of it under another name.  A launcher - a shell, an interpreter,
+-- env, nice, timeout, sudo and the like - whose arguments or script file
+-- name lunacm or vtl is refused: run the tool itself.  What this cannot see:
+-- a program that builds the tool's name as it runs (it is code the
+-- operator wrote; docs/safety.md, "What dhsm cannot stop").
 local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
@@ -59,8 +67,6 @@ local function command_line(argv)
   for i, a in ipairs(argv) do parts[i] = tostring(a) end
   return table.concat(parts, " ")
 end
-
-local is_lunacm = commands.is_lunacm
 
 -- What lunacm said of its command (ok=, code=), read from its output,
 -- never from its exit status.
@@ -147,10 +153,112 @@ local function genuine(opts, name)
   return false
 end
 
+---------------------------------------------------------------------------
+-- lunacm and vtl, by whatever route they are started
+
+-- The real files of client tool `name`: what $PATH gave for it at start and
+-- the paths the front end's inventory names.
+local function tool_files(name)
+  local out = {}
+  local known = require("dhsm.inventory").trusted_tools(name)
+  known[#known + 1] = name
+  for _, k in ipairs(known) do out[#out + 1] = resolve(k) end
+  return out
+end
+
+-- Whether the file `real` is one of tool `name`'s files or a copy of one.
+local function is_tool_file(real, name)
+  local st = sys.stat(real)
+  for _, f in ipairs(tool_files(name)) do
+    if f == real then return true end
+    local fst = sys.stat(f)
+    if st and fst and st.size == fst.size and util.read_file(f) == util.read_file(real) then return true end
+  end
+  return false
+end
+
+local TOOLS = { "lunacm", "vtl" }
+
+-- Whether a program name names tool `name` ("lunacm64.exe" does lunacm).
+local function named(base, name)
+  base = base:lower()
+  return base:find("^" .. name) ~= nil and (name == "lunacm" or base:find("^vtl%f[%W]") ~= nil)
+end
+
+-- tool_of(argv [, cwd]) -> "lunacm" | "vtl" | nil: the tool argv[1] runs,
+-- by its name, or by the file it is (a link, or a copy under another name).
+local function tool_of(argv, cwd)
+  if type(argv) ~= "table" or type(argv[1]) ~= "string" then return nil end
+  for _, name in ipairs(TOOLS) do
+    if named(program(argv), name) then return name end
+  end
+  local real = resolve(argv[1], cwd)
+  if not real then return nil end
+  for _, name in ipairs(TOOLS) do
+    if named(real:match("[^/]*$"), name) or is_tool_file(real, name) then return name end
+  end
+end
+
+local function is_lunacm(argv, cwd)
+  return tool_of(argv, cwd) == "lunacm"
+end
+
+-- Programs that run another program or a script: what they start cannot be
+-- told from their words, so they may not start lunacm or vtl at all.
+local LAUNCHERS = {}
+for name in ([[sh bash dash zsh ksh mksh fish csh tcsh busybox env nice nohup timeout setsid stdbuf ionice
+    chrt taskset time sudo doas su runuser xargs flock script unbuffer watch strace ltrace gdb valgrind
+    python perl ruby node nodejs lua luajit tclsh expect awk gawk mawk php pwsh]]):gmatch("%S+") do
+  LAUNCHERS[name] = true
+end
+
+local function is_launcher(base)
+  return LAUNCHERS[base:lower():gsub("[%d%.]+$", "")] == true      -- python3.11, lua5.4
+end
+
+-- The tool a text names, if any: a word that is a tool's name or path, or
+-- (`files`) the path of one of its files or copies.
+local function names_tool(text, cwd, files)
+  for token in text:gmatch("[%w%._%-/~]+") do
+    local base = token:match("[^/]*$")
+    for _, name in ipairs(TOOLS) do
+      if named(base, name) then return name end
+    end
+    local real = files and token:find("/", 1, true) and resolve(token, cwd)
+    if real then
+      for _, name in ipairs(TOOLS) do
+        if is_tool_file(real, name) then return name end
+      end
+    end
+  end
+end
+
+-- A launcher (a shell, an interpreter, env, nice, timeout, sudo ...) whose
+-- arguments - or the script file one of them names - mention lunacm or
+-- vtl is refused: lunacm's logins must go through the guard
+-- (proc.lunacm_login), which sees only lunacm run as itself.
+local function refuse_launcher(argv, cwd)
+  local real = resolve(argv[1], cwd)
+  if not (is_launcher(program(argv)) or (real and is_launcher(real:match("[^/]*$")))) then return end
+  for i = 2, #argv do
+    local a = tostring(argv[i])
+    local found = names_tool(a, cwd, true)
+    local path = not found and (a:sub(1, 1) == "/" and a or ((cwd or ".") .. "/" .. a))
+    local st = path and sys.stat(path)
+    if st and st.type == "file" and st.size <= 1024 * 1024 then found = names_tool(util.read_file(path) or "") end
+    if found then
+      act.refusal { code = "AroundTheRules",
+        message = ("refusing '%s': it starts %s through %s, where dhsm cannot see the command it runs; run %s "
+          .. "itself (argv[1] = the tool, env= for its environment), so that its logins go through the "
+          .. "failed-login guard (proc.lunacm_login)"):format(command_line(argv), found, program(argv), found) }
+    end
+  end
+end
+
 -- read_only(argv [, {env=, cwd=}]) -> true when dhsm knows the command to
 -- change nothing (its own table, and the tool itself)
 function M.read_only(argv, opts)
-  local name = is_lunacm(argv) and "lunacm" or program(argv)
+  local name = tool_of(argv, opts and opts.cwd) or program(argv)
   local test = READ_ONLY[name]
   return test ~= nil and test(argv) == true
     and genuine({ argv = argv, env = opts and opts.env, cwd = opts and opts.cwd }, name)
@@ -178,13 +286,14 @@ local function refuse_remote(argv, cwd)
 end
 
 -- The gate's description of a command that may change something (dhsm.act).
-local function change_of(argv, what)
+local function change_of(argv, what, cwd)
+  local tool = tool_of(argv, cwd)
   local target, destructive, name = program(argv), nil, program(argv)
-  if is_lunacm(argv) then
+  if tool == "lunacm" then
     local words = commands.lunacm_words(argv) or {}
     local _, cmd = commands.lunacm(words)
     target, destructive, name = commands.lunacm_target(words), commands.LUNACM_DESTRUCTIVE[cmd], "lunacm " .. cmd
-  elseif target == "vtl" then
+  elseif tool == "vtl" then
     destructive = VTL_DESTRUCTIVE[word(argv, 2)]
     target, name = commands.option(argv, 2, "n", "n") or "vtl", "vtl " .. word(argv, 2)
   end
@@ -202,7 +311,7 @@ end
 -- The run itself, lunacm's word read from its output.
 local function execute(opts)
   local r = core.run(opts)
-  if is_lunacm(opts.argv) then lunacm_result(r) end
+  if is_lunacm(opts.argv, opts.cwd) then lunacm_result(r) end
   return r
 end
 
@@ -213,10 +322,11 @@ local function run(opts, what)
   local argv = opts.argv
   if type(argv[1]) ~= "string" or argv[1] == "" then usage("'argv' is empty: give the program, then its arguments") end
   refuse_remote(argv, opts.cwd)
-  if not M.read_only(argv, opts) then return act.change(change_of(argv, what), function() return execute(opts) end) end
+  refuse_launcher(argv, opts.cwd)
+  if not M.read_only(argv, opts) then return act.change(change_of(argv, what, opts.cwd), function() return execute(opts) end) end
   local t0 = dhsm.now()
   local ok, r = pcall(execute, opts)
-  local outcome = ok and change_of(argv).outcome(r) or ("error " .. tostring(dhsm.error.normalize(r).code))
+  local outcome = ok and change_of(argv, nil, opts.cwd).outcome(r) or ("error " .. tostring(dhsm.error.normalize(r).code))
   dhsm.audit.write { action = "proc.run", target = tostring(argv[1]), command = command_line(argv),
     outcome = outcome, duration_ms = (dhsm.now() - t0) * 1000 }
   if not ok then error(r, 0) end
@@ -245,7 +355,7 @@ end
 
 -- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
 local function check_lunacm(opts)
-  if not is_lunacm(opts.argv) then return end
+  if not is_lunacm(opts.argv, opts.cwd) then return end
   local words = commands.lunacm_words(opts.argv)
   if not words then
     refuse("UnguardedLogin", "refusing lunacm without -c: it would read its commands from stdin, where a login "
@@ -276,13 +386,14 @@ end
 -- mode a spawn is refused (dhsm.act).
 function M.spawn(opts)
   schema.options("proc.spawn", opts, SPAWN_OPTIONS, true)
-  if type(opts) == "table" and is_lunacm(opts.argv) then
+  if type(opts) == "table" and is_lunacm(opts.argv, opts.cwd) then
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
   end
   refuse_remote(opts.argv, opts.cwd)
+  refuse_launcher(opts.argv, opts.cwd)
   if act.checking() then act.refuse("proc.spawn", command_line(opts.argv)) end
-  local change = change_of(opts.argv)
+  local change = change_of(opts.argv, nil, opts.cwd)
   change.outcome = function() return "started" end
   return act.change(change, function() return core.spawn(opts) end)
 end
@@ -381,6 +492,7 @@ end
 function M.lunacm_login(opts)
   schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)      -- a table from here on
   if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
+  refuse_launcher(opts.argv, opts.cwd)
   local verb, what, role, words = check_lunacm(opts)
   if not verb then usage("lunacm_login: argv must run lunacm, got %s", tostring(type(opts.argv) == "table" and opts.argv[1])) end
   if verb == "login:unsupported" then

@@ -182,7 +182,8 @@ end
 
 -- fn(session) on a member token, logged in as its Crypto Officer
 local function on_token(label, fn)
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local s <close> = lib:open { label = label, rw = true }
   s:login("user", e:secret(label:gsub("%-", "_") .. "_co_pin"))
   fn(s)

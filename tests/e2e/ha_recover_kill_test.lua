@@ -32,7 +32,8 @@ local function broken_group()
   e:appliance("hsm2", "down")
   t.eventually(function() return e:control("GET", "/client").groups[1].members[2].status == "down" end, "hsm2 down")
   e:appliance("hsm2", "up")
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local s <close> = lib:open { label = "hsm1-par1", rw = true }
   s:login("user", e:secret("hsm1_par1_co_pin"))
   s:generate_aes { label = "k1", sensitive = false, extractable = true }
@@ -47,7 +48,8 @@ end
 -- {"class:label ...", ...} per member token, over PKCS#11
 local function objects(e)
   local client = e.inventory.client
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local out = {}
   for _, name in ipairs { "hsm1", "hsm2" } do
     local s <close> = lib:open { label = name .. "-par1" }

@@ -51,7 +51,8 @@ end
 
 -- every member token's objects, as "class:label", read over PKCS#11
 local function objects()
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local out = {}
   for _, name in ipairs { "hsm1", "hsm2", "hsm3" } do
     local s <close> = lib:open { label = name .. "-par1" }
@@ -69,7 +70,8 @@ local function objects()
 end
 
 local function put_key(name, label)
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local s <close> = lib:open { label = name .. "-par1", rw = true }
   s:login("user", e:secret(name .. "_par1_co_pin"))
   s:generate_aes { label = label, sensitive = false, extractable = true }
@@ -201,7 +203,8 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
     "partition init -label hsm3-par2 -slot 3", "hagroup addMember -group myHA -serialNumber " .. part.serial,
     "hagroup removeMember -group myHA -serialNumber " .. serials.hsm3, "hagroup synchronize -group myHA" })
   t.eq(chrystoki.load(client.chrystoki_conf):ha_groups()[1].members, { serials.hsm1, serials.hsm2, part.serial })
-  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
+  local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
+    ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
   local s <close> = lib:open { label = "hsm3-par2" }
   s:login("user", e:secret("hsm1_par1_co_pin"))             -- the group's Crypto Officer password
   local keys = {}

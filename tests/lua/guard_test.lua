@@ -298,6 +298,110 @@ t.test("hagroup synchronize: the guard's attempt for every member's Crypto Offic
   proc.run(lunacm { "-c", "hagroup", "deleteGroup", "-label", "syncg" })
 end, { timeout = 180 })
 
+-- The client's PKCS#11 library (the estate's libCryptoki2: partitions by
+-- their Luna serials, HA groups as virtual slots), as dhsm loads it.
+local function client_library()
+  local client = require("dhsm.chrystoki").install(estate.inventory)
+  return require("dhsm.pkcs11").load(client.pkcs11_lib, { env = client.library_env })
+end
+
+t.test("one partition, one count: lunacm, PKCS#11 and the HA group's virtual slot", function()
+  local co = estate:secret("hsm3_par1_co_pin")
+  local part = {}
+  for _, s in ipairs(proc.lunacm_slots(lunacm {})) do
+    if not s.virtual then part[s.label] = s end
+  end
+  local p3, p4 = part["hsm3-par1"], part["hsm4-par1"]
+  local function login(args, password, opts)
+    local run = lunacm(args)
+    run.password = password
+    for k, v in pairs(opts or {}) do run[k] = v end
+    return proc.lunacm_login(run)
+  end
+  t.ok(login({ "-c", "hagroup", "createGroup", "-label", "countg", "-serialNumber", p3.serial }, co).ok)
+  t.ok(login({ "-c", "hagroup", "addMember", "-group", "countg", "-serialNumber", p4.serial }, co).ok)
+  t.cleanup(function() proc.run(lunacm { "-c", "hagroup", "deleteGroup", "-label", "countg" }) end)
+  local guard_dir = guard.dir()
+  local function count(serial) return ((counts_in(guard_dir)["partition:" .. serial .. "/co"]) or {}).failures or 0 end
+  -- 1. four wrong PINs through lunacm, four through PKCS#11 on the partition's own slot
+  for _ = 1, 4 do login({ "-c", "role", "login", "-name", "co", "-slot", p3.id }, wrong()) end
+  local lib <close> = client_library()
+  local s3 = lib:open { serial = p3.serial }
+  t.eq(s3:guard_devices().devices[1].key, "partition:" .. p3.serial, "the token reports the Luna partition serial")
+  for _ = 1, 4 do t.raises(function() s3:login("user", wrong()) end, "CKR_PIN_INCORRECT") end
+  t.eq(count(p3.serial), 8, "lunacm's and PKCS#11's failures in one count")
+  -- 2. the HA slot: one login on every member, counted on every member
+  local ha = lib:open { label = "countg" }
+  local id = ha:guard_devices()
+  t.eq({ id.token.model, #id.devices }, { "LunaVirtual", 2 }, "the virtual slot is both members")
+  t.raises(function() ha:login("user", wrong()) end, "CKR_PIN_INCORRECT")
+  t.eq({ count(p3.serial), count(p4.serial) }, { 9, 1 })
+  -- 3. one member at its last attempt: the HA login is refused, even with the right PIN, by every route
+  local before = { partition_state("hsm3"), partition_state("hsm4") }
+  t.raises(function() ha:login("user", co) end, "LastLoginAttempt")
+  t.raises(function() s3:login("user", co) end, "LastLoginAttempt")
+  t.raises(function() login({ "-c", "role", "login", "-name", "co", "-slot", p3.id }, co) end, "LastLoginAttempt")
+  t.raises(function() login({ "-c", "hagroup", "synchronize", "-group", "countg" }, co) end, "LastLoginAttempt")
+  t.eq({ partition_state("hsm3"), partition_state("hsm4") }, before, "nothing reached either member")
+  t.eq({ count(p3.serial), count(p4.serial) }, { 9, 1 })
+  -- 4. the operator, sure of the PIN: every member's count starts again
+  t.eq(ha:login("user", co, { allow_destructive_login = true }), true)
+  t.eq({ count(p3.serial), count(p4.serial) }, { 0, 0 })
+  t.ok(login({ "-c", "role", "login", "-name", "co", "-slot", p3.id }, co).ok)    -- the appliance's own counter too
+end, { timeout = 180 })
+
+t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a script, a link or a copy", function()
+  local lunacm_path = estate.inventory.client.lunacm
+  local dir = t.tmpdir()
+  t.write(dir .. "/login.sh", lunacm_path .. " -c role login -name co -slot 0\n")
+  t.sh(("ln -s %s %s/tool && cp %s %s/copied"):format(util.shell_quote(lunacm_path), dir, util.shell_quote(lunacm_path), dir))
+  local routes = {
+    { "/usr/bin/env", lunacm_path, "-c", "role", "login", "-name", "co", "-slot", "0" },
+    { "/usr/bin/env", "ChrystokiConfigurationPath=" .. dir, lunacm_path, "-c", "role login -name co -slot 0" },
+    { "env", "-i", lunacm_path, "-c", "role", "login" },
+    { "/usr/bin/python3", lunacm_path, "-c", "role", "login", "-name", "co", "-slot", "0" },
+    { "sh", "-c", lunacm_path .. " -c role login -name co -slot 0" },
+    { "bash", "-c", "exec lunacm -c role login -name co -slot 0" },
+    { "sh", dir .. "/login.sh" },
+    { "nice", lunacm_path, "-c", "role", "login" },
+    { "timeout", "30", lunacm_path, "-c", "role", "login" },
+    { "sudo", "-E", lunacm_path },
+    { "xargs", lunacm_path },
+  }
+  local code = ([[
+    local proc, out = require "dhsm.proc", {}
+    local dir, routes = %q, require("cjson").decode(%q)
+    local function try(f)
+      local ok, err = pcall(f)
+      out[#out + 1] = ok and "ran" or dhsm.error.normalize(err).code
+    end
+    local pin = { dhsm.secret.value("not-the-pin"), "\n" }
+    for _, argv in ipairs(routes) do try(function() proc.run { argv = argv, stdin = pin, timeout = 30 } end) end
+    try(function() proc.spawn { argv = { "/usr/bin/env", routes[1][2] } } end)
+    try(function() proc.spawn { argv = { dir .. "/copied" } } end)
+    for _, tool in ipairs { dir .. "/tool", dir .. "/copied" } do
+      try(function() proc.run { argv = { tool, "-c", "role", "login", "-name", "co", "-slot", "0" }, stdin = pin } end)
+    end
+    print(table.concat(out, " "))
+  ]]):format(dir, cjson.encode(routes))
+  local before = { partition_state("hsm1"), partition_state("hsm2") }
+  local function lunacm_logins()
+    local n = 0
+    for _, m in ipairs(estate:log()) do if m:find("^lunacm: role login") then n = n + 1 end end
+    return n
+  end
+  local logins = lunacm_logins()
+  local r = proc.run(child(code, t.tmpdir()))
+  local got = {}
+  for w in r.stdout:gmatch("%S+") do got[#got + 1] = w end
+  local want = {}
+  for i = 1, #routes do want[i] = "AroundTheRules" end
+  for _, c in ipairs { "AroundTheRules", "UnguardedLogin", "UnguardedLogin", "UnguardedLogin" } do want[#want + 1] = c end
+  t.eq(got, want, r.stderr)
+  t.eq({ partition_state("hsm1"), partition_state("hsm2") }, before, "no login reached a partition")
+  t.eq(lunacm_logins(), logins, "lunacm never ran a login")
+end, { timeout = 120 })
+
 ---------------------------------------------------------------------------
 -- 2. no way around the guard
 

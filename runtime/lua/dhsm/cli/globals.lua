@@ -30,7 +30,7 @@ local function lazy_pkcs11(inv)
     local lib = rawget(proxy, "_lib")
     if not lib then
       local p11 = require "dhsm.pkcs11"
-      lib = p11.load(inv.client.pkcs11_lib, { env = { SOFTHSM2_CONF = inv.client.softhsm_conf } })
+      lib = p11.load(inv.client.pkcs11_lib, { env = require("dhsm.chrystoki").install(inv).library_env })
       rawset(proxy, "_lib", lib)
     end
     local v = lib[k]

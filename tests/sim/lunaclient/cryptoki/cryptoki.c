@@ -18,9 +18,7 @@
 **     replaced; everything else (objects, crypto, PINs) goes straight to SoftHSM.
 **   - C_Initialize reads Chrystoki.conf, found as the Luna library finds it:
 **     $ChrystokiConfigurationPath (the folder holding Chrystoki.conf, or the file), else
-**     $DHSM_ESTATE_DIR/client/Chrystoki.conf, else - the simulator's stand-in for the host's
-**     /etc - the client of the estate whose SoftHSM store $SOFTHSM2_CONF names
-**     (<its folder>/client/Chrystoki.conf), else /etc/Chrystoki.conf. A file that cannot be
+**     $DHSM_ESTATE_DIR/client/Chrystoki.conf, else /etc/Chrystoki.conf. A file that cannot be
 **     found or read, or that does not parse, fails C_Initialize with CKR_GENERAL_ERROR: a
 **     client whose HA configuration is unreadable must not quietly lose its groups.
 **   - C_GetSlotList: SoftHSM's slots (none when HAOnly = 1, and their IDs are then refused),
@@ -116,14 +114,6 @@ static int conf_path(char *out, size_t size) {
   }
   env = getenv("DHSM_ESTATE_DIR");
   if (env && *env) return snprintf(out, size, "%s/client/%s", env, CONF_NAME) < (int)size;
-  env = getenv("SOFTHSM2_CONF"); /* the estate's softhsm2.conf lies in the estate's folder */
-  if (env && *env) {
-    const char *slash = strrchr(env, '/');
-    int dir_len = slash ? (int)(slash - env) : 1;
-    const char *dir = slash ? env : ".";
-    if (snprintf(out, size, "%.*s/client/%s", dir_len, dir, CONF_NAME) < (int)size && stat(out, &st) == 0)
-      return 1;
-  }
   return snprintf(out, size, "/etc/%s", CONF_NAME) < (int)size;
 }
 
