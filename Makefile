@@ -6,6 +6,7 @@
 #   make check      the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo       the main job against the simulated estate
 #   make fuzz       every parser fuzzed, FUZZ_SECONDS=60 per driver (tests/fuzz)
+#   make races      the login guard's full race matrix (N = 3, 5, 10; make test runs N = 3)
 #   make man        docs/dhsm.1 from docs/cli.md (tools/man.lua)
 #   make install    PREFIX=/usr/local: the binary and its man page
 
@@ -49,7 +50,7 @@ UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 SIM_CRYPTOKI := $(O)/sim/libcryptoki-sim.so
 
 .DELETE_ON_ERROR:
-.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man
+.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man races
 all: $(BIN) $(SIM_CRYPTOKI)
 
 $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
@@ -112,6 +113,13 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh ./$(BIN)
 
+# The failed-login guard's races in full: N = 3, 5 and 10 wrong HSM SO
+# logins at once from tasks with N session names and from N processes with
+# N state folders (tests/lua/guard_test.lua; make test runs N = 3).
+races: all
+	@state=$$(mktemp -d); XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl DHSM_GUARD_DIR=$$state/guard \
+	  DHSM_RACES=full ./$(BIN) test --yes tests/lua/guard_test.lua; status=$$?; rm -rf $$state; exit $$status
+
 # Each driver in turn (one line each: runs, runs/s, failures); failing
 # inputs are kept in $(O)/fuzz-findings/DRIVER/.  FUZZ_SEED=N replays a run.
 FUZZ_SECONDS ?= 60
@@ -137,10 +145,15 @@ man: docs/dhsm.1
 docs/dhsm.1: docs/cli.md tools/man.lua include/dhsm/dhsm.h
 	$(LUA) tools/man.lua docs/cli.md > $@.tmp && mv $@.tmp $@
 
+# The failed-login guard's folder, one per host, shared by the group dhsm
+# (docs/safety.md: add an operator with usermod -aG dhsm USER).
+GUARD_DIR ?= /var/lib/dhsm
 install: $(BIN) docs/dhsm.1
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dhsm
 	install -m 0644 docs/dhsm.1 $(DESTDIR)$(PREFIX)/share/man/man1/dhsm.1
+	getent group dhsm >/dev/null || groupadd --system dhsm
+	install -d -m 2770 -g dhsm $(DESTDIR)$(GUARD_DIR) $(DESTDIR)$(GUARD_DIR)/locks
 
 clean:
 	rm -rf build build-san build-clang $(BIN)

@@ -101,9 +101,9 @@ end
 ---------------------------------------------------------------------------
 -- 1. the race
 
--- The race matrix: n wrong HSM SO logins at once, from n tasks whose
--- sessions have n different names, and from n processes with n different
--- state folders.  make test runs n = 3; `make races` runs 3, 5 and 10
+-- The race matrix: N wrong HSM SO logins at once, from N tasks whose
+-- sessions have N different names, and from N processes with N different
+-- state folders.  make test runs N = 3; `make races` runs 3, 5 and 10
 -- (DHSM_RACES=full).
 local RACES = os.getenv("DHSM_RACES") == "full" and { 3, 5, 10 } or { 3 }
 
@@ -113,38 +113,44 @@ local function range(n)
   return out
 end
 
-for _, n in ipairs(RACES) do
-  t.test(("%d tasks, %d session names, %d wrong SO logins at once: the appliance keeps one attempt"):format(n, n, n),
-    function()
-      local results = dhsm.parallel(range(n), function(i)
-        local s = luna.open(entry("hsm1"), { name = "alias" .. i })      -- a name is a label, not an identity
-        t.cleanup(function() s:close() end)
-        local ok, err = pcall(s.login_so, s, wrong())
-        return { ok = ok, code = not ok and dhsm.error.normalize(err).code or nil }
-      end)
-      t.eq(so_state("hsm1"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
-      t.eq(codes(results), { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 })
-      reset_so("hsm1")
-    end, { timeout = 120 + 20 * n })
-
-  t.test(("%d processes, %d state folders, one guard: %d wrong SO logins at once leave one attempt"):format(n, n, n),
-    function()
-      local guard_dir = t.tmpdir()
-      local tally = at_once(n, [[
-        local luna = require "dhsm.luna"
-        local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
-        local s = luna.open(inv:hsm("hsm2"), { name = "operator-" .. require("dhsm.sys").getpid() })
-      ]], [[
-        local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
-        print(ok and "ok" or dhsm.error.normalize(err).code)
-      ]], guard_dir)
-      t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, "exactly two wrong passwords reached the appliance")
-      t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 })
-      local key = ("hsm:%s/so"):format(estate:state().appliances.hsm2.serial)
-      t.eq(counts_in(guard_dir)[key].failures, 2, "every process's failures are in the one count, under the serial")
-      reset_so("hsm2")
-    end, { timeout = 120 + 20 * n })
+local function race_timeout()
+  local n = 0
+  for _, k in ipairs(RACES) do n = n + k end
+  return 120 + 30 * n
 end
+
+t.test("N tasks, N session names, N wrong SO logins at once: the appliance keeps one attempt", function()
+  for _, n in ipairs(RACES) do
+    local results = dhsm.parallel(range(n), function(i)
+      local s = luna.open(entry("hsm1"), { name = "alias" .. i })      -- a name is a label, not an identity
+      t.cleanup(function() s:close() end)
+      local ok, err = pcall(s.login_so, s, wrong())
+      return { ok = ok, code = not ok and dhsm.error.normalize(err).code or nil }
+    end)
+    t.eq(so_state("hsm1"), { failures = 2, zeroized = false }, ("N = %d: exactly two wrong passwords reached it"):format(n))
+    t.eq(codes(results), { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 }, "N = " .. n)
+    reset_so("hsm1")
+  end
+end, { timeout = race_timeout() })
+
+t.test("N processes, N state folders, one guard: N wrong SO logins at once leave one attempt", function()
+  for _, n in ipairs(RACES) do
+    local guard_dir = t.tmpdir()
+    local tally = at_once(n, [[
+      local luna = require "dhsm.luna"
+      local inv = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY"))
+      local s = luna.open(inv:hsm("hsm2"), { name = "operator-" .. require("dhsm.sys").getpid() })
+    ]], [[
+      local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+      print(ok and "ok" or dhsm.error.normalize(err).code)
+    ]], guard_dir)
+    t.eq(so_state("hsm2"), { failures = 2, zeroized = false }, ("N = %d: exactly two wrong passwords reached it"):format(n))
+    t.eq(tally, { LUNA_RET_UM_PIN_INCORRECT = 2, LastLoginAttempt = n - 2 }, "N = " .. n)
+    local key = ("hsm:%s/so"):format(estate:state().appliances.hsm2.serial)
+    t.eq(counts_in(guard_dir)[key].failures, 2, "every process's failures are in the one count, under the serial")
+    reset_so("hsm2")
+  end
+end, { timeout = race_timeout() })
 
 t.test("after a failure the device is read again: attempts lost elsewhere are counted", function()
   -- another dhsm, with a count of its own, makes one wrong attempt we know nothing of
