@@ -43,10 +43,10 @@
 -- lunacm and vtl are recognised by what runs, not by argv[1]'s name alone:
 -- a name starting lunacm (vtl), the tool's own file through any link, or a
 -- copy of it under another name.  A launcher - a shell, an interpreter,
--- env, nice, timeout, sudo and the like - whose arguments or script file
--- name lunacm or vtl is refused: run the tool itself.  What this cannot see:
--- a program that builds the tool's name as it runs (it is code the
--- operator wrote; docs/safety.md, "What dhsm cannot stop").
+-- env, nice, timeout, sudo and the like - whose arguments name lunacm or
+-- vtl is refused: run the tool itself.  What this cannot see: a script
+-- file that runs the tool, a program that builds the tool's name as it
+-- runs (code the operator wrote; docs/safety.md, "What dhsm cannot stop").
 local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
@@ -217,14 +217,14 @@ local function is_launcher(base)
 end
 
 -- The tool a text names, if any: a word that is a tool's name or path, or
--- (`files`) the path of one of its files or copies.
-local function names_tool(text, cwd, files)
+-- the path of one of its files or copies.
+local function names_tool(text, cwd)
   for token in text:gmatch("[%w%._%-/~]+") do
     local base = token:match("[^/]*$")
     for _, name in ipairs(TOOLS) do
       if named(base, name) then return name end
     end
-    local real = files and token:find("/", 1, true) and resolve(token, cwd)
+    local real = token:find("/", 1, true) and resolve(token, cwd)
     if real then
       for _, name in ipairs(TOOLS) do
         if is_tool_file(real, name) then return name end
@@ -234,18 +234,15 @@ local function names_tool(text, cwd, files)
 end
 
 -- A launcher (a shell, an interpreter, env, nice, timeout, sudo ...) whose
--- arguments - or the script file one of them names - mention lunacm or
--- vtl is refused: lunacm's logins must go through the guard
--- (proc.lunacm_login), which sees only lunacm run as itself.
+-- arguments mention lunacm or vtl is refused: lunacm's logins must go
+-- through the guard (proc.lunacm_login), which sees only lunacm run as
+-- itself.  A script file's contents are not read (a comment naming vtl is
+-- no command; what a script runs cannot be told from its text anyway).
 local function refuse_launcher(argv, cwd)
   local real = resolve(argv[1], cwd)
   if not (is_launcher(program(argv)) or (real and is_launcher(real:match("[^/]*$")))) then return end
   for i = 2, #argv do
-    local a = tostring(argv[i])
-    local found = names_tool(a, cwd, true)
-    local path = not found and (a:sub(1, 1) == "/" and a or ((cwd or ".") .. "/" .. a))
-    local st = path and sys.stat(path)
-    if st and st.type == "file" and st.size <= 1024 * 1024 then found = names_tool(util.read_file(path) or "") end
+    local found = names_tool(tostring(argv[i]), cwd)
     if found then
       act.refusal { code = "AroundTheRules",
         message = ("refusing '%s': it starts %s through %s, where dhsm cannot see the command it runs; run %s "
