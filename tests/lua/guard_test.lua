@@ -208,6 +208,32 @@ t.test("a failed-login count that cannot be read refuses every login rather than
   t.eq(so_state("hsm1"), before, "nothing reached the appliance")
 end)
 
+t.test("without its folder the guard makes no login; its files are the group's to share", function()
+  local before = so_state("hsm1")
+  local state = t.tmpdir()
+  t.write(state .. "/not-a-folder", "")
+  local r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
+    local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+    print(ok, err.code, err.message)
+  ]], state, state .. "/not-a-folder"))
+  t.ok(r.stdout:find("^false\tGuardFolderMissing\t"), r.stdout .. r.stderr)
+  t.ok(r.stdout:find("install -d -m 2770 -g dhsm /var/lib/dhsm", 1, true), "the message says how to make it")
+  t.eq(so_state("hsm1"), before, "nothing reached the appliance")
+  -- a login that is made leaves the counts and its lock readable and writable by the folder's group
+  local guard_dir = t.tmpdir()
+  r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
+    print(pcall(s.login_so, s, dhsm.secret.value("not-the-password")))
+  ]], state, guard_dir))
+  local sys = require "dhsm.sys"
+  local serial = estate:state().appliances.hsm1.serial
+  t.eq(sys.stat(guard_dir .. "/logins.json").mode, tonumber("660", 8))
+  t.eq(sys.stat(("%s/locks/hsm_%s.so.lock"):format(guard_dir, serial)).mode, tonumber("660", 8))
+  t.eq(sys.stat(guard_dir .. "/locks").mode, tonumber("2770", 8), "the locks folder keeps its group (setgid)")
+  reset_so("hsm1")
+end, { timeout = 120 })
+
 -- lunacm on the estate's client install: argv and env for a command
 local function lunacm(args)
   local argv = { estate.inventory.client.lunacm }
