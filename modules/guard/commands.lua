@@ -11,7 +11,7 @@
 --   commands.words("hsm 'login' -p x")       --> { "hsm", "login", "-p", "x" }
 --   commands.readings(words, tree)           --> { {family=, sub=, at=}, ... }
 --   commands.most(readings, verb_of, rank)   --> the most dangerous verb, its name
---   commands.option(words, from, "slot", "sl") --> the value of -slot (or -sl, -slo)
+--   commands.option(words, from, "slot", "sl") --> the value of -slot (or -sl, -slo); refused when given twice
 --
 -- Both shells split a line into words (quotes group, backslashes escape),
 -- take command words and options case-insensitively and abbreviated to any
@@ -100,11 +100,24 @@ end
 
 -- option(words, name) -> the value of option -name (abbreviated or not,
 -- from `short` on) after position `from`, or nil
-function M.option(words, from, name, short)
+-- An option given twice with two values is refused, not read: lunacm and
+-- LunaSH take the last, a reader taking the first would count a login
+-- against one partition while another is tried.  alias: one more exact
+-- spelling (lunacm's -s for -slot).
+function M.option(words, from, name, short, alias)
+  local value
   for i = from, #words - 1 do
     local w = words[i]:lower():match("^%-(.+)$")
-    if w and #w >= #short and name:sub(1, #w) == w then return words[i + 1] end
+    if w and ((#w >= #short and name:sub(1, #w) == w) or w == alias) then
+      if value ~= nil and words[i + 1] ~= value then
+        require("dhsm.act").refusal { code = "AmbiguousOption",
+          message = ("refusing '%s': -%s is given twice (%s and %s); which one the tool takes is not for the "
+            .. "failed-login guard to guess"):format(table.concat(words, " "), name, value, words[i + 1]) }
+      end
+      value = words[i + 1]
+    end
   end
+  return value
 end
 
 ---------------------------------------------------------------------------

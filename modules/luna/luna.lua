@@ -684,9 +684,21 @@ function Session:network()
   return parse.network_show(self:must("network show").text)
 end
 
+-- The interface that carries this session, as `network show` gives it:
+-- the one holding the address the session reached, else (behind NAT, a
+-- tunnel) the default route's.
+local function session_interface(self, net)
+  local ours = net.default_device
+  for dev, i in pairs(net.interfaces) do
+    if i.ip == raw[self].host then ours = dev end
+  end
+  return ours
+end
+
 -- zeroized_evidence([entry]) -> the evidence dhsm.azure.hsm.delete asks
 -- for (dhsm.evidence), when hsm show says zeroized: the serial and the
--- addresses (network show) this session reads from the device now, the
+-- address of the interface carrying this session (network show: another
+-- interface's address could be one set for the purpose) it reads from the device now, the
 -- session's name and address, the Azure resource its inventory entry
 -- says it stands for (without an entry, the session's name, as the
 -- inventory defaults it) and when.  entry.serial, when known, must match
@@ -699,8 +711,10 @@ function Session:zeroized_evidence(entry)
     usage("%s: zeroized_evidence(entry) takes this appliance's inventory entry, got %s", self.name,
       type(entry) == "table" and ("the entry of " .. tostring(entry.name)) or type(entry))
   end
-  local show = self:hsm_show()
-  return mint_evidence(show, self:network(), { appliance = self.name, host = raw[self].host,
+  local show, net = self:hsm_show(), self:network()
+  local dev = session_interface(self, net)
+  local ip = dev and net.interfaces[dev] and net.interfaces[dev].ip
+  return mint_evidence(show, { ip }, { appliance = self.name, host = raw[self].host, interface = dev,
     resource = entry and entry.resource or self.name, serial = entry and entry.serial })
 end
 
@@ -841,10 +855,7 @@ function Session:check_network_change(command, opts)
     if opt and ("device"):sub(1, #opt) == opt then devices[#devices + 1] = words[i + 1]:lower() end
   end
   local net = self:network()
-  local ours = net.default_device              -- behind NAT the session arrives by the default route
-  for dev, i in pairs(net.interfaces) do
-    if i.ip == raw[self].host then ours = dev end
-  end
+  local ours = session_interface(self, net)
   local device, cuts = devices[1], #devices ~= 1
   for _, d in ipairs(devices) do
     if ours == nil or d == ours:lower() then device, cuts = d, true end

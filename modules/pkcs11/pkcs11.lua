@@ -137,6 +137,18 @@ end
 
 -- The options of load, slots, open and login: specs made once (the option
 -- reader checks a spec table the first time it meets it).
+-- The Chrystoki.conf a library read (its HA groups): the one named when a
+-- library path was first loaded here - dlopen hands later loads the same
+-- initialised copy, whatever environment they set - kept with each library
+-- and each session it opens, not looked up again at a login.
+local conf_read, conf_of = {}, setmetatable({}, { __mode = "k" })
+local raw_open_slot = Library.open_slot
+function Library:open_slot(slot, rw)
+  local s = raw_open_slot(self, slot, rw)
+  conf_of[s] = conf_of[self]
+  return s
+end
+
 local LOAD_OPTIONS = { env = { type = "table" } }
 local SLOTS_OPTIONS = { token_present = { type = "boolean" } }
 local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" } }
@@ -189,6 +201,8 @@ function M.load(path, opts)
     end
     error(lib, 0)
   end
+  conf_read[where] = conf_read[where] or M.chrystoki_conf()
+  conf_of[lib] = conf_read[where]
   return lib
 end
 
@@ -382,8 +396,7 @@ end
 local VIRTUAL_MODEL = "LunaVirtual"
 local identities = setmetatable({}, { __mode = "k" })
 
-local function ha_group_of(tok)
-  local path = M.chrystoki_conf()
+local function ha_group_of(tok, path)
   local readable, conf = false, nil
   if sys.stat(path) then readable, conf = pcall(require("dhsm.chrystoki").load, path) end
   for _, g in ipairs(readable and conf:ha_groups() or {}) do
@@ -400,7 +413,7 @@ end
 function Session:guard_devices()
   if not identities[self] then
     local tok = self:token()
-    local group, devices = ha_group_of(tok), {}
+    local group, devices = ha_group_of(tok, conf_of[self] or M.chrystoki_conf()), {}
     for i, member in ipairs(group and group.members or {}) do
       devices[i] = guard.device("partition", member, ("%s member %s"):format(tok.label, member))
     end

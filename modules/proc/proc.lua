@@ -42,11 +42,12 @@
 --
 -- lunacm and vtl are recognised by what runs, not by argv[1]'s name alone:
 -- a name starting lunacm (vtl), the tool's own file through any link, or a
--- copy of it under another name.  A launcher - a shell, an interpreter,
--- env, nice, timeout, sudo and the like - whose arguments name lunacm or
--- vtl is refused: run the tool itself.  What this cannot see: a script
--- file that runs the tool, a program that builds the tool's name as it
--- runs (code the operator wrote; docs/safety.md, "What dhsm cannot stop").
+-- copy of it under another name.  Any other program whose arguments name
+-- lunacm or vtl (a shell, an interpreter, env, nice, find -exec, the
+-- dynamic loader ...) is refused: run the tool itself.  What this cannot
+-- see: a script file that runs the tool, a program that builds the tool's
+-- name as it runs, a changed copy (code the operator wrote; docs/safety.md,
+-- "What dhsm cannot stop").
 local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
@@ -203,49 +204,58 @@ local function is_lunacm(argv, cwd)
   return tool_of(argv, cwd) == "lunacm"
 end
 
--- Programs that run another program or a script: what they start cannot be
--- told from their words, so they may not start lunacm or vtl at all.
-local LAUNCHERS = {}
-for name in ([[sh bash dash zsh ksh mksh fish csh tcsh busybox env nice nohup timeout setsid stdbuf ionice
-    chrt taskset time sudo doas su runuser xargs flock script unbuffer watch strace ltrace gdb valgrind
-    python perl ruby node nodejs lua luajit tclsh expect awk gawk mawk php pwsh]]):gmatch("%S+") do
-  LAUNCHERS[name] = true
-end
-
-local function is_launcher(base)
-  return LAUNCHERS[base:lower():gsub("[%d%.]+$", "")] == true      -- python3.11, lua5.4
-end
-
--- The tool a text names, if any: a word that is a tool's name or path, or
--- the path of one of its files or copies.
-local function names_tool(text, cwd)
-  for token in text:gmatch("[%w%._%-/~]+") do
-    local base = token:match("[^/]*$")
-    for _, name in ipairs(TOOLS) do
-      if named(base, name) then return name end
-    end
-    local real = token:find("/", 1, true) and resolve(token, cwd)
-    if real then
-      for _, name in ipairs(TOOLS) do
-        if is_tool_file(real, name) then return name end
-      end
+-- The real file a bare word runs through any of the PATH lists given.
+local function on_paths(word, paths)
+  for _, list in ipairs(paths) do
+    for dir in list:gmatch("[^:]+") do
+      local st = sys.stat(dir .. "/" .. word)
+      if st and st.type == "file" then return sys.realpath(dir .. "/" .. word) end
     end
   end
 end
 
--- A launcher (a shell, an interpreter, env, nice, timeout, sudo ...) whose
--- arguments mention lunacm or vtl is refused: lunacm's logins must go
--- through the guard (proc.lunacm_login), which sees only lunacm run as
--- itself.  A script file's contents are not read (a comment naming vtl is
--- no command; what a script runs cannot be told from its text anyway).
-local function refuse_launcher(argv, cwd)
-  local real = resolve(argv[1], cwd)
-  if not (is_launcher(program(argv)) or (real and is_launcher(real:match("[^/]*$")))) then return end
+-- The tool a text names, if any: a word whose last part is a tool's name,
+-- or that is - as a path, or as a bare name through `paths` - one of the
+-- tool's files, a link to one or a copy.
+local function names_tool(text, cwd, paths)
+  for token in text:gmatch("[^%s;&|<>()`'\"=]+") do
+    local base = token:match("[^/]*$")
+    for _, name in ipairs(TOOLS) do
+      if named(base, name) then return name end
+    end
+    local real
+    if token:find("/", 1, true) then real = resolve(token, cwd) elseif base ~= "" then real = on_paths(token, paths) end
+    for _, name in ipairs(real and TOOLS or {}) do
+      if is_tool_file(real, name) then return name end
+    end
+  end
+end
+
+-- A program other than lunacm or vtl themselves whose arguments name one
+-- of them is refused: a shell, an interpreter, env, nice, setarch, find
+-- -exec, the dynamic loader ... would start it where dhsm cannot see the
+-- command, and lunacm's logins must go through the guard
+-- (proc.lunacm_login), which sees only lunacm run as itself.  A bare word
+-- is looked up in $PATH as it was at start, in the PATH given in env= and
+-- in any PATH= word.  A script file's contents are not read (a comment
+-- naming vtl is no command; what a script runs cannot be told from its
+-- text anyway).  dhsm itself may be named: a dhsm child applies the same
+-- guard (the host's folder, unless its environment names another).
+local SELF = sys.realpath("/proc/self/exe")
+
+local function refuse_tool_named(argv, cwd, env)
+  if tool_of(argv, cwd) then return end
+  if SELF and resolve(argv[1], cwd) == SELF then return end      -- dhsm itself: the child keeps the same rules
+  local paths = { START_PATH, type(env) == "table" and type(env.PATH) == "string" and env.PATH or "" }
   for i = 2, #argv do
-    local found = names_tool(tostring(argv[i]), cwd)
+    local path_list = tostring(argv[i]):match("PATH=(.*)$")
+    if path_list then paths[#paths + 1] = path_list end
+  end
+  for i = 2, #argv do
+    local found = names_tool(tostring(argv[i]), cwd, paths)
     if found then
       act.refusal { code = "AroundTheRules",
-        message = ("refusing '%s': it starts %s through %s, where dhsm cannot see the command it runs; run %s "
+        message = ("refusing '%s': it would start %s through %s, where dhsm cannot see the command it runs; run %s "
           .. "itself (argv[1] = the tool, env= for its environment), so that its logins go through the "
           .. "failed-login guard (proc.lunacm_login)"):format(command_line(argv), found, program(argv), found) }
     end
@@ -319,7 +329,7 @@ local function run(opts, what)
   local argv = opts.argv
   if type(argv[1]) ~= "string" or argv[1] == "" then usage("'argv' is empty: give the program, then its arguments") end
   refuse_remote(argv, opts.cwd)
-  refuse_launcher(argv, opts.cwd)
+  refuse_tool_named(argv, opts.cwd, opts.env)
   if not M.read_only(argv, opts) then return act.change(change_of(argv, what, opts.cwd), function() return execute(opts) end) end
   local t0 = dhsm.now()
   local ok, r = pcall(execute, opts)
@@ -388,7 +398,7 @@ function M.spawn(opts)
       .. "use proc.run with -c, and proc.lunacm_login for logins")
   end
   refuse_remote(opts.argv, opts.cwd)
-  refuse_launcher(opts.argv, opts.cwd)
+  refuse_tool_named(opts.argv, opts.cwd, opts.env)
   if act.checking() then act.refuse("proc.spawn", command_line(opts.argv)) end
   local change = change_of(opts.argv, nil, opts.cwd)
   change.outcome = function() return "started" end
@@ -454,9 +464,10 @@ local function target_slots(opts, words, role)
     return members_of(opts, group)
   end
   local serial = commands.option(words, 1, "serialnumber", "se")
-  local slot = commands.option(words, 1, "slot", "sl")
-  for i = 1, #words - 1 do
-    if words[i]:lower() == "-s" then slot = words[i + 1] end
+  local slot = commands.option(words, 1, "slot", "sl", "s")
+  if serial and slot then
+    act.refusal { code = "AmbiguousOption", message = ("lunacm_login: '%s' names the partition twice, by -slot and "
+      .. "-serialNumber; name it once, so its attempts are counted where they are made"):format(table.concat(words, " ")) }
   end
   if not serial and not slot then
     usage("lunacm_login: name the partition with -slot or -serialNumber, so its attempts can be counted")
@@ -489,7 +500,7 @@ end
 function M.lunacm_login(opts)
   schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)      -- a table from here on
   if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
-  refuse_launcher(opts.argv, opts.cwd)
+  refuse_tool_named(opts.argv, opts.cwd, opts.env)
   local verb, what, role, words = check_lunacm(opts)
   if not verb then usage("lunacm_login: argv must run lunacm, got %s", tostring(type(opts.argv) == "table" and opts.argv[1])) end
   if verb == "login:unsupported" then

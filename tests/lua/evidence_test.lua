@@ -84,7 +84,15 @@ t.test("a name, an edited entry or a made-up reading gives no evidence for anoth
   for k, v in pairs(estate.inventory:hsm("hsm1")) do edited[k] = v end
   edited.resource = "hsm2"
   refused(s1:zeroized_evidence(edited))
-  -- 4. a reading made by hand: the maker is dhsm.luna's alone
+  -- 4. hsm2's address set on another interface of hsm1 (not the one carrying the session)
+  local hsm2_ip = (hsm.private_ip(c, hsm.get(c, "hsm2")))
+  s1:run(("network interface static -device eth1 -ip %s -netmask 255.255.255.0 -force"):format(hsm2_ip),
+    { proceed = true })
+  t.cleanup(function() s1:run("network interface dhcp -device eth1", { proceed = true }) end)
+  local ev = s1:zeroized_evidence({ name = "hsm1", resource = "hsm2" })
+  t.eq({ ev.interface, ev.addresses }, { "eth0", { (hsm.private_ip(c, hsm.get(c, "hsm1"))) } }, "the session's interface only")
+  refused(ev)
+  -- 5. a reading made by hand: the maker is dhsm.luna's alone
   t.eq(evidence.zeroized, nil, "no public maker")
   t.raises(function() evidence.issuer() end, "EvidenceIssuer")
   refused({ zeroized = true, appliance = "hsm2", resource = "hsm2", addresses = { "10.2.1.5" } }, "EvidenceNotGenuine")

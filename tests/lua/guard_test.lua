@@ -279,8 +279,15 @@ t.test("ten wrong lunacm CO logins at once: nine reach the partition, the tenth 
   t.eq(partition_state("hsm2").co_failures, 0)
 end, { timeout = 180 })
 
+-- Every appliance's view of its partition's roles.
+local function partitions_state()
+  local out = {}
+  for i = 1, 4 do out[i] = partition_state("hsm" .. i) end
+  return out
+end
+
 t.test("lunacm logins go nowhere but through the guard, however spelled", function()
-  local before = partition_state("hsm1")
+  local before = partitions_state()
   local function refused(args, stdin, code)
     local o = lunacm(args)
     o.stdin = stdin
@@ -302,8 +309,17 @@ t.test("lunacm logins go nowhere but through the guard, however spelled", functi
   local sync = lunacm { "-c", "hagroup", "synchronize", "-group", "g" }
   sync.password = wrong()
   t.raises(function() proc.lunacm_login(sync) end, "no HA group g")   -- its members are not known
+  -- an option given twice: lunacm takes the last, so the guard takes neither
+  for _, args in ipairs {
+    { "-c", "role", "login", "-name", "co", "-slot", "0", "-slot", "1" },
+    { "-c", "role", "login", "-name", "so", "-s", "2", "-slot", "0" },
+    { "-c", "role", "login", "-name", "so", "-name", "co", "-slot", "1" },
+    { "-c", "role", "login", "-name", "co", "-slot", "0", "-serialNumber", "1" },
+  } do
+    t.raises(function() login(args, wrong()) end, "AmbiguousOption")
+  end
   t.eq(pcall(require, "dhsm.proc.core"), false)
-  t.eq(partition_state("hsm1"), before, "nothing reached the partition")
+  t.eq(partitions_state(), before, "nothing reached any partition")
   -- what is not a login still runs
   t.eq(proc.run(lunacm { "-c", "role", "show", "-slot", slot }).status, 0)
 end, { timeout = 120 })
@@ -360,8 +376,15 @@ t.test("one partition, one count: lunacm, PKCS#11 and the HA group's virtual slo
   t.eq(count(p3.serial), 8, "lunacm's and PKCS#11's failures in one count")
   -- 2. the HA slot: one login on every member, counted on every member
   local ha = lib:open { label = "countg" }
+  -- another Chrystoki.conf named for the process after the library read its own changes nothing here
+  local fake = t.tmpdir()
+  t.write(fake .. "/Chrystoki.conf", ("VirtualToken = {\n  VirtualToken00Label = countg;\n  VirtualToken00SN = %s;\n"
+    .. "  VirtualToken00Members = 4242424242;\n}\n"):format(ha:token().serial))
+  local other <close> = require("dhsm.pkcs11").load(estate.inventory.client.pkcs11_lib,
+    { env = { ChrystokiConfigurationPath = fake } })
   local id = ha:guard_devices()
   t.eq({ id.token.model, #id.devices }, { "LunaVirtual", 2 }, "the virtual slot is both members")
+  t.eq({ id.devices[1].serial, id.devices[2].serial }, { p3.serial, p4.serial }, "as the library's own Chrystoki.conf says")
   t.raises(function() ha:login("user", wrong()) end, "CKR_PIN_INCORRECT")
   t.eq({ count(p3.serial), count(p4.serial) }, { 9, 1 })
   -- 3. one member at its last attempt: the HA login is refused, even with the right PIN, by every route
@@ -381,7 +404,9 @@ end, { timeout = 180 })
 t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a link or a copy", function()
   local lunacm_path = estate.inventory.client.lunacm
   local dir = t.tmpdir()
-  t.sh(("ln -s %s %s/tool && cp %s %s/copied"):format(util.shell_quote(lunacm_path), dir, util.shell_quote(lunacm_path), dir))
+  local q = util.shell_quote
+  t.sh(("ln -s %s %s/tool && cp %s %s/copied && ln -s %s %s/cm2 && ln -s %s %s"):format(q(lunacm_path), dir,
+    q(lunacm_path), dir, q(lunacm_path), dir, q(lunacm_path), q(dir .. "/q@cm")))
   local routes = {
     { "/usr/bin/env", lunacm_path, "-c", "role", "login", "-name", "co", "-slot", "0" },
     { "/usr/bin/env", "ChrystokiConfigurationPath=" .. dir, lunacm_path, "-c", "role login -name co -slot 0" },
@@ -393,6 +418,14 @@ t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a l
     { "timeout", "30", lunacm_path, "-c", "role", "login" },
     { "sudo", "-E", lunacm_path },
     { "xargs", lunacm_path },
+    -- programs that are no shell, and names that are no "lunacm"
+    { "setarch", "x86_64", lunacm_path, "-c", "role", "login" },
+    { "prlimit", "--nofile=1024", lunacm_path, "-c", "role", "login" },
+    { "find", lunacm_path:match("^(.*)/"), "-maxdepth", "1", "-name", "lunacm", "-exec", "{}", "-c", "role", "login", ";" },
+    { "/lib64/ld-linux-x86-64.so.2", "/usr/bin/python3", lunacm_path, "-c", "role", "login" },
+    { "env", "PATH=" .. dir .. ":/usr/bin:/bin", "cm2", "-c", "role", "login", "-name", "co", "-slot", "0" },
+    { "env", dir .. "/q@cm", "-c", "role", "login" },
+    { "sh", "-c", dir .. "/q@cm -c role login -name co -slot 0" },
   }
   local code = ([[
     local proc, out = require "dhsm.proc", {}
@@ -403,6 +436,10 @@ t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a l
     end
     local pin = { dhsm.secret.value("not-the-pin"), "\n" }
     for _, argv in ipairs(routes) do try(function() proc.run { argv = argv, stdin = pin, timeout = 30 } end) end
+    try(function()       -- a bare link name found through the child's PATH
+      proc.run { argv = { "sh", "-c", "cm2 -c role login -name co -slot 0" }, env = { PATH = dir .. ":/usr/bin:/bin" },
+        stdin = pin, timeout = 30 }
+    end)
     try(function() proc.spawn { argv = { "/usr/bin/env", routes[1][2] } } end)
     try(function() proc.spawn { argv = { dir .. "/copied" } } end)
     for _, tool in ipairs { dir .. "/tool", dir .. "/copied" } do
@@ -410,7 +447,7 @@ t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a l
     end
     print(table.concat(out, " "))
   ]]):format(dir, cjson.encode(routes))
-  local before = { partition_state("hsm1"), partition_state("hsm2") }
+  local before = partitions_state()
   local function lunacm_logins()
     local n = 0
     for _, m in ipairs(estate:log()) do if m:find("^lunacm: role login") then n = n + 1 end end
@@ -421,10 +458,10 @@ t.test("lunacm by any route is lunacm: through env, a shell, an interpreter, a l
   local got = {}
   for w in r.stdout:gmatch("%S+") do got[#got + 1] = w end
   local want = {}
-  for i = 1, #routes do want[i] = "AroundTheRules" end
+  for i = 1, #routes + 1 do want[i] = "AroundTheRules" end
   for _, c in ipairs { "AroundTheRules", "UnguardedLogin", "UnguardedLogin", "UnguardedLogin" } do want[#want + 1] = c end
   t.eq(got, want, r.stderr)
-  t.eq({ partition_state("hsm1"), partition_state("hsm2") }, before, "no login reached a partition")
+  t.eq(partitions_state(), before, "no login reached a partition")
   t.eq(lunacm_logins(), logins, "lunacm never ran a login")
 end, { timeout = 120 })
 

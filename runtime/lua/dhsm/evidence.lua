@@ -2,12 +2,13 @@
 -- dhsm.azure.hsm.delete asks for before it deletes the HSM resource.
 --
 --   local ev = session:zeroized_evidence(inventory:hsm("hsm1"))   -- dhsm.luna makes it
---   ev.appliance, ev.serial, ev.addresses, ev.host, ev.resource, ev.checked_at, ev.at   -- read-only
+--   ev.appliance, ev.serial, ev.addresses, ev.interface, ev.host, ev.resource, ev.checked_at, ev.at   -- read-only
 --   evidence.check(ev, "hsm1", { nic_ip = "10.2.1.4", max_age = 900 })   -- the HSM delete's rule does this
 --
 -- An evidence object holds what one LunaSH session read from the device
 -- itself: `hsm show` said zeroized, with this HSM serial, and `network show`
--- gave these addresses.  It also holds the session's label (appliance),
+-- gave this address for the interface carrying the session (not any
+-- interface's: another's could have been set to any address).  It also holds the session's label (appliance),
 -- the address it reached (host) and the resource the operator's inventory
 -- says it stands for.  A delete accepts it only through Azure's own view:
 -- the HSM resource's NIC private IP must be one of the addresses the
@@ -56,21 +57,12 @@ local Evidence = {
   end,
 }
 
--- The addresses of a parsed `network show` (dhsm.luna.parse), sorted.
-local function addresses_of(net)
-  local out = {}
-  for _, i in pairs(net and net.interfaces or {}) do
-    if i.ip then out[#out + 1] = i.ip end
-  end
-  table.sort(out)
-  return out
-end
-
--- zeroized(show, net, {appliance=, host=, resource=, serial=}) -> evidence.
--- show and net: the parsed `hsm show` and `network show` of one session;
+-- zeroized(show, addresses, {appliance=, host=, interface=, resource=, serial=})
+-- -> evidence.  show: the parsed `hsm show` of one session; addresses: what
+-- `network show` of that session gives for the interface carrying it;
 -- serial, when the inventory knows it, must be the one the appliance
 -- reports.  Handed to dhsm.luna only (issuer below).
-local function zeroized(show, net, o)
+local function zeroized(show, addresses, o)
   if not show.zeroized then
     refuse("NotZeroized", "%s is not zeroized (%s login attempts left before zeroization)",
       o.appliance, tostring(show.attempts_left))
@@ -83,14 +75,13 @@ local function zeroized(show, net, o)
       .. "inventory describes, so its state proves nothing about resource %s", o.appliance, tostring(show.serial),
       o.serial, o.resource)
   end
-  local addresses = addresses_of(net)
   if #addresses == 0 then
-    refuse("DeviceUnknown", "%s reports no interface address (network show): its zeroized state cannot be tied "
-      .. "to an Azure resource", o.appliance)
+    refuse("DeviceUnknown", "%s reports no address for the interface carrying this session (network show%s): its "
+      .. "zeroized state cannot be tied to an Azure resource", o.appliance, o.interface and (", " .. o.interface) or "")
   end
   local ev = setmetatable({}, Evidence)
   genuine[ev] = { zeroized = true, appliance = o.appliance, serial = show.serial, addresses = addresses,
-    host = o.host, resource = o.resource, at = sys.time(), checked_at = sys.rfc3339() }
+    interface = o.interface, host = o.host, resource = o.resource, at = sys.time(), checked_at = sys.rfc3339() }
   return ev
 end
 
