@@ -6,9 +6,10 @@
 The simulated libCryptoki2 (cryptoki/cryptoki.c) checks a C_Login's PIN against SoftHSM, then
 runs this with the token serial (the Luna partition serial), the role (CKU_SO: so, CKU_USER:
 co) and whether SoftHSM accepted the PIN; never the PIN. It finds the estate as lunacm does
-(--dir, else $DHSM_ESTATE_DIR, else the folder above the client/ holding CHRYSTOKI_CONF, as
-install.locate), posts `POST /_sim/partitions/SERIAL/login {"role", "ok"}` with estate.json's
-control token, and prints one JSON line, "rv" first:
+(install.locate): --dir, else the folder above the client/ holding CHRYSTOKI_CONF (the file
+the library read; without --conf, $DHSM_ESTATE_DIR and $ChrystokiConfigurationPath). It posts
+`POST /_sim/partitions/SERIAL/login {"role", "ok"}` with estate.json's control token and
+prints one JSON line, "rv" first:
 
     {"rv": 0, "accepted": true, "error": null, "appliance": "hsm1", "partition": "par1", ...}
     {"rv": 160, "accepted": false, "error": "CKR_PIN_INCORRECT", ...}
@@ -43,9 +44,9 @@ class Unreported(Exception):
 def estate_dir(args):
     if args.dir:
         return os.path.abspath(args.dir)
-    environ = {k: v for k, v in os.environ.items() if k == "DHSM_ESTATE_DIR"}
-    if args.conf:
-        environ["ChrystokiConfigurationPath"] = args.conf
+    # the library names the file it read (and gives --dir when $DHSM_ESTATE_DIR was set as it
+    # read it); by hand, the environment as lunacm reads it
+    environ = {"ChrystokiConfigurationPath": args.conf} if args.conf else os.environ
     try:
         _, found = locate(environ)
     except NotFound as e:
