@@ -634,6 +634,12 @@ class LibraryCountTest(unittest.TestCase):
         self.assertEqual((rv, state), (0, CKS_RW_USER_FUNCTIONS))
         self.assertEqual(self.part("cnt1")["co_failures"], 0)
         self.assertEqual(self.role_show("cnt1"), ("Not Logged In", 10))
+        # a right PIN that changes nothing on the appliance is answered from a read: no write in the log
+        posts = f"arm POST /_sim/partitions/{self.serial['cnt1']}/login"
+        before = read(os.path.join(READY, "estate.log")).count(posts)
+        self.assertGreater(before, 0)  # the reset above was one
+        self.assertEqual(self.physical_login("cnt1", self.pin("cnt1")), (0, CKS_RW_USER_FUNCTIONS))
+        self.assertEqual(read(os.path.join(READY, "estate.log")).count(posts), before)
 
     def test_c_a_wrong_pin_through_the_ha_slot_counts_on_every_member(self):
         created = lunacm(READY, "hagroup", "createGroup", "-label", "cntHA", "-serialNumber", self.serial["cnt1"],

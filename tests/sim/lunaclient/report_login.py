@@ -8,8 +8,9 @@ runs this with the token serial (the Luna partition serial), the role (CKU_SO: s
 co) and whether SoftHSM accepted the PIN; never the PIN. It finds the estate as lunacm does
 (install.locate): --dir, else the folder above the client/ holding CHRYSTOKI_CONF (the file
 the library read; without --conf, $DHSM_ESTATE_DIR and $ChrystokiConfigurationPath). It posts
-`POST /_sim/partitions/SERIAL/login {"role", "ok"}` with estate.json's control token and
-prints one JSON line, "rv" first:
+`POST /_sim/partitions/SERIAL/login {"role", "ok"}` with estate.json's control token (after `GET
+/_sim/partitions/SERIAL` for a right PIN, which is answered from that read when it would change
+nothing: no failure to forget, no lockout, not zeroized) and prints one JSON line, "rv" first:
 
     {"rv": 0, "accepted": true, "error": null, "appliance": "hsm1", "partition": "par1", ...}
     {"rv": 160, "accepted": false, "error": "CKR_PIN_INCORRECT", ...}
@@ -56,6 +57,19 @@ def estate_dir(args):
     return found
 
 
+def post(estate, serial, role, ok):
+    """The appliance's answer to one login. A right PIN that changes nothing there (no failure to
+    forget, no lockout, not zeroized) is answered from a read: the estate's log then shows a write
+    only for a login that moved the appliance's counters or met a refusal."""
+    if ok:
+        now = estate.control("GET", f"partitions/{serial}")
+        failures = now["pso_failures"] if role == "so" else now["co_failures"]
+        if not now["zeroized"] and not failures and not (role == "co" and now["co_locked"]):
+            return {"accepted": True, "error": None, "zeroize": False,
+                    **{k: v for k, v in now.items() if k not in ("serial", "pso_failures", "co_failures")}}
+    return estate.control("POST", f"partitions/{serial}/login", {"role": role, "ok": ok})
+
+
 def report(args):
     """-> (estate dir or None, the answer with "rv" first, whether the appliance answered)."""
     where = None
@@ -64,8 +78,7 @@ def report(args):
             raise Unreported(f"'{args.serial}' is not a token serial")
         where = estate_dir(args)
         try:
-            answer = EstateClient(where).control("POST", f"partitions/{args.serial}/login",
-                                                 {"role": args.role, "ok": args.outcome == "ok"})
+            answer = post(EstateClient(where), args.serial, args.role, args.outcome == "ok")
         except (EstateError, OSError, ValueError) as e:
             raise Unreported(f"the estate in {where} did not take the report: {e}")
     except Unreported as e:
