@@ -46,7 +46,9 @@ DATA_FILES  := $(sort $(wildcard playbooks/templates/* modules/*/*.tsv))
 UNIT_SRC    := $(wildcard tests/unit/*_test.c)
 UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 # The simulated estate's Luna client library (tests/sim/lunaclient/cryptoki): SoftHSM2 plus
-# the HA groups' virtual slots. The estate looks for it in build/sim/ (or $DHSM_SIM_CRYPTOKI).
+# the HA groups' virtual slots, its partition logins counted by the appliances through
+# tests/sim/lunaclient/report_login.py (its path built in). The estate looks for it in
+# build/sim/ (or $DHSM_SIM_CRYPTOKI).
 SIM_CRYPTOKI := $(O)/sim/libcryptoki-sim.so
 
 .DELETE_ON_ERROR:
@@ -82,7 +84,7 @@ $(O)/embedded.c: $(O)/tools/embedlua $(LUA_FILES) $(DATA_FILES)
 $(SIM_CRYPTOKI): tests/sim/lunaclient/cryptoki/cryptoki.c | $(O)/.dirs
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 $(OPT) $(WARN) -fPIC -shared -fvisibility=hidden $(shell $(PKG) --cflags p11-kit-1) \
-	  -o $@ $< -ldl -lpthread
+	  -DSIM_REPORTER='"$(CURDIR)/tests/sim/lunaclient/report_login.py"' -o $@ $< -ldl -lpthread
 
 $(O)/tests/%: tests/unit/%.c $(LIB_OBJ) | $(O)/.dirs
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka

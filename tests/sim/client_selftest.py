@@ -296,6 +296,12 @@ class CkSessionInfo(ctypes.Structure):
                 ("ulDeviceError", ctypes.c_ulong)]
 
 
+def session_info(lib, session):
+    info = CkSessionInfo()
+    lib._call("C_GetSessionInfo", session, ctypes.byref(info))
+    return info
+
+
 @unittest.skipUnless(CRYPTOKI, "the simulated libCryptoki2 is not built (make)")
 class CryptokiTest(unittest.TestCase):
     """build/sim/libcryptoki-sim.so, called through its function list (appliance/p11.py) as the
@@ -324,9 +330,7 @@ class CryptokiTest(unittest.TestCase):
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
     def state(self, lib, session):
-        info = CkSessionInfo()
-        lib._call("C_GetSessionInfo", session, ctypes.byref(info))
-        return info
+        return session_info(lib, session)
 
     def member_states(self, lib):
         """{member serial: session state} of a fresh session on each member's own slot."""
@@ -540,6 +544,191 @@ class HaTest(unittest.TestCase):
         self.assertEqual(lunacm(READY, "hagroup", "deleteGroup", "-label", "myHA")[0], 0)
         self.assertIsNone(conf(READY).section("VirtualToken"))
         self.assertIn("There are no HA groups configured.", self.list_groups())
+
+
+# logins through the client's PKCS#11 library: counted by the appliances ---------------------------
+CKR_GENERAL_ERROR, CKR_DEVICE_ERROR, CKR_PIN_LOCKED, CKR_TOKEN_NOT_PRESENT = 0x5, 0x30, 0xA4, 0xE0
+
+
+@unittest.skipUnless(CRYPTOKI, "the simulated libCryptoki2 is not built (make)")
+class LibraryCountTest(unittest.TestCase):
+    """C_Login through build/sim/libcryptoki-sim.so travels to the appliance as on a real client:
+    SoftHSM checks the PIN, lunaclient/report_login.py reports the verdict, the appliance counts
+    it and may refuse. Partitions of its own (cnt1 on hsm1, cnt2 on hsm2, an HA group of both;
+    cnt3 on hsm1 for the zeroization), so the other classes' counters stay as they were."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.env = {"ChrystokiConfigurationPath": os.path.join(READY, "client"),
+                   "SOFTHSM2_CONF": os.path.join(READY, "softhsm2.conf")}
+        cls.saved = {name: os.environ.get(name) for name in (*cls.env, "DHSM_ESTATE_DIR")}
+        os.environ.update(cls.env)
+        os.environ.pop("DHSM_ESTATE_DIR", None)  # the estate is found from Chrystoki.conf, as by an application
+        for appliance, name in (("hsm1", "cnt1"), ("hsm2", "cnt2"), ("hsm1", "cnt3")):
+            RoleTest.new_partition(Box(appliance, READY), name)
+        cls.serial = {name: partition_serial(READY, appliance, name)
+                      for appliance, name in (("hsm1", "cnt1"), ("hsm2", "cnt2"), ("hsm1", "cnt3"))}
+        cls.library = p11.Library(cls.env["SOFTHSM2_CONF"], CRYPTOKI, function_list=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        lunacm(READY, "hagroup", "deleteGroup", "-label", "cntHA")
+        for appliance, name in (("hsm1", "cnt1"), ("hsm2", "cnt2"), ("hsm1", "cnt3")):
+            Box(appliance, READY).as_so(f"partition delete -partition {name} -force", answers="")
+        for name, value in cls.saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+    @staticmethod
+    def appliance_of(name):
+        return "hsm2" if name == "cnt2" else "hsm1"
+
+    def part(self, name):
+        """The appliance's record of partition NAME, from the estate state."""
+        return control(READY, "GET", f"appliances/{self.appliance_of(name)}")["partitions"][name]
+
+    def pin(self, name, role="co"):
+        return secret(READY, f"{self.appliance_of(name)}_{name}_{role}_pin")
+
+    @staticmethod
+    def login(lib, session, pin, user=p11.CKU_USER):
+        data = pin.encode()
+        return lib._lib.C_Login(session, ctypes.c_ulong(user), data, ctypes.c_ulong(len(data)))
+
+    def physical_login(self, name, pin, user=p11.CKU_USER, library=None):
+        """One C_Login on partition NAME's own slot -> (CK_RV, session state after it)."""
+        with (library or self.library) as lib, lib._session(lib.slot_of(self.serial[name])) as session:
+            rv = self.login(lib, session, pin, user)
+            return rv, session_info(lib, session).state
+
+    def slot(self, name):
+        """NAME's LunaCM slot now (numbers move as partitions come and go)."""
+        return str(next(slot for slot, serial, _ in verified(READY) if serial == self.serial[name]))
+
+    def role_show(self, name):
+        """`lunacm -c role show` -> (Crypto Officer status, attempts left)."""
+        status, out = lunacm(READY, "role", "show", "-slot", self.slot(name))
+        self.assertEqual(status, 0, out)
+        found = re.search(r"Crypto Officer\s+(\S+(?: \S+)*?)\s+(\d+)\n", out)
+        return found[1], int(found[2])
+
+    def test_a_wrong_pin_on_a_physical_slot_is_counted_once_and_lunacm_agrees(self):
+        self.assertEqual(self.part("cnt1")["co_failures"], 0)
+        rv, state = self.physical_login("cnt1", "Wrong-PIN-1")
+        self.assertEqual((rv, state), (p11.CKR_PIN_INCORRECT, CKS_RW_PUBLIC_SESSION))
+        self.assertEqual(self.part("cnt1")["co_failures"], 1)
+        self.assertEqual(self.role_show("cnt1"), ("Not Logged In", 9))
+        # lunacm's own login reaches SoftHSM directly, not through this library: counted once too
+        status, out = lunacm(READY, "role", "login", "-name", "co", "-slot", self.slot("cnt1"),
+                             "-password", "Wrong-PIN-2")
+        self.assertIn("CKR_PIN_INCORRECT", out)
+        self.assertEqual(self.part("cnt1")["co_failures"], 2)
+        self.assertEqual(self.role_show("cnt1"), ("Not Logged In", 8))
+        log = read(os.path.join(READY, "estate.log"))
+        self.assertIn(f"cryptoki: C_Login co {self.serial['cnt1']} fail -> CKR_PIN_INCORRECT", log)
+        self.assertNotIn("Wrong-PIN-1", log)
+
+    def test_b_the_right_pin_resets_the_count(self):
+        self.physical_login("cnt1", "Wrong-PIN-3")
+        self.assertGreater(self.part("cnt1")["co_failures"], 0)
+        rv, state = self.physical_login("cnt1", self.pin("cnt1"))
+        self.assertEqual((rv, state), (0, CKS_RW_USER_FUNCTIONS))
+        self.assertEqual(self.part("cnt1")["co_failures"], 0)
+        self.assertEqual(self.role_show("cnt1"), ("Not Logged In", 10))
+        # a right PIN that changes nothing on the appliance is answered from a read: no write in the log
+        posts = f"arm POST /_sim/partitions/{self.serial['cnt1']}/login"
+        before = read(os.path.join(READY, "estate.log")).count(posts)
+        self.assertGreater(before, 0)  # the reset above was one
+        self.assertEqual(self.physical_login("cnt1", self.pin("cnt1")), (0, CKS_RW_USER_FUNCTIONS))
+        self.assertEqual(read(os.path.join(READY, "estate.log")).count(posts), before)
+
+    def test_c_a_wrong_pin_through_the_ha_slot_counts_on_every_member(self):
+        created = lunacm(READY, "hagroup", "createGroup", "-label", "cntHA", "-serialNumber", self.serial["cnt1"],
+                         "-password", self.pin("cnt1"))
+        added = lunacm(READY, "hagroup", "addMember", "-group", "cntHA", "-serialNumber", self.serial["cnt2"],
+                       "-password", self.pin("cnt2"))
+        self.assertEqual((created[0], added[0]), (0, 0), created[1] + added[1])
+        before = {name: self.part(name)["co_failures"] for name in ("cnt1", "cnt2")}
+        self.assertEqual(before, {"cnt1": 0, "cnt2": 0})
+        with self.library as lib:
+            slot = next(s for s in lib.slots() if lib.token_info(s).label.decode().strip() == "cntHA")
+            with lib._session(slot) as session:
+                self.assertEqual(self.login(lib, session, "Wrong-PIN-4"), p11.CKR_PIN_INCORRECT)
+                self.assertEqual(session_info(lib, session).state, CKS_RW_PUBLIC_SESSION)
+                self.assertEqual({name: self.part(name)["co_failures"] for name in ("cnt1", "cnt2")},
+                                 {"cnt1": 1, "cnt2": 1})
+                # each member has a CO PIN of its own here: the right one for the first still fails the
+                # group on the second; both attempts reach their appliance
+                self.assertEqual(self.login(lib, session, self.pin("cnt1")), p11.CKR_PIN_INCORRECT)
+                self.assertEqual(session_info(lib, session).state, CKS_RW_PUBLIC_SESSION)
+        self.assertEqual({name: self.part(name)["co_failures"] for name in ("cnt1", "cnt2")},
+                         {"cnt1": 0, "cnt2": 2})
+        self.assertEqual(self.role_show("cnt2"), ("Not Logged In", 8))
+
+    def test_d_ten_wrong_pins_lock_the_co_and_the_right_one_is_refused(self):
+        with self.library as lib, lib._session(lib.slot_of(self.serial["cnt1"])) as session:
+            rvs = [self.login(lib, session, f"Wrong-PIN-{n}") for n in range(10)]
+            self.assertEqual(rvs, [p11.CKR_PIN_INCORRECT] * 9 + [CKR_PIN_LOCKED])  # the 10th locks
+            self.assertEqual(self.login(lib, session, self.pin("cnt1")), CKR_PIN_LOCKED)
+            self.assertEqual(session_info(lib, session).state, CKS_RW_PUBLIC_SESSION)  # undone
+        part = self.part("cnt1")
+        self.assertEqual((part["co_failures"], part["co_locked"]), (10, True))
+        self.assertEqual(self.role_show("cnt1"), ("Locked out", 0))
+        rv, _ = self.physical_login("cnt1", self.pin("cnt1"))
+        self.assertEqual(rv, CKR_PIN_LOCKED)  # a new process' worth of library: still locked
+
+    def test_e_the_partition_so_threshold_zeroizes_the_partition(self):
+        so_pin = self.pin("cnt3", "so")  # its file goes with the partition
+        with self.library as lib, lib._session(lib.slot_of(self.serial["cnt3"])) as session:
+            rvs = [self.login(lib, session, f"Wrong-SO-{n}", p11.CKU_SO) for n in range(10)]
+            self.assertEqual(rvs, [p11.CKR_PIN_INCORRECT] * 10)
+            # the token's files are gone under this process' SoftHSM: no login, whatever the PIN (SoftHSM
+            # answers CKR_GENERAL_ERROR itself; had it checked the PIN, the appliance would say
+            # CKR_TOKEN_NOT_PRESENT)
+            self.assertIn(self.login(lib, session, so_pin, p11.CKU_SO), (CKR_TOKEN_NOT_PRESENT, CKR_GENERAL_ERROR))
+            self.assertEqual(session_info(lib, session).state, CKS_RW_PUBLIC_SESSION)
+        part = self.part("cnt3")
+        self.assertEqual((part["zeroized"], part["token_serial"]), (True, None))
+        with self.library as lib:  # SoftHSM reads its tokens at C_Initialize: the token is gone
+            self.assertNotIn(self.serial["cnt3"], {lib.token_info(s).serialNumber.decode().strip() for s in lib.slots()})
+        self.assertRegex(Box("hsm1", READY).ok("partition show -partition cnt3"), r"Partition SO Zeroized:\s+yes")
+        # what a login that reached the zeroized partition would hear from its appliance
+        self.assertEqual(report(self.serial["cnt3"], "so", "ok"), (0, CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT"))
+
+    def test_f_no_report_no_login(self):
+        """The estate not found, or down: CKR_DEVICE_ERROR, even with the right PIN, and nothing counted."""
+        folder = tempfile.mkdtemp(prefix="dhsm-count-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        os.makedirs(os.path.join(folder, "client"))
+        shutil.copy(os.path.join(READY, "client", "Chrystoki.conf"), os.path.join(folder, "client"))
+        before = self.part("cnt2")
+        os.environ["ChrystokiConfigurationPath"] = os.path.join(folder, "client")
+        try:
+            # a client whose configuration is in no estate (no estate.json above client/)
+            self.assertEqual(self.physical_login("cnt2", self.pin("cnt2")), (CKR_DEVICE_ERROR, CKS_RW_PUBLIC_SESSION))
+            # an estate that does not answer: its control endpoint on a port nobody listens on
+            info = json.load(open(os.path.join(READY, "estate.json")))
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                closed = s.getsockname()[1]
+            info["control"]["url"] = f"https://127.0.0.1:{closed}/_sim"
+            with open(os.path.join(folder, "estate.json"), "w") as f:
+                json.dump(info, f)
+            self.assertEqual(self.physical_login("cnt2", "Wrong-PIN-5"), (CKR_DEVICE_ERROR, CKS_RW_PUBLIC_SESSION))
+            self.assertEqual(self.physical_login("cnt2", self.pin("cnt2")), (CKR_DEVICE_ERROR, CKS_RW_PUBLIC_SESSION))
+        finally:
+            os.environ["ChrystokiConfigurationPath"] = self.env["ChrystokiConfigurationPath"]
+        self.assertEqual(self.part("cnt2"), before)
+        # a serial no appliance has
+        self.assertEqual(report("999999", "co", "fail")[:2], (1, CKR_DEVICE_ERROR))
+
+
+def report(serial, role, outcome):
+    """lunaclient/report_login.py run as the library runs it -> (exit status, rv, error)."""
+    proc = subprocess.run(["/usr/bin/python3", "-I", os.path.join(HERE, "lunaclient", "report_login.py"),
+                           "--dir", READY, serial, role, outcome], capture_output=True, text=True, timeout=30)
+    answer = json.loads(proc.stdout)
+    assert proc.stdout.startswith('{"rv": ') and proc.stdout.count("\n") == 1, proc.stdout
+    return proc.returncode, answer["rv"], answer["error"]
 
 
 # a restart keeps the client, its HA state, and follows moved NTLS ports --------------------------

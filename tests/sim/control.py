@@ -12,7 +12,7 @@ Authenticated with the random control token of DIR/estate.json, sent as
   POST /_sim/hsms/{name}/zeroized {"zeroized": true, "resource_group"?: "..."}
   POST /_sim/advance {"seconds": N} | {"idle": true}   move the sim clock
   POST /_sim/tokens {"principal": "user"|"app"}        a bearer token (for bin/az)
-  .../_sim/appliances/...                              appliance routes (appliance/routes.py)
+  .../_sim/appliances/..., .../_sim/partitions/SERIAL/...  appliance routes (appliance/routes.py)
 """
 import hmac
 import json

@@ -17,6 +17,14 @@
        threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
        what is not given is kept (label, domain) or generated (PINs)); "co": false is
        `partition init` alone (lunacm's): the Crypto Officer left uninitialised
+
+  GET  /_sim/partitions/SERIAL                   {appliance, partition, serial, pso_failures,
+       co_failures, so_attempts_left, co_attempts_left, co_locked, co_permanent, zeroized}
+  POST /_sim/partitions/SERIAL/login {"role": "so"|"co", "ok": bool}
+       the login above, the partition found by its serial among every appliance's (the
+       Luna partition serial, which is the token serial a PKCS#11 client sees; a zeroized
+       partition keeps it): what the client library reports (lunaclient/report_login.py);
+       the answer names {appliance, partition} too. 404 PartitionNotFound: no appliance has it
 Handlers run with the world lock held; they return (HTTP status, JSON document).
 """
 import copy
@@ -125,6 +133,33 @@ class ApplianceRoutes:
                                   body.get("co_pin"), with_co=body.get("co", True) is not False)
             return 200, roles.role_status(part)
         return _error(404, "NotFound", f"No partition action '{verb}'.")
+
+    def by_serial(self, method, path, body):
+        """/_sim/partitions/SERIAL[/login]: a partition wherever it is, by its serial."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) not in (1, 2) or parts[1:] not in ([], ["login"]):
+            return _error(404, "NotFound", f"No partition route {method} {path}.")
+        found = self.find_serial(parts[0])
+        if found is None:
+            return _error(404, "PartitionNotFound", f"No appliance has a partition with serial '{parts[0]}'.")
+        dev, name, part = found
+        where = {"appliance": dev.name, "partition": name}
+        if parts[1:] == ["login"] and method == "POST":
+            status, answer = self._login(dev, name, part, body)
+            return status, ({**answer, **where} if status == 200 else answer)
+        if parts[1:] == [] and method == "GET":
+            return 200, {**where, "serial": part["serial"], "pso_failures": part["pso_failures"],
+                         "co_failures": part["co_failures"], **roles.role_status(part)}
+        return _error(405, "MethodNotAllowed", f"No partition route {method} {path}.")
+
+    def find_serial(self, serial):
+        """(device, partition name, partition) whose serial or token serial is SERIAL; None if none.
+        Appliances in the free pool hold no partitions."""
+        for dev in self.devices.values():
+            for name, part in dev.state["partitions"].items():
+                if serial in (part["serial"], part.get("token_serial")):
+                    return dev, name, part
+        return None
 
     @staticmethod
     def _login(dev, name, part, body):

@@ -43,7 +43,9 @@ class ApplianceService:
         world.zeroize_probe = pool.zeroize_probe(world)
         world.tickers.append(self.tick)
         world.clear_hooks.append(self.clear_faults)
-        world.control_routes["appliances"] = ApplianceRoutes(self.devices).handle
+        routes = ApplianceRoutes(self.devices)
+        world.control_routes["appliances"] = routes.handle
+        world.control_routes["partitions"] = routes.by_serial
 
     def _start_device(self, name):
         dev = Device(self.estate, name, self.tokens)

@@ -31,31 +31,54 @@
 **   - C_OpenSession on a virtual slot opens a session on the first present member and returns
 **     that handle, so object and crypto calls on it go to that member unchanged.
 **   - C_Login on such a session logs in on every present member, in member order, opening a
-**     session on each other member (kept for the group while it is logged in). A member that
-**     refuses (CKR_PIN_INCORRECT, say) fails the login with its code, and the members already
-**     logged in are logged out again. C_Logout, C_CloseSession (of the group's last session),
-**     C_CloseAllSessions and C_Finalize undo what was opened.
+**     session on each other member (kept for the group while it is logged in). Every present
+**     member is tried, so each member's appliance counts the attempt (below); a member that
+**     refuses (CKR_PIN_INCORRECT, say) fails the login with its code (the first refusal's, in
+**     member order), and the members that accepted are logged out again. C_Logout,
+**     C_CloseSession (of the group's last session), C_CloseAllSessions and C_Finalize undo what
+**     was opened.
+**   - Failed logins are counted by the appliances, as on a real client, where C_Login travels to
+**     the appliance holding the partition, which counts failures (Partition SO: 10 zeroize the
+**     partition; Crypto Officer: 10 lock it) and refuses a locked role even with the right PIN.
+**     SoftHSM counts nothing, so every C_Login as CKU_SO or CKU_USER on a partition token (a
+**     physical slot, or each member reached through a virtual slot) that SoftHSM answers with a
+**     verdict on the PIN (CKR_OK or CKR_PIN_INCORRECT) is reported to the estate, as lunacm's
+**     logins are (lunaclient/lunacm/auth.py): SIM_REPORTER (lunaclient/report_login.py, its path
+**     set by the Makefile) runs under /usr/bin/python3 with the token serial (= the Luna
+**     partition serial), the role and ok|fail - never the PIN - and posts the estate's
+**     `/_sim/partitions/SERIAL/login`. The appliance's answer decides: when it refuses
+**     (CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_TOKEN_NOT_PRESENT), a login SoftHSM accepted is
+**     undone and the refusal returned. A report that cannot be made (no estate found from the
+**     Chrystoki.conf C_Initialize read or $DHSM_ESTATE_DIR, the estate down, a serial no
+**     appliance has, so also a token that is not an estate partition: none is expected in the
+**     estate's SoftHSM store) fails the login with CKR_DEVICE_ERROR, never a silent success.
+**     Other C_Login results (already logged in, a read-only session for the SO, ...) and
+**     CKU_CONTEXT_SPECIFIC are SoftHSM's, uncounted, as they are no verdict on a PIN.
 **
 ** Simplified (what a real HA slot does and this one does not): no replication between members
 ** (objects made through the virtual slot land on the first member only; `hagroup synchronize`
 ** copies them), no load balancing, no failover of open sessions, no member drop-out or
-** recovery (a member is present while its token exists, whatever its appliance's state), and
-** no failure counting: as with the physical slots, the appliances' Partition SO / Crypto
-** Officer counters move only through the estate's control hook. A login as CKU_CONTEXT_SPECIFIC
-** goes to the first member alone; logging out the group also logs out the application's own
-** sessions on the member tokens (PKCS#11 logins are per token). Application mutex callbacks in
-** C_Initialize's arguments are passed to SoftHSM; this file locks its own tables with pthreads.
+** recovery (a member is present while its token exists, whatever its appliance's state). A
+** login as CKU_CONTEXT_SPECIFIC goes to the first member alone; logging out the group also logs
+** out the application's own sessions on the member tokens (PKCS#11 logins are per token). Each
+** counted login starts a Python process (some 0.1 s) with the library's lock held. Application
+** mutex callbacks in C_Initialize's arguments are passed to SoftHSM; this file locks its own
+** tables with pthreads.
 */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* pipe2 */
 
 #include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -67,6 +90,13 @@
 #define VIRTUAL_BASE 0x80000000UL /* above every SoftHSM slot ID (31-bit) */
 #define VIRTUAL_MODEL "LunaVirtual"
 #define VIRTUAL_SLOT_DESCRIPTION "HA Virtual Card Slot"
+#define PYTHON "/usr/bin/python3" /* Debian's: the estate uses nothing else */
+#define MAX_ANSWER 4096           /* the reporter's one JSON line, as far as it is read */
+#ifndef SIM_REPORTER
+#error "build with -DSIM_REPORTER='\"<repo>/tests/sim/lunaclient/report_login.py\"' (the Makefile does)"
+#endif
+
+extern char **environ;
 
 /* One HA group, as Chrystoki.conf's VirtualToken section has it. */
 struct group {
@@ -99,6 +129,10 @@ static size_t n_groups;
 static int ha_only;
 static struct vsession *vsessions;
 static size_t n_vsessions, cap_vsessions;
+/* what C_Initialize found, for the reporter to find the estate by: the Chrystoki.conf read,
+** and $DHSM_ESTATE_DIR then ("" when unset) */
+static char conf_file[4096];
+static char estate_dir[4096];
 
 /* ------------------------------------------------------------------------------------------
 ** Chrystoki.conf */
@@ -244,6 +278,9 @@ static int load_conf(void) {
   n_groups = 0;
   ha_only = 0;
   if (!conf_path(path, sizeof path)) return 0;
+  const char *estate = getenv("DHSM_ESTATE_DIR");
+  if (snprintf(estate_dir, sizeof estate_dir, "%s", estate ? estate : "") >= (int)sizeof estate_dir) return 0;
+  strcpy(conf_file, path); /* both 4096 bytes */
   char *text = read_file(path);
   if (text == NULL) return 0;
   int ok = parse_conf(text);
@@ -344,6 +381,73 @@ static void undo_group_login(struct group *g, CK_SESSION_HANDLE primary) {
     g->member_logged[i] = 0;
   }
   g->logged_in = 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+** failed logins, counted by the appliances (see the header; called with `lock` held) */
+
+/* Run the reporter for one login on the token SERIAL -> the CK_RV its one line `{"rv": N, ...}`
+** gives: CKR_OK when the appliance accepts what SoftHSM said, else its refusal;
+** CKR_DEVICE_ERROR when no such line comes (the reporter could not run, or crashed). */
+static CK_RV report_login(const char *serial, CK_USER_TYPE user, int ok) {
+  char *argv[] = { PYTHON, "-I", SIM_REPORTER, "--conf", conf_file, "--dir", estate_dir,
+                   (char *)serial, user == CKU_SO ? "so" : "co", ok ? "ok" : "fail", NULL };
+  if (!*estate_dir) /* no --dir: the reporter finds the estate from the configuration */
+    memmove(&argv[5], &argv[7], 4 * sizeof argv[0]);
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return CKR_DEVICE_ERROR;
+  pid_t pid = -1;
+  posix_spawn_file_actions_t actions;
+  if (posix_spawn_file_actions_init(&actions) == 0) {
+    if (posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0) != 0 ||
+        posix_spawn_file_actions_adddup2(&actions, out[1], 1) != 0 ||
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) != 0 ||
+        posix_spawn(&pid, PYTHON, &actions, NULL, argv, environ) != 0)
+      pid = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  close(out[1]);
+  char answer[MAX_ANSWER + 1], rest[256];
+  size_t got = 0;
+  while (pid > 0) { /* to the end, so the reporter never blocks on a full pipe */
+    ssize_t n = got < MAX_ANSWER ? read(out[0], answer + got, MAX_ANSWER - got) : read(out[0], rest, sizeof rest);
+    if (n > 0 && got < MAX_ANSWER) got += (size_t)n;
+    else if (n == 0 || (n < 0 && errno != EINTR)) break;
+  }
+  close(out[0]);
+  while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+  answer[got] = '\0';
+  static const char head[] = "{\"rv\": ";
+  if (pid <= 0 || strncmp(answer, head, sizeof head - 1) != 0) return CKR_DEVICE_ERROR;
+  char *end;
+  errno = 0;
+  unsigned long rv = strtoul(answer + sizeof head - 1, &end, 10);
+  if (errno != 0 || end == answer + sizeof head - 1 || (*end != ',' && *end != '}')) return CKR_DEVICE_ERROR;
+  return (CK_RV)rv;
+}
+
+/* C_Login on a SoftHSM session of a partition token, counted by the partition's appliance:
+** SoftHSM checks the PIN, its verdict is reported, and a refusal by the appliance has the last
+** word (SoftHSM's login undone). Only CKU_SO / CKU_USER and a verdict (CKR_OK,
+** CKR_PIN_INCORRECT) are reported; anything else is SoftHSM's answer, unchanged. */
+static CK_RV counted_login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len) {
+  CK_RV rv = real->C_Login(session, user, pin, pin_len);
+  if ((user != CKU_SO && user != CKU_USER) || (rv != CKR_OK && rv != CKR_PIN_INCORRECT)) return rv;
+  CK_SESSION_INFO session_info;
+  CK_TOKEN_INFO token;
+  char serial[sizeof token.serialNumber + 1];
+  CK_RV said = CKR_DEVICE_ERROR;
+  if (real->C_GetSessionInfo(session, &session_info) == CKR_OK &&
+      real->C_GetTokenInfo(session_info.slotID, &token) == CKR_OK) {
+    size_t n = sizeof token.serialNumber;
+    while (n > 0 && (token.serialNumber[n - 1] == ' ' || token.serialNumber[n - 1] == '\0')) n--;
+    memcpy(serial, token.serialNumber, n);
+    serial[n] = '\0';
+    said = report_login(serial, user, rv == CKR_OK);
+  }
+  if (said == CKR_OK) return rv;
+  if (rv == CKR_OK) real->C_Logout(session);
+  return said;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -579,35 +683,34 @@ static CK_RV sim_get_session_info(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR
   return rv;
 }
 
-/* Log in on every present member of the virtual session's group, in member order. */
+/* Log in on every present member of the virtual session's group, in member order, each login
+** counted by its member's appliance; the first refusal fails the whole login. */
 static CK_RV group_login(struct vsession *v, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len) {
   struct group *g = &groups[v->group];
   CK_SESSION_INFO info;
-  CK_RV rv = real->C_GetSessionInfo(v->handle, &info);
+  CK_RV rv = real->C_GetSessionInfo(v->handle, &info), first = CKR_OK;
   if (rv != CKR_OK) return rv;
   int primary_logged = 0;
-  for (size_t i = 0; i < g->n_members && rv == CKR_OK; i++) {
+  for (size_t i = 0; i < g->n_members; i++) {
     CK_SLOT_ID slot;
     if (!member_slot(g->members[i], &slot)) continue; /* not present: left out */
     if (slot == v->physical) {
-      rv = real->C_Login(v->handle, user, pin, pin_len);
+      rv = counted_login(v->handle, user, pin, pin_len);
       primary_logged = rv == CKR_OK;
-      continue;
-    }
-    /* a session of the group's own on this member, opened as the application's was */
-    rv = real->C_OpenSession(slot, info.flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION), NULL, NULL,
-                             &g->member_session[i]);
-    if (rv != CKR_OK) {
+    } else if ((rv = real->C_OpenSession(slot, info.flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION), NULL, NULL,
+                                         &g->member_session[i])) != CKR_OK) {
+      /* a session of the group's own on this member, opened as the application's was: none */
       g->member_session[i] = 0;
-      break;
+    } else {
+      rv = counted_login(g->member_session[i], user, pin, pin_len);
+      if (rv == CKR_USER_ALREADY_LOGGED_IN) rv = CKR_OK; /* the application logged in there itself */
+      else g->member_logged[i] = rv == CKR_OK;
     }
-    rv = real->C_Login(g->member_session[i], user, pin, pin_len);
-    if (rv == CKR_USER_ALREADY_LOGGED_IN) rv = CKR_OK; /* the application logged in there itself */
-    else g->member_logged[i] = rv == CKR_OK;
+    if (first == CKR_OK) first = rv; /* the other members are still tried: each counts the attempt */
   }
-  if (rv != CKR_OK) { /* one member refused: every member this login reached is logged out again */
+  if (first != CKR_OK) { /* one member refused: every member this login reached is logged out again */
     undo_group_login(g, primary_logged ? v->handle : 0);
-    return rv;
+    return first;
   }
   g->logged_in = 1;
   return CKR_OK;
@@ -620,7 +723,7 @@ static CK_RV sim_login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR
   if (!initialized) {
     /* rv stays */
   } else if (v == NULL || user == CKU_CONTEXT_SPECIFIC) {
-    rv = real->C_Login(session, user, pin, pin_len);
+    rv = counted_login(session, user, pin, pin_len); /* CKU_CONTEXT_SPECIFIC: SoftHSM's alone */
   } else if (groups[v->group].logged_in) {
     rv = CKR_USER_ALREADY_LOGGED_IN;
   } else {
