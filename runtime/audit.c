@@ -4,8 +4,12 @@
 ** Path: --audit FILE, else $DHSM_AUDIT, else $XDG_STATE_HOME/dhsm/audit.jsonl
 ** (~/.local/state/dhsm/audit.jsonl).  Opened on the first record, folder
 ** 0700 and file 0600.  Each record is one write() on an O_APPEND fd, so
-** it is in the kernel before the action goes on and a kill -9 leaves only
-** whole lines.
+** it is in the kernel before the action goes on.  A kill -9 in the middle
+** of that write can still cut a record that spans a page of the file
+** (Linux stops a write between pages when a fatal signal is pending): the
+** next process to open the log ends such a torn line first, so no record
+** is ever glued to it, and a reader sees one line that does not parse,
+** never two records run together.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,13 +74,24 @@ static const char *log_path(audit_log *a) {
   return a->path;
 }
 
+static int write_all(int fd, const char *p, size_t n);
+
+/* A log whose last record was cut by a kill gets its line ended here. */
+static void end_torn_line(int fd) {
+  struct stat st;
+  char last;
+  if (fstat(fd, &st) == 0 && st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+    (void)write_all(fd, "\n", 1);
+}
+
 static int open_log(lua_State *L, audit_log *a) {
   if (a->fd >= 0) return 0;
   const char *path = log_path(a);
   if (make_parents(path) < 0 ||
-      (a->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
+      (a->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
     return dhsm_raise(L, "audit", NULL, 0, "cannot open the audit log %s: %s "
                       "(set --audit FILE or DHSM_AUDIT)", path, strerror(errno));
+  end_torn_line(a->fd);
   return 0;
 }
 

@@ -4,8 +4,9 @@
 ** A record carries ts (RFC 3339 UTC), run, playbook and step (from the
 ** current task's context, see dhsm.context()), then target, action,
 ** outcome, duration_ms and any extra fields.  It is written with a single
-** write() on an O_APPEND file before the call returns, so a crash leaves
-** only whole lines.  Secrets are written as "<secret>", and string values
+** write() on an O_APPEND file before the call returns; a kill -9 can cut
+** at most the record being written, which the next opening of the log
+** ends on a line of its own (runtime/audit.c).  Secrets are written as "<secret>", and string values
 ** under names such as password/pin/secret/token as "<redacted>".
 */
 #ifndef DHSM_AUDIT_H
