@@ -469,7 +469,9 @@ static CK_RV sim_finalize(CK_VOID_PTR reserved) {
   CK_RV rv = CKR_CRYPTOKI_NOT_INITIALIZED;
   if (initialized) {
     for (size_t i = 0; i < n_groups; i++) undo_group_login(&groups[i], 0);
-    n_vsessions = 0;
+    free(vsessions); /* the library may be unloaded next: nothing of ours outlives C_Finalize */
+    vsessions = NULL;
+    n_vsessions = cap_vsessions = 0;
     rv = real->C_Finalize(reserved); /* closes every SoftHSM session */
     initialized = 0;
   }
