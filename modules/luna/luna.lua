@@ -44,6 +44,7 @@
 local act = require "dhsm.act"
 local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
+local prompts = require "dhsm.luna.prompts"
 local guard = require "dhsm.guard"
 local parse = require "dhsm.luna.parse"
 local schema = require "dhsm.schema"
@@ -467,28 +468,18 @@ function read_until(self, patterns, timeout)
   end
 end
 
--- Questions LunaSH asks, each followed by a "> " input prompt.
-local QUESTIONS = {
-  "Type 'proceed' to .-, or 'quit' to quit now%.%s*>?%s*$",
-  "[Pp]assword:%s*>?%s*$",
-  "%(y/n%)%s*>?%s*$",
-}
-
--- The question being asked: the last line with words in it.
-local function question_of(text)
-  local q = ""
-  for l in text:gsub("\r", ""):gmatch("[^\n]+") do
-    if l:find("%w") then q = l end
-  end
-  return util.trim(q)
-end
-
--- The answer to a question: opts.answers = { {match=pattern, answer=string|secret}, ... }
-local function answer_for(question, opts)
+-- The answer to a question (dhsm.luna.prompts): a confirmation is
+-- answered `proceed` when the call allows it (proceed=true, or its own
+-- answers), else `quit`; the HSM SO's last-attempt caution only for a login
+-- the guard let through as the last attempt (opts.last_attempt, never a
+-- caller's option); a password or another question from opts.answers =
+-- { {match=pattern, answer=string|secret}, ... }, else none.
+local function answer_for(form, question, opts)
+  if form.kind == "last_attempt" then return opts.last_attempt == true and "proceed" or "quit" end
   for _, a in ipairs(opts.answers or {}) do
     if question:find(a.match) then return a.answer end
   end
-  if question:find("Type 'proceed'", 1, true) then return opts.proceed and "proceed" or "quit" end
+  if form.kind == "proceed" then return opts.proceed and "proceed" or "quit" end
 end
 
 -- An answer is one word (proceed, quit, y, a name), or a secret for a
@@ -540,17 +531,20 @@ function send_line(self, line, pass)
   if not ok then error(err, 0) end
 end
 
+-- exchange(...) -> the command's output, and the question answered
+-- `quit` if one was (the call then fails saying what was asked).
 local function exchange(self, command, opts, pass)
   send_line(self, command, pass)
-  local transcript = {}
+  local transcript, declined = {}, nil
+  local patterns = { PROMPT }
+  for _, q in ipairs(prompts.patterns()) do patterns[#patterns + 1] = q end
   while true do
-    local patterns = { PROMPT }
-    for _, q in ipairs(QUESTIONS) do patterns[#patterns + 1] = q end
     local text, which = read_until(self, patterns, opts.timeout or self.timeout)
     transcript[#transcript + 1] = text
     if which == 1 then break end
-    local question = question_of(text)
-    local answer = answer_for(question, opts)
+    local form, question = prompts.match(text)
+    local answer = answer_for(form, question, opts)
+    if answer == "quit" then declined = question end
     if answer ~= nil then
       local fine, why = pcall(check_answer, self, question, answer)
       if not fine then
@@ -566,7 +560,7 @@ local function exchange(self, command, opts, pass)
     end
     send_line(self, answer)
   end
-  return body_of(table.concat(transcript), command)
+  return body_of(table.concat(transcript), command), declined
 end
 
 -- Send one command and read its result.  A read is audited here; a
@@ -580,10 +574,15 @@ local function command(self, line, verb, opts, pass)
     local interrupted <close> = setmetatable({}, { __close = function()
       if not done then self.broken = true end   -- cancelled half-way: the shell's state is unknown
     end })
-    local ok, text = pcall(exchange, self, line, opts, pass)
+    local ok, text, declined = pcall(exchange, self, line, opts, pass)
     done = ok                                   -- an error half-way leaves the shell's state unknown
     if not ok then error(text, 0) end
     local r = parse.result(text)
+    if declined then                            -- whatever LunaSH printed after `quit`, the call did not go on
+      r.ok, r.declined = false, declined
+      r.error = r.error or { code = "Declined", lines = {} }
+      table.insert(r.error.lines, 1, ("asked %q, answered quit (the call does not allow proceed)"):format(declined))
+    end
     r.canonical, r.command = r.command, shown     -- LunaSH's own name for it, and what was sent
     if verb == "read" then
       dhsm.audit.write { action = "luna.command", target = self.name, outcome = tostring(r.code),
@@ -628,8 +627,7 @@ function Session:run(line, opts)
   end
   -- a line that ends like one of LunaSH's questions would be taken, echoed back, for that question
   -- (and a password's secret sent as a line of its own): no command holds one
-  if line:lower():find("password:", 1, true) or line:lower():find("(y/n)", 1, true)
-      or line:lower():find("type 'proceed'", 1, true) then
+  if prompts.looks_like_question(line) then
     dhsm.error { kind = "safety", code = "LooksLikeQuestion", message = ("%s: refusing %q: it holds the words of "
       .. "one of LunaSH's questions, and its echo would be read as that question"):format(self.name, masked(line)) }
   end
@@ -783,7 +781,8 @@ function login(self, role, line, opts)
       change.planned = function() return nil, { ok = true, code = 0, text = "", check = true, command = masked(line) } end
       return act.change(change, function()
         local r = command(self, line, "login", { answers = { { match = "[Pp]assword:", answer = password } },
-          proceed = opts.allow_destructive_login == true, timeout = opts.timeout }, LOGIN_PASS)
+          last_attempt = opts.allow_destructive_login == true, timeout = opts.timeout }, LOGIN_PASS)
+        if r.declined then return nil, r end       -- the caution answered quit: no password was sent
         return r.ok, r
       end)
     end,
@@ -817,7 +816,7 @@ function Session:zeroize_by_failed_logins(serial, opts)
     read = function() return self:hsm_show() end,
     fail = function()
       local r = command(self, "hsm login", "login", { answers = { { match = "[Pp]assword:", answer = wrong } },
-        proceed = true }, LOGIN_PASS)
+        last_attempt = true }, LOGIN_PASS)         -- the deliberate last attempt: the caution is answered proceed
       if r.ok then self:run("hsm logout") end
       return not r.ok
     end,

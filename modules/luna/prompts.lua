@@ -1,0 +1,83 @@
+-- dhsm.luna.prompts: the questions LunaSH asks, in the words published
+-- appliances print (shared/reference/luna-field.md), and which of them a
+-- call may answer `proceed`.
+--
+--   local form, question = prompts.match(text)  -- the question text ends with, or nil
+--   prompts.patterns()                          -- Lua patterns that end a read at any question
+--   prompts.looks_like_question(line)           -- a command line holding a question's words
+--
+-- Real appliances wrap and indent their questions differently from one
+-- release to the next (7.x `partition create` is indented ten spaces and
+-- wrapped after "or"; 6.x `hsm init` wraps after 'quit'), so a form is
+-- matched word by word, any run of blanks and line ends between two words.
+-- A line holding nothing but the ">" input mark is a question too: one no
+-- form knows, reported at once with its text rather than waited on.
+local M = {}
+
+-- kind: proceed (a confirmation, answered `proceed` only when the call
+-- allows it, else `quit`), last_attempt (the HSM SO's last login attempt:
+-- `proceed` only for a login the guard let through with
+-- allow_destructive_login, or the deliberate zeroization), password,
+-- yes_no, unknown.  ref: where the reference shows the form.  The most
+-- particular first: a text is the first form it ends with.
+M.FORMS = {
+  { kind = "last_attempt",
+    words = "Type 'proceed' if you are certain you have the right HSM Admin login credentials or 'quit' to quit now.",
+    ref = "luna-field.md 739: the 7.x HSM SO's last login attempt" },
+  { kind = "proceed", words = "Type 'proceed' to <what>, or 'quit' to quit now.",
+    ref = "luna-field.md 597, 612, 779, 863, 1089: partition create (6.x, 7.x), hsm init, hsm changePolicy, client delete" },
+  { kind = "proceed", words = "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'",
+    ref = "luna-field.md 1122, 1348: sysconf regenCert, hsm restart" },
+  { kind = "password", pattern = "[Pp]assword:%s*>?%s*$", ref = "luna-field.md 4.1, 4.2" },
+  { kind = "yes_no", pattern = "%(y/n%)%s*>?%s*$", ref = "ours: no published LunaSH question has it; kept for safety" },
+  { kind = "unknown", pattern = "\n[ \t]*>[ \t]*$", ref = "any input mark alone on its line" },
+}
+
+-- A form's words as a pattern: magic characters escaped, a blank is any
+-- run of blanks and line ends, <what> is anything.
+local function flexible(words)
+  local p = words:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"):gsub("<what>", "\0")
+  p = p:gsub("%s+", "%%s+"):gsub("%z", ".-")
+  return p
+end
+
+for _, f in ipairs(M.FORMS) do
+  f.pattern = f.pattern or (flexible(f.words) .. "%s*>?%s*$")
+end
+
+function M.patterns()
+  local out = {}
+  for i, f in ipairs(M.FORMS) do out[i] = f.pattern end
+  return out
+end
+
+-- The question's own text, blanks collapsed: from where its form's words
+-- start, or (a password or unknown question) its last line with words.
+local function question_text(text, form)
+  local body = text:gsub("\r", "")
+  if form.words then
+    body = body:sub(body:find(flexible(form.words:match("^%S+%s+%S+"))) or 1)
+  else
+    body = body:match("([^\n]*%w[^\n]*)[^%w]*$") or body
+  end
+  return (body:gsub("%s+", " "):gsub("^ ", ""):gsub("[ >]*$", ""))
+end
+
+-- match(text) -> form, question | nil: the question the text ends with.
+function M.match(text)
+  for _, f in ipairs(M.FORMS) do
+    if text:find(f.pattern) then return f, question_text(text, f) end
+  end
+end
+
+-- Whether a command line holds the words of a question: its echo would
+-- then be read as that question, and a password sent as a line of its own.
+function M.looks_like_question(line)
+  local l = line:lower():gsub("%s+", " ")
+  for _, words in ipairs { "password:", "(y/n)", "type 'proceed'", "or 'quit'", "otherwise type 'quit'" } do
+    if l:find(words, 1, true) then return true end
+  end
+  return false
+end
+
+return M

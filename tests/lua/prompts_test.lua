@@ -1,0 +1,76 @@
+-- LunaSH's questions as published appliances ask them (dhsm.luna.prompts):
+-- every form in shared/reference/luna-field.md is recognised, wrapped and
+-- indented as it was printed, with its kind, which decides who may answer
+-- it `proceed`.  Through a session against the estate: luna_test.lua,
+-- guard_test.lua and the decommission tests.
+local t = require "dhsm.test"
+local prompts = require "dhsm.luna.prompts"
+local util = require "dhsm.util"
+
+local FIXTURES = t.here() .. "/../fixtures/luna/"
+
+-- A published transcript up to the input mark its `proceed` answers: what
+-- the appliance had printed when dhsm must answer.
+local function asked(file)
+  local text = assert(util.read_file(FIXTURES .. file))
+  local upto = text:find("\n[ \t]*> proceed")
+  return text:sub(1, upto) .. text:sub(upto + 1):match("^([ \t]*> )")
+end
+
+t.test("every published proceed question is recognised, as printed", function()
+  local cases = {
+    { "3.4-partition-create-6.2.2.txt", "proceed", "Type 'proceed' to create the initialized partition, or 'quit' to quit now." },
+    { "3.4-partition-create-7.0.txt", "proceed", "Type 'proceed' to create the partition, or 'quit' to quit now." },
+    { "3.4-partition-create-7.2.txt", "proceed", "Type 'proceed' to create the partition, or 'quit' to quit now." },
+    { "4.3-hsm-init-6.2.2.txt", "proceed", "Type 'proceed' to initialize the HSM, or 'quit' to quit now." },
+    { "4.5-hsm-changepolicy-6.2.2.txt", "proceed",
+      "Type 'proceed' to zeroize your HSM and change the policy, or 'quit' to quit now." },
+    { "4.2-hsm-login-last-7.txt", "last_attempt", "Type 'proceed' if you are certain you have the right HSM Admin "
+      .. "login credentials or 'quit' to quit now." },
+  }
+  for _, c in ipairs(cases) do
+    local form, question = prompts.match(asked(c[1]))
+    t.eq({ form and form.kind, question }, { c[2], c[3] }, c[1])
+  end
+end)
+
+-- The forms the reference has only as regular expressions or test
+-- strings (no fixture of a whole transcript): luna-field.md 1089, 1122, 1348.
+t.test("the proceed questions published as fragments: client delete (5.x), regenCert, hsm restart", function()
+  local cases = {
+    { "CAUTION:  Are you sure you wish to delete client named:\n            web1\n          Type 'proceed' to "
+      .. "delete the client, or 'quit'\n          to quit now.\n", "Type 'proceed' to delete the client, or 'quit' to quit now." },
+    { "        WARNING !!  This command will overwrite the current server certificate and private key.\n        All "
+      .. "clients will have to add this server again with this new certificate.\n        If you are sure that you "
+      .. "wish to proceed, then type 'proceed', otherwise type 'quit'\n        ",
+      "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'" },
+    { "WARNING !!  This command will restart the HSM card.\nIf you are sure that you wish to proceed, then type "
+      .. "'proceed', otherwise type 'quit'\n> ", "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'" },
+  }
+  for _, c in ipairs(cases) do
+    local form, question = prompts.match(c[1])
+    t.eq({ form and form.kind, question }, { "proceed", c[2] })
+  end
+  -- CRLF line ends, as a PTY sends them
+  local form = prompts.match(("          Type 'proceed' to create the partition, or\n          'quit' to quit now.\n"
+    .. "          > "):gsub("\n", "\r\n"))
+  t.eq(form and form.kind, "proceed")
+end)
+
+t.test("passwords, and a question no form knows, are told apart; the shell prompt is no question", function()
+  local form, question = prompts.match("\n  Please enter the HSM Administrators' password:\n  > ")
+  t.eq({ form.kind, question }, { "password", "Please enter the HSM Administrators' password:" })
+  form, question = prompts.match("Enter the new label for this HSM:\n    > ")
+  t.eq({ form.kind, question }, { "unknown", "Enter the new label for this HSM:" },
+    "an input mark alone is a question, reported at once rather than waited on")
+  t.eq(prompts.match("Command Result : 0 (Success)\n[hsm1] lunash:>"), nil)
+  t.eq(prompts.match("Number of partitions:  2\nTotal storage > used\n"), nil, "a '>' inside a line is no input mark")
+end)
+
+t.test("a command holding a question's words is one whose echo would be taken for it", function()
+  for _, line in ipairs { "client register -client x -label \"Type  'proceed' now\"", "syslog tail -search otherwise type 'quit'",
+      "hsm show password:", "x (Y/N)", "partition create -label \"a or 'quit'\"" } do
+    t.eq(prompts.looks_like_question(line), true, line)
+  end
+  t.eq(prompts.looks_like_question("partition create -partition p1 -label p1"), false)
+end)
