@@ -15,8 +15,13 @@
 --   * empty results are sentences (`There are no partitions.`);
 --   * tables are columns separated by 2+ spaces or TABs, headers may span
 --     two lines, rows may be separated from the rule by blank lines.
--- Every parser keeps what it does not know (fields = every key/value) and
--- never fails on an unknown layout: it returns what it could read.
+-- Every parser keeps what it does not know (fields = every key/value).  A
+-- value a safety rule decides on is read from its own field, in a form the
+-- reference shows, or the parser raises luna/ParseError naming the command,
+-- the line and what was expected - never a default, never a word found
+-- anywhere in the text (`hsm show`: the serial, the attempts left and the
+-- zeroized state; the other parsers still return what they could read,
+-- issue 21 takes them in turn).
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
@@ -222,11 +227,38 @@ end
 --   partitions_allowed=, partitions_created=, fips=, fields=, sections=}
 -- 5.x says "Hardware Model:", 6.x/7.x "HSM Model:"; an unlabelled HSM shows
 -- "no label" (5.x) or nothing (7.2): label "" for both.
+-- unreadable(command, line, expected): output a safety value cannot be read from.
+local function unreadable(command, line, expected)
+  dhsm.error { kind = "luna", code = "ParseError", details = { command = command, line = line, expected = expected },
+    message = ("%s: cannot read %s: expected %s"):format(command, line and ("the line %q"):format(line)
+      or "its output", expected) }
+end
+M.unreadable = unreadable
+
+-- The attempts-left field as published (luna-field.md 2.1-2.4): "N before
+-- HSM zeroization!", or "HSM IS ZEROIZED !!!!" -> attempts, zeroized
+local function admin_attempts(value, ls)
+  if value == nil then
+    local near                                   -- a line that may be the count, worded otherwise: named
+    for _, l in ipairs(ls) do
+      if l:lower():find("attempts") then near = trim(l) end
+    end
+    unreadable("hsm show", near, "an 'HSM Admin login attempts left' field (the count the failed-login guard reads)")
+  end
+  local n = value:match("^(%d+) before HSM zeroization!$")
+  if n then return tonumber(n), false end
+  if value:match("^HSM IS ZEROIZED !+$") then return 0, true end
+  unreadable("hsm show", "HSM Admin login attempts left: " .. value,
+    "'N before HSM zeroization!' or 'HSM IS ZEROIZED !!!!'")
+end
+
 function M.hsm_show(text)
   local ls = lines(text)
   local f = M.fields(text)
-  local attempts = f["HSM Admin login attempts left"] or ""
-  local zeroized = attempts:find("ZEROIZED", 1, true) ~= nil or text:find("HSM IS ZEROIZED", 1, true) ~= nil
+  local attempts, zeroized = admin_attempts(f["HSM Admin login attempts left"], ls)
+  if not (f["Serial #"] or ""):match("^%d+$") then
+    unreadable("hsm show", f["Serial #"] and ("Serial #: " .. f["Serial #"]), "a 'Serial #' field of digits")
+  end
   local parts = {}
   for _, l in ipairs(ls) do
     local k, v = key_value(l)
@@ -242,7 +274,7 @@ function M.hsm_show(text)
     software_version = f["Software Version"], model = f["HSM Model"] or f["Hardware Model"],
     part_number = f["HSM Part Number"],
     admin_logged_in = yes(f["HSM Admin login status"]),
-    attempts_left = zeroized and 0 or int(attempts),
+    attempts_left = attempts,
     zeroized = zeroized,
     manually_zeroized = yes(f["Manually Zeroized"]),
     partitions = parts,

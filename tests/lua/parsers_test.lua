@@ -93,3 +93,46 @@ t.test("status date: the appliance's UTC clock, or NoDate naming what came - nev
     t.raises(function() parse.status_date(wrong) end, "NoDate")
   end
 end)
+
+-- hsm show, fail-closed (issue 21's first parser): the serial, the attempts
+-- left and the zeroized state from their own fields in a published form, or
+-- luna/ParseError naming the line - never a default, never a word found
+-- elsewhere in the text.
+t.test("hsm show reads the attempts and the zeroized state from their field only, or refuses", function()
+  local published = util.read_file(t.here() .. "/../fixtures/luna/2.2-hsm-show-6.2.2-a.txt")
+  local h = parse.hsm_show(published)
+  t.eq({ h.serial, h.attempts_left, h.zeroized }, { "534071", 3, false })
+  local function with(old, new) return (published:gsub(old:gsub("%p", "%%%0"), (new:gsub("%%", "%%%%")))) end
+  -- a label that says HSM IS ZEROIZED is a label
+  local labelled = with("HSM Label:                          ", "HSM Label:                          HSM IS ZEROIZED ")
+  t.eq({ parse.hsm_show(labelled).zeroized, parse.hsm_show(labelled).attempts_left }, { false, 3 })
+  for _, bad in ipairs {
+    with("HSM Admin login attempts left:      3 before HSM zeroization!", "HSM SO login attempts left : 1"),
+    with("3 before HSM zeroization!", "three before HSM zeroization!"),
+    with("3 before HSM zeroization!", ""),
+    with("Serial #:                           534071", "Serial #:                           unknown"),
+    "Unable to communicate with HSM\n\nCommand Result : 65535 (Unknown)\n",
+    "",
+  } do
+    local ok, err = pcall(parse.hsm_show, bad)
+    t.eq(ok, false, "read: " .. bad:sub(1, 60))
+    t.eq({ err.kind, err.code }, { "luna", "ParseError" }, tostring(err))
+    t.ok(err.message:find("^hsm show: cannot read"), err.message)
+  end
+end)
+
+t.test("the guard makes no login when the device's count cannot be read", function()
+  local guard = require "dhsm.guard"
+  local tried = false
+  local unreadable = util.read_file(t.here() .. "/../fixtures/luna/2.2-hsm-show-6.2.2-a.txt")
+    :gsub("HSM Admin login attempts left:%s+3 before HSM zeroization!", "HSM SO login attempts left : 1")
+  local err = t.raises(function()
+    guard.attempt(guard.device("hsm", "534071"), "so", {}, {
+      device_left = function() return parse.hsm_show(unreadable).attempts_left end,
+      try = function() tried = true; return false end,
+    })
+  end, "ParseError")
+  t.ok(err.message:find("HSM SO login attempts left : 1", 1, true), err.message)
+  t.eq(tried, false, "no attempt was made")
+  t.eq(guard.failures(guard.device("hsm", "534071"), "so"), 0, "nothing counted")
+end)
