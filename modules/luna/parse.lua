@@ -233,7 +233,6 @@ local function unreadable(command, line, expected)
     message = ("%s: cannot read %s: expected %s"):format(command, line and ("the line %q"):format(line)
       or "its output", expected) }
 end
-M.unreadable = unreadable
 
 -- The attempts-left field as published (luna-field.md 2.1-2.4): "N before
 -- HSM zeroization!", or "HSM IS ZEROIZED !!!!" -> attempts, zeroized
