@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 
 from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
-from appliance import p11  # noqa: E402
+from appliance import layouts, p11  # noqa: E402
 from appliance.softhsm import TokenFile, TokenStore  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
 
@@ -428,7 +428,7 @@ class LoginThresholdTest(ApplianceCase):
             out = box.run("hsm login -password wrong-guess")[1]
             self.assertIn("(A00000 : LUNA_RET_UM_PIN_INCORRECT)", out)
         self.assertRegex(box.ok("hsm show"), r"HSM Admin login attempts left: +1 before HSM zeroization!")
-        out = box.run("hsm login", stdin="wrong-again\n")[1]
+        out = box.run("hsm login", stdin="proceed\nwrong-again\n")[1]
         self.assertIn("Caution:  This is your LAST available HSM Admin login attempt", out)
         self.assertIn("(30000F : LUNA_RET_SO_LOGIN_FAILURE_THRESHOLD)", out)
         shown = box.ok("hsm show")
@@ -554,6 +554,120 @@ class PartitionTest(ApplianceCase):
         self.assertEqual(set(p11_tokens(conf)), set(before) - {listed["sn-b"]})
         box.as_so("partition delete -partition sn-a -force", answers="")
         self.assertNotIn(listed["sn-a"], p11_tokens(conf))
+
+
+class PromptTest(ApplianceCase):
+    """The proceed/quit questions, byte for byte as a PTY session shows them (CR LF read as LF),
+    against tests/fixtures/luna (layouts.PROMPTS); `quit` changes nothing, `proceed` acts."""
+
+    def session(self, box):
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+
+        def run(line, *answers):
+            """LINE typed, then each answer at the next "> "; the whole transcript up to the prompt."""
+            shell.channel.send(line + "\r")
+            text = ""
+            for answer in answers:
+                text += shell.read_until(r"> $")
+                shell.channel.send(answer + "\r")
+            return (text + shell.read_until(r"lunash:>$")).replace("\r\n", "\n")
+        return run
+
+    def question(self, layout, command, **values):
+        return layouts.question(layout, command, **values)[1]
+
+    def test_partition_create_7_and_6(self):
+        box = Box("hsm1")
+        run = self.session(box)
+        self.assertIn("'hsm login' successful.", run(f"hsm login -password {box.secret('so_password')}"))
+        q7 = self.question(7, "partition create")
+        out = run("partition create -partition askpar", "quit")
+        self.assertTrue(out.startswith("partition create -partition askpar\n\n\n" + q7 + "quit\n"), out)
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertNotIn("askpar", run("partition list"))
+        out = run("partition create -partition askpar", "proceed")
+        self.addCleanup(box.as_so, "partition delete -partition askpar -force")
+        self.assertEqual(out[:out.rindex("\n") + 1], "partition create -partition askpar\n\n\n" + q7 + "proceed\n"
+                         "'partition create' successful.\n\n\nCommand Result : 0 (Success)\n")  # 3.4 (7.0, 7.2)
+        box.faults(lunash_layout=6)
+        out = run("partition create -partition askpar6", "proceed")
+        self.addCleanup(box.as_so, "partition delete -partition askpar6 -force")
+        self.assertIn("\n-label:  Not provided; using name for label.\n\n" + self.question(6, "partition create")
+                      + "proceed\n'partition create' successful.\n\nCommand Result : 0 (Success)\n", out)  # 3.4 (6.2.2)
+
+    def test_hsm_init_and_change_policy_6(self):
+        box = Box("hsm1")
+        run = self.session(box)
+        run(f"hsm login -password {box.secret('so_password')}")
+        box.faults(lunash_layout=6)
+        label = re.search(r"HSM Label: *(\S*)", run("hsm show")).group(1)
+        out = run("hsm init -label other", "Other-Pass1", "Other-Pass1", "dom-dom", "dom-dom", "quit")
+        self.assertIn("> ***********\n\nPlease re-enter password to confirm:\n> ***********\n\n", out)
+        self.assertIn("> *******\n\n" + self.question(6, "hsm init") + "quit\n", out)  # 4.3
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertRegex(run("hsm show"), rf"HSM Label: *{re.escape(label)}\n")
+        parts = listed_partitions(run("partition list"))
+        q = self.question(6, "hsm changepolicy", policy="Allow non-FIPS algorithms")
+        out = run("hsm changePolicy -policy 12 -value 0", "quit")
+        self.assertTrue(out.startswith("hsm changePolicy -policy 12 -value 0\n\n" + q + "quit\n"), out)  # 4.5
+        self.assertRegex(run("hsm showPolicies"), r"Allow non-FIPS algorithms +On +12 ")
+        out = run("hsm changePolicy -policy 12 -value 1", "proceed")  # already 1: nothing to erase
+        self.assertIn("'hsm changePolicy' successful.", out)
+        self.assertEqual(listed_partitions(run("partition list")), parts)
+
+    def test_hsm_login_last_attempt(self):
+        box = Box("hsm1")
+        so = box.secret("so_password")
+        run = self.session(box)
+        for attempt in (1, 2):
+            self.assertIn("LUNA_RET_UM_PIN_INCORRECT", run("hsm login -password wrong-guess"))
+        self.addCleanup(box.run, f"hsm login -password {so}", stdin="proceed\n")
+        q = self.question(7, "hsm login")
+        out = run("hsm login", "quit")
+        self.assertTrue(out.startswith("hsm login\n\n" + q + "quit\n"), out)  # 4.2
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertRegex(run("hsm show"), r"attempts left: +1 before HSM zeroization!")  # quit: no attempt counted
+        out = run("hsm login", "proceed", so)
+        self.assertTrue(out.startswith("hsm login\n\n" + q + "proceed\n\n  Please enter the HSM Administrators' "
+                                       "password:\n  > " + "*" * len(so) + "\n"), out)  # 4.2, byte for byte
+        self.assertIn("'hsm login' successful.", out)
+        self.assertRegex(run("hsm show"), r"attempts left: +3 before")
+        box.faults(lunash_layout=5)  # unpublished for 5/6: the 7.x question, password prompt not indented
+        for attempt in (1, 2):
+            run("hsm login -password wrong-guess")
+        out = run(f"hsm login -password {so}", "proceed")
+        self.assertTrue(out.startswith(f"hsm login -password {so}\n\n" + q + "proceed\n"), out)
+        self.assertIn("'hsm login' successful.", out)
+
+    def test_client_delete_5_and_regen_cert(self):
+        box = Box("hsm1")
+        cert, _ = make_client_cert(self.tmp, "asker.example")
+        box.sftp(put=[(cert, "asker.example.pem")])
+        box.ok("client register -client asker -hostname asker.example")
+        self.addCleanup(box.run, "client delete -client asker -force")
+        box.faults(lunash_layout=5)
+        run = self.session(box)
+        q = self.question(5, "client delete", name="asker")
+        out = run("client delete -client asker", "quit")
+        self.assertTrue(out.startswith("client delete -client asker\n\n" + q + "quit\n"), out)
+        self.assertIn("asker", run("client list"))
+        out = run("client delete -client asker", "proceed")
+        self.assertIn("'client delete' successful.", out)
+        self.assertNotIn("asker", run("client list"))
+        server = os.path.join(self.tmp, "server.pem")
+        box.sftp(get=[("server.pem", server)])
+        before = read(server)
+        out = run("sysconf regenCert", "quit")
+        self.assertTrue(out.startswith("sysconf regenCert\n\n" + self.question(5, "sysconf regencert") + "quit\n"), out)
+        box.sftp(get=[("server.pem", server)])
+        self.assertEqual(read(server), before)
+        out = run("sysconf regenCert", "proceed")
+        self.assertIn("> proceed\nProceeding...\n'sysconf regenCert' successful.", out)
+        box.sftp(get=[("server.pem", server)])
+        self.assertNotEqual(read(server), before)
+        box.ok("service restart ntls")  # NTLS serves what server.pem says again
 
 
 class TokenStoreTest(unittest.TestCase):

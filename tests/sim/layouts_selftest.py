@@ -102,6 +102,57 @@ class PackageListTest(unittest.TestCase):
         self.assertEqual(transcript("[hsm-2-1-2-5] lunash:>", "package list", 5, lines), "\n".join(published[:-1]) + "\n")
 
 
+def question(layout, command, **values):
+    return layouts.question(layout, command, **values)[1]
+
+
+class QuestionTest(unittest.TestCase):
+    """The proceed/quit questions (layouts.PROMPTS), as written before the answer is typed."""
+
+    def test_partition_create_7_3_4(self):
+        text = question(7, "partition create")
+        for name, host in (("3.4-partition-create-7.0", "cloudflare-hsm.softlayer.com"), ("3.4-partition-create-7.2",
+                                                                                         "local_host")):
+            self.assertTrue(fixture(name).endswith(transcript(
+                f"[{host}] lunash:>", "partition create -partition KeylessSSL", 7,
+                [text + "proceed", "'partition create' successful."])), name)
+
+    def test_partition_create_6_3_4(self):
+        self.assertIn("\n\n" + question(6, "partition create") + "proceed\n'partition create' successful.\n",
+                      fixture("3.4-partition-create-6.2.2"))
+
+    def test_hsm_login_last_attempt_7_4_2(self):
+        self.assertTrue(fixture("4.2-hsm-login-last-7").startswith(
+            "[local_host] lunash:>hsm login\n\n" + question(7, "hsm login") + "proceed\n\n"
+            "  Please enter the HSM Administrators' password:\n  > "))
+        self.assertEqual(layouts.question(7, "hsm login")[0], 1)
+
+    def test_hsm_init_6_4_3(self):
+        self.assertIn("> ********\n\n" + question(6, "hsm init") + "proceed\n", fixture("4.3-hsm-init-6.2.2"))
+
+    def test_hsm_changepolicy_6_4_5(self):
+        self.assertTrue(fixture("4.5-hsm-changepolicy-6.2.2").startswith(
+            "[jdoe1] lunash:>hsm changepolicy -policy 12 -value 0\n\n"
+            + question(6, "hsm changepolicy", policy="Allow non-FIPS algorithms") + "proceed\n"))
+
+    def test_client_delete_5_regex_fragment(self):
+        published = ("CAUTION:  Are you sure you wish to delete client named:\n"
+                     "            {0}\n"
+                     "          Type 'proceed' to delete the client, or 'quit'\n"
+                     "          to quit now.\n")  # luna-field.md 1087-1092 (S2's expected_remove_client_prompt)
+        self.assertEqual(question(5, "client delete", name="web1"), published.format("web1") + "          > ")
+
+    def test_regencert_wording_6_2(self):
+        published = ("WARNING !!  This command will overwrite the current server certificate and private key.\n"
+                     "All clients will have to add this server again with this new certificate.\n"
+                     "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'\n")
+        self.assertEqual(question(7, "sysconf regencert"), published + "> ")  # luna-field.md 1120-1123
+
+    def test_unpublished_commands_keep_the_template(self):
+        self.assertEqual(layouts.question(7, "hsm zeroize", "zeroize the HSM", "CAUTION:  Sure?"),
+                         (None, "CAUTION:  Sure?\n\nType 'proceed' to zeroize the HSM, or 'quit' to quit now.\n> "))
+
+
 class ReturnCodeTest(unittest.TestCase):
     def test_table_shared_with_dhsm(self):
         self.assertEqual(rc.PIN_INCORRECT, ("A00000", "LUNA_RET_UM_PIN_INCORRECT"))

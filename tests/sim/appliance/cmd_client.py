@@ -68,8 +68,7 @@ def show(ctx):
 def delete(ctx):
     name = ctx.opt("client")
     ctx.client(name)
-    ctx.delete_confirmed(name, f"CAUTION:  Are you sure you wish to delete client named: {name}",
-                         hsmops.unregister_client)
+    ctx.delete_confirmed(name, None, hsmops.unregister_client)  # the question: layouts.PROMPTS (5.x's)
 
 
 def assign(ctx):

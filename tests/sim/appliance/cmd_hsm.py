@@ -9,7 +9,6 @@ from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
 SO_PROMPT = "Please enter the HSM Administrators' password:"
-LAST_ATTEMPT = "Caution:  This is your LAST available HSM Admin login attempt"
 
 
 def _attempts(state):
@@ -32,7 +31,9 @@ def show(ctx):
 def login(ctx):
     hsm = ctx.state["hsm"]
     if hsm["initialized"] and roles.so_attempts_left(hsm) == 1:
-        ctx.out(LAST_ATTEMPT, "")
+        # 4.2: the caution and proceed/quit come first; `quit` (unpublished: our choice) aborts
+        # the command with RC_OPERATION_CANCELLED, no attempt counted
+        ctx.confirm()
     password = ctx.opt("password")
     if password is None:
         password = ctx.ask(SO_PROMPT, secret=True)
@@ -57,7 +58,7 @@ def init(ctx):
     if not ctx.opt("defaultdomain"):
         ctx.new_secret(ctx.opt("domain"), "Please enter a cloning domain to use for initializing this HSM:",
                        "Please re-enter cloning domain to confirm:")
-    ctx.confirm("initialize the HSM", "CAUTION:  Are you sure you wish to initialize this HSM?")
+    ctx.confirm()  # 4.3
     with ctx.mutate():
         hsmops.init_hsm(ctx.device, ctx.opt("label"), password)
     ctx.shell.logged_in["so"] = False
@@ -91,8 +92,7 @@ def change_policy(ctx):
         raise LunaError(rc.BAD_PARAMETER, f"Policy {code} cannot be set to {value} on this HSM.")
     description, _, destructive = policies.POLICIES[code]
     if destructive:
-        ctx.confirm("change the policy", "CAUTION:  This is a destructive policy change: "
-                                         "all partitions on the HSM will be erased.")
+        ctx.confirm(policy=description)  # 4.5
     with ctx.mutate():
         if destructive and policies.value(ctx.state["hsm"], code) != value:
             hsmops.delete_all_partitions(ctx.device)

@@ -49,12 +49,16 @@ def ipcheck(ctx):
 
 
 def regen_cert(ctx):
-    ctx.confirm("regenerate the server certificate",
-                "WARNING !!  This command will overwrite the current server certificate and private key.\n"
-                "            All clients will have to be re-configured with this new server certificate.")
+    """6.2 (5.x words): the WARNING question, `Proceeding...`, then the success and ntls lines."""
+    ctx.confirm()
     with ctx.mutate():
         ctx.device.regen_cert()
-    ctx.out("'sysconf regenCert' successful. NTLS must be (re)started before clients can connect.")
+    if not ctx.opt("force"):
+        ctx.out("Proceeding...")
+    ctx.out("'sysconf regenCert' successful. NTLS must be (re)started before clients can connect.",
+            "Please use the 'ntls show' command to ensure that NTLS is bound to an appropriate network device "
+            "or IP address/hostname",
+            "for the network device(s) NTLS should be active on. Use 'ntls bind' to change this binding if necessary.")
 
 
 def _service(ctx):

@@ -29,10 +29,11 @@ def create(ctx):
     count = len(ctx.state["partitions"])
     if count >= model.MAX_PARTITIONS:
         raise LunaError(rc.TOO_MANY_PARTITIONS)
-    ctx.out(f"On completion, you will have this number of partitions: {count + 1}", "")
-    if not label:
-        ctx.out("-label:  Not provided; using name for label.", "")
-    ctx.confirm("create the partition")
+    if ctx.layout != 7:  # 3.4: 6.2.2 says these first; 7.x asks proceed at once
+        ctx.out(f"On completion, you will have this number of partitions: {count + 1}", "")
+        if not label:
+            ctx.out("-label:  Not provided; using name for label.", "")
+    ctx.confirm()
     with ctx.mutate():
         hsmops.create_partition(ctx.device, name, label or name)
     ctx.success()

@@ -21,6 +21,7 @@ class Context:
         self.lines = []
         self.after = []  # run once the output is on its way (reboot, network cut)
         self._begun = False
+        self._answered = False  # a prompt of this command was answered: the next one follows a blank line
 
     @property
     def state(self):
@@ -72,16 +73,25 @@ class Context:
 
     def delete_confirmed(self, name, caution, remove):
         """The destructive `... delete` commands: proceed/quit, then REMOVE(device, NAME)."""
-        self.confirm(f"delete {name}", caution)
+        self.confirm(f"delete {name}", caution, name=name)
         with self.mutate():
             remove(self.device, name)
         self.success()
 
     # prompts ---------------------------------------------------------------------
     def ask(self, text, secret=False):
-        self.flush()
         indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
-        self.shell.term.write(f"{indent}{text}\n{indent}> ")
+        return self._read_answer(f"{indent}{text}\n{indent}> ", secret)
+
+    def _read_answer(self, prompt, secret=False, before=None):
+        """Write PROMPT (it ends with the "> " marker) and read the answer. BEFORE: blank lines
+        before it when it opens the output (None: the layout's). A prompt after an answered one
+        follows a blank line (3.4, 4.2, 4.3, 4.4)."""
+        if before is not None and not self._begun:
+            self._begun = True
+            self.shell.term.write("\n" * before)
+        self.flush()
+        self.shell.term.write(("\n" if self._answered else "") + prompt)
         answer = self.shell.term.read_line(mask="*" if secret else None)
         if not self.shell.term.pty:
             self.shell.term.write("\n")  # nothing was echoed: end the prompt line ourselves
@@ -89,15 +99,17 @@ class Context:
             # End of input (`ssh host "hsm login" </dev/null`) or an empty password is no
             # credential at all: nothing is tried, so no failed login is counted.
             raise LunaError(rc.CANCELLED, "No input was given.")
+        self._answered = True
         return answer
 
-    def confirm(self, action, caution=None):
-        """The proceed/quit question of destructive commands; -force skips it."""
+    def confirm(self, action=None, caution=None, **values):
+        """The proceed/quit question (layouts.question: the published text of this command and
+        layout, else the invented template with ACTION and CAUTION); -force skips it. Anything
+        but `proceed` aborts the command, nothing changed."""
         if self.opt("force"):
             return
-        if caution:
-            self.out(caution, "")
-        if self.ask(f"Type 'proceed' to {action}, or 'quit' to quit now.").strip().lower() != "proceed":
+        before, text = layouts.question(self.layout, self.name.lower(), action, caution, **values)
+        if self._read_answer(text, before=before).strip().lower() != "proceed":
             raise LunaError(rc.CANCELLED, "Command aborted.")
 
     def new_secret(self, given, first, again="Please re-enter password to confirm:"):

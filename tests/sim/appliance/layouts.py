@@ -143,3 +143,72 @@ def client_show(layout, name, ip, hostname, partitions):
 def package_list(system, software):
     return ["RPM LIST (SYSTEM)", "-------------------", *system, "", "",
             "RPM LIST (SOFTWARE)", "-------------------", *software]
+
+
+# proceed/quit questions ----------------------------------------------------------------
+# What LunaSH writes for the question of a command, up to and including the input marker
+# ("> "), by command and layout; "*" serves every layout. Published (luna-field.md, fixtures in
+# tests/fixtures/luna), by reference line: partition create 6 (597, 3.4-partition-create-6.2.2)
+# and 7 (612, 3.4-partition-create-7.0/7.2); hsm login at the last attempt, 7 (739,
+# 4.2-hsm-login-last-7); hsm init, 6 (779, 4.3-hsm-init-6.2.2); hsm changePolicy, destructive, 6
+# (863, 4.5-hsm-changepolicy-6.2.2); client delete, 5 (1089, a regex fragment); sysconf regenCert
+# (1122, wording only). Other layouts of these commands use the published text (our assumption:
+# tests/sim/README.md); commands not listed keep TEMPLATE (invented).
+TEMPLATE = "Type 'proceed' to {action}, or 'quit' to quit now.\n> "
+
+_LAST_LOGIN = ("Caution:  This is your LAST available HSM Admin login attempt.\n"
+               "          If the wrong HSM Admin password is provided the HSM will\n"
+               "          be ZEROIZED!!!\n"
+               "\n"
+               "          Type 'proceed' if you are certain you have the right\n"
+               "          HSM Admin login credentials or 'quit' to quit now.\n"
+               "          > ")
+
+PROMPTS = {
+    "partition create": {
+        7: "          Type 'proceed' to create the partition, or\n          'quit' to quit now.\n          > ",
+        6: "Type 'proceed' to create the initialized partition, or 'quit' to quit now.\n   > ",
+        5: "Type 'proceed' to create the initialized partition, or 'quit' to quit now.\n   > ",  # 6.x's (assumed)
+    },
+    "hsm login": {"*": _LAST_LOGIN},  # 7.x published; 6.x/5.x the same (assumed)
+    "hsm init": {"*": "CAUTION:  Are you sure you wish to initialize this HSM?\n"
+                      "\n"
+                      "Type 'proceed' to initialize the HSM, or 'quit'\n"
+                      "    to quit now.\n"
+                      "    > "},
+    "hsm changepolicy": {"*": "CAUTION: Are you sure you wish to change the destructive policy named:\n"
+                              "\n"
+                              "{policy}\n"
+                              "\n"
+                              "Changing this policy will result in erasing all partitions on the HSM! (HSM Admin, "
+                              "Domain, and M of N (where applicable) will not be modified.\n"
+                              "\n"
+                              "Type 'proceed' to zeroize your HSM and change the policy, or 'quit' to quit now.\n"
+                              "\n"
+                              "> "},
+    "client delete": {"*": "CAUTION:  Are you sure you wish to delete client named:\n"
+                           "            {name}\n"
+                           "          Type 'proceed' to delete the client, or 'quit'\n"
+                           "          to quit now.\n"
+                           "          > "},  # the "> " line is ours: the regex stops before it
+    "sysconf regencert": {"*": "WARNING !!  This command will overwrite the current server certificate and private key.\n"
+                               "All clients will have to add this server again with this new certificate.\n"
+                               "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'\n"
+                               "> "},  # "> " as `hsm restart`'s (1348); the text's indent in 1122 is the tool's
+}
+
+# blank lines before a question that opens the command's output, where not the layout's SPACING
+QUESTION_SPACING = {(7, "hsm login"): 1}
+
+
+def question(layout, command, action=None, caution=None, **values):
+    """The question COMMAND (lower case) asks: (blank lines before it when it opens the output,
+    None for the layout's SPACING; the text through the "> " marker). ACTION/CAUTION fill TEMPLATE
+    for commands with no published question; VALUES fill the published ones."""
+    forms = PROMPTS.get(command, {})
+    text = forms.get(layout, forms.get("*"))
+    if text is None:
+        text = (caution + "\n\n" if caution else "") + TEMPLATE.format(action=action)
+    else:
+        text = text.format(**values)
+    return QUESTION_SPACING.get((layout, command)), text
