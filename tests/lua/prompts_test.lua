@@ -74,3 +74,37 @@ t.test("a command holding a question's words is one whose echo would be taken fo
   end
   t.eq(prompts.looks_like_question("partition create -partition p1 -label p1"), false)
 end)
+
+-- Through a session: the estate's appliances ask in the published words
+-- (tests/sim/layouts_selftest.py compares them with the fixtures).
+local estate = require("support.estate").start {}
+
+t.test("through a session: each published question declined unless the call allows proceed, then answered", function()
+  local luna = require "dhsm.luna"
+  local entry = estate.inventory:hsm("hsm1")
+  local so = estate:secret("hsm1_so_password")
+  for _, layout in ipairs { "7", "6" } do
+    estate:appliance("hsm1", { lunash_layout = layout })
+    local s <close> = luna.open(entry)
+    s:login_so(so)
+    local name = "pq" .. layout
+    local r = s:run("partition create -partition " .. name)
+    t.eq(r.ok, false, "layout " .. layout)
+    t.eq(r.declined, layout == "7" and "Type 'proceed' to create the partition, or 'quit' to quit now."
+      or "Type 'proceed' to create the initialized partition, or 'quit' to quit now.")
+    t.ok(r.error.lines[1]:find("answered quit", 1, true), r.error.lines[1])
+    t.eq(#estate:mutations("partition create -partition " .. name), 1, "sent once, declined at the question")
+    t.eq(estate:state().appliances.hsm1.partitions[name], nil, "nothing was created")
+    t.eq(s:run("partition create -partition " .. name, { proceed = true }).ok, true)
+    t.ok(estate:state().appliances.hsm1.partitions[name], "created once proceed was allowed")
+    s:must("partition delete -partition " .. name, { proceed = true })
+  end
+  estate:appliance("hsm1", { lunash_layout = "7" })
+  local s <close> = luna.open(entry)
+  local before = util.read_file(estate.dir .. "/appliances/hsm1/home/server.pem")
+  local r = s:run("sysconf regenCert")
+  t.eq({ r.ok, r.declined }, { false, "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'" })
+  t.eq(util.read_file(estate.dir .. "/appliances/hsm1/home/server.pem"), before, "the certificate is the same")
+  -- what a caller must not do: answer the question by a command of its own words
+  t.raises(function() s:run("client register -client x -label \"Type 'proceed' to\"") end, "LooksLikeQuestion")
+end, { timeout = 120 })
