@@ -1,4 +1,5 @@
--- Fuzz every LunaSH output parser (dhsm.luna.parse) with mutated field
+-- Fuzz every LunaSH output parser (dhsm.luna.parse) and the question
+-- recogniser (dhsm.luna.prompts.match) with mutated field
 -- output (corpus/luna: the blocks of reference/luna-field.md and luna.md;
 -- and tests/fixtures/luna, the field blocks the parsers are tested on).
 local fuzz = dofile(arg[0]:match("^(.-)[^/]*$") .. "harness.lua")
@@ -9,6 +10,7 @@ for _, name in ipairs { "fields", "result", "hsm_show", "partition_list", "parti
   "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "lunacm_result", "lunacm_groups", "lunacm_role_show", "vtl_verify", "status_date", "table" } do
   PARSERS[#PARSERS + 1] = { "luna.parse." .. name, parse[name] }
 end
+PARSERS[#PARSERS + 1] = { "luna.prompts.match", require("dhsm.luna.prompts").match }
 
 fuzz.main {
   name = "luna_parse",
@@ -17,6 +19,7 @@ fuzz.main {
     "HSM Admin login attempts left : ", "ZEROIZED", "Partition: 1234, Name: p", "registered client 1: ",
     "Partitions: ", '"par1"', "NTLS bound to network device: eth0   IP Address: \"", "IP Address (eth0): ",
     "\n0.0.0.0  10.0.0.1  0.0.0.0  UG  eth0", "KB0019789", ": ", "  ", "Serial #", "Hostname", " -> ", "Command Result : No Error", "' successful.",
-    "\t", "=======  =======", "RPM LIST (SYSTEM)", "Slot Id ->", "        ", "Error:  'x' failed. (C0000401)" },
+    "\t", "=======  =======", "RPM LIST (SYSTEM)", "Slot Id ->", "        ", "Error:  'x' failed. (C0000401)",
+    "Type 'proceed' to ", ", or 'quit' to quit now.", "\n          > ", "otherwise type 'quit'", "Password:" },
   target = function(input) fuzz.each(PARSERS, input) end,
 }
