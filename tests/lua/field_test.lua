@@ -258,7 +258,11 @@ t.test("8.3 vtl verify: TABs, expanded TABs, 8-wide rule, rows without indent", 
   t.eq(parse.vtl_verify("Error: Unable to find any Luna SA slots/partitions\n"), {})
 end)
 
-t.test("every fixture goes through every parser without an error (unknown layouts read tolerantly)", function()
+-- The parsers that refuse what they cannot be sure of (issue 21 takes the
+-- others in turn), and the fixtures of their own command.
+local FAIL_CLOSED = { hsm_show = "^2%.%d%-hsm%-show" }
+
+t.test("every fixture goes through every parser: read, or a ParseError from a fail-closed one", function()
   local p = io.popen("ls " .. util.shell_quote(DIR))
   local n = 0
   for name in p:lines() do
@@ -267,7 +271,12 @@ t.test("every fixture goes through every parser without an error (unknown layout
       for _, fn in ipairs { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
         "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "vtl_verify", "table" } do
         local ok, err = pcall(parse[fn], text)
-        t.ok(ok, ("%s on %s: %s"):format(fn, name, tostring(err)))
+        if FAIL_CLOSED[fn] and not name:find(FAIL_CLOSED[fn]) then
+          t.ok(ok or (dhsm.error.is(err, "luna") and err.code == "ParseError"), ("%s on %s: %s"):format(fn, name,
+            tostring(err)))
+        else
+          t.ok(ok, ("%s on %s: %s"):format(fn, name, tostring(err)))
+        end
       end
       n = n + 1
     end
