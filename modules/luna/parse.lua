@@ -413,22 +413,29 @@ end
 -- Published layout (5.1): "RPM LIST (SYSTEM)" and "RPM LIST (SOFTWARE)"
 -- titles over a dash rule, one package per line; other layouts are read
 -- the same way: any line that is one word, titles and rules skipped.
+-- package list -> {[entry] = true}: the package entries only, one word
+-- per line under the RPM LIST titles (luna-field.md 6.5) - not a sentence
+-- that mentions a package ("KB0019789 is required ..."), not the titles.
 function M.package_list(text)
   local out = {}
   for _, l in ipairs(lines(text)) do
     local t = trim(l)
     if t ~= "" and not t:find("[%s:]") and not is_rule(t, "-") and not is_rule(t, "=") then out[t] = true end
-    for kb in t:gmatch("KB%d+") do out[kb] = true end
   end
   return out
 end
 
--- has_package(set, name) -> the first entry containing name (any case), or nil
+-- has_package(set, name) -> the first entry holding name as a whole token
+-- (any case; between the entry's start or end and anything but a letter or
+-- a digit: KB0019789 is in lunasa-reboot-fix-KB0019789-7.2.0-1, not in
+-- KB00197890), or nil
 function M.has_package(set, name)
-  local want = name:lower()
+  local want = name:lower():gsub("%p", "%%%0")
   local found
   for entry in pairs(set) do
-    if entry:lower():find(want, 1, true) and (found == nil or entry < found) then found = entry end
+    if (" " .. entry:lower() .. " "):find("[^%w]" .. want .. "[^%w]") and (found == nil or entry < found) then
+      found = entry
+    end
   end
   return found
 end

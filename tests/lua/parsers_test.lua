@@ -136,3 +136,17 @@ t.test("the guard makes no login when the device's count cannot be read", functi
   t.eq(tried, false, "no attempt was made")
   t.eq(guard.failures(guard.device("hsm", "534071"), "so"), 0, "nothing counted")
 end)
+
+t.test("package list: the reboot fix is a whole token of a package entry, never a sentence's word", function()
+  local set = parse.package_list(table.concat({ "RPM LIST (SOFTWARE)", "-------------------",
+    "lunasa-reboot-fix-KB0019789-7.2.0-1", "Note: KB0019789 is required but is NOT installed", "" }, "\n"))
+  t.eq(set, { ["lunasa-reboot-fix-KB0019789-7.2.0-1"] = true }, "entries only: no title, no sentence")
+  t.eq(parse.has_package(set, "KB0019789"), "lunasa-reboot-fix-KB0019789-7.2.0-1")
+  t.eq(parse.has_package(set, "kb0019789"), "lunasa-reboot-fix-KB0019789-7.2.0-1", "any case")
+  local mentioned = parse.package_list("KB0019789 is required ... NOT installed\nglibc-2.5-42\n")
+  t.eq(parse.has_package(mentioned, "KB0019789"), nil, "a sentence that names it installs nothing")
+  for _, entry in ipairs { "KB00197890", "fix-KB00197890-1", "xKB0019789", "KB0019789a" } do
+    t.eq(parse.has_package({ [entry] = true }, "KB0019789"), nil, entry)
+  end
+  t.eq(parse.has_package({ ["KB0019789"] = true }, "KB0019789"), "KB0019789")
+end)
