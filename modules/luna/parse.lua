@@ -126,9 +126,9 @@ local function last_result(text)
   local code, what, last, close
   local pos = 1
   while true do
-    local s, e = text:find("Command Result : ", pos, true)
+    local s, e = text:find("Command Result[ \t]*:[ \t]*", pos)     -- a TAB where the copy has a blank reads the same
     if not s then break end
-    local c, open = text:match("^(%d+) %(()", e + 1)
+    local c, open = text:match("^(%d+)[ \t]*%(()", e + 1)
     if c then
       if close ~= false and (close == nil or close < open) then close = text:find(")", open, true) or false end
       if close then code, what, last = tonumber(c), text:sub(open, close - 1), s end
@@ -178,7 +178,8 @@ function M.result(text)
       if q then r.successful[#r.successful + 1] = q; r.command = q; r.note = trim(rest) ~= "" and trim(rest) or r.note end
     end
   end
-  r.ok = not failed and (code == 0 or (code == nil and #r.successful > 0))
+  -- any Error: line fails the command: 7.x prints Command Result : 0 after some failures (4.2)
+  r.ok = not failed and #errs == 0 and (code == 0 or (code == nil and #r.successful > 0))
   if failed or #errs > 0 or (code and code ~= 0) then
     local e = failed or {}
     e.lines = errs

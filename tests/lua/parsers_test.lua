@@ -150,3 +150,13 @@ t.test("package list: the reboot fix is a whole token of a package entry, never 
   end
   t.eq(parse.has_package({ ["KB0019789"] = true }, "KB0019789"), "KB0019789")
 end)
+
+t.test("a command's result: an Error: line fails it whatever the code; a TAB in the trailer reads the same", function()
+  local r = parse.result("Error:    The HSM is in the factory reset (zeroized) state.\n\nCommand Result : 0 (Success)\n")
+  t.eq({ r.ok, r.code }, { false, 0 }, "7.x prints code 0 after some failures")
+  t.eq(r.error.lines, { "The HSM is in the factory reset (zeroized) state." })
+  r = parse.result("'hsm show' successful.\n\nCommand Result :\t0 (Success)\n")
+  t.eq({ r.ok, r.code }, { true, 0 })
+  r = parse.result("Command Result\t:\t65535\t(Unknown)\n")
+  t.eq({ r.ok, r.code }, { false, 65535 })
+end)
