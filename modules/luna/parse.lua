@@ -20,8 +20,8 @@
 -- reference shows, or the parser raises luna/ParseError naming the command,
 -- the line and what was expected - never a default, never a word found
 -- anywhere in the text (`hsm show`: the serial, the attempts left and the
--- zeroized state; the other parsers still return what they could read,
--- issue 21 takes them in turn).
+-- zeroized state; `partition list`: every row, or the error; the other
+-- parsers still return what they could read, issue 21 takes them in turn).
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
@@ -330,27 +330,56 @@ local PART_COLS = { partition = "serial", name = "name", ["partition version"] =
   objects = "objects", total = "total", used = "used", free = "free" }
 local PART_NUMERIC = { objects = true, total = true, used = true, free = true }
 
+local PART_NEEDED = { "serial", "name", "objects", "total", "used", "free" }
+
+-- Fail-closed: an empty list only from "There are no partitions." or a
+-- header with no rows; a header whose names are not the published ones, or
+-- a row that does not split into its columns, is a ParseError naming the
+-- line - a partition is never dropped, a column never guessed.
 function M.partition_list(text)
+  text = text_of(text)
+  if text:find("There are no partitions%.") then return {} end
   local t = M.table(text)
-  local names = {}
-  for i, h in ipairs(t.header) do names[i] = PART_COLS[h:lower()] or h end
-  if #names < 6 then
-    names = { "serial", "name", "objects", "total", "used", "free" }
+  local names, seen = {}, {}
+  for i, h in ipairs(t.header) do
+    names[i] = PART_COLS[h:lower()]
+    if not names[i] then
+      unreadable("partition list", table.concat(t.header, "  "), ("the published column names (Partition, Name, "
+        .. "[Partition Version,] Objects, Total, Used, Free), not %q"):format(h))
+    end
+    seen[names[i]] = true
+  end
+  for _, need in ipairs(PART_NEEDED) do
+    if not seen[need] then
+      unreadable("partition list", #t.header > 0 and table.concat(t.header, "  ") or nil,
+        "a table under a header naming " .. table.concat(PART_NEEDED, ", ") .. " (or 'There are no partitions.')")
+    end
   end
   local width = #names
   local out = {}
   for _, row in ipairs(t.rows) do
-    if #row >= width and row[1]:find("^%d+$") then
-      for first = 1, #row - width + 1, width do
-        local p = { columns = {} }
-        for i = 1, width do
-          local v = row[first + i - 1]
-          p.columns[names[i]] = v
-          if PART_NUMERIC[names[i]] then p[names[i]] = num(v) elseif names[i] == "serial" or names[i] == "name"
-            or names[i] == "version" then p[names[i]] = v end
+    if #row == 0 or #row % width ~= 0 or not row[1]:find("^%d+$") then
+      unreadable("partition list", table.concat(row, "  "), ("a row of %d columns, the serial first"):format(width))
+    end
+    for first = 1, #row, width do         -- a copy with the next row appended gives both (6.2.2)
+      local p = { columns = {} }
+      for i = 1, width do
+        local v = row[first + i - 1]
+        p.columns[names[i]] = v
+        if PART_NUMERIC[names[i]] then
+          p[names[i]] = num(v)
+          if p[names[i]] == nil then
+            unreadable("partition list", table.concat(row, "  "), ("a number of bytes or objects under %s, not %q")
+              :format(names[i], v))
+          end
+        else
+          p[names[i]] = v
         end
-        if p.serial and p.serial:find("^%d+$") then out[#out + 1] = p end
       end
+      if not p.serial:find("^%d+$") then
+        unreadable("partition list", table.concat(row, "  "), "a partition serial of digits first")
+      end
+      out[#out + 1] = p
     end
   end
   return out

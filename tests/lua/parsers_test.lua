@@ -160,3 +160,24 @@ t.test("a command's result: an Error: line fails it whatever the code; a TAB in 
   r = parse.result("Command Result\t:\t65535\t(Unknown)\n")
   t.eq({ r.ok, r.code }, { false, 65535 })
 end)
+
+t.test("partition list: every row read or a ParseError naming it; empty only when the appliance says so", function()
+  local published = util.read_file(t.here() .. "/../fixtures/luna/3.1-partition-list-5.txt")
+  t.eq(#parse.partition_list(published), 2)
+  t.eq(parse.partition_list(util.read_file(t.here() .. "/../fixtures/luna/3.1-partition-list-5-empty.txt")), {})
+  local function with(old, new) return (published:gsub(old:gsub("%p", "%%%0"), (new:gsub("%%", "%%%%")))) end
+  for what, bad in pairs {
+    ["a 13-digit serial run into the name"] = with(" 157826004    testPar1", " 1578260040001testPar1"),
+    ["a 25-character name run into its count"] = with("testPar1                       0", "testPar1-with-a-long-name0"),
+    ["an unknown header"] = with("Objects", "Things"),
+    ["no header"] = with(" Partition    Name                     Objects     Total      Used      Free\n", ""),
+    ["a rule above the table only"] = "=====\n 157826004 testPar1 0 102701 0 102701\n",
+    ["truncated output"] = published:sub(1, 120),
+    ["an error"] = "Error:  'partition list' failed. (300000 : RC_X)\n\nCommand Result : 65535 (Unknown)\n",
+    ["nothing"] = "",
+  } do
+    local ok, err = pcall(parse.partition_list, bad)
+    t.eq(ok, false, what .. " read as " .. (ok and require("cjson").encode(err) or ""))
+    t.eq({ err.kind, err.code }, { "luna", "ParseError" }, what .. ": " .. tostring(err))
+  end
+end)
