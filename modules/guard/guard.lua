@@ -116,10 +116,9 @@ function M.device(kind, serial, label)
     label = label and ("%s (%s %s)"):format(label, KINDS[kind], sn) or (KINDS[kind] .. " " .. sn) }
 end
 
--- A device or its key: what the counts are kept under.
+-- A device's key and label: what the counts are kept under.
 local function key_of(dev)
   if type(dev) == "table" and type(dev.key) == "string" then return dev.key, dev.label end
-  if type(dev) == "string" and dev:match("^%a+:[%w%-]+$") then return dev, dev end
   dhsm.error { kind = "usage", message = ("dhsm.guard: expected a device (guard.device(kind, serial)), got %s")
     :format(type(dev) == "string" and ("%q"):format(dev) or type(dev)) }
 end
@@ -272,7 +271,7 @@ local function devices_of(targets)
     local key = key_of(d)
     if not seen[key] then
       seen[key] = true
-      list[#list + 1] = type(d) == "table" and d or { key = key, label = key }
+      list[#list + 1] = d
     end
   end
   if #list == 0 then dhsm.error { kind = "usage", message = "dhsm.guard: a login to no device" } end

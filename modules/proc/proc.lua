@@ -376,10 +376,29 @@ local function check_lunacm(opts)
   return verb, what, role, words
 end
 
+-- The caller's options as they are now: what is checked is what runs.  A
+-- run yields (lunacm's slot list, a confirmation), and another task could
+-- otherwise change argv between the guard's reading and the start.
+-- (raw reads: no metamethod of the caller's decides what is copied).
+local function raw_copy(t)
+  local copy = {}
+  for k, v in next, t do copy[k] = v end
+  return copy
+end
+
+local function snapshot(opts)
+  local copy = raw_copy(opts)
+  for _, field in ipairs { "argv", "env", "stdin" } do
+    if type(copy[field]) == "table" and not secret.is(copy[field]) then copy[field] = raw_copy(copy[field]) end
+  end
+  return copy
+end
+
 -- run{argv=, stdin=, env=, cwd=, timeout=} -> {status=, signal=, stdout=, stderr=, duration=}
 -- (and ok=, code= for lunacm)
 function M.run(opts)
   schema.options("proc.run", opts, RUN_OPTIONS, true)
+  opts = snapshot(opts)
   local verb = check_lunacm(opts)
   if verb and verb:match("^login") then
     refuse("UnguardedLogin", "refusing '%s': a partition login that only proc.lunacm_login sends, through the "
@@ -393,6 +412,7 @@ end
 -- mode a spawn is refused (dhsm.act).
 function M.spawn(opts)
   schema.options("proc.spawn", opts, SPAWN_OPTIONS, true)
+  opts = snapshot(opts)
   if type(opts) == "table" and is_lunacm(opts.argv, opts.cwd) then
     refuse("UnguardedLogin", "refusing an interactive lunacm: any line written to it could be a login; "
       .. "use proc.run with -c, and proc.lunacm_login for logins")
@@ -499,6 +519,7 @@ end
 -- lunacm_login{argv=, password=, env=, cwd=, timeout=, allow_destructive_login=}
 function M.lunacm_login(opts)
   schema.options("proc.lunacm_login", opts, LUNACM_OPTIONS, true)      -- a table from here on
+  opts = snapshot(opts)
   if opts.stdin ~= nil then usage("lunacm_login: the password is lunacm's only input; stdin= is not taken") end
   refuse_tool_named(opts.argv, opts.cwd, opts.env)
   local verb, what, role, words = check_lunacm(opts)

@@ -286,6 +286,26 @@ local function partitions_state()
   return out
 end
 
+t.test("what the guard counted is what runs: argv changed by another task mid-login changes nothing", function()
+  local counted, other = slot_of("hsm2%-par1"), slot_of("hsm3%-par1")
+  local before = { partition_state("hsm2").co_failures, partition_state("hsm3").co_failures }
+  local run = lunacm { "-c", "role", "login", "-name", "co", "-slot", counted }
+  run.password = wrong()
+  local results = dhsm.parallel({ "login", "swap" }, function(which)
+    if which == "swap" then
+      dhsm.sleep(0.05)                    -- while lunacm_login reads the slot list
+      run.argv[#run.argv] = other
+      return "swapped"
+    end
+    local ok, r = pcall(proc.lunacm_login, run)
+    return ok and r.code or dhsm.error.normalize(r).code
+  end)
+  t.eq(results, { "CKR_PIN_INCORRECT", "swapped" })
+  t.eq({ partition_state("hsm2").co_failures, partition_state("hsm3").co_failures }, { before[1] + 1, before[2] },
+    "the login reached the partition the guard counted, not the one argv named afterwards")
+  login({ "-c", "role", "login", "-name", "co", "-slot", counted }, estate:secret("hsm2_par1_co_pin"))
+end, { timeout = 120 })
+
 t.test("lunacm logins go nowhere but through the guard, however spelled", function()
   local before = partitions_state()
   local function refused(args, stdin, code)
