@@ -114,10 +114,11 @@ function M.group_empty(c, group, doing, sub)
 end
 
 -- The private IP of the HSM resource at path, from its NIC (Azure's own
--- view of which appliance it is); nil when Azure does not say.
+-- view of which appliance it is); nil when Azure does not say.  A failed
+-- read raises as itself (a lost connection, Ctrl-C), never taken for "no NIC".
 local function nic_ip(c, path)
-  local ok, h = pcall(c.find, c, path)
-  if not ok or not h then return nil end
+  local h = c:find(path)
+  if not h then return nil end
   local ip = require("dhsm.azure.hsm").private_ip(c, h)     -- loaded once both exist: it reads through dhsm.azure
   return ip
 end

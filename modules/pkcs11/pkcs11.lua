@@ -398,7 +398,7 @@ local identities = setmetatable({}, { __mode = "k" })
 
 local function ha_group_of(tok, path)
   local readable, conf = false, nil
-  if sys.stat(path) then readable, conf = pcall(require("dhsm.chrystoki").load, path) end
+  if path and sys.stat(path) then readable, conf = pcall(require("dhsm.chrystoki").load, path) end
   for _, g in ipairs(readable and conf:ha_groups() or {}) do
     if g.serial == tok.serial then return g end
   end
@@ -413,7 +413,7 @@ end
 function Session:guard_devices()
   if not identities[self] then
     local tok = self:token()
-    local group, devices = ha_group_of(tok, conf_of[self] or M.chrystoki_conf()), {}
+    local group, devices = ha_group_of(tok, conf_of[self]), {}
     for i, member in ipairs(group and group.members or {}) do
       devices[i] = guard.device("partition", member, ("%s member %s"):format(tok.label, member))
     end

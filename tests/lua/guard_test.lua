@@ -220,6 +220,16 @@ t.test("without its folder the guard makes no login; its files are the group's t
   t.ok(r.stdout:find("^false\tGuardFolderMissing\t"), r.stdout .. r.stderr)
   t.ok(r.stdout:find("install -d -m 2770 -g dhsm /var/lib/dhsm", 1, true), "the message says how to make it")
   t.eq(so_state("hsm1"), before, "nothing reached the appliance")
+  -- a folder whose locks cannot be taken (here: "locks" is a file) makes no login either
+  local unusable = t.tmpdir()
+  t.write(unusable .. "/locks", "")
+  r = proc.run(child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm1"))
+    local ok, err = pcall(s.login_so, s, dhsm.secret.value("not-the-password"))
+    print(ok, err.code)
+  ]], state, unusable))
+  t.eq(r.stdout, "false\tGuardFolderUnusable\n", r.stderr)
+  t.eq(so_state("hsm1"), before, "nothing reached the appliance")
   -- a login that is made leaves the counts and its lock readable and writable by the folder's group
   local guard_dir = t.tmpdir()
   r = proc.run(child([[
@@ -414,6 +424,16 @@ t.test("one partition, one count: lunacm, PKCS#11 and the HA group's virtual slo
   t.raises(function() login({ "-c", "role", "login", "-name", "co", "-slot", p3.id }, co) end, "LastLoginAttempt")
   t.raises(function() login({ "-c", "hagroup", "synchronize", "-group", "countg" }, co) end, "LastLoginAttempt")
   t.eq({ partition_state("hsm3"), partition_state("hsm4") }, before, "nothing reached either member")
+  t.eq({ count(p3.serial), count(p4.serial) }, { 9, 1 })
+  -- an HA slot whose members the library's Chrystoki.conf no longer lists: not counted under the group, refused
+  local conf_path = estate.inventory.client.chrystoki_conf
+  local conf_text = util.read_file(conf_path)
+  t.cleanup(function() t.write(conf_path, conf_text) end)
+  local lost <close> = client_library()
+  local ha2 = lost:open { label = "countg" }
+  t.write(conf_path, (conf_text:gsub("VirtualToken%d%dSN%s*=%s*[^;]*;", "")))
+  t.raises(function() ha2:login("user", co, { allow_destructive_login = true }) end, "DeviceUnknown")
+  t.write(conf_path, conf_text)
   t.eq({ count(p3.serial), count(p4.serial) }, { 9, 1 })
   -- 4. the operator, sure of the PIN: every member's count starts again
   t.eq(ha:login("user", co, { allow_destructive_login = true }), true)
