@@ -180,14 +180,20 @@ local function fake_vtl(dir)
   t.write(dir .. "/bin/vtl", ("#!/bin/sh\ntouch %s/made\n"):format(q(dir)), tonumber("755", 8))
 end
 
-t.test("a program only named like a read-only tool is described in check mode, not run", function()
+-- A fake vtl that the playbook case runs as `vtl WORD` in check mode: described, not run.
+local function fake_vtl_described(case, word)
   local dir = folder()
   fake_vtl(dir)
-  local r = effects(dir, "fake vtl", "--check")
+  local r = effects(dir, case, "--check")
   t.eq(r.status, 0, r.stderr)
-  t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl show", 1, true), r.stderr)
-  untouched(dir, "fake vtl")
-  r = effects(dir, "fake vtl", "--yes")
+  t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl " .. word, 1, true), r.stderr)
+  untouched(dir, case)
+  return dir
+end
+
+t.test("a program only named like a read-only tool is described in check mode, not run", function()
+  local dir = fake_vtl_described("fake vtl", "show")
+  local r = effects(dir, "fake vtl", "--yes")
   t.eq({ r.status, made(dir) }, { 0, "made" }, "run for real, it acts (and passed the gate): " .. r.stderr)
 end)
 
@@ -210,12 +216,7 @@ t.test("a refusal caught and then a failure: the run still exits 3 and says refu
 end)
 
 t.test("an inventory a run builds does not make a program the real client tool", function()
-  local dir = folder()
-  fake_vtl(dir)
-  local r = effects(dir, "tool of a made inventory", "--check")
-  t.eq(r.status, 0, r.stderr)
-  t.ok(r.stderr:find("would run " .. dir .. "/bin/vtl verify", 1, true), r.stderr)
-  untouched(dir, "tool of a made inventory")
+  fake_vtl_described("tool of a made inventory", "verify")
 end)
 
 t.test("a handle opened before check mode, or the default output set then, writes nothing in it", function()
