@@ -79,10 +79,13 @@ function M.dir()
     st = sys.stat(dir)
     if st and st.type == "dir" then return dir end
   end
+  -- the remedy for what is there: something else in its place, or no folder at all
+  local remedy = st and ("move %s away (it is no folder of dhsm's) and log in again"):format(dir)
+    or ("make it once per host as root: groupadd -f dhsm && install -d -m 2770 -g dhsm %s, then add each "
+      .. "operator: usermod -aG dhsm USER (docs/safety.md)"):format(dir)
   dhsm.error { kind = "safety", code = "GuardFolderMissing",
-    message = ("the failed-login guard's folder %s %s; no login is attempted without it. Make it once per host "
-      .. "as root: groupadd -f dhsm && install -d -m 2770 -g dhsm %s, then add each operator: usermod -aG dhsm "
-      .. "USER (docs/safety.md)"):format(dir, st and "is not a folder" or "does not exist", paths.SYSTEM_GUARD_DIR) }
+    message = ("the failed-login guard's folder %s %s; no login is attempted without it: %s"):format(dir,
+      st and "is not a folder" or "does not exist", remedy) }
 end
 
 local function path()
