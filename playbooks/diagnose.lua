@@ -96,6 +96,8 @@ local REMEDY = findings.by_guide {
   },
   [""] = {
     ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
+    unreadable = "dhsm could not read this output, so it tells nothing (a layout it has not seen: another software "
+      .. "version?); read the command's output on the appliance yourself before any login or deletion",
   },
 }
 
@@ -144,7 +146,12 @@ end
 function Run:guarded(check, target, fn, ...)
   local r = table.pack(attempt(fn, ...))
   if r[1] then return table.unpack(r, 2, r.n) end
-  self:add(check, target, "FAIL", message_of(r[2]), r[2].kind == "azure" and checks.ADVICE.arm_read or REMEDY.session)
+  local e = r[2]
+  if e.kind == "luna" and e.code == "ParseError" then     -- unknown, never a default: a FAIL naming the line
+    self:add(check, target, "FAIL", "unknown: " .. message_of(e), REMEDY.unreadable)
+    return nil
+  end
+  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and checks.ADVICE.arm_read or REMEDY.session)
   return nil
 end
 
@@ -208,12 +215,12 @@ local function hsm_state(run, name, h)
   if h.zeroized then
     run:add("hsm state", name, "FAIL", ("HSM %s (serial %s) IS ZEROIZED"):format(tostring(h.label), tostring(h.serial)),
       REMEDY.zeroized)
-  elseif (h.attempts_left or SO_MAX) < SO_MAX then
+  elseif h.attempts_left < SO_MAX then
     run:add("hsm state", name, "WARN", ("%d of %d HSM SO login attempts left before zeroization"):format(
       h.attempts_left, SO_MAX), REMEDY.so_attempts)
   else
     run:add("hsm state", name, "OK", ("label %s, serial %s, firmware %s, %d of %d HSM SO attempts left"):format(
-      tostring(h.label), tostring(h.serial), tostring(h.firmware), h.attempts_left or SO_MAX, SO_MAX))
+      tostring(h.label), tostring(h.serial), tostring(h.firmware), h.attempts_left, SO_MAX))
   end
 end
 
@@ -247,10 +254,12 @@ local function failed_logins(run, name, serial, parts)
   for _, p in ipairs(parts) do
     if p.so_zeroized then bad[#bad + 1] = p.name .. ": Partition SO zeroized" end
     if p.co_locked then bad[#bad + 1] = p.name .. ": Crypto Officer locked out" end
-    if (p.so_attempts_left or 10) < guard.THRESHOLDS.pso then
+    -- read, never assumed (dhsm.luna.parse.partition_show raises otherwise); no Partition SO count: a
+    -- layout without that role (6.x)
+    if p.so_attempts_left and p.so_attempts_left < guard.THRESHOLDS.pso then
       warn[#warn + 1] = ("%s: %d Partition SO attempts left"):format(p.name, p.so_attempts_left)
     end
-    if not p.co_locked and (p.co_attempts_left or 10) < guard.THRESHOLDS.co then
+    if not p.co_locked and p.co_attempts_left < guard.THRESHOLDS.co then
       warn[#warn + 1] = ("%s: %d Crypto Officer attempts left"):format(p.name, p.co_attempts_left)
     end
   end

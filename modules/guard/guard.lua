@@ -293,6 +293,23 @@ local function lock_all(list, role, what)
   return held
 end
 
+-- What the device says is left before an attempt.  A count the device
+-- shows in a form dhsm cannot read (luna/ParseError) is a refusal, as a
+-- count of one would be: the login could be the last.  Other errors (a
+-- lost session) raise as they are; nil (an interface without a count)
+-- leaves the decision to dhsm's own count.
+local function device_reading(d, role, steps)
+  local ok, left = pcall(steps.device_left, d)
+  if ok then return left end
+  if dhsm.error.is(left, "luna") and left.code == "ParseError" then
+    act.refusal { code = "AttemptsUnreadable", details = { parse = left.details },
+      message = ("refusing the %s login on %s: it shows its attempts left in a form dhsm cannot read (%s); the "
+        .. "login could be its last. Read them by hand; then log in by hand if it is safe"):format(M.ROLE_NAMES[role],
+        d.label, left.message) }
+  end
+  error(left, 0)
+end
+
 -- attempt(devices, role, opts, steps) -> what steps.try returned
 --   devices: one guard.device(), or the list of an HA group's members
 --   steps.device_left(dev) -> attempts the device says are left, or nil
@@ -305,7 +322,7 @@ function M.attempt(targets, role, opts, steps)
   check_role(role)
   local list = devices_of(targets)
   local held <close> = lock_all(list, role, ("the %s login"):format(M.ROLE_NAMES[role]))
-  for _, d in ipairs(list) do M.check(d, role, steps.device_left(d), opts) end
+  for _, d in ipairs(list) do M.check(d, role, device_reading(d, role, steps), opts) end
   local ran, outcome, result = pcall(steps.try)
   if ran and outcome == nil then return result end
   for _, d in ipairs(list) do

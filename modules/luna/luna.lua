@@ -729,8 +729,9 @@ function Session:guard_device()
   return guard.device("hsm", r.serial, self.name)
 end
 
--- What the device says is left for role, read now; nil when it cannot say
--- (LunaSH shows it for the HSM SO; for the Auditor, when `audit show` does).
+-- What the device says is left for role, read now; nil when its output has
+-- no count (LunaSH shows it for the HSM SO; for the Auditor, when `audit
+-- show` does); a count it shows and dhsm cannot read raises ParseError.
 -- The reading is refused when the appliance is not the one the login is
 -- counted for (another device behind the same address since).
 local function device_left(self, role, dev, after_failure)
@@ -746,9 +747,10 @@ local function device_left(self, role, dev, after_failure)
     end
     return h.zeroized and 0 or h.attempts_left
   end
-  local r = self:run("audit show")
-  local n = r.ok and r.text:match("[Aa]ttempts [Ll]eft:%s*(%d+)")
-  return n and tonumber(n)
+  -- `audit show` without a count field leaves the guard to count alone;
+  -- one it cannot read raises (dhsm.luna.parse.audit_show), and so does a
+  -- failed `audit show`: neither is read as "nothing said"
+  return parse.audit_show(self:must("audit show").text).attempts_left
 end
 
 -- Logins through the guard: one critical section per appliance and role

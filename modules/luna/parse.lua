@@ -114,8 +114,9 @@ local function int(v)
   return v and tonumber(v:match("%-?%d+"))
 end
 
+-- digits -> an integer; nil for anything else, or a number too large to be one
 local function num(v)
-  return v and v:find("^%d+$") and tonumber(v) or nil
+  return v and v:find("^%d+$") and math.tointeger(tonumber(v)) or nil
 end
 
 -- The "Command Result : N (what)" / "Command Result : No Error" lines: the
@@ -160,6 +161,8 @@ end
 -- been published ending "Command Result : 0 (Success)".
 -- error.code is the name LunaSH printed, else the table's name for the hex
 -- (dhsm.luna.rc), else "LUNA_RC_<HEX>": the hex is always carried.
+-- error.known: the pairing is one a real appliance or Thales documents (a
+-- row the simulator chose, tag K, is unverified: false).
 function M.result(text)
   local code, what, last = last_result(text)
   local r = { code = code, result = what, successful = {} }
@@ -183,7 +186,8 @@ function M.result(text)
   if failed or #errs > 0 or (code and code ~= 0) then
     local e = failed or {}
     e.lines = errs
-    e.known = e.hex ~= nil and rc.name(e.hex) ~= nil
+    -- known: a pairing seen or documented; the simulator's own choices (tag K, unverified) are not
+    e.known = e.hex ~= nil and rc.name(e.hex) ~= nil and rc.tag(e.hex) ~= "K"
     e.code = e.name or (e.hex and (rc.name(e.hex) or ("LUNA_RC_" .. e.hex))) or nil
     r.error = e
     if failed then r.command = failed.command end
@@ -224,7 +228,7 @@ local function fips_mode(text)
 end
 
 -- hsm show -> {serial=, label=, firmware=, software_version=, model=, part_number=,
---   admin_logged_in=, attempts_left=, zeroized=, manually_zeroized=, partitions={{serial=, name=}},
+--   admin_logged_in=, attempts_left=, zeroized=, manually_zeroized=, partitions={{serial=, name=}} (nil: not shown),
 --   partitions_allowed=, partitions_created=, fips=, fields=, sections=}
 -- 5.x says "Hardware Model:", 6.x/7.x "HSM Model:"; an unlabelled HSM shows
 -- "no label" (5.x) or nothing (7.2): label "" for both.
@@ -233,6 +237,62 @@ local function unreadable(command, line, expected)
   dhsm.error { kind = "luna", code = "ParseError", details = { command = command, line = line, expected = expected },
     message = ("%s: cannot read %s: expected %s"):format(command, line and ("the line %q"):format(line)
       or "its output", expected) }
+end
+
+-- A yes/no field a rule reads: true/false, or ParseError naming the line.
+local function yes_no(command, key, value)
+  local v = value and value:lower()
+  if v == "yes" then return true end
+  if v == "no" then return false end
+  unreadable(command, value and (key .. ": " .. value), ("'%s: yes' or 'no'"):format(key))
+end
+
+-- A count of attempts left: "N" or "N before <role> is Locked Out|Zeroized"
+-- (luna-field.md 3.5), or ParseError naming the line.
+local function count_left(command, key, value)
+  local n = value and (value:match("^(%d+)$") or value:match("^(%d+) before %a[%a ]* is Locked Out$")
+    or value:match("^(%d+) before %a[%a ]* is Zeroized$"))
+  if n then return tonumber(n) end
+  unreadable(command, value and (key .. ": " .. value),
+    ("'%s: N' or 'N before <role> is Locked Out'"):format(key))
+end
+
+-- The words of a field that counts failed logins or says a role is gone.
+-- A key holding one that the parser does not know is a layout it has not
+-- seen: ParseError naming the line, never a field skipped (an attempts
+-- line worded otherwise must not leave the guard assuming a full count).
+local SAFETY_WORDS = { "attempt", "locked", "zeroiz" }
+
+local function refuse_unknown_safety_keys(command, ls, known)
+  for _, l in ipairs(ls) do
+    local k = key_value(l)
+    if k and not known[k] then
+      local low = k:lower()
+      for _, w in ipairs(SAFETY_WORDS) do
+        if low:find(w, 1, true) then
+          unreadable(command, trim(l), "a field whose name dhsm knows (a count or lock state worded otherwise "
+            .. "cannot be read safely)")
+        end
+      end
+    end
+  end
+end
+
+-- The key/value lines of a one-record output -> fields (the first of a
+-- key wins), refusing a watched key - one a rule reads - given twice with
+-- different values: two records, or a layout not seen.
+local function one_record(command, ls, watched)
+  local out = {}
+  for _, l in ipairs(ls) do
+    local k, v = key_value(l)
+    if k then
+      if out[k] ~= nil and out[k] ~= v and watched[k] then
+        unreadable(command, trim(l), ("one '%s' field (it was also %q)"):format(k, out[k]))
+      end
+      if out[k] == nil then out[k] = v end
+    end
+  end
+  return out
 end
 
 -- The attempts-left field as published (luna-field.md 2.1-2.4): "N before
@@ -252,21 +312,51 @@ local function admin_attempts(value, ls)
     "'N before HSM zeroization!' or 'HSM IS ZEROIZED !!!!'")
 end
 
+-- The "Partitions created on HSM:" section of `hsm show`: every
+-- `Partition: <sn>, Name: <name>` line, or {} from "There are no
+-- partitions."; nil - not shown, never "none" - when the section is not
+-- there at all (published 6.2.2 copies omit it: "[OUTPUT OMITTED]").  A
+-- section without either, a line in another form, or a count that
+-- disagrees with "Number of partitions created" is a ParseError.
+local function hsm_partitions(ls, f)
+  local parts, titled, none = {}, false, false
+  for _, l in ipairs(ls) do
+    local k, v = key_value(l)
+    if trim(l) == "Partitions created on HSM:" then
+      titled = true
+    elseif trim(l) == "There are no partitions." then
+      none = true
+    elseif k == "Partition" then
+      local sn, name = v:match("^(%d+),%s*Name:(.*)$")
+      if not sn then unreadable("hsm show", trim(l), "'Partition: <serial>, Name: <name>'") end
+      parts[#parts + 1] = { serial = sn, name = trim(name) }
+    end
+  end
+  if not titled and not none and #parts == 0 then return nil end
+  if not titled or none == (#parts > 0) then
+    unreadable("hsm show", nil, "a 'Partitions created on HSM:' section listing each partition or 'There are no "
+      .. "partitions.'")
+  end
+  local created = f["Number of partitions created"]
+  if created and num(created) ~= #parts then
+    unreadable("hsm show", "Number of partitions created: " .. created, ("%d, the partitions listed"):format(#parts))
+  end
+  return parts
+end
+
+local HSHOW = { ["HSM Admin login attempts left"] = true, ["Manually Zeroized"] = true }
+local HSHOW_READ = { ["HSM Admin login attempts left"] = true, ["Manually Zeroized"] = true, ["Serial #"] = true,
+  ["HSM Label"] = true }
+
 function M.hsm_show(text)
   local ls = lines(text)
-  local f = M.fields(text)
+  refuse_unknown_safety_keys("hsm show", ls, HSHOW)
+  local f = one_record("hsm show", ls, HSHOW_READ)
   local attempts, zeroized = admin_attempts(f["HSM Admin login attempts left"], ls)
   if not (f["Serial #"] or ""):match("^%d+$") then
     unreadable("hsm show", f["Serial #"] and ("Serial #: " .. f["Serial #"]), "a 'Serial #' field of digits")
   end
-  local parts = {}
-  for _, l in ipairs(ls) do
-    local k, v = key_value(l)
-    if k == "Partition" then
-      local sn, name = v:match("^(%d+),%s*Name:(.*)$")
-      if sn then parts[#parts + 1] = { serial = sn, name = trim(name) } end
-    end
-  end
+  local parts = hsm_partitions(ls, f)
   local label = f["HSM Label"]
   if label == "no label" then label = "" end
   return {
@@ -276,7 +366,7 @@ function M.hsm_show(text)
     admin_logged_in = yes(f["HSM Admin login status"]),
     attempts_left = attempts,
     zeroized = zeroized,
-    manually_zeroized = yes(f["Manually Zeroized"]),
+    manually_zeroized = f["Manually Zeroized"] and yes_no("hsm show", "Manually Zeroized", f["Manually Zeroized"]),
     partitions = parts,
     partitions_allowed = int(f["Number of partitions allowed"]),
     partitions_created = int(f["Number of partitions created"]),
@@ -387,55 +477,132 @@ end
 
 -- partition show -> {name=, serial=, label=, so_zeroized=, so_attempts_left=, co_locked=,
 --   co_attempts_left=, objects=, version=, fields=}
--- 6.2.2 calls the CO "Partition Owner"; 7.8.5 showContents says "Number objects".
+-- Published for 6.2.2 only (luna-field.md 3.5: the CO is "Partition
+-- Owner", no Partition SO); the 7.x fields are the simulator's choice
+-- (section 16), so read strictly.  Required: the name, the serial and the
+-- Crypto Officer's lock state and attempts; the Partition SO's fields
+-- when shown (nil: this layout has no Partition SO).  objects: nil when
+-- not shown.
+local PSHOW = {
+  ["Partition SO Zeroized"] = { "so_zeroized", yes_no },
+  ["Partition SO Login Attempts Left"] = { "so_attempts_left", count_left },
+  ["Crypto Officer Locked Out"] = { "co_locked", yes_no },
+  ["Partition Owner Locked Out"] = { "co_locked", yes_no },
+  ["Crypto Officer Login Attempts Left"] = { "co_attempts_left", count_left },
+  ["Partition Owner Login Attempts Left"] = { "co_attempts_left", count_left },
+}
+
+local PSHOW_READ = { ["Partition Name"] = true, ["Partition SN"] = true, ["Object Count"] = true,
+  ["Partition Object Count"] = true, ["Number objects"] = true }
+for key in pairs(PSHOW) do PSHOW_READ[key] = true end
+
 function M.partition_show(text)
-  local f = M.fields(text)
-  local co_locked = f["Crypto Officer Locked Out"] or f["Partition Owner Locked Out"]
-  local co_left = f["Crypto Officer Login Attempts Left"] or f["Partition Owner Login Attempts Left"]
-  return {
-    name = f["Partition Name"], serial = f["Partition SN"], label = f["Partition Label"], version = f["Partition Version"],
-    so_zeroized = yes(f["Partition SO Zeroized"]), so_attempts_left = int(f["Partition SO Login Attempts Left"]),
-    co_locked = yes(co_locked), co_attempts_left = int(co_left),
-    objects = int(f["Object Count"] or f["Partition Object Count"] or f["Number objects"]), fields = f,
-  }
+  local command = "partition show"
+  local ls = lines(text)
+  refuse_unknown_safety_keys(command, ls, PSHOW)
+  local f = one_record(command, ls, PSHOW_READ)
+  local out = { name = f["Partition Name"], serial = f["Partition SN"], label = f["Partition Label"],
+    version = f["Partition Version"], fields = f }
+  if not out.name or out.name == "" then unreadable(command, nil, "a 'Partition Name' field") end
+  if not (out.serial or ""):find("^%d+$") then
+    unreadable(command, out.serial and ("Partition SN: " .. out.serial), "a 'Partition SN' field of digits")
+  end
+  for key, read in pairs(PSHOW) do
+    if f[key] ~= nil then out[read[1]] = read[2](command, key, f[key]) end
+  end
+  if out.co_locked == nil or out.co_attempts_left == nil then
+    unreadable(command, nil, "the Crypto Officer's 'Locked Out' and 'Login Attempts Left' fields (or the Partition "
+      .. "Owner's)")
+  end
+  local objects = f["Object Count"] or f["Partition Object Count"] or f["Number objects"]
+  if objects then
+    out.objects = num(objects) or unreadable(command, "Object Count: " .. objects, "a number of objects")
+  end
+  return out
 end
 
--- client list -> {"name", ...}  ("No clients are registered." -> {})
+-- client list -> {"name", ...}: `registered client N: <name>` rows numbered
+-- from 1, or {} from "No clients are registered." - anything else (no
+-- row and no sentence, a row out of sequence, a row not in that form) is
+-- a ParseError: a client missing from the list is never "not registered".
 function M.client_list(text)
-  local out = {}
+  local out, empty = {}, false
   for _, l in ipairs(lines(text)) do
-    local name = l:match("^%s*registered client %d+:(.*)$")
-    if name then out[#out + 1] = trim(name) end
+    local t = trim(l)
+    if t == "No clients are registered." then
+      empty = true
+    elseif t:lower():find("^registered client") then
+      local n, name = t:match("^registered client (%d+):%s*(.-)$")
+      if not n or name == "" or tonumber(n) ~= #out + 1 then
+        unreadable("client list", t, ("'registered client %d: <name>'"):format(#out + 1))
+      end
+      out[#out + 1] = name
+    end
+  end
+  if empty == (#out > 0) then
+    unreadable("client list", nil, "'registered client N: <name>' rows or 'No clients are registered.'")
   end
   return out
 end
 
 -- client show -> {id=, ip=, hostname=, partitions={...}, htl_required=, ott_expiry=, fields=}
--- Partitions: "a", "b" or <none>.
+-- Partitions: "a", "b" or <none> (luna-field.md 5.2), read whole: a
+-- value in another form is a ParseError, never "no partition".
 function M.client_show(text)
-  local f = M.fields(text)
+  local command = "client show"
+  local f = one_record(command, lines(text), { ClientID = true, Partitions = true, ["HTL Required"] = true })
+  if not f["ClientID"] or f["ClientID"] == "" then unreadable(command, nil, "a 'ClientID' field") end
+  local listed = f["Partitions"]
   local parts = {}
-  for p in (f["Partitions"] or ""):gmatch('"([^"]+)"') do parts[#parts + 1] = p end
+  if listed == nil then unreadable(command, nil, "a 'Partitions:' field") end
+  if listed ~= "<none>" then
+    local rest = listed
+    while rest ~= "" do
+      local p, after = rest:match('^"([^"]+)"(.*)$')
+      if not p or not (after == "" or after:find("^,%s*%S")) then
+        unreadable(command, listed and ("Partitions: " .. listed), '\'Partitions: "a", "b"\' or \'Partitions: <none>\'')
+      end
+      parts[#parts + 1] = p
+      rest = after:gsub("^,%s*", "")
+    end
+  end
   local function given(v) return v ~= nil and v ~= "<none>" and v ~= "" and v or nil end
   return { id = f["ClientID"], ip = given(f["IPAddress"]), hostname = given(f["Hostname"]), partitions = parts,
-    htl_required = yes(f["HTL Required"]), ott_expiry = f["OTT Expiry"], fields = f }
+    htl_required = f["HTL Required"] and yes_no(command, "HTL Required", f["HTL Required"]),
+    ott_expiry = f["OTT Expiry"], fields = f }
 end
 
 -- ntls show -> {device=, ip=, port=, running=, ipcheck=, fields=}
--- (no real `ntls show` was published: the simulator's layout, read by key)
+-- No real `ntls show` was published (luna-field.md 16): this reads the
+-- simulator's layout and nothing else - the binding line, `NTLS TCP port:
+-- N`, `NTLS status: running|stopped`, `NTLS IP check: enabled|disabled` -
+-- and raises on any other, never a default.
+local NTLS_WORDS = { running = true, stopped = false, enabled = true, disabled = false }
+
 function M.ntls_show(text)
-  local f = M.fields(text)
+  local command = "ntls show"
+  local ls = lines(text)
+  local f = one_record(command, ls, { ["NTLS TCP port"] = true, ["NTLS status"] = true, ["NTLS IP check"] = true })
   local device, ip
-  for _, l in ipairs(lines(text)) do
-    local d = l:match("NTLS bound to network device:%s*([^%s]+)")
+  for _, l in ipairs(ls) do
+    local d, rest = l:match("^%s*NTLS bound to network device:%s*(%S+)(.*)$")
     if d then
-      device = d
-      ip = l:match('IP Address:%s*"([^"]*)"')
+      device, ip = d, rest:match('^%s*IP Address:%s*"([^"]*)"')
+      if not ip then unreadable(command, trim(l), 'NTLS bound to network device: <dev> IP Address: "<ip>"') end
     end
   end
-  local check = (f["NTLS IP check"] or f["NTLS client source IP validation"] or ""):lower()
-  return { device = device, ip = ip, port = int(f["NTLS TCP port"]), running = (f["NTLS status"] or ""):lower() == "running",
-    ipcheck = check == "enabled" or check == "enable", fields = f }
+  if not device then unreadable(command, nil, "an 'NTLS bound to network device:' line") end
+  local function word(key, allowed)
+    local v = (f[key] or ""):lower()
+    if NTLS_WORDS[v] == nil or not allowed[v] then
+      unreadable(command, f[key] and (key .. ": " .. f[key]), ("'%s:' followed by one of the words dhsm knows"):format(key))
+    end
+    return NTLS_WORDS[v]
+  end
+  local port = num(f["NTLS TCP port"]) or unreadable(command, f["NTLS TCP port"] and ("NTLS TCP port: "
+    .. f["NTLS TCP port"]), "'NTLS TCP port: N'")
+  return { device = device, ip = ip, port = port, running = word("NTLS status", { running = true, stopped = true }),
+    ipcheck = word("NTLS IP check", { enabled = true, disabled = true }), fields = f }
 end
 
 -- package list -> set of installed packages, each entry as printed
@@ -498,26 +665,43 @@ end
 -- "Current Slot Id:", then the command's own listing of the same slots:
 -- slots after that line start the list again.  An HA group's virtual slot
 -- names its fields "HSM Label ->", "HSM Serial Number ->".
+-- Fail-closed (the guard keys a partition by the serial read here): every
+-- slot has a number and a serial of digits, the listing ends with its
+-- "Current Slot Id:" line (a cut listing raises), and an empty list comes
+-- only from "Current Slot Id: None" with no slot (luna-field.md 7.2).
 function M.lunacm_slots(text)
-  local out, slot, again = {}, nil, false
+  local command = "lunacm slot list"
+  local out, slot, again, current = {}, nil, false, nil
   for _, l in ipairs(lines(text)) do
     local k, v = key_value(l)
     if k == "Slot Id" then
-      if again then out, again = { current = out.current }, false end
+      if again then out, again = {}, false end
       slot = { slot = num(v), fields = {} }
+      if not slot.slot then unreadable(command, trim(l), "'Slot Id -> N'") end
       out[#out + 1] = slot
     elseif k == "Current Slot Id" then
-      out.current = num(v)
+      current = v
       slot, again = nil, true
     end
     if slot and k then
       slot.fields[k] = v
     end
   end
+  if current == nil then unreadable(command, nil, "a slot listing ending with 'Current Slot Id:'") end
+  if current == "None" then
+    if #out > 0 then unreadable(command, "Current Slot Id: None", "no slot listed when none is current") end
+    return out
+  end
+  out.current = num(current) or unreadable(command, "Current Slot Id: " .. current, "'Current Slot Id: N' or 'None'")
+  if #out == 0 then unreadable(command, "Current Slot Id: " .. current, "the slots listed above it") end
   for _, s in ipairs(out) do
     local f = s.fields
     s.virtual = f["HSM Label"] ~= nil and f["Label"] == nil
     s.label, s.serial = f["Label"] or f["HSM Label"], f["Serial Number"] or f["HSM Serial Number"]
+    if not (s.serial or ""):find("^%d+$") then
+      unreadable(command, s.serial and ("Serial Number -> " .. s.serial), ("a serial number of digits for slot %d")
+        :format(s.slot))
+    end
     s.model, s.firmware = f["Model"] or f["HSM Model"], f["Firmware Version"] or f["HSM Firmware Version"]
     s.configuration, s.description = f["Configuration"] or f["HSM Configuration"], f["Slot Description"]
   end
@@ -569,52 +753,161 @@ function M.lunacm_result(text)
 end
 
 -- lunacm `hagroup listGroups` -> {groups = {{label=, serial=, slot=, members =
---   {{serial=, status=, slot=}}}}, retry=, interval=, auto_recovery=}
-function M.lunacm_groups(text)
-  local out = { groups = {}, retry = tonumber(text:match("Maximum auto recovery retry:%s*(%-?%d+)")),
-    interval = tonumber(text:match("Auto recovery poll interval:%s*(%d+)")),
-    auto_recovery = text:match("HA auto recovery:%s*(%a+)") == "enabled" }
-  local group
-  for _, line in ipairs(lines(text)) do
-    local label = line:match("HA Group Label:%s*(%S+)")
-    if label then
-      group = { label = label, members = {} }
-      out.groups[#out.groups + 1] = group
-    elseif group then
-      group.serial = group.serial or line:match("HA Group Number:%s*(%d+)")
-      group.slot = group.slot or line:match("HA Group Slot ID:%s*(%d+)")
-      local slot, serial, status = line:match("^%s*([%d%-]+)%s+(%d+)%s+%S+%s+(%a+)%s*$")
-      if serial then group.members[#group.members + 1] = { serial = serial, status = status, slot = tonumber(slot) } end
+--   {{serial=, status=, slot=, label=}}}}, retry=, interval=, auto_recovery=}
+-- No real listing was published (luna-field.md 9, 16): this reads the
+-- simulator's layout, strictly.  Each group: `HA Group Label:`, `HA Group
+-- Number:` and `HA Group Slot ID:` (the slot is that line's last word, as
+-- the OpenStack role reads it), `Group Members: s1, s2`, then a member
+-- table of four columns (Slot #, Member S/N, Member Label, Status) with a
+-- row for every serial `Group Members` names.  {} only from "There are no
+-- HA groups configured."; a group cut short, a member missing from the
+-- table or a row that does not read is a ParseError.
+local function member_row(command, l)
+  local c = texts(columns(l))
+  local slot, serial, label, status = c[1], c[2], c[3], c[4]
+  if #c ~= 4 or not (slot == "-" or slot:find("^%d+$")) or not serial:find("^%d+$") or not status:find("^%a+$") then
+    unreadable(command, trim(l), "a member row: slot (or -), serial, label (or -), status")
+  end
+  return { slot = num(slot), serial = serial, label = label ~= "-" and label or nil, status = status }
+end
+
+local function check_group(command, g)
+  if not (g.serial and g.slot and g.listed) then
+    unreadable(command, "HA Group Label: " .. g.label, "its 'HA Group Number:', 'HA Group Slot ID:' and 'Group Members:' "
+      .. "lines")
+  end
+  local rows = {}
+  for _, m in ipairs(g.members) do rows[m.serial] = true end
+  for serial in g.listed:gmatch("[^,%s]+") do
+    if not rows[serial] then
+      unreadable(command, "Group Members: " .. g.listed, ("a member table row for %s"):format(serial))
     end
+  end
+  g.listed = nil
+end
+
+function M.lunacm_groups(text)
+  local command = "lunacm hagroup listGroups"
+  local out, group, empty, in_table = { groups = {} }, nil, false, false
+  for _, l in ipairs(lines(text)) do
+    local k, v = key_value(l)
+    local t = trim(l)
+    if t == "There are no HA groups configured." then
+      empty = true
+    elseif k == "HA Group Label" then
+      if group then check_group(command, group) end
+      group, in_table = { label = v, members = {} }, false
+      if v == "" then unreadable(command, t, "a group label") end
+      out.groups[#out.groups + 1] = group
+    elseif group and k == "HA Group Number" then
+      group.serial = v:match("^%d+$") or unreadable(command, t, "'HA Group Number: <digits>'")
+    elseif group and k == "HA Group Slot ID" then
+      group.slot = tonumber(v:match("(%d+)$")) or unreadable(command, t, "'HA Group Slot ID: N'")
+    elseif group and k == "Group Members" then
+      group.listed = v
+    elseif group and is_rule(l) then
+      in_table = true
+    elseif group and in_table and t ~= "" then
+      group.members[#group.members + 1] = member_row(command, l)
+    elseif t == "" then
+      in_table = false
+    elseif k == "Maximum auto recovery retry" then
+      out.retry = tonumber(v:match("^%-?%d+$")) or unreadable(command, t, "'Maximum auto recovery retry: N'")
+    elseif k == "Auto recovery poll interval" then
+      out.interval = tonumber(v:match("^(%d+) seconds$") or v:match("^%d+$"))
+        or unreadable(command, t, "'Auto recovery poll interval: N seconds'")
+    elseif k == "HA auto recovery" then
+      out.auto_recovery = ({ enabled = true, disabled = false })[v]
+      if out.auto_recovery == nil then unreadable(command, t, "'HA auto recovery: enabled|disabled'") end
+    end
+  end
+  if group then check_group(command, group) end
+  if empty == (#out.groups > 0) then
+    unreadable(command, nil, "'HA Group Label:' groups or 'There are no HA groups configured.'")
   end
   return out
 end
 
 -- lunacm `role show` -> {pso = n, co = n}: the login attempts left of the
--- Partition SO and the Crypto Officer (0 when zeroized or locked out; nil
--- when the table does not say).
+-- Partition SO and the Crypto Officer (0 when the status says Zeroized or
+-- Locked out).  Unpublished (luna-field.md 16): the simulator's table of
+-- Role, Status, Login attempts left, read strictly - both rows, each
+-- with a count (or a gone status), or a ParseError: the guard refuses a
+-- login whose attempts it cannot read.
+local ROLE_ROWS = { ["Partition SO"] = "pso", ["Crypto Officer"] = "co" }
+local GONE = { ["Zeroized"] = true, ["Locked out"] = true }
+
 function M.lunacm_role_show(text)
+  local command = "lunacm role show"
   local out = {}
-  for _, line in ipairs(lines(text)) do
-    local l = trim(line)
-    for role, row in pairs { pso = "Partition SO", co = "Crypto Officer" } do
-      if l:find(row, 1, true) == 1 then
-        local gone = l:find("Zeroized", 1, true) or l:find("Locked out", 1, true)
-        out[role] = gone and 0 or tonumber(l:match("(%d+)$"))
+  for _, l in ipairs(lines(text)) do
+    local c = texts(columns(l))
+    local role = ROLE_ROWS[c[1]]
+    if role then
+      if #c ~= 3 or not (c[3]:find("^%d+$")) then
+        unreadable(command, trim(l), "a row of role, status and attempts left")
       end
+      out[role] = GONE[c[2]] and 0 or tonumber(c[3])
     end
+  end
+  for row, role in pairs(ROLE_ROWS) do
+    if out[role] == nil then unreadable(command, nil, ("a '%s' row with its attempts left"):format(row)) end
   end
   return out
 end
 
--- vtl verify -> {{slot=, serial=, label=}}; "Error: Unable to find any Luna SA
--- slots/partitions" (or nothing found) -> {}.  TABs or spaces between columns.
+-- audit show -> {attempts_left=, locked=, fields=}: the Auditor's attempts
+-- left from its own field, `Audit Role Login Attempts Left: N`, nil when
+-- the output has no such field (a layout without a count: the guard then
+-- counts alone, as documented); any other attempts or lock field is a
+-- ParseError.  Unpublished (luna-field.md 16): the simulator's layout.
+local ASHOW = { ["Audit Role Login Attempts Left"] = true, ["Audit Role Locked Out"] = true }
+
+function M.audit_show(text)
+  local command = "audit show"
+  local ls = lines(text)
+  refuse_unknown_safety_keys(command, ls, ASHOW)
+  local f = one_record(command, ls, ASHOW)
+  local left = f["Audit Role Login Attempts Left"]
+  local locked = f["Audit Role Locked Out"]
+  return { attempts_left = left and count_left(command, "Audit Role Login Attempts Left", left),
+    locked = locked and yes_no(command, "Audit Role Locked Out", locked), fields = f }
+end
+
+-- vtl verify -> {{slot=, serial=, label=}}, as published (luna-field.md
+-- 8.3): the title `The following Luna SA Slots/Partitions were found:`,
+-- a header Slot / Serial # / Label over a rule of '=', one row per slot
+-- (TABs or spaces between the columns, numbers right-aligned, the label
+-- the rest of the line, spaces and all), ended by a blank line or the
+-- end.  {} from the header with no row, or from `Error: Unable to find any
+-- Luna SA slots/partitions`.  Anything else is a ParseError.
+local VTL_TITLE = "The following Luna SA Slots/Partitions were found:"
+local VTL_NONE = "Error: Unable to find any Luna SA slots/partitions"
+
 function M.vtl_verify(text)
+  local command = "vtl verify"
+  local ls = lines(text)
+  local at
+  for i, l in ipairs(ls) do
+    local t = trim(l)
+    if t:sub(1, #VTL_NONE) == VTL_NONE then return {} end
+    if t == VTL_TITLE then at = i; break end
+  end
+  if not at then unreadable(command, nil, ("'%s' or '%s'"):format(VTL_TITLE, VTL_NONE)) end
+  local i = at + 1
+  while ls[i] and trim(ls[i]) == "" do i = i + 1 end
+  local head = texts(columns(ls[i] or ""))
+  if #head ~= 3 or head[1] ~= "Slot" or head[2] ~= "Serial #" or head[3] ~= "Label" or not is_rule(ls[i + 1] or "") then
+    unreadable(command, ls[i] and trim(ls[i]), "a header 'Slot  Serial #  Label' over a rule of '='")
+  end
   local out = {}
-  for _, row in ipairs(M.table(text).rows) do
-    if #row >= 3 and row[1]:find("^%d+$") then
-      out[#out + 1] = { slot = tonumber(row[1]), serial = row[2], label = table.concat(row, " ", 3) }
-    end
+  for j = i + 2, #ls do
+    local l = ls[j]
+    if trim(l) == "" then break end
+    local slot, serial, label = l:match("^[ \t]*(%d+)[ \t]+(%d+)[ \t]+(.*)$")
+    label = label and trim(label)
+    if not slot or label == "" then unreadable(command, trim(l), "a row: slot, serial, label") end
+    out[#out + 1] = { slot = tonumber(slot), serial = serial, label = label }
   end
   return out
 end

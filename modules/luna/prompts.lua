@@ -26,6 +26,8 @@ M.FORMS = {
     ref = "luna-field.md 739: the 7.x HSM SO's last login attempt" },
   { kind = "proceed", words = "Type 'proceed' to <what>, or 'quit' to quit now.",
     ref = "luna-field.md 597, 612, 779, 863, 1089: partition create (6.x, 7.x), hsm init, hsm changePolicy, client delete" },
+  { kind = "proceed", words = "Type 'proceed' to <what>, or 'quit' to quit now ->",
+    ref = "luna-field.md 7.1: lunacm partition init (the answer echoed after ->)" },
   { kind = "proceed", words = "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'",
     ref = "luna-field.md 1122, 1348: sysconf regenCert, hsm restart" },
   { kind = "password", pattern = "[Pp]assword:%s*>?%s*$", ref = "luna-field.md 4.1, 4.2" },
@@ -60,7 +62,7 @@ local function question_text(text, form)
   else
     body = body:match("([^\n]*%w[^\n]*)[^%w]*$") or body
   end
-  return (body:gsub("%s+", " "):gsub("^ ", ""):gsub("[ >]*$", ""))
+  return (body:gsub("%s+", " "):gsub("^ ", ""):gsub(" ?%->[ >]*$", ""):gsub("[ >]*$", ""))   -- lunacm's "->" too
 end
 
 -- match(text) -> form, question | nil: the question the text ends with.

@@ -508,11 +508,16 @@ local function target_slots(opts, words, role)
   usage("lunacm_login: no slot %s in `lunacm -c slot list`", serial and ("with serial number " .. serial) or slot)
 end
 
--- What `role show` says is left for role on the slot; nil when it cannot say.
+-- What `role show` says is left for role on the slot.  A run that fails
+-- or a table that does not read raises (the guard then refuses): lunacm
+-- shows both counts, so not reading one is never "nothing said".
 local function role_left(opts, slot, role)
-  local ok, r = pcall(run, { argv = { opts.argv[1], "-c", "role", "show", "-slot", slot.id }, env = opts.env,
+  local r = run({ argv = { opts.argv[1], "-c", "role", "show", "-slot", slot.id }, env = opts.env,
     cwd = opts.cwd, timeout = opts.timeout })
-  if not ok then return nil end
+  if not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm role show -slot %s failed: the attempts left cannot be read"):format(slot.id) }
+  end
   return parse.lunacm_role_show(r.stdout)[role]
 end
 

@@ -7,19 +7,23 @@ local parse = require "dhsm.luna.parse"
 
 local PARSERS = {}
 for _, name in ipairs { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "lunacm_result", "lunacm_groups", "lunacm_role_show", "vtl_verify", "status_date", "table" } do
+  "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "lunacm_result", "lunacm_groups", "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" } do
   PARSERS[#PARSERS + 1] = { "luna.parse." .. name, parse[name] }
 end
 PARSERS[#PARSERS + 1] = { "luna.prompts.match", require("dhsm.luna.prompts").match }
 
 fuzz.main {
   name = "luna_parse",
-  seeds = fuzz.corpus("luna", "../../fixtures/luna"),
+  seeds = fuzz.corpus("luna", "../../fixtures/luna", "../../fixtures/sim"),
   dictionary = { "Command Result : 0 (Success)", "Command Result : 65535 (", "Error: ", "failed. (300000 : RC_X)",
     "HSM Admin login attempts left : ", "ZEROIZED", "Partition: 1234, Name: p", "registered client 1: ",
     "Partitions: ", '"par1"', "NTLS bound to network device: eth0   IP Address: \"", "IP Address (eth0): ",
     "\n0.0.0.0  10.0.0.1  0.0.0.0  UG  eth0", "KB0019789", ": ", "  ", "Serial #", "Hostname", " -> ", "Command Result : No Error", "' successful.",
     "\t", "=======  =======", "RPM LIST (SYSTEM)", "Slot Id ->", "        ", "Error:  'x' failed. (C0000401)",
-    "Type 'proceed' to ", ", or 'quit' to quit now.", "\n          > ", "otherwise type 'quit'", "Password:" },
+    "Type 'proceed' to ", ", or 'quit' to quit now.", "\n          > ", "otherwise type 'quit'", "Password:",
+    "Current Slot Id: ", "HA Group Label: ", "Group Members: ", "There are no HA groups configured.", "Partition SN: ",
+    "Crypto Officer Login Attempts Left: ", "Audit Role Login Attempts Left: ", "Partitions created on HSM:",
+    "The following Luna SA Slots/Partitions were found:", "No clients are registered.", " before HSM zeroization!",
+    "quit now ->" },
   target = function(input) fuzz.each(PARSERS, input) end,
 }

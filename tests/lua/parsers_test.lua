@@ -8,7 +8,7 @@ local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
   "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_groups",
-  "lunacm_role_show", "vtl_verify", "status_date", "table" }
+  "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" }
 
 -- name -> {kind, fn(text)}
 local PARSERS = {}
@@ -131,7 +131,7 @@ t.test("the guard makes no login when the device's count cannot be read", functi
       device_left = function() return parse.hsm_show(unreadable).attempts_left end,
       try = function() tried = true; return false end,
     })
-  end, "ParseError")
+  end, "AttemptsUnreadable")
   t.ok(err.message:find("HSM SO login attempts left : 1", 1, true), err.message)
   t.eq(tried, false, "no attempt was made")
   t.eq(guard.failures(guard.device("hsm", "534071"), "so"), 0, "nothing counted")

@@ -57,6 +57,16 @@ t.test("the proceed questions published as fragments: client delete (5.x), regen
   t.eq(form and form.kind, "proceed")
 end)
 
+t.test("lunacm's proceed question (7.1), as printed by the 7.1 and 7.2 clients, is a proceed question", function()
+  for _, file in ipairs { "7.1-lunacm-slots-7.2.txt", "7.1-lunacm-slots-7.1.txt" } do
+    local text = assert(util.read_file(FIXTURES .. file))
+    local upto = select(2, text:find("quit now ->", 1, true))
+    t.ok(upto, file)
+    local form, question = prompts.match(text:sub(1, upto))
+    t.eq({ form and form.kind, question }, { "proceed", "Type 'proceed' to continue, or 'quit' to quit now" }, file)
+  end
+end)
+
 t.test("passwords, and a question no form knows, are told apart; the shell prompt is no question", function()
   local form, question = prompts.match("\n  Please enter the HSM Administrators' password:\n  > ")
   t.eq({ form.kind, question }, { "password", "Please enter the HSM Administrators' password:" })

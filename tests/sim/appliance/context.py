@@ -54,8 +54,13 @@ class Context:
     def flush(self):
         self.begin()
         if self.lines:
-            self.shell.term.write("".join(line + "\n" for line in self.lines))
+            self.shell.term.write("".join(self.reworded(line) + "\n" for line in self.lines))
             self.lines = []
+
+    def reworded(self, line):
+        """The fault `reword=OLD=>NEW`: a layout the reference does not show (model.FAULTS)."""
+        old, _, new = self.state["faults"].get("reword", "").partition("=>")
+        return line.replace(old, new) if old else line
 
     def success(self):
         self.out(f"'{self.name}' successful.")

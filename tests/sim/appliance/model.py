@@ -78,6 +78,13 @@ def _parse_flag(raw):
     return text in ("1", "true", "yes", "on")
 
 
+def _parse_reword(raw):
+    text = str(raw)
+    if text and "=>" not in text:
+        raise ValueError(f"'{raw}' is not OLD=>NEW")
+    return text
+
+
 # fault name -> (parser, default, help)
 FAULTS = {
     "shell_delay_ms": (_parse_count, 0, "every LunaSH command answers this many ms late (slow shell)"),
@@ -89,6 +96,9 @@ FAULTS = {
     "drop_next": (_parse_count, 0, "the next N commands are cut half-way and the SSH connection reset"),
     "hang_next": (_parse_count, 0, "the next N commands never answer (the session stays open, silent)"),
     "lunash_layout": (_parse_layout, 7, "LunaSH output layout: 7 (7.x, the default, as Azure's 7.2), 6 or 5"),
+    "reword": (_parse_reword, "",
+               "OLD=>NEW: OLD becomes NEW in every line a command prints (a layout no published output "
+               "shows, for dhsm's fail-closed tests; not the reference)"),
     "force_password_change": (_parse_flag, False,
                               "1 = fresh from Microsoft: the next interactive login must change the tenantadmin "
                               "password first (starred box, then a passwd dialogue); cleared by the change"),

@@ -108,7 +108,7 @@ class LunaShell:
     def _finish(self, ctx, code, errors, drop):
         if ctx:
             ctx.begin()
-            lines = ctx.lines
+            lines = [ctx.reworded(line) for line in ctx.lines]
             after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
         else:
             self.term.write("\n")

@@ -1,0 +1,151 @@
+-- Every fail-closed parser of dhsm.luna.parse on small, realistic
+-- variations of what it reads (published blocks from tests/fixtures/luna,
+-- and for the outputs never published, the simulator's layout in
+-- tests/fixtures/sim): CRLF line ends, trailing blanks, TABs for runs of
+-- blanks, blank lines doubled or dropped, the prompt line gone, a banner
+-- above, and the output cut after each line.  Each variation either reads
+-- to the same values or raises luna/ParseError - never a default, never
+-- an empty list that the full output does not give (a cut list may only
+-- lose rows from its end: the session's trailer check catches that).
+local t = require "dhsm.test"
+local dhsm = require "dhsm"
+local parse = require "dhsm.luna.parse"
+local util = require "dhsm.util"
+
+local HERE = t.here() .. "/../fixtures/"
+
+local function read(name) return assert(util.read_file(HERE .. name)) end
+
+-- parser, sample, list? (a list parser may lose trailing rows when cut), and
+-- the values the sample shows (so the base is checked too, not only its variations)
+local CASES = {
+  { "hsm_show", "luna/2.4-hsm-show-5.3.txt", false, { serial = "157541", attempts_left = 3, zeroized = false } },
+  { "hsm_show", "luna/2.1-hsm-show-7.2.txt", false, { attempts_left = 0, zeroized = true } },
+  { "partition_list", "luna/3.1-partition-list-5.txt", true, { [2] = { serial = "157826011", objects = 2 } } },
+  { "partition_list", "luna/3.3-partition-list-7.8.5-a.txt", true, { [1] = { serial = "1582775433934", total = 648381 } } },
+  { "partition_show", "luna/3.5-partition-show-6.2.2.txt", false, { serial = "534071053", co_attempts_left = 10 } },
+  { "partition_show", "sim/partition-show.txt", false, { so_attempts_left = 10, co_attempts_left = 9, objects = 2 } },
+  { "client_list", "luna/5.1-client-list-5.txt", true, { [2] = "client name with spaces" } },
+  { "client_show", "luna/5.2-client-show-5.1.txt", false, { id = "client1", partitions = { "clientPar1", "clientPar2",
+    "clientPar3" } } },
+  { "ntls_show", "sim/ntls-show.txt", false, { device = "eth0", port = 1792, running = true, ipcheck = false } },
+  { "audit_show", "sim/audit-show.txt", false, { attempts_left = 10, locked = false } },
+  { "lunacm_role_show", "sim/lunacm-role-show.txt", false, { pso = 10, co = 8 } },
+  { "lunacm_groups", "sim/lunacm-groups.txt", false, { retry = 3, interval = 60 } },
+  { "vtl_verify", "luna/8.3-vtl-verify-6-tabs.txt", true, { [1] = { serial = "500752010", label = "partition1" } } },
+  { "vtl_verify", "luna/8.3-vtl-verify-10.7.2.txt", true, { [1] = { serial = "1682975235230" } } },
+}
+
+-- What a parser said, without the raw text it keeps (fields, sections, columns).
+local RAW = { fields = true, sections = true, columns = true, text = true }
+local function essence(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do
+    if not RAW[k] then out[k] = essence(x) end
+  end
+  return out
+end
+
+local function lines_of(text)
+  local out = {}
+  for l in (text:gsub("\n$", "") .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
+local function rejoin(ls) return table.concat(ls, "\n") .. "\n" end
+
+local function each_line(text, fn)
+  local out = {}
+  for _, l in ipairs(lines_of(text)) do
+    local r = fn(l)
+    if r then out[#out + 1] = r end
+  end
+  return rejoin(out)
+end
+
+local VARIATIONS = {
+  crlf = function(s) return (s:gsub("\n", "\r\n")) end,
+  trailing_blanks = function(s) return each_line(s, function(l) return l .. "   " end) end,
+  tabs = function(s) return (s:gsub("  +", "\t")) end,
+  blank_lines_doubled = function(s) return (s:gsub("\n\n", "\n\n\n")) end,
+  blank_lines_dropped = function(s) return each_line(s, function(l) return l:find("%S") and l or nil end) end,
+  no_prompt = function(s) return each_line(s, function(l) return not l:find("lunash:>", 1, true) and l or nil end) end,
+  banner = function(s) return "Luna Network HSM Command Line Shell v7.8.5-20. Copyright (c) 2024 Thales Group.\n\n" .. s end,
+}
+
+-- A variation read right, or refused: never another value.  Cut output may
+-- lose what it no longer shows - a list its last rows (a header with no row
+-- is the explicit empty list), a record the fields after the cut, as nil -
+-- but no value read differs from the whole output's.
+local function check(name, label, text, base, list, cut)
+  local ok, got = pcall(parse[name], text)
+  if not ok then
+    local e = dhsm.error.normalize(got)
+    t.eq({ e.kind, e.code }, { "luna", "ParseError" }, label)
+    return "refused"
+  end
+  got = essence(got)
+  if list then
+    for i, row in ipairs(got) do t.eq(row, base[i], label .. ": row " .. i) end
+    t.ok(#got <= #base and (cut or #got == #base), label .. ": the rows of the full output")
+  elseif cut then
+    for k, v in pairs(got) do t.eq(v, base[k], label .. ": " .. k) end
+  else
+    t.eq(got, base, label)
+  end
+  return "read"
+end
+
+for _, c in ipairs(CASES) do
+  local name, file, list, shows = c[1], c[2], c[3], c[4]
+  t.test(("%s on %s and its variations: the same values, or ParseError"):format(name, file), function()
+    local text = read(file)
+    local base = essence(parse[name](text))
+    for k, v in pairs(shows) do
+      if type(v) == "table" and #v == 0 then
+        for kk, vv in pairs(v) do t.eq((base[k] or {})[kk], vv, ("%s: [%s].%s"):format(file, k, kk)) end
+      else
+        t.eq(base[k], v, file .. ": " .. k)
+      end
+    end
+    local tally = { read = 0, refused = 0 }
+    for vname, vary in pairs(VARIATIONS) do
+      local r = check(name, file .. " " .. vname, vary(text), base, list)
+      tally[r] = tally[r] + 1
+    end
+    local ls = lines_of(text)
+    for n = 0, #ls - 1 do              -- cut after every line (the last one: the whole output)
+      local r = check(name, ("%s cut after line %d"):format(file, n), rejoin(table.move(ls, 1, n, 1, {})), base, list, true)
+      tally[r] = tally[r] + 1
+    end
+    t.ok(tally.read >= 3, ("%s: most variations read (%d read, %d refused)"):format(file, tally.read, tally.refused))
+  end)
+end
+
+t.test("an unknown header, a wider serial, a label with spaces: read right or refused, never dropped", function()
+  local vtl = read("luna/8.3-vtl-verify-6-tabs.txt")
+  t.raises(function() parse.vtl_verify((vtl:gsub("Serial #", "Serial No"))) end, "ParseError")
+  t.eq(parse.vtl_verify((vtl:gsub("partition1", "my partition")))[1].label, "my partition")
+  t.eq(parse.vtl_verify((vtl:gsub("500752010", "1582775433934")))[1].serial, "1582775433934")
+  local list = read("luna/3.1-partition-list-5.txt")
+  t.raises(function() parse.partition_list((list:gsub("Objects", "Things"))) end, "ParseError")
+  -- a 13-digit serial in 5.x's widths leaves one blank before the name: the row does not split, and is refused
+  t.raises(function() parse.partition_list((list:gsub("157826004   ", "1582775433934"))) end,
+    'cannot read the line "1582775433934 testPar1')
+  t.eq(parse.partition_list((list:gsub("testPar1                ", "a_name_of_25_characters__")))[1].name,
+    "a_name_of_25_characters__")
+  t.raises(function() parse.client_list("registered client 1: a\nregistered client 3: c\n") end, "ParseError")
+  t.raises(function() parse.client_list("\n\n") end, "ParseError")
+  t.raises(function() parse.client_show('ClientID: c\nPartitions:   "a", b\n') end, "ParseError")
+  t.raises(function() parse.lunacm_groups(read("sim/lunacm-groups.txt"):gsub("     %-    1582775433941[^\n]*\n", "")) end,
+    "a member table row for 1582775433941")
+  t.raises(function() parse.lunacm_role_show(read("sim/lunacm-role-show.txt"):gsub("Crypto Officer[^\n]*\n", "")) end,
+    "ParseError")
+  t.raises(function() parse.partition_show(read("sim/partition-show.txt"):gsub("Crypto Officer Login", "CO Login")) end,
+    "ParseError")
+  t.raises(function() parse.audit_show(read("sim/audit-show.txt"):gsub("Attempts Left", "attempts remaining")) end,
+    "ParseError")
+  t.raises(function() parse.ntls_show(read("sim/ntls-show.txt"):gsub("running", "up")) end, "ParseError")
+  t.raises(function() parse.vtl_verify("Searching for slots...\n") end, "ParseError")
+end)
