@@ -6,7 +6,7 @@
 --   --> {tcp=, tls=, server_changed=, ntls_stale=, client_name=, registered=, client_rejected=,
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
 --   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
---   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}}, text=}
+--   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}} | nil, text=, error=}
 --   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --   ntls.inspect(entry, client, session)  -- the same without a handshake: for a read-only health check
 --   ntls.tcp(entry); ntls.handshake(client, entry, {strict=, server_name=, need_trust=}) --> net.tcp's, net.tls's answer
@@ -50,11 +50,16 @@ local function vtl(client, ...)
   return r
 end
 
--- vtl_verify(client) -> {ok=, partitions = {{slot=, serial=, label=}}, text=}
+-- vtl_verify(client) -> {ok=, partitions = {{slot=, serial=, label=}}, text=, error=}
+-- ok: vtl lists at least one partition.  When vtl says it failed (an
+-- `Error:` line), error= is its words and partitions is nil - not read as
+-- "none"; otherwise its listing is read by dhsm.luna.parse.vtl_verify,
+-- which raises on a layout it does not know.
 function M.vtl_verify(client)
   local r = vtl(client, "verify")
+  if r.failed then return { ok = false, text = r.stdout, error = r.failed } end
   local parts = parse.vtl_verify(r.stdout)
-  return { ok = not r.failed and #parts > 0, partitions = parts, text = r.stdout, error = r.failed }
+  return { ok = #parts > 0, partitions = parts, text = r.stdout }
 end
 
 -- The NTLS lines of the appliance's log (`syslog tail`), newest last.

@@ -253,7 +253,7 @@ local APPLIANCE = {
   force_password_change = { set = 1, check = "ssh login", status = "FAIL", says = "PasswordChangeRequired" },
   -- a count worded as no published hsm show words it: unknown, never the full count assumed
   reword = { set = "HSM Admin login attempts left=>HSM SO login attempts left", check = "hsm state", status = "FAIL",
-    says = "unknown: hsm show: cannot read the line \"HSM SO login attempts left:" },
+    says = "unknown: ParseError: hsm show: cannot read the line \"HSM SO login attempts left:" },
 }
 
 local function known_hosts() return util.read_file(e.dir .. "/known_hosts") end
