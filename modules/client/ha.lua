@@ -11,7 +11,8 @@
 --   ha.cloning_domain(entry, member_serial [, session]) --> digest of the member partition's cloning domain (LunaSH)
 --   ha.domain_of(parse.partition_show(text)) --> the same from a `partition show` already read
 --   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
---   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
+--   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login); the
+--                                                  -- guide's warning raised as luna/CloningConflict naming the members
 --   the guide's remedy for a cloning conflict: ha.partition_on(entry, name [, session]), ha.create_partition(entry,
 --   so_pw, name, client), c:init_partition(serial, label, pso_pw, domain), c:token(label),
 --   c:init_co(label, pso_pw, co_pw), c:add_member(group, serial, co_pw), c:remove_member(group, serial)
@@ -297,13 +298,54 @@ function Client:remove_member(label, serial)
   self:must("hagroup", "removeMember", "-group", label, "-serialNumber", serial)
 end
 
--- synchronize(label, co_pin) -> lunacm's run (raises when it failed): a CO
--- login on every member, through the guard
+-- The member a slot of lunacm's warning names -> {slot=, serial=, hsm=}:
+-- the slot as that run's own start-up listing numbered it (slots move
+-- from one lunacm run to the next), else as `slot list` numbers it now;
+-- serial and hsm nil when neither lists it.
+local function warned_member(c, slot_id, listed)
+  local slot = listed[slot_id]
+  if not slot then
+    for _, s in ipairs(proc.lunacm_slots(c:argv())) do
+      if s.slot == slot_id then slot = s end
+    end
+  end
+  local hsm = slot and slot.serial and c:hsm_of(slot.serial)
+  return { slot = slot_id, serial = slot and slot.serial, hsm = hsm and hsm.name or nil }
+end
+
+local function member_text(m)
+  return ("slot %d (%s on %s)"):format(m.slot, m.serial or "no partition lunacm lists", m.hsm or "?")
+end
+
+-- The guide's warning in a synchronize's output, raised as luna
+-- CloningConflict naming the members (details.pairs = {{a=, b=}} of
+-- warned_member): whatever lunacm's Command Result says (with nothing to
+-- clone it may be No Error), members that cannot clone private keys to
+-- each other are not a synchronized group.
+local function check_cloning(c, label, out)
+  local warned = parse.lunacm_sync_conflicts(out)
+  if #warned == 0 then return end
+  local listed, named = {}, {}
+  for _, slot in ipairs(parse.lunacm_slots(out)) do listed[slot.slot] = slot end
+  for i, p in ipairs(warned) do
+    warned[i] = { a = warned_member(c, p.a, listed), b = warned_member(c, p.b, listed) }
+    named[i] = member_text(warned[i].a) .. " and " .. member_text(warned[i].b)
+  end
+  dhsm.error { kind = "luna", code = "CloningConflict", details = { group = label, pairs = warned, output = out },
+    message = ("lunacm hagroup synchronize -group %s: the members in %s have conflicting settings for private key "
+      .. "cloning (different cloning domains): private keys cannot be cloned between them"):format(label,
+      table.concat(named, "; the members in ")) }
+end
+
+-- synchronize(label, co_pin) -> lunacm's run: a CO login on every member,
+-- through the guard.  Raises CloningConflict when lunacm warns of one
+-- (check_cloning), else when lunacm says it failed.
 function Client:synchronize(label, co_pin)
   local o = self:argv("hagroup", "synchronize", "-group", label)
   o.password = co_pin
   local r = proc.lunacm_login(o)
   if r.check then return r end
+  check_cloning(self, label, r.stdout)
   if not r.ok then
     dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
       message = ("lunacm hagroup synchronize -group %s: %s"):format(label, said(r.stdout) or "failed") }
