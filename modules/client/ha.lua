@@ -8,14 +8,17 @@
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (dhsm.client.ntls's handshake), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
---   ha.cloning_domain(entry, member_serial [, session]) --> digest of the member partition's cloning domain (LunaSH)
---   ha.domain_of(parse.partition_show(text)) --> the same from a `partition show` already read
---   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
+--   ha.compare(members) --> {drift = {member serial = {missing...}} | nil}
 --   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login); the
 --                                                  -- guide's warning raised as luna/CloningConflict naming the members
 --   the guide's remedy for a cloning conflict: ha.partition_on(entry, name [, session]), ha.create_partition(entry,
 --   so_pw, name, client), c:init_partition(serial, label, pso_pw, domain), c:token(label),
 --   c:init_co(label, pso_pw, co_pw), c:add_member(group, serial, co_pw), c:remove_member(group, serial)
+--
+-- A member's cloning domain is not read from anywhere: no appliance output
+-- shows a partition's (luna-field.md 3.5, 3.6), so it is unknown until
+-- `hagroup synchronize` warns of conflicting settings for private key
+-- cloning, which c:synchronize raises as CloningConflict.
 --
 -- lunacm's success is what it prints (proc adds ok= and code= from the
 -- `Command Result` line), never its exit status.  Member state is the
@@ -164,38 +167,11 @@ function Client:objects(token_label, co_pin)
   return { count = #keys, keys = keys }
 end
 
--- domain_of(partition_show) -> the digest of a partition's cloning domain,
--- from dhsm.luna.parse.partition_show (nil when `partition show` gives none)
-function M.domain_of(show)
-  return show.fields["Cloning Domain (digest)"]
-end
-
--- The partition of session s's appliance that match(p) picks ({name=,
--- serial=} from `partition list`), with its parsed `partition show`.
-local function find_partition(s, match)
-  for _, p in ipairs(s:partitions()) do
-    if match(p) then return p, parse.partition_show(s:must("partition show -partition " .. p.name).text) end
-  end
-end
-
--- cloning_domain(entry, member_serial [, session]) -> the digest LunaSH's
--- `partition show` gives for the member's partition (over session when
--- given), or nil when it shows none
-function M.cloning_domain(entry, member_serial, session)
-  local own <close> = not session and luna.open(entry) or nil
-  local p, show = find_partition(session or own, function(x) return x.serial == member_serial end)
-  if p then return M.domain_of(show) end
-  dhsm.error { kind = "luna", code = "NoSuchPartition",
-    message = ("%s has no partition with serial %s"):format(entry.name, member_serial) }
-end
-
--- compare(members) with each member {serial=, domain=, objects={keys=}} ->
--- {conflict = {serials in another domain than the first} | nil,
---  drift = {serial = {keys missing there}} | nil}
+-- compare(members) with each member {serial=, objects={keys=}} ->
+-- {drift = {serial = {keys missing there}} | nil}
 function M.compare(members)
-  local conflict, union, drift = {}, {}, {}
+  local union, drift = {}, {}
   for _, m in ipairs(members) do
-    if m.domain ~= members[1].domain then conflict[#conflict + 1] = m.serial end
     for _, k in ipairs(m.objects.keys) do union[k] = true end
   end
   for _, m in ipairs(members) do
@@ -207,19 +183,20 @@ function M.compare(members)
     table.sort(missing)
     if #missing > 0 then drift[m.serial] = missing end
   end
-  return { conflict = #conflict > 0 and conflict or nil, drift = next(drift) and drift or nil }
+  return { drift = next(drift) and drift or nil }
 end
 
 -- The guide's remedy for a member in another cloning domain, in its parts
 -- (each looks at nothing: the playbook's done= checks look first).
 
--- partition_on(entry, name [, session]) -> {name=, serial=, domain=} of
--- partition name on entry's appliance (LunaSH; over session when given),
--- or nil when there is none
+-- partition_on(entry, name [, session]) -> {name=, serial=} of partition
+-- name on entry's appliance (LunaSH `partition list`; over session when
+-- given), or nil when there is none
 function M.partition_on(entry, name, session)
   local own <close> = not session and luna.open(entry) or nil
-  local p, show = find_partition(session or own, function(x) return x.name == name end)
-  if p then return { name = name, serial = p.serial, domain = M.domain_of(show) } end
+  for _, p in ipairs((session or own):partitions()) do
+    if p.name == name then return { name = name, serial = p.serial } end
+  end
 end
 
 -- create_partition(entry, so_password, name, client_name): LunaSH as the
