@@ -11,24 +11,33 @@
 -- have rejoined; one whose appliance does not answer is left, with the
 -- probe's reason.  A retry count of 0 (the default: no auto-recovery, as the
 -- guide warns) is set, with the interval, and read back from Chrystoki.conf.
--- Before synchronizing, the members' objects (class and label, over PKCS#11
--- as the Crypto Officer) and cloning domains (LunaSH `partition show`) are
--- compared: members in different cloning domains stop the run with the
--- guide's remedy as a plan, which -e fix_cloning=true carries out as
--- confirmed steps (a new partition on the bad member's appliance: LunaSH
--- `partition create` + `client assignPartition`, lunacm `partition init` in
--- the group's cloning domain, the Crypto Officer's password set as the
--- Partition SO; `hagroup addMember`; `hagroup removeMember` of the bad one);
--- otherwise a group whose members differ is synchronized and the objects
--- are compared again.  Every step looks at the
--- real state first, so a second run (or --resume) does only what is left.
-local act = require "dhsm.act"
+-- The members' objects (class and label, over PKCS#11 as the Crypto
+-- Officer) are compared, and a group whose members differ is synchronized
+-- (`hagroup synchronize`: it clones, it destroys nothing), then compared
+-- again.  Their cloning domains are not compared: no appliance output shows
+-- a partition's, so they are unknown until synchronize tells, and the plan
+-- and the run say so.  When lunacm warns that members have conflicting
+-- settings for private key cloning (the guide's HA Group Doesn't Sync), the
+-- run stops with the guide's remedy as a plan, which -e fix_cloning=true
+-- carries out as confirmed steps (a new partition on the bad member's
+-- appliance: LunaSH `partition create` + `client assignPartition`, lunacm
+-- `partition init` in the group's cloning domain as the operator gives it,
+-- the Crypto Officer's password set as the Partition SO; `hagroup
+-- addMember`; `hagroup removeMember` of the bad one), then synchronizes
+-- again: only that synchronize running without the warning shows the new
+-- partition is in the group's domain.  Every step looks at the real state
+-- first, so a second run (or --resume) does only what is left.
 local ha = require "dhsm.client.ha"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
 
-local REMEDY = "the guide's remedy for a cloning conflict (HA group: conflicting settings for private key cloning): "
-  .. "members of one group must share a cloning domain, which cannot be changed on an initialized partition"
+local REMEDY = "the guide's remedy for a cloning conflict (HA Group Doesn't Sync: conflicting settings for private key "
+  .. "cloning): members of one group must share a cloning domain, which cannot be changed on an initialized partition"
+
+-- What no appliance output shows, said in the plan and in the run.
+local UNKNOWN = "the members' cloning domains are not shown by any appliance output, so they are unknown until "
+  .. "hagroup synchronize tells (it warns of conflicting settings for private key cloning)"
+local SYNC_UNKNOWN = "cloning domains unknown: synchronize will report a conflict"
 
 -- The run's client install (lunacm, Chrystoki.conf, PKCS#11), made once per
 -- run.  Kept here, keyed by the run's context, rather than on the context:
@@ -218,20 +227,7 @@ local function read_objects(ctx, members)
   end
 end
 
--- Cloning domains first: a conflict stops the group before any login.
-local function compare(ctx, members)
-  dhsm.parallel(members, function(m)
-    m.domain = ha.cloning_domain(m.entry, m.serial, ctx:appliance(m.entry.name))
-  end)
-  for _, m in ipairs(members) do m.objects = { keys = {}, count = 0 } end
-  local domains = ha.compare(members)
-  if domains.conflict then return domains end
-  read_objects(ctx, members)
-  return ha.compare(members)
-end
-
--- Whether the members' objects differ, their domains settled already
--- (compare_step): synchronize's checks.
+-- Whether the members' objects differ: synchronize's checks.
 local function drifting(ctx, members)
   read_objects(ctx, members)
   return ha.compare(members).drift ~= nil
@@ -242,47 +238,16 @@ end
 -- to every member again to learn what the comparison just said.
 local compared_now = setmetatable({}, { __mode = "k" })
 
--- The guide's remedy for the members in another cloning domain than the
--- first, as notes: the plan fix_cloning carries out.
-local function note_remedy(ctx, g, members, conflict)
-  local first = members[1]
-  ctx:note(REMEDY .. ". Plan:")
-  for i, serial in ipairs(conflict) do
-    local m
-    for _, x in ipairs(members) do if x.serial == serial then m = x end end
-    ctx:note(("  %d. on %s, create a partition and initialize it in the cloning domain of %s (%s)"):format(
-      3 * i - 2, m.entry.name, first.serial, first.entry.name))
-    ctx:note(("  %d. hagroup addMember -group %s with the new partition, then hagroup synchronize"):format(3 * i - 1, g.label))
-    ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i, g.label, serial))
-  end
-end
-
--- A cloning conflict without fix_cloning: synchronizing cannot clone
--- private keys across domains, so the run stops here.
-local function refuse_conflict(g, members, conflict)
-  dhsm.error { kind = "safety", code = "CloningConflict",
-    message = ("group %s: member%s %s %s in another cloning domain than %s; synchronizing cannot clone "
-      .. "private keys between them: not synchronizing (see the plan above; -e fix_cloning=true carries "
-      .. "it out)"):format(g.label, #conflict > 1 and "s" or "", table.concat(conflict, ", "),
-      #conflict > 1 and "are" or "is", members[1].serial) }
-end
-
--- The members' comparison as a step -> {conflict = {{serial=, hsm=}...},
--- domain=, good=} or {drift = bool}.  A cloning conflict stops the run with
--- the guide's remedy as a plan, unless fix_cloning carries it out.
-local function compare_step(ctx, g, members, title)
-  return ctx:step(title, function()
-    local found = compare(ctx, members)
+-- The members' objects compared, as a step -> {drift = bool}.  Their
+-- cloning domains are not: the step says why.
+local function compare_step(ctx, g, members)
+  return ctx:step(("compare the objects of the members of %s"):format(g.label), function()
+    ctx:note(UNKNOWN)
+    read_objects(ctx, members)
+    local found = ha.compare(members)
     compared_now[ctx] = compared_now[ctx] or {}
     compared_now[ctx][g.label] = true
     if ctx.check then ctx:would("read every member's objects as the Crypto Officer and compare them") end
-    if found.conflict then
-      note_remedy(ctx, g, members, found.conflict)
-      if not ctx.params.fix_cloning then refuse_conflict(g, members, found.conflict) end
-      local bad = {}
-      for i, serial in ipairs(found.conflict) do bad[i] = { serial = serial, hsm = client(ctx):hsm_of(serial).name } end
-      return { conflict = bad, domain = members[1].domain, good = members[1].serial }
-    end
     for serial, missing in pairs(found.drift or {}) do
       ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
     end
@@ -292,13 +257,84 @@ local function compare_step(ctx, g, members, title)
 end
 
 ---------------------------------------------------------------------------
+-- a cloning conflict, as lunacm's synchronize reports it: pairs of members
+-- {a=, b=}, each {slot=, serial=, hsm=} (dhsm.client.ha's CloningConflict)
+
+local function pairs_text(conflict)
+  local function one(m) return ("%s (%s)"):format(m.serial or ("slot " .. m.slot), m.hsm or "?") end
+  local out = {}
+  for i, p in ipairs(conflict) do out[i] = one(p.a) .. " and " .. one(p.b) end
+  return table.concat(out, "; ")
+end
+
+-- The group keeps its first member's cloning domain (the member it was
+-- created from, whose serial names it): the remedy replaces the others the
+-- warning names -> good {serial=, hsm=}, bad {{serial=, hsm=}...}.  A
+-- warning that does not name the first member, or names a slot that is no
+-- partition of an inventory HSM, leaves the remedy nothing sure to act on:
+-- refused, fix_cloning or not.
+local function sides(g, conflict)
+  local first = g.members[1]
+  local bad, seen, unsure = {}, {}, ("it does not name the group's first member %s (%s), whose domain the remedy "
+    .. "keeps"):format(first.serial, tostring(first.hsm))
+  for _, p in ipairs(conflict) do
+    for _, m in ipairs { p.a, p.b } do
+      if m.serial == first.serial then
+        unsure = nil
+      elseif not seen[m.serial or m.slot] then
+        seen[m.serial or m.slot] = true
+        bad[#bad + 1] = m
+      end
+    end
+  end
+  for _, m in ipairs(bad) do
+    if not (m.serial and m.hsm) then unsure = ("slot %d is no partition of the inventory's HSMs"):format(m.slot) end
+  end
+  if unsure then
+    dhsm.error { kind = "safety", code = "CloningConflict", details = { group = g.label, pairs = conflict },
+      message = ("group %s: hagroup synchronize reports conflicting settings for private key cloning between %s, "
+        .. "but %s: which member is in another cloning domain cannot be told; fix the group by hand (guide: HA "
+        .. "Group Doesn't Sync)"):format(g.label, pairs_text(conflict), unsure) }
+  end
+  return { serial = first.serial, hsm = first.hsm }, bad
+end
+
+-- The guide's remedy for the members in another cloning domain than the
+-- group's, as notes: the plan fix_cloning carries out.
+local function note_remedy(ctx, g, good, bad)
+  ctx:note(REMEDY .. ". Plan:")
+  for i, m in ipairs(bad) do
+    ctx:note(("  %d. on %s, create a partition and initialize it in the group's cloning domain (that of %s on %s: "
+      .. "-e cloning_domain=)"):format(3 * i - 2, m.hsm, good.serial, tostring(good.hsm)))
+    ctx:note(("  %d. hagroup addMember -group %s with the new partition"):format(3 * i - 1, g.label))
+    ctx:note(("  %d. hagroup removeMember -group %s -serialNumber %s (the member in the other domain)"):format(3 * i,
+      g.label, m.serial))
+  end
+  ctx:note(("  %d. hagroup synchronize -group %s, which must run without the warning"):format(3 * #bad + 1, g.label))
+end
+
+-- A cloning conflict without fix_cloning: synchronizing cannot clone
+-- private keys across domains, so the run stops here.
+local function refuse_conflict(g, good, bad, conflict)
+  dhsm.error { kind = "safety", code = "CloningConflict", details = { group = g.label, pairs = conflict },
+    message = ("group %s: hagroup synchronize reports conflicting settings for private key cloning between %s: "
+      .. "member%s %s %s in another cloning domain than %s (%s), and private keys cannot be cloned between them: "
+      .. "stopped (see the plan above; -e fix_cloning=true carries it out)"):format(g.label, pairs_text(conflict),
+      #bad > 1 and "s" or "", member_names(bad), #bad > 1 and "are" or "is", good.serial, tostring(good.hsm)) }
+end
+
+---------------------------------------------------------------------------
 -- fix cloning: the guide's remedy for one member in another cloning
 -- domain, as confirmed steps, each looking first at what is done.  A
--- replacement is {group=, bad = {serial=, hsm=}, entry=, name=, label=,
--- domain=, good=}: the new partition `name` on the bad member's appliance,
--- its token `label`, and the group's domain (that of member `good`).
+-- replacement is {group=, bad = {serial=, hsm=}, entry=, name=, label=}:
+-- the new partition `name` on the bad member's appliance, its token
+-- `label`, initialised in the cloning domain the operator gives as the
+-- group's.  No output shows a partition's domain: the steps check what
+-- can be read (the partition, its slot, its token and Crypto Officer, the
+-- group's members), and the synchronize after them shows whether the
+-- domain was the group's.
 
--- The new partition as LunaSH shows it ({name=, serial=, domain=}), or nil.
+-- The new partition as LunaSH lists it ({name=, serial=}), or nil.
 local function new_partition(ctx, r)
   return ha.partition_on(r.entry, r.name, ctx:appliance(r.entry.name))
 end
@@ -327,7 +363,6 @@ end
 local function create_partition(ctx, r)
   ctx:step(("create partition %s on %s for group %s"):format(r.name, r.bad.hsm, r.group),
     { destructive = true, target = r.bad.hsm, done = function()
-      if ctx.check then return false end
       local part = new_partition(ctx, r)       -- created and assigned to this client: lunacm shows its slot
       return part ~= nil and client(ctx):find_slot(part.serial) ~= nil
     end }, function()
@@ -335,41 +370,17 @@ local function create_partition(ctx, r)
   end)
 end
 
--- In a plan, a change on a partition that does not exist yet (its creation
--- only described) cannot be sent to the gate with its real arguments: it is
--- described there as it will be made, and counted with the others.
-local function planned(action, target, what, destructive)
-  return act.change({ kind = "proc", action = action, target = target, what = what, destructive = destructive },
-    function() error("only planned", 0) end)
-end
-
 local function init_partition(ctx, r)
   local c, p = client(ctx), ctx.params
-  ctx:step(("initialize %s on %s in the cloning domain of %s (its contents destroyed)"):format(r.name, r.bad.hsm, r.good),
+  ctx:step(("initialize %s on %s in the group's cloning domain, -e cloning_domain (its contents destroyed)")
+    :format(r.name, r.bad.hsm),
     -- target: the token label lunacm's `partition init -label` names, so the
     -- operator's word covers that command (dhsm.act) and nothing else
     { destructive = true, target = r.label, done = function()
-      if ctx.check then return false end
-      local tok = c:token(r.label)
-      return tok ~= nil and tok.user_pin_initialized and new_partition(ctx, r).domain == r.domain
+      local tok = c:token(r.label)             -- initialised by us: our label, its Crypto Officer set
+      return tok ~= nil and tok.user_pin_initialized
     end }, function()
-    if ctx.check then
-      planned("lunacm partition init", r.label, ("lunacm partition init -label %s on the new partition %s of %s (the "
-        .. "group's cloning domain)"):format(r.label, r.name, r.bad.hsm), true)
-      planned("pkcs11 init_pin", r.label, ("log in as Partition SO on %s and set the Crypto Officer's first PIN "
-        .. "(role init -name co)"):format(r.label))
-      return
-    end
-    -- initialised by us: our label and the group's domain (a resumed run finds it so)
-    local part = new_partition(ctx, r)
-    if not c:token(r.label) or part.domain ~= r.domain then
-      c:init_partition(part.serial, r.label, p.pso_password, p.cloning_domain)
-      part = new_partition(ctx, r)
-    end
-    if part.domain ~= r.domain then
-      dhsm.error { kind = "safety", code = "WrongCloningDomain", message = ("%s on %s is in another cloning domain "
-        .. "than %s after partition init: is cloning_domain the group's?"):format(r.name, r.bad.hsm, r.good) }
-    end
+    if not c:token(r.label) then c:init_partition(new_partition(ctx, r).serial, r.label, p.pso_password, p.cloning_domain) end
     if not c:token(r.label).user_pin_initialized then c:init_co(r.label, p.pso_password, p.co_password) end
   end)
 end
@@ -378,26 +389,21 @@ end
 local function swap_members(ctx, r)
   local c = client(ctx)
   ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
-    done = function() return not ctx.check and in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
-    if ctx.check then
-      return planned("lunacm hagroup addmember", r.group, ("lunacm hagroup addMember -group %s (%s on %s), a "
-        .. "Crypto Officer login on it"):format(r.group, r.name, r.bad.hsm))
-    end
+    done = function() return in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
     c:add_member(r.group, new_partition(ctx, r).serial, ctx.params.co_password)
   end)
   ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),
-    { destructive = true, target = r.group, done = function() return not ctx.check and not in_group(ctx, r.group, r.bad.serial) end },
+    { destructive = true, target = r.group, done = function() return not in_group(ctx, r.group, r.bad.serial) end },
     function() c:remove_member(r.group, r.bad.serial) end)
 end
 
-local function replace_member(ctx, g, found, bad)
+local function replace_member(ctx, g, bad)
   local entry = ctx.inventory:hsm(bad.hsm)
   -- chosen once and journaled: a resumed run must look for the partition
   -- it may have created, not pick the next free name
   local name = ctx.params.new_partition or ctx:step(("choose the new partition's name on %s"):format(bad.hsm),
     function() return free_partition(ctx, bad.hsm) end)
-  local r = { group = g.label, bad = bad, entry = entry, name = name, label = bad.hsm .. "-" .. name,
-    domain = found.domain, good = found.good }
+  local r = { group = g.label, bad = bad, entry = entry, name = name, label = bad.hsm .. "-" .. name }
   create_partition(ctx, r)
   init_partition(ctx, r)
   swap_members(ctx, r)
@@ -407,29 +413,42 @@ local function group_now(ctx, label)
   for _, x in ipairs(client(ctx):groups()) do if x.label == label then return x end end
 end
 
--- Every bad member replaced -> the group as it is now, and its members
--- compared again (in check mode nothing changed: a synchronize is planned).
-local function fix_cloning(ctx, g, found, title)
+-- Every bad member replaced -> the group as it is now.
+local function fix_cloning(ctx, g, bad)
   -- the rule of every step to come, before the first asks for confirmation
-  for _, bad in ipairs(found.conflict) do so_password(ctx, ctx.inventory:hsm(bad.hsm)) end
-  for _, bad in ipairs(found.conflict) do replace_member(ctx, g, found, bad) end
-  if ctx.check then return g, { drift = true } end
-  g = group_now(ctx, g.label)
-  return g, compare_step(ctx, g, comparable(ctx, g), title .. ", again")
+  for _, m in ipairs(bad) do so_password(ctx, ctx.inventory:hsm(m.hsm)) end
+  for _, m in ipairs(bad) do replace_member(ctx, g, m) end
+  return group_now(ctx, g.label)
 end
 
 ---------------------------------------------------------------------------
 -- synchronize
 
-local function synchronize(ctx, g)
-  ctx:step("synchronize group " .. g.label, {
+-- synchronize(ctx, g [, again]) -> the conflict lunacm reported, or nil
+-- once the members are checked to hold the same objects.  The conflict is
+-- the step's result (journaled: a resumed run goes on to the remedy).
+local function synchronize(ctx, g, again)
+  local c = client(ctx)
+  local found = ctx:step(("synchronize group %s%s"):format(g.label, again and ", again" or ""), {
     done = function()
       if ctx.check or (compared_now[ctx] or {})[g.label] then return false end   -- just found to differ
       return not drifting(ctx, comparable(ctx, g))
     end,
   }, function()
-    client(ctx):synchronize(g.label, ctx.params.co_password)
+    local said = SYNC_UNKNOWN .. (again and ", if -e cloning_domain was not the group's" or ", and the run stops there "
+      .. "with the guide's remedy")
+    if ctx.check then ctx:would("synchronize the group as it is; " .. said) else ctx:note(said) end
+    if ctx.check and ctx.params.fix_cloning then
+      ctx:would("on a conflict, carry out the guide's remedy for the members lunacm names (fix_cloning=true, each "
+        .. "step confirmed), then synchronize again")
+    end
+    local ok, err = pcall(c.synchronize, c, g.label, ctx.params.co_password)
+    if ok then return nil end
+    if not (dhsm.error.is(err, "luna") and err.code == "CloningConflict") then error(err, 0) end
+    ctx:note(err.message)
+    return { conflict = err.details.pairs }
   end)
+  if found then return found.conflict end
   ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
     if ctx.check then
       ctx:would("compare the members' objects again")
@@ -444,20 +463,36 @@ local function synchronize(ctx, g)
   end)
 end
 
--- One group with two comparable members or more: compared; a cloning
--- conflict fixed (fix_cloning), then objects that differ synchronized.
+-- One group with two comparable members or more: its objects compared,
+-- synchronized when they differ; a cloning conflict that synchronize
+-- reports stops the run with the remedy, or is fixed (fix_cloning) and the
+-- group synchronized again, which must not warn.
 local function heal_group(ctx, g)
   local members = comparable(ctx, g)
   if #members < 2 then return end
-  local title = ("compare the members of %s: objects and cloning domains"):format(g.label)
-  local found = compare_step(ctx, g, members, title)
-  if found.conflict then g, found = fix_cloning(ctx, g, found, title) end
-  if found.drift and ctx.params.synchronize then synchronize(ctx, g) end
+  if not compare_step(ctx, g, members).drift then
+    ctx:note(("group %s is not synchronized (its members hold the same objects): its members' cloning domains stay "
+      .. "unknown"):format(g.label))
+    return
+  end
+  if not ctx.params.synchronize then return end
+  local conflict = synchronize(ctx, g)
+  if not conflict then return end
+  local good, bad = sides(g, conflict)
+  note_remedy(ctx, g, good, bad)
+  if not ctx.params.fix_cloning then refuse_conflict(g, good, bad, conflict) end
+  conflict = synchronize(ctx, fix_cloning(ctx, g, bad), true)
+  if conflict then
+    dhsm.error { kind = "safety", code = "WrongCloningDomain", details = { group = g.label, pairs = conflict },
+      message = ("group %s: after the remedy, hagroup synchronize still reports conflicting settings for private "
+        .. "key cloning between %s: is -e cloning_domain the group's? The new partition was initialised in it"):format(
+        g.label, pairs_text(conflict)) }
+  end
 end
 
 return {
-  description = "Recover failed HA group members, turn on auto-recovery, and synchronize members after checking "
-    .. "their objects and cloning domains",
+  description = "Recover failed HA group members, turn on auto-recovery, and synchronize members whose objects "
+    .. "differ; a cloning-domain conflict that synchronize reports stops the run with the guide's remedy",
   inventory = "the client install and the appliances",
   params = {
     co_password = { type = "secret", required = true,
@@ -468,9 +503,10 @@ return {
     retry_interval = { type = "integer", default = 60, min = 60, max = 1200, description = "seconds between auto-recovery attempts" },
     synchronize = { type = "boolean", default = true, description = "synchronize a group whose members' objects differ" },
     fix_cloning = { type = "boolean", default = false, requires = { "cloning_domain", "pso_password" },
-      description = "on a cloning-domain conflict, carry out the guide's remedy (confirmed steps): a new partition "
-        .. "in the group's domain, added, the bad member removed" },
-    cloning_domain = { type = "secret", description = "fix_cloning: the group's cloning domain (env:, file: or prompt)" },
+      description = "on a cloning-domain conflict hagroup synchronize reports, carry out the guide's remedy "
+        .. "(confirmed steps): a new partition in the group's domain, added, the bad member removed, synchronized again" },
+    cloning_domain = { type = "secret", description = "fix_cloning: the group's cloning domain (env:, file: or prompt); "
+      .. "no output shows it: the synchronize after the remedy tells whether it was the group's" },
     pso_password = { type = "secret", description = "fix_cloning: the new partition's Partition SO password" },
     so_password = { type = "secret",
       description = "fix_cloning: the HSM SO password of the bad member's appliance (default: its inventory entry's)" },

@@ -8,13 +8,17 @@
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (dhsm.client.ntls's handshake), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
---   ha.cloning_domain(entry, member_serial [, session]) --> digest of the member partition's cloning domain (LunaSH)
---   ha.domain_of(parse.partition_show(text)) --> the same from a `partition show` already read
---   ha.compare(members) --> {conflict = {serials...} | nil, drift = {member serial = {missing...}} | nil}
---   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login)
+--   ha.compare(members) --> {drift = {member serial = {missing...}} | nil}
+--   c:synchronize(label, co_pin)                   -- through the failed-login guard (proc.lunacm_login); the
+--                                                  -- guide's warning raised as luna/CloningConflict naming the members
 --   the guide's remedy for a cloning conflict: ha.partition_on(entry, name [, session]), ha.create_partition(entry,
 --   so_pw, name, client), c:init_partition(serial, label, pso_pw, domain), c:token(label),
 --   c:init_co(label, pso_pw, co_pw), c:add_member(group, serial, co_pw), c:remove_member(group, serial)
+--
+-- A member's cloning domain is not read from anywhere: no appliance output
+-- shows a partition's (luna-field.md 3.5, 3.6), so it is unknown until
+-- `hagroup synchronize` warns of conflicting settings for private key
+-- cloning, which c:synchronize raises as CloningConflict.
 --
 -- lunacm's success is what it prints (proc adds ok= and code= from the
 -- `Command Result` line), never its exit status.  Member state is the
@@ -163,38 +167,11 @@ function Client:objects(token_label, co_pin)
   return { count = #keys, keys = keys }
 end
 
--- domain_of(partition_show) -> the digest of a partition's cloning domain,
--- from dhsm.luna.parse.partition_show (nil when `partition show` gives none)
-function M.domain_of(show)
-  return show.fields["Cloning Domain (digest)"]
-end
-
--- The partition of session s's appliance that match(p) picks ({name=,
--- serial=} from `partition list`), with its parsed `partition show`.
-local function find_partition(s, match)
-  for _, p in ipairs(s:partitions()) do
-    if match(p) then return p, parse.partition_show(s:must("partition show -partition " .. p.name).text) end
-  end
-end
-
--- cloning_domain(entry, member_serial [, session]) -> the digest LunaSH's
--- `partition show` gives for the member's partition (over session when
--- given), or nil when it shows none
-function M.cloning_domain(entry, member_serial, session)
-  local own <close> = not session and luna.open(entry) or nil
-  local p, show = find_partition(session or own, function(x) return x.serial == member_serial end)
-  if p then return M.domain_of(show) end
-  dhsm.error { kind = "luna", code = "NoSuchPartition",
-    message = ("%s has no partition with serial %s"):format(entry.name, member_serial) }
-end
-
--- compare(members) with each member {serial=, domain=, objects={keys=}} ->
--- {conflict = {serials in another domain than the first} | nil,
---  drift = {serial = {keys missing there}} | nil}
+-- compare(members) with each member {serial=, objects={keys=}} ->
+-- {drift = {serial = {keys missing there}} | nil}
 function M.compare(members)
-  local conflict, union, drift = {}, {}, {}
+  local union, drift = {}, {}
   for _, m in ipairs(members) do
-    if m.domain ~= members[1].domain then conflict[#conflict + 1] = m.serial end
     for _, k in ipairs(m.objects.keys) do union[k] = true end
   end
   for _, m in ipairs(members) do
@@ -206,19 +183,20 @@ function M.compare(members)
     table.sort(missing)
     if #missing > 0 then drift[m.serial] = missing end
   end
-  return { conflict = #conflict > 0 and conflict or nil, drift = next(drift) and drift or nil }
+  return { drift = next(drift) and drift or nil }
 end
 
 -- The guide's remedy for a member in another cloning domain, in its parts
 -- (each looks at nothing: the playbook's done= checks look first).
 
--- partition_on(entry, name [, session]) -> {name=, serial=, domain=} of
--- partition name on entry's appliance (LunaSH; over session when given),
--- or nil when there is none
+-- partition_on(entry, name [, session]) -> {name=, serial=} of partition
+-- name on entry's appliance (LunaSH `partition list`; over session when
+-- given), or nil when there is none
 function M.partition_on(entry, name, session)
   local own <close> = not session and luna.open(entry) or nil
-  local p, show = find_partition(session or own, function(x) return x.name == name end)
-  if p then return { name = name, serial = p.serial, domain = M.domain_of(show) } end
+  for _, p in ipairs((session or own):partitions()) do
+    if p.name == name then return { name = name, serial = p.serial } end
+  end
 end
 
 -- create_partition(entry, so_password, name, client_name): LunaSH as the
@@ -297,13 +275,54 @@ function Client:remove_member(label, serial)
   self:must("hagroup", "removeMember", "-group", label, "-serialNumber", serial)
 end
 
--- synchronize(label, co_pin) -> lunacm's run (raises when it failed): a CO
--- login on every member, through the guard
+-- The member a slot of lunacm's warning names -> {slot=, serial=, hsm=}:
+-- the slot as that run's own start-up listing numbered it (slots move
+-- from one lunacm run to the next), else as `slot list` numbers it now;
+-- serial and hsm nil when neither lists it.
+local function warned_member(c, slot_id, listed)
+  local slot = listed[slot_id]
+  if not slot then
+    for _, s in ipairs(proc.lunacm_slots(c:argv())) do
+      if s.slot == slot_id then slot = s end
+    end
+  end
+  local hsm = slot and slot.serial and c:hsm_of(slot.serial)
+  return { slot = slot_id, serial = slot and slot.serial, hsm = hsm and hsm.name or nil }
+end
+
+local function member_text(m)
+  return ("slot %d (%s on %s)"):format(m.slot, m.serial or "no partition lunacm lists", m.hsm or "?")
+end
+
+-- The guide's warning in a synchronize's output, raised as luna
+-- CloningConflict naming the members (details.pairs = {{a=, b=}} of
+-- warned_member): whatever lunacm's Command Result says (with nothing to
+-- clone it may be No Error), members that cannot clone private keys to
+-- each other are not a synchronized group.
+local function check_cloning(c, label, out)
+  local warned = parse.lunacm_sync_conflicts(out)
+  if #warned == 0 then return end
+  local listed, named = {}, {}
+  for _, slot in ipairs(parse.lunacm_slots(out)) do listed[slot.slot] = slot end
+  for i, p in ipairs(warned) do
+    warned[i] = { a = warned_member(c, p.a, listed), b = warned_member(c, p.b, listed) }
+    named[i] = member_text(warned[i].a) .. " and " .. member_text(warned[i].b)
+  end
+  dhsm.error { kind = "luna", code = "CloningConflict", details = { group = label, pairs = warned, output = out },
+    message = ("lunacm hagroup synchronize -group %s: the members in %s have conflicting settings for private key "
+      .. "cloning (different cloning domains): private keys cannot be cloned between them"):format(label,
+      table.concat(named, "; the members in ")) }
+end
+
+-- synchronize(label, co_pin) -> lunacm's run: a CO login on every member,
+-- through the guard.  Raises CloningConflict when lunacm warns of one
+-- (check_cloning), else when lunacm says it failed.
 function Client:synchronize(label, co_pin)
   local o = self:argv("hagroup", "synchronize", "-group", label)
   o.password = co_pin
   local r = proc.lunacm_login(o)
   if r.check then return r end
+  check_cloning(self, label, r.stdout)
   if not r.ok then
     dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
       message = ("lunacm hagroup synchronize -group %s: %s"):format(label, said(r.stdout) or "failed") }

@@ -828,6 +828,39 @@ function M.lunacm_groups(text)
   return out
 end
 
+-- lunacm `hagroup synchronize` -> {{a=, b=}, ...}: the slot pairs of every
+-- warning line the troubleshooting guide published (HA Group Doesn't Sync;
+-- luna-field.md section 9), {} when there is none:
+--   Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for private key cloning.
+-- It is the only output that tells members are in different cloning
+-- domains, so a line that speaks like it (of a synchronize that may fail,
+-- or of private key cloning) and does not read as published is a
+-- ParseError, never skipped.
+-- Blanks are compared as words: any run of spaces and TABs stands for one,
+-- indent and trailing blanks go; no pattern scans a run of blanks.
+local SYNC_WARNING = "^Warning: Synchronize may fail%. The members in slot (%d+) and slot (%d+) have conflicting "
+  .. "settings for private key cloning%.$"
+
+function M.lunacm_sync_conflicts(text)
+  local out = {}
+  for _, l in ipairs(lines(text)) do
+    local words = {}
+    for w in l:gmatch("[^ \t]+") do words[#words + 1] = w end
+    local said = table.concat(words, " ")
+    local low = said:lower()
+    if low:find("synchronize may fail", 1, true) or low:find("private key cloning", 1, true) then
+      local a, b = said:match(SYNC_WARNING)
+      a, b = a and math.tointeger(tonumber(a)), b and math.tointeger(tonumber(b))   -- 30 digits: a float, refused
+      if not (a and b) then
+        unreadable("hagroup synchronize", trim(l), "the guide's 'Warning: Synchronize may fail.  The members in slot N "
+          .. "and slot M have conflicting settings for private key cloning.'")
+      end
+      out[#out + 1] = { a = a, b = b }
+    end
+  end
+  return out
+end
+
 -- lunacm `role show` -> {pso = n, co = n}: the login attempts left of the
 -- Partition SO and the Crypto Officer (0 when the status says Zeroized or
 -- Locked out).  Unpublished (luna-field.md 16): the simulator's table of

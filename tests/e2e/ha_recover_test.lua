@@ -1,8 +1,10 @@
 -- The ha-recover playbook against the simulated estate: an HA group of three
 -- members whose appliance drops and comes back, a retry count of 0, objects
 -- on one member only, a dead appliance, members in different cloning
--- domains.  What happened is read from the estate: the client daemon's
--- member state (/_sim/client), Chrystoki.conf, the tokens over PKCS#11.
+-- domains (which only lunacm's synchronize warning tells).  What happened is
+-- read from the estate: the client daemon's member state (/_sim/client),
+-- Chrystoki.conf, the tokens over PKCS#11, the client tools' lines in the
+-- estate's log, the partitions' cloning domains in its state.
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local chrystoki = require "dhsm.chrystoki"
@@ -87,6 +89,26 @@ local function conf_text()
   return util.read_file(client.chrystoki_conf)
 end
 
+-- the synchronize runs lunacm logged since line `from` of the estate's log, with their Command Result
+local function syncs(from)
+  local out, log = {}, e:log()
+  for i = from + 1, #log do out[#out + 1] = log[i]:match("^lunacm: hagroup synchronize %-group myHA %-> (.*)$") end
+  return out
+end
+
+local function pin(name) return (util.read_file(e.dir .. "/secrets/" .. name):gsub("%s+$", "")) end
+
+-- partition par1 of appliance `name` initialised again in cloning domain `domain` (its PINs kept, its objects gone)
+local function set_domain(name, domain)
+  e:control("POST", ("/appliances/%s/partitions/par1/init"):format(name), { domain = domain,
+    so_pin = pin(name .. "_par1_so_pin"), co_pin = pin(name .. "_par1_co_pin") })
+end
+
+-- what the plan and the run say of the cloning domains
+local UNKNOWN = "the members' cloning domains are not shown by any appliance output, so they are unknown until "
+  .. "hagroup synchronize tells"
+local SYNC_UNKNOWN = "cloning domains unknown: synchronize will report a conflict"
+
 t.test("--check: plans the recovery, the retry count and the synchronize; changes nothing", function()
   drop("hsm2")
   e:appliance("hsm2", "up")
@@ -97,11 +119,15 @@ t.test("--check: plans the recovery, the retry count and the synchronize; change
   t.ok(r.stderr:find("would run %S+/lunacm %-c hagroup recover %-group myHA"), r.stderr)
   t.ok(r.stderr:find("would run %S+/lunacm %-c hagroup retry %-count %-1"), r.stderr)
   t.ok(r.stderr:find("would log in as Crypto Officer on partitions", 1, true), r.stderr)
+  t.ok(r.stderr:find(UNKNOWN, 1, true), r.stderr)
+  t.ok(r.stderr:find("would synchronize the group as it is; " .. SYNC_UNKNOWN, 1, true),
+    "the synchronize's plan line says so\n" .. r.stderr)
   t.eq({ members(), conf_text(), objects() }, before, "nothing changed")
 end, { timeout = 180 })
 
 t.test("happy path: the member rejoins, auto-recovery is set, the objects are cloned; a second run does nothing", function()
   t.eq(members()[serials.hsm2], "down", "left down by the --check test")
+  local from = #e:log()
   local r = run("--json")
   t.eq(r.status, 0, r.stdout .. r.stderr)
   local doc = cjson.decode(r.stdout)
@@ -111,7 +137,11 @@ t.test("happy path: the member rejoins, auto-recovery is set, the objects are cl
   t.eq({ cfg.reconnAtt, cfg.AutoReconnectInterval }, { -1, 60 })
   local o = objects()
   t.eq({ o.hsm1, o.hsm2, o.hsm3 }, { "secret_key:k1", "secret_key:k1", "secret_key:k1" }, "cloned to every member")
+  t.eq(syncs(from), { "No Error" }, "one synchronize: members in one cloning domain, no conflict")
+  t.ok(r.stderr:find(SYNC_UNKNOWN, 1, true), "the run says it synchronizes members of unknown domains\n" .. r.stderr)
+  t.ok(not r.stderr:find("CloningConflict", 1, true), r.stderr)
   local conf_before = conf_text()
+  from = #e:log()
   r = run("")
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("every member holds the same objects", 1, true), r.stderr)
@@ -119,6 +149,9 @@ t.test("happy path: the member rejoins, auto-recovery is set, the objects are cl
   t.ok(r.stderr:find("already done", 1, true), r.stderr)
   t.eq(conf_text(), conf_before)
   t.eq(objects().hsm2, "secret_key:k1")
+  t.eq(syncs(from), {}, "the members hold the same objects: not synchronized")
+  t.ok(r.stderr:find("group myHA is not synchronized (its members hold the same objects): its members' cloning "
+    .. "domains stay unknown", 1, true), r.stderr)
 end, { timeout = 180 })
 
 t.test("a member whose appliance does not answer is left, with the probe's reason; the rest goes on", function()
@@ -138,20 +171,28 @@ t.test("a member whose appliance does not answer is left, with the probe's reaso
   t.eq(objects().hsm3, "secret_key:k1 secret_key:k2")
 end, { timeout = 180 })
 
-t.test("members in different cloning domains: stops before synchronize with the guide's remedy as a plan", function()
-  local function pin(name) return (util.read_file(e.dir .. "/secrets/" .. name):gsub("%s+$", "")) end
-  local pins = { so_pin = pin("hsm3_par1_so_pin"), co_pin = pin("hsm1_par1_co_pin") }
-  e:control("POST", "/appliances/hsm3/partitions/par1/init", { domain = "another-domain", so_pin = pins.so_pin,
-    co_pin = pins.co_pin })
+t.test("members in different cloning domains: the plan says they are unknown; the run synchronizes, lunacm warns, "
+  .. "and it stops there with the members named and the guide's remedy", function()
+  set_domain("hsm3", "another-domain")
   put_key("hsm1", "k3")
-  local before = objects()
-  local r = run("")
+  local before, conf_before, from = objects(), conf_text(), #e:log()
+  local r = run("--check")
+  t.eq(r.status, 0, "a plan cannot know: synchronize is not run\n" .. r.stderr)
+  t.ok(r.stderr:find(UNKNOWN, 1, true), r.stderr)
+  t.ok(r.stderr:find("would synchronize the group as it is; " .. SYNC_UNKNOWN, 1, true), r.stderr)
+  t.eq(syncs(from), {}, "--check sent no synchronize")
+  r = run("")
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("CloningConflict", 1, true) or r.stderr:find("another cloning domain", 1, true), r.stderr)
+  t.ok(r.stderr:find(SYNC_UNKNOWN, 1, true), r.stderr)
+  t.ok(r.stderr:find("CloningConflict", 1, true), r.stderr)
+  t.ok(r.stderr:find(("conflicting settings for private key cloning between %s (hsm1) and %s (hsm3): member %s "
+    .. "(hsm3) is in another cloning domain than %s (hsm1)"):format(serials.hsm1, serials.hsm3, serials.hsm3,
+    serials.hsm1), 1, true), r.stderr)
+  t.ok(r.stderr:find("1. on hsm3, create a partition and initialize it in the group's cloning domain", 1, true), r.stderr)
   t.ok(r.stderr:find("hagroup removeMember -group myHA -serialNumber " .. serials.hsm3, 1, true), r.stderr)
+  t.eq(syncs(from), { "0x00000030 (CKR_DEVICE_ERROR)" }, "one synchronize, which lunacm failed")
   t.eq(objects(), before, "nothing synchronized")
-  r = run("--check")
-  t.eq(r.status, 3, "--check evaluates the same rule\n" .. r.stderr)
+  t.eq(conf_text(), conf_before, "the group as it was")
 end, { timeout = 180 })
 
 t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfirmed it is refused; with --yes a new "
@@ -174,14 +215,16 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   local before, from = { members(), conf_text(), objects() }, #e:log()
   local r = run("--check " .. fix)
   t.eq(r.status, 0, r.stderr)
-  t.ok(r.stderr:find("would lunacm partition init -label hsm3-par2", 1, true), r.stderr)
-  -- changes on a partition only planned are described by the gate and counted like the rest
-  t.ok(r.stderr:find("would log in as Partition SO on hsm3-par2", 1, true), r.stderr)
-  t.ok(r.stderr:find("would lunacm hagroup addMember -group myHA", 1, true), r.stderr)
-  t.eq({ members(), conf_text(), objects(), changes(from) }, { before[1], before[2], before[3], {} }, "--check changed nothing")
+  t.ok(r.stderr:find("would synchronize the group as it is; " .. SYNC_UNKNOWN, 1, true), r.stderr)
+  t.ok(r.stderr:find("would on a conflict, carry out the guide's remedy for the members lunacm names", 1, true), r.stderr)
+  t.eq({ members(), conf_text(), objects(), changes(from), syncs(from) }, { before[1], before[2], before[3], {}, {} },
+    "--check changed nothing")
   r = run(fix)
   t.eq(r.status, 3, "the remedy's steps are confirmed\n" .. r.stderr)
+  t.ok(r.stderr:find("create partition par2 on hsm3 for group myHA", 1, true), "refused at the remedy's first step\n"
+    .. r.stderr)
   t.eq(changes(from), {}, "refused: nothing sent")
+  t.eq(syncs(from), { "0x00000030 (CKR_DEVICE_ERROR)" }, "the synchronize that reported the conflict, nothing more")
   -- without the HSM SO password the partition is created with: refused before any step is confirmed
   r = run("--yes " .. fix:gsub(" %-e so_password=%S+", ""))
   t.eq(r.status, 2, r.stderr)
@@ -202,6 +245,10 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   t.eq(changes(from), { "client assignPartition -client dhsm-client -partition par2",
     "partition init -label hsm3-par2 -slot 3", "hagroup addMember -group myHA -serialNumber " .. part.serial,
     "hagroup removeMember -group myHA -serialNumber " .. serials.hsm3, "hagroup synchronize -group myHA" })
+  -- with objects to clone, the simulated lunacm fails on members it warns of: No Error is no warning
+  t.eq(syncs(from), { "0x00000030 (CKR_DEVICE_ERROR)", "No Error" }, "the conflict reported, then a synchronize "
+    .. "after the remedy without it")
+  t.ok(not r.stderr:find("WrongCloningDomain", 1, true), r.stderr)
   t.eq(chrystoki.load(client.chrystoki_conf):ha_groups()[1].members, { serials.hsm1, serials.hsm2, part.serial })
   local lib <close> = pkcs11.load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf,
     ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/") } })
@@ -216,4 +263,24 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   r = run("--yes -e new_partition=par2 " .. fix)
   t.eq(r.status, 0, r.stderr)
   t.eq(changes(from), {}, "a second run finds it done")
+end, { timeout = 240 })
+
+t.test("fix_cloning with a cloning_domain that is not the group's: the synchronize after the remedy still warns, "
+  .. "and the run stops (WrongCloningDomain)", function()
+  set_domain("hsm2", "another-domain")
+  put_key("hsm1", "k4")
+  local dir = t.tmpdir()
+  t.write(dir .. "/domain", "not-the-groups-domain", tonumber("600", 8))
+  t.write(dir .. "/pso", "Pso-Pass-2026", tonumber("600", 8))
+  local from = #e:log()
+  local r = run(("--yes -e new_partition=par3 -e fix_cloning=true -e cloning_domain=file:%s/domain "
+    .. "-e pso_password=file:%s/pso -e so_password=file:%s"):format(dir, dir, e.dir .. "/secrets/hsm2_so_password"))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("WrongCloningDomain", 1, true), r.stderr)
+  t.ok(r.stderr:find("after the remedy, hagroup synchronize still reports conflicting settings for private key "
+    .. "cloning", 1, true), r.stderr)
+  local state = e:state().appliances
+  t.ok(state.hsm2.partitions.par3.domain ~= state.hsm1.partitions.par1.domain, "par3 is in another domain")
+  t.eq(syncs(from), { "0x00000030 (CKR_DEVICE_ERROR)", "0x00000030 (CKR_DEVICE_ERROR)" },
+    "the conflict reported before the remedy and after it")
 end, { timeout = 240 })

@@ -7,7 +7,8 @@ local parse = require "dhsm.luna.parse"
 
 local PARSERS = {}
 for _, name in ipairs { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
-  "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "lunacm_result", "lunacm_groups", "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" } do
+  "client_show", "ntls_show", "package_list", "network_show", "ntls_log", "lunacm_slots", "lunacm_result", "lunacm_groups",
+  "lunacm_sync_conflicts", "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" } do
   PARSERS[#PARSERS + 1] = { "luna.parse." .. name, parse[name] }
 end
 PARSERS[#PARSERS + 1] = { "luna.prompts.match", require("dhsm.luna.prompts").match }

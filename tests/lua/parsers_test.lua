@@ -8,7 +8,7 @@ local chrystoki = require "dhsm.chrystoki"
 
 local LUNA = { "fields", "result", "hsm_show", "partition_list", "partition_show", "client_list",
   "client_show", "ntls_show", "package_list", "network_show", "lunacm_slots", "lunacm_groups",
-  "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" }
+  "lunacm_role_show", "audit_show", "lunacm_sync_conflicts", "vtl_verify", "status_date", "table" }
 
 -- name -> {kind, fn(text)}
 local PARSERS = {}

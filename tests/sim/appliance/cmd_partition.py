@@ -1,5 +1,8 @@
 """LunaSH `partition create/list/show/delete` (HSM SO logged in for changes).
 
+`partition show` prints no cloning domain: no real one does (luna-field.md 3.5, 3.6), so
+nothing may be read from it; the domain is in the state for `hagroup synchronize`'s warning.
+
 On a real 7.2 appliance `partition create` leaves the partition for the Partition
 SO to initialise from LunaCM; here it is created initialised (a SoftHSM token with
 generated PSO and CO PINs in DIR/secrets) so PKCS#11 clients can use it at once.
@@ -63,8 +66,7 @@ def _show_one(ctx, part):
             f"{'Crypto Officer Login Attempts Left:':<43}{status['co_attempts_left']}",
             "Crypto User is not initialized.", f"{'Legacy Domain Has Been Set:':<43}no", "Partition Storage:",
             f"{'   Total Storage Space:':<43}{model.PARTITION_SIZE}", f"{'   Used Storage Space:':<43}{used}",
-            f"{'   Free Storage Space:':<43}{model.PARTITION_SIZE - used}", f"{'   Object Count:':<43}{objects}",
-            f"{'Cloning Domain (digest):':<43}{model.partition_domain(part)}")
+            f"{'   Free Storage Space:':<43}{model.PARTITION_SIZE - used}", f"{'   Object Count:':<43}{objects}")
 
 
 def show(ctx):

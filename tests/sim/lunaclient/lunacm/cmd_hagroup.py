@@ -7,8 +7,11 @@ group right now (it drops out when its appliance stops serving, and comes back b
 /_sim/client. Member passwords are Crypto Officer logins and count as such.
 
 Texts: [V] the openstack role's `already been used` / `already part of an` and the
-`HA Group Slot ID` line; the synchronize warning is the troubleshooting guide's, word
-for word; `HA Auto Recovery Count has been set to N` is Luna 6's. The rest is ours.
+`HA Group Slot ID` line; the synchronize warning is the troubleshooting guide's, byte for
+byte (two blanks after "fail.", the slots as this run numbers them); `HA Auto Recovery Count
+has been set to N` is Luna 6's. The rest is ours, and so is all that follows the warning: one
+line for the first member found in another domain than the first reachable one, then, with
+objects to clone, a failure in our words (luna-field.md 16: no real synchronize output).
 """
 from appliance import model, p11
 from appliance.cli import Command, Opt
