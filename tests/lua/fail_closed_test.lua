@@ -72,11 +72,20 @@ end)
 t.test("decommission meets an hsm show without a readable serial: nothing zeroized, nothing deleted", function()
   reword("hsm1", "Serial #=>Serial No.")
   local so = "-e so_password=file:" .. q(estate.dir .. "/secrets/hsm1_so_password")
-  local before = #estate:mutations()
+  -- the estate's own control requests (the fault above) are logged once answered, maybe late: not counted
+  local function changes()
+    local out = {}
+    for _, m in ipairs(estate:mutations()) do
+      if not m:find("/_sim/", 1, true) then out[#out + 1] = m end
+    end
+    return out
+  end
+  local before = #changes()
   local r = estate:run("run decommission -e hsm=hsm1 -e backups_confirmed=true --yes " .. so,
     { state = t.tmpdir() })
   t.ok(r.status ~= 0, r.stdout)
   t.ok((r.stdout .. r.stderr):find("cannot read", 1, true), r.stdout .. r.stderr)
-  t.eq(#estate:mutations(), before, "nothing that changes the estate reached it")
+  local after = changes()
+  t.eq(#after, before, "nothing that changes the estate reached it: " .. table.concat(after, "; ", before + 1))
   t.eq(estate:hsms().hsm1, "Succeeded")
 end)
