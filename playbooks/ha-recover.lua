@@ -99,7 +99,8 @@ local function survey(ctx)
     local entry = m.hsm
     m.hsm = entry and entry.name or nil
     if not entry then
-      m.reason = "no HSM of the inventory holds this partition (serial " .. m.serial .. ")"
+      m.reason = ("no HSM of the inventory lists partition %s (hsms[].partitions) and no appliance that answers "
+        .. "holds it"):format(m.serial)
       return
     end
     local probe = c:probe(entry)
@@ -146,7 +147,7 @@ local function recover_members(ctx, g)
   for _, m in ipairs(g.members) do
     if m.status ~= "alive" and not m.probe_ok then
       ctx:note(("group %s: member %s on %s is %s and its appliance does not answer (%s): left as it is")
-        :format(g.label, m.serial, tostring(m.hsm), m.status, tostring(m.reason)))
+        :format(g.label, m.serial, m.hsm or "an appliance dhsm cannot name", m.status, tostring(m.reason)))
     end
   end
   if #down == 0 then return end

@@ -5,6 +5,7 @@
 --   local c = ha.client(inventory)                 -- the client install (lunacm, Chrystoki.conf, PKCS#11)
 --   c.timeout = 10                                 -- seconds a lunacm run may take (default 60)
 --   c:groups()     --> {{label=, serial=, members = {{serial=, status=, label=, hsm=entry|nil}}}}, settings
+--   c:hsm_of(member_serial) --> inventory entry | nil; c:partition_owners() --> {serial = entry}
 --   c:probe(entry) --> {tcp = net.tcp answer, tls = net.tls answer (dhsm.client.ntls's handshake), ok=, reason=}
 --   c:recover(label); c:set_retry(count, interval); c:settings()
 --   c:objects(member, co_pin) --> {count=, keys = {"secret_key:k1", ...}} over PKCS#11
@@ -85,11 +86,45 @@ function Client:settings()
   return { retry = held.retry or 0, interval = held.interval or 60, held = held }
 end
 
--- The inventory's HSM a member partition lives on (its serial starts with the HSM's).
+-- hsm_of(member_serial) -> the inventory's HSM the member partition lives
+-- on: the entry whose `partitions` list it, else the appliance that lists
+-- it now (partition_owners); nil when neither tells (its appliance does
+-- not answer and the inventory does not list it) - never guessed from
+-- the serial's digits.
 function Client:hsm_of(member_serial)
   for _, h in ipairs(self.inventory.hsms or {}) do
-    if h.serial and member_serial:sub(1, #h.serial) == h.serial and #member_serial == #h.serial + 3 then return h end
+    for _, p in ipairs(h.partitions or {}) do
+      if p == member_serial then return h end
+    end
   end
+  return self:partition_owners()[member_serial]
+end
+
+-- partition_owners() -> {partition serial = inventory entry}: what each
+-- appliance of the inventory that answers lists (LunaSH `partition
+-- list`), read once per client.  A partition serial says nothing of its
+-- appliance (7.x numbers partitions by their creation time), so this, or
+-- the inventory's `partitions`, is the only way to tell.
+function Client:partition_owners()
+  if self.owners then return self.owners end
+  local owners, tasks = {}, {}
+  for i, h in ipairs(self.inventory.hsms or {}) do
+    tasks[i] = dhsm.spawn(function()
+      local ok, listed = pcall(function()
+        local s <close> = luna.open(h, { timeout = self.timeout or 10 })
+        return s:partitions()
+      end)
+      if not ok then
+        local e = dhsm.error.normalize(listed)
+        if e.kind == "interrupted" or e.kind == "cancelled" then error(listed, 0) end
+        return
+      end
+      for _, p in ipairs(listed) do owners[p.serial] = h end
+    end)
+  end
+  for _, task in ipairs(tasks) do task:join() end
+  self.owners = owners
+  return owners
 end
 
 -- groups() -> groups of Chrystoki.conf with each member's state from lunacm

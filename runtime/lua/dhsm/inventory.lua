@@ -77,6 +77,10 @@ M.schema = {
       resource = { type = "string", pattern = "^[%w%-]+$",
         expect = "the Azure dedicated HSM resource name (letters, digits, -; default: the entry's name)" },
       serial = { type = "string", pattern = "^%d+$", expect = "the appliance's serial number (digits)" },
+      -- The serials of the partitions the appliance holds (as `partition list` and lunacm show
+      -- them): how dhsm names the appliance of an HA member whose appliance does not answer.
+      partitions = { type = "list", items = { type = "string", pattern = "^%d+$",
+        expect = "a partition serial (digits)" } },
       -- The reboot fix as `package list` names it, matched as a substring in any case.  The
       -- default is what the guide and Microsoft call it; the real package name was never
       -- published (an assumption: set the name your appliance lists).

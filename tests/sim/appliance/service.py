@@ -87,7 +87,8 @@ class ApplianceService:
         return {"name": state["resource"]["name"], "host": "127.0.0.1", "ssh_port": state["ports"]["ssh"],
                 "user": model.USER, "password": "file:" + dev.paths.secret("password"),
                 "known_hosts": estate_file(self.estate.dir, KNOWN_HOSTS), "ntls_port": state["ports"]["ntls"],
-                "resource": state["resource"]["name"], "serial": state["serial"]}
+                "resource": state["resource"]["name"], "serial": state["serial"],
+                "partitions": sorted(p["serial"] for p in state["partitions"].values())}
 
     def contribute(self, inventory):
         inventory["hsms"] = [self._inventory_entry(dev) for dev in self.devices.values()
