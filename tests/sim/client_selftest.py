@@ -42,6 +42,9 @@ CRYPTOKI = pkcs11_library()[0] if pkcs11_library()[1] is None else None  # the s
 GUIDE_WARNING = ("Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for "
                  "private key cloning.")
 EMPTY = READY = None
+FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")  # the blocks of shared/reference/luna-field.md
+# 8.3 (S10): only this substring of vtl's no-slot error is published; the simulator prints it alone
+NO_SLOTS = "Error: Unable to find any Luna SA slots/partitions\n"
 
 
 def setUpModule():
@@ -216,8 +219,7 @@ class ExchangeTest(unittest.TestCase):
 
         # the appliance does not know this client yet: its NTLS refuses the handshake and says so
         proc = vtl(EMPTY, "verify")
-        self.assertEqual((proc.returncode, proc.stdout.strip()),
-                         (1, "Error: Unable to find any Luna SA slots/partitions"))
+        self.assertEqual((proc.returncode, proc.stdout), (1, NO_SLOTS))
         self.assertIn("ssl3_get_client_certificate:certificate verify failed", self.syslog(self.hsm1))
 
         self.hsm1.sftp(put=[(cert, "127.0.0.1.pem")])
@@ -284,6 +286,55 @@ class SerialTest(unittest.TestCase):
         if shutil.which("pkcs11-tool"):
             seen = opensc_tokens("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})
             self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, seen)
+
+
+# vtl verify, against the published bytes of luna-field.md 8.3 -----------------------------------------
+def published(name):
+    with open(os.path.join(FIXTURES, name + ".txt")) as f:
+        return f.read()
+
+
+def offered(estate, client="dhsm-client"):
+    """[(serial, label)] of the partitions every appliance offers CLIENT over NTLS, in slot order
+    (servers as registered, then the appliance's order), read from the estate's state."""
+    rows = []
+    for name in ("hsm1", "hsm2"):  # --client-ready registers the servers in this order
+        state = control(estate, "GET", f"appliances/{name}")
+        assigned = state["clients"][client]["partitions"]
+        rows += [(p["serial"], p["label"]) for p in state["partitions"].values()
+                 if p["name"] in assigned and not p["zeroized"]]
+    return rows
+
+
+class VtlVerifyTest(unittest.TestCase):
+    def test_the_published_tab_layout(self):
+        """8.3, S8 with its TABs intact: a blank line, the title, a blank line, header and rule joined
+        by TABs, one row per slot (the reference's `%4d<TAB>%16s <TAB>%s`), a blank line: the published
+        block, byte for byte, with its one row replaced by this estate's slots."""
+        block = published("8.3-vtl-verify-6-tabs").split("+ vtl verify\n", 1)[1].split("+ pkcs11-daemon", 1)[0]
+        head, row, tail = block.partition("   0\t       500752010 \tpartition1\n")
+        self.assertTrue(row, "the published row")
+        rows = "".join(f"{slot:4d}\t{serial:>16} \t{label}\n" for slot, (serial, label) in enumerate(offered(READY)))
+        proc = vtl(READY, "verify")
+        self.assertEqual((proc.returncode, proc.stdout), (0, head + rows + tail))
+
+    def test_10_7_2_rendering_with_tabs_expanded(self):
+        """The 10.7.2 copy (8.3, S6) shows the same table with the TABs expanded: so does ours, after
+        its banner line (which a 7.2 client does not print, see tests/sim/README.md)."""
+        published_lines = published("8.3-vtl-verify-10.7.2").splitlines()[2:]  # from the blank after the banner
+        ours = [line.expandtabs(8) for line in vtl(READY, "verify").stdout.splitlines()]
+        self.assertEqual(ours[:6], published_lines[:5] + [ours[5]])
+        self.assertRegex(ours[5], r"^   0 {7,}\d{9,13} {8}\S")  # label at column 32, serial ending at 24
+
+    def test_no_slots_prints_the_published_substring_alone(self):
+        control(READY, "POST", "appliances/hsm1/faults", {"ntls": "refuse"})
+        control(READY, "POST", "appliances/hsm2/faults", {"ntls": "refuse"})
+        try:
+            proc = vtl(READY, "verify")
+        finally:
+            for name in ("hsm1", "hsm2"):
+                control(READY, "POST", f"appliances/{name}/faults", {"ntls": "open"})
+        self.assertEqual((proc.returncode, proc.stdout), (1, NO_SLOTS))
 
 
 # the client's PKCS#11 library: SoftHSM2's slots and the HA groups' virtual slots ----------------------

@@ -15,6 +15,7 @@ sys.path.insert(0, HERE)
 FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")
 
 from appliance import layouts, rc  # noqa: E402
+from lunaclient import vtl  # noqa: E402
 
 
 def fixture(name):
@@ -100,6 +101,25 @@ class PackageListTest(unittest.TestCase):
         system = published[5:20]
         lines = layouts.package_list(system, [])
         self.assertEqual(transcript("[hsm-2-1-2-5] lunash:>", "package list", 5, lines), "\n".join(published[:-1]) + "\n")
+
+
+class VtlVerifyTest(unittest.TestCase):
+    """8.3: the table vtl.verify prints, from its parts."""
+
+    def lines(self, rows):
+        return ["", vtl.VERIFY_TITLE, "", *vtl.VERIFY_HEAD, *(vtl.verify_row(*row) for row in rows), ""]
+
+    def test_6_tabs_8_3(self):
+        block = fixture("8.3-vtl-verify-6-tabs").split("+ vtl verify\n", 1)[1].split("+ pkcs11-daemon", 1)[0]
+        self.assertEqual("".join(line + "\n" for line in self.lines([(0, "500752010", "partition1")])), block)
+
+    def test_10_7_2_tabs_expanded_8_3(self):
+        published = fixture("8.3-vtl-verify-10.7.2").splitlines()[2:]  # after the 10.x banner
+        ours = [line.expandtabs(8) for line in self.lines([(0, "1682975235230", "SP_SKS_SEHSM3")])]
+        self.assertEqual(ours[:-1], published)
+
+    def test_error_is_the_published_substring_8_3(self):
+        self.assertEqual(f"Error: {vtl.NO_SLOTS}", "Error: Unable to find any Luna SA slots/partitions")
 
 
 def question(layout, command, **values):
