@@ -51,7 +51,9 @@ member_is() {
 }
 
 chapter "0. The estate: two Luna appliances in an HA pair, one spare appliance at Microsoft"
-"$estate" start --dir "$dir" --appliances 2 --spare 1 --client-ready
+# hsm_prefixed_partition_serials: dhsm's HA code finds a member's HSM by the prefix of 5.x/6.x
+# partition serials, which 7.x's do not have (tests/sim/README.md, Serials)
+"$estate" start --dir "$dir" --appliances 2 --spare 1 --client-ready --set hsm_prefixed_partition_serials=1
 # a rehearsal keeps its failed-login counts apart from the host's guard (/var/lib/dhsm)
 export DHSM_INVENTORY="$dir/inventory.json" DHSM_AUDIT="$dir/audit.jsonl" XDG_STATE_HOME="$dir/state" \
   DHSM_GUARD_DIR="$dir/guard" \

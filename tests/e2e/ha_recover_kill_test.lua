@@ -16,7 +16,8 @@ local killrun = require "support.killrun"
 -- An estate with HA group myHA over hsm1 and hsm2, hsm2's member down
 -- while its appliance answers again, key k1 on hsm1 only, retry count 0.
 local function broken_group()
-  local e = Estate.start { args = "--appliances 2 --client-ready" }
+  -- hsm_prefixed_partition_serials: see ha_recover_test.lua
+  local e = Estate.start { args = "--appliances 2 --client-ready", set = { hsm_prefixed_partition_serials = 1 } }
   local client = e.inventory.client
   local env = { ChrystokiConfigurationPath = client.chrystoki_conf:match("^(.*)/[^/]*$") }
   local serials = {}

@@ -12,7 +12,9 @@ local util = require "dhsm.util"
 local support = require "support.estate"
 
 local q = util.shell_quote
-local e = support.start { args = "--appliances 3 --client-ready" }
+-- hsm_prefixed_partition_serials: Client:hsm_of (modules/client/ha.lua) finds a member's HSM by the
+-- prefix of 5.x/6.x serials, which 7.x serials do not have (tests/sim/README.md, Serials)
+local e = support.start { args = "--appliances 3 --client-ready", set = { hsm_prefixed_partition_serials = 1 } }
 local client = e.inventory.client
 local co_file = e.dir .. "/secrets/hsm1_par1_co_pin"
 local co = e:secret("hsm1_par1_co_pin")

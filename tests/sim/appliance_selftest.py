@@ -100,7 +100,7 @@ def opensc_tokens(module, env):
 
 def listed_partitions(out):
     """`partition list` rows -> {name: Luna serial}."""
-    return {m[1]: m[0] for m in re.findall(r"^(\d{10,})\s+(\S+)\s+\d", out, re.M)}
+    return {m[1]: m[0] for m in re.findall(r"^(\d{9,})\s+(\S+)\s+\d", out, re.M)}
 
 
 def unreachable(port, timeout=0.25):
@@ -508,7 +508,7 @@ class PartitionTest(ApplianceCase):
         box.as_so("partition create -partition beta")
         self.assertLessEqual({"alpha-label", "beta"}, softhsm_labels())
         listing = box.ok("partition list")
-        self.assertRegex(listing, r"\d{10} +alpha +0 +0 +102400")
+        self.assertRegex(listing, r"(?m)^\d{13} +alpha +0 +0 +102400")
         self.assertTrue(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
         out = box.as_so("partition delete -partition beta")
         self.assertIn("CAUTION:  Are you sure you wish to delete the partition named: beta", out)
@@ -554,6 +554,32 @@ class PartitionTest(ApplianceCase):
         self.assertEqual(set(p11_tokens(conf)), set(before) - {listed["sn-b"]})
         box.as_so("partition delete -partition sn-a -force", answers="")
         self.assertNotIn(listed["sn-a"], p11_tokens(conf))
+
+
+class SerialTest(ApplianceCase):
+    """Serials as luna-field.md prints them: HSM serials of 6 digits (2.1: 572413 on Azure's 7.2; 2.2-2.4);
+    partition serials of 12-13 digits on 7.x (3.3: 1582775433934; 7.1: 154438865287; 8.3), of the HSM
+    serial and 3 digits on 5.x/6.x (2.2: 534071009; 2.4: 157541008); the same number as the token serial."""
+
+    def test_widths_per_layout_and_the_token_serial(self):
+        box, conf = Box("hsm1"), estate_info()["appliances"]["softhsm2_conf"]
+        hsm_serial = re.search(r"^   Serial #: +(\d+)$", box.ok("hsm show"), re.M)[1]
+        self.assertRegex(hsm_serial, r"^\d{6}$")
+        self.assertEqual(hsm_serial, CLIENT.control("GET", "appliances/hsm1")["serial"])
+        names = {7: "width7", 6: "width6", 5: "width5"}
+        for layout, name in names.items():
+            box.faults(lunash_layout=layout)
+            self.addCleanup(box.as_so, f"partition delete -partition {name} -force", "")
+            box.as_so(f"partition create -partition {name} -force", answers="")
+        box.faults(lunash_layout=7)
+        state = CLIENT.control("GET", "appliances/hsm1")["partitions"]
+        self.assertRegex(state["width7"]["serial"], r"^\d{12,13}$")
+        for layout in (6, 5):
+            self.assertRegex(state[names[layout]]["serial"], rf"^{hsm_serial}\d{{3}}$")
+        listed, tokens = listed_partitions(box.ok("partition list")), p11_tokens(conf)
+        for name in names.values():
+            self.assertEqual(listed[name], state[name]["serial"])
+            self.assertEqual(tokens.get(state[name]["serial"]), name)
 
 
 class PromptTest(ApplianceCase):

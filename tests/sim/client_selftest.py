@@ -270,8 +270,9 @@ class ExchangeTest(unittest.TestCase):
 # serials: LunaCM, the appliance and PKCS#11 agree ------------------------------------------------
 class SerialTest(unittest.TestCase):
     def test_slot_list_serial_is_the_pkcs11_token_serial(self):
-        """What a real client shows: LunaCM's `Serial Number`, the appliance's `partition list` and the
-        token serial its PKCS#11 library reports are one number, the Luna partition serial."""
+        """What a real client shows: LunaCM's `Serial Number`, `vtl verify`'s `Serial #`, the appliance's
+        `partition list` and the token serial its PKCS#11 library reports (SoftHSM's, and the client
+        library's) are one number, the Luna partition serial: 12-13 digits on 7.x (luna-field.md 3.3, 7.1, 8.3)."""
         _, out = lunacm(READY, "slot", "list")
         slots = re.findall(r"Label ->\s+(\S+)\n\s+Serial Number ->\s+(\d+)\n", out)
         self.assertGreaterEqual(len(slots), 2, out)  # par1 of each appliance, and what other tests added
@@ -279,13 +280,20 @@ class SerialTest(unittest.TestCase):
         tokens = p11_tokens(conf_file)
         listed = {}
         for name in ("hsm1", "hsm2"):
-            listed.update(re.findall(r"^(\d{10,})\s+(\S+)\s+\d", Box(name, READY).ok("partition list"), re.M))
+            listed.update(re.findall(r"^(\d{12,13}) +(\S+) +\d", Box(name, READY).ok("partition list"), re.M))
+        verified_serials = {serial: label for _, serial, label in verified(READY)}
         for label, serial in slots:
+            self.assertRegex(serial, r"^\d{12,13}$")
             self.assertEqual(tokens.get(serial), label)
             self.assertIn(serial, listed)
-        if shutil.which("pkcs11-tool"):
-            seen = opensc_tokens("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})
-            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, seen)
+            self.assertEqual(verified_serials.get(serial), label)
+        modules = [("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})]
+        if CRYPTOKI:
+            modules.append((CRYPTOKI, {"SOFTHSM2_CONF": conf_file,
+                                       "ChrystokiConfigurationPath": os.path.join(READY, "client")}))
+        for module, env in modules if shutil.which("pkcs11-tool") else ():
+            seen = opensc_tokens(module, env)
+            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, module)
 
 
 # vtl verify, against the published bytes of luna-field.md 8.3 -----------------------------------------

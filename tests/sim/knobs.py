@@ -110,6 +110,9 @@ KNOBS = {k.name: k for k in [
          "time a rebooting appliance stays unreachable (with the KB0019789 fix; without it, it hangs)"),
     Knob("new_hsm_zeroized", "setting", _parse_bool, False,
          "whether a freshly provisioned HSM counts as zeroized (deletable)"),
+    Knob("hsm_prefixed_partition_serials", "setting", _parse_bool, False,
+         "1 = partition serials <HSM serial><3 digits> on every layout (9 digits, as 5.x/6.x), not 7.x's "
+         "13 digits: what dhsm's HA code (modules/client/ha.lua Client:hsm_of) still expects"),
 ]}
 
 COUNTED = ("reset", "throttle", "forbid", "fail5xx")

@@ -120,7 +120,8 @@ def partition_list(layout, rows):
         elif layout == 6:
             out.append(f"{serial:<21}{name:<21}{objects:>9}{total:>8}{used:>8}{total - used:>8}")
         else:
-            out.append(f" {serial:<13}{name:<23}{objects:>9}{total:>10}{used:>10}{total - used:>10}")
+            # 3.1's 13-wide serial column, kept 2 blanks from the name even for a 7.x serial (13 digits)
+            out.append(f" {serial:<11}  {name:<23}{objects:>9}{total:>10}{used:>10}{total - used:>10}")
     return out
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import types
 
-from appliance import cli, commands, firstlogin, layouts, rc
+from appliance import cli, commands, firstlogin, layouts, model, rc
 from appliance.context import Context, LunaError
 
 RESULT_OK = "Command Result : 0 (Success)"
@@ -34,7 +34,7 @@ class LunaShell:
 
     @property
     def layout(self):
-        return self.device.state["faults"].get("lunash_layout", layouts.DEFAULT)  # a world saved before the knob
+        return model.lunash_layout(self.device.state)
 
     def prompt(self):
         return f"[{self.device.state['hostname']}] lunash:>"
