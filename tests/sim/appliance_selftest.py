@@ -74,6 +74,22 @@ def softhsm_labels():
     return {line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")} - {""}
 
 
+FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")  # the blocks of shared/reference/luna-field.md
+
+
+def published(name):
+    """The published block NAME (tests/fixtures/luna/NAME.txt), as text."""
+    with open(os.path.join(FIXTURES, name + ".txt")) as f:
+        return f.read()
+
+
+def as_typed_on(hostname, block):
+    """A published LunaSH block as a PTY session on HOSTNAME shows it after the first prompt: from the
+    command's echo to the prompt after it (CR LF read as LF)."""
+    prompt = re.match(r"\[[^]]*\] lunash:>", block).group(0)
+    return block[len(prompt):].replace(prompt, f"[{hostname}] lunash:>").rstrip("\n")
+
+
 def p11_tokens(conf):
     """{token serial: label} of every initialised token, through appliance/p11.py (SoftHSM by ctypes)."""
     saved = os.environ.get("SOFTHSM2_CONF")
@@ -582,24 +598,39 @@ class SerialTest(ApplianceCase):
             self.assertEqual(tokens.get(state[name]["serial"]), name)
 
 
+def pty_session(test, box):
+    """A PTY LunaSH session on BOX, closed when TEST ends -> run(line, *answers): LINE typed, then each
+    answer at the next "> "; the whole transcript up to the prompt (CR LF read as LF)."""
+    client = box.connect()
+    test.addCleanup(client.close)
+    shell = box.shell(client)
+
+    def run(line, *answers):
+        shell.channel.send(line + "\r")
+        text = ""
+        for answer in answers:
+            text += shell.read_until(r"> $")
+            shell.channel.send(answer + "\r")
+        return (text + shell.read_until(r"lunash:>$")).replace("\r\n", "\n")
+    return run
+
+
+def registered_client(test, box, name, hostname):
+    """Client NAME registered on BOX by HOSTNAME (its certificate uploaded first), deleted when TEST
+    ends -> the certificate's file."""
+    cert, _ = make_client_cert(test.tmp, hostname)
+    box.sftp(put=[(cert, f"{hostname}.pem")])
+    box.ok(f"client register -client {name} -hostname {hostname}")
+    test.addCleanup(box.run, f"client delete -client {name} -force")
+    return cert
+
+
 class PromptTest(ApplianceCase):
     """The proceed/quit questions, byte for byte as a PTY session shows them (CR LF read as LF),
     against tests/fixtures/luna (layouts.PROMPTS); `quit` changes nothing, `proceed` acts."""
 
     def session(self, box):
-        client = box.connect()
-        self.addCleanup(client.close)
-        shell = box.shell(client)
-
-        def run(line, *answers):
-            """LINE typed, then each answer at the next "> "; the whole transcript up to the prompt."""
-            shell.channel.send(line + "\r")
-            text = ""
-            for answer in answers:
-                text += shell.read_until(r"> $")
-                shell.channel.send(answer + "\r")
-            return (text + shell.read_until(r"lunash:>$")).replace("\r\n", "\n")
-        return run
+        return pty_session(self, box)
 
     def question(self, layout, command, **values):
         return layouts.question(layout, command, **values)[1]
@@ -669,10 +700,7 @@ class PromptTest(ApplianceCase):
 
     def test_client_delete_5_and_regen_cert(self):
         box = Box("hsm1")
-        cert, _ = make_client_cert(self.tmp, "asker.example")
-        box.sftp(put=[(cert, "asker.example.pem")])
-        box.ok("client register -client asker -hostname asker.example")
-        self.addCleanup(box.run, "client delete -client asker -force")
+        registered_client(self, box, "asker", "asker.example")
         box.faults(lunash_layout=5)
         run = self.session(box)
         q = self.question(5, "client delete", name="asker")
@@ -694,6 +722,34 @@ class PromptTest(ApplianceCase):
         box.sftp(get=[("server.pem", server)])
         self.assertNotEqual(read(server), before)
         box.ok("service restart ntls")  # NTLS serves what server.pem says again
+
+
+class ErrorLayoutTest(ApplianceCase):
+    """Failures byte for byte as luna-field.md 5.2 published them (5.x; 7.x prints the same here, with
+    the same blank lines: our assumption), through a PTY session with the published prompt's host."""
+
+    def hostname(self, box):
+        return CLIENT.control("GET", f"appliances/{box.name}")["hostname"]
+
+    def test_client_show_unknown_5_2(self):
+        box = Box("hsm1")
+        run = pty_session(self, box)
+        expected = as_typed_on(self.hostname(box), published("5.2-client-show-5-error"))
+        for layout in (5, 7):
+            box.faults(lunash_layout=layout)
+            self.assertEqual(run("client show -c client3"), expected, layout)
+
+    def test_client_fingerprint_5_2(self):
+        box = Box("hsm1")
+        cert = registered_client(self, box, "client1", "client1.example")
+        box.faults(lunash_layout=5)
+        run = pty_session(self, box)
+        ours = x509.load_pem_x509_certificate(read(cert).encode()).fingerprint(hashes.MD5())
+        block = published("5.2-client-fingerprint-5").replace(
+            "D9:9E:25:B3:A9:68:06:50:8F:C4:90:FC:E5:50:E2:BC", ":".join(f"{b:02X}" for b in ours))
+        self.assertEqual(run("client fingerprint -c client1"), as_typed_on(self.hostname(box), block))
+        self.assertEqual(run("client fingerprint -c client2"),
+                         as_typed_on(self.hostname(box), published("5.2-client-fingerprint-5-error")))
 
 
 class TokenStoreTest(unittest.TestCase):

@@ -27,7 +27,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from appliance_selftest import Box, opensc_tokens, p11_tokens, read  # noqa: E402
+from appliance_selftest import Box, opensc_tokens, p11_tokens, published, read  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
 from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
@@ -42,7 +42,6 @@ CRYPTOKI = pkcs11_library()[0] if pkcs11_library()[1] is None else None  # the s
 GUIDE_WARNING = ("Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for "
                  "private key cloning.")
 EMPTY = READY = None
-FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")  # the blocks of shared/reference/luna-field.md
 # 8.3 (S10): only this substring of vtl's no-slot error is published; the simulator prints it alone
 NO_SLOTS = "Error: Unable to find any Luna SA slots/partitions\n"
 
@@ -297,11 +296,6 @@ class SerialTest(unittest.TestCase):
 
 
 # vtl verify, against the published bytes of luna-field.md 8.3 -----------------------------------------
-def published(name):
-    with open(os.path.join(FIXTURES, name + ".txt")) as f:
-        return f.read()
-
-
 def offered(estate, client="dhsm-client"):
     """[(serial, label)] of the partitions every appliance offers CLIENT over NTLS, in slot order
     (servers as registered, then the appliance's order), read from the estate's state."""

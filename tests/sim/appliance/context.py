@@ -7,11 +7,18 @@ prints as `Error:  '<cmd>' failed. (<HEX> : <NAME>)`.
 """
 from appliance import layouts, rc
 
+# luna-field.md 5.2 (5.x `client show`); the other client commands say the same here (our assumption)
+NO_SUCH_CLIENT = "Specified client does not exist."
+
 
 class LunaError(Exception):
-    def __init__(self, code, *extra):
+    """CODE: (hex, name). EXTRA: the free-text `Error:` lines after the `failed.` line; BEFORE: those
+    printed ahead of it instead (`client fingerprint`, luna-field.md 5.2). A line of a text after its
+    first becomes an 8-space continuation line."""
+
+    def __init__(self, code, *extra, before=()):
         super().__init__(code[1])
-        self.code, self.extra = code, extra
+        self.code, self.extra, self.before = code, extra, tuple(before)
 
 
 class Context:
@@ -145,5 +152,5 @@ class Context:
     def client(self, name):
         rec = self.state["clients"].get(name)
         if rec is None:
-            raise LunaError(rc.OBJECT_NOT_IN_LIST)
+            raise LunaError(rc.OBJECT_NOT_IN_LIST, NO_SUCH_CLIENT)
         return rec

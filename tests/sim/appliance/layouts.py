@@ -28,6 +28,7 @@ SPACING_BY_COMMAND = {
     (7, "hsm show"): (2, 3),
     (5, "hsm show"): (2, 2),
     (5, "client show"): (2, 2),
+    (5, "client fingerprint"): (3, 2),
     (5, "package list"): (2, 1),
 }
 
@@ -36,6 +37,8 @@ def spacing(layout, command, lines):
     before, after = SPACING_BY_COMMAND.get((layout, command), SPACING[layout])
     if layout == 5 and command == "partition list" and lines and lines[-1].strip() == "There are no partitions.":
         after = 3  # 3.1: the empty list ends with three blank lines
+    if layout == 5 and command == "client fingerprint" and not lines:
+        before = 2  # 5.2: its error block has two blank lines before it, the fingerprint three
     return before, after
 
 

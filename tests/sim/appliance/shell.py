@@ -103,7 +103,7 @@ class LunaShell:
             invocation.command.fn(ctx)
             return ctx, 0, []
         except LunaError as e:
-            return ctx, 65535, failure_lines(ctx.name, e.code, e.extra)
+            return ctx, 65535, failure_lines(ctx.name, e.code, e.extra, e.before)
 
     def _finish(self, ctx, code, errors, drop):
         if ctx:
@@ -149,9 +149,18 @@ class LunaShell:
         raise ConnectionAbortedError("hang_next fault")
 
 
-def failure_lines(name, code, extra):
-    return [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"] + [f"Error:  {text}" for text in extra]
+def failure_lines(name, code, extra=(), before=()):
+    """`Error:  '<cmd>' failed. (<HEX> : <NAME>)` with its free-text `Error:` lines as luna-field.md
+    5.2 and 4.2 print them: BEFORE ahead of it, line after line (`client fingerprint`); EXTRA after
+    it, past a blank line (`client show`, `hsm login`). A text's further lines are continuation
+    lines indented 8 spaces (5.2)."""
+    failed = [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"]
+    after = [""] + _error_lines(extra) if extra else []
+    return _error_lines(before) + failed + after
 
+
+def _error_lines(texts):
+    return [line for text in texts for line in ("Error:  " + text).replace("\n", "\n        ").split("\n")]
 
 
 def logged_command(ctx, line):
