@@ -83,11 +83,21 @@ def published(name):
         return f.read()
 
 
-def as_typed_on(hostname, block):
-    """A published LunaSH block as a PTY session on HOSTNAME shows it after the first prompt: from the
-    command's echo to the prompt after it (CR LF read as LF)."""
-    prompt = re.match(r"\[[^]]*\] lunash:>", block).group(0)
-    return block[len(prompt):].replace(prompt, f"[{hostname}] lunash:>").rstrip("\n")
+def as_typed(block):
+    """A published LunaSH block from its command's echo (after the first prompt) through its first
+    `Command Result` line: what typed() gives of a PTY session's transcript."""
+    start = re.search(r"\] lunash:>", block).end()
+    return block[start:block.index("\n", block.index("Command Result", start)) + 1]
+
+
+def typed(transcript):
+    """A pty_session transcript without the prompt it ends at."""
+    return transcript[:transcript.rindex("\n") + 1]
+
+
+def stars(block, count, published=8):
+    """BLOCK with its password echo of PUBLISHED stars made COUNT long (our password's)."""
+    return block.replace("> " + "*" * published + "\n", "> " + "*" * count + "\n")
 
 
 def p11_tokens(conf):
@@ -726,18 +736,14 @@ class PromptTest(ApplianceCase):
 
 class ErrorLayoutTest(ApplianceCase):
     """Failures byte for byte as luna-field.md 5.2 published them (5.x; 7.x prints the same here, with
-    the same blank lines: our assumption), through a PTY session with the published prompt's host."""
-
-    def hostname(self, box):
-        return CLIENT.control("GET", f"appliances/{box.name}")["hostname"]
+    the same blank lines: our assumption), through a PTY session."""
 
     def test_client_show_unknown_5_2(self):
         box = Box("hsm1")
         run = pty_session(self, box)
-        expected = as_typed_on(self.hostname(box), published("5.2-client-show-5-error"))
         for layout in (5, 7):
             box.faults(lunash_layout=layout)
-            self.assertEqual(run("client show -c client3"), expected, layout)
+            self.assertEqual(typed(run("client show -c client3")), as_typed(published("5.2-client-show-5-error")))
 
     def test_client_fingerprint_5_2(self):
         box = Box("hsm1")
@@ -747,9 +753,41 @@ class ErrorLayoutTest(ApplianceCase):
         ours = x509.load_pem_x509_certificate(read(cert).encode()).fingerprint(hashes.MD5())
         block = published("5.2-client-fingerprint-5").replace(
             "D9:9E:25:B3:A9:68:06:50:8F:C4:90:FC:E5:50:E2:BC", ":".join(f"{b:02X}" for b in ours))
-        self.assertEqual(run("client fingerprint -c client1"), as_typed_on(self.hostname(box), block))
-        self.assertEqual(run("client fingerprint -c client2"),
-                         as_typed_on(self.hostname(box), published("5.2-client-fingerprint-5-error")))
+        self.assertEqual(typed(run("client fingerprint -c client1")), as_typed(block))
+        self.assertEqual(typed(run("client fingerprint -c client2")),
+                         as_typed(published("5.2-client-fingerprint-5-error")))
+
+
+class HsmLoginLayoutTest(ApplianceCase):
+    """`hsm login` byte for byte as published: 7.2's success (4.1, S4), 6.2.2's (4.1, S3), and the
+    7.x zeroizing attempt ending `Command Result : 0 (Success)` (4.2, S15)."""
+
+    def test_success_7_and_6_4_1(self):
+        box = Box("hsm1")
+        so = box.secret("so_password")
+        run = pty_session(self, box)
+        for layout, block in ((7, "3.4-partition-create-7.2"), (6, "4.1-hsm-login-6.2.2")):
+            box.faults(lunash_layout=layout)
+            self.assertEqual(typed(run("hsm login", so)), stars(as_typed(published(block)), len(so)), layout)
+
+    def test_zeroizing_attempt_7_4_2(self):
+        box = Box("hsm1")
+        so, label = box.secret("so_password"), CLIENT.control("GET", "appliances/hsm1")["hsm"]["label"]
+        self.addCleanup(box.ok, f"hsm init -label {label} -password {so} -defaultdomain -force")
+        run = pty_session(self, box)
+        for attempt in (1, 2):
+            self.assertEqual(typed(run("hsm login", "wrong-guess")), "hsm login\n  Please enter the HSM "
+                             "Administrators' password:\n  > ***********\n\n\nError:  'hsm login' failed. "
+                             "(A00000 : LUNA_RET_UM_PIN_INCORRECT)\n\n\nCommand Result : 0 (Success)\n")
+        password = "wrong-guess-14"  # as long as the published echo
+        self.assertEqual(typed(run("hsm login", "proceed", password)),
+                         stars(as_typed(published("4.2-hsm-login-last-7")), len(password), 14))
+        out = typed(run("hsm login", so))  # zeroized: every login says so
+        self.assertTrue(out.endswith("Error:  'hsm login' failed. (30000F : LUNA_RET_SO_LOGIN_FAILURE_THRESHOLD)\n"
+                                     "\nError:    The HSM is in the factory reset (zeroized) state.\n\n\n"
+                                     "Command Result : 0 (Success)\n"), out)
+        box.faults(lunash_layout=5)  # 5.x failures end 65535 (5.2)
+        self.assertTrue(typed(run("hsm login", so)).endswith("Command Result : 65535 (Luna Shell execution)\n"))
 
 
 class TokenStoreTest(unittest.TestCase):

@@ -29,6 +29,7 @@ class Context:
         self.after = []  # run once the output is on its way (reboot, network cut)
         self._begun = False
         self._answered = False  # a prompt of this command was answered: the next one follows a blank line
+        self._gap = 0  # blank lines owed after an answer, before the next output (layouts.ANSWER_SPACING)
 
     @property
     def state(self):
@@ -61,8 +62,13 @@ class Context:
     def flush(self):
         self.begin()
         if self.lines:
-            self.shell.term.write("".join(line + "\n" for line in self.lines))
+            self.shell.term.write(self.gap() + "".join(line + "\n" for line in self.lines))
             self.lines = []
+
+    def gap(self):
+        """The blank lines owed after the last answer (once), before what the command prints next."""
+        gap, self._gap = self._gap, 0
+        return "\n" * gap
 
     def success(self):
         self.out(f"'{self.name}' successful.")
@@ -88,7 +94,8 @@ class Context:
     # prompts ---------------------------------------------------------------------
     def ask(self, text, secret=False):
         indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
-        return self._read_answer(f"{indent}{text}\n{indent}> ", secret)
+        before = layouts.PASSWORD_SPACING.get((self.layout, self.name.lower())) if secret else None
+        return self._read_answer(f"{indent}{text}\n{indent}> ", secret, before)
 
     def _read_answer(self, prompt, secret=False, before=None):
         """Write PROMPT (it ends with the "> " marker) and read the answer. BEFORE: blank lines
@@ -98,6 +105,7 @@ class Context:
             self._begun = True
             self.shell.term.write("\n" * before)
         self.flush()
+        self._gap = 0  # a prompt that follows an answer keeps its own spacing
         self.shell.term.write(("\n" if self._answered else "") + prompt)
         answer = self.shell.term.read_line(mask="*" if secret else None)
         if not self.shell.term.pty:
@@ -107,6 +115,7 @@ class Context:
             # credential at all: nothing is tried, so no failed login is counted.
             raise LunaError(rc.CANCELLED, "No input was given.")
         self._answered = True
+        self._gap = layouts.ANSWER_SPACING.get((self.layout, self.name.lower()), 0)
         return answer
 
     def confirm(self, action=None, caution=None, **values):

@@ -203,6 +203,16 @@ PROMPTS = {
 
 # blank lines before a question that opens the command's output, where not the layout's SPACING
 QUESTION_SPACING = {(7, "hsm login"): 1}
+# ... before a password prompt that opens it: 7.x `hsm login` asks at once (4.1: S4 7.2, S6 7.x FM)
+PASSWORD_SPACING = {(7, "hsm login"): 0}
+# blank lines between the answer to a command's last prompt and what it prints next (none where not
+# listed): `hsm login` 7.x two (S4 success, S15 failure, 4.1/4.2), 6.x one (4.1, 6.2.2), 5.x as 6.x (assumed)
+ANSWER_SPACING = {(7, "hsm login"): 2, (6, "hsm login"): 1, (5, "hsm login"): 1}
+
+# The `Command Result` line a failed command ends with, where not "65535 (Luna Shell execution)": the
+# only published 7.x `hsm login` failure (4.2, S15, third-party and unconfirmed, 14) ends
+# "Command Result : 0 (Success)"; 5.x failures end 65535 (5.2). Taken for every 7.x `hsm login` failure.
+FAILED_RESULT = {(7, "hsm login"): "Command Result : 0 (Success)"}
 
 
 def question(layout, command, action=None, caution=None, **values):

@@ -108,13 +108,14 @@ class LunaShell:
     def _finish(self, ctx, code, errors, drop):
         if ctx:
             ctx.begin()
-            lines = ctx.lines
+            lines, gap = ctx.lines, ctx.gap()
             after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
+            result = RESULT_OK if code == 0 else layouts.FAILED_RESULT.get((self.layout, ctx.name.lower()),
+                                                                             RESULT_FAILED)
         else:
             self.term.write("\n")
-            lines, after = [], 1
-        text = "".join(line + "\n" for line in lines + errors) + "\n" * after + \
-               (RESULT_OK if code == 0 else RESULT_FAILED) + "\n"
+            lines, gap, after, result = [], "", 1, RESULT_FAILED
+        text = gap + "".join(line + "\n" for line in lines + errors) + "\n" * after + result + "\n"
         if drop:
             self.term.write(text[:len(text) // 2])
             time.sleep(0.05)  # let the half reach the client before the RST overtakes it
