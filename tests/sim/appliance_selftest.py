@@ -239,17 +239,21 @@ class Box:
         assert status == 0 and "Command Result : 0 (Success)" in out, out
         return out
 
-    def as_so(self, command, answers="proceed\n"):
-        """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
+    def piped(self, text):
+        """TEXT piped into one shell session without a PTY, as `ssh host <<EOF` does -> all it printed."""
         client = self.connect()
         try:
             chan = client.get_transport().open_session()
             chan.invoke_shell()  # no PTY: commands and answers come as lines, like a heredoc
-            chan.sendall(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n".encode())
+            chan.sendall(text.encode())
             chan.shutdown_write()
             return chan.makefile().read().decode()
         finally:
             client.close()
+
+    def as_so(self, command, answers="proceed\n"):
+        """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
+        return self.piped(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n")
 
     def shell(self, client):
         chan = client.invoke_shell()
@@ -756,6 +760,37 @@ class ErrorLayoutTest(ApplianceCase):
         self.assertEqual(typed(run("client fingerprint -c client1")), as_typed(block))
         self.assertEqual(typed(run("client fingerprint -c client2")),
                          as_typed(published("5.2-client-fingerprint-5-error")))
+
+
+class NoPtyTest(ApplianceCase):
+    """1.3 (7.8.5, commands on stdin, no PTY): the banner between blank lines, then each command's output
+    with no prompt and no echo; the fullest published copy (b) byte for byte, our banner in its place."""
+
+    def test_stdin_fed_session_1_3(self):
+        box = Box("hsm1")
+        client, host, partition = "vciphertrust-i.daenerys.home", "vciphertrust-i.daenerys.home", "sp_sehsm4"
+        box.as_so(f"partition create -partition {partition} -force", answers="")
+        self.addCleanup(box.as_so, f"partition delete -partition {partition} -force", "")
+        cert, _ = make_client_cert(self.tmp, host)
+        box.sftp(put=[(cert, f"{host}.pem")])
+        self.addCleanup(box.run, f"client delete -client {client} -force")
+        block = published("1.3-stdin-7.8.5-b")
+        commands = [line[2:] for line in block.splitlines() if line.startswith("> ") and line != "> EOF"]
+        expected = block.split("password:\n", 1)[1].replace(
+            "Luna Network HSM Command Line Shell v7.8.5-20. Copyright (c) 2024 Thales Group. All rights reserved.",
+            layouts.BANNERS[7])
+        self.assertEqual(box.piped("".join(c + "\n" for c in commands)), expected)  # copies a and c lost blank lines
+
+    def test_no_prompt_no_echo_and_a_question(self):
+        """A question on a channel without a PTY is printed as on one and answered by the next line, which
+        is not echoed (our assumption: tests/sim/README.md)."""
+        out = Box("hsm1").piped("hsm show\nhsm login\nnot-the-password\nfrobnicate\n")
+        self.assertNotIn("lunash:>", out)
+        self.assertNotIn("hsm show", out)
+        self.assertNotIn("not-the-password", out)
+        self.assertIn("\n  Please enter the HSM Administrators' password:\n  > \n\n\nError:  'hsm login' failed.", out)
+        self.assertTrue(out.endswith("\n\nError:  Unknown command: frobnicate\n\nCommand Result : 65535 "
+                                     "(Luna Shell execution)\n"), out[-200:])
 
 
 class HsmLoginLayoutTest(ApplianceCase):

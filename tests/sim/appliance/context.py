@@ -54,10 +54,10 @@ class Context:
         return self.shell.layout
 
     def begin(self):
-        """LunaSH leaves 0-3 blank lines between the command and what it prints (layouts.SPACING)."""
+        """LunaSH leaves 0-3 blank lines between the command and what it prints (LunaShell.spacing)."""
         if not self._begun:
             self._begun = True
-            self.shell.term.write("\n" * layouts.spacing(self.layout, self.name.lower(), self.lines)[0])
+            self.shell.term.write("\n" * self.shell.spacing(self.name.lower(), self.lines)[0])
 
     def flush(self):
         self.begin()

@@ -33,6 +33,12 @@ SPACING_BY_COMMAND = {
 }
 
 
+# Without a PTY (commands fed on stdin, or an exec request) nothing is echoed and no prompt is
+# printed (1.3, 7.8.5): a command's output starts at once and its `Command Result` follows one blank
+# line, as the fullest copy (1.3-stdin-7.8.5-b) shows; the other copies dropped blank lines (14).
+NO_PTY_SPACING = (0, 1)
+
+
 def spacing(layout, command, lines):
     before, after = SPACING_BY_COMMAND.get((layout, command), SPACING[layout])
     if layout == 5 and command == "partition list" and lines and lines[-1].strip() == "There are no partitions.":

@@ -45,12 +45,23 @@ class LunaShell:
             self.term.write("\n")  # 1.1: two blank lines between the banner and the box
             if not firstlogin.run(self):
                 return 1
+        ran = False
         while True:
-            self.term.write(self.prompt())
+            if self.term.pty:  # 1.3: commands fed on stdin get no prompt (and no echo: terminal.py)
+                self.term.write(self.prompt())
             line = self.term.read_line()
             if line is None or line.strip().lower() in EXIT_WORDS:
                 return 0
+            if not line.strip():
+                continue
+            if ran and not self.term.pty:
+                self.term.write("\n")  # 1.3: one blank line between two commands' outputs
             self.run(line)
+            ran = True
+
+    def spacing(self, command, lines):
+        """Blank lines before and after a command's output: the layout's on a PTY, else 1.3's."""
+        return layouts.spacing(self.layout, command, lines) if self.term.pty else layouts.NO_PTY_SPACING
 
     def exec_command(self, line):
         if firstlogin.required(self.device):
@@ -109,12 +120,13 @@ class LunaShell:
         if ctx:
             ctx.begin()
             lines, gap = ctx.lines, ctx.gap()
-            after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
+            after = self.spacing(ctx.name.lower(), lines)[1]
             result = RESULT_OK if code == 0 else layouts.FAILED_RESULT.get((self.layout, ctx.name.lower()),
                                                                              RESULT_FAILED)
-        else:
-            self.term.write("\n")
-            lines, gap, after, result = [], "", 1, RESULT_FAILED
+        else:  # a line that does not parse: one blank line each side on a PTY
+            before, after = (1, 1) if self.term.pty else layouts.NO_PTY_SPACING
+            self.term.write("\n" * before)
+            lines, gap, result = [], "", RESULT_FAILED
         text = gap + "".join(line + "\n" for line in lines + errors) + "\n" * after + result + "\n"
         if drop:
             self.term.write(text[:len(text) // 2])
