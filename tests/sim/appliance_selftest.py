@@ -793,6 +793,17 @@ class NoPtyTest(ApplianceCase):
                                      "(Luna Shell execution)\n"), out[-200:])
 
 
+class NtlsIpcheckTest(ApplianceCase):
+    def test_words_of_6_1(self):
+        """6.1 (Azure 7.2, blank lines removed by the publisher): each command's lines, blank lines aside."""
+        box = Box("hsm1")
+        self.addCleanup(box.run, "ntls ipcheck enable")
+        published_lines = published("6.1-ntls-ipcheck-7.2").splitlines()
+        for command in ("ntls ipcheck disable", "ntls ipcheck show"):
+            at = published_lines.index("[hsm01] lunash:>" + command)
+            self.assertEqual([line for line in box.ok(command).splitlines() if line], published_lines[at + 1:at + 3])
+
+
 class HsmLoginLayoutTest(ApplianceCase):
     """`hsm login` byte for byte as published: 7.2's success (4.1, S4), 6.2.2's (4.1, S3), and the
     7.x zeroizing attempt ending `Command Result : 0 (Success)` (4.2, S15)."""
