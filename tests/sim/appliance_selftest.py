@@ -74,6 +74,32 @@ def softhsm_labels():
     return {line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")} - {""}
 
 
+FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")  # the blocks of shared/reference/luna-field.md
+
+
+def published(name):
+    """The published block NAME (tests/fixtures/luna/NAME.txt), as text."""
+    with open(os.path.join(FIXTURES, name + ".txt")) as f:
+        return f.read()
+
+
+def as_typed(block):
+    """A published LunaSH block from its command's echo (after the first prompt) through its first
+    `Command Result` line: what typed() gives of a PTY session's transcript."""
+    start = re.search(r"\] lunash:>", block).end()
+    return block[start:block.index("\n", block.index("Command Result", start)) + 1]
+
+
+def typed(transcript):
+    """A pty_session transcript without the prompt it ends at."""
+    return transcript[:transcript.rindex("\n") + 1]
+
+
+def stars(block, count, published=8):
+    """BLOCK with its password echo of PUBLISHED stars made COUNT long (our password's)."""
+    return block.replace("> " + "*" * published + "\n", "> " + "*" * count + "\n")
+
+
 def p11_tokens(conf):
     """{token serial: label} of every initialised token, through appliance/p11.py (SoftHSM by ctypes)."""
     saved = os.environ.get("SOFTHSM2_CONF")
@@ -100,7 +126,7 @@ def opensc_tokens(module, env):
 
 def listed_partitions(out):
     """`partition list` rows -> {name: Luna serial}."""
-    return {m[1]: m[0] for m in re.findall(r"^(\d{10,})\s+(\S+)\s+\d", out, re.M)}
+    return {m[1]: m[0] for m in re.findall(r"^(\d{9,})\s+(\S+)\s+\d", out, re.M)}
 
 
 def unreachable(port, timeout=0.25):
@@ -213,17 +239,21 @@ class Box:
         assert status == 0 and "Command Result : 0 (Success)" in out, out
         return out
 
-    def as_so(self, command, answers="proceed\n"):
-        """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
+    def piped(self, text):
+        """TEXT piped into one shell session without a PTY, as `ssh host <<EOF` does -> all it printed."""
         client = self.connect()
         try:
             chan = client.get_transport().open_session()
             chan.invoke_shell()  # no PTY: commands and answers come as lines, like a heredoc
-            chan.sendall(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n".encode())
+            chan.sendall(text.encode())
             chan.shutdown_write()
             return chan.makefile().read().decode()
         finally:
             client.close()
+
+    def as_so(self, command, answers="proceed\n"):
+        """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
+        return self.piped(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n")
 
     def shell(self, client):
         chan = client.invoke_shell()
@@ -510,7 +540,7 @@ class PartitionTest(ApplianceCase):
         box.as_so("partition create -partition beta")
         self.assertLessEqual({"alpha-label", "beta"}, softhsm_labels())
         listing = box.ok("partition list")
-        self.assertRegex(listing, r"\d{10} +alpha +0 +0 +102400")
+        self.assertRegex(listing, r"(?m)^\d{13} +alpha +0 +0 +102400")
         self.assertTrue(os.path.exists(box.info["pin_files"].format(partition="beta", role="co")))
         out = box.as_so("partition delete -partition beta")
         self.assertIn("CAUTION:  Are you sure you wish to delete the partition named: beta", out)
@@ -558,24 +588,65 @@ class PartitionTest(ApplianceCase):
         self.assertNotIn(listed["sn-a"], p11_tokens(conf))
 
 
+class SerialTest(ApplianceCase):
+    """Serials as luna-field.md prints them: HSM serials of 6 digits (2.1: 572413 on Azure's 7.2; 2.2-2.4);
+    partition serials of 12-13 digits on 7.x (3.3: 1582775433934; 7.1: 154438865287; 8.3), of the HSM
+    serial and 3 digits on 5.x/6.x (2.2: 534071009; 2.4: 157541008); the same number as the token serial."""
+
+    def test_widths_per_layout_and_the_token_serial(self):
+        box, conf = Box("hsm1"), estate_info()["appliances"]["softhsm2_conf"]
+        hsm_serial = re.search(r"^   Serial #: +(\d+)$", box.ok("hsm show"), re.M)[1]
+        self.assertRegex(hsm_serial, r"^\d{6}$")
+        self.assertEqual(hsm_serial, CLIENT.control("GET", "appliances/hsm1")["serial"])
+        names = {7: "width7", 6: "width6", 5: "width5"}
+        for layout, name in names.items():
+            box.faults(lunash_layout=layout)
+            self.addCleanup(box.as_so, f"partition delete -partition {name} -force", "")
+            box.as_so(f"partition create -partition {name} -force", answers="")
+        box.faults(lunash_layout=7)
+        state = CLIENT.control("GET", "appliances/hsm1")["partitions"]
+        self.assertRegex(state["width7"]["serial"], r"^\d{12,13}$")
+        for layout in (6, 5):
+            self.assertRegex(state[names[layout]]["serial"], rf"^{hsm_serial}\d{{3}}$")
+        listed, tokens = listed_partitions(box.ok("partition list")), p11_tokens(conf)
+        for name in names.values():
+            self.assertEqual(listed[name], state[name]["serial"])
+            self.assertEqual(tokens.get(state[name]["serial"]), name)
+
+
+def pty_session(test, box):
+    """A PTY LunaSH session on BOX, closed when TEST ends -> run(line, *answers): LINE typed, then each
+    answer at the next "> "; the whole transcript up to the prompt (CR LF read as LF)."""
+    client = box.connect()
+    test.addCleanup(client.close)
+    shell = box.shell(client)
+
+    def run(line, *answers):
+        shell.channel.send(line + "\r")
+        text = ""
+        for answer in answers:
+            text += shell.read_until(r"> $")
+            shell.channel.send(answer + "\r")
+        return (text + shell.read_until(r"lunash:>$")).replace("\r\n", "\n")
+    return run
+
+
+def registered_client(test, box, name, hostname):
+    """Client NAME registered on BOX by HOSTNAME (its certificate uploaded first), deleted when TEST
+    ends -> the certificate's file."""
+    cert, _ = make_client_cert(test.tmp, hostname)
+    box.sftp(put=[(cert, f"{hostname}.pem")])
+    box.ok(f"client register -client {name} -hostname {hostname}")
+    test.addCleanup(box.run, f"client delete -client {name} -force")
+    return cert
+
+
 class PromptTest(ApplianceCase):
     """The proceed/quit questions, byte for byte as a PTY session shows them (CR LF read as LF),
     against tests/fixtures/luna (layouts.PROMPTS); `quit` changes nothing, `proceed` acts."""
 
     def session(self, box):
-        client = box.connect()
-        self.addCleanup(client.close)
-        shell = box.shell(client)
-
-        def run(line, *answers):
-            """LINE typed, then each answer at the next "> "; the whole transcript up to the prompt."""
-            shell.channel.send(line + "\r")
-            text = ""
-            for answer in answers:
-                text += shell.read_until(r"> $")
-                shell.channel.send(answer + "\r")
-            return (text + shell.read_until(r"lunash:>$")).replace("\r\n", "\n")
-        return run
+        return pty_session(self, box)
 
     def question(self, layout, command, **values):
         return layouts.question(layout, command, **values)[1]
@@ -645,10 +716,7 @@ class PromptTest(ApplianceCase):
 
     def test_client_delete_5_and_regen_cert(self):
         box = Box("hsm1")
-        cert, _ = make_client_cert(self.tmp, "asker.example")
-        box.sftp(put=[(cert, "asker.example.pem")])
-        box.ok("client register -client asker -hostname asker.example")
-        self.addCleanup(box.run, "client delete -client asker -force")
+        registered_client(self, box, "asker", "asker.example")
         box.faults(lunash_layout=5)
         run = self.session(box)
         q = self.question(5, "client delete", name="asker")
@@ -670,6 +738,104 @@ class PromptTest(ApplianceCase):
         box.sftp(get=[("server.pem", server)])
         self.assertNotEqual(read(server), before)
         box.ok("service restart ntls")  # NTLS serves what server.pem says again
+
+
+class ErrorLayoutTest(ApplianceCase):
+    """Failures byte for byte as luna-field.md 5.2 published them (5.x; 7.x prints the same here, with
+    the same blank lines: our assumption), through a PTY session."""
+
+    def test_client_show_unknown_5_2(self):
+        box = Box("hsm1")
+        run = pty_session(self, box)
+        for layout in (5, 7):
+            box.faults(lunash_layout=layout)
+            self.assertEqual(typed(run("client show -c client3")), as_typed(published("5.2-client-show-5-error")))
+
+    def test_client_fingerprint_5_2(self):
+        box = Box("hsm1")
+        cert = registered_client(self, box, "client1", "client1.example")
+        box.faults(lunash_layout=5)
+        run = pty_session(self, box)
+        ours = x509.load_pem_x509_certificate(read(cert).encode()).fingerprint(hashes.MD5())
+        block = published("5.2-client-fingerprint-5").replace(
+            "D9:9E:25:B3:A9:68:06:50:8F:C4:90:FC:E5:50:E2:BC", ":".join(f"{b:02X}" for b in ours))
+        self.assertEqual(typed(run("client fingerprint -c client1")), as_typed(block))
+        self.assertEqual(typed(run("client fingerprint -c client2")),
+                         as_typed(published("5.2-client-fingerprint-5-error")))
+
+
+class NoPtyTest(ApplianceCase):
+    """1.3 (7.8.5, commands on stdin, no PTY): the banner between blank lines, then each command's output
+    with no prompt and no echo; the fullest published copy (b) byte for byte, our banner in its place."""
+
+    def test_stdin_fed_session_1_3(self):
+        box = Box("hsm1")
+        client, host, partition = "vciphertrust-i.daenerys.home", "vciphertrust-i.daenerys.home", "sp_sehsm4"
+        box.as_so(f"partition create -partition {partition} -force", answers="")
+        self.addCleanup(box.as_so, f"partition delete -partition {partition} -force", "")
+        cert, _ = make_client_cert(self.tmp, host)
+        box.sftp(put=[(cert, f"{host}.pem")])
+        self.addCleanup(box.run, f"client delete -client {client} -force")
+        block = published("1.3-stdin-7.8.5-b")
+        commands = [line[2:] for line in block.splitlines() if line.startswith("> ") and line != "> EOF"]
+        expected = block.split("password:\n", 1)[1].replace(
+            "Luna Network HSM Command Line Shell v7.8.5-20. Copyright (c) 2024 Thales Group. All rights reserved.",
+            layouts.BANNERS[7])
+        self.assertEqual(box.piped("".join(c + "\n" for c in commands)), expected)  # copies a and c lost blank lines
+
+    def test_no_prompt_no_echo_and_a_question(self):
+        """A question on a channel without a PTY is printed as on one and answered by the next line, which
+        is not echoed (our assumption: tests/sim/README.md)."""
+        out = Box("hsm1").piped("hsm show\nhsm login\nnot-the-password\nfrobnicate\n")
+        self.assertNotIn("lunash:>", out)
+        self.assertNotIn("hsm show", out)
+        self.assertNotIn("not-the-password", out)
+        self.assertIn("\n  Please enter the HSM Administrators' password:\n  > \n\n\nError:  'hsm login' failed.", out)
+        self.assertTrue(out.endswith("\n\nError:  Unknown command: frobnicate\n\nCommand Result : 65535 "
+                                     "(Luna Shell execution)\n"), out[-200:])
+
+
+class NtlsIpcheckTest(ApplianceCase):
+    def test_words_of_6_1(self):
+        """6.1 (Azure 7.2, blank lines removed by the publisher): each command's lines, blank lines aside."""
+        box = Box("hsm1")
+        self.addCleanup(box.run, "ntls ipcheck enable")
+        published_lines = published("6.1-ntls-ipcheck-7.2").splitlines()
+        for command in ("ntls ipcheck disable", "ntls ipcheck show"):
+            at = published_lines.index("[hsm01] lunash:>" + command)
+            self.assertEqual([line for line in box.ok(command).splitlines() if line], published_lines[at + 1:at + 3])
+
+
+class HsmLoginLayoutTest(ApplianceCase):
+    """`hsm login` byte for byte as published: 7.2's success (4.1, S4), 6.2.2's (4.1, S3), and the
+    7.x zeroizing attempt ending `Command Result : 0 (Success)` (4.2, S15)."""
+
+    def test_success_7_and_6_4_1(self):
+        box = Box("hsm1")
+        so = box.secret("so_password")
+        run = pty_session(self, box)
+        for layout, block in ((7, "3.4-partition-create-7.2"), (6, "4.1-hsm-login-6.2.2")):
+            box.faults(lunash_layout=layout)
+            self.assertEqual(typed(run("hsm login", so)), stars(as_typed(published(block)), len(so)), layout)
+
+    def test_zeroizing_attempt_7_4_2(self):
+        box = Box("hsm1")
+        so, label = box.secret("so_password"), CLIENT.control("GET", "appliances/hsm1")["hsm"]["label"]
+        self.addCleanup(box.ok, f"hsm init -label {label} -password {so} -defaultdomain -force")
+        run = pty_session(self, box)
+        for attempt in (1, 2):
+            self.assertEqual(typed(run("hsm login", "wrong-guess")), "hsm login\n  Please enter the HSM "
+                             "Administrators' password:\n  > ***********\n\n\nError:  'hsm login' failed. "
+                             "(A00000 : LUNA_RET_UM_PIN_INCORRECT)\n\n\nCommand Result : 0 (Success)\n")
+        password = "wrong-guess-14"  # as long as the published echo
+        self.assertEqual(typed(run("hsm login", "proceed", password)),
+                         stars(as_typed(published("4.2-hsm-login-last-7")), len(password), 14))
+        out = typed(run("hsm login", so))  # zeroized: every login says so
+        self.assertTrue(out.endswith("Error:  'hsm login' failed. (30000F : LUNA_RET_SO_LOGIN_FAILURE_THRESHOLD)\n"
+                                     "\nError:    The HSM is in the factory reset (zeroized) state.\n\n\n"
+                                     "Command Result : 0 (Success)\n"), out)
+        box.faults(lunash_layout=5)  # 5.x failures end 65535 (5.2)
+        self.assertTrue(typed(run("hsm login", so)).endswith("Command Result : 65535 (Luna Shell execution)\n"))
 
 
 class TokenStoreTest(unittest.TestCase):

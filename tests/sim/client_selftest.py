@@ -27,7 +27,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from appliance_selftest import Box, opensc_tokens, p11_tokens, read  # noqa: E402
+from appliance_selftest import Box, opensc_tokens, p11_tokens, published, read  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
 from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
@@ -42,6 +42,8 @@ CRYPTOKI = pkcs11_library()[0] if pkcs11_library()[1] is None else None  # the s
 GUIDE_WARNING = ("Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for "
                  "private key cloning.")
 EMPTY = READY = None
+# 8.3 (S10): only this substring of vtl's no-slot error is published; the simulator prints it alone
+NO_SLOTS = "Error: Unable to find any Luna SA slots/partitions\n"
 
 
 def setUpModule():
@@ -216,8 +218,7 @@ class ExchangeTest(unittest.TestCase):
 
         # the appliance does not know this client yet: its NTLS refuses the handshake and says so
         proc = vtl(EMPTY, "verify")
-        self.assertEqual((proc.returncode, proc.stdout.strip()),
-                         (1, "Error: Unable to find any Luna SA slots/partitions"))
+        self.assertEqual((proc.returncode, proc.stdout), (1, NO_SLOTS))
         self.assertIn("ssl3_get_client_certificate:certificate verify failed", self.syslog(self.hsm1))
 
         self.hsm1.sftp(put=[(cert, "127.0.0.1.pem")])
@@ -268,8 +269,9 @@ class ExchangeTest(unittest.TestCase):
 # serials: LunaCM, the appliance and PKCS#11 agree ------------------------------------------------
 class SerialTest(unittest.TestCase):
     def test_slot_list_serial_is_the_pkcs11_token_serial(self):
-        """What a real client shows: LunaCM's `Serial Number`, the appliance's `partition list` and the
-        token serial its PKCS#11 library reports are one number, the Luna partition serial."""
+        """What a real client shows: LunaCM's `Serial Number`, `vtl verify`'s `Serial #`, the appliance's
+        `partition list` and the token serial its PKCS#11 library reports (SoftHSM's, and the client
+        library's) are one number, the Luna partition serial: 12-13 digits on 7.x (luna-field.md 3.3, 7.1, 8.3)."""
         _, out = lunacm(READY, "slot", "list")
         slots = re.findall(r"Label ->\s+(\S+)\n\s+Serial Number ->\s+(\d+)\n", out)
         self.assertGreaterEqual(len(slots), 2, out)  # par1 of each appliance, and what other tests added
@@ -277,13 +279,64 @@ class SerialTest(unittest.TestCase):
         tokens = p11_tokens(conf_file)
         listed = {}
         for name in ("hsm1", "hsm2"):
-            listed.update(re.findall(r"^(\d{10,})\s+(\S+)\s+\d", Box(name, READY).ok("partition list"), re.M))
+            listed.update(re.findall(r"^(\d{12,13}) +(\S+) +\d", Box(name, READY).ok("partition list"), re.M))
+        verified_serials = {serial: label for _, serial, label in verified(READY)}
         for label, serial in slots:
+            self.assertRegex(serial, r"^\d{12,13}$")
             self.assertEqual(tokens.get(serial), label)
             self.assertIn(serial, listed)
-        if shutil.which("pkcs11-tool"):
-            seen = opensc_tokens("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})
-            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, seen)
+            self.assertEqual(verified_serials.get(serial), label)
+        modules = [("/usr/lib/softhsm/libsofthsm2.so", {"SOFTHSM2_CONF": conf_file})]
+        if CRYPTOKI:
+            modules.append((CRYPTOKI, {"SOFTHSM2_CONF": conf_file,
+                                       "ChrystokiConfigurationPath": os.path.join(READY, "client")}))
+        for module, env in modules if shutil.which("pkcs11-tool") else ():
+            seen = opensc_tokens(module, env)
+            self.assertEqual({serial: seen.get(serial) for _, serial in slots}, {s: l for l, s in slots}, module)
+
+
+# vtl verify, against the published bytes of luna-field.md 8.3 -----------------------------------------
+def offered(estate, client="dhsm-client"):
+    """[(serial, label)] of the partitions every appliance offers CLIENT over NTLS, in slot order
+    (servers as registered, then the appliance's order), read from the estate's state."""
+    rows = []
+    for name in ("hsm1", "hsm2"):  # --client-ready registers the servers in this order
+        state = control(estate, "GET", f"appliances/{name}")
+        assigned = state["clients"][client]["partitions"]
+        rows += [(p["serial"], p["label"]) for p in state["partitions"].values()
+                 if p["name"] in assigned and not p["zeroized"]]
+    return rows
+
+
+class VtlVerifyTest(unittest.TestCase):
+    def test_the_published_tab_layout(self):
+        """8.3, S8 with its TABs intact: a blank line, the title, a blank line, header and rule joined
+        by TABs, one row per slot (the reference's `%4d<TAB>%16s <TAB>%s`), a blank line: the published
+        block, byte for byte, with its one row replaced by this estate's slots."""
+        block = published("8.3-vtl-verify-6-tabs").split("+ vtl verify\n", 1)[1].split("+ pkcs11-daemon", 1)[0]
+        head, row, tail = block.partition("   0\t       500752010 \tpartition1\n")
+        self.assertTrue(row, "the published row")
+        rows = "".join(f"{slot:4d}\t{serial:>16} \t{label}\n" for slot, (serial, label) in enumerate(offered(READY)))
+        proc = vtl(READY, "verify")
+        self.assertEqual((proc.returncode, proc.stdout), (0, head + rows + tail))
+
+    def test_10_7_2_rendering_with_tabs_expanded(self):
+        """The 10.7.2 copy (8.3, S6) shows the same table with the TABs expanded: so does ours, after
+        its banner line (which a 7.2 client does not print, see tests/sim/README.md)."""
+        published_lines = published("8.3-vtl-verify-10.7.2").splitlines()[2:]  # from the blank after the banner
+        ours = [line.expandtabs(8) for line in vtl(READY, "verify").stdout.splitlines()]
+        self.assertEqual(ours[:6], published_lines[:5] + [ours[5]])
+        self.assertRegex(ours[5], r"^   0 {7,}\d{9,13} {8}\S")  # label at column 32, serial ending at 24
+
+    def test_no_slots_prints_the_published_substring_alone(self):
+        control(READY, "POST", "appliances/hsm1/faults", {"ntls": "refuse"})
+        control(READY, "POST", "appliances/hsm2/faults", {"ntls": "refuse"})
+        try:
+            proc = vtl(READY, "verify")
+        finally:
+            for name in ("hsm1", "hsm2"):
+                control(READY, "POST", f"appliances/{name}/faults", {"ntls": "open"})
+        self.assertEqual((proc.returncode, proc.stdout), (1, NO_SLOTS))
 
 
 # the client's PKCS#11 library: SoftHSM2's slots and the HA groups' virtual slots ----------------------

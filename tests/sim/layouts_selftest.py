@@ -14,7 +14,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 FIXTURES = os.path.join(HERE, "..", "fixtures", "luna")
 
-from appliance import layouts, rc  # noqa: E402
+from appliance import layouts, model, rc  # noqa: E402
+from lunaclient import vtl  # noqa: E402
 
 
 def fixture(name):
@@ -100,6 +101,47 @@ class PackageListTest(unittest.TestCase):
         system = published[5:20]
         lines = layouts.package_list(system, [])
         self.assertEqual(transcript("[hsm-2-1-2-5] lunash:>", "package list", 5, lines), "\n".join(published[:-1]) + "\n")
+
+
+class VtlVerifyTest(unittest.TestCase):
+    """8.3: the table vtl.verify prints, from its parts."""
+
+    def lines(self, rows):
+        return ["", vtl.VERIFY_TITLE, "", *vtl.VERIFY_HEAD, *(vtl.verify_row(*row) for row in rows), ""]
+
+    def test_6_tabs_8_3(self):
+        block = fixture("8.3-vtl-verify-6-tabs").split("+ vtl verify\n", 1)[1].split("+ pkcs11-daemon", 1)[0]
+        self.assertEqual("".join(line + "\n" for line in self.lines([(0, "500752010", "partition1")])), block)
+
+    def test_10_7_2_tabs_expanded_8_3(self):
+        published = fixture("8.3-vtl-verify-10.7.2").splitlines()[2:]  # after the 10.x banner
+        ours = [line.expandtabs(8) for line in self.lines([(0, "1682975235230", "SP_SKS_SEHSM3")])]
+        self.assertEqual(ours[:-1], published)
+
+    def test_error_is_the_published_substring_8_3(self):
+        self.assertEqual(f"Error: {vtl.NO_SLOTS}", "Error: Unable to find any Luna SA slots/partitions")
+
+
+class SerialRuleTest(unittest.TestCase):
+    """appliance/model.py's serials give the published ones back from what they stand for."""
+
+    def test_7_x_is_the_creation_time_in_ms_3_3_8_3(self):
+        self.assertEqual(model.partition_serial({}, False, 1582775433.934, set()), "1582775433934")  # 3.3
+        self.assertEqual(model.partition_serial({}, False, 1682975235.230, set()), "1682975235230")  # 8.3
+
+    def test_5_x_6_x_is_the_hsm_serial_and_3_digits_2_2_2_4(self):
+        for hsm, number, published in (("157541", 8, "157541008"), ("534071", 9, "534071009")):
+            state = {"serial": hsm, "next_partition": number}
+            self.assertEqual(model.partition_serial(state, True, 0, set()), published)
+            self.assertEqual(state["next_partition"], number + 1)
+
+    def test_slot_numbers_stay_apart(self):
+        taken = {model.slot_number("1582775433934")}
+        self.assertEqual(model.partition_serial({}, False, 1582775433.934, taken), "1582775433935")
+        self.assertEqual(model.slot_number("9123456780"), model.slot_number("1123456780"))  # SoftHSM's 31-bit mask
+        hsm = model.new_serial(["571234"])
+        self.assertRegex(hsm, r"^\d{6}$")
+        self.assertNotEqual(model.slot_number(hsm + "001"), model.slot_number("571234001"))
 
 
 def question(layout, command, **values):

@@ -7,7 +7,7 @@ registered certificate is what the NTLS listener trusts for that client.
 import ipaddress
 import os
 
-from appliance import hsmops, layouts, rc
+from appliance import hsmops, keys, layouts, rc
 from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
@@ -65,6 +65,16 @@ def show(ctx):
     ctx.out(*layouts.client_show(ctx.layout, name, ip, hostname, rec["partitions"]))
 
 
+def fingerprint(ctx):
+    """5.2 (5.x): `Certificate fingerprint: D9:9E:...`, 16 bytes (MD5 of the registered certificate: our
+    reading of the width); an unknown client gets its own published order, the explanation first."""
+    name = ctx.opt("client")
+    if name not in ctx.state["clients"]:
+        raise LunaError(rc.OBJECT_NOT_IN_LIST, before=["The client you specified does not exist.\n"
+                                                       "Use 'client list' to list all available clients."])
+    ctx.out(f"Certificate fingerprint: {keys.md5_fingerprint(ctx.device.paths.client_cert(name))}")
+
+
 def delete(ctx):
     name = ctx.opt("client")
     ctx.client(name)
@@ -113,6 +123,7 @@ COMMANDS = [
     Command("client register", register, [CLIENT, Opt("hostname", "h"), Opt("ip", "i")]),
     Command("client list", list_),
     Command("client show", show, [CLIENT]),
+    Command("client fingerprint", fingerprint, [CLIENT]),
     Command("client delete", delete, [CLIENT, FORCE]),
     Command("client assignPartition", assign, [CLIENT, PARTITION]),
     Command("client revokePartition", revoke, [CLIENT, PARTITION]),

@@ -9,6 +9,10 @@ from appliance.cli import FORCE, Command, Opt
 from appliance.context import LunaError
 
 SO_PROMPT = "Please enter the HSM Administrators' password:"
+# 4.2 (S15): the line after the `failed.` line of the zeroizing login, with its four spaces after
+# `Error:`; here also for every later login, the HSM being in that state. A wrong password with tries
+# left prints the `failed.` line alone: only its code was published (4.2, S2).
+ZEROIZED = "  The HSM is in the factory reset (zeroized) state."
 
 
 def _attempts(state):
@@ -44,6 +48,8 @@ def login(ctx):
         ctx.device.world.changed()
     if not outcome.ok:
         ctx.device.syslog.write("lunash", hsmops.LUNASH_PID, f"info : 0 : HSM Admin login failed ({outcome.code[1]})")
+        if outcome.code == rc.SO_LOGIN_THRESHOLD:
+            raise LunaError(outcome.code, ZEROIZED)
     ctx.logged_in_as("so", outcome)
 
 

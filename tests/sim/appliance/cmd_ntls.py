@@ -41,11 +41,13 @@ def ipcheck(ctx):
     action = ctx.inv.args[0].lower()
     if action not in ("enable", "disable", "show"):
         raise LunaError(rc.BAD_PARAMETER, "Use enable, disable or show.")
-    if action != "show":
-        with ctx.mutate():
-            ctx.state["ntls"]["ipcheck"] = action == "enable"
-            ctx.device.world.changed()
-    ctx.out(f"NTLS client source IP validation : {'Enable' if ctx.state['ntls']['ipcheck'] else 'Disable'}")
+    if action == "show":  # 6.1 (Azure 7.2) for show and disable; enable's sentence by analogy (assumed)
+        ctx.out(f"NTLS client source IP validation : {'Enable' if ctx.state['ntls']['ipcheck'] else 'Disable'}")
+        return
+    with ctx.mutate():
+        ctx.state["ntls"]["ipcheck"] = action == "enable"
+        ctx.device.world.changed()
+    ctx.out(f"NTLS client source IP validation {action}d")
 
 
 def regen_cert(ctx):

@@ -7,11 +7,18 @@ prints as `Error:  '<cmd>' failed. (<HEX> : <NAME>)`.
 """
 from appliance import layouts, rc
 
+# luna-field.md 5.2 (5.x `client show`); the other client commands say the same here (our assumption)
+NO_SUCH_CLIENT = "Specified client does not exist."
+
 
 class LunaError(Exception):
-    def __init__(self, code, *extra):
+    """CODE: (hex, name). EXTRA: the free-text `Error:` lines after the `failed.` line; BEFORE: those
+    printed ahead of it instead (`client fingerprint`, luna-field.md 5.2). A line of a text after its
+    first becomes an 8-space continuation line."""
+
+    def __init__(self, code, *extra, before=()):
         super().__init__(code[1])
-        self.code, self.extra = code, extra
+        self.code, self.extra, self.before = code, extra, tuple(before)
 
 
 class Context:
@@ -22,6 +29,7 @@ class Context:
         self.after = []  # run once the output is on its way (reboot, network cut)
         self._begun = False
         self._answered = False  # a prompt of this command was answered: the next one follows a blank line
+        self._gap = 0  # blank lines owed after an answer, before the next output (layouts.ANSWER_SPACING)
 
     @property
     def state(self):
@@ -46,16 +54,21 @@ class Context:
         return self.shell.layout
 
     def begin(self):
-        """LunaSH leaves 0-3 blank lines between the command and what it prints (layouts.SPACING)."""
+        """LunaSH leaves 0-3 blank lines between the command and what it prints (LunaShell.spacing)."""
         if not self._begun:
             self._begun = True
-            self.shell.term.write("\n" * layouts.spacing(self.layout, self.name.lower(), self.lines)[0])
+            self.shell.term.write("\n" * self.shell.spacing(self.name.lower(), self.lines)[0])
 
     def flush(self):
         self.begin()
         if self.lines:
-            self.shell.term.write("".join(self.reworded(line) + "\n" for line in self.lines))
+            self.shell.term.write(self.gap() + "".join(self.reworded(line) + "\n" for line in self.lines))
             self.lines = []
+
+    def gap(self):
+        """The blank lines owed after the last answer (once), before what the command prints next."""
+        gap, self._gap = self._gap, 0
+        return "\n" * gap
 
     def reworded(self, line):
         """The fault `reword=OLD=>NEW`: a layout the reference does not show (model.FAULTS)."""
@@ -86,7 +99,8 @@ class Context:
     # prompts ---------------------------------------------------------------------
     def ask(self, text, secret=False):
         indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
-        return self._read_answer(f"{indent}{text}\n{indent}> ", secret)
+        before = layouts.PASSWORD_SPACING.get((self.layout, self.name.lower())) if secret else None
+        return self._read_answer(f"{indent}{text}\n{indent}> ", secret, before)
 
     def _read_answer(self, prompt, secret=False, before=None):
         """Write PROMPT (it ends with the "> " marker) and read the answer. BEFORE: blank lines
@@ -96,6 +110,7 @@ class Context:
             self._begun = True
             self.shell.term.write("\n" * before)
         self.flush()
+        self._gap = 0  # a prompt that follows an answer keeps its own spacing
         self.shell.term.write(("\n" if self._answered else "") + prompt)
         answer = self.shell.term.read_line(mask="*" if secret else None)
         if not self.shell.term.pty:
@@ -105,6 +120,7 @@ class Context:
             # credential at all: nothing is tried, so no failed login is counted.
             raise LunaError(rc.CANCELLED, "No input was given.")
         self._answered = True
+        self._gap = layouts.ANSWER_SPACING.get((self.layout, self.name.lower()), 0)
         return answer
 
     def confirm(self, action=None, caution=None, **values):
@@ -150,5 +166,5 @@ class Context:
     def client(self, name):
         rec = self.state["clients"].get(name)
         if rec is None:
-            raise LunaError(rc.OBJECT_NOT_IN_LIST)
+            raise LunaError(rc.OBJECT_NOT_IN_LIST, NO_SUCH_CLIENT)
         return rec

@@ -27,14 +27,21 @@ def _write_pins(dev, name, so_pin, co_pin):
 def create_partition(dev, name, label, so_pin=None, co_pin=None):
     """A new initialised partition; PINs not given are generated (DIR/secrets has them either way).
     Its token is made with the partition's Luna serial, as PKCS#11 clients of a real Luna see it."""
-    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin,
-                                                     serial=model.next_partition_serial(dev.state))
-    part = model.new_partition(dev.state, name, label, token_serial)
+    prefixed = model.lunash_layout(dev.state) != 7
+    serial = model.partition_serial(dev.state, prefixed, dev.now(), _slot_numbers(dev))
+    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, serial=serial)
+    part = model.new_partition(name, label, serial, token_serial)
     dev.state["partitions"][name] = part
     _write_pins(dev, name, so_pin, co_pin)
     dev.world.changed()
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) created")
     return part
+
+
+def _slot_numbers(dev):
+    """The SoftHSM slot numbers of every partition of the estate (model.partition_serial)."""
+    return {model.slot_number(serial) for state in dev.world.s["appliances"].values()
+            for part in state["partitions"].values() for serial in (part["serial"], part["token_serial"]) if serial}
 
 
 def delete_partition(dev, name):

@@ -93,6 +93,13 @@ def fingerprint(cert):
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def md5_fingerprint(path):
+    """LunaSH's `client fingerprint` form of the certificate in PATH: MD5, upper-case hex pairs joined by ':'."""
+    with open(path, "rb") as f:
+        digest = load_cert(f.read()).fingerprint(hashes.MD5())
+    return ":".join(f"{byte:02X}" for byte in digest)
+
+
 def valid_at(cert, ts):
     moment = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).replace(tzinfo=None)
     return cert.not_valid_before <= moment <= cert.not_valid_after

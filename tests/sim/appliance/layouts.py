@@ -28,14 +28,23 @@ SPACING_BY_COMMAND = {
     (7, "hsm show"): (2, 3),
     (5, "hsm show"): (2, 2),
     (5, "client show"): (2, 2),
+    (5, "client fingerprint"): (3, 2),
     (5, "package list"): (2, 1),
 }
+
+
+# Without a PTY (commands fed on stdin, or an exec request) nothing is echoed and no prompt is
+# printed (1.3, 7.8.5): a command's output starts at once and its `Command Result` follows one blank
+# line, as the fullest copy (1.3-stdin-7.8.5-b) shows; the other copies dropped blank lines (14).
+NO_PTY_SPACING = (0, 1)
 
 
 def spacing(layout, command, lines):
     before, after = SPACING_BY_COMMAND.get((layout, command), SPACING[layout])
     if layout == 5 and command == "partition list" and lines and lines[-1].strip() == "There are no partitions.":
         after = 3  # 3.1: the empty list ends with three blank lines
+    if layout == 5 and command == "client fingerprint" and not lines:
+        before = 2  # 5.2: its error block has two blank lines before it, the fingerprint three
     return before, after
 
 
@@ -120,7 +129,8 @@ def partition_list(layout, rows):
         elif layout == 6:
             out.append(f"{serial:<21}{name:<21}{objects:>9}{total:>8}{used:>8}{total - used:>8}")
         else:
-            out.append(f" {serial:<13}{name:<23}{objects:>9}{total:>10}{used:>10}{total - used:>10}")
+            # 3.1's 13-wide serial column, kept 2 blanks from the name even for a 7.x serial (13 digits)
+            out.append(f" {serial:<11}  {name:<23}{objects:>9}{total:>10}{used:>10}{total - used:>10}")
     return out
 
 
@@ -199,6 +209,16 @@ PROMPTS = {
 
 # blank lines before a question that opens the command's output, where not the layout's SPACING
 QUESTION_SPACING = {(7, "hsm login"): 1}
+# ... before a password prompt that opens it: 7.x `hsm login` asks at once (4.1: S4 7.2, S6 7.x FM)
+PASSWORD_SPACING = {(7, "hsm login"): 0}
+# blank lines between the answer to a command's last prompt and what it prints next (none where not
+# listed): `hsm login` 7.x two (S4 success, S15 failure, 4.1/4.2), 6.x one (4.1, 6.2.2), 5.x as 6.x (assumed)
+ANSWER_SPACING = {(7, "hsm login"): 2, (6, "hsm login"): 1, (5, "hsm login"): 1}
+
+# The `Command Result` line a failed command ends with, where not "65535 (Luna Shell execution)": the
+# only published 7.x `hsm login` failure (4.2, S15, third-party and unconfirmed, 14) ends
+# "Command Result : 0 (Success)"; 5.x failures end 65535 (5.2). Taken for every 7.x `hsm login` failure.
+FAILED_RESULT = {(7, "hsm login"): "Command Result : 0 (Success)"}
 
 
 def question(layout, command, action=None, caution=None, **values):

@@ -139,15 +139,52 @@ def _digest(text, salt):
 
 
 # construction ---------------------------------------------------------------------
+# Serials, as luna-field.md shows them: HSM serials have 6 digits on every generation (2.1: 572413 on
+# Azure's 7.2; 2.2-2.4: 534071, 156155, 157541). Partition serials on 5.x/6.x are the HSM serial and
+# 3 digits (157541008, 534071009: 9 digits); on 7.x they have 12-13 digits (3.3: 1582775433934, 8.3:
+# 1682975235230, 7.1: 154438865287) and two partitions of one appliance (sehsm3, 3.3 and 8.3) share
+# no prefix with each other. They read as the partition's creation time in epoch milliseconds
+# (2020-02-27, 2023-05-01; the 12-digit one in hundredths of a second, 2018-12-09): the simulator
+# makes 7.x serials that way (an inference, tests/sim/README.md, Assumptions).
+#
+# Partition serials are the partitions' SoftHSM token serials, and SoftHSM numbers a token's slot
+# after the last 8 characters of its serial read as hex, masked to 31 bits; it aborts on two equal
+# numbers, and its free slot takes the token count. So every serial made here has a slot number of
+# its own in the estate, and a large one.
+SLOT_MASK = 0x7FFFFFFF
+SMALLEST_SLOT = 0x10000
+
+
+def slot_number(serial):
+    """The slot number SoftHSM gives a token with this serial."""
+    return int(str(serial)[-8:], 16) & SLOT_MASK
+
+
 def new_serial(taken=()):
-    """A 7-digit HSM serial. Partition serials are <HSM serial><3 digits> and are the partitions'
-    SoftHSM token serials, whose last 8 characters SoftHSM reads as hex to number its slots
-    (two tokens on one number abort it; its free slot takes a small number): so the last 5
-    digits differ from those of every serial in TAKEN, and do not start with 0."""
-    used = {str(serial)[-5:] for serial in taken}
+    """A 6-digit HSM serial. Its 5-digit stem (the last 5 digits, which 5.x/6.x partition serials
+    keep before their 3-digit number, the 8 characters SoftHSM reads) starts with 1-7 (8 and 9 mask
+    to 0 and 1) and is not the stem of a serial in TAKEN: such partitions never share a slot number."""
+    used = {slot_number(f"{serial}000") for serial in taken}
     while True:
-        serial = str(random.randint(1_100_000, 1_999_999))
-        if serial[-5] != "0" and serial[-5:] not in used:
+        serial = str(random.randint(100_000, 999_999))
+        if serial[-5] in "1234567" and slot_number(f"{serial}000") not in used:
+            return serial
+
+
+def partition_serial(state, prefixed, now, taken):
+    """The Luna serial of the next partition of appliance STATE, created at NOW (its clock): 7.x's,
+    the creation time in milliseconds (one later while it would share a slot number with TAKEN, the
+    slot numbers of the estate's partitions), or when PREFIXED (5.x/6.x) <HSM serial><3 digits> (the
+    next number that does not), advancing state["next_partition"] past the one used."""
+    if not prefixed:
+        serial = int(now * 1000)
+        while slot_number(serial) < SMALLEST_SLOT or slot_number(serial) in taken:
+            serial += 1
+        return str(serial)
+    while True:
+        serial = f"{state['serial']}{state['next_partition']:03d}"
+        state["next_partition"] += 1
+        if slot_number(serial) not in taken:
             return serial
 
 
@@ -194,22 +231,19 @@ def partition_domain(part):
     return part.get("domain") or domain_id(DEFAULT_DOMAIN)  # states saved before domains existed
 
 
-def next_partition_serial(state):
-    """The Luna serial the next partition created will have (its token is made with it first)."""
-    return f"{state['serial']}{state['next_partition']:03d}"
-
-
-def new_partition(state, name, label, token_serial):
-    """TOKEN_SERIAL: the serial its SoftHSM token reports, the Luna serial (next_partition_serial)
-    unless the token predates that."""
-    serial = next_partition_serial(state)
-    state["next_partition"] += 1
+def new_partition(name, label, serial, token_serial):
+    """SERIAL: its Luna serial (partition_serial); TOKEN_SERIAL: the serial its SoftHSM token
+    reports, the same unless the token predates that."""
     return {"serial": serial, "name": name, "label": label,
             "token_serial": token_serial, "domain": domain_id(DEFAULT_DOMAIN), "zeroized": False,
             "pso_failures": 0, "co_failures": 0, "co_locked": False, "co_permanent": False}
 
 
 # questions ------------------------------------------------------------------------
+def lunash_layout(state):
+    return state["faults"].get("lunash_layout", FAULTS["lunash_layout"][1])  # a world saved before the knob
+
+
 def is_zeroized(state):
     """What `hsm show` reports as "HSM IS ZEROIZED !!!!" (never initialised counts too)."""
     return not state["hsm"]["initialized"]

@@ -9,8 +9,8 @@ as trust anchors (partial chains allowed, like the appliance's client list).
 
 Mini-protocol after a good handshake: the appliance sends ONE line of JSON and
 closes the connection:
-  {"appliance": "hsm1", "serial": "1234567", "client": "web1",
-   "partitions": [{"name": "par1", "serial": "1234567001", "label": "par1", "token_serial": "..."}]}
+  {"appliance": "hsm1", "serial": "534201", "client": "web1",
+   "partitions": [{"name": "par1", "serial": "1767268800123", "label": "par1", "token_serial": "..."}]}
 `partitions` is what the client may see: the partitions assigned to it, empty when
 `ntls ipcheck` is on and the client's registered (or mapped) IP is not the source.
 

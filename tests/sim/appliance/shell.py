@@ -17,7 +17,7 @@ import threading
 import time
 import types
 
-from appliance import cli, commands, firstlogin, layouts, rc
+from appliance import cli, commands, firstlogin, layouts, model, rc
 from appliance.context import Context, LunaError
 
 RESULT_OK = "Command Result : 0 (Success)"
@@ -34,7 +34,7 @@ class LunaShell:
 
     @property
     def layout(self):
-        return self.device.state["faults"].get("lunash_layout", layouts.DEFAULT)  # a world saved before the knob
+        return model.lunash_layout(self.device.state)
 
     def prompt(self):
         return f"[{self.device.state['hostname']}] lunash:>"
@@ -45,12 +45,23 @@ class LunaShell:
             self.term.write("\n")  # 1.1: two blank lines between the banner and the box
             if not firstlogin.run(self):
                 return 1
+        ran = False
         while True:
-            self.term.write(self.prompt())
+            if self.term.pty:  # 1.3: commands fed on stdin get no prompt (and no echo: terminal.py)
+                self.term.write(self.prompt())
             line = self.term.read_line()
             if line is None or line.strip().lower() in EXIT_WORDS:
                 return 0
+            if not line.strip():
+                continue
+            if ran and not self.term.pty:
+                self.term.write("\n")  # 1.3: one blank line between two commands' outputs
             self.run(line)
+            ran = True
+
+    def spacing(self, command, lines):
+        """Blank lines before and after a command's output: the layout's on a PTY, else 1.3's."""
+        return layouts.spacing(self.layout, command, lines) if self.term.pty else layouts.NO_PTY_SPACING
 
     def exec_command(self, line):
         if firstlogin.required(self.device):
@@ -103,18 +114,20 @@ class LunaShell:
             invocation.command.fn(ctx)
             return ctx, 0, []
         except LunaError as e:
-            return ctx, 65535, failure_lines(ctx.name, e.code, e.extra)
+            return ctx, 65535, failure_lines(ctx.name, e.code, e.extra, e.before)
 
     def _finish(self, ctx, code, errors, drop):
         if ctx:
             ctx.begin()
-            lines = [ctx.reworded(line) for line in ctx.lines]
-            after = layouts.spacing(self.layout, ctx.name.lower(), lines)[1]
-        else:
-            self.term.write("\n")
-            lines, after = [], 1
-        text = "".join(line + "\n" for line in lines + errors) + "\n" * after + \
-               (RESULT_OK if code == 0 else RESULT_FAILED) + "\n"
+            lines, gap = [ctx.reworded(line) for line in ctx.lines], ctx.gap()
+            after = self.spacing(ctx.name.lower(), lines)[1]
+            result = RESULT_OK if code == 0 else layouts.FAILED_RESULT.get((self.layout, ctx.name.lower()),
+                                                                             RESULT_FAILED)
+        else:  # a line that does not parse: one blank line each side on a PTY
+            before, after = (1, 1) if self.term.pty else layouts.NO_PTY_SPACING
+            self.term.write("\n" * before)
+            lines, gap, result = [], "", RESULT_FAILED
+        text = gap + "".join(line + "\n" for line in lines + errors) + "\n" * after + result + "\n"
         if drop:
             self.term.write(text[:len(text) // 2])
             time.sleep(0.05)  # let the half reach the client before the RST overtakes it
@@ -149,9 +162,18 @@ class LunaShell:
         raise ConnectionAbortedError("hang_next fault")
 
 
-def failure_lines(name, code, extra):
-    return [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"] + [f"Error:  {text}" for text in extra]
+def failure_lines(name, code, extra=(), before=()):
+    """`Error:  '<cmd>' failed. (<HEX> : <NAME>)` with its free-text `Error:` lines as luna-field.md
+    5.2 and 4.2 print them: BEFORE ahead of it, line after line (`client fingerprint`); EXTRA after
+    it, past a blank line (`client show`, `hsm login`). A text's further lines are continuation
+    lines indented 8 spaces (5.2)."""
+    failed = [f"Error:  '{name}' failed. ({code[0]} : {code[1]})"]
+    after = [""] + _error_lines(extra) if extra else []
+    return _error_lines(before) + failed + after
 
+
+def _error_lines(texts):
+    return [line for text in texts for line in ("Error:  " + text).replace("\n", "\n        ").split("\n")]
 
 
 def logged_command(ctx, line):

@@ -3,7 +3,7 @@
 DIR/softhsm2.conf points SoftHSM at DIR/softhsm/tokens, so any PKCS#11 client
 started with SOFTHSM2_CONF=DIR/softhsm2.conf and /usr/lib/softhsm/libsofthsm2.so
 sees every appliance's partitions: label = partition label, token serial = the
-Luna partition serial (<HSM serial><3 digits>), as a real Luna client's library
+Luna partition serial (model.partition_serial), as a real Luna client's library
 reports them.
 
 SoftHSM cannot be told the serial at C_InitToken: it picks 16 hex digits of its
@@ -16,9 +16,8 @@ its token.object; tokens of states made before keep their SoftHSM serial, which
 is also the tail of their folder's UUID name, the way they used to be found.
 
 SoftHSM numbers a slot after the last 8 characters of the token serial read as
-hex, and aborts when two tokens get one number: model.new_serial keeps the HSM
-serials of one estate apart in their last 5 digits, so partition serials never
-meet there.
+hex (masked to 31 bits), and aborts when two tokens get one number:
+model.partition_serial gives every partition a number of its own (model.slot_number).
 """
 import fcntl
 import os

@@ -155,15 +155,28 @@ def list_slots(install, view, opts):
         print(f"{'slot #' + str(slot.id):<10}{'LunaNet Slot':<21}{slot.label:<33}{slot.serial:<17}Present")
 
 
+# `vtl verify`, luna-field.md 8.3: the 6.x client's TAB-separated table (TABs intact in S8), which
+# the 10.7.2 client prints too after its banner. The simulated client is 7.2.0-220 (lunacm's
+# banner, lunacm/console.py), whose vtl banner was never published: like the 6.x client, none.
+VERIFY_TITLE = "The following Luna SA Slots/Partitions were found:"
+VERIFY_HEAD = ("Slot\tSerial #        \tLabel", "====\t================\t=====")
+# Only this much of the no-slot message is published (8.3, S10's substring); nothing more is printed.
+NO_SLOTS = "Unable to find any Luna SA slots/partitions"
+
+
+def verify_row(slot_id, serial, label):
+    """8.3's row: `%4d<TAB>%16s <TAB>%s` (with 8-column TAB stops the label starts at column 32)."""
+    return f"{slot_id:4d}\t{serial:>16} \t{label}"
+
+
 def verify(install, view, opts):
     found = _found(install, view)
     if not found:
-        raise VtlError("Unable to find any Luna SA slots/partitions")
-    print("The following Luna SA Slots/Partitions were found: ", "", sep="\n")
-    print(f"{'Slot':<8}{'Serial #':<24}Label")
-    print(f"{'====':<8}{'================':<24}=====")
+        raise VtlError(NO_SLOTS)
+    print("", VERIFY_TITLE, "", *VERIFY_HEAD, sep="\n")
     for slot in found:
-        print(f"{slot.id:>4}    {slot.serial:<24}{slot.label}")
+        print(verify_row(slot.id, slot.serial, slot.label))
+    print()
 
 
 # command -> (handler, options it takes)
