@@ -570,7 +570,7 @@ class HaTest(unittest.TestCase):
                         {"domain": "defaultdomain", **pins})
         status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
         self.assertEqual(status, 0, out)  # nothing to clone yet
-        self.assertIn("\t" + GUIDE_WARNING + "\n", out)
+        self.assertIn("  " + GUIDE_WARNING + "\n", out)
         self.import_key("hsm1-par1", self.pin)
         status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
         self.assertIn(GUIDE_WARNING, out)

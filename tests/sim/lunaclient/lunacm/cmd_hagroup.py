@@ -94,7 +94,7 @@ def create_group(ctx):
     if objects:
         ctx.out(f"The member you specified, {slot.serial}, holds {objects} objects.")
         answer = ctx.ask("Type 'copy' to keep and replicate them, 'remove' to delete them, or 'quit' to quit now.\n"
-                         "\t> ").lower()
+                         "  > ").lower()
         if answer == "remove":
             session.tokens.destroy_objects(slot.token_serial, pin)
         elif answer != "copy":
@@ -145,7 +145,7 @@ def list_groups(ctx):
                 "please enter the password for the group members. Sync info",
                 "not available in HA Only mode.", "")
         ctx.flush()
-        session.console.read_secret("\tEnter the password: ")  # sync data is always "no" here: not checked
+        session.console.read_secret("  Enter the password: ")  # sync data is always "no" here: not checked
     ctx.out(f"HA auto recovery: {'enabled' if settings.retry else 'disabled'}", "HA recovery mode: activeBasic",
             f"Maximum auto recovery retry: {settings.retry}",
             f"Auto recovery poll interval: {settings.interval} seconds", "HA logging: disabled",

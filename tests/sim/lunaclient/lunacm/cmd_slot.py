@@ -12,7 +12,7 @@ MODEL = "LunaSA " + model.SOFTWARE_VERSION.split("-")[0]
 
 
 def _field(name, value):
-    return f"{name + ' ->':<24}{value}"
+    return f"{name + ' ->':<24}{value}".rstrip()  # 7.1: an empty `Label ->` has no trailing blank
 
 
 def block(slot):
@@ -23,7 +23,7 @@ def block(slot):
                 _field("HSM Status", "N/A - HA Group")]
     return [_field("Slot Id", slot.id), _field("Label", slot.label), _field("Serial Number", slot.serial),
             _field("Model", MODEL), _field("Firmware Version", model.FIRMWARE),
-            _field("Configuration", "Luna User Partition With SO (PW) Key Export With Cloning Mode"),
+            _field("Configuration", "Luna User Partition With SO (PW) Signing With Cloning Mode"),  # 7.1, 7.2
             _field("Slot Description", "Net Token Slot")]
 
 

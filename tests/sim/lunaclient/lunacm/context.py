@@ -1,11 +1,13 @@
 """What a LunaCM command handler works with: options, output, prompts, the current slot, failures.
 
-Output follows LunaCM: the command's lines indented by a tab, a blank line, then
+Output follows LunaCM: the command's lines indented by two blanks (7.2's client, luna-field.md
+7.1), a blank line, then
 `Command Result : No Error` or `Command Result : 0x000000a0 (CKR_PIN_INCORRECT)` (luna.md
 section 5 calls that format likely; the codes are PKCS#11's). Handlers fail by raising
 LunaCmError with a CKR name and optional lines; tables are written unindented with raw().
 """
 NO_ERROR = "No Error"
+INDENT = "  "  # 7.2's client indents its listing and questions by 2 (luna-field.md 7.1)
 CKR = {"CKR_CANCEL": 0x01, "CKR_SLOT_ID_INVALID": 0x03, "CKR_GENERAL_ERROR": 0x05, "CKR_ARGUMENTS_BAD": 0x07,
        "CKR_DEVICE_ERROR": 0x30, "CKR_FUNCTION_NOT_SUPPORTED": 0x54, "CKR_PIN_INCORRECT": 0xA0,
        "CKR_PIN_LOCKED": 0xA4, "CKR_TOKEN_NOT_PRESENT": 0xE0, "CKR_USER_ALREADY_LOGGED_IN": 0x100,
@@ -31,7 +33,7 @@ class Context:
         return self.inv.opt(name, default)
 
     def out(self, *lines):
-        self.lines += ["\t" + line if line else "" for line in lines]
+        self.lines += [INDENT + line if line else "" for line in lines]
 
     def raw(self, *lines):
         self.lines += list(lines)
@@ -44,7 +46,7 @@ class Context:
     # prompts ---------------------------------------------------------------------------
     def ask(self, prompt):
         self.flush()
-        answer = self.session.console.ask(f"\t{prompt}")
+        answer = self.session.console.ask(f"{INDENT}{prompt}")
         if answer is None:
             raise LunaCmError("CKR_CANCEL", "No answer was given.")
         return answer.strip()
@@ -52,7 +54,7 @@ class Context:
     def secret(self, prompt):
         """A password from stdin; none at all cancels the command (no login is tried, none counted)."""
         self.flush()
-        answer = self.session.console.read_secret(f"\t{prompt}")
+        answer = self.session.console.read_secret(f"{INDENT}{prompt}")
         if not answer:
             raise LunaCmError("CKR_CANCEL", "No password was given.")
         return answer

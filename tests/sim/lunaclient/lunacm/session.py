@@ -20,7 +20,7 @@ from lunaclient.install import NotFound, locate
 from lunaclient.lunacm import cmd_slot
 from lunaclient.lunacm.commands import TREE
 from lunaclient.lunacm.console import Console
-from lunaclient.lunacm.context import NO_ERROR, Context, LunaCmError, result_text
+from lunaclient.lunacm.context import INDENT, NO_ERROR, Context, LunaCmError, result_text
 
 BANNER = "lunacm (64-bit) v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved."
 PROMPT = "lunacm:>"
@@ -67,10 +67,10 @@ class Session:
 
     # running -----------------------------------------------------------------------------
     def banner(self):
-        self.console.write(f"{BANNER}\n\n\tAvailable HSMs:\n\n")
-        self.console.write("".join(f"\t{line}\n" if line else "\n" for line in cmd_slot.available(self)))
+        self.console.write(f"{BANNER}\n\n\n{INDENT}Available HSMs:\n\n")
+        self.console.write("".join(f"{INDENT}{line}\n" if line else "\n" for line in cmd_slot.available(self)))
         current = "None" if self.current is None else self.current
-        self.console.write(f"\tCurrent Slot Id: {current}\n")
+        self.console.write(f"{INDENT}Current Slot Id: {current}\n")
 
     def run(self, line):
         """One command; True when its result was No Error."""
@@ -81,11 +81,11 @@ class Session:
             ctx = Context(self, invocation)
             invocation.command.fn(ctx)
         except ParseError as e:
-            result, extra = result_text("CKR_ARGUMENTS_BAD"), [f"\t{e}"]
+            result, extra = result_text("CKR_ARGUMENTS_BAD"), [f"{INDENT}{e}"]
         except LunaCmError as e:
-            result, extra = e.result, [f"\t{text}" for text in e.lines]
+            result, extra = e.result, [f"{INDENT}{text}" for text in e.lines]
         except EstateError as e:
-            result, extra = result_text("CKR_DEVICE_ERROR"), [f"\tThe simulated estate did not answer: {e}"]
+            result, extra = result_text("CKR_DEVICE_ERROR"), [f"{INDENT}The simulated estate did not answer: {e}"]
         lines = (ctx.lines if ctx else []) + extra
         body = "".join(text + "\n" for text in lines) + ("\n" if lines else "")
         self.console.write(f"{body}Command Result : {result}\n")
