@@ -138,7 +138,7 @@ local function require_backups(ctx, left)
     if #left > 0 and not ctx.params.backups_confirmed then
       local n = 0
       for _, h in ipairs(left) do n = n + #(h.partitions or {}) end
-      dhsm.error { kind = "safety", code = "BackupsNotConfirmed",
+      dhsm.error { kind = "safety", code = "BackupsNotConfirmed", details = { new_run = { backups_confirmed = true } },
         message = ("zeroizing %d HSM(s) destroys every key in their %d partition(s); back them up, then run again "
           .. "with -e backups_confirmed=true"):format(#left, n) }
     end
