@@ -231,3 +231,34 @@ t.test("a playbook run by path is journaled with its path: the resume hint and -
   t.eq(r.status, 0, r.stderr)
   t.eq({ hsms(e).hsm1, count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") }, { nil, 1, 1 })
 end)
+
+t.test("after two wrong HSM SO passwords each remedy printed is typed where it is shown, and works", function()
+  local e = estate()
+  for _, name in ipairs { "hsm1", "hsm2" } do
+    local s = e:luna_session(name)
+    for i = 1, 2 do t.raises(function() s:login_so(dhsm.secret.value("wrong" .. i)) end, "LUNA_RET_UM_PIN_INCORRECT") end
+  end
+  -- decommission: the guard's count and decommission's own way on, a new run with -e method=failed-logins
+  local r = run(e, so(e, "hsm1") .. " -e hsm=hsm1 -e backups_confirmed=true --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("1 attempt is left of 3, and one more failure and the HSM is zeroized", 1, true), r.stderr)
+  t.ok(r.stderr:find("run decommission with -e method=failed-logins", 1, true), r.stderr)
+  t.ok(not r.stderr:find("allow_destructive_login", 1, true) and not r.stderr:find("--resume", 1, true), r.stderr)
+  local new_run = r.stderr:match("start a new run: dhsm ([^\n]+)")
+  t.ok(new_run and new_run:find("-e method=failed-logins", 1, true), r.stderr)
+  r = t.run(new_run, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ zeroized(e, "hsm1"), hsms(e).hsm1 }, { true, nil })
+  t.eq(count(e:mutations(), "^hsm1 lunash: hsm login"), 3, "one wrong login more: the threshold, never passed")
+  -- a runbook: the login call with the option, as the refusal spells it
+  local pw = e.dir .. "/secrets/hsm2_so_password"
+  local code = 'local s = hsm "hsm2"; local password = secret.file(%q); %s; return s:hsm_show().zeroized'
+  r = e:run("exec --json -e " .. q(code:format(pw, "s:login_so(password)")), { state = e.dir .. "/state" })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("1 attempt is left of 3", 1, true), r.stderr)
+  local call = r.stderr:match("allow_destructive_login = true to the login call: (s:login_so%b())")
+  t.eq(call, "s:login_so(password, {allow_destructive_login = true})", r.stderr)
+  r = e:run("exec --json -e " .. q(code:format(pw, call)), { state = e.dir .. "/state" })
+  t.eq({ r.status, r.stdout }, { 0, "false\n" }, r.stderr)
+  t.eq(count(e:mutations(), "^hsm2 lunash: hsm login"), 3, "the two wrong ones, then the remedy's, right")
+end)
