@@ -84,11 +84,14 @@ local function run_id(estate)
 end
 
 -- --resume until the run finishes (a few attempts at most); the exit statuses.
+-- The estate's inventory follows its world, as one kept up to date does:
+-- once hsm1 is deleted its entry goes, and the operator says that change
+-- is intended (--inventory-changed; a resume refuses it otherwise).
 local function resume_to_the_end(estate, extra)
   local statuses = {}
   advancing(estate, function()
     for _ = 1, 3 do
-      local args = { "--resume", run_id(estate) }
+      local args = { "--resume", run_id(estate), "--inventory-changed" }
       for _, a in ipairs(extra or {}) do args[#args + 1] = a end
       local p <close> = decommission(estate, args)
       local r = p:wait(45)

@@ -147,8 +147,8 @@ t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the H
   local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
   t.eq(r.status, 1, r.stderr)
   t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
-  local id = r.stderr:match("%-%-resume (%S+) %-e %.%.%.'")
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes --resume " .. id)
+  local id = r.stderr:match("%-%-resume (%S+) %-%-yes' continues it")
+  r = run(e, "--yes --resume " .. id)
   t.ok(r.status ~= 0, r.stderr)
   t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
   t.eq(count(e:mutations(), "hsm zeroize"), 0)
@@ -216,18 +216,22 @@ t.test("a playbook run by path is journaled with its path: the resume hint and -
   local dir = t.tmpdir()
   t.sh(("cp %s %s/decommission.lua"):format(q(t.here() .. "/../../playbooks/decommission.lua"), q(dir)))
   local path = dir .. "/decommission.lua"
-  local args = "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true"
+  -- the SO password by a reference of the operator's, holding the wrong one (hsm2's) at first
+  local pw = dir .. "/so_password"
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm2_so_password"), tonumber("600", 8))
+  local args = "-e hsm=hsm1 -e so_password=file:" .. q(pw) .. " -e backups_confirmed=true"
   local r = run(e, args .. " --yes", q(path))             -- the wrong password: fails at the zeroize
   t.eq(r.status, 1, r.stderr)
-  local hint = r.stderr:match("'(dhsm run .- %-%-resume %S+) %-e %.%.%.'")
+  local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+ %-%-yes)' continues it")
   t.ok(hint and hint:find(path, 1, true), r.stderr)
-  local id = hint:match("%-%-resume (%S+)$")
+  local id = hint:match("%-%-resume (%S+)")
   t.eq(cjson.decode(util.read_file(e.dir .. "/state/dhsm/runs/" .. id .. ".json")).path, path)
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, "decommission")
+  r = run(e, "--yes --resume " .. id, "decommission")
   t.eq(r.status, 2, "the built-in playbook is not the file the run used")
-  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. " -e ...'", 1, true), r.stderr)
-  -- the same file, the right password (secrets are given again, never journaled)
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, q(path))
+  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. "'", 1, true), r.stderr)
+  -- the right password behind the same reference, read again: the hint as printed
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm1_so_password"), tonumber("600", 8))
+  r = t.run(hint, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
   t.eq(r.status, 0, r.stderr)
   t.eq({ hsms(e).hsm1, count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") }, { nil, 1, 1 })
 end)

@@ -91,15 +91,16 @@ local function digest(v)
   return sys.sha256(sys.json_encode(v, { redact = false })):sub(1, 16)
 end
 
--- Whether t is a JSON array (cjson decodes [] as an empty table too).
+-- Whether t, a table with something in it, is a JSON array.
 local function is_array(t)
-  return type(t) == "table" and (#t > 0 or next(t) == nil)
+  return #t > 0
 end
 
 -- fields(v, path, out): a digest per leaf, keyed by where it is; an entry
 -- of a list that has a name is keyed by it (hsms[hsm1]), so reordering
 -- the list changes no field.
 local function fields(v, path, out)
+  if type(v) == "table" and next(v) == nil then return out end      -- [] or {}: nothing in it to name
   if type(v) ~= "table" or (is_array(v) and type(v[1]) ~= "table") then
     out[path] = digest(v)
     return out
