@@ -27,6 +27,7 @@
 local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
+local util = require "dhsm.util"
 
 -- method=command's HSM SO password for name: -e so_password for every HSM,
 -- else its inventory entry's; and whether the inventory knows name (one
@@ -138,7 +139,7 @@ local function require_backups(ctx, left)
     if #left > 0 and not ctx.params.backups_confirmed then
       local n = 0
       for _, h in ipairs(left) do n = n + #(h.partitions or {}) end
-      dhsm.error { kind = "safety", code = "BackupsNotConfirmed",
+      dhsm.error { kind = "safety", code = "BackupsNotConfirmed", details = { new_run = { backups_confirmed = true } },
         message = ("zeroizing %d HSM(s) destroys every key in their %d partition(s); back them up, then run again "
           .. "with -e backups_confirmed=true"):format(#left, n) }
     end
@@ -149,6 +150,18 @@ end
 
 ---------------------------------------------------------------------------
 -- (3)-(5) per HSM h (from the survey): zeroize, verify, delete the resource
+
+-- The guard's refusal of the HSM SO's last attempt, with decommission's
+-- own way on instead of the login call's option (no parameter of this
+-- playbook): its goal is the zeroization that attempt risks, and
+-- method=failed-logins reaches it without the password, on a new run.
+local function way_on(err, h)
+  if not (dhsm.error.is(err, "safety") and err.code == "LastLoginAttempt") then return err end
+  local d = err.details or {}
+  return dhsm.error.new { kind = "safety", code = err.code, details = util.merged(d, { new_run = { method = "failed-logins" } }),
+    message = ("%s. To zeroize %s without the password, run decommission with -e method=failed-logins (wrong HSM SO "
+      .. "logins until the appliance zeroizes itself, counting the attempts left)"):format(d.fact or err.message, h.name) }
+end
 
 -- (3) method=command: the HSM SO's password, -e so_password else the
 -- inventory entry's (h is in the inventory: the survey refused an HSM it
@@ -161,7 +174,8 @@ local function zeroize(ctx, h)
     if ctx.params.method == "failed-logins" then
       return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
     end
-    s:login_so((so_password(ctx.params, ctx.inventory, h.name)))
+    local ok, err = pcall(s.login_so, s, (so_password(ctx.params, ctx.inventory, h.name)))
+    if not ok then error(way_on(err, h), 0) end
     s:must("hsm zeroize -force")
   end)
 end

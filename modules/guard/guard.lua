@@ -207,11 +207,16 @@ function M.attempts_left(dev, role, device_left)
   return by_count
 end
 
--- check(dev, role, device_left, opts) -> attempts left; raises "safety"
--- when this attempt could be the last before the role's consequence.
+-- check(dev, role, device_left, opts [, call]) -> attempts left; raises
+-- "safety" when this attempt could be the last before the role's
+-- consequence.  The refusal says how many attempts are left and, as the
+-- remedy, the login call with the option that makes it anyway (call: as
+-- the caller's module spells it, e.g. s:login_so(password, {...})); its
+-- details.fact is the refusal without that remedy, for a caller whose
+-- operator has another way on (decommission: -e method=failed-logins).
 -- Alone it decides nothing for a login that is not made at once: logins
 -- go through attempt(), which holds the device's lock from check to record.
-function M.check(dev, role, device_left, opts)
+function M.check(dev, role, device_left, opts, call)
   opts = opts or {}
   local key, label = key_of(dev)
   local left = M.attempts_left(dev, role, device_left)
@@ -223,9 +228,12 @@ function M.check(dev, role, device_left, opts)
   end
   if left == 1 then
     if not opts.allow_destructive_login then
-      act.refusal { code = "LastLoginAttempt",
-        message = ("refusing the %s: it would be the last attempt; one more failure and %s. "
-          .. "Make sure of the password, then pass allow_destructive_login=true"):format(what, M.CONSEQUENCES[role]) }
+      local fact = ("refusing the %s: %d attempt is left of %d, and one more failure and %s"):format(what, left,
+        M.THRESHOLDS[role], M.CONSEQUENCES[role])
+      act.refusal { code = "LastLoginAttempt", details = { fact = fact, attempts_left = left,
+        threshold = M.THRESHOLDS[role], role = role, device = key },
+        message = ("%s. Make sure of the password; then, to make this last attempt, add the option "
+          .. "allow_destructive_login = true to the login call%s"):format(fact, call and (": " .. call) or "") }
     end
     dhsm.audit.write { action = "safety.override", target = key, label = label, outcome = "allow_destructive_login",
       role = role }
@@ -313,6 +321,8 @@ end
 -- attempt(devices, role, opts, steps) -> what steps.try returned
 --   devices: one guard.device(), or the list of an HA group's members
 --   steps.device_left(dev) -> attempts the device says are left, or nil
+--   steps.call: the login call with allow_destructive_login, as the
+--   caller's operator types it (the last attempt's remedy), or nil
 --   steps.try() -> outcome, result: outcome true (logged in), false (wrong
 --   credentials: counted on every device) or nil (no attempt was made, as
 --   in check mode)
@@ -322,7 +332,7 @@ function M.attempt(targets, role, opts, steps)
   check_role(role)
   local list = devices_of(targets)
   local held <close> = lock_all(list, role, ("the %s login"):format(M.ROLE_NAMES[role]))
-  for _, d in ipairs(list) do M.check(d, role, device_reading(d, role, steps), opts) end
+  for _, d in ipairs(list) do M.check(d, role, device_reading(d, role, steps), opts, steps.call) end
   local ran, outcome, result = pcall(steps.try)
   if ran and outcome == nil then return result end
   for _, d in ipairs(list) do

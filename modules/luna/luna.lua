@@ -772,6 +772,8 @@ function login(self, role, line, opts)
   if not secret.is(password) then usage("%s: the password must be a secret, not a plain string", self.name) end
   local first = true
   return guard.attempt(self:guard_device(), role, opts, {
+    call = role == "so" and "s:login_so(password, {allow_destructive_login = true})"
+      or ("s:run(%q, {password = password, allow_destructive_login = true})"):format(masked(line)),
     device_left = function(dev)
       local left = device_left(self, role, dev, not first)
       first = false

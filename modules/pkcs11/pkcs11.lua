@@ -437,6 +437,7 @@ function Session:login(who, pin, opts)
   -- check, C_Login and record are one critical section per partition and
   -- role (every member's, through an HA slot)
   local result = guard.attempt(id.devices, r.role, opts, {
+    call = ("s:login(%q, pin, {allow_destructive_login = true})"):format(who),
     -- an HA slot's flags stand for every member: an upper bound for each
     device_left = function() return M.device_left(self:token(), who) end,
     try = function()

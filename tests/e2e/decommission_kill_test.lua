@@ -84,11 +84,14 @@ local function run_id(estate)
 end
 
 -- --resume until the run finishes (a few attempts at most); the exit statuses.
+-- The estate's inventory follows its world, as one kept up to date does:
+-- once hsm1 is deleted its entry goes, and the operator says that change
+-- is intended (--inventory-changed; a resume refuses it otherwise).
 local function resume_to_the_end(estate, extra)
   local statuses = {}
   advancing(estate, function()
     for _ = 1, 3 do
-      local args = { "--resume", run_id(estate) }
+      local args = { "--resume", run_id(estate), "--inventory-changed" }
       for _, a in ipairs(extra or {}) do args[#args + 1] = a end
       local p <close> = decommission(estate, args)
       local r = p:wait(45)
@@ -224,4 +227,26 @@ t.test("method=failed-logins killed after a wrong login: resumed, the HSM SO thr
   t.eq(logins, 3, "three wrong logins in all: the kill lost none and the resume added none")
   t.eq(sent(estate), { zeroize = 0, delete_hsm = 1, delete_group = 0 })
   t.eq(remains(estate), { hsm = false, group = true, billed = 0 })
+end, { timeout = 60 })
+
+t.test("interrupted while ARM deletes: the printed hint, typed as it reads (no parameters, no inventory), finishes",
+  function()
+  local estate = start_estate()
+  local p <close> = decommission(estate, { "-e", "delete_group=true" })
+  local point = on("waiting for the HSM delete", DELETE_HSM, "azure.DELETE", "202")
+  t.eventually(function()
+    for _, r in ipairs(audit(estate)) do if point.match(r) then return true end end
+  end, "the run waits for ARM's DELETE", 30)
+  p:kill(2)                                                      -- Ctrl-C
+  t.eq(p:wait(30).status, 130, p:stderr())
+  local hint = p:stderr():match("'dhsm (run decommission %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, p:stderr())
+  local argv = { t.dhsm }
+  for word in hint:gmatch("%S+") do argv[#argv + 1] = word end
+  -- the operator's shell: the run's state folder and audit log, no $DHSM_INVENTORY, no parameters
+  local again <close> = proc.spawn { argv = argv, env = { XDG_STATE_HOME = estate.dir .. "/state",
+    DHSM_AUDIT = estate.dir .. "/audit.jsonl" } }
+  t.eq(advancing(estate, function() return again:wait(45).status end), 0, again:stderr())
+  t.eq(sent(estate), { zeroize = 1, delete_hsm = 1, delete_group = 1 })
+  t.eq(remains(estate), { hsm = false, group = false, billed = 0 })
 end, { timeout = 60 })

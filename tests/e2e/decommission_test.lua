@@ -87,16 +87,17 @@ t.test("refused without confirmed backups before anything is destroyed; each hin
   t.eq(r.status, 3, r.stderr)
   t.ok(r.stderr:find("BackupsNotConfirmed", 1, true) or r.stderr:find("back them up", 1, true), r.stderr)
   t.eq({ count(e:mutations(), "zeroize"), zeroized(e, "hsm1") }, { 0, false }, "nothing destroyed")
-  -- the runner's hint, as it reads: given the same parameters again, the same refusal
-  local resume = r.stderr:match("'dhsm (run .- %-%-resume %S+) %-e %.%.%.' continues it, given the same parameters again")
-  t.ok(resume, r.stderr)
-  t.eq(run(e, so(e, "hsm1") .. " -e hsm=hsm1 --yes", (resume:gsub("^run ", ""))).status, 3)
-  -- the refusal's own: "run again with -e backups_confirmed=true" (a new run); the group kept, as it says
-  local again = r.stderr:match("run again with (%-e backups_confirmed=true)")
-  t.ok(again, r.stderr)
-  r = run(e, so(e, "hsm1") .. " -e hsm=hsm1 --yes " .. again)
+  -- no resume hint (a resume would meet the same refusal): the runner's line is a new run, typed as it reads
+  local refused = r.stderr
+  t.ok(not refused:find("--resume", 1, true), refused)
+  local new_run = r.stderr:match("resuming it would meet the same refusal: start a new run: dhsm ([^\n]+)")
+  t.ok(new_run and new_run:find("-e backups_confirmed=true", 1, true), r.stderr)
+  r = t.run(new_run, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
   t.eq(r.status, 0, r.stderr)
   t.eq({ zeroized(e, "hsm1"), hsms(e).hsm1 }, { true, nil })
+  -- the refusal's own words say the same: "run again with -e backups_confirmed=true"; the group kept, as it says
+  local again = refused:match("run again with (%-e backups_confirmed=true)")
+  t.ok(again, refused)
   local keep = r.stderr:match("resource group hsm%-rg kept %((%-e delete_group=true) deletes it once it holds no HSM%)")
   t.ok(keep, r.stderr)
   t.eq(group_exists(e), true)
@@ -146,8 +147,8 @@ t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the H
   local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
   t.eq(r.status, 1, r.stderr)
   t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
-  local id = r.stderr:match("%-%-resume (%S+) %-e %.%.%.'")
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes --resume " .. id)
+  local id = r.stderr:match("%-%-resume (%S+) %-%-yes' continues it")
+  r = run(e, "--yes --resume " .. id)
   t.ok(r.status ~= 0, r.stderr)
   t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
   t.eq(count(e:mutations(), "hsm zeroize"), 0)
@@ -215,18 +216,53 @@ t.test("a playbook run by path is journaled with its path: the resume hint and -
   local dir = t.tmpdir()
   t.sh(("cp %s %s/decommission.lua"):format(q(t.here() .. "/../../playbooks/decommission.lua"), q(dir)))
   local path = dir .. "/decommission.lua"
-  local args = "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true"
+  -- the SO password by a reference of the operator's, holding the wrong one (hsm2's) at first
+  local pw = dir .. "/so_password"
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm2_so_password"), tonumber("600", 8))
+  local args = "-e hsm=hsm1 -e so_password=file:" .. q(pw) .. " -e backups_confirmed=true"
   local r = run(e, args .. " --yes", q(path))             -- the wrong password: fails at the zeroize
   t.eq(r.status, 1, r.stderr)
-  local hint = r.stderr:match("'(dhsm run .- %-%-resume %S+) %-e %.%.%.'")
+  local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+ %-%-yes)' continues it")
   t.ok(hint and hint:find(path, 1, true), r.stderr)
-  local id = hint:match("%-%-resume (%S+)$")
+  local id = hint:match("%-%-resume (%S+)")
   t.eq(cjson.decode(util.read_file(e.dir .. "/state/dhsm/runs/" .. id .. ".json")).path, path)
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, "decommission")
+  r = run(e, "--yes --resume " .. id, "decommission")
   t.eq(r.status, 2, "the built-in playbook is not the file the run used")
-  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. " -e ...'", 1, true), r.stderr)
-  -- the same file, the right password (secrets are given again, never journaled)
-  r = run(e, "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true --yes --resume " .. id, q(path))
+  t.ok(r.stderr:find("resume it with 'dhsm run " .. path .. " --resume " .. id .. "'", 1, true), r.stderr)
+  -- the right password behind the same reference, read again: the hint as printed
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm1_so_password"), tonumber("600", 8))
+  r = t.run(hint, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
   t.eq(r.status, 0, r.stderr)
   t.eq({ hsms(e).hsm1, count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") }, { nil, 1, 1 })
+end)
+
+t.test("after two wrong HSM SO passwords each remedy printed is typed where it is shown, and works", function()
+  local e = estate()
+  for _, name in ipairs { "hsm1", "hsm2" } do
+    local s = e:luna_session(name)
+    for i = 1, 2 do t.raises(function() s:login_so(dhsm.secret.value("wrong" .. i)) end, "LUNA_RET_UM_PIN_INCORRECT") end
+  end
+  -- decommission: the guard's count and decommission's own way on, a new run with -e method=failed-logins
+  local r = run(e, so(e, "hsm1") .. " -e hsm=hsm1 -e backups_confirmed=true --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("1 attempt is left of 3, and one more failure and the HSM is zeroized", 1, true), r.stderr)
+  t.ok(r.stderr:find("run decommission with -e method=failed-logins", 1, true), r.stderr)
+  t.ok(not r.stderr:find("allow_destructive_login", 1, true) and not r.stderr:find("--resume", 1, true), r.stderr)
+  local new_run = r.stderr:match("start a new run: dhsm ([^\n]+)")
+  t.ok(new_run and new_run:find("-e method=failed-logins", 1, true), r.stderr)
+  r = t.run(new_run, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ zeroized(e, "hsm1"), hsms(e).hsm1 }, { true, nil })
+  t.eq(count(e:mutations(), "^hsm1 lunash: hsm login"), 3, "one wrong login more: the threshold, never passed")
+  -- a runbook: the login call with the option, as the refusal spells it
+  local pw = e.dir .. "/secrets/hsm2_so_password"
+  local code = 'local s = hsm "hsm2"; local password = secret.file(%q); %s; return s:hsm_show().zeroized'
+  r = e:run("exec --json -e " .. q(code:format(pw, "s:login_so(password)")), { state = e.dir .. "/state" })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("1 attempt is left of 3", 1, true), r.stderr)
+  local call = r.stderr:match("allow_destructive_login = true to the login call: (s:login_so%b())")
+  t.eq(call, "s:login_so(password, {allow_destructive_login = true})", r.stderr)
+  r = e:run("exec --json -e " .. q(code:format(pw, call)), { state = e.dir .. "/state" })
+  t.eq({ r.status, r.stdout }, { 0, "false\n" }, r.stderr)
+  t.eq(count(e:mutations(), "^hsm2 lunash: hsm login"), 3, "the two wrong ones, then the remedy's, right")
 end)

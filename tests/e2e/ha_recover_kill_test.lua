@@ -99,3 +99,16 @@ for _, point in ipairs(MATRIX) do
     t.eq(killrun.run_state(e), "ok")
   end, { timeout = 240 })
 end
+
+t.test("interrupted after hagroup recover: the printed hint, typed as it reads (no co_password, no inventory), finishes",
+  function()
+  local e = broken_group()
+  local from = #e:log()
+  local p <close> = killrun.spawn(e, "ha-recover", args(e))
+  killrun.kill_at(e, p, killrun.after_command("hagroup recover"), 2)
+  local r = killrun.typed(e, p:stderr())
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(e, from), { recover = 1, retry = 1, interval = 1, synchronize = 1 })
+  t.eq(objects(e), { hsm1 = "k1", hsm2 = "k1" })
+  t.eq(killrun.run_state(e), "ok")
+end, { timeout = 240 })

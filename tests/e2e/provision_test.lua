@@ -334,22 +334,39 @@ t.test("template mode with the gateway Updating: waited for until Succeeded, as 
   t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 1, "deployed once: no race (the estate's request log)")
 end)
 
-t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE is waited for, not sent again", function()
+-- Killed (SIGKILL: resumed by --resume ID with the parameters again) or
+-- interrupted (Ctrl-C: the hint it prints, typed as it reads, with no -i
+-- and no parameters) while a leftover's DELETE is in flight.
+local STOPS = {
+  { how = "killed", signal = 9, resume = function(_, id) return { "-i", "INVENTORY", "run", "provision", "--yes",
+    "-e", "hsms=hsm-new:stamp1", "-e", "poll_interval=0.02", "-e", "backoff=0.01", "--resume", id } end },
+  { how = "interrupted", signal = 2, resume = function(stderr)
+    local hint = stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
+    t.ok(hint, stderr)
+    local words = {}
+    for w in (hint or ""):gmatch("%S+") do words[#words + 1] = w end
+    return words
+  end },
+}
+
+for _, stop in ipairs(STOPS) do
+t.test(stop.how .. " while a leftover's DELETE is in flight, then resumed: the DELETE is waited for, not sent again",
+  function()
   local proc = require "dhsm.proc"
   local e = estate(nil, { quota_per_region = 0, delete_seconds = 3600 })
   local c = e:azure()
   require("dhsm.azure.hsm").create(c, "hsm-old", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" }, { wait = false })
   e:clear()
   local dir = t.tmpdir()
-  local function provision(extra)
-    local argv = { t.dhsm, "-i", e.dir .. "/inventory.json", "run", "provision", "--yes", "-e", "hsms=hsm-new:stamp1",
-      "-e", "poll_interval=0.02", "-e", "backoff=0.01" }
-    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+  local function dhsm_run(args)
+    local argv = { t.dhsm }
+    for _, a in ipairs(args) do argv[#argv + 1] = a == "INVENTORY" and e.dir .. "/inventory.json" or a end
     return proc.spawn { argv = argv, env = { XDG_STATE_HOME = dir, DHSM_AUDIT = dir .. "/audit.jsonl" } }
   end
-  local p <close> = provision()
+  local p <close> = dhsm_run { "-i", "INVENTORY", "run", "provision", "--yes", "-e", "hsms=hsm-new:stamp1",
+      "-e", "poll_interval=0.02", "-e", "backoff=0.01" }
   local step = "delete leftover failed HSM hsm-old"
-  while true do                         -- the audit log says the DELETE was accepted (202): kill
+  while true do                         -- the audit log says the DELETE was accepted (202): stop it
     local hit
     for _, r in ipairs(t.audit_records(dir .. "/audit.jsonl")) do
       hit = hit or (r.step == step and r.action == "azure.DELETE" and r.outcome == "202")
@@ -358,14 +375,15 @@ t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE 
     local ok, exited = pcall(p.wait, p, 0.01)
     if ok then error("provision ended first: " .. tostring(exited.status) .. "\n" .. p:stderr(), 0) end
   end
-  p:kill(9)
-  t.eq(p:wait(30).signal, 9)
+  p:kill(stop.signal)
+  local exited = p:wait(30)
+  t.eq(stop.signal == 9 and exited.signal or exited.status, stop.signal == 9 and 9 or 130, p:stderr())
   t.eq(hsms(e)["hsm-old"], "Deleting")
   local id = require("dhsm.sys").readdir(dir .. "/dhsm/runs")[1]:match("^(.-)%.")
   local ticker = dhsm.spawn(function()   -- the estate's clock jumps over the hour-long delete
     while true do pcall(e.control, e, "POST", "/advance", { idle = true }) dhsm.sleep(0.05) end
   end)
-  local q2 <close> = provision { "--resume", id }
+  local q2 <close> = dhsm_run(stop.resume(p:stderr(), id))
   local status = q2:wait(45).status
   ticker:cancel()
   t.eq(status, 0, q2:stderr())
@@ -373,3 +391,4 @@ t.test("killed while a leftover's DELETE is in flight, then resumed: the DELETE 
   t.eq(count(mutations(e, "dedicatedHSMs/hsm-old"), "^DELETE"), 1, "one DELETE in all")
   t.eq(hsms(e), { ["hsm-new"] = "Succeeded" })
 end, { timeout = 60 })
+end

@@ -7,7 +7,7 @@ local util = require "dhsm.util"
 local sys = require "dhsm.sys"
 
 local here = t.here()
-local fixtures = here .. "/../fixtures"
+local fixtures = sys.realpath(here .. "/../fixtures")   -- absolute: some runs start in another folder
 local q = util.shell_quote
 
 -- A run in a private state folder (journal) with a private audit log.
@@ -516,17 +516,18 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   local r = run(dir, "run steps -e dir=" .. q(dir) .. " -e fail_at=2")
   t.eq(r.status, 1)
   local id = run_id(r.stderr)
-  t.ok(r.stderr:find("'dhsm run " .. sys.realpath(fixtures .. "/playbooks/steps.lua") .. " --resume " .. id
-    .. " -e ...' continues it, given the same parameters again", 1, true), r.stderr)
+  local hint = "dhsm run " .. sys.realpath(fixtures .. "/playbooks/steps.lua") .. " --resume " .. id
+  t.ok(r.stderr:find("'" .. hint .. "' continues it, with its own parameters and inventory", 1, true), r.stderr)
   local j = journal(dir, id)
   t.eq({ j.state, j.playbook, j.steps[1].status, j.steps[2].status, #j.steps }, { "failed", "steps", "ok", "failed", 2 })
+  t.eq(j.given, { dir = dir, fail_at = "2" }, "the parameters as given")
   t.eq(sys.stat(dir .. "/dhsm/runs/" .. id .. ".json").mode, tonumber("600", 8))
-  -- other parameters are refused
-  r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir))
+  -- other parameters are refused, naming the field
+  r = run(dir, "run steps --resume " .. id .. " -e fail_at=3")
   t.eq(r.status, 2)
-  t.ok(r.stderr:find("run " .. id .. " used other parameters (fail_at was 2, now nothing)", 1, true), r.stderr)
-  -- same parameters: first is replayed with its result, second and third run
-  r = run(dir, "run steps --resume " .. id .. " -e dir=" .. q(dir) .. " -e fail_at=2")
+  t.ok(r.stderr:find("run " .. id .. " used other parameters (fail_at was 2, now 3)", 1, true), r.stderr)
+  -- the hint as printed: the run's own parameters; first is replayed with its result, second runs again
+  r = run(dir, (hint:gsub("^dhsm ", "")))
   t.eq(r.status, 1)
   t.eq(executed(dir), { "first", "second", "second" })
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
@@ -565,15 +566,116 @@ t.test("the --resume hint resolves as printed: from another folder, without the 
     os.remove(dir .. "/executed.log")
     local r = t.sh(("cd %s && %s %s %s -e dir=%s -e fail_at=2"):format(q(books), state, t.cmd(""), how, q(dir)))
     t.eq(r.status, 1, r.stderr)
-    local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+) %-e %.%.%.' continues it")
+    local hint = r.stderr:match("'dhsm (run .- %-%-resume %S+)' continues it")
     t.ok(hint, r.stderr)
     t.ok(hint:find(sys.realpath(books .. "/mine.lua"), 1, true), hint)
-    r = t.sh(("cd / && %s %s %s -e dir=%s -e fail_at=3"):format(state, t.cmd(""), hint, q(dir)))
+    r = t.sh(("cd / && %s %s %s -e fail_at=3"):format(state, t.cmd(""), hint))
     t.ok(r.stderr:find("used other parameters", 1, true), "the hint found the run and its playbook: " .. r.stderr)
-    r = t.sh(("cd / && %s %s %s -e dir=%s -e fail_at=2"):format(state, t.cmd(""), hint, q(dir)))
+    r = t.sh(("cd / && %s %s %s"):format(state, t.cmd(""), hint))
     t.eq(r.status, 1, r.stderr)
     t.eq(executed(dir), { "first", "second", "second" }, how)
   end
+end)
+
+-- A run of the fixture `held` (inventory, HSM name, secret) that fails in
+-- step two, started from dir with a relative secret file and a copy of the
+-- good inventory -> the stderr, the run id and the inventory's path.
+local function held_failing(dir)
+  local inv = dir .. "/inventory.json"
+  t.write(inv, util.read_file(fixtures .. "/inventory/good.json"))
+  t.write(dir .. "/pw", "Hidden-Passw0rd\n", tonumber("600", 8))
+  t.write(dir .. "/fail", "")
+  local r = t.sh(("cd %s && %s %s"):format(q(dir), env(dir), t.cmd("-i inventory.json run held -e dir=" .. q(dir)
+    .. " -e hsm=hsm1 -e password=file:pw")))
+  t.eq(r.status, 1, r.stderr)
+  return r.stderr, run_id(r.stderr), inv
+end
+
+-- The resume hint a failed run printed, without its leading "dhsm ".
+local function printed_hint(stderr)
+  return stderr:match("'dhsm (run %S+ %-%-resume %S+)' continues it, with its own parameters and inventory")
+end
+
+t.test("--resume ID alone restores the run's parameters, secret references and inventory: the hint works as printed",
+  function()
+  local dir = t.tmpdir()
+  local stderr, id = held_failing(dir)
+  local hint = printed_hint(stderr)
+  t.eq(hint, "run " .. fixtures .. "/playbooks/held.lua --resume " .. id, stderr)
+  local text = util.read_file(dir .. "/dhsm/runs/" .. id .. ".json")
+  t.ok(not text:find("Hidden", 1, true), "no secret value in the journal")
+  local j = cjson.decode(text)
+  t.eq(j.given, { dir = dir, hsm = "hsm1", password = "file:" .. sys.realpath(dir .. "/pw") })
+  t.eq({ j.inventory.path, j.inventory.sha256 }, { sys.realpath(dir .. "/inventory.json"),
+    sys.sha256(util.read_file(dir .. "/inventory.json")) })
+  os.remove(dir .. "/fail")
+  -- typed as printed, from another folder, with no -i and no $DHSM_INVENTORY
+  local r = t.sh(("cd / && %s %s"):format(env(dir), t.cmd(hint)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first hsm1", "second hsm-rg" })
+  t.eq(journal(dir, id).state, "ok")
+end)
+
+t.test("a resume refuses another value, another secret reference or another -i, naming each", function()
+  local dir = t.tmpdir()
+  local stderr = held_failing(dir)
+  local hint = printed_hint(stderr)
+  local function resume(before, after)
+    return t.sh(("cd %s && %s %s"):format(q(dir), env(dir), t.cmd(before .. hint .. after)))
+  end
+  local r = resume("", " -e hsm=hsm2")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find('hsm was "hsm1", now "hsm2"', 1, true), r.stderr)
+  t.write(dir .. "/other", "x\n", tonumber("600", 8))
+  r = resume("", " -e password=file:other")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("password was file:" .. sys.realpath(dir .. "/pw") .. ", now file:" .. sys.realpath(dir .. "/other"),
+    1, true), r.stderr)
+  t.write(dir .. "/second.json", util.read_file(dir .. "/inventory.json"))
+  r = resume("-i second.json ", "")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("was started with inventory " .. sys.realpath(dir .. "/inventory.json") .. ", and -i names "
+    .. "second.json", 1, true), r.stderr)
+  t.eq(executed(dir), { "first hsm1" }, "nothing ran")
+  -- the same ones given again are accepted
+  os.remove(dir .. "/fail")
+  r = resume("-i inventory.json ", " -e hsm=hsm1 -e password=file:pw")
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first hsm1", "second hsm-rg" })
+end)
+
+t.test("a changed inventory is refused naming what changed, never a value; --inventory-changed goes on, audited",
+  function()
+  local dir = t.tmpdir()
+  local stderr, id, inv = held_failing(dir)
+  local hint = printed_hint(stderr)
+  local doc = cjson.decode(util.read_file(inv))
+  doc.hsms[1].host = "10.9.9.9"
+  doc.hsms[3] = { name = "hsm3", host = "10.0.2.6" }
+  t.write(inv, cjson.encode(doc))
+  os.remove(dir .. "/fail")
+  local r = t.sh(("cd / && %s %s"):format(env(dir), t.cmd(hint)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("safety/InventoryChanged: run " .. id .. " was started with inventory " .. sys.realpath(inv)
+    .. ", which has changed since: hsms[hsm1].host changed, hsms[hsm3] added.", 1, true), r.stderr)
+  t.ok(not r.stderr:find("10.9.9.9", 1, true) and not r.stderr:find("10.0.2.6", 1, true), "no value shown")
+  t.eq(executed(dir), { "first hsm1" }, "nothing ran")
+  -- the remedy, typed as printed
+  local remedy = r.stderr:match("'dhsm (run %S+ %-%-resume %S+ %-%-inventory%-changed)' resumes with it")
+  t.ok(remedy, r.stderr)
+  r = t.sh(("cd / && %s %s"):format(env(dir), t.cmd(remedy)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first hsm1", "second hsm-rg" })
+  local accepted
+  for _, rec in ipairs(audit(dir)) do
+    if rec.action == "run.inventory_changed" then accepted = rec end
+  end
+  t.ok(accepted, "audited")
+  t.eq({ accepted.target, accepted.outcome, accepted.changes }, { id, "accepted", { "hsms[hsm1].host changed",
+    "hsms[hsm3] added" } })
+  t.eq(journal(dir, id).inventory.sha256, sys.sha256(util.read_file(inv)), "the accepted file is the run's now")
+  t.ok(run(dir, "run held --inventory-changed -e dir=x").stderr:find("--inventory-changed goes with --resume ID", 1,
+    true))
 end)
 
 t.test("resume refuses unknown runs, other playbooks and finished runs", function()

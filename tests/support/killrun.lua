@@ -59,16 +59,22 @@ local function running(pid)
   return stat ~= nil and stat:match("%) (%u)") ~= "Z"
 end
 
--- SIGKILL p at the first audit record the point matches.  A tool it had
+-- SIGKILL p at the first audit record the point matches (or SIGINT, as
+-- Ctrl-C: signal 2, and the run ends interrupted, exit 130).  A tool it had
 -- started runs on (it leads its own process group) and finishes what it
 -- was asked: the resume starts once it has, as an operator's would.
-function M.kill_at(estate, p, point)
+function M.kill_at(estate, p, point, signal)
   while true do
     for _, r in ipairs(M.audit(estate)) do
       if point.match(r) then
         local tools = children(p:pid())
-        p:kill(9)
-        t.eq(p:wait(30).signal, 9, "killed " .. point.where)
+        p:kill(signal or 9)
+        local exited = p:wait(30)
+        if signal == 2 then
+          t.eq(exited.status, 130, "interrupted " .. point.where)
+        else
+          t.eq(exited.signal, 9, "killed " .. point.where)
+        end
         for _, pid in ipairs(tools) do
           t.eventually(function() return not running(pid) end, "the killed run's tool " .. pid .. " finished", 120)
         end
@@ -103,6 +109,21 @@ function M.resume(estate, playbook, args)
     io.stderr:write(p:stderr())
   end
   return statuses
+end
+
+-- typed(estate, stderr) -> {status=, stderr=}: the resume hint a run
+-- printed ('dhsm run NAME --resume ID ...' continues it), run as it reads
+-- in the operator's shell: the run's state folder and audit log, no
+-- $DHSM_INVENTORY, nothing added.
+function M.typed(estate, stderr)
+  local hint = stderr:match("'dhsm (run %S+ %-%-resume [^']+)' continues it")
+  t.ok(hint, "a resume hint: " .. stderr)
+  local argv = { t.dhsm }
+  for word in hint:gmatch("%S+") do argv[#argv + 1] = word end
+  local p <close> = proc.spawn { argv = argv, env = { XDG_STATE_HOME = estate.dir .. "/state",
+    DHSM_AUDIT = estate.dir .. "/audit.jsonl" } }
+  local r = p:wait(120)
+  return { status = r.status, stderr = p:stderr() }
 end
 
 -- The run's final state as its record says ("ok", "failed", ...).

@@ -31,7 +31,8 @@ commas, '='); '-e @file.json' reads many parameters from a JSON object.]],
       { "-e", "--extra", arg = "KEY=VALUE|@FILE", multi = true, help = "set a parameter (repeatable)" },
       { nil, "--check", help = "plan only: read, but make no change" },
       { "-y", "--yes", help = "do not ask before destructive steps (the audit log records it)" },
-      { nil, "--resume", arg = "ID", help = "continue run ID, skipping the steps it completed" },
+      { nil, "--resume", arg = "ID", help = "continue run ID with its own parameters and inventory, skipping the steps it completed" },
+      { nil, "--inventory-changed", help = "with --resume: the run's inventory file changed on purpose; go on with it (audited)" },
       { nil, "--json", help = "print one JSON document describing the run on stdout" },
     } },
   { name = "runs", usage = "runs [--all]", summary = "list recent runs and their state",
@@ -307,11 +308,15 @@ local function cmd_run(opts, pos)
   if opts.check then require("dhsm.act").check_process() end
   require("dhsm.act").confirm_policy(opts.yes == true)
   local inventory = require "dhsm.inventory"        -- its client tools are the real ones (dhsm.proc)
+  if opts.resume then                               -- a run is resumed with its own inventory
+    opts.inventory = require("dhsm.play.resume").inventory_path(opts.resume, opts.inventory, opts.inventory_given)
+  end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
   inventory.trust_tools(inv)
   local pb = play.load(find_playbook_or_fail(pos[1]))
   return play.run(pb, M.parse_params(opts.extra), {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
+    inventory_changed = opts["inventory-changed"],
     inventory = opts.inventory, inventory_loaded = inv,   -- read once, here
   })
 end
@@ -473,6 +478,7 @@ local function dispatch(args)
   for _, d in ipairs(paths.split(os.getenv("DHSM_PATH"))) do dirs[#dirs + 1] = d end
   paths.set(dirs)
   if opts.audit then dhsm.audit.set_path(opts.audit) end
+  opts.inventory_given = opts.inventory ~= nil       -- -i, not $DHSM_INVENTORY
   opts.inventory = opts.inventory or os.getenv("DHSM_INVENTORY")
   if RUNS_USER_CODE[name] then
     for _, m in ipairs(SAFETY_MODULES) do require(m) end

@@ -39,6 +39,7 @@ local act = require "dhsm.act"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local run_context = require "dhsm.play.context"
+local resume = require "dhsm.play.resume"
 local inventory = require "dhsm.inventory"
 local journal = require "dhsm.journal"
 local progress = require "dhsm.progress"
@@ -420,17 +421,25 @@ local function json_of(v)
   return sys.json_encode(v)
 end
 
--- The journal to continue, checked against this invocation.
-local function resume_journal(pb, id, public)
-  local j = journal.load(id)
+-- The journal to continue: this playbook's, not finished.
+local function resumable(pb, j)
+  local id = j.id
   if j.playbook ~= pb.name then
     usage("run %s was playbook '%s', not '%s'", id, tostring(j.playbook), pb.name)
   end
   if j.by_path and j.path ~= pb.path then
-    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s -e ...' (its parameters again)",
-      id, tostring(j.path), tostring(j.path), id)
+    usage("run %s was playbook file %s; resume it with 'dhsm run %s --resume %s'",
+      id, tostring(j.path), util.shell_quote(tostring(j.path)), id)
   end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
+  return j
+end
+
+-- The resumed run's parameters checked against the journal's: the run's
+-- own (dhsm.play.resume) with those given again over them, so a value
+-- given again that is not the journaled one is named here.
+local function resume_journal(pb, j, public, changed_secrets)
+  local id = j.id
   local diffs = {}
   local keys = {}
   for k in pairs(public) do keys[k] = true end
@@ -441,8 +450,9 @@ local function resume_journal(pb, id, public)
       diffs[#diffs + 1] = ("%s was %s, now %s"):format(k, json_of(was), json_of(now))
     end
   end
+  for _, d in ipairs(changed_secrets) do diffs[#diffs + 1] = d end
   if #diffs > 0 then
-    usage("run %s used other parameters (%s); resume with the same ones or start a new run",
+    usage("run %s used other parameters (%s); a resume takes the run's own (leave them out), other ones a new run",
       id, table.concat(diffs, "; "))
   end
   return j
@@ -521,26 +531,34 @@ end
 -- (that file as the front end already loaded it), tty (for tests)
 function M.run(pb, raw, opts)
   if opts.check and opts.resume then usage("--check and --resume cannot go together") end
+  if opts.inventory_changed and not opts.resume then usage("--inventory-changed goes with --resume ID") end
   local tty = opts.tty
   if tty == nil then tty = sys.isatty(0) end
   local inv = opts.inventory_loaded or opts.inventory and inventory.load(opts.inventory) or nil
   if pb.inventory and not inv then        -- refused before anything is journaled
     usage("%s needs an inventory (-i FILE or $DHSM_INVENTORY) for %s", pb.name, pb.inventory)
   end
-  local params = M.validate(pb, raw, inv, tty, opts.resume ~= nil)
-  local public, secret_names = public_params(pb, params)
   local context = dhsm.context()
   local j, run_lock
   if opts.resume then
     run_lock = journal.lock(opts.resume)        -- first: the journal is read by its one runner
-    j = resume_journal(pb, opts.resume, public)
+    j = resumable(pb, journal.load(opts.resume))
+  end
+  local resumed_held <close> = run_lock
+  -- a resumed run is given its own parameters (dhsm.play.resume)
+  local params = M.validate(pb, resume.raw(j, raw), inv, tty, opts.resume ~= nil)
+  local public, secret_names = public_params(pb, params)
+  if opts.resume then
+    resume_journal(pb, j, public, resume.secret_changes(pb, j, raw, params))
+    resume.check_inventory(j, opts.inventory_changed, resume.resume_command(M.resume_name(pb), j.id, opts.yes))
     context.run = j.id
   else
     j = journal.new { id = context.run, playbook = pb.name, path = sys.realpath(pb.path) or pb.path, by_path = pb.by_path, params = public,
-      secret_params = secret_names }
+      secret_params = secret_names, given = resume.given(pb, raw, params),
+      inventory = opts.inventory and resume.inventory_record(opts.inventory) or nil }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
-  local held <close> = run_lock
+  local held <close> = not opts.resume and run_lock or nil
   local replay = {}
   for _, s in ipairs(j.steps) do replay[s.key] = s end
   j.state = "running"
@@ -594,10 +612,9 @@ function M.run(pb, raw, opts)
     elseif outcome == "ok" then
       ctx.reporter:note(nil, ("run %s: ok (%s)"):format(ctx.run_id, util.duration(dhsm.now() - t0)))
     else
-      -- a resume is given its parameters again, the same ones; a refusal that
-      -- only other parameters get past (-e backups_confirmed=true) takes a new run
-      io.stderr:write(("dhsm: run %s %s; 'dhsm run %s --resume %s -e ...' continues it, given the same "
-        .. "parameters again (other ones: a new run)\n"):format(ctx.run_id, outcome, M.resume_name(pb), ctx.run_id))
+      -- a resume when resuming can get past it; a refusal that only other
+      -- parameters get past (-e backups_confirmed=true) takes a new run
+      io.stderr:write(resume.way_on(M.resume_name(pb), j, outcome, err, opts.yes))
     end
     return err
   end
