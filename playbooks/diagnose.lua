@@ -29,8 +29,8 @@
 --
 -- Output: one table row per check and target (OK, WARN, FAIL, or SKIP
 -- for a check another one's failure kept from running; what was found; the
--- remedy and the guide's section) and the counts; exit status 0 when
--- nothing FAILs, 1 otherwise.  --json: the same rows as data (the
+-- remedy and the guide's section) and the counts; when a row FAILs the run
+-- ends "goal not reached: found N FAIL" (ctx:unmet), exit status 1.  --json: the same rows as data (the
 -- document's result.findings and result.counts).  prometheus=FILE: the rows
 -- as Prometheus gauges (dhsm_check_status{check=,target=} 0 OK, 1 WARN,
 -- 2 FAIL, -1 SKIP), written atomically for node_exporter's textfile
@@ -583,6 +583,7 @@ return {
     if p.prometheus then      -- through the gate: described in check mode
       findings.write_prometheus(p.prometheus, rows, { duration_s = dhsm.now() - t0 })
     end
-    return { findings = rows, counts = counts, exit_status = counts.FAIL > 0 and 1 or 0 }
+    if counts.FAIL > 0 then ctx:unmet(("found %d FAIL"):format(counts.FAIL)) end
+    return { findings = rows, counts = counts }
   end,
 }

@@ -431,6 +431,10 @@ local function resume_journal(pb, id, public)
       id, tostring(j.path), tostring(j.path), id)
   end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
+  if j.state == "unmet" then         -- it ran to its end: resuming would replay it, not reach the goal
+    usage("run %s ran to its end without reaching its goal (%s); nothing to resume: start a new run", id,
+      table.concat(j.unmet or {}, "; "))
+  end
   local diffs = {}
   local keys = {}
   for k in pairs(public) do keys[k] = true end
@@ -448,7 +452,9 @@ local function resume_journal(pb, id, public)
   return j
 end
 
-local function outcome_of(err, check)
+-- unmet: the reasons the playbook gave for not reaching its goal (ctx:unmet).
+local function outcome_of(err, check, unmet)
+  if err == nil and #unmet > 0 then return "unmet" end
   if err == nil then return check and "planned" or "ok" end
   if dhsm.error.is(err, "safety") then return "refused" end
   if dhsm.error.is(err, "interrupted") then return "interrupted" end
@@ -465,7 +471,7 @@ local function check_summary(outcome, tally, steps)
     if ended[rec.status] then ended[rec.status] = ended[rec.status] + 1 end
   end
   local changes = ("%d change%s described"):format(described, described == 1 and "" or "s")
-  if outcome == "planned" and refused == 0 and ended.failed + ended.refused == 0 then
+  if (outcome == "planned" or outcome == "unmet") and refused == 0 and ended.failed + ended.refused == 0 then
     return "nothing was changed; " .. changes
   end
   local out = ("%s, %d refused"):format(changes, refused)
@@ -474,6 +480,12 @@ local function check_summary(outcome, tally, steps)
     if n > 0 then out = out .. (", %d step%s %s"):format(n, n == 1 and "" or "s", status) end
   end
   return out
+end
+
+-- The outcome in the closing line: an unmet goal with its reasons.
+local function outcome_words(outcome, unmet)
+  if outcome ~= "unmet" then return outcome end
+  return "goal not reached: " .. table.concat(unmet, "; ")
 end
 
 local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
@@ -487,7 +499,8 @@ local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
   local e = err and dhsm.error.normalize(err)
   return sys.json_encode {
     run = ctx.run_id, playbook = pb.name, check = ctx.check, resumed = ctx.resumed,
-    params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps, result = result,
+    params = params, outcome = outcome, unmet = #ctx.unmet_reasons > 0 and ctx.unmet_reasons or nil,
+    duration_s = dhsm.now() - t0, steps = steps, result = result,
     described = tally and tally.described or nil, refused = tally and tally.refused or nil,
     error = e and { kind = e.kind, code = e.code, message = e.message } or nil,
   }
@@ -502,21 +515,11 @@ function M.resume_name(pb)
   return util.shell_quote(sys.realpath(pb.path) or pb.path)
 end
 
--- The exit status a playbook's result asks for: a diagnosis that ran to
--- the end and found failures is not a failed run (nothing to resume), yet
--- its caller (cron, CI) must see them.  Only 0 and 1 may be asked for.
-local function exit_status_of(result)
-  local s = type(result) == "table" and result.exit_status or nil
-  if s == nil then return 0 end
-  if s ~= 0 and s ~= 1 then
-    usage("playbook result: exit_status must be 0 or 1, got %s", tostring(s))
-  end
-  return s
-end
-
--- run(pb, raw_params, opts) -> exit status (0, or what the playbook's
--- result asks for: its exit_status field), or raises.  The result (a
--- table) is the --json document's "result".
+-- run(pb, raw_params, opts) -> exit status, or raises: 0, or 1 when the
+-- playbook ran to its end without reaching its goal (ctx:unmet: a
+-- diagnosis that found failures, a member still out - nothing to resume,
+-- yet its caller, cron or CI, must see it).  The result (a table) is the
+-- --json document's "result".
 -- opts: check, yes, resume (run id), json, inventory (path), inventory_loaded
 -- (that file as the front end already loaded it), tty (for tests)
 function M.run(pb, raw, opts)
@@ -551,7 +554,7 @@ function M.run(pb, raw, opts)
   local ctx = run_context.new {
     run_id = context.run, playbook = pb, params = params, inventory = inv, opts = opts,
     check = opts.check == true, resumed = opts.resume ~= nil, journal = j, replay = replay,
-    steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(),
+    steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(), unmet_reasons = {},
   }
   -- a destructive change no confirmed step covers is asked for (dhsm.act,
   -- with the front end's policy); the live progress line clears itself first
@@ -573,15 +576,15 @@ function M.run(pb, raw, opts)
         message = ("check mode refused %d call(s) that would have changed something%s"):format(tally.refused,
           err and ("; and then: " .. tostring(dhsm.error.normalize(err))) or "") }
     end
-    local outcome = outcome_of(err, ctx.check)
+    local outcome = outcome_of(err, ctx.check, ctx.unmet_reasons)
     for _, rec in ipairs(ctx.current) do
       rec.status, rec.error = "interrupted", { kind = "interrupted", message = "interrupted", text = "interrupted" }
       ctx.reporter:step_end(rec)
     end
     ctx.reporter:close()
-    j.state = outcome
+    j.state, j.unmet = outcome, #ctx.unmet_reasons > 0 and ctx.unmet_reasons or nil
     ctx:save()
-    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome,
+    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome, unmet = j.unmet,
       duration_ms = (dhsm.now() - t0) * 1000, error = err and tostring(err) or nil }
     if real_stdout then
       io.stdout:flush()
@@ -589,10 +592,11 @@ function M.run(pb, raw, opts)
       io.stdout:write(json_document(ctx, pb, params, outcome, err, t0, result, tally), "\n")
       io.stdout:flush()
     elseif ctx.check then                        -- a plan is not journaled: nothing to resume
-      ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id, outcome,
-        util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
-    elseif outcome == "ok" then
-      ctx.reporter:note(nil, ("run %s: ok (%s)"):format(ctx.run_id, util.duration(dhsm.now() - t0)))
+      ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id,
+        outcome_words(outcome, ctx.unmet_reasons), util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
+    elseif outcome == "ok" or outcome == "unmet" then     -- ran to its end: nothing to resume
+      ctx.reporter:note(nil, ("run %s: %s (%s)"):format(ctx.run_id, outcome_words(outcome, ctx.unmet_reasons),
+        util.duration(dhsm.now() - t0)))
     else
       -- a resume is given its parameters again, the same ones; a refusal that
       -- only other parameters get past (-e backups_confirmed=true) takes a new run
@@ -614,12 +618,11 @@ function M.run(pb, raw, opts)
   if ok then
     -- a result JSON cannot hold is left out of the document, not a failure
     result = type(err) == "table" and not run_context.not_json(err, "result", {}) and err or nil
-    ok, err = pcall(exit_status_of, result)
   end
   if not ok then err = run_context.raised(err) end
   local failure = finish(not ok and err or nil)
   if failure then error(failure, 0) end
-  return err
+  return #ctx.unmet_reasons > 0 and 1 or 0
 end
 
 
