@@ -79,6 +79,8 @@ local ADVICE = findings.by_guide {
   [""] = {
     arm_read = "Azure refused or did not answer this read; check the credential's access (Reader on the "
       .. "subscription and the group) and run again",
+    group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
+      .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
     bug = "the check itself failed: report it with this message",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
@@ -87,6 +89,13 @@ local ADVICE = findings.by_guide {
   },
 }
 M.ADVICE = ADVICE
+
+-- read_advice(err) -> the advice for an ARM read that failed: a group that
+-- does not exist is the inventory's mistake, not the credential's access.
+function M.read_advice(err)
+  if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
+  return ADVICE.arm_read
+end
 local CLASS = classify.ADVICE
 
 local CREATED = "created by this run"
@@ -281,7 +290,7 @@ local function failure_row(s, check, target, err)
   local cause = s.foundation_errors[err]
   if cause then return row(check, target, "SKIP", "not checked: " .. cause) end
   local azure_side = err.kind == "azure" or err.kind == "net" or err.kind == "timeout"
-  return row(check, target, "FAIL", findings.error_text(err), azure_side and ADVICE.arm_read or ADVICE.bug)
+  return row(check, target, "FAIL", findings.error_text(err), azure_side and M.read_advice(err) or ADVICE.bug)
 end
 
 -- guarded(s, out, check, target, fn, ...) -> fn's results; a failed read
@@ -312,8 +321,8 @@ function M.resource_group(s)
     return { row("resource group", s.group, "OK", ("resource group %s exists"):format(s.group)) }
   end
   return { row("resource group", s.group, "FAIL", ("resource group %s does not exist in subscription %s"):format(
-    s.group, s.c.subscription), { remedy = ("create it first: az group create --name %s --location %s"):format(
-    s.group, s.location) }) }
+    s.group, s.c.subscription), { remedy = ("if the inventory misnames it, correct azure.resource_group; else "
+    .. "create it first: az group create --name %s --location %s"):format(s.group, s.location) }) }
 end
 
 ---------------------------------------------------------------------------
@@ -390,7 +399,9 @@ function M.hsms(s)
   if #out == 0 then out[1] = row("hsm provisioning", s.group, "OK", "no dedicated HSM in group " .. s.group) end
   for _, e in ipairs(s.expected) do
     local resource = e.resource or e.name
-    if not have[lower(resource)] then
+    if not have[lower(resource)] and s.group_cause then       -- the group's FAIL is the cause
+      out[#out + 1] = row("hsm provisioning", resource, "SKIP", "not checked: " .. s.group_cause)
+    elseif not have[lower(resource)] then
       out[#out + 1] = row("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, "
         .. "which group %s does not hold"):format(e.name, resource, s.group), ADVICE.missing)
     end
@@ -767,7 +778,7 @@ local function read_hsm_list(s, out)
   local ok, err = findings.attempt(s.all_hsms, s)
   if ok or s.foundation_errors[err] then return end
   s.foundation_errors[err] = ("the dedicated HSMs could not be listed (%s)"):format(err.code or err.kind)
-  out[#out + 1] = row(HSM_LIST_ROW, s.c.subscription, "FAIL", findings.error_text(err), ADVICE.arm_read)
+  out[#out + 1] = row(HSM_LIST_ROW, s.c.subscription, "FAIL", findings.error_text(err), M.read_advice(err))
 end
 
 local function one_check(s, name)
@@ -822,6 +833,7 @@ function M.run(s, names)
       causes[first.cause] = failure_of(rows)
     end
   end
+  s.group_cause = causes.group      -- an HSM the inventory expects in a missing group: a SKIP naming it
   for _, name in ipairs(rest) do
     lists = lists or (CHECKS[name].lists and not (causes.credentials or (CHECKS[name].in_group and causes.group)))
   end

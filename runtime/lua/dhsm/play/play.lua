@@ -325,7 +325,8 @@ local function unknown_hsm(inv, name, path)
 end
 
 -- The rules a value cannot be judged by alone, for every value and item
--- in params: secret references, names of inventory HSMs (inventory = "hsm").
+-- in params: secret references, names of inventory HSMs (inventory = "hsm";
+-- not when resuming either, see below).
 -- A resumed run does not check its secret references: it may be past
 -- every use of one (decommission's SO password is gone with the zeroized
 -- appliance), and one still needed fails its step when used, before it
@@ -334,7 +335,11 @@ local function outside_problems(pb, params, inv, problems, resuming)
   for _, name in ipairs(util.sorted_keys(params)) do
     schema.walk(params[name], pb.params[name], name, function(v, spec, path)
       if secret.is(v) and not resuming then problems[#problems + 1] = unreadable(v, path) end
-      if spec.inventory == "hsm" and type(v) == "string" then problems[#problems + 1] = unknown_hsm(inv, v, path) end
+      -- a resumed run's names were checked when it began; one the inventory has since dropped (it left with
+      -- its resource, which the journal knows) fails the step that still needs it, when it asks
+      if spec.inventory == "hsm" and type(v) == "string" and not resuming then
+        problems[#problems + 1] = unknown_hsm(inv, v, path)
+      end
     end)
   end
 end
