@@ -118,7 +118,7 @@ local function for_hsm(advice, name)
 end
 
 -- Every check, in the order the table lists them.
-local ORDER = { "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+local ORDER = { "credentials", "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms", "tcp 22", "tcp 1792", "ssh login", "hsm state",
   "failed logins", "reboot fix", "ntls client", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
   "ha members", "ha objects" }
@@ -126,10 +126,10 @@ local ORDER = { "resource group", "allowlisting", "hsm provisioning", "failed de
 -- The checks an SSH session answers, reported "not checked" without one.
 local SESSION_CHECKS = { "hsm state", "failed logins", "reboot fix", "ntls certificate", "ntls handshakes",
   "appliance clock" }
-local ARM_CHECKS = { "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+local ARM_CHECKS = { "credentials", "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms" }
 -- The same, by the names dhsm.azure.checks knows them (the NIC's once the appliances answered).
-local AZURE_CHECKS = { "resource_group", "allowlisting", "hsms", "deployments", "delegation", "gateway", "quota", "orphans" }
+local AZURE_CHECKS = { "credentials", "resource_group", "allowlisting", "hsms", "deployments", "delegation", "gateway", "quota", "orphans" }
 
 local message_of = findings.error_text
 local attempt = findings.attempt
@@ -406,28 +406,39 @@ end
 -- check's FAIL, and the others still run (a lost session fails them fast).
 local function session_checks(run, entry, s, a)
   local name = entry.name
-  local function timed(what, fn, ...) return run:wait(name, what, fn, ...) end
-  local h = run:guarded("hsm state", name, timed, "hsm show", s.hsm_show, s)
+  local lost                    -- set once a check lost the session: what comes after is a SKIP naming it
+  -- check(title, rows, what, fn, ...): fn as check title's reading over the session (what: what it waits on)
+  local function check(title, rows, what, fn, ...)
+    if lost then
+      for _, row in ipairs(rows) do run:add(row, name, "SKIP", "not checked: " .. lost) end
+      return nil
+    end
+    local r = table.pack(run:guarded(title, name, run.wait, run, name, what, fn, ...))
+    if s.broken or s.closed then lost = ("the SSH session was lost during %s (see its FAIL)"):format(title) end
+    return table.unpack(r, 1, r.n)
+  end
+  local h = check("hsm state", { "hsm state" }, "hsm show", s.hsm_show, s)
   if h then
     hsm_state(run, name, h)
     a.serial = h.serial
   end
-  local parts = run:guarded("failed logins", name, timed, "partition list/show", partitions, s)
+  local parts = check("failed logins", { "failed logins" }, "partition list/show", partitions, s)
   if parts then
     a.partitions = parts
     run:guarded("failed logins", name, failed_logins, run, name, a.serial or entry.serial, parts)
   end
-  run:guarded("reboot fix", name, timed, "package list", reboot_fix, run, entry, s)
+  check("reboot fix", { "reboot fix" }, "package list", reboot_fix, run, entry, s)
   if run.client then
-    run:guarded("ntls certificate", name, timed, "server.pem, client list, syslog", ntls_rows, run, entry, run.client,
-      s, run.workdir)
+    check("ntls certificate", { "ntls certificate", "ntls handshakes" }, "server.pem, client list, syslog", ntls_rows,
+      run, entry, run.client, s, run.workdir)
   else                                    -- the client's own FAIL is the cause (ntls client)
-    for _, check in ipairs { "ntls certificate", "ntls handshakes" } do
-      run:add(check, name, "SKIP", "not checked: " .. run.client_error)
+    for _, row in ipairs { "ntls certificate", "ntls handshakes" } do
+      run:add(row, name, "SKIP", "not checked: " .. run.client_error)
     end
   end
-  run:guarded("appliance clock", name, timed, "status date", clock, run, name, s)
-  local ok, netw = attempt(timed, "network show", s.network, s)
+  check("appliance clock", { "appliance clock" }, "status date", clock, run, name, s)
+  if lost then return end
+  local ok, netw = attempt(run.wait, run, name, "network show", s.network, s)
   a.network = ok and netw or nil
 end
 
