@@ -399,8 +399,9 @@ function M.hsms(s)
   if #out == 0 then out[1] = row("hsm provisioning", s.group, "OK", "no dedicated HSM in group " .. s.group) end
   for _, e in ipairs(s.expected) do
     local resource = e.resource or e.name
-    if not have[lower(resource)] and s.group_cause then       -- the group's FAIL is the cause
-      out[#out + 1] = row("hsm provisioning", resource, "SKIP", "not checked: " .. s.group_cause)
+    local group_cause = s.causes and s.causes.group    -- the group's FAIL is the cause
+    if not have[lower(resource)] and group_cause then
+      out[#out + 1] = row("hsm provisioning", resource, "SKIP", "not checked: " .. group_cause)
     elseif not have[lower(resource)] then
       out[#out + 1] = row("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, "
         .. "which group %s does not hold"):format(e.name, resource, s.group), ADVICE.missing)
@@ -825,7 +826,9 @@ function M.run(s, names)
     wanted[name] = true
     if name ~= "credentials" and name ~= "resource_group" then rest[#rest + 1] = name end
   end
-  local out, causes, lists = {}, {}, false
+  -- the causes persist in the scope: a later run on it (diagnose's NIC rows) skips for them too
+  s.causes = s.causes or {}
+  local out, causes, lists = {}, s.causes, false
   for _, first in ipairs(FIRST) do
     if wanted[first.name] then
       local rows = run_one(s, first.name, causes)
@@ -833,7 +836,6 @@ function M.run(s, names)
       causes[first.cause] = failure_of(rows)
     end
   end
-  s.group_cause = causes.group      -- an HSM the inventory expects in a missing group: a SKIP naming it
   for _, name in ipairs(rest) do
     lists = lists or (CHECKS[name].lists and not (causes.credentials or (CHECKS[name].in_group and causes.group)))
   end
