@@ -21,22 +21,23 @@
 -- The destructive steps say how to tell they are done (done=), so a run
 -- killed half-way and resumed (--resume ID) looks first: a zeroized
 -- appliance is not zeroized again, a DELETE that ARM accepted is waited
--- for, not sent again.  A re-run when everything is gone says so and sends
--- nothing.  --check runs every read and safety rule and describes each
+-- for, not sent again.  A re-run when everything is gone says so, and how it
+-- knows (ARM's 404; the audit log's DELETE), and sends nothing.  Every name
+-- must be one of the inventory's (a typo is bad input, exit 2, before
+-- anything is journaled): the inventory keeps a given-back HSM's entry
+-- until the run is done.  --check runs every read and safety rule and describes each
 -- mutation.
+local cjson = require "cjson"
 local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
 local util = require "dhsm.util"
 
--- method=command's HSM SO password for name: -e so_password for every HSM,
--- else its inventory entry's; and whether the inventory knows name (one
--- it no longer lists is tolerated: an inventory kept up to date drops what
--- was given back).
+-- method=command's HSM SO password for name (an inventory HSM: the runner
+-- refused any other name): -e so_password for every HSM, else its
+-- inventory entry's.
 local function so_password(p, inv, name)
-  local known, e = false, nil
-  if inv then known, e = pcall(inv.hsm, inv, name) end
-  return p.so_password or (known and e.so_password), known
+  return p.so_password or inv:hsm(name).so_password
 end
 
 -- The rule the parameter specs cannot say, as it depends on the inventory's
@@ -46,8 +47,7 @@ local function check(p, inv)
   if p.method ~= "command" then return {} end
   local missing = {}
   for _, name in ipairs(p.hsm) do
-    local pw, known = so_password(p, inv, name)
-    if known and not pw then missing[#missing + 1] = name end
+    if not so_password(p, inv, name) then missing[#missing + 1] = name end
   end
   if #missing == 0 then return {} end
   return { ("method: command needs the HSM SO password of %s (give -e so_password=env:NAME|file:PATH|prompt, "
@@ -69,17 +69,41 @@ end
 ---------------------------------------------------------------------------
 -- (1) show what will be destroyed
 
+-- The newest record of this host's audit log for an accepted DELETE of
+-- the ARM path, or nil: {time=, run=, outcome=}.
+local function delete_record(path)
+  local data = util.read_file(dhsm.audit.path()) or ""
+  local found
+  for line in data:gmatch("[^\n]+") do
+    local ok, r = pcall(cjson.decode, line)
+    if ok and type(r) == "table" and type(r.target) == "string" and r.target:lower() == path:lower()
+      and tostring(r.action):lower() == "azure.delete" and tostring(r.outcome):match("^20%d$") then
+      found = r
+    end
+  end
+  return found
+end
+
+-- How the run knows an inventory HSM's resource is gone: ARM's 404, and
+-- whether this host's audit log holds the DELETE that removed it.
+local function gone_because(c, resource, group)
+  local rec = delete_record(hsm.path(c, resource, group))
+  if rec then
+    return ("ARM answers 404 for it, and the audit log (%s) has its DELETE, accepted (%s) at %s by run %s")
+      :format(dhsm.audit.path(), tostring(rec.outcome), tostring(rec.time), tostring(rec.run))
+  end
+  return ("ARM answers 404 for it; the audit log (%s) has no DELETE of it: it was deleted from elsewhere")
+    :format(dhsm.audit.path())
+end
+
 -- For one HSM: its resource, its appliance, its partitions.
 local function survey(ctx, name)
   local p, c = ctx.params, arm(ctx)
-  local known, e = pcall(ctx.inventory.hsm, ctx.inventory, name)
-  local res = hsm.get(c, known and e.resource or name, p.group)
-  if not known then             -- an inventory kept up to date drops what was given back
-    if res ~= nil then error(e, 0) end
-    e = { resource = name }
-  end
+  local e = ctx.inventory:hsm(name)             -- the runner refused a name the inventory does not know
+  local res = hsm.get(c, e.resource, p.group)
   if not res then
-    ctx:note(("%s: no HSM resource %s in %s: already deleted"):format(name, e.resource, p.group))
+    ctx:note(("%s: HSM resource %s in %s is already deleted: %s"):format(name, e.resource, p.group,
+      gone_because(c, e.resource, p.group)))
     return { name = name, resource = e.resource, gone = true }
   end
   -- the appliance's shell, opened only now: a resumed run past a zeroize
@@ -164,8 +188,7 @@ local function way_on(err, h)
 end
 
 -- (3) method=command: the HSM SO's password, -e so_password else the
--- inventory entry's (h is in the inventory: the survey refused an HSM it
--- does not know whose resource is still there).
+-- inventory entry's.
 local function zeroize(ctx, h)
   ctx:step("zeroize " .. h.name, { destructive = true, target = h.name,
     done = function() return ctx:appliance(h.name):hsm_show().zeroized end,
@@ -235,7 +258,8 @@ return {
   description = "Zeroize HSMs, delete their Azure resources one by one, then (optionally) their resource group, in the guide's order",
   inventory = "the appliances to zeroize and the Azure resources to delete",
   params = {
-    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$" }, unique = true,
+    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm" },
+      unique = true,
       description = "the inventory's names of the HSMs to give back (hsm1 or hsm1,hsm2: one by one)" },
     method = { type = "enum", values = { "command", "failed-logins" }, default = "command",
       description = "command: SO login and `hsm zeroize`; failed-logins: wrong SO logins until it zeroizes" },

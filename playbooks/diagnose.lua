@@ -29,8 +29,8 @@
 --
 -- Output: one table row per check and target (OK, WARN, FAIL, or SKIP
 -- for a check another one's failure kept from running; what was found; the
--- remedy and the guide's section) and the counts; exit status 0 when
--- nothing FAILs, 1 otherwise.  --json: the same rows as data (the
+-- remedy and the guide's section) and the counts; when a row FAILs the run
+-- ends "goal not reached: found N FAIL" (ctx:unmet), exit status 1.  --json: the same rows as data (the
 -- document's result.findings and result.counts).  prometheus=FILE: the rows
 -- as Prometheus gauges (dhsm_check_status{check=,target=} 0 OK, 1 WARN,
 -- 2 FAIL, -1 SKIP), written atomically for node_exporter's textfile
@@ -48,6 +48,7 @@ local luna = require "dhsm.luna"
 local net = require "dhsm.net"
 local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
+local sys = require "dhsm.sys"
 
 local SO_MAX = guard.THRESHOLDS.so
 local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
@@ -86,6 +87,11 @@ local REMEDY = findings.by_guide {
   },
   ["NTLS Certificates out of sync"] = {
     ntls = "re-exchange the certificates: dhsm run ntls-reexchange -e hsm=%s",
+    ntls_first = "exchange the certificates (never done with this appliance): dhsm run ntls-reexchange -e hsm=%s",
+    client_missing = "the Luna client has no certificate yet: make one on this host (vtl createCert -n NAME, the "
+      .. "client's name), then exchange it with each appliance: dhsm run ntls-reexchange -e hsm=HSM",
+    client_unusable = "the Luna client's own side of NTLS cannot be used: fix what the finding names (the inventory's "
+      .. "client section, Chrystoki.conf, the certificate file) and run again",
     client_expired = "make a new client certificate (vtl createCert), then dhsm run ntls-reexchange -e hsm=%s",
     clock = "set the appliance's clock (NTP): NTLS checks certificates at its time",
   },
@@ -100,6 +106,7 @@ local REMEDY = findings.by_guide {
   },
   [""] = {
     ssh = "fix the SSH login (host key in known_hosts, the inventory's password or key) and run again",
+    this_host = "the check could not be made from this host: fix what the finding names here and run again",
     unreadable = "dhsm could not read this output, so it tells nothing (a layout it has not seen: another software "
       .. "version?); read the command's output on the appliance yourself before any login or deletion",
   },
@@ -111,21 +118,27 @@ local function for_hsm(advice, name)
 end
 
 -- Every check, in the order the table lists them.
-local ORDER = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+local ORDER = { "credentials", "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms", "tcp 22", "tcp 1792", "ssh login", "hsm state",
-  "failed logins", "reboot fix", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
+  "failed logins", "reboot fix", "ntls client", "ntls certificate", "ntls handshakes", "appliance clock", "ha groups", "ha retry",
   "ha members", "ha objects" }
 
 -- The checks an SSH session answers, reported "not checked" without one.
 local SESSION_CHECKS = { "hsm state", "failed logins", "reboot fix", "ntls certificate", "ntls handshakes",
   "appliance clock" }
-local ARM_CHECKS = { "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
+local ARM_CHECKS = { "credentials", "resource group", "allowlisting", "hsm provisioning", "failed deployments", "subnet delegation", "gateway",
   "one gateway per vnet", "quota", "nic private ip", "orphaned hsms" }
 -- The same, by the names dhsm.azure.checks knows them (the NIC's once the appliances answered).
-local AZURE_CHECKS = { "allowlisting", "hsms", "deployments", "delegation", "gateway", "quota", "orphans" }
+local AZURE_CHECKS = { "credentials", "resource_group", "allowlisting", "hsms", "deployments", "delegation", "gateway", "quota", "orphans" }
 
 local message_of = findings.error_text
 local attempt = findings.attempt
+
+-- The remedy of a check that raised, by the error's kind: Azure's read
+-- advice, a lost session's; anything else happened on this host (a guard
+-- folder, a file, the inventory) and its message says what.
+local function session_lost() return REMEDY.session end
+local REMEDY_OF_KIND = { azure = checks.read_advice, luna = session_lost, net = session_lost, timeout = session_lost }
 
 ---------------------------------------------------------------------------
 -- the run: its findings and what it waits on
@@ -135,7 +148,7 @@ Run.__index = Run
 
 local function new_run(ctx, p)
   return setmetatable({ ctx = ctx, p = p, inv = ctx.inventory, timeout = p.timeout, F = findings.new { order = ORDER },
-    waits = {}, own_ports = {} }, Run)
+    waits = {}, own_ports = {}, ntls_broken = {} }, Run)
 end
 
 -- add(check, target, status, finding [, advice]): advice = {remedy=, guide=}
@@ -155,7 +168,7 @@ function Run:guarded(check, target, fn, ...)
     self:add(check, target, "FAIL", "unknown: " .. message_of(e), REMEDY.unreadable)
     return nil
   end
-  self:add(check, target, "FAIL", message_of(e), e.kind == "azure" and checks.ADVICE.arm_read or REMEDY.session)
+  self:add(check, target, "FAIL", message_of(e), REMEDY_OF_KIND[e.kind] and REMEDY_OF_KIND[e.kind](e) or REMEDY.this_host)
   return nil
 end
 
@@ -203,12 +216,17 @@ end
 ---------------------------------------------------------------------------
 -- an appliance
 
+-- TCP 22 and NTLS's port.  When neither answers, the appliance (or the
+-- path to it) is the one cause: tcp 22's FAIL, and NTLS's a SKIP naming it.
 local function tcp_rows(run, entry, answers)
   local ports = { { "tcp 22", entry.ssh_port or 22, REMEDY.tcp22 }, { "tcp 1792", ntls.port(entry), REMEDY.tcp1792 } }
   for i, p in ipairs(ports) do
     local a = answers[i]
     if a.open then
       run:add(p[1], entry.name, "OK", ("port %d open (%d ms)"):format(p[2], math.floor(a.ms or 0)))
+    elseif i == 2 and not answers[1].open then
+      run:add(p[1], entry.name, "SKIP", ("not checked apart: port %d: %s, and SSH (tcp 22) does not answer either: "
+        .. "the appliance or the path to it"):format(p[2], tostring(a.reason)))
     else
       run:add(p[1], entry.name, "FAIL", ("port %d: %s"):format(p[2], tostring(a.reason)), p[3])
     end
@@ -217,8 +235,9 @@ end
 
 local function hsm_state(run, name, h)
   if h.zeroized then
-    run:add("hsm state", name, "FAIL", ("HSM %s (serial %s) IS ZEROIZED"):format(tostring(h.label), tostring(h.serial)),
-      REMEDY.zeroized)
+    local label = (h.label and h.label ~= "") and (h.label .. " ") or ""
+    run:add("hsm state", name, "FAIL", ("HSM %s(serial %s%s) IS ZEROIZED"):format(label, tostring(h.serial),
+      label == "" and ", no label: never initialized, or reset" or ""), REMEDY.zeroized)
   elseif h.attempts_left < SO_MAX then
     run:add("hsm state", name, "WARN", ("%d of %d HSM SO login attempts left before zeroization"):format(
       h.attempts_left, SO_MAX), REMEDY.so_attempts)
@@ -306,8 +325,10 @@ local function ntls_rows(run, entry, client, s, workdir)
   if (d.server_days_left or 365) < ntls.EXPIRY_WARN_DAYS then
     warn[#warn + 1] = ("%s's server certificate expires in %d days"):format(name, d.server_days_left)
   end
-  local remedy = for_hsm((d.client_days_left or 1) < 0 and REMEDY.client_expired or REMEDY.ntls, name)
+  local remedy = for_hsm((d.client_days_left or 1) < 0 and REMEDY.client_expired
+    or d.first_exchange and REMEDY.ntls_first or REMEDY.ntls, name)
   if #fail > 0 then
+    run.ntls_broken[name] = "its NTLS certificates do not match (ntls certificate)"
     run:add("ntls certificate", name, "FAIL", table.concat(fail, "; "), remedy)
   elseif #warn > 0 then
     run:add("ntls certificate", name, "WARN", table.concat(warn, "; "), remedy)
@@ -325,7 +346,9 @@ local function ntls_rows(run, entry, client, s, workdir)
     end
   end
   table.sort(failed)
-  if #failed > 0 then
+  if #failed > 0 and #fail > 0 then       -- what the certificate row found explains them: one cause
+    run:add("ntls handshakes", name, "SKIP", "not checked apart (see ntls certificate): " .. table.concat(failed, "; "))
+  elseif #failed > 0 then
     run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), for_hsm(REMEDY.ntls, name))
   else
     run:add("ntls handshakes", name, "OK", seen > 0 and ("the last connection of each of %d client address(es) "
@@ -350,32 +373,72 @@ local function clock(run, name, s)
   end
 end
 
+-- The client's side of NTLS, once for every appliance: its install and its
+-- certificate.  -> the client, or nil after its FAIL row (each appliance's
+-- NTLS rows are then SKIPs naming it: one cause, one FAIL).
+local function ntls_client(run)
+  local ok, client = attempt(ntls.client, run.inv)
+  if not ok then
+    run.client_error = "the Luna client's NTLS side cannot be used (see ntls client)"
+    run:add("ntls client", "client", "FAIL", message_of(client), REMEDY.client_unusable)
+    return nil
+  end
+  local path
+  ok, path = attempt(ntls.client_cert_file, client)
+  local cert
+  if ok then ok, cert = attempt(ntls.client_cert, client) end
+  if ok then
+    run:add("ntls client", "client", "OK", ("client certificate %s valid %d more days"):format(path, cert.days_left))
+    return client
+  end
+  if path and not sys.stat(path) then
+    run.client_error = "the Luna client has no certificate (see ntls client)"
+    run:add("ntls client", "client", "FAIL", ("no client certificate at %s (Chrystoki.conf's ClientCertFile)")
+      :format(path), REMEDY.client_missing)
+  else
+    run.client_error = "the Luna client's certificate cannot be read (see ntls client)"
+    run:add("ntls client", "client", "FAIL", message_of(ok and cert or path), REMEDY.client_unusable)
+  end
+  return nil
+end
+
 -- The readings of one SSH session, each on its own: a failed one is its
 -- check's FAIL, and the others still run (a lost session fails them fast).
 local function session_checks(run, entry, s, a)
   local name = entry.name
-  local function timed(what, fn, ...) return run:wait(name, what, fn, ...) end
-  local h = run:guarded("hsm state", name, timed, "hsm show", s.hsm_show, s)
+  local lost                    -- set once a check lost the session: what comes after is a SKIP naming it
+  -- check(title, rows, what, fn, ...): fn as check title's reading over the session (what: what it waits on)
+  local function check(title, rows, what, fn, ...)
+    if lost then
+      for _, row in ipairs(rows) do run:add(row, name, "SKIP", "not checked: " .. lost) end
+      return nil
+    end
+    local r = table.pack(run:guarded(title, name, run.wait, run, name, what, fn, ...))
+    if s.broken or s.closed then lost = ("the SSH session was lost during %s (see its FAIL)"):format(title) end
+    return table.unpack(r, 1, r.n)
+  end
+  local h = check("hsm state", { "hsm state" }, "hsm show", s.hsm_show, s)
   if h then
     hsm_state(run, name, h)
     a.serial = h.serial
   end
-  local parts = run:guarded("failed logins", name, timed, "partition list/show", partitions, s)
+  local parts = check("failed logins", { "failed logins" }, "partition list/show", partitions, s)
   if parts then
     a.partitions = parts
     run:guarded("failed logins", name, failed_logins, run, name, a.serial or entry.serial, parts)
   end
-  run:guarded("reboot fix", name, timed, "package list", reboot_fix, run, entry, s)
+  check("reboot fix", { "reboot fix" }, "package list", reboot_fix, run, entry, s)
   if run.client then
-    run:guarded("ntls certificate", name, timed, "server.pem, client list, syslog", ntls_rows, run, entry, run.client,
-      s, run.workdir)
-  else
-    for _, check in ipairs { "ntls certificate", "ntls handshakes" } do
-      run:add(check, name, "FAIL", "not checked: " .. tostring(run.client_error), for_hsm(REMEDY.ntls, name))
+    check("ntls certificate", { "ntls certificate", "ntls handshakes" }, "server.pem, client list, syslog", ntls_rows,
+      run, entry, run.client, s, run.workdir)
+  else                                    -- the client's own FAIL is the cause (ntls client)
+    for _, row in ipairs { "ntls certificate", "ntls handshakes" } do
+      run:add(row, name, "SKIP", "not checked: " .. run.client_error)
     end
   end
-  run:guarded("appliance clock", name, timed, "status date", clock, run, name, s)
-  local ok, netw = attempt(timed, "network show", s.network, s)
+  check("appliance clock", { "appliance clock" }, "status date", clock, run, name, s)
+  if lost then return end
+  local ok, netw = attempt(run.wait, run, name, "network show", s.network, s)
   a.network = ok and netw or nil
 end
 
@@ -387,6 +450,9 @@ local function check_appliance(run, entry)
     { host = entry.host, port = entry.ssh_port or 22, timeout = T },
     { host = entry.host, port = ntls.port(entry), timeout = T } })
   tcp_rows(run, entry, answers)
+  if not answers[2].open then           -- its HA members down are this, not a cause of their own
+    run.ntls_broken[name] = ("its NTLS port does not answer (%s)"):format(tostring(answers[2].reason))
+  end
   run.own_ports[name] = { answers[2].local_port }      -- our probe's lines in the NTLS log are not a client's
   local why
   if not answers[1].open then
@@ -460,6 +526,26 @@ local function ha_objects(run, c, g, members)
   end
 end
 
+-- The row of a group's members that are down.  One whose appliance's
+-- NTLS is known broken (silent: name -> why) is down for that reason, which
+-- its appliance's own row FAILs: a SKIP naming it, unless a member whose
+-- appliance answers is down too (that one is a cause of its own).
+local function members_down(run, g, down, silent)
+  local own, explained = {}, {}
+  for _, m in ipairs(down) do
+    local why = m.hsm and silent[m.hsm.name]
+    if why then explained[#explained + 1] = ("%s (%s: %s)"):format(m.serial, m.hsm.name, why) else own[#own + 1] = m end
+  end
+  local text = ("%d of %d member(s) down: "):format(#down, #g.members)
+  if #own == 0 then
+    run:add("ha members", g.label, "SKIP", "not checked apart: " .. text .. table.concat(explained, ", ")
+      .. "; recover once the appliance answers again (dhsm run ha-recover)")
+    return
+  end
+  run:add("ha members", g.label, "FAIL", text .. member_names(own) .. (#explained > 0
+    and ("; and " .. table.concat(explained, ", ")) or ""), REMEDY.ha_members)
+end
+
 -- Phase two, with the appliances' partitions: the members, their objects.
 local function ha_checks(run, state, appliances)
   if state.error then
@@ -479,7 +565,7 @@ local function ha_checks(run, state, appliances)
   else
     run:add("ha retry", "client", "OK", ("retry count %d, interval %d s"):format(state.settings.retry, state.settings.interval))
   end
-  local by_serial = {}
+  local by_serial, silent = {}, run.ntls_broken
   for _, a in ipairs(appliances) do
     for _, p in ipairs(a.partitions or {}) do by_serial[p.serial] = p end
   end
@@ -494,8 +580,7 @@ local function ha_checks(run, state, appliances)
       end
     end
     if #down > 0 then
-      run:add("ha members", g.label, "FAIL", ("%d of %d member(s) down: %s"):format(#down, #g.members, member_names(down)),
-        REMEDY.ha_members)
+      members_down(run, g, down, silent)
     else
       run:add("ha members", g.label, "OK", ("%d member(s) alive"):format(#g.members))
     end
@@ -559,8 +644,7 @@ return {
     local t0 = dhsm.now()
     local rows = ctx:step(("check Azure, %d HSM(s) and the client's HA groups (timeout %g s)"):format(#entries, p.timeout),
       function()
-        local okc, client = attempt(ntls.client, ctx.inventory)
-        if okc then run.client = client else run.client_error = message_of(client) end
+        run.client = ntls_client(run)
         local watcher <close> = dhsm.spawn(function() run:watch() end)
         local azure_task <close> = dhsm.spawn(function()
           return run:guarded("allowlisting", "azure", check_azure, run)
@@ -583,6 +667,7 @@ return {
     if p.prometheus then      -- through the gate: described in check mode
       findings.write_prometheus(p.prometheus, rows, { duration_s = dhsm.now() - t0 })
     end
-    return { findings = rows, counts = counts, exit_status = counts.FAIL > 0 and 1 or 0 }
+    if counts.FAIL > 0 then ctx:unmet(("found %d FAIL"):format(counts.FAIL)) end
+    return { findings = rows, counts = counts }
   end,
 }

@@ -26,7 +26,9 @@
 -- addMember`; `hagroup removeMember` of the bad one), then synchronizes
 -- again: only that synchronize running without the warning shows the new
 -- partition is in the group's domain.  Every step looks at the real state
--- first, so a second run (or --resume) does only what is left.
+-- first, so a second run (or --resume) does only what is left.  A member
+-- left out (its appliance does not answer) ends the run "goal not
+-- reached" (exit status 1), naming it.
 local ha = require "dhsm.client.ha"
 local net = require "dhsm.net"
 local proc = require "dhsm.proc"
@@ -38,6 +40,8 @@ local REMEDY = "the guide's remedy for a cloning conflict (HA Group Doesn't Sync
 local UNKNOWN = "the members' cloning domains are not shown by any appliance output, so they are unknown until "
   .. "hagroup synchronize tells (it warns of conflicting settings for private key cloning)"
 local SYNC_UNKNOWN = "cloning domains unknown: synchronize will report a conflict"
+-- What a plan's synchronize depends on: the real run compares first.
+local IF_DIFFER = "if the members' objects differ (a plan does not read them: that is a Crypto Officer login), "
 
 -- The run's client install (lunacm, Chrystoki.conf, PKCS#11), made once per
 -- run.  Kept here, keyed by the run's context, rather than on the context:
@@ -148,6 +152,9 @@ local function recover_members(ctx, g)
     if m.status ~= "alive" and not m.probe_ok then
       ctx:note(("group %s: member %s on %s is %s and its appliance does not answer (%s): left as it is")
         :format(g.label, m.serial, m.hsm or "an appliance dhsm cannot name", m.status, tostring(m.reason)))
+      -- the run goes on with the rest, but the group is not whole
+      ctx:unmet(("group %s: member %s (%s) still out, its appliance does not answer"):format(g.label, m.serial,
+        m.hsm or "?"))
     end
   end
   if #down == 0 then return end
@@ -248,7 +255,9 @@ local function compare_step(ctx, g, members)
     local found = ha.compare(members)
     compared_now[ctx] = compared_now[ctx] or {}
     compared_now[ctx][g.label] = true
-    if ctx.check then ctx:would("read every member's objects as the Crypto Officer and compare them") end
+    if ctx.check then
+      ctx:would("read every member's objects as the Crypto Officer and compare them; synchronize only if they differ")
+    end
     for serial, missing in pairs(found.drift or {}) do
       ctx:note(("member %s lacks %d object(s): %s"):format(serial, #missing, table.concat(missing, ", ")))
     end
@@ -438,7 +447,8 @@ local function synchronize(ctx, g, again)
   }, function()
     local said = SYNC_UNKNOWN .. (again and ", if -e cloning_domain was not the group's" or ", and the run stops there "
       .. "with the guide's remedy")
-    if ctx.check then ctx:would("synchronize the group as it is; " .. said) else ctx:note(said) end
+    -- a plan does not read the members' objects (a Crypto Officer login), so it cannot know they differ
+    if ctx.check then ctx:would(IF_DIFFER .. "synchronize the group as it is; " .. said) else ctx:note(said) end
     if ctx.check and ctx.params.fix_cloning then
       ctx:would("on a conflict, carry out the guide's remedy for the members lunacm names (fix_cloning=true, each "
         .. "step confirmed), then synchronize again")

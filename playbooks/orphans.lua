@@ -5,6 +5,8 @@
 -- billed as it places the HSM into a orphaned state ... contact Microsoft
 -- Support."  This playbook only reads: it lists every orphan with the ids and
 -- times that support request needs.  `--json` gives them as one document.
+-- Finding any ends the run "goal not reached" (exit status 1): cron and CI
+-- see them.
 local azure = require "dhsm.azure"
 local hsm = require "dhsm.azure.hsm"
 local sys = require "dhsm.sys"
@@ -35,6 +37,8 @@ return {
           tostring(o.last_modified_at)))
       end
       ctx:note(("subscription %s, tenant %s, checked %s"):format(c.subscription, tostring(c.tenant), sys.rfc3339()))
+      ctx:unmet(("found %d orphaned HSM%s, still billed: a support request removes them"):format(#found,
+        #found > 1 and "s" or ""))
       return { subscription = c.subscription, tenant = c.tenant, checked_at = sys.rfc3339(), orphans = found,
         advice = ADVICE }
     end)

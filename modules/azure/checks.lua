@@ -79,6 +79,8 @@ local ADVICE = findings.by_guide {
   [""] = {
     arm_read = "Azure refused or did not answer this read; check the credential's access (Reader on the "
       .. "subscription and the group) and run again",
+    group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
+      .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
     bug = "the check itself failed: report it with this message",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
@@ -87,6 +89,13 @@ local ADVICE = findings.by_guide {
   },
 }
 M.ADVICE = ADVICE
+
+-- read_advice(err) -> the advice for an ARM read that failed: a group that
+-- does not exist is the inventory's mistake, not the credential's access.
+function M.read_advice(err)
+  if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
+  return ADVICE.arm_read
+end
 local CLASS = classify.ADVICE
 
 local CREATED = "created by this run"
@@ -281,7 +290,7 @@ local function failure_row(s, check, target, err)
   local cause = s.foundation_errors[err]
   if cause then return row(check, target, "SKIP", "not checked: " .. cause) end
   local azure_side = err.kind == "azure" or err.kind == "net" or err.kind == "timeout"
-  return row(check, target, "FAIL", findings.error_text(err), azure_side and ADVICE.arm_read or ADVICE.bug)
+  return row(check, target, "FAIL", findings.error_text(err), azure_side and M.read_advice(err) or ADVICE.bug)
 end
 
 -- guarded(s, out, check, target, fn, ...) -> fn's results; a failed read
@@ -312,8 +321,8 @@ function M.resource_group(s)
     return { row("resource group", s.group, "OK", ("resource group %s exists"):format(s.group)) }
   end
   return { row("resource group", s.group, "FAIL", ("resource group %s does not exist in subscription %s"):format(
-    s.group, s.c.subscription), { remedy = ("create it first: az group create --name %s --location %s"):format(
-    s.group, s.location) }) }
+    s.group, s.c.subscription), { remedy = ("if the inventory misnames it, correct azure.resource_group; else "
+    .. "create it first: az group create --name %s --location %s"):format(s.group, s.location) }) }
 end
 
 ---------------------------------------------------------------------------
@@ -390,7 +399,10 @@ function M.hsms(s)
   if #out == 0 then out[1] = row("hsm provisioning", s.group, "OK", "no dedicated HSM in group " .. s.group) end
   for _, e in ipairs(s.expected) do
     local resource = e.resource or e.name
-    if not have[lower(resource)] then
+    local group_cause = s.causes and s.causes.group    -- the group's FAIL is the cause
+    if not have[lower(resource)] and group_cause then
+      out[#out + 1] = row("hsm provisioning", resource, "SKIP", "not checked: " .. group_cause)
+    elseif not have[lower(resource)] then
       out[#out + 1] = row("hsm provisioning", resource, "FAIL", ("the inventory's %s stands for dedicated HSM %s, "
         .. "which group %s does not hold"):format(e.name, resource, s.group), ADVICE.missing)
     end
@@ -767,7 +779,7 @@ local function read_hsm_list(s, out)
   local ok, err = findings.attempt(s.all_hsms, s)
   if ok or s.foundation_errors[err] then return end
   s.foundation_errors[err] = ("the dedicated HSMs could not be listed (%s)"):format(err.code or err.kind)
-  out[#out + 1] = row(HSM_LIST_ROW, s.c.subscription, "FAIL", findings.error_text(err), ADVICE.arm_read)
+  out[#out + 1] = row(HSM_LIST_ROW, s.c.subscription, "FAIL", findings.error_text(err), M.read_advice(err))
 end
 
 local function one_check(s, name)
@@ -814,7 +826,9 @@ function M.run(s, names)
     wanted[name] = true
     if name ~= "credentials" and name ~= "resource_group" then rest[#rest + 1] = name end
   end
-  local out, causes, lists = {}, {}, false
+  -- the causes persist in the scope: a later run on it (diagnose's NIC rows) skips for them too
+  s.causes = s.causes or {}
+  local out, causes, lists = {}, s.causes, false
   for _, first in ipairs(FIRST) do
     if wanted[first.name] then
       local rows = run_one(s, first.name, causes)

@@ -7,7 +7,7 @@
 --   --   client_days_left=, partitions={...}, syslog={lines...}, findings={{code=, text=}}}
 --   ntls.readd_server(client, entry, pem_path); ntls.register_client(client, entry, session, diagnosis, partitions)
 --   ntls.vtl_verify(client) --> {ok=, partitions={{slot=, serial=, label=}} | nil, text=, error=}
---   ntls.client_cert(client) --> net.cert; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
+--   ntls.client_cert(client) --> net.cert; ntls.client_cert_file(client) --> path; ntls.renew_client_cert(client, name) --> the new one (vtl createCert)
 --   ntls.inspect(entry, client, session)  -- the same without a handshake: for a read-only health check
 --   ntls.tcp(entry); ntls.handshake(client, entry, {strict=, server_name=, need_trust=}) --> net.tcp's, net.tls's answer
 --
@@ -177,9 +177,19 @@ local function client_expiry(d, cert)
   end
 end
 
+-- Is entry's appliance (host and NTLS port) in the client's server list?
+local function registered_server(client, entry)
+  for _, srv in ipairs(chrystoki.load(client.conf_path):servers()) do
+    if srv.name == entry.host and srv.port == M.port(entry) then return true end
+  end
+  return false
+end
+
 -- The appliance's server.pem (SCP) against what the client trusts, into d
--- (finding server_changed); -> the server certificate.
-local function server_state(d, entry, cert, session, workdir)
+-- (finding server_changed; d.first_exchange when the client has no server
+-- entry for the appliance either: never exchanged, not regenerated since);
+-- -> the server certificate.
+local function server_state(d, entry, cert, session, workdir, client)
   local dir = workdir or (require("dhsm.act").scratch_dir("dhsm-ntls-"))   -- dhsm's own: a plan reads into it too
   d.server_pem = dir .. "/" .. entry.name .. "-server.pem"
   session:get("server.pem", d.server_pem)
@@ -187,8 +197,12 @@ local function server_state(d, entry, cert, session, workdir)
   d.server_days_left = server.days_left
   d.server_changed = not trusted(cert.ca, server)
   if d.server_changed then
+    d.first_exchange = not registered_server(client, entry)
     finding(d, "server_changed", ("%s's server.pem (sha256 %s) is not among the certificates the client trusts "
-      .. "(%s): regenerated since the exchange"):format(entry.name, server.sha256:sub(1, 16), cert.ca))
+      .. "(%s): %s"):format(entry.name, server.sha256:sub(1, 16), cert.ca, d.first_exchange
+        and ("and the client has no server entry for %s:%d: no certificate exchange with it yet"):format(entry.host,
+          M.port(entry))
+        or "regenerated since the exchange"))
   end
   return server
 end
@@ -216,7 +230,7 @@ function M.inspect(entry, client, session, opts)
   local d = { hsm = entry.name, findings = {} }
   local cert = files(client)
   client_expiry(d, cert)
-  server_state(d, entry, cert, session, opts.workdir)
+  server_state(d, entry, cert, session, opts.workdir, client)
   registration(d, session)
   if not d.registered then
     finding(d, "client_unknown", ("client %s is not registered on %s"):format(tostring(d.client_name), entry.name))
@@ -247,7 +261,7 @@ function M.diagnose(entry, client, session, opts)
     return d
   end
   client_expiry(d, cert)
-  local server = server_state(d, entry, cert, session, opts.workdir)
+  local server = server_state(d, entry, cert, session, opts.workdir, client)
   local before = syslog(session, 50)
   d.tls = M.handshake(client, entry, { strict = true, files = cert })
   local presented = d.tls.chain and d.tls.chain[1]
@@ -271,6 +285,11 @@ function M.diagnose(entry, client, session, opts)
   return d
 end
 
+-- client_cert_file(client) -> the path of the client's certificate (Chrystoki.conf's ClientCertFile)
+function M.client_cert_file(client)
+  return files(client).cert
+end
+
 -- client_cert(client) -> the certificate the client presents (net.cert: days_left=, not_after=, ...)
 function M.client_cert(client)
   return net.cert(files(client).cert)
@@ -290,14 +309,6 @@ function M.renew_client_cert(client, name)
       :format(name, tostring(r.failed or util.trim(r.stdout))) }
   end
   return now
-end
-
--- Is entry's appliance (host and NTLS port) in the client's server list?
-local function registered_server(client, entry)
-  for _, srv in ipairs(chrystoki.load(client.conf_path):servers()) do
-    if srv.name == entry.host and srv.port == M.port(entry) then return true end
-  end
-  return false
 end
 
 -- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem

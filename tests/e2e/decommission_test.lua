@@ -102,7 +102,8 @@ t.test("refused without confirmed backups before anything is destroyed; each hin
   t.ok(keep, r.stderr)
   t.eq(group_exists(e), true)
   -- that one too: hsm2 still in the group, so it is refused; given back with it, the group goes
-  r = run(e, so(e, "hsm2") .. " -e hsm=hsm1,hsm2 --yes " .. again .. " " .. keep)
+  -- (hsm1 has left the estate's inventory with its resource: only hsm2 is named)
+  r = run(e, so(e, "hsm2") .. " -e hsm=hsm2 --yes " .. again .. " " .. keep)
   t.eq(r.status, 0, r.stderr)
   t.eq({ hsms(e), group_exists(e) }, { {}, false })
 end)
@@ -200,15 +201,52 @@ t.test("--check of a whole decommission: every mutation described, the estate an
   t.eq({ doc.described, doc.refused }, { 5, 0 })
 end)
 
-t.test("idempotent: a re-run when everything is gone says so and sends nothing", function()
+t.test("idempotent: a re-run when everything is gone says so, and how it knows, and sends nothing", function()
   local e = estate()
+  local kept = t.tmpdir() .. "/inventory.json"       -- the operator's copy, which keeps the HSMs given back
+  t.write(kept, util.read_file(e.dir .. "/inventory.json"))
   local args = "-e hsm=hsm1,hsm2 -e method=failed-logins -e backups_confirmed=true -e delete_group=true --yes"
-  t.eq(run(e, args).status, 0)
+  local first = run(e, args)
+  t.eq(first.status, 0, first.stderr)
+  local id = first.stderr:match("run (%d+T%d+%-%x+)")
   local before = e:mutations()
-  local r = run(e, args)
+  local r = run(e, "-i " .. q(kept) .. " " .. args)
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("everything is already gone: nothing was changed", 1, true), r.stderr)
+  t.ok(r.stderr:find("hsm1: HSM resource hsm1 in hsm-rg is already deleted: ARM answers 404 for it, and the audit "
+    .. "log (" .. e.dir .. "/state/audit.jsonl) has its DELETE, accepted (202) at ", 1, true), r.stderr)
+  t.ok(r.stderr:find("by run " .. id, 1, true), "the run that deleted it is named\n" .. r.stderr)
   t.eq(e:mutations(), before, "no zeroize, no login, no DELETE")
+  -- the estate's own inventory dropped them: the names are not the inventory's any more
+  r = run(e, args)
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find('hsm[1]: no HSM "hsm1" in the inventory (known: none)', 1, true), r.stderr)
+  t.eq(e:mutations(), before)
+end)
+
+t.test("a name the inventory does not have is bad input with did-you-mean, before anything is journaled or sent", function()
+  local e = estate()
+  local state = t.tmpdir()
+  local before = e:mutations()
+  local r = e:run("run decommission -e hsm=hsm-1 -e backups_confirmed=true --yes", { state = state })
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find([[hsm[1]: no HSM "hsm-1" in the inventory (did you mean 'hsm1'?) (known: hsm1, hsm2)]], 1, true),
+    r.stderr)
+  t.ok(not r.stderr:find("already deleted", 1, true), r.stderr)
+  t.eq(require("dhsm.sys").readdir(state .. "/dhsm/runs") or {}, {}, "nothing journaled")
+  t.eq(e:mutations(), before, "nothing sent")
+  t.eq(hsms(e), { hsm1 = "Succeeded", hsm2 = "Succeeded" })
+  -- and a resource deleted from elsewhere: ARM's 404 is how the run knows
+  local c = e:azure()
+  local kept = t.tmpdir() .. "/inventory.json"
+  t.write(kept, util.read_file(e.dir .. "/inventory.json"))
+  e:appliance("hsm2", "zeroize")
+  c:delete(require("dhsm.azure.hsm").path(c, "hsm2"), { allow_unzeroized = true })
+  t.eventually(function() return hsms(e).hsm2 == nil end, "hsm2 gone")
+  r = e:run("-i " .. q(kept) .. " run decommission -e hsm=hsm2 -e method=failed-logins --yes", { state = state })
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("hsm2: HSM resource hsm2 in hsm-rg is already deleted: ARM answers 404 for it; the audit log (" ..
+    state .. "/audit.jsonl) has no DELETE of it: it was deleted from elsewhere", 1, true), r.stderr)
 end)
 
 t.test("a playbook run by path is journaled with its path: the resume hint and --resume work", function()

@@ -23,6 +23,7 @@ local util = require "dhsm.util"
 local support = require "support.estate"
 
 local q = util.shell_quote
+local one_cause
 -- reboot_seconds long: a rebooting appliance stays away until `advance`
 local FAST = { hsm_step_seconds = 0.02, gateway_seconds = 0.05, network_seconds = 0.02, delete_seconds = 0.02,
   retry_after = 0, reboot_seconds = 3600 }
@@ -214,11 +215,13 @@ local ARM = {
   throttle = { set = "3", invisible = "transient: the Azure client retries a 429 after its Retry-After" },
   fail5xx = { set = "3", invisible = "transient: the Azure client retries a 500/503" },
   reset = { set = "2", invisible = "transient: a read cut mid-response is retried" },
-  forbid = { set = "1000", check = "allowlisting", target = SUB, status = "FAIL", says = "AuthorizationFailed" },
+  forbid = { set = "1000", check = "credentials", target = SUB, status = "FAIL", says = "AuthorizationFailed" },
   delay_ms = { set = "200", invisible = "latency, not a failure: the run takes that much longer" },
   expire_tokens = { set = "1", invisible = "the Azure client fetches a new token on ExpiredAuthenticationToken" },
   gateway_race = { set = "1", provoke = function() deploy_hsm("diag-race", "diag-race") end,
     check = "failed deployments", target = "diag-race", status = "FAIL", says = "GatewayNotReady",
+    -- the deployment's record and the Failed resource it left: two things to delete, each its row
+    also_row = { check = "hsm provisioning", target = "diag-race", status = "FAIL" },
     clear = function() e:clear() delete_deployment("diag-race", "diag-race") end },
   gateway_race_next = creation_fails("diag-next", "race", "1"),
   field_errors = creation_fails("diag-field", "quota", { field_errors = "1", quota_per_stamp = "0" },
@@ -282,6 +285,7 @@ local ACTIONS = {
 -- HA and login states the guide names.
 local STATE_ONLY = {
   ["an HSM on the compute subnet"] = { check = "subnet delegation", target = "hsm-vnet/subnets/compute", status = "FAIL",
+    also_row = { check = "hsm provisioning", target = "diag-compute", status = "FAIL" },   -- the Failed HSM it left
     inject = function() create_hsm("diag-compute", { vnet = "hsm-vnet", subnet = "compute", stamp = "stamp2" }) end,
     clear = function() remove_hsm("diag-compute") end },
   ["an HSM created while the gateway is Updating"] = { check = "hsm provisioning", target = "diag-updating",
@@ -346,11 +350,28 @@ local STATE_ONLY = {
       s:must("service restart ntls")
       client_connects("server_cert_rejected")     -- the client tries, and fails
     end,
-    also_row = { check = "ntls handshakes", target = "hsm2", status = "FAIL" },
+    also_row = { check = "ntls handshakes", target = "hsm2", status = "SKIP" },     -- one cause, one FAIL
     clear = function()
       local r = dhsm_sh(("-i %s run ntls-reexchange -e hsm=hsm2 --yes"):format(q(e.dir .. "/inventory.json")))
       t.eq(r.status, 0, r.stderr)
       client_connects("ok")
+      recover_ha()
+    end },
+  ["no certificate exchange with an appliance yet (no server entry on the client)"] = { check = "ntls certificate",
+    target = "hsm2", status = "FAIL", says = "the client has no server entry for 127%.0%.0%.1:%d+: no certificate "
+      .. "exchange with it yet",
+    inject = function()
+      local h = e.inventory:hsm("hsm2")
+      local r = proc.run { argv = { client.vtl, "deleteServer", "-n", h.host, "-p", tostring(h.ntls_port) },
+        env = lunacm_opts({}).env, timeout = 60 }
+      t.ok(r.stdout:find("successfully", 1, true) or r.stdout:find("deleted", 1, true), r.stdout)
+    end,
+    clear = function(spec)            -- the remedy typed back in as it reads
+      local cmd = spec.row and spec.row.remedy:match("^exchange the certificates %(never done with this appliance%): "
+        .. "dhsm (run ntls%-reexchange %-e hsm=hsm2)$")
+      t.ok(cmd, "the remedy says there was no exchange yet, and how to make it: " .. tostring(spec.row and spec.row.remedy))
+      local r = dhsm_sh(("-i %s %s --yes"):format(q(e.dir .. "/inventory.json"), cmd or "run ntls-reexchange -e hsm=hsm2"))
+      t.eq(r.status, 0, r.stderr)
       recover_ha()
     end },
   ["a wrong HSM SO login"] = { check = "hsm state", target = "hsm2", status = "WARN", says = "2 of 3",
@@ -438,6 +459,28 @@ t.test("-e hsm= probes only the named appliances; a name not in the inventory is
   t.ok(r.stderr:find("(known: hsm1, hsm2", 1, true), "the known names are listed\n" .. r.stderr)
 end, { timeout = 120 })
 
+-- The finding matrix, generated from the tables above: under each fault,
+-- every finding (check and target) FAILs only when the fault's entry says
+-- it does (its row, its also_row), so each finding is tried against its
+-- own fault and against every neighbouring one; what the fault kept from
+-- being checked is a SKIP naming its cause.  One cause, one FAIL.
+one_cause = function(doc, spec, target)
+  local expected = {}
+  if spec.status == "FAIL" then expected[spec.check .. " / " .. target] = true end
+  if spec.also_row and spec.also_row.status == "FAIL" then
+    expected[spec.also_row.check .. " / " .. spec.also_row.target] = true
+  end
+  local extra = {}
+  for _, row in ipairs(doc.result.findings) do
+    local key = row.check .. " / " .. row.target
+    if row.status == "FAIL" and not expected[key] then extra[#extra + 1] = key .. ": " .. row.finding end
+    if row.status == "SKIP" then t.ok(row.finding:find("^not checked"), "a SKIP names its cause: " .. key .. ": " .. row.finding) end
+  end
+  t.eq(extra, {}, "no FAIL but the fault's own")
+  t.eq(doc.result.counts.FAIL, spec.status == "FAIL" and (spec.also_row and spec.also_row.status == "FAIL" and 2 or 1)
+    or 0, "the summary counts the cause once")
+end
+
 -- Inject, find the row, clear, find every row OK.  kind: arm | appliance | action | state
 local function fault_test(kind, name, spec, value)
   local target = spec.target or (kind == "arm" and SUB or "hsm2")
@@ -477,6 +520,7 @@ local function fault_test(kind, name, spec, value)
       local also = find(doc, spec.also_row.check, spec.also_row.target)
       t.eq(also and also.status, spec.also_row.status, also and also.finding or table.concat(not_ok(doc), "\n"))
     end
+    one_cause(doc, spec, target)
     t.eq(r.status, doc.result.counts.FAIL > 0 and 1 or 0, "exit 1 exactly when a row FAILs")
   end
   clear()
@@ -651,6 +695,56 @@ end, { timeout = 120 })
 local wiped = support.start { set = FAST, args = "--appliances 1" }
 
 
+t.test("a client without a certificate (no --client-ready): one FAIL naming it, the appliances' NTLS rows SKIP; the remedy typed back in works", function()
+  local r, doc = diagnose(nil, wiped)
+  local row = find(doc, "ntls client", "client")
+  t.eq(row and row.status, "FAIL", r.stdout .. r.stderr)
+  t.ok(row.finding:find("^no client certificate at .*ClientNameCert%.pem %(Chrystoki%.conf's ClientCertFile%)$"), row.finding)
+  t.ok(not row.remedy:find("SSH", 1, true), "not the appliance's SSH: " .. row.remedy)
+  for _, check in ipairs { "ntls certificate", "ntls handshakes" } do
+    t.eq(find(doc, check, "hsm1").status, "SKIP", find(doc, check, "hsm1").finding)
+    t.eq(find(doc, check, "hsm1").finding, "not checked: the Luna client has no certificate (see ntls client)")
+  end
+  t.eq(doc.result.counts.FAIL, 1, table.concat(not_ok(doc), "\n"))
+  t.eq({ doc.outcome, doc.unmet }, { "unmet", { "found 1 FAIL" } })
+  -- the remedy as it reads: vtl createCert -n NAME, then dhsm run ntls-reexchange -e hsm=HSM
+  local create, exchange = row.remedy:match("%((vtl createCert %-n) NAME, the client's name%), then exchange it with "
+    .. "each appliance: dhsm (run ntls%-reexchange %-e hsm=)HSM$")
+  t.ok(create and exchange, row.remedy)
+  local conf_dir = wiped.inventory.client.chrystoki_conf:match("^(.*)/[^/]*$")
+  local made = proc.run { argv = { wiped.inventory.client.vtl, "createCert", "-n", "jumphost" },
+    env = { ChrystokiConfigurationPath = conf_dir }, timeout = 60 }
+  t.ok(made.stdout:find("Certificate created", 1, true), made.stdout)
+  -- (the estate's hsm1 has no partition, so the exchange's final vtl verify finds none to list)
+  dhsm_sh(("-i %s %shsm1 --yes"):format(q(wiped.dir .. "/inventory.json"), exchange))
+  r, doc = diagnose(nil, wiped)
+  t.eq(find(doc, "ntls client", "client").status, "OK", find(doc, "ntls client", "client").finding)
+  t.eq(find(doc, "ntls certificate", "hsm1").status, "OK", find(doc, "ntls certificate", "hsm1").finding)
+end, { timeout = 120 })
+
+t.test("a resource group the inventory names that does not exist: one FAIL whose remedy names the inventory's field, "
+  .. "not the credential's access; the rows inside it SKIP", function()
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  inv.azure.resource_group = "hsm-rgg"
+  local dir = t.tmpdir()
+  t.write(dir .. "/inventory.json", cjson.encode(inv))
+  local r, doc = diagnose(nil, { dir = dir })
+  local row = find(doc, "resource group", "hsm-rgg")
+  t.eq(row and row.status, "FAIL", table.concat(not_ok(doc), "\n"))
+  t.ok(row.remedy:find("correct azure.resource_group", 1, true), row.remedy)
+  t.ok(not row.remedy:find("credential", 1, true), row.remedy)
+  t.eq(find(doc, "hsm provisioning", "hsm1").status, "SKIP", find(doc, "hsm provisioning", "hsm1").finding)
+  t.eq(doc.result.counts.FAIL, 1, table.concat(not_ok(doc), "\n"))
+  t.eq(r.status, 1)
+  -- and a read that meets ResourceGroupNotFound anywhere else is advised the same, not the credential's access
+  local advice = require("dhsm.azure.checks").read_advice { kind = "azure", code = "ResourceGroupNotFound" }
+  t.ok(advice.remedy:find("azure.resource_group", 1, true) and not advice.remedy:find("credential", 1, true), advice.remedy)
+  inv.azure.resource_group = "hsm-rg"     -- corrected, as it says
+  t.write(dir .. "/inventory.json", cjson.encode(inv))
+  r, doc = diagnose(nil, { dir = dir })
+  healthy(r, doc, "the inventory corrected")
+end, { timeout = 120 })
+
 for _, action in ipairs { "zeroize", "support-reset" } do
   t.test(("action %s: hsm state FAIL (zeroized) on hsm1; OK once re-initialized"):format(action), function()
     local r, doc = diagnose(nil, wiped)
@@ -661,6 +755,7 @@ for _, action in ipairs { "zeroize", "support-reset" } do
     local row = find(doc, "hsm state", "hsm1")
     t.eq(row.status, "FAIL", row.finding)
     t.ok(row.finding:find("ZEROIZED", 1, true), row.finding)
+    t.ok(row.finding:find("^HSM [^ ]") and not row.finding:find("  ", 1, true), "no empty label: " .. row.finding)
     t.eq(r.status, 1)
     local s <close> = require("dhsm.luna").open(wiped.inventory:hsm("hsm1"))
     local init = s:run("hsm init -label hsm1 -password " .. so .. " -defaultdomain -force")

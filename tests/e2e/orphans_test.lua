@@ -24,10 +24,11 @@ local function mutations()
   return n
 end
 
-t.test("no orphan: says so, changes nothing", function()
+t.test("no orphan: says so, changes nothing, ok (exit 0)", function()
   local before = mutations()
   local r = run("--json")
   t.eq(r.status, 0, r.stderr)
+  t.eq(cjson.decode(r.stdout).outcome, "ok")
   local doc = cjson.decode(r.stdout)
   t.eq(doc.steps[1].result.orphans, {})
   t.ok(r.stderr:find("no orphaned dedicated HSM", 1, true), r.stderr)
@@ -45,7 +46,8 @@ t.test("an HSM whose group was deleted is found, with the ids and times for the 
   t.eq(#derived, 1)
   local before = mutations()
   local r = run("--json")
-  t.eq(r.status, 0, r.stderr)
+  t.eq(r.status, 1, "an orphan found is a goal not reached\n" .. r.stderr)
+  t.eq(cjson.decode(r.stdout).outcome, "unmet")
   local found = cjson.decode(r.stdout).steps[1].result
   t.eq(#found.orphans, 1)
   local o = found.orphans[1]
@@ -56,4 +58,7 @@ t.test("an HSM whose group was deleted is found, with the ids and times for the 
   t.eq(mutations(), before, "read-only")
   r = run("")
   t.ok(r.stderr:find("hsm-orph: resource id " .. o.id, 1, true), r.stderr)
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find(": goal not reached: found 1 orphaned HSM, still billed: a support request removes them (", 1,
+    true), "the outcome line says what was found\n" .. r.stderr)
 end)

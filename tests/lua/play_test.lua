@@ -158,11 +158,11 @@ t.test("the shipped playbooks refuse an empty list of HSMs, an empty item and an
   local decommission = GOOD_INV .. "run decommission -e method=failed-logins -e hsm="
   for _, given in ipairs { "''", "' '", "'[]'" } do
     t.eq(refused_before_anything(dir, decommission .. given)[2],
-      "  hsm: expected list of string matching ^[%w%-_%.]+$, got an empty list", given)
+      "  hsm: expected list of inventory HSM name, got an empty list", given)
   end
   for _, given in ipairs { ",", "' , '" } do
     t.eq(refused_before_anything(dir, decommission .. given), { "dhsm: invalid parameters for playbook 'decommission':",
-      '  hsm[1]: expected string matching ^[%w%-_%.]+$, got ""', '  hsm[2]: expected string matching ^[%w%-_%.]+$, got ""' },
+      '  hsm[1]: expected inventory HSM name, got ""', '  hsm[2]: expected inventory HSM name, got ""' },
       given)
   end
   t.eq(refused_before_anything(dir, decommission .. "hsm1,hsm2,hsm1")[2],
@@ -355,8 +355,10 @@ t.test("the shipped playbooks' rules: refused before anything is journaled", fun
     '  hsm[2]: no HSM "hsm3" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
   refused("ntls-reexchange -e hsm=hsm", {
     '  hsm: no HSM "hsm" in the inventory (did you mean \'hsm1\'?) (known: hsm1, hsm2)' })
-  -- an HSM the inventory no longer lists is tolerated (given back already); one it lists needs its password
-  refused("decommission -e hsm=hsm1,given-back", {
+  -- every HSM must be the inventory's (a typo is not "already deleted"); one it lists needs its password
+  refused("decommission -e hsm=hsm1,hsm-2", {
+    '  hsm[2]: no HSM "hsm-2" in the inventory (did you mean \'hsm2\'?) (known: hsm1, hsm2)' })
+  refused("decommission -e hsm=hsm1", {
     "  method: command needs the HSM SO password of hsm1 (give -e so_password=env:NAME|file:PATH|prompt, or "
       .. "so_password in each inventory entry; or -e method=failed-logins)" })
 end)
@@ -424,18 +426,35 @@ t.test("--json prints exactly one document on stdout", function()
   t.ok(doc.run:match("^%d+T%d+%-%x+$"))
 end)
 
-t.test("a playbook's result is the --json document's result; its exit_status (0 or 1) is the exit status", function()
+t.test("a playbook that ends without reaching its goal (ctx:unmet): the closing line says why, exit 1, nothing to resume", function()
   local dir = t.tmpdir()
-  local r = run(dir, "run verdict --json -e status=1")
+  local r = run(dir, "run verdict --json -e unmet='found 2 FAIL,hsm2 still out'")
   t.eq(r.status, 1, r.stderr)
   local doc = cjson.decode(r.stdout)
-  t.eq({ doc.outcome, doc.result }, { "ok", { found = { "a", "b" }, exit_status = 1 } })
+  t.eq({ doc.outcome, doc.unmet, doc.result }, { "unmet", { "found 2 FAIL", "hsm2 still out" }, { found = { "a", "b" } } })
   t.ok(not r.stderr:find("--resume", 1, true), "a run that finished has nothing to resume\n" .. r.stderr)
-  r = run(dir, "run verdict -e status=0")
-  t.eq(r.status, 0, r.stderr)
-  r = run(dir, "run verdict -e status=3")
+  r = run(dir, "run verdict -e unmet='found 2 FAIL'")
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("run %d+T%d+%-%x+: goal not reached: found 2 FAIL %("), "the closing line says so\n" .. r.stderr)
+  t.ok(not r.stderr:find(": ok (", 1, true), r.stderr)
+  local id = run_id(r.stderr)
+  t.eq(journal(dir, id).state, "unmet")
+  local ends = {}
+  for _, rec in ipairs(audit(dir)) do if rec.action == "run.end" then ends[#ends + 1] = rec.outcome end end
+  t.eq(ends[#ends], "unmet", "the audit log says so")
+  r = run(dir, "run verdict --resume " .. id .. " -e unmet='found 2 FAIL'")
   t.eq(r.status, 2, r.stderr)
-  t.ok(r.stderr:find("exit_status must be 0 or 1, got 3", 1, true), r.stderr)
+  t.ok(r.stderr:find("without reaching its goal (found 2 FAIL); nothing to resume: start a new run", 1, true), r.stderr)
+  r = run(dir, "run verdict --check -e unmet='found 2 FAIL'")
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find(": goal not reached: found 2 FAIL %(.-%); check mode: nothing was changed; 0 changes described\n"),
+    r.stderr)
+  r = run(dir, "run verdict")
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find(": ok (", 1, true), r.stderr)
+  r = run(dir, "run verdict -e bad_reason=true")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("ctx:unmet: expected the reason the goal is not reached (a non-empty string), got number", 1, true), r.stderr)
 end)
 
 t.test("a step's result must be JSON data", function()

@@ -3,6 +3,7 @@
 --   ctx:step(title, [{destructive=, target=, done=}], fn)   a named step (journaled, confirmed,
 --                                  resumable: see dhsm.play)
 --   ctx:progress(msg); ctx:note(msg); ctx:would(what)
+--   ctx:unmet(reason)              the run ends without reaching its goal (exit 1), for reason
 --   ctx.params, ctx.inventory, ctx.run_id, ctx.check
 --   ctx:azure([options])           the run's ARM client for the inventory's azure section
 --   ctx:appliance(name)            the run's LunaSH session to an inventory HSM
@@ -245,6 +246,19 @@ function Ctx:would(what)
   dhsm.audit.write { action = "check.would", outcome = "planned", detail = what }
   local show = dhsm.context().would
   if show then show(what) else self.reporter:note(nil, "would " .. what) end
+end
+
+-- unmet(reason): the playbook goes on to its end, but its goal is not
+-- reached ("found 2 FAIL", "member 1234 still out"): the run's outcome is
+-- "unmet" with every reason given, its closing line says so, it exits 1,
+-- and there is nothing to resume.  For what the run found, not for what
+-- went wrong while it ran: that is an error, raised.
+function Ctx:unmet(reason)
+  if type(reason) ~= "string" or reason == "" then
+    usage("ctx:unmet: expected the reason the goal is not reached (a non-empty string), got %s", type(reason))
+  end
+  self.unmet_reasons[#self.unmet_reasons + 1] = reason
+  dhsm.audit.write { action = "run.unmet", outcome = "unmet", detail = reason }
 end
 
 function Ctx:save()

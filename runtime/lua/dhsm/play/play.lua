@@ -326,7 +326,8 @@ local function unknown_hsm(inv, name, path)
 end
 
 -- The rules a value cannot be judged by alone, for every value and item
--- in params: secret references, names of inventory HSMs (inventory = "hsm").
+-- in params: secret references, names of inventory HSMs (inventory = "hsm";
+-- not when resuming either, see below).
 -- A resumed run does not check its secret references: it may be past
 -- every use of one (decommission's SO password is gone with the zeroized
 -- appliance), and one still needed fails its step when used, before it
@@ -335,7 +336,11 @@ local function outside_problems(pb, params, inv, problems, resuming)
   for _, name in ipairs(util.sorted_keys(params)) do
     schema.walk(params[name], pb.params[name], name, function(v, spec, path)
       if secret.is(v) and not resuming then problems[#problems + 1] = unreadable(v, path) end
-      if spec.inventory == "hsm" and type(v) == "string" then problems[#problems + 1] = unknown_hsm(inv, v, path) end
+      -- a resumed run's names were checked when it began; one the inventory has since dropped (it left with
+      -- its resource, which the journal knows) fails the step that still needs it, when it asks
+      if spec.inventory == "hsm" and type(v) == "string" and not resuming then
+        problems[#problems + 1] = unknown_hsm(inv, v, path)
+      end
     end)
   end
 end
@@ -432,6 +437,10 @@ local function resumable(pb, j)
       id, tostring(j.path), util.shell_quote(tostring(j.path)), id)
   end
   if j.state == "ok" then usage("run %s already finished successfully; nothing to resume", id) end
+  if j.state == "unmet" then         -- it ran to its end: resuming would replay it, not reach the goal
+    usage("run %s ran to its end without reaching its goal (%s); nothing to resume: start a new run", id,
+      table.concat(j.unmet or {}, "; "))
+  end
   return j
 end
 
@@ -458,7 +467,9 @@ local function resume_journal(pb, j, public, changed_secrets)
   return j
 end
 
-local function outcome_of(err, check)
+-- unmet: the reasons the playbook gave for not reaching its goal (ctx:unmet).
+local function outcome_of(err, check, unmet)
+  if err == nil and #unmet > 0 then return "unmet" end
   if err == nil then return check and "planned" or "ok" end
   if dhsm.error.is(err, "safety") then return "refused" end
   if dhsm.error.is(err, "interrupted") then return "interrupted" end
@@ -475,7 +486,7 @@ local function check_summary(outcome, tally, steps)
     if ended[rec.status] then ended[rec.status] = ended[rec.status] + 1 end
   end
   local changes = ("%d change%s described"):format(described, described == 1 and "" or "s")
-  if outcome == "planned" and refused == 0 and ended.failed + ended.refused == 0 then
+  if (outcome == "planned" or outcome == "unmet") and refused == 0 and ended.failed + ended.refused == 0 then
     return "nothing was changed; " .. changes
   end
   local out = ("%s, %d refused"):format(changes, refused)
@@ -484,6 +495,12 @@ local function check_summary(outcome, tally, steps)
     if n > 0 then out = out .. (", %d step%s %s"):format(n, n == 1 and "" or "s", status) end
   end
   return out
+end
+
+-- The outcome in the closing line: an unmet goal with its reasons.
+local function outcome_words(outcome, unmet)
+  if outcome ~= "unmet" then return outcome end
+  return "goal not reached: " .. table.concat(unmet, "; ")
 end
 
 local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
@@ -497,7 +514,8 @@ local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
   local e = err and dhsm.error.normalize(err)
   return sys.json_encode {
     run = ctx.run_id, playbook = pb.name, check = ctx.check, resumed = ctx.resumed,
-    params = params, outcome = outcome, duration_s = dhsm.now() - t0, steps = steps, result = result,
+    params = params, outcome = outcome, unmet = #ctx.unmet_reasons > 0 and ctx.unmet_reasons or nil,
+    duration_s = dhsm.now() - t0, steps = steps, result = result,
     described = tally and tally.described or nil, refused = tally and tally.refused or nil,
     error = e and { kind = e.kind, code = e.code, message = e.message } or nil,
   }
@@ -512,21 +530,11 @@ function M.resume_name(pb)
   return util.shell_quote(sys.realpath(pb.path) or pb.path)
 end
 
--- The exit status a playbook's result asks for: a diagnosis that ran to
--- the end and found failures is not a failed run (nothing to resume), yet
--- its caller (cron, CI) must see them.  Only 0 and 1 may be asked for.
-local function exit_status_of(result)
-  local s = type(result) == "table" and result.exit_status or nil
-  if s == nil then return 0 end
-  if s ~= 0 and s ~= 1 then
-    usage("playbook result: exit_status must be 0 or 1, got %s", tostring(s))
-  end
-  return s
-end
-
--- run(pb, raw_params, opts) -> exit status (0, or what the playbook's
--- result asks for: its exit_status field), or raises.  The result (a
--- table) is the --json document's "result".
+-- run(pb, raw_params, opts) -> exit status, or raises: 0, or 1 when the
+-- playbook ran to its end without reaching its goal (ctx:unmet: a
+-- diagnosis that found failures, a member still out - nothing to resume,
+-- yet its caller, cron or CI, must see it).  The result (a table) is the
+-- --json document's "result".
 -- opts: check, yes, resume (run id), json, inventory (path), inventory_loaded
 -- (that file as the front end already loaded it), tty (for tests)
 function M.run(pb, raw, opts)
@@ -569,7 +577,7 @@ function M.run(pb, raw, opts)
   local ctx = run_context.new {
     run_id = context.run, playbook = pb, params = params, inventory = inv, opts = opts,
     check = opts.check == true, resumed = opts.resume ~= nil, journal = j, replay = replay,
-    steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(),
+    steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(), unmet_reasons = {},
   }
   -- a destructive change no confirmed step covers is asked for (dhsm.act,
   -- with the front end's policy); the live progress line clears itself first
@@ -591,15 +599,15 @@ function M.run(pb, raw, opts)
         message = ("check mode refused %d call(s) that would have changed something%s"):format(tally.refused,
           err and ("; and then: " .. tostring(dhsm.error.normalize(err))) or "") }
     end
-    local outcome = outcome_of(err, ctx.check)
+    local outcome = outcome_of(err, ctx.check, ctx.unmet_reasons)
     for _, rec in ipairs(ctx.current) do
       rec.status, rec.error = "interrupted", { kind = "interrupted", message = "interrupted", text = "interrupted" }
       ctx.reporter:step_end(rec)
     end
     ctx.reporter:close()
-    j.state = outcome
+    j.state, j.unmet = outcome, #ctx.unmet_reasons > 0 and ctx.unmet_reasons or nil
     ctx:save()
-    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome,
+    dhsm.audit.write { action = "run.end", target = pb.name, outcome = outcome, unmet = j.unmet,
       duration_ms = (dhsm.now() - t0) * 1000, error = err and tostring(err) or nil }
     if real_stdout then
       io.stdout:flush()
@@ -607,10 +615,11 @@ function M.run(pb, raw, opts)
       io.stdout:write(json_document(ctx, pb, params, outcome, err, t0, result, tally), "\n")
       io.stdout:flush()
     elseif ctx.check then                        -- a plan is not journaled: nothing to resume
-      ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id, outcome,
-        util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
-    elseif outcome == "ok" then
-      ctx.reporter:note(nil, ("run %s: ok (%s)"):format(ctx.run_id, util.duration(dhsm.now() - t0)))
+      ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id,
+        outcome_words(outcome, ctx.unmet_reasons), util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
+    elseif outcome == "ok" or outcome == "unmet" then     -- ran to its end: nothing to resume
+      ctx.reporter:note(nil, ("run %s: %s (%s)"):format(ctx.run_id, outcome_words(outcome, ctx.unmet_reasons),
+        util.duration(dhsm.now() - t0)))
     else
       -- a resume when resuming can get past it; a refusal that only other
       -- parameters get past (-e backups_confirmed=true) takes a new run
@@ -631,12 +640,11 @@ function M.run(pb, raw, opts)
   if ok then
     -- a result JSON cannot hold is left out of the document, not a failure
     result = type(err) == "table" and not run_context.not_json(err, "result", {}) and err or nil
-    ok, err = pcall(exit_status_of, result)
   end
   if not ok then err = run_context.raised(err) end
   local failure = finish(not ok and err or nil)
   if failure then error(failure, 0) end
-  return err
+  return #ctx.unmet_reasons > 0 and 1 or 0
 end
 
 
