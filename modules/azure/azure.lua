@@ -209,6 +209,76 @@ function M.interpret(method, url, r)
 end
 
 ---------------------------------------------------------------------------
+-- the shape of what a reply holds: a field the client reads is checked
+-- once, where the reply comes in, so that no reader further on meets a
+-- number where it indexes an object.
+--
+-- A shape: a kind ("object", "objects" (a list of objects), "string",
+-- "number", "boolean"; kinds joined by "|" when ARM sends either; "!" at
+-- the end: required), or a table {kind, field = shape, ..., items = shape
+-- (the items of "objects")}.  Fields not named are not looked at.
+
+local LUA_TYPE = { object = "table", objects = "table", string = "string", number = "number", boolean = "boolean" }
+local KIND_WORDS = { object = "an object", objects = "a list of objects", string = "a string", number = "a number",
+  boolean = "true or false" }
+
+local function value_words(v)
+  if type(v) == "table" then return "an object or list" end
+  if type(v) == "string" then return ("a string (%q)"):format(v:sub(1, 40)) end
+  if type(v) == "number" then return ("a number (%s)"):format(tostring(math.tointeger(v) or v)) end
+  return ("%s (%s)"):format(type(v), tostring(v))
+end
+
+local function label(path) return path ~= "" and path or "the body" end
+
+-- from: the reply, or the path the value was read from (a GET).
+local function shape_error(from, path, what)
+  if type(from) ~= "table" then from = { method = "GET", url = tostring(from), status = 200 } end
+  error(bad_response(from.method or "GET", from.url or from.path or "?", from, what), 0)
+end
+
+local function conform(from, v, shape, path)
+  local spec = type(shape) == "table" and shape or { shape }
+  local kinds, required = spec[1]:match("^([%a|]+)(!?)$")
+  if v == nil then
+    if required ~= "" then shape_error(from, path, ("'%s' is missing, expected %s"):format(label(path),
+      KIND_WORDS[kinds] or kinds)) end
+    return
+  end
+  local kind
+  for k in kinds:gmatch("%a+") do
+    if type(v) == LUA_TYPE[k] then kind = k end
+  end
+  if not kind then
+    local words = {}
+    for k in kinds:gmatch("%a+") do words[#words + 1] = KIND_WORDS[k] end
+    shape_error(from, path, ("'%s' is %s, expected %s"):format(label(path), value_words(v), table.concat(words, " or ")))
+  end
+  if kind == "objects" then
+    for i, item in ipairs(v) do conform(from, item, spec.items or "object!", ("%s[%d]"):format(path, i)) end
+  elseif kind == "object" then
+    for _, k in ipairs(util.sorted_keys(spec)) do    -- in order: the first problem is always the same one
+      if k ~= 1 and k ~= "items" then conform(from, v[k], spec[k], path == "" and k or (path .. "." .. k)) end
+    end
+  end
+end
+
+-- conform(from, value, shape [, path]) -> value, when it has the shape;
+-- else a BadResponse of the reply `from` (or of a GET of the path `from`)
+-- naming the field ("'properties.delegations[1]' is a number (5),
+-- expected an object").  path: where value sits in the reply ("value[3]").
+function M.conform(from, value, shape, path)
+  conform(from, value, shape, path or "")
+  return value
+end
+
+-- conform_list(from, items, shape) -> items, each with shape (items of a list reply)
+function M.conform_list(from, items, shape)
+  for i, item in ipairs(items) do conform(from, item, shape, ("value[%d]"):format(i)) end
+  return items
+end
+
+---------------------------------------------------------------------------
 -- credentials: each returns (token secret, lifetime in seconds)
 
 local Client = {}
@@ -845,7 +915,7 @@ end
 -- exists.  One that ARM is Deleting (a DELETE an earlier attempt sent) is
 -- waited for, not deleted again: the done= check of a deleting step.
 function Client:gone(path, opts)
-  local r = self:find(path)
+  local r = M.conform(path, self:find(path), { "object", properties = { "object", provisioningState = "string" } })
   if r and (r.properties or {}).provisioningState == "Deleting" then
     self:wait(path, setmetatable({ deleting = true }, { __index = opts }))
     r = nil
