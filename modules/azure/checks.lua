@@ -617,7 +617,8 @@ local function new_gateway_rows(s, vnet_id, vnet_exists)
     out[#out + 1] = row("gateway", vnet, "FAIL", ("gateway name %s is taken by a gateway of another virtual network")
       :format(ng.name), ADVICE.gateway_name)
   end
-  local pip = ng and s:find(network.public_ip_path(s.c, ng.public_ip, s.group))
+  local pip_path = ng and network.public_ip_path(s.c, ng.public_ip, s.group)
+  local pip = pip_path and azure.conform(pip_path, s:find(pip_path), network.PUBLIC_IP_SHAPE)
   if pip and (pip.sku and pip.sku.name or "Basic") ~= "Standard" then
     out[#out + 1] = row("gateway", vnet, "FAIL", ("public IP %s is %s SKU: an ExpressRoute gateway needs Standard")
       :format(ng.public_ip, pip.sku and pip.sku.name or "Basic"), ADVICE.gateway_sku)

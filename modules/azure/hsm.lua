@@ -44,7 +44,7 @@ local ID = { "object", id = "string", resourceId = "string" }
 M.SHAPE = { "object", id = "string!", name = "string!", location = "string", tags = "object",
   sku = { "object", name = "string" },
   systemData = { "object", createdAt = "string", createdBy = "string", lastModifiedAt = "string" },
-  properties = { "object", provisioningState = "string", stampId = "string", statusMessage = "string",
+  properties = { "object!", provisioningState = "string", stampId = "string", statusMessage = "string",
     networkProfile = { "object", subnet = ID,
       networkInterfaces = { "objects", items = { "object!", id = "string", resourceId = "string",
         privateIpAddress = "string" } } } } }

@@ -85,13 +85,13 @@ end
 -- comes in (azure.conform): a reply of another shape is a BadResponse.
 local ID = { "object", id = "string" }
 M.GATEWAY_SHAPE = { "object", name = "string!", id = "string", location = "string",
-  properties = { "object", provisioningState = "string", gatewayType = "string",
+  properties = { "object!", provisioningState = "string", gatewayType = "string",
     sku = { "object", name = "string", tier = "string" },
     ipConfigurations = { "objects", items = { "object!", properties = { "object", subnet = ID,
       publicIPAddress = ID } } } } }
 local SUBNET_SHAPE = { "object", name = "string", properties = { "object",
   delegations = { "objects", items = { "object!", properties = { "object", serviceName = "string" } } } } }
-local PUBLIC_IP_SHAPE = { "object", sku = { "object", name = "string" } }
+M.PUBLIC_IP_SHAPE = { "object", sku = { "object", name = "string" } }
 
 function M.gateway(c, name, group)
   local path = M.gateway_path(c, name, group)
@@ -134,7 +134,7 @@ function M.public_ip_sku(c, gateway)
   for _, ip in ipairs(gateway.properties and gateway.properties.ipConfigurations or {}) do
     local pip = ip.properties and ip.properties.publicIPAddress and ip.properties.publicIPAddress.id
     if pip then
-      local r = azure.conform(pip, c:find(pip), PUBLIC_IP_SHAPE)
+      local r = azure.conform(pip, c:find(pip), M.PUBLIC_IP_SHAPE)
       return r and r.sku and r.sku.name or "Basic", pip   -- ARM's default SKU is Basic
     end
   end
