@@ -258,8 +258,8 @@ return {
   description = "Zeroize HSMs, delete their Azure resources one by one, then (optionally) their resource group, in the guide's order",
   inventory = "the appliances to zeroize and the Azure resources to delete",
   params = {
-    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm" },
-      unique = true,
+    hsm = { type = "list", required = true, items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm",
+      expect = "an inventory HSM name (letters, digits, - _ .)" }, unique = true,
       description = "the inventory's names of the HSMs to give back (hsm1 or hsm1,hsm2: one by one)" },
     method = { type = "enum", values = { "command", "failed-logins" }, default = "command",
       description = "command: SO login and `hsm zeroize`; failed-logins: wrong SO logins until it zeroizes" },

@@ -629,7 +629,8 @@ return {
       description = "seconds a probe waits: TCP connect, the SSH login, each LunaSH command (a dead appliance costs this once)" },
     prometheus = { type = "string",
       description = "also write the findings to FILE in the Prometheus text format (atomically: node_exporter's textfile collector)" },
-    hsm = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm" }, unique = true,
+    hsm = { type = "list", items = { type = "string", pattern = "^[%w%-_%.]+$", inventory = "hsm",
+      expect = "inventory HSM name" }, unique = true,
       description = "only these appliances of the inventory (comma-separated names; default every one); "
         .. "the Azure checks still cover the whole resource group" },
     co_password = { type = "secret",

@@ -508,7 +508,8 @@ return {
   params = {
     co_password = { type = "secret", required = true,
       description = "the members' Crypto Officer password (env:, file: or prompt): objects are read and synchronized as the CO" },
-    group = { type = "string", pattern = "^[%w%-_%.]+$", description = "only this HA group (default: every group)" },
+    group = { type = "string", pattern = "^[%w%-_%.]+$", expect = "an HA group label (letters, digits, - _ .)",
+      description = "only this HA group (default: every group)" },
     retry_count = { type = "integer", default = -1, min = -1, max = 500,
       description = "HA auto-recovery retry count to set when it is 0 (-1 unlimited, 1-500)" },
     retry_interval = { type = "integer", default = 60, min = 60, max = 1200, description = "seconds between auto-recovery attempts" },
@@ -521,7 +522,7 @@ return {
     pso_password = { type = "secret", description = "fix_cloning: the new partition's Partition SO password" },
     so_password = { type = "secret",
       description = "fix_cloning: the HSM SO password of the bad member's appliance (default: its inventory entry's)" },
-    new_partition = { type = "string", pattern = "^[%w%-_]+$",
+    new_partition = { type = "string", pattern = "^[%w%-_]+$", expect = "a partition name (letters, digits, - _)",
       description = "fix_cloning: the new partition's name (default: the first free parN)" },
   },
   run = function(ctx, p)

@@ -232,7 +232,7 @@ return {
   description = "Diagnose the NTLS certificate exchange between this client and an appliance and fix only what is wrong",
   inventory = "the appliance and the client install",
   params = {
-    hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", inventory = "hsm",
+    hsm = { type = "string", required = true, pattern = "^[%w%-_%.]+$", inventory = "hsm", expect = "inventory HSM name",
       description = "the inventory's name of the appliance" },
     renew_expiring = { type = "boolean", default = false,
       description = "also renew a client certificate that expires within 30 days (an expired one is always renewed)" },

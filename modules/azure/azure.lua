@@ -12,7 +12,9 @@
 -- managed identity, Azure CLI), are kept as dhsm.secret values and
 -- refreshed before they expire.  429/5xx and connection failures are
 -- retried with backoff and jitter, honouring Retry-After, within a
--- deadline; a POST is retried only when it cannot have been processed.
+-- deadline; a POST is retried only when it cannot have been processed,
+-- a DELETE whose connection failed once sent only after reading that ARM
+-- did not take it.  Every retry is shown as a progress line and audited.
 -- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
 -- message, details, the HTTP status, request ids and the raw body.
 -- Every mutation passes dhsm.act's gate: the rules for what it changes
@@ -207,6 +209,76 @@ function M.interpret(method, url, r)
 end
 
 ---------------------------------------------------------------------------
+-- the shape of what a reply holds: a field the client reads is checked
+-- once, where the reply comes in, so that no reader further on meets a
+-- number where it indexes an object.
+--
+-- A shape: a kind ("object", "objects" (a list of objects), "string",
+-- "number", "boolean"; kinds joined by "|" when ARM sends either; "!" at
+-- the end: required), or a table {kind, field = shape, ..., items = shape
+-- (the items of "objects")}.  Fields not named are not looked at.
+
+local LUA_TYPE = { object = "table", objects = "table", string = "string", number = "number", boolean = "boolean" }
+local KIND_WORDS = { object = "an object", objects = "a list of objects", string = "a string", number = "a number",
+  boolean = "true or false" }
+
+local function value_words(v)
+  if type(v) == "table" then return "an object or list" end
+  if type(v) == "string" then return ("a string (%q)"):format(v:sub(1, 40)) end
+  if type(v) == "number" then return ("a number (%s)"):format(tostring(math.tointeger(v) or v)) end
+  return ("%s (%s)"):format(type(v), tostring(v))
+end
+
+local function label(path) return path ~= "" and path or "the body" end
+
+-- from: the reply, or the path the value was read from (a GET).
+local function shape_error(from, path, what)
+  if type(from) ~= "table" then from = { method = "GET", url = tostring(from), status = 200 } end
+  error(bad_response(from.method or "GET", from.url or from.path or "?", from, what), 0)
+end
+
+local function conform(from, v, shape, path)
+  local spec = type(shape) == "table" and shape or { shape }
+  local kinds, required = spec[1]:match("^([%a|]+)(!?)$")
+  if v == nil then
+    if required ~= "" then shape_error(from, path, ("'%s' is missing, expected %s"):format(label(path),
+      KIND_WORDS[kinds] or kinds)) end
+    return
+  end
+  local kind
+  for k in kinds:gmatch("%a+") do
+    if type(v) == LUA_TYPE[k] then kind = k end
+  end
+  if not kind then
+    local words = {}
+    for k in kinds:gmatch("%a+") do words[#words + 1] = KIND_WORDS[k] end
+    shape_error(from, path, ("'%s' is %s, expected %s"):format(label(path), value_words(v), table.concat(words, " or ")))
+  end
+  if kind == "objects" then
+    for i, item in ipairs(v) do conform(from, item, spec.items or "object!", ("%s[%d]"):format(path, i)) end
+  elseif kind == "object" then
+    for _, k in ipairs(util.sorted_keys(spec)) do    -- in order: the first problem is always the same one
+      if k ~= 1 and k ~= "items" then conform(from, v[k], spec[k], path == "" and k or (path .. "." .. k)) end
+    end
+  end
+end
+
+-- conform(from, value, shape [, path]) -> value, when it has the shape;
+-- else a BadResponse of the reply `from` (or of a GET of the path `from`)
+-- naming the field ("'properties.delegations[1]' is a number (5),
+-- expected an object").  path: where value sits in the reply ("value[3]").
+function M.conform(from, value, shape, path)
+  conform(from, value, shape, path or "")
+  return value
+end
+
+-- conform_list(from, items, shape) -> items, each with shape (items of a list reply)
+function M.conform_list(from, items, shape)
+  for i, item in ipairs(items) do conform(from, item, shape, ("value[%d]"):format(i)) end
+  return items
+end
+
+---------------------------------------------------------------------------
 -- credentials: each returns (token secret, lifetime in seconds)
 
 local Client = {}
@@ -230,7 +302,8 @@ end
 local function token_request(c, what, req, retry_deadline)
   req.timeout = req.timeout or c.timeout
   req.secret_field = "access_token"
-  local reply, err, attempts = retrying(c, retry_deadline or c.retry_deadline, function(n)
+  local reply, err, attempts = retrying(c, retry_deadline or c.retry_deadline,
+    { service = "the token endpoint", method = req.method, url = req.url }, function(n)
     return exchange(c, req, true, n)
   end)
   if reply and not err then
@@ -520,10 +593,31 @@ function exchange(self, req, idempotent, attempts)
   return reply, reply.error, retry_delay(reply, reply.error, idempotent, attempts)
 end
 
+-- Why a request is sent again, in words and as the audit log's outcome.
+local function retry_cause(reply, err, service)
+  if reply and reply.status == 429 then return ("throttled by %s"):format(service), "throttled" end
+  if reply then return ("%s answered HTTP %s"):format(service, tostring(reply.status)), "server_error" end
+  return ("no answer from %s (%s)"):format(service, tostring(err and err.code)), "transport"
+end
+
+-- A retry is seen, not absorbed in silence: a progress line (the run's,
+-- through the task context; on a terminal otherwise) and an audit record.
+local function announce(where, reply, err, retry_in, next_attempt)
+  local words, outcome = retry_cause(reply, err, where.service)
+  local line = ("%s, retrying in %s (attempt %d)"):format(words, util.duration(retry_in), next_attempt)
+  dhsm.audit.write { action = "azure.retry", target = display(where.url), outcome = outcome,
+    method = where.method, status = reply and reply.status or nil, attempt = next_attempt, wait_s = retry_in,
+    request_id = reply and header(reply, "x-ms-request-id") or nil }
+  local show = dhsm.context().progress
+  if show then show(line)
+  elseif sys.isatty(2) then io.stderr:write(line, "\n") end
+end
+
 -- Repeat attempt(n) -> reply, err, retry_in while it asks for a retry, at
--- most max_attempts times and not past retry_deadline seconds from now.
--- Returns the last reply, err and the number of attempts.
-function retrying(self, retry_deadline, attempt)
+-- most max_attempts times and not past retry_deadline seconds from now;
+-- each retry announced (where = {service=, method=, url=}).  Returns the
+-- last reply, err and the number of attempts.
+function retrying(self, retry_deadline, where, attempt)
   local deadline = dhsm.now() + retry_deadline
   local attempts = 0
   while true do
@@ -532,6 +626,7 @@ function retrying(self, retry_deadline, attempt)
     if retry_in == nil or attempts >= self.max_attempts or dhsm.now() + retry_in > deadline then
       return reply, err, attempts
     end
+    if retry_in > 0 then announce(where, reply, err, retry_in, attempts + 1) end
     dhsm.sleep(retry_in)
   end
 end
@@ -584,12 +679,36 @@ local function encoded(body)
   return type(body) == "string" and body or cjson.encode(body)
 end
 
+-- After a DELETE whose fate is unknown (the connection failed once it
+-- may have been sent): the reply to settle it with when ARM already took
+-- it - the resource gone (204) or Deleting (202, waited for by its state)
+-- - or nil when it is still there as it was: only then is it sent again.
+-- A read that fails leaves the fate unknown: the first failure is raised.
+local function settled_delete(self, url, first_err)
+  local ok, r = pcall(self.get, self, url)
+  if not ok then
+    if dhsm.error.is(r, "azure") and r.status == 404 then
+      return { status = 204, headers = {}, raw = "", settled = "gone" }
+    end
+    error(first_err, 0)
+  end
+  local props = type(r.body) == "table" and r.body.properties
+  if type(props) == "table" and props.provisioningState == "Deleting" then
+    return { status = 202, headers = {}, body = r.body, raw = r.raw, settled = "Deleting" }
+  end
+end
+
 -- One request as sent and interpreted, retried as the client's policy says.
 local function send(self, method, url, opts, correlation_id, body)
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
-  local renewed = false
-  local r, err, attempts = retrying(self, opts.retry_deadline or self.retry_deadline, function(n)
+  local renewed, unknown = false, nil
+  local r, err, attempts = retrying(self, opts.retry_deadline or self.retry_deadline,
+    { service = "ARM", method = method, url = url }, function(n)
+    if unknown then                            -- the last DELETE may have been taken: read before sending again
+      local done = settled_delete(self, url, unknown)
+      if done then return done end
+    end
     local headers = {
       Authorization = { "Bearer ", self:token() },
       Accept = "application/json",
@@ -603,6 +722,7 @@ local function send(self, method, url, opts, correlation_id, body)
       self:forget_token()                      -- expired or revoked: one fresh token, at once
       renewed, retry_in = true, 0
     end
+    unknown = method == "DELETE" and retry_in and dhsm.error.is(e, "net") and not NOT_SENT[e.code] and e or nil
     return reply, e, retry_in
   end)
   if err then
@@ -610,7 +730,7 @@ local function send(self, method, url, opts, correlation_id, body)
     error(err, 0)
   end
   return { status = r.status, headers = r.headers, body = r.body, raw = r.raw, attempts = attempts,
-    request_id = header(r, "x-ms-request-id") }
+    request_id = header(r, "x-ms-request-id"), settled = r.settled }
 end
 
 -- request(method, path, opts): a read is sent; a mutation passes the gate
@@ -644,7 +764,8 @@ function Client:request(method, path, opts)
     fields = { correlation_id = correlation_id, body_sha256 = fits and body and sys.sha256(body) or nil },
     rule = function() rules.check(self, method, where, opts, fits and body or nil) end,
     planned = function() return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} } end,
-    outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id } end,
+    outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id,
+      settled = r.settled } end,
   }, function() return reply(send(self, method, url, opts, correlation_id, body)) end)
 end
 
@@ -794,7 +915,7 @@ end
 -- exists.  One that ARM is Deleting (a DELETE an earlier attempt sent) is
 -- waited for, not deleted again: the done= check of a deleting step.
 function Client:gone(path, opts)
-  local r = self:find(path)
+  local r = M.conform(path, self:find(path), { "object", properties = { "object", provisioningState = "string" } })
   if r and (r.properties or {}).provisioningState == "Deleting" then
     self:wait(path, setmetatable({ deleting = true }, { __index = opts }))
     r = nil
@@ -815,7 +936,7 @@ function Client:wait(what, opts)
   local deleting = opts.deleting or resp.method == "DELETE"
   local async = self:own_url(header(resp, "azure-asyncoperation"), resp, "Azure-AsyncOperation")
   local location = self:own_url(header(resp, "location"), resp, "Location")
-  if resp.status == 202 and not async and not location then
+  if resp.status == 202 and not async and not location and not resp.settled then
     malformed(resp, "202 Accepted without Azure-AsyncOperation or Location to follow")
   end
   local first_wait = retry_after(resp)

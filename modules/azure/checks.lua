@@ -38,6 +38,7 @@ local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
+local not_answered
 
 -- Advice for what only these checks find, under the guide's section it
 -- comes from; a caller reporting a failed read of its own says the same
@@ -82,6 +83,7 @@ local ADVICE = findings.by_guide {
     group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
       .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
     bug = "the check itself failed: report it with this message",
+    unavailable = "Azure is busy or down (throttled, a server error, no answer): run again later",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
     existing = "only tags can change: choose another name, or decommission it first",
@@ -284,13 +286,37 @@ local function unreadable_subnets(s, check)
   return out
 end
 
+-- FAIL rows that are Azure not answering a read (an outage, throttling,
+-- a token endpoint down, a permission missing), with the error: refuse
+-- raises that error rather than a safety refusal - nothing was found
+-- wrong with what the run would do, Azure could not be asked.
+local unanswered = setmetatable({}, { __mode = "k" })
+
+local function azure_side(err)
+  return err.kind == "azure" or err.kind == "net" or err.kind == "timeout"
+end
+
+-- The advice for a read Azure failed: an outage is not the credential's fault.
+local function read_advice(err, otherwise)
+  local status = err.status or (type(err.details) == "table" and err.details.status) or nil
+  if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
+  return otherwise
+end
+
+-- The FAIL row of a read that failed with err (advice: for Azure's
+-- refusal), remembered when Azure's side failed it.
+local function read_failure(check, target, finding, err, advice)
+  local r = row(check, target, "FAIL", finding, azure_side(err) and read_advice(err, advice) or ADVICE.bug)
+  if azure_side(err) then unanswered[r] = err end
+  return r
+end
+
 -- The row of a check that could not run: SKIP naming the cause when
 -- the cause is a read another row already reports, else a FAIL.
 local function failure_row(s, check, target, err)
   local cause = s.foundation_errors[err]
   if cause then return row(check, target, "SKIP", "not checked: " .. cause) end
-  local azure_side = err.kind == "azure" or err.kind == "net" or err.kind == "timeout"
-  return row(check, target, "FAIL", findings.error_text(err), azure_side and M.read_advice(err) or ADVICE.bug)
+  return read_failure(check, target, findings.error_text(err), err, M.read_advice(err))
 end
 
 -- guarded(s, out, check, target, fn, ...) -> fn's results; a failed read
@@ -312,8 +338,8 @@ function M.credentials(s)
     return s.c:get("/subscriptions/" .. sub, { api_version = "2022-12-01" })
   end)
   if ok then return { row("credentials", sub, "OK", "subscription " .. sub .. " readable") } end
-  return { row("credentials", sub, "FAIL", ("cannot read subscription %s: %s"):format(sub, findings.error_text(err)),
-    ADVICE.credentials) }
+  return { read_failure("credentials", sub, ("cannot read subscription %s: %s"):format(sub, findings.error_text(err)),
+    err, ADVICE.credentials) }
 end
 
 function M.resource_group(s)
@@ -603,7 +629,8 @@ local function new_gateway_rows(s, vnet_id, vnet_exists)
     out[#out + 1] = row("gateway", vnet, "FAIL", ("gateway name %s is taken by a gateway of another virtual network")
       :format(ng.name), ADVICE.gateway_name)
   end
-  local pip = ng and s:find(network.public_ip_path(s.c, ng.public_ip, s.group))
+  local pip_path = ng and network.public_ip_path(s.c, ng.public_ip, s.group)
+  local pip = pip_path and azure.conform(pip_path, s:find(pip_path), network.PUBLIC_IP_SHAPE)
   if pip and (pip.sku and pip.sku.name or "Basic") ~= "Standard" then
     out[#out + 1] = row("gateway", vnet, "FAIL", ("public IP %s is %s SKU: an ExpressRoute gateway needs Standard")
       :format(ng.public_ip, pip.sku and pip.sku.name or "Basic"), ADVICE.gateway_sku)
@@ -779,7 +806,7 @@ local function read_hsm_list(s, out)
   local ok, err = findings.attempt(s.all_hsms, s)
   if ok or s.foundation_errors[err] then return end
   s.foundation_errors[err] = ("the dedicated HSMs could not be listed (%s)"):format(err.code or err.kind)
-  out[#out + 1] = row(HSM_LIST_ROW, s.c.subscription, "FAIL", findings.error_text(err), M.read_advice(err))
+  out[#out + 1] = read_failure(HSM_LIST_ROW, s.c.subscription, findings.error_text(err), err, M.read_advice(err))
 end
 
 local function one_check(s, name)
@@ -851,17 +878,50 @@ function M.line(r)
   return ("%s %s: %s%s"):format(r.check, r.target, r.finding, advice and (" -> " .. advice) or "")
 end
 
+-- What a failed read's error says of Azure's reply: "HTTP 503
+-- ServiceUnavailable, request id X" (the token endpoint's as well), or the
+-- transport's failure when nothing answered.
+local function reply_words(err)
+  local d = type(err.details) == "table" and err.details or {}
+  local status = err.status or d.status
+  if not status then return ("no reply: %s"):format(tostring(err.code or err.kind)) end
+  return ("HTTP %s %s, request id %s"):format(tostring(status), tostring(err.code), tostring(d.request_id or "none"))
+end
+
+-- A 403's missing permission, from ARM's AuthorizationFailed message:
+-- "... does not have authorization to perform action 'A' over scope 'S' ...".
+local function missing_permission(err)
+  local msg = tostring(err.message or "")
+  local action, scope = msg:match("perform action '([^']+)' over scope '([^']+)'")
+  if action then return ("the credential lacks permission %s on %s"):format(action, scope) end
+end
+
+-- Raises err itself (kind azure, net or timeout: exit status 1, not a
+-- safety refusal) when Azure did not answer a read of the checks: the
+-- status and request id, a 403's missing permission, every FAIL line once.
+function not_answered(err, bad, what, held, rows)
+  local why = err.status == 403 and (missing_permission(err) or "the credential may not read this")
+    or "Azure did not answer; run again when it does"
+  dhsm.error { kind = err.kind, code = err.code, retryable = err.retryable,
+    message = ("%s: Azure could not be read (%s): %s; %s:\n  %s"):format(what, reply_words(err), why, held,
+      table.concat(bad, "\n  ")),
+    details = { status = err.status, request_id = type(err.details) == "table" and err.details.request_id or nil,
+      cause = err, findings = rows } }
+end
+
 -- refuse(rows, what, held) -> rows, or raises safety PreflightFailed
 -- listing every FAIL row: "what: N problem(s); held: ...".  held says
 -- what the refusal kept from happening, no more: a caller that may come
 -- after other changes (hsm.start, in a run that built the network) must
 -- not claim that nothing was changed.
 function M.refuse(rows, what, held)
-  local bad = {}
+  local bad, outage = {}, nil
   for _, r in ipairs(rows) do
     if r.status == "FAIL" then bad[#bad + 1] = M.line(r) end
+    outage = outage or unanswered[r]
   end
   if #bad == 0 then return rows end
+  if outage then not_answered(outage, bad, what, held, rows) end
   dhsm.error { kind = "safety", code = "PreflightFailed",
     message = ("%s: %d problem%s; %s:\n  %s"):format(what, #bad, #bad > 1 and "s" or "", held,
       table.concat(bad, "\n  ")), details = { findings = rows } }

@@ -4,6 +4,7 @@
 --   local r = deploy.create(c, "dhsm-provision", tmpl, params)
 --   deploy.wait(c, r, {on_progress=})        -- raises with the failed operations' messages
 --   deploy.support_facts(c, name)            -- what a support request needs
+local azure = require "dhsm.azure"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local util = require "dhsm.util"
@@ -55,13 +56,25 @@ function M.read_files(template_path, parameters_path)
   return tmpl, values
 end
 
+-- What is read of a deployment and of its operations, checked where each
+-- comes in (azure.conform): a reply of another shape is a BadResponse.
+local ERROR_SHAPE = { "object", code = "string", message = "string",
+  details = { "objects", items = { "object!", code = "string", message = "string" } } }
+local DEPLOYMENT_SHAPE = { "object", name = "string", id = "string", properties = { "object",
+  provisioningState = "string", correlationId = "string", timestamp = "string", duration = "string" } }
+local OPERATION_SHAPE = { "object", operationId = "string", properties = { "object", trackingId = "string",
+  provisioningState = "string", statusCode = "string", timestamp = "string",
+  targetResource = { "object", resourceName = "string", resourceType = "string" },
+  statusMessage = { "object|string", error = ERROR_SHAPE } } }
+
 -- Every operation of a deployment, newest first as ARM lists them:
 -- {id=, tracking_id=, resource=, type=, state=, status_code=, code=, message=, time=}
 function M.operations(c, name, group)
   local out = {}
-  for _, op in ipairs(c:list(M.path(c, name, group) .. "/operations")) do
+  local path = M.path(c, name, group) .. "/operations"
+  for _, op in ipairs(azure.conform_list(path, c:list(path), OPERATION_SHAPE)) do
     local p = op.properties or {}
-    local e = p.statusMessage and p.statusMessage.error or {}
+    local e = type(p.statusMessage) == "table" and p.statusMessage.error or {}
     local inner = e.details and e.details[1] or {}
     out[#out + 1] = { id = op.operationId, tracking_id = p.trackingId, state = p.provisioningState,
       resource = p.targetResource and p.targetResource.resourceName,
@@ -83,7 +96,8 @@ end
 -- What a support request about a failed deployment needs (the guide: the
 -- detail the portal hides): correlation id, times, every failed operation.
 function M.support_facts(c, name, group)
-  local d = c:find(M.path(c, name, group))
+  local path = M.path(c, name, group)
+  local d = azure.conform(path, c:find(path), DEPLOYMENT_SHAPE)
   if not d then return nil end
   local p = d.properties or {}
   return { deployment = d.id, correlation_id = p.correlationId, state = p.provisioningState,
@@ -94,7 +108,8 @@ end
 -- Failed deployments of a group: {name=, id=, correlation_id=, timestamp=}.
 function M.failed(c, group)
   local out = {}
-  for _, d in ipairs(c:list(c:group_path(group) .. "/providers/Microsoft.Resources/deployments")) do
+  local path = c:group_path(group) .. "/providers/Microsoft.Resources/deployments"
+  for _, d in ipairs(azure.conform_list(path, c:list(path), DEPLOYMENT_SHAPE)) do
     local p = d.properties or {}
     if p.provisioningState == "Failed" then
       out[#out + 1] = { name = d.name, id = d.id, correlation_id = p.correlationId, timestamp = p.timestamp }

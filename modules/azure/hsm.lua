@@ -38,16 +38,30 @@ function M.path(c, name, group)
   return c:group_path(group) .. M.PROVIDER .. "/" .. M.check_name(name)
 end
 
+-- What this module (and dhsm.azure.checks, and the playbooks) read of a
+-- dedicated HSM resource, checked where it comes in (azure.conform).
+local ID = { "object", id = "string", resourceId = "string" }
+M.SHAPE = { "object", id = "string!", name = "string!", location = "string", tags = "object",
+  sku = { "object", name = "string" },
+  systemData = { "object", createdAt = "string", createdBy = "string", lastModifiedAt = "string" },
+  properties = { "object!", provisioningState = "string", stampId = "string", statusMessage = "string",
+    networkProfile = { "object", subnet = ID,
+      networkInterfaces = { "objects", items = { "object!", id = "string", resourceId = "string",
+        privateIpAddress = "string" } } } } }
+
 function M.get(c, name, group)
-  return c:find(M.path(c, name, group))
+  local path = M.path(c, name, group)
+  return azure.conform(path, c:find(path), M.SHAPE)
 end
 
 function M.list(c, group)
-  return c:list(c:group_path(group) .. M.PROVIDER)
+  local path = c:group_path(group) .. M.PROVIDER
+  return azure.conform_list(path, c:list(path), M.SHAPE)
 end
 
 function M.list_all(c)
-  return c:list(("/subscriptions/%s%s"):format(c.subscription, M.PROVIDER))
+  local path = ("/subscriptions/%s%s"):format(c.subscription, M.PROVIDER)
+  return azure.conform_list(path, c:list(path), M.SHAPE)
 end
 
 -- "/subscriptions/s/resourceGroups/G/providers/..." -> "G" (however ARM spells "resourceGroups")
@@ -104,8 +118,10 @@ function M.features(c)
   local out = {}
   for _, f in ipairs(M.FEATURES) do
     local ns, name = f:match("^([^/]+)/(.+)$")
-    local r = c:find(("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
-      c.subscription, ns, name), { api_version = azure.API.features })
+    local path = ("/subscriptions/%s/providers/Microsoft.Features/providers/%s/features/%s"):format(
+      c.subscription, ns, name)
+    local r = azure.conform(path, c:find(path, { api_version = azure.API.features }),
+      { "object", properties = { "object", state = "string" } })
     out[#out + 1] = { feature = f, state = r and r.properties and r.properties.state or "NotRegistered" }
   end
   return out
@@ -156,7 +172,8 @@ function M.private_ip(c, resource)
     and resource.properties.networkProfile.networkInterfaces or {}
   local id = nics[1] and (nics[1].id or nics[1].resourceId)
   if not id then return nil end
-  local nic = c:find(id)
+  local nic = azure.conform(id, c:find(id), { "object", properties = { "object",
+    ipConfigurations = { "objects", items = { "object!", properties = { "object", privateIPAddress = "string" } } } } })
   local cfg = nic and nic.properties and nic.properties.ipConfigurations and nic.properties.ipConfigurations[1]
   return cfg and cfg.properties and cfg.properties.privateIPAddress, id
 end
@@ -165,8 +182,12 @@ end
 -- billed.  hsms: the subscription's list when the caller has it already.
 function M.orphans(c, hsms)
   local out, groups = {}, {}
-  for _, h in ipairs(hsms or M.list_all(c)) do
+  for i, h in ipairs(hsms or M.list_all(c)) do
     local g = M.group_of(h)
+    if not g then                              -- not a resource's id: no group to look for
+      error(azure.bad_response("GET", ("/subscriptions/%s%s"):format(c.subscription, M.PROVIDER), { status = 200 },
+        ("'value[%d].id' (%q) names no resource group"):format(i, tostring(h.id):sub(1, 200))), 0)
+    end
     if groups[g] == nil then groups[g] = c:find(c:group_path(g)) ~= nil end
     if not groups[g] then
       local p, sd = h.properties or {}, h.systemData or {}

@@ -81,12 +81,26 @@ function M.delegation_fix(c, vnet, subnet, group, verb)
     verb == "create" and " --address-prefixes PREFIX" or "")
 end
 
+-- What is read of a gateway, a subnet and a public IP, checked where each
+-- comes in (azure.conform): a reply of another shape is a BadResponse.
+local ID = { "object", id = "string" }
+M.GATEWAY_SHAPE = { "object", name = "string!", id = "string", location = "string",
+  properties = { "object!", provisioningState = "string", gatewayType = "string",
+    sku = { "object", name = "string", tier = "string" },
+    ipConfigurations = { "objects", items = { "object!", properties = { "object", subnet = ID,
+      publicIPAddress = ID } } } } }
+local SUBNET_SHAPE = { "object", name = "string", properties = { "object",
+  delegations = { "objects", items = { "object!", properties = { "object", serviceName = "string" } } } } }
+M.PUBLIC_IP_SHAPE = { "object", sku = { "object", name = "string" } }
+
 function M.gateway(c, name, group)
-  return c:find(M.gateway_path(c, name, group))
+  local path = M.gateway_path(c, name, group)
+  return azure.conform(path, c:find(path), M.GATEWAY_SHAPE)
 end
 
 function M.gateways(c, group)
-  return c:list(base(c, group) .. "/virtualNetworkGateways")
+  local path = base(c, group) .. "/virtualNetworkGateways"
+  return azure.conform_list(path, c:list(path), M.GATEWAY_SHAPE)
 end
 
 -- Every gateway serving vnet (its ipConfigurations point into the VNet's
@@ -120,7 +134,7 @@ function M.public_ip_sku(c, gateway)
   for _, ip in ipairs(gateway.properties and gateway.properties.ipConfigurations or {}) do
     local pip = ip.properties and ip.properties.publicIPAddress and ip.properties.publicIPAddress.id
     if pip then
-      local r = c:find(pip)
+      local r = azure.conform(pip, c:find(pip), M.PUBLIC_IP_SHAPE)
       return r and r.sku and r.sku.name or "Basic", pip   -- ARM's default SKU is Basic
     end
   end
@@ -139,7 +153,7 @@ end
 -- The guide's number one deployment failure: the HSM subnet is not delegated.
 function M.check_delegation(c, vnet, subnet, group, subnet_id)
   local path = subnet_id and subnet_id:gsub("^https?://[^/]+", "") or M.subnet_path(c, vnet, subnet, group)
-  local s = c:find(path)
+  local s = azure.conform(path, c:find(path), SUBNET_SHAPE)
   if not s then
     return { ok = false, missing = true, services = {}, message = "subnet " .. path:match("[^/]+/[^/]+/[^/]+$") .. " not found" }
   end

@@ -116,8 +116,14 @@ end
 -- The private IP of the HSM resource at path, from its NIC (Azure's own
 -- view of which appliance it is); nil when Azure does not say.  A failed
 -- read raises as itself (a lost connection, Ctrl-C), never taken for "no NIC".
+-- The HSM resource at path, of the shape dhsm.azure.hsm reads (a reply of
+-- another is a BadResponse, never a Lua error inside a rule), or nil.
+local function hsm_at(c, path)
+  return require("dhsm.azure").conform(path, c:find(path), require("dhsm.azure.hsm").SHAPE)
+end
+
 local function nic_ip(c, path)
-  local h = c:find(path)
+  local h = hsm_at(c, path)
   if not h then return nil end
   local ip = require("dhsm.azure.hsm").private_ip(c, h)     -- loaded once both exist: it reads through dhsm.azure
   return ip
@@ -129,8 +135,8 @@ local function hsm_deletable(c, path, name, opts)
   if opts.allow_unzeroized then
     dhsm.audit.write { action = "safety.override", target = name, outcome = "allow_unzeroized" }
   elseif opts.delete_failed then
-    local h = c:find(path)
-    local state = h and h.properties and h.properties.provisioningState
+    local h = hsm_at(c, path)
+    local state = h and h.properties.provisioningState
     if h and state ~= "Failed" then
       refuse("NotFailed", "not deleting HSM %s as a failed deployment's leftover: it is %s, not Failed", name,
         tostring(state))

@@ -16,7 +16,7 @@
 -- unchanged, it is written back byte for byte; a changed value replaces
 -- only that value; a new key goes before its section's closing brace in
 -- the indentation of its neighbours.  A malformed file is refused with the
--- line and column of the problem.
+-- line and column of the problem, a section or key given twice too.
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
@@ -50,10 +50,19 @@ local function skip(text, i)
   end
 end
 
+-- A name given twice (a section, or a key in one section) is refused:
+-- the Luna client reads one of them, and which is not ours to guess.
+local function once(seen, key, name, text, at, what)
+  if seen[key] then
+    fail(name, text, at, ("%s is given twice (first on line %d): keep one"):format(what, (position(text, seen[key]))))
+  end
+  seen[key] = at
+end
+
 -- Parse text into sections: {name=, first=, close=, entries={{key=, vstart=, vend=, value=}}}
 local function parse(text, name)
   util.check_lines(text, name)                -- no line over util.MAX_LINE
-  local sections, i = {}, 1
+  local sections, i, section_at = {}, 1, {}
   while true do
     i = skip(text, i)
     if i > #text then break end
@@ -63,7 +72,8 @@ local function parse(text, name)
     if sname == "" then fail(name, text, i, "a section needs a name before '='") end
     local brace = skip(text, eq + 1)
     if text:sub(brace, brace) ~= "{" then fail(name, text, brace, ("expected '{' after '%s ='"):format(sname)) end
-    local sec = { name = sname, first = i, entries = {} }
+    once(section_at, sname, name, text, i, ("section '%s'"):format(sname))
+    local sec, key_at = { name = sname, first = i, entries = {} }, {}
     i = brace + 1
     while true do
       i = skip(text, i)
@@ -77,6 +87,7 @@ local function parse(text, name)
       if not keq or text:sub(keq, keq) ~= "=" then fail(name, text, i, ("expected 'Key = value;' in section '%s'"):format(sname)) end
       local key = util.trim(text:sub(i, keq - 1))
       if key == "" then fail(name, text, i, "a key is missing before '='") end
+      once(key_at, key, name, text, i, ("key '%s' of section '%s'"):format(key, sname))
       local semi = text:find("[;{}\n]", keq + 1)
       if not semi or text:sub(semi, semi) ~= ";" then
         fail(name, text, keq, ("the value of '%s' must end with ';' on its line"):format(key))

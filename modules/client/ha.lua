@@ -57,7 +57,11 @@ function M.client(inv)
   return setmetatable(c, Client)
 end
 
+-- The argv of a lunacm command, once Chrystoki.conf reads: lunacm says
+-- only "no Command Result" of a file it cannot read, the parser names
+-- the file, line and column (a usage error, as the PKCS#11 path says it).
 function Client:argv(...)
+  self:conf()
   local argv = { self.lunacm, "-c" }
   for _, w in ipairs { ... } do argv[#argv + 1] = w end
   return { argv = argv, env = self.env, timeout = self.timeout or 60 }

@@ -164,8 +164,8 @@ t.test("a connection reset mid-reply is retried for PUT, not for POST", function
   estate:fault { reset = "1:PUT" }
   local r = c:put(c:group_path("reset-rg"), { body = { location = "eastus" } })
   t.ok(r.status == 200 or r.status == 201)
-  local rec = audit_records(audit)[2]
-  t.eq({ rec.action, rec.attempts }, { "azure.PUT", 2 })
+  local recs = audit_records(audit)          -- sending, the retry (announced), the outcome
+  t.eq({ recs[2].action, recs[2].outcome, recs[3].action, recs[3].attempts }, { "azure.retry", "transport", "azure.PUT", 2 })
   estate:fault { reset = "1:POST" }
   local err = t.raises(function()
     c:post(c:group_path() .. "/providers/Microsoft.Resources/deployments/none/cancel")

@@ -108,7 +108,7 @@ return {
   description = "Specs with module values (test fixture)",
   params = {
     hsms = { type = "list", required = true, unique = "name",
-      items = { type = "record", fields = { { "name", hsm.NAME }, { "stamp", { pattern = "^%w+$" } } } },
+      items = { type = "record", fields = { { "name", hsm.NAME }, { "stamp", { pattern = "^%w+$", expect = "a stamp name" } } } },
       description = "name[:stamp]" },
     sku = { type = "enum", values = { hsm.SKU }, default = hsm.SKU, description = "the SKU" },
     name = hsm.NAME,

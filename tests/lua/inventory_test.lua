@@ -48,7 +48,7 @@ t.test("unreadable or malformed files are named", function()
   t.write(dir .. "/x.json", "{ nope")
   t.raises(function() inventory.load(dir .. "/x.json") end, "inventory " .. dir:gsub("%p", "%%%0") .. "/x.json: invalid JSON")
   t.write(dir .. "/list.json", "[1, 2]")
-  t.raises(function() inventory.load(dir .. "/list.json") end, "inventory: expected an object, got a list")
+  t.raises(function() inventory.load(dir .. "/list.json") end, "expected a JSON object at the top %({...}%), got a list")
 end)
 
 t.test("client_secret credentials need a client id and a secret", function()

@@ -69,14 +69,14 @@ t.test("every parameter problem is reported at once, exit 2", function()
     "  extra: expected table, got \"[1\"",
     "  group: missing, expected string (give -e group=... or set azure.resource_group in the inventory)",
     "  mode: expected one of \"fast\", \"safe\", got \"slow\"",
-    "  name: missing, expected string matching ^[%l%d%-]+$",
+    "  name: missing, expected lower-case letters, digits or -",
     "  password: expected a secret reference (env:NAME, file:PATH or prompt), got a literal value (it would show in your shell history and process list)",
     "  ratio: expected number, got \"abc\"",
     "  verbose: expected boolean, got \"maybe\"",
   })
   t.eq(util.read_file(dir .. "/audit.jsonl"), nil, "nothing ran, nothing was audited")
   r = run(dir, "run typed -e name='Bad Name' -e group=g")
-  t.eq(lines(r.stderr)[2], '  name: expected string matching ^[%l%d%-]+$, got "Bad Name"')
+  t.eq(lines(r.stderr)[2], '  name: expected lower-case letters, digits or -, got "Bad Name"')
 end)
 
 t.test("a playbook with a bad parameter spec is refused when loaded", function()
@@ -130,7 +130,7 @@ t.test("requires= and exclusive= are reported with every other problem, in the o
   t.eq(refused_before_anything(dir, GOOD_INV .. "run rules -e fix=yes -e mode=template -e every=true -e hsm=hsm1,hsm9 "
     .. "-e hosts=x"), {
     "dhsm: invalid parameters for playbook 'rules':",
-    '  hosts[1].name: expected string matching ^[%l%d%-]+$, at least 2 characters, got "x"',
+    '  hosts[1].name: expected 2 or more lower-case letters, digits or -, got "x"',
     "  every: cannot go with hsm (give only one of them)",
     "  fix: true needs domain and pin (give -e domain=... -e pin=...)",
     "  mode: template needs template (give -e template=...)",
@@ -158,11 +158,11 @@ t.test("the shipped playbooks refuse an empty list of HSMs, an empty item and an
   local decommission = GOOD_INV .. "run decommission -e method=failed-logins -e hsm="
   for _, given in ipairs { "''", "' '", "'[]'" } do
     t.eq(refused_before_anything(dir, decommission .. given)[2],
-      "  hsm: expected list of inventory HSM name, got an empty list", given)
+      "  hsm: expected list of an inventory HSM name (letters, digits, - _ .), got an empty list", given)
   end
   for _, given in ipairs { ",", "' , '" } do
     t.eq(refused_before_anything(dir, decommission .. given), { "dhsm: invalid parameters for playbook 'decommission':",
-      '  hsm[1]: expected inventory HSM name, got ""', '  hsm[2]: expected inventory HSM name, got ""' },
+      '  hsm[1]: expected an inventory HSM name (letters, digits, - _ .), got ""', '  hsm[2]: expected an inventory HSM name (letters, digits, - _ .), got ""' },
       given)
   end
   t.eq(refused_before_anything(dir, decommission .. "hsm1,hsm2,hsm1")[2],
@@ -271,14 +271,14 @@ t.test("records: name[:zone[:port]] split from -e, objects from -e @file.json, e
   t.eq(refused_before_anything(dir, "run rules -e @" .. q(dir .. "/bad.json")), {
     "dhsm: invalid parameters for playbook 'rules':",
     "  hosts[1].zoen: unknown field (did you mean 'zone'?)",
-    "  hosts[2].name: missing, expected string matching ^[%l%d%-]+$, at least 2 characters",
+    "  hosts[2].name: missing, expected 2 or more lower-case letters, digits or -",
     '  hosts[3]: expected name[:zone[:port]], got a list',
   })
   t.eq(refused_before_anything(dir, "run rules -e hosts=ab:z1:80:x,cd:z:0,:z"), {
     "dhsm: invalid parameters for playbook 'rules':",
     '  hosts[1]: expected name[:zone[:port]], got "ab:z1:80:x"',
     '  hosts[2].port: expected integer 1-65535, got "0"',
-    "  hosts[3].name: missing, expected string matching ^[%l%d%-]+$, at least 2 characters",
+    "  hosts[3].name: missing, expected 2 or more lower-case letters, digits or -",
   })
 end)
 

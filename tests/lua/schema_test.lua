@@ -15,8 +15,8 @@ local function check(value, spec, coerce)
 end
 
 local HOST = { type = "record", fields = {
-  { "name", { required = true, pattern = "^%l+$" } },
-  { "zone", { pattern = "^%w+$" } },
+  { "name", { required = true, pattern = "^%l+$", expect = "lower-case letters" } },
+  { "zone", { pattern = "^%w+$", expect = "letters and digits" } },
   { "port", { type = "integer", min = 1, max = 65535 } },
 } }
 
@@ -35,7 +35,7 @@ t.test("a record string is split on its separator: empty parts are nil, too many
   t.eq({ check("web", HOST) }, { { name = "web" }, {} })
   t.eq({ check("web::80", HOST) }, { { name = "web", port = 80 }, {} })
   t.eq(select(2, check("web:z1:443:x", HOST)), { 'x: expected name[:zone[:port]], got "web:z1:443:x"' })
-  t.eq(select(2, check(":z1:0", HOST)), { "x.name: missing, expected string matching ^%l+$",
+  t.eq(select(2, check(":z1:0", HOST)), { "x.name: missing, expected lower-case letters",
     'x.port: expected integer 1-65535, got "0"' })
   local plain = { type = "record", separator = ".", fields = { { "a", { required = true } }, { "b", {} } } }
   t.eq({ check("p.q", plain) }, { { a = "p", b = "q" }, {} }, "the separator is plain text, not a pattern")
@@ -44,7 +44,7 @@ end)
 t.test("a record may be given as an object of its fields (JSON), each checked by its own spec", function()
   t.eq({ check({ name = "web", port = 8080 }, HOST) }, { { name = "web", port = 8080 }, {} })
   t.eq(select(2, check({ name = "Web", zoen = "z" }, HOST)), { "x.zoen: unknown field (did you mean 'zone'?)",
-    'x.name: expected string matching ^%l+$, got "Web"' })
+    'x.name: expected lower-case letters, got "Web"' })
   t.eq(select(2, check({ "web" }, HOST)), { "x: expected name[:zone[:port]], got a list" })
   t.eq(select(2, check(42, HOST)), { "x: expected name[:zone[:port]], got 42" })
 end)
@@ -93,7 +93,7 @@ t.test("unique=: an item, or a record's field, given twice is refused, naming ea
   local HOSTS = { type = "list", items = HOST, unique = "name" }
   t.eq(select(2, check("web:z1,web:z2,db", HOSTS, true)), { 'x: name "web" given more than once (each may be given once)' })
   t.eq(select(2, check({ { name = "web" }, "web" }, HOSTS)), { 'x: name "web" given more than once (each may be given once)' })
-  t.eq(select(2, check("web,Web,web", HOSTS, true)), { 'x[2].name: expected string matching ^%l+$, got "Web"',
+  t.eq(select(2, check("web,Web,web", HOSTS, true)), { 'x[2].name: expected lower-case letters, got "Web"',
     'x: name "web" given more than once (each may be given once)' }, "an item with a problem of its own is left out")
   t.eq(select(2, check({ 1, 1 }, { type = "list", items = { type = "integer" }, unique = true })),
     { "x: 1 given more than once (each may be given once)" })
@@ -119,7 +119,7 @@ t.test("min_length and max_length bound a string, in characters", function()
   t.eq(select(2, check("ééééé", spec)), {}, "characters, not bytes")
   t.eq(select(2, check("ab", spec)), { 'x: expected string of 3-5 characters, got "ab"' })
   t.eq(select(2, check("abcdef", spec)), { 'x: expected string of 3-5 characters, got "abcdef"' })
-  t.eq(schema.expected { pattern = "^%w+$", min_length = 2 }, "string matching ^%w+$, at least 2 characters")
+  t.eq(schema.expected { pattern = "^%w+$", min_length = 2 }, "string in the form the spec requires, at least 2 characters")
 end)
 
 t.test("hsm.NAME is the one dedicated HSM name rule; check_name checks through it", function()

@@ -235,8 +235,10 @@ function M.decode(data, source)
   local ok, t = pcall(cjson.decode, data)
   if not ok then
     dhsm.error { kind = "usage", code = "BadInventory",
-      message = ("inventory %s: invalid JSON (%s)"):format(source, tostring(t):gsub("^.-: ", "")) }
+      message = ("inventory %s: invalid JSON at %s"):format(source, util.json_error(data, t)) }
   end
+  -- cjson gives [] and {} alike: the text says which it was
+  if type(data) == "string" and data:match("^%s*%[") then fail(source, { "expected a JSON object at the top ({...}), got a list" }) end
   return M.from_table(t, source)
 end
 

@@ -9,7 +9,7 @@
 --           the field of its record items that may not repeat), fields= (object: name ->
 --           spec; record: an ordered list of {name, spec}), separator=
 --           (record, default ":"), expect= (the words for what is expected,
---           instead of e.g. the pattern), description=, prompt= (secret),
+--           instead of the pattern: required with one), description=, prompt= (secret),
 --           inventory = "hsm" (a string naming an inventory HSM: checked
 --           by the runner, which has the inventory), requires=, exclusive=
 --           (rules between the fields of one object, or the parameters of
@@ -117,8 +117,9 @@ function M.expected(spec)
   end
   if t == "string" and spec.inventory == "hsm" then return "inventory HSM name" end
   if t == "string" and (spec.pattern or length_words(spec)) then
+    -- a pattern is the spec's, never the operator's words (spec_problems asks for expect=)
     local words, len = "string", length_words(spec)
-    if spec.pattern then words = words .. " matching " .. spec.pattern end
+    if spec.pattern then words = words .. " in the form the spec requires" end
     if len then words = words .. (spec.pattern and ", " or " of ") .. len end
     return words
   end
@@ -341,6 +342,11 @@ function check(value, spec, path, problems, coerce)
     local v = value
     if coerce and type(value) == "string" then v = decode_json(value) end
     if type(v) ~= "table" then return bad(problems, path, spec, value) end
+    if coerce and (#v > 0 or type(value) == "string" and value:match("^%s*%[")) then
+      -- given as text, a table is a JSON object: a list has its own type (list)
+      problems[#problems + 1] = ("%s: expected a JSON object ({\"key\": value, ...}), got a list"):format(path)
+      return nil
+    end
     return v
   elseif t == "object" then
     return check_object(value, spec, path, problems, coerce)
@@ -650,6 +656,9 @@ local function value_problems(spec, path, out)
       out[#out + 1] = path .. ": 'pattern' must be a Lua pattern string"
     elseif pattern_error(spec.pattern) then
       out[#out + 1] = ("%s: pattern %q: %s"):format(path, spec.pattern, pattern_error(spec.pattern))
+    elseif spec.expect == nil and (spec.type or "string") == "string" then
+      out[#out + 1] = ("%s: a pattern needs expect=, the words shown for what is expected (e.g. \"3-24 letters, "
+        .. "digits or '-'\"): a Lua pattern is not what an operator reads"):format(path)
     end
   end
   for _, k in ipairs { "min", "max" } do

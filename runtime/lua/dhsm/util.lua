@@ -212,6 +212,32 @@ function M.backoff(attempt, o)
 end
 
 -- "3.2 s", "4 min 12 s", "2 h 5 min"
+-- cjson's token names and expectations, in an operator's words.
+local JSON_FOUND = { T_OBJ_BEGIN = "'{'", T_OBJ_END = "'}'", T_ARR_BEGIN = "'['", T_ARR_END = "']'",
+  T_STRING = "a string", T_NUMBER = "a number", T_BOOLEAN = "true or false", T_NULL = "null", T_COLON = "':'",
+  T_COMMA = "','", T_END = "the end of the text" }
+local JSON_EXPECTED = { value = "a value", ["object key string"] = "a key (a string in double quotes)",
+  ["comma or object end"] = "',' or '}'", colon = "':'", ["comma or array end"] = "',' or ']'",
+  ["the end"] = "the end of the text" }
+
+-- json_error(text, err) -> where and what cjson.decode(text) failed with
+-- (err: its message), as an operator reads it: "line 3, column 2:
+-- expected a value, found ']'" instead of "Expected value but found
+-- T_ARR_END at character 14".
+function M.json_error(text, err)
+  local msg = tostring(err)
+  local at = tonumber(msg:match("at character (%d+)"))
+  local where = ""
+  if at and type(text) == "string" then
+    local before = text:sub(1, at - 1)
+    local line = select(2, before:gsub("\n", "")) + 1
+    where = ("line %d, column %d: "):format(line, at - (before:match(".*\n()") or 1) + 1)
+  end
+  local want, found = msg:match("Expected (.-) but found (.-) at character")
+  if not want then return where .. (msg:gsub("%s*at character %d+", "")) end
+  return ("%sexpected %s, found %s"):format(where, JSON_EXPECTED[want] or want, JSON_FOUND[found] or found)
+end
+
 function M.duration(s)
   if s ~= s or s == math.huge or s == -math.huge then return tostring(s) .. " s" end
   if s < 60 then return ("%.1f s"):format(s) end

@@ -203,9 +203,9 @@ function M.parse_params(list)
       if not data then usage_error("cannot read parameters from -e @%s: %s", path, err) end
       local ok, obj = pcall(cjson.decode, data)
       if not ok then
-        usage_error("-e @%s: invalid JSON (%s)", path, tostring(obj):gsub("^.-: ", ""))
+        usage_error("-e @%s: invalid JSON at %s", path, util.json_error(data, obj))
       end
-      if type(obj) ~= "table" or (#obj > 0) then
+      if type(obj) ~= "table" or (#obj > 0) or data:match("^%s*%[") then
         usage_error("-e @%s: expected a JSON object of parameters, e.g. {\"name\": \"hsm1\"}", path)
       end
       for k, v in pairs(obj) do

@@ -582,6 +582,8 @@ function M.run(pb, raw, opts)
   -- a destructive change no confirmed step covers is asked for (dhsm.act,
   -- with the front end's policy); the live progress line clears itself first
   context.before_prompt = function() ctx.reporter:clear_live() end
+  -- what a module says while it waits (dhsm.azure's retries) shows under the running step
+  context.progress = function(line) ctx:progress(line) end
 
   -- With --json, stdout carries only the final document: everything else
   -- written there (Lua, C, child processes) goes to stderr meanwhile.
