@@ -447,6 +447,9 @@ function M.report(err, traceback, own)
   local plain = { usage = true, interrupted = true, cancelled = true }
   local line = dhsm.error.is(err) and (plain[err.kind] and err.message or tostring(err))
     or tostring(err)
+  if dhsm.error.is(err) and rawget(err, "shown_above") then   -- a playbook step's failure line said it all
+    line = ("%s%s: as the failed step says above"):format(err.kind, err.code and ("/" .. err.code) or "")
+  end
   io.stderr:write("dhsm: ", line, "\n")
   if traceback and (dhsm.verbose or not (dhsm.error.is(err) or own)) then
     io.stderr:write(traceback, "\n")
