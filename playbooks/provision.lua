@@ -119,10 +119,12 @@ local function owns_vnet(s, ctx)
   return vnet == nil or (vnet.tags and vnet.tags[OWNER_TAG] ~= nil)
 end
 
--- Every row that is not plainly OK, as a line under the step.
+-- The rows that are neither OK nor FAIL (WARN, SKIP), as lines under the
+-- step: the FAIL rows are the refusal's own list (checks.refuse), shown
+-- once, in the step's failure.
 local function show(ctx, rows)
   for _, r in ipairs(rows) do
-    if r.status ~= "OK" then ctx:note((r.status == "FAIL" and "✗ " or "• ") .. checks.line(r)) end
+    if r.status ~= "OK" and r.status ~= "FAIL" then ctx:note("• " .. checks.line(r)) end
   end
 end
 
@@ -284,8 +286,8 @@ local STOP_CODES = { quota = "QuotaExceeded", capacity = "InsufficientCapacity",
 local function support_text(history)
   local lines = {}
   for _, h in ipairs(history) do
-    lines[#lines + 1] = ("attempt %d: started %s, failed %s, %s: %s (request id %s, correlation id %s)"):format(
-      h.attempt, tostring(h.started), tostring(h.failed), tostring(h.class or h.code),
+    lines[#lines + 1] = ("attempt %d%s: started %s, failed %s, %s: %s (request id %s, correlation id %s)"):format(
+      h.attempt, h.after and (" (" .. h.after .. ")") or "", tostring(h.started), tostring(h.failed), tostring(h.class or h.code),
       tostring(h.status_message or h.message), tostring(h.request_id), tostring(h.correlation_id))
   end
   return table.concat(lines, "\n  ")
@@ -322,9 +324,12 @@ end
 
 local function support_error(label, outcome, extra)
   local v = outcome.verdict
+  local advice = v and findings.advice(v) or "failed"
+  -- the race's remedy already ends in the support request: said once
+  local ask = advice:find("support request", 1, true) and ""
+    or "; raise a support request in the Azure portal, problem type \"Issues configuring the Azure setup\""
   dhsm.error { kind = "azure", code = outcome.exhausted and "RaceNotResolved" or "DeploymentFailed",
-    message = ("%s: %s; raise a support request in the Azure portal, problem type \"Issues configuring the "
-      .. "Azure setup\", with:\n  %s"):format(label, v and findings.advice(v) or "failed", support_text(outcome.history)),
+    message = ("%s: %s%s; it needs:\n  %s"):format(label, advice, ask, support_text(outcome.history)),
     details = { history = outcome.history, deployment = extra } }
 end
 
@@ -395,7 +400,12 @@ local function delete_and_redeploy(ctx, h, gw, outcome, planned)
       delete_failed(ctx, h.name)
       local again = create_one(ctx, h, gw, { retries = 0, planned = planned })
       if again.ok then return { name = h.name, redeployed = true } end
-      for _, r in ipairs(again.history) do outcome.history[#outcome.history + 1] = r end
+      -- one list, numbered on: the redeploy's attempt follows the reruns (not a second "attempt 1")
+      for _, r in ipairs(again.history) do
+        r.attempt = #outcome.history + 1
+        r.after = "after the delete"
+        outcome.history[#outcome.history + 1] = r
+      end
       support_error(h.name .. " still fails after " .. p.retries .. " reruns and one delete and redeploy", outcome)
     end)
 end

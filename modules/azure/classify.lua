@@ -81,24 +81,31 @@ local TRANSIENT_CODES = {
   OperationTimedOut = true, GatewayTimeout = true, ReceiveFailed = true, ConnectionRefused = true,
 }
 
-local function lower_texts(f)
+-- The texts ARM gave (messages, the error's message and code), as written.
+local function texts_of(f)
   local out = {}
   for _, m in ipairs(f.messages or {}) do
-    if type(m) == "string" and m ~= "" then out[#out + 1] = m:lower() end
+    if type(m) == "string" and m ~= "" then out[#out + 1] = m end
   end
   local e = f.error
   if type(e) == "table" then
-    if type(e.message) == "string" then out[#out + 1] = e.message:lower() end
-    if type(e.code) == "string" then out[#out + 1] = e.code:lower() end
+    if type(e.message) == "string" then out[#out + 1] = e.message end
+    if type(e.code) == "string" then out[#out + 1] = e.code end
   end
   return out
 end
 
+-- The class a text names, and why in words the operator can check: the
+-- word as ARM wrote it (GatewayNotReady), not dhsm's lower-case needle.
 local function from_text(texts)
   for _, rule in ipairs(TEXT_RULES) do
     for _, text in ipairs(texts) do
       for _, needle in ipairs(rule[2]) do
-        if text:find(needle, 1, true) then return rule[1], needle end
+        local at = text:lower():find(needle, 1, true)
+        if at then
+          local word = text:sub(at, at + #needle - 1)
+          return rule[1], ("ARM's message says %q"):format(text:match("[%w_%-]*" .. word:gsub("%p", "%%%0") .. "[%w_%-]*") or word)
+        end
       end
     end
   end
@@ -147,16 +154,16 @@ end
 -- failure(facts) -> verdict (see the top of the file)
 function M.failure(f)
   f = f or {}
-  local class, needle = from_text(lower_texts(f))
+  local class, why = from_text(texts_of(f))
   -- a refusal with a stop class in its text is final whatever the status
   if class and class ~= "transient" and class ~= "race" then
-    return verdict(class, ("the messages say so (%q)"):format(needle), f)
+    return verdict(class, why, f)
   end
   if transient_transport(f.error) and not any_failed(f.states) then
     return verdict("transient", ("%s %s"):format(tostring(status_of(f.error) or f.error.kind),
       tostring(f.error.code)), f)
   end
-  if class then return verdict(class, ("the messages say so (%q)"):format(needle), f) end
+  if class then return verdict(class, why, f) end
   if race_by_history(f.gateway) then
     return verdict("race", "a generic failure while the ExpressRoute gateway was new or not yet Succeeded", f)
   end

@@ -23,9 +23,49 @@ local dhsm = require "dhsm"
 local net = require "dhsm.net"
 local parse = require "dhsm.luna.parse"
 local proc = require "dhsm.proc"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
+
+---------------------------------------------------------------------------
+-- what the public functions take: checked first (the one option reader,
+-- dhsm.schema.options), so a wrong argument is a usage error naming it and
+-- what was expected, not a Lua error from deep inside
+
+local ENTRY = { host = { type = "string", required = true }, name = { type = "string" },
+  ntls_port = { type = "integer", min = 1, max = 65535 }, client_ip = { type = "string" } }
+local CLIENT = { conf_path = { type = "string", required = true, expect = "the path of Chrystoki.conf" },
+  vtl = { type = "string" } }
+local DIAGNOSIS = { client_name = { type = "string", required = true }, registered = { type = "boolean" },
+  client_rejected = { type = "boolean" }, partitions = { type = "table" } }
+local HANDSHAKE = { strict = { type = "boolean" }, server_name = { type = "string" }, need_trust = { type = "boolean" },
+  files = { type = "table" } }
+local INSPECT = { workdir = { type = "string" }, own_ports = { type = "table" }, entries = { type = "integer", min = 1 } }
+
+local function usage(where, what, expected, v)
+  error(dhsm.error.new { kind = "usage", code = "BadArgument",
+    message = ("ntls.%s: %s: expected %s, got %s"):format(where, what, expected, type(v)) }, 3)
+end
+
+-- A record argument: a table, then its fields as the option reader reads them.
+local function record(where, what, v, fields, expected)
+  if type(v) ~= "table" then usage(where, what, expected, v) end
+  schema.options(("ntls.%s: %s"):format(where, what), v, fields, true)
+end
+
+local function entry_arg(where, entry)
+  record(where, "entry", entry, ENTRY, "an inventory HSM entry (inv:hsm(NAME))")
+end
+
+local function client_arg(where, client)
+  record(where, "client", client, CLIENT, "the client install (ntls.client(inventory))")
+end
+
+local function session_arg(where, session)
+  local ok = (type(session) == "table" or type(session) == "userdata") and type(session.must) == "function"
+  if not ok then usage(where, "session", "a LunaSH session (luna.open or hsm(NAME))", session) end
+end
 
 -- Days before a client certificate's end that are worth a warning.
 M.EXPIRY_WARN_DAYS = 30
@@ -56,6 +96,7 @@ end
 -- "none"; otherwise its listing is read by dhsm.luna.parse.vtl_verify,
 -- which raises on a layout it does not know.
 function M.vtl_verify(client)
+  client_arg("vtl_verify", client)
   local r = vtl(client, "verify")
   if r.failed then return { ok = false, text = r.stdout, error = r.failed } end
   local parts = parse.vtl_verify(r.stdout)
@@ -64,6 +105,8 @@ end
 
 -- The NTLS lines of the appliance's log (`syslog tail`), newest last.
 local function syslog(session, entries)
+  session_arg("syslog", session)
+  if entries ~= nil and math.type(entries) ~= "integer" then usage("syslog", "entries", "a whole number of lines", entries) end
   local text = session:must(("syslog tail -logname messages -entries %d -search NTLS"):format(entries or 40)).text
   local lines = {}
   for l in text:gmatch("[^\r\n]+") do
@@ -98,11 +141,13 @@ end
 
 -- port(entry) -> the appliance's NTLS port
 function M.port(entry)
+  entry_arg("port", entry)
   return entry.ntls_port or 1792
 end
 
 -- tcp(entry) -> net.tcp's answer from the appliance's NTLS port
 function M.tcp(entry)
+  entry_arg("tcp", entry)
   return net.tcp { host = entry.host, port = M.port(entry), timeout = 2 }
 end
 
@@ -117,7 +162,9 @@ end
 -- install is broken), not an answer.  files: the client's certificate
 -- files, when the caller read Chrystoki.conf for them already.
 function M.handshake(client, entry, opts)
-  opts = opts or {}
+  client_arg("handshake", client)
+  entry_arg("handshake", entry)
+  opts = schema.options("ntls.handshake", opts, HANDSHAKE) or {}
   local cert = opts.files or files(client)
   local trusted, unreadable = trust_list(cert.ca)
   if not trusted and opts.need_trust then
@@ -226,7 +273,10 @@ end
 -- For a read-only health check: no handshake, so no log line of ours but
 -- those of a TCP probe, whose local ports opts.own_ports lists (ignored).
 function M.inspect(entry, client, session, opts)
-  opts = opts or {}
+  entry_arg("inspect", entry)
+  client_arg("inspect", client)
+  session_arg("inspect", session)
+  opts = schema.options("ntls.inspect", opts, INSPECT) or {}
   local d = { hsm = entry.name, findings = {} }
   local cert = files(client)
   client_expiry(d, cert)
@@ -251,7 +301,10 @@ end
 
 -- diagnose(entry, client, session [, {workdir=}]) -> the diagnosis (see top)
 function M.diagnose(entry, client, session, opts)
-  opts = opts or {}
+  entry_arg("diagnose", entry)
+  client_arg("diagnose", client)
+  session_arg("diagnose", session)
+  opts = schema.options("ntls.diagnose", opts, INSPECT) or {}
   local d = { hsm = entry.name, findings = {} }
   local cert = files(client)
   d.tcp = M.tcp(entry)
@@ -292,6 +345,7 @@ end
 
 -- client_cert(client) -> the certificate the client presents (net.cert: days_left=, not_after=, ...)
 function M.client_cert(client)
+  client_arg("client_cert", client)
   return net.cert(files(client).cert)
 end
 
@@ -300,6 +354,8 @@ end
 -- passphrase) and certificate, and points Chrystoki.conf at them.  Success
 -- is a new certificate in place, not what vtl printed.
 function M.renew_client_cert(client, name)
+  client_arg("renew_client_cert", client)
+  if type(name) ~= "string" or name == "" then usage("renew_client_cert", "name", "the certificate's name (a string)", name) end
   local before = M.client_cert(client)
   local r = vtl(client, "createCert", "-n", name)
   if r.check then return nil end                  -- check mode: described (dhsm.proc's gate)
@@ -313,6 +369,9 @@ end
 
 -- readd_server(client, entry, pem): vtl deleteServer (when listed), then addServer with pem
 function M.readd_server(client, entry, pem)
+  client_arg("readd_server", client)
+  entry_arg("readd_server", entry)
+  if type(pem) ~= "string" then usage("readd_server", "pem", "the server certificate's file (a path)", pem) end
   local port = tostring(M.port(entry))
   if registered_server(client, entry) then        -- gone already when a killed run is resumed
     local r = vtl(client, "deleteServer", "-n", entry.host, "-p", port)
@@ -338,6 +397,11 @@ end
 -- and registered, and the partitions not yet assigned assigned.  Working
 -- from the state as it is, a resumed run sends nothing twice.
 function M.register_client(client, entry, session, d, partitions)
+  client_arg("register_client", client)
+  entry_arg("register_client", entry)
+  session_arg("register_client", session)
+  record("register_client", "d", d, DIAGNOSIS, "a diagnosis (ntls.diagnose)")
+  if type(partitions) ~= "table" then usage("register_client", "partitions", "a list of partition names", partitions) end
   local name = d.client_name
   local ip = entry.client_ip or "127.0.0.1"
   local assigned = {}

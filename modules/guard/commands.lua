@@ -12,6 +12,8 @@
 --   commands.readings(words, tree)           --> { {family=, sub=, at=}, ... }
 --   commands.most(readings, verb_of, rank)   --> the most dangerous verb, its name
 --   commands.option(words, from, "slot", "sl") --> the value of -slot (or -sl, -slo); refused when given twice
+--   commands.lunash_shown("par del -par p1")   --> "partition delete -par p1" (secrets as ****)
+--   commands.lunash_shown("hsm init -p x", true) --> "hsm init -p ****" (as typed)
 --
 -- Both shells split a line into words (quotes group, backslashes escape),
 -- take command words and options case-insensitively and abbreviated to any
@@ -62,9 +64,10 @@ local function next_words(words, from)
   return out
 end
 
--- readings(words, tree) -> every {family=, sub=, at=} the words could mean;
--- tree = { family = { sub = verb, ... }, ... }.  family is nil for an
--- unknown command, sub nil when none is known; at is the sub's position.
+-- readings(words, tree) -> every {family=, sub=, at=, family_at=} the words
+-- could mean; tree = { family = { sub = verb, ... }, ... }.  family is nil
+-- for an unknown command, sub nil when none is known; at is the sub's
+-- position, family_at the family's.
 function M.readings(words, tree)
   local out = {}
   for _, f in ipairs(next_words(words, 1)) do
@@ -72,11 +75,11 @@ function M.readings(words, tree)
     if #families == 0 then out[#out + 1] = {} end
     for _, family in ipairs(families) do
       local subs = next_words(words, f + 1)
-      if #subs == 0 then out[#out + 1] = { family = family } end
+      if #subs == 0 then out[#out + 1] = { family = family, family_at = f } end
       for _, s in ipairs(subs) do
         local names = M.meanings(words[s], tree[family])
-        if #names == 0 then out[#out + 1] = { family = family } end
-        for _, sub in ipairs(names) do out[#out + 1] = { family = family, sub = sub, at = s } end
+        if #names == 0 then out[#out + 1] = { family = family, family_at = f } end
+        for _, sub in ipairs(names) do out[#out + 1] = { family = family, sub = sub, at = s, family_at = f } end
       end
     end
   end
@@ -185,6 +188,86 @@ function M.lunash(line)
     end
   end
   return verb, what
+end
+
+-- The options whose value is a secret, per command (LunaSH 7 and 6: a
+-- password, a cloning domain, a package's authorization code); a line is
+-- written down with their values as ****.
+local LUNASH_SECRETS = { ["hsm login"] = { "password" }, ["hsm init"] = { "password", "domain" },
+  ["hsm changepw"] = { "oldpw", "newpw", "password" }, ["audit login"] = { "password" },
+  ["audit init"] = { "password", "domain" }, ["audit changepw"] = { "oldpw", "newpw", "password" },
+  ["partition changepw"] = { "oldpw", "newpw", "password" }, ["partition showcontents"] = { "password" },
+  ["role login"] = { "password" }, ["package update"] = { "authcode" } }
+-- Whatever the command (one dhsm does not know, an older release's
+-- option): an option of three letters or more that can only start one of
+-- these names.  Shorter ones are masked where the command has the option:
+-- elsewhere -p and -d abbreviate -partition and -days as often.
+local ANY_SECRET = { "password", "domain", "oldpw", "newpw", "authcode" }
+
+-- LunaSH's own spelling of the names dhsm keys in lower case.
+local LUNASH_NAMES = { showpolicies = "showPolicies", changepolicy = "changePolicy", factoryreset = "factoryReset",
+  changepw = "changePw", showcontents = "showContents", assignpartition = "assignPartition",
+  revokepartition = "revokePartition", regencert = "regenCert" }
+
+-- The line as LunaSH's shell splits it, each word as typed: quotes group
+-- (and stay), a backslash keeps the next character in the word.
+local function typed_words(line)
+  local out, word, quote, i = {}, nil, nil, 1
+  while i <= #line do
+    local c = line:sub(i, i)
+    if c == "\\" then
+      word = (word or "") .. line:sub(i, i + 1)
+      i = i + 1
+    elseif quote then
+      word = word .. c
+      if c == quote then quote = nil end
+    elseif c:match("%s") then
+      if word then out[#out + 1], word = word, nil end
+    else
+      if c == '"' or c == "'" then quote = c end
+      word = (word or "") .. c
+    end
+    i = i + 1
+  end
+  if word then out[#out + 1] = word end
+  return out
+end
+
+local function abbreviates(word, names, shortest)
+  for _, name in ipairs(names) do
+    if #word >= shortest and name:sub(1, #word) == word then return true end
+  end
+  return false
+end
+
+-- lunash_shown(line [, as_typed]) -> the line to show and write down: the
+-- value of every option that could be a secret in any reading as ****, the
+-- other words as typed, and (unless as_typed) the command words by LunaSH's
+-- names for the most dangerous reading ("par del" is "partition delete").
+function M.lunash_shown(line, as_typed)
+  local words = typed_words(line)
+  local plain = {}
+  for i, w in ipairs(words) do plain[i] = w:gsub("[\"'\\]", "") end
+  local readings = M.readings(plain, LUNASH)
+  local sets = { { ANY_SECRET, 3 } }
+  for _, r in ipairs(readings) do
+    local own = r.sub and LUNASH_SECRETS[r.family .. " " .. r.sub]
+    if own then sets[#sets + 1] = { own, 1 } end
+  end
+  local shown = {}
+  for i, w in ipairs(words) do
+    local opt = i > 1 and plain[i - 1]:lower():match("^%-(.+)$")
+    local secret = false
+    for _, set in ipairs(opt and sets or {}) do secret = secret or abbreviates(opt, set[1], set[2]) end
+    shown[i] = secret and "****" or w
+  end
+  local _, best = M.most(readings, function(r)
+    return r.sub and lunash_verb(r.family, r.sub, plain[r.at + 1]) or "write", r
+  end, lunash_rank, function(r) return r and r.sub and M.LUNASH_DESTRUCTIVE[r.family .. " " .. r.sub] end)
+  if not as_typed and best and best.sub and shown[best.family_at] ~= "****" and shown[best.at] ~= "****" then
+    shown[best.family_at], shown[best.at] = best.family, LUNASH_NAMES[best.sub] or best.sub
+  end
+  return table.concat(shown, " ")
 end
 
 ---------------------------------------------------------------------------

@@ -73,20 +73,13 @@ local DESTRUCTIVE = commands.LUNASH_DESTRUCTIVE
 M.classify = classify
 M.DESTRUCTIVE = DESTRUCTIVE
 
--- The command as it may be written down: no literal passwords.
--- The value after an option that can only be -password (-pas ... -password,
--- any case) or -domain (-dom ..., a cloning domain is a secret too) is
--- masked, and in a login after -p or -pa too; elsewhere -p and -pa
--- abbreviate -partition as often, and the operator must see which
--- partition a command names.
+-- The command as it may be written down: as typed, the value of every
+-- option LunaSH could read as a secret (a password, a cloning domain ...)
+-- masked, however abbreviated - and nothing else: -p abbreviates
+-- -partition as often, and the operator must see which partition a
+-- command names (dhsm.guard.commands.lunash_shown).
 local function masked(command)
-  local login = commands.lunash(command):match("^login") ~= nil
-  return (command:gsub("(%-(%a+)(%s+))(%S+)", function(whole, opt)
-    opt = opt:lower()
-    local secret_opt = ("password"):sub(1, #opt) == opt and (#opt >= 3 or login)
-      or #opt >= 3 and ("domain"):sub(1, #opt) == opt
-    return secret_opt and (whole .. "****") or nil
-  end))
+  return commands.lunash_shown(command, true)
 end
 
 ---------------------------------------------------------------------------
@@ -604,11 +597,9 @@ local login
 -- The gate's description of a LunaSH command on this appliance (dhsm.act).
 local function change_of(self, line, what, extra)
   local shown = masked(line)
-  -- an abbreviated command is shown with the name LunaSH gives it ("par del" is partition delete)
-  local typed = table.concat(commands.words(line), " ", 1, math.min(2, #commands.words(line))):lower()
-  local canonical = what ~= "login" and typed ~= what and (" (%s)"):format(what) or ""
   local change = { kind = "luna", action = what, target = self.name, audit = "luna.command",
-    what = ("run '%s'%s on %s"):format(shown, canonical, self.name), fields = { command = shown },
+    -- the question names the command as LunaSH reads it ("par del" is partition delete)
+    what = ("run '%s' on %s"):format(commands.lunash_shown(line), self.name), fields = { command = shown },
     planned = function() return { ok = true, code = 0, text = "", check = true, command = shown } end,
     outcome = function(r, r2)
       if type(r) ~= "table" then r = r2 end              -- a login's try gives (ok, result)

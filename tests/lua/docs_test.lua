@@ -286,6 +286,31 @@ t.test("docs/playbooks.md: its example runs, for real and with --check; it cover
   t.ok(#problems == 0, table.concat(problems, "\n"))
 end)
 
+t.test("README's playbook list and docs/cli.md's Shipped: line name every shipped playbook, and no other", function()
+  local readme = util.read_file(ROOT .. "/README.md")
+  local list = readme:match("\n## Playbooks\n\n[^\n]*\n\n(.-)\n\n")
+  local shipped_line = util.read_file(ROOT .. "/docs/cli.md"):match("\nShipped: ([^\n]*)")
+  t.ok(list and shipped_line, "README's '## Playbooks' or docs/cli.md's 'Shipped:' line is gone")
+  local in_readme, in_cli, problems = {}, {}, {}
+  for name in ("\n" .. list):gmatch("\n%- `(%a[%w%-_]*)[` ]") do in_readme[name] = true end
+  for name in shipped_line:gmatch("`([%w%-_]+)`") do in_cli[name] = true end
+  local shipped = {}
+  for _, f in ipairs(require("dhsm.sys").readdir(ROOT .. "/playbooks")) do
+    local name = f:match("^(.+)%.lua$")
+    if name then shipped[name] = true end
+  end
+  for where, names in pairs { ["README.md"] = in_readme, ["docs/cli.md"] = in_cli } do
+    for name in pairs(shipped) do
+      if not names[name] then problems[#problems + 1] = where .. " does not list the shipped playbook " .. name end
+    end
+    for name in pairs(names) do
+      if not shipped[name] then problems[#problems + 1] = where .. " lists " .. name .. ", not a shipped playbook" end
+    end
+  end
+  table.sort(problems)
+  t.eq(problems, {})
+end)
+
 t.test("docs/cli.md names every command and option of the CLI, and no other", function()
   local cli = require "dhsm.cli"
   local text = assert(util.read_file(ROOT .. "/docs/cli.md"))

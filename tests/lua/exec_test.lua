@@ -177,7 +177,7 @@ end, { timeout = 60 })
 t.test("the question names the command as LunaSH reads it, a password masked and nothing else", function()
   local r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("par del -par keepme -f")]])))
   t.eq(r.status, 3, r.stderr)
-  t.ok(r.stderr:find("run 'par del -par keepme -f' (partition delete) on hsm1 is destructive (hsm1)", 1, true), r.stderr)
+  t.ok(r.stderr:find("run 'partition delete -par keepme -f' on hsm1 is destructive (hsm1)", 1, true), r.stderr)
   r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("hsm init -label x -pass Sup3rSecret -f")]])))
   t.eq(r.status, 3, r.stderr)
   t.ok(r.stderr:find("run 'hsm init -label x -pass **** -f' on hsm1 is destructive", 1, true), r.stderr)
@@ -185,6 +185,29 @@ t.test("the question names the command as LunaSH reads it, a password masked and
   -- -p abbreviates -partition as often as -password: outside a login the partition is shown
   r = exec(("-i %s exec -e %s"):format(q(inventory), q([[hsm("hsm1"):run("partition delete -p prodkeys -f")]])))
   t.ok(r.stderr:find("run 'partition delete -p prodkeys -f' on hsm1 is destructive", 1, true), r.stderr)
+end, { timeout = 60 })
+
+-- Masked by position: the value of every option the command reads as a
+-- secret, however short (hsm init's -p is -password, -d -domain; regenCert's -d is -days).
+t.test("the secrets of an abbreviated command are masked by what LunaSH reads, and the command shown by its name", function()
+  local cases = {
+    { [[hsm init -l x -p Sup3rSecret -d dom1 -f]], "run 'hsm init -l x -p **** -d **** -f' on hsm1" },
+    { [[hsm ini -l x -passw "Sup3r Secret" -f]], "run 'hsm init -l x -passw **** -f' on hsm1" },
+    { [[sysconf regen -d 365 -f]], "run 'sysconf regenCert -d 365 -f' on hsm1" },
+    { [[par del -par keepme -f]], "run 'partition delete -par keepme -f' on hsm1" },
+  }
+  local before = #estate:mutations()
+  for _, c in ipairs(cases) do
+    local r = exec(("-i %s exec -e %s"):format(q(inventory), q(([[hsm("hsm1"):run(%q)]]):format(c[1]))))
+    t.eq(r.status, 3, r.stderr)
+    t.ok(r.stderr:find(c[2] .. " is destructive (hsm1)", 1, true), r.stderr)
+    t.ok(not r.stderr:find("Sup3r", 1, true) and not r.stderr:find("dom1", 1, true), r.stderr)
+  end
+  -- the REPL asks the same way
+  local r = exec(("-i %s repl"):format(q(inventory)), { stdin = [[hsm("hsm1"):run("hsm init -l x -p Sup3rSecret -d dom1 -f")]] .. "\n" })
+  t.ok(r.stderr:find("run 'hsm init -l x -p **** -d **** -f' on hsm1 is destructive (hsm1)", 1, true), r.stderr)
+  t.ok(not r.stderr:find("Sup3r", 1, true) and not r.stderr:find("dom1", 1, true), r.stderr)
+  t.eq(#estate:mutations(), before, "nothing reached the appliance")
 end, { timeout = 60 })
 
 t.test("a power-off is asked for: only Microsoft powers the appliance on again", function()

@@ -135,3 +135,29 @@ t.test("the options of PKCS#11 libraries and sessions", function()
   end
   t.eq(s:count {}, 0, "no key was made")
 end)
+
+-- Every public function of dhsm.client.ntls fed nothing, a number and a
+-- table of the wrong shape in each position: nothing answers with a plain
+-- Lua error ("attempt to index a nil value"); what is refused is a usage
+-- error naming the function and the argument.
+t.test("dhsm.client.ntls: bad arguments are usage errors naming what was expected", function()
+  local ntls = require "dhsm.client.ntls"
+  local calls = { { n = 0 }, { n = 1, 42 }, { n = 1, { bogus = true } }, { n = 2, {}, 42 }, { n = 3, {}, {}, 42 },
+    { n = 4, { conf_path = "/nonexistent" }, { host = "h" }, {}, 42 } }
+  local raw = {}
+  for _, name in ipairs(require("dhsm.util").sorted_keys(ntls)) do
+    if type(ntls[name]) == "function" and name ~= "client" then
+      for _, args in ipairs(calls) do
+        local ok, e = pcall(dhsm.deadline, 5, function() return ntls[name](table.unpack(args, 1, args.n)) end)
+        if not ok and not (dhsm.error.is(e) and e.kind == "usage") then
+          raw[#raw + 1] = ("ntls.%s with %d argument(s): %s"):format(name, args.n, tostring(e))
+        end
+      end
+    end
+  end
+  t.eq(raw, {})
+  local ok, e = pcall(ntls.tcp, nil)
+  t.eq({ ok, e.message }, { false, "ntls.tcp: entry: expected an inventory HSM entry (inv:hsm(NAME)), got nil" })
+  ok, e = pcall(ntls.diagnose, { host = "h" }, { conf_path = "/x" }, 42)
+  t.eq(e.message, "ntls.diagnose: session: expected a LunaSH session (luna.open or hsm(NAME)), got number")
+end)

@@ -165,3 +165,66 @@ return { description = "evil", params = {}, run = function() end }]])
   t.ok(r.stderr:find("refused writing to the input of 'cat > ", 1, true), r.stderr)
   t.ok(r.stdout:find('\n"abc"\n', 1, true), "dhsm's string library is its own: " .. r.stdout)
 end)
+
+-- :run is `dhsm run`'s runner (dhsm.cli.run_playbook): journaled, resumable
+-- by the hint it prints, check mode, and the confirmation (no terminal here:
+-- refused).  The test playbooks of tests/fixtures/playbooks log what ran.
+local playbooks = t.here() .. "/../fixtures/playbooks"
+
+local function repl_in(dir, input)
+  return t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+    t.cmd("-I " .. q(playbooks) .. " repl")), { stdin = input })
+end
+
+local function executed(dir)
+  local out = {}
+  for l in (require("dhsm.util").read_file(dir .. "/executed.log") or ""):gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+t.test(":run runs a playbook as dhsm run does: journaled, and its resume hint works as printed", function()
+  local dir = t.tmpdir()
+  local r = repl_in(dir, (":run steps dir=%s fail_at=2\n"):format(q(dir)))
+  t.eq(r.status, 1, r.stderr)
+  local id = r.stderr:match("run (%d+T%d+%-%x+) failed")
+  t.ok(id, r.stderr)
+  t.eq(executed(dir), { "first", "second" })
+  t.eq(select(2, r.stderr:gsub("azure/Conflict: busy", "")), 1, "the step's failure, once:\n" .. r.stderr)
+  t.ok(r.stderr:find("\ndhsm: azure/Conflict: as the failed step says above\n", 1, true), r.stderr)
+  local j = require("cjson").decode(require("dhsm.util").read_file(dir .. "/dhsm/runs/" .. id .. ".json"))
+  t.eq({ j.state, j.playbook }, { "failed", "steps" })
+  -- the hint, typed in a shell with the same parameters, resumes the REPL's run
+  local hint = r.stderr:match("'dhsm (run %S+ %-%-resume %S+) %-e %.%.%.'")
+  t.ok(hint, r.stderr)
+  local again = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+    t.cmd(hint .. " -e dir=" .. q(dir) .. " -e fail_at=2")))
+  t.ok(again.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), again.stderr)
+  -- and :run --resume in the REPL does the same
+  r = repl_in(dir, (":run steps dir=%s fail_at=2 --resume %s\n"):format(q(dir), id))
+  t.ok(r.stderr:find("↷ first", 1, true), r.stderr)
+  t.eq(executed(dir), { "first", "second", "second", "second" })
+  -- two runs in one REPL are two journals
+  r = repl_in(dir, (":run steps dir=%s\n:run steps dir=%s\n"):format(q(dir), q(dir)))
+  t.eq(r.status, 0, r.stderr)
+  local ids = {}
+  for run in r.stderr:gmatch("run (%d+T%d+%-%x+): ok") do ids[#ids + 1] = run end
+  t.eq(#ids, 2, r.stderr)
+  t.ok(ids[1] ~= ids[2], r.stderr)
+end, { timeout = 60 })
+
+t.test(":run asks before a destructive step (refused without a terminal), and plans in check mode", function()
+  local dir = t.tmpdir()
+  local r = repl_in(dir, (":run destroy dir=%s hsm=h1\n"):format(q(dir)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("step 'zeroize h1' is destructive (target h1) and there is no terminal to confirm it on", 1, true), r.stderr)
+  t.eq(require("dhsm.sys").stat(dir .. "/zeroized-h1"), nil)
+  r = repl_in(dir, (":run destroy dir=%s hsm=h1 --check\n:check on\n:run destroy dir=%s hsm=h1\n"):format(q(dir), q(dir)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(select(2, r.stderr:gsub("would tag h1 as decommissioning", "")), 2, r.stderr)
+  t.eq(require("dhsm.sys").stat(dir .. "/zeroized-h1"), nil, "a plan changes nothing")
+  r = repl_in(dir, ":run\n:run destroy --yes\n:run nosuch\n")
+  t.eq(r.status, 2)
+  t.eq(r.stderr, "dhsm: :run needs a PLAYBOOK (:run NAME KEY=VALUE ...); 'dhsm list' shows them\n"
+    .. "dhsm: :run: --yes is for `dhsm run`; the REPL asks for each destructive step on its terminal\n"
+    .. "dhsm: no playbook 'nosuch'; 'dhsm list' shows the ones on the search path\n")
+end, { timeout = 60 })

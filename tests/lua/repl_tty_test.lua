@@ -134,6 +134,22 @@ t.test("a destructive module call asks for the target's name", function()
   t.eq(util.read_file(mark), "", "lunacm ran once, confirmed")
 end)
 
+t.test(":run asks for a destructive step's target on the terminal, as dhsm run does", function()
+  local term = terminal("-I " .. q(t.here() .. "/../fixtures/playbooks"))
+  local out = term.dir .. "/out"
+  require("dhsm.sys").mkdir(out)
+  term.keys(":run destroy dir=" .. out .. " hsm=h1", "Enter")
+  term.wait_for("Step 'zeroize h1' is destructive: it acts on h1%.\nType h1 to go on, anything else to stop:$")
+  term.keys("h2", "Enter")
+  term.wait_for("did not match h1; nothing was done\n.*as the failed step says above\ndhsm>$")
+  t.eq(util.read_file(out .. "/zeroized-h1"), nil, "not confirmed: not done")
+  term.keys(":run destroy dir=" .. out .. " hsm=h1", "Enter")
+  term.wait_for("Type h1 to go on, anything else to stop:$")
+  term.keys("h1", "Enter")
+  term.wait_for("run %S+: ok")
+  t.eq(util.read_file(out .. "/zeroized-h1"), "", "confirmed: done once")
+end)
+
 t.test("background tasks run while the prompt waits", function()
   local term = terminal()
   local tick = term.dir .. "/tick"

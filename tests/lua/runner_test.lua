@@ -57,3 +57,19 @@ t.test("the support/ folder is found from the real path, whatever folder the run
     t.eq({ r.status, r.stdout }, { 0, "1 passed, 0 failed\n" }, at[2] .. " from " .. at[1] .. ": " .. r.stderr)
   end
 end)
+
+-- t.cmd and t.sh take a shell command (a string) or an argv (a list of
+-- strings, each one argument as it stands: nothing read by the shell).
+t.test("t.cmd and t.sh take an argv list, and refuse anything else naming what was expected", function()
+  local r = t.sh(t.cmd { "exec", "-e", [[print(#arg, "$HOME; `x` 'q'")]] })
+  t.eq(r.stdout, "0\t$HOME; `x` 'q'\n", r.stderr)
+  r = t.sh { "printf", "%s|", "a b", "$HOME" }
+  t.eq(r.stdout, "a b|$HOME|")
+  for _, bad in ipairs { { {}, "an empty list" }, { { "exec", x = 1 }, "a table with the field x" },
+    { { "exec", 5 }, "a number as word 2" }, { 42, "number" } } do
+    local ok, e = pcall(t.cmd, bad[1])
+    t.eq(ok, false)
+    t.eq(e.kind, "usage")
+    t.eq(e.message, "t.cmd: expected a string (a shell command) or a list of strings (an argv, no shell), got " .. bad[2])
+  end
+end)

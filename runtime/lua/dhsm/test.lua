@@ -187,8 +187,30 @@ function M.write(path, data, mode)
   return path
 end
 
--- sh(cmd [, {stdin=}]) -> {status=, stdout=, stderr=}: cmd through /bin/sh.
+-- The words of a command line: a string is a shell command, read by
+-- /bin/sh; a list is an argv, each word quoted so that no shell reads
+-- anything into it.  Anything else is refused, naming what was expected.
+local function command_line(cmd, what)
+  if type(cmd) == "string" then return cmd end
+  local function bad(got)
+    error(errors.new { kind = "usage", message = ("%s: expected a string (a shell command) or a list of "
+      .. "strings (an argv, no shell), got %s"):format(what, got) }, 3)
+  end
+  if type(cmd) ~= "table" then bad(type(cmd)) end
+  local words = {}
+  for k, w in pairs(cmd) do
+    if math.type(k) ~= "integer" or k < 1 or k > #cmd then bad(("a table with the field %s"):format(tostring(k))) end
+    if type(w) ~= "string" then bad(("a %s as word %d"):format(type(w), k)) end
+    words[k] = util.shell_quote(w)
+  end
+  if #words == 0 then bad("an empty list") end
+  return table.concat(words, " ")
+end
+
+-- sh(cmd [, {stdin=}]) -> {status=, stdout=, stderr=}: cmd through /bin/sh
+-- (a list of words: that argv, quoted, so the shell reads nothing into it).
 function M.sh(cmd, opts)
+  cmd = command_line(cmd, "t.sh")
   opts = opts or {}
   local dir = M.tmpdir()
   local q = util.shell_quote
@@ -204,9 +226,11 @@ function M.sh(cmd, opts)
   }
 end
 
--- dhsm_cmd("exec -e ...") -> the shell command running this very binary
+-- cmd("exec -e ...") -> the shell command running this very binary; with
+-- a list of words (cmd{"exec", "-e", code}), each is one argument as it
+-- stands, quoted for the shell
 function M.cmd(args)
-  return util.shell_quote(M.dhsm) .. " " .. args
+  return util.shell_quote(M.dhsm) .. " " .. command_line(args, "t.cmd")
 end
 
 -- run(args [, {state=, env=, stdin=}]) -> {status=, stdout=, stderr=}: this

@@ -302,7 +302,6 @@ end
 local function cmd_run(opts, pos)
   if not pos[1] then usage_error("run needs a PLAYBOOK; 'dhsm list' shows them") end
   if pos[2] then usage_error("unexpected argument '%s' (parameters are given as -e KEY=VALUE)", pos[2]) end
-  local play = require "dhsm.play"
   -- a plan's whole process plans: the playbook's own top-level code, its
   -- check hook and any finaliser at exit included (dhsm.act)
   if opts.check then require("dhsm.act").check_process() end
@@ -313,12 +312,20 @@ local function cmd_run(opts, pos)
   end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
   inventory.trust_tools(inv)
-  local pb = play.load(find_playbook_or_fail(pos[1]))
-  return play.run(pb, M.parse_params(opts.extra), {
+  return M.run_playbook(pos[1], opts.extra, {
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
     inventory_changed = opts["inventory-changed"],
     inventory = opts.inventory, inventory_loaded = inv,   -- read once, here
   })
+end
+
+-- run_playbook(name, {"KEY=VALUE" | "@FILE.json", ...}, opts) -> exit status:
+-- `dhsm run` and the REPL's :run, one runner (dhsm.play.run's opts; the
+-- confirmation policy and the inventory's tools set by the caller)
+function M.run_playbook(name, extra, opts)
+  local play = require "dhsm.play"
+  local pb = play.load(find_playbook_or_fail(name))
+  return play.run(pb, M.parse_params(extra), opts)
 end
 
 local function cmd_runs(opts)
@@ -445,6 +452,9 @@ function M.report(err, traceback, own)
   local plain = { usage = true, interrupted = true, cancelled = true }
   local line = dhsm.error.is(err) and (plain[err.kind] and err.message or tostring(err))
     or tostring(err)
+  if dhsm.error.is(err) and rawget(err, "shown_above") then   -- a playbook step's failure line said it all
+    line = ("%s%s: as the failed step says above"):format(err.kind, err.code and ("/" .. err.code) or "")
+  end
   io.stderr:write("dhsm: ", line, "\n")
   if traceback and (dhsm.verbose or not (dhsm.error.is(err) or own)) then
     io.stderr:write(traceback, "\n")
@@ -486,9 +496,14 @@ local function dispatch(args)
   return handlers[name](opts, pos)
 end
 
+-- A run's id: its UTC start and a random suffix (the journal's file name).
+function M.new_run_id()
+  return os.date("!%Y%m%dT%H%M%S") .. "-" .. sys.random_hex(3)
+end
+
 function M.main(args)
   local context = dhsm.context()
-  context.run = context.run or (os.date("!%Y%m%dT%H%M%S") .. "-" .. sys.random_hex(3))
+  context.run = context.run or M.new_run_id()
   local ok, r = xpcall(dispatch, M.catcher(), args)
   io.stdout:flush()
   if ok then return r end

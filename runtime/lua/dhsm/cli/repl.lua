@@ -32,6 +32,8 @@ Lua with every dhsm module; each entry runs as a task (waits, dhsm.parallel work
 meta-commands:
   :help               this text
   :doc NAME           a playbook's description and parameters
+  :run NAME [KEY=VALUE|@FILE.json]... [--check] [--resume ID]
+                      run a playbook as `dhsm run` does (asked, journaled, resumable)
   :trace              the traceback of the last error
   :check on|off       check mode: changes are described, not made
   :audit [N]          the last N audit records (default 10)
@@ -39,7 +41,7 @@ meta-commands:
 Ctrl-C cancels the running entry.  Tab completes.  Spawned tasks run while the prompt waits.
 Ctrl-R/Ctrl-S history search is off (it could run another line than the one shown): Up/Down.]]
 
-local META = { ":help", ":doc", ":trace", ":check", ":audit", ":quit" }
+local META = { ":help", ":doc", ":run", ":trace", ":check", ":audit", ":quit" }
 
 local function state_dir()
   local state = os.getenv("XDG_STATE_HOME")
@@ -199,6 +201,11 @@ end
 -- when a Tab there is text (inside a string: a paste must stay intact).
 function M.complete(line, word, session)
   if line:match("^%s*:%a*$") then return starting(META, word) end
+  if line:match("^%s*:[dr][ou][cn]%s+%S*$") then           -- :doc, :run: a playbook's name
+    local names = {}
+    for _, p in ipairs(require("dhsm.paths").list_playbooks()) do names[#names + 1] = p.name end
+    return starting(names, word)
+  end
   local partial = line:match("hsm%s*%(?%s*[\"']([%w%-_%.]*)$")
   if partial then
     local names = {}
@@ -237,6 +244,50 @@ local function last_audit(n)
   end
 end
 
+-- The words of a :run line: blanks separate, quotes group ('a b', "a b").
+local function words_of(s)
+  local out, i = {}, 1
+  while true do
+    i = s:find("%S", i)
+    if not i then return out end
+    local w = {}
+    while i <= #s and not s:sub(i, i):match("%s") do
+      local c = s:sub(i, i)
+      local close = (c == '"' or c == "'") and s:find(c, i + 1, true)
+      if (c == '"' or c == "'") and not close then dhsm.usage(":run: the quote %s at %d is not closed", c, i) end
+      w[#w + 1] = close and s:sub(i + 1, close - 1) or c
+      i = close and close + 1 or i + 1
+    end
+    out[#out + 1] = table.concat(w)
+  end
+end
+
+-- :run PLAYBOOK [KEY=VALUE|@FILE.json]... [--check] [--resume ID] -> the
+-- options of `dhsm run` (dhsm.cli.run_playbook).  --yes is not one: the
+-- REPL asks on its terminal, and its policy is set once for the process.
+local function run_line(arg, session)
+  local words = words_of(arg)
+  local name, extra, opts = nil, {}, { inventory = session.inventory, inventory_loaded = session.inv }
+  local i = 1
+  while i <= #words do
+    local w = words[i]
+    if w == "--check" then opts.check = true
+    elseif w == "--resume" and words[i + 1] then opts.resume, i = words[i + 1], i + 1
+    elseif w == "--yes" then
+      dhsm.usage(":run: --yes is for `dhsm run`; the REPL asks for each destructive step on its terminal")
+    elseif w:sub(1, 1) == "-" then
+      dhsm.usage(":run: unknown option '%s' (--check, --resume ID; parameters as KEY=VALUE or @FILE.json)", w)
+    elseif not name then name = w
+    else extra[#extra + 1] = w end
+    i = i + 1
+  end
+  if not name then dhsm.usage(":run needs a PLAYBOOK (:run NAME KEY=VALUE ...); 'dhsm list' shows them") end
+  opts.check = opts.check or session.check           -- a check-mode REPL plans every run
+  return name, extra, opts
+end
+
+local eval
+
 local function meta(line, session)
   local cmd, arg = line:match("^:(%a+)%s*(.-)%s*$")
   if cmd == "help" then
@@ -257,6 +308,14 @@ local function meta(line, session)
     io.stdout:write("check mode is ", session.check and "on: changes are described, not made" or "off", "\n")
   elseif cmd == "audit" then
     last_audit(tonumber(arg) or 10)
+  elseif cmd == "run" then
+    -- a run is a task of its own with an id of its own: journaled, resumable,
+    -- cancelled by Ctrl-C like any entry (dhsm.cli.run_playbook, as `dhsm run`)
+    session.failed = eval(function()
+      dhsm.context().run = cli.new_run_id()
+      local status = cli.run_playbook(run_line(arg, session))
+      if status ~= 0 then session.status = status end
+    end, session)
   elseif cmd == "doc" then
     local play = require "dhsm.play"
     local found = require("dhsm.paths").find_playbook(arg)
@@ -268,7 +327,7 @@ local function meta(line, session)
 end
 
 -- Run one entry as its own task; returns nil or the error raised.
-local function eval(chunk, session)
+function eval(chunk, session)
   local task = dhsm.spawn(function() return table.pack(chunk()) end)
   core.set_interrupt_target(task)
   local ok, r = pcall(task.join, task)
@@ -290,13 +349,15 @@ function M.run(opts)
   local history = state_dir() .. "/history"
   require("dhsm.act").confirm_policy(false)        -- asked on a terminal; refused without one
   install_globals(session, opts.inventory)
+  session.inventory = opts.inventory
   if tty then
     sys.mkdir(state_dir(), tonumber("700", 8))
     sys.history_load(history)
     sys.set_completer(function(line, word) return M.complete(line, word, session) end)
     io.stdout:write(("dhsm %s (%s)  :help for help, Ctrl-D to leave\n"):format(dhsm.version, _VERSION))
   end
-  local last_err
+  local last_status = 0                              -- the last failing entry's exit status
+  local function failed(err) if err then last_status = cli.exit_code(err) end end
   while true do
     local prompt = session.check and "dhsm(check)> " or "dhsm> "
     local line, chunk, err, interrupted = read_entry(tty, prompt)
@@ -308,17 +369,20 @@ function M.run(opts)
     end
     if line:match("^%s*:") then
       if meta(util.trim(line), session) == "quit" then break end
+      failed(session.failed)
+      if session.status then last_status = session.status end   -- a run that asked for 1 (diagnose's FAIL rows)
+      session.failed, session.status = nil, nil
     elseif line:find("%S") then
       if chunk then
-        last_err = eval(chunk, session) or last_err
+        failed(eval(chunk, session))
       else
         io.stderr:write("dhsm: ", err, "\n")
-        last_err = dhsm.error.new { kind = "usage", message = err }
+        failed(dhsm.error.new { kind = "usage", message = err })
       end
     end
   end
   if tty then io.stdout:write("\n") end
-  return last_err and cli.exit_code(last_err) or 0
+  return last_status
 end
 
 return M

@@ -602,6 +602,11 @@ function M.run(pb, raw, opts)
           err and ("; and then: " .. tostring(dhsm.error.normalize(err))) or "") }
     end
     local outcome = outcome_of(err, ctx.check, ctx.unmet_reasons)
+    -- a failed step's line showed this error in full: the front end's last
+    -- line names it only (each fact once; --json and the audit keep it whole)
+    for _, rec in ipairs(ctx.steps) do
+      if err and rec.error and rec.error.text == tostring(err) then err.shown_above = true end
+    end
     for _, rec in ipairs(ctx.current) do
       rec.status, rec.error = "interrupted", { kind = "interrupted", message = "interrupted", text = "interrupted" }
       ctx.reporter:step_end(rec)
