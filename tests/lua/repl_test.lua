@@ -193,11 +193,10 @@ t.test(":run runs a playbook as dhsm run does: journaled, and its resume hint wo
   t.ok(r.stderr:find("\ndhsm: azure/Conflict: as the failed step says above\n", 1, true), r.stderr)
   local j = require("cjson").decode(require("dhsm.util").read_file(dir .. "/dhsm/runs/" .. id .. ".json"))
   t.eq({ j.state, j.playbook }, { "failed", "steps" })
-  -- the hint, typed in a shell with the same parameters, resumes the REPL's run
-  local hint = r.stderr:match("'dhsm (run %S+ %-%-resume %S+) %-e %.%.%.'")
+  -- the hint, typed in a shell as printed, resumes the REPL's run with its own parameters
+  local hint = r.stderr:match("'dhsm (run %S+ %-%-resume %S+)' continues it, with its own parameters")
   t.ok(hint, r.stderr)
-  local again = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
-    t.cmd(hint .. " -e dir=" .. q(dir) .. " -e fail_at=2")))
+  local again = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir), t.cmd(hint)))
   t.ok(again.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), again.stderr)
   -- and :run --resume in the REPL does the same
   r = repl_in(dir, (":run steps dir=%s fail_at=2 --resume %s\n"):format(q(dir), id))

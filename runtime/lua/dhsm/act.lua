@@ -276,13 +276,21 @@ end
 
 -- The front end says once, before any code of the user's runs, whether
 -- --yes was given; nothing a runbook sets in its context changes it.
-local policy
+-- It also says how a destructive change is confirmed where no terminal
+-- can ask (no_terminal): the advice its refusals print, typeable there.
+local policy, no_terminal_advice
 
-function M.confirm_policy(yes)
+function M.confirm_policy(yes, no_terminal)
   if policy ~= nil then
     dhsm.error { kind = "safety", code = "PolicySet", message = "the confirmation policy is set once, by dhsm's front end" }
   end
   policy = yes == true
+  no_terminal_advice = no_terminal
+end
+
+-- no_terminal() -> how to confirm without a terminal, in the front end's words
+function M.no_terminal()
+  return no_terminal_advice or "pass --yes to confirm in advance"
 end
 
 -- policy() -> true when --yes answers the questions in advance
@@ -337,7 +345,7 @@ local function confirm(change)
     before_prompt = hook,
     question = ("%s is destructive. Type %s to go on: "):format(change.what, change.target),
     no_terminal = ("%s is destructive (%s) and there is no terminal to confirm it on; nothing was done "
-      .. "(pass --yes to confirm in advance)"):format(change.what, change.target),
+      .. "(%s)"):format(change.what, change.target, M.no_terminal()),
     mismatch = ("not confirmed: %s was not done"):format(change.what) }
 end
 

@@ -347,7 +347,9 @@ function M.run(opts)
   local tty = sys.isatty(0)
   local session = {}
   local history = state_dir() .. "/history"
-  require("dhsm.act").confirm_policy(false)        -- asked on a terminal; refused without one
+  -- asked on a terminal; refused without one, saying what works instead
+  require("dhsm.act").confirm_policy(false, "the REPL confirms on a terminal: start dhsm repl on one, or run the "
+    .. "same with `dhsm run PLAYBOOK ... --yes` or `dhsm exec FILE --yes`")
   install_globals(session, opts.inventory)
   session.inventory = opts.inventory
   if tty then

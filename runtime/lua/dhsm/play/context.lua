@@ -97,7 +97,7 @@ function Ctx:confirm(rec)
     question = ("\nStep '%s' is destructive: it acts on %s.\nType %s to go on, anything else to stop: ")
       :format(rec.title, rec.target, rec.target),
     no_terminal = ("step '%s' is destructive (target %s) and there is no terminal to confirm it on; "
-      .. "nothing was done (pass --yes to confirm in advance)"):format(rec.title, rec.target),
+      .. "nothing was done (%s)"):format(rec.title, rec.target, act.no_terminal()),
     mismatch = ("confirmation for step '%s' did not match %s; nothing was done"):format(rec.title, rec.target) }
 end
 
