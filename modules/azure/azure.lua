@@ -975,4 +975,14 @@ function Client:wait(what, opts)
   return (not deleting) and final or nil
 end
 
+schema.check_arguments("azure", M, {
+  bad_response = "method:any url:any r:table",
+  reply_error = "method:any url:any r:table json:table?",
+  conform = "from:any value:any shape:shape path:string?",
+  conform_list = "from:any items:table shape:shape",
+  list_page = "r:table",
+  operation_state = "r:table",
+  resource_state = "r:table",
+}, rules.ARGUMENT_KINDS)
+
 return M

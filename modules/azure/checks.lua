@@ -927,4 +927,28 @@ function M.refuse(rows, what, held)
       table.concat(bad, "\n  ")), details = { findings = rows } }
 end
 
+-- A scope is what M.scope returns; the azure kinds (the client) beside it.
+local KINDS = setmetatable({ scope = { test = function(v) return getmetatable(v) == Scope end,
+  expected = "a scope of the checks (checks.scope(c, opts))" } }, { __index = require("dhsm.azure.rules").ARGUMENT_KINDS })
+
+schema.check_arguments("azure.checks", M, {
+  read_advice = "err:table",
+  scope = "c:client opts:table?",
+  allowlisting = "s:scope",
+  capacity = "s:scope",
+  credentials = "s:scope",
+  delegation = "s:scope",
+  deployments = "s:scope",
+  existing = "s:scope",
+  gateway = "s:scope",
+  hsms = "s:scope",
+  nic = "s:scope",
+  orphans = "s:scope",
+  quota = "s:scope",
+  resource_group = "s:scope",
+  run = "s:scope names:table",
+  line = "r:table",
+  refuse = "rows:table what:string held:string",
+}, KINDS)
+
 return M

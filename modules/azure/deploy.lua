@@ -145,4 +145,17 @@ function M.cancel(c, name, group)
   return c:post(M.path(c, name, group) .. "/cancel", { idempotent = true })
 end
 
+require("dhsm.schema").check_arguments("azure.deploy", M, {
+  path = "c:client name:string group:string?",
+  create = "c:client name:string template:table parameters:table? opts:table?",
+  read_files = "template_path:string parameters_path:string?",
+  operations = "c:client name:string group:string?",
+  failed_operations = "c:client name:string group:string?",
+  support_facts = "c:client name:string group:string?",
+  failed = "c:client group:string?",
+  delete = "c:client name:string group:string?",
+  wait = "c:client response:table opts:table?",
+  cancel = "c:client name:string group:string?",
+}, require("dhsm.azure.rules").ARGUMENT_KINDS)
+
 return M

@@ -26,4 +26,10 @@ function M.delete(c, name, opts)
   return r
 end
 
+require("dhsm.schema").check_arguments("azure.groups", M, {
+  get = "c:client name:string",
+  check_empty = "c:client name:string",
+  delete = "c:client name:string opts:table?",
+}, rules.ARGUMENT_KINDS)
+
 return M

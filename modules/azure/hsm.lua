@@ -94,6 +94,10 @@ end
 -- Regions as azure.location spells them ("eastus").
 function M.summary(c, opts)
   opts = opts or {}
+  -- without a client the caller's list is all there is to summarize
+  if c == nil and type(opts.hsms) ~= "table" then
+    schema.bad_argument("azure.hsm.summary", "c", "an Azure client, or opts.hsms (a list of HSMs)", c)
+  end
   local regions = {}
   for _, h in ipairs(opts.hsms or M.list_all(c)) do
     local region = azure.location(h.location) or "?"
@@ -275,5 +279,26 @@ function M.delete(c, name, opts)
   M.check_name(name)
   return send_delete(c, name, opts, { zeroized = opts.zeroized, allow_unzeroized = opts.allow_unzeroized })
 end
+
+schema.check_arguments("azure.hsm", M, {
+  check_name = "name:string",
+  path = "c:client name:string group:string?",
+  get = "c:client name:string group:string?",
+  list = "c:client group:string?",
+  list_all = "c:client",
+  group_of = "resource:table",
+  body = "c:client spec:table group:string?",
+  summary = "c:client? opts:table?",
+  features = "c:client",
+  leftovers = "c:client location:string? hsms:table?",
+  spec_conflicts = "c:client resource:table spec:table group:string?",
+  private_ip = "c:client resource:table",
+  orphans = "c:client hsms:table?",
+  start = "c:client name:string spec:table opts:table?",
+  wait = "c:client name:string opts:table?",
+  create = "c:client name:string spec:table opts:table?",
+  delete_failed = "c:client name:string opts:table?",
+  delete = "c:client name:string opts:table?",
+}, require("dhsm.azure.rules").ARGUMENT_KINDS)
 
 return M

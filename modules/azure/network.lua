@@ -171,4 +171,20 @@ function M.check_delegation(c, vnet, subnet, group, subnet_id)
       #services > 0 and table.concat(services, ", ") or "none") }
 end
 
+require("dhsm.schema").check_arguments("azure.network", M, {
+  vnet_path = "c:client vnet:string group:string?",
+  subnet_path = "c:client vnet:string subnet:string group:string?",
+  gateway_path = "c:client name:string group:string?",
+  public_ip_path = "c:client name:string group:string?",
+  subnet_body = "s:table", vnet_body = "v:table", public_ip_body = "p:table", gateway_body = "g:table",
+  delegation_fix = "c:client vnet:string subnet:string group:string? verb:string?",
+  gateway = "c:client name:string group:string?",
+  gateways = "c:client group:string?",
+  vnet_gateways = "c:client vnet:string? group:string? subnet_id:string? gateways:table?",
+  vnet_gateway = "c:client vnet:string? group:string? subnet_id:string?",
+  public_ip_sku = "c:client gateway:table",
+  wait_gateway = "c:client name:string opts:table?",
+  check_delegation = "c:client vnet:string? subnet:string? group:string? subnet_id:string?",
+}, require("dhsm.azure.rules").ARGUMENT_KINDS)
+
 return M

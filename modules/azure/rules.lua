@@ -168,4 +168,20 @@ function M.check(c, method, path, opts, sent)
   end
 end
 
+-- What the public functions of the azure modules take, beside Lua's types
+-- (dhsm.schema.check_arguments).  Here, in the module every other one
+-- requires, so that each can name them.
+M.ARGUMENT_KINDS = {
+  client = { test = function(v) return type(v) == "table" and type(v.group_path) == "function" end,
+    expected = "an Azure client (azure.client or inventory:azure())" },
+  shape = { test = function(v) return type(v) == "string" or type(v) == "table" and type(v[1]) == "string" end,
+    expected = "a reply shape (\"object!\" or {\"object\", field = shape})" },
+}
+
+require("dhsm.schema").check_arguments("rules", M, {
+  resource_of = "path:string",
+  group_empty = "c:client group:string doing:string? sub:string?",
+  check = "c:client method:string path:string opts:table? sent:string?",
+}, M.ARGUMENT_KINDS)
+
 return M

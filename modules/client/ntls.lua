@@ -44,14 +44,11 @@ local HANDSHAKE = { strict = { type = "boolean" }, server_name = { type = "strin
 local INSPECT = { workdir = { type = "string" }, own_ports = { type = "table" }, entries = { type = "integer", min = 1 } }
 
 local function usage(where, what, expected, v)
-  error(dhsm.error.new { kind = "usage", code = "BadArgument",
-    message = ("ntls.%s: %s: expected %s, got %s"):format(where, what, expected, type(v)) }, 3)
+  schema.bad_argument("ntls." .. where, what, expected, v)
 end
 
--- A record argument: a table, then its fields as the option reader reads them.
 local function record(where, what, v, fields, expected)
-  if type(v) ~= "table" then usage(where, what, expected, v) end
-  schema.options(("ntls.%s: %s"):format(where, what), v, fields, true)
+  schema.record_argument("ntls." .. where, what, v, fields, expected)
 end
 
 local function entry_arg(where, entry)
@@ -340,6 +337,7 @@ end
 
 -- client_cert_file(client) -> the path of the client's certificate (Chrystoki.conf's ClientCertFile)
 function M.client_cert_file(client)
+  client_arg("client_cert_file", client)
   return files(client).cert
 end
 

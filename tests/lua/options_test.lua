@@ -136,28 +136,55 @@ t.test("the options of PKCS#11 libraries and sessions", function()
   t.eq(s:count {}, 0, "no key was made")
 end)
 
+-- Every public function of module M fed nothing, a number and a table of
+-- the wrong shape in each position (and the calls given): what answers
+-- with anything but a usage error ("attempt to index a nil value"), as
+-- lines naming the function.  skip: functions not to call.
+local function plain_errors(name, M, calls, skip)
+  local all = { { n = 0 }, { n = 1, 42 }, { n = 1, { bogus = true } }, { n = 2, {}, 42 }, { n = 3, {}, {}, 42 } }
+  for _, c in ipairs(calls or {}) do all[#all + 1] = c end
+  local raw = {}
+  for _, fname in ipairs(require("dhsm.util").sorted_keys(M)) do
+    if type(M[fname]) == "function" and not (skip or {})[fname] then
+      for _, args in ipairs(all) do
+        local ok, e = pcall(dhsm.deadline, 5, function() return M[fname](table.unpack(args, 1, args.n)) end)
+        if not ok and not (dhsm.error.is(e) and e.kind == "usage") then
+          raw[#raw + 1] = ("%s.%s with %d argument(s): %s"):format(name, fname, args.n, tostring(e))
+        end
+      end
+    end
+  end
+  return raw
+end
+
 -- Every public function of dhsm.client.ntls fed nothing, a number and a
 -- table of the wrong shape in each position: nothing answers with a plain
 -- Lua error ("attempt to index a nil value"); what is refused is a usage
 -- error naming the function and the argument.
 t.test("dhsm.client.ntls: bad arguments are usage errors naming what was expected", function()
   local ntls = require "dhsm.client.ntls"
-  local calls = { { n = 0 }, { n = 1, 42 }, { n = 1, { bogus = true } }, { n = 2, {}, 42 }, { n = 3, {}, {}, 42 },
-    { n = 4, { conf_path = "/nonexistent" }, { host = "h" }, {}, 42 } }
-  local raw = {}
-  for _, name in ipairs(require("dhsm.util").sorted_keys(ntls)) do
-    if type(ntls[name]) == "function" and name ~= "client" then
-      for _, args in ipairs(calls) do
-        local ok, e = pcall(dhsm.deadline, 5, function() return ntls[name](table.unpack(args, 1, args.n)) end)
-        if not ok and not (dhsm.error.is(e) and e.kind == "usage") then
-          raw[#raw + 1] = ("ntls.%s with %d argument(s): %s"):format(name, args.n, tostring(e))
-        end
-      end
-    end
-  end
-  t.eq(raw, {})
+  t.eq(plain_errors("ntls", ntls, { { n = 4, { conf_path = "/nonexistent" }, { host = "h" }, {}, 42 } }, { client = true }), {})
   local ok, e = pcall(ntls.tcp, nil)
   t.eq({ ok, e.message }, { false, "ntls.tcp: entry: expected an inventory HSM entry (inv:hsm(NAME)), got nil" })
   ok, e = pcall(ntls.diagnose, { host = "h" }, { conf_path = "/x" }, 42)
   t.eq(e.message, "ntls.diagnose: session: expected a LunaSH session (luna.open or hsm(NAME)), got number")
+end)
+
+-- The azure modules as well: no plain Lua error, a usage error naming the
+-- function, the argument and what was expected (the client, a scope).
+t.test("dhsm.azure: bad arguments are usage errors naming what was expected", function()
+  local raw = {}
+  for _, name in ipairs { "dhsm.azure", "dhsm.azure.checks", "dhsm.azure.deploy", "dhsm.azure.groups",
+      "dhsm.azure.hsm", "dhsm.azure.network", "dhsm.azure.rules" } do
+    for _, line in ipairs(plain_errors(name, require(name))) do raw[#raw + 1] = line end
+  end
+  t.eq(raw, {})
+  local hsm = require "dhsm.azure.hsm"
+  local ok, e = pcall(hsm.get, nil, "hsm1")
+  t.eq({ ok, e.kind, e.message }, { false, "usage",
+    "azure.hsm.get: c: expected an Azure client (azure.client or inventory:azure()), got nil" })
+  ok, e = pcall(require("dhsm.azure.checks").run, {}, { "quota" })
+  t.eq(e.message, "azure.checks.run: s: expected a scope of the checks (checks.scope(c, opts)), got table")
+  ok, e = pcall(require("dhsm.azure.network").gateway_path, { group_path = function() return "/g" end }, 42)
+  t.eq(e.message, "azure.network.gateway_path: name: expected a string, got number")
 end)

@@ -762,4 +762,65 @@ function M.spec_problems(spec, path, opts)
   return out
 end
 
+---------------------------------------------------------------------------
+-- The arguments of a module's public functions, checked first: a wrong one
+-- is a usage error naming the function, the argument and what was
+-- expected, never a Lua error from deep inside ("attempt to index a nil
+-- value").
+
+-- bad_argument(where, what, expected, v): raises that usage error
+-- ("ntls.tcp: entry: expected an inventory HSM entry, got nil").
+function M.bad_argument(where, what, expected, v)
+  error(require("dhsm").error.new { kind = "usage", code = "BadArgument",
+    message = ("%s: %s: expected %s, got %s"):format(where, what, expected, type(v)) }, 3)
+end
+
+-- record_argument(where, what, v, fields, expected): a table, then its
+-- fields as the option reader (M.options) reads them.
+function M.record_argument(where, what, v, fields, expected)
+  if type(v) ~= "table" then M.bad_argument(where, what, expected, v) end
+  M.options(("%s: %s"):format(where, what), v, fields, true)
+end
+
+-- The kinds every module may name: kind -> {test=, expected=}.
+local function lua_type(t, expected)
+  return { test = function(v) return type(v) == t end, expected = expected }
+end
+local ARGUMENT_KINDS = {
+  string = lua_type("string", "a string"), table = lua_type("table", "a table"),
+  number = lua_type("number", "a number"), boolean = lua_type("boolean", "a boolean"),
+  ["function"] = lua_type("function", "a function"),
+  integer = { test = function(v) return math.type(v) == "integer" end, expected = "a whole number" },
+  any = { test = function() return true end, expected = "anything" },
+}
+
+-- check_arguments(prefix, module, signatures [, kinds]): wraps each public
+-- function named in signatures so that its arguments are checked before it
+-- runs.  A signature lists its arguments in order as "name:kind", a kind
+-- ending in "?" optional (nil accepted): "c:client name:string group:string?".
+-- kinds: the module's own (name -> {test=, expected=}) beside the Lua types.
+-- A function with good arguments runs as before, with every result.
+function M.check_arguments(prefix, module, signatures, kinds)
+  for fname, signature in pairs(signatures) do
+    local fn = module[fname]
+    assert(type(fn) == "function", prefix .. "." .. fname .. ": no such function")
+    local args = {}
+    for name, kind, optional in signature:gmatch("([%w_]+):([%w_]+)(%??)") do
+      local k = (kinds or {})[kind] or ARGUMENT_KINDS[kind]
+      assert(k, ("%s.%s: unknown argument kind %s"):format(prefix, fname, kind))
+      args[#args + 1] = { name = name, kind = k, optional = optional == "?" }
+    end
+    local where = prefix .. "." .. fname
+    module[fname] = function(...)
+      for i, a in ipairs(args) do
+        local v = select(i, ...)
+        if not (v == nil and a.optional) and not a.kind.test(v) then
+          M.bad_argument(where, a.name, a.kind.expected .. (a.optional and " or nothing" or ""), v)
+        end
+      end
+      return fn(...)
+    end
+  end
+end
+
 return M
