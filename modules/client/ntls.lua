@@ -340,6 +340,7 @@ end
 
 -- client_cert_file(client) -> the path of the client's certificate (Chrystoki.conf's ClientCertFile)
 function M.client_cert_file(client)
+  client_arg("client_cert_file", client)
   return files(client).cert
 end
 

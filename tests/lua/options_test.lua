@@ -161,3 +161,66 @@ t.test("dhsm.client.ntls: bad arguments are usage errors naming what was expecte
   ok, e = pcall(ntls.diagnose, { host = "h" }, { conf_path = "/x" }, 42)
   t.eq(e.message, "ntls.diagnose: session: expected a LunaSH session (luna.open or hsm(NAME)), got number")
 end)
+
+-- The same survey over the other modules whose functions once answered a
+-- bad argument with a plain Lua error (or C's "bad argument #1 to '?'"):
+-- every public function fed nothing, a number and a table of the wrong
+-- shape in each position answers with a dhsm error.  Most are usage
+-- errors naming the function and the argument; a few refusals are of
+-- their own kind and say why (a parser given no output: luna/ParseError;
+-- evidence not made by dhsm.luna: safety/EvidenceNotGenuine).
+local SURVEYED = { "dhsm.guard.commands", "dhsm.secret", "dhsm.pkcs11", "dhsm.luna.parse", "dhsm.luna.prompts",
+  "dhsm.chrystoki", "dhsm.client.ha", "dhsm.evidence", "dhsm.luna", "dhsm.proc" }
+-- Not called with nothing: it would ask the terminal (checked below with a wrong one).
+local NOT_BARE = { ["dhsm.secret.prompt"] = true }
+
+local function plain_errors(modname)
+  local mod = require(modname)
+  local calls = { { n = 0 }, { n = 1, 42 }, { n = 1, { bogus = true } }, { n = 2, {}, 42 }, { n = 3, {}, {}, 42 } }
+  local raw = {}
+  for _, name in ipairs(require("dhsm.util").sorted_keys(mod)) do
+    if type(mod[name]) == "function" then
+      for _, args in ipairs(calls) do
+        if not (args.n == 0 and NOT_BARE[modname .. "." .. name]) then
+          local ok, e = pcall(dhsm.deadline, 5, function() return mod[name](table.unpack(args, 1, args.n)) end)
+          if not ok and not dhsm.error.is(e) then
+            raw[#raw + 1] = ("%s.%s with %d argument(s): %s"):format(modname, name, args.n, tostring(e))
+          end
+        end
+      end
+    end
+  end
+  return raw
+end
+
+t.test("guard, secret, pkcs11, luna, chrystoki, ha, evidence, proc: bad arguments are dhsm errors", function()
+  local raw = {}
+  for _, modname in ipairs(SURVEYED) do
+    for _, r in ipairs(plain_errors(modname)) do raw[#raw + 1] = r end
+  end
+  t.eq(raw, {})
+  local function message(fn, ...)
+    local ok, e = pcall(fn, ...)
+    t.eq({ ok, dhsm.error.is(e, "usage") }, { false, true }, tostring(e))
+    return e.message
+  end
+  local commands = require "dhsm.guard.commands"
+  t.eq(message(commands.words, nil), "guard.commands.words: line: expected a string, got nothing")
+  t.eq(message(commands.option, {}, {}, "x", "x"),
+    "guard.commands.option: from: expected a position in words (an integer from 1), got a table")
+  -- the C functions name themselves, and never show the value given (it may be a secret)
+  t.eq(message(secret.env, {}), "secret.env: name: expected a string, got table")
+  t.eq(message(secret.prompt, {}), "secret.prompt: text: expected a string, got table")
+  t.eq(message(secret.value, nil), "secret.value: bytes: expected a string, got nothing")
+  t.eq(message(pkcs11.ecdsa_raw, "x"), "pkcs11.ecdsa_raw: size: expected an integer, got nothing")
+  t.eq(message(pkcs11.rv_name, "zz"), "pkcs11.rv_name: rv: expected an integer, got string")
+  t.eq(message(pkcs11.device_left, {}, 42), 'pkcs11.device_left: who: expected one of "user", "so", got 42')
+  t.eq(message(luna.classify, 42), "luna.classify: line: expected a string, got 42")
+  t.eq(message(require("dhsm.client.ha").compare, { {} }),
+    "ha.compare: members[1]: expected a member {serial=, objects={keys=}} (objects from c:objects), got a table")
+  t.eq(message(require("dhsm.chrystoki").load, nil), "chrystoki.load: path: expected a string, got nothing")
+  t.eq(message(proc.read_only, { "ls" }, 42), "proc.read_only: opts: expected a table, got 42")
+  -- good arguments answer as before
+  t.eq({ pkcs11.rv_name(7), (commands.lunash("par del -par p1")) }, { "CKR_ARGUMENTS_BAD", "write" })
+  t.eq({ secret.is(secret.value("x")), pkcs11.ecdsa_raw(pkcs11.ecdsa_der(("\1"):rep(64)), 32) == ("\1"):rep(64) }, { true, true })
+end)
