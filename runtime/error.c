@@ -156,3 +156,23 @@ int luaopen_dhsm_errors(lua_State *L) {
   lua_setfield(L, -2, "metatable");
   return 1;
 }
+
+static void bad_argument(lua_State *L, int idx, const char *fn, const char *name, const char *expected) {
+  dhsm_raise(L, "usage", "BadArgument", 0, "%s: %s: expected %s, got %s", fn, name, expected,
+             lua_isnoneornil(L, idx) ? "nothing" : luaL_typename(L, idx));
+}
+
+const char *dhsm_check_string(lua_State *L, int idx, const char *fn, const char *name, size_t *len) {
+  if (!lua_isstring(L, idx)) bad_argument(L, idx, fn, name, "a string");
+  return lua_tolstring(L, idx, len);
+}
+
+lua_Integer dhsm_check_integer(lua_State *L, int idx, const char *fn, const char *name) {
+  if (!lua_isinteger(L, idx)) {
+    int ok = 0;
+    lua_Integer n = lua_tointegerx(L, idx, &ok);   /* 3.0 and "3" as luaL_checkinteger takes them */
+    if (!ok) bad_argument(L, idx, fn, name, "an integer");
+    return n;
+  }
+  return lua_tointeger(L, idx);
+}

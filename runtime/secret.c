@@ -265,10 +265,11 @@ const char *dhsm_secret_check(lua_State *L, int idx, size_t *len) {
 
 /* ---- Lua API ------------------------------------------------------------ */
 
-/* A secret read now from source `prefix`:ARG by `load`. */
-static int eager_secret(lua_State *L, const char *prefix,
+/* A secret read now from source `prefix`:ARG by `load`; fn and what name
+** the function and its argument when ARG is not a string. */
+static int eager_secret(lua_State *L, const char *prefix, const char *fn, const char *what,
                         void (*load)(lua_State *, secret *, const char *)) {
-  const char *arg = luaL_checkstring(L, 1);
+  const char *arg = dhsm_check_string(L, 1, fn, what, NULL);
   secret *s = new_secret(L, lua_pushfstring(L, "%s:%s", prefix, arg));
   lua_remove(L, -2);
   load(L, s, arg);
@@ -276,15 +277,15 @@ static int eager_secret(lua_State *L, const char *prefix,
 }
 
 static int secret_env(lua_State *L) {
-  return eager_secret(L, "env", load_env);
+  return eager_secret(L, "env", "secret.env", "name", load_env);
 }
 
 static int secret_file(lua_State *L) {
-  return eager_secret(L, "file", load_file);
+  return eager_secret(L, "file", "secret.file", "path", load_file);
 }
 
 static int secret_prompt(lua_State *L) {
-  const char *text = luaL_optstring(L, 1, "Secret: ");
+  const char *text = lua_isnoneornil(L, 1) ? "Secret: " : dhsm_check_string(L, 1, "secret.prompt", "text", NULL);
   secret *s = new_secret(L, "prompt");
   load_prompt(L, s, text);
   return 1;
@@ -292,7 +293,7 @@ static int secret_prompt(lua_State *L) {
 
 static int secret_value(lua_State *L) {
   size_t len;
-  const char *p = luaL_checklstring(L, 1, &len);
+  const char *p = dhsm_check_string(L, 1, "secret.value", "bytes", &len);
   dhsm_secret_push(L, p, len, "value");
   return 1;
 }
@@ -304,13 +305,13 @@ static int secret_ref(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
-  const char *ref = luaL_checkstring(L, 1), *arg;
+  const char *ref = dhsm_check_string(L, 1, "secret.ref", "ref", NULL), *arg;
   if (!parse_ref(ref, &arg))
     return dhsm_usage_error(L, "bad secret reference \"%s\": expected env:NAME, "
                             "file:PATH or prompt", ref);
   new_secret(L, ref);
   if (!lua_isnoneornil(L, 2)) {
-    lua_pushstring(L, luaL_checkstring(L, 2));
+    lua_pushstring(L, dhsm_check_string(L, 2, "secret.ref", "prompt_text", NULL));
     lua_setiuservalue(L, -2, 2);
   }
   return 1;

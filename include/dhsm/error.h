@@ -29,6 +29,13 @@ int dhsm_raise(lua_State *L, const char *kind, const char *code,
 /* Shorthand for the commonest case: bad input from the caller. */
 #define dhsm_usage_error(L, ...) dhsm_raise((L), "usage", NULL, 0, __VA_ARGS__)
 
+/* A public function's string (or number, as luaL_checklstring takes) or
+** integer argument at idx, else a usage error (BadArgument) naming the
+** function `fn`, the argument `name` and the type given (never the value:
+** it may be a secret).  [-0,+0,v] */
+const char *dhsm_check_string(lua_State *L, int idx, const char *fn, const char *name, size_t *len);
+lua_Integer dhsm_check_integer(lua_State *L, int idx, const char *fn, const char *name);
+
 /* 1 when the value at idx is a dhsm error (and of `kind`, unless NULL). */
 int dhsm_error_is(lua_State *L, int idx, const char *kind);
 

@@ -18,6 +18,7 @@
 -- the indentation of its neighbours.  A malformed file is refused with the
 -- line and column of the problem, a section or key given twice too.
 local dhsm = require "dhsm"
+local schema = require "dhsm.schema"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 
@@ -114,6 +115,7 @@ function M.parse(text, name)
 end
 
 function M.load(path)
+  schema.argument("chrystoki.load", "path", path, "string")
   local text, err = util.read_file(path)
   if not text then dhsm.error { kind = "usage", code = "BadChrystokiConf", message = "cannot read " .. tostring(err) } end
   local c = M.parse(text, path)
@@ -126,6 +128,7 @@ end
 -- Chrystoki.conf, as for a client whose configuration is not in /etc);
 -- every field named in needed must be there.
 function M.install(inv, needed)
+  schema.argument("chrystoki.install", "needed", needed, { type = "table", expect = "a list of client field names" })
   local c = type(inv) == "table" and inv.client or {}
   local fields = { "chrystoki_conf" }
   for _, f in ipairs(needed or {}) do fields[#fields + 1] = f end

@@ -33,6 +33,7 @@ local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local pkcs11 = require "dhsm.pkcs11"
 local proc = require "dhsm.proc"
+local schema = require "dhsm.schema"
 
 local M = {}
 
@@ -206,9 +207,21 @@ function Client:objects(token_label, co_pin)
   return { count = #keys, keys = keys }
 end
 
+-- compare's argument, checked first: a usage error, not a Lua error from inside
+local MEMBER = "a member {serial=, objects={keys=}} (objects from c:objects)"
+local MEMBERS = { type = "table", required = true, expect = "a list of members {serial=, objects={keys=}}" }
+
 -- compare(members) with each member {serial=, objects={keys=}} ->
 -- {drift = {serial = {keys missing there}} | nil}
 function M.compare(members)
+  schema.argument("ha.compare", "members", members, MEMBERS)
+  for i, m in ipairs(members) do
+    local ok = type(m) == "table" and type(m.objects) == "table" and type(m.objects.keys) == "table"
+    if not ok then
+      dhsm.error { kind = "usage", code = "BadArgument",
+        message = ("ha.compare: members[%d]: expected %s, got %s"):format(i, MEMBER, schema.show(m)) }
+    end
+  end
   local union, drift = {}, {}
   for _, m in ipairs(members) do
     for _, k in ipairs(m.objects.keys) do union[k] = true end
@@ -232,6 +245,7 @@ end
 -- name on entry's appliance (LunaSH `partition list`; over session when
 -- given), or nil when there is none
 function M.partition_on(entry, name, session)
+  schema.argument("ha.partition_on", "session", session, { type = "table", expect = "a LunaSH session (luna.open(entry))" })
   local own <close> = not session and luna.open(entry) or nil
   for _, p in ipairs((session or own):partitions()) do
     if p.name == name then return { name = name, serial = p.serial } end

@@ -22,23 +22,36 @@
 -- readings() lists them all - each abbreviation's every completion, and,
 -- when an option comes first, both its value and the word after it as the
 -- command word - so the caller can act on the most dangerous one.
+local schema = require "dhsm.schema"
+
 local M = {}
+
+-- Every public function checks its arguments first (dhsm.schema.argument):
+-- a usage error naming the function, not a Lua error from inside.
+local function arg(fn, name, value, spec)
+  return schema.argument("guard.commands." .. fn, name, value, spec)
+end
+local WORDS = { type = "table", required = true, expect = "a list of words (commands.words(line))" }
 
 -- Quotes and backslashes dropped: the same words, or a quoted one split
 -- in two; never a word hidden.
 function M.words(line)
+  arg("words", "line", line, "string")
   local out = {}
   for w in line:gsub("[\"'\\]", ""):gmatch("%S+") do out[#out + 1] = w end
   return out
 end
 
 function M.is_option(word)
+  arg("is_option", "word", word, "string")
   return word:sub(1, 1) == "-"
 end
 
 -- The names `word` may stand for in `choices` (a table keyed by lower-case
 -- name): itself when exact, else every name it abbreviates.
 function M.meanings(word, choices)
+  arg("meanings", "word", word, "string")
+  arg("meanings", "choices", choices, "table")
   word = word:lower()
   if choices[word] then return { word } end
   local found = {}
@@ -69,6 +82,8 @@ end
 -- for an unknown command, sub nil when none is known; at is the sub's
 -- position, family_at the family's.
 function M.readings(words, tree)
+  arg("readings", "words", words, WORDS)
+  arg("readings", "tree", tree, "table")
   local out = {}
   for _, f in ipairs(next_words(words, 1)) do
     local families = M.meanings(words[f], tree)
@@ -90,6 +105,10 @@ end
 -- dangerous reading: verb_of(reading) -> verb, name; rank(verb) -> number;
 -- prefer(name) breaks a tie.  nil when there is no reading.
 function M.most(readings, verb_of, rank, prefer)
+  arg("most", "readings", readings, "table")
+  arg("most", "verb_of", verb_of, "function")
+  arg("most", "rank", rank, "function")
+  arg("most", "prefer", prefer, { type = "function" })
   local verb, what
   for _, r in ipairs(readings) do
     local v, w = verb_of(r)
@@ -108,6 +127,11 @@ end
 -- against one partition while another is tried.  alias: one more exact
 -- spelling (lunacm's -s for -slot).
 function M.option(words, from, name, short, alias)
+  arg("option", "words", words, WORDS)
+  arg("option", "from", from, { type = "integer", required = true, min = 1, expect = "a position in words (an integer from 1)" })
+  arg("option", "name", name, "string")
+  arg("option", "short", short, "string")
+  arg("option", "alias", alias, { type = "string" })
   local value
   for i = from, #words - 1 do
     local w = words[i]:lower():match("^%-(.+)$")
@@ -176,6 +200,7 @@ M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm fact
 -- Unknown commands are writes, and so is a read with an -export... option
 -- (`hsm showPolicies -exportTemplate FILE` writes a file on the appliance).
 function M.lunash(line)
+  arg("lunash", "line", line, "string")
   local words = M.words(line)
   local verb, what = M.most(M.readings(words, LUNASH), function(r)
     if r.sub then return lunash_verb(r.family, r.sub, words[r.at + 1]), r.family .. " " .. r.sub end
@@ -245,6 +270,7 @@ end
 -- other words as typed, and (unless as_typed) the command words by LunaSH's
 -- names for the most dangerous reading ("par del" is "partition delete").
 function M.lunash_shown(line, as_typed)
+  arg("lunash_shown", "line", line, "string")
   local words = typed_words(line)
   local plain = {}
   for i, w in ipairs(words) do plain[i] = w:gsub("[\"'\\]", "") end
@@ -298,6 +324,7 @@ M.LUNACM_DESTRUCTIVE = { ["partition init"] = true, ["partition changepolicy"] =
 -- What a lunacm command changes, for the operator to name: its -group,
 -- else its -label, else its partition (-serialNumber, -slot), else "lunacm".
 function M.lunacm_target(words)
+  arg("lunacm_target", "words", words, WORDS)
   return M.option(words, 1, "group", "g") or M.option(words, 1, "label", "l")
     or M.option(words, 1, "serialnumber", "se") or M.option(words, 1, "slot", "sl") or "lunacm"
 end
@@ -311,6 +338,7 @@ end
 
 -- The words after -c, or nil when lunacm would read commands on stdin.
 function M.lunacm_words(argv)
+  arg("lunacm_words", "argv", argv, { type = "table", required = true, expect = "an argv list (a table of strings)" })
   for i = 2, #argv do
     if tostring(argv[i]):lower() == "-c" then
       local words = {}
@@ -324,6 +352,7 @@ end
 
 -- lunacm(words) -> verb, "family sub", role (pso | co | members) for a login
 function M.lunacm(words)
+  arg("lunacm", "words", words, WORDS)
   local verb, what = M.most(M.readings(words, LUNACM), function(r)
     if not r.sub then return "write", r.family or table.concat(words, " ") end
     local v = LUNACM[r.family][r.sub]

@@ -70,7 +70,10 @@ local usage = dhsm.usage
 -- write path calls: assigning to luna.classify changes nothing there.)
 local classify = commands.lunash
 local DESTRUCTIVE = commands.LUNASH_DESTRUCTIVE
-M.classify = classify
+-- (the public one names itself when its line is not a string)
+function M.classify(line)
+  return classify(schema.argument("luna.classify", "line", line, "string"))
+end
 M.DESTRUCTIVE = DESTRUCTIVE
 
 -- The command as it may be written down: as typed, the value of every

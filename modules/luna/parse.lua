@@ -29,9 +29,16 @@
 -- not stall the scheduler.
 local dhsm = require "dhsm"
 local rc = require "dhsm.luna.rc"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
+
+-- The public functions check their arguments first (dhsm.schema.argument):
+-- a usage error naming the function, not a Lua error from inside.
+local function text_arg(fn, name, value)
+  return schema.argument("luna.parse." .. fn, name, value, "string")
+end
 
 local trim = util.trim
 local usage = dhsm.usage
@@ -61,7 +68,7 @@ local function key_value(l)
   if k == "" or k:find("^[=%-]") or k:find("  %S") or k:find("\t", 1, true) then return nil end
   return k, trim(l:sub(at + width))
 end
-M.key_value = key_value
+M.key_value = function(l) return key_value(text_arg("key_value", "line", l)) end
 
 -- Every key/value line (first occurrence of a key wins).
 function M.fields(text)
@@ -95,7 +102,7 @@ local function texts(cols)
   for i, c in ipairs(cols) do out[i] = c.text end
   return out
 end
-M.columns = function(l) return texts(columns(l)) end
+M.columns = function(l) return texts(columns(text_arg("columns", "line", l))) end
 
 -- A rule line: only '=' (or '-') and blanks, at least three of them.
 local function is_rule(l, ch)
@@ -627,6 +634,8 @@ end
 -- a digit: KB0019789 is in lunasa-reboot-fix-KB0019789-7.2.0-1, not in
 -- KB00197890), or nil
 function M.has_package(set, name)
+  schema.argument("luna.parse.has_package", "set", set, "table")
+  text_arg("has_package", "name", name)
   local want = name:lower():gsub("%p", "%%%0")
   local found
   for entry in pairs(set) do
@@ -742,6 +751,7 @@ end
 -- no verdict at all is not ok.  Never its exit status: Thales documents
 -- lunacm's return codes as unsupported.  Plain finds: linear however long.
 function M.lunacm_result(text)
+  text_arg("lunacm_result", "text", text)
   local last, pos = nil, 1
   while true do
     local _, e = text:find("Command Result : ", pos, true)

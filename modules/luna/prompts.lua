@@ -12,6 +12,8 @@
 -- matched word by word, any run of blanks and line ends between two words.
 -- A line holding nothing but the ">" input mark is a question too: one no
 -- form knows, reported at once with its text rather than waited on.
+local schema = require "dhsm.schema"
+
 local M = {}
 
 -- kind: proceed (a confirmation, answered `proceed` only when the call
@@ -67,6 +69,7 @@ end
 
 -- match(text) -> form, question | nil: the question the text ends with.
 function M.match(text)
+  schema.argument("luna.prompts.match", "text", text, "string")
   for _, f in ipairs(M.FORMS) do
     if text:find(f.pattern) then return f, question_text(text, f) end
   end
@@ -75,6 +78,7 @@ end
 -- Whether a command line holds the words of a question: its echo would
 -- then be read as that question, and a password sent as a line of its own.
 function M.looks_like_question(line)
+  schema.argument("luna.prompts.looks_like_question", "line", line, "string")
   local l = line:lower():gsub("%s+", " ")
   for _, words in ipairs { "password:", "(y/n)", "type 'proceed'", "or 'quit'", "otherwise type 'quit'" } do
     if l:find(words, 1, true) then return true end

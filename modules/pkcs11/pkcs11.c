@@ -1312,13 +1312,13 @@ static int sess_random(lua_State *L) {
 /* core.rv_name(number) -> "CKR_..." (for a number read in a log) */
 static int p11_rv_name(lua_State *L) {
   char buf[24];
-  lua_pushstring(L, rv_name((CK_RV)luaL_checkinteger(L, 1), buf));
+  lua_pushstring(L, rv_name((CK_RV)dhsm_check_integer(L, 1, "pkcs11.rv_name", "rv"), buf));
   return 1;
 }
 
 /* core.mechanism(name) -> canonical name, or nil when unknown */
 static int p11_mechanism(lua_State *L) {
-  const mech_def *m = find_mech(luaL_checkstring(L, 1));
+  const mech_def *m = find_mech(dhsm_check_string(L, 1, "pkcs11.mechanism", "name", NULL));
   if (m == NULL) return 0;
   lua_pushstring(L, mech_name(m->type));
   return 1;
@@ -1337,7 +1337,7 @@ static int bad_signature(lua_State *L, const char *fn, const char *why) {
 /* core.ecdsa_der(raw) -> DER */
 static int p11_ecdsa_der(lua_State *L) {
   size_t len;
-  const unsigned char *raw = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  const unsigned char *raw = (const unsigned char *)dhsm_check_string(L, 1, "pkcs11.ecdsa_der", "raw", &len);
   if (len == 0 || len % 2 != 0 || len > 2 * 66)
     return bad_signature(L, "ecdsa_der", lua_pushfstring(L,
       "expected a raw r||s signature of an even length up to 132 bytes, got %d bytes", (int)len));
@@ -1370,8 +1370,8 @@ static int put_padded(const BIGNUM *v, unsigned char *out, int n) {
 ** to the same bytes (trailing data, BER lengths, padding) is refused. */
 static int p11_ecdsa_raw(lua_State *L) {
   size_t len;
-  const unsigned char *der = (const unsigned char *)luaL_checklstring(L, 1, &len);
-  lua_Integer size = luaL_checkinteger(L, 2);
+  const unsigned char *der = (const unsigned char *)dhsm_check_string(L, 1, "pkcs11.ecdsa_raw", "der", &len);
+  lua_Integer size = dhsm_check_integer(L, 2, "pkcs11.ecdsa_raw", "size");
   if (size < 1 || size > 66)
     return dhsm_usage_error(L, "pkcs11.ecdsa_raw: size is the curve's size in bytes (32, 48, 66), got %I", size);
   const unsigned char *p = der;

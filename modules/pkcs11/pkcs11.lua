@@ -108,6 +108,7 @@ local SERIAL = { type = { "string", "integer" } }
 -- Chrystoki.conf: $ChrystokiConfigurationPath names its folder (getenv:
 -- os.getenv, or the environment as it was when dhsm started).
 function M.chrystoki_conf(getenv)
+  schema.argument("pkcs11.chrystoki_conf", "getenv", getenv, { type = "function", expect = "a function like os.getenv" })
   local dir = (getenv or os.getenv)("ChrystokiConfigurationPath")
   if dir and dir ~= "" then return dir .. "/Chrystoki.conf" end
   return "/etc/Chrystoki.conf"
@@ -311,6 +312,8 @@ local ROLES = {
 -- unknown, and our own count decides.  Clean flags never reset our count:
 -- a token (Luna among them) need not raise count_low at all.
 function M.device_left(tok, who)
+  schema.argument("pkcs11.device_left", "tok", tok, { type = "table", required = true, expect = "a token's info (session:token())" })
+  schema.argument("pkcs11.device_left", "who", who, { type = "enum", values = { "user", "so" }, required = true })
   local r = ROLES[who]
   if tok[r.flags .. "locked"] then return 0 end
   if tok[r.flags .. "final_try"] then return 1 end

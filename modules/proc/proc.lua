@@ -265,6 +265,8 @@ end
 -- read_only(argv [, {env=, cwd=}]) -> true when dhsm knows the command to
 -- change nothing (its own table, and the tool itself)
 function M.read_only(argv, opts)
+  schema.argument("proc.read_only", "argv", argv, ARGV)
+  schema.argument("proc.read_only", "opts", opts, { type = "table" })
   local name = tool_of(argv, opts and opts.cwd) or program(argv)
   local test = READ_ONLY[name]
   return test ~= nil and test(argv) == true

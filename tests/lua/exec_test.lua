@@ -235,14 +235,14 @@ t.test("a destructive call without a terminal: the advice fits the front end, an
   local before = #estate:mutations("regenCert")
   local r = estate:run("repl", { stdin = REGEN .. "\n" })
   t.ok(r.stderr:find("the REPL confirms on a terminal: start dhsm repl on one, or run the same with `dhsm run "
-    .. "PLAYBOOK ... --yes` or `dhsm exec FILE --yes`", 1, true), r.stderr)
+    .. "PLAYBOOK ... --yes` or `dhsm exec --yes FILE`", 1, true), r.stderr)
   t.ok(not r.stderr:find("pass --yes", 1, true), r.stderr)
   r = exec(("-i %s exec -e %s"):format(q(inventory), q(REGEN)))
   t.ok(r.stderr:find("(pass --yes to confirm in advance)", 1, true), r.stderr)
   t.eq(#estate:mutations("regenCert"), before, "nothing reached the appliance")
   local file = t.tmpdir() .. "/regen.lua"
   t.write(file, REGEN .. "\n")
-  r = exec(("-i %s exec %s --yes"):format(q(inventory), q(file)))
+  r = exec(("-i %s exec --yes %s"):format(q(inventory), q(file)))
   t.eq(r.status, 0, r.stderr)
   t.eq(#estate:mutations("regenCert"), before + 1, "the advice, typed, reached the appliance once")
 end, { timeout = 60 })

@@ -32,6 +32,7 @@
 -- different virtual networks while the operator's path reaches the wrong
 -- one.  It is a guard rail, not an authentication.
 local dhsm = require "dhsm"
+local schema = require "dhsm.schema"
 local sys = require "dhsm.sys"
 
 local M = {}
@@ -154,7 +155,7 @@ end
 -- - whose NIC private IP (nic_ip, read from Azure) the appliance reported
 -- - and recent.
 function M.check(ev, resource, opts)
-  opts = opts or {}
+  opts = schema.argument("evidence.check", "opts", opts, { type = "table" }) or {}
   local max_age = allowed_age(opts.max_age, resource)
   local f = genuine[ev]
   if not f then

@@ -547,6 +547,23 @@ function M.options(where, opts, fields, opts_required)
   return opts
 end
 
+-- argument(where, name, value, spec) -> value: a public function's
+-- argument, checked first by the option reader (its types: also
+-- "function", "secret", "text", a list of types), so a wrong one is a
+-- usage error "where: name: expected X, got Y", not a Lua error from deep
+-- inside.  spec may be a type name: that type, required.  nil passes
+-- unless spec.required.
+function M.argument(where, name, value, spec)
+  if type(spec) == "string" then spec = { type = spec, required = true } end
+  if value == nil and not spec.required then return nil end
+  if value == nil or not option_ok(value, spec, name) then
+    error(require("dhsm").error.new { kind = "usage", code = "BadArgument",
+      message = ("%s: %s: expected %s, got %s"):format(where, name, option_words(spec),
+        value == nil and "nothing" or shown(name, value, spec)) }, 3)
+  end
+  return value
+end
+
 ---------------------------------------------------------------------------
 -- spec_problems(spec, path [, opts]) -> list of strings
 --

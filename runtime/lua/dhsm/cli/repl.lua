@@ -349,7 +349,7 @@ function M.run(opts)
   local history = state_dir() .. "/history"
   -- asked on a terminal; refused without one, saying what works instead
   require("dhsm.act").confirm_policy(false, "the REPL confirms on a terminal: start dhsm repl on one, or run the "
-    .. "same with `dhsm run PLAYBOOK ... --yes` or `dhsm exec FILE --yes`")
+    .. "same with `dhsm run PLAYBOOK ... --yes` or `dhsm exec --yes FILE`")
   install_globals(session, opts.inventory)
   session.inventory = opts.inventory
   if tty then
