@@ -733,8 +733,10 @@ local function nic_row(s, h)
     return row("nic private ip", h.name, "WARN", ("NIC %s says %s, the appliance has %s"):format(name_of_id(id), ip,
       table.concat(own, ", ")), ADVICE.nic)
   end
-  return row("nic private ip", h.name, "OK", ("NIC %s: %s%s"):format(name_of_id(id), ip,
-    has and " (the appliance's own address)" or ""))
+  -- said as far as it was checked: against the appliance's own addresses, or not (it did not answer)
+  local compared = has and " (the appliance's own address)"
+    or (s.addresses and #own == 0) and " (not compared with the appliance's addresses: none was read from it)" or ""
+  return row("nic private ip", h.name, "OK", ("NIC %s: %s%s"):format(name_of_id(id), ip, compared))
 end
 
 function M.nic(s)

@@ -27,9 +27,10 @@ function M.delete(c, name, opts)
 end
 
 require("dhsm.schema").check_arguments("azure.groups", M, {
-  get = "c:client name:string",
-  check_empty = "c:client name:string",
-  delete = "c:client name:string opts:table?",
+  -- name nil: the client's own group (c:group_path())
+  get = "c:client name:string?",
+  check_empty = "c:client name:string?",
+  delete = "c:client name:string? opts:table?",
 }, rules.ARGUMENT_KINDS)
 
 return M

@@ -281,7 +281,7 @@ function M.delete(c, name, opts)
 end
 
 schema.check_arguments("azure.hsm", M, {
-  check_name = "name:string",
+  check_name = "name:any",          -- its own check says what a name must be
   path = "c:client name:string group:string?",
   get = "c:client name:string group:string?",
   list = "c:client group:string?",

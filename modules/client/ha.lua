@@ -112,22 +112,19 @@ end
 -- the inventory's `partitions`, is the only way to tell.
 function Client:partition_owners()
   if self.owners then return self.owners end
-  local owners, tasks = {}, {}
-  for i, h in ipairs(self.inventory.hsms or {}) do
-    tasks[i] = dhsm.spawn(function()
-      local ok, listed = pcall(function()
-        local s <close> = luna.open(h, { timeout = self.timeout or 10 })
-        return s:partitions()
-      end)
-      if not ok then
-        local e = dhsm.error.normalize(listed)
-        if e.kind == "interrupted" or e.kind == "cancelled" then error(listed, 0) end
-        return
-      end
-      for _, p in ipairs(listed) do owners[p.serial] = h end
+  local owners = {}
+  for _, h in ipairs(self.inventory.hsms or {}) do     -- one after the other: an interrupt ends it plainly
+    local ok, listed = pcall(function()
+      local s <close> = luna.open(h, { timeout = self.timeout or 10 })
+      return s:partitions()
     end)
+    if ok then
+      for _, p in ipairs(listed) do owners[p.serial] = h end
+    else
+      local e = dhsm.error.normalize(listed)
+      if e.kind == "interrupted" or e.kind == "cancelled" then error(listed, 0) end
+    end
   end
-  for _, task in ipairs(tasks) do task:join() end
   self.owners = owners
   return owners
 end

@@ -477,6 +477,16 @@ one_cause = function(doc, spec, target)
     if row.status == "SKIP" then t.ok(row.finding:find("^not checked"), "a SKIP names its cause: " .. key .. ": " .. row.finding) end
   end
   t.eq(extra, {}, "no FAIL but the fault's own")
+  -- an appliance that was not read: its NIC row says it was not compared with it, never a bare OK
+  local read = {}
+  for _, row in ipairs(doc.result.findings) do
+    if row.check == "ssh login" and row.status == "OK" then read[row.target] = true end
+  end
+  for _, row in ipairs(doc.result.findings) do
+    if row.check == "nic private ip" and row.status == "OK" and not read[row.target] then
+      t.ok(row.finding:find("not compared", 1, true), "the NIC row says how far it was checked: " .. row.finding)
+    end
+  end
   t.eq(doc.result.counts.FAIL, spec.status == "FAIL" and (spec.also_row and spec.also_row.status == "FAIL" and 2 or 1)
     or 0, "the summary counts the cause once")
 end
