@@ -247,7 +247,9 @@ local APPLIANCE = {
   slow_command = { set = "300:hsm show", invisible = "one slow command is no failure (slower than the timeout: hang_next)" },
   hang_next = { set = 1, check = "hsm state", status = "FAIL", says = "within" },
   drop_next = { set = 1, check = "hsm state", status = "FAIL" },
+  -- a client that connects meanwhile is rejected at the appliance's clock: that row may FAIL too
   clock_skew = { set = -7200, check = "appliance clock", status = "WARN", says = "7200 s behind",
+    may_also = { "ntls handshakes / hsm2" },
     clear = function() e:clear() client_connects("ok") end },
   ntls = { set = "refuse", check = "tcp 1792", status = "FAIL", says = "refused",
     clear = function() e:clear() recover_ha() end,
@@ -470,10 +472,12 @@ one_cause = function(doc, spec, target)
   if spec.also_row and spec.also_row.status == "FAIL" then
     expected[spec.also_row.check .. " / " .. spec.also_row.target] = true
   end
-  local extra = {}
+  local extra, maybe, also = {}, {}, 0
+  for _, key in ipairs(spec.may_also or {}) do maybe[key] = true end
   for _, row in ipairs(doc.result.findings) do
     local key = row.check .. " / " .. row.target
-    if row.status == "FAIL" and not expected[key] then extra[#extra + 1] = key .. ": " .. row.finding end
+    if row.status == "FAIL" and maybe[key] then also = also + 1 end
+    if row.status == "FAIL" and not expected[key] and not maybe[key] then extra[#extra + 1] = key .. ": " .. row.finding end
     if row.status == "SKIP" then t.ok(row.finding:find("^not checked"), "a SKIP names its cause: " .. key .. ": " .. row.finding) end
   end
   t.eq(extra, {}, "no FAIL but the fault's own")
@@ -487,7 +491,7 @@ one_cause = function(doc, spec, target)
       t.ok(row.finding:find("not compared", 1, true), "the NIC row says how far it was checked: " .. row.finding)
     end
   end
-  t.eq(doc.result.counts.FAIL, spec.status == "FAIL" and (spec.also_row and spec.also_row.status == "FAIL" and 2 or 1)
+  t.eq(doc.result.counts.FAIL - also, spec.status == "FAIL" and (spec.also_row and spec.also_row.status == "FAIL" and 2 or 1)
     or 0, "the summary counts the cause once")
 end
 

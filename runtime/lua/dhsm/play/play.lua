@@ -637,7 +637,13 @@ function M.run(pb, raw, opts)
   -- Ctrl-C cancels this task: the journal still says where it stopped.
   local guard <close> = setmetatable({}, { __close = function()
     if not finished then
-      finish(dhsm.error.new { kind = "interrupted", message = "interrupted" })
+      local done = pcall(finish, dhsm.error.new { kind = "interrupted", message = "interrupted" })
+      -- a task being cancelled cannot wait (a busy pipe, a lock): whatever
+      -- of the ending could not be done, the way on is still said, with
+      -- C stdio's plain blocking write
+      if not done and not ctx.check and not real_stdout then
+        io.stderr:write(resume.way_on(M.resume_name(pb), j, "interrupted", nil, opts.yes))
+      end
     end
   end })
   dhsm.audit.write { action = "run.start", target = pb.name, outcome = "started", check = ctx.check,
