@@ -553,13 +553,17 @@ end
 -- usage error "where: name: expected X, got Y", not a Lua error from deep
 -- inside.  spec may be a type name: that type, required.  nil passes
 -- unless spec.required.
+-- The usage error of a bad argument, one wording for every checker below.
+local function bad_argument(where, what, expected, got)
+  error(require("dhsm").error.new { kind = "usage", code = "BadArgument",
+    message = ("%s: %s: expected %s, got %s"):format(where, what, expected, got) }, 3)
+end
+
 function M.argument(where, name, value, spec)
   if type(spec) == "string" then spec = { type = spec, required = true } end
   if value == nil and not spec.required then return nil end
   if value == nil or not option_ok(value, spec, name) then
-    error(require("dhsm").error.new { kind = "usage", code = "BadArgument",
-      message = ("%s: %s: expected %s, got %s"):format(where, name, option_words(spec),
-        value == nil and "nothing" or shown(name, value, spec)) }, 3)
+    bad_argument(where, name, option_words(spec), value == nil and "nothing" or shown(name, value, spec))
   end
   return value
 end
@@ -788,8 +792,7 @@ end
 -- bad_argument(where, what, expected, v): raises that usage error
 -- ("ntls.tcp: entry: expected an inventory HSM entry, got nil").
 function M.bad_argument(where, what, expected, v)
-  error(require("dhsm").error.new { kind = "usage", code = "BadArgument",
-    message = ("%s: %s: expected %s, got %s"):format(where, what, expected, type(v)) }, 3)
+  bad_argument(where, what, expected, type(v))
 end
 
 -- record_argument(where, what, v, fields, expected): a table, then its
