@@ -19,9 +19,12 @@
 -- value a safety rule decides on is read from its own field, in a form the
 -- reference shows, or the parser raises luna/ParseError naming the command,
 -- the line and what was expected - never a default, never a word found
--- anywhere in the text (`hsm show`: the serial, the attempts left and the
--- zeroized state; `partition list`: every row, or the error; the other
--- parsers still return what they could read, issue 21 takes them in turn).
+-- anywhere in the text.  An empty list comes only from the output's own
+-- sentence ("There are no partitions.") or a header with no rows.  Where
+-- no real output was published (luna-field.md 16: `ntls show`, `audit
+-- show`, lunacm `role show` and `hagroup listGroups`), the simulator's
+-- layout is read, and read strictly.  A field naming attempts, a lock-out
+-- or a zeroization that a parser does not know is an error, not skipped.
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
@@ -612,11 +615,6 @@ function M.ntls_show(text)
     ipcheck = word("NTLS IP check", { enabled = true, disabled = true }), fields = f }
 end
 
--- package list -> set of installed packages, each entry as printed
--- ("lunacm-5.1.0-25" = true), plus every KBnnnnnnn named in one.
--- Published layout (5.1): "RPM LIST (SYSTEM)" and "RPM LIST (SOFTWARE)"
--- titles over a dash rule, one package per line; other layouts are read
--- the same way: any line that is one word, titles and rules skipped.
 -- package list -> {[entry] = true}: the package entries only, one word
 -- per line under the RPM LIST titles (luna-field.md 6.5) - not a sentence
 -- that mentions a package ("KB0019789 is required ..."), not the titles.
