@@ -45,6 +45,15 @@ add_summary() {
   fi
 }
 
+# each unittest failure of $1 with its traceback (a failure seen once on a
+# loaded machine must say what it was)
+failures() {
+  awk '/^(FAIL|ERROR):/ { shown = 1; rules = 0 }
+       shown && /^=+$/ { shown = 0 }
+       shown && /^-+$/ && ++rules == 2 { shown = 0 }
+       shown' "$1"
+}
+
 for bin in "$@"; do
   CMOCKA_MESSAGE_OUTPUT=TAP "$bin" >"$log" 2>&1
   rc=$?
@@ -71,7 +80,7 @@ if [ "$selftests" = yes ]; then
     [ -e "$t" ] || continue
     mv "$log.$(basename "$t")" "$log"
     rc=$(cat "$log.$(basename "$t").rc"); rm -f "$log.$(basename "$t").rc"
-    grep -E '^(FAIL|ERROR):' "$log"
+    failures "$log"
     add_summary "$t" "$rc"
   done
 fi

@@ -104,9 +104,9 @@ class Device:
     def set_status(self, status, sessions=None, until=None):
         self.state.update(status=status, until=until)
         self.world.changed()
+        self.apply()  # the ports first: a client whose session ends must find them as the status says
         if sessions:
             self.sessions(sessions)
-        self.apply()
 
     def reboot(self, hard=False):
         """`sysconf appliance reboot` (hard=False) or the support hard reboot (hard=True)."""
