@@ -7,6 +7,7 @@
 #   make demo       the main job against the simulated estate
 #   make fuzz       every parser fuzzed, FUZZ_SECONDS=60 per driver (tests/fuzz)
 #   make races      the login guard's full race matrix (N = 3, 5, 10; make test runs N = 3)
+#   make kills      the initialize kill matrix in full (7 kill points; make test runs 3)
 #   make man        docs/dhsm.1 from docs/cli.md (tools/man.lua)
 #   make install    PREFIX=/usr/local: the binary and its man page
 
@@ -52,7 +53,7 @@ UNIT_BIN    := $(patsubst tests/unit/%.c,$(O)/tests/%,$(UNIT_SRC))
 SIM_CRYPTOKI := $(O)/sim/libcryptoki-sim.so
 
 .DELETE_ON_ERROR:
-.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man races
+.PHONY: all deps test check demo install clean unit lua-syntax bench fuzz man races kills
 all: $(BIN) $(SIM_CRYPTOKI)
 
 $(BIN): $(LIB_OBJ) $(O)/runtime/main.o
@@ -121,6 +122,12 @@ demo: deps
 races: all
 	@state=$$(mktemp -d); XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl DHSM_GUARD_DIR=$$state/guard \
 	  DHSM_RACES=full ./$(BIN) test --yes tests/lua/guard_test.lua; status=$$?; rm -rf $$state; exit $$status
+
+# The kill matrices in full: every kill point of tests/e2e/initialize_kill_test.lua
+# (make test runs three of them: DHSM_KILLS=full runs the seven).
+kills: all
+	@state=$$(mktemp -d); XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl DHSM_GUARD_DIR=$$state/guard \
+	  DHSM_KILLS=full ./$(BIN) test --yes tests/e2e/initialize_kill_test.lua; status=$$?; rm -rf $$state; exit $$status
 
 # Each driver in turn (one line each: runs, runs/s, failures); failing
 # inputs are kept in $(O)/fuzz-findings/DRIVER/.  FUZZ_SEED=N replays a run.

@@ -27,7 +27,6 @@
 -- anything is journaled): the inventory keeps a given-back HSM's entry
 -- until the run is done.  --check runs every read and safety rule and describes each
 -- mutation.
-local cjson = require "cjson"
 local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
@@ -72,16 +71,11 @@ end
 -- The newest record of this host's audit log for an accepted DELETE of
 -- the ARM path, or nil: {time=, run=, outcome=}.
 local function delete_record(path)
-  local data = util.read_file(dhsm.audit.path()) or ""
-  local found
-  for line in data:gmatch("[^\n]+") do
-    local ok, r = pcall(cjson.decode, line)
-    if ok and type(r) == "table" and type(r.target) == "string" and r.target:lower() == path:lower()
-      and tostring(r.action):lower() == "azure.delete" and tostring(r.outcome):match("^20%d$") then
-      found = r
-    end
-  end
-  return found
+  local found = util.audit_records(function(r)
+    return type(r.target) == "string" and r.target:lower() == path:lower()
+      and tostring(r.action):lower() == "azure.delete" and tostring(r.outcome):match("^20%d$") ~= nil
+  end)
+  return found[#found]
 end
 
 -- How the run knows an inventory HSM's resource is gone: ARM's 404, and

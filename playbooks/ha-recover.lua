@@ -31,7 +31,7 @@
 -- reached" (exit status 1), naming it.
 local ha = require "dhsm.client.ha"
 local net = require "dhsm.net"
-local proc = require "dhsm.proc"
+local steps = require "dhsm.client.steps"
 
 local REMEDY = "the guide's remedy for a cloning conflict (HA Group Doesn't Sync: conflicting settings for private key "
   .. "cloning): members of one group must share a cloning domain, which cannot be changed on an initialized partition"
@@ -43,14 +43,7 @@ local SYNC_UNKNOWN = "cloning domains unknown: synchronize will report a conflic
 -- What a plan's synchronize depends on: the real run compares first.
 local IF_DIFFER = "if the members' objects differ (a plan does not read them: that is a Crypto Officer login), "
 
--- The run's client install (lunacm, Chrystoki.conf, PKCS#11), made once per
--- run.  Kept here, keyed by the run's context, rather than on the context:
--- it holds nothing to close, and no other playbook needs it.
-local installs = setmetatable({}, { __mode = "k" })
-local function client(ctx)
-  installs[ctx] = installs[ctx] or ha.client(ctx.inventory)
-  return installs[ctx]
-end
+local client = steps.client
 
 -- The name this client is registered under on the appliances (its certificate's CN).
 local function ntls_client_name(ctx)
@@ -179,67 +172,9 @@ local function recover_members(ctx, g)
 end
 
 ---------------------------------------------------------------------------
--- auto-recovery settings
-
--- Done when Chrystoki.conf itself (not a default) holds a retry count
--- other than 0 and the interval asked for; -> done, the settings.
-local function retry_set(ctx)
-  local s = client(ctx):settings()
-  return s.retry ~= 0 and s.held.interval == ctx.params.retry_interval, s
-end
-
-local function auto_recovery(ctx)
-  local p, c = ctx.params, client(ctx)
-  ctx:step(("set HA auto-recovery: retry count %d, interval %d s"):format(p.retry_count, p.retry_interval),
-    { done = retry_set }, function()
-    local now = c:settings()     -- a count set already (not 0) is the operator's: kept
-    ctx:note(("the retry count is %d: 0 means no auto-recovery (guide: HA group), so a member that drops stays "
-      .. "out until recovered by hand"):format(now.retry))
-    c:set_retry(now.retry == 0 and p.retry_count or now.retry, p.retry_interval)
-  end)
-  ctx:step("verify Chrystoki.conf holds the auto-recovery settings", function()
-    if ctx.check then
-      ctx:would(("find reconnAtt = %d, AutoReconnectInterval = %d in %s"):format(p.retry_count, p.retry_interval, c.conf_path))
-      return { planned = true }
-    end
-    local ok, s = retry_set(ctx)
-    if not ok then
-      dhsm.error { kind = "luna", code = "RetryNotSet", message = ("%s holds retry count %d, interval %d"):format(
-        c.conf_path, s.retry, s.interval) }
-    end
-    return s
-  end)
-end
-
----------------------------------------------------------------------------
 -- compare
 
--- The members of a group that can be compared: alive, with a slot.
-local function comparable(ctx, g)
-  local c = client(ctx)
-  local slots = {}
-  for _, s in ipairs(proc.lunacm_slots(c:argv())) do slots[s.serial] = s end
-  local out = {}
-  for _, m in ipairs(g.members) do
-    local entry = c:hsm_of(m.serial)
-    if slots[m.serial] and entry then out[#out + 1] = { serial = m.serial, entry = entry, token = slots[m.serial].label } end
-  end
-  return out
-end
-
--- Each member's objects, read as the Crypto Officer (not in check mode:
--- that is a login).
-local function read_objects(ctx, members)
-  for _, m in ipairs(members) do
-    m.objects = not ctx.check and client(ctx):objects(m.token, ctx.params.co_password) or { keys = {}, count = 0 }
-  end
-end
-
--- Whether the members' objects differ: synchronize's checks.
-local function drifting(ctx, members)
-  read_objects(ctx, members)
-  return ha.compare(members).drift ~= nil
-end
+local comparable, read_objects, drifting = steps.comparable, steps.read_objects, steps.drifting
 
 -- The groups this run compared itself (not replayed from a journal), by
 -- label: their synchronize follows at once, so its done= need not log in
@@ -349,16 +284,6 @@ local function new_partition(ctx, r)
   return ha.partition_on(r.entry, r.name, ctx:appliance(r.entry.name))
 end
 
--- Whether serial is a member of group label in Chrystoki.conf.
-local function in_group(ctx, label, serial)
-  for _, x in ipairs(client(ctx):conf():ha_groups()) do
-    if x.label == label then
-      for _, m in ipairs(x.members) do if m == serial then return true end end
-    end
-  end
-  return false
-end
-
 -- The HSM SO password a new partition on entry's appliance is created
 -- with, or bad input naming where it may come from.
 local function so_password(ctx, entry)
@@ -399,11 +324,11 @@ end
 local function swap_members(ctx, r)
   local c = client(ctx)
   ctx:step(("add %s (%s) to group %s"):format(r.name, r.bad.hsm, r.group), { destructive = true, target = r.group,
-    done = function() return in_group(ctx, r.group, new_partition(ctx, r).serial) end }, function()
+    done = function() return client(ctx):in_group(r.group, new_partition(ctx, r).serial) end }, function()
     c:add_member(r.group, new_partition(ctx, r).serial, ctx.params.co_password)
   end)
   ctx:step(("remove member %s (%s, the other cloning domain) from group %s"):format(r.bad.serial, r.bad.hsm, r.group),
-    { destructive = true, target = r.group, done = function() return not in_group(ctx, r.group, r.bad.serial) end },
+    { destructive = true, target = r.group, done = function() return not client(ctx):in_group(r.group, r.bad.serial) end },
     function() c:remove_member(r.group, r.bad.serial) end)
 end
 
@@ -419,16 +344,12 @@ local function replace_member(ctx, g, bad)
   swap_members(ctx, r)
 end
 
-local function group_now(ctx, label)
-  for _, x in ipairs(client(ctx):groups()) do if x.label == label then return x end end
-end
-
 -- Every bad member replaced -> the group as it is now.
 local function fix_cloning(ctx, g, bad)
   -- the rule of every step to come, before the first asks for confirmation
   for _, m in ipairs(bad) do so_password(ctx, ctx.inventory:hsm(m.hsm)) end
   for _, m in ipairs(bad) do replace_member(ctx, g, m) end
-  return group_now(ctx, g.label)
+  return client(ctx):group(g.label)
 end
 
 ---------------------------------------------------------------------------
@@ -529,7 +450,7 @@ return {
     client(ctx)            -- an inventory without the client install stops here, before any step
     local groups = read_groups(ctx)
     for _, g in ipairs(groups) do recover_members(ctx, g) end
-    if #groups > 0 then auto_recovery(ctx) end
+    if #groups > 0 then steps.auto_recovery(ctx) end
     for _, g in ipairs(groups) do heal_group(ctx, g) end
   end,
 }

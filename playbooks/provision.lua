@@ -538,6 +538,19 @@ local function first_login_command(ctx, name)
   return ("dhsm -i %s exec -e %s"):format(util.shell_quote(sys.realpath(inv) or inv), util.shell_quote(code))
 end
 
+-- The command that adds the group's new HSMs to the run's inventory.
+local function discover_command(ctx, group)
+  local inv = ctx.opts.inventory
+  return ("dhsm inventory discover -g %s --merge %s"):format(util.shell_quote(group),
+    util.shell_quote(sys.realpath(inv) or inv))
+end
+
+-- The playbook that takes it from factory-fresh to a serving HA member.
+local function initialize_command(name)
+  return ("dhsm run initialize -e hsm=%s -e partition=PARTITION -e ha_group=GROUP (or -e new_ha_group=LABEL) "
+    .. "-e credentials_stored=true makes it a serving HA member"):format(name)
+end
+
 -- Guide, "How do I see HSMs when provisioned": the NIC gives the IP to SSH to.
 local function report(ctx, requested, changed)
   local p, c = ctx.params, ctx:azure()
@@ -551,16 +564,18 @@ local function report(ctx, requested, changed)
       local ip = hsm.private_ip(c, r)
       out[#out + 1] = { name = h.name, id = r.id, stamp = r.properties.stampId, state = hsm_state(r), private_ip = ip }
       ctx:note(("%s: %s, stamp %s, private IP %s"):format(h.name, r.id, tostring(r.properties.stampId), tostring(ip)))
-      ctx:note(("  next: add it to the inventory (host %s, user tenantadmin); change the password the appliance "
-        .. "demands at first login: %s; install the reboot fix KB0019789 before any reboot"):format(tostring(ip),
-        first_login_command(ctx, h.name)))
+      ctx:note(("  next: add it to the inventory (host %s, user tenantadmin): %s; change the password the appliance "
+        .. "demands at first login: %s; install the reboot fix KB0019789 before any reboot; then %s"):format(tostring(ip),
+        discover_command(ctx, p.group), first_login_command(ctx, h.name), initialize_command(h.name)))
     end
   end
   if not changed then ctx:note("everything was already in place: nothing was changed") end
-  return { hsms = out, changed = changed, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin",
+  return { hsms = out, changed = changed, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin "
+      .. "(dhsm inventory discover -g GROUP --merge INVENTORY)",
     "change the password at first login: require(\"dhsm.luna\").first_login(inv:hsm(NAME), {new_password = secret}) "
       .. "(dhsm repl, or dhsm -i INVENTORY exec -e)",
-    "install the reboot fix (Thales KB0019789) before any reboot or power cycle" } }
+    "install the reboot fix (Thales KB0019789) before any reboot or power cycle",
+    "initialize each: dhsm run initialize -e hsm=NAME -e partition=PARTITION -e ha_group=GROUP -e credentials_stored=true" } }
 end
 
 ---------------------------------------------------------------------------

@@ -320,6 +320,38 @@ function Client:add_member(label, serial, co_pin)
   end
 end
 
+-- create_group(label, serial, co_pin): `hagroup createGroup` with the
+-- partition of that serial as its first member, a CO login on it through
+-- the guard.  lunacm asks "copy or remove" only of a member that holds
+-- objects; the password is its only input (proc.lunacm_login), so that
+-- question finds end of input and is cancelled, never answered `remove`.
+function Client:create_group(label, serial, co_pin)
+  local o = self:argv("hagroup", "createGroup", "-label", label, "-serialNumber", serial)
+  o.password = co_pin
+  local r = proc.lunacm_login(o)
+  if not r.check and not r.ok then
+    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
+      message = ("lunacm hagroup createGroup -label %s -serialNumber %s: %s"):format(label, serial,
+        said(r.stdout) or "failed") }
+  end
+end
+
+-- in_group(label, serial) -> whether serial is a member of group label in
+-- Chrystoki.conf (the client's own record of its groups)
+function Client:in_group(label, serial)
+  for _, g in ipairs(self:conf():ha_groups()) do
+    if g.label == label then
+      for _, m in ipairs(g.members) do if m == serial then return true end end
+    end
+  end
+  return false
+end
+
+-- group(label) -> the group of that label as groups() gives it, or nil
+function Client:group(label)
+  for _, g in ipairs(self:groups()) do if g.label == label then return g end end
+end
+
 -- remove_member(label, serial): `hagroup removeMember`
 function Client:remove_member(label, serial)
   self:must("hagroup", "removeMember", "-group", label, "-serialNumber", serial)

@@ -482,14 +482,14 @@ end
 -- password question: a line of words could be read as a command of its
 -- own if the "question" was misread (an echo that ends like one), and it
 -- would then reach the appliance outside the gate.
-local function check_answer(self, question, answer)
+local function check_answer(self, form, question, answer)
   local function refuse(code, fmt, ...)
     dhsm.error { kind = "safety", code = code, message = ("%s: %s"):format(self.name, fmt:format(...)) }
   end
   if secret.is(answer) then
-    if not question:find("[Pp]assword") then
+    if form.kind ~= "password" and form.kind ~= "domain" then
       refuse("SecretNotForThisQuestion", "refusing to answer %q with a secret: a secret is sent only to a password "
-        .. "question", question)
+        .. "or cloning-domain question", question)
     end
   elseif not classify(answer):match("^login") and not answer:match("^[%w%-_%.]+$") then   -- a login: send_line refuses it
     refuse("AnswerNotAWord", "refusing to answer %q with %q: an answer is one word (proceed, quit, y, n ...), "
@@ -542,7 +542,7 @@ local function exchange(self, command, opts, pass)
     local answer = answer_for(form, question, opts)
     if answer == "quit" then declined = question end
     if answer ~= nil then
-      local fine, why = pcall(check_answer, self, question, answer)
+      local fine, why = pcall(check_answer, self, form, question, answer)
       if not fine then
         self:close()                           -- the question stays unanswered: the shell's state is unknown
         error(why, 0)

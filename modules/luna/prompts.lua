@@ -20,7 +20,8 @@ local M = {}
 -- allows it, else `quit`), last_attempt (the HSM SO's last login attempt:
 -- `proceed` only for a login the guard let through with
 -- allow_destructive_login, or the deliberate zeroization), password,
--- yes_no, unknown.  ref: where the reference shows the form.  The most
+-- domain (a cloning domain: a secret, answered as a password is), yes_no,
+-- unknown.  ref: where the reference shows the form.  The most
 -- particular first: a text is the first form it ends with.
 M.FORMS = {
   { kind = "last_attempt",
@@ -32,6 +33,11 @@ M.FORMS = {
     ref = "luna-field.md 7.1: lunacm partition init (the answer echoed after ->)" },
   { kind = "proceed", words = "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'",
     ref = "luna-field.md 1122, 1348: sysconf regenCert, hsm restart" },
+  { kind = "password", words = "Please enter a password for the HSM Administrator:", ref = "luna-field.md 4.3: hsm init" },
+  { kind = "password", words = "Please re-enter password to confirm:", ref = "luna-field.md 4.3: hsm init" },
+  { kind = "domain", words = "Please enter a cloning domain to use for initializing this HSM:",
+    ref = "luna-field.md 4.3: hsm init (a secret, as a password)" },
+  { kind = "domain", words = "Please re-enter cloning domain to confirm:", ref = "luna-field.md 4.3: hsm init" },
   { kind = "password", pattern = "[Pp]assword:%s*>?%s*$", ref = "luna-field.md 4.1, 4.2" },
   { kind = "yes_no", pattern = "%(y/n%)%s*>?%s*$", ref = "ours: no published LunaSH question has it; kept for safety" },
   { kind = "unknown", pattern = "\n[ \t]*>[ \t]*$", ref = "any input mark alone on its line" },

@@ -246,4 +246,18 @@ function M.duration(s)
   return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
 end
 
+-- audit_records(keep) -> the records of this host's audit log
+-- (dhsm.audit.path()) for which keep(record) is true, oldest first.  A line
+-- that is no JSON object (one half written when a process was killed) is
+-- skipped: the log is evidence of what was sent, read as far as it goes.
+function M.audit_records(keep)
+  local cjson = require "cjson"
+  local out = {}
+  for line in (M.read_file(require("dhsm").audit.path()) or ""):gmatch("[^\n]+") do
+    local ok, r = pcall(cjson.decode, line)
+    if ok and type(r) == "table" and keep(r) then out[#out + 1] = r end
+  end
+  return out
+end
+
 return M
