@@ -72,6 +72,7 @@ M.API = {
   network = "2023-09-01",
   resources = "2021-04-01",
   features = "2021-07-01",
+  subscriptions = "2022-12-01",     -- GET /subscriptions/ID (its tenantId)
 }
 
 local ARM_AUDIENCE = "https://management.azure.com"
