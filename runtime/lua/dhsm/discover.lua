@@ -283,15 +283,7 @@ local function show_hsms(found, group)
   for _, h in ipairs(found) do
     rows[#rows + 1] = { h.name, h.state, h.stamp or "-", h.location or "-", h.ip or "(none)" }
   end
-  local w = {}
-  for _, row in ipairs(rows) do
-    for i, cell in ipairs(row) do w[i] = math.max(w[i] or 0, #cell) end
-  end
-  for _, row in ipairs(rows) do
-    local cells = {}
-    for i, cell in ipairs(row) do cells[i] = i < #row and util.pad(cell, w[i]) or cell end
-    say("%s", table.concat(cells, "  "))
-  end
+  for _, line in ipairs(util.columns(rows)) do say("%s", line) end
 end
 
 ---------------------------------------------------------------------------

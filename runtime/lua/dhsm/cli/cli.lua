@@ -369,15 +369,7 @@ local function cmd_runs(opts)
   for _, r in ipairs(runs) do
     rows[#rows + 1] = { r.id, r.playbook or "?", r.state or "?", ("%d/%d"):format(r.done, r.total), r.updated or "" }
   end
-  local w = {}
-  for _, row in ipairs(rows) do
-    for i, c in ipairs(row) do w[i] = math.max(w[i] or 0, #c) end
-  end
-  for _, row in ipairs(rows) do
-    local cells = {}
-    for i, c in ipairs(row) do cells[i] = i < #row and util.pad(c, w[i]) or c end
-    out:write(table.concat(cells, "  "), "\n")
-  end
+  for _, line in ipairs(util.columns(rows)) do out:write(line, "\n") end
   return 0
 end
 
