@@ -72,6 +72,7 @@ M.API = {
   network = "2023-09-01",
   resources = "2021-04-01",
   features = "2021-07-01",
+  subscriptions = "2022-12-01",     -- GET /subscriptions/ID (its tenantId)
 }
 
 local ARM_AUDIENCE = "https://management.azure.com"
@@ -375,14 +376,25 @@ local function choose_credential(cfg)
 end
 
 -- Fetch a token with the configured credential, or the first that works
--- of managed identity and Azure CLI.
+-- of managed identity and Azure CLI; c.used_credential says which gave it
+-- (what `dhsm inventory discover` writes down).
 function Client:fetch_token()
   local cred = self.credential
-  if cred.type ~= "chain" then return SOURCES[cred.type](self, cred) end
+  if cred.type ~= "chain" then
+    local tok, lifetime = SOURCES[cred.type](self, cred)
+    self.used_credential = cred.type
+    return tok, lifetime
+  end
   local ok, tok, lifetime = pcall(managed_identity_token, self, {}, 0)
-  if ok then return tok, lifetime end
+  if ok then
+    self.used_credential = "managed_identity"
+    return tok, lifetime
+  end
   local ok2, tok2, lifetime2 = pcall(azure_cli_token, self)
-  if ok2 then return tok2, lifetime2 end
+  if ok2 then
+    self.used_credential = "azure_cli"
+    return tok2, lifetime2
+  end
   dhsm.error { kind = "azure", code = "NoCredential",
     message = "no Azure credential: set azure.credential in the inventory, or AZURE_CLIENT_ID/"
       .. "AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or run on a managed identity, or 'az login' ("

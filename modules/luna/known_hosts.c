@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -182,6 +184,77 @@ int kh_load(LIBSSH2_KNOWNHOSTS *kh, const char *path, const char *host, int port
   kh_host_name(c.name, sizeof c.name, host, port);
   memset(m, 0, sizeof *m);
   return each_entry(path, load_entry, &c);
+}
+
+/* ---- replacing a host's key ---------------------------------------------------
+** An appliance Microsoft reset has a new host key: the line that held the
+** old one is replaced, the rest of the file kept byte for byte (comments,
+** markers, other hosts' lines), through a temporary file renamed over it. */
+
+/* Does the entry (leading blanks gone) hold host `name`'s key of `type`,
+** as libssh2 reads a plain line?  1; 2 when its host field names other
+** hosts too (not split here: the operator edits that line); 0 otherwise. */
+static int holds_key_of(const char *entry, const char *name, const char *type) {
+  const char *p = entry, *hosts, *t, *b64;
+  size_t hl = field(&p, &hosts), tl = field(&p, &t), bl = field(&p, &b64);
+  if (*entry == '@' || bl == 0 || !hosts_match(hosts, hl, name, EXACT_NAMES)) return 0;
+  if (tl != strlen(type) || memcmp(t, type, tl) != 0) return 0;
+  return memchr(hosts, ',', hl) != NULL ? 2 : 1;
+}
+
+/* Write what f holds to out, but the lines holding name's key of type. */
+static int copy_but(FILE *f, FILE *out, const char *name, const char *type, int *conflict) {
+  char line[MAX_LINE];
+  int too_long, lineno = 0;
+  long n;
+  while ((n = next_line(f, line, &too_long)) >= 0) {
+    lineno++;
+    const char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    int held = too_long || *p == '#' || strlen(line) != (size_t)n ? 0 : holds_key_of(p, name, type);
+    if (held == 2) {
+      *conflict = lineno;
+      return -2;
+    }
+    if (held == 1) continue;
+    if (too_long) return -1;      /* a line longer than any entry is not copied half: give up */
+    if (fwrite(line, 1, (size_t)n, out) != (size_t)n || fputc('\n', out) == EOF) return -1;
+  }
+  return ferror(f) ? -1 : 0;
+}
+
+int kh_replace(const char *path, const char *host, int port, const char *type,
+               const char *newline, size_t n, int *conflict) {
+  char name[300], tmp[4096];
+  kh_host_name(name, sizeof name, host, port);
+  *conflict = 0;
+  struct stat st;
+  if (stat(path, &st) != 0) return -1;
+  if (snprintf(tmp, sizeof tmp, "%s.dhsm-XXXXXX", path) >= (int)sizeof tmp) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -1;
+  int fd = mkstemp(tmp);
+  FILE *out = fd < 0 ? NULL : fdopen(fd, "w");
+  if (out == NULL) {
+    if (fd >= 0) close(fd);
+    fclose(f);
+    return -1;
+  }
+  int rc = copy_but(f, out, name, type, conflict);
+  fclose(f);
+  if (rc == 0 && (fwrite(newline, 1, n, out) != n || fchmod(fd, st.st_mode & 07777) != 0
+                  || fflush(out) != 0 || fsync(fd) != 0)) rc = -1;
+  if (fclose(out) != 0 && rc == 0) rc = -1;
+  if (rc == 0 && rename(tmp, path) != 0) rc = -1;
+  if (rc != 0) {
+    int e = errno;
+    unlink(tmp);
+    errno = e;
+  }
+  return rc;
 }
 
 /* ---- the host key algorithms to ask for ------------------------------------

@@ -38,6 +38,15 @@ void kh_host_name(char *out, size_t cap, const char *host, int port);
 ** read (libssh2's own order then).  cap >= 128 holds any answer. */
 void kh_host_key_algorithms(const char *path, const char *host, int port, char *out, size_t cap);
 
+/* Replace the plain lines of the file at path that hold host:port's key of
+** `type` (named exactly or hashed: those libssh2 checks) by newline[0..n)
+** (one OpenSSH line with its newline), appended at the end; every other
+** line kept byte for byte, the file's mode kept, written through a
+** temporary file renamed over it.  0; -1 with errno; -2 with *conflict the
+** first such line that names other hosts too (nothing written). */
+int kh_replace(const char *path, const char *host, int port, const char *type,
+               const char *newline, size_t n, int *conflict);
+
 /* Whether text[0..n) is an RSA private key: PEM "BEGIN RSA PRIVATE KEY",
 ** or an OpenSSH key whose public half (in clear, even when the key is
 ** encrypted) is ssh-rsa.  Only a bounded head is decoded, whatever n. */

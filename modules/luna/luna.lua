@@ -122,40 +122,57 @@ local function known_hosts_path(o)
   return o.known_hosts or ((os.getenv("HOME") or "") .. "/.ssh/known_hosts")
 end
 
--- Verify the appliance's host key against known_hosts (OpenSSH format).
-local function verify_host_key(s, o, name)
-  local path = known_hosts_path(o)
-  local hk = s:hostkey()
-  local verdict, known, markers = s:known_hosts(path)
-  local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
-  if verdict == "revoked" then        -- OpenSSH refuses it whatever else the file says; so do we
-    dhsm.error { kind = "safety", code = "HostKeyRevoked",
-      message = ("REVOKED HOST KEY DETECTED: the host key of %s (%s %s) is marked @revoked in %s line %d; "
-        .. "not connecting"):format(where, hk.type, hk.sha256, path, known),
-      details = { offered = hk.sha256, known_hosts = path, line = known } }
-  end
-  if verdict == "match" then return hk end
-  if verdict == "mismatch" then
-    dhsm.error { kind = "safety", code = "HostKeyMismatch",
-      message = ("the host key of %s does not match %s: known %s, offered %s. Someone may be in the path; "
-        .. "if the appliance was really re-keyed, remove its old line from %s"):format(
-        where, path, known or "?", hk.sha256, path),
-      details = { known = known, offered = hk.sha256, known_hosts = path } }
-  end
-  if (o.host_key or "strict") == "strict" then
-    dhsm.error { kind = "safety", code = "HostKeyUnknown",
-      message = ("the host key of %s (%s %s) is not in %s; check it with the appliance's console and add it, "
-        .. "or connect with host_key=\"accept-new\"%s"):format(where, hk.type, hk.sha256, path,
-        markers and markers.cert_authority and (" (%s has @cert-authority lines for it: dhsm does not check host "
-          .. "certificates, so only plain key lines count)"):format(path) or "") }
-  end
-  -- a change to a file of the operator's, through the gate: in check mode
-  -- described, not written (the key is taken for this session only)
+-- The command that accepts a re-keyed appliance's new key (dhsm.cli's
+-- `inventory trust`): the remedy a changed key's refusal names.
+local function trust_command(name, sha256)
+  return ("dhsm inventory trust %s --fingerprint %s"):format(name, sha256)
+end
+
+local function revoked(where, hk, path, line)   -- OpenSSH refuses it whatever else the file says; so do we
+  dhsm.error { kind = "safety", code = "HostKeyRevoked",
+    message = ("REVOKED HOST KEY DETECTED: the host key of %s (%s %s) is marked @revoked in %s line %d; "
+      .. "not connecting"):format(where, hk.type, hk.sha256, path, line),
+    details = { offered = hk.sha256, known_hosts = path, line = line } }
+end
+
+-- Record a key not on file, through the gate: in check mode described, not
+-- written (the key is taken for this session only).
+local function record_new_key(s, path, where, name, hk)
   act.change({ kind = "file", action = "known_hosts", target = path, audit = "ssh.accept_new_host_key",
     what = ("record the host key of %s (%s %s) in %s"):format(where, hk.type, hk.sha256, path),
     fields = { appliance = name, fingerprint = hk.sha256 }, planned = false,
     outcome = function() return "added" end }, function() s:add_known_host(path) end)
-  return hk
+end
+
+-- Verify the appliance's host key against known_hosts (OpenSSH format).
+-- A key not on file is recorded with host_key="accept-new", or when
+-- accept(hk) says so (the operator's word: dhsm inventory discover).
+-- -> the key, and "known" or "added"
+local function verify_host_key(s, o, name, accept)
+  local path = known_hosts_path(o)
+  local hk = s:hostkey()
+  local verdict, known, markers = s:known_hosts(path)
+  local where = ("%s (%s:%d)"):format(name, o.host, o.port or 22)
+  if verdict == "revoked" then revoked(where, hk, path, known) end
+  if verdict == "match" then return hk, "known" end
+  if verdict == "mismatch" then
+    dhsm.error { kind = "safety", code = "HostKeyMismatch",
+      message = ("the host key of %s does not match %s: known %s, offered %s. Someone may be in the path; "
+        .. "if the appliance was really re-keyed (an appliance Microsoft resets gets a new host key), check the "
+        .. "offered fingerprint on its console, then accept it with: %s"):format(
+        where, path, known or "?", hk.sha256, trust_command(name, hk.sha256)),
+      details = { known = known, offered = hk.sha256, known_hosts = path, remedy = trust_command(name, hk.sha256) } }
+  end
+  if (o.host_key or "strict") == "strict" and not (accept and accept(hk, where, path)) then
+    dhsm.error { kind = "safety", code = "HostKeyUnknown",
+      message = ("the host key of %s (%s %s) is not in %s; check it with the appliance's console and add it, "
+        .. "or connect with host_key=\"accept-new\"%s"):format(where, hk.type, hk.sha256, path,
+        markers and markers.cert_authority and (" (%s has @cert-authority lines for it: dhsm does not check host "
+          .. "certificates, so only plain key lines count)"):format(path) or ""),
+      details = { offered = hk.sha256, type = hk.type, known_hosts = path } }
+  end
+  record_new_key(s, path, where, name, hk)
+  return hk, "added"
 end
 
 -- The raw SSH objects of each session: { ssh=, shell=, buf= }.  Here and
@@ -358,6 +375,84 @@ function M.open(entry, opts)
   s.reboot_fix_package = entry.reboot_fix_package          -- shown; the rule reads its own copy
   raw[s].reboot_fix = entry.reboot_fix_package or M.REBOOT_FIX
   return s
+end
+
+---------------------------------------------------------------------------
+-- host keys without a login (dhsm inventory discover and trust)
+
+local HOST_KEY_OPTIONS = { accept = { type = "function" }, confirm = { type = "function" },
+  host_key = SESSION_OPTIONS.host_key }
+
+-- with_ssh(entry, fn): fn(s, o, name, where, path) on an SSH connection to
+-- the entry (no login), closed after whatever fn did.
+local function with_ssh(what, entry, fn)
+  if type(entry) ~= "table" then usage("%s: expected an inventory entry (inv:hsm(name)), got %s", what, type(entry)) end
+  local o = connect_options(entry)
+  schema.options(what, o, CONNECT_OPTIONS, true)
+  local name = o.name or o.host
+  local s = connect_ssh(o)
+  local r = table.pack(pcall(fn, s, o, name, ("%s (%s:%d)"):format(name, o.host, o.port or 22), known_hosts_path(o)))
+  s:close()
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+-- host_key(entry [, {accept = fn(hk, where, path) -> bool, host_key=}]) ->
+-- {type=, sha256=, known_hosts=, status = "known"|"added"}: the appliance's
+-- SSH host key (no login), checked as every connect checks it: on file and
+-- matching, "known"; not on file, recorded (the gate, audited
+-- ssh.accept_new_host_key) when accept(hk) says so or host_key is
+-- "accept-new", else HostKeyUnknown; changed, HostKeyMismatch naming the
+-- command that accepts it; revoked, HostKeyRevoked.
+function M.host_key(entry, opts)
+  opts = opts or {}
+  schema.options("luna.host_key", opts, HOST_KEY_OPTIONS)
+  return with_ssh("luna.host_key", entry, function(s, o, name, _, path)
+    o.host_key = opts.host_key
+    local hk, status = verify_host_key(s, o, name, opts.accept)
+    return { type = hk.type, sha256 = hk.sha256, known_hosts = path, status = status }
+  end)
+end
+
+-- trust_host_key(entry, fingerprint [, {confirm = fn(change)}]) -> {type=,
+-- sha256=, old=, known_hosts=, status = "known"|"replaced"|"added"}: the
+-- explicit acceptance of a re-keyed appliance's new key.  Only a key whose
+-- SHA256 fingerprint is exactly `fingerprint` (what the operator read on
+-- the appliance's console) is taken; confirm({type=, old=, sha256=, where=,
+-- known_hosts=}) - the operator's word, raising when not given - runs
+-- before the line is replaced, through the gate (audited
+-- ssh.replace_host_key, with both fingerprints; described in check mode).
+-- Every other line of the file is kept as it is.
+function M.trust_host_key(entry, fingerprint, opts)
+  opts = opts or {}
+  schema.argument("luna.trust_host_key", "fingerprint", fingerprint, "string")
+  schema.options("luna.trust_host_key", opts, HOST_KEY_OPTIONS)
+  if not fingerprint:match("^SHA256:[%w%+/]+$") then
+    usage("luna.trust_host_key: fingerprint: expected SHA256:... as ssh-keygen -l prints it, got %q", fingerprint)
+  end
+  return with_ssh("luna.trust_host_key", entry, function(s, _, name, where, path)
+    local hk = s:hostkey()
+    local verdict, known = s:known_hosts(path)
+    if verdict == "revoked" then revoked(where, hk, path, known) end
+    if hk.sha256 ~= fingerprint then
+      dhsm.error { kind = "safety", code = "FingerprintMismatch",
+        message = ("%s offers the %s key %s, not %s; nothing was written to %s"):format(where, hk.type, hk.sha256,
+          fingerprint, path), details = { offered = hk.sha256, given = fingerprint, known_hosts = path } }
+    end
+    local out = { type = hk.type, sha256 = hk.sha256, old = verdict == "mismatch" and known or nil,
+      known_hosts = path, status = "known" }
+    if verdict == "match" then return out end
+    if opts.confirm then opts.confirm { type = hk.type, old = out.old, sha256 = hk.sha256, where = where, known_hosts = path } end
+    out.status = verdict == "mismatch" and "replaced" or "added"
+    act.change({ kind = "file", action = "known_hosts", target = path, audit = "ssh.replace_host_key",
+      what = ("%s the host key of %s in %s: %s%s %s"):format(verdict == "mismatch" and "replace" or "record", where,
+        path, out.old and (out.old .. " -> ") or "", hk.type, hk.sha256),
+      fields = { appliance = name, old = out.old, fingerprint = hk.sha256 }, planned = false,
+      outcome = function() return out.status end }, function()
+      if verdict == "mismatch" then s:replace_known_host(path) else s:add_known_host(path) end
+    end)
+    return out
+  end)
 end
 
 -- sessions(inventory [, {connecting = fn(entry)}]) -> a pool of sessions

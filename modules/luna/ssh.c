@@ -10,6 +10,7 @@
 **   s:known_hosts(path)              --> "match" | "mismatch" | "notfound", known sha256
 **                                        | "revoked", line (known_hosts.c reads the markers)
 **   s:add_known_host(path)
+**   s:replace_known_host(path)         (this host's key instead of the one of its type on file)
 **   s:auth_password(user, secret) / s:auth_key(user, key_path [, passphrase])
 **   local ch <close> = s:shell{ term = "vt100" }
 **   ch:write_line(string | secret)  -- one line: control characters refused
@@ -454,23 +455,48 @@ static int append_line(const char *path, const char *line, size_t n) {
   return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
+/* This host's key as one OpenSSH known_hosts line in line[cap] (*n bytes,
+** its newline included); h.kh freed.  0 or a libssh2 error. */
+static int known_host_line(hostkey_ctx *h, char *line, size_t cap, size_t *n) {
+  char name[300];
+  kh_host_name(name, sizeof name, h->s->host, h->s->port);
+  struct libssh2_knownhost *entry = NULL;
+  int rc = libssh2_knownhost_addc(h->kh, name, NULL, h->key, h->len, "added by dhsm", 13,
+                                  LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+                                  knownhost_key_type(h->type), &entry);
+  if (rc == 0) rc = libssh2_knownhost_writeline(h->kh, entry, line, cap, n, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+  libssh2_knownhost_free(h->kh);
+  return rc;
+}
+
 /* s:add_known_host(path): append this host's key (accept-new) */
 static int sess_add_known_host(lua_State *L) {
   hostkey_ctx h = open_known_hosts(L);
-  char name[300];
-  kh_host_name(name, sizeof name, h.s->host, h.s->port);
-  struct libssh2_knownhost *entry = NULL;
-  int rc = libssh2_knownhost_addc(h.kh, name, NULL, h.key, h.len, "added by dhsm", 13,
-                                  LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-                                  knownhost_key_type(h.type), &entry);
   /* Appended, not rewritten: libssh2 would write back only the lines it
   ** understands, dropping @revoked and @cert-authority lines and comments. */
   char line[8192];
   size_t n = 0;
-  if (rc == 0) rc = libssh2_knownhost_writeline(h.kh, entry, line, sizeof line, &n, LIBSSH2_KNOWNHOST_FILE_OPENSSH);
-  libssh2_knownhost_free(h.kh);
+  int rc = known_host_line(&h, line, sizeof line, &n);
   if (rc == 0) rc = append_line(h.path, line, n);
   if (rc != 0) return dhsm_usage_error(L, "cannot write known_hosts file %s", h.path);
+  return 0;
+}
+
+/* s:replace_known_host(path): this host's key instead of the one of its type
+** on file (an appliance re-keyed on purpose: the caller checked the
+** fingerprint the operator gave); every other line kept as it is. */
+static int sess_replace_known_host(lua_State *L) {
+  hostkey_ctx h = open_known_hosts(L);
+  char line[8192];
+  size_t n = 0;
+  int conflict = 0;
+  int rc = known_host_line(&h, line, sizeof line, &n);
+  if (rc != 0) return dhsm_usage_error(L, "cannot make a known_hosts line for %s", h.s->host);
+  rc = kh_replace(h.path, h.s->host, h.s->port, key_type_name(h.type), line, n, &conflict);
+  if (rc == -2)
+    return dhsm_usage_error(L, "%s line %d holds the old key of %s for other hosts too; nothing was written: "
+                            "edit that line by hand", h.path, conflict, h.s->host);
+  if (rc != 0) return dhsm_usage_error(L, "cannot write known_hosts file %s: %s", h.path, strerror(errno));
   return 0;
 }
 
@@ -883,7 +909,7 @@ static int exit_libssh2(lua_State *L) {
 int luaopen_dhsm_luna_ssh(lua_State *L) {
   static const luaL_Reg sess_methods[] = {
     {"hostkey", sess_hostkey}, {"known_hosts", sess_known_hosts},
-    {"add_known_host", sess_add_known_host}, {"auth_password", sess_auth_password},
+    {"add_known_host", sess_add_known_host}, {"replace_known_host", sess_replace_known_host}, {"auth_password", sess_auth_password},
     {"auth_key", sess_auth_key}, {"shell", sess_shell},
     {"scp_get", sess_scp_get}, {"scp_put", sess_scp_put},
     {"set_timeout", sess_set_timeout}, {"close", sess_close}, {NULL, NULL}

@@ -20,8 +20,10 @@ local function refuse(audit, outcome, message)
   dhsm.error { kind = "safety", code = "NotConfirmed", message = message }
 end
 
--- confirm{target=, detail=, yes=, question=, no_terminal=, mismatch=, before_prompt=}
+-- confirm{target=, detail=, yes=, question=, no_terminal=, mismatch=, before_prompt=, answer=}
 -- returns when confirmed; raises a "safety" NotConfirmed error otherwise.
+-- The operator types the target's name, or `answer` when given (a word
+-- such as "yes", for a question about something that is not destroyed).
 -- question/no_terminal/mismatch are the texts shown; before_prompt() runs
 -- just before the question (a live progress line clears itself).
 function M.confirm(t)
@@ -35,7 +37,7 @@ function M.confirm(t)
   if t.before_prompt then t.before_prompt() end
   stderr:write(t.question)
   stderr:flush()
-  if stdin:read("l") ~= t.target then refuse(audit, "refused (typed something else)", t.mismatch) end
+  if stdin:read("l") ~= (t.answer or t.target) then refuse(audit, "refused (typed something else)", t.mismatch) end
   audit.outcome = "typed"
   dhsm.audit.write(audit)
 end

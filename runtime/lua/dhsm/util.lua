@@ -107,6 +107,21 @@ function M.check_lines(text, what, kind)
   return text
 end
 
+-- columns(rows) -> lines: rows of cells (strings) aligned in columns two
+-- blanks apart, the last cell of each row not padded.
+function M.columns(rows)
+  local w, out = {}, {}
+  for _, row in ipairs(rows) do
+    for i, c in ipairs(row) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, row in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(row) do cells[i] = i < #row and M.pad(c, w[i]) or c end
+    out[#out + 1] = table.concat(cells, "  ")
+  end
+  return out
+end
+
 -- Quote a word for /bin/sh.
 function M.shell_quote(s)
   s = tostring(s)

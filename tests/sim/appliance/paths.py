@@ -19,6 +19,7 @@ from fsutil import write_private
 SECRETS = "secrets"
 CLIENT_KEY = "secrets/id_ed25519"
 KNOWN_HOSTS = "known_hosts"
+ADDRESS_MAP = "address-map.json"      # rehearsal only: NIC address -> where the appliance listens
 SOFTHSM_CONF = "softhsm2.conf"
 SOFTHSM_TOKENS = "softhsm/tokens"
 PATCH_FILE = "patches/KB0019789.spkg"

@@ -3,17 +3,18 @@
 It creates the shared pieces once (SoftHSM store, the test client key pair, the
 KB0019789 update package, DIR/known_hosts), starts one Device per appliance in
 world.s["appliances"], answers ARM's zeroize question, follows ARM creates and
-deletes (pool.sync, on every tick), and fills inventory.json "hsms" and the
-"appliances" entry of estate.json.
+deletes (pool.sync, on every tick), and fills inventory.json "hsms", the
+rehearsal's address map (address-map.json) and the "appliances" entry of
+estate.json.
 """
 import os
 
 from appliance import keys, model, pool
 from appliance.device import Device
-from appliance.paths import CLIENT_KEY, KNOWN_HOSTS, PATCH_FILE, estate_file
+from appliance.paths import ADDRESS_MAP, CLIENT_KEY, KNOWN_HOSTS, PATCH_FILE, estate_file
 from appliance.routes import ApplianceRoutes
 from appliance.softhsm import LIBRARY, TokenStore
-from fsutil import write_public
+from fsutil import write_json, write_public
 
 PATCH_CONTENT = b"KB0019789 reboot fix for Luna Network HSM 7.2 (simulated update package)\n"
 
@@ -91,8 +92,17 @@ class ApplianceService:
                 "partitions": sorted(p["serial"] for p in state["partitions"].values())}
 
     def contribute(self, inventory):
-        inventory["hsms"] = [self._inventory_entry(dev) for dev in self.devices.values()
-                             if dev.state["resource"] is not None]
+        bound = [dev for dev in self.devices.values() if dev.state["resource"] is not None]
+        inventory["hsms"] = [self._inventory_entry(dev) for dev in bound]
+        self.write_address_map(bound)
+
+    def write_address_map(self, bound):
+        """Rehearsal only: where the appliance behind each NIC address (10.2.1.x) really listens,
+        for `dhsm inventory discover --address-map` (a real estate's NIC address is the appliance's)."""
+        entries = {dev.state["provisioned_ip"]: {"host": "127.0.0.1", "ssh_port": dev.state["ports"]["ssh"],
+                                                  "ntls_port": dev.state["ports"]["ntls"]}
+                   for dev in bound if dev.state.get("provisioned_ip")}
+        write_json(estate_file(self.estate.dir, ADDRESS_MAP), entries)
 
     def _estate_entry(self, dev):
         paths, state = dev.paths, dev.state

@@ -71,6 +71,37 @@ target's name as in exec; --yes answers for the whole suite (tests of the
 question set their own).]],
     options = { { nil, "--filter", arg = "PATTERN", help = "only tests whose name matches the Lua PATTERN" },
       { "-y", "--yes", help = "do not ask before destructive calls (the audit log records it)" } } },
+  { name = "inventory", usage = "inventory discover [-g GROUP] [--subscription ID] [--tenant T] [-o FILE | --merge FILE] "
+      .. "[--address-map FILE] [--known-hosts FILE] [--accept-new] [--yes] [--check] | inventory trust NAME "
+      .. "--fingerprint SHA256:... [--yes] [--check]",
+    summary = "write an inventory from Azure; accept a re-keyed appliance's host key",
+    text = [[discover: lists the dedicated HSMs of resource group GROUP (Azure credential:
+the inventory's, else AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, managed
+identity, 'az login'), checks each appliance's SSH host key (recorded only on
+your word: typed yes, or --accept-new) and writes an inventory to stdout, to
+-o FILE (a new file), or merged into an existing one (--merge FILE: new HSMs
+added, entries Azure no longer holds flagged, nothing else changed).  Secrets
+are written as references ("prompt"), never values.
+trust: accepts appliance NAME's new host key (an appliance Microsoft reset),
+only when it has exactly the fingerprint given, on your word (typed yes, or
+--yes), audited.]],
+    options = {
+      { "-g", "--group", arg = "GROUP", help = "the resource group (default: the inventory's)" },
+      { nil, "--subscription", arg = "ID", help = "default: the inventory's, $AZURE_SUBSCRIPTION_ID, 'az account show'" },
+      { nil, "--tenant", arg = "T", help = "the tenant (default: the credential's, else the subscription's)" },
+      { "-o", "--output", arg = "FILE", help = "write the inventory to FILE, which must not exist (default: stdout)" },
+      { nil, "--merge", arg = "FILE", help = "add the HSMs FILE lacks to it (asks first; --yes does not ask)" },
+      { nil, "--address-map", arg = "FILE", help = "REHEARSAL ONLY: NIC address -> {host, ssh_port, ntls_port}" },
+      { nil, "--known-hosts", arg = "FILE", help = "the known_hosts file (default ~/.ssh/known_hosts)" },
+      { nil, "--accept-new", help = "record host keys not yet known without asking (audited)" },
+      { nil, "--fingerprint", arg = "SHA256:...", help = "trust: the new key's fingerprint, as the console shows it" },
+      { "-y", "--yes", help = "write (--merge) or replace (trust) without asking (audited)" },
+      { nil, "--check", help = "show what would be written; write nothing" },
+      { nil, "--endpoint", arg = "URL", help = "the ARM endpoint (another cloud, a rehearsal)" },
+      { nil, "--authority", arg = "URL", help = "the token endpoint's base (another cloud, a rehearsal)" },
+      { nil, "--imds-endpoint", arg = "URL", help = "where managed identity tokens come from (a rehearsal)" },
+      { nil, "--ca-file", arg = "FILE", help = "a CA bundle to trust for ARM and the token endpoint" },
+    } },
   { name = "version", usage = "version", summary = "print the versions of dhsm and its libraries",
     text = "Prints dhsm, Lua, libcurl, libssh2 and OpenSSL versions.", options = {} },
   { name = "help", usage = "help [COMMAND]", summary = "show help for dhsm or a command",
@@ -338,15 +369,7 @@ local function cmd_runs(opts)
   for _, r in ipairs(runs) do
     rows[#rows + 1] = { r.id, r.playbook or "?", r.state or "?", ("%d/%d"):format(r.done, r.total), r.updated or "" }
   end
-  local w = {}
-  for _, row in ipairs(rows) do
-    for i, c in ipairs(row) do w[i] = math.max(w[i] or 0, #c) end
-  end
-  for _, row in ipairs(rows) do
-    local cells = {}
-    for i, c in ipairs(row) do cells[i] = i < #row and util.pad(c, w[i]) or c end
-    out:write(table.concat(cells, "  "), "\n")
-  end
+  for _, line in ipairs(util.columns(rows)) do out:write(line, "\n") end
   return 0
 end
 
@@ -387,13 +410,43 @@ local function cmd_test(opts, pos)
   return require("dhsm.testrun").run(pos, { verbose = opts.verbose, filter = opts.filter })
 end
 
+-- The options of `inventory discover` that `inventory trust` has not (its
+-- own is --fingerprint; --yes and --check are both's).
+local DISCOVER_ONLY = { group = true, subscription = true, tenant = true, output = true, merge = true,
+  ["address-map"] = true, ["known-hosts"] = true, ["accept-new"] = true, endpoint = true, authority = true,
+  ["imds-endpoint"] = true, ["ca-file"] = true }
+
+local function cmd_inventory(opts, pos)
+  local sub = pos[1]
+  if sub ~= "discover" and sub ~= "trust" then
+    usage_error("inventory needs 'discover' or 'trust'%s (see 'dhsm inventory --help')",
+      sub and (", not '" .. sub .. "'") or "")
+  end
+  local spec = by_name.inventory.options
+  for _, o in ipairs(spec) do
+    local key = o[2]:sub(3)
+    if opts[key] ~= nil and (sub == "trust" and DISCOVER_ONLY[key] or sub == "discover" and key == "fingerprint") then
+      usage_error("option %s is not one of 'inventory %s' (see 'dhsm inventory --help')", o[2], sub)
+    end
+  end
+  if opts.check then require("dhsm.act").check_process() end
+  local discover = require "dhsm.discover"
+  if sub == "trust" then
+    if not pos[2] then usage_error("inventory trust needs the NAME of an inventory entry") end
+    if pos[3] then usage_error("unexpected argument '%s'", pos[3]) end
+    return discover.trust(opts, pos[2])
+  end
+  if pos[2] then usage_error("unexpected argument '%s' (inventory discover takes options only)", pos[2]) end
+  return discover.discover(opts)
+end
+
 local function cmd_repl(opts)
   return require("dhsm.cli.repl").run { inventory = opts.inventory }
 end
 
 local handlers = {
   run = cmd_run, runs = cmd_runs, list = cmd_list, doc = cmd_doc, repl = cmd_repl,
-  exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help,
+  exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help, inventory = cmd_inventory,
 }
 
 -- The modules a safety rule lives in, loaded before a command runs code of
@@ -489,6 +542,7 @@ local function dispatch(args)
   paths.set(dirs)
   if opts.audit then dhsm.audit.set_path(opts.audit) end
   opts.inventory_given = opts.inventory ~= nil       -- -i, not $DHSM_INVENTORY
+  opts.argv = args                                   -- as typed (a refusal's command to type again)
   opts.inventory = opts.inventory or os.getenv("DHSM_INVENTORY")
   if RUNS_USER_CODE[name] then
     for _, m in ipairs(SAFETY_MODULES) do require(m) end
