@@ -2,11 +2,13 @@
 # make demo: the whole story of an Azure Dedicated HSM estate, told with the
 # shipped playbooks against the simulated estate (tests/sim), unattended:
 #
-#   provision a third HSM (the gateway race hits it: the retry shows) ->
-#   diagnose -> an appliance regenerates its NTLS certificate -> diagnose
-#   finds it -> ntls-reexchange -> an HA member drops and comes back ->
-#   ha-recover -> decommission everything, the resource group last ->
-#   orphans -> the estate's own state shows nothing is left.
+#   the operator's inventory discovered from Azure -> provision a third HSM
+#   (the gateway race hits it: the retry shows) -> discover --merge adds it
+#   -> initialize it into the HA group (the group's key replicated to it) ->
+#   diagnose all three -> an appliance regenerates its NTLS certificate ->
+#   diagnose finds it -> ntls-reexchange -> an HA member drops and comes
+#   back -> ha-recover -> decommission everything, the resource group last
+#   -> orphans -> the estate's own state shows nothing is left.
 #
 #   sh tools/demo.sh ./dhsm        (DHSM_DEMO_DIR=DIR: the estate's folder; default a new one in /tmp)
 #
@@ -53,73 +55,114 @@ member_is() {
 chapter "0. The estate: two Luna appliances in an HA pair, one spare appliance at Microsoft"
 "$estate" start --dir "$dir" --appliances 2 --spare 1 --client-ready
 # a rehearsal keeps its failed-login counts apart from the host's guard (/var/lib/dhsm)
-export DHSM_INVENTORY="$dir/inventory.json" DHSM_AUDIT="$dir/audit.jsonl" XDG_STATE_HOME="$dir/state" \
-  DHSM_GUARD_DIR="$dir/guard" \
+export DHSM_AUDIT="$dir/audit.jsonl" XDG_STATE_HOME="$dir/state" DHSM_GUARD_DIR="$dir/guard" \
   ChrystokiConfigurationPath="$dir/client"
 for h in hsm1 hsm2; do "$estate" appliance --dir "$dir" "$h" install-fix >/dev/null; done
 p1=$(state .appliances.hsm1.partitions.par1.serial)
 p2=$(state .appliances.hsm2.partitions.par1.serial)
 tests/sim/bin/lunacm -c hagroup createGroup -label demoHA -serialNumber "$p1" <"$dir/secrets/hsm1_par1_co_pin" >/dev/null
 tests/sim/bin/lunacm -c hagroup addMember -group demoHA -serialNumber "$p2" <"$dir/secrets/hsm1_par1_co_pin" >/dev/null
+# a key an application makes as applications do: sensitive, never extractable (pkcs11's defaults)
+appkey() {
+  DEMO_CO_PIN="file:$dir/secrets/hsm1_par1_co_pin" DEMO_KEY="$1" "$bin" -i "$dir/inventory.json" exec -e '
+    local lib <close> = require("dhsm.pkcs11").load(inv.client.pkcs11_lib, { env = { SOFTHSM2_CONF = inv.client.softhsm_conf } })
+    local s <close> = lib:open { label = "hsm1-par1", rw = true }
+    s:login("user", require("dhsm.secret").ref(os.getenv("DEMO_CO_PIN")))
+    s:generate_aes { label = os.getenv("DEMO_KEY") }
+    s:logout()'
+}
+appkey app-key-0
 say "estate folder $dir (ARM, its login endpoint, the appliances over real SSH and TLS, all on loopback)"
-say "hsm1 and hsm2: resource group hsm-rg, reboot fix installed, partition par1 each, HA group demoHA"
-say "this host is their Luna client (Chrystoki.conf in $dir/client)"
+say "hsm1 and hsm2: resource group hsm-rg, reboot fix installed, partition par1 each, HA group demoHA;"
+say "an application made key app-key-0 (sensitive, not extractable) on hsm1; this host is their Luna client"
 
-chapter "1. Provision a third HSM, hsm3 - with the guide's gateway race switched on"
+chapter "1. The operator's inventory, discovered from Azure (not the estate's own file)"
+# the service principal in the environment, as the Azure SDKs' credential chain reads it
+AZURE_CLIENT_ID=$(jq -r .azure.client_id "$dir/estate.json")
+AZURE_TENANT_ID=$(jq -r .azure.tenant "$dir/estate.json")
+AZURE_SUBSCRIPTION_ID=$(jq -r .azure.subscription "$dir/estate.json")
+AZURE_CLIENT_SECRET=$(cat "$(jq -r .azure.secret_file "$dir/estate.json")")
+export AZURE_CLIENT_ID AZURE_TENANT_ID AZURE_SUBSCRIPTION_ID AZURE_CLIENT_SECRET
+# the rehearsal's endpoints and NIC address map (a real estate needs neither)
+rehearsal="--endpoint $(jq -r .services.arm.url "$dir/estate.json") --authority $(jq -r .services.aad.url "$dir/estate.json")
+  --ca-file $dir/ca.pem --address-map $dir/address-map.json --known-hosts $dir/operator_known_hosts"
+inv="$dir/operator.json"
+# shellcheck disable=SC2086
+dhsm inventory discover -g hsm-rg $rehearsal --accept-new -o "$inv"
+# what discover cannot know: where this operator keeps the secrets, and the client install
+fill() {
+  jq --arg s "$dir/secrets" --slurpfile est "$dir/inventory.json" '.client = $est[0].client
+    | .hsms |= map(.password = "file:\($s)/\(.name)_password" | .so_password = "file:\($s)/\(.name)_so_password")' \
+    "$inv" >"$inv.new" && mv "$inv.new" "$inv" && chmod 600 "$inv"
+}
+fill
+export DHSM_INVENTORY="$inv"
+say "the operator pointed each secret at its file and added the client install: $inv"
+
+chapter "2. Provision a third HSM, hsm3 - with the guide's gateway race switched on"
 say "the estate will fail the next HSM creation as if the ExpressRoute gateway were not ready yet,"
 say "although it reads Succeeded; the guide says rerunning the deployment often solves it"
 "$estate" fault --dir "$dir" gateway_race_next=1 >/dev/null
 dhsm run provision -e hsms=hsm3:stamp2 -e poll_interval=0.2 -e backoff=1 --yes
-say "hsm3 came up on the spare appliance, factory-fresh (zeroized): initialising it is the next"
-say "step provision names; this story leaves it so and gives it back at the end"
 
-chapter "2. Diagnose the HSMs in service, hsm1 and hsm2: every check of the guide"
-say "(hsm3 is left out: a factory-fresh HSM is zeroized and has no certificate exchange yet, which"
-say " diagnose would rightly report; the Azure checks still cover the whole resource group)"
-diagnose -e hsm=hsm1,hsm2
-say "no FAIL; the one WARN is the HA retry count of 0, the default the guide warns about: chapter 7 sets it"
+chapter "3. discover --merge: the inventory gains hsm3, nothing else changes"
+# shellcheck disable=SC2086
+dhsm inventory discover -g hsm-rg $rehearsal --accept-new --merge "$inv" --yes
+fill
 
-chapter "3. Meanwhile, an administrator on hsm1 regenerates its NTLS certificate and restarts NTLS"
+chapter "4. initialize hsm3: from factory-fresh to a member of demoHA holding the group's keys"
+for f in new_password so_password pso_password; do printf 'Demo-%s-Passw0rd\n' "$f" >"$dir/hsm3_$f"; done
+echo defaultdomain >"$dir/hsm3_domain"      # the group's cloning domain (its partitions were made in it)
+chmod 600 "$dir"/hsm3_*
+dhsm run initialize -e hsm=hsm3 -e partition=par1 -e ha_group=demoHA -e credentials_stored=true \
+  -e new_password="file:$dir/hsm3_new_password" -e so_password="file:$dir/hsm3_so_password" \
+  -e cloning_domain="file:$dir/hsm3_domain" -e pso_password="file:$dir/hsm3_pso_password" \
+  -e co_password="file:$dir/secrets/hsm1_par1_co_pin" --yes
+say "app-key-0 on hsm3's partition: $(DEMO_CO_PIN="file:$dir/secrets/hsm1_par1_co_pin" "$bin" exec -e '
+  local lib <close> = require("dhsm.pkcs11").load(inv.client.pkcs11_lib, { env = { SOFTHSM2_CONF = inv.client.softhsm_conf } })
+  local s <close> = lib:open { label = "hsm3-par1" }
+  s:login("user", require("dhsm.secret").ref(os.getenv("DEMO_CO_PIN")))
+  print(#s:find { label = "app-key-0" } == 1 and "there (cloned by the synchronize)" or "MISSING")
+  s:logout()')"
+"$estate" appliance --dir "$dir" hsm3 install-fix >/dev/null
+say "the operator installs the reboot fix on hsm3, as initialize reported it missing"
+
+chapter "5. Diagnose all three HSMs: every check of the guide"
+diagnose
+say "no FAIL: hsm3 serves as the others do"
+
+chapter "6. Meanwhile, an administrator on hsm1 regenerates its NTLS certificate and restarts NTLS"
 { echo "hsm login"; cat "$dir/secrets/hsm1_so_password"; echo "sysconf regenCert -force"; echo "service restart ntls"; } |
   lunash hsm1
 say "this client still trusts the old certificate: vtl verify no longer lists hsm1's partition"
 tests/sim/bin/vtl verify | sed 's/^/   | /'
 
-chapter "4. Diagnose again: it finds the certificate hsm1 presents is not the one this client trusts"
-diagnose -e hsm=hsm1,hsm2
+chapter "7. Diagnose again: it finds the certificate hsm1 presents is not the one this client trusts"
+diagnose
 
-chapter "5. ntls-reexchange: fetch hsm1's new server.pem, replace it in the client's trust (vtl), verify"
+chapter "8. ntls-reexchange: fetch hsm1's new server.pem, replace it in the client's trust (vtl), verify"
 dhsm run ntls-reexchange -e hsm=hsm1 --yes
 
-chapter "6. hsm2 loses power and comes back: the client dropped it from demoHA, and the retry count is 0"
+chapter "9. hsm2 loses power and comes back: the client drops it from demoHA"
 "$estate" appliance --dir "$dir" hsm2 down >/dev/null
 member_is "$p2" down
 say "hsm2 is down; the client marks member $p2 down"
 say "meanwhile an application creates key app-key-1 through the group: only hsm1, the member alive, holds it"
-DEMO_CO_PIN="file:$dir/secrets/hsm1_par1_co_pin" "$bin" exec -e '
-  local client = require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")).client
-  local lib <close> = require("dhsm.pkcs11").load(client.pkcs11_lib, { env = { SOFTHSM2_CONF = client.softhsm_conf } })
-  local s <close> = lib:open { label = "hsm1-par1", rw = true }
-  s:login("user", require("dhsm.secret").ref(os.getenv("DEMO_CO_PIN")))
-  s:generate_aes { label = "app-key-1", sensitive = false, extractable = true }
-  s:logout()'
+appkey app-key-1
 "$estate" appliance --dir "$dir" hsm2 up >/dev/null
-say "hsm2 is back, but with no auto-recovery the member stays out of the group until someone acts"
+say "hsm2 is back; auto-recovery (initialize set it) would retry in 60 s: the operator does not wait"
 
-chapter "7. ha-recover: recover the member, turn auto-recovery on, compare the members, synchronize"
+chapter "10. ha-recover: recover the member, compare the members, synchronize"
 dhsm run ha-recover -e co_password="file:$dir/secrets/hsm1_par1_co_pin"
 
-chapter "8. Decommission all three, the guide's way: zeroize, check, delete each HSM, then the group"
-jq --arg s "$dir/secrets" '.hsms |= map(.so_password = "file:\($s)/\(.name)_so_password")' \
-  "$dir/inventory.json" >"$dir/operator.json"
-say "each HSM's SO password is in the operator's inventory ($dir/operator.json)"
-dhsm -i "$dir/operator.json" run decommission -e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true \
-  -e delete_group=true -e poll_interval=0.2 --yes
+chapter "11. Decommission all three, the guide's way: zeroize, check, delete each HSM, then the group"
+say "each HSM's SO password is in the operator's inventory ($inv; hsm3's is the one initialize set)"
+dhsm run decommission -e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true -e delete_group=true -e poll_interval=0.2 --yes
 
-chapter "9. Orphans: an HSM whose group went first would still be billed"
+chapter "12. Orphans: an HSM whose group went first would still be billed"
 dhsm run orphans
 
-chapter "10. The estate, from its own state"
+chapter "13. The estate, from its own state"
 say "resources: $(state '.resources | length'), resource groups: $(state '.groups | length'), orphaned HSMs: \
 $(state '.derived.orphaned_hsms | length'), billed HSMs: $(state '.derived.billed_hsms | length')"
 say "appliances: $(state '[.appliances | to_entries[] | "\(.key) \(.value.status)"] | join(", ")')"

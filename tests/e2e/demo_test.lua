@@ -64,23 +64,36 @@ t.test("the whole story: every chapter reached the estate, which ends empty and 
   one("^lunacm: hagroup createGroup %-label demoHA .* %-> No Error$", "the HA group made")
   t.eq(#where(log, "^arm PUT /subscriptions/%S+" .. HSM_PATH .. "hsm3 %->"), 2,
     "provision: hsm3 PUT, hit by the gateway race, then PUT again")
+  local discovered = where(log, "^arm GET /subscriptions/[^/]+/resourceGroups/hsm%-rg/providers/"
+    .. "Microsoft%.HardwareSecurityModules/dedicatedHSMs %-> 200")
+  t.ok(#discovered >= 2, "discover and discover --merge list the group's HSMs")
+  local init = one("^hsm3 lunash: hsm init %-label hsm3 %-> 0$", "initialize: hsm init on hsm3")
+  one("^hsm3 lunash: partition create %-partition par1 %-force %-> 0$", "initialize: partition par1 on hsm3")
+  local member = one("^lunacm: hagroup addMember %-group demoHA .* %-> No Error$", "initialize: hsm3 joins demoHA")
+  local syncs = where(log, "^lunacm: hagroup synchronize %-group demoHA.* %-> No Error$")
+  t.eq(#syncs, 2, "initialize clones the group's keys to hsm3, ha-recover the key hsm2 missed")
+  t.ok(discovered[1] < init and init < member and member < syncs[1], "discover, initialize, its synchronize in order")
+  t.ok(output:find("app-key-0 on hsm3's partition: there (cloned by the synchronize)", 1, true), "the key is on hsm3")
   local regen = one("^hsm1 lunash: sysconf regenCert %-force %-> 0$", "hsm1 regenerates its certificate")
   one("^hsm1 lunash: service restart ntls %-> 0$", "and restarts NTLS")
   local add = one("^vtl: addServer %-cert %S+ %-name 127%.0%.0%.1 %-port %d+ %-> 0$", "ntls-reexchange re-adds it")
   one("^vtl: deleteServer %-name 127%.0%.0%.1 %-port %d+ %-> 0$", "after deleting the stale one")
   local recover = one("^lunacm: hagroup recover %-group demoHA %-> No Error$", "ha-recover recovers hsm2")
-  one("^lunacm: hagroup retry %-count %-1 %-> No Error$", "and sets the retry count")
-  local sync = one("^lunacm: hagroup synchronize %-group demoHA.* %-> No Error$", "and clones the key hsm2 missed")
+  one("^lunacm: hagroup retry %-count %-1 %-> No Error$", "initialize sets the retry count")
+  local sync = syncs[2]
   local deletes = {}
   for _, name in ipairs { "hsm1", "hsm2", "hsm3" } do
     deletes[#deletes + 1] = one("^arm DELETE /subscriptions/%S+" .. HSM_PATH .. name .. " %-> 202", "delete " .. name)
   end
-  for _, name in ipairs { "hsm1", "hsm2" } do one("^" .. name .. " lunash: hsm zeroize %-force %-> 0$", "zeroize " .. name) end
+  for _, name in ipairs { "hsm1", "hsm2", "hsm3" } do
+    one("^" .. name .. " lunash: hsm zeroize %-force %-> 0$", "zeroize " .. name)
+  end
   local group = one("^arm DELETE /subscriptions/[^/]+/resource[Gg]roups/hsm%-rg %-> 202", "delete the group")
-  t.ok(regen < add and add < recover and recover < sync and sync < deletes[1] and deletes[3] < group, "the chapters in the story's order")
+  t.ok(syncs[1] < regen and regen < add and add < recover and recover < sync and sync < deletes[1]
+    and deletes[3] < group, "the chapters in the story's order")
 
   local cfg = chrystoki.load(dir .. "/client/Chrystoki.conf"):ha_config()
-  t.eq(cfg.reconnAtt, -1, "Chrystoki.conf keeps the auto-recovery ha-recover set")
+  t.eq(cfg.reconnAtt, -1, "Chrystoki.conf keeps the auto-recovery initialize set")
   local world = cjson.decode(util.read_file(dir .. "/state.json"))
   t.eq({ world.resources, world.groups }, { {}, {} }, "no resource and no group left")
   local status = {}
@@ -96,7 +109,7 @@ t.test("Ctrl-C half-way (SIGINT to the demo's process group): the estate is stop
     local ok, exited = pcall(p.wait, p, 0)
     if ok then error("the demo ended (status " .. tostring(exited.status) .. ") before the kill point\n" .. p:stderr(), 0) end
     return where(log_entries(dir), "^hsm1 lunash: sysconf regenCert")[1]
-  end, "at chapter 3 (hsm1's regenCert in estate.log)", 600)
+  end, "at chapter 6 (hsm1's regenCert in estate.log)", 600)
   p:kill(2)
   local exit, output = finish(p, 120)
   t.eq(exit.status, 130, output)
