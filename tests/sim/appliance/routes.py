@@ -16,7 +16,11 @@
        LunaCM `partition init` + `role init -name co`: a new empty token (after the PSO
        threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
        what is not given is kept (label, domain) or generated (PINs)); "co": false is
-       `partition init` alone (lunacm's): the Crypto Officer left uninitialised
+       `partition init` alone (lunacm's): the Crypto Officer left uninitialised; on a partition
+       `partition create` left uninitialised (7.x) this makes its token
+  POST /_sim/appliances/NAME/partitions/P/initco {"co_pin"}   LunaCM `role init -name co` (the client
+       checked the Partition SO's login): the CO's first password, C_InitPIN as the Partition SO;
+       409 CoAlreadyInitialized when it has one, 409 NotInitialized before `partition init`
 
   GET  /_sim/partitions/SERIAL                   {appliance, partition, serial, pso_failures,
        co_failures, so_attempts_left, co_attempts_left, co_locked, co_permanent, zeroized}
@@ -127,6 +131,13 @@ class ApplianceRoutes:
                 return _error(409, "ResetRefused", refused)
             if body.get("new_pin"):
                 hsmops.set_co_pin(dev, name, body["new_pin"])
+            return 200, roles.role_status(part)
+        if verb == "initco":
+            if not body.get("co_pin"):
+                return _error(400, "InvalidBody", 'send {"co_pin": "..."}')
+            refused = hsmops.init_co(dev, name, body["co_pin"])
+            if refused:
+                return _error(409, refused[0], f"{dev.name} partition {name}: {refused[1]}")
             return 200, roles.role_status(part)
         if verb == "init":
             hsmops.init_partition(dev, name, body.get("label"), body.get("domain"), body.get("so_pin"),

@@ -16,8 +16,9 @@ The words are the published ones.  Without -domain the cloning domain is asked t
 (`Enter the domain name:` / `Re-enter the domain name:`: our words, not published);
 -password skips the password prompts.  The partition gets a new empty token, the new PSO
 password and the cloning domain; its Crypto Officer is left uninitialised (`role init -name
-co` as the PSO, or C_InitPIN over PKCS#11).  The simulator's `partition create` makes an
-initialised partition, so `partition init` here always re-initialises (contents destroyed).
+co` as the PSO, or C_InitPIN over PKCS#11).  A partition LunaSH's 7.x `partition create` made is
+uninitialised (no token: `Label ->` empty) and gets its first token here; on an initialised one
+`partition init` re-initialises it (contents destroyed).
 """
 from appliance.cli import Command, Opt
 from estate_client import EstateError

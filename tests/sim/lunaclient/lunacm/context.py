@@ -8,7 +8,8 @@ LunaCmError with a CKR name and optional lines; tables are written unindented wi
 """
 NO_ERROR = "No Error"
 INDENT = "  "  # 7.2's client indents its listing and questions by 2 (luna-field.md 7.1)
-CKR = {"CKR_CANCEL": 0x01, "CKR_SLOT_ID_INVALID": 0x03, "CKR_GENERAL_ERROR": 0x05, "CKR_ARGUMENTS_BAD": 0x07,
+CKR = {"CKR_CANCEL": 0x01, "CKR_SLOT_ID_INVALID": 0x03, "CKR_GENERAL_ERROR": 0x05, "CKR_FUNCTION_FAILED": 0x06,
+       "CKR_ARGUMENTS_BAD": 0x07,
        "CKR_DEVICE_ERROR": 0x30, "CKR_FUNCTION_NOT_SUPPORTED": 0x54, "CKR_PIN_INCORRECT": 0xA0,
        "CKR_PIN_LOCKED": 0xA4, "CKR_TOKEN_NOT_PRESENT": 0xE0, "CKR_USER_ALREADY_LOGGED_IN": 0x100,
        "CKR_USER_NOT_LOGGED_IN": 0x101, "CKR_USER_PIN_NOT_INITIALIZED": 0x102, "CKR_USER_TYPE_INVALID": 0x103}
@@ -63,12 +64,13 @@ class Context:
         """-password, else the prompt."""
         return self.opt("password") or self.secret("Enter the password: ")
 
-    def new_password(self):
+    def new_password(self, first_prompt="Enter new password: ", again_prompt="Re-enter new password: "):
+        """-password, else asked twice."""
         given = self.opt("password")
         if given:
             return given
-        first = self.secret("Enter new password: ")
-        if self.secret("Re-enter new password: ") != first:
+        first = self.secret(first_prompt)
+        if self.secret(again_prompt) != first:
             raise LunaCmError("CKR_ARGUMENTS_BAD", "The two passwords do not match.")
         return first
 
