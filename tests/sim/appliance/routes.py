@@ -17,7 +17,7 @@
        threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
        what is not given is kept (label, domain) or generated (PINs)); "co": false is
        `partition init` alone (lunacm's): the Crypto Officer left uninitialised; on a partition
-       `partition create` left uninitialised (7.x) this makes its token
+       `partition create` left uninitialised (7.x) this makes its token; the answer names its token_serial
   POST /_sim/appliances/NAME/partitions/P/initco {"co_pin"}   LunaCM `role init -name co` (the client
        checked the Partition SO's login): the CO's first password, C_InitPIN as the Partition SO;
        409 CoAlreadyInitialized when it has one, 409 NotInitialized before `partition init`
@@ -142,7 +142,7 @@ class ApplianceRoutes:
         if verb == "init":
             hsmops.init_partition(dev, name, body.get("label"), body.get("domain"), body.get("so_pin"),
                                   body.get("co_pin"), with_co=body.get("co", True) is not False)
-            return 200, roles.role_status(part)
+            return 200, {**roles.role_status(part), "token_serial": part["token_serial"]}
         return _error(404, "NotFound", f"No partition action '{verb}'.")
 
     def by_serial(self, method, path, body):

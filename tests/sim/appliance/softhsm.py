@@ -84,9 +84,10 @@ class TokenStore:
             return lib.destroy_objects(serial, user_pin)
 
     def synchronize(self, serials, user_pin):
-        """An HA group's synchronize: every object copied to the members missing it (p11.synchronize)."""
+        """An HA group's synchronize: every object cloned to the members missing it (p11.synchronize;
+        sensitive keys through their files here: appliance/cloning.py)."""
         with self.library as lib:
-            return p11.synchronize(lib, serials, user_pin)
+            return p11.synchronize(lib, serials, user_pin, self._folder)
 
     def _token_folders(self):
         try:

@@ -52,10 +52,11 @@ class Context:
             raise LunaCmError("CKR_CANCEL", "No answer was given.")
         return answer.strip()
 
-    def secret(self, prompt):
-        """A password from stdin; none at all cancels the command (no login is tried, none counted)."""
+    def secret(self, prompt, gap=False):
+        """A password from stdin; none at all cancels the command (no login is tried, none counted).
+        GAP: a blank line first, as between 7.1's `partition init` prompts."""
         self.flush()
-        answer = self.session.console.read_secret(f"{INDENT}{prompt}")
+        answer = self.session.console.read_secret(f"{chr(10) if gap else ''}{INDENT}{prompt}")
         if not answer:
             raise LunaCmError("CKR_CANCEL", "No password was given.")
         return answer
@@ -69,9 +70,13 @@ class Context:
         given = self.opt("password")
         if given:
             return given
+        return self.twice(first_prompt, again_prompt)
+
+    def twice(self, first_prompt, again_prompt):
+        """A new secret typed twice, a blank line between the prompts (luna-field.md 7.1)."""
         first = self.secret(first_prompt)
-        if self.secret(again_prompt) != first:
-            raise LunaCmError("CKR_ARGUMENTS_BAD", "The two passwords do not match.")
+        if self.secret(again_prompt, gap=True) != first:
+            raise LunaCmError("CKR_ARGUMENTS_BAD", "The two entries do not match.")
         return first
 
     # slots -----------------------------------------------------------------------------
