@@ -36,7 +36,8 @@ sys.path.insert(0, HERE)
 
 from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
-from appliance import layouts, model, p11  # noqa: E402
+from appliance import keys, layouts, model, p11, pool  # noqa: E402
+from appliance.paths import Paths  # noqa: E402
 from appliance.softhsm import TokenFile, TokenStore  # noqa: E402
 from estate_client import EstateClient, EstateError  # noqa: E402
 
@@ -254,6 +255,19 @@ class Box:
     def as_so(self, command, answers="proceed\n"):
         """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
         return self.piped(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n")
+
+    def first_login(self, new_password, client=None):
+        """The forced password change of a factory-fresh appliance (1.1), on CLIENT (default: a new
+        connection with the secrets' password); the appliance writes NEW_PASSWORD to DIR/secrets."""
+        client = client or self.connect()
+        try:
+            shell = Shell(client.invoke_shell())
+            for prompt in (r"New password:$", r"Retype new password:$"):
+                shell.read_until(prompt)
+                shell.channel.send(new_password + "\r")
+            shell.read_until(r"lunash:>$")
+        finally:
+            client.close()
 
     def new_partition(self, name, options="", **init):
         """LunaSH `partition create` as the HSM SO, then what LunaCM's `partition init` and `role init
@@ -488,6 +502,11 @@ class LoginThresholdTest(ApplianceCase):
         entry = next(h for h in json.load(open(os.path.join(ESTATE_DIR, "inventory.json")))["hsms"]
                      if h["resource"] == "hsm-new")
         self.assertEqual(entry["ssh_port"], box.port)
+        # factory-fresh from Microsoft: a factory admin password the first interactive login must change (1.1)
+        self.assertEqual(box.run("hsm show"), (1, "Password change required but no TTY available.\n"))
+        self.assertTrue(CLIENT.control("GET", "appliances/hsm2")["faults"]["force_password_change"])
+        self.assertEqual(entry["password"], "file:" + box.info["password_file"])
+        box.first_login("Fresh-Adm1n!")
         self.assertIn("HSM IS ZEROIZED", box.ok("hsm show"))
         self.assertIn("10.2.1.40", box.ok("network show"))
         self.assertIn("'hsm init' successful.", box.ok("hsm init -label fresh -password Fresh-Pass1 "
@@ -890,6 +909,20 @@ class HsmLoginLayoutTest(ApplianceCase):
         self.assertTrue(typed(run("hsm login", so)).endswith("Command Result : 65535 (Luna Shell execution)\n"))
 
 
+class PoolTest(unittest.TestCase):
+    def test_spares_come_factory_fresh_from_microsoft(self):
+        """A spare waits in the pool as Microsoft hands an appliance over: zeroized, a factory admin
+        password in DIR/secrets that the first interactive login must change (1.1)."""
+        world, tmp = type("World", (), {"s": {}, "changed": lambda self: None})(), tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        pool.seed_spares(world, 3, 1, tmp)
+        state = world.s["appliances"]["hsm3"]
+        self.assertEqual((state["status"], state["faults"]["force_password_change"]), ("pool", True))
+        self.assertTrue(model.is_zeroized(state))
+        password = read(Paths(tmp, "hsm3").secret("password"))
+        self.assertTrue(model.check_secret(state["admin"], password))
+
+
 class TokenStoreTest(unittest.TestCase):
     """softhsm.TokenStore on a store of its own: the token.object rewrite, and tokens made the old way."""
 
@@ -1106,7 +1139,34 @@ class FaultTest(ApplianceCase):
         with self.assertRaises(AssertionError):
             shell.read_until("Command Result", timeout=1)  # the answer never comes
         self.assertTrue(unreachable(box.port))
-        self.assertEqual(box.control("support-reset")["status"], "up")
+        old_password, known = box.secret("password"), read(os.path.join(ESTATE_DIR, "known_hosts"))
+        answer = box.control("support-reset")  # the guide: "all configuration and key material is lost"
+        self.assertEqual(answer["status"], "up")
+        self.assertEqual(sorted(answer["host_keys"]), ["ed25519", "rsa"])
+        # new host keys; DIR/known_hosts (the operator's file) still holds the old one, as in reality
+        self.assertEqual(read(os.path.join(ESTATE_DIR, "known_hosts")), known)
+        with self.assertRaises(paramiko.BadHostKeyException):
+            box.connect(password=box.secret("password"))
+        # the factory admin password, a new one, which the first interactive login must change
+        new_password = box.secret("password")
+        self.assertNotEqual(new_password, old_password)
+        self.assertTrue(CLIENT.control("GET", "appliances/hsm3")["faults"]["force_password_change"])
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the operator checks the fingerprint
+        self.addCleanup(client.close)
+        with self.assertRaises(paramiko.AuthenticationException):
+            client.connect("127.0.0.1", box.port, "tenantadmin", password=old_password, look_for_keys=False,
+                           allow_agent=False, timeout=5)
+        client.connect("127.0.0.1", box.port, "tenantadmin", password=new_password, look_for_keys=False,
+                       allow_agent=False, timeout=5)
+        offered = client.get_transport().get_remote_server_key()
+        self.assertIn(keys.fingerprint_sha256(offered), answer["host_keys"].values())
+        box.first_login("Fact0ry-Fresh!", client)
+        self.assertEqual(box.secret("password"), "Fact0ry-Fresh!")
+        host = f"[127.0.0.1]:{box.port} "  # the operator replaces the old key with the one checked
+        lines = [line for line in known.splitlines() if not line.startswith(host)]
+        with open(os.path.join(ESTATE_DIR, "known_hosts"), "w") as f:
+            f.write("".join(line + "\n" for line in lines + [host + f"{offered.get_name()} {offered.get_base64()}"]))
         shown = box.ok("hsm show")
         self.assertIn("HSM IS ZEROIZED", shown)  # the reset loses everything
         self.assertNotIn("10.2.1.99", box.ok("network show"))

@@ -180,9 +180,12 @@ def unregister_client(dev, name):
 def factory_reset(dev):
     """What Microsoft's reset does (support request, or a device returned to the pool):
     the initial state - zeroized, default policies, no Auditor, no clients, no patch, no
-    files in the home folder, a new NTLS certificate; the admin password and the host key stay."""
+    files in the home folder, a new NTLS certificate, the factory admin password (a new one
+    in DIR/secrets, to be changed at the first interactive login). The resource binding and
+    the address stay; the host key too (Device.support_reset makes new ones)."""
     zeroize_hsm(dev, "factory reset")
     state = dev.state
+    model.factory_admin(state, dev.paths.write_secret)
     for name in list(state["clients"]):
         unregister_client(dev, name)
     state.update(hsm=model.factory_hsm(), hostname=state["name"], packages={model.REBOOT_FIX: False},

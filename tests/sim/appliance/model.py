@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import os
 import random
+import secrets
 
 from appliance import policies
 
@@ -126,6 +127,11 @@ def parse_faults(values):
 
 
 # secrets ------------------------------------------------------------------------
+def new_password():
+    """A password the estate makes (a factory admin password, seeded SO and Auditor passwords)."""
+    return "Sim-" + secrets.token_urlsafe(12)
+
+
 def hash_secret(text):
     salt = os.urandom(16)
     return {"salt": salt.hex(), "hash": _digest(text, salt).hex()}
@@ -222,6 +228,16 @@ def new_appliance(name, ip, taken=()):
             "hsm": factory_hsm(), "partitions": {}, "clients": {}, "next_partition": 1,
             "ntls": {"bind": "all", "ipcheck": True, "pid": new_ntls_pid(), "running": True},
             "packages": {REBOOT_FIX: False}, "faults": default_faults(), "last_login": None}
+
+
+def factory_admin(state, write_secret):
+    """The admin account as Microsoft hands an appliance over (a spare, or after a factory reset): a
+    new password (WRITE_SECRET("password", it): DIR/secrets/NAME_password) that the first interactive
+    login must change (luna-field.md 1.1: fault force_password_change)."""
+    password = new_password()
+    write_secret("password", password)
+    state["admin"] = hash_secret(password)
+    state["faults"]["force_password_change"] = True
 
 
 def domain_id(domain):

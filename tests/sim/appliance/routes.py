@@ -4,7 +4,8 @@
   GET  /_sim/appliances/NAME                     the state (password hashes left out)
   POST /_sim/appliances/NAME/action {"action": A}
        down | up | reboot | hard-reboot | support-reset | install-fix | uninstall-fix |
-       zeroize | new-host-key
+       zeroize | new-host-key    -> the summary; support-reset adds host_keys {rsa, ed25519}
+       (SHA256 fingerprints of the new keys, which DIR/known_hosts does not get)
   POST /_sim/appliances/NAME/faults {fault: value}    (model.FAULTS); .../faults/clear
   POST /_sim/appliances/NAME/partitions/P/login {"role": "so"|"co", "ok": bool}
        one Partition SO / Crypto Officer login, as the client side saw it: applies the
@@ -105,8 +106,8 @@ class ApplianceRoutes:
             return _error(400, "InvalidAction", f"action must be one of {', '.join(ACTIONS)}")
         if dev.state["status"] == "pool":
             return _error(409, "ApplianceInPool", f"{dev.name} is in the free pool (no HSM resource).")
-        ACTIONS[name](dev)
-        return 200, summary(dev)
+        result = ACTIONS[name](dev)
+        return 200, {**summary(dev), **(result if isinstance(result, dict) else {})}
 
     def faults(self, dev, body, clear=False):
         try:
