@@ -36,9 +36,10 @@ sys.path.insert(0, HERE)
 
 from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
-from appliance import layouts, p11  # noqa: E402
+from appliance import keys, layouts, model, p11, pool  # noqa: E402
+from appliance.paths import Paths  # noqa: E402
 from appliance.softhsm import TokenFile, TokenStore  # noqa: E402
-from estate_client import EstateClient  # noqa: E402
+from estate_client import EstateClient, EstateError  # noqa: E402
 
 PROMPT = re.compile(r"\[[\w.-]+\] lunash:>$")
 FAST = {"hsm_step_seconds": "0.05", "delete_seconds": "0.1", "reboot_seconds": "1",
@@ -255,6 +256,26 @@ class Box:
         """COMMAND as the HSM SO: login, command and its answers piped into one shell session."""
         return self.piped(f"hsm login -password {self.secret('so_password')}\n{command}\n{answers}exit\n")
 
+    def first_login(self, new_password, client=None):
+        """The forced password change of a factory-fresh appliance (1.1), on CLIENT (default: a new
+        connection with the secrets' password); the appliance writes NEW_PASSWORD to DIR/secrets."""
+        client = client or self.connect()
+        try:
+            shell = Shell(client.invoke_shell())
+            for prompt in (r"New password:$", r"Retype new password:$"):
+                shell.read_until(prompt)
+                shell.channel.send(new_password + "\r")
+            shell.read_until(r"lunash:>$")
+        finally:
+            client.close()
+
+    def new_partition(self, name, options="", **init):
+        """LunaSH `partition create` as the HSM SO, then what LunaCM's `partition init` and `role init
+        -name co` do (the control hook): 7.x leaves a created partition uninitialised, without a token."""
+        out = self.as_so(f"partition create -partition {name} {options}".rstrip())
+        self.client.control("POST", f"appliances/{self.name}/partitions/{name}/init", init)
+        return out
+
     def shell(self, client):
         chan = client.invoke_shell()
         shell = Shell(chan)
@@ -451,7 +472,7 @@ class LoginThresholdTest(ApplianceCase):
     def test_so_threshold_zeroizes_then_arm_delete_and_reprovision(self):
         box, arm = Box("hsm2"), Arm(ESTATE_DIR)
         so_password = box.secret("so_password")
-        self.assertIn("'partition create' successful.", box.as_so("partition create -partition doomed"))
+        self.assertIn("'partition create' successful.", box.new_partition("doomed"))
         self.assertIn("doomed", softhsm_labels())
         self.assertEqual(arm.call("DELETE", arm.hsm("hsm2"), HSM_API).error_code(), "HsmNotZeroized")
         for attempt in (1, 2):
@@ -481,6 +502,11 @@ class LoginThresholdTest(ApplianceCase):
         entry = next(h for h in json.load(open(os.path.join(ESTATE_DIR, "inventory.json")))["hsms"]
                      if h["resource"] == "hsm-new")
         self.assertEqual(entry["ssh_port"], box.port)
+        # factory-fresh from Microsoft: a factory admin password the first interactive login must change (1.1)
+        self.assertEqual(box.run("hsm show"), (1, "Password change required but no TTY available.\n"))
+        self.assertTrue(CLIENT.control("GET", "appliances/hsm2")["faults"]["force_password_change"])
+        self.assertEqual(entry["password"], "file:" + box.info["password_file"])
+        box.first_login("Fresh-Adm1n!")
         self.assertIn("HSM IS ZEROIZED", box.ok("hsm show"))
         self.assertIn("10.2.1.40", box.ok("network show"))
         self.assertIn("'hsm init' successful.", box.ok("hsm init -label fresh -password Fresh-Pass1 "
@@ -504,7 +530,7 @@ class LoginThresholdTest(ApplianceCase):
 
     def test_partition_roles_and_policy_15(self):
         box = Box("hsm1")
-        box.as_so("partition create -partition cop")
+        box.new_partition("cop")
         for _ in range(9):
             self.assertEqual(box.role_login("cop", "co", False)["error"], "CKR_PIN_INCORRECT")
         locked = box.role_login("cop", "co", False)
@@ -519,7 +545,7 @@ class LoginThresholdTest(ApplianceCase):
         self.assertIn("'hsm changePolicy' successful.", out)
         self.assertNotIn("cop", softhsm_labels())  # destructive: every partition erased
         self.assertIn("Enable SO reset of partition PIN             On", box.ok("hsm showPolicies"))
-        box.as_so("partition create -partition cop2")
+        box.new_partition("cop2")
         for _ in range(10):
             answer = box.role_login("cop2", "co", False)
         self.assertTrue(answer["co_locked"] and not answer["co_permanent"], answer)
@@ -536,8 +562,8 @@ class LoginThresholdTest(ApplianceCase):
 class PartitionTest(ApplianceCase):
     def test_partitions_are_softhsm_tokens(self):
         box = Box("hsm1")
-        box.as_so("partition create -partition alpha -label alpha-label")
-        box.as_so("partition create -partition beta")
+        box.new_partition("alpha", "-label alpha-label")
+        box.new_partition("beta")
         self.assertLessEqual({"alpha-label", "beta"}, softhsm_labels())
         listing = box.ok("partition list")
         self.assertRegex(listing, r"(?m)^\d{13} +alpha +0 +0 +102400")
@@ -555,7 +581,7 @@ class PartitionTest(ApplianceCase):
         so does the estate's SoftHSM store, to the ctypes view and to a third-party tool alike."""
         box, conf = Box("hsm1"), estate_info()["appliances"]["softhsm2_conf"]
         for name in ("sn-a", "sn-b"):
-            box.as_so(f"partition create -partition {name}")
+            box.new_partition(name)
         listed = listed_partitions(box.ok("partition list"))
         state = CLIENT.control("GET", "appliances/hsm1")["partitions"]
         for name in ("sn-a", "sn-b"):
@@ -588,6 +614,46 @@ class PartitionTest(ApplianceCase):
         self.assertNotIn(listed["sn-a"], p11_tokens(conf))
 
 
+    def test_7x_partition_create_leaves_it_uninitialised_until_lunacm(self):
+        """7.2's `partition create` makes a partition LunaCM initialises (3.4, 7.1): no token, an empty
+        label for clients, `partition show` saying so; `partition init` then `role init -name co`."""
+        box, conf = Box("hsm1"), estate_info()["appliances"]["softhsm2_conf"]
+        self.assertIn("'partition create' successful.", box.as_so("partition create -partition fresh"))
+        self.addCleanup(box.as_so, "partition delete -partition fresh -force", "")
+        part = CLIENT.control("GET", "appliances/hsm1")["partitions"]["fresh"]
+        self.assertEqual((part["initialized"], part["token_serial"]), (False, None))
+        self.assertIn(f"Partition:            {part['serial']}, Name: fresh", box.ok("hsm show"))
+        self.assertIn(part["serial"], listed_partitions(box.ok("partition list")).values())
+        shown = box.ok("partition show -partition fresh")
+        for line in ("Partition Label:\n", f"{'Partition Initialized:':<43}no\n",
+                     f"{'Crypto Officer Initialized:':<43}no\n"):
+            self.assertIn(line, shown)
+        self.assertNotIn(part["serial"], p11_tokens(conf))  # PKCS#11 sees no token yet
+        self.assertFalse(box.role_login("fresh", "so", True)["accepted"])  # nothing to log in to
+        with self.assertRaises(EstateError) as refused:
+            CLIENT.control("POST", "appliances/hsm1/partitions/fresh/initco", {"co_pin": "Co-Pin-123"})
+        self.assertEqual(refused.exception.code, "NotInitialized")
+        # LunaCM's partition init (the Crypto Officer left for role init), in a cloning domain of its own
+        CLIENT.control("POST", "appliances/hsm1/partitions/fresh/init",
+                       {"label": "fresh-label", "domain": "dom-fresh", "so_pin": "Pso-Pin-123", "co": False})
+        part = CLIENT.control("GET", "appliances/hsm1")["partitions"]["fresh"]
+        self.assertEqual((part["initialized"], part["token_serial"]), (True, part["serial"]))
+        self.assertEqual(part["domain"], model.domain_id("dom-fresh"))
+        self.assertEqual(p11_tokens(conf).get(part["serial"]), "fresh-label")
+        self.assertIn(f"{'Crypto Officer Initialized:':<43}no\n", box.ok("partition show -partition fresh"))
+        CLIENT.control("POST", "appliances/hsm1/partitions/fresh/initco", {"co_pin": "Co-Pin-123"})
+        shown = box.ok("partition show -partition fresh")
+        self.assertIn(f"{'Partition Initialized:':<43}yes\n", shown)
+        self.assertIn(f"{'Crypto Officer Initialized:':<43}yes\n", shown)
+        self.assertIn(f"{'Partition Label:':<43}fresh-label\n", shown)
+        self.assertEqual(box.pin("fresh", "co"), "Co-Pin-123")
+        self.assertTrue(box.role_login("fresh", "co", True)["accepted"])
+        with self.assertRaises(EstateError) as refused:
+            CLIENT.control("POST", "appliances/hsm1/partitions/fresh/initco", {"co_pin": "Other-Pin-123"})
+        self.assertEqual(refused.exception.code, "CoAlreadyInitialized")
+        self.assertEqual(box.pin("fresh", "co"), "Co-Pin-123")
+
+
 class SerialTest(ApplianceCase):
     """Serials as luna-field.md prints them: HSM serials of 6 digits (2.1: 572413 on Azure's 7.2; 2.2-2.4);
     partition serials of 12-13 digits on 7.x (3.3: 1582775433934; 7.1: 154438865287; 8.3), of the HSM
@@ -604,6 +670,11 @@ class SerialTest(ApplianceCase):
             self.addCleanup(box.as_so, f"partition delete -partition {name} -force", "")
             box.as_so(f"partition create -partition {name} -force", answers="")
         box.faults(lunash_layout=7)
+        made = CLIENT.control("GET", "appliances/hsm1")["partitions"]
+        self.assertEqual({name: made[name]["initialized"] for name in names.values()},
+                         {"width7": False, "width6": True, "width5": True})  # 7.x: LunaCM's partition init
+        self.assertIsNone(made["width7"]["token_serial"])
+        CLIENT.control("POST", "appliances/hsm1/partitions/width7/init", {})
         state = CLIENT.control("GET", "appliances/hsm1")["partitions"]
         self.assertRegex(state["width7"]["serial"], r"^\d{12,13}$")
         for layout in (6, 5):
@@ -838,6 +909,20 @@ class HsmLoginLayoutTest(ApplianceCase):
         self.assertTrue(typed(run("hsm login", so)).endswith("Command Result : 65535 (Luna Shell execution)\n"))
 
 
+class PoolTest(unittest.TestCase):
+    def test_spares_come_factory_fresh_from_microsoft(self):
+        """A spare waits in the pool as Microsoft hands an appliance over: zeroized, a factory admin
+        password in DIR/secrets that the first interactive login must change (1.1)."""
+        world, tmp = type("World", (), {"s": {}, "changed": lambda self: None})(), tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        pool.seed_spares(world, 3, 1, tmp)
+        state = world.s["appliances"]["hsm3"]
+        self.assertEqual((state["status"], state["faults"]["force_password_change"]), ("pool", True))
+        self.assertTrue(model.is_zeroized(state))
+        password = read(Paths(tmp, "hsm3").secret("password"))
+        self.assertTrue(model.check_secret(state["admin"], password))
+
+
 class TokenStoreTest(unittest.TestCase):
     """softhsm.TokenStore on a store of its own: the token.object rewrite, and tokens made the old way."""
 
@@ -1054,7 +1139,34 @@ class FaultTest(ApplianceCase):
         with self.assertRaises(AssertionError):
             shell.read_until("Command Result", timeout=1)  # the answer never comes
         self.assertTrue(unreachable(box.port))
-        self.assertEqual(box.control("support-reset")["status"], "up")
+        old_password, known = box.secret("password"), read(os.path.join(ESTATE_DIR, "known_hosts"))
+        answer = box.control("support-reset")  # the guide: "all configuration and key material is lost"
+        self.assertEqual(answer["status"], "up")
+        self.assertEqual(sorted(answer["host_keys"]), ["ed25519", "rsa"])
+        # new host keys; DIR/known_hosts (the operator's file) still holds the old one, as in reality
+        self.assertEqual(read(os.path.join(ESTATE_DIR, "known_hosts")), known)
+        with self.assertRaises(paramiko.BadHostKeyException):
+            box.connect(password=box.secret("password"))
+        # the factory admin password, a new one, which the first interactive login must change
+        new_password = box.secret("password")
+        self.assertNotEqual(new_password, old_password)
+        self.assertTrue(CLIENT.control("GET", "appliances/hsm3")["faults"]["force_password_change"])
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the operator checks the fingerprint
+        self.addCleanup(client.close)
+        with self.assertRaises(paramiko.AuthenticationException):
+            client.connect("127.0.0.1", box.port, "tenantadmin", password=old_password, look_for_keys=False,
+                           allow_agent=False, timeout=5)
+        client.connect("127.0.0.1", box.port, "tenantadmin", password=new_password, look_for_keys=False,
+                       allow_agent=False, timeout=5)
+        offered = client.get_transport().get_remote_server_key()
+        self.assertIn(keys.fingerprint_sha256(offered), answer["host_keys"].values())
+        box.first_login("Fact0ry-Fresh!", client)
+        self.assertEqual(box.secret("password"), "Fact0ry-Fresh!")
+        host = f"[127.0.0.1]:{box.port} "  # the operator replaces the old key with the one checked
+        lines = [line for line in known.splitlines() if not line.startswith(host)]
+        with open(os.path.join(ESTATE_DIR, "known_hosts"), "w") as f:
+            f.write("".join(line + "\n" for line in lines + [host + f"{offered.get_name()} {offered.get_base64()}"]))
         shown = box.ok("hsm show")
         self.assertIn("HSM IS ZEROIZED", shown)  # the reset loses everything
         self.assertNotIn("10.2.1.99", box.ok("network show"))
@@ -1083,7 +1195,7 @@ class RestartTest(unittest.TestCase):
         saved, ESTATE_DIR = ESTATE_DIR, estate_dir
         self.addCleanup(globals().__setitem__, "ESTATE_DIR", saved)
         box = Box("hsm1")
-        box.as_so("partition create -partition kept")
+        box.new_partition("kept")
         known = read(os.path.join(estate_dir, "known_hosts"))
         run_estate("stop", "--dir", estate_dir)
         run_estate("start", "--dir", estate_dir)

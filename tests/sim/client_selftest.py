@@ -9,6 +9,7 @@ certificate exchange, step by step over real SSH/SFTP), READY with `--client-rea
 (HA groups, roles, restart). ExchangeTest and HaTest are stories told in name order
 (test_a_..., test_b_...); run them whole.
 """
+import contextlib
 import ctypes
 import json
 import os
@@ -33,7 +34,7 @@ from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
 from lunaclient import ha  # noqa: E402
 from lunaclient.conf import ChrystokiConf, ConfError  # noqa: E402
-from appliance import p11  # noqa: E402
+from appliance import model, p11  # noqa: E402
 from appliance.softhsm import TokenStore  # noqa: E402
 from lunaclient.install import Install, pkcs11_library  # noqa: E402
 
@@ -98,7 +99,7 @@ def lunacm(estate, *words, stdin=""):
 def verified(estate):
     """`vtl verify` rows -> [(slot, serial, label)]."""
     out = vtl(estate, "verify").stdout
-    return [(int(m[0]), m[1], m[2]) for m in re.findall(r"^\s+(\d+)\s+(\d+)\s+(\S+)$", out, re.M)]
+    return [(int(m[0]), m[1], m[2]) for m in re.findall(r"^\s+(\d+)\s+(\d+) \t(\S*)$", out, re.M)]
 
 
 def members(listing):
@@ -228,11 +229,42 @@ class ExchangeTest(unittest.TestCase):
         proc = vtl(EMPTY, "verify")
         self.assertEqual(proc.returncode, 0, proc.stdout)
         self.assertIn("The following Luna SA Slots/Partitions were found:", proc.stdout)
-        self.assertEqual(verified(EMPTY), [(0, partition_serial(EMPTY, "hsm1", "par1"), "par1")])
+        serial = partition_serial(EMPTY, "hsm1", "par1")
+        self.assertEqual(verified(EMPTY), [(0, serial, "")])  # 7.2: not initialised yet, no label
         self.assertIn('NTLS Client "web1" Connection instance added', self.syslog(self.hsm1))
         status, out = lunacm(EMPTY, "slot", "list")
         self.assertEqual(status, 0)
-        self.assertRegex(out, r"Label ->\s+par1\n\s+Serial Number ->\s+" + partition_serial(EMPTY, "hsm1", "par1"))
+        self.assertIn("  Label ->\n  Serial Number ->        " + serial + "\n", out)  # 7.1's empty Label ->
+        self.assertNotIn(serial, p11_tokens(os.path.join(EMPTY, "softhsm2.conf")))
+        # the Partition SO initialises it from the client (7.1), passwords and domain on stdin, then the CO
+        status, out = lunacm(EMPTY, "partition", "init", "-label", "par1",
+                             stdin="Pso-Pass-1\nPso-Pass-1\nmy-domain\nmy-domain\nproceed\n")
+        self.assertEqual(status, 0, out)
+        self.assertIn("\n  Enter password for Partition SO: \n\n  Re-enter password for Partition SO: \n\n"
+                      "  Enter the domain name: \n\n  Re-enter the domain name: \n\n"
+                      "  You are about to initialize the partition.\n", out)
+        part = control(EMPTY, "GET", "appliances/hsm1")["partitions"]["par1"]
+        self.assertEqual((part["initialized"], part["domain"]), (True, model.domain_id("my-domain")))
+        self.assertEqual(verified(EMPTY), [(0, serial, "par1")])
+        self.assertEqual(p11_tokens(os.path.join(EMPTY, "softhsm2.conf")).get(serial), "par1")
+        self.assertIn(f"{'Crypto Officer Initialized:':<43}no", self.hsm1.ok("partition show -partition par1"))
+        proc = tool(EMPTY, "lunacm", stdin="role init -name co\nrole login -name po -password Wrong-Pso\n"
+                                           "role login -name po\nPso-Pass-1\nrole init -name co\nCo-Pass-1\n"
+                                           "Co-Pass-1\nrole init -name co -password Co-Pass-2\nexit\n")
+        self.assertEqual(re.findall(r"Command Result : (.*)", proc.stdout),
+                         ["0x00000101 (CKR_USER_NOT_LOGGED_IN)", "0x000000a0 (CKR_PIN_INCORRECT)", "No Error",
+                          "No Error", "0x00000006 (CKR_FUNCTION_FAILED)"], proc.stdout)
+        self.assertIn("\n  Enter password for Crypto Officer: \n\n  Re-enter password for Crypto Officer: \n", proc.stdout)
+        self.assertIn("  The Crypto Officer is already initialized.\n", proc.stdout)
+        for pin in ("Pso-Pass-1", "Co-Pass-1", "Co-Pass-2"):
+            self.assertNotIn(pin, proc.stdout)
+            self.assertNotIn(pin, read(os.path.join(EMPTY, "estate.log")))
+        self.assertIn("lunacm: role init -name co -password **** -> 0x00000006 (CKR_FUNCTION_FAILED)",
+                      read(os.path.join(EMPTY, "estate.log")))
+        self.assertEqual(secret(EMPTY, "hsm1_par1_co_pin"), "Co-Pass-1")
+        self.assertIn(f"{'Crypto Officer Initialized:':<43}yes", self.hsm1.ok("partition show -partition par1"))
+        status, out = lunacm(EMPTY, "role", "login", "-name", "co", "-password", "Co-Pass-1")
+        self.assertEqual(status, 0, out)
 
     def test_b_regen_cert_breaks_verify_until_the_exchange_is_redone(self):
         self.hsm1.run("sysconf regenCert", stdin="proceed\n")
@@ -434,7 +466,7 @@ class CryptokiTest(unittest.TestCase):
             rv = lib._lib.C_Login(session, ctypes.c_ulong(p11.CKU_USER), pin, ctypes.c_ulong(len(pin)))
             self.assertEqual(rv, 0x100)  # CKR_USER_ALREADY_LOGGED_IN: the group is logged in
             # an object made through the virtual slot lands on the first member only
-            p11._create(lib._lib, session, {p11.CKA_CLASS: (0).to_bytes(8, "little"), 0x1: b"\1", 0x2: b"\1",
+            p11.create_object(lib._lib, session, {p11.CKA_CLASS: (0).to_bytes(8, "little"), 0x1: b"\1", 0x2: b"\1",
                                             p11.CKA_LABEL: b"through-ha", p11.CKA_VALUE: b"x"})
             lib._call("C_Logout", session)
             self.assertEqual(set(self.member_states(lib).values()), {CKS_RW_PUBLIC_SESSION})
@@ -576,6 +608,37 @@ class HaTest(unittest.TestCase):
         self.assertIn(GUIDE_WARNING, out)
         self.assertIn("Command Result : 0x00000030 (CKR_DEVICE_ERROR)", out)
 
+    def test_e_synchronize_clones_sensitive_keys_with_their_value(self):
+        """A real group clones every object within one cloning domain, keys PKCS#11 keeps inside
+        included: the clone keeps its attributes and its value (hsm1 encrypts, hsm2 decrypts; hsm2's
+        clone of a private key signs what hsm1's public key verifies)."""
+        with partitions(READY, self.pin, self.s1) as (one,):
+            aes = one.generate_aes(b"sync-aes", b"\x42")
+            ec_public, _ = one.generate_ec(b"sync-ec")
+            self.assertEqual(one.bools(aes), {SENSITIVE: True, EXTRACTABLE: False})
+            with self.assertRaises(p11.P11Error):
+                one.value(aes)  # nothing PKCS#11 would give
+        status, out = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
+        self.assertEqual(status, 0, out)
+        self.assertIn("Command Result : No Error", out)
+        self.assertRegex(out, r"  \d+ object\(s\) cloned to the members missing them\.")
+        self.assertNotIn(self.pin, out)
+        with partitions(READY, self.pin, self.s1, self.s2) as (one, two):
+            clone = two.find(AES_CLASS, b"sync-aes")
+            self.assertEqual(two.bools(clone), {SENSITIVE: True, EXTRACTABLE: False})
+            self.assertEqual(two.attribute(clone, 0x102), b"\x42")  # CKA_ID
+            self.assertEqual(two.attribute(clone, 0x100), bytes(p11.CK_ULONG(0x1F)))  # CKK_AES
+            self.assertEqual(two.bools(clone, 0x104, 0x105), {0x104: True, 0x105: True})  # encrypt, decrypt
+            source = one.find(AES_CLASS, b"sync-aes")
+            self.assertEqual(one.bools(source), {SENSITIVE: True, EXTRACTABLE: False})  # put back as it was
+            message = b"cloned keys share their value!!!"
+            self.assertEqual(two.decrypt(clone, one.encrypt(source, message)), message)
+            signer = two.find(PRIVATE_CLASS, b"sync-ec")
+            self.assertEqual(two.bools(signer), {SENSITIVE: True, EXTRACTABLE: False})
+            self.assertTrue(one.verify(one.find(PUBLIC_CLASS, b"sync-ec"), b"data", two.sign(signer, b"data")))
+        status, again = lunacm(READY, "hagroup", "synchronize", "-group", "myHA", "-password", self.pin)
+        self.assertIn("  0 object(s) cloned to the members missing them.", again)
+
     @staticmethod
     def import_key(label, pin):
         """An object in a partition, the way an application would leave one (softhsm2-util)."""
@@ -597,6 +660,110 @@ class HaTest(unittest.TestCase):
         self.assertEqual(lunacm(READY, "hagroup", "deleteGroup", "-label", "myHA")[0], 0)
         self.assertIsNone(conf(READY).section("VirtualToken"))
         self.assertIn("There are no HA groups configured.", self.list_groups())
+
+
+# one partition through SoftHSM2's own library (the store), for what a test makes and checks --------
+SENSITIVE, EXTRACTABLE = 0x103, 0x162
+PUBLIC_CLASS, PRIVATE_CLASS, AES_CLASS = (bytes(p11.CK_ULONG(c)) for c in (2, 3, 4))
+CKM_AES_KEY_GEN, CKM_AES_CBC_PAD, CKM_EC_KEY_PAIR_GEN, CKM_ECDSA = 0x1080, 0x1085, 0x1040, 0x1041
+P256 = bytes.fromhex("06082a8648ce3d030107")
+
+
+class Mechanism(ctypes.Structure):
+    _fields_ = [("mechanism", p11.CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", p11.CK_ULONG)]
+
+
+@contextlib.contextmanager
+def partitions(estate, pin, *serials):
+    """A Partition per serial of ESTATE's store, through one SoftHSM2 library (one per process)."""
+    with p11.Library(os.path.join(estate, "softhsm2.conf")) as lib:
+        opened = [Partition(lib, serial, pin) for serial in serials]
+        try:
+            yield opened
+        finally:
+            for part in opened:
+                lib._lib.C_CloseSession(part.session)
+
+
+class Partition:
+    """The partition token with SERIAL, logged in as its Crypto Officer: keys made as dhsm's pkcs11
+    generate_aes makes them (sensitive, not extractable), and crypto with them."""
+
+    def __init__(self, lib, serial, pin):
+        self.lib, self.iv = lib, ctypes.create_string_buffer(b"\1" * 16, 16)
+        self.session = p11.CK_ULONG(0)
+        lib._call("C_OpenSession", p11.CK_ULONG(lib.slot_of(serial)), p11.CK_ULONG(6), None, None,
+                  ctypes.byref(self.session))
+        lib._call("C_Login", self.session, p11.CK_ULONG(p11.CKU_USER), pin.encode(), p11.CK_ULONG(len(pin)))
+
+    def call(self, name, *args):
+        self.lib._call(name, self.session, *args)
+
+    def generate_aes(self, label, key_id):
+        attrs = {0x0: AES_CLASS, 0x100: bytes(p11.CK_ULONG(0x1F)), 0x161: bytes(p11.CK_ULONG(32)), 0x1: b"\1",
+                 0x2: b"\1", 0x3: label, 0x102: key_id, SENSITIVE: b"\1", EXTRACTABLE: b"\0", 0x104: b"\1",
+                 0x105: b"\1"}
+        template, _keep = p11.template(attrs)
+        handle = p11.CK_ULONG(0)
+        self.call("C_GenerateKey", ctypes.byref(Mechanism(CKM_AES_KEY_GEN, None, 0)), template,
+                  p11.CK_ULONG(len(attrs)), ctypes.byref(handle))
+        return handle.value
+
+    def generate_ec(self, label):
+        public = {0x0: PUBLIC_CLASS, 0x100: bytes(p11.CK_ULONG(3)), 0x1: b"\1", 0x3: label, 0x180: P256, 0x10A: b"\1"}
+        private = {0x0: PRIVATE_CLASS, 0x100: bytes(p11.CK_ULONG(3)), 0x1: b"\1", 0x2: b"\1", 0x3: label,
+                   SENSITIVE: b"\1", EXTRACTABLE: b"\0", 0x108: b"\1"}
+        (pub, keep1), (prv, keep2) = p11.template(public), p11.template(private)
+        handles = p11.CK_ULONG(0), p11.CK_ULONG(0)
+        self.call("C_GenerateKeyPair", ctypes.byref(Mechanism(CKM_EC_KEY_PAIR_GEN, None, 0)), pub,
+                  p11.CK_ULONG(len(public)), prv, p11.CK_ULONG(len(private)), *map(ctypes.byref, handles))
+        return handles[0].value, handles[1].value
+
+    def find(self, cls, label):
+        template, _keep = p11.template({0x0: cls, 0x3: label})
+        found, count = (p11.CK_ULONG * 2)(), p11.CK_ULONG(0)
+        self.call("C_FindObjectsInit", template, p11.CK_ULONG(2))
+        self.call("C_FindObjects", found, p11.CK_ULONG(2), ctypes.byref(count))
+        self.call("C_FindObjectsFinal")
+        assert count.value == 1, f"{count.value} objects labelled {label!r}"
+        return found[0]
+
+    def attribute(self, handle, kind):
+        probe = p11.CkAttribute(kind, None, 0)
+        self.call("C_GetAttributeValue", p11.CK_ULONG(handle), ctypes.byref(probe), p11.CK_ULONG(1))
+        buf = ctypes.create_string_buffer(probe.ulValueLen)
+        probe.pValue = ctypes.cast(buf, ctypes.c_void_p)
+        self.call("C_GetAttributeValue", p11.CK_ULONG(handle), ctypes.byref(probe), p11.CK_ULONG(1))
+        return buf.raw[:probe.ulValueLen]
+
+    def value(self, handle):
+        return self.attribute(handle, 0x11)
+
+    def bools(self, handle, *kinds):
+        return {kind: self.attribute(handle, kind) == b"\1" for kind in kinds or (SENSITIVE, EXTRACTABLE)}
+
+    def _run(self, init, step, mechanism, handle, data, size=256):
+        self.call(init, ctypes.byref(mechanism), p11.CK_ULONG(handle))
+        out, length = ctypes.create_string_buffer(size), p11.CK_ULONG(size)
+        self.call(step, data, p11.CK_ULONG(len(data)), out, ctypes.byref(length))
+        return out.raw[:length.value]
+
+    def _cbc(self):
+        return Mechanism(CKM_AES_CBC_PAD, ctypes.cast(self.iv, ctypes.c_void_p), 16)
+
+    def encrypt(self, handle, data):
+        return self._run("C_EncryptInit", "C_Encrypt", self._cbc(), handle, data)
+
+    def decrypt(self, handle, data):
+        return self._run("C_DecryptInit", "C_Decrypt", self._cbc(), handle, data)
+
+    def sign(self, handle, data):
+        return self._run("C_SignInit", "C_Sign", Mechanism(CKM_ECDSA, None, 0), handle, data)
+
+    def verify(self, handle, data, signature):
+        self.call("C_VerifyInit", ctypes.byref(Mechanism(CKM_ECDSA, None, 0)), p11.CK_ULONG(handle))
+        return self.lib._lib.C_Verify(self.session, data, p11.CK_ULONG(len(data)), signature,
+                                      p11.CK_ULONG(len(signature))) == 0
 
 
 # logins through the client's PKCS#11 library: counted by the appliances ---------------------------
@@ -827,12 +994,23 @@ class RoleTest(unittest.TestCase):
         return proc.stdout
 
     @staticmethod
-    def new_partition(box, name):
-        """PARTITION on BOX, assigned to the ready client -> its slot number."""
+    def new_partition(box, name, domain="defaultdomain"):
+        """PARTITION on BOX, assigned to the ready client and made ready as the initialize playbook
+        does: LunaSH `partition create` (7.2: uninitialised), then lunacm `partition init` (PSO password
+        and cloning domain on stdin), `role login -name po`, `role init -name co` -> its slot number.
+        Its PSO and CO PINs are new ones, in DIR/secrets as usual (the appliance keeps them there)."""
         box.as_so(f"partition create -partition {name} -force\n"
                   f"client assignPartition -client dhsm-client -partition {name}", answers="")
         serial = partition_serial(READY, box.name, name)
-        return next(slot for slot, s, _ in verified(READY) if s == serial)
+        slot = next(slot for slot, s, _ in verified(READY) if s == serial)
+        pso, co = f"Pso-{name}-1", f"Co-{name}-1"
+        answers = [f"partition init -label {name} -slot {slot}", pso, pso, domain, domain, "proceed",
+                   f"role login -name po -slot {slot}", pso, f"role init -name co -slot {slot}", co, co]
+        proc = tool(READY, "lunacm", stdin="".join(line + "\n" for line in answers) + "exit\n")
+        results = re.findall(r"Command Result : (.*)", proc.stdout)
+        assert results == ["No Error"] * 3, proc.stdout
+        assert pso not in proc.stdout and co not in proc.stdout, proc.stdout
+        return slot
 
     def test_co_threshold_and_lockout_through_role_login(self):
         box = Box("hsm1", READY)

@@ -11,7 +11,9 @@ ESTATE_FILE = "estate.json"
 
 
 class EstateError(Exception):
-    pass
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code  # the control endpoint's error code, when it answered one
 
 
 class EstateClient:
@@ -46,6 +48,6 @@ class EstateClient:
                                    {ctl["header"]: ctl["token"]})
         doc = json.loads(raw) if raw else None
         if status >= 400:
-            message = (doc or {}).get("error", {}).get("message", raw.decode(errors="replace"))
-            raise EstateError(message)
+            error = (doc or {}).get("error", {})
+            raise EstateError(error.get("message", raw.decode(errors="replace")), error.get("code"))
         return doc

@@ -61,12 +61,13 @@ def init(ctx):
     if ctx.state["hsm"]["initialized"]:
         ctx.require_so()  # re-initialising needs the current SO; a zeroized HSM does not
     password = ctx.new_password(ctx.opt("password"), "Please enter a password for the HSM Administrator:")
+    domain = model.DEFAULT_DOMAIN
     if not ctx.opt("defaultdomain"):
-        ctx.new_secret(ctx.opt("domain"), "Please enter a cloning domain to use for initializing this HSM:",
-                       "Please re-enter cloning domain to confirm:")
+        domain = ctx.new_secret(ctx.opt("domain"), "Please enter a cloning domain to use for initializing this HSM:",
+                                "Please re-enter cloning domain to confirm:")
     ctx.confirm()  # 4.3
     with ctx.mutate():
-        hsmops.init_hsm(ctx.device, ctx.opt("label"), password)
+        hsmops.init_hsm(ctx.device, ctx.opt("label"), password, domain)
     ctx.shell.logged_in["so"] = False
     ctx.success()
 

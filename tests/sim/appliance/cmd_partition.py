@@ -3,9 +3,12 @@
 `partition show` prints no cloning domain: no real one does (luna-field.md 3.5, 3.6), so
 nothing may be read from it; the domain is in the state for `hagroup synchronize`'s warning.
 
-On a real 7.2 appliance `partition create` leaves the partition for the Partition
-SO to initialise from LunaCM; here it is created initialised (a SoftHSM token with
-generated PSO and CO PINs in DIR/secrets) so PKCS#11 clients can use it at once.
+On 7.x (the default layout) `partition create` leaves the partition uninitialised, as 7.2
+does (luna-field.md 3.4, 7.1): no SoftHSM token, no Partition SO, no Crypto Officer, until
+LunaCM's `partition init` (and `role init -name co`); clients see it with an empty label.
+On 5.x/6.x it is created initialised (a SoftHSM token with generated PSO and CO PINs in
+DIR/secrets), as those generations' `partition create` made a usable partition.
+`partition show` says which (`Partition Initialized:`, `Crypto Officer Initialized:`: our fields).
 """
 import re
 
@@ -38,7 +41,7 @@ def create(ctx):
             ctx.out("-label:  Not provided; using name for label.", "")
     ctx.confirm()
     with ctx.mutate():
-        hsmops.create_partition(ctx.device, name, label or name)
+        hsmops.create_partition(ctx.device, name, label or name, initialise=ctx.layout != 7)
     ctx.success()
 
 
@@ -58,7 +61,10 @@ def _show_one(ctx, part):
     objects, used = _usage(ctx, part)
     status = roles.role_status(part)
     ctx.out(f"{'Partition Name:':<43}{part['name']}", f"{'Partition SN:':<43}{part['serial']}",
-            f"{'Partition Label:':<43}{part['label']}", f"{'Partition SO PIN To Be Changed:':<43}no",
+            f"{'Partition Label:':<43}{model.token_label(part)}".rstrip(),
+            f"{'Partition Initialized:':<43}{_yes(model.partition_initialized(part))}",
+            f"{'Crypto Officer Initialized:':<43}{_yes(hsmops.co_initialized(ctx.device, part))}",
+            f"{'Partition SO PIN To Be Changed:':<43}no",
             f"{'Partition SO Zeroized:':<43}{_yes(part['zeroized'])}",
             f"{'Partition SO Login Attempts Left:':<43}{status['so_attempts_left']}",
             f"{'Crypto Officer PIN To Be Changed:':<43}no",

@@ -127,9 +127,15 @@ class Device:
         self.set_status("cut", "freeze")
 
     def support_reset(self):
+        """The guide's reset after a network change: "all configuration and key material is lost" -
+        factory state (hsmops.factory_reset) and new SSH host keys, which DIR/known_hosts does not
+        learn (the operator's file still holds the old ones, as in reality). -> the new keys'
+        fingerprints, {"rsa": "SHA256:...", "ed25519": "SHA256:..."}."""
         hsmops.factory_reset(self)
+        self.new_host_key(publish=False)
         self._boot()
         self.set_status("up", "reset")
+        return {"host_keys": keys.fingerprints(self.host_keys)}
 
     def release_to_pool(self):
         hsmops.factory_reset(self)
@@ -182,8 +188,10 @@ class Device:
         self.host_key = keys.ensure_key_pair(self.paths.host_key_rsa, f"root@{self.name}", "rsa")
         self.host_keys = [self.host_key, keys.ensure_key_pair(self.paths.host_key, f"root@{self.name}")]
 
-    def new_host_key(self):
+    def new_host_key(self, publish=True):
+        """New RSA and ed25519 host keys; PUBLISH: DIR/known_hosts (and estate.json) follow."""
         keys.make_key_pair(self.paths.host_key_rsa, f"root@{self.name}", "rsa")
         keys.make_key_pair(self.paths.host_key, f"root@{self.name}")
         self._load_host_keys()
-        self.on_identity_change()
+        if publish:
+            self.on_identity_change()

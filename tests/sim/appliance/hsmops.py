@@ -24,15 +24,20 @@ def _write_pins(dev, name, so_pin, co_pin):
         dev.paths.write_secret(f"{name}_co_pin", co_pin)
 
 
-def create_partition(dev, name, label, so_pin=None, co_pin=None):
-    """A new initialised partition; PINs not given are generated (DIR/secrets has them either way).
-    Its token is made with the partition's Luna serial, as PKCS#11 clients of a real Luna see it."""
+def create_partition(dev, name, label, so_pin=None, co_pin=None, initialise=True):
+    """A new partition. INITIALISE false (LunaSH `partition create` on 7.x): as 7.2 leaves it, no
+    token and no roles until LunaCM's `partition init` (init_partition); else initialised at once,
+    PINs not given generated (DIR/secrets has them either way), as 5.x/6.x and `--client-ready` make it.
+    A token is made with the partition's Luna serial, as PKCS#11 clients of a real Luna see it."""
     prefixed = model.lunash_layout(dev.state) != 7
     serial = model.partition_serial(dev.state, prefixed, dev.now(), _slot_numbers(dev))
-    token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, serial=serial)
+    token_serial = None
+    if initialise:
+        token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, serial=serial)
     part = model.new_partition(name, label, serial, token_serial)
     dev.state["partitions"][name] = part
-    _write_pins(dev, name, so_pin, co_pin)
+    if initialise:
+        _write_pins(dev, name, so_pin, co_pin)
     dev.world.changed()
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) created")
     return part
@@ -76,9 +81,9 @@ def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None,
     part = dev.state["partitions"][name]
     if part["token_serial"]:
         dev.tokens.delete(part["token_serial"])
-    label = label or part["label"]
+    label = label or part["label"] or name
     token_serial, so_pin, co_pin = dev.tokens.create(label, so_pin, co_pin, with_user=with_co, serial=part["serial"])
-    part.update(label=label, token_serial=token_serial, zeroized=False, pso_failures=0, co_failures=0,
+    part.update(label=label, token_serial=token_serial, initialized=True, zeroized=False, pso_failures=0, co_failures=0,
                 co_locked=False, co_permanent=False,
                 domain=model.domain_id(domain) if domain else model.partition_domain(part))
     _write_pins(dev, name, so_pin, co_pin)
@@ -89,15 +94,18 @@ def init_partition(dev, name, label=None, domain=None, so_pin=None, co_pin=None,
 def zeroize_hsm(dev, why):
     """HSM SO threshold or `hsm zeroize`: every partition gone; policies and the Auditor kept."""
     delete_all_partitions(dev)
-    dev.state["hsm"].update(initialized=False, label="", so=None, so_failures=0)
+    dev.state["hsm"].update(initialized=False, label="", so=None, so_failures=0, domain=None)
     dev.paths.forget_secret("so_password")
     dev.world.changed()
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : HSM zeroized ({why})")
 
 
-def init_hsm(dev, label, password):
+def init_hsm(dev, label, password, domain=model.DEFAULT_DOMAIN):
+    """`hsm init`: DOMAIN, the HSM's cloning domain, is kept as its digest (model.domain_id);
+    partitions made later do not inherit it (theirs comes from LunaCM's `partition init`)."""
     delete_all_partitions(dev)
-    dev.state["hsm"].update(initialized=True, label=label, so=model.hash_secret(password), so_failures=0)
+    dev.state["hsm"].update(initialized=True, label=label, so=model.hash_secret(password), so_failures=0,
+                            domain=model.domain_id(domain))
     dev.paths.write_secret("so_password", password)
     dev.world.changed()
     dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : HSM initialized with label {label}")
@@ -107,6 +115,25 @@ def init_audit(dev, password):
     dev.state["hsm"]["audit"] = {**model.factory_audit(), "initialized": True, "secret": model.hash_secret(password)}
     dev.paths.write_secret("audit_password", password)
     dev.world.changed()
+
+
+def co_initialized(dev, part):
+    """Has the partition's Crypto Officer a password? (its token's CKF_USER_PIN_INITIALIZED: C_InitPIN
+    through any path, LunaCM's `role init` or a PKCS#11 application, sets it)"""
+    return bool(part["token_serial"]) and dev.tokens.user_pin_initialized(part["token_serial"])
+
+
+def init_co(dev, name, co_pin):
+    """LunaCM `role init -name co` (the Partition SO logged in, client side): the CO's first password,
+    set with C_InitPIN as the Partition SO. -> None, or (code, why) when it is refused."""
+    part = dev.state["partitions"][name]
+    if not model.partition_initialized(part) or part["zeroized"]:
+        return "NotInitialized", "the partition is not initialized (partition init)"
+    if co_initialized(dev, part):
+        return "CoAlreadyInitialized", "the Crypto Officer is already initialized (role resetpw changes its password)"
+    set_co_pin(dev, name, co_pin)
+    dev.syslog.write("lunash", LUNASH_PID, f"info : 0 : Partition {name} ({part['serial']}) Crypto Officer initialized")
+    return None
 
 
 def set_co_pin(dev, name, co_pin):
@@ -153,9 +180,12 @@ def unregister_client(dev, name):
 def factory_reset(dev):
     """What Microsoft's reset does (support request, or a device returned to the pool):
     the initial state - zeroized, default policies, no Auditor, no clients, no patch, no
-    files in the home folder, a new NTLS certificate; the admin password and the host key stay."""
+    files in the home folder, a new NTLS certificate, the factory admin password (a new one
+    in DIR/secrets, to be changed at the first interactive login). The resource binding and
+    the address stay; the host key too (Device.support_reset makes new ones)."""
     zeroize_hsm(dev, "factory reset")
     state = dev.state
+    model.factory_admin(state, dev.paths.write_secret)
     for name in list(state["clients"]):
         unregister_client(dev, name)
     state.update(hsm=model.factory_hsm(), hostname=state["name"], packages={model.REBOOT_FIX: False},

@@ -7,7 +7,9 @@ so a restarted estate keeps its identity. The NTLS certificate is self-signed li
 CN = hostname, valid ten years from the appliance's clock (so a skewed clock
 makes a certificate that clients see as not yet valid).
 """
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 
@@ -53,6 +55,17 @@ def make_key_pair(path, comment, kind="ed25519"):
     private, public = KINDS[kind][0]()
     write_private(path, private)
     write_public(path + ".pub", public + f" {comment}\n".encode())
+
+
+def fingerprint_sha256(key):
+    """OpenSSH's `SHA256:<base64, no padding>` of a paramiko key's public blob."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def fingerprints(host_keys):
+    """{"rsa": ..., "ed25519": ...} of paramiko host keys."""
+    names = {"ssh-rsa": "rsa", "ssh-ed25519": "ed25519"}
+    return {names.get(key.get_name(), key.get_name()): fingerprint_sha256(key) for key in host_keys}
 
 
 def public_line(key):

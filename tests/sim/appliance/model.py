@@ -8,10 +8,13 @@ the control endpoint and the ARM delete check. Layout:
   network     {admin_device, interfaces {ethN: {ip, netmask, gateway, mac}}}
   ports       {ssh, ntls} kept across restarts when free
   admin       hashed tenantadmin password
-  hsm         {initialized, label, so (hash), so_failures, policies {code: 0|1}, audit {...}}
-  partitions  {name: {serial, label, token_serial, domain, pso_failures, co_failures, co_locked, ...}}
+  hsm         {initialized, label, so (hash), so_failures, domain (domain_id of `hsm init`'s cloning domain,
+              None while zeroized), policies {code: 0|1}, audit {...}}
+  partitions  {name: {serial, label, token_serial, initialized, domain, pso_failures, co_failures, co_locked, ...}}
               token_serial: the SoftHSM token's serial, = serial (states made before: SoftHSM's own);
-              None while zeroized
+              None while zeroized or not initialised
+              initialized: False from a 7.x `partition create` until LunaCM's `partition init` (no token,
+              no label yet; states saved before: missing, read as True)
               domain: domain_id() of the cloning domain (HA members must share it)
   clients     {name: {kind "ip"|"hostname", address, ip_map, fingerprint, partitions []}}
   ntls        {bind, ipcheck, pid, running}
@@ -23,6 +26,7 @@ import hashlib
 import hmac
 import os
 import random
+import secrets
 
 from appliance import policies
 
@@ -123,6 +127,11 @@ def parse_faults(values):
 
 
 # secrets ------------------------------------------------------------------------
+def new_password():
+    """A password the estate makes (a factory admin password, seeded SO and Auditor passwords)."""
+    return "Sim-" + secrets.token_urlsafe(12)
+
+
 def hash_secret(text):
     salt = os.urandom(16)
     return {"salt": salt.hex(), "hash": _digest(text, salt).hex()}
@@ -206,7 +215,7 @@ def factory_audit():
 
 
 def factory_hsm():
-    return {"initialized": False, "label": "", "so": None, "so_failures": 0,
+    return {"initialized": False, "label": "", "so": None, "so_failures": 0, "domain": None,
             "policies": policies.defaults(), "audit": factory_audit()}
 
 
@@ -221,6 +230,16 @@ def new_appliance(name, ip, taken=()):
             "packages": {REBOOT_FIX: False}, "faults": default_faults(), "last_login": None}
 
 
+def factory_admin(state, write_secret):
+    """The admin account as Microsoft hands an appliance over (a spare, or after a factory reset): a
+    new password (WRITE_SECRET("password", it): DIR/secrets/NAME_password) that the first interactive
+    login must change (luna-field.md 1.1: fault force_password_change)."""
+    password = new_password()
+    write_secret("password", password)
+    state["admin"] = hash_secret(password)
+    state["faults"]["force_password_change"] = True
+
+
 def domain_id(domain):
     """What the state keeps of a cloning domain: a digest, equal for equal domains on any appliance
     (so the client side can compare HA members) but not the domain itself, which is a secret."""
@@ -233,10 +252,24 @@ def partition_domain(part):
 
 def new_partition(name, label, serial, token_serial):
     """SERIAL: its Luna serial (partition_serial); TOKEN_SERIAL: the serial its SoftHSM token
-    reports, the same unless the token predates that."""
+    reports, the same unless the token predates that; None: not initialised yet (7.x's
+    `partition create`: no token until LunaCM's `partition init`; LABEL is then LunaSH's, which
+    clients do not see: token_label). The cloning
+    domain is the default one whatever the HSM's: a partition's comes from `partition init -domain`."""
     return {"serial": serial, "name": name, "label": label,
-            "token_serial": token_serial, "domain": domain_id(DEFAULT_DOMAIN), "zeroized": False,
+            "token_serial": token_serial, "initialized": token_serial is not None,
+            "domain": domain_id(DEFAULT_DOMAIN), "zeroized": False,
             "pso_failures": 0, "co_failures": 0, "co_locked": False, "co_permanent": False}
+
+
+def partition_initialized(part):
+    return part.get("initialized", True)  # states saved before 7.x partitions started uninitialised
+
+
+def token_label(part):
+    """The label clients see (NTLS, LunaCM's `Label ->`, vtl verify): none before `partition init`
+    (luna-field.md 7.1's empty `Label ->`)."""
+    return part["label"] if partition_initialized(part) else ""
 
 
 # questions ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import ssl
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance import keys
+from appliance import keys, model
 
 log = logging.getLogger("estate.appliance")
 HANDSHAKE_TIMEOUT = 5.0
@@ -136,7 +136,7 @@ class NtlsServer:
         visible = rec["partitions"] if rec and self._ip_allowed(rec, source_ip) else []
         parts = [state["partitions"][p] for p in visible if p in state["partitions"]]
         return {"appliance": state["hostname"], "serial": state["serial"], "client": client,
-                "partitions": [{"name": p["name"], "serial": p["serial"], "label": p["label"],
+                "partitions": [{"name": p["name"], "serial": p["serial"], "label": model.token_label(p),
                                 "token_serial": p["token_serial"]} for p in parts if not p["zeroized"]]}
 
     def _ip_allowed(self, client, source_ip):

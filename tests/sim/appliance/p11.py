@@ -15,7 +15,7 @@ import threading
 
 LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
-CKF_TOKEN_INITIALIZED = 0x400
+CKF_TOKEN_INITIALIZED, CKF_USER_PIN_INITIALIZED = 0x400, 0x8
 CKU_SO, CKU_USER = 0, 1
 CKR_PIN_INCORRECT = 0xA0
 CK_ULONG = ctypes.c_ulong
@@ -206,13 +206,14 @@ CLONED = [0x0, 0x1, 0x2, 0x3, 0x10, 0x11, 0x100, 0x102, 0x103, 0x104, 0x105, 0x1
           0x120, 0x122, 0x162, 0x180, 0x181]
 UNAVAILABLE = CK_ULONG(-1).value
 CKO_NAMES = {0: "data", 1: "certificate", 2: "public key", 3: "private key", 4: "secret key"}
+CKO_PRIVATE_KEY, CKO_SECRET_KEY = 3, 4
 
 
 class NotClonable(Exception):
     pass
 
 
-def _check(rv, name):
+def check(rv, name):
     if rv != 0:
         raise P11Error(name, rv)
 
@@ -231,11 +232,11 @@ def _attribute(lib, session, handle, kind):
 
 
 def _objects(lib, session):
-    """{(class bytes, label bytes): {attribute: bytes}} of every object the session sees."""
+    """{(class bytes, label bytes): (handle, {attribute: bytes})} of every object the session sees."""
     handles, found, batch = [], CK_ULONG(0), (CK_ULONG * 64)()
-    _check(lib.C_FindObjectsInit(session, None, CK_ULONG(0)), "C_FindObjectsInit")
+    check(lib.C_FindObjectsInit(session, None, CK_ULONG(0)), "C_FindObjectsInit")
     while True:
-        _check(lib.C_FindObjects(session, batch, CK_ULONG(len(batch)), ctypes.byref(found)), "C_FindObjects")
+        check(lib.C_FindObjects(session, batch, CK_ULONG(len(batch)), ctypes.byref(found)), "C_FindObjects")
         if not found.value:
             break
         handles += list(batch[:found.value])
@@ -243,19 +244,25 @@ def _objects(lib, session):
     objects = {}
     for handle in handles:
         attrs = {kind: value for kind in CLONED if (value := _attribute(lib, session, handle, kind)) is not None}
-        objects[(attrs.get(CKA_CLASS), attrs.get(CKA_LABEL, b""))] = attrs
+        objects[(attrs.get(CKA_CLASS), attrs.get(CKA_LABEL, b""))] = (handle, attrs)
     return objects
 
 
-def _create(lib, session, attrs):
-    template = (CkAttribute * len(attrs))()
-    keep = []
-    for slot, (kind, value) in zip(template, attrs.items()):
+def template(attrs):
+    """{type: raw bytes} -> (CK_ATTRIBUTE array, the buffers it points into: keep them alive)."""
+    array, keep = (CkAttribute * len(attrs))(), []
+    for slot, (kind, value) in zip(array, attrs.items()):
         buf = ctypes.create_string_buffer(value, len(value))
         keep.append(buf)
         slot.type, slot.pValue, slot.ulValueLen = kind, ctypes.cast(buf, ctypes.c_void_p), len(value)
+    return array, keep
+
+
+def create_object(lib, session, attrs):
+    array, _keep = template(attrs)
     handle = CK_ULONG(0)
-    _check(lib.C_CreateObject(session, template, CK_ULONG(len(attrs)), ctypes.byref(handle)), "C_CreateObject")
+    check(lib.C_CreateObject(session, array, CK_ULONG(len(attrs)), ctypes.byref(handle)), "C_CreateObject")
+    return handle
 
 
 def _describe(key):
@@ -263,10 +270,17 @@ def _describe(key):
     return f"{CKO_NAMES.get(kind, kind)} '{key[1].decode(errors='replace')}'"
 
 
-def synchronize(library, serials, user_pin):
-    """Every object of every token (by class and label) copied to the tokens missing it, as the
-    HA group's synchronize clones them; returns how many copies were made. Objects whose value
-    the token keeps secret (sensitive keys) cannot be read through PKCS#11: NotClonable."""
+def _is_key(key):
+    return int.from_bytes(key[0] or b"\0", "little") in (CKO_PRIVATE_KEY, CKO_SECRET_KEY)
+
+
+def synchronize(library, serials, user_pin, folder_of):
+    """Every object of every token (by class and label) cloned to the tokens missing it, as the
+    HA group's synchronize clones them; returns how many clones were made. Objects whose value
+    PKCS#11 gives are copied through it; keys it keeps inside (sensitive, non-extractable) are
+    cloned by cloning.clone_key, which needs FOLDER_OF(serial), the token's folder in the store.
+    A non-key object whose value cannot be read: NotClonable."""
+    from appliance import cloning  # it builds on this module
     with contextlib.ExitStack() as stack:
         sessions = [stack.enter_context(library._session(library.slot_of(serial))) for serial in serials]
         pin = user_pin.encode()
@@ -275,17 +289,23 @@ def synchronize(library, serials, user_pin):
             stack.callback(library._lib.C_Logout, session)
         held = [_objects(library._lib, session) for session in sessions]
         union = {}
-        for objects in held:
-            for key, attrs in objects.items():
-                union.setdefault(key, attrs)
-        unreadable = [_describe(key) for key, attrs in union.items()
-                      if CKA_VALUE not in attrs and int.from_bytes(key[0] or b"\0", "little") in (0, 3, 4)]
-        missing = [(session, attrs) for session, objects in zip(sessions, held)
-                   for key, attrs in union.items() if key not in objects]
-        if missing and unreadable:
-            raise NotClonable("cannot clone " + ", ".join(sorted(unreadable)) + " (sensitive: the simulator copies "
-                              "only objects whose value PKCS#11 can read)")
-        for session, attrs in missing:
-            _create(library._lib, session, attrs)
+        for serial, session, objects in zip(serials, sessions, held):
+            for key, (handle, attrs) in objects.items():
+                union.setdefault(key, (serial, session, handle, attrs))
+        missing = [(session, key) for session, objects in zip(sessions, held) for key in union if key not in objects]
+        unreadable = sorted({_describe(key) for _, key in missing
+                             if CKA_VALUE not in union[key][3] and not _is_key(key)
+                             and int.from_bytes(key[0] or b"\0", "little") == 0})
+        if unreadable:
+            raise NotClonable("cannot clone " + ", ".join(unreadable) + " (a data object whose value PKCS#11 "
+                              "does not give)")
+        for target, key in missing:
+            serial, source, handle, attrs = union[key]
+            if CKA_VALUE in attrs or not _is_key(key):
+                create_object(library._lib, target, attrs)
+                continue
+            try:
+                cloning.clone_key(library._lib, source, handle, target, attrs, folder_of(serial))
+            except (cloning.CloneError, P11Error) as e:
+                raise NotClonable(f"cannot clone {_describe(key)}: {e}")
         return len(missing)
-

@@ -8,14 +8,14 @@
   below); once the resource is gone the appliance is factory-reset and returned to
   the pool: unreachable, and gone from inventory.json.
 - Spares (seed "spare_appliances": N, `estate start --spare N`): appliances
-  hsm(N+1).. in the pool from the start, bound to nothing, their admin password in
-  DIR/secrets; the HSMs the operator provisions take them.
+  hsm(N+1).. in the pool from the start, bound to nothing, factory-fresh: their factory
+  admin password in DIR/secrets and force_password_change set (the first interactive
+  login must change it, luna-field.md 1.1); the HSMs the operator provisions take them.
 - Create: an HSM that reaches Succeeded takes a free appliance from the pool, if
-  any (a spare, or one freed by a delete), which comes up factory-fresh (zeroized) at the
-  HSM's private IP; with no free appliance the resource exists without a device.
+  any (a spare, or one freed by a delete: hsmops.factory_reset gave it a new factory admin
+  password and the forced change), which comes up factory-fresh (zeroized) at the HSM's
+  private IP; with no free appliance the resource exists without a device.
 """
-import secrets
-
 import resources
 from appliance import model
 from appliance.paths import Paths
@@ -24,13 +24,9 @@ from appliance.paths import Paths
 SPARE_IP = "0.0.0.0"  # a spare has no address until an HSM takes it (Device.bind)
 
 
-def new_password():
-    return "Sim-" + secrets.token_urlsafe(12)
-
-
 def _initialise(state, paths):
     """Passwords for the admin, the HSM SO and the Auditor: hashed in the state, clear in DIR/secrets."""
-    admin, so, audit = new_password(), new_password(), new_password()
+    admin, so, audit = model.new_password(), model.new_password(), model.new_password()
     for what, value in (("password", admin), ("so_password", so), ("audit_password", audit)):
         paths.write_secret(what, value)
     state["admin"] = model.hash_secret(admin)
@@ -62,9 +58,8 @@ def seed_spares(world, first, count, estate_dir):
     for number in range(first, first + count):
         name = f"hsm{number}"
         state = model.new_appliance(name, SPARE_IP, [a["serial"] for a in pool.values()])
-        admin = new_password()
-        Paths(estate_dir, name).write_secret("password", admin)
-        state.update(admin=model.hash_secret(admin), status="pool")
+        model.factory_admin(state, Paths(estate_dir, name).write_secret)
+        state["status"] = "pool"
         pool[name] = state
     world.changed()
 

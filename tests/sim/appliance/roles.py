@@ -76,8 +76,8 @@ def role_status(part):
 def partition_login(part, role, succeeded, hsm):
     """Record one PO/CO login attempt whose credential the client already checked.
     Returns {accepted, error (CKR name or None), zeroize (bool), **role_status}."""
-    if part["zeroized"]:
-        return _answer(part, False, CKR_TOKEN_NOT_PRESENT)
+    if part["zeroized"] or not model.partition_initialized(part):
+        return _answer(part, False, CKR_TOKEN_NOT_PRESENT)  # no token: nothing to log in to
     if role == "so":
         reached = _count(part, "pso_failures", PSO_THRESHOLD, succeeded)
         part["zeroized"] = reached

@@ -4,7 +4,8 @@
   GET  /_sim/appliances/NAME                     the state (password hashes left out)
   POST /_sim/appliances/NAME/action {"action": A}
        down | up | reboot | hard-reboot | support-reset | install-fix | uninstall-fix |
-       zeroize | new-host-key
+       zeroize | new-host-key    -> the summary; support-reset adds host_keys {rsa, ed25519}
+       (SHA256 fingerprints of the new keys, which DIR/known_hosts does not get)
   POST /_sim/appliances/NAME/faults {fault: value}    (model.FAULTS); .../faults/clear
   POST /_sim/appliances/NAME/partitions/P/login {"role": "so"|"co", "ok": bool}
        one Partition SO / Crypto Officer login, as the client side saw it: applies the
@@ -16,7 +17,11 @@
        LunaCM `partition init` + `role init -name co`: a new empty token (after the PSO
        threshold zeroized the partition, or to give it another cloning domain or chosen PINs;
        what is not given is kept (label, domain) or generated (PINs)); "co": false is
-       `partition init` alone (lunacm's): the Crypto Officer left uninitialised
+       `partition init` alone (lunacm's): the Crypto Officer left uninitialised; on a partition
+       `partition create` left uninitialised (7.x) this makes its token; the answer names its token_serial
+  POST /_sim/appliances/NAME/partitions/P/initco {"co_pin"}   LunaCM `role init -name co` (the client
+       checked the Partition SO's login): the CO's first password, C_InitPIN as the Partition SO;
+       409 CoAlreadyInitialized when it has one, 409 NotInitialized before `partition init`
 
   GET  /_sim/partitions/SERIAL                   {appliance, partition, serial, pso_failures,
        co_failures, so_attempts_left, co_attempts_left, co_locked, co_permanent, zeroized}
@@ -101,8 +106,8 @@ class ApplianceRoutes:
             return _error(400, "InvalidAction", f"action must be one of {', '.join(ACTIONS)}")
         if dev.state["status"] == "pool":
             return _error(409, "ApplianceInPool", f"{dev.name} is in the free pool (no HSM resource).")
-        ACTIONS[name](dev)
-        return 200, summary(dev)
+        result = ACTIONS[name](dev)
+        return 200, {**summary(dev), **(result if isinstance(result, dict) else {})}
 
     def faults(self, dev, body, clear=False):
         try:
@@ -128,10 +133,17 @@ class ApplianceRoutes:
             if body.get("new_pin"):
                 hsmops.set_co_pin(dev, name, body["new_pin"])
             return 200, roles.role_status(part)
+        if verb == "initco":
+            if not body.get("co_pin"):
+                return _error(400, "InvalidBody", 'send {"co_pin": "..."}')
+            refused = hsmops.init_co(dev, name, body["co_pin"])
+            if refused:
+                return _error(409, refused[0], f"{dev.name} partition {name}: {refused[1]}")
+            return 200, roles.role_status(part)
         if verb == "init":
             hsmops.init_partition(dev, name, body.get("label"), body.get("domain"), body.get("so_pin"),
                                   body.get("co_pin"), with_co=body.get("co", True) is not False)
-            return 200, roles.role_status(part)
+            return 200, {**roles.role_status(part), "token_serial": part["token_serial"]}
         return _error(404, "NotFound", f"No partition action '{verb}'.")
 
     def by_serial(self, method, path, body):

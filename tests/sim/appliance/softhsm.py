@@ -68,6 +68,12 @@ class TokenStore:
         with self.library as lib:
             lib.set_user_pin(lib.slot_of(serial), so_pin, user_pin)
 
+    def user_pin_initialized(self, serial):
+        """Has the token's user (Luna: the Crypto Officer) a PIN? Read from its token.object, so
+        no library is loaded: CKF_USER_PIN_INITIALIZED in SoftHSM's token flags record."""
+        folder = self._folder(serial)
+        return bool(folder) and bool(TokenFile(folder).flags() & p11.CKF_USER_PIN_INITIALIZED)
+
     def check_pin(self, serial, user, pin):
         """p11.CKU_SO / CKU_USER: is PIN right? (no counting here, see p11.check_pin)"""
         with self.library as lib:
@@ -78,9 +84,10 @@ class TokenStore:
             return lib.destroy_objects(serial, user_pin)
 
     def synchronize(self, serials, user_pin):
-        """An HA group's synchronize: every object copied to the members missing it (p11.synchronize)."""
+        """An HA group's synchronize: every object cloned to the members missing it (p11.synchronize;
+        sensitive keys through their files here: appliance/cloning.py)."""
         with self.library as lib:
-            return p11.synchronize(lib, serials, user_pin)
+            return p11.synchronize(lib, serials, user_pin, self._folder)
 
     def _token_folders(self):
         try:
@@ -132,7 +139,7 @@ class TokenFile:
     differs from the one it read last."""
 
     NAME = "token.object"
-    LABEL, SERIAL = 0x80005349, 0x8000534A  # SoftHSM's CKA_OS_TOKENLABEL, CKA_OS_TOKENSERIAL
+    LABEL, SERIAL, FLAGS = 0x80005349, 0x8000534A, 0x8000534B  # SoftHSM's CKA_OS_TOKENLABEL, _TOKENSERIAL, _TOKENFLAGS
     BOOL, ULONG, BYTES = 1, 2, 3
 
     def __init__(self, folder):
@@ -174,15 +181,24 @@ class TokenFile:
             out.append(value)
         return b"".join(out)
 
-    def serial(self):
-        """The token's serial, or None (no such file, not that layout)."""
+    def _value(self, kind_type, kind):
+        """The value bytes of one record, or None (no such record or file, not that layout)."""
         try:
             with open(self.path, "rb") as f:
                 _, records = self.parse(f.read())
         except (OSError, ValueError):
             return None
-        value = next((v for t, k, v in records if t == self.SERIAL and k == self.BYTES), None)
+        return next((v for t, k, v in records if t == kind_type and k == kind), None)
+
+    def serial(self):
+        """The token's serial, or None (no such file, not that layout)."""
+        value = self._value(self.SERIAL, self.BYTES)
         return value.decode(errors="replace") if value is not None else None
+
+    def flags(self):
+        """The token's CK_TOKEN_INFO flags as SoftHSM keeps them, or 0 (no such file, not that layout)."""
+        value = self._value(self.FLAGS, self.ULONG)
+        return int.from_bytes(value, "big") if value else 0
 
     def set_serial(self, serial):
         """The serial record becomes SERIAL (at most 16 characters, as CK_TOKEN_INFO has room for),

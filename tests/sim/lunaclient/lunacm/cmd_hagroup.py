@@ -214,7 +214,8 @@ def ha_only(ctx):
 def synchronize(ctx):
     """Logs in to every member it reaches; members in different cloning domains get the guide's
     warning, and cannot clone private keys: with objects to copy, the synchronization fails.
-    Otherwise every object is cloned to the members missing it (by class and label)."""
+    Otherwise every object is cloned to the members missing it (by class and label), sensitive and
+    non-extractable keys with their value (appliance/cloning.py)."""
     session, group = ctx.session, _group(ctx.session, ctx.opt("group"))
     reached = [slot for slot in map(session.by_serial, group.members) if slot is not None]
     if not reached:

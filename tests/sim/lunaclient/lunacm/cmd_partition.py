@@ -16,36 +16,36 @@ The words are the published ones.  Without -domain the cloning domain is asked t
 (`Enter the domain name:` / `Re-enter the domain name:`: our words, not published);
 -password skips the password prompts.  The partition gets a new empty token, the new PSO
 password and the cloning domain; its Crypto Officer is left uninitialised (`role init -name
-co` as the PSO, or C_InitPIN over PKCS#11).  The simulator's `partition create` makes an
-initialised partition, so `partition init` here always re-initialises (contents destroyed).
+co` as the PSO, or C_InitPIN over PKCS#11).  A partition LunaSH's 7.x `partition create` made is
+uninitialised (no token: `Label ->` empty) and gets its first token here; on an initialised one
+`partition init` re-initialises it (contents destroyed).
 """
 from appliance.cli import Command, Opt
 from estate_client import EstateError
 from lunaclient.lunacm.context import LunaCmError
 
 
-def _twice(ctx, prompt, again):
-    first = ctx.secret(prompt)
-    if ctx.secret(again) != first:
-        raise LunaCmError("CKR_ARGUMENTS_BAD", "The two entries do not match.")
-    return first
-
-
 def init(ctx):
     slot = ctx.slot()
-    password = ctx.opt("password") or _twice(ctx, "  Enter password for Partition SO: ",
-                                              "  Re-enter password for Partition SO: ")
-    domain = ctx.opt("domain") or _twice(ctx, "  Enter the domain name: ", "  Re-enter the domain name: ")
-    ctx.out("  You are about to initialize the partition.", "  All contents of the partition will be destroyed.", "",
-            "  Are you sure you wish to continue?", "")
-    if ctx.ask("  Type 'proceed' to continue, or 'quit' to quit now ->").lower() != "proceed":
+    password = ctx.opt("password") or ctx.twice("Enter password for Partition SO: ",
+                                                "Re-enter password for Partition SO: ")
+    if ctx.opt("domain"):
+        domain = ctx.opt("domain")
+    else:
+        ctx.out("")
+        domain = ctx.twice("Enter the domain name: ", "Re-enter the domain name: ")
+    ctx.out("", "You are about to initialize the partition.", "All contents of the partition will be destroyed.", "",
+            "Are you sure you wish to continue?", "")
+    if ctx.ask("Type 'proceed' to continue, or 'quit' to quit now ->").lower() != "proceed":
         raise LunaCmError("CKR_CANCEL", "Command cancelled.")
     try:
-        ctx.session.view.control("POST", f"appliances/{slot.appliance}/partitions/{slot.partition}/init",
-                                 {"label": ctx.opt("label"), "domain": domain, "so_pin": password, "co": False})
+        answer = ctx.session.view.control("POST", f"appliances/{slot.appliance}/partitions/{slot.partition}/init",
+                                          {"label": ctx.opt("label"), "domain": domain, "so_pin": password,
+                                           "co": False})
     except EstateError as e:
         raise LunaCmError("CKR_DEVICE_ERROR", str(e))
     ctx.session.logins.pop(slot.id, None)
+    slot.label, slot.token_serial = ctx.opt("label"), answer["token_serial"]  # this session's view follows
 
 
 COMMANDS = [

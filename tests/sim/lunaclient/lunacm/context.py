@@ -8,7 +8,8 @@ LunaCmError with a CKR name and optional lines; tables are written unindented wi
 """
 NO_ERROR = "No Error"
 INDENT = "  "  # 7.2's client indents its listing and questions by 2 (luna-field.md 7.1)
-CKR = {"CKR_CANCEL": 0x01, "CKR_SLOT_ID_INVALID": 0x03, "CKR_GENERAL_ERROR": 0x05, "CKR_ARGUMENTS_BAD": 0x07,
+CKR = {"CKR_CANCEL": 0x01, "CKR_SLOT_ID_INVALID": 0x03, "CKR_GENERAL_ERROR": 0x05, "CKR_FUNCTION_FAILED": 0x06,
+       "CKR_ARGUMENTS_BAD": 0x07,
        "CKR_DEVICE_ERROR": 0x30, "CKR_FUNCTION_NOT_SUPPORTED": 0x54, "CKR_PIN_INCORRECT": 0xA0,
        "CKR_PIN_LOCKED": 0xA4, "CKR_TOKEN_NOT_PRESENT": 0xE0, "CKR_USER_ALREADY_LOGGED_IN": 0x100,
        "CKR_USER_NOT_LOGGED_IN": 0x101, "CKR_USER_PIN_NOT_INITIALIZED": 0x102, "CKR_USER_TYPE_INVALID": 0x103}
@@ -51,10 +52,11 @@ class Context:
             raise LunaCmError("CKR_CANCEL", "No answer was given.")
         return answer.strip()
 
-    def secret(self, prompt):
-        """A password from stdin; none at all cancels the command (no login is tried, none counted)."""
+    def secret(self, prompt, gap=False):
+        """A password from stdin; none at all cancels the command (no login is tried, none counted).
+        GAP: a blank line first, as between 7.1's `partition init` prompts."""
         self.flush()
-        answer = self.session.console.read_secret(f"{INDENT}{prompt}")
+        answer = self.session.console.read_secret(f"{chr(10) if gap else ''}{INDENT}{prompt}")
         if not answer:
             raise LunaCmError("CKR_CANCEL", "No password was given.")
         return answer
@@ -63,13 +65,18 @@ class Context:
         """-password, else the prompt."""
         return self.opt("password") or self.secret("Enter the password: ")
 
-    def new_password(self):
+    def new_password(self, first_prompt="Enter new password: ", again_prompt="Re-enter new password: "):
+        """-password, else asked twice."""
         given = self.opt("password")
         if given:
             return given
-        first = self.secret("Enter new password: ")
-        if self.secret("Re-enter new password: ") != first:
-            raise LunaCmError("CKR_ARGUMENTS_BAD", "The two passwords do not match.")
+        return self.twice(first_prompt, again_prompt)
+
+    def twice(self, first_prompt, again_prompt):
+        """A new secret typed twice, a blank line between the prompts (luna-field.md 7.1)."""
+        first = self.secret(first_prompt)
+        if self.secret(again_prompt, gap=True) != first:
+            raise LunaCmError("CKR_ARGUMENTS_BAD", "The two entries do not match.")
         return first
 
     # slots -----------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Cloning a key PKCS#11 will not let out: what an HA group's synchronize does between members
+of one cloning domain, done inside the simulator's own SoftHSM store.
+
+A real Luna member clones every object to the others of its cloning domain, sensitive and
+non-extractable keys included, without the key ever leaving the HSMs in clear. SoftHSM has
+no cloning: a sensitive key's value cannot be read, and it refuses C_WrapKey of a key whose
+CKA_EXTRACTABLE is false, and C_SetAttributeValue from false to true. The simulator owns the
+store, so for one such key it:
+
+  1. finds the key's object file: C_SetAttributeValue rewrites the object with its own label
+     (nothing changes), and the one file of the token folder whose generation counter moved
+     is the key's (private objects keep their byte strings encrypted on disk, so a label
+     cannot be searched for);
+  2. sets the CKA_EXTRACTABLE record of that file to true, in place, under SoftHSM's own lock
+     on the file, and moves its generation counter on (so every process using SoftHSM reads
+     the object again);
+  3. wraps the key (CKM_AES_KEY_WRAP_PAD) with a session key made for this one clone, with one
+     random value, on the source and on the target token (never on disk: session objects);
+  4. puts CKA_EXTRACTABLE back to false at once, whatever happened, the same way;
+  5. unwraps the blob on the target with the source's attributes (CKA_SENSITIVE, CKA_EXTRACTABLE
+     false, label, id, key type, usage flags): the same key value, as cloning gives.
+The key is extractable only between 2 and 4, on the source token; its value exists outside
+SoftHSM only wrapped, in this process's memory. No secret goes to a log or a command line.
+"""
+import contextlib
+import ctypes
+import fcntl
+import os
+import secrets
+
+from appliance import p11
+
+CK_ULONG = p11.CK_ULONG
+CKA_CLASS, CKA_TOKEN, CKA_LABEL, CKA_VALUE, CKA_KEY_TYPE = 0x0, 0x1, 0x3, 0x11, 0x100
+CKA_WRAP, CKA_UNWRAP, CKA_EXTRACTABLE = 0x106, 0x107, 0x162
+CKO_SECRET_KEY, CKK_AES = 4, 0x1F
+CKM_AES_KEY_WRAP_PAD = 0x210A
+# What the unwrapped key is given: every attribute a clone carries but those the wrapped key
+# itself brings (its value, and a private key's public parts, which C_UnwrapKey refuses in a template).
+FROM_THE_BLOB = {CKA_VALUE, 0x120, 0x122, 0x180, 0x181}
+BOOL, ULONG, BYTES, ATTRMAP, MECHSET = 1, 2, 3, 4, 5
+
+
+class CkMechanism(ctypes.Structure):
+    _fields_ = [("mechanism", CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", CK_ULONG)]
+
+
+class CloneError(Exception):
+    pass
+
+
+# SoftHSM's object files -------------------------------------------------------------------
+def records(data):
+    """An object file (SoftHSM 2.6 file backend: an 8-byte generation counter, then records of
+    8-byte type, 8-byte kind and the value, big-endian) -> (generation, [(type, kind, value
+    offset, value length)]). Kinds: 1 bool (1 byte), 2 unsigned long (8), 3 byte string (8-byte
+    length first), 4 attribute map (8-byte length in bytes first), 5 mechanism set (8-byte count
+    of 8-byte mechanisms first). ValueError when DATA is not that layout."""
+    if len(data) < 8:
+        raise ValueError("shorter than its generation counter")
+    found, pos = [], 8
+    while pos < len(data):
+        if pos + 16 > len(data):
+            raise ValueError(f"record at {pos} cut short")
+        kind_type, kind = int.from_bytes(data[pos:pos + 8], "big"), int.from_bytes(data[pos + 8:pos + 16], "big")
+        pos += 16
+        if kind in (BOOL, ULONG):
+            size = 1 if kind == BOOL else 8
+        elif kind in (BYTES, ATTRMAP, MECHSET):
+            if pos + 8 > len(data):
+                raise ValueError(f"length at {pos} cut short")
+            size = int.from_bytes(data[pos:pos + 8], "big") * (8 if kind == MECHSET else 1)
+            pos += 8
+        else:
+            raise ValueError(f"attribute kind {kind} at {pos - 8} is not one an object file holds")
+        if pos + size > len(data):
+            raise ValueError(f"value at {pos} cut short")
+        found.append((kind_type, kind, pos, size))
+        pos += size
+    return int.from_bytes(data[:8], "big"), found
+
+
+def generation(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)
+    except OSError:
+        return None
+
+
+def generations(folder):
+    """{object file: its generation counter bytes} of a token folder (token.object left out)."""
+    return {entry.path: generation(entry.path) for entry in os.scandir(folder)
+            if entry.name.endswith(".object") and entry.name != "token.object"}
+
+
+def set_bool(path, kind_type, value):
+    """The bool record KIND_TYPE of the object file at PATH becomes VALUE, in place (the file's
+    inode stays: SoftHSM's fcntl locks are on it), the generation counter moved on, all under an
+    exclusive lock, so no SoftHSM reads it half-written. CloneError when it has no such record."""
+    with open(path, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            data = f.read()
+            gen, found = records(data)
+            where = next((offset for t, kind, offset, _ in found if t == kind_type and kind == BOOL), None)
+            if where is None:
+                raise CloneError(f"{os.path.basename(path)} has no boolean attribute 0x{kind_type:x}")
+            f.seek(where)
+            f.write(b"\1" if value else b"\0")
+            f.seek(0)
+            f.write(((gen + 1) % (1 << 64) or 1).to_bytes(8, "big"))
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+# PKCS#11 -----------------------------------------------------------------------------------
+def _ulong(value):
+    return bytes(CK_ULONG(value))
+
+
+@contextlib.contextmanager
+def wrapping_key(lib, session, value):
+    """A session AES key of VALUE on SESSION's token, for one wrap or unwrap; destroyed on the way out."""
+    attrs = {CKA_CLASS: _ulong(CKO_SECRET_KEY), CKA_KEY_TYPE: _ulong(CKK_AES), CKA_TOKEN: b"\0",
+             CKA_VALUE: value, CKA_WRAP: b"\1", CKA_UNWRAP: b"\1"}
+    handle = p11.create_object(lib, session, attrs)
+    try:
+        yield handle
+    finally:
+        lib.C_DestroyObject(session, handle)
+
+
+def _wrap(lib, session, wrapper, handle):
+    mech = CkMechanism(CKM_AES_KEY_WRAP_PAD, None, 0)
+    size = CK_ULONG(0)
+    p11.check(lib.C_WrapKey(session, ctypes.byref(mech), wrapper, CK_ULONG(handle), None, ctypes.byref(size)),
+              "C_WrapKey")
+    blob = ctypes.create_string_buffer(size.value)
+    p11.check(lib.C_WrapKey(session, ctypes.byref(mech), wrapper, CK_ULONG(handle), blob, ctypes.byref(size)),
+              "C_WrapKey")
+    return blob.raw[:size.value]
+
+
+def _unwrap(lib, session, wrapper, blob, attrs):
+    mech = CkMechanism(CKM_AES_KEY_WRAP_PAD, None, 0)
+    template, _keep = p11.template(attrs)
+    handle = CK_ULONG(0)
+    p11.check(lib.C_UnwrapKey(session, ctypes.byref(mech), wrapper, blob, CK_ULONG(len(blob)), template,
+                              CK_ULONG(len(attrs)), ctypes.byref(handle)), "C_UnwrapKey")
+
+
+def object_file(lib, session, handle, label, folder):
+    """The object file of HANDLE in FOLDER: the one whose generation moves when SoftHSM rewrites
+    the object with its own LABEL (an unchanged value)."""
+    before = generations(folder)
+    template, _keep = p11.template({CKA_LABEL: label})
+    p11.check(lib.C_SetAttributeValue(session, CK_ULONG(handle), template, CK_ULONG(1)), "C_SetAttributeValue")
+    moved = [path for path, gen in generations(folder).items() if before.get(path) != gen]
+    if len(moved) != 1:
+        raise CloneError(f"cannot tell the key's object file in {folder} ({len(moved)} files changed)")
+    return moved[0]
+
+
+def clone_key(lib, source, handle, target, attrs, folder):
+    """The key HANDLE of session SOURCE (its token's files in FOLDER; ATTRS: what PKCS#11 gives of
+    it) made again, with the same value, on session TARGET's token (see the module's steps)."""
+    path = object_file(lib, source, handle, attrs.get(CKA_LABEL, b""), folder)
+    value = secrets.token_bytes(32)
+    with wrapping_key(lib, source, value) as src_wrapper, wrapping_key(lib, target, value) as dst_wrapper:
+        extractable = attrs.get(CKA_EXTRACTABLE, b"\1") != b"\0"
+        if not extractable:
+            set_bool(path, CKA_EXTRACTABLE, True)
+        try:
+            blob = _wrap(lib, source, src_wrapper, handle)
+        finally:
+            if not extractable:
+                set_bool(path, CKA_EXTRACTABLE, False)
+        _unwrap(lib, target, dst_wrapper, blob, {k: v for k, v in attrs.items() if k not in FROM_THE_BLOB})
