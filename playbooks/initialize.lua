@@ -51,8 +51,13 @@ local function entry(ctx)
   return ctx.inventory:hsm(ctx.params.hsm)
 end
 
+-- The password this run's first login set, by run: its sessions log in
+-- with it from then on (the inventory's reference may still hold the old
+-- one until the operator stores the new one there).
+local logins = setmetatable({}, { __mode = "k" })
+
 local function session(ctx)
-  return ctx:appliance(ctx.params.hsm)
+  return ctx:appliance(ctx.params.hsm, logins[ctx])
 end
 
 -- The HSM label hsm init gives.
@@ -112,6 +117,7 @@ local function first_login(ctx)
       .. "(dhsm writes no secret); the rest of this run logs in with it"):format(p.hsm))
     return { changed = s.password_changed }
   end)
+  if fresh and fresh.changed then logins[ctx] = { password = p.new_password } end
   return fresh and fresh.fresh
 end
 

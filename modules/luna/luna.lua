@@ -469,7 +469,7 @@ function M.sessions(inv, opts)
   if type(inv) ~= "table" or type(inv.hsm) ~= "function" then
     usage("luna.sessions: expected an inventory (dhsm.inventory), got %s", type(inv))
   end
-  return setmetatable({ inventory = inv, open = {}, turns = {}, connecting = opts and opts.connecting }, Pool)
+  return setmetatable({ inventory = inv, open = {}, turns = {}, options = {}, connecting = opts and opts.connecting }, Pool)
 end
 
 local function usable(s)
@@ -488,12 +488,16 @@ local function reopen(pool, name)
   end
   local entry = pool.inventory:hsm(name)
   if pool.connecting then pool.connecting(entry) end
-  local s = M.open(entry)
+  local s = M.open(entry, pool.options[name])
   pool.open[name] = s
   return s
 end
 
-function Pool:get(name)
+-- get(name [, opts]) -> the session to inventory HSM name; opts (luna.open's,
+-- e.g. {password = secret} once an initialisation changed it) are kept for
+-- every later connect to that name.
+function Pool:get(name, opts)
+  if opts ~= nil then self.options[name] = opts end
   local s = self.open[name]
   if usable(s) then return s end
   self.turns[name] = self.turns[name] or dhsm.semaphore(1)    -- one connect to a name at a time

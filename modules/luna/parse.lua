@@ -919,8 +919,9 @@ end
 -- 8.3): the title `The following Luna SA Slots/Partitions were found:`,
 -- a header Slot / Serial # / Label over a rule of '=', one row per slot
 -- (TABs or spaces between the columns, numbers right-aligned, the label
--- the rest of the line, spaces and all), ended by a blank line or the
--- end.  {} from the header with no row, or from `Error: Unable to find any
+-- the rest of the line, spaces and all; none for a partition `partition
+-- create` made and `partition init` has not labelled yet, as lunacm's
+-- `Label ->` of 7.1 is empty), ended by a blank line or the end.  {} from the header with no row, or from `Error: Unable to find any
 -- Luna SA slots/partitions`.  Anything else is a ParseError.
 local VTL_TITLE = "The following Luna SA Slots/Partitions were found:"
 local VTL_NONE = "Error: Unable to find any Luna SA slots/partitions"
@@ -945,9 +946,11 @@ function M.vtl_verify(text)
   for j = i + 2, #ls do
     local l = ls[j]
     if trim(l) == "" then break end
-    local slot, serial, label = l:match("^[ \t]*(%d+)[ \t]+(%d+)[ \t]+(.*)$")
-    label = label and trim(label)
-    if not slot or label == "" then unreadable(command, trim(l), "a row: slot, serial, label") end
+    local slot, serial, rest = l:match("^[ \t]*(%d+)[ \t]+(%d+)(.*)$")
+    if not slot or not rest:match("^[ \t]") and rest ~= "" then
+      unreadable(command, trim(l), "a row: slot, serial, label")
+    end
+    local label = trim(rest)                  -- "": a partition not initialised yet has no label
     out[#out + 1] = { slot = tonumber(slot), serial = serial, label = label }
   end
   return out

@@ -127,6 +127,8 @@ t.test("an unknown header, a wider serial, a label with spaces: read right or re
   local vtl = read("luna/8.3-vtl-verify-6-tabs.txt")
   t.raises(function() parse.vtl_verify((vtl:gsub("Serial #", "Serial No"))) end, "ParseError")
   t.eq(parse.vtl_verify((vtl:gsub("partition1", "my partition")))[1].label, "my partition")
+  t.eq(parse.vtl_verify((vtl:gsub("\tpartition1", "")))[1].label, "", "a partition not initialised yet: no label")
+  t.raises(function() parse.vtl_verify((vtl:gsub("500752010", "500752010x"))) end, "ParseError")
   t.eq(parse.vtl_verify((vtl:gsub("500752010", "1582775433934")))[1].serial, "1582775433934")
   local list = read("luna/3.1-partition-list-5.txt")
   t.raises(function() parse.partition_list((list:gsub("Objects", "Things"))) end, "ParseError")

@@ -6,7 +6,7 @@
 --   ctx:unmet(reason)              the run ends without reaching its goal (exit 1), for reason
 --   ctx.params, ctx.inventory, ctx.run_id, ctx.check
 --   ctx:azure([options])           the run's ARM client for the inventory's azure section
---   ctx:appliance(name)            the run's LunaSH session to an inventory HSM
+--   ctx:appliance(name [, opts])   the run's LunaSH session to an inventory HSM
 --   ctx:scratch_dir()              a private folder for the run's own files
 --
 -- What steps share comes from here, not from arguments handed from step
@@ -303,16 +303,18 @@ function Ctx:azure(options)
   return client
 end
 
--- appliance(name) -> the run's LunaSH session to the inventory's HSM name,
--- opened on first use (and again when the one it had was lost or closed).
-function Ctx:appliance(name)
+-- appliance(name [, opts]) -> the run's LunaSH session to the inventory's
+-- HSM name, opened on first use (and again when the one it had was lost or
+-- closed); opts: luna.open's, kept for every later connect to that name
+-- (initialize logs in with the password its first login set).
+function Ctx:appliance(name, opts)
   if not self.inventory then usage("%s: no inventory to find HSM %s in", self.playbook.name, tostring(name)) end
   if not self.pool then
     local pool = luna.sessions(self.inventory)
     self.pool = pool
     keep(self, function() pool:close() end)
   end
-  return self.pool:get(name)
+  return self.pool:get(name, opts)
 end
 
 -- scratch_dir() -> a private folder (0700) for the run's own files,
