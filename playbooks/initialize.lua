@@ -293,6 +293,19 @@ local function member_serial(ctx)
   return partition(ctx).serial
 end
 
+-- The members of group label that can be compared, and whether the new
+-- partition is one of them (a member that cannot be compared proves nothing).
+local function compared_with_new(ctx, label)
+  local serial = partition(ctx).serial
+  steps.client(ctx):tell_owner(serial, entry(ctx))
+  local g = steps.client(ctx):group(label)
+  local members = g and steps.comparable(ctx, g) or {}
+  for _, m in ipairs(members) do
+    if m.serial == serial then return members, true end
+  end
+  return members, false
+end
+
 local function join_group(ctx)
   local p, c = ctx.params, steps.client(ctx)
   if p.new_ha_group then
@@ -313,11 +326,10 @@ local function join_group(ctx)
   ctx:step(("synchronize HA group %s: its key material replicated to %s"):format(p.ha_group, p.partition),
     { done = function()
       if ctx.check then return false end
-      local g = c:group(p.ha_group)
-      -- the same objects everywhere, and some: with none, lunacm's warning is
-      -- the only word on the cloning domain, so the synchronize is run
-      local members = g and steps.comparable(ctx, g) or {}
-      return #members >= 2 and not steps.drifting(ctx, members) and members[1].objects.count > 0
+      -- the same objects everywhere, the new member among them, and some: with
+      -- none, lunacm's warning is the only word on the cloning domain
+      local members, with_new = compared_with_new(ctx, p.ha_group)
+      return with_new and #members >= 2 and not steps.drifting(ctx, members) and members[1].objects.count > 0
     end }, function()
     if planned(ctx, ("lunacm hagroup synchronize -group %s (Crypto Officer logins on every member); a conflict of "
       .. "cloning domains stops the run"):format(p.ha_group)) then return end
@@ -338,10 +350,13 @@ local function join_group(ctx)
       ctx:would("read every member's objects as the Crypto Officer and compare them")
       return { planned = true }
     end
-    local members = steps.comparable(ctx, c:group(p.ha_group) or { members = {} })
-    if #members < 2 or steps.drifting(ctx, members) then
-      dhsm.error { kind = "luna", code = "StillDrifting", message = ("group %s: %s"):format(p.ha_group, #members < 2
-        and "fewer than two members can be compared (alive, with a slot)" or "the members still differ after synchronize") }
+    local members, with_new = compared_with_new(ctx, p.ha_group)
+    if not with_new or #members < 2 or steps.drifting(ctx, members) then
+      dhsm.error { kind = "luna", code = "StillDrifting", message = ("group %s: %s"):format(p.ha_group, not with_new
+        and ("the new member %s cannot be compared (no slot in lunacm's listing, or no appliance of the inventory "
+          .. "lists it)"):format(partition(ctx).serial)
+        or #members < 2 and "fewer than two members can be compared (alive, with a slot)"
+        or "the members still differ after synchronize") }
     end
     return { members = #members, objects = members[1].objects.count }
   end)

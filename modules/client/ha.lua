@@ -97,12 +97,22 @@ end
 -- not answer and the inventory does not list it) - never guessed from
 -- the serial's digits.
 function Client:hsm_of(member_serial)
+  if (self.told or {})[member_serial] then return self.told[member_serial] end
   for _, h in ipairs(self.inventory.hsms or {}) do
     for _, p in ipairs(h.partitions or {}) do
       if p == member_serial then return h end
     end
   end
   return self:partition_owners()[member_serial]
+end
+
+-- tell_owner(serial, entry): the caller made that partition on entry's
+-- appliance (initialize): hsm_of answers it without reading the appliances,
+-- whose LunaSH may not take the inventory's password yet (a first login
+-- this run made).
+function Client:tell_owner(serial, entry)
+  self.told = self.told or {}
+  self.told[serial] = entry
 end
 
 -- partition_owners() -> {partition serial = inventory entry}: what each

@@ -33,7 +33,7 @@ for _, m in ipairs(MATRIX) do
   if FULL or m.reduced then
     t.test("killed " .. m.point.where .. ": resumed, each change sent once, hsm3 a member holding the key", function()
       local e = fresh.estate()
-      local from = #e:log()
+      local from = fresh.mark(e)
       local args = fresh.args(e, { "-e", "hsm=hsm3", "--yes" })
       local p <close> = killrun.spawn(e, "initialize", args)
       killrun.kill_at(e, p, m.point)

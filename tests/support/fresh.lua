@@ -122,10 +122,21 @@ function M.objects(e, token)
   return keys
 end
 
--- How often each change of an initialisation reached the estate, from its
--- log after line `from` (LunaSH commands and the client tools' lines).
-function M.sent(e, from)
-  local n = e:count_since(from, {
+-- Where the estate's records stand now: its log's length, and the password
+-- changes in hsm3's syslog (first logins show there, not in the log).
+local function password_changes(e)
+  local messages = util.read_file(e.dir .. "/appliances/hsm3/messages") or ""
+  return select(2, messages:gsub("password changed for tenantadmin", ""))
+end
+
+function M.mark(e)
+  return { log = #e:log(), logins = password_changes(e) }
+end
+
+-- How often each change of an initialisation reached the estate since
+-- mark (LunaSH commands and the client tools' lines, hsm3's syslog).
+function M.sent(e, mark)
+  local n = e:count_since(mark.log, {
     hsm_init = "^hsm3 lunash: hsm init .*%-> 0$",
     partition_create = "^hsm3 lunash: partition create .*%-> 0$",
     register = "^hsm3 lunash: client register .*%-> 0$",
@@ -135,9 +146,7 @@ function M.sent(e, from)
     add_member = "^lunacm: hagroup addMember .*%-> No Error$",
     synchronize = "^lunacm: hagroup synchronize .*%-> No Error$",
   })
-  -- a first login's password change shows in the appliance's own syslog (every one, ever)
-  local messages = util.read_file(e.dir .. "/appliances/hsm3/messages") or ""
-  n.first_login = select(2, messages:gsub("password changed for tenantadmin", ""))
+  n.first_login = password_changes(e) - mark.logins
   return n
 end
 
