@@ -70,8 +70,13 @@ say "the estate will fail the next HSM creation as if the ExpressRoute gateway w
 say "although it reads Succeeded; the guide says rerunning the deployment often solves it"
 "$estate" fault --dir "$dir" gateway_race_next=1 >/dev/null
 dhsm run provision -e hsms=hsm3:stamp2 -e poll_interval=0.2 -e backoff=1 --yes
-say "hsm3 came up on the spare appliance, factory-fresh (zeroized): initialising it is the next"
-say "step provision names; this story leaves it so and gives it back at the end"
+say "hsm3 came up on the spare appliance, factory-fresh (zeroized, a factory admin password): its"
+say "first login must change that password, as provision's report says; done here with a new one"
+say "from a file (the report's command asks for it at a terminal instead)"
+umask 077
+printf 'Demo-%s-Pw1!\n' "$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')" >"$dir/hsm3_new_password"
+dhsm exec --yes -e "require('dhsm.luna').first_login(inv:hsm('hsm3'), {new_password = secret.file('$dir/hsm3_new_password')}):close()"
+say "initialising hsm3 is the next step provision names; this story leaves it zeroized and gives it back at the end"
 
 chapter "2. Diagnose the HSMs in service, hsm1 and hsm2: every check of the guide"
 say "(hsm3 is left out: a factory-fresh HSM is zeroized and has no certificate exchange yet, which"
