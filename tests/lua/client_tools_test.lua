@@ -48,6 +48,12 @@ t.test("the certificate exchange from an empty client, through dhsm", function()
   s:must("client assignPartition -client web1 -partition par1")
   r = tool(estate, "vtl", { "verify" })
   t.ok(r.stdout:find("The following Luna SA Slots/Partitions were found:", 1, true), r.stdout)
+  t.ok(not r.stdout:find("par1", 1, true), "7.2: no label before lunacm's partition init\n" .. r.stdout)
+  -- the Partition SO initialises it from the client (luna-field.md 7.1): password and domain on stdin
+  r = tool(estate, "lunacm", { "-c", "partition", "init", "-label", "par1", "-slot", "0" },
+    { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "proceed\n" })
+  t.ok(r.stdout:find("Command Result : No Error", 1, true), r.stdout)
+  r = tool(estate, "vtl", { "verify" })
   t.ok(r.stdout:find("par1", 1, true), r.stdout)
   -- the same path, probed by dhsm.net with the client's own files
   local probe = net.tls { host = "127.0.0.1", port = entry.ntls_port, ca_file = cert.ca,
