@@ -798,7 +798,9 @@ for _, action in ipairs { "zeroize", "support-reset" } do
     t.ok(row.finding:find("ZEROIZED", 1, true), row.finding)
     t.ok(row.finding:find("^HSM [^ ]") and not row.finding:find("  ", 1, true), "no empty label: " .. row.finding)
     t.eq(r.status, 1)
-    local s <close> = require("dhsm.luna").open(wiped.inventory:hsm("hsm1"))
+    -- the inventory read afresh: a password the first login changed is read from its file again
+    local now = require("dhsm.inventory").load(wiped.dir .. "/inventory.json")
+    local s <close> = require("dhsm.luna").open(now:hsm("hsm1"))
     local init = s:run("hsm init -label hsm1 -password " .. so .. " -defaultdomain -force")
     t.ok(init.ok, init.text)
     r, doc = diagnose(nil, wiped)

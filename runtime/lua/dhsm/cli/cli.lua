@@ -430,7 +430,7 @@ local function cmd_inventory(opts, pos)
     end
   end
   if opts.check then require("dhsm.act").check_process() end
-  local discover = require "dhsm.discover"
+  local discover = require "dhsm.cli.discover"
   if sub == "trust" then
     if not pos[2] then usage_error("inventory trust needs the NAME of an inventory entry") end
     if pos[3] then usage_error("unexpected argument '%s'", pos[3]) end

@@ -1,4 +1,4 @@
--- dhsm.discover: `dhsm inventory discover` and `dhsm inventory trust`, the
+-- dhsm.cli.discover: `dhsm inventory discover` and `dhsm inventory trust`, the
 -- way to an inventory (docs/inventory.md) when there is none yet.
 --
 --   discover: the dedicated HSMs of a resource group, read from ARM with
