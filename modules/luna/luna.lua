@@ -137,11 +137,25 @@ end
 
 -- Record a key not on file, through the gate: in check mode described, not
 -- written (the key is taken for this session only).
+-- The first key recorded makes the file's folder when it is missing (mode
+-- 0700, one level: ~/.ssh on a fresh account, as OpenSSH's ssh makes it).
 local function record_new_key(s, path, where, name, hk)
+  local folder = path:match("^(.*)/[^/]+$")
+  local make = folder and folder ~= "" and not require("dhsm.sys").stat(folder)
   act.change({ kind = "file", action = "known_hosts", target = path, audit = "ssh.accept_new_host_key",
-    what = ("record the host key of %s (%s %s) in %s"):format(where, hk.type, hk.sha256, path),
+    what = ("record the host key of %s (%s %s) in %s%s"):format(where, hk.type, hk.sha256, path,
+      make and (" (making its folder " .. folder .. ", mode 0700)") or ""),
     fields = { appliance = name, fingerprint = hk.sha256 }, planned = false,
-    outcome = function() return "added" end }, function() s:add_known_host(path) end)
+    outcome = function() return "added" end }, function()
+    if make then
+      local ok, err = require("dhsm.sys").mkdir(folder, tonumber("700", 8))
+      if not ok then
+        dhsm.error { kind = "usage", code = "KnownHostsFolder",
+          message = ("cannot make %s for the known_hosts file %s: %s"):format(folder, path, tostring(err)) }
+      end
+    end
+    s:add_known_host(path)
+  end)
 end
 
 -- Verify the appliance's host key against known_hosts (OpenSSH format).

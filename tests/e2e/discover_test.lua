@@ -133,13 +133,14 @@ t.test("az CLI login: the subscription from 'az account show', the credential az
   loads(r.stdout, "stdout")
 end)
 
-t.test("the default known_hosts is not written into the entries", function()
+t.test("the default known_hosts is not written into the entries; a fresh account's ~/.ssh is made (0700), as "
+  .. "OpenSSH makes it", function()
   local home = t.tmpdir()
-  t.ok(require("dhsm.sys").mkdir(home .. "/.ssh", tonumber("700", 8)))
   local r = discover("--address-map " .. q(ADDRESS_MAP) .. " --accept-new", SP_ENV .. " HOME=" .. q(home))
   t.eq(r.status, 0, r.stderr)
   for _, h in ipairs(cjson.decode(r.stdout).hsms) do t.eq(h.known_hosts, nil) end
   t.eq(#util.lines(assert(util.read_file(home .. "/.ssh/known_hosts"))), 2)
+  t.eq(require("dhsm.sys").stat(home .. "/.ssh").mode & tonumber("7777", 8), tonumber("700", 8))
 end)
 
 t.test("no terminal and no --accept-new: refused with the command to type, which then records the keys", function()
@@ -223,6 +224,52 @@ t.test("a changed host key: discover refuses it with both fingerprints; trust re
   r = discover("--address-map " .. q(ADDRESS_MAP) .. " --known-hosts " .. q(kh))
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("hsm1: host key %S+ " .. new_fp:gsub("%p", "%%%0") .. " already in"), r.stderr)
+end)
+
+t.test("at a terminal: the key shown with its fingerprint, recorded only when yes is typed (audited); any other "
+  .. "answer records nothing", function()
+  local tty = require "support.tty"
+  if not tty.available() then t.skip("tmux is not installed") end
+  local function session(kh, state)
+    return tty.start(t.cmd("inventory discover -g hsm-rg " .. endpoints() .. " --address-map " .. q(ADDRESS_MAP)
+      .. " --known-hosts " .. q(kh) .. " -o " .. q(t.tmpdir() .. "/inv.json")),
+      { env = SP_ENV .. " DHSM_AUDIT=" .. q(state .. "/audit.jsonl"), keep = true })
+  end
+  -- the question of appliance name, read off the screen (wrapped lines joined) -> the fingerprint shown
+  local function asked(term, name)
+    term.wait_for("type yes to record it:$", 30)
+    local screen = term.screen():gsub("\n", "")
+    local shown = screen:match(name .. " %(127%.0%.0%.1:%d+%) offers the ssh%-%S+ host key (SHA256:[%w+/]+), not in "
+      .. "[^;]*; type yes to record it:$")
+    t.ok(shown, screen)
+    return shown
+  end
+  -- "no" for the first key: nothing written, the run refused
+  local kh, state = t.tmpdir() .. "/known_hosts", t.tmpdir()
+  local term = session(kh, state)
+  asked(term, "hsm1")
+  term.keys("no", "Enter")
+  term.wait_for("not confirmed: the host key of hsm1", 30)
+  term.wait_for("%[exit [1-9]%d*%]$", 30)
+  t.eq(util.read_file(kh), nil, "nothing recorded")
+  t.eq(count_audit(state, "confirm", "refused (typed something else)"), 1)
+  -- "yes" for each: both recorded, each typed confirmation audited, the keys on file those shown
+  kh, state = t.tmpdir() .. "/known_hosts", t.tmpdir()
+  term = session(kh, state)
+  local shown = {}
+  for _, name in ipairs { "hsm1", "hsm2" } do
+    shown[name] = asked(term, name)
+    term.keys("yes", "Enter")
+    if name == "hsm1" then term.wait_for("recorded in", 30) end
+  end
+  term.wait_for("inv%.json: 2 HSMs of hsm%-rg", 30)
+  term.wait_for("%[exit 0%]$", 30)
+  t.eq(#util.lines(assert(util.read_file(kh))), 2)
+  t.eq(count_audit(state, "confirm", "typed"), 2)
+  for _, name in ipairs { "hsm1", "hsm2" } do
+    local entry = setmetatable({ known_hosts = kh }, { __index = e.inventory:hsm(name) })
+    t.eq(require("dhsm.luna").host_key(entry).sha256, shown[name], name .. ": the key on file is the one shown")
+  end
 end)
 
 t.test("--merge: a new HSM added, a deleted one flagged, nothing else changed; --check writes nothing", function()

@@ -1,47 +1,18 @@
 -- The REPL on a real terminal (tmux): prompt, completion, Ctrl-C, history.
 local t = require "dhsm.test"
 local util = require "dhsm.util"
+local tty = require "support.tty"
 
 local q = util.shell_quote
 
-if os.execute("command -v tmux >/dev/null 2>&1") ~= true then
+if not tty.available() then
   t.test("tmux is needed for the terminal tests", function() t.skip("tmux is not installed") end)
   return
 end
 
--- A REPL in a private tmux server; keys(...) types, screen() reads.
+-- A REPL in a private tmux server (support.tty): keys(...) types, screen() reads.
 local function terminal(args)
-  local dir = t.tmpdir()
-  local sock = "dhsm-test-" .. require("dhsm.sys").random_hex(4)
-  local tm = "tmux -L " .. sock
-  local cmd = ("env XDG_STATE_HOME=%s HOME=%s TERM=xterm %s"):format(q(dir), q(dir), t.cmd("repl " .. (args or "")))
-  t.sh(("%s new-session -d -s r -x 150 -y 40 %s"):format(tm, q(cmd)))
-  t.cleanup(function() t.sh(tm .. " kill-server") end)
-  local term = { dir = dir }
-  function term.keys(...)
-    local words = {}
-    for i, k in ipairs { ... } do words[i] = q(k) end
-    t.sh(("%s send-keys -t r %s"):format(tm, table.concat(words, " ")))
-  end
-  -- the screen without trailing blanks (capture-pane drops them anyway) and empty last lines
-  function term.screen()
-    local lines = {}
-    for l in (t.sh(tm .. " capture-pane -p -t r").stdout .. "\n"):gmatch("([^\n]*)\n") do
-      lines[#lines + 1] = l:gsub("%s+$", "")
-    end
-    while #lines > 0 and lines[#lines] == "" do lines[#lines] = nil end
-    return table.concat(lines, "\n")
-  end
-  -- wait until the screen shows pattern (a Lua pattern)
-  function term.wait_for(pattern, timeout)
-    local deadline = dhsm.now() + (timeout or 5)
-    repeat
-      local s = term.screen()
-      if s:find(pattern) then return s end
-      dhsm.sleep(0.05)
-    until dhsm.now() > deadline
-    error(("the screen never showed %q:\n%s"):format(pattern, term.screen()), 2)
-  end
+  local term = tty.start(t.cmd("repl " .. (args or "")))
   term.wait_for("dhsm>$")
   return term
 end

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -81,6 +82,79 @@ static void a_hashed_name_counts(void **state) {
   snprintf(file, sizeof file, "%s ssh-rsa %s\n", hashed, KEY);
   assert_string_equal(order(file, "10.0.0.5", 2222), RSA_ALGS "," ECDSA_ALGS ",ssh-ed25519");
   assert_string_equal(order(file, "10.0.0.6", 2222), "");
+}
+
+/* ---- kh_replace: an appliance's new host key in place of its old one */
+
+static void write_file(const char *text, mode_t mode) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+  assert_int_equal(chmod(path, mode), 0);
+}
+
+static const char *read_back(void) {
+  static char buf[4096];
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return buf;
+}
+
+#define NEW_LINE "[10.0.0.5]:2222 ssh-rsa AAAAnew\n"
+
+/* The host's lines of that type go (exact and hashed names), the new line
+** is appended, every other byte and the file's mode stay. */
+static void replace_keeps_every_other_line(void **state) {
+  (void)state;
+  char hashed[128], file[1024], want[1024];
+  hashed_name(hashed, "[10.0.0.5]:2222");
+  snprintf(file, sizeof file, "# mine\n"
+           "[10.0.0.5]:2222 ssh-rsa " KEY "\n"
+           "  [10.0.0.5]:2222 ssh-ed25519 " KEY " kept: another type\n"
+           "%s ssh-rsa " KEY "\n"
+           "@revoked [10.0.0.5]:2222 ssh-rsa " KEY "\n"
+           "[10.0.0.5]:22 ssh-rsa " KEY "\n"
+           "other ssh-rsa " KEY "\n", hashed);
+  write_file(file, 0640);
+  int conflict = -1;
+  assert_int_equal(kh_replace(path, "10.0.0.5", 2222, "ssh-rsa", NEW_LINE, strlen(NEW_LINE), &conflict), 0);
+  assert_int_equal(conflict, 0);
+  snprintf(want, sizeof want, "# mine\n"
+           "  [10.0.0.5]:2222 ssh-ed25519 " KEY " kept: another type\n"
+           "@revoked [10.0.0.5]:2222 ssh-rsa " KEY "\n"
+           "[10.0.0.5]:22 ssh-rsa " KEY "\n"
+           "other ssh-rsa " KEY "\n" NEW_LINE);
+  assert_string_equal(read_back(), want);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0640);
+}
+
+/* A line that names other hosts as well is the operator's to edit: -2,
+** its number, and the file untouched. */
+static void replace_refuses_a_line_of_several_hosts(void **state) {
+  (void)state;
+  const char *file = "# mine\n"
+                     "other ssh-rsa " KEY "\n"
+                     "[10.0.0.5]:2222,hsm1.example ssh-rsa " KEY "\n";
+  write_file(file, 0600);
+  int conflict = 0;
+  assert_int_equal(kh_replace(path, "10.0.0.5", 2222, "ssh-rsa", NEW_LINE, strlen(NEW_LINE), &conflict), -2);
+  assert_int_equal(conflict, 3);
+  assert_string_equal(read_back(), file);
+}
+
+/* No file: -1 with errno, nothing made. */
+static void replace_needs_the_file(void **state) {
+  (void)state;
+  unlink(path);
+  int conflict = 0;
+  assert_int_equal(kh_replace(path, "10.0.0.5", 2222, "ssh-rsa", NEW_LINE, strlen(NEW_LINE), &conflict), -1);
+  assert_int_equal(access(path, F_OK), -1);
 }
 
 /* Only lines libssh2 checks the key against count: a marker is not a key,
@@ -251,6 +325,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(asks_first_for_the_types_known_for_the_host),
     cmocka_unit_test(a_hashed_name_counts),
+    cmocka_unit_test(replace_keeps_every_other_line),
+    cmocka_unit_test(replace_refuses_a_line_of_several_hosts),
+    cmocka_unit_test(replace_needs_the_file),
     cmocka_unit_test(ignores_markers_patterns_and_what_is_no_key),
     cmocka_unit_test(skips_a_line_longer_than_any_entry),
     cmocka_unit_test(a_nul_byte_hides_no_other_line),
