@@ -181,8 +181,8 @@ end)
 ---------------------------------------------------------------------------
 -- what changes the estate: last
 
-t.test("a changed host key: discover refuses it with both fingerprints; trust refuses a wrong fingerprint and "
-  .. "takes the one the refusal names", function()
+t.test("a changed host key: refused with both fingerprints; trust takes only the one the refusal names",
+  function()
   local dir = t.tmpdir()
   local kh, inv_file, state = dir .. "/known_hosts", dir .. "/inv.json", t.tmpdir()
   local r = discover(("--address-map %s --known-hosts %s --accept-new -o %s"):format(q(ADDRESS_MAP), q(kh), q(inv_file)))
@@ -226,8 +226,8 @@ t.test("a changed host key: discover refuses it with both fingerprints; trust re
   t.ok(r.stderr:find("hsm1: host key %S+ " .. new_fp:gsub("%p", "%%%0") .. " already in"), r.stderr)
 end)
 
-t.test("at a terminal: the key shown with its fingerprint, recorded only when yes is typed (audited); any other "
-  .. "answer records nothing", function()
+t.test("at a terminal: a new host key is recorded only when yes is typed (audited), nothing on another answer",
+  function()
   local tty = require "support.tty"
   if not tty.available() then t.skip("tmux is not installed") end
   local function session(kh, state)

@@ -24,8 +24,8 @@ local function members_of(e, label)
   end
 end
 
-t.test("a cloning domain that is not the group's: WrongCloningDomain with the guide's remedy; the remedy typed, "
-  .. "a run with the group's domain finishes and the key is cloned", function()
+t.test("a wrong cloning domain: WrongCloningDomain and the guide's remedy, which typed lets the group's domain finish",
+  function()
   local e = fresh.estate()
   local wrong = initialize(e, { "--yes", "-e", "cloning_domain=file:" .. e.secrets.wrong_domain }, { cloning_domain = true })
   t.eq(wrong.status, 3, wrong.stderr)
