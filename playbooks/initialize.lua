@@ -390,6 +390,12 @@ local function verify(ctx)
     end
     ctx:note(("%s: HSM %s labelled %s, partition %s (serial %s, token %s)%s"):format(p.hsm, show.serial, show.label,
       p.partition, part.serial, out.token, label and (", alive in HA group " .. label) or ""))
+    local known = false
+    for _, x in ipairs(entry(ctx).partitions or {}) do known = known or x == part.serial end
+    if not known then
+      ctx:note(("add %q to the partitions of %s's inventory entry: it names the member's appliance when that "
+        .. "appliance does not answer (docs/inventory.md, hsms[].partitions)"):format(part.serial, p.hsm))
+    end
     ctx:note(("next: dhsm run diagnose -e hsm=%s runs every check of the guide on it"):format(p.hsm))
     return out
   end)

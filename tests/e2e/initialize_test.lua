@@ -78,6 +78,7 @@ t.test("initialize hsm3 into demoHA: each change once, the application's key rep
   for _, m in ipairs(e:control("GET", "/client").groups[1].members) do members[#members + 1] = m.status end
   t.eq(members, { "alive", "alive", "alive" })
   match(r.stderr, "alive in HA group demoHA")
+  match(r.stderr, ('add "%s" to the partitions of hsm3'):format(state.partitions.par1.serial), "the inventory's partitions")
   nomatch(r.stderr, "Fresh%-Passw0rd|Hsm%-SO%-Passw0rd|Par%-SO%-Passw0rd|another%-domain", "no secret printed")
   local log = util.read_file(e.dir .. "/estate.log")
   nomatch(log, "Fresh%-Passw0rd|Hsm%-SO%-Passw0rd|Par%-SO%-Passw0rd", "no secret in the estate's log")
