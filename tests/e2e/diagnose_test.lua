@@ -770,6 +770,8 @@ local function operator_after_support_reset(host_keys)
   local login = find(doc, "ssh login", "hsm1")
   t.eq(login.status, "FAIL", login.finding)
   t.ok(login.finding:find("does not match", 1, true), login.finding)
+  local reload = function() wiped.inventory = require("dhsm.inventory").load(wiped.dir .. "/inventory.json") end
+  reload()   -- the inventory's password file now holds the factory password (secrets are read once)
   local entry = wiped.inventory:hsm("hsm1")
   local ok, err = pcall(require("dhsm.luna").open, entry)
   t.ok(not ok and err.code == "HostKeyMismatch", tostring(err))
@@ -783,6 +785,7 @@ local function operator_after_support_reset(host_keys)
   local s <close> = require("dhsm.luna").first_login(entry, { new_password = dhsm.secret.value("Fact0ry-N3w!"),
     host_key = "accept-new" })
   t.eq(util.trim(util.read_file(wiped.dir .. "/secrets/hsm1_password")), "Fact0ry-N3w!")
+  reload()
 end
 
 for _, action in ipairs { "zeroize", "support-reset" } do

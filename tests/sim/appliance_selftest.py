@@ -1170,6 +1170,23 @@ class FaultTest(ApplianceCase):
         shown = box.ok("hsm show")
         self.assertIn("HSM IS ZEROIZED", shown)  # the reset loses everything
         self.assertNotIn("10.2.1.99", box.ok("network show"))
+        # hsm init on the zeroized HSM (no login), secrets answered at 4.3's prompts, never on the command line
+        out = box.ok("hsm init -label fresh3", stdin="Init-Pass1\nInit-Pass1\ndom-three\ndom-three\nproceed\n")
+        prompts = ["Please enter a password for the HSM Administrator:", "Please re-enter password to confirm:",
+                   "Please enter a cloning domain to use for initializing this HSM:",
+                   "Please re-enter cloning domain to confirm:", "CAUTION:  Are you sure you wish to initialize this HSM?"]
+        self.assertEqual([out.find(p) >= 0 for p in prompts], [True] * 5, out)
+        self.assertEqual(sorted(out.find(p) for p in prompts), [out.find(p) for p in prompts])  # in 4.3's order
+        self.assertNotIn("Init-Pass1", out)
+        self.assertNotIn("dom-three", out)
+        hsm = CLIENT.control("GET", "appliances/hsm3")["hsm"]
+        self.assertEqual((hsm["label"], hsm["domain"]), ("fresh3", model.domain_id("dom-three")))
+        self.assertEqual(box.secret("so_password"), "Init-Pass1")
+        box.as_so("partition create -partition p3 -force", answers="")  # inherits nothing of the HSM's domain
+        self.assertEqual(CLIENT.control("GET", "appliances/hsm3")["partitions"]["p3"]["domain"],
+                         model.domain_id(model.DEFAULT_DOMAIN))
+        box.as_so("partition delete -partition p3 -force", answers="")
+        box.control("zeroize")  # left as the reset left it, for the tests that follow
 
     def test_host_key_change_is_detected(self):
         box = Box("hsm3")
