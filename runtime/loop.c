@@ -312,6 +312,11 @@ static void task_store_failure(lua_State *L, task *t, task_state final) {
 static void close_thread(loop *lp, task *t, int report) {
   task *saved = lp->running, *saved_closing = lp->closing;
   lua_State *saved_thread = lp->running_thread;
+  /* An interrupt that met code unable to yield re-arms its hook on this
+  ** thread every 1000 instructions (interrupt_hook): off now, or it would
+  ** cut the handlers' cleanup short - a run's last journal record, its
+  ** resume hint.  A second Ctrl-C still leaves at once (on_sigint). */
+  lua_sethook(t->co, NULL, 0, 0);
   lp->running = NULL;
   lp->closing = t;
   lp->running_thread = t->co;

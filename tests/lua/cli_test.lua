@@ -106,6 +106,26 @@ t.test("Ctrl-C stops code that never waits, even inside pcall", function()
   end
 end)
 
+t.test("Ctrl-C that first met code unable to yield: the cancelled task's <close> handlers run to their end", function()
+  -- the interrupt meets a Lua callback inside string.gsub (no yield across
+  -- that C call): raised there and re-armed every 1000 instructions, it is
+  -- swallowed by a pcall; the task then waits, and the loop cancels it: its
+  -- cleanup must not be cut short by the re-armed interrupt
+  local dir = t.tmpdir()
+  local done = dir .. "/closed"
+  local code = ([[local c <close> = setmetatable({}, { __close = function()
+      local n = 0 for i = 1, 200000 do n = n + i end
+      local f = io.open(%q, "w") f:write(n) f:close() end })
+    print('go') io.stdout:flush()
+    pcall(string.gsub, "x", "x", function() while true do end end)
+    dhsm.sleep(30)]]):format(done)
+  local out = q(dir .. "/out")
+  local r = t.sh(("%s exec -e %s >%s & pid=$!; while ! [ -s %s ]; do sleep 0.05; done; kill -INT $pid; wait $pid")
+    :format(q(t.dhsm), q(code), out, out))
+  t.eq(r.status, 130, r.stderr)
+  t.eq(util.read_file(done), "20000100000", "the <close> handler ran to its end")
+end)
+
 t.test("exec runs as a task with its arguments", function()
   local dir = t.tmpdir()
   local script = t.write(dir .. "/s.lua", [[#!/usr/bin/env dhsm
