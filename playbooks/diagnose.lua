@@ -298,8 +298,7 @@ local function failed_logins(run, name, serial, parts)
 end
 
 local function reboot_fix(run, entry, s)
-  local want = entry.reboot_fix_package or luna.REBOOT_FIX
-  local found = parse.has_package(s:packages(), want)
+  local found, want = s:reboot_fix()
   if found then
     run:add("reboot fix", entry.name, "OK", "installed: " .. found)
   else

@@ -381,18 +381,7 @@ local function synchronize(ctx, g, again)
     return { conflict = err.details.pairs }
   end)
   if found then return found.conflict end
-  ctx:step("verify every member of " .. g.label .. " holds the same objects", function()
-    if ctx.check then
-      ctx:would("compare the members' objects again")
-      return { planned = true }
-    end
-    local now = comparable(ctx, g)    -- read afresh: on a resumed run the comparison above was journaled
-    if drifting(ctx, now) then
-      dhsm.error { kind = "luna", code = "StillDrifting",
-        message = ("group %s: the members still differ after synchronize"):format(g.label) }
-    end
-    return { objects = now[1].objects.count }
-  end)
+  steps.verify_synchronized(ctx, g.label, function() return comparable(ctx, g) end)
 end
 
 -- One group with two comparable members or more: its objects compared,

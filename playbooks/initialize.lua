@@ -37,7 +37,6 @@
 local dhsm_luna = require "dhsm.luna"
 local ha = require "dhsm.client.ha"
 local ntls = require "dhsm.client.ntls"
-local parse = require "dhsm.luna.parse"
 local steps = require "dhsm.client.steps"
 local util = require "dhsm.util"
 
@@ -70,9 +69,14 @@ local function token_label(ctx)
   return ctx.params.partition_label or (ctx.params.hsm .. "-" .. ctx.params.partition)
 end
 
--- The new partition as LunaSH lists it ({name=, serial=}), or nil.
+-- The new partition as LunaSH lists it ({name=, serial=}), or nil; once
+-- found, kept for the run (its serial does not change), so the steps after
+-- its creation do not each list the appliance's partitions again.
+local made = setmetatable({}, { __mode = "k" })
+
 local function partition(ctx)
-  return ha.partition_on(entry(ctx), ctx.params.partition, session(ctx))
+  made[ctx] = made[ctx] or ha.partition_on(entry(ctx), ctx.params.partition, session(ctx))
+  return made[ctx]
 end
 
 -- The HA group the partition is to be in, or nil.
@@ -126,9 +130,7 @@ end
 
 local function report_reboot_fix(ctx)
   ctx:step("report whether the reboot fix (KB0019789) is installed on " .. ctx.params.hsm, function()
-    local e = entry(ctx)
-    local want = e.reboot_fix_package or dhsm_luna.REBOOT_FIX
-    local found = parse.has_package(session(ctx):packages(), want)
+    local found, want = session(ctx):reboot_fix()
     ctx:note(found and ("the reboot fix is installed (%s)"):format(found)
       or ("the reboot fix %s is not installed: dhsm refuses to reboot %s until it is (the guide: without it the "
         .. "appliance may hang on reboot); initialising needs no reboot and causes none"):format(want, ctx.params.hsm))
@@ -220,9 +222,14 @@ local function create_partition(ctx)
   end)
 end
 
--- A fresh NTLS diagnosis of the appliance and this client.
+-- A fresh NTLS diagnosis of the appliance and this client (a handshake,
+-- an SCP of server.pem, syslog tails), kept for the step's body: done=
+-- makes it, and the body acts on it rather than diagnose again.
+local diagnosed = setmetatable({}, { __mode = "k" })
+
 local function diagnose_ntls(ctx)
-  return ntls.diagnose(entry(ctx), ntls.client(ctx.inventory), session(ctx), { workdir = ctx:scratch_dir() })
+  diagnosed[ctx] = ntls.diagnose(entry(ctx), ntls.client(ctx.inventory), session(ctx), { workdir = ctx:scratch_dir() })
+  return diagnosed[ctx]
 end
 
 local function assigned(d, name)
@@ -238,12 +245,10 @@ local function exchange_certificates(ctx)
       local d = diagnose_ntls(ctx)
       return not d.server_changed and assigned(d, p.partition)
     end }, function()
-    local d, c = diagnose_ntls(ctx), ntls.client(ctx.inventory)
-    if d.server_changed then
-      local pem = ctx:scratch_dir() .. "/" .. p.hsm .. "-server.pem"
-      session(ctx):get("server.pem", pem)
-      ntls.readd_server(c, entry(ctx), pem)
-    end
+    local d, c = diagnosed[ctx] or diagnose_ntls(ctx), ntls.client(ctx.inventory)
+    diagnosed[ctx] = nil
+    -- the server.pem the diagnosis fetched (d.server_pem) is the one to trust
+    if d.server_changed then ntls.readd_server(c, entry(ctx), d.server_pem) end
     ntls.register_client(c, entry(ctx), session(ctx), d, { p.partition })
     return { client = d.client_name }
   end)
@@ -289,10 +294,6 @@ end
 ---------------------------------------------------------------------------
 -- (7) HA
 
-local function member_serial(ctx)
-  return partition(ctx).serial
-end
-
 -- The members of group label that can be compared, and whether the new
 -- partition is one of them (a member that cannot be compared proves nothing).
 local function compared_with_new(ctx, label)
@@ -310,18 +311,18 @@ local function join_group(ctx)
   local p, c = ctx.params, steps.client(ctx)
   if p.new_ha_group then
     ctx:step(("create HA group %s with %s as its first member"):format(p.new_ha_group, p.partition),
-      { done = function() return not ctx.check and c:in_group(p.new_ha_group, member_serial(ctx)) end }, function()
+      { done = function() return not ctx.check and c:in_group(p.new_ha_group, partition(ctx).serial) end }, function()
       if planned(ctx, ("lunacm hagroup createGroup -label %s with the new partition (a Crypto Officer login)")
         :format(p.new_ha_group)) then return end
-      c:create_group(p.new_ha_group, member_serial(ctx), p.co_password)
+      c:create_group(p.new_ha_group, partition(ctx).serial, p.co_password)
     end)
     return
   end
   ctx:step(("add %s to HA group %s"):format(p.partition, p.ha_group),
-    { done = function() return not ctx.check and c:in_group(p.ha_group, member_serial(ctx)) end }, function()
+    { done = function() return not ctx.check and c:in_group(p.ha_group, partition(ctx).serial) end }, function()
     if planned(ctx, ("lunacm hagroup addMember -group %s with the new partition (a Crypto Officer login)")
       :format(p.ha_group)) then return end
-    c:add_member(p.ha_group, member_serial(ctx), p.co_password)
+    c:add_member(p.ha_group, partition(ctx).serial, p.co_password)
   end)
   ctx:step(("synchronize HA group %s: its key material replicated to %s"):format(p.ha_group, p.partition),
     { done = function()
@@ -345,21 +346,7 @@ local function join_group(ctx)
     end
     error(err, 0)
   end)
-  ctx:step(("verify every member of %s holds the same objects"):format(p.ha_group), function()
-    if ctx.check then
-      ctx:would("read every member's objects as the Crypto Officer and compare them")
-      return { planned = true }
-    end
-    local members, with_new = compared_with_new(ctx, p.ha_group)
-    if not with_new or #members < 2 or steps.drifting(ctx, members) then
-      dhsm.error { kind = "luna", code = "StillDrifting", message = ("group %s: %s"):format(p.ha_group, not with_new
-        and ("the new member %s cannot be compared (no slot in lunacm's listing, or no appliance of the inventory "
-          .. "lists it)"):format(partition(ctx).serial)
-        or #members < 2 and "fewer than two members can be compared (alive, with a slot)"
-        or "the members still differ after synchronize") }
-    end
-    return { members = #members, objects = members[1].objects.count }
-  end)
+  steps.verify_synchronized(ctx, p.ha_group, function() return compared_with_new(ctx, p.ha_group) end)
 end
 
 ---------------------------------------------------------------------------

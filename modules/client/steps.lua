@@ -6,6 +6,7 @@
 --   steps.auto_recovery(ctx)          HA auto-recovery set (ctx.params.retry_count, retry_interval) and read back
 --   steps.comparable(ctx, group)      the members that can be compared: alive, with a slot and an appliance
 --   steps.drifting(ctx, members)      whether their objects differ (read as the Crypto Officer, ctx.params.co_password)
+--   steps.verify_synchronized(ctx, label, read)   a step: after a synchronize, the members read() gives agree
 --
 -- Each takes the playbook's context (dhsm.play.context): what they share
 -- with the rest of the run (the client install, the parameters) comes from
@@ -86,6 +87,28 @@ end
 function M.drifting(ctx, members)
   M.read_objects(ctx, members)
   return ha.compare(members).drift ~= nil
+end
+
+-- verify_synchronized(ctx, label, read) -> {objects=}: a step, after a
+-- synchronize: the members read() gives (read afresh: on a resumed run the
+-- comparison before was journaled) hold the same objects.  read() ->
+-- members [, with_new]: with_new, when given, says whether a member that
+-- must be compared (a new one) is among them - a member that cannot be
+-- compared proves nothing, nor does a lone one.
+function M.verify_synchronized(ctx, label, read)
+  return ctx:step(("verify every member of %s holds the same objects"):format(label), function()
+    if ctx.check then
+      ctx:would("compare the members' objects again")
+      return { planned = true }
+    end
+    local members, with_new = read()
+    local why = with_new == false and "the new member cannot be compared (no slot in lunacm's listing, or no "
+        .. "appliance of the inventory lists it)"
+      or with_new ~= nil and #members < 2 and "fewer than two members can be compared (alive, with a slot)"
+      or M.drifting(ctx, members) and "the members still differ after synchronize"
+    if why then dhsm.error { kind = "luna", code = "StillDrifting", message = ("group %s: %s"):format(label, why) } end
+    return { members = #members, objects = members[1].objects.count }
+  end)
 end
 
 return M

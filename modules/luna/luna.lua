@@ -934,13 +934,19 @@ function Session:zeroize_by_failed_logins(serial, opts)
   })
 end
 
+-- reboot_fix() -> the installed package holding the reboot fix's name (nil
+-- when none), and that name: the entry's reboot_fix_package, else KB0019789.
+function Session:reboot_fix()
+  local want = raw[self].reboot_fix
+  return parse.has_package(self:packages(), want), want
+end
+
 function Session:check_reboot_fix(what, opts)
   if opts.allow_without_reboot_fix then
     dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_without_reboot_fix", command = what }
     return
   end
-  local want = raw[self].reboot_fix
-  local found = parse.has_package(self:packages(), want)
+  local found, want = self:reboot_fix()
   if not found then
     dhsm.error { kind = "safety", code = "RebootFixMissing",
       message = ("refusing '%s' on %s: no installed package is named like the reboot fix '%s' (package list), and "

@@ -40,6 +40,17 @@ t.test("check mode on a factory-fresh appliance: the plan stops at the first log
   t.eq(hsm3().faults.force_password_change, true, "the password change is still due")
 end)
 
+t.test("without new_password: the first login's need said, bad input, nothing sent; the way on names the parameter",
+  function()
+  local from = fresh.mark(e)
+  local r = initialize(nil, { new_password = true })
+  t.eq(r.status, 2, r.stderr)
+  match(r.stderr, "hsm3 demands a new administrator password at its first login")
+  match(r.stderr, "start a new run: .*%-e new_password=prompt")
+  t.eq(fresh.sent(e, from).first_login, 0, "no password change")
+  t.eq(e:mutations("hsm3 lunash"), {}, "no LunaSH change reached hsm3")
+end)
+
 t.test("without credentials_stored: the guide's Lost Credentials words, refused before hsm init; the way on is typed", function()
   local from = fresh.mark(e)
   local r = initialize(nil, { credentials_stored = true })
