@@ -382,21 +382,21 @@ local function ntls_client(run)
     run:add("ntls client", "client", "FAIL", message_of(client), REMEDY.client_unusable)
     return nil
   end
-  local path
-  ok, path = attempt(ntls.client_cert_file, client)
-  local cert
-  if ok then ok, cert = attempt(ntls.client_cert, client) end
-  if ok then
+  -- the file's name and the certificate in it are two readings, each its own failure
+  local named, path = attempt(ntls.client_cert_file, client)
+  local read, cert
+  if named then read, cert = attempt(ntls.client_cert, client) end
+  if read then
     run:add("ntls client", "client", "OK", ("client certificate %s valid %d more days"):format(path, cert.days_left))
     return client
   end
-  if path and not sys.stat(path) then
+  if named and type(path) == "string" and not sys.stat(path) then
     run.client_error = "the Luna client has no certificate (see ntls client)"
     run:add("ntls client", "client", "FAIL", ("no client certificate at %s (Chrystoki.conf's ClientCertFile)")
       :format(path), REMEDY.client_missing)
   else
     run.client_error = "the Luna client's certificate cannot be read (see ntls client)"
-    run:add("ntls client", "client", "FAIL", message_of(ok and cert or path), REMEDY.client_unusable)
+    run:add("ntls client", "client", "FAIL", message_of(named and cert or path), REMEDY.client_unusable)
   end
   return nil
 end

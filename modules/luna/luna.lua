@@ -458,7 +458,10 @@ function M.trust_host_key(entry, fingerprint, opts)
     if verdict == "match" then return out end
     if opts.confirm then opts.confirm { type = hk.type, old = out.old, sha256 = hk.sha256, where = where, known_hosts = path } end
     out.status = verdict == "mismatch" and "replaced" or "added"
+    -- a key replaced without the caller's own question (a runbook, the
+    -- REPL) is a destructive change: the gate asks for it, or refuses
     act.change({ kind = "file", action = "known_hosts", target = path, audit = "ssh.replace_host_key",
+      destructive = verdict == "mismatch" and not opts.confirm or nil,
       what = ("%s the host key of %s in %s: %s%s %s"):format(verdict == "mismatch" and "replace" or "record", where,
         path, out.old and (out.old .. " -> ") or "", hk.type, hk.sha256),
       fields = { appliance = name, old = out.old, fingerprint = hk.sha256 }, planned = false,

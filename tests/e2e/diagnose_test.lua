@@ -736,6 +736,20 @@ t.test("a client without a certificate (no --client-ready): one FAIL naming it, 
   t.eq(find(doc, "ntls certificate", "hsm1").status, "OK", find(doc, "ntls certificate", "hsm1").finding)
 end, { timeout = 120 })
 
+t.test("a client certificate that cannot be read: one FAIL naming why (not a missing file), the NTLS rows SKIP", function()
+  local ntls = require "dhsm.client.ntls"
+  local path = ntls.client_cert_file(ntls.client(wiped.inventory))
+  local kept = assert(util.read_file(path))
+  t.cleanup(function() t.write(path, kept) end)
+  t.write(path, "not a certificate\n")
+  local r, doc = diagnose(nil, wiped)
+  local row = find(doc, "ntls client", "client")
+  t.eq(row and row.status, "FAIL", r.stdout .. r.stderr)
+  t.ok(not row.finding:find("^no client certificate at"), row.finding)
+  t.ok(row.finding ~= path, "the finding says why, not only where: " .. row.finding)
+  t.eq(find(doc, "ntls certificate", "hsm1").finding, "not checked: the Luna client's certificate cannot be read (see ntls client)")
+end, { timeout = 120 })
+
 t.test("a resource group the inventory names that does not exist: one FAIL whose remedy names the inventory's field, "
   .. "not the credential's access; the rows inside it SKIP", function()
   local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))

@@ -697,6 +697,20 @@ t.test("a changed inventory is refused naming what changed, never a value; --inv
     true))
 end)
 
+t.test("an inventory that dropped the run's HSM: the resume is refused as a changed inventory, not as bad input",
+  function()
+  local dir = t.tmpdir()
+  local stderr, id, inv = held_failing(dir)
+  local doc = cjson.decode(util.read_file(inv))
+  table.remove(doc.hsms, 1)
+  t.write(inv, cjson.encode(doc))
+  local r = t.sh(("cd / && %s %s"):format(env(dir), t.cmd(printed_hint(stderr))))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("safety/InventoryChanged: run " .. id .. " was started with inventory", 1, true), r.stderr)
+  t.ok(r.stderr:find("hsms[hsm1] removed", 1, true), r.stderr)
+  t.eq(executed(dir), { "first hsm1" }, "nothing ran")
+end)
+
 t.test("resume refuses unknown runs, other playbooks and finished runs", function()
   local dir = t.tmpdir()
   t.eq(run(dir, "run steps --resume nope -e dir=x").status, 2)

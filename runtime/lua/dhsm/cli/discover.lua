@@ -453,11 +453,12 @@ local function merge(opts, path, text, old_table, loaded, usable, found, group)
       #flagged > 0 and (", " .. #flagged .. " flagged") or "")
     return problems > 0 and 1 or 0
   end
-  check_host_keys(added, opts)
   local new_text = M.insert(text, path, added)
   check_merged(old_table, new_text, added, path)
   local what = ("add %d entr%s to %s (%d flagged)"):format(#added, #added == 1 and "y" or "ies", path, #flagged)
+  -- the operator's word first: a merge refused records no host key either
   confirm_write(opts, path, what)
+  check_host_keys(added, opts)
   local st = sys.stat(path)
   act.write_file(path, new_text, { mode = st and st.mode or tonumber("600", 8), what = what })
   if act.checking() then

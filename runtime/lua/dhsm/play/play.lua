@@ -551,6 +551,9 @@ function M.run(pb, raw, opts)
   if opts.resume then
     run_lock = journal.lock(opts.resume)        -- first: the journal is read by its one runner
     j = resumable(pb, journal.load(opts.resume))
+    -- the inventory first: a changed one (an HSM dropped) is refused as such, not
+    -- as the parameter check it would fail
+    resume.check_inventory(j, opts.inventory_changed, resume.resume_command(M.resume_name(pb), j.id, opts.yes))
   end
   local resumed_held <close> = run_lock
   -- a resumed run is given its own parameters (dhsm.play.resume)
@@ -558,7 +561,6 @@ function M.run(pb, raw, opts)
   local public, secret_names = public_params(pb, params)
   if opts.resume then
     resume_journal(pb, j, public, resume.secret_changes(pb, j, raw, params))
-    resume.check_inventory(j, opts.inventory_changed, resume.resume_command(M.resume_name(pb), j.id, opts.yes))
     context.run = j.id
   else
     j = journal.new { id = context.run, playbook = pb.name, path = sys.realpath(pb.path) or pb.path, by_path = pb.by_path, params = public,
