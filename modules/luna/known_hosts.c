@@ -217,7 +217,10 @@ static int copy_but(FILE *f, FILE *out, const char *name, const char *type, int 
       return -2;
     }
     if (held == 1) continue;
-    if (too_long) return -1;      /* a line longer than any entry is not copied half: give up */
+    if (too_long) {               /* a line longer than any entry is not copied half: give up */
+      errno = EFBIG;
+      return -1;
+    }
     if (fwrite(line, 1, (size_t)n, out) != (size_t)n || fputc('\n', out) == EOF) return -1;
   }
   return ferror(f) ? -1 : 0;

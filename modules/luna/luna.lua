@@ -394,8 +394,8 @@ end
 ---------------------------------------------------------------------------
 -- host keys without a login (dhsm inventory discover and trust)
 
-local HOST_KEY_OPTIONS = { accept = { type = "function" }, confirm = { type = "function" },
-  host_key = SESSION_OPTIONS.host_key }
+local HOST_KEY_OPTIONS = { accept = { type = "function" }, host_key = SESSION_OPTIONS.host_key }
+local TRUST_OPTIONS = { confirm = { type = "function" } }
 
 -- with_ssh(entry, fn): fn(s, o, name, where, path) on an SSH connection to
 -- the entry (no login), closed after whatever fn did.
@@ -440,7 +440,7 @@ end
 function M.trust_host_key(entry, fingerprint, opts)
   opts = opts or {}
   schema.argument("luna.trust_host_key", "fingerprint", fingerprint, "string")
-  schema.options("luna.trust_host_key", opts, HOST_KEY_OPTIONS)
+  schema.options("luna.trust_host_key", opts, TRUST_OPTIONS)
   if not fingerprint:match("^SHA256:[%w%+/]+$") then
     usage("luna.trust_host_key: fingerprint: expected SHA256:... as ssh-keygen -l prints it, got %q", fingerprint)
   end

@@ -278,6 +278,26 @@ t.test("at a terminal: a new host key is recorded only when yes is typed (audite
   end
 end)
 
+t.test("an appliance whose SSH does not answer: its entry written, its key unchecked, the run says so and exits 1",
+  function()
+  local dir = t.tmpdir()
+  local map = address_map()
+  local ip2
+  for ip, m in pairs(map) do
+    if m.ssh_port == e.inventory:hsm("hsm2").ssh_port then ip2 = ip end
+  end
+  map[ip2].ssh_port = 1                                      -- nothing listens there: refused at once
+  t.write(dir .. "/map.json", cjson.encode(map))
+  local kh, out = dir .. "/known_hosts", dir .. "/inv.json"
+  local r = discover(("--address-map %s --known-hosts %s --accept-new -o %s"):format(q(dir .. "/map.json"), q(kh), q(out)))
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("hsm2: SSH does not answer", 1, true), r.stderr)
+  t.ok(r.stderr:find("goal not reached: 1 HSM not written, or not checked", 1, true), r.stderr)
+  local inv = loads(assert(util.read_file(out)), out)
+  t.eq({ inv:hsm("hsm1").name, inv:hsm("hsm2").ssh_port }, { "hsm1", 1 })
+  t.eq(#util.lines(assert(util.read_file(kh))), 1, "hsm1's key recorded, hsm2's not")
+end)
+
 t.test("--merge: a new HSM added, a deleted one flagged, nothing else changed; --check writes nothing", function()
   local dir = t.tmpdir()
   local file, kh, state = dir .. "/inventory.json", dir .. "/known_hosts", t.tmpdir()

@@ -115,12 +115,15 @@ local function fail(source, problems)
     details = { problems = table.move(problems, 1, math.min(#problems, M.MAX_PROBLEMS), 1, {}), count = #problems } }
 end
 
+-- expand_home(path) -> path with a leading ~/ made the home folder's (the
+-- inventory's file fields; dhsm inventory discover's --known-hosts)
 local function expand_home(p)
   if type(p) == "string" and p:sub(1, 2) == "~/" then
     return (os.getenv("HOME") or "") .. p:sub(2)
   end
   return p
 end
+M.expand_home = expand_home
 
 -- Rules across fields that a per-field spec cannot say.
 local function cross_checks(inv, problems)
