@@ -173,6 +173,14 @@ t.test("bad input is a usage error naming what is missing", function()
   r = discover("--address-map " .. q(partial) .. " --known-hosts " .. q(t.tmpdir() .. "/kh") .. " --accept-new")
   t.eq(r.status, 2)
   t.ok(r.stderr:find("has no entry for " .. dropped, 1, true), r.stderr)
+  -- a map that is no JSON object, or whose entry has a bad port: each named
+  for text, said in pairs { ["[1, 2]"] = "expected a JSON object", ["{\"a\": "] = "invalid JSON at line 1",
+    ['{"10.2.1.4": {"host": "127.0.0.1", "ssh_port": 0, "ntls_port": 2}}'] = '["10.2.1.4"].ssh_port: expected integer' } do
+    t.write(partial, text)
+    r = discover("--address-map " .. q(partial))
+    t.eq(r.status, 2, text)
+    t.ok(r.stderr:find(said, 1, true), text .. ": " .. r.stderr)
+  end
   r = t.run("inventory trust hsm1 --merge x", { env = SP_ENV })
   t.eq(r.status, 2)
   t.ok(r.stderr:find("--merge is not one of 'inventory trust'", 1, true), r.stderr)

@@ -261,6 +261,17 @@ function M.duration(s)
   return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
 end
 
+-- json_object(text) -> the JSON object text holds; or nil, why ("invalid
+-- JSON at line 3, column 2: ..."), "syntax"; or nil, why, "shape" when it
+-- holds something else - cjson decodes [] and {} alike: the text says
+-- which it was.
+function M.json_object(text)
+  local ok, v = pcall(require("cjson").decode, text)
+  if not ok then return nil, "invalid JSON at " .. M.json_error(text, v), "syntax" end
+  if type(v) ~= "table" or text:match("^%s*%[") then return nil, "not a JSON object", "shape" end
+  return v
+end
+
 -- audit_records(keep) -> the records of this host's audit log
 -- (dhsm.audit.path()) for which keep(record) is true, oldest first.  A line
 -- that is no JSON object (one half written when a process was killed) is

@@ -232,13 +232,9 @@ function M.parse_params(list)
       local path = item:sub(2)
       local data, err = util.read_file(path)
       if not data then usage_error("cannot read parameters from -e @%s: %s", path, err) end
-      local ok, obj = pcall(cjson.decode, data)
-      if not ok then
-        usage_error("-e @%s: invalid JSON at %s", path, util.json_error(data, obj))
-      end
-      if type(obj) ~= "table" or (#obj > 0) or data:match("^%s*%[") then
-        usage_error("-e @%s: expected a JSON object of parameters, e.g. {\"name\": \"hsm1\"}", path)
-      end
+      local obj, why, what = util.json_object(data)
+      if what == "syntax" then usage_error("-e @%s: %s", path, why) end
+      if not obj then usage_error("-e @%s: expected a JSON object of parameters, e.g. {\"name\": \"hsm1\"}", path) end
       for k, v in pairs(obj) do
         if v == cjson.null then v = nil end
         params[k] = v

@@ -297,9 +297,9 @@ local MAP_ENTRY = { type = "object", fields = { ssh_port = PORT, ntls_port = POR
 local function read_address_map(path)
   local data, err = util.read_file(path)
   if not data then usage("--address-map: cannot read %s", err) end
-  local ok, map = pcall(cjson.decode, data)
-  if not ok then usage("--address-map %s: invalid JSON at %s", path, util.json_error(data, map)) end
-  if type(map) ~= "table" or data:match("^%s*%[") then
+  local map, why, what = util.json_object(data)
+  if what == "syntax" then usage("--address-map %s: %s", path, why) end
+  if not map then
     usage("--address-map %s: expected a JSON object {\"NIC IP\": {\"host\":, \"ssh_port\":, \"ntls_port\":}}", path)
   end
   local problems, out = {}, {}
