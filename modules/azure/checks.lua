@@ -92,9 +92,14 @@ local ADVICE = findings.by_guide {
 }
 M.ADVICE = ADVICE
 
--- read_advice(err) -> the advice for an ARM read that failed: a group that
--- does not exist is the inventory's mistake, not the credential's access.
-function M.read_advice(err)
+-- read_advice(err [, otherwise]) -> the advice for an ARM read that failed:
+-- an outage (no answer, 429, 5xx) is not the credential's fault; else
+-- otherwise when given (the read's own advice), a group that does not exist
+-- is the inventory's mistake, anything else the credential's access.
+function M.read_advice(err, otherwise)
+  local status = err.status or (type(err.details) == "table" and err.details.status) or nil
+  if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
+  if otherwise then return otherwise end
   if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
   return ADVICE.arm_read
 end
@@ -296,17 +301,10 @@ local function azure_side(err)
   return err.kind == "azure" or err.kind == "net" or err.kind == "timeout"
 end
 
--- The advice for a read Azure failed: an outage is not the credential's fault.
-local function read_advice(err, otherwise)
-  local status = err.status or (type(err.details) == "table" and err.details.status) or nil
-  if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
-  return otherwise
-end
-
--- The FAIL row of a read that failed with err (advice: for Azure's
--- refusal), remembered when Azure's side failed it.
-local function read_failure(check, target, finding, err, advice)
-  local r = row(check, target, "FAIL", finding, azure_side(err) and read_advice(err, advice) or ADVICE.bug)
+-- The FAIL row of a read that failed with err (otherwise: the read's own
+-- advice for Azure's refusal), remembered when Azure's side failed it.
+local function read_failure(check, target, finding, err, otherwise)
+  local r = row(check, target, "FAIL", finding, azure_side(err) and M.read_advice(err, otherwise) or ADVICE.bug)
   if azure_side(err) then unanswered[r] = err end
   return r
 end
@@ -316,7 +314,7 @@ end
 local function failure_row(s, check, target, err)
   local cause = s.foundation_errors[err]
   if cause then return row(check, target, "SKIP", "not checked: " .. cause) end
-  return read_failure(check, target, findings.error_text(err), err, M.read_advice(err))
+  return read_failure(check, target, findings.error_text(err), err)
 end
 
 -- guarded(s, out, check, target, fn, ...) -> fn's results; a failed read
@@ -808,7 +806,7 @@ local function read_hsm_list(s, out)
   local ok, err = findings.attempt(s.all_hsms, s)
   if ok or s.foundation_errors[err] then return end
   s.foundation_errors[err] = ("the dedicated HSMs could not be listed (%s)"):format(err.code or err.kind)
-  out[#out + 1] = read_failure(HSM_LIST_ROW, s.c.subscription, findings.error_text(err), err, M.read_advice(err))
+  out[#out + 1] = read_failure(HSM_LIST_ROW, s.c.subscription, findings.error_text(err), err)
 end
 
 local function one_check(s, name)
@@ -934,7 +932,7 @@ local KINDS = setmetatable({ scope = { test = function(v) return getmetatable(v)
   expected = "a scope of the checks (checks.scope(c, opts))" } }, { __index = require("dhsm.azure.rules").ARGUMENT_KINDS })
 
 schema.check_arguments("azure.checks", M, {
-  read_advice = "err:table",
+  read_advice = "err:table otherwise:table?",
   scope = "c:client opts:table?",
   allowlisting = "s:scope",
   capacity = "s:scope",

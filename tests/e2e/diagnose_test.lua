@@ -767,6 +767,12 @@ t.test("a resource group the inventory names that does not exist: one FAIL whose
   -- and a read that meets ResourceGroupNotFound anywhere else is advised the same, not the credential's access
   local advice = require("dhsm.azure.checks").read_advice { kind = "azure", code = "ResourceGroupNotFound" }
   t.ok(advice.remedy:find("azure.resource_group", 1, true) and not advice.remedy:find("credential", 1, true), advice.remedy)
+  -- and an outage is Azure's, whichever read met it: never the credential's access
+  for _, err in ipairs { { kind = "azure", status = 503 }, { kind = "azure", details = { status = 429 } },
+    { kind = "net" }, { kind = "azure", code = "ResourceGroupNotFound", status = 500 } } do
+    advice = require("dhsm.azure.checks").read_advice(err)
+    t.ok(advice.remedy:find("Azure is busy or down", 1, true), advice.remedy)
+  end
   inv.azure.resource_group = "hsm-rg"     -- corrected, as it says
   t.write(dir .. "/inventory.json", cjson.encode(inv))
   r, doc = diagnose(nil, { dir = dir })
