@@ -38,7 +38,6 @@ local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
-local not_answered
 
 -- Advice for what only these checks find, under the guide's section it
 -- comes from; a caller reporting a failed read of its own says the same
@@ -899,7 +898,7 @@ end
 -- Raises err itself (kind azure, net or timeout: exit status 1, not a
 -- safety refusal) when Azure did not answer a read of the checks: the
 -- status and request id, a 403's missing permission, every FAIL line once.
-function not_answered(err, bad, what, held, rows)
+local function not_answered(err, bad, what, held, rows)
   local why = err.status == 403 and (missing_permission(err) or "the credential may not read this")
     or "Azure did not answer; run again when it does"
   dhsm.error { kind = err.kind, code = err.code, retryable = err.retryable,

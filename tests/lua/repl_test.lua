@@ -7,6 +7,13 @@ local function repl(input)
   return t.sh(t.cmd("repl"), { stdin = input })
 end
 
+t.test("Tab after :doc or :run completes a playbook's name; no other command is taken for them", function()
+  local repl = require "dhsm.cli.repl"
+  t.eq(repl.complete(":run dec", "dec", {}), { "decommission" })
+  t.eq(repl.complete(":doc ini", "ini", {}), { "initialize" })
+  for _, c in ipairs(repl.complete(":ron dec", "dec", {}) or {}) do t.ok(c ~= "decommission", ":ron is no :run") end
+end)
+
 t.test("expressions print their value, statements print nothing", function()
   local r = repl("1 + 1\nx = 5\n=x * 2\n'text'\n{ b = 2, a = { 1, 2 } }\nnil\n")
   t.eq(r.stdout, '2\n10\n"text"\n{ a = { 1, 2 }, b = 2 }\nnil\n')

@@ -201,7 +201,8 @@ end
 -- when a Tab there is text (inside a string: a paste must stay intact).
 function M.complete(line, word, session)
   if line:match("^%s*:%a*$") then return starting(META, word) end
-  if line:match("^%s*:[dr][ou][cn]%s+%S*$") then           -- :doc, :run: a playbook's name
+  local meta = line:match("^%s*:(%a+)%s+%S*$")
+  if meta == "doc" or meta == "run" then                    -- :doc, :run: a playbook's name
     local names = {}
     for _, p in ipairs(require("dhsm.paths").list_playbooks()) do names[#names + 1] = p.name end
     return starting(names, word)
