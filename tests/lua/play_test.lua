@@ -697,6 +697,16 @@ t.test("a changed inventory is refused naming what changed, never a value; --inv
     true))
 end)
 
+t.test("an inventory named with ~/ ($DHSM_INVENTORY as written) is journaled as it is read", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/inventory.json", util.read_file(fixtures .. "/inventory/good.json"))
+  t.write(dir .. "/pw", "Hidden-Passw0rd\n", tonumber("600", 8))
+  local r = t.sh(("cd / && HOME=%s DHSM_INVENTORY='~/inventory.json' %s %s"):format(q(dir), env(dir),
+    t.cmd("run held -e dir=" .. q(dir) .. " -e hsm=hsm1 -e password=file:" .. q(dir .. "/pw"))))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(journal(dir, run_id(r.stderr)).inventory.path, sys.realpath(dir .. "/inventory.json"))
+end)
+
 t.test("an inventory that dropped the run's HSM: the resume is refused as a changed inventory, not as bad input",
   function()
   local dir = t.tmpdir()

@@ -116,8 +116,10 @@ local function fields(v, path, out)
   return out
 end
 
--- inventory_record(path) -> {path=, sha256=, fields=} of the file as it is now.
+-- inventory_record(path) -> {path=, sha256=, fields=} of the file as it is
+-- now (path as dhsm.inventory.load reads it: ~/ is the home folder).
 function M.inventory_record(path)
+  path = require("dhsm.inventory").expand_home(path)
   local abs = sys.realpath(path) or path
   local data, err = util.read_file(abs)
   if not data then
