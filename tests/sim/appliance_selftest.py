@@ -36,9 +36,9 @@ sys.path.insert(0, HERE)
 
 from arm_selftest import HSM_API, Arm, run_estate, wait_for  # noqa: E402
 from arm_selftest import main as run_tests  # noqa: E402
-from appliance import keys, layouts, model, p11, pool  # noqa: E402
+from appliance import keys, layouts, model, p11, pool, roles  # noqa: E402
 from appliance.paths import Paths  # noqa: E402
-from appliance.softhsm import TokenFile, TokenStore  # noqa: E402
+from appliance.softhsm import TokenFile, TokenFileError, TokenStore  # noqa: E402
 from estate_client import EstateClient, EstateError  # noqa: E402
 
 PROMPT = re.compile(r"\[[\w.-]+\] lunash:>$")
@@ -857,13 +857,20 @@ class NoPtyTest(ApplianceCase):
     def test_no_prompt_no_echo_and_a_question(self):
         """A question on a channel without a PTY is printed as on one and answered by the next line, which
         is not echoed (our assumption: tests/sim/README.md)."""
-        out = Box("hsm1").piped("hsm show\nhsm login\nnot-the-password\nfrobnicate\n")
+        box = Box("hsm1")
+        self.addCleanup(self.reset_so_failures, box)  # the wrong password counts: other tests see 3 attempts
+        out = box.piped("hsm show\nhsm login\nnot-the-password\nfrobnicate\n")
         self.assertNotIn("lunash:>", out)
         self.assertNotIn("hsm show", out)
         self.assertNotIn("not-the-password", out)
         self.assertIn("\n  Please enter the HSM Administrators' password:\n  > \n\n\nError:  'hsm login' failed.", out)
         self.assertTrue(out.endswith("\n\nError:  Unknown command: frobnicate\n\nCommand Result : 65535 "
                                      "(Luna Shell execution)\n"), out[-200:])
+
+    def reset_so_failures(self, box):
+        """A right HSM SO login sets the failure count back to 0 (roles.so_login)."""
+        out = box.as_so("hsm show", "")
+        self.assertIn(f"{roles.SO_THRESHOLD} before HSM zeroization!", out)
 
 
 class NtlsIpcheckTest(ApplianceCase):
@@ -970,6 +977,24 @@ class TokenStoreTest(unittest.TestCase):
         for data in (b"", b"\0" * 7, b"\0" * 8 + b"\0" * 15, (1).to_bytes(8, "big") + (5).to_bytes(8, "big") * 2):
             with self.assertRaises(ValueError):
                 TokenFile.parse(data)
+
+    def test_unreadable_flags_are_an_error_not_no(self):
+        """No token, or a token.object without its flags record: an error naming it, never "the Crypto
+        Officer has no PIN" (`role init` would then replace the one it has)."""
+        serial, _, _ = self.store.create("flags", serial="7654321003")
+        self.assertTrue(self.store.user_pin_initialized(serial))
+        folder = self.store._folder(serial)
+        path = os.path.join(folder, TokenFile.NAME)
+        generation, records = TokenFile.parse(open(path, "rb").read())
+        with open(path, "wb") as f:
+            f.write(TokenFile.build(generation, [r for r in records if r[0] != TokenFile.FLAGS]))
+        with self.assertRaisesRegex(TokenFileError, f"{re.escape(path)}: no record 0x{TokenFile.FLAGS:x}"):
+            self.store.user_pin_initialized(serial)
+        os.unlink(path)
+        with self.assertRaisesRegex(TokenFileError, "7654321003"):  # no token.object: no folder holds the serial
+            self.store.user_pin_initialized(serial)
+        with self.assertRaisesRegex(TokenFileError, re.escape(path)):
+            TokenFile(folder).flags()
 
 
 class NtlsTest(ApplianceCase):

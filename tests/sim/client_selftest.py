@@ -34,7 +34,7 @@ from arm_selftest import run_estate, wait_for  # noqa: E402
 from estate_client import EstateClient  # noqa: E402
 from lunaclient import ha  # noqa: E402
 from lunaclient.conf import ChrystokiConf, ConfError  # noqa: E402
-from appliance import model, p11  # noqa: E402
+from appliance import cloning, model, p11  # noqa: E402
 from appliance.softhsm import TokenStore  # noqa: E402
 from lunaclient.install import Install, pkcs11_library  # noqa: E402
 
@@ -510,6 +510,61 @@ class CryptokiTest(unittest.TestCase):
                 self.assertEqual((caught.exception.function, caught.exception.rv), ("C_Initialize", 0x5))
             finally:
                 os.environ["ChrystokiConfigurationPath"] = self.env["ChrystokiConfigurationPath"]
+
+
+class CloneRecordsTest(unittest.TestCase):
+    """cloning.py's reading and rewriting of SoftHSM object files, on crafted bytes."""
+
+    EXTRACTABLE = cloning.CKA_EXTRACTABLE
+
+    @staticmethod
+    def record(kind_type, kind, value, length=None):
+        head = kind_type.to_bytes(8, "big") + kind.to_bytes(8, "big")
+        return head + (b"" if length is None else length.to_bytes(8, "big")) + value
+
+    def object_file(self, *records):
+        folder = tempfile.mkdtemp(prefix="clone-records-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "0a1b.object")
+        with open(path, "wb") as f:
+            f.write((7).to_bytes(8, "big") + b"".join(records))
+        return path
+
+    def test_records_of_each_kind(self):
+        data = (7).to_bytes(8, "big") + self.record(self.EXTRACTABLE, 1, b"\0") + self.record(0x3, 3, b"ab", 2) \
+            + self.record(0x2, 2, (1).to_bytes(8, "big")) + self.record(0x400, 5, bytes(16), 2)
+        self.assertEqual(cloning.records(data), (7, [(self.EXTRACTABLE, 1, 24, 1), (0x3, 3, 49, 2),
+                                                     (0x2, 2, 67, 8), (0x400, 5, 99, 16)]))
+
+    def test_cut_short_is_a_clone_error(self):
+        whole = (7).to_bytes(8, "big") + self.record(0x3, 3, b"label", 5)
+        for cut in (4, 20, 30, len(whole) - 1):
+            with self.assertRaisesRegex(cloning.CloneError, "not a SoftHSM object file: .*(cut short|shorter than)"):
+                cloning.records(whole[:cut])
+        with self.assertRaisesRegex(cloning.CloneError, "attribute kind 9"):
+            cloning.records((7).to_bytes(8, "big") + self.record(0x3, 9, b""))
+
+    def test_no_bool_record_is_a_clone_error(self):
+        path = self.object_file(self.record(self.EXTRACTABLE, 2, bytes(8)))  # the type, but not a bool
+        with self.assertRaisesRegex(cloning.CloneError, "0a1b.object has no boolean attribute 0x162"):
+            cloning.set_bool(path, self.EXTRACTABLE, True)
+
+    def test_set_bool_moves_the_generation(self):
+        path = self.object_file(self.record(self.EXTRACTABLE, 1, b"\0"))
+        cloning.set_bool(path, self.EXTRACTABLE, True)
+        self.assertEqual(cloning.records(open(path, "rb").read())[0], 8)
+        self.assertEqual(open(path, "rb").read()[24:], b"\1")
+
+    def test_a_failed_restore_says_the_key_was_left_extractable(self):
+        path = self.object_file(self.record(self.EXTRACTABLE, 1, b"\0"))
+        with self.assertRaises(cloning.CloneError) as caught:
+            with cloning.extractable_meanwhile(path):
+                self.assertEqual(open(path, "rb").read()[24:], b"\1")
+                os.unlink(path)  # putting it back now fails
+                raise p11.P11Error("C_WrapKey", 0x6A)
+        self.assertRegex(str(caught.exception), r"key of 0a1b.object was left extractable: .*No such file.*"
+                                                r"\(after: C_WrapKey failed: CKR 0x0000006A\)")
+        self.assertIsInstance(caught.exception.__cause__, cloning.CloneError)
 
 
 # HA groups on the ready client --------------------------------------------------------------

@@ -28,17 +28,15 @@ import fcntl
 import os
 import secrets
 
-from appliance import p11
+from appliance import p11, softhsm
+from appliance.p11 import CK_ULONG, CKA_CLASS, CKA_LABEL, CKA_VALUE, CKO_SECRET_KEY
 
-CK_ULONG = p11.CK_ULONG
-CKA_CLASS, CKA_TOKEN, CKA_LABEL, CKA_VALUE, CKA_KEY_TYPE = 0x0, 0x1, 0x3, 0x11, 0x100
-CKA_WRAP, CKA_UNWRAP, CKA_EXTRACTABLE = 0x106, 0x107, 0x162
-CKO_SECRET_KEY, CKK_AES = 4, 0x1F
+CKA_TOKEN, CKA_KEY_TYPE, CKA_WRAP, CKA_UNWRAP, CKA_EXTRACTABLE = 0x1, 0x100, 0x106, 0x107, 0x162
+CKK_AES = 0x1F
 CKM_AES_KEY_WRAP_PAD = 0x210A
 # What the unwrapped key is given: every attribute a clone carries but those the wrapped key
 # itself brings (its value, and a private key's public parts, which C_UnwrapKey refuses in a template).
 FROM_THE_BLOB = {CKA_VALUE, 0x120, 0x122, 0x180, 0x181}
-BOOL, ULONG, BYTES, ATTRMAP, MECHSET = 1, 2, 3, 4, 5
 
 
 class CkMechanism(ctypes.Structure):
@@ -50,34 +48,13 @@ class CloneError(Exception):
 
 
 # SoftHSM's object files -------------------------------------------------------------------
-def records(data):
-    """An object file (SoftHSM 2.6 file backend: an 8-byte generation counter, then records of
-    8-byte type, 8-byte kind and the value, big-endian) -> (generation, [(type, kind, value
-    offset, value length)]). Kinds: 1 bool (1 byte), 2 unsigned long (8), 3 byte string (8-byte
-    length first), 4 attribute map (8-byte length in bytes first), 5 mechanism set (8-byte count
-    of 8-byte mechanisms first). ValueError when DATA is not that layout."""
-    if len(data) < 8:
-        raise ValueError("shorter than its generation counter")
-    found, pos = [], 8
-    while pos < len(data):
-        if pos + 16 > len(data):
-            raise ValueError(f"record at {pos} cut short")
-        kind_type, kind = int.from_bytes(data[pos:pos + 8], "big"), int.from_bytes(data[pos + 8:pos + 16], "big")
-        pos += 16
-        if kind in (BOOL, ULONG):
-            size = 1 if kind == BOOL else 8
-        elif kind in (BYTES, ATTRMAP, MECHSET):
-            if pos + 8 > len(data):
-                raise ValueError(f"length at {pos} cut short")
-            size = int.from_bytes(data[pos:pos + 8], "big") * (8 if kind == MECHSET else 1)
-            pos += 8
-        else:
-            raise ValueError(f"attribute kind {kind} at {pos - 8} is not one an object file holds")
-        if pos + size > len(data):
-            raise ValueError(f"value at {pos} cut short")
-        found.append((kind_type, kind, pos, size))
-        pos += size
-    return int.from_bytes(data[:8], "big"), found
+def records(data, name="object file"):
+    """An object file (softhsm.object_records) -> (generation, [(type, kind, value offset, value
+    length)]); CloneError naming NAME when DATA is not that layout."""
+    try:
+        return softhsm.object_records(data)
+    except ValueError as e:
+        raise CloneError(f"{name} is not a SoftHSM object file: {e}") from e
 
 
 def generation(path):
@@ -97,23 +74,55 @@ def generations(folder):
 def set_bool(path, kind_type, value):
     """The bool record KIND_TYPE of the object file at PATH becomes VALUE, in place (the file's
     inode stays: SoftHSM's fcntl locks are on it), the generation counter moved on, all under an
-    exclusive lock, so no SoftHSM reads it half-written. CloneError when it has no such record."""
-    with open(path, "r+b") as f:
-        fcntl.lockf(f, fcntl.LOCK_EX)
+    exclusive lock, so no SoftHSM reads it half-written. CloneError when it cannot be read or
+    written, or has no such record."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "r+b") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            try:
+                _rewrite_bool(f, name, kind_type, value)
+            finally:
+                fcntl.lockf(f, fcntl.LOCK_UN)
+    except OSError as e:
+        raise CloneError(f"{name}: {e.strerror or e}") from e
+
+
+def _rewrite_bool(f, name, kind_type, value):
+    gen, found = records(f.read(), name)
+    where = next((offset for t, kind, offset, _ in found if t == kind_type and kind == softhsm.BOOL), None)
+    if where is None:
+        raise CloneError(f"{name} has no boolean attribute 0x{kind_type:x}")
+    f.seek(where)
+    f.write(b"\1" if value else b"\0")
+    f.seek(0)
+    f.write(((gen + 1) % (1 << 64) or 1).to_bytes(8, "big"))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def extractable_meanwhile(path, needed=True):
+    """The key of object file PATH extractable for the block, unextractable again whatever happened
+    (NEEDED false: it was extractable already; nothing is done). When putting it back fails, a
+    CloneError says the key was left extractable, and names what failed inside the block too."""
+    if not needed:
+        yield
+        return
+    set_bool(path, CKA_EXTRACTABLE, True)
+    failure = None
+    try:
+        yield
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
         try:
-            data = f.read()
-            gen, found = records(data)
-            where = next((offset for t, kind, offset, _ in found if t == kind_type and kind == BOOL), None)
-            if where is None:
-                raise CloneError(f"{os.path.basename(path)} has no boolean attribute 0x{kind_type:x}")
-            f.seek(where)
-            f.write(b"\1" if value else b"\0")
-            f.seek(0)
-            f.write(((gen + 1) % (1 << 64) or 1).to_bytes(8, "big"))
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
+            set_bool(path, CKA_EXTRACTABLE, False)
+        except CloneError as e:
+            before = f" (after: {failure})" if failure is not None else ""
+            raise CloneError(f"the key of {os.path.basename(path)} was left extractable: putting "
+                             f"CKA_EXTRACTABLE back failed: {e}{before}") from e
 
 
 # PKCS#11 -----------------------------------------------------------------------------------
@@ -170,12 +179,6 @@ def clone_key(lib, source, handle, target, attrs, folder):
     path = object_file(lib, source, handle, attrs.get(CKA_LABEL, b""), folder)
     value = secrets.token_bytes(32)
     with wrapping_key(lib, source, value) as src_wrapper, wrapping_key(lib, target, value) as dst_wrapper:
-        extractable = attrs.get(CKA_EXTRACTABLE, b"\1") != b"\0"
-        if not extractable:
-            set_bool(path, CKA_EXTRACTABLE, True)
-        try:
+        with extractable_meanwhile(path, needed=attrs.get(CKA_EXTRACTABLE, b"\1") == b"\0"):
             blob = _wrap(lib, source, src_wrapper, handle)
-        finally:
-            if not extractable:
-                set_bool(path, CKA_EXTRACTABLE, False)
         _unwrap(lib, target, dst_wrapper, blob, {k: v for k, v in attrs.items() if k not in FROM_THE_BLOB})

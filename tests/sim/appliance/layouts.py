@@ -12,7 +12,6 @@ reference:
   5  hsm show 2.4 (5.3.0-11, [V]); partition list 3.1 ([V]); client show/list 5.1/5.2 ([V])
 """
 LAYOUTS = (5, 6, 7)
-DEFAULT = 7
 
 BANNERS = {
     7: "Luna Network HSM Command Line Shell v7.2.0-220. Copyright (c) 2018 SafeNet. All rights reserved.",

@@ -206,7 +206,7 @@ CLONED = [0x0, 0x1, 0x2, 0x3, 0x10, 0x11, 0x100, 0x102, 0x103, 0x104, 0x105, 0x1
           0x120, 0x122, 0x162, 0x180, 0x181]
 UNAVAILABLE = CK_ULONG(-1).value
 CKO_NAMES = {0: "data", 1: "certificate", 2: "public key", 3: "private key", 4: "secret key"}
-CKO_PRIVATE_KEY, CKO_SECRET_KEY = 3, 4
+CKO_DATA, CKO_PRIVATE_KEY, CKO_SECRET_KEY = 0, 3, 4
 
 
 class NotClonable(Exception):
@@ -265,13 +265,18 @@ def create_object(lib, session, attrs):
     return handle
 
 
+def _class(key):
+    """The CKO_ class of an object key (class bytes, label bytes) of _objects."""
+    return int.from_bytes(key[0] or b"\0", "little")
+
+
 def _describe(key):
-    kind = int.from_bytes(key[0] or b"\0", "little")
+    kind = _class(key)
     return f"{CKO_NAMES.get(kind, kind)} '{key[1].decode(errors='replace')}'"
 
 
 def _is_key(key):
-    return int.from_bytes(key[0] or b"\0", "little") in (CKO_PRIVATE_KEY, CKO_SECRET_KEY)
+    return _class(key) in (CKO_PRIVATE_KEY, CKO_SECRET_KEY)
 
 
 def synchronize(library, serials, user_pin, folder_of):
@@ -294,8 +299,7 @@ def synchronize(library, serials, user_pin, folder_of):
                 union.setdefault(key, (serial, session, handle, attrs))
         missing = [(session, key) for session, objects in zip(sessions, held) for key in union if key not in objects]
         unreadable = sorted({_describe(key) for _, key in missing
-                             if CKA_VALUE not in union[key][3] and not _is_key(key)
-                             and int.from_bytes(key[0] or b"\0", "little") == 0})
+                             if CKA_VALUE not in union[key][3] and _class(key) == CKO_DATA})
         if unreadable:
             raise NotClonable("cannot clone " + ", ".join(unreadable) + " (a data object whose value PKCS#11 "
                               "does not give)")

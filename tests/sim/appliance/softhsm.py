@@ -70,9 +70,13 @@ class TokenStore:
 
     def user_pin_initialized(self, serial):
         """Has the token's user (Luna: the Crypto Officer) a PIN? Read from its token.object, so
-        no library is loaded: CKF_USER_PIN_INITIALIZED in SoftHSM's token flags record."""
+        no library is loaded: CKF_USER_PIN_INITIALIZED in SoftHSM's token flags record.
+        TokenFileError when the token or its flags cannot be read: "no" would let `role init`
+        replace a Crypto Officer password that exists."""
         folder = self._folder(serial)
-        return bool(folder) and bool(TokenFile(folder).flags() & p11.CKF_USER_PIN_INITIALIZED)
+        if folder is None:
+            raise TokenFileError(f"no token folder in {self.tokens} holds token serial {serial}")
+        return bool(TokenFile(folder).flags() & p11.CKF_USER_PIN_INITIALIZED)
 
     def check_pin(self, serial, user, pin):
         """p11.CKU_SO / CKU_USER: is PIN right? (no counting here, see p11.check_pin)"""
@@ -131,6 +135,43 @@ def new_pin():
     return secrets.token_urlsafe(9)
 
 
+BOOL, ULONG, BYTES, ATTRMAP, MECHSET = 1, 2, 3, 4, 5  # SoftHSM's attribute kinds on disk
+
+
+def object_records(data, kinds=(BOOL, ULONG, BYTES, ATTRMAP, MECHSET), holder="an object file"):
+    """A file of SoftHSM 2.6's file backend (an 8-byte generation counter, then records of 8-byte
+    type, 8-byte kind and the value, big-endian) -> (generation, [(type, kind, value offset, value
+    length)]). Kinds: 1 bool (1 byte), 2 unsigned long (8), 3 byte string (8-byte length first),
+    4 attribute map (8-byte length in bytes first), 5 mechanism set (8-byte count of 8-byte
+    mechanisms first); KINDS: those HOLDER may hold. ValueError when DATA is not that layout."""
+    if len(data) < 8:
+        raise ValueError("shorter than its generation counter")
+    found, pos = [], 8
+    while pos < len(data):
+        if pos + 16 > len(data):
+            raise ValueError(f"record at {pos} cut short")
+        kind_type, kind = int.from_bytes(data[pos:pos + 8], "big"), int.from_bytes(data[pos + 8:pos + 16], "big")
+        pos += 16
+        if kind not in kinds:
+            raise ValueError(f"attribute kind {kind} at {pos - 8} is not one {holder} holds")
+        if kind in (BOOL, ULONG):
+            size = 1 if kind == BOOL else 8
+        else:
+            if pos + 8 > len(data):
+                raise ValueError(f"length at {pos} cut short")
+            size = int.from_bytes(data[pos:pos + 8], "big") * (8 if kind == MECHSET else 1)
+            pos += 8
+        if pos + size > len(data):
+            raise ValueError(f"value at {pos} cut short")
+        found.append((kind_type, kind, pos, size))
+        pos += size
+    return int.from_bytes(data[:8], "big"), found
+
+
+class TokenFileError(Exception):
+    """A token.object that is missing, unreadable or lacks a record asked for."""
+
+
 class TokenFile:
     """A token's own attributes in SoftHSM2's file backend, DIR/softhsm/tokens/<uuid>/token.object:
     an 8-byte big-endian generation counter, then one record per attribute: 8-byte type,
@@ -140,7 +181,7 @@ class TokenFile:
 
     NAME = "token.object"
     LABEL, SERIAL, FLAGS = 0x80005349, 0x8000534A, 0x8000534B  # SoftHSM's CKA_OS_TOKENLABEL, _TOKENSERIAL, _TOKENFLAGS
-    BOOL, ULONG, BYTES = 1, 2, 3
+    BOOL, ULONG, BYTES = BOOL, ULONG, BYTES
 
     def __init__(self, folder):
         self.path = os.path.join(folder, self.NAME)
@@ -148,28 +189,8 @@ class TokenFile:
     @classmethod
     def parse(cls, data):
         """-> (generation, [(type, kind, value bytes)]); ValueError when DATA is not that layout."""
-        if len(data) < 8:
-            raise ValueError("shorter than its generation counter")
-        generation, pos, records = int.from_bytes(data[:8], "big"), 8, []
-        while pos < len(data):
-            if pos + 16 > len(data):
-                raise ValueError(f"record at {pos} cut short")
-            kind_type, kind = int.from_bytes(data[pos:pos + 8], "big"), int.from_bytes(data[pos + 8:pos + 16], "big")
-            pos += 16
-            if kind == cls.BYTES:
-                if pos + 8 > len(data):
-                    raise ValueError(f"byte string length at {pos} cut short")
-                size = int.from_bytes(data[pos:pos + 8], "big")
-                pos += 8
-            elif kind in (cls.BOOL, cls.ULONG):
-                size = 1 if kind == cls.BOOL else 8
-            else:
-                raise ValueError(f"attribute kind {kind} at {pos - 8} is not one a token.object holds")
-            if pos + size > len(data):
-                raise ValueError(f"value at {pos} cut short")
-            records.append((kind_type, kind, data[pos:pos + size]))
-            pos += size
-        return generation, records
+        generation, found = object_records(data, (cls.BOOL, cls.ULONG, cls.BYTES), "a token.object")
+        return generation, [(kind_type, kind, data[pos:pos + size]) for kind_type, kind, pos, size in found]
 
     @classmethod
     def build(cls, generation, records):
@@ -181,24 +202,31 @@ class TokenFile:
             out.append(value)
         return b"".join(out)
 
-    def _value(self, kind_type, kind):
-        """The value bytes of one record, or None (no such record or file, not that layout)."""
+    def _record(self, kind_type, kind):
+        """The value bytes of one record; TokenFileError naming the file when there is no such
+        file or record, or the file is not that layout."""
         try:
             with open(self.path, "rb") as f:
                 _, records = self.parse(f.read())
-        except (OSError, ValueError):
-            return None
-        return next((v for t, k, v in records if t == kind_type and k == kind), None)
+        except (OSError, ValueError) as e:
+            raise TokenFileError(f"{self.path}: {e}") from e
+        value = next((v for t, k, v in records if t == kind_type and k == kind), None)
+        if value is None:
+            raise TokenFileError(f"{self.path}: no record 0x{kind_type:x} of kind {kind}")
+        return value
 
     def serial(self):
-        """The token's serial, or None (no such file, not that layout)."""
-        value = self._value(self.SERIAL, self.BYTES)
-        return value.decode(errors="replace") if value is not None else None
+        """The token's serial, or None (no such file or record, not that layout): a folder being
+        made or deleted meanwhile is no token to find by its serial."""
+        try:
+            return self._record(self.SERIAL, self.BYTES).decode(errors="replace")
+        except TokenFileError:
+            return None
 
     def flags(self):
-        """The token's CK_TOKEN_INFO flags as SoftHSM keeps them, or 0 (no such file, not that layout)."""
-        value = self._value(self.FLAGS, self.ULONG)
-        return int.from_bytes(value, "big") if value else 0
+        """The token's CK_TOKEN_INFO flags as SoftHSM keeps them; TokenFileError when they cannot
+        be read (never a guess: a flag read as unset would let a PIN be replaced)."""
+        return int.from_bytes(self._record(self.FLAGS, self.ULONG), "big")
 
     def set_serial(self, serial):
         """The serial record becomes SERIAL (at most 16 characters, as CK_TOKEN_INFO has room for),
