@@ -7,7 +7,7 @@
 #   make demo       the main job against the simulated estate
 #   make fuzz       every parser fuzzed, FUZZ_SECONDS=60 per driver (tests/fuzz)
 #   make races      the login guard's full race matrix (N = 3, 5, 10; make test runs N = 3)
-#   make kills      the initialize kill matrix in full (7 kill points; make test runs 3)
+#   make kills      the initialize kill matrix in full (6 kill points; make test runs 3)
 #   make man        docs/dhsm.1 from docs/cli.md (tools/man.lua)
 #   make install    PREFIX=/usr/local: the binary and its man page
 
@@ -124,7 +124,7 @@ races: all
 	  DHSM_RACES=full ./$(BIN) test --yes tests/lua/guard_test.lua; status=$$?; rm -rf $$state; exit $$status
 
 # The kill matrices in full: every kill point of tests/e2e/initialize_kill_test.lua
-# (make test runs three of them: DHSM_KILLS=full runs the seven).
+# (make test runs three of them: DHSM_KILLS=full runs the six).
 kills: all
 	@state=$$(mktemp -d); XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl DHSM_GUARD_DIR=$$state/guard \
 	  DHSM_KILLS=full ./$(BIN) test --yes tests/e2e/initialize_kill_test.lua; status=$$?; rm -rf $$state; exit $$status

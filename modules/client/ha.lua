@@ -317,17 +317,22 @@ function Client:init_co(token_label, pso_password, co_password)
   s:logout()
 end
 
--- add_member(label, serial, co_pin): `hagroup addMember`, a CO login on the
--- new member through the guard
-function Client:add_member(label, serial, co_pin)
-  local o = self:argv("hagroup", "addMember", "-group", label, "-serialNumber", serial)
+-- A lunacm command that logs in as the Crypto Officer (through the guard);
+-- raises when lunacm says it failed, as must() does.
+local function must_login(self, co_pin, ...)
+  local o = self:argv(...)
   o.password = co_pin
   local r = proc.lunacm_login(o)
   if not r.check and not r.ok then
     dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
-      message = ("lunacm hagroup addMember -group %s -serialNumber %s: %s"):format(label, serial,
-        said(r.stdout) or "failed") }
+      message = ("lunacm %s: %s"):format(table.concat({ ... }, " "), said(r.stdout) or "failed") }
   end
+end
+
+-- add_member(label, serial, co_pin): `hagroup addMember`, a CO login on the
+-- new member through the guard
+function Client:add_member(label, serial, co_pin)
+  must_login(self, co_pin, "hagroup", "addMember", "-group", label, "-serialNumber", serial)
 end
 
 -- create_group(label, serial, co_pin): `hagroup createGroup` with the
@@ -336,14 +341,7 @@ end
 -- objects; the password is its only input (proc.lunacm_login), so that
 -- question finds end of input and is cancelled, never answered `remove`.
 function Client:create_group(label, serial, co_pin)
-  local o = self:argv("hagroup", "createGroup", "-label", label, "-serialNumber", serial)
-  o.password = co_pin
-  local r = proc.lunacm_login(o)
-  if not r.check and not r.ok then
-    dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },
-      message = ("lunacm hagroup createGroup -label %s -serialNumber %s: %s"):format(label, serial,
-        said(r.stdout) or "failed") }
-  end
+  must_login(self, co_pin, "hagroup", "createGroup", "-label", label, "-serialNumber", serial)
 end
 
 -- in_group(label, serial) -> whether serial is a member of group label in
