@@ -10,6 +10,7 @@
 --     destructive = true,                   -- cannot be undone: confirmed first
 --     rule = function(change) end,          -- the safety rule for this target: raises "safety"
 --     fields = { correlation_id = id },     -- more of the structured record (never a secret's value)
+--     generated = { "correlation_id" },     -- fields made afresh each time: a plan compares their role
 --     audit = "azure.DELETE",               -- the records' action (default kind.action)
 --     planned = function(change) return ... end,   -- what a check-mode call returns
 --     outcome = function(...) return "202" end,    -- the outcome record's word for act's results
@@ -21,13 +22,16 @@
 --      would meet);
 --   2. check mode: the change is described (the plan, the audit log) and
 --      `planned` returned; nothing is sent;
---   3. confirmation of a destructive change: the operator types the
+--   3. an approved plan (dhsm.plan): a run applying one sends only the
+--      changes it holds, in its order per target; under the host's policy
+--      a destructive change without one is refused, whatever the route;
+--   4. confirmation of a destructive change: the operator types the
 --      target's name (dhsm.ask; --yes; refused without a terminal).  A
 --      confirmed destructive playbook step covers the changes to its own
 --      target, and only those;
---   4. the intent record, on disk (fsync'd) before anything leaves;
---   5. the act;
---   6. the outcome record (also when the act raised).
+--   5. the intent record, on disk (fsync'd) before anything leaves;
+--   6. the act;
+--   7. the outcome record (also when the act raised).
 --
 -- Check mode belongs to a task and the tasks it starts (the task context),
 -- never to a global: act.checking() reads it; the REPL opens it per line
@@ -125,11 +129,22 @@ function M.check_scope(on)
   return setmetatable({ tally = tally, close = close }, { __close = close })
 end
 
--- check_process(): the rest of this process plans (dhsm run --check) ->
--- its tally.  Called before the playbook is loaded; never undone.
-function M.check_process()
+-- check_process([product]) -> tally [, write]: the rest of this process
+-- plans (dhsm run --check); never undone.  Called before the playbook is
+-- loaded.  With `product`, the path of the plan file this run saves
+-- (--out), `write(text)` is the one way to write it - once, handed only to
+-- the front end that asked: the file a plan is for, not an effect of it.
+function M.check_process(product)
   process_scope = process_scope or { on = true, locked = true, tally = new_tally() }
-  return process_scope.tally
+  if product == nil then return process_scope.tally end
+  if type(product) ~= "string" or product == "" then usage("check_process: the product is a file path") end
+  local written = false
+  return process_scope.tally, function(text)
+    if written then dhsm.error { kind = "safety", code = "ProductWritten", message = "the plan file is written once" } end
+    written = true
+    local ok, err = raw.write_file(product, text, tonumber("644", 8))
+    if not ok then dhsm.error { kind = "usage", message = ("cannot write %s"):format(tostring(err)) } end
+  end
 end
 
 -- tally() -> a copy of {described=, refused=} of the check-mode scope in
@@ -250,7 +265,8 @@ local function describe(change)
   if t then
     t.described = t.described + 1
     t.changes[#t.changes + 1] = { kind = change.kind, action = change.action, target = change.target,
-      where = change.where, what = change.what }
+      where = change.where, what = change.what, destructive = change.destructive == true or nil,
+      fields = M.identity(change).fields }
   end
   local r = record(change, "planned", { action = "check.would", change = change.audit
     or (change.kind .. "." .. tostring(change.action)) })
@@ -350,6 +366,99 @@ local function confirm(change)
 end
 
 ---------------------------------------------------------------------------
+-- approved plans: a run held to the changes a reviewer approved
+
+-- identity(change) -> {kind=, action=, target=, where=, what=, fields=}:
+-- what a planned and a sent change are compared by.  A value the change
+-- makes afresh each time (a correlation id; change.generated names such
+-- fields) is compared by its role, never by its value; secrets never
+-- reach a change's fields at all.
+function M.identity(change)
+  local generated = {}
+  for _, name in ipairs(change.generated or {}) do generated[name] = true end
+  local fields
+  for k, v in pairs(change.fields or {}) do
+    fields = fields or {}
+    fields[k] = generated[k] and ("<" .. k .. ">") or v
+  end
+  return { kind = change.kind, action = change.action, target = change.target, where = change.where,
+    what = change.what, fields = fields }
+end
+
+local function same_change(planned, c)
+  local util = require "dhsm.util"
+  return planned.kind == c.kind and tostring(planned.action) == tostring(c.action) and planned.target == c.target
+    and planned.where == c.where and planned.what == c.what and util.same(planned.fields or {}, c.fields or {})
+end
+
+-- The host's plan policy (dhsm.plan.policy) and the plan this process
+-- applies, said once by the front end before any code of the user's runs.
+local plan_rules, applying, plan_said = nil, nil, false
+
+-- plan_policy(policy | nil [, applied]): applied = {digest=, changes=,
+-- used = {index=true} (a resumed run's changes already sent), signers =
+-- {fingerprint...}} - the approved plan this run is held to.
+function M.plan_policy(policy, applied)
+  if plan_said then
+    dhsm.error { kind = "safety", code = "PolicySet", message = "the plan policy is set once, by dhsm's front end" }
+  end
+  plan_said, plan_rules = true, policy or nil
+  if applied then
+    applying = { digest = applied.digest, changes = applied.changes, used = applied.used or {},
+      signers = applied.signers or {}, playbook = applied.playbook }
+  end
+end
+
+-- plans() -> the policy in force (or nil), the plan applied (or nil)
+function M.plans()
+  return plan_rules, applying and { digest = applying.digest, playbook = applying.playbook } or nil
+end
+
+local function plan_refusal(code, message)
+  audit.write { action = "plan.refused", outcome = "refused", code = code, plan = applying and applying.digest,
+    signers = applying and applying.signers, detail = message }
+  M.refusal { code = code, message = message }
+end
+
+-- The planned change this one is, by its target's order: the next one the
+-- plan holds for the target, or (a retry, a resumed run's resend) one
+-- already sent.  Anything else stops the run before it is sent.
+local function planned_index(change)
+  local c, first = M.identity(change), nil
+  for i, p in ipairs(applying.changes) do
+    if p.target == c.target then
+      if applying.used[i] and same_change(p, c) then return i, true end
+      if not applying.used[i] and not first then first = i end
+    end
+  end
+  if first and same_change(applying.changes[first], c) then return first, false end
+  local expected = first and applying.changes[first].what
+  plan_refusal(first and "EstateChanged" or "NotInPlan", first
+    and ("the estate changed since the plan was approved: the plan's next change to %s is '%s', the run now "
+      .. "sends '%s'; stopped before sending it (nothing outside the plan is sent: make a new plan)")
+      :format(c.target, expected, c.what)
+    or ("the estate changed since the plan was approved: '%s' is not in the plan (it holds nothing more for %s); "
+      .. "stopped before sending it (make a new plan)"):format(c.what, c.target))
+end
+
+-- plan_gate(change) -> fields for the intent record: a run applying a plan
+-- sends only its changes; under a policy without one, a destructive change
+-- is refused whatever route sent it (run, exec, the REPL; --yes is no approval).
+local function plan_gate(change)
+  if applying then
+    local i, again = planned_index(change)
+    applying.used[i] = true
+    return { plan = applying.digest, plan_change = i, plan_retry = again or nil }
+  end
+  if plan_rules and plan_rules.destructive_changes and change.destructive then
+    plan_refusal("PlanRequired", ("%s is destructive, and this host's policy (%s) lets a destructive change go only "
+      .. "from an approved plan: 'dhsm run PLAYBOOK --check --out PLAN.json --key KEY', 'dhsm plan approve "
+      .. "PLAN.json --key KEY' by %d other operator(s), then 'dhsm run --plan PLAN.json'"):format(change.what,
+      tostring(plan_rules.source), plan_rules.approvals or 1))
+  end
+end
+
+---------------------------------------------------------------------------
 -- the gate
 
 local KINDS = { azure = true, luna = true, proc = true, pkcs11 = true, file = true, login = true }
@@ -394,8 +503,9 @@ function M.change(change, fn)
     if change.planned ~= nil then return change.planned end
     return { check = true, would = change.what }
   end
+  local under_plan = plan_gate(change)
   if change.destructive then confirm(change) end
-  audit.write(record(change, "sending"))
+  audit.write(record(change, "sending", under_plan))
   audit.sync()
   local t0 = dhsm.now()
   local r = table.pack(pcall(fn, change))

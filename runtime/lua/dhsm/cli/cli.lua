@@ -21,12 +21,17 @@ local GLOBAL_OPTIONS = {
 
 -- Each command: usage line, one-line summary, longer text, options.
 M.commands = {
-  { name = "run", usage = "run PLAYBOOK [-e KEY=VALUE|@FILE.json]... [--check] [--yes] [--resume ID] [--json]",
+  { name = "run", usage = "run PLAYBOOK [-e KEY=VALUE|@FILE.json]... [--check [--out PLAN.json --key KEY]] [--yes] "
+      .. "[--resume ID] [--json] | run --plan PLAN.json [--yes]",
     summary = "run a playbook",
     text = [[Runs PLAYBOOK (a name from 'dhsm list' or a path to a .lua file) with the
 given parameters.  Steps marked destructive ask you to type their target's
 name unless --yes is given.  A value may contain any character (quotes,
-commas, '='); '-e @file.json' reads many parameters from a JSON object.]],
+commas, '='); '-e @file.json' reads many parameters from a JSON object.
+--check --out PLAN.json --key KEY saves the plan, signed with your SSH key,
+for another operator to approve ('dhsm plan approve'); --plan PLAN.json
+applies an approved plan exactly: its own parameters and inventory, every
+read it was made on read again, and no change it does not hold.]],
     options = {
       { "-e", "--extra", arg = "KEY=VALUE|@FILE", multi = true, help = "set a parameter (repeatable)" },
       { nil, "--check", help = "plan only: read, but make no change" },
@@ -34,6 +39,10 @@ commas, '='); '-e @file.json' reads many parameters from a JSON object.]],
       { nil, "--resume", arg = "ID", help = "continue run ID with its own parameters and inventory, skipping the steps it completed" },
       { nil, "--inventory-changed", help = "with --resume: the run's inventory file changed on purpose; go on with it (audited)" },
       { nil, "--json", help = "print one JSON document describing the run on stdout" },
+      { nil, "--out", arg = "PLAN.json", help = "with --check: save the plan to PLAN.json (a new file), signed with --key" },
+      { nil, "--key", arg = "KEY", help = "with --out: your SSH key (private key file, or its .pub with the key in ssh-agent)" },
+      { nil, "--valid-for", arg = "HOURS", help = "with --out: how long the plan may be applied (default 24, at most 168)" },
+      { nil, "--plan", arg = "PLAN.json", help = "apply an approved plan (its playbook, parameters and inventory)" },
     } },
   { name = "runs", usage = "runs [--all]", summary = "list recent runs and their state",
     text = [[Lists the runs journaled in $XDG_STATE_HOME/dhsm/runs, newest first, with
@@ -326,23 +335,72 @@ local function cmd_doc(_, pos)
   return 0
 end
 
-local function cmd_run(opts, pos)
-  if not pos[1] then usage_error("run needs a PLAYBOOK; 'dhsm list' shows them") end
+-- The options a plan's run takes: saving one goes with --check, applying
+-- one takes the plan's own playbook, parameters and inventory.
+local function check_plan_options(opts, pos)
+  if opts.out or opts.key or opts["valid-for"] then
+    if not (opts.check and opts.out and opts.key) then usage_error("--out, --key and --valid-for go together with --check: "
+      .. "'dhsm run PLAYBOOK ... --check --out PLAN.json --key KEY'") end
+    if sys.stat(opts.out) then usage_error("--out %s: the file exists; a plan is written to a new file", opts.out) end
+    if not sys.stat(opts.key) then usage_error("--key %s: no such file (your SSH private key, or its .pub)", opts.key) end
+    local hours = opts["valid-for"] and tonumber(opts["valid-for"])
+    if opts["valid-for"] and not (hours and hours > 0 and hours <= 168) then
+      usage_error("--valid-for: expected hours, a number more than 0 and at most 168, got %s", opts["valid-for"])
+    end
+    opts.ttl = hours and hours * 3600 or nil
+  end
+  if opts.plan then
+    if opts.check or opts.extra or opts.resume then
+      usage_error("--plan takes the plan's own parameters: leave out %s", opts.check and "--check"
+        or opts.extra and "-e" or "--resume (a run applying a plan is resumed with 'dhsm run --resume ID')")
+    end
+    if pos[1] then usage_error("--plan names the playbook itself: leave out '%s'", pos[1]) end
+  elseif not pos[1] then
+    usage_error("run needs a PLAYBOOK; 'dhsm list' shows them")
+  end
   if pos[2] then usage_error("unexpected argument '%s' (parameters are given as -e KEY=VALUE)", pos[2]) end
+end
+
+-- The plan this run applies (--plan, or the one a resumed run applied),
+-- verified against the host's policy -> plan, its path, act's record
+local function plan_to_apply(opts, policy)
+  local path = opts.plan
+  if opts.resume then
+    local ok, j = pcall(require("dhsm.journal").load, opts.resume)
+    path = ok and type(j.plan) == "table" and j.plan.path or nil
+  end
+  if not path then return nil end
+  local p, applied = require("dhsm.play.plans").load(path, policy, opts.resume)
+  return p, path, applied
+end
+
+local function cmd_run(opts, pos)
+  check_plan_options(opts, pos)
+  local act = require "dhsm.act"
   -- a plan's whole process plans: the playbook's own top-level code, its
   -- check hook and any finaliser at exit included (dhsm.act)
-  if opts.check then require("dhsm.act").check_process() end
-  require("dhsm.act").confirm_policy(opts.yes == true)
+  local write_plan
+  if opts.check then write_plan = select(2, act.check_process(opts.out)) end
+  act.confirm_policy(opts.yes == true)
+  local policy = require("dhsm.plan").policy()
+  local plan, plan_path, applied = plan_to_apply(opts, policy)
+  act.plan_policy(policy, applied)
   local inventory = require "dhsm.inventory"        -- its client tools are the real ones (dhsm.proc)
   if opts.resume then                               -- a run is resumed with its own inventory
     opts.inventory = require("dhsm.play.resume").inventory_path(opts.resume, opts.inventory, opts.inventory_given)
+  elseif plan and not opts.inventory_given then     -- and a plan applied with the plan's
+    opts.inventory = plan.body.inventory and plan.body.inventory.path or opts.inventory
   end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
   inventory.trust_tools(inv)
-  return M.run_playbook(pos[1], opts.extra, {
+  return M.run_playbook(plan and not opts.resume and plan.body.playbook.name or pos[1], opts.extra, {
+    -- the plan's parameters, as given when it was made (secrets by reference)
+    params = plan and not opts.resume and util.merged(plan.body.params, {}) or nil,
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,
     inventory_changed = opts["inventory-changed"],
     inventory = opts.inventory, inventory_loaded = inv,   -- read once, here
+    plan = plan, plan_path = plan_path and (sys.realpath(plan_path) or plan_path), plan_digest = applied and applied.digest,
+    out = opts.out, key = opts.key, ttl = opts.ttl, write_plan = write_plan,
   })
 end
 
@@ -352,7 +410,7 @@ end
 function M.run_playbook(name, extra, opts)
   local play = require "dhsm.play"
   local pb = play.load(find_playbook_or_fail(name))
-  return play.run(pb, M.parse_params(extra), opts)
+  return play.run(pb, opts.params or M.parse_params(extra), opts)
 end
 
 local function cmd_runs(opts)
@@ -542,6 +600,9 @@ local function dispatch(args)
   opts.inventory = opts.inventory or os.getenv("DHSM_INVENTORY")
   if RUNS_USER_CODE[name] then
     for _, m in ipairs(SAFETY_MODULES) do require(m) end
+    -- the host's plan policy, read before any code of the user's (run reads
+    -- it with the plan it applies)
+    if name ~= "run" then require("dhsm.act").plan_policy(require("dhsm.plan").policy()) end
   end
   return handlers[name](opts, pos)
 end

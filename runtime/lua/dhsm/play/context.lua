@@ -17,6 +17,7 @@ local act = require "dhsm.act"
 local azure = require "dhsm.azure"
 local dhsm = require "dhsm"
 local luna = require "dhsm.luna"
+local plans = require "dhsm.play.plans"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
@@ -212,6 +213,14 @@ function Ctx:step(title, opts, fn)
       r = table.pack(false, dhsm.error.new { kind = "usage", message = ("step '%s' returned something JSON cannot "
         .. "hold at %s; a step's result is journaled for --resume"):format(title, bad_at) })
     end
+  end
+  if r[1] and self.plan then          -- applying a plan: what it was made on is read again
+    rec.result = r[2]
+    local same, err = pcall(plans.same_read, self.plan, rec)
+    if not same then r = table.pack(false, err) end
+  end
+  if self.check then                  -- a plan's reads are the steps before its first change
+    rec.changes_at_end = (act.tally() or {}).described
   end
   if r[1] then
     rec.result = r[2]

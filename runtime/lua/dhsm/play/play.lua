@@ -39,6 +39,7 @@ local act = require "dhsm.act"
 local cjson = require "cjson"
 local dhsm = require "dhsm"
 local run_context = require "dhsm.play.context"
+local plans = require "dhsm.play.plans"
 local resume = require "dhsm.play.resume"
 local inventory = require "dhsm.inventory"
 local journal = require "dhsm.journal"
@@ -95,7 +96,8 @@ end
 -- file's top level (its requires, its helpers) to get the playbook table.
 -- Only the runner does this; list and doc use describe().
 function M.load(found)
-  local chunk, err = load(source_of(found), "@" .. found.path, "t")
+  local source = source_of(found)
+  local chunk, err = load(source, "@" .. found.path, "t")
   if not chunk then bad(found, "%s", err) end
   local ok, pb = pcall(chunk)
   if not ok then bad(found, "error while loading: %s", tostring(pb)) end
@@ -112,6 +114,7 @@ function M.load(found)
   pb.path = found.path
   pb.by_path = found.by_path
   pb.embedded = found.embedded
+  pb.sha256 = sys.sha256(source)           -- the code itself: a plan names what it was made with
   check_params_spec(found, pb.params)
   return pb
 end
@@ -521,6 +524,25 @@ local function json_document(ctx, pb, params, outcome, err, t0, result, tally)
   }
 end
 
+-- save_plan(...) -> err: a check run asked to save its plan (--out) does
+-- so only when it planned to the end with nothing refused; otherwise no
+-- file is written, and the run says why.
+local function save_plan(ctx, pb, j, tally, opts, outcome, err)
+  if outcome ~= "planned" or tally.refused > 0 then
+    ctx.reporter:note(nil, ("no plan written to %s: the check run did not plan to its end without a refusal")
+      :format(opts.out))
+    return err or dhsm.error.new { kind = "plan", code = "PlanNotWritten", message = ("no plan written to %s")
+      :format(opts.out) }
+  end
+  local ok, p = pcall(plans.save, ctx, pb, j, tally, opts)
+  if not ok then return dhsm.error.normalize(p) end
+  ctx.reporter:note(nil, ("plan written to %s: %d change(s), digest %s, expires %s. A reviewer checks it with "
+    .. "'dhsm plan show %s' and approves it with 'dhsm plan approve %s --key KEY'; then 'dhsm run --plan %s' applies it")
+    :format(opts.out, #tally.changes, require("dhsm.plan").digest(p):sub(1, 16), p.body.expires,
+      util.shell_quote(opts.out), util.shell_quote(opts.out), util.shell_quote(opts.out)))
+  return err
+end
+
 -- How the --resume hint names the playbook: so that it resolves as typed,
 -- from any folder and without the -I that found it.  A playbook built
 -- into dhsm by its name; any other by its absolute path (the journal
@@ -540,6 +562,8 @@ end
 function M.run(pb, raw, opts)
   if opts.check and opts.resume then usage("--check and --resume cannot go together") end
   if opts.inventory_changed and not opts.resume then usage("--inventory-changed goes with --resume ID") end
+  plans.check_policy(pb, opts.check)        -- a playbook the host's policy lists runs from an approved plan
+  if opts.plan then plans.check_playbook(opts.plan, pb) end
   local tty = opts.tty
   if tty == nil then tty = sys.isatty(0) end
   local inv = opts.inventory_loaded or opts.inventory and inventory.load(opts.inventory) or nil
@@ -555,6 +579,9 @@ function M.run(pb, raw, opts)
     -- as the parameter check it would fail
     resume.check_inventory(j, opts.inventory_changed, resume.resume_command(M.resume_name(pb), j.id, opts.yes))
   end
+  if opts.plan then            -- the plan's inventory, as it was when the plan was made
+    plans.check_inventory(opts.plan, opts.inventory and resume.inventory_record(opts.inventory) or nil)
+  end
   local resumed_held <close> = run_lock
   -- a resumed run is given its own parameters (dhsm.play.resume)
   local params = M.validate(pb, resume.raw(j, raw), inv, tty, opts.resume ~= nil)
@@ -565,7 +592,8 @@ function M.run(pb, raw, opts)
   else
     j = journal.new { id = context.run, playbook = pb.name, path = sys.realpath(pb.path) or pb.path, by_path = pb.by_path, params = public,
       secret_params = secret_names, given = resume.given(pb, raw, params),
-      inventory = opts.inventory and resume.inventory_record(opts.inventory) or nil }
+      inventory = opts.inventory and resume.inventory_record(opts.inventory) or nil,
+      plan = opts.plan and { path = opts.plan_path, digest = opts.plan_digest } or nil }
     if not opts.check then run_lock = journal.lock(j.id) end
   end
   local held <close> = not opts.resume and run_lock or nil
@@ -580,6 +608,7 @@ function M.run(pb, raw, opts)
     run_id = context.run, playbook = pb, params = params, inventory = inv, opts = opts,
     check = opts.check == true, resumed = opts.resume ~= nil, journal = j, replay = replay,
     steps = {}, seen = {}, current = {}, depth = 0, reporter = progress.new(), unmet_reasons = {},
+    plan = opts.plan,
   }
   -- a destructive change no confirmed step covers is asked for (dhsm.act,
   -- with the front end's policy); the live progress line clears itself first
@@ -626,6 +655,7 @@ function M.run(pb, raw, opts)
     elseif ctx.check then                        -- a plan is not journaled: nothing to resume
       ctx.reporter:note(nil, ("run %s: %s (%s); check mode: %s"):format(ctx.run_id,
         outcome_words(outcome, ctx.unmet_reasons), util.duration(dhsm.now() - t0), check_summary(outcome, tally, ctx.steps)))
+      if opts.write_plan then err = save_plan(ctx, pb, j, tally, opts, outcome, err) end
     elseif outcome == "ok" or outcome == "unmet" then     -- ran to its end: nothing to resume
       ctx.reporter:note(nil, ("run %s: %s (%s)"):format(ctx.run_id, outcome_words(outcome, ctx.unmet_reasons),
         util.duration(dhsm.now() - t0)))

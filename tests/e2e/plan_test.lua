@@ -1,0 +1,264 @@
+-- Two operators against the simulated estate: alice plans a decommission
+-- and signs the plan with her SSH key, bob reviews and approves it with his,
+-- alice applies it - under a host policy that lets decommission and every
+-- destructive change go only from an approved plan.  What reached the
+-- estate is counted from its own request log (estate.log), never from
+-- dhsm's output.  The keys are real OpenSSH keys, the signatures
+-- ssh-keygen's own (namespace dhsm-plan), checked against an
+-- allowed_signers file.
+local t = require "dhsm.test"
+local support = require "support.estate"
+local killrun = require "support.killrun"
+local cjson = require "cjson"
+local util = require "dhsm.util"
+
+local q = util.shell_quote
+
+local function estate()
+  return support.start { set = { delete_seconds = 0, retry_after = 0, hsm_step_seconds = 0, gateway_seconds = 0,
+    network_seconds = 0 }, args = "--appliances 2" }
+end
+
+-- Three operators' keys (alice and bob listed in allowed_signers, carol
+-- not) and a host policy naming them: one approval, decommission and
+-- every destructive change from an approved plan only.
+local function operators(opts)
+  opts = opts or {}
+  local dir = t.tmpdir()
+  local k = { dir = dir, policy = dir .. "/policy.json", signers = dir .. "/allowed_signers" }
+  local lines = {}
+  for _, who in ipairs { "alice", "bob", "carol", "dave" } do
+    k[who] = dir .. "/" .. who
+    t.sh(("ssh-keygen -q -t ed25519 -N '' -C %s -f %s"):format(who, q(k[who])))
+    local pub = util.read_file(k[who] .. ".pub")
+    k[who .. "_fp"] = t.sh("ssh-keygen -l -f " .. q(k[who] .. ".pub")).stdout:match("(SHA256:%S+)")
+    if who ~= "carol" then lines[#lines + 1] = who .. "@example.com " .. pub:match("^(%S+ %S+)") end
+  end
+  t.write(k.signers, table.concat(lines, "\n") .. "\n")
+  t.write(k.policy, cjson.encode { approvals = opts.approvals or 1, allowed_signers = k.signers,
+    playbooks = { "decommission" }, destructive_changes = true })
+  k.env = "DHSM_POLICY=" .. q(k.policy)
+  return k
+end
+
+-- The operators' inventory: the SO passwords by reference.
+local function inventory(e)
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  for _, h in ipairs(inv.hsms) do h.so_password = "file:" .. e.dir .. "/secrets/" .. h.name .. "_so_password" end
+  local path = e.dir .. "/operators-inventory.json"
+  t.write(path, cjson.encode(inv))
+  return path
+end
+
+-- dhsm ARGS as an operator on this host: the estate's state folder and audit log, the host's policy
+local function dhsm(e, k, args)
+  return t.run(args, { state = e.dir .. "/state", env = k.env })
+end
+
+local DECOMMISSION = "run decommission -e hsm=hsm1 -e backups_confirmed=true -e poll_interval=0.02"
+
+-- alice's plan, saved to a new file -> its path
+local function plan_by_alice(e, k)
+  local path = t.tmpdir() .. "/plan.json"
+  local r = dhsm(e, k, ("-i %s %s --check --out %s --key %s"):format(q(inventory(e)), DECOMMISSION, q(path), q(k.alice)))
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("plan written to " .. path, 1, true), r.stderr)
+  return path
+end
+
+local function approve(e, k, path, who)
+  return dhsm(e, k, ("plan approve %s --key %s"):format(q(path), q(k[who])))
+end
+
+-- What reached the estate: zeroizations and DELETEs of hsm1, from its log
+local function sent(e)
+  local n = { zeroize = 0, delete = 0 }
+  for _, x in ipairs(e:mutations()) do
+    if x:match("^hsm1 lunash: hsm zeroize") then n.zeroize = n.zeroize + 1 end
+    if x:match("^DELETE .*/dedicatedHSMs/hsm1$") then n.delete = n.delete + 1 end
+  end
+  return n
+end
+
+local function audit(e)
+  return t.audit_records(e.dir .. "/state/audit.jsonl")
+end
+
+---------------------------------------------------------------------------
+
+-- docs/playbooks.md's worked example, its commands as they read there
+local function worked_example()
+  local doc = util.read_file(t.here() .. "/../../docs/playbooks.md")
+  local block = doc:match("<!%-%- two%-operators %-%->\n```sh\n(.-)```")
+  t.ok(block, "docs/playbooks.md lost its two-operators example")
+  local lines = {}
+  for line in block:gmatch("[^\n]+") do
+    if not line:match("^#") then lines[#lines + 1] = line end
+  end
+  return lines
+end
+
+t.test("two operators: alice plans, bob approves with his SSH key, alice applies exactly that", function()
+  local e, k = estate(), operators()
+  local plan = t.tmpdir() .. "/plan.json"
+  local vars = ("dhsm() { %s \"$@\"; }; INVENTORY=%s PLAN=%s ALICE_KEY=%s BOB_KEY=%s XDG_STATE_HOME=%s DHSM_AUDIT=%s %s; "
+    .. "export XDG_STATE_HOME DHSM_AUDIT DHSM_POLICY; "):format(q(t.dhsm), q(inventory(e)), q(plan), q(k.alice), q(k.bob),
+    q(e.dir .. "/state"), q(e.dir .. "/state/audit.jsonl"), k.env)
+  local lines = worked_example()
+  t.eq(#lines, 4, "plan, show, approve, apply")
+  local before = #e:mutations()
+  local out = {}
+  for i, line in ipairs(lines) do
+    out[i] = t.sh(vars .. line)
+    if i == 1 then t.eq(#e:mutations(), before, "planning sends nothing") end
+    t.eq(out[i].status, 0, line .. "\n" .. out[i].stderr)
+  end
+  -- bob read the destructive changes first
+  local shown = out[2].stdout
+  local zeroize_at = shown:find("hsm zeroize -force", 1, true)
+  local login_at = shown:find("log in as HSM SO", 1, true)
+  t.ok(zeroize_at and login_at and zeroize_at < login_at, shown)
+  t.ok(shown:find("/dedicatedHSMs/hsm1", 1, true), shown)
+  t.eq(sent(e), { zeroize = 1, delete = 1 })
+  t.eq(e:hsms(), { "hsm2" })
+  -- the approval and the apply are audited with the signers' fingerprints
+  local approved, applied = false, false
+  for _, x in ipairs(audit(e)) do
+    if x.action == "plan.approve" and cjson.encode(x):find(k.bob_fp, 1, true) then approved = true end
+    if x.action == "plan.apply" and cjson.encode(x.signers or {}):find(k.bob_fp, 1, true) then applied = true end
+  end
+  t.eq({ approved, applied }, { true, true })
+end)
+
+t.test("a plan not yet approved is not applied, --yes or not", function()
+  local e, k = estate(), operators()
+  local path = plan_by_alice(e, k)
+  local r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("NotApproved", 1, true), r.stderr)
+  t.eq(sent(e), { zeroize = 0, delete = 0 })
+end)
+
+t.test("with the policy in force no route acts without an approved plan: run, exec, the REPL; --yes is no approval", function()
+  local e, k = estate(), operators()
+  local inv = inventory(e)
+  local r = dhsm(e, k, ("-i %s %s --yes"):format(q(inv), DECOMMISSION))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("PlanRequired", 1, true) or r.stderr:find("only from an approved plan", 1, true), r.stderr)
+  local code = ("local s <close> = hsm 'hsm1'; s:login_so(require('dhsm.secret').file(%s)); s:run('hsm zeroize -force')")
+    :format(("%q"):format(e.dir .. "/secrets/hsm1_so_password"))
+  r = dhsm(e, k, ("-i %s exec --yes -e %s"):format(q(inv), q(code)))
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("approved plan", 1, true), r.stderr)
+  r = dhsm(e, k, ("-i %s exec --yes -e %s"):format(q(inv),
+    q("az:delete(az:group_path('hsm-rg') .. '/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/hsm2')")))
+  t.eq(r.status, 3, r.stderr)
+  r = t.run(("-i %s repl"):format(q(inv)), { state = e.dir .. "/state", env = k.env,
+    stdin = ("s = hsm 'hsm1'\ns:login_so(require('dhsm.secret').file(%q))\ns:run('hsm zeroize -force')\n")
+      :format(e.dir .. "/secrets/hsm1_so_password") })
+  t.ok(r.stdout:find("approved plan", 1, true) or r.stderr:find("approved plan", 1, true), r.stdout .. r.stderr)
+  t.eq(sent(e), { zeroize = 0, delete = 0 })
+  t.eq(#e:hsms(), 2)
+  -- a check run is no change: it plans under the policy as anywhere
+  r = dhsm(e, k, ("-i %s %s --check"):format(q(inv), DECOMMISSION))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(e), { zeroize = 0, delete = 0 })
+end)
+
+t.test("a plan tampered with, approved by an unlisted key or by its author, or expired: refused, nothing sent", function()
+  local e, k = estate(), operators()
+  -- the author's own approval does not count, even though alice is listed
+  local path = plan_by_alice(e, k)
+  local r = approve(e, k, path, "alice")
+  t.eq(r.status, 3, r.stderr)
+  r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  -- carol is not in allowed_signers: her signature is no approval
+  approve(e, k, path, "carol")
+  r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("NotApproved", 1, true), r.stderr)
+  -- bob's approval, then one byte of the body changed
+  t.eq(approve(e, k, path, "bob").status, 0)
+  local text = util.read_file(path)
+  local tampered = text:gsub("hsm zeroize %-force", "hsm zeroize -forcf", 1)
+  t.ok(tampered ~= text)
+  t.write(path, tampered)
+  r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("PlanTampered", 1, true) or r.stderr:find("changed after", 1, true), r.stderr)
+  -- an expired plan: made valid for 1 s, approved, applied too late
+  local short = t.tmpdir() .. "/short.json"
+  r = dhsm(e, k, ("-i %s %s --check --out %s --key %s --valid-for 0.0003"):format(q(inventory(e)), DECOMMISSION,
+    q(short), q(k.alice)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(approve(e, k, short, "bob").status, 0)
+  t.eventually(function()
+    r = dhsm(e, k, "run --plan " .. q(short) .. " --yes")
+    return r.status == 3 and r.stderr:find("expired", 1, true) ~= nil
+  end, "the plan expires", 10)
+  t.eq(sent(e), { zeroize = 0, delete = 0 })
+end)
+
+-- Apply an approved plan after `change(e)` changed the estate: stopped
+-- before the first change that differs; what was sent is counted.
+local function changed_since(change)
+  local e, k = estate(), operators()
+  local path = plan_by_alice(e, k)
+  t.eq(approve(e, k, path, "bob").status, 0)
+  change(e, k)
+  local before = #e:mutations()
+  local r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("the estate changed since the plan was approved", 1, true), r.stderr)
+  return e, before, r
+end
+
+-- an out-of-band LunaSH change on hsm1 by another operator (no policy in
+-- that process: the test's own hand)
+local function on_hsm1(e, lines)
+  local code = ("local s <close> = hsm 'hsm1'; s:login_so(require('dhsm.secret').file(%q)); %s")
+    :format(e.dir .. "/secrets/hsm1_so_password", lines)
+  local r = t.run(("-i %s exec --yes -e %s"):format(q(e.dir .. "/inventory.json"), q(code)))
+  t.eq(r.status, 0, r.stderr)
+end
+
+t.test("the estate changed between approval and apply: stopped before the first differing change, nothing sent", function()
+  -- an extra partition (and so what zeroizing destroys) on hsm1
+  local e, before = changed_since(function(e) on_hsm1(e, "s:must('partition create -partition extra -force')") end)
+  t.eq(#e:mutations(), before, "nothing sent")
+  t.eq(sent(e), { zeroize = 0, delete = 0 })
+  -- the HSM already given back by someone else
+  e, before = changed_since(function(e, k)
+    local r = t.run(("-i %s %s --yes"):format(q(inventory(e)), DECOMMISSION), { state = t.tmpdir() })
+    t.eq(r.status, 0, r.stderr)
+    t.eq(sent(e), { zeroize = 1, delete = 1 })
+    t.ok(k)
+  end)
+  t.eq(#e:mutations(), before, "nothing sent")
+  -- the appliance re-initialised (zeroized, then initialised again with another label)
+  e, before = changed_since(function(e)
+    on_hsm1(e, "s:run('hsm zeroize -force')")
+  end)
+  t.eq(#e:mutations(), before, "nothing sent")
+end)
+
+t.test("killed while applying a plan, then --resume: held to the plan again, nothing sent twice", function()
+  local e, k = estate(), operators()
+  local path = plan_by_alice(e, k)
+  t.eq(approve(e, k, path, "bob").status, 0)
+  local p <close> = require("dhsm.proc").spawn { argv = { t.dhsm, "run", "--plan", path, "--yes" },
+    env = { XDG_STATE_HOME = e.dir .. "/state", DHSM_AUDIT = e.dir .. "/audit.jsonl", DHSM_POLICY = k.policy } }
+  killrun.kill_at(e, p, killrun.after_command("hsm zeroize -force"))
+  t.eq(sent(e), { zeroize = 1, delete = 0 })
+  local r = t.run("run decommission --resume " .. killrun.run_id(e) .. " --yes",
+    { state = e.dir .. "/state", env = k.env .. " DHSM_AUDIT=" .. q(e.dir .. "/audit.jsonl") })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(sent(e), { zeroize = 1, delete = 1 })
+  -- the resume applied the plan: its intent records name it
+  local under_plan = 0
+  for _, x in ipairs(t.audit_records(e.dir .. "/audit.jsonl")) do
+    if x.outcome == "sending" and x.plan then under_plan = under_plan + 1 end
+  end
+  t.ok(under_plan >= 3, "intent records under the plan: " .. under_plan)
+end)
