@@ -272,6 +272,16 @@ local function check_body(b, source)
   end
 end
 
+-- The keys a file's signatures say they are by: for a refusal's audit
+-- record only (a tampered file's word is not trusted for anything else).
+local function claimed_keys(signatures)
+  local keys = {}
+  for _, s in ipairs(type(signatures) == "table" and signatures or {}) do
+    keys[#keys + 1] = type(s) == "table" and type(s.key) == "string" and s.key:sub(1, 100) or "?"
+  end
+  return keys
+end
+
 -- decode(text [, source]) -> plan: every field checked; a body that is not
 -- the one its digest names is PlanTampered.
 function M.decode(text, source)
@@ -289,6 +299,8 @@ function M.decode(text, source)
   if type(doc.body) ~= "table" then bad(source, "body", "an object", shown(doc.body)) end
   local p = { format = doc.format, body = doc.body, signatures = is_list(doc.signatures, "signatures", source) }
   if M.digest(p) ~= doc.digest:lower() then
+    dhsm.audit.write { action = "plan.load", outcome = "refused", code = "PlanTampered", source = source,
+      digest = doc.digest, claimed_keys = claimed_keys(doc.signatures) }
     act.refusal { code = "PlanTampered", details = { source = source, digest = doc.digest },
       message = ("%s: the plan was changed after it was signed (its body's digest is not the one written, "
         .. "sha256:%s); ask its author for the plan as signed, or a new one"):format(source, doc.digest) }
@@ -429,51 +441,58 @@ local function keys_of(approvers)
   return keys
 end
 
-local function audit_refusal(p, code, author, approvers)
-  dhsm.audit.write { action = "plan.verify", outcome = "refused", code = code, digest = M.digest(p),
-    playbook = p.body.playbook, author_key = author, approver_keys = keys_of(approvers) }
-end
 
--- verify(p, policy) -> {digest=, author = {key=}, approvers = {{principal=, key=}, ...}}
-function M.verify(p, policy)
-  check_plan(p, "verify")
-  check_policy_arg(policy)
+-- check_fresh(p): PlanExpired once the plan's time is up.
+function M.check_fresh(p)
+  check_plan(p, "check_fresh")
   local expires = epoch(p.body.expires)
   if not expires or os.time() >= expires then
-    audit_refusal(p, "PlanExpired")
     act.refusal { code = "PlanExpired", message = ("the plan expired at %s: make a new plan (dhsm run --check --out) "
       .. "and have it approved again"):format(tostring(p.body.expires)) }
   end
-  local ok, author = pcall(author_key, p)
-  if not ok then
-    audit_refusal(p, "NotApproved")
-    error(author, 0)
-  end
-  local approvers, rejected, seen = {}, {}, {}
+end
+
+-- The approvals that count, each verified against allowed_signers (seen:
+-- what was found, for the audit record, also when it refuses).
+local function judge(p, policy, seen)
+  M.check_fresh(p)
+  seen.author = author_key(p)
+  local approvers, rejected, counted = {}, {}, {}
+  seen.approvers, seen.rejected = approvers, rejected
   for i = 2, #p.signatures do
     local name, key = approver(p, p.signatures[i], policy.allowed_signers)
     local why
     if not name then why = key                 -- approver's reason
-    elseif key == author then why = "the author's own key (" .. key .. ") does not approve its plan"
-    elseif seen[key] then why = "a second approval by " .. key .. " (counted once)"
+    elseif key == seen.author then why = "the author's own key (" .. key .. ") does not approve its plan"
+    elseif counted[key] then why = "a second approval by " .. key .. " (counted once)"
     end
     if why then
       rejected[#rejected + 1] = ("signature %d (%s): %s"):format(i, tostring(p.signatures[i].principal or "no principal"), why)
     else
-      seen[key] = true
+      counted[key] = true
       approvers[#approvers + 1] = { principal = name, key = key }
     end
   end
   if #approvers < policy.approvals then
-    audit_refusal(p, "NotApproved", author, approvers)
     act.refusal { code = "NotApproved", details = { rejected = rejected },
       message = ("the plan has %d valid approval%s of the %d required%s%s"):format(#approvers, #approvers == 1 and "" or "s",
         policy.approvals, #rejected > 0 and "; not counted: " or "", table.concat(rejected, "; ")) }
   end
-  local result = { digest = M.digest(p), author = { key = author }, approvers = approvers, rejected = rejected }
-  dhsm.audit.write { action = "plan.verify", outcome = "approved", digest = result.digest, playbook = p.body.playbook,
-    author_key = author, approver_keys = keys_of(approvers) }
-  return result
+end
+
+-- verify(p, policy) -> {digest=, author = {key=}, approvers = {{principal=, key=}, ...}, rejected = {why, ...}}
+-- (audited, refusals too, with the keys ssh-keygen found)
+function M.verify(p, policy)
+  check_plan(p, "verify")
+  check_policy_arg(policy)
+  local seen = {}
+  local ok, err = pcall(judge, p, policy, seen)
+  local digest = M.digest(p)
+  dhsm.audit.write { action = "plan.verify", outcome = ok and "approved" or "refused",
+    code = not ok and dhsm.error.normalize(err).code or nil, digest = digest, playbook = p.body.playbook,
+    author_key = seen.author, approver_keys = keys_of(seen.approvers) }
+  if not ok then error(err, 0) end
+  return { digest = digest, author = { key = seen.author }, approvers = seen.approvers, rejected = seen.rejected }
 end
 
 ---------------------------------------------------------------------------
