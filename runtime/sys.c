@@ -12,6 +12,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <poll.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -74,12 +75,17 @@ static int sys_readdir(lua_State *L) {
   return 1;
 }
 
-/* stat(path) -> {type=, mode=, size=, mtime=} | fail, msg */
+/* stat(path) -> {type=, mode=, size=, mtime=, uid=, gid=} | fail, msg
+** (uid, gid: who may change the file - a policy file must be root's) */
 static int sys_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   struct stat st;
   if (stat(path, &st) < 0) return fail_errno(L, path);
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, (lua_Integer)st.st_uid);
+  lua_setfield(L, -2, "uid");
+  lua_pushinteger(L, (lua_Integer)st.st_gid);
+  lua_setfield(L, -2, "gid");
   lua_pushstring(L, S_ISDIR(st.st_mode) ? "dir" : S_ISREG(st.st_mode) ? "file" : "other");
   lua_setfield(L, -2, "type");
   lua_pushinteger(L, st.st_mode & 07777);
@@ -170,6 +176,25 @@ static int sys_mkdtemp(lua_State *L) {
 
 static int sys_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+/* whoami() -> {user=, uid=, host=}: who is running dhsm, from the OS (not
+** $USER, which anyone sets) - a plan's author.  user is the uid's number
+** when the password database has no name for it. */
+static int sys_whoami(lua_State *L) {
+  uid_t uid = geteuid();
+  struct passwd *pw = getpwuid(uid);
+  char host[256] = "";
+  if (gethostname(host, sizeof host - 1) < 0) return fail_errno(L, "gethostname");
+  lua_createtable(L, 0, 3);
+  if (pw != NULL && pw->pw_name != NULL) lua_pushstring(L, pw->pw_name);
+  else lua_pushfstring(L, "%d", (int)uid);
+  lua_setfield(L, -2, "user");
+  lua_pushinteger(L, (lua_Integer)uid);
+  lua_setfield(L, -2, "uid");
+  lua_pushstring(L, host);
+  lua_setfield(L, -2, "host");
   return 1;
 }
 
@@ -545,6 +570,7 @@ int luaopen_dhsm_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"isatty", sys_isatty}, {"readdir", sys_readdir}, {"stat", sys_stat},
     {"mkdir", sys_mkdir}, {"mkdtemp", sys_mkdtemp}, {"write_file", sys_write_file}, {"getpid", sys_getpid},
+    {"whoami", sys_whoami},
     {"executable", sys_executable}, {"realpath", sys_realpath}, {"time", sys_time}, {"rfc3339", sys_rfc3339},
     {"random_hex", sys_random_hex}, {"sha256", sys_sha256}, {"readline", sys_readline},
     {"add_history", sys_add_history}, {"history_load", sys_history_load},

@@ -96,6 +96,32 @@ local function word(argv, i)
   return tostring(argv[i] or ""):lower()
 end
 
+-- ssh-keygen's signature commands that read a key and stdin and write to
+-- stdout only (a plan's signatures, dhsm.plan): -Y sign with no file
+-- operand (with one it writes FILE.sig), -Y verify, find-principals and
+-- check-novalidate, and -l (a key's fingerprint).  Each option is one of
+-- those that take a value, or -q/-U; anything else - a file operand, an
+-- option of key generation or conversion - is a change.
+local SSH_KEYGEN_VERBS = { sign = true, verify = true, ["find-principals"] = true, ["check-novalidate"] = true }
+local SSH_KEYGEN_VALUED = { ["-f"] = true, ["-n"] = true, ["-s"] = true, ["-I"] = true, ["-O"] = true, ["-E"] = true }
+local SSH_KEYGEN_FLAGS = { ["-q"] = true, ["-U"] = true }
+
+local function options_only(argv, from)
+  local i = from
+  while i <= #argv do
+    local a = tostring(argv[i])
+    if SSH_KEYGEN_VALUED[a] and argv[i + 1] ~= nil then i = i + 2
+    elseif SSH_KEYGEN_FLAGS[a] then i = i + 1
+    else return false end
+  end
+  return true
+end
+
+local function ssh_keygen_reads(argv)
+  if argv[2] == "-Y" then return SSH_KEYGEN_VERBS[tostring(argv[3])] == true and options_only(argv, 4) end
+  return argv[2] == "-l" and options_only(argv, 3)
+end
+
 -- Programs whose read-only commands dhsm knows, each with the test of one
 -- argv.  Anything else is a change: the gate describes it in check mode,
 -- records its intent before it runs.  A caller cannot add to this table.
@@ -112,6 +138,7 @@ local READ_ONLY = {
     return word(argv, 2) == "version" or word(argv, 2) == "account"
       and (word(argv, 3) == "get-access-token" or word(argv, 3) == "show")
   end,
+  ["ssh-keygen"] = ssh_keygen_reads,
 }
 local VTL_DESTRUCTIVE = { createcert = true }     -- a new key pair every appliance must register again
 

@@ -111,6 +111,25 @@ only when it has exactly the fingerprint given, on your word (typed yes, or
       { nil, "--imds-endpoint", arg = "URL", help = "where managed identity tokens come from (a rehearsal)" },
       { nil, "--ca-file", arg = "FILE", help = "a CA bundle to trust for ARM and the token endpoint" },
     } },
+  { name = "plan", usage = "plan show PLAN.json | plan approve PLAN.json --key KEY [--principal NAME] | "
+      .. "plan verify PLAN.json [--allowed-signers FILE --approvals N]",
+    summary = "review, approve and verify a signed plan",
+    text = [[show: prints the plan for a reviewer - who made it and when, its parameters,
+its changes (destructive first) and the reads they depend on.
+approve: shows the plan, checks it is the one its author signed and not
+expired, then signs it with your SSH key (ssh-keygen -Y sign, namespace
+dhsm-plan; a key file, or the .pub of an agent's or FIDO key) and writes the
+file back.  The author's own key cannot approve.
+verify: checks the signatures against the host's policy (/etc/dhsm/policy.json;
+$DHSM_POLICY only where that file does not exist) and prints who approved;
+with no policy in force, against --allowed-signers FILE and --approvals N.
+A plan that fails is refused with exit status 3.]],
+    options = {
+      { nil, "--key", arg = "KEY", help = "approve: your SSH key (private key file, or the .pub of an agent key)" },
+      { nil, "--principal", arg = "NAME", help = "approve: your name as the allowed_signers file has it" },
+      { nil, "--allowed-signers", arg = "FILE", help = "verify, with no policy in force: the OpenSSH allowed_signers file" },
+      { nil, "--approvals", arg = "N", help = "verify, with no policy in force: the distinct approvals required" },
+    } },
   { name = "version", usage = "version", summary = "print the versions of dhsm and its libraries",
     text = "Prints dhsm, Lua, libcurl, libssh2 and OpenSSL versions.", options = {} },
   { name = "help", usage = "help [COMMAND]", summary = "show help for dhsm or a command",
@@ -494,6 +513,10 @@ local function cmd_inventory(opts, pos)
   return discover.discover(opts)
 end
 
+local function cmd_plan(opts, pos)
+  return require("dhsm.cli.plan").main(opts, pos)
+end
+
 local function cmd_repl(opts)
   return require("dhsm.cli.repl").run { inventory = opts.inventory }
 end
@@ -501,6 +524,7 @@ end
 local handlers = {
   run = cmd_run, runs = cmd_runs, list = cmd_list, doc = cmd_doc, repl = cmd_repl,
   exec = cmd_exec, test = cmd_test, version = cmd_version, help = cmd_help, inventory = cmd_inventory,
+  plan = cmd_plan,
 }
 
 -- The modules a safety rule lives in, loaded before a command runs code of
