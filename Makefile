@@ -124,10 +124,12 @@ races: all
 	  DHSM_RACES=full ./$(BIN) test --yes tests/lua/guard_test.lua; status=$$?; rm -rf $$state; exit $$status
 
 # The kill matrices in full: every kill point of tests/e2e/initialize_kill_test.lua
-# (make test runs three of them: DHSM_KILLS=full runs the six).
+# (make test runs three of them: DHSM_KILLS=full runs the six) and of an applied
+# plan in tests/e2e/plan_test.lua (make test runs two of four).
 kills: all
 	@state=$$(mktemp -d); XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl DHSM_GUARD_DIR=$$state/guard \
-	  DHSM_KILLS=full ./$(BIN) test --yes tests/e2e/initialize_kill_test.lua; status=$$?; rm -rf $$state; exit $$status
+	  DHSM_KILLS=full ./$(BIN) test --yes tests/e2e/initialize_kill_test.lua tests/e2e/plan_test.lua; status=$$?; \
+	  rm -rf $$state; exit $$status
 
 # Each driver in turn (one line each: runs, runs/s, failures); failing
 # inputs are kept in $(O)/fuzz-findings/DRIVER/.  FUZZ_SEED=N replays a run.

@@ -19,27 +19,7 @@ local function estate()
     network_seconds = 0 }, args = "--appliances 2" }
 end
 
--- Three operators' keys (alice and bob listed in allowed_signers, carol
--- not) and a host policy naming them: one approval, decommission and
--- every destructive change from an approved plan only.
-local function operators(opts)
-  opts = opts or {}
-  local dir = t.tmpdir()
-  local k = { dir = dir, policy = dir .. "/policy.json", signers = dir .. "/allowed_signers" }
-  local lines = {}
-  for _, who in ipairs { "alice", "bob", "carol", "dave" } do
-    k[who] = dir .. "/" .. who
-    t.sh(("ssh-keygen -q -t ed25519 -N '' -C %s -f %s"):format(who, q(k[who])))
-    local pub = util.read_file(k[who] .. ".pub")
-    k[who .. "_fp"] = t.sh("ssh-keygen -l -f " .. q(k[who] .. ".pub")).stdout:match("(SHA256:%S+)")
-    if who ~= "carol" then lines[#lines + 1] = who .. "@example.com " .. pub:match("^(%S+ %S+)") end
-  end
-  t.write(k.signers, table.concat(lines, "\n") .. "\n")
-  t.write(k.policy, cjson.encode { approvals = opts.approvals or 1, allowed_signers = k.signers,
-    playbooks = { "decommission" }, destructive_changes = true })
-  k.env = "DHSM_POLICY=" .. q(k.policy)
-  return k
-end
+local operators = require("support.operators").new
 
 -- The operators' inventory: the SO passwords by reference.
 local function inventory(e)
@@ -120,12 +100,12 @@ t.test("two operators: alice plans, bob approves with his SSH key, alice applies
   t.ok(zeroize_at and login_at and zeroize_at < login_at, shown)
   t.ok(shown:find("/dedicatedHSMs/hsm1", 1, true), shown)
   t.eq(sent(e), { zeroize = 1, delete = 1 })
-  t.eq(e:hsms(), { "hsm2" })
+  t.eq({ e:hsms().hsm1, e:hsms().hsm2 ~= nil }, { nil, true })
   -- the approval and the apply are audited with the signers' fingerprints
   local approved, applied = false, false
   for _, x in ipairs(audit(e)) do
-    if x.action == "plan.approve" and cjson.encode(x):find(k.bob_fp, 1, true) then approved = true end
-    if x.action == "plan.apply" and cjson.encode(x.signers or {}):find(k.bob_fp, 1, true) then applied = true end
+    if x.action == "plan.approve" and x.outcome == "approved" and x.approver_key == k.bob_fp then approved = true end
+    if x.action == "plan.apply" and util.same(x.signers, { k.bob_fp }) then applied = true end
   end
   t.eq({ approved, applied }, { true, true })
 end)
@@ -158,7 +138,7 @@ t.test("with the policy in force no route acts without an approved plan: run, ex
       :format(e.dir .. "/secrets/hsm1_so_password") })
   t.ok(r.stdout:find("approved plan", 1, true) or r.stderr:find("approved plan", 1, true), r.stdout .. r.stderr)
   t.eq(sent(e), { zeroize = 0, delete = 0 })
-  t.eq(#e:hsms(), 2)
+  t.eq({ e:hsms().hsm1 ~= nil, e:hsms().hsm2 ~= nil }, { true, true })
   -- a check run is no change: it plans under the policy as anywhere
   r = dhsm(e, k, ("-i %s %s --check"):format(q(inv), DECOMMISSION))
   t.eq(r.status, 0, r.stderr)
@@ -193,10 +173,13 @@ t.test("a plan tampered with, approved by an unlisted key or by its author, or e
     q(short), q(k.alice)))
   t.eq(r.status, 0, r.stderr)
   t.eq(approve(e, k, short, "bob").status, 0)
-  t.eventually(function()
-    r = dhsm(e, k, "run --plan " .. q(short) .. " --yes")
-    return r.status == 3 and r.stderr:find("expired", 1, true) ~= nil
-  end, "the plan expires", 10)
+  local y, mo, d, h, mi, sec = cjson.decode(util.read_file(short)).body.expires:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
+  local expires = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = sec, isdst = false }
+    + (os.time() - os.time(os.date("!*t")))                       -- the UTC time, as this host's epoch
+  t.eventually(function() return os.time() > expires + 1 end, "the plan's expiry passes", 10)
+  r = dhsm(e, k, "run --plan " .. q(short) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("PlanExpired", 1, true) or r.stderr:find("expired", 1, true), r.stderr)
   t.eq(sent(e), { zeroize = 0, delete = 0 })
 end)
 
@@ -225,9 +208,19 @@ end
 
 t.test("the estate changed between approval and apply: stopped before the first differing change, nothing sent", function()
   -- an extra partition (and so what zeroizing destroys) on hsm1
-  local e, before = changed_since(function(e) on_hsm1(e, "s:must('partition create -partition extra -force')") end)
+  local e, before, r = changed_since(function(e) on_hsm1(e, "s:must('partition create -partition extra -force')") end)
   t.eq(#e:mutations(), before, "nothing sent")
   t.eq(sent(e), { zeroize = 0, delete = 0 })
+  t.ok(r.stderr:find("hsms[1].partitions was none, now [{", 1, true), r.stderr)
+  -- the way on, typed as it reads: a new plan of the estate as it is now
+  local hint = r.stderr:match("make a new plan, and have it approved: dhsm (.-)\n")
+  t.ok(hint, r.stderr)
+  local fresh = t.tmpdir() .. "/new-plan.json"
+  hint = hint:gsub("NEW%-PLAN%.json", q(fresh)):gsub(" KEY$", " " .. q(operators().alice))
+  local again = t.run(hint, { state = e.dir .. "/state" })
+  t.eq(again.status, 0, again.stderr)
+  t.ok(util.read_file(fresh):find("partition", 1, true) ~= nil)
+  t.eq(#e:mutations(), before, "nothing sent")
   -- the HSM already given back by someone else
   e, before = changed_since(function(e, k)
     local r = t.run(("-i %s %s --yes"):format(q(inventory(e)), DECOMMISSION), { state = t.tmpdir() })
@@ -243,22 +236,69 @@ t.test("the estate changed between approval and apply: stopped before the first 
   t.eq(#e:mutations(), before, "nothing sent")
 end)
 
-t.test("killed while applying a plan, then --resume: held to the plan again, nothing sent twice", function()
+-- Kill points while a plan is applied (make test runs those marked
+-- reduced; DHSM_KILLS=full, make kills, runs them all).
+local FULL = os.getenv("DHSM_KILLS") == "full"
+
+local function delete_record(outcome)
+  return { where = "with hsm1's DELETE " .. (outcome == "sending" and "on its way" or "accepted, being waited for"),
+    match = function(r)
+      return r.action == "azure.DELETE" and r.outcome == outcome and (r.target or ""):match("/hsm1$") ~= nil
+    end }
+end
+
+local KILLS = {
+  { point = killrun.after_command("hsm login") },
+  { point = killrun.after_command("hsm zeroize -force"), reduced = true },
+  { point = delete_record("sending"), reduced = true },
+  { point = delete_record("202") },
+}
+
+-- One kill point: killed there, resumed; each change sent once, under the plan
+local function killed_and_resumed(kill)
   local e, k = estate(), operators()
   local path = plan_by_alice(e, k)
   t.eq(approve(e, k, path, "bob").status, 0)
   local p <close> = require("dhsm.proc").spawn { argv = { t.dhsm, "run", "--plan", path, "--yes" },
     env = { XDG_STATE_HOME = e.dir .. "/state", DHSM_AUDIT = e.dir .. "/audit.jsonl", DHSM_POLICY = k.policy } }
-  killrun.kill_at(e, p, killrun.after_command("hsm zeroize -force"))
-  t.eq(sent(e), { zeroize = 1, delete = 0 })
+  killrun.kill_at(e, p, kill.point)
   local r = t.run("run decommission --resume " .. killrun.run_id(e) .. " --yes",
     { state = e.dir .. "/state", env = k.env .. " DHSM_AUDIT=" .. q(e.dir .. "/audit.jsonl") })
-  t.eq(r.status, 0, r.stderr)
-  t.eq(sent(e), { zeroize = 1, delete = 1 })
-  -- the resume applied the plan: its intent records name it
-  local under_plan = 0
+  t.eq(r.status, 0, kill.point.where .. ": " .. r.stderr)
+  t.eq(sent(e), { zeroize = 1, delete = 1 }, kill.point.where)
+  -- the resume applied the plan: every intent record of the run names it
+  local intents, under_plan = 0, 0
   for _, x in ipairs(t.audit_records(e.dir .. "/audit.jsonl")) do
-    if x.outcome == "sending" and x.plan then under_plan = under_plan + 1 end
+    if x.outcome == "sending" and x.run == killrun.run_id(e) then
+      intents = intents + 1
+      if x.plan then under_plan = under_plan + 1 end
+    end
   end
-  t.ok(under_plan >= 3, "intent records under the plan: " .. under_plan)
+  t.eq({ under_plan >= 3, under_plan }, { true, intents }, kill.point.where)
+end
+
+t.test("killed while applying a plan, then --resume: held to the plan again, nothing sent twice", function()
+  for _, kill in ipairs(KILLS) do
+    if FULL or kill.reduced then killed_and_resumed(kill) end
+  end
+end, { timeout = 240 })
+
+t.test("a plan is applied once: two processes at once, one applies it, the other is refused; again later, refused", function()
+  local e, k = estate(), operators()
+  local path = plan_by_alice(e, k)
+  t.eq(approve(e, k, path, "bob").status, 0)
+  local env = { XDG_STATE_HOME = e.dir .. "/state", DHSM_AUDIT = e.dir .. "/audit.jsonl", DHSM_POLICY = k.policy }
+  local spawn = require("dhsm.proc").spawn
+  local a <close> = spawn { argv = { t.dhsm, "run", "--plan", path, "--yes" }, env = env }
+  local b <close> = spawn { argv = { t.dhsm, "run", "--plan", path, "--yes" }, env = env }
+  local ra, rb = a:wait(120), b:wait(120)
+  local statuses = { ra.status, rb.status }
+  table.sort(statuses)
+  t.eq(statuses, { 0, 3 }, a:stderr() .. b:stderr())
+  t.ok((a:stderr() .. b:stderr()):find("a plan is applied once", 1, true), a:stderr() .. b:stderr())
+  t.eq(sent(e), { zeroize = 1, delete = 1 })
+  local r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("PlanApplied", 1, true) or r.stderr:find("was applied by run", 1, true), r.stderr)
+  t.eq(sent(e), { zeroize = 1, delete = 1 })
 end)

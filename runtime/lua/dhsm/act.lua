@@ -411,13 +411,14 @@ end
 
 -- plans() -> the policy in force (or nil), the plan applied (or nil)
 function M.plans()
-  return plan_rules, applying and { digest = applying.digest, playbook = applying.playbook } or nil
+  return plan_rules, applying and { digest = applying.digest, playbook = applying.playbook,
+    signers = table.move(applying.signers, 1, #applying.signers, 1, {}) } or nil
 end
 
 local function plan_refusal(code, message)
   audit.write { action = "plan.refused", outcome = "refused", code = code, plan = applying and applying.digest,
     signers = applying and applying.signers, detail = message }
-  M.refusal { code = code, message = message }
+  M.refusal { code = code, message = message, details = applying and { new_plan = true } or nil }
 end
 
 -- The planned change this one is, by its target's order: the next one the

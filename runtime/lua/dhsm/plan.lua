@@ -168,7 +168,12 @@ local function check_inventory(v, where)
   if v.fields ~= nil and type(v.fields) ~= "table" then bad(where, "inventory.fields", "a table", shown(v.fields)) end
 end
 
-local NEW_FIELDS = { playbook = true, params = true, inventory = true, changes = true, reads = true, ttl = true }
+local NEW_FIELDS = { playbook = true, playbook_sha256 = true, params = true, inventory = true, changes = true,
+  reads = true, ttl = true }
+
+local function check_sha256(v, path, where, what)
+  if type(v) ~= "string" or #v ~= 64 or not v:match(SHA256_HEX) then bad(where, path, what, shown(v)) end
+end
 
 -- new{playbook=, params=, inventory=, changes=, reads=, ttl=} -> an unsigned plan
 function M.new(o)
@@ -178,6 +183,7 @@ function M.new(o)
   end
   if type(o.playbook) ~= "string" or not o.playbook:match(NAME) then bad("new", "playbook", "a playbook's name", shown(o.playbook)) end
   if o.params ~= nil and type(o.params) ~= "table" then bad("new", "params", "a table of parameters", shown(o.params)) end
+  check_sha256(o.playbook_sha256, "playbook_sha256", "new", "the SHA-256 of the playbook's code (64 hex digits)")
   check_inventory(o.inventory, "new")
   local ttl = o.ttl == nil and DAY or o.ttl
   if math.type(ttl) ~= "integer" or ttl <= 0 or ttl > M.MAX_TTL then
@@ -186,7 +192,7 @@ function M.new(o)
   local me = assert(sys.whoami())
   local now = os.time()
   local body = {
-    playbook = o.playbook, params = o.params or {}, inventory = o.inventory,
+    playbook = o.playbook, playbook_sha256 = o.playbook_sha256, params = o.params or {}, inventory = o.inventory,
     changes = is_list(o.changes or {}, "changes", "new"), reads = is_list(o.reads or {}, "reads", "new"),
     dhsm_version = dhsm.version, author = { user = me.user, host = me.host },
     created = rfc3339(now), expires = rfc3339(now + ttl),
@@ -251,6 +257,7 @@ end
 local function check_body(b, source)
   check_text(b.playbook, "body.playbook", source, "a playbook's name")
   if not b.playbook:match(NAME) then bad(source, "body.playbook", "a playbook's name", shown(b.playbook)) end
+  check_sha256(b.playbook_sha256, "body.playbook_sha256", source, "the SHA-256 of the playbook's code (64 hex digits)")
   if type(b.params) ~= "table" or shape(b.params, "body.params") == "list" then bad(source, "body.params", "an object", shown(b.params)) end
   check_inventory(b.inventory, source)
   is_list(b.changes, "body.changes", source)

@@ -366,7 +366,7 @@ local function check_plan_options(opts, pos)
     if opts["valid-for"] and not (hours and hours > 0 and hours <= 168) then
       usage_error("--valid-for: expected hours, a number more than 0 and at most 168, got %s", opts["valid-for"])
     end
-    opts.ttl = hours and hours * 3600 or nil
+    opts.ttl = hours and math.max(1, math.ceil(hours * 3600)) or nil
   end
   if opts.plan then
     if opts.check or opts.extra or opts.resume then
@@ -389,7 +389,9 @@ local function plan_to_apply(opts, policy)
     path = ok and type(j.plan) == "table" and j.plan.path or nil
   end
   if not path then return nil end
-  local p, applied = require("dhsm.play.plans").load(path, policy, opts.resume)
+  local plans = require "dhsm.play.plans"
+  local p, applied = plans.load(path, policy, opts.resume)
+  applied.lock = plans.claim(applied.digest, opts.resume or dhsm.context().run)
   return p, path, applied
 end
 
@@ -403,6 +405,7 @@ local function cmd_run(opts, pos)
   act.confirm_policy(opts.yes == true)
   local policy = require("dhsm.plan").policy()
   local plan, plan_path, applied = plan_to_apply(opts, policy)
+  local claimed <close> = applied and applied.lock or nil      -- held until the run ends
   act.plan_policy(policy, applied)
   local inventory = require "dhsm.inventory"        -- its client tools are the real ones (dhsm.proc)
   if opts.resume then                               -- a run is resumed with its own inventory
@@ -412,7 +415,7 @@ local function cmd_run(opts, pos)
   end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
   inventory.trust_tools(inv)
-  return M.run_playbook(plan and not opts.resume and plan.body.playbook.name or pos[1], opts.extra, {
+  return M.run_playbook(plan and not opts.resume and plan.body.playbook or pos[1], opts.extra, {
     -- the plan's parameters, as given when it was made (secrets by reference)
     params = plan and not opts.resume and util.merged(plan.body.params, {}) or nil,
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,

@@ -56,19 +56,14 @@ function M.reads(steps)
   return out
 end
 
--- playbook_of(pb) -> {name=, sha256=}: how a plan names its playbook (a
--- built-in by name, any other by absolute path) and the digest of the code
-local function playbook_of(pb)
-  return { name = pb.embedded and pb.name or (sys.realpath(pb.path) or pb.path), sha256 = pb.sha256 }
-end
 
 -- save(ctx, pb, j, tally, opts): the check run `ctx` ended as planned; its
 -- plan is made, signed by the author's key (opts.key) and written through
 -- the front end's writer (opts.write_plan) -> the plan
 function M.save(ctx, pb, j, tally, opts)
   local plan = require "dhsm.plan"
-  local p = plan.new { playbook = playbook_of(pb), params = j.given or {}, inventory = j.inventory,
-    changes = tally.changes, reads = M.reads(ctx.steps), ttl = opts.ttl }
+  local p = plan.new { playbook = pb.name, playbook_sha256 = pb.sha256, params = j.given or {},
+    inventory = j.inventory, changes = tally.changes, reads = M.reads(ctx.steps), ttl = opts.ttl }
   plan.sign(p, opts.key, "author")
   opts.write_plan(plan.encode(p))
   dhsm.audit.write { action = "plan.write", target = opts.out, outcome = "written", plan = plan.digest(p),
@@ -90,9 +85,15 @@ local function sent_before(id, digest)
   return used
 end
 
+-- A refusal of the plan, audited.  One the estate's change causes says to
+-- make a new plan (details.new_plan: dhsm.play.resume's way on).
+local NEW_PLAN = { EstateChanged = true, PlaybookChanged = true, InventoryChanged = true }
+
 local function refuse(code, fmt, ...)
-  dhsm.audit.write { action = "plan.refused", outcome = "refused", code = code, detail = fmt:format(...) }
-  dhsm.error { kind = "safety", code = code, message = fmt:format(...) }
+  local _, applied = act.plans()
+  dhsm.audit.write { action = "plan.refused", outcome = "refused", code = code, detail = fmt:format(...),
+    plan = applied and applied.digest, signers = applied and applied.signers }
+  dhsm.error { kind = "safety", code = code, message = fmt:format(...), details = NEW_PLAN[code] and { new_plan = true } or nil }
 end
 
 -- load(path, policy [, run_id]) -> plan, applied (act.plan_policy's
@@ -110,17 +111,44 @@ function M.load(path, policy, run_id)
   for _, a in ipairs(who.approvers) do signers[#signers + 1] = a.key end
   local digest = plan.digest(p)
   dhsm.audit.write { action = "plan.apply", target = path, outcome = "verified", plan = digest,
-    playbook = p.body.playbook.name, author = who.author.key, signers = signers }
+    playbook = p.body.playbook, author = who.author.key, signers = signers }
   return p, { digest = digest, changes = p.body.changes, used = sent_before(run_id, digest), signers = signers,
-    playbook = p.body.playbook.name }
+    playbook = p.body.playbook }
+end
+
+-- claim(digest, run_id) -> lock (close it when the run ends): a plan is
+-- applied by one run, once, on this host - whoever applies it.  The mark
+-- (the run's id) and the lock live in the guard's folder, shared by the
+-- host's operators (dhsm.paths.guard_dir); the run that made the mark may
+-- resume, no other run applies the plan again.
+function M.claim(digest, run_id)
+  local dir = require("dhsm.paths").guard_dir() .. "/plans"
+  local made, why = sys.mkdir(dir, tonumber("2770", 8))
+  if not made then dhsm.error { kind = "audit", message = ("cannot make %s: %s"):format(dir, tostring(why)) } end
+  local lock, holder = sys.lock(dir .. "/" .. digest .. ".lock", 0)
+  if not lock then
+    refuse("PlanInProgress", "plan sha256:%s is being applied right now by another dhsm (pid %s): a plan is applied "
+      .. "once, by one run", digest:sub(1, 16), tostring(holder))
+  end
+  local mark = dir .. "/" .. digest .. ".run"
+  local by = util.read_file(mark)
+  if by and by ~= run_id then
+    lock:unlock()
+    refuse("PlanApplied", "plan sha256:%s was applied by run %s: a plan is applied once; that run's operator resumes "
+      .. "it ('dhsm run PLAYBOOK --resume %s'), or a new plan is made", digest:sub(1, 16), by, by)
+  end
+  if not by then
+    local ok, err = sys.write_file(mark, run_id, tonumber("660", 8))
+    if not ok then dhsm.error { kind = "audit", message = ("cannot write %s: %s"):format(mark, tostring(err)) } end
+  end
+  return lock
 end
 
 -- check_playbook(p, pb): the playbook found is the code the plan was made with
 function M.check_playbook(p, pb)
-  local now = playbook_of(pb)
-  if now.sha256 ~= p.body.playbook.sha256 then
-    refuse("PlaybookChanged", "playbook %s is not the code the plan was made with (its digest changed): make a new plan",
-      now.name)
+  if pb.name ~= p.body.playbook or pb.sha256 ~= p.body.playbook_sha256 then
+    refuse("PlaybookChanged", "playbook %s (%s) is not the code the plan was made with (its digest changed): make a "
+      .. "new plan", pb.name, pb.path)
   end
 end
 
@@ -135,16 +163,46 @@ function M.check_inventory(p, record)
     tostring(was.path), table.concat(changes, ", "))
 end
 
+-- A value in a difference: short, one line.
+local function shown(v)
+  if v == nil then return "nothing" end
+  local text = type(v) == "table" and (next(v) == nil and "none" or sys.json_encode(v)) or tostring(v)
+  return #text > 120 and (text:sub(1, 117) .. "...") or text
+end
+
+-- differences(was, now, path, out) -> out: "hsms[1].zeroized was false, now
+-- true" for each leaf that differs (a list's entries by position, an
+-- object's by name; an empty list and an empty object are alike, as in JSON)
+local function differences(was, now, path, out)
+  if util.same(was, now) then return out end
+  if type(was) ~= "table" or type(now) ~= "table" or next(was) == nil or next(now) == nil then
+    out[#out + 1] = ("%s was %s, now %s"):format(path, shown(was), shown(now))
+    return out
+  end
+  local keys = {}
+  for k in pairs(was) do keys[k] = true end
+  for k in pairs(now) do keys[k] = true end
+  for _, k in ipairs(util.sorted_keys(keys)) do
+    local at = math.type(k) == "integer" and ("%s[%d]"):format(path, k) or (path == "" and k or path .. "." .. k)
+    differences(was[k], now[k], at, out)
+  end
+  return out
+end
+
+local MAX_SHOWN = 6
+
 -- same_read(p, rec): at the end of step rec of a run applying plan p, its
 -- result is the one the plan was made on (a step the plan read before its
 -- first change), else the run stops here, before any change.
 function M.same_read(p, rec)
   for _, r in ipairs(p.body.reads or {}) do
     if r.step == rec.key then
-      if not util.same(as_json(rec.result), r.result) then
-        refuse("EstateChanged", "the estate changed since the plan was approved: step '%s' read %s, the plan was "
-          .. "made on %s; stopped before any change (make a new plan)", rec.title, sys.json_encode(rec.result),
-          sys.json_encode(r.result))
+      local diff = differences(r.result, as_json(rec.result), "", {})
+      if #diff > 0 then
+        local shown_diff = table.move(diff, 1, math.min(#diff, MAX_SHOWN), 1, {})
+        if #diff > MAX_SHOWN then shown_diff[#shown_diff + 1] = ("and %d more"):format(#diff - MAX_SHOWN) end
+        refuse("EstateChanged", "the estate changed since the plan was approved: step '%s' now reads otherwise "
+          .. "than the plan was made on (%s); stopped before any change", rec.title, table.concat(shown_diff, "; "))
       end
       return
     end

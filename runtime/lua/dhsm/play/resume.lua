@@ -236,13 +236,19 @@ end
 -- way_on(name, j, outcome, err, yes) -> the line that says how to go on
 -- after a run that ended with err: a resume, when resuming can get past
 -- it (a failure, an interruption); a new run with the parameter a refusal
--- asks for (err.details.new_run = {name = value}); or neither.
+-- asks for (err.details.new_run = {name = value}); a new plan, when an
+-- approved plan no longer fits the estate (err.details.new_plan); or neither.
 function M.way_on(name, j, outcome, err, yes)
   local e = err and dhsm.error.normalize(err)
   local new_run = e and type(e.details) == "table" and e.details.new_run
   if type(new_run) == "table" then
     return ("dhsm: run %s %s; resuming it would meet the same refusal: start a new run: %s\n"):format(j.id, outcome,
       new_run_command(name, j, new_run, yes))
+  end
+  if type(e and e.details) == "table" and e.details.new_plan then
+    return ("dhsm: run %s %s; the estate is no longer what the plan was approved on, and resuming would meet the "
+      .. "same refusal: make a new plan, and have it approved: %s --check --out NEW-PLAN.json --key KEY\n")
+      :format(j.id, outcome, new_run_command(name, j, {}, false))
   end
   if e and NOT_RESUMABLE[e.code] then
     return ("dhsm: run %s %s; resuming it would meet the same refusal (see below)\n"):format(j.id, outcome)
