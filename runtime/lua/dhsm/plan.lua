@@ -39,9 +39,10 @@ M.SYSTEM_POLICY = SYSTEM_POLICY
 
 local usage = dhsm.usage_in("plan")
 
--- bad(where, what, expected, got): the one wording of a field that is wrong.
+-- bad(where, what, expected, got): the one wording of a field that is
+-- wrong (where: the file or call it is in; nil for data being encoded).
 local function bad(where, what, expected, got)
-  usage("%s: field '%s': expected %s, got %s", where, what, expected, got)
+  usage("%sfield '%s': expected %s, got %s", where and (where .. ": ") or "", what, expected, got)
 end
 
 local function shown(v)
@@ -59,22 +60,22 @@ local MAX_EXACT = 2 ^ 53            -- integers beyond this are not kept exactly
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
 local function json_string(s, path)
-  if not utf8.len(s) then bad("plan", path, "UTF-8 text", "bytes that are not") end
+  if not utf8.len(s) then bad(nil, path, "UTF-8 text", "bytes that are not") end
   return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
 end
 
 local function json_number(v, path)
-  if v ~= v or v == math.huge or v == -math.huge then bad("plan", path, "a finite number", tostring(v)) end
+  if v ~= v or v == math.huge or v == -math.huge then bad(nil, path, "a finite number", tostring(v)) end
   local i = math.tointeger(v)
   if not i then return ("%.17g"):format(v) end
-  if i > MAX_EXACT or i < -MAX_EXACT then bad("plan", path, "an integer within +-2^53", tostring(v)) end
+  if i > MAX_EXACT or i < -MAX_EXACT then bad(nil, path, "an integer within +-2^53", tostring(v)) end
   return ("%d"):format(i)
 end
 
 -- "list" (keys 1..n, n > 0), "object" (string keys) or "empty": cjson
 -- decodes [] and {} alike, so both are written {} and mean the same.
 local function shape(t, path)
-  if getmetatable(t) ~= nil then bad("plan", path, "plain data", "an object with a metatable") end
+  if getmetatable(t) ~= nil then bad(nil, path, "plain data", "an object with a metatable") end
   local count, strings = 0, 0
   for k in pairs(t) do
     count = count + 1
@@ -83,7 +84,7 @@ local function shape(t, path)
   if count == 0 then return "empty" end
   if strings == count then return "object" end
   for i = 1, count do
-    if rawget(t, i) == nil then bad("plan", path, "a list (keys 1..n) or an object (string keys)", "mixed or sparse keys") end
+    if rawget(t, i) == nil then bad(nil, path, "a list (keys 1..n) or an object (string keys)", "mixed or sparse keys") end
   end
   return "list"
 end
@@ -91,7 +92,7 @@ end
 local encode_value
 
 local function encode_table(t, path, depth, nl)
-  if depth > MAX_DEPTH then bad("plan", path, ("at most %d levels"):format(MAX_DEPTH), "deeper (or a cycle)") end
+  if depth > MAX_DEPTH then bad(nil, path, ("at most %d levels"):format(MAX_DEPTH), "deeper (or a cycle)") end
   local kind = shape(t, path)
   if kind == "empty" then return "{}" end
   local inner, colon = nl and (nl .. "  "), nl and ": " or ":"
@@ -111,12 +112,12 @@ end
 function encode_value(v, path, depth, nl)
   local ty = type(v)
   if v == cjson.null then return "null" end
-  if secret.is(v) then bad("plan", path, "a secret's reference (env:NAME, file:PATH, prompt), never its value", "a secret") end
+  if secret.is(v) then bad(nil, path, "a secret's reference (env:NAME, file:PATH, prompt), never its value", "a secret") end
   if ty == "boolean" then return tostring(v) end
   if ty == "number" then return json_number(v, path) end
   if ty == "string" then return json_string(v, path) end
   if ty == "table" then return encode_table(v, path, depth, nl) end
-  bad("plan", path, "JSON data (a string, number, boolean, list or object)", ty)
+  bad(nil, path, "JSON data (a string, number, boolean, list or object)", ty)
 end
 
 -- canonical(body) -> bytes: the body's one JSON text, what the digest is of
