@@ -69,6 +69,7 @@ t.test("canonical JSON: keys sorted, no spaces, integral numbers as integers, on
   t.eq(plan.canonical { b = {}, a = { 1, 2.5, "x\n", 3.0, -0.5 }, c = { z = true, y = cjson.null } },
     '{"a":[1,2.5,"x\\n",3,-0.5],"b":{},"c":{"y":null,"z":true}}')
   t.eq(plan.canonical { ["é"] = "\"\\\t\r\1\127/€😀" }, '{"é":"\\"\\\\\\t\\r\\u0001\\u007f/€😀"}')
+  t.eq(plan.canonical { a = 1, B = 2, ["é"] = 3, aa = 4, [""] = 5 }, '{"":5,"B":2,"a":1,"aa":4,"é":3}', "byte order")
   local a, b = {}, {}
   for i = 1, 30 do a["k" .. i] = i end
   for i = 30, 1, -1 do b["k" .. i] = i end
@@ -116,6 +117,11 @@ t.test("a new plan: author and times from the OS, the author's key in the body o
   t.raises(function() plan.sign(new_plan(), keys.bob, "approver") end, "no author's signature")
   t.raises(function() plan.sign(p, keys.bob, "boss") end, "role")
   t.raises(function() plan.sign(p, keys.dir .. "/nokey", "approver") end, "could not sign with")
+  local unsigned = new_plan()
+  t.write(keys.dir .. "/not-a-key", "hello\n")
+  t.raises(function() plan.sign(unsigned, keys.dir .. "/not-a-key", "author") end, "cannot read the key")
+  t.eq(unsigned.body.author.key, nil, "no key in the body of a plan not signed")
+  t.eq(#unsigned.signatures, 0)
 end)
 
 ---------------------------------------------------------------------------
@@ -134,6 +140,9 @@ t.test("signed by the author, approved by a listed key: verifies; show puts dest
   t.ok(text:find("password = env:HSM1_SO", 1, true), "params as references: " .. text)
   t.ok(not text:find("\27[", 1, true), "no colour unless asked")
   t.ok(plan.render(p, { color = true }):find("\27[1;31m", 1, true), "red when asked")
+  local hostile = new_plan { changes = { { kind = "pkcs11", action = "destroy", target = "key\27[2K\r", what = "x\27[0m" } } }
+  local shown = plan.render(hostile)
+  t.ok(not shown:find("\27", 1, true) and shown:find("key\\x1b[2K\\x0d", 1, true), "control characters shown, not sent: " .. shown)
 end)
 
 t.test("verify trusts ssh-keygen, not the key and principal the file writes", function()

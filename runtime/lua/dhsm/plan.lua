@@ -89,6 +89,23 @@ local function shape(t, path)
   return "list"
 end
 
+-- Keys in byte order, whatever the locale (Lua's < on strings is strcoll's):
+-- the canonical text must be the same on every host that checks a signature.
+local function byte_order(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, byte_order)
+  return keys
+end
+
 local encode_value
 
 local function encode_table(t, path, depth, nl)
@@ -101,7 +118,7 @@ local function encode_table(t, path, depth, nl)
     for i = 1, #t do parts[i] = (inner or "") .. encode_value(t[i], ("%s[%d]"):format(path, i), depth + 1, inner) end
     return "[" .. table.concat(parts, ",") .. (nl or "") .. "]"
   end
-  for _, k in ipairs(util.sorted_keys(t)) do
+  for _, k in ipairs(sorted_keys(t)) do
     parts[#parts + 1] = (inner or "") .. json_string(k, path) .. colon
       .. encode_value(t[k], path .. "." .. k, depth + 1, inner)
   end
@@ -385,6 +402,21 @@ M.author_key = author_key
 
 local ROLES = { author = true, approver = true }
 
+-- signed(p, key [, expected]) -> the key that signed, the signature:
+-- ssh-keygen's, checked (made by the key `expected` names, when given).
+local function signed(p, key, expected)
+  local r = keygen({ "-Y", "sign", "-f", key, "-n", M.NAMESPACE }, M.message(p))
+  if r.status ~= 0 or not r.stdout:match(ARMOR) then
+    usage("ssh-keygen could not sign with %s: %s", key, first_line(r.stderr))
+  end
+  local made_by, why = signer(p, r.stdout)
+  if not made_by then usage("ssh-keygen's signature with %s does not verify: %s", key, why) end
+  if expected and made_by ~= expected then
+    usage("ssh-keygen signed with %s, not with %s's key %s (an agent holding another key?)", made_by, key, expected)
+  end
+  return made_by, r.stdout
+end
+
 -- sign(p, key_path, role [, principal]) -> the signature appended: the
 -- author's first (the key's fingerprint goes into the body), then approvals.
 function M.sign(p, key, role, principal)
@@ -396,17 +428,16 @@ function M.sign(p, key, role, principal)
   end
   if role == "author" then
     if #p.signatures > 0 then usage("sign: the plan is signed by its author already; a changed plan is a new plan") end
-    p.body.author.key = key_fingerprint(key)
+    p.body.author.key = key_fingerprint(key)          -- signed with the body (taken out again if signing fails)
   elseif #p.signatures == 0 then
     usage("sign: the plan has no author's signature yet; its author signs first")
   end
-  local r = keygen({ "-Y", "sign", "-f", key, "-n", M.NAMESPACE }, M.message(p))
-  if r.status ~= 0 or not r.stdout:match(ARMOR) then
-    usage("ssh-keygen could not sign with %s: %s", key, first_line(r.stderr))
+  local ok, made_by, signature = pcall(signed, p, key, role == "author" and p.body.author.key or nil)
+  if not ok then
+    if role == "author" then p.body.author.key = nil end
+    error(made_by, 0)
   end
-  local made_by, why = signer(p, r.stdout)
-  if not made_by then usage("ssh-keygen's signature with %s does not verify: %s", key, why) end
-  local entry = { role = role, key = made_by, principal = principal, time = rfc3339(os.time()), signature = r.stdout }
+  local entry = { role = role, key = made_by, principal = principal, time = rfc3339(os.time()), signature = signature }
   p.signatures[#p.signatures + 1] = entry
   return entry
 end
@@ -608,11 +639,16 @@ local function paint(on, code, s)
   return on and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
 end
 
--- A value on one line: text as it is, anything else as its JSON (3, not 3.0).
+-- A value on one line: text as it is, anything else as its JSON (3, not
+-- 3.0); control characters shown as \xNN, so that text from the estate
+-- (a label) cannot move the cursor or recolour a reviewer's terminal.
 local function one_line(v)
-  if type(v) == "string" then return v end
-  local ok, text = pcall(encode_value, v, "value", 1, nil)
-  return ok and text or tostring(v)
+  local text = v
+  if type(v) ~= "string" then
+    local ok, json = pcall(encode_value, v, "value", 1, nil)
+    text = ok and json or tostring(v)
+  end
+  return (text:gsub("%c", function(c) return ("\\x%02x"):format(c:byte()) end))
 end
 
 local function change_line(i, c, color)
@@ -631,23 +667,23 @@ function M.render(p, opts)
   if type(opts) ~= "table" then usage("render: expected options {color=}, got %s", type(opts)) end
   local b, color = p.body, opts.color == true
   local out = {
-    paint(color, "1", ("plan for playbook %s"):format(b.playbook)),
+    paint(color, "1", ("plan for playbook %s"):format(one_line(b.playbook))),
     ("digest   sha256:%s"):format(M.digest(p)),
-    ("author   %s@%s  key %s"):format(b.author.user, b.author.host, tostring(b.author.key or "(not signed)")),
-    ("created  %s  expires %s%s"):format(b.created, b.expires,
+    ("author   %s@%s  key %s"):format(one_line(b.author.user), one_line(b.author.host), one_line(b.author.key or "(not signed)")),
+    ("created  %s  expires %s%s"):format(one_line(b.created), one_line(b.expires),
       (epoch(b.expires) or 0) <= os.time() and paint(color, "1;31", "  EXPIRED") or ""),
-    ("dhsm     %s"):format(b.dhsm_version),
+    ("dhsm     %s"):format(one_line(b.dhsm_version)),
   }
   local approvals = {}
   for i = 2, #p.signatures do
     local s = p.signatures[i]
-    approvals[#approvals + 1] = ("  %s  key %s  at %s"):format(tostring(s.principal or "?"), s.key, tostring(s.time or "?"))
+    approvals[#approvals + 1] = ("  %s  key %s  at %s"):format(one_line(s.principal or "?"), one_line(s.key), one_line(s.time or "?"))
   end
   out[#out + 1] = ("approvals written in the file: %d (dhsm plan verify checks them)"):format(#approvals)
   for _, a in ipairs(approvals) do out[#out + 1] = a end
-  if b.inventory then out[#out + 1] = ("inventory %s  sha256:%s"):format(b.inventory.path, b.inventory.sha256) end
+  if b.inventory then out[#out + 1] = ("inventory %s  sha256:%s"):format(one_line(b.inventory.path), one_line(b.inventory.sha256)) end
   out[#out + 1] = "params:"
-  for _, k in ipairs(util.sorted_keys(b.params)) do out[#out + 1] = ("  %s = %s"):format(tostring(k), one_line(b.params[k])) end
+  for _, k in ipairs(sorted_keys(b.params)) do out[#out + 1] = ("  %s = %s"):format(one_line(k), one_line(b.params[k])) end
   local destructive = 0
   for _, c in ipairs(b.changes) do if c.destructive == true then destructive = destructive + 1 end end
   out[#out + 1] = ("changes: %d, %d destructive (destructive first; numbers: the order they run)"):format(#b.changes, destructive)
@@ -658,7 +694,7 @@ function M.render(p, opts)
   end
   out[#out + 1] = ("reads: %d"):format(#b.reads)
   for _, r in ipairs(b.reads) do
-    out[#out + 1] = type(r) == "table" and ("  %s: %s"):format(tostring(r.step or "?"), one_line(r.result)) or ("  " .. one_line(r))
+    out[#out + 1] = type(r) == "table" and ("  %s: %s"):format(one_line(r.step or "?"), one_line(r.result)) or ("  " .. one_line(r))
   end
   return table.concat(out, "\n") .. "\n"
 end
