@@ -186,6 +186,24 @@ local function check_inventory(v, where)
   if v.fields ~= nil and type(v.fields) ~= "table" then bad(where, "inventory.fields", "a table", shown(v.fields)) end
 end
 
+-- A plan's playbook: its name, or {name=, sha256=} - a built-in by name,
+-- any other by absolute path, with the digest of its code (dhsm.play.plans).
+local PLAYBOOK_EXPECTED = "a playbook's name, or {name=NAME or absolute path, sha256=64 hex digits}"
+
+local function playbook_name(v)
+  return type(v) == "table" and v.name or v
+end
+
+local function check_playbook(v, where, field)
+  local name = playbook_name(v)
+  local ok = type(name) == "string" and (name:match(NAME) or name:match("^/[^%z]+$")) ~= nil
+  if type(v) == "table" then
+    ok = ok and type(v.sha256) == "string" and #v.sha256 == 64 and v.sha256:match(SHA256_HEX) ~= nil
+    for k in pairs(v) do ok = ok and (k == "name" or k == "sha256") end
+  end
+  if not ok then bad(where, field, PLAYBOOK_EXPECTED, shown(v)) end
+end
+
 local NEW_FIELDS = { playbook = true, params = true, inventory = true, changes = true, reads = true, ttl = true }
 
 -- new{playbook=, params=, inventory=, changes=, reads=, ttl=} -> an unsigned plan
@@ -194,7 +212,7 @@ function M.new(o)
   for k in pairs(o) do
     if not NEW_FIELDS[k] then usage("new: unknown field '%s' (playbook, params, inventory, changes, reads, ttl)", tostring(k)) end
   end
-  if type(o.playbook) ~= "string" or not o.playbook:match(NAME) then bad("new", "playbook", "a playbook's name", shown(o.playbook)) end
+  check_playbook(o.playbook, "new", "playbook")
   if o.params ~= nil and type(o.params) ~= "table" then bad("new", "params", "a table of parameters", shown(o.params)) end
   check_inventory(o.inventory, "new")
   local ttl = o.ttl == nil and DAY or o.ttl
@@ -267,8 +285,7 @@ local function check_text(v, path, source, what)
 end
 
 local function check_body(b, source)
-  check_text(b.playbook, "body.playbook", source, "a playbook's name")
-  if not b.playbook:match(NAME) then bad(source, "body.playbook", "a playbook's name", shown(b.playbook)) end
+  check_playbook(b.playbook, source, "body.playbook")
   if type(b.params) ~= "table" or shape(b.params, "body.params") == "list" then bad(source, "body.params", "an object", shown(b.params)) end
   check_inventory(b.inventory, source)
   is_list(b.changes, "body.changes", source)
@@ -474,6 +491,12 @@ local function keys_of(approvers)
 end
 
 
+-- playbook_name(p) -> the name (or path) of the plan's playbook
+function M.playbook_name(p)
+  check_plan(p, "playbook_name")
+  return playbook_name(p.body.playbook)
+end
+
 -- check_fresh(p): PlanExpired once the plan's time is up.
 function M.check_fresh(p)
   check_plan(p, "check_fresh")
@@ -521,7 +544,7 @@ function M.verify(p, policy)
   local ok, err = pcall(judge, p, policy, seen)
   local digest = M.digest(p)
   dhsm.audit.write { action = "plan.verify", outcome = ok and "approved" or "refused",
-    code = not ok and dhsm.error.normalize(err).code or nil, digest = digest, playbook = p.body.playbook,
+    code = not ok and dhsm.error.normalize(err).code or nil, digest = digest, playbook = playbook_name(p.body.playbook),
     author_key = seen.author, approver_keys = keys_of(seen.approvers) }
   if not ok then error(err, 0) end
   return { digest = digest, author = { key = seen.author }, approvers = seen.approvers, rejected = seen.rejected }
@@ -667,13 +690,14 @@ function M.render(p, opts)
   if type(opts) ~= "table" then usage("render: expected options {color=}, got %s", type(opts)) end
   local b, color = p.body, opts.color == true
   local out = {
-    paint(color, "1", ("plan for playbook %s"):format(one_line(b.playbook))),
+    paint(color, "1", ("plan for playbook %s"):format(one_line(playbook_name(b.playbook)))),
     ("digest   sha256:%s"):format(M.digest(p)),
     ("author   %s@%s  key %s"):format(one_line(b.author.user), one_line(b.author.host), one_line(b.author.key or "(not signed)")),
     ("created  %s  expires %s%s"):format(one_line(b.created), one_line(b.expires),
       (epoch(b.expires) or 0) <= os.time() and paint(color, "1;31", "  EXPIRED") or ""),
     ("dhsm     %s"):format(one_line(b.dhsm_version)),
   }
+  if type(b.playbook) == "table" then out[#out + 1] = ("playbook code sha256:%s"):format(one_line(b.playbook.sha256)) end
   local approvals = {}
   for i = 2, #p.signatures do
     local s = p.signatures[i]
