@@ -428,3 +428,19 @@ t.test("dhsm plan verify by hand, with no policy in force", function()
   r = t.run { "plan", "verify", file, "--approvals", "2", "--allowed-signers", keys.allowed }
   t.eq(r.status, 3, r.stderr)
 end)
+
+t.test("dhsm plan approve of an expired plan signs with a note; verify refuses it PlanExpired", function()
+  if util.read_file(plan.SYSTEM_POLICY) then t.skip("this host has " .. plan.SYSTEM_POLICY) end
+  local p = new_plan()
+  local now = os.time()
+  p.body.created = os.date("!%Y-%m-%dT%H:%M:%SZ", now - 7200)
+  p.body.expires = os.date("!%Y-%m-%dT%H:%M:%SZ", now - 3600)
+  plan.sign(p, keys.alice, "author")
+  local file = t.write(t.tmpdir() .. "/expired.json", plan.encode(p))
+  local r = t.run { "plan", "approve", file, "--key", keys.bob }
+  t.eq(r.status, 0, r.stderr)
+  t.ok(r.stderr:find("expired at " .. p.body.expires, 1, true), r.stderr)
+  r = t.run { "plan", "verify", file, "--approvals", "1", "--allowed-signers", keys.allowed }
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("PlanExpired", 1, true), r.stderr)
+end)
