@@ -4,8 +4,8 @@
 --
 --   local p = plan.new{ playbook = "decommission", params = {...}, inventory = {...},
 --                       changes = {...}, reads = {...}, ttl = 86400 }
---   plan.sign(p, "~/.ssh/id_ed25519", "author")
---   util.write_file... plan.encode(p)            -- the file's text
+--   plan.sign(p, "/home/alice/.ssh/id_ed25519", "author")
+--   act.write_file("PLAN.json", plan.encode(p))  -- the file's text
 --   local p = plan.load("PLAN.json")             -- fail closed: PlanTampered, or a usage error naming the field
 --   plan.sign(p, key, "approver", "bob@example")
 --   plan.verify(p, plan.policy())                -- -> {author=, approvers=} or NotApproved/PlanExpired
