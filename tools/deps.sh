@@ -1,6 +1,7 @@
 #!/bin/sh
 # make deps: install the Debian packages dhsm needs to build, test and run
-# its simulated estate.  Quiet and idempotent when everything is there.
+# its simulated estate (openssh-client: also ssh-keygen, which signs and
+# verifies plans, dhsm.plan).  Quiet and idempotent when everything is there.
 set -eu
 
 PKGS="gcc make pkg-config

@@ -27,7 +27,7 @@ local DOC = "docs/modules.md"
 -- dhsm.journal, dhsm.schema, dhsm.azure.classify, the private native
 -- layers) are not for runbooks and are not listed.
 local MODULES = {
-  "dhsm", "dhsm.secret", "dhsm.audit", "dhsm.act", "dhsm.inventory", "dhsm.evidence", "dhsm.test",
+  "dhsm", "dhsm.secret", "dhsm.audit", "dhsm.act", "dhsm.inventory", "dhsm.evidence", "dhsm.plan", "dhsm.test",
   "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.checks", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.rules",
   "dhsm.azure.deploy",
   "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.prompts", "dhsm.luna.rc", "dhsm.pkcs11", "dhsm.net", "dhsm.proc", "dhsm.chrystoki",

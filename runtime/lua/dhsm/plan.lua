@@ -4,8 +4,8 @@
 --
 --   local p = plan.new{ playbook = "decommission", params = {...}, inventory = {...},
 --                       changes = {...}, reads = {...}, ttl = 86400 }
---   plan.sign(p, "~/.ssh/id_ed25519", "author")
---   util.write_file... plan.encode(p)            -- the file's text
+--   plan.sign(p, "/home/alice/.ssh/id_ed25519", "author")
+--   act.write_file("PLAN.json", plan.encode(p))  -- the file's text
 --   local p = plan.load("PLAN.json")             -- fail closed: PlanTampered, or a usage error naming the field
 --   plan.sign(p, key, "approver", "bob@example")
 --   plan.verify(p, plan.policy())                -- -> {author=, approvers=} or NotApproved/PlanExpired
@@ -39,9 +39,10 @@ M.SYSTEM_POLICY = SYSTEM_POLICY
 
 local usage = dhsm.usage_in("plan")
 
--- bad(where, what, expected, got): the one wording of a field that is wrong.
+-- bad(where, what, expected, got): the one wording of a field that is
+-- wrong (where: the file or call it is in; nil for data being encoded).
 local function bad(where, what, expected, got)
-  usage("%s: field '%s': expected %s, got %s", where, what, expected, got)
+  usage("%sfield '%s': expected %s, got %s", where and (where .. ": ") or "", what, expected, got)
 end
 
 local function shown(v)
@@ -59,22 +60,22 @@ local MAX_EXACT = 2 ^ 53            -- integers beyond this are not kept exactly
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
 local function json_string(s, path)
-  if not utf8.len(s) then bad("plan", path, "UTF-8 text", "bytes that are not") end
+  if not utf8.len(s) then bad(nil, path, "UTF-8 text", "bytes that are not") end
   return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
 end
 
 local function json_number(v, path)
-  if v ~= v or v == math.huge or v == -math.huge then bad("plan", path, "a finite number", tostring(v)) end
+  if v ~= v or v == math.huge or v == -math.huge then bad(nil, path, "a finite number", tostring(v)) end
   local i = math.tointeger(v)
   if not i then return ("%.17g"):format(v) end
-  if i > MAX_EXACT or i < -MAX_EXACT then bad("plan", path, "an integer within +-2^53", tostring(v)) end
+  if i > MAX_EXACT or i < -MAX_EXACT then bad(nil, path, "an integer within +-2^53", tostring(v)) end
   return ("%d"):format(i)
 end
 
 -- "list" (keys 1..n, n > 0), "object" (string keys) or "empty": cjson
 -- decodes [] and {} alike, so both are written {} and mean the same.
 local function shape(t, path)
-  if getmetatable(t) ~= nil then bad("plan", path, "plain data", "an object with a metatable") end
+  if getmetatable(t) ~= nil then bad(nil, path, "plain data", "an object with a metatable") end
   local count, strings = 0, 0
   for k in pairs(t) do
     count = count + 1
@@ -83,15 +84,32 @@ local function shape(t, path)
   if count == 0 then return "empty" end
   if strings == count then return "object" end
   for i = 1, count do
-    if rawget(t, i) == nil then bad("plan", path, "a list (keys 1..n) or an object (string keys)", "mixed or sparse keys") end
+    if rawget(t, i) == nil then bad(nil, path, "a list (keys 1..n) or an object (string keys)", "mixed or sparse keys") end
   end
   return "list"
+end
+
+-- Keys in byte order, whatever the locale (Lua's < on strings is strcoll's):
+-- the canonical text must be the same on every host that checks a signature.
+local function byte_order(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, byte_order)
+  return keys
 end
 
 local encode_value
 
 local function encode_table(t, path, depth, nl)
-  if depth > MAX_DEPTH then bad("plan", path, ("at most %d levels"):format(MAX_DEPTH), "deeper (or a cycle)") end
+  if depth > MAX_DEPTH then bad(nil, path, ("at most %d levels"):format(MAX_DEPTH), "deeper (or a cycle)") end
   local kind = shape(t, path)
   if kind == "empty" then return "{}" end
   local inner, colon = nl and (nl .. "  "), nl and ": " or ":"
@@ -100,7 +118,7 @@ local function encode_table(t, path, depth, nl)
     for i = 1, #t do parts[i] = (inner or "") .. encode_value(t[i], ("%s[%d]"):format(path, i), depth + 1, inner) end
     return "[" .. table.concat(parts, ",") .. (nl or "") .. "]"
   end
-  for _, k in ipairs(util.sorted_keys(t)) do
+  for _, k in ipairs(sorted_keys(t)) do
     parts[#parts + 1] = (inner or "") .. json_string(k, path) .. colon
       .. encode_value(t[k], path .. "." .. k, depth + 1, inner)
   end
@@ -111,12 +129,12 @@ end
 function encode_value(v, path, depth, nl)
   local ty = type(v)
   if v == cjson.null then return "null" end
-  if secret.is(v) then bad("plan", path, "a secret's reference (env:NAME, file:PATH, prompt), never its value", "a secret") end
+  if secret.is(v) then bad(nil, path, "a secret's reference (env:NAME, file:PATH, prompt), never its value", "a secret") end
   if ty == "boolean" then return tostring(v) end
   if ty == "number" then return json_number(v, path) end
   if ty == "string" then return json_string(v, path) end
   if ty == "table" then return encode_table(v, path, depth, nl) end
-  bad("plan", path, "JSON data (a string, number, boolean, list or object)", ty)
+  bad(nil, path, "JSON data (a string, number, boolean, list or object)", ty)
 end
 
 -- canonical(body) -> bytes: the body's one JSON text, what the digest is of
@@ -168,12 +186,25 @@ local function check_inventory(v, where)
   if v.fields ~= nil and type(v.fields) ~= "table" then bad(where, "inventory.fields", "a table", shown(v.fields)) end
 end
 
-local NEW_FIELDS = { playbook = true, playbook_sha256 = true, params = true, inventory = true, changes = true,
-  reads = true, ttl = true }
+-- A plan's playbook: its name, or {name=, sha256=} - a built-in by name,
+-- any other by absolute path, with the digest of its code (dhsm.play.plans).
+local PLAYBOOK_EXPECTED = "a playbook's name, or {name=NAME or absolute path, sha256=64 hex digits}"
 
-local function check_sha256(v, path, where, what)
-  if type(v) ~= "string" or #v ~= 64 or not v:match(SHA256_HEX) then bad(where, path, what, shown(v)) end
+local function playbook_name(v)
+  return type(v) == "table" and v.name or v
 end
+
+local function check_playbook(v, where, field)
+  local name = playbook_name(v)
+  local ok = type(name) == "string" and (name:match(NAME) or name:match("^/[^%z]+$")) ~= nil
+  if type(v) == "table" then
+    ok = ok and type(v.sha256) == "string" and #v.sha256 == 64 and v.sha256:match(SHA256_HEX) ~= nil
+    for k in pairs(v) do ok = ok and (k == "name" or k == "sha256") end
+  end
+  if not ok then bad(where, field, PLAYBOOK_EXPECTED, shown(v)) end
+end
+
+local NEW_FIELDS = { playbook = true, params = true, inventory = true, changes = true, reads = true, ttl = true }
 
 -- new{playbook=, params=, inventory=, changes=, reads=, ttl=} -> an unsigned plan
 function M.new(o)
@@ -181,9 +212,8 @@ function M.new(o)
   for k in pairs(o) do
     if not NEW_FIELDS[k] then usage("new: unknown field '%s' (playbook, params, inventory, changes, reads, ttl)", tostring(k)) end
   end
-  if type(o.playbook) ~= "string" or not o.playbook:match(NAME) then bad("new", "playbook", "a playbook's name", shown(o.playbook)) end
+  check_playbook(o.playbook, "new", "playbook")
   if o.params ~= nil and type(o.params) ~= "table" then bad("new", "params", "a table of parameters", shown(o.params)) end
-  check_sha256(o.playbook_sha256, "playbook_sha256", "new", "the SHA-256 of the playbook's code (64 hex digits)")
   check_inventory(o.inventory, "new")
   local ttl = o.ttl == nil and DAY or o.ttl
   if math.type(ttl) ~= "integer" or ttl <= 0 or ttl > M.MAX_TTL then
@@ -192,7 +222,7 @@ function M.new(o)
   local me = assert(sys.whoami())
   local now = os.time()
   local body = {
-    playbook = o.playbook, playbook_sha256 = o.playbook_sha256, params = o.params or {}, inventory = o.inventory,
+    playbook = o.playbook, params = o.params or {}, inventory = o.inventory,
     changes = is_list(o.changes or {}, "changes", "new"), reads = is_list(o.reads or {}, "reads", "new"),
     dhsm_version = dhsm.version, author = { user = me.user, host = me.host },
     created = rfc3339(now), expires = rfc3339(now + ttl),
@@ -255,9 +285,7 @@ local function check_text(v, path, source, what)
 end
 
 local function check_body(b, source)
-  check_text(b.playbook, "body.playbook", source, "a playbook's name")
-  if not b.playbook:match(NAME) then bad(source, "body.playbook", "a playbook's name", shown(b.playbook)) end
-  check_sha256(b.playbook_sha256, "body.playbook_sha256", source, "the SHA-256 of the playbook's code (64 hex digits)")
+  check_playbook(b.playbook, source, "body.playbook")
   if type(b.params) ~= "table" or shape(b.params, "body.params") == "list" then bad(source, "body.params", "an object", shown(b.params)) end
   check_inventory(b.inventory, source)
   is_list(b.changes, "body.changes", source)
@@ -391,6 +419,21 @@ M.author_key = author_key
 
 local ROLES = { author = true, approver = true }
 
+-- signed(p, key [, expected]) -> the key that signed, the signature:
+-- ssh-keygen's, checked (made by the key `expected` names, when given).
+local function signed(p, key, expected)
+  local r = keygen({ "-Y", "sign", "-f", key, "-n", M.NAMESPACE }, M.message(p))
+  if r.status ~= 0 or not r.stdout:match(ARMOR) then
+    usage("ssh-keygen could not sign with %s: %s", key, first_line(r.stderr))
+  end
+  local made_by, why = signer(p, r.stdout)
+  if not made_by then usage("ssh-keygen's signature with %s does not verify: %s", key, why) end
+  if expected and made_by ~= expected then
+    usage("ssh-keygen signed with %s, not with %s's key %s (an agent holding another key?)", made_by, key, expected)
+  end
+  return made_by, r.stdout
+end
+
 -- sign(p, key_path, role [, principal]) -> the signature appended: the
 -- author's first (the key's fingerprint goes into the body), then approvals.
 function M.sign(p, key, role, principal)
@@ -402,17 +445,16 @@ function M.sign(p, key, role, principal)
   end
   if role == "author" then
     if #p.signatures > 0 then usage("sign: the plan is signed by its author already; a changed plan is a new plan") end
-    p.body.author.key = key_fingerprint(key)
+    p.body.author.key = key_fingerprint(key)          -- signed with the body (taken out again if signing fails)
   elseif #p.signatures == 0 then
     usage("sign: the plan has no author's signature yet; its author signs first")
   end
-  local r = keygen({ "-Y", "sign", "-f", key, "-n", M.NAMESPACE }, M.message(p))
-  if r.status ~= 0 or not r.stdout:match(ARMOR) then
-    usage("ssh-keygen could not sign with %s: %s", key, first_line(r.stderr))
+  local ok, made_by, signature = pcall(signed, p, key, role == "author" and p.body.author.key or nil)
+  if not ok then
+    if role == "author" then p.body.author.key = nil end
+    error(made_by, 0)
   end
-  local made_by, why = signer(p, r.stdout)
-  if not made_by then usage("ssh-keygen's signature with %s does not verify: %s", key, why) end
-  local entry = { role = role, key = made_by, principal = principal, time = rfc3339(os.time()), signature = r.stdout }
+  local entry = { role = role, key = made_by, principal = principal, time = rfc3339(os.time()), signature = signature }
   p.signatures[#p.signatures + 1] = entry
   return entry
 end
@@ -448,6 +490,12 @@ local function keys_of(approvers)
   return keys
 end
 
+
+-- playbook_name(p) -> the name (or path) of the plan's playbook
+function M.playbook_name(p)
+  check_plan(p, "playbook_name")
+  return playbook_name(p.body.playbook)
+end
 
 -- check_fresh(p): PlanExpired once the plan's time is up.
 function M.check_fresh(p)
@@ -496,7 +544,7 @@ function M.verify(p, policy)
   local ok, err = pcall(judge, p, policy, seen)
   local digest = M.digest(p)
   dhsm.audit.write { action = "plan.verify", outcome = ok and "approved" or "refused",
-    code = not ok and dhsm.error.normalize(err).code or nil, digest = digest, playbook = p.body.playbook,
+    code = not ok and dhsm.error.normalize(err).code or nil, digest = digest, playbook = playbook_name(p.body.playbook),
     author_key = seen.author, approver_keys = keys_of(seen.approvers) }
   if not ok then error(err, 0) end
   return { digest = digest, author = { key = seen.author }, approvers = seen.approvers, rejected = seen.rejected }
@@ -614,11 +662,16 @@ local function paint(on, code, s)
   return on and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
 end
 
--- A value on one line: text as it is, anything else as its JSON (3, not 3.0).
+-- A value on one line: text as it is, anything else as its JSON (3, not
+-- 3.0); control characters shown as \xNN, so that text from the estate
+-- (a label) cannot move the cursor or recolour a reviewer's terminal.
 local function one_line(v)
-  if type(v) == "string" then return v end
-  local ok, text = pcall(encode_value, v, "value", 1, nil)
-  return ok and text or tostring(v)
+  local text = v
+  if type(v) ~= "string" then
+    local ok, json = pcall(encode_value, v, "value", 1, nil)
+    text = ok and json or tostring(v)
+  end
+  return (text:gsub("%c", function(c) return ("\\x%02x"):format(c:byte()) end))
 end
 
 local function change_line(i, c, color)
@@ -637,23 +690,24 @@ function M.render(p, opts)
   if type(opts) ~= "table" then usage("render: expected options {color=}, got %s", type(opts)) end
   local b, color = p.body, opts.color == true
   local out = {
-    paint(color, "1", ("plan for playbook %s"):format(b.playbook)),
+    paint(color, "1", ("plan for playbook %s"):format(one_line(playbook_name(b.playbook)))),
     ("digest   sha256:%s"):format(M.digest(p)),
-    ("author   %s@%s  key %s"):format(b.author.user, b.author.host, tostring(b.author.key or "(not signed)")),
-    ("created  %s  expires %s%s"):format(b.created, b.expires,
+    ("author   %s@%s  key %s"):format(one_line(b.author.user), one_line(b.author.host), one_line(b.author.key or "(not signed)")),
+    ("created  %s  expires %s%s"):format(one_line(b.created), one_line(b.expires),
       (epoch(b.expires) or 0) <= os.time() and paint(color, "1;31", "  EXPIRED") or ""),
-    ("dhsm     %s"):format(b.dhsm_version),
+    ("dhsm     %s"):format(one_line(b.dhsm_version)),
   }
+  if type(b.playbook) == "table" then out[#out + 1] = ("playbook code sha256:%s"):format(one_line(b.playbook.sha256)) end
   local approvals = {}
   for i = 2, #p.signatures do
     local s = p.signatures[i]
-    approvals[#approvals + 1] = ("  %s  key %s  at %s"):format(tostring(s.principal or "?"), s.key, tostring(s.time or "?"))
+    approvals[#approvals + 1] = ("  %s  key %s  at %s"):format(one_line(s.principal or "?"), one_line(s.key), one_line(s.time or "?"))
   end
   out[#out + 1] = ("approvals written in the file: %d (dhsm plan verify checks them)"):format(#approvals)
   for _, a in ipairs(approvals) do out[#out + 1] = a end
-  if b.inventory then out[#out + 1] = ("inventory %s  sha256:%s"):format(b.inventory.path, b.inventory.sha256) end
+  if b.inventory then out[#out + 1] = ("inventory %s  sha256:%s"):format(one_line(b.inventory.path), one_line(b.inventory.sha256)) end
   out[#out + 1] = "params:"
-  for _, k in ipairs(util.sorted_keys(b.params)) do out[#out + 1] = ("  %s = %s"):format(tostring(k), one_line(b.params[k])) end
+  for _, k in ipairs(sorted_keys(b.params)) do out[#out + 1] = ("  %s = %s"):format(one_line(k), one_line(b.params[k])) end
   local destructive = 0
   for _, c in ipairs(b.changes) do if c.destructive == true then destructive = destructive + 1 end end
   out[#out + 1] = ("changes: %d, %d destructive (destructive first; numbers: the order they run)"):format(#b.changes, destructive)
@@ -664,7 +718,7 @@ function M.render(p, opts)
   end
   out[#out + 1] = ("reads: %d"):format(#b.reads)
   for _, r in ipairs(b.reads) do
-    out[#out + 1] = type(r) == "table" and ("  %s: %s"):format(tostring(r.step or "?"), one_line(r.result)) or ("  " .. one_line(r))
+    out[#out + 1] = type(r) == "table" and ("  %s: %s"):format(one_line(r.step or "?"), one_line(r.result)) or ("  " .. one_line(r))
   end
   return table.concat(out, "\n") .. "\n"
 end

@@ -415,7 +415,7 @@ local function cmd_run(opts, pos)
   end
   local inv = opts.inventory and inventory.load(opts.inventory) or nil
   inventory.trust_tools(inv)
-  return M.run_playbook(plan and not opts.resume and plan.body.playbook or pos[1], opts.extra, {
+  return M.run_playbook(plan and not opts.resume and require("dhsm.plan").playbook_name(plan) or pos[1], opts.extra, {
     -- the plan's parameters, as given when it was made (secrets by reference)
     params = plan and not opts.resume and util.merged(plan.body.params, {}) or nil,
     check = opts.check, yes = opts.yes, resume = opts.resume, json = opts.json,

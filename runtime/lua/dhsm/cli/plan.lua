@@ -32,7 +32,7 @@ end
 -- A refusal of the approval, audited with the keys involved.
 local function refuse_approval(p, code, key, message)
   dhsm.audit.write { action = "plan.approve", outcome = "refused", code = code, digest = plan.digest(p),
-    playbook = p.body.playbook, approver_key = key }
+    playbook = plan.playbook_name(p), approver_key = key }
   act.refusal { code = code, message = message }
 end
 
@@ -40,10 +40,7 @@ local function approve(path, p, opts)
   if not opts.key then usage("plan approve needs --key KEY (your SSH key, or the .pub of an agent's or FIDO key)") end
   show(p)
   local key = plan.key_fingerprint(opts.key)
-  local ok, author = pcall(function()
-    plan.check_fresh(p)
-    return plan.author_key(p)
-  end)
+  local ok, author = pcall(plan.author_key, p)
   if not ok then
     if not dhsm.error.is(author, "safety") then error(author, 0) end
     refuse_approval(p, author.code, key, author.message)
@@ -58,9 +55,15 @@ local function approve(path, p, opts)
   local entry = plan.sign(p, opts.key, "approver", opts.principal)
   act.write_file(path, plan.encode(p), { what = "approval by " .. entry.key })
   dhsm.audit.write { action = "plan.approve", outcome = "approved", digest = plan.digest(p),
-    playbook = p.body.playbook, approver_key = entry.key, principal = entry.principal }
+    playbook = plan.playbook_name(p), approver_key = entry.key, principal = entry.principal }
   out:write(("approved: plan sha256:%s signed with %s%s; written to %s\n"):format(plan.digest(p), entry.key,
     entry.principal and (" as " .. entry.principal) or "", path))
+  -- an approval never makes a plan applicable past its expiry (plan.verify):
+  -- said here, not refused, so a reviewer's word is on record either way
+  if not pcall(plan.check_fresh, p) then
+    io.stderr:write(("dhsm: note: this plan expired at %s: it cannot be applied; its author makes a new one\n")
+      :format(p.body.expires))
+  end
   return 0
 end
 
@@ -89,7 +92,7 @@ end
 
 local function verify(_, p, opts)
   local r = plan.verify(p, policy_for(opts))
-  out:write(("approved: plan sha256:%s for playbook %s\n"):format(r.digest, p.body.playbook))
+  out:write(("approved: plan sha256:%s for playbook %s\n"):format(r.digest, plan.playbook_name(p)))
   out:write(("  author    %s@%s  %s\n"):format(p.body.author.user, p.body.author.host, r.author.key))
   for _, a in ipairs(r.approvers) do out:write(("  approver  %s  %s\n"):format(a.principal, a.key)) end
   for _, why in ipairs(r.rejected) do out:write(("  not counted: %s\n"):format(why)) end

@@ -57,13 +57,19 @@ function M.reads(steps)
 end
 
 
+-- playbook_of(pb) -> {name=, sha256=}: how a plan names its playbook (a
+-- built-in by name, any other by absolute path) and the digest of its code
+local function playbook_of(pb)
+  return { name = pb.embedded and pb.name or (sys.realpath(pb.path) or pb.path), sha256 = pb.sha256 }
+end
+
 -- save(ctx, pb, j, tally, opts): the check run `ctx` ended as planned; its
 -- plan is made, signed by the author's key (opts.key) and written through
 -- the front end's writer (opts.write_plan) -> the plan
 function M.save(ctx, pb, j, tally, opts)
   local plan = require "dhsm.plan"
-  local p = plan.new { playbook = pb.name, playbook_sha256 = pb.sha256, params = j.given or {},
-    inventory = j.inventory, changes = tally.changes, reads = M.reads(ctx.steps), ttl = opts.ttl }
+  local p = plan.new { playbook = playbook_of(pb), params = j.given or {}, inventory = j.inventory,
+    changes = tally.changes, reads = M.reads(ctx.steps), ttl = opts.ttl }
   plan.sign(p, opts.key, "author")
   opts.write_plan(plan.encode(p))
   dhsm.audit.write { action = "plan.write", target = opts.out, outcome = "written", plan = plan.digest(p),
@@ -111,9 +117,9 @@ function M.load(path, policy, run_id)
   for _, a in ipairs(who.approvers) do signers[#signers + 1] = a.key end
   local digest = plan.digest(p)
   dhsm.audit.write { action = "plan.apply", target = path, outcome = "verified", plan = digest,
-    playbook = p.body.playbook, author = who.author.key, signers = signers }
+    playbook = plan.playbook_name(p), author = who.author.key, signers = signers }
   return p, { digest = digest, changes = p.body.changes, used = sent_before(run_id, digest), signers = signers,
-    playbook = p.body.playbook }
+    playbook = plan.playbook_name(p) }
 end
 
 -- claim(digest, run_id) -> lock (close it when the run ends): a plan is
@@ -146,7 +152,8 @@ end
 
 -- check_playbook(p, pb): the playbook found is the code the plan was made with
 function M.check_playbook(p, pb)
-  if pb.name ~= p.body.playbook or pb.sha256 ~= p.body.playbook_sha256 then
+  local planned, now = p.body.playbook, playbook_of(pb)
+  if type(planned) ~= "table" or planned.name ~= now.name or planned.sha256 ~= now.sha256 then
     refuse("PlaybookChanged", "playbook %s (%s) is not the code the plan was made with (its digest changed): make a "
       .. "new plan", pb.name, pb.path)
   end
@@ -214,7 +221,7 @@ end
 function M.check_policy(pb, check)
   local rules, applied = act.plans()
   if check or not rules or not (rules.playbooks or {})[pb.name] then return end
-  if applied and applied.playbook == pb.name then return end
+  if applied and applied.playbook == playbook_of(pb).name then return end
   refuse("PlanRequired", "this host's policy (%s) runs playbook %s only from an approved plan: 'dhsm run %s ... "
     .. "--check --out PLAN.json --key KEY', 'dhsm plan approve PLAN.json --key KEY' by %d other operator(s), then "
     .. "'dhsm run --plan PLAN.json'", tostring(rules.source), pb.name, pb.name, rules.approvals or 1)
