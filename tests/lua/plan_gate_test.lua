@@ -69,22 +69,25 @@ t.test("applied as approved, every planned change is made once", function()
   t.eq(written(s), { first = "one\n", ["out-a"] = "1\n", ["out-b"] = "2\n" })
 end)
 
-t.test("a change the plan does not hold is stopped before it is sent; those before it were the plan's", function()
+-- The plan made on marker "a=1 b=2", applied once the marker reads `now`
+-- -> the folder, the run's {status, stderr}
+local function applied_after(now)
   local s = setup("a=1 b=2")
   local plan = approved(s)
-  t.write(s.dir .. "/marker", "a=1 c=3")
+  t.write(s.dir .. "/marker", now)
   local r = dhsm(s, "run --plan " .. q(plan) .. " --yes")
   t.eq(r.status, 3, r.stderr)
+  return s, r
+end
+
+t.test("a change the plan does not hold is stopped before it is sent; those before it were the plan's", function()
+  local s, r = applied_after("a=1 c=3")
   t.ok(r.stderr:find("NotInPlan", 1, true) or r.stderr:find("is not in the plan", 1, true), r.stderr)
   t.eq(written(s), { first = "one\n", ["out-a"] = "1\n" })
 end)
 
 t.test("the same target with another body is stopped before it is sent: the plan's and the run's shown", function()
-  local s = setup("a=1 b=2")
-  local plan = approved(s)
-  t.write(s.dir .. "/marker", "a=1 b=22")
-  local r = dhsm(s, "run --plan " .. q(plan) .. " --yes")
-  t.eq(r.status, 3, r.stderr)
+  local s, r = applied_after("a=1 b=22")
   t.ok(r.stderr:find("the estate changed since the plan was approved: the plan's next change to " .. s.dir
     .. "/out-b is 'write " .. s.dir .. "/out-b (2 bytes)', the run now sends 'write " .. s.dir .. "/out-b (3 bytes)'",
     1, true), r.stderr)
