@@ -11,6 +11,7 @@
 */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -119,8 +120,61 @@ static int array_length(lua_State *L, int idx) {
 
 static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth, int redact);
 
+/* An object's member names, sorted: the same table is always the same
+** text (an audit record, a request body a plan compares, a digest). */
+typedef struct member { const char *name; size_t len; int key; } member;
+
+static int by_name(const void *pa, const void *pb) {
+  const member *a = pa, *b = pb;
+  int c = memcmp(a->name, b->name, a->len < b->len ? a->len : b->len);
+  return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* The object at idx, its string and number keys in byte order of their
+** text.  The keys are kept in a table on the stack while written (their
+** names stay alive; a number key is looked up as itself). */
+static void write_object(dhsm_buf *b, lua_State *L, int idx, int depth, int redact) {
+  lua_Integer n = 0;
+  lua_newtable(L);                              /* i -> the key itself */
+  int keys = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    int kt = lua_type(L, -1);
+    if (kt == LUA_TSTRING || kt == LUA_TNUMBER) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, keys, ++n);
+    }
+  }
+  member *m = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *m, 0);
+  lua_newtable(L);                              /* i -> the key's text (kept alive) */
+  int names = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, keys, i);
+    m[i - 1].name = lua_tolstring(L, -1, &m[i - 1].len);   /* a number key becomes a string: its copy */
+    m[i - 1].key = (int)i;
+    lua_rawseti(L, names, i);
+  }
+  qsort(m, (size_t)n, sizeof *m, by_name);
+  dhsm_buf_add(b, "{", 1);
+  for (lua_Integer i = 0; i < n; i++) {
+    if (i > 0) dhsm_buf_add(b, ",", 1);
+    dhsm_json_string(b, m[i].name, m[i].len);
+    dhsm_buf_add(b, ":", 1);
+    lua_rawgeti(L, keys, m[i].key);
+    lua_rawget(L, idx);
+    if (redact && dhsm_json_hides(L, m[i].name, -1))
+      dhsm_buf_adds(b, "\"<redacted>\"");
+    else
+      json_value(b, L, lua_gettop(L), depth + 1, redact);
+    lua_pop(L, 1);
+  }
+  dhsm_buf_add(b, "}", 1);
+  lua_pop(L, 3);                                /* keys, the members, names */
+}
+
 static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth, int redact) {
-  if (depth >= MAX_DEPTH || !lua_checkstack(L, 4)) {
+  if (depth >= MAX_DEPTH || !lua_checkstack(L, 8)) {
     dhsm_buf_adds(b, "\"<too deep>\"");
     return;
   }
@@ -136,28 +190,7 @@ static void json_table(dhsm_buf *b, lua_State *L, int idx, int depth, int redact
     dhsm_buf_add(b, "]", 1);
     return;
   }
-  int first = 1;
-  dhsm_buf_add(b, "{", 1);
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    int kt = lua_type(L, -2);
-    if (kt == LUA_TSTRING || kt == LUA_TNUMBER) {
-      size_t kl;
-      lua_pushvalue(L, -2);                   /* tolstring on a copy keeps lua_next sane */
-      const char *k = lua_tolstring(L, -1, &kl);
-      if (!first) dhsm_buf_add(b, ",", 1);
-      first = 0;
-      dhsm_json_string(b, k, kl);
-      dhsm_buf_add(b, ":", 1);
-      if (redact && lua_type(L, -3) == LUA_TSTRING && dhsm_json_hides(L, k, -2))  /* key, value, key copy */
-        dhsm_buf_adds(b, "\"<redacted>\"");
-      else
-        json_value(b, L, lua_gettop(L) - 1, depth + 1, redact);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  dhsm_buf_add(b, "}", 1);
+  write_object(b, L, idx, depth, redact);
 }
 
 static void json_value(dhsm_buf *b, lua_State *L, int idx, int depth, int redact) {

@@ -774,7 +774,9 @@ function Client:request(method, path, opts)
   return act.change({ kind = "azure", action = method, target = where:match("([^/]+)$") or where, where = where,
     what = planned(method, url, opts.body), destructive = method == "DELETE",
     fields = { correlation_id = correlation_id, body_sha256 = fits and body and sys.sha256(body) or nil },
-    generated = { "correlation_id" },
+    -- made afresh by each request; the body is compared whole in `what`
+    -- (a run's own id in it by its role: dhsm.act.identity)
+    generated = { "correlation_id", "body_sha256" },
     rule = function() rules.check(self, method, where, opts, fits and body or nil) end,
     planned = function() return { status = 0, check = true, method = method, path = path, url = url, body = opts.body, headers = {} } end,
     outcome = function(r) return tostring(r.status), { attempts = r.attempts, request_id = r.request_id,

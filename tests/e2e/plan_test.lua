@@ -302,3 +302,22 @@ t.test("a plan is applied once: two processes at once, one applies it, the other
   t.ok(r.stderr:find("PlanApplied", 1, true) or r.stderr:find("was applied by run", 1, true), r.stderr)
   t.eq(sent(e), { zeroize = 1, delete = 1 })
 end)
+
+t.test("a provision plan applies as made: the run's own id in its tags by its role, each body by its canonical JSON", function()
+  local e = support.start { set = { hsm_step_seconds = 0, gateway_seconds = 0, network_seconds = 0, delete_seconds = 0,
+    retry_after = 0 }, args = "--appliances 0" }
+  local k = operators { playbooks = { "provision" }, destructive_changes = false }
+  local path = t.tmpdir() .. "/provision.json"
+  local r = dhsm(e, k, ("-i %s run provision -e poll_interval=0.02 -e backoff=0.01 -e hsms=hsm-a:stamp1,hsm-b:stamp2 "
+    .. "-e vnet=plan-vnet -e gateway=plan-gw -e gateway_pip=plan-pip --check --out %s --key %s")
+    :format(q(e.dir .. "/inventory.json"), q(path), q(k.alice)))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(e:mutations(), {}, "planning sends nothing")
+  local planned = #cjson.decode(util.read_file(path)).body.changes
+  t.eq(approve(e, k, path, "bob").status, 0)
+  r = dhsm(e, k, "run --plan " .. q(path) .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  local puts = support.count(e:mutations(), "^PUT ")
+  t.eq({ puts, planned > 0 }, { planned, true }, "each planned change sent once")
+  t.eq({ e:hsms()["hsm-a"], e:hsms()["hsm-b"] }, { "Succeeded", "Succeeded" })
+end)

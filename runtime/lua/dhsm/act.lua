@@ -78,7 +78,7 @@ local scopes = setmetatable({}, { __mode = "k" })
 local process_scope
 
 local function new_tally()
-  return { described = 0, refused = 0, changes = {} }
+  return { described = 0, refused = 0, changes = {}, identities = {} }
 end
 
 -- A context's parent: its metatable's __index, read past the protection
@@ -265,8 +265,10 @@ local function describe(change)
   if t then
     t.described = t.described + 1
     t.changes[#t.changes + 1] = { kind = change.kind, action = change.action, target = change.target,
-      where = change.where, what = change.what, destructive = change.destructive == true or nil,
-      fields = M.identity(change).fields }
+      where = change.where, what = change.what }
+    local planned = M.identity(change)          -- as a saved plan holds it (dhsm.play.plans)
+    planned.destructive = change.destructive == true or nil
+    t.identities[#t.identities + 1] = planned
   end
   local r = record(change, "planned", { action = "check.would", change = change.audit
     or (change.kind .. "." .. tostring(change.action)) })
@@ -373,16 +375,25 @@ end
 -- makes afresh each time (a correlation id; change.generated names such
 -- fields) is compared by its role, never by its value; secrets never
 -- reach a change's fields at all.
+-- The run's own id (a name a playbook gives what it makes: provision's
+-- tags) is compared by its role too: the plan's run and the run applying
+-- it are two runs.
+local function run_named(v)
+  local run = core.context().run
+  if type(v) ~= "string" or type(run) ~= "string" or run == "" then return v end
+  return (v:gsub(run:gsub("%p", "%%%0"), "<run>"))
+end
+
 function M.identity(change)
   local generated = {}
   for _, name in ipairs(change.generated or {}) do generated[name] = true end
   local fields
   for k, v in pairs(change.fields or {}) do
     fields = fields or {}
-    fields[k] = generated[k] and ("<" .. k .. ">") or v
+    fields[k] = generated[k] and ("<" .. k .. ">") or run_named(v)
   end
-  return { kind = change.kind, action = change.action, target = change.target, where = change.where,
-    what = change.what, fields = fields }
+  return { kind = change.kind, action = change.action, target = change.target, where = run_named(change.where),
+    what = run_named(change.what), fields = fields }
 end
 
 local function same_change(planned, c)

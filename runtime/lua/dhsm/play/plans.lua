@@ -69,11 +69,11 @@ end
 function M.save(ctx, pb, j, tally, opts)
   local plan = require "dhsm.plan"
   local p = plan.new { playbook = playbook_of(pb), params = j.given or {}, inventory = j.inventory,
-    changes = tally.changes, reads = M.reads(ctx.steps), ttl = opts.ttl }
+    changes = tally.identities, reads = M.reads(ctx.steps), ttl = opts.ttl }
   plan.sign(p, opts.key, "author")
   opts.write_plan(plan.encode(p))
   dhsm.audit.write { action = "plan.write", target = opts.out, outcome = "written", plan = plan.digest(p),
-    playbook = pb.name, changes = #tally.changes, signers = { p.signatures[1].key } }
+    playbook = pb.name, changes = #tally.identities, signers = { p.signatures[1].key } }
   return p
 end
 
