@@ -324,15 +324,18 @@ end
 -- list`'s, read now: every one is a last copy).  What cannot
 -- be read here is left to the steps, which refuse it.
 local function whole_groups(ctx)
-  local counts = {}
+  local counts, any = {}, false
   for _, name in ipairs(ctx.params.hsm) do
     local ok, parts = pcall(function()
       local s = ctx:appliance(name)
       return s:hsm_show().zeroized and {} or s:partitions()
     end)
-    for _, pt in ipairs(ok and parts or {}) do counts[pt.serial] = pt.objects end
+    for _, pt in ipairs(ok and parts or {}) do
+      counts[pt.serial] = pt.objects
+      any = any or (pt.objects or 0) > 0
+    end
   end
-  if not next(counts) then return end
+  if not any then return end
   local ok, groups = pcall(function() return steps.client(ctx):groups() end)
   for _, g in ipairs(ok and groups or {}) do
     local all, n = #g.members > 0, 0
