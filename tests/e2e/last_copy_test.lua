@@ -262,3 +262,23 @@ t.test("--check: the census reads happen (read-only logins) and the refusal show
   t.eq(logins, { "sending in check mode", "ok in check mode", "sending in check mode", "ok in check mode" },
     "two read-only CO logins, made: hsm1's partition and its surviving member's")
 end, { timeout = 180 })
+
+t.test("all at a terminal: their count typed destroys them; another answer destroys nothing", function()
+  local tty = require "support.tty"
+  if not tty.available() then t.skip("tmux is not installed") end
+  local e = estate(2, true)
+  put_key(e, "hsm1", { label = "k-typed" })
+  local cmd = t.cmd(("-i %s run decommission -e poll_interval=0.02 -e backups_confirmed=true -e hsm=hsm1 "
+    .. "-e destroy_last_copies=all --yes"):format(q(e.inv)))
+  local function answer(typed, exit)
+    local term = tty.start(cmd, { keep = true, env = "DHSM_AUDIT=" .. q(e.dir .. "/state/audit.jsonl") })
+    term.wait_for("Type their number, 1, to destroy them:$", 60)
+    term.keys(typed, "Enter")
+    term.wait_for("%[exit " .. exit .. "%]", 60)
+  end
+  answer("2", 3)
+  t.eq(zeroizes(e), 0, "--yes does not answer it, nor does another number")
+  answer("1", 0)
+  t.eq(zeroizes(e), 1)
+  t.eq(records(e, "decommission.last_copies")[1].objects[1].label, "k-typed")
+end, { timeout = 180 })
