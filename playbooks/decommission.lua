@@ -229,11 +229,14 @@ local function listing(last)
   return table.concat(lines, "\n")
 end
 
--- The labels of the last copies, each once, in order: the way on.
+-- The names of the last copies, each once, in order: the way on (a label,
+-- else id:HEX).
 local function labels(last)
   local out, seen = {}, {}
   for _, l in ipairs(last) do
-    local name = l.object.label ~= "" and l.object.label or ("id:" .. l.object.id)
+    -- a list parameter splits at commas: such a label is named by its id
+    local usable = l.object.label ~= "" and not l.object.label:find(",", 1, true) and l.object.label:match("^all") == nil
+    local name = usable and l.object.label or ("id:" .. l.object.id)
     if not seen[name] then out[#out + 1], seen[name] = name, true end
   end
   return out
@@ -286,7 +289,7 @@ end
 local function consent(ctx, last)
   local names = ctx.params.destroy_last_copies
   if not names then refuse_last_copies(last) end
-  if #names == 1 and names[1]:match("^all") then return all_confirmed(ctx, last, names[1]) end
+  if #names == 1 and (names[1] == "all" or names[1]:match("^all:%d+$")) then return all_confirmed(ctx, last, names[1]) end
   local unnamed = not_named(last, names)
   if #unnamed > 0 then refuse_last_copies(last, unnamed) end
 end
