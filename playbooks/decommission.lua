@@ -192,6 +192,20 @@ local function holds_objects(list)
   return false
 end
 
+-- The members of the HA groups of the partitions in dead that are not in
+-- dead: {{group=, serial=}}
+local function other_members(ctx, dead)
+  local out = {}
+  for _, g in ipairs(steps.client(ctx):groups()) do
+    local ours = false
+    for _, m in ipairs(g.members) do ours = ours or dead[m.serial] end
+    for _, m in ipairs(ours and g.members or {}) do
+      if not dead[m.serial] then out[#out + 1] = { group = g, serial = m.serial } end
+    end
+  end
+  return out
+end
+
 -- A survivor's census, or nil (noted) when it cannot be read: a member
 -- that cannot be read is not a survivor.
 local function read_member(ctx, g, serial)
@@ -205,13 +219,7 @@ end
 -- and the backup partitions named (which must be readable).
 local function survivors(ctx, dead)
   local out = {}
-  for _, g in ipairs(steps.client(ctx):groups()) do
-    local ours = false
-    for _, m in ipairs(g.members) do ours = ours or dead[m.serial] end
-    for _, m in ipairs(ours and g.members or {}) do
-      if not dead[m.serial] then out[#out + 1] = read_member(ctx, g, m.serial) end
-    end
-  end
+  for _, m in ipairs(other_members(ctx, dead)) do out[#out + 1] = read_member(ctx, m.group, m.serial) end
   for _, serial in ipairs(ctx.params.backup or {}) do
     if dead[serial] then
       dhsm.error { kind = "usage", code = "BadParameter",
@@ -305,21 +313,48 @@ local function audit_last_copies(ctx, last)
     outcome = "named by the operator", count = #last, objects = list }
 end
 
--- left: the HSMs still there.  -> {last_copies = n}
+-- left: the HSMs still there.  -> {last_copies = n, named = {object...}}:
+-- the last copies the operator named, as the census gave them
 local function no_last_copy(ctx, left)
   return ctx:step("look for a copy of every object that will be destroyed", function()
     local list, dead = doomed(left)
-    if not holds_objects(list) then return { last_copies = 0 } end
+    if not holds_objects(list) then return { last_copies = 0, named = {} } end
     local last = copies.last_copies(list, survivors(ctx, dead))
     if #last == 0 then
       ctx:note("every object on the partitions to be destroyed has a copy on a partition that survives")
-      return { last_copies = 0 }
+      return { last_copies = 0, named = {} }
     end
     consent(ctx, last)
     audit_last_copies(ctx, last)
     ctx:note(("%d last copies named by the operator: destroyed with their partitions"):format(#last))
-    return { last_copies = #last }
+    local named = {}
+    for i, l in ipairs(last) do named[i] = l.object end
+    return { last_copies = #last, named = named }
   end)
+end
+
+-- The survivors of the partitions in dead: the other members of their HA
+-- groups and the backups named (serials).
+local function survivor_serials(ctx, dead)
+  local out = {}
+  for _, m in ipairs(other_members(ctx, dead)) do out[#out + 1] = m.serial end
+  for _, sn in ipairs(ctx.params.backup or {}) do out[#out + 1] = sn end
+  return out
+end
+
+-- The clearance dhsm.luna asks for before h's key material is destroyed
+-- (dhsm.client.copies.clear): h's partitions and the survivors read again
+-- now (a resumed run's check may be old), each object on a survivor or
+-- among the last copies named.  dead: the partitions this run destroys.
+local function clearance(ctx, h, dead, named)
+  local s = ctx:appliance(h.name)
+  local mine, gone = {}, util.merged(dead, {})
+  for _, pt in ipairs(s:hsm_show().zeroized and {} or s:partitions()) do
+    if pt.objects ~= 0 then mine[#mine + 1] = pt.serial end
+    gone[pt.serial] = true
+  end
+  local others = #mine > 0 and survivor_serials(ctx, gone) or {}
+  return copies.clear(steps.client(ctx), h.serial, mine, others, named, #mine > 0 and slots(ctx) or nil)
 end
 
 -- Before any step: an HA group every member of which this run destroys,
@@ -386,18 +421,18 @@ local function way_on(err, h)
 end
 
 -- (3) method=command: the HSM SO's password, -e so_password else the
--- inventory entry's.
-local function zeroize(ctx, h)
+-- inventory entry's.  cleared() -> the last-copy clearance, read now.
+local function zeroize(ctx, h, cleared)
   ctx:step("zeroize " .. h.name, { destructive = true, target = h.name,
     done = function() return ctx:appliance(h.name):hsm_show().zeroized end,
   }, function()
     local s = ctx:appliance(h.name)
     if ctx.params.method == "failed-logins" then
-      return s:zeroize_by_failed_logins(h.serial, { zeroize = true })
+      return s:zeroize_by_failed_logins(h.serial, { zeroize = true, last_copies_cleared = cleared() })
     end
     local ok, err = pcall(s.login_so, s, (so_password(ctx.params, ctx.inventory, h.name)))
     if not ok then error(way_on(err, h), 0) end
-    s:must("hsm zeroize -force")
+    s:must("hsm zeroize -force", { last_copies_cleared = cleared() })
   end)
 end
 
@@ -426,8 +461,8 @@ local function delete_resource(ctx, h)
   end)
 end
 
-local function give_back(ctx, h)
-  zeroize(ctx, h)
+local function give_back(ctx, h, cleared)
+  zeroize(ctx, h, cleared)
   -- (4) the appliance's own word, before anything is deleted
   ctx:step("verify " .. h.name .. " says zeroized", function() return evidence.describe(proof(ctx, h)) end)
   delete_resource(ctx, h)
@@ -491,9 +526,12 @@ return {
       ctx:note("everything is already gone: nothing was changed")
       return { changed = false }
     end
-    no_last_copy(ctx, left)
+    local named = no_last_copy(ctx, left).named
     require_backups(ctx, left)
-    for _, h in ipairs(left) do give_back(ctx, h) end
+    local _, dead = doomed(left)
+    for _, h in ipairs(left) do
+      give_back(ctx, h, function() return clearance(ctx, h, dead, named) end)
+    end
     if not p.delete_group then
       ctx:note(("resource group %s kept (-e delete_group=true deletes it once it holds no HSM)"):format(p.group))
       return { changed = true }

@@ -8,6 +8,9 @@
 --                                   Crypto Officer login with the inventory's crypto_officers secret
 --   copies.last_copies(doomed, survivors)  --> {{partition=, object=}, ...}: doomed objects on no survivor
 --   copies.describe(object)  --> "secret_key 'k1' id 0a1b aes 256 kcv:1a2b3c"
+--   copies.clear(install, hsm_serial, partitions, survivors, named)  --> a last-copy clearance (dhsm.evidence)
+--                                   for that appliance: its partitions and the survivors read now, each object
+--                                   on a survivor or among `named`
 --
 -- An object is told by class, label, CKA_ID, key type and size, and by a
 -- fingerprint where one is readable: "sha256:" of the public value for a
@@ -23,11 +26,15 @@
 -- refused) is never taken for an empty one: read raises safety
 -- CensusUnreadable naming the partition and what to do.
 local dhsm = require "dhsm"
+local evidence = require "dhsm.evidence"
 local proc = require "dhsm.proc"
 local schema = require "dhsm.schema"
 local sys = require "dhsm.sys"
 
 local M = {}
+
+-- The one maker of last-copy clearances (dhsm.evidence), taken now.
+local issue = evidence.clearance_issuer()
 
 local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
@@ -96,9 +103,11 @@ local function census_entry(session, h)
     size = size_of(a, pub), fingerprint = fp, matched_by = fp and "fingerprint" or "attributes" }
 end
 
--- The identity two copies of one object share.
+-- The identity two copies of one object share (a size read back from a
+-- journal may be a float: 256.0 is 256).
 local function identity(o)
-  return table.concat({ o.class, o.label, o.id, tostring(o.key_type), tostring(o.size), o.fingerprint or "" }, "\0")
+  local size = math.type(o.size) and ("%d"):format(o.size) or tostring(o.size)
+  return table.concat({ o.class, o.label, o.id, tostring(o.key_type), size, o.fingerprint or "" }, "\0")
 end
 
 -- census(session) -> the objects of a logged-in session's token, sorted
@@ -182,6 +191,58 @@ function M.last_copies(doomed, survivors)
     end
   end
   return out
+end
+
+-- The censuses of the partitions of `serials` that can be read; those
+-- that cannot are not survivors (CensusUnreadable), any other error is raised.
+local function readable(install, serials, slots)
+  local out = {}
+  for _, sn in ipairs(serials) do
+    local ok, c = pcall(M.read, install, sn, slots)
+    if ok then
+      out[#out + 1] = c
+    elseif not (dhsm.error.is(c, "safety") and c.code == "CensusUnreadable") then
+      error(c, 0)
+    end
+  end
+  return out
+end
+
+-- clear(install, hsm_serial, partitions, survivors, named [, slots]) -> a
+-- clearance (dhsm.evidence) for the appliance of that HSM serial: the
+-- partitions (serials) it holds and the survivors (serials) are read here,
+-- now, and every object of the first is on one of the second or among
+-- `named` (objects the operator named to destroy, as census gave them;
+-- audited); else safety LastCopyUnchecked listing the others.  The
+-- clearance covers the partitions read, no other.
+function M.clear(install, serial, partitions, survivors, named, slots)
+  schema.argument("copies.clear", "serial", serial, { type = "string", required = true, pattern = "^%w+$",
+    expect = "an HSM serial" })
+  slots = slots or M.slots(install)
+  local doomed, covered, count = {}, {}, 0
+  for i, sn in ipairs(partitions) do
+    doomed[i] = M.read(install, sn, slots)
+    covered[sn], count = true, count + #doomed[i].objects
+  end
+  local ok = {}
+  for _, o in ipairs(named or {}) do ok[identity(o)] = true end
+  local left, lines = {}, {}
+  for _, l in ipairs(M.last_copies(doomed, readable(install, survivors, slots))) do
+    if not ok[identity(l.object)] then
+      left[#left + 1] = l
+      lines[#lines + 1] = ("  %s: %s"):format(l.partition, M.describe(l.object))
+    end
+  end
+  if #left > 0 then
+    dhsm.error { kind = "safety", code = "LastCopyUnchecked", details = { last_copies = left },
+      message = ("HSM %s: %d object(s) would be destroyed that are on no partition that survives and were not named "
+        .. "(the estate changed since the last-copy check?):\n%s"):format(serial, #left, table.concat(lines, "\n")) }
+  end
+  if #(named or {}) > 0 then
+    dhsm.audit.write { action = "copies.named", target = serial, outcome = "cleared with named last copies",
+      count = #named }
+  end
+  return issue(serial, count, covered)
 end
 
 return M

@@ -282,3 +282,63 @@ t.test("all at a terminal: their count typed destroys them; another answer destr
   t.eq(zeroizes(e), 1)
   t.eq(records(e, "decommission.last_copies")[1].objects[1].label, "k-typed")
 end, { timeout = 180 })
+
+-- Lua run by `dhsm exec --yes` against the estate's inventory (e.inv), in its state folder.
+local function exec(e, code)
+  return dhsm_run(e, "exec --yes -e " .. q(code))
+end
+
+t.test("a raw hsm zeroize on an appliance holding objects is refused without a clearance; allow_last_copies goes on, audited",
+  function()
+  local e = estate(2, false)
+  put_key(e, "hsm1", { label = "k-raw" })
+  local zeroize = [[
+    local s <close> = require("dhsm.luna").open(inv:hsm("hsm1"))
+    s:login_so(inv:hsm("hsm1").so_password)
+    local ok, err = pcall(s.must, s, "hsm zeroize -force", %s)
+    print(ok and "zeroized" or err.code)]]
+  local r = exec(e, zeroize:format("nil"))
+  t.eq({ r.status, util.trim(r.stdout) }, { 0, "LastCopyUnchecked" }, r.stderr)
+  t.eq(zeroizes(e), 0, "nothing reached the appliance")
+  -- the same by failed logins
+  r = exec(e, [[
+    local s <close> = require("dhsm.luna").open(inv:hsm("hsm1"))
+    local ok, err = pcall(s.zeroize_by_failed_logins, s, s:hsm_show().serial, { zeroize = true })
+    print(err.code)]])
+  t.eq(util.trim(r.stdout), "LastCopyUnchecked", r.stderr)
+  t.eq(count(e:mutations(), "hsm login"), 1, "the SO login of the first call only: no wrong password was sent")
+  r = exec(e, zeroize:format("{ allow_last_copies = true }"))
+  t.eq(util.trim(r.stdout), "zeroized", r.stderr)
+  t.eq(zeroizes(e), 1)
+  local overrides = {}
+  for _, rec in ipairs(records(e, "safety.override")) do overrides[#overrides + 1] = rec.outcome end
+  t.eq(overrides, { "allow_last_copies" })
+end, { timeout = 180 })
+
+t.test("a clearance is dhsm.client.copies's, for one appliance and the partitions it read: nothing else clears", function()
+  local e = estate(2, false)
+  put_key(e, "hsm1", { label = "k-clear" })
+  local r = exec(e, ([[
+    local copies = require "dhsm.client.copies"
+    local install = require("dhsm.client.ha").client(inv)
+    local s <close> = require("dhsm.luna").open(inv:hsm("hsm1"))
+    local other <close> = require("dhsm.luna").open(inv:hsm("hsm2"))
+    local serial, p1 = s:hsm_show().serial, %q
+    local function try(c)
+      local ok, err = pcall(s.check_last_copies, s, "hsm zeroize", { last_copies_cleared = c })
+      return ok and "cleared" or err.code
+    end
+    local out = {
+      try({}),                                                                        -- a hand-made table
+      try(copies.clear(install, other:hsm_show().serial, {}, {}, {})),               -- another appliance's
+      try(copies.clear(install, serial, {}, {}, {})),                                 -- it read no partition
+      (select(2, pcall(copies.clear, install, serial, { p1 }, {}, {}))).code,         -- k-clear: a last copy
+    }
+    local named = copies.read(install, p1).objects
+    out[#out + 1] = try(copies.clear(install, serial, { p1 }, {}, named))             -- named: cleared
+    out[#out + 1] = select(2, pcall(require("dhsm.evidence").clearance_issuer)).code  -- the maker is taken
+    print(table.concat(out, " "))]]):format(serial(e, "hsm1")))
+  t.eq(r.status, 0, r.stderr)
+  t.eq(util.trim(r.stdout), "LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked cleared ClearanceIssuer")
+  t.eq(zeroizes(e), 0)
+end, { timeout = 180 })
