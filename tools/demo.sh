@@ -157,7 +157,14 @@ dhsm run ha-recover -e co_password="file:$dir/secrets/hsm1_par1_co_pin"
 
 chapter "11. Decommission all three, the guide's way: zeroize, check, delete each HSM, then the group"
 say "each HSM's SO password is in the operator's inventory ($inv; hsm3's is the one initialize set)"
-dhsm run decommission -e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true -e delete_group=true -e poll_interval=0.2 --yes
+# the Crypto Officer's secret of each partition (one for the group), so decommission can list the keys it destroys
+"$estate" state --dir "$dir" >"$dir/state-now.json"
+jq --arg pin "file:$dir/secrets/hsm1_par1_co_pin" --slurpfile st "$dir/state-now.json" '.hsms |= map(
+    ($st[0].appliances[.name].partitions.par1.serial) as $sn | .partitions = [$sn]
+    | .crypto_officers = [{partition: $sn, password: $pin}])' "$inv" >"$inv.new" && mv "$inv.new" "$inv" && chmod 600 "$inv"
+say "every member of demoHA goes: each key is a last copy, so the operator names them (destroy_last_copies)"
+dhsm run decommission -e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true -e destroy_last_copies=app-key-0,app-key-1 \
+  -e delete_group=true -e poll_interval=0.2 --yes
 
 chapter "12. Orphans: an HSM whose group went first would still be billed"
 dhsm run orphans

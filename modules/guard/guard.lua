@@ -40,6 +40,10 @@
 -- protected from each other: the device's own counter is the only shared
 -- truth, which is why it is read again before every attempt.
 --
+-- A read login (a census's CO login) is made in check mode too: its
+-- failures are kept beside the locks (locks/check-failures.json, the one
+-- place check mode writes) until the next record folds them in.
+--
 -- Locks: one per device and role (locks/KEY.ROLE.lock) held for the whole
 -- attempt, so logins to different devices do not wait on each other's
 -- round trips; and one for logins.json itself, held only for a
@@ -127,14 +131,31 @@ local function key_of(dev)
 end
 
 -- A count we cannot read is not "no failures": refuse rather than guess.
-local function load()
-  local data = util.read_file(path())
+local function read_counts(file)
+  local data = util.read_file(file)
   if data == nil then return {} end
   local ok, t = pcall(cjson.decode, data)
   if not ok or type(t) ~= "table" then
     dhsm.error { kind = "safety", code = "LoginCountUnreadable",
       message = ("the failed-login counts in %s cannot be read; no login is attempted until it is repaired "
-        .. "or removed (removing it forgets every count: check each device's attempts left first)"):format(path()) }
+        .. "or removed (removing it forgets every count: check each device's attempts left first)"):format(file) }
+  end
+  return t
+end
+
+-- Failures met by a read login in check mode (dhsm.pkcs11's read_only, a
+-- census's): check mode refuses writes to logins.json - clearing a count
+-- is a change - but not to the lock folder, dhsm's own.  A count there only
+-- grows; the next record outside check mode folds it into logins.json.
+local function pending_path()
+  return M.dir() .. "/locks/check-failures.json"
+end
+
+-- logins.json with the check-mode failures folded in (the larger count wins)
+local function load()
+  local t = read_counts(path())
+  for k, v in pairs(read_counts(pending_path())) do
+    if type(v) == "table" and (v.failures or 0) > ((t[k] or {}).failures or 0) then t[k] = v end
   end
   return t
 end
@@ -142,6 +163,7 @@ end
 local function save(t)
   local ok, err = sys.write_file(path(), cjson.encode(t), SHARED)
   if not ok then dhsm.error { kind = "audit", message = "cannot keep the failed-login count: " .. tostring(err) } end
+  os.remove(pending_path())              -- folded in above
 end
 
 -- lock(file, what) -> a held lock, or a safety error naming the holder
@@ -161,9 +183,35 @@ local function lock(file, what)
   return lk
 end
 
--- update(fn): fn(counts) changes the table; load and save under the file lock
+local function pending_lock()
+  return lock(pending_path() .. ".lock", "the check-mode failed-login counts")
+end
+
+-- In check mode only a count that grew is kept, beside the locks; a
+-- success or a forget leaves every count as it was.
+local function update_pending(fn)
+  local pk <close> = pending_lock()
+  local t = load()
+  local before = {}
+  for k, v in pairs(t) do before[k] = type(v) == "table" and v.failures or 0 end
+  local r = fn(t)
+  local pending, grew = read_counts(pending_path()), false
+  for k, v in pairs(t) do
+    if type(v) == "table" and (v.failures or 0) > (before[k] or 0) then pending[k], grew = v, true end
+  end
+  if grew then
+    local ok, err = sys.write_file(pending_path(), cjson.encode(pending), SHARED)
+    if not ok then dhsm.error { kind = "audit", message = "cannot keep the failed-login count: " .. tostring(err) } end
+  end
+  return r
+end
+
+-- update(fn): fn(counts) changes the table; load and save under the file
+-- lock (and the check-mode counts' lock, whose counts save folds in)
 local function update(fn)
+  if act.checking() then return update_pending(fn) end
   local lk <close> = lock(path() .. ".lock", "the failed-login counts")
+  local pk <close> = pending_lock()
   local t = load()
   local r = fn(t)
   save(t)

@@ -70,6 +70,9 @@ local usage = dhsm.usage
 -- write path calls: assigning to luna.classify changes nothing there.)
 local classify = commands.lunash
 local DESTRUCTIVE = commands.LUNASH_DESTRUCTIVE
+-- The commands that destroy key material: each needs a last-copy clearance
+-- on an appliance whose partitions hold objects (check_last_copies).
+local KEY_MATERIAL = { ["hsm zeroize"] = true, ["partition delete"] = true, ["hsm init"] = true }
 -- (the public one names itself when its line is not a string)
 function M.classify(line)
   return classify(schema.argument("luna.classify", "line", line, "string"))
@@ -92,7 +95,8 @@ local Session = {}
 Session.__index = Session
 -- What the REPL completes (and the docs list); the rest is this module's own.
 Session.__public = { "run", "must", "hsm_show", "partitions", "packages", "network", "login_so",
-  "zeroize_by_failed_logins", "zeroized_evidence", "check_reboot_fix", "check_network_change", "get", "put", "close" }
+  "zeroize_by_failed_logins", "zeroized_evidence", "check_reboot_fix", "check_network_change", "check_last_copies", "get",
+  "put", "close" }
 
 -- The options of luna.connect (luna.open's merge those of the inventory
 -- entry), first_login and a session's run/must, for the one option reader.
@@ -111,7 +115,8 @@ local FIRST_LOGIN_OPTIONS = { new_password = { type = "secret", required = true,
 local RUN_OPTIONS = { timeout = SECONDS, answers = { type = "table" }, proceed = { type = "boolean" },
   password = SESSION_OPTIONS.password, allow_destructive_login = { type = "boolean" },
   allow_without_reboot_fix = { type = "boolean" }, allow_cutting_path = { type = "boolean" },
-  zeroize = { type = "boolean" } }
+  zeroize = { type = "boolean" }, allow_last_copies = { type = "boolean" },
+  last_copies_cleared = { type = "table", expect = "a last-copy clearance (dhsm.client.copies.clear)" } }
 
 local function check_opts(o)
   schema.options("luna.connect", o, CONNECT_OPTIONS, true)
@@ -753,6 +758,7 @@ function Session:run(line, opts)
   return act.change(change_of(self, line, what, {
     destructive = DESTRUCTIVE[what] or nil,
     rule = function()
+      if KEY_MATERIAL[what] then self:check_last_copies(what, opts) end
       if verb == "reboot" then self:check_reboot_fix(what, opts) end
       if verb == "network" then self:check_network_change(line, opts) end
     end,
@@ -924,6 +930,7 @@ end
 function Session:zeroize_by_failed_logins(serial, opts)
   schema.options("luna zeroize_by_failed_logins", opts, RUN_OPTIONS)
   check_open(self)
+  self:check_last_copies("zeroize_by_failed_logins", opts or {})
   local wrong = secret.value(require("dhsm.sys").random_hex(32))
   return guard.zeroize_by_failures(self:guard_device(), "so", { zeroize = (opts or {}).zeroize, serial = serial,
     target = self.name }, {
@@ -958,6 +965,38 @@ function Session:check_reboot_fix(what, opts)
         what, self.name, want), details = { reboot_fix_package = want } }
   end
   dhsm.audit.write { action = "safety.reboot_fix", target = self.name, outcome = "installed", package = found }
+end
+
+-- A command that destroys key material (KEY_MATERIAL, a zeroization by
+-- failed logins) on an appliance whose partitions hold objects needs a
+-- last-copy clearance for its HSM serial (dhsm.client.copies.clear, made
+-- by decommission's check), or allow_last_copies (audited).  A zeroized
+-- appliance has nothing left to lose; a count `partition list` does not
+-- give is taken for objects.
+function Session:check_last_copies(what, opts)
+  if opts.allow_last_copies then
+    dhsm.audit.write { action = "safety.override", target = self.name, outcome = "allow_last_copies", command = what }
+    return
+  end
+  local show = self:hsm_show()
+  if show.zeroized then return end
+  local held, holding = 0, {}
+  for _, p in ipairs(self:partitions()) do
+    local n = math.type(p.objects) and p.objects or 1
+    if n > 0 then held, holding[#holding + 1] = held + n, p.serial end
+  end
+  if held == 0 then return end
+  if require("dhsm.evidence").cleared(opts.last_copies_cleared, show.serial, holding) then
+    dhsm.audit.write { action = "safety.last_copies", target = self.name, outcome = "cleared", command = what,
+      serial = show.serial }
+    return
+  end
+  dhsm.error { kind = "safety", code = "LastCopyUnchecked", details = { serial = show.serial, objects = held },
+    message = ("refusing '%s' on %s: its partitions hold %d object(s), and no last-copy check cleared this appliance "
+      .. "(serial %s) in the last %d minutes: it could destroy the last copy of a key. dhsm run decommission checks "
+      .. "(every object found on another HA member or a backup, or named); a call that means it passes "
+      .. "allow_last_copies = true (audited)"):format(what, self.name, held, tostring(show.serial),
+      require("dhsm.evidence").CLEARANCE_MAX_AGE // 60) }
 end
 
 -- A network change must not touch the interface carrying this session.

@@ -373,6 +373,8 @@ static const attr_def ATTRS[] = {
   {"public_exponent", CKA_PUBLIC_EXPONENT, A_BYTES},
   {"ec_params", CKA_EC_PARAMS, A_BYTES}, {"ec_point", CKA_EC_POINT, A_BYTES},
   {"key_gen_mechanism", CKA_KEY_GEN_MECHANISM, A_MECH}, {"subject", CKA_SUBJECT, A_BYTES},
+  /* a secret key's KCV: how two copies of one key are told apart without its value */
+  {"check_value", CKA_CHECK_VALUE, A_BYTES},
   {NULL, 0, 0}
 };
 

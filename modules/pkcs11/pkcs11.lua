@@ -8,6 +8,7 @@
 --   lib:find_token{ label = "p1" }  or { serial = "1234" }   --> token info (with .slot) | nil, broken
 --   local s <close> = lib:open{ label = "p1", rw = true }     -- or serial= / slot=; read-only by default
 --   s:login("user" | "so", pin_secret [, { allow_destructive_login = true }]); s:logout(); s:init_pin(new_pin_secret) (as the SO)
+--   s:login("user", pin_secret, { read_only = true })   -- on a read-only session: a read, made in check mode too
 --   s:find{ class = "private_key", label = "k" }  --> { handle, ... }; s:count(t); s:find_one(t)
 --   s:attributes(handle [, { "label", "modulus_bits", ... }]) --> { label = "k", modulus_bits = 2048 }
 --   s:destroy(handle)
@@ -42,6 +43,10 @@
 -- (audited); a failed login is never retried.  Reading the flags, C_Login
 -- and recording the outcome are one critical section per token and role,
 -- across tasks and processes; C_Login itself is reachable from here only.
+-- A login with read_only = true on a read-only session is a read (an
+-- inventory of the partition's objects): guarded and audited like any
+-- login, but not a change, so check mode makes it; on a read-write
+-- session it is refused (that session could change the token).
 -- Generation, destruction, init_pin, login and logout pass dhsm.act's gate:
 -- recorded before (intent) and after; a destruction is confirmed (the
 -- token's label typed); in check mode none is done and each returns
@@ -152,7 +157,7 @@ end
 
 local LOAD_OPTIONS = { env = { type = "table" } }
 local SLOTS_OPTIONS = { token_present = { type = "boolean" } }
-local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" } }
+local LOGIN_OPTIONS = { allow_destructive_login = { type = "boolean" }, read_only = { type = "boolean" } }
 
 -- load([path] [, {env = {NAME = value}}]) -> library
 -- What env= may set: it is set for the whole process, so only a PKCS#11
@@ -426,11 +431,41 @@ function Session:guard_devices()
   return identities[self]
 end
 
--- s:login("user" | "so", pin [, {allow_destructive_login=}]) -> true
+-- A read-only login: the gate's records without the gate - intent and
+-- outcome audited, the login made in check mode too (a read, as a find
+-- is), never confirmed (it destroys nothing).  -> the act's results
+local function read_login(c, fn)
+  local function write(outcome, extra)
+    local r = { action = c.audit, target = c.where, outcome = outcome, kind = c.kind, what = c.what,
+      read_only = true, check = act.checking() or nil }
+    for k, v in pairs(c.fields) do r[k] = v end
+    for k, v in pairs(extra or {}) do r[k] = v end
+    dhsm.audit.write(r)
+  end
+  write("sending")
+  local res = table.pack(pcall(fn, c))
+  if not res[1] then
+    write("error " .. tostring(dhsm.error.normalize(res[2]).code))
+    error(res[2], 0)
+  end
+  write(c.outcome(table.unpack(res, 2, res.n)))
+  return table.unpack(res, 2, res.n)
+end
+
+-- A read-only login needs a read-only session: a read-write one could
+-- change the token under a login that check mode lets through.
+local function check_read_only(self)
+  if tostring(self:info().state):match("^rw_") then
+    usage("login: read_only = true needs a read-only session (lib:open{...} without rw = true); this one is read-write")
+  end
+end
+
+-- s:login("user" | "so", pin [, {allow_destructive_login=, read_only=}]) -> true
 function Session:login(who, pin, opts)
   opts = check_fields(opts, LOGIN_OPTIONS, "login")
   local r = ROLES[who]
   if not r then usage("login: as \"user\" or \"so\", got %s", tostring(who)) end
+  if opts.read_only then check_read_only(self) end
   if not secret.is(pin) then
     usage("login: the PIN must be a dhsm.secret (secret.env, secret.file or secret.prompt), got %s",
       type(pin) == "string" and "a plain string" or type(pin))
@@ -447,8 +482,8 @@ function Session:login(who, pin, opts)
       -- a login risks a failed attempt: through the gate, not in a dry run
       local what = ("log in as %s on token %s%s"):format(guard.ROLE_NAMES[r.role], key,
         id.group and (" (HA group: every member, %d)"):format(#id.devices) or "")
-      local sent, ok, err = act.change({ kind = "login", action = "login", target = token_label(self), where = key,
-        audit = "pkcs11.login", what = what, fields = { role = r.role },
+      local sent, ok, err = (opts.read_only and read_login or act.change)({ kind = "login", action = "login",
+        target = token_label(self), where = key, audit = "pkcs11.login", what = what, fields = { role = r.role },
         planned = function() return false, { check = true, would = what } end,
         outcome = function(_, fine, e) return fine and "ok" or tostring(dhsm.error.normalize(e).code) end,
       }, function() return true, pcall(raw_login, self, who, pin) end)

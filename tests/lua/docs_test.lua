@@ -32,6 +32,7 @@ local MODULES = {
   "dhsm.azure.deploy",
   "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.prompts", "dhsm.luna.rc", "dhsm.pkcs11", "dhsm.net", "dhsm.proc", "dhsm.chrystoki",
   "dhsm.guard", "dhsm.guard.commands", "dhsm.client.ha", "dhsm.client.ntls", "dhsm.client.steps",
+  "dhsm.client.copies",
 }
 
 local estate = support.start { args = "--appliances 1" }

@@ -118,3 +118,32 @@ t.test("an HSM entry names the Azure resource it stands for: by default its own 
     "hsms[1].serial: expected the appliance's serial number (digits), got \"x1\"",
   })
 end)
+
+t.test("crypto_officers: each partition's CO secret by reference, prompted by name; bad entries named", function()
+  local base = { azure = { subscription = "0000", tenant = "t", resource_group = "rg", location = "eastus",
+    credential = { type = "azure_cli" } } }
+  local function with(hsm)
+    local inv = { azure = base.azure, hsms = { hsm } }
+    return inventory.from_table(inv, "test")
+  end
+  local inv = with { name = "hsm1", host = "10.0.0.4", partitions = { "154438865", "154438866" },
+    crypto_officers = { { partition = "154438865", password = "env:CO_X" }, { partition = "154438866", password = "prompt" } } }
+  local co, entry = inv:crypto_officer("154438865")
+  t.eq({ co:origin(), entry.name }, { "env:CO_X", "hsm1" })
+  t.eq(inv:crypto_officer("154438866"):origin(), "prompt")
+  t.eq(inv:crypto_officer("999"), nil)
+  local function problems(hsm)
+    local err = t.raises(function() with(hsm) end, "BadInventory")
+    t.eq(err.kind, "usage")
+    return err.details.problems
+  end
+  t.eq(problems { name = "hsm1", host = "h", partitions = { "1" }, crypto_officers = { { partition = "1", password = "s3cret" } } },
+    { "hsms[1].crypto_officers[1].password: expected a secret reference (env:NAME, file:PATH or prompt), got a literal "
+      .. "value (it would show in your shell history and process list)" })
+  t.eq(problems { name = "hsm1", host = "h", crypto_officers = { { partition = "12", password = "env:X" } } },
+    { "hsms[1].crypto_officers[1].partition: 12 is not in hsms[1].partitions; add it there (the partitions this appliance holds)" })
+  t.eq(problems { name = "hsm1", host = "h", partitions = { "12" }, crypto_officers = { { partition = "12", password = "env:X" },
+    { partition = "12", password = "env:Y" }, { partition = "p1", password = "env:Y" } } },
+    { 'hsms[1].crypto_officers[3].partition: expected a partition serial (digits), got "p1"',
+      "hsms[1].crypto_officers[2].partition: 12 is already given in crypto_officers[1]" })
+end)

@@ -14,7 +14,7 @@ if not p11.available() then
   return
 end
 
--- main: objects and crypto; guard: failed logins; so: SO logins; two "twin"s.
+-- main: objects and crypto; guard: failed logins; so: SO logins (and read-only CO logins); two "twin"s.
 local hsm = p11.softhsm { "main", "guard", "lastone", "so", "twin", "twin" }
 
 -- A fresh audit log for the test; returns a reader of its records.
@@ -313,6 +313,38 @@ t.test("the guard refuses the attempt that could be the last; the override is au
   end
   t.eq(overrides, { "allow_destructive_login" })
 end, { timeout = 120 })
+
+t.test("a read-only login is a read: made in check mode, counted and refused at the last attempt, audited; never on a read-write session",
+  function()
+  local records = fresh_audit()
+  local lib = hsm:load()
+  local key = open(lib, "so", { ro = true }):guard_devices().devices[1]
+  t.eq(guard.failures(key, "co"), 0)        -- (the guard's folder made before check mode)
+  t.cleanup(function() guard.forget(key, "co") end)
+  local rw = open(lib, "so")
+  local err = t.raises(function() rw:login("user", hsm:pin("so"), { read_only = true }) end, "needs a read%-only session")
+  t.eq(err.kind, "usage")
+  t.eq(rw:info().state, "rw_public", "not logged in")
+  local checking = require("dhsm.act").check_scope(true)
+  t.cleanup(function() checking:close() end)
+  local s = open(lib, "so", { ro = true })
+  t.raises(function() s:login("user", dhsm.secret.value("wrong"), { read_only = true }) end, "CKR_PIN_INCORRECT")
+  t.eq(guard.failures(key, "co"), 1, "a wrong PIN counts, in check mode too")
+  t.eq(s:login("user", hsm:pin("so"), { read_only = true }), true)
+  t.eq(s:info().state, "ro_user", "made, not described")
+  t.eq(guard.failures(key, "co"), 1, "check mode clears no count")
+  local seen = {}
+  for i, r in ipairs(records()) do seen[i] = r.action .. " " .. r.outcome .. (r.read_only and " (read)" or "") end
+  t.eq(seen, { "pkcs11.login sending (read)", "pkcs11.login CKR_PIN_INCORRECT (read)", "login.co failed",
+    "pkcs11.login sending (read)", "pkcs11.login ok (read)", "login.co ok" })
+  s:logout()
+  for _ = 1, 8 do guard.record(key, "co", false) end
+  t.eq(guard.failures(key, "co"), 9)
+  t.raises(function() s:login("user", hsm:pin("so"), { read_only = true }) end, "LastLoginAttempt")
+  checking:close()
+  guard.record(key, "co", true)
+  t.eq(guard.failures(key, "co"), 0, "outside check mode the counts fold into logins.json and clear")
+end)
 
 t.test("the token's PIN flags map to attempts left; a locked token is not tried", function()
   t.eq(pkcs11.device_left({ user_pin_locked = true, user_pin_final_try = true }, "user"), 0)

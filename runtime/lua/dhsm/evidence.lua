@@ -4,6 +4,7 @@
 --   local ev = session:zeroized_evidence(inventory:hsm("hsm1"))   -- dhsm.luna makes it
 --   ev.appliance, ev.serial, ev.addresses, ev.interface, ev.host, ev.resource, ev.checked_at, ev.at   -- read-only
 --   evidence.check(ev, "hsm1", { nic_ip = "10.2.1.4", max_age = 900 })   -- the HSM delete's rule does this
+--   evidence.cleared(clearance, hsm_serial, {partition serial...})   -- a last-copy clearance (dhsm.client.copies)
 --
 -- An evidence object holds what one LunaSH session read from the device
 -- itself: `hsm show` said zeroized, with this HSM serial, and `network show`
@@ -192,6 +193,60 @@ function M.check(ev, resource, opts)
       f.checked_at, math.floor(age), max_age)
   end
   return f
+end
+
+---------------------------------------------------------------------------
+-- last-copy clearances
+
+-- A clearance is dhsm.client.copies's word, read now, that destroying the
+-- key material of the appliance with this HSM serial loses no object but
+-- those found elsewhere or named by the operator.  dhsm.luna's rule for a
+-- command that destroys key material (hsm zeroize, partition delete, hsm
+-- init of a used HSM, a zeroization by failed logins) asks for one.  It is
+-- made by one function, claimed once: dhsm.client.copies takes it when it
+-- loads (a caller that claims it first makes that module fail to load,
+-- loudly); only objects it made count, for CLEARANCE_MAX_AGE seconds.
+M.CLEARANCE_MAX_AGE = 15 * 60
+
+local cleared = setmetatable({}, { __mode = "k" })     -- clearance -> its fields
+local Clearance = {
+  __metatable = "dhsm.evidence.clearance",
+  __newindex = function() refuse("ClearanceReadOnly", "a last-copy clearance cannot be changed; check again") end,
+  __index = function(self, k) return cleared[self][k] end,
+  __tostring = function(self)
+    local f = cleared[self]
+    return ("last-copy clearance: HSM serial %s, %d object(s) accounted for, read %s"):format(f.serial, f.objects,
+      f.checked_at)
+  end,
+}
+
+local clearance_issued = false
+
+-- clearance_issuer() -> make(serial, objects, partitions): once per
+-- process; partitions: {serial = true} of the partitions it read.
+function M.clearance_issuer()
+  if clearance_issued then
+    refuse("ClearanceIssuer", "last-copy clearances are made by dhsm.client.copies from the objects it read, not by hand")
+  end
+  clearance_issued = true
+  return function(serial, objects, partitions)
+    local c = setmetatable({}, Clearance)
+    cleared[c] = { serial = serial, objects = objects, partitions = partitions, at = sys.time(),
+      checked_at = sys.rfc3339() }
+    return c
+  end
+end
+
+-- cleared(c, serial, partitions [, now]) -> whether c is a clearance made
+-- for the appliance of this HSM serial, young enough, that read each of
+-- `partitions` ({serial, ...}: those holding objects now)
+function M.cleared(c, serial, partitions, now)
+  local f = cleared[c]
+  if not (f ~= nil and f.serial == serial and (now or sys.time()) - f.at <= M.CLEARANCE_MAX_AGE) then return false end
+  for _, sn in ipairs(partitions) do
+    if not f.partitions[sn] then return false end
+  end
+  return true
 end
 
 return M

@@ -2,6 +2,7 @@
 --
 --   local inv = require("dhsm.inventory").load(path)
 --   inv.azure.resource_group, inv.hsms[1].host, inv:hsm("hsm1"), inv.client.lunacm
+--   inv:crypto_officer("1234567") --> the partition's Crypto Officer secret, its HSM entry (or nil)
 --
 -- The file is JSON (docs/inventory.md).  Every bad field is reported
 -- at once by its path (hsms[2].ssh_port: expected integer 1-65535, got
@@ -81,6 +82,12 @@ M.schema = {
       -- them): how dhsm names the appliance of an HA member whose appliance does not answer.
       partitions = { type = "list", items = { type = "string", pattern = "^%d+$",
         expect = "a partition serial (digits)" } },
+      -- The Crypto Officer's secret of a partition, by reference only: what a census of the
+      -- partition's objects (decommission's last-copy check) logs in with, read-only.
+      crypto_officers = { type = "list", items = { type = "object", fields = {
+        partition = { type = "string", required = true, pattern = "^%d+$", expect = "a partition serial (digits)" },
+        password = { type = "secret", required = true },
+      } } },
       -- The reboot fix as `package list` names it, matched as a substring in any case.  The
       -- default is what the guide and Microsoft call it; the real package name was never
       -- published (an assumption: set the name your appliance lists).
@@ -125,6 +132,25 @@ local function expand_home(p)
 end
 M.expand_home = expand_home
 
+-- hsms[i].crypto_officers: each partition once, and one of the entry's
+-- `partitions` (the serial says nothing of its appliance: the list does).
+local function co_problems(i, h, problems)
+  local listed, seen = {}, {}
+  for _, p in ipairs(h.partitions or {}) do listed[p] = true end
+  for j, co in ipairs(h.crypto_officers or {}) do
+    local sn, where = type(co) == "table" and co.partition, ("hsms[%d].crypto_officers[%d].partition"):format(i, j)
+    if type(sn) == "string" then
+      if seen[sn] then
+        problems[#problems + 1] = ("%s: %s is already given in crypto_officers[%d]"):format(where, sn, seen[sn])
+      elseif not listed[sn] then
+        problems[#problems + 1] = ("%s: %s is not in hsms[%d].partitions; add it there (the partitions this "
+          .. "appliance holds)"):format(where, sn, i)
+      end
+      seen[sn] = seen[sn] or j
+    end
+  end
+end
+
 -- Rules across fields that a per-field spec cannot say.
 local function cross_checks(inv, problems)
   if type(inv) ~= "table" then return end
@@ -136,6 +162,9 @@ local function cross_checks(inv, problems)
       end
       seen[h.name] = i
     end
+  end
+  for i, h in ipairs(inv.hsms or {}) do
+    if type(h) == "table" then co_problems(i, h, problems) end
   end
   local cred = inv.azure and inv.azure.credential
   if cred and cred.type == "client_secret" then
@@ -217,6 +246,11 @@ function M.from_table(t, source)
     if h.so_password and h.so_password:origin() == "prompt" then
       h.so_password = secret.ref("prompt", ("HSM SO password of %s: "):format(h.name))
     end
+    for _, co in ipairs(h.crypto_officers or {}) do
+      if co.password:origin() == "prompt" then
+        co.password = secret.ref("prompt", ("Crypto Officer password of partition %s on %s: "):format(co.partition, h.name))
+      end
+    end
   end
   inv.source = source
   return setmetatable(inv, Inventory)
@@ -255,6 +289,15 @@ function Inventory:hsm(name)
   dhsm.error { kind = "usage", code = "UnknownHsm",
     message = ("no HSM %q in the inventory%s (known: %s)"):format(tostring(name),
       util.did_you_mean(tostring(name), names), #names > 0 and table.concat(names, ", ") or "none") }
+end
+
+-- inv:crypto_officer(partition_serial) -> the CO secret, its HSM entry; or nil
+function Inventory:crypto_officer(serial)
+  for _, h in ipairs(self.hsms) do
+    for _, co in ipairs(h.crypto_officers or {}) do
+      if co.partition == serial then return co.password, h end
+    end
+  end
 end
 
 -- inv:get("azure.resource_group") -> value or nil

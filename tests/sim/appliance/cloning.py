@@ -18,15 +18,19 @@ store, so for one such key it:
      random value, on the source and on the target token (never on disk: session objects);
   4. puts CKA_EXTRACTABLE back to false at once, whatever happened, the same way;
   5. unwraps the blob on the target with the source's attributes (CKA_SENSITIVE, CKA_EXTRACTABLE
-     false, label, id, key type, usage flags): the same key value, as cloning gives.
+     false, label, id, key type, usage flags): the same key value, as cloning gives. A secret
+     key is unwrapped here and made with C_CreateObject, so the token sets its CKA_VALUE_LEN and
+     CKA_CHECK_VALUE as a Luna clone keeps them (SoftHSM's C_UnwrapKey sets neither).
 The key is extractable only between 2 and 4, on the source token; its value exists outside
-SoftHSM only wrapped, in this process's memory. No secret goes to a log or a command line.
+SoftHSM only in this process's memory (wrapped, and a secret key's unwrapped for one call). No secret goes to a log or a command line.
 """
 import contextlib
 import ctypes
 import fcntl
 import os
 import secrets
+
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
 from appliance import p11, softhsm
 from appliance.p11 import CK_ULONG, CKA_CLASS, CKA_LABEL, CKA_VALUE, CKO_SECRET_KEY
@@ -173,6 +177,15 @@ def object_file(lib, session, handle, label, folder):
     return moved[0]
 
 
+def _create_secret(lib, session, wrapping, blob, attrs):
+    """A secret key made again from its wrapped BLOB with ATTRS: unwrapped here (the wrapping
+    key's value is this clone's own) and made with C_CreateObject, so SoftHSM sets its length
+    and check value (KCV) as a Luna clone keeps them - its C_UnwrapKey sets neither, and the KCV
+    is how two copies of one sensitive key are told apart. The value lives in this process's
+    memory only for the call."""
+    p11.create_object(lib, session, {**attrs, CKA_VALUE: aes_key_unwrap_with_padding(wrapping, blob)})
+
+
 def clone_key(lib, source, handle, target, attrs, folder):
     """The key HANDLE of session SOURCE (its token's files in FOLDER; ATTRS: what PKCS#11 gives of
     it) made again, with the same value, on session TARGET's token (see the module's steps)."""
@@ -181,4 +194,8 @@ def clone_key(lib, source, handle, target, attrs, folder):
     with wrapping_key(lib, source, value) as src_wrapper, wrapping_key(lib, target, value) as dst_wrapper:
         with extractable_meanwhile(path, needed=attrs.get(CKA_EXTRACTABLE, b"\1") == b"\0"):
             blob = _wrap(lib, source, src_wrapper, handle)
-        _unwrap(lib, target, dst_wrapper, blob, {k: v for k, v in attrs.items() if k not in FROM_THE_BLOB})
+        kept = {k: v for k, v in attrs.items() if k not in FROM_THE_BLOB}
+        if p11._class((attrs.get(CKA_CLASS), b"")) == CKO_SECRET_KEY:
+            _create_secret(lib, target, value, blob, kept)
+        else:
+            _unwrap(lib, target, dst_wrapper, blob, kept)
