@@ -342,3 +342,39 @@ t.test("a clearance is dhsm.client.copies's, for one appliance and the partition
   t.eq(util.trim(r.stdout), "LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked cleared ClearanceIssuer")
   t.eq(zeroizes(e), 0)
 end, { timeout = 180 })
+
+-- A plan to decommission hsm1 of a two-member group whose key is on both,
+-- made by alice and approved by bob -> the estate, the operators, the plan
+local function approved_plan()
+  local k = require("support.operators").new()
+  local e = estate(2, true)
+  put_key(e, "hsm1", { label = "app-key" })
+  synchronize(e)
+  local path = t.tmpdir() .. "/plan.json"
+  local r = t.run(("-i %s run decommission -e hsm=hsm1 -e backups_confirmed=true -e poll_interval=0.02 --check --out %s "
+    .. "--key %s"):format(q(e.inv), q(path), q(k.alice)), { state = e.dir .. "/state", env = k.env })
+  t.eq(r.status, 0, r.stderr)
+  local plan = cjson.decode(util.read_file(path))
+  t.ok(cjson.encode(plan.body.reads):find("app-key", 1, true), "the census is among the plan's reads")
+  r = t.run(("plan approve %s --key %s"):format(q(path), q(k.bob)), { state = e.dir .. "/state", env = k.env })
+  t.eq(r.status, 0, r.stderr)
+  return e, k, path
+end
+
+t.test("a plan over a partition holding keys applies as approved: the census read again, hsm1 zeroized once", function()
+  local e, k, path = approved_plan()
+  local r = t.run("run --plan " .. q(path) .. " --yes", { state = e.dir .. "/state", env = k.env })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(zeroizes(e), 1)
+end, { timeout = 180 })
+
+t.test("a plan approved, then an extra object on the partition: applying it stops before any change", function()
+  local e, k, path = approved_plan()
+  put_key(e, "hsm1", { label = "made-after-approval" })
+  local before = #e:mutations()
+  local r = t.run("run --plan " .. q(path) .. " --yes", { state = e.dir .. "/state", env = k.env })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("the estate changed since the plan was approved", 1, true)
+    and r.stderr:find("made-after-approval", 1, true), r.stderr)
+  t.eq({ #e:mutations(), zeroizes(e) }, { before, 0 })
+end, { timeout = 180 })
