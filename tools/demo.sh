@@ -7,7 +7,8 @@
 #   -> initialize it into the HA group (the group's key replicated to it) ->
 #   diagnose all three -> an appliance regenerates its NTLS certificate ->
 #   diagnose finds it -> ntls-reexchange -> an HA member drops and comes
-#   back -> ha-recover -> decommission everything, the resource group last
+#   back -> ha-recover -> decommission everything under two-person control
+#   (alice plans, bob approves with his SSH key, alice applies), the group last
 #   -> orphans -> the estate's own state shows nothing is left.
 #
 #   sh tools/demo.sh ./dhsm        (DHSM_DEMO_DIR=DIR: the estate's folder; default a new one in /tmp)
@@ -155,16 +156,37 @@ say "hsm2 is back; auto-recovery (initialize set it) would retry in 60 s: the op
 chapter "10. ha-recover: recover the member, compare the members, synchronize"
 dhsm run ha-recover -e co_password="file:$dir/secrets/hsm1_par1_co_pin"
 
-chapter "11. Decommission all three, the guide's way: zeroize, check, delete each HSM, then the group"
+chapter "11. Decommission all three under two-person control: alice plans, bob approves, alice applies"
 say "each HSM's SO password is in the operator's inventory ($inv; hsm3's is the one initialize set)"
 # the Crypto Officer's secret of each partition (one for the group), so decommission can list the keys it destroys
 "$estate" state --dir "$dir" >"$dir/state-now.json"
 jq --arg pin "file:$dir/secrets/hsm1_par1_co_pin" --slurpfile st "$dir/state-now.json" '.hsms |= map(
     ($st[0].appliances[.name].partitions.par1.serial) as $sn | .partitions = [$sn]
     | .crypto_officers = [{partition: $sn, password: $pin}])' "$inv" >"$inv.new" && mv "$inv.new" "$inv" && chmod 600 "$inv"
-say "every member of demoHA goes: each key is a last copy, so the operator names them (destroy_last_copies)"
-dhsm run decommission -e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true -e destroy_last_copies=app-key-0,app-key-1 \
-  -e delete_group=true -e poll_interval=0.2 --yes
+# the host's policy (a rehearsal's, DHSM_POLICY: the host's own is /etc/dhsm/policy.json, root's):
+# decommission and every destructive change only from a plan one other operator approved
+ops="$dir/operators"
+mkdir -p "$ops"
+for who in alice bob; do
+  ssh-keygen -q -t ed25519 -N '' -C "$who" -f "$ops/$who"
+  printf '%s@example.com %s\n' "$who" "$(cut -d' ' -f1,2 "$ops/$who.pub")" >>"$ops/allowed_signers"
+done
+printf '{"approvals": 1, "allowed_signers": "%s", "playbooks": ["decommission"], "destructive_changes": true}\n' \
+  "$ops/allowed_signers" >"$ops/policy.json"
+DHSM_POLICY="$ops/policy.json"
+export DHSM_POLICY
+say "this host's policy: decommission only from a plan approved by one operator other than its author ($ops)"
+decommission_args="-e hsm=hsm1,hsm2,hsm3 -e backups_confirmed=true -e destroy_last_copies=app-key-0,app-key-1 \
+  -e delete_group=true -e poll_interval=0.2"
+# shellcheck disable=SC2086
+dhsm run decommission $decommission_args --yes || say "(exit status $?: --yes is no approval)"
+say "every member of demoHA goes: each key is a last copy, so alice names them (destroy_last_copies)"
+# shellcheck disable=SC2086
+dhsm run decommission $decommission_args --check --out "$dir/decommission.plan.json" --key "$ops/alice"
+say "bob reviews the plan, destructive changes first, and approves it with his own key"
+dhsm plan show "$dir/decommission.plan.json"
+dhsm plan approve "$dir/decommission.plan.json" --key "$ops/bob"
+dhsm run --plan "$dir/decommission.plan.json" --yes
 
 chapter "12. Orphans: an HSM whose group went first would still be billed"
 dhsm run orphans

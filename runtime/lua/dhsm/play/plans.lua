@@ -41,7 +41,8 @@ local M = {}
 -- A step's result as the plan file will give it back (JSON's view), so a
 -- fresh result and a saved one compare alike.
 local function as_json(v)
-  return cjson.decode(sys.json_encode(v == nil and cjson.null or v))
+  if v == nil then return nil end
+  return cjson.decode(sys.json_encode(v))
 end
 
 -- reads(steps) -> the results of the steps that ended before the first
@@ -49,7 +50,8 @@ end
 function M.reads(steps)
   local out = {}
   for _, rec in ipairs(steps) do
-    if rec.changes_at_end == 0 and (rec.status == "ok" or rec.status == "planned") then
+    -- (a step that returns nothing read nothing to compare)
+    if rec.changes_at_end == 0 and (rec.status == "ok" or rec.status == "planned") and rec.result ~= nil then
       out[#out + 1] = { step = rec.key, result = as_json(rec.result) }
     end
   end
