@@ -31,7 +31,7 @@ local MODULES = {
   "dhsm.azure", "dhsm.azure.hsm", "dhsm.azure.checks", "dhsm.azure.network", "dhsm.azure.groups", "dhsm.azure.rules",
   "dhsm.azure.deploy",
   "dhsm.luna", "dhsm.luna.parse", "dhsm.luna.prompts", "dhsm.luna.rc", "dhsm.pkcs11", "dhsm.net", "dhsm.proc", "dhsm.chrystoki",
-  "dhsm.guard", "dhsm.guard.commands", "dhsm.client.ha", "dhsm.client.ntls", "dhsm.client.steps",
+  "dhsm.guard", "dhsm.guard.commands", "dhsm.client.ha", "dhsm.client.ntls", "dhsm.client.steps", "dhsm.client.lastcopy",
   "dhsm.client.copies",
 }
 
