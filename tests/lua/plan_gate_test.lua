@@ -118,3 +118,12 @@ t.test("the plan's parameters are its own: -e and --check are refused with --pla
   t.eq(r.status, 2, r.stderr)
   t.eq(written(s), {})
 end)
+
+t.test("on a host with no plan policy a plan is not applied: there is no list of who may approve it", function()
+  local s = setup("a=1")
+  local plan = approved(s)
+  local r = t.run(("-I %s run --plan %s --yes"):format(q(s.books), q(plan)), { state = s.state })
+  t.eq(r.status, 3, r.stderr)
+  t.ok(r.stderr:find("no plan policy is in force on this host", 1, true), r.stderr)
+  t.eq(written(s), {})
+end)
