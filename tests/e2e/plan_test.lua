@@ -133,6 +133,14 @@ t.test("with the policy in force no route acts without an approved plan: run, ex
   r = dhsm(e, k, ("-i %s exec --yes -e %s"):format(q(inv),
     q("az:delete(az:group_path('hsm-rg') .. '/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/hsm2')")))
   t.eq(r.status, 3, r.stderr)
+  -- parallel tasks, each its own zeroize: each refused at the gate
+  local each = ("local refused = 0; dhsm.parallel({ 'hsm1', 'hsm2' }, function(name) local s <close> = hsm(name); "
+    .. "s:login_so(require('dhsm.secret').file(%q .. '/secrets/' .. name .. '_so_password')); "
+    .. "local ok, err = pcall(s.run, s, 'hsm zeroize -force'); assert(not ok and err.code == 'PlanRequired', "
+    .. "tostring(err)); refused = refused + 1 end); print('refused ' .. refused)"):format(e.dir)
+  r = dhsm(e, k, ("-i %s exec --yes -e %s"):format(q(inv), q(each)))
+  t.eq({ r.status, r.stdout }, { 0, "refused 2\n" }, r.stderr)
+  t.eq(support.count(e:mutations(), "lunash: hsm zeroize"), 0, "no zeroize reached any appliance")
   r = t.run(("-i %s repl"):format(q(inv)), { state = e.dir .. "/state", env = k.env,
     stdin = ("s = hsm 'hsm1'\ns:login_so(require('dhsm.secret').file(%q))\ns:run('hsm zeroize -force')\n")
       :format(e.dir .. "/secrets/hsm1_so_password") })
