@@ -129,7 +129,10 @@ local function survey(ctx, name)
     ctx:note(("  partition %s (serial %s): %s object(s)"):format(pt.name, pt.serial, tostring(pt.objects)))
     for _, o in ipairs(listed[i].census) do ctx:note("    " .. copies.describe(o)) end
   end
-  return { name = name, resource = e.resource, serial = show.serial, zeroized = show.zeroized, partitions = listed }
+  -- what a plan of this run is made on (dhsm.play.plans): ARM's id and state of the resource, the appliance's
+  -- serial and state, the partitions and their objects
+  return { name = name, resource = e.resource, id = res.id, state = props.provisioningState, serial = show.serial,
+    zeroized = show.zeroized, partitions = listed }
 end
 
 -- For the group: every resource in it, HSMs or not.
