@@ -1,6 +1,7 @@
 -- dhsm.plan: a plan file - what a check run would change, signed by its
 -- author, approved by other operators with their SSH keys, and checked
--- against the host's policy before it is applied (docs/safety.md, "Plans").
+-- against the host's policy before it is applied (docs/safety.md, "A
+-- destructive plan is applied only as approved").
 --
 --   local p = plan.new{ playbook = "decommission", params = {...}, inventory = {...},
 --                       changes = {...}, reads = {...}, ttl = 86400 }
