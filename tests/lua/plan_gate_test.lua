@@ -127,3 +127,23 @@ t.test("on a host with no plan policy a plan is not applied: there is no list of
   t.ok(r.stderr:find("no plan policy is in force on this host", 1, true), r.stderr)
   t.eq(written(s), {})
 end)
+
+t.test("saving a plan takes --check, --out (a new file), --key (a file) and hours 0-168: each bad one named", function()
+  local s = setup("a=1")
+  local out = t.tmpdir() .. "/plan.json"
+  local base = ("run filed -e dir=%s"):format(q(s.dir))
+  local cases = {
+    { ("%s --out %s --key %s"):format(base, q(out), q(s.k.alice)), "go together with --check" },
+    { ("%s --check --out %s --key %s"):format(base, q(s.dir .. "/marker"), q(s.k.alice)), "the file exists" },
+    { ("%s --check --out %s --key %s"):format(base, q(out), q(s.dir .. "/no-key")), "no such file" },
+    { ("%s --check --out %s --key %s --valid-for 0"):format(base, q(out), q(s.k.alice)), "--valid-for: expected hours" },
+    { ("%s --check --out %s --key %s --valid-for 169"):format(base, q(out), q(s.k.alice)), "at most 168, got 169" },
+  }
+  for _, c in ipairs(cases) do
+    local r = dhsm(s, c[1])
+    t.eq(r.status, 2, c[1] .. ": " .. r.stderr)
+    t.ok(r.stderr:find(c[2], 1, true), r.stderr)
+  end
+  t.eq(require("dhsm.sys").stat(out), nil, "no plan written")
+  t.eq(written(s), {})
+end)

@@ -426,10 +426,22 @@ function M.plans()
     signers = table.move(applying.signers, 1, #applying.signers, 1, {}) } or nil
 end
 
-local function plan_refusal(code, message)
+-- plan_refusal(code, message [, new_plan]): a refusal of the plan stage,
+-- audited with the plan applied and its signers; `new_plan` (true when a
+-- plan is applied here) says the way on is a new plan (dhsm.play.resume).
+function M.plan_refusal(code, message, new_plan)
+  if new_plan == nil then new_plan = applying ~= nil end
   audit.write { action = "plan.refused", outcome = "refused", code = code, plan = applying and applying.digest,
     signers = applying and applying.signers, detail = message }
-  M.refusal { code = code, message = message, details = applying and { new_plan = true } or nil }
+  M.refusal { code = code, message = message, details = new_plan and { new_plan = true } or nil }
+end
+local plan_refusal = M.plan_refusal
+
+-- plan_way(playbook) -> how a change goes under the policy: the three
+-- commands of two-person control, for `playbook` (or PLAYBOOK).
+function M.plan_way(playbook)
+  return ("'dhsm run %s ... --check --out PLAN.json --key KEY', 'dhsm plan approve PLAN.json --key KEY' by %d other "
+    .. "operator(s), then 'dhsm run --plan PLAN.json'"):format(playbook or "PLAYBOOK", plan_rules and plan_rules.approvals or 1)
 end
 
 -- The planned change this one is, by its target's order: the next one the
@@ -464,9 +476,7 @@ local function plan_gate(change)
   end
   if plan_rules and plan_rules.destructive_changes and change.destructive then
     plan_refusal("PlanRequired", ("%s is destructive, and this host's policy (%s) lets a destructive change go only "
-      .. "from an approved plan: 'dhsm run PLAYBOOK --check --out PLAN.json --key KEY', 'dhsm plan approve "
-      .. "PLAN.json --key KEY' by %d other operator(s), then 'dhsm run --plan PLAN.json'"):format(change.what,
-      tostring(plan_rules.source), plan_rules.approvals or 1))
+      .. "from an approved plan: %s"):format(change.what, tostring(plan_rules.source), M.plan_way()))
   end
 end
 

@@ -51,7 +51,8 @@ function M.reads(steps)
   local out = {}
   for _, rec in ipairs(steps) do
     -- (a step that returns nothing read nothing to compare)
-    if rec.changes_at_end == 0 and (rec.status == "ok" or rec.status == "planned") and rec.result ~= nil then
+    -- (nor one that only described what it would do: the real run's result is another)
+    if rec.changes_at_end == 0 and rec.status == "ok" and rec.result ~= nil then
       out[#out + 1] = { step = rec.key, result = as_json(rec.result) }
     end
   end
@@ -98,15 +99,12 @@ end
 local NEW_PLAN = { EstateChanged = true, PlaybookChanged = true, InventoryChanged = true }
 
 local function refuse(code, fmt, ...)
-  local _, applied = act.plans()
-  dhsm.audit.write { action = "plan.refused", outcome = "refused", code = code, detail = fmt:format(...),
-    plan = applied and applied.digest, signers = applied and applied.signers }
-  dhsm.error { kind = "safety", code = code, message = fmt:format(...), details = NEW_PLAN[code] and { new_plan = true } or nil }
+  act.plan_refusal(code, fmt:format(...), NEW_PLAN[code] == true)
 end
 
 -- load(path, policy [, run_id]) -> plan, applied (act.plan_policy's
 -- argument): the plan, verified against the host's policy (approvals,
--- expiry), its playbook's code the plan's own.  run_id: a resumed run.
+-- expiry).  run_id: a resumed run (what it sent is counted as sent).
 function M.load(path, policy, run_id)
   local plan = require "dhsm.plan"
   if not policy then
@@ -117,7 +115,7 @@ function M.load(path, policy, run_id)
   local who = plan.verify(p, policy)
   local signers = {}
   for _, a in ipairs(who.approvers) do signers[#signers + 1] = a.key end
-  local digest = plan.digest(p)
+  local digest = who.digest
   dhsm.audit.write { action = "plan.apply", target = path, outcome = "verified", plan = digest,
     playbook = plan.playbook_name(p), author = who.author.key, signers = signers }
   return p, { digest = digest, changes = p.body.changes, used = sent_before(run_id, digest), signers = signers,
@@ -224,9 +222,8 @@ function M.check_policy(pb, check)
   local rules, applied = act.plans()
   if check or not rules or not (rules.playbooks or {})[pb.name] then return end
   if applied and applied.playbook == playbook_of(pb).name then return end
-  refuse("PlanRequired", "this host's policy (%s) runs playbook %s only from an approved plan: 'dhsm run %s ... "
-    .. "--check --out PLAN.json --key KEY', 'dhsm plan approve PLAN.json --key KEY' by %d other operator(s), then "
-    .. "'dhsm run --plan PLAN.json'", tostring(rules.source), pb.name, pb.name, rules.approvals or 1)
+  refuse("PlanRequired", "this host's policy (%s) runs playbook %s only from an approved plan: %s",
+    tostring(rules.source), pb.name, act.plan_way(pb.name))
 end
 
 return M
