@@ -421,7 +421,8 @@ M.author_key = author_key
 local ROLES = { author = true, approver = true }
 
 -- signed(p, key [, expected]) -> the key that signed, the signature:
--- ssh-keygen's, checked (made by the key `expected` names, when given).
+-- ssh-keygen's, checked (made by the key `expected` names, or with
+-- expected = true by the key file given itself).
 local function signed(p, key, expected)
   local r = keygen({ "-Y", "sign", "-f", key, "-n", M.NAMESPACE }, M.message(p))
   if r.status ~= 0 or not r.stdout:match(ARMOR) then
@@ -429,6 +430,7 @@ local function signed(p, key, expected)
   end
   local made_by, why = signer(p, r.stdout)
   if not made_by then usage("ssh-keygen's signature with %s does not verify: %s", key, why) end
+  if expected == true then expected = key_fingerprint(key) end      -- the key given, read once it signed
   if expected and made_by ~= expected then
     usage("ssh-keygen signed with %s, not with %s's key %s (an agent holding another key?)", made_by, key, expected)
   end
@@ -450,7 +452,8 @@ function M.sign(p, key, role, principal)
   elseif #p.signatures == 0 then
     usage("sign: the plan has no author's signature yet; its author signs first")
   end
-  local ok, made_by, signature = pcall(signed, p, key, role == "author" and p.body.author.key or nil)
+  -- made by the key given, whoever signs: an agent holding another key is not that key
+  local ok, made_by, signature = pcall(signed, p, key, role == "author" and p.body.author.key or true)
   if not ok then
     if role == "author" then p.body.author.key = nil end
     error(made_by, 0)
@@ -498,11 +501,16 @@ function M.playbook_name(p)
   return playbook_name(p.body.playbook)
 end
 
+-- Whether a body's time is up (an expiry that does not read is up).
+local function expired(body)
+  local expires = epoch(body.expires)
+  return not expires or os.time() >= expires
+end
+
 -- check_fresh(p): PlanExpired once the plan's time is up.
 function M.check_fresh(p)
   check_plan(p, "check_fresh")
-  local expires = epoch(p.body.expires)
-  if not expires or os.time() >= expires then
+  if expired(p.body) then
     act.refusal { code = "PlanExpired", message = ("the plan expired at %s: make a new plan (dhsm run --check --out) "
       .. "and have it approved again"):format(tostring(p.body.expires)) }
   end
@@ -631,7 +639,9 @@ local function present(path)
   local st, _, errno = sys.stat(path)
   if st or errno ~= ENOENT then return true end   -- cannot tell (EACCES ...): there, and read_policy refuses
   local name = path:match("[^/]*$")
-  for _, entry in ipairs(sys.readdir(folder_of(path)) or {}) do
+  local entries, _, why = sys.readdir(folder_of(path))
+  if not entries then return why ~= ENOENT end     -- a folder that cannot be listed: cannot tell, so there
+  for _, entry in ipairs(entries) do
     if entry == name then return true end
   end
   return false
@@ -695,7 +705,7 @@ function M.render(p, opts)
     ("digest   sha256:%s"):format(M.digest(p)),
     ("author   %s@%s  key %s"):format(one_line(b.author.user), one_line(b.author.host), one_line(b.author.key or "(not signed)")),
     ("created  %s  expires %s%s"):format(one_line(b.created), one_line(b.expires),
-      (epoch(b.expires) or 0) <= os.time() and paint(color, "1;31", "  EXPIRED") or ""),
+      expired(b) and paint(color, "1;31", "  EXPIRED") or ""),
     ("dhsm     %s"):format(one_line(b.dhsm_version)),
   }
   if type(b.playbook) == "table" then out[#out + 1] = ("playbook code sha256:%s"):format(one_line(b.playbook.sha256)) end

@@ -188,6 +188,16 @@ t.test("a signature over another plan does not approve this one", function()
   t.ok(err.message:find("bad signature", 1, true), err.message)
 end)
 
+t.test("an author's signature made by another key, over the very same plan, is refused", function()
+  local p = approved_by { "bob" }
+  local r = t.sh(("ssh-keygen -Y sign -f %s -n dhsm-plan"):format(util.shell_quote(keys.mallory)),
+    { stdin = plan.message(p) })
+  t.eq(r.status, 0, r.stderr)
+  p.signatures[1].signature = r.stdout                      -- mallory's signature where alice's was
+  local err = t.raises(function() plan.verify(plan.decode(plan.encode(p)), policy(1)) end, "NotApproved")
+  t.ok(err.message:find("the author's signature does not hold", 1, true), err.message)
+end)
+
 t.test("an approval by an unlisted key is refused, saying why", function()
   local err = t.raises(function() plan.verify(approved_by { "mallory" }, policy(1)) end, "NotApproved")
   t.ok(err.message:find("0 valid approvals of the 1 required", 1, true), err.message)

@@ -18,7 +18,10 @@ local TAKES = {
   approve = { key = true, principal = true },
   verify = { ["allowed-signers"] = true, approvals = true },
 }
-local OWN_OPTIONS = { key = true, principal = true, ["allowed-signers"] = true, approvals = true }
+local OWN_OPTIONS = {}
+for _, takes in pairs(TAKES) do
+  for name in pairs(takes) do OWN_OPTIONS[name] = true end
+end
 
 -- Colour on a terminal only, and not under NO_COLOR (as dhsm.progress).
 local function color()
