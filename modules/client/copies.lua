@@ -113,8 +113,8 @@ end
 -- census(session) -> the objects of a logged-in session's token, sorted
 -- (class, label, id, fingerprint): plain data, the same for the same token.
 function M.census(session)
-  local ok = pcall(function() return session.find and session.attributes end)
-  if not ok or not (session.find and session.attributes) then
+  if type(session) ~= "table" and type(session) ~= "userdata" or not pcall(function()
+    assert(session.find and session.attributes) end) then
     dhsm.error { kind = "usage", code = "BadArgument", message = ("copies.census: session: expected a logged-in PKCS#11 "
       .. "session (dhsm.pkcs11), got %s"):format(schema.show(session)) }
   end
@@ -137,15 +137,6 @@ local function unreadable(serial, why, todo, cause)
       .. "be listed (an unreadable partition is not an empty one). %s"):format(serial, why, todo) }
 end
 
--- {serial = slot} of lunacm's `slot list` through install
-function M.slots(install)
-  local out = {}
-  for _, s in ipairs(proc.lunacm_slots(install:argv())) do
-    if s.serial then out[s.serial] = s end
-  end
-  return out
-end
-
 -- read(install, serial [, slots]) -> {partition=, token=, objects=}
 function M.read(install, serial, slots)
   schema.argument("copies.read", "serial", serial, { type = "string", required = true, pattern = "^%d+$",
@@ -156,7 +147,7 @@ function M.read(install, serial, slots)
       ('Add {"partition": "%s", "password": "env:NAME"} (or file:, prompt) to hsms[].crypto_officers of its appliance '
         .. "(and the serial to that entry's partitions)"):format(serial))
   end
-  local slot = (slots or M.slots(install))[serial]
+  local slot = (slots or install:slots())[serial]
   if not slot then
     unreadable(serial, "lunacm's slot list shows no slot for it",
       "Assign it to this client (LunaSH client assignPartition) and make sure its appliance answers (vtl verify)")
@@ -218,7 +209,7 @@ end
 function M.clear(install, serial, partitions, survivors, named, slots)
   schema.argument("copies.clear", "serial", serial, { type = "string", required = true, pattern = "^%w+$",
     expect = "an HSM serial" })
-  slots = slots or M.slots(install)
+  slots = slots or install:slots()
   local doomed, covered, count = {}, {}, 0
   for i, sn in ipairs(partitions) do
     doomed[i] = M.read(install, sn, slots)

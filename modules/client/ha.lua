@@ -269,12 +269,20 @@ function M.create_partition(entry, so_password, name, client_name)
   s:must(("client assignPartition -client %s -partition %s"):format(client_name, name))
 end
 
+-- slots() -> {serial = slot}: lunacm's `slot list` now, by partition
+-- serial (slots move from one lunacm run to the next: read it again)
+function Client:slots()
+  local out = {}
+  for _, slot in ipairs(proc.lunacm_slots(self:argv())) do
+    if slot.serial then out[slot.serial] = slot end
+  end
+  return out
+end
+
 -- The slot lunacm gives the partition with this serial (slots move), or
 -- nil when lunacm shows none (not assigned to this client, or unreachable).
 function Client:find_slot(serial)
-  for _, slot in ipairs(proc.lunacm_slots(self:argv())) do
-    if slot.serial == serial then return slot end
-  end
+  return self:slots()[serial]
 end
 
 -- The same, raising NoSlot when there is none.

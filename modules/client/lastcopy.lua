@@ -26,7 +26,7 @@ local M = {}
 -- lunacm's slots, read once per run: {serial = slot}
 local slot_lists = setmetatable({}, { __mode = "k" })
 local function slots(ctx)
-  slot_lists[ctx] = slot_lists[ctx] or copies.slots(steps.client(ctx))
+  slot_lists[ctx] = slot_lists[ctx] or steps.client(ctx):slots()
   return slot_lists[ctx]
 end
 
@@ -219,7 +219,8 @@ function M.clearance(ctx, h, left, named)
     gone[pt.serial] = true
   end
   local others = #mine > 0 and survivor_serials(ctx, gone) or {}
-  return copies.clear(steps.client(ctx), h.serial, mine, others, named, #mine > 0 and slots(ctx) or nil)
+  -- (nothing to read when no partition holds objects: no slot list either)
+  return copies.clear(steps.client(ctx), h.serial, mine, others, named, #mine > 0 and slots(ctx) or {})
 end
 
 -- Before any step: an HA group every member of which this run destroys,

@@ -65,8 +65,7 @@ end
 -- The members of a group that can be compared: alive, with a slot.
 function M.comparable(ctx, g)
   local c = M.client(ctx)
-  local slots = {}
-  for _, s in ipairs(proc.lunacm_slots(c:argv())) do slots[s.serial] = s end
+  local slots = c:slots()
   local out = {}
   for _, m in ipairs(g.members) do
     local entry = c:hsm_of(m.serial)
@@ -104,7 +103,8 @@ function M.verify_synchronized(ctx, label, read)
     local members, with_new = read()
     local why = with_new == false and "the new member cannot be compared (no slot in lunacm's listing, or no "
         .. "appliance of the inventory lists it)"
-      or with_new ~= nil and #members < 2 and "fewer than two members can be compared (alive, with a slot)"
+      or (with_new ~= nil and #members < 2 or #members == 0) and "fewer than two members can be compared (alive, "
+        .. "with a slot)"
       or M.drifting(ctx, members) and "the members still differ after synchronize"
     if why then dhsm.error { kind = "luna", code = "StillDrifting", message = ("group %s: %s"):format(label, why) } end
     return { members = #members, objects = members[1].objects.count }

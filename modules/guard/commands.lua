@@ -5,6 +5,7 @@
 --
 --   commands.lunash("par cr -par p1")        --> "write", "partition create"
 --   commands.LUNASH_DESTRUCTIVE["hsm zeroize"] --> true (confirmed outside playbook steps)
+--   commands.LUNASH_KEY_MATERIAL["hsm zeroize"] --> true (a last-copy clearance first)
 --   commands.lunacm({"role", "login", "-n", "co"})  --> "login:co", "role login", "co"
 --   commands.lunacm_words(argv)              --> the words after -c, or nil (commands on stdin)
 --   commands.is_lunacm(argv)                 --> whether argv runs lunacm
@@ -194,6 +195,10 @@ M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm fact
   ["hsm changepolicy"] = true, ["partition delete"] = true, ["client delete"] = true,
   ["sysconf regencert"] = true, ["sysconf poweroff"] = true, ["sysconf appliance"] = true,
   ["audit init"] = true }
+-- The destructive ones that destroy key material: on an appliance whose
+-- partitions hold objects each needs a last-copy clearance (dhsm.luna).
+M.LUNASH_KEY_MATERIAL = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
+  ["partition delete"] = true }
 
 -- lunash(line) -> verb, "family sub": of every way LunaSH could read the
 -- line, the most dangerous: a line that could be a login is a login.

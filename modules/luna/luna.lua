@@ -72,7 +72,7 @@ local classify = commands.lunash
 local DESTRUCTIVE = commands.LUNASH_DESTRUCTIVE
 -- The commands that destroy key material: each needs a last-copy clearance
 -- on an appliance whose partitions hold objects (check_last_copies).
-local KEY_MATERIAL = { ["hsm zeroize"] = true, ["partition delete"] = true, ["hsm init"] = true }
+local KEY_MATERIAL = commands.LUNASH_KEY_MATERIAL
 -- (the public one names itself when its line is not a string)
 function M.classify(line)
   return classify(schema.argument("luna.classify", "line", line, "string"))

@@ -64,7 +64,7 @@ t.test("without credentials_stored: the guide's Lost Credentials words, refused 
 end)
 
 t.test("a used HSM is refused, kind safety, nothing sent: re-initialising is decommission's job", function()
-  local from = fresh.mark(e)
+  local from = fresh.mark(e, "hsm1")
   local r = initialize({ "-e", "partition=par9" }, { partition = true }, "hsm1")
   t.eq(r.status, 3, r.stderr)
   match(r.stderr, "safety/HsmInUse")

@@ -335,11 +335,14 @@ t.test("a clearance is dhsm.client.copies's, for one appliance and the partition
       (select(2, pcall(copies.clear, install, serial, { p1 }, {}, {}))).code,         -- k-clear: a last copy
     }
     local named = copies.read(install, p1).objects
-    out[#out + 1] = try(copies.clear(install, serial, { p1 }, {}, named))             -- named: cleared
+    local c = copies.clear(install, serial, { p1 }, {}, named)
+    out[#out + 1] = try(c)                                                           -- named: cleared
+    local ev, now = require("dhsm.evidence"), require("dhsm.sys").time()
+    out[#out + 1] = tostring(ev.cleared(c, serial, { p1 }, now + ev.CLEARANCE_MAX_AGE + 1))  -- too old: no
     out[#out + 1] = select(2, pcall(require("dhsm.evidence").clearance_issuer)).code  -- the maker is taken
     print(table.concat(out, " "))]]):format(serial(e, "hsm1")))
   t.eq(r.status, 0, r.stderr)
-  t.eq(util.trim(r.stdout), "LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked cleared ClearanceIssuer")
+  t.eq(util.trim(r.stdout), "LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked LastCopyUnchecked cleared false ClearanceIssuer")
   t.eq(zeroizes(e), 0)
 end, { timeout = 180 })
 

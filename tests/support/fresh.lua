@@ -58,15 +58,12 @@ local function group(e)
   e.serials = serials
 end
 
--- estate([opts]) -> the estate, hsm3 provisioned and factory-fresh
-function M.estate(opts)
-  opts = opts or {}
+-- estate() -> the estate, hsm3 provisioned and factory-fresh
+function M.estate()
   local e = Estate.start { args = "--appliances 2 --spare 1 --client-ready" }
   group(e)
-  if not opts.no_hsm3 then
-    local r = e:run("run provision -e hsms=hsm3:stamp2 -e poll_interval=0.05 -e backoff=0.05 --yes")
-    t.eq(r.status, 0, "hsm3 provisioned: " .. r.stderr)
-  end
+  local r = e:run("run provision -e hsms=hsm3:stamp2 -e poll_interval=0.05 -e backoff=0.05 --yes")
+  t.eq(r.status, 0, "hsm3 provisioned: " .. r.stderr)
   e.secrets = {
     new_password = secret_file(e, "new_password", "Fresh-Passw0rd-1"),
     so_password = secret_file(e, "so_password", "Hsm-SO-Passw0rd-1"),
@@ -124,29 +121,33 @@ end
 
 -- Where the estate's records stand now: its log's length, and the password
 -- changes in hsm3's syslog (first logins show there, not in the log).
-local function password_changes(e)
-  local messages = util.read_file(e.dir .. "/appliances/hsm3/messages") or ""
+local function password_changes(e, name)
+  local messages = util.read_file(e.dir .. "/appliances/" .. name .. "/messages") or ""
   return select(2, messages:gsub("password changed for tenantadmin", ""))
 end
 
-function M.mark(e)
-  return { log = #e:log(), logins = password_changes(e) }
+-- mark(e [, name]) -> where the estate's log and appliance name's syslog
+-- (default hsm3, the one initialised) are now
+function M.mark(e, name)
+  name = name or "hsm3"
+  return { log = #e:log(), logins = password_changes(e, name), name = name }
 end
 
 -- How often each change of an initialisation reached the estate since
--- mark (LunaSH commands and the client tools' lines, hsm3's syslog).
+-- mark (LunaSH commands to mark's appliance, the client tools' lines, its syslog).
 function M.sent(e, mark)
+  local at = mark.name:gsub("%p", "%%%0")
   local n = e:count_since(mark.log, {
-    hsm_init = "^hsm3 lunash: hsm init .*%-> 0$",
-    partition_create = "^hsm3 lunash: partition create .*%-> 0$",
-    register = "^hsm3 lunash: client register .*%-> 0$",
-    assign = "^hsm3 lunash: client assignPartition .*%-> 0$",
+    hsm_init = "^" .. at .. " lunash: hsm init .*%-> 0$",
+    partition_create = "^" .. at .. " lunash: partition create .*%-> 0$",
+    register = "^" .. at .. " lunash: client register .*%-> 0$",
+    assign = "^" .. at .. " lunash: client assignPartition .*%-> 0$",
     add_server = "^vtl: addServer .*%-> 0$",
     partition_init = "^lunacm: partition init .*%-> No Error$",
     add_member = "^lunacm: hagroup addMember .*%-> No Error$",
     synchronize = "^lunacm: hagroup synchronize .*%-> No Error$",
   })
-  n.first_login = password_changes(e) - mark.logins
+  n.first_login = password_changes(e, mark.name) - mark.logins
   return n
 end
 

@@ -186,7 +186,9 @@ end
 ---------------------------------------------------------------------------
 -- Azure: the client, the subscription, the group's HSMs
 
-local DEFAULTS = { endpoint = "https://management.azure.com", authority = "https://login.microsoftonline.com" }
+-- the inventory's own defaults: a value equal to one is not written
+local AZURE_FIELDS = inventory.schema.fields.azure.fields
+local DEFAULTS = { endpoint = AZURE_FIELDS.endpoint.default, authority = AZURE_FIELDS.authority.default }
 
 -- `az account show`: the subscription and tenant az is logged in to, or nil and why not.
 local function az_account(az_command)
