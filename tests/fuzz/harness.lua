@@ -14,8 +14,10 @@
 -- Environment: FUZZ_SECONDS (default 60), FUZZ_RUNS (stop after that many
 -- runs: with FUZZ_SEED the same inputs every time), FUZZ_SEED (default from
 -- the clock), FUZZ_MAX_MS (default 2000), FUZZ_FINDINGS (default
--- build/fuzz-findings).  Prints one line: runs, runs/s, failures.
--- Exit status 1 when anything failed.
+-- build/fuzz-findings), FUZZ_TRACE (a file each input is written to before
+-- it runs: an input that never ends - a C pattern match no hook can stop -
+-- is left there; `make fuzz` replays a hung seed with it).  Prints one
+-- line: runs, runs/s, failures.  Exit status 1 when anything failed.
 local dhsm = require "dhsm"
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
@@ -148,18 +150,20 @@ end
 
 local Hang = setmetatable({}, { __tostring = function() return "hang: the input ran past FUZZ_MAX_MS" end })
 
+local function put(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
 local function save(ctx, input, why)
   ctx.saved = ctx.saved + 1
   if ctx.saved > 20 then return nil end
   local dir = ctx.findings .. "/" .. ctx.name
   os.execute("mkdir -p " .. util.shell_quote(dir))
   local base = ("%s/%d-%03d"):format(dir, ctx.seed, ctx.saved)
-  local f = assert(io.open(base .. ".in", "wb"))
-  f:write(input)
-  f:close()
-  f = assert(io.open(base .. ".txt", "wb"))
-  f:write(why, "\n")
-  f:close()
+  put(base .. ".in", input)
+  put(base .. ".txt", why .. "\n")
   return base .. ".in"
 end
 
@@ -171,6 +175,7 @@ function M.main(opts)
     seed = env_number("FUZZ_SEED", math.floor(sys.time() * 1000) % 2147483647),
     max_s = env_number("FUZZ_MAX_MS", 2000) / 1000,
     findings = os.getenv("FUZZ_FINDINGS") or "build/fuzz-findings",
+    trace = (os.getenv("FUZZ_TRACE") or "") ~= "" and os.getenv("FUZZ_TRACE") or nil,
     saved = 0,
   }
   math.randomseed(ctx.seed)
@@ -184,6 +189,7 @@ function M.main(opts)
   while runs < ctx.runs and (runs % 64 ~= 0 or dhsm.now() < stop) do
     local input = M.input(ctx)
     runs = runs + 1
+    if ctx.trace then put(ctx.trace, input) end
     local c0 = os.clock()
     deadline_run = c0 + ctx.max_s
     local ok, err = pcall(opts.target, input)

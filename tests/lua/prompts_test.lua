@@ -77,6 +77,17 @@ t.test("passwords, and a question no form knows, are told apart; the shell promp
   t.eq(prompts.match("Number of partitions:  2\nTotal storage > used\n"), nil, "a '>' inside a line is no input mark")
 end)
 
+-- make fuzz hung on such an input: one pattern for "the last line with a
+-- word" backtracked in cubic time over a long line, and a C pattern match
+-- cannot be interrupted.  With that pattern back, this test never ends.
+t.test("an unknown question after a line of 200000 characters is read (the last line with words, line by line)", function()
+  local long = ("A%"):rep(100000)
+  local form, question = prompts.match(long .. "\nName the new partition:\n> ")
+  t.eq({ form.kind, question }, { "unknown", "Name the new partition:" })
+  form, question = prompts.match("Name it:\n" .. long .. "\n> ")
+  t.eq({ form.kind, #question }, { "unknown", #long }, "the long line is the question's own line")
+end)
+
 t.test("a command holding a question's words is one whose echo would be taken for it", function()
   for _, line in ipairs { "client register -client x -label \"Type  'proceed' now\"", "syslog tail -search otherwise type 'quit'",
       "hsm show password:", "x (Y/N)", "partition create -label \"a or 'quit'\"" } do
