@@ -167,8 +167,9 @@ end
 -- "'x' successful." or "'x' failed." line), successful={...}, text=, error=
 -- {hex=, name=, code=, known=, lines={...}, command=}}.
 -- ok: the trailer says 0 (or there is none, as in single-command SSH, and a
--- success line) and no line says "failed.": a 7.x failed `hsm login` has
--- been published ending "Command Result : 0 (Success)".
+-- success line), no `Error:` line and no `'<cmd>' failed.` line (with or
+-- without its "Error:"): a 7.x failed `hsm login` has been published
+-- ending "Command Result : 0 (Success)".
 -- error.code is the name LunaSH printed, else the table's name for the hex
 -- (dhsm.luna.rc), else "LUNA_RC_<HEX>": the hex is always carried.
 -- error.known: the pairing is one a real appliance or Thales documents (a
@@ -178,7 +179,9 @@ function M.result(text)
   local r = { code = code, result = what, successful = {} }
   local errs, failed = {}, nil
   for _, l in ipairs(lines(text)) do
-    local msg = l:match("^%s*Error:(.*)$")
+    -- an Error: line, or the published failure line without its "Error:" (a copy, or a layout not
+    -- seen): either fails the command whatever the trailer's code says
+    local msg = l:match("^%s*Error:(.*)$") or (l:find("^%s*'[^']+' failed%.") and l)
     if msg then
       msg = trim(msg)
       errs[#errs + 1] = msg
@@ -267,23 +270,33 @@ local function count_left(command, key, value)
     ("'%s: N' or 'N before <role> is Locked Out'"):format(key))
 end
 
--- The words of a field that counts failed logins or says a role is gone.
--- A key holding one that the parser does not know is a layout it has not
--- seen: ParseError naming the line, never a field skipped (an attempts
--- line worded otherwise must not leave the guard assuming a full count).
-local SAFETY_WORDS = { "attempt", "locked", "zeroiz" }
+-- The words of a field that counts failed logins or says a role is gone
+-- (word stems, any case: "Tries Left", "Lockout", "Wiped", "Failed Login
+-- Count", "Erased", "Reset").  A key holding one that the parser does not
+-- know is a layout it has not seen: ParseError naming the line, never a
+-- field skipped (an attempts line worded otherwise must not leave the guard
+-- assuming a full count).  Matched by whole words, and every published field
+-- holding such a word is known (luna-field.md 2.1-2.4, 3.5, and the
+-- simulator's layouts): NOT_SAFETY lists the ones that are no count.
+local SAFETY_STEMS = { "attempt", "tries", "try", "retr", "left", "remain", "lock", "zeroi", "wipe",
+  "erase", "reset", "fail" }
+local NOT_SAFETY = { ["Free Space Left (Bytes)"] = true }     -- hsm show's storage section (2.1-2.4)
+
+local function safety_looking(key)
+  for word in key:lower():gmatch("%a+") do
+    for _, stem in ipairs(SAFETY_STEMS) do
+      if word:sub(1, #stem) == stem then return true end
+    end
+  end
+  return false
+end
 
 local function refuse_unknown_safety_keys(command, ls, known)
   for _, l in ipairs(ls) do
     local k = key_value(l)
-    if k and not known[k] then
-      local low = k:lower()
-      for _, w in ipairs(SAFETY_WORDS) do
-        if low:find(w, 1, true) then
-          unreadable(command, trim(l), "a field whose name dhsm knows (a count or lock state worded otherwise "
-            .. "cannot be read safely)")
-        end
-      end
+    if k and not known[k] and not NOT_SAFETY[k] and safety_looking(k) then
+      unreadable(command, trim(l), "a field whose name dhsm knows (a count or lock state worded otherwise "
+        .. "cannot be read safely)")
     end
   end
 end
@@ -520,6 +533,14 @@ function M.partition_show(text)
   for key, read in pairs(PSHOW) do
     if f[key] ~= nil then out[read[1]] = read[2](command, key, f[key]) end
   end
+  -- a layout with a Partition SO (any of its fields shown) must give both of its readings: a PSO
+  -- field dhsm could not read is never "this layout has no Partition SO" (diagnose's 6.x reading)
+  local pso = false
+  for key in pairs(f) do pso = pso or key:find("^Partition SO ") ~= nil end
+  if pso and (out.so_zeroized == nil or out.so_attempts_left == nil) then
+    unreadable(command, nil, "the Partition SO's 'Zeroized' and 'Login Attempts Left' fields (it shows other "
+      .. "Partition SO fields)")
+  end
   if out.co_locked == nil or out.co_attempts_left == nil then
     unreadable(command, nil, "the Crypto Officer's 'Locked Out' and 'Login Attempts Left' fields (or the Partition "
       .. "Owner's)")
@@ -615,14 +636,55 @@ function M.ntls_show(text)
     ipcheck = word("NTLS IP check", { enabled = true, disabled = true }), fields = f }
 end
 
--- package list -> {[entry] = true}: the package entries only, one word
--- per line under the RPM LIST titles (luna-field.md 6.5) - not a sentence
--- that mentions a package ("KB0019789 is required ..."), not the titles.
+-- A line around a command's output rather than of it: the prompt and
+-- echo (`[host] lunash:>cmd`), a LunaSH banner (luna-field.md 1.2), SSH's
+-- own lines of a non-interactive session (1.3).  Parsers that require a
+-- strict form skip these and refuse any other line they do not know.
+local function around_output(t)
+  return t:find("lunash:>", 1, true) ~= nil
+    or (t:find("Command Line Shell", 1, true) ~= nil and t:find("Copyright", 1, true) ~= nil)
+    or t:find("^Pseudo%-terminal will not be allocated") ~= nil
+    or t:find("^%S+@%S+'s password:$") ~= nil or t:find("^%(%S+@%S+%) Password:$") ~= nil
+end
+
+-- package list -> {[entry] = true}, read as published (luna-field.md 6.5):
+-- the titles `RPM LIST (SYSTEM)` and `RPM LIST (SOFTWARE)`, each over a
+-- rule of '-', and under each the package entries, one RPM
+-- name-version-release a line (letters, digits, . + _ -, a '-' before a
+-- digit), blank lines between.  Installed packages are a safety value (the
+-- reboot-fix check), so the form is required whole: both titles, in that
+-- order, each with its rule; an entry only inside a section.  What comes
+-- before the first title (the echo, a banner) is not read; after it, a line
+-- that is none of these - a sentence, an error, "Proceeding..." - is a
+-- ParseError naming it, and so is an output without the titles ("Unable to
+-- communicate with HSM" is not "nothing installed").
+local RPM_TITLES = { "RPM LIST (SYSTEM)", "RPM LIST (SOFTWARE)" }
+
 function M.package_list(text)
-  local out = {}
-  for _, l in ipairs(lines(text)) do
+  local command = "package list"
+  local ls = lines(text)
+  local out, titles, ruled, before = {}, 0, true, nil
+  for _, l in ipairs(ls) do
     local t = trim(l)
-    if t ~= "" and not t:find("[%s:]") and not is_rule(t, "-") and not is_rule(t, "=") then out[t] = true end
+    if t:find("^Command Result") then break end
+    if titles == 0 and not before and t ~= "" and not around_output(t) then
+      before = t                         -- named if no title follows: what the appliance said instead
+    end
+    if t == RPM_TITLES[titles + 1] and ruled then
+      titles, ruled = titles + 1, false
+    elseif titles > 0 and not ruled then
+      if not is_rule(t, "-") then unreadable(command, t, ("a rule of '-' under '%s'"):format(RPM_TITLES[titles])) end
+      ruled = true
+    elseif titles > 0 and t ~= "" then
+      if not (t:find("^%w[%w%.+_%-]*$") and t:find("%-%d")) then
+        unreadable(command, t, "a package entry (name-version-release, one a line) under the RPM LIST titles")
+      end
+      out[t] = true
+    end
+  end
+  if titles < #RPM_TITLES or not ruled then
+    unreadable(command, titles == 0 and before or nil, ("the sections '%s' and '%s', each over a rule of '-'"):format(RPM_TITLES[1],
+      RPM_TITLES[2]))
   end
   return out
 end
@@ -645,6 +707,9 @@ function M.has_package(set, name)
 end
 
 -- network show -> {hostname=, interfaces={eth0={ip=, mask=, gateway=, mac=}}, default_device=}
+-- Unpublished (luna-field.md 16): the simulator's layout, "Key (dev): value"
+-- lines per interface and a routing table.  An output with no interface
+-- block is a ParseError: the path checks read the interfaces.
 local NET_KEYS = { ["IP Address"] = "ip", ["HW Address"] = "mac", ["Mask"] = "mask", ["Gateway"] = "gateway" }
 function M.network_show(text)
   local f = M.fields(text)
@@ -652,15 +717,18 @@ function M.network_show(text)
   for _, l in ipairs(lines(text)) do
     local k, value = key_value(l)
     local key, dev = (k or ""):match("^(%a[%a ]*) %((%w+)%)$")
-    if key then
+    if NET_KEYS[key] then                    -- an interface's line; "Space (Bytes)" is none
       local i = ifaces[dev] or {}
       ifaces[dev] = i
-      if NET_KEYS[key] and value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
+      if value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
     end
     local c = l:find("^%s*0%.0%.0%.0") and columns(l) or {}     -- the default route's row only
     if #c >= 5 and c[1].text == "0.0.0.0" and c[3].text == "0.0.0.0" then
       for word in c[#c].text:gmatch("[^ ]+") do default = word end    -- the Iface, last word of the row
     end
+  end
+  if next(ifaces) == nil then        -- garbage, an error, a cut output: never "no interface"
+    unreadable("network show", nil, "an interface block ('IP Address (eth0): ...', 'HW Address (eth0): ...')")
   end
   return { hostname = f["Hostname"], interfaces = ifaces, default_device = default }
 end
@@ -898,21 +966,35 @@ function M.lunacm_role_show(text)
 end
 
 -- audit show -> {attempts_left=, locked=, fields=}: the Auditor's attempts
--- left from its own field, `Audit Role Login Attempts Left: N`, nil when
--- the output has no such field (a layout without a count: the guard then
--- counts alone, as documented); any other attempts or lock field is a
--- ParseError.  Unpublished (luna-field.md 16): the simulator's layout.
+-- left from its own field.  Unpublished (luna-field.md 16): the
+-- simulator's layout, read strictly - its four lines `Audit Role
+-- Initialized:`, `Audit Role Login Status:`, `Audit Role Login Attempts
+-- Left: N`, `Audit Role Locked Out: Yes|No` and nothing else but what
+-- surrounds any output (the echo, a banner, the trailer).  Another line
+-- ("Unable to communicate with HSM"), a count or lock field worded
+-- otherwise, or the form without its count is a ParseError: this layout
+-- shows a count, so one it does not show where expected is one dhsm cannot
+-- read, and the guard refuses the login.
 local ASHOW = { ["Audit Role Login Attempts Left"] = true, ["Audit Role Locked Out"] = true }
+local ASHOW_LINES = { ["Audit Role Initialized"] = true, ["Audit Role Login Status"] = true,
+  ["Audit Role Login Attempts Left"] = true, ["Audit Role Locked Out"] = true }
 
 function M.audit_show(text)
   local command = "audit show"
   local ls = lines(text)
   refuse_unknown_safety_keys(command, ls, ASHOW)
-  local f = one_record(command, ls, ASHOW)
-  local left = f["Audit Role Login Attempts Left"]
-  local locked = f["Audit Role Locked Out"]
-  return { attempts_left = left and count_left(command, "Audit Role Login Attempts Left", left),
-    locked = locked and yes_no(command, "Audit Role Locked Out", locked), fields = f }
+  for _, l in ipairs(ls) do
+    local t = trim(l)
+    if t:find("^Command Result") then break end
+    if t ~= "" and not around_output(t) and not ASHOW_LINES[key_value(l)] then
+      unreadable(command, t, "the lines of `audit show`: Audit Role Initialized, Login Status, Login Attempts Left, "
+        .. "Locked Out")
+    end
+  end
+  local f = one_record(command, ls, ASHOW_LINES)
+  local key = "Audit Role Login Attempts Left"
+  return { attempts_left = count_left(command, key, f[key]),
+    locked = yes_no(command, "Audit Role Locked Out", f["Audit Role Locked Out"]), fields = f }
 end
 
 -- vtl verify -> {{slot=, serial=, label=}}, as published (luna-field.md
