@@ -399,11 +399,24 @@ function M.hsm_show(text)
   }
 end
 
--- A table of rows under a rule of '=' (or '-'): {header={names}, rows={{cells}}}.
+-- The segments of a rule of '=' -> {{first=, last=}, ...}: where the
+-- columns are (7.8.5 writes one segment a column, two blanks between).
+-- nil for a rule holding a TAB: its positions say nothing about another
+-- line's (the published TAB copies were re-spaced by their publishers).
+local function rule_segments(l)
+  if l:find("\t", 1, true) then return nil end
+  local out = {}
+  for first, after in l:gmatch("()=+()") do out[#out + 1] = { first = first, last = after - 1 } end
+  return out
+end
+
+-- A table of rows under a rule of '=' (or '-'): {header={names}, rows={{cells}}, lines={raw rows},
+-- segments={{first=, last=}} (the rule's, nil when it holds a TAB)}.
 -- The header is the last non-blank line above the rule (a line above it
 -- that sits over a column joins that column's name: 7.8.5 "Partition" over
--- "Version"); rows are the non-blank lines after the rule, split on 2+
--- blanks or TABs, until a sentence or the trailer.
+-- "Version" - read by position, so not when either line holds a TAB);
+-- rows are the non-blank lines after the rule, split on 2+ blanks or TABs,
+-- until a sentence or the trailer.
 function M.table(text)
   local ls = lines(text)
   local rule, dashes
@@ -413,12 +426,14 @@ function M.table(text)
     if first == "-" and not dashes and is_rule(l, "-") then dashes = i end
   end
   rule = rule or dashes
-  local out = { header = {}, rows = {} }
+  local out = { header = {}, rows = {}, lines = {} }
   if not rule then return out end
+  out.segments = rule_segments(ls[rule])
   local h = rule - 1
   while h > 0 and trim(ls[h]) == "" do h = h - 1 end
   local head = h > 0 and columns(ls[h]) or {}
-  local above = h > 1 and columns(ls[h - 1]) or {}
+  local positioned = h > 1 and not ls[h]:find("\t", 1, true) and not ls[h - 1]:find("\t", 1, true)
+  local above = positioned and columns(ls[h - 1]) or {}
   for _, c in ipairs(head) do
     for _, a in ipairs(above) do       -- a word standing over this column, not over a run of columns
       if a.first >= c.first - 2 and a.last <= c.last + 2 and not a.text:find("^[-=]+$") then
@@ -430,7 +445,40 @@ function M.table(text)
   for i = rule + 1, #ls do
     local l = ls[i]
     if l:find("^Command Result") then break end
-    if trim(l) ~= "" and not is_rule(l) then out.rows[#out.rows + 1] = texts(columns(l)) end
+    if trim(l) ~= "" and not is_rule(l) then
+      out.rows[#out.rows + 1] = texts(columns(l))
+      out.lines[#out.rows] = l
+    end
+  end
+  return out
+end
+
+-- A row read by the rule's segments (7.8.5: one '=' run a column): each
+-- word (a run of non-blanks) goes to the segment it lies over; one in the
+-- two blanks between segments goes to the segment after it (a value
+-- pushed right by a full column before it, one blank between).  A word
+-- over two segments - a value run into its neighbour - or past the last,
+-- or a segment left without a word, cannot be read: nil.
+local function by_segments(l, segments)
+  local cells = {}
+  for first, after in l:gmatch("()[^ ]+()") do
+    local last, at = after - 1, nil
+    for i, seg in ipairs(segments) do
+      if first <= seg.last and last >= seg.first then          -- over this segment
+        if at then return nil end                              -- and over another: run together
+        at = i
+      elseif not at and first < seg.first and last < seg.first and (i == 1 or first > segments[i - 1].last) then
+        at = i                                                 -- in the gap before it
+      end
+    end
+    if not at then return nil end
+    local c = cells[at]
+    if c then c.last = last else cells[at] = { first = first, last = last } end
+  end
+  local out = {}
+  for i = 1, #segments do
+    if not cells[i] then return nil end
+    out[i] = l:sub(cells[i].first, cells[i].last)
   end
   return out
 end
@@ -446,9 +494,13 @@ local PART_NUMERIC = { objects = true, total = true, used = true, free = true }
 local PART_NEEDED = { "serial", "name", "objects", "total", "used", "free" }
 
 -- Fail-closed: an empty list only from "There are no partitions." or a
--- header with no rows; a header whose names are not the published ones, or
--- a row that does not split into its columns, is a ParseError naming the
--- line - a partition is never dropped, a column never guessed.
+-- header with no rows closed by its trailer (without one: cut short); a
+-- header whose names are not the published ones, or a row that does not
+-- split into its columns, is a ParseError naming the line - a partition is
+-- never dropped, a column never guessed.  Columns split on 2+ blanks or a
+-- TAB; a row that does not split so under a rule of one '=' segment a
+-- column (7.8.5) is read by those segments' positions (a name filling its
+-- 32 columns, one blank after it), or refused.
 function M.partition_list(text)
   text = text_of(text)
   if text:find("There are no partitions%.") then return {} end
@@ -469,8 +521,16 @@ function M.partition_list(text)
     end
   end
   local width = #names
+  -- a header and rule with no row: the empty table only when the trailer closes it; without it
+  -- the output was cut (the appliance says "There are no partitions." when there are none)
+  if #t.rows == 0 and not text:find("\nCommand Result") then
+    unreadable("partition list", nil, "rows under the header (or 'There are no partitions.'), or its trailer")
+  end
   local out = {}
-  for _, row in ipairs(t.rows) do
+  for r, row in ipairs(t.rows) do
+    if #row % width ~= 0 and t.segments and #t.segments == width and not t.lines[r]:find("\t", 1, true) then
+      row = by_segments(t.lines[r], t.segments) or row      -- a value filling its column, one blank after it
+    end
     if #row == 0 or #row % width ~= 0 or not row[1]:find("^%d+$") then
       unreadable("partition list", table.concat(row, "  "), ("a row of %d columns, the serial first"):format(width))
     end
@@ -1003,8 +1063,12 @@ end
 -- (TABs or spaces between the columns, numbers right-aligned, the label
 -- the rest of the line, spaces and all; none for a partition `partition
 -- create` made and `partition init` has not labelled yet, as lunacm's
--- `Label ->` of 7.1 is empty), ended by a blank line or the end.  {} from the header with no row, or from `Error: Unable to find any
--- Luna SA slots/partitions`.  Anything else is a ParseError.
+-- `Label ->` of 7.1 is empty), ended by a blank line - vtl prints no
+-- trailer, so rows without it were cut and are a ParseError (the published
+-- copies whose code block ends at the row lost that line).  {} only from
+-- `Error: Unable to find any Luna SA slots/partitions`: a header with no
+-- row was never published (sim README, assumptions), so it is a cut
+-- output too.  Anything else is a ParseError.
 local VTL_TITLE = "The following Luna SA Slots/Partitions were found:"
 local VTL_NONE = "Error: Unable to find any Luna SA slots/partitions"
 
@@ -1024,16 +1088,21 @@ function M.vtl_verify(text)
   if #head ~= 3 or head[1] ~= "Slot" or head[2] ~= "Serial #" or head[3] ~= "Label" or not is_rule(ls[i + 1] or "") then
     unreadable(command, ls[i] and trim(ls[i]), "a header 'Slot  Serial #  Label' over a rule of '='")
   end
-  local out = {}
+  local out, closed = {}, false
   for j = i + 2, #ls do
     local l = ls[j]
-    if trim(l) == "" then break end
+    if trim(l) == "" then closed = true; break end
     local slot, serial, rest = l:match("^[ \t]*(%d+)[ \t]+(%d+)(.*)$")
     if not slot or not rest:match("^[ \t]") and rest ~= "" then
       unreadable(command, trim(l), "a row: slot, serial, label")
     end
     local label = trim(rest)                  -- "": a partition not initialised yet has no label
     out[#out + 1] = { slot = tonumber(slot), serial = serial, label = label }
+  end
+  -- vtl has no trailer: the blank line after the rows is all that tells the list is whole
+  if #out == 0 or not closed then
+    unreadable(command, nil, #out == 0 and "a row under the header (no slots: '" .. VTL_NONE .. "')"
+      or "the blank line that ends the rows (the listing was cut)")
   end
   return out
 end
