@@ -14,17 +14,21 @@
 --     `Error:` lines before or after and 8-space continuation lines;
 --   * empty results are sentences (`There are no partitions.`);
 --   * tables are columns separated by 2+ spaces or TABs, headers may span
---     two lines, rows may be separated from the rule by blank lines.
+--     two lines, rows may be separated from the rule by blank lines; 7.8.5
+--     writes its rule one '=' segment a column, which places a value that
+--     fills its column (one blank after it).
 -- Every parser keeps what it does not know (fields = every key/value).  A
 -- value a safety rule decides on is read from its own field, in a form the
 -- reference shows, or the parser raises luna/ParseError naming the command,
 -- the line and what was expected - never a default, never a word found
 -- anywhere in the text.  An empty list comes only from the output's own
--- sentence ("There are no partitions.") or a header with no rows.  Where
+-- sentence ("There are no partitions.") or a header with no rows that its
+-- trailer closes (vtl, which prints no trailer, has no such form).  Where
 -- no real output was published (luna-field.md 16: `ntls show`, `audit
 -- show`, lunacm `role show` and `hagroup listGroups`), the simulator's
--- layout is read, and read strictly.  A field naming attempts, a lock-out
--- or a zeroization that a parser does not know is an error, not skipped.
+-- layout is read, and read strictly.  A field naming attempts, tries, a
+-- lock-out, a wipe, an erase, a reset, a failure or a zeroization that a
+-- parser does not know is an error, not skipped.
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna

@@ -190,8 +190,8 @@ t.test("an unknown header, a wider serial, a label with spaces: read right or re
   t.raises(function() parse.vtl_verify("Searching for slots...\n") end, "ParseError")
 end)
 
-t.test("lunacm slots, package list, network show, synchronize, result: wider serials, names with spaces, the "
-  .. "single-command form, cut or unknown: read right or refused", function()
+-- wider serials, names with spaces, the single-command form, a cut or an unknown header
+t.test("lunacm slots, package list, network show, synchronize, result: read right or refused", function()
   local slots = read("luna/7.1-lunacm-slots-7.2.txt")
   local s = parse.lunacm_slots((slots:gsub("XXXXXXXXXXXXX", "15827754339341234")):gsub("Label %->", "Label ->  my partition"))
   t.eq({ s[1].serial, s[1].label }, { "15827754339341234", "my partition" }, "a wider serial, a label with spaces")
