@@ -282,3 +282,28 @@ t.test("a table cut after its header is no empty list; a name filling 7.8.5's co
   -- the header with TABs for its runs of blanks: the columns by name, not "Partition Partition"
   t.eq(parse.partition_list((list:gsub("  +", "\t")))[1].total, 648381)
 end)
+
+t.test("ntls.vtl_verify: a vtl killed or failing after its header is refused, never 'no partitions'", function()
+  local ntls = require "dhsm.client.ntls"
+  local dir = t.tmpdir()
+  local published = util.read_file(t.here() .. "/../fixtures/luna/8.3-vtl-verify-6.2.2.txt")
+  local head = published:match("^[^\n]*\n(.-=====\n)")         -- the title, header and rule, as vtl prints them
+  t.write(dir .. "/listing", head)
+  -- a process that prints what vtl printed and then ends as a vtl cut off would: killed, or an exit status
+  local function vtl(ending)
+    local path = dir .. "/vtl-" .. ending:gsub("%W", "")
+    t.write(path, "#!/bin/sh\ncat " .. util.shell_quote(dir .. "/listing") .. "\n" .. ending .. "\n")
+    os.execute("chmod +x " .. util.shell_quote(path))
+    return { conf_path = dir .. "/Chrystoki.conf", vtl = path }
+  end
+  local ok, err = pcall(ntls.vtl_verify, vtl("kill -KILL $$"))
+  t.eq(ok, false, "a killed vtl read as a listing")
+  t.eq({ err.kind, err.code, err.details.signal }, { "luna", "VtlFailed", 9 })
+  t.ok(err.message:find("by signal 9", 1, true), err.message)
+  ok, err = pcall(ntls.vtl_verify, vtl("exit 3"))
+  t.eq({ ok, err.code, err.details.status }, { false, "VtlFailed", 3 })
+  t.ok(err.message:find("exit status 3", 1, true), err.message)
+  -- exiting 0 after the header alone: the listing is cut, and the parser says so
+  ok, err = pcall(ntls.vtl_verify, vtl("exit 0"))
+  t.eq({ ok, err.code }, { false, "ParseError" })
+end)
