@@ -747,8 +747,8 @@ function M.package_list(text)
     end
   end
   if titles < #RPM_TITLES or not ruled then
-    unreadable(command, titles == 0 and before or nil, ("the sections '%s' and '%s', each over a rule of '-'"):format(RPM_TITLES[1],
-      RPM_TITLES[2]))
+    unreadable(command, titles == 0 and before or nil,
+      ("the sections '%s' and '%s', each over a rule of '-'"):format(RPM_TITLES[1], RPM_TITLES[2]))
   end
   return out
 end
