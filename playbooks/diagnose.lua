@@ -277,7 +277,8 @@ local function failed_logins(run, name, serial, parts)
     if p.so_zeroized then bad[#bad + 1] = p.name .. ": Partition SO zeroized" end
     if p.co_locked then bad[#bad + 1] = p.name .. ": Crypto Officer locked out" end
     -- read, never assumed (dhsm.luna.parse.partition_show raises otherwise); no Partition SO count: a
-    -- layout without that role (6.x)
+    -- layout that shows no Partition SO field at all (6.x) - one whose PSO fields cannot all be read
+    -- raised, and this check is then FAIL unknown
     if p.so_attempts_left and p.so_attempts_left < guard.THRESHOLDS.pso then
       warn[#warn + 1] = ("%s: %d Partition SO attempts left"):format(p.name, p.so_attempts_left)
     end

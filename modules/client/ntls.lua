@@ -90,12 +90,20 @@ end
 -- vtl_verify(client) -> {ok=, partitions = {{slot=, serial=, label=}}, text=, error=}
 -- ok: vtl lists at least one partition.  When vtl says it failed (an
 -- `Error:` line), error= is its words and partitions is nil - not read as
--- "none"; otherwise its listing is read by dhsm.luna.parse.vtl_verify,
--- which raises on a layout it does not know.
+-- "none".  A vtl that ended otherwise than by exiting 0 without saying
+-- why (killed, or a non-zero status and no `Error:` line) may have printed
+-- half its listing: a luna/VtlFailed error naming its status, never a
+-- reading.  Otherwise its listing is read by dhsm.luna.parse.vtl_verify,
+-- which raises on a layout it does not know or a listing cut short.
 function M.vtl_verify(client)
   client_arg("vtl_verify", client)
   local r = vtl(client, "verify")
   if r.failed then return { ok = false, text = r.stdout, error = r.failed } end
+  if r.signal or r.status ~= 0 then
+    dhsm.error { kind = "luna", code = "VtlFailed", details = { status = r.status, signal = r.signal },
+      message = ("vtl verify ended %s without saying why: its listing is not read"):format(r.signal
+        and ("by signal " .. tostring(r.signal)) or ("with exit status " .. tostring(r.status))) }
+  end
   local parts = parse.vtl_verify(r.stdout)
   return { ok = #parts > 0, partitions = parts, text = r.stdout }
 end

@@ -14,17 +14,21 @@
 --     `Error:` lines before or after and 8-space continuation lines;
 --   * empty results are sentences (`There are no partitions.`);
 --   * tables are columns separated by 2+ spaces or TABs, headers may span
---     two lines, rows may be separated from the rule by blank lines.
+--     two lines, rows may be separated from the rule by blank lines; 7.8.5
+--     writes its rule one '=' segment a column, which places a value that
+--     fills its column (one blank after it).
 -- Every parser keeps what it does not know (fields = every key/value).  A
 -- value a safety rule decides on is read from its own field, in a form the
 -- reference shows, or the parser raises luna/ParseError naming the command,
 -- the line and what was expected - never a default, never a word found
 -- anywhere in the text.  An empty list comes only from the output's own
--- sentence ("There are no partitions.") or a header with no rows.  Where
+-- sentence ("There are no partitions.") or a header with no rows that its
+-- trailer closes (vtl, which prints no trailer, has no such form).  Where
 -- no real output was published (luna-field.md 16: `ntls show`, `audit
 -- show`, lunacm `role show` and `hagroup listGroups`), the simulator's
--- layout is read, and read strictly.  A field naming attempts, a lock-out
--- or a zeroization that a parser does not know is an error, not skipped.
+-- layout is read, and read strictly.  A field naming attempts, tries, a
+-- lock-out, a wipe, an erase, a reset, a failure or a zeroization that a
+-- parser does not know is an error, not skipped.
 --
 -- Every parser is linear in its input (no pattern that backtracks over a
 -- run of blanks) and refuses a line longer than util.MAX_LINE with a luna
@@ -167,8 +171,9 @@ end
 -- "'x' successful." or "'x' failed." line), successful={...}, text=, error=
 -- {hex=, name=, code=, known=, lines={...}, command=}}.
 -- ok: the trailer says 0 (or there is none, as in single-command SSH, and a
--- success line) and no line says "failed.": a 7.x failed `hsm login` has
--- been published ending "Command Result : 0 (Success)".
+-- success line), no `Error:` line and no `'<cmd>' failed.` line (with or
+-- without its "Error:"): a 7.x failed `hsm login` has been published
+-- ending "Command Result : 0 (Success)".
 -- error.code is the name LunaSH printed, else the table's name for the hex
 -- (dhsm.luna.rc), else "LUNA_RC_<HEX>": the hex is always carried.
 -- error.known: the pairing is one a real appliance or Thales documents (a
@@ -178,7 +183,9 @@ function M.result(text)
   local r = { code = code, result = what, successful = {} }
   local errs, failed = {}, nil
   for _, l in ipairs(lines(text)) do
-    local msg = l:match("^%s*Error:(.*)$")
+    -- an Error: line, or the published failure line without its "Error:" (a copy, or a layout not
+    -- seen): either fails the command whatever the trailer's code says
+    local msg = l:match("^%s*Error:(.*)$") or (l:find("^%s*'[^']+' failed%.") and l)
     if msg then
       msg = trim(msg)
       errs[#errs + 1] = msg
@@ -267,23 +274,33 @@ local function count_left(command, key, value)
     ("'%s: N' or 'N before <role> is Locked Out'"):format(key))
 end
 
--- The words of a field that counts failed logins or says a role is gone.
--- A key holding one that the parser does not know is a layout it has not
--- seen: ParseError naming the line, never a field skipped (an attempts
--- line worded otherwise must not leave the guard assuming a full count).
-local SAFETY_WORDS = { "attempt", "locked", "zeroiz" }
+-- The words of a field that counts failed logins or says a role is gone
+-- (word stems, any case: "Tries Left", "Lockout", "Wiped", "Failed Login
+-- Count", "Erased", "Reset").  A key holding one that the parser does not
+-- know is a layout it has not seen: ParseError naming the line, never a
+-- field skipped (an attempts line worded otherwise must not leave the guard
+-- assuming a full count).  Matched by whole words, and every published field
+-- holding such a word is known (luna-field.md 2.1-2.4, 3.5, and the
+-- simulator's layouts): NOT_SAFETY lists the ones that are no count.
+local SAFETY_STEMS = { "attempt", "tries", "try", "retr", "left", "remain", "lock", "zeroi", "wipe",
+  "erase", "reset", "fail" }
+local NOT_SAFETY = { ["Free Space Left (Bytes)"] = true }     -- hsm show's storage section (2.1-2.4)
+
+local function safety_looking(key)
+  for word in key:lower():gmatch("%a+") do
+    for _, stem in ipairs(SAFETY_STEMS) do
+      if word:sub(1, #stem) == stem then return true end
+    end
+  end
+  return false
+end
 
 local function refuse_unknown_safety_keys(command, ls, known)
   for _, l in ipairs(ls) do
     local k = key_value(l)
-    if k and not known[k] then
-      local low = k:lower()
-      for _, w in ipairs(SAFETY_WORDS) do
-        if low:find(w, 1, true) then
-          unreadable(command, trim(l), "a field whose name dhsm knows (a count or lock state worded otherwise "
-            .. "cannot be read safely)")
-        end
-      end
+    if k and not known[k] and not NOT_SAFETY[k] and safety_looking(k) then
+      unreadable(command, trim(l), "a field whose name dhsm knows (a count or lock state worded otherwise "
+        .. "cannot be read safely)")
     end
   end
 end
@@ -386,11 +403,24 @@ function M.hsm_show(text)
   }
 end
 
--- A table of rows under a rule of '=' (or '-'): {header={names}, rows={{cells}}}.
+-- The segments of a rule of '=' -> {{first=, last=}, ...}: where the
+-- columns are (7.8.5 writes one segment a column, two blanks between).
+-- nil for a rule holding a TAB: its positions say nothing about another
+-- line's (the published TAB copies were re-spaced by their publishers).
+local function rule_segments(l)
+  if l:find("\t", 1, true) then return nil end
+  local out = {}
+  for first, after in l:gmatch("()=+()") do out[#out + 1] = { first = first, last = after - 1 } end
+  return out
+end
+
+-- A table of rows under a rule of '=' (or '-'): {header={names}, rows={{cells}}, lines={raw rows},
+-- segments={{first=, last=}} (the rule's, nil when it holds a TAB)}.
 -- The header is the last non-blank line above the rule (a line above it
 -- that sits over a column joins that column's name: 7.8.5 "Partition" over
--- "Version"); rows are the non-blank lines after the rule, split on 2+
--- blanks or TABs, until a sentence or the trailer.
+-- "Version" - read by position, so not when either line holds a TAB);
+-- rows are the non-blank lines after the rule, split on 2+ blanks or TABs,
+-- until a sentence or the trailer.
 function M.table(text)
   local ls = lines(text)
   local rule, dashes
@@ -400,12 +430,14 @@ function M.table(text)
     if first == "-" and not dashes and is_rule(l, "-") then dashes = i end
   end
   rule = rule or dashes
-  local out = { header = {}, rows = {} }
+  local out = { header = {}, rows = {}, lines = {} }
   if not rule then return out end
+  out.segments = rule_segments(ls[rule])
   local h = rule - 1
   while h > 0 and trim(ls[h]) == "" do h = h - 1 end
   local head = h > 0 and columns(ls[h]) or {}
-  local above = h > 1 and columns(ls[h - 1]) or {}
+  local positioned = h > 1 and not ls[h]:find("\t", 1, true) and not ls[h - 1]:find("\t", 1, true)
+  local above = positioned and columns(ls[h - 1]) or {}
   for _, c in ipairs(head) do
     for _, a in ipairs(above) do       -- a word standing over this column, not over a run of columns
       if a.first >= c.first - 2 and a.last <= c.last + 2 and not a.text:find("^[-=]+$") then
@@ -417,7 +449,40 @@ function M.table(text)
   for i = rule + 1, #ls do
     local l = ls[i]
     if l:find("^Command Result") then break end
-    if trim(l) ~= "" and not is_rule(l) then out.rows[#out.rows + 1] = texts(columns(l)) end
+    if trim(l) ~= "" and not is_rule(l) then
+      out.rows[#out.rows + 1] = texts(columns(l))
+      out.lines[#out.rows] = l
+    end
+  end
+  return out
+end
+
+-- A row read by the rule's segments (7.8.5: one '=' run a column): each
+-- word (a run of non-blanks) goes to the segment it lies over; one in the
+-- two blanks between segments goes to the segment after it (a value
+-- pushed right by a full column before it, one blank between).  A word
+-- over two segments - a value run into its neighbour - or past the last,
+-- or a segment left without a word, cannot be read: nil.
+local function by_segments(l, segments)
+  local cells = {}
+  for first, after in l:gmatch("()[^ ]+()") do
+    local last, at = after - 1, nil
+    for i, seg in ipairs(segments) do
+      if first <= seg.last and last >= seg.first then          -- over this segment
+        if at then return nil end                              -- and over another: run together
+        at = i
+      elseif not at and first < seg.first and last < seg.first and (i == 1 or first > segments[i - 1].last) then
+        at = i                                                 -- in the gap before it
+      end
+    end
+    if not at then return nil end
+    local c = cells[at]
+    if c then c.last = last else cells[at] = { first = first, last = last } end
+  end
+  local out = {}
+  for i = 1, #segments do
+    if not cells[i] then return nil end
+    out[i] = l:sub(cells[i].first, cells[i].last)
   end
   return out
 end
@@ -433,9 +498,13 @@ local PART_NUMERIC = { objects = true, total = true, used = true, free = true }
 local PART_NEEDED = { "serial", "name", "objects", "total", "used", "free" }
 
 -- Fail-closed: an empty list only from "There are no partitions." or a
--- header with no rows; a header whose names are not the published ones, or
--- a row that does not split into its columns, is a ParseError naming the
--- line - a partition is never dropped, a column never guessed.
+-- header with no rows closed by its trailer (without one: cut short); a
+-- header whose names are not the published ones, or a row that does not
+-- split into its columns, is a ParseError naming the line - a partition is
+-- never dropped, a column never guessed.  Columns split on 2+ blanks or a
+-- TAB; a row that does not split so under a rule of one '=' segment a
+-- column (7.8.5) is read by those segments' positions (a name filling its
+-- 32 columns, one blank after it), or refused.
 function M.partition_list(text)
   text = text_of(text)
   if text:find("There are no partitions%.") then return {} end
@@ -456,8 +525,16 @@ function M.partition_list(text)
     end
   end
   local width = #names
+  -- a header and rule with no row: the empty table only when the trailer closes it; without it
+  -- the output was cut (the appliance says "There are no partitions." when there are none)
+  if #t.rows == 0 and not text:find("\nCommand Result") then
+    unreadable("partition list", nil, "rows under the header (or 'There are no partitions.'), or its trailer")
+  end
   local out = {}
-  for _, row in ipairs(t.rows) do
+  for r, row in ipairs(t.rows) do
+    if #row % width ~= 0 and t.segments and #t.segments == width and not t.lines[r]:find("\t", 1, true) then
+      row = by_segments(t.lines[r], t.segments) or row      -- a value filling its column, one blank after it
+    end
     if #row == 0 or #row % width ~= 0 or not row[1]:find("^%d+$") then
       unreadable("partition list", table.concat(row, "  "), ("a row of %d columns, the serial first"):format(width))
     end
@@ -519,6 +596,14 @@ function M.partition_show(text)
   end
   for key, read in pairs(PSHOW) do
     if f[key] ~= nil then out[read[1]] = read[2](command, key, f[key]) end
+  end
+  -- a layout with a Partition SO (any of its fields shown) must give both of its readings: a PSO
+  -- field dhsm could not read is never "this layout has no Partition SO" (diagnose's 6.x reading)
+  local pso = false
+  for key in pairs(f) do pso = pso or key:find("^Partition SO ") ~= nil end
+  if pso and (out.so_zeroized == nil or out.so_attempts_left == nil) then
+    unreadable(command, nil, "the Partition SO's 'Zeroized' and 'Login Attempts Left' fields (it shows other "
+      .. "Partition SO fields)")
   end
   if out.co_locked == nil or out.co_attempts_left == nil then
     unreadable(command, nil, "the Crypto Officer's 'Locked Out' and 'Login Attempts Left' fields (or the Partition "
@@ -615,14 +700,55 @@ function M.ntls_show(text)
     ipcheck = word("NTLS IP check", { enabled = true, disabled = true }), fields = f }
 end
 
--- package list -> {[entry] = true}: the package entries only, one word
--- per line under the RPM LIST titles (luna-field.md 6.5) - not a sentence
--- that mentions a package ("KB0019789 is required ..."), not the titles.
+-- A line around a command's output rather than of it: the prompt and
+-- echo (`[host] lunash:>cmd`), a LunaSH banner (luna-field.md 1.2), SSH's
+-- own lines of a non-interactive session (1.3).  Parsers that require a
+-- strict form skip these and refuse any other line they do not know.
+local function around_output(t)
+  return t:find("lunash:>", 1, true) ~= nil
+    or (t:find("Command Line Shell", 1, true) ~= nil and t:find("Copyright", 1, true) ~= nil)
+    or t:find("^Pseudo%-terminal will not be allocated") ~= nil
+    or t:find("^%S+@%S+'s password:$") ~= nil or t:find("^%(%S+@%S+%) Password:$") ~= nil
+end
+
+-- package list -> {[entry] = true}, read as published (luna-field.md 6.5):
+-- the titles `RPM LIST (SYSTEM)` and `RPM LIST (SOFTWARE)`, each over a
+-- rule of '-', and under each the package entries, one RPM
+-- name-version-release a line (letters, digits, . + _ -, a '-' before a
+-- digit), blank lines between.  Installed packages are a safety value (the
+-- reboot-fix check), so the form is required whole: both titles, in that
+-- order, each with its rule; an entry only inside a section.  What comes
+-- before the first title (the echo, a banner) is not read; after it, a line
+-- that is none of these - a sentence, an error, "Proceeding..." - is a
+-- ParseError naming it, and so is an output without the titles ("Unable to
+-- communicate with HSM" is not "nothing installed").
+local RPM_TITLES = { "RPM LIST (SYSTEM)", "RPM LIST (SOFTWARE)" }
+
 function M.package_list(text)
-  local out = {}
-  for _, l in ipairs(lines(text)) do
+  local command = "package list"
+  local ls = lines(text)
+  local out, titles, ruled, before = {}, 0, true, nil
+  for _, l in ipairs(ls) do
     local t = trim(l)
-    if t ~= "" and not t:find("[%s:]") and not is_rule(t, "-") and not is_rule(t, "=") then out[t] = true end
+    if t:find("^Command Result") then break end
+    if titles == 0 and not before and t ~= "" and not around_output(t) then
+      before = t                         -- named if no title follows: what the appliance said instead
+    end
+    if t == RPM_TITLES[titles + 1] and ruled then
+      titles, ruled = titles + 1, false
+    elseif titles > 0 and not ruled then
+      if not is_rule(t, "-") then unreadable(command, t, ("a rule of '-' under '%s'"):format(RPM_TITLES[titles])) end
+      ruled = true
+    elseif titles > 0 and t ~= "" then
+      if not (t:find("^%w[%w%.+_%-]*$") and t:find("%-%d")) then
+        unreadable(command, t, "a package entry (name-version-release, one a line) under the RPM LIST titles")
+      end
+      out[t] = true
+    end
+  end
+  if titles < #RPM_TITLES or not ruled then
+    unreadable(command, titles == 0 and before or nil,
+      ("the sections '%s' and '%s', each over a rule of '-'"):format(RPM_TITLES[1], RPM_TITLES[2]))
   end
   return out
 end
@@ -645,6 +771,9 @@ function M.has_package(set, name)
 end
 
 -- network show -> {hostname=, interfaces={eth0={ip=, mask=, gateway=, mac=}}, default_device=}
+-- Unpublished (luna-field.md 16): the simulator's layout, "Key (dev): value"
+-- lines per interface and a routing table.  An output with no interface
+-- block is a ParseError: the path checks read the interfaces.
 local NET_KEYS = { ["IP Address"] = "ip", ["HW Address"] = "mac", ["Mask"] = "mask", ["Gateway"] = "gateway" }
 function M.network_show(text)
   local f = M.fields(text)
@@ -652,15 +781,18 @@ function M.network_show(text)
   for _, l in ipairs(lines(text)) do
     local k, value = key_value(l)
     local key, dev = (k or ""):match("^(%a[%a ]*) %((%w+)%)$")
-    if key then
+    if NET_KEYS[key] then                    -- an interface's line; "Space (Bytes)" is none
       local i = ifaces[dev] or {}
       ifaces[dev] = i
-      if NET_KEYS[key] and value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
+      if value ~= "" and not value:find("^<") then i[NET_KEYS[key]] = value end
     end
     local c = l:find("^%s*0%.0%.0%.0") and columns(l) or {}     -- the default route's row only
     if #c >= 5 and c[1].text == "0.0.0.0" and c[3].text == "0.0.0.0" then
       for word in c[#c].text:gmatch("[^ ]+") do default = word end    -- the Iface, last word of the row
     end
+  end
+  if next(ifaces) == nil then        -- garbage, an error, a cut output: never "no interface"
+    unreadable("network show", nil, "an interface block ('IP Address (eth0): ...', 'HW Address (eth0): ...')")
   end
   return { hostname = f["Hostname"], interfaces = ifaces, default_device = default }
 end
@@ -898,21 +1030,35 @@ function M.lunacm_role_show(text)
 end
 
 -- audit show -> {attempts_left=, locked=, fields=}: the Auditor's attempts
--- left from its own field, `Audit Role Login Attempts Left: N`, nil when
--- the output has no such field (a layout without a count: the guard then
--- counts alone, as documented); any other attempts or lock field is a
--- ParseError.  Unpublished (luna-field.md 16): the simulator's layout.
+-- left from its own field.  Unpublished (luna-field.md 16): the
+-- simulator's layout, read strictly - its four lines `Audit Role
+-- Initialized:`, `Audit Role Login Status:`, `Audit Role Login Attempts
+-- Left: N`, `Audit Role Locked Out: Yes|No` and nothing else but what
+-- surrounds any output (the echo, a banner, the trailer).  Another line
+-- ("Unable to communicate with HSM"), a count or lock field worded
+-- otherwise, or the form without its count is a ParseError: this layout
+-- shows a count, so one it does not show where expected is one dhsm cannot
+-- read, and the guard refuses the login.
 local ASHOW = { ["Audit Role Login Attempts Left"] = true, ["Audit Role Locked Out"] = true }
+local ASHOW_LINES = { ["Audit Role Initialized"] = true, ["Audit Role Login Status"] = true,
+  ["Audit Role Login Attempts Left"] = true, ["Audit Role Locked Out"] = true }
 
 function M.audit_show(text)
   local command = "audit show"
   local ls = lines(text)
   refuse_unknown_safety_keys(command, ls, ASHOW)
-  local f = one_record(command, ls, ASHOW)
-  local left = f["Audit Role Login Attempts Left"]
-  local locked = f["Audit Role Locked Out"]
-  return { attempts_left = left and count_left(command, "Audit Role Login Attempts Left", left),
-    locked = locked and yes_no(command, "Audit Role Locked Out", locked), fields = f }
+  for _, l in ipairs(ls) do
+    local t = trim(l)
+    if t:find("^Command Result") then break end
+    if t ~= "" and not around_output(t) and not ASHOW_LINES[key_value(l)] then
+      unreadable(command, t, "the lines of `audit show`: Audit Role Initialized, Login Status, Login Attempts Left, "
+        .. "Locked Out")
+    end
+  end
+  local f = one_record(command, ls, ASHOW_LINES)
+  local key = "Audit Role Login Attempts Left"
+  return { attempts_left = count_left(command, key, f[key]),
+    locked = yes_no(command, "Audit Role Locked Out", f["Audit Role Locked Out"]), fields = f }
 end
 
 -- vtl verify -> {{slot=, serial=, label=}}, as published (luna-field.md
@@ -921,8 +1067,12 @@ end
 -- (TABs or spaces between the columns, numbers right-aligned, the label
 -- the rest of the line, spaces and all; none for a partition `partition
 -- create` made and `partition init` has not labelled yet, as lunacm's
--- `Label ->` of 7.1 is empty), ended by a blank line or the end.  {} from the header with no row, or from `Error: Unable to find any
--- Luna SA slots/partitions`.  Anything else is a ParseError.
+-- `Label ->` of 7.1 is empty), ended by a blank line - vtl prints no
+-- trailer, so rows without it were cut and are a ParseError (the published
+-- copies whose code block ends at the row lost that line).  {} only from
+-- `Error: Unable to find any Luna SA slots/partitions`: a header with no
+-- row was never published (sim README, assumptions), so it is a cut
+-- output too.  Anything else is a ParseError.
 local VTL_TITLE = "The following Luna SA Slots/Partitions were found:"
 local VTL_NONE = "Error: Unable to find any Luna SA slots/partitions"
 
@@ -942,16 +1092,21 @@ function M.vtl_verify(text)
   if #head ~= 3 or head[1] ~= "Slot" or head[2] ~= "Serial #" or head[3] ~= "Label" or not is_rule(ls[i + 1] or "") then
     unreadable(command, ls[i] and trim(ls[i]), "a header 'Slot  Serial #  Label' over a rule of '='")
   end
-  local out = {}
+  local out, closed = {}, false
   for j = i + 2, #ls do
     local l = ls[j]
-    if trim(l) == "" then break end
+    if trim(l) == "" then closed = true; break end
     local slot, serial, rest = l:match("^[ \t]*(%d+)[ \t]+(%d+)(.*)$")
     if not slot or not rest:match("^[ \t]") and rest ~= "" then
       unreadable(command, trim(l), "a row: slot, serial, label")
     end
     local label = trim(rest)                  -- "": a partition not initialised yet has no label
     out[#out + 1] = { slot = tonumber(slot), serial = serial, label = label }
+  end
+  -- vtl has no trailer: the blank line after the rows is all that tells the list is whole
+  if #out == 0 or not closed then
+    unreadable(command, nil, #out == 0 and "a row under the header (no slots: '" .. VTL_NONE .. "')"
+      or "the blank line that ends the rows (the listing was cut)")
   end
   return out
 end

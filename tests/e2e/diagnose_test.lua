@@ -683,6 +683,19 @@ t.test("prometheus=FILE: one gauge per check and target, HELP/TYPE, labels escap
   t.eq(util.read_file(file), nil, "check mode: no file written\n" .. r.stderr)
 end, { timeout = 120 })
 
+t.test("a Partition SO count worded otherwise: failed logins FAIL unknown, never read as a layout without a "
+  .. "Partition SO", function()
+  t.cleanup(function() e:clear() end)
+  e:appliance("hsm2", { reword = "Partition SO Login Attempts Left=>Partition SO Login Tries Left" })
+  local r, doc = diagnose()
+  local row = find(doc, "failed logins", "hsm2")
+  t.eq(row and row.status, "FAIL", r.stdout .. r.stderr)
+  t.ok(row.finding:find('cannot read the line "Partition SO Login Tries Left:', 1, true), row.finding)
+  e:clear()
+  r, doc = diagnose()
+  healthy(r, doc, "reword cleared")
+end, { timeout = 180 })
+
 t.test("an inventory HSM that Azure does not hold and whose appliance refuses: both said, the rest OK", function()
   local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
   local extra = {}

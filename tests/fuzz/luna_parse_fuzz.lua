@@ -25,6 +25,8 @@ fuzz.main {
     "Current Slot Id: ", "HA Group Label: ", "Group Members: ", "There are no HA groups configured.", "Partition SN: ",
     "Crypto Officer Login Attempts Left: ", "Audit Role Login Attempts Left: ", "Partitions created on HSM:",
     "The following Luna SA Slots/Partitions were found:", "No clients are registered.", " before HSM zeroization!",
-    "quit now ->" },
+    "quit now ->", "RPM LIST (SOFTWARE)", "-------------------", "Audit Role Locked Out: ",
+    "Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for private key cloning.",
+    "Partition SO Zeroized: ", "================================  ===========" },
   target = function(input) fuzz.each(PARSERS, input) end,
 }

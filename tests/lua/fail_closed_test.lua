@@ -43,18 +43,25 @@ t.test("an SO attempts line worded otherwise: the HSM SO login is refused before
   t.eq(received("hsm login"), before, "no hsm login reached the appliance")
 end)
 
-t.test("an Auditor count worded otherwise: the audit login is refused; a count the layout never shows is dhsm's own", function()
+t.test("an Auditor count worded otherwise, or dropped from audit show: the audit login is refused", function()
   reword("hsm1", "Audit Role Login Attempts Left=>Audit Role Login attempts remaining")
   local s <close> = estate:luna_session("hsm1")
   local before = received("audit login")
   local e = refused(s.run, s, "audit login", { password = estate:secret("hsm1_audit_password") })
   t.eq({ e.kind, e.code }, { "safety", "AttemptsUnreadable" })
   t.eq(received("audit login"), before)
-  -- without any count field (the documented case of an interface that never reports one) the guard counts alone
+  -- the count's line under another name: `audit show` shows a count here, so one dhsm cannot read is no
+  -- "layout without a count" - the login is refused, not left to dhsm's own count
   reword("hsm1", "Audit Role Login Attempts Left:=>Audit Role:")
-  local r = s:run("audit login", { password = estate:secret("hsm1_audit_password") })
-  t.eq(r.ok, true, r.text)
-  t.eq(received("audit login"), before + 1)
+  e = refused(s.run, s, "audit login", { password = estate:secret("hsm1_audit_password") })
+  t.eq({ e.kind, e.code }, { "safety", "AttemptsUnreadable" })
+  t.ok(e.message:find('cannot read the line "Audit Role:', 1, true), e.message)
+  t.eq(received("audit login"), before, "no audit login reached the appliance")
+  -- a line of no `audit show` form in its place
+  reword("hsm1", "Audit Role Login Attempts Left:=>Unable to communicate with HSM ")
+  e = refused(s.run, s, "audit login", { password = estate:secret("hsm1_audit_password") })
+  t.eq({ e.kind, e.code }, { "safety", "AttemptsUnreadable" })
+  t.eq(received("audit login"), before, "no audit login reached the appliance")
 end)
 
 t.test("zeroization by failed logins meets an unreadable count: no wrong login is sent", function()

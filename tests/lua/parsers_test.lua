@@ -138,13 +138,18 @@ t.test("the guard makes no login when the device's count cannot be read", functi
 end)
 
 t.test("package list: the reboot fix is a whole token of a package entry, never a sentence's word", function()
-  local set = parse.package_list(table.concat({ "RPM LIST (SOFTWARE)", "-------------------",
-    "lunasa-reboot-fix-KB0019789-7.2.0-1", "Note: KB0019789 is required but is NOT installed", "" }, "\n"))
-  t.eq(set, { ["lunasa-reboot-fix-KB0019789-7.2.0-1"] = true }, "entries only: no title, no sentence")
+  local function listing(system, software)
+    return table.concat({ "RPM LIST (SYSTEM)", "-------------------", system, "", "", "RPM LIST (SOFTWARE)",
+      "-------------------", software, "" }, "\n")
+  end
+  local set = parse.package_list(listing("glibc-2.5-42", "lunasa-reboot-fix-KB0019789-7.2.0-1"))
+  t.eq(set, { ["glibc-2.5-42"] = true, ["lunasa-reboot-fix-KB0019789-7.2.0-1"] = true }, "entries only: no title")
   t.eq(parse.has_package(set, "KB0019789"), "lunasa-reboot-fix-KB0019789-7.2.0-1")
   t.eq(parse.has_package(set, "kb0019789"), "lunasa-reboot-fix-KB0019789-7.2.0-1", "any case")
-  local mentioned = parse.package_list("KB0019789 is required ... NOT installed\nglibc-2.5-42\n")
-  t.eq(parse.has_package(mentioned, "KB0019789"), nil, "a sentence that names it installs nothing")
+  t.raises(function() parse.package_list(listing("glibc-2.5-42", "Note: KB0019789 is required but is NOT installed")) end,
+    'cannot read the line "Note: KB0019789 is required')
+  t.raises(function() parse.package_list("KB0019789 is required ... NOT installed\nglibc-2.5-42\n") end,
+    'cannot read the line "KB0019789 is required')
   for _, entry in ipairs { "KB00197890", "fix-KB00197890-1", "xKB0019789", "KB0019789a" } do
     t.eq(parse.has_package({ [entry] = true }, "KB0019789"), nil, entry)
   end
@@ -180,4 +185,125 @@ t.test("partition list: every row read or a ParseError naming it; empty only whe
     t.eq(ok, false, what .. " read as " .. (ok and require("cjson").encode(err) or ""))
     t.eq({ err.kind, err.code }, { "luna", "ParseError" }, what .. ": " .. tostring(err))
   end
+end)
+
+t.test("package list outside the published form: a ParseError naming the line, never a set", function()
+  for what, bad in pairs {
+    ["a NOT-installed sentence with the fix under it"] = { "The following packages are NOT installed:\nKB0019789\n\n"
+      .. "Command Result : 0 (Success)\n", 'the line "The following packages are NOT installed:"' },
+    ["no answer from the HSM"] = { "Unable to communicate with HSM\n\nCommand Result : 0 (Success)\n",
+      'the line "Unable to communicate with HSM"' },
+    ["a word that is no package"] = { "RPM LIST (SYSTEM)\n---\nProceeding...\n\nRPM LIST (SOFTWARE)\n---\n",
+      'the line "Proceeding..."' },
+    ["the SOFTWARE section missing"] = { "RPM LIST (SYSTEM)\n---\nglibc-2.5-42\n", "RPM LIST %(SOFTWARE%)" },
+    ["a title without its rule"] = { "RPM LIST (SYSTEM)\nglibc-2.5-42\n\nRPM LIST (SOFTWARE)\n---\n",
+      "a rule of '%-' under 'RPM LIST %(SYSTEM%)'" },
+  } do
+    local ok, err = pcall(parse.package_list, bad[1])
+    t.eq(ok, false, what)
+    t.eq({ err.kind, err.code }, { "luna", "ParseError" }, what)
+    t.ok(err.message:find(bad[2]), what .. ": " .. err.message)
+  end
+end)
+
+t.test("a published 'x' failed. line fails the command whatever the code, with or without its Error:", function()
+  local r = parse.result("'hsm login' failed.\nCommand Result : 0 (Success)\n")
+  t.eq({ r.ok, r.code, r.command }, { false, 0, "hsm login" })
+  r = parse.result("   'hsm login' failed. (A00000 : LUNA_RET_UM_PIN_INCORRECT)\n\nCommand Result : 0 (Success)\n")
+  t.eq({ r.ok, r.error.hex, r.error.code }, { false, "A00000", "LUNA_RET_UM_PIN_INCORRECT" })
+  t.eq(parse.result("'hsm show' successful.\n\nCommand Result : 0 (Success)\n").ok, true, "a success still reads")
+end)
+
+t.test("audit show: only its own four lines; text of another form, or the form without its count, is refused", function()
+  local shown = util.read_file(t.here() .. "/../fixtures/sim/audit-show.txt")
+  t.eq(parse.audit_show(shown).attempts_left, 10)
+  for what, bad in pairs {
+    ["no answer from the HSM"] = "Unable to communicate with HSM\n\nCommand Result : 0 (Success)\n",
+    ["the count field dropped"] = (shown:gsub("Audit Role Login Attempts Left:[^\n]*\n", "")),
+    ["the count under a name dhsm does not know"] = (shown:gsub("Audit Role Login Attempts Left:", "Audit Role:")),
+    ["a line of another output"] = shown .. "Proceeding...\n",
+    ["nothing"] = "",
+  } do
+    local ok, err = pcall(parse.audit_show, bad)
+    t.eq(ok, false, what)
+    t.eq({ err.kind, err.code }, { "luna", "ParseError" }, what .. ": " .. tostring(err))
+  end
+end)
+
+t.test("network show: no interface block is a ParseError, never 'no interface'", function()
+  for _, bad in ipairs { "garbage\n", "Unable to communicate with HSM\n", "Free Space Left (Bytes): 5\n", "" } do
+    t.raises(function() parse.network_show(bad) end, "ParseError")
+  end
+  local n = parse.network_show("IP Address (eth0):           10.0.0.5\nMask (eth0):                 255.255.255.0\n")
+  t.eq(n.interfaces.eth0, { ip = "10.0.0.5", mask = "255.255.255.0" })
+end)
+
+t.test("a count, lock or erase field worded otherwise is refused; no published field is", function()
+  local pshow = util.read_file(t.here() .. "/../fixtures/sim/partition-show.txt")
+  local function with(old, new) return (pshow:gsub(old, new)) end
+  for what, bad in pairs {
+    tries = with("Partition SO Login Attempts Left", "Partition SO Login Tries Left"),
+    wiped = with("Partition SO Zeroized", "Partition SO Wiped"),
+    erased = with("Legacy Domain Has Been Set", "Partition Erased"),
+    failed = with("Legacy Domain Has Been Set", "Failed Login Count"),
+    reset = with("Legacy Domain Has Been Set", "Partition SO Reset"),
+  } do
+    t.raises(function() parse.partition_show(bad) end, "a field whose name dhsm knows")
+  end
+  -- a Partition SO shown but one of its readings missing: never "a layout without a Partition SO" (6.x)
+  t.raises(function() parse.partition_show(with("Partition SO Zeroized:[^\n]*\n", "")) end,
+    "the Partition SO's 'Zeroized' and 'Login Attempts Left'")
+  local hshow = util.read_file(t.here() .. "/../fixtures/luna/2.2-hsm-show-6.2.2-a.txt")
+  t.raises(function() parse.hsm_show((hshow:gsub("RPV Initialized", "HSM Admin Lockout"))) end,
+    'cannot read the line "HSM Admin Lockout:')
+  -- every published hsm show and partition show still reads (Free Space Left, Manually Zeroized, Tamper State)
+  for _, name in ipairs { "2.1-hsm-show-7.2", "2.2-hsm-show-6.2.2-a", "2.3-hsm-show-5.1", "2.4-hsm-show-5.3" } do
+    t.ok(parse.hsm_show(util.read_file(t.here() .. "/../fixtures/luna/" .. name .. ".txt")).serial, name)
+  end
+  t.eq(parse.partition_show(util.read_file(t.here() .. "/../fixtures/luna/3.5-partition-show-6.2.2.txt"))
+    .co_attempts_left, 10)
+end)
+
+t.test("a table cut after its header is no empty list; a name filling 7.8.5's column still reads", function()
+  local list = util.read_file(t.here() .. "/../fixtures/luna/3.3-partition-list-7.8.5-a.txt")
+  local head = list:gsub("\n1582775433934[^\n]*", "")
+  t.raises(function() parse.partition_list(head) end, "rows under the header")
+  t.eq(parse.partition_list(head .. "\nCommand Result : 0 (Success)\n"), {}, "a header with no rows, closed by its trailer")
+  local vtl = util.read_file(t.here() .. "/../fixtures/luna/8.3-vtl-verify-6-tabs.txt")
+  t.raises(function() parse.vtl_verify(vtl:match("^(.-=====\n)")) end, "a row under the header")
+  t.raises(function() parse.vtl_verify(vtl:match("^(.-partition1\n)")) end, "the blank line that ends the rows")
+  -- 7.8.5: a 32-character name fills its column, one blank before the version
+  local full = list:gsub("sp_sehsm3                         0", "a_name_of_exactly_32_characters_ 0")
+  t.eq(parse.partition_list(full)[1].name, "a_name_of_exactly_32_characters_")
+  t.eq(parse.partition_list(full)[1].version, "0")
+  -- a name run into the version: refused, naming the row
+  t.raises(function() parse.partition_list((list:gsub("sp_sehsm3                         0",
+    "a_name_of_exactly_33_characters__0"))) end, 'cannot read the line "1582775433934  a_name_of_exactly_33')
+  -- the header with TABs for its runs of blanks: the columns by name, not "Partition Partition"
+  t.eq(parse.partition_list((list:gsub("  +", "\t")))[1].total, 648381)
+end)
+
+t.test("ntls.vtl_verify: a vtl killed or failing after its header is refused, never 'no partitions'", function()
+  local ntls = require "dhsm.client.ntls"
+  local dir = t.tmpdir()
+  local published = util.read_file(t.here() .. "/../fixtures/luna/8.3-vtl-verify-6.2.2.txt")
+  local head = published:match("^[^\n]*\n(.-=====\n)")         -- the title, header and rule, as vtl prints them
+  t.write(dir .. "/listing", head)
+  -- a process that prints what vtl printed and then ends as a vtl cut off would: killed, or an exit status
+  local function vtl(ending)
+    local path = dir .. "/vtl-" .. ending:gsub("%W", "")
+    t.write(path, "#!/bin/sh\ncat " .. util.shell_quote(dir .. "/listing") .. "\n" .. ending .. "\n")
+    os.execute("chmod +x " .. util.shell_quote(path))
+    return { conf_path = dir .. "/Chrystoki.conf", vtl = path }
+  end
+  local ok, err = pcall(ntls.vtl_verify, vtl("kill -KILL $$"))
+  t.eq(ok, false, "a killed vtl read as a listing")
+  t.eq({ err.kind, err.code, err.details.signal }, { "luna", "VtlFailed", 9 })
+  t.ok(err.message:find("by signal 9", 1, true), err.message)
+  ok, err = pcall(ntls.vtl_verify, vtl("exit 3"))
+  t.eq({ ok, err.code, err.details.status }, { false, "VtlFailed", 3 })
+  t.ok(err.message:find("exit status 3", 1, true), err.message)
+  -- exiting 0 after the header alone: the listing is cut, and the parser says so
+  ok, err = pcall(ntls.vtl_verify, vtl("exit 0"))
+  t.eq({ ok, err.code }, { false, "ParseError" })
 end)
