@@ -863,9 +863,10 @@ local function device_left(self, role, dev, after_failure)
     end
     return h.zeroized and 0 or h.attempts_left
   end
-  -- `audit show` without a count field leaves the guard to count alone;
-  -- one it cannot read raises (dhsm.luna.parse.audit_show), and so does a
-  -- failed `audit show`: neither is read as "nothing said"
+  -- `audit show` read strictly (dhsm.luna.parse.audit_show): its count
+  -- field is required, so a count worded otherwise, a form not seen or a
+  -- failed `audit show` raises and the guard makes no login - never
+  -- "nothing said"
   return parse.audit_show(self:must("audit show").text).attempts_left
 end
 
