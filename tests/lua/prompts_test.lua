@@ -87,10 +87,16 @@ end)
 
 -- Through a session: the estate's appliances ask in the published words
 -- (tests/sim/layouts_selftest.py compares them with the fixtures).
-local estate = require("support.estate").start {}
+local estate = require("support.estate").start { set = { reboot_seconds = 0.3 } }
+local luna = require "dhsm.luna"
+local proc = require "dhsm.proc"
+
+-- How many of the estate's own log messages match a Lua pattern.
+local function logged(pattern)
+  return estate.count(estate:log(), pattern)
+end
 
 t.test("through a session: each published question declined unless the call allows proceed, then answered", function()
-  local luna = require "dhsm.luna"
   local entry = estate.inventory:hsm("hsm1")
   local so = estate:secret("hsm1_so_password")
   for _, layout in ipairs { "7", "6" } do
@@ -118,3 +124,78 @@ t.test("through a session: each published question declined unless the call allo
   -- what a caller must not do: answer the question by a command of its own words
   t.raises(function() s:run("client register -client x -label \"Type 'proceed' to\"") end, "LooksLikeQuestion")
 end, { timeout = 120 })
+
+t.test("through a session: hsm changePolicy's question (4.5) declined unless allowed, then answered proceed", function()
+  estate:appliance("hsm1", { lunash_layout = "6" })
+  t.cleanup(function() estate:appliance("hsm1", { lunash_layout = "7" }) end)
+  local s <close> = luna.open(estate.inventory:hsm("hsm1"))
+  s:login_so(estate:secret("hsm1_so_password"))
+  s:must("partition create -partition keep1 -force")
+  local policy = function() return estate:state().appliances.hsm1.hsm.policies["22"] end
+  t.eq(policy(), 1)
+  local change = "hsm changePolicy -policy 22 -value 0"
+  local r = s:run(change)
+  t.eq({ r.ok, r.declined }, { false, "Type 'proceed' to zeroize your HSM and change the policy, or 'quit' to quit now." })
+  t.eq(logged("hsm1 lunash: hsm changePolicy %-policy 22 %-value 0 %-> 65535"), 1, "asked once, answered quit")
+  t.eq({ policy(), estate:state().appliances.hsm1.partitions.keep1 ~= nil }, { 1, true }, "nothing changed")
+  t.eq(s:run(change, { proceed = true }).ok, true)
+  t.eq(logged("hsm1 lunash: hsm changePolicy %-policy 22 %-value 0 %-> 0"), 1)
+  t.eq({ policy(), estate:state().appliances.hsm1.partitions.keep1 }, { 0, nil }, "the policy, and the erasure it warned of")
+  s:must("hsm changePolicy -policy 22 -value 1", { proceed = true })
+end, { timeout = 60 })
+
+t.test("through a session: hsm restart (6.7) is a reboot: the fix first, declined unless allowed, then restarted",
+  function()
+  local syslog = estate:device("hsm1").syslog
+  local reboots = function() return select(2, (util.read_file(syslog) or ""):gsub("reboot: Restarting system", "")) end
+  local before = reboots()
+  local s <close> = luna.open(estate.inventory:hsm("hsm1"))
+  t.raises(function() s:run("hsm restart", { proceed = true }) end, "RebootFixMissing")
+  t.eq(logged("lunash: hsm restart"), 0, "refused before it was sent")
+  estate:appliance("hsm1", "install-fix")
+  t.cleanup(function() estate:appliance("hsm1", "uninstall-fix") end)
+  local r = s:run("hsm restart")
+  t.eq({ r.ok, r.declined }, { false, "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'" })
+  t.eq({ logged("hsm1 lunash: hsm restart %-> 65535"), reboots() }, { 1, before }, "answered quit: no restart")
+  t.eq(s:hsm_show().serial, estate.inventory:hsm("hsm1").serial, "the session is still there")
+  local err = t.raises(function() s:run("hsm restart", { proceed = true }) end, "ConnectionLost")
+  t.eq(err.kind, "net")
+  t.eq({ logged("hsm1 lunash: hsm restart %-> 0"), reboots() }, { 1, before + 1 }, "answered proceed: restarted")
+  local deadline = dhsm.now() + 30
+  local back
+  repeat
+    dhsm.sleep(0.2)
+    back = pcall(function() luna.open(estate.inventory:hsm("hsm1")):close() end)
+  until back or dhsm.now() > deadline
+  t.ok(back, "the appliance came back")
+end, { timeout = 90 })
+
+-- The last-attempt caution reaches an ordinary login when another client's
+-- failure lands between the guard's reading and the login (here a child
+-- process with a guard of its own, its login held 3 s by the appliance).
+t.test("through a session: an ordinary login meeting the last-attempt caution answers quit; an allowed one proceed",
+  function()
+  local entry, so = estate.inventory:hsm("hsm2"), estate:secret("hsm2_so_password")
+  local failures = function() return estate:state().appliances.hsm2.hsm.so_failures end
+  local s <close> = luna.open(entry)
+  t.eq(s:run("hsm login", { password = dhsm.secret.value("not-it") }).ok, false)
+  t.eq(failures(), 1)
+  estate:appliance("hsm2", { slow_command = "3000:hsm login" })
+  t.cleanup(function() estate:appliance("hsm2", { slow_command = "" }) end)
+  local other <close> = proc.spawn(estate:child([[
+    local s = require("dhsm.luna").open(require("dhsm.inventory").load(os.getenv("DHSM_INVENTORY")):hsm("hsm2"))
+    print(s:run("hsm login", { password = dhsm.secret.value("also-not-it") }).ok)]], t.tmpdir()))
+  local deadline = dhsm.now() + 30
+  while logged("hsm2 lunash received: hsm login") < 1 and dhsm.now() < deadline do dhsm.sleep(0.02) end
+  local r = s:run("hsm login", { password = so })        -- the guard read 2 left; the appliance asks at 1
+  t.eq({ r.ok, r.declined }, { false, "Type 'proceed' if you are certain you have the right HSM Admin login "
+    .. "credentials or 'quit' to quit now." })
+  t.eq(other:wait(30).status, 0)
+  estate:appliance("hsm2", { slow_command = "" })
+  t.eq(failures(), 2, "the other client's failure counted; the quit login tried nothing")
+  t.eq({ logged("hsm2 lunash: hsm login %-> 65535 %(cancelled"), logged("hsm2 lunash: hsm login %-> 0") }, { 1, 0 })
+  t.raises(function() s:login_so(so) end, "LastLoginAttempt")
+  t.eq(logged("hsm2 lunash: hsm login"), 3, "the refused login was not sent")
+  s:login_so(so, { allow_destructive_login = true })     -- the caution answered proceed, then the password
+  t.eq({ logged("hsm2 lunash: hsm login %-> 0"), failures() }, { 1, 0 })
+end, { timeout = 90 })

@@ -810,6 +810,31 @@ class PromptTest(ApplianceCase):
         self.assertNotEqual(read(server), before)
         box.ok("service restart ntls")  # NTLS serves what server.pem says again
 
+    def test_hsm_restart_6_7(self):
+        """6.7: `quit` leaves the appliance up and the session open; `proceed` prints the published lines,
+        then the appliance goes down as `sysconf appliance reboot` takes it (back with the fix)."""
+        box = Box("hsm3")
+        box.control("install-fix")
+        self.addCleanup(box.control, "uninstall-fix")
+        run = self.session(box)
+        q = self.question(7, "hsm restart")
+        out = run("hsm restart", "quit")
+        self.assertTrue(out.startswith("hsm restart\n" + q + "quit\n"), out)  # 1346-1348, byte for byte
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertIn("Command Result", run("hsm show"))  # the same session, still there
+        self.assertEqual(box.control("install-fix")["status"], "up")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        shell.channel.send("hsm restart\r")
+        shell.read_until(r"> $")
+        shell.channel.send("proceed\r")
+        self.assertTrue(shell.read_until("Command Result").startswith(
+            "proceed\r\nProceeding...\r\nRestarting HSM card in progress. Please wait...\r\n"))  # 1348-1351
+        self.assertTrue(wait_for(lambda: unreachable(box.port)))
+        wait_for(lambda: not unreachable(box.port))
+        box.ok("hsm show")
+
 
 class ErrorLayoutTest(ApplianceCase):
     """Failures byte for byte as luna-field.md 5.2 published them (5.x; 7.x prints the same here, with

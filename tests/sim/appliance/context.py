@@ -45,6 +45,14 @@ class Context:
     def mutate(self):
         return self.device.mutate()
 
+    def then(self, action):
+        """ACTION (no arguments) runs once the command's output is on its way, under the device's lock:
+        what goes down with the session (a reboot, a power-off)."""
+        def run():
+            with self.mutate():
+                action()
+        self.after.append(run)
+
     # output ---------------------------------------------------------------------
     def out(self, *lines):
         self.lines.extend(lines)
