@@ -3,6 +3,8 @@
 -- call may answer `proceed`.
 --
 --   local form, question = prompts.match(text)  -- the question text ends with, or nil
+--   prompts.match_quiet(text)                   -- the same, or a question by its ending alone,
+--                                               --   for text the appliance then stopped writing after
 --   prompts.patterns()                          -- Lua patterns that end a read at any question
 --   prompts.looks_like_question(line)           -- a command line holding a question's words
 --
@@ -11,7 +13,10 @@
 -- wrapped after "or"; 6.x `hsm init` wraps after 'quit'), so a form is
 -- matched word by word, any run of blanks and line ends between two words.
 -- A line holding nothing but the ">" input mark is a question too: one no
--- form knows, reported at once with its text rather than waited on.
+-- form knows, reported at once with its text rather than waited on.  So is
+-- a last line left open that ends like a question (`?`, `->`, a `[y/N]`
+-- choice) - but only once nothing more comes (match_quiet): output cut at
+-- a chunk boundary ends the same way for a moment.
 local schema = require "dhsm.schema"
 
 local M = {}
@@ -55,6 +60,12 @@ for _, f in ipairs(M.FORMS) do
   f.pattern = f.pattern or (flexible(f.words) .. "%s*>?%s*$")
 end
 
+-- The endings of a question no form knows, on a last line nothing ends:
+-- taken only when the appliance has stopped writing after them.
+M.QUIET_ENDINGS = { "%?[ \t]*$", "%->[ \t]*$", "[%[%(][Yy][Ee]?[Ss]?/[Nn][Oo]?[%]%)][ \t]*:?[ \t]*$" }
+local QUIET_FORM = { kind = "unknown", ref = "a last line left open, ending like a question (?, ->, [y/N]), "
+  .. "the appliance writing nothing more" }
+
 function M.patterns()
   local out = {}
   for i, f in ipairs(M.FORMS) do out[i] = f.pattern end
@@ -70,7 +81,9 @@ local function question_text(text, form)
   else
     body = body:match("([^\n]*%w[^\n]*)[^%w]*$") or body
   end
-  return (body:gsub("%s+", " "):gsub("^ ", ""):gsub(" ?%->[ >]*$", ""):gsub("[ >]*$", ""))   -- lunacm's "->" too
+  body = body:gsub("%s+", " "):gsub("^ ", "")
+  if form.words then body = body:gsub(" ?%->[ >]*$", "") end        -- lunacm's "->" after a form's words
+  return (body:gsub(" *$", ""):gsub("^>$", ""):gsub(" >$", ""))           -- an input mark, never a "->"
 end
 
 -- match(text) -> form, question | nil: the question the text ends with.
@@ -78,6 +91,21 @@ function M.match(text)
   schema.argument("luna.prompts.match", "text", text, "string")
   for _, f in ipairs(M.FORMS) do
     if text:find(f.pattern) then return f, question_text(text, f) end
+  end
+end
+
+-- match_quiet(text) -> form, question | nil: match(text), else the
+-- question of a last line that nothing ends (no line end after it) and
+-- that ends like one.  For text the appliance has stopped writing after:
+-- the same ending in the middle of a stream may be a line cut mid-way.
+function M.match_quiet(text)
+  schema.argument("luna.prompts.match_quiet", "text", text, "string")
+  local form, question = M.match(text)
+  if form then return form, question end
+  local last = text:match("([^\r\n]*)$")
+  if not last:find("%w") then return end
+  for _, ending in ipairs(M.QUIET_ENDINGS) do
+    if last:find(ending) then return QUIET_FORM, question_text(text, QUIET_FORM) end
   end
 end
 

@@ -77,6 +77,20 @@ t.test("passwords, and a question no form knows, are told apart; the shell promp
   t.eq(prompts.match("Number of partitions:  2\nTotal storage > used\n"), nil, "a '>' inside a line is no input mark")
 end)
 
+t.test("a last line left open that ends like a question is one only once the appliance stops writing", function()
+  for _, c in ipairs { { "\nProceed? [y/N] ", "Proceed? [y/N]" }, { "Enter value ->", "Enter value ->" },
+      { "  Continue (yes/no): ", "Continue (yes/no):" }, { "\r\nReally?", "Really?" } } do
+    t.eq(prompts.match(c[1]), nil, "not at once: " .. c[1])
+    local form, question = prompts.match_quiet(c[1])
+    t.eq({ form and form.kind, question }, { "unknown", c[2] })
+  end
+  t.eq(prompts.match_quiet("Are you sure?\n"), nil, "a line that ended is output, not a question")
+  t.eq(prompts.match_quiet("Serial # : 123\n  -> "), nil, "an ending without words")
+  t.eq(prompts.match_quiet("Command Result : 0 (Success)\n[hsm1] lunash:>"), nil)
+  local form = prompts.match_quiet("Type 'proceed' to create the partition, or 'quit' to quit now.\n> ")
+  t.eq(form.kind, "proceed", "a known form first")
+end)
+
 t.test("a command holding a question's words is one whose echo would be taken for it", function()
   for _, line in ipairs { "client register -client x -label \"Type  'proceed' now\"", "syslog tail -search otherwise type 'quit'",
       "hsm show password:", "x (Y/N)", "partition create -label \"a or 'quit'\"" } do
@@ -199,3 +213,30 @@ t.test("through a session: an ordinary login meeting the last-attempt caution an
   s:login_so(so, { allow_destructive_login = true })     -- the caution answered proceed, then the password
   t.eq({ logged("hsm2 lunash: hsm login %-> 0"), failures() }, { 1, 0 })
 end, { timeout = 90 })
+
+-- Questions no published appliance asks (the estate's ask_next fault: no
+-- input mark after them).  The read timeout is far beyond the test's own
+-- limit: a question waited on would fail the test, not pass it slowly.
+t.test("through a session: a question no form knows is reported at once with its text, or answered by the caller",
+  function()
+  local entry = estate.inventory:hsm("hsm1")
+  for _, asked in ipairs { "Proceed? [y/N] ", "Enter value ->" } do
+    estate:appliance("hsm1", { ask_next = asked })
+    local s <close> = luna.open(entry, { timeout = 3600 })
+    local err = t.raises(function() s:run("hsm show") end, "UnansweredPrompt")
+    t.ok(err.message:find(("asked %q"):format(util.trim(asked)), 1, true), err.message)
+    t.eq(s.closed, true, "closed: nothing was answered")
+  end
+  t.eq(logged("hsm1 lunash: hsm show %-> 65535 %(cancelled"), 2, "the appliance saw no answer")
+  estate:appliance("hsm1", { ask_next = "Proceed? [y/N] " })
+  local s <close> = luna.open(entry, { timeout = 3600 })
+  local r = s:run("hsm show", { answers = { { match = "^Proceed%? %[y/N%]$", answer = "y" } } })
+  t.eq({ r.ok, r.text:find("Proceed? [y/N]", 1, true) ~= nil }, { true, true }, "the caller's answer for it")
+end, { timeout = 60 })
+
+t.test("through a session: a line left open for less than the quiet interval is output, not a question", function()
+  estate:appliance("hsm1", { stall_next = ("%d:Checking? "):format(luna.QUIET_SECONDS * 400) })
+  local s <close> = luna.open(estate.inventory:hsm("hsm1"), { timeout = 3600 })
+  local r = s:run("hsm show")
+  t.eq({ r.ok, r.text:find("Checking? done\n", 1, true) ~= nil }, { true, true }, r.text)
+end, { timeout = 60 })

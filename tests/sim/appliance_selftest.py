@@ -1146,6 +1146,35 @@ class FaultTest(ApplianceCase):
             shell.command("hsm show", timeout=0.5)
         shell.channel.close()
 
+    def test_unpublished_question_and_a_line_left_open(self):
+        """ask_next: the next command asks a question with no input mark, y goes on, anything else aborts;
+        stall_next: the next command's first line stays open a while, then ends; both one-shot."""
+        box = Box("hsm1")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        box.faults(ask_next="Proceed? [y/N] ")
+        shell.channel.send("hsm show\r")
+        self.assertTrue(shell.read_until(r"\[y/N\] $").endswith("\r\nProceed? [y/N] "))
+        shell.channel.send("n\r")
+        self.assertIn("RC_OPERATION_CANCELLED", shell.read_until("lunash:>$"))
+        self.assertIn("Serial #", shell.command("hsm show"))  # one-shot: asked no more
+        box.faults(ask_next="Enter value ->")
+        shell.channel.send("hsm show\r")
+        shell.read_until(r"Enter value ->$")
+        shell.channel.send("y\r")
+        self.assertIn("Serial #", shell.read_until("lunash:>$"))
+        box.faults(stall_next="600:Checking? ")
+        shell.channel.send("hsm show\r")
+        started = time.monotonic()
+        self.assertTrue(shell.read_until(r"Checking\? $").endswith("\r\nChecking? "))
+        out = shell.read_until("lunash:>$")
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        self.assertTrue(out.startswith("done\r\n"), out)
+        self.assertIn("Command Result : 0 (Success)", out)
+        with self.assertRaises(EstateError):
+            box.faults(ask_next="two\nlines")
+
     def test_reboot_hangs_without_the_fix(self):
         box = Box("hsm3")
         box.control("uninstall-fix")

@@ -110,6 +110,10 @@ class Context:
         before = layouts.PASSWORD_SPACING.get((self.layout, self.name.lower())) if secret else None
         return self._read_answer(f"{indent}{text}\n{indent}> ", secret, before)
 
+    def ask_bare(self, text):
+        """TEXT as it stands, no input mark after it (no published question looks so) -> the answer."""
+        return self._read_answer(text)
+
     def _read_answer(self, prompt, secret=False, before=None):
         """Write PROMPT (it ends with the "> " marker) and read the answer. BEFORE: blank lines
         before it when it opens the output (None: the layout's). A prompt after an answered one
