@@ -5,6 +5,8 @@
 --   local form, question = prompts.match(text)  -- the question text ends with, or nil
 --   prompts.match_quiet(text)                   -- the same, or a question by its ending alone,
 --                                               --   for text the appliance then stopped writing after
+--   prompts.asked(transcript)                   -- {{form=, question=}, ...}: every question a
+--                                               --   transcript shows (answers written ahead, unechoed)
 --   prompts.patterns()                          -- Lua patterns that end a read at any question
 --   prompts.looks_like_question(line)           -- a command line holding a question's words
 --
@@ -107,6 +109,27 @@ function M.match_quiet(text)
   for _, ending in ipairs(M.QUIET_ENDINGS) do
     if last:find(ending) then return QUIET_FORM, question_text(text, QUIET_FORM) end
   end
+end
+
+-- asked(transcript) -> {{form=, question=}, ...}: the questions of a
+-- whole transcript, in order - a tool's output whose answers were written
+-- ahead on its stdin and not echoed (lunacm over a pipe).  A question ends
+-- at a line end or at lunacm's "->" input mark; what follows one starts
+-- the search for the next.
+function M.asked(transcript)
+  schema.argument("luna.prompts.asked", "transcript", transcript, "string")
+  local out, from, pos = {}, 1, 1
+  while pos <= #transcript do
+    local nl, arrow = transcript:find("\n", pos, true), transcript:find("->", pos, true)
+    local cut = math.min(nl or #transcript, arrow and arrow + 1 or #transcript)
+    local form, question = M.match(transcript:sub(from, cut))
+    if form then
+      out[#out + 1] = { form = form, question = question }
+      from = cut + 1
+    end
+    pos = cut + 1
+  end
+  return out
 end
 
 -- Whether a command line holds the words of a question: its echo would

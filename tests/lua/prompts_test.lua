@@ -67,6 +67,24 @@ t.test("lunacm's proceed question (7.1), as printed by the 7.1 and 7.2 clients, 
   end
 end)
 
+t.test("the questions of a whole transcript, answers written ahead: lunacm's (7.1) and LunaSH's", function()
+  for _, file in ipairs { "7.1-lunacm-slots-7.2.txt", "7.1-lunacm-slots-7.1.txt" } do
+    local asked = prompts.asked(assert(util.read_file(FIXTURES .. file)))    -- "Slot Id ->" lines are no question
+    t.eq(#asked, 1, file)
+    t.eq({ asked[1].form.kind, asked[1].question }, { "proceed", "Type 'proceed' to continue, or 'quit' to quit now" })
+  end
+  -- over a pipe nothing is echoed: each question's line ends where its answer was read
+  local asked = prompts.asked("  Enter the password: \n\n  Are you sure?\n  Type 'proceed' to continue, or 'quit' "
+    .. "to quit now ->\nCommand Result : No Error\n")
+  t.eq({ #asked, asked[1].form.kind, asked[2].question }, { 2, "password", "Type 'proceed' to continue, or 'quit' to quit now" })
+  local kinds = {}
+  for i, q in ipairs(prompts.asked(assert(util.read_file(FIXTURES .. "3.4-partition-create-6.2.2.txt")))) do
+    kinds[i] = q.form.kind
+  end
+  t.eq(kinds, { "password", "domain", "proceed" }, "the re-entries (the first prompts are no form's), then proceed")
+  t.eq(prompts.asked("Command Result : No Error\n"), {})
+end)
+
 t.test("passwords, and a question no form knows, are told apart; the shell prompt is no question", function()
   local form, question = prompts.match("\n  Please enter the HSM Administrators' password:\n  > ")
   t.eq({ form.kind, question }, { "password", "Please enter the HSM Administrators' password:" })
@@ -227,6 +245,8 @@ t.test("through a session: a question no form knows is reported at once with its
     t.ok(err.message:find(("asked %q"):format(util.trim(asked)), 1, true), err.message)
     t.eq(s.closed, true, "closed: nothing was answered")
   end
+  local deadline = dhsm.now() + 30                     -- the appliance notices a closed session in its own time
+  while logged("hsm1 lunash: hsm show %-> 65535 %(cancelled") < 2 and dhsm.now() < deadline do dhsm.sleep(0.05) end
   t.eq(logged("hsm1 lunash: hsm show %-> 65535 %(cancelled"), 2, "the appliance saw no answer")
   estate:appliance("hsm1", { ask_next = "Proceed? [y/N] " })
   local s <close> = luna.open(entry, { timeout = 3600 })
