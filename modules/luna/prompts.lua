@@ -81,7 +81,11 @@ local function question_text(text, form)
   if form.words then
     body = body:sub(body:find(flexible(form.words:match("^%S+%s+%S+"))) or 1)
   else
-    body = body:match("([^\n]*%w[^\n]*)[^%w]*$") or body
+    local last
+    for line in body:gmatch("[^\n]+") do          -- one pass: a pattern anchored at the end backtracks on long lines
+      if line:find("%w") then last = line end
+    end
+    body = last or body
   end
   body = body:gsub("%s+", " "):gsub("^ ", "")
   if form.words then body = body:gsub(" ?%->[ >]*$", "") end        -- lunacm's "->" after a form's words
@@ -104,25 +108,35 @@ function M.match_quiet(text)
   schema.argument("luna.prompts.match_quiet", "text", text, "string")
   local form, question = M.match(text)
   if form then return form, question end
-  local last = text:match("([^\r\n]*)$")
+  local from = #text                  -- the last line, found from the end (a long text is read often)
+  while from > 0 and not text:find("^[\r\n]", from) do from = from - 1 end
+  local last = text:sub(from + 1)
   if not last:find("%w") then return end
   for _, ending in ipairs(M.QUIET_ENDINGS) do
-    if last:find(ending) then return QUIET_FORM, question_text(text, QUIET_FORM) end
+    if last:find(ending) then return QUIET_FORM, question_text(last, QUIET_FORM) end
   end
 end
+
+-- How every form ends, before its optional input mark: a line that does
+-- not end so is not tried against them (asked() tries every line).
+local QUESTION_END = "[%.:')]%s*>?%s*$"
 
 -- asked(transcript) -> {{form=, question=}, ...}: the questions of a
 -- whole transcript, in order - a tool's output whose answers were written
 -- ahead on its stdin and not echoed (lunacm over a pipe).  A question ends
 -- at a line end or at lunacm's "->" input mark; what follows one starts
--- the search for the next.
+-- the search for the next.  Each end is matched on the 512 bytes before it
+-- at most: a long transcript of short lines stays cheap.
 function M.asked(transcript)
   schema.argument("luna.prompts.asked", "transcript", transcript, "string")
-  local out, from, pos = {}, 1, 1
+  local out, from, pos, arrow = {}, 1, 1, 0
   while pos <= #transcript do
-    local nl, arrow = transcript:find("\n", pos, true), transcript:find("->", pos, true)
+    if arrow and arrow < pos then arrow = transcript:find("->", pos, true) end    -- searched again once passed
+    local nl = transcript:find("\n", pos, true)
     local cut = math.min(nl or #transcript, arrow and arrow + 1 or #transcript)
-    local form, question = M.match(transcript:sub(from, cut))
+    local window = transcript:sub(math.max(from, cut - 511), cut)         -- a question fits in 512 bytes
+    local form, question
+    if window:find(QUESTION_END) or window:find(">%s*$") then form, question = M.match(window) end
     if form then
       out[#out + 1] = { form = form, question = question }
       from = cut + 1
