@@ -74,6 +74,17 @@ function M.patterns()
   return out
 end
 
+-- The last line holding a word, found line by line: one pattern for it
+-- ("([^\n]*%w[^\n]*)[^%w]*$") backtracks in cubic time over a long line,
+-- and a C pattern match cannot be interrupted (make fuzz hung on one).
+local function last_line_with_words(body)
+  local last
+  for line in body:gmatch("[^\n]+") do
+    if line:find("%w") then last = line end
+  end
+  return last
+end
+
 -- The question's own text, blanks collapsed: from where its form's words
 -- start, or (a password or unknown question) its last line with words.
 local function question_text(text, form)
@@ -81,11 +92,7 @@ local function question_text(text, form)
   if form.words then
     body = body:sub(body:find(flexible(form.words:match("^%S+%s+%S+"))) or 1)
   else
-    local last
-    for line in body:gmatch("[^\n]+") do          -- one pass: a pattern anchored at the end backtracks on long lines
-      if line:find("%w") then last = line end
-    end
-    body = last or body
+    body = last_line_with_words(body) or body
   end
   body = body:gsub("%s+", " "):gsub("^ ", "")
   if form.words then body = body:gsub(" ?%->[ >]*$", "") end        -- lunacm's "->" after a form's words
