@@ -293,13 +293,19 @@ function Client:slot_of(serial)
     .. "this client (client assignPartition) and its appliance reachable?"):format(serial) }
 end
 
+-- lunacm's confirmation of `partition init` (luna-field.md 7.1).
+local INIT_CONFIRMATION = "Type 'proceed' to continue, or 'quit' to quit now"
+
 -- init_partition(serial, label, pso_password, domain): lunacm `partition
 -- init` (the new Partition SO password and the cloning domain on its
--- stdin, never in argv; contents destroyed)
+-- stdin, never in argv; contents destroyed).  The `proceed` answers the
+-- published confirmation only: lunacm asking anything else fails the call
+-- (dhsm.proc, UnexpectedQuestion).
 function Client:init_partition(serial, label, pso_password, domain)
   local slot = self:slot_of(serial)
   local o = self:argv("partition", "init", "-label", label, "-slot", slot.id)
   o.stdin = { pso_password, "\n", pso_password, "\n", domain, "\n", domain, "\n", "proceed\n" }
+  o.questions = { INIT_CONFIRMATION }
   local r = proc.run(o)
   if not r.ok then
     dhsm.error { kind = "luna", code = r.code or "NoCommandResult", details = { output = r.stdout },

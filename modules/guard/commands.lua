@@ -154,9 +154,12 @@ end
 -- verb per "family subcommand": read | write | login:<role> | reboot | network.
 -- login:unsupported: a command that submits a role's password which the
 -- guard cannot count over LunaSH (partition roles go through dhsm.pkcs11).
+-- `hsm restart` restarts the HSM card (luna-field.md 6.7): every session
+-- and login on it ends, as in a reboot, whose rules it takes.
 local LUNASH = {
   hsm = { show = "read", showpolicies = "read", login = "login:so", logout = "write", init = "write",
-    zeroize = "write", factoryreset = "write", changepolicy = "write", changepw = "login:unsupported" },
+    zeroize = "write", factoryreset = "write", changepolicy = "write", changepw = "login:unsupported",
+    restart = "reboot" },
   audit = { show = "read", login = "login:audit", logout = "write", init = "write", changepw = "login:unsupported" },
   partition = { list = "read", show = "read", create = "write", delete = "write",
     showcontents = "login:unsupported", changepw = "login:unsupported" },

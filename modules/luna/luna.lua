@@ -555,25 +555,37 @@ local function lost(self, what, cause)
     details = { cause = cause and cause.message, peer = ("%s:%d"):format(self.host, self.port) } }
 end
 
+-- How long the appliance must write nothing more before a last line left
+-- open that ends like a question (dhsm.luna.prompts.match_quiet) is taken
+-- for one: output cut at a chunk boundary goes on well within it.
+M.QUIET_SECONDS = 1
+
+local function take(r, ...)
+  local text = r.buf
+  r.buf = ""
+  return text, ...
+end
+
 -- Read until one of patterns matches the end of what came; returns the
--- text (including the match) and which pattern matched.
-function read_until(self, patterns, timeout)
+-- text (including the match) and which pattern matched.  With quiet
+-- (a function of the text so far), a text it accepts ends the read too,
+-- as #patterns + 1, once QUIET_SECONDS pass with nothing more.
+function read_until(self, patterns, timeout, quiet)
   local r = raw[self]
   local deadline = dhsm.now() + timeout
   while true do
     for i, p in ipairs(patterns) do
-      if r.buf:find(p) then
-        local text = r.buf
-        r.buf = ""
-        return text, i
-      end
+      if r.buf:find(p) then return take(r, i) end
     end
     local left = deadline - dhsm.now()
     if left <= 0 then
       self.broken = true
       dhsm.error { kind = "net", code = "Timeout", message = ("%s: no prompt within %g s"):format(self.name, timeout) }
     end
+    local asking = quiet and quiet(r.buf)
+    if asking then left = math.min(left, M.QUIET_SECONDS) end
     local ok, data = pcall(r.shell.read, r.shell, left)
+    if ok and data == "" and asking then return take(r, #patterns + 1) end
     if not ok then
       if dhsm.error.is(data, "net") then
         lost(self, "while waiting for its answer; what the appliance did is unknown: check before repeating", data)
@@ -648,6 +660,12 @@ function send_line(self, line, pass)
   if not ok then error(err, 0) end
 end
 
+-- Whether what came so far ends like a question no form knows (a short
+-- tail is enough: a question is one line, and a long output is read often).
+local function ends_like_question(text)
+  return prompts.match_quiet(text:sub(-1024)) ~= nil
+end
+
 -- exchange(...) -> the command's output, and the question answered
 -- `quit` if one was (the call then fails saying what was asked).
 local function exchange(self, command, opts, pass)
@@ -656,10 +674,10 @@ local function exchange(self, command, opts, pass)
   local patterns = { PROMPT }
   for _, q in ipairs(prompts.patterns()) do patterns[#patterns + 1] = q end
   while true do
-    local text, which = read_until(self, patterns, opts.timeout or self.timeout)
+    local text, which = read_until(self, patterns, opts.timeout or self.timeout, ends_like_question)
     transcript[#transcript + 1] = text
     if which == 1 then break end
-    local form, question = prompts.match(text)
+    local form, question = prompts.match_quiet(text)
     local answer = answer_for(form, question, opts)
     if answer == "quit" then declined = question end
     if answer ~= nil then

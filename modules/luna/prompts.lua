@@ -3,6 +3,10 @@
 -- call may answer `proceed`.
 --
 --   local form, question = prompts.match(text)  -- the question text ends with, or nil
+--   prompts.match_quiet(text)                   -- the same, or a question by its ending alone,
+--                                               --   for text the appliance then stopped writing after
+--   prompts.asked(transcript)                   -- {{form=, question=}, ...}: every question a
+--                                               --   transcript shows (answers written ahead, unechoed)
 --   prompts.patterns()                          -- Lua patterns that end a read at any question
 --   prompts.looks_like_question(line)           -- a command line holding a question's words
 --
@@ -11,7 +15,10 @@
 -- wrapped after "or"; 6.x `hsm init` wraps after 'quit'), so a form is
 -- matched word by word, any run of blanks and line ends between two words.
 -- A line holding nothing but the ">" input mark is a question too: one no
--- form knows, reported at once with its text rather than waited on.
+-- form knows, reported at once with its text rather than waited on.  So is
+-- a last line left open that ends like a question (`?`, `->`, a `[y/N]`
+-- choice) - but only once nothing more comes (match_quiet): output cut at
+-- a chunk boundary ends the same way for a moment.
 local schema = require "dhsm.schema"
 
 local M = {}
@@ -55,6 +62,12 @@ for _, f in ipairs(M.FORMS) do
   f.pattern = f.pattern or (flexible(f.words) .. "%s*>?%s*$")
 end
 
+-- The endings of a question no form knows, on a last line nothing ends:
+-- taken only when the appliance has stopped writing after them.
+M.QUIET_ENDINGS = { "%?[ \t]*$", "%->[ \t]*$", "[%[%(][Yy][Ee]?[Ss]?/[Nn][Oo]?[%]%)][ \t]*:?[ \t]*$" }
+local QUIET_FORM = { kind = "unknown", ref = "a last line left open, ending like a question (?, ->, [y/N]), "
+  .. "the appliance writing nothing more" }
+
 function M.patterns()
   local out = {}
   for i, f in ipairs(M.FORMS) do out[i] = f.pattern end
@@ -81,7 +94,9 @@ local function question_text(text, form)
   else
     body = last_line_with_words(body) or body
   end
-  return (body:gsub("%s+", " "):gsub("^ ", ""):gsub(" ?%->[ >]*$", ""):gsub("[ >]*$", ""))   -- lunacm's "->" too
+  body = body:gsub("%s+", " "):gsub("^ ", "")
+  if form.words then body = body:gsub(" ?%->[ >]*$", "") end        -- lunacm's "->" after a form's words
+  return (body:gsub(" *$", ""):gsub("^>$", ""):gsub(" >$", ""))           -- an input mark, never a "->"
 end
 
 -- match(text) -> form, question | nil: the question the text ends with.
@@ -90,6 +105,52 @@ function M.match(text)
   for _, f in ipairs(M.FORMS) do
     if text:find(f.pattern) then return f, question_text(text, f) end
   end
+end
+
+-- match_quiet(text) -> form, question | nil: match(text), else the
+-- question of a last line that nothing ends (no line end after it) and
+-- that ends like one.  For text the appliance has stopped writing after:
+-- the same ending in the middle of a stream may be a line cut mid-way.
+function M.match_quiet(text)
+  schema.argument("luna.prompts.match_quiet", "text", text, "string")
+  local form, question = M.match(text)
+  if form then return form, question end
+  local from = #text                  -- the last line, found from the end (a long text is read often)
+  while from > 0 and not text:find("^[\r\n]", from) do from = from - 1 end
+  local last = text:sub(from + 1)
+  if not last:find("%w") then return end
+  for _, ending in ipairs(M.QUIET_ENDINGS) do
+    if last:find(ending) then return QUIET_FORM, question_text(last, QUIET_FORM) end
+  end
+end
+
+-- How every form ends, before its optional input mark: a line that does
+-- not end so is not tried against them (asked() tries every line).
+local QUESTION_END = "[%.:')]%s*>?%s*$"
+
+-- asked(transcript) -> {{form=, question=}, ...}: the questions of a
+-- whole transcript, in order - a tool's output whose answers were written
+-- ahead on its stdin and not echoed (lunacm over a pipe).  A question ends
+-- at a line end or at lunacm's "->" input mark; what follows one starts
+-- the search for the next.  Each end is matched on the 512 bytes before it
+-- at most: a long transcript of short lines stays cheap.
+function M.asked(transcript)
+  schema.argument("luna.prompts.asked", "transcript", transcript, "string")
+  local out, from, pos, arrow = {}, 1, 1, 0
+  while pos <= #transcript do
+    if arrow and arrow < pos then arrow = transcript:find("->", pos, true) end    -- searched again once passed
+    local nl = transcript:find("\n", pos, true)
+    local cut = math.min(nl or #transcript, arrow and arrow + 1 or #transcript)
+    local window = transcript:sub(math.max(from, cut - 511), cut)         -- a question fits in 512 bytes
+    local form, question
+    if window:find(QUESTION_END) or window:find(">%s*$") then form, question = M.match(window) end
+    if form then
+      out[#out + 1] = { form = form, question = question }
+      from = cut + 1
+    end
+    pos = cut + 1
+  end
+  return out
 end
 
 -- Whether a command line holds the words of a question: its echo would

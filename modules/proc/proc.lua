@@ -13,6 +13,9 @@
 --   proc.lunacm_login{ argv = { lunacm, "-c", "hagroup", "addMember", "-group", "g", "-serialNumber", sn },
 --                      password = co_pin, env =, timeout =, allow_destructive_login = }
 --   --> the run, with ok= (Command Result : No Error) and code= (the CKR name)
+--   proc.run{ argv = { lunacm, "-c", "partition", "init", ... }, stdin = { pw, "\n", ..., "proceed\n" },
+--             questions = { "Type 'proceed' to continue, or 'quit' to quit now" } }
+--   --> the confirmations lunacm's stdin answers, checked against those its output shows
 --   proc.lunacm_slots(opts) --> {{id=, label=, serial=}} (`slot list`)
 --   proc.lunacm_groups(opts) --> {{label=, serial=, members={{serial=, status=}}}, retry=, interval=}
 --
@@ -40,6 +43,15 @@
 -- without -c (the commands would come on stdin), or with a secret on stdin
 -- for a command that does not set a new password.
 --
+-- lunacm's answers are written ahead on its stdin (it runs over pipes,
+-- never interactively: see above), so a confirmation is answered before
+-- dhsm can read it.  A run whose stdin says `proceed` names the questions
+-- it answers (questions=, as lunacm prints them); after every lunacm run
+-- the confirmations its output shows (dhsm.luna.prompts.asked; password
+-- and domain prompts aside) must be exactly those, in order, or the call
+-- fails with UnexpectedQuestion naming what was asked - with what lunacm
+-- did unknown, since the answer was already there.
+--
 -- lunacm and vtl are recognised by what runs, not by argv[1]'s name alone:
 -- a name starting lunacm (vtl), the tool's own file through any link, or a
 -- copy of it under another name.  Any other program whose arguments name
@@ -53,6 +65,7 @@ local dhsm = require "dhsm"
 local commands = require "dhsm.guard.commands"
 local guard = require "dhsm.guard"
 local parse = require "dhsm.luna.parse"
+local prompts = require "dhsm.luna.prompts"
 local schema = require "dhsm.schema"
 local secret = require "dhsm.secret"
 local sys = require "dhsm.sys"
@@ -77,11 +90,39 @@ local function lunacm_result(r)
   return r
 end
 
+-- The confirmations lunacm's output shows, its password and domain
+-- prompts aside (the secrets on its stdin answer those).
+local function confirmations(output)
+  local out = {}
+  for _, q in ipairs(prompts.asked(output or "")) do
+    if q.form.kind ~= "password" and q.form.kind ~= "domain" then out[#out + 1] = q.question end
+  end
+  return out
+end
+
+local function quoted(list)
+  local out = {}
+  for i, q in ipairs(list) do out[i] = ("%q"):format(q) end
+  return #out > 0 and table.concat(out, ", ") or "nothing"
+end
+
+-- The confirmations lunacm asked must be those its stdin answers.
+local function check_questions(r, argv, expected)
+  local asked = confirmations(r.stdout)
+  local same = #asked == #expected
+  for i = 1, #asked do same = same and asked[i] == expected[i] end
+  if same then return end
+  dhsm.error { kind = "luna", code = "UnexpectedQuestion", details = { asked = asked, expected = expected, output = r.stdout },
+    message = ("%s asked %s, where the call answers %s; its answers were on its stdin before the question was read, "
+      .. "so what it did is unknown: check before repeating"):format(command_line(argv), quoted(asked), quoted(expected)) }
+end
+
 local ARGV = { type = "table", required = true, expect = "a list of strings, the program first" }
 local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
 local SPAWN_OPTIONS = { argv = ARGV, env = { type = "table" }, cwd = { type = "string" } }
 local RUN_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS,
-  stdin = { type = { "string", "secret", "table" } }, secret_json_field = { type = "string" } })
+  stdin = { type = { "string", "secret", "table" } }, secret_json_field = { type = "string" },
+  questions = { type = "table", expect = "a list of lunacm's confirmations, as it prints them" } })
 local LUNACM_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS, password = { type = "secret" },
   allow_destructive_login = { type = "boolean" } })
 
@@ -347,7 +388,10 @@ end
 -- The run itself, lunacm's word read from its output.
 local function execute(opts)
   local r = core.run(opts)
-  if is_lunacm(opts.argv, opts.cwd) then lunacm_result(r) end
+  if is_lunacm(opts.argv, opts.cwd) then
+    lunacm_result(r)
+    check_questions(r, opts.argv, opts.questions or {})
+  end
   return r
 end
 
@@ -389,8 +433,31 @@ local function carries_answer(stdin)
 end
 
 
+-- Whether stdin holds the plain answer `proceed` (a line of its own).
+local function says_proceed(stdin)
+  for _, v in ipairs(type(stdin) == "table" and stdin or { stdin }) do
+    if type(v) == "string" and ("\n" .. v:lower() .. "\n"):find("\n%s*proceed%s*\n") then return true end
+  end
+  return false
+end
+
+-- questions= is a list of strings, for lunacm only; a `proceed` on
+-- lunacm's stdin needs it.
+local function check_questions_option(opts, lunacm)
+  local q = opts.questions
+  if q ~= nil and not lunacm then usage("'questions' is for lunacm runs only (its confirmations)") end
+  for i, v in ipairs(q or {}) do
+    if type(v) ~= "string" then usage("questions[%d]: expected a confirmation as lunacm prints it, got %s", i, type(v)) end
+  end
+  if lunacm and says_proceed(opts.stdin) and (q == nil or #q == 0) then
+    usage("lunacm's stdin answers 'proceed' to a question the call does not name: give questions = { the "
+      .. "confirmation as lunacm prints it }, which its output is then checked against")
+  end
+end
+
 -- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
 local function check_lunacm(opts)
+  check_questions_option(opts, is_lunacm(opts.argv, opts.cwd))
   if not is_lunacm(opts.argv, opts.cwd) then return end
   local words = commands.lunacm_words(opts.argv)
   if not words then
@@ -417,7 +484,7 @@ end
 
 local function snapshot(opts)
   local copy = raw_copy(opts)
-  for _, field in ipairs { "argv", "env", "stdin" } do
+  for _, field in ipairs { "argv", "env", "stdin", "questions" } do
     if type(copy[field]) == "table" and not secret.is(copy[field]) then copy[field] = raw_copy(copy[field]) end
   end
   return copy

@@ -256,6 +256,9 @@ local APPLIANCE = {
     also = { set = "drop", says = "timeout" } },
   lunash_layout = { set = 6, invisible = "dhsm reads the 7.x, 6.x and 5.x layouts alike", also = { set = 5 } },
   force_password_change = { set = 1, check = "ssh login", status = "FAIL", says = "PasswordChangeRequired" },
+  -- a question no published appliance asks, on the first command diagnose sends: reported, never answered
+  ask_next = { set = "Proceed? [y/N] ", check = "hsm state", status = "FAIL", says = "UnansweredPrompt" },
+  stall_next = { set = "300:Checking? ", invisible = "a line left open for less than luna.QUIET_SECONDS is output" },
   -- a count worded as no published hsm show words it: unknown, never the full count assumed
   reword = { set = "HSM Admin login attempts left=>HSM SO login attempts left", check = "hsm state", status = "FAIL",
     says = "unknown: ParseError: hsm show: cannot read the line \"HSM SO login attempts left:" },

@@ -1,5 +1,5 @@
 -- Fuzz every LunaSH output parser (dhsm.luna.parse) and the question
--- recogniser (dhsm.luna.prompts.match) with mutated field
+-- recognisers (dhsm.luna.prompts: match, match_quiet, asked) with mutated field
 -- output (corpus/luna: the blocks of reference/luna-field.md and luna.md;
 -- and tests/fixtures/luna, the field blocks the parsers are tested on).
 local fuzz = dofile(arg[0]:match("^(.-)[^/]*$") .. "harness.lua")
@@ -11,7 +11,9 @@ for _, name in ipairs { "fields", "result", "hsm_show", "partition_list", "parti
   "lunacm_sync_conflicts", "lunacm_role_show", "audit_show", "vtl_verify", "status_date", "table" } do
   PARSERS[#PARSERS + 1] = { "luna.parse." .. name, parse[name] }
 end
-PARSERS[#PARSERS + 1] = { "luna.prompts.match", require("dhsm.luna.prompts").match }
+for _, name in ipairs { "match", "match_quiet", "asked" } do
+  PARSERS[#PARSERS + 1] = { "luna.prompts." .. name, require("dhsm.luna.prompts")[name] }
+end
 
 fuzz.main {
   name = "luna_parse",
@@ -27,6 +29,7 @@ fuzz.main {
     "The following Luna SA Slots/Partitions were found:", "No clients are registered.", " before HSM zeroization!",
     "quit now ->", "RPM LIST (SOFTWARE)", "-------------------", "Audit Role Locked Out: ",
     "Warning: Synchronize may fail.  The members in slot 0 and slot 1 have conflicting settings for private key cloning.",
-    "Partition SO Zeroized: ", "================================  ===========" },
+    "Partition SO Zeroized: ", "================================  ===========", "? [y/N] ", " (yes/no): ",
+    "Enter value ->", "?" },
   target = function(input) fuzz.each(PARSERS, input) end,
 }

@@ -7,13 +7,18 @@ local luna = require "dhsm.luna"
 local proc = require "dhsm.proc"
 local net = require "dhsm.net"
 
--- run a client tool with the client install's configuration
-local function tool(estate, name, args, stdin)
+-- run a client tool with the client install's configuration (questions:
+-- the confirmations its stdin answers, dhsm.proc)
+local function tool(estate, name, args, stdin, questions)
   local argv = { estate.inventory.client[name] }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   local conf_dir = estate.inventory.client.chrystoki_conf:match("^(.*)/[^/]*$")
-  return proc.run { argv = argv, env = { ChrystokiConfigurationPath = conf_dir }, stdin = stdin, timeout = 30 }
+  return proc.run { argv = argv, env = { ChrystokiConfigurationPath = conf_dir }, stdin = stdin, timeout = 30,
+    questions = questions }
 end
+
+-- lunacm's confirmation of partition init, as luna-field.md 7.1 prints it
+local INIT_CONFIRMATION = "Type 'proceed' to continue, or 'quit' to quit now"
 
 -- a lunacm command that logs in, through the failed-login guard
 local function lunacm_login(estate, args, password)
@@ -49,9 +54,20 @@ t.test("the certificate exchange from an empty client, through dhsm", function()
   r = tool(estate, "vtl", { "verify" })
   t.ok(r.stdout:find("The following Luna SA Slots/Partitions were found:", 1, true), r.stdout)
   t.ok(not r.stdout:find("par1", 1, true), "7.2: no label before lunacm's partition init\n" .. r.stdout)
-  -- the Partition SO initialises it from the client (luna-field.md 7.1): password and domain on stdin
-  r = tool(estate, "lunacm", { "-c", "partition", "init", "-label", "par1", "-slot", "0" },
-    { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "proceed\n" })
+  -- the Partition SO initialises it from the client (luna-field.md 7.1): password and domain on stdin,
+  -- and the proceed of the one confirmation the call names
+  local init = { "-c", "partition", "init", "-label", "par1", "-slot", "0" }
+  local answers = { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "proceed\n" }
+  t.raises(function() tool(estate, "lunacm", init, answers) end, "does not name")
+  local err = t.raises(function()
+    tool(estate, "lunacm", init, { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "quit\n" })
+  end, "UnexpectedQuestion")
+  t.ok(err.message:find(('asked "%s", where the call answers nothing'):format(INIT_CONFIRMATION), 1, true), err.message)
+  err = t.raises(function() tool(estate, "lunacm", init, answers, { "Type 'proceed' to erase it, or 'quit' to quit now" }) end,
+    "UnexpectedQuestion")
+  t.ok(err.message:find(('asked "%s", where the call answers "Type \'proceed\' to erase it'):format(INIT_CONFIRMATION),
+    1, true), err.message)
+  r = tool(estate, "lunacm", init, answers, { INIT_CONFIRMATION })
   t.ok(r.stdout:find("Command Result : No Error", 1, true), r.stdout)
   r = tool(estate, "vtl", { "verify" })
   t.ok(r.stdout:find("par1", 1, true), r.stdout)

@@ -42,14 +42,8 @@ local function codes(results)
   return out
 end
 
--- A child `dhsm exec` running code (a Lua string) with its own state
--- folder and the guard folder `guard` (by default one of its own: another
--- jump host, as far as the guard can tell).
 local function child(code, state, guard)
-  local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_GUARD_DIR = guard or state .. "/guard",
-    DHSM_INVENTORY = estate.dir .. "/inventory.json" }
-  -- --yes: automation, so destructive calls (hsm zeroize) are confirmed in advance
-  return { argv = { t.dhsm, "exec", "--yes", "-e", code }, env = env, timeout = 120 }
+  return estate:child(code, state, guard)
 end
 
 -- n child processes, each with a state folder of its own (XDG_STATE_HOME:

@@ -810,6 +810,31 @@ class PromptTest(ApplianceCase):
         self.assertNotEqual(read(server), before)
         box.ok("service restart ntls")  # NTLS serves what server.pem says again
 
+    def test_hsm_restart_6_7(self):
+        """6.7: `quit` leaves the appliance up and the session open; `proceed` prints the published lines,
+        then the appliance goes down as `sysconf appliance reboot` takes it (back with the fix)."""
+        box = Box("hsm3")
+        box.control("install-fix")
+        self.addCleanup(box.control, "uninstall-fix")
+        run = self.session(box)
+        q = self.question(7, "hsm restart")
+        out = run("hsm restart", "quit")
+        self.assertTrue(out.startswith("hsm restart\n" + q + "quit\n"), out)  # 1346-1348, byte for byte
+        self.assertIn("RC_OPERATION_CANCELLED", out)
+        self.assertIn("Command Result", run("hsm show"))  # the same session, still there
+        self.assertEqual(box.control("install-fix")["status"], "up")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        shell.channel.send("hsm restart\r")
+        shell.read_until(r"> $")
+        shell.channel.send("proceed\r")
+        self.assertTrue(shell.read_until("Command Result").startswith(
+            "proceed\r\nProceeding...\r\nRestarting HSM card in progress. Please wait...\r\n"))  # 1348-1351
+        self.assertTrue(wait_for(lambda: unreachable(box.port)))
+        wait_for(lambda: not unreachable(box.port))
+        box.ok("hsm show")
+
 
 class ErrorLayoutTest(ApplianceCase):
     """Failures byte for byte as luna-field.md 5.2 published them (5.x; 7.x prints the same here, with
@@ -1120,6 +1145,35 @@ class FaultTest(ApplianceCase):
         with self.assertRaises(AssertionError):
             shell.command("hsm show", timeout=0.5)
         shell.channel.close()
+
+    def test_unpublished_question_and_a_line_left_open(self):
+        """ask_next: the next command asks a question with no input mark, y goes on, anything else aborts;
+        stall_next: the next command's first line stays open a while, then ends; both one-shot."""
+        box = Box("hsm1")
+        client = box.connect()
+        self.addCleanup(client.close)
+        shell = box.shell(client)
+        box.faults(ask_next="Proceed? [y/N] ")
+        shell.channel.send("hsm show\r")
+        self.assertTrue(shell.read_until(r"\[y/N\] $").endswith("\r\nProceed? [y/N] "))
+        shell.channel.send("n\r")
+        self.assertIn("RC_OPERATION_CANCELLED", shell.read_until("lunash:>$"))
+        self.assertIn("Serial #", shell.command("hsm show"))  # one-shot: asked no more
+        box.faults(ask_next="Enter value ->")
+        shell.channel.send("hsm show\r")
+        shell.read_until(r"Enter value ->$")
+        shell.channel.send("y\r")
+        self.assertIn("Serial #", shell.read_until("lunash:>$"))
+        box.faults(stall_next="600:Checking? ")
+        shell.channel.send("hsm show\r")
+        started = time.monotonic()
+        self.assertTrue(shell.read_until(r"Checking\? $").endswith("\r\nChecking? "))
+        out = shell.read_until("lunash:>$")
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        self.assertTrue(out.startswith("done\r\n"), out)
+        self.assertIn("Command Result : 0 (Success)", out)
+        with self.assertRaises(EstateError):
+            box.faults(ask_next="two\nlines")
 
     def test_reboot_hangs_without_the_fix(self):
         box = Box("hsm3")

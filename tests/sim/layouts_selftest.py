@@ -190,6 +190,12 @@ class QuestionTest(unittest.TestCase):
                      "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'\n")
         self.assertEqual(question(7, "sysconf regencert"), published + "> ")  # luna-field.md 1120-1123
 
+    def test_hsm_restart_6_7(self):
+        block = fixture("6.7-hsm-fm-status-7")
+        self.assertIn("lunash:>hsm restart\n" + question(7, "hsm restart") + "proceed\n"
+                      + "".join(line + "\n" for line in layouts.RESTART_LINES), block)  # luna-field.md 1346-1351
+        self.assertEqual(layouts.question(7, "hsm restart")[0], 0)
+
     def test_unpublished_commands_keep_the_template(self):
         self.assertEqual(layouts.question(7, "hsm zeroize", "zeroize the HSM", "CAUTION:  Sure?"),
                          (None, "CAUTION:  Sure?\n\nType 'proceed' to zeroize the HSM, or 'quit' to quit now.\n> "))

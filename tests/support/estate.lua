@@ -59,6 +59,17 @@ function M:clear() return self:control("POST", "/faults/clear", {}) end
 function M:stats() return self:control("GET", "/stats") end
 function M:state() return self:control("GET", "/state") end
 
+-- child(code, state [, guard]) -> proc.run/spawn options of a child `dhsm
+-- exec` running code (a Lua string) against this estate's inventory, with
+-- its own state folder and the guard folder `guard` (by default one of its
+-- own: another jump host, as far as the guard can tell)
+function M:child(code, state, guard)
+  local env = { XDG_STATE_HOME = state, DHSM_AUDIT = state .. "/audit.jsonl", DHSM_GUARD_DIR = guard or state .. "/guard",
+    DHSM_INVENTORY = self.dir .. "/inventory.json" }
+  -- --yes: automation, so destructive calls (hsm zeroize) are confirmed in advance
+  return { argv = { t.dhsm, "exec", "--yes", "-e", code }, env = env, timeout = 120 }
+end
+
 -- appliance(name, action) / appliance(name, {fault = value}): control an appliance
 function M:appliance(name, what)
   if type(what) == "string" then

@@ -1,4 +1,4 @@
-"""LunaSH `hsm ...`: show, login/logout, init, zeroize, factoryReset, policies.
+"""LunaSH `hsm ...`: show, login/logout, init, zeroize, factoryReset, restart, policies.
 
 `hsm show` follows the real 7.2.0-220 / fw 7.0.3 layout (luna-field.md 2.1; 5.x/6.x: layouts.py);
 the HSM SO threshold is the guide's: three wrong passwords zeroize the HSM, the
@@ -85,6 +85,15 @@ def factory_reset(ctx):
     raise LunaError(rc.SHELL_NOT_ALLOWED, "This command can only be run from the serial console.")
 
 
+def restart(ctx):
+    """6.7 (1346-1351): the published question, then `Proceeding...`; the HSM card restarts. Here the
+    appliance reboots as `sysconf appliance reboot` does (without the KB0019789 fix it hangs): every
+    session and login on it ends (our assumption: tests/sim/README.md). `quit` changes nothing."""
+    ctx.confirm()
+    ctx.out(*layouts.RESTART_LINES)
+    ctx.then(ctx.device.reboot)
+
+
 def show_policies(ctx):
     ctx.out(*policies.render(ctx.state["hsm"], ctx.state["serial"], model.FIRMWARE))
 
@@ -117,6 +126,7 @@ COMMANDS = [
                                Opt("authtimeconfig", "auth", flag=True), FORCE]),
     Command("hsm zeroize", zeroize, [FORCE]),
     Command("hsm factoryReset", factory_reset, [FORCE]),
+    Command("hsm restart", restart, [FORCE]),
     Command("hsm showPolicies", show_policies, [Opt("exporttemplate", "et")]),
     Command("hsm changePolicy", change_policy, [Opt("policy", "po", required=True),
                                                 Opt("value", "v", required=True), FORCE]),

@@ -58,21 +58,14 @@ def reboot(ctx):
     ctx.confirm("reboot the appliance", "WARNING: This command will reboot the appliance. All connections "
                                         "will be lost.")
     ctx.out("Broadcast message from root: The system is going down for reboot NOW!")
-    ctx.after.append(_locked(ctx, ctx.device.reboot))
+    ctx.then(ctx.device.reboot)
 
 
 def poweroff(ctx):
     ctx.confirm("power off the appliance", "WARNING: This command will power off the appliance. It can only be "
                                            "powered on from the front panel (control action up).")
     ctx.out("Broadcast message from root: The system is going down for power off NOW!")
-    ctx.after.append(_locked(ctx, lambda: ctx.device.power(False)))
-
-
-def _locked(ctx, action):
-    def run():
-        with ctx.mutate():
-            action()
-    return run
+    ctx.then(lambda: ctx.device.power(False))
 
 
 def status_date(ctx):

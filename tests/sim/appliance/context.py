@@ -45,6 +45,14 @@ class Context:
     def mutate(self):
         return self.device.mutate()
 
+    def then(self, action):
+        """ACTION (no arguments) runs once the command's output is on its way, under the device's lock:
+        what goes down with the session (a reboot, a power-off)."""
+        def run():
+            with self.mutate():
+                action()
+        self.after.append(run)
+
     # output ---------------------------------------------------------------------
     def out(self, *lines):
         self.lines.extend(lines)
@@ -101,6 +109,10 @@ class Context:
         indent = "  " if secret and self.layout == 7 else ""  # 7.x password prompts (4.1, 4.2, 3.6)
         before = layouts.PASSWORD_SPACING.get((self.layout, self.name.lower())) if secret else None
         return self._read_answer(f"{indent}{text}\n{indent}> ", secret, before)
+
+    def ask_bare(self, text):
+        """TEXT as it stands, no input mark after it (no published question looks so) -> the answer."""
+        return self._read_answer(text)
 
     def _read_answer(self, prompt, secret=False, before=None):
         """Write PROMPT (it ends with the "> " marker) and read the answer. BEFORE: blank lines

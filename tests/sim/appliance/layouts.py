@@ -161,8 +161,8 @@ def package_list(system, software):
 # and 7 (612, 3.4-partition-create-7.0/7.2); hsm login at the last attempt, 7 (739,
 # 4.2-hsm-login-last-7); hsm init, 6 (779, 4.3-hsm-init-6.2.2); hsm changePolicy, destructive, 6
 # (863, 4.5-hsm-changepolicy-6.2.2); client delete, 5 (1089, a regex fragment); sysconf regenCert
-# (1122, wording only). Other layouts of these commands use the published text (our assumption:
-# tests/sim/README.md); commands not listed keep TEMPLATE (invented).
+# (1122, wording only); hsm restart (1348, 6.7). Other layouts of these commands use the published
+# text (our assumption: tests/sim/README.md); commands not listed keep TEMPLATE (invented).
 TEMPLATE = "Type 'proceed' to {action}, or 'quit' to quit now.\n> "
 
 _LAST_LOGIN = ("Caution:  This is your LAST available HSM Admin login attempt.\n"
@@ -204,10 +204,17 @@ PROMPTS = {
                                "All clients will have to add this server again with this new certificate.\n"
                                "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'\n"
                                "> "},  # "> " as `hsm restart`'s (1348); the text's indent in 1122 is the tool's
+    "hsm restart": {"*": "WARNING !!  This command will restart the HSM card.\n"
+                         "If you are sure that you wish to proceed, then type 'proceed', otherwise type 'quit'\n"
+                         "> "},  # 1346-1348 (6.7, a 7.x K7), byte for byte; other layouts the same (assumed)
 }
+# What `hsm restart` prints once answered `proceed` (1350-1351); no `Command Result` line was published
+# after it (1378): the simulator's own line follows, as after every command.
+RESTART_LINES = ("Proceeding...", "Restarting HSM card in progress. Please wait...")
 
 # blank lines before a question that opens the command's output, where not the layout's SPACING
-QUESTION_SPACING = {(7, "hsm login"): 1}
+# `hsm restart` asks on the line after the command (6.7, 1346-1347; 5.x/6.x the same: assumed)
+QUESTION_SPACING = {(7, "hsm login"): 1, **{(layout, "hsm restart"): 0 for layout in (5, 6, 7)}}
 # ... before a password prompt that opens it: 7.x `hsm login` asks at once (4.1: S4 7.2, S6 7.x FM)
 PASSWORD_SPACING = {(7, "hsm login"): 0}
 # blank lines between the answer to a command's last prompt and what it prints next (none where not

@@ -68,6 +68,25 @@ def _parse_slow_command(raw):
     return f"{_parse_count(ms)}:{' '.join(words.lower().split())}"
 
 
+def _parse_text(raw):
+    """Any text, kept as given ("" = off); a line end inside it would end the question early."""
+    text = str(raw)
+    if "\n" in text or "\r" in text:
+        raise ValueError("one line of text, without a line end")
+    return text
+
+
+def _parse_stall(raw):
+    """"MS:TEXT" (e.g. "400:Checking? ") -> that; "" -> "" (off)."""
+    text = str(raw)
+    if text == "":
+        return ""
+    ms, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"'{raw}' is not MS:TEXT (e.g. 400:Checking? )")
+    return f"{_parse_count(ms)}:{_parse_text(rest)}"
+
+
 def _parse_layout(raw):
     value = int(str(raw).strip())
     if value not in (5, 6, 7):
@@ -103,6 +122,12 @@ FAULTS = {
     "reword": (_parse_reword, "",
                "OLD=>NEW: OLD becomes NEW in every line a command prints (a layout no published output "
                "shows, for dhsm's fail-closed tests; not the reference)"),
+    "ask_next": (_parse_text, "",
+                 "TEXT: the next command first asks TEXT (one line, no input mark: a question no published "
+                 "output has, e.g. 'Proceed? [y/N] ') and goes on only when answered y; one-shot"),
+    "stall_next": (_parse_stall, "",
+                   "MS:TEXT: the next command's output starts with TEXT, its line left open MS ms before it ends "
+                   "(output cut mid-line, e.g. '400:Checking? '); one-shot"),
     "force_password_change": (_parse_flag, False,
                               "1 = fresh from Microsoft: the next interactive login must change the tenantadmin "
                               "password first (starred box, then a passwd dialogue); cleared by the change"),

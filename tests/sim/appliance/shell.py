@@ -9,7 +9,10 @@ whether the HSM SO and the Auditor are logged in, as on the appliance.
 Shell faults (device state "faults"): shell_delay_ms before each answer;
 slow_command "MS:NAME": that command waits MS more before it acts (it still acts
 when the client has gone: what a killed client leaves behind);
-hang_next: the command never answers; drop_next: half the answer, then a TCP RST.
+hang_next: the command never answers; drop_next: half the answer, then a TCP RST;
+ask_next "TEXT": the next command first asks TEXT (no input mark), y goes on;
+stall_next "MS:TEXT": the next command's output opens with TEXT, its line left
+open MS ms.
 """
 import datetime
 import logging
@@ -111,6 +114,7 @@ class LunaShell:
             return None, 65535, [f"Error:  {e}"]
         ctx = Context(self, invocation)
         try:
+            self._unpublished_question(ctx)
             invocation.command.fn(ctx)
             return ctx, 0, []
         except LunaError as e:
@@ -146,6 +150,28 @@ class LunaShell:
             except cli.ParseError:
                 pass
         return delay
+
+    def _unpublished_question(self, ctx):
+        """The one-shot faults ask_next and stall_next (model.FAULTS): what no published appliance
+        prints, for dhsm's handling of questions it does not know and of lines cut mid-way."""
+        stall = self._take_text_fault("stall_next")
+        if stall:
+            ms, text = stall.split(":", 1)
+            ctx.begin()
+            self.term.write(text)
+            time.sleep(int(ms) / 1000)
+            self.term.write("done\n")
+        question = self._take_text_fault("ask_next")
+        if question and ctx.ask_bare(question).strip().lower() != "y":
+            raise LunaError(rc.CANCELLED, "Command aborted.")
+
+    def _take_text_fault(self, name):
+        with self.device.mutate() as state:
+            text = state["faults"].get(name, "")  # .get: a world saved before the knob existed
+            if text:
+                state["faults"][name] = ""
+                self.device.world.changed()
+            return text
 
     def _take_fault(self, name):
         with self.device.mutate() as state:
