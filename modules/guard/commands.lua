@@ -200,8 +200,11 @@ M.LUNASH_DESTRUCTIVE = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm fact
   ["audit init"] = true }
 -- The destructive ones that destroy key material: on an appliance whose
 -- partitions hold objects each needs a last-copy clearance (dhsm.luna).
+-- `hsm changePolicy` is among them: a destructive policy's change erases
+-- the partitions (4.5's question says so), and which policies are
+-- destructive is the appliance's word, not dhsm's.
 M.LUNASH_KEY_MATERIAL = { ["hsm zeroize"] = true, ["hsm init"] = true, ["hsm factoryreset"] = true,
-  ["partition delete"] = true }
+  ["partition delete"] = true, ["hsm changepolicy"] = true }
 
 -- lunash(line) -> verb, "family sub": of every way LunaSH could read the
 -- line, the most dangerous: a line that could be a login is a login.

@@ -300,6 +300,13 @@ t.test("a raw hsm zeroize on an appliance holding objects is refused without a c
   local r = exec(e, zeroize:format("nil"))
   t.eq({ r.status, util.trim(r.stdout) }, { 0, "LastCopyUnchecked" }, r.stderr)
   t.eq(zeroizes(e), 0, "nothing reached the appliance")
+  -- a destructive policy's change erases the partitions: the same refusal, before anything is sent
+  r = exec(e, [[
+    local s <close> = require("dhsm.luna").open(inv:hsm("hsm1"))
+    local ok, err = pcall(s.must, s, "hsm changePolicy -policy 22 -value 0", { proceed = true })
+    print(ok and "changed" or err.code)]])
+  t.eq({ r.status, util.trim(r.stdout) }, { 0, "LastCopyUnchecked" }, r.stderr)
+  t.eq(count(e:mutations(), "hsm changePolicy"), 0, "no policy change reached the appliance")
   -- the same by failed logins
   r = exec(e, [[
     local s <close> = require("dhsm.luna").open(inv:hsm("hsm1"))
