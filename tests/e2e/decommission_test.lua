@@ -216,6 +216,16 @@ t.test("idempotent: a re-run when everything is gone says so, and how it knows, 
   t.ok(r.stderr:find("hsm1: HSM resource hsm1 in hsm-rg is already deleted: ARM answers 404 for it, and the audit "
     .. "log (" .. e.dir .. "/state/audit.jsonl) has its DELETE, accepted (202) at ", 1, true), r.stderr)
   t.ok(r.stderr:find("by run " .. id, 1, true), "the run that deleted it is named\n" .. r.stderr)
+  -- the time printed is the audit record's own
+  local deleted = t.audit_records(e.dir .. "/state/audit.jsonl")
+  local when
+  for _, rec in ipairs(deleted) do
+    if tostring(rec.action):lower() == "azure.delete" and tostring(rec.target):match("/dedicatedHSMs/hsm1$")
+      and tostring(rec.outcome) == "202" and rec.run == id then
+      when = rec.ts
+    end
+  end
+  t.ok(when and r.stderr:find(("accepted (202) at %s by run %s"):format(when, id), 1, true), tostring(when) .. "\n" .. r.stderr)
   t.eq(e:mutations(), before, "no zeroize, no login, no DELETE")
   -- the estate's own inventory dropped them: the names are not the inventory's any more
   r = run(e, args)
@@ -247,6 +257,37 @@ t.test("a name the inventory does not have is bad input with did-you-mean, befor
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("hsm2: HSM resource hsm2 in hsm-rg is already deleted: ARM answers 404 for it; the audit log (" ..
     state .. "/audit.jsonl) has no DELETE of it: it was deleted from elsewhere", 1, true), r.stderr)
+end)
+
+t.test("a resource group that does not exist is refused as bad input, never 'already deleted': -e, inventory, --check",
+  function()
+  local e = estate()
+  local state = e.dir .. "/state"
+  local base = "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true"
+  -- -e group misspelled: for real, then in --check
+  for _, mode in ipairs { "--yes", "--check" } do
+    local r = run(e, base .. " -e group=hsm-rgx " .. mode)
+    t.eq(r.status, 2, r.stderr)
+    t.ok(r.stderr:find("resource group hsm-rgx does not exist in subscription", 1, true), r.stderr)
+    t.ok(r.stderr:find("ResourceGroupNotFound", 1, true) and r.stderr:find("the name came from -e group", 1, true), r.stderr)
+    t.ok(not r.stderr:find("already deleted", 1, true) and not r.stderr:find("already gone", 1, true), r.stderr)
+    t.ok(not r.stderr:find("--resume", 1, true), "no resume hint: the same parameters meet the same refusal\n" .. r.stderr)
+  end
+  -- the inventory's azure.resource_group misspelled: named with its file
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  inv.azure.resource_group = "hsm-rgx"
+  local bad = t.tmpdir() .. "/inventory.json"
+  t.write(bad, cjson.encode(inv))
+  local r = run(e, "-i " .. q(bad) .. " " .. base .. " --yes")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("the name came from the inventory's azure.resource_group (" .. bad .. ")", 1, true), r.stderr)
+  -- nothing reached the estate, and the HSM is there as it was
+  t.eq(e:mutations(), {}, "nothing sent")
+  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1") }, { "Succeeded", false })
+  -- the refusal's advice, typed: the right group, and the run gives hsm1 back
+  r = run(e, base .. " -e group=" .. GROUP .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ hsms(e).hsm1, count(e:mutations(), "^DELETE") }, { nil, 1 })
 end)
 
 t.test("a playbook run by path is journaled with its path: the resume hint and --resume work", function()
