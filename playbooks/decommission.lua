@@ -211,7 +211,21 @@ end
 -- own way on instead of the login call's option (no parameter of this
 -- playbook): its goal is the zeroization that attempt risks, and
 -- method=failed-logins reaches it without the password, on a new run.
-local function way_on(err, h)
+--
+-- A wrong password is another matter: a resume reads the secret again
+-- from its reference, so resumed as it is it spends one more HSM SO
+-- attempt on the same wrong value.  The way on (dhsm.play.resume) names
+-- the reference to correct first, never the value.
+local function way_on(err, h, ctx)
+  if dhsm.error.is(err, "luna") and err.code == "LUNA_RET_UM_PIN_INCORRECT" then
+    local given = ctx.params.so_password
+    local where = given and ("so_password's reference (%s)"):format(given:origin())
+      or ("the inventory's hsms[%s].so_password reference (%s)"):format(h.name,
+        ctx.inventory:hsm(h.name).so_password:origin())
+    local e = dhsm.error.normalize(err)
+    e.details = util.merged(type(e.details) == "table" and e.details or {}, { correct_first = "the value behind " .. where })
+    return e
+  end
   if not (dhsm.error.is(err, "safety") and err.code == "LastLoginAttempt") then return err end
   local d = err.details or {}
   return dhsm.error.new { kind = "safety", code = err.code, details = util.merged(d, { new_run = { method = "failed-logins" } }),
@@ -230,7 +244,7 @@ local function zeroize(ctx, h, cleared)
       return s:zeroize_by_failed_logins(h.serial, { zeroize = true, last_copies_cleared = cleared() })
     end
     local ok, err = pcall(s.login_so, s, (so_password(ctx.params, ctx.inventory, h.name)))
-    if not ok then error(way_on(err, h), 0) end
+    if not ok then error(way_on(err, h, ctx), 0) end
     s:must("hsm zeroize -force", { last_copies_cleared = cleared() })
   end)
 end

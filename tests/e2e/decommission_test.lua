@@ -143,17 +143,31 @@ t.test("the guard's zeroization refuses an appliance that is not the one named, 
   t.eq(zeroized(e, "hsm1"), false)
 end)
 
-t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the HSM stays; resumed, still refused", function()
+t.test("a zeroize that fails (wrong SO password) stops the run, no DELETE; the hint names the reference to correct first",
+  function()
   local e = estate()
-  local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
+  -- the operator's reference, holding the wrong password (hsm2's) at first
+  local pw = t.tmpdir() .. "/so_password"
+  local wrong = util.read_file(e.dir .. "/secrets/hsm2_so_password")
+  t.write(pw, wrong, tonumber("600", 8))
+  local r = run(e, "-e hsm=hsm1 -e so_password=file:" .. q(pw) .. " -e backups_confirmed=true --yes")
   t.eq(r.status, 1, r.stderr)
   t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
-  local id = r.stderr:match("%-%-resume (%S+) %-%-yes' continues it")
-  r = run(e, "--yes --resume " .. id)
-  t.ok(r.status ~= 0, r.stderr)
   t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
-  t.eq(count(e:mutations(), "hsm zeroize"), 0)
-  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1"), group_exists(e) }, { "Succeeded", false, true })
+  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1") }, { "Succeeded", false })
+  -- the way on: correct the value behind the reference first (named, the value never shown), then the resume
+  local first = r.stderr:match("correct (the value behind so_password's reference %b()) first")
+  t.eq(first, "the value behind so_password's reference (file:" .. pw .. ")", r.stderr)
+  t.ok(not r.stderr:find((wrong:gsub("%s+$", "")), 1, true), "the value is never shown")
+  local hint = r.stderr:match("then 'dhsm (run decommission %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  -- done as it says: the right password behind the same reference, the hint typed as printed
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm1_so_password"), tonumber("600", 8))
+  r = t.run(hint, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ count(e:mutations(), "^hsm1 lunash: hsm login"), count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") },
+    { 2, 1, 1 }, "one wrong SO login, one right; one DELETE")
+  t.eq(hsms(e), { hsm2 = "Succeeded" })
 end)
 
 t.test("group deletion refused while another HSM remains: for real and in --check", function()

@@ -257,6 +257,13 @@ function M.way_on(name, j, outcome, err, yes)
   if e and NOT_RESUMABLE[e.code] then
     return ("dhsm: run %s %s; resuming it would meet the same refusal (see below)\n"):format(j.id, outcome)
   end
+  -- a wrong secret: read again from its reference on resume, so it is corrected there first
+  local first = type(e and e.details) == "table" and e.details.correct_first
+  if first then
+    return ("dhsm: run %s %s; correct %s first (a resume reads it again: the same wrong value would spend another "
+      .. "attempt), then '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome, first,
+      M.resume_command(name, j.id, yes))
+  end
   return ("dhsm: run %s %s; '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome,
     M.resume_command(name, j.id, yes))
 end
