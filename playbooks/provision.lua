@@ -414,21 +414,27 @@ end
 -- when the race hits, then deleted and redeployed once, then a support
 -- stop; `planned`: what the earlier steps only described (hsm.start's
 -- checks are told).  -> whether an HSM was created
+--
+-- A creation that failed for good fails the step itself, so a resume
+-- tries the step again (an HSM already Succeeded is not PUT again:
+-- create_one); journaled as the step's result, it would be re-raised from
+-- the journal by every resume and never retried.  A race the reruns did
+-- not resolve is the step's result: the next step deletes and redeploys it.
 local function create_hsms(ctx, requested, gw, planned)
   local results = ctx:step(("create HSMs %s (in parallel)"):format(names_of(requested)), function()
-    return dhsm.parallel(requested, function(h)
+    local out = dhsm.parallel(requested, function(h)
       local o = create_one(ctx, h, gw, { retries = ctx.params.retries, planned = planned })
       o.name = h.name
       return o
     end)
+    for _, o in ipairs(out) do
+      if not o.ok and not o.exhausted then support_error(o.name, o) end
+    end
+    return out
   end)
   local changed = false
   for i, o in ipairs(results) do
-    if not o.ok and o.exhausted then
-      delete_and_redeploy(ctx, requested[i], gw, o, planned)
-    elseif not o.ok then
-      support_error(o.name, o)
-    end
+    if not o.ok then delete_and_redeploy(ctx, requested[i], gw, o, planned) end
     changed = changed or not o.already
   end
   return changed

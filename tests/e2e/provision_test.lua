@@ -173,6 +173,30 @@ t.test("the race persisting: retries, then the failed HSM is deleted and redeplo
   t.ok(r.stderr:find("correlation id %x+%-"), r.stderr)
 end)
 
+t.test("a creation refused (403 on one HSM's PUT) fails its step: the printed resume retries it, the other not PUT again",
+  function()
+  local e = estate()
+  local az = e.inventory.azure
+  local put_b = ("PUT /subscriptions/%s/resourceGroups/%s/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/hsm-b")
+    :format(az.subscription, az.resource_group)
+  e:fault { forbid = "9:" .. put_b }
+  local state = t.tmpdir()
+  local r = e:run("run provision -e poll_interval=0.02 -e backoff=0.01 -e hsms=" .. PAIR .. " --yes", { state = state })
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("✗ create HSMs hsm-a, hsm-b", 1, true), "the step itself failed\n" .. r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded" })
+  local hint = r.stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  -- the cause gone, the hint typed as printed (from elsewhere, no inventory given): hsm-b created, hsm-a left alone
+  e:clear()
+  r = t.run(hint, { state = state, env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
+  local log = e:log()
+  t.eq({ count(log, "arm PUT %S+/dedicatedHSMs/hsm%-a %-> 2"), count(log, "arm PUT %S+/dedicatedHSMs/hsm%-b %-> 403"),
+    count(log, "arm PUT %S+/dedicatedHSMs/hsm%-b %-> 2") }, { 1, 1, 1 }, "hsm-a PUT once; hsm-b refused, then PUT once")
+end)
+
 t.test("stops at once with the guide's remedy, nothing created: quota (naming the HSMs using it)", function()
   local e = estate("--appliances 4")
   local before = world(e)
