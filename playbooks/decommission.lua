@@ -76,7 +76,7 @@ end
 -- (1) show what will be destroyed
 
 -- The newest record of this host's audit log for an accepted DELETE of
--- the ARM path, or nil: {time=, run=, outcome=}.
+-- the ARM path, or nil: {ts=, run=, outcome=} (the audit's own fields).
 local function delete_record(path)
   local found = util.audit_records(function(r)
     return type(r.target) == "string" and r.target:lower() == path:lower()
@@ -91,12 +91,37 @@ local function gone_because(c, resource, group)
   local rec = delete_record(hsm.path(c, resource, group))
   if rec then
     return ("ARM answers 404 for it, and the audit log (%s) has its DELETE, accepted (%s) at %s by run %s")
-      :format(dhsm.audit.path(), tostring(rec.outcome), tostring(rec.time), tostring(rec.run))
+      :format(dhsm.audit.path(), tostring(rec.outcome), tostring(rec.ts), tostring(rec.run))
   end
   return ("ARM answers 404 for it; the audit log (%s) has no DELETE of it: it was deleted from elsewhere")
     :format(dhsm.audit.path())
 end
 
+-- Where the run's group came from, as the operator would correct it.
+local function group_source(ctx)
+  if (ctx.journal.given or {}).group ~= nil then return "-e group" end
+  return ("the inventory's azure.resource_group (%s)"):format(tostring(ctx.opts.inventory))
+end
+
+-- ARM answers 404 for an HSM in a group that does not exist as for one
+-- deleted: only its error code (ResourceGroupNotFound, which
+-- dhsm.azure.checks.read_advice keys on too) says the group is missing,
+-- not the HSM gone.  A group is gone for good when this host's audit log
+-- holds its accepted DELETE (a re-run after delete_group=true); otherwise
+-- the name is wrong (or the group was deleted elsewhere, orphaning any HSM
+-- in it): refused, as bad input, before anything is changed.
+local function check_group(ctx, c)
+  local group = ctx.params.group
+  local ok, err = pcall(c.get, c, c:group_path(group))
+  if ok then return end
+  if not (dhsm.error.is(err, "azure") and err.code == "ResourceGroupNotFound") then error(err, 0) end
+  if delete_record(c:group_path(group)) then return end
+  dhsm.error { kind = "usage", code = "ResourceGroupNotFound", details = { group = group },
+    message = ("group: resource group %s does not exist in subscription %s (ARM answers ResourceGroupNotFound), "
+      .. "and this host's audit log has no DELETE of it; the name came from %s: correct it and run again; nothing "
+      .. "was changed (a group deleted elsewhere with HSMs in it leaves them orphaned and billed: dhsm run orphans)")
+      :format(group, c.subscription, group_source(ctx)) }
+end
 
 -- For one HSM: its resource, its appliance, its partitions and their objects.
 local function survey(ctx, name)
@@ -153,6 +178,7 @@ end
 -- -> {hsms = {survey...}, group = survey_group | nil}
 local function show_what_goes(ctx)
   return ctx:step("show what will be destroyed", function()
+    check_group(ctx, arm(ctx))
     local out = { hsms = {} }
     for i, name in ipairs(ctx.params.hsm) do out.hsms[i] = survey(ctx, name) end
     if ctx.params.delete_group then out.group = survey_group(ctx) end
@@ -185,7 +211,21 @@ end
 -- own way on instead of the login call's option (no parameter of this
 -- playbook): its goal is the zeroization that attempt risks, and
 -- method=failed-logins reaches it without the password, on a new run.
-local function way_on(err, h)
+--
+-- A wrong password is another matter: a resume reads the secret again
+-- from its reference, so resumed as it is it spends one more HSM SO
+-- attempt on the same wrong value.  The way on (dhsm.play.resume) names
+-- the reference to correct first, never the value.
+local function way_on(err, h, ctx)
+  if dhsm.error.is(err, "luna") and err.code == "LUNA_RET_UM_PIN_INCORRECT" then
+    local given = ctx.params.so_password
+    local where = given and ("so_password's reference (%s)"):format(given:origin())
+      or ("the inventory's hsms[%s].so_password reference (%s)"):format(h.name,
+        ctx.inventory:hsm(h.name).so_password:origin())
+    local e = dhsm.error.normalize(err)
+    e.details = util.merged(type(e.details) == "table" and e.details or {}, { correct_first = "the value behind " .. where })
+    return e
+  end
   if not (dhsm.error.is(err, "safety") and err.code == "LastLoginAttempt") then return err end
   local d = err.details or {}
   return dhsm.error.new { kind = "safety", code = err.code, details = util.merged(d, { new_run = { method = "failed-logins" } }),
@@ -204,7 +244,7 @@ local function zeroize(ctx, h, cleared)
       return s:zeroize_by_failed_logins(h.serial, { zeroize = true, last_copies_cleared = cleared() })
     end
     local ok, err = pcall(s.login_so, s, (so_password(ctx.params, ctx.inventory, h.name)))
-    if not ok then error(way_on(err, h), 0) end
+    if not ok then error(way_on(err, h, ctx), 0) end
     s:must("hsm zeroize -force", { last_copies_cleared = cleared() })
   end)
 end

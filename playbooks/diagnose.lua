@@ -49,6 +49,7 @@ local net = require "dhsm.net"
 local ntls = require "dhsm.client.ntls"
 local parse = require "dhsm.luna.parse"
 local sys = require "dhsm.sys"
+local typed = require "dhsm.play.typed"
 
 local SO_MAX = guard.THRESHOLDS.so
 local CLOCK_SKEW_WARN = 300        -- seconds between the appliance clock and ours worth a warning
@@ -70,8 +71,12 @@ local REMEDY = findings.by_guide {
       .. "certificates",
   },
   ["HSM Initialization"] = {
-    password_change = "the appliance demands its first-login password change: do it once with luna.first_login "
-      .. "and keep the new password where the inventory points",
+    password_change = "the appliance demands its first-login password change: change it once (the new password is "
+      .. "asked): %s, then keep the new password where the inventory's 'password' points; an appliance fresh from "
+      .. "Microsoft is initialised instead with dhsm run initialize -e new_password=prompt ..., which does it first",
+    fresh = "an HSM never initialised (or reset by Microsoft): store the credentials the run sets as your policy "
+      .. "requires (the guide's Lost Credentials: they cannot be recovered), then initialise it (each secret asked; "
+      .. "-e ha_group=LABEL joins an HA group): %s",
   },
   ["Failed Logins, How to delete an HSM resource"] = {
     zeroized = "the HSM is zeroized: reinitialize it (hsm init) and restore from backup; if it is being given back, "
@@ -112,9 +117,10 @@ local REMEDY = findings.by_guide {
   },
 }
 
--- A remedy naming the appliance (REMEDY.ntls: "... -e hsm=%s").
-local function for_hsm(advice, name)
-  return { remedy = advice.remedy:format(name), guide = advice.guide }
+-- A remedy filled in: the appliance's name (REMEDY.ntls: "... -e hsm=%s"),
+-- or the command to type (REMEDY.fresh).
+local function filled(advice, what)
+  return { remedy = advice.remedy:format(what), guide = advice.guide }
 end
 
 -- Every check, in the order the table lists them.
@@ -236,8 +242,11 @@ end
 local function hsm_state(run, name, h)
   if h.zeroized then
     local label = (h.label and h.label ~= "") and (h.label .. " ") or ""
+    -- no label: never initialised (fresh, or reset): initialize's job, not a restore
+    local advice = label == "" and filled(REMEDY.fresh, typed.initialize(name, { inventory = run.ctx.opts.inventory }))
+      or REMEDY.zeroized
     run:add("hsm state", name, "FAIL", ("HSM %s(serial %s%s) IS ZEROIZED"):format(label, tostring(h.serial),
-      label == "" and ", no label: never initialized, or reset" or ""), REMEDY.zeroized)
+      label == "" and ", no label: never initialized, or reset" or ""), advice)
   elseif h.attempts_left < SO_MAX then
     run:add("hsm state", name, "WARN", ("%d of %d HSM SO login attempts left before zeroization"):format(
       h.attempts_left, SO_MAX), REMEDY.so_attempts)
@@ -325,7 +334,7 @@ local function ntls_rows(run, entry, client, s, workdir)
   if (d.server_days_left or 365) < ntls.EXPIRY_WARN_DAYS then
     warn[#warn + 1] = ("%s's server certificate expires in %d days"):format(name, d.server_days_left)
   end
-  local remedy = for_hsm((d.client_days_left or 1) < 0 and REMEDY.client_expired
+  local remedy = filled((d.client_days_left or 1) < 0 and REMEDY.client_expired
     or d.first_exchange and REMEDY.ntls_first or REMEDY.ntls, name)
   if #fail > 0 then
     run.ntls_broken[name] = "its NTLS certificates do not match (ntls certificate)"
@@ -349,7 +358,7 @@ local function ntls_rows(run, entry, client, s, workdir)
   if #failed > 0 and #fail > 0 then       -- what the certificate row found explains them: one cause
     run:add("ntls handshakes", name, "SKIP", "not checked apart (see ntls certificate): " .. table.concat(failed, "; "))
   elseif #failed > 0 then
-    run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), for_hsm(REMEDY.ntls, name))
+    run:add("ntls handshakes", name, "FAIL", table.concat(failed, "; "), filled(REMEDY.ntls, name))
   else
     run:add("ntls handshakes", name, "OK", seen > 0 and ("the last connection of each of %d client address(es) "
       .. "succeeded"):format(seen) or "no NTLS connection in the recent log")
@@ -467,7 +476,8 @@ local function check_appliance(run, entry)
     end
     local e = dhsm.error.normalize(s)
     if e.kind == "interrupted" or e.kind == "cancelled" then error(s, 0) end
-    run:add("ssh login", name, "FAIL", message_of(e), e.code == "PasswordChangeRequired" and REMEDY.password_change or REMEDY.ssh)
+    run:add("ssh login", name, "FAIL", message_of(e), e.code == "PasswordChangeRequired"
+      and filled(REMEDY.password_change, typed.first_login(name, run.ctx.opts.inventory)) or REMEDY.ssh)
     why = "no SSH session"
   end
   -- what the session would have answered: SKIP, the FAIL is tcp 22's or ssh login's

@@ -39,9 +39,11 @@ local REMEDY = "the guide's remedy for a cloning conflict (HA Group Doesn't Sync
 -- What no appliance output shows, said in the plan and in the run.
 local UNKNOWN = "the members' cloning domains are not shown by any appliance output, so they are unknown until "
   .. "hagroup synchronize tells (it warns of conflicting settings for private key cloning)"
-local SYNC_UNKNOWN = "cloning domains unknown: synchronize will report a conflict"
+-- What a synchronize meets when the domains differ - which nothing shows
+-- before it: a conflict only then, never for certain.
+local SYNC_UNKNOWN = "the members' cloning domains are unknown: should they differ, synchronize reports a conflict"
 -- What a plan's synchronize depends on: the real run compares first.
-local IF_DIFFER = "if the members' objects differ (a plan does not read them: that is a Crypto Officer login), "
+local IF_DIFFER = "only if the members' objects differ (a plan does not read them: that is a Crypto Officer login)"
 
 local client = steps.client
 
@@ -366,10 +368,14 @@ local function synchronize(ctx, g, again)
       return not drifting(ctx, comparable(ctx, g))
     end,
   }, function()
-    local said = SYNC_UNKNOWN .. (again and ", if -e cloning_domain was not the group's" or ", and the run stops there "
+    local said = SYNC_UNKNOWN .. (again and " (-e cloning_domain was not the group's)" or ", and the run stops there "
       .. "with the guide's remedy")
     -- a plan does not read the members' objects (a Crypto Officer login), so it cannot know they differ
-    if ctx.check then ctx:would(IF_DIFFER .. "synchronize the group as it is; " .. said) else ctx:note(said) end
+    if ctx.check then
+      ctx:would(("synchronize group %s as it is, %s; %s"):format(g.label, IF_DIFFER, said))
+    else
+      ctx:note(("synchronizing group %s: %s"):format(g.label, said))
+    end
     if ctx.check and ctx.params.fix_cloning then
       ctx:would("on a conflict, carry out the guide's remedy for the members lunacm names (fix_cloning=true, each "
         .. "step confirmed), then synchronize again")

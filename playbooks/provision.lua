@@ -19,6 +19,7 @@ local findings = require "dhsm.findings"
 local hsm = require "dhsm.azure.hsm"
 local network = require "dhsm.azure.network"
 local sys = require "dhsm.sys"
+local typed = require "dhsm.play.typed"
 local util = require "dhsm.util"
 
 local OWNER_TAG = "dhsm-provision"   -- a VNet carrying it was created by this playbook
@@ -414,21 +415,27 @@ end
 -- when the race hits, then deleted and redeployed once, then a support
 -- stop; `planned`: what the earlier steps only described (hsm.start's
 -- checks are told).  -> whether an HSM was created
+--
+-- A creation that failed for good fails the step itself, so a resume
+-- tries the step again (an HSM already Succeeded is not PUT again:
+-- create_one); journaled as the step's result, it would be re-raised from
+-- the journal by every resume and never retried.  A race the reruns did
+-- not resolve is the step's result: the next step deletes and redeploys it.
 local function create_hsms(ctx, requested, gw, planned)
   local results = ctx:step(("create HSMs %s (in parallel)"):format(names_of(requested)), function()
-    return dhsm.parallel(requested, function(h)
+    local out = dhsm.parallel(requested, function(h)
       local o = create_one(ctx, h, gw, { retries = ctx.params.retries, planned = planned })
       o.name = h.name
       return o
     end)
+    for _, o in ipairs(out) do
+      if not o.ok and not o.exhausted then support_error(o.name, o) end
+    end
+    return out
   end)
   local changed = false
   for i, o in ipairs(results) do
-    if not o.ok and o.exhausted then
-      delete_and_redeploy(ctx, requested[i], gw, o, planned)
-    elseif not o.ok then
-      support_error(o.name, o)
-    end
+    if not o.ok then delete_and_redeploy(ctx, requested[i], gw, o, planned) end
     changed = changed or not o.already
   end
   return changed
@@ -528,16 +535,6 @@ end
 ---------------------------------------------------------------------------
 -- report
 
--- The command that changes the password an appliance fresh from Microsoft
--- demands at its first login (luna.first_login), as the operator types it:
--- the run's inventory, once the HSM is added to it.
-local function first_login_command(ctx, name)
-  local code = ('require("dhsm.luna").first_login(inv:hsm(%q), {new_password = secret.prompt("new password: ")})')
-    :format(name)
-  local inv = ctx.opts.inventory
-  return ("dhsm -i %s exec -e %s"):format(util.shell_quote(sys.realpath(inv) or inv), util.shell_quote(code))
-end
-
 -- The command that adds the group's new HSMs to the run's inventory.
 local function discover_command(ctx, group)
   local inv = ctx.opts.inventory
@@ -545,17 +542,19 @@ local function discover_command(ctx, group)
     util.shell_quote(sys.realpath(inv) or inv))
 end
 
--- The playbook that takes it from factory-fresh to a serving HA member.
-local function initialize_command(name)
-  return ("dhsm run initialize -e hsm=%s -e partition=PARTITION -e ha_group=GROUP (or -e new_ha_group=LABEL) "
-    .. "-e credentials_stored=true makes it a serving HA member"):format(name)
+-- The playbook that takes it from factory-fresh to an initialised HSM,
+-- the first login's password change its own first step: as the operator
+-- types it, with the run's inventory (dhsm.play.typed).
+local function initialize_command(ctx, name)
+  return typed.initialize(name, { inventory = ctx.opts.inventory, first_login = true })
 end
 
 -- Guide, "How do I see HSMs when provisioned": the NIC gives the IP to SSH to.
 local function report(ctx, requested, changed)
   local p, c = ctx.params, ctx:azure()
-  local out = {}
+  local out, initialize_commands = {}, {}
   for _, h in ipairs(requested) do
+    initialize_commands[#initialize_commands + 1] = initialize_command(ctx, h.name)
     local r = hsm.get(c, h.name, p.group)
     -- in check mode an HSM not Succeeded was only planned (a leftover under its name is deleted first)
     if r == nil or (ctx.check and hsm_state(r) ~= "Succeeded") then
@@ -564,18 +563,19 @@ local function report(ctx, requested, changed)
       local ip = hsm.private_ip(c, r)
       out[#out + 1] = { name = h.name, id = r.id, stamp = r.properties.stampId, state = hsm_state(r), private_ip = ip }
       ctx:note(("%s: %s, stamp %s, private IP %s"):format(h.name, r.id, tostring(r.properties.stampId), tostring(ip)))
-      ctx:note(("  next: add it to the inventory (host %s, user tenantadmin): %s; change the password the appliance "
-        .. "demands at first login: %s; install the reboot fix KB0019789 before any reboot; then %s"):format(tostring(ip),
-        discover_command(ctx, p.group), first_login_command(ctx, h.name), initialize_command(h.name)))
+      ctx:note(("  next: add it to the inventory (host %s, user tenantadmin): %s; install the reboot fix KB0019789 "
+        .. "before any reboot; store the credentials initialize sets as your policy requires (the guide's Lost "
+        .. "Credentials), then initialise it (it changes the password the appliance demands at its first login; each "
+        .. "secret is asked; -e ha_group=LABEL joins an HA group, -e new_ha_group=LABEL creates one): %s")
+        :format(tostring(ip), discover_command(ctx, p.group), initialize_command(ctx, h.name)))
     end
   end
   if not changed then ctx:note("everything was already in place: nothing was changed") end
   return { hsms = out, changed = changed, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin "
       .. "(dhsm inventory discover -g GROUP --merge INVENTORY)",
-    "change the password at first login: require(\"dhsm.luna\").first_login(inv:hsm(NAME), {new_password = secret}) "
-      .. "(dhsm repl, or dhsm -i INVENTORY exec -e)",
     "install the reboot fix (Thales KB0019789) before any reboot or power cycle",
-    "initialize each: dhsm run initialize -e hsm=NAME -e partition=PARTITION -e ha_group=GROUP -e credentials_stored=true" } }
+    "store the credentials initialize sets, then initialize each (its first login's password change included): "
+      .. table.concat(initialize_commands, "; ") } }
 end
 
 ---------------------------------------------------------------------------

@@ -314,9 +314,9 @@ function M.connect(o)
     dhsm.audit.write { action = "luna.connect", target = self.name, outcome = "PasswordChangeRequired" }
     dhsm.error { kind = "luna", code = "PasswordChangeRequired",
       message = ("%s demands that the %s password be changed before its first prompt (an appliance fresh from "
-        .. "Microsoft); nothing was answered and the session was closed. Change it once with "
-        .. "luna.first_login(entry, {new_password = secret}), then keep the new password where the inventory's "
-        .. "'password' points"):format(self.name, self.user) }
+        .. "Microsoft); nothing was answered and the session was closed. Change it once (in dhsm exec or the REPL): "
+        .. "require(\"dhsm.luna\").first_login(inv:hsm(%q), {new_password = secret.prompt(\"new password: \")}), "
+        .. "then keep the new password where the inventory's 'password' points"):format(self.name, self.user, self.name) }
   end
   return at_prompt(self, text, t0)
 end

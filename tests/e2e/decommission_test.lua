@@ -143,17 +143,31 @@ t.test("the guard's zeroization refuses an appliance that is not the one named, 
   t.eq(zeroized(e, "hsm1"), false)
 end)
 
-t.test("a zeroize that fails (wrong SO password) stops the run: no DELETE, the HSM stays; resumed, still refused", function()
+t.test("a zeroize that fails (wrong SO password) stops the run, no DELETE; the hint names the reference to correct first",
+  function()
   local e = estate()
-  local r = run(e, "-e hsm=hsm1 " .. so(e, "hsm2") .. " -e backups_confirmed=true -e delete_group=true --yes")
+  -- the operator's reference, holding the wrong password (hsm2's) at first
+  local pw = t.tmpdir() .. "/so_password"
+  local wrong = util.read_file(e.dir .. "/secrets/hsm2_so_password")
+  t.write(pw, wrong, tonumber("600", 8))
+  local r = run(e, "-e hsm=hsm1 -e so_password=file:" .. q(pw) .. " -e backups_confirmed=true --yes")
   t.eq(r.status, 1, r.stderr)
   t.ok(r.stderr:find("HSM SO login failed", 1, true), r.stderr)
-  local id = r.stderr:match("%-%-resume (%S+) %-%-yes' continues it")
-  r = run(e, "--yes --resume " .. id)
-  t.ok(r.status ~= 0, r.stderr)
   t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
-  t.eq(count(e:mutations(), "hsm zeroize"), 0)
-  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1"), group_exists(e) }, { "Succeeded", false, true })
+  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1") }, { "Succeeded", false })
+  -- the way on: correct the value behind the reference first (named, the value never shown), then the resume
+  local first = r.stderr:match("correct (the value behind so_password's reference %b()) first")
+  t.eq(first, "the value behind so_password's reference (file:" .. pw .. ")", r.stderr)
+  t.ok(not r.stderr:find((wrong:gsub("%s+$", "")), 1, true), "the value is never shown")
+  local hint = r.stderr:match("then 'dhsm (run decommission %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  -- done as it says: the right password behind the same reference, the hint typed as printed
+  t.write(pw, util.read_file(e.dir .. "/secrets/hsm1_so_password"), tonumber("600", 8))
+  r = t.run(hint, { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ count(e:mutations(), "^hsm1 lunash: hsm login"), count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") },
+    { 2, 1, 1 }, "one wrong SO login, one right; one DELETE")
+  t.eq(hsms(e), { hsm2 = "Succeeded" })
 end)
 
 t.test("group deletion refused while another HSM remains: for real and in --check", function()
@@ -216,6 +230,16 @@ t.test("idempotent: a re-run when everything is gone says so, and how it knows, 
   t.ok(r.stderr:find("hsm1: HSM resource hsm1 in hsm-rg is already deleted: ARM answers 404 for it, and the audit "
     .. "log (" .. e.dir .. "/state/audit.jsonl) has its DELETE, accepted (202) at ", 1, true), r.stderr)
   t.ok(r.stderr:find("by run " .. id, 1, true), "the run that deleted it is named\n" .. r.stderr)
+  -- the time printed is the audit record's own
+  local deleted = t.audit_records(e.dir .. "/state/audit.jsonl")
+  local when
+  for _, rec in ipairs(deleted) do
+    if tostring(rec.action):lower() == "azure.delete" and tostring(rec.target):match("/dedicatedHSMs/hsm1$")
+      and tostring(rec.outcome) == "202" and rec.run == id then
+      when = rec.ts
+    end
+  end
+  t.ok(when and r.stderr:find(("accepted (202) at %s by run %s"):format(when, id), 1, true), tostring(when) .. "\n" .. r.stderr)
   t.eq(e:mutations(), before, "no zeroize, no login, no DELETE")
   -- the estate's own inventory dropped them: the names are not the inventory's any more
   r = run(e, args)
@@ -247,6 +271,37 @@ t.test("a name the inventory does not have is bad input with did-you-mean, befor
   t.eq(r.status, 0, r.stderr)
   t.ok(r.stderr:find("hsm2: HSM resource hsm2 in hsm-rg is already deleted: ARM answers 404 for it; the audit log (" ..
     state .. "/audit.jsonl) has no DELETE of it: it was deleted from elsewhere", 1, true), r.stderr)
+end)
+
+t.test("a resource group that does not exist is refused as bad input, never 'already deleted': -e, inventory, --check",
+  function()
+  local e = estate()
+  local state = e.dir .. "/state"
+  local base = "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true"
+  -- -e group misspelled: for real, then in --check
+  for _, mode in ipairs { "--yes", "--check" } do
+    local r = run(e, base .. " -e group=hsm-rgx " .. mode)
+    t.eq(r.status, 2, r.stderr)
+    t.ok(r.stderr:find("resource group hsm-rgx does not exist in subscription", 1, true), r.stderr)
+    t.ok(r.stderr:find("ResourceGroupNotFound", 1, true) and r.stderr:find("the name came from -e group", 1, true), r.stderr)
+    t.ok(not r.stderr:find("already deleted", 1, true) and not r.stderr:find("already gone", 1, true), r.stderr)
+    t.ok(not r.stderr:find("--resume", 1, true), "no resume hint: the same parameters meet the same refusal\n" .. r.stderr)
+  end
+  -- the inventory's azure.resource_group misspelled: named with its file
+  local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
+  inv.azure.resource_group = "hsm-rgx"
+  local bad = t.tmpdir() .. "/inventory.json"
+  t.write(bad, cjson.encode(inv))
+  local r = run(e, "-i " .. q(bad) .. " " .. base .. " --yes")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("the name came from the inventory's azure.resource_group (" .. bad .. ")", 1, true), r.stderr)
+  -- nothing reached the estate, and the HSM is there as it was
+  t.eq(e:mutations(), {}, "nothing sent")
+  t.eq({ hsms(e).hsm1, zeroized(e, "hsm1") }, { "Succeeded", false })
+  -- the refusal's advice, typed: the right group, and the run gives hsm1 back
+  r = run(e, base .. " -e group=" .. GROUP .. " --yes")
+  t.eq(r.status, 0, r.stderr)
+  t.eq({ hsms(e).hsm1, count(e:mutations(), "^DELETE") }, { nil, 1 })
 end)
 
 t.test("a playbook run by path is journaled with its path: the resume hint and --resume work", function()

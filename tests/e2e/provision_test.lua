@@ -45,29 +45,92 @@ t.test("happy path: an HA pair in parallel, each Succeeded, reported with stamp 
     "/providers/Microsoft.Network/networkInterfaces/hsm-a_HSMnic"):lower()]
   t.eq(rep.hsms[1].private_ip, nic.props.address)
   t.ok(r.stderr:find("(host " .. nic.props.address .. ", user tenantadmin)", 1, true), r.stderr)
-  t.ok(r.stderr:find('require("dhsm.luna").first_login(inv:hsm("hsm-a")', 1, true), "the first login's password change")
+  t.ok(r.stderr:find("run initialize -e hsm=hsm-a -e partition=par1 -e new_password=prompt", 1, true), "initialize, "
+    .. "its first login included\n" .. r.stderr)
   t.ok(r.stderr:find("KB0019789", 1, true))
   t.eq(count(mutations(e), "dedicatedHSMs/hsm%-"), 2, "one PUT per HSM")
 end)
 
-t.test("the first-login command the report prints changes the password the appliance demands, typed in as it reads",
+-- The secrets of the initialize commands printed with prompt references,
+-- typed with env: references instead, and --yes for the confirmation the
+-- terminal would ask (no terminal in a test run): the command as printed
+-- otherwise.
+local INIT_SECRETS = { new_password = "Fresh-Passw0rd-1", so_password = "Hsm-SO-Passw0rd-1",
+  cloning_domain = "defaultdomain", pso_password = "Par-SO-Passw0rd-1", co_password = "Co-Passw0rd-1" }
+
+local function with_env_references(command)
+  local env = { "env -u DHSM_INVENTORY" }
+  for _, k in ipairs(util.sorted_keys(INIT_SECRETS)) do
+    local var = "TYPED_" .. k:upper()
+    env[#env + 1] = var .. "=" .. q(INIT_SECRETS[k])
+    command = command:gsub("%-e " .. k .. "=prompt", "-e " .. k .. "=env:" .. var)
+  end
+  return command .. " --yes", table.concat(env, " ")
+end
+
+t.test("the initialize command the report prints takes the new, factory-fresh appliance to initialised, typed as it reads",
   function()
-  local e = estate("--appliances 1")
-  e:appliance("hsm1", { force_password_change = "1" })
-  local r = run(e, "-e hsms=hsm1 --yes")
+  local e = estate("--appliances 2 --spare 1 --client-ready")
+  local r = run(e, "-e hsms=hsm3:stamp2 --yes")
   t.eq(r.status, 0, r.stderr)
-  local command = r.stderr:match("change the password the appliance demands at first login: dhsm (.-); install")
-  t.ok(command, r.stderr)
-  -- on a terminal of its own; the new password typed once the question is on the screen
+  local printed = r.stderr:match("then initialise it %b(): dhsm ([^\n]+)")
+  t.ok(printed and printed:find("run initialize -e hsm=hsm3 ", 1, true), r.stderr)
+  t.ok(not printed:find("(", 1, true) and not printed:find("PARTITION", 1, true), "no prose, no placeholder: " .. printed)
+  t.ok(not r.stderr:find("first_login", 1, true), "no separate first-login step: initialize makes it")
+  local command, env = with_env_references(printed)
+  t.eq(select(2, command:gsub("=env:", "")), 5, "every secret by reference: " .. command)
+  local from = #e:log()
+  r = t.run(command, { state = e.dir .. "/state", env = env })
+  t.eq(r.status, 0, r.stderr)
+  local n = e:count_since(from, { hsm_init = "^hsm3 lunash: hsm init .*%-> 0$",
+    partition_create = "^hsm3 lunash: partition create .*%-> 0$", partition_init = "^lunacm: partition init .*%-> No Error$" })
+  t.eq(n, { hsm_init = 1, partition_create = 1, partition_init = 1 })
+  local hsm3 = e:state().appliances.hsm3
+  t.eq({ hsm3.faults.force_password_change, util.trim(util.read_file(e.dir .. "/secrets/hsm3_password")) },
+    { false, INIT_SECRETS.new_password }, "the first login's password change, on the appliance's own record")
+end, { timeout = 180 })
+
+-- diagnose's row of check on target, from its --json document
+local function diagnosed(e, target, check)
+  local r = e:run("run diagnose --json -e timeout=5 -e hsm=" .. target, { state = e.dir .. "/state" })
+  for _, row in ipairs(cjson.decode(r.stdout).result.findings) do
+    if row.check == check and row.target == target then return row end
+  end
+  error("no " .. check .. " row for " .. target .. ":\n" .. r.stdout .. r.stderr)
+end
+
+t.test("diagnose's remedies for the new appliance, typed as they read: the first login's change, then initialize",
+  function()
+  local e = estate("--appliances 2 --spare 1 --client-ready")
+  t.eq(run(e, "-e hsms=hsm3:stamp2 --yes").status, 0)
+  -- the password the appliance demands: the exec command of the remedy, typed on a terminal of its own, the new
+  -- password typed once the question is on the screen
+  local row = diagnosed(e, "hsm3", "ssh login")
+  t.eq(row.status, "FAIL", row.finding)
+  local command = row.remedy:match("change it once %b(): dhsm (.-), then keep")
+  t.ok(command and command:find('first_login(inv:hsm("hsm3")', 1, true), row.remedy)
   local dir = t.tmpdir()
   local screen = dir .. "/screen"
   local typed = t.sh(("(for i in $(seq 400); do grep -q 'new password: ' %s 2>/dev/null && break; sleep 0.05; done; "
     .. "printf 'N3w-Passw0rd!\\n') | script -qefc %s %s"):format(q(screen),
     q(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir), t.cmd(command))), q(screen)))
   t.eq(typed.status, 0, typed.stdout)
-  t.eq(util.trim(util.read_file(e.dir .. "/secrets/hsm1_password")), "N3w-Passw0rd!", "the appliance's own record")
-  t.eq(e:state().appliances.hsm1.faults.force_password_change, false)
-end, { timeout = 90 })
+  t.eq(util.trim(util.read_file(e.dir .. "/secrets/hsm3_password")), "N3w-Passw0rd!", "the appliance's own record")
+  t.eq(e:state().appliances.hsm3.faults.force_password_change, false)
+  -- then the HSM, never initialised: initialize's command, no first login in it any more
+  row = diagnosed(e, "hsm3", "hsm state")
+  t.eq(row.status, "FAIL", row.finding)
+  t.ok(row.finding:find("no label: never initialized", 1, true) and not row.remedy:find("hsm init", 1, true), row.remedy)
+  local printed = row.remedy:match(": dhsm (%-i %S+ run initialize [^\n]+)$")
+  t.ok(printed and not printed:find("new_password", 1, true), row.remedy)
+  command = with_env_references(printed)
+  local env = select(2, with_env_references(""))
+  local r = t.run(command, { state = e.dir .. "/state", env = env })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(e:count_since(0, { hsm_init = "^hsm3 lunash: hsm init .*%-> 0$" }), { hsm_init = 1 })
+  row = diagnosed(e, "hsm3", "hsm state")
+  t.eq(row.status, "OK", row.finding)
+end, { timeout = 180 })
 
 t.test("a fresh network is created: VNet with delegated subnet, Standard public IP, ExpressRoute gateway", function()
   local e = estate()
@@ -171,6 +234,30 @@ t.test("the race persisting: retries, then the failed HSM is deleted and redeplo
   t.eq(hsms(e)["hsm-p"], "Failed")
   t.ok(r.stderr:find("Issues configuring the Azure setup", 1, true), r.stderr)
   t.ok(r.stderr:find("correlation id %x+%-"), r.stderr)
+end)
+
+t.test("a creation refused (403 on one HSM's PUT) fails its step: the printed resume retries it, the other not PUT again",
+  function()
+  local e = estate()
+  local az = e.inventory.azure
+  local put_b = ("PUT /subscriptions/%s/resourceGroups/%s/providers/Microsoft.HardwareSecurityModules/dedicatedHSMs/hsm-b")
+    :format(az.subscription, az.resource_group)
+  e:fault { forbid = "9:" .. put_b }
+  local state = t.tmpdir()
+  local r = e:run("run provision -e poll_interval=0.02 -e backoff=0.01 -e hsms=" .. PAIR .. " --yes", { state = state })
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("✗ create HSMs hsm-a, hsm-b", 1, true), "the step itself failed\n" .. r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded" })
+  local hint = r.stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  -- the cause gone, the hint typed as printed (from elsewhere, no inventory given): hsm-b created, hsm-a left alone
+  e:clear()
+  r = t.run(hint, { state = state, env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e), { ["hsm-a"] = "Succeeded", ["hsm-b"] = "Succeeded" })
+  local log = e:log()
+  t.eq({ count(log, "arm PUT %S+/dedicatedHSMs/hsm%-a %-> 2"), count(log, "arm PUT %S+/dedicatedHSMs/hsm%-b %-> 403"),
+    count(log, "arm PUT %S+/dedicatedHSMs/hsm%-b %-> 2") }, { 1, 1, 1 }, "hsm-a PUT once; hsm-b refused, then PUT once")
 end)
 
 t.test("stops at once with the guide's remedy, nothing created: quota (naming the HSMs using it)", function()

@@ -250,8 +250,19 @@ function M.way_on(name, j, outcome, err, yes)
       .. "same refusal: make a new plan, and have it approved: %s --check --out NEW-PLAN.json --key KEY\n")
       :format(j.id, outcome, new_run_command(name, j, {}, false))
   end
+  if e and e.kind == "usage" then         -- the run's own parameters again: the same bad input
+    return ("dhsm: run %s %s; resuming it would meet the same bad input (see below): correct it and start a new run\n")
+      :format(j.id, outcome)
+  end
   if e and NOT_RESUMABLE[e.code] then
     return ("dhsm: run %s %s; resuming it would meet the same refusal (see below)\n"):format(j.id, outcome)
+  end
+  -- a wrong secret: read again from its reference on resume, so it is corrected there first
+  local first = type(e and e.details) == "table" and e.details.correct_first
+  if first then
+    return ("dhsm: run %s %s; correct %s first (a resume reads it again: the same wrong value would spend another "
+      .. "attempt), then '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome, first,
+      M.resume_command(name, j.id, yes))
   end
   return ("dhsm: run %s %s; '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome,
     M.resume_command(name, j.id, yes))
