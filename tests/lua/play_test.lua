@@ -552,6 +552,19 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
 end)
 
+t.test("a run that fails on its input before any step offers no resume: fix the input and run again", function()
+  local dir = t.tmpdir()
+  local inv = dir .. "/inventory.json"
+  t.write(inv, '{"hsms":{}}')
+  local r = run(dir, "-i " .. q(inv) .. " run orphans")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(not r.stderr:find("--resume", 1, true), "no resume hint: " .. r.stderr)
+  t.ok(r.stderr:find("failed on its input before any step ran; nothing was done: fix what the error below names, "
+    .. "then run again (a new run): dhsm -i " .. q(sys.realpath(inv)) .. " run orphans\n", 1, true), r.stderr)
+  t.ok(r.stderr:find("azure.client: expected a table (the inventory's azure section)", 1, true), r.stderr)
+  -- a run that failed in a step still offers its resume (the test above)
+end)
+
 t.test("--resume reads the journaled parameters through their specs: a list journaled before it held records resumes", function()
   local dir = t.tmpdir()
   local r = run(dir, "run rules -e hosts=ab:z1,cd")
