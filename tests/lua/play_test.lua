@@ -66,7 +66,7 @@ t.test("every parameter problem is reported at once, exit 2", function()
     "dhsm: invalid parameters for playbook 'typed':",
     "  nmae: unknown parameter (did you mean 'name'?)",
     "  count: expected integer 1-4, got \"9\"",
-    "  extra: expected table, got \"[1\"",
+    "  extra: expected a JSON object ({\"key\": value, ...}), got \"[1\"",
     "  group: missing, expected string (give -e group=... or set azure.resource_group in the inventory)",
     "  mode: expected one of \"fast\", \"safe\", got \"slow\"",
     "  name: missing, expected lower-case letters, digits or -",
@@ -77,6 +77,8 @@ t.test("every parameter problem is reported at once, exit 2", function()
   t.eq(util.read_file(dir .. "/audit.jsonl"), nil, "nothing ran, nothing was audited")
   r = run(dir, "run typed -e name='Bad Name' -e group=g")
   t.eq(lines(r.stderr)[2], '  name: expected lower-case letters, digits or -, got "Bad Name"')
+  r = run(dir, "run typed -e name=x -e group=g -e extra=5")
+  t.eq(lines(r.stderr)[2], '  extra: expected a JSON object ({"key": value, ...}), got "5"', "the form -e takes, not a Lua type")
 end)
 
 t.test("a playbook with a bad parameter spec is refused when loaded", function()
