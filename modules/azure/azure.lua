@@ -124,14 +124,20 @@ end
 
 local BODY_KEPT = 4096       -- bytes of a reply body kept in an error's details
 
+-- What an error's text opens with: the HTTP status and ARM's request id
+-- (the handle a support request and Microsoft's logs go by).
+local function status_words(status, request_id)
+  return request_id and ("HTTP %s, request id %s"):format(tostring(status), request_id)
+    or ("HTTP %s"):format(tostring(status))
+end
+
 -- A reply this client cannot understand.
 local function bad_response(method, url, r, what)
   local raw = text(r.raw) or text(r.body) or ""
   local rid = header(r, "x-ms-request-id")
   local err = dhsm.error.new {
     kind = "azure", code = "BadResponse", retryable = RETRY_STATUS[r.status] == true,
-    message = ("%s %s: unexpected reply (HTTP %s, request id %s): %s"):format(method, display(url),
-      tostring(r.status), rid or "none", what),
+    message = ("%s %s: %s: unexpected reply: %s"):format(method, display(url), status_words(r.status, rid), what),
     details = { status = r.status, method = method, url = url, body = raw:sub(1, BODY_KEPT),
       request_id = rid, correlation_id = header(r, "x-ms-correlation-request-id") },
   }
@@ -139,13 +145,6 @@ local function bad_response(method, url, r, what)
   return err
 end
 M.bad_response = bad_response
-
--- What an error's text opens with: the HTTP status and ARM's request id
--- (the handle a support request and Microsoft's logs go by).
-local function status_words(status, request_id)
-  return request_id and ("HTTP %s, request id %s"):format(tostring(status), request_id)
-    or ("HTTP %s"):format(tostring(status))
-end
 
 -- missing_permission(message) -> action, scope: what a 403's ARM message
 -- ("... does not have authorization to perform action 'A' over scope 'S'
