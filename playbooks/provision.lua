@@ -281,8 +281,8 @@ local function failure_record(attempt, started, err, resource, extra)
   return rec
 end
 
-local STOP_CODES = { permission = "AuthorizationFailed", quota = "QuotaExceeded", capacity = "InsufficientCapacity", delegation = "SubnetNotDelegated",
-  allowlisting = "NotAllowlisted" }
+local STOP_CODES = { permission = "AuthorizationFailed", quota = "QuotaExceeded", capacity = "InsufficientCapacity",
+  delegation = "SubnetNotDelegated", allowlisting = "NotAllowlisted" }
 
 local function support_text(history)
   local lines = {}

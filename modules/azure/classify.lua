@@ -193,7 +193,8 @@ end
 
 -- stops(verdict) -> true for the classes the guide says retrying cannot fix
 function M.stops(v)
-  return v.class == "permission" or v.class == "quota" or v.class == "capacity" or v.class == "delegation" or v.class == "allowlisting"
+  return v.class == "permission" or v.class == "quota" or v.class == "capacity" or v.class == "delegation"
+    or v.class == "allowlisting"
 end
 
 return M

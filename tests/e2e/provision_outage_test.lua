@@ -37,9 +37,9 @@ local CASES = {
     .. "50[03] %(below%).-\n  credentials %S+: cannot read subscription %S+: %a+: GET /subscriptions/%S+: HTTP 50[03], "
     .. REQUEST_ID .. ": " },
   { "ARM answering 403", { forbid = "1000" }, "azure/AuthorizationFailed: preflight: Azure could not be read: the "
-    .. "credential lacks a permission %(below%).-\n  credentials %S+: cannot read subscription %S+: AuthorizationFailed: "
-    .. "GET /subscriptions/%S+: HTTP 403, " .. REQUEST_ID .. ": the credential lacks permission Microsoft%.Resources/%S+/read "
-    .. "on /subscriptions/" },
+    .. "credential lacks a permission %(below%).-\n  credentials %S+: cannot read subscription %S+: "
+    .. "AuthorizationFailed: GET /subscriptions/%S+: HTTP 403, " .. REQUEST_ID .. ": the credential lacks "
+    .. "permission Microsoft%.Resources/%S+/read on /subscriptions/" },
   { "the token endpoint failing", { fail5xx = "1000:oauth2" }, "azure/temporarily_unavailable: preflight: Azure could "
     .. "not be read: Azure answered HTTP 503 %(below%).-: POST /%S+/oauth2/v2%.0/token: HTTP 503, " .. REQUEST_ID },
 }

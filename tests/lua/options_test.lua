@@ -240,7 +240,8 @@ t.test("guard, secret, pkcs11, luna, chrystoki, ha, evidence, proc: bad argument
     "steps.comparable: ctx: expected a playbook's context (the run's ctx), got nil")
   t.eq(message(require("dhsm.audit").set_path, {}),
     "audit.set_path: path: expected a file path (nil: the default again), got a table")
-  t.eq(message(require("dhsm.plan").author_key, nil), "plan: author_key: expected a plan (from plan.new or plan.load), got nil")
+  t.eq(message(require("dhsm.plan").author_key, nil),
+    "plan: author_key: expected a plan (from plan.new or plan.load), got nil")
   t.eq(message(azure.id_part, "x"), "azure.id_part: key: expected a string, got nil")
   t.eq(message(azure.reply_error, "GET", "u", {}),
     "azure.reply_error: r: expected a transport reply {status=, headers=, body=}, got table")

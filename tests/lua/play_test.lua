@@ -78,7 +78,8 @@ t.test("every parameter problem is reported at once, exit 2", function()
   r = run(dir, "run typed -e name='Bad Name' -e group=g")
   t.eq(lines(r.stderr)[2], '  name: expected lower-case letters, digits or -, got "Bad Name"')
   r = run(dir, "run typed -e name=x -e group=g -e extra=5")
-  t.eq(lines(r.stderr)[2], '  extra: expected a JSON object ({"key": value, ...}), got "5"', "the form -e takes, not a Lua type")
+  t.eq(lines(r.stderr)[2], '  extra: expected a JSON object ({"key": value, ...}), got "5"',
+    "the form -e takes, not a Lua type")
 end)
 
 t.test("a playbook with a bad parameter spec is refused when loaded", function()
