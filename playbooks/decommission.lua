@@ -37,6 +37,7 @@ local evidence = require "dhsm.evidence"
 local groups = require "dhsm.azure.groups"
 local hsm = require "dhsm.azure.hsm"
 local lastcopy = require "dhsm.client.lastcopy"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 -- method=command's HSM SO password for name (an inventory HSM: the runner
@@ -56,8 +57,9 @@ local function check(p, inv)
     if not so_password(p, inv, name) then missing[#missing + 1] = name end
   end
   if #missing == 0 then return {} end
-  return { ("method: command needs the HSM SO password of %s (give -e so_password=env:NAME|file:PATH|prompt, "
-    .. "or so_password in each inventory entry; or -e method=failed-logins)"):format(table.concat(missing, ", ")) }
+  return { ("method: command needs the HSM SO password of %s (give %s, or so_password in each inventory entry; "
+    .. "or %s)"):format(table.concat(missing, ", "), schema.give("so_password=env:NAME|file:PATH|prompt"),
+    schema.give("method=failed-logins")) }
 end
 
 -- The run's ARM client, polling at the pace asked for.

@@ -31,6 +31,7 @@
 -- reached" (exit status 1), naming it.
 local ha = require "dhsm.client.ha"
 local net = require "dhsm.net"
+local schema = require "dhsm.schema"
 local steps = require "dhsm.client.steps"
 
 local REMEDY = "the guide's remedy for a cloning conflict (HA Group Doesn't Sync: conflicting settings for private key "
@@ -292,7 +293,7 @@ local function so_password(ctx, entry)
   local so = ctx.params.so_password or entry.so_password
   if not so then
     dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
-      .. "password: -e so_password=..., or so_password in its inventory entry"):format(entry.name) }
+      .. "password: %s, or so_password in its inventory entry"):format(entry.name, schema.give("so_password=...")) }
   end
   return so
 end

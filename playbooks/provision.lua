@@ -59,16 +59,17 @@ local function described(ctx)
   return ctx.check or nil
 end
 
--- fn() again while Azure is only busy (429, 5xx, AnotherOperationInProgress,
--- a Network operation that ended Failed), honouring Retry-After; anything
--- else is raised at once.
+-- fn() again while Azure is only busy (AnotherOperationInProgress, a
+-- Network operation that ended Failed), honouring Retry-After; anything
+-- else is raised at once - a 429, 5xx or dropped connection too, which the
+-- ARM client already retried (one layer retries: classify's v.retry).
 local function through_transients(ctx, what, fn)
   local p = ctx.params
   for attempt = 1, p.retries + 1 do
     local ok, r = dhsm.try(fn)
     if ok then return r end
     local v = classify.failure { error = r }
-    if v.class ~= "transient" or attempt > p.retries then error(r, 0) end
+    if v.class ~= "transient" or not v.retry or attempt > p.retries then error(r, 0) end
     local wait = util.backoff(attempt, { base = p.backoff, retry_after = v.retry_after })
     ctx:progress(("%s: %s, Azure busy (%s); again in %s"):format(what, tostring(r.code), v.reason, util.duration(wait)))
     dhsm.sleep(wait)
@@ -281,8 +282,8 @@ local function failure_record(attempt, started, err, resource, extra)
   return rec
 end
 
-local STOP_CODES = { quota = "QuotaExceeded", capacity = "InsufficientCapacity", delegation = "SubnetNotDelegated",
-  allowlisting = "NotAllowlisted" }
+local STOP_CODES = { permission = "AuthorizationFailed", quota = "QuotaExceeded", capacity = "InsufficientCapacity",
+  delegation = "SubnetNotDelegated", allowlisting = "NotAllowlisted" }
 
 local function support_text(history)
   local lines = {}
@@ -313,6 +314,8 @@ local function race_aware(ctx, label, retries, attempt, before_retry)
         message = ("%s: stopped, %s (%s): %s\n  %s"):format(label, v.class, v.reason, findings.advice(v),
           support_text(history)), details = { verdict = v, history = history } }
     end
+    -- Azure busy past the client's own retries: its error as it is (an outage, not a support case)
+    if v.class == "transient" and not v.retry then error(facts.error, 0) end
     if not v.retry then return { ok = false, verdict = v, history = history } end
     if n > retries then return { ok = false, exhausted = true, verdict = v, history = history } end
     local wait = util.backoff(n, { base = ctx.params.backoff, retry_after = v.retry_after })

@@ -13,8 +13,8 @@
 -- refreshed before they expire.  429/5xx and connection failures are
 -- retried with backoff and jitter, honouring Retry-After, within a
 -- deadline; a POST is retried only when it cannot have been processed,
--- a DELETE whose connection failed once sent only after reading that ARM
--- did not take it.  Every retry is shown as a progress line and audited.
+-- a DELETE whose connection failed once sent, or answered 5xx, only after
+-- reading that ARM did not take it.  Every retry is shown as a progress line and audited.
 -- Failures are dhsm errors of kind "azure" (or "net") carrying ARM's code,
 -- message, details, the HTTP status, request ids and the raw body.
 -- Every mutation passes dhsm.act's gate: the rules for what it changes
@@ -124,14 +124,20 @@ end
 
 local BODY_KEPT = 4096       -- bytes of a reply body kept in an error's details
 
+-- What an error's text opens with: the HTTP status and ARM's request id
+-- (the handle a support request and Microsoft's logs go by).
+local function status_words(status, request_id)
+  return request_id and ("HTTP %s, request id %s"):format(tostring(status), request_id)
+    or ("HTTP %s"):format(tostring(status))
+end
+
 -- A reply this client cannot understand.
 local function bad_response(method, url, r, what)
   local raw = text(r.raw) or text(r.body) or ""
   local rid = header(r, "x-ms-request-id")
   local err = dhsm.error.new {
     kind = "azure", code = "BadResponse", retryable = RETRY_STATUS[r.status] == true,
-    message = ("%s %s: unexpected reply (HTTP %s, request id %s): %s"):format(method, display(url),
-      tostring(r.status), rid or "none", what),
+    message = ("%s %s: %s: unexpected reply: %s"):format(method, display(url), status_words(r.status, rid), what),
     details = { status = r.status, method = method, url = url, body = raw:sub(1, BODY_KEPT),
       request_id = rid, correlation_id = header(r, "x-ms-correlation-request-id") },
   }
@@ -140,8 +146,17 @@ local function bad_response(method, url, r, what)
 end
 M.bad_response = bad_response
 
+-- missing_permission(message) -> action, scope: what a 403's ARM message
+-- ("... does not have authorization to perform action 'A' over scope 'S'
+-- ...") says the credential lacks; nil when it does not say.
+function M.missing_permission(message)
+  return tostring(message or ""):match("perform action '([^']+)' over scope '([^']+)'")
+end
+
 -- An ARM, AAD or IMDS error reply as a dhsm error (json: the decoded body,
 -- an object or nil); a body that is JSON of another shape is BadResponse.
+-- Its text: "METHOD /path: HTTP 403, request id X: what ARM said", so that
+-- every step that shows it shows the status and request id, once.
 local function reply_error(method, url, r, json)
   local e = json and json.error
   local code, message, fields = nil, nil, {}
@@ -157,13 +172,19 @@ local function reply_error(method, url, r, json)
   end
   local raw = text(r.body) or ""
   code = code or ("HTTP" .. r.status)
-  message = message or (raw ~= "" and raw:sub(1, 300)) or ("HTTP status " .. r.status)
+  message = message or (raw ~= "" and raw:sub(1, 300)) or "no message"
+  local request_id = header(r, "x-ms-request-id")
+  -- a 403 naming the permission the credential lacks says that (ARM's whole text stays in details.body)
+  local action, scope
+  if r.status == 403 then action, scope = M.missing_permission(message) end
+  if action then message = ("the credential lacks permission %s on %s"):format(action, scope) end
   local err = dhsm.error.new {
     kind = "azure", code = code, retryable = RETRY_STATUS[r.status] == true,
-    message = ("%s %s: %s"):format(method, display(url), message),
+    message = ("%s %s: %s: %s"):format(method, display(url), status_words(r.status, request_id), message),
     details = {
       status = r.status, method = method, url = url, body = raw:sub(1, BODY_KEPT),
-      request_id = header(r, "x-ms-request-id"), correlation_id = header(r, "x-ms-correlation-request-id"),
+      request_id = request_id, correlation_id = header(r, "x-ms-correlation-request-id"),
+      permission = action and { action = action, scope = scope } or nil,
       target = fields.target, details = fields.details, innererror = fields.innererror,
     },
   }
@@ -296,6 +317,17 @@ local function lifetime_of(expires_in)
   return math.max(1, math.min(n, 86400))
 end
 
+-- The error a request ended with, saying what the client's retries did:
+-- attempts, and retries_spent when the client would have retried it but
+-- for max_attempts or the deadline.  This client is the one layer that
+-- retries a request (docs/modules.md): a caller does not retry such an
+-- error again (dhsm.azure.classify says retry = false).
+local function spent(err, attempts, wanted_more)
+  if attempts > 1 then err.attempts = attempts end
+  if wanted_more then err.retries_spent = true end
+  return err
+end
+
 -- A token request, retried like an ARM call (429, 5xx and transport
 -- failures; Retry-After honoured) within retry_deadline (default the
 -- client's): asking for a token changes nothing, so every failure that may
@@ -303,7 +335,7 @@ end
 local function token_request(c, what, req, retry_deadline)
   req.timeout = req.timeout or c.timeout
   req.secret_field = "access_token"
-  local reply, err, attempts = retrying(c, retry_deadline or c.retry_deadline,
+  local reply, err, attempts, more = retrying(c, retry_deadline or c.retry_deadline,
     { service = "the token endpoint", method = req.method, url = req.url }, function(n)
     return exchange(c, req, true, n)
   end)
@@ -312,8 +344,7 @@ local function token_request(c, what, req, retry_deadline)
     err = bad_response(req.method, req.url, reply, "no access_token in the token reply")
   end
   err.message = ("cannot get a token (%s): %s"):format(what, err.message)
-  if attempts > 1 then err.attempts = attempts end
-  error(err, 0)
+  error(spent(err, attempts, more), 0)
 end
 
 local function client_secret_token(c, cred)
@@ -628,7 +659,8 @@ end
 -- Repeat attempt(n) -> reply, err, retry_in while it asks for a retry, at
 -- most max_attempts times and not past retry_deadline seconds from now;
 -- each retry announced (where = {service=, method=, url=}).  Returns the
--- last reply, err and the number of attempts.
+-- last reply, err, the number of attempts and whether the last one still
+-- asked for a retry (the policy's limits ended it).
 function retrying(self, retry_deadline, where, attempt)
   local deadline = dhsm.now() + retry_deadline
   local attempts = 0
@@ -636,7 +668,7 @@ function retrying(self, retry_deadline, where, attempt)
     attempts = attempts + 1
     local reply, err, retry_in = attempt(attempts)
     if retry_in == nil or attempts >= self.max_attempts or dhsm.now() + retry_in > deadline then
-      return reply, err, attempts
+      return reply, err, attempts, retry_in ~= nil
     end
     if retry_in > 0 then announce(where, reply, err, retry_in, attempts + 1) end
     dhsm.sleep(retry_in)
@@ -692,9 +724,9 @@ local function encoded(body)
 end
 
 -- After a DELETE whose fate is unknown (the connection failed once it
--- may have been sent): the reply to settle it with when ARM already took
--- it - the resource gone (204) or Deleting (202, waited for by its state)
--- - or nil when it is still there as it was: only then is it sent again.
+-- may have been sent, or ARM answered 5xx): the reply to settle it with
+-- when ARM already took it - the resource gone (204) or Deleting (202,
+-- waited for by its state) - or nil when it is still there as it was: only then is it sent again.
 -- A read that fails leaves the fate unknown: the first failure is raised.
 local function settled_delete(self, url, first_err)
   local ok, r = pcall(self.get, self, url)
@@ -710,12 +742,21 @@ local function settled_delete(self, url, first_err)
   end
 end
 
+-- Whether a request about to be sent again may already have been taken:
+-- its connection failed once it was sent, or ARM answered 5xx (it may have
+-- accepted the request and failed after).  A 429 or a 401 is refused
+-- before anything is done.
+local function may_be_taken(reply, err)
+  if reply then return (reply.status or 0) >= 500 end
+  return dhsm.error.is(err, "net") and not NOT_SENT[err.code]
+end
+
 -- One request as sent and interpreted, retried as the client's policy says.
 local function send(self, method, url, opts, correlation_id, body)
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
   local renewed, unknown = false, nil
-  local r, err, attempts = retrying(self, opts.retry_deadline or self.retry_deadline,
+  local r, err, attempts, more = retrying(self, opts.retry_deadline or self.retry_deadline,
     { service = "ARM", method = method, url = url }, function(n)
     if unknown then                            -- the last DELETE may have been taken: read before sending again
       local done = settled_delete(self, url, unknown)
@@ -734,13 +775,10 @@ local function send(self, method, url, opts, correlation_id, body)
       self:forget_token()                      -- expired or revoked: one fresh token, at once
       renewed, retry_in = true, 0
     end
-    unknown = method == "DELETE" and retry_in and dhsm.error.is(e, "net") and not NOT_SENT[e.code] and e or nil
+    unknown = method == "DELETE" and retry_in and may_be_taken(reply, e) and e or nil
     return reply, e, retry_in
   end)
-  if err then
-    if attempts > 1 then err.attempts = attempts end
-    error(err, 0)
-  end
+  if err then error(spent(err, attempts, more), 0) end
   return { status = r.status, headers = r.headers, body = r.body, raw = r.raw, attempts = attempts,
     request_id = header(r, "x-ms-request-id"), settled = r.settled }
 end
@@ -990,14 +1028,21 @@ function Client:wait(what, opts)
   return (not deleting) and final or nil
 end
 
+-- A transport's reply: its HTTP status at least (beside the kinds of dhsm.azure.rules).
+local KINDS = setmetatable({ reply = {
+  test = function(v) return type(v) == "table" and math.type(v.status) == "integer" end,
+  expected = "a transport reply {status=, headers=, body=}" } }, { __index = rules.ARGUMENT_KINDS })
+
 schema.check_arguments("azure", M, {
   bad_response = "method:any url:any r:table",
-  reply_error = "method:any url:any r:table json:table?",
+  reply_error = "method:any url:any r:reply json:table?",
+  id_part = "id:any key:string",
+  missing_permission = "message:string?",
   conform = "from:any value:any shape:shape path:string?",
   conform_list = "from:any items:table shape:shape",
   list_page = "r:table",
   operation_state = "r:table",
   resource_state = "r:table",
-}, rules.ARGUMENT_KINDS)
+}, KINDS)
 
 return M

@@ -83,6 +83,8 @@ local ADVICE = findings.by_guide {
       .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
     bug = "the check itself failed: report it with this message",
     unavailable = "Azure is busy or down (throttled, a server error, no answer): run again later",
+    permission = "give the credential's role the permission named (e.g. Reader on the subscription, Contributor on "
+      .. "the group) and run again",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
     existing = "only tags can change: choose another name, or decommission it first",
@@ -92,12 +94,14 @@ local ADVICE = findings.by_guide {
 M.ADVICE = ADVICE
 
 -- read_advice(err [, otherwise]) -> the advice for an ARM read that failed:
--- an outage (no answer, 429, 5xx) is not the credential's fault; else
+-- an outage (no answer, 429, 5xx) is not the credential's fault, a 403
+-- its role's (the permission the error names); else
 -- otherwise when given (the read's own advice), a group that does not exist
 -- is the inventory's mistake, anything else the credential's access.
 function M.read_advice(err, otherwise)
   local status = err.status or (type(err.details) == "table" and err.details.status) or nil
   if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
+  if status == 403 then return ADVICE.permission end   -- signed in, not allowed: the role, not the secret
   if otherwise then return otherwise end
   if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
   return ADVICE.arm_read
@@ -830,9 +834,11 @@ local function run_one(s, name, causes)
   return one_check(s, name)
 end
 
+-- The cause a SKIP names: the row that failed, not its message again -
+-- that row prints it once (ten SKIPs repeating a 403's text hid it).
 local function failure_of(rows)
   for _, r in ipairs(rows) do
-    if r.status == "FAIL" then return ("%s failed (%s)"):format(r.check, r.finding) end
+    if r.status == "FAIL" then return ("the %s row failed"):format(r.check) end
   end
 end
 
@@ -877,35 +883,25 @@ function M.line(r)
   return ("%s %s: %s%s"):format(r.check, r.target, r.finding, advice and (" -> " .. advice) or "")
 end
 
--- What a failed read's error says of Azure's reply: "HTTP 503
--- ServiceUnavailable, request id X" (the token endpoint's as well), or the
--- transport's failure when nothing answered.
-local function reply_words(err)
-  local d = type(err.details) == "table" and err.details or {}
-  local status = err.status or d.status
-  if not status then return ("no reply: %s"):format(tostring(err.code or err.kind)) end
-  return ("HTTP %s %s, request id %s"):format(tostring(status), tostring(err.code), tostring(d.request_id or "none"))
-end
-
--- A 403's missing permission, from ARM's AuthorizationFailed message:
--- "... does not have authorization to perform action 'A' over scope 'S' ...".
-local function missing_permission(err)
-  local msg = tostring(err.message or "")
-  local action, scope = msg:match("perform action '([^']+)' over scope '([^']+)'")
-  if action then return ("the credential lacks permission %s on %s"):format(action, scope) end
+-- Why Azure could not be read, in words: the FAIL lines under it carry
+-- the rest (the azure error's text: HTTP status, request id, a 403's
+-- missing permission), once.
+local function unanswered_words(err)
+  if err.status == 403 then return "the credential lacks a permission (below)" end
+  if err.status then return ("Azure answered HTTP %s (below)"):format(err.status) end
+  return ("no answer from Azure (%s): run again when it answers"):format(tostring(err.code or err.kind))
 end
 
 -- Raises err itself (kind azure, net or timeout: exit status 1, not a
--- safety refusal) when Azure did not answer a read of the checks: the
--- status and request id, a 403's missing permission, every FAIL line once.
+-- safety refusal) when Azure did not answer a read of the checks, with
+-- every FAIL line once.
 local function not_answered(err, bad, what, held, rows)
-  local why = err.status == 403 and (missing_permission(err) or "the credential may not read this")
-    or "Azure did not answer; run again when it does"
+  local d = type(err.details) == "table" and err.details or {}
   dhsm.error { kind = err.kind, code = err.code, retryable = err.retryable,
-    message = ("%s: Azure could not be read (%s): %s; %s:\n  %s"):format(what, reply_words(err), why, held,
+    message = ("%s: Azure could not be read: %s; %s:\n  %s"):format(what, unanswered_words(err), held,
       table.concat(bad, "\n  ")),
-    details = { status = err.status, request_id = type(err.details) == "table" and err.details.request_id or nil,
-      cause = err, findings = rows } }
+    details = { status = err.status, request_id = d.request_id, permission = d.permission, cause = err,
+      findings = rows } }
 end
 
 -- refuse(rows, what, held) -> rows, or raises safety PreflightFailed

@@ -8,8 +8,10 @@
 --     states = { ["hsm-a"] = "Failed" },   -- resource provisioning states
 --     gateway = { state = "Succeeded", was_ready_at_deploy = true, ready_for = 40 },  -- its history
 --   }
---   v.class   -- "race" | "transient" | "quota" | "capacity" | "delegation" | "allowlisting" | "unknown"
---   v.retry   -- true for race and transient; v.retry_after (s) when ARM said so
+--   v.class   -- "race" | "transient" | "permission" | "quota" | "capacity" | "delegation" | "allowlisting"
+--                | "unknown"
+--   v.retry   -- true for race and transient (not for an error the ARM client already retried:
+--                err.retries_spent); v.retry_after (s) when ARM said so
 --   v.reason, v.remedy  -- one sentence each, the remedy in the guide's words
 --   v.guide             -- the guide's section the remedy comes from (nil for transient)
 --
@@ -56,6 +58,8 @@ M.ADVICE = findings.by_guide {
     unknown = "not one of the guide's known causes: raise a support request with the ids and messages below",
   },
   [""] = {
+    permission = "give the credential's role the permission ARM names (Contributor on the resource group has "
+      .. "them all) and run again",
     transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
       .. "the time ARM asked for",
   },
@@ -145,15 +149,32 @@ local function any_failed(states)
   return false
 end
 
+-- Whether the ARM client already spent its retries on the error (429,
+-- 5xx, a dropped connection): the client is the one layer that retries a
+-- request, so the verdict does not ask for another round.
+local function retried_by_client(e)
+  return type(e) == "table" and e.retries_spent == true
+end
+
 local function verdict(class, reason, f)
   return { class = class, reason = reason, remedy = M.ADVICE[class].remedy, guide = M.ADVICE[class].guide,
-    retry = class == "race" or class == "transient",
+    retry = class == "race" or (class == "transient" and not retried_by_client(f.error)),
     retry_after = class == "transient" and retry_after_of(f.error) or nil }
+end
+
+-- A refusal of the credential (HTTP 403): its role lacks a permission, whatever
+-- the message mentions (a scope naming a gateway is no race).  The reason
+-- is short: the error itself names the permission (dhsm.azure).
+local function permission_refused(e)
+  if status_of(e) ~= 403 then return nil end
+  return ("HTTP 403 %s"):format(tostring(e.code))
 end
 
 -- failure(facts) -> verdict (see the top of the file)
 function M.failure(f)
   f = f or {}
+  local refused = permission_refused(f.error)
+  if refused then return verdict("permission", refused, f) end
   local class, why = from_text(texts_of(f))
   -- a refusal with a stop class in its text is final whatever the status
   if class and class ~= "transient" and class ~= "race" then
@@ -172,7 +193,8 @@ end
 
 -- stops(verdict) -> true for the classes the guide says retrying cannot fix
 function M.stops(v)
-  return v.class == "quota" or v.class == "capacity" or v.class == "delegation" or v.class == "allowlisting"
+  return v.class == "permission" or v.class == "quota" or v.class == "capacity" or v.class == "delegation"
+    or v.class == "allowlisting"
 end
 
 return M

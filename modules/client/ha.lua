@@ -252,7 +252,13 @@ end
 -- name on entry's appliance (LunaSH `partition list`; over session when
 -- given), or nil when there is none
 function M.partition_on(entry, name, session)
-  schema.argument("ha.partition_on", "session", session, { type = "table", expect = "a LunaSH session (luna.open(entry))" })
+  schema.argument("ha.partition_on", "name", name, "string")
+  if session == nil then
+    schema.argument("ha.partition_on", "entry", entry, { type = "table", required = true,
+      expect = "an inventory HSM entry (inv:hsm(NAME))" })
+  elseif type(session) ~= "table" or type(session.partitions) ~= "function" then
+    schema.bad_argument("ha.partition_on", "session", "a LunaSH session (luna.open(entry))", session)
+  end
   local own <close> = not session and luna.open(entry) or nil
   for _, p in ipairs((session or own):partitions()) do
     if p.name == name then return { name = name, serial = p.serial } end

@@ -19,6 +19,7 @@
 local dhsm = require "dhsm"
 local copies = require "dhsm.client.copies"
 local steps = require "dhsm.client.steps"
+local schema = require "dhsm.schema"
 local util = require "dhsm.util"
 
 local M = {}
@@ -153,7 +154,7 @@ local function all_confirmed(ctx, last, word)
     question = ("%d object(s) are last copies:\n%s\nType their number, %d, to destroy them: "):format(#last,
       listing(last), #last),
     no_terminal = ("destroy_last_copies=all needs the count of last copies typed at a terminal, and there is none; "
-      .. "nothing was destroyed (give -e destroy_last_copies=all:%d)"):format(#last),
+      .. "nothing was destroyed (give %s)"):format(schema.give(("destroy_last_copies=all:%d"):format(#last))),
     mismatch = "not confirmed: the last copies were not destroyed" }
 end
 

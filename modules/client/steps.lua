@@ -14,6 +14,7 @@
 local dhsm = require "dhsm"
 local ha = require "dhsm.client.ha"
 local proc = require "dhsm.proc"
+local schema = require "dhsm.schema"
 
 local M = {}
 
@@ -110,5 +111,21 @@ function M.verify_synchronized(ctx, label, read)
     return { members = #members, objects = members[1].objects.count }
   end)
 end
+
+-- A playbook's context (dhsm.play.context): what every step here is given.
+local KINDS = { context = { test = function(v)
+  return type(v) == "table" and type(v.step) == "function" and type(v.params) == "table"
+end, expected = "a playbook's context (the run's ctx)" }, group = { test = function(v)
+  return type(v) == "table" and type(v.members) == "table"
+end, expected = "an HA group {members=} (as the client's groups() lists it)" } }
+
+schema.check_arguments("steps", M, {
+  client = "ctx:context",
+  auto_recovery = "ctx:context",
+  comparable = "ctx:context g:group",
+  read_objects = "ctx:context members:table",
+  drifting = "ctx:context members:table",
+  verify_synchronized = "ctx:context label:string read:function",
+}, KINDS)
 
 return M

@@ -76,8 +76,9 @@ end
 -- certificates
 
 -- certs(pem_or_path) -> every certificate in the text or file
-function M.certs(source)
-  if type(source) ~= "string" then usage("net.certs: expected PEM text or a file path, got %s", type(source)) end
+-- certificates of source, said by the function called (net.cert or net.certs)
+local function certs_of(where, source)
+  schema.argument(where, "source", source, { type = "string", required = true, expect = "PEM text or a file path" })
   local pem, where = source, "the given text"
   if not source:find("-----BEGIN", 1, true) then
     local data, err = util.read_file(source)
@@ -89,8 +90,12 @@ function M.certs(source)
   return list
 end
 
+function M.certs(source)
+  return certs_of("net.certs", source)
+end
+
 function M.cert(source)
-  return M.certs(source)[1]
+  return certs_of("net.cert", source)[1]
 end
 
 -- same_cert(a, b): a and b are PEM, paths or cert tables

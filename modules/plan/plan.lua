@@ -404,6 +404,7 @@ M.key_fingerprint = key_fingerprint
 
 -- The author's signature, checked: its key (and the body's author.key, the same).
 local function author_key(p)
+  check_plan(p, "author_key")
   local s = p.signatures[1]
   if not s or s.role ~= "author" then
     act.refusal { code = "NotApproved", message = "the plan has no author's signature: its author signs it when it is made" }

@@ -221,6 +221,8 @@ end
 local ARM = {
   throttle = { set = "3", invisible = "transient: the Azure client retries a 429 after its Retry-After" },
   fail5xx = { set = "3", invisible = "transient: the Azure client retries a 500/503" },
+  fail5xx_after = { set = "3", invisible = "transient: a read taken and answered 500/503 is retried (a DELETE reads "
+    .. "the state first)" },
   reset = { set = "2", invisible = "transient: a read cut mid-response is retried" },
   forbid = { set = "1000", check = "credentials", target = SUB, status = "FAIL", says = "AuthorizationFailed" },
   delay_ms = { set = "200", invisible = "latency, not a failure: the run takes that much longer" },

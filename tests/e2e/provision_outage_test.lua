@@ -20,11 +20,12 @@ do
   f:close()
 end
 
-local function provision_under(fault)
+-- retries: the playbook's own (default 0 here; the playbook's default is 3)
+local function provision_under(fault, retries)
   e:clear()
   e:fault(fault)
-  local r = t.run(("-i %s run provision -e hsms=hsm-a:stamp1 -e retries=0 -e backoff=0.01 -e poll_interval=0.02 --yes")
-    :format(util.shell_quote(inventory)))
+  local r = t.run(("-i %s run provision -e hsms=hsm-a:stamp1 -e retries=%d -e backoff=0.01 -e poll_interval=0.02 --yes")
+    :format(util.shell_quote(inventory), retries or 0))
   e:clear()
   return r
 end
@@ -32,13 +33,15 @@ end
 local REQUEST_ID = "request id %x+%-%x+%-%x+%-%x+%-%x+"
 
 local CASES = {
-  { "ARM answering 5xx", { fail5xx = "1000" }, "azure/%a+: preflight: Azure could not be read %(HTTP 50[03] %a+, "
-    .. REQUEST_ID .. "%): Azure did not answer" },
-  { "ARM answering 403", { forbid = "1000" }, "azure/AuthorizationFailed: preflight: Azure could not be read %(HTTP 403 "
-    .. "AuthorizationFailed, " .. REQUEST_ID .. "%): the credential lacks permission Microsoft%.Resources/%S+/read on "
-    .. "/subscriptions/" },
+  { "ARM answering 5xx", { fail5xx = "1000" }, "azure/%a+: preflight: Azure could not be read: Azure answered HTTP "
+    .. "50[03] %(below%).-\n  credentials %S+: cannot read subscription %S+: %a+: GET /subscriptions/%S+: HTTP 50[03], "
+    .. REQUEST_ID .. ": " },
+  { "ARM answering 403", { forbid = "1000" }, "azure/AuthorizationFailed: preflight: Azure could not be read: the "
+    .. "credential lacks a permission %(below%).-\n  credentials %S+: cannot read subscription %S+: "
+    .. "AuthorizationFailed: GET /subscriptions/%S+: HTTP 403, " .. REQUEST_ID .. ": the credential lacks "
+    .. "permission Microsoft%.Resources/%S+/read on /subscriptions/" },
   { "the token endpoint failing", { fail5xx = "1000:oauth2" }, "azure/temporarily_unavailable: preflight: Azure could "
-    .. "not be read %(HTTP 503 temporarily_unavailable, " .. REQUEST_ID .. "%)" },
+    .. "not be read: Azure answered HTTP 503 %(below%).-: POST /%S+/oauth2/v2%.0/token: HTTP 503, " .. REQUEST_ID },
 }
 
 for _, case in ipairs(CASES) do
@@ -53,6 +56,68 @@ for _, case in ipairs(CASES) do
     t.eq(#e:mutations("/subscriptions/"), before, "nothing but reads reached the estate")
   end)
 end
+
+-- How many times the estate's log shows `pattern` (a Lua pattern) since line `from`.
+local function requests_since(from, pattern)
+  return e:count_since(from, { n = pattern }).n
+end
+
+local SUB = cjson.decode(util.read_file(inventory)).azure.subscription
+
+t.test("a 403 on the first read is said once: the SKIP rows name the credentials row, not its message", function()
+  local r = provision_under { forbid = "1000" }
+  t.eq(r.status, 1, r.stderr)
+  local all = r.stdout .. r.stderr
+  local _, said = all:gsub("Microsoft%.Resources/subscriptions/resourceGroups/read", "")
+  t.eq(said, 1, "the permission once: " .. all)
+  local _, skips = all:gsub("not checked: the credentials row failed\n", "")
+  t.ok(skips >= 9, all)
+  -- diagnose, likewise
+  e:fault { forbid = "1000" }
+  r = t.run(("-i %s run diagnose"):format(util.shell_quote(inventory)))
+  e:clear()
+  all = r.stdout .. r.stderr
+  _, said = all:gsub("Microsoft%.Resources/subscriptions/resourceGroups/read", "")
+  t.eq(said, 1, all)
+  t.ok(all:find("not checked: the credentials row failed", 1, true), all)
+end)
+
+t.test("one layer retries: a read ARM keeps failing is sent max_attempts times, the step does not retry it again",
+  function()
+  local from = #e:log()
+  -- the playbook's own retries at their default (3): they must not multiply the client's two attempts
+  local r = provision_under({ fail5xx = "1000" }, 3)
+  t.eq(r.status, 1, r.stderr)
+  t.eq(requests_since(from, "^arm GET /subscriptions/" .. SUB:gsub("%p", "%%%0") .. " %->"), 2,
+    "the subscription read: the client's 2")
+  t.ok(not r.stderr:find("Azure busy", 1, true), r.stderr)
+end)
+
+t.test("a later step's ARM error names the status, request id and missing permission; a 403 on the PUT, the role",
+  function()
+  local r = provision_under { forbid = "1000:dedicatedHSMs/hsm-a" }
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("✗ create HSMs hsm%-a %(in parallel%): azure/AuthorizationFailed: item 1 %(hsm%-a%): GET "
+    .. "/subscriptions/%S+/dedicatedHSMs/hsm%-a: HTTP 403, " .. REQUEST_ID .. ": the credential lacks permission "
+    .. "Microsoft%.HardwareSecurityModules/dedicatedHSMs/read on /subscriptions/"), r.stderr)
+  r = provision_under { forbid = "1000:PUT /subscriptions/" .. SUB .. "/resourceGroups/hsm-rg/providers/"
+    .. "Microsoft.HardwareSecurityModules/dedicatedHSMs/hsm-a" }
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("hsm-a: stopped, permission (HTTP 403 AuthorizationFailed): give the credential's role the "
+    .. "permission ARM names", 1, true), r.stderr)
+  t.ok(r.stderr:find("the credential lacks permission Microsoft.HardwareSecurityModules/dedicatedHSMs/write on ", 1,
+    true), r.stderr)
+  t.ok(not r.stderr:find("support request", 1, true), r.stderr)
+  t.eq(#e:mutations("dedicatedHSMs/hsm-a"), 1, "one PUT, refused: not retried")
+end)
+
+t.test("a later step's 5xx names the status and request id, and that Azure answered", function()
+  local r = provision_under { fail5xx = "1000:dedicatedHSMs/hsm-a" }
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("item 1 %(hsm%-a%): GET /subscriptions/%S+/dedicatedHSMs/hsm%-a: HTTP 50[03], " .. REQUEST_ID),
+    r.stderr)
+  t.ok(not r.stderr:find("did not answer", 1, true), r.stderr)
+end)
 
 t.test("a preflight that finds a real problem is still a safety refusal (exit 3)", function()
   e:clear()

@@ -316,7 +316,9 @@ t.test("stops: a Basic public IP on the gateway, and a second gateway in the VNe
 end)
 
 t.test("429/503 storms and AnotherOperationInProgress are ridden out", function()
-  local e = estate(nil, { throttle = "12:dedicatedHSMs", fail5xx = "4:virtualNetworks", network_busy = "1:subnets" })
+  -- storms within the ARM client's attempts (8): it is the one layer that retries them
+  -- (provision_outage_test: a longer one is not retried again by the steps)
+  local e = estate(nil, { throttle = "6:dedicatedHSMs", fail5xx = "4:virtualNetworks", network_busy = "1:subnets" })
   local r = run(e, "-e hsms=hsm-s:stamp1 -e vnet=storm-vnet -e address_space=10.8.0.0/16 "
     .. "-e hsm_subnet_prefix=10.8.1.0/24 -e gateway_subnet_prefix=10.8.255.0/26 -e gateway=storm-gw "
     .. "-e gateway_pip=storm-pip --yes")

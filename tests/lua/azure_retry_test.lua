@@ -1,7 +1,8 @@
 -- dhsm.azure's retries against the simulated estate: a DELETE whose
--- connection was reset after ARM took it is settled by reading the state,
--- never sent twice (counted in the estate's own log); throttling is shown
--- as a progress line and recorded in the audit log, not absorbed silently.
+-- connection was reset, or that was answered 5xx, after ARM took it is
+-- settled by reading the state, never sent twice (counted in the estate's
+-- own log); throttling is shown as a progress line and recorded in the
+-- audit log, not absorbed silently.
 local t = require "dhsm.test"
 local cjson = require "cjson"
 local util = require "dhsm.util"
@@ -16,11 +17,12 @@ local function deletes(name)
 end
 
 -- A DELETE of a new HSM's resource (device-less, zeroized by the estate's
--- flag) with the connection reset once ARM has taken it; waited for.
-local function delete_through_reset(name, delete_seconds)
+-- flag) with the connection reset once ARM has taken it (or another fault:
+-- {name = value}); waited for.
+local function delete_through_reset(name, delete_seconds, fault)
   local c = estate:azure()
   t.eq(select(2, estate:put_hsm(c, name, { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })), "Succeeded")
-  estate:fault { reset = "1:DELETE", delete_seconds = delete_seconds }
+  estate:fault(util.merged(fault or { reset = "1:DELETE" }, { delete_seconds = delete_seconds }))
   estate:control("POST", "/hsms/" .. name .. "/zeroized", { zeroized = true, resource_group = c.resource_group })
   local r = c:delete(hsm.path(c, name), { allow_unzeroized = true })
   c:wait(r, { timeout = 30 })
@@ -40,6 +42,28 @@ t.test("a DELETE reset after ARM took it and finished it is settled by ARM's 404
   t.eq({ r.status, r.settled }, { 204, "gone" })
   t.eq(hsm.get(c, "hsm2"), nil)
   t.eq(deletes("hsm2"), 1, table.concat(estate:log(), "\n"))
+end)
+
+t.test("a DELETE answered 5xx after ARM took it is not sent again: the state is read first", function()
+  local c, r = delete_through_reset("hsm3", 1, { fail5xx_after = "1:DELETE" })
+  t.eq(r.settled, "Deleting")
+  t.eq(hsm.get(c, "hsm3"), nil)
+  t.eq(deletes("hsm3"), 1, table.concat(estate:log(), "\n"))
+end)
+
+t.test("a DELETE answered 5xx and not taken is sent again once the state reads as it was", function()
+  local from = #estate:log()
+  local c, r = delete_through_reset("hsm4", 0, { fail5xx = "1:DELETE" })
+  t.eq({ r.status, r.settled }, { 202, nil })
+  t.eq(hsm.get(c, "hsm4"), nil)
+  local log = estate:log()
+  local sent = {}
+  for i = from + 1, #log do
+    local m = log[i]:match("^arm (%u+) /subscriptions/%S+/dedicatedHSMs/hsm4 %->")
+    if m == "DELETE" or (m == "GET" and sent[#sent] == "DELETE") then sent[#sent + 1] = m end
+  end
+  t.eq({ sent[1], sent[2], sent[3] }, { "DELETE", "GET", "DELETE" }, "read between the two DELETEs")
+  t.eq(deletes("hsm4"), 2)
 end)
 
 t.test("throttling shows a progress line with the wait and the attempt, and the audit log records it", function()

@@ -231,7 +231,7 @@ t.test("bad input: paths, api-versions, non-JSON replies", function()
   local e = azure.reply_error("GET", "https://h/p?api-version=1", { status = 502, headers = {},
     body = "<html>Bad Gateway</html>" }, nil)
   t.eq({ e.code, e.retryable, e.details.body }, { "HTTP502", true, "<html>Bad Gateway</html>" })
-  t.eq(e.message, "GET /p: <html>Bad Gateway</html>")
+  t.eq(e.message, "GET /p: HTTP 502: <html>Bad Gateway</html>", "the status said, no request id to say")
 end)
 
 ---------------------------------------------------------------------------

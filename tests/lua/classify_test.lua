@@ -50,6 +50,25 @@ t.test("transients: 429, 503, AnotherOperationInProgress, a failed Network opera
   t.eq(classify.failure { error = err(nil, "TlsVerificationFailed", "bad CA", "net") }.class, "unknown")
 end)
 
+t.test("a 403 is the credential's permission, a stop: not a support request, not a race", function()
+  -- a scope that names a gateway must not read as the race
+  local e = err(403, "AuthorizationFailed", "PUT /x: HTTP 403: the credential lacks permission Microsoft.Network/"
+    .. "virtualNetworkGateways/write on /subscriptions/s/resourceGroups/g/providers/Microsoft.Network/"
+    .. "virtualNetworkGateways/gw")
+  local v = classify.failure { error = e, states = { h = "Failed" }, gateway = { state = "Updating" } }
+  t.eq({ v.class, v.retry, classify.stops(v), v.reason }, { "permission", false, true, "HTTP 403 AuthorizationFailed" })
+  t.ok(v.remedy:find("give the credential's role the permission ARM names", 1, true), v.remedy)
+  t.ok(not v.remedy:find("support request", 1, true), v.remedy)
+end)
+
+t.test("an error the ARM client already retried is transient but not retried again (one layer retries)", function()
+  local e = err(503, "ServiceUnavailable", "later")
+  t.eq(classify.failure { error = e }.retry, true, "not retried yet: the caller's to retry")
+  e.retries_spent = true
+  local v = classify.failure { error = e }
+  t.eq({ v.class, v.retry }, { "transient", false })
+end)
+
 t.test("a generic failure with no cause in its text: the gateway's history decides", function()
   local generic = { error = err(nil, "ResourceDeploymentFailure", "The resource write operation failed to complete successfully, "
     .. "because it reached terminal provisioning state 'Failed'."), states = { h = "Failed" } }

@@ -39,6 +39,13 @@ t.test("an inventory that is a list ([] or [{...}]) is a usage error, not an emp
   end
 end)
 
+t.test("an inventory starting with a UTF-8 byte order mark is read (Windows editors write one)", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/inv.json", '\239\187\191{"hsms": [{"name": "hsm1", "host": "10.2.1.4"}]}')
+  local r = t.run("-i " .. util.shell_quote(dir .. "/inv.json") .. " exec -e 'print(inv:hsm(\"hsm1\").host)'")
+  t.eq({ r.status, r.stdout }, { 0, "10.2.1.4\n" }, r.stderr)
+end)
+
 t.test("json_error turns cjson's offset into line and column, counting from 1", function()
   t.eq(util.json_error("a\nbc", "Expected value but found T_END at character 5"),
     "line 2, column 3: expected a value, found the end of the text")

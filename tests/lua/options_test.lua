@@ -199,13 +199,18 @@ end)
 -- their own kind and say why (a parser given no output: luna/ParseError;
 -- evidence not made by dhsm.luna: safety/EvidenceNotGenuine).
 local SURVEYED = { "dhsm.guard.commands", "dhsm.secret", "dhsm.pkcs11", "dhsm.luna.parse", "dhsm.luna.prompts",
-  "dhsm.chrystoki", "dhsm.client.ha", "dhsm.evidence", "dhsm.luna", "dhsm.proc" }
+  "dhsm.chrystoki", "dhsm.client.ha", "dhsm.evidence", "dhsm.luna", "dhsm.proc", "dhsm.client.steps", "dhsm.plan" }
+-- Calls beyond nothing, a number and a wrong table that once met a raw Lua error.
+local CALLS = {
+  ["dhsm.client.ha"] = { { n = 3, {}, "x", {} } },
+  ["dhsm.client.steps"] = { { n = 2, nil, "g" } },
+}
 t.test("guard, secret, pkcs11, luna, chrystoki, ha, evidence, proc: bad arguments are dhsm errors", function()
   local raw = {}
   for _, modname in ipairs(SURVEYED) do
     -- secret.prompt would ask the terminal: checked below with a wrong argument
     local skip = modname == "dhsm.secret" and { prompt = true } or nil
-    for _, r in ipairs(plain_errors(modname, require(modname), nil, skip, true)) do raw[#raw + 1] = r end
+    for _, r in ipairs(plain_errors(modname, require(modname), CALLS[modname], skip, true)) do raw[#raw + 1] = r end
   end
   t.eq(raw, {})
   local function message(fn, ...)
@@ -229,6 +234,19 @@ t.test("guard, secret, pkcs11, luna, chrystoki, ha, evidence, proc: bad argument
     "ha.compare: members[1]: expected a member {serial=, objects={keys=}} (objects from c:objects), got a table")
   t.eq(message(require("dhsm.chrystoki").load, nil), "chrystoki.load: path: expected a string, got nothing")
   t.eq(message(proc.read_only, { "ls" }, 42), "proc.read_only: opts: expected a table, got 42")
+  t.eq(message(require("dhsm.client.ha").partition_on, {}, "x", {}),
+    "ha.partition_on: session: expected a LunaSH session (luna.open(entry)), got table")
+  t.eq(message(require("dhsm.client.steps").comparable, nil, "g"),
+    "steps.comparable: ctx: expected a playbook's context (the run's ctx), got nil")
+  t.eq(message(require("dhsm.audit").set_path, {}),
+    "audit.set_path: path: expected a file path (nil: the default again), got a table")
+  t.eq(message(require("dhsm.plan").author_key, nil),
+    "plan: author_key: expected a plan (from plan.new or plan.load), got nil")
+  t.eq(message(azure.id_part, "x"), "azure.id_part: key: expected a string, got nil")
+  t.eq(message(azure.reply_error, "GET", "u", {}),
+    "azure.reply_error: r: expected a transport reply {status=, headers=, body=}, got table")
+  t.eq(message(net.cert, 5), "net.cert: source: expected PEM text or a file path, got 5")
+  t.eq(message(net.certs, 5), "net.certs: source: expected PEM text or a file path, got 5")
   -- good arguments answer as before
   t.eq({ pkcs11.rv_name(7), (commands.lunash("par del -par p1")) }, { "CKR_ARGUMENTS_BAD", "write" })
   t.eq({ secret.is(secret.value("x")), pkcs11.ecdsa_raw(pkcs11.ecdsa_der(("\1"):rep(64)), 32) == ("\1"):rep(64) }, { true, true })

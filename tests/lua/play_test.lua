@@ -66,7 +66,7 @@ t.test("every parameter problem is reported at once, exit 2", function()
     "dhsm: invalid parameters for playbook 'typed':",
     "  nmae: unknown parameter (did you mean 'name'?)",
     "  count: expected integer 1-4, got \"9\"",
-    "  extra: expected table, got \"[1\"",
+    "  extra: expected a JSON object ({\"key\": value, ...}), got \"[1\"",
     "  group: missing, expected string (give -e group=... or set azure.resource_group in the inventory)",
     "  mode: expected one of \"fast\", \"safe\", got \"slow\"",
     "  name: missing, expected lower-case letters, digits or -",
@@ -77,6 +77,9 @@ t.test("every parameter problem is reported at once, exit 2", function()
   t.eq(util.read_file(dir .. "/audit.jsonl"), nil, "nothing ran, nothing was audited")
   r = run(dir, "run typed -e name='Bad Name' -e group=g")
   t.eq(lines(r.stderr)[2], '  name: expected lower-case letters, digits or -, got "Bad Name"')
+  r = run(dir, "run typed -e name=x -e group=g -e extra=5")
+  t.eq(lines(r.stderr)[2], '  extra: expected a JSON object ({"key": value, ...}), got "5"',
+    "the form -e takes, not a Lua type")
 end)
 
 t.test("a playbook with a bad parameter spec is refused when loaded", function()
@@ -550,6 +553,19 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.eq(r.status, 1)
   t.eq(executed(dir), { "first", "second", "second" })
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
+end)
+
+t.test("a run that fails on its input before any step offers no resume: fix the input and run again", function()
+  local dir = t.tmpdir()
+  local inv = dir .. "/inventory.json"
+  t.write(inv, '{"hsms":{}}')
+  local r = run(dir, "-i " .. q(inv) .. " run orphans")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(not r.stderr:find("--resume", 1, true), "no resume hint: " .. r.stderr)
+  t.ok(r.stderr:find("failed on its input before any step ran; nothing was done: fix what the error below names, "
+    .. "then run again (a new run): dhsm -i " .. q(sys.realpath(inv)) .. " run orphans\n", 1, true), r.stderr)
+  t.ok(r.stderr:find("azure.client: expected a table (the inventory's azure section)", 1, true), r.stderr)
+  -- a run that failed in a step still offers its resume (the test above)
 end)
 
 t.test("--resume reads the journaled parameters through their specs: a list journaled before it held records resumes", function()

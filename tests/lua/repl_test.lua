@@ -189,6 +189,18 @@ local function executed(dir)
   return out
 end
 
+t.test("advice inside the REPL names the REPL's form of a parameter (:run ... NAME=...), the CLI's outside", function()
+  local dir = t.tmpdir()
+  local r = repl_in(dir, ":run typed name=x\n")
+  t.ok(r.stderr:find("group: missing, expected string (give :run ... group=... or set azure.resource_group in the "
+    .. "inventory)", 1, true), r.stderr)
+  t.ok(not r.stderr:find("-e group", 1, true), r.stderr)
+  r = t.sh(("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(dir), q(dir),
+    t.cmd("-I " .. q(playbooks) .. " run typed -e name=x")))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("(give -e group=... or set azure.resource_group in the inventory)", 1, true), r.stderr)
+end)
+
 t.test(":run runs a playbook as dhsm run does: journaled, and its resume hint works as printed", function()
   local dir = t.tmpdir()
   local r = repl_in(dir, (":run steps dir=%s fail_at=2\n"):format(q(dir)))

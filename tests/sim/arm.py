@@ -177,13 +177,15 @@ class ArmApp:
         verdict = self.gate.admit(req)
         correlation = req.header("x-ms-correlation-request-id") or armutil.new_guid()
         family = None
-        if verdict.response is not None:
-            resp = verdict.response
-        else:
+
+        def serve():
+            nonlocal family
             try:
-                resp, family = self._serve(req)
+                served, family = self._serve(req)
             except ArmError as e:
-                resp = e.response()
+                served = e.response()
+            return served
+        resp = verdict.answer(serve)
         self._standard_headers(req, resp, family, correlation)
         resp.reset_midway = verdict.reset
         return resp

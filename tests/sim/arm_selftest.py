@@ -382,6 +382,13 @@ class TransportFaultTest(EstateCase):
         self.assertIn("retry-after", second.headers)
         self.assertEqual(self.arm.call("GET", self.arm.rg("hsm-rg"), RES_API).status, 200)
 
+    def test_5xx_after_processing(self):
+        self.faults(fail5xx_after="1:PUT")
+        reply = self.arm.call("PUT", self.arm.rg("rg-taken"), RES_API, {"location": "eastus"})
+        self.assertEqual((reply.status, reply.error_code()), (500, "InternalServerError"))
+        # the PUT took effect although its reply said it failed
+        self.assertEqual(self.arm.call("GET", self.arm.rg("rg-taken"), RES_API).status, 200)
+
     def test_connection_reset_mid_response(self):
         self.faults(reset=1)
         with self.assertRaises((ConnectionError, http.client.HTTPException, urllib.error.URLError, ssl.SSLError)):

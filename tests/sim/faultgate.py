@@ -14,14 +14,25 @@ import knobs
 
 
 class Verdict:
-    def __init__(self, response=None, reset=False):
-        self.response, self.reset = response, reset
+    """response: the fault's answer instead of the service (not processed);
+    instead: the fault's answer after the service processed the request."""
+
+    def __init__(self, response=None, reset=False, instead=None):
+        self.response, self.reset, self.instead = response, reset, instead
+
+    def answer(self, serve):
+        """The response to send: serve() runs unless the fault answers first."""
+        if self.response is not None:
+            return self.response
+        served = serve()
+        return served if self.instead is None else self.instead
 
 
 class FaultGate:
     def __init__(self, world, service, errors):
         self.world, self.service, self.errors = world, service, errors
-        self._five_hundreds = itertools.count()
+        # each 5xx fault alternates on its own: one does not shift the other's sequence
+        self._five_hundreds = {"fail5xx": itertools.count(), "fail5xx_after": itertools.count()}
 
     def _delay(self, req):
         with self.world.lock:
@@ -48,7 +59,8 @@ class FaultGate:
             return Verdict(self.errors.throttled(req, retry_after))
         if fault == "forbid":
             return Verdict(self.errors.forbidden(req))
-        if fault == "fail5xx":
-            status = 500 if next(self._five_hundreds) % 2 == 0 else 503
-            return Verdict(self.errors.server_error(req, status, retry_after))
+        if fault in ("fail5xx", "fail5xx_after"):
+            status = 500 if next(self._five_hundreds[fault]) % 2 == 0 else 503
+            error = self.errors.server_error(req, status, retry_after)
+            return Verdict(instead=error) if fault == "fail5xx_after" else Verdict(error)
         return Verdict()

@@ -112,7 +112,7 @@ class LoginApp:
 
     def handle(self, req):
         verdict = self.gate.admit(req)
-        resp = verdict.response or self._token(req)
+        resp = verdict.answer(lambda: self._token(req))
         resp.headers += [("X-Content-Type-Options", "nosniff"), ("x-ms-request-id", armutil.new_guid()),
                          ("x-ms-ests-server", "2.1.18874.3 - EUS ProdSlices")]
         resp.reset_midway = verdict.reset
@@ -207,7 +207,7 @@ class ImdsApp:
 
     def handle(self, req):
         verdict = self.gate.admit(req)
-        resp = verdict.response or self._token(req)
+        resp = verdict.answer(lambda: self._token(req))
         resp.server_name = "IMDS/150.870.65.1325"
         resp.reset_midway = verdict.reset
         return resp

@@ -66,6 +66,8 @@ KNOBS = {k.name: k for k in [
          "next N matching requests get 429 SubscriptionRequestsThrottled + Retry-After"),
     Knob("fail5xx", "fault", _parse_targeted, _OFF,
          "next N matching requests fail, alternating 500 InternalServerError / 503 ServiceUnavailable"),
+    Knob("fail5xx_after", "fault", _parse_targeted, _OFF,
+         "next N matching requests are processed, then answered 500 / 503 instead (the request took effect)"),
     Knob("reset", "fault", _parse_targeted, _OFF,
          "next N matching requests are processed, then the connection is reset mid-response"),
     Knob("forbid", "fault", _parse_targeted, _OFF,
@@ -112,7 +114,7 @@ KNOBS = {k.name: k for k in [
          "whether a freshly provisioned HSM counts as zeroized (deletable)"),
 ]}
 
-COUNTED = ("reset", "throttle", "forbid", "fail5xx")
+COUNTED = ("reset", "throttle", "forbid", "fail5xx", "fail5xx_after")
 
 
 def defaults():

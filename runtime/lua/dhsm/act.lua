@@ -590,7 +590,12 @@ sys.mkdir = guarded("dhsm.sys.mkdir", raw.mkdir, outside_own)
 sys.mkdtemp = guarded("dhsm.sys.mkdtemp", raw.mkdtemp, always)
 sys.lock = guarded("dhsm.sys.lock", raw.lock, outside_own)
 sys.history_save = guarded("dhsm.sys.history_save", raw.history_save, outside_own)
-audit.set_path = guarded("dhsm.audit.set_path", raw.set_path, always)
+audit.set_path = guarded("dhsm.audit.set_path", function(path)
+  -- checked here, not by C's "bad argument #1 to 'fn'"
+  require("dhsm.schema").argument("audit.set_path", "path", path, { type = "string",
+    expect = "a file path (nil: the default again)" })
+  return raw.set_path(path)
+end, always)
 
 -- The failed-login guard's lock files and the REPL's history are dhsm's
 -- own (logins.json is not: clearing a count is a change, refused in check

@@ -269,6 +269,8 @@ end
 
 -- decode(json_text, source) -> inventory: what load does once the file is read.
 function M.decode(data, source)
+  -- a UTF-8 byte order mark (Windows editors write one) is no part of the JSON (RFC 8259 lets a parser skip it)
+  if type(data) == "string" then data = (data:gsub("^\239\187\191", "")) end
   local ok, t = pcall(cjson.decode, data)
   if not ok then
     dhsm.error { kind = "usage", code = "BadInventory",

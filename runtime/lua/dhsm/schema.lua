@@ -133,6 +133,8 @@ function M.expected(spec)
   return t
 end
 
+local JSON_OBJECT = 'a JSON object ({"key": value, ...})'
+
 local function bad(problems, path, spec, value)
   local got = holds_secret(spec) and unshown(value) or show(value)
   problems[#problems + 1] = ("%s: expected %s, got %s"):format(path, M.expected(spec), got)
@@ -341,10 +343,11 @@ function check(value, spec, path, problems, coerce)
   elseif t == "table" then
     local v = value
     if coerce and type(value) == "string" then v = decode_json(value) end
-    if type(v) ~= "table" then return bad(problems, path, spec, value) end
+    -- given as text (-e extra=...), a table is a JSON object, and said so
+    if type(v) ~= "table" then return bad(problems, path, coerce and { expect = JSON_OBJECT } or spec, value) end
     if coerce and (#v > 0 or type(value) == "string" and value:match("^%s*%[")) then
-      -- given as text, a table is a JSON object: a list has its own type (list)
-      problems[#problems + 1] = ("%s: expected a JSON object ({\"key\": value, ...}), got a list"):format(path)
+      -- a list has its own type (list)
+      problems[#problems + 1] = ("%s: expected %s, got a list"):format(path, JSON_OBJECT)
       return nil
     end
     return v
@@ -566,6 +569,17 @@ function M.argument(where, name, value, spec)
     bad_argument(where, name, option_words(spec), value == nil and "nothing" or shown(name, value, spec))
   end
   return value
+end
+
+-- give(setting, ...) -> how the operator adds "NAME=VALUE" settings to the
+-- run they are in, for advice they can type: `-e NAME=VALUE` on dhsm run's
+-- line, `:run ... NAME=VALUE` in the REPL (its tasks' context says
+-- front = "repl").
+function M.give(...)
+  local settings = { ... }
+  if require("dhsm").context().front == "repl" then return ":run ... " .. table.concat(settings, " ") end
+  for i, s in ipairs(settings) do settings[i] = "-e " .. s end
+  return table.concat(settings, " ")
 end
 
 ---------------------------------------------------------------------------

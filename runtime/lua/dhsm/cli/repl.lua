@@ -353,6 +353,8 @@ function M.run(opts)
     .. "same with `dhsm run PLAYBOOK ... --yes` or `dhsm exec --yes FILE`")
   install_globals(session, opts.inventory)
   session.inventory = opts.inventory
+  -- advice names the REPL's way of giving a parameter (schema.give), read by every task it starts
+  dhsm.context().front = "repl"
   if tty then
     sys.mkdir(state_dir(), tonumber("700", 8))
     sys.history_load(history)

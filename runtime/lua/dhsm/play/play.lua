@@ -303,11 +303,12 @@ end
 ---------------------------------------------------------------------------
 -- parameters
 
--- "(give -e a=... -e b=...)": how the operator gives what a rule needs.
+-- "(give -e a=... -e b=...)": how the operator gives what a rule needs
+-- (in the REPL, its :run form: schema.give).
 local function how_to_give(names)
   local out = {}
-  for i, name in ipairs(names) do out[i] = ("-e %s=..."):format(name) end
-  return "(give " .. table.concat(out, " ") .. ")"
+  for i, name in ipairs(names) do out[i] = name .. "=..." end
+  return "(give " .. schema.give(table.unpack(out)) .. ")"
 end
 
 -- The problem of a secret reference that cannot be read now (its first
@@ -381,8 +382,8 @@ function M.validate(pb, raw, inv, tty, resuming)
     if v == nil and spec.from_inventory and inv then v = inv:get(spec.from_inventory) end
     if v == nil and spec.type == "secret" and spec.required and tty then v = "prompt" end
     if v == nil and spec.required and spec.default == nil and spec.from_inventory then
-      problems[#problems + 1] = ("%s: missing, expected %s (give -e %s=... or set %s in the inventory)")
-        :format(name, schema.expected(spec), name, spec.from_inventory)
+      problems[#problems + 1] = ("%s: missing, expected %s (give %s or set %s in the inventory)")
+        :format(name, schema.expected(spec), schema.give(name .. "=..."), spec.from_inventory)
     else
       params[name] = schema.check(v, spec, name, problems, true)
     end

@@ -233,13 +233,25 @@ local function new_run_command(name, j, with, yes)
   return table.concat(words, " ")
 end
 
+-- A run that failed on its input (a usage error) before any step ran: it
+-- did nothing, and a resume would bring back the input that failed (and,
+-- the file fixed, refuse it as a changed inventory).
+local function failed_on_input(j, e)
+  return e and e.kind == "usage" and #(j.steps or {}) == 0
+end
+
 -- way_on(name, j, outcome, err, yes) -> the line that says how to go on
 -- after a run that ended with err: a resume, when resuming can get past
 -- it (a failure, an interruption); a new run with the parameter a refusal
--- asks for (err.details.new_run = {name = value}); a new plan, when an
--- approved plan no longer fits the estate (err.details.new_plan); or neither.
+-- asks for (err.details.new_run = {name = value}), or once the input a
+-- run failed on before any step is fixed; a new plan, when an approved
+-- plan no longer fits the estate (err.details.new_plan); or neither.
 function M.way_on(name, j, outcome, err, yes)
   local e = err and dhsm.error.normalize(err)
+  if failed_on_input(j, e) then
+    return ("dhsm: run %s %s on its input before any step ran; nothing was done: fix what the error below names, "
+      .. "then run again (a new run): %s\n"):format(j.id, outcome, new_run_command(name, j, {}, yes))
+  end
   local new_run = e and type(e.details) == "table" and e.details.new_run
   if type(new_run) == "table" then
     return ("dhsm: run %s %s; resuming it would meet the same refusal: start a new run: %s\n"):format(j.id, outcome,
