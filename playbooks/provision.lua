@@ -521,18 +521,19 @@ local function template_gateway(ctx)
 end
 
 -- Guide, "HSM Deployment Race Condition" for the template: rerun, then
--- delete and redeploy once, then a support stop.
+-- delete and redeploy once, then a support stop.  A deployment that failed
+-- for good fails its step (as create_hsms does), so a resume deploys again.
 local function template_steps(ctx, requested)
   local p, c = ctx.params, ctx:azure()
   local gw_hist = template_gateway(ctx)
   local o = ctx:step(("deploy ARM template %s as %s"):format(p.template, p.deployment), function()
-    return deploy_template(ctx, requested, gw_hist, p.retries)
+    local o = deploy_template(ctx, requested, gw_hist, p.retries)
+    if not o.ok and not o.exhausted then
+      support_error("deployment " .. p.deployment, o, deploy.support_facts(c, p.deployment, p.group))
+    end
+    return o
   end)
-  if not o.ok and o.exhausted then
-    redeploy_template(ctx, requested)
-  elseif not o.ok then
-    support_error("deployment " .. p.deployment, o, deploy.support_facts(c, p.deployment, p.group))
-  end
+  if not o.ok then redeploy_template(ctx, requested) end
 end
 
 ---------------------------------------------------------------------------
