@@ -134,9 +134,9 @@ kills: all
 # Each driver in turn (one line each: runs, runs/s, failures); failing
 # inputs are kept in $(O)/fuzz-findings/DRIVER/.  FUZZ_SEED=N replays a run.
 # A driver still running well past its time is stuck in an input no hook
-# can stop (a C pattern match): its seed is replayed with FUZZ_TRACE, with
-# no time limit of its own, and the input it hangs on is kept as
-# DRIVER/hang.in.
+# can stop (a C pattern match): its seed is replayed with FUZZ_TRACE, its
+# own time that limit and the kill twice it (a replay that ends by itself
+# did not hang again), and the input it hangs on is kept as DRIVER/hang.in.
 FUZZ_SECONDS ?= 60
 fuzz: all
 	@state=$$(mktemp -d); status=0; limit=$$(( $(FUZZ_SECONDS) * 2 + 30 )); \
@@ -144,12 +144,12 @@ fuzz: all
 	  name=$$(basename $$d _fuzz.lua); seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	  seed=$$(( seed % 2147483647 )); \
 	  run() { XDG_STATE_HOME=$$state DHSM_AUDIT=$$state/audit.jsonl FUZZ_SECONDS=$$secs FUZZ_SEED=$$seed \
-	    FUZZ_FINDINGS=$(O)/fuzz-findings FUZZ_TRACE=$$trace timeout -s KILL $$limit ./$(BIN) exec $$d; }; \
-	  trace=; secs=$(FUZZ_SECONDS); run; rc=$$?; \
+	    FUZZ_FINDINGS=$(O)/fuzz-findings FUZZ_TRACE=$$trace timeout -s KILL $$cap ./$(BIN) exec $$d; }; \
+	  trace=; secs=$(FUZZ_SECONDS); cap=$$limit; run; rc=$$?; \
 	  if [ $$rc = 137 ]; then \
-	    mkdir -p $(O)/fuzz-findings/$$name; trace=$(O)/fuzz-findings/$$name/hang.in; secs=$$limit; \
+	    mkdir -p $(O)/fuzz-findings/$$name; trace=$(O)/fuzz-findings/$$name/hang.in; secs=$$limit; cap=$$(( limit * 2 )); \
 	    echo "$$name: FAIL hang: an input ran past $$limit s (seed $$seed); replaying it to keep the input" >&2; \
-	    run >/dev/null 2>&1 && echo "$$name: the replay did not hang" >&2 || echo "$$name: input: $$trace" >&2; \
+	    run >/dev/null 2>&1; [ $$? = 137 ] && echo "$$name: input: $$trace" >&2 || echo "$$name: the replay did not hang" >&2; \
 	  fi; [ $$rc = 0 ] || status=1; \
 	done; rm -rf $$state; exit $$status
 

@@ -661,9 +661,10 @@ function send_line(self, line, pass)
 end
 
 -- Whether what came so far ends like a question no form knows (a short
--- tail is enough: a question is one line, and a long output is read often).
+-- tail is enough: a question is one line, and a long output is read often;
+-- the known forms read_until has tried already).
 local function ends_like_question(text)
-  return prompts.match_quiet(text:sub(-1024)) ~= nil
+  return prompts.open_question(text:sub(-1024)) ~= nil
 end
 
 -- exchange(...) -> the command's output, and the question answered

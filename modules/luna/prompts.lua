@@ -5,6 +5,7 @@
 --   local form, question = prompts.match(text)  -- the question text ends with, or nil
 --   prompts.match_quiet(text)                   -- the same, or a question by its ending alone,
 --                                               --   for text the appliance then stopped writing after
+--   prompts.open_question(text)                 -- that ending alone (the forms tried already)
 --   prompts.asked(transcript)                   -- {{form=, question=}, ...}: every question a
 --                                               --   transcript shows (answers written ahead, unechoed)
 --   prompts.patterns()                          -- Lua patterns that end a read at any question
@@ -115,6 +116,14 @@ function M.match_quiet(text)
   schema.argument("luna.prompts.match_quiet", "text", text, "string")
   local form, question = M.match(text)
   if form then return form, question end
+  return M.open_question(text)
+end
+
+-- open_question(text) -> form, question | nil: only the second half of
+-- match_quiet, for a reader that has already tried every form on the text
+-- (luna's session read: the forms end its read themselves).
+function M.open_question(text)
+  schema.argument("luna.prompts.open_question", "text", text, "string")
   local from = #text                  -- the last line, found from the end (a long text is read often)
   while from > 0 and not text:find("^[\r\n]", from) do from = from - 1 end
   local last = text:sub(from + 1)

@@ -122,7 +122,7 @@ local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
 local SPAWN_OPTIONS = { argv = ARGV, env = { type = "table" }, cwd = { type = "string" } }
 local RUN_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS,
   stdin = { type = { "string", "secret", "table" } }, secret_json_field = { type = "string" },
-  questions = { type = "table", expect = "a list of lunacm's confirmations, as it prints them" } })
+  questions = { type = "list", items = { type = "string", expect = "a confirmation as lunacm prints it" } } })
 local LUNACM_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS, password = { type = "secret" },
   allow_destructive_login = { type = "boolean" } })
 
@@ -272,6 +272,14 @@ local function is_lunacm(argv, cwd)
   return tool_of(argv, cwd) == "lunacm"
 end
 
+-- Whether one call's options (a snapshot: its argv cannot change) run
+-- lunacm, worked out once a call: tool_of reads files.
+local runs_lunacm_of = setmetatable({}, { __mode = "k" })
+local function runs_lunacm(opts)
+  if runs_lunacm_of[opts] == nil then runs_lunacm_of[opts] = is_lunacm(opts.argv, opts.cwd) end
+  return runs_lunacm_of[opts]
+end
+
 -- The real file a bare word runs through any of the PATH lists given.
 local function on_paths(word, paths)
   for _, list in ipairs(paths) do
@@ -388,7 +396,7 @@ end
 -- The run itself, lunacm's word read from its output.
 local function execute(opts)
   local r = core.run(opts)
-  if is_lunacm(opts.argv, opts.cwd) then
+  if runs_lunacm(opts) then
     lunacm_result(r)
     check_questions(r, opts.argv, opts.questions or {})
   end
@@ -441,14 +449,11 @@ local function says_proceed(stdin)
   return false
 end
 
--- questions= is a list of strings, for lunacm only; a `proceed` on
--- lunacm's stdin needs it.
+-- questions= (a list of strings: RUN_OPTIONS) is for lunacm only; a
+-- `proceed` on lunacm's stdin needs it.
 local function check_questions_option(opts, lunacm)
   local q = opts.questions
   if q ~= nil and not lunacm then usage("'questions' is for lunacm runs only (its confirmations)") end
-  for i, v in ipairs(q or {}) do
-    if type(v) ~= "string" then usage("questions[%d]: expected a confirmation as lunacm prints it, got %s", i, type(v)) end
-  end
   if lunacm and says_proceed(opts.stdin) and (q == nil or #q == 0) then
     usage("lunacm's stdin answers 'proceed' to a question the call does not name: give questions = { the "
       .. "confirmation as lunacm prints it }, which its output is then checked against")
@@ -457,8 +462,9 @@ end
 
 -- check_lunacm(opts) -> nil (not lunacm) | verb, what, role, words
 local function check_lunacm(opts)
-  check_questions_option(opts, is_lunacm(opts.argv, opts.cwd))
-  if not is_lunacm(opts.argv, opts.cwd) then return end
+  local lunacm = runs_lunacm(opts)
+  check_questions_option(opts, lunacm)
+  if not lunacm then return end
   local words = commands.lunacm_words(opts.argv)
   if not words then
     refuse("UnguardedLogin", "refusing lunacm without -c: it would read its commands from stdin, where a login "

@@ -59,6 +59,9 @@ t.test("the certificate exchange from an empty client, through dhsm", function()
   local init = { "-c", "partition", "init", "-label", "par1", "-slot", "0" }
   local answers = { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "proceed\n" }
   t.raises(function() tool(estate, "lunacm", init, answers) end, "does not name")
+  t.raises(function() tool(estate, "lunacm", init, answers, { 5 }) end, "questions%[1%]: expected a confirmation as lunacm prints it")
+  t.raises(function() tool(estate, "vtl", { "verify" }, nil, { INIT_CONFIRMATION }) end,
+    "'questions' is for lunacm runs only")
   local err = t.raises(function()
     tool(estate, "lunacm", init, { "Pso-Pass-1\n", "Pso-Pass-1\n", "dom-1\n", "dom-1\n", "quit\n" })
   end, "UnexpectedQuestion")

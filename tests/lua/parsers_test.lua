@@ -281,6 +281,10 @@ t.test("a table cut after its header is no empty list; a name filling 7.8.5's co
     "a_name_of_exactly_33_characters__0"))) end, 'cannot read the line "1582775433934  a_name_of_exactly_33')
   -- the header with TABs for its runs of blanks: the columns by name, not "Partition Partition"
   t.eq(parse.partition_list((list:gsub("  +", "\t")))[1].total, 648381)
+  -- two faults that cancel: a name with two blanks inside (a cell too many) that is one too long for its
+  -- column, one blank before the version (a cell too few) - the right count of wrong cells, refused
+  t.raises(function() parse.partition_list((list:gsub("sp_sehsm3                         0",
+    "ab  cdefghijklmnopqrstuvwxyz01234 0"))) end, 'column 2 reads "ab  cdefghijklmnopqrstuvwxyz01234" by its position')
 end)
 
 t.test("ntls.vtl_verify: a vtl killed or failing after its header is refused, never 'no partitions'", function()
