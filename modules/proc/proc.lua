@@ -122,7 +122,7 @@ local SECONDS = { type = "number", min = 0, expect = "seconds (a number >= 0)" }
 local SPAWN_OPTIONS = { argv = ARGV, env = { type = "table" }, cwd = { type = "string" } }
 local RUN_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS,
   stdin = { type = { "string", "secret", "table" } }, secret_json_field = { type = "string" },
-  questions = { type = "list", items = { type = "string", expect = "a confirmation as lunacm prints it" } } })
+  questions = { type = "table", expect = "a list of lunacm's confirmations, as it prints them" } })
 local LUNACM_OPTIONS = util.merged(SPAWN_OPTIONS, { timeout = SECONDS, password = { type = "secret" },
   allow_destructive_login = { type = "boolean" } })
 
@@ -449,11 +449,15 @@ local function says_proceed(stdin)
   return false
 end
 
--- questions= (a list of strings: RUN_OPTIONS) is for lunacm only; a
--- `proceed` on lunacm's stdin needs it.
+-- questions= is a list of strings, for lunacm only; a `proceed` on
+-- lunacm's stdin needs it.  (Checked here, not by the schema's list type:
+-- its refusal does not name the entry that is wrong.)
 local function check_questions_option(opts, lunacm)
   local q = opts.questions
   if q ~= nil and not lunacm then usage("'questions' is for lunacm runs only (its confirmations)") end
+  for i, v in ipairs(q or {}) do
+    if type(v) ~= "string" then usage("questions[%d]: expected a confirmation as lunacm prints it, got %s", i, type(v)) end
+  end
   if lunacm and says_proceed(opts.stdin) and (q == nil or #q == 0) then
     usage("lunacm's stdin answers 'proceed' to a question the call does not name: give questions = { the "
       .. "confirmation as lunacm prints it }, which its output is then checked against")
