@@ -77,20 +77,30 @@ end
 ---------------------------------------------------------------------------
 -- (1) show what will be destroyed
 
--- The newest record of this host's audit log for an accepted DELETE of
--- the ARM path, or nil: {ts=, run=, outcome=} (the audit's own fields).
-local function delete_record(path)
-  local found = util.audit_records(function(r)
-    return type(r.target) == "string" and r.target:lower() == path:lower()
-      and tostring(r.action):lower() == "azure.delete" and tostring(r.outcome):match("^20%d$") ~= nil
-  end)
-  return found[#found]
+local function accepted_delete(r)
+  return type(r.target) == "string" and tostring(r.action):lower() == "azure.delete"
+    and tostring(r.outcome):match("^20%d$") ~= nil
+end
+
+-- deletes() -> find(path): the newest record of this host's audit log for
+-- an accepted DELETE of the ARM path, or nil ({ts=, run=, outcome=}, the
+-- audit's own fields).  The log is read once, when first asked: a step
+-- asks for each HSM and for the group.
+local function deletes()
+  local by_path
+  return function(path)
+    if not by_path then
+      by_path = {}
+      for _, r in ipairs(util.audit_records(accepted_delete)) do by_path[r.target:lower()] = r end   -- newest last
+    end
+    return by_path[path:lower()]
+  end
 end
 
 -- How the run knows an inventory HSM's resource is gone: ARM's 404, and
 -- whether this host's audit log holds the DELETE that removed it.
-local function gone_because(c, resource, group)
-  local rec = delete_record(hsm.path(c, resource, group))
+local function gone_because(c, resource, group, deleted)
+  local rec = deleted(hsm.path(c, resource, group))
   if rec then
     return ("ARM answers 404 for it, and the audit log (%s) has its DELETE, accepted (%s) at %s by run %s")
       :format(dhsm.audit.path(), tostring(rec.outcome), tostring(rec.ts), tostring(rec.run))
@@ -106,19 +116,17 @@ local function group_source(ctx)
 end
 
 -- ARM answers 404 for an HSM in a group that does not exist as for one
--- deleted: only its error code (ResourceGroupNotFound, which
--- dhsm.azure.checks.read_advice keys on too) says the group is missing,
--- not the HSM gone.  A group is gone for good when this host's audit log
--- holds its accepted DELETE (a re-run after delete_group=true); otherwise
--- the name is wrong (or the group was deleted elsewhere, orphaning any HSM
--- in it): refused, as bad input, before anything is changed.
-local function check_group(ctx, c)
+-- deleted: only reading the group (groups.get: nil on its 404,
+-- ResourceGroupNotFound) tells the group missing from the HSM gone.  A
+-- group is gone for good when this host's audit log holds its accepted
+-- DELETE (a re-run after delete_group=true); otherwise the name is wrong
+-- (or the group was deleted elsewhere, orphaning any HSM in it): refused,
+-- as bad input, before anything is changed.  -> the group, or nil (gone)
+local function check_group(ctx, c, deleted)
   local group = ctx.params.group
-  local ok, err = pcall(c.get, c, c:group_path(group))
-  if ok then return end
-  if not (dhsm.error.is(err, "azure") and err.code == "ResourceGroupNotFound") then error(err, 0) end
-  if delete_record(c:group_path(group)) then return end
-  dhsm.error { kind = "usage", code = "ResourceGroupNotFound", details = { group = group },
+  local found = groups.get(c, group)
+  if found or deleted(c:group_path(group)) then return found end
+  dhsm.error { kind = "usage", code = "ResourceGroupNotFound", details = { group = group, bad_input = "group" },
     message = ("group: resource group %s does not exist in subscription %s (ARM answers ResourceGroupNotFound), "
       .. "and this host's audit log has no DELETE of it; the name came from %s: correct it and run again; nothing "
       .. "was changed (a group deleted elsewhere with HSMs in it leaves them orphaned and billed: dhsm run orphans)")
@@ -126,13 +134,13 @@ local function check_group(ctx, c)
 end
 
 -- For one HSM: its resource, its appliance, its partitions and their objects.
-local function survey(ctx, name)
+local function survey(ctx, name, deleted)
   local p, c = ctx.params, arm(ctx)
   local e = ctx.inventory:hsm(name)             -- the runner refused a name the inventory does not know
   local res = hsm.get(c, e.resource, p.group)
   if not res then
     ctx:note(("%s: HSM resource %s in %s is already deleted: %s"):format(name, e.resource, p.group,
-      gone_because(c, e.resource, p.group)))
+      gone_because(c, e.resource, p.group, deleted)))
     return { name = name, resource = e.resource, gone = true }
   end
   -- the appliance's shell, opened only now: a resumed run past a zeroize
@@ -162,10 +170,10 @@ local function survey(ctx, name)
     zeroized = show.zeroized, partitions = listed }
 end
 
--- For the group: every resource in it, HSMs or not.
-local function survey_group(ctx)
+-- For the group (as check_group read it, nil: gone): every resource in it, HSMs or not.
+local function survey_group(ctx, group)
   local p, c = ctx.params, arm(ctx)
-  if not groups.get(c, p.group) then
+  if not group then
     ctx:note(("resource group %s: already deleted"):format(p.group))
     return { gone = true }
   end
@@ -180,10 +188,11 @@ end
 -- -> {hsms = {survey...}, group = survey_group | nil}
 local function show_what_goes(ctx)
   return ctx:step("show what will be destroyed", function()
-    check_group(ctx, arm(ctx))
+    local deleted = deletes()
+    local group = check_group(ctx, arm(ctx), deleted)
     local out = { hsms = {} }
-    for i, name in ipairs(ctx.params.hsm) do out.hsms[i] = survey(ctx, name) end
-    if ctx.params.delete_group then out.group = survey_group(ctx) end
+    for i, name in ipairs(ctx.params.hsm) do out.hsms[i] = survey(ctx, name, deleted) end
+    if ctx.params.delete_group then out.group = survey_group(ctx, group) end
     return out
   end)
 end
@@ -217,15 +226,19 @@ end
 -- A wrong password is another matter: a resume reads the secret again
 -- from its reference, so resumed as it is it spends one more HSM SO
 -- attempt on the same wrong value.  The way on (dhsm.play.resume) names
--- the reference to correct first, never the value.
+-- the reference to correct first, never the value; a prompt has nothing
+-- behind it: the right password is typed when the resume asks.
 local function way_on(err, h, ctx)
   if dhsm.error.is(err, "luna") and err.code == "LUNA_RET_UM_PIN_INCORRECT" then
     local given = ctx.params.so_password
-    local where = given and ("so_password's reference (%s)"):format(given:origin())
-      or ("the inventory's hsms[%s].so_password reference (%s)"):format(h.name,
-        ctx.inventory:hsm(h.name).so_password:origin())
+    local origin = (given or ctx.inventory:hsm(h.name).so_password):origin()
+    local where = given and ("so_password's reference (%s)"):format(origin)
+      or ("the inventory's hsms[%s].so_password reference (%s)"):format(h.name, origin)
+    -- asked at the terminal: nothing behind the reference to correct, the resume asks again
+    local way = origin == "prompt" and { type_again = ("the right HSM SO password when the resume asks for %s"):format(
+      given and "so_password" or ("hsms[" .. h.name .. "].so_password")) } or { correct_first = "the value behind " .. where }
     local e = dhsm.error.normalize(err)
-    e.details = util.merged(type(e.details) == "table" and e.details or {}, { correct_first = "the value behind " .. where })
+    e.details = util.merged(type(e.details) == "table" and e.details or {}, way)
     return e
   end
   if not (dhsm.error.is(err, "safety") and err.code == "LastLoginAttempt") then return err end

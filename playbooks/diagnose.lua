@@ -73,7 +73,7 @@ local REMEDY = findings.by_guide {
   ["HSM Initialization"] = {
     password_change = "the appliance demands its first-login password change: change it once (the new password is "
       .. "asked): %s, then keep the new password where the inventory's 'password' points; an appliance fresh from "
-      .. "Microsoft is initialised instead with dhsm run initialize -e new_password=prompt ..., which does it first",
+      .. "Microsoft is initialised instead, which does it first: %s",
     fresh = "an HSM never initialised (or reset by Microsoft): store the credentials the run sets as your policy "
       .. "requires (the guide's Lost Credentials: they cannot be recovered), then initialise it (each secret asked; "
       .. "-e ha_group=LABEL joins an HA group): %s",
@@ -119,8 +119,8 @@ local REMEDY = findings.by_guide {
 
 -- A remedy filled in: the appliance's name (REMEDY.ntls: "... -e hsm=%s"),
 -- or the command to type (REMEDY.fresh).
-local function filled(advice, what)
-  return { remedy = advice.remedy:format(what), guide = advice.guide }
+local function filled(advice, ...)
+  return { remedy = advice.remedy:format(...), guide = advice.guide }
 end
 
 -- Every check, in the order the table lists them.
@@ -477,7 +477,8 @@ local function check_appliance(run, entry)
     local e = dhsm.error.normalize(s)
     if e.kind == "interrupted" or e.kind == "cancelled" then error(s, 0) end
     run:add("ssh login", name, "FAIL", message_of(e), e.code == "PasswordChangeRequired"
-      and filled(REMEDY.password_change, typed.first_login(name, run.ctx.opts.inventory)) or REMEDY.ssh)
+      and filled(REMEDY.password_change, typed.first_login(name, run.ctx.opts.inventory),
+        typed.initialize(name, { inventory = run.ctx.opts.inventory, first_login = true })) or REMEDY.ssh)
     why = "no SSH session"
   end
   -- what the session would have answered: SKIP, the FAIL is tcp 22's or ssh login's

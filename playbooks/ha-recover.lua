@@ -113,7 +113,7 @@ local function read_groups(ctx)
   return ctx:step("read the HA groups and probe their members", function()
     local groups, conf_path = survey(ctx), client(ctx).conf_path
     if ctx.params.group and #groups == 0 then
-      dhsm.error { kind = "usage", code = "NoSuchGroup", message = ("no HA group %s in %s"):format(ctx.params.group, conf_path) }
+      dhsm.error { kind = "usage", code = "NoSuchGroup", details = { bad_input = "group" }, message = ("no HA group %s in %s"):format(ctx.params.group, conf_path) }
     end
     if #groups == 0 then ctx:note("no HA group is configured in " .. conf_path) end
     for _, line in ipairs(#groups > 0 and table_lines(groups) or {}) do ctx:note(line) end
@@ -292,7 +292,8 @@ end
 local function so_password(ctx, entry)
   local so = ctx.params.so_password or entry.so_password
   if not so then
-    dhsm.error { kind = "usage", code = "BadParameters", message = ("creating a partition on %s needs its HSM SO "
+    dhsm.error { kind = "usage", code = "BadParameters", details = { bad_input = "so_password" },
+      message = ("creating a partition on %s needs its HSM SO "
       .. "password: %s, or so_password in its inventory entry"):format(entry.name, schema.give("so_password=...")) }
   end
   return so
@@ -369,7 +370,7 @@ local function synchronize(ctx, g, again)
       return not drifting(ctx, comparable(ctx, g))
     end,
   }, function()
-    local said = SYNC_UNKNOWN .. (again and " (-e cloning_domain was not the group's)" or ", and the run stops there "
+    local said = SYNC_UNKNOWN .. (again and ", if -e cloning_domain was not the group's" or ", and the run stops there "
       .. "with the guide's remedy")
     -- a plan does not read the members' objects (a Crypto Officer login), so it cannot know they differ
     if ctx.check then

@@ -282,8 +282,14 @@ local function failure_record(attempt, started, err, resource, extra)
   return rec
 end
 
-local STOP_CODES = { permission = "AuthorizationFailed", quota = "QuotaExceeded", capacity = "InsufficientCapacity",
+-- The code a stop raises with: the guide's cause, or for a missing
+-- permission ARM's own (AuthorizationFailed, LinkedAuthorizationFailed).
+local STOP_CODES = { quota = "QuotaExceeded", capacity = "InsufficientCapacity",
   delegation = "SubnetNotDelegated", allowlisting = "NotAllowlisted" }
+
+local function stop_code(v, err)
+  return STOP_CODES[v.class] or (type(err) == "table" and err.code) or v.class
+end
 
 local function support_text(history)
   local lines = {}
@@ -310,7 +316,7 @@ local function race_aware(ctx, label, retries, attempt, before_retry)
     facts.record.class, facts.record.reason = v.class, v.reason
     history[#history + 1] = facts.record
     if classify.stops(v) then
-      dhsm.error { kind = "azure", code = STOP_CODES[v.class],
+      dhsm.error { kind = "azure", code = stop_code(v, facts.error),
         message = ("%s: stopped, %s (%s): %s\n  %s"):format(label, v.class, v.reason, findings.advice(v),
           support_text(history)), details = { verdict = v, history = history } }
     end
@@ -328,7 +334,8 @@ end
 
 local function support_error(label, outcome, extra)
   local v = outcome.verdict
-  local advice = v and findings.advice(v) or "failed"
+  -- the verdict and why, as a stop says it (race_aware)
+  local advice = v and ("%s (%s): %s"):format(v.class, v.reason, findings.advice(v)) or "failed"
   -- the race's remedy already ends in the support request: said once
   local ask = advice:find("support request", 1, true) and ""
     or "; raise a support request in the Azure portal, problem type \"Issues configuring the Azure setup\""
@@ -451,7 +458,8 @@ end
 local function deployment_facts(ctx, n, started, err, put, gw, gw_hist, requested)
   local p, c = ctx.params, ctx:azure()
   local messages, states = {}, {}
-  local failed_ops = deploy.failed_operations(c, p.deployment, p.group)
+  -- a PUT ARM refused made no deployment: there are no operations to read (ARM's 404 would hide the refusal)
+  local failed_ops = put and deploy.failed_operations(c, p.deployment, p.group) or {}
   for _, op in ipairs(failed_ops) do messages[#messages + 1] = op.message end
   for _, h in ipairs(requested) do
     local r = hsm.get(c, h.name, p.group)
@@ -539,13 +547,6 @@ end
 ---------------------------------------------------------------------------
 -- report
 
--- The command that adds the group's new HSMs to the run's inventory.
-local function discover_command(ctx, group)
-  local inv = ctx.opts.inventory
-  return ("dhsm inventory discover -g %s --merge %s"):format(util.shell_quote(group),
-    util.shell_quote(sys.realpath(inv) or inv))
-end
-
 -- The playbook that takes it from factory-fresh to an initialised HSM,
 -- the first login's password change its own first step: as the operator
 -- types it, with the run's inventory (dhsm.play.typed).
@@ -571,7 +572,7 @@ local function report(ctx, requested, changed)
         .. "before any reboot; store the credentials initialize sets as your policy requires (the guide's Lost "
         .. "Credentials), then initialise it (it changes the password the appliance demands at its first login; each "
         .. "secret is asked; -e ha_group=LABEL joins an HA group, -e new_ha_group=LABEL creates one): %s")
-        :format(tostring(ip), discover_command(ctx, p.group), initialize_command(ctx, h.name)))
+        :format(tostring(ip), typed.discover(p.group, ctx.opts.inventory), initialize_command(ctx, h.name)))
     end
   end
   if not changed then ctx:note("everything was already in place: nothing was changed") end

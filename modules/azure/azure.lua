@@ -148,8 +148,9 @@ M.bad_response = bad_response
 
 -- missing_permission(message) -> action, scope: what a 403's ARM message
 -- ("... does not have authorization to perform action 'A' over scope 'S'
--- ...") says the credential lacks; nil when it does not say.
-function M.missing_permission(message)
+-- ...") says the credential lacks; nil when it does not say.  What it
+-- finds is the error's details.permission, which classify reads.
+local function missing_permission(message)
   return tostring(message or ""):match("perform action '([^']+)' over scope '([^']+)'")
 end
 
@@ -176,7 +177,7 @@ local function reply_error(method, url, r, json)
   local request_id = header(r, "x-ms-request-id")
   -- a 403 naming the permission the credential lacks says that (ARM's whole text stays in details.body)
   local action, scope
-  if r.status == 403 then action, scope = M.missing_permission(message) end
+  if r.status == 403 then action, scope = missing_permission(message) end
   if action then message = ("the credential lacks permission %s on %s"):format(action, scope) end
   local err = dhsm.error.new {
     kind = "azure", code = code, retryable = RETRY_STATUS[r.status] == true,
@@ -1037,7 +1038,6 @@ schema.check_arguments("azure", M, {
   bad_response = "method:any url:any r:table",
   reply_error = "method:any url:any r:reply json:table?",
   id_part = "id:any key:string",
-  missing_permission = "message:string?",
   conform = "from:any value:any shape:shape path:string?",
   conform_list = "from:any items:table shape:shape",
   list_page = "r:table",

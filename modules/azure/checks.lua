@@ -81,10 +81,10 @@ local ADVICE = findings.by_guide {
       .. "subscription and the group) and run again",
     group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
       .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
+    refused = "Azure refused this request for a reason other than a permission (ARM's message names it, e.g. an "
+      .. "Azure Policy assignment that denies it): have its owner allow it, and run again",
     bug = "the check itself failed: report it with this message",
     unavailable = "Azure is busy or down (throttled, a server error, no answer): run again later",
-    permission = "give the credential's role the permission named (e.g. Reader on the subscription, Contributor on "
-      .. "the group) and run again",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
       .. "subscription",
     existing = "only tags can change: choose another name, or decommission it first",
@@ -94,14 +94,17 @@ local ADVICE = findings.by_guide {
 M.ADVICE = ADVICE
 
 -- read_advice(err [, otherwise]) -> the advice for an ARM read that failed:
--- an outage (no answer, 429, 5xx) is not the credential's fault, a 403
--- its role's (the permission the error names); else
+-- an outage (no answer, 429, 5xx) is not the credential's fault, a 403 for
+-- a permission its role's (the permission the error names), another 403
+-- (a policy deny) neither; else
 -- otherwise when given (the read's own advice), a group that does not exist
 -- is the inventory's mistake, anything else the credential's access.
 function M.read_advice(err, otherwise)
   local status = err.status or (type(err.details) == "table" and err.details.status) or nil
   if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
-  if status == 403 then return ADVICE.permission end   -- signed in, not allowed: the role, not the secret
+  -- signed in, not allowed: the role, not the secret (a policy deny's 403 is neither: its own text, below)
+  if classify.lacks_permission(err) then return classify.ADVICE.permission end
+  if status == 403 then return ADVICE.refused end
   if otherwise then return otherwise end
   if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
   return ADVICE.arm_read
@@ -887,7 +890,7 @@ end
 -- the rest (the azure error's text: HTTP status, request id, a 403's
 -- missing permission), once.
 local function unanswered_words(err)
-  if err.status == 403 then return "the credential lacks a permission (below)" end
+  if classify.lacks_permission(err) then return "the credential lacks a permission (below)" end
   if err.status then return ("Azure answered HTTP %s (below)"):format(err.status) end
   return ("no answer from Azure (%s): run again when it answers"):format(tostring(err.code or err.kind))
 end

@@ -58,8 +58,8 @@ M.ADVICE = findings.by_guide {
     unknown = "not one of the guide's known causes: raise a support request with the ids and messages below",
   },
   [""] = {
-    permission = "give the credential's role the permission ARM names (Contributor on the resource group has "
-      .. "them all) and run again",
+    permission = "give the credential's role the permission ARM names (Reader on the subscription and "
+      .. "Contributor on the resource group cover them all) and run again",
     transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
       .. "the time ARM asked for",
   },
@@ -162,12 +162,32 @@ local function verdict(class, reason, f)
     retry_after = class == "transient" and retry_after_of(f.error) or nil }
 end
 
--- A refusal of the credential (HTTP 403): its role lacks a permission, whatever
--- the message mentions (a scope naming a gateway is no race).  The reason
--- is short: the error itself names the permission (dhsm.azure).
+-- The codes ARM gives a 403 for a permission the credential's role lacks;
+-- another 403 (an Azure Policy deny, RequestDisallowedByPolicy) is no
+-- missing permission, and its text says what it is.
+local PERMISSION_CODES = { AuthorizationFailed = true, LinkedAuthorizationFailed = true }
+
+-- lacks_permission(err) -> whether err is ARM refusing the credential a
+-- permission: a 403 with a permission code, or one whose message named the
+-- action (dhsm.azure sets details.permission then).
+function M.lacks_permission(e)
+  if type(e) ~= "table" or status_of(e) ~= 403 then return false end
+  return PERMISSION_CODES[e.code] == true or (type(e.details) == "table" and e.details.permission ~= nil)
+end
+
+-- A refusal of the credential: its role lacks a permission, whatever the
+-- message mentions (a scope naming a gateway is no race).  The reason is
+-- short: the error itself names the permission (dhsm.azure).
 local function permission_refused(e)
-  if status_of(e) ~= 403 then return nil end
+  if not M.lacks_permission(e) then return nil end
   return ("HTTP 403 %s"):format(tostring(e.code))
+end
+
+-- A 403 for another reason (a policy deny): ARM refused the request itself,
+-- so neither a rerun nor the gateway's history can make it the race.
+local function refused_otherwise(e)
+  if status_of(e) ~= 403 then return nil end
+  return ("HTTP 403 %s, not a missing permission: ARM's message says why"):format(tostring(e.code))
 end
 
 -- failure(facts) -> verdict (see the top of the file)
@@ -180,6 +200,8 @@ function M.failure(f)
   if class and class ~= "transient" and class ~= "race" then
     return verdict(class, why, f)
   end
+  local refused_why = refused_otherwise(f.error)
+  if refused_why then return verdict("unknown", refused_why, f) end
   if transient_transport(f.error) and not any_failed(f.states) then
     return verdict("transient", ("%s %s"):format(tostring(status_of(f.error) or f.error.kind),
       tostring(f.error.code)), f)

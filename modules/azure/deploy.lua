@@ -5,7 +5,6 @@
 --   deploy.wait(c, r, {on_progress=})        -- raises with the failed operations' messages
 --   deploy.support_facts(c, name)            -- what a support request needs
 local azure = require "dhsm.azure"
-local cjson = require "cjson"
 local dhsm = require "dhsm"
 local util = require "dhsm.util"
 
@@ -27,10 +26,8 @@ end
 local function read_json(path, what)
   local text, err = util.read_file(path)
   if not text then dhsm.error { kind = "usage", message = ("%s %s: cannot read it: %s"):format(what, path, err) } end
-  local ok, doc = pcall(cjson.decode, text)
-  if not ok or type(doc) ~= "table" then
-    dhsm.error { kind = "usage", message = ("%s %s: not a JSON object (%s)"):format(what, path, tostring(doc)) }
-  end
+  local doc, why = util.json_object(text)        -- a byte order mark skipped, a syntax error by line and column
+  if not doc then dhsm.error { kind = "usage", message = ("%s %s: %s"):format(what, path, why) } end
   return doc
 end
 

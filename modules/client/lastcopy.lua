@@ -87,7 +87,7 @@ local function survivors(ctx, dead)
   for _, m in ipairs(other_members(ctx, dead)) do out[#out + 1] = read_member(ctx, m.group, m.serial) end
   for _, serial in ipairs(ctx.params.backup or {}) do
     if dead[serial] then
-      dhsm.error { kind = "usage", code = "BadParameter",
+      dhsm.error { kind = "usage", code = "BadParameter", details = { bad_input = "backup" },
         message = ("backup: partition %s is one this run destroys, not a backup"):format(serial) }
     end
     out[#out + 1] = copies.read(steps.client(ctx), serial, slots(ctx))

@@ -170,6 +170,35 @@ t.test("a zeroize that fails (wrong SO password) stops the run, no DELETE; the h
   t.eq(hsms(e), { hsm2 = "Succeeded" })
 end)
 
+t.test("a wrong HSM SO password typed at the prompt: the hint says to type the right one when the resume asks",
+  function()
+  local e = estate()
+  local state = e.dir .. "/state"
+  -- dhsm on a terminal of its own (script), the password typed once its question is on the screen
+  local function at_terminal(args, password)
+    local screen = t.tmpdir() .. "/screen"
+    local line = ("XDG_STATE_HOME=%s DHSM_AUDIT=%s/audit.jsonl %s"):format(q(state), q(state), t.cmd(args))
+    local r = t.sh(("(for i in $(seq 400); do grep -q 'so_password: ' %s 2>/dev/null && break; sleep 0.05; done; "
+      .. "printf '%%s\\n' %s) | script -qefc %s %s"):format(q(screen), q(password), q(line), q(screen)))
+    return r.status, util.read_file(screen) or ""
+  end
+  local function so_of(name) return util.trim(util.read_file(e.dir .. "/secrets/" .. name .. "_so_password")) end
+  local status, screen = at_terminal("-i " .. q(e.dir .. "/inventory.json") .. " run decommission -e poll_interval=0.02 "
+    .. "-e hsm=hsm1 -e so_password=prompt -e backups_confirmed=true --yes", so_of("hsm2"))
+  t.eq(status, 1, screen)
+  t.ok(screen:find("HSM SO login failed", 1, true), screen)
+  t.ok(not screen:find("correct the value behind", 1, true), "nothing behind a prompt to correct\n" .. screen)
+  local hint = screen:match("'dhsm (run decommission %-%-resume %S+ %-%-yes)' continues it, with its own parameters and "
+    .. "inventory: type the right HSM SO password when the resume asks for so_password")
+  t.ok(hint, screen)
+  t.eq(count(e:mutations(), "^DELETE"), 0, "no DELETE reached ARM")
+  -- done as it says: the hint typed as printed, the right password when asked
+  status, screen = at_terminal(hint, so_of("hsm1"))
+  t.eq(status, 0, screen)
+  t.eq({ count(e:mutations(), "^hsm1 lunash: hsm login"), count(e:mutations(), "hsm zeroize"), count(e:mutations(), "^DELETE") },
+    { 2, 1, 1 }, "one wrong SO login, one right; one DELETE")
+end, { timeout = 120 })
+
 t.test("group deletion refused while another HSM remains: for real and in --check", function()
   local e = estate()
   local before = e:world()
@@ -279,6 +308,7 @@ t.test("a resource group that does not exist is refused as bad input, never 'alr
   local state = e.dir .. "/state"
   local base = "-e hsm=hsm1 " .. so(e, "hsm1") .. " -e backups_confirmed=true"
   -- -e group misspelled: for real, then in --check
+  local printed
   for _, mode in ipairs { "--yes", "--check" } do
     local r = run(e, base .. " -e group=hsm-rgx " .. mode)
     t.eq(r.status, 2, r.stderr)
@@ -286,7 +316,11 @@ t.test("a resource group that does not exist is refused as bad input, never 'alr
     t.ok(r.stderr:find("ResourceGroupNotFound", 1, true) and r.stderr:find("the name came from -e group", 1, true), r.stderr)
     t.ok(not r.stderr:find("already deleted", 1, true) and not r.stderr:find("already gone", 1, true), r.stderr)
     t.ok(not r.stderr:find("--resume", 1, true), "no resume hint: the same parameters meet the same refusal\n" .. r.stderr)
+    -- the playbook's refusal of the operator's input: said so, with the new run's command to correct
+    printed = printed or r.stderr:match("resuming it would meet the same bad input %(group, see below%): correct it, "
+      .. "then run again %(a new run%): dhsm ([^\n]+)")
   end
+  t.ok(printed and printed:find("group=hsm-rgx", 1, true), "the new run's command, its group to correct")
   -- the inventory's azure.resource_group misspelled: named with its file
   local inv = cjson.decode(util.read_file(e.dir .. "/inventory.json"))
   inv.azure.resource_group = "hsm-rgx"
@@ -298,8 +332,8 @@ t.test("a resource group that does not exist is refused as bad input, never 'alr
   -- nothing reached the estate, and the HSM is there as it was
   t.eq(e:mutations(), {}, "nothing sent")
   t.eq({ hsms(e).hsm1, zeroized(e, "hsm1") }, { "Succeeded", false })
-  -- the refusal's advice, typed: the right group, and the run gives hsm1 back
-  r = run(e, base .. " -e group=" .. GROUP .. " --yes")
+  -- the refusal's advice, typed: the printed command with the right group, and the run gives hsm1 back
+  r = t.run((printed:gsub("group=hsm%-rgx", "group=" .. GROUP)), { state = e.dir .. "/state", env = "env -u DHSM_INVENTORY" })
   t.eq(r.status, 0, r.stderr)
   t.eq({ hsms(e).hsm1, count(e:mutations(), "^DELETE") }, { nil, 1 })
 end)

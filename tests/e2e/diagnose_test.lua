@@ -225,6 +225,7 @@ local ARM = {
     .. "the state first)" },
   reset = { set = "2", invisible = "transient: a read cut mid-response is retried" },
   forbid = { set = "1000", check = "credentials", target = SUB, status = "FAIL", says = "AuthorizationFailed" },
+  deny_policy = { set = "1000", check = "credentials", target = SUB, status = "FAIL", says = "RequestDisallowedByPolicy" },
   delay_ms = { set = "200", invisible = "latency, not a failure: the run takes that much longer" },
   expire_tokens = { set = "1", invisible = "the Azure client fetches a new token on ExpiredAuthenticationToken" },
   gateway_race = { set = "1", provoke = function() deploy_hsm("diag-race", "diag-race") end,

@@ -357,3 +357,24 @@ t.test("--merge: a new HSM added, a deleted one flagged, nothing else changed; -
   t.ok(r.stderr:find("nothing to add", 1, true) and r.stderr:find("1 flagged", 1, true), r.stderr)
   t.eq(util.read_file(file), merged)
 end)
+
+t.test("--merge into an inventory starting with a UTF-8 byte order mark: read, merged, written without the mark",
+  function()
+  -- after the test above the group holds hsm3: an inventory without it, as a Windows editor saved it
+  local dir = t.tmpdir()
+  local file, kh = dir .. "/inventory.json", dir .. "/known_hosts"
+  local inv = cjson.decode(assert(util.read_file(e.dir .. "/inventory.json")))
+  local kept = {}
+  for _, h in ipairs(inv.hsms) do
+    if h.name ~= "hsm3" then kept[#kept + 1] = h end
+  end
+  inv.hsms = kept
+  t.write(file, "\239\187\191" .. cjson.encode(inv))
+  local r = t.run(("inventory discover --address-map %s --known-hosts %s --merge %s --accept-new --yes"):format(
+    q(ADDRESS_MAP), q(kh), q(file)), { env = SP_ENV })
+  t.eq(r.status, 0, r.stderr)
+  t.ok(not r.stderr:find("invalid JSON", 1, true) and not r.stderr:find("expected a JSON object", 1, true), r.stderr)
+  local merged = assert(util.read_file(file))
+  t.ok(merged:sub(1, 1) == "{", "the mark is not written back")
+  t.eq(loads(merged, file):hsm("hsm3").resource, "hsm3")
+end)

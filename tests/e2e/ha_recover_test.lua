@@ -249,6 +249,8 @@ t.test("fix_cloning=true: --check plans the remedy and changes nothing; unconfir
   from = #e:log()
   r = run("--yes -e new_partition=par2 " .. fix)
   t.eq(r.status, 0, r.stdout .. r.stderr)
+  t.ok(r.stderr:find("synchronizing group myHA: " .. SYNC_UNKNOWN .. ", if -e cloning_domain was not the group's",
+    1, true), "the synchronize after the remedy, its condition said as one\n" .. r.stderr)
   local part = e:state().appliances.hsm3.partitions.par2
   t.eq(part.domain, e:state().appliances.hsm1.partitions.par1.domain, "par2 is in the group's cloning domain")
   t.eq(changes(from), { "client assignPartition -client dhsm-client -partition par2",

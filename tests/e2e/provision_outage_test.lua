@@ -127,3 +127,26 @@ t.test("a preflight that finds a real problem is still a safety refusal (exit 3)
   t.eq(r.status, 3, r.stderr)
   t.ok(r.stderr:find("safety/PreflightFailed", 1, true), r.stderr)
 end)
+
+t.test("an HSM's PUT answered 5xx past the client's retries: raised as it is, no support request; the printed "
+  .. "resume creates it once Azure answers", function()
+  e:clear()
+  local put = "PUT /subscriptions/" .. SUB .. "/resourceGroups/hsm-rg/providers/Microsoft.HardwareSecurityModules/"
+    .. "dedicatedHSMs/hsm-a"
+  e:fault { fail5xx = "1000:" .. put }
+  local from, state = #e:log(), t.tmpdir()
+  local r = t.run(("-i %s run provision -e hsms=hsm-a:stamp1 -e retries=3 -e backoff=0.01 -e poll_interval=0.02 --yes")
+    :format(util.shell_quote(inventory)), { state = state })
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("PUT /subscriptions/%S+/dedicatedHSMs/hsm%-a: HTTP 50[03], " .. REQUEST_ID), r.stderr)
+  t.ok(not r.stderr:find("support request", 1, true) and not r.stderr:find("redeploying", 1, true), r.stderr)
+  local refused = e:count_since(from, { put = "arm PUT %S+/dedicatedHSMs/hsm%-a %-> 50[03]" }).put
+  t.ok(refused >= 1 and refused <= 2, "the client's attempts (max_attempts 2), none more for retries=3: " .. refused)
+  local hint = r.stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  e:clear()
+  r = t.run(hint, { state = state, env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(e:hsms()["hsm-a"], "Succeeded")
+  t.eq(e:count_since(from, { put = "arm PUT %S+/dedicatedHSMs/hsm%-a %-> 2" }).put, 1, "created by one PUT, after the fault")
+end)

@@ -99,14 +99,21 @@ local function diagnosed(e, target, check)
   error("no " .. check .. " row for " .. target .. ":\n" .. r.stdout .. r.stderr)
 end
 
-t.test("diagnose's remedies for the new appliance, typed as they read: the first login's change, then initialize",
-  function()
+-- A new appliance, hsm3, provisioned and demanding its first-login
+-- password change -> the estate, and diagnose's "ssh login" row for it.
+local function demanding_password_change()
   local e = estate("--appliances 2 --spare 1 --client-ready")
   t.eq(run(e, "-e hsms=hsm3:stamp2 --yes").status, 0)
-  -- the password the appliance demands: the exec command of the remedy, typed on a terminal of its own, the new
-  -- password typed once the question is on the screen
   local row = diagnosed(e, "hsm3", "ssh login")
   t.eq(row.status, "FAIL", row.finding)
+  return e, row
+end
+
+t.test("diagnose's remedies for the new appliance, typed as they read: the first login's change, then initialize",
+  function()
+  -- the password the appliance demands: the exec command of the remedy, typed on a terminal of its own, the new
+  -- password typed once the question is on the screen
+  local e, row = demanding_password_change()
   local command = row.remedy:match("change it once %b(): dhsm (.-), then keep")
   t.ok(command and command:find('first_login(inv:hsm("hsm3")', 1, true), row.remedy)
   local dir = t.tmpdir()
@@ -130,6 +137,21 @@ t.test("diagnose's remedies for the new appliance, typed as they read: the first
   t.eq(e:count_since(0, { hsm_init = "^hsm3 lunash: hsm init .*%-> 0$" }), { hsm_init = 1 })
   row = diagnosed(e, "hsm3", "hsm state")
   t.eq(row.status, "OK", row.finding)
+end, { timeout = 180 })
+
+t.test("diagnose's other remedy for the appliance demanding its first password change: initialize, typed as it reads",
+  function()
+  local e, row = demanding_password_change()
+  local printed = row.remedy:match("which does it first: dhsm (.+)$")
+  t.ok(printed and printed:find("run initialize -e hsm=hsm3 ", 1, true) and printed:find("-e new_password=prompt", 1, true),
+    row.remedy)
+  t.ok(not printed:find("...", 1, true), "the whole command, nothing left to guess: " .. printed)
+  local command, env = with_env_references(printed)
+  local r = t.run(command, { state = e.dir .. "/state", env = env })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(e:count_since(0, { hsm_init = "^hsm3 lunash: hsm init .*%-> 0$" }), { hsm_init = 1 })
+  t.eq({ e:state().appliances.hsm3.faults.force_password_change, util.trim(util.read_file(e.dir .. "/secrets/hsm3_password")) },
+    { false, INIT_SECRETS.new_password }, "the first login's change, made by initialize")
 end, { timeout = 180 })
 
 t.test("a fresh network is created: VNet with delegated subnet, Standard public IP, ExpressRoute gateway", function()
@@ -408,6 +430,41 @@ t.test("template mode: the operator's template and parameters file; the race rec
   t.eq(hsms(e)["hsm-t"], "Succeeded")
   t.eq(count(mutations(e), "deployments/dhsm%-provision$"), 2, "deployed, raced, redeployed")
 end)
+
+-- A deployment that fails for good, not as the race: a capacity stop, and a
+-- request Azure Policy denies (403, no missing permission: a failure of no
+-- known cause).  Either fails the deploy step, so the printed resume, typed
+-- once the cause is gone, deploys again.
+local FOR_GOOD = {
+  { why = "capacity", set = { capacity_per_stamp = 0 }, says = "stopped, capacity" },
+  { why = "a policy deny", deny = true, says = "HTTP 403 RequestDisallowedByPolicy, not a missing permission" },
+}
+
+for _, case in ipairs(FOR_GOOD) do
+t.test("template mode, the deployment failing for good (" .. case.why .. "): its step fails, the printed resume "
+  .. "deploys again once the cause is gone", function()
+  local e = estate(nil, case.set)
+  local az = e.inventory.azure
+  local put = ("PUT /subscriptions/%s/resourceGroups/%s/providers/Microsoft.Resources/deployments/dhsm-provision")
+    :format(az.subscription, az.resource_group)
+  if case.deny then e:fault { deny_policy = "9:" .. put } end
+  local state = t.tmpdir()
+  local r = e:run("run provision -e poll_interval=0.02 -e backoff=0.01 " .. template_args() .. " --yes", { state = state })
+  t.eq(r.status, 1, r.stderr)
+  t.ok(r.stderr:find("✗ deploy ARM template", 1, true), "the step itself failed\n" .. r.stderr)
+  t.ok(r.stderr:find(case.says, 1, true), r.stderr)
+  t.ok(not r.stderr:find("credential's role", 1, true), "no permission is missing\n" .. r.stderr)
+  local hint = r.stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
+  t.ok(hint, r.stderr)
+  e:clear()
+  r = t.run(hint, { state = state, env = "env -u DHSM_INVENTORY" })
+  t.eq(r.status, 0, r.stderr)
+  t.eq(hsms(e)["hsm-t"], "Succeeded")
+  local log = e:log()
+  t.eq({ count(log, "arm PUT %S+/deployments/dhsm%-provision %-> 403"), count(log, "arm PUT %S+/deployments/dhsm%-provision %-> 2") },
+    { case.deny and 1 or 0, case.deny and 1 or 2 }, "refused once, or deployed and failed; then deployed once more")
+end)
+end
 
 t.test("template mode with the gateway Updating: waited for until Succeeded, as its row says, then deployed once",
   function()

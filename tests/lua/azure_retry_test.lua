@@ -66,6 +66,23 @@ t.test("a DELETE answered 5xx and not taken is sent again once the state reads a
   t.eq(deletes("hsm4"), 2)
 end)
 
+t.test("a DELETE answered 5xx whose follow-up read fails too: its fate unknown, the DELETE's own error is raised, "
+  .. "and it is not sent again", function()
+  local c = estate:azure()
+  t.eq(select(2, estate:put_hsm(c, "hsm5", { vnet = "hsm-vnet", subnet = "hsm", stamp = "stamp1" })), "Succeeded")
+  local from = #estate:log()
+  estate:fault { fail5xx_after = "1:DELETE", forbid = "1:GET " .. hsm.path(c, "hsm5"), delete_seconds = 1 }
+  estate:control("POST", "/hsms/hsm5/zeroized", { zeroized = true, resource_group = c.resource_group })
+  local ok, err = pcall(c.delete, c, hsm.path(c, "hsm5"), { allow_unzeroized = true })
+  estate:clear()
+  t.eq(ok, false, "the DELETE's fate is unknown: not reported as done")
+  t.ok(type(err) == "table" and err.kind == "azure" and tostring(err.message):find(
+    "^DELETE /subscriptions/%S+/dedicatedHSMs/hsm5: HTTP 50[03], request id "), tostring(err and err.message or err))
+  local n = estate:count_since(from, { delete = "^arm DELETE %S+/dedicatedHSMs/hsm5 %->",
+    read = "^arm GET %S+/dedicatedHSMs/hsm5 %-> 403" })
+  t.eq(n, { delete = 1, read = 1 }, "one DELETE (taken, answered 5xx), one read that failed, no DELETE more")
+end)
+
 t.test("throttling shows a progress line with the wait and the attempt, and the audit log records it", function()
   estate:fault { throttle = "1:dedicatedHSMs", retry_after = 1 }
   local state = t.tmpdir()

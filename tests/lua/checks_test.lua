@@ -391,6 +391,20 @@ t.test("SKIP: the HSM list refused is one FAIL; the checks standing on it SKIP n
   t.eq(firing, { ('{check="hsm provisioning",target="%s"}'):format(SUB) }, "an alert on > 0 fires once")
 end)
 
+t.test("a read denied by policy (403, not a permission) is told as such, the credential's role left out", function()
+  fresh()
+  local hsms = ("1000:GET /subscriptions/%s/providers/Microsoft.HardwareSecurityModules"):format(SUB)
+  estate:fault { deny_policy = hsms }
+  local r = expect(checks.run(scope { vnet = false }, DIAGNOSIS), "hsm provisioning", SUB, "FAIL")
+  t.ok(r.finding:find("^RequestDisallowedByPolicy: "), r.finding)
+  t.ok(r.remedy:find("other than a permission", 1, true) and not r.remedy:find("credential", 1, true), r.remedy)
+  estate:clear()
+  estate:fault { forbid = hsms }
+  r = expect(checks.run(scope { vnet = false }, DIAGNOSIS), "hsm provisioning", SUB, "FAIL")
+  t.ok(r.remedy:find("give the credential's role the permission ARM names", 1, true), r.remedy)
+  estate:clear()
+end)
+
 t.test("SKIP: credentials that fail make every other check a SKIP; a missing group, the checks inside it", function()
   fresh()
   local bad = estate:azure { credential = { type = "client_secret", client_id = estate.inventory.azure.credential.client_id,

@@ -61,6 +61,23 @@ t.test("a 403 is the credential's permission, a stop: not a support request, not
   t.ok(not v.remedy:find("support request", 1, true), v.remedy)
 end)
 
+t.test("a 403 for another reason (an Azure Policy deny) is no missing permission: not the role, not a race", function()
+  local e = err(403, "RequestDisallowedByPolicy", "PUT /x: HTTP 403: Resource 'hsm-a' was disallowed by policy. "
+    .. "Policy identifiers: '[{\"policyAssignment\":{\"name\":\"deny-sim\"}}]'.")
+  t.eq(classify.lacks_permission(e), false)
+  -- the gateway's history would say race: a request ARM refused is not one
+  local v = classify.failure { error = e, gateway = { state = "Updating", was_ready_at_deploy = false } }
+  t.eq({ v.class, v.retry, classify.stops(v) }, { "unknown", false, false })
+  t.ok(v.reason:find("HTTP 403 RequestDisallowedByPolicy, not a missing permission", 1, true), v.reason)
+  t.ok(not v.remedy:find("credential's role", 1, true), v.remedy)
+  -- the signals of a missing permission: ARM's codes, or the action the message named (details.permission)
+  t.eq(classify.lacks_permission(err(403, "LinkedAuthorizationFailed", "linked")), true)
+  local named = err(403, "Forbidden", "the credential lacks permission a/write on /s")
+  named.details.permission = { action = "a/write", scope = "/s" }
+  t.eq({ classify.lacks_permission(named), classify.failure { error = named }.class }, { true, "permission" })
+  t.eq(classify.lacks_permission(err(401, "AuthorizationFailed", "not a 403")), false)
+end)
+
 t.test("an error the ARM client already retried is transient but not retried again (one layer retries)", function()
   local e = err(503, "ServiceUnavailable", "later")
   t.eq(classify.failure { error = e }.retry, true, "not retried yet: the caller's to retry")

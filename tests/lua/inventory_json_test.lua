@@ -65,3 +65,31 @@ t.test("-e @FILE.json is read the same way: line and column, and a list is not p
   t.eq(r.status, 2, r.stderr)
   t.ok(r.stderr:find("expected a JSON object of parameters", 1, true), r.stderr)
 end)
+
+-- A UTF-8 byte order mark before the JSON of every file dhsm reads as JSON:
+-- -e @FILE.json and an ARM template with its parameters (discover --merge:
+-- tests/e2e/discover_test.lua).
+local BOM = "\239\187\191"
+
+t.test("-e @FILE.json starting with a byte order mark is read as the parameters it holds", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/p.json", BOM .. '{"hsm": "hsm1", "no_such_parameter": 1}')
+  t.write(dir .. "/inv.json", '{"hsms": [{"name": "hsm1", "host": "10.2.1.4"}]}')
+  local r = t.run(("-i %s run decommission -e @%s"):format(util.shell_quote(dir .. "/inv.json"),
+    util.shell_quote(dir .. "/p.json")))
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("no_such_parameter", 1, true), "the file's parameters were read\n" .. r.stderr)
+  t.ok(not r.stderr:find("invalid JSON", 1, true) and not r.stderr:find("expected a JSON object", 1, true), r.stderr)
+end)
+
+t.test("an ARM template and its parameters file starting with a byte order mark are read", function()
+  local dir = t.tmpdir()
+  t.write(dir .. "/t.json", BOM .. '{"resources": [], "parameters": {"hsmName": {"type": "string"}}}')
+  t.write(dir .. "/p.json", BOM .. '{"parameters": {"hsmName": {"value": "hsm-t"}}}')
+  local tmpl, values = require("dhsm.azure.deploy").read_files(dir .. "/t.json", dir .. "/p.json")
+  t.eq({ tmpl.parameters.hsmName.type, values.hsmName }, { "string", "hsm-t" })
+  -- a syntax error is told by line and column, as an inventory's
+  t.write(dir .. "/bad.json", BOM .. '{\n  "resources": [,]\n}')
+  local ok, err = pcall(require("dhsm.azure.deploy").read_files, dir .. "/bad.json")
+  t.ok(not ok and tostring(err.message):find("invalid JSON at line 2, column 17", 1, true), tostring(err.message or err))
+end)

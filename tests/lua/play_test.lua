@@ -555,6 +555,20 @@ t.test("a failed run is journaled and --resume skips the steps it completed", fu
   t.ok(r.stderr:find("↷ first (done in an earlier attempt of this run)", 1, true), r.stderr)
 end)
 
+t.test("a module's BadArgument inside a step is no input of the operator's: the resume hint stays, and works", function()
+  local dir = t.tmpdir()
+  local r = run(dir, "run steps -e dir=" .. q(dir) .. " -e bad_reply=true")
+  t.eq(r.status, 2, r.stderr)
+  t.ok(r.stderr:find("BadArgument", 1, true) or r.stderr:find("operation_state", 1, true), r.stderr)
+  t.ok(not r.stderr:find("same bad input", 1, true), r.stderr)
+  local hint = r.stderr:match("'dhsm (run %S+ %-%-resume %S+)' continues it")
+  t.ok(hint, r.stderr)
+  t.write(dir .. "/fixed", "")
+  r = run(dir, hint)
+  t.eq(r.status, 0, r.stderr)
+  t.eq(executed(dir), { "first", "second", "second", "third 2 y" }, "first replayed, second again, then third")
+end)
+
 t.test("a run that fails on its input before any step offers no resume: fix the input and run again", function()
   local dir = t.tmpdir()
   local inv = dir .. "/inventory.json"

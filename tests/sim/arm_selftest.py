@@ -406,6 +406,18 @@ class TransportFaultTest(EstateCase):
         reply = self.arm.call("GET", self.arm.rg("hsm-rg"), RES_API)
         self.assertEqual((reply.status, reply.error_code()), (403, "AuthorizationFailed"))
 
+    def test_denied_by_policy(self):
+        self.faults(deny_policy="1:PUT /subscriptions")
+        self.assertEqual(self.arm.call("GET", self.arm.rg("hsm-rg"), RES_API).status, 200, "a GET is not matched")
+        reply = self.arm.call("PUT", self.arm.rg("rg-denied"), RES_API, {"location": "eastus"})
+        self.assertEqual((reply.status, reply.error_code()), (403, "RequestDisallowedByPolicy"))
+        message = reply.json["error"]["message"]
+        self.assertIn("'rg-denied' was disallowed by policy", message)
+        self.assertNotIn("authorization to perform action", message, "no permission is named")
+        self.assertEqual(self.arm.call("GET", self.arm.rg("rg-denied"), RES_API).status, 404,
+                         "the denied PUT created nothing")
+        self.assertEqual(self.arm.call("PUT", self.arm.rg("rg-denied"), RES_API, {"location": "eastus"}).status, 201)
+
 
 class ResourceGroupTest(EstateCase):
     def test_create_get_delete_with_location_polling(self):

@@ -88,6 +88,16 @@ class FrontDoorFaults:
                         "or the scope is invalid. If access was recently granted, please refresh "
                         "your credentials.").response()
 
+    def denied_by_policy(self, req):
+        """A 403 that is no missing permission: an Azure Policy assignment denies the
+        request (the shape ARM documents for RequestDisallowedByPolicy)."""
+        d = self.diagnostics(req)
+        name = req.path.rstrip("/").rsplit("/", 1)[-1]
+        assignment = f"/subscriptions/{d['subscription']}/providers/Microsoft.Authorization/policyAssignments/deny-sim"
+        return ArmError(403, "RequestDisallowedByPolicy",
+                        f"Resource '{name}' was disallowed by policy. Policy identifiers: "
+                        f"'[{{\"policyAssignment\":{{\"name\":\"deny-sim\",\"id\":\"{assignment}\"}}}}]'.").response()
+
     def server_error(self, req, status, retry_after):
         d = self.diagnostics(req)
         if status == 503:

@@ -4,8 +4,8 @@
 `delay_ms`, then consumes at most one counted fault matching the request (the
 rule format is in knobs.py). The error bodies come from the service (ARM and
 the login endpoint speak different error dialects), through `errors`, an object
-with throttled(req, retry_after), server_error(req, status, retry_after) and
-forbidden(req) methods returning a Response.
+with throttled(req, retry_after), server_error(req, status, retry_after),
+forbidden(req) and denied_by_policy(req) methods returning a Response.
 """
 import itertools
 import time
@@ -59,6 +59,8 @@ class FaultGate:
             return Verdict(self.errors.throttled(req, retry_after))
         if fault == "forbid":
             return Verdict(self.errors.forbidden(req))
+        if fault == "deny_policy":
+            return Verdict(self.errors.denied_by_policy(req))
         if fault in ("fail5xx", "fail5xx_after"):
             status = 500 if next(self._five_hundreds[fault]) % 2 == 0 else 503
             error = self.errors.server_error(req, status, retry_after)

@@ -97,6 +97,8 @@ class OAuthFaults:
     def forbidden(self, req):
         return aad_error(401, "unauthorized_client", 7000112, "Application is disabled.", self.authority())
 
+    denied_by_policy = forbidden    # no Azure Policy in front of a login: refused as the fault above
+
     def server_error(self, req, status, retry_after):
         resp = aad_error(status, "temporarily_unavailable", 90033,
                          "A transient error has occurred. Please try again.", self.authority())
@@ -192,6 +194,8 @@ class ImdsFaults:
 
     def forbidden(self, req):
         return Response.json(403, {"error": "forbidden", "error_description": "Access denied"})
+
+    denied_by_policy = forbidden    # no Azure Policy in front of a token endpoint
 
     def server_error(self, req, status, retry_after):
         return Response.json(status, {"error": "unknown_error",

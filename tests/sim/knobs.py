@@ -72,6 +72,8 @@ KNOBS = {k.name: k for k in [
          "next N matching requests are processed, then the connection is reset mid-response"),
     Knob("forbid", "fault", _parse_targeted, _OFF,
          "next N matching requests get 403 AuthorizationFailed"),
+    Knob("deny_policy", "fault", _parse_targeted, _OFF,
+         "next N matching requests get 403 RequestDisallowedByPolicy (an Azure Policy deny, not a permission)"),
     Knob("delay_ms", "fault", _parse_targeted, _OFF,
          "every matching request is answered N ms late (persistent, not counted)"),
     Knob("expire_tokens", "fault", _parse_bool, False,
@@ -114,7 +116,7 @@ KNOBS = {k.name: k for k in [
          "whether a freshly provisioned HSM counts as zeroized (deletable)"),
 ]}
 
-COUNTED = ("reset", "throttle", "forbid", "fail5xx", "fail5xx_after")
+COUNTED = ("reset", "throttle", "forbid", "deny_policy", "fail5xx", "fail5xx_after")
 
 
 def defaults():

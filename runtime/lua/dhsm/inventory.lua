@@ -269,15 +269,17 @@ end
 
 -- decode(json_text, source) -> inventory: what load does once the file is read.
 function M.decode(data, source)
-  -- a UTF-8 byte order mark (Windows editors write one) is no part of the JSON (RFC 8259 lets a parser skip it)
-  if type(data) == "string" then data = (data:gsub("^\239\187\191", "")) end
-  local ok, t = pcall(cjson.decode, data)
-  if not ok then
-    dhsm.error { kind = "usage", code = "BadInventory",
-      message = ("inventory %s: invalid JSON at %s"):format(source, util.json_error(data, t)) }
+  -- util.json_object: a byte order mark skipped, a syntax error by line and column
+  local t, why, what = util.json_object(data)
+  if what == "syntax" then
+    dhsm.error { kind = "usage", code = "BadInventory", message = ("inventory %s: %s"):format(source, why) }
   end
-  -- cjson gives [] and {} alike: the text says which it was
-  if type(data) == "string" and data:match("^%s*%[") then fail(source, { "expected a JSON object at the top ({...}), got a list" }) end
+  if what == "shape" then
+    local text = util.without_bom(data)
+    -- cjson gives [] and {} alike: the text says which it was
+    if text:match("^%s*%[") then fail(source, { "expected a JSON object at the top ({...}), got a list" }) end
+    t = cjson.decode(text)          -- a number, a string, null: from_table names what it is
+  end
   return M.from_table(t, source)
 end
 

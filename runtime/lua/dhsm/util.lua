@@ -261,11 +261,21 @@ function M.duration(s)
   return ("%d h %d min"):format(s // 3600, s % 3600 // 60)
 end
 
+-- without_bom(text) -> text without the UTF-8 byte order mark Windows
+-- editors write first: no part of the JSON (RFC 8259 lets a parser skip
+-- it).  For a caller that keeps the text itself (discover --merge rewrites it).
+function M.without_bom(text)
+  if type(text) ~= "string" then return text end
+  return (text:gsub("^\239\187\191", ""))
+end
+
 -- json_object(text) -> the JSON object text holds; or nil, why ("invalid
 -- JSON at line 3, column 2: ..."), "syntax"; or nil, why, "shape" when it
 -- holds something else - cjson decodes [] and {} alike: the text says
--- which it was.
+-- which it was.  The one reader of a JSON file's text: a byte order mark
+-- before it is skipped.
 function M.json_object(text)
+  text = M.without_bom(text)
   local ok, v = pcall(require("cjson").decode, text)
   if not ok then return nil, "invalid JSON at " .. M.json_error(text, v), "syntax" end
   if type(v) ~= "table" or text:match("^%s*%[") then return nil, "not a JSON object", "shape" end

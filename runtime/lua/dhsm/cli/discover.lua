@@ -404,7 +404,9 @@ local function read_merge(path)
   local text, err = util.read_file(path)
   if not text then usage("--merge: cannot read %s", err) end
   local loaded = inventory.decode(text, path)       -- it must load as it is
-  return text, cjson.decode(text), loaded
+  -- the text rewritten: without a byte order mark (no part of the JSON), which the insertion would trip on
+  text = util.without_bom(text)
+  return text, util.json_object(text), loaded
 end
 
 -- Whether the merged text says what the old one said, plus the entries.

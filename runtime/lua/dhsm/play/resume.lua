@@ -244,7 +244,8 @@ end
 -- after a run that ended with err: a resume, when resuming can get past
 -- it (a failure, an interruption); a new run with the parameter a refusal
 -- asks for (err.details.new_run = {name = value}), or once the input a
--- run failed on before any step is fixed; a new plan, when an approved
+-- run failed on before any step, or the input a playbook refused
+-- (err.details.bad_input = "parameter"), is fixed; a new plan, when an approved
 -- plan no longer fits the estate (err.details.new_plan); or neither.
 function M.way_on(name, j, outcome, err, yes)
   local e = err and dhsm.error.normalize(err)
@@ -262,9 +263,13 @@ function M.way_on(name, j, outcome, err, yes)
       .. "same refusal: make a new plan, and have it approved: %s --check --out NEW-PLAN.json --key KEY\n")
       :format(j.id, outcome, new_run_command(name, j, {}, false))
   end
-  if e and e.kind == "usage" then         -- the run's own parameters again: the same bad input
-    return ("dhsm: run %s %s; resuming it would meet the same bad input (see below): correct it and start a new run\n")
-      :format(j.id, outcome)
+  -- a playbook's refusal of the operator's input (err.details.bad_input names the parameter): the run's own
+  -- parameters again would meet it again.  Any other usage error (a module refusing a reply it cannot use,
+  -- BadArgument) is no input of the operator's: the resume below stands
+  local bad = type(e and e.details) == "table" and e.details.bad_input
+  if bad then
+    return ("dhsm: run %s %s; resuming it would meet the same bad input (%s, see below): correct it, then run again "
+      .. "(a new run): %s\n"):format(j.id, outcome, tostring(bad), new_run_command(name, j, {}, yes))
   end
   if e and NOT_RESUMABLE[e.code] then
     return ("dhsm: run %s %s; resuming it would meet the same refusal (see below)\n"):format(j.id, outcome)
@@ -275,6 +280,12 @@ function M.way_on(name, j, outcome, err, yes)
     return ("dhsm: run %s %s; correct %s first (a resume reads it again: the same wrong value would spend another "
       .. "attempt), then '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome, first,
       M.resume_command(name, j.id, yes))
+  end
+  -- a wrong secret asked at the terminal: asked again on resume, so typed right then
+  local again = type(e and e.details) == "table" and e.details.type_again
+  if again then
+    return ("dhsm: run %s %s; '%s' continues it, with its own parameters and inventory: type %s (a wrong one "
+      .. "spends another attempt)\n"):format(j.id, outcome, M.resume_command(name, j.id, yes), again)
   end
   return ("dhsm: run %s %s; '%s' continues it, with its own parameters and inventory\n"):format(j.id, outcome,
     M.resume_command(name, j.id, yes))

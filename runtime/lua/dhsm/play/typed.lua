@@ -8,6 +8,7 @@
 --   local typed = require "dhsm.play.typed"
 --   typed.initialize("hsm3", { inventory = "/etc/dhsm/inv.json", first_login = true })
 --   typed.first_login("hsm3", "/etc/dhsm/inv.json")
+--   typed.discover("hsm-rg", "/etc/dhsm/inv.json")
 local sys = require "dhsm.sys"
 local util = require "dhsm.util"
 
@@ -20,6 +21,13 @@ local q = util.shell_quote
 local function inventory_option(path)
   if not path then return "" end
   return ("-i %s "):format(q(sys.realpath(path) or path))
+end
+
+-- discover(group, inventory) -> `dhsm inventory discover -g GROUP --merge
+-- INVENTORY`: the command that adds the group's new HSMs to the inventory
+-- file (absolute, as inventory_option makes it).
+function M.discover(group, inventory)
+  return ("dhsm inventory discover -g %s --merge %s"):format(q(group), q(sys.realpath(inventory) or inventory))
 end
 
 -- The secrets initialize requires (its parameters' specs say so), as
