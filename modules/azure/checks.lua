@@ -81,8 +81,6 @@ local ADVICE = findings.by_guide {
       .. "subscription and the group) and run again",
     group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
       .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",
-    refused = "Azure refused this request for a reason other than a permission (ARM's message names it, e.g. an "
-      .. "Azure Policy assignment that denies it): have its owner allow it, and run again",
     bug = "the check itself failed: report it with this message",
     unavailable = "Azure is busy or down (throttled, a server error, no answer): run again later",
     credentials = "check the inventory's azure credential (tenant, client id, secret) and its role on the "
@@ -104,7 +102,7 @@ function M.read_advice(err, otherwise)
   if err.kind ~= "azure" or status == 429 or (status or 0) >= 500 then return ADVICE.unavailable end
   -- signed in, not allowed: the role, not the secret (a policy deny's 403 is neither: its own text, below)
   if classify.lacks_permission(err) then return classify.ADVICE.permission end
-  if status == 403 then return ADVICE.refused end
+  if status == 403 then return classify.ADVICE.refused end
   if otherwise then return otherwise end
   if err.code == "ResourceGroupNotFound" then return ADVICE.group_missing end
   return ADVICE.arm_read

@@ -8,8 +8,8 @@
 --     states = { ["hsm-a"] = "Failed" },   -- resource provisioning states
 --     gateway = { state = "Succeeded", was_ready_at_deploy = true, ready_for = 40 },  -- its history
 --   }
---   v.class   -- "race" | "transient" | "permission" | "quota" | "capacity" | "delegation" | "allowlisting"
---                | "unknown"
+--   v.class   -- "race" | "transient" | "permission" | "refused" | "quota" | "capacity" | "delegation"
+--                | "allowlisting" | "unknown"
 --   v.retry   -- true for race and transient (not for an error the ARM client already retried:
 --                err.retries_spent); v.retry_after (s) when ARM said so
 --   v.reason, v.remedy  -- one sentence each, the remedy in the guide's words
@@ -60,6 +60,8 @@ M.ADVICE = findings.by_guide {
   [""] = {
     permission = "give the credential's role the permission ARM names (Reader on the subscription and "
       .. "Contributor on the resource group cover them all) and run again",
+    refused = "Azure refused this request for a reason other than a permission (ARM's message names it, e.g. an "
+      .. "Azure Policy assignment that denies it): have its owner allow it, and run again",
     transient = "Azure was busy (throttling, a server error or another operation on the resource): retried after "
       .. "the time ARM asked for",
   },
@@ -184,7 +186,9 @@ local function permission_refused(e)
 end
 
 -- A 403 for another reason (a policy deny): ARM refused the request itself,
--- so neither a rerun nor the gateway's history can make it the race.
+-- so neither a rerun nor the gateway's history can make it the race, and
+-- its remedy is the owner of what refused it (the policy), not a support
+-- request nor the credential's role: a stop of its own, "refused".
 local function refused_otherwise(e)
   if status_of(e) ~= 403 then return nil end
   return ("HTTP 403 %s, not a missing permission: ARM's message says why"):format(tostring(e.code))
@@ -201,7 +205,7 @@ function M.failure(f)
     return verdict(class, why, f)
   end
   local refused_why = refused_otherwise(f.error)
-  if refused_why then return verdict("unknown", refused_why, f) end
+  if refused_why then return verdict("refused", refused_why, f) end
   if transient_transport(f.error) and not any_failed(f.states) then
     return verdict("transient", ("%s %s"):format(tostring(status_of(f.error) or f.error.kind),
       tostring(f.error.code)), f)
@@ -215,8 +219,8 @@ end
 
 -- stops(verdict) -> true for the classes the guide says retrying cannot fix
 function M.stops(v)
-  return v.class == "permission" or v.class == "quota" or v.class == "capacity" or v.class == "delegation"
-    or v.class == "allowlisting"
+  return v.class == "permission" or v.class == "refused" or v.class == "quota" or v.class == "capacity"
+    or v.class == "delegation" or v.class == "allowlisting"
 end
 
 return M

@@ -454,6 +454,10 @@ t.test("template mode, the deployment failing for good (" .. case.why .. "): its
   t.ok(r.stderr:find("✗ deploy ARM template", 1, true), "the step itself failed\n" .. r.stderr)
   t.ok(r.stderr:find(case.says, 1, true), r.stderr)
   t.ok(not r.stderr:find("credential's role", 1, true), "no permission is missing\n" .. r.stderr)
+  if case.deny then
+    t.ok(r.stderr:find("have its owner allow it", 1, true), "the policy's owner, not a support request\n" .. r.stderr)
+    t.ok(not r.stderr:find("support request", 1, true), r.stderr)
+  end
   local hint = r.stderr:match("'dhsm (run provision %-%-resume %S+ %-%-yes)' continues it")
   t.ok(hint, r.stderr)
   e:clear()

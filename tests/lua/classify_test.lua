@@ -61,15 +61,16 @@ t.test("a 403 is the credential's permission, a stop: not a support request, not
   t.ok(not v.remedy:find("support request", 1, true), v.remedy)
 end)
 
-t.test("a 403 for another reason (an Azure Policy deny) is no missing permission: not the role, not a race", function()
+t.test("a 403 for another reason (an Azure Policy deny) is no missing permission: a stop, its owner's to lift - not the role, not a race, not a support request", function()
   local e = err(403, "RequestDisallowedByPolicy", "PUT /x: HTTP 403: Resource 'hsm-a' was disallowed by policy. "
     .. "Policy identifiers: '[{\"policyAssignment\":{\"name\":\"deny-sim\"}}]'.")
   t.eq(classify.lacks_permission(e), false)
   -- the gateway's history would say race: a request ARM refused is not one
   local v = classify.failure { error = e, gateway = { state = "Updating", was_ready_at_deploy = false } }
-  t.eq({ v.class, v.retry, classify.stops(v) }, { "unknown", false, false })
+  t.eq({ v.class, v.retry, classify.stops(v) }, { "refused", false, true })
   t.ok(v.reason:find("HTTP 403 RequestDisallowedByPolicy, not a missing permission", 1, true), v.reason)
   t.ok(not v.remedy:find("credential's role", 1, true), v.remedy)
+  t.ok(v.remedy:find("have its owner allow it", 1, true) and not v.remedy:find("support request", 1, true), v.remedy)
   -- the signals of a missing permission: ARM's codes, or the action the message named (details.permission)
   t.eq(classify.lacks_permission(err(403, "LinkedAuthorizationFailed", "linked")), true)
   local named = err(403, "Forbidden", "the credential lacks permission a/write on /s")
