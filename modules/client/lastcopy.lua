@@ -25,11 +25,7 @@ local util = require "dhsm.util"
 local M = {}
 
 -- lunacm's slots, read once per run: {serial = slot}
-local slot_lists = setmetatable({}, { __mode = "k" })
-local function slots(ctx)
-  slot_lists[ctx] = slot_lists[ctx] or steps.client(ctx):slots()
-  return slot_lists[ctx]
-end
+local slots = util.weak_memo(function(ctx) return steps.client(ctx):slots() end)
 
 -- A partition's objects, read as its Crypto Officer (read-only: in check
 -- mode too); none to read when its appliance counts none.
@@ -120,10 +116,12 @@ local function refuse_last_copies(last, unnamed)
   dhsm.error { kind = "safety", code = "LastCopy", details = { new_run = { destroy_last_copies = names },
       last_copies = last },
     message = ("%d object(s) are found on no partition that survives (no other member of their HA group, no backup "
-      .. "named)%s; destroying them cannot be undone:\n%s\nBack them up (a backup partition: -e backup=SERIAL), "
+      .. "named)%s; destroying them cannot be undone:\n%s\nBack them up (a backup partition: %s), "
       .. "synchronize their HA group (dhsm run ha-recover), or name them to destroy them: "
-      .. "-e destroy_last_copies=%s (or -e destroy_last_copies=all:%d)"):format(#last,
-      unnamed and (", and these were not named in destroy_last_copies") or "", listing(unnamed or last), names, #last) }
+      .. "%s (or %s)"):format(#last,
+      unnamed and (", and these were not named in destroy_last_copies") or "", listing(unnamed or last),
+      schema.give("backup=SERIAL"), schema.give("destroy_last_copies=" .. names),
+      schema.give(("destroy_last_copies=all:%d"):format(#last))) }
 end
 
 -- The last copies destroy_last_copies does not name (a label, id:HEX).

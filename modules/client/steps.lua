@@ -13,19 +13,15 @@
 -- there, not from arguments handed along.
 local dhsm = require "dhsm"
 local ha = require "dhsm.client.ha"
-local proc = require "dhsm.proc"
 local schema = require "dhsm.schema"
+local util = require "dhsm.util"
 
 local M = {}
 
 -- The run's client install (lunacm, Chrystoki.conf, PKCS#11), made once per
 -- run.  Kept here, keyed by the run's context, rather than on the context:
 -- it holds nothing to close.
-local installs = setmetatable({}, { __mode = "k" })
-function M.client(ctx)
-  installs[ctx] = installs[ctx] or ha.client(ctx.inventory)
-  return installs[ctx]
-end
+M.client = util.weak_memo(function(ctx) return ha.client(ctx.inventory) end)
 
 ---------------------------------------------------------------------------
 -- auto-recovery settings

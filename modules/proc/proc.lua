@@ -109,9 +109,7 @@ end
 -- The confirmations lunacm asked must be those its stdin answers.
 local function check_questions(r, argv, expected)
   local asked = confirmations(r.stdout)
-  local same = #asked == #expected
-  for i = 1, #asked do same = same and asked[i] == expected[i] end
-  if same then return end
+  if util.same(asked, expected) then return end
   dhsm.error { kind = "luna", code = "UnexpectedQuestion", details = { asked = asked, expected = expected, output = r.stdout },
     message = ("%s asked %s, where the call answers %s; its answers were on its stdin before the question was read, "
       .. "so what it did is unknown: check before repeating"):format(command_line(argv), quoted(asked), quoted(expected)) }
@@ -274,11 +272,7 @@ end
 
 -- Whether one call's options (a snapshot: its argv cannot change) run
 -- lunacm, worked out once a call: tool_of reads files.
-local runs_lunacm_of = setmetatable({}, { __mode = "k" })
-local function runs_lunacm(opts)
-  if runs_lunacm_of[opts] == nil then runs_lunacm_of[opts] = is_lunacm(opts.argv, opts.cwd) end
-  return runs_lunacm_of[opts]
-end
+local runs_lunacm = util.weak_memo(function(opts) return is_lunacm(opts.argv, opts.cwd) end)
 
 -- The real file a bare word runs through any of the PATH lists given.
 local function on_paths(word, paths)

@@ -37,6 +37,20 @@ function M.did_you_mean(name, candidates)
   return c and (" (did you mean '%s'?)"):format(c) or ""
 end
 
+-- weak_memo(fn) -> f: f(key) is fn(key), worked out once per key (a table:
+-- a run's context, one call's options) and forgotten with the key.
+function M.weak_memo(fn)
+  local memo = setmetatable({}, { __mode = "k" })
+  return function(key)
+    local v = memo[key]
+    if v == nil then
+      v = fn(key)
+      memo[key] = v
+    end
+    return v
+  end
+end
+
 function M.sorted_keys(t)
   local keys = {}
   for k in pairs(t) do keys[#keys + 1] = k end
