@@ -83,7 +83,8 @@ local function vtl(client, ...)
   local argv = { client.vtl }
   for _, a in ipairs { ... } do argv[#argv + 1] = a end
   local r = proc.run { argv = argv, env = client.env, timeout = 60 }
-  r.failed = r.stdout:match("Error: ([^\n]*)")
+  -- an Error: line of vtl's own, never the words inside a listed label
+  r.failed = ("\n" .. r.stdout):match("\n[ \t]*Error: ([^\n]*)")
   return r
 end
 

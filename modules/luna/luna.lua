@@ -314,7 +314,7 @@ function M.connect(o)
     dhsm.audit.write { action = "luna.connect", target = self.name, outcome = "PasswordChangeRequired" }
     dhsm.error { kind = "luna", code = "PasswordChangeRequired",
       message = ("%s demands that the %s password be changed before its first prompt (an appliance fresh from "
-        .. "Microsoft); nothing was answered and the session was closed. Change it once (in dhsm exec or the REPL): "
+        .. "Microsoft); nothing was answered and the session was closed. Change it once (in dhsm -i INVENTORY exec, or the REPL): "
         .. "require(\"dhsm.luna\").first_login(inv:hsm(%q), {new_password = secret.prompt(\"new password: \")}), "
         .. "then keep the new password where the inventory's 'password' points"):format(self.name, self.user, self.name) }
   end
@@ -678,7 +678,9 @@ local function exchange(self, command, opts, pass)
     local text, which = read_until(self, patterns, opts.timeout or self.timeout, ends_like_question)
     transcript[#transcript + 1] = text
     if which == 1 then break end
-    local form, question = prompts.match_quiet(text)
+    -- the form read_until matched, or the open question its quiet check took
+    local form, question
+    if which == #patterns + 1 then form, question = prompts.open_question(text) else form, question = prompts.match(text) end
     local answer = answer_for(form, question, opts)
     if answer == "quit" then declined = question end
     if answer ~= nil then

@@ -310,4 +310,8 @@ t.test("ntls.vtl_verify: a vtl killed or failing after its header is refused, ne
   -- exiting 0 after the header alone: the listing is cut, and the parser says so
   ok, err = pcall(ntls.vtl_verify, vtl("exit 0"))
   t.eq({ ok, err.code }, { false, "ParseError" })
+  -- vtl's failure is an Error: line of its own: a label holding those words is a label
+  t.write(dir .. "/listing", head .. "0           534071053        Error: not one\n\n")
+  local r = ntls.vtl_verify(vtl("exit 0"))
+  t.eq({ r.ok, r.partitions and r.partitions[1].label }, { true, "Error: not one" })
 end)
