@@ -208,7 +208,7 @@ local function require_backups(ctx, left)
       for _, h in ipairs(left) do n = n + #(h.partitions or {}) end
       dhsm.error { kind = "safety", code = "BackupsNotConfirmed", details = { new_run = { backups_confirmed = true } },
         message = ("zeroizing %d HSM(s) destroys every key in their %d partition(s); back them up, then run again "
-          .. "with -e backups_confirmed=true"):format(#left, n) }
+          .. "with %s"):format(#left, n, schema.give("backups_confirmed=true")) }
     end
     dhsm.audit.write { action = "decommission.backups_confirmed", target = table.concat(ctx.params.hsm, ","),
       outcome = "confirmed" }
@@ -235,8 +235,9 @@ local function way_on(err, h, ctx)
     local where = given and ("so_password's reference (%s)"):format(origin)
       or ("the inventory's hsms[%s].so_password reference (%s)"):format(h.name, origin)
     -- asked at the terminal: nothing behind the reference to correct, the resume asks again
+    -- (the inventory's prompt asks "HSM SO password of NAME:", dhsm.inventory)
     local way = origin == "prompt" and { type_again = ("the right HSM SO password when the resume asks for %s"):format(
-      given and "so_password" or ("hsms[" .. h.name .. "].so_password")) } or { correct_first = "the value behind " .. where }
+      given and "so_password" or ("'HSM SO password of " .. h.name .. "'")) } or { correct_first = "the value behind " .. where }
     local e = dhsm.error.normalize(err)
     e.details = util.merged(type(e.details) == "table" and e.details or {}, way)
     return e
@@ -244,8 +245,9 @@ local function way_on(err, h, ctx)
   if not (dhsm.error.is(err, "safety") and err.code == "LastLoginAttempt") then return err end
   local d = err.details or {}
   return dhsm.error.new { kind = "safety", code = err.code, details = util.merged(d, { new_run = { method = "failed-logins" } }),
-    message = ("%s. To zeroize %s without the password, run decommission with -e method=failed-logins (wrong HSM SO "
-      .. "logins until the appliance zeroizes itself, counting the attempts left)"):format(d.fact or err.message, h.name) }
+    message = ("%s. To zeroize %s without the password, run decommission with %s (wrong HSM SO "
+      .. "logins until the appliance zeroizes itself, counting the attempts left)"):format(d.fact or err.message, h.name,
+      schema.give("method=failed-logins")) }
 end
 
 -- (3) method=command: the HSM SO's password, -e so_password else the
@@ -360,7 +362,7 @@ return {
       give_back(ctx, h, function() return lastcopy.clearance(ctx, h, left, named) end)
     end
     if not p.delete_group then
-      ctx:note(("resource group %s kept (-e delete_group=true deletes it once it holds no HSM)"):format(p.group))
+      ctx:note(("resource group %s kept (%s deletes it once it holds no HSM)"):format(p.group, schema.give("delete_group=true")))
       return { changed = true }
     end
     delete_group(ctx)

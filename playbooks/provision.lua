@@ -287,8 +287,9 @@ end
 local STOP_CODES = { quota = "QuotaExceeded", capacity = "InsufficientCapacity",
   delegation = "SubnetNotDelegated", allowlisting = "NotAllowlisted" }
 
+-- (a stop of another class - permission, refused - is a 403: ARM's code)
 local function stop_code(v, err)
-  return STOP_CODES[v.class] or (type(err) == "table" and err.code) or v.class
+  return STOP_CODES[v.class] or err.code
 end
 
 local function support_text(history)
@@ -558,8 +559,10 @@ end
 local function report(ctx, requested, changed)
   local p, c = ctx.params, ctx:azure()
   local out, initialize_commands = {}, {}
+  local discover = typed.discover(p.group, ctx.opts.inventory)
   for _, h in ipairs(requested) do
-    initialize_commands[#initialize_commands + 1] = initialize_command(ctx, h.name)
+    local initialize = initialize_command(ctx, h.name)
+    initialize_commands[#initialize_commands + 1] = initialize
     local r = hsm.get(c, h.name, p.group)
     -- in check mode an HSM not Succeeded was only planned (a leftover under its name is deleted first)
     if r == nil or (ctx.check and hsm_state(r) ~= "Succeeded") then
@@ -572,12 +575,12 @@ local function report(ctx, requested, changed)
         .. "before any reboot; store the credentials initialize sets as your policy requires (the guide's Lost "
         .. "Credentials), then initialise it (it changes the password the appliance demands at its first login; each "
         .. "secret is asked; -e ha_group=LABEL joins an HA group, -e new_ha_group=LABEL creates one): %s")
-        :format(tostring(ip), typed.discover(p.group, ctx.opts.inventory), initialize_command(ctx, h.name)))
+        :format(tostring(ip), discover, initialize))
     end
   end
   if not changed then ctx:note("everything was already in place: nothing was changed") end
   return { hsms = out, changed = changed, next_steps = { "add each HSM to the inventory: its private IP, user tenantadmin "
-      .. "(dhsm inventory discover -g GROUP --merge INVENTORY)",
+      .. "(" .. discover .. ")",
     "install the reboot fix (Thales KB0019789) before any reboot or power cycle",
     "store the credentials initialize sets, then initialize each (its first login's password change included): "
       .. table.concat(initialize_commands, "; ") } }

@@ -77,7 +77,7 @@ local ADVICE = findings.by_guide {
       .. "prints what it needs)",
   },
   [""] = {
-    arm_read = "Azure refused or did not answer this read; check the credential's access (Reader on the "
+    arm_read = "Azure refused this read (ARM's code and message above); check the credential's access (Reader on the "
       .. "subscription and the group) and run again",
     group_missing = "the resource group the inventory names (azure.resource_group) does not exist in this "
       .. "subscription: correct the inventory, or create the group (dhsm run provision creates it)",

@@ -77,8 +77,8 @@ end
 
 -- certs(pem_or_path) -> every certificate in the text or file
 -- certificates of source, said by the function called (net.cert or net.certs)
-local function certs_of(where, source)
-  schema.argument(where, "source", source, { type = "string", required = true, expect = "PEM text or a file path" })
+local function certs_of(fn, source)
+  schema.argument(fn, "source", source, { type = "string", required = true, expect = "PEM text or a file path" })
   local pem, where = source, "the given text"
   if not source:find("-----BEGIN", 1, true) then
     local data, err = util.read_file(source)
